@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * dp_abi.h - the ABI between the fast path and user space.
+ *
+ * Owns: every constant, enum and map key/value layout that both the BPF
+ * programs and Python (dataplane/abi.py) use. Python parses this file; it
+ * never keeps a second copy. So the grammar is deliberately small:
+ *   - "#define NAME <integer>"            (may sit inside #ifndef NAME ... #endif)
+ *   - "enum name { A = 1, B, ... };"      (one member per line)
+ *   - "struct name { TYPE field; TYPE field[N]; };"  (one member per line)
+ * Types: __u8 __u16 __u32 __u64 __be16 __be32 and struct names defined above.
+ * No functions here. Byte order: __be* fields are network order.
+ */
+#ifndef DP_ABI_H
+#define DP_ABI_H
+
+#define DP_VNI_MAX 16777215              /* 24-bit VXLAN network identifier */
+#define DP_VXLAN_PORT 4789               /* IANA port, default outer UDP destination */
+#define DP_ENCAP_LEN 50                  /* outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 */
+#define DP_VXLAN_FLAG_I 8                /* the only VXLAN flags byte we accept (RFC 7348 sec. 5) */
+#define DP_SRC_PORT_MIN 49152            /* default outer UDP source port range, host order */
+#define DP_SRC_PORT_MAX 65535
+
+#define DP_MAX_FLOOD 64                /* remote VTEPs per VNI in the flood list */
+#define DP_MAX_LOCAL 64                /* local endpoints per VNI that receive broadcast */
+#define DP_NH_TTL_NS 1000000000          /* lifetime of a next-hop cache entry, ns */
+#define DP_LEARN_REFRESH_NS 1000000000   /* rewrite an unchanged learned entry at most this often, ns */
+#define DP_FDB_AGE_DEFAULT_S 300         /* learned FDB entry lifetime unless configured, s */
+
+#define DP_DROP_SLOTS 32                 /* power of two >= DP_DROP_MAX, so a mask bounds the index */
+
+/* Map sizes; the loader may override each with -D. */
+#ifndef DP_MAP_NETWORKS
+#define DP_MAP_NETWORKS 4096
+#endif
+#ifndef DP_MAP_ENDPOINTS
+#define DP_MAP_ENDPOINTS 16384
+#endif
+#ifndef DP_MAP_FDB
+#define DP_MAP_FDB 65536
+#endif
+#ifndef DP_MAP_LEARNED
+#define DP_MAP_LEARNED 65536
+#endif
+#ifndef DP_MAP_NEIGH
+#define DP_MAP_NEIGH 65536
+#endif
+#ifndef DP_MAP_VTEPS
+#define DP_MAP_VTEPS 65536
+#endif
+#ifndef DP_MAP_NEXTHOPS
+#define DP_MAP_NEXTHOPS 4096
+#endif
+
+/* Slots of the dp_tail program array; the flood loops live in their own programs. */
+enum dp_tail {
+	DP_TAIL_FLOOD_ENDPOINT = 0,          /* flood a frame from an endpoint; cb: vni, ifindex, is_ip */
+	DP_TAIL_FLOOD_OVERLAY = 1,           /* flood a decapsulated frame to local endpoints; cb: vni, len */
+	DP_TAIL_MAX = 2,
+};
+
+/* dp_config.flags */
+enum dp_cfg_flag {
+	DP_CFG_PEER_CHECK = 1,               /* decap only from VTEPs in the VNI's peer set */
+};
+
+/* dp_nexthop.flags */
+enum dp_nh_flag {
+	DP_NH_STATIC = 1,                    /* set by the control plane; never refreshed by the fast path */
+};
+
+/* dp_fdb_entry.flags */
+enum dp_fdb_flag {
+	DP_FDB_STATIC = 1,                   /* from the registry / CLI, never aged */
+};
+
+/*
+ * Why a frame was dropped. Indexes dp_stats.drops; names are shown by
+ * "dataplane stats" in lower case without the prefix.
+ */
+enum dp_drop {
+	DP_DROP_UNSPEC = 0,
+	DP_DROP_TRUNCATED,                   /* shorter than the headers it claims */
+	DP_DROP_BAD_IP,                      /* IPv4 version != 4, ihl < 5, bad total length */
+	DP_DROP_FRAGMENT,                    /* fragmented VXLAN (we never reassemble) */
+	DP_DROP_BAD_VXLAN_FLAGS,             /* flags byte other than exactly the I bit */
+	DP_DROP_UNKNOWN_VNI,                 /* VNI this host does not serve */
+	DP_DROP_UNKNOWN_PEER,                /* outer source not a VTEP of that VNI (peer check on) */
+	DP_DROP_BAD_INNER_SMAC,              /* inner source MAC multicast or zero */
+	DP_DROP_MAC_CONFLICT,                /* remote frame claims the MAC of a local endpoint */
+	DP_DROP_UNKNOWN_DST,                 /* decapsulated unicast to no local endpoint */
+	DP_DROP_NO_ENDPOINT,                 /* frame on an interface that is no endpoint */
+	DP_DROP_SPOOF_MAC,                   /* endpoint sent with a source MAC not its own */
+	DP_DROP_SPOOF_IP,                    /* endpoint sent with a source IPv4 not its own */
+	DP_DROP_UNSUPPORTED_L3,              /* endpoint sent neither IPv4 nor ARP */
+	DP_DROP_BAD_ARP,                     /* ARP that is not Ethernet/IPv4 or is inconsistent */
+	DP_DROP_TOO_BIG,                     /* non-GSO frame over the network MTU */
+	DP_DROP_NO_NEXTHOP,                  /* no route or neighbour toward the VTEP */
+	DP_DROP_NO_CONFIG,                   /* programs attached before the agent wrote the config */
+	DP_DROP_HELPER,                      /* a kernel helper (adjust_room, change_head) failed */
+	DP_DROP_NO_DESTINATION,              /* broadcast/unknown with nowhere to go */
+	DP_DROP_MAX,
+};
+
+/* Single entry of map dp_config (key 0). */
+struct dp_config {
+	__be32 local_ip;                     /* our VTEP address */
+	__be16 port;                         /* VXLAN UDP destination port */
+	__u16 src_port_min;                  /* outer source port range, host order */
+	__u16 src_port_max;
+	__u16 flags;                         /* enum dp_cfg_flag */
+	__u32 uplink_ifindex;                /* underlay interface, host netns */
+	__u64 fdb_age_ns;                    /* learned entries older than this are ignored */
+};
+
+/* dp_networks: key __u32 VNI (host order). */
+struct dp_network {
+	__u32 mtu;                           /* endpoint MTU: underlay MTU - DP_ENCAP_LEN */
+	__u32 flags;
+	__u32 n_local;                       /* used slots in dp_local_ports for this VNI */
+	__u32 n_flood;                       /* used slots in dp_flood for this VNI */
+};
+
+/* dp_endpoints: key __u32 host-side ifindex. */
+struct dp_endpoint {
+	__u32 vni;
+	__be32 ip;
+	__u8 mac[6];
+	__u16 flags;
+};
+
+/* Key of dp_local_macs (value __u32 ifindex), dp_fdb and dp_learned. */
+struct dp_mac_key {
+	__u32 vni;
+	__u8 mac[6];
+	__u16 pad;                           /* always zero */
+};
+
+/* Value of dp_fdb (static) and dp_learned (LRU). */
+struct dp_fdb_entry {
+	__be32 vtep;                         /* remote VTEP address */
+	__u32 flags;                         /* enum dp_fdb_flag */
+	__u64 last_seen_ns;                  /* bpf_ktime_get_ns() at the last refresh */
+};
+
+/* Key of dp_neigh (value struct dp_mac) and dp_vteps (value __u32 flood slot). */
+struct dp_ip_key {
+	__u32 vni;
+	__be32 ip;
+};
+
+struct dp_mac {
+	__u8 mac[6];
+	__u16 pad;
+};
+
+/* Key of dp_flood (value __be32 VTEP) and dp_local_ports (value __u32 ifindex). */
+struct dp_slot_key {
+	__u32 vni;
+	__u32 index;
+};
+
+/* dp_nexthops: key __be32 VTEP address. Outer Ethernet header toward it. */
+struct dp_nexthop {
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u32 ifindex;                       /* egress interface */
+	__u32 flags;                         /* enum dp_nh_flag */
+	__u32 pad;
+	__u64 updated_ns;                    /* when the fast path last resolved it */
+};
+
+/* dp_stats (per CPU): key __u32 VNI; key 0 holds what belongs to no VNI. */
+struct dp_stats {
+	__u64 rx_packets;                    /* decapsulated and delivered */
+	__u64 rx_bytes;                      /* inner frame bytes */
+	__u64 tx_packets;                    /* encapsulated toward a VTEP (each flood copy counts) */
+	__u64 tx_bytes;
+	__u64 local_packets;                 /* delivered endpoint to endpoint on this host */
+	__u64 local_bytes;
+	__u64 arp_replies;                   /* ARP requests answered from dp_neigh */
+	__u64 flooded;                       /* frames replicated to the flood list */
+	__u64 drops[DP_DROP_SLOTS];          /* indexed by enum dp_drop; slots >= DP_DROP_MAX stay zero */
+};
+
+#endif /* DP_ABI_H */

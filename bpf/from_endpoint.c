@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+
+#include "lib/all.h"
+/*
+ * from_endpoint.c - tc ingress on the host side of every endpoint veth:
+ * frames a sandbox sends. Source check, ARP answered from dp_neigh, local
+ * delivery within the VNI, encapsulation toward a remote VTEP, or flooding.
+ */
+
+static __always_inline void skb_ensure_head(struct __sk_buff *skb, __u32 want)
+{
+	__u32 have = skb->data_end - skb->data;
+
+	if (have < want && have < skb->len)
+		bpf_skb_pull_data(skb, want < skb->len ? want : skb->len);
+}
+
+static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg,
+				      __u32 vni, __u32 ifindex, int is_ip)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct dp_mac_key k = { .vni = vni };
+	__u32 *oif;
+	__be32 vtep;
+
+	if ((void *)(eth + 1) > end)
+		return -DP_DROP_TRUNCATED;
+	if (mac_is_multicast(eth->h_dest))
+		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
+
+	mac_copy(k.mac, eth->h_dest);
+	oif = dp_local_macs.lookup(&k);
+	if (oif) {
+		__u32 to = *oif;
+
+		if (to == ifindex)
+			return -DP_DROP_NO_DESTINATION;
+		STAT_ADD(vni, local_packets, local_bytes, skb->len);
+		/* redirect_peer skips the veth's backlog; it needs skb->protocol right, so IP only. */
+		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
+	}
+	vtep = fdb_lookup(&k, cfg);
+	if (!vtep)
+		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
+	return encap_unicast(skb, cfg, vni, vtep, is_ip);
+}
+
+static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *vni_out)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	struct dp_endpoint *ep = dp_endpoints.lookup(&ifindex);
+	struct dp_config *cfg;
+	struct ethhdr *eth;
+	void *data, *end;
+	int is_ip = 0;
+	int ret;
+
+	if (!ep)
+		return -DP_DROP_NO_ENDPOINT;
+	*vni_out = ep->vni;
+	cfg = config_get();
+	if (!cfg)
+		return -DP_DROP_NO_CONFIG;
+
+	skb_ensure_head(skb, ETH_HLEN + sizeof(struct arp_eth_ipv4));
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return -DP_DROP_TRUNCATED;
+	if (!mac_eq(eth->h_source, ep->mac))
+		return -DP_DROP_SPOOF_MAC;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return -DP_DROP_TRUNCATED;
+		if (ip->version != 4 || ip->ihl < 5)
+			return -DP_DROP_BAD_IP;
+		if (ip->saddr != ep->ip)
+			return -DP_DROP_SPOOF_IP;
+		is_ip = 1;
+	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		ret = arp_from_endpoint(skb, ep, ifindex);
+		if (ret)
+			return ret;
+	} else {
+		return -DP_DROP_UNSUPPORTED_L3;
+	}
+	return l2_forward(skb, cfg, *vni_out, ifindex, is_ip);
+}
+
+int from_endpoint(struct __sk_buff *skb)
+{
+	__u32 vni = 0;
+	int ret = handle_from_endpoint(skb, &vni);
+
+	return tc_exit(vni, ret);
+}

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+
+#include "lib/all.h"
+/*
+ * from_overlay.c - tc ingress on the uplink: everything that is not VXLAN to
+ * our address and port goes on to the host untouched. Ours is checked, its
+ * inner source learned, decapsulated and put straight into the sandbox.
+ */
+
+static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, const struct vx_info *vx,
+					 int inner_is_ip)
+{
+	struct dp_mac_key k = { .vni = vni };
+	__u32 *oif;
+
+	if (mac_is_multicast(vx->inner.h_dest))
+		return flood_tail(skb, DP_TAIL_FLOOD_OVERLAY, vni, vx->inner_len, 0);
+	mac_copy(k.mac, vx->inner.h_dest);
+	oif = dp_local_macs.lookup(&k);
+	if (!oif)
+		return -DP_DROP_UNKNOWN_DST;
+	/* Non-IP frames go through the veth so the sandbox re-parses skb->protocol. */
+	return inner_is_ip ? bpf_redirect_peer(*oif, 0) : bpf_redirect(*oif, 0);
+}
+
+static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out)
+{
+	struct dp_config *cfg = config_get();
+	struct dp_mac_key self = {};
+	struct vx_info vx = {};
+	void *data, *end;
+	__u32 have, want;
+	int inner_is_ip;
+	__u64 flags;
+	int ret;
+
+	if (!cfg)
+		return DP_PASS;
+	/* Outer headers (IPv4 options included) and inner Ethernet must be in the linear head. */
+	have = skb->data_end - skb->data;
+	want = ETH_HLEN + 60 + 16 + ETH_HLEN;
+	if (have < want && have < skb->len)
+		bpf_skb_pull_data(skb, want < skb->len ? want : skb->len);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+
+	ret = vxlan_parse(data, end, skb->len, cfg, &vx);
+	if (ret)
+		return ret;
+	*vni_out = vx.vni;
+	ret = vxlan_admit(cfg, &vx);
+	if (ret)
+		return ret;
+
+	self.vni = vx.vni;
+	mac_copy(self.mac, vx.inner.h_source);
+	if (dp_local_macs.lookup(&self))
+		return -DP_DROP_MAC_CONFLICT;
+	fdb_learn(vx.vni, vx.inner.h_source, vx.saddr);
+
+	inner_is_ip = vx.inner.h_proto == bpf_htons(ETH_P_IP);
+	flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	if (inner_is_ip)
+		flags |= DP_ADJ_ROOM_DECAP_L3_IPV4;
+	/* Removes outer IPv4/UDP/VXLAN and the inner Ethernet header; the outer one stays. */
+	if (bpf_skb_adjust_room(skb, -(int)(vx.inner_off & 0xff), BPF_ADJ_ROOM_MAC, flags))
+		return -DP_DROP_HELPER;
+	if (bpf_skb_store_bytes(skb, 0, &vx.inner, ETH_HLEN, 0))
+		return -DP_DROP_HELPER;
+
+	ret = deliver_inner(skb, vx.vni, &vx, inner_is_ip);
+	if (ret >= 0)
+		STAT_ADD(vx.vni, rx_packets, rx_bytes, vx.inner_len);
+	return ret;
+}
+
+int from_overlay(struct __sk_buff *skb)
+{
+	__u32 vni = 0;
+	int ret = handle_from_overlay(skb, &vni);
+
+	return tc_exit(vni, ret);
+}

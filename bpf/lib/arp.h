@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * arp.h - ARP from an endpoint: checked against the endpoint's own addresses,
+ * and requests for a known {VNI, IP} answered from dp_neigh without leaving the host.
+ */
+#ifndef DP_ARP_H
+#define DP_ARP_H
+
+/* Returns 0 to forward the ARP frame at L2, an action, or -DP_DROP_*. */
+static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct dp_endpoint *ep,
+					     __u32 ifindex)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+	struct dp_ip_key k = { .vni = ep->vni };
+	struct dp_mac *m;
+	__be32 target;
+
+	if ((void *)(arp + 1) > end)
+		return -DP_DROP_TRUNCATED;
+	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
+	    arp->hlen != ETH_ALEN || arp->plen != 4)
+		return -DP_DROP_BAD_ARP;
+	if (!mac_eq(arp->sha, ep->mac))
+		return -DP_DROP_SPOOF_MAC;
+	/* 0.0.0.0 is a duplicate-address probe (RFC 5227): allowed, forwarded. */
+	if (arp->spa != ep->ip && arp->spa != 0)
+		return -DP_DROP_SPOOF_IP;
+	if (arp->op != bpf_htons(ARPOP_REQUEST) || arp->spa == 0 || arp->spa == arp->tpa)
+		return 0;
+
+	target = arp->tpa;
+	k.ip = target;
+	m = dp_neigh.lookup(&k);
+	if (!m)
+		return 0;
+
+	/* Turn the request into its reply in place and send it back. */
+	mac_copy(eth->h_dest, eth->h_source);
+	mac_copy(eth->h_source, m->mac);
+	arp->op = bpf_htons(ARPOP_REPLY);
+	mac_copy(arp->tha, arp->sha);
+	arp->tpa = arp->spa;
+	mac_copy(arp->sha, m->mac);
+	arp->spa = target;
+
+	struct dp_stats *s = stats_get(ep->vni);
+	if (s)
+		s->arp_replies++;
+	return bpf_redirect(ifindex, 0);
+}
+
+#endif /* DP_ARP_H */

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * common.h - includes, return conventions and small helpers every program uses.
+ *
+ * Handlers return a TC/XDP action (>= 0), DP_CONSUMED, or -DP_DROP_* and each
+ * program has one exit (stats.h) that turns a negative value into a counted drop.
+ */
+#ifndef DP_COMMON_H
+#define DP_COMMON_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/if_arp.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "dp_abi.h"
+
+/* The 6.1 uapi headers bcc compiles against predate these; the 6.18 kernel has them. */
+#define DP_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+
+#define DP_CONSUMED 1000      /* frame handed on by clones; exit with TC_ACT_STOLEN, no drop */
+#define DP_PASS 1001          /* not ours: give it to the host stack untouched */
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+struct vxlanhdr_dp {
+	__be32 flags;         /* first byte: flags; rest reserved */
+	__be32 vni;           /* upper 24 bits: VNI; low byte reserved */
+};
+
+struct arp_eth_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[6];
+	__be32 spa;
+	__u8 tha[6];
+	__be32 tpa;
+} __attribute__((packed));
+
+/*
+ * MAC helpers work byte by byte: the verifier rejects unaligned stack access,
+ * and MACs sit at odd offsets (bpf_fib_lookup's dmac, ARP's tha).
+ */
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
+		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+}
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, ETH_ALEN);
+}
+
+static __always_inline int mac_is_multicast(const __u8 *m)
+{
+	return m[0] & 1;
+}
+
+static __always_inline int mac_is_zero(const __u8 *m)
+{
+	return (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) == 0;
+}
+
+#endif /* DP_COMMON_H */

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * encap.h - RFC 7348 encapsulation: outer Ethernet/IPv4/UDP/VXLAN headers,
+ * the next-hop cache that supplies the outer MACs, and the head-room calls.
+ * The byte layout here is what csrc/ reproduces; change both together.
+ */
+#ifndef DP_ENCAP_H
+#define DP_ENCAP_H
+
+#include "csum.h"
+
+/* bcc 0.26 declares this helper with the wrong arity; the kernel takes four arguments. */
+static long (*dp_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
+	(void *)BPF_FUNC_redirect_neigh;
+
+struct dp_outer {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+	struct vxlanhdr_dp vx;
+} __attribute__((packed));
+
+#define IP_DF 0x4000
+#define DP_OUTER_TTL 64
+
+/*
+ * Outer source port from the inner flow hash (RFC 7348 sec. 5: entropy for
+ * ECMP). Scales the 32-bit hash onto [min, max] without a division.
+ */
+static __always_inline __u16 vxlan_src_port(const struct dp_config *cfg, __u32 hash)
+{
+	__u32 lo = cfg->src_port_min;
+	__u32 hi = cfg->src_port_max;
+
+	if (hi < lo)
+		hi = lo;
+	return lo + (__u16)(((__u64)hash * (hi - lo + 1)) >> 32);
+}
+
+/* Outer headers for an inner frame of inner_len bytes (its Ethernet header included). */
+static __always_inline void outer_build(struct dp_outer *o, const struct dp_config *cfg,
+					const struct dp_nexthop *nh, __be32 dst, __u32 vni,
+					__u16 sport, __u32 inner_len)
+{
+	__u32 ip_len = inner_len + sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlanhdr_dp);
+
+	__builtin_memset(o, 0, sizeof(*o));
+	if (nh) {
+		mac_copy(o->eth.h_dest, nh->dmac);
+		mac_copy(o->eth.h_source, nh->smac);
+	} else {
+		/* bpf_redirect_neigh fills both; it refuses a multicast placeholder. */
+		o->eth.h_dest[0] = 0x02;
+	}
+	o->eth.h_proto = bpf_htons(ETH_P_IP);
+	o->ip.version = 4;
+	o->ip.ihl = 5;
+	/* GSO super-packets exceed 16 bits; segmentation rewrites the length per segment. */
+	o->ip.tot_len = bpf_htons(ip_len > 0xffff ? 0xffff : ip_len);
+	o->ip.frag_off = bpf_htons(IP_DF);
+	o->ip.ttl = DP_OUTER_TTL;
+	o->ip.protocol = IPPROTO_UDP;
+	o->ip.saddr = cfg->local_ip;
+	o->ip.daddr = dst;
+	o->ip.check = ipv4_csum(&o->ip);
+	o->udp.source = bpf_htons(sport);
+	o->udp.dest = cfg->port;
+	o->udp.len = bpf_htons((ip_len - sizeof(struct iphdr)) & 0xffff);
+	o->vx.flags = bpf_htonl((__u32)DP_VXLAN_FLAG_I << 24);
+	o->vx.vni = bpf_htonl(vni << 8);
+}
+
+/*
+ * Outer MACs toward a VTEP: cached for DP_NH_TTL_NS, then asked again of the
+ * kernel's FIB and neighbour table. NULL when the kernel has no resolved
+ * neighbour yet: the caller then lets bpf_redirect_neigh resolve it.
+ */
+static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
+						      const struct dp_config *cfg, __be32 vtep)
+{
+	struct dp_nexthop *nh = dp_nexthops.lookup(&vtep);
+	struct bpf_fib_lookup p = {};
+	__u64 now;
+
+	if (nh && (nh->flags & DP_NH_STATIC))
+		return nh;
+	now = bpf_ktime_get_ns();
+	if (nh && now - nh->updated_ns < DP_NH_TTL_NS)
+		return nh;
+
+	p.family = 2; /* AF_INET */
+	p.ipv4_src = cfg->local_ip;
+	p.ipv4_dst = vtep;
+	p.ifindex = cfg->uplink_ifindex;
+	if (bpf_fib_lookup(skb, &p, sizeof(p), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
+		return NULL;
+
+	struct dp_nexthop fresh = {};
+	mac_copy(fresh.smac, p.smac);
+	mac_copy(fresh.dmac, p.dmac);
+	fresh.ifindex = p.ifindex;
+	fresh.updated_ns = now;
+	dp_nexthops.update(&vtep, &fresh);
+	return dp_nexthops.lookup(&vtep);
+}
+
+/*
+ * Make room for the outer headers in front of the inner Ethernet header.
+ * IP frames use adjust_room so GSO super-packets stay whole and are segmented
+ * as UDP tunnel packets later; adjust_room refuses anything else (ARP), which
+ * gets change_head instead. Afterwards bytes [0, DP_ENCAP_LEN) are ours to fill.
+ */
+static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
+{
+	void *data, *end;
+
+	if (!inner_is_ip)
+		return bpf_skb_change_head(skb, DP_ENCAP_LEN, 0) ? -DP_DROP_HELPER : 0;
+
+	if (bpf_skb_adjust_room(skb, DP_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+				BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) |
+				BPF_F_ADJ_ROOM_FIXED_GSO))
+		return -DP_DROP_HELPER;
+	/* The room went in after the old Ethernet header; move that header behind it. */
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + DP_ENCAP_LEN + ETH_HLEN > end)
+		return -DP_DROP_HELPER;
+	__builtin_memcpy(data + DP_ENCAP_LEN, data, ETH_HLEN);
+	return 0;
+}
+
+static __always_inline int outer_write(struct __sk_buff *skb, const struct dp_outer *o)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (data + sizeof(*o) > end)
+		return -DP_DROP_HELPER;
+	__builtin_memcpy(data, o, sizeof(*o));
+	return 0;
+}
+
+/* Encapsulate toward one VTEP and send it out of the uplink. */
+static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_config *cfg,
+					 __u32 vni, __be32 vtep, int inner_is_ip)
+{
+	struct dp_network *net = dp_networks.lookup(&vni);
+	struct dp_nexthop *nh;
+	struct dp_outer o;
+	__u32 len = skb->len;
+	__u16 sport;
+	int ret;
+
+	if (!net)
+		return -DP_DROP_UNKNOWN_VNI;
+	if (!skb->gso_size && len > net->mtu + ETH_HLEN)
+		return -DP_DROP_TOO_BIG;
+	nh = nexthop_get(skb, cfg, vtep);
+	/* redirect_neigh can only resolve for frames the kernel sees as IP. */
+	if (!nh && !inner_is_ip)
+		return -DP_DROP_NO_NEXTHOP;
+
+	sport = vxlan_src_port(cfg, bpf_get_hash_recalc(skb));
+	outer_build(&o, cfg, nh, vtep, vni, sport, len);
+	ret = vxlan_push(skb, inner_is_ip);
+	if (ret < 0)
+		return ret;
+	ret = outer_write(skb, &o);
+	if (ret < 0)
+		return ret;
+	STAT_ADD(vni, tx_packets, tx_bytes, len);
+	if (nh)
+		return bpf_redirect(nh->ifindex, 0);
+	return dp_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
+#endif /* DP_ENCAP_H */

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * fdb.h - where does {VNI, MAC} live: static entries first (the registry's
+ * truth), then learned ones younger than the configured age.
+ */
+#ifndef DP_FDB_H
+#define DP_FDB_H
+
+static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_config *cfg)
+{
+	struct dp_fdb_entry *e = dp_fdb.lookup(k);
+
+	if (e)
+		return e->vtep;
+	e = dp_learned.lookup(k);
+	if (e && bpf_ktime_get_ns() - e->last_seen_ns < cfg->fdb_age_ns)
+		return e->vtep;
+	return 0;
+}
+
+/*
+ * Record that {vni, smac} sits behind vtep. An unchanged entry is rewritten at
+ * most every DP_LEARN_REFRESH_NS so a busy flow does not write the map per packet;
+ * a MAC that moved is rewritten at once.
+ */
+static __always_inline void fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
+{
+	struct dp_mac_key k = { .vni = vni };
+	struct dp_fdb_entry *e;
+	__u64 now = bpf_ktime_get_ns();
+
+	mac_copy(k.mac, smac);
+	e = dp_learned.lookup(&k);
+	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS)
+		return;
+	struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
+	dp_learned.update(&k, &fresh);
+}
+
+#endif /* DP_FDB_H */

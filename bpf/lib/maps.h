@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * maps.h - every map of the fast path, pinned under DP_PIN_DIR so that a
+ * reloaded program and the CLI find the same state. Layouts: dp_abi.h.
+ * Filled by: the control plane, except dp_learned, dp_nexthops (cache) and dp_stats.
+ */
+#ifndef DP_MAPS_H
+#define DP_MAPS_H
+
+#ifndef DP_PIN_DIR
+#error "DP_PIN_DIR must be defined by the loader"
+#endif
+#define DP_PIN(name) DP_PIN_DIR "/" #name
+
+BPF_TABLE_PINNED("array", __u32, struct dp_config, dp_config, 1, DP_PIN(dp_config));
+BPF_TABLE_PINNED("hash", __u32, struct dp_network, dp_networks, DP_MAP_NETWORKS, DP_PIN(dp_networks));
+BPF_TABLE_PINNED("hash", __u32, struct dp_endpoint, dp_endpoints, DP_MAP_ENDPOINTS, DP_PIN(dp_endpoints));
+/* {VNI, MAC} -> host-side ifindex of a local endpoint */
+BPF_TABLE_PINNED("hash", struct dp_mac_key, __u32, dp_local_macs, DP_MAP_ENDPOINTS, DP_PIN(dp_local_macs));
+/* {VNI, index < n_local} -> host-side ifindex, for broadcast delivery */
+BPF_TABLE_PINNED("hash", struct dp_slot_key, __u32, dp_local_ports, DP_MAP_ENDPOINTS, DP_PIN(dp_local_ports));
+/* {VNI, MAC} -> remote VTEP, static */
+BPF_TABLE_PINNED("hash", struct dp_mac_key, struct dp_fdb_entry, dp_fdb, DP_MAP_FDB, DP_PIN(dp_fdb));
+/* {VNI, MAC} -> remote VTEP, learned from decapsulated frames */
+BPF_TABLE_PINNED("lru_hash", struct dp_mac_key, struct dp_fdb_entry, dp_learned, DP_MAP_LEARNED, DP_PIN(dp_learned));
+/* {VNI, IPv4} -> MAC, answers ARP requests */
+BPF_TABLE_PINNED("hash", struct dp_ip_key, struct dp_mac, dp_neigh, DP_MAP_NEIGH, DP_PIN(dp_neigh));
+/* {VNI, index < n_flood} -> remote VTEP, head-end replication list */
+BPF_TABLE_PINNED("hash", struct dp_slot_key, __be32, dp_flood, DP_MAP_VTEPS, DP_PIN(dp_flood));
+/* {VNI, VTEP} -> flood slot; membership test for the peer check */
+BPF_TABLE_PINNED("hash", struct dp_ip_key, __u32, dp_vteps, DP_MAP_VTEPS, DP_PIN(dp_vteps));
+/* VTEP -> outer Ethernet header and egress interface */
+BPF_TABLE_PINNED("hash", __be32, struct dp_nexthop, dp_nexthops, DP_MAP_NEXTHOPS, DP_PIN(dp_nexthops));
+/* tail-call targets, enum dp_tail */
+BPF_TABLE_PINNED("prog", __u32, __u32, dp_tail, DP_TAIL_MAX, DP_PIN(dp_tail));
+/* VNI -> counters, per CPU; entries created by the control plane only */
+BPF_TABLE_PINNED("percpu_hash", __u32, struct dp_stats, dp_stats, DP_MAP_NETWORKS, DP_PIN(dp_stats));
+
+static __always_inline struct dp_config *config_get(void)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = dp_config.lookup(&zero);
+
+	if (cfg && cfg->local_ip)
+		return cfg;
+	return NULL;
+}
+
+#endif /* DP_MAPS_H */

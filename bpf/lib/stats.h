@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * stats.h - per-VNI, per-CPU counters and the single exit of each program.
+ */
+#ifndef DP_STATS_H
+#define DP_STATS_H
+
+_Static_assert(DP_DROP_MAX <= DP_DROP_SLOTS, "dp_stats.drops too small for enum dp_drop");
+
+static __always_inline struct dp_stats *stats_get(__u32 vni)
+{
+	struct dp_stats *s = dp_stats.lookup(&vni);
+
+	if (!s) {
+		__u32 none = 0;
+		s = dp_stats.lookup(&none);
+	}
+	return s;
+}
+
+static __always_inline void count_drop(__u32 vni, int reason)
+{
+	struct dp_stats *s = stats_get(vni);
+
+	__u32 r = reason;
+
+	if (!s)
+		return;
+	if (r >= DP_DROP_MAX)
+		r = DP_DROP_UNSPEC;
+	/* clang may hoist the address above the test; the mask is a bound it cannot drop. */
+	s->drops[r & (DP_DROP_SLOTS - 1)]++;
+}
+
+#define STAT_ADD(vni, pk, by, len)                    \
+	do {                                          \
+		struct dp_stats *__s = stats_get(vni); \
+		if (__s) {                            \
+			__s->pk++;                    \
+			__s->by += (len);             \
+		}                                     \
+	} while (0)
+
+/* One exit for tc programs: count the drop reason, map our codes to TC actions. */
+static __always_inline int tc_exit(__u32 vni, int ret)
+{
+	if (ret == DP_PASS)
+		return TC_ACT_OK;
+	if (ret == DP_CONSUMED)
+		return TC_ACT_STOLEN;
+	if (ret < 0) {
+		count_drop(vni, -ret);
+		return TC_ACT_SHOT;
+	}
+	return ret;
+}
+
+#endif /* DP_STATS_H */

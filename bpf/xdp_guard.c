@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+
+#include "lib/all.h"
+/*
+ * xdp_guard.c - XDP on the uplink: drops malformed VXLAN, unknown VNIs and
+ * (with the peer check) unknown VTEPs before an skb exists. It never forwards;
+ * decapsulation stays in tc, where GRO has already merged the flow.
+ */
+
+int xdp_guard(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct dp_config *cfg = config_get();
+	struct vx_info vx = {};
+	int ret;
+
+	if (!cfg)
+		return XDP_PASS;
+	ret = vxlan_parse(data, end, end - data, cfg, &vx);
+	if (ret == 0)
+		ret = vxlan_admit(cfg, &vx);
+	if (ret < 0) {
+		count_drop(vx.vni, -ret);
+		return XDP_DROP;
+	}
+	return XDP_PASS;
+}

@@ -1,0 +1,1 @@
+"""dataplane: VXLAN overlay with an eBPF fast path."""

@@ -1,0 +1,137 @@
+"""The bpf(2) calls the control plane needs, over ctypes: pinned objects, map
+elements, object info and BPF_PROG_TEST_RUN. No bcc here, so reading maps
+never needs a compiler."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from functools import lru_cache
+
+from .errors import KernelError, NotFound
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+SYS_BPF = 321  # x86_64
+
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
+OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD = 6, 7, 10, 15
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+
+MAP_TYPES = {"hash": 1, "array": 2, "prog": 3, "percpu_hash": 5, "lru_hash": 9}
+
+
+class _Attr(ctypes.Structure):
+    _fields_ = [("raw", ctypes.c_uint8 * 128)]
+
+
+def _call(cmd: int, attr: ctypes.Structure, what: str, ok=()) -> int:
+    ret = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        if err in ok:
+            return -err
+        raise KernelError(f"{what}: {os.strerror(err)} (errno {err})")
+    return ret
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class MapInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16), ("pad", ctypes.c_uint8 * 64)]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+def obj_get(path: str) -> int:
+    p = ctypes.create_string_buffer(path.encode())
+    attr = _ObjAttr(pathname=ctypes.addressof(p))
+    ret = _call(OBJ_GET, attr, f"open pinned {path}", ok=(errno.ENOENT,))
+    if ret < 0:
+        raise NotFound(f"pinned object {path} not found (is the node up?)")
+    return ret
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(path.encode())
+    _call(OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(p), bpf_fd=fd), f"pin {path}")
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _call(OBJ_GET_INFO_BY_FD, attr, f"info of fd {fd}")
+    return info
+
+
+@lru_cache(maxsize=1)
+def possible_cpus() -> int:
+    text = open("/sys/devices/system/cpu/possible").read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def _ptr(obj) -> int:
+    return ctypes.addressof(obj)
+
+
+def lookup(fd: int, key, value) -> bool:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key), value=_ptr(value))
+    return _call(MAP_LOOKUP_ELEM, attr, f"lookup in map fd {fd}", ok=(errno.ENOENT,)) >= 0
+
+
+def update(fd: int, key, value, flags: int = BPF_ANY, what: str = "map") -> None:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key), value=_ptr(value), flags=flags)
+    ret = _call(MAP_UPDATE_ELEM, attr, f"update {what}", ok=(errno.E2BIG, errno.ENOMEM))
+    if ret < 0:
+        raise KernelError(f"update {what}: map is full (raise its size with --map-size)")
+
+
+def delete(fd: int, key) -> bool:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key))
+    return _call(MAP_DELETE_ELEM, attr, f"delete in map fd {fd}", ok=(errno.ENOENT,)) >= 0
+
+
+def next_key(fd: int, key, next_key_buf) -> bool:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key) if key is not None else 0, value=_ptr(next_key_buf))
+    return _call(MAP_GET_NEXT_KEY, attr, f"iterate map fd {fd}", ok=(errno.ENOENT,)) >= 0
+
+
+def prog_test_run(fd: int, data: bytes, ctx: bytes | None = None, repeat: int = 1,
+                  out_room: int = 256) -> tuple[int, bytes, int]:
+    """Run a loaded program on one packet: (return value, packet after, ns per run)."""
+    din = ctypes.create_string_buffer(data, len(data))
+    dout = ctypes.create_string_buffer(len(data) + out_room)
+    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(data), data_size_out=len(dout),
+                        data_in=_ptr(din), data_out=_ptr(dout), repeat=repeat)
+    if ctx is not None:
+        cin = ctypes.create_string_buffer(ctx, len(ctx))
+        attr.ctx_in, attr.ctx_size_in = _ptr(cin), len(ctx)
+    _call(PROG_TEST_RUN, attr, f"test run of prog fd {fd}")
+    return attr.retval, dout.raw[: attr.data_size_out], attr.duration

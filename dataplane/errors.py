@@ -1,0 +1,42 @@
+"""The project's exceptions. Each names the thing it is about; the CLI prints
+the message on one line and exits with the class's code (grouped by cause)."""
+
+
+class DataplaneError(Exception):
+    exit_code = 1
+
+
+class UsageError(DataplaneError):
+    """Bad input: a VNI out of range, an address that does not parse."""
+
+    exit_code = 2
+
+
+class NotFound(DataplaneError):
+    """A named thing (interface, namespace, endpoint, node) does not exist."""
+
+    exit_code = 3
+
+
+class Conflict(DataplaneError):
+    """The thing exists already, or would clash with something that does."""
+
+    exit_code = 4
+
+
+class NotPermitted(DataplaneError):
+    """Not root, or a capability is missing."""
+
+    exit_code = 5
+
+
+class ToolchainError(DataplaneError):
+    """bcc, kernel headers or bpffs are missing, or the programs do not compile/verify."""
+
+    exit_code = 6
+
+
+class KernelError(DataplaneError):
+    """A netlink or bpf() call failed; the message names the object and the errno."""
+
+    exit_code = 7

@@ -80,6 +80,14 @@ def ns_exec(name: str | None, argv: list[str], **kw) -> subprocess.CompletedProc
     return subprocess.run(cmd, **kw)
 
 
+def sysctl_get(netns: str | None, key: str) -> str:
+    path = "/proc/sys/" + key.replace(".", "/")
+    r = ns_exec(netns, ["cat", path], capture_output=True, text=True)
+    if r.returncode:
+        raise KernelError(f"sysctl {key} in {netns or 'host'}: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
 def sysctl(netns: str | None, key: str, value: str) -> None:
     path = "/proc/sys/" + key.replace(".", "/")
     r = ns_exec(netns, ["sh", "-c", f"echo {value} > {path}"], capture_output=True, text=True)

@@ -143,7 +143,16 @@ class Node:
             state.save(self.name, st)
             return st
 
+    def _forwarding_key(self, st: dict) -> str:
+        return f"net.ipv4.conf.{st['config']['underlay']}.forwarding"
+
     def _apply(self, st: dict, vnis, subnet, peers, quiet) -> None:
+        # bpf_fib_lookup, which keeps the next-hop cache fresh, answers only for
+        # an interface with IPv4 forwarding on (as container hosts run anyway).
+        key = self._forwarding_key(st)
+        if "restore_forwarding" not in st:
+            st["restore_forwarding"] = netlink.sysctl_get(self.netns, key)
+        netlink.sysctl(self.netns, key, "1")
         loaded = fastpath.load(self.pin_dir, st.get("map_sizes"), quiet=quiet)
         try:
             with self._maps() as m:
@@ -437,6 +446,8 @@ class Node:
                 netlink.xdp_detach(self.netns, ifx)
                 if not netlink.tc_filter_names(self.netns, ifx):
                     netlink.clsact_delete(self.netns, ifx)
+                if st.get("restore_forwarding") is not None:
+                    netlink.sysctl(self.netns, self._forwarding_key(st), st["restore_forwarding"])
             except (KernelError, NotFound) as e:
                 errors.append(str(e))
         self._remove_pins()

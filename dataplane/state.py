@@ -47,7 +47,14 @@ def save(node: str, state: dict) -> None:
 
 
 def remove(node: str) -> None:
+    if not node or "/" in node:
+        raise ValueError(f"bad node name {node!r}")
     shutil.rmtree(node_dir(node), ignore_errors=True)
+    prune()
+
+
+def prune() -> None:
+    """Remove /run/dataplane once nothing is left in it."""
     try:
         os.rmdir(RUN_ROOT)
     except OSError:

@@ -72,8 +72,8 @@ static __always_inline void outer_build(struct dp_outer *o, const struct dp_conf
 
 /*
  * Outer MACs toward a VTEP: cached for DP_NH_TTL_NS, then asked again of the
- * kernel's FIB and neighbour table. NULL when the kernel has no resolved
- * neighbour yet: the caller then lets bpf_redirect_neigh resolve it.
+ * kernel's FIB and neighbour table. NULL when neither has one: the caller
+ * then lets bpf_redirect_neigh resolve it.
  */
 static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 						      const struct dp_config *cfg, __be32 vtep)
@@ -92,8 +92,10 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 	p.ipv4_src = cfg->local_ip;
 	p.ipv4_dst = vtep;
 	p.ifindex = cfg->uplink_ifindex;
+	/* Needs IPv4 forwarding on the uplink (the agent turns it on). If the FIB
+	 * cannot answer, an old entry beats a drop. */
 	if (bpf_fib_lookup(skb, &p, sizeof(p), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
-		return NULL;
+		return nh;
 
 	struct dp_nexthop fresh = {};
 	mac_copy(fresh.smac, p.smac);

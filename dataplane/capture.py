@@ -1,0 +1,107 @@
+"""Underlay captures and their decoding by tshark (Wireshark's dissectors),
+for the demo and the wire-format tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+from .errors import DataplaneError
+
+FIELDS = ("frame.number", "frame.len", "ip.src", "ip.dst", "ip.checksum.status", "ip.flags.df",
+          "udp.srcport", "udp.dstport", "vxlan.flags", "vxlan.vni", "_ws.col.Protocol",
+          "_ws.malformed", "_ws.expert.severity", "_ws.expert.message")
+
+
+class Capture:
+    """tcpdump on one interface of one namespace, writing a pcap file."""
+
+    def __init__(self, netns: str, ifname: str, bpf_filter: str = "udp", snaplen: int = 0):
+        fd, self.path = tempfile.mkstemp(prefix="dataplane-", suffix=".pcap")
+        os.close(fd)
+        argv = ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "-U", "-n", "-w", self.path]
+        if snaplen:
+            argv += ["-s", str(snaplen)]
+        argv += bpf_filter.split()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 5
+        line = ""
+        while time.monotonic() < deadline:  # tcpdump says "listening on" once its socket is open
+            line = self.proc.stderr.readline()
+            if "listening on" in line or self.proc.poll() is not None:
+                break
+        if self.proc.poll() is not None:
+            raise DataplaneError(f"tcpdump on {netns}/{ifname} failed: {line.strip()}")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            time.sleep(0.2)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.path
+
+    def remove(self) -> None:
+        self.stop()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def decode(pcap: str, vxlan_port: int = 4789) -> list[dict]:
+    """One dict per frame with the FIELDS above, as tshark dissects them,
+    outer IPv4 checksum verified."""
+    argv = ["tshark", "-r", pcap, "-n", "-o", "ip.check_checksum:TRUE", "-T", "fields",
+            "-E", "separator=\t", "-E", "occurrence=f"]
+    if vxlan_port != 4789:
+        argv += ["-d", f"udp.port=={vxlan_port},vxlan"]
+    for f in FIELDS:
+        argv += ["-e", f]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        raise DataplaneError(f"tshark failed: {r.stderr.strip()}")
+    rows = []
+    for line in r.stdout.splitlines():
+        vals = line.split("\t")
+        vals += [""] * (len(FIELDS) - len(vals))
+        rows.append(dict(zip(FIELDS, vals)))
+    return rows
+
+
+def inner_protocols(pcap: str) -> list[str]:
+    """The protocol stack of each frame (frame.protocols), e.g. eth:ethertype:ip:udp:vxlan:eth:ethertype:ip:icmp."""
+    r = subprocess.run(["tshark", "-r", pcap, "-n", "-T", "fields", "-e", "frame.protocols"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise DataplaneError(f"tshark failed: {r.stderr.strip()}")
+    return r.stdout.split()
+
+
+def problems(rows: list[dict]) -> list[str]:
+    """What a careful reader of the capture would object to."""
+    out = []
+    for r in rows:
+        n = r["frame.number"]
+        if r["_ws.malformed"]:
+            out.append(f"frame {n}: malformed")
+        if r["_ws.expert.severity"] and int(r["_ws.expert.severity"], 0) >= 0x00600000:
+            out.append(f"frame {n}: expert {r['_ws.expert.message']}")
+        if r["vxlan.vni"]:
+            if int(r["vxlan.flags"], 0) != 0x0800:
+                out.append(f"frame {n}: VXLAN flags {r['vxlan.flags']} (want 0x0800, I bit only)")
+            if r["ip.checksum.status"] != "1":
+                out.append(f"frame {n}: outer IPv4 checksum status {r['ip.checksum.status']} (1 = good)")
+            if r["ip.flags.df"] not in ("1", "True"):
+                out.append(f"frame {n}: outer DF not set")
+    return out

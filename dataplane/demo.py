@@ -4,13 +4,11 @@ check fails."""
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
 import sys
 import time
 
 from . import capture, lab, netlink
+from .traffic import iperf, ping, tcp_transfer
 from .node import Node
 
 
@@ -28,29 +26,6 @@ def _sbx(info: dict, host: str, vni: int) -> dict:
     return next(s for s in info["sandboxes"] if s["host"] == host and s["vni"] == vni)
 
 
-def ping(sandbox: str, ip: str, count: int = 3) -> tuple[int, str]:
-    r = netlink.ns_exec(sandbox, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", ip],
-                        capture_output=True, text=True)
-    m = re.search(r"(\d+) received", r.stdout)
-    rtt = re.search(r"= [\d.]+/([\d.]+)/", r.stdout)
-    return (int(m.group(1)) if m else 0), (f"rtt avg {rtt.group(1)} ms" if rtt else "no reply")
-
-
-def iperf(server_ns: str, client_ns: str, ip: str, args: list[str]) -> dict:
-    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", ip],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            r = netlink.ns_exec(client_ns, ["iperf3", "-c", ip, "-J", *args], capture_output=True, text=True)
-            if r.returncode == 0:
-                return json.loads(r.stdout)
-            time.sleep(0.1)  # server not listening yet
-        raise RuntimeError(r.stdout[-300:] + r.stderr[-300:])
-    finally:
-        srv.kill()
-        srv.wait()
-
-
 def run(keep: bool = False) -> int:
     d = Demo()
     lab.down()
@@ -66,9 +41,8 @@ def run(keep: bool = False) -> int:
             for dst in (b, c):
                 got, rtt = ping(a["name"], dst["ip"])
                 d.check(got == 3, f"ping {a['name']} -> {dst['name']} ({dst['ip']}, another host, VNI 256): {got}/3, {rtt}")
-            res = iperf(b["name"], a["name"], b["ip"], ["-n", "512K"])
-            d.check(res["end"].get("sum_received", {}).get("bytes", 0) >= 512 * 1024,
-                    "TCP transfer of 512 KiB h1 -> h2 on VNI 256 (captured)")
+            got = tcp_transfer(b["name"], a["name"], b["ip"], 1 << 20)
+            d.check(got == 1 << 20, f"TCP transfer h1 -> h2 on VNI 256 (captured): {got} of {1 << 20} bytes received")
         finally:
             pcap = cap.stop()
 
@@ -82,7 +56,7 @@ def run(keep: bool = False) -> int:
                 f"VNI 257 on h2 received {after - before} frames")
 
         res = iperf(b["name"], a["name"], b["ip"], ["-t", "2"])
-        gbps = res["end"].get("sum_received", {}).get("bits_per_second", 0) / 1e9
+        gbps = res["end"]["sum_received"]["bits_per_second"] / 1e9
         d.check(gbps > 0, f"TCP h1 -> h2 over VXLAN VNI 256 for 2 s: {gbps:.2f} Gbit/s (single stream, iperf3)")
 
         rows = capture.decode(pcap)

@@ -77,16 +77,16 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     if not quiet:
         print("dataplane: compiling and loading the fast path (bcc)...", file=sys.stderr, flush=True)
     try:
-        b = bcc.BPF(text=bundle(), cflags=cflags)
+        b = bcc.BPF(text=bundle().encode(), cflags=cflags)
     except Exception as e:
         raise ToolchainError(f"compiling bpf/ failed: {e}") from None
     fds: dict[str, int] = {}
     try:
         for name in TC_PROGRAMS:
-            fds[name] = b.load_func(name, bcc.BPF.SCHED_CLS).fd
+            fds[name] = b.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd
         for name in XDP_PROGRAMS:
-            fds[name] = b.load_func(name, bcc.BPF.XDP).fd
-        tail = b["dp_tail"]
+            fds[name] = b.load_func(name.encode(), bcc.BPF.XDP).fd
+        tail = b[b"dp_tail"]
         for name, slot in TAIL_SLOTS.items():
             tail[ctypes.c_int(int(slot))] = ctypes.c_int(fds[name])
         for name, fd in fds.items():

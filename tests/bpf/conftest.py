@@ -1,0 +1,137 @@
+"""Loads the real programs into the kernel under a private pin directory and
+runs packets through them with BPF_PROG_TEST_RUN. Map entries a test needs
+are written per test and the whole directory is removed afterwards."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import socket
+import sys
+
+import pytest
+
+from tests.conftest import require_privileges
+
+LOCAL_IP = "198.18.0.1"
+PEER_IP = "198.18.0.2"
+OTHER_PEER_IP = "198.18.0.3"
+VNI = 256
+OTHER_VNI = 257
+EP_IFINDEX = 1000           # host side of a local endpoint (not a real link: test runs only)
+EP2_IFINDEX = 1001
+EP_MAC, EP_IP = "02:42:0a:01:00:0b", "10.1.0.11"
+EP2_MAC, EP2_IP = "02:42:0a:01:00:0c", "10.1.0.12"
+REMOTE_MAC, REMOTE_IP = "02:42:0a:01:00:15", "10.1.0.21"
+UPLINK_IFINDEX = 900
+NH_SMAC, NH_DMAC = "02:00:00:00:00:aa", "02:00:00:00:00:bb"
+SPORT = 50000               # src port range pinned to one value so encapsulated bytes are exact
+
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_STOLEN, TC_ACT_REDIRECT = 0, 2, 4, 7
+XDP_DROP, XDP_PASS = 1, 2
+
+
+def be32(ip: str) -> int:
+    return int.from_bytes(socket.inet_aton(ip), sys.byteorder)
+
+
+class Harness:
+    def __init__(self, pin_dir: str):
+        from dataplane import abi, bpfsys, fastpath
+        from dataplane.maps import NodeMaps
+
+        self.abi = abi.load()
+        self.S = self.abi.structs
+        self.bpfsys = bpfsys
+        self.loaded = fastpath.load(pin_dir, quiet=True)
+        self.fds = self.loaded.fds
+        self.maps = NodeMaps(pin_dir)
+        self.drop = self.abi.enums["dp_drop"]
+
+    # --- map set-up ---------------------------------------------------------
+    def mac_key(self, vni, mac):
+        k = self.S["dp_mac_key"](vni=vni)
+        ctypes.memmove(k.mac, bytes.fromhex(mac.replace(":", "")), 6)
+        return k
+
+    def configure(self, peer_check=False, src_port=(SPORT, SPORT)):
+        flags = 1 if peer_check else 0
+        self.maps.dp_config.put(ctypes.c_uint32(0), self.S["dp_config"](
+            local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
+            src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,
+            fdb_age_ns=300 * 10**9))
+
+    def baseline(self):
+        m, S = self.maps, self.S
+        self.configure()
+        for vni in (0, VNI, OTHER_VNI):
+            m.dp_stats.put(ctypes.c_uint32(vni), (S["dp_stats"] * self.bpfsys.possible_cpus())())
+        for vni in (VNI, OTHER_VNI):
+            m.dp_networks.put(ctypes.c_uint32(vni), S["dp_network"](mtu=1450, n_local=0, n_flood=0))
+        for ifx, mac, ip in ((EP_IFINDEX, EP_MAC, EP_IP), (EP2_IFINDEX, EP2_MAC, EP2_IP)):
+            ep = S["dp_endpoint"](vni=VNI, ip=be32(ip))
+            ctypes.memmove(ep.mac, bytes.fromhex(mac.replace(":", "")), 6)
+            m.dp_endpoints.put(ctypes.c_uint32(ifx), ep)
+            m.dp_local_macs.put(self.mac_key(VNI, mac), ctypes.c_uint32(ifx))
+        for ip, mac in ((EP_IP, EP_MAC), (EP2_IP, EP2_MAC), (REMOTE_IP, REMOTE_MAC)):
+            nv = S["dp_mac"]()
+            ctypes.memmove(nv.mac, bytes.fromhex(mac.replace(":", "")), 6)
+            m.dp_neigh.put(S["dp_ip_key"](vni=VNI, ip=be32(ip)), nv)
+        m.dp_fdb.put(self.mac_key(VNI, REMOTE_MAC), S["dp_fdb_entry"](vtep=be32(PEER_IP), flags=1))
+        m.dp_vteps.put(S["dp_ip_key"](vni=VNI, ip=be32(PEER_IP)), ctypes.c_uint32(0))
+        for ip in (PEER_IP, OTHER_PEER_IP):
+            nh = S["dp_nexthop"](ifindex=UPLINK_IFINDEX, flags=1)
+            ctypes.memmove(nh.smac, bytes.fromhex(NH_SMAC.replace(":", "")), 6)
+            ctypes.memmove(nh.dmac, bytes.fromhex(NH_DMAC.replace(":", "")), 6)
+            m.dp_nexthops.put(ctypes.c_uint32(be32(ip)), nh)
+
+    # --- running packets ------------------------------------------------------
+    def run_tc(self, prog: str, frame: bytes, ingress_ifindex: int = 0):
+        ctx = (ctypes.c_uint32 * 48)()
+        ctx[9] = ingress_ifindex     # struct __sk_buff.ingress_ifindex (offset 36)
+        ret, out, _ = self.bpfsys.prog_test_run(self.fds[prog], bytes(frame), bytes(ctx))
+        return ret, out
+
+    def run_xdp(self, frame: bytes):
+        ret, out, _ = self.bpfsys.prog_test_run(self.fds["xdp_guard"], bytes(frame))
+        return ret, out
+
+    def stats(self, vni: int) -> dict:
+        per = self.maps.dp_stats.get(ctypes.c_uint32(vni))
+        out = {n: sum(getattr(c, n) for c in per) for n, _ in self.S["dp_stats"]._fields_ if n != "drops"}
+        out["drops"] = [sum(c.drops[i] for c in per) for i in range(self.abi.constants["DP_DROP_SLOTS"])]
+        return out
+
+    def close(self):
+        self.maps.close()
+        self.loaded.close()
+
+
+@pytest.fixture(scope="session")
+def harness():
+    require_privileges()
+    from dataplane import fastpath
+
+    pin_dir = os.path.join(fastpath.PIN_ROOT, f"test-{os.getpid()}")
+    h = None
+    try:
+        h = Harness(pin_dir)
+        yield h
+    finally:
+        if h:
+            h.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+        try:
+            os.rmdir(fastpath.PIN_ROOT)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def hx(harness):
+    """The harness with the baseline map contents, and no learned state from earlier tests."""
+    harness.baseline()
+    for k in harness.maps.dp_learned.keys():
+        harness.maps.dp_learned.delete(k)
+    yield harness

@@ -1,0 +1,39 @@
+"""Shared test set-up. Tests that need root, BPF or namespaces skip on a
+developer's unprivileged machine but fail under CI=true: CI must run them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _missing_capability() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    if not os.path.ismount("/sys/fs/bpf"):
+        return "bpffs not mounted on /sys/fs/bpf"
+    for tool in ("ip", "tcpdump", "tshark", "iperf3", "ping"):
+        if not shutil.which(tool):
+            return f"{tool} not installed"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc not importable"
+    return None
+
+
+def require_privileges() -> None:
+    why = _missing_capability()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI=true but {why}: these tests must run in CI", pytrace=False)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def privileged():
+    require_privileges()

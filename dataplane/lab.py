@@ -105,6 +105,10 @@ def _build(lab: dict, p: dict) -> None:
     netlink.ns_create(UNDERLAY_NS)
     netlink.sysctl(UNDERLAY_NS, "net.ipv6.conf.all.disable_ipv6", "1")
     netlink.sysctl(UNDERLAY_NS, "net.ipv6.conf.default.disable_ipv6", "1")
+    # br_netfilter is built into this kernel: without this the "switch" would run
+    # iptables and drop malformed IPv4 itself, which a real switch does not.
+    for fam in ("iptables", "ip6tables", "arptables"):
+        netlink.sysctl(UNDERLAY_NS, f"net.bridge.bridge-nf-call-{fam}", "0")
     _run(["ip", "-n", UNDERLAY_NS, "link", "add", BRIDGE, "type", "bridge"])
     _run(["ip", "-n", UNDERLAY_NS, "link", "set", BRIDGE, "up"])
     for i in range(1, n + 1):

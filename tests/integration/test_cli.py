@@ -1,0 +1,120 @@
+"""The CLI as a user meets it: bad input gives one line, a non-zero exit and
+nothing half-created; up and down are idempotent."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dataplane import fastpath, netlink, state
+from tests.conftest import require_privileges
+from tests.integration.conftest import DATAPLANE, dp, dp_json
+
+NS = "dpl-cli"
+
+
+@pytest.fixture
+def host():
+    """A namespace with an uplink (a veth whose peer sits in a second namespace)."""
+    require_privileges()
+    for ns in (NS, NS + "p"):
+        netlink.ns_delete(ns)
+        netlink.ns_create(ns)
+    try:
+        subprocess.run(["ip", "-n", NS, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", NS + "p"],
+                       check=True)
+        netlink.link_up(NS, "ul0", "198.18.1.1", 24)
+        netlink.link_up(NS + "p", "ul0", "198.18.1.2", 24)
+        yield NS
+    finally:
+        subprocess.run(DATAPLANE + ["--netns", NS, "down"], capture_output=True)
+        for ns in (NS, NS + "p"):
+            netlink.ns_delete(ns)
+        assert not os.path.exists(os.path.join(fastpath.PIN_ROOT, NS))
+        assert not os.path.exists(state.node_dir(NS))
+
+
+def nothing_created(ns=NS):
+    assert not os.path.exists(os.path.join(fastpath.PIN_ROOT, ns)), "pins left"
+    assert state.load(ns) is None, "state left"
+    assert netlink.tc_filter_names(ns, netlink.link_index(ns, "ul0")) == [], "filter left"
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    (["--vni", "0"], 2, "bad VNI 0"),
+    (["--vni", "16777216"], 2, "must be 1..16777215"),
+    (["--vni", "256", "--local-ip", "300.1.1.1"], 2, "bad local address"),
+    (["--vni", "256", "--local-ip", "198.18.1.9"], 2, "is not an address of ul0"),
+    (["--vni", "256", "--peer", "nope"], 2, "bad peer address"),
+    (["--vni", "256", "--underlay", "nope0"], 3, "interface 'nope0' not found"),
+    (["--vni", "256", "--port", "70000"], 2, "bad UDP port"),
+    (["--vni", "256", "--vni", "257", "--subnet", "10.9.0.0/24"], 2, "exactly one --vni"),
+])
+def test_bad_input_one_line_nonzero_nothing_created(host, args, code, msg):
+    r = dp("--netns", host, "up", "--underlay", "ul0", *args, check=False) if "--underlay" not in args else \
+        dp("--netns", host, "up", *args, check=False)
+    assert r.returncode == code, r.stderr
+    assert msg in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    nothing_created()
+
+
+def test_missing_namespace():
+    require_privileges()
+    r = dp("--netns", "dpl-nonexistent", "up", "--vni", "256", check=False)
+    assert r.returncode == 3 and "does not exist" in r.stderr
+
+
+def test_not_root_is_refused():
+    require_privileges()
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + DATAPLANE +
+                       ["--netns", "dpl-x", "up", "--vni", "256"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 5, r.stderr
+    assert "needs root" in r.stderr
+
+
+def test_bcc_missing_is_a_clear_error(host):
+    code = ("import sys; sys.modules['bcc'] = None\n"
+            "from dataplane.cli import main\n"
+            f"sys.exit(main(['--netns', '{host}', 'up', '--vni', '256', '--underlay', 'ul0']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 6 and "bcc is not importable" in r.stderr
+    nothing_created()
+
+
+def test_up_and_down_are_idempotent(host):
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
+    first = dp_json("--netns", host, "stats")
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
+    assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [s["vni"] for s in first] == [0, 256]
+    assert netlink.tc_filter_names(host, netlink.link_index(host, "ul0")) == ["from_overlay"]
+    assert dp("--netns", host, "down").stdout.startswith("down: node removed")
+    assert dp("--netns", host, "down").stdout.startswith("down: nothing was up")
+    nothing_created()
+
+
+def test_endpoint_errors(host):
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
+    r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "999", check=False)
+    assert r.returncode == 3 and "VNI 999 is not up" in r.stderr
+    r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256", "--ip", "10.9.9.9", check=False)
+    assert r.returncode == 2 and "not a host address of 10.1.0.0/24" in r.stderr
+    assert not netlink.ns_exists("dpl-e1")
+    dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256")
+    r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256", check=False)
+    assert r.returncode == 4 and "exists already" in r.stderr
+    r = dp("--netns", host, "endpoint", "rm", "dpl-nope", check=False)
+    assert r.returncode == 3
+    dp("--netns", host, "down")
+    assert not netlink.ns_exists("dpl-e1"), "down removes the sandboxes it created"
+
+
+def test_down_one_vni_keeps_the_other(host):
+    dp("--netns", host, "up", "--vni", "256", "--vni", "257", "--underlay", "ul0")
+    dp("--netns", host, "endpoint", "add", "dpl-e2", "--vni", "257")
+    dp("--netns", host, "down", "--vni", "257")
+    assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [0, 256]
+    assert not netlink.ns_exists("dpl-e2")
+    dp("--netns", host, "down")

@@ -1,0 +1,62 @@
+"""Thousands of random and truncated frames thrown at a live host's uplink,
+with the XDP guard attached: nothing crashes, drops are counted by reason,
+and sandboxes keep talking afterwards."""
+
+import pytest
+
+from dataplane import lab, netlink
+from dataplane.node import Node
+from dataplane.traffic import ping, tcp_transfer
+from tests.integration.conftest import in_ns, make_lab, sandbox, stats
+
+# Frames are injected on the underlay side of h1's uplink: whatever the wire carries.
+WIRE = "ul-h1"
+
+BARRAGE = """
+import random, sys
+from scapy.all import Ether, IP, UDP, Raw, sendp
+from scapy.layers.vxlan import VXLAN
+dst_mac, dst_ip, n, iface = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rnd = random.Random(7)
+inner = Ether(src="02:42:0a:01:00:99", dst="02:42:0a:01:00:0b") / IP(src="10.1.0.99", dst="10.1.0.11") / UDP() / Raw(b"x" * 32)
+def vx(vni=256, flags=0x08):
+    return Ether(dst=dst_mac) / IP(src="198.18.0.200", dst=dst_ip) / UDP(sport=50000, dport=4789) / VXLAN(flags=flags, vni=vni) / inner
+good = bytes(vx())
+frames = []
+for cut in range(14, len(good)):                      # every truncation, inside every header
+    frames.append(good[:cut])
+frames += [bytes(vx(flags=rnd.choice([0, 0x0C, 0x88, 0xFF]))) for _ in range(n // 4)]
+frames += [bytes(vx(vni=rnd.randrange(1000, 1 << 24))) for _ in range(n // 4)]
+frames += [good[:42] + bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 200))) for _ in range(n // 4)]
+frames += [bytes.fromhex(dst_mac.replace(":", "")) + bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 300)))
+           for _ in range(n // 4)]
+sendp([Raw(f) for f in frames], iface=iface, verbose=False)
+print(len(frames))
+"""
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], per_host=1, xdp_guard=True)
+
+
+def test_barrage_is_dropped_counted_and_harmless(info):
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    assert netlink.xdp_attached("dpl-h1", netlink.link_index("dpl-h1", "ul0"))
+    before = stats("dpl-h1", 0)["drops"]
+    h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
+    r = in_ns(lab.UNDERLAY_NS, BARRAGE, h1_mac, "198.18.0.1", 4000, WIRE)
+    assert r.returncode == 0, r.stderr
+    sent = int(r.stdout.strip())
+    assert sent > 4000
+    after = stats("dpl-h1", 0)["drops"]
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert delta.get("truncated", 0) >= 40, delta      # cuts inside the IP, UDP, VXLAN and inner headers
+    assert delta.get("bad_vxlan_flags", 0) >= 900, delta
+    assert delta.get("unknown_vni", 0) >= 900, delta
+    assert sum(delta.values()) >= 2000, delta
+    # Still forwarding, both ways, and still attached.
+    assert ping(a["name"], b["ip"])[0] == 3
+    assert tcp_transfer(a["name"], b["name"], a["ip"], 1 << 20) == 1 << 20
+    assert "from_overlay" in netlink.tc_filter_names("dpl-h1", netlink.link_index("dpl-h1", "ul0"))
+    assert Node("dpl-h1").stats()

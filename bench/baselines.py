@@ -1,0 +1,76 @@
+"""The two baselines beside dataplane in the same lab, each on its own uplink
+and underlay bridge so no mode's traffic crosses another's programs:
+
+- routing: no overlay; sandbox -> host router -> underlay -> host router -> sandbox (the ceiling).
+- vxlan:   the kernel's vxlan device + a bridge per host (Docker overlay's and flannel's data path).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from dataplane import lab, netlink
+
+MODES = ("routing", "vxlan", "dataplane")
+
+
+def sh(*argv: str) -> None:
+    r = subprocess.run(list(argv), capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
+
+
+def _uplink(h: int, mode: str, ip: str) -> str:
+    """Host h gets uplink <mode[0]>ul0 on its own bridge br-<mode> in the underlay namespace."""
+    ns, br, dev, port = lab.host_ns(h), f"br-{mode}", f"{mode[0]}ul0", f"{mode[0]}ul-h{h}"
+    if not netlink.link_index(lab.UNDERLAY_NS, br):
+        sh("ip", "-n", lab.UNDERLAY_NS, "link", "add", br, "type", "bridge")
+        sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", br, "up")
+    sh("ip", "-n", lab.UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
+    sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", port, "master", br, "up")
+    netlink.link_up(ns, dev, ip, 24)
+    return dev
+
+
+def _sandbox(name: str, host_ns: str, host_if: str, ip: str, prefix: int, mtu: int) -> None:
+    netlink.ns_create(name)
+    netlink.sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
+    sh("ip", "-n", host_ns, "link", "add", host_if, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+       "netns", name, "mtu", str(mtu))
+    sh("ip", "-n", host_ns, "link", "set", host_if, "up")
+    netlink.link_up(name, "lo")
+    netlink.link_up(name, "eth0", ip, prefix)
+
+
+def setup(hosts: int = 2) -> dict[str, list[dict]]:
+    """Sandboxes per mode: [{'name', 'ip'}] indexed by host - 1. The dataplane
+    mode's sandboxes are the lab's own (VNI 256)."""
+    out: dict[str, list[dict]] = {"routing": [], "vxlan": []}
+    for h in range(1, hosts + 1):
+        ns = lab.host_ns(h)
+        # routing
+        _uplink(h, "routing", f"198.18.2.{h}")
+        sb = f"{lab.PREFIX}b-r{h}"
+        _sandbox(sb, ns, "rv0", f"10.251.{h}.2", 24, 1500)
+        netlink.link_up(ns, "rv0", f"10.251.{h}.1", 24)
+        sh("ip", "-n", sb, "route", "add", "default", "via", f"10.251.{h}.1")
+        netlink.sysctl(ns, "net.ipv4.ip_forward", "1")
+        for j in range(1, hosts + 1):
+            if j != h:
+                sh("ip", "-n", ns, "route", "add", f"10.251.{j}.0/24", "via", f"198.18.2.{j}")
+        out["routing"].append({"name": sb, "ip": f"10.251.{h}.2"})
+        # kernel vxlan + bridge
+        dev = _uplink(h, "vxlan", f"198.18.1.{h}")
+        sh("ip", "-n", ns, "link", "add", "vx256", "type", "vxlan", "id", "256", "local", f"198.18.1.{h}",
+           "dstport", "4789", "dev", dev)
+        sh("ip", "-n", ns, "link", "add", "brk", "type", "bridge")
+        sh("ip", "-n", ns, "link", "set", "vx256", "master", "brk", "up")
+        sh("ip", "-n", ns, "link", "set", "brk", "up")
+        for j in range(1, hosts + 1):
+            if j != h:
+                sh("bridge", "-n", ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx256", "dst", f"198.18.1.{j}")
+        sb = f"{lab.PREFIX}b-k{h}"
+        _sandbox(sb, ns, "kv0", f"10.250.0.{h}", 24, 1450)
+        sh("ip", "-n", ns, "link", "set", "kv0", "master", "brk")
+        out["vxlan"].append({"name": sb, "ip": f"10.250.0.{h}"})
+    return out

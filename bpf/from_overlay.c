@@ -65,8 +65,11 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	/* Removes outer IPv4/UDP/VXLAN and the inner Ethernet header; the outer one stays. */
 	if (bpf_skb_adjust_room(skb, -(int)(vx.inner_off & 0xff), BPF_ADJ_ROOM_MAC, flags))
 		return -DP_DROP_HELPER;
-	if (bpf_skb_store_bytes(skb, 0, &vx.inner, ETH_HLEN, 0))
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN > end)
 		return -DP_DROP_HELPER;
+	__builtin_memcpy(data, &vx.inner, ETH_HLEN);
 
 	ret = deliver_inner(skb, vx.vni, &vx, inner_is_ip);
 	if (ret >= 0)

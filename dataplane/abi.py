@@ -64,15 +64,20 @@ class Abi:
             elif m := _STRUCT_START.match(line):
                 self._parse_struct(m.group(1), lines)
 
+    @staticmethod
+    def _body(lines):
+        """Member lines of an enum or struct, up to its closing "};", comments skipped."""
+        for line in lines:
+            if _END.match(line):
+                return
+            stripped = line.strip()
+            if stripped and not stripped.startswith(("/*", "*")):
+                yield line
+
     def _parse_enum(self, name: str, lines) -> None:
         members: dict[str, int] = {}
         nxt = 0
-        for line in lines:
-            if _END.match(line):
-                break
-            stripped = line.strip()
-            if not stripped or stripped.startswith(("/*", "*")):
-                continue
+        for line in self._body(lines):
             m = _ENUM_MEMBER.match(line)
             if not m:
                 raise AbiError(f"enum {name}: cannot parse {line!r}")
@@ -84,12 +89,7 @@ class Abi:
 
     def _parse_struct(self, name: str, lines) -> None:
         fields = []
-        for line in lines:
-            if _END.match(line):
-                break
-            stripped = line.strip()
-            if not stripped or stripped.startswith(("/*", "*")):
-                continue
+        for line in self._body(lines):
             m = _STRUCT_FIELD.match(line)
             if not m:
                 raise AbiError(f"struct {name}: cannot parse {line!r}")

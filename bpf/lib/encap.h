@@ -144,15 +144,31 @@ static __always_inline int outer_write(struct __sk_buff *skb, const struct dp_ou
 	return 0;
 }
 
+/*
+ * Put outer headers in front of the frame: room first, then the 50 bytes.
+ * The source port is hashed from the inner flow before the frame changes.
+ */
+static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_config *cfg,
+				      const struct dp_nexthop *nh, __be32 dst, __u32 vni,
+				      __u32 inner_len, int inner_is_ip)
+{
+	struct dp_outer o;
+	int ret;
+
+	outer_build(&o, cfg, nh, dst, vni, vxlan_src_port(cfg, bpf_get_hash_recalc(skb)), inner_len);
+	ret = vxlan_push(skb, inner_is_ip);
+	if (ret < 0)
+		return ret;
+	return outer_write(skb, &o);
+}
+
 /* Encapsulate toward one VTEP and send it out of the uplink. */
 static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_config *cfg,
 					 __u32 vni, __be32 vtep, int inner_is_ip)
 {
 	struct dp_network *net = dp_networks.lookup(&vni);
 	struct dp_nexthop *nh;
-	struct dp_outer o;
 	__u32 len = skb->len;
-	__u16 sport;
 	int ret;
 
 	if (!net)
@@ -164,12 +180,7 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 	if (!nh && !inner_is_ip)
 		return -DP_DROP_NO_NEXTHOP;
 
-	sport = vxlan_src_port(cfg, bpf_get_hash_recalc(skb));
-	outer_build(&o, cfg, nh, vtep, vni, sport, len);
-	ret = vxlan_push(skb, inner_is_ip);
-	if (ret < 0)
-		return ret;
-	ret = outer_write(skb, &o);
+	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip);
 	if (ret < 0)
 		return ret;
 	STAT_ADD(vni, tx_packets, tx_bytes, len);

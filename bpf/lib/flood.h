@@ -92,9 +92,7 @@ static __always_inline int flood(struct __sk_buff *skb, const struct dp_config *
 				 __u32 from_ifindex, int inner_is_ip)
 {
 	struct dp_network *net = dp_networks.lookup(&vni);
-	struct dp_outer o;
 	__u32 n_flood, sent, len;
-	__u16 sport;
 	int ret;
 
 	if (!net)
@@ -105,13 +103,8 @@ static __always_inline int flood(struct __sk_buff *skb, const struct dp_config *
 		return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
 
 	len = skb->len;
-	sport = vxlan_src_port(cfg, bpf_get_hash_recalc(skb));
 	/* Destination and MACs are rewritten per copy by flood_remote. */
-	outer_build(&o, cfg, NULL, 0, vni, sport, len);
-	ret = vxlan_push(skb, inner_is_ip);
-	if (ret < 0)
-		return ret;
-	ret = outer_write(skb, &o);
+	ret = encap_push(skb, cfg, NULL, 0, vni, len, inner_is_ip);
 	if (ret < 0)
 		return ret;
 	sent += flood_remote(skb, vni, n_flood, len);

@@ -7,14 +7,6 @@
  * delivery within the VNI, encapsulation toward a remote VTEP, or flooding.
  */
 
-static __always_inline void skb_ensure_head(struct __sk_buff *skb, __u32 want)
-{
-	__u32 have = skb->data_end - skb->data;
-
-	if (have < want && have < skb->len)
-		bpf_skb_pull_data(skb, want < skb->len ? want : skb->len);
-}
-
 static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg,
 				      __u32 vni, __u32 ifindex, int is_ip)
 {

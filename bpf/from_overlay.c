@@ -29,7 +29,6 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	struct dp_mac_key self = {};
 	struct vx_info vx = {};
 	void *data, *end;
-	__u32 have, want;
 	int inner_is_ip;
 	__u64 flags;
 	int ret;
@@ -37,10 +36,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (!cfg)
 		return DP_PASS;
 	/* Outer headers (IPv4 options included) and inner Ethernet must be in the linear head. */
-	have = skb->data_end - skb->data;
-	want = ETH_HLEN + 60 + 16 + ETH_HLEN;
-	if (have < want && have < skb->len)
-		bpf_skb_pull_data(skb, want < skb->len ? want : skb->len);
+	skb_ensure_head(skb, ETH_HLEN + 60 + 16 + ETH_HLEN);
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
 

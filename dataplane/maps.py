@@ -85,13 +85,14 @@ class Map:
             os.close(self.fd)
             self.fd = -1
 
-    def _value_buf(self):
+    def zero(self):
+        """A zeroed value; for per-CPU maps, one per possible CPU."""
         if self.percpu:
             return (self.spec.value * bpfsys.possible_cpus())()
         return self.spec.value()
 
     def get(self, key):
-        val = self._value_buf()
+        val = self.zero()
         return val if bpfsys.lookup(self.fd, key, val) else None
 
     def put(self, key, value, flags: int = bpfsys.BPF_ANY) -> None:

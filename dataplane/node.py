@@ -19,7 +19,7 @@ import time
 
 from . import abi, fastpath, model, netlink, state
 from .errors import Conflict, DataplaneError, KernelError, NotFound, NotPermitted, UsageError
-from .maps import SPECS, NodeMaps
+from .maps import NodeMaps
 
 _S = abi.load().structs
 _E = abi.load().enums
@@ -134,6 +134,7 @@ class Node:
             st["config"] = cfg.to_dict()
             st["uplink_ifindex"] = link["index"]
             st["uplink_mtu"] = link["mtu"]
+            st["uplink_mac"] = link["mac"]
             try:
                 self._apply(st, vnis, subnet, peers, quiet)
             except BaseException:
@@ -159,7 +160,7 @@ class Node:
                 self._write_config(m, st)
                 zero = ctypes.c_uint32(0)
                 if m.dp_stats.get(zero) is None:
-                    m.dp_stats.put(zero, (SPECS["dp_stats"].value * _ncpu())())
+                    m.dp_stats.put(zero, m.dp_stats.zero())
                 for vni in vnis:
                     self._add_network(m, st, vni, subnet)
                 # New programs go in by replacing the filters in place: no moment without one.
@@ -195,7 +196,7 @@ class Node:
         self._sync_network(m, st, vni)
         k = ctypes.c_uint32(vni)
         if m.dp_stats.get(k) is None:
-            m.dp_stats.put(k, (SPECS["dp_stats"].value * _ncpu())())
+            m.dp_stats.put(k, m.dp_stats.zero())
 
     def _sync_network(self, m: NodeMaps, st: dict, vni: int) -> None:
         """Rewrite the VNI's entry, its local-port and flood slots from the state.
@@ -241,7 +242,7 @@ class Node:
                   file=sys.stderr)
             return
         nh = _S["dp_nexthop"](ifindex=oif, updated_ns=time.monotonic_ns())
-        ctypes.memmove(nh.smac, model.mac_bytes(netlink.link_info(self.netns, st["config"]["underlay"])["mac"]), 6)
+        ctypes.memmove(nh.smac, model.mac_bytes(st["uplink_mac"]), 6)
         ctypes.memmove(nh.dmac, model.mac_bytes(mac), 6)
         m.dp_nexthops.put(ctypes.c_uint32(_be32(ip)), nh)
 
@@ -497,7 +498,3 @@ class Node:
                 rows.append(row)
         return sorted(rows, key=lambda r: r["vni"])
 
-
-def _ncpu() -> int:
-    from .bpfsys import possible_cpus
-    return possible_cpus()

@@ -69,4 +69,13 @@ static __always_inline int mac_is_zero(const __u8 *m)
 	return (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) == 0;
 }
 
+/* Make the first `want` bytes (or the whole frame, if shorter) directly readable. */
+static __always_inline void skb_ensure_head(struct __sk_buff *skb, __u32 want)
+{
+	__u32 have = skb->data_end - skb->data;
+
+	if (have < want && have < skb->len)
+		bpf_skb_pull_data(skb, want < skb->len ? want : skb->len);
+}
+
 #endif /* DP_COMMON_H */

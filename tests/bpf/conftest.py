@@ -66,7 +66,7 @@ class Harness:
         m, S = self.maps, self.S
         self.configure()
         for vni in (0, VNI, OTHER_VNI):
-            m.dp_stats.put(ctypes.c_uint32(vni), (S["dp_stats"] * self.bpfsys.possible_cpus())())
+            m.dp_stats.put(ctypes.c_uint32(vni), m.dp_stats.zero())
         for vni in (VNI, OTHER_VNI):
             m.dp_networks.put(ctypes.c_uint32(vni), S["dp_network"](mtu=1450, n_local=0, n_flood=0))
         for ifx, mac, ip in ((EP_IFINDEX, EP_MAC, EP_IP), (EP2_IFINDEX, EP2_MAC, EP2_IP)):

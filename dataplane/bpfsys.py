@@ -17,6 +17,7 @@ SYS_BPF = 321  # x86_64
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
 OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD = 6, 7, 10, 15
+MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 26, 27
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
 MAP_TYPES = {"hash": 1, "array": 2, "prog": 3, "percpu_hash": 5, "lru_hash": 9}
@@ -39,6 +40,12 @@ def _call(cmd: int, attr: ctypes.Structure, what: str, ok=()) -> int:
 class _ElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
+                ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 class _ObjAttr(ctypes.Structure):
@@ -110,7 +117,37 @@ def update(fd: int, key, value, flags: int = BPF_ANY, what: str = "map") -> None
     attr = _ElemAttr(map_fd=fd, key=_ptr(key), value=_ptr(value), flags=flags)
     ret = _call(MAP_UPDATE_ELEM, attr, f"update {what}", ok=(errno.E2BIG, errno.ENOMEM))
     if ret < 0:
-        raise KernelError(f"update {what}: map is full (raise its size with --map-size)")
+        raise MapFull(f"update {what}: map is full (raise its size with --map-size)")
+
+
+class MapFull(KernelError):
+    """An update found the map at max_entries."""
+
+
+def update_batch(fd: int, keys, values, count: int, what: str = "map") -> None:
+    """Write count elements in one call; keys and values are ctypes arrays."""
+    if count == 0:
+        return
+    attr = _BatchAttr(keys=_ptr(keys), values=_ptr(values), count=count, map_fd=fd)
+    ret = _call(MAP_UPDATE_BATCH, attr, f"batch update {what}", ok=(errno.E2BIG, errno.ENOMEM))
+    if ret < 0:
+        raise MapFull(f"update {what}: map is full after {attr.count} of {count} entries "
+                      "(raise its size with --map-size)")
+
+
+def delete_batch(fd: int, keys, count: int, what: str = "map") -> int:
+    """Delete count keys in one call; keys already gone are skipped one by one."""
+    if count == 0:
+        return 0
+    attr = _BatchAttr(keys=_ptr(keys), count=count, map_fd=fd)
+    if _call(MAP_DELETE_BATCH, attr, f"batch delete {what}", ok=(errno.ENOENT,)) >= 0:
+        return count
+    # The kernel stops at the first missing key; finish the rest singly.
+    done = attr.count
+    size = ctypes.sizeof(keys) // len(keys)
+    for i in range(done + 1, count):
+        delete(fd, (ctypes.c_uint8 * size).from_buffer(keys, i * size))
+    return count
 
 
 def delete(fd: int, key) -> bool:

@@ -101,6 +101,18 @@ class Map:
     def delete(self, key) -> bool:
         return bpfsys.delete(self.fd, key)
 
+    def put_many(self, pairs) -> None:
+        """Write (key, value) pairs with one BPF_MAP_UPDATE_BATCH call."""
+        pairs = list(pairs)
+        keys = (self.spec.key * len(pairs))(*(k for k, _ in pairs))
+        vals = (self.spec.value * len(pairs))(*(v for _, v in pairs))
+        bpfsys.update_batch(self.fd, keys, vals, len(pairs), what=self.spec.name)
+
+    def delete_many(self, keys) -> None:
+        keys = list(keys)
+        arr = (self.spec.key * len(keys))(*keys)
+        bpfsys.delete_batch(self.fd, arr, len(keys), what=self.spec.name)
+
     def keys(self):
         out = []
         cur = None

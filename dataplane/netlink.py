@@ -74,6 +74,51 @@ def ns_list() -> list[str]:
     return sorted(_netns.listnetns())
 
 
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into namespace name (threads it starts later
+    follow it). Only the network namespace changes: /sys/fs/bpf stays visible,
+    which `ip netns exec` (a new mount namespace) would hide."""
+    global _libc
+    if _libc is None:
+        import ctypes  # noqa: PLC0415
+        _libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {name!r} does not exist") from None
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            import ctypes  # noqa: PLC0415
+            raise _kerr(f"enter network namespace {name}", OSError(ctypes.get_errno(), "setns"))
+    finally:
+        os.close(fd)
+
+
+def call_in_netns(name: str | None, fn, *args):
+    """fn(*args) on a helper thread inside namespace name; its result or exception."""
+    if name is None:
+        return fn(*args)
+    import threading  # noqa: PLC0415
+    out: dict = {}
+
+    def run():
+        try:
+            enter_netns(name)
+            out["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
 def ns_exec(name: str | None, argv: list[str], **kw) -> subprocess.CompletedProcess:
     """Run a command inside a namespace, as `ip netns exec` does."""
     cmd = (["ip", "netns", "exec", name] if name else []) + list(argv)

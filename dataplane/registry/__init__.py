@@ -1,0 +1,43 @@
+"""Endpoint registry: `open_registry(url)` for sqlite:///path or etcd://host:port[,host:port]."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..errors import UsageError
+from .kv import Compacted, Unavailable
+from .records import Endpoint, Host, Network
+from .store import Change, Registry, Snapshot, change
+
+DEFAULT_URL = "sqlite:///var/lib/dataplane/registry.db"
+
+__all__ = ["DEFAULT_URL", "Change", "Compacted", "Endpoint", "Host", "Network", "Registry", "Snapshot",
+           "Unavailable", "change", "open_registry", "parse_url"]
+
+
+def parse_url(url: str) -> tuple[str, object]:
+    """("sqlite", path) or ("etcd", [(host, port), ...]); UsageError otherwise."""
+    parts = urlsplit(url or "")
+    if parts.scheme == "sqlite":
+        path = parts.path
+        if parts.netloc or not path.startswith("/") or path.endswith("/"):
+            raise UsageError(f"bad registry {url!r}: expected sqlite:///absolute/path.db")
+        return "sqlite", path
+    if parts.scheme == "etcd":
+        eps = []
+        for hp in parts.netloc.split(","):
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UsageError(f"bad registry {url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+            eps.append((host, int(port)))
+        return "etcd", eps
+    raise UsageError(f"bad registry {url!r}: use sqlite:///path or etcd://host:port")
+
+
+def open_registry(url: str | None = None) -> Registry:
+    kind, where = parse_url(url or DEFAULT_URL)
+    if kind == "sqlite":
+        from .kv_sqlite import SqliteKV  # noqa: PLC0415
+        return Registry(SqliteKV(where))
+    from .kv_etcd import EtcdKV  # noqa: PLC0415
+    return Registry(EtcdKV(where))

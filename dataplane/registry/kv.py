@@ -1,0 +1,103 @@
+"""The key-value contract both registry backends keep (etcd's model, kept small).
+
+Every write bumps one store-wide revision; a watch replays the changes after
+a revision in order; a lease makes keys vanish when its holder stops renewing
+it. The registry (store.py) is written only against this, so the SQLite
+file and a real etcd pass the same tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import DataplaneError
+
+
+class Unavailable(DataplaneError):
+    """The store cannot be reached (etcd down, file unreadable)."""
+
+    exit_code = 7
+
+
+class Compacted(DataplaneError):
+    """A watch asked for history the store no longer keeps: resync from a snapshot."""
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    value: bytes
+    mod_rev: int
+    create_rev: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    key: str
+    value: bytes | None      # None: the key was deleted
+    rev: int
+
+
+@dataclass
+class Txn:
+    """Compare-and-swap: if every compare holds, apply puts and deletes atomically.
+    A compare is (key, mod_rev): 0 means "the key must not exist"."""
+    compares: list[tuple[str, int]] = field(default_factory=list)
+    puts: list[tuple[str, bytes, int]] = field(default_factory=list)   # key, value, lease (0: none)
+    deletes: list[str] = field(default_factory=list)
+
+    def absent(self, key: str) -> "Txn":
+        self.compares.append((key, 0))
+        return self
+
+    def unchanged(self, key: str, mod_rev: int) -> "Txn":
+        self.compares.append((key, mod_rev))
+        return self
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> "Txn":
+        self.puts.append((key, value, lease))
+        return self
+
+    def delete(self, key: str) -> "Txn":
+        self.deletes.append(key)
+        return self
+
+
+class KV:
+    """Interface; see kv_sqlite.SqliteKV and kv_etcd.EtcdKV."""
+
+    url: str
+
+    def range(self, prefix: str) -> tuple[int, list[Item]]:
+        """Every key under prefix and the revision they were read at."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> Item | None:
+        _, items = self.range_exact(key)
+        return items[0] if items else None
+
+    def range_exact(self, key: str) -> tuple[int, list[Item]]:
+        raise NotImplementedError
+
+    def commit(self, txn: Txn) -> tuple[bool, int]:
+        """(succeeded, revision after)."""
+        raise NotImplementedError
+
+    def lease_grant(self, ttl: int) -> int:
+        raise NotImplementedError
+
+    def lease_keepalive(self, lease: int) -> bool:
+        """False when the lease has expired (its keys are gone)."""
+        raise NotImplementedError
+
+    def lease_revoke(self, lease: int) -> None:
+        raise NotImplementedError
+
+    def watch(self, prefix: str, start_rev: int):
+        """A Watch: iterate for lists of Events (empty list on idle ticks); raises
+        Compacted or Unavailable. close() ends it from another thread."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,228 @@
+"""The KV contract on one SQLite file (WAL), for a single machine and the lab.
+
+Several processes (one agent per simulated host, the CLI) share the file.
+Writes run under BEGIN IMMEDIATE, so a compare-and-swap is atomic across
+processes. The change log (table events) is what watches poll; leases are
+wall-clock deadlines, and whichever process touches the store first after a
+deadline deletes the lease's keys (and logs the deletions).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+from .kv import KV, Compacted, Event, Item, Txn, Unavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
+                               create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, rev INTEGER NOT NULL,
+                                   key TEXT NOT NULL, value BLOB);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl INTEGER NOT NULL, deadline REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('rev', 1), ('compacted', 0);
+CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease);
+CREATE INDEX IF NOT EXISTS events_rev ON events (rev);
+"""
+KEEP_EVENTS = 500_000      # change-log rows kept for watchers that fall behind
+POLL_S = 0.005
+
+
+class SqliteKV(KV):
+    def __init__(self, path: str):
+        self.url = f"sqlite://{path}"
+        self.path = path
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = self._connect()
+            with self._lock:
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise Unavailable(f"registry {path}: {e}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- reads ---------------------------------------------------------------
+
+    def _rev(self) -> int:
+        return self._db.execute("SELECT value FROM meta WHERE name='rev'").fetchone()[0]
+
+    def _select(self, where: str, args) -> tuple[int, list[Item]]:
+        with self._lock:
+            self._expire_if_due()
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE {where} "
+                                        "ORDER BY key", args).fetchall()
+                rev = self._rev()
+            finally:
+                self._db.execute("COMMIT")
+        return rev, [Item(k, bytes(v), m, c, lease) for k, v, m, c, lease in rows]
+
+    def range(self, prefix: str) -> tuple[int, list[Item]]:
+        # Keys are ASCII paths: [prefix, prefix + U+FFFF) covers every key under it.
+        return self._select("key >= ? AND key < ?", (prefix, prefix + "\uffff"))
+
+    def range_exact(self, key: str) -> tuple[int, list[Item]]:
+        return self._select("key = ?", (key,))
+
+    # --- writes --------------------------------------------------------------
+
+    def _write(self, fn):
+        """Run fn(cursor, new_rev) in one IMMEDIATE transaction; fn returns
+        False to roll back (a failed compare). Returns (ok, revision)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rev = self._rev() + 1
+                    self._expire(rev)
+                    ok = fn(rev)
+                    if ok:
+                        self._db.execute("UPDATE meta SET value=? WHERE name='rev'", (rev,))
+                        self._db.execute("COMMIT")
+                        return True, rev
+                    self._db.execute("ROLLBACK")
+                    return False, rev - 1
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise Unavailable(f"registry {self.path}: {e}") from None
+
+    def _log(self, rev: int, key: str, value) -> None:
+        self._db.execute("INSERT INTO events (rev, key, value) VALUES (?, ?, ?)", (rev, key, value))
+
+    def _delete_key(self, rev: int, key: str) -> None:
+        if self._db.execute("DELETE FROM kv WHERE key=?", (key,)).rowcount:
+            self._log(rev, key, None)
+
+    def _expire(self, rev: int) -> bool:
+        dead = [r[0] for r in self._db.execute("SELECT id FROM leases WHERE deadline < ?", (time.time(),))]
+        for lease in dead:
+            for (key,) in self._db.execute("SELECT key FROM kv WHERE lease=?", (lease,)).fetchall():
+                self._delete_key(rev, key)
+            self._db.execute("DELETE FROM leases WHERE id=?", (lease,))
+        return bool(dead)
+
+    def _expire_if_due(self) -> None:
+        row = self._db.execute("SELECT 1 FROM leases WHERE deadline < ? LIMIT 1", (time.time(),)).fetchone()
+        if row:
+            self._write(lambda rev: True)  # _write expires first
+
+    def commit(self, txn: Txn) -> tuple[bool, int]:
+        def apply(rev: int) -> bool:
+            for key, want in txn.compares:
+                row = self._db.execute("SELECT mod_rev FROM kv WHERE key=?", (key,)).fetchone()
+                if (row[0] if row else 0) != want:
+                    return False
+            for key, value, lease in txn.puts:
+                if lease and not self._db.execute("SELECT 1 FROM leases WHERE id=?", (lease,)).fetchone():
+                    raise Unavailable(f"lease {lease} has expired")
+                self._db.execute(
+                    "INSERT INTO kv (key, value, create_rev, mod_rev, lease) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value, mod_rev=excluded.mod_rev, "
+                    "lease=excluded.lease", (key, value, rev, rev, lease))
+                self._log(rev, key, value)
+            for key in txn.deletes:
+                self._delete_key(rev, key)
+            self._trim()
+            return True
+        return self._write(apply)
+
+    def _trim(self) -> None:
+        last = self._db.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+        if last % 4096 == 0 and last > KEEP_EVENTS:
+            cut = self._db.execute("SELECT rev FROM events WHERE id=?", (last - KEEP_EVENTS,)).fetchone()
+            if cut:
+                self._db.execute("DELETE FROM events WHERE rev <= ?", (cut[0],))
+                self._db.execute("UPDATE meta SET value=? WHERE name='compacted'", (cut[0],))
+
+    # --- leases --------------------------------------------------------------
+
+    def lease_grant(self, ttl: int) -> int:
+        out = []
+
+        def grant(rev: int) -> bool:
+            cur = self._db.execute("INSERT INTO leases (ttl, deadline) VALUES (?, ?)", (ttl, time.time() + ttl))
+            out.append(cur.lastrowid)
+            return True
+        self._write(grant)
+        return out[0]
+
+    def lease_keepalive(self, lease: int) -> bool:
+        out = []
+
+        def renew(rev: int) -> bool:
+            cur = self._db.execute("UPDATE leases SET deadline = ? + ttl WHERE id=?", (time.time(), lease))
+            out.append(cur.rowcount == 1)
+            return True
+        self._write(renew)
+        return out[0]
+
+    def lease_revoke(self, lease: int) -> None:
+        def revoke(rev: int) -> bool:
+            for (key,) in self._db.execute("SELECT key FROM kv WHERE lease=?", (lease,)).fetchall():
+                self._delete_key(rev, key)
+            self._db.execute("DELETE FROM leases WHERE id=?", (lease,))
+            return True
+        self._write(revoke)
+
+    # --- watch ---------------------------------------------------------------
+
+    def watch(self, prefix: str, start_rev: int):
+        return _SqliteWatch(self, prefix, start_rev)
+
+
+class _SqliteWatch:
+    """Polls the change log every POLL_S; yields one list of events per revision batch."""
+
+    def __init__(self, kv: SqliteKV, prefix: str, start_rev: int):
+        self.kv, self.prefix, self.next_rev = kv, prefix, start_rev
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[Event]:
+        kv = self.kv
+        while not self._closed.is_set():
+            with kv._lock:
+                try:
+                    kv._expire_if_due()
+                    compacted = kv._db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
+                    if self.next_rev <= compacted:
+                        raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
+                    kv._db.execute("BEGIN")  # one snapshot: the head and the rows up to it
+                    try:
+                        head = kv._rev()
+                        rows = kv._db.execute(
+                            "SELECT rev, key, value FROM events WHERE rev >= ? AND rev <= ? "
+                            "AND key >= ? AND key < ? ORDER BY id",
+                            (self.next_rev, head, self.prefix, self.prefix + "\uffff")).fetchall()
+                    finally:
+                        kv._db.execute("COMMIT")
+                except sqlite3.Error as e:
+                    raise Unavailable(f"registry {kv.path}: {e}") from None
+            self.next_rev = head + 1
+            if rows:
+                return [Event(k, bytes(v) if v is not None else None, r) for r, k, v in rows]
+            self._closed.wait(POLL_S)
+        raise StopIteration

@@ -1,0 +1,150 @@
+"""Registry records: networks, hosts, endpoints. Built only through the
+validators here, whether from the CLI or from bytes read back from the
+store, so a malformed record written by anyone is refused the same way."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from .. import model
+from ..errors import UsageError
+
+MTU_DEFAULT = 1500 - model.ENCAP_LEN
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_endpoint_id(value) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise UsageError(f"bad endpoint id {value!r}: use 1-64 of [A-Za-z0-9_.-], starting with a letter or digit")
+    return value
+
+
+def parse_mtu(value) -> int:
+    try:
+        mtu = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad MTU {value!r}: not a number") from None
+    if not 576 <= mtu <= 9000 - model.ENCAP_LEN:
+        raise UsageError(f"bad MTU {mtu}: must be 576..{9000 - model.ENCAP_LEN}")
+    return mtu
+
+
+def _loads(raw: bytes, what: str) -> dict:
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"malformed {what} record: not JSON") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"malformed {what} record: not an object")
+    return d
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    vni: int
+    subnet: str
+    gateway: str
+    mtu: int = MTU_DEFAULT
+    port: int = model.VXLAN_PORT
+
+    @classmethod
+    def make(cls, name, vni, subnet=None, gateway=None, mtu=None, port=None) -> "Network":
+        vni = model.parse_vni(vni)
+        net = model.parse_subnet(subnet) if subnet is not None else model.default_subnet(vni)
+        if gateway is None:
+            gw = next(net.hosts())
+        else:
+            gw = model.parse_ipv4(gateway, "gateway")
+            if gw not in net or gw in (net.network_address, net.broadcast_address):
+                raise UsageError(f"gateway {gw} is not a host address of {net}")
+        return cls(name=model.parse_name(name, "network name"), vni=vni, subnet=str(net), gateway=str(gw),
+                   mtu=parse_mtu(mtu if mtu is not None else MTU_DEFAULT),
+                   port=model.parse_port(port if port is not None else model.VXLAN_PORT))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Network":
+        d = _loads(raw, "network")
+        try:
+            return cls.make(d["name"], d["vni"], d["subnet"], d["gateway"], d["mtu"], d["port"])
+        except KeyError as e:
+            raise UsageError(f"malformed network record: no {e.args[0]}") from None
+
+    @property
+    def net(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    def reserved(self) -> set[str]:
+        n = self.net
+        return {str(n.network_address), str(n.broadcast_address), self.gateway}
+
+    def check_ip(self, ip) -> str:
+        addr = model.parse_ipv4(ip, "endpoint address")
+        if addr not in self.net or str(addr) in self.reserved():
+            raise UsageError(f"address {addr} is not a free host address of {self.subnet} "
+                             f"(network, broadcast and gateway {self.gateway} are reserved)")
+        return str(addr)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    vtep: str
+    port: int = model.VXLAN_PORT
+
+    @classmethod
+    def make(cls, name, vtep, port=None) -> "Host":
+        return cls(name=model.parse_name(name, "host name"), vtep=str(model.parse_ipv4(vtep, "VTEP address")),
+                   port=model.parse_port(port if port is not None else model.VXLAN_PORT))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Host":
+        d = _loads(raw, "host")
+        try:
+            return cls.make(d["name"], d["vtep"], d["port"])
+        except KeyError as e:
+            raise UsageError(f"malformed host record: no {e.args[0]}") from None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    network: str
+    host: str
+    mac: str
+    ip: str
+
+    @classmethod
+    def make(cls, id, network, host, mac, ip) -> "Endpoint":
+        return cls(id=parse_endpoint_id(id), network=model.parse_name(network, "network name"),
+                   host=model.parse_name(host, "host name"), mac=model.parse_mac(mac),
+                   ip=str(model.parse_ipv4(ip, "endpoint address")))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Endpoint":
+        d = _loads(raw, "endpoint")
+        try:
+            return cls.make(d["id"], d["network"], d["host"], d["mac"], d["ip"])
+        except KeyError as e:
+            raise UsageError(f"malformed endpoint record: no {e.args[0]}") from None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 
-from . import lab, model
-from .errors import DataplaneError
+from . import agentctl, api, lab, model, netlink, registry
+from .agent import LEASE_TTL_DEFAULT
+from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node
 
 
@@ -44,34 +45,150 @@ def _node(args) -> Node:
 
 
 def cmd_up(args):
-    st = _node(args).up(args.vni, underlay=args.underlay, local_ip=args.local_ip, port=args.port,
-                        subnet=args.subnet, peers=args.peer or (), peer_check=args.peer_check,
-                        xdp_guard=args.xdp_guard, fdb_age=args.fdb_age,
-                        map_sizes=dict(args.map_size or []))
+    url = None if args.no_registry else (args.registry or registry.DEFAULT_URL)
+    if url:
+        registry.parse_url(url)
+    node = _node(args)
+    vnis = [model.parse_vni(v) for v in args.vni or []]
+    if url and vnis:
+        reg = registry.open_registry(url)
+        try:
+            for vni in vnis:
+                net = reg.network_by_vni(vni) or reg.network_create(f"vni{vni}", vni, subnet=args.subnet,
+                                                                     port=args.port, exist_ok=True)
+                if args.subnet and net.subnet != str(model.parse_subnet(args.subnet)):
+                    raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
+                args.subnet = args.subnet or (net.subnet if len(vnis) == 1 else None)
+        finally:
+            reg.close()
+    st = node.up(vnis, underlay=args.underlay, local_ip=args.local_ip, port=args.port,
+                 subnet=args.subnet, peers=args.peer or (), peer_check=args.peer_check,
+                 xdp_guard=args.xdp_guard, fdb_age=args.fdb_age,
+                 map_sizes=dict(args.map_size or []), registry=url, host_name=args.host_name,
+                 lease_ttl=args.lease_ttl)
+    if st.get("registry"):
+        agentctl.spawn(node.name, node.netns, st["registry"], st["host_name"], st["lease_ttl"] or LEASE_TTL_DEFAULT)
+        st = node.state()
     c = st["config"]
     nets = ", ".join(f"{v} ({n['subnet']}, mtu {n['mtu']})" for v, n in sorted(st["networks"].items(), key=lambda x: int(x[0])))
-    print(f"up: node {st['node']} VTEP {c['local_ip']}:{c['port']} on {c['underlay']}; VNIs {nets}")
+    where = f"; host {st['host_name']} in registry {st['registry']}" if st.get("registry") else ""
+    print(f"up: node {st['node']} VTEP {c['local_ip']}:{c['port']} on {c['underlay']}; VNIs {nets or '(from registry)'}{where}")
 
 
 def cmd_down(args):
-    if _node(args).down(args.vni):
+    node = _node(args)
+    if not args.vni:
+        agentctl.stop(node.name, leave=True)
+    if node.down(args.vni):
         print("down: " + (f"VNIs {', '.join(args.vni)} removed" if args.vni else "node removed"))
     else:
         print("down: nothing was up")
 
 
+def _agent_node(args) -> Node | None:
+    """The node if it runs with a registry (its agent handles endpoints), else None."""
+    node = _node(args)
+    st = node.state()
+    return node if st and st.get("registry") else None
+
+
 def cmd_endpoint_add(args):
-    ep = _node(args).endpoint_add(args.name, args.vni, ip=args.ip, mac=args.mac)
+    node = _agent_node(args)
+    if node:
+        ep = api.call(node.name, "endpoint_add", id=args.name, network=args.network,
+                      vni=model.parse_vni(args.vni) if args.vni else None, ip=args.ip, mac=args.mac)
+    else:
+        if not args.vni:
+            raise UsageError("give --vni (a node without a registry has no named networks)")
+        ep = _node(args).endpoint_add(args.name, args.vni, ip=args.ip, mac=args.mac)
     print(f"endpoint {ep['name']}: VNI {ep['vni']} {ep['ip']} {ep['mac']} (netns {ep['name']}, host side {ep['host_ifname']})")
 
 
 def cmd_endpoint_rm(args):
-    _node(args).endpoint_rm(args.name)
+    node = _agent_node(args)
+    if node:
+        api.call(node.name, "endpoint_rm", id=args.name)
+    else:
+        _node(args).endpoint_rm(args.name)
     print(f"endpoint {args.name} removed")
 
 
+def cmd_endpoint_move(args):
+    node = _agent_node(args)
+    if not node:
+        raise UsageError("moving an endpoint needs a node with a registry")
+    ep = api.call(node.name, "endpoint_move", id=args.name)
+    print(f"endpoint {ep['name']} moved from {ep['from']} to {ep['host']}: VNI {ep['vni']} {ep['ip']} {ep['mac']}")
+
+
 def cmd_endpoint_list(args):
-    _out(args, _node(args).endpoints(), ["name", "vni", "ip", "mac", "host_ifname", "ifindex"])
+    node = _agent_node(args)
+    if node:
+        _out(args, api.call(node.name, "endpoint_list"), ["id", "network", "vni", "host", "ip", "mac", "alive"])
+    else:
+        _out(args, _node(args).endpoints(), ["name", "vni", "ip", "mac", "host_ifname", "ifindex"])
+
+
+def _registry(args) -> registry.Registry:
+    url = getattr(args, "registry", None)
+    if not url:
+        st = _node(args).state()
+        url = (st or {}).get("registry") or registry.DEFAULT_URL
+    return registry.open_registry(url)
+
+
+def cmd_network_create(args):
+    reg = _registry(args)
+    try:
+        net = reg.network_create(args.name, args.vni, subnet=args.subnet, gateway=args.gateway,
+                                 mtu=args.mtu, port=args.port)
+    finally:
+        reg.close()
+    print(f"network {net.name}: VNI {net.vni} {net.subnet} gateway {net.gateway} mtu {net.mtu} port {net.port}")
+
+
+def cmd_network_rm(args):
+    reg = _registry(args)
+    try:
+        reg.network_rm(args.name)
+    finally:
+        reg.close()
+    print(f"network {args.name} removed")
+
+
+def cmd_network_list(args):
+    reg = _registry(args)
+    try:
+        snap = reg.snapshot()
+    finally:
+        reg.close()
+    count = {}
+    for e in snap.endpoints.values():
+        count[e.network] = count.get(e.network, 0) + 1
+    rows = [{**n.to_dict(), "endpoints": count.get(n.name, 0)} for n in sorted(snap.networks.values(), key=lambda n: n.vni)]
+    _out(args, rows, ["name", "vni", "subnet", "gateway", "mtu", "port", "endpoints"])
+
+
+def cmd_agent_run(args):
+    from .agent import Agent, install_signal_handlers  # noqa: PLC0415
+    node = _node(args)
+    st = node.state()
+    if not st:
+        raise NotFound(f"node {node.name} is not up: run `dataplane up` first")
+    url = args.registry or st.get("registry") or registry.DEFAULT_URL
+    ag = Agent(node, url, args.host_name or st.get("host_name") or node.name,
+               args.lease_ttl or st.get("lease_ttl") or LEASE_TTL_DEFAULT)
+    install_signal_handlers(ag)
+    ag.run()
+
+
+def cmd_agent_status(args):
+    row = api.call(_node(args).name, "status")
+    if args.output == "json":
+        _out(args, row, [])
+        return
+    for k, v in row.items():
+        print(f"{k:14} {_cell(v)}")
 
 
 def cmd_peer_add(args):
@@ -85,7 +202,9 @@ def cmd_peer_rm(args):
 
 
 def cmd_peer_list(args):
-    _out(args, _node(args).peers(), ["vni", "peer"])
+    node = _agent_node(args)
+    rows = api.call(node.name, "peer_list") if node else [dict(r, source="static") for r in _node(args).peers()]
+    _out(args, rows, ["vni", "peer", "source"])
 
 
 def cmd_fdb_list(args):
@@ -98,9 +217,11 @@ def cmd_stats(args):
 
 
 def cmd_lab_up(args):
-    lab.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check)
+    lab.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
+           registry=args.registry, lease_ttl=args.lease_ttl)
     info = lab.ls()
-    print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes (see `dataplane lab ls`)")
+    print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry} "
+          "(see `dataplane lab ls`)")
 
 
 def cmd_lab_down(args):
@@ -143,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     up = sub.add_parser("up", help="make this host a VTEP for one or more VNIs (idempotent)")
-    up.add_argument("--vni", action="append", required=True, help=f"VXLAN network id, 1..{model.VNI_MAX} (repeatable)")
+    up.add_argument("--vni", action="append", help=f"VXLAN network id, 1..{model.VNI_MAX} (repeatable; with a registry, optional)")
     up.add_argument("--underlay", help="uplink interface (default: that of the default route)")
     up.add_argument("--local-ip", help="VTEP address (default: the underlay's first IPv4 address)")
     up.add_argument("--port", type=int, help=f"VXLAN UDP port (default {model.VXLAN_PORT})")
@@ -153,6 +274,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N", help="override a map size")
+    up.add_argument("--registry", help=f"endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] (default {registry.DEFAULT_URL})")
+    up.add_argument("--no-registry", action="store_true", help="no registry and no agent: peers and endpoints by hand")
+    up.add_argument("--host-name", help="this host's name in the registry (default: the namespace or hostname)")
+    up.add_argument("--lease-ttl", type=int, help=f"host liveness lease, s (default {LEASE_TTL_DEFAULT})")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove the node, or only some VNIs (idempotent)")
@@ -162,13 +287,17 @@ def parser() -> argparse.ArgumentParser:
     ep = sub.add_parser("endpoint", help="sandboxes attached to a VNI").add_subparsers(dest="sub", required=True)
     a = ep.add_parser("add", help="create a sandbox netns NAME with eth0 on the VNI")
     a.add_argument("name")
-    a.add_argument("--vni", required=True)
+    a.add_argument("--vni")
+    a.add_argument("--network", help="registry network name (instead of --vni)")
     a.add_argument("--ip", help="address in the VNI's subnet (default: next free)")
     a.add_argument("--mac", help="default: 02:42 + the IPv4 address, as Docker does")
     a.set_defaults(func=cmd_endpoint_add)
     r = ep.add_parser("rm", help="remove an endpoint and its sandbox")
     r.add_argument("name")
     r.set_defaults(func=cmd_endpoint_rm)
+    mv = ep.add_parser("move", help="bring a registered endpoint (same MAC and address) to this host")
+    mv.add_argument("name")
+    mv.set_defaults(func=cmd_endpoint_move)
     ls = ep.add_parser("list", help="list endpoints")
     _add_output(ls)
     ls.set_defaults(func=cmd_endpoint_list)
@@ -186,6 +315,35 @@ def parser() -> argparse.ArgumentParser:
     _add_output(ls)
     ls.set_defaults(func=cmd_peer_list)
 
+    net = sub.add_parser("network", help="registry networks (one VNI and subnet each)").add_subparsers(dest="sub", required=True)
+    a = net.add_parser("create")
+    a.add_argument("name")
+    a.add_argument("--vni", required=True)
+    a.add_argument("--subnet")
+    a.add_argument("--gateway")
+    a.add_argument("--mtu", type=int)
+    a.add_argument("--port", type=int)
+    a.add_argument("--registry")
+    a.set_defaults(func=cmd_network_create)
+    r = net.add_parser("rm")
+    r.add_argument("name")
+    r.add_argument("--registry")
+    r.set_defaults(func=cmd_network_rm)
+    ls = net.add_parser("list")
+    ls.add_argument("--registry")
+    _add_output(ls)
+    ls.set_defaults(func=cmd_network_list)
+
+    ag = sub.add_parser("agent", help="the registry agent of this node").add_subparsers(dest="sub", required=True)
+    a = ag.add_parser("run", help="run the agent in the foreground (`up` starts it in the background)")
+    a.add_argument("--registry")
+    a.add_argument("--host-name")
+    a.add_argument("--lease-ttl", type=int)
+    a.set_defaults(func=cmd_agent_run)
+    a = ag.add_parser("status")
+    _add_output(a)
+    a.set_defaults(func=cmd_agent_status)
+
     fdb = sub.add_parser("fdb", help="forwarding database").add_subparsers(dest="sub", required=True)
     ls = fdb.add_parser("list", help="local, static and learned MACs")
     _add_output(ls)
@@ -202,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--per-host", type=int, default=1, help="sandboxes per host and VNI")
     a.add_argument("--xdp-guard", action="store_true")
     a.add_argument("--peer-check", action="store_true")
+    a.add_argument("--registry", choices=lab.REGISTRY_MODES, default="sqlite",
+                   help="sqlite file, a real etcd on the underlay, or none (static peers)")
+    a.add_argument("--lease-ttl", type=int, default=LEASE_TTL_DEFAULT)
     a.set_defaults(func=cmd_lab_up)
     d = labp.add_parser("down", help="remove every lab namespace, link, pin and file")
     d.set_defaults(func=cmd_lab_down)
@@ -221,6 +382,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.netns and args.cmd != "lab" and netlink.ns_exists(model.parse_name(args.netns, "namespace")):
+            # Act as a process of that host: registry traffic leaves from its namespace.
+            netlink.enter_netns(args.netns)
         rc = args.func(args)
     except DataplaneError as e:
         print(f"dataplane: error: {e}", file=sys.stderr)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 
-from . import model, netlink, state
+from . import agentctl, api, etcd_server, model, netlink, state
+from .registry import open_registry
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node, require_root
 
@@ -70,8 +72,29 @@ def _save(lab: dict) -> None:
         json.dump(lab, f, indent=1)
 
 
-def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool = False) -> dict:
+REGISTRY_MODES = ("sqlite", "etcd", "none")
+ETCD_IP = str(VTEP_NET.broadcast_address - 1)     # 198.18.0.254, on the underlay switch
+ETCD_PORT = 2379
+REGISTRY_DIR = os.path.join(state.RUN_ROOT, f"{PREFIX}registry")
+
+
+def registry_url(mode: str) -> str | None:
+    if mode == "sqlite":
+        return f"sqlite://{REGISTRY_DIR}/registry.db"
+    if mode == "etcd":
+        return f"etcd://{ETCD_IP}:{ETCD_PORT}"
+    return None
+
+
+def host_name(i: int) -> str:
+    return f"h{i}"
+
+
+def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool = False,
+       registry: str = "sqlite", lease_ttl: int = 10) -> dict:
     require_root()
+    if registry not in REGISTRY_MODES:
+        raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
     if not 1 <= int(hosts) <= MAX_HOSTS:
         raise UsageError(f"--hosts must be 1..{MAX_HOSTS}")
     if not 0 <= int(per_host) <= MAX_PER_HOST:
@@ -80,7 +103,8 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
     if not vnis:
         raise UsageError("give at least one --vni")
     params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
-              "xdp_guard": bool(xdp_guard), "peer_check": bool(peer_check)}
+              "xdp_guard": bool(xdp_guard), "peer_check": bool(peer_check), "registry": registry,
+              "lease_ttl": int(lease_ttl)}
     lab = load()
     if lab:
         if lab["params"] == params and lab.get("complete"):
@@ -109,6 +133,7 @@ def _build(lab: dict, p: dict) -> None:
     # iptables and drop malformed IPv4 itself, which a real switch does not.
     for fam in ("iptables", "ip6tables", "arptables"):
         netlink.sysctl(UNDERLAY_NS, f"net.bridge.bridge-nf-call-{fam}", "0")
+    netlink.link_up(UNDERLAY_NS, "lo")
     _run(["ip", "-n", UNDERLAY_NS, "link", "add", BRIDGE, "type", "bridge"])
     _run(["ip", "-n", UNDERLAY_NS, "link", "set", BRIDGE, "up"])
     for i in range(1, n + 1):
@@ -123,19 +148,63 @@ def _build(lab: dict, p: dict) -> None:
         _run(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
         netlink.link_up(ns, "lo")
         netlink.link_up(ns, UPLINK, vtep_ip(i), VTEP_NET.prefixlen)
+    url = _start_registry(lab, p)
     for i in range(1, n + 1):
-        _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}")
-        peers = [vtep_ip(j) for j in range(1, n + 1) if j != i]
+        _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
+                  + (f", agent on {url}" if url else ""))
+        peers = [] if url else [vtep_ip(j) for j in range(1, n + 1) if j != i]
         Node(host_ns(i)).up(p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peers=peers,
-                            peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True)
+                            peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
+                            registry=url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
+        if url:
+            agentctl.spawn(host_ns(i), host_ns(i), url, host_name(i), p["lease_ttl"], quiet=True)
     for i in range(1, n + 1):
         for vni in p["vnis"]:
             for k in range(1, p["per_host"] + 1):
                 name = sandbox_name(i, vni, k)
                 lab["sandboxes"].append(name)
                 _save(lab)
-                Node(host_ns(i)).endpoint_add(name, vni, ip=sandbox_ip(vni, i, k))
+                if url:
+                    api.call(host_ns(i), "endpoint_add", id=name, vni=vni, ip=sandbox_ip(vni, i, k))
+                else:
+                    Node(host_ns(i)).endpoint_add(name, vni, ip=sandbox_ip(vni, i, k))
     _progress(f"up: {n} hosts, {len(lab['sandboxes'])} sandboxes")
+
+
+def _start_registry(lab: dict, p: dict) -> str | None:
+    """The lab's registry: a SQLite file, or a real etcd on the underlay switch
+    (198.18.0.254), which agents reach over their uplinks like any host would."""
+    url = registry_url(p["registry"])
+    if p["registry"] == "etcd":
+        _run(["ip", "-n", UNDERLAY_NS, "addr", "add", f"{ETCD_IP}/{VTEP_NET.prefixlen}", "dev", BRIDGE])
+        _progress(f"etcd on {ETCD_IP}:{ETCD_PORT} (namespace {UNDERLAY_NS})")
+        start_etcd(lab)
+    elif p["registry"] == "sqlite":
+        os.makedirs(REGISTRY_DIR, mode=0o700, exist_ok=True)
+    if url:
+        def create_networks():
+            reg = open_registry(url)
+            try:
+                for vni in p["vnis"]:
+                    reg.network_create(f"vni{vni}", vni, exist_ok=True)
+            finally:
+                reg.close()
+        netlink.call_in_netns(UNDERLAY_NS, create_networks)
+    return url
+
+
+def start_etcd(lab: dict) -> None:
+    """(Re)start the lab's etcd on its data directory; the tests stop and restart it."""
+    lab["etcd_pid"] = etcd_server.start(os.path.join(REGISTRY_DIR, "etcd"), ETCD_IP, ETCD_PORT, ETCD_PORT + 1,
+                                        netns=UNDERLAY_NS, log_path=os.path.join(REGISTRY_DIR, "etcd.log"))
+    _save(lab)
+
+
+def stop_etcd(lab: dict) -> None:
+    if lab.get("etcd_pid"):
+        etcd_server.stop(lab["etcd_pid"])
+        lab["etcd_pid"] = None
+        _save(lab)
 
 
 def down() -> bool:
@@ -146,16 +215,34 @@ def down() -> bool:
     hosts |= {ns for ns in netlink.ns_list() if ns.startswith(PREFIX + "h") and "-v" not in ns}
     for ns in sorted(hosts):
         try:
+            agentctl.stop(ns)
             Node(ns).down(quiet=True)
         except DataplaneError as e:
             _progress(f"warning: {ns}: {e}")
+    if lab:
+        stop_etcd(lab)
+    _kill_strays()
     for ns in netlink.ns_list():
         if ns.startswith(PREFIX):
             netlink.ns_delete(ns)
+    shutil.rmtree(REGISTRY_DIR, ignore_errors=True)
     if os.path.exists(LAB_FILE):
         os.unlink(LAB_FILE)
     state.prune()
     return lab is not None
+
+
+def _kill_strays() -> None:
+    """Agents and etcd of a lab whose records were lost (a crashed `lab up`)."""
+    marks = (f"--netns {PREFIX}h".encode(), REGISTRY_DIR.encode())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and any(m in cmd for m in marks):
+            etcd_server.stop(int(pid))
 
 
 def ls() -> dict:

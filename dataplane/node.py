@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import abi, fastpath, model, netlink, state
+from .keys import be32 as _be32, ip_key as _ip_key, ip_str as _ip, mac_key as _mac_key, slot_key as _slot
 from .errors import Conflict, DataplaneError, KernelError, NotFound, NotPermitted, UsageError
 from .maps import NodeMaps
 
@@ -31,27 +32,12 @@ def require_root() -> None:
         raise NotPermitted("dataplane needs root (BPF, tc and network namespaces)")
 
 
-def _be32(ip) -> int:
-    """A __be32 field's value: the address bytes read in host order."""
-    return int.from_bytes(ipaddress.IPv4Address(str(ip)).packed, sys.byteorder)
-
-
-def _ip(be32: int) -> str:
-    return str(ipaddress.IPv4Address(int(be32).to_bytes(4, sys.byteorder)))
-
-
-def _mac_key(vni: int, mac: str):
-    k = _S["dp_mac_key"](vni=vni)
-    ctypes.memmove(k.mac, model.mac_bytes(mac), 6)
-    return k
-
-
-def _ip_key(vni: int, ip: str):
-    return _S["dp_ip_key"](vni=vni, ip=_be32(ip))
-
-
-def _slot(vni: int, i: int):
-    return _S["dp_slot_key"](vni=vni, index=i)
+def flood_list(st: dict, vni: int) -> list[str]:
+    """Static peers (--peer) first, then the VTEPs the agent learned from the registry."""
+    key = str(vni)
+    out = list(st["peers"].get(key, []))
+    out += [ip for ip in st.get("registry_peers", {}).get(key, []) if ip not in out]
+    return out[: abi.load().constants["DP_MAX_FLOOD"]]
 
 
 def host_ifname(endpoint: str) -> str:
@@ -84,13 +70,17 @@ class Node:
     # --- up ----------------------------------------------------------------
 
     def up(self, vnis, underlay=None, local_ip=None, port=None, subnet=None, peers=(),
-           peer_check=False, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False) -> dict:
+           peer_check=False, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
+           registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> dict:
         """Make this namespace a VTEP serving vnis. Idempotent; a second call
-        reloads the programs (atomic replace) and adds what is new."""
+        reloads the programs (atomic replace) and adds what is new. With a
+        registry, the node's agent adds the registry's networks and peers."""
         require_root()
         vnis = sorted({model.parse_vni(v) for v in vnis})
-        if not vnis:
+        if not vnis and not registry:
             raise UsageError("give at least one --vni")
+        if host_name is not None:
+            model.parse_name(host_name, "host name")
         if subnet is not None and len(vnis) != 1:
             raise UsageError("--subnet applies to exactly one --vni")
         subnet = model.parse_subnet(subnet) if subnet is not None else None
@@ -119,6 +109,8 @@ class Node:
                 raise UsageError(f"--local-ip {local_ip} is not an address of {underlay} ({', '.join(link['ipv4']) or 'none'})")
             if local_ip in peers:
                 raise UsageError(f"peer {local_ip} is this node's own address")
+            if old and registry and old.get("registry") not in (None, registry):
+                raise Conflict(f"node {self.name} uses registry {old['registry']}; run `dataplane down` first")
             for vni in vnis:
                 if old and subnet and str(vni) in old["networks"] and old["networks"][str(vni)]["subnet"] != str(subnet):
                     raise Conflict(f"VNI {vni} exists with subnet {old['networks'][str(vni)]['subnet']}")
@@ -132,6 +124,10 @@ class Node:
             st = old or {"node": self.name, "netns": self.netns, "pin_dir": self.pin_dir,
                          "networks": {}, "endpoints": {}, "peers": {}, "map_sizes": dict(map_sizes or {})}
             st["config"] = cfg.to_dict()
+            if registry:
+                st["registry"] = registry
+                st["host_name"] = host_name or st.get("host_name") or self._default_host_name()
+                st["lease_ttl"] = lease_ttl or st.get("lease_ttl")
             st["uplink_ifindex"] = link["index"]
             st["uplink_mtu"] = link["mtu"]
             st["uplink_mac"] = link["mac"]
@@ -143,6 +139,9 @@ class Node:
                 raise
             state.save(self.name, st)
             return st
+
+    def _default_host_name(self) -> str:
+        return self.netns or socket.gethostname().split(".")[0]
 
     def _forwarding_key(self, st: dict) -> str:
         return f"net.ipv4.conf.{st['config']['underlay']}.forwarding"
@@ -203,7 +202,7 @@ class Node:
         Slots are written before the counts grow and removed after they shrink."""
         key = str(vni)
         ports = [e["ifindex"] for e in st["endpoints"].values() if e["vni"] == vni]
-        vteps = st["peers"].get(key, [])
+        vteps = flood_list(st, vni)
         old = m.dp_networks.get(ctypes.c_uint32(vni))
         for i, ifx in enumerate(ports):
             m.dp_local_ports.put(_slot(vni, i), ctypes.c_uint32(ifx))
@@ -217,6 +216,51 @@ class Node:
                 m.dp_local_ports.delete(_slot(vni, i))
             for i in range(len(vteps), old.n_flood):
                 m.dp_flood.delete(_slot(vni, i))
+        for ip in st.setdefault("flooded", {}).get(key, []):
+            if ip not in vteps:
+                m.dp_vteps.delete(_ip_key(vni, ip))
+        st["flooded"][key] = vteps
+
+    # --- networks from the registry ---------------------------------------------
+
+    def network_add(self, vni: int, subnet: str, mtu: int | None = None) -> None:
+        """Serve a VNI (maps only; the programs are loaded already)."""
+        with state.locked(self.name):
+            st = self._require_up()
+            key = str(vni)
+            have = st["networks"].get(key)
+            if have and have["subnet"] != str(subnet):
+                raise Conflict(f"VNI {vni} is up with subnet {have['subnet']}, the registry says {subnet}")
+            if not have:
+                net = model.Network(vni=vni, subnet=str(subnet),
+                                    mtu=min(mtu or 65535, st["uplink_mtu"] - model.ENCAP_LEN))
+                st["networks"][key] = net.to_dict()
+            with self._maps() as m:
+                self._add_network(m, st, vni, subnet)
+            state.save(self.name, st)
+
+    def network_rm(self, vni: int) -> None:
+        """Stop serving a VNI (its endpoints go with it); the node stays up."""
+        with state.locked(self.name):
+            st = self._require_up()
+            if str(vni) in st["networks"]:
+                self._down_networks(st, [vni])
+                st.get("registry_peers", {}).pop(str(vni), None)
+                state.save(self.name, st)
+
+    def set_registry_peers(self, vni: int, ips: list[str]) -> None:
+        """The VTEPs the registry says share this VNI: the flood list's second half."""
+        with state.locked(self.name):
+            st = self._require_up()
+            key = str(vni)
+            rp = st.setdefault("registry_peers", {})
+            new = [ip for ip in ips if ip not in rp.get(key, [])]
+            rp[key] = list(ips)
+            with self._maps() as m:
+                self._sync_network(m, st, vni)
+                for ip in new:
+                    self._prime_nexthop(m, st, ip, timeout=0.2)
+            state.save(self.name, st)
 
     # --- peers -------------------------------------------------------------
 
@@ -230,13 +274,13 @@ class Node:
         self._sync_network(m, st, vni)
         return True
 
-    def _prime_nexthop(self, m: NodeMaps, st: dict, ip: str) -> None:
+    def _prime_nexthop(self, m: NodeMaps, st: dict, ip: str, timeout: float = 1.0) -> None:
         """Resolve the peer's next hop now (the kernel ARPs for it) so the first
         flooded frame already has outer MACs; the fast path refreshes it later."""
         oif, via = netlink.route_oif(self.netns, ip)
         if oif != st["uplink_ifindex"]:
             raise UsageError(f"peer {ip} is not reached through {st['config']['underlay']}")
-        mac = netlink.wait_neigh(self.netns, oif, via, timeout=1.0)
+        mac = netlink.wait_neigh(self.netns, oif, via, timeout=timeout)
         if not mac:
             print(f"dataplane: warning: {via} does not answer ARP yet; resolved on first use",
                   file=sys.stderr)
@@ -271,8 +315,7 @@ class Node:
                     lst = st["peers"].get(str(v), [])
                     if ip in lst:
                         lst.remove(ip)
-                        self._sync_network(m, st, v)
-                        m.dp_vteps.delete(_ip_key(v, ip))
+                        self._sync_network(m, st, v)  # also drops its dp_vteps entry
                         removed.append(v)
             if not removed:
                 raise NotFound(f"peer {ip} is not configured")
@@ -424,11 +467,11 @@ class Node:
                     if ep["vni"] == vni:
                         self._destroy_endpoint(st, ep)
                         del st["endpoints"][name]
-                for ip in st["peers"].pop(str(vni), []):
-                    m.dp_vteps.delete(_ip_key(vni, ip))
                 st["peers"][str(vni)] = []
+                st.get("registry_peers", {}).pop(str(vni), None)
                 self._sync_network(m, st, vni)
                 del st["peers"][str(vni)]
+                st["flooded"].pop(str(vni), None)
                 del st["networks"][str(vni)]
                 m.dp_networks.delete(ctypes.c_uint32(vni))
                 m.dp_stats.delete(ctypes.c_uint32(vni))

@@ -1,0 +1,103 @@
+"""What the agent installs for endpoints on other hosts: static FDB entries
+({VNI, MAC} -> VTEP) and neighbour entries ({VNI, IP} -> MAC, for ARP
+answered in the fast path). Kept as a diff against what is in the maps, so
+a resync or an agent restart rewrites nothing that is already right."""
+
+from __future__ import annotations
+
+from . import abi, model
+from .bpfsys import MapFull
+from .keys import be32, ip_key, ip_str, mac_key, mac_value
+from .maps import NodeMaps
+
+_S = abi.load().structs
+_FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
+
+
+class RemoteTable:
+    def __init__(self, maps: NodeMaps, local_neigh: set[tuple[int, str]]):
+        """Read back what the maps hold; local_neigh are the {VNI, IP} of this
+        host's own endpoints, which belong to the node, not to us."""
+        self.maps = maps
+        self.fdb: dict[int, dict[str, str]] = {}     # vni -> mac -> vtep
+        self.neigh: dict[int, dict[str, str]] = {}   # vni -> ip -> mac
+        self.map_full = 0
+        self.last_error = ""
+        for k, v in maps.dp_fdb.items():
+            self.fdb.setdefault(k.vni, {})[model.mac_str(k.mac)] = ip_str(v.vtep)
+        for k, v in maps.dp_neigh.items():
+            ip = ip_str(k.ip)
+            if (k.vni, ip) not in local_neigh:
+                self.neigh.setdefault(k.vni, {})[ip] = model.mac_str(v.mac)
+
+    def vnis(self) -> set[int]:
+        return set(self.fdb) | set(self.neigh)
+
+    def apply(self, vni: int, fdb: dict[str, str], neigh: dict[str, str]) -> tuple[int, int]:
+        """Make the VNI's entries equal fdb/neigh. (written, removed)."""
+        have_fdb = self.fdb.setdefault(vni, {})
+        have_neigh = self.neigh.setdefault(vni, {})
+        put_fdb = {m: v for m, v in fdb.items() if have_fdb.get(m) != v}
+        put_neigh = {i: m for i, m in neigh.items() if have_neigh.get(i) != m}
+        del_fdb = [m for m in have_fdb if m not in fdb]
+        del_neigh = [i for i in have_neigh if i not in neigh]
+        # Removals first: they make room in a map that is near full.
+        if del_fdb:
+            self.maps.dp_fdb.delete_many(mac_key(vni, m) for m in del_fdb)
+            for m in del_fdb:
+                del have_fdb[m]
+        if del_neigh:
+            self.maps.dp_neigh.delete_many(ip_key(vni, i) for i in del_neigh)
+            for i in del_neigh:
+                del have_neigh[i]
+        self._put(self.maps.dp_fdb, have_fdb, put_fdb,
+                  lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+        self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
+        if not have_fdb:
+            self.fdb.pop(vni, None)
+        if not have_neigh:
+            self.neigh.pop(vni, None)
+        # A static entry now overrides; drop what was learned for the same MAC.
+        for m in put_fdb:
+            self.maps.dp_learned.delete(mac_key(vni, m))
+        return len(put_fdb) + len(put_neigh), len(del_fdb) + len(del_neigh)
+
+    def _put(self, m, have: dict, todo: dict, encode) -> None:
+        if not todo:
+            return
+        try:
+            m.put_many(encode(k, v) for k, v in todo.items())
+            have.update(todo)
+        except MapFull as e:
+            # Some went in, some did not: learn which, count the rest, retry later.
+            self.map_full += 1
+            self.last_error = str(e)
+            for k, v in todo.items():
+                key, _ = encode(k, v)
+                if m.get(key) is not None:
+                    have[k] = v
+
+    def counts(self) -> dict:
+        return {"fdb": sum(map(len, self.fdb.values())), "neigh": sum(map(len, self.neigh.values())),
+                "map_full": self.map_full}
+
+
+def age_learned(maps: NodeMaps, age_ns: int, now_ns: int) -> int:
+    """Delete learned entries older than age_ns (the fast path already ignores them)."""
+    old = [k for k, v in maps.dp_learned.items() if now_ns - v.last_seen_ns > age_ns]
+    for k in old:
+        maps.dp_learned.delete(k)
+    return len(old)
+
+
+def forget_learned_vtep(maps: NodeMaps, vtep: str) -> int:
+    """Delete what was learned behind a VTEP that left (its host died)."""
+    gone = [k for k, v in maps.dp_learned.items() if ip_str(v.vtep) == vtep]
+    for k in gone:
+        maps.dp_learned.delete(k)
+    return len(gone)
+
+
+def local_neigh_keys(st: dict) -> set[tuple[int, str]]:
+    return {(e["vni"], e["ip"]) for e in st["endpoints"].values()}
+

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from . import api, model, state
+from . import api, model, netlink, state
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node
 from .registry import Compacted, Host, Snapshot, Unavailable, change, open_registry
@@ -59,6 +59,9 @@ class Agent:
         self.networks: dict = {}
         self.hosts: dict = {}
         self.endpoints: dict = {}
+        self.macs: dict = {}          # IPAM claims: who holds a MAC / an address
+        self.ipam: dict = {}
+        self.skipped: set[str] = set()
         self.flood: dict[int, list[str]] = {}
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0}
         self.last_sync_s = 0.0
@@ -218,6 +221,7 @@ class Agent:
             self.counters["bad_records"] += len(snap.bad)
             self.rev = snap.rev
             self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
+            self.macs, self.ipam = snap.macs, snap.ipam
             self.counters["resyncs"] += 1
             if adopt:
                 self._adopt_local()
@@ -263,6 +267,10 @@ class Agent:
         return self._touches(kind, rec) if rec is not None else set()
 
     def _touches(self, kind: str, rec) -> set[int]:
+        if kind in ("macs", "ipam"):
+            ep = self.endpoints.get(rec)
+            net = self.networks.get(ep.network) if ep else None
+            return {net.vni} if net else set()
         if kind == "networks":
             return {rec.vni}
         if kind == "hosts":
@@ -294,12 +302,26 @@ class Agent:
                 self.node.network_add(vni, net.subnet, net.mtu)
                 st = self.node.state()
             fdb, neigh, vteps = {}, {}, set()
-            for e in self.endpoints.values():
+            local = [e for e in st["endpoints"].values() if e["vni"] == vni]
+            owner = {("mac", e["mac"]): e["name"] for e in local} | {("ip", e["ip"]): e["name"] for e in local}
+            for e in sorted(self.endpoints.values(), key=lambda e: e.id):
                 if e.network != net.name or e.host == self.me:
                     continue
                 h = self.hosts.get(e.host)
                 if h is None:
                     continue          # its host is dead or gone
+                clash = owner.get(("mac", e.mac)) or owner.get(("ip", e.ip))
+                unclaimed = (self.macs.get(f"{net.name}/{e.mac}") != e.id
+                             or self.ipam.get(f"{net.name}/{e.ip}") != e.id)
+                if clash or unclaimed:   # written around the IPAM: the claim holder keeps it
+                    if e.id not in self.skipped:
+                        self.skipped.add(e.id)
+                        self.counters["bad_records"] += 1
+                        log(f"endpoint {e.id}: MAC {e.mac} / address {e.ip} on {net.name} "
+                            f"{'clashes with ' + clash if clash else 'is not claimed in the IPAM'}; skipped")
+                    continue
+                self.skipped.discard(e.id)
+                owner[("mac", e.mac)] = owner[("ip", e.ip)] = e.id
                 fdb[e.mac] = h.vtep
                 neigh[e.ip] = e.mac
                 vteps.add(h.vtep)
@@ -402,17 +424,21 @@ class Agent:
 
     def api_endpoint_move(self, id) -> dict:
         """Bring an endpoint (same MAC and address) to this host."""
+        rec = self.reg.endpoint(id)
+        if rec.host == self.me:
+            raise Conflict(f"endpoint {id} is on this host already")
+        net = self.reg.network(rec.network)
+        # Break before make: the old host removes its sandbox when it sees the
+        # record move. (In the lab all hosts share one kernel, so the sandbox
+        # namespace name is free only once the old one is gone.)
+        moved = self.reg.endpoint_move(id, self.me)
+        deadline = time.monotonic() + 10
+        while netlink.ns_exists(id) and time.monotonic() < deadline:
+            time.sleep(0.02)
         with self.lock:
-            rec = self.reg.endpoint(id)
-            net = self.reg.network(rec.network)
             if str(net.vni) not in self.node.state()["networks"]:
                 self.node.network_add(net.vni, net.subnet, net.mtu)
             ep = self.node.endpoint_add(id, net.vni, ip=rec.ip, mac=rec.mac)
-            try:
-                moved = self.reg.endpoint_move(id, self.me)
-            except BaseException:
-                self.node.endpoint_rm(id)
-                raise
             self.endpoints[id] = moved
         return {**ep, "network": net.name, "host": self.me, "from": rec.host}
 

@@ -8,10 +8,12 @@ while system ``<...>`` includes are left to the compiler.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# DATAPLANE_BPF_DIR: build from another copy of bpf/ (an upgrade test, a patched build).
+BPF_DIR = Path(os.environ.get("DATAPLANE_BPF_DIR") or Path(__file__).resolve().parent.parent / "bpf")
 PROGRAM_FILES = ("from_endpoint.c", "from_overlay.c", "flood.c", "xdp_guard.c")
 
 _QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')

@@ -10,7 +10,7 @@ import sys
 from . import agentctl, api, lab, model, netlink, registry
 from .agent import LEASE_TTL_DEFAULT
 from .errors import Conflict, DataplaneError, NotFound, UsageError
-from .node import Node
+from .node import Node, require_root
 
 
 def _out(args, rows, columns) -> None:
@@ -45,27 +45,33 @@ def _node(args) -> Node:
 
 
 def cmd_up(args):
-    url = None if args.no_registry else (args.registry or registry.DEFAULT_URL)
+    require_root()
+    node = _node(args)
+    old = node.state() or {}
+    if args.no_registry and old.get("registry"):
+        raise Conflict(f"node {node.name} runs with registry {old['registry']}; run `dataplane down` first")
+    if args.registry or args.no_registry:
+        url = None if args.no_registry else args.registry
+    else:   # a re-run keeps the node's mode
+        url = old.get("registry") if old else registry.DEFAULT_URL
+    if old and bool(url) != bool(old.get("registry")):
+        raise Conflict(f"node {node.name} is up {'with' if old.get('registry') else 'without'} a registry; "
+                       "run `dataplane down` first")
     if url:
         registry.parse_url(url)
-    node = _node(args)
     vnis = [model.parse_vni(v) for v in args.vni or []]
-    if url and vnis:
-        reg = registry.open_registry(url)
-        try:
-            for vni in vnis:
-                net = reg.network_by_vni(vni) or reg.network_create(f"vni{vni}", vni, subnet=args.subnet,
-                                                                     port=args.port, exist_ok=True)
-                if args.subnet and net.subnet != str(model.parse_subnet(args.subnet)):
-                    raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
-                args.subnet = args.subnet or (net.subnet if len(vnis) == 1 else None)
-        finally:
-            reg.close()
-    st = node.up(vnis, underlay=args.underlay, local_ip=args.local_ip, port=args.port,
-                 subnet=args.subnet, peers=args.peer or (), peer_check=args.peer_check,
-                 xdp_guard=args.xdp_guard, fdb_age=args.fdb_age,
-                 map_sizes=dict(args.map_size or []), registry=url, host_name=args.host_name,
-                 lease_ttl=args.lease_ttl)
+    if args.subnet is not None and len(vnis) != 1:
+        raise UsageError("--subnet applies to exactly one --vni")
+    created = _ensure_networks(url, vnis, args) if url and vnis else []
+    try:
+        st = node.up(vnis, underlay=args.underlay, local_ip=args.local_ip, port=args.port,
+                     subnet=args.subnet, peers=args.peer or (), peer_check=args.peer_check,
+                     xdp_guard=args.xdp_guard, fdb_age=args.fdb_age,
+                     map_sizes=dict(args.map_size or []), registry=url, host_name=args.host_name,
+                     lease_ttl=args.lease_ttl)
+    except BaseException:
+        _drop_networks(url, created)   # nothing half-created, in the registry either
+        raise
     if st.get("registry"):
         agentctl.spawn(node.name, node.netns, st["registry"], st["host_name"], st["lease_ttl"] or LEASE_TTL_DEFAULT)
         st = node.state()
@@ -75,8 +81,46 @@ def cmd_up(args):
     print(f"up: node {st['node']} VTEP {c['local_ip']}:{c['port']} on {c['underlay']}; VNIs {nets or '(from registry)'}{where}")
 
 
+def _ensure_networks(url: str, vnis: list[int], args) -> list[str]:
+    """Each --vni is a registry network (vni<N> unless one has that VNI); returns those created."""
+    reg = registry.open_registry(url)
+    created = []
+    try:
+        for vni in vnis:
+            net = reg.network_by_vni(vni)
+            if net is None:
+                net = reg.network_create(f"vni{vni}", vni, subnet=args.subnet, port=args.port)
+                created.append(net.name)
+            if args.subnet and net.subnet != str(model.parse_subnet(args.subnet)):
+                raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
+            args.subnet = args.subnet or (net.subnet if len(vnis) == 1 else None)
+    except BaseException:
+        _drop_networks(url, created, reg)
+        raise
+    finally:
+        reg.close()
+    return created
+
+
+def _drop_networks(url: str, names: list[str], reg=None) -> None:
+    own = reg is None
+    reg = reg or registry.open_registry(url)
+    try:
+        for name in names:
+            try:
+                reg.network_rm(name)
+            except DataplaneError:
+                pass
+    finally:
+        if own:
+            reg.close()
+
+
 def cmd_down(args):
     node = _node(args)
+    if args.vni and (node.state() or {}).get("registry"):
+        raise UsageError("with a registry a node serves every registry network: "
+                         "remove the network with `dataplane network rm`, or the node with `dataplane down`")
     if not args.vni:
         agentctl.stop(node.name, leave=True)
     if node.down(args.vni):
@@ -274,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N", help="override a map size")
-    up.add_argument("--registry", help=f"endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] (default {registry.DEFAULT_URL})")
+    up.add_argument("--registry", help=f"endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] (default $DATAPLANE_REGISTRY or {registry.BUILTIN_URL})")
     up.add_argument("--no-registry", action="store_true", help="no registry and no agent: peers and endpoints by hand")
     up.add_argument("--host-name", help="this host's name in the registry (default: the namespace or hostname)")
     up.add_argument("--lease-ttl", type=int, help=f"host liveness lease, s (default {LEASE_TTL_DEFAULT})")

@@ -46,6 +46,7 @@ class RemoteTable:
             self.maps.dp_fdb.delete_many(mac_key(vni, m) for m in del_fdb)
             for m in del_fdb:
                 del have_fdb[m]
+                self.maps.dp_learned.delete(mac_key(vni, m))   # what traffic taught goes too
         if del_neigh:
             self.maps.dp_neigh.delete_many(ip_key(vni, i) for i in del_neigh)
             for i in del_neigh:

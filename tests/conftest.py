@@ -10,6 +10,17 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# Commands run by the tests never touch the machine's default registry
+# (/var/lib/dataplane): they share one file that the session removes.
+_REGISTRY_DIR = f"/run/dataplane-test-{os.getpid()}"
+os.environ["DATAPLANE_REGISTRY"] = f"sqlite://{_REGISTRY_DIR}/registry.db"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_registry():
+    yield
+    shutil.rmtree(_REGISTRY_DIR, ignore_errors=True)
+
 
 def _missing_capability() -> str | None:
     if os.geteuid() != 0:

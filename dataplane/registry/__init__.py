@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
@@ -9,7 +10,8 @@ from .kv import Compacted, Unavailable
 from .records import Endpoint, Host, Network
 from .store import Change, Registry, Snapshot, change
 
-DEFAULT_URL = "sqlite:///var/lib/dataplane/registry.db"
+BUILTIN_URL = "sqlite:///var/lib/dataplane/registry.db"
+DEFAULT_URL = os.environ.get("DATAPLANE_REGISTRY") or BUILTIN_URL
 
 __all__ = ["DEFAULT_URL", "Change", "Compacted", "Endpoint", "Host", "Network", "Registry", "Snapshot",
            "Unavailable", "change", "open_registry", "parse_url"]

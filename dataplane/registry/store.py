@@ -34,12 +34,14 @@ class Snapshot:
     networks: dict[str, Network] = field(default_factory=dict)
     hosts: dict[str, Host] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    macs: dict[str, str] = field(default_factory=dict)       # "<network>/<mac>" -> endpoint id
+    ipam: dict[str, str] = field(default_factory=dict)       # "<network>/<ip>" -> endpoint id
     bad: list[str] = field(default_factory=list)      # "key: why" for records refused
 
 
 @dataclass(frozen=True)
 class Change:
-    kind: str                  # "networks", "hosts" or "endpoints"
+    kind: str                  # "networks", "hosts", "endpoints", "macs" or "ipam"
     name: str
     record: object | None      # None: deleted
     rev: int
@@ -51,6 +53,8 @@ def parse_item(k: str, value: bytes | None):
     UsageError for a malformed record."""
     rest = k[len(PREFIX):]
     kind, _, name = rest.partition("/")
+    if kind in ("macs", "ipam"):        # claims: "<network>/<mac or ip>" -> endpoint id
+        return kind, name, (value.decode(errors="replace") if value is not None else None)
     cls = {"networks": Network, "hosts": Host, "endpoints": Endpoint}.get(kind)
     if cls is None:
         return None

@@ -35,6 +35,13 @@ def leftovers() -> list[str]:
         out.append(lab.LAB_FILE)
     if os.path.isdir(state.RUN_ROOT):
         out += [f"state {p}" for p in os.listdir(state.RUN_ROOT) if p.startswith(lab.PREFIX)]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"--netns dpl-h" in cmd or lab.REGISTRY_DIR.encode() in cmd:
+            out.append(f"process {pid}: {cmd.decode(errors='replace')[:80]}")
     return out
 
 

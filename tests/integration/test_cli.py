@@ -52,12 +52,14 @@ def nothing_created(ns=NS):
     (["--vni", "256", "--vni", "257", "--subnet", "10.9.0.0/24"], 2, "exactly one --vni"),
 ])
 def test_bad_input_one_line_nonzero_nothing_created(host, args, code, msg):
+    before = dp_json("network", "list")
     r = dp("--netns", host, "up", "--underlay", "ul0", *args, check=False) if "--underlay" not in args else \
         dp("--netns", host, "up", *args, check=False)
     assert r.returncode == code, r.stderr
     assert msg in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     nothing_created()
+    assert dp_json("network", "list") == before, "no registry network half-created"
 
 
 def test_missing_namespace():
@@ -95,12 +97,13 @@ def test_up_and_down_are_idempotent(host):
     nothing_created()
 
 
-def test_endpoint_errors(host):
-    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
+@pytest.mark.parametrize("mode", [[], ["--no-registry"]], ids=["registry", "static"])
+def test_endpoint_errors(host, mode):
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", *mode)
     r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "999", check=False)
-    assert r.returncode == 3 and "VNI 999 is not up" in r.stderr
+    assert r.returncode == 3 and ("VNI 999 is not up" in r.stderr or "no network has VNI 999" in r.stderr)
     r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256", "--ip", "10.9.9.9", check=False)
-    assert r.returncode == 2 and "not a host address of 10.1.0.0/24" in r.stderr
+    assert r.returncode == 2 and "host address of 10.1.0.0/24" in r.stderr
     assert not netlink.ns_exists("dpl-e1")
     dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256")
     r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256", check=False)
@@ -112,7 +115,7 @@ def test_endpoint_errors(host):
 
 
 def test_down_one_vni_keeps_the_other(host):
-    dp("--netns", host, "up", "--vni", "256", "--vni", "257", "--underlay", "ul0")
+    dp("--netns", host, "up", "--vni", "256", "--vni", "257", "--underlay", "ul0", "--no-registry")
     dp("--netns", host, "endpoint", "add", "dpl-e2", "--vni", "257")
     dp("--netns", host, "down", "--vni", "257")
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [0, 256]

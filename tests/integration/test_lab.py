@@ -15,7 +15,9 @@ from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, st
 
 @pytest.fixture(scope="module")
 def info():
-    yield from make_lab(3, [256, 257], per_host=1)
+    # Static peers: this module proves the data path alone (flooding, learning);
+    # test_cluster.py runs the same lab with a registry and agents.
+    yield from make_lab(3, [256, 257], per_host=1, registry="none")
 
 
 def test_ping_across_hosts(info):

@@ -83,6 +83,8 @@ def test_move_is_one_write(reg):
     assert (moved.ip, moved.mac, moved.host) == (ep.ip, ep.mac, "h2")
     events = next(iter(reg.watch(rev + 1)))
     assert [(e.key, change(e).record.host) for e in events] == [(key("endpoints", "a"), "h2")]
+    snap = reg.snapshot()
+    assert snap.macs == {f"n/{ep.mac}": "a"} and snap.ipam == {f"n/{ep.ip}": "a"}, "claims unchanged"
 
 
 def test_concurrent_allocation_loses_nothing(registry_url):
@@ -148,7 +150,7 @@ def test_watch_replays_in_order_from_a_revision(reg):
     got = []
     w = reg.watch(rev + 1)
     for batch in w:
-        got += [c for c in map(change, batch) if c]
+        got += [c for c in map(change, batch) if c and c.kind in ("networks", "endpoints")]
         if len(got) >= 3:
             break
     w.close()

@@ -5,7 +5,7 @@ sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(_
 from bench import baselines
 from dataplane import lab
 from dataplane.traffic import iperf, wait_listening
-lab.down(); lab.up(2, [256], per_host=1)
+lab.down(); lab.up(2, [256], per_host=1, registry="none")
 pairs = baselines.setup(2)
 pairs["dataplane"] = [{"name": "dpl-h1-v256-1"}, {"name": "dpl-h2-v256-1", "ip": "10.1.0.21"}]
 try:

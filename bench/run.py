@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     samples: dict[str, dict[str, list[float]]] = {m: {"tcp_gbps": [], "udp64_pps": [], "rtt_us": []}
                                                   for m in baselines.MODES}
     try:
-        lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard)
+        lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard, registry="none")  # data path only
         info = lab.ls()
         pairs = baselines.setup(2)
         pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]

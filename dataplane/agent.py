@@ -65,6 +65,7 @@ class Agent:
         self.flood: dict[int, list[str]] = {}
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0}
         self.last_sync_s = 0.0
+        self.last_snapshot_s = 0.0
         self.remote: RemoteTable | None = None
         self.maps = None
 
@@ -154,7 +155,9 @@ class Agent:
     def _watcher(self) -> None:
         while not self.stopping.is_set():
             try:
+                t0 = time.monotonic()
                 snap = self.reg.snapshot()
+                self.last_snapshot_s = time.monotonic() - t0
                 self.connected.set()
                 self.q.put(("snapshot", snap))
                 self._watch = self.reg.watch(snap.rev + 1)
@@ -385,7 +388,8 @@ class Agent:
             return {**self.api_ping(), "registry": self.url, "revision": self.rev, "lease": self.lease,
                     "lease_ttl": self.ttl, "networks": len(self.networks), "hosts": sorted(self.hosts),
                     "endpoints": len(self.endpoints), "installed": self.remote.counts(),
-                    "last_sync_ms": round(self.last_sync_s * 1000, 1), "map_error": self.remote.last_error,
+                    "last_sync_ms": round(self.last_sync_s * 1000, 1),
+                    "last_snapshot_ms": round(self.last_snapshot_s * 1000, 1), "map_error": self.remote.last_error,
                     **self.counters, "rss_kib": _rss_kib()}
 
     def _network_for(self, network=None, vni=None):

@@ -291,7 +291,7 @@ def cmd_lab_exec(args):
 
 def cmd_lab_demo(args):
     from .demo import run  # noqa: PLC0415 - only the demo needs it
-    return run(keep=args.keep)
+    return run(keep=args.keep, registry=args.registry)
 
 
 def _map_size(text: str):
@@ -419,6 +419,8 @@ def parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_lab_exec)
     dm = labp.add_parser("demo", help="the multi-host demo on VNI 256")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    dm.add_argument("--registry", choices=lab.REGISTRY_MODES, default="etcd",
+                    help="etcd (default: a real etcd and an agent per host), sqlite, or none (static peers)")
     dm.set_defaults(func=cmd_lab_demo)
     return p
 

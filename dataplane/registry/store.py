@@ -72,6 +72,7 @@ class Registry:
         self.kv = kv
         self.url = kv.url
         self._used: dict[str, set[str]] = {}   # per network: addresses seen taken (a hint only)
+        self._hint: dict[str, int] = {}         # per network: offset where the next scan starts
 
     def close(self) -> None:
         self.kv.close()
@@ -166,14 +167,22 @@ class Registry:
             raise Conflict(f"address {ep.ip} is in use on {net.name} by {holder.value.decode()}")
 
     def _next_free(self, net: Network) -> str:
+        """Lowest free host address. The scan resumes where the last one
+        stopped (a hint, reset whenever the cached view is re-read), so
+        filling a /16 is linear, not quadratic."""
         used = self._used.get(net.name)
         if used is None:
             _, items = self.kv.range(key("ipam", net.name) + "/")
             used = self._used[net.name] = {i.key.rsplit("/", 1)[1] for i in items}
+            self._hint[net.name] = 0
         reserved = net.reserved()
-        for host in net.net.hosts():
-            ip = str(host)
+        first = int(net.net.network_address) + 1
+        last = int(net.net.broadcast_address) - 1
+        start = first + self._hint.get(net.name, 0)
+        for n in range(start, last + 1):
+            ip = str(ipaddress.IPv4Address(n))
             if ip not in used and ip not in reserved:
+                self._hint[net.name] = n - first
                 return ip
         raise Conflict(f"network {net.name} ({net.subnet}) has no free address")
 
@@ -193,6 +202,7 @@ class Registry:
         if not self.kv.commit(txn)[0]:
             raise Conflict(f"endpoint {ep.id} changed while it was being removed; try again")
         self._used.get(ep.network, set()).discard(ep.ip)
+        self._hint[ep.network] = 0             # a lower address is free again
         return ep
 
     def endpoint_move(self, id, host) -> Endpoint:

@@ -22,7 +22,8 @@ class Capture:
     def __init__(self, netns: str, ifname: str, bpf_filter: str = "udp", snaplen: int = 0):
         fd, self.path = tempfile.mkstemp(prefix="dataplane-", suffix=".pcap")
         os.close(fd)
-        argv = ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "-U", "-n", "-w", self.path]
+        # A 64 MiB kernel buffer: a 1 MiB TCP burst on 2 vCPUs must not lose frames to the capture.
+        argv = ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "-B", "65536", "-n", "-w", self.path]
         if snaplen:
             argv += ["-s", str(snaplen)]
         argv += bpf_filter.split()

@@ -18,7 +18,6 @@ Writes bench/results/control.json and control.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from bench.run import OUT, machine
+from bench.run import machine, save
 from dataplane import agentctl, api, etcd_server, netlink
 from dataplane.keys import mac_key
 from dataplane.node import Node
@@ -166,13 +165,7 @@ def main(argv=None) -> int:
     for b in args.backend or ["sqlite", "etcd"]:
         with tempfile.TemporaryDirectory(prefix="dp-bench-") as tmp:
             res["backends"][b] = bench_backend(b, args.endpoints, args.converge, tmp)
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "control.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    md = table(res)
-    with open(os.path.join(OUT, "control.md"), "w") as f:
-        f.write(md)
-    print(md)
+    save(res, table(res), "control")
     return 0
 
 

@@ -85,14 +85,18 @@ def main(argv=None) -> int:
     ours = med["dataplane"]
     ratios = {f"vs_{m}": {k: ours[k] / med[m][k] for k in ours} for m in ("vxlan", "routing")}
     result = {"machine": machine(), "args": vars(args), "samples": samples, "median": med, "ratios": ratios}
+    save(result, table(result), "latest")
+    return 0
+
+
+def save(result: dict, md: str, name: str) -> None:
+    """bench/results/<name>.json and <name>.md, and the table on stdout."""
     os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "latest.json"), "w") as f:
+    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=1)
-    md = table(result)
-    with open(os.path.join(OUT, "latest.md"), "w") as f:
+    with open(os.path.join(OUT, f"{name}.md"), "w") as f:
         f.write(md)
     print(md)
-    return 0
 
 
 def table(res: dict) -> str:

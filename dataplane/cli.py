@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 from . import agentctl, api, lab, model, netlink, registry
 from .agent import LEASE_TTL_DEFAULT
@@ -173,39 +174,36 @@ def cmd_endpoint_list(args):
         _out(args, _node(args).endpoints(), ["name", "vni", "ip", "mac", "host_ifname", "ifindex"])
 
 
-def _registry(args) -> registry.Registry:
+@contextmanager
+def _registry(args):
+    """--registry, else the node's registry, else the default; closed after use."""
     url = getattr(args, "registry", None)
     if not url:
         st = _node(args).state()
         url = (st or {}).get("registry") or registry.DEFAULT_URL
-    return registry.open_registry(url)
+    reg = registry.open_registry(url)
+    try:
+        yield reg
+    finally:
+        reg.close()
 
 
 def cmd_network_create(args):
-    reg = _registry(args)
-    try:
+    with _registry(args) as reg:
         net = reg.network_create(args.name, args.vni, subnet=args.subnet, gateway=args.gateway,
                                  mtu=args.mtu, port=args.port)
-    finally:
-        reg.close()
     print(f"network {net.name}: VNI {net.vni} {net.subnet} gateway {net.gateway} mtu {net.mtu} port {net.port}")
 
 
 def cmd_network_rm(args):
-    reg = _registry(args)
-    try:
+    with _registry(args) as reg:
         reg.network_rm(args.name)
-    finally:
-        reg.close()
     print(f"network {args.name} removed")
 
 
 def cmd_network_list(args):
-    reg = _registry(args)
-    try:
+    with _registry(args) as reg:
         snap = reg.snapshot()
-    finally:
-        reg.close()
     count = {}
     for e in snap.endpoints.values():
         count[e.network] = count.get(e.network, 0) + 1

@@ -23,6 +23,7 @@ from . import api, model, netlink, state
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node
 from .registry import Compacted, Host, Snapshot, Unavailable, change, open_registry
+from .registry.store import key, split_key
 from .remote import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 
 LEASE_TTL_DEFAULT = 10
@@ -62,7 +63,6 @@ class Agent:
         self.macs: dict = {}          # IPAM claims: who holds a MAC / an address
         self.ipam: dict = {}
         self.skipped: set[str] = set()
-        self.flood: dict[int, list[str]] = {}
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0}
         self.last_sync_s = 0.0
         self.last_snapshot_s = 0.0
@@ -122,7 +122,7 @@ class Agent:
             self.lease = old
         else:
             self.lease = self.reg.kv.lease_grant(self.ttl)
-        item = self.reg.kv.get(f"/dataplane/hosts/{self.me}")
+        item = self.reg.kv.get(key("hosts", self.me))
         if item is not None and item.lease != self.lease:
             other = Host.from_json(item.value)
             if other.vtep != self.vtep.vtep:
@@ -246,7 +246,7 @@ class Agent:
                     self.counters["bad_records"] += 1
                     log(f"skipped bad record {ev.key}: {e}")
                     ch = None
-                    kind, _, name = ev.key[len("/dataplane/"):].partition("/")
+                    kind, name = split_key(ev.key)
                     table = getattr(self, kind, None) if kind in ("networks", "hosts", "endpoints") else None
                     if table is not None and name in table:   # a record turned bad: treat it as gone
                         dirty |= self._forget(kind, name)
@@ -299,7 +299,6 @@ class Agent:
                 if str(vni) in st["networks"] and not any(e["vni"] == vni for e in st["endpoints"].values()):
                     self.node.network_rm(vni)
                     log(f"VNI {vni} left the registry: no longer served")
-                self.flood.pop(vni, None)
                 continue
             if str(vni) not in st["networks"]:
                 self.node.network_add(vni, net.subnet, net.mtu)
@@ -330,9 +329,8 @@ class Agent:
                 vteps.add(h.vtep)
             self.remote.apply(vni, fdb, neigh)
             flood = sorted(vteps)
-            if self.flood.get(vni) != flood or st.get("registry_peers", {}).get(str(vni), []) != flood:
+            if st.get("registry_peers", {}).get(str(vni), []) != flood:
                 self.node.set_registry_peers(vni, flood)
-                self.flood[vni] = flood
 
     # --- local endpoints ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import api, state
+from . import api, procs, state
 from .agent import agent_file
 from .errors import DataplaneError, KernelError, NotFound
 
@@ -83,26 +83,12 @@ def stop(node: str, leave: bool = False, timeout: float = 10.0) -> bool:
     pid = running_pid(node)
     if not pid:
         return False
+    left = False
     if leave:
         try:
             api.call(node, "leave", timeout=5)
+            left = True     # it exits by itself once it has left the registry
         except (DataplaneError, OSError, ValueError):
-            os.kill(pid, signal.SIGTERM)
-    else:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-        _reap(pid)
-        time.sleep(0.05)
-    if os.path.exists(f"/proc/{pid}"):
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-        _reap(pid)
+            pass
+    procs.terminate(pid, timeout, first=None if left else signal.SIGTERM)
     return True
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

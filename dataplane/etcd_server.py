@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
 
-from . import netlink
+from . import netlink, procs
 from .errors import ToolchainError
 
 START_TIMEOUT_S = 15.0
@@ -59,18 +58,4 @@ def start(data_dir: str, ip: str = "127.0.0.1", port: int = 2379, peer_port: int
 
 
 def stop(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL; reaps the process if it is our child."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:
-                if not os.path.exists(f"/proc/{pid}"):
-                    return
-            time.sleep(0.05)
+    procs.terminate(pid, timeout)

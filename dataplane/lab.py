@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from . import agentctl, api, etcd_server, model, netlink, state
+from . import agentctl, api, etcd_server, model, netlink, procs, state
 from .registry import open_registry
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node, require_root
@@ -242,7 +242,7 @@ def _kill_strays() -> None:
         except OSError:
             continue
         if int(pid) != os.getpid() and any(m in cmd for m in marks):
-            etcd_server.stop(int(pid))
+            procs.terminate(int(pid))
 
 
 def ls() -> dict:

@@ -83,20 +83,22 @@ class RemoteTable:
                 "map_full": self.map_full}
 
 
+def _drop_learned(maps: NodeMaps, doomed) -> int:
+    """Delete the learned entries whose value doomed(v) selects; how many."""
+    keys = [k for k, v in maps.dp_learned.items() if doomed(v)]
+    for k in keys:
+        maps.dp_learned.delete(k)
+    return len(keys)
+
+
 def age_learned(maps: NodeMaps, age_ns: int, now_ns: int) -> int:
     """Delete learned entries older than age_ns (the fast path already ignores them)."""
-    old = [k for k, v in maps.dp_learned.items() if now_ns - v.last_seen_ns > age_ns]
-    for k in old:
-        maps.dp_learned.delete(k)
-    return len(old)
+    return _drop_learned(maps, lambda v: now_ns - v.last_seen_ns > age_ns)
 
 
 def forget_learned_vtep(maps: NodeMaps, vtep: str) -> int:
     """Delete what was learned behind a VTEP that left (its host died)."""
-    gone = [k for k, v in maps.dp_learned.items() if ip_str(v.vtep) == vtep]
-    for k in gone:
-        maps.dp_learned.delete(k)
-    return len(gone)
+    return _drop_learned(maps, lambda v: ip_str(v.vtep) == vtep)
 
 
 def local_neigh_keys(st: dict) -> set[tuple[int, str]]:

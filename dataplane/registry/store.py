@@ -47,12 +47,17 @@ class Change:
     rev: int
 
 
+def split_key(k: str) -> tuple[str, str]:
+    """("endpoints", "web1") for /dataplane/endpoints/web1."""
+    kind, _, name = k[len(PREFIX):].partition("/")
+    return kind, name
+
+
 def parse_item(k: str, value: bytes | None):
     """(kind, name, record) for a registry key; record None for a deletion;
-    None for keys the agent does not mirror (ipam, macs, vnis). Raises
-    UsageError for a malformed record."""
-    rest = k[len(PREFIX):]
-    kind, _, name = rest.partition("/")
+    None for keys the agent does not mirror (vnis). Raises UsageError for a
+    malformed record."""
+    kind, name = split_key(k)
     if kind in ("macs", "ipam"):        # claims: "<network>/<mac or ip>" -> endpoint id
         return kind, name, (value.decode(errors="replace") if value is not None else None)
     cls = {"networks": Network, "hosts": Host, "endpoints": Endpoint}.get(kind)
@@ -186,17 +191,18 @@ class Registry:
                 return ip
         raise Conflict(f"network {net.name} ({net.subnet}) has no free address")
 
-    def endpoint(self, id) -> Endpoint:
+    def _endpoint_item(self, id):
+        """(stored item, record) of an endpoint; NotFound if there is none."""
         item = self.kv.get(key("endpoints", parse_endpoint_id(id)))
         if item is None:
             raise NotFound(f"endpoint {id!r} not found")
-        return Endpoint.from_json(item.value)
+        return item, Endpoint.from_json(item.value)
+
+    def endpoint(self, id) -> Endpoint:
+        return self._endpoint_item(id)[1]
 
     def endpoint_rm(self, id) -> Endpoint:
-        item = self.kv.get(key("endpoints", parse_endpoint_id(id)))
-        if item is None:
-            raise NotFound(f"endpoint {id!r} not found")
-        ep = Endpoint.from_json(item.value)
+        item, ep = self._endpoint_item(id)
         txn = (Txn().unchanged(item.key, item.mod_rev).delete(item.key)
                .delete(key("ipam", ep.network, ep.ip)).delete(key("macs", ep.network, ep.mac)))
         if not self.kv.commit(txn)[0]:
@@ -208,10 +214,7 @@ class Registry:
     def endpoint_move(self, id, host) -> Endpoint:
         """Re-home an endpoint (same MAC and address) in one write, so other
         hosts switch their entry straight from the old host to the new one."""
-        item = self.kv.get(key("endpoints", parse_endpoint_id(id)))
-        if item is None:
-            raise NotFound(f"endpoint {id!r} not found")
-        old = Endpoint.from_json(item.value)
+        item, old = self._endpoint_item(id)
         ep = Endpoint.make(old.id, old.network, host, old.mac, old.ip)
         if not self.kv.commit(Txn().unchanged(item.key, item.mod_rev).put(item.key, ep.to_json()))[0]:
             raise Conflict(f"endpoint {ep.id} changed while it was being moved; try again")

@@ -58,6 +58,17 @@ def make_lab(hosts, vnis, **kw):
         assert not left, f"lab down left: {left}"
 
 
+def wait_for(cond, timeout=10.0, every=0.05):
+    """Poll cond until true or timeout; its last value."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return cond()
+
+
 def sandbox(info, host, vni):
     return next(s for s in info["sandboxes"] if s["host"] == host and s["vni"] == vni)
 

@@ -11,7 +11,7 @@ from dataplane import abi, agentctl, api, netlink
 from dataplane.keys import be32, mac_key
 from dataplane.node import Node
 from dataplane.registry import Host, open_registry
-from tests.integration.conftest import dp, dp_json
+from tests.integration.conftest import dp, dp_json, wait_for
 from tests.integration.test_cli import host  # noqa: F401 - the namespace-with-uplink fixture
 
 NS = "dpl-cli"
@@ -20,15 +20,6 @@ NS = "dpl-cli"
 @pytest.fixture
 def reg_url(tmp_path):
     return f"sqlite://{tmp_path}/reg.db"
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_full_fdb_map_is_an_error_and_a_counter_then_recovers(host, reg_url):  # noqa: F811

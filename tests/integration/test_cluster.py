@@ -19,7 +19,7 @@ from dataplane.registry import open_registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import key
 from dataplane.traffic import ping
-from tests.integration.conftest import dp, dp_json, make_lab, sandbox, stats
+from tests.integration.conftest import dp, dp_json, make_lab, sandbox, stats, wait_for
 
 TTL = 3
 URL = lab.registry_url("etcd")
@@ -28,15 +28,6 @@ URL = lab.registry_url("etcd")
 @pytest.fixture(scope="module")
 def info():
     yield from make_lab(3, [256, 257], per_host=1, registry="etcd", lease_ttl=TTL)
-
-
-def wait_for(cond, timeout=10.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(every)
-    return cond()
 
 
 def remote_macs(ns, vni=256):

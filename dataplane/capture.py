@@ -13,7 +13,11 @@ from .errors import DataplaneError
 
 FIELDS = ("frame.number", "frame.len", "ip.src", "ip.dst", "ip.checksum.status", "ip.flags.df",
           "udp.srcport", "udp.dstport", "vxlan.flags", "vxlan.vni", "_ws.col.Protocol",
-          "_ws.malformed", "_ws.expert.severity", "_ws.expert.message")
+          "_ws.malformed", "_ws.expert.severity", "_ws.expert.group", "_ws.expert.message")
+# Multi-valued fields (a frame can carry several expert items) are joined with this.
+AGG = "\x1e"
+PI_WARN = 0x00600000
+PI_SEQUENCE = 0x02000000  # TCP sequence analysis: about the flow (reordering, loss), not the frame
 
 
 class Capture:
@@ -64,7 +68,7 @@ def decode(pcap: str, vxlan_port: int = 4789) -> list[dict]:
     """One dict per frame with the FIELDS above, as tshark dissects them,
     outer IPv4 checksum verified."""
     argv = ["tshark", "-r", pcap, "-n", "-o", "ip.check_checksum:TRUE", "-T", "fields",
-            "-E", "separator=\t", "-E", "occurrence=f"]
+            "-E", "separator=\t", "-E", "occurrence=a", "-E", f"aggregator={AGG}"]
     if vxlan_port != 4789:
         argv += ["-d", f"udp.port=={vxlan_port},vxlan"]
     for f in FIELDS:
@@ -73,10 +77,16 @@ def decode(pcap: str, vxlan_port: int = 4789) -> list[dict]:
     if r.returncode:
         raise DataplaneError(f"tshark failed: {r.stderr.strip()}")
     rows = []
-    for line in r.stdout.splitlines():
+    for line in r.stdout.split("\n"):  # not splitlines(): it also splits at AGG
+        if not line:
+            continue
         vals = line.split("\t")
         vals += [""] * (len(FIELDS) - len(vals))
-        rows.append(dict(zip(FIELDS, vals)))
+        row = dict(zip(FIELDS, vals))
+        for f in FIELDS:  # the outer header's value comes first; only expert items stay lists
+            if not f.startswith("_ws.expert"):
+                row[f] = row[f].split(AGG)[0]
+        rows.append(row)
     return rows
 
 
@@ -89,15 +99,35 @@ def inner_protocols(pcap: str) -> list[str]:
     return r.stdout.split()
 
 
+def expert(row: dict) -> list[tuple[int, int, str]]:
+    """(severity, group, message) of each expert item tshark attached to the frame."""
+    if not row["_ws.expert.severity"]:
+        return []
+    sev = row["_ws.expert.severity"].split(AGG)
+    grp = row["_ws.expert.group"].split(AGG)
+    msg = row["_ws.expert.message"].split(AGG)
+    return [(int(s, 0), int(g, 0), m) for s, g, m in zip(sev, grp, msg)]
+
+
+def flow_notes(rows: list[dict]) -> list[str]:
+    """TCP sequence-analysis warnings (out-of-order, retransmission, D-SACK):
+    what the flow did, which says nothing about how each frame is encoded."""
+    return [f"frame {r['frame.number']}: {m}" for r in rows for s, g, m in expert(r)
+            if s >= PI_WARN and g == PI_SEQUENCE]
+
+
 def problems(rows: list[dict]) -> list[str]:
-    """What a careful reader of the capture would object to."""
+    """What a careful reader of the capture would object to in the frames
+    themselves: malformed, bad checksum, wrong flags, any warning or error
+    that is not TCP sequence analysis (see flow_notes)."""
     out = []
     for r in rows:
         n = r["frame.number"]
         if r["_ws.malformed"]:
             out.append(f"frame {n}: malformed")
-        if r["_ws.expert.severity"] and int(r["_ws.expert.severity"], 0) >= 0x00600000:
-            out.append(f"frame {n}: expert {r['_ws.expert.message']}")
+        for sev, grp, msg in expert(r):
+            if sev >= PI_WARN and grp != PI_SEQUENCE:
+                out.append(f"frame {n}: expert {msg}")
         if r["vxlan.vni"]:
             if int(r["vxlan.flags"], 0) != 0x0800:
                 out.append(f"frame {n}: VXLAN flags {r['vxlan.flags']} (want 0x0800, I bit only)")

@@ -122,7 +122,9 @@ def test_capture_is_clean_vxlan_for_tshark(info):
     assert len(vx) == len(rows) > 10
     assert {r["vxlan.vni"] for r in vx} == {"256"}
     assert {r["vxlan.flags"] for r in vx} == {"0x0800"}
-    assert capture.problems(rows) == []
+    # Reordering by veth backlogs when the sender migrates between CPUs shows
+    # up as TCP sequence notes; those are reported, the frames must be clean.
+    assert capture.problems(rows) == [], capture.flow_notes(rows)
     for inner in ("arp", "ip:icmp", "ip:tcp"):
         assert any(f":vxlan:eth:ethertype:{inner}" in p for p in protos), inner
     assert all(49152 <= int(r["udp.srcport"]) <= 65535 for r in vx)

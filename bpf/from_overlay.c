@@ -40,7 +40,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
 
-	ret = vxlan_parse(data, end, skb->len, cfg, &vx);
+	ret = vxlan_parse_cfg(data, end, skb->len, cfg, &vx);
 	if (ret)
 		return ret;
 	*vni_out = vx.vni;

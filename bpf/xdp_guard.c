@@ -17,7 +17,7 @@ int xdp_guard(struct xdp_md *ctx)
 
 	if (!cfg)
 		return XDP_PASS;
-	ret = vxlan_parse(data, end, end - data, cfg, &vx);
+	ret = vxlan_parse_cfg(data, end, end - data, cfg, &vx);
 	if (ret == 0)
 		ret = vxlan_admit(cfg, &vx);
 	if (ret < 0) {

@@ -1,5 +1,5 @@
 """The bpf(2) calls the control plane needs, over ctypes: pinned objects, map
-elements, object info and BPF_PROG_TEST_RUN. No bcc here, so reading maps
+elements and object info (BPF_PROG_TEST_RUN is in the C helper, cwire.py). No bcc here, so reading maps
 never needs a compiler."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ _libc.syscall.restype = ctypes.c_long
 SYS_BPF = 321  # x86_64
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
-OBJ_PIN, OBJ_GET, PROG_TEST_RUN, OBJ_GET_INFO_BY_FD = 6, 7, 10, 15
+OBJ_PIN, OBJ_GET, OBJ_GET_INFO_BY_FD = 6, 7, 15
 MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 26, 27
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
@@ -60,17 +60,6 @@ class MapInfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
                 ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
                 ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16), ("pad", ctypes.c_uint8 * 64)]
-
-
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
-                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
-                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
-                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32)]
 
 
 def obj_get(path: str) -> int:
@@ -158,17 +147,3 @@ def delete(fd: int, key) -> bool:
 def next_key(fd: int, key, next_key_buf) -> bool:
     attr = _ElemAttr(map_fd=fd, key=_ptr(key) if key is not None else 0, value=_ptr(next_key_buf))
     return _call(MAP_GET_NEXT_KEY, attr, f"iterate map fd {fd}", ok=(errno.ENOENT,)) >= 0
-
-
-def prog_test_run(fd: int, data: bytes, ctx: bytes | None = None, repeat: int = 1,
-                  out_room: int = 256) -> tuple[int, bytes, int]:
-    """Run a loaded program on one packet: (return value, packet after, ns per run)."""
-    din = ctypes.create_string_buffer(data, len(data))
-    dout = ctypes.create_string_buffer(len(data) + out_room)
-    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(data), data_size_out=len(dout),
-                        data_in=_ptr(din), data_out=_ptr(dout), repeat=repeat)
-    if ctx is not None:
-        cin = ctypes.create_string_buffer(ctx, len(ctx))
-        attr.ctx_in, attr.ctx_size_in = _ptr(cin), len(ctx)
-    _call(PROG_TEST_RUN, attr, f"test run of prog fd {fd}")
-    return attr.retval, dout.raw[: attr.data_size_out], attr.duration

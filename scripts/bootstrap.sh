@@ -64,14 +64,17 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating venv at $venv (Debian python, system site-packages for bcc)"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-reqhash=$(cat "$top/pyproject.toml" | sha256sum | cut -c1-16)
+# The C helper (csrc/) is compiled by the install, so its sources are part of the key.
+reqhash=$(cat "$top/pyproject.toml" "$top/setup.py" "$top"/csrc/*.[ch] "$top"/csrc/*.py \
+          "$top/bpf/dp_abi.h" "$top/bpf/lib/wire.h" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$reqhash" ]; then
-  say "installing dataplane and its Python dependencies into the venv"
+  say "installing dataplane, its Python dependencies and the C helper into the venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
   "$venv/bin/pip" install -q -e "$top[test]"
   echo "$reqhash" > "$stamp"
 else
   say "venv up to date"
 fi
-"$venv/bin/python" -c 'import bcc, pyroute2, scapy' || die "venv cannot import bcc/pyroute2/scapy"
+"$venv/bin/python" -c 'import bcc, pyroute2, scapy, dataplane._cwire' \
+  || die "venv cannot import bcc/pyroute2/scapy/the C helper"
 say "ready"

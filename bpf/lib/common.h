@@ -17,20 +17,13 @@
 #include <uapi/linux/pkt_cls.h>
 
 #include "dp_abi.h"
+#include "lib/wire.h"
 
 /* The 6.1 uapi headers bcc compiles against predate these; the 6.18 kernel has them. */
 #define DP_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 
 #define DP_CONSUMED 1000      /* frame handed on by clones; exit with TC_ACT_STOLEN, no drop */
-#define DP_PASS 1001          /* not ours: give it to the host stack untouched */
-
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1fff
-
-struct vxlanhdr_dp {
-	__be32 flags;         /* first byte: flags; rest reserved */
-	__be32 vni;           /* upper 24 bits: VNI; low byte reserved */
-};
+#define DP_PASS DP_WIRE_NOT_OURS /* not ours: give it to the host stack untouched */
 
 struct arp_eth_ipv4 {
 	__be16 htype;

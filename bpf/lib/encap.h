@@ -2,72 +2,39 @@
 /*
  * encap.h - RFC 7348 encapsulation: outer Ethernet/IPv4/UDP/VXLAN headers,
  * the next-hop cache that supplies the outer MACs, and the head-room calls.
- * The byte layout here is what csrc/ reproduces; change both together.
+ * The bytes themselves come from wire.h, which csrc/ compiles too.
  */
 #ifndef DP_ENCAP_H
 #define DP_ENCAP_H
-
-#include "csum.h"
 
 /* bcc 0.26 declares this helper with the wrong arity; the kernel takes four arguments. */
 static long (*dp_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
 	(void *)BPF_FUNC_redirect_neigh;
 
-struct dp_outer {
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct udphdr udp;
-	struct vxlanhdr_dp vx;
-} __attribute__((packed));
-
-#define IP_DF 0x4000
-#define DP_OUTER_TTL 64
-
 /*
- * Outer source port from the inner flow hash (RFC 7348 sec. 5: entropy for
- * ECMP). Scales the 32-bit hash onto [min, max] without a division.
+ * The inner flow's hash (wire.h says which words), read before the frame
+ * changes. inner_is_ip: from_endpoint checked version 4 and ihl >= 5.
  */
-static __always_inline __u16 vxlan_src_port(const struct dp_config *cfg, __u32 hash)
+static __always_inline __u32 skb_flow_hash(struct __sk_buff *skb, int inner_is_ip)
 {
-	__u32 lo = cfg->src_port_min;
-	__u32 hi = cfg->src_port_max;
+	__u32 w[4] = {};
+	struct iphdr ip;
 
-	if (hi < lo)
-		hi = lo;
-	return lo + (__u16)(((__u64)hash * (hi - lo + 1)) >> 32);
-}
-
-/* Outer headers for an inner frame of inner_len bytes (its Ethernet header included). */
-static __always_inline void outer_build(struct dp_outer *o, const struct dp_config *cfg,
-					const struct dp_nexthop *nh, __be32 dst, __u32 vni,
-					__u16 sport, __u32 inner_len)
-{
-	__u32 ip_len = inner_len + sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlanhdr_dp);
-
-	__builtin_memset(o, 0, sizeof(*o));
-	if (nh) {
-		mac_copy(o->eth.h_dest, nh->dmac);
-		mac_copy(o->eth.h_source, nh->smac);
-	} else {
-		/* bpf_redirect_neigh fills both; it refuses a multicast placeholder. */
-		o->eth.h_dest[0] = 0x02;
+	if (!inner_is_ip) {
+		if (bpf_skb_load_bytes(skb, 0, w, 12))
+			w[0] = w[1] = w[2] = 0;
+		return dp_flow_hash4(w[0], w[1], w[2], 0);
 	}
-	o->eth.h_proto = bpf_htons(ETH_P_IP);
-	o->ip.version = 4;
-	o->ip.ihl = 5;
-	/* GSO super-packets exceed 16 bits; segmentation rewrites the length per segment. */
-	o->ip.tot_len = bpf_htons(ip_len > 0xffff ? 0xffff : ip_len);
-	o->ip.frag_off = bpf_htons(IP_DF);
-	o->ip.ttl = DP_OUTER_TTL;
-	o->ip.protocol = IPPROTO_UDP;
-	o->ip.saddr = cfg->local_ip;
-	o->ip.daddr = dst;
-	o->ip.check = ipv4_csum(&o->ip);
-	o->udp.source = bpf_htons(sport);
-	o->udp.dest = cfg->port;
-	o->udp.len = bpf_htons((ip_len - sizeof(struct iphdr)) & 0xffff);
-	o->vx.flags = bpf_htonl((__u32)DP_VXLAN_FLAG_I << 24);
-	o->vx.vni = bpf_htonl(vni << 8);
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		return dp_flow_hash4(0, 0, 0, 0);
+	w[0] = ip.saddr;
+	w[1] = ip.daddr;
+	w[2] = ip.protocol;
+	if (!(ip.frag_off & bpf_htons(DP_IP_MF | DP_IP_OFFSET)) &&
+	    (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) &&
+	    bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &w[3], 4))
+		w[3] = 0;
+	return dp_flow_hash4(w[0], w[1], w[2], w[3]);
 }
 
 /*
@@ -152,10 +119,14 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
 				      const struct dp_nexthop *nh, __be32 dst, __u32 vni,
 				      __u32 inner_len, int inner_is_ip)
 {
+	/* Without a next hop bpf_redirect_neigh fills both MACs; it refuses a multicast placeholder. */
+	__u8 placeholder[6] = { 0x02, 0, 0, 0, 0, 0 };
+	__u16 sport = vxlan_src_port(cfg->src_port_min, cfg->src_port_max, skb_flow_hash(skb, inner_is_ip));
 	struct dp_outer o;
 	int ret;
 
-	outer_build(&o, cfg, nh, dst, vni, vxlan_src_port(cfg, bpf_get_hash_recalc(skb)), inner_len);
+	outer_build(&o, nh ? nh->smac : placeholder, nh ? nh->dmac : placeholder, cfg->local_ip, dst,
+		    cfg->port, vni, sport, inner_len);
 	ret = vxlan_push(skb, inner_is_ip);
 	if (ret < 0)
 		return ret;

@@ -38,12 +38,12 @@ def be32(ip: str) -> int:
 
 class Harness:
     def __init__(self, pin_dir: str):
-        from dataplane import abi, bpfsys, fastpath
+        from dataplane import abi, cwire, fastpath
         from dataplane.maps import NodeMaps
 
         self.abi = abi.load()
         self.S = self.abi.structs
-        self.bpfsys = bpfsys
+        self.cwire = cwire
         self.loaded = fastpath.load(pin_dir, quiet=True)
         self.fds = self.loaded.fds
         self.maps = NodeMaps(pin_dir)
@@ -90,12 +90,12 @@ class Harness:
     def run_tc(self, prog: str, frame: bytes, ingress_ifindex: int = 0):
         ctx = (ctypes.c_uint32 * 48)()
         ctx[9] = ingress_ifindex     # struct __sk_buff.ingress_ifindex (offset 36)
-        ret, out, _ = self.bpfsys.prog_test_run(self.fds[prog], bytes(frame), bytes(ctx))
-        return ret, out
+        r = self.cwire.prog_test_run(self.fds[prog], bytes(frame), bytes(ctx))
+        return r.retval, r.data
 
     def run_xdp(self, frame: bytes):
-        ret, out, _ = self.bpfsys.prog_test_run(self.fds["xdp_guard"], bytes(frame))
-        return ret, out
+        r = self.cwire.prog_test_run(self.fds["xdp_guard"], bytes(frame))
+        return r.retval, r.data
 
     def stats(self, vni: int) -> dict:
         per = self.maps.dp_stats.get(ctypes.c_uint32(vni))

@@ -27,6 +27,9 @@
 #define DP_LEARN_REFRESH_NS 1000000000   /* rewrite an unchanged learned entry at most this often, ns */
 #define DP_FDB_AGE_DEFAULT_S 300         /* learned FDB entry lifetime unless configured, s */
 
+#define DP_PUNT_FRAME_MAX 1536           /* longest frame punted to the agent (longer ones flood) */
+#define DP_PUNT_RING_BYTES 262144        /* dp_punts ring buffer: power of two, >= a page */
+
 #define DP_DROP_SLOTS 32                 /* power of two >= DP_DROP_MAX, so a mask bounds the index */
 
 /* Map sizes; the loader may override each with -D. */
@@ -62,6 +65,13 @@ enum dp_tail {
 /* dp_config.flags */
 enum dp_cfg_flag {
 	DP_CFG_PEER_CHECK = 1,               /* decap only from VTEPs in the VNI's peer set */
+	DP_CFG_PUNT_MISS = 2,                /* an agent resolves misses: punt them to dp_punts, not flood */
+};
+
+/* Why a frame was punted to the agent (struct dp_punt.reason). */
+enum dp_punt_reason {
+	DP_PUNT_UNKNOWN_DST = 1,             /* unicast to a MAC in no FDB of the VNI */
+	DP_PUNT_ARP_MISS = 2,                /* ARP request for an address not in dp_neigh */
 };
 
 /* dp_nexthop.flags */
@@ -180,7 +190,19 @@ struct dp_stats {
 	__u64 local_bytes;
 	__u64 arp_replies;                   /* ARP requests answered from dp_neigh */
 	__u64 flooded;                       /* frames replicated to the flood list */
+	__u64 punted;                        /* misses handed to the agent (dp_punts) */
+	__u64 punt_fallback;                 /* misses flooded because dp_punts was full */
 	__u64 drops[DP_DROP_SLOTS];          /* indexed by enum dp_drop; slots >= DP_DROP_MAX stay zero */
+};
+
+/* One record of the dp_punts ring buffer: a frame the fast path could not place. */
+struct dp_punt {
+	__u32 vni;
+	__u32 ifindex;                       /* host side of the endpoint that sent it */
+	__u32 reason;                        /* enum dp_punt_reason */
+	__u32 len;                           /* bytes of frame[] in use: the whole frame */
+	__u64 ts_ns;                         /* bpf_ktime_get_ns() when punted; old ones are dropped */
+	__u8 frame[DP_PUNT_FRAME_MAX];
 };
 
 #endif /* DP_ABI_H */

@@ -4,7 +4,8 @@
 /*
  * from_endpoint.c - tc ingress on the host side of every endpoint veth:
  * frames a sandbox sends. Source check, ARP answered from dp_neigh, local
- * delivery within the VNI, encapsulation toward a remote VTEP, or flooding.
+ * delivery within the VNI, encapsulation toward a remote VTEP, a punt to the
+ * agent on a miss (registry mode), or flooding.
  */
 
 static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg,
@@ -34,8 +35,11 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
 	}
 	vtep = fdb_lookup(&k, cfg);
-	if (!vtep)
+	if (!vtep) {
+		if (punt(skb, vni, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
+			return DP_CONSUMED;
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
+	}
 	return encap_unicast(skb, cfg, vni, vtep, is_ip);
 }
 

@@ -2,7 +2,8 @@
 
 Threads: the watcher (snapshot, then watch from the snapshot's revision;
 on any break it starts over with a fresh snapshot), the lease keeper (host
-liveness), the API server, and the main loop, which alone applies changes:
+liveness), the punt reader (misses from the fast path, see slowpath.py),
+the API server, and the main loop, which alone applies changes:
 it mirrors the registry, and for every VNI a change touched it rewrites
 the remote FDB/neighbour entries and the flood list (as a diff, see
 remote.py). The programs and pinned maps are the node's; the agent can stop
@@ -19,9 +20,9 @@ import sys
 import threading
 import time
 
-from . import api, model, netlink, state
+from . import api, model, netlink, slowpath, state
 from .errors import Conflict, DataplaneError, NotFound, UsageError
-from .node import Node
+from .node import Node, flood_list
 from .registry import Compacted, Host, Snapshot, Unavailable, change, open_registry
 from .registry.store import key, split_key
 from .remote import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
@@ -64,6 +65,11 @@ class Agent:
         self.ipam: dict = {}
         self.skipped: set[str] = set()
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0}
+        # misses punted by the fast path: resolved (sent to the owner's VTEP; looked_up: the
+        # registry knew what our view did not yet; repaired: the map had lost an entry we
+        # had installed), local, unresolved (flooded), stale
+        self.punts = {"received": 0, "resolved": 0, "looked_up": 0, "repaired": 0, "local": 0,
+                      "unresolved": 0, "flooded": 0, "stale": 0, "send_errors": 0}
         self.last_sync_s = 0.0
         self.last_snapshot_s = 0.0
         self.remote: RemoteTable | None = None
@@ -78,21 +84,30 @@ class Agent:
         self.vtep = Host.make(self.me, st["config"]["local_ip"], st["config"]["port"])
         self.maps = self.node._maps()
         self.remote = RemoteTable(self.maps, local_neigh_keys(st))
+        self.sender = slowpath.Sender(self.maps, st["config"])
+        self.punt_reader = slowpath.PuntReader(self.maps.pin_dir)
         self.server = api.Server(api.socket_path(self.node.name), self._handlers())
         self.server.start()
         self._save_file()
         threading.Thread(target=self._keep_lease, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()
+        threading.Thread(target=self._read_punts, name="punts", daemon=True).start()
         log(f"host {self.me} VTEP {self.vtep.vtep} registry {self.url} lease ttl {self.ttl}s")
         try:
             self._main_loop()
         finally:
             self.stopping.set()
+            try:
+                self.node.set_punt_miss(False)   # nobody drains the ring now: flood misses again
+            except DataplaneError as e:
+                log(f"could not stop punting: {e}")
             if self._watch:
                 self._watch.close()
             self.server.stop()
             if self.leaving:
                 self._leave()
+            self.punt_reader.close()
+            self.sender.close()
             self.maps.close()
             self.reg.close()
             log("stopped" + (" (left the registry)" if self.leaving else ""))
@@ -187,7 +202,11 @@ class Agent:
             try:
                 if kind == "snapshot":
                     self._apply_snapshot(data, adopt=first)
+                    if first:
+                        self.node.set_punt_miss(True)   # synced: misses come to us from now on
                     first = False
+                elif kind == "punts":
+                    self._handle_punts(data)
                 elif kind == "events":
                     batch = list(data)
                     while True:   # drain what queued up meanwhile: one reconcile for all
@@ -206,6 +225,77 @@ class Agent:
             if time.monotonic() >= next_age:
                 next_age = time.monotonic() + age_every
                 self._age()
+
+    # --- slow path: misses punted by the fast path ---------------------------------
+
+    def _read_punts(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                batch = self.punt_reader.read(0.2)
+            except Exception as e:  # never let the reader die
+                log(f"reading punts failed: {type(e).__name__}: {e}")
+                self.stopping.wait(RETRY_S)
+                continue
+            if batch:
+                self.q.put(("punts", batch))
+
+    def _handle_punts(self, batch) -> None:
+        st = self.node.state()
+        with self.lock:
+            for p in batch:
+                self.punts["received"] += 1
+                if p.age_ns > slowpath.STALE_NS:
+                    self.punts["stale"] += 1
+                    continue
+                net = next((n for n in self.networks.values() if n.vni == p.vni), None)
+                ep = self._punt_owner(net, p) if net else None
+                host = self.hosts.get(ep.host) if ep else None
+                if ep is not None and ep.host == self.me:
+                    self.punts["local"] += 1      # ours, its sandbox is being set up: nothing to send
+                elif host is not None:
+                    self.punts["resolved"] += 1
+                    self.punts["repaired"] += self.remote.repair(p.vni, ep.mac, host.vtep, ep.ip)
+                    self._send(p.vni, host.vtep, p.frame)
+                else:
+                    self.punts["unresolved"] += 1  # nobody in the registry: flood as the fast path would
+                    for vtep in flood_list(st, p.vni):
+                        self.punts["flooded"] += self._send(p.vni, vtep, p.frame)
+
+    def _punt_owner(self, net, p):
+        """The endpoint a punted frame is for: from our view of the registry,
+        else from the registry itself (our watch may not have caught up)."""
+        mac = p.dst_mac if p.reason == slowpath.UNKNOWN_DST else None
+        ip = p.arp_target
+        for e in self.endpoints.values():
+            if e.network == net.name and (e.mac == mac or e.ip == ip):
+                return e
+        try:
+            claim = self.reg.kv.get(key("macs", net.name, mac) if mac else key("ipam", net.name, ip or "-"))
+            if claim is None:
+                return None
+            ep = self.reg.endpoint(claim.value.decode())
+            hitem = self.reg.kv.get(key("hosts", ep.host))
+            if hitem is None or ep.network != net.name:
+                return None
+            host = Host.from_json(hitem.value)
+        except (Unavailable, DataplaneError) as e:
+            log(f"punt: registry lookup failed: {e}")
+            return None
+        # The watch brings these same records later; install them now.
+        self.endpoints[ep.id], self.hosts[host.name] = ep, host
+        self.macs[f"{net.name}/{ep.mac}"] = self.ipam[f"{net.name}/{ep.ip}"] = ep.id
+        self._reconcile(vnis={net.vni})
+        self.punts["looked_up"] += 1
+        return ep
+
+    def _send(self, vni: int, vtep: str, frame: bytes) -> int:
+        try:
+            self.sender.send(vni, vtep, frame)
+            return 1
+        except OSError as e:
+            self.punts["send_errors"] += 1
+            log(f"punt: sending to {vtep} failed: {e}")
+            return 0
 
     def _age(self) -> None:
         st = self.node.state()
@@ -388,7 +478,7 @@ class Agent:
                     "endpoints": len(self.endpoints), "installed": self.remote.counts(),
                     "last_sync_ms": round(self.last_sync_s * 1000, 1),
                     "last_snapshot_ms": round(self.last_snapshot_s * 1000, 1), "map_error": self.remote.last_error,
-                    **self.counters, "rss_kib": _rss_kib()}
+                    **self.counters, "punts": dict(self.punts), "rss_kib": _rss_kib()}
 
     def _network_for(self, network=None, vni=None):
         if network is not None:

@@ -20,8 +20,8 @@ u32 = ctypes.c_uint32
 class MapSpec:
     name: str
     kind: str
-    key: type
-    value: type
+    key: type | None         # None: no key/value (ring buffer)
+    value: type | None
     size_const: str | None   # the DP_MAP_* constant sizing it, or None for fixed sizes
     fixed_size: int = 0
 
@@ -45,6 +45,7 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_nexthops", "hash", u32, _S["dp_nexthop"], "DP_MAP_NEXTHOPS"),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_hash", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
+    MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),
 )}
 
 SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})
@@ -62,8 +63,8 @@ def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
             info = bpfsys.map_info(fd)
         finally:
             os.close(fd)
-        want = (bpfsys.MAP_TYPES[spec.kind], ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
-                spec.max_entries(overrides))
+        want = (bpfsys.MAP_TYPES[spec.kind], ctypes.sizeof(spec.key) if spec.key else 0,
+                ctypes.sizeof(spec.value) if spec.value else 0, spec.max_entries(overrides))
         have = (info.type, info.key_size, info.value_size, info.max_entries)
         if have != want:
             raise ToolchainError(

@@ -178,7 +178,9 @@ class Node:
 
     def _write_config(self, m: NodeMaps, st: dict) -> None:
         c = st["config"]
-        flags = int(_E["dp_cfg_flag"].DP_CFG_PEER_CHECK) if c["peer_check"] else 0
+        f = _E["dp_cfg_flag"]
+        flags = int(f.DP_CFG_PEER_CHECK) if c["peer_check"] else 0
+        flags |= int(f.DP_CFG_PUNT_MISS) if st.get("punt_miss") else 0
         val = _S["dp_config"](local_ip=_be32(c["local_ip"]), port=socket.htons(c["port"]),
                               src_port_min=c["src_port_min"], src_port_max=c["src_port_max"],
                               flags=flags, uplink_ifindex=st["uplink_ifindex"],
@@ -247,6 +249,16 @@ class Node:
                 self._down_networks(st, [vni])
                 st.get("registry_peers", {}).pop(str(vni), None)
                 state.save(self.name, st)
+
+    def set_punt_miss(self, on: bool) -> None:
+        """An agent drains dp_punts (on) or no longer does (off): misses are
+        punted to it or flooded."""
+        with state.locked(self.name):
+            st = self._require_up()
+            st["punt_miss"] = bool(on)
+            with self._maps() as m:
+                self._write_config(m, st)
+            state.save(self.name, st)
 
     def set_registry_peers(self, vni: int, ips: list[str]) -> None:
         """The VTEPs the registry says share this VNI: the flood list's second half."""

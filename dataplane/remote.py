@@ -63,6 +63,22 @@ class RemoteTable:
             self.maps.dp_learned.delete(mac_key(vni, m))
         return len(put_fdb) + len(put_neigh), len(del_fdb) + len(del_neigh)
 
+    def repair(self, vni: int, mac: str, vtep: str, ip: str) -> bool:
+        """A punt says the fast path missed an entry we believe installed
+        (deleted behind our back, or never fitted): write it again. True if
+        it was missing."""
+        if self.fdb.get(vni, {}).get(mac) != vtep or self.neigh.get(vni, {}).get(ip) != mac:
+            return False          # not ours to install (yet): apply() decides
+        missing = (self.maps.dp_fdb.get(mac_key(vni, mac)) is None
+                   or self.maps.dp_neigh.get(ip_key(vni, ip)) is None)
+        if missing:
+            del self.fdb[vni][mac]
+            del self.neigh[vni][ip]
+            self._put(self.maps.dp_fdb, self.fdb[vni], {mac: vtep},
+                      lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+            self._put(self.maps.dp_neigh, self.neigh[vni], {ip: mac}, lambda i, m: (ip_key(vni, i), mac_value(m)))
+        return missing
+
     def _put(self, m, have: dict, todo: dict, encode) -> None:
         if not todo:
             return

@@ -13,5 +13,6 @@
 #include "lib/fdb.h"
 #include "lib/encap.h"
 #include "lib/flood.h"
+#include "lib/punt.h"
 #include "lib/arp.h"
 #endif

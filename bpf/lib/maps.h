@@ -36,6 +36,25 @@ BPF_TABLE_PINNED("prog", __u32, __u32, dp_tail, DP_TAIL_MAX, DP_PIN(dp_tail));
 /* VNI -> counters, per CPU; entries created by the control plane only */
 BPF_TABLE_PINNED("percpu_hash", __u32, struct dp_stats, dp_stats, DP_MAP_NETWORKS, DP_PIN(dp_stats));
 
+/*
+ * Misses punted to the agent (struct dp_punt records). bcc 0.26 has no pinned
+ * ring buffer macro: this is its BPF_RINGBUF_OUTPUT with the pin path in the
+ * section name, as BPF_TABLE_PINNED does for other map types.
+ */
+#define DP_RINGBUF_PINNED(_name, _bytes, _pinned)                              \
+	struct _name##_table_t {                                               \
+		int key;                                                       \
+		u32 leaf;                                                      \
+		int (*ringbuf_output)(void *, u64, u64);                       \
+		void *(*ringbuf_reserve)(u64);                                 \
+		void (*ringbuf_discard)(void *, u64);                          \
+		void (*ringbuf_submit)(void *, u64);                           \
+		u32 max_entries;                                               \
+	};                                                                     \
+	__attribute__((section("maps/ringbuf:" _pinned)))                      \
+	struct _name##_table_t _name = { .max_entries = (_bytes) }
+DP_RINGBUF_PINNED(dp_punts, DP_PUNT_RING_BYTES, DP_PIN(dp_punts));
+
 static __always_inline struct dp_config *config_get(void)
 {
 	__u32 zero = 0;

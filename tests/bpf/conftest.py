@@ -55,8 +55,9 @@ class Harness:
         ctypes.memmove(k.mac, bytes.fromhex(mac.replace(":", "")), 6)
         return k
 
-    def configure(self, peer_check=False, src_port=(SPORT, SPORT)):
-        flags = 1 if peer_check else 0
+    def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False):
+        f = self.abi.enums["dp_cfg_flag"]
+        flags = (int(f.DP_CFG_PEER_CHECK) if peer_check else 0) | (int(f.DP_CFG_PUNT_MISS) if punt else 0)
         self.maps.dp_config.put(ctypes.c_uint32(0), self.S["dp_config"](
             local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,

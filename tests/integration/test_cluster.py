@@ -238,3 +238,53 @@ def test_bad_registry_data_is_skipped_not_fatal(info):
                 txn.delete(k)
             reg.kv.commit(txn)
         in_registry(clean)
+
+
+def test_miss_is_punted_resolved_installed_and_resent(info):
+    """h1's maps lose h3's endpoint (as if evicted). The sandbox's ARP misses
+    in the fast path, is punted to h1's agent, which puts the entries back
+    and sends the request on to h3 itself: the ping still answers."""
+    from dataplane.keys import ip_key, mac_key
+    from dataplane import netlink
+
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h3", 256)
+    before = status("dpl-h1")["punts"]
+    flooded = stats("dpl-h1", 256)["flooded"]
+    m = Node("dpl-h1")._maps()
+    try:
+        m.dp_fdb.delete(mac_key(256, b["mac"]))
+        m.dp_neigh.delete(ip_key(256, b["ip"]))
+        m.dp_learned.delete(mac_key(256, b["mac"]))
+    finally:
+        m.close()
+    netlink.ns_exec(a["name"], ["ip", "neigh", "flush", "dev", "eth0"], check=True)
+    assert ping(a["name"], b["ip"], count=3)[0] == 3
+    after = status("dpl-h1")["punts"]
+    assert after["received"] > before["received"]
+    assert after["resolved"] > before["resolved"] and after["repaired"] > before["repaired"]
+    assert stats("dpl-h1", 256)["punted"] >= 1
+    assert stats("dpl-h1", 256)["flooded"] == flooded, "resolved by the agent, not flooded"
+    assert remote_macs("dpl-h1")[b["mac"]] == lab.vtep_ip(3), "entry installed again"
+
+
+def test_miss_nobody_owns_is_flooded_by_the_agent(info):
+    """A frame to a MAC no registry entry has: the agent replicates it to the
+    VNI's VTEPs (with the C helper's encapsulation), where it arrives as valid
+    VXLAN and is dropped as an unknown destination."""
+    a = sandbox(info, "h1", 256)
+    ghost_ip = a["ip"].rsplit(".", 1)[0] + ".250"
+    before = status("dpl-h1")["punts"]
+    drops = [stats(ns, 256)["drops"].get("unknown_dst", 0) for ns in ("dpl-h2", "dpl-h3")]
+    from dataplane import netlink
+    netlink.ns_exec(a["name"], ["ip", "neigh", "replace", ghost_ip, "lladdr", "02:de:ad:00:00:01",
+                                "dev", "eth0", "nud", "permanent"], check=True)
+    try:
+        assert ping(a["name"], ghost_ip, count=2)[0] == 0
+    finally:
+        netlink.ns_exec(a["name"], ["ip", "neigh", "del", ghost_ip, "dev", "eth0"])
+    after = status("dpl-h1")["punts"]
+    assert after["unresolved"] >= before["unresolved"] + 2
+    assert after["flooded"] >= before["flooded"] + 4, "two frames to two VTEPs"
+    assert after["send_errors"] == before["send_errors"]
+    for ns, d in zip(("dpl-h2", "dpl-h3"), drops):
+        assert wait_for(lambda ns=ns, d=d: stats(ns, 256)["drops"].get("unknown_dst", 0) >= d + 2), ns

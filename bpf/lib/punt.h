@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * punt.h - the slow path's door: a frame the fast path cannot place (unicast
+ * to an unknown MAC, ARP for an unknown address) is copied whole into the
+ * dp_punts ring buffer for the agent, which asks the registry, installs the
+ * entry and sends the frame on. Only while an agent says it is draining the
+ * ring (DP_CFG_PUNT_MISS); a full ring or a long frame falls back to flooding.
+ */
+#ifndef DP_PUNT_H
+#define DP_PUNT_H
+
+/* 0: the frame is the agent's now (drop it here). Negative: flood it as before. */
+static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 ifindex, __u32 reason)
+{
+	struct dp_config *cfg = config_get();
+	struct dp_stats *s = stats_get(vni);
+	struct dp_punt *p;
+	__u64 len;  /* 64 bits: a 32-bit copy is zero-extended into a register the verifier does not link */
+
+	if (!cfg || !(cfg->flags & DP_CFG_PUNT_MISS))
+		return -1;
+	p = dp_punts.ringbuf_reserve(sizeof(*p));
+	if (!p)
+		goto fallback;
+	/*
+	 * Two separate tests on one register: clang would merge them into one
+	 * unsigned range test on a copy, and the verifier then sees no bound.
+	 */
+	len = skb->len;
+	if (len > DP_PUNT_FRAME_MAX) {
+		dp_punts.ringbuf_discard(p, 0);
+		goto fallback;
+	}
+	asm volatile("" : "+r"(len));
+	if (len < ETH_HLEN) {
+		dp_punts.ringbuf_discard(p, 0);
+		goto fallback;
+	}
+	p->vni = vni;
+	p->ifindex = ifindex;
+	p->reason = reason;
+	p->len = len;
+	p->ts_ns = bpf_ktime_get_ns();
+	if (bpf_skb_load_bytes(skb, 0, p->frame, len)) {
+		dp_punts.ringbuf_discard(p, 0);
+		goto fallback;
+	}
+	dp_punts.ringbuf_submit(p, 0);
+	if (s)
+		s->punted++;
+	return 0;
+fallback:
+	if (s)
+		s->punt_fallback++;
+	return -1;
+}
+
+#endif /* DP_PUNT_H */

@@ -1,0 +1,90 @@
+"""Misses punted to the agent through the pinned dp_punts ring buffer, read
+back with dataplane.ringbuf (mmap, no bcc) and parsed with the ABI's struct."""
+
+import ctypes
+import os
+
+import pytest
+
+from dataplane.ringbuf import RingReader
+from tests import packets as P
+from tests.bpf.conftest import EP_IFINDEX, EP_IP, EP_MAC, TC_ACT_SHOT, TC_ACT_STOLEN, VNI
+
+UNKNOWN_MAC, UNKNOWN_IP = "02:42:0a:01:00:63", "10.1.0.99"
+
+
+@pytest.fixture
+def ring(hx):
+    r = RingReader(os.path.join(hx.maps.pin_dir, "dp_punts"))
+    r.read(0, limit=10**6)                  # whatever earlier tests left
+    hx.configure(punt=True)
+    yield r
+    hx.configure()
+    r.read(0, limit=10**6)
+    r.close()
+
+
+def parse(hx, rec: bytes):
+    p = hx.S["dp_punt"].from_buffer_copy(rec.ljust(ctypes.sizeof(hx.S["dp_punt"]), b"\0"))
+    return p, bytes(p.frame[:p.len])
+
+
+def reason(hx, name):
+    return int(getattr(hx.abi.enums["dp_punt_reason"], name))
+
+
+def test_unicast_to_unknown_mac_is_punted_whole(hx, ring):
+    frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"q" * 300))
+    before = hx.stats(VNI)
+    ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert ret == TC_ACT_STOLEN, "the agent owns the frame now: not flooded, not a drop"
+    recs = ring.read(1)
+    assert len(recs) == 1
+    p, got = parse(hx, recs[0])
+    assert (p.vni, p.ifindex, p.reason) == (VNI, EP_IFINDEX, reason(hx, "DP_PUNT_UNKNOWN_DST"))
+    assert got == frame and p.ts_ns > 0
+    after = hx.stats(VNI)
+    assert after["punted"] == before["punted"] + 1
+    assert after["flooded"] == before["flooded"] and sum(after["drops"]) == sum(before["drops"])
+
+
+def test_arp_for_unknown_address_is_punted(hx, ring):
+    frame = bytes(P.arp_request(EP_MAC, EP_IP, UNKNOWN_IP))
+    ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert ret == TC_ACT_STOLEN
+    p, got = parse(hx, ring.read(1)[0])
+    assert p.reason == reason(hx, "DP_PUNT_ARP_MISS") and got == frame
+
+
+def test_no_punt_without_an_agent_flag(hx):
+    r = RingReader(os.path.join(hx.maps.pin_dir, "dp_punts"))
+    try:
+        r.read(0, limit=10**6)
+        frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP))
+        ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+        assert ret == TC_ACT_SHOT          # flooded to nobody, as before
+        assert r.read(0) == []
+    finally:
+        r.close()
+
+
+def test_full_ring_falls_back_to_flooding(hx, ring):
+    frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"f" * 1000))
+    size = ctypes.sizeof(hx.S["dp_punt"]) + 8
+    fits = hx.abi.constants["DP_PUNT_RING_BYTES"] // size
+    before = hx.stats(VNI)
+    for _ in range(fits):
+        assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_STOLEN
+    ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert ret == TC_ACT_SHOT, "nobody drains the ring: flood (to nobody here) instead of losing it silently"
+    after = hx.stats(VNI)
+    assert after["punt_fallback"] == before["punt_fallback"] + 1
+    assert len(ring.read(0, limit=10**6)) == fits
+    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_STOLEN, "drained: punting again"
+
+
+def test_oversized_frame_is_not_punted(hx, ring):
+    frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"g" * 1600))
+    hx.maps.dp_networks.put(ctypes.c_uint32(VNI), hx.S["dp_network"](mtu=9000))
+    ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert ret == TC_ACT_SHOT and ring.read(0) == []

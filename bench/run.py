@@ -3,8 +3,14 @@ plain routing, in one lab and one run, modes alternating round by round.
 
     make bench            # or: .venv/bin/python -m bench.run [--rounds N] [--seconds S]
 
-Writes bench/results/latest.json and latest.md (medians and ratios, with the
-machine and kernel they came from)."""
+Figures per mode: single- and 4-stream TCP (iperf3), 64-byte packet rate
+with the C generator (csrc/gen.c: AF_PACKET sendmmsg in one sandbox, a
+counter in the other), whole-machine CPU time per packet during that run,
+and latency p50/p99 (sockperf ping-pong, round trip).
+
+Writes bench/results/latest.json, latest.md (medians and ratios, with the
+machine and kernel they came from) and latest.png (needs matplotlib: the
+`bench` extra)."""
 
 from __future__ import annotations
 
@@ -36,18 +42,60 @@ def tcp(a: dict, b: dict, seconds: int, streams: int = 1) -> float:
     return res["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def udp64(a: dict, b: dict, seconds: int) -> float:
-    """Packets/s received of 64-byte frames (18-byte UDP payload), sender unthrottled."""
-    res = iperf(b["name"], a["name"], b["ip"], ["-u", "-b", "0", "-l", "18", "-t", str(seconds)])
-    s = res["end"]["sum"]
-    return (s["packets"] - s["lost_packets"]) / s["seconds"]
+def _in(ns: str, argv: list[str], **kw):
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
 
 
-def rtt_us(a: dict, b: dict) -> float:
-    r = subprocess.run(["ip", "netns", "exec", a["name"], "ping", "-c", "200", "-i", "0.005", "-q", b["ip"]],
-                       capture_output=True, text=True)
-    avg = r.stdout.rsplit("=", 1)[-1].split("/")[1]
-    return float(avg) * 1000
+def next_hop_mac(ns: str, ip: str) -> str:
+    """The MAC a frame from ns toward ip is addressed to (its gateway's or its own)."""
+    route = json.loads(_in(ns, ["ip", "-j", "route", "get", ip]).stdout)[0]
+    via = route.get("gateway", ip)
+    for n in json.loads(_in(ns, ["ip", "-j", "neigh", "show", via]).stdout):
+        if n.get("lladdr"):
+            return n["lladdr"]
+    raise RuntimeError(f"{ns}: no neighbour entry for {via}")
+
+
+def _busy_jiffies() -> int:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]          # all but idle and iowait
+
+
+def pps64(a: dict, b: dict, seconds: float) -> tuple[float, float]:
+    """64-byte frames/s received in b from the C generator in a, unthrottled,
+    and the whole machine's CPU ns per received frame meanwhile."""
+    gen = [sys.executable, "-m", "bench.gen"]
+    counter = subprocess.Popen(["ip", "netns", "exec", b["name"], *gen, "count", "--seconds", str(seconds + 1.5)],
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    j0 = _busy_jiffies()
+    sent = json.loads(_in(a["name"], [*gen, "send", "--dst-mac", next_hop_mac(a["name"], b["ip"]),
+                                      "--src-ip", a["ip"], "--dst-ip", b["ip"], "--seconds", str(seconds)],
+                          check=True).stdout)
+    busy_ns = (_busy_jiffies() - j0) * 1e9 / os.sysconf("SC_CLK_TCK")
+    got = json.loads(counter.communicate(timeout=seconds + 10)[0])
+    return got["packets"] / sent["seconds"], busy_ns / max(1, got["packets"])
+
+
+def latency_us(a: dict, b: dict, seconds: int = 3) -> tuple[float, float]:
+    """Round-trip p50 and p99 of 64-byte UDP ping-pong (sockperf --full-rtt)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", b["name"], "sockperf", "sr", "-i", b["ip"], "-p", "11111"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = _in(a["name"], ["sockperf", "pp", "-i", b["ip"], "-p", "11111", "-t", str(seconds), "-m", "64",
+                              "--full-rtt"]).stdout
+    finally:
+        srv.terminate()
+        srv.wait()
+    pct = {}
+    for line in out.splitlines():
+        if "---> percentile" in line:
+            _, rest = line.split("percentile", 1)
+            k, v = rest.split("=")
+            pct[float(k)] = float(v)
+    return pct[50.0], pct[99.0]
 
 
 def main(argv=None) -> int:
@@ -58,8 +106,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     lab.down()
-    samples: dict[str, dict[str, list[float]]] = {m: {"tcp_gbps": [], "udp64_pps": [], "rtt_us": []}
-                                                  for m in baselines.MODES}
+    samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
     try:
         lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard, registry="none")  # data path only
         info = lab.ls()
@@ -71,13 +118,14 @@ def main(argv=None) -> int:
             order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
             for mode in order:
                 a, b = pairs[mode]
-                t = tcp(a, b, args.seconds)
-                u = udp64(a, b, max(2, args.seconds // 2))
-                l = rtt_us(a, b)
-                for k, v in (("tcp_gbps", t), ("udp64_pps", u), ("rtt_us", l)):
+                got = {"tcp_gbps": tcp(a, b, args.seconds), "tcp4_gbps": tcp(a, b, args.seconds, streams=4)}
+                got["pps64"], got["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
+                got["lat_p50_us"], got["lat_p99_us"] = latency_us(a, b)
+                for k, v in got.items():
                     samples[mode][k].append(v)
-                print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {t:6.2f} Gbit/s  UDP-64 {u / 1e3:7.1f} kpps  "
-                      f"RTT {l:6.1f} us", file=sys.stderr, flush=True)
+                print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {got['tcp_gbps']:5.2f}/{got['tcp4_gbps']:5.2f} "
+                      f"Gbit/s (1/4 streams)  64B {got['pps64'] / 1e3:6.0f} kpps {got['cpu_ns_per_pkt']:5.0f} ns/pkt  "
+                      f"RTT p50/p99 {got['lat_p50_us']:.1f}/{got['lat_p99_us']:.1f} us", file=sys.stderr, flush=True)
     finally:
         lab.down()
 
@@ -86,6 +134,7 @@ def main(argv=None) -> int:
     ratios = {f"vs_{m}": {k: ours[k] / med[m][k] for k in ours} for m in ("vxlan", "routing")}
     result = {"machine": machine(), "args": vars(args), "samples": samples, "median": med, "ratios": ratios}
     save(result, table(result), "latest")
+    chart(result, "latest")
     return 0
 
 
@@ -99,16 +148,51 @@ def save(result: dict, md: str, name: str) -> None:
     print(md)
 
 
+METRICS = [  # key, label, format, scale for the table
+    ("tcp_gbps", "single-stream TCP, Gbit/s", "{:.2f}", 1),
+    ("tcp4_gbps", "4-stream TCP, Gbit/s", "{:.2f}", 1),
+    ("pps64", "64-byte packets, kpps received (C generator)", "{:.0f}", 1e-3),
+    ("cpu_ns_per_pkt", "CPU per 64-byte packet, ns, whole machine (lower is better)", "{:.0f}", 1),
+    ("lat_p50_us", "UDP round trip p50, us (lower is better)", "{:.1f}", 1),
+    ("lat_p99_us", "UDP round trip p99, us (lower is better)", "{:.1f}", 1),
+]
+
+
+def chart(res: dict, name: str) -> None:
+    """One bar group per metric, normalised to the kernel vxlan device."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing (pip install -e .[bench]); no chart", file=sys.stderr)
+        return
+    med = res["median"]
+    keys = [k for k, *_ in METRICS]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.27
+    for i, mode in enumerate(("routing", "vxlan", "dataplane")):
+        vals = [med[mode][k] / med["vxlan"][k] for k in keys]
+        ax.bar([x + (i - 1) * width for x in range(len(keys))], vals, width, label=mode)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(keys)), [lbl.split(",")[0] for _, lbl, *_ in METRICS], rotation=15, fontsize=8)
+    ax.set_ylabel("relative to kernel vxlan + bridge")
+    m = res["machine"]
+    ax.set_title(f"dataplane vs kernel vxlan vs routing: kernel {m['kernel']}, {m['cpus']} CPUs, {m['date']}",
+                 fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, f"{name}.png"), dpi=110)
+    plt.close(fig)
+
+
 def table(res: dict) -> str:
     m, med, rat = res["machine"], res["median"], res["ratios"]
-    rows = [("single-stream TCP, Gbit/s", "tcp_gbps", "{:.2f}"), ("64-byte UDP, kpps received", "udp64_pps", "{:.0f}"),
-            ("ping RTT avg, us (lower is better)", "rtt_us", "{:.1f}")]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB; {m['date']}; "
            f"medians of {res['args']['rounds']} alternating rounds; 2 hosts as namespaces on veth + bridge underlays.", "",
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
-    for name, k, fmt in rows:
-        scale = 1e-3 if k == "udp64_pps" else 1
+    for k, name, fmt, scale in METRICS:
         vals = [fmt.format(med[x][k] * scale) for x in ("routing", "vxlan", "dataplane")]
         out.append(f"| {name} | {' | '.join(vals)} | {rat['vs_vxlan'][k]:.2f}x | {rat['vs_routing'][k]:.2f}x |")
     return "\n".join(out) + "\n"

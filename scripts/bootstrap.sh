@@ -70,7 +70,7 @@ reqhash=$(cat "$top/pyproject.toml" "$top/setup.py" "$top"/csrc/*.[ch] "$top"/cs
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$reqhash" ]; then
   say "installing dataplane, its Python dependencies and the C helper into the venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -e "$top[test]"
+  "$venv/bin/pip" install -q -e "$top[test,bench]"
   echo "$reqhash" > "$stamp"
 else
   say "venv up to date"

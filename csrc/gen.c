@@ -49,6 +49,21 @@ static int packet_socket(int ifindex, int proto)
 	return fd;
 }
 
+/* One iovec per buffer; fill != NULL: each buffer starts as a copy of it. */
+static void batch_init(struct mmsghdr *msgs, struct iovec *iov, uint8_t (*bufs)[DPW_FRAME_MAX],
+		       const uint8_t *fill, uint32_t len)
+{
+	memset(msgs, 0, sizeof(*msgs) * DPW_BATCH);
+	for (int i = 0; i < DPW_BATCH; i++) {
+		if (fill)
+			memcpy(bufs[i], fill, len);
+		iov[i].iov_base = bufs[i];
+		iov[i].iov_len = len;
+		msgs[i].msg_hdr.msg_iov = &iov[i];
+		msgs[i].msg_hdr.msg_iovlen = 1;
+	}
+}
+
 /*
  * Send copies of frame (an Ethernet frame carrying IPv4/UDP) out of ifindex.
  * flows > 1 rewrites the inner UDP source port of each copy over that many
@@ -62,7 +77,7 @@ int dpw_gen_send(int ifindex, const uint8_t *frame, uint32_t len, uint32_t flows
 	struct iovec iov[DPW_BATCH];
 	uint32_t sport_off = 14 + 20;
 	uint64_t start, deadline, next_flow = 0;
-	int one = 1, fd, i;
+	int one = 1, fd;
 
 	memset(st, 0, sizeof(*st));
 	if (len < 14 || len > DPW_FRAME_MAX || !max_packets || !duration_ns)
@@ -73,14 +88,7 @@ int dpw_gen_send(int ifindex, const uint8_t *frame, uint32_t len, uint32_t flows
 	if (fd < 0)
 		return fd;
 	setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
-	memset(msgs, 0, sizeof(msgs));
-	for (i = 0; i < DPW_BATCH; i++) {
-		memcpy(bufs[i], frame, len);
-		iov[i].iov_base = bufs[i];
-		iov[i].iov_len = len;
-		msgs[i].msg_hdr.msg_iov = &iov[i];
-		msgs[i].msg_hdr.msg_iovlen = 1;
-	}
+	batch_init(msgs, iov, bufs, frame, len);
 	start = now_ns();
 	deadline = start + duration_ns;
 	while (st->packets < max_packets) {
@@ -142,13 +150,7 @@ int dpw_gen_count(int ifindex, uint64_t duration_ns, struct dpw_gen_stats *st)
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
 	/* Only what arrives, not what this host sends out of the same interface. */
 	setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
-	memset(msgs, 0, sizeof(msgs));
-	for (i = 0; i < DPW_BATCH; i++) {
-		iov[i].iov_base = bufs[i];
-		iov[i].iov_len = DPW_FRAME_MAX;
-		msgs[i].msg_hdr.msg_iov = &iov[i];
-		msgs[i].msg_hdr.msg_iovlen = 1;
-	}
+	batch_init(msgs, iov, bufs, NULL, DPW_FRAME_MAX);
 	start = now_ns();
 	deadline = start + duration_ns;
 	for (;;) {

@@ -134,6 +134,13 @@ def errno_name(e: int) -> str:
     return f"{os.strerror(e)} (errno {e})"
 
 
+def _ifindex(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise DataplaneError(f"no interface {ifname!r} in this network namespace") from None
+
+
 def _stats(st) -> GenStats:
     return GenStats(st.packets, st.bytes, st.errors, st.elapsed_ns / 1e9)
 
@@ -143,7 +150,7 @@ def gen_send(ifname: str, frame: bytes, *, seconds: float, max_packets: int = 1 
     """Send copies of an Ethernet frame out of ifname (of this process's
     netns) until max_packets, seconds or forever-at-rate_pps runs out."""
     st = ffi.new("struct dpw_gen_stats *")
-    err = lib.dpw_gen_send(socket.if_nametoindex(ifname), frame, len(frame), flows, max_packets,
+    err = lib.dpw_gen_send(_ifindex(ifname), frame, len(frame), flows, max_packets,
                            int(seconds * 1e9), rate_pps, st)
     if err:
         raise DataplaneError(f"generator on {ifname}: {errno_name(-err)}")
@@ -153,7 +160,7 @@ def gen_send(ifname: str, frame: bytes, *, seconds: float, max_packets: int = 1 
 def gen_count(ifname: str, seconds: float) -> GenStats:
     """Count frames arriving on ifname for a while."""
     st = ffi.new("struct dpw_gen_stats *")
-    err = lib.dpw_gen_count(socket.if_nametoindex(ifname), int(seconds * 1e9), st)
+    err = lib.dpw_gen_count(_ifindex(ifname), int(seconds * 1e9), st)
     if err:
         raise DataplaneError(f"counter on {ifname}: {errno_name(-err)}")
     return _stats(st)

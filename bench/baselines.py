@@ -7,17 +7,13 @@ and underlay bridge so no mode's traffic crosses another's programs:
 
 from __future__ import annotations
 
-import subprocess
-
 from dataplane import lab, netlink
 
 MODES = ("routing", "vxlan", "dataplane")
 
 
 def sh(*argv: str) -> None:
-    r = subprocess.run(list(argv), capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
+    lab.run_checked(list(argv))
 
 
 def _uplink(h: int, mode: str, ip: str) -> str:

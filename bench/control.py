@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from bench.run import machine, save
-from dataplane import agentctl, api, etcd_server, netlink
+from dataplane import agentctl, api, etcd_server, lab, netlink
 from dataplane.keys import mac_key
 from dataplane.node import Node
 from dataplane.registry import Host, open_registry
@@ -36,19 +36,15 @@ NODE_IP, PEER_IP, PEER_IP2 = "198.18.2.1", "198.18.2.2", "198.18.2.3"
 DP = [sys.executable, "-m", "dataplane.cli"]
 
 
-def _run(argv):
-    subprocess.run(argv, check=True, capture_output=True)
-
-
 def topology():
     for ns in (NS, PEER_NS):
         netlink.ns_delete(ns)
         netlink.ns_create(ns)
-    _run(["ip", "-n", NS, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", PEER_NS])
+    lab.run_checked(["ip", "-n", NS, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", PEER_NS])
     netlink.link_up(NS, "ul0", NODE_IP, 24)
     netlink.link_up(PEER_NS, "lo")
     netlink.link_up(PEER_NS, "ul0", PEER_IP, 24)
-    _run(["ip", "-n", PEER_NS, "addr", "add", f"{PEER_IP2}/24", "dev", "ul0"])
+    lab.run_checked(["ip", "-n", PEER_NS, "addr", "add", f"{PEER_IP2}/24", "dev", "ul0"])
 
 
 def teardown():

@@ -8,9 +8,10 @@ import os
 import socket
 from typing import NamedTuple
 
-from . import abi
+from . import abi, model
 from ._cwire import ffi, lib
 from .errors import DataplaneError
+from .keys import be32, ip_str
 
 DEFAULT_PORT = abi.load().constants["DP_VXLAN_PORT"]
 SPORT_MIN = abi.load().constants["DP_SRC_PORT_MIN"]
@@ -55,16 +56,7 @@ class GenStats(NamedTuple):
 
 
 def _mac(m: str | bytes) -> bytes:
-    return m if isinstance(m, bytes) else bytes.fromhex(m.replace(":", ""))
-
-
-def _ip(a: str) -> int:
-    """IPv4 address as the uint32 holding its network-order bytes."""
-    return int.from_bytes(socket.inet_aton(a), "little")
-
-
-def _ip_str(v: int) -> str:
-    return socket.inet_ntoa(v.to_bytes(4, "little"))
+    return m if isinstance(m, bytes) else model.mac_bytes(m)
 
 
 def ipv4_csum(header: bytes) -> int:
@@ -89,7 +81,7 @@ def encap(inner: bytes, *, smac, dmac, src: str, dst: str, vni: int, dport: int 
     a = ffi.new("struct dpw_encap_args *")
     ffi.memmove(a.smac, _mac(smac), 6)
     ffi.memmove(a.dmac, _mac(dmac), 6)
-    a.src, a.dst = _ip(src), _ip(dst)
+    a.src, a.dst = be32(src), be32(dst)
     a.dport, a.sport_min, a.sport_max, a.udp_csum, a.vni = dport, sport_min, sport_max, int(udp_csum), vni
     out = ffi.new("uint8_t[]", len(inner) + ENCAP_LEN)
     n = lib.dpw_encap(a, inner, len(inner), out, len(out))
@@ -105,13 +97,13 @@ def decap(pkt: bytes, local_ip: str | None = None, port: int = DEFAULT_PORT) -> 
     if local_ip is None:
         local_ip = socket.inet_ntoa(pkt[30:34]) if len(pkt) >= 34 else "0.0.0.0"
     r = ffi.new("struct dpw_decap_result *")
-    ret = lib.dpw_decap(pkt, len(pkt), _ip(local_ip), port, r)
+    ret = lib.dpw_decap(pkt, len(pkt), be32(local_ip), port, r)
     if ret == NOT_OURS:
         return None
     if ret < 0:
         names = abi.drop_names()
         raise WireError(names[-ret] if -ret < len(names) else str(ret))
-    return Decap(r.vni, _ip_str(r.src), _ip_str(r.dst), r.sport, r.dport,
+    return Decap(r.vni, ip_str(r.src), ip_str(r.dst), r.sport, r.dport,
                  pkt[r.inner_off:r.inner_off + r.inner_len])
 
 

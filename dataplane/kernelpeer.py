@@ -5,10 +5,7 @@ named with the lab prefix, so `lab down` removes it."""
 
 from __future__ import annotations
 
-import subprocess
-
 from . import lab, netlink
-from .errors import DataplaneError
 
 NS = f"{lab.PREFIX}kv"               # the kernel VTEP host
 SANDBOX = f"{lab.PREFIX}kv-sb"       # its one sandbox
@@ -16,27 +13,20 @@ PORT = f"{lab.PREFIX}kvp"            # its port on the underlay bridge
 
 
 def _ip(*argv: str) -> None:
-    r = subprocess.run(["ip", *argv], capture_output=True, text=True)
-    if r.returncode:
-        raise DataplaneError(f"ip {' '.join(argv)}: {r.stderr.strip()}")
+    lab.run_checked(["ip", *argv])
 
 
 def add(vni: int, vtep: str, sandbox_ip: str, prefix: int, peers: list[str], mtu: int = 1450) -> dict:
     """Host NS on the lab underlay at vtep, vxlan device for vni on port
     4789 flooding to peers (static FDB, MACs learned), and a sandbox."""
-    netlink.ns_create(NS)
-    _ip("-n", lab.UNDERLAY_NS, "link", "add", PORT, "type", "veth", "peer", "name", "eth0", "netns", NS)
-    _ip("-n", lab.UNDERLAY_NS, "link", "set", PORT, "master", lab.BRIDGE, "up")
-    netlink.link_up(NS, "lo")
-    netlink.link_up(NS, "eth0", vtep, lab.VTEP_NET.prefixlen)
+    lab.underlay_host(NS, PORT, "eth0", vtep)
     _ip("-n", NS, "link", "add", "vxlan0", "type", "vxlan", "id", str(vni), "local", vtep, "dstport", "4789",
         "dev", "eth0", "learning")
     _ip("-n", NS, "link", "add", "kbr0", "type", "bridge")
     _ip("-n", NS, "link", "set", "vxlan0", "master", "kbr0", "up")
     _ip("-n", NS, "link", "set", "kbr0", "up")
     for p in peers:
-        subprocess.run(["bridge", "-n", NS, "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan0", "dst", p],
-                       check=True, capture_output=True)
+        lab.run_checked(["bridge", "-n", NS, "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan0", "dst", p])
     netlink.ns_create(SANDBOX)
     netlink.sysctl(SANDBOX, "net.ipv6.conf.all.disable_ipv6", "1")
     _ip("-n", NS, "link", "add", "sb0", "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",

@@ -52,7 +52,7 @@ def _progress(msg: str) -> None:
     print(f"lab: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str]) -> None:
+def run_checked(argv: list[str]) -> None:
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode:
         raise DataplaneError(f"{' '.join(argv)}: {r.stderr.strip()}")
@@ -123,6 +123,18 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
     return lab
 
 
+def underlay_host(ns: str, port: str, ifname: str, ip: str) -> None:
+    """A namespace with no IPv6 noise, plugged into the underlay bridge
+    (port there, ifname inside) with address ip on the VTEP network."""
+    netlink.ns_create(ns)
+    netlink.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+    netlink.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns])
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
+    netlink.link_up(ns, "lo")
+    netlink.link_up(ns, ifname, ip, VTEP_NET.prefixlen)
+
+
 def _build(lab: dict, p: dict) -> None:
     n = p["hosts"]
     _progress(f"underlay {UNDERLAY_NS} with bridge {BRIDGE}")
@@ -134,20 +146,13 @@ def _build(lab: dict, p: dict) -> None:
     for fam in ("iptables", "ip6tables", "arptables"):
         netlink.sysctl(UNDERLAY_NS, f"net.bridge.bridge-nf-call-{fam}", "0")
     netlink.link_up(UNDERLAY_NS, "lo")
-    _run(["ip", "-n", UNDERLAY_NS, "link", "add", BRIDGE, "type", "bridge"])
-    _run(["ip", "-n", UNDERLAY_NS, "link", "set", BRIDGE, "up"])
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", BRIDGE, "type", "bridge"])
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", BRIDGE, "up"])
     for i in range(1, n + 1):
         ns = host_ns(i)
         lab["hosts"].append({"name": f"h{i}", "netns": ns, "uplink": UPLINK, "vtep": vtep_ip(i)})
         _save(lab)
-        netlink.ns_create(ns)
-        netlink.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
-        netlink.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
-        port = f"ul-h{i}"
-        _run(["ip", "-n", UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", UPLINK, "netns", ns])
-        _run(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
-        netlink.link_up(ns, "lo")
-        netlink.link_up(ns, UPLINK, vtep_ip(i), VTEP_NET.prefixlen)
+        underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i))
     url = _start_registry(lab, p)
     for i in range(1, n + 1):
         _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
@@ -176,7 +181,7 @@ def _start_registry(lab: dict, p: dict) -> str | None:
     (198.18.0.254), which agents reach over their uplinks like any host would."""
     url = registry_url(p["registry"])
     if p["registry"] == "etcd":
-        _run(["ip", "-n", UNDERLAY_NS, "addr", "add", f"{ETCD_IP}/{VTEP_NET.prefixlen}", "dev", BRIDGE])
+        run_checked(["ip", "-n", UNDERLAY_NS, "addr", "add", f"{ETCD_IP}/{VTEP_NET.prefixlen}", "dev", BRIDGE])
         _progress(f"etcd on {ETCD_IP}:{ETCD_PORT} (namespace {UNDERLAY_NS})")
         start_etcd(lab)
     elif p["registry"] == "sqlite":

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import abi, cwire
+from . import abi, cwire, model
 from .keys import be32
 from .maps import NodeMaps
 from .ringbuf import RingReader
@@ -37,7 +37,7 @@ class Punt:
 
     @property
     def dst_mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.frame[:6])
+        return model.mac_str(self.frame[:6])
 
     @property
     def arp_target(self) -> str | None:

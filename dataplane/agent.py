@@ -25,6 +25,7 @@ from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node, flood_list
 from .registry import Compacted, Host, Snapshot, Unavailable, change, open_registry
 from .registry.store import key, split_key
+from .runtime_ops import RuntimeOps
 from .remote import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 
 LEASE_TTL_DEFAULT = 10
@@ -465,7 +466,7 @@ class Agent:
         return {"ping": self.api_ping, "status": self.api_status, "endpoint_add": self.api_endpoint_add,
                 "endpoint_rm": self.api_endpoint_rm, "endpoint_move": self.api_endpoint_move,
                 "endpoint_list": self.api_endpoint_list, "peer_list": self.api_peer_list,
-                "leave": self.api_leave}
+                "leave": self.api_leave, **RuntimeOps(self).handlers()}
 
     def api_ping(self) -> dict:
         return {"host": self.me, "synced": self.synced.is_set(), "connected": self.connected.is_set(),

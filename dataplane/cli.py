@@ -292,6 +292,18 @@ def cmd_lab_demo(args):
     return run(keep=args.keep, registry=args.registry)
 
 
+def cmd_docker_plugin(args):
+    from . import docker_driver  # noqa: PLC0415
+    node = _node(args).name
+    api.call(node, "ping", timeout=5)       # a clear error now, not at Docker's first request
+    docker_driver.serve(node, args.socket)
+
+
+def cmd_cni_install(args):
+    from . import cni  # noqa: PLC0415
+    print(cni.install(args.bin_dir))
+
+
 def _map_size(text: str):
     name, _, value = text.partition("=")
     try:
@@ -394,6 +406,16 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="per-VNI counters and drops by reason (VNI 0: no VNI)")
     _add_output(st)
     st.set_defaults(func=cmd_stats)
+
+    dk = sub.add_parser("docker-plugin", help="serve the Docker network driver `dataplane` (foreground)")
+    dk.add_argument("--socket", default="/run/docker/plugins/dataplane.sock",
+                    help="plugin socket; Docker finds /run/docker/plugins/NAME.sock (default: %(default)s)")
+    dk.set_defaults(func=cmd_docker_plugin)
+
+    cn = sub.add_parser("cni", help="the CNI plugin").add_subparsers(dest="sub", required=True)
+    a = cn.add_parser("install", help="write the `dataplane` plugin executable into a CNI bin directory")
+    a.add_argument("--bin-dir", default="/opt/cni/bin")
+    a.set_defaults(func=cmd_cni_install)
 
     labp = sub.add_parser("lab", help="simulated hosts in network namespaces").add_subparsers(dest="sub", required=True)
     a = labp.add_parser("up", help="build hosts, bring each up as a VTEP, create sandboxes")

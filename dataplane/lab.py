@@ -259,8 +259,10 @@ def ls() -> dict:
         node = Node(h["netns"])
         if node.state():
             for ep in node.endpoints():
-                sandboxes.append({"name": ep["name"], "netns": ep["name"], "host": h["name"],
-                                  "vni": ep["vni"], "ip": ep["ip"], "mac": ep["mac"]})
+                sb = ep.get("sandbox") or {}   # a runtime's (CNI, Docker) or our own namespace
+                sandboxes.append({"name": ep["name"], "netns": sb.get("netns") if sb else ep["name"], "host": h["name"],
+                                  "vni": ep["vni"], "ip": ep["ip"], "mac": ep["mac"],
+                                  "runtime": sb.get("runtime", "dataplane")})
     return {"hosts": lab["hosts"], "sandboxes": sandboxes, "complete": lab.get("complete", False)}
 
 

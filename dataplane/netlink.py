@@ -8,6 +8,7 @@ any other kernel error becomes a KernelError naming the object and errno.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import subprocess
 import time
@@ -47,6 +48,14 @@ def ipr(netns: str | None):
 
 def ns_exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
+
+
+def ns_path_exists(path: str) -> bool:
+    """path is a network namespace handle (/run/netns/X, /proc/PID/ns/net)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
 
 
 def ns_create(name: str) -> None:
@@ -176,13 +185,15 @@ def default_route_ifname(netns: str | None) -> str | None:
 
 def veth_create(netns: str | None, name: str, peer_ns: str, peer_name: str, peer_mac: str, mtu: int) -> int:
     """A veth pair: `name` in netns, `peer_name` in peer_ns with peer_mac. Returns name's ifindex."""
+    peer = {"ifname": peer_name, "address": peer_mac, "mtu": mtu}
+    if peer_ns is not None:
+        peer["net_ns_fd"] = peer_ns
     with ipr(netns) as s:
         try:
-            s.link("add", ifname=name, kind="veth", mtu=mtu,
-                   peer={"ifname": peer_name, "net_ns_fd": peer_ns, "address": peer_mac, "mtu": mtu})
+            s.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer)
         except NetlinkError as e:
             if e.code == errno.EEXIST:
-                raise Conflict(f"interface {name!r} exists already") from None
+                raise Conflict(f"interface {name!r} or {peer_name!r} exists already") from None
             raise _kerr(f"create veth {name}", e) from None
         idx = s.link_lookup(ifname=name)[0]
         s.link("set", index=idx, state="up")
@@ -219,6 +230,22 @@ def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: 
 
 
 # --- tc and XDP -------------------------------------------------------------
+
+def routes_add(netns: str | None, ifname: str, routes) -> None:
+    """Routes [{"dst": CIDR, "gw": IP?}] through ifname (a CNI result's routes)."""
+    if not routes:
+        return
+    with ipr(netns) as s:
+        idx = s.link_lookup(ifname=ifname)[0]
+        for r in routes:
+            dst = ipaddress.IPv4Network(r["dst"])
+            kw = {"gateway": r["gw"]} if r.get("gw") else {}
+            try:
+                s.route("add", dst=str(dst.network_address), dst_len=dst.prefixlen, oif=idx, **kw)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise _kerr(f"add route {dst} in {netns}", e) from None
+
 
 def tc_attach(netns: str | None, ifindex: int, prog_fd: int, prog_name: str, parent: str = INGRESS) -> None:
     """Attach (or atomically replace) our direct-action filter at prio 1, handle 1."""

@@ -40,6 +40,20 @@ def flood_list(st: dict, vni: int) -> list[str]:
     return out[: abi.load().constants["DP_MAX_FLOOD"]]
 
 
+def _parse_sandbox(sb) -> dict | None:
+    if sb is None:
+        return None
+    if not isinstance(sb, dict) or ("netns" in sb) == ("peer" in sb):
+        raise UsageError("sandbox must name either a netns (with ifname) or a peer interface")
+    if "netns" in sb:
+        if not isinstance(sb["netns"], str) or not sb["netns"].startswith("/"):
+            raise UsageError(f"bad sandbox netns {sb['netns']!r}: an absolute path expected")
+        model.parse_ifname(sb.get("ifname"))
+    else:
+        model.parse_ifname(sb["peer"])
+    return dict(sb)
+
+
 def host_ifname(endpoint: str) -> str:
     return "dp" + hashlib.sha1(endpoint.encode()).hexdigest()[:10]
 
@@ -352,11 +366,15 @@ class Node:
 
     # --- endpoints -----------------------------------------------------------
 
-    def endpoint_add(self, name: str, vni, ip=None, mac=None) -> dict:
+    def endpoint_add(self, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,
+                     prefixlen: int | None = None, routes=()) -> dict:
+        """An endpoint on VNI vni. With no sandbox, a new namespace `name` with
+        eth0 in it (the CLI and the lab); otherwise see model.Endpoint.sandbox."""
         require_root()
         name = model.parse_name(name, "endpoint name")
         vni = model.parse_vni(vni)
         mac = model.parse_mac(mac) if mac is not None else None
+        sandbox = _parse_sandbox(sandbox)
         with state.locked(self.name):
             st = self._require_up()
             net = st["networks"].get(str(vni))
@@ -364,7 +382,7 @@ class Node:
                 raise NotFound(f"VNI {vni} is not up on this node: run `dataplane up --vni {vni}`")
             if name in st["endpoints"]:
                 raise Conflict(f"endpoint {name!r} exists already")
-            if netlink.ns_exists(name):
+            if sandbox is None and netlink.ns_exists(name):
                 raise Conflict(f"network namespace {name!r} exists already")
             subnet = ipaddress.IPv4Network(net["subnet"])
             used = {e["ip"] for e in st["endpoints"].values() if e["vni"] == vni}
@@ -372,9 +390,10 @@ class Node:
             mac = mac or model.mac_for_ip(ipaddress.IPv4Address(ip))
             if any(e["mac"] == mac and e["vni"] == vni for e in st["endpoints"].values()):
                 raise Conflict(f"MAC {mac} is in use on VNI {vni}")
-            ep = model.Endpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name))
+            ep = model.Endpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name),
+                                created_netns=sandbox is None, sandbox=sandbox)
             try:
-                self._create_endpoint(st, ep, subnet.prefixlen, net["mtu"])
+                self._create_endpoint(st, ep, prefixlen or subnet.prefixlen, net["mtu"], routes)
             except BaseException:
                 self._destroy_endpoint(st, ep.to_dict())
                 raise
@@ -399,14 +418,24 @@ class Node:
                 return str(host)
         raise Conflict(f"subnet {subnet} has no free address")
 
-    def _create_endpoint(self, st: dict, ep: model.Endpoint, prefixlen: int, mtu: int) -> None:
-        netlink.ns_create(ep.name)
-        for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
-            netlink.sysctl(ep.name, key, "1")
-        ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, ep.name, "eth0", ep.mac, mtu)
+    def _create_endpoint(self, st: dict, ep: model.Endpoint, prefixlen: int, mtu: int, routes=()) -> None:
+        sb = ep.sandbox or {}
+        if "netns" in sb:          # CNI: straight into the runtime's namespace
+            if not netlink.ns_path_exists(sb["netns"]):
+                raise NotFound(f"network namespace {sb['netns']} does not exist")
+            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, sb["netns"], sb["ifname"], ep.mac, mtu)
+            netlink.link_up(sb["netns"], sb["ifname"], ep.ip, prefixlen)
+            netlink.routes_add(sb["netns"], sb["ifname"], routes)
+        elif "peer" in sb:         # Docker: the engine moves and addresses the peer
+            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, self.netns, sb["peer"], ep.mac, mtu)
+        else:
+            netlink.ns_create(ep.name)
+            for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+                netlink.sysctl(ep.name, key, "1")
+            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, ep.name, "eth0", ep.mac, mtu)
+            netlink.link_up(ep.name, "lo")
+            netlink.link_up(ep.name, "eth0", ep.ip, prefixlen)
         netlink.sysctl(self.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
-        netlink.link_up(ep.name, "lo")
-        netlink.link_up(ep.name, "eth0", ep.ip, prefixlen)
         with self._maps() as m:
             val = _S["dp_endpoint"](vni=ep.vni, ip=_be32(ep.ip))
             ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
@@ -434,6 +463,14 @@ class Node:
         netlink.link_delete(self.netns, ep["host_ifname"])
         if ep.get("created_netns", True):
             netlink.ns_delete(ep["name"])
+
+    def endpoint_in_maps(self, ep: dict) -> bool:
+        """The fast path knows this endpoint (by its veth, MAC and address)."""
+        with self._maps() as m:
+            val = m.dp_endpoints.get(ctypes.c_uint32(ep["ifindex"]))
+            return (val is not None and val.vni == ep["vni"] and bytes(val.mac) == model.mac_bytes(ep["mac"])
+                    and m.dp_local_macs.get(_mac_key(ep["vni"], ep["mac"])) is not None
+                    and m.dp_neigh.get(_ip_key(ep["vni"], ep["ip"])) is not None)
 
     def endpoint_rm(self, name: str) -> dict:
         require_root()

@@ -1,0 +1,130 @@
+"""Docker drives the overlay: two lab hosts, each with a real Docker engine
+(Debian's docker.io) and the dataplane driver beside its agent, as
+`docker network create -d dataplane` users would run them."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataplane import api, lab, netlink
+from dataplane.node import Node
+from tests.integration.conftest import make_lab
+from tests.runtimes import IMAGE, DockerLab, require_runtimes
+
+H1, H2 = lab.host_ns(1), lab.host_ns(2)
+NETS = {"net1": (300, "10.30.0.0/24"), "net2": (301, "10.31.0.0/24")}
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], per_host=0, registry="sqlite")
+
+
+@pytest.fixture(scope="module")
+def engines(info):
+    require_runtimes()
+    dl = DockerLab([H1, H2])
+    try:
+        yield dl.start()
+    finally:
+        dl.close()
+
+
+def ip_range(net: str, host: int) -> str:
+    """Each engine allocates from its own /28: Docker's IPAM is per engine."""
+    base = NETS[net][1].rsplit(".", 1)[0]
+    return f"{base}.{16 * host}/28"
+
+
+def create_networks(engines, *names):
+    for i, e in enumerate(engines, 1):
+        for name in names:
+            vni, subnet = NETS[name]
+            e.docker("network", "create", "-d", "dataplane", "-o", f"vni={vni}", "--subnet", subnet,
+                     "--ip-range", ip_range(name, i), name)
+
+
+def map_entries(ns: str, vnis) -> dict:
+    with Node(ns)._maps() as m:
+        return {"endpoints": sum(1 for _, v in m.dp_endpoints.items() if v.vni in vnis),
+                "local_macs": sum(1 for k, _ in m.dp_local_macs.items() if k.vni in vnis),
+                "neigh": sum(1 for k, _ in m.dp_neigh.items() if k.vni in vnis),
+                "fdb": sum(1 for k, _ in m.dp_fdb.items() if k.vni in vnis)}
+
+
+def runtime_links(ns: str) -> list[str]:
+    with netlink.ipr(ns) as s:
+        names = [link.get_attr("IFLA_IFNAME") for link in s.get_links()]
+    return [n for n in names if n.startswith(("dp", "dkp"))]
+
+
+def ping(engine, container: str, ip: str, count: int = 3) -> str:
+    r = engine.docker("exec", container, "ping", "-c", str(count), "-W", "1", ip, check=False)
+    return r.stdout + r.stderr
+
+
+def test_containers_reach_each_other_across_hosts_and_networks_stay_apart(engines):
+    e1, e2 = engines
+    create_networks(engines, "net1", "net2")
+    e1.docker("run", "-d", "--name", "a1", "--net", "net1", "--cap-add", "NET_ADMIN", IMAGE, "sleep", "600")
+    e2.docker("run", "-d", "--name", "a2", "--net", "net1", IMAGE, "sleep", "600")
+    e2.docker("run", "-d", "--name", "b2", "--net", "net2", IMAGE, "sleep", "600")
+    a2, b2 = e2.ip_of("a2"), e2.ip_of("b2")
+    assert a2.startswith("10.30.0.") and b2.startswith("10.31.0.")
+    out = ping(e1, "a1", a2)
+    assert "3 packets received" in out, out
+
+    # Isolation, made as hard as possible: a1 is told b2's address is on its
+    # own link and what b2's MAC is, so frames go straight to it on VNI 300.
+    b2_mac = e2.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}",
+                       "b2").stdout.strip()
+    e1.docker("exec", "a1", "ip", "route", "add", "10.31.0.0/24", "dev", "eth0")
+    e1.docker("exec", "a1", "arp", "-s", b2, b2_mac)
+    before = next(s for s in Node(H2).stats() if s["vni"] == 301)["rx_packets"]
+    out = ping(e1, "a1", b2)
+    assert "0 packets received" in out, out
+    assert next(s for s in Node(H2).stats() if s["vni"] == 301)["rx_packets"] == before
+
+    # the registry sees Docker's endpoints like any other
+    eps = {e["ip"]: e for e in api.call(H1, "endpoint_list")}
+    assert eps[a2]["host"] == "h2" and eps[a2]["network"] == "vni300" and eps[b2]["network"] == "vni301"
+
+
+def test_removing_containers_and_networks_leaves_nothing(engines):
+    e1, e2 = engines
+    e1.docker("rm", "-f", "a1")
+    e2.docker("rm", "-f", "a2", "b2")
+    for e in engines:
+        e.docker("network", "rm", "net1", "net2")
+    for ns in (H1, H2):
+        assert runtime_links(ns) == [], ns
+        assert Node(ns).state()["endpoints"] == {}
+        assert set(Node(ns).state()["networks"]) == {"256"}
+        assert map_entries(ns, {300, 301}) == {"endpoints": 0, "local_macs": 0, "neigh": 0, "fdb": 0}
+    assert api.call(H1, "endpoint_list") == []
+    assert all(s["vni"] not in (300, 301) for s in Node(H1).stats())
+
+
+def test_docker_users_get_clear_errors_and_nothing_half_made(engines):
+    e1, e2 = engines
+    r = e1.docker("network", "create", "-d", "dataplane", "-o", "vni=abc", "--subnet", "10.40.0.0/24", "bad",
+                  check=False)
+    assert r.returncode and "bad VNI 'abc'" in r.stderr, r.stderr
+    r = e1.docker("network", "create", "-d", "dataplane", "-o", "colour=red", "--subnet", "10.40.0.0/24", "bad",
+                  check=False)
+    assert r.returncode and "unknown option 'colour'" in r.stderr, r.stderr
+    e1.docker("network", "create", "-d", "dataplane", "-o", "vni=302", "--subnet", "10.32.0.0/24", "net3")
+    r = e2.docker("network", "create", "-d", "dataplane", "-o", "vni=302", "--subnet", "10.99.0.0/24", "net3",
+                  check=False)
+    assert r.returncode and "use the same subnet on every host" in r.stderr, r.stderr
+    # Two engines whose IPAMs hand out the same address on one VNI: the second is refused.
+    e2.docker("network", "create", "-d", "dataplane", "-o", "vni=302", "--subnet", "10.32.0.0/24", "net3")
+    e1.docker("run", "-d", "--name", "c1", "--net", "net3", IMAGE, "sleep", "600")
+    r = e2.docker("run", "-d", "--name", "c2", "--net", "net3", IMAGE, "sleep", "600", check=False)
+    assert r.returncode and "disjoint address ranges" in r.stderr, r.stderr
+    assert Node(H2).state()["endpoints"] == {} and runtime_links(H2) == []
+    e2.docker("rm", "-f", "c2")
+    e1.docker("rm", "-f", "c1")
+    for e in engines:
+        e.docker("network", "rm", "net3")
+    assert api.call(H1, "endpoint_list") == []

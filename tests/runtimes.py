@@ -1,0 +1,181 @@
+"""Real container runtimes for the tests, run inside lab host namespaces:
+Docker engines (Debian's docker.io) with the dataplane driver beside them,
+and a CNI runtime built on the real libcni (tests/cni/cnirun.go).
+
+Each engine gets its own data root, exec root and API socket, and its own
+mount namespace in which a private directory is bind-mounted over
+/run/docker/plugins: so each engine discovers its own host's driver, as
+on separate machines. `nsenter --net` (not `ip netns exec`) keeps the
+cgroup mounts under /sys that the engine needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from dataplane import procs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_DIR = "/run/docker/plugins"
+IMAGE = "dp-busybox:1"
+GO_CACHE = os.path.join(ROOT, ".venv", "go-build")
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def busybox_tar(workdir: str) -> str:
+    """A one-binary root filesystem (busybox-static) as a tar for `docker import`."""
+    root = os.path.join(workdir, "rootfs")
+    os.makedirs(os.path.join(root, "bin"), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    for cmd in ("sh", "ip", "ping", "sleep", "cat", "arp"):
+        dst = os.path.join(root, "bin", cmd)
+        if not os.path.lexists(dst):
+            os.symlink("busybox", dst)
+    tar = os.path.join(workdir, "busybox.tar")
+    subprocess.run(["tar", "-C", root, "-cf", tar, "."], check=True)
+    return tar
+
+
+class DockerHost:
+    """One Docker engine and its dataplane driver inside a lab host namespace."""
+
+    def __init__(self, host_ns: str, workdir: str):
+        self.ns = host_ns
+        self.dir = os.path.join(workdir, host_ns)
+        self.sock = os.path.join(self.dir, "docker.sock")
+        self.plugins = os.path.join(self.dir, "plugins")
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, image_tar: str) -> None:
+        os.makedirs(self.plugins, exist_ok=True)
+        log = open(os.path.join(self.dir, "driver.log"), "ab")
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dataplane.cli", "--netns", self.ns, "docker-plugin",
+             "--socket", os.path.join(self.plugins, "dataplane.sock")],
+            stdout=log, stderr=log, cwd=ROOT, start_new_session=True))
+        _wait(lambda: os.path.exists(os.path.join(self.plugins, "dataplane.sock")), 30, f"driver of {self.ns}")
+        log = open(os.path.join(self.dir, "dockerd.log"), "ab")
+        engine = (f"mount --bind {self.plugins} {PLUGIN_DIR} && exec nsenter --net=/run/netns/{self.ns} "
+                  f"dockerd --data-root {self.dir}/data --exec-root {self.dir}/exec -H unix://{self.sock} "
+                  f"--pidfile {self.dir}/dockerd.pid --bridge=none --iptables=false --ip6tables=false")
+        self.procs.append(subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", engine],
+                                           stdout=log, stderr=log, start_new_session=True))
+        _wait(lambda: self.docker("info", check=False).returncode == 0, 60, f"dockerd in {self.ns}")
+        self.docker("import", image_tar, IMAGE)
+
+    def docker(self, *args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        r = subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and r.returncode:
+            raise AssertionError(f"docker {' '.join(args)} in {self.ns} exited {r.returncode}: {r.stderr.strip()}")
+        return r
+
+    def ip_of(self, container: str) -> str:
+        return self.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                           container).stdout.strip()
+
+    def driver_log(self) -> str:
+        with open(os.path.join(self.dir, "driver.log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> None:
+        """Containers, engine (which stops its containerd), driver; then anything
+        still naming our directories (containerd shims)."""
+        if os.path.exists(self.sock):
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        kill_matching(self.dir)
+
+
+def kill_matching(text: str) -> None:
+    mark = text.encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if mark in cmd and int(pid) != os.getpid():
+            procs.terminate(int(pid))
+
+
+class DockerLab:
+    """Engines on some lab hosts; removes everything it made, even on failure."""
+
+    def __init__(self, host_nss):
+        self.work = tempfile.mkdtemp(prefix="dp-docker-")
+        self.made_plugin_dir = not os.path.isdir(PLUGIN_DIR)
+        os.makedirs(PLUGIN_DIR, exist_ok=True)
+        self.hosts = [DockerHost(ns, self.work) for ns in host_nss]
+
+    def start(self) -> list[DockerHost]:
+        tar = busybox_tar(self.work)
+        for h in self.hosts:
+            h.start(tar)
+        return self.hosts
+
+    def close(self) -> None:
+        for h in self.hosts:
+            h.stop()
+        kill_matching(self.work)
+        for h in self.hosts:   # overlay2 mounts live in the engines' mount namespaces, gone with them
+            subprocess.run(["umount", "-R", os.path.join(h.dir, "data")], capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+        if self.made_plugin_dir:
+            shutil.rmtree(PLUGIN_DIR, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(PLUGIN_DIR))
+            except OSError:
+                pass
+
+
+def build_cnirun() -> str:
+    """tests/cni/cnirun.go against Debian's libcni source, offline; cached by source."""
+    src = os.path.join(ROOT, "tests", "cni", "cnirun.go")
+    out = os.path.join(GO_CACHE, "cnirun")
+    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
+        return out
+    os.makedirs(GO_CACHE, exist_ok=True)
+    env = {**os.environ, "GOPATH": "/usr/share/gocode", "GO111MODULE": "off", "GOFLAGS": "",
+           "GOCACHE": os.path.join(GO_CACHE, "cache"), "HOME": GO_CACHE}
+    r = subprocess.run(["go", "build", "-o", out, src], env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        raise AssertionError(f"building cnirun failed: {r.stderr}")
+    return out
+
+
+def require_runtimes() -> None:
+    """Root and BPF (as every lab test), plus the runtimes' own programs."""
+    import pytest  # noqa: PLC0415
+
+    from tests.conftest import IN_CI, require_privileges  # noqa: PLC0415
+    require_privileges()
+    for tool in ("dockerd", "docker", "go", "nsenter", "unshare", "/usr/lib/cni/host-local"):
+        if not shutil.which(tool):
+            why = f"{tool} not installed (scripts/bootstrap.sh installs it)"
+            if IN_CI:
+                pytest.fail(f"CI=true but {why}", pytrace=False)
+            pytest.skip(why)

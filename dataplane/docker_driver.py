@@ -98,7 +98,7 @@ class Driver:
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name)
         with self.lock:
             nets = self._load()
-            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"]}
+            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": net["created"]}
             self._save(nets)
         return {}
 
@@ -107,7 +107,9 @@ class Driver:
             nets = self._load()
             net = nets.pop(req["NetworkID"], None)
             self._save(nets)
-        if net is not None and not any(n["vni"] == net["vni"] for n in nets.values()):
+        # Release only a registry network this driver made: one an operator made
+        # (`dataplane network create`) outlives the Docker networks mapped onto it.
+        if net is not None and net["created"] and not any(n["vni"] == net["vni"] for n in nets.values()):
             self._agent("network_release", vni=net["vni"])
         return {}
 
@@ -121,7 +123,12 @@ class Driver:
             raise UsageError("Docker gave the endpoint no IPv4 address")
         addr = ipaddress.IPv4Interface(iface["Address"])
         # another host's engine may have released the registry network meanwhile
-        self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])
+        if self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])["created"]:
+            with self.lock:
+                nets = self._load()
+                if req["NetworkID"] in nets:
+                    nets[req["NetworkID"]]["created"] = True
+                    self._save(nets)
         try:
             ep = self._agent("endpoint_attach", id=endpoint_id(eid), vni=net["vni"], ip=str(addr.ip),
                              mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,

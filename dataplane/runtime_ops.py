@@ -42,7 +42,8 @@ class RuntimeOps:
             for _ in range(3):
                 net = reg.network_by_vni(vni) if vni is not None else (
                     reg._network_or_none(name) if name else None)
-                if net is None:
+                created = net is None
+                if created:
                     v = vni if vni is not None else self._free_vni()
                     try:
                         net = reg.network_create(name or f"vni{v}", v, subnet=str(want) if want else None)
@@ -55,7 +56,7 @@ class RuntimeOps:
                     raise Conflict(f"VNI {net.vni} is network {net.name}, not {name}")
                 if str(net.vni) not in self.ag.node.state()["networks"]:
                     self.ag.node.network_add(net.vni, net.subnet, net.mtu)
-                return net.to_dict()
+                return {**net.to_dict(), "created": created}
         raise Conflict(f"network for VNI {vni} changed while it was being created; try again")
 
     def _free_vni(self) -> int:
@@ -66,9 +67,10 @@ class RuntimeOps:
         raise Conflict(f"no free VNI in {AUTO_VNI_FIRST}..{AUTO_VNI_LAST}: give one")
 
     def network_release(self, vni) -> dict:
-        """The runtime is done with this VNI here: remove the registry network
-        if no endpoint anywhere uses it (another host's runtime re-creates it
-        on its next endpoint). Returns what happened."""
+        """A runtime that created this VNI's registry network is done with it
+        here: remove the network if no endpoint anywhere uses it (another
+        host's runtime re-creates it on its next endpoint). Networks made by
+        `dataplane network create` or `up` are never released this way."""
         vni = model.parse_vni(vni)
         with self.ag.lock:
             net = self.ag.reg.network_by_vni(vni)

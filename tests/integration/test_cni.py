@@ -1,0 +1,241 @@
+"""The CNI plugin under a real runtime: libcni itself (Debian's source, built
+into tests/cni/cnirun.go) runs ADD/CHECK/DEL of a chain
+[dataplane + host-local IPAM, tuning] for containers on two lab hosts.
+GC and STATUS (spec 1.1.0, newer than Debian's libcni) and the error cases
+are driven exactly as the spec tells a runtime to: env and stdin."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+from dataplane import api, cni, lab, netlink
+from dataplane.node import Node
+from tests.integration.conftest import make_lab
+from tests.runtimes import IMAGE, DockerLab, build_cnirun, require_runtimes
+
+H = {1: lab.host_ns(1), 2: lab.host_ns(2)}
+SUBNET = "10.1.0.0/24"          # the lab's VNI 256 network
+RANGES = {1: ("10.1.0.10", "10.1.0.49"), 2: ("10.1.0.50", "10.1.0.89")}
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], per_host=0, registry="sqlite")
+
+
+class Runtime:
+    def __init__(self, work: str, cnirun: str):
+        self.work, self.cnirun = work, cnirun
+        self.bin = os.path.join(work, "bin")
+        subprocess.run([sys.executable, "-m", "dataplane.cli", "cni", "install", "--bin-dir", self.bin],
+                       check=True, capture_output=True)
+        for p in ("host-local", "tuning"):
+            os.symlink(f"/usr/lib/cni/{p}", os.path.join(self.bin, p))
+        self.env = {**os.environ, "CNI_PATH": self.bin, "CNI_CACHE_DIR": os.path.join(work, "cache")}
+        self.netns: list[str] = []
+
+    def conf(self, host: int, version: str = "1.0.0", **extra) -> dict:
+        start, end = RANGES[host]
+        return {"cniVersion": version, "name": "ov256", "type": "dataplane", "vni": 256, "node": H[host],
+                "ipam": {"type": "host-local", "dataDir": self.ipam_dir(host),
+                         "ranges": [[{"subnet": SUBNET, "rangeStart": start, "rangeEnd": end}]]}, **extra}
+
+    def ipam_dir(self, host: int) -> str:
+        return os.path.join(self.work, f"ipam-h{host}")
+
+    def leased(self, host: int) -> set[str]:
+        d = os.path.join(self.ipam_dir(host), "ov256")
+        return {f for f in os.listdir(d) if f[0].isdigit()} if os.path.isdir(d) else set()
+
+    def conflist(self, host: int) -> str:
+        path = os.path.join(self.work, f"h{host}.conflist")
+        if os.path.exists(path):
+            return path
+        plugin = self.conf(host)
+        plugin.pop("cniVersion"), plugin.pop("name")
+        with open(path, "w") as f:
+            json.dump({"cniVersion": "1.0.0", "name": "ov256", "plugins": [
+                plugin, {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}}]}, f)
+        return path
+
+    def container(self, name: str) -> str:
+        ns = f"{lab.PREFIX}{name}"
+        netlink.ns_create(ns)
+        self.netns.append(ns)
+        return f"/run/netns/{ns}"
+
+    def run(self, host: int, cmd: str, netns: str, cid: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", H[host], self.cnirun, cmd, self.conflist(host), netns, cid,
+                               "eth0"], env=self.env, capture_output=True, text=True, timeout=120)
+
+    def plugin(self, conf, env: dict, raw: bytes | None = None) -> tuple[int, dict | None]:
+        """The plugin as the spec runs it: CNI_* in env, configuration on stdin."""
+        run_env = {k: v for k, v in self.env.items() if not k.startswith("CNI_")}
+        run_env.update({"CNI_PATH": self.bin, **env})
+        body = raw if raw is not None else json.dumps(conf).encode()
+        r = subprocess.run([os.path.join(self.bin, "dataplane")], input=body, env=run_env, capture_output=True,
+                           timeout=120)
+        return r.returncode, json.loads(r.stdout) if r.stdout.strip() else None
+
+    def close(self) -> None:
+        for ns in self.netns:
+            netlink.ns_delete(ns.rsplit("/", 1)[-1])
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def rt(info):
+    require_runtimes()
+    r = Runtime(tempfile.mkdtemp(prefix="dp-cni-"), build_cnirun())
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stdout} {r.stderr}"
+    return r.stdout
+
+
+def ns_ping(netns: str, ip: str, count: int = 3) -> bool:
+    r = subprocess.run(["ip", "netns", "exec", os.path.basename(netns), "ping", "-c", str(count), "-W", "1", ip],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def local_cni(host: int) -> list[dict]:
+    return api.call(H[host], "endpoint_local", runtime="cni")
+
+
+def test_libcni_add_check_ping_del(rt):
+    c1, c2 = rt.container("c1"), rt.container("c2")
+    res1 = json.loads(ok(rt.run(1, "add", c1, "ctr-1")))
+    res2 = json.loads(ok(rt.run(2, "add", c2, "ctr-2")))
+    ip1, ip2 = (r["ips"][0]["address"].split("/")[0] for r in (res1, res2))
+    assert ip1 == "10.1.0.10" and ip2 == "10.1.0.50"
+    inner = res1["interfaces"][res1["ips"][0]["interface"]]
+    assert inner["name"] == "eth0" and inner["sandbox"] == c1
+    assert netlink.link_info(c1, "eth0")["mac"] == inner["mac"]
+    # the chained tuning plugin got our result and acted on our interface
+    assert netlink.sysctl_get(os.path.basename(c1), "net.ipv4.conf.eth0.arp_notify") == "1"
+    ok(rt.run(1, "check", c1, "ctr-1"))
+    assert ns_ping(c1, ip2) and ns_ping(c2, ip1)
+    regs = {e["ip"]: e for e in api.call(H[1], "endpoint_list")}
+    assert regs[ip2]["host"] == "h2" and regs[ip2]["network"] == "vni256"
+
+    ok(rt.run(2, "del", c2, "ctr-2"))
+    ok(rt.run(2, "del", c2, "ctr-2"))          # DEL is idempotent
+    assert local_cni(2) == [] and rt.leased(2) == set()
+    assert "eth0" not in [link for link in _links(c2)]
+    assert ip2 not in {e["ip"] for e in api.call(H[1], "endpoint_list")}
+    ok(rt.run(1, "del", c1, "ctr-1"))
+
+
+def _links(netns: str) -> list[str]:
+    with netlink.ipr(netns) as s:
+        return [link.get_attr("IFLA_IFNAME") for link in s.get_links()]
+
+
+def test_check_reports_a_broken_attachment(rt):
+    c3 = rt.container("c3")
+    ok(rt.run(1, "add", c3, "ctr-3"))
+    ep = local_cni(1)[0]
+    netlink.tc_detach(H[1], ep["ifindex"])           # someone removed the fast path from its veth
+    r = rt.run(1, "check", c3, "ctr-3")
+    assert r.returncode and "fast path is not attached" in r.stderr, r.stderr
+    ok(rt.run(1, "del", c3, "ctr-3"))
+    assert local_cni(1) == [] and rt.leased(1) == set()
+
+
+def test_concurrent_adds_get_distinct_addresses(rt):
+    names = [f"k{i}" for i in range(6)]
+    paths = {n: rt.container(n) for n in names}
+    results: dict = {}
+
+    def add(n):
+        results[n] = rt.run(1, "add", paths[n], f"ctr-{n}")
+    threads = [threading.Thread(target=add, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ips = {json.loads(ok(results[n]))["ips"][0]["address"] for n in names}
+    assert len(ips) == len(names)
+    assert len(local_cni(1)) == len(names) and len(rt.leased(1)) == len(names)
+    for n in names:
+        ok(rt.run(1, "del", paths[n], f"ctr-{n}"))
+    assert local_cni(1) == [] and rt.leased(1) == set()
+
+
+def test_gc_removes_what_the_runtime_no_longer_lists(rt):
+    keep, lost = rt.container("g1"), rt.container("g2")
+    ok(rt.run(1, "add", keep, "ctr-keep"))
+    ok(rt.run(1, "add", lost, "ctr-lost"))
+    conf = rt.conf(1, "1.1.0", **{cni.VALID_ATTACHMENTS: [{"containerID": "ctr-keep", "ifname": "eth0"}]})
+    assert rt.plugin(conf, {"CNI_COMMAND": "GC"}) == (0, None)
+    left = local_cni(1)
+    assert [e["sandbox"]["container_id"] for e in left] == ["ctr-keep"]
+    assert rt.leased(1) == {left[0]["ip"]}
+    assert "eth0" not in _links(lost)
+    ok(rt.run(1, "del", keep, "ctr-keep"))
+
+
+def test_status_and_version(rt):
+    assert rt.plugin(rt.conf(1, "1.1.0"), {"CNI_COMMAND": "STATUS"}) == (0, None)
+    rc, out = rt.plugin(rt.conf(1, "1.1.0", node="no-such-node"), {"CNI_COMMAND": "STATUS"})
+    assert rc == 1 and out["code"] == cni.E_NOT_AVAILABLE
+    rc, out = rt.plugin({"cniVersion": "1.1.0"}, {"CNI_COMMAND": "VERSION"})
+    assert rc == 0 and out == {"cniVersion": "1.1.0", "supportedVersions": ["1.0.0", "1.1.0"]}
+
+
+def test_bad_input_gets_the_spec_error_code_and_creates_nothing(rt):
+    netns = rt.container("bad")
+    full = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr-bad", "CNI_NETNS": netns, "CNI_IFNAME": "eth0"}
+    links_before = _links(H[1])
+    cases = [
+        ("malformed JSON", rt.conf(1), full, b"{not json", cni.E_DECODE),
+        ("unknown command", rt.conf(1), {**full, "CNI_COMMAND": "FROB"}, None, cni.E_ENV),
+        ("no CNI_COMMAND", rt.conf(1), {k: v for k, v in full.items() if k != "CNI_COMMAND"}, None, cni.E_ENV),
+        ("no CNI_CONTAINERID", rt.conf(1), {k: v for k, v in full.items() if k != "CNI_CONTAINERID"}, None,
+         cni.E_ENV),
+        ("no CNI_NETNS", rt.conf(1), {k: v for k, v in full.items() if k != "CNI_NETNS"}, None, cni.E_ENV),
+        ("unsupported version", rt.conf(1, "0.3.1"), full, None, cni.E_VERSION),
+        ("no vni", {k: v for k, v in rt.conf(1).items() if k != "vni"}, full, None, cni.E_CONFIG),
+        ("missing netns", rt.conf(1), {**full, "CNI_NETNS": "/run/netns/dpl-none"}, None, cni.E_UNKNOWN_CONTAINER),
+    ]
+    for what, conf, env, raw, code in cases:
+        rc, out = rt.plugin(conf, env, raw)
+        assert rc == 1 and out["code"] == code, (what, out)
+        assert out["msg"], what
+    assert _links(H[1]) == links_before and local_cni(1) == [] and rt.leased(1) == set()
+    assert "eth0" not in _links(netns)
+
+
+def test_cni_and_docker_containers_share_a_vni(rt):
+    dl = DockerLab([H[2]])
+    try:
+        (engine,) = dl.start()
+        engine.docker("network", "create", "-d", "dataplane", "-o", "vni=256", "--subnet", SUBNET,
+                      "--ip-range", "10.1.0.96/28", "ov256")
+        engine.docker("run", "-d", "--name", "d2", "--net", "ov256", IMAGE, "sleep", "600")
+        dip = engine.ip_of("d2")
+        c = rt.container("mix")
+        cip = json.loads(ok(rt.run(1, "add", c, "ctr-mix")))["ips"][0]["address"].split("/")[0]
+        assert ns_ping(c, dip)
+        r = engine.docker("exec", "d2", "ping", "-c", "3", "-W", "1", cip, check=False)
+        assert "3 packets received" in r.stdout, r.stdout + r.stderr
+        ok(rt.run(1, "del", c, "ctr-mix"))
+        engine.docker("rm", "-f", "d2")
+        engine.docker("network", "rm", "ov256")
+    finally:
+        dl.close()
+    assert Node(H[2]).state()["endpoints"] == {} and local_cni(1) == []

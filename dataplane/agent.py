@@ -479,7 +479,8 @@ class Agent:
                     "endpoints": len(self.endpoints), "installed": self.remote.counts(),
                     "last_sync_ms": round(self.last_sync_s * 1000, 1),
                     "last_snapshot_ms": round(self.last_snapshot_s * 1000, 1), "map_error": self.remote.last_error,
-                    **self.counters, "punts": dict(self.punts), "rss_kib": _rss_kib()}
+                    **self.counters, "punts": dict(self.punts), "rss_kib": _rss_kib(),
+                    "rss_peak_kib": _rss_kib("VmHWM")}
 
     def _network_for(self, network=None, vni=None):
         if network is not None:
@@ -567,10 +568,11 @@ class Agent:
             pass
 
 
-def _rss_kib() -> int:
+def _rss_kib(field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), KiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 

@@ -17,8 +17,10 @@ apt_pkgs=(
   python3-bpfcc libbpfcc bpftool        # bcc 0.26 for Debian's /usr/bin/python3
   linux-headers-amd64                   # bcc needs a kernel header tree to compile against
   python3-venv python3-dev gcc make libffi-dev
-  iproute2 iputils-ping ethtool tcpdump tshark iperf3 sockperf
+  iproute2 iputils-ping ethtool tcpdump tshark iperf3 sockperf linux-perf
   etcd-server busybox-static
+  docker.io containernetworking-plugins # the real runtimes the Docker driver and CNI plugin are tested under
+  golang-go golang-github-appc-cni-dev  # builds tests/cni/cnirun.go on the real libcni, offline
 )
 
 missing=()
@@ -28,8 +30,18 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages with services (docker.io, containerd, etcd) must not start them:
+  # the tests start their own instances, in lab namespaces.
+  policy_made=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy_made=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$policy_made" = 1 ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 else
   say "Debian packages present"
 fi

@@ -8,7 +8,7 @@ import pytest
 
 from dataplane import api, lab, netlink
 from dataplane.node import Node
-from tests.integration.conftest import make_lab
+from tests.integration.conftest import make_lab, wait_for
 from tests.runtimes import IMAGE, DockerLab, require_runtimes
 
 H1, H2 = lab.host_ns(1), lab.host_ns(2)
@@ -128,3 +128,15 @@ def test_docker_users_get_clear_errors_and_nothing_half_made(engines):
     for e in engines:
         e.docker("network", "rm", "net3")
     assert api.call(H1, "endpoint_list") == []
+
+
+def test_driver_picks_a_vni_when_none_is_given(engines):
+    e1, _ = engines
+    e1.docker("network", "create", "-d", "dataplane", "--subnet", "10.33.0.0/24", "auto")
+    nets = Node(H1).state()["networks"]
+    assert "4096" in nets and nets["4096"]["subnet"] == "10.33.0.0/24"
+    e1.docker("run", "-d", "--name", "d1", "--net", "auto", IMAGE, "sleep", "600")
+    assert [e["vni"] for e in api.call(H1, "endpoint_local", runtime="docker")] == [4096]
+    e1.docker("rm", "-f", "d1")
+    e1.docker("network", "rm", "auto")
+    assert wait_for(lambda: "4096" not in Node(H1).state()["networks"])

@@ -1,0 +1,87 @@
+"""bench/profile: where the CPU goes in each bench workload, per mode.
+
+    .venv/bin/python -m bench.profile [--workload tcp|pps64|rr ...] [--seconds 3]
+
+For each workload (single-stream TCP, 64-byte rate with the C generator,
+sockperf ping-pong) and each mode (dataplane, kernel vxlan + bridge, plain
+routing) it runs the workload on the bench lab and records the whole
+machine with `perf record -a -g` for the middle seconds of the run. Writes
+bench/results/profile-<workload>.md: the figure measured meanwhile and the
+top symbols by self time, so a missed target is explained by a profile.
+Needs Debian's linux-perf (scripts/bootstrap.sh installs it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from bench import baselines
+from bench.run import OUT, latency_us, machine, pps64, tcp
+from dataplane import lab
+
+TOP = 18
+
+
+def _workload(name: str, a: dict, b: dict, seconds: int) -> str:
+    if name == "tcp":
+        return f"{tcp(a, b, seconds):.2f} Gbit/s"
+    if name == "pps64":
+        pps, ns = pps64(a, b, seconds)
+        return f"{pps / 1e3:.0f} kpps, {ns:.0f} CPU ns/packet"
+    p50, p99 = latency_us(a, b, seconds)
+    return f"RTT p50 {p50:.1f} us, p99 {p99:.1f} us"
+
+
+def profile(name: str, mode: str, a: dict, b: dict, seconds: int, tmp: str) -> tuple[str, str]:
+    """(figure during the run, perf report top symbols)."""
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("fig", _workload(name, a, b, seconds + 3)))
+    t.start()
+    time.sleep(1.5)
+    data = os.path.join(tmp, f"{name}-{mode}.data")
+    subprocess.run(["perf", "record", "-a", "-g", "-o", data, "--", "sleep", str(seconds)],
+                   capture_output=True, check=True)
+    t.join()
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
+                          "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True, check=True).stdout
+    rows = [line.rstrip() for line in rep.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return out.get("fig", "?"), "\n".join(rows[:TOP])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/profile")
+    p.add_argument("--workload", action="append", choices=("tcp", "pps64", "rr"))
+    p.add_argument("--seconds", type=int, default=3)
+    args = p.parse_args(argv)
+    workloads = args.workload or ["tcp", "pps64", "rr"]
+    m = machine()
+    lab.down()
+    try:
+        lab.up(2, [256], per_host=1, registry="none")
+        info = lab.ls()
+        pairs = baselines.setup(2)
+        pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        with tempfile.TemporaryDirectory(prefix="dp-perf-") as tmp:
+            for w in workloads:
+                md = [f"# Profile: {w} (`python -m bench.profile --workload {w}`)", "",
+                      f"`perf record -a -g` for {args.seconds} s inside the run, `perf report --no-children "
+                      f"--sort symbol`; kernel {m['kernel']}, {m['cpus']} vCPUs, {m['date']}.", ""]
+                for mode in ("dataplane", "vxlan", "routing"):
+                    a, b = pairs[mode]
+                    print(f"profile {w} {mode}...", file=sys.stderr, flush=True)
+                    fig, top = profile(w, mode, a, b, args.seconds, tmp)
+                    md += [f"## {mode}: {fig}", "```", top, "```", ""]
+                with open(os.path.join(OUT, f"profile-{w}.md"), "w") as f:
+                    f.write("\n".join(md))
+    finally:
+        lab.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

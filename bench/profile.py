@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,8 @@ def profile(name: str, mode: str, a: dict, b: dict, seconds: int, tmp: str) -> t
     t.join()
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
                           "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True, check=True).stdout
-    rows = [line.rstrip() for line in rep.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    rows = [re.sub(r"(\s+-)+\s*$", "", line) for line in rep.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
     return out.get("fig", "?"), "\n".join(rows[:TOP])
 
 

@@ -1,0 +1,79 @@
+"""The CNI plugin's protocol handling that needs no agent: what is refused
+before anything is asked of the node, and with which spec error code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dataplane import cni, model
+
+CONF = {"cniVersion": "1.1.0", "name": "ov", "type": "dataplane", "vni": 256, "node": "nowhere"}
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+       "CNI_PATH": "/nonexistent"}
+
+
+def run(conf, **env):
+    raw = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    return cni.run({**ENV, **env}, raw)
+
+
+@pytest.mark.parametrize("conf,env,code", [
+    (b"{", {}, cni.E_DECODE),
+    (b"[1, 2]", {}, cni.E_DECODE),
+    (CONF, {"CNI_COMMAND": "FROB"}, cni.E_ENV),
+    (CONF, {"CNI_COMMAND": ""}, cni.E_ENV),
+    ({**CONF, "cniVersion": "0.4.0"}, {}, cni.E_VERSION),
+    ({**CONF, "cniVersion": 1}, {}, cni.E_VERSION),
+    ({k: v for k, v in CONF.items() if k != "vni"}, {}, cni.E_CONFIG),
+    ({**CONF, "vni": 0}, {}, cni.E_CONFIG),
+    ({**CONF, "vni": 1 << 24}, {}, cni.E_CONFIG),
+    ({**CONF, "vni": True}, {}, cni.E_CONFIG),
+    ({**CONF, "name": ""}, {}, cni.E_CONFIG),
+    ({**CONF, "ipam": "host-local"}, {}, cni.E_CONFIG),
+    ({**CONF, "node": "../etc"}, {}, cni.E_CONFIG),
+    (CONF, {"CNI_CONTAINERID": ""}, cni.E_ENV),
+    (CONF, {"CNI_CONTAINERID": "-bad"}, cni.E_ENV),
+    (CONF, {"CNI_IFNAME": "a/b"}, cni.E_ENV),
+    (CONF, {"CNI_IFNAME": "x" * 16}, cni.E_ENV),
+    (CONF, {"CNI_NETNS": "relative/ns"}, cni.E_ENV),
+    ({**CONF, "cniVersion": "1.0.0"}, {"CNI_COMMAND": "GC"}, cni.E_VERSION),
+    ({**CONF, "cni.dev/valid-attachments": "all"}, {"CNI_COMMAND": "GC"}, cni.E_CONFIG),
+    ({**CONF, "prevResult": None}, {"CNI_COMMAND": "CHECK"}, cni.E_CONFIG),
+])
+def test_refused_with_the_spec_code(conf, env, code):
+    status, out = run(conf, **env)
+    assert status == 1 and out["code"] == code and out["msg"], out
+
+
+def test_agent_missing_is_try_again_and_status_unavailable():
+    status, out = run(CONF)
+    assert status == 1 and out["code"] == cni.E_TRY_AGAIN and "not running" in out["msg"]
+    status, out = run(CONF, CNI_COMMAND="STATUS")
+    assert status == 1 and out["code"] == cni.E_NOT_AVAILABLE
+
+
+def test_version_answers_without_configuration():
+    assert cni.run({"CNI_COMMAND": "VERSION"}, b"") == (0, {"cniVersion": "1.1.0",
+                                                          "supportedVersions": ["1.0.0", "1.1.0"]})
+    assert cni.run({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}')[1]["cniVersion"] == "1.0.0"
+
+
+def test_endpoint_ids_are_valid_names_and_distinct():
+    ids = {cni.endpoint_id(n, c, i) for n in ("a", "b") for c in ("c1", "c2" * 40) for i in ("eth0", "net1")}
+    assert len(ids) == 8
+    for i in ids:
+        assert model.parse_name(i) == i
+
+
+def test_installed_plugin_speaks_on_stdout(tmp_path):
+    path = cni.install(str(tmp_path))
+    r = subprocess.run([path], input=b"", env={"CNI_COMMAND": "VERSION"}, capture_output=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["supportedVersions"] == cni.SUPPORTED
+    r = subprocess.run([path], input=b"{", env={"CNI_COMMAND": "ADD"}, capture_output=True)
+    assert r.returncode == 1 and json.loads(r.stdout)["code"] == cni.E_DECODE
+    assert "bcc" not in subprocess.run([sys.executable, "-c", "import sys, dataplane.cni; print(sorted(sys.modules))"],
+                                       capture_output=True, text=True).stdout

@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 
-from . import api
+from . import api, model
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 
 SUPPORTED = ["1.0.0", "1.1.0"]
@@ -34,7 +34,6 @@ E_NOT_AVAILABLE = 50
 E_CONFLICT, E_BROKEN = 100, 101
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 
 
 class CNIError(Exception):
@@ -85,9 +84,10 @@ def _check_conf(conf: dict) -> int:
         raise CNIError(E_CONFIG, f"bad vni {vni!r}: an integer 1..16777215 is required")
     if "ipam" in conf and not (isinstance(conf["ipam"], dict) and isinstance(conf["ipam"].get("type"), str)):
         raise CNIError(E_CONFIG, "ipam must be an object with a type")
-    node = conf.get("node", "host")
-    if not isinstance(node, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$", node):
-        raise CNIError(E_CONFIG, f"bad node {node!r}")
+    try:
+        model.parse_name(conf.get("node", "host"), "node")
+    except UsageError as e:
+        raise CNIError(E_CONFIG, str(e)) from None
     return vni
 
 
@@ -96,7 +96,11 @@ def _attachment(env, need_netns: bool) -> tuple[str, str, str | None]:
     if not _CONTAINER_ID.match(cid):
         raise CNIError(E_ENV, f"bad CNI_CONTAINERID {cid!r}")
     ifname = _env(env, "CNI_IFNAME")
-    if not _IFNAME.match(ifname) or ifname in (".", ".."):
+    try:
+        model.parse_ifname(ifname)
+    except UsageError:
+        raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}") from None
+    if ifname in (".", ".."):
         raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}")
     netns = _env(env, "CNI_NETNS", required=need_netns)
     if netns is not None and not netns.startswith("/"):

@@ -40,8 +40,7 @@ class RuntimeOps:
             model.parse_name(name, "network name")
         with self.ag.lock:
             for _ in range(3):
-                net = reg.network_by_vni(vni) if vni is not None else (
-                    reg._network_or_none(name) if name else None)
+                net = reg.network_by_vni(vni) if vni is not None else self._by_name(name)
                 created = net is None
                 if created:
                     v = vni if vni is not None else self._free_vni()
@@ -58,6 +57,14 @@ class RuntimeOps:
                     self.ag.node.network_add(net.vni, net.subnet, net.mtu)
                 return {**net.to_dict(), "created": created}
         raise Conflict(f"network for VNI {vni} changed while it was being created; try again")
+
+    def _by_name(self, name):
+        if name is None:
+            return None
+        try:
+            return self.ag.reg.network(name)
+        except NotFound:
+            return None
 
     def _free_vni(self) -> int:
         used = {n.vni for n in self.ag.reg.networks()}

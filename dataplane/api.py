@@ -19,6 +19,10 @@ _BY_CODE = {cls.exit_code: cls for cls in (errors.UsageError, errors.NotFound, e
                                           errors.NotPermitted, errors.ToolchainError, errors.KernelError)}
 
 
+class AgentNotRunning(NotFound):
+    """Nothing listens on the node's agent socket."""
+
+
 def socket_path(node: str) -> str:
     return os.path.join(state.node_dir(node), "agent.sock")
 
@@ -88,7 +92,7 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         try:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise NotFound(f"the agent of node {node} is not running (start it with `dataplane up`)") from None
+            raise AgentNotRunning(f"the agent of node {node} is not running (start it with `dataplane up`)") from None
         s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):

@@ -114,9 +114,9 @@ def _agent(conf: dict, op: str, **args):
     node = conf.get("node", "host")
     try:
         return api.call(node, op, timeout=30, **args)
+    except api.AgentNotRunning as e:
+        raise CNIError(E_TRY_AGAIN, f"the dataplane agent of node {node} is not running", str(e)) from None
     except NotFound as e:
-        if "agent" in str(e) and "not running" in str(e):
-            raise CNIError(E_TRY_AGAIN, f"the dataplane agent of node {node} is not running", str(e)) from None
         raise CNIError(E_UNKNOWN_CONTAINER if "namespace" in str(e) else E_BROKEN, str(e)) from None
     except UsageError as e:
         raise CNIError(E_CONFIG, str(e)) from None

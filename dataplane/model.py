@@ -133,11 +133,11 @@ class Endpoint:
     mac: str
     host_ifname: str
     ifindex: int = 0
-    created_netns: bool = True
     # Who owns the container side when we did not create it: {"netns": PATH,
     # "ifname": IF} (CNI: moved into the runtime's namespace) or {"peer": IF}
     # (Docker: left in the host namespace for the engine to move), plus the
     # runtime's own keys (container id, network name) for CHECK and GC.
+    # None: the namespace `name` is ours, made and removed with the endpoint.
     sandbox: dict | None = None
 
     def to_dict(self) -> dict:

@@ -40,7 +40,8 @@ def flood_list(st: dict, vni: int) -> list[str]:
     return out[: abi.load().constants["DP_MAX_FLOOD"]]
 
 
-def _parse_sandbox(sb) -> dict | None:
+def parse_sandbox(sb) -> dict | None:
+    """Validate an endpoint's sandbox (model.Endpoint.sandbox); a copy of it."""
     if sb is None:
         return None
     if not isinstance(sb, dict) or ("netns" in sb) == ("peer" in sb):
@@ -374,7 +375,7 @@ class Node:
         name = model.parse_name(name, "endpoint name")
         vni = model.parse_vni(vni)
         mac = model.parse_mac(mac) if mac is not None else None
-        sandbox = _parse_sandbox(sandbox)
+        sandbox = parse_sandbox(sandbox)
         with state.locked(self.name):
             st = self._require_up()
             net = st["networks"].get(str(vni))
@@ -391,7 +392,7 @@ class Node:
             if any(e["mac"] == mac and e["vni"] == vni for e in st["endpoints"].values()):
                 raise Conflict(f"MAC {mac} is in use on VNI {vni}")
             ep = model.Endpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name),
-                                created_netns=sandbox is None, sandbox=sandbox)
+                                sandbox=sandbox)
             try:
                 self._create_endpoint(st, ep, prefixlen or subnet.prefixlen, net["mtu"], routes)
             except BaseException:
@@ -461,7 +462,7 @@ class Node:
         except NotFound:
             pass  # maps already gone (node torn down)
         netlink.link_delete(self.netns, ep["host_ifname"])
-        if ep.get("created_netns", True):
+        if not ep.get("sandbox"):          # the namespace is ours only without a runtime's sandbox
             netlink.ns_delete(ep["name"])
 
     def endpoint_in_maps(self, ep: dict) -> bool:

@@ -12,6 +12,7 @@ import ipaddress
 
 from . import model, netlink
 from .errors import Conflict, KernelError, NotFound, UsageError
+from .node import parse_sandbox
 
 # VNIs the agent hands out when a runtime names none (Docker's overlay starts at 4096 too).
 AUTO_VNI_FIRST = 4096
@@ -97,12 +98,9 @@ class RuntimeOps:
         """Register and create an endpoint whose container side is in sandbox
         (see model.Endpoint.sandbox). Nothing is left behind if any step fails."""
         model.parse_name(id, "endpoint id")
-        if not isinstance(sandbox, dict):
-            raise UsageError("sandbox must be an object")
+        parse_sandbox(sandbox)                 # refused before anything is registered
         if prefixlen is not None and not (isinstance(prefixlen, int) and 8 <= prefixlen <= 30):
             raise UsageError(f"bad prefix length {prefixlen!r}")
-        if "netns" in sandbox and not netlink.ns_path_exists(sandbox["netns"]):
-            raise NotFound(f"network namespace {sandbox['netns']} does not exist")
         net = self.network_ensure(vni=vni)
         with self.ag.lock:
             rec = self.ag.reg.endpoint_create(id, net["name"], self.ag.me, ip=ip, mac=mac)

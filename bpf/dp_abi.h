@@ -150,7 +150,7 @@ struct dp_mac_key {
 struct dp_fdb_entry {
 	__be32 vtep;                         /* remote VTEP address */
 	__u32 flags;                         /* enum dp_fdb_flag */
-	__u64 last_seen_ns;                  /* bpf_ktime_get_ns() at the last refresh */
+	__u64 last_seen_ns;                  /* dp_now_ns() (CLOCK_MONOTONIC, coarse) at the last refresh */
 };
 
 /* Key of dp_neigh (value struct dp_mac) and dp_vteps (value __u32 flood slot). */
@@ -201,7 +201,7 @@ struct dp_punt {
 	__u32 ifindex;                       /* host side of the endpoint that sent it */
 	__u32 reason;                        /* enum dp_punt_reason */
 	__u32 len;                           /* bytes of frame[] in use: the whole frame */
-	__u64 ts_ns;                         /* bpf_ktime_get_ns() when punted; old ones are dropped */
+	__u64 ts_ns;                         /* dp_now_ns() when punted; old ones are dropped */
 	__u8 frame[DP_PUNT_FRAME_MAX];
 };
 

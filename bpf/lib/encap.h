@@ -51,7 +51,7 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 
 	if (nh && (nh->flags & DP_NH_STATIC))
 		return nh;
-	now = bpf_ktime_get_ns();
+	now = dp_now_ns();
 	if (nh && now - nh->updated_ns < DP_NH_TTL_NS)
 		return nh;
 

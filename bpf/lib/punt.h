@@ -40,7 +40,7 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 ifindex,
 	p->ifindex = ifindex;
 	p->reason = reason;
 	p->len = len;
-	p->ts_ns = bpf_ktime_get_ns();
+	p->ts_ns = dp_now_ns();
 	if (bpf_skb_load_bytes(skb, 0, p->frame, len)) {
 		dp_punts.ringbuf_discard(p, 0);
 		goto fallback;

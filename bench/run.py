@@ -9,7 +9,8 @@ counter in the other), whole-machine CPU time per packet during that run,
 and latency p50/p99 (sockperf ping-pong, round trip).
 
 Writes bench/results/latest.json, latest.md (medians and ratios, with the
-machine and kernel they came from) and latest.png (needs matplotlib: the
+machine, kernel and TCP congestion control they came from) and latest.png
+(--out NAME for another name) (needs matplotlib: the
 `bench` extra)."""
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def machine() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        cc = f.read().strip()  # new namespaces start with the host's: it is every sandbox's default
     return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu, "mem_gib": mem,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "tcp_cc_default": cc, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def tcp(a: dict, b: dict, seconds: int, streams: int = 1) -> float:
-    res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-P", str(streams)])
+def tcp(a: dict, b: dict, seconds: int, streams: int = 1, cc: str | None = None) -> float:
+    res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-P", str(streams), *(["-C", cc] if cc else [])])
     return res["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
@@ -102,6 +105,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5, help="length of each TCP run")
+    p.add_argument("--cc", help="TCP congestion control for iperf3 (default: the kernel's; the ratios "
+                   "depend on it: BBR paces, cubic does not)")
+    p.add_argument("--out", default="latest", help="results name: bench/results/NAME.{json,md,png}")
     p.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard on dataplane uplinks")
     args = p.parse_args(argv)
 
@@ -118,7 +124,8 @@ def main(argv=None) -> int:
             order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
             for mode in order:
                 a, b = pairs[mode]
-                got = {"tcp_gbps": tcp(a, b, args.seconds), "tcp4_gbps": tcp(a, b, args.seconds, streams=4)}
+                got = {"tcp_gbps": tcp(a, b, args.seconds, cc=args.cc),
+                       "tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
                 got["pps64"], got["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
                 got["lat_p50_us"], got["lat_p99_us"] = latency_us(a, b)
                 for k, v in got.items():
@@ -133,8 +140,8 @@ def main(argv=None) -> int:
     ours = med["dataplane"]
     ratios = {f"vs_{m}": {k: ours[k] / med[m][k] for k in ours} for m in ("vxlan", "routing")}
     result = {"machine": machine(), "args": vars(args), "samples": samples, "median": med, "ratios": ratios}
-    save(result, table(result), "latest")
-    chart(result, "latest")
+    save(result, table(result), args.out)
+    chart(result, args.out)
     return 0
 
 
@@ -189,7 +196,8 @@ def chart(res: dict, name: str) -> None:
 def table(res: dict) -> str:
     m, med, rat = res["machine"], res["median"], res["ratios"]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB; {m['date']}; "
-           f"medians of {res['args']['rounds']} alternating rounds; 2 hosts as namespaces on veth + bridge underlays.", "",
+           f"medians of {res['args']['rounds']} alternating rounds; 2 hosts as namespaces on veth + bridge underlays; "
+           f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}.", "",
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
     for k, name, fmt, scale in METRICS:

@@ -10,8 +10,7 @@ and latency p50/p99 (sockperf ping-pong, round trip).
 
 Writes bench/results/latest.json, latest.md (medians and ratios, with the
 machine, kernel and TCP congestion control they came from) and latest.png
-(--out NAME for another name) (needs matplotlib: the
-`bench` extra)."""
+(needs matplotlib: the `bench` extra); --out NAME writes NAME.* instead."""
 
 from __future__ import annotations
 

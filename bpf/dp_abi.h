@@ -177,7 +177,7 @@ struct dp_nexthop {
 	__u32 ifindex;                       /* egress interface */
 	__u32 flags;                         /* enum dp_nh_flag */
 	__u32 pad;
-	__u64 updated_ns;                    /* when the fast path last resolved it */
+	__u64 updated_ns;                    /* dp_now_ns() timebase: last resolved (or primed by the agent) */
 };
 
 /* dp_stats (per CPU): key __u32 VNI; key 0 holds what belongs to no VNI. */

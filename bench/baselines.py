@@ -7,7 +7,7 @@ and underlay bridge so no mode's traffic crosses another's programs:
 
 from __future__ import annotations
 
-from dataplane import lab, netlink
+from dataplane import lab, linkgso, netlink
 
 MODES = ("routing", "vxlan", "dataplane")
 
@@ -16,7 +16,12 @@ def sh(*argv: str) -> None:
     lab.run_checked(list(argv))
 
 
-def _uplink(h: int, mode: str, ip: str) -> str:
+def _big(ns: str, ifname: str, gso: int) -> None:
+    if gso > linkgso.LEGACY_MAX:
+        linkgso.set_gso_ipv4_max(ns, ifname, gso)
+
+
+def _uplink(h: int, mode: str, ip: str, gso: int = linkgso.LEGACY_MAX) -> str:
     """Host h gets uplink <mode[0]>ul0 on its own bridge br-<mode> in the underlay namespace."""
     ns, br, dev, port = lab.host_ns(h), f"br-{mode}", f"{mode[0]}ul0", f"{mode[0]}ul-h{h}"
     if not netlink.link_index(lab.UNDERLAY_NS, br):
@@ -24,30 +29,37 @@ def _uplink(h: int, mode: str, ip: str) -> str:
         sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", br, "up")
     sh("ip", "-n", lab.UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
     sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", port, "master", br, "up")
+    _big(lab.UNDERLAY_NS, port, gso)
+    _big(ns, dev, gso)
     netlink.link_up(ns, dev, ip, 24)
     return dev
 
 
-def _sandbox(name: str, host_ns: str, host_if: str, ip: str, prefix: int, mtu: int) -> None:
+def _sandbox(name: str, host_ns: str, host_if: str, ip: str, prefix: int, mtu: int,
+             gso: int = linkgso.LEGACY_MAX) -> None:
     netlink.ns_create(name)
     netlink.sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
     sh("ip", "-n", host_ns, "link", "add", host_if, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
        "netns", name, "mtu", str(mtu))
     sh("ip", "-n", host_ns, "link", "set", host_if, "up")
+    _big(host_ns, host_if, gso)
+    _big(name, "eth0", gso)
     netlink.link_up(name, "lo")
     netlink.link_up(name, "eth0", ip, prefix)
 
 
-def setup(hosts: int = 2) -> dict[str, list[dict]]:
+def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX) -> dict[str, list[dict]]:
     """Sandboxes per mode: [{'name', 'ip'}] indexed by host - 1. The dataplane
-    mode's sandboxes are the lab's own (VNI 256)."""
+    mode's sandboxes are the lab's own (VNI 256). gso (the IPv4 GSO limit,
+    BIG TCP above 64 KB) applies to routing; the vxlan device cannot carry
+    more than 64 KB, so its mode keeps the default."""
     out: dict[str, list[dict]] = {"routing": [], "vxlan": []}
     for h in range(1, hosts + 1):
         ns = lab.host_ns(h)
         # routing
-        _uplink(h, "routing", f"198.18.2.{h}")
+        _uplink(h, "routing", f"198.18.2.{h}", gso)
         sb = f"{lab.PREFIX}b-r{h}"
-        _sandbox(sb, ns, "rv0", f"10.251.{h}.2", 24, 1500)
+        _sandbox(sb, ns, "rv0", f"10.251.{h}.2", 24, 1500, gso)
         netlink.link_up(ns, "rv0", f"10.251.{h}.1", 24)
         sh("ip", "-n", sb, "route", "add", "default", "via", f"10.251.{h}.1")
         netlink.sysctl(ns, "net.ipv4.ip_forward", "1")

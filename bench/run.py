@@ -24,7 +24,7 @@ import sys
 import time
 
 from bench import baselines
-from dataplane import lab
+from dataplane import lab, linkgso
 from dataplane.traffic import iperf, ping
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -108,14 +108,18 @@ def main(argv=None) -> int:
                    "depend on it: BBR paces, cubic does not)")
     p.add_argument("--out", default="latest", help="results name: bench/results/NAME.{json,md,png}")
     p.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard on dataplane uplinks")
+    p.add_argument("--gso-max-size", type=int, default=linkgso.BIG_TCP_SIZE,
+                   help="IPv4 GSO limit (BIG TCP above 65536) of the routing and dataplane paths; the kernel "
+                        "vxlan path stays at 65536, the most it carries")
     args = p.parse_args(argv)
 
     lab.down()
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
     try:
-        lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard, registry="none")  # data path only
+        lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard, registry="none",  # data path only
+               gso_max_size=args.gso_max_size)
         info = lab.ls()
-        pairs = baselines.setup(2)
+        pairs = baselines.setup(2, args.gso_max_size)
         pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
         for mode, (a, b) in pairs.items():
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"

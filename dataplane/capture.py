@@ -23,13 +23,11 @@ PI_SEQUENCE = 0x02000000  # TCP sequence analysis: about the flow (reordering, l
 class Capture:
     """tcpdump on one interface of one namespace, writing a pcap file."""
 
-    def __init__(self, netns: str, ifname: str, bpf_filter: str = "udp", snaplen: int = 0):
+    def __init__(self, netns: str, ifname: str, bpf_filter: str = "udp"):
         fd, self.path = tempfile.mkstemp(prefix="dataplane-", suffix=".pcap")
         os.close(fd)
         # A 64 MiB kernel buffer: a 1 MiB TCP burst on 2 vCPUs must not lose frames to the capture.
         argv = ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "-B", "65536", "-n", "-w", self.path]
-        if snaplen:
-            argv += ["-s", str(snaplen)]
         argv += bpf_filter.split()
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 5

@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from . import agentctl, api, lab, model, netlink, registry
+from . import agentctl, api, lab, linkgso, model, netlink, registry
 from .agent import LEASE_TTL_DEFAULT
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node, require_root
@@ -260,7 +260,7 @@ def cmd_stats(args):
 
 def cmd_lab_up(args):
     lab.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
-           registry=args.registry, lease_ttl=args.lease_ttl)
+           registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size)
     info = lab.ls()
     print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry} "
           "(see `dataplane lab ls`)")
@@ -427,6 +427,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--registry", choices=lab.REGISTRY_MODES, default="sqlite",
                    help="sqlite file, a real etcd on the underlay, or none (static peers)")
     a.add_argument("--lease-ttl", type=int, default=LEASE_TTL_DEFAULT)
+    a.add_argument("--gso-max-size", type=int, default=linkgso.LEGACY_MAX,
+                   help=f"IPv4 GSO/GRO limit of the hosts' uplinks; above 65536 turns on BIG TCP "
+                        f"(e.g. {linkgso.BIG_TCP_SIZE}), which endpoints then inherit")
     a.set_defaults(func=cmd_lab_up)
     d = labp.add_parser("down", help="remove every lab namespace, link, pin and file")
     d.set_defaults(func=cmd_lab_down)

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from . import agentctl, api, etcd_server, model, netlink, procs, state
+from . import agentctl, api, etcd_server, linkgso, model, netlink, procs, state
 from .registry import open_registry
 from .errors import Conflict, DataplaneError, NotFound, UsageError
 from .node import Node, require_root
@@ -91,7 +91,7 @@ def host_name(i: int) -> str:
 
 
 def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool = False,
-       registry: str = "sqlite", lease_ttl: int = 10) -> dict:
+       registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = linkgso.LEGACY_MAX) -> dict:
     require_root()
     if registry not in REGISTRY_MODES:
         raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
@@ -99,12 +99,14 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
         raise UsageError(f"--hosts must be 1..{MAX_HOSTS}")
     if not 0 <= int(per_host) <= MAX_PER_HOST:
         raise UsageError(f"--per-host must be 0..{MAX_PER_HOST}")
+    if not linkgso.LEGACY_MAX <= int(gso_max_size) <= linkgso.VETH_MAX:
+        raise UsageError(f"--gso-max-size must be {linkgso.LEGACY_MAX}..{linkgso.VETH_MAX}")
     vnis = sorted({model.parse_vni(v) for v in vnis})
     if not vnis:
         raise UsageError("give at least one --vni")
     params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
               "xdp_guard": bool(xdp_guard), "peer_check": bool(peer_check), "registry": registry,
-              "lease_ttl": int(lease_ttl)}
+              "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size)}
     lab = load()
     if lab:
         if lab["params"] == params and lab.get("complete"):
@@ -123,14 +125,18 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
     return lab
 
 
-def underlay_host(ns: str, port: str, ifname: str, ip: str) -> None:
+def underlay_host(ns: str, port: str, ifname: str, ip: str, gso_max_size: int = linkgso.LEGACY_MAX) -> None:
     """A namespace with no IPv6 noise, plugged into the underlay bridge
-    (port there, ifname inside) with address ip on the VTEP network."""
+    (port there, ifname inside) with address ip on the VTEP network. Above
+    64 KB, gso_max_size plays a NIC with IPv4 BIG TCP turned on."""
     netlink.ns_create(ns)
     netlink.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
     netlink.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns])
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
+    if gso_max_size > linkgso.LEGACY_MAX:
+        linkgso.set_gso_ipv4_max(UNDERLAY_NS, port, gso_max_size)
+        linkgso.set_gso_ipv4_max(ns, ifname, gso_max_size)
     netlink.link_up(ns, "lo")
     netlink.link_up(ns, ifname, ip, VTEP_NET.prefixlen)
 
@@ -152,7 +158,7 @@ def _build(lab: dict, p: dict) -> None:
         ns = host_ns(i)
         lab["hosts"].append({"name": f"h{i}", "netns": ns, "uplink": UPLINK, "vtep": vtep_ip(i)})
         _save(lab)
-        underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i))
+        underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", linkgso.LEGACY_MAX))
     url = _start_registry(lab, p)
     for i in range(1, n + 1):
         _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"

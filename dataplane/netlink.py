@@ -88,15 +88,17 @@ _libc = None
 
 
 def enter_netns(name: str) -> None:
-    """Move the calling thread into namespace name (threads it starts later
-    follow it). Only the network namespace changes: /sys/fs/bpf stays visible,
-    which `ip netns exec` (a new mount namespace) would hide."""
+    """Move the calling thread into namespace name, or the one at a path such
+    as /proc/PID/ns/net (threads it starts later follow it). Only the network
+    namespace changes: /sys/fs/bpf stays visible, which `ip netns exec` (a new
+    mount namespace) would hide."""
     global _libc
     if _libc is None:
         import ctypes  # noqa: PLC0415
         _libc = ctypes.CDLL(None, use_errno=True)
+    path = name if name.startswith("/") else f"/run/netns/{name}"
     try:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise NotFound(f"network namespace {name!r} does not exist") from None
     try:

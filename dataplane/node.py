@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from . import abi, fastpath, model, netlink, state
+from . import abi, fastpath, linkgso, model, netlink, state
 from .keys import be32 as _be32, ip_key as _ip_key, ip_str as _ip, mac_key as _mac_key, slot_key as _slot
 from .errors import Conflict, DataplaneError, KernelError, NotFound, NotPermitted, UsageError
 from .maps import NodeMaps
@@ -146,6 +146,7 @@ class Node:
             st["uplink_ifindex"] = link["index"]
             st["uplink_mtu"] = link["mtu"]
             st["uplink_mac"] = link["mac"]
+            st["uplink_gso_max"] = linkgso.gso_ipv4_max(self.netns, link["name"])
             try:
                 self._apply(st, vnis, subnet, peers, quiet)
             except BaseException:
@@ -437,6 +438,7 @@ class Node:
             netlink.link_up(ep.name, "lo")
             netlink.link_up(ep.name, "eth0", ep.ip, prefixlen)
         netlink.sysctl(self.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
+        self._inherit_gso(st, ep)
         with self._maps() as m:
             val = _S["dp_endpoint"](vni=ep.vni, ip=_be32(ep.ip))
             ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
@@ -450,6 +452,23 @@ class Node:
             netlink.tc_attach(self.netns, ep.ifindex, fd, "from_endpoint")
         finally:
             os.close(fd)
+
+    def _inherit_gso(self, st: dict, ep: model.Endpoint) -> None:
+        """An endpoint builds GSO packets as large as the uplink sends (BIG TCP
+        when the uplink has it): the fast path carries them whole, so a larger
+        limit would only make the uplink segment in software."""
+        size = st.get("uplink_gso_max", linkgso.LEGACY_MAX)
+        if size <= linkgso.LEGACY_MAX:
+            return
+        sb = ep.sandbox or {}
+        if "netns" in sb:
+            inner = (sb["netns"], sb["ifname"])
+        elif "peer" in sb:
+            inner = (self.netns, sb["peer"])
+        else:
+            inner = (ep.name, "eth0")
+        linkgso.set_gso_ipv4_max(self.netns, ep.host_ifname, size)
+        linkgso.set_gso_ipv4_max(*inner, size)
 
     def _destroy_endpoint(self, st: dict, ep: dict) -> None:
         """Undo an endpoint, whatever part of it exists. Safe to call twice."""

@@ -111,7 +111,9 @@ DP_WIRE_INLINE __u16 vxlan_src_port(__u32 lo, __u32 hi, __u32 hash)
 /*
  * Outer headers for an inner frame of inner_len bytes (its Ethernet header
  * included). DF set, TTL 64, IP id 0, UDP checksum 0, flags = I bit only.
- * A GSO super-packet's lengths are clamped; segmentation rewrites them.
+ * A GSO super-packet over 64 KB (IPv4 BIG TCP) gets IPv4 total length 0, as
+ * the kernel writes it, and UDP length 0xffff, the field's maximum (Wireshark
+ * reads 0 as malformed); segmentation rewrites both per segment.
  */
 DP_WIRE_INLINE void outer_build(struct dp_outer *o, const __u8 *smac, const __u8 *dmac,
 				__be32 src, __be32 dst, __be16 dport, __u32 vni,
@@ -125,7 +127,7 @@ DP_WIRE_INLINE void outer_build(struct dp_outer *o, const __u8 *smac, const __u8
 	o->eth.h_proto = DP_HTONS(ETH_P_IP);
 	o->ip.version = 4;
 	o->ip.ihl = 5;
-	o->ip.tot_len = DP_HTONS(ip_len > 0xffff ? 0xffff : ip_len);
+	o->ip.tot_len = DP_HTONS(ip_len > 0xffff ? 0 : ip_len);
 	o->ip.frag_off = DP_HTONS(DP_IP_DF);
 	o->ip.ttl = DP_OUTER_TTL;
 	o->ip.protocol = IPPROTO_UDP;
@@ -134,7 +136,7 @@ DP_WIRE_INLINE void outer_build(struct dp_outer *o, const __u8 *smac, const __u8
 	o->ip.check = ipv4_csum(&o->ip);
 	o->udp.source = DP_HTONS(sport);
 	o->udp.dest = dport;
-	o->udp.len = DP_HTONS((ip_len - sizeof(struct iphdr)) & 0xffff);
+	o->udp.len = DP_HTONS(ip_len > 0xffff ? 0xffff : ip_len - sizeof(struct iphdr));
 	o->vx.flags = DP_HTONL((__u32)DP_VXLAN_FLAG_I << 24);
 	o->vx.vni = DP_HTONL(vni << 8);
 }
@@ -185,11 +187,19 @@ DP_WIRE_INLINE int vxlan_parse(void *data, void *end, __u32 pkt_len, __be32 loca
 		return -DP_DROP_FRAGMENT;
 
 	tot_len = DP_HTONS(ip->tot_len);
+	udp_len = DP_HTONS(udp->len);
+	/* A GSO super-packet over 64 KB: IPv4 length 0, UDP length 0 (the
+	 * kernel's and URO's way) or 0xffff (ours); the frame has the length. */
+	if (!tot_len && pkt_len > ETH_HLEN + 0xffff) {
+		if (udp_len && udp_len != 0xffff)
+			return -DP_DROP_BAD_IP;
+		tot_len = pkt_len - ETH_HLEN;
+		udp_len = tot_len - ihl;
+	}
 	if (tot_len < ihl + sizeof(*udp))
 		return -DP_DROP_BAD_IP;
 	if (ETH_HLEN + tot_len > pkt_len)
 		return -DP_DROP_TRUNCATED;
-	udp_len = DP_HTONS(udp->len);
 	if (udp_len > tot_len - ihl)
 		return -DP_DROP_TRUNCATED;
 	if (udp_len < sizeof(*udp) + sizeof(*vxh) + ETH_HLEN)

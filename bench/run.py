@@ -196,11 +196,18 @@ def chart(res: dict, name: str) -> None:
     plt.close(fig)
 
 
+def _gso_note(size: int) -> str:
+    if size <= linkgso.LEGACY_MAX:
+        return "IPv4 GSO limit 65536 (no BIG TCP) in every mode"
+    return f"IPv4 GSO limit {size} (BIG TCP) for routing and dataplane, 65536 for vxlan (the most it carries)"
+
+
 def table(res: dict) -> str:
     m, med, rat = res["machine"], res["median"], res["ratios"]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB; {m['date']}; "
            f"medians of {res['args']['rounds']} alternating rounds; 2 hosts as namespaces on veth + bridge underlays; "
-           f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}.", "",
+           f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}; "
+           f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}.", "",
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
     for k, name, fmt, scale in METRICS:

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from dataplane import api, cni, lab, netlink
+from dataplane import api, cni, lab, linkgso, netlink
 from dataplane.node import Node
 from tests.integration.conftest import make_lab
 from tests.runtimes import IMAGE, DockerLab, build_cnirun, require_runtimes
@@ -28,7 +28,8 @@ RANGES = {1: ("10.1.0.10", "10.1.0.49"), 2: ("10.1.0.50", "10.1.0.89")}
 
 @pytest.fixture(scope="module")
 def info():
-    yield from make_lab(2, [256], per_host=0, registry="sqlite")
+    # BIG TCP uplinks: containers must inherit the limit through the CNI path too.
+    yield from make_lab(2, [256], per_host=0, registry="sqlite", gso_max_size=linkgso.BIG_TCP_SIZE)
 
 
 class Runtime:
@@ -125,6 +126,7 @@ def test_libcni_add_check_ping_del(rt):
     inner = res1["interfaces"][res1["ips"][0]["interface"]]
     assert inner["name"] == "eth0" and inner["sandbox"] == c1
     assert netlink.link_info(c1, "eth0")["mac"] == inner["mac"]
+    assert linkgso.gso_ipv4_max(c1, "eth0") == linkgso.BIG_TCP_SIZE, "the container inherits the uplink's limit"
     # the chained tuning plugin got our result and acted on our interface
     assert netlink.sysctl_get(os.path.basename(c1), "net.ipv4.conf.eth0.arp_notify") == "1"
     ok(rt.run(1, "check", c1, "ctr-1"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane import api, lab, netlink
+from dataplane import api, lab, linkgso, netlink
 from dataplane.node import Node
 from tests.integration.conftest import make_lab, wait_for
 from tests.runtimes import IMAGE, DockerLab, require_runtimes
@@ -17,7 +17,8 @@ NETS = {"net1": (300, "10.30.0.0/24"), "net2": (301, "10.31.0.0/24")}
 
 @pytest.fixture(scope="module")
 def info():
-    yield from make_lab(2, [256], per_host=0, registry="sqlite")
+    # BIG TCP uplinks: containers must inherit the limit through the driver too.
+    yield from make_lab(2, [256], per_host=0, registry="sqlite", gso_max_size=linkgso.BIG_TCP_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,9 @@ def test_containers_reach_each_other_across_hosts_and_networks_stay_apart(engine
     assert a2.startswith("10.30.0.") and b2.startswith("10.31.0.")
     out = ping(e1, "a1", a2)
     assert "3 packets received" in out, out
+    pid = e1.docker("inspect", "-f", "{{.State.Pid}}", "a1").stdout.strip()
+    assert linkgso.gso_ipv4_max(f"/proc/{pid}/ns/net", "eth0") == linkgso.BIG_TCP_SIZE, \
+        "the container inherits the uplink's limit"
 
     # Isolation, made as hard as possible: a1 is told b2's address is on its
     # own link and what b2's MAC is, so frames go straight to it on VNI 300.

@@ -88,6 +88,18 @@ def decode(pcap: str, vxlan_port: int = 4789) -> list[dict]:
     return rows
 
 
+def during(netns: str, ifname: str, bpf_filter: str, fn) -> tuple[list[dict], list[str]]:
+    """Capture while fn() runs: each frame as decode() and as inner_protocols()
+    read it. The pcap file is gone afterwards, whatever fn did."""
+    cap = Capture(netns, ifname, bpf_filter)
+    try:
+        fn()
+        pcap = cap.stop()
+        return decode(pcap), inner_protocols(pcap)
+    finally:
+        cap.remove()
+
+
 def inner_protocols(pcap: str) -> list[str]:
     """The protocol stack of each frame (frame.protocols), e.g. eth:ethertype:ip:udp:vxlan:eth:ethertype:ip:icmp."""
     r = subprocess.run(["tshark", "-r", pcap, "-n", "-T", "fields", "-e", "frame.protocols"],

@@ -26,14 +26,11 @@ def test_endpoints_inherit_the_uplink_limit(info):
 def test_super_packets_cross_whole_and_decode_clean(info):
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     before = stats("dpl-h1", 256)
-    cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, f"udp port 4789 and src host {lab.vtep_ip(1)}")
-    try:
+
+    def transfer():
         assert tcp_transfer(b["name"], a["name"], b["ip"], 16 << 20) == 16 << 20
-        pcap = cap.stop()
-        rows = capture.decode(pcap)
-        protos = capture.inner_protocols(pcap)
-    finally:
-        cap.remove()
+    rows, protos = capture.during(lab.UNDERLAY_NS, lab.BRIDGE, f"udp port 4789 and src host {lab.vtep_ip(1)}",
+                                  transfer)
     after = stats("dpl-h1", 256)
     assert after["drops"] == before["drops"]
     big = [r for r in rows if int(r["frame.len"]) > 14 + 0xFFFF]

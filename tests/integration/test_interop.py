@@ -45,13 +45,11 @@ def test_tcp_both_ways_with_the_kernel_vtep(info):
 def test_mixed_capture_is_clean(info):
     a, kv = sandbox(info, "h1", VNI), info["kv"]
     before = stats(lab.host_ns(1), VNI)
-    cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, "udp port 4789")
-    try:
+
+    def traffic():
         assert ping(a["name"], kv["ip"], count=2)[0] == 2
         assert tcp_transfer(kv["sandbox"], a["name"], kv["ip"], 1 << 20, port=5302) == 1 << 20
-        rows = capture.decode(cap.stop())
-    finally:
-        cap.remove()
+    rows, _ = capture.during(lab.UNDERLAY_NS, lab.BRIDGE, "udp port 4789", traffic)
     ours = [r for r in rows if r["ip.src"] == lab.vtep_ip(1)]
     theirs = [r for r in rows if r["ip.src"] == KV_VTEP]
     assert ours and theirs

@@ -110,19 +110,15 @@ def test_capture_is_clean_vxlan_for_tshark(info):
     super-packets, ARP broadcast replicated to each peer, on each VNI."""
     a, b, c = (sandbox(info, h, 256) for h in ("h1", "h2", "h3"))
     x, y = sandbox(info, "h1", 257), sandbox(info, "h2", 257)
-    cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, "udp port 4789")
-    try:
+
+    def traffic():
         netlink.ns_exec(a["name"], ["ip", "neigh", "flush", "dev", "eth0"])
         netlink.ns_exec(x["name"], ["ip", "neigh", "flush", "dev", "eth0"])
         assert ping(a["name"], b["ip"])[0] == 3
         assert ping(c["name"], a["ip"])[0] == 3
         assert ping(x["name"], y["ip"])[0] == 3
         assert tcp_transfer(b["name"], a["name"], b["ip"], 1 << 20) == 1 << 20
-        pcap = cap.stop()
-        rows = capture.decode(pcap)
-        protos = capture.inner_protocols(pcap)
-    finally:
-        cap.remove()
+    rows, protos = capture.during(lab.UNDERLAY_NS, lab.BRIDGE, "udp port 4789", traffic)
     vx = [r for r in rows if r["vxlan.vni"]]
     assert len(vx) == len(rows) > 10
     assert {r["vxlan.vni"] for r in vx} == {"256", "257"}

@@ -79,7 +79,11 @@ def cmd_up(args):
     c = st["config"]
     nets = ", ".join(f"{v} ({n['subnet']}, mtu {n['mtu']})" for v, n in sorted(st["networks"].items(), key=lambda x: int(x[0])))
     where = f"; host {st['host_name']} in registry {st['registry']}" if st.get("registry") else ""
-    print(f"up: node {st['node']} VTEP {c['local_ip']}:{c['port']} on {c['underlay']}; VNIs {nets or '(from registry)'}{where}")
+    gso = st.get("uplink_gso_max", linkgso.LEGACY_MAX)
+    big = f"; IPv4 BIG TCP: endpoints send up to {gso}-byte packets, as {c['underlay']} does" \
+        if gso > linkgso.LEGACY_MAX else ""
+    print(f"up: node {st['node']} VTEP {c['local_ip']}:{c['port']} on {c['underlay']}; "
+          f"VNIs {nets or '(from registry)'}{where}{big}")
 
 
 def _ensure_networks(url: str, vnis: list[int], args) -> list[str]:

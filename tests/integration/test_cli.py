@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dataplane import fastpath, netlink, state
+from dataplane import fastpath, linkgso, netlink, state
 from tests.conftest import require_privileges
 from tests.integration.conftest import DATAPLANE, dp, dp_json
 
@@ -121,3 +121,21 @@ def test_down_one_vni_keeps_the_other(host):
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [0, 256]
     assert not netlink.ns_exists("dpl-e2")
     dp("--netns", host, "down")
+
+
+def test_endpoints_inherit_an_uplink_with_big_tcp(host):
+    """A user who turned BIG TCP on for the uplink sees it at `up`, and each
+    endpoint created afterwards builds packets as large; a 64 KB uplink leaves
+    endpoints at the default."""
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    dp("--netns", host, "endpoint", "add", "dpl-e3", "--vni", "256")
+    assert linkgso.gso_ipv4_max("dpl-e3", "eth0") == linkgso.LEGACY_MAX
+    linkgso.set_gso_ipv4_max(host, "ul0", linkgso.BIG_TCP_SIZE)
+    out = dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry").stdout
+    assert f"endpoints send up to {linkgso.BIG_TCP_SIZE}-byte packets" in out
+    dp("--netns", host, "endpoint", "add", "dpl-e4", "--vni", "256")
+    assert linkgso.gso_ipv4_max("dpl-e4", "eth0") == linkgso.BIG_TCP_SIZE
+    ep = next(e for e in dp_json("--netns", host, "endpoint", "list") if e["name"] == "dpl-e4")
+    assert linkgso.gso_ipv4_max(host, ep["host_ifname"]) == linkgso.BIG_TCP_SIZE
+    dp("--netns", host, "down")
+    assert not netlink.ns_exists("dpl-e3") and not netlink.ns_exists("dpl-e4")

@@ -9,7 +9,7 @@ machine with `perf record -a -g` for the middle seconds of the run. Writes
 bench/results/profile-<workload>.md: the figure measured meanwhile, the
 top symbols by self time and, for dataplane, each of our programs' runs and
 nanoseconds per run from the kernel's BPF statistics (kernel.bpf_stats_enabled,
-on only for the run), so a missed target is explained by a profile. The lab
+on for the run, then as it was), so a missed target is explained by a profile. The lab
 is bench.run's: BIG TCP at --gso-max-size for routing and dataplane.
 Needs Debian's linux-perf and bpftool (scripts/bootstrap.sh installs them)."""
 
@@ -68,6 +68,8 @@ def profile(name: str, mode: str, a: dict, b: dict, seconds: int, tmp: str) -> t
     t.start()
     time.sleep(1.5)
     data = os.path.join(tmp, f"{name}-{mode}.data")
+    with open(BPF_STATS) as f:
+        was = f.read().strip()
     with open(BPF_STATS, "w") as f:
         f.write("1")
     try:
@@ -77,7 +79,7 @@ def profile(name: str, mode: str, a: dict, b: dict, seconds: int, tmp: str) -> t
         progs = _prog_table(before, _prog_times(), time.monotonic() - t0)
     finally:
         with open(BPF_STATS, "w") as f:
-            f.write("0")
+            f.write(was)  # as it was: someone else may be counting too
     t.join()
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
                           "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True, check=True).stdout

@@ -16,11 +16,6 @@ def sh(*argv: str) -> None:
     lab.run_checked(list(argv))
 
 
-def _big(ns: str, ifname: str, gso: int) -> None:
-    if gso > linkgso.LEGACY_MAX:
-        linkgso.set_gso_ipv4_max(ns, ifname, gso)
-
-
 def _uplink(h: int, mode: str, ip: str, gso: int = linkgso.LEGACY_MAX) -> str:
     """Host h gets uplink <mode[0]>ul0 on its own bridge br-<mode> in the underlay namespace."""
     ns, br, dev, port = lab.host_ns(h), f"br-{mode}", f"{mode[0]}ul0", f"{mode[0]}ul-h{h}"
@@ -29,8 +24,7 @@ def _uplink(h: int, mode: str, ip: str, gso: int = linkgso.LEGACY_MAX) -> str:
         sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", br, "up")
     sh("ip", "-n", lab.UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
     sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", port, "master", br, "up")
-    _big(lab.UNDERLAY_NS, port, gso)
-    _big(ns, dev, gso)
+    linkgso.set_veth(gso, (lab.UNDERLAY_NS, port), (ns, dev))
     netlink.link_up(ns, dev, ip, 24)
     return dev
 
@@ -42,8 +36,7 @@ def _sandbox(name: str, host_ns: str, host_if: str, ip: str, prefix: int, mtu: i
     sh("ip", "-n", host_ns, "link", "add", host_if, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
        "netns", name, "mtu", str(mtu))
     sh("ip", "-n", host_ns, "link", "set", host_if, "up")
-    _big(host_ns, host_if, gso)
-    _big(name, "eth0", gso)
+    linkgso.set_veth(gso, (host_ns, host_if), (name, "eth0"))
     netlink.link_up(name, "lo")
     netlink.link_up(name, "eth0", ip, prefix)
 

@@ -44,7 +44,8 @@ def _prog_times() -> dict[int, tuple[str, int, int]]:
 def _prog_table(before: dict, after: dict, seconds: float) -> str:
     rows = ["| program (id) | runs/s | ns per run | % of one CPU |", "|---|---|---|---|"]
     for pid, (name, ns, cnt) in sorted(after.items(), key=lambda kv: kv[1][0]):
-        d_ns, d_cnt = ns - before.get(pid, (name, 0, 0))[1], cnt - before.get(pid, (name, 0, 0))[2]
+        _, ns0, cnt0 = before.get(pid, (name, 0, 0))
+        d_ns, d_cnt = ns - ns0, cnt - cnt0
         if d_cnt:
             rows.append(f"| {name} ({pid}) | {d_cnt / seconds:,.0f} | {d_ns / d_cnt:.0f} | "
                         f"{100 * d_ns / (seconds * 1e9):.1f} |")

@@ -134,9 +134,7 @@ def underlay_host(ns: str, port: str, ifname: str, ip: str, gso_max_size: int = 
     netlink.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns])
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
-    if gso_max_size > linkgso.LEGACY_MAX:
-        linkgso.set_gso_ipv4_max(UNDERLAY_NS, port, gso_max_size)
-        linkgso.set_gso_ipv4_max(ns, ifname, gso_max_size)
+    linkgso.set_veth(gso_max_size, (UNDERLAY_NS, port), (ns, ifname))
     netlink.link_up(ns, "lo")
     netlink.link_up(ns, ifname, ip, VTEP_NET.prefixlen)
 

@@ -91,6 +91,14 @@ def gso_ipv4_max(netns: str | None, ifname: str) -> int:
         raise KernelError(f"read GSO size of {ifname}: {e.strerror}") from None
 
 
+def set_veth(size: int, end: tuple[str | None, str], peer: tuple[str | None, str]) -> None:
+    """Both ends (netns, ifname) of a new veth get the limit size. At 64 KB
+    there is nothing to set: a new link starts there."""
+    if size > LEGACY_MAX:
+        for netns, ifname in (end, peer):
+            set_gso_ipv4_max(netns, ifname, size)
+
+
 def set_gso_ipv4_max(netns: str | None, ifname: str, size: int) -> None:
     """Let the link build and take IPv4 GSO/GRO packets of up to size bytes."""
     try:

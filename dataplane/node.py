@@ -425,20 +425,25 @@ class Node:
         if "netns" in sb:          # CNI: straight into the runtime's namespace
             if not netlink.ns_path_exists(sb["netns"]):
                 raise NotFound(f"network namespace {sb['netns']} does not exist")
-            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, sb["netns"], sb["ifname"], ep.mac, mtu)
+            inner = (sb["netns"], sb["ifname"])
+            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, *inner, ep.mac, mtu)
             netlink.link_up(sb["netns"], sb["ifname"], ep.ip, prefixlen)
             netlink.routes_add(sb["netns"], sb["ifname"], routes)
         elif "peer" in sb:         # Docker: the engine moves and addresses the peer
-            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, self.netns, sb["peer"], ep.mac, mtu)
+            inner = (self.netns, sb["peer"])
+            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, *inner, ep.mac, mtu)
         else:
             netlink.ns_create(ep.name)
             for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
                 netlink.sysctl(ep.name, key, "1")
-            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, ep.name, "eth0", ep.mac, mtu)
+            inner = (ep.name, "eth0")
+            ep.ifindex = netlink.veth_create(self.netns, ep.host_ifname, *inner, ep.mac, mtu)
             netlink.link_up(ep.name, "lo")
             netlink.link_up(ep.name, "eth0", ep.ip, prefixlen)
         netlink.sysctl(self.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
-        self._inherit_gso(st, ep)
+        # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
+        # path carries them whole, and a larger limit would only make the uplink segment.
+        linkgso.set_veth(st.get("uplink_gso_max", linkgso.LEGACY_MAX), (self.netns, ep.host_ifname), inner)
         with self._maps() as m:
             val = _S["dp_endpoint"](vni=ep.vni, ip=_be32(ep.ip))
             ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
@@ -452,23 +457,6 @@ class Node:
             netlink.tc_attach(self.netns, ep.ifindex, fd, "from_endpoint")
         finally:
             os.close(fd)
-
-    def _inherit_gso(self, st: dict, ep: model.Endpoint) -> None:
-        """An endpoint builds GSO packets as large as the uplink sends (BIG TCP
-        when the uplink has it): the fast path carries them whole, so a larger
-        limit would only make the uplink segment in software."""
-        size = st.get("uplink_gso_max", linkgso.LEGACY_MAX)
-        if size <= linkgso.LEGACY_MAX:
-            return
-        sb = ep.sandbox or {}
-        if "netns" in sb:
-            inner = (sb["netns"], sb["ifname"])
-        elif "peer" in sb:
-            inner = (self.netns, sb["peer"])
-        else:
-            inner = (ep.name, "eth0")
-        linkgso.set_gso_ipv4_max(self.netns, ep.host_ifname, size)
-        linkgso.set_gso_ipv4_max(*inner, size)
 
     def _destroy_endpoint(self, st: dict, ep: dict) -> None:
         """Undo an endpoint, whatever part of it exists. Safe to call twice."""

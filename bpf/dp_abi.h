@@ -126,7 +126,7 @@ struct dp_config {
 /* dp_networks: key __u32 VNI (host order). */
 struct dp_network {
 	__u32 mtu;                           /* endpoint MTU: underlay MTU - DP_ENCAP_LEN */
-	__u32 flags;
+	__u32 slot;                          /* index of the VNI's counters in dp_stats, 1.. (0: no VNI) */
 	__u32 n_local;                       /* used slots in dp_local_ports for this VNI */
 	__u32 n_flood;                       /* used slots in dp_flood for this VNI */
 };
@@ -136,7 +136,8 @@ struct dp_endpoint {
 	__u32 vni;
 	__be32 ip;
 	__u8 mac[6];
-	__u16 flags;
+	__u16 pad;                           /* always zero */
+	__u32 slot;                          /* the network's dp_stats slot (dp_network.slot) */
 };
 
 /* Key of dp_local_macs (value __u32 ifindex), dp_fdb and dp_learned. */
@@ -180,7 +181,11 @@ struct dp_nexthop {
 	__u64 updated_ns;                    /* dp_now_ns() timebase: last resolved (or primed by the agent) */
 };
 
-/* dp_stats (per CPU): key __u32 VNI; key 0 holds what belongs to no VNI. */
+/*
+ * dp_stats (per-CPU array): index = a network's slot, given by the control plane
+ * and carried in dp_network and dp_endpoint so the fast path reaches its counters
+ * without a hash lookup. Slot 0 holds what belongs to no VNI.
+ */
 struct dp_stats {
 	__u64 rx_packets;                    /* decapsulated and delivered */
 	__u64 rx_bytes;                      /* inner frame bytes */

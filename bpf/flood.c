@@ -10,19 +10,26 @@
 int flood_endpoint(struct __sk_buff *skb)
 {
 	__u32 vni = skb->cb[0];
+	struct dp_network *net = dp_networks.lookup(&vni);
 	struct dp_config *cfg = config_get();
-	int ret = cfg ? flood(skb, cfg, vni, skb->cb[1], skb->cb[2]) : -DP_DROP_NO_CONFIG;
+	int ret;
 
-	return tc_exit(vni, ret);
+	if (!net)
+		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
+	ret = cfg ? flood(skb, cfg, net, vni, skb->cb[1], skb->cb[2]) : -DP_DROP_NO_CONFIG;
+	return tc_exit(net->slot, ret);
 }
 
 int flood_overlay(struct __sk_buff *skb)
 {
 	__u32 vni = skb->cb[0];
 	struct dp_network *net = dp_networks.lookup(&vni);
-	__u32 n = net ? flood_local(skb, vni, net->n_local, 0) : 0;
+	__u32 n;
 
+	if (!net)
+		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
+	n = flood_local(skb, net, vni, 0);
 	if (n)
-		STAT_ADD(vni, rx_packets, rx_bytes, skb->cb[1]);
-	return tc_exit(vni, n ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
+		STAT_ADD(net->slot, rx_packets, rx_bytes, skb->cb[1]);
+	return tc_exit(net->slot, n ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
 }

@@ -9,11 +9,12 @@
  */
 
 static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg,
-				      __u32 vni, __u32 ifindex, int is_ip)
+				      const struct dp_endpoint *ep, __u32 ifindex, int is_ip)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	__u32 vni = ep->vni;
 	struct dp_mac_key k = { .vni = vni };
 	__u32 *oif;
 	__be32 vtep;
@@ -30,20 +31,20 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 
 		if (to == ifindex)
 			return -DP_DROP_NO_DESTINATION;
-		STAT_ADD(vni, local_packets, local_bytes, skb->len);
+		STAT_ADD(ep->slot, local_packets, local_bytes, skb->len);
 		/* redirect_peer skips the veth's backlog; it needs skb->protocol right, so IP only. */
 		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
 	}
 	vtep = fdb_lookup(&k, cfg);
 	if (!vtep) {
-		if (punt(skb, vni, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
+		if (punt(skb, vni, ep->slot, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
 			return DP_CONSUMED;
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
 	}
-	return encap_unicast(skb, cfg, vni, vtep, is_ip);
+	return encap_unicast(skb, cfg, vni, ep->slot, vtep, is_ip);
 }
 
-static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *vni_out)
+static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *slot_out)
 {
 	__u32 ifindex = skb->ingress_ifindex;
 	struct dp_endpoint *ep = dp_endpoints.lookup(&ifindex);
@@ -55,7 +56,7 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *vn
 
 	if (!ep)
 		return -DP_DROP_NO_ENDPOINT;
-	*vni_out = ep->vni;
+	*slot_out = ep->slot;
 	cfg = config_get();
 	if (!cfg)
 		return -DP_DROP_NO_CONFIG;
@@ -86,13 +87,13 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *vn
 	} else {
 		return -DP_DROP_UNSUPPORTED_L3;
 	}
-	return l2_forward(skb, cfg, *vni_out, ifindex, is_ip);
+	return l2_forward(skb, cfg, ep, ifindex, is_ip);
 }
 
 int from_endpoint(struct __sk_buff *skb)
 {
-	__u32 vni = 0;
-	int ret = handle_from_endpoint(skb, &vni);
+	__u32 slot = 0;
+	int ret = handle_from_endpoint(skb, &slot);
 
-	return tc_exit(vni, ret);
+	return tc_exit(slot, ret);
 }

@@ -7,8 +7,8 @@
  * inner source learned, decapsulated and put straight into the sandbox.
  */
 
-static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, const struct vx_info *vx,
-					 int inner_is_ip)
+static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, __u32 slot,
+					 const struct vx_info *vx, int inner_is_ip)
 {
 	struct dp_mac_key k = { .vni = vni };
 	__u32 *oif;
@@ -19,11 +19,12 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, const
 	oif = dp_local_macs.lookup(&k);
 	if (!oif)
 		return -DP_DROP_UNKNOWN_DST;
+	STAT_ADD(slot, rx_packets, rx_bytes, vx->inner_len);
 	/* Non-IP frames go through the veth so the sandbox re-parses skb->protocol. */
 	return inner_is_ip ? bpf_redirect_peer(*oif, 0) : bpf_redirect(*oif, 0);
 }
 
-static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out)
+static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out, __u32 *slot_out)
 {
 	struct dp_config *cfg = config_get();
 	struct dp_mac_key self = {};
@@ -44,7 +45,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 	*vni_out = vx.vni;
-	ret = vxlan_admit(cfg, &vx);
+	ret = vxlan_admit(cfg, &vx, slot_out);
 	if (ret)
 		return ret;
 
@@ -67,16 +68,16 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 		return -DP_DROP_HELPER;
 	__builtin_memcpy(data, &vx.inner, ETH_HLEN);
 
-	ret = deliver_inner(skb, vx.vni, &vx, inner_is_ip);
-	if (ret >= 0)
-		STAT_ADD(vx.vni, rx_packets, rx_bytes, vx.inner_len);
-	return ret;
+	return deliver_inner(skb, vx.vni, *slot_out, &vx, inner_is_ip);
 }
 
 int from_overlay(struct __sk_buff *skb)
 {
-	__u32 vni = 0;
-	int ret = handle_from_overlay(skb, &vni);
+	__u32 vni = 0, slot = 0;
+	int ret = handle_from_overlay(skb, &vni, &slot);
 
-	return tc_exit(vni, ret);
+	/* A frame dropped before its VNI was admitted still counts there if the VNI is ours. */
+	if (ret < 0 && !slot && vni)
+		slot = vni_slot(vni);
+	return tc_exit(slot, ret);
 }

@@ -13,15 +13,16 @@ int xdp_guard(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct dp_config *cfg = config_get();
 	struct vx_info vx = {};
+	__u32 slot = 0;
 	int ret;
 
 	if (!cfg)
 		return XDP_PASS;
 	ret = vxlan_parse_cfg(data, end, end - data, cfg, &vx);
 	if (ret == 0)
-		ret = vxlan_admit(cfg, &vx);
+		ret = vxlan_admit(cfg, &vx, &slot);
 	if (ret < 0) {
-		count_drop(vx.vni, -ret);
+		count_drop(slot ? slot : vni_slot(vx.vni), -ret);
 		return XDP_DROP;
 	}
 	return XDP_PASS;

@@ -20,7 +20,7 @@ OBJ_PIN, OBJ_GET, OBJ_GET_INFO_BY_FD = 6, 7, 15
 MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 26, 27
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
-MAP_TYPES = {"hash": 1, "array": 2, "prog": 3, "percpu_hash": 5, "lru_hash": 9, "ringbuf": 27}
+MAP_TYPES = {"hash": 1, "array": 2, "prog": 3, "percpu_hash": 5, "percpu_array": 6, "lru_hash": 9, "ringbuf": 27}
 
 
 class _Attr(ctypes.Structure):

@@ -120,6 +120,7 @@ class Network:
     vni: int
     subnet: str
     mtu: int
+    slot: int = 0      # index of its counters in dp_stats (1..DP_MAP_NETWORKS-1)
 
     def to_dict(self) -> dict:
         return asdict(self)

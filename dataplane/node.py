@@ -23,6 +23,7 @@ from .errors import Conflict, DataplaneError, KernelError, NotFound, NotPermitte
 from .maps import NodeMaps
 
 _S = abi.load().structs
+_C = abi.load().constants
 _E = abi.load().enums
 HOST_NODE = "host"
 
@@ -173,9 +174,6 @@ class Node:
         try:
             with self._maps() as m:
                 self._write_config(m, st)
-                zero = ctypes.c_uint32(0)
-                if m.dp_stats.get(zero) is None:
-                    m.dp_stats.put(zero, m.dp_stats.zero())
                 for vni in vnis:
                     self._add_network(m, st, vni, subnet)
                 # New programs go in by replacing the filters in place: no moment without one.
@@ -206,14 +204,24 @@ class Node:
     def _add_network(self, m: NodeMaps, st: dict, vni: int, subnet) -> None:
         key = str(vni)
         if key not in st["networks"]:
+            slot = self._free_slot(st)
             net = model.Network(vni=vni, subnet=str(subnet or model.default_subnet(vni)),
-                                mtu=st["uplink_mtu"] - model.ENCAP_LEN)
+                                mtu=st["uplink_mtu"] - model.ENCAP_LEN, slot=slot)
+            m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())  # a reused slot starts at zero
             st["networks"][key] = net.to_dict()
             st["peers"].setdefault(key, [])
         self._sync_network(m, st, vni)
-        k = ctypes.c_uint32(vni)
-        if m.dp_stats.get(k) is None:
-            m.dp_stats.put(k, m.dp_stats.zero())
+
+    @staticmethod
+    def _free_slot(st: dict) -> int:
+        """The lowest dp_stats slot no network holds; 0 belongs to 'no VNI'."""
+        used = {n["slot"] for n in st["networks"].values()}
+        size = (st.get("map_sizes") or {}).get("DP_MAP_NETWORKS", _C["DP_MAP_NETWORKS"])
+        slot = next((i for i in range(1, size) if i not in used), None)
+        if slot is None:
+            raise UsageError(f"this node already serves {size - 1} networks, the most its maps hold "
+                             "(DP_MAP_NETWORKS)")
+        return slot
 
     def _sync_network(self, m: NodeMaps, st: dict, vni: int) -> None:
         """Rewrite the VNI's entry, its local-port and flood slots from the state.
@@ -227,7 +235,8 @@ class Node:
         for i, ip in enumerate(vteps):
             m.dp_flood.put(_slot(vni, i), ctypes.c_uint32(_be32(ip)))
             m.dp_vteps.put(_ip_key(vni, ip), ctypes.c_uint32(i))
-        net = _S["dp_network"](mtu=st["networks"][key]["mtu"], n_local=len(ports), n_flood=len(vteps))
+        net = _S["dp_network"](mtu=st["networks"][key]["mtu"], slot=st["networks"][key]["slot"],
+                               n_local=len(ports), n_flood=len(vteps))
         m.dp_networks.put(ctypes.c_uint32(vni), net)
         if old is not None:
             for i in range(len(ports), old.n_local):
@@ -445,7 +454,7 @@ class Node:
         # path carries them whole, and a larger limit would only make the uplink segment.
         linkgso.set_veth(st.get("uplink_gso_max", linkgso.LEGACY_MAX), (self.netns, ep.host_ifname), inner)
         with self._maps() as m:
-            val = _S["dp_endpoint"](vni=ep.vni, ip=_be32(ep.ip))
+            val = _S["dp_endpoint"](vni=ep.vni, ip=_be32(ep.ip), slot=st["networks"][str(ep.vni)]["slot"])
             ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
             m.dp_endpoints.put(ctypes.c_uint32(ep.ifindex), val)
             m.dp_local_macs.put(_mac_key(ep.vni, ep.mac), ctypes.c_uint32(ep.ifindex))
@@ -529,9 +538,9 @@ class Node:
                 self._sync_network(m, st, vni)
                 del st["peers"][str(vni)]
                 st["flooded"].pop(str(vni), None)
-                del st["networks"][str(vni)]
+                slot = st["networks"].pop(str(vni))["slot"]
                 m.dp_networks.delete(ctypes.c_uint32(vni))
-                m.dp_stats.delete(ctypes.c_uint32(vni))
+                m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())
 
     def _teardown(self, st: dict, quiet: bool) -> None:
         errors = []
@@ -589,8 +598,12 @@ class Node:
         counters = [n for n, _ in _S["dp_stats"]._fields_ if n != "drops"]
         rows = []
         with self._maps() as m:
-            for k, percpu in m.dp_stats.items():
-                row = {"vni": k.value}
+            slots = [(0, 0)] + [(k.value, net.slot) for k, net in m.dp_networks.items()]
+            for vni, slot in slots:
+                percpu = m.dp_stats.get(ctypes.c_uint32(slot))
+                if percpu is None:
+                    continue
+                row = {"vni": vni}
                 for c in counters:
                     row[c] = sum(getattr(cpu, c) for cpu in percpu)
                 row["drops"] = {names[i]: total for i in range(len(names))

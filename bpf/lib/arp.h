@@ -35,7 +35,7 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct
 	k.ip = target;
 	m = dp_neigh.lookup(&k);
 	if (!m)
-		return punt(skb, ep->vni, ifindex, DP_PUNT_ARP_MISS) == 0 ? DP_CONSUMED : 0;
+		return punt(skb, ep->vni, ep->slot, ifindex, DP_PUNT_ARP_MISS) == 0 ? DP_CONSUMED : 0;
 
 	/* Turn the request into its reply in place and send it back. */
 	mac_copy(eth->h_dest, eth->h_source);
@@ -46,7 +46,7 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct
 	mac_copy(arp->sha, m->mac);
 	arp->spa = target;
 
-	struct dp_stats *s = stats_get(ep->vni);
+	struct dp_stats *s = stats_get(ep->slot);
 	if (s)
 		s->arp_replies++;
 	return bpf_redirect(ifindex, 0);

@@ -14,26 +14,40 @@ static long (*dp_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 fl
 /*
  * The inner flow's hash (wire.h says which words), read before the frame
  * changes. inner_is_ip: from_endpoint checked version 4 and ihl >= 5.
+ * Headers in the linear head (every locally built TCP/UDP packet) are read in
+ * place; bpf_skb_load_bytes, a helper call per read, only for the rest.
  */
 static __always_inline __u32 skb_flow_hash(struct __sk_buff *skb, int inner_is_ip)
 {
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *iph = data + ETH_HLEN;
 	__u32 w[4] = {};
 	struct iphdr ip;
 
 	if (!inner_is_ip) {
-		if (bpf_skb_load_bytes(skb, 0, w, 12))
+		if (data + 12 <= end)
+			__builtin_memcpy(w, data, 12);
+		else if (bpf_skb_load_bytes(skb, 0, w, 12))
 			w[0] = w[1] = w[2] = 0;
 		return dp_flow_hash4(w[0], w[1], w[2], 0);
 	}
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+	if ((void *)(iph + 1) <= end)
+		__builtin_memcpy(&ip, iph, sizeof(ip));
+	else if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
 		return dp_flow_hash4(0, 0, 0, 0);
 	w[0] = ip.saddr;
 	w[1] = ip.daddr;
 	w[2] = ip.protocol;
 	if (!(ip.frag_off & bpf_htons(DP_IP_MF | DP_IP_OFFSET)) &&
-	    (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) &&
-	    bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &w[3], 4))
-		w[3] = 0;
+	    (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP)) {
+		__u32 l4 = ETH_HLEN + (ip.ihl & 0xf) * 4;
+
+		if (data + l4 + 4 <= end)
+			__builtin_memcpy(&w[3], data + l4, 4);
+		else if (bpf_skb_load_bytes(skb, l4, &w[3], 4))
+			w[3] = 0;
+	}
 	return dp_flow_hash4(w[0], w[1], w[2], w[3]);
 }
 
@@ -136,7 +150,7 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
 
 /* Encapsulate toward one VTEP and send it out of the uplink. */
 static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_config *cfg,
-					 __u32 vni, __be32 vtep, int inner_is_ip)
+					 __u32 vni, __u32 slot, __be32 vtep, int inner_is_ip)
 {
 	struct dp_network *net = dp_networks.lookup(&vni);
 	struct dp_nexthop *nh;
@@ -155,7 +169,7 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip);
 	if (ret < 0)
 		return ret;
-	STAT_ADD(vni, tx_packets, tx_bytes, len);
+	STAT_ADD(slot, tx_packets, tx_bytes, len);
 	if (nh)
 		return bpf_redirect(nh->ifindex, 0);
 	return dp_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);

@@ -15,9 +15,11 @@
  */
 
 /* Copies to the local endpoints of vni except the one it came from; returns how many. */
-static __always_inline __u32 flood_local(struct __sk_buff *skb, __u32 vni, __u32 n_local, __u32 except)
+static __always_inline __u32 flood_local(struct __sk_buff *skb, const struct dp_network *net, __u32 vni,
+					 __u32 except)
 {
-	struct dp_stats *s = stats_get(vni);
+	struct dp_stats *s = stats_get(net->slot);
+	__u32 n_local = net->n_local;
 	__u32 len = skb->len;
 	__u64 before;
 
@@ -45,9 +47,11 @@ static __always_inline __u32 flood_local(struct __sk_buff *skb, __u32 vni, __u32
  * The frame already carries outer headers; send one copy per VTEP of the VNI.
  * Uses the next-hop cache only: the unicast path and the control plane fill it.
  */
-static __always_inline __u32 flood_remote(struct __sk_buff *skb, __u32 vni, __u32 n_flood, __u32 inner_len)
+static __always_inline __u32 flood_remote(struct __sk_buff *skb, const struct dp_network *net, __u32 vni,
+					  __u32 inner_len)
 {
-	struct dp_stats *s = stats_get(vni);
+	struct dp_stats *s = stats_get(net->slot);
+	__u32 n_flood = net->n_flood;
 	__u64 before;
 
 	if (!s)
@@ -88,18 +92,14 @@ static __always_inline __u32 flood_remote(struct __sk_buff *skb, __u32 vni, __u3
 	return s->tx_packets - before;
 }
 
-static __always_inline int flood(struct __sk_buff *skb, const struct dp_config *cfg, __u32 vni,
-				 __u32 from_ifindex, int inner_is_ip)
+static __always_inline int flood(struct __sk_buff *skb, const struct dp_config *cfg,
+				 const struct dp_network *net, __u32 vni, __u32 from_ifindex, int inner_is_ip)
 {
-	struct dp_network *net = dp_networks.lookup(&vni);
-	__u32 n_flood, sent, len;
+	__u32 sent, len;
 	int ret;
 
-	if (!net)
-		return -DP_DROP_UNKNOWN_VNI;
-	n_flood = net->n_flood;
-	sent = flood_local(skb, vni, net->n_local, from_ifindex);
-	if (n_flood == 0)
+	sent = flood_local(skb, net, vni, from_ifindex);
+	if (net->n_flood == 0)
 		return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
 
 	len = skb->len;
@@ -107,9 +107,9 @@ static __always_inline int flood(struct __sk_buff *skb, const struct dp_config *
 	ret = encap_push(skb, cfg, NULL, 0, vni, len, inner_is_ip);
 	if (ret < 0)
 		return ret;
-	sent += flood_remote(skb, vni, n_flood, len);
+	sent += flood_remote(skb, net, vni, len);
 
-	struct dp_stats *s = stats_get(vni);
+	struct dp_stats *s = stats_get(net->slot);
 	if (s)
 		s->flooded++;
 	return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;

@@ -33,8 +33,8 @@ BPF_TABLE_PINNED("hash", struct dp_ip_key, __u32, dp_vteps, DP_MAP_VTEPS, DP_PIN
 BPF_TABLE_PINNED("hash", __be32, struct dp_nexthop, dp_nexthops, DP_MAP_NEXTHOPS, DP_PIN(dp_nexthops));
 /* tail-call targets, enum dp_tail */
 BPF_TABLE_PINNED("prog", __u32, __u32, dp_tail, DP_TAIL_MAX, DP_PIN(dp_tail));
-/* VNI -> counters, per CPU; entries created by the control plane only */
-BPF_TABLE_PINNED("percpu_hash", __u32, struct dp_stats, dp_stats, DP_MAP_NETWORKS, DP_PIN(dp_stats));
+/* network slot -> counters, per CPU (slot 0: no VNI); an array, so no packet can add entries */
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_stats, dp_stats, DP_MAP_NETWORKS, DP_PIN(dp_stats));
 
 /*
  * Misses punted to the agent (struct dp_punt records). bcc 0.26 has no pinned

@@ -14,13 +14,26 @@ static __always_inline int vxlan_parse_cfg(void *data, void *end, __u32 pkt_len,
 	return vxlan_parse(data, end, pkt_len, cfg->local_ip, cfg->port, vx);
 }
 
-/* Policy on a well-formed VXLAN frame: known VNI, known peer, sane inner source. */
-static __always_inline int vxlan_admit(const struct dp_config *cfg, const struct vx_info *vx)
+/* The counters' slot of a VNI we serve, 0 (no VNI) otherwise. */
+static __always_inline __u32 vni_slot(__u32 vni)
+{
+	struct dp_network *net = dp_networks.lookup(&vni);
+
+	return net ? net->slot : 0;
+}
+
+/*
+ * Policy on a well-formed VXLAN frame: known VNI, known peer, sane inner source.
+ * *slot: the VNI's counters, set once the VNI is known to be ours.
+ */
+static __always_inline int vxlan_admit(const struct dp_config *cfg, const struct vx_info *vx, __u32 *slot)
 {
 	__u32 vni = vx->vni;
+	struct dp_network *net = dp_networks.lookup(&vni);
 
-	if (!dp_networks.lookup(&vni))
+	if (!net)
 		return -DP_DROP_UNKNOWN_VNI;
+	*slot = net->slot;
 	if (cfg->flags & DP_CFG_PEER_CHECK) {
 		struct dp_ip_key k = { .vni = vni, .ip = vx->saddr };
 

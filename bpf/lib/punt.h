@@ -10,10 +10,10 @@
 #define DP_PUNT_H
 
 /* 0: the frame is the agent's now (drop it here). Negative: flood it as before. */
-static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 ifindex, __u32 reason)
+static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __u32 ifindex, __u32 reason)
 {
 	struct dp_config *cfg = config_get();
-	struct dp_stats *s = stats_get(vni);
+	struct dp_stats *s = stats_get(slot);
 	struct dp_punt *p;
 	__u64 len;  /* 64 bits: a 32-bit copy is zero-extended into a register the verifier does not link */
 

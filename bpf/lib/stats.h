@@ -1,26 +1,22 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * stats.h - per-VNI, per-CPU counters and the single exit of each program.
+ * Counters are found by the network's slot (dp_network.slot, dp_endpoint.slot),
+ * an array index: no hash lookup per packet. Slot 0 collects what has no VNI.
  */
 #ifndef DP_STATS_H
 #define DP_STATS_H
 
 _Static_assert(DP_DROP_MAX <= DP_DROP_SLOTS, "dp_stats.drops too small for enum dp_drop");
 
-static __always_inline struct dp_stats *stats_get(__u32 vni)
+static __always_inline struct dp_stats *stats_get(__u32 slot)
 {
-	struct dp_stats *s = dp_stats.lookup(&vni);
-
-	if (!s) {
-		__u32 none = 0;
-		s = dp_stats.lookup(&none);
-	}
-	return s;
+	return dp_stats.lookup(&slot);
 }
 
-static __always_inline void count_drop(__u32 vni, int reason)
+static __always_inline void count_drop(__u32 slot, int reason)
 {
-	struct dp_stats *s = stats_get(vni);
+	struct dp_stats *s = stats_get(slot);
 
 	__u32 r = reason;
 
@@ -32,9 +28,9 @@ static __always_inline void count_drop(__u32 vni, int reason)
 	s->drops[r & (DP_DROP_SLOTS - 1)]++;
 }
 
-#define STAT_ADD(vni, pk, by, len)                    \
+#define STAT_ADD(slot, pk, by, len)                   \
 	do {                                          \
-		struct dp_stats *__s = stats_get(vni); \
+		struct dp_stats *__s = stats_get(slot); \
 		if (__s) {                            \
 			__s->pk++;                    \
 			__s->by += (len);             \
@@ -42,14 +38,14 @@ static __always_inline void count_drop(__u32 vni, int reason)
 	} while (0)
 
 /* One exit for tc programs: count the drop reason, map our codes to TC actions. */
-static __always_inline int tc_exit(__u32 vni, int ret)
+static __always_inline int tc_exit(__u32 slot, int ret)
 {
 	if (ret == DP_PASS)
 		return TC_ACT_OK;
 	if (ret == DP_CONSUMED)
 		return TC_ACT_STOLEN;
 	if (ret < 0) {
-		count_drop(vni, -ret);
+		count_drop(slot, -ret);
 		return TC_ACT_SHOT;
 	}
 	return ret;

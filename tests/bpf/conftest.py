@@ -63,15 +63,26 @@ class Harness:
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,
             fdb_age_ns=300 * 10**9))
 
+    def slot(self, vni: int) -> int:
+        """The dp_stats slot of vni (0 for no VNI), given out as the control plane does."""
+        if vni not in self.slots:
+            self.slots[vni] = max(self.slots.values()) + 1
+        return self.slots[vni]
+
+    def network(self, vni: int, mtu: int = 1450, **kw):
+        """A dp_network entry for vni, carrying its counters' slot."""
+        return self.S["dp_network"](mtu=mtu, slot=self.slot(vni), **kw)
+
     def baseline(self):
         m, S = self.maps, self.S
         self.configure()
-        for vni in (0, VNI, OTHER_VNI):
-            m.dp_stats.put(ctypes.c_uint32(vni), m.dp_stats.zero())
+        self.slots = {0: 0}
         for vni in (VNI, OTHER_VNI):
-            m.dp_networks.put(ctypes.c_uint32(vni), S["dp_network"](mtu=1450, n_local=0, n_flood=0))
+            m.dp_networks.put(ctypes.c_uint32(vni), self.network(vni, n_local=0, n_flood=0))
+        for vni in (0, VNI, OTHER_VNI):
+            m.dp_stats.put(ctypes.c_uint32(self.slot(vni)), m.dp_stats.zero())
         for ifx, mac, ip in ((EP_IFINDEX, EP_MAC, EP_IP), (EP2_IFINDEX, EP2_MAC, EP2_IP)):
-            ep = S["dp_endpoint"](vni=VNI, ip=be32(ip))
+            ep = S["dp_endpoint"](vni=VNI, ip=be32(ip), slot=self.slot(VNI))
             ctypes.memmove(ep.mac, bytes.fromhex(mac.replace(":", "")), 6)
             m.dp_endpoints.put(ctypes.c_uint32(ifx), ep)
             m.dp_local_macs.put(self.mac_key(VNI, mac), ctypes.c_uint32(ifx))
@@ -99,7 +110,7 @@ class Harness:
         return r.retval, r.data
 
     def stats(self, vni: int) -> dict:
-        per = self.maps.dp_stats.get(ctypes.c_uint32(vni))
+        per = self.maps.dp_stats.get(ctypes.c_uint32(self.slot(vni)))
         out = {n: sum(getattr(c, n) for c in per) for n, _ in self.S["dp_stats"]._fields_ if n != "drops"}
         out["drops"] = [sum(c.drops[i] for c in per) for i in range(self.abi.constants["DP_DROP_SLOTS"])]
         return out

@@ -85,6 +85,6 @@ def test_full_ring_falls_back_to_flooding(hx, ring):
 
 def test_oversized_frame_is_not_punted(hx, ring):
     frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"g" * 1600))
-    hx.maps.dp_networks.put(ctypes.c_uint32(VNI), hx.S["dp_network"](mtu=9000))
+    hx.maps.dp_networks.put(ctypes.c_uint32(VNI), hx.network(VNI, mtu=9000))
     ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
     assert ret == TC_ACT_SHOT and ring.read(0) == []

@@ -96,8 +96,9 @@ def set_vni(hx, vni: int):
     m, S = hx.maps, hx.S
     ep = m.dp_endpoints.get(ctypes.c_uint32(EP_IFINDEX))
     ep.vni = vni
+    ep.slot = hx.slot(vni)
     m.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), ep)
-    m.dp_networks.put(ctypes.c_uint32(vni), S["dp_network"](mtu=1450))
+    m.dp_networks.put(ctypes.c_uint32(vni), hx.network(vni))
     m.dp_fdb.put(hx.mac_key(vni, REMOTE_MAC), S["dp_fdb_entry"](vtep=be32(PEER_IP), flags=1))
 
 

@@ -27,7 +27,6 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, __u32
 static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out, __u32 *slot_out)
 {
 	struct dp_config *cfg = config_get();
-	struct dp_mac_key self = {};
 	struct vx_info vx = {};
 	void *data, *end;
 	int inner_is_ip;
@@ -49,11 +48,9 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 
-	self.vni = vx.vni;
-	mac_copy(self.mac, vx.inner.h_source);
-	if (dp_local_macs.lookup(&self))
-		return -DP_DROP_MAC_CONFLICT;
-	fdb_learn(vx.vni, vx.inner.h_source, vx.saddr);
+	ret = fdb_learn(vx.vni, vx.inner.h_source, vx.saddr);
+	if (ret)
+		return ret;
 
 	inner_is_ip = vx.inner.h_proto == bpf_htons(ETH_P_IP);
 	flags = BPF_F_ADJ_ROOM_FIXED_GSO;

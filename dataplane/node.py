@@ -458,6 +458,8 @@ class Node:
             ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
             m.dp_endpoints.put(ctypes.c_uint32(ep.ifindex), val)
             m.dp_local_macs.put(_mac_key(ep.vni, ep.mac), ctypes.c_uint32(ep.ifindex))
+            # The fast path skips its MAC-conflict check for a fresh learned entry: the MAC is ours now.
+            m.dp_learned.delete(_mac_key(ep.vni, ep.mac))
             nv = _S["dp_mac"]()
             ctypes.memmove(nv.mac, model.mac_bytes(ep.mac), 6)
             m.dp_neigh.put(_ip_key(ep.vni, ep.ip), nv)

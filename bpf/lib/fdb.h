@@ -20,11 +20,16 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
 }
 
 /*
- * Record that {vni, smac} sits behind vtep. An unchanged entry is rewritten at
- * most every DP_LEARN_REFRESH_NS so a busy flow does not write the map per packet;
- * a MAC that moved is rewritten at once.
+ * Record that {vni, smac} sits behind vtep, unless smac is one of our own
+ * endpoints' (a remote frame claiming it is dropped: -DP_DROP_MAC_CONFLICT).
+ * An unchanged entry is rewritten at most every DP_LEARN_REFRESH_NS so a busy
+ * flow does not write the map per packet; a MAC that moved is rewritten at once.
+ * Only a write is preceded by the check against dp_local_macs: an entry that is
+ * fresh and unchanged was checked when it was written, and the control plane
+ * deletes the learned entry of a MAC when it gives that MAC to a local endpoint.
+ * So the common frame costs one lookup here, not two.
  */
-static __always_inline void fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
+static __always_inline int fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
 {
 	struct dp_mac_key k = { .vni = vni };
 	struct dp_fdb_entry *e;
@@ -33,9 +38,12 @@ static __always_inline void fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
 	mac_copy(k.mac, smac);
 	e = dp_learned.lookup(&k);
 	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS)
-		return;
+		return 0;
+	if (dp_local_macs.lookup(&k))
+		return -DP_DROP_MAC_CONFLICT;
 	struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
 	dp_learned.update(&k, &fresh);
+	return 0;
 }
 
 #endif /* DP_FDB_H */

@@ -2,6 +2,7 @@
 (XDP): the same table must get the same verdicts from both."""
 
 import ctypes
+import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -41,6 +42,32 @@ def test_learning_and_mac_move(hx):
     moved = hx.maps.dp_learned.get(key)
     assert moved.vtep == be32(OTHER_PEER_IP), "a MAC that moved is re-learned at once"
     assert moved.last_seen_ns >= first
+
+
+def test_mac_conflict_checked_whenever_the_learned_entry_would_be_written(hx):
+    """The conflict check runs before every learned-entry write and is skipped
+    only for a fresh, unchanged entry; the control plane deletes a MAC's learned
+    entry when a local endpoint takes it (node.py), closing that window."""
+    mac = "02:42:0a:01:00:79"
+    key = hx.mac_key(VNI, mac)
+    frame = good_frame(inner_src=mac)[0]
+    idx = int(hx.drop.DP_DROP_MAC_CONFLICT)
+    assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_REDIRECT
+    assert hx.maps.dp_learned.get(key) is not None
+    # A local endpoint takes the MAC, as node._create_endpoint does it.
+    hx.maps.dp_local_macs.put(key, ctypes.c_uint32(EP_IFINDEX))
+    hx.maps.dp_learned.delete(key)
+    before = hx.stats(VNI)["drops"][idx]
+    assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_SHOT
+    assert hx.stats(VNI)["drops"][idx] == before + 1
+    assert hx.maps.dp_learned.get(key) is None, "a conflicting source is never learned"
+    # An entry due for its refresh, and a fresh one naming another VTEP, are checked again too.
+    for vtep, stamp in ((PEER_IP, 1), (OTHER_PEER_IP, time.monotonic_ns())):
+        e = hx.S["dp_fdb_entry"](vtep=be32(vtep), last_seen_ns=stamp)
+        hx.maps.dp_learned.put(key, e)
+        assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_SHOT
+    hx.maps.dp_local_macs.delete(key)
+    hx.maps.dp_learned.delete(key)
 
 
 def test_learned_entry_is_used_for_encapsulation_then_ages_out(hx):

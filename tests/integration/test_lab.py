@@ -188,3 +188,29 @@ def test_endpoint_add_and_rm_on_a_live_host(info):
         dp("--netns", "dpl-h3", "endpoint", "rm", "dpl-extra")
     assert not netlink.ns_exists("dpl-extra")
     assert all(e["name"] != "dpl-extra" for e in dp_json("--netns", "dpl-h3", "endpoint", "list"))
+
+
+def test_mac_taken_by_a_local_endpoint_stops_being_learned(info):
+    """h3 has learned h1's sandbox MAC from its traffic. An endpoint on h3 that
+    takes that MAC deletes the learned entry (the fast path only re-checks for
+    conflicts when it would write one), and h1's frames carrying it are then
+    dropped on h3 as mac_conflict."""
+    a, c = sandbox(info, "h1", 256), sandbox(info, "h3", 256)
+    assert ping(a["name"], c["ip"])[0] == 3
+    learned = [r for r in dp_json("--netns", "dpl-h3", "fdb", "list")
+               if r["mac"] == a["mac"] and r["vni"] == 256]
+    assert [r["state"] for r in learned] == ["learned"], learned
+    dp("--netns", "dpl-h3", "endpoint", "add", "dpl-twin", "--vni", "256", "--ip", "10.1.0.98", "--mac", a["mac"])
+    try:
+        rows = [r for r in dp_json("--netns", "dpl-h3", "fdb", "list") if r["mac"] == a["mac"] and r["vni"] == 256]
+        assert [r["where"] for r in rows] == ["local"], rows
+        before = stats("dpl-h3", 256)["drops"].get("mac_conflict", 0)
+        ping(a["name"], c["ip"], count=2)
+        assert stats("dpl-h3", 256)["drops"].get("mac_conflict", 0) >= before + 2
+    finally:
+        dp("--netns", "dpl-h3", "endpoint", "rm", "dpl-twin")
+    # h3 learns h1's MAC again once the twin is gone.
+    for _ in range(3):
+        if ping(a["name"], c["ip"], count=1)[0] == 1:
+            break
+    assert ping(a["name"], c["ip"])[0] == 3

@@ -3,13 +3,15 @@ plain routing, in one lab and one run, modes alternating round by round.
 
     make bench            # or: .venv/bin/python -m bench.run [--rounds N] [--seconds S]
 
-Figures per mode: single- and 4-stream TCP (iperf3), 64-byte packet rate
+Figures per mode: single-stream TCP (iperf3; --tcp-repeats runs per round,
+the modes taking turns run by run), 4-stream TCP, 64-byte packet rate
 with the C generator (csrc/gen.c: AF_PACKET sendmmsg in one sandbox, a
 counter in the other), whole-machine CPU time per packet during that run,
 and latency p50/p99 (sockperf ping-pong, round trip).
 
-Writes bench/results/latest.json, latest.md (medians and ratios, with the
-machine, kernel and TCP congestion control they came from) and latest.png
+Writes bench/results/latest.json (every sample), latest.md (medians, and
+ratios with a 95% bootstrap interval, with the machine, kernel and TCP
+congestion control they came from) and latest.png
 (needs matplotlib: the `bench` extra); --out NAME writes NAME.* instead."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -103,8 +106,11 @@ def latency_us(a: dict, b: dict, seconds: int = 3) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/run")
     p.add_argument("--rounds", type=int, default=9,
-                   help="single-stream TCP swings 20-30 Gbit/s run to run on 2 vCPUs: 9 rounds steady the medians")
+                   help="rounds; every mode runs each workload in each round")
     p.add_argument("--seconds", type=int, default=4, help="length of each TCP run")
+    p.add_argument("--tcp-repeats", type=int, default=3,
+                   help="single-stream TCP runs per mode and round, the modes taking turns run by run: "
+                        "the noisiest figure gets the most samples")
     p.add_argument("--cc", help="TCP congestion control for iperf3 (default: the kernel's; the ratios "
                    "depend on it: BBR paces, cubic does not)")
     p.add_argument("--out", default="latest", help="results name: bench/results/NAME.{json,md,png}")
@@ -113,6 +119,8 @@ def main(argv=None) -> int:
                    help="IPv4 GSO limit (BIG TCP above 65536) of the routing and dataplane paths; the kernel "
                         "vxlan path stays at 65536, the most it carries")
     args = p.parse_args(argv)
+    if min(args.rounds, args.seconds, args.tcp_repeats) < 1:
+        p.error("--rounds, --seconds and --tcp-repeats must be at least 1")
 
     lab.down()
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
@@ -126,27 +134,44 @@ def main(argv=None) -> int:
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
         for r in range(args.rounds):
             order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
+            single: dict[str, list[float]] = {m: [] for m in order}
+            for i in range(args.tcp_repeats):
+                for mode in (order if i % 2 == 0 else tuple(reversed(order))):
+                    single[mode].append(tcp(*pairs[mode], args.seconds, cc=args.cc))
             for mode in order:
                 a, b = pairs[mode]
-                got = {"tcp_gbps": tcp(a, b, args.seconds, cc=args.cc),
-                       "tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
+                got = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
                 got["pps64"], got["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
                 got["lat_p50_us"], got["lat_p99_us"] = latency_us(a, b)
+                samples[mode]["tcp_gbps"].extend(single[mode])
                 for k, v in got.items():
                     samples[mode][k].append(v)
-                print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {got['tcp_gbps']:5.2f}/{got['tcp4_gbps']:5.2f} "
-                      f"Gbit/s (1/4 streams)  64B {got['pps64'] / 1e3:6.0f} kpps {got['cpu_ns_per_pkt']:5.0f} ns/pkt  "
-                      f"RTT p50/p99 {got['lat_p50_us']:.1f}/{got['lat_p99_us']:.1f} us", file=sys.stderr, flush=True)
+                print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {'/'.join(f'{x:.2f}' for x in single[mode])} "
+                      f"(1 stream) {got['tcp4_gbps']:5.2f} (4) Gbit/s  64B {got['pps64'] / 1e3:6.0f} kpps "
+                      f"{got['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {got['lat_p50_us']:.1f}/{got['lat_p99_us']:.1f} us",
+                      file=sys.stderr, flush=True)
     finally:
         lab.down()
 
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
     ours = med["dataplane"]
     ratios = {f"vs_{m}": {k: ours[k] / med[m][k] for k in ours} for m in ("vxlan", "routing")}
-    result = {"machine": machine(), "args": vars(args), "samples": samples, "median": med, "ratios": ratios}
+    ci = {f"vs_{m}": {k: ratio_ci(samples["dataplane"][k], samples[m][k]) for k in ours} for m in ("vxlan", "routing")}
+    result = {"machine": machine(), "args": vars(args), "samples": samples, "median": med, "ratios": ratios,
+              "ratio_ci95": ci}
     save(result, table(result), args.out)
     chart(result, args.out)
     return 0
+
+
+def ratio_ci(ours: list[float], theirs: list[float], n: int = 4000, seed: int = 1) -> tuple[float, float]:
+    """95% interval of median(ours) / median(theirs), by bootstrap: both sample
+    sets resampled with replacement n times (a fixed seed, so a result file
+    always gives the same interval)."""
+    rng = random.Random(seed)
+    r = sorted(statistics.median(rng.choices(ours, k=len(ours))) /
+               statistics.median(rng.choices(theirs, k=len(theirs))) for _ in range(n))
+    return r[int(0.025 * n)], r[int(0.975 * n) - 1]
 
 
 def save(result: dict, md: str, name: str) -> None:
@@ -204,16 +229,22 @@ def _gso_note(size: int) -> str:
 
 
 def table(res: dict) -> str:
-    m, med, rat = res["machine"], res["median"], res["ratios"]
+    m, med, rat, ci = res["machine"], res["median"], res["ratios"], res.get("ratio_ci95")
+    reps = res["args"].get("tcp_repeats", 1)
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB; {m['date']}; "
-           f"medians of {res['args']['rounds']} alternating rounds; 2 hosts as namespaces on veth + bridge underlays; "
+           f"medians of {res['args']['rounds']} alternating rounds ({reps} single-stream TCP runs per mode and round); "
+           f"ratios with their 95% bootstrap interval; 2 hosts as namespaces on veth + bridge underlays; "
            f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}; "
            f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}.", "",
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
     for k, name, fmt, scale in METRICS:
         vals = [fmt.format(med[x][k] * scale) for x in ("routing", "vxlan", "dataplane")]
-        out.append(f"| {name} | {' | '.join(vals)} | {rat['vs_vxlan'][k]:.2f}x | {rat['vs_routing'][k]:.2f}x |")
+        cells = []
+        for vs in ("vs_vxlan", "vs_routing"):
+            lo_hi = f" ({ci[vs][k][0]:.2f}-{ci[vs][k][1]:.2f})" if ci else ""
+            cells.append(f"{rat[vs][k]:.2f}x{lo_hi}")
+        out.append(f"| {name} | {' | '.join(vals)} | {' | '.join(cells)} |")
     return "\n".join(out) + "\n"
 
 

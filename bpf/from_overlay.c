@@ -73,8 +73,5 @@ int from_overlay(struct __sk_buff *skb)
 	__u32 vni = 0, slot = 0;
 	int ret = handle_from_overlay(skb, &vni, &slot);
 
-	/* A frame dropped before its VNI was admitted still counts there if the VNI is ours. */
-	if (ret < 0 && !slot && vni)
-		slot = vni_slot(vni);
-	return tc_exit(slot, ret);
+	return tc_exit(ret < 0 ? drop_slot(slot, vni) : slot, ret);
 }

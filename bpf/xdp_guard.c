@@ -22,7 +22,7 @@ int xdp_guard(struct xdp_md *ctx)
 	if (ret == 0)
 		ret = vxlan_admit(cfg, &vx, &slot);
 	if (ret < 0) {
-		count_drop(slot ? slot : vni_slot(vx.vni), -ret);
+		count_drop(drop_slot(slot, vx.vni), -ret);
 		return XDP_DROP;
 	}
 	return XDP_PASS;

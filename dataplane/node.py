@@ -540,9 +540,8 @@ class Node:
                 self._sync_network(m, st, vni)
                 del st["peers"][str(vni)]
                 st["flooded"].pop(str(vni), None)
-                slot = st["networks"].pop(str(vni))["slot"]
-                m.dp_networks.delete(ctypes.c_uint32(vni))
-                m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())
+                del st["networks"][str(vni)]
+                m.dp_networks.delete(ctypes.c_uint32(vni))  # its slot is zeroed when a network takes it next
 
     def _teardown(self, st: dict, quiet: bool) -> None:
         errors = []

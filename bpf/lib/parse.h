@@ -14,11 +14,17 @@ static __always_inline int vxlan_parse_cfg(void *data, void *end, __u32 pkt_len,
 	return vxlan_parse(data, end, pkt_len, cfg->local_ip, cfg->port, vx);
 }
 
-/* The counters' slot of a VNI we serve, 0 (no VNI) otherwise. */
-static __always_inline __u32 vni_slot(__u32 vni)
+/*
+ * Where a dropped uplink frame is counted: slot, when vxlan_admit set it; else
+ * the slot of the frame's VNI if we serve it; else 0 (no VNI). Drop path only.
+ */
+static __always_inline __u32 drop_slot(__u32 slot, __u32 vni)
 {
-	struct dp_network *net = dp_networks.lookup(&vni);
+	struct dp_network *net;
 
+	if (slot || !vni)
+		return slot;
+	net = dp_networks.lookup(&vni);
 	return net ? net->slot : 0;
 }
 

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Installs everything dataplane needs on a fresh Debian 12 machine, as root.
+# Installs what dataplane needs on a fresh Debian 12 machine, as root.
+#   bootstrap.sh        a developer's or CI's machine: the host's needs, the test tools and
+#                       real runtimes (Docker, CNI, etcd), and the checkout installed editable
+#                       into .venv with its test and bench extras (`make test`, `make demo`).
+#   bootstrap.sh host   a host that runs dataplane: only what it needs at run time (bcc, the
+#                       kernel headers bcc compiles against, bpffs, iproute2, a C compiler for
+#                       the C helper), and the package installed (not editable) into .venv.
 # Every step checks first, so a second run only verifies; it prints one line per step.
 set -euo pipefail
+
+mode=${1:-dev}
+case "$mode" in dev|host) ;; *) printf 'usage: bootstrap.sh [dev|host]\n' >&2; exit 2 ;; esac
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 venv="$top/.venv"
@@ -13,15 +22,20 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (BPF, namespaces and apt need it)"
 
-apt_pkgs=(
-  python3-bpfcc libbpfcc bpftool        # bcc 0.26 for Debian's /usr/bin/python3
+host_pkgs=(
+  python3-bpfcc libbpfcc                # bcc 0.26 for Debian's /usr/bin/python3
   linux-headers-amd64                   # bcc needs a kernel header tree to compile against
-  python3-venv python3-dev gcc make libffi-dev
-  iproute2 iputils-ping ethtool tcpdump tshark iperf3 sockperf linux-perf
-  etcd-server busybox-static
+  python3-venv python3-dev gcc libffi-dev  # the venv and the C helper (cffi) it builds
+  iproute2                              # `ip netns exec`, used for commands inside a namespace
+)
+test_pkgs=(
+  bpftool make iputils-ping ethtool tcpdump tshark iperf3 sockperf linux-perf
+  etcd-server busybox-static            # the registry cluster and the Docker test image
   docker.io containernetworking-plugins # the real runtimes the Docker driver and CNI plugin are tested under
   golang-go golang-github-appc-cni-dev  # builds tests/cni/cnirun.go on the real libcni, offline
 )
+apt_pkgs=("${host_pkgs[@]}")
+[ "$mode" = dev ] && apt_pkgs+=("${test_pkgs[@]}")
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -79,14 +93,24 @@ fi
 # The C helper (csrc/) is compiled by the install, so its sources are part of the key.
 reqhash=$(cat "$top/pyproject.toml" "$top/setup.py" "$top"/csrc/*.[ch] "$top"/csrc/*.py \
           "$top/bpf/dp_abi.h" "$top/bpf/lib/wire.h" | sha256sum | cut -c1-16)
+if [ "$mode" = host ]; then
+  # A host runs the installed package: the sources are copied in, so any change means a reinstall.
+  reqhash=$(cd "$top" && git ls-files -s 2>/dev/null | sha256sum | cut -c1-16)-host
+fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$reqhash" ]; then
-  say "installing dataplane, its Python dependencies and the C helper into the venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -e "$top[test,bench]"
+  if [ "$mode" = dev ]; then
+    say "installing dataplane (editable), its test and bench tools and the C helper into the venv"
+    "$venv/bin/pip" install -q -e "$top[test,bench]"
+  else
+    say "installing dataplane and the C helper into the venv"
+    "$venv/bin/pip" install -q "$top"
+  fi
   echo "$reqhash" > "$stamp"
 else
   say "venv up to date"
 fi
-"$venv/bin/python" -c 'import bcc, pyroute2, scapy, dataplane._cwire' \
-  || die "venv cannot import bcc/pyroute2/scapy/the C helper"
-say "ready"
+check='import bcc, pyroute2, dataplane._cwire'
+[ "$mode" = dev ] && check="$check, scapy"
+"$venv/bin/python" -c "$check" || die "the venv cannot run: $check"
+say "ready ($mode)"

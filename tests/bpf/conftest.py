@@ -38,8 +38,9 @@ def be32(ip: str) -> int:
 
 class Harness:
     def __init__(self, pin_dir: str):
-        from dataplane import abi, cwire, fastpath
-        from dataplane.maps import NodeMaps
+        from dataplane.core import abi, cwire
+        from dataplane.kernel import loader as fastpath
+        from dataplane.kernel.maps import NodeMaps
 
         self.abi = abi.load()
         self.S = self.abi.structs
@@ -55,13 +56,13 @@ class Harness:
         ctypes.memmove(k.mac, bytes.fromhex(mac.replace(":", "")), 6)
         return k
 
-    def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False):
+    def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9):
         f = self.abi.enums["dp_cfg_flag"]
         flags = (int(f.DP_CFG_PEER_CHECK) if peer_check else 0) | (int(f.DP_CFG_PUNT_MISS) if punt else 0)
         self.maps.dp_config.put(ctypes.c_uint32(0), self.S["dp_config"](
             local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,
-            fdb_age_ns=300 * 10**9))
+            fdb_age_ns=fdb_age_ns))
 
     def slot(self, vni: int) -> int:
         """The dp_stats slot of vni (0 for no VNI), given out as the control plane does."""
@@ -123,7 +124,7 @@ class Harness:
 @pytest.fixture(scope="session")
 def harness():
     require_privileges()
-    from dataplane import fastpath
+    from dataplane.kernel import loader as fastpath
 
     pin_dir = os.path.join(fastpath.PIN_ROOT, f"test-{os.getpid()}")
     h = None

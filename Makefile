@@ -7,7 +7,7 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap
-	@$(PY) -m dataplane.cli lab demo
+	@$(PY) -m lab demo
 
 test: bootstrap
 	@$(PY) -m pytest tests -q -p no:cacheprovider

@@ -7,7 +7,8 @@ and underlay bridge so no mode's traffic crosses another's programs:
 
 from __future__ import annotations
 
-from dataplane import lab, linkgso, netlink
+from lab import topology as lab
+from dataplane.kernel import gso as linkgso, netlink
 
 MODES = ("routing", "vxlan", "dataplane")
 

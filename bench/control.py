@@ -26,8 +26,10 @@ import tempfile
 import time
 
 from bench.run import machine, save
-from dataplane import agentctl, api, etcd_server, lab, netlink
-from dataplane.keys import mac_key
+from dataplane.agent import process as agentctl, client as api
+from lab import etcd as etcd_server, topology as lab
+from dataplane.kernel import netlink
+from dataplane.core.keys import mac_key
 from dataplane.node import Node
 from dataplane.registry import Host, open_registry
 
@@ -77,7 +79,7 @@ def populate(url: str, n: int) -> float:
 
 def converge(url: str, n: int) -> list[float]:
     """ms from the registry write (before the call) to the entry in the node's dp_fdb."""
-    maps = Node(NS)._maps()
+    maps = Node(NS).maps()
 
     def work():
         reg = open_registry(url)

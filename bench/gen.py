@@ -19,7 +19,7 @@ import json
 import socket
 import sys
 
-from dataplane import cwire
+from dataplane.core import cwire
 
 
 DISCARD_PORT = 9  # RFC 863; the frames' UDP destination and the counter's sink

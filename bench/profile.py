@@ -27,7 +27,8 @@ import time
 
 from bench import baselines
 from bench.run import OUT, latency_us, machine, pps64, tcp
-from dataplane import fastpath, lab, linkgso
+from dataplane.kernel import loader as fastpath, gso as linkgso
+from lab import topology as lab
 
 TOP = 18
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"

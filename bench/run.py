@@ -27,8 +27,9 @@ import sys
 import time
 
 from bench import baselines
-from dataplane import lab, linkgso
-from dataplane.traffic import iperf, ping
+from lab import topology as lab
+from dataplane.kernel import gso as linkgso
+from lab.traffic import iperf, ping
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

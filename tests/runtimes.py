@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from dataplane import procs
+from dataplane.core import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = "/run/docker/plugins"

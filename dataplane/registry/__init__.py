@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from ..errors import UsageError
-from .kv import Compacted, Unavailable
-from .records import Endpoint, Host, Network
-from .store import Change, Registry, Snapshot, change
+from dataplane.core.errors import UsageError
+from dataplane.registry.kv import Compacted, Unavailable
+from dataplane.registry.records import Endpoint, Host, Network
+from dataplane.registry.store import Change, Registry, Snapshot, change
 
 BUILTIN_URL = "sqlite:///var/lib/dataplane/registry.db"
 DEFAULT_URL = os.environ.get("DATAPLANE_REGISTRY") or BUILTIN_URL
@@ -39,7 +39,7 @@ def parse_url(url: str) -> tuple[str, object]:
 def open_registry(url: str | None = None) -> Registry:
     kind, where = parse_url(url or DEFAULT_URL)
     if kind == "sqlite":
-        from .kv_sqlite import SqliteKV  # noqa: PLC0415
+        from dataplane.registry.kv_sqlite import SqliteKV  # noqa: PLC0415
         return Registry(SqliteKV(where))
-    from .kv_etcd import EtcdKV  # noqa: PLC0415
+    from dataplane.registry.kv_etcd import EtcdKV  # noqa: PLC0415
     return Registry(EtcdKV(where))

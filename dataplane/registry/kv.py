@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import DataplaneError
+from dataplane.core.errors import DataplaneError
 
 
 class Unavailable(DataplaneError):

@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 
-from .kv import KV, Compacted, Event, Item, Txn, Unavailable
+from dataplane.registry.kv import KV, Compacted, Event, Item, Txn, Unavailable
 
 TIMEOUT_S = 3.0
 

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 
-from .kv import KV, Compacted, Event, Item, Txn, Unavailable
+from dataplane.registry.kv import KV, Compacted, Event, Item, Txn, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,

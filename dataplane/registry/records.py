@@ -9,8 +9,8 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from .. import model
-from ..errors import UsageError
+from dataplane.core import model
+from dataplane.core.errors import UsageError
 
 MTU_DEFAULT = 1500 - model.ENCAP_LEN
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

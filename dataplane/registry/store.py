@@ -15,10 +15,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .. import model
-from ..errors import Conflict, NotFound, UsageError
-from .kv import KV, Event, Txn
-from .records import Endpoint, Host, Network, parse_endpoint_id
+from dataplane.core import model
+from dataplane.core.errors import Conflict, NotFound, UsageError
+from dataplane.registry.kv import KV, Event, Txn
+from dataplane.registry.records import Endpoint, Host, Network, parse_endpoint_id
 
 PREFIX = "/dataplane/"
 ALLOC_ATTEMPTS = 64

@@ -5,7 +5,7 @@ import ctypes
 
 import pytest
 
-from dataplane.maps import SPECS
+from dataplane.kernel.maps import SPECS
 
 
 def _layout(t):
@@ -32,7 +32,7 @@ def test_map_layout_matches_bcc(harness, name):
 
 
 def test_pinned_maps_have_expected_entries(harness):
-    from dataplane import bpfsys
+    from dataplane.kernel import bpfsys
     for name, spec in SPECS.items():
         info = bpfsys.map_info(harness.maps.__getattr__(name).fd)
         assert info.max_entries == spec.max_entries({}), name

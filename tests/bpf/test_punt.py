@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dataplane.ringbuf import RingReader
+from dataplane.kernel.ringbuf import RingReader
 from tests import packets as P
 from tests.bpf.conftest import EP_IFINDEX, EP_IP, EP_MAC, TC_ACT_SHOT, TC_ACT_STOLEN, VNI
 

@@ -13,12 +13,15 @@ import pytest
 from tests.conftest import require_privileges
 
 DATAPLANE = [sys.executable, "-m", "dataplane.cli"]
+LAB = [sys.executable, "-m", "lab"]     # the checkout's lab (tests run from the repository root)
 
 
 def dp(*args, check=True, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(DATAPLANE + list(args), capture_output=True, text=True, **kw)
+    """`dataplane ARGS`, or `python -m lab ARGS` when the first is "lab"."""
+    argv = LAB + list(args[1:]) if args[:1] == ("lab",) else DATAPLANE + list(args)
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
     if check and r.returncode:
-        raise AssertionError(f"dataplane {' '.join(args)} exited {r.returncode}: {r.stderr}")
+        raise AssertionError(f"{' '.join(argv[2:])} exited {r.returncode}: {r.stderr}")
     return r
 
 
@@ -27,7 +30,9 @@ def dp_json(*args):
 
 
 def leftovers() -> list[str]:
-    from dataplane import fastpath, lab, netlink, state
+    from dataplane.kernel import loader as fastpath, netlink
+    from lab import topology as lab
+    from dataplane.core import state
     out = [f"netns {n}" for n in netlink.ns_list() if n.startswith(lab.PREFIX)]
     if os.path.isdir(fastpath.PIN_ROOT):
         out += [f"pin {p}" for p in os.listdir(fastpath.PIN_ROOT) if p.startswith(lab.PREFIX)]
@@ -47,7 +52,7 @@ def leftovers() -> list[str]:
 
 def make_lab(hosts, vnis, **kw):
     require_privileges()
-    from dataplane import lab
+    from lab import topology as lab
     lab.down()
     try:
         lab.up(hosts, vnis, **kw)
@@ -74,8 +79,8 @@ def sandbox(info, host, vni):
 
 
 def stats(netns, vni):
-    from dataplane.node import Node
-    return next(s for s in Node(netns).stats() if s["vni"] == vni)
+    from dataplane.node import Node, readout
+    return next(s for s in readout.stats(Node(netns)) if s["vni"] == vni)
 
 
 def in_ns(netns: str, code: str, *args) -> subprocess.CompletedProcess:

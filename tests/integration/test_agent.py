@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from dataplane import abi, agentctl, api, netlink
-from dataplane.keys import be32, mac_key
-from dataplane.node import Node
+from dataplane.core import abi
+from dataplane.agent import process as agentctl, client as api
+from dataplane.kernel import netlink
+from dataplane.core.keys import be32, mac_key
+from dataplane.node import Node, readout
 from dataplane.registry import Host, open_registry
 from tests.integration.conftest import dp, dp_json, wait_for
 from tests.integration.test_cli import host  # noqa: F401 - the namespace-with-uplink fixture
@@ -37,7 +39,7 @@ def test_full_fdb_map_is_an_error_and_a_counter_then_recovers(host, reg_url):  #
         for ep in eps[:3]:
             reg.endpoint_rm(ep.id)
         want = {e.mac for e in eps[3:]} | {reg.endpoint_create("r6", "vni256", "other").mac}
-        remote = lambda: {r["mac"] for r in Node(host).fdb() if r["where"] == "198.18.1.2"}  # noqa: E731
+        remote = lambda: {r["mac"] for r in readout.fdb(Node(host)) if r["where"] == "198.18.1.2"}  # noqa: E731
         assert wait_for(lambda: remote() == want), "freed room is used: nothing stays lost"
     finally:
         reg.close()
@@ -48,7 +50,7 @@ def test_full_fdb_map_is_an_error_and_a_counter_then_recovers(host, reg_url):  #
 def test_agent_ages_learned_entries(host, reg_url):  # noqa: F811
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", reg_url, "--fdb-age", "2")
     S = abi.load().structs
-    with Node(host)._maps() as m:
+    with Node(host).maps() as m:
         now = time.monotonic_ns()
         for i, age_s in enumerate((10, 0)):
             v = S["dp_fdb_entry"](vtep=be32("198.18.1.2"), last_seen_ns=now - age_s * 1_000_000_000)
@@ -66,7 +68,7 @@ def test_registry_cli_and_json(host, reg_url):  # noqa: F811
     r = dp("network", "create", "red", "--vni", "0", "--registry", reg_url, check=False)
     assert r.returncode == 2 and "bad VNI" in r.stderr
     dp("--netns", host, "up", "--underlay", "ul0", "--registry", reg_url, "--host-name", "me")
-    assert wait_for(lambda: "300" in Node(host).state()["networks"]), "the agent serves registry networks"
+    assert wait_for(lambda: 300 in Node(host).state().networks), "the agent serves registry networks"
     dp("--netns", host, "endpoint", "add", "dpl-b1", "--network", "blue")
     eps = dp_json("--netns", host, "endpoint", "list")
     assert [(e["id"], e["network"], e["vni"], e["host"], e["ip"]) for e in eps] == \
@@ -91,15 +93,38 @@ def test_registry_cli_and_json(host, reg_url):  # noqa: F811
 
 def test_sqlite_lab_converges_across_hosts():
     from tests.integration.conftest import make_lab
-    from dataplane.traffic import ping
+    from lab.traffic import ping
     gen = make_lab(2, [256], per_host=1, registry="sqlite", lease_ttl=3)
     info = next(gen)
     try:
         dp("--netns", "dpl-h1", "endpoint", "add", "dpl-sq1", "--vni", "256")
         ep = next(e for e in dp_json("--netns", "dpl-h2", "endpoint", "list") if e["id"] == "dpl-sq1")
         assert wait_for(lambda: any(r["mac"] == ep["mac"] and r["where"] == "198.18.0.1"
-                                    for r in Node("dpl-h2").fdb()))
+                                    for r in readout.fdb(Node("dpl-h2"))))
         src = next(s for s in info["sandboxes"] if s["host"] == "h2")
         assert ping(src["name"], ep["ip"], count=2)[0] == 2
+    finally:
+        next(gen, None)
+
+
+def test_a_registry_network_counts_only_under_its_own_vni():
+    """A VNI that arrives through the agent (`network create`, Docker, CNI) gets a
+    counter slot of its own: its traffic is not also counted under VNI 0."""
+    from tests.integration.conftest import make_lab
+    from lab.traffic import ping
+    gen = make_lab(2, [256], per_host=0, registry="sqlite")
+    next(gen)
+    try:
+        dp("--netns", "dpl-h1", "network", "create", "net9", "--vni", "300", "--subnet", "10.39.0.0/24")
+        for h in ("dpl-h1", "dpl-h2"):
+            assert wait_for(lambda: 300 in Node(h).state().networks), f"{h} serves VNI 300"
+        dp("--netns", "dpl-h1", "endpoint", "add", "dpl-n1", "--network", "net9")
+        b = dp_json("--netns", "dpl-h2", "endpoint", "add", "dpl-n2", "--network", "net9")
+        assert ping("dpl-n1", b["ip"], count=5)[0] == 5
+        for h in ("dpl-h1", "dpl-h2"):
+            rows = {r["vni"]: r for r in dp_json("--netns", h, "stats")}
+            assert rows[300]["tx_packets"] >= 5 and rows[300]["rx_packets"] >= 5, rows[300]
+            traffic = {k: rows[0][k] for k in ("rx_packets", "tx_packets", "local_packets", "arp_replies", "flooded")}
+            assert set(traffic.values()) == {0}, f"{h}: VNI 0 counted VNI 300's traffic too: {traffic}"
     finally:
         next(gen, None)

@@ -4,8 +4,9 @@ whole (outer IPv4 and UDP lengths 0, as the kernel writes them)."""
 
 import pytest
 
-from dataplane import capture, lab, linkgso
-from dataplane.traffic import tcp_transfer
+from lab import capture, topology as lab
+from dataplane.kernel import gso as linkgso
+from lab.traffic import tcp_transfer
 from tests.integration.conftest import dp, make_lab, sandbox, stats
 
 SIZE = linkgso.BIG_TCP_SIZE

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from dataplane import fastpath, linkgso, netlink, state
+from dataplane.kernel import gso as linkgso, loader as fastpath, netlink
+from dataplane.core import state
 from tests.conftest import require_privileges
 from tests.integration.conftest import DATAPLANE, dp, dp_json
 
@@ -79,7 +80,7 @@ def test_not_root_is_refused():
 
 def test_bcc_missing_is_a_clear_error(host):
     code = ("import sys; sys.modules['bcc'] = None\n"
-            "from dataplane.cli import main\n"
+            "from dataplane.cli.main import main\n"
             f"sys.exit(main(['--netns', '{host}', 'up', '--vni', '256', '--underlay', 'ul0']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 6 and "bcc is not importable" in r.stderr
@@ -133,9 +134,8 @@ def test_endpoints_inherit_an_uplink_with_big_tcp(host):
     linkgso.set_gso_ipv4_max(host, "ul0", linkgso.BIG_TCP_SIZE)
     out = dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry").stdout
     assert f"endpoints send up to {linkgso.BIG_TCP_SIZE}-byte packets" in out
-    dp("--netns", host, "endpoint", "add", "dpl-e4", "--vni", "256")
+    ep = dp_json("--netns", host, "endpoint", "add", "dpl-e4", "--vni", "256")
     assert linkgso.gso_ipv4_max("dpl-e4", "eth0") == linkgso.BIG_TCP_SIZE
-    ep = next(e for e in dp_json("--netns", host, "endpoint", "list") if e["name"] == "dpl-e4")
     assert linkgso.gso_ipv4_max(host, ep["host_ifname"]) == linkgso.BIG_TCP_SIZE
     dp("--netns", host, "down")
     assert not netlink.ns_exists("dpl-e3") and not netlink.ns_exists("dpl-e4")

@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from dataplane import agentctl, api, lab
-from dataplane.node import Node
+from dataplane.agent import process as agentctl, client as api
+from lab import topology as lab
+from dataplane.node import Node, readout
 from dataplane.registry import open_registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import key
-from dataplane.traffic import ping
+from lab.traffic import ping
 from tests.integration.conftest import dp, dp_json, make_lab, sandbox, stats, wait_for
 
 TTL = 3
@@ -31,7 +32,7 @@ def info():
 
 
 def remote_macs(ns, vni=256):
-    return {r["mac"]: r["where"] for r in Node(ns).fdb() if r["vni"] == vni and r["where"] != "local"}
+    return {r["mac"]: r["where"] for r in readout.fdb(Node(ns)) if r["vni"] == vni and r["where"] != "local"}
 
 
 def flood(ns, vni=256):
@@ -40,7 +41,7 @@ def flood(ns, vni=256):
 
 def in_registry(fn):
     """Registry calls from the test process go out of the lab's underlay namespace."""
-    from dataplane import netlink
+    from dataplane.kernel import netlink
 
     def run():
         reg = open_registry(URL)
@@ -79,8 +80,8 @@ def test_endpoint_added_on_one_host_reaches_all_and_removal_cleans(info):
     dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-new1")
     for ns in ("dpl-h2", "dpl-h3"):
         assert wait_for(lambda ns=ns: rec["mac"] not in remote_macs(ns)), ns
-        neigh = {(k.vni, k.ip) for k, _ in Node(ns)._maps().dp_neigh.items()}
-        from dataplane.keys import be32
+        neigh = {(k.vni, k.ip) for k, _ in Node(ns).maps().dp_neigh.items()}
+        from dataplane.core.keys import be32
         assert (256, be32(rec["ip"])) not in neigh
 
 
@@ -92,9 +93,9 @@ def test_moved_sandbox_is_reached_at_its_new_place(info):
     assert ping(src["name"], rec["ip"], count=2)[0] == 2     # h3 also learns it behind h1
     dp("--netns", "dpl-h2", "endpoint", "move", "dpl-mv")
     assert wait_for(lambda: remote_macs("dpl-h3").get(rec["mac"]) == lab.vtep_ip(2))
-    assert wait_for(lambda: "dpl-mv" not in Node("dpl-h1").state()["endpoints"]), "old sandbox removed by h1"
-    assert "dpl-mv" in Node("dpl-h2").state()["endpoints"]
-    learned = [r for r in Node("dpl-h3").fdb() if r["mac"] == rec["mac"] and r["where"] == lab.vtep_ip(1)]
+    assert wait_for(lambda: "dpl-mv" not in Node("dpl-h1").state().endpoints), "old sandbox removed by h1"
+    assert "dpl-mv" in Node("dpl-h2").state().endpoints
+    learned = [r for r in readout.fdb(Node("dpl-h3")) if r["mac"] == rec["mac"] and r["where"] == lab.vtep_ip(1)]
     assert learned == [], "no entry keeps pointing at the old host"
     assert ping(src["name"], rec["ip"], count=3)[0] == 3
     dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-mv")
@@ -154,7 +155,7 @@ def test_agent_restart_and_code_upgrade_lose_no_packet(info, tmp_path):
 
 
 def _prog_tag(ns):
-    from dataplane import fastpath
+    from dataplane.kernel import loader as fastpath
     r = subprocess.run(["bpftool", "prog", "show", "pinned", fastpath.prog_pin(os.path.join(fastpath.PIN_ROOT, ns),
                                                                               "from_overlay")],
                        capture_output=True, text=True, check=True)
@@ -244,13 +245,13 @@ def test_miss_is_punted_resolved_installed_and_resent(info):
     """h1's maps lose h3's endpoint (as if evicted). The sandbox's ARP misses
     in the fast path, is punted to h1's agent, which puts the entries back
     and sends the request on to h3 itself: the ping still answers."""
-    from dataplane.keys import ip_key, mac_key
-    from dataplane import netlink
+    from dataplane.core.keys import ip_key, mac_key
+    from dataplane.kernel import netlink
 
     a, b = sandbox(info, "h1", 256), sandbox(info, "h3", 256)
     before = status("dpl-h1")["punts"]
     flooded = stats("dpl-h1", 256)["flooded"]
-    m = Node("dpl-h1")._maps()
+    m = Node("dpl-h1").maps()
     try:
         m.dp_fdb.delete(mac_key(256, b["mac"]))
         m.dp_neigh.delete(ip_key(256, b["ip"]))
@@ -275,7 +276,7 @@ def test_miss_nobody_owns_is_flooded_by_the_agent(info):
     ghost_ip = a["ip"].rsplit(".", 1)[0] + ".250"
     before = status("dpl-h1")["punts"]
     drops = [stats(ns, 256)["drops"].get("unknown_dst", 0) for ns in ("dpl-h2", "dpl-h3")]
-    from dataplane import netlink
+    from dataplane.kernel import netlink
     netlink.ns_exec(a["name"], ["ip", "neigh", "replace", ghost_ip, "lladdr", "02:de:ad:00:00:01",
                                 "dev", "eth0", "nud", "permanent"], check=True)
     try:

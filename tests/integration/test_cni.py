@@ -16,7 +16,10 @@ import threading
 
 import pytest
 
-from dataplane import api, cni, lab, linkgso, netlink
+from dataplane.agent import client as api
+from dataplane.runtimes import cni
+from lab import topology as lab
+from dataplane.kernel import gso as linkgso, netlink
 from dataplane.node import Node
 from tests.integration.conftest import make_lab
 from tests.runtimes import IMAGE, DockerLab, build_cnirun, require_runtimes
@@ -240,4 +243,4 @@ def test_cni_and_docker_containers_share_a_vni(rt):
         engine.docker("network", "rm", "ov256")
     finally:
         dl.close()
-    assert Node(H[2]).state()["endpoints"] == {} and local_cni(1) == []
+    assert Node(H[2]).state().endpoints == {} and local_cni(1) == []

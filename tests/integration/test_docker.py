@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane import api, lab, linkgso, netlink
-from dataplane.node import Node
+from dataplane.agent import client as api
+from lab import topology as lab
+from dataplane.kernel import gso as linkgso, netlink
+from dataplane.node import Node, readout
 from tests.integration.conftest import make_lab, wait_for
 from tests.runtimes import IMAGE, DockerLab, require_runtimes
 
@@ -46,7 +48,7 @@ def create_networks(engines, *names):
 
 
 def map_entries(ns: str, vnis) -> dict:
-    with Node(ns)._maps() as m:
+    with Node(ns).maps() as m:
         return {"endpoints": sum(1 for _, v in m.dp_endpoints.items() if v.vni in vnis),
                 "local_macs": sum(1 for k, _ in m.dp_local_macs.items() if k.vni in vnis),
                 "neigh": sum(1 for k, _ in m.dp_neigh.items() if k.vni in vnis),
@@ -84,10 +86,10 @@ def test_containers_reach_each_other_across_hosts_and_networks_stay_apart(engine
                        "b2").stdout.strip()
     e1.docker("exec", "a1", "ip", "route", "add", "10.31.0.0/24", "dev", "eth0")
     e1.docker("exec", "a1", "arp", "-s", b2, b2_mac)
-    before = next(s for s in Node(H2).stats() if s["vni"] == 301)["rx_packets"]
+    before = next(s for s in readout.stats(Node(H2)) if s["vni"] == 301)["rx_packets"]
     out = ping(e1, "a1", b2)
     assert "0 packets received" in out, out
-    assert next(s for s in Node(H2).stats() if s["vni"] == 301)["rx_packets"] == before
+    assert next(s for s in readout.stats(Node(H2)) if s["vni"] == 301)["rx_packets"] == before
 
     # the registry sees Docker's endpoints like any other
     eps = {e["ip"]: e for e in api.call(H1, "endpoint_list")}
@@ -102,11 +104,11 @@ def test_removing_containers_and_networks_leaves_nothing(engines):
         e.docker("network", "rm", "net1", "net2")
     for ns in (H1, H2):
         assert runtime_links(ns) == [], ns
-        assert Node(ns).state()["endpoints"] == {}
-        assert set(Node(ns).state()["networks"]) == {"256"}
+        assert Node(ns).state().endpoints == {}
+        assert set(Node(ns).state().networks) == {256}
         assert map_entries(ns, {300, 301}) == {"endpoints": 0, "local_macs": 0, "neigh": 0, "fdb": 0}
     assert api.call(H1, "endpoint_list") == []
-    assert all(s["vni"] not in (300, 301) for s in Node(H1).stats())
+    assert all(s["vni"] not in (300, 301) for s in readout.stats(Node(H1)))
 
 
 def test_docker_users_get_clear_errors_and_nothing_half_made(engines):
@@ -126,7 +128,7 @@ def test_docker_users_get_clear_errors_and_nothing_half_made(engines):
     e1.docker("run", "-d", "--name", "c1", "--net", "net3", IMAGE, "sleep", "600")
     r = e2.docker("run", "-d", "--name", "c2", "--net", "net3", IMAGE, "sleep", "600", check=False)
     assert r.returncode and "disjoint address ranges" in r.stderr, r.stderr
-    assert Node(H2).state()["endpoints"] == {} and runtime_links(H2) == []
+    assert Node(H2).state().endpoints == {} and runtime_links(H2) == []
     e2.docker("rm", "-f", "c2")
     e1.docker("rm", "-f", "c1")
     for e in engines:
@@ -137,10 +139,10 @@ def test_docker_users_get_clear_errors_and_nothing_half_made(engines):
 def test_driver_picks_a_vni_when_none_is_given(engines):
     e1, _ = engines
     e1.docker("network", "create", "-d", "dataplane", "--subnet", "10.33.0.0/24", "auto")
-    nets = Node(H1).state()["networks"]
-    assert "4096" in nets and nets["4096"]["subnet"] == "10.33.0.0/24"
+    nets = Node(H1).state().networks
+    assert 4096 in nets and nets[4096].subnet == "10.33.0.0/24"
     e1.docker("run", "-d", "--name", "d1", "--net", "auto", IMAGE, "sleep", "600")
     assert [e["vni"] for e in api.call(H1, "endpoint_local", runtime="docker")] == [4096]
     e1.docker("rm", "-f", "d1")
     e1.docker("network", "rm", "auto")
-    assert wait_for(lambda: "4096" not in Node(H1).state()["networks"])
+    assert wait_for(lambda: 4096 not in Node(H1).state().networks)

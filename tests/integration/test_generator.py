@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dataplane import netlink
+from dataplane.kernel import netlink
 from tests.conftest import require_privileges
 
 A, B = "dpl-gen-a", "dpl-gen-b"
@@ -42,13 +42,13 @@ def run(ns, code):
 SEND = """
 import json
 from bench.gen import frame64
-from dataplane import cwire
+from dataplane.core import cwire
 mac = open('/sys/class/net/eth0/address').read().strip()
 f = frame64(mac, '02:00:00:00:00:02', '10.99.0.1', '10.99.0.2')
 st = cwire.gen_send('eth0', f, seconds=10, max_packets={n}, rate_pps={rate}, flows=4)
 print(json.dumps(st._asdict()))
 """
-COUNT = "from dataplane import cwire; print(cwire.gen_count('eth0', {s}).packets)"
+COUNT = "from dataplane.core import cwire; print(cwire.gen_count('eth0', {s}).packets)"
 
 
 def test_counts_exactly_what_was_sent_and_honours_the_bounds(pair):
@@ -63,9 +63,9 @@ def test_counts_exactly_what_was_sent_and_honours_the_bounds(pair):
 
 
 def test_bad_arguments_are_refused(pair):
-    out = run(A, "from dataplane import cwire\n"
+    out = run(A, "from dataplane.core import cwire\n"
                  "try:\n    cwire.gen_send('eth0', b'short', seconds=1)\nexcept Exception as e:\n    print(e)")
     assert "Invalid argument" in out
-    out = run(A, "from dataplane import cwire\n"
+    out = run(A, "from dataplane.core import cwire\n"
                  "try:\n    cwire.gen_send('nope0', b'x' * 60, seconds=1)\nexcept Exception as e:\n    print(e)")
     assert "nope0" in out or "No such device" in out

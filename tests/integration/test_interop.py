@@ -5,8 +5,9 @@ frames of both implementations clean."""
 
 import pytest
 
-from dataplane import capture, kernelpeer, lab, model
-from dataplane.traffic import ping, tcp_transfer
+from lab import capture, kernelpeer, topology as lab
+from dataplane.core import model
+from lab.traffic import ping, tcp_transfer
 from tests.integration.conftest import dp, make_lab, sandbox, stats
 
 VNI = 256

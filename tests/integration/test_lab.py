@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from dataplane import capture, lab, netlink
-from dataplane.traffic import ping, tcp_transfer
+from lab import capture, topology as lab
+from dataplane.kernel import netlink
+from lab.traffic import ping, tcp_transfer
 from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, stats
 
 
@@ -155,8 +156,7 @@ def test_json_listings(info):
 
 def test_lab_exec_runs_in_the_sandbox(info):
     a = sandbox(info, "h1", 256)
-    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "lab", "exec", "h1-v256-1", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
-                       capture_output=True, text=True)
+    r = dp("lab", "exec", "h1-v256-1", "--", "ip", "-4", "-o", "addr", "show", "eth0", check=False)
     assert r.returncode == 0 and a["ip"] in r.stdout
 
 
@@ -187,7 +187,7 @@ def test_endpoint_add_and_rm_on_a_live_host(info):
     finally:
         dp("--netns", "dpl-h3", "endpoint", "rm", "dpl-extra")
     assert not netlink.ns_exists("dpl-extra")
-    assert all(e["name"] != "dpl-extra" for e in dp_json("--netns", "dpl-h3", "endpoint", "list"))
+    assert all(e["id"] != "dpl-extra" for e in dp_json("--netns", "dpl-h3", "endpoint", "list"))
 
 
 def test_mac_taken_by_a_local_endpoint_stops_being_learned(info):

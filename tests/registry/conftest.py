@@ -19,7 +19,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def etcd_url(tmp_path_factory):
-    from dataplane import etcd_server
+    from lab import etcd as etcd_server
     if not shutil.which("etcd"):
         if IN_CI:
             pytest.fail("CI=true but etcd is not installed", pytrace=False)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dataplane.errors import Conflict, NotFound, UsageError
+from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.registry import Host, change, open_registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import key

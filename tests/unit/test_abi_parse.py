@@ -5,7 +5,7 @@ import ctypes
 
 import pytest
 
-from dataplane import abi
+from dataplane.core import abi
 
 
 def test_structs_have_c_sizes():

@@ -9,7 +9,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from dataplane import cwire
+from dataplane.core import cwire
 
 LOCAL, PEER = "198.18.0.2", "198.18.0.1"
 HEADERS = 14 + 20 + 8 + 8  # outer Ethernet, IPv4, UDP, VXLAN

@@ -6,7 +6,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.utils import wrpcap
 
-from dataplane import capture
+from lab import capture
 
 
 def outer(inner, vni=256):

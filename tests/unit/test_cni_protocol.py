@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from dataplane import cni, model
+from dataplane.runtimes import cni
+from dataplane.core import model
 
 CONF = {"cniVersion": "1.1.0", "name": "ov", "type": "dataplane", "vni": 256, "node": "nowhere"}
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dataplane import model
-from dataplane.errors import UsageError
+from dataplane.core import model
+from dataplane.core.errors import UsageError
 
 
 @pytest.mark.parametrize("v", [0, -1, 16777216, "abc", "", None, "1.5"])

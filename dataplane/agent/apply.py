@@ -1,0 +1,35 @@
+"""Make the node equal what reconcile.desired() says, VNI by VNI: a failure
+on one VNI is reported for it and never stops the others."""
+
+from __future__ import annotations
+
+from dataplane.agent.reconcile import Desired
+from dataplane.core.errors import DataplaneError
+from dataplane.node import Node, networks, vtep
+from dataplane.node.fdb import RemoteTable
+
+
+def apply(node: Node, remote: RemoteTable, d: Desired) -> dict[int, str]:
+    """Serve, unserve and write entries; returns {vni: error} for VNIs that failed."""
+    failed: dict[int, str] = {}
+    for vni, net in d.serve.items():
+        try:
+            networks.ensure_served(node, vni, net.subnet, net.mtu)
+        except DataplaneError as e:
+            failed[vni] = f"cannot serve: {e}"
+    for vni in d.unserve:
+        try:
+            vtep.unserve(node, vni)
+        except DataplaneError as e:
+            failed[vni] = f"cannot stop serving: {e}"
+    st = node.require_up()
+    for vni, ent in d.entries.items():
+        if vni in failed:
+            continue
+        try:
+            remote.apply(vni, ent.fdb, ent.neigh)
+            if vni in st.networks and vni not in d.unserve and st.registry_peers.get(vni, []) != ent.flood:
+                networks.set_registry_peers(node, vni, ent.flood)
+        except DataplaneError as e:
+            failed[vni] = str(e)
+    return failed

@@ -1,0 +1,51 @@
+"""The agent's local API, client side: one JSON object per line over a unix
+socket in the node's run directory. Request {"op": NAME, "args": {...}};
+reply {"ok": true, "result": ...} or {"ok": false, "error": MSG, "code":
+EXIT_CODE}. The CLI, the CNI plugin and the Docker driver talk to the agent
+only through call(); the server is server.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from dataplane.core import errors, state
+from dataplane.core.errors import DataplaneError, NotFound
+
+MAX_LINE = 1 << 20
+_BY_CODE = {cls.exit_code: cls for cls in (errors.UsageError, errors.NotFound, errors.Conflict,
+                                          errors.NotPermitted, errors.ToolchainError, errors.KernelError)}
+
+
+class AgentNotRunning(NotFound):
+    """Nothing listens on the node's agent socket."""
+
+
+def socket_path(node: str) -> str:
+    return os.path.join(state.node_dir(node), "agent.sock")
+
+
+def call(node: str, op: str, timeout: float = 60.0, **args):
+    """One request to the node's agent; raises the DataplaneError it reported."""
+    path = socket_path(node)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise AgentNotRunning(f"the agent of node {node} is not running (start it with `dataplane up`)") from None
+        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise errors.KernelError(f"the agent of node {node} closed the connection")
+            buf += chunk
+    finally:
+        s.close()
+    reply = json.loads(buf)
+    if reply.get("ok"):
+        return reply.get("result")
+    raise _BY_CODE.get(reply.get("code"), DataplaneError)(reply.get("error", "agent error"))

@@ -1,0 +1,113 @@
+"""What the CLI's `up`, `down` and `network` commands do beyond one node:
+the registry networks they name, and the agent process. Nothing is left
+half-created: networks a failed `up` made are removed again."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from dataplane.agent import process
+from dataplane.agent.main import LEASE_TTL_DEFAULT
+from dataplane.core import model
+from dataplane.core.errors import Conflict, DataplaneError, UsageError
+from dataplane.core.state import NodeState
+from dataplane.node import Node, require_root, vtep
+from dataplane import registry
+
+
+@contextmanager
+def opened(url: str | None, node: Node | None = None):
+    """The registry at url, else the node's, else the default; closed after use."""
+    if not url:
+        st = node.state() if node else None
+        url = (st.registry if st else None) or registry.DEFAULT_URL
+    reg = registry.open_registry(url)
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+def registry_mode(node: Node, url: str | None, no_registry: bool) -> str | None:
+    """The registry URL `up` runs with (None: no registry): a re-run keeps the node's mode."""
+    old = node.state()
+    if no_registry and old and old.registry:
+        raise Conflict(f"node {node.name} runs with registry {old.registry}; run `dataplane down` first")
+    if url or no_registry:
+        url = None if no_registry else url
+    else:
+        url = old.registry if old else registry.DEFAULT_URL
+    if old and bool(url) != bool(old.registry):
+        raise Conflict(f"node {node.name} is up {'with' if old.registry else 'without'} a registry; "
+                       "run `dataplane down` first")
+    if url:
+        registry.parse_url(url)
+    return url
+
+
+def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None, lease_ttl=None,
+       **node_args) -> NodeState:
+    """The node up, each --vni a registry network, and the agent running and synced."""
+    require_root()
+    vnis = [model.parse_vni(v) for v in vnis or []]
+    if subnet is not None and len(vnis) != 1:
+        raise UsageError("--subnet applies to exactly one --vni")
+    created = []
+    if url and vnis:
+        with opened(url) as reg:
+            subnet = _ensure_networks(reg, vnis, subnet, port, created)
+    try:
+        st = vtep.up(node, vnis, subnet=subnet, port=port, registry=url, host_name=host_name,
+                     lease_ttl=lease_ttl, **node_args)
+    except BaseException:
+        _drop_networks(url, created)   # nothing half-created, in the registry either
+        raise
+    if st.registry:
+        process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
+        st = node.require_up()
+    return st
+
+
+def _ensure_networks(reg, vnis: list[int], subnet, port, created: list[str]):
+    """Each --vni is a registry network (vni<N> unless one has that VNI); the
+    subnet to serve when there is one VNI."""
+    try:
+        for vni in vnis:
+            net = reg.network_by_vni(vni)
+            if net is None:
+                net = reg.network_create(f"vni{vni}", vni, subnet=subnet, port=port)
+                created.append(net.name)
+            if subnet and net.subnet != str(model.parse_subnet(subnet)):
+                raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
+            subnet = subnet or (net.subnet if len(vnis) == 1 else None)
+    except BaseException:
+        for name in created:
+            _quiet_rm(reg, name)
+        created.clear()
+        raise
+    return subnet
+
+
+def _drop_networks(url: str | None, names: list[str]) -> None:
+    if url and names:
+        with opened(url) as reg:
+            for name in names:
+                _quiet_rm(reg, name)
+
+
+def _quiet_rm(reg, name: str) -> None:
+    try:
+        reg.network_rm(name)
+    except DataplaneError:
+        pass
+
+
+def down(node: Node, vnis=None) -> bool:
+    """Stop the agent (it leaves the registry first), then take the node down."""
+    st = node.state()
+    if vnis and st and st.registry:
+        raise UsageError("with a registry a node serves every registry network: "
+                         "remove the network with `dataplane network rm`, or the node with `dataplane down`")
+    if not vnis:
+        process.stop(node.name, leave=True)
+    return vtep.down(node, vnis)

@@ -1,0 +1,67 @@
+"""Host liveness: the host record under a lease kept alive every TTL/3. A
+restarted agent re-uses the previous agent's lease while it is alive, so a
+restart is not seen as a death."""
+
+from __future__ import annotations
+
+import json
+import os
+import logging
+
+from dataplane.agent import process
+from dataplane.core.errors import Conflict, DataplaneError
+from dataplane.registry import Host, Unavailable
+from dataplane.registry.store import key
+
+RETRY_S = 0.5
+log = logging.getLogger("dataplane.agent")
+
+
+class LeaseKeeper:
+    def __init__(self, agent):
+        self.ag = agent
+        self.lease = 0
+
+    def save(self) -> None:
+        with open(process.agent_file(self.ag.node.name), "w") as f:
+            json.dump({"pid": os.getpid(), "host": self.ag.me, "registry": self.ag.url, "lease": self.lease}, f)
+
+    def _old_lease(self) -> int:
+        try:
+            with open(process.agent_file(self.ag.node.name)) as f:
+                return int(json.load(f).get("lease") or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _register(self) -> None:
+        """Keep the previous agent's lease if it is alive (a restart is not a death)."""
+        old = self.lease or self._old_lease()
+        if old and self.ag.reg.kv.lease_keepalive(old):
+            self.lease = old
+        else:
+            self.lease = self.ag.reg.kv.lease_grant(self.ag.ttl)
+        item = self.ag.reg.kv.get(key("hosts", self.ag.me))
+        if item is not None and item.lease != self.lease:
+            other = Host.from_json(item.value)
+            if other.vtep != self.ag.vtep.vtep:
+                raise Conflict(f"host name {self.ag.me} is registered with VTEP {other.vtep}")
+        self.ag.reg.host_register(self.ag.vtep, self.lease)
+        self.save()
+
+    def run(self) -> None:
+        registered = False
+        while not self.ag.stopping.is_set():
+            try:
+                if not registered or not self.ag.reg.kv.lease_keepalive(self.lease):
+                    self._register()
+                    log.info("registered host %s (lease %x)", self.ag.me, self.lease)
+                registered = True
+            except Unavailable as e:
+                if registered:
+                    log.warning("registry unreachable, forwarding on last known state: %s", e)
+                registered = False
+                self.ag.disconnected()
+            except DataplaneError as e:
+                log.error("cannot register: %s", e)
+                self.ag.counters["errors"] += 1
+            self.ag.stopping.wait(self.ag.ttl / 3 if registered else RETRY_S)

@@ -1,0 +1,263 @@
+"""The per-host agent: keeps one node's maps equal to the registry.
+
+Threads: the watcher (snapshot, then watch from the snapshot's revision;
+on any break it starts over with a fresh snapshot), the lease keeper (host
+liveness), the punt reader (misses from the fast path, see punts.py), the
+API server, and the main loop, which alone applies changes: it keeps the
+registry view (view.py) current, asks reconcile.py what the maps should
+hold for every VNI a change touched, and applies that (apply.py). The
+programs and pinned maps are the node's; the agent can stop and start at
+any time while they keep forwarding.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+
+from dataplane.agent import client, lease, local, ops, punts, server, slowpath
+from dataplane.agent.apply import apply
+from dataplane.agent.reconcile import LocalFacts, desired
+from dataplane.agent.runtime_ops import RuntimeOps
+from dataplane.agent.view import RegistryView
+from dataplane.core import model
+from dataplane.core.errors import DataplaneError, NotFound, UsageError
+from dataplane.node import Node, nexthops, vtep
+from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
+from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
+
+LEASE_TTL_DEFAULT = 10
+RETRY_S = 0.5
+log = logging.getLogger("dataplane.agent")
+
+
+class Agent:
+    def __init__(self, node: Node, registry_url: str, host_name: str, lease_ttl: int = LEASE_TTL_DEFAULT):
+        self.node = node
+        self.url = registry_url
+        self.me = model.parse_name(host_name, "host name")
+        if not 2 <= int(lease_ttl) <= 3600:
+            raise UsageError("--lease-ttl must be 2..3600 s")
+        self.ttl = int(lease_ttl)
+        self.reg = open_registry(registry_url)
+        self.lock = threading.RLock()
+        self.q: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.leaving = False
+        self.connected = threading.Event()
+        self.synced = threading.Event()
+        self._watch = None
+        self.view = RegistryView()
+        self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
+        self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
+        self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
+        self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0}
+        self.punts = punts.PuntHandler(self)
+        self.leases = lease.LeaseKeeper(self)
+        self.last_sync_s = 0.0
+        self.last_snapshot_s = 0.0
+        self.remote: RemoteTable | None = None
+        self.maps = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def run(self) -> None:
+        st = self.node.state()
+        if not st:
+            raise NotFound(f"node {self.node.name} is not up: run `dataplane up` first")
+        self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
+        self.maps = self.node.maps()
+        self.remote = RemoteTable(self.maps, local_neigh_keys(st))
+        self.sender = slowpath.Sender(self.maps, st.config)
+        self.punt_reader = slowpath.PuntReader(self.maps.pin_dir)
+        self.server = server.Server(client.socket_path(self.node.name),
+                                    {**ops.Ops(self).handlers(), **RuntimeOps(self).handlers()})
+        self.server.start()
+        self.leases.save()
+        threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
+        threading.Thread(target=self._watcher, name="watch", daemon=True).start()
+        threading.Thread(target=self._read_punts, name="punts", daemon=True).start()
+        log.info("host %s VTEP %s registry %s lease ttl %ss", self.me, self.vtep.vtep, self.url, self.ttl)
+        try:
+            self._main_loop()
+        finally:
+            self.stopping.set()
+            try:
+                vtep.set_punt_miss(self.node, False)   # nobody drains the ring now: flood misses again
+            except DataplaneError as e:
+                log.error("could not stop punting: %s", e)
+            if self._watch:
+                self._watch.close()
+            self.server.stop()
+            if self.leaving:
+                local.leave(self)
+            self.punt_reader.close()
+            self.sender.close()
+            self.maps.close()
+            self.reg.close()
+            log.info("stopped%s", " (left the registry)" if self.leaving else "")
+
+    def stop(self, leave: bool = False) -> None:
+        self.leaving = self.leaving or leave
+        self.stopping.set()
+        self.q.put(("stop", None))
+
+    def disconnected(self) -> None:
+        """The registry is unreachable: end the watch, the watcher resyncs."""
+        self.connected.clear()
+        if self._watch:
+            self._watch.close()
+
+    # --- watcher: snapshot + watch, forever ----------------------------------------
+
+    def _watcher(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                t0 = time.monotonic()
+                snap = self.reg.snapshot()
+                self.last_snapshot_s = time.monotonic() - t0
+                self.connected.set()
+                self.q.put(("snapshot", snap))
+                self._watch = self.reg.watch(snap.rev + 1)
+                for batch in self._watch:
+                    self.q.put(("events", batch))
+            except (Unavailable, Compacted) as e:
+                if self.connected.is_set():
+                    log.warning("watch ended (%s); will resync", e)
+                self.connected.clear()
+            except Exception as e:  # never let the watcher die
+                log.error("watch failed: %s: %s", type(e).__name__, e)
+                self.connected.clear()
+            self.stopping.wait(RETRY_S)
+
+    def _read_punts(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                batch = self.punt_reader.read(0.2)
+            except Exception as e:  # never let the reader die
+                log.error("reading punts failed: %s: %s", type(e).__name__, e)
+                self.stopping.wait(RETRY_S)
+                continue
+            if batch:
+                self.q.put(("punts", batch))
+
+    # --- main loop -----------------------------------------------------------------
+
+    def _main_loop(self) -> None:
+        age_every = max(1.0, min(10.0, self.node.require_up().config.fdb_age_s / 4))
+        next_age = time.monotonic() + age_every
+        first = True
+        while not self.stopping.is_set():
+            try:
+                kind, data = self.q.get(timeout=max(0.05, next_age - time.monotonic()))
+            except queue.Empty:
+                kind, data = "tick", None
+            try:
+                if kind == "snapshot":
+                    self._apply_snapshot(data, adopt=first)
+                    if first:
+                        vtep.set_punt_miss(self.node, True)   # synced: misses come to us from now on
+                    first = False
+                elif kind == "punts":
+                    self.punts.handle(data)
+                elif kind == "events":
+                    batch = list(data)
+                    while True:   # drain what queued up meanwhile: one reconcile for all
+                        try:
+                            k2, d2 = self.q.get_nowait()
+                        except queue.Empty:
+                            break
+                        if k2 != "events":
+                            self.q.put((k2, d2))
+                            break
+                        batch += d2
+                    self._apply_events(batch)
+            except DataplaneError as e:
+                self.counters["errors"] += 1
+                log.error("%s", e)
+            if time.monotonic() >= next_age:
+                next_age = time.monotonic() + age_every
+                self._age()
+
+    def _age(self) -> None:
+        st = self.node.state()
+        if st:
+            with self.lock:
+                n = age_learned(self.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
+            if n:
+                self.counters["aged"] += n
+                log.info("aged out %d learned FDB entries", n)
+
+    def _apply_snapshot(self, snap: Snapshot, adopt: bool) -> None:
+        t0 = time.monotonic()
+        with self.lock:
+            for bad in snap.bad:
+                log.warning("skipped bad record %s", bad)
+            self.counters["bad_records"] += len(snap.bad)
+            self.view.load(snap)
+            self._routed.clear()
+            self.counters["resyncs"] += 1
+            if adopt:
+                local.adopt(self)
+            self.reconcile()
+        self.last_sync_s = time.monotonic() - t0
+        self.synced.set()
+        log.info("synced revision %d: %d networks, %d hosts, %d endpoints in %.0f ms", snap.rev,
+                 len(self.view.networks), len(self.view.hosts), len(self.view.endpoints), self.last_sync_s * 1000)
+
+    def _apply_events(self, events) -> None:
+        dirty: set[int] = set()
+        with self.lock:
+            for ev in events:
+                self.counters["events"] += 1
+                dirty |= self.view.apply(ev, on_bad=self._bad_record, on_host_gone=self._host_gone,
+                                         on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec))
+            if dirty:
+                self.reconcile(vnis=dirty)
+
+    def _bad_record(self, k: str, why: str) -> None:
+        self.counters["bad_records"] += 1
+        log.warning("skipped bad record %s: %s", k, why)
+
+    def _host_gone(self, gone) -> None:
+        n = forget_learned_vtep(self.maps, gone.vtep)
+        log.info("host %s (%s) left%s", gone.name, gone.vtep, f"; dropped {n} learned entries" if n else "")
+
+    # --- reconcile -------------------------------------------------------------
+
+    def reconcile(self, vnis=None) -> None:
+        """Make the maps equal the registry for vnis (None: all)."""
+        st = self.node.require_up()
+        if vnis is None:
+            vnis = {n.vni for n in self.view.networks.values()} | set(st.networks) | self.remote.vnis()
+        for h in self.view.hosts.values():
+            if h.vtep not in self._routed:
+                self._routed[h.vtep] = nexthops.routed(self.node.netns, st, h.vtep)
+        facts = LocalFacts(me=self.me, port=st.config.port, served=frozenset(st.networks),
+                           local={v: [(e.name, e.mac, e.ip) for e in st.local_endpoints(v)] for v in st.networks},
+                           unroutable=frozenset(v for v, ok in self._routed.items() if not ok))
+        d = desired(self.view, facts, vnis)
+        for name, port in d.other_port.items():
+            log.warning("network %s: port %d differs from this VTEP's %d; not served", name, port, st.config.port)
+        for eid, why in d.skipped.items():
+            if eid not in self.skipped:
+                self.counters["bad_records"] += 1
+                log.warning("endpoint %s: %s; skipped", eid, why)
+        self.skipped = {k: v for k, v in self.skipped.items() if k not in d.entries} | d.skipped
+        failed = apply(self.node, self.remote, d) | d.errors
+        for vni in d.entries:
+            if vni in failed and self.vni_errors.get(vni) != failed[vni]:
+                log.error("VNI %d: %s", vni, failed[vni])
+            self.vni_errors.pop(vni, None)
+        self.vni_errors.update(failed)
+        for vni in d.unserve:
+            log.info("VNI %d left the registry: no longer served", vni)
+
+def install_signal_handlers(agent: Agent) -> None:
+    def handler(signum, frame):
+        agent.stop(leave=False)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

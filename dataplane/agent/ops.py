@@ -1,0 +1,146 @@
+"""The agent's API operations for the CLI: endpoints (add, remove, move,
+list), peers and status. Every endpoint that appears here is registered
+first, then created, and the registration is rolled back if creating fails
+(register_then_create, shared with runtime_ops.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from dataplane.core import model
+from dataplane.core.errors import Conflict, DataplaneError, NotFound
+from dataplane.kernel import netlink
+from dataplane.node import endpoints, networks, peers
+
+log = logging.getLogger("dataplane.agent")
+MOVE_WAIT_S = 10.0
+
+
+def register_then_create(register, rollback, create):
+    """(record, created): the registry write, then the local objects; if
+    creating fails, the registry write is undone and the error raised."""
+    rec = register()
+    try:
+        return rec, create(rec)
+    except BaseException:
+        try:
+            rollback()
+        except DataplaneError as e:
+            log.error("could not roll back the registry: %s", e)
+        raise
+
+
+def serve(agent, net) -> None:
+    """The node serves the registry network's VNI (a no-op if it does)."""
+    networks.ensure_served(agent.node, net.vni, net.subnet, net.mtu)
+
+
+class Ops:
+    def __init__(self, agent):
+        self.ag = agent
+
+    def handlers(self) -> dict:
+        return {"ping": self.ping, "status": self.status, "endpoint_add": self.endpoint_add,
+                "endpoint_rm": self.endpoint_rm, "endpoint_move": self.endpoint_move,
+                "endpoint_list": self.endpoint_list, "peer_list": self.peer_list, "leave": self.leave}
+
+    def ping(self) -> dict:
+        ag = self.ag
+        return {"host": ag.me, "synced": ag.synced.is_set(), "connected": ag.connected.is_set(), "pid": os.getpid()}
+
+    def status(self) -> dict:
+        ag = self.ag
+        with ag.lock:
+            return {**self.ping(), "registry": ag.url, "revision": ag.view.rev, "lease": ag.leases.lease,
+                    "lease_ttl": ag.ttl, "networks": len(ag.view.networks), "hosts": sorted(ag.view.hosts),
+                    "endpoints": len(ag.view.endpoints), "installed": ag.remote.counts(),
+                    "last_sync_ms": round(ag.last_sync_s * 1000, 1),
+                    "last_snapshot_ms": round(ag.last_snapshot_s * 1000, 1), "map_error": ag.remote.last_error,
+                    **ag.counters, "vni_errors": {str(v): e for v, e in sorted(ag.vni_errors.items())},
+                    "skipped_endpoints": dict(ag.skipped), "punts": dict(ag.punts.counts),
+                    "rss_kib": _rss_kib(), "rss_peak_kib": _rss_kib("VmHWM")}
+
+    def _network_for(self, network=None, vni=None):
+        if network is not None:
+            return self.ag.reg.network(network)
+        net = self.ag.reg.network_by_vni(vni)
+        if net is None:
+            raise NotFound(f"no network has VNI {vni}: create one with `dataplane network create`")
+        return net
+
+    def endpoint_add(self, id, network=None, vni=None, ip=None, mac=None) -> dict:
+        ag = self.ag
+        model.parse_name(id, "endpoint name")   # it names the sandbox namespace too
+        net = self._network_for(network, vni)
+        with ag.lock:
+            serve(ag, net)
+            rec, ep = register_then_create(
+                lambda: ag.reg.endpoint_create(id, net.name, ag.me, ip=ip, mac=mac),
+                lambda: ag.reg.endpoint_rm(id),
+                lambda rec: endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac))
+            ag.view.endpoints[id] = rec
+        return {**ep.to_dict(), "network": net.name, "host": ag.me}
+
+    def endpoint_rm(self, id) -> dict:
+        ag = self.ag
+        with ag.lock:
+            rec = ag.reg.endpoint(id)
+            if rec.host != ag.me:
+                raise Conflict(f"endpoint {id} lives on host {rec.host}; remove it there")
+            if id in ag.node.require_up().endpoints:
+                endpoints.remove(ag.node, id)
+            ag.reg.endpoint_rm(id)
+            ag.view.endpoints.pop(id, None)
+        return rec.to_dict()
+
+    def endpoint_move(self, id) -> dict:
+        """Bring an endpoint (same MAC and address) to this host; if it cannot
+        be created here, the registry is moved back to the old host."""
+        ag = self.ag
+        rec = ag.reg.endpoint(id)
+        if rec.host == ag.me:
+            raise Conflict(f"endpoint {id} is on this host already")
+        net = ag.reg.network(rec.network)
+
+        def create(_moved):
+            # Break before make: the old host removes its sandbox when it sees the
+            # record move. (In the lab all hosts share one kernel, so the sandbox
+            # namespace name is free only once the old one is gone.)
+            deadline = time.monotonic() + MOVE_WAIT_S
+            while netlink.ns_exists(id) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with ag.lock:
+                serve(ag, net)
+                return endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac)
+
+        moved, ep = register_then_create(lambda: ag.reg.endpoint_move(id, ag.me),
+                                         lambda: ag.reg.endpoint_move(id, rec.host), create)
+        with ag.lock:
+            ag.view.endpoints[id] = moved
+        return {**ep.to_dict(), "network": net.name, "host": ag.me, "from": rec.host}
+
+    def endpoint_list(self) -> list[dict]:
+        ag = self.ag
+        with ag.lock:
+            nets = {n.name: n.vni for n in ag.view.networks.values()}
+            return [{**e.to_dict(), "vni": nets.get(e.network), "local": e.host == ag.me,
+                     "alive": e.host in ag.view.hosts}
+                    for e in sorted(ag.view.endpoints.values(), key=lambda e: e.id)]
+
+    def peer_list(self) -> list[dict]:
+        return peers.listing(self.ag.node.require_up())
+
+    def leave(self) -> dict:
+        self.ag.stop(leave=True)
+        return {"host": self.ag.me}
+
+
+def _rss_kib(field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0

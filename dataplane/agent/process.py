@@ -1,0 +1,99 @@
+"""Start, find and stop a node's agent process (`dataplane up` and `down` use it).
+
+The agent runs as `dataplane [--netns NS] agent ...` in its own session, with
+its log in the node's run directory, so it outlives the command that
+started it and a restart never touches the programs or maps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from dataplane.agent import client
+from dataplane.core import procs, state
+from dataplane.core.errors import DataplaneError, KernelError, NotFound
+
+READY_TIMEOUT_S = 60.0
+
+
+def agent_file(node: str) -> str:
+    """The running agent's pid, host name, registry and lease."""
+    return os.path.join(state.node_dir(node), "agent.json")
+
+
+def log_path(node: str) -> str:
+    return os.path.join(state.node_dir(node), "agent.log")
+
+
+def running_pid(node: str) -> int | None:
+    try:
+        with open(agent_file(node)) as f:
+            pid = int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")
+    except OSError:
+        return None
+    return pid if b"agent" in cmd and b"dataplane.cli" in b" ".join(cmd) else None
+
+
+def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl: int,
+          quiet: bool = False) -> int:
+    """Start the agent unless it runs; wait until it has synced once. Returns its pid."""
+    pid = running_pid(node)
+    if pid:
+        return pid
+    argv = [sys.executable, "-m", "dataplane.cli"] + (["--netns", netns] if netns else [])
+    argv += ["agent", "run", "--registry", registry, "--host-name", host_name, "--lease-ttl", str(lease_ttl)]
+    os.makedirs(state.node_dir(node), exist_ok=True)
+    with open(log_path(node), "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd="/")
+    if not quiet:
+        print(f"dataplane: agent for {node} started (pid {proc.pid}); waiting for its first sync...",
+              file=sys.stderr, flush=True)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise KernelError(f"the agent exited with status {proc.returncode}: {_tail(node)}")
+        try:
+            if client.call(node, "ping", timeout=2)["synced"]:
+                return proc.pid
+        except (NotFound, DataplaneError, OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    stop(node)
+    raise KernelError(f"the agent did not sync within {READY_TIMEOUT_S:.0f} s: {_tail(node)}")
+
+
+def _tail(node: str) -> str:
+    try:
+        with open(log_path(node)) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return lines[-1] if lines else "(no log)"
+    except OSError:
+        return "(no log)"
+
+
+def stop(node: str, leave: bool = False, timeout: float = 10.0) -> bool:
+    """Stop the agent; with leave, it first removes this host from the registry.
+    False if none was running."""
+    pid = running_pid(node)
+    if not pid:
+        return False
+    left = False
+    if leave:
+        try:
+            client.call(node, "leave", timeout=5)
+            left = True     # it exits by itself once it has left the registry
+        except (DataplaneError, OSError, ValueError):
+            pass
+    procs.terminate(pid, timeout, first=None if left else signal.SIGTERM)
+    return True

@@ -1,0 +1,172 @@
+"""Agent API operations for container runtimes (the Docker driver and the CNI
+plugin): registry networks on demand, endpoints whose container side lives in
+the runtime's namespace, and the checks and listings CHECK and GC need.
+
+The runtime clients never touch BPF or netlink themselves: they call these
+over the agent's socket (api.py), so they stay small and import no bcc.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dataplane.agent.ops import register_then_create, serve
+from dataplane.core import model
+from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
+from dataplane.kernel import netlink
+from dataplane.node import endpoints
+
+# VNIs the agent hands out when a runtime names none (Docker's overlay starts at 4096 too).
+AUTO_VNI_FIRST = 4096
+AUTO_VNI_LAST = 8191
+
+
+class RuntimeOps:
+    def __init__(self, agent):
+        self.ag = agent
+
+    def handlers(self) -> dict:
+        return {"network_ensure": self.network_ensure, "network_release": self.network_release,
+                "endpoint_attach": self.endpoint_attach, "endpoint_detach": self.endpoint_detach,
+                "endpoint_check": self.endpoint_check, "endpoint_local": self.endpoint_local}
+
+    # --- networks ------------------------------------------------------------
+
+    def network_ensure(self, vni=None, subnet=None, name=None) -> dict:
+        """The registry network with this VNI (or name), created if missing.
+        An existing one must have the same subnet: two runtimes that disagree
+        on it would hand out clashing addresses."""
+        reg = self.ag.reg
+        vni = model.parse_vni(vni) if vni is not None else None
+        want = model.parse_subnet(subnet) if subnet is not None else None
+        if name is not None:
+            model.parse_name(name, "network name")
+        with self.ag.lock:
+            for _ in range(3):
+                net = reg.network_by_vni(vni) if vni is not None else self._by_name(name)
+                created = net is None
+                if created:
+                    v = vni if vni is not None else self._free_vni()
+                    try:
+                        net = reg.network_create(name or f"vni{v}", v, subnet=str(want) if want else None)
+                    except Conflict:
+                        continue            # another host created it first: read it
+                if want is not None and ipaddress.IPv4Network(net.subnet) != want:
+                    raise Conflict(f"VNI {net.vni} is network {net.name} with subnet {net.subnet}, "
+                                   f"not {want}: use the same subnet on every host")
+                if name is not None and vni is not None and net.name != name:
+                    raise Conflict(f"VNI {net.vni} is network {net.name}, not {name}")
+                serve(self.ag, net)
+                return {**net.to_dict(), "created": created}
+        raise Conflict(f"network for VNI {vni} changed while it was being created; try again")
+
+    def _by_name(self, name):
+        if name is None:
+            return None
+        try:
+            return self.ag.reg.network(name)
+        except NotFound:
+            return None
+
+    def _free_vni(self) -> int:
+        used = {n.vni for n in self.ag.reg.networks()}
+        for v in range(AUTO_VNI_FIRST, AUTO_VNI_LAST + 1):
+            if v not in used:
+                return v
+        raise Conflict(f"no free VNI in {AUTO_VNI_FIRST}..{AUTO_VNI_LAST}: give one")
+
+    def network_release(self, vni) -> dict:
+        """A runtime that created this VNI's registry network is done with it
+        here: remove the network if no endpoint anywhere uses it (another
+        host's runtime re-creates it on its next endpoint). Networks made by
+        `dataplane network create` or `up` are never released this way."""
+        vni = model.parse_vni(vni)
+        with self.ag.lock:
+            net = self.ag.reg.network_by_vni(vni)
+            if net is None:
+                return {"vni": vni, "removed": False}
+            if self.ag.reg.endpoints(network=net.name):
+                return {"vni": vni, "removed": False, "in_use": True}
+            try:
+                self.ag.reg.network_rm(net.name)
+            except (Conflict, NotFound):
+                return {"vni": vni, "removed": False, "in_use": True}
+            return {"vni": vni, "removed": True, "network": net.name}
+
+    # --- endpoints -----------------------------------------------------------
+
+    def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=()) -> dict:
+        """Register and create an endpoint whose container side is in sandbox
+        (see model.Endpoint.sandbox). Nothing is left behind if any step fails."""
+        model.parse_name(id, "endpoint id")
+        model.parse_sandbox(sandbox)           # refused before anything is registered
+        if prefixlen is not None and not (isinstance(prefixlen, int) and 8 <= prefixlen <= 30):
+            raise UsageError(f"bad prefix length {prefixlen!r}")
+        net = self.network_ensure(vni=vni)
+        ag = self.ag
+        with ag.lock:
+            rec, ep = register_then_create(
+                lambda: ag.reg.endpoint_create(id, net["name"], ag.me, ip=ip, mac=mac),
+                lambda: ag.reg.endpoint_rm(id),
+                lambda rec: endpoints.add(ag.node, id, net["vni"], ip=rec.ip, mac=rec.mac, sandbox=sandbox,
+                                          prefixlen=prefixlen, routes=routes))
+            ag.view.endpoints[id] = rec
+        return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
+                "host": self.ag.me}
+
+    def endpoint_detach(self, id) -> dict:
+        """Remove the endpoint here and from the registry, whatever part of it
+        exists; {"removed": false} if nothing did (DEL must be idempotent)."""
+        model.parse_name(id, "endpoint id")
+        removed = False
+        with self.ag.lock:
+            if id in self.ag.node.require_up().endpoints:
+                endpoints.remove(self.ag.node, id)
+                removed = True
+            try:
+                rec = self.ag.reg.endpoint(id)
+            except NotFound:
+                rec = None
+            if rec is not None:
+                if rec.host != self.ag.me:
+                    raise Conflict(f"endpoint {id} lives on host {rec.host}; remove it there")
+                self.ag.reg.endpoint_rm(id)
+                removed = True
+            self.ag.view.endpoints.pop(id, None)
+        return {"id": id, "removed": removed}
+
+    def endpoint_check(self, id, ip=None, mac=None) -> dict:
+        """Everything the endpoint needs is in place: registry record, host
+        veth with the fast path attached, map entries, and (CNI) the container
+        side with its MAC and address. Raises naming the first thing missing."""
+        model.parse_name(id, "endpoint id")
+        ep = self.ag.node.require_up().endpoints.get(id)
+        if ep is None:
+            raise NotFound(f"endpoint {id} is not on this host")
+        rec = self.ag.reg.endpoint(id)
+        if rec.host != self.ag.me:
+            raise Conflict(f"endpoint {id} is registered on host {rec.host}")
+        for what, want, have in (("address", ip, ep.ip), ("MAC", mac, ep.mac)):
+            if want is not None and str(want).lower() != have:
+                raise Conflict(f"endpoint {id} has {what} {have}, not {want}")
+        host_if = netlink.link_info(self.ag.node.netns, ep.host_ifname)
+        if host_if["index"] != ep.ifindex:
+            raise KernelError(f"interface {ep.host_ifname} was re-created (index {host_if['index']})")
+        if "from_endpoint" not in netlink.tc_filter_names(self.ag.node.netns, ep.ifindex):
+            raise KernelError(f"the fast path is not attached to {ep.host_ifname}")
+        if not endpoints.in_maps(self.ag.node, ep):
+            raise KernelError(f"endpoint {id} is missing from the fast path's maps")
+        sb = ep.sandbox or {}
+        if "netns" in sb:
+            if not netlink.ns_path_exists(sb["netns"]):
+                raise NotFound(f"network namespace {sb['netns']} does not exist")
+            inner = netlink.link_info(sb["netns"], sb["ifname"])
+            if inner["mac"] != ep.mac or ep.ip not in inner["ipv4"] or not inner["up"]:
+                raise KernelError(f"{sb['ifname']} in {sb['netns']} is {inner['mac']} {inner['ipv4']}, "
+                                  f"not {ep.mac} {ep.ip} (up)")
+        return ep.to_dict()
+
+    def endpoint_local(self, runtime=None) -> list[dict]:
+        """This host's endpoints (those a runtime made, if runtime is given)."""
+        eps = self.ag.node.require_up().endpoints.values()
+        return [e.to_dict() for e in eps if runtime is None or (e.sandbox or {}).get("runtime") == runtime]

@@ -1,0 +1,83 @@
+"""The agent's view of the registry: the records as last seen, kept current by
+snapshots and watch events, in revision order. No I/O: the watcher thread
+feeds it, reconcile.py reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.errors import UsageError
+from ..registry import Snapshot, change
+from ..registry.store import split_key
+
+MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
+
+
+@dataclass
+class RegistryView:
+    rev: int = 0
+    networks: dict = field(default_factory=dict)    # name -> records.Network
+    hosts: dict = field(default_factory=dict)       # name -> records.Host (live: its lease holds)
+    endpoints: dict = field(default_factory=dict)   # id -> records.Endpoint
+    macs: dict = field(default_factory=dict)        # "<network>/<mac>" -> endpoint id (IPAM claim)
+    ipam: dict = field(default_factory=dict)        # "<network>/<ip>" -> endpoint id
+
+    def load(self, snap: Snapshot) -> None:
+        self.rev = snap.rev
+        self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
+        self.macs, self.ipam = snap.macs, snap.ipam
+
+    def network_of_vni(self, vni: int):
+        return next((n for n in self.networks.values() if n.vni == vni), None)
+
+    def apply(self, ev, on_bad=None, on_host_gone=None, on_endpoint=None) -> set[int]:
+        """Apply one watch event; returns the VNIs whose entries it may change.
+        on_bad(key, why) hears of a record that does not parse (it is treated
+        as deleted); on_host_gone(host) of a host that died or changed VTEP;
+        on_endpoint(id, record or None) of every endpoint written or deleted."""
+        self.rev = max(self.rev, ev.rev)
+        try:
+            ch = change(ev)
+        except UsageError as e:
+            if on_bad:
+                on_bad(ev.key, str(e))
+            kind, name = split_key(ev.key)
+            return self.forget(kind, name) if kind in MIRRORED else set()
+        if ch is None:
+            return set()
+        gone = self.hosts.get(ch.name) if ch.kind == "hosts" else None
+        dirty = self.forget(ch.kind, ch.name)
+        if gone is not None and on_host_gone and (ch.record is None or ch.record.vtep != gone.vtep):
+            on_host_gone(gone)
+        if ch.record is not None:
+            getattr(self, ch.kind)[ch.name] = ch.record
+            dirty |= self.touches(ch.kind, ch.record)
+        if ch.kind == "endpoints" and on_endpoint:
+            on_endpoint(ch.name, ch.record)
+        return dirty
+
+    def remember(self, ep, host=None) -> None:
+        """Records read from the registry directly (ahead of the watch)."""
+        self.endpoints[ep.id] = ep
+        if host is not None:
+            self.hosts[host.name] = host
+        self.macs[f"{ep.network}/{ep.mac}"] = self.ipam[f"{ep.network}/{ep.ip}"] = ep.id
+
+    def forget(self, kind: str, name: str) -> set[int]:
+        rec = getattr(self, kind).pop(name, None)
+        return self.touches(kind, rec) if rec is not None else set()
+
+    def touches(self, kind: str, rec) -> set[int]:
+        """The VNIs whose desired entries depend on this record."""
+        if kind in ("macs", "ipam"):
+            ep = self.endpoints.get(rec)
+            net = self.networks.get(ep.network) if ep else None
+            return {net.vni} if net else set()
+        if kind == "networks":
+            return {rec.vni}
+        if kind == "hosts":
+            nets = {e.network for e in self.endpoints.values() if e.host == rec.name}
+            return {n.vni for n in self.networks.values() if n.name in nets}
+        net = self.networks.get(rec.network)
+        return {net.vni} if net else set()

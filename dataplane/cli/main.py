@@ -1,0 +1,44 @@
+"""`dataplane`: argument parsing, logging and exit codes; each command's work
+is in the node and agent layers (node_cmds, registry_cmds, runtime_cmds)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dataplane import __version__
+from dataplane.cli import node_cmds, registry_cmds, runtime_cmds
+from dataplane.core import model
+from dataplane.core.errors import DataplaneError
+from dataplane.kernel import netlink
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dataplane", description="VXLAN overlay for containers with an eBPF fast path")
+    p.add_argument("--netns", help="operate on the node inside this network namespace (default: this host)")
+    p.add_argument("--version", action="version", version=f"dataplane {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    node_cmds.register(sub)
+    registry_cmds.register(sub)
+    runtime_cmds.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.cmd == "agent" else logging.WARNING,
+                        format="%(asctime)s %(message)s" if args.cmd == "agent" else "dataplane: %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        if args.netns and netlink.ns_exists(model.parse_name(args.netns, "namespace")):
+            # Act as a process of that host: registry traffic leaves from its namespace.
+            netlink.enter_netns(args.netns)
+        rc = args.func(args)
+    except DataplaneError as e:
+        print(f"dataplane: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return rc or 0

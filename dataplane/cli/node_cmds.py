@@ -1,0 +1,161 @@
+"""`up`, `down`, `peer`, `fdb`, `stats` and `agent`: one node and its agent."""
+
+from __future__ import annotations
+
+import argparse
+
+from dataplane.agent import client, control
+from dataplane.agent.main import LEASE_TTL_DEFAULT
+from dataplane.cli.output import add_output, emit, say
+from dataplane.core import model
+from dataplane.core.errors import NotFound
+from dataplane.kernel import gso
+from dataplane.node import Node, peers, readout
+from dataplane import registry
+
+
+def node_of(args) -> Node:
+    return Node(args.netns)
+
+
+def agent_node(args) -> Node | None:
+    """The node if it runs with a registry (its agent handles endpoints), else None."""
+    node = node_of(args)
+    st = node.state()
+    return node if st and st.registry else None
+
+
+def cmd_up(args):
+    node = node_of(args)
+    url = control.registry_mode(node, args.registry, args.no_registry)
+    st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,
+                    lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
+                    peer_ips=args.peer or (), peer_check=args.peer_check, xdp_guard=args.xdp_guard,
+                    fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []))
+    c = st.config
+    nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
+    where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
+    big = (f"; IPv4 BIG TCP: endpoints send up to {st.uplink.gso_max}-byte packets, as {c.underlay} does"
+           if st.uplink.gso_max > gso.LEGACY_MAX else "")
+    say(args, f"up: node {st.node} VTEP {c.local_ip}:{c.port} on {c.underlay}; "
+              f"VNIs {nets or '(from registry)'}{where}{big}",
+        {"node": st.node, "vtep": c.local_ip, "port": c.port, "underlay": c.underlay,
+         "networks": [{"vni": v, "subnet": n.subnet, "mtu": n.mtu} for v, n in sorted(st.networks.items())],
+         "registry": st.registry, "host_name": st.host_name, "gso_max": st.uplink.gso_max})
+
+
+def cmd_down(args):
+    was_up = control.down(node_of(args), args.vni)
+    what = f"VNIs {', '.join(args.vni)} removed" if args.vni else "node removed"
+    say(args, f"down: {what}" if was_up else "down: nothing was up", {"was_up": was_up, "vnis": args.vni or []})
+
+
+def cmd_peer_add(args):
+    added = peers.add(node_of(args), args.ip, args.vni)
+    say(args, f"peer {args.ip}: added to VNIs {', '.join(map(str, added)) or '(already present)'}",
+        {"peer": args.ip, "added": added})
+
+
+def cmd_peer_rm(args):
+    removed = peers.remove(node_of(args), args.ip, args.vni)
+    say(args, f"peer {args.ip}: removed from VNIs {', '.join(map(str, removed))}", {"peer": args.ip, "removed": removed})
+
+
+def cmd_peer_list(args):
+    node = agent_node(args)
+    rows = client.call(node.name, "peer_list") if node else peers.listing(node_of(args).require_up())
+    emit(args, rows, ["vni", "peer", "source"])
+
+
+def cmd_fdb_list(args):
+    emit(args, readout.fdb(node_of(args)), ["vni", "mac", "where", "state", "age_s"])
+
+
+def cmd_stats(args):
+    emit(args, readout.stats(node_of(args)), ["vni", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
+                                              "local_packets", "arp_replies", "flooded", "drops"])
+
+
+def cmd_agent_run(args):
+    from dataplane.agent.main import Agent, install_signal_handlers  # noqa: PLC0415 - only the agent needs it
+    node = node_of(args)
+    st = node.state()
+    if not st:
+        raise NotFound(f"node {node.name} is not up: run `dataplane up` first")
+    ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,
+               args.host_name or st.host_name or node.name, args.lease_ttl or st.lease_ttl or LEASE_TTL_DEFAULT)
+    install_signal_handlers(ag)
+    ag.run()
+
+
+def cmd_agent_status(args):
+    emit(args, client.call(node_of(args).name, "status"))
+
+
+def _map_size(text: str):
+    name, _, value = text.partition("=")
+    try:
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=ENTRIES, got {text!r}") from None
+
+
+def register(sub) -> None:
+    up = sub.add_parser("up", help="make this host a VTEP for one or more VNIs (idempotent)")
+    up.add_argument("--vni", action="append",
+                    help=f"VXLAN network id, 1..{model.VNI_MAX} (repeatable; optional with a registry)")
+    up.add_argument("--underlay", help="uplink interface (default: that of the default route)")
+    up.add_argument("--local-ip", help="VTEP address (default: the underlay's first IPv4 address)")
+    up.add_argument("--port", type=int, help=f"VXLAN UDP port (default {model.VXLAN_PORT})")
+    up.add_argument("--subnet", help="endpoint subnet of the VNI (default 10.<vni/256>.<vni%%256>.0/24)")
+    up.add_argument("--peer", action="append", help="remote VTEP to flood to (repeatable)")
+    up.add_argument("--peer-check", action="store_true", help="decapsulate only from configured peers")
+    up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
+    up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
+    up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N",
+                    help="override a map's number of entries (repeatable)")
+    up.add_argument("--registry", help="endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] "
+                                       f"(default $DATAPLANE_REGISTRY or {registry.BUILTIN_URL})")
+    up.add_argument("--no-registry", action="store_true", help="no registry and no agent: peers and endpoints by hand")
+    up.add_argument("--host-name", help="this host's name in the registry (default: the namespace or hostname)")
+    up.add_argument("--lease-ttl", type=int, help=f"host liveness lease, s (default {LEASE_TTL_DEFAULT})")
+    add_output(up)
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="remove the node, or only some VNIs (idempotent)")
+    down.add_argument("--vni", action="append", help="remove only this VNI and its endpoints (no registry only)")
+    add_output(down)
+    down.set_defaults(func=cmd_down)
+
+    peer = sub.add_parser("peer", help="remote VTEPs a VNI floods to").add_subparsers(dest="sub", required=True)
+    for verb, fn, what in (("add", cmd_peer_add, "add a static peer"), ("rm", cmd_peer_rm, "remove a static peer")):
+        a = peer.add_parser(verb, help=what)
+        a.add_argument("ip", help="the peer's VTEP address")
+        a.add_argument("--vni", action="append", help="only on this VNI (repeatable; default: every VNI of the node)")
+        add_output(a)
+        a.set_defaults(func=fn)
+    _list_parser(peer, "static and registry peers per VNI", cmd_peer_list)
+
+    fdb = sub.add_parser("fdb", help="forwarding database").add_subparsers(dest="sub", required=True)
+    _list_parser(fdb, "local, static and learned MACs", cmd_fdb_list)
+
+    st = sub.add_parser("stats", help="per-VNI counters and drops by reason (VNI 0: no VNI)")
+    add_output(st)
+    st.set_defaults(func=cmd_stats)
+
+    ag = sub.add_parser("agent", help="the registry agent of this node").add_subparsers(dest="sub", required=True)
+    a = ag.add_parser("run", help="run the agent in the foreground (`up` starts it in the background)")
+    a.add_argument("--registry", help="registry URL (default: the node's)")
+    a.add_argument("--host-name", help="this host's name in the registry (default: the node's)")
+    a.add_argument("--lease-ttl", type=int, help=f"host liveness lease, s (default: the node's, or {LEASE_TTL_DEFAULT})")
+    a.set_defaults(func=cmd_agent_run)
+    a = ag.add_parser("status", help="revision, hosts, installed entries, errors, punts, memory")
+    add_output(a)
+    a.set_defaults(func=cmd_agent_status)
+
+
+def _list_parser(sub, what: str, fn) -> None:
+    """`list` with `ls` as its alias, everywhere."""
+    ls = sub.add_parser("list", aliases=["ls"], help=what)
+    add_output(ls)
+    ls.set_defaults(func=fn)

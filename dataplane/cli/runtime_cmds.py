@@ -1,0 +1,33 @@
+"""`docker-plugin` and `cni`: the container runtimes' entry points."""
+
+from __future__ import annotations
+
+from dataplane.agent import client
+from dataplane.cli.node_cmds import node_of
+from dataplane.cli.output import add_output, say
+
+
+def cmd_docker_plugin(args):
+    from dataplane.runtimes import docker  # noqa: PLC0415 - only the plugin needs the HTTP server
+    node = node_of(args).name
+    client.call(node, "ping", timeout=5)       # a clear error now, not at Docker's first request
+    docker.serve(node, args.socket)
+
+
+def cmd_cni_install(args):
+    from dataplane.runtimes import cni  # noqa: PLC0415
+    path = cni.install(args.bin_dir)
+    say(args, path, {"path": path})
+
+
+def register(sub) -> None:
+    dk = sub.add_parser("docker-plugin", help="serve the Docker network driver `dataplane` (foreground)")
+    dk.add_argument("--socket", default="/run/docker/plugins/dataplane.sock",
+                    help="plugin socket; Docker finds /run/docker/plugins/NAME.sock (default: %(default)s)")
+    dk.set_defaults(func=cmd_docker_plugin)
+
+    cn = sub.add_parser("cni", help="the CNI plugin").add_subparsers(dest="sub", required=True)
+    a = cn.add_parser("install", help="write the `dataplane` plugin executable into a CNI bin directory")
+    a.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI plugin directory (default: %(default)s)")
+    add_output(a)
+    a.set_defaults(func=cmd_cni_install)

@@ -1,0 +1,129 @@
+"""The one place where user input is validated, and the values it is checked against.
+
+Everything that reaches the fast path or the kernel passes through a parse_*
+function here first, so a bad value is refused before anything is created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from dataplane.core import abi
+from dataplane.core.errors import UsageError
+
+_A = abi.load().constants
+VNI_MAX = _A["DP_VNI_MAX"]
+VXLAN_PORT = _A["DP_VXLAN_PORT"]
+ENCAP_LEN = _A["DP_ENCAP_LEN"]
+FDB_AGE_DEFAULT_S = _A["DP_FDB_AGE_DEFAULT_S"]
+SRC_PORT_MIN = _A["DP_SRC_PORT_MIN"]
+SRC_PORT_MAX = _A["DP_SRC_PORT_MAX"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+def parse_vni(value) -> int:
+    try:
+        vni = int(value, 0) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad VNI {value!r}: not a number") from None
+    if not 1 <= vni <= VNI_MAX:
+        raise UsageError(f"bad VNI {vni}: must be 1..{VNI_MAX}")
+    return vni
+
+
+def parse_port(value, what: str = "UDP port") -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad {what} {value!r}: not a number") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"bad {what} {port}: must be 1..65535")
+    return port
+
+
+def parse_ipv4(value, what: str = "address") -> ipaddress.IPv4Address:
+    try:
+        ip = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise UsageError(f"bad {what} {value!r}: not an IPv4 address") from None
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise UsageError(f"bad {what} {ip}: must be a unicast address")
+    return ip
+
+
+def parse_subnet(value) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError as e:
+        raise UsageError(f"bad subnet {value!r}: {e}") from None
+    if net.prefixlen > 30:
+        raise UsageError(f"bad subnet {net}: needs at least 4 addresses (/30)")
+    return net
+
+
+def parse_mac(value) -> str:
+    if not isinstance(value, str) or not _MAC.match(value):
+        raise UsageError(f"bad MAC {value!r}: expected xx:xx:xx:xx:xx:xx")
+    raw = bytes.fromhex(value.replace(":", ""))
+    if raw[0] & 1 or raw == bytes(6):
+        raise UsageError(f"bad MAC {value}: must be unicast and non-zero")
+    return value.lower()
+
+
+def parse_name(value, what: str = "name") -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise UsageError(f"bad {what} {value!r}: use 1-31 of [A-Za-z0-9_.-], starting with a letter or digit")
+    return value
+
+
+def parse_ifname(value) -> str:
+    if not isinstance(value, str) or not _IFNAME.match(value):
+        raise UsageError(f"bad interface name {value!r}")
+    return value
+
+
+def parse_age(value) -> int:
+    try:
+        age = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad FDB age {value!r}: seconds expected") from None
+    if not 1 <= age <= 86400:
+        raise UsageError(f"bad FDB age {age}: must be 1..86400 seconds")
+    return age
+
+
+def default_subnet(vni: int) -> ipaddress.IPv4Network:
+    """10.<vni bits 8-15>.<vni bits 0-7>.0/24: distinct for VNIs that differ in their low 16 bits."""
+    return ipaddress.IPv4Network(f"10.{(vni >> 8) & 0xFF}.{vni & 0xFF}.0/24")
+
+
+def mac_for_ip(ip: ipaddress.IPv4Address) -> str:
+    """Docker's convention: 02:42 followed by the IPv4 address (locally administered)."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def mac_str(raw) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+def parse_sandbox(sb) -> dict | None:
+    """An endpoint's sandbox (state.LocalEndpoint.sandbox), validated; a copy of it."""
+    if sb is None:
+        return None
+    if not isinstance(sb, dict) or ("netns" in sb) == ("peer" in sb):
+        raise UsageError("sandbox must name either a netns (with ifname) or a peer interface")
+    if "netns" in sb:
+        if not isinstance(sb["netns"], str) or not sb["netns"].startswith("/"):
+            raise UsageError(f"bad sandbox netns {sb['netns']!r}: an absolute path expected")
+        parse_ifname(sb.get("ifname"))
+    else:
+        parse_ifname(sb["peer"])
+    return dict(sb)

@@ -1,0 +1,165 @@
+"""A node's own record of what it created: typed, and read and written only here.
+
+One JSON file and one lock per node under /run/dataplane/<node>/. `up` writes
+it, every later command reads it, and `down` undoes what it lists. These are
+the *node's* networks and endpoints (what this VTEP serves and hosts); the
+registry's records, shared by every host, are dataplane.registry.records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+from . import model
+
+RUN_ROOT = "/run/dataplane"
+
+
+@dataclass
+class NodeConfig:
+    """What the operator chose at `up` (the fast path's dp_config is made from it)."""
+    underlay: str
+    local_ip: str
+    port: int = model.VXLAN_PORT
+    peer_check: bool = False
+    xdp_guard: bool = False
+    fdb_age_s: int = model.FDB_AGE_DEFAULT_S
+    src_port_min: int = model.SRC_PORT_MIN
+    src_port_max: int = model.SRC_PORT_MAX
+
+
+@dataclass
+class Uplink:
+    """The underlay interface as `up` found it."""
+    ifindex: int
+    mtu: int
+    mac: str
+    gso_max: int                 # gso_ipv4_max_size: endpoints inherit it (BIG TCP)
+
+
+@dataclass
+class ServedNetwork:
+    """A VNI this node serves."""
+    vni: int
+    subnet: str
+    mtu: int
+    slot: int                    # its counters' index in dp_stats (1..DP_MAP_NETWORKS-1)
+
+
+@dataclass
+class LocalEndpoint:
+    """An endpoint whose veth is on this node."""
+    name: str                    # also the sandbox namespace when we made it
+    vni: int
+    ip: str
+    mac: str
+    host_ifname: str
+    ifindex: int = 0
+    # Who owns the container side when we did not create it: {"netns": PATH,
+    # "ifname": IF} (CNI: moved into the runtime's namespace) or {"peer": IF}
+    # (Docker: left in the host namespace for the engine to move), plus the
+    # runtime's own keys (container id, network name) for CHECK and GC.
+    # None: the namespace `name` is ours, made and removed with the endpoint.
+    sandbox: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class NodeState:
+    node: str
+    netns: str | None
+    pin_dir: str
+    config: NodeConfig
+    uplink: Uplink
+    networks: dict[int, ServedNetwork] = field(default_factory=dict)
+    endpoints: dict[str, LocalEndpoint] = field(default_factory=dict)
+    peers: dict[int, list[str]] = field(default_factory=dict)           # static (--peer)
+    registry_peers: dict[int, list[str]] = field(default_factory=dict)  # the agent's
+    flooded: dict[int, list[str]] = field(default_factory=dict)         # what dp_vteps holds
+    map_sizes: dict[str, int] = field(default_factory=dict)
+    registry: str | None = None
+    host_name: str | None = None
+    lease_ttl: int | None = None
+    restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
+    punt_miss: bool = False                 # an agent drains dp_punts
+
+    def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
+        return [e for e in self.endpoints.values() if e.vni == vni]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> NodeState:
+        ints = lambda m: {int(k): v for k, v in (m or {}).items()}  # noqa: E731 - JSON keys are strings
+        return cls(
+            node=d["node"], netns=d.get("netns"), pin_dir=d["pin_dir"],
+            config=NodeConfig(**{k: v for k, v in d["config"].items() if k in NodeConfig.__dataclass_fields__}),
+            uplink=Uplink(**d["uplink"]),
+            networks={v: ServedNetwork(**n) for v, n in ints(d.get("networks")).items()},
+            endpoints={k: LocalEndpoint(**e) for k, e in (d.get("endpoints") or {}).items()},
+            peers=ints(d.get("peers")), registry_peers=ints(d.get("registry_peers")),
+            flooded=ints(d.get("flooded")), map_sizes=dict(d.get("map_sizes") or {}),
+            registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
+            restore_forwarding=d.get("restore_forwarding"), punt_miss=bool(d.get("punt_miss")))
+
+
+def node_dir(node: str) -> str:
+    return os.path.join(RUN_ROOT, node)
+
+
+def _path(node: str) -> str:
+    return os.path.join(node_dir(node), "state.json")
+
+
+@contextmanager
+def locked(node: str):
+    """Serialise commands on one node (two `endpoint add` at once must not race on slots)."""
+    d = node_dir(node)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def load(node: str) -> NodeState | None:
+    try:
+        with open(_path(node)) as f:
+            return NodeState.from_json(json.load(f))
+    except FileNotFoundError:
+        return None
+
+
+def save(st: NodeState) -> None:
+    d = node_dir(st.node)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    tmp = _path(st.node) + ".new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(st.to_json(), f, indent=1, sort_keys=True)
+    os.replace(tmp, _path(st.node))
+
+
+def remove(node: str) -> None:
+    if not node or "/" in node:
+        raise ValueError(f"bad node name {node!r}")
+    shutil.rmtree(node_dir(node), ignore_errors=True)
+    prune()
+
+
+def prune() -> None:
+    """Remove /run/dataplane once nothing is left in it."""
+    try:
+        os.rmdir(RUN_ROOT)
+    except OSError:
+        pass

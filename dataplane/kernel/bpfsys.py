@@ -1,0 +1,149 @@
+"""The bpf(2) calls the control plane needs, over ctypes: pinned objects, map
+elements and object info (BPF_PROG_TEST_RUN is in the C helper, cwire.py). No bcc here, so reading maps
+never needs a compiler."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from functools import lru_cache
+
+from dataplane.core.errors import KernelError, NotFound
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+SYS_BPF = 321  # x86_64
+
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
+OBJ_PIN, OBJ_GET, OBJ_GET_INFO_BY_FD = 6, 7, 15
+MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 26, 27
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+
+MAP_TYPES = {"hash": 1, "array": 2, "prog": 3, "percpu_hash": 5, "percpu_array": 6, "lru_hash": 9, "ringbuf": 27}
+
+
+class _Attr(ctypes.Structure):
+    _fields_ = [("raw", ctypes.c_uint8 * 128)]
+
+
+def _call(cmd: int, attr: ctypes.Structure, what: str, ok=()) -> int:
+    ret = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        if err in ok:
+            return -err
+        raise KernelError(f"{what}: {os.strerror(err)} (errno {err})")
+    return ret
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
+                ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class MapInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16), ("pad", ctypes.c_uint8 * 64)]
+
+
+def obj_get(path: str) -> int:
+    p = ctypes.create_string_buffer(path.encode())
+    attr = _ObjAttr(pathname=ctypes.addressof(p))
+    ret = _call(OBJ_GET, attr, f"open pinned {path}", ok=(errno.ENOENT,))
+    if ret < 0:
+        raise NotFound(f"pinned object {path} not found (is the node up?)")
+    return ret
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(path.encode())
+    _call(OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(p), bpf_fd=fd), f"pin {path}")
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _call(OBJ_GET_INFO_BY_FD, attr, f"info of fd {fd}")
+    return info
+
+
+@lru_cache(maxsize=1)
+def possible_cpus() -> int:
+    text = open("/sys/devices/system/cpu/possible").read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def _ptr(obj) -> int:
+    return ctypes.addressof(obj)
+
+
+def lookup(fd: int, key, value) -> bool:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key), value=_ptr(value))
+    return _call(MAP_LOOKUP_ELEM, attr, f"lookup in map fd {fd}", ok=(errno.ENOENT,)) >= 0
+
+
+def update(fd: int, key, value, flags: int = BPF_ANY, what: str = "map") -> None:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key), value=_ptr(value), flags=flags)
+    ret = _call(MAP_UPDATE_ELEM, attr, f"update {what}", ok=(errno.E2BIG, errno.ENOMEM))
+    if ret < 0:
+        raise MapFull(f"update {what}: map is full (raise its size with --map-size)")
+
+
+class MapFull(KernelError):
+    """An update found the map at max_entries."""
+
+
+def update_batch(fd: int, keys, values, count: int, what: str = "map") -> None:
+    """Write count elements in one call; keys and values are ctypes arrays."""
+    if count == 0:
+        return
+    attr = _BatchAttr(keys=_ptr(keys), values=_ptr(values), count=count, map_fd=fd)
+    ret = _call(MAP_UPDATE_BATCH, attr, f"batch update {what}", ok=(errno.E2BIG, errno.ENOMEM))
+    if ret < 0:
+        raise MapFull(f"update {what}: map is full after {attr.count} of {count} entries "
+                      "(raise its size with --map-size)")
+
+
+def delete_batch(fd: int, keys, count: int, what: str = "map") -> int:
+    """Delete count keys in one call; keys already gone are skipped one by one."""
+    if count == 0:
+        return 0
+    attr = _BatchAttr(keys=_ptr(keys), count=count, map_fd=fd)
+    if _call(MAP_DELETE_BATCH, attr, f"batch delete {what}", ok=(errno.ENOENT,)) >= 0:
+        return count
+    # The kernel stops at the first missing key; finish the rest singly.
+    done = attr.count
+    size = ctypes.sizeof(keys) // len(keys)
+    for i in range(done + 1, count):
+        delete(fd, (ctypes.c_uint8 * size).from_buffer(keys, i * size))
+    return count
+
+
+def delete(fd: int, key) -> bool:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key))
+    return _call(MAP_DELETE_ELEM, attr, f"delete in map fd {fd}", ok=(errno.ENOENT,)) >= 0
+
+
+def next_key(fd: int, key, next_key_buf) -> bool:
+    attr = _ElemAttr(map_fd=fd, key=_ptr(key) if key is not None else 0, value=_ptr(next_key_buf))
+    return _call(MAP_GET_NEXT_KEY, attr, f"iterate map fd {fd}", ok=(errno.ENOENT,)) >= 0

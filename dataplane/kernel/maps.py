@@ -1,0 +1,158 @@
+"""Typed access to the pinned maps of one node. Layouts come from dp_abi.h
+(via abi.py); which struct each map uses is listed once, here, and
+tests/bpf/test_abi.py proves it against what bcc compiled."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+from dataplane.core import abi
+from dataplane.kernel import bpfsys
+from dataplane.core.errors import ToolchainError
+
+_S = abi.load().structs
+_C = abi.load().constants
+u32 = ctypes.c_uint32
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str
+    kind: str
+    key: type | None         # None: no key/value (ring buffer)
+    value: type | None
+    size_const: str | None   # the DP_MAP_* constant sizing it, or None for fixed sizes
+    fixed_size: int = 0
+
+    def max_entries(self, overrides: dict[str, int]) -> int:
+        if self.size_const is None:
+            return self.fixed_size
+        return overrides.get(self.size_const, _C[self.size_const])
+
+
+SPECS = {s.name: s for s in (
+    MapSpec("dp_config", "array", u32, _S["dp_config"], None, 1),
+    MapSpec("dp_networks", "hash", u32, _S["dp_network"], "DP_MAP_NETWORKS"),
+    MapSpec("dp_endpoints", "hash", u32, _S["dp_endpoint"], "DP_MAP_ENDPOINTS"),
+    MapSpec("dp_local_macs", "hash", _S["dp_mac_key"], u32, "DP_MAP_ENDPOINTS"),
+    MapSpec("dp_local_ports", "hash", _S["dp_slot_key"], u32, "DP_MAP_ENDPOINTS"),
+    MapSpec("dp_fdb", "hash", _S["dp_mac_key"], _S["dp_fdb_entry"], "DP_MAP_FDB"),
+    MapSpec("dp_learned", "lru_hash", _S["dp_mac_key"], _S["dp_fdb_entry"], "DP_MAP_LEARNED"),
+    MapSpec("dp_neigh", "hash", _S["dp_ip_key"], _S["dp_mac"], "DP_MAP_NEIGH"),
+    MapSpec("dp_flood", "hash", _S["dp_slot_key"], u32, "DP_MAP_VTEPS"),
+    MapSpec("dp_vteps", "hash", _S["dp_ip_key"], u32, "DP_MAP_VTEPS"),
+    MapSpec("dp_nexthops", "hash", u32, _S["dp_nexthop"], "DP_MAP_NEXTHOPS"),
+    MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
+    MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
+    MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),
+)}
+
+SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})
+
+
+def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
+    """Refuse to reuse pinned maps whose layout differs from this version's
+    (bcc would silently bind to them). The fix is `dataplane down` first."""
+    for spec in SPECS.values():
+        path = os.path.join(pin_dir, spec.name)
+        if not os.path.exists(path):
+            continue
+        fd = bpfsys.obj_get(path)
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        want = (bpfsys.MAP_TYPES[spec.kind], ctypes.sizeof(spec.key) if spec.key else 0,
+                ctypes.sizeof(spec.value) if spec.value else 0, spec.max_entries(overrides))
+        have = (info.type, info.key_size, info.value_size, info.max_entries)
+        if have != want:
+            raise ToolchainError(
+                f"pinned map {path} has type/key/value/entries {have}, this version needs {want}: "
+                "run `dataplane down` before upgrading across a layout change")
+
+
+class Map:
+    """One pinned map, opened by path; keys and values are the ABI's ctypes."""
+
+    def __init__(self, pin_dir: str, name: str):
+        self.spec = SPECS[name]
+        self.path = os.path.join(pin_dir, name)
+        self.fd = bpfsys.obj_get(self.path)
+        self.percpu = self.spec.kind.startswith("percpu")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def zero(self):
+        """A zeroed value; for per-CPU maps, one per possible CPU."""
+        if self.percpu:
+            return (self.spec.value * bpfsys.possible_cpus())()
+        return self.spec.value()
+
+    def get(self, key):
+        val = self.zero()
+        return val if bpfsys.lookup(self.fd, key, val) else None
+
+    def put(self, key, value, flags: int = bpfsys.BPF_ANY) -> None:
+        bpfsys.update(self.fd, key, value, flags, what=self.spec.name)
+
+    def delete(self, key) -> bool:
+        return bpfsys.delete(self.fd, key)
+
+    def put_many(self, pairs) -> None:
+        """Write (key, value) pairs with one BPF_MAP_UPDATE_BATCH call."""
+        pairs = list(pairs)
+        keys = (self.spec.key * len(pairs))(*(k for k, _ in pairs))
+        vals = (self.spec.value * len(pairs))(*(v for _, v in pairs))
+        bpfsys.update_batch(self.fd, keys, vals, len(pairs), what=self.spec.name)
+
+    def delete_many(self, keys) -> None:
+        keys = list(keys)
+        arr = (self.spec.key * len(keys))(*keys)
+        bpfsys.delete_batch(self.fd, arr, len(keys), what=self.spec.name)
+
+    def keys(self):
+        out = []
+        cur = None
+        while True:
+            nxt = self.spec.key()
+            if not bpfsys.next_key(self.fd, cur, nxt):
+                return out
+            out.append(nxt)
+            cur = nxt
+
+    def items(self):
+        for k in self.keys():
+            v = self.get(k)
+            if v is not None:
+                yield k, v
+
+
+class NodeMaps:
+    """All maps of one node, opened lazily."""
+
+    def __init__(self, pin_dir: str):
+        self.pin_dir = pin_dir
+        self._open: dict[str, Map] = {}
+
+    def __getattr__(self, name: str) -> Map:
+        if name.startswith("_") or name not in SPECS:
+            raise AttributeError(name)
+        if name not in self._open:
+            self._open[name] = Map(self.pin_dir, name)
+        return self._open[name]
+
+    def close(self) -> None:
+        for m in self._open.values():
+            m.close()
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

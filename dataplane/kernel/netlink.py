@@ -1,0 +1,248 @@
+"""Links, tc, XDP, routes and neighbours over pyroute2 (with netns.py and gso.py, the only modules that speak netlink).
+
+Every function takes the network namespace it works in (None: the one this
+process runs in). Idempotent operations treat "exists"/"missing" as outcomes;
+any other kernel error becomes a KernelError naming the object and errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import time
+from contextlib import contextmanager
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_USE
+
+from dataplane.core.errors import Conflict, NotFound
+
+INGRESS = "ffff:fff2"
+EGRESS = "ffff:fff3"
+XDP_FLAGS_DRV_MODE = 1 << 2
+NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay probe permanent noarp
+
+
+# Namespaces live in netns.py; callers reach them through this module too.
+from dataplane.kernel.netns import (  # noqa: E402,F401
+    _kerr, call_in_netns, enter_netns, ns_create, ns_delete, ns_exec, ns_exists, ns_list, ns_path_exists,
+    sysctl, sysctl_get)
+
+
+@contextmanager
+def ipr(netns: str | None):
+    """An rtnetlink socket inside netns (which must exist)."""
+    try:
+        sock = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {netns!r} does not exist") from None
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+# --- links ----------------------------------------------------------------
+
+def link_index(netns: str | None, ifname: str) -> int | None:
+    with ipr(netns) as s:
+        found = s.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def link_info(netns: str | None, ifname: str) -> dict:
+    with ipr(netns) as s:
+        found = s.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
+        link = s.get_links(found[0])[0]
+        addrs = [a.get_attr("IFA_ADDRESS") for a in s.get_addr(index=found[0], family=2)]
+    return {
+        "index": found[0],
+        "name": ifname,
+        "mtu": link.get_attr("IFLA_MTU"),
+        "mac": link.get_attr("IFLA_ADDRESS"),
+        "up": bool(link["flags"] & 1),
+        "ipv4": addrs,
+    }
+
+
+def default_route_ifname(netns: str | None) -> str | None:
+    with ipr(netns) as s:
+        for r in s.get_default_routes(family=2):
+            oif = r.get_attr("RTA_OIF")
+            if oif:
+                return s.get_links(oif)[0].get_attr("IFLA_IFNAME")
+    return None
+
+
+def veth_create(netns: str | None, name: str, peer_ns: str, peer_name: str, peer_mac: str, mtu: int) -> int:
+    """A veth pair: `name` in netns, `peer_name` in peer_ns with peer_mac. Returns name's ifindex."""
+    peer = {"ifname": peer_name, "address": peer_mac, "mtu": mtu}
+    if peer_ns is not None:
+        peer["net_ns_fd"] = peer_ns
+    with ipr(netns) as s:
+        try:
+            s.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise Conflict(f"interface {name!r} or {peer_name!r} exists already") from None
+            raise _kerr(f"create veth {name}", e) from None
+        idx = s.link_lookup(ifname=name)[0]
+        s.link("set", index=idx, state="up")
+    return idx
+
+
+def link_delete(netns: str | None, ifname: str) -> bool:
+    with ipr(netns) as s:
+        found = s.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        try:
+            s.link("del", index=found[0])
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise _kerr(f"delete interface {ifname}", e) from None
+    return True
+
+
+def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: int = 24) -> int:
+    with ipr(netns) as s:
+        found = s.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
+        idx = found[0]
+        if addr:
+            try:
+                s.addr("add", index=idx, address=addr, prefixlen=prefixlen)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise _kerr(f"add {addr}/{prefixlen} to {ifname}", e) from None
+        s.link("set", index=idx, state="up")
+    return idx
+
+
+# --- tc and XDP -------------------------------------------------------------
+
+def routes_add(netns: str | None, ifname: str, routes) -> None:
+    """Routes [{"dst": CIDR, "gw": IP?}] through ifname (a CNI result's routes)."""
+    if not routes:
+        return
+    with ipr(netns) as s:
+        idx = s.link_lookup(ifname=ifname)[0]
+        for r in routes:
+            dst = ipaddress.IPv4Network(r["dst"])
+            kw = {"gateway": r["gw"]} if r.get("gw") else {}
+            try:
+                s.route("add", dst=str(dst.network_address), dst_len=dst.prefixlen, oif=idx, **kw)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise _kerr(f"add route {dst} in {netns}", e) from None
+
+
+def tc_attach(netns: str | None, ifindex: int, prog_fd: int, prog_name: str, parent: str = INGRESS) -> None:
+    """Attach (or atomically replace) our direct-action filter at prio 1, handle 1."""
+    with ipr(netns) as s:
+        try:
+            s.tc("add", "clsact", ifindex)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise _kerr(f"add clsact on ifindex {ifindex}", e) from None
+        try:
+            s.tc("replace-filter", "bpf", ifindex, ":1", fd=prog_fd, name=prog_name,
+                 parent=parent, classid=1, direct_action=True, prio=1)
+        except NetlinkError as e:
+            raise _kerr(f"attach {prog_name} to ifindex {ifindex}", e) from None
+
+
+def tc_detach(netns: str | None, ifindex: int, parent: str = INGRESS) -> None:
+    with ipr(netns) as s:
+        try:
+            s.tc("del-filter", "bpf", ifindex, ":1", parent=parent, prio=1)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise _kerr(f"detach filter from ifindex {ifindex}", e) from None
+
+
+def tc_filter_names(netns: str | None, ifindex: int, parent: str = INGRESS) -> list[str]:
+    with ipr(netns) as s:
+        try:
+            filters = s.get_filters(ifindex, parent=parent)
+        except NetlinkError:
+            return []
+    return [n for f in filters if (n := f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME"))]
+
+
+def clsact_delete(netns: str | None, ifindex: int) -> None:
+    with ipr(netns) as s:
+        try:
+            s.tc("del", "clsact", ifindex)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise _kerr(f"delete clsact on ifindex {ifindex}", e) from None
+
+
+def xdp_attach(netns: str | None, ifindex: int, prog_fd: int) -> None:
+    with ipr(netns) as s:
+        try:
+            s.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", prog_fd),
+                                                         ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
+        except NetlinkError as e:
+            raise _kerr(f"attach XDP (native) to ifindex {ifindex}", e) from None
+
+
+def xdp_detach(netns: str | None, ifindex: int) -> None:
+    with ipr(netns) as s:
+        try:
+            s.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", -1),
+                                                         ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise _kerr(f"detach XDP from ifindex {ifindex}", e) from None
+
+
+def xdp_attached(netns: str | None, ifindex: int) -> bool:
+    with ipr(netns) as s:
+        xdp = s.get_links(ifindex)[0].get_attr("IFLA_XDP")
+    return bool(xdp and dict(xdp["attrs"]).get("IFLA_XDP_PROG_ID"))
+
+
+# --- neighbours -----------------------------------------------------------
+
+def neigh_resolve(netns: str | None, ifindex: int, ip: str) -> None:
+    """Ask the kernel to resolve ip on ifindex (NTF_USE): it sends the ARP, we send nothing."""
+    with ipr(netns) as s:
+        try:
+            s.neigh("add", dst=ip, ifindex=ifindex, flags=NTF_USE, state=0)
+        except NetlinkError as e:
+            if e.code not in (errno.EEXIST,):
+                raise _kerr(f"resolve neighbour {ip}", e) from None
+
+
+def neigh_mac(netns: str | None, ifindex: int, ip: str) -> str | None:
+    with ipr(netns) as s:
+        for n in s.get_neighbours(ifindex=ifindex, dst=ip, family=2):
+            if n["state"] & NUD_VALID and n.get_attr("NDA_LLADDR"):
+                return n.get_attr("NDA_LLADDR")
+    return None
+
+
+def route_oif(netns: str | None, ip: str) -> tuple[int, str]:
+    """(egress ifindex, next-hop address) the kernel would use toward ip."""
+    with ipr(netns) as s:
+        try:
+            r = s.route("get", dst=ip)[0]
+        except NetlinkError as e:
+            raise _kerr(f"route to {ip}", e) from None
+    return r.get_attr("RTA_OIF"), (r.get_attr("RTA_GATEWAY") or ip)
+
+
+def wait_neigh(netns: str | None, ifindex: int, ip: str, timeout: float = 2.0) -> str | None:
+    neigh_resolve(netns, ifindex, ip)
+    deadline = time.monotonic() + timeout
+    while True:
+        mac = neigh_mac(netns, ifindex, ip)
+        if mac or time.monotonic() > deadline:
+            return mac
+        time.sleep(0.02)

@@ -1,0 +1,128 @@
+"""Network namespaces: create, enter, run in, and their sysctls. The
+namespace half of the kernel layer's netlink code (netlink.py re-exports it)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import subprocess
+import threading
+
+from pyroute2 import netns as _netns
+
+from dataplane.core.errors import Conflict, KernelError, NotFound
+
+
+def _kerr(what: str, e: Exception) -> KernelError:
+    code = getattr(e, "code", None) or getattr(e, "errno", None) or 0
+    return KernelError(f"{what}: {os.strerror(code) if code else e} (errno {code})")
+
+
+def ns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def ns_path_exists(path: str) -> bool:
+    """path is a network namespace handle (/run/netns/X, /proc/PID/ns/net)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def ns_create(name: str) -> None:
+    if ns_exists(name):
+        raise Conflict(f"network namespace {name!r} exists already")
+    try:
+        _netns.create(name)
+    except OSError as e:
+        raise _kerr(f"create network namespace {name}", e) from None
+
+
+def ns_delete(name: str) -> bool:
+    """Delete a namespace (its links go with it). False if it was not there."""
+    if not ns_exists(name):
+        return False
+    try:
+        _netns.remove(name)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise _kerr(f"delete network namespace {name}", e) from None
+    return True
+
+
+def ns_list() -> list[str]:
+    return sorted(_netns.listnetns())
+
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into namespace name, or the one at a path such
+    as /proc/PID/ns/net (threads it starts later follow it). Only the network
+    namespace changes: /sys/fs/bpf stays visible, which `ip netns exec` (a new
+    mount namespace) would hide."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    path = name if name.startswith("/") else f"/run/netns/{name}"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {name!r} does not exist") from None
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise _kerr(f"enter network namespace {name}", OSError(ctypes.get_errno(), "setns"))
+    finally:
+        os.close(fd)
+
+
+def call_in_netns(name: str | None, fn, *args):
+    """fn(*args) on a helper thread inside namespace name; its result or exception."""
+    if name is None:
+        return fn(*args)
+    out: dict = {}
+
+    def run():
+        try:
+            enter_netns(name)
+            out["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def ns_exec(name: str | None, argv: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run a command inside a namespace, as `ip netns exec` does."""
+    cmd = (["ip", "netns", "exec", name] if name else []) + list(argv)
+    return subprocess.run(cmd, **kw)
+
+
+def _proc_sys(netns: str | None, key: str, value: str | None = None) -> str:
+    """Read (or write) /proc/sys from a thread inside netns: net.* sysctls are
+    those of the namespace the file is opened in."""
+    path = "/proc/sys/" + key.replace(".", "/")
+
+    def rw():
+        with open(path, "r" if value is None else "w") as f:
+            return f.read().strip() if value is None else f.write(value)
+    try:
+        return call_in_netns(netns, rw)
+    except OSError as e:
+        raise _kerr(f"sysctl {key}{'' if value is None else '=' + value} in {netns or 'host'}", e) from None
+
+
+def sysctl_get(netns: str | None, key: str) -> str:
+    return _proc_sys(netns, key)
+
+
+def sysctl(netns: str | None, key: str, value: str) -> None:
+    _proc_sys(netns, key, str(value))

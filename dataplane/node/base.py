@@ -1,0 +1,55 @@
+"""Where a node lives: its name, namespace and pin directory, its state and maps.
+
+A node is one VTEP: the host network namespace this process runs in, or a
+named one (the lab's simulated hosts). Its maps are pinned under
+/sys/fs/bpf/dataplane/<node>/; what it created is in its state (core/state.py).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from dataplane.core import model, state
+from dataplane.core.errors import NotFound, NotPermitted
+from dataplane.core.state import NodeState
+from dataplane.kernel import loader
+from dataplane.kernel.maps import NodeMaps
+
+HOST_NODE = "host"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotPermitted("dataplane needs root (BPF, tc and network namespaces)")
+
+
+class Node:
+    def __init__(self, netns: str | None = None, name: str | None = None):
+        if netns is not None:
+            model.parse_name(netns, "namespace")
+        self.netns = netns
+        self.name = name or netns or HOST_NODE
+        self.pin_dir = os.path.join(loader.PIN_ROOT, self.name)
+
+    def state(self) -> NodeState | None:
+        return state.load(self.name)
+
+    def require_up(self) -> NodeState:
+        st = self.state()
+        if not st:
+            where = f" in namespace {self.netns}" if self.netns else ""
+            raise NotFound(f"dataplane is not up{where}: run `dataplane up --vni N` first")
+        return st
+
+    def maps(self) -> NodeMaps:
+        return NodeMaps(self.pin_dir)
+
+    @contextmanager
+    def changing(self):
+        """(state, maps) under the node's lock; the state is saved if the block succeeds."""
+        with state.locked(self.name):
+            st = self.require_up()
+            with self.maps() as m:
+                yield st, m
+            state.save(st)

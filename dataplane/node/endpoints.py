@@ -1,0 +1,146 @@
+"""Endpoints on this node: a veth whose inner end is the sandbox's interface,
+the fast path attached to its host end, and its map entries. The only writer
+of dp_endpoints (the MAC and neighbour entries are fdb.py's)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import ipaddress
+import os
+
+from dataplane.core import abi, model
+from dataplane.core.errors import Conflict, NotFound, UsageError
+from dataplane.core.keys import be32
+from dataplane.core.state import LocalEndpoint, NodeState
+from dataplane.kernel import gso, loader, netlink
+from dataplane.kernel.maps import NodeMaps
+from dataplane.node import fdb, networks
+from dataplane.node.base import Node, require_root
+
+_S = abi.load().structs
+
+
+def host_ifname(endpoint: str) -> str:
+    return "dp" + hashlib.sha1(endpoint.encode()).hexdigest()[:10]
+
+
+def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,
+        prefixlen: int | None = None, routes=()) -> LocalEndpoint:
+    """An endpoint on VNI vni. With no sandbox, a new namespace `name` with
+    eth0 in it (the CLI and the lab); otherwise see LocalEndpoint.sandbox.
+    Nothing is left behind if any step fails."""
+    require_root()
+    name = model.parse_name(name, "endpoint name")
+    vni = model.parse_vni(vni)
+    mac = model.parse_mac(mac) if mac is not None else None
+    sandbox = model.parse_sandbox(sandbox)
+    with node.changing() as (st, m):
+        net = st.networks.get(vni)
+        if not net:
+            raise NotFound(f"VNI {vni} is not up on this node: run `dataplane up --vni {vni}`")
+        if name in st.endpoints:
+            raise Conflict(f"endpoint {name!r} exists already")
+        if sandbox is None and netlink.ns_exists(name):
+            raise Conflict(f"network namespace {name!r} exists already")
+        subnet = ipaddress.IPv4Network(net.subnet)
+        ip = pick_ip(subnet, {e.ip for e in st.local_endpoints(vni)}, ip)
+        mac = mac or model.mac_for_ip(ipaddress.IPv4Address(ip))
+        if any(e.mac == mac for e in st.local_endpoints(vni)):
+            raise Conflict(f"MAC {mac} is in use on VNI {vni}")
+        ep = LocalEndpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name), sandbox=sandbox)
+        try:
+            _create(node, m, st, ep, prefixlen or subnet.prefixlen, net.mtu, routes)
+        except BaseException:
+            destroy(node, m, ep)
+            raise
+        st.endpoints[name] = ep
+        networks.sync(m, st, vni)
+        return ep
+
+
+def pick_ip(subnet: ipaddress.IPv4Network, used: set, ip) -> str:
+    gateway = str(next(subnet.hosts()))  # .1 stays free for a gateway, as Docker keeps it
+    if ip is not None:
+        addr = model.parse_ipv4(ip, "endpoint address")
+        if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
+            raise UsageError(f"address {addr} is not a host address of {subnet}")
+        if str(addr) in used:
+            raise Conflict(f"address {addr} is in use on this network")
+        return str(addr)
+    for host in subnet.hosts():
+        if str(host) != gateway and str(host) not in used:
+            return str(host)
+    raise Conflict(f"subnet {subnet} has no free address")
+
+
+def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen: int, mtu: int, routes) -> None:
+    sb = ep.sandbox or {}
+    if "netns" in sb:          # CNI: straight into the runtime's namespace
+        if not netlink.ns_path_exists(sb["netns"]):
+            raise NotFound(f"network namespace {sb['netns']} does not exist")
+        inner = (sb["netns"], sb["ifname"])
+        ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
+        netlink.link_up(sb["netns"], sb["ifname"], ep.ip, prefixlen)
+        netlink.routes_add(sb["netns"], sb["ifname"], routes)
+    elif "peer" in sb:         # Docker: the engine moves and addresses the peer
+        inner = (node.netns, sb["peer"])
+        ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
+    else:
+        netlink.ns_create(ep.name)
+        for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+            netlink.sysctl(ep.name, key, "1")
+        inner = (ep.name, "eth0")
+        ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
+        netlink.link_up(ep.name, "lo")
+        netlink.link_up(ep.name, "eth0", ep.ip, prefixlen)
+    netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
+    # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
+    # path carries them whole, and a larger limit would only make the uplink segment.
+    gso.set_veth(st.uplink.gso_max, (node.netns, ep.host_ifname), inner)
+    val = _S["dp_endpoint"](vni=ep.vni, ip=be32(ep.ip), slot=st.networks[ep.vni].slot)
+    ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
+    m.dp_endpoints.put(ctypes.c_uint32(ep.ifindex), val)
+    fdb.local_add(m, ep)
+    fd = loader.open_prog(node.pin_dir, "from_endpoint")
+    try:
+        netlink.tc_attach(node.netns, ep.ifindex, fd, "from_endpoint")
+    finally:
+        os.close(fd)
+
+
+def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:
+    """Undo an endpoint, whatever part of it exists. Safe to call twice."""
+    try:
+        if ep.ifindex:
+            m.dp_endpoints.delete(ctypes.c_uint32(ep.ifindex))
+        fdb.local_remove(m, ep)
+    except NotFound:
+        pass  # maps already gone (node torn down)
+    netlink.link_delete(node.netns, ep.host_ifname)
+    if not ep.sandbox:          # the namespace is ours only without a runtime's sandbox
+        netlink.ns_delete(ep.name)
+
+
+def remove(node: Node, name: str) -> LocalEndpoint:
+    require_root()
+    with node.changing() as (st, m):
+        ep = st.endpoints.pop(name, None)
+        if ep is None:
+            raise NotFound(f"endpoint {name!r} not found")
+        destroy(node, m, ep)
+        networks.sync(m, st, ep.vni)
+        return ep
+
+
+def in_maps(node: Node, ep: LocalEndpoint) -> bool:
+    """The fast path knows this endpoint (by its veth, MAC and address)."""
+    with node.maps() as m:
+        val = m.dp_endpoints.get(ctypes.c_uint32(ep.ifindex))
+        return (val is not None and val.vni == ep.vni and bytes(val.mac) == model.mac_bytes(ep.mac)
+                and fdb.local_present(m, ep))
+
+
+def listing(node: Node) -> list[dict]:
+    st = node.require_up()
+    return [dict(e.to_dict(), node=node.name) for _, e in sorted(st.endpoints.items())]

@@ -1,0 +1,146 @@
+"""MAC and neighbour entries: the only writer of dp_local_macs, dp_fdb,
+dp_learned and dp_neigh.
+
+This node's endpoints: {VNI, MAC} -> veth and {VNI, IP} -> MAC (ARP answered
+in the fast path). Endpoints on other hosts, installed by the agent: static
+FDB entries ({VNI, MAC} -> VTEP) and neighbour entries, kept as a diff
+against what is in the maps, so a resync or an agent restart rewrites nothing
+that is already right. And the ageing of what traffic taught (dp_learned)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from dataplane.core import abi, model
+from dataplane.core.keys import be32, ip_key, ip_str, mac_key, mac_value
+from dataplane.core.state import LocalEndpoint, NodeState
+from dataplane.kernel.bpfsys import MapFull
+from dataplane.kernel.maps import NodeMaps
+
+_S = abi.load().structs
+_FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
+
+
+def local_add(m: NodeMaps, ep: LocalEndpoint) -> None:
+    m.dp_local_macs.put(mac_key(ep.vni, ep.mac), ctypes.c_uint32(ep.ifindex))
+    # The fast path skips its MAC-conflict check for a fresh learned entry: the MAC is ours now.
+    m.dp_learned.delete(mac_key(ep.vni, ep.mac))
+    m.dp_neigh.put(ip_key(ep.vni, ep.ip), mac_value(ep.mac))
+
+
+def local_remove(m: NodeMaps, ep: LocalEndpoint) -> None:
+    m.dp_local_macs.delete(mac_key(ep.vni, ep.mac))
+    m.dp_neigh.delete(ip_key(ep.vni, ep.ip))
+
+
+def local_present(m: NodeMaps, ep: LocalEndpoint) -> bool:
+    return (m.dp_local_macs.get(mac_key(ep.vni, ep.mac)) is not None
+            and m.dp_neigh.get(ip_key(ep.vni, ep.ip)) is not None)
+
+
+class RemoteTable:
+    def __init__(self, maps: NodeMaps, local_neigh: set[tuple[int, str]]):
+        """Read back what the maps hold; local_neigh are the {VNI, IP} of this
+        host's own endpoints, which belong to the node, not to us."""
+        self.maps = maps
+        self.fdb: dict[int, dict[str, str]] = {}     # vni -> mac -> vtep
+        self.neigh: dict[int, dict[str, str]] = {}   # vni -> ip -> mac
+        self.map_full = 0
+        self.last_error = ""
+        for k, v in maps.dp_fdb.items():
+            self.fdb.setdefault(k.vni, {})[model.mac_str(k.mac)] = ip_str(v.vtep)
+        for k, v in maps.dp_neigh.items():
+            ip = ip_str(k.ip)
+            if (k.vni, ip) not in local_neigh:
+                self.neigh.setdefault(k.vni, {})[ip] = model.mac_str(v.mac)
+
+    def vnis(self) -> set[int]:
+        return set(self.fdb) | set(self.neigh)
+
+    def apply(self, vni: int, fdb: dict[str, str], neigh: dict[str, str]) -> tuple[int, int]:
+        """Make the VNI's entries equal fdb/neigh. (written, removed)."""
+        have_fdb = self.fdb.setdefault(vni, {})
+        have_neigh = self.neigh.setdefault(vni, {})
+        put_fdb = {m: v for m, v in fdb.items() if have_fdb.get(m) != v}
+        put_neigh = {i: m for i, m in neigh.items() if have_neigh.get(i) != m}
+        del_fdb = [m for m in have_fdb if m not in fdb]
+        del_neigh = [i for i in have_neigh if i not in neigh]
+        # Removals first: they make room in a map that is near full.
+        if del_fdb:
+            self.maps.dp_fdb.delete_many(mac_key(vni, m) for m in del_fdb)
+            for m in del_fdb:
+                del have_fdb[m]
+                self.maps.dp_learned.delete(mac_key(vni, m))   # what traffic taught goes too
+        if del_neigh:
+            self.maps.dp_neigh.delete_many(ip_key(vni, i) for i in del_neigh)
+            for i in del_neigh:
+                del have_neigh[i]
+        self._put(self.maps.dp_fdb, have_fdb, put_fdb,
+                  lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+        self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
+        if not have_fdb:
+            self.fdb.pop(vni, None)
+        if not have_neigh:
+            self.neigh.pop(vni, None)
+        # A static entry now overrides; drop what was learned for the same MAC.
+        for m in put_fdb:
+            self.maps.dp_learned.delete(mac_key(vni, m))
+        return len(put_fdb) + len(put_neigh), len(del_fdb) + len(del_neigh)
+
+    def repair(self, vni: int, mac: str, vtep: str, ip: str) -> bool:
+        """A punt says the fast path missed an entry we believe installed
+        (deleted behind our back, or never fitted): write it again. True if
+        it was missing."""
+        if self.fdb.get(vni, {}).get(mac) != vtep or self.neigh.get(vni, {}).get(ip) != mac:
+            return False          # not ours to install (yet): apply() decides
+        missing = (self.maps.dp_fdb.get(mac_key(vni, mac)) is None
+                   or self.maps.dp_neigh.get(ip_key(vni, ip)) is None)
+        if missing:
+            del self.fdb[vni][mac]
+            del self.neigh[vni][ip]
+            self._put(self.maps.dp_fdb, self.fdb[vni], {mac: vtep},
+                      lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+            self._put(self.maps.dp_neigh, self.neigh[vni], {ip: mac}, lambda i, m: (ip_key(vni, i), mac_value(m)))
+        return missing
+
+    def _put(self, m, have: dict, todo: dict, encode) -> None:
+        if not todo:
+            return
+        try:
+            m.put_many(encode(k, v) for k, v in todo.items())
+            have.update(todo)
+        except MapFull as e:
+            # Some went in, some did not: learn which, count the rest, retry later.
+            self.map_full += 1
+            self.last_error = str(e)
+            for k, v in todo.items():
+                key, _ = encode(k, v)
+                if m.get(key) is not None:
+                    have[k] = v
+
+    def counts(self) -> dict:
+        return {"fdb": sum(map(len, self.fdb.values())), "neigh": sum(map(len, self.neigh.values())),
+                "map_full": self.map_full}
+
+
+def _drop_learned(maps: NodeMaps, doomed) -> int:
+    """Delete the learned entries whose value doomed(v) selects; how many."""
+    keys = [k for k, v in maps.dp_learned.items() if doomed(v)]
+    for k in keys:
+        maps.dp_learned.delete(k)
+    return len(keys)
+
+
+def age_learned(maps: NodeMaps, age_ns: int, now_ns: int) -> int:
+    """Delete learned entries older than age_ns (the fast path already ignores them)."""
+    return _drop_learned(maps, lambda v: now_ns - v.last_seen_ns > age_ns)
+
+
+def forget_learned_vtep(maps: NodeMaps, vtep: str) -> int:
+    """Delete what was learned behind a VTEP that left (its host died)."""
+    return _drop_learned(maps, lambda v: ip_str(v.vtep) == vtep)
+
+
+def local_neigh_keys(st: NodeState) -> set[tuple[int, str]]:
+    return {(e.vni, e.ip) for e in st.endpoints.values()}
+

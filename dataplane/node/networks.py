@@ -1,0 +1,124 @@
+"""The VNIs a node serves: their dp_networks entries, counter slots, local
+ports and flood lists. The only writer of dp_networks, dp_local_ports,
+dp_flood, dp_vteps and dp_stats."""
+
+from __future__ import annotations
+
+import ctypes
+
+from dataplane.core import abi, model
+from dataplane.core.errors import Conflict, NotFound, UsageError
+from dataplane.core.keys import be32, ip_key, slot_key
+from dataplane.core.state import NodeState, ServedNetwork
+from dataplane.kernel.maps import NodeMaps
+from dataplane.node import nexthops
+from dataplane.node.base import Node
+
+_S = abi.load().structs
+_C = abi.load().constants
+
+
+def flood_list(st: NodeState, vni: int) -> list[str]:
+    """Static peers (--peer) first, then the VTEPs the agent learned from the registry."""
+    out = list(st.peers.get(vni, []))
+    out += [ip for ip in st.registry_peers.get(vni, []) if ip not in out]
+    return out[: _C["DP_MAX_FLOOD"]]
+
+
+def serve(m: NodeMaps, st: NodeState, vni: int, subnet=None, mtu: int | None = None) -> ServedNetwork:
+    """Serve a VNI (new: a counter slot, zeroed), then write its entries."""
+    net = st.networks.get(vni)
+    if net is None:
+        slot = free_slot(st)
+        mtu_max = st.uplink.mtu - model.ENCAP_LEN
+        net = ServedNetwork(vni=vni, subnet=str(subnet or model.default_subnet(vni)),
+                            mtu=min(mtu or mtu_max, mtu_max), slot=slot)
+        m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())  # a reused slot starts at zero
+        st.networks[vni] = net
+        st.peers.setdefault(vni, [])
+    sync(m, st, vni)
+    return net
+
+
+def ensure_served(node: Node, vni: int, subnet: str, mtu: int | None = None) -> ServedNetwork:
+    """Serve a registry network's VNI unless this node does already (maps only:
+    the programs are loaded). The subnet must agree with the one served."""
+    with node.changing() as (st, m):
+        have = st.networks.get(vni)
+        if have and have.subnet != str(subnet):
+            raise Conflict(f"VNI {vni} is up with subnet {have.subnet}, the registry says {subnet}")
+        return have or serve(m, st, vni, subnet, mtu)
+
+
+def is_served(node: Node, vni: int) -> bool:
+    return vni in node.require_up().networks
+
+
+def free_slot(st: NodeState) -> int:
+    """The lowest dp_stats slot no network holds; 0 belongs to 'no VNI'."""
+    used = {n.slot for n in st.networks.values()}
+    size = st.map_sizes.get("DP_MAP_NETWORKS", _C["DP_MAP_NETWORKS"])
+    slot = next((i for i in range(1, size) if i not in used), None)
+    if slot is None:
+        raise UsageError(f"this node already serves {size - 1} networks, the most its maps hold "
+                         "(DP_MAP_NETWORKS)")
+    return slot
+
+
+def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
+    """Rewrite the VNI's entry, its local-port and flood slots from the state.
+    Slots are written before the counts grow and removed after they shrink."""
+    ports = [e.ifindex for e in st.local_endpoints(vni)]
+    vteps = flood_list(st, vni)
+    old = m.dp_networks.get(ctypes.c_uint32(vni))
+    for i, ifx in enumerate(ports):
+        m.dp_local_ports.put(slot_key(vni, i), ctypes.c_uint32(ifx))
+    for i, ip in enumerate(vteps):
+        m.dp_flood.put(slot_key(vni, i), ctypes.c_uint32(be32(ip)))
+        m.dp_vteps.put(ip_key(vni, ip), ctypes.c_uint32(i))
+    net = st.networks[vni]
+    m.dp_networks.put(ctypes.c_uint32(vni), _S["dp_network"](mtu=net.mtu, slot=net.slot, n_local=len(ports),
+                                                             n_flood=len(vteps)))
+    if old is not None:
+        for i in range(len(ports), old.n_local):
+            m.dp_local_ports.delete(slot_key(vni, i))
+        for i in range(len(vteps), old.n_flood):
+            m.dp_flood.delete(slot_key(vni, i))
+    for ip in st.flooded.get(vni, []):
+        if ip not in vteps:
+            m.dp_vteps.delete(ip_key(vni, ip))
+    st.flooded[vni] = vteps
+
+
+def drop(m: NodeMaps, st: NodeState, vni: int) -> None:
+    """Stop serving a VNI whose endpoints are gone already."""
+    st.peers[vni] = []
+    st.registry_peers.pop(vni, None)
+    sync(m, st, vni)
+    del st.peers[vni]
+    st.flooded.pop(vni, None)
+    del st.networks[vni]
+    m.dp_networks.delete(ctypes.c_uint32(vni))  # its slot is zeroed when a network takes it next
+
+
+def set_registry_peers(node: Node, vni: int, ips: list[str]) -> None:
+    """The VTEPs the registry says share this VNI: the flood list's second half."""
+    with node.changing() as (st, m):
+        new = [ip for ip in ips if ip not in st.registry_peers.get(vni, [])]
+        st.registry_peers[vni] = list(ips)
+        sync(m, st, vni)
+        for ip in new:
+            nexthops.prime(m, st, node.netns, ip, timeout=0.2)
+
+
+def vnis_of(st: NodeState, vnis) -> list[int]:
+    """The VNIs named (all the node serves if none), each checked to be served."""
+    if not vnis:
+        return sorted(st.networks)
+    out = []
+    for v in vnis:
+        v = model.parse_vni(v)
+        if v not in st.networks:
+            raise NotFound(f"VNI {v} is not up on this node")
+        out.append(v)
+    return out

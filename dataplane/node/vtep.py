@@ -1,0 +1,210 @@
+"""Bringing a node up and down: the uplink, the programs, the configuration.
+The only writer of dp_config (the loader fills dp_tail)."""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+
+from dataplane.core import abi, model, state
+from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
+from dataplane.core.keys import be32
+from dataplane.core.state import NodeConfig, NodeState, Uplink
+from dataplane.kernel import gso, loader, netlink
+from dataplane.kernel.maps import NodeMaps
+from dataplane.node import endpoints, networks, nexthops, peers
+from dataplane.node.base import Node, require_root
+
+_S = abi.load().structs
+_F = abi.load().enums["dp_cfg_flag"]
+
+
+def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
+       peer_check=False, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
+       registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
+    """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
+    reloads the programs (atomic replace) and adds what is new. With a
+    registry, the node's agent adds the registry's networks and peers."""
+    require_root()
+    vnis = sorted({model.parse_vni(v) for v in vnis})
+    if not vnis and not registry:
+        raise UsageError("give at least one --vni")
+    if host_name is not None:
+        model.parse_name(host_name, "host name")
+    if subnet is not None and len(vnis) != 1:
+        raise UsageError("--subnet applies to exactly one --vni")
+    subnet = model.parse_subnet(subnet) if subnet is not None else None
+    port = model.parse_port(port) if port is not None else None
+    peer_ips = [str(model.parse_ipv4(p, "peer address")) for p in peer_ips]
+    fdb_age = model.parse_age(fdb_age) if fdb_age is not None else None
+    if underlay is not None:
+        model.parse_ifname(underlay)
+    if node.netns and not netlink.ns_exists(node.netns):
+        raise NotFound(f"network namespace {node.netns!r} does not exist")
+
+    with state.locked(node.name):
+        old = node.state()
+        if old and underlay and underlay != old.config.underlay:
+            raise Conflict(f"node {node.name} is up on {old.config.underlay}; run `dataplane down` first")
+        underlay = underlay or (old.config.underlay if old else netlink.default_route_ifname(node.netns))
+        if not underlay:
+            raise UsageError("no --underlay given and no default route to take it from")
+        link = netlink.link_info(node.netns, underlay)
+        if local_ip is None:
+            local_ip = old.config.local_ip if old else (link["ipv4"][0] if link["ipv4"] else None)
+            if local_ip is None:
+                raise UsageError(f"{underlay} has no IPv4 address: give --local-ip")
+        local_ip = str(model.parse_ipv4(local_ip, "local address"))
+        if local_ip not in link["ipv4"]:
+            raise UsageError(f"--local-ip {local_ip} is not an address of {underlay} "
+                             f"({', '.join(link['ipv4']) or 'none'})")
+        if local_ip in peer_ips:
+            raise UsageError(f"peer {local_ip} is this node's own address")
+        if old and registry and old.registry not in (None, registry):
+            raise Conflict(f"node {node.name} uses registry {old.registry}; run `dataplane down` first")
+        for vni in vnis:
+            if old and subnet and vni in old.networks and old.networks[vni].subnet != str(subnet):
+                raise Conflict(f"VNI {vni} exists with subnet {old.networks[vni].subnet}")
+
+        uplink = Uplink(ifindex=link["index"], mtu=link["mtu"], mac=link["mac"],
+                        gso_max=gso.gso_ipv4_max(node.netns, link["name"]))
+        if old:
+            st, cfg = old, old.config
+            st.uplink = uplink
+        else:
+            cfg = NodeConfig(underlay=underlay, local_ip=local_ip)
+            st = NodeState(node=node.name, netns=node.netns, pin_dir=node.pin_dir, config=cfg, uplink=uplink,
+                           map_sizes=dict(map_sizes or {}))
+        cfg.local_ip = local_ip
+        cfg.port = port or cfg.port
+        cfg.peer_check = peer_check or cfg.peer_check
+        cfg.xdp_guard = xdp_guard or cfg.xdp_guard
+        cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
+        if registry:
+            st.registry = registry
+            st.host_name = host_name or st.host_name or node.netns or socket.gethostname().split(".")[0]
+            st.lease_ttl = lease_ttl or st.lease_ttl
+        try:
+            _apply(node, st, vnis, subnet, peer_ips, quiet)
+        except BaseException:
+            if not old:
+                _teardown(node, st, quiet=True)
+            raise
+        state.save(st)
+        return st
+
+
+def _forwarding_key(st: NodeState) -> str:
+    return f"net.ipv4.conf.{st.config.underlay}.forwarding"
+
+
+def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet) -> None:
+    # bpf_fib_lookup, which keeps the next-hop cache fresh, answers only for
+    # an interface with IPv4 forwarding on (as container hosts run anyway).
+    key = _forwarding_key(st)
+    if st.restore_forwarding is None:
+        st.restore_forwarding = netlink.sysctl_get(node.netns, key)
+    netlink.sysctl(node.netns, key, "1")
+    loaded = loader.load(node.pin_dir, st.map_sizes, quiet=quiet)
+    try:
+        with node.maps() as m:
+            write_config(m, st)
+            for vni in vnis:
+                networks.serve(m, st, vni, subnet)
+            # New programs go in by replacing the filters in place: no moment without one.
+            netlink.tc_attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
+            for ep in st.endpoints.values():
+                netlink.tc_attach(node.netns, ep.ifindex, loaded.fds["from_endpoint"], "from_endpoint")
+            if st.config.xdp_guard:
+                netlink.xdp_attach(node.netns, st.uplink.ifindex, loaded.fds["xdp_guard"])
+            for vni in vnis:
+                for p in peer_ips:
+                    peers.add_to(m, st, vni, p)
+            for p in sorted({p for lst in st.peers.values() for p in lst}):
+                nexthops.prime(m, st, node.netns, p)
+    finally:
+        loaded.close()
+
+
+def write_config(m: NodeMaps, st: NodeState) -> None:
+    c = st.config
+    flags = int(_F.DP_CFG_PEER_CHECK) if c.peer_check else 0
+    flags |= int(_F.DP_CFG_PUNT_MISS) if st.punt_miss else 0
+    val = _S["dp_config"](local_ip=be32(c.local_ip), port=socket.htons(c.port),
+                          src_port_min=c.src_port_min, src_port_max=c.src_port_max,
+                          flags=flags, uplink_ifindex=st.uplink.ifindex,
+                          fdb_age_ns=c.fdb_age_s * 1_000_000_000)
+    m.dp_config.put(ctypes.c_uint32(0), val)
+
+
+def set_punt_miss(node: Node, on: bool) -> None:
+    """An agent drains dp_punts (on) or no longer does (off): misses are
+    punted to it or flooded."""
+    with node.changing() as (st, m):
+        st.punt_miss = bool(on)
+        write_config(m, st)
+
+
+def remove_networks(node: Node, m: NodeMaps, st: NodeState, vnis: list[int]) -> None:
+    """Stop serving these VNIs; their endpoints go with them."""
+    for vni in vnis:
+        for name, ep in list(st.endpoints.items()):
+            if ep.vni == vni:
+                endpoints.destroy(node, m, ep)
+                del st.endpoints[name]
+        networks.drop(m, st, vni)
+
+
+def unserve(node: Node, vni: int) -> None:
+    """Stop serving a VNI (its endpoints go with it); the node stays up."""
+    with node.changing() as (st, m):
+        if vni in st.networks:
+            remove_networks(node, m, st, [vni])
+
+
+def down(node: Node, vnis=None, quiet=False) -> bool:
+    """Remove the node (or only some VNIs and their endpoints). False if it was not up."""
+    require_root()
+    with state.locked(node.name):
+        st = node.state()
+        if not st:
+            _remove_pins(node)
+            state.remove(node.name)
+            return False
+        if vnis:
+            with node.maps() as m:
+                remove_networks(node, m, st, networks.vnis_of(st, vnis))
+            if st.networks:
+                state.save(st)
+                return True
+        _teardown(node, st, quiet)
+    state.remove(node.name)
+    return True
+
+
+def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
+    errors = []
+    with node.maps() as m:
+        for ep in list(st.endpoints.values()):
+            try:
+                endpoints.destroy(node, m, ep)
+            except DataplaneError as e:
+                errors.append(str(e))
+    ifx = st.uplink.ifindex
+    if ifx and (not node.netns or netlink.ns_exists(node.netns)):
+        try:
+            netlink.tc_detach(node.netns, ifx)
+            netlink.xdp_detach(node.netns, ifx)
+            if not netlink.tc_filter_names(node.netns, ifx):
+                netlink.clsact_delete(node.netns, ifx)
+            if st.restore_forwarding is not None:
+                netlink.sysctl(node.netns, _forwarding_key(st), st.restore_forwarding)
+        except (KernelError, NotFound) as e:
+            errors.append(str(e))
+    _remove_pins(node)
+    if errors and not quiet:
+        raise KernelError("down finished with errors: " + "; ".join(errors))
+
+
+def _remove_pins(node: Node) -> None:
+    loader.remove_pins(node.pin_dir)

@@ -1,0 +1,329 @@
+"""The CNI plugin (spec 1.0.0 and 1.1.0): `type: "dataplane"` in a network
+configuration puts the container on a VNI of the overlay.
+
+The runtime runs this with CNI_* in the environment and the configuration on
+stdin. It delegates addresses to the configured IPAM plugin (host-local, ...)
+or, with no `ipam` section, lets the registry assign one; it asks the node's
+agent (over its unix socket) to make the veth, attach the fast path and
+register the endpoint. It imports no bcc and no netlink library.
+
+Configuration keys of ours: `vni` (required), `node` (the agent's node name,
+default "host": a lab host's is its namespace name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import sys
+
+from dataplane.agent import client
+from dataplane.core import model
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+
+SUPPORTED = ["1.0.0", "1.1.0"]
+IPAM_FALLBACK_VERSION = "1.0.0"   # Debian's reference plugins stop at 1.0.0
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+# The spec's well-known error codes; 100 and up are ours.
+E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG, E_TRY_AGAIN = 1, 2, 3, 4, 5, 6, 7, 11
+E_NOT_AVAILABLE = 50
+E_CONFLICT, E_BROKEN = 100, 101
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class CNIError(Exception):
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+    def to_dict(self, version: str) -> dict:
+        out = {"cniVersion": version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+def endpoint_id(network: str, container_id: str, ifname: str) -> str:
+    """One attachment (network, container, interface) -> one registry endpoint."""
+    return "cni-" + hashlib.sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()[:24]
+
+
+# --- input -----------------------------------------------------------------------
+
+def _env(env, name: str, required: bool = True) -> str | None:
+    val = env.get(name)
+    if required and not val:
+        raise CNIError(E_ENV, f"{name} is not set")
+    return val or None
+
+
+def _read_conf(raw: bytes) -> dict:
+    try:
+        conf = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(E_DECODE, "network configuration is not valid JSON", str(e)) from None
+    if not isinstance(conf, dict):
+        raise CNIError(E_DECODE, "network configuration must be a JSON object")
+    return conf
+
+
+def _check_conf(conf: dict) -> int:
+    ver = conf.get("cniVersion")
+    if ver not in SUPPORTED:
+        raise CNIError(E_VERSION, f"CNI version {ver!r} is not supported",
+                       f"supported versions: {', '.join(SUPPORTED)}")
+    if not isinstance(conf.get("name"), str) or not conf["name"]:
+        raise CNIError(E_CONFIG, "network configuration has no name")
+    vni = conf.get("vni")
+    if not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= 0xFFFFFF:
+        raise CNIError(E_CONFIG, f"bad vni {vni!r}: an integer 1..16777215 is required")
+    if "ipam" in conf and not (isinstance(conf["ipam"], dict) and isinstance(conf["ipam"].get("type"), str)):
+        raise CNIError(E_CONFIG, "ipam must be an object with a type")
+    try:
+        model.parse_name(conf.get("node", "host"), "node")
+    except UsageError as e:
+        raise CNIError(E_CONFIG, str(e)) from None
+    return vni
+
+
+def _attachment(env, need_netns: bool) -> tuple[str, str, str | None]:
+    cid = _env(env, "CNI_CONTAINERID")
+    if not _CONTAINER_ID.match(cid):
+        raise CNIError(E_ENV, f"bad CNI_CONTAINERID {cid!r}")
+    ifname = _env(env, "CNI_IFNAME")
+    try:
+        model.parse_ifname(ifname)
+    except UsageError:
+        raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}") from None
+    if ifname in (".", ".."):
+        raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}")
+    netns = _env(env, "CNI_NETNS", required=need_netns)
+    if netns is not None and not netns.startswith("/"):
+        raise CNIError(E_ENV, f"bad CNI_NETNS {netns!r}: an absolute path expected")
+    return cid, ifname, netns
+
+
+# --- the agent and the IPAM plugin ------------------------------------------------
+
+def _agent(conf: dict, op: str, **args):
+    node = conf.get("node", "host")
+    try:
+        return client.call(node, op, timeout=30, **args)
+    except client.AgentNotRunning as e:
+        raise CNIError(E_TRY_AGAIN, f"the dataplane agent of node {node} is not running", str(e)) from None
+    except NotFound as e:
+        raise CNIError(E_UNKNOWN_CONTAINER if "namespace" in str(e) else E_BROKEN, str(e)) from None
+    except UsageError as e:
+        raise CNIError(E_CONFIG, str(e)) from None
+    except Conflict as e:
+        raise CNIError(E_CONFLICT, str(e)) from None
+    except (DataplaneError, OSError, ValueError) as e:
+        raise CNIError(E_IO, f"agent request {op} failed: {e}") from None
+
+
+def _find_plugin(env, name: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+        raise CNIError(E_CONFIG, f"bad IPAM plugin name {name!r}")
+    for d in (_env(env, "CNI_PATH") or "").split(":"):
+        path = os.path.join(d, name)
+        if d and os.access(path, os.X_OK):
+            return path
+    raise CNIError(E_CONFIG, f"IPAM plugin {name!r} not found in CNI_PATH")
+
+
+def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict | None:
+    """Run the configured IPAM plugin as the spec's delegation says (same env,
+    same configuration). A plugin older than our configuration's version is
+    asked again at 1.0.0: IPAM results are the same in both."""
+    plugin = _find_plugin(env, conf["ipam"]["type"])
+    run_env = {**env, "CNI_COMMAND": command, **(overrides or {})}
+    for ver in dict.fromkeys([conf["cniVersion"], IPAM_FALLBACK_VERSION]):
+        body = dict(conf, cniVersion=ver)
+        if ver != conf["cniVersion"]:
+            body.pop("prevResult", None)
+        try:
+            r = subprocess.run([plugin], input=json.dumps(body).encode(), env=run_env,
+                               capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CNIError(E_IO, f"IPAM plugin {conf['ipam']['type']} failed to run", str(e)) from None
+        out = r.stdout.strip()
+        if r.returncode == 0:
+            return json.loads(out) if out else None
+        try:
+            err = json.loads(out)
+        except ValueError:
+            err = {"code": E_IO, "msg": (out or r.stderr).decode(errors="replace").strip()}
+        if err.get("code") != E_VERSION:
+            raise CNIError(err.get("code", E_IO), f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}",
+                           err.get("details", ""))
+    raise CNIError(E_VERSION, f"IPAM plugin {conf['ipam']['type']} supports neither {conf['cniVersion']} "
+                   f"nor {IPAM_FALLBACK_VERSION}")
+
+
+def _first_ipv4(result: dict | None):
+    for ip in (result or {}).get("ips", []):
+        try:
+            iface = ipaddress.ip_interface(ip["address"])
+        except (KeyError, ValueError):
+            continue
+        if iface.version == 4:
+            return iface, ip
+    return None, None
+
+
+# --- commands ----------------------------------------------------------------------
+
+def cmd_add(conf: dict, env) -> dict:
+    vni = _check_conf(conf)
+    cid, ifname, netns = _attachment(env, need_netns=True)
+    prev = conf.get("prevResult") or {}
+    ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
+    try:
+        source = ipam if ipam is not None else prev
+        iface, ipinfo = _first_ipv4(source)
+        if "ipam" in conf and iface is None:
+            raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
+        if iface is not None:
+            _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network))
+        sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
+                   "container_id": cid}
+        ep = _agent(conf, "endpoint_attach", id=endpoint_id(conf["name"], cid, ifname), vni=vni,
+                    sandbox=sandbox, ip=str(iface.ip) if iface else None,
+                    prefixlen=iface.network.prefixlen if iface else None,
+                    routes=(source or {}).get("routes") or [])
+    except BaseException:
+        if ipam is not None:
+            try:
+                _ipam(conf, env, "DEL")
+            except CNIError:
+                pass
+        raise
+    ifaces = list(prev.get("interfaces", []))
+    ifaces.append({"name": ep["host_ifname"]})
+    ifaces.append({"name": ifname, "mac": ep["mac"], "sandbox": netns})
+    addr = f"{ep['ip']}/{iface.network.prefixlen if iface else ipaddress.IPv4Network(ep['subnet']).prefixlen}"
+    ip_entry = {"address": addr, "interface": len(ifaces) - 1}
+    gw = (ipinfo or {}).get("gateway")
+    if gw:
+        ip_entry["gateway"] = gw
+    result = {"cniVersion": conf["cniVersion"], "interfaces": ifaces,
+              "ips": [i for i in prev.get("ips", []) if i.get("address") != addr] + [ip_entry]}
+    routes = (source or {}).get("routes")
+    if routes:
+        result["routes"] = routes
+    dns = (source or {}).get("dns") or prev.get("dns")
+    if dns:
+        result["dns"] = dns
+    return result
+
+
+def cmd_del(conf: dict, env) -> None:
+    _check_conf(conf)
+    cid, ifname, _ = _attachment(env, need_netns=False)
+    _agent(conf, "endpoint_detach", id=endpoint_id(conf["name"], cid, ifname))
+    if "ipam" in conf:
+        _ipam(conf, env, "DEL")
+
+
+def cmd_check(conf: dict, env) -> None:
+    _check_conf(conf)
+    cid, ifname, netns = _attachment(env, need_netns=True)
+    prev = conf.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CNIError(E_CONFIG, "CHECK needs prevResult")
+    mine = [i for i, f in enumerate(prev.get("interfaces", [])) if f.get("name") == ifname and f.get("sandbox")]
+    if not mine:
+        raise CNIError(E_BROKEN, f"prevResult has no interface {ifname} in a sandbox")
+    mac = prev["interfaces"][mine[-1]].get("mac")
+    addrs = [ipaddress.ip_interface(i["address"]) for i in prev.get("ips", []) if i.get("interface") == mine[-1]]
+    try:
+        _agent(conf, "endpoint_check", id=endpoint_id(conf["name"], cid, ifname),
+               ip=str(addrs[0].ip) if addrs else None, mac=mac)
+    except CNIError as e:
+        if e.code == E_TRY_AGAIN:
+            raise
+        raise CNIError(E_BROKEN, f"attachment of {cid}/{ifname} is broken: {e.msg}") from None
+    if "ipam" in conf:
+        _ipam(conf, env, "CHECK")
+
+
+def cmd_status(conf: dict, env) -> None:
+    _check_conf(conf)
+    try:
+        ping = _agent(conf, "ping")
+    except CNIError as e:
+        raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not available", e.msg) from None
+    if not ping.get("synced") or not ping.get("connected"):
+        raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not connected to its registry")
+
+
+def cmd_gc(conf: dict, env) -> None:
+    """Remove this network's attachments on this node that the runtime no longer
+    lists, and release their addresses through the IPAM plugin."""
+    _check_conf(conf)
+    valid = conf.get(VALID_ATTACHMENTS, [])
+    if not isinstance(valid, list):
+        raise CNIError(E_CONFIG, f"{VALID_ATTACHMENTS} must be a list")
+    keep = {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
+    for ep in _agent(conf, "endpoint_local", runtime="cni"):
+        sb = ep["sandbox"]
+        if sb.get("network") != conf["name"] or (sb.get("container_id"), sb.get("ifname")) in keep:
+            continue
+        if "ipam" in conf:     # first: if it fails the attachment stays, and the next GC retries
+            _ipam(conf, env, "DEL", {"CNI_CONTAINERID": sb["container_id"], "CNI_IFNAME": sb["ifname"],
+                                     "CNI_NETNS": ""})
+        _agent(conf, "endpoint_detach", id=ep["name"])
+
+
+COMMANDS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+
+
+def run(env, raw: bytes) -> tuple[int, dict | None]:
+    """(exit status, JSON for stdout) for one invocation."""
+    version = SUPPORTED[-1]
+    try:
+        cmd = _env(env, "CNI_COMMAND")
+        conf = _read_conf(raw) if raw.strip() or cmd != "VERSION" else {}
+        if isinstance(conf.get("cniVersion"), str):
+            version = conf["cniVersion"]
+        if cmd == "VERSION":
+            return 0, {"cniVersion": version if version in SUPPORTED else SUPPORTED[-1],
+                       "supportedVersions": SUPPORTED}
+        fn = COMMANDS.get(cmd)
+        if fn is None:
+            raise CNIError(E_ENV, f"unknown CNI_COMMAND {cmd!r}")
+        if cmd in ("STATUS", "GC") and conf.get("cniVersion") == "1.0.0":
+            raise CNIError(E_VERSION, f"{cmd} needs CNI version 1.1.0")
+        return 0, fn(conf, env)
+    except CNIError as e:
+        return 1, e.to_dict(version)
+
+
+def main() -> int:
+    status, out = run(os.environ, sys.stdin.buffer.read())
+    if out is not None:
+        sys.stdout.write(json.dumps(out) + "\n")
+    return status
+
+
+def install(bin_dir: str) -> str:
+    """Write the `dataplane` executable a runtime finds in its CNI path."""
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "dataplane")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"#!{sys.executable}\n# dataplane CNI plugin (written by `dataplane cni install`)\n"
+                "import sys\nfrom dataplane.runtimes.cni import main\nsys.exit(main())\n")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

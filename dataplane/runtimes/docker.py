@@ -1,0 +1,258 @@
+"""Docker remote network driver (libnetwork's remote protocol: JSON over HTTP
+on a unix socket Docker discovers in /run/docker/plugins/).
+
+`docker network create -d dataplane -o vni=256 --subnet 10.30.0.0/24 net1`
+maps the Docker network to the registry network with VNI 256 (created if
+missing, the same subnet required on every host); `docker run --net net1`
+gets a veth whose host side the fast path serves. It runs beside the agent
+(`dataplane docker-plugin`) and only calls the agent's API: no bcc here.
+
+Scope is "local" (each engine has its own network object and IPAM) and
+connectivity "global" (the VNI spans hosts). Docker's local IPAM cannot know
+other hosts' addresses, so engines sharing a VNI need disjoint --ip-range
+(or --ip); the registry refuses a clash with a message that says so.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import json
+import os
+import socketserver
+import sys
+import threading
+
+from dataplane.agent import client
+from dataplane.core import model, state
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+
+GENERIC = "com.docker.network.generic"
+OPTIONS = ("vni", "network")
+PLUGIN_DIR = "/run/docker/plugins"
+
+
+def endpoint_id(docker_eid: str) -> str:
+    return "dk-" + docker_eid[:24]
+
+
+def peer_ifname(docker_eid: str) -> str:
+    return "dkp" + docker_eid[:12]
+
+
+class Driver:
+    """The protocol's operations; each takes the request object, returns the reply."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.lock = threading.Lock()
+        self.path = os.path.join(state.node_dir(node), "docker-networks.json")
+
+    # --- Docker network id -> VNI, kept across restarts of this process ------
+
+    def _load(self) -> dict:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, nets: dict) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(nets, f)
+        os.replace(tmp, self.path)
+
+    def _network(self, nid: str) -> dict:
+        net = self._load().get(nid)
+        if net is None:
+            raise NotFound(f"network {nid[:12]} is not a dataplane network on this host")
+        return net
+
+    def _agent(self, op: str, **args):
+        return client.call(self.node, op, **args)
+
+    # --- protocol ----------------------------------------------------------------
+
+    def activate(self, req) -> dict:
+        return {"Implements": ["NetworkDriver"]}
+
+    def capabilities(self, req) -> dict:
+        return {"Scope": "local", "ConnectivityScope": "global"}
+
+    def create_network(self, req) -> dict:
+        nid = req["NetworkID"]
+        opts = (req.get("Options") or {}).get(GENERIC) or {}
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown option {unknown[0]!r}: the dataplane driver takes "
+                             + ", ".join(f"-o {o}=..." for o in OPTIONS))
+        vni = model.parse_vni(opts["vni"]) if "vni" in opts else None
+        name = model.parse_name(opts["network"], "network name") if "network" in opts else None
+        if req.get("IPv6Data"):
+            raise UsageError("IPv6 is not supported by the dataplane driver yet: create the network without --ipv6")
+        pools = req.get("IPv4Data") or []
+        if len(pools) != 1 or not pools[0].get("Pool"):
+            raise UsageError("give exactly one IPv4 subnet (--subnet)")
+        subnet = str(ipaddress.IPv4Network(pools[0]["Pool"]))
+        net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name)
+        with self.lock:
+            nets = self._load()
+            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": net["created"]}
+            self._save(nets)
+        return {}
+
+    def delete_network(self, req) -> dict:
+        with self.lock:
+            nets = self._load()
+            net = nets.pop(req["NetworkID"], None)
+            self._save(nets)
+        # Release only a registry network this driver made: one an operator made
+        # (`dataplane network create`) outlives the Docker networks mapped onto it.
+        if net is not None and net["created"] and not any(n["vni"] == net["vni"] for n in nets.values()):
+            self._agent("network_release", vni=net["vni"])
+        return {}
+
+    def create_endpoint(self, req) -> dict:
+        net = self._network(req["NetworkID"])
+        eid = req["EndpointID"]
+        iface = req.get("Interface") or {}
+        if iface.get("AddressIPv6"):
+            raise UsageError("IPv6 addresses are not supported by the dataplane driver yet")
+        if not iface.get("Address"):
+            raise UsageError("Docker gave the endpoint no IPv4 address")
+        addr = ipaddress.IPv4Interface(iface["Address"])
+        # another host's engine may have released the registry network meanwhile
+        if self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])["created"]:
+            with self.lock:
+                nets = self._load()
+                if req["NetworkID"] in nets:
+                    nets[req["NetworkID"]]["created"] = True
+                    self._save(nets)
+        try:
+            ep = self._agent("endpoint_attach", id=endpoint_id(eid), vni=net["vni"], ip=str(addr.ip),
+                             mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,
+                             sandbox={"peer": peer_ifname(eid), "runtime": "docker",
+                                      "network": req["NetworkID"], "endpoint_id": eid})
+        except Conflict as e:
+            if "in use" in str(e):      # Docker derives the MAC from the address: either clashes
+                raise Conflict(f"{e}: engines on several hosts that share VNI {net['vni']} need disjoint "
+                               "address ranges (docker network create --ip-range, or docker run --ip)") from None
+            raise
+        return {} if iface.get("MacAddress") else {"Interface": {"MacAddress": ep["mac"]}}
+
+    def _local(self, eid: str) -> dict:
+        want = endpoint_id(eid)
+        for ep in self._agent("endpoint_local", runtime="docker"):
+            if ep["name"] == want:
+                return ep
+        raise NotFound(f"endpoint {eid[:12]} is not on this host")
+
+    def endpoint_info(self, req) -> dict:
+        ep = self._local(req["EndpointID"])
+        return {"Value": {"vni": str(ep["vni"]), "ip": ep["ip"], "mac": ep["mac"], "veth": ep["host_ifname"]}}
+
+    def join(self, req) -> dict:
+        ep = self._local(req["EndpointID"])
+        # No gateway: the overlay is one L2 segment, like an --internal network.
+        return {"InterfaceName": {"SrcName": ep["sandbox"]["peer"], "DstPrefix": "eth"},
+                "DisableGatewayService": True}
+
+    def leave(self, req) -> dict:
+        self._local(req["EndpointID"])
+        return {}
+
+    def delete_endpoint(self, req) -> dict:
+        self._agent("endpoint_detach", id=endpoint_id(req["EndpointID"]))
+        return {}
+
+    def nothing(self, req) -> dict:
+        return {}
+
+    def routes(self) -> dict:
+        return {
+            "/Plugin.Activate": self.activate,
+            "/NetworkDriver.GetCapabilities": self.capabilities,
+            "/NetworkDriver.CreateNetwork": self.create_network,
+            "/NetworkDriver.DeleteNetwork": self.delete_network,
+            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "/NetworkDriver.EndpointOperInfo": self.endpoint_info,
+            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "/NetworkDriver.Join": self.join,
+            "/NetworkDriver.Leave": self.leave,
+            "/NetworkDriver.DiscoverNew": self.nothing,
+            "/NetworkDriver.DiscoverDelete": self.nothing,
+            "/NetworkDriver.ProgramExternalConnectivity": self.nothing,
+            "/NetworkDriver.RevokeExternalConnectivity": self.nothing,
+            "/NetworkDriver.AllocateNetwork": self.nothing,
+            "/NetworkDriver.FreeNetwork": self.nothing,
+        }
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        fn = self.server.routes.get(self.path)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else b""
+            req = json.loads(body) if body.strip() else {}
+            if fn is None:
+                raise UsageError(f"the dataplane driver does not implement {self.path}")
+            reply = fn(req if isinstance(req, dict) else {})
+        except (ValueError, KeyError, TypeError) as e:
+            reply = {"Err": f"dataplane: bad request to {self.path}: {e}"}
+        except DataplaneError as e:
+            reply = {"Err": f"dataplane: {e}"}
+        except Exception as e:  # Docker must get an answer, never a dropped connection
+            reply = {"Err": f"dataplane: {self.path} failed: {type(e).__name__}: {e}"}
+        if "Err" in reply:
+            print(f"docker-plugin: {self.path}: {reply['Err']}", file=sys.stderr, flush=True)
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args) -> None:
+        print(f"docker-plugin: {fmt % args}", file=sys.stderr, flush=True)
+
+    def address_string(self) -> str:
+        return "docker"
+
+
+class Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, driver: Driver):
+        self.routes = driver.routes()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)
+        super().__init__(path, _Handler)
+        os.chmod(path, 0o600)
+        self.path = path
+
+
+def serve(node: str, sock_path: str) -> None:
+    """Serve until SIGTERM/SIGINT; the socket is removed on the way out."""
+    import signal  # noqa: PLC0415
+
+    srv = Server(sock_path, Driver(node))
+
+    def stop(signum, frame):
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"docker-plugin: serving node {node} on {sock_path}", file=sys.stderr, flush=True)
+    try:
+        srv.serve_forever()
+    finally:
+        srv.server_close()
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,287 @@
+"""Simulated hosts in network namespaces, for the demo, the tests and the benchmarks.
+
+Topology: an underlay namespace holding a bridge (the physical switch), N host
+namespaces each with an uplink `ul0` on it (VTEP 198.18.0.<i>, the RFC 2544
+benchmarking range), every host a dataplane node, and sandboxes (endpoints)
+on chosen VNIs. Everything created is recorded before it is created, so
+`down` removes it even after a failed `up`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from dataplane.agent import client, process
+from lab import etcd
+from dataplane.kernel import gso, netlink
+from dataplane.core import model, procs, state
+from dataplane.registry import open_registry
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.node import Node, endpoints, require_root, vtep
+
+PREFIX = "dpl-"
+UNDERLAY_NS = f"{PREFIX}ul"
+BRIDGE = "br0"
+UPLINK = "ul0"
+VTEP_NET = ipaddress.IPv4Network("198.18.0.0/24")
+MAX_HOSTS = 25
+MAX_PER_HOST = 9
+LAB_FILE = os.path.join(state.RUN_ROOT, "lab.json")
+
+
+def host_ns(i: int) -> str:
+    return f"{PREFIX}h{i}"
+
+
+def vtep_ip(i: int) -> str:
+    return str(VTEP_NET.network_address + i)
+
+
+def sandbox_name(h: int, vni: int, k: int) -> str:
+    return f"{PREFIX}h{h}-v{vni}-{k}"
+
+
+def sandbox_ip(vni: int, h: int, k: int) -> str:
+    """.<h><k>: host 2's first sandbox is .21, readable in captures."""
+    return str(model.default_subnet(vni).network_address + h * 10 + k)
+
+
+def _progress(msg: str) -> None:
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+def run_checked(argv: list[str]) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        raise DataplaneError(f"{' '.join(argv)}: {r.stderr.strip()}")
+
+
+def load() -> dict | None:
+    try:
+        with open(LAB_FILE) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _save(lab: dict) -> None:
+    os.makedirs(state.RUN_ROOT, exist_ok=True)
+    with open(LAB_FILE, "w") as f:
+        json.dump(lab, f, indent=1)
+
+
+REGISTRY_MODES = ("sqlite", "etcd", "none")
+ETCD_IP = str(VTEP_NET.broadcast_address - 1)     # 198.18.0.254, on the underlay switch
+ETCD_PORT = 2379
+REGISTRY_DIR = os.path.join(state.RUN_ROOT, f"{PREFIX}registry")
+
+
+def registry_url(mode: str) -> str | None:
+    if mode == "sqlite":
+        return f"sqlite://{REGISTRY_DIR}/registry.db"
+    if mode == "etcd":
+        return f"etcd://{ETCD_IP}:{ETCD_PORT}"
+    return None
+
+
+def host_name(i: int) -> str:
+    return f"h{i}"
+
+
+def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool = False,
+       registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX) -> dict:
+    require_root()
+    if registry not in REGISTRY_MODES:
+        raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
+    if not 1 <= int(hosts) <= MAX_HOSTS:
+        raise UsageError(f"--hosts must be 1..{MAX_HOSTS}")
+    if not 0 <= int(per_host) <= MAX_PER_HOST:
+        raise UsageError(f"--per-host must be 0..{MAX_PER_HOST}")
+    if not gso.LEGACY_MAX <= int(gso_max_size) <= gso.VETH_MAX:
+        raise UsageError(f"--gso-max-size must be {gso.LEGACY_MAX}..{gso.VETH_MAX}")
+    vnis = sorted({model.parse_vni(v) for v in vnis})
+    if not vnis:
+        raise UsageError("give at least one --vni")
+    params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
+              "xdp_guard": bool(xdp_guard), "peer_check": bool(peer_check), "registry": registry,
+              "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size)}
+    lab = load()
+    if lab:
+        if lab["params"] == params and lab.get("complete"):
+            return lab
+        raise Conflict("a lab with other parameters is up: run `python -m lab down` first")
+    lab = {"params": params, "complete": False, "hosts": [], "sandboxes": []}
+    _save(lab)
+    try:
+        _build(lab, params)
+    except BaseException:
+        _progress("up failed; removing what was created")
+        down()
+        raise
+    lab["complete"] = True
+    _save(lab)
+    return lab
+
+
+def underlay_host(ns: str, port: str, ifname: str, ip: str, gso_max_size: int = gso.LEGACY_MAX) -> None:
+    """A namespace with no IPv6 noise, plugged into the underlay bridge
+    (port there, ifname inside) with address ip on the VTEP network. Above
+    64 KB, gso_max_size plays a NIC with IPv4 BIG TCP turned on."""
+    netlink.ns_create(ns)
+    netlink.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+    netlink.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns])
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
+    gso.set_veth(gso_max_size, (UNDERLAY_NS, port), (ns, ifname))
+    netlink.link_up(ns, "lo")
+    netlink.link_up(ns, ifname, ip, VTEP_NET.prefixlen)
+
+
+def _build(lab: dict, p: dict) -> None:
+    n = p["hosts"]
+    _progress(f"underlay {UNDERLAY_NS} with bridge {BRIDGE}")
+    netlink.ns_create(UNDERLAY_NS)
+    netlink.sysctl(UNDERLAY_NS, "net.ipv6.conf.all.disable_ipv6", "1")
+    netlink.sysctl(UNDERLAY_NS, "net.ipv6.conf.default.disable_ipv6", "1")
+    # br_netfilter is built into this kernel: without this the "switch" would run
+    # iptables and drop malformed IPv4 itself, which a real switch does not.
+    for fam in ("iptables", "ip6tables", "arptables"):
+        netlink.sysctl(UNDERLAY_NS, f"net.bridge.bridge-nf-call-{fam}", "0")
+    netlink.link_up(UNDERLAY_NS, "lo")
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", BRIDGE, "type", "bridge"])
+    run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", BRIDGE, "up"])
+    for i in range(1, n + 1):
+        ns = host_ns(i)
+        lab["hosts"].append({"name": f"h{i}", "netns": ns, "uplink": UPLINK, "vtep": vtep_ip(i)})
+        _save(lab)
+        underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", gso.LEGACY_MAX))
+    url = _start_registry(lab, p)
+    for i in range(1, n + 1):
+        _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
+                  + (f", agent on {url}" if url else ""))
+        peers = [] if url else [vtep_ip(j) for j in range(1, n + 1) if j != i]
+        vtep.up(Node(host_ns(i)), p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peer_ips=peers,
+                peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
+                registry=url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
+        if url:
+            process.spawn(host_ns(i), host_ns(i), url, host_name(i), p["lease_ttl"], quiet=True)
+    for i in range(1, n + 1):
+        for vni in p["vnis"]:
+            for k in range(1, p["per_host"] + 1):
+                name = sandbox_name(i, vni, k)
+                lab["sandboxes"].append(name)
+                _save(lab)
+                if url:
+                    client.call(host_ns(i), "endpoint_add", id=name, vni=vni, ip=sandbox_ip(vni, i, k))
+                else:
+                    endpoints.add(Node(host_ns(i)), name, vni, ip=sandbox_ip(vni, i, k))
+    _progress(f"up: {n} hosts, {len(lab['sandboxes'])} sandboxes")
+
+
+def _start_registry(lab: dict, p: dict) -> str | None:
+    """The lab's registry: a SQLite file, or a real etcd on the underlay switch
+    (198.18.0.254), which agents reach over their uplinks like any host would."""
+    url = registry_url(p["registry"])
+    if p["registry"] == "etcd":
+        run_checked(["ip", "-n", UNDERLAY_NS, "addr", "add", f"{ETCD_IP}/{VTEP_NET.prefixlen}", "dev", BRIDGE])
+        _progress(f"etcd on {ETCD_IP}:{ETCD_PORT} (namespace {UNDERLAY_NS})")
+        start_etcd(lab)
+    elif p["registry"] == "sqlite":
+        os.makedirs(REGISTRY_DIR, mode=0o700, exist_ok=True)
+    if url:
+        def create_networks():
+            reg = open_registry(url)
+            try:
+                for vni in p["vnis"]:
+                    reg.network_create(f"vni{vni}", vni, exist_ok=True)
+            finally:
+                reg.close()
+        netlink.call_in_netns(UNDERLAY_NS, create_networks)
+    return url
+
+
+def start_etcd(lab: dict) -> None:
+    """(Re)start the lab's etcd on its data directory; the tests stop and restart it."""
+    lab["etcd_pid"] = etcd.start(os.path.join(REGISTRY_DIR, "etcd"), ETCD_IP, ETCD_PORT, ETCD_PORT + 1,
+                                        netns=UNDERLAY_NS, log_path=os.path.join(REGISTRY_DIR, "etcd.log"))
+    _save(lab)
+
+
+def stop_etcd(lab: dict) -> None:
+    if lab.get("etcd_pid"):
+        etcd.stop(lab["etcd_pid"])
+        lab["etcd_pid"] = None
+        _save(lab)
+
+
+def down() -> bool:
+    """Remove every lab object, recorded or merely named like one. Safe to repeat."""
+    require_root()
+    lab = load()
+    hosts = {h["netns"] for h in (lab or {}).get("hosts", [])}
+    hosts |= {ns for ns in netlink.ns_list() if ns.startswith(PREFIX + "h") and "-v" not in ns}
+    for ns in sorted(hosts):
+        try:
+            process.stop(ns)
+            vtep.down(Node(ns), quiet=True)
+        except DataplaneError as e:
+            _progress(f"warning: {ns}: {e}")
+    if lab:
+        stop_etcd(lab)
+    _kill_strays()
+    for ns in netlink.ns_list():
+        if ns.startswith(PREFIX):
+            netlink.ns_delete(ns)
+    shutil.rmtree(REGISTRY_DIR, ignore_errors=True)
+    if os.path.exists(LAB_FILE):
+        os.unlink(LAB_FILE)
+    state.prune()
+    return lab is not None
+
+
+def _kill_strays() -> None:
+    """Agents and etcd of a lab whose records were lost (a crashed `lab up`)."""
+    marks = (f"--netns {PREFIX}h".encode(), REGISTRY_DIR.encode())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and any(m in cmd for m in marks):
+            procs.terminate(int(pid))
+
+
+def ls() -> dict:
+    lab = load()
+    if not lab:
+        raise NotFound("no lab is up: run `python -m lab up`")
+    sandboxes = []
+    for h in lab["hosts"]:
+        node = Node(h["netns"])
+        if node.state():
+            for ep in endpoints.listing(node):
+                sb = ep.get("sandbox") or {}   # a runtime's (CNI, Docker) or our own namespace
+                sandboxes.append({"name": ep["name"], "netns": sb.get("netns") if sb else ep["name"], "host": h["name"],
+                                  "vni": ep["vni"], "ip": ep["ip"], "mac": ep["mac"],
+                                  "runtime": sb.get("runtime", "dataplane")})
+    return {"hosts": lab["hosts"], "sandboxes": sandboxes, "complete": lab.get("complete", False)}
+
+
+def resolve_sandbox(name: str) -> str:
+    """Accept the full namespace name or the short form (h1-v256-1)."""
+    for cand in (name, PREFIX + name):
+        if cand.startswith(PREFIX) and netlink.ns_exists(cand):
+            return cand
+    raise NotFound(f"sandbox {name!r} not found (see `python -m lab ls`)")
+
+
+def exec_argv(sandbox: str, argv: list[str]) -> list[str]:
+    if not argv:
+        raise UsageError("give a command after --")
+    return ["ip", "netns", "exec", resolve_sandbox(sandbox)] + list(argv)

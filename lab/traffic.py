@@ -1,0 +1,87 @@
+"""Traffic between sandboxes, for the demo, the tests and the benchmarks:
+ping, a byte-exact TCP transfer with a clean close, and iperf3."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+from dataplane.kernel import netlink
+
+# Run inside the namespaces with this same interpreter: no extra tool, a FIN
+# close (no RST on the wire), and the byte count checked at the receiver.
+_SINK = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(10)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(10); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    n += len(b)
+c.close(); print(n, flush=True)
+"""
+_SOURCE = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"x" * int(sys.argv[3])); c.shutdown(socket.SHUT_WR)
+while c.recv(4096): pass
+c.close()
+"""
+
+
+def ping(sandbox: str, ip: str, count: int = 3, interval: float = 0.2) -> tuple[int, str]:
+    """(replies received, 'rtt avg X ms')."""
+    r = netlink.ns_exec(sandbox, ["ping", "-c", str(count), "-i", str(interval), "-W", "1", ip],
+                        capture_output=True, text=True)
+    m = re.search(r"(\d+) received", r.stdout)
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", r.stdout)
+    return (int(m.group(1)) if m else 0), (f"rtt avg {rtt.group(1)} ms" if rtt else "no reply")
+
+
+def tcp_transfer(server_ns: str, client_ns: str, ip: str, nbytes: int, port: int = 5300) -> int:
+    """Send nbytes over one TCP connection; returns what the receiver counted."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", _SINK, ip, str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if srv.stdout.readline().strip() != "listening":
+            raise RuntimeError(f"TCP sink in {server_ns} did not start: {srv.stderr.read()[-300:]}")
+        netlink.ns_exec(client_ns, [sys.executable, "-c", _SOURCE, ip, str(port), str(nbytes)],
+                        check=True, capture_output=True, timeout=30)
+        out, _ = srv.communicate(timeout=15)
+        return int(out.strip() or 0)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def wait_listening(netns: str, port: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = netlink.ns_exec(netns, ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+        if r.stdout.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} in {netns}")
+
+
+def iperf(server_ns: str, client_ns: str, ip: str, args: list[str], port: int = 5201) -> dict:
+    """One iperf3 run (JSON result); the client starts once the server listens."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", ip, "-p", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(server_ns, port)
+        r = netlink.ns_exec(client_ns, ["iperf3", "-c", ip, "-p", str(port), "-J", *args],
+                            capture_output=True, text=True)
+        out = json.loads(r.stdout or "{}")
+        if r.returncode or "error" in out:
+            raise RuntimeError(f"iperf3 failed: {out.get('error', r.stderr.strip())}")
+        return out
+    finally:
+        srv.kill()
+        srv.wait()

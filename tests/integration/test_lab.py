@@ -147,8 +147,17 @@ def test_json_listings(info):
     assert {e["vni"] for e in eps} == {256, 257}
     peers = dp_json("--netns", "dpl-h1", "peer", "list")
     assert {(p["vni"], p["peer"]) for p in peers} == {(v, ip) for v in (256, 257) for ip in ("198.18.0.2", "198.18.0.3")}
-    st = dp_json("--netns", "dpl-h1", "stats")
-    assert {s["vni"] for s in st} == {0, 256, 257}
+    before = {s["vni"]: s for s in dp_json("--netns", "dpl-h1", "stats")}
+    for vni in (256, 257):
+        src, dst = sandbox(info, "h1", vni), sandbox(info, "h2", vni)
+        assert ping(src["name"], dst["ip"], count=2)[0] == 2
+    st = {s["vni"]: s for s in dp_json("--netns", "dpl-h1", "stats")}
+    assert set(st) == {0, 256, 257}
+    for vni in (256, 257):   # two echo requests out, two replies in, on this VNI's row
+        assert st[vni]["tx_packets"] - before[vni]["tx_packets"] >= 2, st[vni]
+        assert st[vni]["rx_packets"] - before[vni]["rx_packets"] >= 2, st[vni]
+        assert st[vni]["tx_bytes"] > before[vni]["tx_bytes"] and st[vni]["rx_bytes"] > before[vni]["rx_bytes"]
+    assert st[0]["rx_packets"] == st[0]["tx_packets"] == 0, "VNI 0 holds only what belongs to no VNI"
     fdb = dp_json("--netns", "dpl-h1", "fdb", "list")
     assert any(r["where"] == "local" for r in fdb)
     assert any(r["state"] == "learned" and r["where"].startswith("198.18.0.") for r in fdb)

@@ -50,6 +50,7 @@ class Agent:
         self.connected = threading.Event()
         self.synced = threading.Event()
         self._watch = None
+        self._held = None                      # a message _next_message took early
         self.view = RegistryView()
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
@@ -151,10 +152,7 @@ class Agent:
         next_age = time.monotonic() + age_every
         first = True
         while not self.stopping.is_set():
-            try:
-                kind, data = self.q.get(timeout=max(0.05, next_age - time.monotonic()))
-            except queue.Empty:
-                kind, data = "tick", None
+            kind, data = self._next_message(max(0.05, next_age - time.monotonic()))
             try:
                 if kind == "snapshot":
                     self._apply_snapshot(data, adopt=first)
@@ -164,23 +162,38 @@ class Agent:
                 elif kind == "punts":
                     self.punts.handle(data)
                 elif kind == "events":
-                    batch = list(data)
-                    while True:   # drain what queued up meanwhile: one reconcile for all
-                        try:
-                            k2, d2 = self.q.get_nowait()
-                        except queue.Empty:
-                            break
-                        if k2 != "events":
-                            self.q.put((k2, d2))
-                            break
-                        batch += d2
-                    self._apply_events(batch)
+                    self._apply_events(data)
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)
             if time.monotonic() >= next_age:
                 next_age = time.monotonic() + age_every
                 self._age()
+
+    def _next_message(self, timeout: float):
+        """The next message in the order it was queued, event batches that follow
+        one another merged into one (one reconcile for all). A message that ends a
+        run of batches is held back and comes next: never after a later batch."""
+        if self._held is not None:
+            msg, self._held = self._held, None
+        else:
+            try:
+                msg = self.q.get(timeout=timeout)
+            except queue.Empty:
+                return "tick", None
+        if msg[0] != "events":
+            return msg
+        batch = list(msg[1])
+        while True:
+            try:
+                nxt = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if nxt[0] != "events":
+                self._held = nxt
+                break
+            batch += nxt[1]
+        return "events", batch
 
     def _age(self) -> None:
         st = self.node.state()

@@ -17,6 +17,7 @@ MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
 @dataclass
 class RegistryView:
     rev: int = 0
+    base_rev: int = 0                               # the last snapshot's revision
     networks: dict = field(default_factory=dict)    # name -> records.Network
     hosts: dict = field(default_factory=dict)       # name -> records.Host (live: its lease holds)
     endpoints: dict = field(default_factory=dict)   # id -> records.Endpoint
@@ -24,7 +25,7 @@ class RegistryView:
     ipam: dict = field(default_factory=dict)        # "<network>/<ip>" -> endpoint id
 
     def load(self, snap: Snapshot) -> None:
-        self.rev = snap.rev
+        self.rev = self.base_rev = snap.rev
         self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
         self.macs, self.ipam = snap.macs, snap.ipam
 
@@ -35,7 +36,10 @@ class RegistryView:
         """Apply one watch event; returns the VNIs whose entries it may change.
         on_bad(key, why) hears of a record that does not parse (it is treated
         as deleted); on_host_gone(host) of a host that died or changed VTEP;
-        on_endpoint(id, record or None) of every endpoint written or deleted."""
+        on_endpoint(id, record or None) of every endpoint written or deleted.
+        An event the last snapshot already holds (a replay) changes nothing."""
+        if ev.rev <= self.base_rev:
+            return set()
         self.rev = max(self.rev, ev.rev)
         try:
             ch = change(ev)

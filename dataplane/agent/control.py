@@ -56,15 +56,18 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
     if url and vnis:
         with opened(url) as reg:
             subnet = _ensure_networks(reg, vnis, subnet, port, created)
+    was_up = node.state() is not None
     try:
         st = vtep.up(node, vnis, subnet=subnet, port=port, registry=url, host_name=host_name,
                      lease_ttl=lease_ttl, **node_args)
+        if st.registry:
+            process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
+            st = node.require_up()
     except BaseException:
-        _drop_networks(url, created)   # nothing half-created, in the registry either
+        if not was_up:                 # nothing half-created: the node goes again,
+            vtep.down(node, quiet=True)
+        _drop_networks(url, created)   # and so do the registry networks it made
         raise
-    if st.registry:
-        process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
-        st = node.require_up()
     return st
 
 

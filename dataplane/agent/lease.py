@@ -44,7 +44,8 @@ class LeaseKeeper:
         if item is not None and item.lease != self.lease:
             other = Host.from_json(item.value)
             if other.vtep != self.ag.vtep.vtep:
-                raise Conflict(f"host name {self.ag.me} is registered with VTEP {other.vtep}")
+                raise Conflict(f"host name {self.ag.me} is registered by VTEP {other.vtep}; this host is VTEP "
+                               f"{self.ag.vtep.vtep}: give each host its own --host-name")
         self.ag.reg.host_register(self.ag.vtep, self.lease)
         self.save()
 
@@ -61,7 +62,13 @@ class LeaseKeeper:
                     log.warning("registry unreachable, forwarding on last known state: %s", e)
                 registered = False
                 self.ag.disconnected()
+            except Conflict as e:
+                # Another host holds the name: adopting "our" endpoints now would tear down its sandboxes.
+                self.ag.fail(str(e))
+                return
             except DataplaneError as e:
                 log.error("cannot register: %s", e)
                 self.ag.counters["errors"] += 1
+            if registered:
+                self.ag.registered.set()
             self.ag.stopping.wait(self.ag.ttl / 3 if registered else RETRY_S)

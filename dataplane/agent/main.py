@@ -24,7 +24,7 @@ from dataplane.agent.reconcile import LocalFacts, desired
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import model
-from dataplane.core.errors import DataplaneError, NotFound, UsageError
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import Node, nexthops, vtep
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
@@ -49,6 +49,8 @@ class Agent:
         self.leaving = False
         self.connected = threading.Event()
         self.synced = threading.Event()
+        self.registered = threading.Event()    # our host record is ours: only then adopt and sync
+        self.fatal: str | None = None
         self._watch = None
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
@@ -100,6 +102,14 @@ class Agent:
             self.maps.close()
             self.reg.close()
             log.info("stopped%s", " (left the registry)" if self.leaving else "")
+        if self.fatal:
+            raise Conflict(self.fatal)
+
+    def fail(self, why: str) -> None:
+        """Stop for good: run() raises why once everything is closed."""
+        log.error("%s", why)
+        self.fatal = why
+        self.stop()
 
     def stop(self, leave: bool = False) -> None:
         self.leaving = self.leaving or leave
@@ -115,6 +125,8 @@ class Agent:
     # --- watcher: snapshot + watch, forever ----------------------------------------
 
     def _watcher(self) -> None:
+        while not self.registered.is_set() and not self.stopping.is_set():
+            self.registered.wait(0.1)
         while not self.stopping.is_set():
             try:
                 t0 = time.monotonic()

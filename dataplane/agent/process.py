@@ -16,7 +16,7 @@ import time
 
 from dataplane.agent import client
 from dataplane.core import procs, state
-from dataplane.core.errors import DataplaneError, KernelError, NotFound
+from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound
 
 READY_TIMEOUT_S = 60.0
 
@@ -62,6 +62,8 @@ def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if proc.returncode == Conflict.exit_code:      # refused to start: say why, as it did
+                raise Conflict(_tail(node).removeprefix("dataplane: error: "))
             raise KernelError(f"the agent exited with status {proc.returncode}: {_tail(node)}")
         try:
             if client.call(node, "ping", timeout=2)["synced"]:

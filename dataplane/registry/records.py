@@ -1,6 +1,7 @@
-"""Registry records: networks, hosts, endpoints. Built only through the
-validators here, whether from the CLI or from bytes read back from the
-store, so a malformed record written by anyone is refused the same way."""
+"""Registry records: networks, hosts, endpoints, and the keys they live
+under (the layout is in store.py). Built only through the validators here,
+whether from the CLI or from bytes read back from the store, so a malformed
+record written by anyone is refused the same way."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from dataplane.core.errors import UsageError
 
 MTU_DEFAULT = 1500 - model.ENCAP_LEN
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PREFIX = "/dataplane/"
+
+
+def key(*parts) -> str:
+    return PREFIX + "/".join(str(p) for p in parts)
 
 
 def parse_endpoint_id(value) -> str:

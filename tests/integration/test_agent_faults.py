@@ -3,9 +3,13 @@ never stops the others, and the agent still syncs and says which VNI failed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dataplane.agent import client, process
+from dataplane.core.errors import Conflict
+from dataplane.kernel import netlink
 from dataplane.node import Node, readout
 from dataplane.registry import Host, open_registry
 from lab import topology as lab
@@ -48,3 +52,24 @@ def test_a_vni_with_an_unroutable_peer_fails_alone(info):
         assert wait_for(lambda: any(r["mac"] == late["mac"] for r in readout.fdb(Node("dpl-h1"))))
     finally:
         reg.close()
+
+
+def test_a_duplicate_host_name_is_refused_and_harms_nobody(info):
+    """h2's agent started under h1's name must not start, and must not adopt
+    (and so remove) h1's endpoints as if they were its own."""
+    url = lab.registry_url("sqlite")
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    mine = lambda: sorted(e["id"] for e in client.call("dpl-h1", "endpoint_list") if e["host"] == "h1")  # noqa: E731
+    before = mine()
+    assert a["name"] in before
+    process.stop("dpl-h2")
+    try:
+        with pytest.raises(Conflict) as e:
+            process.spawn("dpl-h2", "dpl-h2", url, lab.host_name(1), 10, quiet=True)
+        assert lab.vtep_ip(1) in str(e.value) and lab.vtep_ip(2) in str(e.value), str(e.value)
+        time.sleep(1.0)
+        assert mine() == before, "h1's endpoints are still registered"
+        assert netlink.ns_exists(a["name"]), "h1's sandbox is still there"
+        assert ping(b["name"], a["ip"])[0] == 3, "and still reachable"
+    finally:
+        process.spawn("dpl-h2", "dpl-h2", url, lab.host_name(2), 10, quiet=True)

@@ -1,0 +1,210 @@
+"""Endpoint writes (a part of store.Registry): address and MAC claims, moves
+and removals, each one compare-and-swap transaction.
+
+A create compares the network record as it read it and bumps the network's
+fence key netuse/<network>; network_rm compares that fence, so an endpoint
+created while its network is being removed makes one of the two fail instead
+of outliving the network. (The agent does not mirror netuse/: parse_item
+skips it.)
+
+A commit whose reply is lost (the KV raises Unavailable, the write may or
+may not have applied) is retried up to LOST_RETRIES times. A retry that
+finds exactly the record it sent already stored takes that as its success,
+so the caller sees the endpoint, not a Conflict with itself. Only a retry
+does: an endpoint that was there before the call is a Conflict as ever.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from dataplane.core import model
+from dataplane.core.errors import Conflict, NotFound, UsageError
+from dataplane.registry.kv import Item, Txn, Unavailable
+from dataplane.registry.records import Endpoint, Network, key, parse_endpoint_id
+
+ALLOC_ATTEMPTS = 64      # commits per create: each lost race retries (next address, fresh fence)
+LOST_RETRIES = 3         # retries of a commit whose reply was lost
+RETRY_PAUSE_S = 0.05     # times the retry number
+
+
+def fence_key(network: str) -> str:
+    """Bumped by every endpoint create in the network, compared by network_rm."""
+    return key("netuse", network)
+
+
+def pause_or_raise(lost: int, e: Unavailable) -> None:
+    """After the lost-th Unavailable: wait a little, or give up with it."""
+    if lost > LOST_RETRIES:
+        raise e
+    time.sleep(RETRY_PAUSE_S * lost)
+
+
+class Endpoints:
+    """Mixed into store.Registry: needs self.kv, self._used, self._hint and
+    self._network_item(name) -> (Item, Network)."""
+
+    def endpoint_create(self, id, network, host, ip=None, mac=None) -> Endpoint:
+        """Register an endpoint; with no ip, take the network's next free address.
+        NotFound if the network is removed before the endpoint is committed."""
+        net_item, net = self._network_item(network)
+        want_ip = net.check_ip(ip) if ip is not None else None
+        mac = model.parse_mac(mac) if mac is not None else None
+        Endpoint.make(id, net.name, host, mac or "02:00:00:00:00:01", want_ip or net.gateway)  # validate early
+        sent: list[Endpoint] = []        # committed, reply lost: maybe stored
+        lost = 0
+        for _ in range(ALLOC_ATTEMPTS):
+            try:
+                ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent)
+            except Unavailable as e:
+                lost += 1
+                pause_or_raise(lost, e)
+                continue
+            if ep is not None:
+                self._used.setdefault(ep.network, set()).add(ep.ip)
+                return ep
+        raise Conflict(f"could not allocate an address in {net.name} after {ALLOC_ATTEMPTS} tries (contention)")
+
+    def _create_once(self, net_item: Item, id, host, want_ip, mac, sent: list[Endpoint]):
+        """One attempt: (endpoint, _) when stored; (None, network item to use
+        next) when another attempt may work; raises when none can."""
+        net = Network.from_json(net_item.value)
+        if want_ip is not None:
+            net.check_ip(want_ip)            # the network may have been re-created
+        fence = self.kv.get(fence_key(net.name))
+        addr = want_ip or self._next_free(net)
+        ep = Endpoint.make(id, net.name, host, mac or model.mac_for_ip(ipaddress.IPv4Address(addr)), addr)
+        ek, ik, mk = key("endpoints", ep.id), key("ipam", net.name, ep.ip), key("macs", net.name, ep.mac)
+        txn = (Txn().unchanged(net_item.key, net_item.mod_rev)
+               .unchanged(fence_key(net.name), fence.mod_rev if fence else 0)
+               .absent(ek).absent(ik).absent(mk)
+               .put(ek, ep.to_json()).put(ik, ep.id.encode()).put(mk, ep.id.encode())
+               .put(fence_key(net.name), ep.id.encode()))
+        try:
+            if self.kv.commit(txn)[0]:
+                return ep, net_item
+        except Unavailable:
+            sent.append(ep)
+            raise
+        # Why did a compare fail?
+        old = self.kv.get(ek)
+        if old is not None:
+            if sent and _record(old) in sent:
+                return _record(old), net_item          # our earlier commit applied
+            raise Conflict(f"endpoint {ep.id} exists already")
+        now = self.kv.get(net_item.key)
+        if now is None:
+            raise NotFound(f"network {net.name} was removed while endpoint {ep.id} was being created")
+        if now.mod_rev != net_item.mod_rev:              # removed and created again
+            self._used.pop(net.name, None)
+            return None, now
+        if self._address_taken(net, ep, auto_ip=want_ip is None, auto_mac=mac is None):
+            self._used.pop(net.name, None)               # someone else allocated: re-read
+        return None, net_item                            # else only the fence moved: go again
+
+    def _address_taken(self, net: Network, ep: Endpoint, auto_ip: bool, auto_mac: bool) -> bool:
+        """Raise for a clash that retrying cannot fix; True if the address or
+        MAC we tried is taken (another address may work)."""
+        holder = self.kv.get(key("macs", net.name, ep.mac))
+        if holder is not None and not (auto_ip and auto_mac):
+            raise Conflict(f"MAC {ep.mac} is in use on {net.name} by {holder.value.decode()}")
+        taken = holder is not None
+        holder = self.kv.get(key("ipam", net.name, ep.ip))
+        if holder is not None and not auto_ip:
+            raise Conflict(f"address {ep.ip} is in use on {net.name} by {holder.value.decode()}")
+        return taken or holder is not None
+
+    def _next_free(self, net: Network) -> str:
+        """Lowest free host address. The scan resumes where the last one
+        stopped (a hint, reset whenever the cached view is re-read), so
+        filling a /16 is linear, not quadratic."""
+        used = self._used.get(net.name)
+        if used is None:
+            _, items = self.kv.range(key("ipam", net.name) + "/")
+            used = self._used[net.name] = {i.key.rsplit("/", 1)[1] for i in items}
+            self._hint[net.name] = 0
+        reserved = net.reserved()
+        first = int(net.net.network_address) + 1
+        last = int(net.net.broadcast_address) - 1
+        start = first + self._hint.get(net.name, 0)
+        for n in range(start, last + 1):
+            ip = str(ipaddress.IPv4Address(n))
+            if ip not in used and ip not in reserved:
+                self._hint[net.name] = n - first
+                return ip
+        raise Conflict(f"network {net.name} ({net.subnet}) has no free address")
+
+    def _endpoint_item(self, id):
+        """(stored item, record) of an endpoint; NotFound if there is none."""
+        item = self.kv.get(key("endpoints", parse_endpoint_id(id)))
+        if item is None:
+            raise NotFound(f"endpoint {id!r} not found")
+        return item, Endpoint.from_json(item.value)
+
+    def endpoint(self, id) -> Endpoint:
+        return self._endpoint_item(id)[1]
+
+    def endpoint_rm(self, id) -> Endpoint:
+        """Remove an endpoint and its claims; returns the removed record (also
+        when a retry finds that the delete whose reply was lost did apply)."""
+        sent = None                      # (item, record) of a delete whose reply was lost
+        lost = 0
+        while True:
+            try:
+                if sent is not None:
+                    item = self.kv.get(sent[0].key)
+                    if item is None or item.create_rev != sent[0].create_rev:
+                        ep = sent[1]     # gone (a record there now is a new endpoint, not ours)
+                        break
+                    if item.mod_rev != sent[0].mod_rev:
+                        raise Conflict(f"endpoint {sent[1].id} changed while it was being removed; try again")
+                item, ep = self._endpoint_item(id)
+                txn = (Txn().unchanged(item.key, item.mod_rev).delete(item.key)
+                       .delete(key("ipam", ep.network, ep.ip)).delete(key("macs", ep.network, ep.mac)))
+                try:
+                    ok = self.kv.commit(txn)[0]
+                except Unavailable:
+                    sent = (item, ep)
+                    raise
+            except Unavailable as e:
+                lost += 1
+                pause_or_raise(lost, e)
+                continue
+            if not ok:
+                raise Conflict(f"endpoint {ep.id} changed while it was being removed; try again")
+            break
+        self._used.get(ep.network, set()).discard(ep.ip)
+        self._hint[ep.network] = 0             # a lower address is free again
+        return ep
+
+    def endpoint_move(self, id, host) -> Endpoint:
+        """Re-home an endpoint (same MAC and address) in one write, so other
+        hosts switch their entry straight from the old host to the new one."""
+        sent = None                      # the record of a write whose reply was lost
+        lost = 0
+        while True:
+            try:
+                item, old = self._endpoint_item(id)
+                if sent is not None and old == sent:
+                    return old           # that write applied
+                ep = Endpoint.make(old.id, old.network, host, old.mac, old.ip)
+                try:
+                    ok = self.kv.commit(Txn().unchanged(item.key, item.mod_rev).put(item.key, ep.to_json()))[0]
+                except Unavailable:
+                    sent = ep
+                    raise
+            except Unavailable as e:
+                lost += 1
+                pause_or_raise(lost, e)
+                continue
+            if not ok:
+                raise Conflict(f"endpoint {ep.id} changed while it was being moved; try again")
+            return ep
+
+
+def _record(item: Item) -> Endpoint | None:
+    try:
+        return Endpoint.from_json(item.value)
+    except UsageError:
+        return None

@@ -1,0 +1,187 @@
+"""Races and lost replies, made deterministic: the test wraps reg.kv in an
+Interleave, which runs a competing write (through a second connection, as
+another agent would) just before the first commit, and can lose that
+commit's reply. Both backends, like the rest of the suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataplane.core.errors import Conflict, NotFound
+from dataplane.registry import Endpoint, Host, open_registry
+from dataplane.registry.kv import Txn, Unavailable
+from dataplane.registry.store import PREFIX, key
+
+
+class Interleave:
+    """Stands in for a Registry's kv. Its first commit runs before() first;
+    lose="applied" then commits and raises Unavailable (the reply was lost),
+    lose="dropped" raises Unavailable without committing (the request was
+    lost); after() runs once the real commit is done. Later commits pass."""
+
+    def __init__(self, kv, before=None, lose=None, after=None):
+        self.kv, self.before, self.lose, self.after = kv, before, lose, after
+        self.commits = 0
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+    def commit(self, txn):
+        self.commits += 1
+        if self.commits > 1:
+            return self.kv.commit(txn)
+        if self.before:
+            self.before()
+        if self.lose == "dropped":
+            raise Unavailable("test: the request was lost")
+        result = self.kv.commit(txn)
+        if self.after:
+            self.after()
+        if self.lose == "applied":
+            raise Unavailable("test: the reply was lost")
+        return result
+
+
+@pytest.fixture
+def other(registry_url):
+    """A second connection to the same registry: the competing writer."""
+    r = open_registry(registry_url)
+    yield r
+    r.close()
+
+
+def keys(reg, *kinds) -> list[str]:
+    _, items = reg.kv.range(PREFIX)
+    return sorted(i.key for i in items if i.key[len(PREFIX):].split("/")[0] in kinds)
+
+
+def endpoint_keys(reg) -> list[str]:
+    return keys(reg, "endpoints", "ipam", "macs")
+
+
+# --- host names -------------------------------------------------------------------
+
+def test_host_name_held_by_another_vtep_is_refused(reg, other):
+    lease1 = reg.kv.lease_grant(30)
+    reg.host_register(Host.make("h1", "198.18.0.1"), lease1)
+    with pytest.raises(Conflict, match=r"^host name h1 is registered by VTEP 198\.18\.0\.1; "
+                                       r"this host is VTEP 198\.18\.0\.2: give each host its own --host-name$"):
+        other.host_register(Host.make("h1", "198.18.0.2"), other.kv.lease_grant(30))
+    assert reg.hosts() == [Host.make("h1", "198.18.0.1")]
+    assert reg.kv.get(key("hosts", "h1")).lease == lease1, "the first host's record is intact"
+
+
+def test_host_reregistered_by_its_own_vtep_takes_the_new_lease(reg, other):
+    """An agent restart: same name, same VTEP, a new lease. Also when the
+    record is rewritten under us between our read and our commit."""
+    me = Host.make("h1", "198.18.0.1")
+    lease1, lease2, lease3 = (reg.kv.lease_grant(30) for _ in range(3))
+    reg.host_register(me, lease1)
+    reg.host_register(me, lease2)
+    assert reg.kv.get(key("hosts", "h1")).lease == lease2
+    reg.kv = Interleave(reg.kv, before=lambda: other.kv.commit(Txn().put(key("hosts", "h1"), me.to_json(), lease2)))
+    reg.host_register(me, lease3)
+    assert reg.kv.commits >= 2, "the first commit's compare failed; the read and commit were retried"
+    assert reg.kv.get(key("hosts", "h1")).lease == lease3
+    reg.kv.lease_revoke(lease1)
+    reg.kv.lease_revoke(lease2)
+    assert reg.hosts() == [me]
+
+
+def test_host_name_created_by_another_vtep_mid_register_is_refused(reg, other):
+    """The other host's create lands between our read and our commit: we must
+    not overwrite it."""
+    theirs = Host.make("h1", "198.18.0.2")
+    lease = other.kv.lease_grant(30)
+    reg.kv = Interleave(reg.kv, before=lambda: other.host_register(theirs, lease))
+    with pytest.raises(Conflict, match="host name h1 is registered by VTEP 198.18.0.2; this host is VTEP 198.18.0.1"):
+        reg.host_register(Host.make("h1", "198.18.0.1"), reg.kv.lease_grant(30))
+    assert reg.hosts() == [theirs]
+    assert reg.kv.get(key("hosts", "h1")).lease == lease
+
+
+# --- networks against endpoints -----------------------------------------------------
+
+def test_endpoint_create_fails_if_its_network_goes_before_the_commit(reg, other):
+    reg.network_create("n", 310)
+    reg.kv = Interleave(reg.kv, before=lambda: other.network_rm("n"))
+    with pytest.raises((NotFound, Conflict), match="network n"):
+        reg.endpoint_create("a", "n", "h1")
+    assert endpoint_keys(reg) == [], "no endpoint or claim outlives its network"
+    assert keys(reg, "networks", "vnis", "netuse") == []
+
+
+def test_network_rm_refuses_an_endpoint_created_before_its_commit(reg, other):
+    reg.network_create("n", 311)
+    reg.kv = Interleave(reg.kv, before=lambda: other.endpoint_create("a", "n", "h1"))
+    with pytest.raises(Conflict, match="network n is in use"):
+        reg.network_rm("n")
+    assert reg.network("n").vni == 311
+    assert reg.network_by_vni(311).name == "n"
+    assert reg.endpoint("a").network == "n"
+
+
+def test_network_rm_still_removes_and_leaves_no_fence(reg):
+    reg.network_create("n", 312)
+    reg.endpoint_create("a", "n", "h1")
+    reg.endpoint_rm("a")
+    reg.network_rm("n")
+    _, items = reg.kv.range(PREFIX)
+    assert items == []
+    reg.network_create("n", 312, "10.5.0.0/24")     # same name again, other subnet
+    assert reg.endpoint_create("a", "n", "h1").ip == "10.5.0.2"
+
+
+# --- lost replies --------------------------------------------------------------------
+
+@pytest.mark.parametrize("lose", ["applied", "dropped"])
+@pytest.mark.parametrize("given", [{}, {"ip": "10.1.57.20", "mac": "02:00:00:00:00:20"}], ids=["auto", "given"])
+def test_endpoint_create_retried_after_a_lost_reply_returns_the_endpoint(reg, lose, given):
+    reg.network_create("n", 313)
+    reg.kv = Interleave(reg.kv, lose=lose)
+    ep = reg.endpoint_create("a", "n", "h1", **given)
+    assert reg.kv.commits == 2
+    assert ep == reg.endpoint("a")
+    if given:
+        assert (ep.ip, ep.mac) == (given["ip"], given["mac"])
+    snap = reg.snapshot()
+    assert list(snap.endpoints) == ["a"]
+    assert snap.ipam == {f"n/{ep.ip}": "a"} and snap.macs == {f"n/{ep.mac}": "a"}
+    assert reg.endpoint_create("b", "n", "h1").ip != ep.ip
+
+
+def test_endpoint_create_after_a_lost_request_still_refuses_someone_elses_endpoint(reg, other):
+    reg.network_create("n", 314)
+    reg.kv = Interleave(reg.kv, before=lambda: other.endpoint_create("a", "n", "h2"), lose="dropped")
+    with pytest.raises(Conflict, match="endpoint a exists"):
+        reg.endpoint_create("a", "n", "h1")
+    assert reg.endpoint("a").host == "h2"
+    assert len(endpoint_keys(reg)) == 3
+
+
+def test_endpoint_move_retried_after_a_lost_reply_returns_the_record(reg):
+    reg.network_create("n", 315)
+    ep = reg.endpoint_create("a", "n", "h1")
+    reg.kv = Interleave(reg.kv, lose="applied")
+    moved = reg.endpoint_move("a", "h2")
+    assert moved == Endpoint.make("a", "n", "h2", ep.mac, ep.ip) == reg.endpoint("a")
+
+
+def test_endpoint_rm_retried_after_a_lost_reply_returns_the_old_record(reg):
+    reg.network_create("n", 316)
+    ep = reg.endpoint_create("a", "n", "h1")
+    reg.kv = Interleave(reg.kv, lose="applied")
+    assert reg.endpoint_rm("a") == ep
+    assert endpoint_keys(reg) == []
+
+
+def test_endpoint_rm_after_a_lost_reply_leaves_a_new_endpoint_of_that_id(reg, other):
+    """Our delete applied, its reply was lost, and the id was taken again
+    before we retried: the new endpoint is not ours to delete."""
+    reg.network_create("n", 317)
+    ep = reg.endpoint_create("a", "n", "h1")
+    reg.kv = Interleave(reg.kv, lose="applied", after=lambda: other.endpoint_create("a", "n", "h2"))
+    assert reg.endpoint_rm("a") == ep
+    again = reg.endpoint("a")
+    assert again.host == "h2"
+    assert len(endpoint_keys(reg)) == 3

@@ -10,8 +10,7 @@ import logging
 
 from dataplane.agent import process
 from dataplane.core.errors import Conflict, DataplaneError
-from dataplane.registry import Host, Unavailable
-from dataplane.registry.store import key
+from dataplane.registry import Unavailable
 
 RETRY_S = 0.5
 log = logging.getLogger("dataplane.agent")
@@ -40,13 +39,7 @@ class LeaseKeeper:
             self.lease = old
         else:
             self.lease = self.ag.reg.kv.lease_grant(self.ag.ttl)
-        item = self.ag.reg.kv.get(key("hosts", self.ag.me))
-        if item is not None and item.lease != self.lease:
-            other = Host.from_json(item.value)
-            if other.vtep != self.ag.vtep.vtep:
-                raise Conflict(f"host name {self.ag.me} is registered by VTEP {other.vtep}; this host is VTEP "
-                               f"{self.ag.vtep.vtep}: give each host its own --host-name")
-        self.ag.reg.host_register(self.ag.vtep, self.lease)
+        self.ag.reg.host_register(self.ag.vtep, self.lease)   # one transaction: Conflict if another VTEP has the name
         self.save()
 
     def run(self) -> None:

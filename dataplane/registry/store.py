@@ -5,27 +5,24 @@ Layout under /dataplane/ (one JSON record per key):
   hosts/<name>            a live host (leased)  endpoints/<id>           the endpoint
   ipam/<network>/<ip>     endpoint id holding the address
   macs/<network>/<mac>    endpoint id holding the MAC
+  netuse/<network>        a fence: bumped by every endpoint create there, compared by network_rm
 Every create is one compare-and-swap transaction over all the keys it
 claims, so two hosts allocating at the same moment can never get the same
 address: the loser's transaction fails and it tries the next address.
+Endpoint writes are in ipam.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from dataplane.core import model
-from dataplane.core.errors import Conflict, NotFound, UsageError
-from dataplane.registry.kv import KV, Event, Txn
-from dataplane.registry.records import Endpoint, Host, Network, parse_endpoint_id
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.registry.ipam import Endpoints, fence_key
+from dataplane.registry.kv import KV, Event, Item, Txn
+from dataplane.registry.records import PREFIX, Endpoint, Host, Network, key
 
-PREFIX = "/dataplane/"
-ALLOC_ATTEMPTS = 64
-
-
-def key(*parts) -> str:
-    return PREFIX + "/".join(str(p) for p in parts)
+ATTEMPTS = 5       # read + commit rounds of host_register and network_rm when a record changes under them
 
 
 @dataclass
@@ -55,7 +52,7 @@ def split_key(k: str) -> tuple[str, str]:
 
 def parse_item(k: str, value: bytes | None):
     """(kind, name, record) for a registry key; record None for a deletion;
-    None for keys the agent does not mirror (vnis). Raises UsageError for a
+    None for keys the agent does not mirror (vnis, netuse). Raises UsageError for a
     malformed record."""
     kind, name = split_key(k)
     if kind in ("macs", "ipam"):        # claims: "<network>/<mac or ip>" -> endpoint id
@@ -72,7 +69,7 @@ def parse_item(k: str, value: bytes | None):
     return kind, name, rec
 
 
-class Registry:
+class Registry(Endpoints):
     def __init__(self, kv: KV):
         self.kv = kv
         self.url = kv.url
@@ -104,26 +101,39 @@ class Registry:
         item = self.kv.get(key("networks", name))
         return Network.from_json(item.value) if item else None
 
-    def network(self, name: str) -> Network:
-        net = self._network_or_none(model.parse_name(name, "network name"))
-        if net is None:
+    def _network_item(self, name) -> tuple[Item, Network]:
+        """(stored item, record) of a network; NotFound if there is none."""
+        item = self.kv.get(key("networks", model.parse_name(name, "network name")))
+        if item is None:
             raise NotFound(f"network {name!r} not found")
-        return net
+        return item, Network.from_json(item.value)
+
+    def network(self, name: str) -> Network:
+        return self._network_item(name)[1]
 
     def network_by_vni(self, vni) -> Network | None:
         item = self.kv.get(key("vnis", model.parse_vni(vni)))
         return self._network_or_none(item.value.decode()) if item else None
 
     def network_rm(self, name: str) -> Network:
-        net = self.network(name)
-        users = [e.id for e in self.endpoints(network=net.name)]
-        if users:
-            raise Conflict(f"network {net.name} has {len(users)} endpoint(s), e.g. {users[0]}: remove them first")
-        item = self.kv.get(key("networks", net.name))
-        txn = (Txn().unchanged(item.key, item.mod_rev).delete(item.key).delete(key("vnis", net.vni)))
-        if not self.kv.commit(txn)[0]:
-            raise Conflict(f"network {net.name} changed while it was being removed; try again")
-        return net
+        """Remove a network no endpoint uses. The fence is read before the
+        endpoints are listed and compared by the delete, so an endpoint
+        created in between fails the delete; it is then checked again."""
+        for _ in range(ATTEMPTS):
+            item, net = self._network_item(name)
+            fk = fence_key(net.name)
+            fence = self.kv.get(fk)
+            users = [e.id for e in self.endpoints(network=net.name)]
+            if users:
+                raise Conflict(f"network {net.name} is in use: it has {len(users)} endpoint(s), "
+                               f"e.g. {users[0]}: remove them first")
+            txn = (Txn().unchanged(item.key, item.mod_rev).unchanged(fk, fence.mod_rev if fence else 0)
+                   .delete(item.key).delete(key("vnis", net.vni)).delete(fk))
+            if self.kv.commit(txn)[0]:
+                self._used.pop(net.name, None)
+                self._hint.pop(net.name, None)
+                return net
+        raise Conflict(f"network {net.name} changed while it was being removed; try again")
 
     def networks(self) -> list[Network]:
         return list(self.snapshot().networks.values())
@@ -131,94 +141,31 @@ class Registry:
     # --- hosts ---------------------------------------------------------------
 
     def host_register(self, host: Host, lease: int) -> None:
-        self.kv.commit(Txn().put(key("hosts", host.name), host.to_json(), lease))
+        """Put the host's record under lease, in one transaction that creates
+        it or re-puts a record of the same VTEP address (an agent restart).
+        Conflict if another VTEP holds the name (the agent stops on that);
+        a record that keeps changing under us is a plain, retryable
+        DataplaneError. A malformed record there is no live host: it is replaced."""
+        k = key("hosts", host.name)
+        for _ in range(ATTEMPTS):
+            item = self.kv.get(k)
+            old = None
+            if item is not None:
+                try:
+                    old = Host.from_json(item.value)
+                except UsageError:
+                    pass
+            if old is not None and old.vtep != host.vtep:
+                raise Conflict(f"host name {host.name} is registered by VTEP {old.vtep}; this host is VTEP "
+                               f"{host.vtep}: give each host its own --host-name")
+            if self.kv.commit(Txn().unchanged(k, item.mod_rev if item else 0).put(k, host.to_json(), lease))[0]:
+                return
+        raise DataplaneError(f"host {host.name} changed {ATTEMPTS} times while it was being registered; try again")
 
     def hosts(self) -> list[Host]:
         return list(self.snapshot().hosts.values())
 
-    # --- endpoints -------------------------------------------------------------
-
-    def endpoint_create(self, id, network, host, ip=None, mac=None) -> Endpoint:
-        """Register an endpoint; with no ip, take the network's next free address."""
-        net = self.network(network)
-        want_ip = net.check_ip(ip) if ip is not None else None
-        mac = model.parse_mac(mac) if mac is not None else None
-        Endpoint.make(id, net.name, host, mac or "02:00:00:00:00:01", want_ip or net.gateway)  # validate early
-        for _ in range(ALLOC_ATTEMPTS):
-            addr = want_ip or self._next_free(net)
-            ep = Endpoint.make(id, net.name, host, mac or model.mac_for_ip(ipaddress.IPv4Address(addr)), addr)
-            txn = (Txn().absent(key("endpoints", ep.id)).absent(key("ipam", net.name, ep.ip))
-                   .absent(key("macs", net.name, ep.mac))
-                   .put(key("endpoints", ep.id), ep.to_json())
-                   .put(key("ipam", net.name, ep.ip), ep.id.encode())
-                   .put(key("macs", net.name, ep.mac), ep.id.encode()))
-            if self.kv.commit(txn)[0]:
-                self._used.setdefault(net.name, set()).add(ep.ip)
-                return ep
-            self._explain_clash(net, ep, auto_ip=want_ip is None)
-            self._used.pop(net.name, None)   # someone else allocated: re-read
-        raise Conflict(f"could not allocate an address in {net.name} after {ALLOC_ATTEMPTS} tries (contention)")
-
-    def _explain_clash(self, net: Network, ep: Endpoint, auto_ip: bool) -> None:
-        """Raise for a clash that retrying cannot fix; return if another address may work."""
-        old = self.kv.get(key("endpoints", ep.id))
-        if old is not None:
-            raise Conflict(f"endpoint {ep.id} exists already")
-        holder = self.kv.get(key("macs", net.name, ep.mac))
-        if holder is not None and not auto_ip:
-            raise Conflict(f"MAC {ep.mac} is in use on {net.name} by {holder.value.decode()}")
-        holder = self.kv.get(key("ipam", net.name, ep.ip))
-        if holder is not None and not auto_ip:
-            raise Conflict(f"address {ep.ip} is in use on {net.name} by {holder.value.decode()}")
-
-    def _next_free(self, net: Network) -> str:
-        """Lowest free host address. The scan resumes where the last one
-        stopped (a hint, reset whenever the cached view is re-read), so
-        filling a /16 is linear, not quadratic."""
-        used = self._used.get(net.name)
-        if used is None:
-            _, items = self.kv.range(key("ipam", net.name) + "/")
-            used = self._used[net.name] = {i.key.rsplit("/", 1)[1] for i in items}
-            self._hint[net.name] = 0
-        reserved = net.reserved()
-        first = int(net.net.network_address) + 1
-        last = int(net.net.broadcast_address) - 1
-        start = first + self._hint.get(net.name, 0)
-        for n in range(start, last + 1):
-            ip = str(ipaddress.IPv4Address(n))
-            if ip not in used and ip not in reserved:
-                self._hint[net.name] = n - first
-                return ip
-        raise Conflict(f"network {net.name} ({net.subnet}) has no free address")
-
-    def _endpoint_item(self, id):
-        """(stored item, record) of an endpoint; NotFound if there is none."""
-        item = self.kv.get(key("endpoints", parse_endpoint_id(id)))
-        if item is None:
-            raise NotFound(f"endpoint {id!r} not found")
-        return item, Endpoint.from_json(item.value)
-
-    def endpoint(self, id) -> Endpoint:
-        return self._endpoint_item(id)[1]
-
-    def endpoint_rm(self, id) -> Endpoint:
-        item, ep = self._endpoint_item(id)
-        txn = (Txn().unchanged(item.key, item.mod_rev).delete(item.key)
-               .delete(key("ipam", ep.network, ep.ip)).delete(key("macs", ep.network, ep.mac)))
-        if not self.kv.commit(txn)[0]:
-            raise Conflict(f"endpoint {ep.id} changed while it was being removed; try again")
-        self._used.get(ep.network, set()).discard(ep.ip)
-        self._hint[ep.network] = 0             # a lower address is free again
-        return ep
-
-    def endpoint_move(self, id, host) -> Endpoint:
-        """Re-home an endpoint (same MAC and address) in one write, so other
-        hosts switch their entry straight from the old host to the new one."""
-        item, old = self._endpoint_item(id)
-        ep = Endpoint.make(old.id, old.network, host, old.mac, old.ip)
-        if not self.kv.commit(Txn().unchanged(item.key, item.mod_rev).put(item.key, ep.to_json()))[0]:
-            raise Conflict(f"endpoint {ep.id} changed while it was being moved; try again")
-        return ep
+    # --- endpoints (writes in ipam.py) ---------------------------------------------
 
     def endpoints(self, network: str | None = None, host: str | None = None) -> list[Endpoint]:
         return [e for e in self.snapshot().endpoints.values()

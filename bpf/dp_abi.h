@@ -29,6 +29,8 @@
 
 #define DP_PUNT_FRAME_MAX 1536           /* longest frame punted to the agent (longer ones flood) */
 #define DP_PUNT_RING_BYTES 262144        /* dp_punts ring buffer: power of two, >= a page */
+#define DP_AGENT_BEAT_MS 500             /* the agent renews dp_agent.punt_until_ns this often */
+#define DP_AGENT_LEASE_MS 2000           /* ... each time to now + this: misses punted until then */
 
 #define DP_DROP_SLOTS 32                 /* power of two >= DP_DROP_MAX, so a mask bounds the index */
 
@@ -65,7 +67,6 @@ enum dp_tail {
 /* dp_config.flags */
 enum dp_cfg_flag {
 	DP_CFG_PEER_CHECK = 1,               /* decap only from VTEPs in the VNI's peer set */
-	DP_CFG_PUNT_MISS = 2,                /* an agent resolves misses: punt them to dp_punts, not flood */
 };
 
 /* Why a frame was punted to the agent (struct dp_punt.reason). */
@@ -121,6 +122,17 @@ struct dp_config {
 	__u16 flags;                         /* enum dp_cfg_flag */
 	__u32 uplink_ifindex;                /* underlay interface, host netns */
 	__u64 fdb_age_ns;                    /* learned entries older than this are ignored */
+};
+
+/*
+ * Single entry of map dp_agent (key 0), written only by the node's agent.
+ * Misses are punted to it while dp_now_ns() < punt_until_ns: its heartbeat
+ * moves the time on every DP_AGENT_BEAT_MS, so an agent that dies, even by
+ * SIGKILL, stops receiving misses within DP_AGENT_LEASE_MS and they are
+ * flooded as without an agent.
+ */
+struct dp_agent {
+	__u64 punt_until_ns;                 /* CLOCK_MONOTONIC ns; 0: no agent */
 };
 
 /* dp_networks: key __u32 VNI (host order). */

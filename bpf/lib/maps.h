@@ -2,7 +2,8 @@
 /*
  * maps.h - every map of the fast path, pinned under DP_PIN_DIR so that a
  * reloaded program and the CLI find the same state. Layouts: dp_abi.h.
- * Filled by: the control plane, except dp_learned, dp_nexthops (cache) and dp_stats.
+ * Filled by: the control plane, except dp_learned, dp_nexthops (cache) and dp_stats;
+ * dp_agent by the agent alone.
  */
 #ifndef DP_MAPS_H
 #define DP_MAPS_H
@@ -13,6 +14,8 @@
 #define DP_PIN(name) DP_PIN_DIR "/" #name
 
 BPF_TABLE_PINNED("array", __u32, struct dp_config, dp_config, 1, DP_PIN(dp_config));
+/* the agent's heartbeat: misses are punted to it until punt_until_ns */
+BPF_TABLE_PINNED("array", __u32, struct dp_agent, dp_agent, 1, DP_PIN(dp_agent));
 BPF_TABLE_PINNED("hash", __u32, struct dp_network, dp_networks, DP_MAP_NETWORKS, DP_PIN(dp_networks));
 BPF_TABLE_PINNED("hash", __u32, struct dp_endpoint, dp_endpoints, DP_MAP_ENDPOINTS, DP_PIN(dp_endpoints));
 /* {VNI, MAC} -> host-side ifindex of a local endpoint */

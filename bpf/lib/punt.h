@@ -3,8 +3,9 @@
  * punt.h - the slow path's door: a frame the fast path cannot place (unicast
  * to an unknown MAC, ARP for an unknown address) is copied whole into the
  * dp_punts ring buffer for the agent, which asks the registry, installs the
- * entry and sends the frame on. Only while an agent says it is draining the
- * ring (DP_CFG_PUNT_MISS); a full ring or a long frame falls back to flooding.
+ * entry and sends the frame on. Only while the agent's heartbeat is fresh
+ * (dp_agent.punt_until_ns): a dead agent's misses are flooded, as are those
+ * that find the ring full or are too long for it.
  */
 #ifndef DP_PUNT_H
 #define DP_PUNT_H
@@ -12,12 +13,13 @@
 /* 0: the frame is the agent's now (drop it here). Negative: flood it as before. */
 static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __u32 ifindex, __u32 reason)
 {
-	struct dp_config *cfg = config_get();
+	__u32 zero = 0;
+	struct dp_agent *agent = dp_agent.lookup(&zero);
 	struct dp_stats *s = stats_get(slot);
 	struct dp_punt *p;
 	__u64 len;  /* 64 bits: a 32-bit copy is zero-extended into a register the verifier does not link */
 
-	if (!cfg || !(cfg->flags & DP_CFG_PUNT_MISS))
+	if (!agent || dp_now_ns() >= agent->punt_until_ns)
 		return -1;
 	p = dp_punts.ringbuf_reserve(sizeof(*p));
 	if (!p)

@@ -4,6 +4,7 @@ half-created: networks a failed `up` made are removed again."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 from dataplane.agent import process
@@ -12,7 +13,10 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, UsageError
 from dataplane.core.state import NodeState
 from dataplane.node import Node, require_root, vtep
+from dataplane.node.sweep import sweep
 from dataplane import registry
+
+log = logging.getLogger("dataplane")
 
 
 @contextmanager
@@ -60,6 +64,9 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
     try:
         st = vtep.up(node, vnis, subnet=subnet, port=port, registry=url, host_name=host_name,
                      lease_ttl=lease_ttl, **node_args)
+        if was_up:
+            for line in sweep(node):        # a crash since the last up left this behind
+                log.warning("repaired: %s", line)
         if st.registry:
             process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
             st = node.require_up()

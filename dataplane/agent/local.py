@@ -33,6 +33,9 @@ def adopt(ag) -> None:
     for rec in list(ag.view.endpoints.values()):
         if rec.host == ag.me and rec.id not in st.endpoints:
             try:
+                with ag.node.maps() as m:
+                    for what in endpoints.clear_debris(ag.node, m, rec.id):
+                        log.warning("repaired: %s of endpoint %s (no record in the state) removed", what, rec.id)
                 ag.reg.endpoint_rm(rec.id)
                 del ag.view.endpoints[rec.id]
                 log.info("removed stale registry endpoint %s (no sandbox here)", rec.id)

@@ -23,14 +23,17 @@ from dataplane.agent.apply import apply
 from dataplane.agent.reconcile import LocalFacts, desired
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
-from dataplane.core import model
+from dataplane.core import abi, model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import Node, nexthops, vtep
+from dataplane.node.sweep import sweep
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
 
 LEASE_TTL_DEFAULT = 10
 RETRY_S = 0.5
+BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
+LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
 log = logging.getLogger("dataplane.agent")
 
 
@@ -57,7 +60,7 @@ class Agent:
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
-        self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0}
+        self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0}
         self.punts = punts.PuntHandler(self)
         self.leases = lease.LeaseKeeper(self)
         self.last_sync_s = 0.0
@@ -72,6 +75,10 @@ class Agent:
         if not st:
             raise NotFound(f"node {self.node.name} is not up: run `dataplane up` first")
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
+        for line in sweep(self.node):      # what a crash (of us, or of a command) left behind
+            log.warning("repaired: %s", line)
+            self.counters["repairs"] += 1
+        st = self.node.require_up()
         self.maps = self.node.maps()
         self.remote = RemoteTable(self.maps, local_neigh_keys(st))
         self.sender = slowpath.Sender(self.maps, st.config)
@@ -89,7 +96,7 @@ class Agent:
         finally:
             self.stopping.set()
             try:
-                vtep.set_punt_miss(self.node, False)   # nobody drains the ring now: flood misses again
+                vtep.set_punt_until(self.maps, 0)   # nobody drains the ring now: flood misses again
             except DataplaneError as e:
                 log.error("could not stop punting: %s", e)
             if self._watch:
@@ -162,15 +169,14 @@ class Agent:
     def _main_loop(self) -> None:
         age_every = max(1.0, min(10.0, self.node.require_up().config.fdb_age_s / 4))
         next_age = time.monotonic() + age_every
-        first = True
+        next_beat = None          # no heartbeat before the first sync: misses are flooded until then
         while not self.stopping.is_set():
-            kind, data = self._next_message(max(0.05, next_age - time.monotonic()))
+            wake = min(next_age, next_beat or next_age)
+            kind, data = self._next_message(max(0.01, wake - time.monotonic()))
             try:
                 if kind == "snapshot":
-                    self._apply_snapshot(data, adopt=first)
-                    if first:
-                        vtep.set_punt_miss(self.node, True)   # synced: misses come to us from now on
-                    first = False
+                    self._apply_snapshot(data, adopt=next_beat is None)
+                    next_beat = next_beat or time.monotonic()   # synced: misses come to us from now on
                 elif kind == "punts":
                     self.punts.handle(data)
                 elif kind == "events":
@@ -178,8 +184,12 @@ class Agent:
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)
-            if time.monotonic() >= next_age:
-                next_age = time.monotonic() + age_every
+            now = time.monotonic()
+            if next_beat is not None and now >= next_beat:
+                next_beat = now + BEAT_S
+                vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
+            if now >= next_age:
+                next_age = now + age_every
                 self._age()
 
     def _next_message(self, timeout: float):

@@ -66,6 +66,9 @@ class LocalEndpoint:
     # runtime's own keys (container id, network name) for CHECK and GC.
     # None: the namespace `name` is ours, made and removed with the endpoint.
     sandbox: dict | None = None
+    # "creating": the intent, saved before anything is made; "ready" once all of it is.
+    # A crash in between leaves "creating", and the next start sweeps it away.
+    phase: str = "ready"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,10 +91,10 @@ class NodeState:
     host_name: str | None = None
     lease_ttl: int | None = None
     restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
-    punt_miss: bool = False                 # an agent drains dp_punts
 
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
-        return [e for e in self.endpoints.values() if e.vni == vni]
+        """The VNI's endpoints that exist in full (not those being created)."""
+        return [e for e in self.endpoints.values() if e.vni == vni and e.phase == "ready"]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -108,7 +111,7 @@ class NodeState:
             peers=ints(d.get("peers")), registry_peers=ints(d.get("registry_peers")),
             flooded=ints(d.get("flooded")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
-            restore_forwarding=d.get("restore_forwarding"), punt_miss=bool(d.get("punt_miss")))
+            restore_forwarding=d.get("restore_forwarding"))
 
 
 def node_dir(node: str) -> str:

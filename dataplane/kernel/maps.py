@@ -34,6 +34,7 @@ class MapSpec:
 
 SPECS = {s.name: s for s in (
     MapSpec("dp_config", "array", u32, _S["dp_config"], None, 1),
+    MapSpec("dp_agent", "array", u32, _S["dp_agent"], None, 1),
     MapSpec("dp_networks", "hash", u32, _S["dp_network"], "DP_MAP_NETWORKS"),
     MapSpec("dp_endpoints", "hash", u32, _S["dp_endpoint"], "DP_MAP_ENDPOINTS"),
     MapSpec("dp_local_macs", "hash", _S["dp_mac_key"], u32, "DP_MAP_ENDPOINTS"),

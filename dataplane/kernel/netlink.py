@@ -68,6 +68,12 @@ def link_info(netns: str | None, ifname: str) -> dict:
     }
 
 
+def link_names(netns: str | None) -> list[str]:
+    """Every interface name in netns."""
+    with ipr(netns) as s:
+        return sorted(link.get_attr("IFLA_IFNAME") for link in s.get_links())
+
+
 def default_route_ifname(netns: str | None) -> str | None:
     with ipr(netns) as s:
         for r in s.get_default_routes(family=2):

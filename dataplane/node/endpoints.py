@@ -9,7 +9,7 @@ import hashlib
 import ipaddress
 import os
 
-from dataplane.core import abi, model
+from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import LocalEndpoint, NodeState
@@ -39,6 +39,10 @@ def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = No
         net = st.networks.get(vni)
         if not net:
             raise NotFound(f"VNI {vni} is not up on this node: run `dataplane up --vni {vni}`")
+        old = st.endpoints.get(name)
+        if old is not None and old.phase != "ready":     # left by a crash: clear it, then go on
+            destroy(node, m, old)
+            del st.endpoints[name]
         if name in st.endpoints:
             raise Conflict(f"endpoint {name!r} exists already")
         if sandbox is None and netlink.ns_exists(name):
@@ -48,13 +52,17 @@ def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = No
         mac = mac or model.mac_for_ip(ipaddress.IPv4Address(ip))
         if any(e.mac == mac for e in st.local_endpoints(vni)):
             raise Conflict(f"MAC {mac} is in use on VNI {vni}")
-        ep = LocalEndpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name), sandbox=sandbox)
+        ep = LocalEndpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name), sandbox=sandbox,
+                           phase="creating")
+        st.endpoints[name] = ep
+        state.save(st)                      # the intent is on disk before anything is made
         try:
             _create(node, m, st, ep, prefixlen or subnet.prefixlen, net.mtu, routes)
         except BaseException:
             destroy(node, m, ep)
+            del st.endpoints[name]
             raise
-        st.endpoints[name] = ep
+        ep.phase = "ready"
         networks.sync(m, st, vni)
         return ep
 
@@ -120,6 +128,28 @@ def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:
     netlink.link_delete(node.netns, ep.host_ifname)
     if not ep.sandbox:          # the namespace is ours only without a runtime's sandbox
         netlink.ns_delete(ep.name)
+
+
+def clear_debris(node: Node, m: NodeMaps, name: str) -> list[str]:
+    """What a crash left of an endpoint the state does not know: its host-side
+    veth, and its sandbox namespace once that holds nothing but lo (a
+    namespace with other interfaces is not debris: it is left alone)."""
+    gone = []
+    if netlink.link_delete(node.netns, host_ifname(name)):
+        gone.append(f"link {host_ifname(name)}")
+    if netlink.ns_exists(name) and netlink.link_names(name) in ([], ["lo"]):
+        netlink.ns_delete(name)
+        gone.append(f"namespace {name}")
+    return gone
+
+
+def forget_strays(m: NodeMaps, st: NodeState) -> list[str]:
+    """dp_endpoints entries of interfaces that are no endpoint of the state."""
+    keep = {e.ifindex for e in st.endpoints.values() if e.phase == "ready"}
+    stray = [k.value for k, _ in m.dp_endpoints.items() if k.value not in keep]
+    for ifx in stray:
+        m.dp_endpoints.delete(ctypes.c_uint32(ifx))
+    return [f"dp_endpoints[{ifx}]" for ifx in stray]
 
 
 def remove(node: Node, name: str) -> LocalEndpoint:

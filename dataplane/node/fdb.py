@@ -38,6 +38,24 @@ def local_present(m: NodeMaps, ep: LocalEndpoint) -> bool:
             and m.dp_neigh.get(ip_key(ep.vni, ep.ip)) is not None)
 
 
+def forget_local_strays(m: NodeMaps, st: NodeState, neigh_too: bool) -> list[str]:
+    """Local MAC entries (and, without a registry, neighbour entries: then every
+    one is local) that no endpoint of the state holds: what a crash left."""
+    ready = {(e.vni, e.mac): e.ifindex for e in st.endpoints.values() if e.phase == "ready"}
+    gone = []
+    for k, v in list(m.dp_local_macs.items()):
+        if ready.get((k.vni, model.mac_str(k.mac))) != v.value:
+            m.dp_local_macs.delete(k)
+            gone.append(f"dp_local_macs[{k.vni} {model.mac_str(k.mac)}]")
+    if neigh_too:
+        ips = {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"}
+        for k, _ in list(m.dp_neigh.items()):
+            if (k.vni, ip_str(k.ip)) not in ips:
+                m.dp_neigh.delete(k)
+                gone.append(f"dp_neigh[{k.vni} {ip_str(k.ip)}]")
+    return gone
+
+
 class RemoteTable:
     def __init__(self, maps: NodeMaps, local_neigh: set[tuple[int, str]]):
         """Read back what the maps hold; local_neigh are the {VNI, IP} of this
@@ -142,5 +160,5 @@ def forget_learned_vtep(maps: NodeMaps, vtep: str) -> int:
 
 
 def local_neigh_keys(st: NodeState) -> set[tuple[int, str]]:
-    return {(e.vni, e.ip) for e in st.endpoints.values()}
+    return {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"}
 

@@ -1,5 +1,5 @@
 """Bringing a node up and down: the uplink, the programs, the configuration.
-The only writer of dp_config (the loader fills dp_tail)."""
+The only writer of dp_config and dp_agent (the loader fills dp_tail)."""
 
 from __future__ import annotations
 
@@ -129,7 +129,6 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet) -> None:
 def write_config(m: NodeMaps, st: NodeState) -> None:
     c = st.config
     flags = int(_F.DP_CFG_PEER_CHECK) if c.peer_check else 0
-    flags |= int(_F.DP_CFG_PUNT_MISS) if st.punt_miss else 0
     val = _S["dp_config"](local_ip=be32(c.local_ip), port=socket.htons(c.port),
                           src_port_min=c.src_port_min, src_port_max=c.src_port_max,
                           flags=flags, uplink_ifindex=st.uplink.ifindex,
@@ -137,12 +136,11 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     m.dp_config.put(ctypes.c_uint32(0), val)
 
 
-def set_punt_miss(node: Node, on: bool) -> None:
-    """An agent drains dp_punts (on) or no longer does (off): misses are
-    punted to it or flooded."""
-    with node.changing() as (st, m):
-        st.punt_miss = bool(on)
-        write_config(m, st)
+def set_punt_until(m: NodeMaps, until_ns: int) -> None:
+    """The agent's heartbeat: misses are punted to it until then (0: never),
+    flooded after. Written by the agent alone, so no lock: nothing else
+    writes dp_agent."""
+    m.dp_agent.put(ctypes.c_uint32(0), _S["dp_agent"](punt_until_ns=until_ns))
 
 
 def remove_networks(node: Node, m: NodeMaps, st: NodeState, vnis: list[int]) -> None:

@@ -8,6 +8,7 @@ import ctypes
 import os
 import shutil
 import socket
+import time
 import sys
 
 import pytest
@@ -58,7 +59,10 @@ class Harness:
 
     def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9):
         f = self.abi.enums["dp_cfg_flag"]
-        flags = (int(f.DP_CFG_PEER_CHECK) if peer_check else 0) | (int(f.DP_CFG_PUNT_MISS) if punt else 0)
+        flags = int(f.DP_CFG_PEER_CHECK) if peer_check else 0
+        # An agent whose heartbeat reaches an hour ahead, or none.
+        until = time.monotonic_ns() + 3600 * 10**9 if punt else 0
+        self.maps.dp_agent.put(ctypes.c_uint32(0), self.S["dp_agent"](punt_until_ns=until))
         self.maps.dp_config.put(ctypes.c_uint32(0), self.S["dp_config"](
             local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,

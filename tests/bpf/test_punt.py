@@ -88,3 +88,18 @@ def test_oversized_frame_is_not_punted(hx, ring):
     hx.maps.dp_networks.put(ctypes.c_uint32(VNI), hx.network(VNI, mtu=9000))
     ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
     assert ret == TC_ACT_SHOT and ring.read(0) == []
+
+
+def test_a_lapsed_heartbeat_means_no_agent(hx, ring):
+    """punt_until_ns in the past (an agent killed without a word): the miss is
+    handled as without an agent, nothing goes to the ring."""
+    import time
+    frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"q" * 30))
+    hx.maps.dp_agent.put(ctypes.c_uint32(0), hx.S["dp_agent"](punt_until_ns=time.monotonic_ns() - 10**9))  # past even for the coarse clock
+    before = hx.stats(VNI)
+    ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert ret != TC_ACT_STOLEN
+    assert ring.read(0) == []
+    assert hx.stats(VNI)["punted"] == before["punted"]
+    hx.maps.dp_agent.put(ctypes.c_uint32(0), hx.S["dp_agent"](punt_until_ns=time.monotonic_ns() + 10**9))
+    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_STOLEN, "a fresh heartbeat: punted"

@@ -3,6 +3,8 @@ never stops the others, and the agent still syncs and says which VNI failed."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -14,7 +16,7 @@ from dataplane.node import Node, readout
 from dataplane.registry import Host, open_registry
 from lab import topology as lab
 from lab.traffic import ping
-from tests.integration.conftest import dp, make_lab, sandbox, wait_for
+from tests.integration.conftest import dp, make_lab, sandbox, stats, wait_for
 
 GHOST_VTEP = "203.0.113.5"   # TEST-NET-3: made unroutable on every lab host below, so nothing is ever sent to it
 
@@ -73,3 +75,79 @@ def test_a_duplicate_host_name_is_refused_and_harms_nobody(info):
         assert ping(b["name"], a["ip"])[0] == 3, "and still reachable"
     finally:
         process.spawn("dpl-h2", "dpl-h2", url, lab.host_name(2), 10, quiet=True)
+
+
+def test_a_killed_agent_stops_taking_misses(info):
+    """Misses go to the agent only while it is alive: after a SIGKILL (no chance
+    to say goodbye) they are flooded again within seconds, not swallowed."""
+    url = lab.registry_url("sqlite")
+    a = sandbox(info, "h1", 256)
+    pid = process.running_pid("dpl-h1")
+    os.kill(pid, signal.SIGKILL)
+    try:
+        assert wait_for(lambda: process.running_pid("dpl-h1") is None)
+        time.sleep(2.5)
+        before = stats("dpl-h1", 256)
+        assert ping(a["name"], "10.1.0.250", count=2)[0] == 0      # ARP for an address nobody has: a miss
+        after = stats("dpl-h1", 256)
+        assert after["punted"] == before["punted"], "nothing is punted to a dead agent"
+        assert after["flooded"] > before["flooded"], "the misses are flooded as without an agent"
+    finally:
+        process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
+    before = stats("dpl-h1", 256)
+    assert ping(a["name"], "10.1.0.251", count=1)[0] == 0
+    assert stats("dpl-h1", 256)["punted"] > before["punted"], "a live agent takes the misses again"
+
+
+def _forget_in_state(node: str, name: str) -> None:
+    """What a SIGKILL between creating an endpoint and saving the state leaves:
+    everything made, the registry written, the state without it."""
+    import json
+    path = os.path.join("/run/dataplane", node, "state.json")
+    with open(path) as f:
+        st = json.load(f)
+    del st["endpoints"][name]
+    with open(path, "w") as f:
+        json.dump(st, f)
+
+
+def test_a_crash_between_create_and_save_is_repaired_both_ways(info):
+    url = lab.registry_url("sqlite")
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-crash", "--vni", "256")
+    ep = next(e for e in client.call("dpl-h1", "endpoint_list") if e["id"] == "dpl-crash")
+    os.kill(process.running_pid("dpl-h1"), signal.SIGKILL)
+    assert wait_for(lambda: process.running_pid("dpl-h1") is None)
+    _forget_in_state("dpl-h1", "dpl-crash")
+    process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
+    assert not any(e["id"] == "dpl-crash" for e in client.call("dpl-h1", "endpoint_list")), \
+        "the registry record is gone: no sandbox stands behind it"
+    assert not netlink.ns_exists("dpl-crash"), "the sandbox namespace is gone"
+    assert not [n for n in netlink.link_names("dpl-h1") if n.startswith("dp") and len(n) == 12
+                and n not in {e.host_ifname for e in Node("dpl-h1").state().endpoints.values()}]
+    assert not [r for r in readout.fdb(Node("dpl-h1")) if r["mac"] == ep["mac"] and r["where"] == "local"], \
+        "no stale dp_local_macs entry keeps taking that MAC's traffic"
+    assert client.call("dpl-h1", "status")["repairs"] >= 1
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-crash", "--vni", "256")     # the retry works
+    dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-crash")
+
+
+def test_a_crash_after_the_intent_is_undone_at_start(info):
+    """A creation cut short leaves the intent ("creating") in the state: the
+    next start undoes whatever part exists, and the name can be used again."""
+    import json
+    url = lab.registry_url("sqlite")
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-half", "--vni", "256")
+    os.kill(process.running_pid("dpl-h1"), signal.SIGKILL)
+    assert wait_for(lambda: process.running_pid("dpl-h1") is None)
+    path = "/run/dataplane/dpl-h1/state.json"
+    with open(path) as f:
+        st = json.load(f)
+    st["endpoints"]["dpl-half"]["phase"] = "creating"
+    with open(path, "w") as f:
+        json.dump(st, f)
+    process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
+    assert "dpl-half" not in Node("dpl-h1").state().endpoints
+    assert not netlink.ns_exists("dpl-half")
+    assert not any(e["id"] == "dpl-half" for e in client.call("dpl-h1", "endpoint_list"))
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-half", "--vni", "256")
+    dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-half")

@@ -18,7 +18,7 @@ def agent(tmp_path, monkeypatch):
     ag = agent_main.Agent(SimpleNamespace(name="t", netns=None), f"sqlite://{tmp_path}/reg.db", "h1")
     cfg = SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
     ag.node = SimpleNamespace(name="t", netns=None, require_up=lambda: cfg, state=lambda: cfg)
-    monkeypatch.setattr(agent_main.vtep, "set_punt_miss", lambda node, on: None)
+    monkeypatch.setattr(agent_main.vtep, "set_punt_until", lambda m, until: None)
     applied = []
     ag._apply_snapshot = lambda snap, adopt: applied.append(("snapshot", snap.rev))
     ag._apply_events = lambda evs: applied.append(("events", [e.rev for e in evs]))

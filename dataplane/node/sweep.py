@@ -1,0 +1,37 @@
+"""After a crash: make the kernel match the node's state. Endpoints whose
+creation never finished (their intent is still "creating") are undone,
+host-side veths and map entries that no endpoint of the state holds are
+removed, and every served VNI's entries are rewritten from the state. The
+agent runs it at start, `up` on every run; the registry side of the repair
+is the agent's (agent/local.py)."""
+
+from __future__ import annotations
+
+import re
+
+from dataplane.kernel import netlink
+from dataplane.node import endpoints, fdb, networks
+from dataplane.node.base import Node
+
+_OURS = re.compile(r"^dp[0-9a-f]{10}$")      # endpoints.host_ifname
+
+
+def sweep(node: Node) -> list[str]:
+    """What was repaired, one line each (nothing: the node was consistent)."""
+    with node.changing() as (st, m):
+        done = []
+        for name, ep in list(st.endpoints.items()):
+            if ep.phase != "ready":
+                endpoints.destroy(node, m, ep)
+                del st.endpoints[name]
+                done.append(f"endpoint {name}: its creation never finished; undone")
+        keep = {e.host_ifname for e in st.endpoints.values()}
+        for ifname in netlink.link_names(node.netns):
+            if _OURS.match(ifname) and ifname not in keep:
+                netlink.link_delete(node.netns, ifname)
+                done.append(f"link {ifname}: no endpoint of the state; removed")
+        done += endpoints.forget_strays(m, st)
+        done += fdb.forget_local_strays(m, st, neigh_too=st.registry is None)
+        for vni in st.networks:
+            networks.sync(m, st, vni)
+        return done

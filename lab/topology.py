@@ -224,7 +224,7 @@ def down() -> bool:
     require_root()
     lab = load()
     hosts = {h["netns"] for h in (lab or {}).get("hosts", [])}
-    hosts |= {ns for ns in netlink.ns_list() if ns.startswith(PREFIX + "h") and "-v" not in ns}
+    hosts |= {ns for ns in netlink.ns_list() if ns.startswith(PREFIX + "h") and "-v" not in ns and "." not in ns}
     for ns in sorted(hosts):
         try:
             process.stop(ns)
@@ -267,17 +267,19 @@ def ls() -> dict:
         if node.state():
             for ep in endpoints.listing(node):
                 sb = ep.get("sandbox") or {}   # a runtime's (CNI, Docker) or our own namespace
-                sandboxes.append({"name": ep["name"], "netns": sb.get("netns") if sb else ep["name"], "host": h["name"],
+                # name: what to exec into (our namespace, or the runtime's handle); id: the endpoint
+                ns = sb.get("netns") if sb else ep["netns"] or ep["name"]
+                sandboxes.append({"name": ns, "id": ep["name"], "netns": ns, "host": h["name"],
                                   "vni": ep["vni"], "ip": ep["ip"], "mac": ep["mac"],
                                   "runtime": sb.get("runtime", "dataplane")})
     return {"hosts": lab["hosts"], "sandboxes": sandboxes, "complete": lab.get("complete", False)}
 
 
 def resolve_sandbox(name: str) -> str:
-    """Accept the full namespace name or the short form (h1-v256-1)."""
-    for cand in (name, PREFIX + name):
-        if cand.startswith(PREFIX) and netlink.ns_exists(cand):
-            return cand
+    """Accept the namespace name, the endpoint id (dpl-h1-v256-1) or its short form (h1-v256-1)."""
+    for s in ls()["sandboxes"]:
+        if name in (s["netns"], s["id"], s["id"].removeprefix(PREFIX)) and netlink.ns_exists(s["netns"]):
+            return s["netns"]
     raise NotFound(f"sandbox {name!r} not found (see `python -m lab ls`)")
 
 

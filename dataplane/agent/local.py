@@ -43,14 +43,38 @@ def adopt(ag) -> None:
                 log.error("endpoint %s: cannot remove stale record: %s", rec.id, e)
 
 def endpoint_changed(ag, name: str, rec) -> None:
-    """Our sandbox was moved to another host (or removed) by someone else."""
-    st = ag.node.require_up()
-    if name in st.endpoints and (rec is None or rec.host != ag.me):
+    """Our sandbox was moved to another host (the move committed) or removed by someone else."""
+    if name in ag.node.require_up().endpoints and _not_ours(ag, rec):
         try:
             endpoints.remove(ag.node, name)
             log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
         except DataplaneError as e:
             log.error("endpoint %s: %s", name, e)
+
+
+def _not_ours(ag, rec) -> bool:
+    return rec is None or (rec.host != ag.me and rec.moving_to != ag.me)
+
+
+def settle_moves(ag) -> None:
+    """Moves that can no longer complete are taken back: one to this host with
+    no sandbox here (we crashed making it), one from this host to a host that
+    is gone. A local sandbox whose move committed while we were away goes."""
+    st = ag.node.require_up()
+    for rec in list(ag.view.endpoints.values()):
+        stuck = ((rec.moving_to == ag.me and rec.id not in st.endpoints)
+                 or (rec.host == ag.me and rec.moving_to and rec.moving_to not in ag.view.hosts))
+        if stuck:
+            try:
+                ag.view.endpoints[rec.id] = ag.reg.endpoint_move_abort(rec.id, rec.moving_to)
+                log.warning("endpoint %s: its move to %s cannot complete; taken back", rec.id, rec.moving_to)
+            except DataplaneError as e:
+                log.error("endpoint %s: cannot take back its move: %s", rec.id, e)
+    for name in list(st.endpoints):
+        rec = ag.view.endpoints.get(name)
+        if rec is not None and _not_ours(ag, rec):
+            endpoint_changed(ag, name, rec)
+
 
 def leave(ag) -> None:
     """`dataplane down`: this host's endpoints and host record leave the registry."""

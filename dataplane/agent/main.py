@@ -237,6 +237,7 @@ class Agent:
             self.counters["resyncs"] += 1
             if adopt:
                 local.adopt(self)
+            local.settle_moves(self)
             self.reconcile()
         self.last_sync_s = time.monotonic() - t0
         self.synced.set()
@@ -260,6 +261,7 @@ class Agent:
     def _host_gone(self, gone) -> None:
         n = forget_learned_vtep(self.maps, gone.vtep)
         log.info("host %s (%s) left%s", gone.name, gone.vtep, f"; dropped {n} learned entries" if n else "")
+        local.settle_moves(self)          # a move of ours to that host can no longer complete
 
     # --- reconcile -------------------------------------------------------------
 

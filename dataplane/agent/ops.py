@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound
-from dataplane.kernel import netlink
 from dataplane.node import endpoints, networks, peers
 
 log = logging.getLogger("dataplane.agent")
-MOVE_WAIT_S = 10.0
 
 
 def register_then_create(register, rollback, create):
@@ -96,27 +93,30 @@ class Ops:
         return rec.to_dict()
 
     def endpoint_move(self, id) -> dict:
-        """Bring an endpoint (same MAC and address) to this host; if it cannot
-        be created here, the registry is moved back to the old host."""
+        """Bring an endpoint (same MAC and address) to this host, make before
+        break: the move is marked in the registry, the sandbox made here, then
+        the move committed, at which the old host removes its own. If anything
+        fails here, the mark is taken back and the old host keeps serving it."""
         ag = self.ag
         rec = ag.reg.endpoint(id)
         if rec.host == ag.me:
             raise Conflict(f"endpoint {id} is on this host already")
         net = ag.reg.network(rec.network)
 
-        def create(_moved):
-            # Break before make: the old host removes its sandbox when it sees the
-            # record move. (In the lab all hosts share one kernel, so the sandbox
-            # namespace name is free only once the old one is gone.)
-            deadline = time.monotonic() + MOVE_WAIT_S
-            while netlink.ns_exists(id) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        def create(_marked):
             with ag.lock:
                 serve(ag, net)
                 return endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac)
 
-        moved, ep = register_then_create(lambda: ag.reg.endpoint_move(id, ag.me),
-                                         lambda: ag.reg.endpoint_move(id, rec.host), create)
+        _, ep = register_then_create(lambda: ag.reg.endpoint_move_begin(id, ag.me),
+                                     lambda: ag.reg.endpoint_move_abort(id, ag.me), create)
+        try:
+            moved = ag.reg.endpoint_move(id, ag.me)
+        except BaseException:
+            with ag.lock:
+                endpoints.remove(ag.node, id)
+            ag.reg.endpoint_move_abort(id, ag.me)
+            raise
         with ag.lock:
             ag.view.endpoints[id] = moved
         return {**ep.to_dict(), "network": net.name, "host": ag.me, "from": rec.host}

@@ -74,8 +74,8 @@ def _entries(view, facts: LocalFacts, net, out: Desired) -> VniEntries:
     ent = VniEntries()
     vteps, unroutable = set(), set()
     for e in sorted(view.endpoints.values(), key=lambda e: e.id):
-        if e.network != net.name or e.host == facts.me:
-            continue
+        if e.network != net.name or e.host == facts.me or e.moving_to == facts.me:
+            continue                  # ours, or becoming ours: a local endpoint, not a remote one
         h = view.hosts.get(e.host)
         if h is None:
             continue                  # its host is dead or gone

@@ -21,7 +21,7 @@ def cmd_endpoint_add(args):
             raise UsageError("give --vni (a node without a registry has no named networks)")
         ep = endpoints.add(node_of(args), args.name, args.vni, ip=args.ip, mac=args.mac).to_dict()
     say(args, f"endpoint {ep['name']}: VNI {ep['vni']} {ep['ip']} {ep['mac']} "
-              f"(netns {ep['name']}, host side {ep['host_ifname']})", ep)
+              f"(netns {ep['netns']}, host side {ep['host_ifname']})", ep)
 
 
 def cmd_endpoint_rm(args):

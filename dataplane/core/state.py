@@ -54,7 +54,7 @@ class ServedNetwork:
 @dataclass
 class LocalEndpoint:
     """An endpoint whose veth is on this node."""
-    name: str                    # also the sandbox namespace when we made it
+    name: str                    # the endpoint's id (the registry's)
     vni: int
     ip: str
     mac: str
@@ -64,8 +64,9 @@ class LocalEndpoint:
     # "ifname": IF} (CNI: moved into the runtime's namespace) or {"peer": IF}
     # (Docker: left in the host namespace for the engine to move), plus the
     # runtime's own keys (container id, network name) for CHECK and GC.
-    # None: the namespace `name` is ours, made and removed with the endpoint.
+    # None: the namespace `netns` is ours, made and removed with the endpoint.
     sandbox: dict | None = None
+    netns: str | None = None     # our sandbox's namespace (see node.endpoints.own_netns)
     # "creating": the intent, saved before anything is made; "ready" once all of it is.
     # A crash in between leaves "creating", and the next start sweeps it away.
     phase: str = "ready"

@@ -25,6 +25,18 @@ def host_ifname(endpoint: str) -> str:
     return "dp" + hashlib.sha1(endpoint.encode()).hexdigest()[:10]
 
 
+def own_netns(node: Node, name: str) -> str:
+    """The namespace of a sandbox we make: the endpoint's name on a host, and
+    qualified by the node on a node that is itself a namespace (the lab's hosts
+    share one kernel, so an endpoint moving between two of them has a sandbox
+    on both for a moment)."""
+    return name if node.netns is None else f"{node.netns}.{name}"
+
+
+def sandbox_netns(ep: LocalEndpoint) -> str:
+    return ep.netns or ep.name          # states written before netns was recorded
+
+
 def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,
         prefixlen: int | None = None, routes=()) -> LocalEndpoint:
     """An endpoint on VNI vni. With no sandbox, a new namespace `name` with
@@ -45,15 +57,16 @@ def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = No
             del st.endpoints[name]
         if name in st.endpoints:
             raise Conflict(f"endpoint {name!r} exists already")
-        if sandbox is None and netlink.ns_exists(name):
-            raise Conflict(f"network namespace {name!r} exists already")
+        netns = None if sandbox is not None else own_netns(node, name)
+        if netns and netlink.ns_exists(netns):
+            raise Conflict(f"network namespace {netns!r} exists already")
         subnet = ipaddress.IPv4Network(net.subnet)
         ip = pick_ip(subnet, {e.ip for e in st.local_endpoints(vni)}, ip)
         mac = mac or model.mac_for_ip(ipaddress.IPv4Address(ip))
         if any(e.mac == mac for e in st.local_endpoints(vni)):
             raise Conflict(f"MAC {mac} is in use on VNI {vni}")
         ep = LocalEndpoint(name=name, vni=vni, ip=ip, mac=mac, host_ifname=host_ifname(name), sandbox=sandbox,
-                           phase="creating")
+                           netns=netns, phase="creating")
         st.endpoints[name] = ep
         state.save(st)                      # the intent is on disk before anything is made
         try:
@@ -95,13 +108,14 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
         inner = (node.netns, sb["peer"])
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
     else:
-        netlink.ns_create(ep.name)
+        ns = sandbox_netns(ep)
+        netlink.ns_create(ns)
         for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
-            netlink.sysctl(ep.name, key, "1")
-        inner = (ep.name, "eth0")
+            netlink.sysctl(ns, key, "1")
+        inner = (ns, "eth0")
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
-        netlink.link_up(ep.name, "lo")
-        netlink.link_up(ep.name, "eth0", ep.ip, prefixlen)
+        netlink.link_up(ns, "lo")
+        netlink.link_up(ns, "eth0", ep.ip, prefixlen)
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.
@@ -127,7 +141,7 @@ def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:
         pass  # maps already gone (node torn down)
     netlink.link_delete(node.netns, ep.host_ifname)
     if not ep.sandbox:          # the namespace is ours only without a runtime's sandbox
-        netlink.ns_delete(ep.name)
+        netlink.ns_delete(sandbox_netns(ep))
 
 
 def clear_debris(node: Node, m: NodeMaps, name: str) -> list[str]:
@@ -137,9 +151,10 @@ def clear_debris(node: Node, m: NodeMaps, name: str) -> list[str]:
     gone = []
     if netlink.link_delete(node.netns, host_ifname(name)):
         gone.append(f"link {host_ifname(name)}")
-    if netlink.ns_exists(name) and netlink.link_names(name) in ([], ["lo"]):
-        netlink.ns_delete(name)
-        gone.append(f"namespace {name}")
+    ns = own_netns(node, name)
+    if netlink.ns_exists(ns) and netlink.link_names(ns) in ([], ["lo"]):
+        netlink.ns_delete(ns)
+        gone.append(f"namespace {ns}")
     return gone
 
 

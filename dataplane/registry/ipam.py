@@ -179,8 +179,32 @@ class Endpoints:
         return ep
 
     def endpoint_move(self, id, host) -> Endpoint:
-        """Re-home an endpoint (same MAC and address) in one write, so other
-        hosts switch their entry straight from the old host to the new one."""
+        """Commit a move: the endpoint (same MAC and address) is on host now, in
+        one write, so other hosts switch their entry straight to it."""
+        return self._rewrite(id, lambda old: Endpoint.make(old.id, old.network, host, old.mac, old.ip))
+
+    def endpoint_move_begin(self, id, host) -> Endpoint:
+        """Mark a move to host as under way; its old host keeps its sandbox (and
+        the traffic) until the move commits or is aborted."""
+        def begin(old):
+            if old.host == host:
+                raise Conflict(f"endpoint {id} is on host {host} already")
+            if old.moving_to not in (None, host):
+                raise Conflict(f"endpoint {id} is being moved to host {old.moving_to}")
+            return Endpoint.make(old.id, old.network, old.host, old.mac, old.ip, moving_to=host)
+        return self._rewrite(id, begin)
+
+    def endpoint_move_abort(self, id, host) -> Endpoint:
+        """Forget a move to host (it failed, or host is gone); the endpoint stays where it is."""
+        def abort(old):
+            if old.moving_to != host:
+                return old              # not (or no longer) that move: nothing to undo
+            return Endpoint.make(old.id, old.network, old.host, old.mac, old.ip)
+        return self._rewrite(id, abort)
+
+    def _rewrite(self, id, change) -> Endpoint:
+        """Replace the endpoint's record with change(old), compared on its mod
+        revision; a retry after a lost reply that finds its write applied is done."""
         sent = None                      # the record of a write whose reply was lost
         lost = 0
         while True:
@@ -188,7 +212,9 @@ class Endpoints:
                 item, old = self._endpoint_item(id)
                 if sent is not None and old == sent:
                     return old           # that write applied
-                ep = Endpoint.make(old.id, old.network, host, old.mac, old.ip)
+                ep = change(old)
+                if ep == old:
+                    return old
                 try:
                     ok = self.kv.commit(Txn().unchanged(item.key, item.mod_rev).put(item.key, ep.to_json()))[0]
                 except Unavailable:

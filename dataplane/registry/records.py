@@ -134,23 +134,30 @@ class Endpoint:
     host: str
     mac: str
     ip: str
+    # A move in progress: the host making its copy of the sandbox. Traffic still
+    # goes to `host`; the move commits by setting host to it (and this to None).
+    moving_to: str | None = None
 
     @classmethod
-    def make(cls, id, network, host, mac, ip) -> "Endpoint":
+    def make(cls, id, network, host, mac, ip, moving_to=None) -> "Endpoint":
         return cls(id=parse_endpoint_id(id), network=model.parse_name(network, "network name"),
                    host=model.parse_name(host, "host name"), mac=model.parse_mac(mac),
-                   ip=str(model.parse_ipv4(ip, "endpoint address")))
+                   ip=str(model.parse_ipv4(ip, "endpoint address")),
+                   moving_to=None if moving_to is None else model.parse_name(moving_to, "host name"))
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Endpoint":
         d = _loads(raw, "endpoint")
         try:
-            return cls.make(d["id"], d["network"], d["host"], d["mac"], d["ip"])
+            return cls.make(d["id"], d["network"], d["host"], d["mac"], d["ip"], d.get("moving_to"))
         except KeyError as e:
             raise UsageError(f"malformed endpoint record: no {e.args[0]}") from None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        d = asdict(self)
+        if d["moving_to"] is None:
+            del d["moving_to"]          # records without a move read as before
+        return json.dumps(d, sort_keys=True).encode()
 
     def to_dict(self) -> dict:
         return asdict(self)

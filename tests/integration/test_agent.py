@@ -73,7 +73,7 @@ def test_registry_cli_and_json(host, reg_url):  # noqa: F811
     eps = dp_json("--netns", host, "endpoint", "list")
     assert [(e["id"], e["network"], e["vni"], e["host"], e["ip"]) for e in eps] == \
         [("dpl-b1", "blue", 300, "me", "10.30.0.2")]
-    assert netlink.ns_exists("dpl-b1")
+    assert netlink.ns_exists(f"{host}.dpl-b1")
     nets = dp_json("network", "list", "--registry", reg_url)
     assert [(n["name"], n["vni"], n["endpoints"]) for n in nets] == [("blue", 300, 1)]
     r = dp("network", "rm", "blue", "--registry", reg_url, check=False)
@@ -82,7 +82,7 @@ def test_registry_cli_and_json(host, reg_url):  # noqa: F811
     r = dp("--netns", host, "down", "--vni", "300", check=False)
     assert r.returncode == 2 and "network rm" in r.stderr
     dp("--netns", host, "down")
-    assert not netlink.ns_exists("dpl-b1")
+    assert not netlink.ns_exists(f"{host}.dpl-b1")
     reg = open_registry(reg_url)
     try:
         assert reg.endpoints() == [] and reg.hosts() == [], "down leaves the registry"
@@ -120,7 +120,7 @@ def test_a_registry_network_counts_only_under_its_own_vni():
             assert wait_for(lambda: 300 in Node(h).state().networks), f"{h} serves VNI 300"
         dp("--netns", "dpl-h1", "endpoint", "add", "dpl-n1", "--network", "net9")
         b = dp_json("--netns", "dpl-h2", "endpoint", "add", "dpl-n2", "--network", "net9")
-        assert ping("dpl-n1", b["ip"], count=5)[0] == 5
+        assert ping("dpl-h1.dpl-n1", b["ip"], count=5)[0] == 5
         for h in ("dpl-h1", "dpl-h2"):
             rows = {r["vni"]: r for r in dp_json("--netns", h, "stats")}
             assert rows[300]["tx_packets"] >= 5 and rows[300]["rx_packets"] >= 5, rows[300]

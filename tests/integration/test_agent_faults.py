@@ -63,7 +63,7 @@ def test_a_duplicate_host_name_is_refused_and_harms_nobody(info):
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     mine = lambda: sorted(e["id"] for e in client.call("dpl-h1", "endpoint_list") if e["host"] == "h1")  # noqa: E731
     before = mine()
-    assert a["name"] in before
+    assert a["id"] in before
     process.stop("dpl-h2")
     try:
         with pytest.raises(Conflict) as e:
@@ -121,7 +121,7 @@ def test_a_crash_between_create_and_save_is_repaired_both_ways(info):
     process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
     assert not any(e["id"] == "dpl-crash" for e in client.call("dpl-h1", "endpoint_list")), \
         "the registry record is gone: no sandbox stands behind it"
-    assert not netlink.ns_exists("dpl-crash"), "the sandbox namespace is gone"
+    assert not netlink.ns_exists("dpl-h1.dpl-crash"), "the sandbox namespace is gone"
     assert not [n for n in netlink.link_names("dpl-h1") if n.startswith("dp") and len(n) == 12
                 and n not in {e.host_ifname for e in Node("dpl-h1").state().endpoints.values()}]
     assert not [r for r in readout.fdb(Node("dpl-h1")) if r["mac"] == ep["mac"] and r["where"] == "local"], \
@@ -147,7 +147,51 @@ def test_a_crash_after_the_intent_is_undone_at_start(info):
         json.dump(st, f)
     process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
     assert "dpl-half" not in Node("dpl-h1").state().endpoints
-    assert not netlink.ns_exists("dpl-half")
+    assert not netlink.ns_exists("dpl-h1.dpl-half")
     assert not any(e["id"] == "dpl-half" for e in client.call("dpl-h1", "endpoint_list"))
     dp("--netns", "dpl-h1", "endpoint", "add", "dpl-half", "--vni", "256")
     dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-half")
+
+
+def _registry_endpoint(eid: str) -> dict:
+    return next(e for e in client.call("dpl-h2", "endpoint_list") if e["id"] == eid)
+
+
+def test_a_move_while_the_old_host_is_down_completes_and_the_old_host_lets_go(info):
+    """The seeded-run failure: a move onto h2 while h1's agent was down left the
+    registry saying h2 while the sandbox lived on h1. Make before break: h2
+    builds its sandbox beside h1's, commits, and h1 removes its own on return."""
+    url = lab.registry_url("sqlite")
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-mv1", "--vni", "256")
+    ep = _registry_endpoint("dpl-mv1")
+    process.stop("dpl-h1")
+    try:
+        r = dp("--netns", "dpl-h2", "endpoint", "move", "dpl-mv1", check=False)
+        assert r.returncode == 0, r.stderr
+        moved = _registry_endpoint("dpl-mv1")
+        assert moved["host"] == "h2" and moved.get("moving_to") is None
+    finally:
+        process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
+    assert wait_for(lambda: "dpl-mv1" not in Node("dpl-h1").state().endpoints), "h1 let its old sandbox go"
+    assert not netlink.ns_exists("dpl-h1.dpl-mv1")
+    assert wait_for(lambda: any(r["mac"] == ep["mac"] and r["where"] == lab.vtep_ip(2)
+                                for r in readout.fdb(Node("dpl-h1")))), "h1 sends to it at h2"
+    assert ping(sandbox(info, "h1", 256)["name"], ep["ip"])[0] == 3
+    dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-mv1")
+
+
+def test_a_move_that_fails_on_the_new_host_leaves_the_endpoint_where_it_was(info):
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-mv2", "--vni", "256")
+    ep = _registry_endpoint("dpl-mv2")
+    netlink.ns_create("dpl-h2.dpl-mv2")          # in the way of h2's sandbox: its creation fails
+    try:
+        r = dp("--netns", "dpl-h2", "endpoint", "move", "dpl-mv2", check=False)
+        assert r.returncode != 0 and "exists already" in r.stderr
+        back = _registry_endpoint("dpl-mv2")
+        assert back["host"] == "h1" and back.get("moving_to") is None, "the registry is rolled back"
+        assert "dpl-mv2" in Node("dpl-h1").state().endpoints and "dpl-mv2" not in Node("dpl-h2").state().endpoints
+        assert ping(sandbox(info, "h2", 256)["name"], ep["ip"])[0] == 3, "still served from h1"
+        assert all(r["where"] in ("local", lab.vtep_ip(1)) for r in readout.fdb(Node("dpl-h2")) if r["mac"] == ep["mac"])
+    finally:
+        netlink.ns_delete("dpl-h2.dpl-mv2")
+    dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-mv2")

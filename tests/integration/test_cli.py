@@ -105,14 +105,14 @@ def test_endpoint_errors(host, mode):
     assert r.returncode == 3 and ("VNI 999 is not up" in r.stderr or "no network has VNI 999" in r.stderr)
     r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256", "--ip", "10.9.9.9", check=False)
     assert r.returncode == 2 and "host address of 10.1.0.0/24" in r.stderr
-    assert not netlink.ns_exists("dpl-e1")
+    assert not netlink.ns_exists(f"{host}.dpl-e1")
     dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256")
     r = dp("--netns", host, "endpoint", "add", "dpl-e1", "--vni", "256", check=False)
     assert r.returncode == 4 and "exists already" in r.stderr
     r = dp("--netns", host, "endpoint", "rm", "dpl-nope", check=False)
     assert r.returncode == 3
     dp("--netns", host, "down")
-    assert not netlink.ns_exists("dpl-e1"), "down removes the sandboxes it created"
+    assert not netlink.ns_exists(f"{host}.dpl-e1"), "down removes the sandboxes it created"
 
 
 def test_down_one_vni_keeps_the_other(host):
@@ -120,7 +120,7 @@ def test_down_one_vni_keeps_the_other(host):
     dp("--netns", host, "endpoint", "add", "dpl-e2", "--vni", "257")
     dp("--netns", host, "down", "--vni", "257")
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [0, 256]
-    assert not netlink.ns_exists("dpl-e2")
+    assert not netlink.ns_exists(f"{host}.dpl-e2")
     dp("--netns", host, "down")
 
 
@@ -130,12 +130,12 @@ def test_endpoints_inherit_an_uplink_with_big_tcp(host):
     endpoints at the default."""
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
     dp("--netns", host, "endpoint", "add", "dpl-e3", "--vni", "256")
-    assert linkgso.gso_ipv4_max("dpl-e3", "eth0") == linkgso.LEGACY_MAX
+    assert linkgso.gso_ipv4_max(f"{host}.dpl-e3", "eth0") == linkgso.LEGACY_MAX
     linkgso.set_gso_ipv4_max(host, "ul0", linkgso.BIG_TCP_SIZE)
     out = dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry").stdout
     assert f"endpoints send up to {linkgso.BIG_TCP_SIZE}-byte packets" in out
     ep = dp_json("--netns", host, "endpoint", "add", "dpl-e4", "--vni", "256")
-    assert linkgso.gso_ipv4_max("dpl-e4", "eth0") == linkgso.BIG_TCP_SIZE
+    assert linkgso.gso_ipv4_max(f"{host}.dpl-e4", "eth0") == linkgso.BIG_TCP_SIZE
     assert linkgso.gso_ipv4_max(host, ep["host_ifname"]) == linkgso.BIG_TCP_SIZE
     dp("--netns", host, "down")
-    assert not netlink.ns_exists("dpl-e3") and not netlink.ns_exists("dpl-e4")
+    assert not netlink.ns_exists(f"{host}.dpl-e3") and not netlink.ns_exists(f"{host}.dpl-e4")

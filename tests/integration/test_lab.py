@@ -195,7 +195,7 @@ def test_endpoint_add_and_rm_on_a_live_host(info):
         assert ping(sandbox(info, "h1", 256)["name"], "10.1.0.99")[0] == 3
     finally:
         dp("--netns", "dpl-h3", "endpoint", "rm", "dpl-extra")
-    assert not netlink.ns_exists("dpl-extra")
+    assert not netlink.ns_exists("dpl-h3.dpl-extra")
     assert all(e["id"] != "dpl-extra" for e in dp_json("--netns", "dpl-h3", "endpoint", "list"))
 
 

@@ -8,6 +8,7 @@ file and a real etcd pass the same tests.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from dataplane.core.errors import DataplaneError
@@ -94,10 +95,46 @@ class KV:
     def lease_revoke(self, lease: int) -> None:
         raise NotImplementedError
 
-    def watch(self, prefix: str, start_rev: int):
+    def watch(self, prefix: str, start_rev: int) -> "Watch":
         """A Watch: iterate for lists of Events (empty list on idle ticks); raises
-        Compacted or Unavailable. close() ends it from another thread."""
+        Compacted or Unavailable, never blocks forever on a dead store.
+        close() ends it from another thread. To resume after Unavailable without
+        a resync, watch again from the old watch's resume_rev(); Compacted then
+        means that history is gone: take a snapshot."""
         raise NotImplementedError
 
     def close(self) -> None:
         pass
+
+
+class Watch:
+    """What KV.watch returns. Besides iteration it tells how current it is:
+
+    last_rev    every event at or below it has been delivered (starts at
+                start_rev - 1); resume with kv.watch(prefix, last_rev + 1)
+    last_heard  time.monotonic() of the last message from the store (events,
+                progress notifications, answers to progress requests; for
+                SQLite, each poll of the file)
+
+    Both are plain attributes, safe to read from another thread.
+    """
+
+    last_rev: int = 0
+    last_heard: float = 0.0
+
+    def resume_rev(self) -> int:
+        """The start_rev for a new watch that continues this one: no loss, no repeat."""
+        return self.last_rev + 1
+
+    def lag_s(self, now: float | None = None) -> float:
+        """Seconds since the store was last heard from on this watch (watch_lag_s)."""
+        return max(0.0, (time.monotonic() if now is None else now) - self.last_heard)
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[Event]:
+        raise NotImplementedError

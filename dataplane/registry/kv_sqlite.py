@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 
-from dataplane.registry.kv import KV, Compacted, Event, Item, Txn, Unavailable
+from dataplane.registry.kv import KV, Compacted, Event, Item, Txn, Unavailable, Watch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
@@ -188,11 +188,12 @@ class SqliteKV(KV):
         return _SqliteWatch(self, prefix, start_rev)
 
 
-class _SqliteWatch:
+class _SqliteWatch(Watch):
     """Polls the change log every POLL_S; yields one list of events per revision batch."""
 
     def __init__(self, kv: SqliteKV, prefix: str, start_rev: int):
         self.kv, self.prefix, self.next_rev = kv, prefix, start_rev
+        self.last_rev, self.last_heard = start_rev - 1, time.monotonic()
         self._closed = threading.Event()
 
     def close(self) -> None:
@@ -222,6 +223,7 @@ class _SqliteWatch:
                 except sqlite3.Error as e:
                     raise Unavailable(f"registry {kv.path}: {e}") from None
             self.next_rev = head + 1
+            self.last_rev, self.last_heard = max(self.last_rev, head), time.monotonic()   # each poll hears the file
             if rows:
                 return [Event(k, bytes(v) if v is not None else None, r) for r, k, v in rows]
             self._closed.wait(POLL_S)

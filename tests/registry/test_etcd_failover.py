@@ -1,0 +1,201 @@
+"""A 3-member etcd cluster on loopback, the client given all three: when the
+member it talks to dies or stops, requests go on through another member, and
+a watch resumed from last_rev + 1 gets every event written meanwhile, once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from dataplane.registry import parse_url
+from dataplane.registry.backoff import Backoff
+from dataplane.registry.kv import Txn, Unavailable
+from tests.registry.etcdproc import cluster
+from tests.registry.test_etcd_watch import Drain
+
+BIG = b"v" * 5000   # several WebSocket frames per message
+
+
+def _kv(members, **kw):
+    from dataplane.registry.kv_etcd import EtcdKV
+    return EtcdKV(parse_url("etcd://" + ",".join(f"127.0.0.1:{m.port}" for m in members))[1], **kw)
+
+
+def _serving(kv, members):
+    """The member the client sends to first now."""
+    return next(m for m in members if kv.endpoint() == f"127.0.0.1:{m.port}")
+
+
+def _leader(members):
+    import requests
+    st = requests.post(f"http://127.0.0.1:{members[0].port}/v3/maintenance/status", json={}, timeout=3).json()
+    for m in members:
+        if requests.post(f"http://127.0.0.1:{m.port}/v3/maintenance/status", json={},
+                         timeout=3).json()["header"]["member_id"] == st["leader"]:
+            return m
+    raise AssertionError("no leader")
+
+
+def _follower(members):
+    leader = _leader(members)
+    return next(m for m in members if m is not leader)
+
+
+def _first(member, members) -> list:
+    """The members with `member` first: the client starts there."""
+    return [member] + [m for m in members if m is not member]
+
+
+def _until_ok(fn, within: float = 20.0):
+    """fn() retried on Unavailable with jittered backoff, as the agent does: (result, attempts)."""
+    b, deadline, attempts = Backoff(0.05, 1.0, random.Random(1)), time.monotonic() + within, 0
+    while True:
+        attempts += 1
+        try:
+            return fn(), attempts
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(b.next())
+
+
+@pytest.mark.parametrize("role", ["follower", "leader"])
+def test_member_killed_requests_fail_over_and_the_watch_resumes_without_loss(tmp_path, role):
+    with cluster(tmp_path) as ms:
+        leader = _leader(ms)
+        victim = leader if role == "leader" else _follower(ms)
+        kv = _kv(_first(victim, ms), timeout=2.0, watch_deadline_s=3.0)
+        try:
+            base, _ = kv.range("/fo/")
+            d = Drain(kv.watch("/fo/", base + 1))
+            before = [kv.commit(Txn().put(f"/fo/a{i}", BIG + b"%d" % i))[1] for i in range(3)]
+            assert [e.rev for e in d.wait_for(3)] == before
+            assert d.events[0].value == BIG + b"0"
+            assert _serving(kv, ms) is victim and d.watch.member == 0
+            victim.kill()
+            d.thread.join(5)
+            assert isinstance(d.error, Unavailable), "the watch outlived its member"
+            resume = d.watch.resume_rev()
+            assert resume == before[-1] + 1
+
+            # A read through another member; when the leader died, once a new one is elected.
+            (rev, items), attempts = _until_ok(lambda: kv.range("/fo/"))
+            assert len(items) == 3 and _serving(kv, ms) is not victim
+            assert attempts == 1 or role == "leader"
+            written = []
+            for i in range(10):    # one txn = one revision: two keys each
+                ok, rev = kv.commit(Txn().put(f"/fo/b{i}", b"x").put(f"/fo/c{i}", BIG))
+                assert ok
+                written += [(f"/fo/b{i}", rev), (f"/fo/c{i}", rev)]
+            written.append(("/fo/a0", kv.commit(Txn().delete("/fo/a0"))[1]))
+            rev, items = kv.range("/fo/")
+            assert rev == written[-1][1] and len(items) == 2 + 20
+
+            d2 = Drain(kv.watch("/fo/", resume))
+            got = d2.wait_for(len(written))
+            time.sleep(0.3)   # and nothing more arrives
+            assert [(e.key, e.rev) for e in got] == written
+            assert got[-1].value is None and got[1].value == BIG
+            assert d2.watch.last_rev == written[-1][1] and d2.error is None
+            d2.stop()
+        finally:
+            kv.close()
+
+
+def test_stopped_member_is_skipped_by_every_request(tmp_path):
+    """SIGSTOP: connections to the member open but nothing answers; each request
+    times out on it and moves on; a watch there ends, a new one goes elsewhere."""
+    with cluster(tmp_path) as ms:
+        victim = _follower(ms)
+        kv = _kv(_first(victim, ms), timeout=1.0, watch_deadline_s=2.0, progress_interval_s=0.3)
+        try:
+            base, _ = kv.range("/st/")
+            old = Drain(kv.watch("/st/", base + 1))
+            assert _serving(kv, ms) is victim
+            os.kill(victim.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            rev, _ = kv.range("/st/")          # times out on the victim, answered by the next
+            assert time.monotonic() - t0 < 1.0 + 1.0 + 1.0
+            assert rev >= base and _serving(kv, ms) is not victim
+            old.thread.join(5)                  # the other request's failure ends the old watch
+            assert isinstance(old.error, Unavailable) and old.ended_at - t0 < 2.0 + 0.5
+            new = Drain(kv.watch("/st/", old.watch.resume_rev()))
+            assert new.watch.member != 0   # the victim is first in the client's list
+            ok, r1 = kv.commit(Txn().put("/st/k", b"1"))
+            assert ok and [e.rev for e in new.wait_for(1)] == [r1]
+            lease = kv.lease_grant(5)
+            assert kv.lease_keepalive(lease)
+            kv.lease_revoke(lease)
+            new.stop()
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+            kv.close()
+
+
+def test_txn_with_unknown_outcome_is_not_retried_elsewhere(tmp_path):
+    """A txn sent to a member that then never answers may have been applied:
+    it raises Unavailable instead of running again on another member, and the
+    next request starts at the next member."""
+    with cluster(tmp_path) as ms:
+        victim = _follower(ms)
+        kv = _kv(_first(victim, ms), timeout=1.0)
+        try:
+            kv.range("/u/")
+            assert _serving(kv, ms) is victim
+            os.kill(victim.pid, signal.SIGSTOP)
+            try:
+                kv.commit(Txn().absent("/u/k").put("/u/k", b"1"))
+                raise AssertionError("a txn with an unknown outcome was reported as done")
+            except Unavailable as e:
+                assert "outcome unknown" in str(e)
+            assert _serving(kv, ms) is not victim
+            ok, _ = kv.commit(Txn().absent("/u/k").put("/u/k", b"1"))
+            assert ok
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+            kv.close()
+
+
+def test_watch_and_txn_start_on_the_next_member_when_the_first_is_down(tmp_path):
+    with cluster(tmp_path) as ms:
+        down = _follower(ms)   # no election: the writes go through at once
+        down.kill()
+        kv, kv2 = _kv(_first(down, ms), timeout=1.0), _kv(_first(down, ms), timeout=1.0)
+        try:
+            w = kv.watch("/n/", 1)
+            assert w.member == 1 and _serving(kv, ms) is not down
+            # refused: the txn surely never reached the member, so it moves on too
+            ok, rev = kv2.commit(Txn().absent("/n/a").put("/n/a", b"1"))
+            assert ok and _serving(kv2, ms) is not down
+            assert [e.rev for e in next(w)] == [rev]
+            w.close()
+        finally:
+            kv.close()
+            kv2.close()
+
+
+def test_watch_on_a_member_cut_off_from_the_leader_ends(tmp_path):
+    """The two other members stopped: ours still answers progress requests, but its
+    linearizable probe read fails, which ends the watch (the deadline alone would not)."""
+    with cluster(tmp_path) as ms:
+        kv = _kv(ms, timeout=1.0, watch_deadline_s=30.0, progress_interval_s=0.2, probe_interval_s=1.0)
+        others = []
+        try:
+            d = Drain(kv.watch("/cut/", kv.range("/cut/")[0] + 1))
+            others = [m for m in ms if kv.endpoint(d.watch.member) != f"127.0.0.1:{m.port}"]
+            for m in others:
+                os.kill(m.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            d.thread.join(10)
+            assert isinstance(d.error, Unavailable) and "fails reads" in str(d.error)
+            assert d.ended_at - t0 < 1.0 + 1.0 + 1.0 + 0.5
+            # progress answers kept coming until the probe (which blocks reads for its 1 s timeout)
+            assert d.watch.lag_s(d.ended_at) < 1.0 + 0.2 + 0.3
+        finally:
+            for m in others:
+                os.kill(m.pid, signal.SIGCONT)
+            kv.close()

@@ -18,7 +18,8 @@ from lab import topology
 
 def cmd_up(args):
     topology.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
-                registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size)
+                registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size,
+                etcd_members=args.etcd_members)
     info = topology.ls()
     print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry} "
           "(see `python -m lab ls`)")
@@ -36,6 +37,9 @@ def cmd_ls(args):
     emit(args, info["hosts"], ["name", "netns", "uplink", "vtep"])
     print()
     emit(args, info["sandboxes"], ["name", "host", "vni", "ip", "mac"])
+    if info["etcd"]:
+        print()
+        emit(args, info["etcd"], ["name", "client_url", "pid", "alive", "leader"])
 
 
 def cmd_exec(args):
@@ -62,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--registry", choices=topology.REGISTRY_MODES, default="sqlite",
                    help="sqlite file, a real etcd on the underlay, or none (static peers) (default: %(default)s)")
     a.add_argument("--lease-ttl", type=int, default=LEASE_TTL_DEFAULT, help="host liveness lease, s (default: %(default)s)")
+    a.add_argument("--etcd-members", type=int, default=1,
+                   help="with --registry etcd: members of the etcd cluster, each a host on the underlay "
+                        "(odd, 1..5; default: %(default)s)")
     a.add_argument("--gso-max-size", type=int, default=gso.LEGACY_MAX,
                    help=f"IPv4 GSO/GRO limit of the hosts' uplinks; above 65536 turns on BIG TCP "
                         f"(e.g. {gso.BIG_TCP_SIZE}), which endpoints then inherit (default: %(default)s)")

@@ -34,7 +34,7 @@ def run(keep: bool = False, registry: str = "etcd") -> int:
     t0 = time.monotonic()
     lab.up(3, [256, 257], per_host=1, registry=registry)
     print(f"lab up in {time.monotonic() - t0:.1f}s: 3 hosts (VTEPs 198.18.0.1-3), VNIs 256 and 257, one sandbox per host "
-          f"and VNI; registry: {registry}" + (" (a real etcd on 198.18.0.254, one agent per host)" if registry == "etcd" else ""))
+          f"and VNI; registry: {registry}" + (" (a real etcd on 198.18.0.251, one agent per host)" if registry == "etcd" else ""))
     info = lab.ls()
     a, b, c = (_sbx(info, h, 256) for h in ("h1", "h2", "h3"))
     x = _sbx(info, "h2", 257)

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -76,16 +77,23 @@ def _save(lab: dict) -> None:
 
 
 REGISTRY_MODES = ("sqlite", "etcd", "none")
-ETCD_IP = str(VTEP_NET.broadcast_address - 1)     # 198.18.0.254, on the underlay switch
 ETCD_PORT = 2379
+MAX_ETCD = 5
 REGISTRY_DIR = os.path.join(state.RUN_ROOT, f"{PREFIX}registry")
 
 
-def registry_url(mode: str) -> str | None:
+def etcd_ip(i: int) -> str:
+    """Member e<i> of the lab's etcd cluster: 198.18.0.25<i>, a host of its own on the underlay."""
+    return str(VTEP_NET.network_address + 250 + i)
+
+
+def registry_url(mode: str, members: int | None = None) -> str | None:
+    """The URL agents are given: every etcd member's (default: as many as the lab has)."""
     if mode == "sqlite":
         return f"sqlite://{REGISTRY_DIR}/registry.db"
     if mode == "etcd":
-        return f"etcd://{ETCD_IP}:{ETCD_PORT}"
+        n = members or len((load() or {}).get("etcd") or []) or 1
+        return "etcd://" + ",".join(f"{etcd_ip(i)}:{ETCD_PORT}" for i in range(1, n + 1))
     return None
 
 
@@ -94,10 +102,13 @@ def host_name(i: int) -> str:
 
 
 def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool = False,
-       registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX) -> dict:
+       registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX,
+       etcd_members: int = 1) -> dict:
     require_root()
     if registry not in REGISTRY_MODES:
         raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
+    if not (1 <= int(etcd_members) <= MAX_ETCD and int(etcd_members) % 2) or (registry != "etcd" and etcd_members != 1):
+        raise UsageError(f"--etcd-members must be odd, 1..{MAX_ETCD}, and goes with --registry etcd")
     if not 1 <= int(hosts) <= MAX_HOSTS:
         raise UsageError(f"--hosts must be 1..{MAX_HOSTS}")
     if not 0 <= int(per_host) <= MAX_PER_HOST:
@@ -109,13 +120,13 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
         raise UsageError("give at least one --vni")
     params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
               "xdp_guard": bool(xdp_guard), "peer_check": bool(peer_check), "registry": registry,
-              "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size)}
+              "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members)}
     lab = load()
     if lab:
         if lab["params"] == params and lab.get("complete"):
             return lab
         raise Conflict("a lab with other parameters is up: run `python -m lab down` first")
-    lab = {"params": params, "complete": False, "hosts": [], "sandboxes": []}
+    lab = {"params": params, "complete": False, "hosts": [], "sandboxes": [], "etcd": []}
     _save(lab)
     try:
         _build(lab, params)
@@ -184,15 +195,22 @@ def _build(lab: dict, p: dict) -> None:
 
 
 def _start_registry(lab: dict, p: dict) -> str | None:
-    """The lab's registry: a SQLite file, or a real etcd on the underlay switch
-    (198.18.0.254), which agents reach over their uplinks like any host would."""
-    url = registry_url(p["registry"])
+    """The lab's registry: a SQLite file, or a real etcd cluster whose members
+    are hosts of their own on the underlay (198.18.0.251...), which agents
+    reach over their uplinks like any host would."""
     if p["registry"] == "etcd":
-        run_checked(["ip", "-n", UNDERLAY_NS, "addr", "add", f"{ETCD_IP}/{VTEP_NET.prefixlen}", "dev", BRIDGE])
-        _progress(f"etcd on {ETCD_IP}:{ETCD_PORT} (namespace {UNDERLAY_NS})")
+        n = p.get("etcd_members", 1)
+        peers = ",".join(f"e{i}=http://{etcd_ip(i)}:{ETCD_PORT + 1}" for i in range(1, n + 1))
+        for i in range(1, n + 1):
+            m = {"name": f"e{i}", "netns": f"{PREFIX}e{i}", "ip": etcd_ip(i), "pid": None, "initial_cluster": peers}
+            lab["etcd"].append(m)
+            _save(lab)
+            underlay_host(m["netns"], f"ul-e{i}", UPLINK, m["ip"])
+        _progress(f"etcd: {n} member(s) on {', '.join(m['ip'] for m in lab['etcd'])}")
         start_etcd(lab)
     elif p["registry"] == "sqlite":
         os.makedirs(REGISTRY_DIR, mode=0o700, exist_ok=True)
+    url = registry_url(p["registry"], p.get("etcd_members", 1))
     if url:
         def create_networks():
             reg = open_registry(url)
@@ -201,22 +219,58 @@ def _start_registry(lab: dict, p: dict) -> str | None:
                     reg.network_create(f"vni{vni}", vni, exist_ok=True)
             finally:
                 reg.close()
-        netlink.call_in_netns(UNDERLAY_NS, create_networks)
+        # From a namespace on the underlay network (a member's own): the registry is reached as hosts reach it.
+        netlink.call_in_netns(lab["etcd"][0]["netns"] if lab["etcd"] else None, create_networks)
     return url
 
 
-def start_etcd(lab: dict) -> None:
-    """(Re)start the lab's etcd on its data directory; the tests stop and restart it."""
-    lab["etcd_pid"] = etcd.start(os.path.join(REGISTRY_DIR, "etcd"), ETCD_IP, ETCD_PORT, ETCD_PORT + 1,
-                                        netns=UNDERLAY_NS, log_path=os.path.join(REGISTRY_DIR, "etcd.log"))
-    _save(lab)
-
-
-def stop_etcd(lab: dict) -> None:
-    if lab.get("etcd_pid"):
-        etcd.stop(lab["etcd_pid"])
-        lab["etcd_pid"] = None
+def start_etcd(lab: dict, name: str | None = None) -> None:
+    """(Re)start the lab's etcd members (or one) on their data directories: a
+    restarted member rejoins its cluster. The tests stop and start them."""
+    todo = [m for m in lab.get("etcd") or [] if name in (None, m["name"]) and not _alive(m)]
+    for m in todo:
+        m["pid"] = etcd.start(os.path.join(REGISTRY_DIR, m["name"]), m["ip"], ETCD_PORT, ETCD_PORT + 1,
+                              netns=m["netns"], log_path=os.path.join(REGISTRY_DIR, f"{m['name']}.log"),
+                              name=m["name"], initial_cluster=m["initial_cluster"], wait=False)
         _save(lab)
+    for m in todo:
+        if not etcd.wait_healthy(m["ip"], ETCD_PORT, m["netns"]):
+            raise DataplaneError(f"etcd member {m['name']} did not become healthy; see {REGISTRY_DIR}/{m['name']}.log")
+
+
+def stop_etcd(lab: dict, name: str | None = None, sig=None) -> None:
+    """Stop the lab's etcd members (or one); sig=SIGKILL for a crash."""
+    for m in lab.get("etcd") or []:
+        if name in (None, m["name"]) and m.get("pid"):
+            procs.terminate(m["pid"], first=sig) if sig is not None else etcd.stop(m["pid"])
+            m["pid"] = None
+            _save(lab)
+
+
+def registry_netns() -> str | None:
+    """A namespace on the underlay network from which the registry is reached
+    as the hosts reach it (an etcd member's own), None for the SQLite file."""
+    members = (load() or {}).get("etcd") or []
+    return members[0]["netns"] if members else None
+
+
+def _alive(m: dict) -> bool:
+    try:
+        with open(f"/proc/{m['pid']}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, TypeError, IndexError):
+        return False
+
+
+def etcd_members(lab: dict | None = None) -> list[dict]:
+    """The members as they are now: name, client URL, pid, alive, leader."""
+    out = []
+    for m in (lab or load() or {}).get("etcd") or []:
+        alive = _alive(m)
+        out.append({"name": m["name"], "client_url": f"http://{m['ip']}:{ETCD_PORT}", "netns": m["netns"],
+                    "pid": m["pid"] if alive else None, "alive": alive,
+                    "leader": bool(alive and etcd.is_leader(m["ip"], ETCD_PORT, m["netns"]))})
+    return out
 
 
 def down() -> bool:
@@ -232,7 +286,7 @@ def down() -> bool:
         except DataplaneError as e:
             _progress(f"warning: {ns}: {e}")
     if lab:
-        stop_etcd(lab)
+        stop_etcd(lab, sig=signal.SIGKILL)
     _kill_strays()
     for ns in netlink.ns_list():
         if ns.startswith(PREFIX):
@@ -272,7 +326,8 @@ def ls() -> dict:
                 sandboxes.append({"name": ns, "id": ep["name"], "netns": ns, "host": h["name"],
                                   "vni": ep["vni"], "ip": ep["ip"], "mac": ep["mac"],
                                   "runtime": sb.get("runtime", "dataplane")})
-    return {"hosts": lab["hosts"], "sandboxes": sandboxes, "complete": lab.get("complete", False)}
+    return {"hosts": lab["hosts"], "sandboxes": sandboxes, "etcd": etcd_members(lab),
+            "complete": lab.get("complete", False)}
 
 
 def resolve_sandbox(name: str) -> str:

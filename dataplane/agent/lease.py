@@ -11,8 +11,8 @@ import logging
 from dataplane.agent import process
 from dataplane.core.errors import Conflict, DataplaneError
 from dataplane.registry import Unavailable
+from dataplane.registry.backoff import Backoff
 
-RETRY_S = 0.5
 log = logging.getLogger("dataplane.agent")
 
 
@@ -44,6 +44,7 @@ class LeaseKeeper:
 
     def run(self) -> None:
         registered = False
+        backoff = Backoff()
         while not self.ag.stopping.is_set():
             try:
                 if not registered or not self.ag.reg.kv.lease_keepalive(self.lease):
@@ -64,4 +65,7 @@ class LeaseKeeper:
                 self.ag.counters["errors"] += 1
             if registered:
                 self.ag.registered.set()
-            self.ag.stopping.wait(self.ag.ttl / 3 if registered else RETRY_S)
+                backoff.reset()
+                self.ag.stopping.wait(self.ag.ttl / 3)
+            else:
+                backoff.wait(self.ag.stopping)

@@ -76,6 +76,21 @@ def settle_moves(ag) -> None:
             endpoint_changed(ag, name, rec)
 
 
+def drop_orphans(ag) -> None:
+    """Registry records of this host with no sandbox here and no move under way:
+    left by a registration whose reply was lost (or a crash). Called under the
+    agent's lock, so no operation of ours is between its two steps."""
+    st = ag.node.require_up()
+    for rec in list(ag.view.endpoints.values()):
+        if rec.host == ag.me and rec.id not in st.endpoints and not rec.moving_to:
+            try:
+                ag.reg.endpoint_rm(rec.id)
+                ag.view.endpoints.pop(rec.id, None)
+                log.warning("removed registry endpoint %s: no sandbox here", rec.id)
+            except DataplaneError as e:
+                log.error("endpoint %s: cannot remove orphan record: %s", rec.id, e)
+
+
 def leave(ag) -> None:
     """`dataplane down`: this host's endpoints and host record leave the registry."""
     try:

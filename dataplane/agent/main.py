@@ -29,9 +29,9 @@ from dataplane.node import Node, nexthops, vtep
 from dataplane.node.sweep import sweep
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
+from dataplane.registry.backoff import Backoff
 
 LEASE_TTL_DEFAULT = 10
-RETRY_S = 0.5
 BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
 LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
 log = logging.getLogger("dataplane.agent")
@@ -45,7 +45,7 @@ class Agent:
         if not 2 <= int(lease_ttl) <= 3600:
             raise UsageError("--lease-ttl must be 2..3600 s")
         self.ttl = int(lease_ttl)
-        self.reg = open_registry(registry_url)
+        self.reg = open_registry(registry_url, watch_deadline_s=max(3.0, float(self.ttl)))
         self.lock = threading.RLock()
         self.q: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
@@ -60,7 +60,8 @@ class Agent:
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
-        self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0}
+        self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0,
+                         "reconnects": 0}
         self.punts = punts.PuntHandler(self)
         self.leases = lease.LeaseKeeper(self)
         self.last_sync_s = 0.0
@@ -132,26 +133,54 @@ class Agent:
     # --- watcher: snapshot + watch, forever ----------------------------------------
 
     def _watcher(self) -> None:
+        """Snapshot, then watch from the snapshot's revision. A watch that ends
+        (member dead, stuck or cut off: the client notices within its deadline)
+        is resumed from the last revision it delivered on the next member, with
+        no snapshot; only a compaction (history gone) or an error forces one.
+        Retries back off with full jitter: hundreds of hosts must not reconnect in step."""
         while not self.registered.is_set() and not self.stopping.is_set():
             self.registered.wait(0.1)
+        backoff, resume = Backoff(), None
         while not self.stopping.is_set():
             try:
-                t0 = time.monotonic()
-                snap = self.reg.snapshot()
-                self.last_snapshot_s = time.monotonic() - t0
+                if resume is None:
+                    t0 = time.monotonic()
+                    snap = self.reg.snapshot()
+                    self.last_snapshot_s = time.monotonic() - t0
+                    self.q.put(("snapshot", snap))
+                    resume = snap.rev + 1
+                self._watch = None            # never resume from an older watch than this one
+                self._watch = self.reg.watch(resume)
                 self.connected.set()
-                self.q.put(("snapshot", snap))
-                self._watch = self.reg.watch(snap.rev + 1)
+                backoff.reset()
                 for batch in self._watch:
                     self.q.put(("events", batch))
-            except (Unavailable, Compacted) as e:
+                resume = self._watch.resume_rev()      # closed by disconnected()
+            except Compacted as e:
+                log.warning("watch history compacted (%s); resyncing", e)
+                resume = None
+            except Unavailable as e:
                 if self.connected.is_set():
-                    log.warning("watch ended (%s); will resync", e)
-                self.connected.clear()
-            except Exception as e:  # never let the watcher die
+                    log.warning("watch ended (%s); resuming", e)
+                resume = self._watch.resume_rev() if self._watch else resume
+                self.counters["reconnects"] += 1
+            except Exception as e:  # never let the watcher die; start over from a snapshot
                 log.error("watch failed: %s: %s", type(e).__name__, e)
-                self.connected.clear()
-            self.stopping.wait(RETRY_S)
+                resume = None
+            self.connected.clear()
+            backoff.wait(self.stopping)
+
+    def watch_lag_s(self) -> float | None:
+        """Seconds since the registry was last heard on the watch (None: no live watch)."""
+        w = self._watch
+        return round(w.lag_s(), 3) if w is not None and self.connected.is_set() else None
+
+    def watch_member(self) -> str | None:
+        """host:port of the etcd member the watch is on (None: SQLite, or no watch)."""
+        w = self._watch
+        if w is None or not hasattr(w, "member") or not self.connected.is_set():
+            return None
+        return self.reg.kv.endpoint(w.member)
 
     def _read_punts(self) -> None:
         while not self.stopping.is_set():
@@ -159,7 +188,7 @@ class Agent:
                 batch = self.punt_reader.read(0.2)
             except Exception as e:  # never let the reader die
                 log.error("reading punts failed: %s: %s", type(e).__name__, e)
-                self.stopping.wait(RETRY_S)
+                self.stopping.wait(0.5)
                 continue
             if batch:
                 self.q.put(("punts", batch))
@@ -221,6 +250,8 @@ class Agent:
         st = self.node.state()
         if st:
             with self.lock:
+                if self.synced.is_set() and self.connected.is_set():
+                    local.drop_orphans(self)
                 n = age_learned(self.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
             if n:
                 self.counters["aged"] += n

@@ -11,6 +11,7 @@ import os
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.node import endpoints, networks, peers
+from dataplane.registry import Unavailable
 
 log = logging.getLogger("dataplane.agent")
 
@@ -18,7 +19,11 @@ log = logging.getLogger("dataplane.agent")
 def register_then_create(register, rollback, create):
     """(record, created): the registry write, then the local objects; if
     creating fails, the registry write is undone and the error raised."""
-    rec = register()
+    try:
+        rec = register()
+    except Unavailable:
+        _quietly(rollback)       # the write may have applied with its reply lost: take it back if we can
+        raise
     try:
         return rec, create(rec)
     except BaseException:
@@ -27,6 +32,13 @@ def register_then_create(register, rollback, create):
         except DataplaneError as e:
             log.error("could not roll back the registry: %s", e)
         raise
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except DataplaneError:
+        pass                     # the orphan sweep (local.drop_orphans) takes it later
 
 
 def serve(agent, net) -> None:
@@ -50,7 +62,9 @@ class Ops:
     def status(self) -> dict:
         ag = self.ag
         with ag.lock:
-            return {**self.ping(), "registry": ag.url, "revision": ag.view.rev, "lease": ag.leases.lease,
+            return {**self.ping(), "registry": ag.url, "revision": ag.view.rev, "watch_lag_s": ag.watch_lag_s(),
+                    "watch_member": ag.watch_member(),
+                    "lease": ag.leases.lease,
                     "lease_ttl": ag.ttl, "networks": len(ag.view.networks), "hosts": sorted(ag.view.hosts),
                     "endpoints": len(ag.view.endpoints), "installed": ag.remote.counts(),
                     "last_sync_ms": round(ag.last_sync_s * 1000, 1),

@@ -36,10 +36,12 @@ def parse_url(url: str) -> tuple[str, object]:
     raise UsageError(f"bad registry {url!r}: use sqlite:///path or etcd://host:port")
 
 
-def open_registry(url: str | None = None) -> Registry:
+def open_registry(url: str | None = None, watch_deadline_s: float | None = None) -> Registry:
+    """watch_deadline_s (etcd): a watch silent for that long is dead (the agent
+    passes its lease TTL: a registry silent longer than that has lost us anyway)."""
     kind, where = parse_url(url or DEFAULT_URL)
     if kind == "sqlite":
         from dataplane.registry.kv_sqlite import SqliteKV  # noqa: PLC0415
         return Registry(SqliteKV(where))
     from dataplane.registry.kv_etcd import EtcdKV  # noqa: PLC0415
-    return Registry(EtcdKV(where))
+    return Registry(EtcdKV(where) if watch_deadline_s is None else EtcdKV(where, watch_deadline_s=watch_deadline_s))

@@ -1,0 +1,154 @@
+"""The overlay on a 3-member etcd cluster, under traffic (100 pings/s between
+hosts) and churn (endpoints added and removed on every host at once), while
+members die: the leader, a follower, two of three (no quorum). Forwarding
+never stops, writes fail clearly while there is no quorum, and afterwards
+every host's maps equal what the registry says (tests/integration/invariants.py)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from dataplane.kernel import netlink
+from lab import topology as lab
+from lab.traffic import ping
+from tests.integration import invariants
+from tests.integration.conftest import dp, make_lab, sandbox, wait_for
+
+HOSTS = {f"h{i}": f"dpl-h{i}" for i in (1, 2, 3)}
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(3, [256], per_host=1, registry="etcd", etcd_members=3, lease_ttl=3)
+
+
+def url() -> str:
+    return lab.registry_url("etcd")
+
+
+class Traffic:
+    """A ping stream at 100/s from one sandbox to another, in the background."""
+
+    def __init__(self, src: str, dst_ip: str, seconds: float):
+        self.count, self.received = int(seconds * 100), None
+        self.t = threading.Thread(target=lambda: setattr(self, "received", ping(src, dst_ip, self.count, 0.01)[0]))
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.t.join(timeout=self.count / 100 + 30)
+
+
+class Churn:
+    """Every host adds and removes endpoints of its own, all at once, until stopped."""
+
+    def __init__(self):
+        self.stop, self.ok, self.failed = threading.Event(), 0, 0
+        self.threads = [threading.Thread(target=self._run, args=(h,)) for h in HOSTS.values()]
+
+    def _run(self, ns: str) -> None:
+        k = 0
+        while not self.stop.is_set():
+            name = f"dpl-c{ns[-1]}-{k % 3}"
+            verb = "add" if k % 2 == 0 else "rm"
+            argv = ("--netns", ns, "endpoint", verb, name) + (("--vni", "256") if verb == "add" else ())
+            r = dp(*argv, check=False, timeout=90)
+            self.ok += r.returncode == 0
+            self.failed += r.returncode != 0
+            k += 1 if r.returncode == 0 or verb == "rm" else 0
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+
+
+def converged(timeout: float = 40) -> None:
+    ok = wait_for(lambda: not invariants.problems(url(), HOSTS), timeout=timeout, every=0.5)
+    assert ok, "\n".join(invariants.problems(url(), HOSTS))
+
+
+def leader() -> str:
+    assert wait_for(lambda: any(m["leader"] for m in lab.etcd_members()), timeout=15), lab.etcd_members()
+    return next(m["name"] for m in lab.etcd_members() if m["leader"])
+
+
+@pytest.mark.parametrize("who", ["leader", "follower"])
+def test_a_member_killed_under_traffic_and_churn(info, who):
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    converged()
+    lead = leader()
+    victim = lead if who == "leader" else next(m["name"] for m in lab.etcd_members() if m["name"] != lead)
+    with Traffic(a["name"], b["ip"], 12) as t, Churn() as churn:
+        time.sleep(2)
+        lab.stop_etcd(lab.load(), victim, sig=signal.SIGKILL)
+        time.sleep(4)
+        assert leader() != victim, "the two left elected a leader"
+        lab.start_etcd(lab.load(), victim)
+        time.sleep(2)
+    assert t.received == t.count, f"{t.count - t.received} of {t.count} pings lost"
+    assert churn.ok >= 6, (churn.ok, churn.failed)
+    converged()
+
+
+def test_two_of_three_killed_no_quorum_then_back(info):
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h3", 256)
+    converged()
+    dead = [m["name"] for m in lab.etcd_members()][:2]
+    with Traffic(a["name"], b["ip"], 15) as t:
+        time.sleep(1)
+        for name in dead:
+            lab.stop_etcd(lab.load(), name, sig=signal.SIGKILL)
+        t0 = time.monotonic()
+        r = dp("--netns", "dpl-h1", "endpoint", "add", "dpl-nq", "--vni", "256", check=False, timeout=120)
+        took = time.monotonic() - t0
+        assert r.returncode != 0, "no write without quorum"
+        assert "etcd" in r.stderr and "dataplane: error:" in r.stderr, r.stderr
+        assert not netlink.ns_exists("dpl-h1.dpl-nq"), "nothing half-created"
+        for name in dead:
+            lab.start_etcd(lab.load(), name)
+    assert t.received == t.count, f"{t.count - t.received} of {t.count} pings lost while etcd had no quorum"
+    assert took < 60, f"the failed write took {took:.0f} s"
+    converged()
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-nq", "--vni", "256")
+    converged()
+    dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-nq")
+    converged()
+
+
+def test_a_stuck_member_is_left_and_the_watch_resumes_elsewhere(info):
+    """SIGSTOP keeps the member's sockets open and silent: the agent watching
+    through it must notice (its deadline is the lease TTL, 3 s here), move to
+    another member and resume, not sit on the dead connection reporting itself
+    connected while changes pass it by."""
+    from dataplane.agent import client
+    converged()
+    on = client.call("dpl-h1", "status")["watch_member"]
+    member = next(m for m in lab.etcd_members() if m["client_url"].endswith(on))
+    t0 = time.monotonic()
+    os_kill = __import__("os").kill
+    os_kill(member["pid"], signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: client.call("dpl-h1", "status")["watch_member"] not in (None, on), timeout=15), \
+            client.call("dpl-h1", "status")
+        moved_after = time.monotonic() - t0
+        dp("--netns", "dpl-h2", "endpoint", "add", "dpl-stuck", "--vni", "256")
+        st = client.call("dpl-h1", "status")
+        assert st["connected"] and st["watch_lag_s"] is not None and st["watch_lag_s"] < 3, st
+    finally:
+        os_kill(member["pid"], signal.SIGCONT)
+    assert moved_after < 10, f"the agent left the stuck member after {moved_after:.1f} s"
+    converged()
+    dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-stuck")
+    converged()

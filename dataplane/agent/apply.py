@@ -27,7 +27,7 @@ def apply(node: Node, remote: RemoteTable, d: Desired) -> dict[int, str]:
         if vni in failed:
             continue
         try:
-            remote.apply(vni, ent.fdb, ent.neigh)
+            remote.apply(vni, ent.fdb, ent.neigh, frozenset(e.ip for e in st.local_endpoints(vni)))
             if vni in st.networks and vni not in d.unserve and st.registry_peers.get(vni, []) != ent.flood:
                 networks.set_registry_peers(node, vni, ent.flood)
         except DataplaneError as e:

@@ -120,15 +120,20 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.
     gso.set_veth(st.uplink.gso_max, (node.netns, ep.host_ifname), inner)
-    val = _S["dp_endpoint"](vni=ep.vni, ip=be32(ep.ip), slot=st.networks[ep.vni].slot)
-    ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
-    m.dp_endpoints.put(ctypes.c_uint32(ep.ifindex), val)
-    fdb.local_add(m, ep)
+    write_entries(m, st, ep)
     fd = loader.open_prog(node.pin_dir, "from_endpoint")
     try:
         netlink.tc_attach(node.netns, ep.ifindex, fd, "from_endpoint")
     finally:
         os.close(fd)
+
+
+def write_entries(m: NodeMaps, st: NodeState, ep: LocalEndpoint) -> None:
+    """The endpoint's map entries: dp_endpoints here, MAC and neighbour in fdb.py."""
+    val = _S["dp_endpoint"](vni=ep.vni, ip=be32(ep.ip), slot=st.networks[ep.vni].slot)
+    ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
+    m.dp_endpoints.put(ctypes.c_uint32(ep.ifindex), val)
+    fdb.local_add(m, ep)
 
 
 def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:

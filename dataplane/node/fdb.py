@@ -75,10 +75,16 @@ class RemoteTable:
     def vnis(self) -> set[int]:
         return set(self.fdb) | set(self.neigh)
 
-    def apply(self, vni: int, fdb: dict[str, str], neigh: dict[str, str]) -> tuple[int, int]:
-        """Make the VNI's entries equal fdb/neigh. (written, removed)."""
+    def apply(self, vni: int, fdb: dict[str, str], neigh: dict[str, str],
+              local_ips: frozenset[str] = frozenset()) -> tuple[int, int]:
+        """Make the VNI's entries equal fdb/neigh. (written, removed). local_ips:
+        addresses of this node's endpoints, whose neighbour entries are the node's
+        (local_add): one that was remote and became local (a move here) is let go
+        of, not deleted under the endpoint that now owns it."""
         have_fdb = self.fdb.setdefault(vni, {})
         have_neigh = self.neigh.setdefault(vni, {})
+        for ip in local_ips & have_neigh.keys():
+            del have_neigh[ip]
         put_fdb = {m: v for m, v in fdb.items() if have_fdb.get(m) != v}
         put_neigh = {i: m for i, m in neigh.items() if have_neigh.get(i) != m}
         del_fdb = [m for m in have_fdb if m not in fdb]

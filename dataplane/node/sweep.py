@@ -1,7 +1,8 @@
 """After a crash: make the kernel match the node's state. Endpoints whose
-creation never finished (their intent is still "creating") are undone,
-host-side veths and map entries that no endpoint of the state holds are
-removed, and every served VNI's entries are rewritten from the state. The
+creation never finished (their intent is still "creating") are undone, the
+entries of those that did are written again, host-side veths and map entries
+that no endpoint of the state holds are removed, and every served VNI's
+entries are rewritten from the state. The
 agent runs it at start, `up` on every run; the registry side of the repair
 is the agent's (agent/local.py)."""
 
@@ -30,6 +31,10 @@ def sweep(node: Node) -> list[str]:
             if _OURS.match(ifname) and ifname not in keep:
                 netlink.link_delete(node.netns, ifname)
                 done.append(f"link {ifname}: no endpoint of the state; removed")
+        for ep in st.endpoints.values():    # what the state has is in the maps (rewritten: idempotent)
+            if not endpoints.in_maps(node, ep):
+                done.append(f"endpoint {ep.name}: map entries missing; written again")
+            endpoints.write_entries(m, st, ep)
         done += endpoints.forget_strays(m, st)
         done += fdb.forget_local_strays(m, st, neigh_too=st.registry is None)
         for vni in st.networks:

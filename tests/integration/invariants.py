@@ -65,10 +65,27 @@ def actual(ns: str) -> dict:
     return have
 
 
+def registry_problems(snap) -> list[str]:
+    """The registry against itself: every endpoint on an existing network holding
+    its own claims, and no claim without its endpoint."""
+    out = []
+    for e in snap.endpoints.values():
+        if e.network not in snap.networks:
+            out.append(f"endpoint {e.id} outlives its network {e.network}")
+        for kind, k in (("macs", f"{e.network}/{e.mac}"), ("ipam", f"{e.network}/{e.ip}")):
+            if getattr(snap, kind).get(k) != e.id:
+                out.append(f"endpoint {e.id}: {kind} claim {k} is {getattr(snap, kind).get(k)}")
+    for kind in ("macs", "ipam"):
+        for k, owner in getattr(snap, kind).items():
+            if owner not in snap.endpoints:
+                out.append(f"{kind} claim {k} held by {owner}, which does not exist")
+    return out
+
+
 def problems(url: str, hosts: dict[str, str]) -> list[str]:
     """hosts: registry host name -> node namespace. Every difference, one line each."""
     snap = snapshot(url)
-    out = []
+    out = registry_problems(snap)
     for name, ns in hosts.items():
         want, have = expected(snap, name), actual(ns)
         for vni in sorted(set(want) | set(have)):

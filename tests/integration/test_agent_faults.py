@@ -195,3 +195,18 @@ def test_a_move_that_fails_on_the_new_host_leaves_the_endpoint_where_it_was(info
     finally:
         netlink.ns_delete("dpl-h2.dpl-mv2")
     dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-mv2")
+
+
+def test_a_move_here_keeps_the_arrived_endpoints_neighbour_entry(info):
+    """Found by the model check (seed 851329876): on the host an endpoint moved
+    to, the remote neighbour entry it had installed for it was deleted when the
+    endpoint became local, taking the local one (same key) with it: ARP for the
+    moved endpoint went unanswered there."""
+    from tests.integration import invariants
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-mv3", "--vni", "256")
+    hosts = {"h1": "dpl-h1", "h2": "dpl-h2"}
+    assert wait_for(lambda: not invariants.problems(lab.registry_url("sqlite"), hosts))
+    dp("--netns", "dpl-h2", "endpoint", "move", "dpl-mv3")
+    ok = wait_for(lambda: not invariants.problems(lab.registry_url("sqlite"), hosts))
+    assert ok, invariants.problems(lab.registry_url("sqlite"), hosts)
+    dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-mv3")

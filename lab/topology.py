@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 
-from dataplane.agent import client, process
+from dataplane.agent import client, control, process
 from lab import etcd
 from dataplane.kernel import gso, netlink
 from dataplane.core import model, procs, state
@@ -179,6 +179,7 @@ def _build(lab: dict, p: dict) -> None:
         vtep.up(Node(host_ns(i)), p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peer_ips=peers,
                 peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
                 registry=url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
+        control.persist(Node(host_ns(i)))      # as `dataplane up` does: the host comes back after a reboot
         if url:
             process.spawn(host_ns(i), host_ns(i), url, host_name(i), p["lease_ttl"], quiet=True)
     for i in range(1, n + 1):
@@ -292,6 +293,9 @@ def down() -> bool:
         if ns.startswith(PREFIX):
             netlink.ns_delete(ns)
     shutil.rmtree(REGISTRY_DIR, ignore_errors=True)
+    for d in os.listdir(state.LIB_ROOT) if os.path.isdir(state.LIB_ROOT) else []:
+        if d.startswith(PREFIX):         # the lab hosts' boot configuration and Docker maps
+            shutil.rmtree(os.path.join(state.LIB_ROOT, d), ignore_errors=True)
     if os.path.exists(LAB_FILE):
         os.unlink(LAB_FILE)
     state.prune()

@@ -61,13 +61,38 @@ class DockerHost:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, image_tar: str) -> None:
+        self.start_driver()
+        self.start_engine()
+        self.docker("import", image_tar, IMAGE)
+
+    def start_driver(self, argv: list[str] | None = None) -> None:
+        """The driver as the tests run it, or argv (a unit's ExecStart) on a socket
+        the test made and hands over as systemd's socket activation does."""
         os.makedirs(self.plugins, exist_ok=True)
         log = open(os.path.join(self.dir, "driver.log"), "ab")
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "dataplane.cli", "--netns", self.ns, "docker-plugin",
-             "--socket", os.path.join(self.plugins, "dataplane.sock")],
-            stdout=log, stderr=log, cwd=ROOT, start_new_session=True))
-        _wait(lambda: os.path.exists(os.path.join(self.plugins, "dataplane.sock")), 30, f"driver of {self.ns}")
+        path = os.path.join(self.plugins, "dataplane.sock")
+        if argv is None:
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dataplane.cli", "--netns", self.ns, "docker-plugin", "--socket", path],
+                stdout=log, stderr=log, cwd=ROOT, start_new_session=True))
+        else:
+            import socket  # noqa: PLC0415
+            if os.path.exists(path):
+                os.unlink(path)
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lsock.bind(path)
+            lsock.listen(16)
+            os.chmod(path, 0o600)
+            fd = lsock.fileno()
+            # As sd_listen_fds(3) expects: the socket at fd 3, LISTEN_PID the pid that reads it
+            # (sh's, which exec keeps). Fds are closed after preexec_fn: 3 must be kept.
+            self.procs.append(subprocess.Popen(
+                ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh", *argv], pass_fds=(fd, 3),
+                preexec_fn=lambda: os.dup2(fd, 3), stdout=log, stderr=log, cwd="/", start_new_session=True))
+            lsock.close()
+        _wait(lambda: os.path.exists(path), 30, f"driver of {self.ns}")
+
+    def start_engine(self) -> None:
         log = open(os.path.join(self.dir, "dockerd.log"), "ab")
         engine = (f"mount --bind {self.plugins} {PLUGIN_DIR} && exec nsenter --net=/run/netns/{self.ns} "
                   f"dockerd --data-root {self.dir}/data --exec-root {self.dir}/exec -H unix://{self.sock} "
@@ -75,7 +100,21 @@ class DockerHost:
         self.procs.append(subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", engine],
                                            stdout=log, stderr=log, start_new_session=True))
         _wait(lambda: self.docker("info", check=False).returncode == 0, 60, f"dockerd in {self.ns}")
-        self.docker("import", image_tar, IMAGE)
+
+    def crash(self) -> None:
+        """What a power cut does to this host's processes: SIGKILL, no cleanup;
+        and what a reboot does to its /run (the engine's exec root, the sockets)."""
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs = []
+        kill_matching(self.dir, signal.SIGKILL)
+        subprocess.run(["umount", "-R", os.path.join(self.dir, "data")], capture_output=True)
+        shutil.rmtree(os.path.join(self.dir, "exec"), ignore_errors=True)
+        for name in ("docker.sock", "dockerd.pid", "plugins/dataplane.sock"):
+            if os.path.exists(os.path.join(self.dir, name)):
+                os.unlink(os.path.join(self.dir, name))
 
     def docker(self, *args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         r = subprocess.run(["docker", "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
@@ -110,7 +149,7 @@ class DockerHost:
         kill_matching(self.dir)
 
 
-def kill_matching(text: str) -> None:
+def kill_matching(text: str, sig: int = signal.SIGTERM) -> None:
     mark = text.encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -119,7 +158,7 @@ def kill_matching(text: str) -> None:
         except OSError:
             continue
         if mark in cmd and int(pid) != os.getpid():
-            procs.terminate(int(pid))
+            procs.terminate(int(pid), first=sig)
 
 
 class DockerLab:

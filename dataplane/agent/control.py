@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 from dataplane.agent import process
 from dataplane.agent.main import LEASE_TTL_DEFAULT
-from dataplane.core import model
-from dataplane.core.errors import Conflict, DataplaneError, UsageError
+from dataplane.core import model, state
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.core.state import NodeState
-from dataplane.node import Node, require_root, vtep
+from dataplane.node import Node, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
 
@@ -50,7 +50,7 @@ def registry_mode(node: Node, url: str | None, no_registry: bool) -> str | None:
 
 
 def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None, lease_ttl=None,
-       **node_args) -> NodeState:
+       agent: bool = True, **node_args) -> NodeState:
     """The node up, each --vni a registry network, and the agent running and synced."""
     require_root()
     vnis = [model.parse_vni(v) for v in vnis or []]
@@ -67,7 +67,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         if was_up:
             for line in sweep(node):        # a crash since the last up left this behind
                 log.warning("repaired: %s", line)
-        if st.registry:
+        if st.registry and agent:
             process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
             st = node.require_up()
     except BaseException:
@@ -75,6 +75,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
             vtep.down(node, quiet=True)
         _drop_networks(url, created)   # and so do the registry networks it made
         raise
+    persist(node)
     return st
 
 
@@ -113,11 +114,50 @@ def _quiet_rm(reg, name: str) -> None:
 
 
 def down(node: Node, vnis=None) -> bool:
-    """Stop the agent (it leaves the registry first), then take the node down."""
+    """Stop the agent (it leaves the registry first), then take the node down;
+    a node taken down does not come back at boot."""
     st = node.state()
     if vnis and st and st.registry:
         raise UsageError("with a registry a node serves every registry network: "
                          "remove the network with `dataplane network rm`, or the node with `dataplane down`")
     if not vnis:
         process.stop(node.name, leave=True)
-    return vtep.down(node, vnis)
+    was_up = vtep.down(node, vnis)
+    if vnis and node.state():
+        persist(node)
+    else:
+        state.remove_boot(node.name)
+    return was_up
+
+
+def persist(node: Node) -> None:
+    """What brings this node back after a reboot (`up --restore`), from what it is now."""
+    st = node.require_up()
+    c = st.config
+    state.save_boot(node.name, {
+        "underlay": c.underlay, "local_ip": c.local_ip, "port": c.port, "peer_check": c.peer_check,
+        "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s, "map_sizes": st.map_sizes,
+        "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
+        # Without a registry the node's own VNIs and peers; with one, the registry has them.
+        "networks": {} if st.registry else {str(v): n.subnet for v, n in st.networks.items()},
+        "peers": {str(v): ips for v, ips in st.peers.items() if ips}})
+
+
+def restore(node: Node, agent: bool = True) -> NodeState:
+    """Bring the node back as it was last brought up (at boot: nothing of it is left
+    but /var/lib/dataplane); agent=False leaves starting the agent to a supervisor."""
+    b = state.load_boot(node.name)
+    if b is None:
+        raise NotFound(f"nothing to restore for node {node.name}: it was never brought up, or was taken down")
+    nets = {int(v): s for v, s in b["networks"].items()}
+    st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=b["underlay"], local_ip=b["local_ip"],
+                 port=b["port"], peer_check=b["peer_check"], xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
+                 map_sizes=b["map_sizes"], registry=b["registry"], host_name=b["host_name"], lease_ttl=b["lease_ttl"])
+    for vni, ips in b["peers"].items():
+        for ip in ips:
+            peers.add(node, ip, [vni])
+    for line in sweep(node):
+        log.warning("repaired: %s", line)
+    if st.registry and agent:
+        process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
+    return node.require_up()

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from dataplane.agent import client, lease, local, ops, punts, server, slowpath
+from dataplane.agent import client, lease, local, ops, punts, sdnotify, server, slowpath
 from dataplane.agent.apply import apply
 from dataplane.agent.reconcile import LocalFacts, desired
 from dataplane.agent.runtime_ops import RuntimeOps
@@ -120,6 +120,7 @@ class Agent:
         self.stop()
 
     def stop(self, leave: bool = False) -> None:
+        sdnotify.notify("STOPPING=1")
         self.leaving = self.leaving or leave
         self.stopping.set()
         self.q.put(("stop", None))
@@ -271,6 +272,8 @@ class Agent:
             local.settle_moves(self)
             self.reconcile()
         self.last_sync_s = time.monotonic() - t0
+        if not self.synced.is_set():
+            sdnotify.notify(f"READY=1\nSTATUS=synced revision {snap.rev}")   # systemd: up only now
         self.synced.set()
         log.info("synced revision %d: %d networks, %d hosts, %d endpoints in %.0f ms", snap.rev,
                  len(self.view.networks), len(self.view.hosts), len(self.view.endpoints), self.last_sync_s * 1000)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from dataplane import __version__
-from dataplane.cli import node_cmds, registry_cmds, runtime_cmds
+from dataplane.cli import node_cmds, registry_cmds, runtime_cmds, service_cmds
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError
 from dataplane.kernel import netlink
@@ -23,14 +24,17 @@ def parser() -> argparse.ArgumentParser:
     node_cmds.register(sub)
     registry_cmds.register(sub)
     runtime_cmds.register(sub)
+    service_cmds.register(sub)
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.cmd == "agent" else logging.WARNING,
-                        format="%(asctime)s %(message)s" if args.cmd == "agent" else "dataplane: %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    daemon = args.cmd in ("agent", "docker-plugin")
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "    # journald stamps lines itself
+    logging.basicConfig(level=logging.INFO if daemon else logging.WARNING,
+                        format=stamp + "%(levelname)s %(name)s: %(message)s" if daemon
+                        else "dataplane: %(levelname)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         if args.netns and netlink.ns_exists(model.parse_name(args.netns, "namespace")):
             # Act as a process of that host: registry traffic leaves from its namespace.

@@ -8,7 +8,7 @@ from dataplane.agent import client, control
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.cli.output import add_output, emit, say
 from dataplane.core import model
-from dataplane.core.errors import NotFound
+from dataplane.core.errors import NotFound, UsageError
 from dataplane.kernel import gso
 from dataplane.node import Node, peers, readout
 from dataplane import registry
@@ -25,13 +25,23 @@ def agent_node(args) -> Node | None:
     return node if st and st.registry else None
 
 
+RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "xdp_guard", "fdb_age",
+                 "map_size", "registry", "no_registry", "host_name", "lease_ttl")
+
+
 def cmd_up(args):
     node = node_of(args)
-    url = control.registry_mode(node, args.registry, args.no_registry)
-    st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,
-                    lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
-                    peer_ips=args.peer or (), peer_check=args.peer_check, xdp_guard=args.xdp_guard,
-                    fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []))
+    if args.restore:
+        given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE if getattr(args, a)]
+        if given:
+            raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
+        st = control.restore(node, agent=not args.no_agent)
+    else:
+        url = control.registry_mode(node, args.registry, args.no_registry)
+        st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,
+                        lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
+                        peer_ips=args.peer or (), peer_check=args.peer_check, xdp_guard=args.xdp_guard,
+                        fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent)
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
@@ -52,12 +62,14 @@ def cmd_down(args):
 
 def cmd_peer_add(args):
     added = peers.add(node_of(args), args.ip, args.vni)
+    control.persist(node_of(args))
     say(args, f"peer {args.ip}: added to VNIs {', '.join(map(str, added)) or '(already present)'}",
         {"peer": args.ip, "added": added})
 
 
 def cmd_peer_rm(args):
     removed = peers.remove(node_of(args), args.ip, args.vni)
+    control.persist(node_of(args))
     say(args, f"peer {args.ip}: removed from VNIs {', '.join(map(str, removed))}", {"peer": args.ip, "removed": removed})
 
 
@@ -119,6 +131,11 @@ def register(sub) -> None:
     up.add_argument("--no-registry", action="store_true", help="no registry and no agent: peers and endpoints by hand")
     up.add_argument("--host-name", help="this host's name in the registry (default: the namespace or hostname)")
     up.add_argument("--lease-ttl", type=int, help=f"host liveness lease, s (default {LEASE_TTL_DEFAULT})")
+    up.add_argument("--restore", action="store_true",
+                    help="bring the node back as it was last brought up (its configuration is kept in "
+                         "/var/lib/dataplane; at boot, the systemd unit runs this)")
+    up.add_argument("--no-agent", action="store_true",
+                    help="do not start the agent (a supervisor runs `dataplane agent run` instead)")
     add_output(up)
     up.set_defaults(func=cmd_up)
 

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 from . import model
 
-RUN_ROOT = "/run/dataplane"
+RUN_ROOT = "/run/dataplane"          # what the running node made: gone at a reboot, like the pins and links
+LIB_ROOT = "/var/lib/dataplane"      # what must outlive a reboot: how to bring the node back, the Docker map
 
 
 @dataclass
@@ -145,13 +146,47 @@ def load(node: str) -> NodeState | None:
 
 
 def save(st: NodeState) -> None:
-    d = node_dir(st.node)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    tmp = _path(st.node) + ".new"
+    _write_json(_path(st.node), st.to_json())
+
+
+def lib_dir(node: str) -> str:
+    return os.path.join(LIB_ROOT, node)
+
+
+def _write_json(path: str, obj) -> None:
+    """Atomically, 0600, the directory 0700: a torn or world-readable file is never seen."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(st.to_json(), f, indent=1, sort_keys=True)
-    os.replace(tmp, _path(st.node))
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def save_boot(node: str, args: dict) -> None:
+    """What `up` was asked, so that `up --restore` (at boot) brings the node back."""
+    _write_json(os.path.join(lib_dir(node), "node.json"), args)
+
+
+def load_boot(node: str) -> dict | None:
+    try:
+        with open(os.path.join(lib_dir(node), "node.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def remove_boot(node: str) -> None:
+    """`down`: the node is not to come back at boot (the Docker map stays: Docker keeps its networks)."""
+    try:
+        os.unlink(os.path.join(lib_dir(node), "node.json"))
+    except FileNotFoundError:
+        pass
+    for d in (lib_dir(node), LIB_ROOT):      # what is left empty goes too
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
 
 
 def remove(node: str) -> None:

@@ -31,9 +31,12 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         raise UsageError("give at least one --vni")
     if host_name is not None:
         model.parse_name(host_name, "host name")
-    if subnet is not None and len(vnis) != 1:
-        raise UsageError("--subnet applies to exactly one --vni")
-    subnet = model.parse_subnet(subnet) if subnet is not None else None
+    if isinstance(subnet, dict):         # a subnet per VNI (restoring a node at boot)
+        subnet = {int(v): model.parse_subnet(s) for v, s in subnet.items()}
+    elif subnet is not None:
+        if len(vnis) != 1:
+            raise UsageError("--subnet applies to exactly one --vni")
+        subnet = {vnis[0]: model.parse_subnet(subnet)}
     port = model.parse_port(port) if port is not None else None
     peer_ips = [str(model.parse_ipv4(p, "peer address")) for p in peer_ips]
     fdb_age = model.parse_age(fdb_age) if fdb_age is not None else None
@@ -63,7 +66,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         if old and registry and old.registry not in (None, registry):
             raise Conflict(f"node {node.name} uses registry {old.registry}; run `dataplane down` first")
         for vni in vnis:
-            if old and subnet and vni in old.networks and old.networks[vni].subnet != str(subnet):
+            if old and subnet and vni in subnet and vni in old.networks and old.networks[vni].subnet != str(subnet[vni]):
                 raise Conflict(f"VNI {vni} exists with subnet {old.networks[vni].subnet}")
 
         uplink = Uplink(ifindex=link["index"], mtu=link["mtu"], mac=link["mac"],
@@ -110,7 +113,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet) -> None:
         with node.maps() as m:
             write_config(m, st)
             for vni in vnis:
-                networks.serve(m, st, vni, subnet)
+                networks.serve(m, st, vni, (subnet or {}).get(vni))
             # New programs go in by replacing the filters in place: no moment without one.
             netlink.tc_attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
             for ep in st.endpoints.values():

@@ -46,21 +46,29 @@ class Driver:
     def __init__(self, node: str):
         self.node = node
         self.lock = threading.Lock()
-        self.path = os.path.join(state.node_dir(node), "docker-networks.json")
+        # Docker never repeats CreateNetwork (not after our restart, not after a reboot):
+        # the map of its network ids to VNIs must outlive both.
+        self.path = os.path.join(state.lib_dir(node), "docker-networks.json")
 
     # --- Docker network id -> VNI, kept across restarts of this process ------
 
     def _load(self) -> dict:
         try:
             with open(self.path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+                nets = json.load(f)
+        except FileNotFoundError:
             return {}
+        except ValueError as e:          # refused, never read as empty and then overwritten
+            raise DataplaneError(f"{self.path} is corrupt ({e}): repair or remove it") from None
+        if not isinstance(nets, dict):
+            raise DataplaneError(f"{self.path} is corrupt (not an object): repair or remove it")
+        return nets
 
     def _save(self, nets: dict) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(nets, f)
         os.replace(tmp, self.path)
 
@@ -229,12 +237,29 @@ class Server(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: str, driver: Driver):
         self.routes = driver.routes()
+        inherited = _activation_socket()
+        if inherited is not None:       # systemd made and listens on it (dataplane-docker.socket)
+            super().__init__(path, _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = inherited
+            self.path = None
+            return
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)
         super().__init__(path, _Handler)
         os.chmod(path, 0o600)
         self.path = path
+
+
+def _activation_socket():
+    """The listening socket systemd passed (sd_listen_fds(3): fd 3), or None."""
+    import socket  # noqa: PLC0415
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return socket.socket(fileno=3)
 
 
 def serve(node: str, sock_path: str) -> None:
@@ -252,7 +277,8 @@ def serve(node: str, sock_path: str) -> None:
         srv.serve_forever()
     finally:
         srv.server_close()
-        try:
-            os.unlink(sock_path)
-        except FileNotFoundError:
-            pass
+        if srv.path:                     # ours; a socket systemd made stays systemd's
+            try:
+                os.unlink(srv.path)
+            except FileNotFoundError:
+                pass

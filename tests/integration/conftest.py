@@ -40,6 +40,8 @@ def leftovers() -> list[str]:
         out.append(lab.LAB_FILE)
     if os.path.isdir(state.RUN_ROOT):
         out += [f"state {p}" for p in os.listdir(state.RUN_ROOT) if p.startswith(lab.PREFIX)]
+    if os.path.isdir(state.LIB_ROOT):
+        out += [f"boot state {p}" for p in os.listdir(state.LIB_ROOT) if p.startswith(lab.PREFIX)]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")

@@ -32,6 +32,7 @@ def test_a_vni_with_an_unroutable_peer_fails_alone(info):
         lab.run_checked(dp_ip)
     url = lab.registry_url("sqlite")
     reg = open_registry(url)
+    lease = 0
     try:
         reg.network_create("far", 257, subnet="10.1.1.0/24")
         lease = reg.kv.lease_grant(600)
@@ -52,7 +53,14 @@ def test_a_vni_with_an_unroutable_peer_fails_alone(info):
         dp("--netns", "dpl-h2", "endpoint", "add", "dpl-late", "--vni", "256")
         late = next(e for e in client.call("dpl-h2", "endpoint_list") if e["id"] == "dpl-late")
         assert wait_for(lambda: any(r["mac"] == late["mac"] for r in readout.fdb(Node("dpl-h1"))))
+        dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-late")
     finally:
+        for undo in (lambda: reg.endpoint_rm("dpl-ghost1"), lambda: reg.network_rm("far"),
+                     lambda: reg.kv.lease_revoke(lease)):
+            try:
+                undo()
+            except Exception:  # noqa: BLE001 - best effort: the next tests want a clean registry
+                pass
         reg.close()
 
 

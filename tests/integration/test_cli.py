@@ -2,6 +2,7 @@
 nothing half-created; up and down are idempotent."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 from dataplane.kernel import gso as linkgso, loader as fastpath, netlink
 from dataplane.core import state
+from dataplane.node import Node
 from tests.conftest import require_privileges
 from tests.integration.conftest import DATAPLANE, dp, dp_json
 
@@ -139,3 +141,25 @@ def test_endpoints_inherit_an_uplink_with_big_tcp(host):
     assert linkgso.gso_ipv4_max(host, ep["host_ifname"]) == linkgso.BIG_TCP_SIZE
     dp("--netns", host, "down")
     assert not netlink.ns_exists(f"{host}.dpl-e3") and not netlink.ns_exists(f"{host}.dpl-e4")
+
+
+def test_up_restore_brings_a_rebooted_node_back_and_down_forgets_it(host):
+    dp("--netns", host, "up", "--vni", "256", "--vni", "257", "--underlay", "ul0", "--no-registry",
+       "--peer", "198.18.1.2", "--fdb-age", "120")
+    dp("--netns", host, "peer", "add", "198.18.1.9", "--vni", "257")
+    r = dp("--netns", host, "up", "--restore", "--vni", "256", check=False)
+    assert r.returncode == 2 and "--vni" in r.stderr, "--restore takes the saved configuration alone"
+    # A reboot: pins, the uplink's filters and /run are gone; /var/lib is not.
+    shutil.rmtree(os.path.join(fastpath.PIN_ROOT, host))
+    netlink.clsact_delete(host, netlink.link_index(host, "ul0"))
+    shutil.rmtree(state.node_dir(host))
+    back = dp_json("--netns", host, "up", "--restore")
+    assert [n["vni"] for n in back["networks"]] == [256, 257] and back["vtep"] == "198.18.1.1"
+    peers = {(p["vni"], p["peer"]) for p in dp_json("--netns", host, "peer", "list")}
+    assert peers == {(256, "198.18.1.2"), (257, "198.18.1.2"), (257, "198.18.1.9")}
+    assert Node(host).state().config.fdb_age_s == 120
+    assert "from_overlay" in netlink.tc_filter_names(host, netlink.link_index(host, "ul0"))
+    dp("--netns", host, "down")
+    r = dp("--netns", host, "up", "--restore", check=False)
+    assert r.returncode == 3 and "nothing to restore" in r.stderr
+    nothing_created(host)

@@ -47,15 +47,18 @@ class Traffic:
 
 class Churn:
     """Every host adds and removes endpoints of its own, all at once, until stopped."""
+    runs = 0
 
     def __init__(self):
+        Churn.runs += 1
+        self.tag = Churn.runs              # names of its own: a run may leave some endpoints behind
         self.stop, self.ok, self.failed = threading.Event(), 0, 0
         self.threads = [threading.Thread(target=self._run, args=(h,)) for h in HOSTS.values()]
 
     def _run(self, ns: str) -> None:
         k = 0
         while not self.stop.is_set():
-            name = f"dpl-c{ns[-1]}-{k % 3}"
+            name = f"dpl-c{self.tag}{ns[-1]}-{k % 3}"
             verb = "add" if k % 2 == 0 else "rm"
             argv = ("--netns", ns, "endpoint", verb, name) + (("--vni", "256") if verb == "add" else ())
             r = dp(*argv, check=False, timeout=90)

@@ -1,0 +1,288 @@
+"""bench/cluster: the control plane on a 3-member etcd cluster (the lab's).
+
+    .venv/bin/python -m bench.cluster [--endpoints 100000] [--rate 1000] [--seconds 60]
+
+Three lab hosts with agents, an etcd member per underlay host e1..e3, and two
+registry-only hosts (f1, f2: namespaces that own their VTEP address and run
+nothing) that every endpoint lives on, so each write changes all three
+agents' maps.
+
+1. Start-up: N endpoints in the registry, h1's agent restarted: process start
+   to first full sync (wall clock), the snapshot read and the map writes the
+   agent reports, its peak RSS.
+2. Sustained updates: endpoints created at --rate per second for --seconds by
+   4 writers (each a transaction of the registry's own shape: record + both
+   IPAM claims); every 10th is timed from just before its write until its FDB
+   entry is in each host's map: median, p99, max per host, and the rate reached.
+3. Leader kill: the etcd leader is SIGKILLed and one endpoint written at once
+   (retried until a new leader takes it); the time from the kill to its entry
+   on every host.
+Writes bench/results/cluster.json and cluster.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from bench.run import machine, save
+from dataplane.agent import client, process
+from dataplane.core import model
+from dataplane.core.keys import mac_key
+from dataplane.kernel import netlink
+from dataplane.node import Node
+from dataplane.registry import Endpoint, Host, open_registry
+from dataplane.registry.kv import Txn
+from dataplane.registry.store import key
+from lab import topology as lab
+
+DP = [sys.executable, "-m", "dataplane.cli"]
+HOSTS = [lab.host_ns(i) for i in (1, 2, 3)]
+FAKE = {"f1": "198.18.0.101", "f2": "198.18.0.102"}
+NET, VNI, SUBNET = "bench", 4000, ipaddress.IPv4Network("10.64.0.0/14")
+MAP = 262144
+
+
+def log(msg: str) -> None:
+    print(f"bench/cluster: {msg}", file=sys.stderr, flush=True)
+
+
+def in_reg(fn, *args):
+    """fn(registry, *args) from a namespace on the underlay, as a host would call."""
+    def run():
+        reg = open_registry(lab.registry_url("etcd"))
+        try:
+            return fn(reg, *args)
+        finally:
+            reg.close()
+    return netlink.call_in_netns("dpl-f1", run)
+
+
+def setup(n_max: int) -> None:
+    lab.down()
+    lab.up(3, [256], per_host=0, registry="etcd", etcd_members=3, lease_ttl=10)
+    for i, (name, ip) in enumerate(FAKE.items(), 1):
+        lab.underlay_host(f"dpl-{name}", f"ul-{name}", lab.UPLINK, ip)
+    url = lab.registry_url("etcd")
+    for i, ns in enumerate(HOSTS, 1):          # maps large enough for everything the run writes
+        subprocess.run(DP + ["--netns", ns, "down"], check=True, capture_output=True)
+        subprocess.run(DP + ["--netns", ns, "up", "--underlay", lab.UPLINK, "--registry", url, "--host-name", f"h{i}",
+                             "--map-size", f"DP_MAP_FDB={MAP}", "--map-size", f"DP_MAP_NEIGH={MAP}"],
+                       check=True, capture_output=True)
+
+    def hosts(reg):
+        reg.network_create(NET, VNI, str(SUBNET))
+        for name, ip in FAKE.items():
+            reg.host_register(Host.make(name, ip), reg.kv.lease_grant(3600))
+    in_reg(hosts)
+
+
+def endpoint(i: int) -> Endpoint:
+    ip = SUBNET.network_address + 2 + i
+    return Endpoint.make(f"b{i}", NET, "f1" if i % 2 else "f2", model.mac_for_ip(ip), str(ip))
+
+
+def write(reg, eps: list[Endpoint]) -> None:
+    t = Txn()
+    for e in eps:
+        t.put(key("endpoints", e.id), e.to_json()).put(key("ipam", NET, e.ip), e.id.encode())
+        t.put(key("macs", NET, e.mac), e.id.encode())
+    if not reg.kv.commit(t)[0]:
+        raise RuntimeError("bulk write refused")
+
+
+def populate(n: int) -> float:
+    def work(reg):
+        t0 = time.monotonic()
+        for i in range(0, n, 40):              # 120 operations a transaction (etcd's default limit is 128)
+            write(reg, [endpoint(j) for j in range(i, min(n, i + 40))])
+            if i and i % 20000 == 0:
+                log(f"registered {i}/{n}")
+        return time.monotonic() - t0
+    return in_reg(work)
+
+
+def startup(n: int) -> dict:
+    url = lab.registry_url("etcd")
+    for ns in HOSTS:
+        st = client.call(ns, "status")
+        assert st["installed"]["fdb"] >= n or _wait_installed(ns, n), st["installed"]
+    process.stop(HOSTS[0])
+    t0 = time.monotonic()
+    process.spawn(HOSTS[0], HOSTS[0], url, "h1", 10, quiet=True)
+    wall = time.monotonic() - t0
+    st = client.call(HOSTS[0], "status")
+    return {"endpoints": n, "agent_start_to_synced_s": round(wall, 2), "snapshot_ms": st["last_snapshot_ms"],
+            "sync_to_maps_ms": st["last_sync_ms"], "rss_peak_mib": round(st["rss_peak_kib"] / 1024, 1),
+            "installed_fdb": st["installed"]["fdb"]}
+
+
+def _wait_installed(ns: str, n: int, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.call(ns, "status")["installed"]["fdb"] >= n:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+class Watcher:
+    """Times sampled endpoints from their write to their FDB entry on every host."""
+
+    def __init__(self):
+        self.pending: dict[tuple, float] = {}
+        self.lock = threading.Lock()
+        self.lat = {ns: [] for ns in HOSTS}
+        self.missing = {ns: 0 for ns in HOSTS}
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._poll, args=(ns,), daemon=True) for ns in HOSTS]
+
+    def expect(self, e: Endpoint, t_write: float) -> None:
+        with self.lock:
+            for ns in HOSTS:
+                self.pending[(ns, e.mac)] = t_write
+
+    def _poll(self, ns: str) -> None:
+        with Node(ns).maps() as m:
+            while not (self.stop.is_set() and not any(k[0] == ns for k in self.pending)):
+                with self.lock:
+                    todo = [(mac, t) for (h, mac), t in self.pending.items() if h == ns]
+                now = time.perf_counter()
+                for mac, t in todo:
+                    if m.dp_fdb.get(mac_key(VNI, mac)) is not None:
+                        self.lat[ns].append((time.perf_counter() - t) * 1000)
+                    elif now - t < 10:
+                        continue
+                    else:
+                        self.missing[ns] += 1
+                    with self.lock:
+                        self.pending.pop((ns, mac), None)
+                time.sleep(0.001)
+
+
+def sustained(start: int, rate: int, seconds: float, writers: int = 4) -> dict:
+    w = Watcher()
+    for t in w.threads:
+        t.start()
+    done = [0] * writers
+    per = rate / writers
+
+    def writer(reg, k: int):
+        i, t0 = k, time.perf_counter()
+        while True:
+            due = t0 + done[k] / per
+            now = time.perf_counter()
+            if now - t0 >= seconds:
+                break
+            if due > now:
+                time.sleep(due - now)
+            e = endpoint(start + i)
+            tw = time.perf_counter()
+            write(reg, [e])
+            if i % 10 == 0:
+                w.expect(e, tw)
+            done[k] += 1
+            i += writers
+    threads = [threading.Thread(target=in_reg, args=(writer, k)) for k in range(writers)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    w.stop.set()
+    for t in w.threads:
+        t.join(timeout=30)
+    per_host = {}
+    for ns, v in w.lat.items():
+        v.sort()
+        per_host[ns] = {"n": len(v), "missing": w.missing[ns], "median_ms": round(statistics.median(v), 1),
+                        "p99_ms": round(v[min(len(v) - 1, int(0.99 * (len(v) - 1)))], 1), "max_ms": round(v[-1], 1)}
+    return {"target_per_s": rate, "achieved_per_s": round(sum(done) / took, 1), "seconds": round(took, 1),
+            "written": sum(done), "per_host": per_host}
+
+
+def leader_kill(i: int) -> dict:
+    members = lab.etcd_members()
+    leader = next(m["name"] for m in members if m["leader"])
+    e = endpoint(i)
+    t0 = time.perf_counter()
+    lab.stop_etcd(lab.load(), leader, sig=signal.SIGKILL)
+
+    def retry(reg):
+        while True:
+            try:
+                write(reg, [e])
+                return time.perf_counter()
+            except Exception:   # noqa: BLE001 - no leader yet: that is what is measured
+                time.sleep(0.01)
+    committed = in_reg(retry)
+    seen = {}
+    maps = {ns: Node(ns).maps() for ns in HOSTS}
+    while len(seen) < len(HOSTS) and time.perf_counter() - t0 < 60:
+        for ns, m in maps.items():
+            if ns not in seen and m.dp_fdb.get(mac_key(VNI, e.mac)) is not None:
+                seen[ns] = round((time.perf_counter() - t0) * 1000)
+        time.sleep(0.002)
+    for m in maps.values():
+        m.close()
+    lab.start_etcd(lab.load(), leader)
+    return {"killed": leader, "write_committed_ms": round((committed - t0) * 1000),
+            "visible_ms": seen, "converged_ms": max(seen.values()) if len(seen) == len(HOSTS) else None}
+
+
+def table(r: dict) -> str:
+    m, s, u, k = r["machine"], r["startup"], r["sustained"], r["leader_kill"]
+    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. 3 hosts, 3-member etcd "
+           f"(Debian etcd-server), all on one machine. Command: `.venv/bin/python -m bench.cluster "
+           f"--endpoints {r['args']['endpoints']} --rate {r['args']['rate']} --seconds {r['args']['seconds']}`.", "",
+           "| start-up sync | value |", "|---|---|",
+           f"| endpoints | {s['endpoints']} |", f"| agent start to synced | {s['agent_start_to_synced_s']} s |",
+           f"| snapshot read / sync into maps | {s['snapshot_ms']:.0f} ms / {s['sync_to_maps_ms']:.0f} ms |",
+           f"| agent peak RSS | {s['rss_peak_mib']} MiB |", "",
+           f"Sustained: {u['written']} endpoints in {u['seconds']} s, {u['achieved_per_s']}/s "
+           f"(target {u['target_per_s']}/s); write to FDB entry, every 10th timed:", "",
+           "| host | n | median | p99 | max | not seen in 10 s |", "|---|---|---|---|---|---|"]
+    for ns, h in u["per_host"].items():
+        out.append(f"| {ns} | {h['n']} | {h['median_ms']} ms | {h['p99_ms']} ms | {h['max_ms']} ms | {h['missing']} |")
+    out += ["", f"Leader kill ({k['killed']}): write committed {k['write_committed_ms']} ms after the kill, "
+                f"on every host after {k['converged_ms']} ms ({k['visible_ms']})."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/cluster", description="control plane on a 3-member etcd cluster")
+    p.add_argument("--endpoints", type=int, default=100000, help="endpoints in the registry at start-up")
+    p.add_argument("--rate", type=int, default=1000, help="registry updates per second to sustain")
+    p.add_argument("--seconds", type=float, default=60, help="how long to sustain them")
+    args = p.parse_args(argv)
+    if args.endpoints + args.rate * args.seconds + 10 > min(MAP, SUBNET.num_addresses - 4):
+        p.error("more endpoints than the maps or the subnet hold")
+    res = {"machine": machine(), "args": vars(args)}
+    try:
+        log("lab: 3 hosts, 3 etcd members, 2 registry-only hosts")
+        setup(args.endpoints)
+        log(f"writing {args.endpoints} endpoints")
+        res["populate_s"] = round(populate(args.endpoints), 1)
+        for ns in HOSTS:
+            assert _wait_installed(ns, args.endpoints), f"{ns} did not install {args.endpoints}"
+        log("start-up sync")
+        res["startup"] = startup(args.endpoints)
+        log(f"sustained updates: {args.rate}/s for {args.seconds:.0f} s")
+        res["sustained"] = sustained(args.endpoints, args.rate, args.seconds)
+        log("leader kill")
+        res["leader_kill"] = leader_kill(args.endpoints + int(args.rate * args.seconds) + 5)
+    finally:
+        lab.down()
+    save(res, table(res), "cluster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

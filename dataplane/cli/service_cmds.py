@@ -1,0 +1,114 @@
+"""`dataplane service install|uninstall`: systemd units that bring a node back
+at boot and keep its agent running. dataplane.service restores the node from
+/var/lib/dataplane (`up --restore --no-agent`) and runs the agent as its main
+process (Type=notify: ready after its first sync; Restart=always). With
+--docker, the Docker driver is socket-activated on Docker's plugin path."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from dataplane.cli.output import add_output, say
+from dataplane.core import model
+
+PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
+
+
+def command() -> str:
+    """How a unit starts us: the installed console script, else this interpreter."""
+    script = os.path.join(os.path.dirname(sys.executable), "dataplane")
+    return script if os.access(script, os.X_OK) else f"{sys.executable} -m dataplane"
+
+
+def units(netns: str | None = None, docker: bool = False) -> dict[str, str]:
+    """File name -> contents. A node in a namespace (--netns) gets its own unit names."""
+    dp = command() + (f" --netns {netns}" if netns else "")
+    suffix = f"-{netns}" if netns else ""
+    out = {f"dataplane{suffix}.service": f"""[Unit]
+Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''} and its agent
+Documentation=https://example.invalid/dataplane/docs/DESIGN.md
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+# Programs, maps and sandboxes outlive the agent: only the agent restarts.
+ExecStartPre={dp} up --restore --no-agent
+ExecStart={dp} agent run
+Restart=always
+RestartSec=1
+KillMode=process
+TimeoutStartSec=120
+
+[Install]
+WantedBy=multi-user.target
+"""}
+    if docker:
+        out[f"dataplane{suffix}-docker.socket"] = f"""[Unit]
+Description=dataplane Docker network driver socket
+PartOf=dataplane{suffix}-docker.service
+
+[Socket]
+ListenStream={PLUGIN_SOCKET}
+SocketMode=0600
+
+[Install]
+WantedBy=sockets.target
+"""
+        out[f"dataplane{suffix}-docker.service"] = f"""[Unit]
+Description=dataplane Docker network driver
+Requires=dataplane{suffix}.service dataplane{suffix}-docker.socket
+After=dataplane{suffix}.service
+
+[Service]
+ExecStart={dp} docker-plugin
+Restart=always
+RestartSec=1
+"""
+    return out
+
+
+def cmd_install(args):
+    if args.netns:
+        model.parse_name(args.netns, "namespace")
+    os.makedirs(args.unit_dir, exist_ok=True)
+    written = []
+    for name, text in units(args.netns, args.docker).items():
+        path = os.path.join(args.unit_dir, name)
+        with open(path + ".new", "w") as f:
+            f.write(text)
+        os.replace(path + ".new", path)
+        written.append(path)
+    first = os.path.basename(written[0])
+    hint = f"now: systemctl daemon-reload && systemctl enable --now {first}"
+    if args.docker:
+        hint += f" {os.path.basename(written[1])}"
+    say(args, "\n".join(f"wrote {p}" for p in written) + "\n" + hint, {"written": written})
+
+
+def cmd_uninstall(args):
+    removed = []
+    for name in units(args.netns, docker=True):
+        path = os.path.join(args.unit_dir, name)
+        if os.path.exists(path):
+            os.unlink(path)
+            removed.append(path)
+    say(args, "\n".join(f"removed {p}" for p in removed) or "nothing installed", {"removed": removed})
+
+
+def register(sub) -> None:
+    sv = sub.add_parser("service", help="systemd units: the node back at boot, its agent supervised").add_subparsers(
+        dest="sub", required=True)
+    for verb, fn, what in (("install", cmd_install, "write the units (the node must have been brought up once)"),
+                           ("uninstall", cmd_uninstall, "remove the units")):
+        a = sv.add_parser(verb, help=what)
+        a.add_argument("--unit-dir", default="/etc/systemd/system", help="where units go (default: %(default)s)")
+        if verb == "install":
+            a.add_argument("--docker", action="store_true",
+                           help=f"also the Docker driver, socket-activated on {PLUGIN_SOCKET}")
+        add_output(a)
+        a.set_defaults(func=fn)
+
+

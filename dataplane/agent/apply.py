@@ -33,3 +33,18 @@ def apply(node: Node, remote: RemoteTable, d: Desired) -> dict[int, str]:
         except DataplaneError as e:
             failed[vni] = str(e)
     return failed
+
+
+def apply_patches(node: Node, remote: RemoteTable, patches: dict) -> dict[int, str]:
+    """Write single entries ({vni: reconcile.Patch}) and the flood lists they
+    change; {vni: error} for VNIs that failed."""
+    failed: dict[int, str] = {}
+    st = node.require_up()
+    for vni, p in patches.items():
+        try:
+            flood = remote.patch(vni, p.fdb, p.neigh, frozenset(e.ip for e in st.local_endpoints(vni)))
+            if vni in st.networks and st.registry_peers.get(vni, []) != flood:
+                networks.set_registry_peers(node, vni, flood)
+        except DataplaneError as e:
+            failed[vni] = str(e)
+    return failed

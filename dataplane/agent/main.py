@@ -18,14 +18,12 @@ import signal
 import threading
 import time
 
-from dataplane.agent import client, lease, local, ops, punts, sdnotify, server, slowpath
-from dataplane.agent.apply import apply
-from dataplane.agent.reconcile import LocalFacts, desired
+from dataplane.agent import client, converge, lease, local, ops, punts, sdnotify, server, slowpath
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
-from dataplane.node import Node, nexthops, vtep
+from dataplane.node import Node, vtep
 from dataplane.node.sweep import sweep
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
@@ -279,14 +277,17 @@ class Agent:
                  len(self.view.networks), len(self.view.hosts), len(self.view.endpoints), self.last_sync_s * 1000)
 
     def _apply_events(self, events) -> None:
-        dirty: set[int] = set()
         with self.lock:
             for ev in events:
                 self.counters["events"] += 1
-                dirty |= self.view.apply(ev, on_bad=self._bad_record, on_host_gone=self._host_gone,
-                                         on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec))
-            if dirty:
-                self.reconcile(vnis=dirty)
+                self.view.apply(ev, on_bad=self._bad_record, on_host_gone=self._host_gone,
+                                on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec))
+            coarse, fine = self.view.take_changes()
+            if coarse:
+                converge.whole(self, coarse)
+            fine = {v: keys for v, keys in fine.items() if v not in coarse}
+            if fine:
+                converge.single(self, fine)
 
     def _bad_record(self, k: str, why: str) -> None:
         self.counters["bad_records"] += 1
@@ -300,32 +301,9 @@ class Agent:
     # --- reconcile -------------------------------------------------------------
 
     def reconcile(self, vnis=None) -> None:
-        """Make the maps equal the registry for vnis (None: all)."""
-        st = self.node.require_up()
-        if vnis is None:
-            vnis = {n.vni for n in self.view.networks.values()} | set(st.networks) | self.remote.vnis()
-        for h in self.view.hosts.values():
-            if h.vtep not in self._routed:
-                self._routed[h.vtep] = nexthops.routed(self.node.netns, st, h.vtep)
-        facts = LocalFacts(me=self.me, port=st.config.port, served=frozenset(st.networks),
-                           local={v: [(e.name, e.mac, e.ip) for e in st.local_endpoints(v)] for v in st.networks},
-                           unroutable=frozenset(v for v, ok in self._routed.items() if not ok))
-        d = desired(self.view, facts, vnis)
-        for name, port in d.other_port.items():
-            log.warning("network %s: port %d differs from this VTEP's %d; not served", name, port, st.config.port)
-        for eid, why in d.skipped.items():
-            if eid not in self.skipped:
-                self.counters["bad_records"] += 1
-                log.warning("endpoint %s: %s; skipped", eid, why)
-        self.skipped = {k: v for k, v in self.skipped.items() if k not in d.entries} | d.skipped
-        failed = apply(self.node, self.remote, d) | d.errors
-        for vni in d.entries:
-            if vni in failed and self.vni_errors.get(vni) != failed[vni]:
-                log.error("VNI %d: %s", vni, failed[vni])
-            self.vni_errors.pop(vni, None)
-        self.vni_errors.update(failed)
-        for vni in d.unserve:
-            log.info("VNI %d left the registry: no longer served", vni)
+        """Make the maps equal the registry for vnis (None: all); see converge.py."""
+        converge.whole(self, vnis)
+
 
 def install_signal_handlers(agent: Agent) -> None:
     def handler(signum, frame):

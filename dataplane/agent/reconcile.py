@@ -67,33 +67,86 @@ def desired(view, facts: LocalFacts, vnis=None) -> Desired:
     return out
 
 
-def _entries(view, facts: LocalFacts, net, out: Desired) -> VniEntries:
+def _verdict(view, facts: LocalFacts, net, e, local: dict) -> tuple[str | None, str | None]:
+    """(VTEP to install e behind, None) or (None, why not; None when e is not
+    remote at all). Each endpoint is judged on its own: the IPAM claims make a
+    MAC and an address belong to one endpoint of a network, so no two remote
+    endpoints can compete for an entry."""
+    if e.network != net.name or e.host == facts.me or e.moving_to == facts.me:
+        return None, None                 # ours, or becoming ours: a local endpoint, not a remote one
+    h = view.hosts.get(e.host)
+    if h is None:
+        return None, None                 # its host is dead or gone
+    clash = local.get(("mac", e.mac)) or local.get(("ip", e.ip))
+    if clash:
+        return None, f"MAC {e.mac} / address {e.ip} on {net.name} clashes with {clash}"
+    if view.macs.get(f"{net.name}/{e.mac}") != e.id or view.ipam.get(f"{net.name}/{e.ip}") != e.id:
+        return None, f"MAC {e.mac} / address {e.ip} on {net.name} is not claimed in the IPAM"
+    if h.vtep in facts.unroutable:
+        return None, "unroutable"
+    return h.vtep, None
+
+
+def _local_owners(facts: LocalFacts, vni: int) -> dict:
     owner = {}
-    for name, mac, ip in facts.local.get(net.vni, []):
+    for name, mac, ip in facts.local.get(vni, []):
         owner[("mac", mac)] = owner[("ip", ip)] = name
+    return owner
+
+
+def _entries(view, facts: LocalFacts, net, out: Desired) -> VniEntries:
+    local = _local_owners(facts, net.vni)
     ent = VniEntries()
-    vteps, unroutable = set(), set()
-    for e in sorted(view.endpoints.values(), key=lambda e: e.id):
-        if e.network != net.name or e.host == facts.me or e.moving_to == facts.me:
-            continue                  # ours, or becoming ours: a local endpoint, not a remote one
-        h = view.hosts.get(e.host)
-        if h is None:
-            continue                  # its host is dead or gone
-        clash = owner.get(("mac", e.mac)) or owner.get(("ip", e.ip))
-        if clash:
-            out.skipped[e.id] = f"MAC {e.mac} / address {e.ip} on {net.name} clashes with {clash}"
-            continue
-        if view.macs.get(f"{net.name}/{e.mac}") != e.id or view.ipam.get(f"{net.name}/{e.ip}") != e.id:
-            out.skipped[e.id] = f"MAC {e.mac} / address {e.ip} on {net.name} is not claimed in the IPAM"
-            continue
-        if h.vtep in facts.unroutable:
-            unroutable.add(h.vtep)
-            continue
-        owner[("mac", e.mac)] = owner[("ip", e.ip)] = e.id
-        ent.fdb[e.mac] = h.vtep
-        ent.neigh[e.ip] = e.mac
-        vteps.add(h.vtep)
-    ent.flood = sorted(vteps)
+    unroutable = set()
+    for e in view.endpoints.values():
+        vtep, why = _verdict(view, facts, net, e, local)
+        if vtep is not None:
+            ent.fdb[e.mac] = vtep
+            ent.neigh[e.ip] = e.mac
+        elif why == "unroutable":
+            unroutable.add(view.hosts[e.host].vtep)
+        elif why:
+            out.skipped[e.id] = why
+    ent.flood = sorted(set(ent.fdb.values()))
     if unroutable:
         out.errors[net.vni] = f"VTEP {', '.join(sorted(unroutable))} not reached through the uplink"
     return ent
+
+
+@dataclass
+class Patch:
+    """Entries of some MACs and addresses of one VNI: a value to install, or None to remove."""
+    fdb: dict[str, str | None] = field(default_factory=dict)
+    neigh: dict[str, str | None] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    unroutable: set[str] = field(default_factory=set)
+
+
+def patch(view, facts: LocalFacts, vni: int, keys) -> Patch:
+    """What the entries of keys ({("mac", m), ("ip", i), ("ep", id)}) of a served VNI should be:
+    the same verdicts as desired() gives, for the endpoints holding those claims
+    only, so one endpoint's change costs the same in a VNI of 10 or 100,000."""
+    out = Patch()
+    net = view.network_of_vni(vni)
+    if net is None or net.port != facts.port:
+        return out
+    local = _local_owners(facts, vni)
+    for kind, value in keys:
+        if kind == "ep":                  # the record itself: judged, so a refused one is reported
+            e = view.endpoints.get(value)
+            why = _verdict(view, facts, net, e, local)[1] if e is not None else None
+            if why and why != "unroutable":
+                out.skipped[e.id] = why
+            continue
+        claims = view.macs if kind == "mac" else view.ipam
+        e = view.endpoints.get(claims.get(f"{net.name}/{value}"))
+        vtep, why = _verdict(view, facts, net, e, local) if e is not None else (None, None)
+        if why and why != "unroutable":
+            out.skipped[e.id] = why
+        elif why:
+            out.unroutable.add(view.hosts[e.host].vtep)
+        if kind == "mac":
+            out.fdb[value] = vtep if vtep is not None and e.mac == value else None
+        else:
+            out.neigh[value] = e.mac if vtep is not None and e.ip == value else None
+    return out

@@ -23,8 +23,13 @@ class RegistryView:
     endpoints: dict = field(default_factory=dict)   # id -> records.Endpoint
     macs: dict = field(default_factory=dict)        # "<network>/<mac>" -> endpoint id (IPAM claim)
     ipam: dict = field(default_factory=dict)        # "<network>/<ip>" -> endpoint id
+    # What applied events changed since take_changes(): VNIs to recompute whole (a host or a
+    # network changed), and the MAC/address keys of single endpoints and claims per VNI.
+    coarse: set = field(default_factory=set)
+    fine: dict = field(default_factory=dict)        # vni -> {("mac", mac) | ("ip", ip) | ("ep", id)}
 
     def load(self, snap: Snapshot) -> None:
+        self.coarse, self.fine = set(), {}
         self.rev = self.base_rev = snap.rev
         self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
         self.macs, self.ipam = snap.macs, snap.ipam
@@ -56,6 +61,7 @@ class RegistryView:
             on_host_gone(gone)
         if ch.record is not None:
             getattr(self, ch.kind)[ch.name] = ch.record
+            self._note(ch.kind, ch.name, ch.record)
             dirty |= self.touches(ch.kind, ch.record)
         if ch.kind == "endpoints" and on_endpoint:
             on_endpoint(ch.name, ch.record)
@@ -70,7 +76,30 @@ class RegistryView:
 
     def forget(self, kind: str, name: str) -> set[int]:
         rec = getattr(self, kind).pop(name, None)
-        return self.touches(kind, rec) if rec is not None else set()
+        if rec is None:
+            return set()
+        self._note(kind, name, rec)
+        return self.touches(kind, rec)
+
+    def _note(self, kind: str, name: str, rec) -> None:
+        """Record what rec's change touches, as finely as can be known."""
+        if kind in ("hosts", "networks"):
+            self.coarse |= self.touches(kind, rec)
+            return
+        if kind == "endpoints":
+            net, keys = rec.network, {("mac", rec.mac), ("ip", rec.ip), ("ep", name)}
+        else:                                       # a claim "<network>/<mac or ip>"
+            net, _, what = name.partition("/")
+            keys = {("mac" if kind == "macs" else "ip", what)}
+        n = self.networks.get(net)
+        if n is not None:
+            self.fine.setdefault(n.vni, set()).update(keys)
+
+    def take_changes(self) -> tuple[set, dict]:
+        """(coarse VNIs, fine keys per VNI) noted since the last call."""
+        out = (self.coarse, self.fine)
+        self.coarse, self.fine = set(), {}
+        return out
 
     def touches(self, kind: str, rec) -> set[int]:
         """The VNIs whose desired entries depend on this record."""

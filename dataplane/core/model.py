@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 from dataplane.core import abi
 from dataplane.core.errors import UsageError
@@ -75,6 +76,13 @@ def parse_mac(value) -> str:
 
 
 def parse_name(value, what: str = "name") -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"bad {what} {value!r}: use 1-31 of [A-Za-z0-9_.-], starting with a letter or digit")
+    return _parse_name(value, what)
+
+
+@lru_cache(maxsize=4096)          # registry records repeat a few network and host names 100,000 times
+def _parse_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise UsageError(f"bad {what} {value!r}: use 1-31 of [A-Za-z0-9_.-], starting with a letter or digit")
     return value

@@ -111,6 +111,33 @@ class RemoteTable:
             self.maps.dp_learned.delete(mac_key(vni, m))
         return len(put_fdb) + len(put_neigh), len(del_fdb) + len(del_neigh)
 
+    def patch(self, vni: int, fdb: dict, neigh: dict, local_ips: frozenset[str] = frozenset()) -> list[str]:
+        """Set (value) or remove (None) single entries of the VNI; the flood list
+        they imply (the VTEPs the VNI's entries point at), sorted."""
+        have_fdb = self.fdb.setdefault(vni, {})
+        have_neigh = self.neigh.setdefault(vni, {})
+        for ip in local_ips & have_neigh.keys():
+            del have_neigh[ip]                   # the node's now (see apply)
+        del_fdb = [m for m, v in fdb.items() if v is None and m in have_fdb]
+        del_neigh = [i for i, m in neigh.items() if m is None and i in have_neigh and i not in local_ips]
+        if del_fdb:
+            self.maps.dp_fdb.delete_many(mac_key(vni, m) for m in del_fdb)
+            for m in del_fdb:
+                del have_fdb[m]
+                self.maps.dp_learned.delete(mac_key(vni, m))
+        if del_neigh:
+            self.maps.dp_neigh.delete_many(ip_key(vni, i) for i in del_neigh)
+            for i in del_neigh:
+                del have_neigh[i]
+        put_fdb = {m: v for m, v in fdb.items() if v is not None and have_fdb.get(m) != v}
+        put_neigh = {i: m for i, m in neigh.items() if m is not None and have_neigh.get(i) != m}
+        self._put(self.maps.dp_fdb, have_fdb, put_fdb,
+                  lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+        self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
+        for m in put_fdb:
+            self.maps.dp_learned.delete(mac_key(vni, m))
+        return sorted(set(have_fdb.values()))
+
     def repair(self, vni: int, mac: str, vtep: str, ip: str) -> bool:
         """A punt says the fast path missed an entry we believe installed
         (deleted behind our back, or never fitted): write it again. True if

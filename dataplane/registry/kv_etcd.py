@@ -14,6 +14,8 @@ import base64
 import contextlib
 import hashlib
 import json
+
+from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB of JSON: 3x json's speed
 import os
 import socket
 import struct
@@ -107,7 +109,7 @@ class EtcdKV(KV):
             unsent = isinstance(e, rq.ConnectTimeout) or reason == "NewConnectionError"
             raise (_Unsent if unsent else _Unknown)(str(e)) from None
         if resp.status_code == 200:
-            return resp.json()
+            return _loads(resp.content)
         if resp.status_code in (408, 503, 504):   # gRPC Unavailable/DeadlineExceeded: no leader, timed out
             raise _Unknown(f"HTTP {resp.status_code}: {resp.text.strip()}")
         raise Unavailable(f"etcd {path} at {self.endpoint(i)}: HTTP {resp.status_code}: {resp.text.strip()}")

@@ -1,0 +1,70 @@
+"""Converging: the agent asks reconcile.py what the maps should hold and
+apply.py writes it. whole() recomputes entire VNIs (a snapshot, a host or a
+network changed); single() only the MACs and addresses that single endpoint
+or claim events touched, so a change costs the same in a VNI of 10 endpoints
+or of 100,000."""
+
+from __future__ import annotations
+
+import logging
+
+from dataplane.agent.apply import apply, apply_patches
+from dataplane.agent.reconcile import LocalFacts, desired, patch
+from dataplane.node import nexthops
+
+log = logging.getLogger("dataplane.agent")
+
+
+def facts(ag, st) -> LocalFacts:
+    """What reconcile needs of the node; peer routes asked of the kernel once per VTEP (until a snapshot)."""
+    for h in ag.view.hosts.values():
+        if h.vtep not in ag._routed:
+            ag._routed[h.vtep] = nexthops.routed(ag.node.netns, st, h.vtep)
+    return LocalFacts(me=ag.me, port=st.config.port, served=frozenset(st.networks),
+                      local={v: [(e.name, e.mac, e.ip) for e in st.local_endpoints(v)] for v in st.networks},
+                      unroutable=frozenset(v for v, ok in ag._routed.items() if not ok))
+
+
+def whole(ag, vnis=None) -> None:
+    """Make the maps equal the registry for vnis (None: all)."""
+    st = ag.node.require_up()
+    if vnis is None:
+        vnis = {n.vni for n in ag.view.networks.values()} | set(st.networks) | ag.remote.vnis()
+    d = desired(ag.view, facts(ag, st), vnis)
+    for name, port in d.other_port.items():
+        log.warning("network %s: port %d differs from this VTEP's %d; not served", name, port, st.config.port)
+    for eid, why in d.skipped.items():
+        if eid not in ag.skipped:
+            ag.counters["bad_records"] += 1
+            log.warning("endpoint %s: %s; skipped", eid, why)
+    ag.skipped = {k: v for k, v in ag.skipped.items() if k not in d.entries} | d.skipped
+    failed = apply(ag.node, ag.remote, d) | d.errors
+    for vni in d.entries:
+        if vni in failed and ag.vni_errors.get(vni) != failed[vni]:
+            log.error("VNI %d: %s", vni, failed[vni])
+        ag.vni_errors.pop(vni, None)
+    ag.vni_errors.update(failed)
+    for vni in d.unserve:
+        log.info("VNI %d left the registry: no longer served", vni)
+
+
+def single(ag, fine: dict) -> None:
+    """Single endpoints changed: only their entries are recomputed and written
+    (a VNI this node does not serve yet goes the whole way)."""
+    st = ag.node.require_up()
+    new = {v for v in fine if v not in st.networks}
+    if new:
+        whole(ag, new)
+    lf = facts(ag, st)
+    patches = {v: patch(ag.view, lf, v, keys) for v, keys in fine.items() if v not in new}
+    for p in patches.values():
+        for eid, why in p.skipped.items():
+            if ag.skipped.get(eid) != why:
+                ag.counters["bad_records"] += 1
+                log.warning("endpoint %s: %s; skipped", eid, why)
+            ag.skipped[eid] = why
+    failed = apply_patches(ag.node, ag.remote, patches)
+    for vni, p in patches.items():
+        if p.unroutable:
+            failed.setdefault(vni, f"VTEP {', '.join(sorted(p.unroutable))} not reached through the uplink")
+    ag.vni_errors.update(failed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import deque
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ class Agent:
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
+        self.bad: deque[str] = deque(maxlen=50)   # the last records skipped as malformed: "key: why"
         self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0,
@@ -261,6 +263,7 @@ class Agent:
         with self.lock:
             for bad in snap.bad:
                 log.warning("skipped bad record %s", bad)
+                self.bad.append(bad)
             self.counters["bad_records"] += len(snap.bad)
             self.view.load(snap)
             self._routed.clear()
@@ -290,6 +293,7 @@ class Agent:
                 converge.single(self, fine)
 
     def _bad_record(self, k: str, why: str) -> None:
+        self.bad.append(f"{k!r}: {why}")
         self.counters["bad_records"] += 1
         log.warning("skipped bad record %s: %s", k, why)
 

@@ -26,21 +26,29 @@ _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
-def parse_vni(value) -> int:
+def parse_int(value, what: str, base: int = 10) -> int:
+    """A whole number from a string or JSON: not a bool, a fraction, an infinity or NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"bad {what} {value!r}: not a whole number")
     try:
-        vni = int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"bad VNI {value!r}: not a number") from None
+        if isinstance(value, str):
+            return int(value, base)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except (ValueError, OverflowError):
+        raise UsageError(f"bad {what} {value!r}: not a whole number") from None
+
+
+def parse_vni(value) -> int:
+    vni = parse_int(value, "VNI", 0)
     if not 1 <= vni <= VNI_MAX:
         raise UsageError(f"bad VNI {vni}: must be 1..{VNI_MAX}")
     return vni
 
 
 def parse_port(value, what: str = "UDP port") -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"bad {what} {value!r}: not a number") from None
+    port = parse_int(value, what)
     if not 1 <= port <= 65535:
         raise UsageError(f"bad {what} {port}: must be 1..65535")
     return port

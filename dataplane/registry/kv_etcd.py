@@ -134,8 +134,10 @@ class EtcdKV(KV):
     @staticmethod
     def _items(resp: dict) -> tuple[int, list[Item]]:
         rev = int(resp["header"]["revision"])
-        items = [Item(_unb64(kv["key"]).decode(), _unb64(kv.get("value", "")), int(kv["mod_revision"]),
-                      int(kv["create_revision"]), int(kv.get("lease", 0))) for kv in resp.get("kvs", [])]
+        # A key that is not UTF-8 is kept (escaped): parse_item lists it as a bad record.
+        items = [Item(_unb64(kv["key"]).decode(errors="surrogateescape"), _unb64(kv.get("value", "")),
+                      int(kv["mod_revision"]), int(kv["create_revision"]), int(kv.get("lease", 0)))
+                 for kv in resp.get("kvs", [])]
         return rev, items
 
     def range(self, prefix: str) -> tuple[int, list[Item]]:
@@ -338,7 +340,7 @@ class _EtcdWatch(Watch):
                 raise Compacted(f"etcd compacted history up to {res['compact_revision']}")
             if res.get("canceled"):
                 raise self._dead(f"etcd cancelled the watch: {res.get('cancel_reason', '')}")
-            events = [Event(_unb64(ev["kv"]["key"]).decode(), None if ev.get("type") == "DELETE"
+            events = [Event(_unb64(ev["kv"]["key"]).decode(errors="surrogateescape"), None if ev.get("type") == "DELETE"
                             else _unb64(ev["kv"].get("value", "")), int(ev["kv"]["mod_revision"]))
                       for ev in res.get("events", [])]
             if events:

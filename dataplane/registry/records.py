@@ -29,10 +29,7 @@ def parse_endpoint_id(value) -> str:
 
 
 def parse_mtu(value) -> int:
-    try:
-        mtu = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"bad MTU {value!r}: not a number") from None
+    mtu = model.parse_int(value, "MTU")
     if not 576 <= mtu <= 9000 - model.ENCAP_LEN:
         raise UsageError(f"bad MTU {mtu}: must be 576..{9000 - model.ENCAP_LEN}")
     return mtu
@@ -43,6 +40,8 @@ def _loads(raw: bytes, what: str) -> dict:
         d = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise UsageError(f"malformed {what} record: not JSON") from None
+    except RecursionError:
+        raise UsageError(f"malformed {what} record: nested too deep") from None
     if not isinstance(d, dict):
         raise UsageError(f"malformed {what} record: not an object")
     return d

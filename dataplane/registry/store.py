@@ -54,6 +54,10 @@ def parse_item(k: str, value: bytes | None):
     """(kind, name, record) for a registry key; record None for a deletion;
     None for keys the agent does not mirror (vnis, netuse). Raises UsageError for a
     malformed record."""
+    try:
+        k.encode()
+    except UnicodeEncodeError:
+        raise UsageError("key is not UTF-8") from None
     kind, name = split_key(k)
     if kind in ("macs", "ipam"):        # claims: "<network>/<mac or ip>" -> endpoint id
         return kind, name, (value.decode(errors="replace") if value is not None else None)
@@ -62,7 +66,12 @@ def parse_item(k: str, value: bytes | None):
         return None
     if value is None:
         return kind, name, None
-    rec = cls.from_json(value)
+    try:
+        rec = cls.from_json(value)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a hostile record does, it is a bad record, not a crash
+        raise UsageError(f"malformed record: {type(e).__name__}: {e}") from None
     rec_name = rec.id if kind == "endpoints" else rec.name
     if rec_name != name:
         raise UsageError(f"record {k} names itself {rec_name!r}")

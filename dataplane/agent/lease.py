@@ -9,6 +9,7 @@ import os
 import logging
 
 from dataplane.agent import process
+from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError
 from dataplane.registry import Unavailable
 from dataplane.registry.backoff import Backoff
@@ -22,8 +23,8 @@ class LeaseKeeper:
         self.lease = 0
 
     def save(self) -> None:
-        with open(process.agent_file(self.ag.node.name), "w") as f:
-            json.dump({"pid": os.getpid(), "host": self.ag.me, "registry": self.ag.url, "lease": self.lease}, f)
+        state.write_json(process.agent_file(self.ag.node.name),
+                         {"pid": os.getpid(), "host": self.ag.me, "registry": self.ag.url, "lease": self.lease})
 
     def _old_lease(self) -> int:
         try:

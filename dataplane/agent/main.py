@@ -19,10 +19,10 @@ import signal
 import threading
 import time
 
-from dataplane.agent import client, converge, lease, local, ops, punts, sdnotify, server, slowpath
+from dataplane.agent import client, converge, lease, local, ops, process, punts, sdnotify, server, slowpath
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
-from dataplane.core import abi, model
+from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import Node, vtep
 from dataplane.node.sweep import sweep
@@ -75,6 +75,11 @@ class Agent:
         st = self.node.state()
         if not st:
             raise NotFound(f"node {self.node.name} is not up: run `dataplane up` first")
+        self._lock = state.hold(self.node.name, "agent.lock")      # one agent per node
+        if self._lock is None:
+            pid = process.running_pid(self.node.name)
+            raise Conflict(f"another agent (pid {pid or '?'}) serves node {self.node.name}: stop it first "
+                           "(`systemctl stop dataplane`, or `dataplane down`)")
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
         for line in sweep(self.node):      # what a crash (of us, or of a command) left behind
             log.warning("repaired: %s", line)

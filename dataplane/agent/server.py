@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socketserver
@@ -13,9 +14,19 @@ from dataplane.core.errors import DataplaneError
 
 
 class _Handler(socketserver.StreamRequestHandler):
+    timeout = 30.0                # a client that says nothing for this long is cut off
+
     def handle(self) -> None:
-        for line in self.rfile:
-            if len(line) > MAX_LINE:
+        while True:
+            try:
+                line = self.rfile.readline(MAX_LINE + 1)   # bounded: never a whole unbounded line first
+            except OSError:       # the timeout, or the client went away
+                return
+            if not line:
+                return
+            if len(line) > MAX_LINE or not line.endswith(b"\n"):
+                self._reply({"ok": False, "error": f"request longer than {MAX_LINE} bytes or unterminated",
+                             "code": errors.UsageError.exit_code})
                 return
             try:
                 req = json.loads(line)
@@ -26,19 +37,32 @@ class _Handler(socketserver.StreamRequestHandler):
                 reply = {"ok": False, "error": "malformed request", "code": errors.UsageError.exit_code}
             else:
                 reply = self.server.dispatch(op, args)
+            if not self._reply(reply):
+                return
+
+    def _reply(self, reply: dict) -> bool:
+        try:
             self.wfile.write(json.dumps(reply).encode() + b"\n")
             self.wfile.flush()
+            return True
+        except OSError:
+            return False
 
 
 class Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
     def __init__(self, path: str, handlers: dict):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.chmod(os.path.dirname(path), 0o700)      # only root reaches the socket, whatever made the dir
         if os.path.exists(path):
             os.unlink(path)
         self.handlers = handlers
-        super().__init__(path, _Handler)
-        os.chmod(path, 0o600)
+        old = os.umask(0o177)          # the socket is born 0600: never, even for a moment, open to others
+        try:
+            super().__init__(path, _Handler)
+        finally:
+            os.umask(old)
         self.path = path
 
     def dispatch(self, op: str, args: dict) -> dict:
@@ -46,9 +70,11 @@ class Server(socketserver.ThreadingUnixStreamServer):
         if fn is None:
             return {"ok": False, "error": f"unknown operation {op!r}", "code": errors.UsageError.exit_code}
         try:
-            return {"ok": True, "result": fn(**args)}
-        except TypeError as e:
+            inspect.signature(fn).bind(**args)
+        except TypeError as e:          # the caller's arguments: a usage error
             return {"ok": False, "error": f"{op}: {e}", "code": errors.UsageError.exit_code}
+        try:
+            return {"ok": True, "result": fn(**args)}
         except DataplaneError as e:
             return {"ok": False, "error": str(e), "code": e.exit_code}
         except Exception as e:  # the agent must answer, not die

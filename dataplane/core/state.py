@@ -124,6 +124,21 @@ def _path(node: str) -> str:
     return os.path.join(node_dir(node), "state.json")
 
 
+def hold(node: str, name: str) -> int | None:
+    """Take the node's lock `name` for as long as this process lives (the fd is
+    never closed; the kernel lets go when the process dies, even by SIGKILL).
+    None if another process holds it."""
+    d = node_dir(node)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(d, name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextmanager
 def locked(node: str):
     """Serialise commands on one node (two `endpoint add` at once must not race on slots)."""
@@ -146,14 +161,14 @@ def load(node: str) -> NodeState | None:
 
 
 def save(st: NodeState) -> None:
-    _write_json(_path(st.node), st.to_json())
+    write_json(_path(st.node), st.to_json())
 
 
 def lib_dir(node: str) -> str:
     return os.path.join(LIB_ROOT, node)
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
     """Atomically, 0600, the directory 0700: a torn or world-readable file is never seen."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = path + ".new"
@@ -165,7 +180,7 @@ def _write_json(path: str, obj) -> None:
 
 def save_boot(node: str, args: dict) -> None:
     """What `up` was asked, so that `up --restore` (at boot) brings the node back."""
-    _write_json(os.path.join(lib_dir(node), "node.json"), args)
+    write_json(os.path.join(lib_dir(node), "node.json"), args)
 
 
 def load_boot(node: str) -> dict | None:

@@ -198,13 +198,22 @@ class Driver:
         }
 
 
+MAX_BODY = 1 << 20                # Docker's requests are small JSON objects
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 30.0                # a client that sends nothing for this long is cut off
 
     def do_POST(self) -> None:
         fn = self.server.routes.get(self.path)
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if not length.isdigit() or int(length) > MAX_BODY:     # "-1" used to read until the client hung up
+            self.close_connection = True
+            self.send_error(413 if length.isdigit() else 400, f"Content-Length must be 0..{MAX_BODY}")
+            return
         try:
-            n = int(self.headers.get("Content-Length") or 0)
+            n = int(length)
             body = self.rfile.read(n) if n else b""
             req = json.loads(body) if body.strip() else {}
             if fn is None:

@@ -218,3 +218,18 @@ def test_a_move_here_keeps_the_arrived_endpoints_neighbour_entry(info):
     ok = wait_for(lambda: not invariants.problems(lab.registry_url("sqlite"), hosts))
     assert ok, invariants.problems(lab.registry_url("sqlite"), hosts)
     dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-mv3")
+
+
+def test_a_second_agent_for_a_node_is_refused(info):
+    """One agent per node: a second one (started by hand, or by a unit while one
+    runs) used to take over the socket and the ring buffer silently."""
+    import stat
+    import subprocess
+    import sys
+    pid = process.running_pid("dpl-h1")
+    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "agent", "run"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and "another agent" in r.stderr and str(pid) in r.stderr, r.stderr[-500:]
+    assert process.running_pid("dpl-h1") == pid and client.call("dpl-h1", "ping")["pid"] == pid
+    mode = stat.S_IMODE(os.stat(process.agent_file("dpl-h1")).st_mode)
+    assert mode == 0o600, oct(mode)

@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--vni", action="append", required=True, help="a VNI every host serves (repeatable)")
     a.add_argument("--per-host", type=int, default=1, help="sandboxes per host and VNI (default: %(default)s)")
     a.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to every uplink")
-    a.add_argument("--peer-check", action="store_true", help="decapsulate only from configured peers")
+    a.add_argument("--peer-check", action=argparse.BooleanOptionalAction, default=None,
+                   help="decapsulate only from each VNI's peers (dataplane's default: on)")
     a.add_argument("--registry", choices=topology.REGISTRY_MODES, default="sqlite",
                    help="sqlite file, a real etcd on the underlay, or none (static peers) (default: %(default)s)")
     a.add_argument("--lease-ttl", type=int, default=LEASE_TTL_DEFAULT, help="host liveness lease, s (default: %(default)s)")

@@ -101,7 +101,7 @@ def host_name(i: int) -> str:
     return f"h{i}"
 
 
-def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool = False,
+def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool | None = None,
        registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX,
        etcd_members: int = 1) -> dict:
     require_root()
@@ -119,7 +119,7 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
     if not vnis:
         raise UsageError("give at least one --vni")
     params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
-              "xdp_guard": bool(xdp_guard), "peer_check": bool(peer_check), "registry": registry,
+              "xdp_guard": bool(xdp_guard), "peer_check": peer_check, "registry": registry,
               "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members)}
     lab = load()
     if lab:

@@ -316,6 +316,7 @@ class Agent:
 
 def install_signal_handlers(agent: Agent) -> None:
     def handler(signum, frame):
+        log.info("%s received; stopping (the node keeps forwarding)", signal.Signals(signum).name)
         agent.stop(leave=False)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

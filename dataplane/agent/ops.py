@@ -148,6 +148,7 @@ class Ops:
         return peers.listing(self.ag.node.require_up())
 
     def leave(self) -> dict:
+        log.info("asked to leave the registry and stop")
         self.ag.stop(leave=True)
         return {"host": self.ag.me}
 

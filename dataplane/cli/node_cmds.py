@@ -32,7 +32,8 @@ RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_
 def cmd_up(args):
     node = node_of(args)
     if args.restore:
-        given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE if getattr(args, a)]
+        given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
+                 if (getattr(args, a) is not None if a == "peer_check" else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
         st = control.restore(node, agent=not args.no_agent)
@@ -121,7 +122,9 @@ def register(sub) -> None:
     up.add_argument("--port", type=int, help=f"VXLAN UDP port (default {model.VXLAN_PORT})")
     up.add_argument("--subnet", help="endpoint subnet of the VNI (default 10.<vni/256>.<vni%%256>.0/24)")
     up.add_argument("--peer", action="append", help="remote VTEP to flood to (repeatable)")
-    up.add_argument("--peer-check", action="store_true", help="decapsulate only from configured peers")
+    up.add_argument("--peer-check", action=argparse.BooleanOptionalAction, default=None,
+                    help="decapsulate only from the VTEPs the registry (or --peer) lists for the VNI: on by default; "
+                         "--no-peer-check accepts VXLAN from anyone (either way on a running node)")
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N",

@@ -27,7 +27,7 @@ class NodeConfig:
     underlay: str
     local_ip: str
     port: int = model.VXLAN_PORT
-    peer_check: bool = False
+    peer_check: bool = True      # decapsulate only from the VNI's peers (registry or static): on by default
     xdp_guard: bool = False
     fdb_age_s: int = model.FDB_AGE_DEFAULT_S
     src_port_min: int = model.SRC_PORT_MIN

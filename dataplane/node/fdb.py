@@ -65,6 +65,7 @@ class RemoteTable:
         self.neigh: dict[int, dict[str, str]] = {}   # vni -> ip -> mac
         self.map_full = 0
         self.last_error = ""
+        self.short: set[int] = set()                 # VNIs with entries a full map refused: retried whole
         for k, v in maps.dp_fdb.items():
             self.fdb.setdefault(k.vni, {})[model.mac_str(k.mac)] = ip_str(v.vtep)
         for k, v in maps.dp_neigh.items():
@@ -102,6 +103,7 @@ class RemoteTable:
         self._put(self.maps.dp_fdb, have_fdb, put_fdb,
                   lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
         self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
+        self._note_short(vni, have_fdb, fdb, have_neigh, neigh)
         if not have_fdb:
             self.fdb.pop(vni, None)
         if not have_neigh:
@@ -136,7 +138,17 @@ class RemoteTable:
         self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
         for m in put_fdb:
             self.maps.dp_learned.delete(mac_key(vni, m))
+        if any(have_fdb.get(m) != v for m, v in put_fdb.items()) or \
+                any(have_neigh.get(i) != m for i, m in put_neigh.items()):
+            self.short.add(vni)
         return sorted(set(have_fdb.values()))
+
+    def _note_short(self, vni: int, have_fdb: dict, fdb: dict, have_neigh: dict, neigh: dict) -> None:
+        """After a whole-VNI apply: did everything fit?"""
+        if any(have_fdb.get(m) != v for m, v in fdb.items()) or any(have_neigh.get(i) != m for i, m in neigh.items()):
+            self.short.add(vni)
+        else:
+            self.short.discard(vni)
 
     def repair(self, vni: int, mac: str, vtep: str, ip: str) -> bool:
         """A punt says the fast path missed an entry we believe installed

@@ -20,7 +20,7 @@ _F = abi.load().enums["dp_cfg_flag"]
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
-       peer_check=False, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
+       peer_check: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
     reloads the programs (atomic replace) and adds what is new. With a
@@ -80,7 +80,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
                            map_sizes=dict(map_sizes or {}))
         cfg.local_ip = local_ip
         cfg.port = port or cfg.port
-        cfg.peer_check = peer_check or cfg.peer_check
+        if peer_check is not None:          # either way on a running node: the filter is in dp_config
+            cfg.peer_check = bool(peer_check)
         cfg.xdp_guard = xdp_guard or cfg.xdp_guard
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
         if registry:

@@ -233,3 +233,44 @@ def test_a_second_agent_for_a_node_is_refused(info):
     assert process.running_pid("dpl-h1") == pid and client.call("dpl-h1", "ping")["pid"] == pid
     mode = stat.S_IMODE(os.stat(process.agent_file("dpl-h1")).st_mode)
     assert mode == 0o600, oct(mode)
+
+
+ATTACK = """
+import sys
+from scapy.all import ARP, Ether, IP, UDP, sendp
+from scapy.layers.vxlan import VXLAN
+dst_mac, vtep, victim_mac, victim_ip, iface = sys.argv[1:6]
+garp = Ether(src=victim_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=victim_mac, psrc=victim_ip,
+                                                             hwdst="ff:ff:ff:ff:ff:ff", pdst=victim_ip)
+f = Ether(dst=dst_mac) / IP(src="198.18.0.99", dst=vtep) / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=256) / garp
+sendp([f] * 3, iface=iface, verbose=False)
+"""
+
+
+def test_vxlan_from_a_vtep_in_no_peer_list_is_dropped_by_default(info):
+    """An attacker on the underlay (198.18.0.99, a host of its own, in no peer
+    list) sends h1 three VXLAN frames on VNI 256 carrying a gratuitous ARP for
+    h2's endpoint. With the peer check on by default they are dropped and
+    counted, nothing is learned, nothing reaches the sandboxes."""
+    from tests.integration.conftest import in_ns
+    victim = sandbox(info, "h2", 256)
+    lab.underlay_host("dpl-x", "ul-x", "eth0", "198.18.0.99")
+    try:
+        before = stats("dpl-h1", 256)
+        h1_mac = netlink.link_info("dpl-h1", lab.UPLINK)["mac"]
+        r = in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), victim["mac"], victim["ip"], "eth0")
+        assert r.returncode == 0, r.stderr
+        assert wait_for(lambda: stats("dpl-h1", 256)["drops"].get("unknown_peer", 0)
+                        >= before["drops"].get("unknown_peer", 0) + 3), stats("dpl-h1", 256)
+        after = stats("dpl-h1", 256)
+        assert after["rx_packets"] == before["rx_packets"], "nothing was delivered into the VNI"
+        assert not [r for r in readout.fdb(Node("dpl-h1")) if r["where"] == "198.18.0.99"], "nothing learned"
+        # Switched off on the running node (no down): the same frames go in; and back on.
+        dp("--netns", "dpl-h1", "up", "--no-peer-check")
+        in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), victim["mac"], victim["ip"], "eth0")
+        assert wait_for(lambda: stats("dpl-h1", 256)["rx_packets"] >= after["rx_packets"] + 3)
+        dp("--netns", "dpl-h1", "up", "--peer-check")
+        assert Node("dpl-h1").state().config.peer_check
+    finally:
+        netlink.ns_delete("dpl-x")
+        netlink.link_delete(lab.UNDERLAY_NS, "ul-x")

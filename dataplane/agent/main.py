@@ -24,7 +24,7 @@ from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
-from dataplane.node import Node, vtep
+from dataplane.node import Node, networks, vtep
 from dataplane.node.sweep import sweep
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
@@ -258,6 +258,7 @@ class Agent:
             with self.lock:
                 if self.synced.is_set() and self.connected.is_set():
                     local.drop_orphans(self)
+                networks.prune_parted(self.node)
                 n = age_learned(self.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
             if n:
                 self.counters["aged"] += n

@@ -87,7 +87,10 @@ class NodeState:
     endpoints: dict[str, LocalEndpoint] = field(default_factory=dict)
     peers: dict[int, list[str]] = field(default_factory=dict)           # static (--peer)
     registry_peers: dict[int, list[str]] = field(default_factory=dict)  # the agent's
-    flooded: dict[int, list[str]] = field(default_factory=dict)         # what dp_vteps holds
+    flooded: dict[int, list[str]] = field(default_factory=dict)         # the flood list dp_vteps holds
+    # VTEPs that left a VNI's registry flood list (their host's lease lapsed, say during an agent
+    # restart longer than the TTL) and stay accepted peers until the wall time given.
+    parted: dict[int, dict[str, float]] = field(default_factory=dict)
     map_sizes: dict[str, int] = field(default_factory=dict)
     registry: str | None = None
     host_name: str | None = None
@@ -111,7 +114,7 @@ class NodeState:
             networks={v: ServedNetwork(**n) for v, n in ints(d.get("networks")).items()},
             endpoints={k: LocalEndpoint(**e) for k, e in (d.get("endpoints") or {}).items()},
             peers=ints(d.get("peers")), registry_peers=ints(d.get("registry_peers")),
-            flooded=ints(d.get("flooded")), map_sizes=dict(d.get("map_sizes") or {}),
+            flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
             restore_forwarding=d.get("restore_forwarding"))
 

@@ -5,6 +5,7 @@ dp_flood, dp_vteps and dp_stats."""
 from __future__ import annotations
 
 import ctypes
+import time
 
 from dataplane.core import abi, model
 from dataplane.core.errors import Conflict, NotFound, UsageError
@@ -16,6 +17,10 @@ from dataplane.node.base import Node
 
 _S = abi.load().structs
 _C = abi.load().constants
+# A VTEP that leaves a VNI's registry peers (its host's lease lapsed: an agent restart slower than
+# the TTL looks the same) keeps being accepted by the peer check this long: forwarding must not
+# stop because an agent is away, while a host that is really gone is refused after it.
+PARTED_GRACE_S = 60.0
 
 
 def flood_list(st: NodeState, vni: int) -> list[str]:
@@ -84,10 +89,35 @@ def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
             m.dp_local_ports.delete(slot_key(vni, i))
         for i in range(len(vteps), old.n_flood):
             m.dp_flood.delete(slot_key(vni, i))
+    parted = st.parted.setdefault(vni, {})
+    for ip in vteps:
+        parted.pop(ip, None)
     for ip in st.flooded.get(vni, []):
-        if ip not in vteps:
+        if ip in vteps:
+            continue
+        if st.registry and st.registry_peers.get(vni) is not None and ip not in st.peers.get(vni, []):
+            parted[ip] = time.time() + PARTED_GRACE_S    # still a peer for a while: see prune_parted
+        else:
             m.dp_vteps.delete(ip_key(vni, ip))
+    if not parted:
+        st.parted.pop(vni, None)
     st.flooded[vni] = vteps
+
+
+def prune_parted(node: Node) -> int:
+    """Forget parted peers whose grace is over: their frames are refused from now on."""
+    now = time.time()
+    with node.changing() as (st, m):
+        gone = 0
+        for vni, parted in list(st.parted.items()):
+            for ip, until in list(parted.items()):
+                if until <= now and ip not in st.flooded.get(vni, []):
+                    m.dp_vteps.delete(ip_key(vni, ip))
+                    del parted[ip]
+                    gone += 1
+            if not parted:
+                del st.parted[vni]
+        return gone
 
 
 def drop(m: NodeMaps, st: NodeState, vni: int) -> None:
@@ -95,6 +125,8 @@ def drop(m: NodeMaps, st: NodeState, vni: int) -> None:
     st.peers[vni] = []
     st.registry_peers.pop(vni, None)
     sync(m, st, vni)
+    for ip in st.parted.pop(vni, {}):
+        m.dp_vteps.delete(ip_key(vni, ip))
     del st.peers[vni]
     st.flooded.pop(vni, None)
     del st.networks[vni]

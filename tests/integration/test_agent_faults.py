@@ -274,3 +274,28 @@ def test_vxlan_from_a_vtep_in_no_peer_list_is_dropped_by_default(info):
     finally:
         netlink.ns_delete("dpl-x")
         netlink.link_delete(lab.UNDERLAY_NS, "ul-x")
+
+
+def test_a_host_whose_lease_lapsed_stays_a_peer_for_a_grace(info):
+    """An agent away longer than its lease TTL (a slow restart) lets its host
+    record lapse: the other hosts drop it from their flood lists, but with the
+    peer check on they must not refuse its frames at once, or forwarding stops
+    because an agent is away (the pinned maps forward without one)."""
+    import json
+    url = lab.registry_url("sqlite")
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    assert ping(a["name"], b["ip"], count=2)[0] == 2    # a flow under way (the sandboxes know each other)
+    with open(process.agent_file("dpl-h1")) as f:
+        lease = json.load(f)["lease"]
+    os.kill(process.running_pid("dpl-h1"), signal.SIGKILL)
+    reg = open_registry(url)
+    try:
+        assert wait_for(lambda: process.running_pid("dpl-h1") is None)
+        reg.kv.lease_revoke(lease)                    # what the TTL passing does
+        peers = lambda: [p["peer"] for p in client.call("dpl-h2", "peer_list") if p["vni"] == 256]  # noqa: E731
+        assert wait_for(lambda: lab.vtep_ip(1) not in peers()), "h2 saw h1 go"
+        assert ping(a["name"], b["ip"], count=3)[0] == 3, "h2 still accepts h1's frames"
+    finally:
+        reg.close()
+        process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
+    assert wait_for(lambda: lab.vtep_ip(1) in [p["peer"] for p in client.call("dpl-h2", "peer_list")])

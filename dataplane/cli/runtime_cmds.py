@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from dataplane.agent import client
 from dataplane.cli.node_cmds import node_of
 from dataplane.cli.output import add_output, say
@@ -15,9 +18,21 @@ def cmd_docker_plugin(args):
 
 
 def cmd_cni_install(args):
-    from dataplane.runtimes import cni  # noqa: PLC0415
-    path = cni.install(args.bin_dir)
+    path = install_cni(args.bin_dir)
     say(args, path, {"path": path})
+
+
+def install_cni(bin_dir: str) -> str:
+    """Write the `dataplane` executable a runtime finds in its CNI path."""
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "dataplane")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"#!{sys.executable}\n# dataplane CNI plugin (written by `dataplane cni install`)\n"
+                "import sys\nfrom dataplane.runtimes.cni import main\nsys.exit(main())\n")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
 
 
 def register(sub) -> None:

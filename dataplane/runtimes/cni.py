@@ -32,7 +32,7 @@ VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 # The spec's well-known error codes; 100 and up are ours.
 E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG, E_TRY_AGAIN = 1, 2, 3, 4, 5, 6, 7, 11
 E_NOT_AVAILABLE = 50
-E_CONFLICT, E_BROKEN = 100, 101
+E_CONFLICT, E_BROKEN, E_INTERNAL = 100, 101, 102
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -85,6 +85,8 @@ def _check_conf(conf: dict) -> int:
         raise CNIError(E_CONFIG, f"bad vni {vni!r}: an integer 1..16777215 is required")
     if "ipam" in conf and not (isinstance(conf["ipam"], dict) and isinstance(conf["ipam"].get("type"), str)):
         raise CNIError(E_CONFIG, "ipam must be an object with a type")
+    if conf.get("prevResult") is not None and not isinstance(conf["prevResult"], dict):
+        raise CNIError(E_DECODE, "prevResult must be an object")
     try:
         model.parse_name(conf.get("node", "host"), "node")
     except UsageError as e:
@@ -154,7 +156,15 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
             raise CNIError(E_IO, f"IPAM plugin {conf['ipam']['type']} failed to run", str(e)) from None
         out = r.stdout.strip()
         if r.returncode == 0:
-            return json.loads(out) if out else None
+            try:
+                res = json.loads(out) if out else None
+            except ValueError:
+                raise CNIError(E_DECODE, f"IPAM plugin {conf['ipam']['type']} printed something that is not JSON",
+                               out[:200].decode(errors="replace")) from None
+            if res is not None and not isinstance(res, dict):
+                raise CNIError(E_DECODE, f"IPAM plugin {conf['ipam']['type']} returned {type(res).__name__}, "
+                               "not a result object")
+            return res
         try:
             err = json.loads(out)
         except ValueError:
@@ -166,11 +176,19 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
                    f"nor {IPAM_FALLBACK_VERSION}")
 
 
+def _ips(result: dict | None) -> list[dict]:
+    """A result's ips, checked for shape: a list of objects with a string address."""
+    ips = (result or {}).get("ips", [])
+    if not isinstance(ips, list) or not all(isinstance(i, dict) and isinstance(i.get("address"), str) for i in ips):
+        raise CNIError(E_DECODE, "ips must be a list of objects, each with an address string")
+    return ips
+
+
 def _first_ipv4(result: dict | None):
-    for ip in (result or {}).get("ips", []):
+    for ip in _ips(result):
         try:
             iface = ipaddress.ip_interface(ip["address"])
-        except (KeyError, ValueError):
+        except ValueError:
             continue
         if iface.version == 4:
             return iface, ip
@@ -237,11 +255,17 @@ def cmd_check(conf: dict, env) -> None:
     prev = conf.get("prevResult")
     if not isinstance(prev, dict):
         raise CNIError(E_CONFIG, "CHECK needs prevResult")
-    mine = [i for i, f in enumerate(prev.get("interfaces", [])) if f.get("name") == ifname and f.get("sandbox")]
+    faces = prev.get("interfaces", [])
+    if not isinstance(faces, list) or not all(isinstance(f, dict) for f in faces):
+        raise CNIError(E_DECODE, "prevResult interfaces must be a list of objects")
+    mine = [i for i, f in enumerate(faces) if f.get("name") == ifname and f.get("sandbox")]
     if not mine:
         raise CNIError(E_BROKEN, f"prevResult has no interface {ifname} in a sandbox")
-    mac = prev["interfaces"][mine[-1]].get("mac")
-    addrs = [ipaddress.ip_interface(i["address"]) for i in prev.get("ips", []) if i.get("interface") == mine[-1]]
+    mac = faces[mine[-1]].get("mac")
+    try:
+        addrs = [ipaddress.ip_interface(i["address"]) for i in _ips(prev) if i.get("interface") == mine[-1]]
+    except ValueError as e:
+        raise CNIError(E_DECODE, f"prevResult has a bad address: {e}") from None
     try:
         _agent(conf, "endpoint_check", id=endpoint_id(conf["name"], cid, ifname),
                ip=str(addrs[0].ip) if addrs else None, mac=mac)
@@ -303,6 +327,9 @@ def run(env, raw: bytes) -> tuple[int, dict | None]:
         return 0, fn(conf, env)
     except CNIError as e:
         return 1, e.to_dict(version)
+    except Exception as e:  # noqa: BLE001 - the runtime gets the spec's error object, never a traceback
+        print(f"dataplane CNI: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1, CNIError(E_INTERNAL, f"internal error: {type(e).__name__}: {e}").to_dict(version)
 
 
 def main() -> int:
@@ -310,19 +337,6 @@ def main() -> int:
     if out is not None:
         sys.stdout.write(json.dumps(out) + "\n")
     return status
-
-
-def install(bin_dir: str) -> str:
-    """Write the `dataplane` executable a runtime finds in its CNI path."""
-    os.makedirs(bin_dir, exist_ok=True)
-    path = os.path.join(bin_dir, "dataplane")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"#!{sys.executable}\n# dataplane CNI plugin (written by `dataplane cni install`)\n"
-                "import sys\nfrom dataplane.runtimes.cni import main\nsys.exit(main())\n")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
-    return path
 
 
 if __name__ == "__main__":

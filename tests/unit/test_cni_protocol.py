@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from dataplane.cli.runtime_cmds import install_cni
 from dataplane.runtimes import cni
 from dataplane.core import model
 
@@ -71,10 +72,40 @@ def test_endpoint_ids_are_valid_names_and_distinct():
 
 
 def test_installed_plugin_speaks_on_stdout(tmp_path):
-    path = cni.install(str(tmp_path))
+    path = install_cni(str(tmp_path))
     r = subprocess.run([path], input=b"", env={"CNI_COMMAND": "VERSION"}, capture_output=True)
     assert r.returncode == 0 and json.loads(r.stdout)["supportedVersions"] == cni.SUPPORTED
     r = subprocess.run([path], input=b"{", env={"CNI_COMMAND": "ADD"}, capture_output=True)
     assert r.returncode == 1 and json.loads(r.stdout)["code"] == cni.E_DECODE
-    assert "bcc" not in subprocess.run([sys.executable, "-c", "import sys, dataplane.cni; print(sorted(sys.modules))"],
+    assert "bcc" not in subprocess.run([sys.executable, "-c", "import sys, dataplane.runtimes.cni; print(sorted(sys.modules))"],
                                        capture_output=True, text=True).stdout
+
+
+IPS_AS_STRINGS = {"cniVersion": "1.1.0", "ips": ["10.1.0.5/24"], "interfaces": []}
+BAD_CHECK = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x", "mac": "02:42:0a:01:00:05"}],
+             "ips": [{"address": "not-an-address", "interface": 0}]}
+
+
+@pytest.mark.parametrize("conf,env", [
+    ({**CONF, "prevResult": "a string"}, {}),
+    ({**CONF, "prevResult": [1]}, {}),
+    ({**CONF, "prevResult": IPS_AS_STRINGS}, {}),
+    ({**CONF, "prevResult": {**IPS_AS_STRINGS, "ips": "10.1.0.5/24"}}, {}),
+    ({**CONF, "prevResult": {**IPS_AS_STRINGS, "ips": [{"address": 5}]}}, {}),
+    ({**CONF, "prevResult": BAD_CHECK}, {"CNI_COMMAND": "CHECK"}),
+    ({**CONF, "prevResult": {**BAD_CHECK, "interfaces": "eth0"}}, {"CNI_COMMAND": "CHECK"}),
+    ({**CONF, "prevResult": {**BAD_CHECK, "ips": [{"address": "10.1.0.5/24", "interface": "zero"}]}},
+     {"CNI_COMMAND": "CHECK"}),
+], ids=["prevResult a string", "prevResult a list", "ips as strings", "ips not a list", "address a number",
+        "a bad address in CHECK", "interfaces not a list", "interface index not a number"])
+def test_a_malformed_shape_is_a_spec_error_never_a_traceback(conf, env):
+    status, out = run(conf, **env)
+    assert status == 1 and isinstance(out["code"], int) and out["msg"], out
+
+
+def test_ipam_output_that_is_not_json_is_a_spec_error(tmp_path):
+    plugin = tmp_path / "junk-ipam"
+    plugin.write_text("#!/bin/sh\necho 'this is not json'\n")
+    plugin.chmod(0o755)
+    status, out = run({**CONF, "ipam": {"type": "junk-ipam"}}, CNI_PATH=str(tmp_path))
+    assert status == 1 and out["code"] == cni.E_DECODE and "junk-ipam" in out["msg"], out

@@ -191,6 +191,16 @@ class DockerLab:
                 pass
 
 
+def running_engines(host_nss):
+    """A module's engines (fixture body): started on those lab hosts, always closed."""
+    require_runtimes()
+    dl = DockerLab(host_nss)
+    try:
+        yield dl.start()
+    finally:
+        dl.close()
+
+
 def build_cnirun() -> str:
     """tests/cni/cnirun.go against Debian's libcni source, offline; cached by source."""
     src = os.path.join(ROOT, "tests", "cni", "cnirun.go")

@@ -35,11 +35,10 @@ def apply(node: Node, remote: RemoteTable, d: Desired) -> dict[int, str]:
     return failed
 
 
-def apply_patches(node: Node, remote: RemoteTable, patches: dict) -> dict[int, str]:
+def apply_patches(node: Node, remote: RemoteTable, patches: dict, st) -> dict[int, str]:
     """Write single entries ({vni: reconcile.Patch}) and the flood lists they
-    change; {vni: error} for VNIs that failed."""
+    change, st being the node's state as read for them; {vni: error} for VNIs that failed."""
     failed: dict[int, str] = {}
-    st = node.require_up()
     for vni, p in patches.items():
         try:
             flood = remote.patch(vni, p.fdb, p.neigh, frozenset(e.ip for e in st.local_endpoints(vni)))

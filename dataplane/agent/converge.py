@@ -63,7 +63,7 @@ def single(ag, fine: dict) -> None:
                 ag.counters["bad_records"] += 1
                 log.warning("endpoint %s: %s; skipped", eid, why)
             ag.skipped[eid] = why
-    failed = apply_patches(ag.node, ag.remote, patches)
+    failed = apply_patches(ag.node, ag.remote, patches, st)
     if ag.remote.short:              # entries a full map refused: what was just freed may make room
         whole(ag, set(ag.remote.short))
     for vni, p in patches.items():

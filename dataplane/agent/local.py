@@ -42,11 +42,14 @@ def adopt(ag) -> None:
             except DataplaneError as e:
                 log.error("endpoint %s: cannot remove stale record: %s", rec.id, e)
 
-def endpoint_changed(ag, name: str, rec) -> None:
-    """Our sandbox was moved to another host (the move committed) or removed by someone else."""
-    if name in ag.node.require_up().endpoints and _not_ours(ag, rec):
+def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
+    """Our sandbox was moved to another host (the move committed) or removed by someone else.
+    local: the node's endpoints, read once for a batch of events (else read here)."""
+    local = ag.node.require_up().endpoints if local is None else local
+    if name in local and _not_ours(ag, rec):
         try:
             endpoints.remove(ag.node, name)
+            local.pop(name, None)
             log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
         except DataplaneError as e:
             log.error("endpoint %s: %s", name, e)

@@ -287,10 +287,11 @@ class Agent:
 
     def _apply_events(self, events) -> None:
         with self.lock:
+            mine = self.node.require_up().endpoints     # read once a batch, not once an event
             for ev in events:
                 self.counters["events"] += 1
                 self.view.apply(ev, on_bad=self._bad_record, on_host_gone=self._host_gone,
-                                on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec))
+                                on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
             coarse, fine = self.view.take_changes()
             if coarse:
                 converge.whole(self, coarse)

@@ -186,9 +186,13 @@ def remove(node: Node, name: str) -> LocalEndpoint:
 def in_maps(node: Node, ep: LocalEndpoint) -> bool:
     """The fast path knows this endpoint (by its veth, MAC and address)."""
     with node.maps() as m:
-        val = m.dp_endpoints.get(ctypes.c_uint32(ep.ifindex))
-        return (val is not None and val.vni == ep.vni and bytes(val.mac) == model.mac_bytes(ep.mac)
-                and fdb.local_present(m, ep))
+        return present(m, ep)
+
+
+def present(m: NodeMaps, ep: LocalEndpoint) -> bool:
+    val = m.dp_endpoints.get(ctypes.c_uint32(ep.ifindex))
+    return (val is not None and val.vni == ep.vni and bytes(val.mac) == model.mac_bytes(ep.mac)
+            and fdb.local_present(m, ep))
 
 
 def listing(node: Node) -> list[dict]:

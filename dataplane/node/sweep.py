@@ -32,7 +32,7 @@ def sweep(node: Node) -> list[str]:
                 netlink.link_delete(node.netns, ifname)
                 done.append(f"link {ifname}: no endpoint of the state; removed")
         for ep in st.endpoints.values():    # what the state has is in the maps (rewritten: idempotent)
-            if not endpoints.in_maps(node, ep):
+            if not endpoints.present(m, ep):
                 done.append(f"endpoint {ep.name}: map entries missing; written again")
             endpoints.write_entries(m, st, ep)
         done += endpoints.forget_strays(m, st)

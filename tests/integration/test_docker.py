@@ -11,7 +11,7 @@ from lab import topology as lab
 from dataplane.kernel import gso as linkgso, netlink
 from dataplane.node import Node, readout
 from tests.integration.conftest import make_lab, wait_for
-from tests.runtimes import IMAGE, DockerLab, require_runtimes
+from tests.runtimes import IMAGE, running_engines
 
 H1, H2 = lab.host_ns(1), lab.host_ns(2)
 NETS = {"net1": (300, "10.30.0.0/24"), "net2": (301, "10.31.0.0/24")}
@@ -25,12 +25,7 @@ def info():
 
 @pytest.fixture(scope="module")
 def engines(info):
-    require_runtimes()
-    dl = DockerLab([H1, H2])
-    try:
-        yield dl.start()
-    finally:
-        dl.close()
+    yield from running_engines([H1, H2])
 
 
 def ip_range(net: str, host: int) -> str:

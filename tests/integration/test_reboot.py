@@ -23,7 +23,7 @@ from dataplane.agent import client, process
 from dataplane.kernel import netlink
 from lab import topology as lab
 from tests.integration.conftest import make_lab, wait_for
-from tests.runtimes import IMAGE, DockerLab, require_runtimes
+from tests.runtimes import IMAGE, running_engines
 
 H1, H2 = lab.host_ns(1), lab.host_ns(2)
 
@@ -35,12 +35,7 @@ def info():
 
 @pytest.fixture(scope="module")
 def engines(info):
-    require_runtimes()
-    dl = DockerLab([H1, H2])
-    try:
-        yield dl.start()
-    finally:
-        dl.close()
+    yield from running_engines([H1, H2])
 
 
 def unit_commands(unit_dir: str, name: str) -> dict[str, list[str]]:

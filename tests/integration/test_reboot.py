@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import pytest
 
@@ -91,13 +92,23 @@ def test_a_rebooted_host_comes_back_with_its_docker_networks(info, engines):
         notify.bind(notify_path)
         notify.settimeout(60)
         log = open(os.path.join(units, "agent.log"), "ab")
-        agent = subprocess.Popen(node_unit["ExecStart"], env={**os.environ, "NOTIFY_SOCKET": notify_path},
-                                 stdout=log, stderr=log, start_new_session=True, cwd="/")
+        agent, restarts = None, []
         try:
-            msg = notify.recv(4096).decode()
-            with open(os.path.join(units, "agent.log"), errors="replace") as f:
-                agent_log = f.read()[-3000:]
-            assert "READY=1" in msg, f"{msg}; the agent said:\n{agent_log}"
+            # Restart=always, as the unit says: an agent that stops before READY=1 is started
+            # again. Some full runs saw one SIGTERM from an unknown sender a second after start
+            # (see the closing note); every start is logged, and at most two restarts are allowed.
+            for _ in range(3):
+                agent = subprocess.Popen(node_unit["ExecStart"], env={**os.environ, "NOTIFY_SOCKET": notify_path},
+                                         stdout=log, stderr=log, start_new_session=True, cwd="/")
+                msg = notify.recv(4096).decode()
+                if "READY=1" in msg:
+                    break
+                agent.wait(timeout=30)
+                with open(os.path.join(units, "agent.log"), errors="replace") as f:
+                    restarts.append(f"{msg}; the agent said:\n{f.read()[-1500:]}")
+            if restarts:
+                warnings.warn(f"the agent was restarted {len(restarts)} time(s) before READY=1:\n" + "\n".join(restarts))
+            assert "READY=1" in msg, "\n".join(restarts)
             assert client.call(H1, "ping")["synced"], "READY=1 only once synced"
             e1.start_driver(driver_unit["ExecStart"])     # socket-activated, as dataplane-...-docker.socket does
             e1.start_engine()                              # restarts c1 (--restart always)
@@ -110,8 +121,9 @@ def test_a_rebooted_host_comes_back_with_its_docker_networks(info, engines):
             assert e2.docker("exec", "c2", "ping", "-c", "2", "-W", "2", ip1, check=False).returncode == 0
             assert "not a dataplane network" not in e1.driver_log()
         finally:
-            agent.terminate()
-            agent.wait(timeout=20)
+            if agent is not None:
+                agent.terminate()
+                agent.wait(timeout=20)
             notify.close()
     finally:
         shutil.rmtree(units, ignore_errors=True)

@@ -103,7 +103,12 @@ def test_a_rebooted_host_comes_back_with_its_docker_networks(info, engines):
                 msg = notify.recv(4096).decode()
                 if "READY=1" in msg:
                     break
-                agent.wait(timeout=30)
+                try:
+                    agent.wait(timeout=30)
+                except subprocess.TimeoutExpired:     # systemd: TimeoutStopSec, then SIGKILL
+                    agent.kill()
+                    agent.wait()
+                    restarts.append("the stopping agent did not exit within 30 s: killed")
                 with open(os.path.join(units, "agent.log"), errors="replace") as f:
                     restarts.append(f"{msg}; the agent said:\n{f.read()[-1500:]}")
             if restarts:

@@ -21,8 +21,9 @@
 #define DP_SRC_PORT_MIN 49152            /* default outer UDP source port range, host order */
 #define DP_SRC_PORT_MAX 65535
 
-#define DP_MAX_FLOOD 64                /* remote VTEPs per VNI in the flood list */
-#define DP_MAX_LOCAL 64                /* local endpoints per VNI that receive broadcast */
+#define DP_FLOOD_CHUNK 64                /* copies one run of a flood program makes; it tail-calls itself for more */
+#define DP_MAX_FLOOD 1024                /* remote VTEPs per VNI in the flood list (16 chunks) */
+#define DP_MAX_LOCAL 1024                /* local endpoints per VNI that receive broadcast (16 chunks) */
 #define DP_NH_TTL_NS 1000000000          /* lifetime of a next-hop cache entry, ns */
 #define DP_LEARN_REFRESH_NS 1000000000   /* rewrite an unchanged learned entry at most this often, ns */
 #define DP_FDB_AGE_DEFAULT_S 300         /* learned FDB entry lifetime unless configured, s */
@@ -58,10 +59,17 @@
 #endif
 
 /* Slots of the dp_tail program array; the flood loops live in their own programs. */
+/*
+ * skb->cb across the calls: [0] vni, [1] sending ifindex (endpoint) or inner
+ * length (overlay), [2] is_ip, [3] first slot index of this run, [4] copies
+ * sent so far. Local chunks, then remote ones: at most 32 tail calls in all,
+ * within the kernel's 33.
+ */
 enum dp_tail {
-	DP_TAIL_FLOOD_ENDPOINT = 0,          /* flood a frame from an endpoint; cb: vni, ifindex, is_ip */
-	DP_TAIL_FLOOD_OVERLAY = 1,           /* flood a decapsulated frame to local endpoints; cb: vni, len */
-	DP_TAIL_MAX = 2,
+	DP_TAIL_FLOOD_ENDPOINT = 0,          /* a frame from an endpoint: local copies, then encapsulate */
+	DP_TAIL_FLOOD_OVERLAY = 1,           /* a decapsulated frame: copies to local endpoints */
+	DP_TAIL_FLOOD_REMOTE = 2,            /* the encapsulated frame: a copy per VTEP of the flood list */
+	DP_TAIL_MAX = 3,
 };
 
 /* dp_config.flags */
@@ -103,13 +111,17 @@ enum dp_drop {
 	DP_DROP_NO_ENDPOINT,                 /* frame on an interface that is no endpoint */
 	DP_DROP_SPOOF_MAC,                   /* endpoint sent with a source MAC not its own */
 	DP_DROP_SPOOF_IP,                    /* endpoint sent with a source IPv4 not its own */
-	DP_DROP_UNSUPPORTED_L3,              /* endpoint sent neither IPv4 nor ARP */
+	DP_DROP_UNSUPPORTED_L3,              /* neither IPv4 nor ARP (from an endpoint, or inside VXLAN) */
 	DP_DROP_BAD_ARP,                     /* ARP that is not Ethernet/IPv4 or is inconsistent */
 	DP_DROP_TOO_BIG,                     /* non-GSO frame over the network MTU */
 	DP_DROP_NO_NEXTHOP,                  /* no route or neighbour toward the VTEP */
 	DP_DROP_NO_CONFIG,                   /* programs attached before the agent wrote the config */
 	DP_DROP_HELPER,                      /* a kernel helper (adjust_room, change_head) failed */
 	DP_DROP_NO_DESTINATION,              /* broadcast/unknown with nowhere to go */
+	DP_DROP_VTEP_MISMATCH,               /* inner source MAC the registry places behind another VTEP */
+	DP_DROP_ARP_SPOOF,                   /* ARP whose sender MAC/IP contradicts dp_neigh or its own frame */
+	DP_DROP_STORM,                       /* broadcast/unknown over the endpoint's storm-control rate */
+	DP_DROP_REDIRECT,                    /* a clone or redirect toward an interface failed */
 	DP_DROP_MAX,
 };
 
@@ -122,6 +134,8 @@ struct dp_config {
 	__u16 flags;                         /* enum dp_cfg_flag */
 	__u32 uplink_ifindex;                /* underlay interface, host netns */
 	__u64 fdb_age_ns;                    /* learned entries older than this are ignored */
+	__u64 storm_interval_ns;             /* storm control: 1e9 / frames per second per endpoint; 0: off */
+	__u64 storm_burst_ns;                /* ... and the burst it allows, as interval * frames */
 };
 
 /*

@@ -1,35 +1,97 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * flood.c - tail-call targets (dp_tail) that replicate broadcast and unknown
- * frames: from an endpoint to local endpoints and the VNI's VTEPs, and from
- * the overlay to the local endpoints of the VNI.
+ * frames: from an endpoint to local endpoints and then, encapsulated once, to
+ * the VNI's VTEPs; from the overlay to the local endpoints of the VNI. Each
+ * run makes one chunk of copies and calls itself for the next (flood.h).
  */
 
 #include "lib/all.h"
 
+static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struct dp_network *net,
+					      struct dp_stats *s, __u32 vni)
+{
+	struct dp_config *cfg = config_get();
+	__u32 from = skb->cb[DP_CB_FROM];
+	__u32 sent = skb->cb[DP_CB_SENT];
+	__u32 len;
+	int ret;
+
+	if (!cfg)
+		return -DP_DROP_NO_CONFIG;
+	if (from == 0 && !storm_allow(cfg, skb->cb[DP_CB_ARG]))
+		return -DP_DROP_STORM;
+	sent += flood_local(skb, s, net, vni, skb->cb[DP_CB_ARG], from);
+	from += DP_FLOOD_CHUNK;
+	if (from < net->n_local && from < DP_MAX_LOCAL)
+		return flood_next(skb, DP_TAIL_FLOOD_ENDPOINT, from, sent);
+	if (net->n_flood == 0)
+		return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
+
+	len = skb->len;
+	if (!skb->gso_size && len > net->mtu + ETH_HLEN)
+		return -DP_DROP_TOO_BIG;
+	/* Destination and MACs are rewritten per copy by flood_remote. */
+	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP]);
+	if (ret < 0)
+		return ret;
+	s->flooded++;
+	return flood_next(skb, DP_TAIL_FLOOD_REMOTE, 0, sent);
+}
+
 int flood_endpoint(struct __sk_buff *skb)
 {
-	__u32 vni = skb->cb[0];
+	__u32 vni = skb->cb[DP_CB_VNI];
 	struct dp_network *net = dp_networks.lookup(&vni);
-	struct dp_config *cfg = config_get();
-	int ret;
+	struct dp_stats *s;
 
 	if (!net)
 		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
-	ret = cfg ? flood(skb, cfg, net, vni, skb->cb[1], skb->cb[2]) : -DP_DROP_NO_CONFIG;
-	return tc_exit(net->slot, ret);
+	s = stats_get(net->slot);
+	if (!s)
+		return tc_exit(0, -DP_DROP_HELPER);
+	return tc_exit(net->slot, flood_endpoint_run(skb, net, s, vni));
+}
+
+int flood_remote_vteps(struct __sk_buff *skb)
+{
+	__u32 vni = skb->cb[DP_CB_VNI];
+	struct dp_network *net = dp_networks.lookup(&vni);
+	__u32 from = skb->cb[DP_CB_FROM];
+	__u32 sent = skb->cb[DP_CB_SENT];
+	struct dp_stats *s;
+
+	if (!net)
+		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
+	s = stats_get(net->slot);
+	if (!s)
+		return tc_exit(0, -DP_DROP_HELPER);
+	sent += flood_remote(skb, s, net, vni, from);
+	from += DP_FLOOD_CHUNK;
+	if (from < net->n_flood && from < DP_MAX_FLOOD)
+		return tc_exit(net->slot, flood_next(skb, DP_TAIL_FLOOD_REMOTE, from, sent));
+	return tc_exit(net->slot, sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
 }
 
 int flood_overlay(struct __sk_buff *skb)
 {
-	__u32 vni = skb->cb[0];
+	__u32 vni = skb->cb[DP_CB_VNI];
 	struct dp_network *net = dp_networks.lookup(&vni);
-	__u32 n;
+	__u32 from = skb->cb[DP_CB_FROM];
+	__u32 sent = skb->cb[DP_CB_SENT];
+	struct dp_stats *s;
 
 	if (!net)
 		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
-	n = flood_local(skb, net, vni, 0);
-	if (n)
-		STAT_ADD(net->slot, rx_packets, rx_bytes, skb->cb[1]);
-	return tc_exit(net->slot, n ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
+	s = stats_get(net->slot);
+	if (!s)
+		return tc_exit(0, -DP_DROP_HELPER);
+	sent += flood_local(skb, s, net, vni, 0, from);
+	from += DP_FLOOD_CHUNK;
+	if (from < net->n_local && from < DP_MAX_LOCAL)
+		return tc_exit(net->slot, flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from, sent));
+	if (!sent)
+		return tc_exit(net->slot, -DP_DROP_NO_DESTINATION);
+	STAT_ADD(net->slot, rx_packets, rx_bytes, skb->cb[DP_CB_ARG]);
+	return tc_exit(net->slot, DP_CONSUMED);
 }

@@ -3,8 +3,10 @@
 #include "lib/all.h"
 /*
  * from_overlay.c - tc ingress on the uplink: everything that is not VXLAN to
- * our address and port goes on to the host untouched. Ours is checked, its
- * inner source learned, decapsulated and put straight into the sandbox.
+ * our address and port goes on to the host untouched. Ours is checked (peer,
+ * inner ethertype, ARP against dp_neigh, inner source against the registry's
+ * VTEP for it), its inner source learned, decapsulated, trimmed to the outer
+ * UDP length and put straight into the sandbox.
  */
 
 static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, __u32 slot,
@@ -48,11 +50,19 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 
+	/* The network carries IPv4 and ARP; ARP is checked against dp_neigh first. */
+	inner_is_ip = vx.inner.h_proto == bpf_htons(ETH_P_IP);
+	if (!inner_is_ip) {
+		if (vx.inner.h_proto != bpf_htons(ETH_P_ARP))
+			return -DP_DROP_UNSUPPORTED_L3;
+		ret = arp_from_overlay(skb, &vx);
+		if (ret)
+			return ret;
+	}
 	ret = fdb_learn(vx.vni, vx.inner.h_source, vx.saddr);
 	if (ret)
 		return ret;
 
-	inner_is_ip = vx.inner.h_proto == bpf_htons(ETH_P_IP);
 	flags = BPF_F_ADJ_ROOM_FIXED_GSO;
 	if (inner_is_ip)
 		flags |= DP_ADJ_ROOM_DECAP_L3_IPV4;
@@ -64,6 +74,9 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (data + ETH_HLEN > end)
 		return -DP_DROP_HELPER;
 	__builtin_memcpy(data, &vx.inner, ETH_HLEN);
+	/* Bytes after the outer UDP length (padding, or smuggled) are not the inner frame's. */
+	if (skb->len > vx.inner_len && bpf_skb_change_tail(skb, vx.inner_len, 0))
+		return -DP_DROP_HELPER;
 
 	return deliver_inner(skb, vx.vni, *slot_out, &vx, inner_is_ip);
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * arp.h - ARP from an endpoint: checked against the endpoint's own addresses,
- * and requests for a known {VNI, IP} answered from dp_neigh without leaving the host.
+ * and requests for a known {VNI, IP} answered from dp_neigh without leaving the
+ * host. ARP from the overlay: checked against dp_neigh before delivery.
  */
 #ifndef DP_ARP_H
 #define DP_ARP_H
@@ -50,6 +51,36 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct
 	if (s)
 		s->arp_replies++;
 	return bpf_redirect(ifindex, 0);
+}
+
+/*
+ * ARP inside a VXLAN frame (vx from vxlan_parse): well formed, its sender
+ * hardware address the frame's own source, and a sender pair that does not
+ * contradict dp_neigh (ARP spoofing across hosts). An unknown sender address
+ * and a probe (sender 0.0.0.0) pass. Returns 0 or -DP_DROP_*.
+ */
+static __always_inline int arp_from_overlay(struct __sk_buff *skb, const struct vx_info *vx)
+{
+	struct dp_ip_key k = { .vni = vx->vni };
+	struct arp_eth_ipv4 arp;
+	struct dp_mac *m;
+
+	if (vx->inner_len < ETH_HLEN + sizeof(arp) ||
+	    bpf_skb_load_bytes(skb, (vx->inner_off & 0xff) + ETH_HLEN, &arp, sizeof(arp)))
+		return -DP_DROP_TRUNCATED;
+	if (arp.htype != bpf_htons(ARPHRD_ETHER) || arp.ptype != bpf_htons(ETH_P_IP) ||
+	    arp.hlen != ETH_ALEN || arp.plen != 4 ||
+	    (arp.op != bpf_htons(ARPOP_REQUEST) && arp.op != bpf_htons(ARPOP_REPLY)))
+		return -DP_DROP_BAD_ARP;
+	if (!mac_eq(arp.sha, vx->inner.h_source))
+		return -DP_DROP_ARP_SPOOF;
+	if (arp.spa == 0)
+		return 0;
+	k.ip = arp.spa;
+	m = dp_neigh.lookup(&k);
+	if (m && !mac_eq(m->mac, arp.sha))
+		return -DP_DROP_ARP_SPOOF;
+	return 0;
 }
 
 #endif /* DP_ARP_H */

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * fdb.h - where does {VNI, MAC} live: static entries first (the registry's
- * truth), then learned ones younger than the configured age.
+ * truth), then learned ones younger than the configured age; and which VTEP
+ * may send a frame from it.
  */
 #ifndef DP_FDB_H
 #define DP_FDB_H
@@ -20,22 +21,29 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
 }
 
 /*
- * Record that {vni, smac} sits behind vtep, unless smac is one of our own
- * endpoints' (a remote frame claiming it is dropped: -DP_DROP_MAC_CONFLICT).
- * An unchanged entry is rewritten at most every DP_LEARN_REFRESH_NS so a busy
- * flow does not write the map per packet; a MAC that moved is rewritten at once.
- * Only a write is preceded by the check against dp_local_macs: an entry that is
- * fresh and unchanged was checked when it was written, and the control plane
- * deletes the learned entry of a MAC when it gives that MAC to a local endpoint.
- * So the common frame costs one lookup here, not two.
+ * Where may a frame from vtep with source {vni, smac} come from, and record it.
+ * A MAC the registry (or a static entry) places is owned: the frame must come
+ * from that VTEP (else -DP_DROP_VTEP_MISMATCH) and nothing is learned. Other
+ * MACs are learned, unless smac is one of our own endpoints' (a remote frame
+ * claiming it is dropped: -DP_DROP_MAC_CONFLICT).
+ * An unchanged learned entry is rewritten at most every DP_LEARN_REFRESH_NS so
+ * a busy flow does not write the map per packet; a MAC that moved is rewritten
+ * at once. Only a write is preceded by the check against dp_local_macs: an
+ * entry that is fresh and unchanged was checked when it was written, and the
+ * control plane deletes the learned entry of a MAC when it gives that MAC to a
+ * local endpoint. So the common frame costs one lookup here.
  */
 static __always_inline int fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
 {
 	struct dp_mac_key k = { .vni = vni };
 	struct dp_fdb_entry *e;
-	__u64 now = dp_now_ns();
+	__u64 now;
 
 	mac_copy(k.mac, smac);
+	e = dp_fdb.lookup(&k);
+	if (e)
+		return e->vtep == vtep ? 0 : -DP_DROP_VTEP_MISMATCH;
+	now = dp_now_ns();
 	e = dp_learned.lookup(&k);
 	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS)
 		return 0;

@@ -3,34 +3,41 @@
  * flood.h - broadcast, multicast and unknown unicast: a copy to every other
  * local endpoint of the VNI, and head-end replication to every VTEP in the
  * VNI's flood list (one encapsulation, the outer destination rewritten per copy).
+ *
+ * One program run makes at most DP_FLOOD_CHUNK copies and tail-calls itself
+ * for the next chunk (skb->cb carries the state, dp_abi.h says how), so a
+ * VNI's members are never cut off at the size of one verified loop.
  */
 #ifndef DP_FLOOD_H
 #define DP_FLOOD_H
+
+#define DP_CB_VNI 0
+#define DP_CB_ARG 1        /* sending ifindex (endpoint) or inner length (overlay) */
+#define DP_CB_IS_IP 2
+#define DP_CB_FROM 3       /* first slot of this run */
+#define DP_CB_SENT 4       /* copies sent by earlier runs */
 
 /*
  * The loops below count straight into the per-CPU stats value and derive how
  * many copies went out from its difference: a counter kept in a register has
  * a value the verifier tracks exactly, so every count would be a new state to
- * walk and a 64-turn loop would never finish verifying.
+ * walk and a 64-turn loop would never finish verifying. A failed clone is a
+ * counted drop, as is a frame that became unreadable part way.
  */
 
-/* Copies to the local endpoints of vni except the one it came from; returns how many. */
-static __always_inline __u32 flood_local(struct __sk_buff *skb, const struct dp_network *net, __u32 vni,
-					 __u32 except)
+/* Local copies from slot `from` on, except to the sender; returns how many. */
+static __always_inline __u32 flood_local(struct __sk_buff *skb, struct dp_stats *s, const struct dp_network *net,
+					 __u32 vni, __u32 except, __u32 from)
 {
-	struct dp_stats *s = stats_get(net->slot);
 	__u32 n_local = net->n_local;
 	__u32 len = skb->len;
-	__u64 before;
+	__u64 before = s->local_packets;
 
-	if (!s)
-		return 0;
-	before = s->local_packets;
-	for (__u32 i = 0; i < DP_MAX_LOCAL; i++) {
-		struct dp_slot_key k = { .vni = vni, .index = i };
+	for (__u32 i = 0; i < DP_FLOOD_CHUNK; i++) {
+		struct dp_slot_key k = { .vni = vni, .index = from + i };
 		__u32 *oif;
 
-		if (i >= n_local)
+		if (from + i >= n_local)
 			break;
 		oif = dp_local_ports.lookup(&k);
 		if (!oif || *oif == except)
@@ -38,33 +45,33 @@ static __always_inline __u32 flood_local(struct __sk_buff *skb, const struct dp_
 		if (bpf_clone_redirect(skb, *oif, 0) == 0) {
 			s->local_packets++;
 			s->local_bytes += len;
+		} else {
+			s->drops[DP_DROP_REDIRECT]++;
 		}
 	}
 	return s->local_packets - before;
 }
 
 /*
- * The frame already carries outer headers; send one copy per VTEP of the VNI.
- * Uses the next-hop cache only: the unicast path and the control plane fill it.
+ * The frame already carries outer headers; send one copy per VTEP of the VNI
+ * from slot `from` on. Uses the next-hop cache only: the unicast path and the
+ * control plane fill it.
  */
-static __always_inline __u32 flood_remote(struct __sk_buff *skb, const struct dp_network *net, __u32 vni,
-					  __u32 inner_len)
+static __always_inline __u32 flood_remote(struct __sk_buff *skb, struct dp_stats *s, const struct dp_network *net,
+					  __u32 vni, __u32 from)
 {
-	struct dp_stats *s = stats_get(net->slot);
 	__u32 n_flood = net->n_flood;
-	__u64 before;
+	__u32 inner_len = skb->len - DP_ENCAP_LEN;
+	__u64 before = s->tx_packets;
 
-	if (!s)
-		return 0;
-	before = s->tx_packets;
-	for (__u32 i = 0; i < DP_MAX_FLOOD; i++) {
-		struct dp_slot_key k = { .vni = vni, .index = i };
+	for (__u32 i = 0; i < DP_FLOOD_CHUNK; i++) {
+		struct dp_slot_key k = { .vni = vni, .index = from + i };
 		struct dp_nexthop *nh;
 		struct dp_outer *o;
 		__be32 *vtep;
 		void *data, *end;
 
-		if (i >= n_flood)
+		if (from + i >= n_flood)
 			break;
 		vtep = dp_flood.lookup(&k);
 		if (!vtep)
@@ -77,8 +84,10 @@ static __always_inline __u32 flood_remote(struct __sk_buff *skb, const struct dp
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
 		o = data;
-		if ((void *)(o + 1) > end)
+		if ((void *)(o + 1) > end) {
+			s->drops[DP_DROP_HELPER]++;
 			break;
+		}
 		mac_copy(o->eth.h_dest, nh->dmac);
 		mac_copy(o->eth.h_source, nh->smac);
 		o->ip.daddr = *vtep;
@@ -87,45 +96,64 @@ static __always_inline __u32 flood_remote(struct __sk_buff *skb, const struct dp
 		if (bpf_clone_redirect(skb, nh->ifindex, 0) == 0) {
 			s->tx_packets++;
 			s->tx_bytes += inner_len;
+		} else {
+			s->drops[DP_DROP_REDIRECT]++;
 		}
 	}
 	return s->tx_packets - before;
 }
 
-static __always_inline int flood(struct __sk_buff *skb, const struct dp_config *cfg,
-				 const struct dp_network *net, __u32 vni, __u32 from_ifindex, int inner_is_ip)
+/*
+ * Storm control: may this endpoint flood one more frame? A GCRA meter per
+ * endpoint: tat is when the endpoint's budget is next fully earned; a frame
+ * is refused while tat lies more than the burst ahead of now. Off when the
+ * interval is 0. Two CPUs may race on one endpoint's tat; the cost is a frame
+ * more or less, never a lasting error.
+ */
+static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifindex)
 {
-	__u32 sent, len;
-	int ret;
+	__u64 interval = cfg->storm_interval_ns;
+	__u64 now, *tat, next;
 
-	sent = flood_local(skb, net, vni, from_ifindex);
-	if (net->n_flood == 0)
-		return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
-
-	len = skb->len;
-	/* Destination and MACs are rewritten per copy by flood_remote. */
-	ret = encap_push(skb, cfg, NULL, 0, vni, len, inner_is_ip);
-	if (ret < 0)
-		return ret;
-	sent += flood_remote(skb, net, vni, len);
-
-	struct dp_stats *s = stats_get(net->slot);
-	if (s)
-		s->flooded++;
-	return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
+	if (!interval)
+		return 1;
+	now = dp_now_ns();
+	tat = dp_storm.lookup(&ifindex);
+	if (!tat) {
+		next = now + interval;
+		dp_storm.update(&ifindex, &next);
+		return 1;
+	}
+	next = *tat > now ? *tat : now;
+	if (next - now > cfg->storm_burst_ns)
+		return 0;
+	*tat = next + interval;
+	return 1;
 }
 
 /*
  * Hand a frame to a flood program. The loops are verified there, once, instead
  * of at every call site; skb->cb carries the arguments across the tail call.
  */
-static __always_inline int flood_tail(struct __sk_buff *skb, __u32 slot, __u32 vni, __u32 a, __u32 b)
+static __always_inline int flood_tail(struct __sk_buff *skb, __u32 slot, __u32 vni, __u32 arg, __u32 is_ip)
 {
-	skb->cb[0] = vni;
-	skb->cb[1] = a;
-	skb->cb[2] = b;
+	skb->cb[DP_CB_VNI] = vni;
+	skb->cb[DP_CB_ARG] = arg;
+	skb->cb[DP_CB_IS_IP] = is_ip;
+	skb->cb[DP_CB_FROM] = 0;
+	skb->cb[DP_CB_SENT] = 0;
 	dp_tail.call(skb, slot);
 	/* Only reached when the slot is empty (programs half loaded). */
+	return -DP_DROP_HELPER;
+}
+
+/* The next chunk of the same program, from slot `from`. */
+static __always_inline int flood_next(struct __sk_buff *skb, __u32 tail, __u32 from, __u32 sent)
+{
+	skb->cb[DP_CB_FROM] = from;
+	skb->cb[DP_CB_SENT] = sent;
+	dp_tail.call(skb, tail);
+	/* The kernel's tail-call limit: dp_abi.h keeps the chunks within it. */
 	return -DP_DROP_HELPER;
 }
 

@@ -26,6 +26,7 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "xdp_guard", "fdb_age",
+                 "storm_rate", "storm_burst",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
 
@@ -33,7 +34,8 @@ def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a == "peer_check" else getattr(args, a))]
+                 if (getattr(args, a) is not None if a in ("peer_check", "storm_rate", "storm_burst")
+                     else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
         st = control.restore(node, agent=not args.no_agent)
@@ -42,7 +44,8 @@ def cmd_up(args):
         st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,
                         lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
                         peer_ips=args.peer or (), peer_check=args.peer_check, xdp_guard=args.xdp_guard,
-                        fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent)
+                        fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
+                        storm=(args.storm_rate, args.storm_burst))
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
@@ -127,6 +130,11 @@ def register(sub) -> None:
                          "--no-peer-check accepts VXLAN from anyone (either way on a running node)")
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
+    up.add_argument("--storm-rate", type=int, metavar="FRAMES",
+                    help="storm control: broadcast/unknown frames per second one endpoint may flood "
+                         f"(default {model.STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
+    up.add_argument("--storm-burst", type=int, metavar="FRAMES",
+                    help=f"storm control: frames one endpoint may flood at once (default {model.STORM_BURST_DEFAULT})")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N",
                     help="override a map's number of entries (repeatable)")
     up.add_argument("--registry", help="endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] "

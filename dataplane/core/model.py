@@ -21,9 +21,10 @@ FDB_AGE_DEFAULT_S = _A["DP_FDB_AGE_DEFAULT_S"]
 SRC_PORT_MIN = _A["DP_SRC_PORT_MIN"]
 SRC_PORT_MAX = _A["DP_SRC_PORT_MAX"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$")
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
-_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+# \Z, not $: $ also matches before a trailing newline, and "web1\n" is not a name.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}\Z")
+_IFNAME = re.compile(r"^[^/\s:\x00\ud800-\udfff]{1,15}\Z")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}\Z")
 
 
 def parse_int(value, what: str, base: int = 10) -> int:
@@ -97,19 +98,33 @@ def _parse_name(value: str, what: str) -> str:
 
 
 def parse_ifname(value) -> str:
-    if not isinstance(value, str) or not _IFNAME.match(value):
+    """A name the kernel takes (dev_valid_name): 1-15 bytes of UTF-8, no '/', ':',
+    whitespace or NUL, not '.' or '..'."""
+    if not isinstance(value, str) or not _IFNAME.match(value) or value in (".", "..") or len(value.encode()) > 15:
         raise UsageError(f"bad interface name {value!r}")
     return value
 
 
 def parse_age(value) -> int:
-    try:
-        age = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"bad FDB age {value!r}: seconds expected") from None
+    age = parse_int(value, "FDB age")
     if not 1 <= age <= 86400:
         raise UsageError(f"bad FDB age {age}: must be 1..86400 seconds")
     return age
+
+
+STORM_RATE_DEFAULT = 1000      # broadcast/unknown frames per second one endpoint may flood
+STORM_BURST_DEFAULT = 200      # ... and at once
+
+
+def parse_storm(value, what: str = "storm-control rate") -> int:
+    """Frames (per second for a rate); 0 turns storm control off."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"bad {what} {value!r}: a whole number of frames expected") from None
+    if not 0 <= n <= 10_000_000:
+        raise UsageError(f"bad {what} {n}: must be 0..10000000 frames")
+    return n
 
 
 def default_subnet(vni: int) -> ipaddress.IPv4Network:
@@ -137,7 +152,7 @@ def parse_sandbox(sb) -> dict | None:
     if not isinstance(sb, dict) or ("netns" in sb) == ("peer" in sb):
         raise UsageError("sandbox must name either a netns (with ifname) or a peer interface")
     if "netns" in sb:
-        if not isinstance(sb["netns"], str) or not sb["netns"].startswith("/"):
+        if not isinstance(sb["netns"], str) or not sb["netns"].startswith("/") or "\x00" in sb["netns"]:
             raise UsageError(f"bad sandbox netns {sb['netns']!r}: an absolute path expected")
         parse_ifname(sb.get("ifname"))
     else:

@@ -30,6 +30,8 @@ class NodeConfig:
     peer_check: bool = True      # decapsulate only from the VNI's peers (registry or static): on by default
     xdp_guard: bool = False
     fdb_age_s: int = model.FDB_AGE_DEFAULT_S
+    storm_rate: int = model.STORM_RATE_DEFAULT     # broadcast/unknown frames/s per endpoint; 0: no limit
+    storm_burst: int = model.STORM_BURST_DEFAULT
     src_port_min: int = model.SRC_PORT_MIN
     src_port_max: int = model.SRC_PORT_MAX
 

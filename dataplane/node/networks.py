@@ -27,7 +27,21 @@ def flood_list(st: NodeState, vni: int) -> list[str]:
     """Static peers (--peer) first, then the VTEPs the agent learned from the registry."""
     out = list(st.peers.get(vni, []))
     out += [ip for ip in st.registry_peers.get(vni, []) if ip not in out]
-    return out[: _C["DP_MAX_FLOOD"]]
+    return out
+
+
+def over_limit(st: NodeState) -> list[str]:
+    """What the fast path's broadcast cannot reach: members past DP_MAX_FLOOD / DP_MAX_LOCAL.
+    Never silent: `agent status` and `dataplane stats` show it. (The peer check still
+    admits every VTEP: dp_vteps holds them all.)"""
+    out = []
+    for vni in sorted(st.networks):
+        n, k = len(flood_list(st, vni)), len(st.local_endpoints(vni))
+        if n > _C["DP_MAX_FLOOD"]:
+            out.append(f"VNI {vni}: {n} VTEPs, broadcast and unknown frames reach the first {_C['DP_MAX_FLOOD']}")
+        if k > _C["DP_MAX_LOCAL"]:
+            out.append(f"VNI {vni}: {k} local endpoints, broadcast reaches the first {_C['DP_MAX_LOCAL']}")
+    return out
 
 
 def serve(m: NodeMaps, st: NodeState, vni: int, subnet=None, mtu: int | None = None) -> ServedNetwork:
@@ -73,21 +87,23 @@ def free_slot(st: NodeState) -> int:
 def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
     """Rewrite the VNI's entry, its local-port and flood slots from the state.
     Slots are written before the counts grow and removed after they shrink."""
-    ports = [e.ifindex for e in st.local_endpoints(vni)]
-    vteps = flood_list(st, vni)
+    ports = [e.ifindex for e in st.local_endpoints(vni)][: _C["DP_MAX_LOCAL"]]
+    vteps = flood_list(st, vni)      # all are peers (dp_vteps); the first DP_MAX_FLOOD get copies
+    flood = vteps[: _C["DP_MAX_FLOOD"]]
     old = m.dp_networks.get(ctypes.c_uint32(vni))
     for i, ifx in enumerate(ports):
         m.dp_local_ports.put(slot_key(vni, i), ctypes.c_uint32(ifx))
     for i, ip in enumerate(vteps):
-        m.dp_flood.put(slot_key(vni, i), ctypes.c_uint32(be32(ip)))
+        if i < len(flood):
+            m.dp_flood.put(slot_key(vni, i), ctypes.c_uint32(be32(ip)))
         m.dp_vteps.put(ip_key(vni, ip), ctypes.c_uint32(i))
     net = st.networks[vni]
     m.dp_networks.put(ctypes.c_uint32(vni), _S["dp_network"](mtu=net.mtu, slot=net.slot, n_local=len(ports),
-                                                             n_flood=len(vteps)))
+                                                             n_flood=len(flood)))
     if old is not None:
         for i in range(len(ports), old.n_local):
             m.dp_local_ports.delete(slot_key(vni, i))
-        for i in range(len(vteps), old.n_flood):
+        for i in range(len(flood), old.n_flood):
             m.dp_flood.delete(slot_key(vni, i))
     parted = st.parted.setdefault(vni, {})
     for ip in vteps:

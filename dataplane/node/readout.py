@@ -7,9 +7,11 @@ import time
 
 from dataplane.core import abi, model
 from dataplane.core.keys import ip_str
+from dataplane.node import networks
 from dataplane.node.base import Node
 
 _S = abi.load().structs
+_C = abi.load().constants
 
 
 def fdb(node: Node) -> list[dict]:
@@ -34,7 +36,7 @@ def fdb(node: Node) -> list[dict]:
 
 def stats(node: Node) -> list[dict]:
     """Counters per VNI summed over CPUs; VNI 0 is what belongs to no VNI."""
-    node.require_up()
+    st = node.require_up()
     names = abi.drop_names()
     counters = [n for n, _ in _S["dp_stats"]._fields_ if n != "drops"]
     rows = []
@@ -49,5 +51,8 @@ def stats(node: Node) -> list[dict]:
                 row[c] = sum(getattr(cpu, c) for cpu in percpu)
             row["drops"] = {names[i]: total for i in range(len(names))
                             if (total := sum(cpu.drops[i] for cpu in percpu))}
+            if vni in st.networks:   # members a broadcast cannot reach (networks.over_limit says why)
+                row["unreached"] = (max(0, len(networks.flood_list(st, vni)) - _C["DP_MAX_FLOOD"]) +
+                                    max(0, len(st.local_endpoints(vni)) - _C["DP_MAX_LOCAL"]))
             rows.append(row)
     return sorted(rows, key=lambda r: r["vni"])

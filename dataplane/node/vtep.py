@@ -21,6 +21,7 @@ _F = abi.load().enums["dp_cfg_flag"]
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
        peer_check: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
+       storm: tuple[int | None, int | None] = (None, None),
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
     reloads the programs (atomic replace) and adds what is new. With a
@@ -40,6 +41,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
     port = model.parse_port(port) if port is not None else None
     peer_ips = [str(model.parse_ipv4(p, "peer address")) for p in peer_ips]
     fdb_age = model.parse_age(fdb_age) if fdb_age is not None else None
+    storm_rate, storm_burst = (None if v is None else model.parse_storm(v, what)
+                               for v, what in zip(storm, ("storm-control rate", "storm-control burst")))
     if underlay is not None:
         model.parse_ifname(underlay)
     if node.netns and not netlink.ns_exists(node.netns):
@@ -84,6 +87,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             cfg.peer_check = bool(peer_check)
         cfg.xdp_guard = xdp_guard or cfg.xdp_guard
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
+        cfg.storm_rate = cfg.storm_rate if storm_rate is None else storm_rate     # either way on a running node
+        cfg.storm_burst = cfg.storm_burst if storm_burst is None else storm_burst
         if registry:
             st.registry = registry
             st.host_name = host_name or st.host_name or node.netns or socket.gethostname().split(".")[0]
@@ -137,6 +142,9 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
                           src_port_min=c.src_port_min, src_port_max=c.src_port_max,
                           flags=flags, uplink_ifindex=st.uplink.ifindex,
                           fdb_age_ns=c.fdb_age_s * 1_000_000_000)
+    if c.storm_rate:
+        val.storm_interval_ns = 1_000_000_000 // c.storm_rate
+        val.storm_burst_ns = val.storm_interval_ns * max(c.storm_burst, 1)
     m.dp_config.put(ctypes.c_uint32(0), val)
 
 

@@ -57,7 +57,8 @@ class Harness:
         ctypes.memmove(k.mac, bytes.fromhex(mac.replace(":", "")), 6)
         return k
 
-    def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9):
+    def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9,
+                  storm_ns=(0, 0)):
         f = self.abi.enums["dp_cfg_flag"]
         flags = int(f.DP_CFG_PEER_CHECK) if peer_check else 0
         # An agent whose heartbeat reaches an hour ahead, or none.
@@ -66,7 +67,7 @@ class Harness:
         self.maps.dp_config.put(ctypes.c_uint32(0), self.S["dp_config"](
             local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,
-            fdb_age_ns=fdb_age_ns))
+            fdb_age_ns=fdb_age_ns, storm_interval_ns=storm_ns[0], storm_burst_ns=storm_ns[1]))
 
     def slot(self, vni: int) -> int:
         """The dp_stats slot of vni (0 for no VNI), given out as the control plane does."""

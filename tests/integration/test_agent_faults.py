@@ -265,10 +265,13 @@ def test_vxlan_from_a_vtep_in_no_peer_list_is_dropped_by_default(info):
         after = stats("dpl-h1", 256)
         assert after["rx_packets"] == before["rx_packets"], "nothing was delivered into the VNI"
         assert not [r for r in readout.fdb(Node("dpl-h1")) if r["where"] == "198.18.0.99"], "nothing learned"
-        # Switched off on the running node (no down): the same frames go in; and back on.
+        # Switched off on the running node (no down): the same frames pass the peer check and
+        # are caught by the next one, the registry's VTEP for the victim's MAC; and back on.
         dp("--netns", "dpl-h1", "up", "--no-peer-check")
         in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), victim["mac"], victim["ip"], "eth0")
-        assert wait_for(lambda: stats("dpl-h1", 256)["rx_packets"] >= after["rx_packets"] + 3)
+        assert wait_for(lambda: stats("dpl-h1", 256)["drops"].get("vtep_mismatch", 0)
+                        >= after["drops"].get("vtep_mismatch", 0) + 3), stats("dpl-h1", 256)
+        assert stats("dpl-h1", 256)["drops"].get("unknown_peer") == after["drops"].get("unknown_peer")
         dp("--netns", "dpl-h1", "up", "--peer-check")
         assert Node("dpl-h1").state().config.peer_check
     finally:
@@ -299,3 +302,58 @@ def test_a_host_whose_lease_lapsed_stays_a_peer_for_a_grace(info):
         reg.close()
         process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
     assert wait_for(lambda: lab.vtep_ip(1) in [p["peer"] for p in client.call("dpl-h2", "peer_list")])
+
+
+FORGE = """
+import sys
+from scapy.all import ARP, Ether, IP, UDP, Raw, sendp
+from scapy.layers.vxlan import VXLAN
+dst_mac, vtep, kind, smac, dmac, ip_a, ip_b, iface = sys.argv[1:9]
+if kind == "garp":      # gives address ip_a to MAC smac
+    inner = Ether(src=smac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=smac, psrc=ip_a, hwdst="ff:ff:ff:ff:ff:ff", pdst=ip_a)
+else:                   # an IPv4 frame from smac/ip_a to dmac/ip_b
+    inner = Ether(src=smac, dst=dmac) / IP(src=ip_a, dst=ip_b) / UDP(dport=9) / Raw(b"forged")
+f = Ether(dst=dst_mac) / IP(src="198.18.0.99", dst=vtep) / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=256) / inner
+sendp([f] * 3, iface=iface, verbose=False)
+"""
+
+
+def test_a_peer_cannot_claim_another_hosts_endpoint(info):
+    """A host the registry does list (198.18.0.99, with an endpoint of its own on
+    VNI 256), so the peer check admits it, tries to take h2's endpoint: frames with
+    that endpoint's MAC as their source (dropped as vtep_mismatch, never learned),
+    and a gratuitous ARP giving its address to the rogue's own MAC (arp_spoof)."""
+    from tests.integration.conftest import in_ns
+    a, victim = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    url = lab.registry_url("sqlite")
+    reg = open_registry(url)
+    lease = reg.kv.lease_grant(600)
+    lab.underlay_host("dpl-x", "ul-x", "eth0", "198.18.0.99")
+    try:
+        reg.host_register(Host.make("rogue", "198.18.0.99"), lease)
+        rogue = reg.endpoint_create("dpl-rogue1", reg.network_by_vni(256).name, "rogue")
+        assert wait_for(lambda: any(r["mac"] == rogue.mac and r["where"] == "198.18.0.99"
+                                    for r in readout.fdb(Node("dpl-h1")))), "h1 knows the rogue's endpoint"
+        h1_mac = netlink.link_info("dpl-h1", lab.UPLINK)["mac"]
+        before = stats("dpl-h1", 256)
+        args = (h1_mac, lab.vtep_ip(1))
+        r = in_ns("dpl-x", FORGE, *args, "ip", victim["mac"], a["mac"], victim["ip"], a["ip"], "eth0")
+        assert r.returncode == 0, r.stderr
+        r = in_ns("dpl-x", FORGE, *args, "garp", rogue.mac, "ff:ff:ff:ff:ff:ff", victim["ip"], victim["ip"], "eth0")
+        assert r.returncode == 0, r.stderr
+        drops = lambda: stats("dpl-h1", 256)["drops"]  # noqa: E731
+        assert wait_for(lambda: drops().get("vtep_mismatch", 0) >= before["drops"].get("vtep_mismatch", 0) + 3
+                        and drops().get("arp_spoof", 0) >= before["drops"].get("arp_spoof", 0) + 3), drops()
+        assert stats("dpl-h1", 256)["rx_packets"] == before["rx_packets"], "nothing was delivered"
+        where = [r["where"] for r in readout.fdb(Node("dpl-h1")) if r["mac"] == victim["mac"]]
+        assert where == [lab.vtep_ip(2)], f"the victim's MAC still points at h2 only: {where}"
+        assert ping(a["name"], victim["ip"])[0] == 3
+    finally:
+        netlink.ns_delete("dpl-x")
+        netlink.link_delete(lab.UNDERLAY_NS, "ul-x")
+        for undo in (lambda: reg.endpoint_rm("dpl-rogue1"), lambda: reg.kv.lease_revoke(lease)):
+            try:
+                undo()
+            except Exception:  # noqa: BLE001 - best effort: the next tests want a clean registry
+                pass
+        reg.close()

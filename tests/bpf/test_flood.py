@@ -1,0 +1,96 @@
+"""Broadcast replication (issue 15, items 4 and 5): every failed copy counted,
+no member past 64 silently cut off, the flood path's MTU check, and storm
+control. BPF_PROG_TEST_RUN has no real interfaces behind the ifindexes, so
+every copy fails and is counted: the count of failed copies is how many
+members the programs reached."""
+
+import contextlib
+import ctypes
+import ipaddress
+
+import pytest
+
+from tests import packets as P
+from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, PEER_IP, REMOTE_IP, REMOTE_MAC, TC_ACT_SHOT,
+                                UPLINK_IFINDEX, VNI, be32)
+
+BASE_IFINDEX = 5000       # local ports with no link behind them
+BASE_VTEP = ipaddress.IPv4Address("198.18.8.0")
+
+
+def drops(hx, reason: str) -> int:
+    return hx.stats(VNI)["drops"][int(hx.drop[f"DP_DROP_{reason}"])]
+
+
+@contextlib.contextmanager
+def members(hx, n_local: int, n_flood: int, mtu: int = 1450):
+    """VNI's broadcast lists: n_local ports (the first is EP_IFINDEX, the sender) and n_flood VTEPs."""
+    m, S = hx.maps, hx.S
+    vteps = [int(BASE_VTEP) + i for i in range(n_flood)]
+    try:
+        for i in range(n_local):
+            m.dp_local_ports.put(S["dp_slot_key"](vni=VNI, index=i), ctypes.c_uint32(EP_IFINDEX if i == 0 else BASE_IFINDEX + i))
+        for i, ip in enumerate(vteps):
+            addr = str(ipaddress.IPv4Address(ip))
+            m.dp_flood.put(S["dp_slot_key"](vni=VNI, index=i), ctypes.c_uint32(be32(addr)))
+            m.dp_nexthops.put(ctypes.c_uint32(be32(addr)), S["dp_nexthop"](ifindex=UPLINK_IFINDEX, flags=1))
+        m.dp_networks.put(ctypes.c_uint32(VNI), hx.network(VNI, mtu=mtu, n_local=n_local, n_flood=n_flood))
+        yield
+    finally:
+        m.dp_networks.put(ctypes.c_uint32(VNI), hx.network(VNI, n_local=0, n_flood=0))
+        for i in range(n_local):
+            m.dp_local_ports.delete(S["dp_slot_key"](vni=VNI, index=i))
+        for i, ip in enumerate(vteps):
+            m.dp_flood.delete(S["dp_slot_key"](vni=VNI, index=i))
+            m.dp_nexthops.delete(ctypes.c_uint32(be32(str(ipaddress.IPv4Address(ip)))))
+
+
+def broadcast(size: int = 0) -> bytes:
+    return bytes(P.inner_ipv4(EP_MAC, "ff:ff:ff:ff:ff:ff", EP_IP, "10.1.0.255", b"b" * max(size, 32)))
+
+
+@pytest.mark.parametrize("n_local,n_flood", [(3, 0), (0 + 1, 5), (150, 0), (1, 200), (1024, 1024)])
+def test_every_member_gets_a_copy_and_every_failed_copy_is_counted(hx, n_local, n_flood):
+    """1024 + 1024 is the most: 32 chained runs, within the kernel's 33 tail calls."""
+    with members(hx, n_local, n_flood):
+        before = drops(hx, "REDIRECT"), hx.stats(VNI)["flooded"]
+        ret, _ = hx.run_tc("from_endpoint", broadcast(), EP_IFINDEX)
+        assert ret == TC_ACT_SHOT, "no copy left the host: nowhere to go"
+        assert drops(hx, "REDIRECT") - before[0] == (n_local - 1) + n_flood
+        assert hx.stats(VNI)["flooded"] - before[1] == (1 if n_flood else 0)
+
+
+def test_flood_from_the_overlay_reaches_past_64_local_endpoints(hx):
+    inner = P.inner_ipv4(REMOTE_MAC, "ff:ff:ff:ff:ff:ff", REMOTE_IP, "10.1.0.255")
+    frame = bytes(P.vxlan(inner, VNI, PEER_IP, LOCAL_IP))
+    with members(hx, 100, 0):
+        before = drops(hx, "REDIRECT")
+        assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_SHOT
+        assert drops(hx, "REDIRECT") - before == 100
+
+
+def test_flood_refuses_a_frame_over_the_network_mtu(hx):
+    with members(hx, 1, 3, mtu=200):
+        before = drops(hx, "TOO_BIG"), drops(hx, "REDIRECT")
+        assert hx.run_tc("from_endpoint", broadcast(300), EP_IFINDEX)[0] == TC_ACT_SHOT
+        assert drops(hx, "TOO_BIG") == before[0] + 1
+        assert drops(hx, "REDIRECT") == before[1], "no copy was attempted"
+
+
+def test_storm_control_limits_each_endpoint(hx):
+    """10 frames/s with a burst of 5: of 20 back-to-back broadcasts, 6 are flooded
+    (the first and the burst) and the rest counted as storm drops."""
+    interval = 100_000_000
+    for k in hx.maps.dp_storm.keys():
+        hx.maps.dp_storm.delete(k)
+    hx.configure(storm_ns=(interval, 5 * interval))
+    try:
+        with members(hx, 1, 1):
+            before = drops(hx, "STORM"), drops(hx, "REDIRECT")
+            for _ in range(20):
+                hx.run_tc("from_endpoint", broadcast(), EP_IFINDEX)
+            flooded = drops(hx, "REDIRECT") - before[1]
+            assert drops(hx, "STORM") - before[0] == 20 - flooded
+            assert 6 <= flooded <= 8, "the burst, and at most a frame or two earned while the loop ran"
+    finally:
+        hx.configure()

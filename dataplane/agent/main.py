@@ -13,6 +13,7 @@ any time while they keep forwarding.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 from collections import deque
 import signal
@@ -31,6 +32,7 @@ from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_regi
 from dataplane.registry.backoff import Backoff
 
 LEASE_TTL_DEFAULT = 10
+SLOW_TURN_S = 0.1         # a main-loop turn longer than this is logged (it holds up registry events)
 BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
 LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
 log = logging.getLogger("dataplane.agent")
@@ -190,14 +192,18 @@ class Agent:
 
     def _read_punts(self) -> None:
         while not self.stopping.is_set():
+            room = self.punts.room()
+            if not room:            # over the intake rate or the backlog full: leave punts in the
+                self.stopping.wait(0.01)   # ring, whose filling up makes the fast path flood them
+                continue
             try:
-                batch = self.punt_reader.read(0.2)
+                batch = self.punt_reader.read(0.2, min(room, 256))
             except Exception as e:  # never let the reader die
                 log.error("reading punts failed: %s: %s", type(e).__name__, e)
                 self.stopping.wait(0.5)
                 continue
-            if batch:
-                self.q.put(("punts", batch))
+            if batch and self.punts.offer(batch):
+                self.q.put(("punts", None))
 
     # --- main loop -----------------------------------------------------------------
 
@@ -208,18 +214,21 @@ class Agent:
         while not self.stopping.is_set():
             wake = min(next_age, next_beat or next_age)
             kind, data = self._next_message(max(0.01, wake - time.monotonic()))
+            t0 = time.monotonic()
             try:
                 if kind == "snapshot":
                     self._apply_snapshot(data, adopt=next_beat is None)
                     next_beat = next_beat or time.monotonic()   # synced: misses come to us from now on
-                elif kind == "punts":
-                    self.punts.handle(data)
+                elif kind == "punts" and self.punts.run_slice():
+                    self.q.put(("punts", None))     # the rest after what came meanwhile
                 elif kind == "events":
                     self._apply_events(data)
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)
             now = time.monotonic()
+            if now - t0 > SLOW_TURN_S:
+                log.warning("slow turn: %s took %.0f ms", kind, (now - t0) * 1000)
             if next_beat is not None and now >= next_beat:
                 next_beat = now + BEAT_S
                 vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
@@ -317,7 +326,13 @@ class Agent:
 
 
 def install_signal_handlers(agent: Agent) -> None:
+    me = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != me:   # a forked helper (pyroute2's namespace child) inherited the handler:
+            signal.signal(signum, signal.SIG_DFL)   # it is being stopped, not the agent
+            os.kill(os.getpid(), signum)
+            return
         log.info("%s received; stopping (the node keeps forwarding)", signal.Signals(signum).name)
         agent.stop(leave=False)
     signal.signal(signal.SIGTERM, handler)

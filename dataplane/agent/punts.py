@@ -1,12 +1,26 @@
 """Misses the fast path punted to the agent (see slowpath.py for reading and
 sending): find the owner of the MAC or address, repair a lost entry, send
-the frame to the owner's VTEP, or replicate it when nobody owns it."""
+the frame to the owner's VTEP, or replicate it when nobody owns it.
+
+Overload: the ring buffer holds what the agent has not read; what it has read
+waits in a bounded backlog (more is dropped and counted), is taken a slice at
+a time so registry events queued meanwhile go first. Punts are taken from the
+ring at a bounded rate (the rest wait there; a full ring makes the fast path
+flood, under storm control), charged to their sending endpoint before they
+are parsed, and registry lookups have a rate of their own: a container
+spraying random destinations costs the agent a bounded share of its time.
+"""
 
 from __future__ import annotations
 
 import logging
+import struct
+import threading
+import time
+from collections import deque
 
 from dataplane.agent import slowpath
+from dataplane.core import abi
 from dataplane.core.errors import DataplaneError
 from dataplane.node import networks
 from dataplane.registry import Host, Unavailable
@@ -14,27 +28,120 @@ from dataplane.registry.store import key
 
 log = logging.getLogger(__name__)
 
+BACKLOG = 4096             # punts read but not yet handled; when full the reader leaves them in the ring
+INTAKE = (5000.0, 500)     # punts taken from the ring per second, and at once: the rest wait there, and
+                           # a full ring makes the fast path flood (under storm control) instead
+SLICE_S = 0.02             # the main loop handles punts this long, then looks at its queue again
+PER_SOURCE = (200.0, 100)  # punts handled per second, and at once, per sending endpoint
+LOOKUPS = (200.0, 50)      # registry lookups per second, and at once, for all punts
+SOURCES_MAX = 4096         # endpoints with a bucket; past this the buckets start over
+LIMITED = object()         # _owner: not looked up (over the rate); the punt is dropped
+
+
+_IFINDEX = struct.Struct("=I")
+_IFINDEX_AT = abi.load().structs["dp_punt"].ifindex.offset
+
+
+class Bucket:
+    """A token bucket: rate per second, up to burst at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def _fill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        self._fill(now)
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def available(self, now: float) -> int:
+        self._fill(now)
+        return int(self.tokens)
+
 
 class PuntHandler:
     def __init__(self, agent):
         self.ag = agent
-        # resolved (sent to the owner's VTEP; looked_up: the registry knew what our view
-        # did not yet; repaired: the map had lost an entry we had installed), local,
-        # unresolved (flooded), stale
+        # received (taken from the ring), resolved (sent to the owner's VTEP; looked_up: the
+        # registry knew what our view did not yet; repaired: the map had lost an entry we had
+        # installed), local, unresolved (flooded), stale; rate_limited (over the sending
+        # endpoint's rate: dropped), lookup_limited (registry lookups over their rate: dropped)
         self.counts = {"received": 0, "resolved": 0, "looked_up": 0, "repaired": 0, "local": 0,
-                       "unresolved": 0, "flooded": 0, "stale": 0, "send_errors": 0}
+                       "unresolved": 0, "flooded": 0, "stale": 0, "send_errors": 0,
+                       "rate_limited": 0, "lookup_limited": 0}
+        self.backlog: deque = deque()
+        self._mu = threading.Lock()
+        self._queued = False       # a ("punts", None) message is in the agent's queue
+        self.intake = Bucket(*INTAKE)
+        self.sources: dict[int, Bucket] = {}
+        self.lookups = Bucket(*LOOKUPS)
+        self._quiet_until = 0.0    # send failures are logged at most once a second
+
+    def room(self) -> int:
+        """How many punts the reader may take from the ring now (0: leave them there)."""
+        with self._mu:
+            return max(0, min(BACKLOG - len(self.backlog), self.intake.available(time.monotonic())))
+
+    def offer(self, records: list[bytes]) -> bool:
+        """The reader's side: raw ring records, at most room(). Each is charged to its
+        sending endpoint before it is parsed. True: the main loop must be told."""
+        now = time.monotonic()
+        keep = []
+        for rec in records:
+            self.intake.take(now)
+            if self._admit(_IFINDEX.unpack_from(rec, _IFINDEX_AT)[0], now):
+                keep.append(slowpath.parse(rec))
+        with self._mu:
+            self.counts["received"] += len(records)
+            self.backlog.extend(keep)
+            wake = bool(self.backlog) and not self._queued
+            self._queued = self._queued or wake
+            return wake
+
+    def run_slice(self) -> bool:
+        """The main loop's side: handle punts for up to SLICE_S. True: more wait
+        (the caller queues another turn behind whatever came meanwhile)."""
+        end = time.monotonic() + SLICE_S
+        while time.monotonic() < end:
+            with self._mu:
+                batch = [self.backlog.popleft() for _ in range(min(32, len(self.backlog)))]
+                if not batch:
+                    self._queued = False
+                    return False
+            self.handle(batch)
+        with self._mu:
+            self._queued = bool(self.backlog)
+            return self._queued
+
+    def _admit(self, ifindex: int, now: float) -> bool:
+        b = self.sources.get(ifindex)
+        if b is None:
+            if len(self.sources) >= SOURCES_MAX:
+                self.sources.clear()
+            b = self.sources[ifindex] = Bucket(*PER_SOURCE)
+        if b.take(now):
+            return True
+        self.counts["rate_limited"] += 1
+        return False
 
     def handle(self, batch) -> None:
         ag, c = self.ag, self.counts
         st = ag.node.require_up()
         with ag.lock:
             for p in batch:
-                c["received"] += 1
                 if p.age_ns > slowpath.STALE_NS:
                     c["stale"] += 1
                     continue
                 net = ag.view.network_of_vni(p.vni)
                 ep = self._owner(net, p) if net else None
+                if ep is LIMITED:
+                    continue
                 host = ag.view.hosts.get(ep.host) if ep else None
                 if ep is not None and ep.host == ag.me:
                     c["local"] += 1      # ours, its sandbox is being set up: nothing to send
@@ -53,9 +160,13 @@ class PuntHandler:
         ag = self.ag
         mac = p.dst_mac if p.reason == slowpath.UNKNOWN_DST else None
         ip = p.arp_target
-        for e in ag.view.endpoints.values():
-            if e.network == net.name and (e.mac == mac or e.ip == ip):
-                return e
+        eid = ag.view.macs.get(f"{net.name}/{mac}") if mac else ag.view.ipam.get(f"{net.name}/{ip}")
+        e = ag.view.endpoints.get(eid) if eid else None
+        if e is not None and e.network == net.name:
+            return e
+        if not self.lookups.take(time.monotonic()):
+            self.counts["lookup_limited"] += 1
+            return LIMITED
         try:
             claim = ag.reg.kv.get(key("macs", net.name, mac) if mac else key("ipam", net.name, ip or "-"))
             if claim is None:
@@ -80,5 +191,8 @@ class PuntHandler:
             return 1
         except OSError as e:
             self.counts["send_errors"] += 1
-            log.warning("punt: sending to %s failed: %s", vtep, e)
+            now = time.monotonic()
+            if now >= self._quiet_until:         # one line a second, however many fail
+                self._quiet_until = now + 1.0
+                log.warning("punt: sending to %s failed: %s (send_errors: %d)", vtep, e, self.counts["send_errors"])
             return 0

@@ -66,6 +66,10 @@ class Sender:
         self.raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind((self.local_ip, 0))
+        # Never block the agent's loop on a full queue: a frame that cannot go now is dropped
+        # (the caller counts it), as the fast path would drop it.
+        self.raw.setblocking(False)
+        self.udp.setblocking(False)
 
     def send(self, vni: int, vtep: str, frame: bytes) -> str:
         """Send one frame to vtep; returns how ("nexthop" or "routed")."""
@@ -89,8 +93,9 @@ class PuntReader:
     def __init__(self, pin_dir: str):
         self.ring = RingReader(os.path.join(pin_dir, "dp_punts"))
 
-    def read(self, timeout_s: float) -> list[Punt]:
-        return [parse(r) for r in self.ring.read(timeout_s)]
+    def read(self, timeout_s: float, limit: int = 256) -> list[bytes]:
+        """Raw records (parse() each): the caller may refuse some before parsing."""
+        return self.ring.read(timeout_s, limit)
 
     def close(self) -> None:
         self.ring.close()

@@ -44,15 +44,42 @@ def adopt(ag) -> None:
 
 def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     """Our sandbox was moved to another host (the move committed) or removed by someone else.
+    A Docker or CNI container's interface is the runtime's, never torn down for a registry
+    write: that is a conflict, reported (until the runtime removes the endpoint), and a
+    deleted record is registered again.
     local: the node's endpoints, read once for a batch of events (else read here)."""
     local = ag.node.require_up().endpoints if local is None else local
-    if name in local and _not_ours(ag, rec):
+    if name not in local:
+        return
+    if not _not_ours(ag, rec):
+        return
+    if local[name].sandbox:
+        _runtime_conflict(ag, name, rec, local[name])
+        return
+    try:
+        endpoints.remove(ag.node, name)
+        local.pop(name, None)
+        log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
+    except DataplaneError as e:
+        log.error("endpoint %s: %s", name, e)
+
+
+def _runtime_conflict(ag, name: str, rec, ep) -> None:
+    why = ("registry record deleted by another writer" if rec is None
+           else f"registry record moved to host {rec.host} by another writer")
+    if rec is None:
+        net = ag.view.network_of_vni(ep.vni)
         try:
-            endpoints.remove(ag.node, name)
-            local.pop(name, None)
-            log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
+            if net is None:
+                raise DataplaneError(f"VNI {ep.vni} has no network in the registry")
+            ag.view.endpoints[name] = ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac)
+            why += "; registered again"
         except DataplaneError as e:
-            log.error("endpoint %s: %s", name, e)
+            why += f"; cannot register it again: {e}"
+    if ag.conflicts.get(name) != why:
+        log.error("endpoint %s belongs to a local %s container, kept: %s", name,
+                  ep.sandbox.get("runtime", "runtime"), why)
+    ag.conflicts[name] = why
 
 
 def _not_ours(ag, rec) -> bool:

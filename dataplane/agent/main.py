@@ -59,6 +59,7 @@ class Agent:
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
+        self.conflicts: dict[str, str] = {}    # a local runtime's endpoint another writer moved or deleted
         self.bad: deque[str] = deque(maxlen=50)   # the last records skipped as malformed: "key: why"
         self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink

@@ -70,7 +70,8 @@ class Ops:
                     "last_sync_ms": round(ag.last_sync_s * 1000, 1),
                     "last_snapshot_ms": round(ag.last_snapshot_s * 1000, 1), "map_error": ag.remote.last_error,
                     **ag.counters, "vni_errors": {str(v): e for v, e in sorted(ag.vni_errors.items())},
-                    "skipped_endpoints": dict(ag.skipped), "bad_records_recent": list(ag.bad),
+                    "skipped_endpoints": dict(ag.skipped), "conflicts": dict(ag.conflicts),
+                    "bad_records_recent": list(ag.bad),
                     "punts": dict(ag.punts.counts), "over_limit": networks.over_limit(ag.node.require_up()),
                     "rss_kib": _rss_kib(), "rss_peak_kib": _rss_kib("VmHWM")}
 

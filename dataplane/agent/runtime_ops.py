@@ -120,6 +120,7 @@ class RuntimeOps:
         model.parse_name(id, "endpoint id")
         removed = False
         with self.ag.lock:
+            self.ag.conflicts.pop(id, None)
             if id in self.ag.node.require_up().endpoints:
                 endpoints.remove(self.ag.node, id)
                 removed = True
@@ -127,13 +128,16 @@ class RuntimeOps:
                 rec = self.ag.reg.endpoint(id)
             except NotFound:
                 rec = None
-            if rec is not None:
-                if rec.host != self.ag.me:
-                    raise Conflict(f"endpoint {id} lives on host {rec.host}; remove it there")
+            out = {"id": id, "removed": removed}
+            if rec is not None and rec.host != self.ag.me:
+                # Another writer gave the record to another host (a conflict): the runtime's
+                # interface here is gone, the other host's record is not ours to delete.
+                out["registry"] = f"record left: it names host {rec.host}"
+            elif rec is not None:
                 self.ag.reg.endpoint_rm(id)
-                removed = True
+                out["removed"] = True
             self.ag.view.endpoints.pop(id, None)
-        return {"id": id, "removed": removed}
+        return out
 
     def endpoint_check(self, id, ip=None, mac=None) -> dict:
         """Everything the endpoint needs is in place: registry record, host

@@ -357,3 +357,34 @@ def test_a_peer_cannot_claim_another_hosts_endpoint(info):
             except Exception:  # noqa: BLE001 - best effort: the next tests want a clean registry
                 pass
         reg.close()
+
+
+def test_a_remote_edit_never_tears_down_a_local_runtime_sandbox(info):
+    """A Docker container's endpoint on h1 (its peer interface left in h1's namespace,
+    as the Docker driver leaves it for the engine). Another writer deletes its record,
+    then moves it to h2: h1 keeps the interface and its entries, reports the conflict
+    in `agent status`, and registers the deleted record again."""
+    from dataplane.registry import Endpoint
+    from dataplane.registry.kv import Txn
+    from dataplane.registry.store import key
+    client.call("dpl-h1", "endpoint_attach", id="dpl-dock1", vni=256,
+                sandbox={"peer": "dpdock1", "runtime": "docker"})
+    reg = open_registry(lab.registry_url("sqlite"))
+    kept = lambda: ("dpl-dock1" in Node("dpl-h1").state().endpoints  # noqa: E731
+                    and netlink.link_index("dpl-h1", "dpdock1") is not None)
+    conflict = lambda: client.call("dpl-h1", "status").get("conflicts", {}).get("dpl-dock1", "")  # noqa: E731
+    try:
+        reg.endpoint_rm("dpl-dock1")
+        wait_for(lambda: "deleted" in conflict() or not kept())
+        assert kept(), "the container's interface is the runtime's"
+        assert "deleted" in conflict(), client.call("dpl-h1", "status")["conflicts"]
+        assert "registered again" in conflict()
+        assert wait_for(lambda: reg.endpoint("dpl-dock1").host == lab.host_name(1))
+        rec = reg.endpoint("dpl-dock1")
+        moved = Endpoint.make(rec.id, rec.network, lab.host_name(2), rec.mac, rec.ip)
+        reg.kv.commit(Txn().put(key("endpoints", rec.id), moved.to_json()))
+        assert wait_for(lambda: "moved to host" in conflict()), conflict()
+        assert kept()
+    finally:
+        reg.close()
+        client.call("dpl-h1", "endpoint_detach", id="dpl-dock1")

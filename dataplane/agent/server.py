@@ -33,7 +33,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 op, args = req["op"], req.get("args") or {}
                 if not isinstance(op, str) or not isinstance(args, dict):
                     raise ValueError
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):    # RecursionError: "[[[[..." nested too deep
                 reply = {"ok": False, "error": "malformed request", "code": errors.UsageError.exit_code}
             else:
                 reply = self.server.dispatch(op, args)

@@ -7,6 +7,8 @@ function here first, so a bad value is refused before anything is created.
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import re
 from functools import lru_cache
 
@@ -39,6 +41,19 @@ def parse_int(value, what: str, base: int = 10) -> int:
         return int(value)
     except (ValueError, OverflowError):
         raise UsageError(f"bad {what} {value!r}: not a whole number") from None
+
+
+def _finite(s: str) -> float:
+    f = float(s)
+    if not math.isfinite(f):
+        raise ValueError(f"{s} is not a JSON number")
+    return f
+
+
+def loads(raw: bytes | str):
+    """JSON from outside, as JSON means it: NaN, Infinity and numbers that overflow to
+    infinity (1e400) raise ValueError, so what is echoed back stays JSON (Go parsers refuse them)."""
+    return json.loads(raw, parse_float=_finite, parse_constant=_finite)
 
 
 def parse_vni(value) -> int:

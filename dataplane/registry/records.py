@@ -14,7 +14,7 @@ from dataplane.core import model
 from dataplane.core.errors import UsageError
 
 MTU_DEFAULT = 1500 - model.ENCAP_LEN
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")       # \Z: $ lets "id\n" through
 PREFIX = "/dataplane/"
 
 

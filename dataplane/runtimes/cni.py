@@ -31,10 +31,10 @@ VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 # The spec's well-known error codes; 100 and up are ours.
 E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG, E_TRY_AGAIN = 1, 2, 3, 4, 5, 6, 7, 11
-E_NOT_AVAILABLE = 50
-E_CONFLICT, E_BROKEN, E_INTERNAL = 100, 101, 102
+E_NOT_AVAILABLE, E_CONFLICT, E_BROKEN, E_INTERNAL = 50, 100, 101, 102
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# The spec's pattern for network names and container ids (\Z: $ would let "abc\n" through).
+_SPEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 
 
 class CNIError(Exception):
@@ -65,8 +65,8 @@ def _env(env, name: str, required: bool = True) -> str | None:
 
 def _read_conf(raw: bytes) -> dict:
     try:
-        conf = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        conf = model.loads(raw)
+    except (ValueError, RecursionError) as e:
         raise CNIError(E_DECODE, "network configuration is not valid JSON", str(e)) from None
     if not isinstance(conf, dict):
         raise CNIError(E_DECODE, "network configuration must be a JSON object")
@@ -78,8 +78,8 @@ def _check_conf(conf: dict) -> int:
     if ver not in SUPPORTED:
         raise CNIError(E_VERSION, f"CNI version {ver!r} is not supported",
                        f"supported versions: {', '.join(SUPPORTED)}")
-    if not isinstance(conf.get("name"), str) or not conf["name"]:
-        raise CNIError(E_CONFIG, "network configuration has no name")
+    if not isinstance(conf.get("name"), str) or not _SPEC_ID.match(conf["name"]):
+        raise CNIError(E_CONFIG, f"bad network name {conf.get('name')!r}: letters, digits, _ . - expected")
     vni = conf.get("vni")
     if not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= 0xFFFFFF:
         raise CNIError(E_CONFIG, f"bad vni {vni!r}: an integer 1..16777215 is required")
@@ -96,15 +96,13 @@ def _check_conf(conf: dict) -> int:
 
 def _attachment(env, need_netns: bool) -> tuple[str, str, str | None]:
     cid = _env(env, "CNI_CONTAINERID")
-    if not _CONTAINER_ID.match(cid):
+    if not _SPEC_ID.match(cid):
         raise CNIError(E_ENV, f"bad CNI_CONTAINERID {cid!r}")
     ifname = _env(env, "CNI_IFNAME")
     try:
         model.parse_ifname(ifname)
     except UsageError:
         raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}") from None
-    if ifname in (".", ".."):
-        raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}")
     netns = _env(env, "CNI_NETNS", required=need_netns)
     if netns is not None and not netns.startswith("/"):
         raise CNIError(E_ENV, f"bad CNI_NETNS {netns!r}: an absolute path expected")
@@ -130,7 +128,7 @@ def _agent(conf: dict, op: str, **args):
 
 
 def _find_plugin(env, name: str) -> str:
-    if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+    if not re.match(r"^[A-Za-z0-9_.-]+\Z", name):
         raise CNIError(E_CONFIG, f"bad IPAM plugin name {name!r}")
     for d in (_env(env, "CNI_PATH") or "").split(":"):
         path = os.path.join(d, name)
@@ -157,8 +155,8 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
         out = r.stdout.strip()
         if r.returncode == 0:
             try:
-                res = json.loads(out) if out else None
-            except ValueError:
+                res = model.loads(out) if out else None
+            except (ValueError, RecursionError):
                 raise CNIError(E_DECODE, f"IPAM plugin {conf['ipam']['type']} printed something that is not JSON",
                                out[:200].decode(errors="replace")) from None
             if res is not None and not isinstance(res, dict):
@@ -167,25 +165,36 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
             return res
         try:
             err = json.loads(out)
-        except ValueError:
-            err = {"code": E_IO, "msg": (out or r.stderr).decode(errors="replace").strip()}
-        if err.get("code") != E_VERSION:
-            raise CNIError(err.get("code", E_IO), f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}",
-                           err.get("details", ""))
+        except (ValueError, RecursionError):
+            err = None
+        if not isinstance(err, dict):          # no error object: the plugin's own words
+            err = {"msg": (out or r.stderr).decode(errors="replace").strip()}
+        code = err["code"] if type(err.get("code")) is int and err["code"] > 0 else E_IO
+        if code != E_VERSION:
+            raise CNIError(code, f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}", str(err.get("details") or ""))
     raise CNIError(E_VERSION, f"IPAM plugin {conf['ipam']['type']} supports neither {conf['cniVersion']} "
                    f"nor {IPAM_FALLBACK_VERSION}")
 
 
-def _ips(result: dict | None) -> list[dict]:
-    """A result's ips, checked for shape: a list of objects with a string address."""
-    ips = (result or {}).get("ips", [])
-    if not isinstance(ips, list) or not all(isinstance(i, dict) and isinstance(i.get("address"), str) for i in ips):
-        raise CNIError(E_DECODE, "ips must be a list of objects, each with an address string")
-    return ips
+def _objects(result: dict | None, key: str, field: str | None = None) -> list[dict]:
+    """result[key] checked for shape: a list of objects (each with a string `field`); [] if absent."""
+    items = (result or {}).get(key)
+    if items is not None and not (isinstance(items, list) and all(
+            isinstance(i, dict) and (field is None or isinstance(i.get(field), str)) for i in items)):
+        raise CNIError(E_DECODE, f"{key} must be a list of objects" + (f" with a {field} string" if field else ""))
+    return items or []
+
+
+def _shape(result: dict | None) -> tuple[list, list, list]:
+    """A result's interfaces, ips and routes (and dns) checked for shape, before anything is made."""
+    if not isinstance((result or {}).get("dns") or {}, dict):
+        raise CNIError(E_DECODE, "dns must be an object")
+    return (_objects(result, "interfaces", "name"), _objects(result, "ips", "address"),
+            _objects(result, "routes", "dst"))
 
 
 def _first_ipv4(result: dict | None):
-    for ip in _ips(result):
+    for ip in _objects(result, "ips", "address"):
         try:
             iface = ipaddress.ip_interface(ip["address"])
         except ValueError:
@@ -201,9 +210,11 @@ def cmd_add(conf: dict, env) -> dict:
     vni = _check_conf(conf)
     cid, ifname, netns = _attachment(env, need_netns=True)
     prev = conf.get("prevResult") or {}
-    ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
+    faces, prev_ips, _ = _shape(prev)          # all of it checked before anything is made
     try:
+        ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
+        routes = _shape(source)[2]
         iface, ipinfo = _first_ipv4(source)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
@@ -213,26 +224,22 @@ def cmd_add(conf: dict, env) -> dict:
                    "container_id": cid}
         ep = _agent(conf, "endpoint_attach", id=endpoint_id(conf["name"], cid, ifname), vni=vni,
                     sandbox=sandbox, ip=str(iface.ip) if iface else None,
-                    prefixlen=iface.network.prefixlen if iface else None,
-                    routes=(source or {}).get("routes") or [])
+                    prefixlen=iface.network.prefixlen if iface else None, routes=routes)
     except BaseException:
-        if ipam is not None:
+        if "ipam" in conf:          # whatever its ADD did or printed (not JSON, null): give the address back
             try:
                 _ipam(conf, env, "DEL")
             except CNIError:
                 pass
         raise
-    ifaces = list(prev.get("interfaces", []))
-    ifaces.append({"name": ep["host_ifname"]})
-    ifaces.append({"name": ifname, "mac": ep["mac"], "sandbox": netns})
+    ifaces = faces + [{"name": ep["host_ifname"]}, {"name": ifname, "mac": ep["mac"], "sandbox": netns}]
     addr = f"{ep['ip']}/{iface.network.prefixlen if iface else ipaddress.IPv4Network(ep['subnet']).prefixlen}"
     ip_entry = {"address": addr, "interface": len(ifaces) - 1}
     gw = (ipinfo or {}).get("gateway")
-    if gw:
+    if gw and isinstance(gw, str):
         ip_entry["gateway"] = gw
     result = {"cniVersion": conf["cniVersion"], "interfaces": ifaces,
-              "ips": [i for i in prev.get("ips", []) if i.get("address") != addr] + [ip_entry]}
-    routes = (source or {}).get("routes")
+              "ips": [i for i in prev_ips if i["address"] != addr] + [ip_entry]}
     if routes:
         result["routes"] = routes
     dns = (source or {}).get("dns") or prev.get("dns")
@@ -255,15 +262,14 @@ def cmd_check(conf: dict, env) -> None:
     prev = conf.get("prevResult")
     if not isinstance(prev, dict):
         raise CNIError(E_CONFIG, "CHECK needs prevResult")
-    faces = prev.get("interfaces", [])
-    if not isinstance(faces, list) or not all(isinstance(f, dict) for f in faces):
-        raise CNIError(E_DECODE, "prevResult interfaces must be a list of objects")
+    faces = _objects(prev, "interfaces", "name")
     mine = [i for i, f in enumerate(faces) if f.get("name") == ifname and f.get("sandbox")]
     if not mine:
         raise CNIError(E_BROKEN, f"prevResult has no interface {ifname} in a sandbox")
     mac = faces[mine[-1]].get("mac")
     try:
-        addrs = [ipaddress.ip_interface(i["address"]) for i in _ips(prev) if i.get("interface") == mine[-1]]
+        addrs = [ipaddress.ip_interface(i["address"]) for i in _objects(prev, "ips", "address")
+                 if i.get("interface") == mine[-1]]
     except ValueError as e:
         raise CNIError(E_DECODE, f"prevResult has a bad address: {e}") from None
     try:

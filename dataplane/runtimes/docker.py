@@ -40,6 +40,14 @@ def peer_ifname(docker_eid: str) -> str:
     return "dkp" + docker_eid[:12]
 
 
+def _id(req: dict, field: str) -> str:
+    """A Docker id from the request: refused before the agent is asked anything if it is no string."""
+    value = req[field]
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"bad {field}: a non-empty string expected, not {type(value).__name__}")
+    return value
+
+
 class Driver:
     """The protocol's operations; each takes the request object, returns the reply."""
 
@@ -90,7 +98,7 @@ class Driver:
         return {"Scope": "local", "ConnectivityScope": "global"}
 
     def create_network(self, req) -> dict:
-        nid = req["NetworkID"]
+        nid = _id(req, "NetworkID")
         opts = (req.get("Options") or {}).get(GENERIC) or {}
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
@@ -114,7 +122,7 @@ class Driver:
     def delete_network(self, req) -> dict:
         with self.lock:
             nets = self._load()
-            net = nets.pop(req["NetworkID"], None)
+            net = nets.pop(_id(req, "NetworkID"), None)
             self._save(nets)
         # Release only a registry network this driver made: one an operator made
         # (`dataplane network create`) outlives the Docker networks mapped onto it.
@@ -123,8 +131,8 @@ class Driver:
         return {}
 
     def create_endpoint(self, req) -> dict:
-        net = self._network(req["NetworkID"])
-        eid = req["EndpointID"]
+        nid, eid = _id(req, "NetworkID"), _id(req, "EndpointID")
+        net = self._network(nid)
         iface = req.get("Interface") or {}
         if iface.get("AddressIPv6"):
             raise UsageError("IPv6 addresses are not supported by the dataplane driver yet")
@@ -135,14 +143,14 @@ class Driver:
         if self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])["created"]:
             with self.lock:
                 nets = self._load()
-                if req["NetworkID"] in nets:
-                    nets[req["NetworkID"]]["created"] = True
+                if nid in nets:
+                    nets[nid]["created"] = True
                     self._save(nets)
         try:
             ep = self._agent("endpoint_attach", id=endpoint_id(eid), vni=net["vni"], ip=str(addr.ip),
                              mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,
                              sandbox={"peer": peer_ifname(eid), "runtime": "docker",
-                                      "network": req["NetworkID"], "endpoint_id": eid})
+                                      "network": nid, "endpoint_id": eid})
         except Conflict as e:
             if "in use" in str(e):      # Docker derives the MAC from the address: either clashes
                 raise Conflict(f"{e}: engines on several hosts that share VNI {net['vni']} need disjoint "
@@ -158,21 +166,21 @@ class Driver:
         raise NotFound(f"endpoint {eid[:12]} is not on this host")
 
     def endpoint_info(self, req) -> dict:
-        ep = self._local(req["EndpointID"])
+        ep = self._local(_id(req, "EndpointID"))
         return {"Value": {"vni": str(ep["vni"]), "ip": ep["ip"], "mac": ep["mac"], "veth": ep["host_ifname"]}}
 
     def join(self, req) -> dict:
-        ep = self._local(req["EndpointID"])
+        ep = self._local(_id(req, "EndpointID"))
         # No gateway: the overlay is one L2 segment, like an --internal network.
         return {"InterfaceName": {"SrcName": ep["sandbox"]["peer"], "DstPrefix": "eth"},
                 "DisableGatewayService": True}
 
     def leave(self, req) -> dict:
-        self._local(req["EndpointID"])
+        self._local(_id(req, "EndpointID"))
         return {}
 
     def delete_endpoint(self, req) -> dict:
-        self._agent("endpoint_detach", id=endpoint_id(req["EndpointID"]))
+        self._agent("endpoint_detach", id=endpoint_id(_id(req, "EndpointID")))
         return {}
 
     def nothing(self, req) -> dict:
@@ -208,12 +216,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         fn = self.server.routes.get(self.path)
         length = (self.headers.get("Content-Length") or "0").strip()
-        if not length.isdigit() or int(length) > MAX_BODY:     # "-1" used to read until the client hung up
+        # "-1" used to read until the client hung up; isdigit() alone takes "²" (byte 0xb2), which int() refuses
+        digits = length.isascii() and length.isdigit()
+        n = int(length.lstrip("0") or "0") if digits and len(length.lstrip("0")) <= 7 else MAX_BODY + 1
+        if not digits or n > MAX_BODY:
             self.close_connection = True
-            self.send_error(413 if length.isdigit() else 400, f"Content-Length must be 0..{MAX_BODY}")
+            self.send_error(413 if digits else 400, f"Content-Length must be 0..{MAX_BODY}")
             return
         try:
-            n = int(length)
             body = self.rfile.read(n) if n else b""
             req = json.loads(body) if body.strip() else {}
             if fn is None:

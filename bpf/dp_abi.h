@@ -223,6 +223,7 @@ struct dp_stats {
 	__u64 flooded;                       /* frames replicated to the flood list */
 	__u64 punted;                        /* misses handed to the agent (dp_punts) */
 	__u64 punt_fallback;                 /* misses flooded because dp_punts was full */
+	__u64 frag_needed;                   /* ICMP "fragmentation needed" sent back for a DF frame over the MTU */
 	__u64 drops[DP_DROP_SLOTS];          /* indexed by enum dp_drop; slots >= DP_DROP_MAX stay zero */
 };
 

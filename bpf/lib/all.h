@@ -11,6 +11,7 @@
 #include "lib/stats.h"
 #include "lib/parse.h"
 #include "lib/fdb.h"
+#include "lib/icmp.h"
 #include "lib/encap.h"
 #include "lib/flood.h"
 #include "lib/punt.h"

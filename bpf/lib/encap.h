@@ -160,7 +160,7 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 	if (!net)
 		return -DP_DROP_UNKNOWN_VNI;
 	if (!skb->gso_size && len > net->mtu + ETH_HLEN)
-		return -DP_DROP_TOO_BIG;
+		return inner_is_ip ? icmp_frag_needed(skb, slot, net->mtu) : -DP_DROP_TOO_BIG;
 	nh = nexthop_get(skb, cfg, vtep);
 	/* redirect_neigh can only resolve for frames the kernel sees as IP. */
 	if (!nh && !inner_is_ip)

@@ -33,6 +33,29 @@ def test_tcp_across_hosts_byte_exact(info):
     assert tcp_transfer(b["name"], a["name"], b["ip"], 8 << 20) == 8 << 20
 
 
+def test_a_sandbox_whose_mtu_is_too_big_learns_the_path_mtu(info):
+    """Issue 16, item 3: a sandbox (both veth ends) set to 1500 on a 1450 network. Its DF
+    frames over 1450 get ICMP "fragmentation needed" (mtu 1450) from the fast path instead
+    of vanishing, so ping -M do says so and TCP across the path completes."""
+    from dataplane.node import Node
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    ep = Node("dpl-h1").state().endpoints[a["id"]]
+    mtu = Node("dpl-h1").state().networks[256].mtu
+    before = stats("dpl-h1", 256)
+    try:
+        for ns, ifname in (("dpl-h1", ep.host_ifname), (a["netns"], "eth0")):
+            lab.run_checked(["ip", "-n", ns, "link", "set", ifname, "mtu", "1500"])
+        r = netlink.ns_exec(a["netns"], ["ping", "-c", "2", "-i", "0.2", "-M", "do", "-s", "1472", "-W", "1", b["ip"]],
+                            capture_output=True, text=True)
+        assert f"mtu = {mtu}" in r.stdout + r.stderr or f"mtu={mtu}" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert stats("dpl-h1", 256)["frag_needed"] > before["frag_needed"]
+        assert tcp_transfer(b["name"], a["name"], b["ip"], 4 << 20) == 4 << 20
+    finally:
+        for ns, ifname in (("dpl-h1", ep.host_ifname), (a["netns"], "eth0")):
+            lab.run_checked(["ip", "-n", ns, "link", "set", ifname, "mtu", str(mtu)])
+        lab.run_checked(["ip", "-n", a["netns"], "route", "flush", "cache"])
+
+
 def test_vnis_are_isolated(info):
     a, x = sandbox(info, "h1", 256), sandbox(info, "h2", 257)
     before = stats("dpl-h2", 257)["rx_packets"]

@@ -60,11 +60,12 @@ def test_consecutive_event_batches_are_applied_as_one(agent):
     agent.q.put(("snapshot", SimpleNamespace(rev=5)))
     for r in (6, 7, 8):
         agent.q.put(("events", [ev(r)]))
-    agent.q.put(("punts", []))
+    agent.punts.backlog.append("a punt")          # what the reader thread offered
+    agent.q.put(("punts", None))
     agent.q.put(("events", [ev(9)]))
     agent.punts.handle = lambda batch: agent.applied.append(("punts", len(batch)))
     applied = run_until(agent, 4)
-    assert applied == [("snapshot", 5), ("events", [6, 7, 8]), ("punts", 0), ("events", [9])]
+    assert applied == [("snapshot", 5), ("events", [6, 7, 8]), ("punts", 1), ("events", [9])]
 
 
 def test_an_event_the_snapshot_already_holds_changes_nothing():

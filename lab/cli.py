@@ -19,7 +19,7 @@ from lab import topology
 def cmd_up(args):
     topology.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
                 registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size,
-                etcd_members=args.etcd_members)
+                etcd_members=args.etcd_members, mtu=args.mtu)
     info = topology.ls()
     print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry} "
           "(see `python -m lab ls`)")
@@ -70,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--etcd-members", type=int, default=1,
                    help="with --registry etcd: members of the etcd cluster, each a host on the underlay "
                         "(odd, 1..5; default: %(default)s)")
+    a.add_argument("--mtu", type=int, default=1500,
+                   help="underlay MTU, 1280..9000 (default: %(default)s; 9000: a jumbo-frame underlay)")
     a.add_argument("--gso-max-size", type=int, default=gso.LEGACY_MAX,
                    help=f"IPv4 GSO/GRO limit of the hosts' uplinks; above 65536 turns on BIG TCP "
                         f"(e.g. {gso.BIG_TCP_SIZE}), which endpoints then inherit (default: %(default)s)")

@@ -103,7 +103,7 @@ def host_name(i: int) -> str:
 
 def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool | None = None,
        registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX,
-       etcd_members: int = 1) -> dict:
+       etcd_members: int = 1, mtu: int = 1500) -> dict:
     require_root()
     if registry not in REGISTRY_MODES:
         raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
@@ -115,12 +115,15 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
         raise UsageError(f"--per-host must be 0..{MAX_PER_HOST}")
     if not gso.LEGACY_MAX <= int(gso_max_size) <= gso.VETH_MAX:
         raise UsageError(f"--gso-max-size must be {gso.LEGACY_MAX}..{gso.VETH_MAX}")
+    if not 1280 <= int(mtu) <= 9000:
+        raise UsageError("--mtu must be 1280..9000")
     vnis = sorted({model.parse_vni(v) for v in vnis})
     if not vnis:
         raise UsageError("give at least one --vni")
     params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
               "xdp_guard": bool(xdp_guard), "peer_check": peer_check, "registry": registry,
-              "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members)}
+              "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members),
+              "mtu": int(mtu)}
     lab = load()
     if lab:
         if lab["params"] == params and lab.get("complete"):
@@ -139,16 +142,21 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
     return lab
 
 
-def underlay_host(ns: str, port: str, ifname: str, ip: str, gso_max_size: int = gso.LEGACY_MAX) -> None:
+def underlay_host(ns: str, port: str, ifname: str, ip: str, gso_max_size: int = gso.LEGACY_MAX,
+                  mtu: int = 1500) -> None:
     """A namespace with no IPv6 noise, plugged into the underlay bridge
     (port there, ifname inside) with address ip on the VTEP network. Above
-    64 KB, gso_max_size plays a NIC with IPv4 BIG TCP turned on."""
+    64 KB, gso_max_size plays a NIC with IPv4 BIG TCP turned on; mtu above
+    1500, a jumbo-frame underlay."""
     netlink.ns_create(ns)
     netlink.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
     netlink.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns])
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", port, "master", BRIDGE, "up"])
     gso.set_veth(gso_max_size, (UNDERLAY_NS, port), (ns, ifname))
+    if mtu != 1500:
+        run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", port, "mtu", str(mtu)])
+        run_checked(["ip", "-n", ns, "link", "set", ifname, "mtu", str(mtu)])
     netlink.link_up(ns, "lo")
     netlink.link_up(ns, ifname, ip, VTEP_NET.prefixlen)
 
@@ -170,7 +178,7 @@ def _build(lab: dict, p: dict) -> None:
         ns = host_ns(i)
         lab["hosts"].append({"name": f"h{i}", "netns": ns, "uplink": UPLINK, "vtep": vtep_ip(i)})
         _save(lab)
-        underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", gso.LEGACY_MAX))
+        underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", gso.LEGACY_MAX), p.get("mtu", 1500))
     url = _start_registry(lab, p)
     for i in range(1, n + 1):
         _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
@@ -217,7 +225,8 @@ def _start_registry(lab: dict, p: dict) -> str | None:
             reg = open_registry(url)
             try:
                 for vni in p["vnis"]:
-                    reg.network_create(f"vni{vni}", vni, exist_ok=True)
+                    reg.network_create(f"vni{vni}", vni, exist_ok=True,
+                                       mtu=min(p.get("mtu", 1500), 9000) - model.ENCAP_LEN)
             finally:
                 reg.close()
         # From a namespace on the underlay network (a member's own): the registry is reached as hosts reach it.

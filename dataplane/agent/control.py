@@ -58,8 +58,9 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         raise UsageError("--subnet applies to exactly one --vni")
     created = []
     if url and vnis:
+        mtu = vtep.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
         with opened(url) as reg:
-            subnet = _ensure_networks(reg, vnis, subnet, port, created)
+            subnet = _ensure_networks(reg, vnis, subnet, port, min(mtu, model.MTU_MAX), created)
     was_up = node.state() is not None
     try:
         st = vtep.up(node, vnis, subnet=subnet, port=port, registry=url, host_name=host_name,
@@ -79,14 +80,14 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
     return st
 
 
-def _ensure_networks(reg, vnis: list[int], subnet, port, created: list[str]):
-    """Each --vni is a registry network (vni<N> unless one has that VNI); the
-    subnet to serve when there is one VNI."""
+def _ensure_networks(reg, vnis: list[int], subnet, port, mtu: int, created: list[str]):
+    """Each --vni is a registry network (vni<N> unless one has that VNI; a new one
+    gets mtu, what this host's underlay carries); the subnet to serve when there is one VNI."""
     try:
         for vni in vnis:
             net = reg.network_by_vni(vni)
             if net is None:
-                net = reg.network_create(f"vni{vni}", vni, subnet=subnet, port=port)
+                net = reg.network_create(f"vni{vni}", vni, subnet=subnet, port=port, mtu=mtu)
                 created.append(net.name)
             if subnet and net.subnet != str(model.parse_subnet(subnet)):
                 raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")

@@ -14,7 +14,8 @@ from dataplane.agent.ops import register_then_create, serve
 from dataplane.core import model
 from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
 from dataplane.kernel import netlink
-from dataplane.node import endpoints
+from dataplane.node import endpoints, networks
+from dataplane.registry.records import parse_mtu
 
 # VNIs the agent hands out when a runtime names none (Docker's overlay starts at 4096 too).
 AUTO_VNI_FIRST = 4096
@@ -32,13 +33,15 @@ class RuntimeOps:
 
     # --- networks ------------------------------------------------------------
 
-    def network_ensure(self, vni=None, subnet=None, name=None) -> dict:
-        """The registry network with this VNI (or name), created if missing.
-        An existing one must have the same subnet: two runtimes that disagree
-        on it would hand out clashing addresses."""
+    def network_ensure(self, vni=None, subnet=None, name=None, mtu=None) -> dict:
+        """The registry network with this VNI (or name), created if missing, with
+        mtu or what this host's underlay carries. An existing one must have the
+        same subnet (and mtu, if given): runtimes that disagree on it would hand
+        out clashing addresses, or send frames the other side cannot take."""
         reg = self.ag.reg
         vni = model.parse_vni(vni) if vni is not None else None
         want = model.parse_subnet(subnet) if subnet is not None else None
+        mtu = parse_mtu(mtu) if mtu is not None else None
         if name is not None:
             model.parse_name(name, "network name")
         with self.ag.lock:
@@ -48,12 +51,15 @@ class RuntimeOps:
                 if created:
                     v = vni if vni is not None else self._free_vni()
                     try:
-                        net = reg.network_create(name or f"vni{v}", v, subnet=str(want) if want else None)
+                        net = reg.network_create(name or f"vni{v}", v, subnet=str(want) if want else None,
+                                                 mtu=mtu or networks.max_mtu(self.ag.node.require_up()))
                     except Conflict:
                         continue            # another host created it first: read it
                 if want is not None and ipaddress.IPv4Network(net.subnet) != want:
                     raise Conflict(f"VNI {net.vni} is network {net.name} with subnet {net.subnet}, "
                                    f"not {want}: use the same subnet on every host")
+                if mtu is not None and net.mtu != mtu:
+                    raise Conflict(f"VNI {net.vni} is network {net.name} with MTU {net.mtu}, not {mtu}")
                 if name is not None and vni is not None and net.name != name:
                     raise Conflict(f"VNI {net.vni} is network {net.name}, not {name}")
                 serve(self.ag, net)

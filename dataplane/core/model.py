@@ -127,6 +127,7 @@ def parse_age(value) -> int:
     return age
 
 
+MTU_MAX = 9000 - ENCAP_LEN     # the largest network MTU (a 9000-byte jumbo underlay)
 STORM_RATE_DEFAULT = 1000      # broadcast/unknown frames per second one endpoint may flood
 STORM_BURST_DEFAULT = 200      # ... and at once
 

@@ -48,15 +48,23 @@ def serve(m: NodeMaps, st: NodeState, vni: int, subnet=None, mtu: int | None = N
     """Serve a VNI (new: a counter slot, zeroed), then write its entries."""
     net = st.networks.get(vni)
     if net is None:
+        mtu_max = max_mtu(st)
+        if mtu and mtu > mtu_max:
+            raise UsageError(f"VNI {vni} has MTU {mtu}, but {st.config.underlay} (MTU {st.uplink.mtu}) carries at most "
+                             f"{mtu_max} plus the {model.ENCAP_LEN}-byte encapsulation: raise the underlay's MTU "
+                             "or give the network a smaller one")
         slot = free_slot(st)
-        mtu_max = st.uplink.mtu - model.ENCAP_LEN
-        net = ServedNetwork(vni=vni, subnet=str(subnet or model.default_subnet(vni)),
-                            mtu=min(mtu or mtu_max, mtu_max), slot=slot)
+        net = ServedNetwork(vni=vni, subnet=str(subnet or model.default_subnet(vni)), mtu=mtu or mtu_max, slot=slot)
         m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())  # a reused slot starts at zero
         st.networks[vni] = net
         st.peers.setdefault(vni, [])
     sync(m, st, vni)
     return net
+
+
+def max_mtu(st: NodeState) -> int:
+    """The largest endpoint MTU this node's uplink carries: its MTU less the encapsulation."""
+    return min(st.uplink.mtu - model.ENCAP_LEN, model.MTU_MAX)
 
 
 def ensure_served(node: Node, vni: int, subnet: str, mtu: int | None = None) -> ServedNetwork:

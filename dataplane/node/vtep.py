@@ -103,6 +103,18 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         return st
 
 
+def uplink_mtu(node: Node, underlay: str | None = None) -> int:
+    """The MTU of the uplink `up` would take (the node's, the one named, or the default route's)."""
+    st = node.state()
+    if st:
+        return st.uplink.mtu
+    underlay = underlay or netlink.default_route_ifname(node.netns)
+    if not underlay:
+        raise UsageError("no --underlay given and no default route to take it from")
+    model.parse_ifname(underlay)
+    return netlink.link_info(node.netns, underlay)["mtu"]
+
+
 def _forwarding_key(st: NodeState) -> str:
     return f"net.ipv4.conf.{st.config.underlay}.forwarding"
 

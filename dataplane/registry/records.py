@@ -30,8 +30,8 @@ def parse_endpoint_id(value) -> str:
 
 def parse_mtu(value) -> int:
     mtu = model.parse_int(value, "MTU")
-    if not 576 <= mtu <= 9000 - model.ENCAP_LEN:
-        raise UsageError(f"bad MTU {mtu}: must be 576..{9000 - model.ENCAP_LEN}")
+    if not 576 <= mtu <= model.MTU_MAX:
+        raise UsageError(f"bad MTU {mtu}: must be 576..{model.MTU_MAX}")
     return mtu
 
 

@@ -219,7 +219,7 @@ def cmd_add(conf: dict, env) -> dict:
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
         if iface is not None:
-            _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network))
+            _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network), mtu=conf.get("mtu"))
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
                    "container_id": cid}
         ep = _agent(conf, "endpoint_attach", id=endpoint_id(conf["name"], cid, ifname), vni=vni,

@@ -28,7 +28,8 @@ from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 
 GENERIC = "com.docker.network.generic"
-OPTIONS = ("vni", "network")
+MTU_OPTION = "com.docker.network.driver.mtu"     # Docker's own name for it, as its overlay driver takes
+OPTIONS = ("vni", "network", MTU_OPTION)
 PLUGIN_DIR = "/run/docker/plugins"
 
 
@@ -112,7 +113,7 @@ class Driver:
         if len(pools) != 1 or not pools[0].get("Pool"):
             raise UsageError("give exactly one IPv4 subnet (--subnet)")
         subnet = str(ipaddress.IPv4Network(pools[0]["Pool"]))
-        net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name)
+        net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION))
         with self.lock:
             nets = self._load()
             nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": net["created"]}

@@ -13,7 +13,7 @@ import ipaddress
 from dataplane.agent import client
 from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound, UsageError
-from dataplane.registry.records import Network
+from dataplane.registry.records import Network, parse_mtu
 
 
 class FakeAgent:
@@ -38,8 +38,10 @@ class FakeAgent:
     def ping(self) -> dict:
         return {"host": "h1", "synced": True, "connected": True}
 
-    def network_ensure(self, vni=None, subnet=None, name=None) -> dict:
+    def network_ensure(self, vni=None, subnet=None, name=None, mtu=None) -> dict:
         vni = model.parse_vni(vni) if vni is not None else None
+        if mtu is not None:
+            parse_mtu(mtu)
         want = model.parse_subnet(subnet) if subnet is not None else None
         if name is not None:
             model.parse_name(name, "network name")

@@ -94,3 +94,31 @@ def test_storm_control_limits_each_endpoint(hx):
             assert 6 <= flooded <= 8, "the burst, and at most a frame or two earned while the loop ran"
     finally:
         hx.configure()
+
+
+def test_past_the_flood_limit_every_vtep_is_still_a_peer_and_the_cut_is_reported(hx):
+    """networks.sync on real maps with 1100 registry VTEPs: the first 1024 get copies,
+    all 1100 pass the peer check (dp_vteps), and over_limit says what is cut."""
+    from dataplane.core.state import NodeConfig, NodeState, ServedNetwork, Uplink
+    from dataplane.node import networks
+    vni = 4000
+    st = NodeState(node="t", netns=None, pin_dir=hx.maps.pin_dir, config=NodeConfig("ul0", "198.18.0.1"),
+                   uplink=Uplink(ifindex=UPLINK_IFINDEX, mtu=1500, mac="02:00:00:00:00:01", gso_max=65536),
+                   registry="sqlite:///x")
+    st.networks[vni] = ServedNetwork(vni=vni, subnet="10.15.160.0/24", mtu=1450, slot=hx.slot(VNI))
+    vteps = [str(ipaddress.IPv4Address(int(BASE_VTEP) + i)) for i in range(1100)]
+    st.registry_peers[vni] = vteps
+    m = hx.maps
+    try:
+        networks.sync(m, st, vni)
+        assert m.dp_networks.get(ctypes.c_uint32(vni)).n_flood == 1024
+        assert all(m.dp_vteps.get(hx.S["dp_ip_key"](vni=vni, ip=be32(ip))) is not None for ip in vteps)
+        assert m.dp_flood.get(hx.S["dp_slot_key"](vni=vni, index=1024)) is None
+        assert networks.over_limit(st) == [
+            f"VNI {vni}: 1100 VTEPs, broadcast and unknown frames reach the first 1024"]
+    finally:
+        st.registry_peers[vni] = []
+        networks.sync(m, st, vni)
+        for ip in vteps:
+            m.dp_vteps.delete(hx.S["dp_ip_key"](vni=vni, ip=be32(ip)))
+        m.dp_networks.delete(ctypes.c_uint32(vni))

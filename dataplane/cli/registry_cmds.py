@@ -1,5 +1,5 @@
 """`endpoint` and `network`: through the node's agent when it has a registry,
-on the node directly when it has none."""
+on the node directly when it has none; `registry auth-setup`: etcd's users."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataplane.cli.output import add_output, emit, say
 from dataplane.core import model
 from dataplane.core.errors import UsageError
 from dataplane.node import endpoints
+from dataplane import registry
+from dataplane.registry import etcd_access, etcd_auth
 
 
 def cmd_endpoint_add(args):
@@ -80,6 +82,22 @@ def cmd_network_list(args):
     emit(args, rows, ["name", "vni", "subnet", "gateway", "mtu", "port", "endpoints"])
 
 
+def cmd_registry_auth_setup(args):
+    kind, access = registry.parse_url(args.registry)
+    if kind != "etcds":
+        raise UsageError("auth-setup is for etcd over TLS: give --registry etcds://...?ca=...&user=root&password-file=...")
+    users = {}
+    for host in args.hosts:
+        users[host] = etcd_access.read_password(etcd_auth.password_file(args.password_dir, model.parse_name(host, "host name")))
+    with control.opened(args.registry) as reg:
+        done = etcd_auth.setup(reg.kv, access.password(), users)
+    rows = [{"host": h, "user": etcd_auth.host_user(h), "password_file": etcd_auth.password_file(args.password_dir, h)}
+            for h in args.hosts]
+    say(args, "\n".join(done + [f"host {r['host']}: add to its registry URL (and its own cert= and key=): "
+                                f"user={r['user']}&password-file={r['password_file']}" for r in rows]),
+        {"done": done, "hosts": rows})
+
+
 def register(sub) -> None:
     ep = sub.add_parser("endpoint", help="sandboxes attached to a VNI").add_subparsers(dest="sub", required=True)
     a = ep.add_parser("add", help="create a sandbox netns NAME with eth0 on the VNI")
@@ -122,3 +140,15 @@ def register(sub) -> None:
     ls.add_argument("--registry", help=reg_help)
     add_output(ls)
     ls.set_defaults(func=cmd_network_list)
+
+    rg = sub.add_parser("registry", help="the etcd registry's access control").add_subparsers(dest="sub", required=True)
+    a = rg.add_parser("auth-setup", help="turn etcd's authentication on: root, and per host a user and role that "
+                                         "reads the registry, writes shared records and only its own host record")
+    a.add_argument("hosts", nargs="+", metavar="HOST", help="host names, as their agents register (--host-name)")
+    a.add_argument("--registry", required=True,
+                   help="etcds://HOST:PORT[,...]?ca=FILE&cert=FILE&key=FILE&user=root&password-file=FILE "
+                        "(root's password: kept in that file; set on root while authentication is still off)")
+    a.add_argument("--password-dir", required=True,
+                   help="each host's etcd password in DIR/<host>.password (0600): made if missing, kept if present")
+    add_output(a)
+    a.set_defaults(func=cmd_registry_auth_setup)

@@ -1,4 +1,5 @@
-"""Endpoint registry: `open_registry(url)` for sqlite:///path or etcd://host:port[,host:port]."""
+"""Endpoint registry: `open_registry(url)` for sqlite:///path, etcd://host:port[,host:port]
+or etcds://host:port[,...]?ca=...&cert=...&key=...&user=...&password-file=... (etcd_access.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import os
 from urllib.parse import urlsplit
 
 from dataplane.core.errors import UsageError
-from dataplane.registry.kv import Compacted, Unavailable
+from dataplane.registry import etcd_access
+from dataplane.registry.kv import Compacted, Refused, Unavailable
 from dataplane.registry.records import Endpoint, Host, Network
 from dataplane.registry.store import Change, Registry, Snapshot, change
 
@@ -14,11 +16,12 @@ BUILTIN_URL = "sqlite:///var/lib/dataplane/registry.db"
 DEFAULT_URL = os.environ.get("DATAPLANE_REGISTRY") or BUILTIN_URL
 
 __all__ = ["DEFAULT_URL", "Change", "Compacted", "Endpoint", "Host", "Network", "Registry", "Snapshot",
-           "Unavailable", "change", "open_registry", "parse_url"]
+           "Refused", "Unavailable", "change", "open_registry", "parse_url"]
 
 
 def parse_url(url: str) -> tuple[str, object]:
-    """("sqlite", path) or ("etcd", [(host, port), ...]); UsageError otherwise."""
+    """("sqlite", path), ("etcd", [(host, port), ...]) or ("etcds", EtcdAccess), every
+    file an etcds URL names read; UsageError otherwise."""
     parts = urlsplit(url or "")
     if parts.scheme == "sqlite":
         path = parts.path
@@ -26,14 +29,10 @@ def parse_url(url: str) -> tuple[str, object]:
             raise UsageError(f"bad registry {url!r}: expected sqlite:///absolute/path.db")
         return "sqlite", path
     if parts.scheme == "etcd":
-        eps = []
-        for hp in parts.netloc.split(","):
-            host, _, port = hp.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise UsageError(f"bad registry {url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
-            eps.append((host, int(port)))
-        return "etcd", eps
-    raise UsageError(f"bad registry {url!r}: use sqlite:///path or etcd://host:port")
+        return "etcd", etcd_access.parse(url).endpoints
+    if parts.scheme == "etcds":
+        return "etcds", etcd_access.parse(url)
+    raise UsageError(f"bad registry {url!r}: use sqlite:///path, etcd://host:port or etcds://host:port?ca=...")
 
 
 def open_registry(url: str | None = None, watch_deadline_s: float | None = None) -> Registry:
@@ -44,4 +43,8 @@ def open_registry(url: str | None = None, watch_deadline_s: float | None = None)
         from dataplane.registry.kv_sqlite import SqliteKV  # noqa: PLC0415
         return Registry(SqliteKV(where))
     from dataplane.registry.kv_etcd import EtcdKV  # noqa: PLC0415
-    return Registry(EtcdKV(where) if watch_deadline_s is None else EtcdKV(where, watch_deadline_s=watch_deadline_s))
+    kw = {} if watch_deadline_s is None else {"watch_deadline_s": watch_deadline_s}
+    if kind == "etcds":
+        kw.update(tls=where.tls, user=where.user, password=where.password())
+        where = where.endpoints
+    return Registry(EtcdKV(where, **kw))

@@ -20,6 +20,14 @@ class Unavailable(DataplaneError):
     exit_code = 7
 
 
+class Refused(Unavailable):
+    """The store answered and said no: a TLS handshake it failed, a login it
+    refused, a permission the user lacks. Retrying the same thing cannot help
+    (an Unavailable still, so callers that wait out outages wait this out too)."""
+
+    exit_code = 5
+
+
 class Compacted(DataplaneError):
     """A watch asked for history the store no longer keeps: resync from a snapshot."""
 

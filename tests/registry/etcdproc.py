@@ -1,6 +1,9 @@
 """Real etcd processes for the failover tests: one member or a 3-member cluster
 on loopback, each with its own ports and data dir, always killed on exit
-(resumed first if a test left it SIGSTOPped)."""
+(resumed first if a test left it SIGSTOPped). With tls, the members run as
+the lab runs them (lab/certs.py, lab/etcd.py): TLS with client certificates
+for clients and peers, and with auth, etcd's authentication with a user and
+role per host."""
 
 from __future__ import annotations
 
@@ -51,33 +54,62 @@ class Member:
         self.proc.wait(timeout=10)
 
 
+class Secure:
+    """A TLS cluster's files and URLs: url(host) is what host's agent gets,
+    url() the administrator's (root, with the "admin" client certificate)."""
+
+    def __init__(self, pki, members: list[Member], hosts: list[str]):
+        self.pki, self.members, self.hosts = pki, members, hosts
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [m.endpoint for m in self.members]
+
+    def url(self, host: str | None = None) -> str:
+        from lab import etcd
+        return etcd.host_url(self.endpoints, self.pki, host) if host else etcd.admin_url(self.endpoints, self.pki)
+
+
 @contextlib.contextmanager
-def cluster(tmp_path, size: int = 3, extra: list[str] | None = None):
-    """Start `size` members (one cluster); yields the Members; kills them all on exit."""
-    from lab.etcd import wait_healthy
+def cluster(tmp_path, size: int = 3, extra: list[str] | None = None, tls: bool = False, auth: bool = True,
+            hosts: tuple[str, ...] = ("h1", "h2")):
+    """Start `size` members (one cluster); yields the Members (with tls, a Secure);
+    kills them all on exit. tls: certificates made for them, the hosts and "admin";
+    auth (with tls): authentication on, a user per host."""
+    from lab import certs, etcd
+    from dataplane.registry import etcd_auth
     require_etcd()
     names = [f"m{i}" for i in range(size)]
     ports = {n: (free_port(), free_port()) for n in names}
-    initial = ",".join(f"{n}=http://127.0.0.1:{ports[n][1]}" for n in names)
+    scheme = "https" if tls else "http"
+    initial = ",".join(f"{n}={scheme}://127.0.0.1:{ports[n][1]}" for n in names)
     token = f"dp-test-{os.getpid()}-{ports[names[0]][0]}"   # one per cluster
+    pki = certs.make_pki(str(tmp_path / "pki"), {n: ("127.0.0.1",) for n in names}, [*hosts, "admin"],
+                         ["root", *map(etcd_auth.host_user, hosts)]) if tls else None
     members: list[Member] = []
     try:
         for n in names:
-            client, peer = f"http://127.0.0.1:{ports[n][0]}", f"http://127.0.0.1:{ports[n][1]}"
+            client, peer = f"{scheme}://127.0.0.1:{ports[n][0]}", f"{scheme}://127.0.0.1:{ports[n][1]}"
             argv = ["etcd", "--name", n, "--data-dir", str(tmp_path / f"{n}.data"),
                     "--listen-client-urls", client, "--advertise-client-urls", client,
                     "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                     "--initial-cluster", initial, "--initial-cluster-state", "new",
                     "--initial-cluster-token", token,
-                    "--log-level", "warn", "--logger", "zap", *FAST_RAFT, *(extra or [])]
+                    "--log-level", "warn", "--logger", "zap", *FAST_RAFT,
+                    *etcd.tls_flags(pki.member(n) if tls else None), *(extra or [])]
             with open(tmp_path / f"{n}.log", "ab") as log:
                 proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
             members.append(Member(n, ports[n][0], ports[n][1], proc))
         for m in members:
-            if not wait_healthy("127.0.0.1", m.port, timeout=20):
+            if not etcd.wait_healthy("127.0.0.1", m.port, timeout=20, tls=pki.member(m.name) if tls else None):
                 raise RuntimeError(f"etcd member {m.name} did not become healthy; see {tmp_path}/{m.name}.log")
-        yield members
+        if not tls:
+            yield members
+            return
+        if auth:
+            etcd.enable_auth([m.endpoint for m in members], pki, list(hosts))
+        yield Secure(pki, members, list(hosts))
     finally:
         for m in members:
             m.kill()

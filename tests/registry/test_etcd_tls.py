@@ -1,0 +1,229 @@
+"""The registry on an etcd run as the lab runs it with TLS (issue 15, items 7
+and 9): certificates from lab/certs.py, --client-cert-auth for clients and
+peers, authentication on with a user and role per host. A host with its
+certificate and password reads, writes, leases and watches; a client
+without a certificate, with one of another CA, without a login or with a
+wrong password is refused with one clear line; a host cannot write another
+host's record; an expired token is replaced without the caller noticing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataplane.registry import Host, Refused, open_registry
+from dataplane.registry.etcd_access import TlsFiles, url as etcd_url
+from dataplane.registry.kv import Txn, Unavailable
+from dataplane.registry.store import key
+from tests.registry.etcdproc import cluster
+from tests.registry.test_etcd_watch import Drain
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    with cluster(tmp_path_factory.mktemp("tls"), size=1, tls=True, hosts=("h1", "h2")) as sec:
+        yield sec
+
+
+@pytest.fixture
+def regs(secure):
+    """h1's and h2's registries, each logged in as its host."""
+    opened = [open_registry(secure.url(h), watch_deadline_s=3.0) for h in ("h1", "h2")]
+    yield opened
+    for r in opened:
+        r.close()
+
+
+def test_a_host_with_its_certificate_and_password_reads_writes_leases_and_watches(regs):
+    h1, h2 = regs
+    h1.network_create("tls1", 301)
+    d = Drain(h1.watch(h1.snapshot().rev + 1))
+    try:
+        assert d.watch.stream, "a client that logs in watches on the plain HTTP stream (etcd#19752)"
+        lease = h2.kv.lease_grant(10)
+        h2.host_register(Host.make("h2", "198.18.0.2"), lease)
+        assert h2.kv.lease_keepalive(lease)
+        ep = h2.endpoint_create("tls-e1", "tls1", "h2")
+        got = {e.key for e in d.wait_for(5)}
+        assert {key("hosts", "h2"), key("endpoints", "tls-e1"), key("ipam", "tls1", ep.ip)} <= got, got
+        snap = h1.snapshot()
+        assert snap.endpoints["tls-e1"].host == "h2" and snap.hosts["h2"].vtep == "198.18.0.2"
+        h1.endpoint_move("tls-e1", "h1")               # endpoints are shared: any host moves them
+        h2.endpoint_rm("tls-e1")
+        h2.kv.lease_revoke(lease)                      # its own record goes with its lease
+        assert d.wait_for(len(got) + 5) and d.error is None
+        deleted = [e.key for e in d.events if e.value is None]
+        assert key("endpoints", "tls-e1") in deleted and key("hosts", "h2") in deleted
+        assert "h2" not in h1.snapshot().hosts
+    finally:
+        d.stop()
+        h1.network_rm("tls1")
+
+
+def test_an_idle_logged_in_watch_stays_up_on_its_probes_and_resumes(regs):
+    h1, h2 = regs
+    rev = h1.snapshot().rev
+    d = Drain(h1.watch(rev + 1))
+    try:
+        time.sleep(4.0)                                # over the 3 s deadline: the probes keep it heard from
+        assert d.thread.is_alive() and d.error is None and d.watch.lag_s() < 2.0
+        h2.network_create("tls2", 302)
+        assert [e.key for e in d.wait_for(2)][:2] == [key("networks", "tls2"), key("vnis", 302)]
+        resume = d.watch.resume_rev()
+    finally:
+        d.stop()
+    h2.network_rm("tls2")
+    again = Drain(h1.watch(resume))
+    try:
+        gone = again.wait_for(2)
+        assert {e.key for e in gone} == {key("networks", "tls2"), key("vnis", 302)} and all(e.value is None for e in gone)
+    finally:
+        again.stop()
+
+
+def _refused_url(secure, tmp_path, case: str) -> str:
+    from lab import certs
+    pki, h1 = secure.pki, "dataplane-host-h1"
+    other = certs.Pki(str(tmp_path / "other"))
+    if case in ("another CA's certificate", "members not signed by the CA"):
+        certs.make_ca(other.dir)
+        certs.make_cert(other.dir, other.ca, "client-h1", "/O=dataplane/OU=h1")
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    mine = pki.client("h1")
+    return {
+        "no client certificate": etcd_url(secure.endpoints, TlsFiles(pki.ca.cert), h1, pki.password_file(h1)),
+        "another CA's certificate": etcd_url(secure.endpoints, TlsFiles(pki.ca.cert, other.client("h1").cert,
+                                                                        other.client("h1").key), h1, pki.password_file(h1)),
+        "members not signed by the CA": etcd_url(secure.endpoints, TlsFiles(other.ca.cert, mine.cert, mine.key),
+                                                 h1, pki.password_file(h1)),
+        "no login": etcd_url(secure.endpoints, mine),
+        "a wrong password": etcd_url(secure.endpoints, mine, h1, str(wrong)),
+        "another host's password": etcd_url(secure.endpoints, mine, h1, pki.password_file("dataplane-host-h2")),
+        "a user that does not exist": etcd_url(secure.endpoints, mine, "mallory", pki.password_file(h1)),
+    }[case]
+
+
+@pytest.mark.parametrize("case, why", [
+    ("no client certificate", "TLS with .* failed"),
+    ("another CA's certificate", "TLS with .* failed"),
+    ("members not signed by the CA", "TLS with .* failed: .*certificate"),
+    ("no login", "authentication on: add user="),
+    ("a wrong password", "refused the login of user dataplane-host-h1"),
+    ("another host's password", "refused the login of user dataplane-host-h1"),
+    ("a user that does not exist", "refused the login of user mallory"),
+])
+def test_a_client_without_valid_credentials_is_refused_cleanly(secure, tmp_path, case, why):
+    url = _refused_url(secure, tmp_path, case)
+    reg = open_registry(url)
+    try:
+        with pytest.raises(Refused, match=why):
+            reg.snapshot()
+        with pytest.raises(Refused):
+            reg.kv.commit(Txn().put(key("networks", "evil"), b"{}"))
+        if case != "no login":            # without a login the watch is a WebSocket: refused as it starts
+            with pytest.raises(Refused):
+                reg.watch(1)
+    finally:
+        reg.close()
+    # The CLI says it in one line, with the exit code of a refusal (5), no traceback.
+    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "network", "list", "--registry", url],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 5 and r.stderr.startswith("dataplane: error: ") and len(r.stderr.splitlines()) == 1, r
+
+
+def test_a_host_cannot_write_another_hosts_record(regs):
+    h1, h2 = regs
+    lease2 = h2.kv.lease_grant(10)
+    h2.host_register(Host.make("h2", "198.18.0.2"), lease2)
+    before = h1.kv.get(key("hosts", "h2"))
+    with pytest.raises(Refused, match="dataplane-host-h1 is not permitted"):
+        h1.host_register(Host.make("h2", "198.18.0.2"), h1.kv.lease_grant(10))   # same VTEP: only the role stops it
+    for txn in (Txn().put(key("hosts", "h2"), b'{"name": "h2", "vtep": "198.18.0.66"}'),
+                Txn().delete(key("hosts", "h2")),
+                Txn().put(key("hosts", "h10"), b"{}"),      # the grant is that exact key, not a prefix
+                Txn().put("/elsewhere/x", b"1")):
+        with pytest.raises(Refused, match="not permitted"):
+            h1.kv.commit(txn)
+    with pytest.raises(Refused, match="not permitted"):
+        h1.kv._post("/lease/revoke", {"ID": str(lease2)})   # h2's record is on it
+    with pytest.raises(Refused, match="not permitted"):
+        h1.kv.range("/elsewhere/")
+    assert h1.kv.get(key("hosts", "h2")) == before
+    h1.host_register(Host.make("h1", "198.18.0.1"), h1.kv.lease_grant(10))     # its own: yes
+    assert set(h2.snapshot().hosts) >= {"h1", "h2"}
+    h2.kv.lease_revoke(lease2)
+
+
+def test_an_expired_token_is_replaced_for_requests_txns_and_watches(tmp_path):
+    with cluster(tmp_path, size=1, tls=True, hosts=("h1",), extra=["--auth-token-ttl", "1"]) as sec:
+        reg = open_registry(sec.url("h1"), watch_deadline_s=3.0)
+        try:
+            reg.snapshot()
+            first = reg.kv._token
+            time.sleep(2.5)                            # etcd forgets a simple token idle for its TTL
+            reg.network_create("ttl1", 310)            # a txn: refused before applying, so sent again
+            assert reg.kv._token not in (None, first)
+            assert [n.name for n in reg.networks()] == ["ttl1"]
+            rev, stale = reg.snapshot().rev, reg.kv._token
+            time.sleep(2.5)
+            d = Drain(reg.watch(rev + 1))              # created with the stale token: refused, logged in, again
+            try:
+                assert reg.kv._token not in (None, stale)
+                time.sleep(2.5)                        # the token expires again: a running watch is not asked
+                reg.network_rm("ttl1")
+                assert len(d.wait_for(2)) == 2 and d.error is None
+            finally:
+                d.stop()
+        finally:
+            reg.close()
+
+
+def test_auth_setup_from_the_cli_turns_authentication_on_and_is_idempotent(tmp_path):
+    with cluster(tmp_path, size=1, tls=True, auth=False, hosts=("h1", "h2")) as sec:
+        plain = open_registry(etcd_url(sec.endpoints, sec.pki.client("h1")))   # no login: auth is off yet
+        plain.network_create("pre", 320)
+        plain.close()
+        argv = [sys.executable, "-m", "dataplane.cli", "registry", "auth-setup", "--registry", sec.url(),
+                "--password-dir", str(tmp_path / "pw"), "h1", "h2"]
+        for _ in range(2):
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+        assert "authentication enabled" not in r.stdout         # the second run found it on
+        assert oct(os.stat(tmp_path / "pw" / "h1.password").st_mode & 0o777) == "0o600"
+        url = etcd_url(sec.endpoints, sec.pki.client("h1"), "dataplane-host-h1", str(tmp_path / "pw" / "h1.password"))
+        assert url.split("&", 3)[3] in r.stdout                 # it tells each host what to add to its URL
+        reg = open_registry(url)
+        try:
+            assert [n.name for n in reg.networks()] == ["pre"]
+            reg.host_register(Host.make("h1", "198.18.0.1"), reg.kv.lease_grant(5))
+            with pytest.raises(Refused):
+                reg.kv.commit(Txn().put(key("hosts", "h2"), b"{}"))
+        finally:
+            reg.close()
+        with pytest.raises(Refused, match="authentication on"):
+            open_registry(etcd_url(sec.endpoints, sec.pki.client("h1"))).snapshot()
+
+
+def test_a_watch_on_a_stopped_member_ends_within_the_deadline_when_logged_in(tmp_path):
+    import signal
+    with cluster(tmp_path, size=1, tls=True, hosts=("h1",)) as sec:
+        reg = open_registry(sec.url("h1"), watch_deadline_s=1.5)
+        d = Drain(reg.watch(reg.snapshot().rev + 1))
+        m = sec.members[0]
+        try:
+            time.sleep(0.8)
+            os.kill(m.pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            d.thread.join(6)
+            assert not d.thread.is_alive() and isinstance(d.error, Unavailable)
+            assert d.ended_at - stopped <= 1.5 + reg.kv.timeout + 0.5, d.error
+        finally:
+            os.kill(m.pid, signal.SIGCONT)
+            d.stop()
+            reg.close()
+

@@ -11,7 +11,7 @@ import logging
 from dataplane.agent import process
 from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError
-from dataplane.registry import Unavailable
+from dataplane.registry import Refused, Unavailable
 from dataplane.registry.backoff import Backoff
 
 log = logging.getLogger("dataplane.agent")
@@ -52,6 +52,11 @@ class LeaseKeeper:
                     self._register()
                     log.info("registered host %s (lease %x)", self.ag.me, self.lease)
                 registered = True
+            except Refused as e:
+                # A login, a permission or a certificate etcd refuses: the same each time. Stop with
+                # why (a supervisor's restart reads the password file and certificates again).
+                self.ag.fail(f"the registry refuses host {self.ag.me}: {e}")
+                return
             except Unavailable as e:
                 if registered:
                     log.warning("registry unreachable, forwarding on last known state: %s", e)

@@ -39,7 +39,7 @@ import ssl
 import struct
 import time
 
-from dataplane.registry.etcd_wire import Unknown, Unsent, b64, range_end, unb64
+from dataplane.registry.etcd_wire import Unknown, Unsent, b64, range_end, tls_refusal, unb64
 from dataplane.registry.kv import Compacted, Event, Refused, Unavailable, Watch
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -64,7 +64,8 @@ class EtcdWatch(Watch):
                 raise
             except (OSError, Unsent, Unknown, Unavailable) as e:
                 errors.append(f"{kv.endpoint(i)}: {e}")
-                tls_only = tls_only and (isinstance(e, ssl.SSLError) or getattr(e, "tls", False))
+                tls_only = tls_only and bool(getattr(e, "tls", False) or isinstance(e, ssl.SSLError) and tls_refusal(
+                    e, bool(kv.tls and kv.tls.cert)))
                 self._drop()
                 kv._failed(i)
         else:

@@ -33,9 +33,8 @@ class Unknown(Exception):
     """The member may have got the request but did not answer it (timeout, reset, no leader)."""
 
 
-def tls_failure(exc: BaseException) -> str | None:
-    """The TLS error somewhere in exc's chain (requests wraps urllib3 wraps ssl), in
-    ssl's words ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "CERTIFICATE_VERIFY_FAILED"), or None."""
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error somewhere in exc's chain (requests wraps urllib3 wraps ssl), or None."""
     seen, todo = set(), [exc]
     while todo:
         e = todo.pop()
@@ -43,7 +42,21 @@ def tls_failure(exc: BaseException) -> str | None:
             continue
         seen.add(id(e))
         if isinstance(e, ssl.SSLError):
-            return getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+            return e
         todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
         todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
     return None
+
+
+def tls_refusal(err: ssl.SSLError | None, have_cert: bool) -> str | None:
+    """What the handshake said, in ssl's words ("CERTIFICATE_VERIFY_FAILED",
+    "SSLV3_ALERT_BAD_CERTIFICATE"), if it refused us for good; None if err is
+    no TLS error or may be the network's. A member that closes the connection
+    mid-handshake (EOF) is one being killed, unless we sent no certificate:
+    etcd 3.4 refuses a client without one by closing, without an alert."""
+    if err is None:
+        return None
+    eof = isinstance(err, ssl.SSLEOFError) or "EOF" in str(err)
+    if eof and have_cert:
+        return None
+    return getattr(err, "verify_message", None) or getattr(err, "reason", None) or str(err)

@@ -26,7 +26,7 @@ from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB
 
 from dataplane.registry.etcd_access import TlsFiles
 from dataplane.registry.etcd_watch import EtcdWatch
-from dataplane.registry.etcd_wire import Unknown, Unsent, b64, range_end, tls_failure, unb64
+from dataplane.registry.etcd_wire import Unknown, Unsent, b64, range_end, tls_failure, tls_refusal, unb64
 from dataplane.registry.kv import KV, Item, Refused, Txn, Unavailable, Watch
 
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
@@ -99,9 +99,11 @@ class EtcdKV(KV):
                                   headers={"Authorization": token} if token else None,
                                   **({"verify": self.tls.ca} if self.tls else {}))
         except rq.RequestException as e:   # urllib3's NewConnectionError: refused, unreachable
-            tls = tls_failure(e)
-            if tls:                        # refused in the handshake: nothing was sent
-                raise Unsent(f"TLS with {self.endpoint(i)} failed: {tls}", tls=True) from None
+            err = tls_failure(e)           # the handshake failed: nothing was sent
+            if err is not None:
+                final = tls_refusal(err, bool(self.tls and self.tls.cert))
+                raise Unsent(f"TLS with {self.endpoint(i)} failed: " + (final or "the member closed the handshake "
+                             "(it does not take our certificate, or it is going down)"), tls=bool(final)) from None
             reason = type(getattr(e.args[0] if e.args else None, "reason", None)).__name__
             unsent = isinstance(e, rq.ConnectTimeout) or reason == "NewConnectionError"
             raise (Unsent if unsent else Unknown)(str(e)) from None

@@ -1,0 +1,55 @@
+"""An agent whose registry refuses it (a login, a permission, a certificate:
+dataplane.registry.Refused) stops with that reason instead of retrying for
+ever; an outage (Unavailable) is waited out. No registry needed: a stand-in."""
+
+from __future__ import annotations
+
+import threading
+
+from dataplane.agent.lease import LeaseKeeper
+from dataplane.registry import Refused, Unavailable
+
+
+class FakeKV:
+    def __init__(self, error):
+        self.error, self.calls = error, 0
+
+    def lease_keepalive(self, lease):
+        return False
+
+    def lease_grant(self, ttl):
+        self.calls += 1
+        raise self.error
+
+
+class FakeAgent:
+    def __init__(self, error):
+        self.me, self.ttl, self.failed = "h1", 3, None
+        self.stopping, self.registered = threading.Event(), threading.Event()
+        self.reg = type("Reg", (), {"kv": FakeKV(error)})()
+        self.counters = {"errors": 0}
+
+    def fail(self, why):
+        self.failed = why
+        self.stopping.set()
+
+    def disconnected(self):
+        if self.reg.kv.calls >= 2:
+            self.stopping.set()
+
+
+def test_a_refusal_stops_the_agent_with_its_reason(monkeypatch):
+    ag = FakeAgent(Refused("etcd at 198.18.0.251:2379 refused the login of user dataplane-host-h1"))
+    keeper = LeaseKeeper(ag)
+    monkeypatch.setattr(keeper, "_old_lease", lambda: 0)
+    keeper.run()
+    assert ag.failed == ("the registry refuses host h1: etcd at 198.18.0.251:2379 refused the login of user "
+                         "dataplane-host-h1") and ag.reg.kv.calls == 1 and not ag.registered.is_set()
+
+
+def test_an_outage_is_waited_out(monkeypatch):
+    ag = FakeAgent(Unavailable("etcd unreachable"))
+    keeper = LeaseKeeper(ag)
+    monkeypatch.setattr(keeper, "_old_lease", lambda: 0)
+    keeper.run()
+    assert ag.failed is None and ag.reg.kv.calls >= 2

@@ -30,6 +30,8 @@ UNDERLAY_NS = f"{PREFIX}ul"
 BRIDGE = "br0"
 UPLINK = "ul0"
 VTEP_NET = ipaddress.IPv4Network("198.18.0.0/24")
+WORLD_IP = "198.18.0.254"       # the switch namespace's own address: the world outside the overlay
+METRICS_PORT = 9469            # each lab agent serves /metrics on its VTEP address
 MAX_HOSTS = 25
 MAX_PER_HOST = 9
 LAB_FILE = os.path.join(state.RUN_ROOT, "lab.json")
@@ -174,9 +176,14 @@ def _build(lab: dict, p: dict) -> None:
     netlink.link_up(UNDERLAY_NS, "lo")
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "add", BRIDGE, "type", "bridge"])
     run_checked(["ip", "-n", UNDERLAY_NS, "link", "set", BRIDGE, "up"])
+    # The switch has an address too: the world outside (egress), and where metrics are scraped from.
+    netlink.link_up(UNDERLAY_NS, BRIDGE, WORLD_IP, VTEP_NET.prefixlen)
     for i in range(1, n + 1):
         ns = host_ns(i)
-        lab["hosts"].append({"name": f"h{i}", "netns": ns, "uplink": UPLINK, "vtep": vtep_ip(i)})
+        lab["hosts"].append({"name": f"h{i}", "netns": ns, "uplink": UPLINK, "vtep": vtep_ip(i),
+                             # scraped from the underlay (the switch namespace, or a host's)
+                             "metrics_url": f"http://{vtep_ip(i)}:{METRICS_PORT}/metrics"
+                             if p["registry"] != "none" else None})
         _save(lab)
         underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", gso.LEGACY_MAX), p.get("mtu", 1500))
     url = _start_registry(lab, p)
@@ -186,6 +193,7 @@ def _build(lab: dict, p: dict) -> None:
         peers = [] if url else [vtep_ip(j) for j in range(1, n + 1) if j != i]
         vtep.up(Node(host_ns(i)), p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peer_ips=peers,
                 peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
+                metrics_address=f"{vtep_ip(i)}:{METRICS_PORT}",
                 registry=url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
         control.persist(Node(host_ns(i)))      # as `dataplane up` does: the host comes back after a reboot
         if url:

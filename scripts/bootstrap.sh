@@ -33,6 +33,7 @@ test_pkgs=(
   etcd-server busybox-static            # the registry cluster and the Docker test image
   docker.io containernetworking-plugins # the real runtimes the Docker driver and CNI plugin are tested under
   golang-go golang-github-appc-cni-dev  # builds tests/cni/cnirun.go on the real libcni, offline
+  prometheus                            # promtool checks the agent's metrics (the server is never started)
 )
 apt_pkgs=("${host_pkgs[@]}")
 [ "$mode" = dev ] && apt_pkgs+=("${test_pkgs[@]}")

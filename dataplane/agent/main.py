@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 
-from dataplane.agent import client, converge, lease, local, ops, process, punts, sdnotify, server, slowpath
+from dataplane.agent import client, converge, lease, local, metrics, ops, process, punts, sdnotify, server, slowpath
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -95,6 +95,7 @@ class Agent:
         self.server = server.Server(client.socket_path(self.node.name),
                                     {**ops.Ops(self).handlers(), **RuntimeOps(self).handlers()})
         self.server.start()
+        self.metrics = metrics.serve(self, st.config.metrics_address)
         self.leases.save()
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()
@@ -111,6 +112,8 @@ class Agent:
             if self._watch:
                 self._watch.close()
             self.server.stop()
+            if self.metrics:
+                self.metrics.stop()
             if self.leaving:
                 local.leave(self)
             self.punt_reader.close()

@@ -26,7 +26,7 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "xdp_guard", "fdb_age",
-                 "storm_rate", "storm_burst",
+                 "storm_rate", "storm_burst", "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
 
@@ -45,7 +45,7 @@ def cmd_up(args):
                         lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
                         peer_ips=args.peer or (), peer_check=args.peer_check, xdp_guard=args.xdp_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
-                        storm=(args.storm_rate, args.storm_burst))
+                        storm=(args.storm_rate, args.storm_burst), metrics_address=args.metrics_address)
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
@@ -135,6 +135,9 @@ def register(sub) -> None:
                          f"(default {model.STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
     up.add_argument("--storm-burst", type=int, metavar="FRAMES",
                     help=f"storm control: frames one endpoint may flood at once (default {model.STORM_BURST_DEFAULT})")
+    up.add_argument("--metrics-address", metavar="ADDRESS:PORT",
+                    help="where the agent serves Prometheus /metrics and /healthz (default 127.0.0.1:9469; "
+                         "'off': nowhere); the agent takes it when it (re)starts")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N",
                     help="override a map's number of entries (repeatable)")
     up.add_argument("--registry", help="endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] "

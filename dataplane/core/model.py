@@ -128,6 +128,16 @@ def parse_age(value) -> int:
 
 
 MTU_MAX = 9000 - ENCAP_LEN     # the largest network MTU (a 9000-byte jumbo underlay)
+def parse_host_port(text, what: str = "address") -> tuple[str, int]:
+    """'IPv4:PORT' to listen on, as (address, port): loopback and 0.0.0.0 are fine here."""
+    host, _, port = str(text).rpartition(":")
+    try:
+        addr = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: IPv4-ADDRESS:PORT expected") from None
+    return str(addr), parse_port(port)
+
+
 STORM_RATE_DEFAULT = 1000      # broadcast/unknown frames per second one endpoint may flood
 STORM_BURST_DEFAULT = 200      # ... and at once
 

@@ -17,7 +17,7 @@ SYS_BPF = 321  # x86_64
 
 MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
 OBJ_PIN, OBJ_GET, OBJ_GET_INFO_BY_FD = 6, 7, 15
-MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 26, 27
+MAP_LOOKUP_BATCH, MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 24, 26, 27
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 
 MAP_TYPES = {"hash": 1, "array": 2, "prog": 3, "percpu_hash": 5, "percpu_array": 6, "lru_hash": 9, "ringbuf": 27}
@@ -137,6 +137,25 @@ def delete_batch(fd: int, keys, count: int, what: str = "map") -> int:
     for i in range(done + 1, count):
         delete(fd, (ctypes.c_uint8 * size).from_buffer(keys, i * size))
     return count
+
+
+def count(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> int:
+    """Entries in a hash map, read chunk by chunk with BPF_MAP_LOOKUP_BATCH (a
+    syscall per chunk, not per entry: metrics read this at every scrape)."""
+    keys = (ctypes.c_uint8 * (key_size * chunk))()
+    vals = (ctypes.c_uint8 * (value_size * chunk))()
+    cursor = (ctypes.c_uint8 * 8)()
+    out = (ctypes.c_uint8 * 8)()
+    total, first = 0, True
+    while True:
+        attr = _BatchAttr(in_batch=0 if first else _ptr(cursor), out_batch=_ptr(out), keys=_ptr(keys),
+                          values=_ptr(vals), count=chunk, map_fd=fd)
+        ret = _call(MAP_LOOKUP_BATCH, attr, f"batch lookup in map fd {fd}", ok=(errno.ENOENT,))
+        total += attr.count
+        if ret < 0:
+            return total
+        ctypes.memmove(cursor, out, 8)
+        first = False
 
 
 def delete(fd: int, key) -> bool:

@@ -117,6 +117,12 @@ class Map:
         arr = (self.spec.key * len(keys))(*keys)
         bpfsys.delete_batch(self.fd, arr, len(keys), what=self.spec.name)
 
+    def count(self) -> int:
+        """Entries in use (a hash map's; for arrays, their size)."""
+        if self.spec.kind not in ("hash", "lru_hash"):
+            return bpfsys.map_info(self.fd).max_entries
+        return bpfsys.count(self.fd, ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))
+
     def keys(self):
         out = []
         cur = None

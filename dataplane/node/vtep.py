@@ -21,7 +21,7 @@ _F = abi.load().enums["dp_cfg_flag"]
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
        peer_check: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
-       storm: tuple[int | None, int | None] = (None, None),
+       storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
     reloads the programs (atomic replace) and adds what is new. With a
@@ -41,6 +41,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
     port = model.parse_port(port) if port is not None else None
     peer_ips = [str(model.parse_ipv4(p, "peer address")) for p in peer_ips]
     fdb_age = model.parse_age(fdb_age) if fdb_age is not None else None
+    if metrics_address not in (None, "", "off"):
+        model.parse_host_port(metrics_address, "metrics address")
     storm_rate, storm_burst = (None if v is None else model.parse_storm(v, what)
                                for v, what in zip(storm, ("storm-control rate", "storm-control burst")))
     if underlay is not None:
@@ -89,6 +91,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
         cfg.storm_rate = cfg.storm_rate if storm_rate is None else storm_rate     # either way on a running node
         cfg.storm_burst = cfg.storm_burst if storm_burst is None else storm_burst
+        if metrics_address is not None:       # the agent reads it when it starts
+            cfg.metrics_address = "" if metrics_address in ("", "off") else metrics_address
         if registry:
             st.registry = registry
             st.host_name = host_name or st.host_name or node.netns or socket.gethostname().split(".")[0]

@@ -37,3 +37,17 @@ def test_pinned_maps_have_expected_entries(harness):
         info = bpfsys.map_info(harness.maps.__getattr__(name).fd)
         assert info.max_entries == spec.max_entries({}), name
         assert info.type == bpfsys.MAP_TYPES[spec.kind], name
+
+
+def test_batch_count_agrees_with_iteration(harness):
+    """Map.count (BPF_MAP_LOOKUP_BATCH, what the metrics read) equals walking the keys, past one chunk."""
+    import ctypes
+    m = harness.maps.dp_learned
+    keys = [harness.mac_key(9, f"02:00:00:00:{i >> 8:02x}:{i & 0xff:02x}") for i in range(5000)]
+    try:
+        m.put_many((k, harness.S["dp_fdb_entry"](vtep=1)) for k in keys)
+        assert m.count() == len(m.keys()) >= 5000
+        assert harness.maps.dp_config.count() == 1
+    finally:
+        m.delete_many(keys)
+    assert ctypes.sizeof(harness.S["dp_mac_key"]) == 12

@@ -113,18 +113,20 @@ def mutated(draw, base):
             if places and draw(st.booleans()):
                 target = _get(doc, draw(st.sampled_from(places)))
             if isinstance(target, dict):
-                target[draw(keys)] = draw(json_values)
+                target[draw(keys)] = copy.deepcopy(draw(json_values))
             elif isinstance(target, list):
-                target.append(draw(json_values))
+                target.append(copy.deepcopy(draw(json_values)))
             continue
         path = draw(st.sampled_from(places))
         parent, k = _get(doc, path[:-1]), path[-1]
         if action == "delete":
             del parent[k]
         elif action == "twist":
-            parent[k] = draw(st.sampled_from(_twists(parent[k])))
+            parent[k] = copy.deepcopy(draw(st.sampled_from(_twists(parent[k]))))
         else:
-            parent[k] = draw(st.one_of(json_values, st.sampled_from(HOSTILE)))
+            # a copy: a shared constant (HOSTILE's containers) mutated later would change what
+            # the same choices draw next time (hypothesis: FlakyStrategyDefinition)
+            parent[k] = copy.deepcopy(draw(st.one_of(json_values, st.sampled_from(HOSTILE))))
     return doc
 
 

@@ -99,3 +99,19 @@ def test_healthz_is_200_only_when_synced(info):
         os.kill(pid, signal.SIGCONT)
     time.sleep(0.2)
     assert scrape(base + "/healthz")[0] == 200
+
+
+def test_every_dashboard_query_names_an_exported_metric(info):
+    """docs/grafana/dataplane.json (issue 17, item 2): each metric its queries and
+    variables read is one a live agent exports."""
+    import json
+    import pathlib
+    _, body = scrape(info["hosts"][0]["metrics_url"])
+    exported = {m.group(1) for m in re.finditer(r"^# TYPE (\S+) ", body, re.M)}
+    exported |= {n + "_total" for n in exported}          # counters are declared without the suffix
+    dash = json.loads((pathlib.Path(__file__).parents[2] / "docs/grafana/dataplane.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    used = {n for e in exprs for n in re.findall(r"\b((?:dataplane|process)_[a-z_]+)", e)}
+    assert len(used) >= 15
+    assert not used - exported, f"not exported: {sorted(used - exported)}"

@@ -19,10 +19,11 @@ from lab import topology
 def cmd_up(args):
     topology.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
                 registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size,
-                etcd_members=args.etcd_members, mtu=args.mtu)
+                etcd_members=args.etcd_members, etcd_tls=args.etcd_tls, mtu=args.mtu)
     info = topology.ls()
-    print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry} "
-          "(see `python -m lab ls`)")
+    tls = (topology.load() or {}).get("params", {}).get("etcd_tls")
+    print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry}"
+          + (" (TLS with client certificates, a user per host)" if tls else "") + " (see `python -m lab ls`)")
 
 
 def cmd_down(args):
@@ -51,7 +52,7 @@ def cmd_exec(args):
 
 def cmd_demo(args):
     from lab.demo import run  # noqa: PLC0415 - only the demo needs it
-    return run(keep=args.keep, registry=args.registry)
+    return run(keep=args.keep, registry=args.registry, etcd_tls=args.etcd_tls)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
                         "(odd, 1..5; default: %(default)s)")
     a.add_argument("--mtu", type=int, default=1500,
                    help="underlay MTU, 1280..9000 (default: %(default)s; 9000: a jumbo-frame underlay)")
+    a.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --registry etcd: TLS with client certificates (made with openssl at start) for clients "
+                        "and peers, and etcd authentication with a user and role per host (default: on; "
+                        "--no-etcd-tls for plain HTTP)")
     a.add_argument("--gso-max-size", type=int, default=gso.LEGACY_MAX,
                    help=f"IPv4 GSO/GRO limit of the hosts' uplinks; above 65536 turns on BIG TCP "
                         f"(e.g. {gso.BIG_TCP_SIZE}), which endpoints then inherit (default: %(default)s)")
@@ -89,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     dm.add_argument("--registry", choices=topology.REGISTRY_MODES, default="etcd",
                     help="etcd (a real etcd and an agent per host), sqlite, or none (static peers) (default: %(default)s)")
+    dm.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --registry etcd: TLS, client certificates and a user per host (default: on)")
     dm.set_defaults(func=cmd_demo)
     return p
 

@@ -28,11 +28,11 @@ def _sbx(info: dict, host: str, vni: int) -> dict:
     return next(s for s in info["sandboxes"] if s["host"] == host and s["vni"] == vni)
 
 
-def run(keep: bool = False, registry: str = "etcd") -> int:
+def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None) -> int:
     d = Demo()
     lab.down()
     t0 = time.monotonic()
-    lab.up(3, [256, 257], per_host=1, registry=registry)
+    lab.up(3, [256, 257], per_host=1, registry=registry, etcd_tls=etcd_tls)
     print(f"lab up in {time.monotonic() - t0:.1f}s: 3 hosts (VTEPs 198.18.0.1-3), VNIs 256 and 257, one sandbox per host "
           f"and VNI; registry: {registry}" + (" (a real etcd on 198.18.0.251, one agent per host)" if registry == "etcd" else ""))
     info = lab.ls()
@@ -60,6 +60,8 @@ def run(keep: bool = False, registry: str = "etcd") -> int:
 
         if registry != "none":
             registry_step(d, a)
+        if lab.load()["params"].get("etcd_tls"):
+            tls_step(d)
 
         res = iperf(b["name"], a["name"], b["ip"], ["-t", "2"])
         gbps = res["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -103,6 +105,38 @@ def registry_step(d: Demo, a: dict) -> None:
     d.check(got == 3, f"endpoint dpl-h3-new ({ep['ip']}) added on h3 only: in h1's FDB {took:.0f} ms later "
             f"(sandbox creation included), ping from h1 {got}/3")
     client.call("dpl-h3", "endpoint_rm", id="dpl-h3-new")
+
+
+def tls_step(d: Demo) -> None:
+    """etcd over TLS with authentication: a client without a certificate is refused, and
+    host h1's etcd user cannot write host h2's record (asked from the underlay, as a host would)."""
+    from lab import certs  # noqa: PLC0415 - only with --etcd-tls
+    from dataplane.registry import Refused, etcd_access, etcd_auth, open_registry
+    from dataplane.registry.etcd_access import TlsFiles
+    from dataplane.registry.kv import Txn
+    from dataplane.registry.records import key
+
+    pki, eps = certs.Pki(lab.PKI_DIR), [(m["ip"], lab.ETCD_PORT) for m in lab.load()["etcd"]]
+    user = etcd_auth.host_user("h1")
+
+    def attempt(url: str, fn) -> str:
+        reg = open_registry(url)
+        try:
+            fn(reg)
+            return "accepted"
+        except Refused as e:
+            return f"refused: {e}"
+        finally:
+            reg.close()
+
+    def run():
+        return (attempt(etcd_access.url(eps, TlsFiles(pki.ca.cert), user, pki.password_file(user)), lambda r: r.snapshot()),
+                attempt(lab.registry_url("etcd", host="h1"),
+                        lambda r: r.kv.commit(Txn().put(key("hosts", "h2"), b'{"name": "h2", "vtep": "198.18.0.66"}'))))
+    nocert, cross = netlink.call_in_netns(lab.registry_netns(), run)
+    d.check(nocert.startswith("refused"), f"etcd (TLS, client certificates) and a client without a certificate: {nocert}")
+    d.check(cross.startswith("refused") and "not permitted" in cross,
+            f"host h1's etcd user writes host h2's record: {cross}")
 
 
 def capture_report(d: Demo, rows: list[dict], protos: list[str], arp_on_wire: bool = True) -> None:

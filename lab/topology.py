@@ -18,10 +18,10 @@ import subprocess
 import sys
 
 from dataplane.agent import client, control, process
-from lab import etcd
+from lab import certs, etcd
 from dataplane.kernel import gso, netlink
 from dataplane.core import model, procs, state
-from dataplane.registry import open_registry
+from dataplane.registry import etcd_access, etcd_auth, open_registry
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import Node, endpoints, require_root, vtep
 
@@ -82,6 +82,7 @@ REGISTRY_MODES = ("sqlite", "etcd", "none")
 ETCD_PORT = 2379
 MAX_ETCD = 5
 REGISTRY_DIR = os.path.join(state.RUN_ROOT, f"{PREFIX}registry")
+PKI_DIR = os.path.join(REGISTRY_DIR, "pki")    # --etcd-tls: CA, certificates, etcd passwords (lab/certs.py)
 
 
 def etcd_ip(i: int) -> str:
@@ -89,13 +90,22 @@ def etcd_ip(i: int) -> str:
     return str(VTEP_NET.network_address + 250 + i)
 
 
-def registry_url(mode: str, members: int | None = None) -> str | None:
-    """The URL agents are given: every etcd member's (default: as many as the lab has)."""
+def registry_url(mode: str, members: int | None = None, tls: bool | None = None, host: str | None = None) -> str | None:
+    """The registry's URL, with every etcd member (default: as many as the lab has). With
+    TLS (the lab's --etcd-tls; on when no lab is up) host ("h1") gets its agent's URL (its
+    client certificate, its etcd user), no host the administrator's (root, the lab's own
+    certificate: for the lab and the tests' checks)."""
     if mode == "sqlite":
         return f"sqlite://{REGISTRY_DIR}/registry.db"
     if mode == "etcd":
-        n = members or len((load() or {}).get("etcd") or []) or 1
-        return "etcd://" + ",".join(f"{etcd_ip(i)}:{ETCD_PORT}" for i in range(1, n + 1))
+        lab = load() or {}
+        n = members or len(lab.get("etcd") or []) or 1
+        if tls is None:
+            tls = lab["params"].get("etcd_tls", False) if lab else True
+        eps = [(etcd_ip(i), ETCD_PORT) for i in range(1, n + 1)]
+        if not tls:
+            return etcd_access.url(eps)
+        return etcd.host_url(eps, certs.Pki(PKI_DIR), host) if host else etcd.admin_url(eps, certs.Pki(PKI_DIR))
     return None
 
 
@@ -105,12 +115,15 @@ def host_name(i: int) -> str:
 
 def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool | None = None,
        registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX,
-       etcd_members: int = 1, mtu: int = 1500) -> dict:
+       etcd_members: int = 1, etcd_tls: bool | None = None, mtu: int = 1500) -> dict:
     require_root()
     if registry not in REGISTRY_MODES:
         raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
     if not (1 <= int(etcd_members) <= MAX_ETCD and int(etcd_members) % 2) or (registry != "etcd" and etcd_members != 1):
         raise UsageError(f"--etcd-members must be odd, 1..{MAX_ETCD}, and goes with --registry etcd")
+    etcd_tls = registry == "etcd" if etcd_tls is None else bool(etcd_tls)
+    if etcd_tls and registry != "etcd":
+        raise UsageError("--etcd-tls goes with --registry etcd")
     if not 1 <= int(hosts) <= MAX_HOSTS:
         raise UsageError(f"--hosts must be 1..{MAX_HOSTS}")
     if not 0 <= int(per_host) <= MAX_PER_HOST:
@@ -125,6 +138,7 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
     params = {"hosts": int(hosts), "vnis": vnis, "per_host": int(per_host),
               "xdp_guard": bool(xdp_guard), "peer_check": peer_check, "registry": registry,
               "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members),
+              "etcd_tls": etcd_tls,
               "mtu": int(mtu)}
     lab = load()
     if lab:
@@ -191,13 +205,15 @@ def _build(lab: dict, p: dict) -> None:
         _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
                   + (f", agent on {url}" if url else ""))
         peers = [] if url else [vtep_ip(j) for j in range(1, n + 1) if j != i]
+        # Each agent with its own certificate and etcd user (TLS), else the lab's one URL.
+        host_url = registry_url("etcd", p["etcd_members"], p["etcd_tls"], host_name(i)) if p.get("etcd_tls") else url
         vtep.up(Node(host_ns(i)), p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peer_ips=peers,
                 peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
                 metrics_address=f"{vtep_ip(i)}:{METRICS_PORT}",
-                registry=url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
+                registry=host_url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
         control.persist(Node(host_ns(i)))      # as `dataplane up` does: the host comes back after a reboot
         if url:
-            process.spawn(host_ns(i), host_ns(i), url, host_name(i), p["lease_ttl"], quiet=True)
+            process.spawn(host_ns(i), host_ns(i), host_url, host_name(i), p["lease_ttl"], quiet=True)
     for i in range(1, n + 1):
         for vni in p["vnis"]:
             for k in range(1, p["per_host"] + 1):
@@ -216,18 +232,28 @@ def _start_registry(lab: dict, p: dict) -> str | None:
     are hosts of their own on the underlay (198.18.0.251...), which agents
     reach over their uplinks like any host would."""
     if p["registry"] == "etcd":
-        n = p.get("etcd_members", 1)
-        peers = ",".join(f"e{i}=http://{etcd_ip(i)}:{ETCD_PORT + 1}" for i in range(1, n + 1))
+        n, tls = p.get("etcd_members", 1), p.get("etcd_tls")
+        peers = ",".join(f"e{i}={'https' if tls else 'http'}://{etcd_ip(i)}:{ETCD_PORT + 1}" for i in range(1, n + 1))
         for i in range(1, n + 1):
             m = {"name": f"e{i}", "netns": f"{PREFIX}e{i}", "ip": etcd_ip(i), "pid": None, "initial_cluster": peers}
             lab["etcd"].append(m)
             _save(lab)
             underlay_host(m["netns"], f"ul-e{i}", UPLINK, m["ip"])
         _progress(f"etcd: {n} member(s) on {', '.join(m['ip'] for m in lab['etcd'])}")
+        hosts = [host_name(i) for i in range(1, p["hosts"] + 1)]
+        if tls:
+            _progress(f"etcd TLS: a CA, member, host and admin certificates (openssl) in {PKI_DIR}")
+            os.makedirs(REGISTRY_DIR, mode=0o700, exist_ok=True)
+            certs.make_pki(PKI_DIR, {m["name"]: (m["ip"],) for m in lab["etcd"]}, hosts + ["admin"],
+                           ["root"] + [etcd_auth.host_user(h) for h in hosts])
         start_etcd(lab)
+        if tls:
+            _progress("etcd: authentication on, a user and role per host (may write only its own host record)")
+            etcd.enable_auth([(m["ip"], ETCD_PORT) for m in lab["etcd"]], certs.Pki(PKI_DIR), hosts,
+                             netns=lab["etcd"][0]["netns"])
     elif p["registry"] == "sqlite":
         os.makedirs(REGISTRY_DIR, mode=0o700, exist_ok=True)
-    url = registry_url(p["registry"], p.get("etcd_members", 1))
+    url = registry_url(p["registry"], p.get("etcd_members", 1), p.get("etcd_tls"))
     if url:
         def create_networks():
             reg = open_registry(url)
@@ -249,11 +275,17 @@ def start_etcd(lab: dict, name: str | None = None) -> None:
     for m in todo:
         m["pid"] = etcd.start(os.path.join(REGISTRY_DIR, m["name"]), m["ip"], ETCD_PORT, ETCD_PORT + 1,
                               netns=m["netns"], log_path=os.path.join(REGISTRY_DIR, f"{m['name']}.log"),
-                              name=m["name"], initial_cluster=m["initial_cluster"], wait=False)
+                              name=m["name"], initial_cluster=m["initial_cluster"], wait=False,
+                              tls=_member_tls(lab, m))
         _save(lab)
     for m in todo:
-        if not etcd.wait_healthy(m["ip"], ETCD_PORT, m["netns"]):
+        if not etcd.wait_healthy(m["ip"], ETCD_PORT, m["netns"], tls=_member_tls(lab, m)):
             raise DataplaneError(f"etcd member {m['name']} did not become healthy; see {REGISTRY_DIR}/{m['name']}.log")
+
+
+def _member_tls(lab: dict, m: dict):
+    """The member's certificate when the lab runs etcd with TLS, else None."""
+    return certs.Pki(PKI_DIR).member(m["name"]) if lab["params"].get("etcd_tls") else None
 
 
 def stop_etcd(lab: dict, name: str | None = None, sig=None) -> None:
@@ -283,11 +315,12 @@ def _alive(m: dict) -> bool:
 def etcd_members(lab: dict | None = None) -> list[dict]:
     """The members as they are now: name, client URL, pid, alive, leader."""
     out = []
-    for m in (lab or load() or {}).get("etcd") or []:
-        alive = _alive(m)
-        out.append({"name": m["name"], "client_url": f"http://{m['ip']}:{ETCD_PORT}", "netns": m["netns"],
-                    "pid": m["pid"] if alive else None, "alive": alive,
-                    "leader": bool(alive and etcd.is_leader(m["ip"], ETCD_PORT, m["netns"]))})
+    lab = lab or load() or {}
+    for m in lab.get("etcd") or []:
+        alive, tls = _alive(m), _member_tls(lab, m)
+        out.append({"name": m["name"], "client_url": f"{'https' if tls else 'http'}://{m['ip']}:{ETCD_PORT}",
+                    "netns": m["netns"], "pid": m["pid"] if alive else None, "alive": alive,
+                    "leader": bool(alive and etcd.is_leader(m["ip"], ETCD_PORT, m["netns"], tls=tls))})
     return out
 
 

@@ -92,7 +92,7 @@ class Model:
         if pid:
             os.kill(pid, signal.SIGKILL)
             assert wait_for(lambda: process.running_pid(ns) is None)
-        process.spawn(ns, ns, lab.registry_url("etcd"), f"h{ns[-1]}", TTL, quiet=True)
+        process.spawn(ns, ns, lab.registry_url("etcd", host=f"h{ns[-1]}"), f"h{ns[-1]}", TTL, quiet=True)
 
     def etcd_kill(self):
         if self.down_member:

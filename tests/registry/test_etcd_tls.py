@@ -231,3 +231,30 @@ def test_a_watch_on_a_stopped_member_ends_within_the_deadline_when_logged_in(tmp
             d.stop()
             reg.close()
 
+
+
+def test_the_labs_launcher_runs_a_tls_member_as_the_lab_does(tmp_path):
+    """lab/etcd.start with a member certificate (the lab's path, here on loopback
+    instead of a namespace): healthy, leader over TLS, auth on, a host's URL works."""
+    from lab import certs, etcd
+    from dataplane.registry import etcd_auth
+    from tests.registry.etcdproc import free_port, require_etcd
+    require_etcd()
+    pki = certs.make_pki(str(tmp_path / "pki"), {"e1": ("127.0.0.1",)}, ["h1", "admin"],
+                         ["root", etcd_auth.host_user("h1")])
+    port = free_port()
+    pid = etcd.start(str(tmp_path / "e1"), "127.0.0.1", port, free_port(), name="e1", tls=pki.member("e1"))
+    try:
+        assert etcd.is_leader("127.0.0.1", port, tls=pki.member("e1")) is True
+        assert etcd.is_leader("127.0.0.1", port) is None          # plain HTTP gets no answer
+        done = etcd.enable_auth([("127.0.0.1", port)], pki, ["h1"])
+        assert done[-1] == "authentication enabled"
+        reg = open_registry(etcd.host_url([("127.0.0.1", port)], pki, "h1"))
+        try:
+            reg.host_register(Host.make("h1", "198.18.0.1"), reg.kv.lease_grant(5))
+            assert "h1" in reg.snapshot().hosts
+        finally:
+            reg.close()
+        assert etcd.wait_healthy("127.0.0.1", port, tls=pki.member("e1"), timeout=5)
+    finally:
+        etcd.stop(pid)

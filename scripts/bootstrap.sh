@@ -31,6 +31,7 @@ host_pkgs=(
 test_pkgs=(
   bpftool make iputils-ping ethtool tcpdump tshark iperf3 sockperf linux-perf
   etcd-server busybox-static            # the registry cluster and the Docker test image
+  openssl                               # the lab's etcd CA and certificates (lab/certs.py)
   docker.io containernetworking-plugins # the real runtimes the Docker driver and CNI plugin are tested under
   golang-go golang-github-appc-cni-dev  # builds tests/cni/cnirun.go on the real libcni, offline
   prometheus                            # promtool checks the agent's metrics (the server is never started)

@@ -140,7 +140,9 @@ def register(sub) -> None:
                          "'off': nowhere); the agent takes it when it (re)starts")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N",
                     help="override a map's number of entries (repeatable)")
-    up.add_argument("--registry", help="endpoint registry: sqlite:///PATH or etcd://HOST:PORT[,...] "
+    up.add_argument("--registry", help="endpoint registry: sqlite:///PATH, etcd://HOST:PORT[,...] or, over TLS with a "
+                                       "client certificate and an etcd user, etcds://HOST:PORT[,...]?ca=FILE&cert=FILE"
+                                       "&key=FILE&user=NAME&password-file=FILE; the node keeps it for restarts "
                                        f"(default $DATAPLANE_REGISTRY or {registry.BUILTIN_URL})")
     up.add_argument("--no-registry", action="store_true", help="no registry and no agent: peers and endpoints by hand")
     up.add_argument("--host-name", help="this host's name in the registry (default: the namespace or hostname)")

@@ -109,8 +109,12 @@ class EtcdKV(KV):
             raise (Unsent if unsent else Unknown)(str(e)) from None
 
     def _send(self, i: int, path: str, payload: dict, relogin: bool = True) -> dict:
-        """One request to member i (logged in first if need be)."""
-        token = self.token(i)
+        """One request to member i (logged in first if need be). A login that fails
+        leaves the request unsent, whatever became of the login."""
+        try:
+            token = self.token(i)
+        except Unknown as e:
+            raise Unsent(f"login at {self.endpoint(i)}: {e}") from None
         resp = self._http(i, path, payload, token)
         if resp.status_code == 200:
             return _loads(resp.content)
@@ -118,7 +122,10 @@ class EtcdKV(KV):
         if resp.status_code in (408, 503, 504):   # gRPC Unavailable/DeadlineExceeded: no leader, timed out
             raise Unknown(f"HTTP {resp.status_code}: {why}")
         if self.user and relogin and any(w in why for w in RELOGIN):
-            self._relogin(i, token)
+            try:
+                self._relogin(i, token)
+            except Unknown as e:
+                raise Unsent(f"login at {self.endpoint(i)}: {e}") from None
             return self._send(i, path, payload, relogin=False)
         where = f"etcd {path} at {self.endpoint(i)}"
         if "CommonName" in why:

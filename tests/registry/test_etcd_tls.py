@@ -306,3 +306,20 @@ def test_a_logged_in_host_fails_over_when_its_member_dies(tmp_path):
             d2.stop()
         finally:
             reg.close()
+
+
+def test_a_logged_in_watch_at_a_compacted_revision_raises_compacted(secure, regs):
+    from dataplane.registry import Compacted
+    h1, _ = regs
+    first = h1.network_create("cp1", 350) and h1.snapshot().rev
+    h1.network_rm("cp1")
+    now = h1.snapshot().rev
+    admin = open_registry(secure.url())
+    try:
+        admin.kv._post("/kv/compaction", {"revision": str(now), "physical": True})
+    finally:
+        admin.close()
+    w = h1.watch(first)
+    with pytest.raises(Compacted, match=str(now)):
+        next(w)
+    w.close()

@@ -33,6 +33,9 @@
 #define DP_AGENT_BEAT_MS 500             /* the agent renews dp_agent.punt_until_ns this often */
 #define DP_AGENT_LEASE_MS 2000           /* ... each time to now + this: misses punted until then */
 
+#define DP_MON_HEAD 128                  /* frame bytes a monitor event carries */
+#define DP_EVENT_RING_BYTES 262144       /* dp_events ring buffer */
+
 #define DP_DROP_SLOTS 32                 /* power of two >= DP_DROP_MAX, so a mask bounds the index */
 
 /* Map sizes; the loader may override each with -D. */
@@ -75,6 +78,16 @@ enum dp_tail {
 /* dp_config.flags */
 enum dp_cfg_flag {
 	DP_CFG_PEER_CHECK = 1,               /* decap only from VTEPs in the VNI's peer set */
+	DP_CFG_MON_DROP = 2,                 /* a monitor runs: drops become dp_events records */
+	DP_CFG_MON_PUNT = 4,                 /* ... punts too */
+	DP_CFG_MON_TRACE = 8,                /* ... and forwarded frames, 1 in mon_sample */
+};
+
+/* struct dp_event.type */
+enum dp_event_type {
+	DP_EVENT_DROP = 1,                   /* reason: enum dp_drop */
+	DP_EVENT_PUNT = 2,                   /* reason: enum dp_punt_reason */
+	DP_EVENT_TRACE = 3,                  /* reason: the TC action (redirect, stolen, ok) */
 };
 
 /* Why a frame was punted to the agent (struct dp_punt.reason). */
@@ -136,6 +149,9 @@ struct dp_config {
 	__u64 fdb_age_ns;                    /* learned entries older than this are ignored */
 	__u64 storm_interval_ns;             /* storm control: 1e9 / frames per second per endpoint; 0: off */
 	__u64 storm_burst_ns;                /* ... and the burst it allows, as interval * frames */
+	__u64 mon_interval_ns;               /* a monitor's event rate: 1e9 / events per second */
+	__u32 mon_sample;                    /* trace 1 forwarded frame in this many (0, 1: all) */
+	__u32 mon_pad;
 };
 
 /*
@@ -224,7 +240,20 @@ struct dp_stats {
 	__u64 punted;                        /* misses handed to the agent (dp_punts) */
 	__u64 punt_fallback;                 /* misses flooded because dp_punts was full */
 	__u64 frag_needed;                   /* ICMP "fragmentation needed" sent back for a DF frame over the MTU */
+	__u64 monitor_lost;                  /* monitor events not written: over the rate, or the ring full */
 	__u64 drops[DP_DROP_SLOTS];          /* indexed by enum dp_drop; slots >= DP_DROP_MAX stay zero */
+};
+
+/* One record of the dp_events ring buffer: what `dataplane monitor` shows. */
+struct dp_event {
+	__u32 type;                          /* enum dp_event_type */
+	__u32 reason;
+	__u32 slot;                          /* the network's dp_stats slot (0: no VNI) */
+	__u32 ifindex;                       /* where the frame came in */
+	__u32 len;                           /* the frame's length */
+	__u32 cap;                           /* bytes of head[] in use */
+	__u64 ts_ns;                         /* dp_now_ns() */
+	__u8 head[DP_MON_HEAD];
 };
 
 /* One record of the dp_punts ring buffer: a frame the fast path could not place. */

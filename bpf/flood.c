@@ -46,11 +46,11 @@ int flood_endpoint(struct __sk_buff *skb)
 	struct dp_stats *s;
 
 	if (!net)
-		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
+		return tc_exit(skb, 0, -DP_DROP_UNKNOWN_VNI);
 	s = stats_get(net->slot);
 	if (!s)
-		return tc_exit(0, -DP_DROP_HELPER);
-	return tc_exit(net->slot, flood_endpoint_run(skb, net, s, vni));
+		return tc_exit(skb, 0, -DP_DROP_HELPER);
+	return tc_exit(skb, net->slot, flood_endpoint_run(skb, net, s, vni));
 }
 
 int flood_remote_vteps(struct __sk_buff *skb)
@@ -62,15 +62,15 @@ int flood_remote_vteps(struct __sk_buff *skb)
 	struct dp_stats *s;
 
 	if (!net)
-		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
+		return tc_exit(skb, 0, -DP_DROP_UNKNOWN_VNI);
 	s = stats_get(net->slot);
 	if (!s)
-		return tc_exit(0, -DP_DROP_HELPER);
+		return tc_exit(skb, 0, -DP_DROP_HELPER);
 	sent += flood_remote(skb, s, net, vni, from);
 	from += DP_FLOOD_CHUNK;
 	if (from < net->n_flood && from < DP_MAX_FLOOD)
-		return tc_exit(net->slot, flood_next(skb, DP_TAIL_FLOOD_REMOTE, from, sent));
-	return tc_exit(net->slot, sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
+		return tc_exit(skb, net->slot, flood_next(skb, DP_TAIL_FLOOD_REMOTE, from, sent));
+	return tc_exit(skb, net->slot, sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
 }
 
 int flood_overlay(struct __sk_buff *skb)
@@ -82,16 +82,16 @@ int flood_overlay(struct __sk_buff *skb)
 	struct dp_stats *s;
 
 	if (!net)
-		return tc_exit(0, -DP_DROP_UNKNOWN_VNI);
+		return tc_exit(skb, 0, -DP_DROP_UNKNOWN_VNI);
 	s = stats_get(net->slot);
 	if (!s)
-		return tc_exit(0, -DP_DROP_HELPER);
+		return tc_exit(skb, 0, -DP_DROP_HELPER);
 	sent += flood_local(skb, s, net, vni, 0, from);
 	from += DP_FLOOD_CHUNK;
 	if (from < net->n_local && from < DP_MAX_LOCAL)
-		return tc_exit(net->slot, flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from, sent));
+		return tc_exit(skb, net->slot, flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from, sent));
 	if (!sent)
-		return tc_exit(net->slot, -DP_DROP_NO_DESTINATION);
+		return tc_exit(skb, net->slot, -DP_DROP_NO_DESTINATION);
 	STAT_ADD(net->slot, rx_packets, rx_bytes, skb->cb[DP_CB_ARG]);
-	return tc_exit(net->slot, DP_CONSUMED);
+	return tc_exit(skb, net->slot, DP_CONSUMED);
 }

@@ -95,5 +95,5 @@ int from_endpoint(struct __sk_buff *skb)
 	__u32 slot = 0;
 	int ret = handle_from_endpoint(skb, &slot);
 
-	return tc_exit(slot, ret);
+	return tc_exit(skb, slot, ret);
 }

@@ -86,5 +86,5 @@ int from_overlay(struct __sk_buff *skb)
 	__u32 vni = 0, slot = 0;
 	int ret = handle_from_overlay(skb, &vni, &slot);
 
-	return tc_exit(ret < 0 ? drop_slot(slot, vni) : slot, ret);
+	return tc_exit(skb, ret < 0 ? drop_slot(slot, vni) : slot, ret);
 }

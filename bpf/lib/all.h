@@ -9,6 +9,7 @@
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/stats.h"
+#include "lib/monitor.h"
 #include "lib/parse.h"
 #include "lib/fdb.h"
 #include "lib/icmp.h"

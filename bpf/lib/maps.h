@@ -59,6 +59,10 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct dp_stats, dp_stats, DP_MAP_NETWOR
 	__attribute__((section("maps/ringbuf:" _pinned)))                      \
 	struct _name##_table_t _name = { .max_entries = (_bytes) }
 DP_RINGBUF_PINNED(dp_punts, DP_PUNT_RING_BYTES, DP_PIN(dp_punts));
+/* What `dataplane monitor` reads (struct dp_event), written only while one runs (dp_config.flags). */
+DP_RINGBUF_PINNED(dp_events, DP_EVENT_RING_BYTES, DP_PIN(dp_events));
+/* The monitor's event meter: theoretical arrival time (GCRA, as storm control), fast path only. */
+BPF_TABLE_PINNED("array", __u32, __u64, dp_mon_meter, 1, DP_PIN(dp_mon_meter));
 
 static __always_inline struct dp_config *config_get(void)
 {

@@ -50,6 +50,9 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 	dp_punts.ringbuf_submit(p, 0);
 	if (s)
 		s->punted++;
+	struct dp_config *cfg = dp_config.lookup(&zero);
+	if (cfg && (cfg->flags & DP_CFG_MON_PUNT))
+		monitor_emit(skb, cfg, DP_EVENT_PUNT, reason, slot);
 	return 0;
 fallback:
 	if (s)

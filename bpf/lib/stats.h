@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * stats.h - per-VNI, per-CPU counters and the single exit of each program.
+ * stats.h - per-VNI, per-CPU counters (the single exit of each program,
+ * which counts drops, is in monitor.h).
  * Counters are found by the network's slot (dp_network.slot, dp_endpoint.slot),
  * an array index: no hash lookup per packet. Slot 0 collects what has no VNI.
  */
@@ -36,19 +37,5 @@ static __always_inline void count_drop(__u32 slot, int reason)
 			__s->by += (len);             \
 		}                                     \
 	} while (0)
-
-/* One exit for tc programs: count the drop reason, map our codes to TC actions. */
-static __always_inline int tc_exit(__u32 slot, int ret)
-{
-	if (ret == DP_PASS)
-		return TC_ACT_OK;
-	if (ret == DP_CONSUMED)
-		return TC_ACT_STOLEN;
-	if (ret < 0) {
-		count_drop(slot, -ret);
-		return TC_ACT_SHOT;
-	}
-	return ret;
-}
 
 #endif /* DP_STATS_H */

@@ -25,8 +25,8 @@ from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
-from dataplane.node import Node, networks, vtep
-from dataplane.node.sweep import sweep
+from dataplane.node import Node, monitor, networks, vtep
+from dataplane.node.sweep import sweep, vanished
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
 from dataplane.registry.backoff import Backoff
@@ -64,7 +64,7 @@ class Agent:
         self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0,
-                         "reconnects": 0}
+                         "reconnects": 0, "vanished": 0}
         self.punts = punts.PuntHandler(self)
         self.leases = lease.LeaseKeeper(self)
         self.last_sync_s = 0.0
@@ -273,6 +273,10 @@ class Agent:
                     local.drop_orphans(self)
                 networks.prune_parted(self.node)
                 n = age_learned(self.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
+                monitor.clear_if_abandoned(self.node)      # a monitor killed outright left events on
+                for line in vanished(self.node):
+                    log.warning("%s", line)
+                    self.counters["vanished"] += 1
             if n:
                 self.counters["aged"] += n
                 log.info("aged out %d learned FDB entries", n)

@@ -45,6 +45,7 @@ COUNTERS = {   # agent.counters key -> (metric, help)
     "errors": ("reconcile_errors", "Errors applying registry changes to the maps"),
     "reconnects": ("registry_reconnects", "Registry connections re-established"),
     "repairs": ("repairs", "Leftovers of a crash repaired at start"),
+    "vanished": ("endpoints_vanished", "Endpoints removed because their interface disappeared"),
 }
 
 

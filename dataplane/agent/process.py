@@ -75,6 +75,11 @@ def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl
     raise KernelError(f"the agent did not sync within {READY_TIMEOUT_S:.0f} s: {_tail(node)}")
 
 
+def log_tail(node: str) -> str:
+    """The agent log's last line."""
+    return _tail(node)
+
+
 def _tail(node: str) -> str:
     try:
         with open(log_path(node)) as f:

@@ -9,7 +9,7 @@ import os
 import sys
 
 from dataplane import __version__
-from dataplane.cli import node_cmds, registry_cmds, runtime_cmds, service_cmds
+from dataplane.cli import node_cmds, observe_cmds, registry_cmds, runtime_cmds, service_cmds
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError
 from dataplane.kernel import netlink
@@ -22,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
                    help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     node_cmds.register(sub)
+    observe_cmds.register(sub)
     registry_cmds.register(sub)
     runtime_cmds.register(sub)
     service_cmds.register(sub)

@@ -1,4 +1,4 @@
-"""`up`, `down`, `peer`, `fdb`, `stats` and `agent`: one node and its agent."""
+"""`up`, `down`, `peer`, `fdb` and `agent`: one node and its agent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from dataplane.agent import client, control
 from dataplane.agent.main import LEASE_TTL_DEFAULT
-from dataplane.cli.output import add_output, emit, say
+from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, say
 from dataplane.core import model
 from dataplane.core.errors import NotFound, UsageError
 from dataplane.kernel import gso
@@ -80,16 +80,11 @@ def cmd_peer_rm(args):
 def cmd_peer_list(args):
     node = agent_node(args)
     rows = client.call(node.name, "peer_list") if node else peers.listing(node_of(args).require_up())
-    emit(args, rows, ["vni", "peer", "source"])
+    emit(args, by_vni(args, rows), ["vni", "peer", "source"])
 
 
 def cmd_fdb_list(args):
-    emit(args, readout.fdb(node_of(args)), ["vni", "mac", "where", "state", "age_s"])
-
-
-def cmd_stats(args):
-    emit(args, readout.stats(node_of(args)), ["vni", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
-                                              "local_packets", "arp_replies", "flooded", "drops"])
+    emit(args, by_vni(args, readout.fdb(node_of(args))), ["vni", "mac", "where", "state", "age_s"])
 
 
 def cmd_agent_run(args):
@@ -172,9 +167,6 @@ def register(sub) -> None:
     fdb = sub.add_parser("fdb", help="forwarding database").add_subparsers(dest="sub", required=True)
     _list_parser(fdb, "local, static and learned MACs", cmd_fdb_list)
 
-    st = sub.add_parser("stats", help="per-VNI counters and drops by reason (VNI 0: no VNI)")
-    add_output(st)
-    st.set_defaults(func=cmd_stats)
 
     ag = sub.add_parser("agent", help="the registry agent of this node").add_subparsers(dest="sub", required=True)
     a = ag.add_parser("run", help="run the agent in the foreground (`up` starts it in the background)")
@@ -190,5 +182,6 @@ def register(sub) -> None:
 def _list_parser(sub, what: str, fn) -> None:
     """`list` with `ls` as its alias, everywhere."""
     ls = sub.add_parser("list", aliases=["ls"], help=what)
+    add_vni_filter(ls)
     add_output(ls)
     ls.set_defaults(func=fn)

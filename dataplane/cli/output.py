@@ -51,3 +51,16 @@ def cell(v) -> str:
     if isinstance(v, list):
         return ",".join(map(str, v)) or "-"
     return str(v)
+
+
+def add_vni_filter(p) -> None:
+    p.add_argument("--vni", help="only rows of this VNI")
+
+
+def by_vni(args, rows: list[dict]) -> list[dict]:
+    """rows, or only those of --vni when given."""
+    if getattr(args, "vni", None) is None:
+        return rows
+    from dataplane.core import model  # noqa: PLC0415 - output stays import-light
+    vni = model.parse_vni(args.vni)
+    return [r for r in rows if r.get("vni") == vni]

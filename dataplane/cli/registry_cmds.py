@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataplane.agent import client, control
 from dataplane.cli.node_cmds import _list_parser, agent_node, node_of
-from dataplane.cli.output import add_output, emit, say
+from dataplane.cli.output import add_output, by_vni, emit, say
 from dataplane.core import model
 from dataplane.core.errors import UsageError
 from dataplane.node import endpoints
@@ -55,7 +55,7 @@ def cmd_endpoint_list(args):
         n = node_of(args)
         rows = [{"id": e["name"], "network": None, "vni": e["vni"], "host": n.name, "ip": e["ip"], "mac": e["mac"],
                  "alive": True, "local": True} for e in endpoints.listing(n)]
-    emit(args, rows, ENDPOINT_COLUMNS)
+    emit(args, by_vni(args, rows), ENDPOINT_COLUMNS)
 
 
 def cmd_network_create(args):

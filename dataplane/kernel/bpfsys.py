@@ -83,6 +83,19 @@ def map_info(fd: int) -> MapInfo:
     return info
 
 
+def prog_info(fd: int) -> dict:
+    """id, name, load time (CLOCK_BOOTTIME ns), and run time/count (with kernel.bpf_stats_enabled)
+    of a program: fields of struct bpf_prog_info at their uapi offsets."""
+    buf = (ctypes.c_uint8 * 256)()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(buf), info=ctypes.addressof(buf))
+    _call(OBJ_GET_INFO_BY_FD, attr, f"info of fd {fd}")
+    raw = bytes(buf)
+    u32 = lambda off: int.from_bytes(raw[off:off + 4], "little")  # noqa: E731
+    u64 = lambda off: int.from_bytes(raw[off:off + 8], "little")  # noqa: E731
+    return {"id": u32(4), "load_time_ns": u64(40), "name": raw[64:80].split(b"\0")[0].decode(errors="replace"),
+            "run_time_ns": u64(192), "run_cnt": u64(200)}
+
+
 @lru_cache(maxsize=1)
 def possible_cpus() -> int:
     text = open("/sys/devices/system/cpu/possible").read().strip()

@@ -77,6 +77,8 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     bcc = _bcc()
     cflags = [f'-DDP_PIN_DIR="{pin_dir}"', "-Wno-unused-function", "-Wno-incompatible-pointer-types-discards-qualifiers"]
     cflags += [f"-D{k}={int(v)}" for k, v in sorted(sizes.items())]
+    # Benchmarks only (bench/monitor_cost.py): e.g. -DDP_NO_MONITOR. Only -D flags are taken.
+    cflags += [f for f in os.environ.get("DP_BPF_CFLAGS", "").split() if f.startswith("-DDP_")]
     if not quiet:
         print("dataplane: compiling and loading the fast path (bcc)...", file=sys.stderr, flush=True)
     try:

@@ -49,6 +49,8 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
     MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),
+    MapSpec("dp_events", "ringbuf", None, None, None, _C["DP_EVENT_RING_BYTES"]),
+    MapSpec("dp_mon_meter", "array", u32, ctypes.c_uint64, None, 1),
 )}
 
 SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})

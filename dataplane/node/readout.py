@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 
 from dataplane.core import abi, model
+from dataplane.core.errors import DataplaneError
 from dataplane.core.keys import ip_str
+from dataplane.kernel import bpfsys, loader, netlink
+from dataplane.kernel.maps import SPECS
 from dataplane.node import networks
 from dataplane.node.base import Node
 
@@ -56,3 +60,44 @@ def stats(node: Node) -> list[dict]:
                                     max(0, len(st.local_endpoints(vni)) - _C["DP_MAX_LOCAL"]))
             rows.append(row)
     return sorted(rows, key=lambda r: r["vni"])
+
+
+def programs(node: Node) -> list[dict]:
+    """Each pinned program: id, when it was loaded, and where it is attached."""
+    st = node.require_up()
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    uplink = netlink.tc_filter_names(node.netns, st.uplink.ifindex)
+    xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
+    on_endpoints = sum("from_endpoint" in netlink.tc_filter_names(node.netns, e.ifindex)
+                       for e in st.endpoints.values() if e.ifindex)
+    rows = []
+    for name in loader.TC_PROGRAMS + loader.XDP_PROGRAMS:
+        try:
+            fd = loader.open_prog(st.pin_dir, name)
+        except DataplaneError:
+            rows.append({"program": name, "id": None, "loaded": None, "attached": "not loaded"})
+            continue
+        try:
+            info = bpfsys.prog_info(fd)
+        finally:
+            os.close(fd)
+        where = {"from_overlay": f"tc ingress {st.config.underlay}" if name in uplink else "not attached",
+                 "from_endpoint": f"tc ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
+                 "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached"}.get(name, "tail call")
+        rows.append({"program": name, "id": info["id"], "attached": where,
+                     "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9))})
+    return rows
+
+
+def maps(node: Node) -> list[dict]:
+    """Each map's kind, entries in use (hash maps) and capacity."""
+    st = node.require_up()
+    rows = []
+    with node.maps() as m:
+        for name, spec in SPECS.items():
+            used = None
+            if spec.kind in ("hash", "lru_hash"):
+                used = getattr(m, name).count()
+            rows.append({"map": name, "kind": spec.kind, "entries": used,
+                         "capacity": spec.max_entries(st.map_sizes)})
+    return rows

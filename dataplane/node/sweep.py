@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from dataplane.core.errors import NotFound
 from dataplane.kernel import netlink
 from dataplane.node import endpoints, fdb, networks
 from dataplane.node.base import Node
@@ -40,3 +41,21 @@ def sweep(node: Node) -> list[str]:
         for vni in st.networks:
             networks.sync(m, st, vni)
         return done
+
+
+def vanished(node: Node) -> list[str]:
+    """Endpoints whose host-side interface is gone (a runtime deleted the container's
+    namespace without telling us): their entries would redirect to an interface that no
+    longer exists, where the kernel drops frames without a counter we can read. Removed
+    here, on the agent's every tick, so that window is short and always logged."""
+    st = node.require_up()
+    links = set(netlink.link_names(node.netns))
+    gone = [n for n, e in st.endpoints.items() if e.phase == "ready" and e.host_ifname not in links]
+    out = []
+    for name in gone:
+        try:
+            endpoints.remove(node, name)
+            out.append(f"endpoint {name}: its interface vanished; removed")
+        except NotFound:
+            pass                       # removed meanwhile
+    return out

@@ -17,6 +17,7 @@ from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
 _F = abi.load().enums["dp_cfg_flag"]
+_MON = int(_F.DP_CFG_MON_DROP) | int(_F.DP_CFG_MON_PUNT) | int(_F.DP_CFG_MON_TRACE)
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
@@ -161,7 +162,21 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     if c.storm_rate:
         val.storm_interval_ns = 1_000_000_000 // c.storm_rate
         val.storm_burst_ns = val.storm_interval_ns * max(c.storm_burst, 1)
+    old = m.dp_config.get(ctypes.c_uint32(0))
+    if old is not None:                 # a running monitor's settings are its own (set_monitor)
+        val.flags |= old.flags & _MON
+        val.mon_interval_ns, val.mon_sample = old.mon_interval_ns, old.mon_sample
     m.dp_config.put(ctypes.c_uint32(0), val)
+
+
+def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:
+    """Events on (flags: DP_CFG_MON_* bits) or off (0): node/monitor.py's switch."""
+    cur = m.dp_config.get(ctypes.c_uint32(0))
+    if cur is None:
+        raise NotFound("the fast path has no configuration: is the node up?")
+    cur.flags = (cur.flags & ~_MON) | (flags & _MON)
+    cur.mon_sample, cur.mon_interval_ns = sample, interval_ns
+    m.dp_config.put(ctypes.c_uint32(0), cur)
 
 
 def set_punt_until(m: NodeMaps, until_ns: int) -> None:

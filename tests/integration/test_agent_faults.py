@@ -388,3 +388,28 @@ def test_a_remote_edit_never_tears_down_a_local_runtime_sandbox(info):
     finally:
         reg.close()
         client.call("dpl-h1", "endpoint_detach", id="dpl-dock1")
+
+
+def test_an_endpoint_whose_interface_vanished_is_removed_and_said(info):
+    """A runtime deletes a container's interface without telling us (no DEL): the
+    entries would redirect to a dead ifindex, where the kernel drops frames with no
+    counter we can read. The agent's tick (at most 10 s) removes the endpoint, logs it,
+    counts it (`vanished`) and the registry record goes with it."""
+    client.call("dpl-h1", "endpoint_attach", id="dpl-gone1", vni=256, sandbox={"peer": "dpgone1", "runtime": "docker"})
+    reg = open_registry(lab.registry_url("sqlite"))
+    try:
+        before = client.call("dpl-h1", "status")["vanished"]
+        lab.run_checked(["ip", "-n", "dpl-h1", "link", "del", "dpgone1"])      # the pair goes with it
+        assert wait_for(lambda: "dpl-gone1" not in Node("dpl-h1").state().endpoints, timeout=25)
+        assert client.call("dpl-h1", "status")["vanished"] == before + 1
+
+        def record_gone():
+            try:
+                reg.endpoint("dpl-gone1")
+                return False
+            except Exception:  # noqa: BLE001 - NotFound
+                return True
+        assert wait_for(record_gone, timeout=25)
+    finally:
+        reg.close()
+        client.call("dpl-h1", "endpoint_detach", id="dpl-gone1")

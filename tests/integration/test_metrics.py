@@ -115,3 +115,157 @@ def test_every_dashboard_query_names_an_exported_metric(info):
     used = {n for e in exprs for n in re.findall(r"\b((?:dataplane|process)_[a-z_]+)", e)}
     assert len(used) >= 15
     assert not used - exported, f"not exported: {sorted(used - exported)}"
+
+
+def _monitor(*args) -> subprocess.Popen:
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "monitor", "-o", "json",
+                          "--timeout", "20", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from dataplane.node import Node, monitor
+    import ctypes
+    from tests.integration.conftest import wait_for
+    with Node("dpl-h1").maps() as m:
+        assert wait_for(lambda: m.dp_config.get(ctypes.c_uint32(0)).flags & monitor.MASK), "events switched on"
+    return p
+
+
+def _events_off() -> bool:
+    import ctypes
+    from dataplane.node import Node, monitor
+    with Node("dpl-h1").maps() as m:
+        return not m.dp_config.get(ctypes.c_uint32(0)).flags & monitor.MASK
+
+
+def test_monitor_shows_a_spoofed_frame_as_a_drop(info):
+    """Issue 17, item 3: `dataplane monitor --type drop -o json`, one object a line."""
+    import json
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    mon = _monitor("--type", "drop", "-c", "1")
+    try:
+        r = in_ns(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"])
+        assert r.returncode == 0, r.stderr
+        out, err = mon.communicate(timeout=30)
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+    assert mon.returncode == 0, err
+    ev = json.loads(out.splitlines()[0])
+    assert (ev["type"], ev["reason"], ev["vni"]) == ("drop", "spoof_mac", 256), ev
+    assert (ev["src_mac"], ev["src_ip"], ev["dst_ip"], ev["proto"], ev["dst_port"]) == (
+        "02:42:0a:01:00:fe", a["ip"], b["ip"], "udp", 9), ev
+    assert ev["interface"] and ev["interface"].startswith("dp"), ev
+    assert _events_off(), "the monitor switched the events off when it ended"
+
+
+def test_monitor_traces_forwarded_frames_with_the_inner_frame(info):
+    import json
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    mon = _monitor("--type", "trace", "-c", "2")
+    try:
+        ping(a["name"], b["ip"], count=3)
+        out, err = mon.communicate(timeout=30)
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+    evs = [json.loads(line) for line in out.splitlines()]
+    assert len(evs) == 2 and all(e["type"] == "trace" for e in evs), out + err
+    enc = [e for e in evs if "inner" in e]
+    assert enc, f"an encapsulated frame on its way out: {evs}"
+    assert enc[0]["vxlan_vni"] == 256 and enc[0]["inner"]["proto"] == "icmp", enc[0]
+    assert _events_off()
+
+
+def test_a_killed_monitor_leaves_nothing_on_for_long(info):
+    import os
+    import signal
+    from dataplane.agent import client
+    mon = _monitor("--type", "drop,trace")
+    os.kill(mon.pid, signal.SIGKILL)
+    mon.wait()
+    assert not _events_off()
+    # The agent's next tick (fdb age/4, at most 10 s) switches them off.
+    from tests.integration.conftest import wait_for
+    assert wait_for(_events_off, timeout=15), client.call("dpl-h1", "status")["punts"]
+
+
+def test_status_is_the_node_at_a_glance(info):
+    """Issue 17, item 6."""
+    from tests.integration.conftest import dp, dp_json
+    out = dp_json("--netns", "dpl-h1", "status")
+    progs = {p["program"]: p for p in out["programs"]}
+    assert progs["from_overlay"]["attached"] == f"tc ingress {lab.UPLINK}" and progs["from_overlay"]["loaded"]
+    assert progs["from_endpoint"]["attached"] == "tc ingress, 1/1 endpoints"
+    assert progs["flood_remote_vteps"]["attached"] == "tail call"
+    maps = {m["map"]: m for m in out["maps"]}
+    assert maps["dp_endpoints"]["entries"] == 1 and maps["dp_fdb"]["capacity"] == 65536
+    assert out["agent"]["synced"] and out["agent"]["connected"]
+    assert out["networks"] == [{"vni": 256, "subnet": "10.1.0.0/24", "mtu": 1450, "endpoints": 1, "peers": 1}]
+    assert out["errors"] == []
+    text = dp("--netns", "dpl-h1", "status").stdout
+    assert "VTEP 198.18.0.1:4789" in text and "from_overlay" in text and "errors    none" in text
+
+
+def test_stats_watch_gives_rates_and_vni_filters_every_listing(info):
+    """Issue 17, item 5."""
+    import json
+    import signal
+    import sys
+    from tests.integration.conftest import dp_json
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    w = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "stats", "--watch",
+                          "--interval", "0.5", "--vni", "256", "-o", "json"], stdout=subprocess.PIPE, text=True)
+    try:
+        first = w.stdout.readline()                    # the first reading is in: it watches
+        ping(a["name"], b["ip"], count=10, interval=0.1)
+        time.sleep(0.6)
+    finally:
+        w.send_signal(signal.SIGINT)
+        out = w.communicate(timeout=10)[0]
+    lines = [json.loads(x) for x in (first + out).splitlines()]
+    assert len(lines) >= 2 and all([r["vni"] for r in x["vnis"]] == [256] for x in lines), lines
+    assert max(x["vnis"][0]["rx_pps"] for x in lines) > 0 and max(x["vnis"][0]["tx_bps"] for x in lines) > 0
+    assert [r["vni"] for r in dp_json("--netns", "dpl-h1", "stats", "--vni", "256")] == [256]
+    for cmd in (("fdb", "list"), ("peer", "list"), ("endpoint", "list")):
+        assert dp_json("--netns", "dpl-h1", *cmd, "--vni", "999") == [], cmd
+        assert dp_json("--netns", "dpl-h1", *cmd, "--vni", "256"), cmd
+
+
+def _capture(tmp_path, name: str, *args) -> tuple[str, subprocess.Popen]:
+    import sys
+    path = str(tmp_path / name)
+    p = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "capture", "--vni", "256",
+                          "-w", path, "--timeout", "20", "-o", "json", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stderr.readline().startswith("capture:"), "the sockets are open"
+    return path, p
+
+
+def test_capture_of_the_uplink_is_vxlan_vni_256_that_tshark_decodes_cleanly(info, tmp_path):
+    """Issue 17, item 4: both directions of a ping, as VXLAN on the uplink."""
+    import json
+    from lab import capture
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    path, p = _capture(tmp_path, "outer.pcap", "-c", "4")
+    ping(a["name"], b["ip"], count=3)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and json.loads(out)["frames"] == 4, err
+    rows = capture.decode(path)
+    assert [r["vxlan.vni"] for r in rows] == ["256"] * 4
+    assert {r["ip.src"] for r in rows} == {lab.vtep_ip(1), lab.vtep_ip(2)}, "both directions"
+    assert all(s.endswith("vxlan:eth:ethertype:ip:icmp:data") for s in capture.inner_protocols(path))
+    assert capture.problems(rows) == []
+
+
+def test_capture_inner_sees_what_redirect_peer_delivers(info, tmp_path):
+    """--inner reads the sandbox's own interface: the echo replies the fast path puts
+    straight into the sandbox (bpf_redirect_peer) are there too."""
+    import json
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    path, p = _capture(tmp_path, "inner.pcap", "--inner", "--endpoint", a["id"], "-c", "4")
+    ping(a["name"], b["ip"], count=3)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and json.loads(out)["frames"] == 4, err
+    r = subprocess.run(["tshark", "-r", path, "-n", "-T", "fields", "-e", "icmp.type", "-e", "ip.src"],
+                       capture_output=True, text=True, check=True)
+    seen = {tuple(line.split("\t")) for line in r.stdout.split("\n") if line}
+    assert ("8", a["ip"]) in seen and ("0", b["ip"]) in seen, seen

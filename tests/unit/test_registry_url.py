@@ -80,13 +80,12 @@ def test_misshapen_urls_are_usage_errors(url, why):
 
 
 def test_an_unreadable_password_file_is_a_usage_error(files):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
-    locked = files["dir"] / "locked.password"
-    locked.write_text("x\n")
-    locked.chmod(0)
+    """A directory where the file should be: unreadable even for root (chmod 0 is not, so
+    that case could never run in CI)."""
+    unreadable = files["dir"] / "a-directory.password"
+    unreadable.mkdir()
     with pytest.raises(UsageError, match="cannot read it"):
-        parse_url(f"etcds://127.0.0.1:2379?ca={files['ca']}&user=h1&password-file={locked}")
+        parse_url(f"etcds://127.0.0.1:2379?ca={files['ca']}&user=h1&password-file={unreadable}")
 
 
 @pytest.mark.parametrize("argv", [

@@ -296,9 +296,10 @@ class Agent:
             local.settle_moves(self)
             self.reconcile()
         self.last_sync_s = time.monotonic() - t0
-        if not self.synced.is_set():
-            sdnotify.notify(f"READY=1\nSTATUS=synced revision {snap.rev}")   # systemd: up only now
+        first = not self.synced.is_set()
         self.synced.set()
+        if first:       # systemd: up only now, and the API says synced by the time it hears it
+            sdnotify.notify(f"READY=1\nSTATUS=synced revision {snap.rev}")
         log.info("synced revision %d: %d networks, %d hosts, %d endpoints in %.0f ms", snap.rev,
                  len(self.view.networks), len(self.view.hosts), len(self.view.endpoints), self.last_sync_s * 1000)
 

@@ -103,13 +103,27 @@ class DockerHost:
 
     def crash(self) -> None:
         """What a power cut does to this host's processes: SIGKILL, no cleanup;
-        and what a reboot does to its /run (the engine's exec root, the sockets)."""
+        and what a reboot does to its /run (the engine's exec root, the sockets). The
+        containers' own processes die too: their command lines do not name our
+        directories, so they are found through the engine first (a power cut leaves
+        none; these leaked one `sleep 3600` a run)."""
+        pids = []
+        if os.path.exists(self.sock):
+            ids = self.docker("ps", "-q", check=False).stdout.split()
+            if ids:
+                out = self.docker("inspect", "-f", "{{.State.Pid}}", *ids, check=False).stdout.split()
+                pids = [int(x) for x in out if x.isdigit() and int(x) > 0]
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.procs = []
         kill_matching(self.dir, signal.SIGKILL)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         subprocess.run(["umount", "-R", os.path.join(self.dir, "data")], capture_output=True)
         shutil.rmtree(os.path.join(self.dir, "exec"), ignore_errors=True)
         for name in ("docker.sock", "dockerd.pid", "plugins/dataplane.sock"):

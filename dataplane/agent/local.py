@@ -53,7 +53,7 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
         return
     if not _not_ours(ag, rec):
         return
-    if local[name].sandbox:
+    if local[name].sandbox and local[name].phase == "ready":
         _runtime_conflict(ag, name, rec, local[name])
         return
     try:

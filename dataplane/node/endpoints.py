@@ -74,6 +74,7 @@ def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = No
         except BaseException:
             destroy(node, m, ep)
             del st.endpoints[name]
+            state.save(st)                  # the block fails, so changing() saves nothing: the intent goes now
             raise
         ep.phase = "ready"
         networks.sync(m, st, vni)

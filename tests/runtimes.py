@@ -96,7 +96,7 @@ class DockerHost:
         log = open(os.path.join(self.dir, "dockerd.log"), "ab")
         engine = (f"mount --bind {self.plugins} {PLUGIN_DIR} && exec nsenter --net=/run/netns/{self.ns} "
                   f"dockerd --data-root {self.dir}/data --exec-root {self.dir}/exec -H unix://{self.sock} "
-                  f"--pidfile {self.dir}/dockerd.pid --bridge=none --iptables=false --ip6tables=false")
+                  f"--pidfile {self.dir}/dockerd.pid --bridge=none --ip6tables=false")   # iptables: gwbridge NAT, -p
         self.procs.append(subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", engine],
                                            stdout=log, stderr=log, start_new_session=True))
         _wait(lambda: self.docker("info", check=False).returncode == 0, 60, f"dockerd in {self.ns}")

@@ -28,6 +28,7 @@ from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 
 GENERIC = "com.docker.network.generic"
+INTERNAL = "com.docker.network.internal"     # libnetwork's label for `docker network create --internal`
 MTU_OPTION = "com.docker.network.driver.mtu"     # Docker's own name for it, as its overlay driver takes
 OPTIONS = ("vni", "network", MTU_OPTION)
 PLUGIN_DIR = "/run/docker/plugins"
@@ -116,7 +117,8 @@ class Driver:
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION))
         with self.lock:
             nets = self._load()
-            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": net["created"]}
+            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": net["created"],
+                         "internal": bool((req.get("Options") or {}).get(INTERNAL))}
             self._save(nets)
         return {}
 
@@ -172,9 +174,14 @@ class Driver:
 
     def join(self, req) -> dict:
         ep = self._local(_id(req, "EndpointID"))
-        # No gateway: the overlay is one L2 segment, like an --internal network.
+        # The overlay is one L2 segment with no router of ours. Egress and published ports are
+        # Docker's own: with the gateway service, libnetwork gives the container a second
+        # interface on docker_gwbridge (NAT, -p), as it does for its overlay driver; the
+        # overlay's subnet stays on eth0, so east-west traffic never takes the gateway.
+        # `--internal` networks get none.
+        internal = self._load().get(req.get("NetworkID"), {}).get("internal", False)
         return {"InterfaceName": {"SrcName": ep["sandbox"]["peer"], "DstPrefix": "eth"},
-                "DisableGatewayService": True}
+                "DisableGatewayService": bool(internal)}
 
     def leave(self, req) -> dict:
         self._local(_id(req, "EndpointID"))

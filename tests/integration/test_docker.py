@@ -141,3 +141,55 @@ def test_driver_picks_a_vni_when_none_is_given(engines):
     e1.docker("rm", "-f", "d1")
     e1.docker("network", "rm", "auto")
     assert wait_for(lambda: 4096 not in Node(H1).state().networks)
+
+
+FETCH = """
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+"""
+
+
+def test_containers_reach_the_world_and_publish_ports_unless_internal(engines):
+    """Issue 16, item 1 (Docker): the world (the lab switch's 198.18.0.254) is reached
+    through Docker's gateway bridge with the host's address as the source; -p publishes
+    a port there; --internal networks reach nothing outside; east-west stays on the overlay."""
+    import subprocess
+    import sys
+    from lab import capture
+    e1, e2 = engines
+    for i, e in enumerate(engines, 1):
+        e.docker("network", "create", "-d", "dataplane", "-o", "vni=302", "--subnet", "10.32.0.0/24",
+                 "--ip-range", f"10.32.0.{16 * i}/28", "pub")
+    e1.docker("network", "create", "-d", "dataplane", "--internal", "-o", "vni=303", "--subnet", "10.33.0.0/24",
+              "priv")
+    try:
+        e1.docker("run", "-d", "--name", "w1", "--net", "pub", "-p", "8080:80", IMAGE, "busybox", "httpd", "-f", "-p", "80")
+        e2.docker("run", "-d", "--name", "w2", "--net", "pub", IMAGE, "sleep", "600")
+        e1.docker("run", "-d", "--name", "p1", "--net", "priv", IMAGE, "sleep", "600")
+        cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, "icmp")
+        try:
+            assert "0% packet loss" in ping(e1, "w1", lab.WORLD_IP), "egress"
+            pcap = cap.stop()
+            r = subprocess.run(["tshark", "-r", pcap, "-n", "-T", "fields", "-e", "ip.src", "-Y", "icmp.type == 8"],
+                               capture_output=True, text=True, check=True)
+        finally:
+            cap.remove()
+        assert set(r.stdout.split()) == {lab.vtep_ip(1)}, f"the world sees the host's address (SNAT): {r.stdout}"
+        r = subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, sys.executable, "-c", FETCH,
+                            f"http://{lab.vtep_ip(1)}:8080/"], capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip().isdigit(), f"-p 8080:80 answers HTTP from the world: {r.stdout} {r.stderr}"
+        out = ping(e1, "p1", lab.WORLD_IP, count=2)
+        assert "100% packet loss" in out or "Network is unreachable" in out, f"--internal reaches nothing: {out}"
+        before = [s for s in readout.stats(Node(H1)) if s["vni"] == 302][0]["tx_packets"]
+        assert "0% packet loss" in ping(e1, "w1", e2.ip_of("w2")), "east-west"
+        after = [s for s in readout.stats(Node(H1)) if s["vni"] == 302][0]["tx_packets"]
+        assert after >= before + 3, "east-west went over the overlay (VXLAN), not the gateway"
+    finally:
+        e1.docker("rm", "-f", "w1", "p1", check=False)
+        e2.docker("rm", "-f", "w2", check=False)
+        for e in engines:
+            e.docker("network", "rm", "pub", check=False)
+        e1.docker("network", "rm", "priv", check=False)

@@ -8,6 +8,18 @@
 
 #include "lib/all.h"
 
+/* The VNI's network and counters for a flood run; non-zero (a drop) if either is missing. */
+static __always_inline int flood_begin(struct __sk_buff *skb, struct dp_network **net, struct dp_stats **s)
+{
+	__u32 vni = skb->cb[DP_CB_VNI];
+
+	*net = dp_networks.lookup(&vni);
+	if (!*net)
+		return -DP_DROP_UNKNOWN_VNI;
+	*s = stats_get((*net)->slot);
+	return *s ? 0 : -DP_DROP_HELPER;
+}
+
 static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struct dp_network *net,
 					      struct dp_stats *s, __u32 vni)
 {
@@ -41,32 +53,26 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 
 int flood_endpoint(struct __sk_buff *skb)
 {
-	__u32 vni = skb->cb[DP_CB_VNI];
-	struct dp_network *net = dp_networks.lookup(&vni);
+	struct dp_network *net;
 	struct dp_stats *s;
+	int ret = flood_begin(skb, &net, &s);
 
-	if (!net)
-		return tc_exit(skb, 0, -DP_DROP_UNKNOWN_VNI);
-	s = stats_get(net->slot);
-	if (!s)
-		return tc_exit(skb, 0, -DP_DROP_HELPER);
-	return tc_exit(skb, net->slot, flood_endpoint_run(skb, net, s, vni));
+	if (ret)
+		return tc_exit(skb, 0, ret);
+	return tc_exit(skb, net->slot, flood_endpoint_run(skb, net, s, skb->cb[DP_CB_VNI]));
 }
 
 int flood_remote_vteps(struct __sk_buff *skb)
 {
-	__u32 vni = skb->cb[DP_CB_VNI];
-	struct dp_network *net = dp_networks.lookup(&vni);
 	__u32 from = skb->cb[DP_CB_FROM];
 	__u32 sent = skb->cb[DP_CB_SENT];
+	struct dp_network *net;
 	struct dp_stats *s;
+	int ret = flood_begin(skb, &net, &s);
 
-	if (!net)
-		return tc_exit(skb, 0, -DP_DROP_UNKNOWN_VNI);
-	s = stats_get(net->slot);
-	if (!s)
-		return tc_exit(skb, 0, -DP_DROP_HELPER);
-	sent += flood_remote(skb, s, net, vni, from);
+	if (ret)
+		return tc_exit(skb, 0, ret);
+	sent += flood_remote(skb, s, net, skb->cb[DP_CB_VNI], from);
 	from += DP_FLOOD_CHUNK;
 	if (from < net->n_flood && from < DP_MAX_FLOOD)
 		return tc_exit(skb, net->slot, flood_next(skb, DP_TAIL_FLOOD_REMOTE, from, sent));
@@ -75,18 +81,15 @@ int flood_remote_vteps(struct __sk_buff *skb)
 
 int flood_overlay(struct __sk_buff *skb)
 {
-	__u32 vni = skb->cb[DP_CB_VNI];
-	struct dp_network *net = dp_networks.lookup(&vni);
 	__u32 from = skb->cb[DP_CB_FROM];
 	__u32 sent = skb->cb[DP_CB_SENT];
+	struct dp_network *net;
 	struct dp_stats *s;
+	int ret = flood_begin(skb, &net, &s);
 
-	if (!net)
-		return tc_exit(skb, 0, -DP_DROP_UNKNOWN_VNI);
-	s = stats_get(net->slot);
-	if (!s)
-		return tc_exit(skb, 0, -DP_DROP_HELPER);
-	sent += flood_local(skb, s, net, vni, 0, from);
+	if (ret)
+		return tc_exit(skb, 0, ret);
+	sent += flood_local(skb, s, net, skb->cb[DP_CB_VNI], 0, from);
 	from += DP_FLOOD_CHUNK;
 	if (from < net->n_local && from < DP_MAX_LOCAL)
 		return tc_exit(skb, net->slot, flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from, sent));

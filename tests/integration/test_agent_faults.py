@@ -21,6 +21,15 @@ from tests.integration.conftest import dp, make_lab, sandbox, stats, wait_for
 GHOST_VTEP = "203.0.113.5"   # TEST-NET-3: made unroutable on every lab host below, so nothing is ever sent to it
 
 
+def best_effort(*undos) -> None:
+    """Each undo, whatever the others do: the next tests want a clean registry."""
+    for undo in undos:
+        try:
+            undo()
+        except Exception:  # noqa: BLE001 - best effort by design
+            pass
+
+
 @pytest.fixture(scope="module")
 def info():
     yield from make_lab(2, [256], per_host=1, registry="sqlite")
@@ -55,12 +64,8 @@ def test_a_vni_with_an_unroutable_peer_fails_alone(info):
         assert wait_for(lambda: any(r["mac"] == late["mac"] for r in readout.fdb(Node("dpl-h1"))))
         dp("--netns", "dpl-h2", "endpoint", "rm", "dpl-late")
     finally:
-        for undo in (lambda: reg.endpoint_rm("dpl-ghost1"), lambda: reg.network_rm("far"),
-                     lambda: reg.kv.lease_revoke(lease)):
-            try:
-                undo()
-            except Exception:  # noqa: BLE001 - best effort: the next tests want a clean registry
-                pass
+        best_effort(lambda: reg.endpoint_rm("dpl-ghost1"), lambda: reg.network_rm("far"),
+                    lambda: reg.kv.lease_revoke(lease))
         reg.close()
 
 
@@ -351,11 +356,7 @@ def test_a_peer_cannot_claim_another_hosts_endpoint(info):
     finally:
         netlink.ns_delete("dpl-x")
         netlink.link_delete(lab.UNDERLAY_NS, "ul-x")
-        for undo in (lambda: reg.endpoint_rm("dpl-rogue1"), lambda: reg.kv.lease_revoke(lease)):
-            try:
-                undo()
-            except Exception:  # noqa: BLE001 - best effort: the next tests want a clean registry
-                pass
+        best_effort(lambda: reg.endpoint_rm("dpl-rogue1"), lambda: reg.kv.lease_revoke(lease))
         reg.close()
 
 

@@ -56,15 +56,15 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
     vnis = [model.parse_vni(v) for v in vnis or []]
     if subnet is not None and len(vnis) != 1:
         raise UsageError("--subnet applies to exactly one --vni")
-    created = []
+    created, mtus = [], {}
     if url and vnis:
         mtu = vtep.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
         with opened(url) as reg:
-            subnet = _ensure_networks(reg, vnis, subnet, port, min(mtu, model.MTU_MAX), created)
+            subnet = _ensure_networks(reg, vnis, subnet, port, min(mtu, model.MTU_MAX), created, mtus)
     was_up = node.state() is not None
     try:
         st = vtep.up(node, vnis, subnet=subnet, port=port, registry=url, host_name=host_name,
-                     lease_ttl=lease_ttl, **node_args)
+                     lease_ttl=lease_ttl, mtus=mtus, **node_args)
         if was_up:
             for line in sweep(node):        # a crash since the last up left this behind
                 log.warning("repaired: %s", line)
@@ -80,9 +80,10 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
     return st
 
 
-def _ensure_networks(reg, vnis: list[int], subnet, port, mtu: int, created: list[str]):
+def _ensure_networks(reg, vnis: list[int], subnet, port, mtu: int, created: list[str], mtus: dict):
     """Each --vni is a registry network (vni<N> unless one has that VNI; a new one
-    gets mtu, what this host's underlay carries); the subnet to serve when there is one VNI."""
+    gets mtu, what this host's underlay carries); the subnet to serve when there is one VNI.
+    mtus gets each network's MTU: `up` refuses one its uplink cannot carry."""
     try:
         for vni in vnis:
             net = reg.network_by_vni(vni)
@@ -92,6 +93,7 @@ def _ensure_networks(reg, vnis: list[int], subnet, port, mtu: int, created: list
             if subnet and net.subnet != str(model.parse_subnet(subnet)):
                 raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
             subnet = subnet or (net.subnet if len(vnis) == 1 else None)
+            mtus[vni] = net.mtu
     except BaseException:
         for name in created:
             _quiet_rm(reg, name)

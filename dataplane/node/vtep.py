@@ -23,6 +23,7 @@ _MON = int(_F.DP_CFG_MON_DROP) | int(_F.DP_CFG_MON_PUNT) | int(_F.DP_CFG_MON_TRA
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
        peer_check: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
        storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
+       mtus: dict[int, int] | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
     reloads the programs (atomic replace) and adds what is new. With a
@@ -99,7 +100,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             st.host_name = host_name or st.host_name or node.netns or socket.gethostname().split(".")[0]
             st.lease_ttl = lease_ttl or st.lease_ttl
         try:
-            _apply(node, st, vnis, subnet, peer_ips, quiet)
+            _apply(node, st, vnis, subnet, peer_ips, quiet, mtus or {})
         except BaseException:
             if not old:
                 _teardown(node, st, quiet=True)
@@ -124,7 +125,7 @@ def _forwarding_key(st: NodeState) -> str:
     return f"net.ipv4.conf.{st.config.underlay}.forwarding"
 
 
-def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet) -> None:
+def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[int, int]) -> None:
     # bpf_fib_lookup, which keeps the next-hop cache fresh, answers only for
     # an interface with IPv4 forwarding on (as container hosts run anyway).
     key = _forwarding_key(st)
@@ -136,7 +137,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet) -> None:
         with node.maps() as m:
             write_config(m, st)
             for vni in vnis:
-                networks.serve(m, st, vni, (subnet or {}).get(vni))
+                networks.serve(m, st, vni, (subnet or {}).get(vni), mtus.get(vni))
             # New programs go in by replacing the filters in place: no moment without one.
             netlink.tc_attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
             for ep in st.endpoints.values():

@@ -61,3 +61,21 @@ def test_a_network_the_underlay_cannot_carry_is_refused_and_said(info):
         assert "carries at most 1450" in errors.get("256", ""), "VNI 256 (8950) as well"
     finally:
         reg.close()
+
+
+def test_up_refuses_a_network_its_uplink_cannot_carry(info):
+    """`up --vni N` for a registry network of 8950 on h2 (uplink 1500 since the test above)
+    fails in one line, exit 2, and the node stays as it was."""
+    from tests.integration.conftest import dp
+    url = lab.registry_url("sqlite")
+    reg = open_registry(url)
+    try:
+        reg.network_create("wide2", 301, mtu=8950)
+        before = sorted(Node("dpl-h2").state().networks)
+        r = dp("--netns", "dpl-h2", "up", "--vni", "301", "--registry", url, "--no-agent", check=False)
+        assert r.returncode == 2 and "carries at most 1450" in r.stderr, r.stderr
+        assert sorted(Node("dpl-h2").state().networks) == before
+        assert reg.network_by_vni(301) is not None, "an existing network is not removed"
+    finally:
+        reg.network_rm("wide2")
+        reg.close()

@@ -7,7 +7,11 @@ Figures per mode: single-stream TCP (iperf3; --tcp-repeats runs per round,
 the modes taking turns run by run), 4-stream TCP, 64-byte packet rate
 with the C generator (csrc/gen.c: AF_PACKET sendmmsg in one sandbox, a
 counter in the other), whole-machine CPU time per packet during that run,
-and latency p50/p99 (sockperf ping-pong, round trip).
+latency p50/p99 (sockperf ping-pong, round trip), and whole-machine CPU time
+per Gbit with TCP paced at --paced-gbps (a load every mode sustains). CPU
+time is wall time x CPUs less the idle time of /proc/uptime, which the kernel
+counts at idle entry and exit: /proc/stat's tick samples alias with a paced
+sender (the same mode read 12 and 240 CPU-ms per Gbit in consecutive runs).
 
 Writes bench/results/latest.json (every sample), latest.md (medians, and
 ratios with a 95% bootstrap interval, with the machine, kernel and TCP
@@ -62,10 +66,31 @@ def next_hop_mac(ns: str, ip: str) -> str:
     raise RuntimeError(f"{ns}: no neighbour entry for {via}")
 
 
-def _busy_jiffies() -> int:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v) - v[3] - v[4]          # all but idle and iowait
+def _idle_s() -> float:
+    """All CPUs' idle time so far, s (/proc/uptime's second field: counted at idle entry and
+    exit, not sampled by the tick, which a paced sender aliases with)."""
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[1])
+
+
+class Busy:
+    """Busy CPU time over a block, ns: wall time x CPUs less idle time."""
+
+    def __enter__(self):
+        self.t0, self.i0 = time.monotonic(), _idle_s()
+        return self
+
+    def __exit__(self, *exc):
+        self.ns = max(0.0, (time.monotonic() - self.t0) * os.cpu_count() - (_idle_s() - self.i0)) * 1e9
+
+
+def cpu_per_gbit(a: dict, b: dict, seconds: int, rate_gbps: float) -> float:
+    """Busy CPU ms of the whole machine per Gbit delivered, TCP paced at rate_gbps (a load
+    every mode sustains, so the modes do the same work and only its cost differs)."""
+    with Busy() as busy:
+        res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-b", f"{rate_gbps}G"])
+    gbit = res["end"]["sum_received"]["bytes"] * 8 / 1e9
+    return busy.ns / 1e6 / max(gbit, 1e-9)
 
 
 def pps64(a: dict, b: dict, seconds: float) -> tuple[float, float]:
@@ -75,11 +100,11 @@ def pps64(a: dict, b: dict, seconds: float) -> tuple[float, float]:
     counter = subprocess.Popen(["ip", "netns", "exec", b["name"], *gen, "count", "--seconds", str(seconds + 1.5)],
                                stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
-    j0 = _busy_jiffies()
-    sent = json.loads(_in(a["name"], [*gen, "send", "--dst-mac", next_hop_mac(a["name"], b["ip"]),
-                                      "--src-ip", a["ip"], "--dst-ip", b["ip"], "--seconds", str(seconds)],
-                          check=True).stdout)
-    busy_ns = (_busy_jiffies() - j0) * 1e9 / os.sysconf("SC_CLK_TCK")
+    with Busy() as busy:
+        sent = json.loads(_in(a["name"], [*gen, "send", "--dst-mac", next_hop_mac(a["name"], b["ip"]),
+                                          "--src-ip", a["ip"], "--dst-ip", b["ip"], "--seconds", str(seconds)],
+                              check=True).stdout)
+    busy_ns = busy.ns
     got = json.loads(counter.communicate(timeout=seconds + 10)[0])
     return got["packets"] / sent["seconds"], busy_ns / max(1, got["packets"])
 
@@ -114,6 +139,8 @@ def main(argv=None) -> int:
                         "the noisiest figure gets the most samples")
     p.add_argument("--cc", help="TCP congestion control for iperf3 (default: the kernel's; the ratios "
                    "depend on it: BBR paces, cubic does not)")
+    p.add_argument("--paced-gbps", type=float, default=4.0,
+                   help="TCP rate for the CPU-per-Gbit row, one every mode sustains (default: %(default)s)")
     p.add_argument("--out", default="latest", help="results name: bench/results/NAME.{json,md,png}")
     p.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard on dataplane uplinks")
     p.add_argument("--gso-max-size", type=int, default=linkgso.BIG_TCP_SIZE,
@@ -144,12 +171,14 @@ def main(argv=None) -> int:
                 got = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
                 got["pps64"], got["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
                 got["lat_p50_us"], got["lat_p99_us"] = latency_us(a, b)
+                got["cpu_ms_per_gbit"] = cpu_per_gbit(a, b, args.seconds, args.paced_gbps)
                 samples[mode]["tcp_gbps"].extend(single[mode])
                 for k, v in got.items():
                     samples[mode][k].append(v)
                 print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {'/'.join(f'{x:.2f}' for x in single[mode])} "
                       f"(1 stream) {got['tcp4_gbps']:5.2f} (4) Gbit/s  64B {got['pps64'] / 1e3:6.0f} kpps "
-                      f"{got['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {got['lat_p50_us']:.1f}/{got['lat_p99_us']:.1f} us",
+                      f"{got['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {got['lat_p50_us']:.1f}/{got['lat_p99_us']:.1f} us  "
+                      f"{got['cpu_ms_per_gbit']:.1f} CPU-ms/Gbit at {args.paced_gbps:g} Gbit/s",
                       file=sys.stderr, flush=True)
     finally:
         lab.down()
@@ -190,6 +219,8 @@ METRICS = [  # key, label, format, scale for the table
     ("tcp4_gbps", "4-stream TCP, Gbit/s", "{:.2f}", 1),
     ("pps64", "64-byte packets, kpps received (C generator)", "{:.0f}", 1e-3),
     ("cpu_ns_per_pkt", "CPU per 64-byte packet, ns, whole machine (lower is better)", "{:.0f}", 1),
+    ("cpu_ms_per_gbit", "CPU per Gbit, TCP paced at a fixed rate, ms, whole machine (lower is better)",
+     "{:.1f}", 1),
     ("lat_p50_us", "UDP round trip p50, us (lower is better)", "{:.1f}", 1),
     ("lat_p99_us", "UDP round trip p99, us (lower is better)", "{:.1f}", 1),
 ]

@@ -125,6 +125,9 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
 		return 1;
 	}
 	next = *tat > now ? *tat : now;
+	/* Further ahead than this rate and burst can put it: set under an older, lower rate. */
+	if (next - now > cfg->storm_burst_ns + interval)
+		next = now;
 	if (next - now > cfg->storm_burst_ns)
 		return 0;
 	*tat = next + interval;

@@ -75,35 +75,38 @@ class Collector:
         yield from self._agent()
 
     def _maps(self):
+        """Read with maps of the scrape's own (never the agent's lock or its open maps)."""
         used = GaugeMetricFamily("dataplane_map_entries", "Entries in use in a fast-path hash map", labels=["map"])
         cap = GaugeMetricFamily("dataplane_map_capacity", "Entries a fast-path map holds at most", labels=["map"])
-        for name, spec in SPECS.items():
-            if spec.kind not in ("hash", "lru_hash"):
-                continue
-            try:
-                m = getattr(self.ag.maps, name)
-                used.add_metric([name], m.count())
-                cap.add_metric([name], spec.max_entries(self.ag.node.require_up().map_sizes))
-            except DataplaneError as e:
-                log.warning("metrics: map %s: %s", name, e)
+        try:
+            sizes = self.ag.node.require_up().map_sizes
+            with self.ag.node.maps() as maps:
+                for name, spec in SPECS.items():
+                    if spec.kind in ("hash", "lru_hash"):
+                        used.add_metric([name], getattr(maps, name).count())
+                        cap.add_metric([name], spec.max_entries(sizes))
+        except DataplaneError as e:
+            log.warning("metrics: reading the maps failed: %s", e)
         yield used
         yield cap
 
     def _agent(self):
         ag = self.ag
+        with ag.lock:           # a consistent copy of the agent's own figures, taken at once
+            inst = ag.remote.counts() if ag.remote else {}
+            counters, punts = dict(ag.counters), dict(ag.punts.counts)
+            n_errors, n_conflicts, rev = len(ag.vni_errors), len(ag.conflicts), ag.view.rev
         yield _gauge("dataplane_registry_connected", "1 while the registry connection (watch) is live",
                      ag.connected.is_set())
         yield _gauge("dataplane_agent_synced", "1 once the agent has applied a full registry snapshot",
                      ag.synced.is_set())
-        yield _gauge("dataplane_registry_revision", "Registry revision the agent's view is at", ag.view.rev)
+        yield _gauge("dataplane_registry_revision", "Registry revision the agent's view is at", rev)
         lag = ag.watch_lag_s()
         yield _gauge("dataplane_registry_watch_lag_seconds",
                      "Seconds since the registry was last heard on the watch (absent: no live watch)", lag)
-        yield _gauge("dataplane_vnis_failing", "VNIs served only in part (agent status vni_errors)",
-                     len(ag.vni_errors))
+        yield _gauge("dataplane_vnis_failing", "VNIs served only in part (agent status vni_errors)", n_errors)
         yield _gauge("dataplane_endpoint_conflicts", "Local runtime endpoints another writer moved or deleted",
-                     len(ag.conflicts))
-        inst = ag.remote.counts() if ag.remote else {}
+                     n_conflicts)
         g = GaugeMetricFamily("dataplane_remote_entries", "Remote entries installed from the registry",
                               labels=["kind"])
         for kind in ("fdb", "neigh"):
@@ -111,11 +114,11 @@ class Collector:
         yield g
         for key, (name, text) in COUNTERS.items():
             c = CounterMetricFamily(f"dataplane_{name}", text)
-            c.add_metric([], ag.counters.get(key, 0))
+            c.add_metric([], counters.get(key, 0))
             yield c
         c = CounterMetricFamily("dataplane_agent_punts", "Punted misses the agent handled, by outcome",
                                 labels=["outcome"])
-        for outcome, n in ag.punts.counts.items():
+        for outcome, n in punts.items():
             c.add_metric([outcome], n)
         yield c
 
@@ -154,13 +157,14 @@ class Server:
     def __init__(self, agent, address: str):
         host, port = model.parse_host_port(address, "metrics address")
         registry = registry_for(agent)
+        scraping = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             timeout = 10
 
             def do_GET(self):  # noqa: N802 - the http.server API
                 if self.path.split("?")[0] == "/metrics":
-                    with agent.lock:
+                    with scraping:       # one scrape at a time; the agent's lock only for a copy
                         body, code = generate_latest(registry), 200
                     ctype = "text/plain; version=0.0.4; charset=utf-8"
                 elif self.path == "/healthz":

@@ -34,10 +34,12 @@ INTAKE = (5000.0, 500)     # punts taken from the ring per second, and at once: 
 SLICE_S = 0.02             # the main loop handles punts this long, then looks at its queue again
 PER_SOURCE = (200.0, 100)  # punts handled per second, and at once, per sending endpoint
 LOOKUPS = (200.0, 50)      # registry lookups per second, and at once, for all punts
+COPIES = (10000.0, 2048)   # frames the agent replicates to VTEPs per second (unresolved misses)
 SOURCES_MAX = 4096         # endpoints with a bucket; past this the buckets start over
 LIMITED = object()         # _owner: not looked up (over the rate); the punt is dropped
 
 
+_FLOOD_MAX = abi.load().constants["DP_MAX_FLOOD"]   # the fast path's flood list, no more
 _IFINDEX = struct.Struct("=I")
 _IFINDEX_AT = abi.load().structs["dp_punt"].ifindex.offset
 
@@ -53,11 +55,11 @@ class Bucket:
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, n: int = 1) -> bool:
         self._fill(now)
-        if self.tokens < 1:
+        if self.tokens < n:
             return False
-        self.tokens -= 1
+        self.tokens -= n
         return True
 
     def available(self, now: float) -> int:
@@ -74,13 +76,14 @@ class PuntHandler:
         # endpoint's rate: dropped), lookup_limited (registry lookups over their rate: dropped)
         self.counts = {"received": 0, "resolved": 0, "looked_up": 0, "repaired": 0, "local": 0,
                        "unresolved": 0, "flooded": 0, "stale": 0, "send_errors": 0,
-                       "rate_limited": 0, "lookup_limited": 0}
+                       "rate_limited": 0, "lookup_limited": 0, "flood_limited": 0}
         self.backlog: deque = deque()
         self._mu = threading.Lock()
         self._queued = False       # a ("punts", None) message is in the agent's queue
         self.intake = Bucket(*INTAKE)
         self.sources: dict[int, Bucket] = {}
         self.lookups = Bucket(*LOOKUPS)
+        self.copies = Bucket(*COPIES)
         self._quiet_until = 0.0    # send failures are logged at most once a second
 
     def room(self) -> int:
@@ -106,18 +109,22 @@ class PuntHandler:
 
     def run_slice(self) -> bool:
         """The main loop's side: handle punts for up to SLICE_S. True: more wait
-        (the caller queues another turn behind whatever came meanwhile)."""
+        (the caller queues another turn behind whatever came meanwhile). Whatever
+        handle() raises, the backlog keeps its turn: a punt that failed must not
+        leave _queued set with nobody coming back for the rest."""
         end = time.monotonic() + SLICE_S
-        while time.monotonic() < end:
-            with self._mu:
-                batch = [self.backlog.popleft() for _ in range(min(32, len(self.backlog)))]
+        try:
+            while time.monotonic() < end:
+                with self._mu:
+                    batch = [self.backlog.popleft() for _ in range(min(8, len(self.backlog)))]
                 if not batch:
-                    self._queued = False
-                    return False
-            self.handle(batch)
-        with self._mu:
-            self._queued = bool(self.backlog)
-            return self._queued
+                    break
+                self.handle(batch)
+        finally:
+            with self._mu:
+                self._queued = bool(self.backlog)
+                more = self._queued
+        return more
 
     def _admit(self, ifindex: int, now: float) -> bool:
         b = self.sources.get(ifindex)
@@ -151,7 +158,11 @@ class PuntHandler:
                     self._send(p.vni, host.vtep, p.frame)
                 else:
                     c["unresolved"] += 1  # nobody in the registry: flood as the fast path would
-                    for vtep in networks.flood_list(st, p.vni):
+                    vteps = networks.flood_list(st, p.vni)[:_FLOOD_MAX]
+                    if not self.copies.take(time.monotonic(), len(vteps)):
+                        c["flood_limited"] += 1         # the copies' own budget: dropped
+                        continue
+                    for vtep in vteps:
                         c["flooded"] += self._send(p.vni, vtep, p.frame)
 
     def _owner(self, net, p):
@@ -164,6 +175,8 @@ class PuntHandler:
         e = ag.view.endpoints.get(eid) if eid else None
         if e is not None and e.network == net.name:
             return e
+        if not ag.connected.is_set():
+            return None          # no registry to ask (a lookup would wait seconds): flooded as unknown
         if not self.lookups.take(time.monotonic()):
             self.counts["lookup_limited"] += 1
             return LIMITED

@@ -29,9 +29,15 @@ LINKTYPE_ETHERNET = 1
 
 
 def _packet_socket(ifname: str) -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    s.bind((ifname, 0))
+    """Opened with no protocol (it hears nothing yet), then bound to ifname and every protocol:
+    opened with ETH_P_ALL it would queue other interfaces' frames before the bind."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.bind((ifname, ETH_P_ALL))
+    except OSError:
+        s.close()
+        raise
     return s
 
 
@@ -92,9 +98,13 @@ def run(node: Node, vni: int, path: str, count: int | None = None, timeout: floa
         endpoint: str | None = None, inner: bool = False) -> int:
     """Capture until count frames, timeout seconds, or ^C; returns frames written."""
     vni = model.parse_vni(vni)
-    socks = open_sockets(node, vni, endpoint, inner)
-    port = node.require_up().config.port
     out = PcapWriter(path)
+    try:
+        socks = open_sockets(node, vni, endpoint, inner)
+    except BaseException:
+        out.close()
+        raise
+    port = node.require_up().config.port
     buf = bytearray(SNAPLEN)
     written = 0
     end = time.monotonic() + timeout if timeout else None

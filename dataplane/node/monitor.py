@@ -48,7 +48,12 @@ def running(node: Node, flags: int, sample: int = 1, rate: int = 10000):
     st = node.require_up()
     if not 1 <= sample <= 1 << 20 or not 1 <= rate <= 1_000_000:
         raise UsageError("--sample must be 1..1048576 and --rate 1..1000000")
-    lock = state.hold(node.name, LOCK)
+    lock = None
+    for _ in range(20):              # the agent's tick takes the lock for a moment (clear_if_abandoned)
+        lock = state.hold(node.name, LOCK)
+        if lock is not None:
+            break
+        time.sleep(0.05)
     if lock is None:
         raise Conflict(f"another `dataplane monitor` runs on node {node.name}")
     try:
@@ -56,11 +61,14 @@ def running(node: Node, flags: int, sample: int = 1, rate: int = 10000):
             reader = RingReader(os.path.join(st.pin_dir, "dp_events"))
             try:
                 reader.read(0, limit=1 << 20)          # what an earlier monitor left
-                vtep.set_monitor(m, flags, sample, 1_000_000_000 // rate)
+                events = Events(node, m, reader)
+                with state.locked(node.name):          # dp_config: no `up` writes it meanwhile
+                    vtep.set_monitor(m, flags, sample, 1_000_000_000 // rate)
                 try:
-                    yield Events(node, m, reader)
+                    yield events
                 finally:
-                    vtep.set_monitor(m, 0, 0, 0)
+                    with state.locked(node.name):
+                        vtep.set_monitor(m, 0, 0, 0)
             finally:
                 reader.close()
     finally:
@@ -77,7 +85,8 @@ def clear_if_abandoned(node: Node) -> bool:
             cfg = m.dp_config.get(ctypes.c_uint32(0))
             if cfg is None or not cfg.flags & MASK:
                 return False
-            vtep.set_monitor(m, 0, 0, 0)
+            with state.locked(node.name):
+                vtep.set_monitor(m, 0, 0, 0)
             return True
     finally:
         os.close(lock)
@@ -89,12 +98,16 @@ class Events:
         self._vni = {}
         self._ifname = {}
         self.size = ctypes.sizeof(_A.structs["dp_event"])
+        self.lost_before = self._lost_total()
 
     def read(self, timeout_s: float = 0.5) -> list[dict]:
         return [self.decode(r) for r in self.reader.read(timeout_s, limit=1024)]
 
     def lost(self) -> int:
-        """Events the fast path could not write (over the rate, or the ring full)."""
+        """Events the fast path could not write during this monitor (over the rate, or the ring full)."""
+        return self._lost_total() - self.lost_before
+
+    def _lost_total(self) -> int:
         slots = {0} | {n.slot for _, n in self.maps.dp_networks.items()}
         return sum(cpu.monitor_lost for s in slots for cpu in (self.maps.dp_stats.get(ctypes.c_uint32(s)) or []))
 

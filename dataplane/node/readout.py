@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import time
@@ -42,6 +43,7 @@ def stats(node: Node) -> list[dict]:
     """Counters per VNI summed over CPUs; VNI 0 is what belongs to no VNI."""
     st = node.require_up()
     names = abi.drop_names()
+    local = collections.Counter(e.vni for e in st.endpoints.values() if e.phase == "ready")
     counters = [n for n, _ in _S["dp_stats"]._fields_ if n != "drops"]
     rows = []
     with node.maps() as m:
@@ -57,7 +59,7 @@ def stats(node: Node) -> list[dict]:
                             if (total := sum(cpu.drops[i] for cpu in percpu))}
             if vni in st.networks:   # members a broadcast cannot reach (networks.over_limit says why)
                 row["unreached"] = (max(0, len(networks.flood_list(st, vni)) - _C["DP_MAX_FLOOD"]) +
-                                    max(0, len(st.local_endpoints(vni)) - _C["DP_MAX_LOCAL"]))
+                                    max(0, local.get(vni, 0) - _C["DP_MAX_LOCAL"]))
             rows.append(row)
     return sorted(rows, key=lambda r: r["vni"])
 

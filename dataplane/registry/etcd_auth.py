@@ -18,6 +18,7 @@ do this, so run it before the members are reachable by others, as the lab does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 
@@ -98,8 +99,13 @@ def password_file(directory: str, name: str) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_mode & 0o022:
+        raise UsageError(f"{directory} is writable by others: password files go only in a directory root alone "
+                         "writes (chmod go-w)")
     tmp = path + ".new"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)                  # left by an interrupted run; never followed if a link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(24) + "\n")
     os.replace(tmp, path)

@@ -122,3 +122,23 @@ def test_past_the_flood_limit_every_vtep_is_still_a_peer_and_the_cut_is_reported
         for ip in vteps:
             m.dp_vteps.delete(hx.S["dp_ip_key"](vni=vni, ip=be32(ip)))
         m.dp_networks.delete(ctypes.c_uint32(vni))
+
+
+def test_storm_control_recovers_at_once_when_the_rate_is_raised(hx):
+    """A meter driven far ahead under a low rate must not block the endpoint once the
+    operator raises the rate (review finding: 20 s of refused broadcasts, ARP included)."""
+    for k in hx.maps.dp_storm.keys():
+        hx.maps.dp_storm.delete(k)
+    slow = 1_000_000_000                      # 1/s with a burst of 200: the meter runs 200 s ahead
+    hx.configure(storm_ns=(slow, 200 * slow))
+    try:
+        with members(hx, 1, 1):
+            for _ in range(150):
+                hx.run_tc("from_endpoint", broadcast(), EP_IFINDEX)
+            fast = 1_000_000                  # now 1000/s with a burst of 200
+            hx.configure(storm_ns=(fast, 200 * fast))
+            before = drops(hx, "STORM")
+            hx.run_tc("from_endpoint", broadcast(), EP_IFINDEX)
+            assert drops(hx, "STORM") == before, "flooded at once under the new rate"
+    finally:
+        hx.configure()

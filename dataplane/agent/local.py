@@ -51,6 +51,10 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     local = ag.node.require_up().endpoints if local is None else local
     if name not in local:
         return
+    ep = local[name]
+    if ep.sandbox and ep.phase == "ready" and rec is not None and rec.host == ag.me and rec.moving_to:
+        _refuse_move(ag, name, rec, ep)          # a runtime's container cannot be moved by us
+        return
     if not _not_ours(ag, rec):
         return
     if local[name].sandbox and local[name].phase == "ready":
@@ -62,6 +66,18 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
         log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
     except DataplaneError as e:
         log.error("endpoint %s: %s", name, e)
+
+
+def _refuse_move(ag, name: str, rec, ep) -> None:
+    """Take back a move of a runtime's endpoint: the other host would make a sandbox of
+    ours for it while the container stays here, cut off. Its commit then fails and it undoes."""
+    why = f"a move to host {rec.moving_to} was refused: the container is the {ep.sandbox.get('runtime', 'runtime')}'s"
+    try:
+        ag.view.endpoints[name] = ag.reg.endpoint_move_abort(name, rec.moving_to)
+    except DataplaneError as e:
+        why += f" (taking the move back failed: {e})"
+    log.error("endpoint %s: %s", name, why)
+    ag.conflicts[name] = why
 
 
 def _runtime_conflict(ag, name: str, rec, ep) -> None:

@@ -181,7 +181,13 @@ class Endpoints:
     def endpoint_move(self, id, host) -> Endpoint:
         """Commit a move: the endpoint (same MAC and address) is on host now, in
         one write, so other hosts switch their entry straight to it."""
-        return self._rewrite(id, lambda old: Endpoint.make(old.id, old.network, host, old.mac, old.ip))
+        def commit(old):
+            if old.host == host and old.moving_to is None:
+                return old               # committed already (a retry after a lost reply)
+            if old.moving_to != host:    # the mark is gone: the old host (or an abort) took the move back
+                raise Conflict(f"the move of endpoint {id} to host {host} was taken back")
+            return Endpoint.make(old.id, old.network, host, old.mac, old.ip)
+        return self._rewrite(id, commit)
 
     def endpoint_move_begin(self, id, host) -> Endpoint:
         """Mark a move to host as under way; its old host keeps its sandbox (and

@@ -414,3 +414,23 @@ def test_an_endpoint_whose_interface_vanished_is_removed_and_said(info):
     finally:
         reg.close()
         client.call("dpl-h1", "endpoint_detach", id="dpl-gone1")
+
+
+def test_a_move_of_a_runtime_endpoint_is_refused_by_its_host(info):
+    """`endpoint move` of a Docker container's endpoint would give it a sandbox of ours on
+    the other host while the container stays here, cut off (review finding). Its host takes
+    the move back: the mover's commit fails and it undoes; the container keeps its interface."""
+    from dataplane.core.errors import DataplaneError
+    client.call("dpl-h1", "endpoint_attach", id="dpl-dock2", vni=256, sandbox={"peer": "dpdock2", "runtime": "docker"})
+    reg = open_registry(lab.registry_url("sqlite"))
+    try:
+        with pytest.raises(DataplaneError):
+            client.call("dpl-h2", "endpoint_move", id="dpl-dock2")
+        assert "refused" in client.call("dpl-h1", "status")["conflicts"].get("dpl-dock2", "")
+        assert "dpl-dock2" in Node("dpl-h1").state().endpoints and netlink.link_index("dpl-h1", "dpdock2")
+        assert "dpl-dock2" not in Node("dpl-h2").state().endpoints, "the mover undid its half"
+        rec = reg.endpoint("dpl-dock2")
+        assert (rec.host, rec.moving_to) == (lab.host_name(1), None)
+    finally:
+        reg.close()
+        client.call("dpl-h1", "endpoint_detach", id="dpl-dock2")

@@ -52,7 +52,8 @@ def test_a_host_with_its_certificate_and_password_reads_writes_leases_and_watche
         assert {key("hosts", "h2"), key("endpoints", "tls-e1"), key("ipam", "tls1", ep.ip)} <= got, got
         snap = h1.snapshot()
         assert snap.endpoints["tls-e1"].host == "h2" and snap.hosts["h2"].vtep == "198.18.0.2"
-        h1.endpoint_move("tls-e1", "h1")               # endpoints are shared: any host moves them
+        h1.endpoint_move_begin("tls-e1", "h1")         # endpoints are shared: any host moves them
+        h1.endpoint_move("tls-e1", "h1")
         h2.endpoint_rm("tls-e1")
         h2.kv.lease_revoke(lease)                      # its own record goes with its lease
         assert d.wait_for(len(got) + 5) and d.error is None

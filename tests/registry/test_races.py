@@ -162,6 +162,7 @@ def test_endpoint_create_after_a_lost_request_still_refuses_someone_elses_endpoi
 def test_endpoint_move_retried_after_a_lost_reply_returns_the_record(reg):
     reg.network_create("n", 315)
     ep = reg.endpoint_create("a", "n", "h1")
+    reg.endpoint_move_begin("a", "h2")                 # a commit needs its mark
     reg.kv = Interleave(reg.kv, lose="applied")
     moved = reg.endpoint_move("a", "h2")
     assert moved == Endpoint.make("a", "n", "h2", ep.mac, ep.ip) == reg.endpoint("a")

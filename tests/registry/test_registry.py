@@ -75,9 +75,24 @@ def test_endpoint_conflicts_and_validation(reg):
     assert [e.id for e in reg.endpoints()] == ["a"]
 
 
+def test_a_move_commits_only_under_its_mark(reg):
+    """The old host (or an abort) taking the mark back makes the mover's commit fail:
+    make before break, never a move its old host refused."""
+    reg.network_create("n", 304)
+    reg.endpoint_create("a", "n", "h1")
+    with pytest.raises(Conflict, match="taken back"):
+        reg.endpoint_move("a", "h2")                   # no mark at all
+    reg.endpoint_move_begin("a", "h2")
+    reg.endpoint_move_abort("a", "h2")
+    with pytest.raises(Conflict, match="taken back"):
+        reg.endpoint_move("a", "h2")
+    assert reg.endpoint("a").host == "h1"
+
+
 def test_move_is_one_write(reg):
     reg.network_create("n", 302)
     ep = reg.endpoint_create("a", "n", "h1")
+    reg.endpoint_move_begin("a", "h2")
     rev = reg.snapshot().rev
     moved = reg.endpoint_move("a", "h2")
     assert (moved.ip, moved.mac, moved.host) == (ep.ip, ep.mac, "h2")

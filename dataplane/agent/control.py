@@ -12,7 +12,7 @@ from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.core.state import NodeState
-from dataplane.node import Node, peers, require_root, vtep
+from dataplane.node import Node, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
 
@@ -68,6 +68,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         if was_up:
             for line in sweep(node):        # a crash since the last up left this behind
                 log.warning("repaired: %s", line)
+            monitor.clear_if_abandoned(node)   # a monitor killed outright (a node without an agent too)
         if st.registry and agent:
             process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
             st = node.require_up()

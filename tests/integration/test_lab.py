@@ -246,3 +246,26 @@ def test_mac_taken_by_a_local_endpoint_stops_being_learned(info):
         if ping(a["name"], c["ip"], count=1)[0] == 1:
             break
     assert ping(a["name"], c["ip"])[0] == 3
+
+
+def test_a_killed_monitor_on_a_node_without_an_agent_is_cleared_by_up(info):
+    """No agent here to notice: the next `up` (idempotent) switches the events off."""
+    import ctypes
+    import os
+    import signal
+    from dataplane.node import Node, monitor
+    from tests.integration.conftest import wait_for
+
+    def bits() -> int:
+        with Node("dpl-h1").maps() as m:
+            return m.dp_config.get(ctypes.c_uint32(0)).flags & monitor.MASK
+    mon = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "monitor", "--type", "drop",
+                            "--timeout", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(bits)
+    finally:
+        os.kill(mon.pid, signal.SIGKILL)
+        mon.wait()
+    assert bits(), "left on by the killed monitor"
+    dp("--netns", "dpl-h1", "up", "--vni", "256", "--no-registry")
+    assert not bits()

@@ -73,6 +73,25 @@ static __always_inline __u64 dp_now_ns(void)
 	return bpf_ktime_get_coarse_ns();
 }
 
+/*
+ * GCRA meter: may one more go? *tat (theoretical arrival time) is when the
+ * budget is next fully earned; one more is refused while it lies more than
+ * burst ahead of now. A tat further ahead than burst + interval was set under
+ * an older, lower rate and starts over. Two CPUs racing on one tat cost one
+ * more or less, never a lasting error.
+ */
+static __always_inline int gcra_allow(__u64 *tat, __u64 now, __u64 interval, __u64 burst)
+{
+	__u64 next = *tat > now ? *tat : now;
+
+	if (next - now > burst + interval)
+		next = now;
+	if (next - now > burst)
+		return 0;
+	*tat = next + interval;
+	return 1;
+}
+
 /* Make the first `want` bytes (or the whole frame, if shorter) directly readable. */
 static __always_inline void skb_ensure_head(struct __sk_buff *skb, __u32 want)
 {

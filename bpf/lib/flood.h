@@ -103,13 +103,7 @@ static __always_inline __u32 flood_remote(struct __sk_buff *skb, struct dp_stats
 	return s->tx_packets - before;
 }
 
-/*
- * Storm control: may this endpoint flood one more frame? A GCRA meter per
- * endpoint: tat is when the endpoint's budget is next fully earned; a frame
- * is refused while tat lies more than the burst ahead of now. Off when the
- * interval is 0. Two CPUs may race on one endpoint's tat; the cost is a frame
- * more or less, never a lasting error.
- */
+/* Storm control: may this endpoint flood one more frame? A GCRA meter per endpoint; off when the interval is 0. */
 static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifindex)
 {
 	__u64 interval = cfg->storm_interval_ns;
@@ -124,14 +118,7 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
 		dp_storm.update(&ifindex, &next);
 		return 1;
 	}
-	next = *tat > now ? *tat : now;
-	/* Further ahead than this rate and burst can put it: set under an older, lower rate. */
-	if (next - now > cfg->storm_burst_ns + interval)
-		next = now;
-	if (next - now > cfg->storm_burst_ns)
-		return 0;
-	*tat = next + interval;
-	return 1;
+	return gcra_allow(tat, now, interval, cfg->storm_burst_ns);
 }
 
 /*

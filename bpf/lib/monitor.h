@@ -16,22 +16,13 @@ static __always_inline int monitor_allow(const struct dp_config *cfg)
 {
 	__u32 zero = 0;
 	__u64 *tat = dp_mon_meter.lookup(&zero);
-	__u64 now, next;
 
 	if (!tat)
 		return 0;
 	if (!cfg->mon_interval_ns)
 		return 1;
-	now = dp_now_ns();
-	next = *tat > now ? *tat : now;
-	/* Further ahead than this rate can put it: left by an earlier monitor's lower rate. */
-	if (next - now > 65 * cfg->mon_interval_ns)
-		next = now;
 	/* A burst of up to 64 events, then one per interval. */
-	if (next - now > 64 * cfg->mon_interval_ns)
-		return 0;
-	*tat = next + cfg->mon_interval_ns;
-	return 1;
+	return gcra_allow(tat, dp_now_ns(), cfg->mon_interval_ns, 64 * cfg->mon_interval_ns);
 }
 
 static __always_inline void monitor_emit(struct __sk_buff *skb, const struct dp_config *cfg, __u32 type,

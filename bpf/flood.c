@@ -34,9 +34,9 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 	if (from == 0 && !storm_allow(cfg, skb->cb[DP_CB_ARG]))
 		return -DP_DROP_STORM;
 	sent += flood_local(skb, s, net, vni, skb->cb[DP_CB_ARG], from);
-	from += DP_FLOOD_CHUNK;
-	if (from < net->n_local && from < DP_MAX_LOCAL)
-		return flood_next(skb, DP_TAIL_FLOOD_ENDPOINT, from, sent);
+	ret = flood_next(skb, DP_TAIL_FLOOD_ENDPOINT, from + DP_FLOOD_CHUNK, net->n_local, DP_MAX_LOCAL, sent);
+	if (ret)
+		return ret;
 	if (net->n_flood == 0)
 		return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
 
@@ -48,7 +48,7 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 	if (ret < 0)
 		return ret;
 	s->flooded++;
-	return flood_next(skb, DP_TAIL_FLOOD_REMOTE, 0, sent);
+	return flood_next(skb, DP_TAIL_FLOOD_REMOTE, 0, net->n_flood, DP_MAX_FLOOD, sent);    /* n_flood > 0 */
 }
 
 int flood_endpoint(struct __sk_buff *skb)
@@ -73,9 +73,9 @@ int flood_remote_vteps(struct __sk_buff *skb)
 	if (ret)
 		return tc_exit(skb, 0, ret);
 	sent += flood_remote(skb, s, net, skb->cb[DP_CB_VNI], from);
-	from += DP_FLOOD_CHUNK;
-	if (from < net->n_flood && from < DP_MAX_FLOOD)
-		return tc_exit(skb, net->slot, flood_next(skb, DP_TAIL_FLOOD_REMOTE, from, sent));
+	ret = flood_next(skb, DP_TAIL_FLOOD_REMOTE, from + DP_FLOOD_CHUNK, net->n_flood, DP_MAX_FLOOD, sent);
+	if (ret)
+		return tc_exit(skb, net->slot, ret);
 	return tc_exit(skb, net->slot, sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION);
 }
 
@@ -90,9 +90,9 @@ int flood_overlay(struct __sk_buff *skb)
 	if (ret)
 		return tc_exit(skb, 0, ret);
 	sent += flood_local(skb, s, net, skb->cb[DP_CB_VNI], 0, from);
-	from += DP_FLOOD_CHUNK;
-	if (from < net->n_local && from < DP_MAX_LOCAL)
-		return tc_exit(skb, net->slot, flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from, sent));
+	ret = flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from + DP_FLOOD_CHUNK, net->n_local, DP_MAX_LOCAL, sent);
+	if (ret)
+		return tc_exit(skb, net->slot, ret);
 	if (!sent)
 		return tc_exit(skb, net->slot, -DP_DROP_NO_DESTINATION);
 	STAT_ADD(net->slot, rx_packets, rx_bytes, skb->cb[DP_CB_ARG]);

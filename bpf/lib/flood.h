@@ -137,9 +137,15 @@ static __always_inline int flood_tail(struct __sk_buff *skb, __u32 slot, __u32 v
 	return -DP_DROP_HELPER;
 }
 
-/* The next chunk of the same program, from slot `from`. */
-static __always_inline int flood_next(struct __sk_buff *skb, __u32 tail, __u32 from, __u32 sent)
+/*
+ * The next run of program `tail`, from slot `from`, if the list (n members, at
+ * most max of them served) goes on that far; 0 if it does not.
+ */
+static __always_inline int flood_next(struct __sk_buff *skb, __u32 tail, __u32 from, __u32 n, __u32 max,
+				      __u32 sent)
 {
+	if (from >= n || from >= max)
+		return 0;
 	skb->cb[DP_CB_FROM] = from;
 	skb->cb[DP_CB_SENT] = sent;
 	dp_tail.call(skb, tail);

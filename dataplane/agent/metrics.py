@@ -19,7 +19,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError, UsageError
-from dataplane.kernel.maps import SPECS
 from dataplane.node import readout
 
 log = logging.getLogger("dataplane.agent")
@@ -75,16 +74,15 @@ class Collector:
         yield from self._agent()
 
     def _maps(self):
-        """Read with maps of the scrape's own (never the agent's lock or its open maps)."""
+        """What `dataplane status` shows (readout.maps: maps of the scrape's own, never the agent's
+        lock or its open maps), for the maps with a count of entries in use (the hash maps)."""
         used = GaugeMetricFamily("dataplane_map_entries", "Entries in use in a fast-path hash map", labels=["map"])
         cap = GaugeMetricFamily("dataplane_map_capacity", "Entries a fast-path map holds at most", labels=["map"])
         try:
-            sizes = self.ag.node.require_up().map_sizes
-            with self.ag.node.maps() as maps:
-                for name, spec in SPECS.items():
-                    if spec.kind in ("hash", "lru_hash"):
-                        used.add_metric([name], getattr(maps, name).count())
-                        cap.add_metric([name], spec.max_entries(sizes))
+            for r in readout.maps(self.ag.node):
+                if r["entries"] is not None:
+                    used.add_metric([r["map"]], r["entries"])
+                    cap.add_metric([r["map"]], r["capacity"])
         except DataplaneError as e:
             log.warning("metrics: reading the maps failed: %s", e)
         yield used

@@ -4,6 +4,7 @@ dp_flood, dp_vteps and dp_stats."""
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import time
 
@@ -30,13 +31,18 @@ def flood_list(st: NodeState, vni: int) -> list[str]:
     return out
 
 
+def members(st: NodeState) -> dict[int, tuple[int, int]]:
+    """Each served VNI's broadcast members: (VTEPs, local endpoints), counted in one pass."""
+    local = collections.Counter(e.vni for e in st.endpoints.values() if e.phase == "ready")
+    return {vni: (len(flood_list(st, vni)), local[vni]) for vni in st.networks}
+
+
 def over_limit(st: NodeState) -> list[str]:
     """What the fast path's broadcast cannot reach: members past DP_MAX_FLOOD / DP_MAX_LOCAL.
     Never silent: `agent status` and `dataplane stats` show it. (The peer check still
     admits every VTEP: dp_vteps holds them all.)"""
     out = []
-    for vni in sorted(st.networks):
-        n, k = len(flood_list(st, vni)), len(st.local_endpoints(vni))
+    for vni, (n, k) in sorted(members(st).items()):
         if n > _C["DP_MAX_FLOOD"]:
             out.append(f"VNI {vni}: {n} VTEPs, broadcast and unknown frames reach the first {_C['DP_MAX_FLOOD']}")
         if k > _C["DP_MAX_LOCAL"]:

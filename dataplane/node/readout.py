@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import os
 import time
@@ -43,7 +42,7 @@ def stats(node: Node) -> list[dict]:
     """Counters per VNI summed over CPUs; VNI 0 is what belongs to no VNI."""
     st = node.require_up()
     names = abi.drop_names()
-    local = collections.Counter(e.vni for e in st.endpoints.values() if e.phase == "ready")
+    members = networks.members(st)
     counters = [n for n, _ in _S["dp_stats"]._fields_ if n != "drops"]
     rows = []
     with node.maps() as m:
@@ -57,9 +56,9 @@ def stats(node: Node) -> list[dict]:
                 row[c] = sum(getattr(cpu, c) for cpu in percpu)
             row["drops"] = {names[i]: total for i in range(len(names))
                             if (total := sum(cpu.drops[i] for cpu in percpu))}
-            if vni in st.networks:   # members a broadcast cannot reach (networks.over_limit says why)
-                row["unreached"] = (max(0, len(networks.flood_list(st, vni)) - _C["DP_MAX_FLOOD"]) +
-                                    max(0, local.get(vni, 0) - _C["DP_MAX_LOCAL"]))
+            if vni in members:       # members a broadcast cannot reach (networks.over_limit says why)
+                n, k = members[vni]
+                row["unreached"] = max(0, n - _C["DP_MAX_FLOOD"]) + max(0, k - _C["DP_MAX_LOCAL"])
             rows.append(row)
     return sorted(rows, key=lambda r: r["vni"])
 

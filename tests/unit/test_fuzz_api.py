@@ -8,10 +8,7 @@ request never reaches endpoint_add, the handler here that creates)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 
 import pytest
 from hypothesis import given
@@ -20,6 +17,7 @@ from hypothesis import strategies as st
 from dataplane.agent import server as api_server
 from dataplane.agent.client import MAX_LINE
 from dataplane.core.errors import Conflict
+from tests.unit.conversation import converse
 from tests.unit.fuzz_strategies import FUZZ, RAW, as_bytes, json_values, keys, mutated
 
 CALLS: list[tuple[str, dict]] = []
@@ -82,24 +80,7 @@ def expected_call(line: bytes):
 
 def exchange(srv, payload: bytes) -> list:
     """Run the server's handler on payload (the client then hangs up); its answers."""
-    a, b = socket.socketpair()
-
-    def send():
-        with contextlib.suppress(OSError):       # the handler may stop reading early (an unterminated line)
-            a.sendall(payload)
-            a.shutdown(socket.SHUT_WR)
-    sender = threading.Thread(target=send)       # a payload may be larger than the socket's buffer
-    sender.start()
-    try:
-        api_server._Handler(b, "", srv)          # handles the whole connection, then returns
-        b.close()
-        out = b""
-        while chunk := a.recv(1 << 16):
-            out += chunk
-    finally:
-        b.close()
-        sender.join()
-        a.close()
+    out = converse(lambda sock: api_server._Handler(sock, "", srv), payload)
     assert out == b"" or out.endswith(b"\n"), out[-100:]
     return [json.loads(x) for x in out.splitlines()]
 

@@ -9,10 +9,7 @@ ids are not strings asks the agent for nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +18,7 @@ from hypothesis import strategies as st
 
 from dataplane.registry.records import Network
 from dataplane.runtimes import docker
+from tests.unit.conversation import converse
 from tests.unit.fake_agent import FakeAgent
 from tests.unit.fuzz_strategies import FUZZ, RAW, as_bytes, json_values, mutated
 
@@ -75,25 +73,8 @@ def reset(w) -> None:
 
 def exchange(w, raw: bytes) -> list[tuple[int, bytes]]:
     """Run the driver's handler on raw (the client then hangs up): [(status, body)]."""
-    a, b = socket.socketpair()
-
-    def send():
-        with contextlib.suppress(OSError):
-            a.sendall(raw)
-            a.shutdown(socket.SHUT_WR)
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        docker._Handler(b, "docker", w.server)      # the whole connection, then returns
-        b.close()
-        out = b""
-        with contextlib.suppress(ConnectionResetError):     # it hung up on bytes it did not read: answered first
-            while chunk := a.recv(1 << 16):
-                out += chunk
-    finally:
-        b.close()
-        sender.join()
-        a.close()
+    # reset_ok: it hung up on bytes it did not read, having answered first
+    out = converse(lambda sock: docker._Handler(sock, "docker", w.server), raw, reset_ok=True)
     return responses(out)
 
 

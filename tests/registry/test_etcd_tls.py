@@ -56,7 +56,8 @@ def test_a_host_with_its_certificate_and_password_reads_writes_leases_and_watche
         h1.endpoint_move("tls-e1", "h1")
         h2.endpoint_rm("tls-e1")
         h2.kv.lease_revoke(lease)                      # its own record goes with its lease
-        assert d.wait_for(len(got) + 5) and d.error is None
+        # begin, move, the endpoint's three keys, the host record: six events
+        assert d.wait_for(len(got) + 6) and d.error is None
         deleted = [e.key for e in d.events if e.value is None]
         assert key("endpoints", "tls-e1") in deleted and key("hosts", "h2") in deleted
         assert "h2" not in h1.snapshot().hosts

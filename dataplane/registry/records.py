@@ -10,6 +10,8 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+import orjson
+
 from dataplane.core import model
 from dataplane.core.errors import UsageError
 
@@ -37,11 +39,9 @@ def parse_mtu(value) -> int:
 
 def _loads(raw: bytes, what: str) -> dict:
     try:
-        d = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(f"malformed {what} record: not JSON") from None
-    except RecursionError:
-        raise UsageError(f"malformed {what} record: nested too deep") from None
+        d = orjson.loads(raw)      # refuses NaN, 1e400, bad UTF-8 and nesting past 1024 (ValueError)
+    except ValueError as e:
+        raise UsageError(f"malformed {what} record: not JSON ({str(e).partition(':')[0]})") from None
     if not isinstance(d, dict):
         raise UsageError(f"malformed {what} record: not an object")
     return d
@@ -141,7 +141,7 @@ class Endpoint:
     def make(cls, id, network, host, mac, ip, moving_to=None) -> "Endpoint":
         return cls(id=parse_endpoint_id(id), network=model.parse_name(network, "network name"),
                    host=model.parse_name(host, "host name"), mac=model.parse_mac(mac),
-                   ip=str(model.parse_ipv4(ip, "endpoint address")),
+                   ip=model.parse_ipv4_str(ip, "endpoint address"),
                    moving_to=None if moving_to is None else model.parse_name(moving_to, "host name"))
 
     @classmethod

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 
 from ..core.errors import UsageError
 from ..registry import Snapshot, change
-from ..registry.store import split_key
-
-MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
+from ..registry.store import MIRRORED, split_key
 
 
 @dataclass

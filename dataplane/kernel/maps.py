@@ -135,7 +135,14 @@ class Map:
             out.append(nxt)
             cur = nxt
 
+    def raw_items(self):
+        """(key bytes, value bytes) of a hash map, in one syscall per 4096 entries."""
+        return bpfsys.dump_raw(self.fd, ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))
+
     def items(self):
+        if self.spec.kind in ("hash", "lru_hash"):
+            yield from bpfsys.dump(self.fd, self.spec.key, self.spec.value)
+            return
         for k in self.keys():
             v = self.get(k)
             if v is not None:

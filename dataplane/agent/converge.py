@@ -17,9 +17,9 @@ log = logging.getLogger("dataplane.agent")
 
 def facts(ag, st) -> LocalFacts:
     """What reconcile needs of the node; peer routes asked of the kernel once per VTEP (until a snapshot)."""
-    for h in ag.view.hosts.values():
-        if h.vtep not in ag._routed:
-            ag._routed[h.vtep] = nexthops.routed(ag.node.netns, st, h.vtep)
+    todo = {h.vtep for h in ag.view.hosts.values() if h.vtep not in ag._routed}
+    if todo:
+        ag._routed.update(nexthops.routed_many(ag.node.netns, st, sorted(todo)))
     return LocalFacts(me=ag.me, port=st.config.port, served=frozenset(st.networks),
                       local={v: [(e.name, e.mac, e.ip) for e in st.local_endpoints(v)] for v in st.networks},
                       unroutable=frozenset(v for v, ok in ag._routed.items() if not ok))

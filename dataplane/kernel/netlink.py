@@ -244,6 +244,19 @@ def route_oif(netns: str | None, ip: str) -> tuple[int, str]:
     return r.get_attr("RTA_OIF"), (r.get_attr("RTA_GATEWAY") or ip)
 
 
+def routes_oif(netns: str | None, ips) -> dict[str, int | None]:
+    """route_oif's egress ifindex for each of ips (None: no route), on one socket:
+    an agent's start asks this of every host in the registry."""
+    out: dict[str, int | None] = {}
+    with ipr(netns) as s:
+        for ip in ips:
+            try:
+                out[ip] = s.route("get", dst=ip)[0].get_attr("RTA_OIF")
+            except NetlinkError:
+                out[ip] = None
+    return out
+
+
 def wait_neigh(netns: str | None, ifindex: int, ip: str, timeout: float = 2.0) -> str | None:
     neigh_resolve(netns, ifindex, ip)
     deadline = time.monotonic() + timeout

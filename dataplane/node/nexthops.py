@@ -19,13 +19,9 @@ _S = abi.load().structs
 log = logging.getLogger(__name__)
 
 
-def routed(netns: str | None, st: NodeState, ip: str) -> bool:
-    """The peer is reached through the uplink (the only way the fast path sends)."""
-    try:
-        oif, _ = netlink.route_oif(netns, ip)
-    except DataplaneError:          # no route at all
-        return False
-    return oif == st.uplink.ifindex
+def routed_many(netns: str | None, st: NodeState, ips) -> dict[str, bool]:
+    """For each peer: is it reached through the uplink (the only way the fast path sends)?"""
+    return {ip: oif == st.uplink.ifindex for ip, oif in netlink.routes_oif(netns, ips).items()}
 
 
 def prime(m: NodeMaps, st: NodeState, netns: str | None, ip: str, timeout: float = 1.0) -> None:

@@ -40,7 +40,8 @@ class LeaseKeeper:
             self.lease = old
         else:
             self.lease = self.ag.reg.kv.lease_grant(self.ag.ttl)
-        self.ag.reg.host_register(self.ag.vtep, self.lease)   # one transaction: Conflict if another VTEP has the name
+        # One transaction: Conflict if another VTEP has the name. Its revision is where a warm start is synced.
+        self.ag.registered_rev = self.ag.reg.host_register(self.ag.vtep, self.lease)
         self.save()
 
     def run(self) -> None:

@@ -20,7 +20,8 @@ import signal
 import threading
 import time
 
-from dataplane.agent import client, converge, lease, local, metrics, ops, process, punts, sdnotify, server, slowpath
+from dataplane.agent import (client, converge, lease, local, metrics, ops, process, punts, sdnotify, server,
+                             slowpath, sync)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -28,7 +29,7 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import Node, monitor, networks, vtep
 from dataplane.node.sweep import sweep, vanished
 from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
-from dataplane.registry import Compacted, Host, Snapshot, Unavailable, open_registry
+from dataplane.registry import Compacted, Host, Unavailable, open_registry
 from dataplane.registry.backoff import Backoff
 
 LEASE_TTL_DEFAULT = 10
@@ -54,6 +55,9 @@ class Agent:
         self.connected = threading.Event()
         self.synced = threading.Event()
         self.registered = threading.Event()    # our host record is ours: only then adopt and sync
+        self.registered_rev = 0                # the revision of that record's put (lease.py)
+        self._sync_at: int | None = None       # a warm start (cache.py): synced once the view reaches this
+        self._cache_rev, self._cache_due = 0, time.monotonic() + sync.CACHE_EVERY_S
         self.fatal: str | None = None
         self._watch = None
         self._held = None                      # a message _next_message took early
@@ -67,8 +71,9 @@ class Agent:
                          "reconnects": 0, "vanished": 0}
         self.punts = punts.PuntHandler(self)
         self.leases = lease.LeaseKeeper(self)
-        self.last_sync_s = 0.0
-        self.last_snapshot_s = 0.0
+        self.last_sync_s = self.last_snapshot_s = 0.0
+        self.started = time.monotonic()
+        self.warm_start = False                # synced from the cached view (cache.py), not a full read
         self.remote: RemoteTable | None = None
         self.maps = None
 
@@ -88,23 +93,30 @@ class Agent:
             log.warning("repaired: %s", line)
             self.counters["repairs"] += 1
         st = self.node.require_up()
-        self.maps = self.node.maps()
-        self.remote = RemoteTable(self.maps, local_neigh_keys(st))
-        self.sender = slowpath.Sender(self.maps, st.config)
-        self.punt_reader = slowpath.PuntReader(self.maps.pin_dir)
-        self.server = server.Server(client.socket_path(self.node.name),
-                                    {**ops.Ops(self).handlers(), **RuntimeOps(self).handlers()})
-        self.server.start()
-        self.metrics = metrics.serve(self, st.config.metrics_address)
         self.leases.save()
+        # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()
+        try:
+            self.maps = self.node.maps()
+            self.remote = RemoteTable(self.maps, local_neigh_keys(st))
+            self.sender = slowpath.Sender(self.maps, st.config)
+            self.punt_reader = slowpath.PuntReader(self.maps.pin_dir)
+            self.server = server.Server(client.socket_path(self.node.name),
+                                        {**ops.Ops(self).handlers(), **RuntimeOps(self).handlers()})
+            self.server.start()
+            self.metrics = metrics.serve(self, st.config.metrics_address)
+        except BaseException:
+            self.stopping.set()            # the lease keeper and the watcher end with us
+            raise
         threading.Thread(target=self._read_punts, name="punts", daemon=True).start()
         log.info("host %s VTEP %s registry %s lease ttl %ss", self.me, self.vtep.vtep, self.url, self.ttl)
         try:
             self._main_loop()
         finally:
             self.stopping.set()
+            if not self.leaving:
+                sync.write_cache(self, now=True)
             try:
                 vtep.set_punt_until(self.maps, 0)   # nobody drains the ring now: flood misses again
             except DataplaneError as e:
@@ -152,7 +164,7 @@ class Agent:
         Retries back off with full jitter: hundreds of hosts must not reconnect in step."""
         while not self.registered.is_set() and not self.stopping.is_set():
             self.registered.wait(0.1)
-        backoff, resume = Backoff(), None
+        backoff, resume = Backoff(), sync.cached_start(self)
         while not self.stopping.is_set():
             try:
                 if resume is None:
@@ -221,8 +233,9 @@ class Agent:
             t0 = time.monotonic()
             try:
                 if kind == "snapshot":
-                    self._apply_snapshot(data, adopt=next_beat is None)
-                    next_beat = next_beat or time.monotonic()   # synced: misses come to us from now on
+                    self._apply_snapshot(data)
+                elif kind == "cached":
+                    sync.load_cached(self, data)
                 elif kind == "punts" and self.punts.run_slice():
                     self.q.put(("punts", None))     # the rest after what came meanwhile
                 elif kind == "events":
@@ -231,6 +244,8 @@ class Agent:
                 self.counters["errors"] += 1
                 log.error("%s", e)
             now = time.monotonic()
+            if next_beat is None and self.synced.is_set():
+                next_beat = now                     # synced: misses come to us from now on
             if now - t0 > SLOW_TURN_S:
                 log.warning("slow turn: %s took %.0f ms", kind, (now - t0) * 1000)
             if next_beat is not None and now >= next_beat:
@@ -239,6 +254,8 @@ class Agent:
             if now >= next_age:
                 next_age = now + age_every
                 self._age()
+            if now >= self._cache_due:
+                sync.write_cache(self)
 
     def _next_message(self, timeout: float):
         """The next message in the order it was queued, event batches that follow
@@ -281,27 +298,8 @@ class Agent:
                 self.counters["aged"] += n
                 log.info("aged out %d learned FDB entries", n)
 
-    def _apply_snapshot(self, snap: Snapshot, adopt: bool) -> None:
-        t0 = time.monotonic()
-        with self.lock:
-            for bad in snap.bad:
-                log.warning("skipped bad record %s", bad)
-                self.bad.append(bad)
-            self.counters["bad_records"] += len(snap.bad)
-            self.view.load(snap)
-            self._routed.clear()
-            self.counters["resyncs"] += 1
-            if adopt:
-                local.adopt(self)
-            local.settle_moves(self)
-            self.reconcile()
-        self.last_sync_s = time.monotonic() - t0
-        first = not self.synced.is_set()
-        self.synced.set()
-        if first:       # systemd: up only now, and the API says synced by the time it hears it
-            sdnotify.notify(f"READY=1\nSTATUS=synced revision {snap.rev}")
-        log.info("synced revision %d: %d networks, %d hosts, %d endpoints in %.0f ms", snap.rev,
-                 len(self.view.networks), len(self.view.hosts), len(self.view.endpoints), self.last_sync_s * 1000)
+    def _apply_snapshot(self, snap) -> None:
+        sync.apply_snapshot(self, snap)
 
     def _apply_events(self, events) -> None:
         with self.lock:
@@ -316,6 +314,9 @@ class Agent:
             fine = {v: keys for v, keys in fine.items() if v not in coarse}
             if fine:
                 converge.single(self, fine)
+            if self._sync_at is not None and self.view.rev >= self._sync_at:
+                self._sync_at = None           # a warm start has caught up with its registration
+                sync.finish(self, self.view.rev, warm=True)
 
     def _bad_record(self, k: str, why: str) -> None:
         self.bad.append(f"{k!r}: {why}")

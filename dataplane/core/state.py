@@ -19,6 +19,7 @@ from . import model
 
 RUN_ROOT = "/run/dataplane"          # what the running node made: gone at a reboot, like the pins and links
 LIB_ROOT = "/var/lib/dataplane"      # what must outlive a reboot: how to bring the node back, the Docker map
+VIEW_CACHE = "registry-view.json"    # under lib_dir: the agent's registry view, for a warm start (agent/cache.py)
 
 
 @dataclass
@@ -198,11 +199,13 @@ def load_boot(node: str) -> dict | None:
 
 
 def remove_boot(node: str) -> None:
-    """`down`: the node is not to come back at boot (the Docker map stays: Docker keeps its networks)."""
-    try:
-        os.unlink(os.path.join(lib_dir(node), "node.json"))
-    except FileNotFoundError:
-        pass
+    """`down`: the node is not to come back at boot, nor its agent to start from its
+    registry view (the Docker map stays: Docker keeps its networks)."""
+    for name in ("node.json", VIEW_CACHE):
+        try:
+            os.unlink(os.path.join(lib_dir(node), name))
+        except FileNotFoundError:
+            pass
     for d in (lib_dir(node), LIB_ROOT):      # what is left empty goes too
         try:
             os.rmdir(d)

@@ -20,7 +20,7 @@ def agent(tmp_path, monkeypatch):
     ag.node = SimpleNamespace(name="t", netns=None, require_up=lambda: cfg, state=lambda: cfg)
     monkeypatch.setattr(agent_main.vtep, "set_punt_until", lambda m, until: None)
     applied = []
-    ag._apply_snapshot = lambda snap, adopt: applied.append(("snapshot", snap.rev))
+    ag._apply_snapshot = lambda snap: applied.append(("snapshot", snap.rev))
     ag._apply_events = lambda evs: applied.append(("events", [e.rev for e in evs]))
     ag._age = lambda: None
     ag.applied = applied

@@ -1,0 +1,99 @@
+"""The registry view on disk, for a warm start: an agent that restarts (an
+upgrade, a crash, a reboot) reads the view it last had instead of the whole
+registry, watches from its revision, and is synced once the watch has brought
+it to the revision of its own host registration (a put every start makes, so
+every change before it has come through the watch by then).
+
+Written only from a synced view, by the agent, into /var/lib/dataplane/<node>/
+(root, 0600), atomically; taken only for the same etcd cluster (its cluster
+id; a restored backup is a new cluster), never for a revision at or past the
+registration's (a store that went back in time), and only once per process.
+The records were validated when they were read from the registry; they are
+not parsed again (that is the point: 100,000 endpoints load in ~0.2 s). A
+history compacted past the cache's revision makes the watch fail with
+Compacted, and the agent takes a full snapshot as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orjson
+
+from dataplane.core import state
+from dataplane.registry import Snapshot
+from dataplane.registry.records import PREFIX, Endpoint, Host, Network
+
+FORMAT = 1
+log = logging.getLogger("dataplane.agent")
+
+
+def path(node: str) -> str:
+    return os.path.join(state.lib_dir(node), state.VIEW_CACHE)
+
+
+def copy(view) -> dict:
+    """What dump() needs of the view, taken under the agent's lock: dictionary copies
+    only (~10 ms for 100,000 endpoints; the records are immutable), so the main loop
+    is not held while dump() builds the bytes."""
+    return {"rev": view.rev, "networks": list(view.networks.values()), "hosts": list(view.hosts.values()),
+            "endpoints": list(view.endpoints.values()), "macs": dict(view.macs), "ipam": dict(view.ipam)}
+
+
+def dump(c: dict, cluster: str, bad) -> bytes:
+    """copy()'s view as bytes (~0.3 s for 100,000 endpoints: off the main loop)."""
+    return orjson.dumps({
+        "format": FORMAT, "cluster": cluster, "prefix": PREFIX, "rev": c["rev"], "bad": list(bad),
+        "networks": [n.to_dict() for n in c["networks"]], "hosts": [h.to_dict() for h in c["hosts"]],
+        "endpoints": [(e.id, e.network, e.host, e.mac, e.ip, e.moving_to) for e in c["endpoints"]],
+        "macs": c["macs"], "ipam": c["ipam"]})
+
+
+def save(node: str, data: bytes) -> None:
+    """Atomically, readable by root only."""
+    p = path(node)
+    os.makedirs(os.path.dirname(p), mode=0o700, exist_ok=True)
+    tmp = f"{p}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load(node: str, cluster: str | None, before_rev: int) -> Snapshot | None:
+    """The cached view as a Snapshot, or None (no file, another cluster, a
+    revision not before before_rev, not ours, not readable)."""
+    p = path(node)
+    try:
+        st = os.lstat(p)
+        if st.st_uid != 0 or st.st_mode & 0o077 or not os.path.isfile(p):
+            log.warning("registry view cache %s ignored: not root's own file", p)
+            return None
+        with open(p, "rb") as f:
+            d = orjson.loads(f.read())
+        if d.get("format") != FORMAT or d.get("prefix") != PREFIX or cluster is None or d.get("cluster") != cluster:
+            return None
+        rev = int(d["rev"])
+        if not 0 < rev < before_rev:
+            log.info("registry view cache at revision %d not before %d: ignored", rev, before_rev)
+            return None
+        snap = Snapshot(rev=rev, bad=list(d["bad"]), macs=d["macs"], ipam=d["ipam"])
+        snap.networks = {n["name"]: Network(**n) for n in d["networks"]}
+        snap.hosts = {h["name"]: Host(**h) for h in d["hosts"]}
+        snap.endpoints = {e[0]: Endpoint(*e) for e in d["endpoints"]}
+        return snap
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("registry view cache %s ignored: %s: %s", p, type(e).__name__, e)
+        return None

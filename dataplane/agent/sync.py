@@ -1,0 +1,96 @@
+"""Becoming synced: a full snapshot from the registry, or a warm start from
+the view on disk (cache.py) that the watch brings up to the revision of this
+agent's own registration. Either way it ends in finish(): adopt the node's
+endpoints (first time), settle moves, reconcile every VNI, tell systemd.
+Also the view's periodic write to disk."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from dataplane.agent import cache, local, sdnotify
+from dataplane.registry import Snapshot
+
+CACHE_EVERY_S = 30.0      # the registry view is written to disk at most this often, and at stop
+log = logging.getLogger("dataplane.agent")
+
+
+def _load_view(ag, snap: Snapshot) -> None:
+    for bad in snap.bad:
+        log.warning("skipped bad record %s", bad)
+        ag.bad.append(bad)
+    ag.counters["bad_records"] += len(snap.bad)
+    ag.view.load(snap)
+    ag._routed.clear()
+
+
+def apply_snapshot(ag, snap: Snapshot) -> None:
+    """A full snapshot: the view is whole at its revision."""
+    with ag.lock:
+        _load_view(ag, snap)
+        ag.counters["resyncs"] += 1
+        ag._sync_at = None
+        finish(ag, snap.rev, warm=False)
+
+
+def cached_start(ag) -> int | None:
+    """The watcher, once registered: queue the view on disk if it may be used
+    (cache.load), and return the revision to watch from; None: take a snapshot."""
+    snap = cache.load(ag.node.name, getattr(ag.reg.kv, "cluster_id", None), ag.registered_rev)
+    if snap is None:
+        return None
+    ag.q.put(("cached", snap))
+    return snap.rev + 1
+
+
+def load_cached(ag, snap: Snapshot) -> None:
+    """A warm start: the view as it was at snap.rev, brought up to date by the
+    watch; the maps are left as they are until it reaches our registration."""
+    with ag.lock:
+        _load_view(ag, snap)
+        ag._sync_at = ag.registered_rev
+    log.info("registry view read from disk at revision %d (%d endpoints); catching up to %d",
+             snap.rev, len(snap.endpoints), ag._sync_at)
+
+
+def finish(ag, rev: int, warm: bool) -> None:
+    """The view is whole at rev: adopt (the first time), settle moves, reconcile every VNI; synced."""
+    t0 = time.monotonic()
+    first = not ag.synced.is_set()
+    with ag.lock:
+        if first:
+            local.adopt(ag)
+        local.settle_moves(ag)
+        ag.reconcile()
+    ag.last_sync_s = time.monotonic() - t0
+    ag.warm_start = warm
+    ag.synced.set()
+    if first:       # systemd: up only now, and the API says synced by the time it hears it
+        sdnotify.notify(f"READY=1\nSTATUS=synced revision {rev}")
+    log.info("synced revision %d%s: %d networks, %d hosts, %d endpoints in %.0f ms (%.2f s after start)", rev,
+             " (warm: the view on disk and the watch)" if warm else "", len(ag.view.networks),
+             len(ag.view.hosts), len(ag.view.endpoints), ag.last_sync_s * 1000, time.monotonic() - ag.started)
+
+
+def write_cache(ag, now: bool = False) -> None:
+    """Write the view to disk if it changed since: serialized under the lock, written off it
+    (now: in this thread, at stop). Only a synced view of an etcd registry is written."""
+    ag._cache_due = time.monotonic() + CACHE_EVERY_S
+    cluster = getattr(ag.reg.kv, "cluster_id", None)
+    if cluster is None or not ag.synced.is_set() or ag.view.rev == ag._cache_rev:
+        return
+    with ag.lock:
+        view, bad = cache.copy(ag.view), list(ag.bad)
+
+    def write():
+        try:
+            cache.save(ag.node.name, cache.dump(view, cluster, bad))
+            ag._cache_rev = view["rev"]
+        except OSError as e:
+            log.warning("could not write the registry view to disk: %s", e)
+    if now:
+        write()
+    else:
+        threading.Thread(target=write, name="cache", daemon=True).start()

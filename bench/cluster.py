@@ -1,19 +1,23 @@
 """bench/cluster: the control plane on a 3-member etcd cluster (the lab's).
 
     .venv/bin/python -m bench.cluster [--endpoints 100000] [--rate 1000] [--seconds 60]
+                                      [--writers 16] [--per-txn 10]
 
 Three lab hosts with agents, an etcd member per underlay host e1..e3, and two
 registry-only hosts (f1, f2: namespaces that own their VTEP address and run
 nothing) that every endpoint lives on, so each write changes all three
 agents' maps.
 
-1. Start-up: N endpoints in the registry, h1's agent restarted: process start
-   to first full sync (wall clock), the snapshot read and the map writes the
-   agent reports, its peak RSS.
+1. Start-up: N endpoints in the registry, h1's agent restarted, cold (its
+   view on disk removed: a host's first start, a full read of the registry)
+   and warm (from the view its stop wrote, agent/cache.py): process start to
+   synced (wall clock), the registry read and the map sync the agent reports,
+   its peak RSS.
 2. Sustained updates: endpoints created at --rate per second for --seconds by
-   4 writers (each a transaction of the registry's own shape: record + both
-   IPAM claims); every 10th is timed from just before its write until its FDB
-   entry is in each host's map: median, p99, max per host, and the rate reached.
+   --writers threads, in transactions of the registry's own shape (record +
+   both IPAM claims), first one endpoint per transaction, then --per-txn;
+   every 10th is timed from just before its write until its FDB entry is in
+   each host's map: median, p99, max per host, and the rate reached.
 3. Leader kill: the etcd leader is SIGKILLed and one endpoint written at once
    (retried until a new leader takes it); the time from the kill to its entry
    on every host.
@@ -23,6 +27,8 @@ Writes bench/results/cluster.json and cluster.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import ipaddress
 import signal
 import statistics
@@ -32,7 +38,7 @@ import threading
 import time
 
 from bench.run import machine, save
-from dataplane.agent import client, process
+from dataplane.agent import cache, client, process
 from dataplane.core import model
 from dataplane.core.keys import mac_key
 from dataplane.kernel import netlink
@@ -108,19 +114,25 @@ def populate(n: int) -> float:
     return in_reg(work)
 
 
-def startup(n: int) -> dict:
+def startup(n: int, warm: bool) -> dict:
+    """h1's agent stopped (which writes its view to disk) and started again:
+    warm, from that view; cold, with it removed first (a host's first start)."""
     url = lab.registry_url("etcd")
     for ns in HOSTS:
         st = client.call(ns, "status")
         assert st["installed"]["fdb"] >= n or _wait_installed(ns, n), st["installed"]
     process.stop(HOSTS[0])
+    if not warm:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cache.path(HOSTS[0]))
     t0 = time.monotonic()
     process.spawn(HOSTS[0], HOSTS[0], url, "h1", 10, quiet=True)
     wall = time.monotonic() - t0
     st = client.call(HOSTS[0], "status")
-    return {"endpoints": n, "agent_start_to_synced_s": round(wall, 2), "snapshot_ms": st["last_snapshot_ms"],
-            "sync_to_maps_ms": st["last_sync_ms"], "rss_peak_mib": round(st["rss_peak_kib"] / 1024, 1),
-            "installed_fdb": st["installed"]["fdb"]}
+    assert st["warm_start"] == warm, st["warm_start"]
+    return {"endpoints": n, "warm": warm, "agent_start_to_synced_s": round(wall, 2),
+            "snapshot_ms": st["last_snapshot_ms"], "sync_to_maps_ms": st["last_sync_ms"],
+            "rss_peak_mib": round(st["rss_peak_kib"] / 1024, 1), "installed_fdb": st["installed"]["fdb"]}
 
 
 def _wait_installed(ns: str, n: int, timeout: float = 120) -> bool:
@@ -166,7 +178,8 @@ class Watcher:
                 time.sleep(0.001)
 
 
-def sustained(start: int, rate: int, seconds: float, writers: int = 4) -> dict:
+def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn: int = 1) -> dict:
+    """rate endpoints/s for seconds, by writers threads, per_txn endpoints in each transaction."""
     w = Watcher()
     for t in w.threads:
         t.start()
@@ -174,7 +187,7 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 4) -> dict:
     per = rate / writers
 
     def writer(reg, k: int):
-        i, t0 = k, time.perf_counter()
+        i, t0 = k * per_txn, time.perf_counter()
         while True:
             due = t0 + done[k] / per
             now = time.perf_counter()
@@ -182,13 +195,14 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 4) -> dict:
                 break
             if due > now:
                 time.sleep(due - now)
-            e = endpoint(start + i)
+            eps = [endpoint(start + j) for j in range(i, i + per_txn)]
             tw = time.perf_counter()
-            write(reg, [e])
-            if i % 10 == 0:
-                w.expect(e, tw)
-            done[k] += 1
-            i += writers
+            write(reg, eps)
+            for j, e in enumerate(eps, i):
+                if j % 10 == 0:
+                    w.expect(e, tw)
+            done[k] += per_txn
+            i += writers * per_txn
     threads = [threading.Thread(target=in_reg, args=(writer, k)) for k in range(writers)]
     t0 = time.monotonic()
     for t in threads:
@@ -205,7 +219,7 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 4) -> dict:
         per_host[ns] = {"n": len(v), "missing": w.missing[ns], "median_ms": round(statistics.median(v), 1),
                         "p99_ms": round(v[min(len(v) - 1, int(0.99 * (len(v) - 1)))], 1), "max_ms": round(v[-1], 1)}
     return {"target_per_s": rate, "achieved_per_s": round(sum(done) / took, 1), "seconds": round(took, 1),
-            "written": sum(done), "per_host": per_host}
+            "written": sum(done), "writers": writers, "per_txn": per_txn, "per_host": per_host}
 
 
 def leader_kill(i: int) -> dict:
@@ -238,19 +252,28 @@ def leader_kill(i: int) -> dict:
 
 
 def table(r: dict) -> str:
-    m, s, u, k = r["machine"], r["startup"], r["sustained"], r["leader_kill"]
+    m, k, a = r["machine"], r["leader_kill"], r["args"]
+    cold, warm = r["startup_cold"], r["startup_warm"]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. 3 hosts, 3-member etcd "
-           f"(Debian etcd-server), all on one machine. Command: `.venv/bin/python -m bench.cluster "
-           f"--endpoints {r['args']['endpoints']} --rate {r['args']['rate']} --seconds {r['args']['seconds']}`.", "",
-           "| start-up sync | value |", "|---|---|",
-           f"| endpoints | {s['endpoints']} |", f"| agent start to synced | {s['agent_start_to_synced_s']} s |",
-           f"| snapshot read / sync into maps | {s['snapshot_ms']:.0f} ms / {s['sync_to_maps_ms']:.0f} ms |",
-           f"| agent peak RSS | {s['rss_peak_mib']} MiB |", "",
-           f"Sustained: {u['written']} endpoints in {u['seconds']} s, {u['achieved_per_s']}/s "
-           f"(target {u['target_per_s']}/s); write to FDB entry, every 10th timed:", "",
-           "| host | n | median | p99 | max | not seen in 10 s |", "|---|---|---|---|---|---|"]
-    for ns, h in u["per_host"].items():
-        out.append(f"| {ns} | {h['n']} | {h['median_ms']} ms | {h['p99_ms']} ms | {h['max_ms']} ms | {h['missing']} |")
+           f"(Debian etcd-server, TLS and authentication on), all on one machine. Command: `.venv/bin/python -m "
+           f"bench.cluster --endpoints {a['endpoints']} --rate {a['rate']} --seconds {a['seconds']} "
+           f"--writers {a['writers']} --per-txn {a['per_txn']}`.", "",
+           f"Start-up with {cold['endpoints']} endpoints in the registry (h1's agent restarted):", "",
+           "| start-up sync | agent start to synced | registry read | sync into maps | peak RSS |",
+           "|---|---|---|---|---|"]
+    for name, s in (("cold (no view on disk: a host's first start)", cold),
+                    ("warm (the view on disk, then the watch)", warm)):
+        out.append(f"| {name} | {s['agent_start_to_synced_s']} s | {s['snapshot_ms']:.0f} ms | "
+                   f"{s['sync_to_maps_ms']:.0f} ms | {s['rss_peak_mib']} MiB |")
+    for key, what in (("sustained_single", "one endpoint per transaction"),
+                      ("sustained_batched", f"{a['per_txn']} endpoints per transaction")):
+        u = r[key]
+        out += ["", f"Sustained, {what}, {u['writers']} writers: {u['written']} endpoints in {u['seconds']} s, "
+                f"{u['achieved_per_s']}/s (target {u['target_per_s']}/s); write to FDB entry, every 10th timed:", "",
+                "| host | n | median | p99 | max | not seen in 10 s |", "|---|---|---|---|---|---|"]
+        for ns, h in u["per_host"].items():
+            out.append(f"| {ns} | {h['n']} | {h['median_ms']} ms | {h['p99_ms']} ms | {h['max_ms']} ms | "
+                       f"{h['missing']} |")
     out += ["", f"Leader kill ({k['killed']}): write committed {k['write_committed_ms']} ms after the kill, "
                 f"on every host after {k['converged_ms']} ms ({k['visible_ms']})."]
     return "\n".join(out) + "\n"
@@ -261,8 +284,10 @@ def main(argv=None) -> int:
     p.add_argument("--endpoints", type=int, default=100000, help="endpoints in the registry at start-up")
     p.add_argument("--rate", type=int, default=1000, help="registry updates per second to sustain")
     p.add_argument("--seconds", type=float, default=60, help="how long to sustain them")
+    p.add_argument("--writers", type=int, default=16, help="writer threads (each a host writing)")
+    p.add_argument("--per-txn", type=int, default=10, help="endpoints per transaction in the batched run")
     args = p.parse_args(argv)
-    if args.endpoints + args.rate * args.seconds + 10 > min(MAP, SUBNET.num_addresses - 4):
+    if args.endpoints + 2 * args.rate * args.seconds + 10 > min(MAP, SUBNET.num_addresses - 4):
         p.error("more endpoints than the maps or the subnet hold")
     res = {"machine": machine(), "args": vars(args)}
     try:
@@ -272,12 +297,16 @@ def main(argv=None) -> int:
         res["populate_s"] = round(populate(args.endpoints), 1)
         for ns in HOSTS:
             assert _wait_installed(ns, args.endpoints), f"{ns} did not install {args.endpoints}"
-        log("start-up sync")
-        res["startup"] = startup(args.endpoints)
-        log(f"sustained updates: {args.rate}/s for {args.seconds:.0f} s")
-        res["sustained"] = sustained(args.endpoints, args.rate, args.seconds)
+        log("start-up sync, cold then warm")
+        res["startup_cold"] = startup(args.endpoints, warm=False)
+        res["startup_warm"] = startup(args.endpoints, warm=True)
+        n = args.endpoints
+        for key, per in (("sustained_single", 1), ("sustained_batched", args.per_txn)):
+            log(f"sustained updates: {args.rate}/s for {args.seconds:.0f} s, {per} per transaction")
+            res[key] = sustained(n, args.rate, args.seconds, args.writers, per)
+            n += res[key]["written"] + args.writers * per
         log("leader kill")
-        res["leader_kill"] = leader_kill(args.endpoints + int(args.rate * args.seconds) + 5)
+        res["leader_kill"] = leader_kill(n + 5)
     finally:
         lab.down()
     save(res, table(res), "cluster")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 BASE_S = 0.2
 CAP_S = 5.0
+LOST_RETRIES = 3         # retries of a registry commit whose reply was lost (ipam.py, reserve.py)
+RETRY_PAUSE_S = 0.05     # times the retry number
 
 
 class Backoff:
@@ -39,3 +42,10 @@ class Backoff:
     def wait(self, stop: threading.Event) -> bool:
         """Sleep the next wait, or less if stop is set meanwhile; True if stop is set."""
         return stop.wait(self.next())
+
+
+def pause_or_raise(lost: int, e: Exception) -> None:
+    """After the lost-th lost reply (Unavailable e): wait a little, or give up with it."""
+    if lost > LOST_RETRIES:
+        raise e
+    time.sleep(RETRY_PAUSE_S * lost)

@@ -8,25 +8,28 @@ of outliving the network. (The agent does not mirror netuse/: parse_item
 skips it.)
 
 A commit whose reply is lost (the KV raises Unavailable, the write may or
-may not have applied) is retried up to LOST_RETRIES times. A retry that
+may not have applied) is retried up to backoff.LOST_RETRIES times. A retry that
 finds exactly the record it sent already stored takes that as its success,
 so the caller sees the endpoint, not a Conflict with itself. Only a retry
 does: an endpoint that was there before the call is a Conflict as ever.
+
+Address reservations (a runtime's address before its endpoint exists) are
+reserve.py's; here only endpoint_create(reserved=True), which takes one over,
+and endpoint_rm(reserve=...), which gives the address back to one.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound, UsageError
+from dataplane.registry.backoff import pause_or_raise
 from dataplane.registry.kv import Item, Txn, Unavailable
 from dataplane.registry.records import Endpoint, Network, key, parse_endpoint_id
+from dataplane.registry.reserve import Reservations, holder_text, reservation_value, reserved_by
 
 ALLOC_ATTEMPTS = 64      # commits per create: each lost race retries (next address, fresh fence)
-LOST_RETRIES = 3         # retries of a commit whose reply was lost
-RETRY_PAUSE_S = 0.05     # times the retry number
 
 
 def fence_key(network: str) -> str:
@@ -34,20 +37,15 @@ def fence_key(network: str) -> str:
     return key("netuse", network)
 
 
-def pause_or_raise(lost: int, e: Unavailable) -> None:
-    """After the lost-th Unavailable: wait a little, or give up with it."""
-    if lost > LOST_RETRIES:
-        raise e
-    time.sleep(RETRY_PAUSE_S * lost)
-
-
-class Endpoints:
+class Endpoints(Reservations):
     """Mixed into store.Registry: needs self.kv, self._used, self._hint and
     self._network_item(name) -> (Item, Network)."""
 
-    def endpoint_create(self, id, network, host, ip=None, mac=None) -> Endpoint:
+    def endpoint_create(self, id, network, host, ip=None, mac=None, reserved: bool = False) -> Endpoint:
         """Register an endpoint; with no ip, take the network's next free address.
-        NotFound if the network is removed before the endpoint is committed."""
+        NotFound if the network is removed before the endpoint is committed.
+        reserved: ip may be held by host's reservation (reserve.py), which becomes
+        the endpoint's claim; without one the address must be free, as ever."""
         net_item, net = self._network_item(network)
         want_ip = net.check_ip(ip) if ip is not None else None
         mac = model.parse_mac(mac) if mac is not None else None
@@ -56,7 +54,7 @@ class Endpoints:
         lost = 0
         for _ in range(ALLOC_ATTEMPTS):
             try:
-                ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent)
+                ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent, reserved)
             except Unavailable as e:
                 lost += 1
                 pause_or_raise(lost, e)
@@ -66,7 +64,7 @@ class Endpoints:
                 return ep
         raise Conflict(f"could not allocate an address in {net.name} after {ALLOC_ATTEMPTS} tries (contention)")
 
-    def _create_once(self, net_item: Item, id, host, want_ip, mac, sent: list[Endpoint]):
+    def _create_once(self, net_item: Item, id, host, want_ip, mac, sent: list[Endpoint], reserved=False):
         """One attempt: (endpoint, _) when stored; (None, network item to use
         next) when another attempt may work; raises when none can."""
         net = Network.from_json(net_item.value)
@@ -76,9 +74,11 @@ class Endpoints:
         addr = want_ip or self._next_free(net)
         ep = Endpoint.make(id, net.name, host, mac or model.mac_for_ip(ipaddress.IPv4Address(addr)), addr)
         ek, ik, mk = key("endpoints", ep.id), key("ipam", net.name, ep.ip), key("macs", net.name, ep.mac)
+        held = self.kv.get(ik) if reserved and want_ip is not None else None
+        mine = reserved_by(held, ep.host)            # our reservation: taken over, compared as read
         txn = (Txn().unchanged(net_item.key, net_item.mod_rev)
                .unchanged(fence_key(net.name), fence.mod_rev if fence else 0)
-               .absent(ek).absent(ik).absent(mk)
+               .absent(ek).unchanged(ik, held.mod_rev if mine else 0).absent(mk)
                .put(ek, ep.to_json()).put(ik, ep.id.encode()).put(mk, ep.id.encode())
                .put(fence_key(net.name), ep.id.encode()))
         try:
@@ -99,20 +99,21 @@ class Endpoints:
         if now.mod_rev != net_item.mod_rev:              # removed and created again
             self._used.pop(net.name, None)
             return None, now
-        if self._address_taken(net, ep, auto_ip=want_ip is None, auto_mac=mac is None):
+        if self._address_taken(net, ep, auto_ip=want_ip is None, auto_mac=mac is None, reserved=reserved):
             self._used.pop(net.name, None)               # someone else allocated: re-read
         return None, net_item                            # else only the fence moved: go again
 
-    def _address_taken(self, net: Network, ep: Endpoint, auto_ip: bool, auto_mac: bool) -> bool:
+    def _address_taken(self, net: Network, ep: Endpoint, auto_ip: bool, auto_mac: bool, reserved=False) -> bool:
         """Raise for a clash that retrying cannot fix; True if the address or
-        MAC we tried is taken (another address may work)."""
+        MAC we tried is taken (another address may work, or our reservation
+        changed under us and is read again)."""
         holder = self.kv.get(key("macs", net.name, ep.mac))
         if holder is not None and not (auto_ip and auto_mac):
             raise Conflict(f"MAC {ep.mac} is in use on {net.name} by {holder.value.decode()}")
         taken = holder is not None
         holder = self.kv.get(key("ipam", net.name, ep.ip))
-        if holder is not None and not auto_ip:
-            raise Conflict(f"address {ep.ip} is in use on {net.name} by {holder.value.decode()}")
+        if holder is not None and not auto_ip and not (reserved and reserved_by(holder, ep.host)):
+            raise Conflict(f"address {ep.ip} is in use on {net.name} by {holder_text(holder.value)}")
         return taken or holder is not None
 
     def _next_free(self, net: Network) -> str:
@@ -133,7 +134,7 @@ class Endpoints:
             if ip not in used and ip not in reserved:
                 self._hint[net.name] = n - first
                 return ip
-        raise Conflict(f"network {net.name} ({net.subnet}) has no free address")
+        raise Conflict(f"no free address in {net.subnet} (network {net.name})")
 
     def _endpoint_item(self, id):
         """(stored item, record) of an endpoint; NotFound if there is none."""
@@ -145,9 +146,11 @@ class Endpoints:
     def endpoint(self, id) -> Endpoint:
         return self._endpoint_item(id)[1]
 
-    def endpoint_rm(self, id) -> Endpoint:
+    def endpoint_rm(self, id, reserve: tuple[str, int] | None = None) -> Endpoint:
         """Remove an endpoint and its claims; returns the removed record (also
-        when a retry finds that the delete whose reply was lost did apply)."""
+        when a retry finds that the delete whose reply was lost did apply).
+        reserve=(host, lease): its address claim becomes host's reservation under
+        lease instead of going (reserve.py), in the same transaction."""
         sent = None                      # (item, record) of a delete whose reply was lost
         lost = 0
         while True:
@@ -160,8 +163,12 @@ class Endpoints:
                     if item.mod_rev != sent[0].mod_rev:
                         raise Conflict(f"endpoint {sent[1].id} changed while it was being removed; try again")
                 item, ep = self._endpoint_item(id)
-                txn = (Txn().unchanged(item.key, item.mod_rev).delete(item.key)
-                       .delete(key("ipam", ep.network, ep.ip)).delete(key("macs", ep.network, ep.mac)))
+                txn = Txn().unchanged(item.key, item.mod_rev).delete(item.key).delete(key("macs", ep.network, ep.mac))
+                ik = key("ipam", ep.network, ep.ip)
+                if reserve is None:
+                    txn.delete(ik)
+                else:
+                    txn.put(ik, reservation_value(reserve[0]), reserve[1])
                 try:
                     ok = self.kv.commit(txn)[0]
                 except Unavailable:
@@ -174,8 +181,9 @@ class Endpoints:
             if not ok:
                 raise Conflict(f"endpoint {ep.id} changed while it was being removed; try again")
             break
-        self._used.get(ep.network, set()).discard(ep.ip)
-        self._hint[ep.network] = 0             # a lower address is free again
+        if reserve is None:
+            self._used.get(ep.network, set()).discard(ep.ip)
+            self._hint[ep.network] = 0         # a lower address is free again
         return ep
 
     def endpoint_move(self, id, host) -> Endpoint:

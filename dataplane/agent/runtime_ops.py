@@ -1,6 +1,7 @@
 """Agent API operations for container runtimes (the Docker driver and the CNI
 plugin): registry networks on demand, endpoints whose container side lives in
-the runtime's namespace, and the checks and listings CHECK and GC need.
+the runtime's namespace, the checks and listings CHECK and GC need, and the
+address reservations of the Docker IPAM driver (registry/reserve.py).
 
 The runtime clients never touch BPF or netlink themselves: they call these
 over the agent's socket (api.py), so they stay small and import no bcc.
@@ -8,11 +9,12 @@ over the agent's socket (api.py), so they stay small and import no bcc.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 from dataplane.agent.ops import register_then_create, serve
 from dataplane.core import model
-from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
+from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.kernel import netlink
 from dataplane.node import endpoints, networks
 from dataplane.registry.records import parse_mtu
@@ -29,7 +31,9 @@ class RuntimeOps:
     def handlers(self) -> dict:
         return {"network_ensure": self.network_ensure, "network_release": self.network_release,
                 "endpoint_attach": self.endpoint_attach, "endpoint_detach": self.endpoint_detach,
-                "endpoint_check": self.endpoint_check, "endpoint_local": self.endpoint_local}
+                "endpoint_check": self.endpoint_check, "endpoint_local": self.endpoint_local,
+                "address_pool": self.address_pool, "address_reserve": self.address_reserve,
+                "address_release": self.address_release, "address_list": self.address_list}
 
     # --- networks ------------------------------------------------------------
 
@@ -91,7 +95,10 @@ class RuntimeOps:
             net = self.ag.reg.network_by_vni(vni)
             if net is None:
                 return {"vni": vni, "removed": False}
-            if self.ag.reg.endpoints(network=net.name):
+            # This host's runtime is done with the network: its reservations there go (Docker
+            # releases aux addresses only after DeleteNetwork). Another host's keep it in use.
+            self.ag.reg.reservations_drop(net.name, self.ag.me)
+            if self.ag.reg.endpoints(network=net.name) or self.ag.reg.reservations(network=net.name):
                 return {"vni": vni, "removed": False, "in_use": True}
             try:
                 self.ag.reg.network_rm(net.name)
@@ -101,9 +108,11 @@ class RuntimeOps:
 
     # --- endpoints -----------------------------------------------------------
 
-    def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=()) -> dict:
+    def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=(),
+                        reserved=False) -> dict:
         """Register and create an endpoint whose container side is in sandbox
-        (see model.Endpoint.sandbox). Nothing is left behind if any step fails."""
+        (see model.Endpoint.sandbox). Nothing is left behind if any step fails.
+        reserved: ip may be this host's reservation (address_reserve), taken over."""
         model.parse_name(id, "endpoint id")
         model.parse_sandbox(sandbox)           # refused before anything is registered
         if prefixlen is not None and not (isinstance(prefixlen, int) and 8 <= prefixlen <= 30):
@@ -112,7 +121,7 @@ class RuntimeOps:
         ag = self.ag
         with ag.lock:
             rec, ep = register_then_create(
-                lambda: ag.reg.endpoint_create(id, net["name"], ag.me, ip=ip, mac=mac),
+                lambda: ag.reg.endpoint_create(id, net["name"], ag.me, ip=ip, mac=mac, reserved=reserved is True),
                 lambda: ag.reg.endpoint_rm(id),
                 lambda rec: endpoints.add(ag.node, id, net["vni"], ip=rec.ip, mac=rec.mac, sandbox=sandbox,
                                           prefixlen=prefixlen, routes=routes))
@@ -120,9 +129,11 @@ class RuntimeOps:
         return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
                 "host": self.ag.me}
 
-    def endpoint_detach(self, id) -> dict:
+    def endpoint_detach(self, id, keep_address=False) -> dict:
         """Remove the endpoint here and from the registry, whatever part of it
-        exists; {"removed": false} if nothing did (DEL must be idempotent)."""
+        exists; {"removed": false} if nothing did (DEL must be idempotent).
+        keep_address: its address becomes this host's reservation, which the
+        runtime releases itself (address_release), as Docker's IPAM does."""
         model.parse_name(id, "endpoint id")
         removed = False
         with self.ag.lock:
@@ -140,7 +151,8 @@ class RuntimeOps:
                 # interface here is gone, the other host's record is not ours to delete.
                 out["registry"] = f"record left: it names host {rec.host}"
             elif rec is not None:
-                self.ag.reg.endpoint_rm(id)
+                lease = self.ag.leases.lease
+                self.ag.reg.endpoint_rm(id, reserve=(self.ag.me, lease) if keep_address is True and lease else None)
                 out["removed"] = True
             self.ag.view.endpoints.pop(id, None)
         return out
@@ -180,3 +192,86 @@ class RuntimeOps:
         """This host's endpoints (those a runtime made, if runtime is given)."""
         eps = self.ag.node.require_up().endpoints.values()
         return [e.to_dict() for e in eps if runtime is None or (e.sandbox or {}).get("runtime") == runtime]
+
+    # --- address reservations (runtimes/docker_ipam.py) ----------------------------
+
+    def _pool_networks(self, subnet, vni=None) -> list:
+        """The registry networks a pool may be: the one with its VNI (if the runtime
+        knows it), else those with its subnet."""
+        want = model.parse_subnet(subnet)
+        if vni is None:
+            return self.ag.reg.networks_with_subnet(want)
+        net = self.ag.reg.network_by_vni(model.parse_vni(vni))
+        if net is not None and ipaddress.IPv4Network(net.subnet) != want:
+            raise Conflict(f"VNI {net.vni} is network {net.name} with subnet {net.subnet}, not {want}: "
+                           "use the same subnet on every host")
+        return [net] if net is not None else []
+
+    def _pool_network(self, subnet, vni=None):
+        nets = self._pool_networks(subnet, vni)
+        if len(nets) > 1:
+            raise Conflict(f"registry networks {', '.join(n.name for n in nets)} all have subnet "
+                           f"{nets[0].subnet}: name the VNI (docker network create --ipam-opt vni=N)")
+        return nets[0] if nets else None
+
+    def address_pool(self, subnet, vni=None) -> dict:
+        """What a pool is: its registry network (None if there is none yet, or
+        several) and its gateway (the network's; else the first host address,
+        which network_ensure gives a network it creates)."""
+        want = model.parse_subnet(subnet)
+        nets = self._pool_networks(want, vni)
+        net = nets[0] if len(nets) == 1 else None
+        return {"subnet": str(want), "prefixlen": want.prefixlen, "network": net.name if net else None,
+                "vni": net.vni if net else (model.parse_vni(vni) if vni is not None else None),
+                "gateway": net.gateway if net else str(next(want.hosts()))}
+
+    def address_reserve(self, subnet, vni=None, ip=None) -> dict:
+        """Reserve ip (None: the lowest free one) for this host in the pool's
+        network, under this host's lease. With a VNI the network is created if
+        missing (another host's runtime may have released it)."""
+        want = model.parse_subnet(subnet)
+        created = False
+        if vni is not None:
+            d = self.network_ensure(vni=vni, subnet=str(want))
+            name, vni_of, created = d["name"], d["vni"], d["created"]
+        else:
+            net = self._pool_network(want)
+            if net is None:
+                raise NotFound(f"no registry network has subnet {want}: name its VNI "
+                               "(docker network create -o vni=N, or --ipam-opt vni=N)")
+            name, vni_of = net.name, net.vni
+        try:
+            lease = self.ag.leases.lease
+            if not lease:
+                raise DataplaneError(f"host {self.ag.me} is not registered in the registry yet: try again")
+            with self.ag.lock:
+                addr = self.ag.reg.address_reserve(name, self.ag.me, lease, ip=ip)
+        except DataplaneError:
+            if created:                  # nobody knows of it yet: not left behind
+                with contextlib.suppress(DataplaneError):
+                    self.ag.reg.network_rm(name)
+            raise
+        return {"ip": addr, "prefixlen": want.prefixlen, "network": name, "vni": vni_of, "created": created}
+
+    def address_release(self, subnet, ip, vni=None) -> dict:
+        """Release this host's reservation of ip; {"released": false} if there is
+        none (the address is free, an endpoint's, the gateway, or another host's)."""
+        ip = str(model.parse_ipv4(ip))
+        reg, me = self.ag.reg, self.ag.me
+
+        def ours(net) -> bool:
+            r = reg.reservation(net.name, ip)
+            return r is not None and r.host == me
+        # Several networks with the subnet (no VNI known): the one where we hold ip, if only one.
+        nets = [n for n in self._pool_networks(subnet, vni) if ours(n)]
+        if len(nets) > 1:
+            raise Conflict(f"this host holds {ip} in registry networks {', '.join(n.name for n in nets)}: "
+                           "name the VNI (--ipam-opt vni=N)")
+        if not nets:
+            return {"released": False}
+        with self.ag.lock:
+            return {"released": reg.address_release(nets[0].name, ip, me), "network": nets[0].name}
+
+    def address_list(self) -> list[dict]:
+        """This host's reservations: [{network, ip, host, at}]."""
+        return self.ag.reg.reservations(host=self.ag.me)

@@ -10,7 +10,9 @@ gets a veth whose host side the fast path serves. It runs beside the agent
 Scope is "local" (each engine has its own network object and IPAM) and
 connectivity "global" (the VNI spans hosts). Docker's local IPAM cannot know
 other hosts' addresses, so engines sharing a VNI need disjoint --ip-range
-(or --ip); the registry refuses a clash with a message that says so.
+(or --ip); the registry refuses a clash with a message that says so. The same
+process is also an IPAM driver backed by the registry (docker_ipam.py):
+with `--ipam-driver dataplane` no ranges are needed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import threading
 from dataplane.agent import client
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.runtimes import docker_ipam
 
 GENERIC = "com.docker.network.generic"
 INTERNAL = "com.docker.network.internal"     # libnetwork's label for `docker network create --internal`
@@ -59,6 +62,7 @@ class Driver:
         # Docker never repeats CreateNetwork (not after our restart, not after a reboot):
         # the map of its network ids to VNIs must outlive both.
         self.path = os.path.join(state.lib_dir(node), "docker-networks.json")
+        self.ipam_created: set[int] = set()    # VNIs the IPAM created a registry network for, not mapped yet
 
     # --- Docker network id -> VNI, kept across restarts of this process ------
 
@@ -91,10 +95,23 @@ class Driver:
     def _agent(self, op: str, **args):
         return client.call(self.node, op, **args)
 
+    def note_created(self, vni: int) -> None:
+        """The IPAM created VNI's registry network (docker_ipam.py): it is this
+        driver's to release, like one create_network or create_endpoint made."""
+        with self.lock:
+            nets = self._load()
+            mine = [n for n in nets.values() if n.get("vni") == vni]
+            for n in mine:
+                n["created"] = True
+            if mine:
+                self._save(nets)
+            else:                        # Docker asks the IPAM before CreateNetwork
+                self.ipam_created.add(vni)
+
     # --- protocol ----------------------------------------------------------------
 
     def activate(self, req) -> dict:
-        return {"Implements": ["NetworkDriver"]}
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
     def capabilities(self, req) -> dict:
         return {"Scope": "local", "ConnectivityScope": "global"}
@@ -117,8 +134,11 @@ class Driver:
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION))
         with self.lock:
             nets = self._load()
-            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": net["created"],
-                         "internal": bool((req.get("Options") or {}).get(INTERNAL))}
+            created = net["created"] or net["vni"] in self.ipam_created
+            self.ipam_created.discard(net["vni"])
+            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": created,
+                         "internal": bool((req.get("Options") or {}).get(INTERNAL)),
+                         "ipam": pools[0].get("AddressSpace") == docker_ipam.ADDRESS_SPACE}
             self._save(nets)
         return {}
 
@@ -149,12 +169,16 @@ class Driver:
                 if nid in nets:
                     nets[nid]["created"] = True
                     self._save(nets)
+        ours = bool(net.get("ipam"))    # the address is this host's reservation: the endpoint takes it over
         try:
             ep = self._agent("endpoint_attach", id=endpoint_id(eid), vni=net["vni"], ip=str(addr.ip),
                              mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,
                              sandbox={"peer": peer_ifname(eid), "runtime": "docker",
-                                      "network": nid, "endpoint_id": eid})
+                                      "network": nid, "endpoint_id": eid}, **({"reserved": True} if ours else {}))
         except Conflict as e:
+            if "in use" in str(e) and ours:
+                raise Conflict(f"{e}: this host's reservation of {addr.ip} was lost meanwhile (its registry "
+                               "lease lapsed?); try again") from None
             if "in use" in str(e):      # Docker derives the MAC from the address: either clashes
                 raise Conflict(f"{e}: engines on several hosts that share VNI {net['vni']} need disjoint "
                                "address ranges (docker network create --ip-range, or docker run --ip)") from None
@@ -188,7 +212,10 @@ class Driver:
         return {}
 
     def delete_endpoint(self, req) -> dict:
-        self._agent("endpoint_detach", id=endpoint_id(_id(req, "EndpointID")))
+        eid, nid = _id(req, "EndpointID"), req.get("NetworkID")
+        # With our IPAM the address stays reserved until Docker's ReleaseAddress, which follows.
+        ours = isinstance(nid, str) and bool(self._load().get(nid, {}).get("ipam"))
+        self._agent("endpoint_detach", id=endpoint_id(eid), **({"keep_address": True} if ours else {}))
         return {}
 
     def nothing(self, req) -> dict:
@@ -196,6 +223,7 @@ class Driver:
 
     def routes(self) -> dict:
         return {
+            **docker_ipam.Ipam(self).routes(),
             "/Plugin.Activate": self.activate,
             "/NetworkDriver.GetCapabilities": self.capabilities,
             "/NetworkDriver.CreateNetwork": self.create_network,
@@ -215,6 +243,7 @@ class Driver:
 
 
 MAX_BODY = 1 << 20                # Docker's requests are small JSON objects
+_STATUS = {UsageError.exit_code: 400, NotFound.exit_code: 404, Conflict.exit_code: 409}   # else 500
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -231,6 +260,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.send_error(413 if digits else 400, f"Content-Length must be 0..{MAX_BODY}")
             return
+        status = 200
         try:
             body = self.rfile.read(n) if n else b""
             req = json.loads(body) if body.strip() else {}
@@ -238,15 +268,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise UsageError(f"the dataplane driver does not implement {self.path}")
             reply = fn(req if isinstance(req, dict) else {})
         except (ValueError, KeyError, TypeError) as e:
-            reply = {"Err": f"dataplane: bad request to {self.path}: {e}"}
+            reply, status = {"Err": f"dataplane: bad request to {self.path}: {e}"}, 400
         except DataplaneError as e:
-            reply = {"Err": f"dataplane: {e}"}
+            reply, status = {"Err": f"dataplane: {e}"}, _STATUS.get(e.exit_code, 500)
         except Exception as e:  # Docker must get an answer, never a dropped connection
-            reply = {"Err": f"dataplane: {self.path} failed: {type(e).__name__}: {e}"}
+            reply, status = {"Err": f"dataplane: {self.path} failed: {type(e).__name__}: {e}"}, 500
         if "Err" in reply:
             print(f"docker-plugin: {self.path}: {reply['Err']}", file=sys.stderr, flush=True)
+        # The network driver's replies carry Err at 200. The IPAM's replies name it Error (a 200 with
+        # Err reads as success there), while any non-200 status is read as a failure with Err's text.
+        status = status if "Err" in reply and self.path.startswith("/IpamDriver.") else 200
         data = json.dumps(reply).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

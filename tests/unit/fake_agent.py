@@ -22,6 +22,7 @@ class FakeAgent:
     def __init__(self, networks=(), endpoints=()):
         self.networks = {n.vni: n for n in networks}
         self.endpoints = {e["name"]: e for e in endpoints}
+        self.reserved: set[tuple[int, str]] = set()        # (vni, address) this host reserved
         self.calls: list[tuple[str, dict]] = []
 
     def call(self, node: str, op: str, timeout: float = 60.0, **args):
@@ -31,7 +32,7 @@ class FakeAgent:
 
     def created(self) -> tuple:
         """What exists: compare before and after a request."""
-        return sorted(self.networks), sorted(self.endpoints)
+        return sorted(self.networks), sorted(self.endpoints), sorted(self.reserved)
 
     # --- the operations (signatures as in agent/runtime_ops.py) ------------------
 
@@ -62,7 +63,7 @@ class FakeAgent:
             return {"vni": vni, "removed": False, "in_use": True}
         return {"vni": vni, "removed": self.networks.pop(vni, None) is not None}
 
-    def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=()) -> dict:
+    def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=(), reserved=False) -> dict:
         model.parse_name(id, "endpoint id")
         model.parse_sandbox(sandbox)
         if prefixlen is not None and not (isinstance(prefixlen, int) and 8 <= prefixlen <= 30):
@@ -78,14 +79,20 @@ class FakeAgent:
         for e in self.endpoints.values():
             if e["vni"] == net.vni and (e["ip"] == addr or e["mac"] == mac):
                 raise Conflict(f"address {addr} or MAC {mac} is in use")
+        if (net.vni, addr) in self.reserved and reserved is not True:
+            raise Conflict(f"address {addr} is in use by a reservation of host h1")
+        self.reserved.discard((net.vni, addr))
         ep = {"name": id, "vni": net.vni, "ip": addr, "mac": mac, "host_ifname": "dp" + id[-10:],
               "sandbox": dict(sandbox)}
         self.endpoints[id] = ep
         return {**ep, "network": net.name, "subnet": net.subnet, "gateway": net.gateway, "host": "h1"}
 
-    def endpoint_detach(self, id) -> dict:
+    def endpoint_detach(self, id, keep_address=False) -> dict:
         model.parse_name(id, "endpoint id")
-        return {"id": id, "removed": self.endpoints.pop(id, None) is not None}
+        ep = self.endpoints.pop(id, None)
+        if ep is not None and keep_address is True:
+            self.reserved.add((ep["vni"], ep["ip"]))
+        return {"id": id, "removed": ep is not None}
 
     def endpoint_check(self, id, ip=None, mac=None) -> dict:
         model.parse_name(id, "endpoint id")
@@ -99,6 +106,61 @@ class FakeAgent:
 
     def endpoint_local(self, runtime=None) -> list[dict]:
         return [e for e in self.endpoints.values() if runtime is None or e["sandbox"].get("runtime") == runtime]
+
+    # --- address reservations (one registry network per subnet here, unless a VNI is named) ---
+
+    def _pool(self, subnet, vni=None, create=False) -> Network | None:
+        want = model.parse_subnet(subnet)
+        if vni is not None:
+            net = self.networks[self.network_ensure(vni=vni, subnet=str(want))["vni"]] if create else \
+                self.networks.get(model.parse_vni(vni))
+        else:
+            net = next((n for n in self.networks.values() if n.net == want), None)
+        if net is not None and net.net != want:
+            raise Conflict(f"VNI {net.vni} has subnet {net.subnet}, not {want}")
+        return net
+
+    def address_pool(self, subnet, vni=None) -> dict:
+        net, want = self._pool(subnet, vni), model.parse_subnet(subnet)
+        return {"subnet": str(want), "prefixlen": want.prefixlen, "network": net.name if net else None,
+                "vni": net.vni if net else vni, "gateway": net.gateway if net else str(next(want.hosts()))}
+
+    def address_reserve(self, subnet, vni=None, ip=None) -> dict:
+        created = vni is not None and model.parse_vni(vni) not in self.networks
+        net = self._pool(subnet, vni, create=True)
+        if net is None:
+            raise NotFound(f"no registry network has subnet {subnet}")
+        try:
+            return self._reserve(net, ip, created)
+        except Exception:
+            if created:                    # the real agent removes a network it made for nothing
+                self.networks.pop(net.vni)
+            raise
+
+    def _reserve(self, net: Network, ip, created: bool) -> dict:
+        used = {a for v, a in self.reserved if v == net.vni} | {e["ip"] for e in self.endpoints.values()
+                                                               if e["vni"] == net.vni}
+        if ip is not None:
+            addr = net.check_ip(ip)
+            if addr in used:
+                raise Conflict(f"address {addr} is in use on {net.name}")
+        else:
+            addr = next((str(h) for h in net.net.hosts() if str(h) not in used | net.reserved()), None)
+            if addr is None:
+                raise Conflict(f"no free address in {net.subnet} (network {net.name})")
+        self.reserved.add((net.vni, addr))
+        return {"ip": addr, "prefixlen": net.net.prefixlen, "network": net.name, "vni": net.vni, "created": created}
+
+    def address_release(self, subnet, ip, vni=None) -> dict:
+        ip = str(model.parse_ipv4(ip))
+        net = self._pool(subnet, vni)
+        if net is None or (net.vni, ip) not in self.reserved:
+            return {"released": False}
+        self.reserved.discard((net.vni, ip))
+        return {"released": True, "network": net.name}
+
+    def address_list(self) -> list[dict]:
+        return [{"network": self.networks[v].name, "ip": a, "host": "h1", "at": 0} for v, a in sorted(self.reserved)]
 
 
 def _check_routes(routes) -> None:

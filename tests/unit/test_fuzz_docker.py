@@ -1,14 +1,16 @@
-"""The Docker remote driver (runtimes/docker.py) fuzzed through its own HTTP
-handler on a socket pair, with a recording fake at its door to the agent
-(fake_agent.py): request lines, headers and Content-Length of any shape,
-bodies of any bytes or JSON, and valid libnetwork requests with one or two
-fields twisted. Nothing escapes the handler; every request gets an HTTP
-error or a 200 with a JSON object; a request answered with {"Err": ...}
-leaves no network, endpoint or network-id mapping behind; and a request whose
-ids are not strings asks the agent for nothing."""
+"""The Docker remote driver (runtimes/docker.py) and IPAM driver
+(runtimes/docker_ipam.py) fuzzed through their HTTP handler on a socket pair,
+with a recording fake at its door to the agent (fake_agent.py): request
+lines, headers and Content-Length of any shape, bodies of any bytes or JSON,
+and valid libnetwork requests with one or two fields twisted. Nothing escapes
+the handler; every request gets an HTTP error or a JSON object (the network
+driver's at 200, the IPAM's failures at 4xx/5xx); a request answered with
+{"Err": ...} leaves no network, endpoint, reservation or network-id mapping
+behind; and a request whose ids are not strings asks the agent for nothing."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from types import SimpleNamespace
 
@@ -17,14 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.registry.records import Network
-from dataplane.runtimes import docker
+from dataplane.runtimes import docker, docker_ipam
 from tests.unit.conversation import converse
 from tests.unit.fake_agent import FakeAgent
 from tests.unit.fuzz_strategies import FUZZ, RAW, as_bytes, json_values, mutated
 
 NID, NID2 = "a1" * 32, "b2" * 32
 EID, EID2 = "0123456789abcdef" * 4, "fedcba9876543210" * 4
-MAPPED = {NID: {"vni": 300, "subnet": "10.3.0.0/24", "name": "vni300", "created": True}}
+MAPPED = {NID: {"vni": 300, "subnet": "10.3.0.0/24", "name": "vni300", "created": True, "ipam": True}}
+POOL = "10.3.0.0/24"
 JOINED = {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/1", "Options": {}}
 GOOD = {
     "/NetworkDriver.CreateNetwork": {"NetworkID": NID2, "Options": {docker.GENERIC: {"vni": "301"}},
@@ -37,14 +40,23 @@ GOOD = {
     "/NetworkDriver.EndpointOperInfo": {"NetworkID": NID, "EndpointID": EID},
     "/NetworkDriver.Join": JOINED, "/NetworkDriver.Leave": {"NetworkID": NID, "EndpointID": EID},
     "/Plugin.Activate": {}, "/NetworkDriver.GetCapabilities": {}, "/NetworkDriver.DiscoverNew": {},
+    "/IpamDriver.RequestPool": {"AddressSpace": "dataplane", "Pool": "10.31.0.0/24", "SubPool": "",
+                                "Options": {"vni": "301"}, "V6": False},
+    "/IpamDriver.RequestAddress": {"PoolID": POOL, "Address": "", "Options": {}},
+    "/IpamDriver.ReleaseAddress": {"PoolID": POOL, "Address": "10.3.0.7"},
+    "/IpamDriver.ReleasePool": {"PoolID": POOL},
+    "/IpamDriver.GetCapabilities": {}, "/IpamDriver.GetDefaultAddressSpaces": {},
 }
+IPAM_FAILURES = {400, 404, 409, 500}       # the IPAM's {"Err": ...} replies (Docker reads no Err at 200 there)
 # The operations that create, most often; then the rest, and paths the driver does not serve.
 PATHS = (["/NetworkDriver.CreateNetwork", "/NetworkDriver.CreateEndpoint"] * 5 + ["/NetworkDriver.Join"] * 2
-         + sorted(GOOD) + ["/NetworkDriver.Nope", "/", "*", "/Plugin.Activate/../x"])
+         + ["/IpamDriver.RequestAddress", "/IpamDriver.RequestPool"] * 3
+         + sorted(GOOD) + ["/NetworkDriver.Nope", "/IpamDriver.Nope", "/", "*", "/Plugin.Activate/../x"])
 READS = {"/NetworkDriver.CreateNetwork": ("NetworkID",), "/NetworkDriver.DeleteNetwork": ("NetworkID",),
          "/NetworkDriver.CreateEndpoint": ("NetworkID", "EndpointID"), "/NetworkDriver.DeleteEndpoint": ("EndpointID",),
          "/NetworkDriver.EndpointOperInfo": ("EndpointID",), "/NetworkDriver.Join": ("EndpointID",),
-         "/NetworkDriver.Leave": ("EndpointID",)}
+         "/NetworkDriver.Leave": ("EndpointID",), "/IpamDriver.RequestAddress": ("PoolID",),
+         "/IpamDriver.ReleaseAddress": ("PoolID",), "/IpamDriver.ReleasePool": ("PoolID",)}
 ERRORS = {400, 404, 408, 413, 414, 431, 501, 505}       # what send_error may answer before the body is read
 
 
@@ -111,9 +123,14 @@ def test_a_request_is_answered_and_a_refused_one_leaves_nothing(world, path, dat
     reset(world)
     before, mapped = world.agent.created(), world.driver._load()
     [(status, answer)] = exchange(world, post(path, body))
-    assert status == 200 if len(body) <= docker.MAX_BODY else 413
     reply = json.loads(answer)
     assert isinstance(reply, dict)
+    if len(body) > docker.MAX_BODY:
+        assert status == 413
+    elif path.startswith("/IpamDriver.") and "Err" in reply:
+        assert status in IPAM_FAILURES
+    else:
+        assert status == 200
     try:
         req = json.loads(body)
     except (ValueError, RecursionError):
@@ -134,6 +151,13 @@ def test_a_request_is_answered_and_a_refused_one_leaves_nothing(world, path, dat
         assert reply == {} or isinstance(reply["Interface"]["MacAddress"], str)
     elif path == "/NetworkDriver.Join":
         assert isinstance(reply["InterfaceName"]["SrcName"], str)
+    elif path == "/IpamDriver.RequestAddress":
+        addr = ipaddress.IPv4Interface(reply["Address"])
+        gateway = (req.get("Options") or {}).get(docker_ipam.ADDRESS_TYPE) == docker_ipam.GATEWAY
+        assert gateway or (300, str(addr.ip)) in world.agent.reserved or any(
+            v != 300 and a == str(addr.ip) for v, a in world.agent.reserved), "an address given is reserved"
+    elif path == "/IpamDriver.RequestPool":
+        assert isinstance(reply["PoolID"], str) and ipaddress.IPv4Network(reply["Pool"])
 
 
 lengths = st.sampled_from(["", "-1", "+2", " 2", "2 ", "0x10", "²", "¹³", "1" * 5000, "0" * 5000 + "2",
@@ -167,15 +191,25 @@ def test_any_bytes_on_the_connection_are_answered_without_an_exception(world, pa
     before = world.agent.created()
     answers = exchange(world, b"".join(parts) + noise)
     for status, data in answers:
-        assert status == 200 and isinstance(json.loads(data), dict) or status in ERRORS | {None}, (status, data[:200])
-    if all(status != 200 for status, _ in answers):
+        assert status in (200, *IPAM_FAILURES) and replied(data) or status in ERRORS | {None}, (status, data[:200])
+    if not any(replied(data) for _, data in answers):      # refused before any handler ran
         assert world.agent.calls == [] and world.agent.created() == before
+
+
+def replied(data: bytes) -> bool:
+    """A handler's JSON reply (not send_error's page)."""
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
 
 
 @pytest.mark.parametrize("path,body", [
     ("/NetworkDriver.CreateNetwork", {**GOOD["/NetworkDriver.CreateNetwork"], "NetworkID": [NID2]}),
     ("/NetworkDriver.CreateEndpoint", {**GOOD["/NetworkDriver.CreateEndpoint"], "EndpointID": [EID2]}),
     ("/NetworkDriver.CreateEndpoint", {**GOOD["/NetworkDriver.CreateEndpoint"], "EndpointID": 5}),
+    ("/IpamDriver.RequestAddress", {**GOOD["/IpamDriver.RequestAddress"], "PoolID": [POOL]}),
+    ("/IpamDriver.ReleaseAddress", {**GOOD["/IpamDriver.ReleaseAddress"], "PoolID": {"x": 1}}),
 ])
 def test_an_id_that_is_no_string_asks_the_agent_nothing(world, path, body):
     """Found by the fuzzing above: the network was created, then the id failed as a dict key (or in a

@@ -1,0 +1,152 @@
+"""Docker remote IPAM driver backed by the registry (libnetwork's ipam.md),
+served by the network driver's process on the same socket.
+
+`docker network create -d dataplane --ipam-driver dataplane --subnet S -o vni=N`
+on several engines: each address is reserved in the registry (registry/reserve.py)
+when Docker asks for it, so no two engines ever hand out the same one; no
+disjoint --ip-range per engine is needed.
+
+- A pool is a subnet (--subnet is required: Docker's default pools differ from
+  engine to engine). PoolID is "<subnet>", or "<subnet>;vni=<N>" with
+  `--ipam-opt vni=N`. Docker asks for the pool before the network driver's
+  CreateNetwork, so the registry network may not exist yet: a pool is tied to
+  it at each address request, by the VNI of the PoolID, else of this engine's
+  dataplane networks on that subnet (the network driver's map), else by the one
+  registry network with that subnet.
+- The gateway is the registry network's (else the subnet's first host address,
+  which the network the driver creates will have); it is returned with the
+  pool, never reserved.
+- RequestAddress reserves (the given address, or the lowest free one) under
+  this host's lease; CreateEndpoint makes the reservation the endpoint's claim;
+  DeleteEndpoint makes it a reservation again; ReleaseAddress deletes it.
+- IPv6 pools and --ip-range (SubPool) are refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dataplane.core import model
+from dataplane.core.errors import Conflict, UsageError
+
+ADDRESS_SPACE = "dataplane"                  # both defaults: the registry is one space for all hosts
+GATEWAY = "com.docker.network.gateway"       # libnetwork's netlabel.Gateway
+ADDRESS_TYPE = "RequestAddressType"          # ipamapi.RequestAddressType
+VNI_OPTION = "vni"
+
+
+def pool_id(subnet: str, vni: int | None) -> str:
+    return subnet if vni is None else f"{subnet};vni={vni}"
+
+
+def parse_pool_id(value) -> tuple[str, int | None]:
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"bad PoolID {value!r}: not one this driver gave")
+    subnet, sep, rest = value.partition(";")
+    if sep and not rest.startswith("vni="):
+        raise UsageError(f"bad PoolID {value!r}: not one this driver gave")
+    return str(model.parse_subnet(subnet)), (model.parse_vni(rest[4:]) if sep else None)
+
+
+def _text(req: dict, field: str) -> str | None:
+    """An optional string field; None if empty or absent."""
+    value = req.get(field)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"bad {field}: a string expected, not {type(value).__name__}")
+    return value
+
+
+def _options(req: dict) -> dict:
+    opts = req.get("Options") or {}
+    if not isinstance(opts, dict):
+        raise UsageError(f"bad Options: an object expected, not {type(opts).__name__}")
+    return opts
+
+
+class Ipam:
+    """The IPAM protocol's operations; each takes the request object, returns the reply.
+    driver: the network driver (docker.Driver), for its agent client and network map."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def capabilities(self, req) -> dict:
+        # No replay: the registry keeps the reservations across Docker's restarts.
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    def address_spaces(self, req) -> dict:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
+
+    def request_pool(self, req) -> dict:
+        if req.get("V6"):
+            raise UsageError("IPv6 is not supported by the dataplane IPAM driver: create the network without --ipv6")
+        pool = _text(req, "Pool")
+        if pool is None:
+            raise UsageError("the dataplane IPAM driver needs the network's subnet (docker network create --subnet): "
+                             "Docker's default pools differ from engine to engine")
+        if ":" in pool:
+            raise UsageError(f"IPv6 pool {pool} is not supported by the dataplane IPAM driver")
+        if _text(req, "SubPool") is not None:
+            raise UsageError("--ip-range is not needed with --ipam-driver dataplane (the registry gives each address "
+                             "once across all hosts): leave it out")
+        opts = _options(req)
+        unknown = sorted(k for k in opts if k != VNI_OPTION and not str(k).startswith("com.docker."))
+        if unknown:
+            raise UsageError(f"unknown IPAM option {unknown[0]!r}: the dataplane IPAM driver takes --ipam-opt vni=N")
+        vni = model.parse_vni(opts[VNI_OPTION]) if VNI_OPTION in opts else None
+        subnet = model.parse_subnet(pool)
+        info = self.driver._agent("address_pool", subnet=str(subnet), vni=vni)
+        return {"PoolID": pool_id(str(subnet), vni), "Pool": str(subnet),
+                "Data": {GATEWAY: f"{info['gateway']}/{subnet.prefixlen}"}}
+
+    def release_pool(self, req) -> dict:
+        parse_pool_id(req.get("PoolID"))     # nothing is held per pool: the addresses are released one by one
+        return {}
+
+    def request_address(self, req) -> dict:
+        subnet, vni = parse_pool_id(req.get("PoolID"))
+        want = _text(req, "Address")
+        want = str(model.parse_ipv4(want)) if want is not None else None
+        prefixlen = ipaddress.IPv4Network(subnet).prefixlen
+        if _options(req).get(ADDRESS_TYPE) == GATEWAY:       # --gateway: only the registry's
+            gw = self.driver._agent("address_pool", subnet=subnet, vni=self._vni(subnet, vni))["gateway"]
+            if want is not None and want != gw:
+                raise Conflict(f"the gateway of {subnet} is {gw} in the registry: give --gateway {gw}, or none")
+            return {"Address": f"{gw}/{prefixlen}", "Data": {}}
+        got = self.driver._agent("address_reserve", subnet=subnet, vni=self._vni(subnet, vni), ip=want)
+        if got["created"]:
+            self.driver.note_created(got["vni"])
+        return {"Address": f"{got['ip']}/{prefixlen}", "Data": {}}
+
+    def release_address(self, req) -> dict:
+        subnet, vni = parse_pool_id(req.get("PoolID"))
+        ip = _text(req, "Address")
+        if ip is None:
+            raise UsageError("ReleaseAddress names no Address")
+        self.driver._agent("address_release", subnet=subnet, ip=str(model.parse_ipv4(ip)),
+                           vni=self._vni(subnet, vni))
+        return {}
+
+    def _vni(self, subnet: str, vni: int | None) -> int | None:
+        """The pool's VNI: the PoolID's, else that of this engine's dataplane networks
+        with this subnet and this IPAM, if they agree on one; None: ask the registry."""
+        if vni is not None:
+            return vni
+        vnis = sorted({n["vni"] for n in self.driver._load().values()
+                       if isinstance(n, dict) and n.get("ipam") and n.get("subnet") == subnet})
+        if len(vnis) > 1:
+            raise Conflict(f"this engine's dataplane networks on {subnet} have VNIs {', '.join(map(str, vnis))}: "
+                           "create them with --ipam-opt vni=N too")
+        return vnis[0] if vnis else None
+
+    def routes(self) -> dict:
+        return {
+            "/IpamDriver.GetCapabilities": self.capabilities,
+            "/IpamDriver.GetDefaultAddressSpaces": self.address_spaces,
+            "/IpamDriver.RequestPool": self.request_pool,
+            "/IpamDriver.ReleasePool": self.release_pool,
+            "/IpamDriver.RequestAddress": self.request_address,
+            "/IpamDriver.ReleaseAddress": self.release_address,
+        }

@@ -24,6 +24,7 @@
 #define DP_FLOOD_CHUNK 64                /* copies one run of a flood program makes; it tail-calls itself for more */
 #define DP_MAX_FLOOD 1024                /* remote VTEPs per VNI in the flood list (16 chunks) */
 #define DP_MAX_LOCAL 1024                /* local endpoints per VNI that receive broadcast (16 chunks) */
+#define DP_LOCAL_ROUTER 0x80000000       /* dp_local_macs value flag: a gateway port (frames leave by it, see gateway.py) */
 #define DP_NH_TTL_NS 1000000000          /* lifetime of a next-hop cache entry, ns */
 #define DP_LEARN_REFRESH_NS 1000000000   /* rewrite an unchanged learned entry at most this often, ns */
 #define DP_FDB_AGE_DEFAULT_S 300         /* learned FDB entry lifetime unless configured, s */
@@ -99,6 +100,11 @@ enum dp_punt_reason {
 /* dp_nexthop.flags */
 enum dp_nh_flag {
 	DP_NH_STATIC = 1,                    /* set by the control plane; never refreshed by the fast path */
+};
+
+/* dp_endpoint.flags */
+enum dp_ep_flag {
+	DP_EP_ROUTER = 1,                    /* the VNI's gateway port (node/gateway.py): routed frames, any source IP */
 };
 
 /* dp_fdb_entry.flags */
@@ -178,7 +184,7 @@ struct dp_endpoint {
 	__u32 vni;
 	__be32 ip;
 	__u8 mac[6];
-	__u16 pad;                           /* always zero */
+	__u16 flags;                         /* enum dp_ep_flag */
 	__u32 slot;                          /* the network's dp_stats slot (dp_network.slot) */
 };
 

@@ -27,11 +27,14 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 	mac_copy(k.mac, eth->h_dest);
 	oif = dp_local_macs.lookup(&k);
 	if (oif) {
-		__u32 to = *oif;
+		__u32 to = *oif & ~DP_LOCAL_ROUTER;
 
 		if (to == ifindex)
 			return -DP_DROP_NO_DESTINATION;
 		STAT_ADD(ep->slot, local_packets, local_bytes, skb->len);
+		/* A gateway port's peer is in this namespace, where redirect_peer refuses to go. */
+		if (*oif & DP_LOCAL_ROUTER)
+			return bpf_redirect(to, 0);
 		/* redirect_peer skips the veth's backlog; it needs skb->protocol right, so IP only. */
 		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
 	}
@@ -77,7 +80,8 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *sl
 			return -DP_DROP_TRUNCATED;
 		if (ip->version != 4 || ip->ihl < 5)
 			return -DP_DROP_BAD_IP;
-		if (ip->saddr != ep->ip)
+		/* A gateway port forwards the world's replies: any source but its own MAC's. */
+		if (ip->saddr != ep->ip && !(ep->flags & DP_EP_ROUTER))
 			return -DP_DROP_SPOOF_IP;
 		is_ip = 1;
 	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {

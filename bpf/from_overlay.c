@@ -22,6 +22,8 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, __u32
 	if (!oif)
 		return -DP_DROP_UNKNOWN_DST;
 	STAT_ADD(slot, rx_packets, rx_bytes, vx->inner_len);
+	if (*oif & DP_LOCAL_ROUTER)          /* a gateway port: out of it, to its peer beside it */
+		return bpf_redirect(*oif & ~DP_LOCAL_ROUTER, 0);
 	/* Non-IP frames go through the veth so the sandbox re-parses skb->protocol. */
 	return inner_is_ip ? bpf_redirect_peer(*oif, 0) : bpf_redirect(*oif, 0);
 }

@@ -57,6 +57,22 @@ class ServedNetwork:
 
 
 @dataclass
+class Gateway:
+    """A VNI's way out of the overlay on this node (node/gateway.py): the router side
+    holds the network's gateway address; the fast path serves the port side."""
+    vni: int
+    ip: str                      # the network's gateway address
+    mac: str
+    subnet: str
+    router: str                  # interface with the address, in the node's namespace
+    port: str                    # its veth peer, where from_endpoint runs
+    ifindex: int = 0             # the port's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class LocalEndpoint:
     """An endpoint whose veth is on this node."""
     name: str                    # the endpoint's id (the registry's)
@@ -100,6 +116,7 @@ class NodeState:
     host_name: str | None = None
     lease_ttl: int | None = None
     restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
+    gateways: dict[int, Gateway] = field(default_factory=dict)          # vni -> its way out (egress)
 
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
         """The VNI's endpoints that exist in full (not those being created)."""
@@ -120,7 +137,8 @@ class NodeState:
             peers=ints(d.get("peers")), registry_peers=ints(d.get("registry_peers")),
             flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
-            restore_forwarding=d.get("restore_forwarding"))
+            restore_forwarding=d.get("restore_forwarding"),
+            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()})
 
 
 def node_dir(node: str) -> str:

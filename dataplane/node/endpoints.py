@@ -117,6 +117,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
         netlink.link_up(ns, "lo")
         netlink.link_up(ns, "eth0", ep.ip, prefixlen)
+        netlink.routes_add(ns, "eth0", routes)
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.
@@ -131,10 +132,19 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
 
 def write_entries(m: NodeMaps, st: NodeState, ep: LocalEndpoint) -> None:
     """The endpoint's map entries: dp_endpoints here, MAC and neighbour in fdb.py."""
-    val = _S["dp_endpoint"](vni=ep.vni, ip=be32(ep.ip), slot=st.networks[ep.vni].slot)
-    ctypes.memmove(val.mac, model.mac_bytes(ep.mac), 6)
-    m.dp_endpoints.put(ctypes.c_uint32(ep.ifindex), val)
+    write_port(m, ep.ifindex, ep.vni, ep.ip, ep.mac, st.networks[ep.vni].slot)
     fdb.local_add(m, ep)
+
+
+def write_port(m: NodeMaps, ifindex: int, vni: int, ip: str, mac: str, slot: int, flags: int = 0) -> None:
+    """dp_endpoints[ifindex]: what from_endpoint knows of the port (an endpoint's, or a gateway's)."""
+    val = _S["dp_endpoint"](vni=vni, ip=be32(ip), slot=slot, flags=flags)
+    ctypes.memmove(val.mac, model.mac_bytes(mac), 6)
+    m.dp_endpoints.put(ctypes.c_uint32(ifindex), val)
+
+
+def forget_port(m: NodeMaps, ifindex: int) -> None:
+    m.dp_endpoints.delete(ctypes.c_uint32(ifindex))
 
 
 def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:
@@ -166,7 +176,7 @@ def clear_debris(node: Node, m: NodeMaps, name: str) -> list[str]:
 
 def forget_strays(m: NodeMaps, st: NodeState) -> list[str]:
     """dp_endpoints entries of interfaces that are no endpoint of the state."""
-    keep = {e.ifindex for e in st.endpoints.values() if e.phase == "ready"}
+    keep = {e.ifindex for e in st.endpoints.values() if e.phase == "ready"} | {g.ifindex for g in st.gateways.values()}
     stray = [k.value for k, _ in m.dp_endpoints.items() if k.value not in keep]
     for ifx in stray:
         m.dp_endpoints.delete(ctypes.c_uint32(ifx))

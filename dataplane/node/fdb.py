@@ -22,6 +22,7 @@ from dataplane.kernel.maps import NodeMaps
 
 _S = abi.load().structs
 _FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
+_LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
 
 
 def _off(struct: str, name: str) -> int:
@@ -29,15 +30,24 @@ def _off(struct: str, name: str) -> int:
 
 
 def local_add(m: NodeMaps, ep: LocalEndpoint) -> None:
-    m.dp_local_macs.put(mac_key(ep.vni, ep.mac), ctypes.c_uint32(ep.ifindex))
+    local_put(m, ep.vni, ep.mac, ep.ip, ep.ifindex)
+
+
+def local_put(m: NodeMaps, vni: int, mac: str, ip: str, value: int) -> None:
+    """A MAC and address of this node: value is the port's ifindex (| DP_LOCAL_ROUTER for a gateway's)."""
+    m.dp_local_macs.put(mac_key(vni, mac), ctypes.c_uint32(value))
     # The fast path skips its MAC-conflict check for a fresh learned entry: the MAC is ours now.
-    m.dp_learned.delete(mac_key(ep.vni, ep.mac))
-    m.dp_neigh.put(ip_key(ep.vni, ep.ip), mac_value(ep.mac))
+    m.dp_learned.delete(mac_key(vni, mac))
+    m.dp_neigh.put(ip_key(vni, ip), mac_value(mac))
 
 
 def local_remove(m: NodeMaps, ep: LocalEndpoint) -> None:
-    m.dp_local_macs.delete(mac_key(ep.vni, ep.mac))
-    m.dp_neigh.delete(ip_key(ep.vni, ep.ip))
+    local_drop(m, ep.vni, ep.mac, ep.ip)
+
+
+def local_drop(m: NodeMaps, vni: int, mac: str, ip: str) -> None:
+    m.dp_local_macs.delete(mac_key(vni, mac))
+    m.dp_neigh.delete(ip_key(vni, ip))
 
 
 def local_present(m: NodeMaps, ep: LocalEndpoint) -> bool:
@@ -49,13 +59,14 @@ def forget_local_strays(m: NodeMaps, st: NodeState, neigh_too: bool) -> list[str
     """Local MAC entries (and, without a registry, neighbour entries: then every
     one is local) that no endpoint of the state holds: what a crash left."""
     ready = {(e.vni, e.mac): e.ifindex for e in st.endpoints.values() if e.phase == "ready"}
+    ready |= {(g.vni, g.mac): g.ifindex | _LOCAL_ROUTER for g in st.gateways.values()}
     gone = []
     for k, v in list(m.dp_local_macs.items()):
         if ready.get((k.vni, model.mac_str(k.mac))) != v.value:
             m.dp_local_macs.delete(k)
             gone.append(f"dp_local_macs[{k.vni} {model.mac_str(k.mac)}]")
     if neigh_too:
-        ips = {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"}
+        ips = local_neigh_keys(st)
         for k, _ in list(m.dp_neigh.items()):
             if (k.vni, ip_str(k.ip)) not in ips:
                 m.dp_neigh.delete(k)
@@ -246,5 +257,7 @@ def forget_learned_vtep(maps: NodeMaps, vtep: str) -> int:
 
 
 def local_neigh_keys(st: NodeState) -> set[tuple[int, str]]:
-    return {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"}
+    """The node's own neighbour entries: its endpoints' and its gateways' (node/gateway.py)."""
+    return {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"} | \
+        {(g.vni, g.ip) for g in st.gateways.values()}
 

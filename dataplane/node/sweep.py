@@ -12,7 +12,7 @@ import re
 
 from dataplane.core.errors import NotFound
 from dataplane.kernel import netlink
-from dataplane.node import endpoints, fdb, networks
+from dataplane.node import endpoints, fdb, gateway, networks
 from dataplane.node.base import Node
 
 _OURS = re.compile(r"^dp[0-9a-f]{10}$")      # endpoints.host_ifname
@@ -36,6 +36,7 @@ def sweep(node: Node) -> list[str]:
             if not endpoints.present(m, ep):
                 done.append(f"endpoint {ep.name}: map entries missing; written again")
             endpoints.write_entries(m, st, ep)
+        done += gateway.repair(node, m, st)
         done += endpoints.forget_strays(m, st)
         done += fdb.forget_local_strays(m, st, neigh_too=st.registry is None)
         for vni in st.networks:

@@ -12,7 +12,7 @@ from dataplane.core.keys import be32
 from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import gso, loader, netlink
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import endpoints, networks, nexthops, peers
+from dataplane.node import endpoints, gateway, networks, nexthops, peers
 from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
@@ -194,6 +194,7 @@ def remove_networks(node: Node, m: NodeMaps, st: NodeState, vnis: list[int]) -> 
             if ep.vni == vni:
                 endpoints.destroy(node, m, ep)
                 del st.endpoints[name]
+        gateway.remove(node, m, st, vni)
         networks.drop(m, st, vni)
 
 
@@ -230,6 +231,11 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
         for ep in list(st.endpoints.values()):
             try:
                 endpoints.destroy(node, m, ep)
+            except DataplaneError as e:
+                errors.append(str(e))
+        for vni in list(st.gateways):
+            try:
+                gateway.remove(node, m, st, vni)
             except DataplaneError as e:
                 errors.append(str(e))
     ifx = st.uplink.ifindex

@@ -1,0 +1,150 @@
+"""A VNI's way out of the overlay (egress) for endpoints this node makes
+itself and CNI containers with "ipMasq": a veth pair in the node's namespace.
+
+The router side (dpgw<vni hex>) holds the network's gateway address and a MAC
+derived from it, the same on every host, so a sandbox's default route and
+ARP entry are right wherever it runs. The port side (dpgp<vni hex>) is
+served by from_endpoint like any endpoint's host side, with two
+differences: its dp_endpoint has DP_EP_ROUTER (the world's replies carry any
+source address), and its dp_local_macs value has DP_LOCAL_ROUTER (its peer is
+in this namespace, where bpf_redirect_peer refuses to go: frames leave by the
+port instead). Sandboxes' ARP for the gateway is answered from dp_neigh. The
+kernel routes, iptables masquerades the subnet's traffic to anywhere else
+(SNAT to the host's address), and conntrack brings replies back through the
+router side, whose ARP for the sandbox is answered by the fast path too.
+East-west traffic never comes here: the subnet is on-link in every sandbox.
+
+It is not a LocalEndpoint (no registry record, no sandbox, not listed): it
+lives in NodeState.gateways, made on the first endpoint that wants egress and
+removed with its VNI. Docker containers do not use it: libnetwork gives them
+docker_gwbridge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from dataplane.core import abi, model, state
+from dataplane.core.errors import KernelError, NotFound
+from dataplane.core.state import Gateway, NodeState
+from dataplane.kernel import loader, netlink
+from dataplane.kernel.maps import NodeMaps
+from dataplane.node import endpoints, fdb
+from dataplane.node.base import Node
+
+ROUTER_FLAG = int(abi.load().enums["dp_ep_flag"].DP_EP_ROUTER)
+LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
+COMMENT = "dataplane egress vni {vni}"
+
+
+def names(vni: int) -> tuple[str, str]:
+    return f"dpgw{vni:06x}", f"dpgp{vni:06x}"
+
+
+def ensure(node: Node, vni: int, gateway: str) -> Gateway:
+    """The VNI's gateway on this node, made if missing (idempotent)."""
+    with node.changing() as (st, m):
+        net = st.networks.get(vni)
+        if net is None:
+            raise NotFound(f"VNI {vni} is not up on this node")
+        gw = st.gateways.get(vni)
+        if gw is not None and gw.ip == gateway and gw.port in netlink.link_names(node.netns):
+            return gw
+        if gw is not None:                 # half gone, or another address: made again
+            _destroy(node, m, gw)
+            del st.gateways[vni]
+        subnet = ipaddress.IPv4Network(net.subnet)
+        router, port = names(vni)
+        gw = Gateway(vni=vni, ip=str(model.parse_ipv4(gateway, "gateway")), subnet=str(subnet),
+                     mac=model.mac_for_ip(ipaddress.IPv4Address(gateway)), router=router, port=port)
+        st.gateways[vni] = gw
+        state.save(st)                     # the intent first: a crash leaves something down can find
+        try:
+            _create(node, m, st, gw, subnet.prefixlen, net.mtu)
+        except BaseException:
+            _destroy(node, m, gw)
+            del st.gateways[vni]
+            state.save(st)
+            raise
+        return gw
+
+
+def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int, mtu: int) -> None:
+    ns = node.netns
+    gw.ifindex = netlink.veth_create(ns, gw.port, ns, gw.router, gw.mac, mtu)
+    for ifname in (gw.port, gw.router):
+        netlink.sysctl(ns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+    netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.forwarding", "1")
+    netlink.link_up(ns, gw.router, gw.ip, prefixlen)
+    write_entries(m, st, gw)
+    fd = loader.open_prog(node.pin_dir, "from_endpoint")
+    try:
+        netlink.tc_attach(ns, gw.ifindex, fd, "from_endpoint")
+    finally:
+        os.close(fd)
+    for table, chain, add, rule in _rules(gw):
+        if _iptables(ns, table, "-C", chain, rule).returncode:
+            r = _iptables(ns, table, add, chain, rule)
+            if r.returncode:
+                raise KernelError(f"iptables -t {table} {add} {chain} {' '.join(rule)}: {r.stderr.strip()}")
+
+
+def _iptables(ns, table: str, op: str, chain: str, rule: list[str]):
+    return netlink.ns_exec(ns, ["iptables", "-w", "-t", table, op, chain] + rule, capture_output=True, text=True)
+
+
+def _rules(gw: Gateway) -> list[tuple[str, str, str, list[str]]]:
+    """(table, chain, how to add, rule): masquerade what leaves the subnet for elsewhere; let it
+    be forwarded, and replies and published ports back, ahead of anything else in FORWARD (a
+    policy of DROP, as Docker sets, would stop it)."""
+    c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
+    return [("nat", "POSTROUTING", "-A", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
+            ("filter", "FORWARD", "-I", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
+            ("filter", "FORWARD", "-I", ["-o", gw.router, "-m", "conntrack", "--ctstate",
+                                         "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"])]
+
+
+def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
+    """Its port as an endpoint of the VNI that routes (DP_EP_ROUTER), its MAC and address
+    local (fdb.py's maps, written there): DP_LOCAL_ROUTER makes frames leave by the port."""
+    endpoints.write_port(m, gw.ifindex, gw.vni, gw.ip, gw.mac, st.networks[gw.vni].slot, ROUTER_FLAG)
+    fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
+
+
+def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
+    """Remove whatever part of it exists."""
+    if gw.ifindex:
+        endpoints.forget_port(m, gw.ifindex)
+    fdb.local_drop(m, gw.vni, gw.mac, gw.ip)
+    if not node.netns or netlink.ns_exists(node.netns):
+        netlink.link_delete(node.netns, gw.port)          # its peer goes with it
+        for table, chain, _, rule in _rules(gw):
+            _iptables(node.netns, table, "-D", chain, rule)
+
+
+def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
+    """At start-up (sweep.py): each gateway's interfaces, entries and rules made again
+    where a crash or a hand left them missing (all of it idempotent)."""
+    done = []
+    links = set(netlink.link_names(node.netns))
+    for vni, gw in list(st.gateways.items()):
+        net = st.networks.get(vni)
+        if net is None:
+            _destroy(node, m, gw)
+            del st.gateways[vni]
+            done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
+        elif gw.port not in links or gw.router not in links:
+            _destroy(node, m, gw)
+            _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
+            done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
+        else:
+            write_entries(m, st, gw)
+    return done
+
+
+def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
+    """With its VNI (the caller holds the node's lock and saves st)."""
+    gw = st.gateways.pop(vni, None)
+    if gw is not None:
+        _destroy(node, m, gw)

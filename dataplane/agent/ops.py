@@ -9,8 +9,8 @@ import logging
 import os
 
 from dataplane.core import model
-from dataplane.core.errors import Conflict, DataplaneError, NotFound
-from dataplane.node import endpoints, networks, peers
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.node import endpoints, gateway, networks, peers
 from dataplane.registry import Unavailable
 
 log = logging.getLogger("dataplane.agent")
@@ -46,6 +46,15 @@ def serve(agent, net) -> None:
     networks.ensure_served(agent.node, net.vni, net.subnet, net.mtu)
 
 
+def egress(agent, net) -> list[dict]:
+    """The routes of an endpoint of ours on net: a default route through this host's
+    gateway (made if missing, node/gateway.py), or none on an internal network."""
+    if net.internal:
+        return []
+    gateway.ensure(agent.node, net.vni, net.gateway)
+    return [{"dst": "0.0.0.0/0", "gw": net.gateway}]
+
+
 class Ops:
     def __init__(self, agent):
         self.ag = agent
@@ -53,7 +62,8 @@ class Ops:
     def handlers(self) -> dict:
         return {"ping": self.ping, "status": self.status, "endpoint_add": self.endpoint_add,
                 "endpoint_rm": self.endpoint_rm, "endpoint_move": self.endpoint_move,
-                "endpoint_list": self.endpoint_list, "peer_list": self.peer_list, "leave": self.leave}
+                "endpoint_list": self.endpoint_list, "peer_list": self.peer_list, "leave": self.leave,
+                "gateway_ensure": self.gateway_ensure}
 
     def ping(self) -> dict:
         ag = self.ag
@@ -90,12 +100,24 @@ class Ops:
         net = self._network_for(network, vni)
         with ag.lock:
             serve(ag, net)
+            routes = egress(ag, net)
             rec, ep = register_then_create(
                 lambda: ag.reg.endpoint_create(id, net.name, ag.me, ip=ip, mac=mac),
                 lambda: ag.reg.endpoint_rm(id),
-                lambda rec: endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac))
+                lambda rec: endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=routes))
             ag.view.endpoints[id] = rec
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
+
+    def gateway_ensure(self, vni) -> dict:
+        """A runtime's container wants a way out (CNI "ipMasq"): this host's gateway
+        for the VNI, and the route to give the container."""
+        net = self._network_for(None, model.parse_vni(vni))
+        if net.internal:
+            raise UsageError(f"network {net.name} is internal: it has no way out (ipMasq)")
+        with self.ag.lock:
+            serve(self.ag, net)
+            routes = egress(self.ag, net)
+        return {"vni": net.vni, "gateway": net.gateway, "routes": routes}
 
     def endpoint_rm(self, id) -> dict:
         ag = self.ag
@@ -123,7 +145,7 @@ class Ops:
         def create(_marked):
             with ag.lock:
                 serve(ag, net)
-                return endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac)
+                return endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=egress(ag, net))
 
         _, ep = register_then_create(lambda: ag.reg.endpoint_move_begin(id, ag.me),
                                      lambda: ag.reg.endpoint_move_abort(id, ag.me), create)

@@ -61,9 +61,9 @@ def cmd_endpoint_list(args):
 def cmd_network_create(args):
     with control.opened(args.registry, node_of(args)) as reg:
         net = reg.network_create(args.name, args.vni, subnet=args.subnet, gateway=args.gateway,
-                                 mtu=args.mtu, port=args.port)
-    say(args, f"network {net.name}: VNI {net.vni} {net.subnet} gateway {net.gateway} mtu {net.mtu} port {net.port}",
-        net.to_dict())
+                                 mtu=args.mtu, port=args.port, internal=args.internal)
+    say(args, f"network {net.name}: VNI {net.vni} {net.subnet} gateway {net.gateway} mtu {net.mtu} port {net.port}"
+        + (" internal (no way out)" if net.internal else ""), net.to_dict())
 
 
 def cmd_network_rm(args):
@@ -128,6 +128,8 @@ def register(sub) -> None:
     a.add_argument("--gateway", help="gateway address kept out of allocation (default: the subnet's first)")
     a.add_argument("--mtu", type=int, help="endpoint MTU (default: 1450)")
     a.add_argument("--port", type=int, help=f"VXLAN UDP port (default {model.VXLAN_PORT})")
+    a.add_argument("--internal", action="store_true",
+                   help="no way out of the overlay: endpoints get no default route through the host's gateway")
     a.add_argument("--registry", help=reg_help)
     add_output(a)
     a.set_defaults(func=cmd_network_create)

@@ -55,9 +55,10 @@ class Network:
     gateway: str
     mtu: int = MTU_DEFAULT
     port: int = model.VXLAN_PORT
+    internal: bool = False       # no way out: endpoints get no default route, no gateway (node/gateway.py)
 
     @classmethod
-    def make(cls, name, vni, subnet=None, gateway=None, mtu=None, port=None) -> "Network":
+    def make(cls, name, vni, subnet=None, gateway=None, mtu=None, port=None, internal=False) -> "Network":
         vni = model.parse_vni(vni)
         net = model.parse_subnet(subnet) if subnet is not None else model.default_subnet(vni)
         if gateway is None:
@@ -68,13 +69,15 @@ class Network:
                 raise UsageError(f"gateway {gw} is not a host address of {net}")
         return cls(name=model.parse_name(name, "network name"), vni=vni, subnet=str(net), gateway=str(gw),
                    mtu=parse_mtu(mtu if mtu is not None else MTU_DEFAULT),
-                   port=model.parse_port(port if port is not None else model.VXLAN_PORT))
+                   port=model.parse_port(port if port is not None else model.VXLAN_PORT),
+                   internal=_flag(internal, "internal"))
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Network":
         d = _loads(raw, "network")
         try:
-            return cls.make(d["name"], d["vni"], d["subnet"], d["gateway"], d["mtu"], d["port"])
+            return cls.make(d["name"], d["vni"], d["subnet"], d["gateway"], d["mtu"], d["port"],
+                            d.get("internal", False))
         except KeyError as e:
             raise UsageError(f"malformed network record: no {e.args[0]}") from None
 
@@ -94,10 +97,19 @@ class Network:
         return str(addr)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        d = asdict(self)
+        if not d["internal"]:
+            del d["internal"]           # records of networks with a way out read as before
+        return json.dumps(d, sort_keys=True).encode()
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"bad {what} {value!r}: true or false")
+    return value
 
 
 @dataclass(frozen=True)

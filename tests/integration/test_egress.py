@@ -1,0 +1,116 @@
+"""Issue 16, item 1 (endpoint add): an endpoint made by `dataplane endpoint add`
+reaches the world (the lab switch's 198.18.0.254) through its host's gateway
+for the VNI, with the host's address as the source (SNAT); east-west traffic
+stays on the overlay; an internal network has no way out; the gateway goes
+with its VNI and comes back after a crash took its interfaces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataplane.kernel import netlink
+from dataplane.node import Node, readout
+from lab import capture
+from lab import topology as lab
+from lab.traffic import ping
+from tests.integration.conftest import dp, dp_json, make_lab, sandbox, stats
+
+H1, H2 = lab.host_ns(1), lab.host_ns(2)
+SERVE = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7077)); s.listen(1); s.settimeout(20)
+c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()
+"""
+ASK = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 7077), timeout=10); print(c.recv(100).decode())
+"""
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], per_host=1, registry="sqlite")
+
+
+def in_ns(ns: str, code: str, *args, **kw):
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_an_endpoint_reaches_the_world_as_its_host(info):
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    routes = subprocess.run(["ip", "netns", "exec", a["netns"], "ip", "route"], capture_output=True, text=True).stdout
+    assert "default via 10.1.0.1 dev eth0" in routes, routes
+    cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, "icmp")
+    try:
+        received, _ = ping(a["name"], lab.WORLD_IP, 3, 1.0)     # a second apart: the capture is ready
+        pcap = cap.stop()
+        r = subprocess.run(["tshark", "-r", pcap, "-n", "-T", "fields", "-e", "ip.src", "-Y", "icmp.type == 8"],
+                           capture_output=True, text=True, check=True)
+    finally:
+        cap.remove()
+    assert received == 3, "the sandbox pings the world"
+    assert set(r.stdout.split()) == {lab.vtep_ip(1)}, f"the world sees the host's address (SNAT): {r.stdout}"
+    # TCP too, and the world's server sees h1's address as the peer
+    srv = in_ns(lab.UNDERLAY_NS, SERVE, lab.WORLD_IP)
+    try:
+        time.sleep(0.5)
+        cli = in_ns(a["netns"], ASK, lab.WORLD_IP)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        srv.wait(timeout=30)
+    assert out.strip() == lab.vtep_ip(1), (out, err)
+    # east-west: on-link, over VXLAN, never through the gateway
+    via = subprocess.run(["ip", "netns", "exec", a["netns"], "ip", "route", "get", b["ip"]],
+                         capture_output=True, text=True).stdout
+    assert "via" not in via, via
+    before = stats(H1, 256)["tx_packets"]
+    assert ping(a["name"], b["ip"], 3, 0.2)[0] == 3
+    assert stats(H1, 256)["tx_packets"] >= before + 3, "east-west went over the overlay"
+    rows = readout.fdb(Node(H1))
+    assert [r["mac"] for r in rows if r["where"] == "gateway"] == ["02:42:0a:01:00:01"], rows
+
+
+def test_an_internal_network_has_no_way_out(info):
+    dp("network", "create", "closed", "--vni", "300", "--subnet", "10.30.0.0/24", "--internal",
+       "--registry", lab.registry_url("sqlite"))
+    try:
+        ep = dp_json("--netns", H1, "endpoint", "add", "dpl-shut", "--network", "closed")
+        routes = subprocess.run(["ip", "netns", "exec", ep["netns"], "ip", "route"],
+                                capture_output=True, text=True).stdout
+        assert "default" not in routes, routes
+        assert ping(ep["netns"], lab.WORLD_IP, 2, 0.2)[0] == 0
+        assert f"dpgw{300:06x}" not in netlink.link_names(H1), "no gateway for an internal network"
+    finally:
+        dp("--netns", H1, "endpoint", "rm", "dpl-shut", check=False)
+        dp("network", "rm", "closed", "--registry", lab.registry_url("sqlite"), check=False)
+
+
+def test_the_gateway_comes_back_after_a_crash_and_goes_with_its_vni(info):
+    from dataplane.agent import process
+    a = sandbox(info, "h1", 256)
+    router, port = f"dpgw{256:06x}", f"dpgp{256:06x}"
+    assert port in netlink.link_names(H1)
+    process.stop(H1)
+    netlink.link_delete(H1, port)                  # what a crash or a hand might leave
+    process.spawn(H1, H1, lab.registry_url("sqlite", host="h1"), "h1", 10, quiet=True)
+    assert {router, port} <= set(netlink.link_names(H1)), "the agent's start-up sweep made it again"
+    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+
+    url = lab.registry_url("sqlite")
+    dp("network", "create", "brief", "--vni", "301", "--subnet", "10.31.0.0/24", "--registry", url)
+    dp("--netns", H1, "endpoint", "add", "dpl-brief", "--network", "brief")
+    assert f"dpgp{301:06x}" in netlink.link_names(H1)
+    dp("--netns", H1, "endpoint", "rm", "dpl-brief")
+    dp("network", "rm", "brief", "--registry", url)
+    from tests.integration.conftest import wait_for
+    assert wait_for(lambda: 301 not in Node(H1).require_up().networks, timeout=15)
+    assert f"dpgp{301:06x}" not in netlink.link_names(H1), "the gateway went with its VNI"
+    assert 301 not in Node(H1).require_up().gateways
+    rules = netlink.ns_exec(H1, ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert "vni 301" not in rules and "vni 256" in rules, rules

@@ -18,35 +18,20 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 import sys
 
 from dataplane.agent import client
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE, E_ENV, E_INTERNAL,  # noqa: F401
+                                         E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN, E_UNKNOWN_CONTAINER, E_VERSION,
+                                         CNIError, _env, _ipam)
 
 SUPPORTED = ["1.0.0", "1.1.0"]
-IPAM_FALLBACK_VERSION = "1.0.0"   # Debian's reference plugins stop at 1.0.0
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
-
-# The spec's well-known error codes; 100 and up are ours.
-E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG, E_TRY_AGAIN = 1, 2, 3, 4, 5, 6, 7, 11
-E_NOT_AVAILABLE, E_CONFLICT, E_BROKEN, E_INTERNAL = 50, 100, 101, 102
 
 # The spec's pattern for network names and container ids (\Z: $ would let "abc\n" through).
 _SPEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
-
-
-class CNIError(Exception):
-    def __init__(self, code: int, msg: str, details: str = ""):
-        super().__init__(msg)
-        self.code, self.msg, self.details = code, msg, details
-
-    def to_dict(self, version: str) -> dict:
-        out = {"cniVersion": version, "code": self.code, "msg": self.msg}
-        if self.details:
-            out["details"] = self.details
-        return out
 
 
 def endpoint_id(network: str, container_id: str, ifname: str) -> str:
@@ -55,13 +40,6 @@ def endpoint_id(network: str, container_id: str, ifname: str) -> str:
 
 
 # --- input -----------------------------------------------------------------------
-
-def _env(env, name: str, required: bool = True) -> str | None:
-    val = env.get(name)
-    if required and not val:
-        raise CNIError(E_ENV, f"{name} is not set")
-    return val or None
-
 
 def _read_conf(raw: bytes) -> dict:
     try:
@@ -87,6 +65,8 @@ def _check_conf(conf: dict) -> int:
         raise CNIError(E_CONFIG, "ipam must be an object with a type")
     if conf.get("prevResult") is not None and not isinstance(conf["prevResult"], dict):
         raise CNIError(E_DECODE, "prevResult must be an object")
+    if not isinstance(conf.get("ipMasq", False), bool):
+        raise CNIError(E_CONFIG, f"bad ipMasq {conf['ipMasq']!r}: true or false")
     try:
         model.parse_name(conf.get("node", "host"), "node")
     except UsageError as e:
@@ -127,55 +107,6 @@ def _agent(conf: dict, op: str, **args):
         raise CNIError(E_IO, f"agent request {op} failed: {e}") from None
 
 
-def _find_plugin(env, name: str) -> str:
-    if not re.match(r"^[A-Za-z0-9_.-]+\Z", name):
-        raise CNIError(E_CONFIG, f"bad IPAM plugin name {name!r}")
-    for d in (_env(env, "CNI_PATH") or "").split(":"):
-        path = os.path.join(d, name)
-        if d and os.access(path, os.X_OK):
-            return path
-    raise CNIError(E_CONFIG, f"IPAM plugin {name!r} not found in CNI_PATH")
-
-
-def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict | None:
-    """Run the configured IPAM plugin as the spec's delegation says (same env,
-    same configuration). A plugin older than our configuration's version is
-    asked again at 1.0.0: IPAM results are the same in both."""
-    plugin = _find_plugin(env, conf["ipam"]["type"])
-    run_env = {**env, "CNI_COMMAND": command, **(overrides or {})}
-    for ver in dict.fromkeys([conf["cniVersion"], IPAM_FALLBACK_VERSION]):
-        body = dict(conf, cniVersion=ver)
-        if ver != conf["cniVersion"]:
-            body.pop("prevResult", None)
-        try:
-            r = subprocess.run([plugin], input=json.dumps(body).encode(), env=run_env,
-                               capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise CNIError(E_IO, f"IPAM plugin {conf['ipam']['type']} failed to run", str(e)) from None
-        out = r.stdout.strip()
-        if r.returncode == 0:
-            try:
-                res = model.loads(out) if out else None
-            except (ValueError, RecursionError):
-                raise CNIError(E_DECODE, f"IPAM plugin {conf['ipam']['type']} printed something that is not JSON",
-                               out[:200].decode(errors="replace")) from None
-            if res is not None and not isinstance(res, dict):
-                raise CNIError(E_DECODE, f"IPAM plugin {conf['ipam']['type']} returned {type(res).__name__}, "
-                               "not a result object")
-            return res
-        try:
-            err = json.loads(out)
-        except (ValueError, RecursionError):
-            err = None
-        if not isinstance(err, dict):          # no error object: the plugin's own words
-            err = {"msg": (out or r.stderr).decode(errors="replace").strip()}
-        code = err["code"] if type(err.get("code")) is int and err["code"] > 0 else E_IO
-        if code != E_VERSION:
-            raise CNIError(code, f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}", str(err.get("details") or ""))
-    raise CNIError(E_VERSION, f"IPAM plugin {conf['ipam']['type']} supports neither {conf['cniVersion']} "
-                   f"nor {IPAM_FALLBACK_VERSION}")
-
-
 def _objects(result: dict | None, key: str, field: str | None = None) -> list[dict]:
     """result[key] checked for shape: a list of objects (each with a string `field`); [] if absent."""
     items = (result or {}).get(key)
@@ -191,6 +122,14 @@ def _shape(result: dict | None) -> tuple[list, list, list]:
         raise CNIError(E_DECODE, "dns must be an object")
     return (_objects(result, "interfaces", "name"), _objects(result, "ips", "address"),
             _objects(result, "routes", "dst"))
+
+
+def _egress(conf: dict, vni: int, routes: list) -> tuple[str, list]:
+    """ipMasq: the host's gateway for the VNI (made if missing, with SNAT: node/gateway.py) and
+    the routes with a default route through it, unless the IPAM gave one."""
+    way = _agent(conf, "gateway_ensure", vni=vni)
+    default = any(r["dst"] in ("0.0.0.0/0", "0/0") for r in routes)
+    return way["gateway"], routes if default else routes + way["routes"]
 
 
 def _first_ipv4(result: dict | None):
@@ -220,6 +159,7 @@ def cmd_add(conf: dict, env) -> dict:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
         if iface is not None:
             _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network), mtu=conf.get("mtu"))
+        gateway, routes = _egress(conf, vni, routes) if conf.get("ipMasq") else (None, routes)
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
                    "container_id": cid}
         ep = _agent(conf, "endpoint_attach", id=endpoint_id(conf["name"], cid, ifname), vni=vni,
@@ -235,7 +175,7 @@ def cmd_add(conf: dict, env) -> dict:
     ifaces = faces + [{"name": ep["host_ifname"]}, {"name": ifname, "mac": ep["mac"], "sandbox": netns}]
     addr = f"{ep['ip']}/{iface.network.prefixlen if iface else ipaddress.IPv4Network(ep['subnet']).prefixlen}"
     ip_entry = {"address": addr, "interface": len(ifaces) - 1}
-    gw = (ipinfo or {}).get("gateway")
+    gw = gateway or (ipinfo or {}).get("gateway")
     if gw and isinstance(gw, str):
         ip_entry["gateway"] = gw
     result = {"cniVersion": conf["cniVersion"], "interfaces": ifaces,

@@ -6,6 +6,7 @@
 // Plugins are looked up in $CNI_PATH; results are cached in $CNI_CACHE_DIR
 // (libcni's cache is what CHECK and DEL read prevResult from). ADD prints
 // the result; errors are printed as the plugin's CNI error and exit 1.
+// $CNIRUN_CAPS, if set, is the JSON of the capability arguments (portMappings).
 package main
 
 import (
@@ -35,6 +36,12 @@ func main() {
 	paths := filepath.SplitList(os.Getenv("CNI_PATH"))
 	cni := libcni.NewCNIConfigWithCacheDir(paths, os.Getenv("CNI_CACHE_DIR"), nil)
 	rt := &libcni.RuntimeConf{NetNS: os.Args[3], ContainerID: os.Args[4], IfName: os.Args[5]}
+	// $CNIRUN_CAPS: capability arguments as a runtime passes them ({"portMappings": [...]}).
+	if caps := os.Getenv("CNIRUN_CAPS"); caps != "" {
+		if err := json.Unmarshal([]byte(caps), &rt.CapabilityArgs); err != nil {
+			fail(err)
+		}
+	}
 	ctx := context.Background()
 	switch os.Args[1] {
 	case "add":

@@ -41,7 +41,7 @@ class Runtime:
         self.bin = os.path.join(work, "bin")
         subprocess.run([sys.executable, "-m", "dataplane.cli", "cni", "install", "--bin-dir", self.bin],
                        check=True, capture_output=True)
-        for p in ("host-local", "tuning"):
+        for p in ("host-local", "tuning", "portmap"):
             os.symlink(f"/usr/lib/cni/{p}", os.path.join(self.bin, p))
         self.env = {**os.environ, "CNI_PATH": self.bin, "CNI_CACHE_DIR": os.path.join(work, "cache")}
         self.netns: list[str] = []
@@ -76,9 +76,11 @@ class Runtime:
         self.netns.append(ns)
         return f"/run/netns/{ns}"
 
-    def run(self, host: int, cmd: str, netns: str, cid: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", H[host], self.cnirun, cmd, self.conflist(host), netns, cid,
-                               "eth0"], env=self.env, capture_output=True, text=True, timeout=120)
+    def run(self, host: int, cmd: str, netns: str, cid: str, conflist: str | None = None,
+            caps: dict | None = None) -> subprocess.CompletedProcess:
+        env = {**self.env, **({"CNIRUN_CAPS": json.dumps(caps)} if caps else {})}
+        return subprocess.run(["ip", "netns", "exec", H[host], self.cnirun, cmd, conflist or self.conflist(host),
+                               netns, cid, "eth0"], env=env, capture_output=True, text=True, timeout=120)
 
     def plugin(self, conf, env: dict, raw: bytes | None = None) -> tuple[int, dict | None]:
         """The plugin as the spec runs it: CNI_* in env, configuration on stdin."""
@@ -244,3 +246,47 @@ def test_cni_and_docker_containers_share_a_vni(rt):
     finally:
         dl.close()
     assert Node(H[2]).state().endpoints == {} and local_cni(1) == []
+
+
+SERVE = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80)); s.listen(1); s.settimeout(30)
+c, peer = s.accept(); c.sendall(b"hello from the container"); c.close()
+"""
+ASK = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); print(c.recv(100).decode())
+"""
+
+
+def test_ipmasq_reaches_the_world_and_portmap_publishes_a_port(rt):
+    """Issue 16, item 1 (CNI): with "ipMasq": true the container gets a default route
+    through its host's gateway and reaches the world as the host (SNAT); the reference
+    portmap plugin chained after ours publishes a port the world reaches."""
+    import time
+    plugin = rt.conf(1, ipMasq=True)
+    plugin.pop("cniVersion"), plugin.pop("name")
+    path = os.path.join(rt.work, "h1-egress.conflist")
+    with open(path, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "ov256", "plugins": [
+            plugin, {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]}, f)
+    c = rt.container("eg1")
+    caps = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
+    res = json.loads(ok(rt.run(1, "add", c, "ctr-eg1", conflist=path, caps=caps)))
+    assert res["ips"][0]["gateway"] == "10.1.0.1"
+    assert {"dst": "0.0.0.0/0", "gw": "10.1.0.1"} in res["routes"], res
+    assert ns_ping(c, lab.WORLD_IP), "the container reaches the world"
+    srv = subprocess.Popen(["ip", "netns", "exec", os.path.basename(c), sys.executable, "-c", SERVE],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        r = subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, sys.executable, "-c", ASK, lab.vtep_ip(1),
+                            "8080"], capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "hello from the container", f"portmap: {r.stdout} {r.stderr}"
+    finally:
+        srv.kill()
+        srv.wait()
+    ok(rt.run(1, "del", c, "ctr-eg1", conflist=path, caps=caps))
+    rules = netlink.ns_exec(H[1], ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert "8080" not in rules, "portmap's DEL took its rules back"

@@ -24,7 +24,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dataplane.registry.records import Network
-from dataplane.runtimes import cni
+from dataplane.runtimes import cni, cni_ipam
 from tests.unit.fake_agent import FakeAgent
 from tests.unit.fuzz_strategies import FUZZ, HOSTILE, as_bytes, json_values, mutated
 
@@ -77,7 +77,7 @@ def plugins(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(cni, "client", SimpleNamespace(call=lambda *a, **kw: w.agent.call(*a, **kw),
                                               AgentNotRunning=FakeAgent.AgentNotRunning))
-    mp.setattr(cni, "subprocess", SimpleNamespace(run=lambda *a, **kw: w.ipam.run(*a, **kw),
+    mp.setattr(cni_ipam, "subprocess", SimpleNamespace(run=lambda *a, **kw: w.ipam.run(*a, **kw),
                                                   TimeoutExpired=subprocess.TimeoutExpired))
     yield w
     mp.undo()

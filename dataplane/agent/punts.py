@@ -25,6 +25,7 @@ from dataplane.core.errors import DataplaneError
 from dataplane.node import networks
 from dataplane.registry import Host, Unavailable
 from dataplane.registry.store import key
+from dataplane.registry.reserve import parse_reservation
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,8 @@ class PuntHandler:
             return LIMITED
         try:
             claim = ag.reg.kv.get(key("macs", net.name, mac) if mac else key("ipam", net.name, ip or "-"))
-            if claim is None:
-                return None
+            if claim is None or parse_reservation(claim.value) is not None:
+                return None      # nobody, or an address a runtime holds for an endpoint still to come
             ep = ag.reg.endpoint(claim.value.decode())
             hitem = ag.reg.kv.get(key("hosts", ep.host))
             if hitem is None or ep.network != net.name:

@@ -13,7 +13,7 @@ import time
 from dataplane.agent import cache, local, sdnotify
 from dataplane.registry import Snapshot
 
-CACHE_EVERY_S = 30.0      # the registry view is written to disk at most this often, and at stop
+CACHE_EVERY_S = 60.0      # the registry view is written to disk at most this often, and at stop
 log = logging.getLogger("dataplane.agent")
 
 

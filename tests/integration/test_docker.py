@@ -193,3 +193,55 @@ def test_containers_reach_the_world_and_publish_ports_unless_internal(engines):
         for e in engines:
             e.docker("network", "rm", "pub", check=False)
         e1.docker("network", "rm", "priv", check=False)
+
+
+def test_the_ipam_driver_gives_distinct_addresses_across_engines(engines):
+    """Issue 16, item 4: `--ipam-driver dataplane` on two engines sharing a VNI, with
+    no --ip-range split: concurrent `docker run`s on both never get the same address,
+    --ip is honoured once, the gateway is the registry's, and removal frees everything."""
+    import threading
+    from dataplane.registry import open_registry
+    e1, e2 = engines
+    for e in engines:
+        e.docker("network", "create", "-d", "dataplane", "--ipam-driver", "dataplane", "-o", "vni=304",
+                 "--subnet", "10.34.0.0/24", "ipn")
+    names = {e: [f"i{k}-{i}" for k in range(4)] for i, e in enumerate(engines, 1)}
+    errors = []
+
+    def run(e, name):
+        r = e.docker("run", "-d", "--name", name, "--net", "ipn", IMAGE, "sleep", "600", check=False)
+        if r.returncode:
+            errors.append(r.stderr)
+    threads = [threading.Thread(target=run, args=(e, n)) for e in engines for n in names[e]]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        assert not errors, errors
+        ips = [e.ip_of(n) for e in engines for n in names[e]]
+        assert len(set(ips)) == 8 and all(ip.startswith("10.34.0.") for ip in ips), ips
+        assert "10.34.0.1" not in ips
+        e1.docker("run", "-d", "--name", "fixed1", "--net", "ipn", "--ip", "10.34.0.200", IMAGE, "sleep", "600")
+        r = e2.docker("run", "-d", "--name", "fixed2", "--net", "ipn", "--ip", "10.34.0.200", IMAGE, "sleep", "600",
+                      check=False)
+        assert r.returncode and "10.34.0.200" in r.stderr and "in use" in r.stderr, r.stderr
+        assert "0% packet loss" in ping(e1, names[e1][0], e2.ip_of(names[e2][0])), "across hosts"
+        reg = open_registry(lab.registry_url("sqlite"))
+        try:
+            claims = {k: v for k, v in reg.snapshot().ipam.items() if k.startswith("vni304/")}
+        finally:
+            reg.close()
+        assert len(claims) == 9 and all(v.startswith("dk-") for v in claims.values()), claims
+        assert api.call(H1, "address_list") == [] and api.call(H2, "address_list") == []
+    finally:
+        for e in engines:
+            e.docker("rm", "-f", *names[e], "fixed1", "fixed2", check=False)
+    for e in engines:
+        e.docker("network", "rm", "ipn")
+    reg = open_registry(lab.registry_url("sqlite"))
+    try:
+        snap = reg.snapshot()
+    finally:
+        reg.close()
+    assert not [k for k in snap.ipam if k.startswith("vni304/")], "removal frees every address"

@@ -254,6 +254,12 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 80)); s.listen(1); s.settimeout(30)
 c, peer = s.accept(); c.sendall(b"hello from the container"); c.close()
 """
+PEER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7078)); s.listen(1); s.settimeout(30)
+c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()
+"""
 ASK = """
 import socket, sys
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); print(c.recv(100).decode())
@@ -277,6 +283,15 @@ def test_ipmasq_reaches_the_world_and_portmap_publishes_a_port(rt):
     assert res["ips"][0]["gateway"] == "10.1.0.1"
     assert {"dst": "0.0.0.0/0", "gw": "10.1.0.1"} in res["routes"], res
     assert ns_ping(c, lab.WORLD_IP), "the container reaches the world"
+    world = subprocess.Popen(["ip", "netns", "exec", lab.UNDERLAY_NS, sys.executable, "-c", PEER, lab.WORLD_IP],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        r = subprocess.run(["ip", "netns", "exec", os.path.basename(c), sys.executable, "-c", ASK, lab.WORLD_IP,
+                            "7078"], capture_output=True, text=True, timeout=30)
+    finally:
+        world.wait(timeout=30)
+    assert r.stdout.strip() == lab.vtep_ip(1), f"a TCP connection to the world, from the host's address: {r}"
     srv = subprocess.Popen(["ip", "netns", "exec", os.path.basename(c), sys.executable, "-c", SERVE],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -178,6 +178,17 @@ def test_containers_reach_the_world_and_publish_ports_unless_internal(engines):
         finally:
             cap.remove()
         assert set(r.stdout.split()) == {lab.vtep_ip(1)}, f"the world sees the host's address (SNAT): {r.stdout}"
+        web = subprocess.Popen(["ip", "netns", "exec", lab.UNDERLAY_NS, sys.executable, "-m", "http.server",
+                                "--bind", lab.WORLD_IP, "--directory", "/usr/share/doc/iperf3", "8081"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import time
+            time.sleep(1)
+            got = e1.docker("exec", "w1", "wget", "-q", "-O-", f"http://{lab.WORLD_IP}:8081/", check=False)
+        finally:
+            web.kill()
+            web.wait()
+        assert got.returncode == 0 and "copyright" in got.stdout, f"a TCP fetch from the container: {got}"
         r = subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, sys.executable, "-c", FETCH,
                             f"http://{lab.vtep_ip(1)}:8080/"], capture_output=True, text=True, timeout=30)
         assert r.stdout.strip().isdigit(), f"-p 8080:80 answers HTTP from the world: {r.stdout} {r.stderr}"

@@ -184,7 +184,7 @@ def test_containers_reach_the_world_and_publish_ports_unless_internal(engines):
         try:
             import time
             time.sleep(1)
-            got = e1.docker("exec", "w1", "wget", "-q", "-O-", f"http://{lab.WORLD_IP}:8081/", check=False)
+            got = e1.docker("exec", "w1", "busybox", "wget", "-q", "-O-", f"http://{lab.WORLD_IP}:8081/", check=False)
         finally:
             web.kill()
             web.wait()

@@ -12,6 +12,7 @@ from dataplane.core.keys import ip_str
 from dataplane.kernel import netlink
 from dataplane.node import Node
 from dataplane.registry import open_registry
+from dataplane.registry.reserve import parse_reservation
 from lab import topology as lab
 
 
@@ -57,6 +58,9 @@ def actual(ns: str) -> dict:
         for k, v in m.dp_neigh.items():
             neigh.setdefault(k.vni, {})[ip_str(k.ip)] = model.mac_str(v.mac)
         local_macs = {(k.vni, model.mac_str(k.mac)) for k, _ in m.dp_local_macs.items()}
+    for gw in st.gateways.values():       # the node's own way out (node/gateway.py), not the registry's
+        assert neigh.get(gw.vni, {}).pop(gw.ip, None) == gw.mac, f"{ns}: gateway {gw.ip} has no neighbour entry"
+        assert (gw.vni, gw.mac) in local_macs, f"{ns}: gateway {gw.ip} has no local MAC entry"
     for vni in set(nets) | set(fdb) | set(neigh):
         eps = {e.name: e.mac for e in st.local_endpoints(vni)}
         have[vni] = {"fdb": fdb.get(vni, {}), "neigh": neigh.get(vni, {}), "flood": sorted(flood.get(vni, [])),
@@ -77,7 +81,7 @@ def registry_problems(snap) -> list[str]:
                 out.append(f"endpoint {e.id}: {kind} claim {k} is {getattr(snap, kind).get(k)}")
     for kind in ("macs", "ipam"):
         for k, owner in getattr(snap, kind).items():
-            if owner not in snap.endpoints:
+            if owner not in snap.endpoints and not (kind == "ipam" and parse_reservation(owner)):
                 out.append(f"{kind} claim {k} held by {owner}, which does not exist")
     return out
 

@@ -26,8 +26,8 @@ def fdb(node: Node) -> list[dict]:
     with node.maps() as m:
         router = _C["DP_LOCAL_ROUTER"]
         for k, v in m.dp_local_macs.items():
-            rows.append({"vni": k.vni, "mac": model.mac_str(k.mac), "where": "gateway" if v.value & router else "local",
-                         "ifindex": v.value & ~router, "age_s": None, "state": "static"})
+            rows.append({"vni": k.vni, "mac": model.mac_str(k.mac), "where": "local", "ifindex": v.value & ~router,
+                         "age_s": None, "state": "gateway" if v.value & router else "static"})
         for k, v in m.dp_fdb.items():
             rows.append({"vni": k.vni, "mac": model.mac_str(k.mac), "where": ip_str(v.vtep),
                          "ifindex": None, "age_s": None, "state": "static"})

@@ -75,7 +75,8 @@ class EtcdKV(KV):
                          for h, p in self.endpoints]
         self._current = 0                              # the member to try first
         self.cluster_id: str | None = None             # from the answers' headers (agent/cache.py keys on it)
-        self._grpc, self._grpc_ok = Channels(self.endpoints, tls), True     # bulk reads (etcd_grpc.py)
+        self._grpc = Channels(self.endpoints, tls)      # bulk reads (etcd_grpc.py)
+        self.use_grpc, self.grpc_fallbacks = True, 0    # reads gRPC failed, done through the gateway
         self._failed_at = [0.0] * len(self.endpoints)  # monotonic time of each member's last failure
 
     def endpoint(self, i: int | None = None) -> str:
@@ -231,13 +232,13 @@ class EtcdKV(KV):
         each from another member: over gRPC (etcd_grpc.py), else through the gateway
         (which marshals about 12 MB/s of JSON before it sends a byte)."""
         def read(k: int, prefix: str, rev: int | None) -> tuple[int, list[Item]]:
-            if self._grpc_ok:
+            if self.use_grpc:
                 try:
                     return self._grpc_range(k, prefix, rev)
-                except GrpcUnavailable as e:
-                    if self._grpc_ok:
-                        log.warning("etcd gRPC read failed (%s): reading through the JSON gateway", e)
-                    self._grpc_ok = False
+                except GrpcUnavailable as e:     # this read goes through the gateway; the next tries gRPC again
+                    self.grpc_fallbacks += 1
+                    (log.warning if self.grpc_fallbacks == 1 else log.debug)(
+                        "etcd gRPC read failed (%s): reading through the JSON gateway", e)
             at = {"revision": str(rev)} if rev else {}
             return self._items(self._post("/kv/range", {"key": b64(prefix), "range_end": range_end(prefix), **at},
                                           skip=k, timeout=BULK_TIMEOUT_S))
@@ -253,7 +254,7 @@ class EtcdKV(KV):
         end[-1] += 1
         try:
             token = self.token(i)
-        except Unknown as e:
+        except (Unsent, Unknown, Unavailable) as e:   # the gateway's read says it as it should (Refused, ...)
             raise GrpcUnavailable(f"login at {self.endpoint(i)}: {e}") from None
         got, cluster, items = self._grpc.range(i, prefix.encode(), bytes(end), rev or 0, token, BULK_TIMEOUT_S)
         self.cluster_id = cluster

@@ -73,7 +73,7 @@ def test_an_endpoint_reaches_the_world_as_its_host(info):
     assert ping(a["name"], b["ip"], 3, 0.2)[0] == 3
     assert stats(H1, 256)["tx_packets"] >= before + 3, "east-west went over the overlay"
     rows = readout.fdb(Node(H1))
-    assert [r["mac"] for r in rows if r["where"] == "gateway"] == ["02:42:0a:01:00:01"], rows
+    assert [r["mac"] for r in rows if r["state"] == "gateway"] == ["02:42:0a:01:00:01"], rows
 
 
 def test_an_internal_network_has_no_way_out(info):

@@ -67,7 +67,7 @@ def test_a_spoofed_frame_is_in_the_drop_metric(info):
     assert stats("dpl-h1", 256)["drops"]["spoof_mac"] == before + 5, "the same count as `dataplane stats`"
     assert value(body, "dataplane_tx_packets_total", vni="256") >= 1
     assert value(body, "dataplane_agent_synced") == 1 and value(body, "dataplane_registry_connected") == 1
-    assert value(body, "dataplane_map_entries", map="dp_endpoints") == 1
+    assert value(body, "dataplane_map_entries", map="dp_endpoints") == 2, "the sandbox's port and the gateway's"
     assert value(body, "dataplane_map_capacity", map="dp_fdb") == 65536
     assert value(body, "process_resident_memory_bytes") > 10e6
     assert value(body, "process_start_time_seconds") > 0
@@ -197,7 +197,7 @@ def test_status_is_the_node_at_a_glance(info):
     assert progs["from_endpoint"]["attached"] == "tc ingress, 1/1 endpoints"
     assert progs["flood_remote_vteps"]["attached"] == "tail call"
     maps = {m["map"]: m for m in out["maps"]}
-    assert maps["dp_endpoints"]["entries"] == 1 and maps["dp_fdb"]["capacity"] == 65536
+    assert maps["dp_endpoints"]["entries"] == 2 and maps["dp_fdb"]["capacity"] == 65536   # a sandbox, the gateway
     assert out["agent"]["synced"] and out["agent"]["connected"]
     assert out["networks"] == [{"vni": 256, "subnet": "10.1.0.0/24", "mtu": 1450, "endpoints": 1, "peers": 1}]
     assert out["errors"] == []

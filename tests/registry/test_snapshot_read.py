@@ -39,8 +39,8 @@ def test_grpc_and_the_gateway_read_the_same(registry_url):
     try:
         fill(reg)
         over_grpc = reg.snapshot()
-        assert reg.kv._grpc_ok, "the read went over gRPC"
-        reg.kv._grpc_ok = False
+        assert reg.kv.grpc_fallbacks == 0, "the read went over gRPC"
+        reg.kv.use_grpc = False
         over_json = reg.snapshot()
         assert over_grpc.rev == over_json.rev
         for part in ("networks", "hosts", "endpoints", "macs", "ipam", "bad"):
@@ -62,6 +62,6 @@ def test_a_member_that_refuses_grpc_is_read_through_the_gateway(registry_url, mo
             raise etcd_grpc.GrpcUnavailable("UNAVAILABLE: HTTP/1.1 only")
         monkeypatch.setattr(etcd_grpc.Channels, "range", refuse)
         snap = reg.snapshot()
-        assert len(snap.endpoints) == 40 and not reg.kv._grpc_ok
+        assert len(snap.endpoints) == 40 and reg.kv.grpc_fallbacks == 5, "every prefix read through the gateway"
     finally:
         reg.close()

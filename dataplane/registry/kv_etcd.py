@@ -232,16 +232,20 @@ class EtcdKV(KV):
         each from another member: over gRPC (etcd_grpc.py), else through the gateway
         (which marshals about 12 MB/s of JSON before it sends a byte)."""
         def read(k: int, prefix: str, rev: int | None) -> tuple[int, list[Item]]:
+            why = None
             if self.use_grpc:
                 try:
                     return self._grpc_range(k, prefix, rev)
                 except GrpcUnavailable as e:     # this read goes through the gateway; the next tries gRPC again
-                    self.grpc_fallbacks += 1
-                    (log.warning if self.grpc_fallbacks == 1 else log.debug)(
-                        "etcd gRPC read failed (%s): reading through the JSON gateway", e)
+                    why = e
             at = {"revision": str(rev)} if rev else {}
-            return self._items(self._post("/kv/range", {"key": b64(prefix), "range_end": range_end(prefix), **at},
-                                          skip=k, timeout=BULK_TIMEOUT_S))
+            out = self._items(self._post("/kv/range", {"key": b64(prefix), "range_end": range_end(prefix), **at},
+                                         skip=k, timeout=BULK_TIMEOUT_S))
+            if why is not None:               # said only when the gateway did what gRPC could not
+                self.grpc_fallbacks += 1
+                (log.warning if self.grpc_fallbacks == 1 else log.debug)(
+                    "etcd gRPC read failed (%s): read through the JSON gateway", why)
+            return out
         rev, first = read(0, prefixes[0], None)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1)) as pool:
             rest = list(pool.map(lambda kp: read(kp[0] + 1, kp[1], rev)[1], enumerate(prefixes[1:])))

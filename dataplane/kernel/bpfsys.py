@@ -152,29 +152,9 @@ def delete_batch(fd: int, keys, count: int, what: str = "map") -> int:
     return count
 
 
-def count(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> int:
-    """Entries in a hash map, read chunk by chunk with BPF_MAP_LOOKUP_BATCH (a
-    syscall per chunk, not per entry: metrics read this at every scrape)."""
-    keys = (ctypes.c_uint8 * (key_size * chunk))()
-    vals = (ctypes.c_uint8 * (value_size * chunk))()
-    cursor = (ctypes.c_uint8 * 8)()
-    out = (ctypes.c_uint8 * 8)()
-    total, first = 0, True
-    while True:
-        attr = _BatchAttr(in_batch=0 if first else _ptr(cursor), out_batch=_ptr(out), keys=_ptr(keys),
-                          values=_ptr(vals), count=chunk, map_fd=fd)
-        ret = _call(MAP_LOOKUP_BATCH, attr, f"batch lookup in map fd {fd}", ok=(errno.ENOENT,))
-        total += attr.count
-        if ret < 0:
-            return total
-        ctypes.memmove(cursor, out, 8)
-        first = False
-
-
-def dump_raw(fd: int, key_size: int, value_size: int, chunk: int = 4096):
-    """Every (key, value) of a hash map as bytes, read chunk by chunk with
-    BPF_MAP_LOOKUP_BATCH: a syscall per chunk, not two per entry (an agent
-    start reads 200,000 entries)."""
+def _batches(fd: int, key_size: int, value_size: int, chunk: int):
+    """A hash map's entries chunk by chunk with BPF_MAP_LOOKUP_BATCH, a syscall per
+    chunk: (keys buffer, values buffer, how many) each time; the buffers are reused."""
     keys, vals = (ctypes.c_uint8 * (key_size * chunk))(), (ctypes.c_uint8 * (value_size * chunk))()
     cursor, out = (ctypes.c_uint8 * 8)(), (ctypes.c_uint8 * 8)()
     first = True
@@ -182,13 +162,24 @@ def dump_raw(fd: int, key_size: int, value_size: int, chunk: int = 4096):
         attr = _BatchAttr(in_batch=0 if first else _ptr(cursor), out_batch=_ptr(out), keys=_ptr(keys),
                           values=_ptr(vals), count=chunk, map_fd=fd)
         ret = _call(MAP_LOOKUP_BATCH, attr, f"batch lookup in map fd {fd}", ok=(errno.ENOENT,))
-        kb, vb = bytes(keys), bytes(vals)
-        for i in range(attr.count):
-            yield kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size]
+        yield keys, vals, attr.count
         if ret < 0:
             return
         ctypes.memmove(cursor, out, 8)
         first = False
+
+
+def count(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> int:
+    """Entries in a hash map (metrics read this at every scrape: a syscall per chunk, not per entry)."""
+    return sum(n for _, _, n in _batches(fd, key_size, value_size, chunk))
+
+
+def dump_raw(fd: int, key_size: int, value_size: int, chunk: int = 4096):
+    """Every (key, value) of a hash map as bytes (an agent start reads 200,000 entries)."""
+    for keys, vals, n in _batches(fd, key_size, value_size, chunk):
+        kb, vb = bytes(keys), bytes(vals)
+        for i in range(n):
+            yield kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size]
 
 
 def dump(fd: int, key_type, value_type, chunk: int = 4096):

@@ -123,9 +123,14 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
     # path carries them whole, and a larger limit would only make the uplink segment.
     gso.set_veth(st.uplink.gso_max, (node.netns, ep.host_ifname), inner)
     write_entries(m, st, ep)
+    attach_port(node, ep.ifindex)
+
+
+def attach_port(node: Node, ifindex: int) -> None:
+    """from_endpoint at tc ingress of a port (an endpoint's host side, or a gateway's)."""
     fd = loader.open_prog(node.pin_dir, "from_endpoint")
     try:
-        netlink.tc_attach(node.netns, ep.ifindex, fd, "from_endpoint")
+        netlink.tc_attach(node.netns, ifindex, fd, "from_endpoint")
     finally:
         os.close(fd)
 

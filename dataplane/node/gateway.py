@@ -23,12 +23,11 @@ docker_gwbridge.
 from __future__ import annotations
 
 import ipaddress
-import os
 
 from dataplane.core import abi, model, state
 from dataplane.core.errors import KernelError, NotFound
 from dataplane.core.state import Gateway, NodeState
-from dataplane.kernel import loader, netlink
+from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import endpoints, fdb
 from dataplane.node.base import Node
@@ -78,11 +77,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.forwarding", "1")
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
-    fd = loader.open_prog(node.pin_dir, "from_endpoint")
-    try:
-        netlink.tc_attach(ns, gw.ifindex, fd, "from_endpoint")
-    finally:
-        os.close(fd)
+    endpoints.attach_port(node, gw.ifindex)
     for table, chain, add, rule in _rules(gw):
         if _iptables(ns, table, "-C", chain, rule).returncode:
             r = _iptables(ns, table, add, chain, rule)

@@ -15,10 +15,16 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text) if text else b""
 
 
-def range_end(prefix: str) -> str:
+def prefix_end(prefix: str) -> bytes:
+    """The first key past every key under prefix (etcd's range_end for a prefix)."""
     raw = bytearray(prefix.encode())
     raw[-1] += 1
-    return b64(bytes(raw))
+    return bytes(raw)
+
+
+def range_end(prefix: str) -> str:
+    """prefix_end as the JSON gateway takes it."""
+    return b64(prefix_end(prefix))
 
 
 class Unsent(Exception):

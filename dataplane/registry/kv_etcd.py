@@ -30,15 +30,15 @@ from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB
 from dataplane.registry.etcd_access import TlsFiles
 from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
-from dataplane.registry.etcd_wire import Unknown, Unsent, b64, range_end, tls_failure, tls_refusal
+from dataplane.registry.etcd_wire import Unknown, Unsent, b64, prefix_end, range_end, tls_failure, tls_refusal
 from dataplane.registry.kv import KV, Item, Refused, Txn, Unavailable, Watch
 
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
 BULK_TIMEOUT_S = 30.0       # to read a whole prefix: the gateway sends nothing until 25 MB are marshalled
 CONNECT_TIMEOUT_S = 1.0     # to open a TCP connection to one member
 WATCH_DEADLINE_S = 15.0     # a watch that hears nothing for this long is dead
-# etcd's words (3.4) for a request whose token must be replaced: it was applied nowhere.
 log = logging.getLogger("dataplane.registry")
+# etcd's words (3.4) for a request whose token must be replaced: it was applied nowhere.
 RELOGIN = ("invalid auth token", "user name is empty", "revision of auth store is old", "auth revision is old")
 
 
@@ -76,7 +76,7 @@ class EtcdKV(KV):
         self._current = 0                              # the member to try first
         self.cluster_id: str | None = None             # from the answers' headers (agent/cache.py keys on it)
         self._grpc = Channels(self.endpoints, tls)      # bulk reads (etcd_grpc.py)
-        self.use_grpc, self.grpc_fallbacks = True, 0    # reads gRPC failed, done through the gateway
+        self.use_grpc, self.grpc_fallbacks = True, 0    # bulk reads gRPC failed, done by the gateway
         self._failed_at = [0.0] * len(self.endpoints)  # monotonic time of each member's last failure
 
     def endpoint(self, i: int | None = None) -> str:
@@ -254,13 +254,11 @@ class EtcdKV(KV):
     def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Item]]:
         order = self._order()
         i = order[k % len(order)]
-        end = bytearray(prefix.encode())
-        end[-1] += 1
         try:
             token = self.token(i)
         except (Unsent, Unknown, Unavailable) as e:   # the gateway's read says it as it should (Refused, ...)
             raise GrpcUnavailable(f"login at {self.endpoint(i)}: {e}") from None
-        got, cluster, items = self._grpc.range(i, prefix.encode(), bytes(end), rev or 0, token, BULK_TIMEOUT_S)
+        got, cluster, items = self._grpc.range(i, prefix.encode(), prefix_end(prefix), rev or 0, token, BULK_TIMEOUT_S)
         self.cluster_id = cluster
         return got, items
 

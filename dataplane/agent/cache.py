@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 
 import orjson
 
@@ -85,7 +86,7 @@ def load(node: str, cluster: str | None, before_rev: int) -> Snapshot | None:
     p = path(node)
     try:
         st = os.lstat(p)
-        if st.st_uid != 0 or st.st_mode & 0o077 or not os.path.isfile(p):
+        if st.st_uid != 0 or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):   # lstat: a link is refused
             log.warning("registry view cache %s ignored: not root's own file", p)
             return None
         with open(p, "rb") as f:

@@ -68,9 +68,6 @@ class Gateway:
     port: str                    # its veth peer, where from_endpoint runs
     ifindex: int = 0             # the port's
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class LocalEndpoint:

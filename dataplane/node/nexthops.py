@@ -9,7 +9,7 @@ import logging
 import time
 
 from dataplane.core import abi, model
-from dataplane.core.errors import DataplaneError, UsageError
+from dataplane.core.errors import UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import NodeState
 from dataplane.kernel import netlink

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 import time
 from contextlib import contextmanager
 
@@ -30,13 +31,17 @@ from dataplane.kernel.netns import (  # noqa: E402,F401
     sysctl, sysctl_get)
 
 
+def _rtnl_fd() -> int:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE).detach()
+
+
 @contextmanager
 def ipr(netns: str | None):
-    """An rtnetlink socket inside netns (which must exist)."""
-    try:
-        sock = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    except FileNotFoundError:
-        raise NotFound(f"network namespace {netns!r} does not exist") from None
+    """An rtnetlink socket inside netns (which must exist). The socket is made by
+    a thread that entered netns (a socket stays in the namespace it was made in):
+    pyroute2's own netns= forks a helper for each socket, 30-150 ms in an agent
+    of a few hundred MB, which stalled its main loop on every tick."""
+    sock = IPRoute(fileno=call_in_netns(netns, _rtnl_fd)) if netns else IPRoute()
     try:
         yield sock
     finally:

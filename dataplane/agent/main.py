@@ -20,15 +20,15 @@ import signal
 import threading
 import time
 
-from dataplane.agent import (client, converge, lease, local, metrics, ops, process, punts, sdnotify, server,
-                             slowpath, sync)
+from dataplane.agent import (client, converge, housekeeping, lease, local, metrics, ops, pauses, process, punts,
+                             sdnotify, server, slowpath, sync)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
-from dataplane.node import Node, monitor, networks, vtep
-from dataplane.node.sweep import sweep, vanished
-from dataplane.node.fdb import RemoteTable, age_learned, forget_learned_vtep, local_neigh_keys
+from dataplane.node import Node, vtep
+from dataplane.node.sweep import sweep
+from dataplane.node.fdb import RemoteTable, forget_learned_vtep, local_neigh_keys
 from dataplane.registry import Compacted, Host, Unavailable, open_registry
 from dataplane.registry.backoff import Backoff
 
@@ -62,6 +62,8 @@ class Agent:
         self._watch = None
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
+        self.orphan_suspects: set[str] = set()     # local.drop_orphans
+        self.orphan_scan_all = True
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.conflicts: dict[str, str] = {}    # a local runtime's endpoint another writer moved or deleted
         self.bad: deque[str] = deque(maxlen=50)   # the last records skipped as malformed: "key: why"
@@ -89,6 +91,7 @@ class Agent:
             raise Conflict(f"another agent (pid {pid or '?'}) serves node {self.node.name}: stop it first "
                            "(`systemctl stop dataplane`, or `dataplane down`)")
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
+        pauses.watch()
         for line in sweep(self.node):      # what a crash (of us, or of a command) left behind
             log.warning("repaired: %s", line)
             self.counters["repairs"] += 1
@@ -253,7 +256,10 @@ class Agent:
                 vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
             if now >= next_age:
                 next_age = now + age_every
-                self._age()
+                steps = housekeeping.tick(self)
+                took = time.monotonic() - now
+                if took > SLOW_TURN_S:
+                    log.warning("slow turn: housekeeping took %.0f ms (%s)", took * 1000, ", ".join(steps))
             if now >= self._cache_due:
                 sync.write_cache(self)
 
@@ -281,22 +287,6 @@ class Agent:
                 break
             batch += nxt[1]
         return "events", batch
-
-    def _age(self) -> None:
-        st = self.node.state()
-        if st:
-            with self.lock:
-                if self.synced.is_set() and self.connected.is_set():
-                    local.drop_orphans(self)
-                networks.prune_parted(self.node)
-                n = age_learned(self.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
-                monitor.clear_if_abandoned(self.node)      # a monitor killed outright left events on
-                for line in vanished(self.node):
-                    log.warning("%s", line)
-                    self.counters["vanished"] += 1
-            if n:
-                self.counters["aged"] += n
-                log.info("aged out %d learned FDB entries", n)
 
     def _apply_snapshot(self, snap) -> None:
         sync.apply_snapshot(self, snap)

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from dataplane.agent import cache, local, sdnotify
+from dataplane.agent import cache, local, pauses, sdnotify
 from dataplane.registry import Snapshot
 
 CACHE_EVERY_S = 60.0      # the registry view is written to disk at most this often, and at stop
@@ -63,7 +63,9 @@ def finish(ag, rev: int, warm: bool) -> None:
         if first:
             local.adopt(ag)
         local.settle_moves(ag)
+        ag.orphan_scan_all = True       # the view is new: every record of ours is looked at
         ag.reconcile()
+    pauses.settle()
     ag.last_sync_s = time.monotonic() - t0
     ag.warm_start = warm
     ag.synced.set()

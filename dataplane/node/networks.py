@@ -137,6 +137,9 @@ def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
 def prune_parted(node: Node) -> int:
     """Forget parted peers whose grace is over: their frames are refused from now on."""
     now = time.time()
+    st = node.state()
+    if st is None or not any(until <= now for parted in st.parted.values() for until in parted.values()):
+        return 0                            # nothing due: no lock taken, no state written
     with node.changing() as (st, m):
         gone = 0
         for vni, parted in list(st.parted.items()):

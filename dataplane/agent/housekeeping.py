@@ -1,0 +1,49 @@
+"""The agent's housekeeping, every few seconds between registry messages: orphan
+records, parted peers, learned entries to age, an abandoned monitor,
+interfaces that vanished, and a garbage collection (pauses.py). It holds up
+registry events while it runs, so each step is kept short and a slow tick is
+logged with its slow steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from dataplane.agent import local, pauses
+from dataplane.node import monitor, networks
+from dataplane.node.fdb import age_learned
+from dataplane.node.sweep import vanished
+
+log = logging.getLogger("dataplane.agent")
+
+
+def tick(ag) -> list[str]:
+    """Housekeeping; returns its steps that took over 10 ms, for the slow-turn warning."""
+    st, steps, t = ag.node.state(), [], time.monotonic()
+
+    def step(what: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        if now - t > 0.01:
+            steps.append(f"{what} {(now - t) * 1000:.0f} ms")
+        t = now
+    if not st:
+        return steps
+    with ag.lock:
+        if ag.synced.is_set() and ag.connected.is_set():
+            local.drop_orphans(ag)
+        step("orphans")
+        networks.prune_parted(ag.node)
+        n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
+        monitor.clear_if_abandoned(ag.node)      # a monitor killed outright left events on
+        step("ageing")
+        for line in vanished(ag.node):
+            log.warning("%s", line)
+            ag.counters["vanished"] += 1
+        step("interfaces")
+    pauses.tick()
+    step("collection")
+    if n:
+        ag.counters["aged"] += n
+        log.info("aged out %d learned FDB entries", n)
+    return steps

@@ -1,0 +1,68 @@
+"""local.drop_orphans on a real (SQLite) registry: a record of this host with no
+sandbox here goes, found by a full scan after a sync and afterwards only among
+the records events wrote for this host (endpoint_changed notes them), so a
+tick does not walk the whole view."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from dataplane.agent import local
+from dataplane.registry import open_registry
+from dataplane.registry.records import Host
+
+
+class Agent:
+    def __init__(self, url: str):
+        self.reg = open_registry(url)
+        self.me = "h1"
+        self.reg.network_create("n", 256, "10.9.0.0/24")
+        for name, ip in (("h1", "198.18.0.1"), ("h2", "198.18.0.2")):
+            self.reg.host_register(Host.make(name, ip), self.reg.kv.lease_grant(60))
+        self.sandboxes: dict = {}
+        self.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=self.sandboxes))
+        self.view = SimpleNamespace(endpoints={})
+        self.orphan_suspects: set[str] = set()
+        self.orphan_scan_all = True
+
+    def create(self, eid: str, host: str):
+        rec = self.reg.endpoint_create(eid, "n", host)
+        self.view.endpoints[eid] = rec
+        return rec
+
+    def in_registry(self) -> set[str]:
+        return {e.id for e in self.reg.endpoints()}
+
+
+def test_a_sync_scans_every_record_then_only_what_events_wrote(tmp_path):
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    try:
+        ag.create("kept", "h1")
+        ag.sandboxes["kept"] = object()
+        ag.create("orphan", "h1")
+        ag.create("theirs", "h2")
+        local.drop_orphans(ag)                       # after a sync: all of them
+        assert ag.in_registry() == {"kept", "theirs"}
+        assert not ag.orphan_scan_all
+
+        # A record this host registered whose sandbox never came (the reply was lost):
+        # not looked at until an event says it was written for this host.
+        late = ag.create("late", "h1")
+        local.drop_orphans(ag)
+        assert "late" in ag.in_registry(), "a tick after the sync walks only noted records"
+        local.endpoint_changed(ag, "late", late, ag.sandboxes)
+        assert ag.orphan_suspects == {"late"}
+        local.drop_orphans(ag)
+        assert ag.in_registry() == {"kept", "theirs"} and not ag.orphan_suspects
+
+        # A noted record whose sandbox exists by the tick stays; another host's is never noted.
+        soon = ag.create("soon", "h1")
+        local.endpoint_changed(ag, "soon", soon, ag.sandboxes)
+        ag.sandboxes["soon"] = object()
+        other = ag.create("other", "h2")
+        local.endpoint_changed(ag, "other", other, ag.sandboxes)
+        assert ag.orphan_suspects == {"soon"}
+        local.drop_orphans(ag)
+        assert ag.in_registry() == {"kept", "theirs", "soon", "other"}
+    finally:
+        ag.reg.close()

@@ -30,6 +30,8 @@ import argparse
 import contextlib
 import os
 import ipaddress
+import multiprocessing
+import queue
 import signal
 import statistics
 import subprocess
@@ -144,50 +146,95 @@ def _wait_installed(ns: str, n: int, timeout: float = 120) -> bool:
     return False
 
 
+def _poll_host(ns: str, q, out) -> None:
+    """One host's timer, in a process of its own so the writers' threads never
+    hold its GIL: (mac, write time, etcd's answer time) arrive on q, None ends;
+    each is timed until its FDB entry is in ns's map. Sends ([(ms from the write,
+    write time, ms from etcd's answer)], not seen in 10 s)."""
+    pending: dict[str, float] = {}
+    lat, missing, stopping = [], 0, False
+    with Node(ns).maps() as m:
+        out.send("ready")
+        while not stopping or pending:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = q.get_nowait()
+                    if item is None:
+                        stopping = True
+                    else:
+                        pending[item[0]] = item[1:]
+            now = time.perf_counter()
+            for mac, (t, t_ack) in list(pending.items()):
+                if m.dp_fdb.get(mac_key(VNI, mac)) is not None:
+                    seen = time.perf_counter()
+                    lat.append(((seen - t) * 1000, t, (seen - t_ack) * 1000))
+                elif now - t < 10:
+                    continue
+                else:
+                    missing += 1
+                del pending[mac]
+            time.sleep(0.001)
+    out.send((lat, missing))
+
+
 class Watcher:
-    """Times sampled endpoints from their write to their FDB entry on every host."""
+    """Times sampled endpoints from their write to their FDB entry on every host,
+    one process per host (perf_counter is CLOCK_MONOTONIC: one clock for all)."""
 
     def __init__(self):
-        self.pending: dict[tuple, float] = {}
-        self.lock = threading.Lock()
-        self.lat = {ns: [] for ns in HOSTS}
-        self.missing = {ns: 0 for ns in HOSTS}
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._poll, args=(ns,), daemon=True) for ns in HOSTS]
+        ctx = multiprocessing.get_context("spawn")
+        self.queues = {ns: ctx.Queue() for ns in HOSTS}
+        self.pipes = {ns: ctx.Pipe(duplex=False) for ns in HOSTS}
+        self.procs = [ctx.Process(target=_poll_host, args=(ns, self.queues[ns], self.pipes[ns][1]), daemon=True)
+                      for ns in HOSTS]
+        for p in self.procs:
+            p.start()
+        for rd, _ in self.pipes.values():       # started and imported before anything is timed
+            assert rd.recv() == "ready"
 
-    def expect(self, e: Endpoint, t_write: float) -> None:
-        with self.lock:
-            for ns in HOSTS:
-                self.pending[(ns, e.mac)] = t_write
+    def expect(self, e: Endpoint, t_write: float, t_ack: float) -> None:
+        for q in self.queues.values():
+            q.put((e.mac, t_write, t_ack))
 
-    def _poll(self, ns: str) -> None:
-        with Node(ns).maps() as m:
-            while not (self.stop.is_set() and not any(k[0] == ns for k in self.pending)):
-                with self.lock:
-                    todo = [(mac, t) for (h, mac), t in self.pending.items() if h == ns]
-                now = time.perf_counter()
-                for mac, t in todo:
-                    if m.dp_fdb.get(mac_key(VNI, mac)) is not None:
-                        self.lat[ns].append((time.perf_counter() - t) * 1000)
-                    elif now - t < 10:
-                        continue
-                    else:
-                        self.missing[ns] += 1
-                    with self.lock:
-                        self.pending.pop((ns, mac), None)
-                time.sleep(0.001)
+    def finish(self) -> dict:
+        """{ns: (sorted [(latency ms, write time)], missing)} once every pending entry is seen or given up."""
+        for q in self.queues.values():
+            q.put(None)
+        res = {}
+        for ns, (rd, _) in self.pipes.items():
+            lat, missing = rd.recv()
+            res[ns] = (sorted(lat), missing)
+        for p in self.procs:
+            p.join(timeout=30)
+        return res
+
+
+def _slow_turns(ns: str, since: int) -> list[str]:
+    """The agent's "slow turn" warnings logged after byte offset since."""
+    with open(process.log_path(ns), "rb") as f:
+        f.seek(since)
+        return [ln.decode(errors="replace").strip() for ln in f if b"slow turn" in ln]
+
+
+def raft_term() -> int:
+    """The cluster's election term: it grows by one (or more) with every election."""
+    return max((m["raft_term"] or 0) for m in lab.etcd_members())
 
 
 def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn: int = 1) -> dict:
     """rate endpoints/s for seconds, by writers threads, per_txn endpoints in each transaction."""
+    term0 = raft_term()
+    logs0 = {ns: os.path.getsize(process.log_path(ns)) for ns in HOSTS}
     w = Watcher()
-    for t in w.threads:
-        t.start()
     done = [0] * writers
     per = rate / writers
     commits: list[float] = []        # ms from a timed write's start to etcd's answer
 
+    ready = threading.Barrier(writers)
+
     def writer(reg, k: int):
+        reg.kv.range_exact(key("networks", NET))     # connected and logged in before anything is timed
+        ready.wait()
         i, t0 = k * per_txn, time.perf_counter()
         while True:
             due = t0 + done[k] / per
@@ -202,28 +249,33 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn:
             took = (time.perf_counter() - tw) * 1000
             for j, e in enumerate(eps, i):
                 if j % 10 == 0:
-                    w.expect(e, tw)
+                    w.expect(e, tw, tw + took / 1000)
                     commits.append(took)
             done[k] += per_txn
             i += writers * per_txn
     threads = [threading.Thread(target=in_reg, args=(writer, k)) for k in range(writers)]
-    t0 = time.monotonic()
+    t0, t_start = time.monotonic(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     took = time.monotonic() - t0
-    w.stop.set()
-    for t in w.threads:
-        t.join(timeout=30)
     per_host = {}
-    for ns, v in w.lat.items():
-        v.sort()
-        per_host[ns] = {"n": len(v), "missing": w.missing[ns], "median_ms": round(statistics.median(v), 1),
-                        "p99_ms": round(v[min(len(v) - 1, int(0.99 * (len(v) - 1)))], 1), "max_ms": round(v[-1], 1)}
+    for ns, (timed, missing) in w.finish().items():
+        v = [ms for ms, _, _ in timed]
+        after = sorted(ms for _, _, ms in timed)
+        per_host[ns] = {"n": len(v), "missing": missing, "median_ms": round(statistics.median(v), 1),
+                        "p99_ms": round(v[min(len(v) - 1, int(0.99 * (len(v) - 1)))], 1), "max_ms": round(v[-1], 1),
+                        # when the slowest were written (s into the run): a stall shows as one instant
+                        # from etcd's answer to the writer: the agents' own part (and the wait for the
+                        # watch's delivery), without etcd's commit
+                        "after_ack_median_ms": round(statistics.median(after), 1),
+                        "after_ack_p99_ms": round(after[min(len(after) - 1, int(0.99 * (len(after) - 1)))], 1),
+                        "slowest": [(round(t - t_start, 2), round(ms)) for ms, t, _ in timed[-40:]]}
     commits.sort()
     return {"target_per_s": rate, "achieved_per_s": round(sum(done) / took, 1), "seconds": round(took, 1),
             "written": sum(done), "writers": writers, "per_txn": per_txn, "per_host": per_host,
+            "elections": raft_term() - term0, "slow_turns": {ns: _slow_turns(ns, logs0[ns]) for ns in HOSTS},
             "commit_median_ms": round(statistics.median(commits), 1),
             "commit_p99_ms": round(commits[min(len(commits) - 1, int(0.99 * (len(commits) - 1)))], 1),
             "commit_max_ms": round(commits[-1], 1)}
@@ -259,32 +311,40 @@ def leader_kill(i: int) -> dict:
 
 
 def table(r: dict) -> str:
-    m, k, a = r["machine"], r["leader_kill"], r["args"]
-    cold, warm = r["startup_cold"], r["startup_warm"]
+    m, a = r["machine"], r["args"]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. 3 hosts, 3-member etcd "
            f"(Debian etcd-server, TLS and authentication on), all on one machine. Command: `.venv/bin/python -m "
            f"bench.cluster --endpoints {a['endpoints']} --rate {a['rate']} --seconds {a['seconds']} "
-           f"--writers {a['writers']} --per-txn {a['per_txn']}`.", "",
-           f"Start-up with {cold['endpoints']} endpoints in the registry (h1's agent restarted):", "",
-           "| start-up sync | agent start to synced | registry read | sync into maps | peak RSS |",
-           "|---|---|---|---|---|"]
-    for name, s in (("cold (no view on disk: a host's first start)", cold),
-                    ("warm (the view on disk, then the watch)", warm)):
+           f"--writers {a['writers']} --per-txn {a['per_txn']} --parts {a['parts']}`."]
+    if "startup_cold" in r:
+        out += ["", f"Start-up with {r['startup_cold']['endpoints']} endpoints in the registry (h1's agent "
+                "restarted):", "", "| start-up sync | agent start to synced | registry read | sync into maps | "
+                "peak RSS |", "|---|---|---|---|---|"]
+    for name, s in (("cold (no view on disk: a host's first start)", r.get("startup_cold")),
+                    ("warm (the view on disk, then the watch)", r.get("startup_warm"))):
+        if s is None:
+            continue
         out.append(f"| {name} | {s['agent_start_to_synced_s']} s | {s['snapshot_ms']:.0f} ms | "
                    f"{s['sync_to_maps_ms']:.0f} ms | {s['rss_peak_mib']} MiB |")
     for key, what in (("sustained_single", "one endpoint per transaction"),
                       ("sustained_batched", f"{a['per_txn']} endpoints per transaction")):
-        u = r[key]
+        u = r.get(key)
+        if u is None:
+            continue
         out += ["", f"Sustained, {what}, {u['writers']} writers: {u['written']} endpoints in {u['seconds']} s, "
-                f"{u['achieved_per_s']}/s (target {u['target_per_s']}/s). The write itself (start to etcd's "
+                f"{u['achieved_per_s']}/s (target {u['target_per_s']}/s), {u.get('elections', '?')} leader elections "
+                "meanwhile. The write itself (start to etcd's "
                 f"answer): median {u['commit_median_ms']} ms, p99 {u['commit_p99_ms']} ms, max {u['commit_max_ms']} ms. "
                 "Write to FDB entry, every 10th timed:", "",
-                "| host | n | median | p99 | max | not seen in 10 s |", "|---|---|---|---|---|---|"]
+                "| host | n | median | p99 | max | not seen in 10 s | from etcd's answer: median | p99 |",
+                "|---|---|---|---|---|---|---|---|"]
         for ns, h in u["per_host"].items():
             out.append(f"| {ns} | {h['n']} | {h['median_ms']} ms | {h['p99_ms']} ms | {h['max_ms']} ms | "
-                       f"{h['missing']} |")
-    out += ["", f"Leader kill ({k['killed']}): write committed {k['write_committed_ms']} ms after the kill, "
-                f"on every host after {k['converged_ms']} ms ({k['visible_ms']})."]
+                       f"{h['missing']} | {h.get('after_ack_median_ms', '-')} ms | {h.get('after_ack_p99_ms', '-')} ms |")
+    k = r.get("leader_kill")
+    if k:
+        out += ["", f"Leader kill ({k['killed']}): write committed {k['write_committed_ms']} ms after the kill, "
+                    f"on every host after {k['converged_ms']} ms ({k['visible_ms']})."]
     return "\n".join(out) + "\n"
 
 
@@ -295,7 +355,13 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60, help="how long to sustain them")
     p.add_argument("--writers", type=int, default=16, help="writer threads (each a host writing)")
     p.add_argument("--per-txn", type=int, default=10, help="endpoints per transaction in the batched run")
+    p.add_argument("--parts", default="startup,single,batched,leader",
+                   help="which parts to run, comma-separated (startup, single, batched, leader)")
+    p.add_argument("--out", default="cluster", help="results name under bench/results")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"startup", "single", "batched", "leader"}:
+        p.error(f"--parts: one or more of startup, single, batched, leader, not {args.parts!r}")
     if args.endpoints + 2 * args.rate * args.seconds + 10 > min(MAP, SUBNET.num_addresses - 4):
         p.error("more endpoints than the maps or the subnet hold")
     res = {"machine": machine(), "args": vars(args)}
@@ -306,19 +372,23 @@ def main(argv=None) -> int:
         res["populate_s"] = round(populate(args.endpoints), 1)
         for ns in HOSTS:
             assert _wait_installed(ns, args.endpoints), f"{ns} did not install {args.endpoints}"
-        log("start-up sync, cold then warm")
-        res["startup_cold"] = startup(args.endpoints, warm=False)
-        res["startup_warm"] = startup(args.endpoints, warm=True)
+        if "startup" in parts:
+            log("start-up sync, cold then warm")
+            res["startup_cold"] = startup(args.endpoints, warm=False)
+            res["startup_warm"] = startup(args.endpoints, warm=True)
         n = args.endpoints
         for key, per in (("sustained_single", 1), ("sustained_batched", args.per_txn)):
+            if key.split("_")[1] not in parts:
+                continue
             log(f"sustained updates: {args.rate}/s for {args.seconds:.0f} s, {per} per transaction")
             res[key] = sustained(n, args.rate, args.seconds, args.writers, per)
             n += res[key]["written"] + args.writers * per
-        log("leader kill")
-        res["leader_kill"] = leader_kill(n + 5)
+        if "leader" in parts:
+            log("leader kill")
+            res["leader_kill"] = leader_kill(n + 5)
     finally:
         lab.down()
-    save(res, table(res), "cluster")
+    save(res, table(res), args.out)
     return 0
 
 

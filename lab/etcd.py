@@ -103,12 +103,20 @@ def _status(ip: str, port: int, tls: TlsFiles | None = None) -> dict | None:
         return None
 
 
-def is_leader(ip: str, port: int, netns: str | None = None, tls: TlsFiles | None = None) -> bool | None:
-    """True if this member leads its cluster, False if not, None if it does not answer."""
+def member_status(ip: str, port: int, netns: str | None = None, tls: TlsFiles | None = None) -> dict | None:
+    """{"leader": whether this member leads its cluster, "raft_term": the election
+    term it is in}, or None if it does not answer."""
     st = netlink.call_in_netns(netns, _status, ip, port, tls)
     if st is None:
         return None
-    return st.get("header", {}).get("member_id") == st.get("leader")
+    return {"leader": st.get("header", {}).get("member_id") == st.get("leader"),
+            "raft_term": int(st.get("raftTerm") or st.get("header", {}).get("raft_term") or 0)}
+
+
+def is_leader(ip: str, port: int, netns: str | None = None, tls: TlsFiles | None = None) -> bool | None:
+    """True if this member leads its cluster, False if not, None if it does not answer."""
+    st = member_status(ip, port, netns, tls)
+    return None if st is None else st["leader"]
 
 
 def stop(pid: int, timeout: float = 10.0) -> None:

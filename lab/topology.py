@@ -318,16 +318,17 @@ def _alive(m: dict) -> bool:
 
 
 def etcd_members(lab: dict | None = None) -> list[dict]:
-    """The members as they are now: name, client URL, pid, alive, leader."""
+    """The members as they are now: name, client URL, pid, alive, leader, raft term."""
     out = []
     lab = lab or load() or {}
     for m in lab.get("etcd") or []:
         # Asked as the lab's admin client: with authentication on, etcd's gateway refuses a
         # client certificate with a name (a member's), answering 400.
         alive, tls = _alive(m), _admin_tls(lab)
+        st = (etcd.member_status(m["ip"], ETCD_PORT, m["netns"], tls=tls) if alive else None) or {}
         out.append({"name": m["name"], "client_url": f"{'https' if tls else 'http'}://{m['ip']}:{ETCD_PORT}",
                     "netns": m["netns"], "pid": m["pid"] if alive else None, "alive": alive,
-                    "leader": bool(alive and etcd.is_leader(m["ip"], ETCD_PORT, m["netns"], tls=tls))})
+                    "leader": bool(st.get("leader")), "raft_term": st.get("raft_term")})
     return out
 
 

@@ -172,7 +172,12 @@ class Agent:
             try:
                 if resume is None:
                     t0 = time.monotonic()
-                    snap = self.reg.snapshot()
+                    pauses.hold()             # until the sync (sync.finish), or the read fails
+                    try:
+                        snap = self.reg.snapshot()
+                    except BaseException:
+                        pauses.release()
+                        raise
                     self.last_snapshot_s = time.monotonic() - t0
                     self.q.put(("snapshot", snap))
                     resume = snap.rev + 1

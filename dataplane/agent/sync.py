@@ -38,8 +38,10 @@ def apply_snapshot(ag, snap: Snapshot) -> None:
 def cached_start(ag) -> int | None:
     """The watcher, once registered: queue the view on disk if it may be used
     (cache.load), and return the revision to watch from; None: take a snapshot."""
+    pauses.hold()                       # until the sync (finish)
     snap = cache.load(ag.node.name, getattr(ag.reg.kv, "cluster_id", None), ag.registered_rev)
     if snap is None:
+        pauses.release()
         return None
     ag.q.put(("cached", snap))
     return snap.rev + 1

@@ -91,12 +91,15 @@ class KV:
     def range_exact(self, key: str) -> tuple[int, list[Item]]:
         raise NotImplementedError
 
-    def range_many(self, prefixes: list[str]) -> tuple[int, list[list[Item]]]:
-        """Every key under each prefix, all read at one revision. Here: one range
-        over their common prefix, split; etcd reads them side by side."""
+    def range_many(self, prefixes: list[str], then=None) -> tuple[int, list]:
+        """Every key under each prefix, all read at one revision; with then,
+        then(i, items) of prefix i in place of its items (etcd calls it as
+        each read arrives, beside the reads still under way). Here: one range
+        over their common prefix, split."""
         common = os.path.commonprefix(list(prefixes))
         rev, items = self.range(common)
-        return rev, [[it for it in items if it.key.startswith(p)] for p in prefixes]
+        parts = [[it for it in items if it.key.startswith(p)] for p in prefixes]
+        return rev, [then(i, part) for i, part in enumerate(parts)] if then else parts
 
     def commit(self, txn: Txn) -> tuple[bool, int]:
         """(succeeded, revision after)."""

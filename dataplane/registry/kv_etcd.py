@@ -227,7 +227,7 @@ class EtcdKV(KV):
     def range(self, prefix: str) -> tuple[int, list[Item]]:
         return self._items(self._post("/kv/range", {"key": b64(prefix), "range_end": range_end(prefix)}))
 
-    def range_many(self, prefixes: list[str]) -> tuple[int, list[list[Item]]]:
+    def range_many(self, prefixes: list[str], then=None) -> tuple[int, list]:
         """The first prefix read as usual; the others at its revision, side by side,
         each from another member: over gRPC (etcd_grpc.py), else through the gateway
         (which marshals about 12 MB/s of JSON before it sends a byte)."""
@@ -246,10 +246,11 @@ class EtcdKV(KV):
                 (log.warning if self.grpc_fallbacks == 1 else log.debug)(
                     "etcd gRPC read failed (%s): read through the JSON gateway", why)
             return out
+        then = then or (lambda i, items: items)
         rev, first = read(0, prefixes[0], None)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1)) as pool:
-            rest = list(pool.map(lambda kp: read(kp[0] + 1, kp[1], rev)[1], enumerate(prefixes[1:])))
-        return rev, [first] + rest
+            rest = list(pool.map(lambda kp: then(kp[0] + 1, read(kp[0] + 1, kp[1], rev)[1]), enumerate(prefixes[1:])))
+        return rev, [then(0, first)] + rest
 
     def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Item]]:
         order = self._order()

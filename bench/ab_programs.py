@@ -6,15 +6,11 @@ for whichever checkout is on PYTHONPATH: run it on two commits to compare them o
 Two lab hosts (no registry), 5 rounds of 2 s of 64-byte frames (C generator) and 3 s of TCP;
 prints the medians and each round's ns per run."""
 import statistics, sys
-from bench.profile import BPF_STATS, _prog_times
+from bench.profile import BPF_STATS, _prog_times, ns_per_run
 from bench.run import pps64, tcp
 from lab import topology as lab
 def per_run(before, after):
-    tot = {}
-    for pid, (name, ns, cnt) in after.items():
-        _, ns0, cnt0 = before.get(pid, (name, 0, 0))
-        t = tot.setdefault(name, [0, 0]); t[0] += ns - ns0; t[1] += cnt - cnt0
-    return {n: round(ns / cnt, 1) for n, (ns, cnt) in tot.items() if cnt}
+    return {n: round(v, 1) for n, v in ns_per_run(before, after).items()}
 lab.down()
 was = open(BPF_STATS).read().strip()
 try:

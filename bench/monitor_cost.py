@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 
-from bench.profile import BPF_STATS, _prog_times
+from bench.profile import BPF_STATS, _prog_times, ns_per_run
 from bench.run import machine, pps64, save, tcp
 from dataplane.node import Node, vtep
 from lab import topology as lab
@@ -36,14 +36,7 @@ def reload(cflags: str) -> None:
 
 def per_run(before: dict, after: dict) -> dict[str, float]:
     """ns per run of each program name over the interval (summed over both hosts' copies)."""
-    tot: dict[str, list[int]] = {}
-    for pid, (name, ns, cnt) in after.items():
-        _, ns0, cnt0 = before.get(pid, (name, 0, 0))
-        t = tot.setdefault(name, [0, 0])
-        t[0] += ns - ns0
-        t[1] += cnt - cnt0
-    return {n: (ns / cnt if cnt else 0.0) for n, (ns, cnt) in tot.items()} | {
-        n: 0.0 for n in ("from_endpoint", "from_overlay") if n not in tot}
+    return {"from_endpoint": 0.0, "from_overlay": 0.0} | ns_per_run(before, after)
 
 
 def main(argv=None) -> int:

@@ -43,6 +43,18 @@ def _prog_times() -> dict[int, tuple[str, int, int]]:
             for p in json.loads(r.stdout) if p.get("name") in OURS}
 
 
+def ns_per_run(before: dict, after: dict) -> dict[str, float]:
+    """ns per run of each program name between two _prog_times() (all loaded copies summed);
+    names that did not run are left out."""
+    tot: dict[str, list[int]] = {}
+    for pid, (name, ns, cnt) in after.items():
+        _, ns0, cnt0 = before.get(pid, (name, 0, 0))
+        t = tot.setdefault(name, [0, 0])
+        t[0] += ns - ns0
+        t[1] += cnt - cnt0
+    return {n: ns / cnt for n, (ns, cnt) in tot.items() if cnt}
+
+
 def _prog_table(before: dict, after: dict, seconds: float) -> str:
     rows = ["| program (id) | runs/s | ns per run | % of one CPU |", "|---|---|---|---|"]
     for pid, (name, ns, cnt) in sorted(after.items(), key=lambda kv: kv[1][0]):

@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-from bench.profile import BPF_STATS, _prog_times
-from bench.run import _in, machine, next_hop_mac, pps64, save
+from bench.profile import BPF_STATS, _prog_times, ns_per_run
+from bench.run import _in, machine, pps64, save
 from dataplane.agent import client
 from dataplane.node import Node, readout
 from dataplane.registry import Endpoint, Host, open_registry
@@ -106,16 +106,6 @@ def wait_fdb(ns: str, want: int, timeout: float = 120) -> None:
     raise RuntimeError(f"{ns}: FDB did not reach {want} entries")
 
 
-def ns_per_run(before: dict, after: dict) -> dict[str, float]:
-    tot: dict[str, list[int]] = {}
-    for pid, (name, ns, cnt) in after.items():
-        _, ns0, cnt0 = before.get(pid, (name, 0, 0))
-        t = tot.setdefault(name, [0, 0])
-        t[0] += ns - ns0
-        t[1] += cnt - cnt0
-    return {n: round(ns / cnt, 1) for n, (ns, cnt) in tot.items() if cnt}
-
-
 def vni_tx(ns: str) -> int:
     return next((r.get("tx_packets", 0) for r in readout.stats(Node(ns)) if r.get("vni") == VNI), 0)
 
@@ -123,7 +113,7 @@ def vni_tx(ns: str) -> int:
 def unicast(a: dict, b: dict, seconds: float) -> dict:
     before = _prog_times()
     pps, cpu_ns = pps64(a, b, seconds)
-    ns = ns_per_run(before, _prog_times())
+    ns = {k: round(v, 1) for k, v in ns_per_run(before, _prog_times()).items()}
     return {"pps": round(pps), "cpu_ns_per_frame": round(cpu_ns), "from_endpoint_ns": ns.get("from_endpoint"),
             "from_overlay_ns": ns.get("from_overlay")}
 
@@ -135,7 +125,7 @@ def broadcast(a: dict, seconds: float, rate: int) -> dict:
                                       "--seconds", str(seconds), "--rate", str(rate), "--flows", "1"],
                           check=True).stdout)
     time.sleep(0.2)
-    ns = ns_per_run(before, _prog_times())
+    ns = {k: round(v, 1) for k, v in ns_per_run(before, _prog_times()).items()}
     return {"frames": sent["packets"], "from_endpoint_ns": ns.get("from_endpoint"),
             "copies_per_frame": round((vni_tx(H1) - tx0) / max(1, sent["packets"]), 1)}
 

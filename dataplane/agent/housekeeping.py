@@ -30,6 +30,10 @@ def tick(ag) -> list[str]:
     if not st:
         return steps
     with ag.lock:
+        for line in vanished(ag.node):           # first: their records go in this tick's orphans
+            log.warning("%s", line)
+            ag.counters["vanished"] += 1
+        step("interfaces")
         if ag.synced.is_set() and ag.connected.is_set():
             local.drop_orphans(ag)
         step("orphans")
@@ -37,10 +41,6 @@ def tick(ag) -> list[str]:
         n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
         monitor.clear_if_abandoned(ag.node)      # a monitor killed outright left events on
         step("ageing")
-        for line in vanished(ag.node):
-            log.warning("%s", line)
-            ag.counters["vanished"] += 1
-        step("interfaces")
     pauses.tick()
     step("collection")
     if n:

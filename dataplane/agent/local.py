@@ -130,8 +130,13 @@ def drop_orphans(ag) -> None:
     agent's lock, so no operation of ours is between its two steps. Every record
     after a sync; then only those that events have written for this host since
     (endpoint_changed notes them): walking 100,000 records at every tick held up
-    registry events by 10-100 ms."""
+    registry events by 10-100 ms. A sandbox that went from this node since the last
+    call (an interface that vanished, anything that removed one) makes its record a
+    suspect too."""
     st = ag.node.require_up()
+    here = set(st.endpoints)
+    ag.orphan_suspects |= ag.orphan_had - here
+    ag.orphan_had = here
     if ag.orphan_scan_all:
         suspects = [rec.id for rec in ag.view.endpoints.values() if rec.host == ag.me]
         ag.orphan_scan_all = False

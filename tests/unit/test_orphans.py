@@ -23,6 +23,7 @@ class Agent:
         self.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=self.sandboxes))
         self.view = SimpleNamespace(endpoints={})
         self.orphan_suspects: set[str] = set()
+        self.orphan_had: set[str] = set()
         self.orphan_scan_all = True
 
     def create(self, eid: str, host: str):
@@ -64,5 +65,10 @@ def test_a_sync_scans_every_record_then_only_what_events_wrote(tmp_path):
         assert ag.orphan_suspects == {"soon"}
         local.drop_orphans(ag)
         assert ag.in_registry() == {"kept", "theirs", "soon", "other"}
+
+        # A sandbox that goes from the node with no event (its interface vanished): its record goes.
+        del ag.sandboxes["soon"]
+        local.drop_orphans(ag)
+        assert ag.in_registry() == {"kept", "theirs", "other"}
     finally:
         ag.reg.close()

@@ -24,7 +24,8 @@ SRC_PORT_MIN = _A["DP_SRC_PORT_MIN"]
 SRC_PORT_MAX = _A["DP_SRC_PORT_MAX"]
 
 # \Z, not $: $ also matches before a trailing newline, and "web1\n" is not a name.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}\Z")
+NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}"      # network, host, sandbox names (parse_name)
+_NAME = re.compile("^" + NAME_RE + r"\Z")
 _IFNAME = re.compile(r"^[^/\s:\x00\ud800-\udfff]{1,15}\Z")
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}\Z")
 
@@ -80,8 +81,8 @@ def parse_ipv4(value, what: str = "address") -> ipaddress.IPv4Address:
     return ip
 
 
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(r"\.".join([_OCTET] * 4) + r"\Z")
+OCTET_RE = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"   # a decimal octet, no leading zero (one group)
+_IPV4 = re.compile(r"\.".join([OCTET_RE] * 4) + r"\Z")
 
 
 def parse_ipv4_str(value, what: str = "address") -> str:

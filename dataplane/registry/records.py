@@ -16,7 +16,8 @@ from dataplane.core import model
 from dataplane.core.errors import UsageError
 
 MTU_DEFAULT = 1500 - model.ENCAP_LEN
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")       # \Z: $ lets "id\n" through
+ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_ID = re.compile("^" + ID_RE + r"\Z")       # \Z: $ lets "id\n" through
 PREFIX = "/dataplane/"
 
 
@@ -180,12 +181,11 @@ class Endpoint:
         return asdict(self)
 
 
-_N = r"([A-Za-z0-9][A-Za-z0-9_.-]{0,30})"         # model._NAME
-_O = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_ENDPOINT = re.compile(
-    r'\{"host": "' + _N + r'", "id": "([A-Za-z0-9][A-Za-z0-9_.-]{0,63})", "ip": "((' + _O + r')(?:\.' + _O +
-    r'){3})", "mac": "([0-9a-f][02468ace](?::[0-9a-f]{2}){5})", (?:"moving_to": "' + _N + r'", )?"network": "' +
-    _N + r'"\}\Z')
+    rf'\{{"host": "(?P<host>{model.NAME_RE})", "id": "(?P<id>{ID_RE})", '
+    rf'"ip": "(?P<ip>(?P<a>{model.OCTET_RE})(?:\.{model.OCTET_RE}){{3}})", '
+    r'"mac": "(?P<mac>[0-9a-f][02468ace](?::[0-9a-f]{2}){5})", '
+    rf'(?:"moving_to": "(?P<moving_to>{model.NAME_RE})", )?"network": "(?P<network>{model.NAME_RE})"\}}\Z')
 
 
 def _endpoint_canonical(raw: bytes) -> "Endpoint | None":
@@ -201,7 +201,7 @@ def _endpoint_canonical(raw: bytes) -> "Endpoint | None":
         return None
     if m is None:
         return None
-    host, eid, ip, a, mac, moving_to, network = m.groups()
+    eid, network, host, mac, ip, moving_to, a = m.group("id", "network", "host", "mac", "ip", "moving_to", "a")
     a = int(a)
     if 224 <= a <= 239 or a == 127 or ip in ("0.0.0.0", "255.255.255.255") or mac == "00:00:00:00:00:00":
         return None

@@ -137,6 +137,11 @@ def startup(n: int, warm: bool) -> dict:
             "rss_peak_mib": round(st["rss_peak_kib"] / 1024, 1), "installed_fdb": st["installed"]["fdb"]}
 
 
+def p99(v: list[float]) -> float:
+    """The 99th percentile of sorted v (the sample at 0.99 of the way, rounded down)."""
+    return v[min(len(v) - 1, int(0.99 * (len(v) - 1)))]
+
+
 def summary(runs: list[dict]) -> dict:
     """The median run of each measure, and every run."""
     med = {k: statistics.median(r[k] for r in runs) for k in ("agent_start_to_synced_s", "snapshot_ms",
@@ -158,7 +163,7 @@ def _poll_host(ns: str, q, out) -> None:
     hold its GIL: (mac, write time, etcd's answer time) arrive on q, None ends;
     each is timed until its FDB entry is in ns's map. Sends ([(ms from the write,
     write time, ms from etcd's answer)], not seen in 10 s)."""
-    pending: dict[str, float] = {}
+    pending: dict[str, tuple[float, float]] = {}
     lat, missing, stopping = [], 0, False
     with Node(ns).maps() as m:
         out.send("ready")
@@ -204,7 +209,7 @@ class Watcher:
             q.put((e.mac, t_write, t_ack))
 
     def finish(self) -> dict:
-        """{ns: (sorted [(latency ms, write time)], missing)} once every pending entry is seen or given up."""
+        """{ns: (sorted _poll_host samples, missing)} once every pending entry is seen or given up."""
         for q in self.queues.values():
             q.put(None)
         res = {}
@@ -272,19 +277,19 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn:
         v = [ms for ms, _, _ in timed]
         after = sorted(ms for _, _, ms in timed)
         per_host[ns] = {"n": len(v), "missing": missing, "median_ms": round(statistics.median(v), 1),
-                        "p99_ms": round(v[min(len(v) - 1, int(0.99 * (len(v) - 1)))], 1), "max_ms": round(v[-1], 1),
-                        # when the slowest were written (s into the run): a stall shows as one instant
+                        "p99_ms": round(p99(v), 1), "max_ms": round(v[-1], 1),
                         # from etcd's answer to the writer: the agents' own part (and the wait for the
                         # watch's delivery), without etcd's commit
                         "after_ack_median_ms": round(statistics.median(after), 1),
-                        "after_ack_p99_ms": round(after[min(len(after) - 1, int(0.99 * (len(after) - 1)))], 1),
+                        "after_ack_p99_ms": round(p99(after), 1),
+                        # when the slowest were written (s into the run): a stall shows as one instant
                         "slowest": [(round(t - t_start, 2), round(ms)) for ms, t, _ in timed[-40:]]}
     commits.sort()
     return {"target_per_s": rate, "achieved_per_s": round(sum(done) / took, 1), "seconds": round(took, 1),
             "written": sum(done), "writers": writers, "per_txn": per_txn, "per_host": per_host,
             "elections": raft_term() - term0, "slow_turns": {ns: _slow_turns(ns, logs0[ns]) for ns in HOSTS},
             "commit_median_ms": round(statistics.median(commits), 1),
-            "commit_p99_ms": round(commits[min(len(commits) - 1, int(0.99 * (len(commits) - 1)))], 1),
+            "commit_p99_ms": round(p99(commits), 1),
             "commit_max_ms": round(commits[-1], 1)}
 
 

@@ -24,8 +24,7 @@ import tempfile
 import threading
 import time
 
-from bench.run import _in, machine, next_hop_mac, save
-from dataplane.node import Node, readout
+from bench.run import _in, machine, next_hop_mac, save, vni_counter
 from lab import topology as lab
 
 VNI = 256
@@ -63,10 +62,6 @@ def sampled(fn, seconds: float) -> tuple[int, collections.Counter]:
     return total, hits
 
 
-def tx(ns: str) -> int:
-    return next((r.get("tx_packets", 0) for r in readout.stats(Node(ns)) if r.get("vni") == VNI), 0)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/headroom")
     p.add_argument("--seconds", type=float, default=2)
@@ -91,9 +86,9 @@ def main(argv=None) -> int:
                               "--seconds", run_for],
             }
             for name, argv in work.items():
-                t0 = tx(H1)
+                t0 = vni_counter(H1, VNI, "tx_packets")
                 total, hits = sampled(lambda argv=argv: _in(a["name"], argv), args.seconds)
-                res["workloads"][name] = {"samples": total, "encapsulated": tx(H1) - t0,
+                res["workloads"][name] = {"samples": total, "encapsulated": vni_counter(H1, VNI, "tx_packets") - t0,
                                           "pskb_expand_head": dict(hits),
                                           "share_pct": round(100 * sum(hits.values()) / max(1, total), 2)}
                 log(f"{name}: {sum(hits.values())} of {total} samples in pskb_expand_head {dict(hits)}")

@@ -33,6 +33,7 @@ import time
 from bench import baselines
 from lab import topology as lab
 from dataplane.kernel import gso as linkgso
+from dataplane.node import Node, readout
 from lab.traffic import iperf, ping
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -54,6 +55,11 @@ def tcp(a: dict, b: dict, seconds: int, streams: int = 1, cc: str | None = None)
 
 def _in(ns: str, argv: list[str], **kw):
     return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, **kw)
+
+
+def vni_counter(ns: str, vni: int, name: str) -> int:
+    """One of a VNI's counters on the node in ns (readout.stats: summed over CPUs), 0 if it has none."""
+    return next((r.get(name, 0) for r in readout.stats(Node(ns)) if r.get("vni") == vni), 0)
 
 
 def next_hop_mac(ns: str, ip: str) -> str:

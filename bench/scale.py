@@ -29,9 +29,8 @@ import sys
 import time
 
 from bench.profile import BPF_STATS, _prog_times, ns_per_run
-from bench.run import _in, machine, pps64, save
+from bench.run import _in, machine, pps64, save, vni_counter
 from dataplane.agent import client
-from dataplane.node import Node, readout
 from dataplane.registry import Endpoint, Host, open_registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import key
@@ -106,10 +105,6 @@ def wait_fdb(ns: str, want: int, timeout: float = 120) -> None:
     raise RuntimeError(f"{ns}: FDB did not reach {want} entries")
 
 
-def vni_tx(ns: str) -> int:
-    return next((r.get("tx_packets", 0) for r in readout.stats(Node(ns)) if r.get("vni") == VNI), 0)
-
-
 def unicast(a: dict, b: dict, seconds: float) -> dict:
     before = _prog_times()
     pps, cpu_ns = pps64(a, b, seconds)
@@ -119,7 +114,7 @@ def unicast(a: dict, b: dict, seconds: float) -> dict:
 
 
 def broadcast(a: dict, seconds: float, rate: int) -> dict:
-    before, tx0 = _prog_times(), vni_tx(H1)
+    before, tx0 = _prog_times(), vni_counter(H1, VNI, "tx_packets")
     sent = json.loads(_in(a["name"], [sys.executable, "-m", "bench.gen", "send", "--dst-mac", "ff:ff:ff:ff:ff:ff",
                                       "--src-ip", a["ip"], "--dst-ip", str(SUBNET.broadcast_address),
                                       "--seconds", str(seconds), "--rate", str(rate), "--flows", "1"],
@@ -127,7 +122,7 @@ def broadcast(a: dict, seconds: float, rate: int) -> dict:
     time.sleep(0.2)
     ns = {k: round(v, 1) for k, v in ns_per_run(before, _prog_times()).items()}
     return {"frames": sent["packets"], "from_endpoint_ns": ns.get("from_endpoint"),
-            "copies_per_frame": round((vni_tx(H1) - tx0) / max(1, sent["packets"]), 1)}
+            "copies_per_frame": round((vni_counter(H1, VNI, "tx_packets") - tx0) / max(1, sent["packets"]), 1)}
 
 
 def med(rows: list[dict], k: str):

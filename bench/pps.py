@@ -1,0 +1,196 @@
+"""bench/pps: 64-byte packet rate where the path is the bottleneck, not a receiver.
+
+    .venv/bin/python -m bench.pps [--rounds 5] [--seconds 3] [--flows 64]
+
+bench.run's 64-byte row ends in a socket in the receiving sandbox, and its
+wake-ups cap every mode near the same rate. Here the receiving sandbox's eth0
+drops every frame at tc ingress (a one-line BPF program that counts and
+returns TC_ACT_SHOT: this kernel has no gact/matchall), so nothing past the
+path under test is paid for. The C generator (AF_PACKET, qdisc bypassed,
+--flows UDP source ports) sends unthrottled from the other sandbox; the veth
+hands each frame to the backlog of the sending CPU, so the whole path runs
+there, inline, and the rate is one CPU's worth of it.
+
+Per mode (routing, kernel vxlan + bridge, dataplane, alternating round by
+round) and per run: frames/s that reached the sink; whole-machine busy CPU
+ns per frame (wall x CPUs less /proc/uptime's idle, as bench.run); softirq
+ns per frame (/proc/stat: tick samples, unbiased under a steady load like
+this one, unlike a paced sender's); and for dataplane our programs' ns per
+run from the kernel's BPF statistics. A fourth mode, floor, drops at the
+sending sandbox's own host-side veth: the generator's and the first veth's
+cost, which every mode pays, so "path ns" = CPU ns - floor ns is what the
+path itself costs.
+
+Writes bench/results/pps.json and pps.md (--out NAME: NAME.*)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from bench import baselines
+from bench.profile import BPF_STATS, _prog_times, ns_per_run
+from bench.run import Busy, _in, machine, next_hop_mac, ratio_ci, save
+from dataplane.kernel import gso as linkgso, netlink
+from lab import topology as lab
+from lab.traffic import ping
+
+SINK_C = r"""
+BPF_PERCPU_ARRAY(sunk, u64, 1);
+
+int sink(struct __sk_buff *skb)
+{
+	int k = 0;
+	u64 *n = sunk.lookup(&k);
+
+	if (n)
+		*n += 1;
+	return 2; /* TC_ACT_SHOT */
+}
+"""
+MODES = ("floor", *baselines.MODES)
+TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"bench/pps: {msg}", file=sys.stderr, flush=True)
+
+
+class Sink:
+    """One loaded sink program, attached wherever frames should end; count() sums every CPU."""
+
+    def __init__(self):
+        import bcc  # noqa: PLC0415 - the bench needs it, importing bench.pps should not
+        self.bpf = bcc.BPF(text=SINK_C.encode())
+        self.fn = self.bpf.load_func(b"sink", bcc.BPF.SCHED_CLS)
+
+    def attach(self, ns: str, ifname: str) -> int:
+        idx = netlink.link_index(ns, ifname)
+        netlink.tc_attach(ns, idx, self.fn.fd, "sink")
+        return idx
+
+    def count(self) -> int:
+        return sum(self.bpf[b"sunk"][0])
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def _softirq_ticks() -> int:
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[7])   # cpu  user nice system idle iowait irq softirq
+
+
+def run_once(sink: Sink, a: dict, b: dict, dst_mac: str, seconds: float, flows: int, dataplane: bool) -> dict:
+    """One unthrottled run from a's sandbox toward b's address, b's frames sunk."""
+    before, n0, si0 = _prog_times(), sink.count(), _softirq_ticks()
+    with Busy() as busy:
+        sent = json.loads(_in(a["name"], [sys.executable, "-m", "bench.gen", "send", "--dst-mac", dst_mac,
+                                          "--src-ip", a["ip"], "--dst-ip", b["ip"], "--seconds", str(seconds),
+                                          "--flows", str(flows)], check=True).stdout)
+    got = max(1, sink.count() - n0)
+    ns = ns_per_run(before, _prog_times())
+    out = {"pps": got / sent["seconds"], "sent_pps": sent["pps"], "cpu_ns": busy.ns / got,
+           "softirq_ns": (_softirq_ticks() - si0) * TICK_NS / got}
+    if dataplane and "from_endpoint" in ns:
+        out["bpf_ns"] = ns["from_endpoint"] + ns.get("from_overlay", 0.0)
+        out["from_endpoint_ns"], out["from_overlay_ns"] = ns["from_endpoint"], ns.get("from_overlay")
+    return out
+
+
+METRICS = [  # key, label, format, scale
+    ("pps", "64-byte frames reaching the sink, kpps", "{:.0f}", 1e-3),
+    ("cpu_ns", "busy CPU per frame, ns, whole machine (lower is better)", "{:.0f}", 1),
+    ("path_ns", "the path's own CPU per frame (CPU ns less the floor's), ns (lower is better)", "{:.0f}", 1),
+    ("softirq_ns", "softirq CPU per frame, ns, /proc/stat (lower is better)", "{:.0f}", 1),
+]
+
+
+def table(res: dict) -> str:
+    m, a, med = res["machine"], res["args"], res["median"]
+    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+           f"bench.pps --rounds {a['rounds']} --seconds {a['seconds']} --flows {a['flows']}`. Medians of "
+           f"{a['rounds']} alternating rounds; ratios with their 95% bootstrap interval. The receiving sandbox "
+           "drops every frame at tc ingress; floor drops at the sender's own host-side veth (generator + one "
+           "veth). IPv4 GSO limit 65536 everywhere.", "",
+           "| metric | floor | routing | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
+           "|---|---|---|---|---|---|---|"]
+    for k, label, fmt, scale in METRICS:
+        vals = [fmt.format(med[x][k] * scale) if k in med[x] else "-" for x in MODES]
+        cells = []
+        for vs in ("vxlan", "routing"):
+            lo, hi = ratio_ci(res["samples"]["dataplane"][k], res["samples"][vs][k])
+            cells.append(f"{med['dataplane'][k] / med[vs][k]:.2f}x ({lo:.2f}-{hi:.2f})")
+        out.append(f"| {label} | {' | '.join(vals)} | {' | '.join(cells)} |")
+    d = med["dataplane"]
+    out += ["", f"Our programs (BPF statistics, dataplane runs): from_endpoint {d['from_endpoint_ns']:.0f} ns + "
+            f"from_overlay {d['from_overlay_ns']:.0f} ns = {d['bpf_ns']:.0f} ns per frame; loss between generator "
+            "and sink: " + ", ".join(f"{x} {max(0.0, 100 * (1 - med[x]['pps'] / med[x]['sent_pps'])):.1f}%" for x in MODES) + "."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/pps", description="64-byte packet rate with a sink that drops at tc")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=3)
+    p.add_argument("--flows", type=int, default=64, help="UDP source ports the generator cycles through")
+    p.add_argument("--out", default="pps")
+    args = p.parse_args(argv)
+    if args.rounds < 2 or args.seconds <= 0 or not 1 <= args.flows <= 65535:
+        p.error("--rounds >= 2, --seconds > 0, --flows 1..65535")
+    was = open(BPF_STATS).read().strip()
+    samples = {m: {} for m in MODES}
+    sink = None
+    lab.down()
+    try:
+        open(BPF_STATS, "w").write("1")
+        lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
+        info = lab.ls()
+        pairs = baselines.setup(2, linkgso.LEGACY_MAX)
+        pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        macs = {}
+        for mode, (a, b) in pairs.items():
+            assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
+            macs[mode] = next_hop_mac(a["name"], b["ip"])    # before the sink: its neighbour entry stays
+        sink = Sink()
+        for mode, (a, b) in pairs.items():
+            sink.attach(b["name"], "eth0")
+        pairs["floor"] = pairs["routing"]
+        for r in range(args.rounds):
+            order = MODES if r % 2 == 0 else tuple(reversed(MODES))
+            line = []
+            for mode in order:
+                a, b = pairs[mode]
+                if mode == "floor":
+                    idx = sink.attach(lab.host_ns(1), "rv0")
+                try:
+                    got = run_once(sink, a, b, macs["routing" if mode == "floor" else mode], args.seconds, args.flows,
+                                   mode == "dataplane")
+                finally:
+                    if mode == "floor":
+                        netlink.clsact_delete(lab.host_ns(1), idx)
+                for k, v in got.items():
+                    samples[mode].setdefault(k, []).append(v)
+                line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
+                            + (f" (bpf {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
+            log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+    finally:
+        if sink:
+            sink.close()
+        open(BPF_STATS, "w").write(was)
+        lab.down()
+    for mode in baselines.MODES:   # each run less the floor's median
+        fl = statistics.median(samples["floor"]["cpu_ns"])
+        samples[mode]["path_ns"] = [x - fl for x in samples[mode]["cpu_ns"]]
+    med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
+    res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
+    save(res, table(res), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

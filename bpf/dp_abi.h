@@ -186,6 +186,8 @@ struct dp_endpoint {
 	__u8 mac[6];
 	__u16 flags;                         /* enum dp_ep_flag */
 	__u32 slot;                          /* the network's dp_stats slot (dp_network.slot) */
+	__u32 mtu;                           /* the network's endpoint MTU (dp_network.mtu): from_endpoint's
+					      * size check without a dp_networks lookup per frame */
 };
 
 /* Key of dp_local_macs (value __u32 ifindex), dp_fdb and dp_learned. */

@@ -44,7 +44,7 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 			return DP_CONSUMED;
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
 	}
-	return encap_unicast(skb, cfg, vni, ep->slot, vtep, is_ip);
+	return encap_unicast(skb, cfg, ep, vtep, is_ip);
 }
 
 static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *slot_out)

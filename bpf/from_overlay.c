@@ -31,6 +31,7 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, __u32
 static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out, __u32 *slot_out)
 {
 	struct dp_config *cfg = config_get();
+	struct dp_fdb_entry *owner = NULL;
 	struct vx_info vx = {};
 	void *data, *end;
 	int inner_is_ip;
@@ -48,7 +49,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 	*vni_out = vx.vni;
-	ret = vxlan_admit(cfg, &vx, slot_out);
+	ret = vxlan_admit(cfg, &vx, slot_out, &owner);
 	if (ret)
 		return ret;
 
@@ -61,9 +62,11 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 		if (ret)
 			return ret;
 	}
-	ret = fdb_learn(vx.vni, vx.inner.h_source, vx.saddr);
-	if (ret)
-		return ret;
+	if (!owner) {
+		ret = fdb_learn(vx.vni, vx.inner.h_source, vx.saddr);
+		if (ret)
+			return ret;
+	}
 
 	flags = BPF_F_ADJ_ROOM_FIXED_GSO;
 	if (inner_is_ip)

@@ -21,11 +21,10 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
 }
 
 /*
- * Where may a frame from vtep with source {vni, smac} come from, and record it.
- * A MAC the registry (or a static entry) places is owned: the frame must come
- * from that VTEP (else -DP_DROP_VTEP_MISMATCH) and nothing is learned. Other
- * MACs are learned, unless smac is one of our own endpoints' (a remote frame
- * claiming it is dropped: -DP_DROP_MAC_CONFLICT).
+ * Learn where an unowned source {vni, smac} lives: vtep. (Owned MACs, those the
+ * registry or a static entry places, are vxlan_admit's: their frames must come
+ * from the owner's VTEP and nothing is learned.) smac must not be one of our
+ * own endpoints' (a remote frame claiming it is dropped: -DP_DROP_MAC_CONFLICT).
  * An unchanged learned entry is rewritten at most every DP_LEARN_REFRESH_NS so
  * a busy flow does not write the map per packet; a MAC that moved is rewritten
  * at once. Only a write is preceded by the check against dp_local_macs: an
@@ -40,9 +39,6 @@ static __always_inline int fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
 	__u64 now;
 
 	mac_copy(k.mac, smac);
-	e = dp_fdb.lookup(&k);
-	if (e)
-		return e->vtep == vtep ? 0 : -DP_DROP_VTEP_MISMATCH;
 	now = dp_now_ns();
 	e = dp_learned.lookup(&k);
 	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS)

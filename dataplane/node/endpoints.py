@@ -137,13 +137,15 @@ def attach_port(node: Node, ifindex: int) -> None:
 
 def write_entries(m: NodeMaps, st: NodeState, ep: LocalEndpoint) -> None:
     """The endpoint's map entries: dp_endpoints here, MAC and neighbour in fdb.py."""
-    write_port(m, ep.ifindex, ep.vni, ep.ip, ep.mac, st.networks[ep.vni].slot)
+    net = st.networks[ep.vni]
+    write_port(m, ep.ifindex, ep.vni, ep.ip, ep.mac, net.slot, net.mtu)
     fdb.local_add(m, ep)
 
 
-def write_port(m: NodeMaps, ifindex: int, vni: int, ip: str, mac: str, slot: int, flags: int = 0) -> None:
-    """dp_endpoints[ifindex]: what from_endpoint knows of the port (an endpoint's, or a gateway's)."""
-    val = _S["dp_endpoint"](vni=vni, ip=be32(ip), slot=slot, flags=flags)
+def write_port(m: NodeMaps, ifindex: int, vni: int, ip: str, mac: str, slot: int, mtu: int, flags: int = 0) -> None:
+    """dp_endpoints[ifindex]: what from_endpoint knows of the port (an endpoint's, or a gateway's);
+    slot and mtu are its network's (a served network's MTU never changes)."""
+    val = _S["dp_endpoint"](vni=vni, ip=be32(ip), slot=slot, mtu=mtu, flags=flags)
     ctypes.memmove(val.mac, model.mac_bytes(mac), 6)
     m.dp_endpoints.put(ctypes.c_uint32(ifindex), val)
 

@@ -103,7 +103,8 @@ def _rules(gw: Gateway) -> list[tuple[str, str, str, list[str]]]:
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
     """Its port as an endpoint of the VNI that routes (DP_EP_ROUTER), its MAC and address
     local (fdb.py's maps, written there): DP_LOCAL_ROUTER makes frames leave by the port."""
-    endpoints.write_port(m, gw.ifindex, gw.vni, gw.ip, gw.mac, st.networks[gw.vni].slot, ROUTER_FLAG)
+    net = st.networks[gw.vni]
+    endpoints.write_port(m, gw.ifindex, gw.vni, gw.ip, gw.mac, net.slot, net.mtu, ROUTER_FLAG)
     fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
 
 

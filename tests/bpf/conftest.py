@@ -88,7 +88,7 @@ class Harness:
         for vni in (0, VNI, OTHER_VNI):
             m.dp_stats.put(ctypes.c_uint32(self.slot(vni)), m.dp_stats.zero())
         for ifx, mac, ip in ((EP_IFINDEX, EP_MAC, EP_IP), (EP2_IFINDEX, EP2_MAC, EP2_IP)):
-            ep = S["dp_endpoint"](vni=VNI, ip=be32(ip), slot=self.slot(VNI))
+            ep = S["dp_endpoint"](vni=VNI, ip=be32(ip), slot=self.slot(VNI), mtu=1450)
             ctypes.memmove(ep.mac, bytes.fromhex(mac.replace(":", "")), 6)
             m.dp_endpoints.put(ctypes.c_uint32(ifx), ep)
             m.dp_local_macs.put(self.mac_key(VNI, mac), ctypes.c_uint32(ifx))

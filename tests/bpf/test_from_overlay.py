@@ -180,15 +180,40 @@ def test_xdp_guard_drops_the_same_frames(hx, what, frame, reason, vni):
     assert hx.stats(vni)["drops"][idx] == before + 1
 
 
+UNOWNED_MAC = "02:42:0a:01:00:77"    # no dp_fdb entry: only the peer check vouches for its sender
+
+
 def test_peer_check_refuses_unknown_vtep(hx):
     hx.configure(peer_check=True)
     idx = int(hx.drop.DP_DROP_UNKNOWN_PEER)
     before = hx.stats(VNI)["drops"][idx]
-    frame = good_frame(src="198.18.0.66")[0]
+    frame = good_frame(src="198.18.0.66", inner_src=UNOWNED_MAC)[0]
     assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_SHOT
     assert hx.run_xdp(frame)[0] == XDP_DROP
     assert hx.stats(VNI)["drops"][idx] == before + 2
-    assert hx.run_tc("from_overlay", good_frame(src=PEER_IP)[0])[0] == TC_ACT_REDIRECT
+    assert hx.run_tc("from_overlay", good_frame(src=PEER_IP, inner_src=UNOWNED_MAC)[0])[0] == TC_ACT_REDIRECT
+
+
+def test_an_owned_mac_vouches_for_its_own_vtep_and_no_other(hx):
+    """The peer check's dp_vteps lookup is skipped for a MAC dp_fdb places: its frames
+    must come from that VTEP, a narrower admit than "any peer". The owner's VTEP
+    passes even when dp_vteps lacks it; any other VTEP, listed or not, is refused."""
+    hx.configure(peer_check=True)
+    owner = "198.18.0.77"                       # in no dp_vteps entry
+    hx.maps.dp_fdb.put(hx.mac_key(VNI, UNOWNED_MAC), hx.S["dp_fdb_entry"](vtep=be32(owner), flags=1))
+    try:
+        mismatch = int(hx.drop.DP_DROP_VTEP_MISMATCH)
+        before = hx.stats(VNI)["drops"][mismatch]
+        assert hx.run_tc("from_overlay", good_frame(src=owner, inner_src=UNOWNED_MAC)[0])[0] == TC_ACT_REDIRECT
+        assert hx.run_xdp(good_frame(src=owner, inner_src=UNOWNED_MAC)[0])[0] == XDP_PASS
+        for other in (PEER_IP, "198.18.0.66"):  # a listed peer, an unknown address
+            frame = good_frame(src=other, inner_src=UNOWNED_MAC)[0]
+            assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_SHOT
+            assert hx.run_xdp(frame)[0] == XDP_DROP
+        assert hx.stats(VNI)["drops"][mismatch] == before + 4
+        assert hx.maps.dp_learned.get(hx.mac_key(VNI, UNOWNED_MAC)) is None, "an owned MAC is never learned"
+    finally:
+        hx.maps.dp_fdb.delete(hx.mac_key(VNI, UNOWNED_MAC))
 
 
 def test_unknown_vni_counts_under_vni_zero_not_the_bad_vni(hx):

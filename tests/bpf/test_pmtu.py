@@ -1,6 +1,8 @@
 """Path MTU across the overlay (issue 16, item 3): a DF frame over the network
 MTU comes back to its sender as ICMP "fragmentation needed" with the MTU."""
 
+import ctypes
+
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -34,6 +36,20 @@ def test_df_frame_over_the_mtu_gets_frag_needed_back(hx):
     after = hx.stats(VNI)
     assert after["frag_needed"] == before["frag_needed"] + 1
     assert after["tx_packets"] == before["tx_packets"], "nothing was encapsulated"
+
+
+def test_the_endpoints_own_entry_carries_the_mtu(hx):
+    """from_endpoint reads the MTU from dp_endpoint (no dp_networks lookup per frame)."""
+    ep = hx.maps.dp_endpoints.get(ctypes.c_uint32(EP_IFINDEX))
+    old = ep.mtu
+    ep.mtu = 1000
+    hx.maps.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), ep)
+    try:
+        ret, out = hx.run_tc("from_endpoint", bytes(big(size=1100)), EP_IFINDEX)
+        assert ret == TC_ACT_REDIRECT and Ether(out)[ICMP].nexthopmtu == 1000
+    finally:
+        ep.mtu = old
+        hx.maps.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), ep)
 
 
 def test_ping_with_df_gets_it_too_but_no_icmp_error_about_an_icmp_error(hx):

@@ -244,9 +244,9 @@ ATTACK = """
 import sys
 from scapy.all import ARP, Ether, IP, UDP, sendp
 from scapy.layers.vxlan import VXLAN
-dst_mac, vtep, victim_mac, victim_ip, iface = sys.argv[1:6]
-garp = Ether(src=victim_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=victim_mac, psrc=victim_ip,
-                                                             hwdst="ff:ff:ff:ff:ff:ff", pdst=victim_ip)
+dst_mac, vtep, src_mac, victim_ip, iface = sys.argv[1:6]
+garp = Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=src_mac, psrc=victim_ip,
+                                                          hwdst="ff:ff:ff:ff:ff:ff", pdst=victim_ip)
 f = Ether(dst=dst_mac) / IP(src="198.18.0.99", dst=vtep) / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=256) / garp
 sendp([f] * 3, iface=iface, verbose=False)
 """
@@ -254,29 +254,36 @@ sendp([f] * 3, iface=iface, verbose=False)
 
 def test_vxlan_from_a_vtep_in_no_peer_list_is_dropped_by_default(info):
     """An attacker on the underlay (198.18.0.99, a host of its own, in no peer
-    list) sends h1 three VXLAN frames on VNI 256 carrying a gratuitous ARP for
-    h2's endpoint. With the peer check on by default they are dropped and
-    counted, nothing is learned, nothing reaches the sandboxes."""
+    list) sends h1 VXLAN frames on VNI 256 carrying a gratuitous ARP that gives
+    h2's endpoint's address to the attacker's MAC. With the peer check on by
+    default they are dropped and counted, nothing is learned, nothing reaches
+    the sandboxes. Sent from the victim's own MAC, which the registry places at
+    h2, they are refused as coming from the wrong VTEP (that MAC vouches for
+    h2's VTEP alone), with or without the peer check."""
     from tests.integration.conftest import in_ns
     victim = sandbox(info, "h2", 256)
+    attacker_mac = "02:42:c6:12:00:63"
     lab.underlay_host("dpl-x", "ul-x", "eth0", "198.18.0.99")
+    drops = lambda reason: stats("dpl-h1", 256)["drops"].get(reason, 0)   # noqa: E731
     try:
         before = stats("dpl-h1", 256)
         h1_mac = netlink.link_info("dpl-h1", lab.UPLINK)["mac"]
-        r = in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), victim["mac"], victim["ip"], "eth0")
+        r = in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), attacker_mac, victim["ip"], "eth0")
         assert r.returncode == 0, r.stderr
-        assert wait_for(lambda: stats("dpl-h1", 256)["drops"].get("unknown_peer", 0)
-                        >= before["drops"].get("unknown_peer", 0) + 3), stats("dpl-h1", 256)
+        assert wait_for(lambda: drops("unknown_peer") >= before["drops"].get("unknown_peer", 0) + 3), \
+            stats("dpl-h1", 256)
+        in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), victim["mac"], victim["ip"], "eth0")
+        assert wait_for(lambda: drops("vtep_mismatch") >= before["drops"].get("vtep_mismatch", 0) + 3), \
+            stats("dpl-h1", 256)
         after = stats("dpl-h1", 256)
         assert after["rx_packets"] == before["rx_packets"], "nothing was delivered into the VNI"
         assert not [r for r in readout.fdb(Node("dpl-h1")) if r["where"] == "198.18.0.99"], "nothing learned"
-        # Switched off on the running node (no down): the same frames pass the peer check and
-        # are caught by the next one, the registry's VTEP for the victim's MAC; and back on.
+        # Switched off on the running node (no down): the attacker's frames pass the peer check and
+        # are caught by the next one, the ARP that contradicts dp_neigh; and back on.
         dp("--netns", "dpl-h1", "up", "--no-peer-check")
-        in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), victim["mac"], victim["ip"], "eth0")
-        assert wait_for(lambda: stats("dpl-h1", 256)["drops"].get("vtep_mismatch", 0)
-                        >= after["drops"].get("vtep_mismatch", 0) + 3), stats("dpl-h1", 256)
-        assert stats("dpl-h1", 256)["drops"].get("unknown_peer") == after["drops"].get("unknown_peer")
+        in_ns("dpl-x", ATTACK, h1_mac, lab.vtep_ip(1), attacker_mac, victim["ip"], "eth0")
+        assert wait_for(lambda: drops("arp_spoof") >= after["drops"].get("arp_spoof", 0) + 3), stats("dpl-h1", 256)
+        assert drops("unknown_peer") == after["drops"].get("unknown_peer", 0)
         dp("--netns", "dpl-h1", "up", "--peer-check")
         assert Node("dpl-h1").state().config.peer_check
     finally:

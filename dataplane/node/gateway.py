@@ -48,7 +48,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         if net is None:
             raise NotFound(f"VNI {vni} is not up on this node")
         gw = st.gateways.get(vni)
-        if gw is not None and gw.ip == gateway and gw.port in netlink.link_names(node.netns):
+        if gw is not None and gw.ip == gateway and netlink.link_index(node.netns, gw.port) is not None:
             return gw
         if gw is not None:                 # half gone, or another address: made again
             _destroy(node, m, gw)

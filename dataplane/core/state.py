@@ -15,6 +15,8 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+import orjson
+
 from . import model
 
 RUN_ROOT = "/run/dataplane"          # what the running node made: gone at a reboot, like the pins and links
@@ -176,14 +178,14 @@ def locked(node: str):
 
 def load(node: str) -> NodeState | None:
     try:
-        with open(_path(node)) as f:
-            return NodeState.from_json(json.load(f))
+        with open(_path(node), "rb") as f:
+            return NodeState.from_json(orjson.loads(f.read()))
     except FileNotFoundError:
         return None
 
 
 def save(st: NodeState) -> None:
-    write_json(_path(st.node), st.to_json())
+    write_json(_path(st.node), st)       # orjson walks the dataclasses itself (no asdict copy)
 
 
 def lib_dir(node: str) -> str:
@@ -191,12 +193,16 @@ def lib_dir(node: str) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Atomically, 0600, the directory 0700: a torn or world-readable file is never seen."""
+    """Atomically, 0600, the directory 0700: a torn or world-readable file is never seen.
+    obj: JSON types or dataclasses of them (int keys become strings, as json does).
+    orjson, not json + asdict: a node's state is written on every change, and with
+    1,000 endpoints the pure-Python dump was a quarter of an agent's endpoint_add."""
+    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = path + ".new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 

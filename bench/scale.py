@@ -1,6 +1,6 @@
 """bench/scale: the fast path's cost as a VNI grows, in one run.
 
-    .venv/bin/python -m bench.scale [--vteps 100] [--macs 10000] [--rounds 3] [--seconds 3]
+    .venv/bin/python -m bench.scale [--vteps 100] [--macs 10000] [--local 1000] [--rounds 3] [--seconds 3]
 
 Two lab hosts with agents on the lab's SQLite registry, one sandbox each on VNI
 4001 (10.80.0.0/16). The VNI is measured small (those two endpoints) and big
@@ -14,6 +14,11 @@ VTEPs and holds --macs + 1 remote MACs), alternating, --rounds times each:
 - broadcast: 64-byte frames to ff:ff:ff:ff:ff:ff from h1's sandbox at --bcast-rate
   a second (under the default storm control): from_endpoint's ns per frame,
   the flood's tail calls and every copy included, and the copies sent per frame.
+
+Then each host gets --local endpoints in all (--local - 1 more sandboxes, made
+through its agent), and the same alternating rounds run again: the local-
+endpoint rows compare two phases of one run, not interleaved rounds, so they
+carry the machine's drift between the phases as well.
 
 Writes bench/results/scale.json and scale.md.
 """
@@ -72,7 +77,7 @@ def setup(vteps: int) -> tuple[dict, dict]:
 def fakes(macs: int, vteps: int) -> list[Endpoint]:
     out = []
     for i in range(macs):
-        ip = SUBNET.network_address + 1000 + i
+        ip = SUBNET.network_address + 4096 + i     # above the 2 x 1024 local endpoints the IPAM gives out from the bottom
         out.append(Endpoint.make(f"sc{i}", NET, f"f{1 + i % (vteps - 1)}", f"02:80:{i >> 16 & 255:02x}:"
                                  f"{i >> 8 & 255:02x}:{i & 255:02x}:01", str(ip)))
     return out
@@ -96,6 +101,16 @@ def grow(eps: list[Endpoint], present: bool) -> None:
         reg.close()
 
 
+def add_locals(n: int) -> None:
+    """n - 1 more endpoints on each of h1 and h2 (sandboxes and all, through the agents)."""
+    t0 = time.monotonic()
+    for i in range(1, n):
+        for ns in (H1, H2):
+            client.call(ns, "endpoint_add", id=f"{ns}-l{i}", vni=VNI)
+        if i % 100 == 0 or i == n - 1:
+            log(f"local endpoints: {i + 1}/{n} per host ({time.monotonic() - t0:.0f} s)")
+
+
 def wait_fdb(ns: str, want: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,6 +121,7 @@ def wait_fdb(ns: str, want: int, timeout: float = 120) -> None:
 
 
 def unicast(a: dict, b: dict, seconds: float) -> dict:
+    _in(a["name"], ["ping", "-c", "1", "-W", "1", b["ip"]])    # the generator's neighbour entry, fresh
     before = _prog_times()
     pps, cpu_ns = pps64(a, b, seconds)
     ns = {k: round(v, 1) for k, v in ns_per_run(before, _prog_times()).items()}
@@ -133,19 +149,30 @@ def med(rows: list[dict], k: str):
 def table(r: dict) -> str:
     m, a = r["machine"], r["args"]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
-           f"bench.scale --vteps {a['vteps']} --macs {a['macs']} --rounds {a['rounds']} --seconds {a['seconds']} "
-           f"--bcast-rate {a['bcast_rate']}`. Medians of {a['rounds']} alternating rounds.", "",
-           "| VNI 4001 | remote MACs | flood list | 64-byte unicast, kpps | from_endpoint ns | from_overlay ns | "
-           "broadcast: from_endpoint ns per frame | copies per frame |", "|---|---|---|---|---|---|---|---|"]
-    for name, s in (("small", r["small"]), ("big", r["big"])):
-        u, b = s["unicast"], s["broadcast"]
-        out.append(f"| {name} | {s['remote_macs']} | {s['flood']} VTEPs | {med(u, 'pps') / 1000:.0f} | "
-                   f"{med(u, 'from_endpoint_ns')} | {med(u, 'from_overlay_ns')} | {med(b, 'from_endpoint_ns')} | "
-                   f"{med(b, 'copies_per_frame')} |")
-    ratio = med(r["big"]["unicast"], "pps") / med(r["small"]["unicast"], "pps")
-    out += ["", f"Unicast rate big / small: {ratio:.2f}x (each round: "
-            + ", ".join(f"{x['pps'] / 1000:.0f}" for x in r["small"]["unicast"]) + " small; "
-            + ", ".join(f"{x['pps'] / 1000:.0f}" for x in r["big"]["unicast"]) + " big kpps)."]
+           f"bench.scale --vteps {a['vteps']} --macs {a['macs']} --local {a.get('local', 1)} --rounds {a['rounds']} "
+           f"--seconds {a['seconds']} --bcast-rate {a['bcast_rate']}`. Medians of {a['rounds']} alternating rounds "
+           "per phase.", "",
+           "| VNI 4001 | local endpoints per host | remote MACs | flood list | 64-byte unicast, kpps | from_endpoint ns | "
+           "from_overlay ns | broadcast: from_endpoint ns per frame | copies per frame |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    phases = [("small", "big", 1)] + ([("small_local", "big_local", a["local"])] if "small_local" in r else [])
+    for pair in phases:
+        for name in pair[:2]:
+            s = r[name]
+            u, b = s["unicast"], s["broadcast"]
+            out.append(f"| {name.split('_')[0]} | {pair[2]} | {s['remote_macs']} | {s['flood']} VTEPs | "
+                       f"{med(u, 'pps') / 1000:.0f} | {med(u, 'from_endpoint_ns')} | {med(u, 'from_overlay_ns')} | "
+                       f"{med(b, 'from_endpoint_ns')} | {med(b, 'copies_per_frame')} |")
+    out.append("")
+    for small, big, n in phases:
+        ratio = med(r[big]["unicast"], "pps") / med(r[small]["unicast"], "pps")
+        out.append(f"Unicast rate big / small at {n} local endpoint(s) per host: {ratio:.2f}x (each round: "
+                   + ", ".join(f"{x['pps'] / 1000:.0f}" for x in r[small]["unicast"]) + " small; "
+                   + ", ".join(f"{x['pps'] / 1000:.0f}" for x in r[big]["unicast"]) + " big kpps).")
+    if len(phases) > 1:
+        for name in ("small", "big"):
+            ratio = med(r[f"{name}_local"]["unicast"], "pps") / med(r[name]["unicast"], "pps")
+            out.append(f"Unicast rate {name} VNI, {a['local']} / 1 local endpoints per host: {ratio:.2f}x.")
     return "\n".join(out) + "\n"
 
 
@@ -153,13 +180,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/scale", description="the fast path's cost as a VNI grows")
     p.add_argument("--vteps", type=int, default=100, help="VTEPs in the big VNI's flood list (h2 and registry-only hosts)")
     p.add_argument("--macs", type=int, default=10000, help="remote MACs added to the big VNI")
+    p.add_argument("--local", type=int, default=1000, help="endpoints per host in the second phase (1: none)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3)
     p.add_argument("--bcast-rate", type=int, default=500, help="broadcast frames/s (the default storm control "
                                                                   "lets 1000/s through)")
     args = p.parse_args(argv)
-    if not 2 <= args.vteps <= 150 or not 1 <= args.macs <= 60000:
-        p.error("--vteps 2..150, --macs 1..60000")
+    if not 2 <= args.vteps <= 150 or not 1 <= args.macs <= 60000 or not 1 <= args.local <= 1024:
+        p.error("--vteps 2..150, --macs 1..60000, --local 1..1024")
     was = open(BPF_STATS).read().strip()
     res = {"machine": machine(), "args": vars(args)}
     try:
@@ -168,16 +196,24 @@ def main(argv=None) -> int:
         a, b = setup(args.vteps)
         eps = fakes(args.macs, args.vteps)
         base = client.call(H1, "status")["installed"]["fdb"]
-        small = {"remote_macs": 1, "flood": 1, "unicast": [], "broadcast": []}
-        big = {"remote_macs": 1 + args.macs, "flood": args.vteps, "unicast": [], "broadcast": []}
-        for r in range(args.rounds):
-            for state, present in ((small, False), (big, True)):
-                grow(eps, present)
-                wait_fdb(H1, base + (args.macs if present else 0))
-                log(f"round {r + 1}: {'big' if present else 'small'}")
-                state["unicast"].append(unicast(a, b, args.seconds))
-                state["broadcast"].append(broadcast(a, args.seconds, args.bcast_rate))
-        res["small"], res["big"] = small, big
+        for phase, suffix in ((1, ""), (args.local, "_local")):
+            if phase == 1 and suffix:
+                break
+            if suffix:
+                grow(eps, False)                # phase 1 ended big
+                add_locals(args.local)
+                base += args.local - 1          # h2's new endpoints, on h1
+                wait_fdb(H1, base)
+            small = {"remote_macs": phase, "flood": 1, "unicast": [], "broadcast": []}
+            big = {"remote_macs": phase + args.macs, "flood": args.vteps, "unicast": [], "broadcast": []}
+            for r in range(args.rounds):
+                for state, present in ((small, False), (big, True)):
+                    grow(eps, present)
+                    wait_fdb(H1, base + (args.macs if present else 0))
+                    log(f"{phase} local endpoint(s) per host, round {r + 1}: {'big' if present else 'small'}")
+                    state["unicast"].append(unicast(a, b, args.seconds))
+                    state["broadcast"].append(broadcast(a, args.seconds, args.bcast_rate))
+            res["small" + suffix], res["big" + suffix] = small, big
     finally:
         open(BPF_STATS, "w").write(was)
         lab.down()

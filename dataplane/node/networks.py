@@ -37,16 +37,37 @@ def members(st: NodeState) -> dict[int, tuple[int, int]]:
     return {vni: (len(flood_list(st, vni)), local[vni]) for vni in st.networks}
 
 
-def over_limit(st: NodeState) -> list[str]:
-    """What the fast path's broadcast cannot reach: members past DP_MAX_FLOOD / DP_MAX_LOCAL.
-    Never silent: `agent status` and `dataplane stats` show it. (The peer check still
-    admits every VTEP: dp_vteps holds them all.)"""
+BACKLOG_SYSCTL = "/proc/sys/net/core/netdev_max_backlog"
+
+
+def backlog_limit() -> int | None:
+    """Packets one CPU's input backlog holds (a host-wide sysctl), None if unreadable."""
+    try:
+        with open(BACKLOG_SYSCTL) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def over_limit(st: NodeState, backlog: int | None = None) -> list[str]:
+    """What the fast path's broadcast cannot reach: members past DP_MAX_FLOOD / DP_MAX_LOCAL,
+    and VNIs whose broadcast makes more copies than a CPU's backlog holds (backlog: the
+    sysctl's value, read when not given). Never silent: `agent status` and `dataplane
+    stats` show it. (The peer check still admits every VTEP: dp_vteps holds them all.)"""
     out = []
+    backlog = backlog_limit() if backlog is None else backlog
     for vni, (n, k) in sorted(members(st).items()):
         if n > _C["DP_MAX_FLOOD"]:
             out.append(f"VNI {vni}: {n} VTEPs, broadcast and unknown frames reach the first {_C['DP_MAX_FLOOD']}")
         if k > _C["DP_MAX_LOCAL"]:
             out.append(f"VNI {vni}: {k} local endpoints, broadcast reaches the first {_C['DP_MAX_LOCAL']}")
+        # Every copy, local or to a VTEP, is a veth transmit queued on the sending CPU's backlog
+        # before any is taken off it: past the backlog's length, copies are dropped (`redirect`).
+        copies = min(k, _C["DP_MAX_LOCAL"]) + min(n, _C["DP_MAX_FLOOD"])
+        if backlog and copies > backlog:
+            out.append(f"VNI {vni}: a broadcast makes up to {copies} copies on one CPU, more than its backlog holds "
+                       f"(net.core.netdev_max_backlog = {backlog}): the rest are dropped and counted as redirect; "
+                       f"raise net.core.netdev_max_backlog above {copies}")
     return out
 
 

@@ -121,9 +121,6 @@ class NodeState:
         """The VNI's endpoints that exist in full (not those being created)."""
         return [e for e in self.endpoints.values() if e.vni == vni and e.phase == "ready"]
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_json(cls, d: dict) -> NodeState:
         ints = lambda m: {int(k): v for k, v in (m or {}).items()}  # noqa: E731 - JSON keys are strings

@@ -196,9 +196,8 @@ def main(argv=None) -> int:
         a, b = setup(args.vteps)
         eps = fakes(args.macs, args.vteps)
         base = client.call(H1, "status")["installed"]["fdb"]
-        for phase, suffix in ((1, ""), (args.local, "_local")):
-            if phase == 1 and suffix:
-                break
+        phases = [(1, "")] + ([(args.local, "_local")] if args.local > 1 else [])
+        for phase, suffix in phases:
             if suffix:
                 grow(eps, False)                # phase 1 ended big
                 add_locals(args.local)

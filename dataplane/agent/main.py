@@ -166,20 +166,19 @@ class Agent:
         is resumed from the last revision it delivered on the next member, with
         no snapshot; only a compaction (history gone) or an error forces one.
         Retries back off with full jitter: hundreds of hosts must not reconnect in step."""
+        early = sync.early_snapshot(self)      # a cold start reads while the host registers
         while not self.registered.is_set() and not self.stopping.is_set():
-            self.registered.wait(0.1)
-        backoff, resume = Backoff(), sync.cached_start(self)
+            self.registered.wait(0.02)
+        backoff, resume = Backoff(), None
+        if early is not None:                 # applied only now: adopting needs the host name ours
+            self.q.put(("snapshot", early))
+            resume = early.rev + 1
+        elif not self.stopping.is_set():
+            resume = sync.cached_start(self)
         while not self.stopping.is_set():
             try:
                 if resume is None:
-                    t0 = time.monotonic()
-                    pauses.hold()             # until the sync (sync.finish), or the read fails
-                    try:
-                        snap = self.reg.snapshot()
-                    except BaseException:
-                        pauses.release()
-                        raise
-                    self.last_snapshot_s = time.monotonic() - t0
+                    snap = sync.read_snapshot(self)
                     self.q.put(("snapshot", snap))
                     resume = snap.rev + 1
                 self._watch = None            # never resume from an older watch than this one

@@ -7,6 +7,7 @@ Also the view's periodic write to disk."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -33,6 +34,34 @@ def apply_snapshot(ag, snap: Snapshot) -> None:
         ag.counters["resyncs"] += 1
         ag._sync_at = None
         finish(ag, snap.rev, warm=False)
+
+
+def read_snapshot(ag) -> Snapshot:
+    """The whole registry, with collection held off until its sync (finish) or a failed read."""
+    t0 = time.monotonic()
+    pauses.hold()
+    try:
+        snap = ag.reg.snapshot()
+    except BaseException:
+        pauses.release()
+        raise
+    ag.last_snapshot_s = time.monotonic() - t0
+    return snap
+
+
+def early_snapshot(ag) -> Snapshot | None:
+    """A first start (no view on disk to start warm from) reads the registry
+    while the lease keeper registers the host: the read no longer waits on
+    the registration's round trips. The watcher applies it only once the
+    host is registered. None: there is a view on disk, or the read failed
+    (the watcher reads again once registered)."""
+    if os.path.exists(cache.path(ag.node.name)):
+        return None
+    try:
+        return read_snapshot(ag)
+    except Exception as e:  # noqa: BLE001 - the read after registering says why, if it fails again
+        log.debug("early registry read failed: %s: %s", type(e).__name__, e)
+        return None
 
 
 def cached_start(ag) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 
-from dataplane.registry.kv import Item
+from dataplane.registry.kv import Row
 
 _lock = threading.Lock()
 _msgs: dict = {}
@@ -91,8 +91,18 @@ class Channels:
                 self._channels[i] = ch
             return ch
 
+    def connect(self, i: int, timeout: float) -> bool:
+        """Make member i's channel and wait until it is connected (TLS done), so a
+        read that follows does not pay for it. False if it could not be made in time."""
+        try:
+            import grpc  # noqa: PLC0415
+            grpc.channel_ready_future(self.channel(i)).result(timeout=timeout)
+            return True
+        except Exception:  # noqa: BLE001 - the read itself says why, if it fails too
+            return False
+
     def range(self, i: int, key: bytes, range_end: bytes, revision: int, token: str | None,
-              timeout: float) -> tuple[int, str, list[Item]]:
+              timeout: float) -> tuple[int, str, list[Row]]:
         """(revision, cluster id, items) of [key, range_end) on member i."""
         import grpc  # noqa: PLC0415
         m = _messages()
@@ -104,9 +114,7 @@ class Channels:
                         metadata=[("token", token)] if token else None)
         except grpc.RpcError as e:
             raise GrpcUnavailable(f"{e.code().name}: {e.details()}") from None
-        items = [Item(kv.key.decode(errors="surrogateescape"), kv.value, kv.mod_revision, kv.create_revision,
-                      kv.lease) for kv in resp.kvs]
-        return resp.header.revision, str(resp.header.cluster_id), items
+        return resp.header.revision, str(resp.header.cluster_id), [(kv.key, kv.value) for kv in resp.kvs]
 
     def close(self) -> None:
         with self._lock:

@@ -43,6 +43,11 @@ class Item(NamedTuple):
     lease: int = 0
 
 
+# One key of a bulk read (KV.range_many): (key, value), the key's bytes as stored
+# (not necessarily UTF-8). A plain tuple: half the cost of a NamedTuple to make.
+Row = tuple[bytes, bytes]
+
+
 @dataclass(frozen=True)
 class Event:
     key: str
@@ -92,13 +97,15 @@ class KV:
         raise NotImplementedError
 
     def range_many(self, prefixes: list[str], then=None) -> tuple[int, list]:
-        """Every key under each prefix, all read at one revision; with then,
-        then(i, items) of prefix i in place of its items (etcd calls it as
-        each read arrives, beside the reads still under way). Here: one range
-        over their common prefix, split."""
+        """Every key under each prefix, all read at one revision, as Rows (key and
+        value only: the cheapest thing to make 300,000 of, which is what a
+        snapshot reads); with then, then(i, rows) of prefix i in place of its
+        rows (etcd calls it as each read arrives, beside the reads still under
+        way). Here: one range over their common prefix, split."""
         common = os.path.commonprefix(list(prefixes))
         rev, items = self.range(common)
-        parts = [[it for it in items if it.key.startswith(p)] for p in prefixes]
+        parts = [[(it.key.encode(errors="surrogateescape"), it.value) for it in items if it.key.startswith(p)]
+                 for p in prefixes]
         return rev, [then(i, part) for i, part in enumerate(parts)] if then else parts
 
     def commit(self, txn: Txn) -> tuple[bool, int]:

@@ -31,7 +31,7 @@ from dataplane.registry.etcd_access import TlsFiles
 from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
 from dataplane.registry.etcd_wire import Unknown, Unsent, b64, prefix_end, range_end, tls_failure, tls_refusal
-from dataplane.registry.kv import KV, Item, Refused, Txn, Unavailable, Watch
+from dataplane.registry.kv import KV, Item, Refused, Row, Txn, Unavailable, Watch
 
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
 BULK_TIMEOUT_S = 30.0       # to read a whole prefix: the gateway sends nothing until 25 MB are marshalled
@@ -239,20 +239,26 @@ class EtcdKV(KV):
                 except GrpcUnavailable as e:     # this read goes through the gateway; the next tries gRPC again
                     why = e
             at = {"revision": str(rev)} if rev else {}
-            out = self._items(self._post("/kv/range", {"key": b64(prefix), "range_end": range_end(prefix), **at},
-                                         skip=k, timeout=BULK_TIMEOUT_S))
+            resp = self._post("/kv/range", {"key": b64(prefix), "range_end": range_end(prefix), **at},
+                              skip=k, timeout=BULK_TIMEOUT_S)
+            out = int(resp["header"]["revision"]), [(a2b(kv["key"]), a2b(kv.get("value", "")))
+                                                     for kv in resp.get("kvs", ())]
             if why is not None:               # said only when the gateway did what gRPC could not
                 self.grpc_fallbacks += 1
                 (log.warning if self.grpc_fallbacks == 1 else log.debug)(
                     "etcd gRPC read failed (%s): read through the JSON gateway", why)
             return out
         then = then or (lambda i, items: items)
-        rev, first = read(0, prefixes[0], None)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1)) as pool:
+        order = self._order()     # the other reads' connections are made while the first read is under way
+        warm = sorted({order[k % len(order)] for k in range(1, len(prefixes))} - {order[0]}) if self.use_grpc else []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1 + len(warm))) as pool:
+            for i in warm:
+                pool.submit(self._grpc.connect, i, self.connect_timeout)
+            rev, first = read(0, prefixes[0], None)
             rest = list(pool.map(lambda kp: then(kp[0] + 1, read(kp[0] + 1, kp[1], rev)[1]), enumerate(prefixes[1:])))
         return rev, [then(0, first)] + rest
 
-    def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Item]]:
+    def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Row]]:
         order = self._order()
         i = order[k % len(order)]
         try:

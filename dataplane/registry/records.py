@@ -159,7 +159,7 @@ class Endpoint:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Endpoint":
-        fast = _endpoint_canonical(raw)
+        fast = endpoint_canonical(raw)
         return fast if fast is not None else cls.from_json_checked(raw)
 
     @classmethod
@@ -188,7 +188,7 @@ _CANONICAL_ENDPOINT = re.compile(
     rf'(?:"moving_to": "(?P<moving_to>{model.NAME_RE})", )?"network": "(?P<network>{model.NAME_RE})"\}}\Z')
 
 
-def _endpoint_canonical(raw: bytes) -> "Endpoint | None":
+def endpoint_canonical(raw: bytes) -> "Endpoint | None":
     """An endpoint record exactly as to_json writes it, with every field already
     in its checked form, read by one regular expression: 3x faster than
     from_json's general way, which a cold start pays 100,000 times. None for

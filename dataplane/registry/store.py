@@ -20,6 +20,7 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.registry.ipam import Endpoints, fence_key
 from dataplane.registry.kv import KV, Event, Item, Txn
+from dataplane.registry import records
 from dataplane.registry.records import PREFIX, Endpoint, Host, Network, key
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
@@ -80,15 +81,29 @@ def parse_item(k: str, value: bytes | None):
     return kind, name, rec
 
 
-def _claims(out: dict, skip: int, items) -> list:
+def _claims(out: dict, skip: int, rows) -> list:
     """IPAM claims into out as parse_item reads them, the common case (an ASCII key)
-    in one pass: 200,000 of them at a cold start. Returns the items left for parse_item."""
+    in one pass: 200,000 of them at a cold start. Returns the rows left for parse_item."""
     rest = []
-    for item in items:
-        if item.key.isascii():
-            out[item.key[skip:]] = item.value.decode(errors="replace")
+    for k, v in rows:
+        if k.isascii():
+            out[k[skip:].decode()] = v.decode(errors="replace")
         else:
-            rest.append(item)
+            rest.append((k, v))
+    return rest
+
+
+def _endpoints(out: dict, skip: int, rows) -> list:
+    """Endpoint records into out, the common case (an ASCII key, the record as
+    to_json writes it, naming itself) in one pass: 100,000 at a cold start.
+    Returns the rows left for parse_item, which says what is wrong with them."""
+    rest, canonical = [], records.endpoint_canonical
+    for k, v in rows:
+        rec = canonical(v) if k.isascii() else None
+        if rec is not None and k[skip:].decode() == rec.id:
+            out[rec.id] = rec
+        else:
+            rest.append((k, v))
     return rest
 
 
@@ -202,15 +217,17 @@ class Registry(Endpoints):
         """Everything, read at one revision. Malformed records are listed in
         .bad and left out, never fatal. Each prefix is parsed as its read
         arrives, beside the reads still under way."""
-        def parse(i: int, items) -> tuple[dict, list[str]]:
+        def parse(i: int, rows) -> tuple[dict, list[str]]:
             out, bad, kind = {}, [], MIRRORED[i]
-            if kind in ("macs", "ipam"):
-                items = _claims(out, len(key(kind, "")), items)
-            for item in items:
+            fast = {"macs": _claims, "ipam": _claims, "endpoints": _endpoints}.get(kind)
+            if fast is not None:
+                rows = fast(out, len(key(kind, "")), rows)
+            for k, v in rows:
+                k = k.decode(errors="surrogateescape")
                 try:
-                    parsed = parse_item(item.key, item.value)
+                    parsed = parse_item(k, v)
                 except UsageError as e:
-                    bad.append(f"{item.key}: {e}")
+                    bad.append(f"{k}: {e}")
                     continue
                 if parsed and parsed[0] == kind:
                     out[parsed[1]] = parsed[2]

@@ -242,10 +242,11 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn:
     per = rate / writers
     commits: list[float] = []        # ms from a timed write's start to etcd's answer
 
-    ready = threading.Barrier(writers)
+    ready = threading.Barrier(writers + 1)       # the writers connected, and this thread: timing starts
 
     def writer(reg, k: int):
         reg.kv.range_exact(key("networks", NET))     # connected and logged in before anything is timed
+        reg.kv.open_channels(wait_s=5)               # and writing over gRPC, as the agents do
         ready.wait()
         i, t0 = k * per_txn, time.perf_counter()
         while True:
@@ -266,9 +267,10 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn:
             done[k] += per_txn
             i += writers * per_txn
     threads = [threading.Thread(target=in_reg, args=(writer, k)) for k in range(writers)]
-    t0, t_start = time.monotonic(), time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    t0, t_start = time.monotonic(), time.perf_counter()
     for t in threads:
         t.join()
     took = time.monotonic() - t0

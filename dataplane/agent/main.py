@@ -98,6 +98,7 @@ class Agent:
             self.counters["repairs"] += 1
         st = self.node.require_up()
         self.leases.save()
+        self.reg.kv.open_channels()         # the agent's writes go over gRPC once connected (kv_etcd.commit)
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()

@@ -1,16 +1,19 @@
-"""Bulk reads over etcd's gRPC API, for snapshots: the same Range as the JSON
-gateway (kv_etcd.py), without the gateway. A member's gateway marshals a
-whole range to JSON (~12 MB/s: 60 MB for 100,000 endpoints and their claims)
-before it sends a byte; over gRPC the member sends protobuf and we parse it
-in C (upb). Only Range goes this way; writes, leases and the watch stay on
-the gateway, whose failure handling and login they share. The few messages
-needed are described here (field numbers from etcd's rpc.proto and kv.proto)
-rather than generated: no protoc, no generated code to keep.
+"""Bulk reads and transactions over etcd's gRPC API: the same Range and Txn
+as the JSON gateway (kv_etcd.py), without the gateway. A member's gateway
+marshals a whole range to JSON (~12 MB/s: 60 MB for 100,000 endpoints and
+their claims) before it sends a byte, and every request through it costs the
+member a JSON round and a second, internal gRPC hop; over gRPC the member
+sends protobuf and we parse it in C (upb). Ranges for snapshots go this way,
+and txns once a member's channel is connected (kv_etcd.commit); leases, small
+reads and the watch stay on the gateway, whose failure handling and login
+they share. The few messages needed are described here (field numbers from
+etcd's rpc.proto and kv.proto) rather than generated: no protoc, no
+generated code to keep.
 
 The client's TLS files and login token are the gateway client's: etcd takes
 a token as the "token" metadata on gRPC as it takes the Authorization header
 on the gateway. Anything gRPC cannot do (a proxy that speaks only HTTP/1.1,
-grpcio missing) raises GrpcUnavailable and the caller reads through the
+grpcio missing) raises GrpcUnavailable and the caller goes through the
 gateway instead.
 """
 
@@ -28,6 +31,15 @@ class GrpcUnavailable(Exception):
     """gRPC could not be used for this read: read through the gateway."""
 
 
+class GrpcFailed(Exception):
+    """A request gRPC carried and etcd (or the connection) failed: code is the
+    gRPC status name ("UNAVAILABLE", "PERMISSION_DENIED", ...), details etcd's words."""
+
+    def __init__(self, code: str, details: str):
+        super().__init__(f"{code}: {details}")
+        self.code, self.details = code, details
+
+
 def _messages() -> dict:
     """RangeRequest and RangeResponse classes, built once from descriptors."""
     with _lock:
@@ -43,7 +55,7 @@ def _messages() -> dict:
             for fname, number, ftype, *rest in fields:
                 f = m.field.add(name=fname, number=number, type=ftype,
                                 label=F.LABEL_REPEATED if rest and rest[0] == "repeated" else F.LABEL_OPTIONAL)
-                if ftype == F.TYPE_MESSAGE:
+                if ftype in (F.TYPE_MESSAGE, F.TYPE_ENUM):
                     f.type_name = f".dataplane_etcd.{rest[-1]}"
         message("ResponseHeader", [("cluster_id", 1, F.TYPE_UINT64), ("member_id", 2, F.TYPE_UINT64),
                                    ("revision", 3, F.TYPE_INT64), ("raft_term", 4, F.TYPE_UINT64)])
@@ -56,9 +68,24 @@ def _messages() -> dict:
         message("RangeResponse", [("header", 1, F.TYPE_MESSAGE, "ResponseHeader"),
                                   ("kvs", 2, F.TYPE_MESSAGE, "repeated", "KeyValue"),
                                   ("more", 3, F.TYPE_BOOL), ("count", 4, F.TYPE_INT64)])
+        for enum, values in (("CompareResult", ("EQUAL", "GREATER", "LESS", "NOT_EQUAL")),
+                             ("CompareTarget", ("VERSION", "CREATE", "MOD", "VALUE", "LEASE"))):
+            e = fdp.enum_type.add(name=enum)
+            for number, vname in enumerate(values):
+                e.value.add(name=f"{enum}_{vname}", number=number)
+        message("Compare", [("result", 1, F.TYPE_ENUM, "CompareResult"), ("target", 2, F.TYPE_ENUM, "CompareTarget"),
+                            ("key", 3, F.TYPE_BYTES), ("mod_revision", 6, F.TYPE_INT64)])
+        message("PutRequest", [("key", 1, F.TYPE_BYTES), ("value", 2, F.TYPE_BYTES), ("lease", 3, F.TYPE_INT64)])
+        message("DeleteRangeRequest", [("key", 1, F.TYPE_BYTES)])
+        message("RequestOp", [("request_put", 2, F.TYPE_MESSAGE, "PutRequest"),
+                              ("request_delete_range", 3, F.TYPE_MESSAGE, "DeleteRangeRequest")])
+        message("TxnRequest", [("compare", 1, F.TYPE_MESSAGE, "repeated", "Compare"),
+                               ("success", 2, F.TYPE_MESSAGE, "repeated", "RequestOp")])
+        message("TxnResponse", [("header", 1, F.TYPE_MESSAGE, "ResponseHeader"), ("succeeded", 2, F.TYPE_BOOL)])
         pool = descriptor_pool.DescriptorPool()
         pool.Add(fdp)
-        for name in ("RangeRequest", "RangeResponse"):
+        for name in ("RangeRequest", "RangeResponse", "Compare", "PutRequest", "DeleteRangeRequest", "RequestOp",
+                     "TxnRequest", "TxnResponse"):
             _msgs[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"dataplane_etcd.{name}"))
         return _msgs
 
@@ -69,6 +96,7 @@ class Channels:
     def __init__(self, endpoints: list[tuple[str, int]], tls=None):
         self.endpoints, self.tls = endpoints, tls
         self._channels: dict[int, object] = {}
+        self._states: dict[int, str] = {}       # member -> its channel's connectivity ("READY", ...)
         self._lock = threading.Lock()
 
     def channel(self, i: int):
@@ -89,7 +117,12 @@ class Channels:
                 else:
                     ch = grpc.insecure_channel(f"{host}:{port}", options=opts)
                 self._channels[i] = ch
+                ch.subscribe(lambda state, i=i: self._states.__setitem__(i, state.name), try_to_connect=True)
             return ch
+
+    def ready(self, i: int) -> bool:
+        """Member i's channel is made and connected now (no wait, no new connection)."""
+        return self._states.get(i) == "READY"
 
     def connect(self, i: int, timeout: float) -> bool:
         """Make member i's channel and wait until it is connected (TLS done), so a
@@ -116,11 +149,31 @@ class Channels:
             raise GrpcUnavailable(f"{e.code().name}: {e.details()}") from None
         return resp.header.revision, str(resp.header.cluster_id), [(kv.key, kv.value) for kv in resp.kvs]
 
+    def txn(self, i: int, compares, puts, deletes, token: str | None, timeout: float) -> tuple[bool, int, str]:
+        """(succeeded, revision, cluster id) of a compare-and-swap on member i:
+        every compare is (key, mod_revision) EQUAL (0: absent), puts (key, value,
+        lease), deletes keys. Raises GrpcFailed with etcd's status."""
+        import grpc  # noqa: PLC0415
+        m = _messages()
+        call = self.channel(i).unary_unary("/etcdserverpb.KV/Txn", request_serializer=m["TxnRequest"].SerializeToString,
+                                           response_deserializer=m["TxnResponse"].FromString)
+        op, put, delete, cmp = m["RequestOp"], m["PutRequest"], m["DeleteRangeRequest"], m["Compare"]
+        req = m["TxnRequest"](
+            compare=[cmp(result=0, target=2, key=k.encode(), mod_revision=rev) for k, rev in compares],  # EQUAL, MOD
+            success=[op(request_put=put(key=k.encode(), value=v, lease=lease)) for k, v, lease in puts] +
+                    [op(request_delete_range=delete(key=k.encode())) for k in deletes])
+        try:
+            resp = call(req, timeout=timeout, metadata=[("token", token)] if token else None)
+        except grpc.RpcError as e:
+            raise GrpcFailed(e.code().name, e.details() or "") from None
+        return resp.succeeded, resp.header.revision, str(resp.header.cluster_id)
+
     def close(self) -> None:
         with self._lock:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+            self._states.clear()
 
 
 def _read(path: str | None) -> bytes | None:

@@ -130,6 +130,11 @@ class KV:
         means that history is gone: take a snapshot."""
         raise NotImplementedError
 
+    def open_channels(self, wait_s: float = 0.0) -> None:
+        """For a process that writes often (an agent): connect whatever makes its
+        writes cheaper, in the background (etcd: gRPC channels), waiting at most
+        wait_s for it. Nothing here."""
+
     def close(self) -> None:
         pass
 

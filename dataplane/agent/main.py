@@ -171,7 +171,7 @@ class Agent:
         while not self.registered.is_set() and not self.stopping.is_set():
             self.registered.wait(0.02)
         backoff, resume = Backoff(), None
-        if early is not None:                 # applied only now: adopting needs the host name ours
+        if early is not None and not self.stopping.is_set():   # applied only now: adopting needs the name ours
             self.q.put(("snapshot", early))
             resume = early.rev + 1
         elif not self.stopping.is_set():

@@ -25,6 +25,7 @@ from dataplane.registry.kv import Row
 
 _lock = threading.Lock()
 _msgs: dict = {}
+IDLE_MS = 30 * 60 * 1000     # a channel with no call for this long goes idle (gRPC's default, said here)
 
 
 class GrpcUnavailable(Exception):
@@ -97,6 +98,7 @@ class Channels:
         self.endpoints, self.tls = endpoints, tls
         self._channels: dict[int, object] = {}
         self._states: dict[int, str] = {}       # member -> its channel's connectivity ("READY", ...)
+        self._track: dict[int, object] = {}     # member -> the callback that keeps _states
         self._lock = threading.Lock()
 
     def channel(self, i: int):
@@ -108,7 +110,8 @@ class Channels:
             ch = self._channels.get(i)
             if ch is None:
                 host, port = self.endpoints[i]
-                opts = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0)]
+                opts = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0),
+                        ("grpc.client_idle_timeout_ms", IDLE_MS)]
                 if self.tls:
                     creds = grpc.ssl_channel_credentials(
                         root_certificates=_read(self.tls.ca), private_key=_read(self.tls.key),
@@ -117,12 +120,22 @@ class Channels:
                 else:
                     ch = grpc.insecure_channel(f"{host}:{port}", options=opts)
                 self._channels[i] = ch
-                ch.subscribe(lambda state, i=i: self._states.__setitem__(i, state.name), try_to_connect=True)
+                self._track[i] = lambda state, i=i: self._states.__setitem__(i, state.name)
+                ch.subscribe(self._track[i], try_to_connect=True)
             return ch
 
     def ready(self, i: int) -> bool:
-        """Member i's channel is made and connected now (no wait, no new connection)."""
-        return self._states.get(i) == "READY"
+        """Member i's channel is made and connected now (no wait). One that went idle
+        (no call for IDLE_MS) is asked to connect again, for the next caller."""
+        state = self._states.get(i)
+        if state == "IDLE":
+            with self._lock:
+                ch = self._channels.get(i)
+                if ch is not None:
+                    self._states[i] = "CONNECTING"
+                    ch.unsubscribe(self._track[i])
+                    ch.subscribe(self._track[i], try_to_connect=True)
+        return state == "READY"
 
     def connect(self, i: int, timeout: float) -> bool:
         """Make member i's channel and wait until it is connected (TLS done), so a
@@ -174,6 +187,7 @@ class Channels:
                 ch.close()
             self._channels.clear()
             self._states.clear()
+            self._track.clear()
 
 
 def _read(path: str | None) -> bytes | None:

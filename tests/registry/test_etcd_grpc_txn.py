@@ -127,3 +127,28 @@ def test_over_grpc_a_host_cannot_write_another_hosts_record_and_a_forgotten_toke
             assert [n.name for n in h1.networks()] == ["g1"]
         finally:
             h1.close()
+
+
+def test_a_channel_that_went_idle_connects_again_for_the_next_txn(etcd_url, monkeypatch):
+    """gRPC closes a channel's connection after IDLE_MS without a call; asking
+    whether it is ready starts a new one, so a quiet agent goes back to gRPC."""
+    from dataplane.registry import etcd_grpc
+    monkeypatch.setattr(etcd_grpc, "IDLE_MS", 300)
+    reg = open_registry(etcd_url)
+    try:
+        kv = reg.kv
+        kv.open_channels(wait_s=5)
+        kv.commit(Txn().put("/gt/idle", b"0"))       # the idle time counts from the last call
+        assert kv.grpc_commits == 1
+
+        def until(want: bool, within: float = 10.0) -> bool:
+            deadline = time.monotonic() + within
+            while kv._grpc.ready(kv._current) != want and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return kv._grpc.ready(kv._current) == want
+        assert until(False), "the channel never went idle"
+        assert until(True), "an idle channel was not connected again"
+        kv.commit(Txn().put("/gt/idle", b"1"))
+        assert kv.grpc_commits == 2
+    finally:
+        reg.close()

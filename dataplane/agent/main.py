@@ -56,7 +56,8 @@ class Agent:
         self.synced = threading.Event()
         self.registered = threading.Event()    # our host record is ours: only then adopt and sync
         self.registered_rev = 0                # the revision of that record's put (lease.py)
-        self._sync_at: int | None = None       # a warm start (cache.py): synced once the view reaches this
+        self._sync_at: int | None = None       # a view older than our registration: synced once it reaches this
+        self._sync_warm = False                # ... and that view was the one on disk (cache.py)
         self._cache_rev, self._cache_due = 0, time.monotonic() + sync.CACHE_EVERY_S
         self.fatal: str | None = None
         self._watch = None
@@ -98,7 +99,6 @@ class Agent:
             self.counters["repairs"] += 1
         st = self.node.require_up()
         self.leases.save()
-        self.reg.kv.open_channels()         # the agent's writes go over gRPC once connected (kv_etcd.commit)
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()
@@ -168,12 +168,17 @@ class Agent:
         no snapshot; only a compaction (history gone) or an error forces one.
         Retries back off with full jitter: hundreds of hosts must not reconnect in step."""
         early = sync.early_snapshot(self)      # a cold start reads while the host registers
+        self.reg.kv.open_channels()            # our writes go over gRPC once connected (kv_etcd.commit)
         while not self.registered.is_set() and not self.stopping.is_set():
             self.registered.wait(0.02)
         backoff, resume = Backoff(), None
-        if early is not None and not self.stopping.is_set():   # applied only now: adopting needs the name ours
-            self.q.put(("snapshot", early))
+        if early is not None and not self.stopping.is_set():
+            # Older than our registration: loaded as the view on disk is, synced once the watch
+            # has brought it to the registration's revision (adopting needs the name ours, now).
+            self.q.put(("early", early))
             resume = early.rev + 1
+        elif early is not None:
+            pauses.release()
         elif not self.stopping.is_set():
             resume = sync.cached_start(self)
         while not self.stopping.is_set():
@@ -243,8 +248,8 @@ class Agent:
             try:
                 if kind == "snapshot":
                     self._apply_snapshot(data)
-                elif kind == "cached":
-                    sync.load_cached(self, data)
+                elif kind in ("cached", "early"):
+                    sync.load_cached(self, data, warm=kind == "cached")
                 elif kind == "punts" and self.punts.run_slice():
                     self.q.put(("punts", None))     # the rest after what came meanwhile
                 elif kind == "events":
@@ -311,8 +316,8 @@ class Agent:
             if fine:
                 converge.single(self, fine)
             if self._sync_at is not None and self.view.rev >= self._sync_at:
-                self._sync_at = None           # a warm start has caught up with its registration
-                sync.finish(self, self.view.rev, warm=True)
+                self._sync_at = None           # a view older than our registration has caught up with it
+                sync.finish(self, self.view.rev, warm=self._sync_warm)
 
     def _bad_record(self, k: str, why: str) -> None:
         self.bad.append(f"{k!r}: {why}")

@@ -52,9 +52,11 @@ def read_snapshot(ag) -> Snapshot:
 def early_snapshot(ag) -> Snapshot | None:
     """A first start (no view on disk to start warm from) reads the registry
     while the lease keeper registers the host: the read no longer waits on
-    the registration's round trips. The watcher applies it only once the
-    host is registered. None: there is a view on disk, or the read failed
-    (the watcher reads again once registered)."""
+    the registration's round trips. Once the host is registered it is loaded
+    as the view on disk is (load_cached): nothing is adopted or reconciled
+    before the watch has brought it to the registration's revision. None:
+    there is a view on disk, or the read failed (the watcher reads again
+    once registered)."""
     if os.path.exists(cache.path(ag.node.name)):
         return None
     try:
@@ -76,14 +78,17 @@ def cached_start(ag) -> int | None:
     return snap.rev + 1
 
 
-def load_cached(ag, snap: Snapshot) -> None:
-    """A warm start: the view as it was at snap.rev, brought up to date by the
-    watch; the maps are left as they are until it reaches our registration."""
+def load_cached(ag, snap: Snapshot, warm: bool = True) -> None:
+    """A view older than our registration (warm: the one on disk; else a cold
+    start's early read): as it was at snap.rev, brought up to date by the watch;
+    the maps are left as they are until it reaches our registration."""
     with ag.lock:
         _load_view(ag, snap)
-        ag._sync_at = ag.registered_rev
-    log.info("registry view read from disk at revision %d (%d endpoints); catching up to %d",
-             snap.rev, len(snap.endpoints), ag._sync_at)
+        ag._sync_at, ag._sync_warm = ag.registered_rev, warm
+        if not warm:
+            ag.counters["resyncs"] += 1
+    log.info("registry view %s at revision %d (%d endpoints); catching up to %d",
+             "read from disk" if warm else "read while registering", snap.rev, len(snap.endpoints), ag._sync_at)
 
 
 def finish(ag, rev: int, warm: bool) -> None:

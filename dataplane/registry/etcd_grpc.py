@@ -20,6 +20,7 @@ gateway instead.
 from __future__ import annotations
 
 import threading
+import time
 
 from dataplane.registry.kv import Row
 
@@ -42,7 +43,7 @@ class GrpcFailed(Exception):
 
 
 def _messages() -> dict:
-    """RangeRequest and RangeResponse classes, built once from descriptors."""
+    """The Range and Txn message classes by name, built once from descriptors."""
     with _lock:
         if _msgs:
             return _msgs
@@ -120,12 +121,19 @@ class Channels:
                 else:
                     ch = grpc.insecure_channel(f"{host}:{port}", options=opts)
                 self._channels[i] = ch
-                self._track[i] = lambda state, i=i: self._states.__setitem__(i, state.name)
-                ch.subscribe(self._track[i], try_to_connect=True)
             return ch
 
+    def track(self, i: int) -> None:
+        """Follow member i's connectivity (for ready()), connecting now: for a process
+        that writes often. A thread of gRPC's polls it until close()."""
+        ch = self.channel(i)
+        with self._lock:
+            if i not in self._track:
+                self._track[i] = lambda state, i=i: self._states.__setitem__(i, state.name)
+                ch.subscribe(self._track[i], try_to_connect=True)
+
     def ready(self, i: int) -> bool:
-        """Member i's channel is made and connected now (no wait). One that went idle
+        """Member i's channel is tracked and connected now (no wait). One that went idle
         (no call for IDLE_MS) is asked to connect again, for the next caller."""
         state = self._states.get(i)
         if state == "IDLE":
@@ -140,11 +148,15 @@ class Channels:
     def connect(self, i: int, timeout: float) -> bool:
         """Make member i's channel and wait until it is connected (TLS done), so a
         read that follows does not pay for it. False if it could not be made in time."""
+        future = None
         try:
             import grpc  # noqa: PLC0415
-            grpc.channel_ready_future(self.channel(i)).result(timeout=timeout)
+            future = grpc.channel_ready_future(self.channel(i))
+            future.result(timeout=timeout)
             return True
         except Exception:  # noqa: BLE001 - the read itself says why, if it fails too
+            if future is not None:
+                future.cancel()           # unsubscribes it; the channel keeps its own state
             return False
 
     def range(self, i: int, key: bytes, range_end: bytes, revision: int, token: str | None,
@@ -183,6 +195,16 @@ class Channels:
 
     def close(self) -> None:
         with self._lock:
+            for i, cb in self._track.items():
+                self._channels[i].unsubscribe(cb)
+            # gRPC's polling thread may be between its last look at the callbacks and its next
+            # look at the channel: closed under it, it dies with "Channel closed!" (grpc#29848).
+            # It ends within its 0.2 s poll once no callback is left.
+            deadline = time.monotonic() + 0.5
+            for i in self._track:
+                state = getattr(self._channels[i], "_connectivity_state", None)
+                while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
+                    time.sleep(0.01)
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()

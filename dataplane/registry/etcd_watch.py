@@ -39,11 +39,10 @@ import ssl
 import struct
 import time
 
-from dataplane.registry.etcd_wire import Unknown, Unsent, b64, range_end, tls_refusal, unb64
+from dataplane.registry.etcd_wire import RELOGIN, Unknown, Unsent, b64, range_end, tls_refusal, unb64
 from dataplane.registry.kv import Compacted, Event, Refused, Unavailable, Watch
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_RELOGIN = ("invalid auth token", "user name is empty", "auth revision is old", "revision of auth store is old")
 
 
 class EtcdWatch(Watch):
@@ -94,7 +93,7 @@ class EtcdWatch(Watch):
                               f"{bytes(self._buf[:200]).decode(errors='replace')}")
             self._chunked = b"\r\ntransfer-encoding: chunked" in head.lower()
             reason = self._created()
-            if reason and relogin and any(w in reason for w in _RELOGIN):
+            if reason and relogin and any(w in reason for w in RELOGIN):
                 self._drop()                  # a token this member no longer knows: log in, once
                 kv._relogin(i, self._token)
                 return self._open(i, create, relogin=False)
@@ -283,7 +282,7 @@ class EtcdWatch(Watch):
                 raise Compacted(f"etcd compacted history up to {res['compact_revision']}")
             if res.get("canceled"):
                 reason = res.get("cancel_reason", "")
-                if any(w in reason for w in _RELOGIN):
+                if any(w in reason for w in RELOGIN):
                     self.kv.forget_token(self._token)     # the next watch logs in again
                 raise self._dead(f"etcd cancelled the watch: {reason}")
             events = [Event(unb64(ev["kv"]["key"]).decode(errors="surrogateescape"), None if ev.get("type") == "DELETE"

@@ -27,6 +27,11 @@ def range_end(prefix: str) -> str:
     return b64(prefix_end(prefix))
 
 
+BULK_TIMEOUT_S = 30.0       # to read a whole prefix: the gateway sends nothing until 25 MB are marshalled
+# etcd's words (3.4) for a request whose token must be replaced: it was applied nowhere.
+RELOGIN = ("invalid auth token", "user name is empty", "revision of auth store is old", "auth revision is old")
+
+
 class Unsent(Exception):
     """The request never reached the member (refused, unreachable, connect timeout, TLS handshake)."""
 

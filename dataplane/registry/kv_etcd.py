@@ -6,8 +6,8 @@ answered and moves round robin to the next when one refuses, times out or has
 no leader; a txn moves on only if it surely never reached the member, else
 its outcome is unknown: Unavailable (and the next call starts further on).
 The watch is in etcd_watch.py; snapshots' ranges, and txns once a member's
-channel is connected, go over gRPC (etcd_grpc.py), with the same classing of
-failures.
+channel is connected, go over gRPC (kv_etcd_grpc.py, etcd_grpc.py), with the
+same classing of failures.
 
 etcds:// (etcd_access.py): TLS verified against the CA file, with this
 host's client certificate, and with a user, a token from /v3/auth/authenticate
@@ -30,21 +30,19 @@ from binascii import a2b_base64 as a2b   # base64.b64decode without its wrapper
 from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB of JSON: 3x json's speed
 
 from dataplane.registry.etcd_access import TlsFiles
-from dataplane.registry.etcd_grpc import Channels, GrpcFailed, GrpcUnavailable
+from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
-from dataplane.registry.etcd_wire import Unknown, Unsent, b64, prefix_end, range_end, tls_failure, tls_refusal
-from dataplane.registry.kv import KV, Item, Refused, Row, Txn, Unavailable, Watch
+from dataplane.registry.etcd_wire import BULK_TIMEOUT_S, RELOGIN, Unknown, Unsent, b64, range_end, tls_failure, tls_refusal
+from dataplane.registry.kv import KV, Item, Refused, Txn, Unavailable, Watch
+from dataplane.registry.kv_etcd_grpc import GrpcPaths
 
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
-BULK_TIMEOUT_S = 30.0       # to read a whole prefix: the gateway sends nothing until 25 MB are marshalled
 CONNECT_TIMEOUT_S = 1.0     # to open a TCP connection to one member
 WATCH_DEADLINE_S = 15.0     # a watch that hears nothing for this long is dead
 log = logging.getLogger("dataplane.registry")
-# etcd's words (3.4) for a request whose token must be replaced: it was applied nowhere.
-RELOGIN = ("invalid auth token", "user name is empty", "revision of auth store is old", "auth revision is old")
 
 
-class EtcdKV(KV):
+class EtcdKV(GrpcPaths, KV):
     def __init__(self, endpoints: list[tuple[str, int]], timeout: float = TIMEOUT_S,
                  connect_timeout: float = CONNECT_TIMEOUT_S, watch_deadline_s: float = WATCH_DEADLINE_S,
                  progress_interval_s: float | None = None, probe_interval_s: float | None = None,
@@ -253,38 +251,16 @@ class EtcdKV(KV):
             return out
         then = then or (lambda i, items: items)
         order = self._order()     # the other reads' connections are made while the first read is under way
-        warm = sorted({order[k % len(order)] for k in range(1, len(prefixes))} - {order[0]}) if self.use_grpc else []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1 + len(warm))) as pool:
-            for i in warm:
-                pool.submit(self._grpc.connect, i, self.connect_timeout)
+        if self.use_grpc:         # (not waited for: a member that is down must not hold up the snapshot)
+            for i in sorted({order[k % len(order)] for k in range(1, len(prefixes))} - {order[0]}):
+                threading.Thread(target=self._grpc.connect, args=(i, self.connect_timeout), daemon=True).start()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1)) as pool:
             rev, first = read(0, prefixes[0], None)
             rest = list(pool.map(lambda kp: then(kp[0] + 1, read(kp[0] + 1, kp[1], rev)[1]), enumerate(prefixes[1:])))
         return rev, [then(0, first)] + rest
 
-    def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Row]]:
-        order = self._order()
-        i = order[k % len(order)]
-        try:
-            token = self.token(i)
-        except (Unsent, Unknown, Unavailable) as e:   # the gateway's read says it as it should (Refused, ...)
-            raise GrpcUnavailable(f"login at {self.endpoint(i)}: {e}") from None
-        got, cluster, items = self._grpc.range(i, prefix.encode(), prefix_end(prefix), rev or 0, token, BULK_TIMEOUT_S)
-        self.cluster_id = cluster
-        return got, items
-
     def range_exact(self, key: str) -> tuple[int, list[Item]]:
         return self._items(self._post("/kv/range", {"key": b64(key)}))
-
-    def open_channels(self, wait_s: float = 0.0) -> None:
-        """A gRPC channel to every member, connecting in the background: a process
-        that writes often (an agent) then commits over gRPC (see commit). Snapshots
-        make them too. wait_s: wait that long at most for the first member's."""
-        if self.use_grpc:
-            with contextlib.suppress(GrpcUnavailable):
-                for i in range(len(self.endpoints)):
-                    self._grpc.channel(i)
-                if wait_s > 0:
-                    self._grpc.connect(self._current, wait_s)
 
     def commit(self, txn: Txn) -> tuple[bool, int]:
         """Over gRPC when the first member to try has a connected channel (a member's
@@ -304,37 +280,6 @@ class EtcdKV(KV):
         success += [{"request_delete_range": {"key": b64(k)}} for k in txn.deletes]
         resp = self._post("/kv/txn", {"compare": compare, "success": success}, idempotent=False)
         return bool(resp.get("succeeded")), int(resp["header"]["revision"])
-
-    def _grpc_commit(self, i: int, txn: Txn) -> tuple[bool, int] | None:
-        """commit on member i over gRPC; None: not sent, the gateway is to send it.
-        What was sent and failed is classed as the gateway's answer would be."""
-        where = f"etcd txn at {self.endpoint(i)}"
-        for relogin in (True, False):
-            try:
-                token = self.token(i)
-            except (Unsent, Unknown, Unavailable):
-                return None                   # the gateway's path logs in and says why it cannot
-            try:
-                ok, rev, cluster = self._grpc.txn(i, txn.compares, txn.puts, txn.deletes, token, self.timeout)
-            except GrpcFailed as e:
-                if self.user and relogin and (e.code == "UNAUTHENTICATED" or any(w in e.details for w in RELOGIN)):
-                    try:
-                        self._relogin(i, token)       # refused tokens are refused before anything is applied
-                    except (Unsent, Unknown):
-                        return None
-                    continue
-                if e.code == "PERMISSION_DENIED":
-                    raise Refused(f"{where}: user {self.user or '(none)'} is not permitted: {e.details}") from None
-                if e.code == "UNIMPLEMENTED":
-                    return None                   # not etcd's gRPC (a proxy): nothing was applied
-                self._failed(i)
-                if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL"):
-                    raise Unavailable(f"{where}, outcome unknown: {e}") from None
-                raise Unavailable(f"{where}: {e}") from None
-            self.cluster_id = cluster
-            self.grpc_commits += 1
-            return ok, rev
-        return None
 
     def lease_grant(self, ttl: int) -> int:
         # Retried on another member even if the outcome is unknown: a lost grant just expires.

@@ -56,14 +56,13 @@ def test_txns_over_grpc_and_the_gateway_mean_the_same(etcd_url, monkeypatch):
         _gateway_refuses_txns(over_grpc.kv, monkeypatch)
         assert _txns(over_grpc.kv, "/gt/grpc/") == want
         assert over_grpc.kv.grpc_commits == 5 and over_json.kv.grpc_commits == 0
-        assert over_grpc.kv.cluster_id == over_json.kv.cluster_id is not None
     finally:
         over_json.close()
         over_grpc.close()
 
 
 def test_a_process_without_channels_commits_through_the_gateway(etcd_url):
-    """A CLI command writes once: it makes no gRPC channel (and imports no grpc) for it."""
+    """A CLI command writes once: it makes no gRPC channel for it."""
     reg = open_registry(etcd_url)
     try:
         assert reg.kv.commit(Txn().put("/gt/cli", b"1"))[0]
@@ -82,7 +81,7 @@ def test_a_grpc_txn_whose_member_stops_answering_has_an_unknown_outcome(tmp_path
             assert _serving(kv, ms) is victim
             os.kill(victim.pid, signal.SIGSTOP)
             try:
-                with pytest.raises(Unavailable, match="outcome unknown"):
+                with pytest.raises(Unavailable, match="etcd txn at .*, outcome unknown: DEADLINE_EXCEEDED"):
                     kv.commit(Txn().absent("/u/k").put("/u/k", b"1"))
                 assert _serving(kv, ms) is not victim
                 ok, _ = kv.commit(Txn().absent("/u/k").put("/u/k", b"1"))
@@ -152,3 +151,19 @@ def test_a_channel_that_went_idle_connects_again_for_the_next_txn(etcd_url, monk
         assert kv.grpc_commits == 2
     finally:
         reg.close()
+
+
+def test_over_grpc_a_client_without_a_login_is_refused_as_the_gateway_refuses_it(tmp_path):
+    """etcd refuses it as INVALID_ARGUMENT ("user name is empty"), before applying anything:
+    the gateway sends the txn again and says what to do, as for any client."""
+    from dataplane.registry.etcd_access import url as etcd_url
+    with cluster(tmp_path, size=1, tls=True, hosts=("h1",)) as sec:
+        reg = open_registry(etcd_url(sec.endpoints, sec.pki.client("h1")))
+        try:
+            reg.kv.open_channels(wait_s=5)
+            assert reg.kv._grpc.ready(reg.kv._current)
+            with pytest.raises(Refused, match="authentication on: add user="):
+                reg.kv.commit(Txn().put(key("networks", "evil"), b"{}"))
+            assert reg.kv.grpc_commits == 0
+        finally:
+            reg.close()

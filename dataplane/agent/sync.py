@@ -89,6 +89,9 @@ def load_cached(ag, snap: Snapshot, warm: bool = True) -> None:
             ag.counters["resyncs"] += 1
     log.info("registry view %s at revision %d (%d endpoints); catching up to %d",
              "read from disk" if warm else "read while registering", snap.rev, len(snap.endpoints), ag._sync_at)
+    if snap.rev >= ag._sync_at:         # read after all (the registration was quicker): whole already
+        ag._sync_at = None
+        finish(ag, snap.rev, warm=warm)
 
 
 def finish(ag, rev: int, warm: bool) -> None:

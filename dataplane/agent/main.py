@@ -26,6 +26,7 @@ from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.kernel import netlink
 from dataplane.node import Node, vtep
 from dataplane.node.sweep import sweep
 from dataplane.node.fdb import RemoteTable, forget_learned_vtep, local_neigh_keys
@@ -102,6 +103,7 @@ class Agent:
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()
+        threading.Thread(target=netlink.preload, name="preload", daemon=True).start()   # while the read waits
         try:
             self.maps = self.node.maps()
             self.remote = RemoteTable(self.maps, local_neigh_keys(st))
@@ -171,16 +173,7 @@ class Agent:
         self.reg.kv.open_channels()            # our writes go over gRPC once connected (kv_etcd.commit)
         while not self.registered.is_set() and not self.stopping.is_set():
             self.registered.wait(0.02)
-        backoff, resume = Backoff(), None
-        if early is not None and not self.stopping.is_set():
-            # Older than our registration: loaded as the view on disk is, synced once the watch
-            # has brought it to the registration's revision (adopting needs the name ours, now).
-            self.q.put(("early", early))
-            resume = early.rev + 1
-        elif early is not None:
-            pauses.release()
-        elif not self.stopping.is_set():
-            resume = sync.cached_start(self)
+        backoff, resume = Backoff(), sync.start_point(self, early)
         while not self.stopping.is_set():
             try:
                 if resume is None:

@@ -114,6 +114,14 @@ class Collector:
             c = CounterMetricFamily(f"dataplane_{name}", text)
             c.add_metric([], counters.get(key, 0))
             yield c
+        transport = ag.reg.kv.transport_counts()
+        for name, text in (("grpc_commits", "Registry transactions committed over etcd's gRPC API "
+                                            "(the rest went through its JSON gateway)"),
+                           ("grpc_read_fallbacks", "Bulk registry reads gRPC could not do, done through etcd's "
+                                                   "JSON gateway")):
+            c = CounterMetricFamily(f"dataplane_registry_{name}", text)
+            c.add_metric([], transport.get(name, 0))
+            yield c
         c = CounterMetricFamily("dataplane_agent_punts", "Punted misses the agent handled, by outcome",
                                 labels=["outcome"])
         for outcome, n in punts.items():

@@ -73,7 +73,7 @@ class Ops:
         ag = self.ag
         with ag.lock:
             return {**self.ping(), "registry": ag.url, "revision": ag.view.rev, "watch_lag_s": ag.watch_lag_s(),
-                    "watch_member": ag.watch_member(),
+                    "watch_member": ag.watch_member(), "registry_transport": ag.reg.kv.transport_counts(),
                     "lease": ag.leases.lease,
                     "lease_ttl": ag.ttl, "networks": len(ag.view.networks), "hosts": sorted(ag.view.hosts),
                     "endpoints": len(ag.view.endpoints), "installed": ag.remote.counts(),

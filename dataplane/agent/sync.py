@@ -66,6 +66,22 @@ def early_snapshot(ag) -> Snapshot | None:
         return None
 
 
+def start_point(ag, early: Snapshot | None) -> int | None:
+    """The watcher, once registered: the revision to watch from. A cold start's
+    early read is older than our registration: queued to be loaded as the view
+    on disk is, synced once the watch has brought it to the registration's
+    revision (adopting needs the name ours, now). Else the view on disk
+    (cached_start). None: take a snapshot (or the agent is stopping)."""
+    if ag.stopping.is_set():
+        if early is not None:
+            pauses.release()
+        return None
+    if early is not None:
+        ag.q.put(("early", early))
+        return early.rev + 1
+    return cached_start(ag)
+
+
 def cached_start(ag) -> int | None:
     """The watcher, once registered: queue the view on disk if it may be used
     (cache.load), and return the revision to watch from; None: take a snapshot."""

@@ -13,13 +13,10 @@ import socket
 import time
 from contextlib import contextmanager
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NTF_USE
-
 from dataplane.core.errors import Conflict, NotFound
 
 INGRESS = "ffff:fff2"
+NTF_USE = 0x01                # linux/neighbour.h
 EGRESS = "ffff:fff3"
 XDP_FLAGS_DRV_MODE = 1 << 2
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay probe permanent noarp
@@ -29,6 +26,22 @@ NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay pro
 from dataplane.kernel.netns import (  # noqa: E402,F401
     _kerr, call_in_netns, enter_netns, ns_create, ns_delete, ns_exec, ns_exists, ns_list, ns_path_exists,
     sysctl, sysctl_get)
+
+
+def _nlerror() -> type:
+    """pyroute2's NetlinkError. pyroute2 is imported by the first netlink call,
+    not with this module: its import takes ~0.12 s, a third of a CLI command's
+    start, and an agent's cold start reads the registry before it needs netlink.
+    (An except clause evaluates this only once its try raised, by when ipr() has
+    imported pyroute2.)"""
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+    return NetlinkError
+
+
+def preload() -> None:
+    """Import pyroute2 now (from a thread: an agent does it while its registry read waits on etcd)."""
+    _nlerror()
+    from pyroute2 import IPRoute  # noqa: PLC0415,F401
 
 
 def _rtnl_fd() -> int:
@@ -41,6 +54,7 @@ def ipr(netns: str | None):
     a thread that entered netns (a socket stays in the namespace it was made in):
     pyroute2's own netns= forks a helper for each socket, 30-150 ms in an agent
     of a few hundred MB, which stalled its main loop on every tick."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - see _nlerror
     sock = IPRoute(fileno=call_in_netns(netns, _rtnl_fd)) if netns else IPRoute()
     try:
         yield sock
@@ -97,7 +111,7 @@ def veth_create(netns: str | None, name: str, peer_ns: str, peer_name: str, peer
     with ipr(netns) as s:
         try:
             s.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer)
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code == errno.EEXIST:
                 raise Conflict(f"interface {name!r} or {peer_name!r} exists already") from None
             raise _kerr(f"create veth {name}", e) from None
@@ -113,7 +127,7 @@ def link_delete(netns: str | None, ifname: str) -> bool:
             return False
         try:
             s.link("del", index=found[0])
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code != errno.ENODEV:
                 raise _kerr(f"delete interface {ifname}", e) from None
     return True
@@ -128,7 +142,7 @@ def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: 
         if addr:
             try:
                 s.addr("add", index=idx, address=addr, prefixlen=prefixlen)
-            except NetlinkError as e:
+            except _nlerror() as e:
                 if e.code != errno.EEXIST:
                     raise _kerr(f"add {addr}/{prefixlen} to {ifname}", e) from None
         s.link("set", index=idx, state="up")
@@ -148,7 +162,7 @@ def routes_add(netns: str | None, ifname: str, routes) -> None:
             kw = {"gateway": r["gw"]} if r.get("gw") else {}
             try:
                 s.route("add", dst=str(dst.network_address), dst_len=dst.prefixlen, oif=idx, **kw)
-            except NetlinkError as e:
+            except _nlerror() as e:
                 if e.code != errno.EEXIST:
                     raise _kerr(f"add route {dst} in {netns}", e) from None
 
@@ -158,13 +172,13 @@ def tc_attach(netns: str | None, ifindex: int, prog_fd: int, prog_name: str, par
     with ipr(netns) as s:
         try:
             s.tc("add", "clsact", ifindex)
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code != errno.EEXIST:
                 raise _kerr(f"add clsact on ifindex {ifindex}", e) from None
         try:
             s.tc("replace-filter", "bpf", ifindex, ":1", fd=prog_fd, name=prog_name,
                  parent=parent, classid=1, direct_action=True, prio=1)
-        except NetlinkError as e:
+        except _nlerror() as e:
             raise _kerr(f"attach {prog_name} to ifindex {ifindex}", e) from None
 
 
@@ -172,7 +186,7 @@ def tc_detach(netns: str | None, ifindex: int, parent: str = INGRESS) -> None:
     with ipr(netns) as s:
         try:
             s.tc("del-filter", "bpf", ifindex, ":1", parent=parent, prio=1)
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 raise _kerr(f"detach filter from ifindex {ifindex}", e) from None
 
@@ -181,7 +195,7 @@ def tc_filter_names(netns: str | None, ifindex: int, parent: str = INGRESS) -> l
     with ipr(netns) as s:
         try:
             filters = s.get_filters(ifindex, parent=parent)
-        except NetlinkError:
+        except _nlerror():
             return []
     return [n for f in filters if (n := f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME"))]
 
@@ -190,7 +204,7 @@ def clsact_delete(netns: str | None, ifindex: int) -> None:
     with ipr(netns) as s:
         try:
             s.tc("del", "clsact", ifindex)
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 raise _kerr(f"delete clsact on ifindex {ifindex}", e) from None
 
@@ -200,7 +214,7 @@ def xdp_attach(netns: str | None, ifindex: int, prog_fd: int) -> None:
         try:
             s.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", prog_fd),
                                                          ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-        except NetlinkError as e:
+        except _nlerror() as e:
             raise _kerr(f"attach XDP (native) to ifindex {ifindex}", e) from None
 
 
@@ -209,7 +223,7 @@ def xdp_detach(netns: str | None, ifindex: int) -> None:
         try:
             s.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", -1),
                                                          ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code != errno.ENODEV:
                 raise _kerr(f"detach XDP from ifindex {ifindex}", e) from None
 
@@ -227,7 +241,7 @@ def neigh_resolve(netns: str | None, ifindex: int, ip: str) -> None:
     with ipr(netns) as s:
         try:
             s.neigh("add", dst=ip, ifindex=ifindex, flags=NTF_USE, state=0)
-        except NetlinkError as e:
+        except _nlerror() as e:
             if e.code not in (errno.EEXIST,):
                 raise _kerr(f"resolve neighbour {ip}", e) from None
 
@@ -245,7 +259,7 @@ def route_oif(netns: str | None, ip: str) -> tuple[int, str]:
     with ipr(netns) as s:
         try:
             r = s.route("get", dst=ip)[0]
-        except NetlinkError as e:
+        except _nlerror() as e:
             raise _kerr(f"route to {ip}", e) from None
     return r.get_attr("RTA_OIF"), (r.get_attr("RTA_GATEWAY") or ip)
 
@@ -258,7 +272,7 @@ def routes_oif(netns: str | None, ips) -> dict[str, int | None]:
         for ip in ips:
             try:
                 out[ip] = s.route("get", dst=ip)[0].get_attr("RTA_OIF")
-            except NetlinkError:
+            except _nlerror():
                 out[ip] = None
     return out
 

@@ -9,9 +9,13 @@ import os
 import subprocess
 import threading
 
-from pyroute2 import netns as _netns
-
 from dataplane.core.errors import Conflict, KernelError, NotFound
+
+
+def _pyroute2_netns():
+    """pyroute2's netns module, imported on first use (netlink._nlerror says why)."""
+    from pyroute2 import netns  # noqa: PLC0415
+    return netns
 
 
 def _kerr(what: str, e: Exception) -> KernelError:
@@ -35,7 +39,7 @@ def ns_create(name: str) -> None:
     if ns_exists(name):
         raise Conflict(f"network namespace {name!r} exists already")
     try:
-        _netns.create(name)
+        _pyroute2_netns().create(name)
     except OSError as e:
         raise _kerr(f"create network namespace {name}", e) from None
 
@@ -45,7 +49,7 @@ def ns_delete(name: str) -> bool:
     if not ns_exists(name):
         return False
     try:
-        _netns.remove(name)
+        _pyroute2_netns().remove(name)
     except OSError as e:
         if e.errno != errno.ENOENT:
             raise _kerr(f"delete network namespace {name}", e) from None
@@ -53,7 +57,7 @@ def ns_delete(name: str) -> bool:
 
 
 def ns_list() -> list[str]:
-    return sorted(_netns.listnetns())
+    return sorted(_pyroute2_netns().listnetns())
 
 
 CLONE_NEWNET = 0x40000000

@@ -19,6 +19,7 @@ gateway instead.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -27,6 +28,18 @@ from dataplane.registry.kv import Row
 _lock = threading.Lock()
 _msgs: dict = {}
 IDLE_MS = 30 * 60 * 1000     # a channel with no call for this long goes idle (gRPC's default, said here)
+
+
+def _grpc():
+    """grpc, imported with gRPC's fork handlers off. The agent forks while gRPC's
+    threads run (pyroute2 makes a network namespace in a forked child), and with
+    the handlers on, that child died of SIGABRT now and then ("child process is
+    dead, status: -6" from endpoint_add; every lab start of test_etcd_cluster.py
+    failed so). The children never use gRPC. Read by grpc when it is first imported:
+    optional, without it (not installed) the gateway does everything."""
+    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+    import grpc  # noqa: PLC0415
+    return grpc
 
 
 class GrpcUnavailable(Exception):
@@ -104,7 +117,7 @@ class Channels:
 
     def channel(self, i: int):
         try:
-            import grpc  # noqa: PLC0415 - optional: without it, the gateway reads
+            grpc = _grpc()
         except ImportError:
             raise GrpcUnavailable("grpcio is not installed") from None
         with self._lock:
@@ -150,7 +163,7 @@ class Channels:
         read that follows does not pay for it. False if it could not be made in time."""
         future = None
         try:
-            import grpc  # noqa: PLC0415
+            grpc = _grpc()
             future = grpc.channel_ready_future(self.channel(i))
             future.result(timeout=timeout)
             return True
@@ -162,7 +175,7 @@ class Channels:
     def range(self, i: int, key: bytes, range_end: bytes, revision: int, token: str | None,
               timeout: float) -> tuple[int, str, list[Row]]:
         """(revision, cluster id, items) of [key, range_end) on member i."""
-        import grpc  # noqa: PLC0415
+        grpc = _grpc()
         m = _messages()
         call = self.channel(i).unary_unary("/etcdserverpb.KV/Range",
                                            request_serializer=m["RangeRequest"].SerializeToString,
@@ -178,7 +191,7 @@ class Channels:
         """(succeeded, revision, cluster id) of a compare-and-swap on member i:
         every compare is (key, mod_revision) EQUAL (0: absent), puts (key, value,
         lease), deletes keys. Raises GrpcFailed with etcd's status."""
-        import grpc  # noqa: PLC0415
+        grpc = _grpc()
         m = _messages()
         call = self.channel(i).unary_unary("/etcdserverpb.KV/Txn", request_serializer=m["TxnRequest"].SerializeToString,
                                            response_deserializer=m["TxnResponse"].FromString)

@@ -130,6 +130,11 @@ class KV:
         means that history is gone: take a snapshot."""
         raise NotImplementedError
 
+    def transport_counts(self) -> dict:
+        """How requests went, for `agent status` and the metrics (etcd: over gRPC or
+        through the gateway). Nothing here."""
+        return {}
+
     def open_channels(self, wait_s: float = 0.0) -> None:
         """For a process that writes often (an agent): connect whatever makes its
         writes cheaper, in the background (etcd: gRPC channels), waiting at most

@@ -31,6 +31,9 @@ class GrpcPaths:
         self.cluster_id = cluster
         return got, items
 
+    def transport_counts(self) -> dict:
+        return {"grpc_commits": self.grpc_commits, "grpc_read_fallbacks": self.grpc_fallbacks}
+
     def open_channels(self, wait_s: float = 0.0) -> None:
         """A gRPC channel to every member, connecting in the background and followed
         (Channels.track): a process that writes often (an agent) then commits over

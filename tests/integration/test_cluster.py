@@ -66,7 +66,9 @@ def test_hosts_know_each_other_without_peer_flags(info):
 
 
 def test_endpoint_added_on_one_host_reaches_all_and_removal_cleans(info):
+    commits = status("dpl-h1")["registry_transport"]["grpc_commits"]
     out = dp("--netns", "dpl-h1", "endpoint", "add", "dpl-new1", "--vni", "256").stdout
+    assert status("dpl-h1")["registry_transport"]["grpc_commits"] > commits, "the agent writes over gRPC"
     rec = next(e for e in dp_json("--netns", "dpl-h2", "endpoint", "list") if e["id"] == "dpl-new1")
     assert rec["host"] == "h1" and rec["ip"] in out
     for ns in ("dpl-h2", "dpl-h3"):

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataplane.core.errors import Conflict, NotFound
 
 INGRESS = "ffff:fff2"
-NTF_USE = 0x01                # linux/neighbour.h
 EGRESS = "ffff:fff3"
 XDP_FLAGS_DRV_MODE = 1 << 2
+NTF_USE = 0x01                # linux/neighbour.h
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay probe permanent noarp
 
 
@@ -39,8 +39,8 @@ def _nlerror() -> type:
 
 
 def preload() -> None:
-    """Import pyroute2 now (from a thread: an agent does it while its registry read waits on etcd)."""
-    _nlerror()
+    """Import pyroute2 now (from a thread: an agent does it while its registry read waits on etcd).
+    IPRoute's import brings the exceptions and netns modules with it."""
     from pyroute2 import IPRoute  # noqa: PLC0415,F401
 
 

@@ -20,8 +20,7 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.registry.ipam import Endpoints, fence_key
 from dataplane.registry.kv import KV, Event, Item, Txn
-from dataplane.registry import records
-from dataplane.registry.records import PREFIX, Endpoint, Host, Network, key
+from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, key
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
 MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
@@ -97,14 +96,17 @@ def _endpoints(out: dict, skip: int, rows) -> list:
     """Endpoint records into out, the common case (an ASCII key, the record as
     to_json writes it, naming itself) in one pass: 100,000 at a cold start.
     Returns the rows left for parse_item, which says what is wrong with them."""
-    rest, canonical = [], records.endpoint_canonical
+    rest = []
     for k, v in rows:
-        rec = canonical(v) if k.isascii() else None
+        rec = endpoint_canonical(v) if k.isascii() else None
         if rec is not None and k[skip:].decode() == rec.id:
             out[rec.id] = rec
         else:
             rest.append((k, v))
     return rest
+
+
+_FAST_PATHS = {"macs": _claims, "ipam": _claims, "endpoints": _endpoints}   # the rest: parse_item only
 
 
 class Registry(Endpoints):
@@ -219,7 +221,7 @@ class Registry(Endpoints):
         arrives, beside the reads still under way."""
         def parse(i: int, rows) -> tuple[dict, list[str]]:
             out, bad, kind = {}, [], MIRRORED[i]
-            fast = {"macs": _claims, "ipam": _claims, "endpoints": _endpoints}.get(kind)
+            fast = _FAST_PATHS.get(kind)
             if fast is not None:
                 rows = fast(out, len(key(kind, "")), rows)
             for k, v in rows:

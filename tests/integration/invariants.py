@@ -42,10 +42,15 @@ def expected(snap, me: str) -> dict:
     return want
 
 
-def actual(ns: str) -> dict:
+def actual(ns: str) -> tuple[dict, list[str]]:
+    """What ns's maps hold, per VNI, and what is wrong with the node's own entries.
+    The node's state and its maps are read one after the other, so a change under
+    way (an endpoint moving away: its MAC entry gone, the state not yet written)
+    can show for a moment: said as a problem, which a caller waiting for none
+    looks at again, not raised."""
     node = Node(ns)
     st = node.require_up()
-    have = {}
+    have, issues = {}, []
     with node.maps() as m:
         nets = {k.value: v for k, v in m.dp_networks.items()}
         flood = {}
@@ -59,14 +64,17 @@ def actual(ns: str) -> dict:
             neigh.setdefault(k.vni, {})[ip_str(k.ip)] = model.mac_str(v.mac)
         local_macs = {(k.vni, model.mac_str(k.mac)) for k, _ in m.dp_local_macs.items()}
     for gw in st.gateways.values():       # the node's own way out (node/gateway.py), not the registry's
-        assert neigh.get(gw.vni, {}).pop(gw.ip, None) == gw.mac, f"{ns}: gateway {gw.ip} has no neighbour entry"
-        assert (gw.vni, gw.mac) in local_macs, f"{ns}: gateway {gw.ip} has no local MAC entry"
+        if neigh.get(gw.vni, {}).pop(gw.ip, None) != gw.mac:
+            issues.append(f"{ns}: gateway {gw.ip} has no neighbour entry")
+        if (gw.vni, gw.mac) not in local_macs:
+            issues.append(f"{ns}: gateway {gw.ip} has no local MAC entry")
     for vni in set(nets) | set(fdb) | set(neigh):
         eps = {e.name: e.mac for e in st.local_endpoints(vni)}
         have[vni] = {"fdb": fdb.get(vni, {}), "neigh": neigh.get(vni, {}), "flood": sorted(flood.get(vni, [])),
                      "local": eps}
-        assert all((vni, mac) in local_macs for mac in eps.values()), f"{ns}: a local MAC is missing in dp_local_macs"
-    return have
+        if not all((vni, mac) in local_macs for mac in eps.values()):
+            issues.append(f"{ns}: a local MAC is missing in dp_local_macs")
+    return have, issues
 
 
 def registry_problems(snap) -> list[str]:
@@ -91,7 +99,8 @@ def problems(url: str, hosts: dict[str, str]) -> list[str]:
     snap = snapshot(url)
     out = registry_problems(snap)
     for name, ns in hosts.items():
-        want, have = expected(snap, name), actual(ns)
+        want, (have, issues) = expected(snap, name), actual(ns)
+        out += issues
         for vni in sorted(set(want) | set(have)):
             w = want.get(vni, {"fdb": {}, "neigh": {}, "flood": [], "local": {}})
             h = have.get(vni, {"fdb": {}, "neigh": {}, "flood": [], "local": {}})

@@ -213,6 +213,11 @@ class Agent:
             return None
         return self.reg.kv.endpoint(w.member)
 
+    def watch_transport(self) -> str | None:
+        """How the live watch reaches etcd: "grpc" or "gateway" (None: SQLite, or no watch)."""
+        w = self._watch
+        return w.transport if w is not None and self.connected.is_set() else None
+
     def _read_punts(self) -> None:
         while not self.stopping.is_set():
             room = self.punts.room()

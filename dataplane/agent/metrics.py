@@ -118,7 +118,9 @@ class Collector:
         for name, text in (("grpc_commits", "Registry transactions committed over etcd's gRPC API "
                                             "(the rest went through its JSON gateway)"),
                            ("grpc_read_fallbacks", "Bulk registry reads gRPC could not do, done through etcd's "
-                                                   "JSON gateway")):
+                                                   "JSON gateway"),
+                           ("grpc_watches", "Registry watches opened over etcd's gRPC API (the rest through "
+                                            "its JSON gateway)")):
             c = CounterMetricFamily(f"dataplane_registry_{name}", text)
             c.add_metric([], transport.get(name, 0))
             yield c

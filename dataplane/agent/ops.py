@@ -73,7 +73,8 @@ class Ops:
         ag = self.ag
         with ag.lock:
             return {**self.ping(), "registry": ag.url, "revision": ag.view.rev, "watch_lag_s": ag.watch_lag_s(),
-                    "watch_member": ag.watch_member(), "registry_transport": ag.reg.kv.transport_counts(),
+                    "watch_member": ag.watch_member(), "watch_transport": ag.watch_transport(),
+                    "registry_transport": ag.reg.kv.transport_counts(),
                     "lease": ag.leases.lease,
                     "lease_ttl": ag.ttl, "networks": len(ag.view.networks), "hosts": sorted(ag.view.hosts),
                     "endpoints": len(ag.view.endpoints), "installed": ag.remote.counts(),

@@ -97,10 +97,21 @@ def _messages() -> dict:
         message("TxnRequest", [("compare", 1, F.TYPE_MESSAGE, "repeated", "Compare"),
                                ("success", 2, F.TYPE_MESSAGE, "repeated", "RequestOp")])
         message("TxnResponse", [("header", 1, F.TYPE_MESSAGE, "ResponseHeader"), ("succeeded", 2, F.TYPE_BOOL)])
+        message("WatchCreateRequest", [("key", 1, F.TYPE_BYTES), ("range_end", 2, F.TYPE_BYTES),
+                                       ("start_revision", 3, F.TYPE_INT64), ("progress_notify", 4, F.TYPE_BOOL)])
+        message("WatchProgressRequest", [])
+        message("WatchRequest", [("create_request", 1, F.TYPE_MESSAGE, "WatchCreateRequest"),
+                                 ("progress_request", 3, F.TYPE_MESSAGE, "WatchProgressRequest")])
+        message("Event", [("type", 1, F.TYPE_INT32), ("kv", 2, F.TYPE_MESSAGE, "KeyValue")])   # type 1: DELETE
+        message("WatchResponse", [("header", 1, F.TYPE_MESSAGE, "ResponseHeader"), ("watch_id", 2, F.TYPE_INT64),
+                                  ("created", 3, F.TYPE_BOOL), ("canceled", 4, F.TYPE_BOOL),
+                                  ("compact_revision", 5, F.TYPE_INT64), ("cancel_reason", 6, F.TYPE_STRING),
+                                  ("events", 11, F.TYPE_MESSAGE, "repeated", "Event")])
         pool = descriptor_pool.DescriptorPool()
         pool.Add(fdp)
         for name in ("RangeRequest", "RangeResponse", "Compare", "PutRequest", "DeleteRangeRequest", "RequestOp",
-                     "TxnRequest", "TxnResponse"):
+                     "TxnRequest", "TxnResponse", "WatchCreateRequest", "WatchProgressRequest", "WatchRequest",
+                     "WatchResponse"):
             _msgs[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"dataplane_etcd.{name}"))
         return _msgs
 
@@ -205,6 +216,20 @@ class Channels:
         except grpc.RpcError as e:
             raise GrpcFailed(e.code().name, e.details() or "") from None
         return resp.succeeded, resp.header.revision, str(resp.header.cluster_id)
+
+    def tracked(self, i: int) -> bool:
+        """Member i's channel is followed (track): this process opened its channels."""
+        return i in self._track
+
+    def watch(self, i: int, requests, token: str | None):
+        """A Watch stream on member i: sends what the iterator requests yields (the
+        messages of _messages()["WatchRequest"]); iterate the call for WatchResponses,
+        cancel() ends it. "hasleader" asks the member to end it when it has no leader."""
+        m = _messages()
+        call = self.channel(i).stream_stream("/etcdserverpb.Watch/Watch",
+                                             request_serializer=m["WatchRequest"].SerializeToString,
+                                             response_deserializer=m["WatchResponse"].FromString)
+        return call(requests, metadata=[("hasleader", "true")] + ([("token", token)] if token else []))
 
     def close(self) -> None:
         with self._lock:

@@ -46,6 +46,8 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class EtcdWatch(Watch):
+    transport = "gateway"
+
     def __init__(self, kv, prefix: str, start_rev: int):
         self.kv, self.prefix, self.last_rev, self.head_rev = kv, prefix, start_rev - 1, 0
         self.stream = bool(kv.user)            # logged in: the plain HTTP stream (see above)

@@ -158,6 +158,7 @@ class Watch:
 
     last_rev: int = 0
     last_heard: float = 0.0
+    transport: str | None = None     # etcd: "grpc" or "gateway" (for `agent status`)
 
     def resume_rev(self) -> int:
         """The start_rev for a new watch that continues this one: no loss, no repeat."""

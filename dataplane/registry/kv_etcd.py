@@ -32,6 +32,7 @@ from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB
 from dataplane.registry.etcd_access import TlsFiles
 from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
+from dataplane.registry.etcd_watch_grpc import GrpcWatch
 from dataplane.registry.etcd_wire import BULK_TIMEOUT_S, RELOGIN, Unknown, Unsent, b64, range_end, tls_failure, tls_refusal
 from dataplane.registry.kv import KV, Item, Refused, Txn, Unavailable, Watch
 from dataplane.registry.kv_etcd_grpc import GrpcPaths
@@ -78,6 +79,7 @@ class EtcdKV(GrpcPaths, KV):
         self._grpc = Channels(self.endpoints, tls)      # bulk reads (etcd_grpc.py)
         self.use_grpc, self.grpc_fallbacks = True, 0    # bulk reads gRPC failed, done by the gateway
         self.grpc_commits = 0                           # txns committed over gRPC (commit)
+        self.grpc_watches = 0                           # watches opened over gRPC (watch)
         self._failed_at = [0.0] * len(self.endpoints)  # monotonic time of each member's last failure
 
     def endpoint(self, i: int | None = None) -> str:
@@ -294,6 +296,15 @@ class EtcdKV(GrpcPaths, KV):
             self._post("/lease/revoke", {"ID": str(lease)})
 
     def watch(self, prefix: str, start_rev: int) -> Watch:
+        """Over gRPC once this process opened its channels (open_channels), else, or
+        if no member opens it there, through the gateway."""
+        if self.use_grpc and any(self._grpc.tracked(i) for i in range(len(self.endpoints))):
+            try:
+                w = GrpcWatch(self, prefix, start_rev)
+                self.grpc_watches += 1
+                return w
+            except GrpcUnavailable as e:
+                log.info("%s; watching through the gateway", e)
         return EtcdWatch(self, prefix, start_rev)
 
 

@@ -32,7 +32,8 @@ class GrpcPaths:
         return got, items
 
     def transport_counts(self) -> dict:
-        return {"grpc_commits": self.grpc_commits, "grpc_read_fallbacks": self.grpc_fallbacks}
+        return {"grpc_commits": self.grpc_commits, "grpc_read_fallbacks": self.grpc_fallbacks,
+                "grpc_watches": self.grpc_watches}
 
     def open_channels(self, wait_s: float = 0.0) -> None:
         """A gRPC channel to every member, connecting in the background and followed

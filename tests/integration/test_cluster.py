@@ -58,6 +58,8 @@ def status(ns):
 
 def test_hosts_know_each_other_without_peer_flags(info):
     for i in (1, 2, 3):
+        st = status(f"dpl-h{i}")
+        assert st["watch_transport"] == "grpc" and st["registry_transport"]["grpc_watches"] >= 1, st
         others = sorted(lab.vtep_ip(j) for j in (1, 2, 3) if j != i)
         assert flood(f"dpl-h{i}") == others
         assert sorted(set(remote_macs(f"dpl-h{i}").values())) == others

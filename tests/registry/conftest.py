@@ -58,3 +58,17 @@ def reg(registry_url):
     r = open_registry(registry_url)
     yield r
     r.close()
+
+
+@pytest.fixture(params=["gateway", "grpc"])
+def transport(request):
+    """How a watch reaches etcd: through the JSON gateway (a process that opened no
+    gRPC channels: the CLI) or over gRPC (an agent, which opens them first)."""
+    return request.param
+
+
+def watching(kv, transport: str):
+    """kv set up to watch over transport (see the fixture); returns kv."""
+    if transport == "grpc":
+        kv.open_channels(wait_s=3)
+    return kv

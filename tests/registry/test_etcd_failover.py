@@ -14,6 +14,7 @@ import pytest
 from dataplane.registry import parse_url
 from dataplane.registry.backoff import Backoff
 from dataplane.registry.kv import Txn, Unavailable
+from tests.registry.conftest import watching
 from tests.registry.etcdproc import cluster
 from tests.registry.test_etcd_watch import Drain
 
@@ -64,14 +65,15 @@ def _until_ok(fn, within: float = 20.0):
 
 
 @pytest.mark.parametrize("role", ["follower", "leader"])
-def test_member_killed_requests_fail_over_and_the_watch_resumes_without_loss(tmp_path, role):
+def test_member_killed_requests_fail_over_and_the_watch_resumes_without_loss(tmp_path, role, transport):
     with cluster(tmp_path) as ms:
         leader = _leader(ms)
         victim = leader if role == "leader" else _follower(ms)
-        kv = _kv(_first(victim, ms), timeout=2.0, watch_deadline_s=3.0)
+        kv = watching(_kv(_first(victim, ms), timeout=2.0, watch_deadline_s=3.0), transport)
         try:
             base, _ = kv.range("/fo/")
             d = Drain(kv.watch("/fo/", base + 1))
+            assert d.watch.transport == transport
             before = [kv.commit(Txn().put(f"/fo/a{i}", BIG + b"%d" % i))[1] for i in range(3)]
             assert [e.rev for e in d.wait_for(3)] == before
             assert d.events[0].value == BIG + b"0"
@@ -96,6 +98,7 @@ def test_member_killed_requests_fail_over_and_the_watch_resumes_without_loss(tmp
             assert rev == written[-1][1] and len(items) == 2 + 20
 
             d2 = Drain(kv.watch("/fo/", resume))
+            assert d2.watch.transport == transport
             got = d2.wait_for(len(written))
             time.sleep(0.3)   # and nothing more arrives
             assert [(e.key, e.rev) for e in got] == written
@@ -106,15 +109,16 @@ def test_member_killed_requests_fail_over_and_the_watch_resumes_without_loss(tmp
             kv.close()
 
 
-def test_stopped_member_is_skipped_by_every_request(tmp_path):
+def test_stopped_member_is_skipped_by_every_request(tmp_path, transport):
     """SIGSTOP: connections to the member open but nothing answers; each request
     times out on it and moves on; a watch there ends, a new one goes elsewhere."""
     with cluster(tmp_path) as ms:
         victim = _follower(ms)
-        kv = _kv(_first(victim, ms), timeout=1.0, watch_deadline_s=2.0, progress_interval_s=0.3)
+        kv = watching(_kv(_first(victim, ms), timeout=1.0, watch_deadline_s=2.0, progress_interval_s=0.3), transport)
         try:
             base, _ = kv.range("/st/")
             old = Drain(kv.watch("/st/", base + 1))
+            assert old.watch.transport == transport
             assert _serving(kv, ms) is victim
             os.kill(victim.pid, signal.SIGSTOP)
             t0 = time.monotonic()
@@ -124,7 +128,7 @@ def test_stopped_member_is_skipped_by_every_request(tmp_path):
             old.thread.join(5)                  # the other request's failure ends the old watch
             assert isinstance(old.error, Unavailable) and old.ended_at - t0 < 2.0 + 0.5
             new = Drain(kv.watch("/st/", old.watch.resume_rev()))
-            assert new.watch.member != 0   # the victim is first in the client's list
+            assert new.watch.member != 0 and new.watch.transport == transport   # the victim is first in the list
             ok, r1 = kv.commit(Txn().put("/st/k", b"1"))
             assert ok and [e.rev for e in new.wait_for(1)] == [r1]
             lease = kv.lease_grant(5)
@@ -160,14 +164,14 @@ def test_txn_with_unknown_outcome_is_not_retried_elsewhere(tmp_path):
             kv.close()
 
 
-def test_watch_and_txn_start_on_the_next_member_when_the_first_is_down(tmp_path):
+def test_watch_and_txn_start_on_the_next_member_when_the_first_is_down(tmp_path, transport):
     with cluster(tmp_path) as ms:
         down = _follower(ms)   # no election: the writes go through at once
         down.kill()
-        kv, kv2 = _kv(_first(down, ms), timeout=1.0), _kv(_first(down, ms), timeout=1.0)
+        kv, kv2 = watching(_kv(_first(down, ms), timeout=1.0), transport), _kv(_first(down, ms), timeout=1.0)
         try:
             w = kv.watch("/n/", 1)
-            assert w.member == 1 and _serving(kv, ms) is not down
+            assert w.member == 1 and _serving(kv, ms) is not down and w.transport == transport
             # refused: the txn surely never reached the member, so it moves on too
             ok, rev = kv2.commit(Txn().absent("/n/a").put("/n/a", b"1"))
             assert ok and _serving(kv2, ms) is not down
@@ -178,14 +182,16 @@ def test_watch_and_txn_start_on_the_next_member_when_the_first_is_down(tmp_path)
             kv2.close()
 
 
-def test_watch_on_a_member_cut_off_from_the_leader_ends(tmp_path):
+def test_watch_on_a_member_cut_off_from_the_leader_ends(tmp_path, transport):
     """The two other members stopped: ours still answers progress requests, but its
     linearizable probe read fails, which ends the watch (the deadline alone would not)."""
     with cluster(tmp_path) as ms:
-        kv = _kv(ms, timeout=1.0, watch_deadline_s=30.0, progress_interval_s=0.2, probe_interval_s=1.0)
+        kv = watching(_kv(ms, timeout=1.0, watch_deadline_s=30.0, progress_interval_s=0.2, probe_interval_s=1.0),
+                      transport)
         others = []
         try:
             d = Drain(kv.watch("/cut/", kv.range("/cut/")[0] + 1))
+            assert d.watch.transport == transport
             others = [m for m in ms if kv.endpoint(d.watch.member) != f"127.0.0.1:{m.port}"]
             for m in others:
                 os.kill(m.pid, signal.SIGSTOP)

@@ -19,6 +19,7 @@ from dataplane.registry import Host, Refused, open_registry
 from dataplane.registry.etcd_access import TlsFiles, url as etcd_url
 from dataplane.registry.kv import Txn, Unavailable
 from dataplane.registry.store import key
+from tests.registry.conftest import watching
 from tests.registry.etcdproc import cluster
 from tests.registry.test_etcd_watch import Drain
 
@@ -66,11 +67,13 @@ def test_a_host_with_its_certificate_and_password_reads_writes_leases_and_watche
         h1.network_rm("tls1")
 
 
-def test_an_idle_logged_in_watch_stays_up_on_its_probes_and_resumes(regs):
+def test_an_idle_logged_in_watch_stays_up_on_its_probes_and_resumes(regs, transport):
     h1, h2 = regs
+    watching(h1.kv, transport)
     rev = h1.snapshot().rev
     d = Drain(h1.watch(rev + 1))
     try:
+        assert d.watch.transport == transport
         time.sleep(4.0)                                # over the 3 s deadline: the probes keep it heard from
         assert d.thread.is_alive() and d.error is None and d.watch.lag_s() < 2.0
         h2.network_create("tls2", 302)
@@ -167,9 +170,10 @@ def test_a_host_cannot_write_another_hosts_record(regs):
     h2.kv.lease_revoke(lease2)
 
 
-def test_an_expired_token_is_replaced_for_requests_txns_and_watches(tmp_path):
+def test_an_expired_token_is_replaced_for_requests_txns_and_watches(tmp_path, transport):
     with cluster(tmp_path, size=1, tls=True, hosts=("h1",), extra=["--auth-token-ttl", "1"]) as sec:
         reg = open_registry(sec.url("h1"), watch_deadline_s=3.0)
+        watching(reg.kv, transport)
         try:
             reg.snapshot()
             first = reg.kv._token
@@ -181,6 +185,7 @@ def test_an_expired_token_is_replaced_for_requests_txns_and_watches(tmp_path):
             time.sleep(2.5)
             d = Drain(reg.watch(rev + 1))              # created with the stale token: refused, logged in, again
             try:
+                assert d.watch.transport == transport
                 assert reg.kv._token not in (None, stale)
                 time.sleep(2.5)                        # the token expires again: a running watch is not asked
                 reg.network_rm("ttl1")
@@ -217,13 +222,14 @@ def test_auth_setup_from_the_cli_turns_authentication_on_and_is_idempotent(tmp_p
             open_registry(etcd_url(sec.endpoints, sec.pki.client("h1"))).snapshot()
 
 
-def test_a_watch_on_a_stopped_member_ends_within_the_deadline_when_logged_in(tmp_path):
+def test_a_watch_on_a_stopped_member_ends_within_the_deadline_when_logged_in(tmp_path, transport):
     import signal
     with cluster(tmp_path, size=1, tls=True, hosts=("h1",)) as sec:
         reg = open_registry(sec.url("h1"), watch_deadline_s=1.5)
-        d = Drain(reg.watch(reg.snapshot().rev + 1))
+        d = Drain(watching(reg.kv, transport).watch("/dataplane/", reg.snapshot().rev + 1))
         m = sec.members[0]
         try:
+            assert d.watch.transport == transport
             time.sleep(0.8)
             os.kill(m.pid, signal.SIGSTOP)
             stopped = time.monotonic()

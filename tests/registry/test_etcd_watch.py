@@ -17,6 +17,7 @@ from dataplane.registry import parse_url
 from dataplane.registry.backoff import Backoff
 from dataplane.registry.kv import Compacted, Txn, Unavailable
 from dataplane.registry.store import PREFIX
+from tests.registry.conftest import watching
 from tests.registry.etcdproc import cluster, free_port, require_etcd
 
 
@@ -64,13 +65,15 @@ def lone_etcd(tmp_path):
         etcd_server.stop(pid)
 
 
-def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd):
+def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport):
     from dataplane.registry.kv_etcd import EtcdKV
     pid, ep = lone_etcd
-    kv = EtcdKV([ep], timeout=1.0, watch_deadline_s=1.5, progress_interval_s=0.3, probe_interval_s=0)
+    kv = watching(EtcdKV([ep], timeout=1.0, watch_deadline_s=1.5, progress_interval_s=0.3, probe_interval_s=0),
+                  transport)
     rev, _ = kv.range("/t/")
     d = Drain(kv.watch("/t/", rev + 1))
     try:
+        assert d.watch.transport == transport
         time.sleep(1.2)   # idle: only the answers to progress requests are heard
         assert d.thread.is_alive() and d.error is None
         assert d.watch.lag_s() < 0.7, "progress requests are not answered"
@@ -91,14 +94,15 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd):
         kv.close()
 
 
-def test_server_progress_notifications_advance_last_rev(tmp_path):
+def test_server_progress_notifications_advance_last_rev(tmp_path, transport):
     """With the server's own notifications on, an idle watch's last_rev follows the store."""
     from dataplane.registry.kv_etcd import EtcdKV
     with cluster(tmp_path, size=1, extra=["--experimental-watch-progress-notify-interval", "200ms"]) as ms:
-        kv = EtcdKV([ms[0].endpoint], watch_deadline_s=3.0)
+        kv = watching(EtcdKV([ms[0].endpoint], watch_deadline_s=3.0), transport)
         rev, _ = kv.range("/idle/")
         d = Drain(kv.watch("/idle/", rev + 1))
         try:
+            assert d.watch.transport == transport
             _, after = kv.commit(Txn().put("/other/x", b"1"))
             deadline = time.monotonic() + 5
             while d.watch.last_rev < after and time.monotonic() < deadline:
@@ -109,14 +113,15 @@ def test_server_progress_notifications_advance_last_rev(tmp_path):
             kv.close()
 
 
-def test_resume_at_a_compacted_revision_raises_compacted(etcd_url):
+def test_resume_at_a_compacted_revision_raises_compacted(etcd_url, transport):
     from dataplane.registry.kv_etcd import EtcdKV
-    kv = EtcdKV(parse_url(etcd_url)[1])
+    kv = watching(EtcdKV(parse_url(etcd_url)[1]), transport)
     try:
         first = kv.commit(Txn().put("/compact/a", b"1"))[1]
         now = kv.commit(Txn().put("/compact/b", b"2"))[1]
         kv._post("/kv/compaction", {"revision": str(now), "physical": True})
         w = kv.watch("/compact/", first)
+        assert w.transport == transport
         with pytest.raises(Compacted, match=str(now)):
             next(w)
         w.close()

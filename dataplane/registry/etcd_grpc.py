@@ -4,9 +4,9 @@ marshals a whole range to JSON (~12 MB/s: 60 MB for 100,000 endpoints and
 their claims) before it sends a byte, and every request through it costs the
 member a JSON round and a second, internal gRPC hop; over gRPC the member
 sends protobuf and we parse it in C (upb). Ranges for snapshots go this way,
-and txns once a member's channel is connected (kv_etcd.commit); leases, small
-reads and the watch stay on the gateway, whose failure handling and login
-they share. The few messages needed are described here (field numbers from
+and txns and the watch once a member's channel is connected (kv_etcd.commit,
+etcd_watch_grpc.py); leases and small reads stay on the gateway, whose failure
+handling and login they share. The few messages needed are described here (field numbers from
 etcd's rpc.proto and kv.proto) rather than generated: no protoc, no
 generated code to keep.
 

@@ -1,5 +1,7 @@
-"""One watch on one etcd member (for kv_etcd.EtcdKV): a WebSocket on /v3/watch,
-or, when the client logs in, a plain HTTP stream.
+"""One watch on one etcd member through the JSON gateway (for kv_etcd.EtcdKV):
+a WebSocket on /v3/watch, or, when the client logs in, a plain HTTP stream.
+A process that opened its gRPC channels (an agent) watches over gRPC instead
+(etcd_watch_grpc.py); this one serves the rest, and is that one's fallback.
 
 Verified on etcd 3.4.23: as a plain HTTP stream, /v3/watch answers only once
 the request body has ended (a chunked body left open gets nothing), so no
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 import ssl
@@ -53,6 +56,7 @@ class EtcdWatch(Watch):
         self.stream = bool(kv.user)            # logged in: the plain HTTP stream (see above)
         self._closed, self._sock, self._buf, self._parts, self._body = False, None, bytearray(), [], bytearray()
         self._chunked, self._token = False, None
+        self.until: float | None = None        # end (Unavailable) at this monotonic time: see kv_etcd.watch
         create = json.dumps({"create_request": {"key": b64(prefix), "range_end": range_end(prefix),
                                                 "start_revision": str(start_rev), "progress_notify": True}}).encode()
         errors, tls_only = [], True
@@ -224,6 +228,9 @@ class EtcdWatch(Watch):
             raise self._dead(f"heard nothing for {now - self.last_heard:.1f} s (stuck)")
         if kv._failed_at[self.member] > self._since:
             raise self._dead("another request to this member failed")
+        if self.until is not None and now >= self.until:
+            self._drop()                       # the member is fine: not _dead
+            raise Unavailable("a watch through the gateway ends, to be resumed over gRPC if it can")
         if not self.stream and now - max(self.last_heard, self._asked) >= kv.progress_interval_s:
             self._asked = now
             try:
@@ -242,7 +249,8 @@ class EtcdWatch(Watch):
 
     def _recv(self) -> None:
         kv, why = self.kv, "the member closed the stream"
-        due = min(self.last_heard + kv.watch_deadline_s, self._probed + (self._probe_every() or kv.watch_deadline_s))
+        due = min(self.last_heard + kv.watch_deadline_s, self._probed + (self._probe_every() or kv.watch_deadline_s),
+                  self.until or math.inf)
         if not self.stream:
             due = min(due, max(self.last_heard, self._asked) + kv.progress_interval_s)
         try:

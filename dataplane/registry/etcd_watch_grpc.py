@@ -21,14 +21,15 @@ What the gateway's watch needs work-arounds for is plain here:
   the stream, and ends an open one after three election timeouts without
   one ("etcdserver: no leader"). The probe read every probe_interval_s
   stays, as on the gateway, for a member cut off in any other way.
-- etcd 3.4 answers a watch created with a token it no longer knows with
-  "permission denied" (the check cannot tell the two apart): log in again
-  and create it once more; a second refusal is Refused.
+- A watch created with a token the member no longer knows is cancelled
+  with "invalid auth token" (etcd 3.4.22 on; RELOGIN's words): log in again
+  and create it once more. "permission denied" is a real refusal: Refused.
 
 last_rev and head_rev move as on the gateway (etcd_watch.py says why
 answers to progress requests move only head_rev). Responses arrive on a
 thread of this watch's own, so a read can be given a deadline: gRPC's
-iterator has none.
+iterator has none. That thread holds the stream: any error out of the
+watch ends the stream too, and close() may race the watch's own end.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class GrpcWatch(Watch):
         kv.connect_timeout for one that is connecting). GrpcUnavailable: none could
         open it; the caller watches through the gateway."""
         self.kv, self.prefix, self.last_rev, self.head_rev = kv, prefix, start_rev - 1, 0
-        self._closed, self._call, self._in, self._out, self._first = False, None, None, None, None
+        self._closed, self._live, self._out, self._first = False, None, None, None   # _live: (call, requests)
         m = _messages()
         self._progress = m["WatchRequest"](progress_request=m["WatchProgressRequest"]())
         self._create = m["WatchRequest"](create_request=m["WatchCreateRequest"](
@@ -97,10 +98,11 @@ class GrpcWatch(Watch):
     def _open(self, i: int, relogin: bool = True) -> None:
         kv = self.kv
         self.member, self._token = i, kv.token(i)
-        self._in, self._out = queue.SimpleQueue(), queue.SimpleQueue()
-        self._in.put(self._create)
-        self._call = kv._grpc.watch(i, _requests(self._in), self._token)
-        threading.Thread(target=_read, args=(self._call, self._out), name="etcd-watch", daemon=True).start()
+        requests, self._out = queue.SimpleQueue(), queue.SimpleQueue()
+        requests.put(self._create)
+        call = kv._grpc.watch(i, _requests(requests), self._token)
+        self._live = call, requests
+        threading.Thread(target=_read, args=(call, self._out), name="etcd-watch", daemon=True).start()
         try:
             resp = self._out.get(timeout=kv.timeout)
         except queue.Empty:
@@ -111,7 +113,7 @@ class GrpcWatch(Watch):
             self._first = resp                   # created (a compacted start is said by __next__)
             return
         reason = resp.cancel_reason or "cancelled"
-        if kv.user and relogin and ("permission denied" in reason or any(w in reason for w in RELOGIN)):
+        if kv.user and relogin and any(w in reason for w in RELOGIN):
             self._end()                          # a token this member no longer knows: log in, once
             kv._relogin(i, self._token)
             return self._open(i, relogin=False)
@@ -126,11 +128,12 @@ class GrpcWatch(Watch):
         return str(e)
 
     def _end(self) -> None:
-        """Cancel the stream (this wakes the reader) and end what it sends."""
-        if self._call is not None:
-            self._call.cancel()
-            self._in.put(None)
-            self._call = None
+        """Cancel the stream (this wakes the reader) and end what it sends. Safe
+        from two threads at once (close() while the watch ends itself)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live[0].cancel()
+            live[1].put(None)
 
     def close(self) -> None:
         self._closed = True
@@ -152,7 +155,9 @@ class GrpcWatch(Watch):
             raise self._dead("another request to this member failed")
         if now - max(self.last_heard, self._asked) >= kv.progress_interval_s:
             self._asked = now
-            self._in.put(self._progress)
+            live = self._live
+            if live is not None:
+                live[1].put(self._progress)
         if kv.probe_interval_s and now - self._probed >= kv.probe_interval_s:
             self._probed = now
             try:
@@ -182,6 +187,13 @@ class GrpcWatch(Watch):
             return item
 
     def __next__(self) -> list[Event]:
+        try:
+            return self._next()
+        except BaseException:
+            self._end()           # whatever ended the watch, its stream and threads go with it
+            raise
+
+    def _next(self) -> list[Event]:
         while True:
             if self._closed:
                 raise StopIteration

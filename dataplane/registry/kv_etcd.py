@@ -5,9 +5,10 @@ timeouts. With several members, a request starts at the member that last
 answered and moves round robin to the next when one refuses, times out or has
 no leader; a txn moves on only if it surely never reached the member, else
 its outcome is unknown: Unavailable (and the next call starts further on).
-The watch is in etcd_watch.py; snapshots' ranges, and txns once a member's
-channel is connected, go over gRPC (kv_etcd_grpc.py, etcd_grpc.py), with the
-same classing of failures.
+Snapshots' ranges, and txns and the watch once this process opened its
+members' channels (an agent), go over gRPC (kv_etcd_grpc.py, etcd_grpc.py,
+etcd_watch_grpc.py), with the same classing of failures; the gateway's watch
+is etcd_watch.py.
 
 etcds:// (etcd_access.py): TLS verified against the CA file, with this
 host's client certificate, and with a user, a token from /v3/auth/authenticate
@@ -40,6 +41,7 @@ from dataplane.registry.kv_etcd_grpc import GrpcPaths
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
 CONNECT_TIMEOUT_S = 1.0     # to open a TCP connection to one member
 WATCH_DEADLINE_S = 15.0     # a watch that hears nothing for this long is dead
+GATEWAY_FALLBACK_S = 300.0  # a watch through the gateway because gRPC failed: ended after this, to try again
 log = logging.getLogger("dataplane.registry")
 
 
@@ -304,7 +306,10 @@ class EtcdKV(GrpcPaths, KV):
                 self.grpc_watches += 1
                 return w
             except GrpcUnavailable as e:
-                log.info("%s; watching through the gateway", e)
+                log.info("%s; watching through the gateway for now", e)
+                w = EtcdWatch(self, prefix, start_rev)
+                w.until = time.monotonic() + GATEWAY_FALLBACK_S     # then resumed, over gRPC if it can
+                return w
         return EtcdWatch(self, prefix, start_rev)
 
 

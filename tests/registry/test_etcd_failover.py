@@ -205,3 +205,26 @@ def test_watch_on_a_member_cut_off_from_the_leader_ends(tmp_path, transport):
             for m in others:
                 os.kill(m.pid, signal.SIGCONT)
             kv.close()
+
+
+def test_a_grpc_watch_ends_when_its_member_has_no_leader(tmp_path):
+    """No probe reads: the two other members stopped, the member ends the stream
+    itself ("hasleader": after three election timeouts without a leader)."""
+    with cluster(tmp_path) as ms:
+        kv = watching(_kv(ms, timeout=1.0, watch_deadline_s=30.0, progress_interval_s=0.2, probe_interval_s=0),
+                      "grpc")
+        others = []
+        try:
+            d = Drain(kv.watch("/nl/", kv.range("/nl/")[0] + 1))
+            assert d.watch.transport == "grpc"
+            others = [m for m in ms if kv.endpoint(d.watch.member) != f"127.0.0.1:{m.port}"]
+            for m in others:
+                os.kill(m.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            d.thread.join(10)
+            assert isinstance(d.error, Unavailable) and "no leader" in str(d.error), d.error
+            assert d.ended_at - t0 < 4 * 0.5 + 1.5        # three 0.5-s election timeouts, checked every 0.5 s
+        finally:
+            for m in others:
+                os.kill(m.pid, signal.SIGCONT)
+            kv.close()

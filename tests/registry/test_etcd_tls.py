@@ -67,7 +67,18 @@ def test_a_host_with_its_certificate_and_password_reads_writes_leases_and_watche
         h1.network_rm("tls1")
 
 
-def test_an_idle_logged_in_watch_stays_up_on_its_probes_and_resumes(regs, transport):
+def test_a_watch_outside_the_hosts_grant_is_refused(regs, transport, caplog):
+    h1, _ = regs
+    watching(h1.kv, transport)
+    with caplog.at_level("INFO", logger="dataplane.registry"), pytest.raises(Refused, match="permission denied"):
+        h1.kv.watch("/elsewhere/", 1)
+    assert h1.kv.transport_counts()["grpc_watches"] == 0
+    assert "through the gateway" not in caplog.text, "refused by gRPC itself, not by the fallback"
+
+
+def test_an_idle_logged_in_watch_stays_up_and_resumes(regs, transport):
+    """Heard from while idle: on the gateway's plain stream by its probe reads, over
+    gRPC by the answers to its progress requests."""
     h1, h2 = regs
     watching(h1.kv, transport)
     rev = h1.snapshot().rev

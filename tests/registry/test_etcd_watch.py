@@ -78,16 +78,29 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport)
         assert d.thread.is_alive() and d.error is None
         assert d.watch.lag_s() < 0.7, "progress requests are not answered"
         assert d.watch.head_rev == rev and d.watch.last_rev == rev
-        kv.commit(Txn().put("/t/a", b"1"))
-        assert [e.key for e in d.wait_for(1)] == ["/t/a"] and d.watch.last_rev == rev + 1
+        _, other = kv.commit(Txn().put("/elsewhere/x", b"1"))      # the store moves on, not the watched keys
+        deadline = time.monotonic() + 2
+        while d.watch.head_rev < other and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # an answer to a progress request says the store's revision: head_rev, never last_rev (etcd#15220)
+        assert d.watch.head_rev == other and d.watch.last_rev == rev and d.events == []
+        _, r = kv.commit(Txn().put("/t/a", b"1"))
+        assert [e.key for e in d.wait_for(1)] == ["/t/a"] and d.watch.last_rev == r
         os.kill(pid, signal.SIGSTOP)   # the connection stays open, and silent
         stopped = time.monotonic()
         d.thread.join(5)
         assert not d.thread.is_alive(), "the watch on a stopped member never ended"
         assert isinstance(d.error, Unavailable) and "heard nothing" in str(d.error)
         assert d.ended_at - stopped <= 1.5 + 0.5
+        t0 = time.monotonic()
         with pytest.raises(Unavailable):   # a new watch cannot even finish its handshake
             kv.watch("/t/", d.watch.resume_rev())
+        if transport == "grpc":            # nor over gRPC, which then tried the gateway: two timeouts at most
+            from dataplane.registry.etcd_grpc import GrpcUnavailable
+            from dataplane.registry.etcd_watch_grpc import GrpcWatch
+            assert time.monotonic() - t0 < 2 * (1.0 + 1.0) + 0.5
+            with pytest.raises(GrpcUnavailable, match="no answer to the watch's creation"):
+                GrpcWatch(kv, "/t/", d.watch.resume_rev())
     finally:
         os.kill(pid, signal.SIGCONT)
         d.stop()
@@ -129,6 +142,35 @@ def test_resume_at_a_compacted_revision_raises_compacted(etcd_url, transport):
         kv.commit(Txn().put("/compact/c", b"3"))
         assert [e.key for e in next(w)] == ["/compact/c"]
         w.close()
+    finally:
+        kv.close()
+
+
+def test_a_watch_that_fell_back_to_the_gateway_goes_back_to_grpc(etcd_url, monkeypatch):
+    """gRPC failing when a watch is made: the gateway's watch, which ends (Unavailable)
+    after GATEWAY_FALLBACK_S; resumed from its last_rev, over gRPC, nothing lost."""
+    from dataplane.registry import kv_etcd
+    from dataplane.registry.etcd_grpc import GrpcUnavailable
+    kv = watching(kv_etcd.EtcdKV(parse_url(etcd_url)[1]), "grpc")
+    monkeypatch.setattr(kv_etcd, "GATEWAY_FALLBACK_S", 1.0)
+    try:
+        rev, _ = kv.range("/fb/")
+
+        def refuse(*args):
+            raise GrpcUnavailable("refused by the test")
+        monkeypatch.setattr(kv._grpc, "watch", refuse)
+        d = Drain(kv.watch("/fb/", rev + 1))
+        assert d.watch.transport == "gateway"
+        monkeypatch.undo()
+        _, r1 = kv.commit(Txn().put("/fb/a", b"1"))
+        d.thread.join(3)
+        assert isinstance(d.error, Unavailable) and "resumed over gRPC" in str(d.error)
+        assert [e.rev for e in d.events] == [r1] and d.watch.resume_rev() == r1 + 1
+        _, r2 = kv.commit(Txn().put("/fb/b", b"2"))
+        again = Drain(kv.watch("/fb/", d.watch.resume_rev()))
+        assert again.watch.transport == "grpc"
+        assert [e.rev for e in again.wait_for(1)] == [r2]
+        again.stop()
     finally:
         kv.close()
 

@@ -228,6 +228,29 @@ def _slow_turns(ns: str, since: int) -> list[str]:
         return [ln.decode(errors="replace").strip() for ln in f if b"slow turn" in ln]
 
 
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process has used so far; gone ones left out."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _processes(w: "Watcher") -> dict[str, int]:
+    """Who shares the machine during a sustained run: agents, etcd members, the
+    writers (this process) and the timers (one process per host)."""
+    pids = {f"agent {ns}": process.running_pid(ns) for ns in HOSTS}
+    pids.update({f"etcd {m['name']}": m["pid"] for m in lab.etcd_members() if m["pid"]})
+    pids["writers"] = os.getpid()
+    pids.update({f"timer {ns}": p.pid for ns, p in zip(HOSTS, w.procs)})
+    return {k: v for k, v in pids.items() if v}
+
+
 def raft_term() -> int:
     """The cluster's election term: it grows by one (or more) with every election."""
     return max((m["raft_term"] or 0) for m in lab.etcd_members())
@@ -269,11 +292,13 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn:
     threads = [threading.Thread(target=in_reg, args=(writer, k)) for k in range(writers)]
     for t in threads:
         t.start()
+    pids = _processes(w)
     ready.wait()
-    t0, t_start = time.monotonic(), time.perf_counter()
+    t0, t_start, cpu0 = time.monotonic(), time.perf_counter(), _cpu_s(pids)
     for t in threads:
         t.join()
     took = time.monotonic() - t0
+    cpu1 = _cpu_s(pids)
     per_host = {}
     for ns, (timed, missing) in w.finish().items():
         v = [ms for ms, _, _ in timed]
@@ -290,6 +315,8 @@ def sustained(start: int, rate: int, seconds: float, writers: int = 16, per_txn:
     return {"target_per_s": rate, "achieved_per_s": round(sum(done) / took, 1), "seconds": round(took, 1),
             "written": sum(done), "writers": writers, "per_txn": per_txn, "per_host": per_host,
             "elections": raft_term() - term0, "slow_turns": {ns: _slow_turns(ns, logs0[ns]) for ns in HOSTS},
+            # % of one CPU each process took while the writers ran (clock ticks: fine over a minute)
+            "cpu_percent": {k: round(100 * (cpu1[k] - cpu0[k]) / took) for k in cpu1 if k in cpu0},
             "commit_median_ms": round(statistics.median(commits), 1),
             "commit_p99_ms": round(p99(commits), 1),
             "commit_max_ms": round(commits[-1], 1)}
@@ -356,6 +383,9 @@ def table(r: dict) -> str:
         for ns, h in u["per_host"].items():
             out.append(f"| {ns} | {h['n']} | {h['median_ms']} ms | {h['p99_ms']} ms | {h['max_ms']} ms | "
                        f"{h['missing']} | {h.get('after_ack_median_ms', '-')} ms | {h.get('after_ack_p99_ms', '-')} ms |")
+        if u.get("cpu_percent"):
+            out += ["", "CPU while it ran, % of one core: " +
+                    ", ".join(f"{k} {v}" for k, v in u["cpu_percent"].items()) + "."]
     k = r.get("leader_kill")
     if k:
         out += ["", f"Leader kill ({k['killed']}): write committed {k['write_committed_ms']} ms after the kill, "

@@ -26,10 +26,18 @@ What the gateway's watch needs work-arounds for is plain here:
   and create it once more. "permission denied" is a real refusal: Refused.
 
 last_rev and head_rev move as on the gateway (etcd_watch.py says why
-answers to progress requests move only head_rev). Responses arrive on a
-thread of this watch's own, so a read can be given a deadline: gRPC's
-iterator has none. That thread holds the stream: any error out of the
-watch ends the stream too, and close() may race the watch's own end.
+answers to progress requests move only head_rev).
+
+Threads: the caller's thread reads the stream itself (gRPC's iterator, which
+has no deadline). What gRPC sends comes from a generator that gRPC pulls in
+a thread of its own; between requests that generator keeps the watch's
+clocks: it sends progress requests while idle, starts the probe reads, and
+when the member is silent past the deadline (or never answers the create)
+it cancels the call, saying why, which ends the caller's read. An earlier
+version read the stream from a thread of its own into a queue for the
+caller: 101 us of the agent's CPU per event against 80 without the hand-off
+(and 38 for the gateway's watch; three watch processes side by side on the
+lab during 320 single-endpoint txns/s, /tmp script).
 """
 
 from __future__ import annotations
@@ -38,28 +46,12 @@ import queue
 import threading
 import time
 
-from dataplane.registry.etcd_grpc import GrpcUnavailable, _messages
+from dataplane.registry.etcd_grpc import GrpcUnavailable, _grpc, _messages
 from dataplane.registry.etcd_wire import RELOGIN, Unknown, Unsent, b64, prefix_end
 from dataplane.registry.kv import Compacted, Event, Refused, Unavailable, Watch
 
 DELETE = 1          # mvccpb.Event.EventType
 PROGRESS_ID = -1    # the watch_id of an answer to a progress request (etcd 3.4)
-
-
-def _requests(q: queue.SimpleQueue):
-    """What gRPC sends on the stream: q's messages until None."""
-    while (msg := q.get()) is not None:
-        yield msg
-
-
-def _read(call, out: queue.SimpleQueue) -> None:
-    """The stream's responses into out; then the error that ended it."""
-    try:
-        for resp in call:
-            out.put(resp)
-        out.put(Unavailable("the member ended the stream"))
-    except Exception as e:  # noqa: BLE001 - grpc.RpcError, or anything else that ended the stream
-        out.put(e)
 
 
 class GrpcWatch(Watch):
@@ -70,7 +62,8 @@ class GrpcWatch(Watch):
         kv.connect_timeout for one that is connecting). GrpcUnavailable: none could
         open it; the caller watches through the gateway."""
         self.kv, self.prefix, self.last_rev, self.head_rev = kv, prefix, start_rev - 1, 0
-        self._closed, self._live, self._out, self._first = False, None, None, None   # _live: (call, requests)
+        self._closed, self._live, self._first, self._ended = False, None, None, None   # _live: (call, requests)
+        self._rpc_error = _grpc().RpcError
         m = _messages()
         self._progress = m["WatchRequest"](progress_request=m["WatchProgressRequest"]())
         self._create = m["WatchRequest"](create_request=m["WatchCreateRequest"](
@@ -93,22 +86,18 @@ class GrpcWatch(Watch):
         else:
             raise GrpcUnavailable(f"etcd watch over gRPC: no member opened it: {'; '.join(errors)}")
         kv._current = i
-        self.last_heard = self._asked = self._probed = self._since = time.monotonic()
 
     def _open(self, i: int, relogin: bool = True) -> None:
         kv = self.kv
-        self.member, self._token = i, kv.token(i)
-        requests, self._out = queue.SimpleQueue(), queue.SimpleQueue()
+        self.member, self._token, self._ended, self._created = i, kv.token(i), None, False
+        self._probing, self._probe_failed = False, None
+        self.last_heard = self._asked = self._probed = self._since = time.monotonic()
+        requests = queue.SimpleQueue()
         requests.put(self._create)
-        call = kv._grpc.watch(i, _requests(requests), self._token)
+        call = kv._grpc.watch(i, self._requests(requests), self._token)
         self._live = call, requests
-        threading.Thread(target=_read, args=(call, self._out), name="etcd-watch", daemon=True).start()
-        try:
-            resp = self._out.get(timeout=kv.timeout)
-        except queue.Empty:
-            raise Unavailable(f"no answer to the watch's creation in {kv.timeout} s") from None
-        if isinstance(resp, Exception):
-            raise Unavailable(self._why(resp))
+        resp = self._read(call)     # the create's answer; the generator cancels the call after kv.timeout
+        self._created = True
         if not resp.canceled or resp.compact_revision:
             self._first = resp                   # created (a compacted start is said by __next__)
             return
@@ -120,12 +109,84 @@ class GrpcWatch(Watch):
         kind = Refused if "permission denied" in reason or "user name is empty" in reason else Unavailable
         raise kind(f"etcd refused the watch at {kv.endpoint(i)}: {reason}")
 
-    @staticmethod
-    def _why(e: Exception) -> str:
-        code = getattr(e, "code", None)
-        if callable(code):
-            return f"{code().name}: {e.details()}"
-        return str(e)
+    def _read(self, call):
+        """The stream's next response; Unavailable (saying why) when it ends."""
+        try:
+            resp = next(call)
+        except StopIteration:
+            why = "the member ended the stream"
+        except self._rpc_error as e:
+            why = self._ended or f"the stream broke: {e.code().name}: {e.details()}"
+        else:
+            self.last_heard = time.monotonic()
+            return resp
+        if self._closed:
+            raise StopIteration
+        raise Unavailable(why)
+
+    def _requests(self, requests: queue.SimpleQueue):
+        """What gRPC sends on the stream (run by gRPC in a thread of its own): the
+        create request, then progress requests; between them, the watch's clocks."""
+        while True:
+            now = time.monotonic()
+            due = self._due(now)
+            try:
+                msg = requests.get(timeout=max(0.01, due - now))
+            except queue.Empty:
+                msg = self._tick(requests)
+            if msg is None:
+                return
+            if msg is not False:
+                yield msg
+
+    def _due(self, now: float) -> float:
+        kv = self.kv
+        if not self._created:
+            return self._since + kv.timeout
+        due = min(self.last_heard + kv.watch_deadline_s, max(self.last_heard, self._asked) + kv.progress_interval_s)
+        return min(due, self._probed + kv.probe_interval_s) if kv.probe_interval_s else due
+
+    def _tick(self, requests: queue.SimpleQueue):
+        """On the generator's clock: a progress request to send, False (nothing to
+        send), or None after ending the stream (its reader then says why)."""
+        kv, now, live = self.kv, time.monotonic(), self._live
+        if self._closed or live is None or live[1] is not requests:
+            return None                           # ended, or another stream replaced it (a relogin)
+        if not self._created:
+            if now - self._since >= kv.timeout:
+                return self._kill(f"no answer to the watch's creation in {kv.timeout} s", failed=False)
+            return False
+        if now - self.last_heard >= kv.watch_deadline_s:
+            return self._kill(f"heard nothing for {now - self.last_heard:.1f} s (stuck)")
+        if kv._failed_at[self.member] > self._since:
+            return self._kill("another request to this member failed")
+        if self._probe_failed:
+            return self._kill(f"the member fails reads: {self._probe_failed}")
+        if kv.probe_interval_s and now - self._probed >= kv.probe_interval_s and not self._probing:
+            self._probed, self._probing = now, True    # in a thread: progress requests go on meanwhile
+            threading.Thread(target=self._probe, args=(self.member,), name="etcd-probe", daemon=True).start()
+        if now - max(self.last_heard, self._asked) >= kv.progress_interval_s:
+            self._asked = now
+            return self._progress
+        return False
+
+    def _probe(self, member: int) -> None:
+        """A linearizable read on the member: it fails on a member cut off from its leader."""
+        try:
+            self.kv._send(member, "/kv/range", {"key": b64(self.prefix), "count_only": True})
+        except (Unsent, Unknown, Unavailable) as e:
+            if member == self.member:
+                self._probe_failed = str(e)
+        finally:
+            self._probing = False
+
+    def _kill(self, why: str, failed: bool = True) -> None:
+        """End the stream from the generator: the reader raises Unavailable(why)."""
+        self._ended = why
+        if failed:
+            self.kv._failed(self.member)
+        self._end()
+        return None
 
     def _end(self) -> None:
         """Cancel the stream (this wakes the reader) and end what it sends. Safe
@@ -144,48 +205,6 @@ class GrpcWatch(Watch):
         self._end()
         return Unavailable(f"etcd watch at {self.kv.endpoint(self.member)}: {why}")
 
-    def _tick(self) -> None:
-        """Between responses: the deadline, the member's health, progress requests, probes."""
-        kv, now = self.kv, time.monotonic()
-        if self._closed:
-            raise StopIteration
-        if now - self.last_heard >= kv.watch_deadline_s:
-            raise self._dead(f"heard nothing for {now - self.last_heard:.1f} s (stuck)")
-        if kv._failed_at[self.member] > self._since:
-            raise self._dead("another request to this member failed")
-        if now - max(self.last_heard, self._asked) >= kv.progress_interval_s:
-            self._asked = now
-            live = self._live
-            if live is not None:
-                live[1].put(self._progress)
-        if kv.probe_interval_s and now - self._probed >= kv.probe_interval_s:
-            self._probed = now
-            try:
-                kv._send(self.member, "/kv/range", {"key": b64(self.prefix), "count_only": True})
-            except (Unsent, Unknown, Unavailable) as e:
-                raise self._dead(f"the member fails reads: {e}") from None
-
-    def _response(self):
-        if (first := self._first) is not None:
-            self._first = None
-            return first
-        kv = self.kv
-        while True:
-            due = min(self.last_heard + kv.watch_deadline_s, max(self.last_heard, self._asked) + kv.progress_interval_s)
-            if kv.probe_interval_s:
-                due = min(due, self._probed + kv.probe_interval_s)
-            try:
-                item = self._out.get(timeout=max(0.01, due - time.monotonic()))
-            except queue.Empty:
-                self._tick()
-                continue
-            if self._closed:
-                raise StopIteration
-            if isinstance(item, Exception):
-                raise self._dead(f"the stream broke: {self._why(item)}")
-            self.last_heard = time.monotonic()
-            return item
-
     def __next__(self) -> list[Event]:
         try:
             return self._next()
@@ -197,7 +216,16 @@ class GrpcWatch(Watch):
         while True:
             if self._closed:
                 raise StopIteration
-            res = self._response()
+            if (res := self._first) is not None:
+                self._first = None
+            else:
+                live = self._live
+                if live is None:
+                    raise StopIteration if self._closed else self._dead(self._ended or "the stream was ended")
+                try:
+                    res = self._read(live[0])
+                except Unavailable as e:
+                    raise self._dead(str(e)) from None
             rev = res.header.revision
             self.head_rev = max(self.head_rev, rev)
             if res.compact_revision:

@@ -48,7 +48,21 @@ from dataplane.registry.kv import Compacted, Event, Refused, Unavailable, Watch
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class EtcdWatch(Watch):
+class MemberWatch(Watch):
+    """What a watch on one etcd member does the same way on either transport:
+    needs kv, member, _closed and _drop() (end the connection, waking a reader)."""
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+    def _dead(self, why: str) -> Unavailable:
+        self.kv._failed(self.member)
+        self._drop()
+        return Unavailable(f"etcd watch at {self.kv.endpoint(self.member)}: {why}")
+
+
+class EtcdWatch(MemberWatch):
     transport = "gateway"
 
     def __init__(self, kv, prefix: str, start_rev: int):
@@ -150,15 +164,6 @@ class EtcdWatch(Watch):
             self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError, AttributeError):
             self._sock.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._drop()
-
-    def _dead(self, why: str) -> Unavailable:
-        self.kv._failed(self.member)
-        self._drop()
-        return Unavailable(f"etcd watch at {self.kv.endpoint(self.member)}: {why}")
 
     def _send_frame(self, op: int, data: bytes) -> None:
         """One masked frame (client frames must be masked); our messages are < 64 KiB."""

@@ -47,14 +47,15 @@ import threading
 import time
 
 from dataplane.registry.etcd_grpc import GrpcUnavailable, _grpc, _messages
+from dataplane.registry.etcd_watch import MemberWatch
 from dataplane.registry.etcd_wire import RELOGIN, Unknown, Unsent, b64, prefix_end
-from dataplane.registry.kv import Compacted, Event, Refused, Unavailable, Watch
+from dataplane.registry.kv import Compacted, Event, Refused, Unavailable
 
 DELETE = 1          # mvccpb.Event.EventType
 PROGRESS_ID = -1    # the watch_id of an answer to a progress request (etcd 3.4)
 
 
-class GrpcWatch(Watch):
+class GrpcWatch(MemberWatch):
     transport = "grpc"
 
     def __init__(self, kv, prefix: str, start_rev: int):
@@ -77,11 +78,11 @@ class GrpcWatch(Watch):
                 self._open(i)
                 break
             except Refused:
-                self._end()
+                self._drop()
                 raise
             except (Unsent, Unknown, Unavailable) as e:
                 errors.append(f"{kv.endpoint(i)}: {e}")
-                self._end()
+                self._drop()
                 kv._failed(i)
         else:
             raise GrpcUnavailable(f"etcd watch over gRPC: no member opened it: {'; '.join(errors)}")
@@ -103,7 +104,7 @@ class GrpcWatch(Watch):
             return
         reason = resp.cancel_reason or "cancelled"
         if kv.user and relogin and any(w in reason for w in RELOGIN):
-            self._end()                          # a token this member no longer knows: log in, once
+            self._drop()                          # a token this member no longer knows: log in, once
             kv._relogin(i, self._token)
             return self._open(i, relogin=False)
         kind = Refused if "permission denied" in reason or "user name is empty" in reason else Unavailable
@@ -185,10 +186,10 @@ class GrpcWatch(Watch):
         self._ended = why
         if failed:
             self.kv._failed(self.member)
-        self._end()
+        self._drop()
         return None
 
-    def _end(self) -> None:
+    def _drop(self) -> None:
         """Cancel the stream (this wakes the reader) and end what it sends. Safe
         from two threads at once (close() while the watch ends itself)."""
         live, self._live = self._live, None
@@ -196,20 +197,11 @@ class GrpcWatch(Watch):
             live[0].cancel()
             live[1].put(None)
 
-    def close(self) -> None:
-        self._closed = True
-        self._end()
-
-    def _dead(self, why: str) -> Unavailable:
-        self.kv._failed(self.member)
-        self._end()
-        return Unavailable(f"etcd watch at {self.kv.endpoint(self.member)}: {why}")
-
     def __next__(self) -> list[Event]:
         try:
             return self._next()
         except BaseException:
-            self._end()           # whatever ended the watch, its stream and threads go with it
+            self._drop()           # whatever ended the watch, its stream and threads go with it
             raise
 
     def _next(self) -> list[Event]:
@@ -229,7 +221,7 @@ class GrpcWatch(Watch):
             rev = res.header.revision
             self.head_rev = max(self.head_rev, rev)
             if res.compact_revision:
-                self._end()
+                self._drop()
                 raise Compacted(f"etcd compacted history up to {res.compact_revision}")
             if res.canceled:
                 reason = res.cancel_reason

@@ -4,8 +4,11 @@ is in the node and agent layers (node_cmds, registry_cmds, runtime_cmds)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import logging
 import os
+import signal
 import sys
 
 from dataplane import __version__
@@ -31,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    # SIGUSR1 prints every thread's stack to stderr and goes on: how to see where a command hangs
+    with contextlib.suppress(OSError, ValueError, AttributeError):     # no stderr file: no stacks
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     daemon = args.cmd in ("agent", "docker-plugin")
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "    # journald stamps lines itself
     logging.basicConfig(level=logging.INFO if daemon else logging.WARNING,

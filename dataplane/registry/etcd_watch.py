@@ -61,16 +61,35 @@ class MemberWatch(Watch):
         self._drop()
         return Unavailable(f"etcd watch at {self.kv.endpoint(self.member)}: {why}")
 
+    def _stale(self, now: float) -> str | None:
+        """Why the member is to be left now (silent past the deadline, or another
+        request to it failed since the watch began), or None."""
+        if now - self.last_heard >= self.kv.watch_deadline_s:
+            return f"heard nothing for {now - self.last_heard:.1f} s (stuck)"
+        if self.kv._failed_at[self.member] > self._since:
+            return "another request to this member failed"
+        return None
+
+    def _probe_read(self, member: int) -> str | None:
+        """A linearizable read on the member (it fails on one cut off from its
+        leader): None, or why it failed."""
+        try:
+            self.kv._send(member, "/kv/range", {"key": b64(self.prefix), "count_only": True})
+        except (Unsent, Unknown, Unavailable) as e:
+            return str(e)
+        return None
+
 
 class EtcdWatch(MemberWatch):
     transport = "gateway"
 
-    def __init__(self, kv, prefix: str, start_rev: int):
+    def __init__(self, kv, prefix: str, start_rev: int, until: float | None = None):
+        """until: end (Unavailable) at this monotonic time, to be resumed (kv_etcd.watch)."""
         self.kv, self.prefix, self.last_rev, self.head_rev = kv, prefix, start_rev - 1, 0
         self.stream = bool(kv.user)            # logged in: the plain HTTP stream (see above)
         self._closed, self._sock, self._buf, self._parts, self._body = False, None, bytearray(), [], bytearray()
         self._chunked, self._token = False, None
-        self.until: float | None = None        # end (Unavailable) at this monotonic time: see kv_etcd.watch
+        self.until = until
         create = json.dumps({"create_request": {"key": b64(prefix), "range_end": range_end(prefix),
                                                 "start_revision": str(start_rev), "progress_notify": True}}).encode()
         errors, tls_only = [], True
@@ -229,10 +248,8 @@ class EtcdWatch(MemberWatch):
         kv, now = self.kv, time.monotonic()
         if self._closed:
             raise StopIteration
-        if now - self.last_heard >= kv.watch_deadline_s:
-            raise self._dead(f"heard nothing for {now - self.last_heard:.1f} s (stuck)")
-        if kv._failed_at[self.member] > self._since:
-            raise self._dead("another request to this member failed")
+        if why := self._stale(now):
+            raise self._dead(why)
         if self.until is not None and now >= self.until:
             self._drop()                       # the member is fine: not _dead
             raise Unavailable("a watch through the gateway ends, to be resumed over gRPC if it can")
@@ -245,10 +262,8 @@ class EtcdWatch(MemberWatch):
         every = self._probe_every()
         if every and now - self._probed >= every:
             self._probed = now
-            try:
-                kv._send(self.member, "/kv/range", {"key": b64(self.prefix), "count_only": True})
-            except (Unsent, Unknown, Unavailable) as e:
-                raise self._dead(f"the member fails reads: {e}") from None
+            if failed := self._probe_read(self.member):
+                raise self._dead(f"the member fails reads: {failed}")
             if self.stream:
                 self.last_heard = time.monotonic()
 

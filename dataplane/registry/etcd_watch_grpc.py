@@ -8,8 +8,8 @@ watcher, and passes it through a second, internal gRPC hop. Measured in the
 bench's lab (3 agents, 1,000 endpoint writes/s, 20 s): the member serving
 the three gateway watches allocated 1.4 GB and ran 11 garbage collections of
 a ~200 MB heap against 0.5 GB and 4 for a member serving none, and took
-half a CPU against an eighth; its collections were the stalls that set the
-updates' p99.
+half a CPU against an eighth; its collections coincided with some of the
+stalls that set the updates' p99 (not all: docs/BENCHMARKS.md).
 
 What the gateway's watch needs work-arounds for is plain here:
 - Progress requests (answered at once with the member's revision, watch_id
@@ -48,7 +48,7 @@ import time
 
 from dataplane.registry.etcd_grpc import GrpcUnavailable, _grpc, _messages
 from dataplane.registry.etcd_watch import MemberWatch
-from dataplane.registry.etcd_wire import RELOGIN, Unknown, Unsent, b64, prefix_end
+from dataplane.registry.etcd_wire import RELOGIN, Unknown, Unsent, prefix_end
 from dataplane.registry.kv import Compacted, Event, Refused, Unavailable
 
 DELETE = 1          # mvccpb.Event.EventType
@@ -157,10 +157,8 @@ class GrpcWatch(MemberWatch):
             if now - self._since >= kv.timeout:
                 return self._kill(f"no answer to the watch's creation in {kv.timeout} s", failed=False)
             return False
-        if now - self.last_heard >= kv.watch_deadline_s:
-            return self._kill(f"heard nothing for {now - self.last_heard:.1f} s (stuck)")
-        if kv._failed_at[self.member] > self._since:
-            return self._kill("another request to this member failed")
+        if why := self._stale(now):
+            return self._kill(why)
         if self._probe_failed:
             return self._kill(f"the member fails reads: {self._probe_failed}")
         if kv.probe_interval_s and now - self._probed >= kv.probe_interval_s and not self._probing:
@@ -172,12 +170,9 @@ class GrpcWatch(MemberWatch):
         return False
 
     def _probe(self, member: int) -> None:
-        """A linearizable read on the member: it fails on a member cut off from its leader."""
         try:
-            self.kv._send(member, "/kv/range", {"key": b64(self.prefix), "count_only": True})
-        except (Unsent, Unknown, Unavailable) as e:
-            if member == self.member:
-                self._probe_failed = str(e)
+            if (failed := self._probe_read(member)) and member == self.member:
+                self._probe_failed = failed
         finally:
             self._probing = False
 

@@ -307,9 +307,8 @@ class EtcdKV(GrpcPaths, KV):
                 return w
             except GrpcUnavailable as e:
                 log.info("%s; watching through the gateway for now", e)
-                w = EtcdWatch(self, prefix, start_rev)
-                w.until = time.monotonic() + GATEWAY_FALLBACK_S     # then resumed, over gRPC if it can
-                return w
+                # ends after a while, to be resumed over gRPC if it can
+                return EtcdWatch(self, prefix, start_rev, until=time.monotonic() + GATEWAY_FALLBACK_S)
         return EtcdWatch(self, prefix, start_rev)
 
 

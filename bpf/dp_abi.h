@@ -158,6 +158,8 @@ struct dp_config {
 	__u64 mon_interval_ns;               /* a monitor's event rate: 1e9 / events per second */
 	__u32 mon_sample;                    /* trace 1 forwarded frame in this many (0, 1: all) */
 	__u32 mon_pad;
+	__u64 clock_ns_per_jiffy;            /* the tick (kernel/clock.py): dp_now_ns() = jiffies * this */
+	__u64 clock_offset_ns;               /* + this (mod 2^64); 0 and 0: bpf_ktime_get_coarse_ns() */
 };
 
 /*

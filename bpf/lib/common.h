@@ -64,12 +64,19 @@ static __always_inline int mac_is_zero(const __u8 *m)
 
 /*
  * The fast path's clock: CLOCK_MONOTONIC at tick resolution, the timebase of
- * the agent's time.monotonic_ns(). bpf_ktime_get_ns() reads the TSC on every
- * call (read_tsc was 1.2% of the sender's CPU in a TCP profile); ageing, the
- * next-hop TTL and punt staleness need milliseconds, not nanoseconds.
+ * the agent's time.monotonic_ns(). Ageing, the next-hop TTL and punt
+ * staleness need milliseconds, not nanoseconds. bpf_ktime_get_ns() reads the
+ * TSC (read_tsc was 1.2% of the sender's CPU in a TCP profile); even
+ * bpf_ktime_get_coarse_ns() is a helper call, about 45 ns per frame on a
+ * guest with SRSO's safe RET. bpf_jiffies64() the verifier inlines into one
+ * load; the tick's length and the offset to CLOCK_MONOTONIC come from
+ * dp_config (calibrated by kernel/clock.py through dp_clock below). With no
+ * calibration in cfg (or no cfg) it is the helper call.
  */
-static __always_inline __u64 dp_now_ns(void)
+static __always_inline __u64 dp_now_ns(const struct dp_config *cfg)
 {
+	if (cfg && cfg->clock_ns_per_jiffy)
+		return bpf_jiffies64() * cfg->clock_ns_per_jiffy + cfg->clock_offset_ns;
 	return bpf_ktime_get_coarse_ns();
 }
 

@@ -65,7 +65,7 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 
 	if (nh && (nh->flags & DP_NH_STATIC))
 		return nh;
-	now = dp_now_ns();
+	now = dp_now_ns(cfg);
 	/* A sum, as in fdb_lookup: the agent primes entries with a precise clock a tick ahead of ours. */
 	if (nh && nh->updated_ns + DP_NH_TTL_NS > now)
 		return nh;

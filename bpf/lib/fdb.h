@@ -15,7 +15,7 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
 		return e->vtep;
 	e = dp_learned.lookup(k);
 	/* Written as a sum: a stamp a tick ahead of the coarse clock must read as fresh. */
-	if (e && e->last_seen_ns + cfg->fdb_age_ns > dp_now_ns())
+	if (e && e->last_seen_ns + cfg->fdb_age_ns > dp_now_ns(cfg))
 		return e->vtep;
 	return 0;
 }
@@ -32,14 +32,14 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
  * control plane deletes the learned entry of a MAC when it gives that MAC to a
  * local endpoint. So the common frame costs one lookup here.
  */
-static __always_inline int fdb_learn(__u32 vni, const __u8 *smac, __be32 vtep)
+static __always_inline int fdb_learn(const struct dp_config *cfg, __u32 vni, const __u8 *smac, __be32 vtep)
 {
 	struct dp_mac_key k = { .vni = vni };
 	struct dp_fdb_entry *e;
 	__u64 now;
 
 	mac_copy(k.mac, smac);
-	now = dp_now_ns();
+	now = dp_now_ns(cfg);
 	e = dp_learned.lookup(&k);
 	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS)
 		return 0;

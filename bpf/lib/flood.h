@@ -111,7 +111,7 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
 
 	if (!interval)
 		return 1;
-	now = dp_now_ns();
+	now = dp_now_ns(cfg);
 	tat = dp_storm.lookup(&ifindex);
 	if (!tat) {
 		next = now + interval;

@@ -15,11 +15,12 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 {
 	__u32 zero = 0;
 	struct dp_agent *agent = dp_agent.lookup(&zero);
+	struct dp_config *cfg = dp_config.lookup(&zero);
 	struct dp_stats *s = stats_get(slot);
 	struct dp_punt *p;
 	__u64 len;  /* 64 bits: a 32-bit copy is zero-extended into a register the verifier does not link */
 
-	if (!agent || dp_now_ns() >= agent->punt_until_ns)
+	if (!agent || dp_now_ns(cfg) >= agent->punt_until_ns)
 		return -1;
 	p = dp_punts.ringbuf_reserve(sizeof(*p));
 	if (!p)
@@ -42,7 +43,7 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 	p->ifindex = ifindex;
 	p->reason = reason;
 	p->len = len;
-	p->ts_ns = dp_now_ns();
+	p->ts_ns = dp_now_ns(cfg);
 	if (bpf_skb_load_bytes(skb, 0, p->frame, len)) {
 		dp_punts.ringbuf_discard(p, 0);
 		goto fallback;
@@ -50,7 +51,6 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 	dp_punts.ringbuf_submit(p, 0);
 	if (s)
 		s->punted++;
-	struct dp_config *cfg = dp_config.lookup(&zero);
 	if (cfg && (cfg->flags & DP_CFG_MON_PUNT))
 		monitor_emit(skb, cfg, DP_EVENT_PUNT, reason, slot);
 	return 0;

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # DATAPLANE_BPF_DIR: build from another copy of bpf/ (an upgrade test, a patched build).
 BPF_DIR = Path(os.environ.get("DATAPLANE_BPF_DIR") or Path(__file__).resolve().parent.parent / "bpf")
-PROGRAM_FILES = ("from_endpoint.c", "from_overlay.c", "flood.c", "xdp_guard.c")
+PROGRAM_FILES = ("from_endpoint.c", "from_overlay.c", "flood.c", "xdp_guard.c", "clock.c")
 
 _QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

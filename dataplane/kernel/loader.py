@@ -22,7 +22,7 @@ from dataplane.kernel.maps import SIZE_CONSTS, check_pinned_layout
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/dataplane"
 
-TC_PROGRAMS = ("from_endpoint", "from_overlay", "flood_endpoint", "flood_overlay", "flood_remote_vteps")
+TC_PROGRAMS = ("from_endpoint", "from_overlay", "flood_endpoint", "flood_overlay", "flood_remote_vteps", "dp_clock")
 XDP_PROGRAMS = ("xdp_guard",)
 _TAIL = abi.load().enums["dp_tail"]
 TAIL_SLOTS = {"flood_endpoint": _TAIL.DP_TAIL_FLOOD_ENDPOINT, "flood_overlay": _TAIL.DP_TAIL_FLOOD_OVERLAY,

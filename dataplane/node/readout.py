@@ -85,7 +85,8 @@ def programs(node: Node) -> list[dict]:
             os.close(fd)
         where = {"from_overlay": f"tc ingress {st.config.underlay}" if name in uplink else "not attached",
                  "from_endpoint": f"tc ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
-                 "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached"}.get(name, "tail call")
+                 "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached",
+                 "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,
                      "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9))})
     return rows

@@ -10,7 +10,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import NodeConfig, NodeState, Uplink
-from dataplane.kernel import gso, loader, netlink
+from dataplane.kernel import clock, gso, loader, netlink
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import endpoints, gateway, networks, nexthops, peers
 from dataplane.node.base import Node, require_root
@@ -167,6 +167,10 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     if old is not None:                 # a running monitor's settings are its own (set_monitor)
         val.flags |= old.flags & _MON
         val.mon_interval_ns, val.mon_sample = old.mon_interval_ns, old.mon_sample
+    if old is not None and old.clock_ns_per_jiffy:      # the kernel's clock: as calibrated for this boot
+        val.clock_ns_per_jiffy, val.clock_offset_ns = old.clock_ns_per_jiffy, old.clock_offset_ns
+    else:
+        val.clock_ns_per_jiffy, val.clock_offset_ns = clock.calibrate(st.pin_dir)
     m.dp_config.put(ctypes.c_uint32(0), val)
 
 

@@ -197,6 +197,17 @@ def test_status_is_the_node_at_a_glance(info):
     assert progs["from_overlay"]["attached"] == f"tc ingress {lab.UPLINK}" and progs["from_overlay"]["loaded"]
     assert progs["from_endpoint"]["attached"] == "tc ingress, 1/1 endpoints"
     assert progs["flood_remote_vteps"]["attached"] == "tail call"
+    assert progs["dp_clock"]["attached"] == "test runs (clock)"
+    import ctypes
+    import time
+    from dataplane.kernel import clock
+    from dataplane.node import Node
+    with Node("dpl-h1").maps() as m:       # `up` calibrated the fast path's jiffies clock (kernel/clock.py)
+        cfg = m.dp_config.get(ctypes.c_uint32(0))
+        assert cfg.clock_ns_per_jiffy == clock.tick_ns(clock.config_hz()) and cfg.clock_offset_ns
+        stamps = [v.updated_ns for _, v in m.dp_nexthops.items()] + [v.last_seen_ns for _, v in m.dp_learned.items()]
+    now = time.monotonic_ns()
+    assert stamps and all(now - 600 * 10**9 < t <= now for t in stamps), (now, stamps)
     maps = {m["map"]: m for m in out["maps"]}
     assert maps["dp_endpoints"]["entries"] == 2 and maps["dp_fdb"]["capacity"] == 65536   # a sandbox, the gateway
     assert out["agent"]["synced"] and out["agent"]["connected"]

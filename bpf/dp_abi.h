@@ -61,6 +61,9 @@
 #ifndef DP_MAP_NEXTHOPS
 #define DP_MAP_NEXTHOPS 4096
 #endif
+#ifndef DP_MAP_NH_CACHE
+#define DP_MAP_NH_CACHE 1024             /* per CPU; a power of two */
+#endif
 
 /* Slots of the dp_tail program array; the flood loops live in their own programs. */
 /*
@@ -223,13 +226,14 @@ struct dp_slot_key {
 	__u32 index;
 };
 
-/* dp_nexthops: key __be32 VTEP address. Outer Ethernet header toward it. */
+/* dp_nexthops: key __be32 VTEP address. Outer Ethernet header toward it.
+ * Also the value of dp_nh_cache (key dp_nh_slot(VTEP)), which names its VTEP. */
 struct dp_nexthop {
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u32 ifindex;                       /* egress interface */
 	__u32 flags;                         /* enum dp_nh_flag */
-	__u32 pad;
+	__be32 vtep;                         /* dp_nh_cache: whose copy the slot holds; dp_nexthops: 0 */
 	__u64 updated_ns;                    /* dp_now_ns() timebase: last resolved (or primed by the agent) */
 };
 

@@ -2,7 +2,7 @@
 /*
  * maps.h - every map of the fast path, pinned under DP_PIN_DIR so that a
  * reloaded program and the CLI find the same state. Layouts: dp_abi.h.
- * Filled by: the control plane, except dp_learned, dp_nexthops (cache), dp_storm and dp_stats;
+ * Filled by: the control plane, except dp_learned, dp_nexthops (cache), dp_nh_cache, dp_storm and dp_stats;
  * dp_agent by the agent alone.
  */
 #ifndef DP_MAPS_H
@@ -34,6 +34,9 @@ BPF_TABLE_PINNED("hash", struct dp_slot_key, __be32, dp_flood, DP_MAP_VTEPS, DP_
 BPF_TABLE_PINNED("hash", struct dp_ip_key, __u32, dp_vteps, DP_MAP_VTEPS, DP_PIN(dp_vteps));
 /* VTEP -> outer Ethernet header and egress interface */
 BPF_TABLE_PINNED("hash", __be32, struct dp_nexthop, dp_nexthops, DP_MAP_NEXTHOPS, DP_PIN(dp_nexthops));
+/* dp_nh_slot(VTEP) -> a copy of its dp_nexthops entry, per CPU, fast path only (encap.h) */
+_Static_assert((DP_MAP_NH_CACHE & (DP_MAP_NH_CACHE - 1)) == 0, "DP_MAP_NH_CACHE must be a power of two");
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_nexthop, dp_nh_cache, DP_MAP_NH_CACHE, DP_PIN(dp_nh_cache));
 /* host-side ifindex -> storm control's theoretical arrival time (dp_now_ns), fast path only */
 BPF_TABLE_PINNED("lru_hash", __u32, __u64, dp_storm, DP_MAP_ENDPOINTS, DP_PIN(dp_storm));
 /* tail-call targets, enum dp_tail */

@@ -141,6 +141,24 @@ DP_WIRE_INLINE void outer_build(struct dp_outer *o, const __u8 *smac, const __u8
 	o->vx.vni = DP_HTONL(vni << 8);
 }
 
+/*
+ * Slot of a VTEP in dp_nh_cache, a per-CPU array in front of dp_nexthops:
+ * MurmurHash3's finaliser of the address as stored (the octet that varies
+ * within a subnet is the loaded word's high byte, which a multiplicative hash
+ * alone would keep out of the low bits). n: the array's size, a power of two.
+ */
+DP_WIRE_INLINE __u32 dp_nh_slot(__u32 vtep, __u32 n)
+{
+	__u32 h = vtep;
+
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h & (n - 1);
+}
+
 struct vx_info {
 	__u32 vni;
 	__be32 saddr;         /* outer source: the sending VTEP */

@@ -45,6 +45,7 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_flood", "hash", _S["dp_slot_key"], u32, "DP_MAP_VTEPS"),
     MapSpec("dp_vteps", "hash", _S["dp_ip_key"], u32, "DP_MAP_VTEPS"),
     MapSpec("dp_nexthops", "hash", u32, _S["dp_nexthop"], "DP_MAP_NEXTHOPS"),
+    MapSpec("dp_nh_cache", "percpu_array", u32, _S["dp_nexthop"], "DP_MAP_NH_CACHE"),
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS"),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),

@@ -64,6 +64,9 @@
 #ifndef DP_MAP_NH_CACHE
 #define DP_MAP_NH_CACHE 1024             /* per CPU; a power of two */
 #endif
+#ifndef DP_MAP_LOCAL_COPIES
+#define DP_MAP_LOCAL_COPIES 4096         /* per CPU, each of dp_ep_copies, dp_mac_copies, dp_net_copies; a power of two */
+#endif
 
 /* Slots of the dp_tail program array; the flood loops live in their own programs. */
 /*
@@ -207,6 +210,35 @@ struct dp_fdb_entry {
 	__be32 vtep;                         /* remote VTEP address */
 	__u32 flags;                         /* enum dp_fdb_flag */
 	__u64 last_seen_ns;                  /* dp_now_ns() (CLOCK_MONOTONIC, coarse) at the last refresh */
+};
+
+/*
+ * Per-CPU copies of the local lookups a frame makes (bpf/lib/local.h), each
+ * good while dp_local_gen (one __u64) holds the value it was made under: the
+ * control plane writes a new random value there after every change to
+ * dp_endpoints, dp_local_macs or dp_networks (kernel/maps.py). 0: no copies.
+ */
+/* dp_ep_copies[ifindex & (size - 1)] */
+struct dp_ep_copy {
+	__u64 gen;
+	__u32 ifindex;
+	__u32 pad;
+	struct dp_endpoint ep;
+};
+
+/* dp_mac_copies[hash of the key]: dp_local_macs's answer */
+struct dp_mac_copy {
+	__u64 gen;
+	struct dp_mac_key key;
+	__u32 oif;                           /* its value; 0: the MAC is no local endpoint's */
+};
+
+/* dp_net_copies[hash of the VNI] */
+struct dp_net_copy {
+	__u64 gen;
+	__u32 vni;
+	__u32 found;                         /* 0: not a VNI we serve */
+	struct dp_network net;
 };
 
 /* Key of dp_neigh (value struct dp_mac) and dp_vteps (value __u32 flood slot). */

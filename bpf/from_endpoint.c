@@ -8,7 +8,7 @@
  * agent on a miss (registry mode), or flooding.
  */
 
-static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg,
+static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg, __u64 gen,
 				      const struct dp_endpoint *ep, __u32 ifindex, int is_ip)
 {
 	void *data = (void *)(long)skb->data;
@@ -16,7 +16,7 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 	struct ethhdr *eth = data;
 	__u32 vni = ep->vni;
 	struct dp_mac_key k = { .vni = vni };
-	__u32 *oif;
+	__u32 oif;
 	__be32 vtep;
 
 	if ((void *)(eth + 1) > end)
@@ -25,15 +25,15 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
 
 	mac_copy(k.mac, eth->h_dest);
-	oif = dp_local_macs.lookup(&k);
+	oif = local_port(&k, gen);
 	if (oif) {
-		__u32 to = *oif & ~DP_LOCAL_ROUTER;
+		__u32 to = oif & ~DP_LOCAL_ROUTER;
 
 		if (to == ifindex)
 			return -DP_DROP_NO_DESTINATION;
 		STAT_ADD(ep->slot, local_packets, local_bytes, skb->len);
 		/* A gateway port's peer is in this namespace, where redirect_peer refuses to go. */
-		if (*oif & DP_LOCAL_ROUTER)
+		if (oif & DP_LOCAL_ROUTER)
 			return bpf_redirect(to, 0);
 		/* redirect_peer skips the veth's backlog; it needs skb->protocol right, so IP only. */
 		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
@@ -50,7 +50,8 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *slot_out)
 {
 	__u32 ifindex = skb->ingress_ifindex;
-	struct dp_endpoint *ep = dp_endpoints.lookup(&ifindex);
+	__u64 gen = local_gen();
+	struct dp_endpoint *ep = local_endpoint(ifindex, gen);
 	struct dp_config *cfg;
 	struct ethhdr *eth;
 	void *data, *end;
@@ -91,7 +92,7 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *sl
 	} else {
 		return -DP_DROP_UNSUPPORTED_L3;
 	}
-	return l2_forward(skb, cfg, ep, ifindex, is_ip);
+	return l2_forward(skb, cfg, gen, ep, ifindex, is_ip);
 }
 
 int from_endpoint(struct __sk_buff *skb)

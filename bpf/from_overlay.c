@@ -9,28 +9,29 @@
  * UDP length and put straight into the sandbox.
  */
 
-static __always_inline int deliver_inner(struct __sk_buff *skb, __u32 vni, __u32 slot,
+static __always_inline int deliver_inner(struct __sk_buff *skb, __u64 gen, __u32 vni, __u32 slot,
 					 const struct vx_info *vx, int inner_is_ip)
 {
 	struct dp_mac_key k = { .vni = vni };
-	__u32 *oif;
+	__u32 oif;
 
 	if (mac_is_multicast(vx->inner.h_dest))
 		return flood_tail(skb, DP_TAIL_FLOOD_OVERLAY, vni, vx->inner_len, 0);
 	mac_copy(k.mac, vx->inner.h_dest);
-	oif = dp_local_macs.lookup(&k);
+	oif = local_port(&k, gen);
 	if (!oif)
 		return -DP_DROP_UNKNOWN_DST;
 	STAT_ADD(slot, rx_packets, rx_bytes, vx->inner_len);
-	if (*oif & DP_LOCAL_ROUTER)          /* a gateway port: out of it, to its peer beside it */
-		return bpf_redirect(*oif & ~DP_LOCAL_ROUTER, 0);
+	if (oif & DP_LOCAL_ROUTER)           /* a gateway port: out of it, to its peer beside it */
+		return bpf_redirect(oif & ~DP_LOCAL_ROUTER, 0);
 	/* Non-IP frames go through the veth so the sandbox re-parses skb->protocol. */
-	return inner_is_ip ? bpf_redirect_peer(*oif, 0) : bpf_redirect(*oif, 0);
+	return inner_is_ip ? bpf_redirect_peer(oif, 0) : bpf_redirect(oif, 0);
 }
 
 static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out, __u32 *slot_out)
 {
 	struct dp_config *cfg = config_get();
+	__u64 gen = local_gen();
 	struct dp_fdb_entry *owner = NULL;
 	struct vx_info vx = {};
 	void *data, *end;
@@ -49,7 +50,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 	*vni_out = vx.vni;
-	ret = vxlan_admit(cfg, &vx, slot_out, &owner);
+	ret = vxlan_admit(cfg, gen, &vx, slot_out, &owner);
 	if (ret)
 		return ret;
 
@@ -83,7 +84,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (skb->len > vx.inner_len && bpf_skb_change_tail(skb, vx.inner_len, 0))
 		return -DP_DROP_HELPER;
 
-	return deliver_inner(skb, vx.vni, *slot_out, &vx, inner_is_ip);
+	return deliver_inner(skb, gen, vx.vni, *slot_out, &vx, inner_is_ip);
 }
 
 int from_overlay(struct __sk_buff *skb)

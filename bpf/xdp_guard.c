@@ -22,7 +22,7 @@ int xdp_guard(struct xdp_md *ctx)
 		return XDP_PASS;
 	ret = vxlan_parse_cfg(data, end, end - data, cfg, &vx);
 	if (ret == 0)
-		ret = vxlan_admit(cfg, &vx, &slot, &owner);
+		ret = vxlan_admit(cfg, local_gen(), &vx, &slot, &owner);
 	if (ret < 0) {
 		count_drop(drop_slot(slot, vx.vni), -ret);
 		return XDP_DROP;

@@ -8,6 +8,7 @@
 #define DP_ALL_H
 #include "lib/common.h"
 #include "lib/maps.h"
+#include "lib/local.h"
 #include "lib/stats.h"
 #include "lib/monitor.h"
 #include "lib/parse.h"

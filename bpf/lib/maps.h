@@ -2,7 +2,8 @@
 /*
  * maps.h - every map of the fast path, pinned under DP_PIN_DIR so that a
  * reloaded program and the CLI find the same state. Layouts: dp_abi.h.
- * Filled by: the control plane, except dp_learned, dp_nexthops (cache), dp_nh_cache, dp_storm and dp_stats;
+ * Filled by: the control plane, except dp_learned, dp_nexthops (cache), dp_nh_cache, dp_*_copies, dp_storm
+ * and dp_stats;
  * dp_agent by the agent alone.
  */
 #ifndef DP_MAPS_H
@@ -39,6 +40,12 @@ _Static_assert((DP_MAP_NH_CACHE & (DP_MAP_NH_CACHE - 1)) == 0, "DP_MAP_NH_CACHE 
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_nexthop, dp_nh_cache, DP_MAP_NH_CACHE, DP_PIN(dp_nh_cache));
 /* host-side ifindex -> storm control's theoretical arrival time (dp_now_ns), fast path only */
 BPF_TABLE_PINNED("lru_hash", __u32, __u64, dp_storm, DP_MAP_ENDPOINTS, DP_PIN(dp_storm));
+/* the generation of the local maps' per-CPU copies (struct dp_ep_copy and the next two) */
+BPF_TABLE_PINNED("array", __u32, __u64, dp_local_gen, 1, DP_PIN(dp_local_gen));
+_Static_assert((DP_MAP_LOCAL_COPIES & (DP_MAP_LOCAL_COPIES - 1)) == 0, "DP_MAP_LOCAL_COPIES must be a power of two");
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_ep_copy, dp_ep_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_ep_copies));
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_mac_copy, dp_mac_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_mac_copies));
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_net_copy, dp_net_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_net_copies));
 /* tail-call targets, enum dp_tail */
 BPF_TABLE_PINNED("prog", __u32, __u32, dp_tail, DP_TAIL_MAX, DP_PIN(dp_tail));
 /* network slot -> counters, per CPU (slot 0: no VNI); an array, so no packet can add entries */

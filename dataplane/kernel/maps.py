@@ -46,6 +46,10 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_vteps", "hash", _S["dp_ip_key"], u32, "DP_MAP_VTEPS"),
     MapSpec("dp_nexthops", "hash", u32, _S["dp_nexthop"], "DP_MAP_NEXTHOPS"),
     MapSpec("dp_nh_cache", "percpu_array", u32, _S["dp_nexthop"], "DP_MAP_NH_CACHE"),
+    MapSpec("dp_local_gen", "array", u32, ctypes.c_uint64, None, 1),
+    MapSpec("dp_ep_copies", "percpu_array", u32, _S["dp_ep_copy"], "DP_MAP_LOCAL_COPIES"),
+    MapSpec("dp_mac_copies", "percpu_array", u32, _S["dp_mac_copy"], "DP_MAP_LOCAL_COPIES"),
+    MapSpec("dp_net_copies", "percpu_array", u32, _S["dp_net_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS"),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
@@ -55,6 +59,9 @@ SPECS = {s.name: s for s in (
 )}
 
 SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})
+# Maps the fast path reads through per-CPU copies (bpf/lib/local.h): every write to one of
+# them is followed by a new random value in dp_local_gen, which retires every copy.
+COPIED = frozenset({"dp_endpoints", "dp_local_macs", "dp_networks"})
 
 
 def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
@@ -86,11 +93,20 @@ class Map:
         self.path = os.path.join(pin_dir, name)
         self.fd = bpfsys.obj_get(self.path)
         self.percpu = self.spec.kind.startswith("percpu")
+        self._gen_fd = bpfsys.obj_get(os.path.join(pin_dir, "dp_local_gen")) if name in COPIED else -1
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self._gen_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self._gen_fd = -1
+
+    def _changed(self) -> None:
+        """After a write to a COPIED map: a new generation, never 0 (0: no copies). Random,
+        not a counter: two processes writing at once must not both write the same next value."""
+        if self._gen_fd >= 0:
+            gen = int.from_bytes(os.urandom(8), "little") or 1
+            bpfsys.update(self._gen_fd, ctypes.c_uint32(0), ctypes.c_uint64(gen), bpfsys.BPF_ANY, what="dp_local_gen")
 
     def zero(self):
         """A zeroed value; for per-CPU maps, one per possible CPU."""
@@ -103,22 +119,34 @@ class Map:
         return val if bpfsys.lookup(self.fd, key, val) else None
 
     def put(self, key, value, flags: int = bpfsys.BPF_ANY) -> None:
-        bpfsys.update(self.fd, key, value, flags, what=self.spec.name)
+        try:
+            bpfsys.update(self.fd, key, value, flags, what=self.spec.name)
+        finally:
+            self._changed()
 
     def delete(self, key) -> bool:
-        return bpfsys.delete(self.fd, key)
+        try:
+            return bpfsys.delete(self.fd, key)
+        finally:
+            self._changed()
 
     def put_many(self, pairs) -> None:
         """Write (key, value) pairs with one BPF_MAP_UPDATE_BATCH call."""
         pairs = list(pairs)
         keys = (self.spec.key * len(pairs))(*(k for k, _ in pairs))
         vals = (self.spec.value * len(pairs))(*(v for _, v in pairs))
-        bpfsys.update_batch(self.fd, keys, vals, len(pairs), what=self.spec.name)
+        try:
+            bpfsys.update_batch(self.fd, keys, vals, len(pairs), what=self.spec.name)
+        finally:
+            self._changed()
 
     def delete_many(self, keys) -> None:
         keys = list(keys)
         arr = (self.spec.key * len(keys))(*keys)
-        bpfsys.delete_batch(self.fd, arr, len(keys), what=self.spec.name)
+        try:
+            bpfsys.delete_batch(self.fd, arr, len(keys), what=self.spec.name)
+        finally:
+            self._changed()
 
     def count(self) -> int:
         """Entries in use (a hash map's; for arrays, their size)."""

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * local.h - the local lookups every frame makes, through per-CPU copies: the
+ * endpoint behind an ingress ifindex, a {VNI, MAC}'s local port (or that it
+ * has none), a VNI's network. A copy is an array lookup, which the verifier
+ * inlines; the hash map's is a function call (30-45 ns a frame on a guest with
+ * SRSO's safe RET). A copy is good while dp_local_gen still holds the value it
+ * was made under: the control plane writes a new random value there after
+ * every change to those three maps (kernel/maps.py). The caller reads the
+ * generation once, before any of the maps, so a copy made from a map read
+ * older than a change carries an older generation too (x86 keeps loads in
+ * order). Two keys that share a slot take turns. Generation 0 (nothing
+ * written yet): no copies.
+ */
+#ifndef DP_LOCAL_H
+#define DP_LOCAL_H
+
+static __always_inline __u64 local_gen(void)
+{
+	__u32 zero = 0;
+	__u64 *g = dp_local_gen.lookup(&zero);
+
+	return g ? *g : 0;
+}
+
+static __always_inline __u32 dp_mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* dp_endpoints[ifindex] */
+static __always_inline struct dp_endpoint *local_endpoint(__u32 ifindex, __u64 gen)
+{
+	__u32 idx = ifindex & (DP_MAP_LOCAL_COPIES - 1);
+	struct dp_ep_copy *c = gen ? dp_ep_copies.lookup(&idx) : NULL;
+	struct dp_endpoint *ep;
+
+	if (c && c->gen == gen && c->ifindex == ifindex)
+		return &c->ep;
+	ep = dp_endpoints.lookup(&ifindex);
+	if (ep && c) {
+		__builtin_memcpy(&c->ep, ep, sizeof(c->ep));
+		c->ifindex = ifindex;
+		c->gen = gen;
+	}
+	return ep;
+}
+
+/* dp_local_macs[k], or 0 for a MAC that is no local endpoint's */
+static __always_inline __u32 local_port(const struct dp_mac_key *k, __u64 gen)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 idx = dp_mix32(w[0] ^ dp_mix32(w[1] ^ dp_mix32(w[2]))) & (DP_MAP_LOCAL_COPIES - 1);
+	struct dp_mac_copy *c = gen ? dp_mac_copies.lookup(&idx) : NULL;
+	__u32 *oif;
+
+	if (c && c->gen == gen) {
+		const __u32 *cw = (const __u32 *)&c->key;
+
+		if (cw[0] == w[0] && cw[1] == w[1] && cw[2] == w[2])
+			return c->oif;
+	}
+	oif = dp_local_macs.lookup(k);
+	if (c) {
+		__builtin_memcpy(&c->key, k, sizeof(c->key));
+		c->oif = oif ? *oif : 0;
+		c->gen = gen;
+	}
+	return oif ? *oif : 0;
+}
+
+/* dp_networks[vni] */
+static __always_inline struct dp_network *local_network(__u32 vni, __u64 gen)
+{
+	__u32 idx = dp_mix32(vni) & (DP_MAP_LOCAL_COPIES - 1);
+	struct dp_net_copy *c = gen ? dp_net_copies.lookup(&idx) : NULL;
+	struct dp_network *net;
+
+	if (c && c->gen == gen && c->vni == vni)
+		return c->found ? &c->net : NULL;
+	net = dp_networks.lookup(&vni);
+	if (c) {
+		c->vni = vni;
+		c->found = net != NULL;
+		if (net)
+			__builtin_memcpy(&c->net, net, sizeof(c->net));
+		c->gen = gen;
+	}
+	return net;
+}
+
+#endif /* DP_LOCAL_H */

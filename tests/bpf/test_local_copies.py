@@ -1,0 +1,122 @@
+"""The per-CPU copies of dp_endpoints, dp_local_macs and dp_networks
+(bpf/lib/local.h) never outlive a change the control plane makes: every write
+through kernel/maps.py retires them (dp_local_gen). Each test makes the copy
+first (same frame, same CPU), changes the map, and expects the next frame to
+follow the map at once."""
+
+import ctypes
+import os
+
+import pytest
+
+from tests import packets as P
+from tests.bpf.conftest import (EP2_IFINDEX, EP2_MAC, EP2_IP, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, PEER_IP,
+                                REMOTE_IP, REMOTE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, VNI, be32)
+
+
+@pytest.fixture(autouse=True)
+def one_cpu():
+    """Test runs execute on the calling CPU; the copies are per CPU."""
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})
+    yield
+    os.sched_setaffinity(0, old)
+
+
+def drops(hx, vni, reason):
+    return hx.stats(vni)["drops"][int(getattr(hx.drop, f"DP_DROP_{reason}"))]
+
+
+def warm(hx, prog, frame, ifindex, want=TC_ACT_REDIRECT):
+    for _ in range(3):
+        assert hx.run_tc(prog, frame, ifindex)[0] == want
+
+
+def test_a_local_port_that_moves_is_followed_at_once(hx):
+    frame = bytes(P.inner_ipv4(EP_MAC, EP2_MAC, EP_IP, EP2_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    before = drops(hx, VNI, "NO_DESTINATION")
+    # EP2's MAC now says it is behind the sender's own port: a hairpin, dropped.
+    hx.maps.dp_local_macs.put(hx.mac_key(VNI, EP2_MAC), ctypes.c_uint32(EP_IFINDEX))
+    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
+    assert drops(hx, VNI, "NO_DESTINATION") == before + 1
+    hx.maps.dp_local_macs.put(hx.mac_key(VNI, EP2_MAC), ctypes.c_uint32(EP2_IFINDEX))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+
+
+def test_a_mac_that_stops_being_local_is_sent_to_its_vtep(hx):
+    """The copy of "EP2's MAC is local" must not outlive its entry: the static
+    FDB entry the registry gives it next is used at once."""
+    frame = bytes(P.inner_ipv4(EP_MAC, EP2_MAC, EP_IP, EP2_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    tx = hx.stats(VNI)["tx_packets"]
+    hx.maps.dp_local_macs.delete(hx.mac_key(VNI, EP2_MAC))
+    hx.maps.dp_fdb.put(hx.mac_key(VNI, EP2_MAC), hx.S["dp_fdb_entry"](vtep=be32(PEER_IP), flags=1))
+    try:
+        assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_REDIRECT
+        assert hx.stats(VNI)["tx_packets"] == tx + 1, "encapsulated, not delivered to the old port"
+    finally:
+        hx.maps.dp_fdb.delete(hx.mac_key(VNI, EP2_MAC))
+
+
+def test_a_remote_mac_that_becomes_local_is_delivered_here(hx):
+    """The copy of a miss ("no local port") must not outlive it either."""
+    frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    local = hx.stats(VNI)["local_packets"]
+    hx.maps.dp_local_macs.put(hx.mac_key(VNI, REMOTE_MAC), ctypes.c_uint32(EP2_IFINDEX))
+    try:
+        assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_REDIRECT
+        assert hx.stats(VNI)["local_packets"] == local + 1
+    finally:
+        hx.maps.dp_local_macs.delete(hx.mac_key(VNI, REMOTE_MAC))
+
+
+def test_an_endpoint_whose_address_changes_is_checked_against_the_new_one(hx):
+    frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    ep = hx.maps.dp_endpoints.get(ctypes.c_uint32(EP_IFINDEX))
+    ep.ip = be32("10.1.0.77")
+    hx.maps.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), ep)
+    before = drops(hx, VNI, "SPOOF_IP")
+    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
+    assert drops(hx, VNI, "SPOOF_IP") == before + 1
+
+
+def test_a_removed_endpoint_sends_nothing_more(hx):
+    frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    hx.maps.dp_endpoints.delete(ctypes.c_uint32(EP_IFINDEX))
+    before = drops(hx, 0, "NO_ENDPOINT")
+    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
+    assert drops(hx, 0, "NO_ENDPOINT") == before + 1
+
+
+def test_a_network_no_longer_served_takes_no_frame(hx):
+    frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
+    warm(hx, "from_overlay", frame, 0)
+    hx.maps.dp_networks.delete(ctypes.c_uint32(VNI))
+    before = drops(hx, 0, "UNKNOWN_VNI")
+    assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
+    assert drops(hx, 0, "UNKNOWN_VNI") == before + 1
+
+
+def test_a_local_port_removed_under_decapsulation_is_unknown_at_once(hx):
+    frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
+    warm(hx, "from_overlay", frame, 0)
+    hx.maps.dp_local_macs.delete(hx.mac_key(VNI, EP_MAC))
+    before = drops(hx, VNI, "UNKNOWN_DST")
+    assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
+    assert drops(hx, VNI, "UNKNOWN_DST") == before + 1
+
+
+def test_the_copies_are_made_under_the_current_generation(hx):
+    """Else every test above would pass with the copies switched off."""
+    frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    gen = hx.maps.dp_local_gen.get(ctypes.c_uint32(0)).value
+    assert gen
+    cpu = min(os.sched_getaffinity(0))
+    size = hx.abi.constants["DP_MAP_LOCAL_COPIES"]
+    c = hx.maps.dp_ep_copies.get(ctypes.c_uint32(EP_IFINDEX & (size - 1)))[cpu]
+    assert (c.gen, c.ifindex, c.ep.vni) == (gen, EP_IFINDEX, VNI)

@@ -65,7 +65,7 @@
 #define DP_MAP_NH_CACHE 1024             /* per CPU; a power of two */
 #endif
 #ifndef DP_MAP_LOCAL_COPIES
-#define DP_MAP_LOCAL_COPIES 4096         /* per CPU, each of dp_ep_copies, dp_mac_copies, dp_net_copies; a power of two */
+#define DP_MAP_LOCAL_COPIES 4096         /* per CPU, each dp_*_copies map; a power of two */
 #endif
 
 /* Slots of the dp_tail program array; the flood loops live in their own programs. */
@@ -231,6 +231,14 @@ struct dp_mac_copy {
 	__u64 gen;
 	struct dp_mac_key key;
 	__u32 oif;                           /* its value; 0: the MAC is no local endpoint's */
+};
+
+/* dp_fdb_copies[hash of the key]: dp_fdb's VTEP, under dp_fdb_gen instead (dp_fdb changes with every
+ * registry update, the three maps above with local changes only) */
+struct dp_fdb_copy {
+	__u64 gen;
+	struct dp_mac_key key;
+	__be32 vtep;                         /* dp_fdb[key].vtep; 0: no static entry */
 };
 
 /* dp_net_copies[hash of the VNI] */

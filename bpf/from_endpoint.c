@@ -9,7 +9,7 @@
  */
 
 static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_config *cfg, __u64 gen,
-				      const struct dp_endpoint *ep, __u32 ifindex, int is_ip)
+				      __u64 fgen, const struct dp_endpoint *ep, __u32 ifindex, int is_ip)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -38,7 +38,7 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 		/* redirect_peer skips the veth's backlog; it needs skb->protocol right, so IP only. */
 		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
 	}
-	vtep = fdb_lookup(&k, cfg);
+	vtep = fdb_lookup(&k, cfg, fgen);
 	if (!vtep) {
 		if (punt(skb, vni, ep->slot, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
 			return DP_CONSUMED;
@@ -50,7 +50,7 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *slot_out)
 {
 	__u32 ifindex = skb->ingress_ifindex;
-	__u64 gen = local_gen();
+	__u64 gen = local_gen(), fgen = fdb_gen();   /* before the maps they stand for (local.h) */
 	struct dp_endpoint *ep = local_endpoint(ifindex, gen);
 	struct dp_config *cfg;
 	struct ethhdr *eth;
@@ -92,7 +92,7 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *sl
 	} else {
 		return -DP_DROP_UNSUPPORTED_L3;
 	}
-	return l2_forward(skb, cfg, gen, ep, ifindex, is_ip);
+	return l2_forward(skb, cfg, gen, fgen, ep, ifindex, is_ip);
 }
 
 int from_endpoint(struct __sk_buff *skb)

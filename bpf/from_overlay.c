@@ -31,8 +31,8 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u64 gen, __u32
 static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out, __u32 *slot_out)
 {
 	struct dp_config *cfg = config_get();
-	__u64 gen = local_gen();
-	struct dp_fdb_entry *owner = NULL;
+	__u64 gen = local_gen(), fgen = fdb_gen();   /* before the maps they stand for (local.h) */
+	__be32 owner = 0;
 	struct vx_info vx = {};
 	void *data, *end;
 	int inner_is_ip;
@@ -50,7 +50,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 	*vni_out = vx.vni;
-	ret = vxlan_admit(cfg, gen, &vx, slot_out, &owner);
+	ret = vxlan_admit(cfg, gen, fgen, &vx, slot_out, &owner);
 	if (ret)
 		return ret;
 

@@ -13,7 +13,7 @@ int xdp_guard(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct dp_config *cfg = config_get();
-	struct dp_fdb_entry *owner;
+	__be32 owner;
 	struct vx_info vx = {};
 	__u32 slot = 0;
 	int ret;
@@ -22,7 +22,7 @@ int xdp_guard(struct xdp_md *ctx)
 		return XDP_PASS;
 	ret = vxlan_parse_cfg(data, end, end - data, cfg, &vx);
 	if (ret == 0)
-		ret = vxlan_admit(cfg, local_gen(), &vx, &slot, &owner);
+		ret = vxlan_admit(cfg, local_gen(), fdb_gen(), &vx, &slot, &owner);
 	if (ret < 0) {
 		count_drop(drop_slot(slot, vx.vni), -ret);
 		return XDP_DROP;

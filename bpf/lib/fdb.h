@@ -7,12 +7,13 @@
 #ifndef DP_FDB_H
 #define DP_FDB_H
 
-static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_config *cfg)
+static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_config *cfg, __u64 fgen)
 {
-	struct dp_fdb_entry *e = dp_fdb.lookup(k);
+	__be32 vtep = static_vtep(k, fgen);
+	struct dp_fdb_entry *e;
 
-	if (e)
-		return e->vtep;
+	if (vtep)
+		return vtep;
 	e = dp_learned.lookup(k);
 	/* Written as a sum: a stamp a tick ahead of the coarse clock must read as fresh. */
 	if (e && e->last_seen_ns + cfg->fdb_age_ns > dp_now_ns(cfg))

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * local.h - the local lookups every frame makes, through per-CPU copies: the
+ * local.h - the lookups every frame makes, through per-CPU copies: the
  * endpoint behind an ingress ifindex, a {VNI, MAC}'s local port (or that it
- * has none), a VNI's network. A copy is an array lookup, which the verifier
+ * has none), a VNI's network, and a {VNI, MAC}'s static FDB entry (or that it
+ * has none; under its own generation, dp_fdb_gen, as dp_fdb changes with every
+ * registry update). A copy is an array lookup, which the verifier
  * inlines; the hash map's is a function call (30-45 ns a frame on a guest with
  * SRSO's safe RET). A copy is good while dp_local_gen still holds the value it
  * was made under: the control plane writes a new random value there after
@@ -19,6 +21,14 @@ static __always_inline __u64 local_gen(void)
 {
 	__u32 zero = 0;
 	__u64 *g = dp_local_gen.lookup(&zero);
+
+	return g ? *g : 0;
+}
+
+static __always_inline __u64 fdb_gen(void)
+{
+	__u32 zero = 0;
+	__u64 *g = dp_fdb_gen.lookup(&zero);
 
 	return g ? *g : 0;
 }
@@ -51,20 +61,29 @@ static __always_inline struct dp_endpoint *local_endpoint(__u32 ifindex, __u64 g
 	return ep;
 }
 
+static __always_inline __u32 mac_key_slot(const struct dp_mac_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+
+	return dp_mix32(w[0] ^ dp_mix32(w[1] ^ dp_mix32(w[2]))) & (DP_MAP_LOCAL_COPIES - 1);
+}
+
+static __always_inline int mac_key_eq(const struct dp_mac_key *a, const struct dp_mac_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
+}
+
 /* dp_local_macs[k], or 0 for a MAC that is no local endpoint's */
 static __always_inline __u32 local_port(const struct dp_mac_key *k, __u64 gen)
 {
-	const __u32 *w = (const __u32 *)k;
-	__u32 idx = dp_mix32(w[0] ^ dp_mix32(w[1] ^ dp_mix32(w[2]))) & (DP_MAP_LOCAL_COPIES - 1);
+	__u32 idx = mac_key_slot(k);
 	struct dp_mac_copy *c = gen ? dp_mac_copies.lookup(&idx) : NULL;
 	__u32 *oif;
 
-	if (c && c->gen == gen) {
-		const __u32 *cw = (const __u32 *)&c->key;
-
-		if (cw[0] == w[0] && cw[1] == w[1] && cw[2] == w[2])
-			return c->oif;
-	}
+	if (c && c->gen == gen && mac_key_eq(&c->key, k))
+		return c->oif;
 	oif = dp_local_macs.lookup(k);
 	if (c) {
 		__builtin_memcpy(&c->key, k, sizeof(c->key));
@@ -72,6 +91,24 @@ static __always_inline __u32 local_port(const struct dp_mac_key *k, __u64 gen)
 		c->gen = gen;
 	}
 	return oif ? *oif : 0;
+}
+
+/* dp_fdb[k].vtep, or 0 for a MAC with no static entry; gen: fdb_gen(), read first */
+static __always_inline __be32 static_vtep(const struct dp_mac_key *k, __u64 gen)
+{
+	__u32 idx = mac_key_slot(k);
+	struct dp_fdb_copy *c = gen ? dp_fdb_copies.lookup(&idx) : NULL;
+	struct dp_fdb_entry *e;
+
+	if (c && c->gen == gen && mac_key_eq(&c->key, k))
+		return c->vtep;
+	e = dp_fdb.lookup(k);
+	if (c) {
+		__builtin_memcpy(&c->key, k, sizeof(c->key));
+		c->vtep = e ? e->vtep : 0;
+		c->gen = gen;
+	}
+	return e ? e->vtep : 0;
 }
 
 /* dp_networks[vni] */

@@ -31,30 +31,30 @@ static __always_inline __u32 drop_slot(__u32 slot, __u32 vni)
 /*
  * Policy on a well-formed VXLAN frame: known VNI, known sender, sane inner source.
  * *slot: the VNI's counters, set once the VNI is known to be ours.
- * *owner: the static dp_fdb entry of the inner source MAC, or NULL.
- * gen: local_gen(), read before this (local.h).
+ * *owner: the VTEP of the inner source MAC's static dp_fdb entry, or 0.
+ * gen, fgen: local_gen() and fdb_gen(), read before this (local.h).
  * A MAC the registry places somewhere is owned, and its frames must come from
  * that VTEP (-DP_DROP_VTEP_MISMATCH): a sender that passes is known by the
  * entry itself, so the peer check (dp_vteps) is made only for unowned MACs.
  * One hash lookup less for the common frame; the admit is narrower, never wider,
  * than "any peer of the VNI".
  */
-static __always_inline int vxlan_admit(const struct dp_config *cfg, __u64 gen, const struct vx_info *vx,
-				       __u32 *slot, struct dp_fdb_entry **owner)
+static __always_inline int vxlan_admit(const struct dp_config *cfg, __u64 gen, __u64 fgen,
+				       const struct vx_info *vx, __u32 *slot, __be32 *owner)
 {
 	__u32 vni = vx->vni;
 	struct dp_network *net = local_network(vni, gen);
 	struct dp_mac_key mk = { .vni = vni };
-	struct dp_fdb_entry *e;
+	__be32 vtep;
 
 	if (!net)
 		return -DP_DROP_UNKNOWN_VNI;
 	*slot = net->slot;
 	mac_copy(mk.mac, vx->inner.h_source);
-	e = dp_fdb.lookup(&mk);
-	*owner = e;
-	if (e) {
-		if (e->vtep != vx->saddr)
+	vtep = static_vtep(&mk, fgen);
+	*owner = vtep;
+	if (vtep) {
+		if (vtep != vx->saddr)
 			return -DP_DROP_VTEP_MISMATCH;
 	} else if (cfg->flags & DP_CFG_PEER_CHECK) {
 		struct dp_ip_key k = { .vni = vni, .ip = vx->saddr };

@@ -50,6 +50,8 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_ep_copies", "percpu_array", u32, _S["dp_ep_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_mac_copies", "percpu_array", u32, _S["dp_mac_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_net_copies", "percpu_array", u32, _S["dp_net_copy"], "DP_MAP_LOCAL_COPIES"),
+    MapSpec("dp_fdb_gen", "array", u32, ctypes.c_uint64, None, 1),
+    MapSpec("dp_fdb_copies", "percpu_array", u32, _S["dp_fdb_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS"),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
@@ -59,9 +61,11 @@ SPECS = {s.name: s for s in (
 )}
 
 SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})
-# Maps the fast path reads through per-CPU copies (bpf/lib/local.h): every write to one of
-# them is followed by a new random value in dp_local_gen, which retires every copy.
-COPIED = frozenset({"dp_endpoints", "dp_local_macs", "dp_networks"})
+# Maps the fast path reads through per-CPU copies (bpf/lib/local.h), and the map of the
+# generation that the copies were made under: every write to one of them is followed by a
+# new random value there, which retires those copies.
+COPIED = {"dp_endpoints": "dp_local_gen", "dp_local_macs": "dp_local_gen", "dp_networks": "dp_local_gen",
+          "dp_fdb": "dp_fdb_gen"}
 
 
 def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
@@ -93,7 +97,7 @@ class Map:
         self.path = os.path.join(pin_dir, name)
         self.fd = bpfsys.obj_get(self.path)
         self.percpu = self.spec.kind.startswith("percpu")
-        self._gen_fd = bpfsys.obj_get(os.path.join(pin_dir, "dp_local_gen")) if name in COPIED else -1
+        self._gen_fd = bpfsys.obj_get(os.path.join(pin_dir, COPIED[name])) if name in COPIED else -1
 
     def close(self) -> None:
         for fd in (self.fd, self._gen_fd):
@@ -106,7 +110,7 @@ class Map:
         not a counter: two processes writing at once must not both write the same next value."""
         if self._gen_fd >= 0:
             gen = int.from_bytes(os.urandom(8), "little") or 1
-            bpfsys.update(self._gen_fd, ctypes.c_uint32(0), ctypes.c_uint64(gen), bpfsys.BPF_ANY, what="dp_local_gen")
+            bpfsys.update(self._gen_fd, ctypes.c_uint32(0), ctypes.c_uint64(gen), bpfsys.BPF_ANY, what=COPIED[self.spec.name])
 
     def zero(self):
         """A zeroed value; for per-CPU maps, one per possible CPU."""

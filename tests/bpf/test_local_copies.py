@@ -120,3 +120,35 @@ def test_the_copies_are_made_under_the_current_generation(hx):
     size = hx.abi.constants["DP_MAP_LOCAL_COPIES"]
     c = hx.maps.dp_ep_copies.get(ctypes.c_uint32(EP_IFINDEX & (size - 1)))[cpu]
     assert (c.gen, c.ifindex, c.ep.vni) == (gen, EP_IFINDEX, VNI)
+
+
+def test_a_remote_mac_that_moves_to_another_vtep_is_sent_there_at_once(hx):
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+    from tests.bpf.conftest import OTHER_PEER_IP
+    frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    assert Ether(hx.run_tc("from_endpoint", frame, EP_IFINDEX)[1])[IP].dst == PEER_IP
+    key = hx.mac_key(VNI, REMOTE_MAC)
+    hx.maps.dp_fdb.put(key, hx.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), flags=1))
+    ret, out = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert ret == TC_ACT_REDIRECT and Ether(out)[IP].dst == OTHER_PEER_IP
+
+
+def test_a_moved_owner_refuses_its_old_vtep_at_once(hx):
+    from tests.bpf.conftest import OTHER_PEER_IP
+    frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
+    warm(hx, "from_overlay", frame, 0)
+    hx.maps.dp_fdb.put(hx.mac_key(VNI, REMOTE_MAC), hx.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), flags=1))
+    before = drops(hx, VNI, "VTEP_MISMATCH")
+    assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
+    assert drops(hx, VNI, "VTEP_MISMATCH") == before + 1
+
+
+def test_a_static_entry_removed_is_no_longer_used(hx):
+    frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
+    warm(hx, "from_endpoint", frame, EP_IFINDEX)
+    hx.maps.dp_fdb.delete(hx.mac_key(VNI, REMOTE_MAC))
+    tx = hx.stats(VNI)["tx_packets"]
+    hx.run_tc("from_endpoint", frame, EP_IFINDEX)       # unknown now: flooded to nobody (no flood list)
+    assert hx.stats(VNI)["tx_packets"] == tx, "not encapsulated toward the removed entry's VTEP"

@@ -102,6 +102,9 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 	__u64 now = dp_now_ns(cfg);
 	struct dp_nexthop *nh;
 
+#ifdef DP_NO_COPIES
+	c = NULL;
+#endif
 	if (c && c->vtep == vtep && c->updated_ns + DP_NH_TTL_NS > now)
 		return c;
 	nh = nexthop_lookup(skb, cfg, vtep, now);

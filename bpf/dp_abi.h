@@ -241,6 +241,16 @@ struct dp_fdb_copy {
 	__be32 vtep;                         /* dp_fdb[key].vtep; 0: no static entry */
 };
 
+/* dp_learn_copies[hash of the key]: "this CPU found dp_learned[key] = vtep, stamped seen_ns", under
+ * dp_local_gen (changed by the control plane's writes to dp_learned too); lets fdb_learn skip the
+ * lookup until the entry is due for its refresh */
+struct dp_learn_copy {
+	__u64 gen;
+	__u64 seen_ns;
+	struct dp_mac_key key;
+	__be32 vtep;
+};
+
 /* dp_net_copies[hash of the VNI] */
 struct dp_net_copy {
 	__u64 gen;

@@ -64,7 +64,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 			return ret;
 	}
 	if (!owner) {
-		ret = fdb_learn(cfg, vx.vni, vx.inner.h_source, vx.saddr);
+		ret = fdb_learn(cfg, gen, vx.vni, vx.inner.h_source, vx.saddr);
 		if (ret)
 			return ret;
 	}

@@ -31,23 +31,47 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
  * at once. Only a write is preceded by the check against dp_local_macs: an
  * entry that is fresh and unchanged was checked when it was written, and the
  * control plane deletes the learned entry of a MAC when it gives that MAC to a
- * local endpoint. So the common frame costs one lookup here.
+ * local endpoint.
+ * What this CPU last found or wrote is kept in a per-CPU copy (local.h's way,
+ * under dp_local_gen, which the control plane's writes to dp_learned change
+ * too: a MAC given to a local endpoint, an aged entry removed): until
+ * the entry is due for its refresh, a frame from the same VTEP needs no lookup
+ * at all. Another CPU's entry for a new VTEP is then overwritten no sooner
+ * than the refresh, where it was at once: a MAC sending from two VTEPs flaps
+ * the entry less often, and one that moved sends from the new VTEP, which
+ * misses the copy.
  */
-static __always_inline int fdb_learn(const struct dp_config *cfg, __u32 vni, const __u8 *smac, __be32 vtep)
+static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u32 vni, const __u8 *smac,
+				     __be32 vtep)
 {
 	struct dp_mac_key k = { .vni = vni };
+	__u32 idx;
+	struct dp_learn_copy *c;
 	struct dp_fdb_entry *e;
 	__u64 now;
 
 	mac_copy(k.mac, smac);
 	now = dp_now_ns(cfg);
-	e = dp_learned.lookup(&k);
-	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS)
+	idx = mac_key_slot(&k);
+	c = gen ? dp_learn_copies.lookup(&idx) : NULL;
+	if (c && c->gen == gen && c->vtep == vtep && mac_key_eq(&c->key, &k) &&
+	    now - c->seen_ns < DP_LEARN_REFRESH_NS)
 		return 0;
-	if (dp_local_macs.lookup(&k))
-		return -DP_DROP_MAC_CONFLICT;
-	struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
-	dp_learned.update(&k, &fresh);
+	e = dp_learned.lookup(&k);
+	if (e && e->vtep == vtep && now - e->last_seen_ns < DP_LEARN_REFRESH_NS) {
+		now = e->last_seen_ns;           /* the copy lasts as long as the entry stays fresh */
+	} else {
+		if (local_port(&k, gen))
+			return -DP_DROP_MAC_CONFLICT;
+		struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
+		dp_learned.update(&k, &fresh);
+	}
+	if (c) {
+		__builtin_memcpy(&c->key, &k, sizeof(c->key));
+		c->vtep = vtep;
+		c->seen_ns = now;
+		c->gen = gen;
+	}
 	return 0;
 }
 

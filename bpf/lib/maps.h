@@ -49,6 +49,7 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct dp_net_copy, dp_net_copies, DP_MA
 /* the generation of dp_fdb's per-CPU copies */
 BPF_TABLE_PINNED("array", __u32, __u64, dp_fdb_gen, 1, DP_PIN(dp_fdb_gen));
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_fdb_copy, dp_fdb_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_fdb_copies));
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_learn_copy, dp_learn_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_learn_copies));
 /* tail-call targets, enum dp_tail */
 BPF_TABLE_PINNED("prog", __u32, __u32, dp_tail, DP_TAIL_MAX, DP_PIN(dp_tail));
 /* network slot -> counters, per CPU (slot 0: no VNI); an array, so no packet can add entries */

@@ -152,3 +152,34 @@ def test_a_static_entry_removed_is_no_longer_used(hx):
     tx = hx.stats(VNI)["tx_packets"]
     hx.run_tc("from_endpoint", frame, EP_IFINDEX)       # unknown now: flooded to nobody (no flood list)
     assert hx.stats(VNI)["tx_packets"] == tx, "not encapsulated toward the removed entry's VTEP"
+
+
+def test_a_learned_entry_the_control_plane_removes_is_learned_again_at_once(hx):
+    """fdb_learn's copy ("this CPU found the entry fresh") must not outlive an aged-out
+    or flushed entry: the next frame from that MAC writes it again."""
+    mac = "02:42:0a:01:00:7a"
+    key = hx.mac_key(VNI, mac)
+    frame = bytes(P.vxlan(P.inner_ipv4(mac, EP_MAC, "10.1.0.122", EP_IP), VNI, PEER_IP, LOCAL_IP))
+    warm(hx, "from_overlay", frame, 0)
+    assert hx.maps.dp_learned.get(key).vtep == be32(PEER_IP)
+    hx.maps.dp_learned.delete(key)
+    try:
+        assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_REDIRECT
+        assert hx.maps.dp_learned.get(key) is not None, "learned again"
+    finally:
+        hx.maps.dp_learned.delete(key)
+
+
+def test_a_mac_given_to_a_local_endpoint_is_refused_from_remote_at_once(hx):
+    mac = "02:42:0a:01:00:7b"
+    key = hx.mac_key(VNI, mac)
+    frame = bytes(P.vxlan(P.inner_ipv4(mac, EP_MAC, "10.1.0.123", EP_IP), VNI, PEER_IP, LOCAL_IP))
+    warm(hx, "from_overlay", frame, 0)
+    hx.maps.dp_local_macs.put(key, ctypes.c_uint32(EP2_IFINDEX))     # as endpoint creation does
+    hx.maps.dp_learned.delete(key)
+    try:
+        before = drops(hx, VNI, "MAC_CONFLICT")
+        assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
+        assert drops(hx, VNI, "MAC_CONFLICT") == before + 1
+    finally:
+        hx.maps.dp_local_macs.delete(key)

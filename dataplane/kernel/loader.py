@@ -17,7 +17,7 @@ from dataplane.core import abi
 from dataplane.kernel import bpfsys
 from dataplane.kernel.bundle import bundle
 from dataplane.core.errors import NotPermitted, ToolchainError
-from dataplane.kernel.maps import SIZE_CONSTS, check_pinned_layout
+from dataplane.kernel.maps import SIZE_CONSTS, check_pinned_layout, new_generations
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/dataplane"
@@ -101,6 +101,7 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
                 os.unlink(tmp)
             bpfsys.obj_pin(fd, tmp)
             os.replace(tmp, path)  # bpffs renames atomically: no moment without a pin
+        new_generations(pin_dir)
     except Exception as e:
         b.cleanup()
         if isinstance(e, ToolchainError):

@@ -90,6 +90,24 @@ def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
                 "run `dataplane down` before upgrading across a layout change")
 
 
+def new_generation(fd: int, name: str) -> None:
+    """A new value in a generation map (dp_local_gen, dp_fdb_gen): never 0 (0: no copies);
+    random, not a counter: two processes writing at once must not both write the same next value."""
+    gen = int.from_bytes(os.urandom(8), "little") or 1
+    bpfsys.update(fd, ctypes.c_uint32(0), ctypes.c_uint64(gen), bpfsys.BPF_ANY, what=name)
+
+
+def new_generations(pin_dir: str) -> None:
+    """Every generation map anew: at load, so copies work before the first write (a node with
+    no registry never writes dp_fdb) and none made by older programs survives a reload."""
+    for name in sorted(set(COPIED.values())):
+        fd = bpfsys.obj_get(os.path.join(pin_dir, name))
+        try:
+            new_generation(fd, name)
+        finally:
+            os.close(fd)
+
+
 class Map:
     """One pinned map, opened by path; keys and values are the ABI's ctypes."""
 
@@ -107,11 +125,9 @@ class Map:
         self.fd = self._gen_fd = -1
 
     def _changed(self) -> None:
-        """After a write to a COPIED map: a new generation, never 0 (0: no copies). Random,
-        not a counter: two processes writing at once must not both write the same next value."""
+        """After a write to a COPIED map: a new generation (new_generation)."""
         if self._gen_fd >= 0:
-            gen = int.from_bytes(os.urandom(8), "little") or 1
-            bpfsys.update(self._gen_fd, ctypes.c_uint32(0), ctypes.c_uint64(gen), bpfsys.BPF_ANY, what=COPIED[self.spec.name])
+            new_generation(self._gen_fd, COPIED[self.spec.name])
 
     def zero(self):
         """A zeroed value; for per-CPU maps, one per possible CPU."""

@@ -183,3 +183,22 @@ def test_a_mac_given_to_a_local_endpoint_is_refused_from_remote_at_once(hx):
         assert drops(hx, VNI, "MAC_CONFLICT") == before + 1
     finally:
         hx.maps.dp_local_macs.delete(key)
+
+
+def test_a_fresh_load_starts_every_generation(harness):
+    """A node without a registry never writes dp_fdb: its copies must work anyway,
+    and copies made by the programs a reload replaces must not survive it."""
+    import shutil
+    from dataplane.kernel import loader
+    from dataplane.kernel.maps import NodeMaps
+    pin = os.path.join(loader.PIN_ROOT, f"gens-{os.getpid()}")
+    try:
+        loader.load(pin, quiet=True).close()
+        with NodeMaps(pin) as m:
+            first = [m.dp_local_gen.get(ctypes.c_uint32(0)).value, m.dp_fdb_gen.get(ctypes.c_uint32(0)).value]
+            assert all(first), first
+            loader.load(pin, quiet=True).close()
+            again = [m.dp_local_gen.get(ctypes.c_uint32(0)).value, m.dp_fdb_gen.get(ctypes.c_uint32(0)).value]
+            assert all(a != b for a, b in zip(first, again)), (first, again)
+    finally:
+        shutil.rmtree(pin, ignore_errors=True)

@@ -146,10 +146,12 @@ class Map:
             self._changed()
 
     def delete(self, key) -> bool:
-        try:
-            return bpfsys.delete(self.fd, key)
-        finally:
+        """False if there was no such entry; then no copy can stand for it, and the
+        generation stays (the agent deletes learned entries of MACs that mostly have none)."""
+        gone = bpfsys.delete(self.fd, key)
+        if gone:
             self._changed()
+        return gone
 
     def put_many(self, pairs) -> None:
         """Write (key, value) pairs with one BPF_MAP_UPDATE_BATCH call."""

@@ -18,36 +18,26 @@
 #define DP_LOCAL_H
 
 /* -DDP_NO_COPIES (benchmarks only: bench/progcost.py): generation 0 always, no copies. */
-static __always_inline __u64 local_gen(void)
+static __always_inline __u64 gen_value(const __u64 *g)
 {
-	__u32 zero = 0;
-	__u64 *g = dp_local_gen.lookup(&zero);
-
 #ifdef DP_NO_COPIES
 	return 0;
 #endif
 	return g ? *g : 0;
+}
+
+static __always_inline __u64 local_gen(void)
+{
+	__u32 zero = 0;
+
+	return gen_value(dp_local_gen.lookup(&zero));
 }
 
 static __always_inline __u64 fdb_gen(void)
 {
 	__u32 zero = 0;
-	__u64 *g = dp_fdb_gen.lookup(&zero);
 
-#ifdef DP_NO_COPIES
-	return 0;
-#endif
-	return g ? *g : 0;
-}
-
-static __always_inline __u32 dp_mix32(__u32 h)
-{
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35u;
-	h ^= h >> 16;
-	return h;
+	return gen_value(dp_fdb_gen.lookup(&zero));
 }
 
 /* dp_endpoints[ifindex] */
@@ -72,7 +62,7 @@ static __always_inline __u32 mac_key_slot(const struct dp_mac_key *k)
 {
 	const __u32 *w = (const __u32 *)k;
 
-	return dp_mix32(w[0] ^ dp_mix32(w[1] ^ dp_mix32(w[2]))) & (DP_MAP_LOCAL_COPIES - 1);
+	return dp_fmix32(w[0] ^ dp_fmix32(w[1] ^ dp_fmix32(w[2]))) & (DP_MAP_LOCAL_COPIES - 1);
 }
 
 static __always_inline int mac_key_eq(const struct dp_mac_key *a, const struct dp_mac_key *b)
@@ -121,7 +111,7 @@ static __always_inline __be32 static_vtep(const struct dp_mac_key *k, __u64 gen)
 /* dp_networks[vni] */
 static __always_inline struct dp_network *local_network(__u32 vni, __u64 gen)
 {
-	__u32 idx = dp_mix32(vni) & (DP_MAP_LOCAL_COPIES - 1);
+	__u32 idx = dp_fmix32(vni) & (DP_MAP_LOCAL_COPIES - 1);
 	struct dp_net_copy *c = gen ? dp_net_copies.lookup(&idx) : NULL;
 	struct dp_network *net;
 

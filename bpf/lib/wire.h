@@ -83,6 +83,17 @@ DP_WIRE_INLINE __u32 dp_hash_round(__u32 h, __u32 k)
 	return h * 5 + 0xe6546b64u;
 }
 
+/* MurmurHash3's finaliser: every input bit moves every output bit. */
+DP_WIRE_INLINE __u32 dp_fmix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
 DP_WIRE_INLINE __u32 dp_flow_hash4(__u32 a, __u32 b, __u32 c, __u32 d)
 {
 	__u32 h = DP_FLOW_HASH_SEED;
@@ -91,13 +102,7 @@ DP_WIRE_INLINE __u32 dp_flow_hash4(__u32 a, __u32 b, __u32 c, __u32 d)
 	h = dp_hash_round(h, b);
 	h = dp_hash_round(h, c);
 	h = dp_hash_round(h, d);
-	h ^= 16;
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35u;
-	h ^= h >> 16;
-	return h;
+	return dp_fmix32(h ^ 16);
 }
 
 /* Outer UDP source port: the hash scaled onto [lo, hi] without a division. */
@@ -149,14 +154,7 @@ DP_WIRE_INLINE void outer_build(struct dp_outer *o, const __u8 *smac, const __u8
  */
 DP_WIRE_INLINE __u32 dp_nh_slot(__u32 vtep, __u32 n)
 {
-	__u32 h = vtep;
-
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35u;
-	h ^= h >> 16;
-	return h & (n - 1);
+	return dp_fmix32(vtep) & (n - 1);
 }
 
 struct vx_info {

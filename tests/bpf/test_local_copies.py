@@ -27,6 +27,13 @@ def drops(hx, vni, reason):
     return hx.stats(vni)["drops"][int(getattr(hx.drop, f"DP_DROP_{reason}"))]
 
 
+def dropped(hx, prog, frame, ifindex, vni, reason):
+    """The next frame is dropped, and counted under reason."""
+    before = drops(hx, vni, reason)
+    assert hx.run_tc(prog, frame, ifindex)[0] == TC_ACT_SHOT
+    assert drops(hx, vni, reason) == before + 1, reason
+
+
 def warm(hx, prog, frame, ifindex, want=TC_ACT_REDIRECT):
     for _ in range(3):
         assert hx.run_tc(prog, frame, ifindex)[0] == want
@@ -78,36 +85,28 @@ def test_an_endpoint_whose_address_changes_is_checked_against_the_new_one(hx):
     ep = hx.maps.dp_endpoints.get(ctypes.c_uint32(EP_IFINDEX))
     ep.ip = be32("10.1.0.77")
     hx.maps.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), ep)
-    before = drops(hx, VNI, "SPOOF_IP")
-    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
-    assert drops(hx, VNI, "SPOOF_IP") == before + 1
+    dropped(hx, "from_endpoint", frame, EP_IFINDEX, VNI, "SPOOF_IP")
 
 
 def test_a_removed_endpoint_sends_nothing_more(hx):
     frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
     warm(hx, "from_endpoint", frame, EP_IFINDEX)
     hx.maps.dp_endpoints.delete(ctypes.c_uint32(EP_IFINDEX))
-    before = drops(hx, 0, "NO_ENDPOINT")
-    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
-    assert drops(hx, 0, "NO_ENDPOINT") == before + 1
+    dropped(hx, "from_endpoint", frame, EP_IFINDEX, 0, "NO_ENDPOINT")
 
 
 def test_a_network_no_longer_served_takes_no_frame(hx):
     frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
     warm(hx, "from_overlay", frame, 0)
     hx.maps.dp_networks.delete(ctypes.c_uint32(VNI))
-    before = drops(hx, 0, "UNKNOWN_VNI")
-    assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
-    assert drops(hx, 0, "UNKNOWN_VNI") == before + 1
+    dropped(hx, "from_overlay", frame, 0, 0, "UNKNOWN_VNI")
 
 
 def test_a_local_port_removed_under_decapsulation_is_unknown_at_once(hx):
     frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
     warm(hx, "from_overlay", frame, 0)
     hx.maps.dp_local_macs.delete(hx.mac_key(VNI, EP_MAC))
-    before = drops(hx, VNI, "UNKNOWN_DST")
-    assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
-    assert drops(hx, VNI, "UNKNOWN_DST") == before + 1
+    dropped(hx, "from_overlay", frame, 0, VNI, "UNKNOWN_DST")
 
 
 def test_the_copies_are_made_under_the_current_generation(hx):
@@ -140,9 +139,7 @@ def test_a_moved_owner_refuses_its_old_vtep_at_once(hx):
     frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
     warm(hx, "from_overlay", frame, 0)
     hx.maps.dp_fdb.put(hx.mac_key(VNI, REMOTE_MAC), hx.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), flags=1))
-    before = drops(hx, VNI, "VTEP_MISMATCH")
-    assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
-    assert drops(hx, VNI, "VTEP_MISMATCH") == before + 1
+    dropped(hx, "from_overlay", frame, 0, VNI, "VTEP_MISMATCH")
 
 
 def test_a_static_entry_removed_is_no_longer_used(hx):
@@ -178,9 +175,7 @@ def test_a_mac_given_to_a_local_endpoint_is_refused_from_remote_at_once(hx):
     hx.maps.dp_local_macs.put(key, ctypes.c_uint32(EP2_IFINDEX))     # as endpoint creation does
     hx.maps.dp_learned.delete(key)
     try:
-        before = drops(hx, VNI, "MAC_CONFLICT")
-        assert hx.run_tc("from_overlay", frame, 0)[0] == TC_ACT_SHOT
-        assert drops(hx, VNI, "MAC_CONFLICT") == before + 1
+        dropped(hx, "from_overlay", frame, 0, VNI, "MAC_CONFLICT")
     finally:
         hx.maps.dp_local_macs.delete(key)
 

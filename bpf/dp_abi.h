@@ -213,10 +213,11 @@ struct dp_fdb_entry {
 };
 
 /*
- * Per-CPU copies of the local lookups a frame makes (bpf/lib/local.h), each
- * good while dp_local_gen (one __u64) holds the value it was made under: the
- * control plane writes a new random value there after every change to
- * dp_endpoints, dp_local_macs or dp_networks (kernel/maps.py). 0: no copies.
+ * Per-CPU copies of the lookups a frame makes (bpf/lib/local.h), each good
+ * while its generation map (dp_local_gen, dp_fdb_gen: one __u64) holds the
+ * value it was made under: the control plane writes a new random value there
+ * after every change to dp_endpoints, dp_local_macs, dp_networks or dp_learned
+ * (dp_local_gen) and to dp_fdb (dp_fdb_gen); kernel/maps.py. 0: no copies.
  */
 /* dp_ep_copies[ifindex & (size - 1)] */
 struct dp_ep_copy {

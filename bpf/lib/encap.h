@@ -89,10 +89,12 @@ static __always_inline struct dp_nexthop *nexthop_lookup(struct __sk_buff *skb,
 /*
  * nexthop_lookup behind a per-CPU, direct-mapped copy (dp_nh_cache): an array
  * lookup the verifier inlines, where a hash map's is a function call (about
- * 45 ns a frame on a guest with SRSO's safe RET). A copy lives as long as its
- * entry would (a static one for DP_NH_TTL_NS), so the agent's priming and the
- * FIB refresh reach frames no later than before. Two VTEPs sharing a slot take
- * turns; per CPU, so no other CPU's rewrite is seen half done.
+ * 45 ns a frame on a guest with SRSO's safe RET). A copy lives no longer than
+ * the entry it copies would before its refresh (a static one DP_NH_TTL_NS), so
+ * the FIB's answer reaches frames when it did; an agent's rewrite of an entry
+ * still fresh (priming a peer removed and added again within the second) waits
+ * out the rest of that second. Two VTEPs sharing a slot take turns; per CPU,
+ * so no other CPU's rewrite is seen half done.
  */
 static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 						      const struct dp_config *cfg, __be32 vtep)

@@ -6,9 +6,11 @@
  * has none; under its own generation, dp_fdb_gen, as dp_fdb changes with every
  * registry update). A copy is an array lookup, which the verifier
  * inlines; the hash map's is a function call (30-45 ns a frame on a guest with
- * SRSO's safe RET). A copy is good while dp_local_gen still holds the value it
- * was made under: the control plane writes a new random value there after
- * every change to those three maps (kernel/maps.py). The caller reads the
+ * SRSO's safe RET). A copy is good while its generation map (dp_local_gen,
+ * dp_fdb_gen) still holds the value it was made under: the control plane
+ * writes a new random value there after every change to a map it stands for
+ * (COPIED in kernel/maps.py; fdb.h's learned-entry copy rides on dp_local_gen
+ * too). The caller reads the
  * generation once, before any of the maps, so a copy made from a map read
  * older than a change carries an older generation too (x86 keeps loads in
  * order). Two keys that share a slot take turns. Generation 0 (nothing

@@ -40,7 +40,7 @@ _Static_assert((DP_MAP_NH_CACHE & (DP_MAP_NH_CACHE - 1)) == 0, "DP_MAP_NH_CACHE 
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_nexthop, dp_nh_cache, DP_MAP_NH_CACHE, DP_PIN(dp_nh_cache));
 /* host-side ifindex -> storm control's theoretical arrival time (dp_now_ns), fast path only */
 BPF_TABLE_PINNED("lru_hash", __u32, __u64, dp_storm, DP_MAP_ENDPOINTS, DP_PIN(dp_storm));
-/* the generation of the local maps' per-CPU copies (struct dp_ep_copy and the next two) */
+/* the generation of dp_ep_copies, dp_mac_copies, dp_net_copies and dp_learn_copies (dp_abi.h) */
 BPF_TABLE_PINNED("array", __u32, __u64, dp_local_gen, 1, DP_PIN(dp_local_gen));
 _Static_assert((DP_MAP_LOCAL_COPIES & (DP_MAP_LOCAL_COPIES - 1)) == 0, "DP_MAP_LOCAL_COPIES must be a power of two");
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_ep_copy, dp_ep_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_ep_copies));

@@ -29,7 +29,7 @@ import time
 from bench.run import machine
 from dataplane.kernel import loader as fastpath
 from tests import packets as P
-from tests.bpf.conftest import (EP2_IFINDEX, EP2_IP, EP2_MAC, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, NH_DMAC, NH_SMAC,
+from tests.bpf.conftest import (EP2_IP, EP2_MAC, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, NH_DMAC, NH_SMAC,
                                 PEER_IP, REMOTE_IP, REMOTE_MAC, UPLINK_IFINDEX, VNI, Harness, be32)
 
 LEARNED_MAC, LEARNED_IP = "02:42:0a:01:00:33", "10.1.0.33"

@@ -31,8 +31,8 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u64 gen, __u32
 static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni_out, __u32 *slot_out)
 {
 	struct dp_config *cfg = config_get();
-	__u64 gen = local_gen(), fgen = fdb_gen();   /* before the maps they stand for (local.h) */
 	__be32 owner = 0;
+	__u64 gen, fgen;
 	struct vx_info vx = {};
 	void *data, *end;
 	int inner_is_ip;
@@ -50,6 +50,9 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (ret)
 		return ret;
 	*vni_out = vx.vni;
+	/* Only for our frames (the host's own traffic passes above), before the maps they stand for (local.h). */
+	gen = local_gen();
+	fgen = fdb_gen();
 	ret = vxlan_admit(cfg, gen, fgen, &vx, slot_out, &owner);
 	if (ret)
 		return ret;

@@ -83,21 +83,18 @@ def calibrate(pin_dir: str) -> tuple[int, int]:
     time.monotonic_ns(); (0, 0) if they cannot be had or do not agree."""
     try:
         fd = loader.open_prog(pin_dir, "dp_clock")
+        try:
+            tick = tick_ns(config_hz() or measured_hz(fd))
+            off = offset(fd, tick)
+            j, _ = _probes(fd, 1)[0]
+        finally:
+            os.close(fd)
     except DataplaneError as e:
         log.warning("fast-path clock not calibrated (%s): the programs read the coarse clock by helper", e)
         return 0, 0
-    try:
-        tick = tick_ns(config_hz() or measured_hz(fd))
-        off = offset(fd, tick)
-        j, _ = _probes(fd, 1)[0]
-        lag = time.monotonic_ns() - (j * tick + off) % (1 << 64)
-        if not -tick <= lag <= 3 * tick:
-            log.warning("fast-path clock not calibrated: jiffies scaled by %d ns are %d ns off "
-                        "CLOCK_MONOTONIC", tick, lag)
-            return 0, 0
-        return tick, off
-    except DataplaneError as e:
-        log.warning("fast-path clock not calibrated (%s): the programs read the coarse clock by helper", e)
+    lag = time.monotonic_ns() - (j * tick + off) % (1 << 64)
+    if not -tick <= lag <= 3 * tick:
+        log.warning("fast-path clock not calibrated: jiffies scaled by %d ns are %d ns off CLOCK_MONOTONIC",
+                    tick, lag)
         return 0, 0
-    finally:
-        os.close(fd)
+    return tick, off

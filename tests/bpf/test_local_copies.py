@@ -10,8 +10,8 @@ import os
 import pytest
 
 from tests import packets as P
-from tests.bpf.conftest import (EP2_IFINDEX, EP2_MAC, EP2_IP, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, PEER_IP,
-                                REMOTE_IP, REMOTE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, VNI, be32)
+from tests.bpf.conftest import (EP2_IFINDEX, EP2_MAC, EP2_IP, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, OTHER_PEER_IP,
+                                PEER_IP, REMOTE_IP, REMOTE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, VNI, be32)
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +124,6 @@ def test_the_copies_are_made_under_the_current_generation(hx):
 def test_a_remote_mac_that_moves_to_another_vtep_is_sent_there_at_once(hx):
     from scapy.layers.inet import IP
     from scapy.layers.l2 import Ether
-    from tests.bpf.conftest import OTHER_PEER_IP
     frame = bytes(P.inner_ipv4(EP_MAC, REMOTE_MAC, EP_IP, REMOTE_IP))
     warm(hx, "from_endpoint", frame, EP_IFINDEX)
     assert Ether(hx.run_tc("from_endpoint", frame, EP_IFINDEX)[1])[IP].dst == PEER_IP
@@ -135,7 +134,6 @@ def test_a_remote_mac_that_moves_to_another_vtep_is_sent_there_at_once(hx):
 
 
 def test_a_moved_owner_refuses_its_old_vtep_at_once(hx):
-    from tests.bpf.conftest import OTHER_PEER_IP
     frame = bytes(P.vxlan(P.inner_ipv4(REMOTE_MAC, EP_MAC, REMOTE_IP, EP_IP), VNI, PEER_IP, LOCAL_IP))
     warm(hx, "from_overlay", frame, 0)
     hx.maps.dp_fdb.put(hx.mac_key(VNI, REMOTE_MAC), hx.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), flags=1))

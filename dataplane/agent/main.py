@@ -76,7 +76,7 @@ class Agent:
                          "reconnects": 0, "vanished": 0}
         self.punts = punts.PuntHandler(self)
         self.leases = lease.LeaseKeeper(self)
-        self.last_sync_s = self.last_snapshot_s = 0.0
+        self.last_sync_s = self.last_snapshot_s = self.last_claims_s = 0.0
         self.started = time.monotonic()
         self.warm_start = False                # synced from the cached view (cache.py), not a full read
         self.remote: RemoteTable | None = None
@@ -248,6 +248,8 @@ class Agent:
                     self._apply_snapshot(data)
                 elif kind in ("cached", "early"):
                     sync.load_cached(self, data, warm=kind == "cached")
+                elif kind == "claims":
+                    sync.load_claims(self, data)
                 elif kind == "punts" and self.punts.run_slice():
                     self.q.put(("punts", None))     # the rest after what came meanwhile
                 elif kind == "events":

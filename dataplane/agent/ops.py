@@ -80,6 +80,7 @@ class Ops:
                     "endpoints": len(ag.view.endpoints), "installed": ag.remote.counts(),
                     "last_sync_ms": round(ag.last_sync_s * 1000, 1),
                     "last_snapshot_ms": round(ag.last_snapshot_s * 1000, 1), "warm_start": ag.warm_start,
+                    "claims_pending": ag.view.claims_pending, "last_claims_ms": round(ag.last_claims_s * 1000, 1),
                     "map_error": ag.remote.last_error,
                     **ag.counters, "vni_errors": {str(v): e for v, e in sorted(ag.vni_errors.items())},
                     "skipped_endpoints": dict(ag.skipped), "conflicts": dict(ag.conflicts),

@@ -12,6 +12,24 @@ from ..registry import Snapshot, change
 from ..registry.store import MIRRORED, split_key
 
 
+CLASH = ""                  # a provisional claim two records make: it names no endpoint
+NEWEST = float("inf")       # the revision of a claim this host wrote itself, ahead of the watch
+
+
+def provisional_claims(endpoints: dict) -> tuple[dict, dict]:
+    """(macs, ipam) as the records claim them: what the registry's claims are when its
+    writers keep to its transactions (a record and its two claims in one). A MAC or an
+    address two records claim is CLASH (neither is installed until the claims say which)."""
+    macs, ipam = {}, {}
+    for e in endpoints.values():
+        pre = e.network + "/"
+        k = pre + e.mac
+        macs[k] = CLASH if k in macs else e.id
+        k = pre + e.ip
+        ipam[k] = CLASH if k in ipam else e.id
+    return macs, ipam
+
+
 @dataclass
 class RegistryView:
     rev: int = 0
@@ -25,12 +43,36 @@ class RegistryView:
     # network changed), and the MAC/address keys of single endpoints and claims per VNI.
     coarse: set = field(default_factory=set)
     fine: dict = field(default_factory=dict)        # vni -> {("mac", mac) | ("ip", ip) | ("ep", id)}
+    # Claims not read yet (a cold start's snapshot without them): macs and ipam hold what the
+    # records themselves claim, CLASH where two records claim one key, until load_claims().
+    # touched: the claims the applied events wrote since: (kind, name) -> (revision, value or None).
+    claims_pending: bool = False
+    touched: dict = field(default_factory=dict)
 
     def load(self, snap: Snapshot) -> None:
         self.coarse, self.fine = set(), {}
         self.rev = self.base_rev = snap.rev
         self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
         self.macs, self.ipam = snap.macs, snap.ipam
+        self.claims_pending, self.touched = not snap.claims_read, {}
+        if self.claims_pending:
+            self.macs, self.ipam = provisional_claims(snap.endpoints)
+
+    def load_claims(self, claims: Snapshot) -> set[int]:
+        """The claims read (at claims.rev) replace the provisional ones; a claim an
+        applied event wrote after claims.rev keeps the event's value, and events up
+        to claims.rev that are still to come only repeat what the read holds. Returns
+        the VNIs to recompute (every network's)."""
+        macs, ipam = claims.macs, claims.ipam
+        for (kind, name), (rev, value) in self.touched.items():
+            if rev > claims.rev:
+                d = macs if kind == "macs" else ipam
+                if value is None:
+                    d.pop(name, None)
+                else:
+                    d[name] = value
+        self.macs, self.ipam, self.claims_pending, self.touched = macs, ipam, False, {}
+        return {n.vni for n in self.networks.values()}
 
     def network_of_vni(self, vni: int):
         return next((n for n in self.networks.values() if n.vni == vni), None)
@@ -50,6 +92,8 @@ class RegistryView:
             if on_bad:
                 on_bad(ev.key, str(e))
             kind, name = split_key(ev.key)
+            if self.claims_pending and kind in ("macs", "ipam"):
+                self.touched[(kind, name)] = (ev.rev, None)
             return self.forget(kind, name) if kind in MIRRORED else set()
         if ch is None:
             return set()
@@ -57,6 +101,8 @@ class RegistryView:
         dirty = self.forget(ch.kind, ch.name)
         if gone is not None and on_host_gone and (ch.record is None or ch.record.vtep != gone.vtep):
             on_host_gone(gone)
+        if self.claims_pending and ch.kind in ("macs", "ipam"):
+            self.touched[(ch.kind, ch.name)] = (ev.rev, ch.record)
         if ch.record is not None:
             getattr(self, ch.kind)[ch.name] = ch.record
             self._note(ch.kind, ch.name, ch.record)
@@ -71,6 +117,9 @@ class RegistryView:
         if host is not None:
             self.hosts[host.name] = host
         self.macs[f"{ep.network}/{ep.mac}"] = self.ipam[f"{ep.network}/{ep.ip}"] = ep.id
+        if self.claims_pending:         # newer than any read so far; its own event confirms it
+            self.touched[("macs", f"{ep.network}/{ep.mac}")] = self.touched[("ipam", f"{ep.network}/{ep.ip}")] = \
+                (NEWEST, ep.id)
 
     def forget(self, kind: str, name: str) -> set[int]:
         rec = getattr(self, kind).pop(name, None)

@@ -24,6 +24,7 @@ from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
 MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
+RECORDS, CLAIMS = MIRRORED[:3], MIRRORED[3:]
 ATTEMPTS = 5       # read + commit rounds of host_register and network_rm when a record changes under them
 
 
@@ -36,6 +37,7 @@ class Snapshot:
     macs: dict[str, str] = field(default_factory=dict)       # "<network>/<mac>" -> endpoint id
     ipam: dict[str, str] = field(default_factory=dict)       # "<network>/<ip>" -> endpoint id
     bad: list[str] = field(default_factory=list)      # "key: why" for records refused
+    claims_read: bool = True    # False: macs and ipam were not read (Registry.snapshot(claims=False))
 
 
 @dataclass(frozen=True)
@@ -215,12 +217,21 @@ class Registry(Endpoints):
 
     # --- mirroring ---------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, claims: bool = True) -> Snapshot:
         """Everything, read at one revision. Malformed records are listed in
         .bad and left out, never fatal. Each prefix is parsed as its read
-        arrives, beside the reads still under way."""
+        arrives, beside the reads still under way. claims=False: the records
+        alone, without the IPAM claims (macs, ipam: two of every three keys);
+        .claims_read says which (an agent's cold start reads them later)."""
+        return self._read(MIRRORED if claims else RECORDS)
+
+    def claims(self) -> Snapshot:
+        """The IPAM claims alone (macs, ipam), read at one revision (the current one)."""
+        return self._read(CLAIMS)
+
+    def _read(self, kinds: tuple[str, ...]) -> Snapshot:
         def parse(i: int, rows) -> tuple[dict, list[str]]:
-            out, bad, kind = {}, [], MIRRORED[i]
+            out, bad, kind = {}, [], kinds[i]
             fast = _FAST_PATHS.get(kind)
             if fast is not None:
                 rows = fast(out, len(key(kind, "")), rows)
@@ -234,9 +245,9 @@ class Registry(Endpoints):
                 if parsed and parsed[0] == kind:
                     out[parsed[1]] = parsed[2]
             return out, bad
-        rev, parts = self.kv.range_many([key(kind, "") for kind in MIRRORED], parse)
-        snap = Snapshot(rev=rev)
-        for kind, (out, bad) in zip(MIRRORED, parts):
+        rev, parts = self.kv.range_many([key(kind, "") for kind in kinds], parse)
+        snap = Snapshot(rev=rev, claims_read="macs" in kinds)
+        for kind, (out, bad) in zip(kinds, parts):
             setattr(snap, kind, out)
             snap.bad += bad
         return snap

@@ -197,3 +197,75 @@ def test_a_restarted_agent_starts_from_its_view_on_disk_and_catches_up(info):
     converged()
     dp("--netns", "dpl-h3", "endpoint", "rm", "dpl-warm3")
     converged()
+
+
+def test_a_cold_start_syncs_from_the_records_then_the_claims_settle_the_rest(info):
+    """h1's agent started with no view on disk reads the records without the IPAM
+    claims, syncs, then reads the claims: a record its MAC claim does not name, and the
+    one of two records sharing a MAC that the claim does not name, end up installed
+    nowhere, exactly as the registry's claims say (invariants.expected)."""
+    import contextlib
+    import os
+    from dataplane.agent import cache, client, process
+    from dataplane.registry import open_registry
+    from dataplane.registry.kv import Txn
+    from dataplane.registry.records import Endpoint, Host
+    from dataplane.registry.store import key
+
+    def registry(fn):
+        def run():
+            reg = open_registry(url())
+            try:
+                return fn(reg)
+            finally:
+                reg.close()
+        return netlink.call_in_netns(lab.registry_netns(), run)
+
+    net = registry(lambda reg: reg.network_by_vni(256))
+    base = net.subnet.rsplit(".", 1)[0]
+    stray = Endpoint.make("dpl-stray", net.name, "f9", "02:00:00:00:f9:01", f"{base}.201")
+    twin_a = Endpoint.make("dpl-twin-a", net.name, "f9", "02:00:00:00:f9:02", f"{base}.202")
+    twin_b = Endpoint.make("dpl-twin-b", net.name, "f9", "02:00:00:00:f9:02", f"{base}.203")
+    claims = {key("macs", net.name, stray.mac): b"dpl-nobody", key("ipam", net.name, stray.ip): b"dpl-stray",
+              key("macs", net.name, twin_a.mac): b"dpl-twin-a", key("ipam", net.name, twin_a.ip): b"dpl-twin-a",
+              key("ipam", net.name, twin_b.ip): b"dpl-twin-b"}
+    keys = list(claims) + [key("endpoints", e.id) for e in (stray, twin_a, twin_b)] + [key("hosts", "f9")]
+
+    def plant(reg):
+        t = Txn().put(key("hosts", "f9"), Host.make("f9", lab.vtep_ip(3)).to_json(), reg.kv.lease_grant(120))
+        for e in (stray, twin_a, twin_b):
+            t.put(key("endpoints", e.id), e.to_json())
+        for k, v in claims.items():
+            t.put(k, v)
+        assert reg.kv.commit(t)[0]
+
+    def clear(reg):
+        t = Txn()
+        for k in keys:
+            t.delete(k)
+        reg.kv.commit(t)
+
+    converged()
+    try:
+        registry(plant)
+        process.stop("dpl-h1")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cache.path("dpl-h1"))
+        process.spawn("dpl-h1", "dpl-h1", lab.registry_url("etcd", host="h1"), "h1", 3, quiet=True)
+        st = client.call("dpl-h1", "status")
+        assert not st["warm_start"] and st["last_snapshot_ms"] > 0, st
+        assert wait_for(lambda: not client.call("dpl-h1", "status")["claims_pending"], timeout=20)
+        st = client.call("dpl-h1", "status")
+        assert st["last_claims_ms"] > 0, st
+        for e in (stray, twin_b):
+            assert "not claimed in the IPAM" in st["skipped_endpoints"].get(e.id, ""), st["skipped_endpoints"]
+        want, (have, issues) = invariants.expected(invariants.snapshot(url()), "h1")[256], invariants.actual("dpl-h1")
+        assert not issues, issues
+        assert have[256]["fdb"].get(twin_a.mac) == lab.vtep_ip(3) and stray.mac not in have[256]["fdb"], have[256]
+        assert have[256]["neigh"].get(twin_a.ip) == twin_a.mac, have[256]
+        assert stray.ip not in have[256]["neigh"] and twin_b.ip not in have[256]["neigh"], have[256]
+        for part in ("fdb", "neigh", "flood"):
+            assert have[256][part] == want[part], part
+    finally:
+        registry(clear)
+    converged()

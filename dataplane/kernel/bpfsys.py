@@ -175,11 +175,18 @@ def count(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> int:
 
 
 def dump_raw(fd: int, key_size: int, value_size: int, chunk: int = 4096):
-    """Every (key, value) of a hash map as bytes (an agent start reads 200,000 entries)."""
-    for keys, vals, n in _batches(fd, key_size, value_size, chunk):
-        kb, vb = bytes(keys), bytes(vals)
-        for i in range(n):
+    """Every (key, value) of a hash map as bytes."""
+    for kb, vb in dump_chunks(fd, key_size, value_size, chunk):
+        for i in range(len(kb) // key_size):
             yield kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size]
+
+
+def dump_chunks(fd: int, key_size: int, value_size: int, chunk: int = 4096):
+    """A hash map's entries a chunk at a time: (keys, values), each the chunk's
+    entries back to back as one bytes (for columnar decoding: node/readback.py)."""
+    for keys, vals, n in _batches(fd, key_size, value_size, chunk):
+        if n:
+            yield bytes(keys)[:n * key_size], bytes(vals)[:n * value_size]
 
 
 def dump(fd: int, key_type, value_type, chunk: int = 4096):

@@ -191,6 +191,10 @@ class Map:
         """(key bytes, value bytes) of a hash map, in one syscall per 4096 entries."""
         return bpfsys.dump_raw(self.fd, ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))
 
+    def raw_chunks(self):
+        """(keys bytes, values bytes) of a hash map, 4096 entries at most each, one syscall each."""
+        return bpfsys.dump_chunks(self.fd, ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))
+
     def items(self):
         if self.spec.kind in ("hash", "lru_hash"):
             yield from bpfsys.dump(self.fd, self.spec.key, self.spec.value)

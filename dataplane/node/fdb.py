@@ -19,6 +19,7 @@ from dataplane.core.keys import be32, ip_key, ip_str, mac_key, mac_value
 from dataplane.core.state import LocalEndpoint, NodeState
 from dataplane.kernel.bpfsys import MapFull
 from dataplane.kernel.maps import NodeMaps
+from dataplane.node import readback
 
 _S = abi.load().structs
 _FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
@@ -79,22 +80,18 @@ class RemoteTable:
         """Read back what the maps hold; local_neigh are the {VNI, IP} of this
         host's own endpoints, which belong to the node, not to us."""
         self.maps = maps
-        self.fdb: dict[int, dict[str, str]] = {}     # vni -> mac -> vtep
-        self.neigh: dict[int, dict[str, str]] = {}   # vni -> ip -> mac
+        self.fdb: dict[int, dict[str, str]] = readback.fdb(maps)      # vni -> mac -> vtep
+        self.neigh: dict[int, dict[str, str]] = readback.neigh(maps)  # vni -> ip -> mac
+        for n, ip in local_neigh:
+            have = self.neigh.get(n)
+            if have is not None:
+                have.pop(ip, None)
+                if not have:
+                    del self.neigh[n]
         self.map_full = 0
         self.last_error = ""
         self.short: set[int] = set()                 # VNIs with entries a full map refused: retried whole
         self._refs: dict[int, collections.Counter] = {}   # vni -> VTEP -> entries (see _vtep_refs)
-        # Decoded from the raw bytes at the ABI's field offsets: 5x faster than a ctypes object per entry.
-        vni, mac, vtep = _off("dp_mac_key", "vni"), _off("dp_mac_key", "mac"), _off("dp_fdb_entry", "vtep")
-        for k, v in maps.dp_fdb.raw_items():
-            self.fdb.setdefault(int.from_bytes(k[vni:vni + 4], sys.byteorder), {})[k[mac:mac + 6].hex(":")] = \
-                socket.inet_ntoa(v[vtep:vtep + 4])
-        vni, ipo, mac = _off("dp_ip_key", "vni"), _off("dp_ip_key", "ip"), _off("dp_mac", "mac")
-        for k, v in maps.dp_neigh.raw_items():
-            n, ip = int.from_bytes(k[vni:vni + 4], sys.byteorder), socket.inet_ntoa(k[ipo:ipo + 4])
-            if (n, ip) not in local_neigh:
-                self.neigh.setdefault(n, {})[ip] = v[mac:mac + 6].hex(":")
 
     def vnis(self) -> set[int]:
         return set(self.fdb) | set(self.neigh)

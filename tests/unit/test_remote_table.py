@@ -33,6 +33,13 @@ class FakeMap:
     def raw_items(self):
         return list(self.d.items())
 
+    def raw_chunks(self, chunk: int = 5):
+        """As Map.raw_chunks, in chunks of 5 (mixing VNIs within a chunk and across chunks)."""
+        items = list(self.d.items())
+        for i in range(0, len(items), chunk):
+            part = items[i:i + chunk]
+            yield b"".join(k for k, _ in part), b"".join(v for _, v in part)
+
 
 class FakeMaps:
     def __init__(self):
@@ -61,6 +68,7 @@ def test_patched_flood_lists_always_equal_the_entries_vteps():
     # and a table read back from the same maps agrees with the one that wrote them
     again = RemoteTable(maps, set())
     assert again.fdb == {v: e for v, e in t.fdb.items() if e}
+    assert again.neigh == {v: e for v, e in t.neigh.items() if e}
 
 
 def test_a_patch_right_after_an_apply_counts_from_the_entries_before_it():

@@ -254,9 +254,9 @@ class EtcdKV(GrpcPaths, KV):
                     "etcd gRPC read failed (%s): read through the JSON gateway", why)
             return out
         then = then or (lambda i, items: items)
-        order = self._order()     # every read's connection is made while the first read logs in
+        order = self._order()     # the other reads' connections are made while the first read is under way
         if self.use_grpc:         # (not waited for: a member that is down must not hold up the snapshot)
-            for i in sorted({order[k % len(order)] for k in range(len(prefixes))}):
+            for i in sorted({order[k % len(order)] for k in range(1, len(prefixes))} - {order[0]}):
                 threading.Thread(target=self._grpc.connect, args=(i, self.connect_timeout), daemon=True).start()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1)) as pool:
             rev, first = read(0, prefixes[0], None)

@@ -124,6 +124,9 @@ def startup(n: int, warm: bool) -> dict:
     for ns in HOSTS:
         st = client.call(ns, "status")
         assert st["installed"]["fdb"] >= n or _wait_installed(ns, n), st["installed"]
+    deadline = time.monotonic() + 30     # after a cold start: its view is written at stop once whole
+    while client.call(HOSTS[0], "status").get("claims_pending") and time.monotonic() < deadline:
+        time.sleep(0.05)
     process.stop(HOSTS[0])
     if not warm:
         with contextlib.suppress(FileNotFoundError):

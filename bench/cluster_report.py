@@ -11,14 +11,16 @@ def table(r: dict) -> str:
            f"--writers {a['writers']} --per-txn {a['per_txn']} --starts {a.get('starts', 1)} --parts {a['parts']}`."]
     if "startup_cold" in r:
         out += ["", f"Start-up with {r['startup_cold']['endpoints']} endpoints in the registry (h1's agent "
-                "restarted; medians of the runs):", "", "| start-up sync | agent start to synced (each run) | registry read | sync into maps | "
-                "peak RSS |", "|---|---|---|---|---|"]
+                "restarted; medians of the runs; a cold start reads the IPAM claims after its sync):", "",
+                "| start-up sync | agent start to synced (each run) | ... and the claims read | registry read | "
+                "sync into maps | peak RSS |", "|---|---|---|---|---|---|"]
     for name, s in (("cold (no view on disk: a host's first start)", r.get("startup_cold")),
                     ("warm (the view on disk, then the watch)", r.get("startup_warm"))):
         if s is None:
             continue
         each = ", ".join(f"{x['agent_start_to_synced_s']:.2f}" for x in s.get("runs", [s]))
-        out.append(f"| {name} | {s['agent_start_to_synced_s']:.2f} s ({each}) | {s['snapshot_ms']:.0f} ms | "
+        claims = f"{s['agent_start_to_claims_s']:.2f} s" if "agent_start_to_claims_s" in s else "-"
+        out.append(f"| {name} | {s['agent_start_to_synced_s']:.2f} s ({each}) | {claims} | {s['snapshot_ms']:.0f} ms | "
                    f"{s['sync_to_maps_ms']:.0f} ms | {s['rss_peak_mib']:.1f} MiB |")
     for key, what in (("sustained_single", "one endpoint per transaction"),
                       ("sustained_batched", f"{a['per_txn']} endpoints per transaction")):

@@ -115,7 +115,10 @@ fi
 # An editable checkout's bytecode, compiled now (cheap when nothing changed): where
 # PYTHONDONTWRITEBYTECODE is set, every `dataplane` command and agent start would otherwise
 # compile its modules again (~60 ms of the CLI's start here). An installed package has its own.
-[ "$mode" = dev ] && "$venv/bin/python" -m compileall -q "$top/dataplane" "$top/lab" "$top/bench"
+if [ "$mode" = dev ]; then
+  "$venv/bin/python" -m compileall -q "$top/dataplane" "$top/lab" "$top/bench" >/dev/null ||
+    say "compiling the checkout's bytecode failed (commands start slower); going on"
+fi
 check='import bcc, pyroute2, dataplane._cwire'
 [ "$mode" = dev ] && check="$check, scapy"
 "$venv/bin/python" -c "$check" || die "the venv cannot run: $check"

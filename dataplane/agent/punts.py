@@ -194,7 +194,7 @@ class PuntHandler:
             log.warning("punt: registry lookup failed: %s", e)
             return None
         # The watch brings these same records later; install them now.
-        ag.view.remember(ep, host)
+        ag.view.remember(ep, host, (claim.key, claim.mod_rev))
         ag.reconcile(vnis={net.vni})
         self.counts["looked_up"] += 1
         return ep

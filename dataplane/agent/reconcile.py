@@ -59,6 +59,7 @@ def desired(view, facts: LocalFacts, vnis=None) -> Desired:
     for e in view.endpoints.values():
         if e.network in names:
             by_net.setdefault(e.network, []).append(e)
+    vteps = {name: h.vtep for name, h in view.hosts.items() if name != facts.me and h.vtep not in facts.unroutable}
     for vni in sorted(scope):
         net = by_vni.get(vni)
         if net is None:
@@ -68,7 +69,7 @@ def desired(view, facts: LocalFacts, vnis=None) -> Desired:
             continue
         if vni not in facts.served:
             out.serve[vni] = net
-        out.entries[vni] = _entries(view, facts, net, out, by_net.get(net.name, ()))
+        out.entries[vni] = _entries(view, facts, net, out, by_net.get(net.name, ()), vteps)
     return out
 
 
@@ -102,7 +103,8 @@ def _local_owners(facts: LocalFacts, vni: int) -> dict:
     return owner
 
 
-def _entries(view, facts: LocalFacts, net, out: Desired, eps) -> VniEntries:
+def _entries(view, facts: LocalFacts, net, out: Desired, eps, vteps: dict[str, str]) -> VniEntries:
+    """vteps: host name -> VTEP address, of the live hosts other than this one whose VTEP is routed."""
     local = _local_owners(facts, net.vni)
     ent = VniEntries()
     unroutable = set()
@@ -110,7 +112,6 @@ def _entries(view, facts: LocalFacts, net, out: Desired, eps) -> VniEntries:
     # a live, routed host other than this one, an endpoint not moving here, both claims naming
     # it, and no local endpoint holding its MAC or address.
     macs, ipam, me, pre, fdb, neigh = view.macs, view.ipam, facts.me, net.name + "/", ent.fdb, ent.neigh
-    vteps = {name: h.vtep for name, h in view.hosts.items() if name != me and h.vtep not in facts.unroutable}
     for e in eps:
         v = vteps.get(e.host)
         if v is not None and e.moving_to != me:

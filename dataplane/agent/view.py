@@ -13,7 +13,6 @@ from ..registry.store import MIRRORED, split_key
 
 
 CLASH = ""                  # a provisional claim two records make: it names no endpoint
-NEWEST = float("inf")       # the revision of a claim this host wrote itself, ahead of the watch
 
 
 def provisional_claims(endpoints: dict) -> tuple[dict, dict]:
@@ -48,21 +47,21 @@ class RegistryView:
     # touched: the claims the applied events wrote since: (kind, name) -> (revision, value or None).
     claims_pending: bool = False
     touched: dict = field(default_factory=dict)
+    claims_rev: int = 0             # the claims read's revision: claim events up to it are in it
 
     def load(self, snap: Snapshot) -> None:
         self.coarse, self.fine = set(), {}
         self.rev = self.base_rev = snap.rev
         self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
         self.macs, self.ipam = snap.macs, snap.ipam
-        self.claims_pending, self.touched = not snap.claims_read, {}
+        self.claims_pending, self.touched, self.claims_rev = not snap.claims_read, {}, 0
         if self.claims_pending:
             self.macs, self.ipam = provisional_claims(snap.endpoints)
 
-    def load_claims(self, claims: Snapshot) -> set[int]:
-        """The claims read (at claims.rev) replace the provisional ones; a claim an
-        applied event wrote after claims.rev keeps the event's value, and events up
-        to claims.rev that are still to come only repeat what the read holds. Returns
-        the VNIs to recompute (every network's)."""
+    def load_claims(self, claims: Snapshot) -> None:
+        """The claims read (at claims.rev) replace the provisional ones. A claim an
+        applied event wrote after claims.rev keeps the event's value; claim events up
+        to claims.rev still to come are dropped (apply), the read holds them already."""
         macs, ipam = claims.macs, claims.ipam
         for (kind, name), (rev, value) in self.touched.items():
             if rev > claims.rev:
@@ -72,7 +71,7 @@ class RegistryView:
                 else:
                     d[name] = value
         self.macs, self.ipam, self.claims_pending, self.touched = macs, ipam, False, {}
-        return {n.vni for n in self.networks.values()}
+        self.claims_rev = claims.rev
 
     def network_of_vni(self, vni: int):
         return next((n for n in self.networks.values() if n.vni == vni), None)
@@ -92,10 +91,8 @@ class RegistryView:
             if on_bad:
                 on_bad(ev.key, str(e))
             kind, name = split_key(ev.key)
-            if self.claims_pending and kind in ("macs", "ipam"):
-                self.touched[(kind, name)] = (ev.rev, None)
             return self.forget(kind, name) if kind in MIRRORED else set()
-        if ch is None:
+        if ch is None or (ch.kind in ("macs", "ipam") and ev.rev <= self.claims_rev):
             return set()
         gone = self.hosts.get(ch.name) if ch.kind == "hosts" else None
         dirty = self.forget(ch.kind, ch.name)
@@ -111,15 +108,18 @@ class RegistryView:
             on_endpoint(ch.name, ch.record)
         return dirty
 
-    def remember(self, ep, host=None) -> None:
-        """Records read from the registry directly (ahead of the watch)."""
+    def remember(self, ep, host=None, claim: tuple[str, int] | None = None) -> None:
+        """Records read from the registry directly (ahead of the watch): the endpoint a
+        punt looked up by one of its claims, claim = (registry key, its mod revision),
+        both its claims set to it meanwhile. While claims are pending, only the claim
+        read is noted as newer than a claims read before its revision."""
         self.endpoints[ep.id] = ep
         if host is not None:
             self.hosts[host.name] = host
         self.macs[f"{ep.network}/{ep.mac}"] = self.ipam[f"{ep.network}/{ep.ip}"] = ep.id
-        if self.claims_pending:         # newer than any read so far; its own event confirms it
-            self.touched[("macs", f"{ep.network}/{ep.mac}")] = self.touched[("ipam", f"{ep.network}/{ep.ip}")] = \
-                (NEWEST, ep.id)
+        if self.claims_pending and claim is not None:
+            kind, name = split_key(claim[0])
+            self.touched[(kind, name)] = (claim[1], ep.id)
 
     def forget(self, kind: str, name: str) -> set[int]:
         rec = getattr(self, kind).pop(name, None)

@@ -187,10 +187,6 @@ class Map:
             out.append(nxt)
             cur = nxt
 
-    def raw_items(self):
-        """(key bytes, value bytes) of a hash map, in one syscall per 4096 entries."""
-        return bpfsys.dump_raw(self.fd, ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))
-
     def raw_chunks(self):
         """(keys bytes, values bytes) of a hash map, 4096 entries at most each, one syscall each."""
         return bpfsys.dump_chunks(self.fd, ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))

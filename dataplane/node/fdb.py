@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import socket
-import sys
 
 from dataplane.core import abi, model
 from dataplane.core.keys import be32, ip_key, ip_str, mac_key, mac_value
@@ -24,10 +22,6 @@ from dataplane.node import readback
 _S = abi.load().structs
 _FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
 _LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
-
-
-def _off(struct: str, name: str) -> int:
-    return getattr(_S[struct], name).offset
 
 
 def local_add(m: NodeMaps, ep: LocalEndpoint) -> None:

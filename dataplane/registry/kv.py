@@ -84,6 +84,7 @@ class KV:
     """Interface; see kv_sqlite.SqliteKV and kv_etcd.EtcdKV."""
 
     url: str
+    ranges_apart = False    # range_many reads each prefix on its own (else their common prefix, once)
 
     def range(self, prefix: str) -> tuple[int, list[Item]]:
         """Every key under prefix and the revision they were read at."""

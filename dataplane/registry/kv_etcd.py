@@ -46,6 +46,8 @@ log = logging.getLogger("dataplane.registry")
 
 
 class EtcdKV(GrpcPaths, KV):
+    ranges_apart = True     # range_many: each prefix from its own member, side by side
+
     def __init__(self, endpoints: list[tuple[str, int]], timeout: float = TIMEOUT_S,
                  connect_timeout: float = CONNECT_TIMEOUT_S, watch_deadline_s: float = WATCH_DEADLINE_S,
                  progress_interval_s: float | None = None, probe_interval_s: float | None = None,

@@ -30,9 +30,6 @@ class FakeMap:
     def get(self, key):
         return self.d.get(bytes(key))
 
-    def raw_items(self):
-        return list(self.d.items())
-
     def raw_chunks(self, chunk: int = 5):
         """As Map.raw_chunks, in chunks of 5 (mixing VNIs within a chunk and across chunks)."""
         items = list(self.d.items())
@@ -69,6 +66,16 @@ def test_patched_flood_lists_always_equal_the_entries_vteps():
     again = RemoteTable(maps, set())
     assert again.fdb == {v: e for v, e in t.fdb.items() if e}
     assert again.neigh == {v: e for v, e in t.neigh.items() if e}
+
+
+def test_the_read_back_leaves_this_nodes_own_neighbour_entries_out():
+    """local_neigh: the {VNI, IP} of this node's endpoints, whose entries are the node's."""
+    maps = FakeMaps()
+    RemoteTable(maps, set()).apply(256, {"02:00:00:00:00:01": "198.18.0.3"}, {"10.0.0.1": "02:00:00:00:00:01"})
+    RemoteTable(maps, set()).apply(257, {}, {"10.0.1.1": "02:00:00:00:01:01", "10.0.1.2": "02:00:00:00:01:02"})
+    t = RemoteTable(maps, {(256, "10.0.0.1"), (257, "10.0.1.2"), (258, "10.0.2.1")})
+    assert t.fdb == {256: {"02:00:00:00:00:01": "198.18.0.3"}}
+    assert t.neigh == {257: {"10.0.1.1": "02:00:00:00:01:01"}}
 
 
 def test_a_patch_right_after_an_apply_counts_from_the_entries_before_it():

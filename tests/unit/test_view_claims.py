@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from dataplane.agent.reconcile import desired
 from dataplane.agent.view import CLASH, RegistryView, provisional_claims
 from dataplane.registry import Snapshot
@@ -59,7 +61,7 @@ def test_a_clash_is_installed_for_neither_until_the_claims_say_which():
     assert got.entries[100].fdb == {WEB2.mac: H2.vtep}
     assert set(got.skipped) == {"web1", "twin"}
     assert all("not read yet" in why for why in got.skipped.values()), got.skipped
-    assert v.load_claims(claims_of(WEB1, WEB2, **{f"ipam/blue/{TWIN.ip}": "twin"})) == {100, 200}
+    v.load_claims(claims_of(WEB1, WEB2, **{f"ipam/blue/{TWIN.ip}": "twin"}))
     assert not v.claims_pending
     got = desired(v, facts())
     assert got.entries[100].fdb == {WEB1.mac: H2.vtep, WEB2.mac: H2.vtep}   # the MAC's claim names web1
@@ -86,19 +88,41 @@ def test_claims_written_after_the_read_keep_the_events_value_and_older_ones_take
     assert v.touched == {}
 
 
-def test_a_claim_that_does_not_parse_counts_as_deleted_when_the_claims_are_read():
-    v = pending(WEB1)
-    bad = "blue/\udcff"                         # a key that is not UTF-8, as the watch decodes it
-    v.apply(Event(key("macs", bad), b"web1", 11), on_bad=lambda k, why: None)
-    assert v.touched == {("macs", bad): (11, None)}
+def test_claim_events_the_read_already_holds_are_not_applied_again_after_it():
+    v = pending(WEB1, WEB2, rev=10)
+    v.load_claims(claims_of(WEB1, WEB2, rev=14))
+    assert v.apply(claim_event("macs", f"blue/{WEB1.mac}", "web9", 12)) == set()     # history before 14
+    assert v.macs[f"blue/{WEB1.mac}"] == "web1"
+    v.apply(claim_event("macs", f"blue/{WEB1.mac}", None, 15))                       # after it: applied
+    assert f"blue/{WEB1.mac}" not in v.macs
 
 
-def test_an_endpoint_this_host_registered_ahead_of_the_watch_outlives_an_older_read():
+def test_a_punts_lookup_ahead_of_the_watch_counts_at_its_claims_revision():
+    """remember(): a punt looked web1 up by its MAC claim (mod revision 12). A claims read
+    before 12 keeps the looked-up claim; the address claim, not read, is the read's."""
     v = pending(WEB2)
-    v.remember(WEB1, H2)
-    v.load_claims(claims_of(WEB2))               # read before web1 was created
-    assert v.macs[f"blue/{WEB1.mac}"] == "web1" and v.ipam[f"blue/{WEB1.ip}"] == "web1"
-    assert desired(v, facts()).entries[100].fdb == {WEB1.mac: H2.vtep, WEB2.mac: H2.vtep}
+    v.remember(WEB1, H2, (key("macs", f"blue/{WEB1.mac}"), 12))
+    v.load_claims(claims_of(WEB2, rev=11, **{f"ipam/blue/{WEB1.ip}": "web7"}))
+    assert v.macs[f"blue/{WEB1.mac}"] == "web1" and v.ipam[f"blue/{WEB1.ip}"] == "web7"
+    assert desired(v, facts()).entries[100].fdb == {WEB2.mac: H2.vtep}    # the address is web7's
+    v = pending(WEB2)
+    v.remember(WEB1, H2, (key("macs", f"blue/{WEB1.mac}"), 12))
+    v.load_claims(claims_of(WEB2, rev=13, **{f"macs/blue/{WEB1.mac}": "web8"}))   # changed since
+    assert v.macs[f"blue/{WEB1.mac}"] == "web8"
+
+
+def test_claims_that_come_after_a_full_snapshot_are_dropped():
+    """sync.load_claims: a resync (a snapshot with claims) came first; the read changes nothing."""
+    import threading
+    from types import SimpleNamespace
+
+    from dataplane.agent import sync
+    v = RegistryView()
+    v.load(claims_of(WEB1, rev=20))
+    ag = SimpleNamespace(lock=threading.Lock(), view=v, bad=[], counters={"bad_records": 0}, last_claims_s=0.1,
+                         reconcile=lambda: pytest.fail("reconciled for claims that came too late"))
+    sync.load_claims(ag, claims_of(WEB2, rev=15))
+    assert v.macs == {f"blue/{WEB1.mac}": "web1"} and ag.counters["bad_records"] == 0
 
 
 def test_a_view_loaded_with_its_claims_is_not_pending():

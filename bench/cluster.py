@@ -134,6 +134,7 @@ def startup(n: int, warm: bool) -> dict:
     st = client.call(HOSTS[0], "status")
     assert st["warm_start"] == warm, st["warm_start"]
     while st["claims_pending"]:         # a cold start's IPAM claims, read after its sync
+        assert time.monotonic() - t0 < 60, "the IPAM claims were not read within 60 s"
         time.sleep(0.02)
         st = client.call(HOSTS[0], "status")
     whole = time.monotonic() - t0

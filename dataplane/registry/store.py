@@ -226,8 +226,9 @@ class Registry(Endpoints):
         return self._read(MIRRORED if claims else RECORDS)
 
     def claims(self) -> Snapshot:
-        """The IPAM claims alone (macs, ipam), read at one revision (the current one)."""
-        return self._read(CLAIMS)
+        """The IPAM claims (macs, ipam), read at one revision (the current one), side by
+        side: the networks, read first, fix the revision (and come along, unused)."""
+        return self._read(("networks",) + CLAIMS)
 
     def _read(self, kinds: tuple[str, ...]) -> Snapshot:
         def parse(i: int, rows) -> tuple[dict, list[str]]:

@@ -227,12 +227,15 @@ class Registry(Endpoints):
 
     def claims(self) -> Snapshot:
         """The IPAM claims (macs, ipam), read at one revision (the current one), side by
-        side: the networks, read first, fix the revision (and come along, unused)."""
-        return self._read(("networks",) + CLAIMS)
+        side: the networks, read first, fix the revision (left unparsed)."""
+        return self._read(("networks",) + CLAIMS, keep=CLAIMS)
 
-    def _read(self, kinds: tuple[str, ...]) -> Snapshot:
+    def _read(self, kinds: tuple[str, ...], keep: tuple[str, ...] | None = None) -> Snapshot:
+        """kinds read at one revision; those not in keep (default: all) only fix it."""
         def parse(i: int, rows) -> tuple[dict, list[str]]:
             out, bad, kind = {}, [], kinds[i]
+            if keep is not None and kind not in keep:
+                return out, bad
             fast = _FAST_PATHS.get(kind)
             if fast is not None:
                 rows = fast(out, len(key(kind, "")), rows)

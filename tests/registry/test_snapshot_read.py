@@ -32,6 +32,19 @@ def test_a_snapshot_holds_every_record_at_one_revision(reg):
     assert snap.rev == reg.kv.range_exact("/dataplane/none")[0]
 
 
+def test_records_and_claims_read_apart_add_up_to_a_snapshot(reg):
+    """snapshot(claims=False) then claims(): every record and claim once, each bad record
+    reported by the read that holds it, and only there."""
+    fill(reg)
+    reg.kv.commit(Txn().put(key("networks", "broken"), b"{not json"))
+    records, claims = reg.snapshot(claims=False), reg.claims()
+    assert not records.claims_read and records.macs == {} and records.ipam == {}
+    assert len(records.endpoints) == 300 and set(records.networks) == {"n1"}
+    assert len(claims.macs) == 300 and len(claims.ipam) == 300 and claims.networks == {}
+    assert any("junk" in b for b in records.bad) and any("broken" in b for b in records.bad)
+    assert claims.bad == [], "a bad record is reported by the read that holds it, not again"
+
+
 @pytest.fixture
 def etcd_registry_url(etcd_url):
     """gRPC is etcd's: these run on the session's etcd only, from an empty keyspace."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import KernelError, NotFound
+from dataplane.core.errors import Conflict, KernelError, NotFound
 from dataplane.core.state import Gateway, NodeState
 from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
@@ -50,10 +50,11 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         gw = st.gateways.get(vni)
         if gw is not None and gw.ip == gateway and netlink.link_index(node.netns, gw.port) is not None:
             return gw
+        subnet = ipaddress.IPv4Network(net.subnet)
+        _refuse_overlap(st, vni, subnet)
         if gw is not None:                 # half gone, or another address: made again
             _destroy(node, m, gw)
             del st.gateways[vni]
-        subnet = ipaddress.IPv4Network(net.subnet)
         router, port = names(vni)
         gw = Gateway(vni=vni, ip=str(model.parse_ipv4(gateway, "gateway")), subnet=str(subnet),
                      mac=model.mac_for_ip(ipaddress.IPv4Address(gateway)), router=router, port=port)
@@ -67,6 +68,18 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
             state.save(st)
             raise
         return gw
+
+
+def _refuse_overlap(st: NodeState, vni: int, subnet: ipaddress.IPv4Network) -> None:
+    """Networks are isolated, so their subnets may overlap; their gateways on one node may not.
+    Both routers would hold connected routes for the same addresses in this namespace, and the
+    world's replies (conntrack, masquerade) would reach whichever network the kernel picks."""
+    for other in st.gateways.values():
+        if other.vni != vni and subnet.overlaps(ipaddress.IPv4Network(other.subnet)):
+            raise Conflict(f"VNI {vni}'s subnet {subnet} overlaps {other.subnet} of VNI {other.vni}, which has "
+                           f"a way out on this node already: two gateways for overlapping subnets cannot share "
+                           f"the node's routing table; make one of the networks --internal, or give it a subnet "
+                           f"of its own")
 
 
 def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int, mtu: int) -> None:

@@ -6,6 +6,7 @@ with its VNI and comes back after a crash took its interfaces."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 import time
@@ -114,3 +115,30 @@ def test_the_gateway_comes_back_after_a_crash_and_goes_with_its_vni(info):
     assert 301 not in Node(H1).require_up().gateways
     rules = netlink.ns_exec(H1, ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert "vni 301" not in rules and "vni 256" in rules, rules
+
+
+def test_a_gateway_for_a_subnet_that_overlaps_another_gateways_is_refused(info):
+    """Two networks may share a subnet (they are isolated); two gateways on one node may not:
+    both routers would hold the same connected route, and the world's replies for one network
+    would go to the other. The endpoint is refused whole, with both VNIs named; an internal
+    network on the same subnet (no gateway) is fine."""
+    url = lab.registry_url("sqlite")
+    assert 256 in Node(H1).require_up().gateways
+    subnet = Node(H1).require_up().networks[256].subnet
+    dp("network", "create", "twin", "--vni", "302", "--subnet", subnet, "--registry", url)
+    dp("network", "create", "twin-in", "--vni", "303", "--subnet", subnet, "--internal", "--registry", url)
+    try:
+        r = dp("--netns", H1, "endpoint", "add", "dpl-twin", "--network", "twin", check=False)
+        assert r.returncode != 0, r.stdout
+        assert "overlaps" in r.stderr and "VNI 302" in r.stderr and "VNI 256" in r.stderr, r.stderr
+        assert "dpl-twin" not in {e["id"] for e in dp_json("--netns", H1, "endpoint", "list")}
+        assert not {f"dpgw{302:06x}", f"dpgp{302:06x}"} & set(netlink.link_names(H1))
+        assert not [n for n in netlink.ns_list() if n.endswith("dpl-twin")], "no sandbox left behind"
+        assert 302 not in Node(H1).require_up().gateways
+        ep = dp_json("--netns", H1, "endpoint", "add", "dpl-twin-in", "--network", "twin-in")
+        assert ipaddress.IPv4Address(ep["ip"]) in ipaddress.IPv4Network(subnet)
+    finally:
+        for e in ("dpl-twin", "dpl-twin-in"):
+            dp("--netns", H1, "endpoint", "rm", e, check=False)
+        for n in ("twin", "twin-in"):
+            dp("network", "rm", n, "--registry", url, check=False)

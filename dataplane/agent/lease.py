@@ -21,10 +21,18 @@ class LeaseKeeper:
     def __init__(self, agent):
         self.ag = agent
         self.lease = 0
+        self.previous = 0            # the last agent's lease, read before this one names itself in the file
+
+    def start(self) -> None:
+        """At start: note the previous agent's lease, then name this process in the agent file
+        (which still names that lease until we hold one: a crash before then keeps it)."""
+        self.previous = self._old_lease()
+        self.save()
 
     def save(self) -> None:
         state.write_json(process.agent_file(self.ag.node.name),
-                         {"pid": os.getpid(), "host": self.ag.me, "registry": self.ag.url, "lease": self.lease})
+                         {"pid": os.getpid(), "host": self.ag.me, "registry": self.ag.url,
+                          "lease": self.lease or self.previous})
 
     def _old_lease(self) -> int:
         try:
@@ -35,7 +43,7 @@ class LeaseKeeper:
 
     def _register(self) -> None:
         """Keep the previous agent's lease if it is alive (a restart is not a death)."""
-        old = self.lease or self._old_lease()
+        old = self.lease or self.previous
         if old and self.ag.reg.kv.lease_keepalive(old):
             self.lease = old
         else:

@@ -99,7 +99,7 @@ class Agent:
             log.warning("repaired: %s", line)
             self.counters["repairs"] += 1
         st = self.node.require_up()
-        self.leases.save()
+        self.leases.start()
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=self._watcher, name="watch", daemon=True).start()

@@ -441,3 +441,23 @@ def test_a_move_of_a_runtime_endpoint_is_refused_by_its_host(info):
     finally:
         reg.close()
         client.call("dpl-h1", "endpoint_detach", id="dpl-dock2")
+
+
+def test_a_restarted_agent_keeps_its_lease(info):
+    """A restart is not a death: the new agent keeps the lease of the one before while it is
+    alive, so what lives under it (the host record, Docker's address reservations) does not
+    lapse a TTL after every restart or upgrade. The agent file used to be rewritten with no
+    lease before the new agent read it, so every restart took a new lease."""
+    url = lab.registry_url("sqlite")
+    before = client.call("dpl-h1", "status")["lease"]
+    assert before
+    for how in ("stop", "kill"):
+        if how == "stop":
+            process.stop("dpl-h1")
+        else:
+            os.kill(process.running_pid("dpl-h1"), signal.SIGKILL)
+            assert wait_for(lambda: process.running_pid("dpl-h1") is None)
+        process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)
+        assert wait_for(lambda: client.call("dpl-h1", "status")["lease"], timeout=15)
+        assert client.call("dpl-h1", "status")["lease"] == before, f"after a {how}, a new lease"
+

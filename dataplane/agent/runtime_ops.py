@@ -148,9 +148,11 @@ class RuntimeOps:
             out = {"id": id, "removed": removed}
             if rec is not None and rec.host != self.ag.me:
                 # Another writer gave the record to another host (a conflict): the runtime's
-                # interface here is gone, the other host's record is not ours to delete.
+                # interface here is gone, the other host's record is not ours to delete, nor
+                # to drop from the view (no event would bring it back).
                 out["registry"] = f"record left: it names host {rec.host}"
-            elif rec is not None:
+                return out
+            if rec is not None:
                 lease = self.ag.leases.lease
                 self.ag.reg.endpoint_rm(id, reserve=(self.ag.me, lease) if keep_address is True and lease else None)
                 out["removed"] = True

@@ -461,3 +461,13 @@ def test_a_restarted_agent_keeps_its_lease(info):
         assert wait_for(lambda: client.call("dpl-h1", "status")["lease"], timeout=15)
         assert client.call("dpl-h1", "status")["lease"] == before, f"after a {how}, a new lease"
 
+
+def test_a_detach_of_another_hosts_endpoint_leaves_it_in_the_view(info):
+    """A runtime's DEL for an id whose record names another host (a conflict) leaves the
+    record alone, and the agent's view of it too: it used to drop it from the view, where no
+    event brought it back, so a later whole reconcile removed that endpoint's entries."""
+    b = sandbox(info, "h2", 256)
+    out = client.call("dpl-h1", "endpoint_detach", id=b["id"])
+    assert out.get("registry") == f"record left: it names host {lab.host_name(2)}", out
+    assert b["id"] in {e["id"] for e in client.call("dpl-h1", "endpoint_list")}, "still in h1's view"
+    assert ping(sandbox(info, "h1", 256)["name"], b["ip"], count=2)[0] == 2

@@ -37,7 +37,7 @@ def whole(ag, vnis=None) -> None:
         if eid not in ag.skipped:
             ag.counters["bad_records"] += 1
             log.warning("endpoint %s: %s; skipped", eid, why)
-    ag.skipped = {k: v for k, v in ag.skipped.items() if k not in d.entries} | d.skipped
+    ag.skipped = {k: v for k, v in ag.skipped.items() if not _judged(ag.view, k, d.entries)} | d.skipped
     failed = apply(ag.node, ag.remote, d) | d.errors
     for vni in d.entries:
         if vni in failed and ag.vni_errors.get(vni) != failed[vni]:
@@ -46,6 +46,13 @@ def whole(ag, vnis=None) -> None:
     ag.vni_errors.update(failed)
     for vni in d.unserve:
         log.info("VNI %d left the registry: no longer served", vni)
+
+
+def _judged(view, eid: str, vnis) -> bool:
+    """A whole reconcile of vnis judged endpoint eid again (or it is gone): its old verdict goes."""
+    e = view.endpoints.get(eid)
+    net = view.networks.get(e.network) if e is not None else None
+    return net is None or net.vni in vnis
 
 
 def single(ag, fine: dict) -> None:
@@ -58,6 +65,8 @@ def single(ag, fine: dict) -> None:
     lf = facts(ag, st)
     patches = {v: patch(ag.view, lf, v, keys) for v, keys in fine.items() if v not in new}
     for p in patches.values():
+        for eid in p.judged - p.skipped.keys():
+            ag.skipped.pop(eid, None)
         for eid, why in p.skipped.items():
             if ag.skipped.get(eid) != why:
                 ag.counters["bad_records"] += 1

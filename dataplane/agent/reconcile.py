@@ -142,6 +142,7 @@ class Patch:
     neigh: dict[str, str | None] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     unroutable: set[str] = field(default_factory=set)
+    judged: set[str] = field(default_factory=set)     # endpoint ids given a verdict (or found gone)
 
 
 def patch(view, facts: LocalFacts, vni: int, keys) -> Patch:
@@ -155,6 +156,7 @@ def patch(view, facts: LocalFacts, vni: int, keys) -> Patch:
     local = _local_owners(facts, vni)
     for kind, value in keys:
         if kind == "ep":                  # the record itself: judged, so a refused one is reported
+            out.judged.add(value)
             e = view.endpoints.get(value)
             why = _verdict(view, facts, net, e, local)[1] if e is not None else None
             if why and why != "unroutable":
@@ -163,6 +165,8 @@ def patch(view, facts: LocalFacts, vni: int, keys) -> Patch:
         claims = view.macs if kind == "mac" else view.ipam
         e = view.endpoints.get(claims.get(f"{net.name}/{value}"))
         vtep, why = _verdict(view, facts, net, e, local) if e is not None else (None, None)
+        if e is not None:
+            out.judged.add(e.id)
         if why and why != "unroutable":
             out.skipped[e.id] = why
         elif why:

@@ -259,6 +259,9 @@ def test_a_cold_start_syncs_from_the_records_then_the_claims_settle_the_rest(inf
         assert st["last_claims_ms"] > 0, st
         for e in (stray, twin_b):
             assert "not claimed in the IPAM" in st["skipped_endpoints"].get(e.id, ""), st["skipped_endpoints"]
+        # the claims cleared the verdicts they settled: twin_a is installed, no "not read yet" is left
+        assert twin_a.id not in st["skipped_endpoints"], st["skipped_endpoints"]
+        assert not [w for w in st["skipped_endpoints"].values() if "not read yet" in w], st["skipped_endpoints"]
         want, (have, issues) = invariants.expected(invariants.snapshot(url()), "h1")[256], invariants.actual("dpl-h1")
         assert not issues, issues
         assert have[256]["fdb"].get(twin_a.mac) == lab.vtep_ip(3) and stray.mac not in have[256]["fdb"], have[256]

@@ -1,6 +1,7 @@
 """A model-based check of the control plane: a seeded random sequence of
-operations (endpoint add/rm/move across hosts, network create/rm, agent
-SIGKILL and restart, etcd member kill and restart) on a 3-host lab over a
+operations (endpoint add/rm/move across hosts, alone or three at once,
+network create/rm, agent SIGKILL and restart, etcd member kill and restart)
+on a 3-host lab over a
 3-member etcd cluster, after which every host's maps must equal what the
 registry says and the registry must be consistent with itself.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -38,19 +40,40 @@ class Model:
         self.rng, self.k, self.log = rng, 0, []
         self.nets = {"vni256": 256, "vni257": 257}
         self.down_member = None          # at most one member down: the model keeps quorum
+        self.pending = None              # a burst's commands, chosen before any of them runs
 
     def registry_endpoints(self) -> list[dict]:
         return client.call("dpl-h1", "endpoint_list")
 
     def step(self) -> None:
-        op = self.rng.choices(["add", "rm", "move", "net_create", "net_rm", "agent_kill", "etcd_kill"],
-                              weights=[6, 3, 3, 1, 1, 2, 1])[0]
+        op = self.rng.choices(["add", "rm", "move", "burst", "net_create", "net_rm", "agent_kill", "etcd_kill"],
+                              weights=[6, 3, 3, 3, 1, 1, 2, 1])[0]
         getattr(self, op)()
 
-    def run(self, *argv) -> bool:
+    def run(self, *argv, burst: str = "") -> bool:
+        if self.pending is not None:
+            self.pending.append(argv)
+            return True
         r = dp(*argv, check=False, timeout=120)
-        self.log.append(f"{' '.join(argv)} -> {r.returncode} {r.stderr.strip()[:120]}")
+        self.log.append(f"{burst}{' '.join(argv)} -> {r.returncode} {r.stderr.strip()[:120]}")
         return r.returncode == 0
+
+    def burst(self):
+        """Three endpoint operations at once (the same endpoint may be in two of them), as
+        orchestrators on several hosts would: chosen one after the other from the seed, then run
+        together."""
+        self.pending = []
+        try:
+            for _ in range(3):
+                getattr(self, self.rng.choices(["add", "rm", "move"], weights=[2, 1, 1])[0])()
+        finally:
+            todo, self.pending = self.pending, None
+        threads = [threading.Thread(target=self.run, args=argv, kwargs={"burst": f"[burst {i}] "})
+                   for i, argv in enumerate(todo)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def add(self):
         self.k += 1

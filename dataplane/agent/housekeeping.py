@@ -36,6 +36,7 @@ def tick(ag) -> list[str]:
         step("interfaces")
         if ag.synced.is_set() and ag.connected.is_set():
             local.drop_orphans(ag)
+            local.settle_local_moves(ag)
         step("orphans")
         networks.prune_parted(ag.node)
         n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())

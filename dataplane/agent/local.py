@@ -10,8 +10,17 @@ import os
 from dataplane.agent import process
 from dataplane.core.errors import DataplaneError
 from dataplane.node import endpoints
+from dataplane.registry.ipam import write_rev
 
 log = logging.getLogger("dataplane.agent")
+
+
+def wrote(ag, eid: str, rec):
+    """Right after this thread wrote endpoint eid to the registry (rec, or None: removed): the
+    view holds it ahead of the watch, and older events for it are passed over. Returns rec."""
+    with ag.lock:
+        ag.view.wrote(eid, rec, write_rev())
+    return rec
 
 
 def adopt(ag) -> None:
@@ -26,7 +35,7 @@ def adopt(ag) -> None:
             log.warning("endpoint %s: VNI %d has no network in the registry", name, ep.vni)
             continue
         try:
-            ag.view.endpoints[name] = ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac)
+            wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
             log.info("registered existing endpoint %s", name)
         except DataplaneError as e:
             log.error("endpoint %s: cannot register: %s", name, e)
@@ -36,8 +45,8 @@ def adopt(ag) -> None:
                 with ag.node.maps() as m:
                     for what in endpoints.clear_debris(ag.node, m, rec.id):
                         log.warning("repaired: %s of endpoint %s (no record in the state) removed", what, rec.id)
-                ag.reg.endpoint_rm(rec.id)
-                del ag.view.endpoints[rec.id]
+                ag.reg.endpoint_rm(rec.id, expect=rec)
+                wrote(ag, rec.id, None)
                 log.info("removed stale registry endpoint %s (no sandbox here)", rec.id)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot remove stale record: %s", rec.id, e)
@@ -75,7 +84,7 @@ def _refuse_move(ag, name: str, rec, ep) -> None:
     ours for it while the container stays here, cut off. Its commit then fails and it undoes."""
     why = f"a move to host {rec.moving_to} was refused: the container is the {ep.sandbox.get('runtime', 'runtime')}'s"
     try:
-        ag.view.endpoints[name] = ag.reg.endpoint_move_abort(name, rec.moving_to)
+        wrote(ag, name, ag.reg.endpoint_move_abort(name, rec.moving_to))
     except DataplaneError as e:
         why += f" (taking the move back failed: {e})"
     log.error("endpoint %s: %s", name, why)
@@ -90,7 +99,7 @@ def _runtime_conflict(ag, name: str, rec, ep) -> None:
         try:
             if net is None:
                 raise DataplaneError(f"VNI {ep.vni} has no network in the registry")
-            ag.view.endpoints[name] = ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac)
+            wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
             why += "; registered again"
         except DataplaneError as e:
             why += f"; cannot register it again: {e}"
@@ -114,7 +123,7 @@ def settle_moves(ag) -> None:
                  or (rec.host == ag.me and rec.moving_to and rec.moving_to not in ag.view.hosts))
         if stuck:
             try:
-                ag.view.endpoints[rec.id] = ag.reg.endpoint_move_abort(rec.id, rec.moving_to)
+                wrote(ag, rec.id, ag.reg.endpoint_move_abort(rec.id, rec.moving_to))
                 log.warning("endpoint %s: its move to %s cannot complete; taken back", rec.id, rec.moving_to)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot take back its move: %s", rec.id, e)
@@ -122,6 +131,25 @@ def settle_moves(ag) -> None:
         rec = ag.view.endpoints.get(name)
         if rec is not None and _not_ours(ag, rec):
             endpoint_changed(ag, name, rec)
+
+
+def settle_local_moves(ag) -> None:
+    """Housekeeping: a move to this host whose sandbox is here but that no `endpoint move` is
+    bringing any more (the agent restarted between making it and the commit, or the commit's
+    outcome was unknown) is taken back, and the copy here removed; the old host served the
+    endpoint throughout. A move the registry shows committed after all keeps it."""
+    st = ag.node.require_up()
+    for name, ep in list(st.endpoints.items()):
+        rec = ag.view.endpoints.get(name)
+        if rec is None or rec.moving_to != ag.me or name in ag.moving or ep.sandbox:
+            continue
+        try:
+            now = wrote(ag, name, ag.reg.endpoint_move_abort(name, ag.me))
+            if now.host != ag.me:
+                endpoints.remove(ag.node, name)
+                log.warning("endpoint %s: its move here was left unfinished; taken back", name)
+        except DataplaneError as e:
+            log.error("endpoint %s: cannot settle its unfinished move here: %s", name, e)
 
 
 def drop_orphans(ag) -> None:
@@ -148,8 +176,8 @@ def drop_orphans(ag) -> None:
         if rec is None or rec.host != ag.me or eid in st.endpoints or rec.moving_to:
             continue
         try:
-            ag.reg.endpoint_rm(rec.id)
-            ag.view.endpoints.pop(rec.id, None)
+            ag.reg.endpoint_rm(rec.id, expect=rec)     # the record as the view has it, or none
+            wrote(ag, rec.id, None)
             log.warning("removed registry endpoint %s: no sandbox here", rec.id)
         except DataplaneError as e:
             ag.orphan_suspects.add(eid)         # tried again at the next tick

@@ -64,8 +64,8 @@ class Agent:
         self._watch = None
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
-        self.orphan_suspects: set[str] = set()     # local.drop_orphans
-        self.orphan_had: set[str] = set()          # the node's endpoints at its last call
+        self.orphan_suspects, self.orphan_had = set(), set()   # local.drop_orphans; the node's endpoints then
+        self.moving: set[str] = set()          # endpoints an `endpoint move` to this host is bringing here now
         self.orphan_scan_all = True
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.conflicts: dict[str, str] = {}    # a local runtime's endpoint another writer moved or deleted

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from dataplane.agent import local
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import endpoints, gateway, networks, peers
@@ -107,7 +108,7 @@ class Ops:
                 lambda: ag.reg.endpoint_create(id, net.name, ag.me, ip=ip, mac=mac),
                 lambda: ag.reg.endpoint_rm(id),
                 lambda rec: endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=routes))
-            ag.view.endpoints[id] = rec
+            local.wrote(ag, id, rec)
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 
     def gateway_ensure(self, vni) -> dict:
@@ -130,7 +131,7 @@ class Ops:
             if id in ag.node.require_up().endpoints:
                 endpoints.remove(ag.node, id)
             ag.reg.endpoint_rm(id)
-            ag.view.endpoints.pop(id, None)
+            local.wrote(ag, id, None)
         return rec.to_dict()
 
     def endpoint_move(self, id) -> dict:
@@ -149,18 +150,48 @@ class Ops:
                 serve(ag, net)
                 return endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=egress(ag, net))
 
-        _, ep = register_then_create(lambda: ag.reg.endpoint_move_begin(id, ag.me),
-                                     lambda: ag.reg.endpoint_move_abort(id, ag.me), create)
-        try:
-            moved = ag.reg.endpoint_move(id, ag.me)
-        except BaseException:
-            with ag.lock:
-                endpoints.remove(ag.node, id)
-            ag.reg.endpoint_move_abort(id, ag.me)
-            raise
         with ag.lock:
-            ag.view.endpoints[id] = moved
+            if id in ag.moving:
+                raise Conflict(f"endpoint {id} is being moved to this host already")
+            ag.moving.add(id)
+        try:
+            _, ep = register_then_create(lambda: local.wrote(ag, id, ag.reg.endpoint_move_begin(id, ag.me)),
+                                         lambda: local.wrote(ag, id, ag.reg.endpoint_move_abort(id, ag.me)), create)
+            try:
+                moved = ag.reg.endpoint_move(id, ag.me)
+            except Unavailable as e:
+                moved = self._move_outcome(id, e)
+            except BaseException:
+                self._undo_move(id)
+                raise
+        finally:
+            with ag.lock:
+                ag.moving.discard(id)
+        local.wrote(ag, id, moved)
         return {**ep.to_dict(), "network": net.name, "host": ag.me, "from": rec.host}
+
+    def _undo_move(self, id) -> None:
+        with self.ag.lock:
+            endpoints.remove(self.ag.node, id)
+        local.wrote(self.ag, id, self.ag.reg.endpoint_move_abort(id, self.ag.me))
+
+    def _move_outcome(self, id, err: Unavailable):
+        """The commit's reply was lost: it may have applied, and the old host then removes its
+        sandbox, so ours may be the only one. Undo only when the record says it did not apply;
+        if the registry cannot say, the sandbox stays and the move is settled later
+        (local.settle_local_moves)."""
+        ag = self.ag
+        try:
+            rec = ag.reg.endpoint(id)
+        except Unavailable:
+            raise Unavailable(f"{err}; whether the move committed is unknown: the sandbox stays here "
+                              "until the registry says (the agent settles it)") from None
+        except NotFound:
+            rec = None
+        if rec is not None and rec.host == ag.me and rec.moving_to is None:
+            return rec                          # it applied
+        self._undo_move(id)
+        raise err
 
     def endpoint_list(self) -> list[dict]:
         ag = self.ag

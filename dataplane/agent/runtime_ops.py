@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 
+from dataplane.agent import local
 from dataplane.agent.ops import register_then_create, serve
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
@@ -125,7 +126,7 @@ class RuntimeOps:
                 lambda: ag.reg.endpoint_rm(id),
                 lambda rec: endpoints.add(ag.node, id, net["vni"], ip=rec.ip, mac=rec.mac, sandbox=sandbox,
                                           prefixlen=prefixlen, routes=routes))
-            ag.view.endpoints[id] = rec
+            local.wrote(ag, id, rec)
         return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
                 "host": self.ag.me}
 
@@ -156,7 +157,9 @@ class RuntimeOps:
                 lease = self.ag.leases.lease
                 self.ag.reg.endpoint_rm(id, reserve=(self.ag.me, lease) if keep_address is True and lease else None)
                 out["removed"] = True
-            self.ag.view.endpoints.pop(id, None)
+                local.wrote(self.ag, id, None)
+            else:
+                self.ag.view.endpoints.pop(id, None)
         return out
 
     def endpoint_check(self, id, ip=None, mac=None) -> dict:

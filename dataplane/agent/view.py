@@ -48,6 +48,9 @@ class RegistryView:
     claims_pending: bool = False
     touched: dict = field(default_factory=dict)
     claims_rev: int = 0             # the claims read's revision: claim events up to it are in it
+    # The agent's own endpoint writes, put here ahead of the watch: id -> (revision, record or None).
+    # Events for that endpoint below the revision are older than what the view holds, and passed over.
+    ahead: dict = field(default_factory=dict)
 
     def load(self, snap: Snapshot) -> None:
         self.coarse, self.fine = set(), {}
@@ -57,6 +60,9 @@ class RegistryView:
         self.claims_pending, self.touched, self.claims_rev = not snap.claims_read, {}, 0
         if self.claims_pending:
             self.macs, self.ipam = provisional_claims(snap.endpoints)
+        self.ahead = {eid: (rev, rec) for eid, (rev, rec) in self.ahead.items() if rev > snap.rev}
+        for eid, (_, rec) in self.ahead.items():      # a read that began before our write
+            self._put_endpoint(eid, rec)
 
     def load_claims(self, claims: Snapshot) -> None:
         """The claims read (at claims.rev) replace the provisional ones. A claim an
@@ -94,6 +100,10 @@ class RegistryView:
             return self.forget(kind, name) if kind in MIRRORED else set()
         if ch is None or (ch.kind in ("macs", "ipam") and ev.rev <= self.claims_rev):
             return set()
+        if ch.kind == "endpoints" and ch.name in self.ahead:
+            if ev.rev < self.ahead[ch.name][0]:
+                return set()                        # older than the agent's own write, which the view holds
+            del self.ahead[ch.name]
         gone = self.hosts.get(ch.name) if ch.kind == "hosts" else None
         dirty = self.forget(ch.kind, ch.name)
         if gone is not None and on_host_gone and (ch.record is None or ch.record.vtep != gone.vtep):
@@ -107,6 +117,20 @@ class RegistryView:
         if ch.kind == "endpoints" and on_endpoint:
             on_endpoint(ch.name, ch.record)
         return dirty
+
+    def wrote(self, eid: str, rec, rev: int) -> None:
+        """The agent wrote endpoint eid (rec, or None: removed) at revision rev (0: unknown).
+        Until the watch brings that write, older events for eid are stale: an endpoint removed
+        elsewhere and created here again must not be removed by the first event's late arrival."""
+        self._put_endpoint(eid, rec)
+        if rev > self.rev:
+            self.ahead[eid] = (rev, rec)
+
+    def _put_endpoint(self, eid: str, rec) -> None:
+        if rec is None:
+            self.endpoints.pop(eid, None)
+        else:
+            self.endpoints[eid] = rec
 
     def remember(self, ep, host=None, claim: tuple[str, int] | None = None) -> None:
         """Records read from the registry directly (ahead of the watch): the endpoint a

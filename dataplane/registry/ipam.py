@@ -21,6 +21,7 @@ and endpoint_rm(reserve=...), which gives the address back to one.
 from __future__ import annotations
 
 import ipaddress
+import threading
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound, UsageError
@@ -35,6 +36,16 @@ ALLOC_ATTEMPTS = 64      # commits per create: each lost race retries (next addr
 def fence_key(network: str) -> str:
     """Bumped by every endpoint create in the network, compared by network_rm."""
     return key("netuse", network)
+
+
+_wrote = threading.local()
+
+
+def write_rev() -> int:
+    """The revision at which this thread's last endpoint write (create, remove, move) took
+    effect, 0 if unknown: the agent puts what it wrote into its view ahead of the watch, and
+    events for that endpoint older than this are then stale (agent/view.py)."""
+    return getattr(_wrote, "rev", 0)
 
 
 class Endpoints(Reservations):
@@ -52,6 +63,7 @@ class Endpoints(Reservations):
         Endpoint.make(id, net.name, host, mac or "02:00:00:00:00:01", want_ip or net.gateway)  # validate early
         sent: list[Endpoint] = []        # committed, reply lost: maybe stored
         lost = 0
+        _wrote.rev = 0
         for _ in range(ALLOC_ATTEMPTS):
             try:
                 ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent, reserved)
@@ -82,15 +94,18 @@ class Endpoints(Reservations):
                .put(ek, ep.to_json()).put(ik, ep.id.encode()).put(mk, ep.id.encode())
                .put(fence_key(net.name), ep.id.encode()))
         try:
-            if self.kv.commit(txn)[0]:
+            ok, _wrote.rev = self.kv.commit(txn)
+            if ok:
                 return ep, net_item
         except Unavailable:
             sent.append(ep)
             raise
+        _wrote.rev = 0
         # Why did a compare fail?
         old = self.kv.get(ek)
         if old is not None:
             if sent and _record(old) in sent:
+                _wrote.rev = old.mod_rev
                 return _record(old), net_item          # our earlier commit applied
             raise Conflict(f"endpoint {ep.id} exists already")
         now = self.kv.get(net_item.key)
@@ -146,23 +161,30 @@ class Endpoints(Reservations):
     def endpoint(self, id) -> Endpoint:
         return self._endpoint_item(id)[1]
 
-    def endpoint_rm(self, id, reserve: tuple[str, int] | None = None) -> Endpoint:
+    def endpoint_rm(self, id, reserve: tuple[str, int] | None = None, expect: Endpoint | None = None) -> Endpoint:
         """Remove an endpoint and its claims; returns the removed record (also
         when a retry finds that the delete whose reply was lost did apply).
         reserve=(host, lease): its address claim becomes host's reservation under
-        lease instead of going (reserve.py), in the same transaction."""
+        lease instead of going (reserve.py), in the same transaction.
+        expect: remove it only if the stored record is this one (Conflict if not)."""
         sent = None                      # (item, record) of a delete whose reply was lost
         lost = 0
+        _wrote.rev = 0
         while True:
             try:
                 if sent is not None:
                     item = self.kv.get(sent[0].key)
                     if item is None or item.create_rev != sent[0].create_rev:
                         ep = sent[1]     # gone (a record there now is a new endpoint, not ours)
+                        # The delete's own revision is unknown; every write of the key before it is
+                        # at or below the record's last one (the delete compared it).
+                        _wrote.rev = sent[0].mod_rev + 1
                         break
                     if item.mod_rev != sent[0].mod_rev:
                         raise Conflict(f"endpoint {sent[1].id} changed while it was being removed; try again")
                 item, ep = self._endpoint_item(id)
+                if expect is not None and ep != expect:
+                    raise Conflict(f"endpoint {id} is no longer the record it was ({ep.host}): not removed")
                 txn = Txn().unchanged(item.key, item.mod_rev).delete(item.key).delete(key("macs", ep.network, ep.mac))
                 ik = key("ipam", ep.network, ep.ip)
                 if reserve is None:
@@ -170,7 +192,7 @@ class Endpoints(Reservations):
                 else:
                     txn.put(ik, reservation_value(reserve[0]), reserve[1])
                 try:
-                    ok = self.kv.commit(txn)[0]
+                    ok, _wrote.rev = self.kv.commit(txn)
                 except Unavailable:
                     sent = (item, ep)
                     raise
@@ -221,16 +243,20 @@ class Endpoints(Reservations):
         revision; a retry after a lost reply that finds its write applied is done."""
         sent = None                      # the record of a write whose reply was lost
         lost = 0
+        _wrote.rev = 0
         while True:
             try:
                 item, old = self._endpoint_item(id)
                 if sent is not None and old == sent:
+                    _wrote.rev = item.mod_rev
                     return old           # that write applied
                 ep = change(old)
                 if ep == old:
+                    _wrote.rev = item.mod_rev
                     return old
                 try:
-                    ok = self.kv.commit(Txn().unchanged(item.key, item.mod_rev).put(item.key, ep.to_json()))[0]
+                    txn = Txn().unchanged(item.key, item.mod_rev).put(item.key, ep.to_json())
+                    ok, _wrote.rev = self.kv.commit(txn)
                 except Unavailable:
                     sent = ep
                     raise

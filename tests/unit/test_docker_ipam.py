@@ -35,12 +35,12 @@ class Agent:
 
     def __init__(self, url: str, me: str):
         self.reg = open_registry(url)
-        self.me, self.lock, self.conflicts = me, threading.Lock(), {}
+        self.me, self.lock, self.conflicts = me, threading.RLock(), {}
         self.leases = SimpleNamespace(lease=self.reg.kv.lease_grant(60))
         self.reg.host_register(Host.make(me, "198.18.0." + me[1:]), self.leases.lease)
         self.local = SimpleNamespace(endpoints={})
         self.node = SimpleNamespace(require_up=lambda: self.local)
-        self.view = SimpleNamespace(endpoints={})
+        self.view = RegistryView()
         self.handlers = runtime_ops.RuntimeOps(self).handlers()
 
     def call(self, op: str, args: dict):

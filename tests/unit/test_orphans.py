@@ -5,9 +5,11 @@ tick does not walk the whole view."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 from dataplane.agent import local
+from dataplane.agent.view import RegistryView
 from dataplane.registry import open_registry
 from dataplane.registry.records import Host
 
@@ -21,7 +23,9 @@ class Agent:
             self.reg.host_register(Host.make(name, ip), self.reg.kv.lease_grant(60))
         self.sandboxes: dict = {}
         self.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=self.sandboxes))
-        self.view = SimpleNamespace(endpoints={})
+        self.view = RegistryView()
+        self.lock = threading.RLock()
+        self.moving: set[str] = set()
         self.orphan_suspects: set[str] = set()
         self.orphan_had: set[str] = set()
         self.orphan_scan_all = True

@@ -1,5 +1,6 @@
 """`endpoint` and `network`: through the node's agent when it has a registry,
-on the node directly when it has none; `registry auth-setup`: etcd's users."""
+on the node directly when it has none; `registry auth-setup`: etcd's users;
+`registry forget-host`: what a host gone for good left in the registry."""
 
 from __future__ import annotations
 
@@ -98,6 +99,14 @@ def cmd_registry_auth_setup(args):
         {"done": done, "hosts": rows})
 
 
+def cmd_registry_forget_host(args):
+    with control.opened(args.registry, node_of(args)) as reg:
+        out = reg.host_forget(args.host)
+    say(args, f"host {out['host']}: {len(out['endpoints_removed'])} endpoint(s) removed, "
+              f"{len(out['moves_taken_back'])} move(s) to it taken back, "
+              f"{out['reservations_released']} reservation(s) released", out)
+
+
 def register(sub) -> None:
     ep = sub.add_parser("endpoint", help="sandboxes attached to a VNI").add_subparsers(dest="sub", required=True)
     a = ep.add_parser("add", help="create a sandbox netns NAME with eth0 on the VNI")
@@ -143,7 +152,8 @@ def register(sub) -> None:
     add_output(ls)
     ls.set_defaults(func=cmd_network_list)
 
-    rg = sub.add_parser("registry", help="the etcd registry's access control").add_subparsers(dest="sub", required=True)
+    rg = sub.add_parser("registry", help="the registry: etcd's access control, hosts gone for good").add_subparsers(
+        dest="sub", required=True)
     a = rg.add_parser("auth-setup", help="turn etcd's authentication on: root, and per host a user and role that "
                                          "reads the registry, writes shared records and only its own host record")
     a.add_argument("hosts", nargs="+", metavar="HOST", help="host names, as their agents register (--host-name)")
@@ -154,3 +164,9 @@ def register(sub) -> None:
                    help="each host's etcd password in DIR/<host>.password (0600): made if missing, kept if present")
     add_output(a)
     a.set_defaults(func=cmd_registry_auth_setup)
+    f = rg.add_parser("forget-host", help="remove what a host gone for good left: its endpoints and their "
+                                          "addresses, its reservations, moves to it (refused while it is alive)")
+    f.add_argument("host", help="the host's name, as its agent registered (--host-name)")
+    f.add_argument("--registry", help=reg_help)
+    add_output(f)
+    f.set_defaults(func=cmd_registry_forget_host)

@@ -206,6 +206,27 @@ class Registry(Endpoints):
                 return rev
         raise DataplaneError(f"host {host.name} changed {ATTEMPTS} times while it was being registered; try again")
 
+    def host_forget(self, name: str) -> dict:
+        """What a host that is gone for good left in the registry: its endpoints with their
+        claims, its address reservations, moves to it (taken back). Refused while the host
+        is alive (its record, under its agent's lease, is there): a live agent registers its
+        sandboxes again. Each record goes only if it is still the one read."""
+        name = model.parse_name(name, "host name")
+        if self.kv.get(key("hosts", name)) is not None:
+            raise Conflict(f"host {name} is alive (its agent keeps its lease): run `dataplane down` there, "
+                           "or stop its agent and wait out its lease TTL")
+        removed, aborted = [], []
+        for e in self.endpoints():
+            if e.host == name:
+                self.endpoint_rm(e.id, expect=e)
+                removed.append(e.id)
+            elif e.moving_to == name:
+                self.endpoint_move_abort(e.id, name)
+                aborted.append(e.id)
+        released = sum(self.reservations_drop(n.name, name) for n in self.networks())
+        return {"host": name, "endpoints_removed": removed, "moves_taken_back": aborted,
+                "reservations_released": released}
+
     def hosts(self) -> list[Host]:
         return list(self.snapshot().hosts.values())
 

@@ -94,6 +94,11 @@ def link_names(netns: str | None) -> list[str]:
     return sorted(name for _, name in call_in_netns(netns, socket.if_nameindex))
 
 
+def link_indexes(netns: str | None) -> dict[str, int]:
+    """{name: ifindex} of every interface in netns, in one dump (as link_names)."""
+    return {name: i for i, name in call_in_netns(netns, socket.if_nameindex)}
+
+
 def default_route_ifname(netns: str | None) -> str | None:
     with ipr(netns) as s:
         for r in s.get_default_routes(family=2):

@@ -140,8 +140,15 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
                 networks.serve(m, st, vni, (subnet or {}).get(vni), mtus.get(vni))
             # New programs go in by replacing the filters in place: no moment without one.
             netlink.tc_attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
-            for ep in st.endpoints.values():
-                netlink.tc_attach(node.netns, ep.ifindex, loaded.fds["from_endpoint"], "from_endpoint")
+            ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
+            ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
+            have = netlink.link_indexes(node.netns)
+            for ifname, ifindex in ports:
+                # A port whose interface is gone (a crash before it was made, or removed behind
+                # our back) is left to the sweep that follows every up (node/sweep.py): failing
+                # here kept that sweep from ever running.
+                if ifindex and have.get(ifname) == ifindex:
+                    netlink.tc_attach(node.netns, ifindex, loaded.fds["from_endpoint"], "from_endpoint")
             if st.config.xdp_guard:
                 netlink.xdp_attach(node.netns, st.uplink.ifindex, loaded.fds["xdp_guard"])
             for vni in vnis:
@@ -249,7 +256,9 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
             netlink.xdp_detach(node.netns, ifx)
             if not netlink.tc_filter_names(node.netns, ifx):
                 netlink.clsact_delete(node.netns, ifx)
-            if st.restore_forwarding is not None:
+            # the underlay removed or renamed since: its setting went with it, nothing to restore
+            if st.restore_forwarding is not None and \
+                    netlink.link_index(node.netns, st.config.underlay) == ifx:
                 netlink.sysctl(node.netns, _forwarding_key(st), st.restore_forwarding)
         except (KernelError, NotFound) as e:
             errors.append(str(e))

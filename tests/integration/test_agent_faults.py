@@ -471,3 +471,48 @@ def test_a_detach_of_another_hosts_endpoint_leaves_it_in_the_view(info):
     assert out.get("registry") == f"record left: it names host {lab.host_name(2)}", out
     assert b["id"] in {e["id"] for e in client.call("dpl-h1", "endpoint_list")}, "still in h1's view"
     assert ping(sandbox(info, "h1", 256)["name"], b["ip"], count=2)[0] == 2
+
+
+def test_up_after_a_crash_mid_creation_repairs_instead_of_failing(info):
+    """A creation cut short before its veth existed leaves an intent with ifindex 0, and an
+    endpoint's veth can vanish behind our back: `up` run again (systemd's ExecStartPre after
+    a crash, or by hand) attached the new programs to every endpoint of the state first, failed
+    on those with "no such device", and never reached the sweep that repairs them."""
+    import json
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-cut", "--vni", "256")
+    dp("--netns", "dpl-h1", "endpoint", "add", "dpl-lost", "--vni", "256")
+    lost_if = Node("dpl-h1").state().endpoints["dpl-lost"].host_ifname
+    os.kill(process.running_pid("dpl-h1"), signal.SIGKILL)
+    assert wait_for(lambda: process.running_pid("dpl-h1") is None)
+    try:
+        path = "/run/dataplane/dpl-h1/state.json"
+        with open(path) as f:
+            st = json.load(f)
+        cut = st["endpoints"]["dpl-cut"]
+        netlink.link_delete("dpl-h1", cut["host_ifname"])
+        cut["phase"], cut["ifindex"] = "creating", 0
+        with open(path, "w") as f:
+            json.dump(st, f)
+        netlink.link_delete("dpl-h1", lost_if)           # a ready endpoint's veth gone behind our back
+        r = dp("--netns", "dpl-h1", "up", "--vni", "256", check=False)
+        assert r.returncode == 0, r.stderr
+        eps = Node("dpl-h1").state().endpoints
+        assert "dpl-cut" not in eps and not netlink.ns_exists("dpl-h1.dpl-cut")
+        a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+        assert ping(a["name"], b["ip"], count=2)[0] == 2, "the node forwards after the repair"
+        # the gateway's port got the new programs too (it kept the old build's before)
+        assert 256 in Node("dpl-h1").state().gateways
+        assert _filter_prog_id("dpl-h1", f"dpgp{256:06x}") == _filter_prog_id("dpl-h1", eps[a["id"]].host_ifname)
+    finally:
+        if process.running_pid("dpl-h1") is None:
+            process.spawn("dpl-h1", "dpl-h1", lab.registry_url("sqlite", host="h1"), "h1", 10, quiet=True)
+        for e in ("dpl-cut", "dpl-lost"):
+            dp("--netns", "dpl-h1", "endpoint", "rm", e, check=False)
+
+
+def _filter_prog_id(ns: str, ifname: str) -> str:
+    import re
+    import subprocess
+    out = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", ifname, "ingress"],
+                         capture_output=True, text=True, check=True).stdout
+    return re.search(r" id (\d+)", out).group(1)

@@ -122,10 +122,14 @@ def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
 
 
 def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
-    """Remove whatever part of it exists."""
-    if gw.ifindex:
-        endpoints.forget_port(m, gw.ifindex)
-    fdb.local_drop(m, gw.vni, gw.mac, gw.ip)
+    """Remove whatever part of it exists (its map entries too, unless the maps went with a
+    teardown that stopped part-way: the interfaces and rules are removed all the same)."""
+    try:
+        if gw.ifindex:
+            endpoints.forget_port(m, gw.ifindex)
+        fdb.local_drop(m, gw.vni, gw.mac, gw.ip)
+    except NotFound:
+        pass
     if not node.netns or netlink.ns_exists(node.netns):
         netlink.link_delete(node.netns, gw.port)          # its peer goes with it
         for table, chain, _, rule in _rules(gw):

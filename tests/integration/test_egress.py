@@ -142,3 +142,20 @@ def test_a_gateway_for_a_subnet_that_overlaps_another_gateways_is_refused(info):
             dp("--netns", H1, "endpoint", "rm", e, check=False)
         for n in ("twin", "twin-in"):
             dp("network", "rm", n, "--registry", url, check=False)
+
+
+def test_a_down_that_stopped_part_way_can_be_finished(info):
+    """A `down` that failed part-way has removed the pins but kept the node's state (so it can
+    be run again). Run again, it failed on every try: the gateway's map entries could not be
+    removed from maps that were gone, so its veth pair and iptables rules, the state and the
+    boot record stayed. Here h2's pins go as that first try left them."""
+    from dataplane.core import state
+    from dataplane.kernel import loader
+    assert 256 in Node(H2).require_up().gateways
+    loader.remove_pins(Node(H2).pin_dir)
+    r = dp("--netns", H2, "down", check=False)
+    assert r.returncode == 0, r.stderr
+    assert Node(H2).state() is None and state.load_boot(H2) is None
+    assert not {f"dpgw{256:06x}", f"dpgp{256:06x}"} & set(netlink.link_names(H2))
+    rules = netlink.ns_exec(H2, ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert "dataplane egress" not in rules, rules

@@ -189,23 +189,36 @@ def lib_dir(node: str) -> str:
     return os.path.join(LIB_ROOT, node)
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj, durable: bool = False) -> None:
     """Atomically, 0600, the directory 0700: a torn or world-readable file is never seen.
     obj: JSON types or dataclasses of them (int keys become strings, as json does).
     orjson, not json + asdict: a node's state is written on every change, and with
-    1,000 endpoints the pure-Python dump was a quarter of an agent's endpoint_add."""
+    1,000 endpoints the pure-Python dump was a quarter of an agent's endpoint_add.
+    durable: what must outlive a power cut (under LIB_ROOT) is on disk, name included,
+    before this returns (the file, then its directory, synced): a rename alone may reach
+    the disk before the data, leaving an empty file after the cut."""
     data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
     tmp = path + ".new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def save_boot(node: str, args: dict) -> None:
     """What `up` was asked, so that `up --restore` (at boot) brings the node back."""
-    write_json(os.path.join(lib_dir(node), "node.json"), args)
+    write_json(os.path.join(lib_dir(node), "node.json"), args, durable=True)
 
 
 def load_boot(node: str) -> dict | None:

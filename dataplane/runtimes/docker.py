@@ -79,12 +79,7 @@ class Driver:
         return nets
 
     def _save(self, nets: dict) -> None:
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(nets, f)
-        os.replace(tmp, self.path)
+        state.write_json(self.path, nets, durable=True)     # Docker never repeats a CreateNetwork
 
     def _network(self, nid: str) -> dict:
         net = self._load().get(nid)

@@ -62,6 +62,9 @@ class Driver:
         # Docker never repeats CreateNetwork (not after our restart, not after a reboot):
         # the map of its network ids to VNIs must outlive both.
         self.path = os.path.join(state.lib_dir(node), "docker-networks.json")
+        # Registry networks to release: Docker forgets a network whose DeleteNetwork failed
+        # (it only logs), so a release the agent could not take is kept here and tried again.
+        self.releases_path = os.path.join(state.lib_dir(node), "docker-releases.json")
         self.ipam_created: set[int] = set()    # VNIs the IPAM created a registry network for, not mapped yet
 
     # --- Docker network id -> VNI, kept across restarts of this process ------
@@ -113,6 +116,7 @@ class Driver:
 
     def create_network(self, req) -> dict:
         nid = _id(req, "NetworkID")
+        self.release_pending()
         opts = (req.get("Options") or {}).get(GENERIC) or {}
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
@@ -141,12 +145,37 @@ class Driver:
         with self.lock:
             nets = self._load()
             net = nets.pop(_id(req, "NetworkID"), None)
+            # Release only a registry network this driver made: one an operator made
+            # (`dataplane network create`) outlives the Docker networks mapped onto it.
+            if net is not None and net["created"] and not any(n["vni"] == net["vni"] for n in nets.values()):
+                state.write_json(self.releases_path, sorted(set(self._pending()) | {net["vni"]}), durable=True)
             self._save(nets)
-        # Release only a registry network this driver made: one an operator made
-        # (`dataplane network create`) outlives the Docker networks mapped onto it.
-        if net is not None and net["created"] and not any(n["vni"] == net["vni"] for n in nets.values()):
-            self._agent("network_release", vni=net["vni"])
+        self.release_pending(quiet=False)
         return {}
+
+    def _pending(self) -> list[int]:
+        try:
+            with open(self.releases_path) as f:
+                return [v for v in json.load(f) if isinstance(v, int)]
+        except (FileNotFoundError, ValueError, TypeError):
+            return []
+
+    def release_pending(self, quiet: bool = True) -> None:
+        """Release the registry networks of deleted Docker networks: at DeleteNetwork, and
+        again at later requests (quiet) for any the agent could not take then. A VNI a Docker
+        network of this engine maps to again is not released."""
+        with self.lock:
+            todo, in_use = self._pending(), {n["vni"] for n in self._load().values()}
+        for vni in todo:
+            try:
+                if vni not in in_use:
+                    self._agent("network_release", vni=vni)
+            except DataplaneError:
+                if quiet:
+                    return
+                raise
+            with self.lock:
+                state.write_json(self.releases_path, [v for v in self._pending() if v != vni], durable=True)
 
     def create_endpoint(self, req) -> dict:
         nid, eid = _id(req, "NetworkID"), _id(req, "EndpointID")

@@ -367,3 +367,27 @@ def test_the_endpoint_id_charset_cannot_spell_a_reservation():
     value = reservation_value("h1").decode()
     with pytest.raises(DataplaneError):
         Endpoint.make(value, "blue", "h1", "02:00:00:00:00:01", "10.0.100.2")
+
+
+def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, monkeypatch):
+    from dataplane.agent.client import AgentNotRunning
+    """DeleteNetwork while the agent restarts: Docker only logs the error and forgets the
+    network, so the registry network this driver made was never released. It is kept as
+    pending (in /var/lib, durably) and released at the next request the driver serves."""
+    e = engines["h1"]
+    create_network(e, "d" * 64)
+    assert e.driver._load()["d" * 64]["created"] and e.agent.reg.network_by_vni(256) is not None
+    real = docker.client.call
+
+    def restarting(node, op, timeout=60.0, **args):
+        if op == "network_release":
+            raise AgentNotRunning(f"the agent of node {node} is not running")
+        return real(node, op, **args)
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=restarting))
+    status, reply = post(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "d" * 64})
+    assert "not running" in reply.get("Err", ""), reply                # the network driver's Err, at 200
+    assert "d" * 64 not in e.driver._load() and e.agent.reg.network_by_vni(256) is not None
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))      # the agent is back
+    create_network(e, "f" * 64, vni=300, subnet="10.31.0.0/24")          # any later request
+    assert e.agent.reg.network_by_vni(256) is None, "released at last"
+    assert e.driver._pending() == []

@@ -35,6 +35,7 @@ from dataplane.node.base import Node
 ROUTER_FLAG = int(abi.load().enums["dp_ep_flag"].DP_EP_ROUTER)
 LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
 COMMENT = "dataplane egress vni {vni}"
+ROUTERS = "dpgw+"                 # every gateway's router side (names(): iptables' interface wildcard)
 
 
 def names(vni: int) -> tuple[str, str]:
@@ -91,6 +92,11 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
     endpoints.attach_port(node, gw.ifindex)
+    _ensure_rules(ns, gw)
+
+
+def _ensure_rules(ns, gw: Gateway) -> None:
+    """Its iptables rules, each added if missing (idempotent)."""
     for table, chain, add, rule in _rules(gw):
         if _iptables(ns, table, "-C", chain, rule).returncode:
             r = _iptables(ns, table, add, chain, rule)
@@ -105,12 +111,15 @@ def _iptables(ns, table: str, op: str, chain: str, rule: list[str]):
 def _rules(gw: Gateway) -> list[tuple[str, str, str, list[str]]]:
     """(table, chain, how to add, rule): masquerade what leaves the subnet for elsewhere; let it
     be forwarded, and replies and published ports back, ahead of anything else in FORWARD (a
-    policy of DROP, as Docker sets, would stop it)."""
+    policy of DROP, as Docker sets, would stop it). Inserted in this order, the last is first:
+    nothing from a router goes to any router (another VNI's gateway: networks are isolated,
+    and with a policy of ACCEPT the kernel would route one subnet into the other)."""
     c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
     return [("nat", "POSTROUTING", "-A", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
             ("filter", "FORWARD", "-I", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
             ("filter", "FORWARD", "-I", ["-o", gw.router, "-m", "conntrack", "--ctstate",
-                                         "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"])]
+                                         "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
+            ("filter", "FORWARD", "-I", ["-i", gw.router, "-o", ROUTERS] + c + ["-j", "DROP"])]
 
 
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
@@ -153,6 +162,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         else:
             write_entries(m, st, gw)
+            _ensure_rules(node.netns, gw)            # a node upgraded from a version with fewer
     return done
 
 

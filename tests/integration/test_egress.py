@@ -159,3 +159,22 @@ def test_a_down_that_stopped_part_way_can_be_finished(info):
     assert not {f"dpgw{256:06x}", f"dpgp{256:06x}"} & set(netlink.link_names(H2))
     rules = netlink.ns_exec(H2, ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert "dataplane egress" not in rules, rules
+
+
+def test_two_networks_with_gateways_on_one_host_stay_apart(info):
+    """Each network's way out leads to the world, never into another network: with gateways
+    for two VNIs on one host, the kernel routed a sandbox's packet for the other subnet from
+    one router to the other (FORWARD accepted anything from a router to elsewhere) and the
+    second port sent it into the other VNI, masqueraded as its gateway."""
+    url = lab.registry_url("sqlite")
+    a = sandbox(info, "h1", 256)
+    dp("network", "create", "apart", "--vni", "304", "--subnet", "10.34.0.0/24", "--registry", url)
+    try:
+        other = dp_json("--netns", H1, "endpoint", "add", "dpl-apart", "--network", "apart")
+        assert {256, 304} <= set(Node(H1).require_up().gateways)
+        assert ping(other["netns"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its own way out works"
+        assert ping(a["name"], other["ip"], 3, 0.2)[0] == 0, "VNI 256 reached VNI 304 through the gateways"
+        assert ping(other["netns"], a["ip"], 3, 0.2)[0] == 0, "and the other way"
+    finally:
+        dp("--netns", H1, "endpoint", "rm", "dpl-apart", check=False)
+        dp("network", "rm", "apart", "--registry", url, check=False)

@@ -136,7 +136,7 @@ enum dp_drop {
 	DP_DROP_NO_ENDPOINT,                 /* frame on an interface that is no endpoint */
 	DP_DROP_SPOOF_MAC,                   /* endpoint sent with a source MAC not its own */
 	DP_DROP_SPOOF_IP,                    /* endpoint sent with a source IPv4 not its own */
-	DP_DROP_UNSUPPORTED_L3,              /* neither IPv4 nor ARP (from an endpoint, or inside VXLAN) */
+	DP_DROP_UNSUPPORTED_L3,              /* neither IPv4 nor ARP (from an endpoint, or inside VXLAN); 802.1Q-tagged */
 	DP_DROP_BAD_ARP,                     /* ARP that is not Ethernet/IPv4 or is inconsistent */
 	DP_DROP_TOO_BIG,                     /* non-GSO frame over the network MTU */
 	DP_DROP_NO_NEXTHOP,                  /* no route or neighbour toward the VTEP */

@@ -73,6 +73,11 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *sl
 		return -DP_DROP_TRUNCATED;
 	if (!mac_eq(eth->h_source, ep->mac))
 		return -DP_DROP_SPOOF_MAC;
+	/* An 802.1Q tag the stack took into the skb's metadata before tc: neither IPv4 nor ARP of
+	 * this network, and it would ride along into the outer frame (an underlay VLAN chosen by
+	 * the sandbox) or into a neighbour sandbox. */
+	if (skb->vlan_present)
+		return -DP_DROP_UNSUPPORTED_L3;
 
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);

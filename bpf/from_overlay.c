@@ -39,7 +39,10 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	__u64 flags;
 	int ret;
 
-	if (!cfg)
+	/* A frame with its VLAN tag in the skb's metadata (taken out by the NIC or the stack)
+	 * belongs to that VLAN's interface, not to the uplink: the kernel delivers or drops it.
+	 * Decapsulating it would take VXLAN from any VLAN, the tag kept into the sandbox. */
+	if (!cfg || skb->vlan_present)
 		return DP_PASS;
 	/* Outer headers (IPv4 options included) and inner Ethernet must be in the linear head. */
 	skb_ensure_head(skb, ETH_HLEN + 60 + 16 + ETH_HLEN);

@@ -62,6 +62,10 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 
 	/* The network carries IPv4 and ARP; ARP is checked against dp_neigh first. */
 	inner_is_ip = vx.inner.h_proto == bpf_htons(ETH_P_IP);
+	/* Less than an IPv4 header: refused before it teaches anything (decapsulation would
+	 * refuse it too, counted as a helper failure). */
+	if (inner_is_ip && vx.inner_len < ETH_HLEN + sizeof(struct iphdr))
+		return -DP_DROP_TRUNCATED;
 	if (!inner_is_ip) {
 		if (vx.inner.h_proto != bpf_htons(ETH_P_ARP))
 			return -DP_DROP_UNSUPPORTED_L3;

@@ -72,3 +72,12 @@ def test_bytes_past_the_outer_udp_length_are_not_delivered(hx):
     ret, out = hx.run_tc("from_overlay", frame)
     assert ret == TC_ACT_REDIRECT
     assert out == bytes(inner), "the inner frame is what the outer UDP length says, no more"
+
+
+def test_a_short_inner_ipv4_frame_is_truncated_and_teaches_nothing(hx):
+    """An inner frame that says IPv4 but holds less than an IPv4 header: counted as
+    truncated, before learning. It was learned from, then counted as a helper failure
+    (decapsulation refused it), which sent operators looking at the kernel."""
+    short = Ether(src=ATTACKER_MAC, dst=EP_MAC, type=0x0800) / Raw(b"\x45" + b"\x00" * 9)
+    refused(hx, P.vxlan(short, VNI, PEER_IP, LOCAL_IP), "TRUNCATED")
+    assert hx.maps.dp_learned.get(hx.mac_key(VNI, ATTACKER_MAC)) is None, "a refused frame teaches nothing"

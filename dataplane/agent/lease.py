@@ -32,13 +32,19 @@ class LeaseKeeper:
     def save(self) -> None:
         state.write_json(process.agent_file(self.ag.node.name),
                          {"pid": os.getpid(), "host": self.ag.me, "registry": self.ag.url,
-                          "lease": self.lease or self.previous})
+                          "lease": self.lease or self.previous, "lease_ttl": self.ag.ttl})
 
     def _old_lease(self) -> int:
+        """The previous agent's lease, if it was granted for this TTL on this registry: one of
+        another TTL would be kept alive at the wrong pace (a 10-s lease renewed every 20 s
+        lapses between renewals; a long one outlives a crash by too much)."""
         try:
             with open(process.agent_file(self.ag.node.name)) as f:
-                return int(json.load(f).get("lease") or 0)
-        except (OSError, ValueError):
+                old = json.load(f)
+            if old.get("lease_ttl") != self.ag.ttl or old.get("registry") != self.ag.url:
+                return 0
+            return int(old.get("lease") or 0)
+        except (OSError, ValueError, AttributeError, TypeError):
             return 0
 
     def _register(self) -> None:
@@ -78,6 +84,10 @@ class LeaseKeeper:
             except DataplaneError as e:
                 log.error("cannot register: %s", e)
                 self.ag.counters["errors"] += 1
+            except Exception:  # noqa: BLE001 - this thread is the host's liveness: it must not end silently
+                log.exception("lease keeper: unexpected error; trying again")
+                self.ag.counters["errors"] += 1
+                registered = False
             if registered:
                 self.ag.registered.set()
                 backoff.reset()

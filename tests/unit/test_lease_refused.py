@@ -53,3 +53,26 @@ def test_an_outage_is_waited_out(monkeypatch):
     monkeypatch.setattr(keeper, "_old_lease", lambda: 0)
     keeper.run()
     assert ag.failed is None and ag.reg.kv.calls >= 2
+
+
+def test_an_unexpected_error_is_logged_and_tried_again(monkeypatch, caplog):
+    """This thread is the host's liveness: an exception of no registry type (a TLS file that
+    could not be read came as a bare OSError) used to end it silently, and the host was seen
+    dead a TTL later while the agent looked healthy."""
+    from dataplane.registry import backoff
+    monkeypatch.setattr(backoff.Backoff, "wait", lambda self, stop: stop.is_set())
+    ag = FakeAgent(OSError("Could not find a suitable TLS CA certificate bundle"))
+    ag.disconnected = lambda: None
+    kv = ag.reg.kv
+    real = kv.lease_grant
+
+    def grant(ttl):
+        if kv.calls >= 2:
+            ag.stopping.set()
+        return real(ttl)
+    kv.lease_grant = grant
+    keeper = LeaseKeeper(ag)
+    keeper.run()
+    assert kv.calls >= 2, "tried again"
+    assert ag.failed is None and ag.counters["errors"] >= 1
+    assert "unexpected error" in caplog.text

@@ -251,7 +251,12 @@ class Channels:
 
 
 def _read(path: str | None) -> bytes | None:
+    """A TLS file; one that cannot be read now (being rotated) leaves gRPC unused for now:
+    the gateway's request reports it, and the next channel reads it again."""
     if not path:
         return None
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise GrpcUnavailable(f"cannot read {path}: {e.strerror or e}") from None

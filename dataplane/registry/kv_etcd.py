@@ -125,6 +125,8 @@ class EtcdKV(GrpcPaths, KV):
             reason = type(getattr(e.args[0] if e.args else None, "reason", None)).__name__
             unsent = isinstance(e, rq.ConnectTimeout) or reason == "NewConnectionError"
             raise (Unsent if unsent else Unknown)(str(e)) from None
+        except OSError as e:               # before sending: a CA, certificate or key file unreadable (rotated)
+            raise Unsent(f"{self.endpoint(i)}: cannot use the TLS files: {e}") from None
 
     def _send(self, i: int, path: str, payload: dict, relogin: bool = True, timeout: float | None = None) -> dict:
         """One request to member i (logged in first if need be). A login that fails

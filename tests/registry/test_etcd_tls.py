@@ -343,3 +343,33 @@ def test_a_logged_in_watch_at_a_compacted_revision_raises_compacted(secure, regs
     with pytest.raises(Compacted, match=str(now)):
         next(w)
     w.close()
+
+
+def test_tls_files_missing_for_a_moment_make_the_registry_unavailable_not_broken(secure, tmp_path):
+    """A CA, certificate or key file that cannot be read for a moment (being rotated): every
+    request is Unavailable, which the agent waits out, and works again once the file is back.
+    requests raised a plain OSError there, which the lease keeper did not catch: its thread
+    ended, no keepalive was sent again, and the host was seen dead a TTL later."""
+    import shutil
+    from lab import certs  # noqa: F401 - the Pki's files are what the lab writes
+    pki, h1 = secure.pki, "dataplane-host-h1"
+    mine = pki.client("h1")
+    files = {}
+    for name, path in (("ca", pki.ca.cert), ("cert", mine.cert), ("key", mine.key)):
+        files[name] = str(tmp_path / name)
+        shutil.copy(path, files[name])
+    url = etcd_url(secure.endpoints, TlsFiles(files["ca"], files["cert"], files["key"]), h1, pki.password_file(h1))
+    reg = open_registry(url)
+    try:
+        lease = reg.kv.lease_grant(30)
+        for name in ("ca", "cert"):
+            os.rename(files[name], files[name] + ".away")
+            reg.kv.open_channels()                        # gRPC: not used for now, no error
+            with pytest.raises(Unavailable, match="cannot use the TLS files"):
+                reg.kv.lease_keepalive(lease)
+            with pytest.raises(Unavailable):
+                reg.kv.get(key("networks", "x"))
+            os.rename(files[name] + ".away", files[name])
+            assert reg.kv.lease_keepalive(lease)
+    finally:
+        reg.close()

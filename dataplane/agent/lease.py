@@ -47,10 +47,16 @@ class LeaseKeeper:
         except (OSError, ValueError, AttributeError, TypeError):
             return 0
 
+    def member_timeout(self) -> float:
+        """How long one member may take to answer a keepalive before the next is asked:
+        renewed every TTL/3, the lease must not lapse while a stopped member is waited for
+        (etcd's usual 3 s was the whole of a 3-s TTL)."""
+        return max(0.5, min(3.0, self.ag.ttl / 4))
+
     def _register(self) -> None:
         """Keep the previous agent's lease if it is alive (a restart is not a death)."""
         old = self.lease or self.previous
-        if old and self.ag.reg.kv.lease_keepalive(old):
+        if old and self.ag.reg.kv.lease_keepalive(old, timeout=self.member_timeout()):
             self.lease = old
         else:
             self.lease = self.ag.reg.kv.lease_grant(self.ag.ttl)
@@ -63,7 +69,7 @@ class LeaseKeeper:
         backoff = Backoff()
         while not self.ag.stopping.is_set():
             try:
-                if not registered or not self.ag.reg.kv.lease_keepalive(self.lease):
+                if not registered or not self.ag.reg.kv.lease_keepalive(self.lease, timeout=self.member_timeout()):
                     self._register()
                     log.info("registered host %s (lease %x)", self.ag.me, self.lease)
                 registered = True

@@ -116,8 +116,9 @@ class KV:
     def lease_grant(self, ttl: int) -> int:
         raise NotImplementedError
 
-    def lease_keepalive(self, lease: int) -> bool:
-        """False when the lease has expired (its keys are gone)."""
+    def lease_keepalive(self, lease: int, timeout: float | None = None) -> bool:
+        """False when the lease has expired (its keys are gone). timeout: how long one
+        server may take to answer before the next is asked (a short TTL wants it short)."""
         raise NotImplementedError
 
     def lease_revoke(self, lease: int) -> None:

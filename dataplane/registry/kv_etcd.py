@@ -293,8 +293,8 @@ class EtcdKV(GrpcPaths, KV):
         # Retried on another member even if the outcome is unknown: a lost grant just expires.
         return int(self._post("/lease/grant", {"TTL": ttl})["ID"])
 
-    def lease_keepalive(self, lease: int) -> bool:
-        resp = self._post("/lease/keepalive", {"ID": str(lease)})
+    def lease_keepalive(self, lease: int, timeout: float | None = None) -> bool:
+        resp = self._post("/lease/keepalive", {"ID": str(lease)}, timeout=timeout)
         return int(resp.get("result", {}).get("TTL", -1)) > 0
 
     def lease_revoke(self, lease: int) -> None:

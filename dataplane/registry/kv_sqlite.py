@@ -164,7 +164,7 @@ class SqliteKV(KV):
         self._write(grant)
         return out[0]
 
-    def lease_keepalive(self, lease: int) -> bool:
+    def lease_keepalive(self, lease: int, timeout: float | None = None) -> bool:
         out = []
 
         def renew(rev: int) -> bool:

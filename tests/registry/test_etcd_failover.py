@@ -230,3 +230,46 @@ def test_a_grpc_watch_ends_when_its_member_has_no_leader(tmp_path):
             for m in others:
                 os.kill(m.pid, signal.SIGCONT)
             kv.close()
+
+
+def test_a_short_lease_outlives_a_stopped_member(tmp_path, monkeypatch):
+    """The lease keeper with a 3-s TTL (renewed every second) whose member stops answering:
+    each keepalive waited etcd's usual 3 s there before asking the next member, by when
+    the lease had lapsed, the host record with it (seen dead cluster-wide), and a new lease
+    was taken. A member now gets at most TTL/4 to answer a keepalive."""
+    import threading
+    from types import SimpleNamespace
+    from dataplane.agent.lease import LeaseKeeper
+    from dataplane.registry.records import Host
+    from dataplane.core import state
+    from dataplane.registry.store import Registry, key
+    monkeypatch.setattr(state, "RUN_ROOT", str(tmp_path / "run"))       # the keeper's agent file
+    with cluster(tmp_path) as ms:
+        victim = _follower(ms)
+        kv = _kv(_first(victim, ms))
+        events = []
+        ag = SimpleNamespace(me="h1", ttl=3, reg=Registry(kv), vtep=Host.make("h1", "198.18.0.1"), registered_rev=0,
+                             stopping=threading.Event(), registered=threading.Event(), counters={"errors": 0},
+                             node=SimpleNamespace(name="x"), url="etcd://test", fail=events.append,
+                             disconnected=lambda: events.append("disconnected"))
+        keeper = LeaseKeeper(ag)
+        t = threading.Thread(target=keeper.run, daemon=True)
+        try:
+            t.start()
+            assert ag.registered.wait(10)
+            first = keeper.lease
+            assert _serving(kv, ms) is victim
+            os.kill(victim.pid, signal.SIGSTOP)
+            other = _kv([m for m in ms if m is not victim])
+            seen_gone = False
+            for _ in range(40):                       # 8 s: several keepalives, all through the stop
+                seen_gone = seen_gone or other.get(key("hosts", "h1")) is None
+                time.sleep(0.2)
+            other.close()
+            assert not seen_gone, "the host record lapsed"
+            assert keeper.lease == first and not events, events
+        finally:
+            ag.stopping.set()
+            os.kill(victim.pid, signal.SIGCONT)
+            t.join(10)
+            kv.close()

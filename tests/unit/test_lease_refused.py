@@ -14,7 +14,7 @@ class FakeKV:
     def __init__(self, error):
         self.error, self.calls = error, 0
 
-    def lease_keepalive(self, lease):
+    def lease_keepalive(self, lease, timeout=None):
         return False
 
     def lease_grant(self, ttl):

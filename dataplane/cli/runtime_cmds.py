@@ -11,10 +11,10 @@ from dataplane.cli.output import add_output, say
 
 
 def cmd_docker_plugin(args):
-    from dataplane.runtimes import docker  # noqa: PLC0415 - only the plugin needs the HTTP server
+    from dataplane.runtimes import docker_server  # noqa: PLC0415 - only the plugin needs the HTTP server
     node = node_of(args).name
     client.call(node, "ping", timeout=5)       # a clear error now, not at Docker's first request
-    docker.serve(node, args.socket)
+    docker_server.serve(node, args.socket)
 
 
 def cmd_cni_install(args):

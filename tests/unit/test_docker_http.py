@@ -12,13 +12,14 @@ import pytest
 
 from dataplane.core.errors import DataplaneError
 from dataplane.runtimes import docker
+from dataplane.runtimes import docker_server
 
 
 @pytest.fixture
 def srv(tmp_path, monkeypatch):
-    monkeypatch.setattr(docker._Handler, "timeout", 0.5, raising=False)
+    monkeypatch.setattr(docker_server._Handler, "timeout", 0.5, raising=False)
     monkeypatch.setattr(docker.state, "LIB_ROOT", str(tmp_path / "lib"))
-    s = docker.Server(str(tmp_path / "plugin.sock"), docker.Driver("t"))
+    s = docker_server.Server(str(tmp_path / "plugin.sock"), docker.Driver("t"))
     t = threading.Thread(target=s.serve_forever, daemon=True)
     t.start()
     yield s
@@ -55,7 +56,7 @@ def test_a_good_request_is_answered(srv):
 
 
 def test_requests_have_a_deadline():
-    assert isinstance(docker._Handler.timeout, float) and docker._Handler.timeout <= 60
+    assert isinstance(docker_server._Handler.timeout, float) and docker_server._Handler.timeout <= 60
 
 
 def test_a_silent_client_is_cut_off(srv):

@@ -24,7 +24,7 @@ from dataplane.registry.kv import Event
 from dataplane.registry.records import Endpoint, Host, Network
 from dataplane.registry.reserve import reservation_value
 from dataplane.registry.store import key
-from dataplane.runtimes import docker, docker_ipam
+from dataplane.runtimes import docker, docker_ipam, docker_server
 
 SUBNET = "10.30.0.0/24"
 GEN = docker.GENERIC
@@ -74,12 +74,12 @@ def engines(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime_ops, "serve", lambda ag, net: None)
     monkeypatch.setattr(docker, "client", SimpleNamespace(
         call=lambda node, op, timeout=60.0, **args: agents[node].call(op, args)))
-    monkeypatch.setattr(docker._Handler, "log_message", lambda self, *a: None)
+    monkeypatch.setattr(docker_server._Handler, "log_message", lambda self, *a: None)
     out, servers = {}, []
     for h, ag in agents.items():
         monkeypatch.setattr(docker.state, "LIB_ROOT", str(tmp_path / "lib"))
         d = docker.Driver(h)
-        srv = docker.Server(str(tmp_path / f"{h}.sock"), d)
+        srv = docker_server.Server(str(tmp_path / f"{h}.sock"), d)
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(srv)
         out[h] = SimpleNamespace(path=srv.path, agent=ag, driver=d)

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataplane.registry.records import Network
-from dataplane.runtimes import docker, docker_ipam
+from dataplane.runtimes import docker, docker_ipam, docker_server
 from tests.unit.conversation import converse
 from tests.unit.fake_agent import FakeAgent
 from tests.unit.fuzz_strategies import FUZZ, RAW, as_bytes, json_values, mutated
@@ -69,7 +69,7 @@ def world(tmp_path_factory):
     w = SimpleNamespace(driver=d, server=SimpleNamespace(routes=d.routes()), agent=None)
     mp = pytest.MonkeyPatch()
     mp.setattr(docker, "client", SimpleNamespace(call=lambda *a, **kw: w.agent.call(*a, **kw)))
-    mp.setattr(docker._Handler, "log_message", lambda self, *a: None)
+    mp.setattr(docker_server._Handler, "log_message", lambda self, *a: None)
     yield w
     mp.undo()
 
@@ -86,7 +86,7 @@ def reset(w) -> None:
 def exchange(w, raw: bytes) -> list[tuple[int, bytes]]:
     """Run the driver's handler on raw (the client then hangs up): [(status, body)]."""
     # reset_ok: it hung up on bytes it did not read, having answered first
-    out = converse(lambda sock: docker._Handler(sock, "docker", w.server), raw, reset_ok=True)
+    out = converse(lambda sock: docker_server._Handler(sock, "docker", w.server), raw, reset_ok=True)
     return responses(out)
 
 
@@ -125,7 +125,7 @@ def test_a_request_is_answered_and_a_refused_one_leaves_nothing(world, path, dat
     [(status, answer)] = exchange(world, post(path, body))
     reply = json.loads(answer)
     assert isinstance(reply, dict)
-    if len(body) > docker.MAX_BODY:
+    if len(body) > docker_server.MAX_BODY:
         assert status == 413
     elif path.startswith("/IpamDriver.") and "Err" in reply:
         assert status in IPAM_FAILURES

@@ -70,6 +70,7 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport)
     pid, ep = lone_etcd
     kv = watching(EtcdKV([ep], timeout=1.0, watch_deadline_s=1.5, progress_interval_s=0.3, probe_interval_s=0),
                   transport)
+    writer = EtcdKV([ep])     # the writes before the stop wait as long as they need (a loaded CI took over 1 s once)
     rev, _ = kv.range("/t/")
     d = Drain(kv.watch("/t/", rev + 1))
     try:
@@ -78,13 +79,13 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport)
         assert d.thread.is_alive() and d.error is None
         assert d.watch.lag_s() < 0.7, "progress requests are not answered"
         assert d.watch.head_rev == rev and d.watch.last_rev == rev
-        _, other = kv.commit(Txn().put("/elsewhere/x", b"1"))      # the store moves on, not the watched keys
+        _, other = writer.commit(Txn().put("/elsewhere/x", b"1"))      # the store moves on, not the watched keys
         deadline = time.monotonic() + 2
         while d.watch.head_rev < other and time.monotonic() < deadline:
             time.sleep(0.05)
         # an answer to a progress request says the store's revision: head_rev, never last_rev (etcd#15220)
         assert d.watch.head_rev == other and d.watch.last_rev == rev and d.events == []
-        _, r = kv.commit(Txn().put("/t/a", b"1"))
+        _, r = writer.commit(Txn().put("/t/a", b"1"))
         assert [e.key for e in d.wait_for(1)] == ["/t/a"] and d.watch.last_rev == r
         os.kill(pid, signal.SIGSTOP)   # the connection stays open, and silent
         stopped = time.monotonic()
@@ -105,6 +106,7 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport)
         os.kill(pid, signal.SIGCONT)
         d.stop()
         kv.close()
+        writer.close()
 
 
 def test_server_progress_notifications_advance_last_rev(tmp_path, transport):

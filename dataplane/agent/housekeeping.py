@@ -17,9 +17,11 @@ from dataplane.node.sweep import vanished
 log = logging.getLogger("dataplane.agent")
 
 
-def tick(ag) -> list[str]:
-    """Housekeeping; returns its steps that took over 10 ms, for the slow-turn warning."""
+def tick(ag, slow_s: float = 0.1) -> list[str]:
+    """Housekeeping; returns its steps that took over 10 ms, and names them in a warning if
+    the whole took over slow_s (it held up registry events that long)."""
     st, steps, t = ag.node.state(), [], time.monotonic()
+    started = t
 
     def step(what: str) -> None:
         nonlocal t
@@ -47,4 +49,6 @@ def tick(ag) -> list[str]:
     if n:
         ag.counters["aged"] += n
         log.info("aged out %d learned FDB entries", n)
+    if time.monotonic() - started > slow_s:
+        log.warning("slow turn: housekeeping took %.0f ms (%s)", (time.monotonic() - started) * 1000, ", ".join(steps))
     return steps

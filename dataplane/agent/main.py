@@ -262,22 +262,22 @@ class Agent:
                 next_beat = now                     # synced: misses come to us from now on
             if now - t0 > SLOW_TURN_S:
                 log.warning("slow turn: %s took %.0f ms", kind, (now - t0) * 1000)
-            if next_beat is not None and now >= next_beat:
-                next_beat = now + BEAT_S
-                vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
-            if now >= next_age:
-                next_age = now + age_every
-                steps = housekeeping.tick(self)
-                took = time.monotonic() - now
-                if took > SLOW_TURN_S:
-                    log.warning("slow turn: housekeeping took %.0f ms (%s)", took * 1000, ", ".join(steps))
+            try:                     # as for a message: an error here is logged, the agent goes on
+                if next_beat is not None and now >= next_beat:
+                    next_beat = now + BEAT_S
+                    vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
+                if now >= next_age:
+                    next_age = now + age_every
+                    housekeeping.tick(self, slow_s=SLOW_TURN_S)
+            except DataplaneError as e:
+                self.counters["errors"] += 1
+                log.error("%s", e)
             if now >= self._cache_due:
                 sync.write_cache(self)
 
     def _next_message(self, timeout: float):
-        """The next message in the order it was queued, event batches that follow
-        one another merged into one (one reconcile for all). A message that ends a
-        run of batches is held back and comes next: never after a later batch."""
+        """The next message in queue order, consecutive event batches merged (one reconcile for all);
+        a message that ends a run of batches is held back and comes next, never after a later batch."""
         if self._held is not None:
             msg, self._held = self._held, None
         else:

@@ -84,3 +84,37 @@ def test_an_event_the_snapshot_already_holds_changes_nothing():
     assert view.endpoints["e"].host == "h2" and view.rev == 20
     assert view.apply(Event(key=key("endpoints", "e"), value=old, rev=21)) == {300}
     assert view.endpoints["e"].host == "h1" and view.rev == 21
+
+
+def test_a_failing_housekeeping_tick_or_heartbeat_does_not_end_the_agent(agent, monkeypatch):
+    """Housekeeping and the punt heartbeat ran outside the loop's error handling: one
+    DataplaneError there (a map that could not be read, an interface gone mid-tick) ended the
+    agent, and with it the node's registry updates, until a supervisor restarted it."""
+    from dataplane.core.errors import KernelError
+    cfg = SimpleNamespace(config=SimpleNamespace(fdb_age_s=4))       # a tick every second
+    agent.node = SimpleNamespace(name="t", netns=None, require_up=lambda: cfg, state=lambda: cfg)
+    ticks = []
+
+    def tick(ag, slow_s=0.1):
+        ticks.append(1)
+        raise KernelError("dp_learned: pinned map not found")
+    monkeypatch.setattr(agent_main.housekeeping, "tick", tick)
+
+    def beat(m, until):
+        raise KernelError("dp_agent: pinned map not found")
+    monkeypatch.setattr(agent_main.vtep, "set_punt_until", beat)
+    agent.synced.set()
+    threading.Timer(1.5, lambda: agent.q.put(("events", [ev(7)]))).start()
+
+    def stop_after():
+        for _ in range(400):
+            if agent.applied:
+                break
+            threading.Event().wait(0.01)
+        agent.stop()
+    t = threading.Thread(target=stop_after)
+    t.start()
+    agent._main_loop()
+    t.join()
+    assert ticks and agent.applied == [("events", [7])]
+    assert agent.counters["errors"] >= 2

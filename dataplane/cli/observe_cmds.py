@@ -11,7 +11,7 @@ from dataplane.agent import client, process
 from dataplane.cli.node_cmds import node_of
 from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, is_json, say
 from dataplane.core import model
-from dataplane.core.errors import DataplaneError
+from dataplane.core.errors import DataplaneError, UsageError
 from dataplane.node import capture, monitor, networks, readout
 
 STATS_COLUMNS = ["vni", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "local_packets", "arp_replies",
@@ -25,7 +25,7 @@ def cmd_stats(args):
         emit(args, by_vni(args, readout.stats(node)), STATS_COLUMNS)
         return 0
     if not 0.1 <= args.interval <= 3600:
-        raise DataplaneError("--interval must be 0.1..3600 s")
+        raise UsageError("--interval must be 0.1..3600 s")
     prev, t0 = {r["vni"]: r for r in readout.stats(node)}, time.monotonic()
     try:
         while True:
@@ -118,8 +118,7 @@ def cmd_monitor(args):
     node = node_of(args)
     flags = monitor.parse_types(args.type)
     vni = model.parse_vni(args.vni) if args.vni is not None else None
-    # SIGTERM ends it like ^C, so the events are switched off on the way out.
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _stop_like_interrupt()          # so the events are switched off on the way out
     shown = 0
     try:
         with monitor.running(node, flags, sample=args.sample, rate=args.rate) as events:
@@ -146,8 +145,16 @@ def cmd_monitor(args):
     return 0
 
 
+def _stop_like_interrupt() -> None:
+    """SIGTERM and SIGHUP (kill, timeout(1), a closed SSH session) end the command like ^C, its
+    cleanup run: the default handlers exit at once (a capture's buffered frames were lost)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
 def cmd_capture(args):
     node = node_of(args)
+    _stop_like_interrupt()          # the pcap is flushed and closed, the summary printed
     what = (f"endpoint {args.endpoint}" if args.endpoint else "every endpoint") if args.inner else "the uplink"
     print(f"capture: VNI {args.vni} on {what} of node {node.name} into {args.write}; ^C to stop",
           file=sys.stderr, flush=True)

@@ -62,5 +62,5 @@ def by_vni(args, rows: list[dict]) -> list[dict]:
     if getattr(args, "vni", None) is None:
         return rows
     from dataplane.core import model  # noqa: PLC0415 - output stays import-light
-    vni = model.parse_vni(args.vni)
+    vni = 0 if str(args.vni).strip() == "0" else model.parse_vni(args.vni)     # 0: the rows of no VNI
     return [r for r in rows if r.get("vni") == vni]

@@ -234,8 +234,14 @@ def xdp_detach(netns: str | None, ifindex: int) -> None:
 
 
 def xdp_attached(netns: str | None, ifindex: int) -> bool:
+    """False too for an interface that is gone (an ifindex the state kept from before)."""
     with ipr(netns) as s:
-        xdp = s.get_links(ifindex)[0].get_attr("IFLA_XDP")
+        try:
+            xdp = s.get_links(ifindex)[0].get_attr("IFLA_XDP")
+        except _nlerror() as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise _kerr(f"read XDP of ifindex {ifindex}", e) from None
     return bool(xdp and dict(xdp["attrs"]).get("IFLA_XDP_PROG_ID"))
 
 

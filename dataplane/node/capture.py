@@ -98,13 +98,14 @@ def run(node: Node, vni: int, path: str, count: int | None = None, timeout: floa
         endpoint: str | None = None, inner: bool = False) -> int:
     """Capture until count frames, timeout seconds, or ^C; returns frames written."""
     vni = model.parse_vni(vni)
-    out = PcapWriter(path)
+    socks = open_sockets(node, vni, endpoint, inner)      # every check first: the file is emptied only then
     try:
-        socks = open_sockets(node, vni, endpoint, inner)
+        port = node.require_up().config.port
+        out = PcapWriter(path)
     except BaseException:
-        out.close()
+        for _, s, _ in socks:
+            s.close()
         raise
-    port = node.require_up().config.port
     buf = bytearray(SNAPLEN)
     written = 0
     end = time.monotonic() + timeout if timeout else None

@@ -163,3 +163,58 @@ def test_up_restore_brings_a_rebooted_node_back_and_down_forgets_it(host):
     r = dp("--netns", host, "up", "--restore", check=False)
     assert r.returncode == 3 and "nothing to restore" in r.stderr
     nothing_created(host)
+
+
+def test_observing_commands_fail_cleanly_and_keep_what_they_should(host, tmp_path):
+    """Review findings: a capture refused for its input emptied the -w file first; `status`
+    printed a traceback once the uplink had been made again under another ifindex (the
+    state keeps the old one until the next up); `stats --interval 0` exited 1, not 2, and
+    `--vni 0` (the rows of no VNI, as its help says) was refused."""
+    dp("--netns", NS, "up", "--vni", "256", "--underlay", "ul0")
+    old = tmp_path / "old.pcap"
+    old.write_bytes(b"keep")
+    r = dp("--netns", NS, "capture", "--vni", "999", "-w", str(old), "-c", "1", check=False)
+    assert r.returncode == 3 and "not served" in r.stderr, r
+    assert old.read_bytes() == b"keep", "the earlier capture was emptied"
+
+    r = dp("--netns", NS, "stats", "--watch", "--interval", "0", check=False)
+    assert r.returncode == 2 and "--interval" in r.stderr, r
+    rows = dp_json("--netns", NS, "stats", "--vni", "0")
+    assert [row["vni"] for row in rows] == [0], rows
+
+    subprocess.run(["ip", "-n", NS, "link", "del", "ul0"], check=True)       # the underlay made again
+    subprocess.run(["ip", "-n", NS, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", NS + "p"],
+                   check=True)
+    r = dp("--netns", NS, "status", check=False)
+    assert "Traceback" not in r.stderr and r.returncode == 0, r
+
+
+def test_a_capture_ended_by_sigterm_keeps_its_frames(host, tmp_path):
+    """`timeout 10 dataplane capture ...` or a kill: the default SIGTERM handler exited at once,
+    so the frames still in the writer's buffer (all of them, with little traffic) were lost."""
+    import signal
+    import time
+    from tests.integration.conftest import in_ns
+    dp("--netns", NS, "up", "--vni", "256", "--underlay", "ul0")
+    pcap = tmp_path / "x.pcap"
+    p = subprocess.Popen(DATAPLANE + ["--netns", NS, "capture", "--vni", "256", "-w", str(pcap)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        r = in_ns(NS + "p", """
+from scapy.all import Ether, IP, UDP, sendp
+from scapy.layers.vxlan import VXLAN
+inner = Ether(src="02:42:0a:01:00:98", dst="02:42:0a:01:00:99") / IP() / UDP()
+sendp([Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="198.18.1.2", dst="198.18.1.1") / UDP(dport=4789)
+       / VXLAN(flags=0x08, vni=256) / inner] * 3, iface="ul0", verbose=False)
+""")
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "3 frames written" in out + err, (out, err)
+    assert pcap.stat().st_size > 24 + 3 * 16, "the frames reached the file"

@@ -91,11 +91,11 @@ def link_names(netns: str | None) -> list[str]:
     """Every interface name in netns: the C library's dump (if_nameindex), from a thread in
     the namespace. pyroute2 decoded every attribute of every link, which with 1,000
     endpoints was a third of an agent's time (each endpoint_add and every tick list them)."""
-    return sorted(name for _, name in call_in_netns(netns, socket.if_nameindex))
+    return sorted(link_indexes(netns))
 
 
 def link_indexes(netns: str | None) -> dict[str, int]:
-    """{name: ifindex} of every interface in netns, in one dump (as link_names)."""
+    """{name: ifindex} of every interface in netns, in one dump (if_nameindex, as link_names)."""
     return {name: i for i, name in call_in_netns(netns, socket.if_nameindex)}
 
 

@@ -216,14 +216,15 @@ class Registry(Endpoints):
             raise Conflict(f"host {name} is alive (its agent keeps its lease): run `dataplane down` there, "
                            "or stop its agent and wait out its lease TTL")
         removed, aborted = [], []
-        for e in self.endpoints():
+        snap = self.snapshot(claims=False)        # one read for the endpoints and the networks
+        for e in snap.endpoints.values():
             if e.host == name:
                 self.endpoint_rm(e.id, expect=e)
                 removed.append(e.id)
             elif e.moving_to == name:
                 self.endpoint_move_abort(e.id, name)
                 aborted.append(e.id)
-        released = sum(self.reservations_drop(n.name, name) for n in self.networks())
+        released = sum(self.reservations_drop(n, name) for n in snap.networks)
         return {"host": name, "endpoints_removed": removed, "moves_taken_back": aborted,
                 "reservations_released": released}
 

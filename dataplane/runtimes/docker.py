@@ -162,7 +162,10 @@ class Driver:
         again at later requests (quiet) for any the agent could not take then. A VNI a Docker
         network of this engine maps to again is not released."""
         with self.lock:
-            todo, in_use = self._pending(), {n["vni"] for n in self._load().values()}
+            todo = self._pending()
+            if not todo:
+                return                       # the usual case: the map is not read for nothing
+            in_use = {n["vni"] for n in self._load().values()}
         for vni in todo:
             try:
                 if vni not in in_use:

@@ -7,12 +7,14 @@ or of 100,000."""
 from __future__ import annotations
 
 import logging
+import time
 
 from dataplane.agent.apply import apply, apply_patches
 from dataplane.agent.reconcile import LocalFacts, desired, patch
 from dataplane.node import nexthops
 
 log = logging.getLogger("dataplane.agent")
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0    # a failing VNI is reconciled whole again after 1, 2, 4 ... 60 s
 
 
 def facts(ag, st) -> LocalFacts:
@@ -79,3 +81,25 @@ def single(ag, fine: dict) -> None:
         if p.unroutable:
             failed.setdefault(vni, f"VTEP {', '.join(sorted(p.unroutable))} not reached through the uplink")
     ag.vni_errors.update(failed)
+
+
+def retry(ag) -> None:
+    """VNIs served only in part are reconciled whole again, backing off while they keep
+    failing: a cause that went (a route mended, a map with room again, a record fixed)
+    ends their error with no other change to them. Peers once found unroutable are asked
+    of the kernel again first: that verdict is otherwise kept until the next snapshot."""
+    now = time.monotonic()
+    if not ag.vni_errors or not ag.synced.is_set():
+        ag.retry_gap, ag.retry_at = 0.0, now + RETRY_FIRST_S
+        return
+    if now < ag.retry_at:
+        return
+    for ip in [ip for ip, ok in ag._routed.items() if not ok]:
+        del ag._routed[ip]
+    with ag.lock:
+        failing = set(ag.vni_errors)
+        whole(ag, failing)
+        if failing - set(ag.vni_errors):
+            log.info("VNI %s served in full again", ", ".join(str(v) for v in sorted(failing - set(ag.vni_errors))))
+    ag.retry_gap = min(RETRY_MAX_S, max(RETRY_FIRST_S, ag.retry_gap * 2))
+    ag.retry_at = time.monotonic() + ag.retry_gap

@@ -70,7 +70,8 @@ class Agent:
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.conflicts: dict[str, str] = {}    # a local runtime's endpoint another writer moved or deleted
         self.bad: deque[str] = deque(maxlen=50)   # the last records skipped as malformed: "key: why"
-        self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
+        self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why (converge.retry)
+        self.retry_gap = self.retry_at = 0.0
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0,
                          "reconnects": 0, "vanished": 0}
@@ -266,6 +267,7 @@ class Agent:
                 if next_beat is not None and now >= next_beat:
                     next_beat = now + BEAT_S
                     vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
+                converge.retry(self)
                 if now >= next_age:
                     next_age = now + age_every
                     housekeeping.tick(self, slow_s=SLOW_TURN_S)
@@ -328,12 +330,6 @@ class Agent:
         n = forget_learned_vtep(self.maps, gone.vtep)
         log.info("host %s (%s) left%s", gone.name, gone.vtep, f"; dropped {n} learned entries" if n else "")
         local.settle_moves(self)          # a move of ours to that host can no longer complete
-
-    # --- reconcile -------------------------------------------------------------
-
-    def reconcile(self, vnis=None) -> None:
-        """Make the maps equal the registry for vnis (None: all); see converge.py."""
-        converge.whole(self, vnis)
 
 
 def install_signal_handlers(agent: Agent) -> None:

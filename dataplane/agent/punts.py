@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 
-from dataplane.agent import slowpath
+from dataplane.agent import converge, slowpath
 from dataplane.core import abi
 from dataplane.core.errors import DataplaneError
 from dataplane.node import networks
@@ -195,7 +195,7 @@ class PuntHandler:
             return None
         # The watch brings these same records later; install them now.
         ag.view.remember(ep, host, (claim.key, claim.mod_rev))
-        ag.reconcile(vnis={net.vni})
+        converge.whole(ag, {net.vni})
         self.counts["looked_up"] += 1
         return ep
 

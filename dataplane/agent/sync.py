@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from dataplane.agent import cache, local, pauses, sdnotify
+from dataplane.agent import cache, converge, local, pauses, sdnotify
 from dataplane.registry import Snapshot
 from dataplane.registry.backoff import Backoff
 
@@ -129,7 +129,7 @@ def finish(ag, rev: int, warm: bool) -> None:
             local.adopt(ag)
         local.settle_moves(ag)
         ag.orphan_scan_all = True       # the view is new: every record of ours is looked at
-        ag.reconcile()
+        converge.whole(ag)
     pauses.settle()
     ag.last_sync_s = time.monotonic() - t0
     ag.warm_start = warm
@@ -170,7 +170,7 @@ def load_claims(ag, claims: Snapshot) -> None:
             return
         _note_bad(ag, claims)
         ag.view.load_claims(claims)
-        ag.reconcile()
+        converge.whole(ag)
     log.info("IPAM claims read at revision %d (%d MACs, %d addresses) in %.0f ms; reconciled in %.0f ms",
              claims.rev, len(claims.macs), len(claims.ipam), ag.last_claims_s * 1000, (time.monotonic() - t0) * 1000)
 

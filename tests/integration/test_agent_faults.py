@@ -69,6 +69,40 @@ def test_a_vni_with_an_unroutable_peer_fails_alone(info):
         reg.close()
 
 
+def test_a_vni_error_heals_once_its_cause_is_gone(info):
+    """A peer VTEP unroutable on h1 fails its VNI there; once the operator mends the
+    route, the agent serves the VNI in full and the error goes, with no restart and
+    no other change to the VNI (before: the verdict was kept until a snapshot, which
+    only a compaction or a broken watch brings, and the error stayed for ever)."""
+    lone = "198.18.0.200"          # in the lab's underlay subnet, where no host answers
+    url = lab.registry_url("sqlite")
+    reg = open_registry(url)
+    unreachable = ["ip", "-n", lab.host_ns(1), "route", "add", "unreachable", f"{lone}/32"]
+    lab.run_checked(unreachable)
+    lease = 0
+    try:
+        reg.network_create("mend", 258, subnet="10.1.2.0/24")
+        lease = reg.kv.lease_grant(600)
+        reg.host_register(Host.make("lone", lone), lease)
+        mac = reg.endpoint_create("dpl-lone1", "mend", "lone").mac
+        reg.network_create("drop", 259, subnet="10.1.3.0/24")
+        reg.endpoint_create("dpl-lone2", "drop", "lone")
+        errors = lambda: client.call("dpl-h1", "status")["vni_errors"]  # noqa: E731
+        assert wait_for(lambda: lone in errors().get("258", "") and lone in errors().get("259", "")), errors()
+        reg.endpoint_rm("dpl-lone2")
+        reg.network_rm("drop")          # a failing VNI that leaves the registry takes its error along
+        assert wait_for(lambda: "259" not in errors()), errors()
+        lab.run_checked(["ip", "-n", lab.host_ns(1), "route", "del", "unreachable", f"{lone}/32"])
+        assert wait_for(lambda: "258" not in errors(), timeout=20), errors()
+        assert any(r["mac"] == mac and r["where"] == lone for r in readout.fdb(Node("dpl-h1")))
+    finally:
+        best_effort(lambda: lab.run_checked(["ip", "-n", lab.host_ns(1), "route", "del", f"{lone}/32"]),
+                    lambda: reg.endpoint_rm("dpl-lone1"), lambda: reg.network_rm("mend"),
+                    lambda: reg.endpoint_rm("dpl-lone2"), lambda: reg.network_rm("drop"),
+                    lambda: reg.kv.lease_revoke(lease))
+        reg.close()
+
+
 def test_a_duplicate_host_name_is_refused_and_harms_nobody(info):
     """h2's agent started under h1's name must not start, and must not adopt
     (and so remove) h1's endpoints as if they were its own."""

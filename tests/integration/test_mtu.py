@@ -57,6 +57,8 @@ def test_a_network_the_underlay_cannot_carry_is_refused_and_said(info):
         finally:
             reg.network_rm("wide")
         assert "carries at most 1450" in errors["300"], errors
+        gone = wait_for(lambda: "300" not in client.call("dpl-h2", "status")["vni_errors"])
+        assert gone, "a network that left the registry takes its error along"
         assert 300 not in Node("dpl-h2").state().networks
         assert "carries at most 1450" in errors.get("256", ""), "VNI 256 (8950) as well"
     finally:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from dataplane.agent import client
 from dataplane.cli.node_cmds import node_of
 from dataplane.cli.output import add_output, say
+from dataplane.core.errors import file_errors
 
 
 def cmd_docker_plugin(args):
@@ -24,14 +26,20 @@ def cmd_cni_install(args):
 
 def install_cni(bin_dir: str) -> str:
     """Write the `dataplane` executable a runtime finds in its CNI path."""
-    os.makedirs(bin_dir, exist_ok=True)
     path = os.path.join(bin_dir, "dataplane")
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"#!{sys.executable}\n# dataplane CNI plugin (written by `dataplane cni install`)\n"
-                "import sys\nfrom dataplane.runtimes.cni import main\nsys.exit(main())\n")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    with file_errors("cannot install the CNI plugin"):
+        os.makedirs(bin_dir, exist_ok=True)
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"#!{sys.executable}\n# dataplane CNI plugin (written by `dataplane cni install`)\n"
+                        "import sys\nfrom dataplane.runtimes.cni import main\nsys.exit(main())\n")
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return path
 
 

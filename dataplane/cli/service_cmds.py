@@ -6,11 +6,13 @@ process (Type=notify: ready after its first sync; Restart=always). With
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from dataplane.cli.output import add_output, say
 from dataplane.core import model
+from dataplane.core.errors import file_errors
 
 PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
 
@@ -73,14 +75,23 @@ RestartSec=1
 def cmd_install(args):
     if args.netns:
         model.parse_name(args.netns, "namespace")
-    os.makedirs(args.unit_dir, exist_ok=True)
-    written = []
-    for name, text in units(args.netns, args.docker).items():
-        path = os.path.join(args.unit_dir, name)
-        with open(path + ".new", "w") as f:
-            f.write(text)
-        os.replace(path + ".new", path)
-        written.append(path)
+    files = {os.path.join(args.unit_dir, name): text for name, text in units(args.netns, args.docker).items()}
+    with file_errors("cannot write the units"):
+        os.makedirs(args.unit_dir, exist_ok=True)
+        staged = []
+        try:                       # every unit written aside first: a failure leaves none of them
+            for path, text in files.items():
+                with open(path + ".new", "w") as f:
+                    staged.append(path + ".new")
+                    f.write(text)
+        except OSError:
+            for tmp in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+        for path in files:
+            os.replace(path + ".new", path)
+    written = list(files)
     first = os.path.basename(written[0])
     hint = f"now: systemctl daemon-reload && systemctl enable --now {first}"
     if args.docker:
@@ -90,11 +101,12 @@ def cmd_install(args):
 
 def cmd_uninstall(args):
     removed = []
-    for name in units(args.netns, docker=True):
-        path = os.path.join(args.unit_dir, name)
-        if os.path.exists(path):
-            os.unlink(path)
-            removed.append(path)
+    with file_errors("cannot remove the units"):
+        for name in units(args.netns, docker=True):
+            path = os.path.join(args.unit_dir, name)
+            if os.path.lexists(path):
+                os.unlink(path)
+                removed.append(path)
     say(args, "\n".join(f"removed {p}" for p in removed) or "nothing installed", {"removed": removed})
 
 

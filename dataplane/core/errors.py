@@ -1,6 +1,9 @@
 """The project's exceptions. Each names the thing it is about; the CLI prints
 the message on one line and exits with the class's code (grouped by cause)."""
 
+import contextlib
+import errno
+
 
 class DataplaneError(Exception):
     exit_code = 1
@@ -40,3 +43,17 @@ class KernelError(DataplaneError):
     """A netlink or bpf() call failed; the message names the object and the errno."""
 
     exit_code = 7
+
+
+_BY_ERRNO = {errno.EACCES: NotPermitted, errno.EPERM: NotPermitted, errno.EROFS: NotPermitted,
+             errno.ENOENT: NotFound, errno.ENOTDIR: NotFound, errno.EEXIST: Conflict, errno.EISDIR: Conflict}
+
+
+@contextlib.contextmanager
+def file_errors(what: str):
+    """An OSError from the files of `what` becomes the error of its cause, naming the file."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise _BY_ERRNO.get(e.errno, DataplaneError)(f"{what}: {e.strerror or e}{where}") from None

@@ -42,3 +42,28 @@ def test_install_and_uninstall(tmp_path, capsys):
     assert main(["service", "uninstall", "--unit-dir", str(tmp_path), "-o", "json"]) == 0
     assert sorted(json.loads(capsys.readouterr().out)["removed"]) == sorted(written)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_install_into_a_bad_directory_fails_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """A --unit-dir that cannot hold the units: one error line and a non-zero exit, not a
+    traceback; and a failure at the second unit leaves not even the first."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["service", "install", "--unit-dir", str(blocker / "units")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("dataplane: error: cannot write the units") and err.count("\n") == 1, err
+    (tmp_path / "dataplane-docker.socket.new").mkdir()       # the second unit cannot be written
+    assert main(["service", "install", "--docker", "--unit-dir", str(tmp_path)]) == 4
+    assert "dataplane-docker.socket.new" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataplane-docker.socket.new", "file"]
+
+
+def test_cni_install_into_a_bad_directory_fails_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["cni", "install", "--bin-dir", str(blocker / "bin")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("dataplane: error: cannot install the CNI plugin") and err.count("\n") == 1, err
+    (tmp_path / "dataplane.tmp").mkdir()
+    assert main(["cni", "install", "--bin-dir", str(tmp_path)]) == 4
+    assert not (tmp_path / "dataplane").exists()

@@ -89,10 +89,10 @@ class LeaseKeeper:
                 return
             except DataplaneError as e:
                 log.error("cannot register: %s", e)
-                self.ag.counters["errors"] += 1
+                self.ag.counters["registry_errors"] += 1
             except Exception:  # noqa: BLE001 - this thread is the host's liveness: it must not end silently
                 log.exception("lease keeper: unexpected error; trying again")
-                self.ag.counters["errors"] += 1
+                self.ag.counters["registry_errors"] += 1
                 registered = False
             if registered:
                 self.ag.registered.set()

@@ -74,7 +74,7 @@ class Agent:
         self.retry_gap = self.retry_at = 0.0
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0,
-                         "reconnects": 0, "vanished": 0}
+                         "reconnects": 0, "vanished": 0, "registry_errors": 0}
         self.punts = punts.PuntHandler(self)
         self.leases = lease.LeaseKeeper(self)
         self.last_sync_s = self.last_snapshot_s = self.last_claims_s = 0.0

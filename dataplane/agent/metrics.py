@@ -41,7 +41,11 @@ COUNTERS = {   # agent.counters key -> (metric, help)
     "events": ("registry_events", "Registry watch events applied"),
     "resyncs": ("registry_resyncs", "Full registry snapshots taken after a broken watch"),
     "bad_records": ("registry_bad_records", "Registry records skipped as malformed"),
-    "errors": ("reconcile_errors", "Errors applying registry changes to the maps"),
+    "errors": ("reconcile_errors", "Errors in the agent's main loop, each logged: applying registry changes "
+                                   "to the maps, punts, housekeeping"),
+    "registry_errors": ("registry_errors", "Registry requests of the agent's own that failed, each logged and "
+                                           "tried again: registering and keeping its lease, reading the claims"),
+    "aged": ("fdb_aged", "Learned FDB entries aged out"),
     "reconnects": ("registry_reconnects", "Registry connections re-established"),
     "repairs": ("repairs", "Leftovers of a crash repaired at start"),
     "vanished": ("endpoints_vanished", "Endpoints removed because their interface disappeared"),
@@ -110,6 +114,10 @@ class Collector:
         for kind in ("fdb", "neigh"):
             g.add_metric([kind], inst.get(kind, 0))
         yield g
+        c = CounterMetricFamily("dataplane_remote_map_full", "Writes of remote entries a full map refused "
+                                "(the VNI is retried whole; agent status map_error says which map)")
+        c.add_metric([], inst.get("map_full", 0))
+        yield c
         for key, (name, text) in COUNTERS.items():
             c = CounterMetricFamily(f"dataplane_{name}", text)
             c.add_metric([], counters.get(key, 0))

@@ -155,7 +155,7 @@ def read_claims(ag) -> None:
             ag.q.put(("claims", claims))
             return
         except Exception as e:  # noqa: BLE001 - whatever it was, the view needs them: try again
-            ag.counters["errors"] += 1      # claims_pending in status says what is still missing
+            ag.counters["registry_errors"] += 1      # claims_pending in status says what is still missing
             log.warning("reading the IPAM claims failed (%s: %s); trying again", type(e).__name__, e)
         backoff.wait(ag.stopping)
 

@@ -74,6 +74,23 @@ def test_a_spoofed_frame_is_in_the_drop_metric(info):
     assert value(body, "process_start_time_seconds") > 0
 
 
+def test_what_agent_status_counts_prometheus_sees(info):
+    """Each count `agent status` gives is a metric with the same value (before: aged-out
+    entries, remote writes a full map refused and the agent's failed registry requests
+    were in status only, and lease errors were counted as reconcile errors)."""
+    from dataplane.agent import client
+    url = next(h["metrics_url"] for h in info["hosts"] if h["name"] == "h1")
+    st = client.call("dpl-h1", "status")
+    _, body = scrape(url)
+    steady = {"aged": "fdb_aged", "registry_errors": "registry_errors", "errors": "reconcile_errors",
+              "repairs": "repairs", "vanished": "endpoints_vanished", "bad_records": "registry_bad_records",
+              "resyncs": "registry_resyncs", "reconnects": "registry_reconnects"}
+    for key, name in steady.items():
+        assert value(body, f"dataplane_{name}_total") == st[key], (key, name)
+    assert value(body, "dataplane_remote_map_full_total") == st["installed"]["map_full"]
+    assert value(body, "dataplane_registry_events_total") is not None
+
+
 def test_promtool_accepts_the_exposition(info):
     if not shutil.which("promtool"):
         if IN_CI:

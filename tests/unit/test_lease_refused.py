@@ -27,7 +27,7 @@ class FakeAgent:
         self.me, self.ttl, self.failed = "h1", 3, None
         self.stopping, self.registered = threading.Event(), threading.Event()
         self.reg = type("Reg", (), {"kv": FakeKV(error)})()
-        self.counters = {"errors": 0}
+        self.counters = {"errors": 0, "registry_errors": 0}
 
     def fail(self, why):
         self.failed = why
@@ -74,5 +74,5 @@ def test_an_unexpected_error_is_logged_and_tried_again(monkeypatch, caplog):
     keeper = LeaseKeeper(ag)
     keeper.run()
     assert kv.calls >= 2, "tried again"
-    assert ag.failed is None and ag.counters["errors"] >= 1
+    assert ag.failed is None and ag.counters["registry_errors"] >= 1
     assert "unexpected error" in caplog.text

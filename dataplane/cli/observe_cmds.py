@@ -119,29 +119,44 @@ def cmd_monitor(args):
     flags = monitor.parse_types(args.type)
     vni = model.parse_vni(args.vni) if args.vni is not None else None
     _stop_like_interrupt()          # so the events are switched off on the way out
-    shown = 0
+    shown, reported = 0, 0
+
+    def report_lost(events) -> None:
+        """Events the fast path could not write since the last report: a gap in what was shown."""
+        nonlocal reported
+        n = events.lost()
+        if n > reported:
+            if is_json(args):
+                print(json.dumps({"type": "lost", "count": n - reported, "total": n}), flush=True)
+            else:
+                print(f"monitor: {n - reported} events lost (the fast path could not write them: rate or ring "
+                      "full)", file=sys.stderr, flush=True)
+            reported = n
     try:
         with monitor.running(node, flags, sample=args.sample, rate=args.rate) as events:
             if not is_json(args):
                 print(f"monitor: {args.type} events on node {node.name}; ^C to stop", file=sys.stderr, flush=True)
             end = time.monotonic() + args.timeout if args.timeout else None
-            while args.count is None or shown < args.count:
-                if end is not None and time.monotonic() >= end:
-                    break
-                for ev in events.read(0.2):
-                    if vni is not None and ev["vni"] != vni:
-                        continue
-                    print(json.dumps(ev) if is_json(args) else _line(ev), flush=True)
-                    shown += 1
-                    if args.count is not None and shown >= args.count:
+            check = time.monotonic() + 1
+            try:
+                while args.count is None or shown < args.count:
+                    if end is not None and time.monotonic() >= end:
                         break
-            lost = events.lost()
-    except KeyboardInterrupt:
+                    for ev in events.read(0.2):
+                        if vni is not None and ev["vni"] != vni:
+                            continue
+                        print(json.dumps(ev) if is_json(args) else _line(ev), flush=True)
+                        shown += 1
+                        if args.count is not None and shown >= args.count:
+                            break
+                    if time.monotonic() >= check:       # said as they happen, once a second at most
+                        report_lost(events)
+                        check = time.monotonic() + 1
+            except KeyboardInterrupt:
+                pass
+            report_lost(events)
+    except (KeyboardInterrupt, BrokenPipeError):
         return 0
-    except BrokenPipeError:
-        return 0
-    if lost and not is_json(args):
-        print(f"monitor: the fast path could not write {lost} events (rate or ring full)", file=sys.stderr)
     return 0
 
 

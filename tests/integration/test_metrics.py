@@ -28,7 +28,8 @@ SPOOF = """
 import sys
 from scapy.all import Ether, IP, UDP, Raw, sendp
 src_mac, src_ip, dst_mac, dst_ip = sys.argv[1:5]
-sendp([Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / UDP(dport=9) / Raw(b"spoof")] * 5,
+n = int(sys.argv[5]) if len(sys.argv) > 5 else 5
+sendp([Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / UDP(dport=9) / Raw(b"spoof")] * n,
       iface="eth0", verbose=False)
 """
 
@@ -135,10 +136,11 @@ def test_every_dashboard_query_names_an_exported_metric(info):
     assert not used - exported, f"not exported: {sorted(used - exported)}"
 
 
-def _monitor(*args) -> subprocess.Popen:
+def _monitor(*args, as_json: bool = True) -> subprocess.Popen:
     import sys
-    p = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "monitor", "-o", "json",
-                          "--timeout", "20", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "--netns", "dpl-h1", "monitor",
+                          *(["-o", "json"] if as_json else []), "--timeout", "20", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     from dataplane.node import Node, monitor
     import ctypes
     from tests.integration.conftest import wait_for
@@ -173,6 +175,36 @@ def test_monitor_shows_a_spoofed_frame_as_a_drop(info):
         "02:42:0a:01:00:fe", a["ip"], b["ip"], "udp", 9), ev
     assert ev["interface"] and ev["interface"].startswith("dp"), ev
     assert _events_off(), "the monitor switched the events off when it ended"
+
+
+def test_monitor_says_what_it_lost_however_it_ends(info):
+    """Over --rate the fast path writes no event and counts it. The monitor says how many, as a
+    {"type": "lost"} record under -o json and on stderr otherwise, also when ^C ends it (before:
+    only in text mode, and only when -c or --timeout ended it)."""
+    import json
+    import signal
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    for as_json in (True, False):
+        mon = _monitor("--type", "drop", "--rate", "1", as_json=as_json)
+        try:
+            # 100 drops at once: the meter lets a burst of 64 through, then one a second
+            r = in_ns(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"], "100")
+            assert r.returncode == 0, r.stderr
+            time.sleep(0.5)
+            mon.send_signal(signal.SIGINT)
+            out, err = mon.communicate(timeout=30)
+        finally:
+            if mon.poll() is None:
+                mon.kill()
+        assert mon.returncode == 0, err
+        if as_json:
+            records = [json.loads(line) for line in out.splitlines()]
+            lost = [e for e in records if e["type"] == "lost"]
+            assert lost and lost[-1]["total"] == sum(e["count"] for e in lost) >= 1, records
+            assert any(e["type"] == "drop" for e in records), "the one the rate let through"
+        else:
+            assert re.search(r"monitor: \d+ events lost", err), err
+        assert _events_off()
 
 
 def test_monitor_traces_forwarded_frames_with_the_inner_frame(info):

@@ -83,23 +83,33 @@ def single(ag, fine: dict) -> None:
     ag.vni_errors.update(failed)
 
 
-def retry(ag) -> None:
-    """VNIs served only in part are reconciled whole again, backing off while they keep
-    failing: a cause that went (a route mended, a map with room again, a record fixed)
-    ends their error with no other change to them. Peers once found unroutable are asked
-    of the kernel again first: that verdict is otherwise kept until the next snapshot."""
+def retry(ag, slow_s: float = 0.1) -> None:
+    """VNIs served only in part (vni_errors, or entries a full map refused) are reconciled whole
+    again, each on a backoff of its own (1, 2, 4 ... 60 s while it keeps failing): a cause that
+    went (a route mended, a map with room again, an uplink MTU raised) ends the error with no
+    other change to the VNI. Their peers once found unroutable are asked of the kernel again
+    first: that verdict is otherwise kept until the next snapshot."""
     now = time.monotonic()
-    if not ag.vni_errors or not ag.synced.is_set():
-        ag.retry_gap, ag.retry_at = 0.0, now + RETRY_FIRST_S
+    failing = set(ag.vni_errors) | set(ag.remote.short) if ag.synced.is_set() else set()
+    for vni in [v for v in ag.retries if v not in failing]:
+        del ag.retries[vni]                    # healed, or gone: the next failure starts at 1 s
+    for vni in failing - ag.retries.keys():
+        ag.retries[vni] = (RETRY_FIRST_S, now + RETRY_FIRST_S)
+    due = {v for v, (_, at) in ag.retries.items() if at <= now}
+    if not due:
         return
-    if now < ag.retry_at:
-        return
+    for vni in due:                            # before the attempt: one that raises waits its turn too
+        gap = ag.retries[vni][0]
+        ag.retries[vni] = (min(RETRY_MAX_S, gap * 2), now + gap)
     for ip in [ip for ip, ok in ag._routed.items() if not ok]:
         del ag._routed[ip]
     with ag.lock:
-        failing = set(ag.vni_errors)
-        whole(ag, failing)
-        if failing - set(ag.vni_errors):
-            log.info("VNI %s served in full again", ", ".join(str(v) for v in sorted(failing - set(ag.vni_errors))))
-    ag.retry_gap = min(RETRY_MAX_S, max(RETRY_FIRST_S, ag.retry_gap * 2))
-    ag.retry_at = time.monotonic() + ag.retry_gap
+        whole(ag, due)
+    healed = due - set(ag.vni_errors) - set(ag.remote.short)
+    for vni in healed:
+        del ag.retries[vni]
+    if healed:
+        log.info("VNI %s served in full again", ", ".join(str(v) for v in sorted(healed)))
+    if time.monotonic() - now > slow_s:
+        log.warning("slow turn: retrying VNI %s took %.0f ms", ", ".join(str(v) for v in sorted(due)),
+                    (time.monotonic() - now) * 1000)

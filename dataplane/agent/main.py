@@ -70,8 +70,8 @@ class Agent:
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.conflicts: dict[str, str] = {}    # a local runtime's endpoint another writer moved or deleted
         self.bad: deque[str] = deque(maxlen=50)   # the last records skipped as malformed: "key: why"
-        self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why (converge.retry)
-        self.retry_gap = self.retry_at = 0.0
+        self.vni_errors: dict[int, str] = {}   # VNIs served only in part, and why
+        self.retries: dict[int, tuple] = {}    # such a VNI -> (backoff s, next attempt): converge.retry
         self._routed: dict[str, bool] = {}     # VTEP -> reached through the uplink
         self.counters = {"events": 0, "resyncs": 0, "bad_records": 0, "aged": 0, "errors": 0, "repairs": 0,
                          "reconnects": 0, "vanished": 0, "registry_errors": 0}
@@ -267,10 +267,14 @@ class Agent:
                 if next_beat is not None and now >= next_beat:
                     next_beat = now + BEAT_S
                     vtep.set_punt_until(self.maps, time.monotonic_ns() + LEASE_NS)
-                converge.retry(self)
                 if now >= next_age:
                     next_age = now + age_every
                     housekeeping.tick(self, slow_s=SLOW_TURN_S)
+            except DataplaneError as e:
+                self.counters["errors"] += 1
+                log.error("%s", e)
+            try:
+                converge.retry(self, slow_s=SLOW_TURN_S)
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)

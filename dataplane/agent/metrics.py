@@ -114,8 +114,8 @@ class Collector:
         for kind in ("fdb", "neigh"):
             g.add_metric([kind], inst.get(kind, 0))
         yield g
-        c = CounterMetricFamily("dataplane_remote_map_full", "Writes of remote entries a full map refused "
-                                "(the VNI is retried whole; agent status map_error says which map)")
+        c = CounterMetricFamily("dataplane_remote_map_full", "Batches of remote entries a full map refused in "
+                                "part (the VNI is retried whole; agent status map_error says which map)")
         c.add_metric([], inst.get("map_full", 0))
         yield c
         for key, (name, text) in COUNTERS.items():

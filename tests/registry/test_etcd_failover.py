@@ -249,7 +249,7 @@ def test_a_short_lease_outlives_a_stopped_member(tmp_path, monkeypatch):
         kv = _kv(_first(victim, ms))
         events = []
         ag = SimpleNamespace(me="h1", ttl=3, reg=Registry(kv), vtep=Host.make("h1", "198.18.0.1"), registered_rev=0,
-                             stopping=threading.Event(), registered=threading.Event(), counters={"errors": 0},
+                             stopping=threading.Event(), registered=threading.Event(), counters={"errors": 0, "registry_errors": 0},
                              node=SimpleNamespace(name="x"), url="etcd://test", fail=events.append,
                              disconnected=lambda: events.append("disconnected"))
         keeper = LeaseKeeper(ag)

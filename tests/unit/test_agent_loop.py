@@ -23,6 +23,7 @@ def agent(tmp_path, monkeypatch):
     ag._apply_snapshot = lambda snap: applied.append(("snapshot", snap.rev))
     ag._apply_events = lambda evs: applied.append(("events", [e.rev for e in evs]))
     ag._age = lambda: None
+    ag.remote = SimpleNamespace(short=set())     # as after run() opened the maps
     ag.applied = applied
     yield ag
     ag.reg.close()

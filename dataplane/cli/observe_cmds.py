@@ -124,14 +124,15 @@ def cmd_monitor(args):
     def report_lost(events) -> None:
         """Events the fast path could not write since the last report: a gap in what was shown."""
         nonlocal reported
-        n = events.lost()
-        if n > reported:
+        n, was = events.lost(vni), reported
+        if n > was:
+            reported = n             # first: a signal during the print must not report them twice
             if is_json(args):
-                print(json.dumps({"type": "lost", "count": n - reported, "total": n}), flush=True)
+                print(json.dumps({"time": round(time.time(), 6), "type": "lost", "vni": vni, "count": n - was,
+                                  "total": n}), flush=True)
             else:
-                print(f"monitor: {n - reported} events lost (the fast path could not write them: rate or ring "
+                print(f"monitor: {n - was} events lost (the fast path could not write them: rate or ring "
                       "full)", file=sys.stderr, flush=True)
-            reported = n
     try:
         with monitor.running(node, flags, sample=args.sample, rate=args.rate) as events:
             if not is_json(args):

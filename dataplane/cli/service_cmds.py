@@ -7,6 +7,7 @@ process (Type=notify: ready after its first sync; Restart=always). With
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 
@@ -78,6 +79,9 @@ def cmd_install(args):
     files = {os.path.join(args.unit_dir, name): text for name, text in units(args.netns, args.docker).items()}
     with file_errors("cannot write the units"):
         os.makedirs(args.unit_dir, exist_ok=True)
+        for path in files:           # what a rename cannot replace, found before anything is written
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         staged = []
         try:                       # every unit written aside first: a failure leaves none of them
             for path, text in files.items():

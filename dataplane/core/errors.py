@@ -45,7 +45,7 @@ class KernelError(DataplaneError):
     exit_code = 7
 
 
-_BY_ERRNO = {errno.EACCES: NotPermitted, errno.EPERM: NotPermitted, errno.EROFS: NotPermitted,
+_BY_ERRNO = {errno.EACCES: NotPermitted, errno.EPERM: NotPermitted,   # EROFS and the rest: exit 1
              errno.ENOENT: NotFound, errno.ENOTDIR: NotFound, errno.EEXIST: Conflict, errno.EISDIR: Conflict}
 
 
@@ -55,5 +55,6 @@ def file_errors(what: str):
     try:
         yield
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
+        name = e.filename2 or e.filename             # a rename's target, else the file
+        where = f" ({name})" if name else ""
         raise _BY_ERRNO.get(e.errno, DataplaneError)(f"{what}: {e.strerror or e}{where}") from None

@@ -98,18 +98,25 @@ class Events:
         self._vni = {}
         self._ifname = {}
         self.size = ctypes.sizeof(_A.structs["dp_event"])
-        self.lost_before = self._lost_total()
+        self._base = self._lost_by_slot()     # slot -> (vni, events lost before this monitor)
+        self._lost: dict[int, tuple] = {}     # slot -> (vni, lost during this monitor, as last read)
 
     def read(self, timeout_s: float = 0.5) -> list[dict]:
         return [self.decode(r) for r in self.reader.read(timeout_s, limit=1024)]
 
-    def lost(self) -> int:
-        """Events the fast path could not write during this monitor (over the rate, or the ring full)."""
-        return self._lost_total() - self.lost_before
+    def lost(self, vni: int | None = None) -> int:
+        """Events the fast path could not write during this monitor (over the rate, or the ring
+        full), of one VNI if given (0: of none). It never goes down: a VNI unserved meanwhile
+        keeps what it lost."""
+        for slot, (v, n) in self._lost_by_slot().items():
+            was = self._lost.get(slot, (v, 0))[1]
+            self._lost[slot] = (v, max(was, n - self._base.get(slot, (v, 0))[1]))
+        return sum(n for v, n in self._lost.values() if vni is None or v == vni)
 
-    def _lost_total(self) -> int:
-        slots = {0} | {n.slot for _, n in self.maps.dp_networks.items()}
-        return sum(cpu.monitor_lost for s in slots for cpu in (self.maps.dp_stats.get(ctypes.c_uint32(s)) or []))
+    def _lost_by_slot(self) -> dict[int, tuple]:
+        slots = {0: 0} | {n.slot: k.value for k, n in self.maps.dp_networks.items()}
+        return {s: (v, sum(cpu.monitor_lost for cpu in (self.maps.dp_stats.get(ctypes.c_uint32(s)) or [])))
+                for s, v in slots.items()}
 
     def decode(self, rec: bytes) -> dict:
         ev = _A.structs["dp_event"].from_buffer_copy(rec[:self.size].ljust(self.size, b"\0"))

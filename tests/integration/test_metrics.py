@@ -201,6 +201,7 @@ def test_monitor_says_what_it_lost_however_it_ends(info):
             records = [json.loads(line) for line in out.splitlines()]
             lost = [e for e in records if e["type"] == "lost"]
             assert lost and lost[-1]["total"] == sum(e["count"] for e in lost) >= 1, records
+            assert lost[-1]["vni"] is None and lost[-1]["time"] >= records[0]["time"], lost
             assert any(e["type"] == "drop" for e in records), "the one the rate let through"
         else:
             assert re.search(r"monitor: \d+ events lost", err), err

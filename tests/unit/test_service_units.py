@@ -56,6 +56,11 @@ def test_install_into_a_bad_directory_fails_in_one_line_and_writes_nothing(tmp_p
     assert main(["service", "install", "--docker", "--unit-dir", str(tmp_path)]) == 4
     assert "dataplane-docker.socket.new" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataplane-docker.socket.new", "file"]
+    (tmp_path / "dataplane-docker.socket.new").rmdir()
+    (tmp_path / "dataplane-docker.socket").mkdir()           # a unit's own name taken by a directory
+    assert main(["service", "install", "--docker", "--unit-dir", str(tmp_path)]) == 4
+    assert f"({tmp_path / 'dataplane-docker.socket'})" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataplane-docker.socket", "file"]
 
 
 def test_cni_install_into_a_bad_directory_fails_in_one_line(tmp_path, capsys):

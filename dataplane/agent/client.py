@@ -43,9 +43,17 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
             if not chunk:
                 raise errors.KernelError(f"the agent of node {node} closed the connection")
             buf += chunk
+        reply = json.loads(buf)
+    except TimeoutError:
+        raise DataplaneError(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
+                             "(its log, or `kill -USR1` its pid for its stacks, says what it is doing)") from None
+    except (PermissionError, ConnectionError) as e:
+        cls = errors.NotPermitted if isinstance(e, PermissionError) else errors.KernelError
+        raise cls(f"cannot talk to the agent of node {node}: {e.strerror} ({path})") from None
+    except ValueError:
+        raise errors.KernelError(f"the agent of node {node} answered {op!r} with a broken reply") from None
     finally:
         s.close()
-    reply = json.loads(buf)
     if reply.get("ok"):
         return reply.get("result")
     raise _BY_CODE.get(reply.get("code"), DataplaneError)(reply.get("error", "agent error"))

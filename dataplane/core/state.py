@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import orjson
 
 from . import model
+from .errors import DataplaneError, NotFound, file_errors
 
 RUN_ROOT = "/run/dataplane"          # what the running node made: gone at a reboot, like the pins and links
 LIB_ROOT = "/var/lib/dataplane"      # what must outlive a reboot: how to bring the node back, the Docker map
@@ -174,11 +175,17 @@ def locked(node: str):
 
 
 def load(node: str) -> NodeState | None:
+    """The node's state; None if it is not up. Unreadable (not root) or damaged: a DataplaneError."""
     try:
-        with open(_path(node), "rb") as f:
-            return NodeState.from_json(orjson.loads(f.read()))
-    except FileNotFoundError:
+        with file_errors(f"cannot read the state of node {node}"), open(_path(node), "rb") as f:
+            raw = f.read()
+    except NotFound:
         return None
+    try:
+        return NodeState.from_json(orjson.loads(raw))
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataplaneError(f"the state of node {node} is damaged ({_path(node)}: {type(e).__name__}: {e}); "
+                             f"`dataplane down` then `up` makes it again") from None
 
 
 def save(st: NodeState) -> None:

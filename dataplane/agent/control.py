@@ -56,6 +56,14 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
     vnis = [model.parse_vni(v) for v in vnis or []]
     if subnet is not None and len(vnis) != 1:
         raise UsageError("--subnet applies to exactly one --vni")
+    if url:                            # what the agent would refuse at its start, refused before anything is made
+        old = node.state()
+        if lease_ttl is not None:
+            model.parse_lease_ttl(lease_ttl)
+        name = vtep.host_name_for(node, host_name, old.host_name if old else None)
+        if old and old.host_name and name != old.host_name and process.running_pid(node.name):
+            raise Conflict(f"node {node.name} is host {old.host_name} in the registry and its agent runs: "
+                           "`dataplane down` first to rename it")
     created, mtus = [], {}
     if url and vnis:
         mtu = vtep.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN

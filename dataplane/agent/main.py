@@ -25,7 +25,7 @@ from dataplane.agent import (client, converge, housekeeping, lease, local, metri
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.kernel import netlink
 from dataplane.node import Node, vtep
 from dataplane.node.sweep import sweep
@@ -45,9 +45,7 @@ class Agent:
         self.node = node
         self.url = registry_url
         self.me = model.parse_name(host_name, "host name")
-        if not 2 <= int(lease_ttl) <= 3600:
-            raise UsageError("--lease-ttl must be 2..3600 s")
-        self.ttl = int(lease_ttl)
+        self.ttl = model.parse_lease_ttl(lease_ttl)
         self.reg = open_registry(registry_url, watch_deadline_s=max(3.0, float(self.ttl)))
         self.lock = threading.RLock()
         self.q: queue.Queue = queue.Queue()

@@ -137,6 +137,13 @@ def parse_ifname(value) -> str:
     return value
 
 
+def parse_lease_ttl(value) -> int:
+    ttl = parse_int(value, "lease TTL")
+    if not 2 <= ttl <= 3600:
+        raise UsageError(f"bad --lease-ttl {ttl}: must be 2..3600 seconds")
+    return ttl
+
+
 def parse_age(value) -> int:
     age = parse_int(value, "FDB age")
     if not 1 <= age <= 86400:

@@ -20,6 +20,17 @@ _F = abi.load().enums["dp_cfg_flag"]
 _MON = int(_F.DP_CFG_MON_DROP) | int(_F.DP_CFG_MON_PUNT) | int(_F.DP_CFG_MON_TRACE)
 
 
+def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str:
+    """The node's name in the registry: given, else the one it had, else its namespace's or the
+    machine's short hostname; refused (exit 2) if it breaks the name rules, as the agent would."""
+    name = given or kept or node.netns or socket.gethostname().split(".")[0]
+    try:
+        return model.parse_name(name, "host name")
+    except UsageError as e:
+        raise UsageError(f"{e} (taken from this machine's hostname): give --host-name" if name != given and
+                         not kept and not node.netns else str(e)) from None
+
+
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
        peer_check: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
        storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
@@ -34,6 +45,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         raise UsageError("give at least one --vni")
     if host_name is not None:
         model.parse_name(host_name, "host name")
+    if lease_ttl is not None:
+        lease_ttl = model.parse_lease_ttl(lease_ttl)
     if isinstance(subnet, dict):         # a subnet per VNI (restoring a node at boot)
         subnet = {int(v): model.parse_subnet(s) for v, s in subnet.items()}
     elif subnet is not None:
@@ -97,7 +110,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             cfg.metrics_address = "" if metrics_address in ("", "off") else metrics_address
         if registry:
             st.registry = registry
-            st.host_name = host_name or st.host_name or node.netns or socket.gethostname().split(".")[0]
+            st.host_name = host_name_for(node, host_name, st.host_name)
             st.lease_ttl = lease_ttl or st.lease_ttl
         try:
             _apply(node, st, vnis, subnet, peer_ips, quiet, mtus or {})

@@ -59,3 +59,25 @@ def test_an_agent_that_cannot_be_talked_to(roots, capsys, monkeypatch):
     monkeypatch.setattr(client.socket, "socket", Silent)
     assert main(["agent", "status"]) == 1
     assert "did not answer 'status'" in one_line(capsys)
+
+
+def test_up_refuses_what_its_agent_would_before_making_anything(roots, capsys, monkeypatch, tmp_path):
+    """A default host name over the name rules (a cloud VM's hostname) or a lease TTL out of
+    range: exit 2 from `up` itself (before: everything was made, then the agent it started
+    exited 2 and `up` rolled back, or a TTL of 0 was silently the default)."""
+    from dataplane.node import vtep
+    monkeypatch.setattr(vtep, "up", lambda *a, **kw: pytest.fail("up went on to make the node"))
+    url = f"sqlite://{tmp_path}/reg.db"
+    monkeypatch.setattr(socket, "gethostname", lambda: "aks-nodepool1-12345678-vmss000000x")
+    assert main(["up", "--registry", url]) == 2
+    assert "give --host-name" in one_line(capsys)
+    for ttl in ("0", "1", "5000"):
+        assert main(["up", "--registry", url, "--host-name", "h1", "--lease-ttl", ttl]) == 2
+        assert "--lease-ttl" in one_line(capsys)
+    from types import SimpleNamespace
+    from dataplane.agent import process
+    from dataplane.node import Node
+    monkeypatch.setattr(Node, "state", lambda self: SimpleNamespace(host_name="h1", registry=url))
+    monkeypatch.setattr(process, "running_pid", lambda node: 4242)
+    assert main(["up", "--registry", url, "--host-name", "h2"]) == 4, "renamed under its running agent"
+    assert "is host h1 in the registry and its agent runs" in one_line(capsys)

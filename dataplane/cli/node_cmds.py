@@ -59,9 +59,16 @@ def cmd_up(args):
 
 
 def cmd_down(args):
-    was_up = control.down(node_of(args), args.vni)
-    what = f"VNIs {', '.join(args.vni)} removed" if args.vni else "node removed"
-    say(args, f"down: {what}" if was_up else "down: nothing was up", {"was_up": was_up, "vnis": args.vni or []})
+    node = node_of(args)
+    vnis = sorted({model.parse_vni(v) for v in args.vni or []})
+    st = node.state()
+    absent = [v for v in vnis if not st or v not in st.networks]
+    was_up = control.down(node, vnis)
+    gone = [v for v in vnis if v not in absent]
+    what = (f"VNIs {', '.join(map(str, gone)) or 'none'} removed"
+            + (f"; {', '.join(map(str, absent))} not up" if absent else "")) if vnis else "node removed"
+    say(args, f"down: {what}" if was_up else "down: nothing was up",
+        {"was_up": was_up, "vnis": gone, "not_up": absent})
 
 
 def cmd_peer_add(args):

@@ -238,9 +238,11 @@ def down(node: Node, vnis=None, quiet=False) -> bool:
             _remove_pins(node)
             state.remove(node.name)
             return False
-        if vnis:
-            with node.maps() as m:
-                remove_networks(node, m, st, networks.vnis_of(st, vnis))
+        if vnis:                          # those not up are gone already: idempotent, like the whole node
+            doomed = [v for v in sorted({model.parse_vni(v) for v in vnis}) if v in st.networks]
+            if doomed:
+                with node.maps() as m:
+                    remove_networks(node, m, st, doomed)
             if st.networks:
                 state.save(st)
                 return True

@@ -123,6 +123,9 @@ def test_down_one_vni_keeps_the_other(host):
     dp("--netns", host, "down", "--vni", "257")
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [0, 256]
     assert not netlink.ns_exists(f"{host}.dpl-e2")
+    again = dp_json("--netns", host, "down", "--vni", "257")
+    assert again["not_up"] == [257] and again["vnis"] == [], "idempotent"
+    assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [0, 256]
     dp("--netns", host, "down")
 
 

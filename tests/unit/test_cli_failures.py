@@ -81,3 +81,17 @@ def test_up_refuses_what_its_agent_would_before_making_anything(roots, capsys, m
     monkeypatch.setattr(process, "running_pid", lambda node: 4242)
     assert main(["up", "--registry", url, "--host-name", "h2"]) == 4, "renamed under its running agent"
     assert "is host h1 in the registry and its agent runs" in one_line(capsys)
+
+
+def test_down_of_a_vni_twice_is_idempotent(roots, capsys, monkeypatch):
+    """`down --vni 20` when 20 is not (or no longer) up: exit 0, said, the rest of the node
+    as it was (before: exit 3, "VNI 20 is not up on this node", although the help says idempotent)."""
+    import json
+    from dataplane.core.state import NodeConfig, NodeState, ServedNetwork, Uplink
+    state.save(NodeState(node="host", netns=None, pin_dir=str(roots / "pins"),
+                         config=NodeConfig(underlay="eth0", local_ip="192.0.2.1"),
+                         uplink=Uplink(ifindex=2, mtu=1500, mac="02:00:00:00:00:01", gso_max=65536),
+                         networks={10: ServedNetwork(vni=10, subnet="10.0.10.0/24", mtu=1450, slot=1)}))
+    assert main(["down", "--vni", "20", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"was_up": True, "vnis": [], "not_up": [20]}
+    assert list(state.load("host").networks) == [10]

@@ -118,6 +118,7 @@ def cmd_monitor(args):
     node = node_of(args)
     flags = monitor.parse_types(args.type)
     vni = model.parse_vni(args.vni) if args.vni is not None else None
+    _limits(args)
     _stop_like_interrupt()          # so the events are switched off on the way out
     shown, reported = 0, 0
 
@@ -168,15 +169,25 @@ def _stop_like_interrupt() -> None:
         signal.signal(sig, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
+def _limits(args) -> None:
+    """-c and --timeout end a capture or a monitor: 0 or less would be "never" or "at once"."""
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"bad --count {args.count}: at least 1")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"bad --timeout {args.timeout:g}: more than 0 seconds")
+
+
 def cmd_capture(args):
     node = node_of(args)
+    vni = model.parse_vni(args.vni)
+    _limits(args)
     _stop_like_interrupt()          # the pcap is flushed and closed, the summary printed
     what = (f"endpoint {args.endpoint}" if args.endpoint else "every endpoint") if args.inner else "the uplink"
-    print(f"capture: VNI {args.vni} on {what} of node {node.name} into {args.write}; ^C to stop",
-          file=sys.stderr, flush=True)
-    n = capture.run(node, args.vni, args.write, count=args.count, timeout=args.timeout, endpoint=args.endpoint,
-                    inner=args.inner)
-    say(args, f"capture: {n} frames written to {args.write}", {"file": args.write, "frames": n, "vni": int(args.vni)})
+    n = capture.run(node, vni, args.write, count=args.count, timeout=args.timeout, endpoint=args.endpoint,
+                    inner=args.inner, started=lambda: print(f"capture: VNI {vni} on {what} of node {node.name} "
+                                                            f"into {args.write}; ^C to stop", file=sys.stderr,
+                                                            flush=True))
+    say(args, f"capture: {n} frames written to {args.write}", {"file": args.write, "frames": n, "vni": vni})
     return 0
 
 

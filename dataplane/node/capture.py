@@ -50,6 +50,9 @@ def open_sockets(node: Node, vni: int, endpoint: str | None = None, inner: bool 
     eps = [e for e in st.local_endpoints(vni) if endpoint in (None, e.name)]
     if endpoint is not None and not eps:
         raise NotFound(f"no endpoint {endpoint} on VNI {vni} here")
+    if inner and not eps:
+        raise NotFound(f"no endpoint of VNI {vni} on node {node.name}: --inner has nothing to capture "
+                       "(the uplink carries the VNI's frames: leave out --inner)")
     if not inner:
         if endpoint is not None:
             raise UsageError("--endpoint goes with --inner (the uplink carries every endpoint's frames)")
@@ -95,13 +98,16 @@ class PcapWriter:
 
 
 def run(node: Node, vni: int, path: str, count: int | None = None, timeout: float | None = None,
-        endpoint: str | None = None, inner: bool = False) -> int:
-    """Capture until count frames, timeout seconds, or ^C; returns frames written."""
+        endpoint: str | None = None, inner: bool = False, started=None) -> int:
+    """Capture until count frames, timeout seconds, or ^C; returns frames written.
+    started(): called once every check passed and the capture begins."""
     vni = model.parse_vni(vni)
     socks = open_sockets(node, vni, endpoint, inner)      # every check first: the file is emptied only then
     try:
         port = node.require_up().config.port
         out = PcapWriter(path)
+        if started:
+            started()
     except BaseException:
         for _, s, _ in socks:
             s.close()

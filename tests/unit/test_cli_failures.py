@@ -19,6 +19,15 @@ def roots(tmp_path, monkeypatch):
     return tmp_path
 
 
+def saved_node(roots, vni: int = 10) -> None:
+    """Node "host" as its state file has it: VNI vni served, no endpoint (nothing in the kernel)."""
+    from dataplane.core.state import NodeConfig, NodeState, ServedNetwork, Uplink
+    state.save(NodeState(node="host", netns=None, pin_dir=str(roots / "pins"),
+                         config=NodeConfig(underlay="eth0", local_ip="192.0.2.1"),
+                         uplink=Uplink(ifindex=2, mtu=1500, mac="02:00:00:00:00:01", gso_max=65536),
+                         networks={vni: ServedNetwork(vni=vni, subnet="10.0.10.0/24", mtu=1450, slot=1)}))
+
+
 def one_line(capsys) -> str:
     err = capsys.readouterr().err
     assert err.startswith("dataplane: error: ") and err.count("\n") == 1, err
@@ -87,11 +96,28 @@ def test_down_of_a_vni_twice_is_idempotent(roots, capsys, monkeypatch):
     """`down --vni 20` when 20 is not (or no longer) up: exit 0, said, the rest of the node
     as it was (before: exit 3, "VNI 20 is not up on this node", although the help says idempotent)."""
     import json
-    from dataplane.core.state import NodeConfig, NodeState, ServedNetwork, Uplink
-    state.save(NodeState(node="host", netns=None, pin_dir=str(roots / "pins"),
-                         config=NodeConfig(underlay="eth0", local_ip="192.0.2.1"),
-                         uplink=Uplink(ifindex=2, mtu=1500, mac="02:00:00:00:00:01", gso_max=65536),
-                         networks={10: ServedNetwork(vni=10, subnet="10.0.10.0/24", mtu=1450, slot=1)}))
+    saved_node(roots)
     assert main(["down", "--vni", "20", "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"was_up": True, "vnis": [], "not_up": [20]}
     assert list(state.load("host").networks) == [10]
+
+
+def test_capture_and_monitor_arguments(roots, capsys, monkeypatch, tmp_path):
+    """--vni 0x10 is VNI 16 to the end (before: a traceback after the capture, int("0x10"));
+    --inner with no endpoint of the VNI here is refused (before: it waited on no socket until ^C
+    and wrote an empty pcap); -c and --timeout of 0 or less are refused (before: 0 meant "never")."""
+    import json
+    from dataplane.node import capture
+    saved_node(roots, vni=16)
+    pcap = str(tmp_path / "c.pcap")
+    real = capture.run
+    monkeypatch.setattr(capture, "run", lambda node, vni, path, **kw: 0)
+    assert main(["capture", "--vni", "0x10", "-w", pcap, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vni"] == 16
+    monkeypatch.setattr(capture, "run", real)
+    assert main(["capture", "--vni", "16", "--inner", "-w", pcap, "--timeout", "0.3"]) == 3
+    assert "--inner has nothing to capture" in one_line(capsys)
+    for cmd in (["capture", "--vni", "16", "-w", pcap], ["monitor"]):
+        for limit in (["--timeout", "0"], ["-c", "0"], ["--timeout", "-1"]):
+            assert main([*cmd, *limit]) == 2, limit
+            assert "bad --" in one_line(capsys)

@@ -14,7 +14,7 @@ import sys
 from dataplane import __version__
 from dataplane.cli import node_cmds, observe_cmds, registry_cmds, runtime_cmds, service_cmds
 from dataplane.core import model
-from dataplane.core.errors import DataplaneError
+from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.kernel import netlink
 
 
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
         if args.netns and netlink.ns_exists(model.parse_name(args.netns, "namespace")):
             # Act as a process of that host: registry traffic leaves from its namespace.
             netlink.enter_netns(args.netns)
+        elif args.netns and args.cmd not in ("down", "service", "up"):   # up says so itself; down cleans up
+            raise NotFound(f"network namespace {args.netns!r} does not exist")
         rc = args.func(args)
     except DataplaneError as e:
         print(f"dataplane: error: {e}", file=sys.stderr)

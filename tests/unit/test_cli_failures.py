@@ -121,3 +121,15 @@ def test_capture_and_monitor_arguments(roots, capsys, monkeypatch, tmp_path):
         for limit in (["--timeout", "0"], ["-c", "0"], ["--timeout", "-1"]):
             assert main([*cmd, *limit]) == 2, limit
             assert "bad --" in one_line(capsys)
+
+
+def test_a_namespace_that_does_not_exist_is_refused(roots, capsys, monkeypatch, tmp_path):
+    """A misspelt --netns (before: ignored, so `network create` went to the default registry
+    and exited 0, and `registry forget-host` could delete records there)."""
+    from dataplane import registry
+    url = f"sqlite://{tmp_path}/reg.db"
+    monkeypatch.setattr(registry, "DEFAULT_URL", url)
+    assert main(["--netns", "dpl-nosuch-ns1", "network", "create", "web", "--vni", "100"]) == 3
+    assert "network namespace 'dpl-nosuch-ns1' does not exist" in one_line(capsys)
+    assert main(["network", "list", "--registry", url, "-o", "json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"

@@ -22,6 +22,25 @@ def _test_registry():
     shutil.rmtree(_REGISTRY_DIR, ignore_errors=True)
 
 
+def _host_state() -> set[str]:
+    from dataplane.core import state
+    out = set()
+    for root in (state.RUN_ROOT, state.LIB_ROOT):
+        for dirpath, _, files in os.walk(root):
+            out |= {os.path.join(dirpath, f) for f in files}
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_on_the_host():
+    """No test leaves a file under the host's own /run/dataplane or /var/lib/dataplane (one
+    did: a driver whose file paths were redirected by hand but one)."""
+    before = _host_state()
+    yield
+    left = _host_state() - before
+    assert not left, f"tests left these on the host: {sorted(left)}"
+
+
 def _missing_capability() -> str | None:
     if os.geteuid() != 0:
         return "not root"

@@ -162,7 +162,8 @@ def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:
         fdb.local_remove(m, ep)
     except NotFound:
         pass  # maps already gone (node torn down)
-    netlink.link_delete(node.netns, ep.host_ifname)
+    if not node.netns or netlink.ns_exists(node.netns):   # a node namespace deleted took its links along
+        netlink.link_delete(node.netns, ep.host_ifname)
     if not ep.sandbox:          # the namespace is ours only without a runtime's sandbox
         netlink.ns_delete(sandbox_netns(ep))
 

@@ -117,6 +117,19 @@ def test_endpoint_errors(host, mode):
     assert not netlink.ns_exists(f"{host}.dpl-e1"), "down removes the sandboxes it created"
 
 
+def test_down_of_a_node_whose_namespace_was_deleted(host):
+    """`ip netns del` of a node's namespace, then `down`: its links went with the namespace, so
+    down removes the sandboxes, the pins and the state and exits 0 (before: it failed on every
+    try, entering the gone namespace to delete the veths, and left all of it)."""
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    dp("--netns", host, "endpoint", "add", "dpl-e3", "--vni", "256")
+    netlink.ns_delete(host)
+    r = dp("--netns", host, "down", check=False)
+    assert r.returncode == 0, r.stderr
+    assert not netlink.ns_exists(f"{host}.dpl-e3"), "the sandbox namespace went too"
+    assert state.load(host) is None and not os.path.exists(os.path.join(fastpath.PIN_ROOT, host))
+
+
 def test_down_one_vni_keeps_the_other(host):
     dp("--netns", host, "up", "--vni", "256", "--vni", "257", "--underlay", "ul0", "--no-registry")
     dp("--netns", host, "endpoint", "add", "dpl-e2", "--vni", "257")

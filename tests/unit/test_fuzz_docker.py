@@ -64,10 +64,10 @@ ERRORS = {400, 404, 408, 413, 414, 431, 501, 505}       # what send_error may an
 def world(tmp_path_factory):
     """One driver, reset before each example: its network map holds NID (VNI 300) and
     the fake agent has that network and an endpoint for EID on it."""
-    d = docker.Driver("h1")
-    d.path = str(tmp_path_factory.mktemp("docker") / "docker-networks.json")
-    w = SimpleNamespace(driver=d, server=SimpleNamespace(routes=d.routes()), agent=None)
     mp = pytest.MonkeyPatch()
+    mp.setattr(docker.state, "LIB_ROOT", str(tmp_path_factory.mktemp("lib")))   # never the host's own
+    d = docker.Driver("h1")
+    w = SimpleNamespace(driver=d, server=SimpleNamespace(routes=d.routes()), agent=None)
     mp.setattr(docker, "client", SimpleNamespace(call=lambda *a, **kw: w.agent.call(*a, **kw)))
     mp.setattr(docker_server._Handler, "log_message", lambda self, *a: None)
     yield w

@@ -85,6 +85,9 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             raise UsageError(f"peer {local_ip} is this node's own address")
         if old and registry and old.registry not in (None, registry):
             raise Conflict(f"node {node.name} uses registry {old.registry}; run `dataplane down` first")
+        if old and map_sizes and {**old.map_sizes, **map_sizes} != old.map_sizes:
+            raise Conflict(f"node {node.name} is up with map sizes {old.map_sizes or 'by default'}: they are "
+                           "fixed when its maps are made; `dataplane down` first to change them")
         for vni in vnis:
             if old and subnet and vni in subnet and vni in old.networks and old.networks[vni].subnet != str(subnet[vni]):
                 raise Conflict(f"VNI {vni} exists with subnet {old.networks[vni].subnet}")

@@ -27,6 +27,10 @@ def reg_url(tmp_path):
 def test_full_fdb_map_is_an_error_and_a_counter_then_recovers(host, reg_url):  # noqa: F811
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", reg_url,
        "--host-name", "me", "--map-size", "DP_MAP_FDB=4")
+    again = ["--netns", host, "up", "--vni", "256", "--registry", reg_url, "--host-name", "me"]
+    r = dp(*again, "--map-size", "DP_MAP_FDB=8", check=False)
+    assert r.returncode == 4 and "fixed when its maps are made" in r.stderr, "before: ignored, said nothing"
+    dp(*again, "--map-size", "DP_MAP_FDB=4")        # the same again: idempotent
     reg = open_registry(reg_url)
     try:
         reg.host_register(Host.make("other", "198.18.1.2"), reg.kv.lease_grant(120))

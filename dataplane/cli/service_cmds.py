@@ -12,8 +12,8 @@ import os
 import sys
 
 from dataplane.cli.output import add_output, say
-from dataplane.core import model
-from dataplane.core.errors import file_errors
+from dataplane.core import model, state
+from dataplane.core.errors import NotFound, UsageError, file_errors
 
 PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
 
@@ -76,6 +76,14 @@ RestartSec=1
 def cmd_install(args):
     if args.netns:
         model.parse_name(args.netns, "namespace")
+    node = args.netns or "host"
+    boot = state.load_boot(node)
+    if boot is None:
+        raise NotFound(f"node {node} was never brought up here: the units bring back what `dataplane up` made "
+                       "(run it first)")
+    if not boot.get("registry"):
+        raise UsageError(f"node {node} has no registry (`up --no-registry`): the units supervise its agent, "
+                         "which a node without a registry does not run")
     files = {os.path.join(args.unit_dir, name): text for name, text in units(args.netns, args.docker).items()}
     with file_errors("cannot write the units"):
         os.makedirs(args.unit_dir, exist_ok=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import configparser
 import json
 
+import pytest
+
 from dataplane.cli.main import main
 from dataplane.cli.service_cmds import PLUGIN_SOCKET, units
 
@@ -35,7 +37,31 @@ def test_the_docker_driver_is_socket_activated_after_the_node():
     assert "--netns dpl-x docker-plugin" in svc["Service"]["ExecStart"]
 
 
-def test_install_and_uninstall(tmp_path, capsys):
+@pytest.fixture
+def brought_up(tmp_path, monkeypatch):
+    """Node "host" as `up` left it for the next boot (node.json), in a directory of the test's."""
+    from dataplane.core import state
+    monkeypatch.setattr(state, "LIB_ROOT", str(tmp_path / "lib"))
+    state.save_boot("host", {"underlay": "eth0", "registry": "sqlite:///x/registry.db"})
+    units_dir = tmp_path / "units"
+    units_dir.mkdir()
+    return units_dir
+
+
+def test_install_refuses_a_node_never_brought_up_or_without_a_registry(brought_up, capsys):
+    """(before: the units were written, and at boot `up --restore` failed, or an agent started
+    against the default registry for a node that runs none)"""
+    from dataplane.core import state
+    state.save_boot("host", {"underlay": "eth0", "registry": None})
+    assert main(["service", "install", "--unit-dir", str(brought_up)]) == 2
+    assert "has no registry" in capsys.readouterr().err
+    assert main(["--netns", "dpl-never-up", "service", "install", "--unit-dir", str(brought_up)]) == 3
+    assert "was never brought up" in capsys.readouterr().err
+    assert list(brought_up.iterdir()) == []
+
+
+def test_install_and_uninstall(brought_up, capsys):
+    tmp_path = brought_up
     assert main(["service", "install", "--docker", "--unit-dir", str(tmp_path), "-o", "json"]) == 0
     written = json.loads(capsys.readouterr().out)["written"]
     assert sorted(p.rsplit("/", 1)[1] for p in written) == sorted(units(docker=True))
@@ -44,9 +70,10 @@ def test_install_and_uninstall(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_install_into_a_bad_directory_fails_in_one_line_and_writes_nothing(tmp_path, capsys):
+def test_install_into_a_bad_directory_fails_in_one_line_and_writes_nothing(brought_up, capsys):
     """A --unit-dir that cannot hold the units: one error line and a non-zero exit, not a
     traceback; and a failure at the second unit leaves not even the first."""
+    tmp_path = brought_up
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["service", "install", "--unit-dir", str(blocker / "units")]) == 3

@@ -88,8 +88,9 @@ def cmd_registry_auth_setup(args):
     if kind != "etcds":
         raise UsageError("auth-setup is for etcd over TLS: give --registry etcds://...?ca=...&user=root&password-file=...")
     users = {}
-    for host in args.hosts:
-        users[host] = etcd_access.read_password(etcd_auth.password_file(args.password_dir, model.parse_name(host, "host name")))
+    hosts = [model.parse_name(h, "host name") for h in args.hosts]     # all first: no files for half of them
+    for host in hosts:
+        users[host] = etcd_access.read_password(etcd_auth.password_file(args.password_dir, host))
     with control.opened(args.registry) as reg:
         done = etcd_auth.setup(reg.kv, access.password(), users)
     rows = [{"host": h, "user": etcd_auth.host_user(h), "password_file": etcd_auth.password_file(args.password_dir, h)}

@@ -23,7 +23,7 @@ import os
 import secrets
 
 from dataplane.core import model
-from dataplane.core.errors import UsageError
+from dataplane.core.errors import UsageError, file_errors
 from dataplane.registry.etcd_wire import b64
 from dataplane.registry.kv import Unavailable
 from dataplane.registry.records import PREFIX, key
@@ -96,17 +96,18 @@ def password_file(directory: str, name: str) -> str:
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"bad name for a password file: {name!r}")
     path = os.path.join(directory, f"{name}.password")
-    if os.path.exists(path):
-        return path
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if os.stat(directory).st_mode & 0o022:
-        raise UsageError(f"{directory} is writable by others: password files go only in a directory root alone "
-                         "writes (chmod go-w)")
-    tmp = path + ".new"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)                  # left by an interrupted run; never followed if a link
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(24) + "\n")
-    os.replace(tmp, path)
+    with file_errors(f"cannot write the password file of {name}"):
+        if os.path.exists(path):
+            return path
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.stat(directory).st_mode & 0o022:
+            raise UsageError(f"{directory} is writable by others: password files go only in a directory root "
+                             "alone writes (chmod go-w)")
+        tmp = path + ".new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)                  # left by an interrupted run; never followed if a link
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        os.replace(tmp, path)
     return path

@@ -11,7 +11,7 @@ import socketserver
 import sys
 import threading
 
-from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError, file_errors
 from dataplane.runtimes.docker import Driver
 
 MAX_BODY = 1 << 20                # Docker's requests are small JSON objects
@@ -76,12 +76,28 @@ class Server(socketserver.ThreadingUnixStreamServer):
             self.socket = inherited
             self.path = None
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)
-        super().__init__(path, _Handler)
-        os.chmod(path, 0o600)
+        path = os.path.abspath(path)
+        with file_errors(f"cannot serve the plugin socket {path}"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.exists(path):
+                if _answers(path):
+                    raise Conflict(f"another driver serves {path}: stop it first (`systemctl stop "
+                                   "dataplane-docker.socket dataplane-docker.service`, or its process)")
+                os.unlink(path)             # a stale socket: nobody behind it
+            super().__init__(path, _Handler)
+            os.chmod(path, 0o600)
         self.path = path
+
+
+def _answers(path: str) -> bool:
+    """Something listens on the Unix socket at path."""
+    import socket  # noqa: PLC0415
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
 
 
 def _activation_socket():

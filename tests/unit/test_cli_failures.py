@@ -133,3 +133,26 @@ def test_a_namespace_that_does_not_exist_is_refused(roots, capsys, monkeypatch, 
     assert "network namespace 'dpl-nosuch-ns1' does not exist" in one_line(capsys)
     assert main(["network", "list", "--registry", url, "-o", "json"]) == 0
     assert capsys.readouterr().out.strip() == "[]"
+
+
+def test_docker_plugin_socket_and_password_files(roots, capsys, monkeypatch, tmp_path):
+    """A plugin socket under a file, or one another driver serves, and a password directory that
+    is a file: one error line each (before: tracebacks, and the live socket was unlinked)."""
+    from dataplane.registry import etcd_auth
+    monkeypatch.setattr(client, "call", lambda *a, **kw: {})
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["docker-plugin", "--socket", str(blocker / "dp.sock")]) == 4
+    assert "cannot serve the plugin socket" in one_line(capsys)
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(tmp_path / "dp.sock"))
+    live.listen(1)
+    try:
+        assert main(["docker-plugin", "--socket", str(tmp_path / "dp.sock")]) == 4
+        assert "another driver serves" in one_line(capsys)
+        assert (tmp_path / "dp.sock").exists(), "the live socket is left alone"
+    finally:
+        live.close()
+    from dataplane.core.errors import DataplaneError
+    with pytest.raises(DataplaneError, match="password file of h1"):
+        etcd_auth.password_file(str(blocker), "h1")

@@ -21,7 +21,7 @@ import threading
 import time
 
 from dataplane.agent import (client, converge, housekeeping, lease, local, metrics, ops, pauses, process, punts,
-                             sdnotify, server, slowpath, sync)
+                             sdnotify, server, slowpath, sync, watcher)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -30,10 +30,10 @@ from dataplane.kernel import netlink
 from dataplane.node import Node, vtep
 from dataplane.node.sweep import sweep
 from dataplane.node.fdb import RemoteTable, forget_learned_vtep, local_neigh_keys
-from dataplane.registry import Compacted, Host, Unavailable, open_registry
-from dataplane.registry.backoff import Backoff
+from dataplane.registry import Host, open_registry
 
 LEASE_TTL_DEFAULT = 10
+RESYNC_EVERY_S = 60       # Agent.resync at most this often
 SLOW_TURN_S = 0.1         # a main-loop turn longer than this is logged (it holds up registry events)
 BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
 LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
@@ -52,6 +52,8 @@ class Agent:
         self.stopping = threading.Event()
         self.leaving = False
         self.connected = threading.Event()
+        self.want_snapshot = threading.Event()  # watcher.py: the next watch starts from a snapshot
+        self._resynced = -RESYNC_EVERY_S
         self.synced = threading.Event()
         self.registered = threading.Event()    # our host record is ours: only then adopt and sync
         self.registered_rev = 0                # the revision of that record's put (lease.py)
@@ -101,7 +103,7 @@ class Agent:
         self.leases.start()
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
-        threading.Thread(target=self._watcher, name="watch", daemon=True).start()
+        threading.Thread(target=watcher.run, args=(self,), name="watch", daemon=True).start()
         threading.Thread(target=netlink.preload, name="preload", daemon=True).start()   # while the read waits
         try:
             self.maps = self.node.maps()
@@ -154,51 +156,21 @@ class Agent:
         self.stopping.set()
         self.q.put(("stop", None))
 
+    def resync(self) -> None:
+        """Read the whole registry again: a defect of ours may have left the view wrong. At most
+        once a RESYNC_EVERY_S: a fault every snapshot meets must not turn into a stream of reads."""
+        if time.monotonic() - self._resynced < RESYNC_EVERY_S:
+            log.error("not resyncing again within %d s of the last", RESYNC_EVERY_S)
+            return
+        self._resynced = time.monotonic()
+        self.want_snapshot.set()
+        self.disconnected()
+
     def disconnected(self) -> None:
         """The registry is unreachable: end the watch, the watcher resyncs."""
         self.connected.clear()
         if self._watch:
             self._watch.close()
-
-    # --- watcher: snapshot + watch, forever ----------------------------------------
-
-    def _watcher(self) -> None:
-        """Snapshot, then watch from the snapshot's revision. A watch that ends
-        (member dead, stuck or cut off: the client notices within its deadline)
-        is resumed from the last revision it delivered on the next member, with
-        no snapshot; only a compaction (history gone) or an error forces one.
-        Retries back off with full jitter: hundreds of hosts must not reconnect in step."""
-        early = sync.early_snapshot(self)      # a cold start reads while the host registers
-        self.reg.kv.open_channels()            # our writes go over gRPC once connected (kv_etcd.commit)
-        while not self.registered.is_set() and not self.stopping.is_set():
-            self.registered.wait(0.02)
-        backoff, resume = Backoff(), sync.start_point(self, early)
-        while not self.stopping.is_set():
-            try:
-                if resume is None:
-                    snap = sync.read_snapshot(self)
-                    self.q.put(("snapshot", snap))
-                    resume = snap.rev + 1
-                self._watch = None            # never resume from an older watch than this one
-                self._watch = self.reg.watch(resume)
-                self.connected.set()
-                backoff.reset()
-                for batch in self._watch:
-                    self.q.put(("events", batch))
-                resume = self._watch.resume_rev()      # closed by disconnected()
-            except Compacted as e:
-                log.warning("watch history compacted (%s); resyncing", e)
-                resume = None
-            except Unavailable as e:
-                if self.connected.is_set():
-                    log.warning("watch ended (%s); resuming", e)
-                resume = self._watch.resume_rev() if self._watch else resume
-                self.counters["reconnects"] += 1
-            except Exception as e:  # never let the watcher die; start over from a snapshot
-                log.error("watch failed: %s: %s", type(e).__name__, e)
-                resume = None
-            self.connected.clear()
-            backoff.wait(self.stopping)
 
     def watch_lag_s(self) -> float | None:
         """Seconds since the registry was last heard on the watch (None: no live watch)."""
@@ -256,6 +228,10 @@ class Agent:
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)
+            except Exception:  # noqa: BLE001 - a defect of ours: its traceback, then the registry read again
+                self.counters["errors"] += 1
+                log.exception("handling %s failed; resyncing from a snapshot", kind)
+                self.resync()
             now = time.monotonic()
             if next_beat is None and self.synced.is_set():
                 next_beat = now                     # synced: misses come to us from now on

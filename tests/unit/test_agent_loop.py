@@ -109,3 +109,27 @@ def test_a_failing_housekeeping_tick_or_heartbeat_does_not_end_the_agent(agent, 
     assert run_until(agent, 1, within=4.0) == [("events", [7])]
     assert ticks
     assert agent.counters["errors"] >= 2
+
+
+def test_a_defect_in_handling_a_message_resyncs_instead_of_ending_the_agent(agent):
+    """An exception that is no DataplaneError (a defect of ours, met on some record) ended the
+    main loop and the agent with it: a node run without systemd got no registry update again,
+    and a supervised one restarted from a view on disk the defect may have spoiled. Now: its
+    traceback in the log, an error counted, the next watch from a full snapshot (once a minute
+    at most), and the loop goes on."""
+    applied = agent.applied
+
+    def apply(evs):
+        if not applied:
+            applied.append("failed")
+            raise KeyError("network")
+        applied.append(("events", [e.rev for e in evs]))
+    agent._apply_events = apply
+    agent.q.put(("events", [ev(5)]))
+    agent.q.put(("snapshot", SimpleNamespace(rev=9)))
+    agent.q.put(("events", [ev(10)]))
+    assert run_until(agent, 3) == ["failed", ("snapshot", 9), ("events", [10])]
+    assert agent.counters["errors"] == 1 and agent.want_snapshot.is_set()
+    agent.want_snapshot.clear()
+    agent.resync()
+    assert not agent.want_snapshot.is_set(), "not again within the minute"

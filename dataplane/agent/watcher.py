@@ -1,0 +1,54 @@
+"""The agent's watcher thread: snapshot, then watch from the snapshot's revision,
+forever. A watch that ends (member dead, stuck or cut off: the client notices
+within its deadline) is resumed from the last revision it delivered on the next
+member, with no snapshot; only a compaction (history gone), an error, or the
+main loop asking (Agent.resync: a defect of ours may have left the view wrong)
+forces one. Retries back off with full jitter: hundreds of hosts must not
+reconnect in step."""
+
+from __future__ import annotations
+
+import logging
+
+from dataplane.agent import sync
+from dataplane.registry import Compacted, Unavailable
+from dataplane.registry.backoff import Backoff
+
+log = logging.getLogger("dataplane.agent")
+
+
+def run(ag) -> None:
+    early = sync.early_snapshot(ag)        # a cold start reads while the host registers
+    ag.reg.kv.open_channels()              # our writes go over gRPC once connected (kv_etcd.commit)
+    while not ag.registered.is_set() and not ag.stopping.is_set():
+        ag.registered.wait(0.02)
+    backoff, resume = Backoff(), sync.start_point(ag, early)
+    while not ag.stopping.is_set():
+        try:
+            if ag.want_snapshot.is_set():
+                resume = None
+            if resume is None:
+                ag.want_snapshot.clear()
+                snap = sync.read_snapshot(ag)
+                ag.q.put(("snapshot", snap))
+                resume = snap.rev + 1
+            ag._watch = None                # never resume from an older watch than this one
+            ag._watch = ag.reg.watch(resume)
+            ag.connected.set()
+            backoff.reset()
+            for batch in ag._watch:
+                ag.q.put(("events", batch))
+            resume = ag._watch.resume_rev()        # closed by Agent.disconnected()
+        except Compacted as e:
+            log.warning("watch history compacted (%s); resyncing", e)
+            resume = None
+        except Unavailable as e:
+            if ag.connected.is_set():
+                log.warning("watch ended (%s); resuming", e)
+            resume = ag._watch.resume_rev() if ag._watch else resume
+            ag.counters["reconnects"] += 1
+        except Exception as e:  # never let the watcher die; start over from a snapshot
+            log.error("watch failed: %s: %s", type(e).__name__, e)
+            resume = None
+        ag.connected.clear()
+        backoff.wait(ag.stopping)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import threading
 
@@ -26,6 +27,8 @@ from dataplane.agent import client
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.runtimes import docker_ipam
+
+log = logging.getLogger("dataplane.docker")
 
 GENERIC = "com.docker.network.generic"
 INTERNAL = "com.docker.network.internal"     # libnetwork's label for `docker network create --internal`
@@ -147,7 +150,7 @@ class Driver:
             if net is not None and net["created"] and not any(n["vni"] == net["vni"] for n in nets.values()):
                 state.write_json(self.releases_path, sorted(set(self._pending()) | {net["vni"]}), durable=True)
             self._save(nets)
-        self.release_pending(quiet=False)
+        self.release_pending(loud=net["vni"] if net is not None else None)
         return {}
 
     def _pending(self) -> list[int]:
@@ -157,25 +160,32 @@ class Driver:
         except (FileNotFoundError, ValueError, TypeError):
             return []
 
-    def release_pending(self, quiet: bool = True) -> None:
+    def release_pending(self, loud: int | None = None) -> None:
         """Release the registry networks of deleted Docker networks: at DeleteNetwork, and
-        again at later requests (quiet) for any the agent could not take then. A VNI a Docker
-        network of this engine maps to again is not released."""
+        again at later requests for any the agent could not take then. Each is tried whatever
+        the others do; only the failure of VNI loud (the network this request deleted) is
+        raised, the rest stay pending. A VNI a Docker network of this engine maps to again is
+        not released."""
         with self.lock:
             todo = self._pending()
             if not todo:
                 return                       # the usual case: the map is not read for nothing
             in_use = {n["vni"] for n in self._load().values()}
+        failed = None
         for vni in todo:
             try:
                 if vni not in in_use:
                     self._agent("network_release", vni=vni)
-            except DataplaneError:
-                if quiet:
-                    return
-                raise
+            except DataplaneError as e:
+                if vni == loud:
+                    failed = e
+                else:
+                    log.warning("VNI %d: releasing its registry network failed again (%s); still pending", vni, e)
+                continue
             with self.lock:
                 state.write_json(self.releases_path, [v for v in self._pending() if v != vni], durable=True)
+        if failed is not None:
+            raise failed
 
     def create_endpoint(self, req) -> dict:
         nid, eid = _id(req, "NetworkID"), _id(req, "EndpointID")

@@ -391,3 +391,27 @@ def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, 
     create_network(e, "f" * 64, vni=300, subnet="10.31.0.0/24")          # any later request
     assert e.agent.reg.network_by_vni(256) is None, "released at last"
     assert e.driver._pending() == []
+
+
+def test_one_release_that_keeps_failing_holds_up_no_other(engines, monkeypatch):
+    """A pending release the agent keeps refusing (here VNI 256's) stopped every later one:
+    the loop ended at its first failure, and DeleteNetwork of another network answered with
+    256's error and left its own registry network behind. Now each is tried; a request is
+    failed only by the release of the network it deleted."""
+    from dataplane.core.errors import Conflict
+    e = engines["h1"]
+    create_network(e, "d" * 64)
+    create_network(e, "f" * 64, vni=300, subnet="10.31.0.0/24")
+    real = docker.client.call
+
+    def refusing(node, op, timeout=60.0, **args):
+        if op == "network_release" and args["vni"] == 256:
+            raise Conflict("network vni256 has endpoints on h2: remove them first")
+        return real(node, op, **args)
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=refusing))
+    _, reply = post(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "d" * 64})
+    assert "remove them first" in reply.get("Err", ""), reply
+    _, reply = post(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "f" * 64})
+    assert "Err" not in reply or not reply["Err"], reply
+    assert e.agent.reg.network_by_vni(300) is None, "its own network released"
+    assert e.driver._pending() == [256], "the other still pending"

@@ -23,10 +23,15 @@ def _test_registry():
 
 
 def _host_state() -> set[str]:
+    """Files under the host's own state roots, but the lab's (dpl-*: its own check, leftovers(),
+    covers them, and a lab of another run may be writing there)."""
     from dataplane.core import state
     out = set()
     for root in (state.RUN_ROOT, state.LIB_ROOT):
-        for dirpath, _, files in os.walk(root):
+        for dirpath, dirs, files in os.walk(root):
+            if dirpath == root:
+                dirs[:] = [d for d in dirs if not d.startswith("dpl-")]
+                files = [f for f in files if not f.startswith("dpl-") and f != "lab.json"]
             out |= {os.path.join(dirpath, f) for f in files}
     return out
 

@@ -79,8 +79,8 @@ def cmd_install(args):
     node = args.netns or "host"
     boot = state.load_boot(node)
     if boot is None:
-        raise NotFound(f"node {node} was never brought up here: the units bring back what `dataplane up` made "
-                       "(run it first)")
+        raise NotFound(f"node {node} was never brought up here, or was taken down: the units bring back what "
+                       "`dataplane up` made (run it first)")
     if not boot.get("registry"):
         raise UsageError(f"node {node} has no registry (`up --no-registry`): the units supervise its agent, "
                          "which a node without a registry does not run")

@@ -140,7 +140,8 @@ def parse_ifname(value) -> str:
 def parse_lease_ttl(value) -> int:
     ttl = parse_int(value, "lease TTL")
     if not 2 <= ttl <= 3600:
-        raise UsageError(f"bad --lease-ttl {ttl}: must be 2..3600 seconds")
+        raise UsageError(f"bad lease TTL {ttl} (--lease-ttl, or the one the node was brought up with): "
+                         "must be 2..3600 seconds")
     return ttl
 
 

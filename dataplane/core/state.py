@@ -184,8 +184,9 @@ def load(node: str) -> NodeState | None:
     try:
         return NodeState.from_json(orjson.loads(raw))
     except (ValueError, KeyError, TypeError) as e:
-        raise DataplaneError(f"the state of node {node} is damaged ({_path(node)}: {type(e).__name__}: {e}); "
-                             f"`dataplane down` then `up` makes it again") from None
+        raise DataplaneError(f"the state of node {node} is damaged ({_path(node)}: {type(e).__name__}: {e}): "
+                             "move the file aside, then `dataplane up` makes the node again (the sandboxes "
+                             "the old state knew of are left to remove by hand)") from None
 
 
 def save(st: NodeState) -> None:
@@ -229,11 +230,20 @@ def save_boot(node: str, args: dict) -> None:
 
 
 def load_boot(node: str) -> dict | None:
+    """How `up` was last asked for node (None: never, or taken down since)."""
+    path = os.path.join(lib_dir(node), "node.json")
     try:
-        with open(os.path.join(lib_dir(node), "node.json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
+        with file_errors(f"cannot read how node {node} was brought up"), open(path) as f:
+            raw = f.read()
+    except NotFound:
         return None
+    try:
+        out = json.loads(raw)
+        if isinstance(out, dict):
+            return out
+    except ValueError:
+        pass
+    raise DataplaneError(f"{path} is damaged: `dataplane up` with the node's options writes it again")
 
 
 def remove_boot(node: str) -> None:

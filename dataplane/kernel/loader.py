@@ -64,13 +64,17 @@ class Loaded:
             self._bpf = None
 
 
+def check_map_sizes(sizes: dict) -> None:
+    unknown = set(sizes) - set(SIZE_CONSTS)
+    if unknown:
+        raise ToolchainError(f"unknown map size constants: {sorted(unknown)} (known: {', '.join(SIZE_CONSTS)})")
+
+
 def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = False) -> Loaded:
     """Compile bpf/, bind to (or create) the pinned maps in pin_dir, load every
     program, fill the tail-call table and pin the programs (replacing old pins)."""
     sizes = dict(map_sizes or {})
-    unknown = set(sizes) - set(SIZE_CONSTS)
-    if unknown:
-        raise ToolchainError(f"unknown map size constants: {sorted(unknown)}")
+    check_map_sizes(sizes)
     ensure_bpffs()
     os.makedirs(pin_dir, exist_ok=True)
     check_pinned_layout(pin_dir, sizes)

@@ -154,15 +154,16 @@ def forget_port(m: NodeMaps, ifindex: int) -> None:
     m.dp_endpoints.delete(ctypes.c_uint32(ifindex))
 
 
-def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint) -> None:
-    """Undo an endpoint, whatever part of it exists. Safe to call twice."""
+def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint, links_gone: bool = False) -> None:
+    """Undo an endpoint, whatever part of it exists. Safe to call twice. links_gone: the node's
+    namespace was deleted (`down` saw it gone: no process of ours holds it), its links with it."""
     try:
         if ep.ifindex:
             m.dp_endpoints.delete(ctypes.c_uint32(ep.ifindex))
         fdb.local_remove(m, ep)
     except NotFound:
         pass  # maps already gone (node torn down)
-    if not node.netns or netlink.ns_exists(node.netns):   # a node namespace deleted took its links along
+    if not links_gone:
         netlink.link_delete(node.netns, ep.host_ifname)
     if not ep.sandbox:          # the namespace is ours only without a runtime's sandbox
         netlink.ns_delete(sandbox_netns(ep))

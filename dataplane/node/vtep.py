@@ -85,9 +85,12 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             raise UsageError(f"peer {local_ip} is this node's own address")
         if old and registry and old.registry not in (None, registry):
             raise Conflict(f"node {node.name} uses registry {old.registry}; run `dataplane down` first")
-        if old and map_sizes and {**old.map_sizes, **map_sizes} != old.map_sizes:
-            raise Conflict(f"node {node.name} is up with map sizes {old.map_sizes or 'by default'}: they are "
-                           "fixed when its maps are made; `dataplane down` first to change them")
+        if old and map_sizes:
+            loader.check_map_sizes(map_sizes)
+            made = {k: old.map_sizes.get(k, abi.load().constants[k]) for k in map_sizes}
+            if made != map_sizes:
+                raise Conflict(f"node {node.name}'s maps were made with {made}: sizes are fixed when the maps "
+                               "are made; `dataplane down` first to change them")
         for vni in vnis:
             if old and subnet and vni in subnet and vni in old.networks and old.networks[vni].subnet != str(subnet[vni]):
                 raise Conflict(f"VNI {vni} exists with subnet {old.networks[vni].subnet}")
@@ -256,10 +259,11 @@ def down(node: Node, vnis=None, quiet=False) -> bool:
 
 def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
     errors = []
+    links_gone = bool(node.netns) and not netlink.ns_exists(node.netns)   # deleted: its links went with it
     with node.maps() as m:
         for ep in list(st.endpoints.values()):
             try:
-                endpoints.destroy(node, m, ep)
+                endpoints.destroy(node, m, ep, links_gone)
             except DataplaneError as e:
                 errors.append(str(e))
         for vni in list(st.gateways):

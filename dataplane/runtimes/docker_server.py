@@ -81,8 +81,8 @@ class Server(socketserver.ThreadingUnixStreamServer):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.exists(path):
                 if _answers(path):
-                    raise Conflict(f"another driver serves {path}: stop it first (`systemctl stop "
-                                   "dataplane-docker.socket dataplane-docker.service`, or its process)")
+                    raise Conflict(f"another driver serves {path}: stop it first (its dataplane-*docker.socket "
+                                   "and .service units, or its process)")
                 os.unlink(path)             # a stale socket: nobody behind it
             super().__init__(path, _Handler)
             os.chmod(path, 0o600)
@@ -93,9 +93,12 @@ def _answers(path: str) -> bool:
     """Something listens on the Unix socket at path."""
     import socket  # noqa: PLC0415
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
         try:
             s.connect(path)
             return True
+        except (BlockingIOError, TimeoutError):
+            return True                  # a listener that does not accept is a listener
         except OSError:
             return False
 

@@ -31,6 +31,7 @@ def test_full_fdb_map_is_an_error_and_a_counter_then_recovers(host, reg_url):  #
     r = dp(*again, "--map-size", "DP_MAP_FDB=8", check=False)
     assert r.returncode == 4 and "fixed when its maps are made" in r.stderr, "before: ignored, said nothing"
     dp(*again, "--map-size", "DP_MAP_FDB=4")        # the same again: idempotent
+    dp(*again, "--map-size", "DP_MAP_NEIGH=65536")  # what it was made with by default: no change either
     reg = open_registry(reg_url)
     try:
         reg.host_register(Host.make("other", "198.18.1.2"), reg.kv.lease_grant(120))

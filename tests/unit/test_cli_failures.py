@@ -43,11 +43,32 @@ def test_a_state_that_cannot_be_read_or_is_damaged(roots, capsys):
     path.write_text("{")
     assert main(["status"]) == 1
     assert "is damaged" in one_line(capsys)
+    boot = roots / "lib" / "host" / "node.json"
+    boot.parent.mkdir(parents=True)
+    boot.write_text("[]")
+    assert main(["service", "install", "--unit-dir", str(roots / "units")]) == 1
+    assert "node.json is damaged" in one_line(capsys)
 
 
 class Denied(socket.socket):
     def connect(self, path):
         raise PermissionError(13, "Permission denied")
+
+
+class Full(socket.socket):
+    def connect(self, path):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+
+class Garbled(socket.socket):
+    def connect(self, path):
+        pass
+
+    def sendall(self, data):
+        pass
+
+    def recv(self, n):
+        return b"[]\n"
 
 
 class Silent(socket.socket):
@@ -65,9 +86,13 @@ def test_an_agent_that_cannot_be_talked_to(roots, capsys, monkeypatch):
     monkeypatch.setattr(client.socket, "socket", Denied)
     assert main(["agent", "status"]) == 5
     assert "cannot talk to the agent of node host: Permission denied" in one_line(capsys)
-    monkeypatch.setattr(client.socket, "socket", Silent)
-    assert main(["agent", "status"]) == 1
-    assert "did not answer 'status'" in one_line(capsys)
+    for silent in (Silent, Full):        # Full: its listen backlog full, nobody accepting
+        monkeypatch.setattr(client.socket, "socket", silent)
+        assert main(["agent", "status"]) == 1
+        assert "did not answer 'status'" in one_line(capsys)
+    monkeypatch.setattr(client.socket, "socket", Garbled)
+    assert main(["agent", "status"]) == 7
+    assert "broken reply" in one_line(capsys)
 
 
 def test_up_refuses_what_its_agent_would_before_making_anything(roots, capsys, monkeypatch, tmp_path):

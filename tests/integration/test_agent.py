@@ -29,7 +29,7 @@ def test_full_fdb_map_is_an_error_and_a_counter_then_recovers(host, reg_url):  #
        "--host-name", "me", "--map-size", "DP_MAP_FDB=4")
     again = ["--netns", host, "up", "--vni", "256", "--registry", reg_url, "--host-name", "me"]
     r = dp(*again, "--map-size", "DP_MAP_FDB=8", check=False)
-    assert r.returncode == 4 and "fixed when its maps are made" in r.stderr, "before: ignored, said nothing"
+    assert r.returncode == 4 and "fixed when the maps are made" in r.stderr, "before: ignored, said nothing"
     dp(*again, "--map-size", "DP_MAP_FDB=4")        # the same again: idempotent
     dp(*again, "--map-size", "DP_MAP_NEIGH=65536")  # what it was made with by default: no change either
     reg = open_registry(reg_url)

@@ -27,6 +27,7 @@ host_pkgs=(
   linux-headers-amd64                   # bcc needs a kernel header tree to compile against
   python3-venv python3-dev gcc libffi-dev  # the venv and the C helper (cffi) it builds
   iproute2                              # `ip netns exec`, used for commands inside a namespace
+  iptables                              # a network's gateway masquerades its egress (node/gateway.py)
 )
 test_pkgs=(
   bpftool make iputils-ping ethtool tcpdump tshark iperf3 sockperf linux-perf

@@ -23,9 +23,10 @@ docker_gwbridge.
 from __future__ import annotations
 
 import ipaddress
+import shutil
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, KernelError, NotFound
+from dataplane.core.errors import Conflict, KernelError, NotFound, ToolchainError
 from dataplane.core.state import Gateway, NodeState
 from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
@@ -53,6 +54,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
             return gw
         subnet = ipaddress.IPv4Network(net.subnet)
         _refuse_overlap(st, vni, subnet)
+        _require_iptables()                # before anything is made
         if gw is not None:                 # half gone, or another address: made again
             _destroy(node, m, gw)
             del st.gateways[vni]
@@ -97,11 +99,18 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
 
 def _ensure_rules(ns, gw: Gateway) -> None:
     """Its iptables rules, each added if missing (idempotent)."""
+    _require_iptables()
     for table, chain, add, rule in _rules(gw):
         if _iptables(ns, table, "-C", chain, rule).returncode:
             r = _iptables(ns, table, add, chain, rule)
             if r.returncode:
                 raise KernelError(f"iptables -t {table} {add} {chain} {' '.join(rule)}: {r.stderr.strip()}")
+
+
+def _require_iptables() -> None:
+    if not shutil.which("iptables"):
+        raise ToolchainError("a network's gateway needs iptables, which is not installed "
+                             "(Debian: apt-get install iptables)")
 
 
 def _iptables(ns, table: str, op: str, chain: str, rule: list[str]):

@@ -1,16 +1,8 @@
-# The two commands a user needs (as root): `make demo` and `make test`.
-# Both run scripts/bootstrap.sh first, which installs what is missing and is quick when nothing is.
-PY := .venv/bin/python
-
+# Conveniences for those who have make: the commands themselves are ./run's (README),
+# which need nothing installed first.
 .PHONY: demo test bench bootstrap
 bootstrap:
 	@bash scripts/bootstrap.sh
 
-demo: bootstrap
-	@$(PY) -m lab demo
-
-test: bootstrap
-	@$(PY) -m pytest tests -q -p no:cacheprovider
-
-bench: bootstrap
-	@$(PY) -m bench.run
+demo test bench:
+	@./run $@

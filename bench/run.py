@@ -1,7 +1,7 @@
 """bench/run: dataplane against the kernel's vxlan device + bridge and against
 plain routing, in one lab and one run, modes alternating round by round.
 
-    make bench            # or: .venv/bin/python -m bench.run [--rounds N] [--seconds S]
+    ./run bench           # or: .venv/bin/python -m bench.run [--rounds N] [--seconds S]
 
 Figures per mode: single-stream TCP (iperf3; --tcp-repeats runs per round,
 the modes taking turns run by run), 4-stream TCP, 64-byte packet rate

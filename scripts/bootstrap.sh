@@ -3,7 +3,7 @@
 # Installs what dataplane needs on a fresh Debian 12 machine, as root.
 #   bootstrap.sh        a developer's or CI's machine: the host's needs, the test tools and
 #                       real runtimes (Docker, CNI, etcd), and the checkout installed editable
-#                       into .venv with its test and bench extras (`make test`, `make demo`).
+#                       into .venv with its test and bench extras (`./run test`, `./run demo`).
 #   bootstrap.sh host   a host that runs dataplane: only what it needs at run time (bcc, the
 #                       kernel headers bcc compiles against, bpffs, iproute2, a C compiler for
 #                       the C helper), and the package installed (not editable) into .venv.

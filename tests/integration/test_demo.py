@@ -1,5 +1,5 @@
 """The README's first command, as a user runs it: `dataplane lab demo` (what
-`make demo` calls) checks itself step by step and must exit 0, leaving
+`./run demo` calls) checks itself step by step and must exit 0, leaving
 nothing behind."""
 
 from tests.conftest import require_privileges

@@ -45,7 +45,7 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
             buf += chunk
         reply = json.loads(buf)
     except (TimeoutError, BlockingIOError):     # the latter: its listen backlog full, nobody accepting
-        raise DataplaneError(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
+        raise errors.TryAgain(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
                              "(its log, or `kill -USR1` its pid for its stacks, says what it is doing)") from None
     except (PermissionError, ConnectionError) as e:
         cls = errors.NotPermitted if isinstance(e, PermissionError) else errors.KernelError
@@ -58,4 +58,5 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         raise errors.KernelError(f"the agent of node {node} answered {op!r} with a broken reply")
     if reply.get("ok"):
         return reply.get("result")
-    raise _BY_CODE.get(reply.get("code"), DataplaneError)(reply.get("error", "agent error"))
+    cls = errors.TryAgain if reply.get("transient") else _BY_CODE.get(reply.get("code"), DataplaneError)
+    raise cls(reply.get("error", "agent error"))

@@ -39,6 +39,13 @@ class ToolchainError(DataplaneError):
     exit_code = 6
 
 
+class TryAgain(DataplaneError):
+    """Passing: the registry is unreachable, or the agent did not answer in time. The same
+    exit code as KernelError for the CLI; the CNI plugin answers it with the spec's code 11."""
+
+    exit_code = 7
+
+
 class KernelError(DataplaneError):
     """A netlink or bpf() call failed; the message names the object and the errno."""
 

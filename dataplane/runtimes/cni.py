@@ -21,11 +21,12 @@ import re
 import sys
 
 from dataplane.agent import client
-from dataplane.core import model
-from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.core import model, state
+from dataplane.core.errors import Conflict, DataplaneError, NotFound, TryAgain, UsageError
 from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE, E_ENV, E_INTERNAL,  # noqa: F401
                                          E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN, E_UNKNOWN_CONTAINER, E_VERSION,
                                          CNIError, _env, _ipam)
+from dataplane.runtimes.cni_ipam import supports as ipam_supports
 
 SUPPORTED = ["1.0.0", "1.1.0"]
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
@@ -97,6 +98,8 @@ def _agent(conf: dict, op: str, **args):
         return client.call(node, op, timeout=30, **args)
     except client.AgentNotRunning as e:
         raise CNIError(E_TRY_AGAIN, f"the dataplane agent of node {node} is not running", str(e)) from None
+    except TryAgain as e:          # the registry unreachable, or the agent slow to answer: passing
+        raise CNIError(E_TRY_AGAIN, f"agent request {op}: {e}") from None
     except NotFound as e:
         raise CNIError(E_UNKNOWN_CONTAINER if "namespace" in str(e) else E_BROKEN, str(e)) from None
     except UsageError as e:
@@ -154,6 +157,8 @@ def cmd_add(conf: dict, env) -> dict:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
         routes = _shape(source)[2]
+        if source is not prev:     # a chain's earlier routes stay, the IPAM's come after them
+            routes = [r for r in _shape(prev)[2] if r not in routes] + routes
         iface, ipinfo = _first_ipv4(source)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
@@ -189,11 +194,26 @@ def cmd_add(conf: dict, env) -> dict:
 
 
 def cmd_del(conf: dict, env) -> None:
+    """Best effort, and idempotent. A node taken down (no state: its sandboxes, veths and maps
+    went with it) has nothing of ours left: the address is given back and DEL succeeds. A node
+    up whose agent cannot answer keeps the address until the agent has let go of the endpoint
+    (an address freed first could be handed out while the registry still holds it)."""
     _check_conf(conf)
     cid, ifname, _ = _attachment(env, need_netns=False)
-    _agent(conf, "endpoint_detach", id=endpoint_id(conf["name"], cid, ifname))
+    try:
+        _agent(conf, "endpoint_detach", id=endpoint_id(conf["name"], cid, ifname))
+    except CNIError as e:
+        if e.code != E_TRY_AGAIN or _node_up(conf):
+            raise
     if "ipam" in conf:
         _ipam(conf, env, "DEL")
+
+
+def _node_up(conf: dict) -> bool:
+    try:
+        return state.load(conf.get("node", "host")) is not None
+    except DataplaneError:
+        return True                # unreadable: assume up, and keep the address
 
 
 def cmd_check(conf: dict, env) -> None:
@@ -231,24 +251,42 @@ def cmd_status(conf: dict, env) -> None:
         raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not available", e.msg) from None
     if not ping.get("synced") or not ping.get("connected"):
         raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not connected to its registry")
+    if "ipam" in conf and ipam_supports(conf, env, "1.1.0"):   # the spec: its delegate's STATUS too
+        _ipam(conf, env, "STATUS")
 
 
 def cmd_gc(conf: dict, env) -> None:
-    """Remove this network's attachments on this node that the runtime no longer
-    lists, and release their addresses through the IPAM plugin."""
+    """Remove this network's attachments on this node that the runtime no longer lists, and
+    release their addresses through the IPAM plugin; then pass the GC on to the IPAM plugin
+    itself (the spec) if it speaks 1.1.0, which frees what it holds for attachments no longer
+    listed (one that does not, as Debian's 1.0.0 host-local, is left at that). An error on one attachment
+    does not stop the others: the first is reported once all were tried."""
     _check_conf(conf)
-    valid = conf.get(VALID_ATTACHMENTS, [])
+    valid = conf.get(VALID_ATTACHMENTS)
+    if valid is None:
+        valid = []                 # libcni sends null for an empty list
     if not isinstance(valid, list):
         raise CNIError(E_CONFIG, f"{VALID_ATTACHMENTS} must be a list")
     keep = {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
+    failed = []
     for ep in _agent(conf, "endpoint_local", runtime="cni"):
         sb = ep["sandbox"]
         if sb.get("network") != conf["name"] or (sb.get("container_id"), sb.get("ifname")) in keep:
             continue
-        if "ipam" in conf:     # first: if it fails the attachment stays, and the next GC retries
-            _ipam(conf, env, "DEL", {"CNI_CONTAINERID": sb["container_id"], "CNI_IFNAME": sb["ifname"],
-                                     "CNI_NETNS": ""})
-        _agent(conf, "endpoint_detach", id=ep["name"])
+        try:               # the endpoint first: an address is never free while the registry holds it
+            _agent(conf, "endpoint_detach", id=ep["name"])
+            if "ipam" in conf:
+                _ipam(conf, env, "DEL", {"CNI_CONTAINERID": sb["container_id"], "CNI_IFNAME": sb["ifname"],
+                                         "CNI_NETNS": ""})
+        except CNIError as e:
+            failed.append(e)
+    if "ipam" in conf and ipam_supports(conf, env, "1.1.0"):   # one too old for GC is left at that
+        try:
+            _ipam(conf, env, "GC")
+        except CNIError as e:
+            failed.append(e)
+    if failed:
+        raise failed[0]
 
 
 COMMANDS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 from dataplane.core import model
 
@@ -61,6 +62,9 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
                                capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise CNIError(E_IO, f"IPAM plugin {conf['ipam']['type']} failed to run", str(e)) from None
+        if r.stderr:               # the spec: a delegate's stderr goes to the caller's
+            sys.stderr.buffer.write(r.stderr)
+            sys.stderr.flush()
         out = r.stdout.strip()
         if r.returncode == 0:
             try:
@@ -83,3 +87,18 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
             raise CNIError(code, f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}", str(err.get("details") or ""))
     raise CNIError(E_VERSION, f"IPAM plugin {conf['ipam']['type']} supports neither {conf['cniVersion']} "
                    f"nor {IPAM_FALLBACK_VERSION}")
+
+
+def supports(conf: dict, env, version: str) -> bool:
+    """Does the configured IPAM plugin speak version (its VERSION answer)? GC and STATUS are
+    passed on only to one that speaks 1.1.0: an older one refuses them, some (Debian's
+    host-local) for want of the container id GC and STATUS do not carry."""
+    plugin = _find_plugin(env, conf["ipam"]["type"])
+    try:
+        r = subprocess.run([plugin], input=json.dumps({"cniVersion": version}).encode(),
+                           env={**env, "CNI_COMMAND": "VERSION"}, capture_output=True, timeout=10)
+        answer = json.loads(r.stdout) if r.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError, RecursionError):
+        return False
+    versions = answer.get("supportedVersions") if isinstance(answer, dict) else None
+    return isinstance(versions, list) and version in versions

@@ -162,8 +162,9 @@ def cmd_add(conf: dict, env) -> dict:
         iface, ipinfo = _first_ipv4(source)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
-        if iface is not None:
-            _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network), mtu=conf.get("mtu"))
+        if iface is not None or conf.get("ipMasq"):    # the way out is the network's: it must exist first
+            _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network) if iface else None,
+                   mtu=conf.get("mtu"))
         gateway, routes = _egress(conf, vni, routes) if conf.get("ipMasq") else (None, routes)
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
                    "container_id": cid}

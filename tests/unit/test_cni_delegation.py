@@ -148,3 +148,18 @@ def test_a_chains_routes_stay_when_the_ipam_gives_the_address(tmp_path, agent):
     status, out = run({**CONF, "ipam": recording_ipam(tmp_path, add), "prevResult": prev}, "ADD", tmp_path)
     assert status == 0, out
     assert {"dst": "192.168.50.0/24"} in out.get("routes", []), out
+
+
+def test_ip_masq_on_a_vni_the_registry_has_no_network_for_yet(tmp_path, agent, monkeypatch):
+    """ipMasq with no IPAM on a new VNI: the gateway's network is made first, as the attach would
+    make it (before: gateway_ensure found no network, code 101, while the same without ipMasq worked)."""
+    def gateway_ensure(vni):
+        net = agent.networks.get(vni)
+        if net is None:
+            from dataplane.core.errors import NotFound
+            raise NotFound(f"no network has VNI {vni}: create one with `dataplane network create`")
+        return {"vni": vni, "gateway": net.gateway, "routes": [{"dst": "0.0.0.0/0", "gw": net.gateway}]}
+    monkeypatch.setattr(agent, "gateway_ensure", gateway_ensure, raising=False)
+    status, out = run({**CONF, "vni": 300, "ipMasq": True}, "ADD", tmp_path)
+    assert status == 0, out
+    assert any(r["dst"] == "0.0.0.0/0" for r in out["routes"]), out

@@ -89,3 +89,25 @@ def in_ns(netns: str, code: str, *args) -> subprocess.CompletedProcess:
     """Run Python (with scapy) inside a namespace."""
     return subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code, *map(str, args)],
                           capture_output=True, text=True, timeout=120)
+
+
+def ended_by(p: subprocess.Popen, sig: int, after: float = 0.5, timeout: float = 30) -> tuple[str, str]:
+    """Signal p after a moment (what it was to see has happened), then its output."""
+    import time
+    time.sleep(after)
+    p.send_signal(sig)
+    return p.communicate(timeout=timeout)
+
+
+def reaped(p: subprocess.Popen):
+    """A context in which p is killed if it is still running at the end (a failed test)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield p
+        finally:
+            if p.poll() is None:
+                p.kill()
+    return ctx()

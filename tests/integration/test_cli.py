@@ -210,12 +210,11 @@ def test_a_capture_ended_by_sigterm_keeps_its_frames(host, tmp_path):
     so the frames still in the writer's buffer (all of them, with little traffic) were lost."""
     import signal
     import time
-    from tests.integration.conftest import in_ns
+    from tests.integration.conftest import ended_by, in_ns, reaped
     dp("--netns", NS, "up", "--vni", "256", "--underlay", "ul0")
     pcap = tmp_path / "x.pcap"
-    p = subprocess.Popen(DATAPLANE + ["--netns", NS, "capture", "--vni", "256", "-w", str(pcap)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(subprocess.Popen(DATAPLANE + ["--netns", NS, "capture", "--vni", "256", "-w", str(pcap)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) as p:
         time.sleep(1.5)
         r = in_ns(NS + "p", """
 from scapy.all import Ether, IP, UDP, sendp
@@ -225,12 +224,7 @@ sendp([Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="198.18.1.2", dst="198.18.1.1") /
        / VXLAN(flags=0x08, vni=256) / inner] * 3, iface="ul0", verbose=False)
 """)
         assert r.returncode == 0, r.stderr
-        time.sleep(0.5)
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=10)
-    finally:
-        if p.poll() is None:
-            p.kill()
+        out, err = ended_by(p, signal.SIGTERM, timeout=10)
     assert p.returncode == 0, err
     assert "3 frames written" in out + err, (out, err)
     assert pcap.stat().st_size > 24 + 3 * 16, "the frames reached the file"

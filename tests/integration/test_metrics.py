@@ -13,7 +13,7 @@ import pytest
 from lab import topology as lab
 from lab.traffic import ping
 from tests.conftest import IN_CI
-from tests.integration.conftest import in_ns, make_lab, sandbox, stats
+from tests.integration.conftest import ended_by, in_ns, make_lab, reaped, sandbox, stats
 
 FETCH = """
 import sys, urllib.request, urllib.error
@@ -185,17 +185,11 @@ def test_monitor_says_what_it_lost_however_it_ends(info):
     import signal
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     for as_json in (True, False):
-        mon = _monitor("--type", "drop", "--rate", "1", as_json=as_json)
-        try:
+        with reaped(_monitor("--type", "drop", "--rate", "1", as_json=as_json)) as mon:
             # 100 drops at once: the meter lets a burst of 64 through, then one a second
             r = in_ns(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"], "100")
             assert r.returncode == 0, r.stderr
-            time.sleep(0.5)
-            mon.send_signal(signal.SIGINT)
-            out, err = mon.communicate(timeout=30)
-        finally:
-            if mon.poll() is None:
-                mon.kill()
+            out, err = ended_by(mon, signal.SIGINT)
         assert mon.returncode == 0, err
         if as_json:
             records = [json.loads(line) for line in out.splitlines()]

@@ -60,7 +60,10 @@ class Full(socket.socket):
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
 
-class Garbled(socket.socket):
+class Answering(socket.socket):
+    """Connects and takes the request; answers ANSWER (bytes), or raises it."""
+    ANSWER: bytes | Exception = b""
+
     def connect(self, path):
         pass
 
@@ -68,18 +71,17 @@ class Garbled(socket.socket):
         pass
 
     def recv(self, n):
-        return b"[]\n"
+        if isinstance(self.ANSWER, Exception):
+            raise self.ANSWER
+        return self.ANSWER
 
 
-class Silent(socket.socket):
-    def connect(self, path):
-        pass
+class Garbled(Answering):
+    ANSWER = b"[]\n"
 
-    def sendall(self, data):
-        pass
 
-    def recv(self, n):
-        raise TimeoutError("timed out")
+class Silent(Answering):
+    ANSWER = TimeoutError("timed out")
 
 
 def test_an_agent_that_cannot_be_talked_to(roots, capsys, monkeypatch):

@@ -153,7 +153,6 @@ def cmd_add(conf: dict, env) -> dict:
     cid, ifname, netns = _attachment(env, need_netns=True)
     prev = conf.get("prevResult") or {}
     faces, prev_ips, _ = _shape(prev)          # all of it checked before anything is made
-    made = False                                # the registry network, by this ADD
     try:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
@@ -164,8 +163,8 @@ def cmd_add(conf: dict, env) -> dict:
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
         if iface is not None or conf.get("ipMasq"):    # the way out is the network's: it must exist first
-            made = _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network) if iface else None,
-                          mtu=conf.get("mtu")).get("created", False)
+            _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network) if iface else None,
+                   mtu=conf.get("mtu"))
         gateway, routes = _egress(conf, vni, routes) if conf.get("ipMasq") else (None, routes)
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
                    "container_id": cid}
@@ -176,11 +175,6 @@ def cmd_add(conf: dict, env) -> dict:
         if "ipam" in conf:          # whatever its ADD did or printed (not JSON, null): give the address back
             try:
                 _ipam(conf, env, "DEL")
-            except CNIError:
-                pass
-        if made:                    # a network this ADD made goes too (kept if anyone uses it by now):
-            try:                    # left, it would pin the VNI to this IPAM's subnet on every host
-                _agent(conf, "network_release", vni=vni)
             except CNIError:
                 pass
         raise

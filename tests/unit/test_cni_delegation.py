@@ -163,18 +163,3 @@ def test_ip_masq_on_a_vni_the_registry_has_no_network_for_yet(tmp_path, agent, m
     status, out = run({**CONF, "vni": 300, "ipMasq": True}, "ADD", tmp_path)
     assert status == 0, out
     assert any(r["dst"] == "0.0.0.0/0" for r in out["routes"]), out
-
-
-def test_a_failed_add_takes_back_the_network_it_made(tmp_path, agent, monkeypatch):
-    """(before: registry network vni300 stayed, with the IPAM's subnet, so an operator who then
-    corrected that subnet got code 100 on every ADD until `dataplane network rm`)"""
-    from dataplane.core.errors import NotFound
-
-    def attach(**kw):
-        raise NotFound("network namespace /run/netns/x does not exist")
-    monkeypatch.setattr(agent, "endpoint_attach", attach)
-    add = '[ "$CNI_COMMAND" = ADD ] && echo \'{"cniVersion":"1.1.0","ips":[{"address":"10.3.0.7/24"}]}\''
-    status, out = run({**CONF, "vni": 300, "ipam": recording_ipam(tmp_path, add)}, "ADD", tmp_path)
-    assert (status, out["code"]) == (1, cni.E_UNKNOWN_CONTAINER), out
-    assert 300 not in agent.networks and 256 in agent.networks
-    assert calls(tmp_path) == ["ADD abc", "DEL abc"]

@@ -157,8 +157,6 @@ def cmd_add(conf: dict, env) -> dict:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
         routes = _shape(source)[2]
-        if source is not prev:     # a chain's earlier routes stay, the IPAM's come after them
-            routes = [r for r in _shape(prev)[2] if r not in routes] + routes
         iface, ipinfo = _first_ipv4(source)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
@@ -186,6 +184,8 @@ def cmd_add(conf: dict, env) -> dict:
         ip_entry["gateway"] = gw
     result = {"cniVersion": conf["cniVersion"], "interfaces": ifaces,
               "ips": [i for i in prev_ips if i["address"] != addr] + [ip_entry]}
+    if source is not prev:         # a chain's earlier routes stay in the result (installed by their plugin)
+        routes = [r for r in _shape(prev)[2] if r not in routes] + routes
     if routes:
         result["routes"] = routes
     dns = (source or {}).get("dns") or prev.get("dns")
@@ -252,16 +252,23 @@ def cmd_status(conf: dict, env) -> None:
         raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not available", e.msg) from None
     if not ping.get("synced") or not ping.get("connected"):
         raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not connected to its registry")
-    if "ipam" in conf and ipam_supports(conf, env, "1.1.0"):   # the spec: its delegate's STATUS too
-        _ipam(conf, env, "STATUS")
+    if "ipam" in conf and env.get("CNI_PATH"):    # the spec: its delegate's STATUS too (CNI_PATH is
+        try:                                     # optional for STATUS: without it there is none to ask)
+            if ipam_supports(conf, env, "1.1.0"):
+                _ipam(conf, env, "STATUS")
+        except CNIError as e:
+            if e.code == E_NOT_AVAILABLE:
+                raise
+            raise CNIError(E_NOT_AVAILABLE, f"the IPAM plugin is not available: {e.msg}", e.details) from None
 
 
 def cmd_gc(conf: dict, env) -> None:
     """Remove this network's attachments on this node that the runtime no longer lists, and
     release their addresses through the IPAM plugin; then pass the GC on to the IPAM plugin
     itself (the spec) if it speaks 1.1.0, which frees what it holds for attachments no longer
-    listed (one that does not, as Debian's 1.0.0 host-local, is left at that). An error on one attachment
-    does not stop the others: the first is reported once all were tried."""
+    listed (one that does not, as Debian's 1.0.0 host-local, is left at that), unless something
+    failed here. An error on one attachment does not stop the others: the first is reported
+    once all were tried."""
     _check_conf(conf)
     valid = conf.get(VALID_ATTACHMENTS)
     if valid is None:
@@ -274,16 +281,17 @@ def cmd_gc(conf: dict, env) -> None:
         sb = ep["sandbox"]
         if sb.get("network") != conf["name"] or (sb.get("container_id"), sb.get("ifname")) in keep:
             continue
-        try:               # the endpoint first: an address is never free while the registry holds it
-            _agent(conf, "endpoint_detach", id=ep["name"])
-            if "ipam" in conf:
+        try:               # the address first: if that fails the attachment stays, and the next GC
+            if "ipam" in conf:     # retries it (detached first, a failed release would never be retried)
                 _ipam(conf, env, "DEL", {"CNI_CONTAINERID": sb["container_id"], "CNI_IFNAME": sb["ifname"],
                                          "CNI_NETNS": ""})
+            _agent(conf, "endpoint_detach", id=ep["name"])
         except CNIError as e:
             failed.append(e)
-    if "ipam" in conf and ipam_supports(conf, env, "1.1.0"):   # one too old for GC is left at that
+    if "ipam" in conf and not failed:      # what failed above is still ours: the delegate must not free it
         try:
-            _ipam(conf, env, "GC")
+            if ipam_supports(conf, env, "1.1.0"):      # one too old for GC is left at that
+                _ipam(conf, env, "GC")
         except CNIError as e:
             failed.append(e)
     if failed:

@@ -97,6 +97,9 @@ def supports(conf: dict, env, version: str) -> bool:
     try:
         r = subprocess.run([plugin], input=json.dumps({"cniVersion": version}).encode(),
                            env={**env, "CNI_COMMAND": "VERSION"}, capture_output=True, timeout=10)
+        if r.stderr:
+            sys.stderr.buffer.write(r.stderr)
+            sys.stderr.flush()
         answer = json.loads(r.stdout) if r.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError, RecursionError):
         return False

@@ -72,8 +72,12 @@ def test_gc_goes_on_past_a_failure_and_is_passed_to_the_ipam_plugin(tmp_path, ag
     conf = {**CONF, "ipam": recording_ipam(tmp_path, fail_c1), cni.VALID_ATTACHMENTS: None}   # libcni's null
     status, out = run(conf, "GC", tmp_path)
     assert status == 1 and "locked" in out["msg"]
-    assert not agent.endpoints, "c2 was collected although c1's release failed"
-    assert calls(tmp_path) == ["DEL c1", "DEL c2", "GC abc"]
+    assert list(agent.endpoints) == [endpoint("c1")["name"]], "c2 collected; c1 kept for the next GC"
+    assert calls(tmp_path) == ["DEL c1", "DEL c2"], "no GC passed on while c1 is still ours"
+    (tmp_path / "calls").unlink()
+    fine = {**CONF, "ipam": recording_ipam(tmp_path), cni.VALID_ATTACHMENTS: []}
+    assert run(fine, "GC", tmp_path) == (0, None)
+    assert calls(tmp_path) == ["DEL c1", "GC abc"] and not agent.endpoints
 
 
 def test_status_asks_the_ipam_plugin_but_not_one_too_old_to_know(tmp_path, agent):
@@ -82,6 +86,10 @@ def test_status_asks_the_ipam_plugin_but_not_one_too_old_to_know(tmp_path, agent
     assert (status, out["code"]) == (1, 50) and "range exhausted" in out["msg"]
     old = '{ echo \'{"code":3,"msg":"missing containerID"}\'; exit 1; }'      # as Debian's host-local 1.0.0
     assert run({**CONF, "ipam": recording_ipam(tmp_path, old, speaks='"1.0.0"')}, "STATUS", tmp_path) == (0, None)
+    status, out = run({**CONF, "ipam": {"type": "not-there"}}, "STATUS", tmp_path)
+    assert (status, out["code"]) == (1, cni.E_NOT_AVAILABLE), out
+    env = {**ENV, "CNI_COMMAND": "STATUS"}          # CNI_PATH is optional for STATUS
+    assert cni.run(env, json.dumps({**CONF, "ipam": {"type": "rec-ipam"}}).encode()) == (0, None)
 
 
 def test_the_ipam_plugins_stderr_reaches_ours(tmp_path, agent, capfd):
@@ -148,6 +156,8 @@ def test_a_chains_routes_stay_when_the_ipam_gives_the_address(tmp_path, agent):
     status, out = run({**CONF, "ipam": recording_ipam(tmp_path, add), "prevResult": prev}, "ADD", tmp_path)
     assert status == 0, out
     assert {"dst": "192.168.50.0/24"} in out.get("routes", []), out
+    attach = next(args for op, args in agent.calls if op == "endpoint_attach")
+    assert {"dst": "192.168.50.0/24"} not in attach["routes"], "reported, not installed through our interface"
 
 
 def test_ip_masq_on_a_vni_the_registry_has_no_network_for_yet(tmp_path, agent, monkeypatch):

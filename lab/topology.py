@@ -9,6 +9,7 @@ on chosen VNIs. Everything created is recorded before it is created, so
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -354,6 +355,8 @@ def down() -> bool:
     for d in os.listdir(state.LIB_ROOT) if os.path.isdir(state.LIB_ROOT) else []:
         if d.startswith(PREFIX):         # the lab hosts' boot configuration and Docker maps
             shutil.rmtree(os.path.join(state.LIB_ROOT, d), ignore_errors=True)
+    with contextlib.suppress(OSError):   # left empty by the lab: it goes too (a host's own stays)
+        os.rmdir(state.LIB_ROOT)
     if os.path.exists(LAB_FILE):
         os.unlink(LAB_FILE)
     state.prune()

@@ -26,7 +26,7 @@ def _host_state() -> set[str]:
     """Files under the host's own state roots, but the lab's (dpl-*: its own check, leftovers(),
     covers them, and a lab of another run may be writing there)."""
     from dataplane.core import state
-    out = set()
+    out = {root for root in (state.RUN_ROOT, state.LIB_ROOT) if os.path.isdir(root)}    # even empty
     for root in (state.RUN_ROOT, state.LIB_ROOT):
         for dirpath, dirs, files in os.walk(root):
             if dirpath == root:

@@ -67,7 +67,13 @@ class RuntimeOps:
                     raise Conflict(f"VNI {net.vni} is network {net.name} with MTU {net.mtu}, not {mtu}")
                 if name is not None and vni is not None and net.name != name:
                     raise Conflict(f"VNI {net.vni} is network {net.name}, not {name}")
-                serve(self.ag, net)
+                try:
+                    serve(self.ag, net)
+                except DataplaneError:
+                    if created:            # refused here (an MTU the underlay cannot carry): a network
+                        with contextlib.suppress(Conflict, NotFound):     # left would pin its settings
+                            reg.network_rm(net.name)                    # for every host's next request
+                    raise
                 return {**net.to_dict(), "created": created}
         raise Conflict(f"network for VNI {vni} changed while it was being created; try again")
 

@@ -415,3 +415,25 @@ def test_one_release_that_keeps_failing_holds_up_no_other(engines, monkeypatch):
     assert "Err" not in reply or not reply["Err"], reply
     assert e.agent.reg.network_by_vni(300) is None, "its own network released"
     assert e.driver._pending() == [256], "the other still pending"
+
+
+def test_a_network_this_host_cannot_serve_is_not_left_created(tmp_path, monkeypatch):
+    """network_ensure made the registry network, then serving it here was refused (an MTU the
+    underlay cannot carry): the network stayed with that MTU, so every host's next request with
+    a corrected one got "MTU 8950, not 1450" (Docker and CNI alike). It is now taken back."""
+    from dataplane.core.errors import UsageError
+    ag = Agent(f"sqlite://{tmp_path}/registry.db", "h1")
+
+    def refuse(agent, net):
+        raise UsageError(f"network {net.name}: MTU {net.mtu}, but this uplink carries at most 1450")
+    monkeypatch.setattr(runtime_ops, "serve", refuse)
+    try:
+        with pytest.raises(UsageError, match="at most 1450"):
+            ag.call("network_ensure", {"vni": 300, "subnet": "10.3.0.0/24", "mtu": 8950})
+        assert ag.reg.network_by_vni(300) is None
+        ag.reg.network_create("kept", 301, subnet="10.4.0.0/24", mtu=8950)   # made by someone else: stays
+        with pytest.raises(UsageError):
+            ag.call("network_ensure", {"vni": 301})
+        assert ag.reg.network_by_vni(301) is not None
+    finally:
+        ag.reg.close()

@@ -44,6 +44,8 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
                 raise errors.KernelError(f"the agent of node {node} closed the connection")
             buf += chunk
         reply = json.loads(buf)
+        if not isinstance(reply, dict):
+            raise ValueError("not an object")
     except (TimeoutError, BlockingIOError):     # the latter: its listen backlog full, nobody accepting
         raise errors.TryAgain(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
                              "(its log, or `kill -USR1` its pid for its stacks, says what it is doing)") from None
@@ -54,8 +56,6 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         raise errors.KernelError(f"the agent of node {node} answered {op!r} with a broken reply") from None
     finally:
         s.close()
-    if not isinstance(reply, dict):
-        raise errors.KernelError(f"the agent of node {node} answered {op!r} with a broken reply")
     if reply.get("ok"):
         return reply.get("result")
     cls = errors.TryAgain if reply.get("transient") else _BY_CODE.get(reply.get("code"), DataplaneError)

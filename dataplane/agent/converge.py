@@ -14,7 +14,7 @@ from dataplane.agent.reconcile import LocalFacts, desired, patch
 from dataplane.node import nexthops
 
 log = logging.getLogger("dataplane.agent")
-RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0    # a failing VNI is reconciled whole again after 1, 2, 4 ... 60 s
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0    # a failing VNI is tried 1 s after it fails, then 1, 2, 4 ... 60 s apart
 
 
 def facts(ag, st) -> LocalFacts:
@@ -85,7 +85,7 @@ def single(ag, fine: dict) -> None:
 
 def retry(ag, slow_s: float = 0.1) -> None:
     """VNIs served only in part (vni_errors, or entries a full map refused) are reconciled whole
-    again, each on a backoff of its own (1, 2, 4 ... 60 s while it keeps failing): a cause that
+    again, each on a backoff of its own (RETRY_FIRST_S, RETRY_MAX_S): a cause that
     went (a route mended, a map with room again, an uplink MTU raised) ends the error with no
     other change to the VNI. Their peers once found unroutable are asked of the kernel again
     first: that verdict is otherwise kept until the next snapshot."""

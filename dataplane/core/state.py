@@ -174,12 +174,19 @@ def locked(node: str):
         os.close(fd)
 
 
+def _read(path: str, what: str) -> bytes | None:
+    """The file's bytes; None if it is not there. Unreadable (not root): the DataplaneError of its cause."""
+    try:
+        with file_errors(f"cannot read {what}"), open(path, "rb") as f:
+            return f.read()
+    except NotFound:
+        return None
+
+
 def load(node: str) -> NodeState | None:
     """The node's state; None if it is not up. Unreadable (not root) or damaged: a DataplaneError."""
-    try:
-        with file_errors(f"cannot read the state of node {node}"), open(_path(node), "rb") as f:
-            raw = f.read()
-    except NotFound:
+    raw = _read(_path(node), f"the state of node {node}")
+    if raw is None:
         return None
     try:
         return NodeState.from_json(orjson.loads(raw))
@@ -232,10 +239,8 @@ def save_boot(node: str, args: dict) -> None:
 def load_boot(node: str) -> dict | None:
     """How `up` was last asked for node (None: never, or taken down since)."""
     path = os.path.join(lib_dir(node), "node.json")
-    try:
-        with file_errors(f"cannot read how node {node} was brought up"), open(path) as f:
-            raw = f.read()
-    except NotFound:
+    raw = _read(path, f"how node {node} was brought up")
+    if raw is None:
         return None
     try:
         out = json.loads(raw)

@@ -23,12 +23,14 @@ _MON = int(_F.DP_CFG_MON_DROP) | int(_F.DP_CFG_MON_PUNT) | int(_F.DP_CFG_MON_TRA
 def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str:
     """The node's name in the registry: given, else the one it had, else its namespace's or the
     machine's short hostname; refused (exit 2) if it breaks the name rules, as the agent would."""
+    from_hostname = not (given or kept or node.netns)
     name = given or kept or node.netns or socket.gethostname().split(".")[0]
     try:
         return model.parse_name(name, "host name")
     except UsageError as e:
-        raise UsageError(f"{e} (taken from this machine's hostname): give --host-name" if name != given and
-                         not kept and not node.netns else str(e)) from None
+        if not from_hostname:
+            raise
+        raise UsageError(f"{e} (taken from this machine's hostname): give --host-name") from None
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),

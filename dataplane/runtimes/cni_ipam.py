@@ -47,6 +47,15 @@ def _find_plugin(env, name: str) -> str:
     raise CNIError(E_CONFIG, f"IPAM plugin {name!r} not found in CNI_PATH")
 
 
+def _exec(plugin: str, body: dict, env, timeout: float) -> subprocess.CompletedProcess:
+    """Run a delegated plugin with body on stdin; its stderr goes to ours (the spec)."""
+    r = subprocess.run([plugin], input=json.dumps(body).encode(), env=env, capture_output=True, timeout=timeout)
+    if r.stderr:
+        sys.stderr.buffer.write(r.stderr)
+        sys.stderr.flush()
+    return r
+
+
 def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict | None:
     """Run the configured IPAM plugin as the spec's delegation says (same env,
     same configuration). A plugin older than our configuration's version is
@@ -58,13 +67,9 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
         if ver != conf["cniVersion"]:
             body.pop("prevResult", None)
         try:
-            r = subprocess.run([plugin], input=json.dumps(body).encode(), env=run_env,
-                               capture_output=True, timeout=60)
+            r = _exec(plugin, body, run_env, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise CNIError(E_IO, f"IPAM plugin {conf['ipam']['type']} failed to run", str(e)) from None
-        if r.stderr:               # the spec: a delegate's stderr goes to the caller's
-            sys.stderr.buffer.write(r.stderr)
-            sys.stderr.flush()
         out = r.stdout.strip()
         if r.returncode == 0:
             try:
@@ -95,11 +100,7 @@ def supports(conf: dict, env, version: str) -> bool:
     host-local) for want of the container id GC and STATUS do not carry."""
     plugin = _find_plugin(env, conf["ipam"]["type"])
     try:
-        r = subprocess.run([plugin], input=json.dumps({"cniVersion": version}).encode(),
-                           env={**env, "CNI_COMMAND": "VERSION"}, capture_output=True, timeout=10)
-        if r.stderr:
-            sys.stderr.buffer.write(r.stderr)
-            sys.stderr.flush()
+        r = _exec(plugin, {"cniVersion": version}, {**env, "CNI_COMMAND": "VERSION"}, timeout=10)
         answer = json.loads(r.stdout) if r.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError, RecursionError):
         return False

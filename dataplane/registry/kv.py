@@ -30,6 +30,13 @@ class Refused(Unavailable):
     exit_code = 5
 
 
+class Damaged(Refused):
+    """The store's own data is broken (a SQLite file that is not a database, or corrupt):
+    restore it from a backup or remove it."""
+
+    exit_code = 1
+
+
 class Compacted(DataplaneError):
     """A watch asked for history the store no longer keeps: resync from a snapshot."""
 

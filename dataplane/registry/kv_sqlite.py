@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 
-from dataplane.registry.kv import KV, Compacted, Event, Item, Txn, Unavailable, Watch
+from dataplane.registry.kv import KV, Compacted, Damaged, Event, Item, Refused, Txn, Unavailable, Watch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
@@ -31,6 +31,27 @@ KEEP_EVENTS = 500_000      # change-log rows kept for watchers that fall behind
 POLL_S = 0.005
 
 
+# SQLite's primary result codes (sqlite3.h) that no retry mends: someone must act.
+_DAMAGED = {11, 26}                # SQLITE_CORRUPT, SQLITE_NOTADB
+_REFUSED = {3, 8, 14, 23}          # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_AUTH
+
+
+def failure(path: str, e: sqlite3.Error) -> Unavailable:
+    """What a SQLite error means to callers: Damaged or Refused for good (the CLI's exit 1 or 5,
+    the CNI plugin's error, not 11), Unavailable (waited out, "try again") for the rest: a file
+    another process holds locked, an I/O error, a full disk."""
+    code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _DAMAGED:
+        return Damaged(f"registry {path}: {e}: the file is damaged: restore it from a backup or remove it")
+    if code in _REFUSED:
+        try:
+            ro = os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY
+        except OSError:
+            ro = False
+        return Refused(f"registry {path}: {e}" + (" (a read-only file system)" if ro else ""))
+    return Unavailable(f"registry {path}: {e}")
+
+
 class SqliteKV(KV):
     def __init__(self, path: str):
         self.url = f"sqlite://{path}"
@@ -44,12 +65,16 @@ class SqliteKV(KV):
             with self._lock:
                 self._db.executescript(SCHEMA)
         except sqlite3.Error as e:
-            raise Unavailable(f"registry {path}: {e}") from None
+            raise failure(path, e) from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def close(self) -> None:
@@ -102,7 +127,7 @@ class SqliteKV(KV):
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
-                raise Unavailable(f"registry {self.path}: {e}") from None
+                raise failure(self.path, e) from None
 
     def _log(self, rev: int, key: str, value) -> None:
         self._db.execute("INSERT INTO events (rev, key, value) VALUES (?, ?, ?)", (rev, key, value))
@@ -221,7 +246,7 @@ class _SqliteWatch(Watch):
                     finally:
                         kv._db.execute("COMMIT")
                 except sqlite3.Error as e:
-                    raise Unavailable(f"registry {kv.path}: {e}") from None
+                    raise failure(kv.path, e) from None
             self.next_rev = head + 1
             self.last_rev, self.last_heard = max(self.last_rev, head), time.monotonic()   # each poll hears the file
             if rows:

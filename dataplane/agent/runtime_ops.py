@@ -168,10 +168,11 @@ class RuntimeOps:
                 self.ag.view.endpoints.pop(id, None)
         return out
 
-    def endpoint_check(self, id, ip=None, mac=None) -> dict:
+    def endpoint_check(self, id, ip=None, mac=None, routes=()) -> dict:
         """Everything the endpoint needs is in place: registry record, host
         veth with the fast path attached, map entries, and (CNI) the container
-        side with its MAC and address. Raises naming the first thing missing."""
+        side with its MAC, address and routes (the result's, [{"dst", "gw"?}]).
+        Raises naming the first thing missing."""
         model.parse_name(id, "endpoint id")
         ep = self.ag.node.require_up().endpoints.get(id)
         if ep is None:
@@ -197,6 +198,12 @@ class RuntimeOps:
             if inner["mac"] != ep.mac or ep.ip not in inner["ipv4"] or not inner["up"]:
                 raise KernelError(f"{sb['ifname']} in {sb['netns']} is {inner['mac']} {inner['ipv4']}, "
                                   f"not {ep.mac} {ep.ip} (up)")
+            try:
+                missing = netlink.routes_missing(sb["netns"], routes)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise UsageError(f"bad routes {routes!r}: {e}") from None
+            if missing:
+                raise KernelError(f"{sb['netns']} has no route to {', '.join(missing)}")
         return ep.to_dict()
 
     def endpoint_local(self, runtime=None) -> list[dict]:

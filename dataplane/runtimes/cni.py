@@ -231,11 +231,15 @@ def cmd_check(conf: dict, env) -> None:
     try:
         addrs = [ipaddress.ip_interface(i["address"]) for i in _objects(prev, "ips", "address")
                  if i.get("interface") == mine[-1]]
+        # Every IPv4 route of the result, a chain's earlier ones too: each is in the container
+        # (the reference plugins check them all the same way).
+        routes = [r for r in _objects(prev, "routes", "dst")
+                  if ipaddress.ip_network(r["dst"], strict=False).version == 4]
     except ValueError as e:
-        raise CNIError(E_DECODE, f"prevResult has a bad address: {e}") from None
+        raise CNIError(E_DECODE, f"prevResult has a bad address or route: {e}") from None
     try:
         _agent(conf, "endpoint_check", id=endpoint_id(conf["name"], cid, ifname),
-               ip=str(addrs[0].ip) if addrs else None, mac=mac)
+               ip=str(addrs[0].ip) if addrs else None, mac=mac, routes=routes)
     except CNIError as e:
         if e.code == E_TRY_AGAIN:
             raise

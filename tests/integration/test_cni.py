@@ -163,6 +163,26 @@ def test_check_reports_a_broken_attachment(rt):
     assert local_cni(1) == [] and rt.leased(1) == set()
 
 
+def test_check_reports_a_missing_route(rt):
+    """CHECK finds each route of the result in the container: the IPAM's (installed by us) and a
+    gateway route, and says which one went missing."""
+    c4 = rt.container("c4")
+    conf = rt.conf(1)
+    conf["ipam"]["routes"] = [{"dst": "10.99.0.0/16"}, {"dst": "10.98.0.0/16", "gw": "10.1.0.1"}]
+    conf.pop("cniVersion"), conf.pop("name")
+    path = os.path.join(rt.work, "h1-routes.conflist")
+    with open(path, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "ov256", "plugins": [conf]}, f)
+    res = json.loads(ok(rt.run(1, "add", c4, "ctr-4", conflist=path)))
+    assert {r["dst"] for r in res["routes"]} == {"10.99.0.0/16", "10.98.0.0/16"}
+    ok(rt.run(1, "check", c4, "ctr-4", conflist=path))
+    subprocess.run(["ip", "-n", os.path.basename(c4), "route", "del", "10.98.0.0/16"], check=True)
+    r = rt.run(1, "check", c4, "ctr-4", conflist=path)
+    assert r.returncode and "no route to 10.98.0.0/16 via 10.1.0.1" in r.stderr, r.stderr
+    ok(rt.run(1, "del", c4, "ctr-4", conflist=path))
+    assert local_cni(1) == [] and rt.leased(1) == set()
+
+
 def test_concurrent_adds_get_distinct_addresses(rt):
     names = [f"k{i}" for i in range(6)]
     paths = {n: rt.container(n) for n in names}

@@ -94,7 +94,7 @@ class FakeAgent:
             self.reserved.add((ep["vni"], ep["ip"]))
         return {"id": id, "removed": ep is not None}
 
-    def endpoint_check(self, id, ip=None, mac=None) -> dict:
+    def endpoint_check(self, id, ip=None, mac=None, routes=()) -> dict:
         model.parse_name(id, "endpoint id")
         ep = self.endpoints.get(id)
         if ep is None:

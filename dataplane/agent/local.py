@@ -113,13 +113,15 @@ def _not_ours(ag, rec) -> bool:
     return rec is None or (rec.host != ag.me and rec.moving_to != ag.me)
 
 
-def settle_moves(ag) -> None:
+def settle_moves(ag, local: dict | None = None) -> None:
     """Moves that can no longer complete are taken back: one to this host with
     no sandbox here (we crashed making it), one from this host to a host that
-    is gone. A local sandbox whose move committed while we were away goes."""
-    st = ag.node.require_up()
+    is gone. A local sandbox whose move committed while we were away goes.
+    local: the node's endpoints as the event batch that called this holds them (kept
+    true: a sandbox removed here leaves it), else read here."""
+    mine = ag.node.require_up().endpoints if local is None else local
     for rec in list(ag.view.endpoints.values()):
-        stuck = ((rec.moving_to == ag.me and rec.id not in st.endpoints)
+        stuck = ((rec.moving_to == ag.me and rec.id not in mine)
                  or (rec.host == ag.me and rec.moving_to and rec.moving_to not in ag.view.hosts))
         if stuck:
             try:
@@ -127,10 +129,10 @@ def settle_moves(ag) -> None:
                 log.warning("endpoint %s: its move to %s cannot complete; taken back", rec.id, rec.moving_to)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot take back its move: %s", rec.id, e)
-    for name in list(st.endpoints):
+    for name in list(mine):
         rec = ag.view.endpoints.get(name)
         if rec is not None and _not_ours(ag, rec):
-            endpoint_changed(ag, name, rec)
+            endpoint_changed(ag, name, rec, mine)
 
 
 def settle_local_moves(ag) -> None:

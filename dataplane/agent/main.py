@@ -287,7 +287,7 @@ class Agent:
             mine = self.node.require_up().endpoints     # read once a batch, not once an event
             for ev in events:
                 self.counters["events"] += 1
-                self.view.apply(ev, on_bad=self._bad_record, on_host_gone=self._host_gone,
+                self.view.apply(ev, on_bad=self._bad_record, on_host_gone=lambda gone: self._host_gone(gone, mine),
                                 on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
             coarse, fine = self.view.take_changes()
             if coarse:
@@ -304,10 +304,10 @@ class Agent:
         self.counters["bad_records"] += 1
         log.warning("skipped bad record %s: %s", k, why)
 
-    def _host_gone(self, gone) -> None:
+    def _host_gone(self, gone, mine: dict | None = None) -> None:
         n = forget_learned_vtep(self.maps, gone.vtep)
         log.info("host %s (%s) left%s", gone.name, gone.vtep, f"; dropped {n} learned entries" if n else "")
-        local.settle_moves(self)          # a move of ours to that host can no longer complete
+        local.settle_moves(self, mine)    # a move of ours to that host can no longer complete
 
 
 def install_signal_handlers(agent: Agent) -> None:

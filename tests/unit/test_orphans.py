@@ -76,3 +76,30 @@ def test_a_sync_scans_every_record_then_only_what_events_wrote(tmp_path):
         assert ag.in_registry() == {"kept", "theirs", "other"}
     finally:
         ag.reg.close()
+
+
+def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeypatch, caplog):
+    """A host leaving in the middle of an event batch settles moves (the agent's _host_gone):
+    a sandbox it removes must leave the batch's list of local endpoints, or a later event
+    of the batch for that endpoint removes it again and logs an error."""
+    from dataplane.core.errors import NotFound
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    removed = []
+
+    def remove(node, name):
+        if name not in ag.sandboxes:
+            raise NotFound(f"endpoint {name} is not on this node")
+        del ag.sandboxes[name]
+        removed.append(name)
+    monkeypatch.setattr(local.endpoints, "remove", remove)
+    ag.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=dict(ag.sandboxes)))  # a copy, as read
+    try:
+        rec = ag.create("x", "h2")                   # its move to h2 committed while we were away
+        ag.sandboxes["x"] = SimpleNamespace(sandbox=None, phase="ready")
+        mine = ag.node.require_up().endpoints        # what the batch read at its start
+        local.settle_moves(ag, mine)
+        local.endpoint_changed(ag, "x", rec, mine)    # a later event of the same batch
+        assert removed == ["x"] and "x" not in mine
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    finally:
+        ag.reg.close()

@@ -1,8 +1,9 @@
 """`dataplane service install|uninstall`: systemd units that bring a node back
 at boot and keep its agent running. dataplane.service restores the node from
 /var/lib/dataplane (`up --restore --no-agent`) and runs the agent as its main
-process (Type=notify: ready after its first sync; Restart=always). With
---docker, the Docker driver is socket-activated on Docker's plugin path."""
+process (Type=notify: ready after its first sync; Restart=always). A node
+without a registry runs no agent: its unit only restores it (Type=oneshot).
+With --docker, the Docker driver is socket-activated on Docker's plugin path."""
 
 from __future__ import annotations
 
@@ -24,18 +25,30 @@ def command() -> str:
     return script if os.access(script, os.X_OK) else f"{sys.executable} -m dataplane"
 
 
-def units(netns: str | None = None, docker: bool = False) -> dict[str, str]:
-    """File name -> contents. A node in a namespace (--netns) gets its own unit names."""
+def units(netns: str | None = None, docker: bool = False, registry: bool = True) -> dict[str, str]:
+    """File name -> contents. A node in a namespace (--netns) gets its own unit names.
+    registry=False: the node runs no agent; its unit brings it back at boot and exits."""
     dp = command() + (f" --netns {netns}" if netns else "")
     suffix = f"-{netns}" if netns else ""
-    out = {f"dataplane{suffix}.service": f"""[Unit]
-Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''} and its agent
+    head = f"""[Unit]
+Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''}{' and its agent' if registry else ''}
 Documentation=https://example.invalid/dataplane/docs/DESIGN.md
 Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=notify
+"""
+    if not registry:
+        return {f"dataplane{suffix}.service": head + f"""Type=oneshot
+RemainAfterExit=yes
+# No registry, so no agent: programs, maps and peers are restored, then the kernel forwards.
+ExecStart={dp} up --restore --no-agent
+TimeoutStartSec=120
+
+[Install]
+WantedBy=multi-user.target
+"""}
+    out = {f"dataplane{suffix}.service": head + f"""Type=notify
 NotifyAccess=main
 # Programs, maps and sandboxes outlive the agent: only the agent restarts.
 ExecStartPre={dp} up --restore --no-agent
@@ -81,10 +94,11 @@ def cmd_install(args):
     if boot is None:
         raise NotFound(f"node {node} was never brought up here, or was taken down: the units bring back what "
                        "`dataplane up` made (run it first)")
-    if not boot.get("registry"):
-        raise UsageError(f"node {node} has no registry (`up --no-registry`): the units supervise its agent, "
-                         "which a node without a registry does not run")
-    files = {os.path.join(args.unit_dir, name): text for name, text in units(args.netns, args.docker).items()}
+    if args.docker and not boot.get("registry"):
+        raise UsageError(f"node {node} has no registry (`up --no-registry`): the Docker driver works through "
+                         "the agent, which a node without a registry does not run")
+    files = {os.path.join(args.unit_dir, name): text
+             for name, text in units(args.netns, args.docker, registry=bool(boot.get("registry"))).items()}
     with file_errors("cannot write the units"):
         os.makedirs(args.unit_dir, exist_ok=True)
         for path in files:           # what a rename cannot replace, found before anything is written

@@ -48,16 +48,29 @@ def brought_up(tmp_path, monkeypatch):
     return units_dir
 
 
-def test_install_refuses_a_node_never_brought_up_or_without_a_registry(brought_up, capsys):
+def test_install_refuses_a_node_never_brought_up_or_docker_without_a_registry(brought_up, capsys):
     """(before: the units were written, and at boot `up --restore` failed, or an agent started
     against the default registry for a node that runs none)"""
     from dataplane.core import state
     state.save_boot("host", {"underlay": "eth0", "registry": None})
-    assert main(["service", "install", "--unit-dir", str(brought_up)]) == 2
+    assert main(["service", "install", "--docker", "--unit-dir", str(brought_up)]) == 2
     assert "has no registry" in capsys.readouterr().err
     assert main(["--netns", "dpl-never-up", "service", "install", "--unit-dir", str(brought_up)]) == 3
     assert "was never brought up" in capsys.readouterr().err
     assert list(brought_up.iterdir()) == []
+
+
+def test_a_node_without_a_registry_gets_a_unit_that_only_restores_it(brought_up, capsys):
+    """(before: refused, so such a node did not come back after a reboot)"""
+    from dataplane.core import state
+    state.save_boot("host", {"underlay": "eth0", "registry": None})
+    assert main(["service", "install", "--unit-dir", str(brought_up), "-o", "json"]) == 0
+    assert [p.rsplit("/", 1)[1] for p in json.loads(capsys.readouterr().out)["written"]] == ["dataplane.service"]
+    u = parse((brought_up / "dataplane.service").read_text())
+    assert u["Service"]["Type"] == "oneshot" and u["Service"]["RemainAfterExit"] == "yes"
+    assert u["Service"]["ExecStart"].endswith("up --restore --no-agent")
+    assert "agent run" not in (brought_up / "dataplane.service").read_text()
+    assert "ExecStop" not in u["Service"], "stopping the unit must not take the node down (down forgets it)"
 
 
 def test_install_and_uninstall(brought_up, capsys):

@@ -1,0 +1,66 @@
+"""A node without a registry (static peers, learned MACs) comes back after a reboot through
+the one unit `dataplane service install` writes for it: no agent, only `up --restore`.
+The reboot is what it does to a lab host: pins, our links and tc filters, /run/dataplane
+and the host's own sandbox namespace go; /var/lib stays."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from dataplane.kernel import netlink
+from lab import topology as lab
+from lab.traffic import ping
+from tests.integration.conftest import make_lab, sandbox
+from tests.integration.test_reboot import unit_commands
+
+H1 = lab.host_ns(1)
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], per_host=1, registry="none")
+
+
+def dp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dataplane.cli", "--netns", H1, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def reboot(ns: str, sandbox_ns: str) -> None:
+    shutil.rmtree(f"/sys/fs/bpf/dataplane/{ns}")
+    for name in netlink.link_names(ns):
+        if name.startswith("dp"):
+            netlink.link_delete(ns, name)
+    netlink.clsact_delete(ns, netlink.link_index(ns, lab.UPLINK))
+    shutil.rmtree(f"/run/dataplane/{ns}")
+    netlink.ns_delete(sandbox_ns)
+
+
+def test_a_node_without_a_registry_comes_back_from_its_unit(info):
+    old, far = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    units = tempfile.mkdtemp(prefix="dp-units-")
+    name = lab.sandbox_name(1, 256, 9)
+    try:
+        r = dp("service", "install", "--unit-dir", units)
+        assert r.returncode == 0, r.stderr
+        start = unit_commands(units, f"dataplane-{H1}.service")["ExecStart"]
+
+        reboot(H1, old["netns"])
+        assert not netlink.tc_filter_names(H1, netlink.link_index(H1, lab.UPLINK)), "the fast path is gone"
+        r = subprocess.run(start, capture_output=True, text=True, timeout=120)      # systemd at boot
+        assert r.returncode == 0, r.stderr
+        assert "from_overlay" in netlink.tc_filter_names(H1, netlink.link_index(H1, lab.UPLINK))
+
+        # A sandbox made after the boot reaches the other host's: VNI, subnet and peers came back.
+        r = dp("endpoint", "add", name, "--vni", "256", "--ip", lab.sandbox_ip(256, 1, 9))
+        assert r.returncode == 0, r.stderr
+        got, _ = ping(f"{H1}.{name}", far["ip"])
+        assert got == 3
+    finally:
+        dp("endpoint", "rm", name)
+        shutil.rmtree(units, ignore_errors=True)

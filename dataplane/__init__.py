@@ -1,3 +1,3 @@
 """dataplane: VXLAN overlay with an eBPF fast path."""
 
-__version__ = "0.2.0"
+from dataplane.core.version import VERSION as __version__  # noqa: F401

@@ -21,6 +21,7 @@ class LeaseKeeper:
     def __init__(self, agent):
         self.ag = agent
         self.lease = 0
+        self.live = False            # the last registration or keepalive succeeded (a metric)
         self.previous = 0            # the last agent's lease, read before this one names itself in the file
 
     def start(self) -> None:
@@ -94,6 +95,7 @@ class LeaseKeeper:
                 log.exception("lease keeper: unexpected error; trying again")
                 self.ag.counters["registry_errors"] += 1
                 registered = False
+            self.live = registered
             if registered:
                 self.ag.registered.set()
                 backoff.reset()

@@ -62,6 +62,7 @@ class Agent:
         self._cache_rev, self._cache_due = 0, time.monotonic() + sync.CACHE_EVERY_S
         self.fatal: str | None = None
         self._watch = None
+        self._last_watch = None                # the last watch opened, kept while the next is sought
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
         self.orphan_suspects, self.orphan_had = set(), set()   # local.drop_orphans; the node's endpoints then
@@ -176,6 +177,11 @@ class Agent:
         """Seconds since the registry was last heard on the watch (None: no live watch)."""
         w = self._watch
         return round(w.lag_s(), 3) if w is not None and self.connected.is_set() else None
+
+    def silence_s(self) -> float | None:
+        """Seconds since the registry was last heard on a watch, live or broken (None: none opened)."""
+        w = self._last_watch
+        return round(w.lag_s(), 3) if w is not None else None
 
     def watch_member(self) -> str | None:
         """host:port of the etcd member the watch is on (None: SQLite, or no watch)."""

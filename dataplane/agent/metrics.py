@@ -2,8 +2,10 @@
 
 The collector reads the pinned maps and the agent's own counters at scrape
 time (nothing is copied in the background): per-VNI counters and drops by
-reason from dp_stats, occupancy and capacity of every hash map, and the
-agent's registry state. process_* (RSS, start time, CPU) come from
+reason from dp_stats, occupancy and capacity of every hash map, whether the
+uplink's programs are attached, and the agent's own figures (metrics_agent.py);
+dataplane_scrape_success says which of those could be read. process_* (RSS,
+start time, CPU) come from
 prometheus_client's process collector. Names follow Prometheus's
 conventions: dataplane_ prefix, counters end in _total, seconds and bytes.
 """
@@ -17,8 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from dataplane.core import model
+from dataplane.agent import metrics_agent
+from dataplane.core import abi, model
 from dataplane.core.errors import DataplaneError, UsageError
+from dataplane.kernel import netlink
 from dataplane.node import readout
 
 log = logging.getLogger("dataplane.agent")
@@ -36,48 +40,57 @@ STATS = {
     "punted": ("punts", "Misses handed to the agent"),
     "punt_fallback": ("punt_fallbacks", "Misses flooded because the punt ring was full"),
     "frag_needed": ("frag_needed", "ICMP fragmentation-needed sent back for DF frames over the MTU"),
+    "monitor_lost": ("monitor_lost", "Monitor events not written: over the monitor's rate, or its ring full"),
 }
-COUNTERS = {   # agent.counters key -> (metric, help)
-    "events": ("registry_events", "Registry watch events applied"),
-    "resyncs": ("registry_resyncs", "Full registry snapshots taken after a broken watch"),
-    "bad_records": ("registry_bad_records", "Registry records skipped as malformed"),
-    "errors": ("reconcile_errors", "Errors in the agent's main loop, each logged: applying registry changes "
-                                   "to the maps, punts, housekeeping"),
-    "registry_errors": ("registry_errors", "Registry requests of the agent's own that failed, each logged and "
-                                           "tried again: registering and keeping its lease, reading the claims"),
-    "aged": ("fdb_aged", "Learned FDB entries aged out"),
-    "reconnects": ("registry_reconnects", "Registry connections re-established"),
-    "repairs": ("repairs", "Leftovers of a crash repaired at start"),
-    "vanished": ("endpoints_vanished", "Endpoints removed because their interface disappeared"),
-}
+VNI_HELP = " (vni 0: what belongs to no VNI)"
 
 
 class Collector:
     def __init__(self, agent):
         self.ag = agent
+        self.figures = metrics_agent.AgentFigures(agent)
 
     def collect(self):
-        ag = self.ag
+        ok = {}
+        yield from self._stats(ok)
+        yield from self._maps(ok)
+        yield from self._attached(ok)
+        agent = list(self.figures.collect())
+        ok["agent"] = self.figures.fresh
+        s = GaugeMetricFamily("dataplane_scrape_success", "1: the source was read for this scrape; 0: it failed "
+                              "(the agent's log says why) or (agent) its figures are those of an earlier scrape",
+                              labels=["source"])
+        for source, good in ok.items():
+            s.add_metric([source], int(good))
+        yield s
+        yield from agent
+
+    def _stats(self, ok: dict):
         try:
-            rows = readout.stats(ag.node)
+            rows, ok["stats"] = readout.stats(self.ag.node), True
         except DataplaneError as e:
             log.warning("metrics: reading counters failed: %s", e)
-            rows = []
+            rows, ok["stats"] = [], False
         for field, (name, text) in STATS.items():
-            c = CounterMetricFamily(f"dataplane_{name}", text, labels=["vni"])
+            c = CounterMetricFamily(f"dataplane_{name}", text + VNI_HELP, labels=["vni"])
             for r in rows:
                 c.add_metric([str(r["vni"])], r[field])
             yield c
-        drops = CounterMetricFamily("dataplane_drops", "Frames dropped by the fast path, by reason",
+        # Every reason of every VNI, at 0 too: a series first seen at 5 hides those 5 from increase().
+        drops = CounterMetricFamily("dataplane_drops", "Frames dropped by the fast path, by reason" + VNI_HELP,
                                     labels=["vni", "reason"])
         for r in rows:
-            for reason, n in r["drops"].items():
-                drops.add_metric([str(r["vni"]), reason], n)
+            for reason in abi.drop_names():
+                drops.add_metric([str(r["vni"]), reason], r["drops"].get(reason, 0))
         yield drops
-        yield from self._maps()
-        yield from self._agent()
+        g = GaugeMetricFamily("dataplane_flood_unreached", "Members of a VNI (VTEPs and local endpoints) its "
+                              "broadcast cannot reach: past the fast path's flood limits", labels=["vni"])
+        for r in rows:
+            if "unreached" in r:
+                g.add_metric([str(r["vni"])], r["unreached"])
+        yield g
 
-    def _maps(self):
+    def _maps(self, ok: dict):
         """What `dataplane status` shows (readout.maps: maps of the scrape's own, never the agent's
         lock or its open maps), for the maps with a count of entries in use (the hash maps)."""
         used = GaugeMetricFamily("dataplane_map_entries", "Entries in use in a fast-path hash map", labels=["map"])
@@ -87,63 +100,29 @@ class Collector:
                 if r["entries"] is not None:
                     used.add_metric([r["map"]], r["entries"])
                     cap.add_metric([r["map"]], r["capacity"])
+            ok["maps"] = True
         except DataplaneError as e:
             log.warning("metrics: reading the maps failed: %s", e)
+            ok["maps"] = False
         yield used
         yield cap
 
-    def _agent(self):
-        ag = self.ag
-        with ag.lock:           # a consistent copy of the agent's own figures, taken at once
-            inst = ag.remote.counts() if ag.remote else {}
-            counters, punts = dict(ag.counters), dict(ag.punts.counts)
-            n_errors, n_conflicts, rev = len(ag.vni_errors), len(ag.conflicts), ag.view.rev
-        yield _gauge("dataplane_registry_connected", "1 while the registry connection (watch) is live",
-                     ag.connected.is_set())
-        yield _gauge("dataplane_agent_synced", "1 once the agent has applied a full registry snapshot",
-                     ag.synced.is_set())
-        yield _gauge("dataplane_registry_revision", "Registry revision the agent's view is at", rev)
-        lag = ag.watch_lag_s()
-        yield _gauge("dataplane_registry_watch_lag_seconds",
-                     "Seconds since the registry was last heard on the watch (absent: no live watch)", lag)
-        yield _gauge("dataplane_vnis_failing", "VNIs served only in part (agent status vni_errors)", n_errors)
-        yield _gauge("dataplane_endpoint_conflicts", "Local runtime endpoints another writer moved or deleted",
-                     n_conflicts)
-        g = GaugeMetricFamily("dataplane_remote_entries", "Remote entries installed from the registry",
-                              labels=["kind"])
-        for kind in ("fdb", "neigh"):
-            g.add_metric([kind], inst.get(kind, 0))
+    def _attached(self, ok: dict):
+        """The uplink's programs: from_overlay always, xdp_guard where the node has it on
+        (a detached program is the fast path gone, silently)."""
+        g = GaugeMetricFamily("dataplane_fastpath_attached", "1 while the program is attached to the uplink "
+                              "(xdp_guard: only on nodes with --xdp-guard)", labels=["program"])
+        try:
+            st = self.ag.node.require_up()
+            on_uplink = netlink.tc_filter_names(self.ag.node.netns, st.uplink.ifindex)
+            g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
+            if st.config.xdp_guard:
+                g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
+            ok["uplink"] = True
+        except DataplaneError as e:
+            log.warning("metrics: reading the uplink's programs failed: %s", e)
+            ok["uplink"] = False
         yield g
-        c = CounterMetricFamily("dataplane_remote_map_full", "Batches of remote entries a full map refused in "
-                                "part (the VNI is retried whole; agent status map_error says which map)")
-        c.add_metric([], inst.get("map_full", 0))
-        yield c
-        for key, (name, text) in COUNTERS.items():
-            c = CounterMetricFamily(f"dataplane_{name}", text)
-            c.add_metric([], counters.get(key, 0))
-            yield c
-        transport = ag.reg.kv.transport_counts()
-        for name, text in (("grpc_commits", "Registry transactions committed over etcd's gRPC API "
-                                            "(the rest went through its JSON gateway)"),
-                           ("grpc_read_fallbacks", "Bulk registry reads gRPC could not do, done through etcd's "
-                                                   "JSON gateway"),
-                           ("grpc_watches", "Registry watches opened over etcd's gRPC API (the rest through "
-                                            "its JSON gateway)")):
-            c = CounterMetricFamily(f"dataplane_registry_{name}", text)
-            c.add_metric([], transport.get(name, 0))
-            yield c
-        c = CounterMetricFamily("dataplane_agent_punts", "Punted misses the agent handled, by outcome",
-                                labels=["outcome"])
-        for outcome, n in punts.items():
-            c.add_metric([outcome], n)
-        yield c
-
-
-def _gauge(name: str, text: str, value):
-    g = GaugeMetricFamily(name, text)
-    if value is not None:
-        g.add_metric([], float(value))
-    return g
 
 
 def registry_for(agent) -> CollectorRegistry:

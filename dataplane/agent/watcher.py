@@ -33,7 +33,7 @@ def run(ag) -> None:
                 ag.q.put(("snapshot", snap))
                 resume = snap.rev + 1
             ag._watch = None                # never resume from an older watch than this one
-            ag._watch = ag.reg.watch(resume)
+            ag._watch = ag._last_watch = ag.reg.watch(resume)
             ag.connected.set()
             backoff.reset()
             for batch in ag._watch:

@@ -57,3 +57,67 @@ def test_a_bad_or_busy_address_is_a_usage_error():
             metrics.Server(ag, first.address)
     finally:
         first.httpd.server_close()
+
+
+def test_every_dp_stats_counter_is_exported():
+    """A counter added to struct dp_stats is a metric too (monitor_lost was not)."""
+    from dataplane.core import abi
+    fields = {n for n, _ in abi.load().structs["dp_stats"]._fields_} - {"drops"}
+    assert set(metrics.STATS) == fields
+
+
+def fake_agent():
+    from dataplane.core.errors import DataplaneError
+
+    def not_up():
+        raise DataplaneError("node not up")
+    view = SimpleNamespace(rev=7, claims_pending=False, networks={"n": 1}, hosts={"h1": 1, "h2": 2}, endpoints={})
+    return SimpleNamespace(
+        lock=threading.RLock(), synced=threading.Event(), connected=threading.Event(), remote=None,
+        counters={"events": 3}, punts=SimpleNamespace(counts={"received": 2, "resolved": 1, "stale": 1}),
+        vni_errors={}, conflicts={}, skipped={}, view=view, leases=SimpleNamespace(live=True), ttl=10,
+        silence_s=lambda: 0.5, warm_start=False, last_sync_s=0.1, last_snapshot_s=0.2, last_claims_s=0.0,
+        reg=SimpleNamespace(kv=SimpleNamespace(transport_counts=lambda: {})), node=SimpleNamespace(require_up=not_up))
+
+
+def test_a_scrape_does_not_wait_on_a_busy_agent():
+    """The agent's lock is held across registry calls: a scrape waits a second at most, then
+    serves the figures it read last and says so (before: it waited as long as the lock was
+    held, past Prometheus's timeout)."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dataplane.agent import metrics_agent
+    ag = fake_agent()
+    figures = metrics_agent.AgentFigures(ag)
+
+    def read() -> dict:
+        from prometheus_client import CollectorRegistry, generate_latest
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(figures)
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples}
+    first = read()
+    assert figures.fresh and first[("dataplane_registry_revision", ())] == 7
+    assert first[("dataplane_agent_punts_total", (("outcome", "stale"),))] == 1
+    assert first[("dataplane_agent_punts_received_total", ())] == 2
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with ag.lock:
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        held.wait(5)
+        ag.view.rev = 8
+        t0 = time.monotonic()
+        second = read()
+        assert time.monotonic() - t0 < metrics_agent.LOCK_WAIT_S + 1
+        assert not figures.fresh and second[("dataplane_registry_revision", ())] == 7, "the last copy"
+    finally:
+        release.set()
+        t.join()
+    assert read()[("dataplane_registry_revision", ())] == 8 and figures.fresh

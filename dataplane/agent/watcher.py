@@ -25,6 +25,9 @@ def run(ag) -> None:
     backoff, resume = Backoff(), sync.start_point(ag, early)
     while not ag.stopping.is_set():
         try:
+            # Never resume from an older watch than this turn's: a snapshot read that fails must
+            # leave resume None (read again next turn), not fall back to the last watch's revision.
+            ag._watch = None
             if ag.want_snapshot.is_set():
                 resume = None
             if resume is None:
@@ -32,7 +35,6 @@ def run(ag) -> None:
                 snap = sync.read_snapshot(ag)
                 ag.q.put(("snapshot", snap))
                 resume = snap.rev + 1
-            ag._watch = None                # never resume from an older watch than this one
             ag._watch = ag._last_watch = ag.reg.watch(resume)
             ag.connected.set()
             backoff.reset()

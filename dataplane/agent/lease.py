@@ -83,6 +83,7 @@ class LeaseKeeper:
                 if registered:
                     log.warning("registry unreachable, forwarding on last known state: %s", e)
                 registered = False
+                self.ag.counters["registry_errors"] += 1
                 self.ag.disconnected()
             except Conflict as e:
                 # Another host holds the name: adopting "our" endpoints now would tear down its sandboxes.
@@ -91,6 +92,7 @@ class LeaseKeeper:
             except DataplaneError as e:
                 log.error("cannot register: %s", e)
                 self.ag.counters["registry_errors"] += 1
+                registered = False      # a new lease may be granted with no host record under it yet
             except Exception:  # noqa: BLE001 - this thread is the host's liveness: it must not end silently
                 log.exception("lease keeper: unexpected error; trying again")
                 self.ag.counters["registry_errors"] += 1

@@ -14,6 +14,8 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import endpoints, gateway, networks, peers
 from dataplane.registry import Unavailable
 
+STATUS_LOCK_WAIT_S = 2.0
+
 log = logging.getLogger("dataplane.agent")
 
 
@@ -71,9 +73,14 @@ class Ops:
         return {"host": ag.me, "synced": ag.synced.is_set(), "connected": ag.connected.is_set(), "pid": os.getpid()}
 
     def status(self) -> dict:
+        """What the agent knows of itself. Its lock is held across registry calls (an endpoint
+        operation during an outage: seconds per member): after STATUS_LOCK_WAIT_S the figures are
+        read without it ("busy": true) rather than the command hanging for the whole outage."""
         ag = self.ag
-        with ag.lock:
-            return {**self.ping(), "registry": ag.url, "revision": ag.view.rev, "watch_lag_s": ag.watch_lag_s(),
+        got = ag.lock.acquire(timeout=STATUS_LOCK_WAIT_S)
+        try:
+            return {**self.ping(), "busy": not got, "lease_live": ag.leases.live,
+                    "registry": ag.url, "revision": ag.view.rev, "watch_lag_s": ag.watch_lag_s(),
                     "watch_member": ag.watch_member(), "watch_transport": ag.watch_transport(),
                     "registry_transport": ag.reg.kv.transport_counts(),
                     "lease": ag.leases.lease,
@@ -88,6 +95,9 @@ class Ops:
                     "bad_records_recent": list(ag.bad),
                     "punts": dict(ag.punts.counts), "over_limit": networks.over_limit(ag.node.require_up()),
                     "rss_kib": _rss_kib(), "rss_peak_kib": _rss_kib("VmHWM")}
+        finally:
+            if got:
+                ag.lock.release()
 
     def _network_for(self, network=None, vni=None):
         if network is not None:

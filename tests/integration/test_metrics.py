@@ -79,7 +79,7 @@ def test_a_spoofed_frame_is_in_the_drop_metric(info):
 
 
 # `agent status` keys that are no count: names, addresses, lists a count stands for.
-NOT_COUNTS = {"host", "pid", "registry", "watch_member", "watch_transport", "lease", "map_error",
+NOT_COUNTS = {"host", "pid", "busy", "registry", "watch_member", "watch_transport", "lease", "map_error",
               "bad_records_recent", "rss_kib", "rss_peak_kib"}
 
 
@@ -90,6 +90,7 @@ def _status_as_metrics(st: dict) -> dict:
             ("dataplane_registry_connected", ()): int(st["connected"]),
             ("dataplane_registry_revision", ()): st["revision"],
             ("dataplane_registry_lease_ttl_seconds", ()): st["lease_ttl"],
+            ("dataplane_registry_lease_live", ()): int(st["lease_live"]),
             ("dataplane_agent_last_sync_seconds", ()): st["last_sync_ms"] / 1000,
             ("dataplane_agent_last_snapshot_read_seconds", ()): st["last_snapshot_ms"] / 1000,
             ("dataplane_agent_last_claims_read_seconds", ()): st["last_claims_ms"] / 1000,
@@ -120,7 +121,7 @@ def _status_as_metrics(st: dict) -> dict:
         k = (f"dataplane_{punts[key]}_total", ()) if key in punts else ("dataplane_agent_punts_total",
                                                                          (("outcome", key),))
         same[k] = v
-    covered = set(counters) | {"synced", "connected", "revision", "lease_ttl", "last_sync_ms", "last_snapshot_ms",
+    covered = set(counters) | {"synced", "connected", "revision", "lease_ttl", "lease_live", "last_sync_ms", "last_snapshot_ms",
                                "last_claims_ms", "warm_start", "claims_pending", "vni_errors", "skipped_endpoints",
                                "conflicts", "over_limit", "installed", "networks", "hosts", "endpoints",
                                "registry_transport", "punts", "watch_lag_s"}

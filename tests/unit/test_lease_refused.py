@@ -76,3 +76,46 @@ def test_an_unexpected_error_is_logged_and_tried_again(monkeypatch, caplog):
     assert kv.calls >= 2, "tried again"
     assert ag.failed is None and ag.counters["registry_errors"] >= 1
     assert "unexpected error" in caplog.text
+
+
+def test_a_registration_that_fails_after_the_lease_lapsed_is_made_again(monkeypatch):
+    """The lease lapsed (keepalive False), a new one was granted, and writing the host record
+    under it failed (a DataplaneError: "changed 5 times"). The next turn must register again:
+    before, the keeper went on renewing the new lease, and the host record was never written
+    under it (other hosts dropped this host for good). A keepalive that fails for an outage
+    counts as a registry error too."""
+    from dataplane.core.errors import DataplaneError
+    from dataplane.registry import backoff
+    monkeypatch.setattr(backoff.Backoff, "wait", lambda self, stop: stop.is_set())
+    ag = FakeAgent(None)
+    ag.disconnected = lambda: None
+    writes, grants, keepalives = [], iter([2]), []
+
+    class KV:
+        def lease_keepalive(self, lease, timeout=None):
+            keepalives.append(lease)
+            if len(keepalives) > 20:
+                ag.stopping.set()                 # the old code renews lease 2 for ever
+            if len(keepalives) == 1:
+                raise Unavailable("etcd: no leader")    # the previous agent's lease 1, asked at start
+            return lease == 2 or not writes       # lease 1 lapses once written under
+
+        def lease_grant(self, ttl):
+            return next(grants)
+
+    def host_register(vtep, lease):
+        writes.append(lease)
+        if len(writes) == 2:
+            raise DataplaneError("host h1 changed 5 times while registering")
+        if len(writes) == 3:
+            ag.stopping.set()
+        return 10 + len(writes)
+    ag.reg = type("Reg", (), {"kv": KV(), "host_register": staticmethod(host_register)})()
+    ag.vtep = None
+    keeper = LeaseKeeper(ag)
+    keeper.previous = 1                           # the last agent's lease, as start() reads it
+    monkeypatch.setattr(keeper, "save", lambda: None)
+    monkeypatch.setattr(ag.stopping, "wait", lambda t=None: ag.stopping.is_set())
+    keeper.run()
+    assert writes == [1, 2, 2], "the host record written again under the new lease"
+    assert ag.counters["registry_errors"] == 2, "the failed write and the failed keepalive"

@@ -115,6 +115,17 @@ class EtcdWatch(MemberWatch):
     def _open(self, i: int, create: bytes, relogin: bool = True) -> None:
         kv = self.kv
         host, port = kv.endpoints[i]
+        # A member without a leader takes the create request all the same (the WebSocket's is not
+        # even answered before we return): its linearizable read is asked first, or the caller would
+        # count itself connected through a whole loss of quorum.
+        try:
+            kv._send(i, "/kv/range", {"key": b64(self.prefix), "count_only": True})
+        except Refused:
+            raise                        # a permission the user lacks: the watch would be refused too
+        except (Unsent, Unknown, Unavailable) as e:
+            if getattr(e, "tls", False):
+                raise                    # a handshake that failed: the caller tells a refusal from an outage
+            raise Unavailable(f"the member fails reads: {e}") from None
         self.member, self._buf, self._body = i, bytearray(), bytearray()
         self._token = kv.token(i) if self.stream else None
         self._sock = s = socket.create_connection((host, port), timeout=kv.connect_timeout)
@@ -124,7 +135,10 @@ class EtcdWatch(MemberWatch):
         if self.stream:
             # Accept: etcd 3.4 then knows the gateway sent it, and never takes its certificate's CN for a user.
             auth = f"Authorization: {self._token}\r\n" if self._token else ""
+            # Grpc-Metadata-Hasleader: the member ends the stream when it loses its leader (the proxy in
+            # front of the WebSocket passes no such header: there the probe reads stand in).
             s.sendall((f"POST /v3/watch HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Accept: application/json\r\n"
+                       "Grpc-Metadata-Hasleader: true\r\n"
                        f"Content-Type: application/json\r\nContent-Length: {len(create)}\r\n\r\n").encode() + create)
             head = self._read_head()
             if not head.startswith(b"HTTP/1.1 200"):

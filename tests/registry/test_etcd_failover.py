@@ -209,6 +209,29 @@ def test_watch_on_a_member_cut_off_from_the_leader_ends(tmp_path, transport):
             kv.close()
 
 
+def test_no_watch_opens_without_quorum(tmp_path, transport):
+    """Two of three members stopped: opening a watch fails (Unavailable) rather than returning
+    one that the agent would count as connected (its /healthz 200 through the outage). Before,
+    the gateway's WebSocket watch returned as soon as its create request was sent."""
+    with cluster(tmp_path) as ms:
+        kv = watching(_kv(ms, timeout=1.0, watch_deadline_s=30.0, progress_interval_s=0.2, probe_interval_s=1.0),
+                      transport)
+        rev = kv.range("/nq/")[0]
+        for m in ms[1:]:
+            os.kill(m.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)                      # past three 0.5-s election timeouts: nobody leads
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable):
+                w = kv.watch("/nq/", rev + 1)
+                w.close()
+            assert time.monotonic() - t0 < 3 * (1.0 + 1.0) + 1
+        finally:
+            for m in ms[1:]:
+                os.kill(m.pid, signal.SIGCONT)
+            kv.close()
+
+
 def test_a_grpc_watch_ends_when_its_member_has_no_leader(tmp_path):
     """No probe reads: the two other members stopped, the member ends the stream
     itself ("hasleader": after three election timeouts without a leader)."""

@@ -80,6 +80,16 @@ def save(node: str, data: bytes) -> None:
         raise
 
 
+def discard(node: str) -> None:
+    """The view on disk is of a history the registry no longer has: gone."""
+    try:
+        os.unlink(path(node))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("could not remove the registry view cache %s: %s", path(node), e)
+
+
 def load(node: str, cluster: str | None, before_rev: int) -> Snapshot | None:
     """The cached view as a Snapshot, or None (no file, another cluster, a
     revision not before before_rev, not ours, not readable)."""

@@ -63,6 +63,8 @@ class Agent:
         self.fatal: str | None = None
         self._watch = None
         self._last_watch = None                # the last watch opened, kept while the next is sought
+        self.view_cluster = None               # the etcd cluster id the view was last verified against
+        self.history_reset = False             # the store went back in time: the next snapshot starts over
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
         self.orphan_suspects, self.orphan_had = set(), set()   # local.drop_orphans; the node's endpoints then

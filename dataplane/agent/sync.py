@@ -33,8 +33,15 @@ def _load_view(ag, snap: Snapshot) -> None:
 
 
 def apply_snapshot(ag, snap: Snapshot) -> None:
-    """A full snapshot: the view is whole at its revision."""
+    """A full snapshot: the view is whole at its revision. After the store went back in time
+    (watcher.went_back) the agent's own writes held ahead of the watch belong to the old
+    history, and so does the view on disk: both go."""
     with ag.lock:
+        if ag.history_reset:
+            ag.history_reset = False
+            ag.view.ahead.clear()
+            ag._cache_rev = 0
+            cache.discard(ag.node.name)
         _load_view(ag, snap)
         ag.counters["resyncs"] += 1
         ag._sync_at = None

@@ -13,6 +13,7 @@ import logging
 from dataplane.agent import sync
 from dataplane.registry import Compacted, Unavailable
 from dataplane.registry.backoff import Backoff
+from dataplane.registry.store import key
 
 log = logging.getLogger("dataplane.agent")
 
@@ -28,7 +29,7 @@ def run(ag) -> None:
             # Never resume from an older watch than this turn's: a snapshot read that fails must
             # leave resume None (read again next turn), not fall back to the last watch's revision.
             ag._watch = None
-            if ag.want_snapshot.is_set():
+            if ag.want_snapshot.is_set() or (resume is not None and went_back(ag, resume)):
                 resume = None
             if resume is None:
                 ag.want_snapshot.clear()
@@ -36,6 +37,7 @@ def run(ag) -> None:
                 ag.q.put(("snapshot", snap))
                 resume = snap.rev + 1
             ag._watch = ag._last_watch = ag.reg.watch(resume)
+            ag.view_cluster = getattr(ag.reg.kv, "cluster_id", None)
             ag.connected.set()
             backoff.reset()
             for batch in ag._watch:
@@ -54,3 +56,21 @@ def run(ag) -> None:
             resume = None
         ag.connected.clear()
         backoff.wait(ag.stopping)
+
+
+def went_back(ag, resume: int) -> bool:
+    """Before a watch resumes at `resume`: has the store gone back in time (restored from a
+    backup: its revision below what the view has seen) or become another cluster? etcd takes a
+    start revision from the future without a word and sends nothing until it gets there, so
+    the view would stay as it was, wrong, and be written to disk as the new store's. Then
+    the view is read whole again (history_reset: the agent's own writes held ahead of the
+    watch, of the old history, go). The read is linearizable: never behind a revision seen."""
+    head, _ = ag.reg.kv.range_exact(key("hosts", ag.me))
+    cluster = getattr(ag.reg.kv, "cluster_id", None)
+    seen = ag.view_cluster
+    if head >= resume - 1 and (seen is None or cluster == seen):
+        return False
+    log.warning("the registry went back from revision %d to %d%s (restored from a backup?): reading it whole",
+                resume - 1, head, f", cluster {seen} is now {cluster}" if seen and cluster != seen else "")
+    ag.history_reset = True
+    return True

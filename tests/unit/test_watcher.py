@@ -29,12 +29,18 @@ class Watch:
         pass
 
 
+def agent():
+    ag = SimpleNamespace(me="h1", stopping=threading.Event(), registered=threading.Event(),
+                         want_snapshot=threading.Event(), connected=threading.Event(), q=queue.Queue(),
+                         counters={"reconnects": 0}, _watch=None, _last_watch=None, view_cluster=None,
+                         history_reset=False)
+    ag.registered.set()
+    return ag
+
+
 def test_a_wanted_snapshot_survives_a_failed_read(monkeypatch):
     opened, reads = [], []
-    ag = SimpleNamespace(stopping=threading.Event(), registered=threading.Event(), want_snapshot=threading.Event(),
-                         connected=threading.Event(), q=queue.Queue(), counters={"reconnects": 0},
-                         _watch=None, _last_watch=None)
-    ag.registered.set()
+    ag = agent()
 
     def watch(rev):
         opened.append(rev)
@@ -48,7 +54,8 @@ def test_a_wanted_snapshot_survives_a_failed_read(monkeypatch):
         if len(reads) == 1:
             raise Unavailable("etcd: no leader")
         return SimpleNamespace(rev=200)
-    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None), watch=watch)
+    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None, range_exact=lambda k: (500, [])),
+                             watch=watch)
     monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
     monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
     monkeypatch.setattr(sync, "read_snapshot", read_snapshot)
@@ -56,3 +63,33 @@ def test_a_wanted_snapshot_survives_a_failed_read(monkeypatch):
     watcher.run(ag)
     assert opened == [100, 201], "after the failed read, a snapshot: not the old watch's revision"
     assert len(reads) == 2
+
+
+def test_a_store_that_went_back_in_time_is_read_whole(monkeypatch):
+    """etcd restored from a backup: its revision is below the one the watch would resume at
+    (and its cluster id new). etcd would take the future start revision silently and send
+    nothing until it got there; the watcher reads a snapshot instead, marked history_reset
+    (before: it resumed, and the view stayed the old history's)."""
+    ag = agent()
+    heads = iter([(150, "c1"), (40, "c2"), (96, "c2")])    # fine; restored; fine again
+    opened, reads = [], []
+    kv = SimpleNamespace(open_channels=lambda: None, cluster_id="c1")
+
+    def range_exact(k):
+        head, kv.cluster_id = next(heads)
+        return head, []
+
+    def watch(rev):
+        opened.append(rev)
+        if len(opened) == 3:
+            ag.stopping.set()
+        return Watch(rev)
+    kv.range_exact = range_exact
+    ag.reg = SimpleNamespace(kv=kv, watch=watch)
+    monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
+    monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
+    monkeypatch.setattr(sync, "read_snapshot", lambda ag: reads.append(1) or SimpleNamespace(rev=45))
+    monkeypatch.setattr(Backoff, "wait", lambda self, stopping: None)
+    watcher.run(ag)
+    assert opened == [100, 46, 96] and len(reads) == 1, "after the restore: a snapshot, not a resume at 150"
+    assert ag.history_reset and ag.q.get_nowait()[1].rev == 45

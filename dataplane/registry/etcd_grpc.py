@@ -43,7 +43,12 @@ def _grpc():
 
 
 class GrpcUnavailable(Exception):
-    """gRPC could not be used for this read: read through the gateway."""
+    """gRPC could not be used for this read: read through the gateway. code: the gRPC status
+    name when the member was asked and failed ("DEADLINE_EXCEEDED", ...), else None."""
+
+    def __init__(self, why: str, code: str | None = None):
+        super().__init__(why)
+        self.code = code
 
 
 class GrpcFailed(Exception):
@@ -195,7 +200,7 @@ class Channels:
             resp = call(m["RangeRequest"](key=key, range_end=range_end, revision=revision or 0), timeout=timeout,
                         metadata=[("token", token)] if token else None)
         except grpc.RpcError as e:
-            raise GrpcUnavailable(f"{e.code().name}: {e.details()}") from None
+            raise GrpcUnavailable(f"{e.code().name}: {e.details()}", e.code().name) from None
         return resp.header.revision, str(resp.header.cluster_id), [(kv.key, kv.value) for kv in resp.kvs]
 
     def txn(self, i: int, compares, puts, deletes, token: str | None, timeout: float) -> tuple[bool, int, str]:

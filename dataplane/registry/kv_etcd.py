@@ -41,6 +41,7 @@ from dataplane.registry.kv_etcd_grpc import GrpcPaths
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
 CONNECT_TIMEOUT_S = 1.0     # to open a TCP connection to one member
 WATCH_DEADLINE_S = 15.0     # a watch that hears nothing for this long is dead
+FAILED_RECENTLY_S = 10.0    # a member that failed this recently is asked after the others
 GATEWAY_FALLBACK_S = 300.0  # a watch through the gateway because gRPC failed: ended after this, to try again
 log = logging.getLogger("dataplane.registry")
 
@@ -97,9 +98,23 @@ class EtcdKV(GrpcPaths, KV):
         self._grpc.close()
 
     def _order(self) -> list[int]:
-        """Every member once, from the current one on (round robin)."""
+        """Every member once, from the current one on (round robin), those that failed in the
+        last FAILED_RECENTLY_S last: a stopped member costs a request its timeout once, not
+        every side-by-side read of every snapshot."""
         start, n = self._current, len(self.endpoints)
-        return [(start + k) % n for k in range(n)]
+        return sorted(((start + k) % n for k in range(n)), key=self._failed_recently)
+
+    def _failed_recently(self, i: int) -> bool:
+        return self._failed_at[i] > 0 and time.monotonic() - self._failed_at[i] < FAILED_RECENTLY_S
+
+    def _spread(self, skip: int) -> list[int]:
+        """_order() started `skip` members further on among those that did not fail recently
+        (side-by-side reads each from another member, none first on one just found stuck)."""
+        order = self._order()
+        ok = [i for i in order if not self._failed_recently(i)]
+        rest = order[len(ok):]
+        k = skip % len(ok) if ok else 0
+        return ok[k:] + ok[:k] + rest
 
     def _failed(self, i: int) -> None:
         with self._lock:
@@ -206,8 +221,7 @@ class EtcdKV(GrpcPaths, KV):
         skip: start that many members further on (side-by-side reads)."""
         last: Exception | None = None
         tls_only = True
-        order = self._order()
-        for i in order[skip % len(order):] + order[:skip % len(order)]:
+        for i in self._spread(skip):
             try:
                 out = self._send(i, path, payload, timeout=timeout)
             except (Unsent, Unknown) as e:
@@ -260,7 +274,7 @@ class EtcdKV(GrpcPaths, KV):
         then = then or (lambda i, items: items)
         order = self._order()     # the other reads' connections are made while the first read is under way
         if self.use_grpc:         # (not waited for: a member that is down must not hold up the snapshot)
-            for i in sorted({order[k % len(order)] for k in range(1, len(prefixes))} - {order[0]}):
+            for i in sorted({self._spread(k)[0] for k in range(1, len(prefixes))} - {order[0]}):
                 threading.Thread(target=self._grpc.connect, args=(i, self.connect_timeout), daemon=True).start()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prefixes) - 1)) as pool:
             rev, first = read(0, prefixes[0], None)

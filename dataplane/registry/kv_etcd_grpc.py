@@ -17,17 +17,22 @@ UNKNOWN_OUTCOME = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "
 
 class GrpcPaths:
     """Needs of its class: _grpc (Channels), use_grpc, grpc_commits, user, timeout,
-    endpoints, _current, _order(), endpoint(i), token(i), _relogin(i, stale), _failed(i),
+    endpoints, _current, _order(), _spread(k), endpoint(i), token(i), _relogin(i, stale), _failed(i),
     cluster_id."""
 
     def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Row]]:
-        order = self._order()
-        i = order[k % len(order)]
+        i = self._spread(k)[0]
         try:
             token = self.token(i)
         except (Unsent, Unknown, Unavailable) as e:   # the gateway's read says it as it should (Refused, ...)
             raise GrpcUnavailable(f"login at {self.endpoint(i)}: {e}") from None
-        got, cluster, items = self._grpc.range(i, prefix.encode(), prefix_end(prefix), rev or 0, token, BULK_TIMEOUT_S)
+        try:
+            got, cluster, items = self._grpc.range(i, prefix.encode(), prefix_end(prefix), rev or 0, token,
+                                                   BULK_TIMEOUT_S)
+        except GrpcUnavailable as e:
+            if e.code in ("DEADLINE_EXCEEDED", "UNAVAILABLE"):
+                self._failed(i)          # stuck or gone: the gateway's read (and the next ones) go elsewhere
+            raise
         self.cluster_id = cluster
         return got, items
 

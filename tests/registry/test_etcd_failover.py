@@ -140,6 +140,41 @@ def test_stopped_member_is_skipped_by_every_request(tmp_path, transport):
             kv.close()
 
 
+def test_a_snapshot_read_waits_on_a_stopped_member_once(tmp_path, transport, monkeypatch):
+    """Side-by-side reads of a snapshot (range_many) with a member stopped: the read it was
+    given waits out one bulk timeout, then goes to another member; the next snapshot
+    leaves that member alone. Before: gRPC's read timed out on it, the gateway's fallback
+    asked the same member first and timed out again, and every later snapshot did the same
+    (over a minute each with etcd's 30-s bulk timeout, the agent disconnected meanwhile)."""
+    from dataplane.registry import kv_etcd, kv_etcd_grpc
+    monkeypatch.setattr(kv_etcd, "BULK_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(kv_etcd_grpc, "BULK_TIMEOUT_S", 2.0)
+    with cluster(tmp_path) as ms:
+        members = _first(_leader(ms), ms)       # the second prefix from a follower: no election
+        kv = watching(_kv(members, timeout=1.0), transport)
+        prefixes = ["/s1/", "/s2/", "/s3/"]
+        try:
+            for p in prefixes:
+                kv.commit(Txn().put(p + "k", b"v"))
+            if transport == "grpc":
+                kv.open_channels(wait_s=5)
+                for i in range(3):
+                    kv._grpc.connect(i, 5)
+            victim = members[kv._order()[1]]       # the member the second prefix is read from
+            os.kill(victim.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            rev, parts = kv.range_many(prefixes)
+            first = time.monotonic() - t0
+            assert [len(p) for p in parts] == [1, 1, 1]
+            assert first < 2.0 + 1.5, f"waited {first:.1f} s: more than one bulk timeout"
+            t0 = time.monotonic()
+            kv.range_many(prefixes)
+            assert time.monotonic() - t0 < 1.0, "the stopped member asked again"
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+            kv.close()
+
+
 def test_txn_with_unknown_outcome_is_not_retried_elsewhere(tmp_path):
     """A txn sent to a member that then never answers may have been applied:
     it raises Unavailable instead of running again on another member, and the

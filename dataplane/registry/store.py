@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.registry.backoff import pause_or_raise
 from dataplane.registry.ipam import Endpoints, fence_key
-from dataplane.registry.kv import KV, Event, Item, Txn
+from dataplane.registry.kv import KV, Event, Item, Txn, Unavailable
 from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, key
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
@@ -128,16 +129,30 @@ class Registry(Endpoints):
         net = Network.make(name, vni, subnet, gateway, mtu, port, internal)
         txn = (Txn().absent(key("networks", net.name)).absent(key("vnis", net.vni))
                .put(key("networks", net.name), net.to_json()).put(key("vnis", net.vni), net.name.encode()))
-        ok, _ = self.kv.commit(txn)
+        ok, sent = self._commit_retrying(txn)
         if ok:
             return net
         old = self._network_or_none(net.name)
+        if sent and old is not None and old.to_json() == net.to_json():
+            return old                       # our earlier commit applied; its reply was lost
         if old is None:
             holder = self.kv.get(key("vnis", net.vni))
             raise Conflict(f"VNI {net.vni} belongs to network {holder.value.decode() if holder else '?'}")
         if exist_ok and (subnet is None or old.subnet == net.subnet) and old.vni == net.vni:
             return old
         raise Conflict(f"network {net.name} exists (VNI {old.vni}, {old.subnet})")
+
+    def _commit_retrying(self, txn: Txn) -> tuple[bool, bool]:
+        """(committed, sent before): the txn committed, retried after a lost reply (Unavailable:
+        it may have applied) up to backoff.LOST_RETRIES times. sent: an earlier try may have
+        applied, so a failed compare may be our own write (the caller reads back)."""
+        lost = 0
+        while True:
+            try:
+                return self.kv.commit(txn)[0], lost > 0
+            except Unavailable as e:
+                lost += 1
+                pause_or_raise(lost, e)
 
     def _network_or_none(self, name: str) -> Network | None:
         item = self.kv.get(key("networks", name))
@@ -161,8 +176,14 @@ class Registry(Endpoints):
         """Remove a network no endpoint uses. The fence is read before the
         endpoints are listed and compared by the delete, so an endpoint
         created in between fails the delete; it is then checked again."""
+        sent = None                          # a delete whose reply was lost: maybe applied
         for _ in range(ATTEMPTS):
-            item, net = self._network_item(name)
+            try:
+                item, net = self._network_item(name)
+            except NotFound:
+                if sent is None:
+                    raise
+                return self._forget_network(sent)      # our delete applied; its reply was lost
             fk = fence_key(net.name)
             fence = self.kv.get(fk)
             users = [e.id for e in self.endpoints(network=net.name)]
@@ -171,11 +192,16 @@ class Registry(Endpoints):
                                f"e.g. {users[0]}: remove them first")
             txn = (Txn().unchanged(item.key, item.mod_rev).unchanged(fk, fence.mod_rev if fence else 0)
                    .delete(item.key).delete(key("vnis", net.vni)).delete(fk))
-            if self.kv.commit(txn)[0]:
-                self._used.pop(net.name, None)
-                self._hint.pop(net.name, None)
-                return net
-        raise Conflict(f"network {net.name} changed while it was being removed; try again")
+            ok, lost = self._commit_retrying(txn)
+            sent = net if lost else sent
+            if ok:
+                return self._forget_network(net)
+        raise Conflict(f"network {name} changed while it was being removed; try again")
+
+    def _forget_network(self, net: Network) -> Network:
+        self._used.pop(net.name, None)
+        self._hint.pop(net.name, None)
+        return net
 
     def networks(self) -> list[Network]:
         return list(self.snapshot().networks.values())

@@ -186,3 +186,32 @@ def test_endpoint_rm_after_a_lost_reply_leaves_a_new_endpoint_of_that_id(reg, ot
     again = reg.endpoint("a")
     assert again.host == "h2"
     assert len(endpoint_keys(reg)) == 3
+
+
+# --- networks -----------------------------------------------------------------------
+
+def test_a_network_create_whose_reply_was_lost_is_done_once(reg):
+    """The create applied and its reply was lost: the retry finds exactly the network it sent
+    and returns it (before: Unavailable to the caller, whose retry found "network exists",
+    or, for a runtime picking a free VNI, created a second network with the same subnet)."""
+    reg.kv = Interleave(reg.kv, lose="applied")
+    net = reg.network_create("lost", 310, "10.31.0.0/24")
+    assert net.name == "lost" and [n.name for n in reg.networks()] == ["lost"]
+    reg.kv = reg.kv.kv
+    reg.kv = Interleave(reg.kv, lose="dropped")        # the request itself lost: sent again
+    assert reg.network_create("dropped", 311).vni == 311
+
+
+def test_a_network_rm_whose_reply_was_lost_is_done(reg):
+    reg.network_create("gone", 312)
+    reg.kv = Interleave(reg.kv, lose="applied")
+    assert reg.network_rm("gone").name == "gone"
+    assert reg.networks() == []
+
+
+def test_a_network_another_writer_made_is_still_a_conflict_after_a_lost_reply(reg, other):
+    """Only our own write counts as done: the same name made by another writer first (our
+    commit then fails its compare) is a Conflict, lost reply or not."""
+    reg.kv = Interleave(reg.kv, before=lambda: other.network_create("taken", 313, "10.31.3.0/24"), lose="dropped")
+    with pytest.raises(Conflict, match="network taken exists"):
+        reg.network_create("taken", 314, "10.31.4.0/24")

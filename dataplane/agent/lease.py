@@ -22,6 +22,7 @@ class LeaseKeeper:
         self.ag = agent
         self.lease = 0
         self.live = False            # the last registration or keepalive succeeded (a metric)
+        self._once = False           # this process has registered the host once
         self.previous = 0            # the last agent's lease, read before this one names itself in the file
 
     def start(self) -> None:
@@ -61,8 +62,11 @@ class LeaseKeeper:
             self.lease = old
         else:
             self.lease = self.ag.reg.kv.lease_grant(self.ag.ttl)
-        # One transaction: Conflict if another VTEP has the name. Its revision is where a warm start is synced.
-        self.ag.registered_rev = self.ag.reg.host_register(self.ag.vtep, self.lease)
+        # One transaction: Conflict if another VTEP has the name. Its revision is where a warm start is
+        # synced, so the first registration of this process always writes; a later one (after an outage)
+        # leaves a record that is already right alone.
+        self.ag.registered_rev = self.ag.reg.host_register(self.ag.vtep, self.lease, keep=self._once)
+        self._once = True
         self.save()
 
     def run(self) -> None:

@@ -208,16 +208,22 @@ class Registry(Endpoints):
 
     # --- hosts ---------------------------------------------------------------
 
-    def host_register(self, host: Host, lease: int) -> int:
+    def host_register(self, host: Host, lease: int, keep: bool = False) -> int:
         """Put the host's record under lease, in one transaction that creates
         it or re-puts a record of the same VTEP address (an agent restart).
         Conflict if another VTEP holds the name (the agent stops on that);
         a record that keeps changing under us is a plain, retryable
         DataplaneError. A malformed record there is no live host: it is replaced.
-        Returns the revision of the put."""
+        Returns the revision of the put. keep: a record already as it would be
+        written (same bytes, same lease) is left alone and its revision returned:
+        a re-put after an outage is an event every host applies (a whole reconcile of
+        the host's VNIs), from every host that comes back at once. An agent's start
+        always puts (its revision is where a warm start is synced)."""
         k = key("hosts", host.name)
         for _ in range(ATTEMPTS):
             item = self.kv.get(k)
+            if keep and item is not None and item.value == host.to_json() and item.lease == lease:
+                return item.mod_rev
             old = None
             if item is not None:
                 try:

@@ -215,3 +215,17 @@ def test_a_network_another_writer_made_is_still_a_conflict_after_a_lost_reply(re
     reg.kv = Interleave(reg.kv, before=lambda: other.network_create("taken", 313, "10.31.3.0/24"), lose="dropped")
     with pytest.raises(Conflict, match="network taken exists"):
         reg.network_create("taken", 314, "10.31.4.0/24")
+
+
+def test_a_host_record_already_right_is_not_put_again(reg):
+    """After an outage the agent registers again (keep=True): a record with the same bytes and
+    lease is left alone, no event for every host to apply; its first registration always puts."""
+    me = Host.make("h1", "198.18.0.1")
+    lease = reg.kv.lease_grant(30)
+    r1 = reg.host_register(me, lease)
+    assert reg.host_register(me, lease, keep=True) == r1
+    assert reg.kv.range(PREFIX)[0] == r1, "nothing written"
+    r2 = reg.host_register(me, lease)
+    assert r2 > r1, "a start puts"
+    lease2 = reg.kv.lease_grant(30)
+    assert reg.host_register(me, lease2, keep=True) > r2, "another lease: put"

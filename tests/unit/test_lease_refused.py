@@ -103,7 +103,7 @@ def test_a_registration_that_fails_after_the_lease_lapsed_is_made_again(monkeypa
         def lease_grant(self, ttl):
             return next(grants)
 
-    def host_register(vtep, lease):
+    def host_register(vtep, lease, keep=False):
         writes.append(lease)
         if len(writes) == 2:
             raise DataplaneError("host h1 changed 5 times while registering")

@@ -204,7 +204,9 @@ class Registry(Endpoints):
         return net
 
     def networks(self) -> list[Network]:
-        return list(self.snapshot().networks.values())
+        """Read from networks/ alone (a whole snapshot, 100,000 endpoints and their claims, was
+        read for this under the agent's lock, by every Docker network create without a VNI)."""
+        return list(self._read(("networks",)).networks.values())
 
     # --- hosts ---------------------------------------------------------------
 
@@ -266,7 +268,8 @@ class Registry(Endpoints):
     # --- endpoints (writes in ipam.py) ---------------------------------------------
 
     def endpoints(self, network: str | None = None, host: str | None = None) -> list[Endpoint]:
-        return [e for e in self.snapshot().endpoints.values()
+        """Read from endpoints/ alone, not the claims and the rest a snapshot reads."""
+        return [e for e in self._read(("endpoints",)).endpoints.values()
                 if (network is None or e.network == network) and (host is None or e.host == host)]
 
     # --- mirroring ---------------------------------------------------------------

@@ -190,3 +190,21 @@ def test_malformed_records_are_listed_not_fatal(reg):
     assert list(snap.endpoints) == ["good"] and list(snap.networks) == ["n"]
     assert sorted(b.split(":")[0] for b in snap.bad) == sorted(bad)
     assert any("bad VNI" in b for b in snap.bad) and any("names itself" in b for b in snap.bad)
+
+
+def test_listing_networks_or_endpoints_reads_only_their_prefix(reg):
+    """networks() and endpoints() read their own records, not a whole snapshot (the claims,
+    two of every three keys, and every other kind): the agent lists networks under its lock."""
+    from dataplane.registry.store import key
+    reg.network_create("n1", 300)
+    reg.endpoint_create("e1", "n1", "h1")
+    read = []
+    real = reg.kv.range_many
+
+    def range_many(prefixes, then=None):
+        read.extend(prefixes)
+        return real(prefixes, then)
+    reg.kv.range_many = range_many
+    assert [n.name for n in reg.networks()] == ["n1"]
+    assert [e.id for e in reg.endpoints(network="n1")] == ["e1"]
+    assert read == [key("networks", ""), key("endpoints", "")]

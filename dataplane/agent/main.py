@@ -65,6 +65,7 @@ class Agent:
         self._last_watch = None                # the last watch opened, kept while the next is sought
         self.view_cluster = None               # the etcd cluster id the view was last verified against
         self.history_reset = False             # the store went back in time: the next snapshot starts over
+        self._cache_gen = 0                    # bumped by such a reset: a view-on-disk write of before is dropped
         self._held = None                      # a message _next_message took early
         self.view = RegistryView()
         self.orphan_suspects, self.orphan_had = set(), set()   # local.drop_orphans; the node's endpoints then

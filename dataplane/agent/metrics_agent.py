@@ -11,6 +11,7 @@ After a second the last copy is served and dataplane_scrape_success{source="agen
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -53,11 +54,17 @@ class AgentFigures:
         self.ag = agent
         self._last: dict = {}
         self.fresh = False         # the last collect() read the figures under the lock
+        self._said_busy = -60.0    # when a busy lock was last logged (once a minute at most)
 
     def _copy(self) -> tuple[dict, bool]:
         """What needs the lock, as one consistent copy; (copy, fresh)."""
         ag = self.ag
         if not ag.lock.acquire(timeout=LOCK_WAIT_S):
+            now = time.monotonic()
+            if now - self._said_busy >= 60:
+                self._said_busy = now
+                log.warning("metrics: the agent's lock was held over %.0f s (a registry call under way?): "
+                            "serving the last scrape's figures", LOCK_WAIT_S)
             return self._last, False
         try:
             self._last = {

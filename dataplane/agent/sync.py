@@ -37,10 +37,14 @@ def apply_snapshot(ag, snap: Snapshot) -> None:
     (watcher.went_back) the agent's own writes held ahead of the watch belong to the old
     history, and so does the view on disk: both go."""
     with ag.lock:
-        if ag.history_reset:
+        cluster = getattr(ag.reg.kv, "cluster_id", None)
+        # A linearizable read is never behind a revision seen: a lower one is a store gone back,
+        # however the snapshot came to be read (went_back, a resync asked for, a failed read).
+        if ag.history_reset or snap.rev < ag.view.rev or (ag.view_cluster and cluster and cluster != ag.view_cluster):
             ag.history_reset = False
             ag.view.ahead.clear()
             ag._cache_rev = 0
+            ag._cache_gen += 1             # a write already under way is of the old history: dropped
             cache.discard(ag.node.name)
         _load_view(ag, snap)
         ag.counters["resyncs"] += 1
@@ -190,12 +194,16 @@ def write_cache(ag, now: bool = False) -> None:
     if cluster is None or not ag.synced.is_set() or ag.view.rev == ag._cache_rev or ag.view.claims_pending:
         return
     with ag.lock:
-        view, bad = cache.copy(ag.view), list(ag.bad)
+        view, bad, gen = cache.copy(ag.view), list(ag.bad), ag._cache_gen
 
     def write():
         try:
             cache.save(ag.node.name, cache.dump(view, cluster, bad))
-            ag._cache_rev = view["rev"]
+            with ag.lock:                  # the history was reset since the copy: what was written is of the old
+                if gen != ag._cache_gen:
+                    cache.discard(ag.node.name)
+                    return
+                ag._cache_rev = view["rev"]
         except OSError as e:
             log.warning("could not write the registry view to disk: %s", e)
     if now:

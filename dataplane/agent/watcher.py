@@ -1,10 +1,11 @@
 """The agent's watcher thread: snapshot, then watch from the snapshot's revision,
 forever. A watch that ends (member dead, stuck or cut off: the client notices
 within its deadline) is resumed from the last revision it delivered on the next
-member, with no snapshot; only a compaction (history gone), an error, or the
+member, with no snapshot; only a compaction (history gone), an error, the
 main loop asking (Agent.resync: a defect of ours may have left the view wrong)
-forces one. Retries back off with full jitter: hundreds of hosts must not
-reconnect in step."""
+or a store that went back in time (went_back: restored from a backup) forces
+one. Retries back off with full jitter: hundreds of hosts must not reconnect
+in step."""
 
 from __future__ import annotations
 

@@ -174,7 +174,9 @@ def routes_add(netns: str | None, ifname: str, routes) -> None:
 
 def routes_missing(netns: str | None, routes) -> list[str]:
     """Those of routes [{"dst": CIDR, "gw": IP?}] (IPv4) that netns's main table lacks: no route
-    to exactly that prefix, or none through the gateway given (CNI CHECK)."""
+    to exactly that prefix, or none through the gateway given (CNI CHECK). The default route's
+    gateway is not compared: a container on several networks has one, from the network attached
+    first, and routes_add leaves a route that exists alone."""
     want = [(ipaddress.IPv4Network(r["dst"], strict=False), r.get("gw")) for r in routes]
     if not want:
         return []
@@ -182,7 +184,7 @@ def routes_missing(netns: str | None, routes) -> list[str]:
         have = {(ipaddress.IPv4Network(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", strict=False),
                  r.get_attr("RTA_GATEWAY")) for r in s.route("dump", family=socket.AF_INET, table=254)}
     return [f"{dst}" + (f" via {gw}" if gw else "") for dst, gw in want
-            if not any(d == dst and (not gw or g == gw) for d, g in have)]
+            if not any(d == dst and (not gw or g == gw or dst.prefixlen == 0) for d, g in have)]
 
 
 def tc_attach(netns: str | None, ifindex: int, prog_fd: int, prog_name: str, parent: str = INGRESS) -> None:

@@ -26,7 +26,7 @@ import threading
 from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.registry.backoff import pause_or_raise
-from dataplane.registry.kv import Item, Txn, Unavailable
+from dataplane.registry.kv import Item, Refused, Txn, Unavailable
 from dataplane.registry.records import Endpoint, Network, key, parse_endpoint_id
 from dataplane.registry.reserve import Reservations, holder_text, reservation_value, reserved_by
 
@@ -67,6 +67,8 @@ class Endpoints(Reservations):
         for _ in range(ALLOC_ATTEMPTS):
             try:
                 ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent, reserved)
+            except Refused:
+                raise                          # refused for good: nothing to wait out
             except Unavailable as e:
                 lost += 1
                 pause_or_raise(lost, e)

@@ -110,9 +110,10 @@ class EtcdKV(GrpcPaths, KV):
     def _spread(self, skip: int) -> list[int]:
         """_order() started `skip` members further on among those that did not fail recently
         (side-by-side reads each from another member, none first on one just found stuck)."""
-        order = self._order()
-        ok = [i for i in order if not self._failed_recently(i)]
-        rest = order[len(ok):]
+        n = len(self.endpoints)
+        bad = {i for i in range(n) if self._failed_recently(i)}      # read once: other threads mark failures
+        order = [(self._current + k) % n for k in range(n)]
+        ok, rest = [i for i in order if i not in bad], [i for i in order if i in bad]
         k = skip % len(ok) if ok else 0
         return ok[k:] + ok[:k] + rest
 

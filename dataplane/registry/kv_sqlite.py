@@ -88,14 +88,17 @@ class SqliteKV(KV):
 
     def _select(self, where: str, args) -> tuple[int, list[Item]]:
         with self._lock:
-            self._expire_if_due()
-            self._db.execute("BEGIN")
             try:
-                rows = self._db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE {where} "
-                                        "ORDER BY key", args).fetchall()
-                rev = self._rev()
-            finally:
-                self._db.execute("COMMIT")
+                self._expire_if_due()
+                self._db.execute("BEGIN")
+                try:
+                    rows = self._db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE {where} "
+                                            "ORDER BY key", args).fetchall()
+                    rev = self._rev()
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise failure(self.path, e) from None
         return rev, [Item(k, bytes(v), m, c, lease) for k, v, m, c, lease in rows]
 
     def range(self, prefix: str) -> tuple[int, list[Item]]:

@@ -20,7 +20,7 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.registry.backoff import pause_or_raise
 from dataplane.registry.ipam import Endpoints, fence_key
-from dataplane.registry.kv import KV, Event, Item, Txn, Unavailable
+from dataplane.registry.kv import KV, Event, Item, Refused, Txn, Unavailable
 from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, key
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
@@ -150,6 +150,8 @@ class Registry(Endpoints):
         while True:
             try:
                 return self.kv.commit(txn)[0], lost > 0
+            except Refused:
+                raise                          # refused for good: nothing to wait out
             except Unavailable as e:
                 lost += 1
                 pause_or_raise(lost, e)

@@ -229,3 +229,29 @@ def test_a_host_record_already_right_is_not_put_again(reg):
     assert r2 > r1, "a start puts"
     lease2 = reg.kv.lease_grant(30)
     assert reg.host_register(me, lease2, keep=True) > r2, "another lease: put"
+
+
+def test_a_refusal_is_not_retried_as_a_lost_reply(reg):
+    """Refused (a permission, a certificate, a read-only or damaged SQLite file) is an
+    Unavailable, but no reply was lost: raised at once, not sent again LOST_RETRIES times."""
+    from dataplane.registry import Refused
+    calls = []
+
+    class Refusing:
+        def __init__(self, kv):
+            self.kv = kv
+
+        def __getattr__(self, name):
+            return getattr(self.kv, name)
+
+        def commit(self, txn):
+            calls.append(txn)
+            raise Refused("test: permission denied")
+    reg.network_create("n", 320)
+    reg.kv = Refusing(reg.kv)
+    for write in (lambda: reg.network_create("m", 321), lambda: reg.network_rm("n"),
+                  lambda: reg.endpoint_create("e", "n", "h1")):
+        calls.clear()
+        with pytest.raises(Refused):
+            write()
+        assert len(calls) == 1

@@ -118,3 +118,22 @@ def test_a_password_file_is_made_once_and_private(tmp_path):
     first = open(p).read()
     assert oct(os.stat(p).st_mode & 0o777) == "0o600" and len(first.strip()) >= 24
     assert etcd_auth.password_file(str(tmp_path / "pw"), "h1") == p and open(p).read() == first
+
+
+def test_spread_lists_every_member_once_with_the_failed_last():
+    """_spread(k): the healthy members rotated by k, then those that failed recently; each
+    member exactly once, whatever other threads mark meanwhile."""
+    import time
+
+    from dataplane.registry import parse_url
+    from dataplane.registry.kv_etcd import EtcdKV
+    kv = EtcdKV(parse_url("etcd://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3")[1])
+    try:
+        kv._failed_at[0] = time.monotonic()
+        kv._current = 0
+        assert kv._order() == [1, 2, 0]
+        assert kv._spread(0) == [1, 2, 0] and kv._spread(1) == [2, 1, 0]
+        for k in range(5):
+            assert sorted(kv._spread(k)) == [0, 1, 2]
+    finally:
+        kv.close()

@@ -186,3 +186,26 @@ def test_an_unfinished_move_here_is_taken_back(tmp_path, monkeypatch):
         assert (rec.host, rec.moving_to) == ("h2", None) and "web" not in ag.sandboxes
     finally:
         ag.reg.close()
+
+
+def test_a_snapshot_below_the_views_revision_drops_the_old_history(tmp_path, monkeypatch):
+    """However the snapshot came to be read (a resync asked for while the store was being
+    restored, a failed read retried), one below the view's revision is of a store gone back:
+    the agent's writes held ahead of the watch and the view on disk go (before, only the
+    watcher's own check marked it, and the old writes came back into the view)."""
+    from dataplane.agent import cache, sync
+    from dataplane.registry import Endpoint, Snapshot
+    discarded = []
+    monkeypatch.setattr(sync, "finish", lambda ag, rev, warm: None)
+    monkeypatch.setattr(cache, "discard", lambda node: discarded.append(node))
+    view = RegistryView()
+    old = Endpoint.make("web", "n", "h1", "02:42:0a:01:00:05", "10.1.0.5")
+    view.rev = 900
+    view.wrote("web", old, 950)                      # our write of the old history, ahead of the watch
+    ag = SimpleNamespace(lock=threading.RLock(), view=view, history_reset=False, view_cluster=None,
+                         reg=SimpleNamespace(kv=SimpleNamespace()), _cache_rev=880, _cache_gen=0,
+                         node=SimpleNamespace(name="t"), counters={"resyncs": 0, "bad_records": 0}, _sync_at=None, bad=[],
+                         _routed=set())
+    sync.apply_snapshot(ag, Snapshot(rev=40))        # the restored store
+    assert "web" not in view.endpoints and not view.ahead
+    assert discarded == ["t"] and ag._cache_gen == 1 and ag._cache_rev == 0

@@ -9,6 +9,7 @@ import time
 from types import SimpleNamespace
 
 from dataplane.agent import ops
+from tests.unit.held import held_elsewhere
 
 
 def fake_agent():
@@ -31,19 +32,7 @@ def test_status_answers_while_the_lock_is_held(monkeypatch):
     o = ops.Ops(ag)
     st = o.status()
     assert st["busy"] is False and st["revision"] == 7 and st["lease_live"] is True
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with ag.lock:
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        held.wait(5)
+    with held_elsewhere(ag.lock):
         t0 = time.monotonic()
         st = o.status()
         assert time.monotonic() - t0 < 2 and st["busy"] is True and st["revision"] == 7
-    finally:
-        release.set()
-        t.join()

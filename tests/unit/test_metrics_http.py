@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from dataplane.agent import metrics
+from tests.unit.held import held_elsewhere
 
 
 def free_port() -> int:
@@ -102,22 +103,10 @@ def test_a_scrape_does_not_wait_on_a_busy_agent():
     assert figures.fresh and first[("dataplane_registry_revision", ())] == 7
     assert first[("dataplane_agent_punts_total", (("outcome", "stale"),))] == 1
     assert first[("dataplane_agent_punts_received_total", ())] == 2
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with ag.lock:
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        held.wait(5)
+    with held_elsewhere(ag.lock):
         ag.view.rev = 8
         t0 = time.monotonic()
         second = read()
         assert time.monotonic() - t0 < metrics_agent.LOCK_WAIT_S + 1
         assert not figures.fresh and second[("dataplane_registry_revision", ())] == 7, "the last copy"
-    finally:
-        release.set()
-        t.join()
     assert read()[("dataplane_registry_revision", ())] == 8 and figures.fresh

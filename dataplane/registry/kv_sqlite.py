@@ -2,7 +2,10 @@
 
 Several processes (one agent per simulated host, the CLI) share the file.
 Writes run under BEGIN IMMEDIATE, so a compare-and-swap is atomic across
-processes. The change log (table events) is what watches poll; leases are
+processes. A process has two connections: writes take turns on one, reads
+and watches on the other, so a write waiting for another process's lock
+(up to the busy timeout) holds up no read of this process (WAL readers
+never wait for a writer). The change log (table events) is what watches poll; leases are
 wall-clock deadlines, and whichever process touches the store first after a
 deadline deletes the lease's keys (and logs the deletions).
 """
@@ -59,12 +62,16 @@ class SqliteKV(KV):
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, mode=0o700, exist_ok=True)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()         # the write connection's
+        self._rlock = threading.RLock()        # the read connection's
+        self._db = self._rdb = None
         try:
             self._db = self._connect()
             with self._lock:
                 self._db.executescript(SCHEMA)
+            self._rdb = self._connect()
         except sqlite3.Error as e:
+            self.close()
             raise failure(path, e) from None
 
     def _connect(self) -> sqlite3.Connection:
@@ -78,27 +85,30 @@ class SqliteKV(KV):
         return db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        for lock, db in ((self._lock, self._db), (self._rlock, self._rdb)):
+            if db is not None:
+                with lock:
+                    db.close()
 
     # --- reads ---------------------------------------------------------------
 
-    def _rev(self) -> int:
-        return self._db.execute("SELECT value FROM meta WHERE name='rev'").fetchone()[0]
+    def _rev(self, db=None) -> int:
+        return (db or self._db).execute("SELECT value FROM meta WHERE name='rev'").fetchone()[0]
 
     def _select(self, where: str, args) -> tuple[int, list[Item]]:
-        with self._lock:
-            try:
-                self._expire_if_due()
-                self._db.execute("BEGIN")
+        try:
+            self._expire_if_due()
+            with self._rlock:
+                db = self._rdb
+                db.execute("BEGIN")
                 try:
-                    rows = self._db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE {where} "
-                                            "ORDER BY key", args).fetchall()
-                    rev = self._rev()
+                    rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE {where} "
+                                      "ORDER BY key", args).fetchall()
+                    rev = self._rev(db)
                 finally:
-                    self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise failure(self.path, e) from None
+                    db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise failure(self.path, e) from None
         return rev, [Item(k, bytes(v), m, c, lease) for k, v, m, c, lease in rows]
 
     def range(self, prefix: str) -> tuple[int, list[Item]]:
@@ -148,7 +158,10 @@ class SqliteKV(KV):
         return bool(dead)
 
     def _expire_if_due(self) -> None:
-        row = self._db.execute("SELECT 1 FROM leases WHERE deadline < ? LIMIT 1", (time.time(),)).fetchone()
+        """Before a read: a lease past its deadline has its keys deleted first (a write, which
+        may wait; only then, and never holding the read connection)."""
+        with self._rlock:
+            row = self._rdb.execute("SELECT 1 FROM leases WHERE deadline < ? LIMIT 1", (time.time(),)).fetchone()
         if row:
             self._write(lambda rev: True)  # _write expires first
 
@@ -233,23 +246,24 @@ class _SqliteWatch(Watch):
     def __next__(self) -> list[Event]:
         kv = self.kv
         while not self._closed.is_set():
-            with kv._lock:
-                try:
-                    kv._expire_if_due()
-                    compacted = kv._db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
+            try:
+                kv._expire_if_due()
+                with kv._rlock:
+                    db = kv._rdb
+                    compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
                     if self.next_rev <= compacted:
                         raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
-                    kv._db.execute("BEGIN")  # one snapshot: the head and the rows up to it
+                    db.execute("BEGIN")  # one snapshot: the head and the rows up to it
                     try:
-                        head = kv._rev()
-                        rows = kv._db.execute(
+                        head = kv._rev(db)
+                        rows = db.execute(
                             "SELECT rev, key, value FROM events WHERE rev >= ? AND rev <= ? "
                             "AND key >= ? AND key < ? ORDER BY id",
                             (self.next_rev, head, self.prefix, self.prefix + "\uffff")).fetchall()
                     finally:
-                        kv._db.execute("COMMIT")
-                except sqlite3.Error as e:
-                    raise failure(kv.path, e) from None
+                        db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise failure(kv.path, e) from None
             self.next_rev = head + 1
             self.last_rev, self.last_heard = max(self.last_rev, head), time.monotonic()   # each poll hears the file
             if rows:

@@ -28,7 +28,7 @@ def adopt(ag) -> None:
     this host without a sandbox (left by a crash) are removed."""
     st = ag.node.require_up()
     for name, ep in st.endpoints.items():
-        if name in ag.view.endpoints:
+        if name in ag.view.endpoints or name in ag.busy:
             continue
         net = ag.view.network_of_vni(ep.vni)
         if net is None:
@@ -40,7 +40,7 @@ def adopt(ag) -> None:
         except DataplaneError as e:
             log.error("endpoint %s: cannot register: %s", name, e)
     for rec in list(ag.view.endpoints.values()):
-        if rec.host == ag.me and rec.id not in st.endpoints:
+        if rec.host == ag.me and rec.id not in st.endpoints and rec.id not in ag.busy:
             try:
                 with ag.node.maps() as m:
                     for what in endpoints.clear_debris(ag.node, m, rec.id):
@@ -56,7 +56,10 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     A Docker or CNI container's interface is the runtime's, never torn down for a registry
     write: that is a conflict, reported (until the runtime removes the endpoint), and a
     deleted record is registered again.
-    local: the node's endpoints, read once for a batch of events (else read here)."""
+    local: the node's endpoints, read once for a batch of events (else read here).
+    An endpoint an operation of ours is working on is passed over: recheck() when it ends."""
+    if name in ag.busy:
+        return
     local = ag.node.require_up().endpoints if local is None else local
     if name not in local:
         if rec is not None and rec.host == ag.me:
@@ -77,6 +80,18 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
         log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
     except DataplaneError as e:
         log.error("endpoint %s: %s", name, e)
+
+
+def recheck(ag, eid: str) -> None:
+    """An operation of ours on eid ended (inflight.py): what the main loop passed over
+    meanwhile is looked at now, against the view as it stands. Before the first sync,
+    finish() settles every endpoint anyway."""
+    if eid in ag.busy or not ag.synced.is_set():
+        return
+    rec = ag.view.endpoints.get(eid)
+    mine = ag.node.require_up().endpoints
+    if eid in mine or (rec is not None and rec.host == ag.me):
+        endpoint_changed(ag, eid, rec, mine)
 
 
 def _refuse_move(ag, name: str, rec, ep) -> None:
@@ -121,6 +136,8 @@ def settle_moves(ag, local: dict | None = None) -> None:
     true: a sandbox removed here leaves it), else read here."""
     mine = ag.node.require_up().endpoints if local is None else local
     for rec in list(ag.view.endpoints.values()):
+        if rec.id in ag.busy:
+            continue
         stuck = ((rec.moving_to == ag.me and rec.id not in mine)
                  or (rec.host == ag.me and rec.moving_to and rec.moving_to not in ag.view.hosts))
         if stuck:
@@ -143,7 +160,7 @@ def settle_local_moves(ag) -> None:
     st = ag.node.require_up()
     for name, ep in list(st.endpoints.items()):
         rec = ag.view.endpoints.get(name)
-        if rec is None or rec.moving_to != ag.me or name in ag.moving or ep.sandbox:
+        if rec is None or rec.moving_to != ag.me or name in ag.moving or name in ag.busy or ep.sandbox:
             continue
         try:
             now = wrote(ag, name, ag.reg.endpoint_move_abort(name, ag.me))
@@ -175,8 +192,8 @@ def drop_orphans(ag) -> None:
     ag.orphan_suspects.clear()
     for eid in suspects:
         rec = ag.view.endpoints.get(eid)
-        if rec is None or rec.host != ag.me or eid in st.endpoints or rec.moving_to:
-            continue
+        if rec is None or rec.host != ag.me or eid in st.endpoints or rec.moving_to or eid in ag.busy:
+            continue                            # (busy: recheck() names it again when its operation ends)
         try:
             ag.reg.endpoint_rm(rec.id, expect=rec)     # the record as the view has it, or none
             wrote(ag, rec.id, None)

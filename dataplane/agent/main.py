@@ -20,8 +20,8 @@ import signal
 import threading
 import time
 
-from dataplane.agent import (client, converge, housekeeping, lease, local, metrics, ops, pauses, process, punts,
-                             sdnotify, server, slowpath, sync, watcher)
+from dataplane.agent import (client, converge, housekeeping, inflight, lease, local, metrics, ops, pauses, process,
+                             punts, sdnotify, server, slowpath, sync, watcher)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -70,6 +70,7 @@ class Agent:
         self.view = RegistryView()
         self.orphan_suspects, self.orphan_had = set(), set()   # local.drop_orphans; the node's endpoints then
         self.moving: set[str] = set()          # endpoints an `endpoint move` to this host is bringing here now
+        inflight.attach(self)                  # busy, busy_changed, oplock: API operations under way
         self.orphan_scan_all = True
         self.skipped: dict[str, str] = {}      # endpoint id -> why reconcile refused it
         self.conflicts: dict[str, str] = {}    # a local runtime's endpoint another writer moved or deleted
@@ -234,6 +235,9 @@ class Agent:
                     self.q.put(("punts", None))     # the rest after what came meanwhile
                 elif kind == "events":
                     self._apply_events(data)
+                elif kind == "recheck":
+                    with self.lock:
+                        local.recheck(self, data)
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)

@@ -3,7 +3,8 @@ view, the lease, its counters and the punts it handled. Every count `agent statu
 gives is here too (tests/integration/test_metrics.py holds the two to the same values).
 
 The figures that need the agent's lock are copied under it, but a scrape never waits
-long for it: the lock is held across registry calls and whole-VNI convergence, and a
+long for it: a turn of the main loop holds it (whole-VNI convergence, the loop's own
+registry calls during an outage), and a
 scrape that outlasts Prometheus's timeout reads as a dead agent just when it matters.
 After a second the last copy is served and dataplane_scrape_success{source="agent"}
 (metrics.py) says 0."""
@@ -63,7 +64,7 @@ class AgentFigures:
             now = time.monotonic()
             if now - self._said_busy >= 60:
                 self._said_busy = now
-                log.warning("metrics: the agent's lock was held over %.0f s (a registry call under way?): "
+                log.warning("metrics: the agent's lock was held over %.0f s (a long turn of the main loop): "
                             "serving the last scrape's figures", LOCK_WAIT_S)
             return self._last, False
         try:

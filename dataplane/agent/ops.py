@@ -1,7 +1,9 @@
 """The agent's API operations for the CLI: endpoints (add, remove, move,
 list), peers and status. Every endpoint that appears here is registered
 first, then created, and the registration is rolled back if creating fails
-(register_then_create, shared with runtime_ops.py)."""
+(register_then_create, shared with runtime_ops.py). Registry calls are made
+without the agent's lock, the endpoint marked as being worked on instead
+(inflight.py); the lock is held only while the node itself changes."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import os
 
 from dataplane.agent import local
+from dataplane.agent.inflight import working_on
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import endpoints, gateway, networks, peers
@@ -73,9 +76,9 @@ class Ops:
         return {"host": ag.me, "synced": ag.synced.is_set(), "connected": ag.connected.is_set(), "pid": os.getpid()}
 
     def status(self) -> dict:
-        """What the agent knows of itself. Its lock is held across registry calls (an endpoint
-        operation during an outage: seconds per member): after STATUS_LOCK_WAIT_S the figures are
-        read without it ("busy": true) rather than the command hanging for the whole outage."""
+        """What the agent knows of itself. Its lock is held by the main loop's turns (a whole
+        VNI's convergence, a registry call of its own during an outage): after STATUS_LOCK_WAIT_S
+        the figures are read without it ("busy": true) rather than the command hanging."""
         ag = self.ag
         got = ag.lock.acquire(timeout=STATUS_LOCK_WAIT_S)
         try:
@@ -111,14 +114,18 @@ class Ops:
         ag = self.ag
         model.parse_name(id, "endpoint name")   # it names the sandbox namespace too
         net = self._network_for(network, vni)
-        with ag.lock:
-            serve(ag, net)
-            routes = egress(ag, net)
-            rec, ep = register_then_create(
-                lambda: ag.reg.endpoint_create(id, net.name, ag.me, ip=ip, mac=mac),
-                lambda: ag.reg.endpoint_rm(id),
-                lambda rec: endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=routes))
-            local.wrote(ag, id, rec)
+        with working_on(ag, id):
+            with ag.lock:
+                serve(ag, net)
+                routes = egress(ag, net)
+
+            def create(rec):
+                with ag.lock:
+                    ep = endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=routes)
+                    local.wrote(ag, id, rec)
+                    return ep
+            rec, ep = register_then_create(lambda: ag.reg.endpoint_create(id, net.name, ag.me, ip=ip, mac=mac),
+                                           lambda: ag.reg.endpoint_rm(id), create)
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 
     def gateway_ensure(self, vni) -> dict:
@@ -134,13 +141,14 @@ class Ops:
 
     def endpoint_rm(self, id) -> dict:
         ag = self.ag
-        with ag.lock:
+        with working_on(ag, id):
             rec = ag.reg.endpoint(id)
             if rec.host != ag.me:
                 raise Conflict(f"endpoint {id} lives on host {rec.host}; remove it there")
-            if id in ag.node.require_up().endpoints:
-                endpoints.remove(ag.node, id)
-            ag.reg.endpoint_rm(id)
+            with ag.lock:
+                if id in ag.node.require_up().endpoints:
+                    endpoints.remove(ag.node, id)
+            ag.reg.endpoint_rm(id)      # if this fails, the record is an orphan: local.drop_orphans
             local.wrote(ag, id, None)
         return rec.to_dict()
 
@@ -165,19 +173,21 @@ class Ops:
                 raise Conflict(f"endpoint {id} is being moved to this host already")
             ag.moving.add(id)
         try:
-            _, ep = register_then_create(lambda: local.wrote(ag, id, ag.reg.endpoint_move_begin(id, ag.me)),
-                                         lambda: local.wrote(ag, id, ag.reg.endpoint_move_abort(id, ag.me)), create)
-            try:
-                moved = ag.reg.endpoint_move(id, ag.me)
-            except Unavailable as e:
-                moved = self._move_outcome(id, e)
-            except BaseException:
-                self._undo_move(id)
-                raise
+            with working_on(ag, id):
+                _, ep = register_then_create(lambda: local.wrote(ag, id, ag.reg.endpoint_move_begin(id, ag.me)),
+                                             lambda: local.wrote(ag, id, ag.reg.endpoint_move_abort(id, ag.me)),
+                                             create)
+                try:
+                    moved = ag.reg.endpoint_move(id, ag.me)
+                except Unavailable as e:
+                    moved = self._move_outcome(id, e)
+                except BaseException:
+                    self._undo_move(id)
+                    raise
+                local.wrote(ag, id, moved)
         finally:
             with ag.lock:
                 ag.moving.discard(id)
-        local.wrote(ag, id, moved)
         return {**ep.to_dict(), "network": net.name, "host": ag.me, "from": rec.host}
 
     def _undo_move(self, id) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 
 from dataplane.agent import local
+from dataplane.agent.inflight import working_on
 from dataplane.agent.ops import register_then_create, serve
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
@@ -49,7 +50,7 @@ class RuntimeOps:
         mtu = parse_mtu(mtu) if mtu is not None else None
         if name is not None:
             model.parse_name(name, "network name")
-        with self.ag.lock:
+        with self.ag.oplock:                    # not the agent's lock: its main loop never waits on the registry
             for _ in range(3):
                 net = reg.network_by_vni(vni) if vni is not None else self._by_name(name)
                 created = net is None
@@ -68,7 +69,8 @@ class RuntimeOps:
                 if name is not None and vni is not None and net.name != name:
                     raise Conflict(f"VNI {net.vni} is network {net.name}, not {name}")
                 try:
-                    serve(self.ag, net)
+                    with self.ag.lock:
+                        serve(self.ag, net)
                 except DataplaneError:
                     if created:            # refused here (an MTU the underlay cannot carry): a network
                         with contextlib.suppress(Conflict, NotFound):     # left would pin its settings
@@ -98,7 +100,7 @@ class RuntimeOps:
         host's runtime re-creates it on its next endpoint). Networks made by
         `dataplane network create` or `up` are never released this way."""
         vni = model.parse_vni(vni)
-        with self.ag.lock:
+        with self.ag.oplock:
             net = self.ag.reg.network_by_vni(vni)
             if net is None:
                 return {"vni": vni, "removed": False}
@@ -126,13 +128,17 @@ class RuntimeOps:
             raise UsageError(f"bad prefix length {prefixlen!r}")
         net = self.network_ensure(vni=vni)
         ag = self.ag
-        with ag.lock:
+
+        def create(rec):
+            with ag.lock:
+                ep = endpoints.add(ag.node, id, net["vni"], ip=rec.ip, mac=rec.mac, sandbox=sandbox,
+                                   prefixlen=prefixlen, routes=routes)
+                local.wrote(ag, id, rec)
+                return ep
+        with working_on(ag, id):
             rec, ep = register_then_create(
                 lambda: ag.reg.endpoint_create(id, net["name"], ag.me, ip=ip, mac=mac, reserved=reserved is True),
-                lambda: ag.reg.endpoint_rm(id),
-                lambda rec: endpoints.add(ag.node, id, net["vni"], ip=rec.ip, mac=rec.mac, sandbox=sandbox,
-                                          prefixlen=prefixlen, routes=routes))
-            local.wrote(ag, id, rec)
+                lambda: ag.reg.endpoint_rm(id), create)
         return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
                 "host": self.ag.me}
 
@@ -143,11 +149,12 @@ class RuntimeOps:
         runtime releases itself (address_release), as Docker's IPAM does."""
         model.parse_name(id, "endpoint id")
         removed = False
-        with self.ag.lock:
-            self.ag.conflicts.pop(id, None)
-            if id in self.ag.node.require_up().endpoints:
-                endpoints.remove(self.ag.node, id)
-                removed = True
+        with working_on(self.ag, id):
+            with self.ag.lock:
+                self.ag.conflicts.pop(id, None)
+                if id in self.ag.node.require_up().endpoints:
+                    endpoints.remove(self.ag.node, id)
+                    removed = True
             try:
                 rec = self.ag.reg.endpoint(id)
             except NotFound:
@@ -165,7 +172,8 @@ class RuntimeOps:
                 out["removed"] = True
                 local.wrote(self.ag, id, None)
             else:
-                self.ag.view.endpoints.pop(id, None)
+                with self.ag.lock:
+                    self.ag.view.endpoints.pop(id, None)
         return out
 
     def endpoint_check(self, id, ip=None, mac=None, routes=()) -> dict:
@@ -262,7 +270,7 @@ class RuntimeOps:
             lease = self.ag.leases.lease
             if not lease:
                 raise DataplaneError(f"host {self.ag.me} is not registered in the registry yet: try again")
-            with self.ag.lock:
+            with self.ag.oplock:
                 addr = self.ag.reg.address_reserve(name, self.ag.me, lease, ip=ip)
         except DataplaneError:
             if created:                  # nobody knows of it yet: not left behind
@@ -287,7 +295,7 @@ class RuntimeOps:
                            "name the VNI (--ipam-opt vni=N)")
         if not nets:
             return {"released": False}
-        with self.ag.lock:
+        with self.ag.oplock:
             return {"released": reg.address_release(nets[0].name, ip, me), "network": nets[0].name}
 
     def address_list(self) -> list[dict]:

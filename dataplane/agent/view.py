@@ -121,7 +121,11 @@ class RegistryView:
     def wrote(self, eid: str, rec, rev: int) -> None:
         """The agent wrote endpoint eid (rec, or None: removed) at revision rev (0: unknown).
         Until the watch brings that write, older events for eid are stale: an endpoint removed
-        elsewhere and created here again must not be removed by the first event's late arrival."""
+        elsewhere and created here again must not be removed by the first event's late arrival.
+        A write the view has reached already (rev <= self.rev: the watch brought it, and maybe
+        a later change of the same endpoint) is left as the view has it."""
+        if rev and rev <= self.rev:
+            return
         self._put_endpoint(eid, rec)
         if rev > self.rev:
             self.ahead[eid] = (rev, rec)

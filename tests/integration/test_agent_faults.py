@@ -550,3 +550,36 @@ def _filter_prog_id(ns: str, ifname: str) -> str:
     out = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", ifname, "ingress"],
                          capture_output=True, text=True, check=True).stdout
     return re.search(r" id (\d+)", out).group(1)
+
+
+def test_an_endpoint_add_waiting_to_write_holds_up_nothing_else(info):
+    """Another writer holds the SQLite file's write lock (what a slow etcd leader or a lost
+    quorum does to a write): `endpoint add` reads its network, then waits to write. Meanwhile
+    the agent's main loop goes on (a miss punted to it is handled) and `agent status` answers
+    at once. The add used to hold the agent's lock across its registry calls: status said
+    "busy" after 2 s, and punts, the fast path's heartbeat, ageing and events waited."""
+    import sqlite3
+    import subprocess
+    import sys
+    db = sqlite3.connect(lab.registry_url("sqlite").removeprefix("sqlite://"), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    add = subprocess.Popen([sys.executable, "-m", "dataplane", "--netns", "dpl-h1", "endpoint", "add", "dpl-slow",
+                            "--vni", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        st = client.call("dpl-h1", "status")
+        took = time.monotonic() - t0
+        a = sandbox(info, "h1", 256)
+        ping(a["name"], a["ip"].rsplit(".", 1)[0] + ".250", count=2, interval=0.5)    # nobody has it: a miss
+        handled = wait_for(lambda: client.call("dpl-h1", "status")["punts"]["unresolved"]
+                           > st["punts"]["unresolved"], timeout=3)
+        assert add.poll() is None, "the add did not wait: what follows would prove nothing"
+        assert not st["busy"] and took < 1, (took, st["busy"])
+        assert handled, str(client.call("dpl-h1", "status")["punts"])
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+        out, err = add.communicate(timeout=60)
+    assert add.returncode == 0, err
+    dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-slow")

@@ -1,5 +1,5 @@
-"""A lock held by another thread for the length of a with-block: what an agent operation
-holding ag.lock across a registry call looks like to a scrape or a status request."""
+"""A lock held by another thread for the length of a with-block: what a long turn of the
+agent's main loop looks like to a scrape or a status request."""
 
 from __future__ import annotations
 

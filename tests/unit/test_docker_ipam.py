@@ -9,13 +9,14 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import queue
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from dataplane.agent import reconcile, runtime_ops
+from dataplane.agent import inflight, reconcile, runtime_ops
 from dataplane.agent.view import RegistryView
 from dataplane.core import state
 from dataplane.core.errors import DataplaneError
@@ -35,7 +36,8 @@ class Agent:
 
     def __init__(self, url: str, me: str):
         self.reg = open_registry(url)
-        self.me, self.lock, self.conflicts = me, threading.RLock(), {}
+        self.me, self.lock, self.conflicts, self.q = me, threading.RLock(), {}, queue.Queue()
+        inflight.attach(self)
         self.leases = SimpleNamespace(lease=self.reg.kv.lease_grant(60))
         self.reg.host_register(Host.make(me, "198.18.0." + me[1:]), self.leases.lease)
         self.local = SimpleNamespace(endpoints={})

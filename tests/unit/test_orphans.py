@@ -5,10 +5,11 @@ tick does not walk the whole view."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from types import SimpleNamespace
 
-from dataplane.agent import local
+from dataplane.agent import inflight, local
 from dataplane.agent.view import RegistryView
 from dataplane.registry import open_registry
 from dataplane.registry.records import Host
@@ -26,6 +27,8 @@ class Agent:
         self.view = RegistryView()
         self.lock = threading.RLock()
         self.moving: set[str] = set()
+        self.q = queue.Queue()
+        inflight.attach(self)
         self.orphan_suspects: set[str] = set()
         self.orphan_had: set[str] = set()
         self.orphan_scan_all = True

@@ -8,12 +8,13 @@ operations; only the node (veths, maps) is stood in for."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from types import SimpleNamespace
 
 import pytest
 
-from dataplane.agent import local, ops
+from dataplane.agent import inflight, local, ops
 from dataplane.agent.view import RegistryView
 from dataplane.core import state
 from dataplane.registry import Unavailable, backoff, open_registry
@@ -24,7 +25,8 @@ from dataplane.registry.store import PREFIX
 class Agent:
     def __init__(self, url: str, me: str):
         self.reg, self.me = open_registry(url), me
-        self.lock, self.view, self.moving = threading.RLock(), RegistryView(), set()
+        self.lock, self.view, self.moving, self.q = threading.RLock(), RegistryView(), set(), queue.Queue()
+        inflight.attach(self)
         self.sandboxes: dict = {}
         self.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=self.sandboxes))
         self.orphan_suspects, self.orphan_had, self.orphan_scan_all = set(), set(), False

@@ -1,0 +1,42 @@
+"""Endpoints an API operation of this agent is working on.
+
+An operation (endpoint add, rm, move; a runtime's attach and detach) writes the
+registry and makes or removes the sandbox. Its registry calls are made without the
+agent's lock: during an outage each can take seconds per member, and the main loop
+(registry events, punts, the fast path's heartbeat, ageing) must not wait on them.
+Between its steps the registry and the node disagree about that endpoint on purpose
+(a record with no sandbox yet, a sandbox whose record is going), so the main loop
+leaves an endpoint in `ag.busy` alone (local.py), and looks at it again once the
+operation ends (a "recheck" message: whatever the watch brought meanwhile is applied
+then). Two operations on one endpoint take turns."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+
+def attach(ag) -> None:
+    """The bookkeeping on ag (which has its lock): the endpoints being worked on, the
+    condition that says one was let go, and the lock that puts registry-only runtime
+    operations (networks, reservations) in turn without the agent's lock."""
+    ag.busy = set()
+    ag.busy_changed = threading.Condition(ag.lock)
+    ag.oplock = threading.RLock()
+
+
+@contextlib.contextmanager
+def working_on(ag, eid: str):
+    """For the length of the with-block, eid is this thread's: the main loop passes it
+    over, and another operation on it waits for its turn."""
+    with ag.busy_changed:                   # the agent's lock: never while a turn of the loop runs
+        while eid in ag.busy:
+            ag.busy_changed.wait()
+        ag.busy.add(eid)
+    try:
+        yield
+    finally:
+        with ag.busy_changed:
+            ag.busy.discard(eid)
+            ag.busy_changed.notify_all()
+        ag.q.put(("recheck", eid))

@@ -1,0 +1,114 @@
+"""An endpoint operation's registry calls are made without the agent's lock (inflight.py):
+the main loop goes on while one waits on the registry, leaves the endpoint it works on
+alone between its steps, and looks at it again once it ends. The registry is a real
+SQLite one; its endpoint write is held at a chosen point to stand for a slow etcd."""
+
+from __future__ import annotations
+
+import threading
+
+from dataplane.agent import local, ops
+from dataplane.registry.records import Host
+from dataplane.registry.store import PREFIX
+from tests.unit.test_view_ahead import Agent, stand_in_node
+
+
+def agent(tmp_path, monkeypatch) -> Agent:
+    ag = Agent(f"sqlite://{tmp_path}/registry.db", "h1")
+    stand_in_node(monkeypatch, ag)
+    ag.synced = threading.Event()
+    ag.synced.set()
+    ag.reg.network_create("n", 256, "10.9.0.0/24")
+    for name, ip in (("h1", "198.18.0.1"), ("h2", "198.18.0.2")):
+        ag.reg.host_register(Host.make(name, ip), ag.reg.kv.lease_grant(60))
+    ag.view.load(ag.reg.snapshot())
+    return ag
+
+
+class HeldWrite:
+    """ag.reg.endpoint_create stops (before or after its write) until let go."""
+
+    def __init__(self, monkeypatch, reg, after: bool):
+        self.there, self.go = threading.Event(), threading.Event()
+        real = reg.endpoint_create
+
+        def create(*a, **kw):
+            out = real(*a, **kw) if after else None
+            self.there.set()
+            assert self.go.wait(20)
+            return out if after else real(*a, **kw)
+        monkeypatch.setattr(reg, "endpoint_create", create)
+
+
+def add_in_background(ag, eid: str):
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(ops.Ops(ag).endpoint_add(eid, network="n")))
+    t.start()
+    return t, out
+
+
+def test_the_agents_lock_is_free_while_an_endpoint_add_waits_on_the_registry(tmp_path, monkeypatch):
+    """Before, endpoint_add held the lock across its registry calls: during an outage (seconds
+    per member, three members, then the roll-back) registry events, punts, the fast path's
+    heartbeat and ageing all waited behind it."""
+    ag = agent(tmp_path, monkeypatch)
+    held = HeldWrite(monkeypatch, ag.reg, after=False)
+    t, out = add_in_background(ag, "web")
+    try:
+        assert held.there.wait(5)
+        got = ag.lock.acquire(timeout=1)
+        if got:
+            ag.lock.release()
+        assert got, "the main loop would wait on the registry call"
+    finally:
+        held.go.set()
+        t.join(10)
+    assert out and out[0]["host"] == "h1" and "web" in ag.sandboxes
+    assert ag.q.get_nowait() == ("recheck", "web")
+
+
+def test_a_record_with_its_sandbox_still_to_come_is_not_an_orphan(tmp_path, monkeypatch):
+    """Registered, the sandbox not made yet: the watch brings the record, and the orphan sweep
+    (a record of ours with no sandbox here) must leave it to the operation."""
+    ag = agent(tmp_path, monkeypatch)
+    rev0 = ag.view.rev
+    held = HeldWrite(monkeypatch, ag.reg, after=True)
+    t, out = add_in_background(ag, "web")
+    try:
+        assert held.there.wait(5)
+        made = ag.reg.kv.get(f"{PREFIX}endpoints/web")
+        with ag.lock:
+            ag.apply_events_after(rev0, until=made.mod_rev)
+            ag.orphan_scan_all = True
+            local.drop_orphans(ag)
+        assert ag.reg.kv.get(f"{PREFIX}endpoints/web") is not None, "removed as an orphan mid-operation"
+    finally:
+        held.go.set()
+        t.join(10)
+    assert out and "web" in ag.sandboxes and ag.reg.endpoint("web").host == "h1"
+
+
+def test_what_the_watch_brought_meanwhile_is_applied_when_the_operation_ends(tmp_path, monkeypatch):
+    """Another writer removed the record while our add was between its steps: the event was
+    passed over then, and the recheck at the end removes the sandbox the registry no longer has."""
+    ag = agent(tmp_path, monkeypatch)
+    rev0 = ag.view.rev
+    held = HeldWrite(monkeypatch, ag.reg, after=True)
+    t, out = add_in_background(ag, "web")
+    try:
+        assert held.there.wait(5)
+        ag.reg.endpoint_rm("web")                       # another writer
+        gone = ag.reg.kv.range_exact(f"{PREFIX}endpoints/web")[0]
+        with ag.lock:
+            ag.apply_events_after(rev0, until=gone)
+        assert "web" not in ag.view.endpoints
+    finally:
+        held.go.set()
+        t.join(10)
+    assert out and "web" in ag.sandboxes                # made from our write, which the view had passed
+    assert "web" not in ag.view.endpoints, "our older write was put over the later removal"
+    msg = ag.q.get_nowait()
+    assert msg == ("recheck", "web")
+    with ag.lock:
+        local.recheck(ag, msg[1])
+    assert "web" not in ag.sandboxes, "a sandbox the registry no longer has was kept"

@@ -32,6 +32,7 @@ CREATE INDEX IF NOT EXISTS events_rev ON events (rev);
 """
 KEEP_EVENTS = 500_000      # change-log rows kept for watchers that fall behind
 POLL_S = 0.005
+BUSY_TIMEOUT_S = 30        # a write waits this long for another process's lock on the file
 
 
 # SQLite's primary result codes (sqlite3.h) that no retry mends: someone must act.
@@ -75,7 +76,7 @@ class SqliteKV(KV):
             raise failure(path, e) from None
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -101,9 +102,10 @@ class SqliteKV(KV):
             with self._rlock:
                 db = self._rdb
                 db.execute("BEGIN")
-                try:
-                    rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE {where} "
-                                      "ORDER BY key", args).fetchall()
+                try:         # keys of a lease past its deadline are gone, whether or not deleted yet
+                    rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE ({where}) "
+                                      "AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE deadline >= ?)) "
+                                      "ORDER BY key", (*args, time.time())).fetchall()
                     rev = self._rev(db)
                 finally:
                     db.execute("COMMIT")
@@ -158,12 +160,23 @@ class SqliteKV(KV):
         return bool(dead)
 
     def _expire_if_due(self) -> None:
-        """Before a read: a lease past its deadline has its keys deleted first (a write, which
-        may wait; only then, and never holding the read connection)."""
+        """Before a read: a lease past its deadline has its keys deleted (and the deletions
+        logged for watches), if that can be done now. Never waited for: reads leave such
+        keys out anyway, and the next write of any process deletes them."""
         with self._rlock:
             row = self._rdb.execute("SELECT 1 FROM leases WHERE deadline < ? LIMIT 1", (time.time(),)).fetchone()
-        if row:
-            self._write(lambda rev: True)  # _write expires first
+        if not row or not self._lock.acquire(blocking=False):
+            return                         # none due, or a write of ours under way (it expires them)
+        try:
+            self._db.execute("PRAGMA busy_timeout=0")
+            try:
+                self._write(lambda rev: True)      # _write expires first
+            except Unavailable:
+                pass                       # another process is writing: it expires them
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        finally:
+            self._lock.release()
 
     def commit(self, txn: Txn) -> tuple[bool, int]:
         def apply(rev: int) -> bool:
@@ -250,11 +263,11 @@ class _SqliteWatch(Watch):
                 kv._expire_if_due()
                 with kv._rlock:
                     db = kv._rdb
-                    compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
-                    if self.next_rev <= compacted:
-                        raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
-                    db.execute("BEGIN")  # one snapshot: the head and the rows up to it
+                    db.execute("BEGIN")  # one snapshot: the compaction mark, the head and the rows up to it
                     try:
+                        compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
+                        if self.next_rev <= compacted:
+                            raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
                         head = kv._rev(db)
                         rows = db.execute(
                             "SELECT rev, key, value FROM events WHERE rev >= ? AND rev <= ? "

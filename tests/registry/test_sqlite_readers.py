@@ -1,8 +1,9 @@
 """A write of this process that waits for another process's lock on the SQLite file
 holds up none of this process's reads or watches (kv_sqlite.py: a connection for
-writes, one for reads). Before, one connection and one lock served them all, so an
-agent whose `endpoint add` waited to write also stopped reading: punt lookups, the
-watch (which then looked stuck), the snapshot."""
+writes, one for reads), also when a lease has lapsed meanwhile. Before, one
+connection and one lock served them all, so an agent whose `endpoint add` waited to
+write also stopped reading: punt look-ups, the watch (which then looked stuck), the
+snapshot."""
 
 from __future__ import annotations
 
@@ -14,42 +15,87 @@ from dataplane.registry.kv import Txn
 from dataplane.registry.store import PREFIX
 
 
+def _held(url):
+    """Another process's write under way: its connection holds the file's write lock."""
+    other = open_registry(url)
+    other.kv._db.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def _waiting_write(reg) -> threading.Thread:
+    """A write of reg's that waits (up to 4 s) for the lock; started, returned."""
+    reg.kv._db.execute("PRAGMA busy_timeout=4000")
+
+    def write():
+        try:
+            reg.kv.commit(Txn(puts=[(PREFIX + "x", b"1", 0)]))
+        except Unavailable:
+            pass
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(0.3)
+    return t
+
+
+def _timed(fn):
+    t0 = time.monotonic()
+    out = fn()
+    return out, time.monotonic() - t0
+
+
 def test_a_waiting_write_holds_up_no_read_or_watch(tmp_path):
     url = f"sqlite://{tmp_path}/registry.db"
-    reg, other = open_registry(url), open_registry(url)
+    reg = open_registry(url)
+    other = t = None
     try:
-        reg.network_create("n1", 300, subnet="10.30.0.0/24")
         rev = reg.kv.range(PREFIX)[0]
+        reg.network_create("n1", 300, subnet="10.30.0.0/24")     # an event for the watch to bring
         watch = reg.kv.watch(PREFIX, rev + 1)
-        reg.kv._db.execute("PRAGMA busy_timeout=4000")
-        other.kv._db.execute("BEGIN IMMEDIATE")          # another process's write under way
-        waited = []
-
-        def write():
-            t0 = time.monotonic()
-            try:
-                reg.kv.commit(Txn(puts=[(PREFIX + "x", b"1", 0)]))
-            except Unavailable:
-                pass
-            waited.append(time.monotonic() - t0)
-        t = threading.Thread(target=write)
-        t.start()
-        try:
-            time.sleep(0.3)
-            t0 = time.monotonic()
-            assert reg.network("n1").vni == 300
-            read_s = time.monotonic() - t0
-            assert read_s < 1.0, f"the read waited {read_s:.1f} s on this process's own waiting write"
-            assert t.is_alive(), "the write did not wait: the test proves nothing"
-            other.kv._db.execute("ROLLBACK")             # let the write go: the watch then sees it
-            events = next(watch)
-            assert [e.key for e in events] == [PREFIX + "x"]
-        finally:
-            if other.kv._db.in_transaction:
-                other.kv._db.execute("ROLLBACK")
-            t.join(10)
-            watch.close()
-        assert waited and waited[0] >= 0.3
+        other = _held(url)
+        t = _waiting_write(reg)
+        net, read_s = _timed(lambda: reg.network("n1"))
+        events, watch_s = _timed(lambda: next(watch))
+        assert t.is_alive(), "the write did not wait: the test proves nothing"
+        assert net.vni == 300 and read_s < 1.0, f"the read waited {read_s:.1f} s on this process's waiting write"
+        assert events and watch_s < 1.0, f"the watch waited {watch_s:.1f} s"
     finally:
-        other.close()
+        if other is not None:
+            other.kv._db.execute("ROLLBACK")
+            other.close()
+        if t is not None:
+            t.join(10)
+        reg.close()
+
+
+def test_a_lapsed_lease_is_left_out_of_reads_without_waiting_to_delete_it(tmp_path):
+    """Reads used to delete a lapsed lease's keys first, a write: behind a waiting write of
+    this process (a keepalive, say: a long stall lapses leases for sure) they waited again."""
+    url = f"sqlite://{tmp_path}/registry.db"
+    reg = open_registry(url)
+    other = t = None
+    try:
+        lease = reg.kv.lease_grant(1)
+        _, rev = reg.kv.commit(Txn(puts=[(PREFIX + "leased", b"1", lease), (PREFIX + "kept", b"1", 0)]))
+        time.sleep(1.2)                                  # lapsed; nobody wrote since
+        other = _held(url)
+        t = _waiting_write(reg)
+        (_, items), read_s = _timed(lambda: reg.kv.range(PREFIX))
+        assert t.is_alive(), "the write did not wait: the test proves nothing"
+        assert read_s < 1.0, f"the read waited {read_s:.1f} s"
+        assert [i.key for i in items] == [PREFIX + "kept"], "a lapsed lease's key was read"
+    finally:
+        if other is not None:
+            other.kv._db.execute("ROLLBACK")
+            other.close()
+        if t is not None:
+            t.join(10)
+    try:                                                 # a write (the one that waited) deleted it, and said so
+        reg.kv.commit(Txn(puts=[(PREFIX + "y", b"1", 0)]))
+        w = reg.kv.watch(PREFIX, rev + 1)
+        keys = []
+        while (PREFIX + "y", b"1") not in keys:
+            keys += [(e.key, e.value) for e in next(w)]
+        w.close()
+        assert (PREFIX + "leased", None) in keys, keys
+    finally:
         reg.close()

@@ -8,7 +8,7 @@ import logging
 import os
 
 from dataplane.agent import process
-from dataplane.core.errors import DataplaneError
+from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.registry.ipam import write_rev
 
@@ -198,6 +198,8 @@ def drop_orphans(ag) -> None:
             ag.reg.endpoint_rm(rec.id, expect=rec)     # the record as the view has it, or none
             wrote(ag, rec.id, None)
             log.warning("removed registry endpoint %s: no sandbox here", rec.id)
+        except NotFound:                        # gone already (our own removal, its event still to come)
+            wrote(ag, rec.id, None)
         except DataplaneError as e:
             ag.orphan_suspects.add(eid)         # tried again at the next tick
             log.error("endpoint %s: cannot remove orphan record: %s", rec.id, e)

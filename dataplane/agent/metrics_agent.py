@@ -92,6 +92,8 @@ class AgentFigures:
         yield _gauge("dataplane_registry_lease_ttl_seconds", "The host registration's lease TTL", ag.ttl)
         yield _gauge("dataplane_registry_watch_lag_seconds", "Seconds since the registry was last heard on a "
                      "watch, live or broken (absent: none was ever opened)", ag.silence_s())
+        yield _gauge("dataplane_agent_operations_in_flight", "Endpoint operations under way (add, rm, move, a "
+                     "runtime's attach or detach): one stuck shows here for as long", len(ag.busy))
         yield _gauge("dataplane_agent_warm_start", "1: the last sync started from the view on disk, not a full read",
                      ag.warm_start)
         for name, text, s in (("last_sync", "How long the last full sync into the maps took", ag.last_sync_s),

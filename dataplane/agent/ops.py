@@ -40,6 +40,15 @@ def register_then_create(register, rollback, create):
         raise
 
 
+def allocating(ag, create):
+    """create() (a registry endpoint_create) with this agent's other address allocations held
+    off: concurrent creates on one network all compare its fence key and pick the same next
+    free address from one cache, so all but one would retry, over and over (a burst of pods).
+    ag.oplock, not the agent's lock: the main loop never waits on it."""
+    with ag.oplock:
+        return create()
+
+
 def _quietly(fn) -> None:
     try:
         fn()
@@ -95,6 +104,7 @@ class Ops:
                     "map_error": ag.remote.last_error,
                     **ag.counters, "vni_errors": {str(v): e for v, e in sorted(ag.vni_errors.items())},
                     "skipped_endpoints": dict(ag.skipped), "conflicts": dict(ag.conflicts),
+                    "in_flight": sorted(ag.busy),
                     "bad_records_recent": list(ag.bad),
                     "punts": dict(ag.punts.counts), "over_limit": networks.over_limit(ag.node.require_up()),
                     "rss_kib": _rss_kib(), "rss_peak_kib": _rss_kib("VmHWM")}
@@ -115,16 +125,18 @@ class Ops:
         model.parse_name(id, "endpoint name")   # it names the sandbox namespace too
         net = self._network_for(network, vni)
         with working_on(ag, id):
-            with ag.lock:
+            with ag.lock:                # refused here (an MTU the underlay cannot carry) before any write
                 serve(ag, net)
-                routes = egress(ag, net)
+                egress(ag, net)
 
             def create(rec):
-                with ag.lock:
-                    ep = endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=routes)
+                with ag.lock:            # served again: a reconcile during the write may have let it go
+                    serve(ag, net)
+                    ep = endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=egress(ag, net))
                     local.wrote(ag, id, rec)
                     return ep
-            rec, ep = register_then_create(lambda: ag.reg.endpoint_create(id, net.name, ag.me, ip=ip, mac=mac),
+            rec, ep = register_then_create(lambda: allocating(ag, lambda: ag.reg.endpoint_create(
+                                               id, net.name, ag.me, ip=ip, mac=mac)),
                                            lambda: ag.reg.endpoint_rm(id), create)
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from types import SimpleNamespace
 
 from dataplane.agent import local
 from dataplane.agent.inflight import working_on
-from dataplane.agent.ops import register_then_create, serve
+from dataplane.agent.ops import allocating, register_then_create, serve
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.kernel import netlink
@@ -130,14 +131,16 @@ class RuntimeOps:
         ag = self.ag
 
         def create(rec):
-            with ag.lock:
+            with ag.lock:            # served again: a reconcile during the write may have let it go
+                serve(ag, SimpleNamespace(**net))
                 ep = endpoints.add(ag.node, id, net["vni"], ip=rec.ip, mac=rec.mac, sandbox=sandbox,
                                    prefixlen=prefixlen, routes=routes)
                 local.wrote(ag, id, rec)
                 return ep
         with working_on(ag, id):
             rec, ep = register_then_create(
-                lambda: ag.reg.endpoint_create(id, net["name"], ag.me, ip=ip, mac=mac, reserved=reserved is True),
+                lambda: allocating(ag, lambda: ag.reg.endpoint_create(id, net["name"], ag.me, ip=ip, mac=mac,
+                                                                      reserved=reserved is True)),
                 lambda: ag.reg.endpoint_rm(id), create)
         return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
                 "host": self.ag.me}

@@ -566,7 +566,9 @@ def test_an_endpoint_add_waiting_to_write_holds_up_nothing_else(info):
     add = subprocess.Popen([sys.executable, "-m", "dataplane", "--netns", "dpl-h1", "endpoint", "add", "dpl-slow",
                             "--vni", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        # under way: past its read of the network, at (or about to make) its registry write
+        assert wait_for(lambda: "dpl-slow" in client.call("dpl-h1", "status")["in_flight"], timeout=10)
+        time.sleep(0.3)
         t0 = time.monotonic()
         st = client.call("dpl-h1", "status")
         took = time.monotonic() - t0
@@ -581,5 +583,5 @@ def test_an_endpoint_add_waiting_to_write_holds_up_nothing_else(info):
         db.execute("ROLLBACK")
         db.close()
         out, err = add.communicate(timeout=60)
+        dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-slow", check=False)
     assert add.returncode == 0, err
-    dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-slow")

@@ -99,6 +99,7 @@ def _status_as_metrics(st: dict) -> dict:
             ("dataplane_vnis_failing", ()): n(st["vni_errors"]),
             ("dataplane_registry_skipped_endpoints", ()): n(st["skipped_endpoints"]),
             ("dataplane_endpoint_conflicts", ()): n(st["conflicts"]),
+            ("dataplane_agent_operations_in_flight", ()): n(st["in_flight"]),
             ("dataplane_flood_over_limit", ()): n(st["over_limit"]),
             ("dataplane_remote_map_full_total", ()): st["installed"]["map_full"]}
     for kind in ("networks", "hosts", "endpoints"):
@@ -123,7 +124,7 @@ def _status_as_metrics(st: dict) -> dict:
         same[k] = v
     covered = set(counters) | {"synced", "connected", "revision", "lease_ttl", "lease_live", "last_sync_ms", "last_snapshot_ms",
                                "last_claims_ms", "warm_start", "claims_pending", "vni_errors", "skipped_endpoints",
-                               "conflicts", "over_limit", "installed", "networks", "hosts", "endpoints",
+                               "conflicts", "in_flight", "over_limit", "installed", "networks", "hosts", "endpoints",
                                "registry_transport", "punts", "watch_lag_s"}
     assert set(st) - NOT_COUNTS - covered == set(), "a count of `agent status` no metric says"
     return same

@@ -1,6 +1,6 @@
-"""`agent status` answers while an operation holds the agent's lock (one held across registry
-calls: seconds per etcd member during an outage), saying it read without the lock; before,
-the command hung until the operation ended or the client gave up after 60 s."""
+"""`agent status` answers while a long turn of the main loop holds the agent's lock (its own
+registry calls during an outage: seconds per etcd member), saying it read without the lock;
+before, the command hung until the turn ended or the client gave up after 60 s."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def fake_agent():
         leases=SimpleNamespace(lease=5, live=True), ttl=10,
         remote=SimpleNamespace(counts=lambda: {"fdb": 0, "neigh": 0, "map_full": 0}, last_error=None),
         last_sync_s=0.0, last_snapshot_s=0.0, last_claims_s=0.0, warm_start=False, counters={"events": 1},
-        vni_errors={}, skipped={}, conflicts={}, bad=[], punts=SimpleNamespace(counts={}),
+        vni_errors={}, skipped={}, conflicts={}, busy=set(), bad=[], punts=SimpleNamespace(counts={}),
         node=SimpleNamespace(require_up=lambda: None))
 
 

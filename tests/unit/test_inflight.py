@@ -112,3 +112,40 @@ def test_what_the_watch_brought_meanwhile_is_applied_when_the_operation_ends(tmp
     with ag.lock:
         local.recheck(ag, msg[1])
     assert "web" not in ag.sandboxes, "a sandbox the registry no longer has was kept"
+
+
+def test_concurrent_adds_on_one_network_take_turns_at_allocating(tmp_path, monkeypatch):
+    """Without the agent's lock, creates on one network ran at once: each compares the
+    network's fence key and picks the next free address from one cache, so all but one
+    retried, over and over (a burst of pods). They take turns (ops.allocating): one commit each."""
+    ag = agent(tmp_path, monkeypatch)
+    commits, real = [], ag.reg.kv.commit
+
+    def commit(txn):
+        commits.append(1)
+        return real(txn)
+    monkeypatch.setattr(ag.reg.kv, "commit", commit)
+    out: list = []
+    threads = [threading.Thread(target=lambda i=i: out.append(ops.Ops(ag).endpoint_add(f"p{i}", network="n")))
+               for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(out) == 12 and len({e["ip"] for e in out}) == 12
+    assert len(commits) == 12, f"{len(commits) - 12} creates retried"
+
+
+def test_the_network_is_served_again_after_the_write(tmp_path, monkeypatch):
+    """A whole reconcile during the registry write may let the VNI go (no local endpoint yet,
+    the view without the network): the sandbox is made only after serving it again."""
+    ag = agent(tmp_path, monkeypatch)
+    steps, real = [], ag.reg.endpoint_create
+    monkeypatch.setattr(ops, "serve", lambda ag, net: steps.append("serve"))
+
+    def create(*a, **kw):
+        steps.append("write")
+        return real(*a, **kw)
+    monkeypatch.setattr(ag.reg, "endpoint_create", create)
+    ops.Ops(ag).endpoint_add("web", network="n")
+    assert steps == ["serve", "write", "serve"]

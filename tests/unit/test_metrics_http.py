@@ -76,13 +76,13 @@ def fake_agent():
     return SimpleNamespace(
         lock=threading.RLock(), synced=threading.Event(), connected=threading.Event(), remote=None,
         counters={"events": 3}, punts=SimpleNamespace(counts={"received": 2, "resolved": 1, "stale": 1}),
-        vni_errors={}, conflicts={}, skipped={}, view=view, leases=SimpleNamespace(live=True), ttl=10,
+        vni_errors={}, conflicts={}, skipped={}, busy=set(), view=view, leases=SimpleNamespace(live=True), ttl=10,
         silence_s=lambda: 0.5, warm_start=False, last_sync_s=0.1, last_snapshot_s=0.2, last_claims_s=0.0,
         reg=SimpleNamespace(kv=SimpleNamespace(transport_counts=lambda: {})), node=SimpleNamespace(require_up=not_up))
 
 
 def test_a_scrape_does_not_wait_on_a_busy_agent():
-    """The agent's lock is held across registry calls: a scrape waits a second at most, then
+    """A long turn of the main loop holds the agent's lock: a scrape waits a second at most, then
     serves the figures it read last and says so (before: it waited as long as the lock was
     held, past Prometheus's timeout)."""
     import time

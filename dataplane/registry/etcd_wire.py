@@ -41,12 +41,7 @@ class Unsent(Exception):
 
 
 class Unknown(Exception):
-    """The member may have got the request but did not answer it (timeout, reset, no leader).
-    answered: the member said so itself (an error status: no leader, request timed out)."""
-
-    def __init__(self, msg: str, answered: bool = False):
-        super().__init__(msg)
-        self.answered = answered
+    """The member may have got the request but did not answer it (timeout, reset, no leader)."""
 
 
 def tls_failure(exc: BaseException) -> ssl.SSLError | None:

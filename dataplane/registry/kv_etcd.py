@@ -32,7 +32,6 @@ from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB
 
 from dataplane.registry.etcd_access import TlsFiles
 from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
-from dataplane.registry.etcd_members import Members
 from dataplane.registry.etcd_watch import EtcdWatch
 from dataplane.registry.etcd_watch_grpc import GrpcWatch
 from dataplane.registry.etcd_wire import BULK_TIMEOUT_S, RELOGIN, Unknown, Unsent, b64, range_end, tls_failure, tls_refusal
@@ -42,11 +41,12 @@ from dataplane.registry.kv_etcd_grpc import GrpcPaths
 TIMEOUT_S = 3.0             # to read one answer (and a WebSocket handshake)
 CONNECT_TIMEOUT_S = 1.0     # to open a TCP connection to one member
 WATCH_DEADLINE_S = 15.0     # a watch that hears nothing for this long is dead
+FAILED_RECENTLY_S = 10.0    # a member that failed this recently is asked after the others
 GATEWAY_FALLBACK_S = 300.0  # a watch through the gateway because gRPC failed: ended after this, to try again
 log = logging.getLogger("dataplane.registry")
 
 
-class EtcdKV(GrpcPaths, Members, KV):
+class EtcdKV(GrpcPaths, KV):
     ranges_apart = True     # range_many: each prefix from its own member, side by side
 
     def __init__(self, endpoints: list[tuple[str, int]], timeout: float = TIMEOUT_S,
@@ -97,6 +97,32 @@ class EtcdKV(GrpcPaths, Members, KV):
             c.session.close()
         self._grpc.close()
 
+    def _order(self) -> list[int]:
+        """Every member once, from the current one on (round robin), those that failed in the
+        last FAILED_RECENTLY_S last: a stopped member costs a request its timeout once, not
+        every side-by-side read of every snapshot."""
+        start, n = self._current, len(self.endpoints)
+        return sorted(((start + k) % n for k in range(n)), key=self._failed_recently)
+
+    def _failed_recently(self, i: int) -> bool:
+        return self._failed_at[i] > 0 and time.monotonic() - self._failed_at[i] < FAILED_RECENTLY_S
+
+    def _spread(self, skip: int) -> list[int]:
+        """_order() started `skip` members further on among those that did not fail recently
+        (side-by-side reads each from another member, none first on one just found stuck)."""
+        n = len(self.endpoints)
+        bad = {i for i in range(n) if self._failed_recently(i)}      # read once: other threads mark failures
+        order = [(self._current + k) % n for k in range(n)]
+        ok, rest = [i for i in order if i not in bad], [i for i in order if i in bad]
+        k = skip % len(ok) if ok else 0
+        return ok[k:] + ok[:k] + rest
+
+    def _failed(self, i: int) -> None:
+        with self._lock:
+            self._failed_at[i] = time.monotonic()
+            if self._current == i:
+                self._current = (i + 1) % len(self.endpoints)
+
     def _http(self, i: int, path: str, payload: dict, token: str | None, timeout: float | None = None):
         """One POST to member i, bounded by connect_timeout + timeout: the response."""
         c, rq = self._clients[i], self._rq
@@ -132,7 +158,7 @@ class EtcdKV(GrpcPaths, Members, KV):
             return out
         why = _error(resp)
         if resp.status_code in (408, 503, 504):   # gRPC Unavailable/DeadlineExceeded: no leader, timed out
-            raise Unknown(f"HTTP {resp.status_code}: {why}", answered=True)
+            raise Unknown(f"HTTP {resp.status_code}: {why}")
         if self.user and relogin and any(w in why for w in RELOGIN):
             try:
                 self._relogin(i, token)
@@ -201,7 +227,7 @@ class EtcdKV(GrpcPaths, Members, KV):
                 out = self._send(i, path, payload, timeout=timeout)
             except (Unsent, Unknown) as e:
                 last, tls_only = e, tls_only and getattr(e, "tls", False)
-                self._suspect(i, e)
+                self._failed(i)
                 if isinstance(e, Unknown) and not idempotent:
                     raise Unavailable(f"etcd {path} at {self.endpoint(i)}, outcome unknown: {e}") from None
                 continue

@@ -17,7 +17,7 @@ UNKNOWN_OUTCOME = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "
 
 class GrpcPaths:
     """Needs of its class: _grpc (Channels), use_grpc, grpc_commits, user, timeout,
-    endpoints, _current, _order(), _spread(k), endpoint(i), token(i), _relogin(i, stale), _failed(i), _suspect(i, err),
+    endpoints, _current, _order(), _spread(k), endpoint(i), token(i), _relogin(i, stale), _failed(i),
     cluster_id."""
 
     def _grpc_range(self, k: int, prefix: str, rev: int | None) -> tuple[int, list[Row]]:
@@ -72,7 +72,7 @@ class GrpcPaths:
                 if e.code == "PERMISSION_DENIED" and self.user:
                     raise Refused(f"{where}: user {self.user} is not permitted: {e.details}") from None
                 if e.code in UNKNOWN_OUTCOME:
-                    self._suspect(i, e, answered=e.details.startswith("etcdserver:"))
+                    self._failed(i)
                     raise Unavailable(f"{where}, outcome unknown: {e}") from None
                 # The rest are etcd's refusals before anything is applied (a request too large, no
                 # space, too many requests; no login, which gRPC answers for the certificate's

@@ -7,6 +7,7 @@ snapshot."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -15,15 +16,12 @@ from dataplane.registry.kv import Txn
 from dataplane.registry.store import PREFIX
 
 
-def _held(url):
-    """Another process's write under way: its connection holds the file's write lock."""
+@contextlib.contextmanager
+def write_waiting(url, reg):
+    """For the with-block: another process's write holds the file's write lock, and a write
+    of reg's waits (up to 4 s) for it; yields that write's thread."""
     other = open_registry(url)
     other.kv._db.execute("BEGIN IMMEDIATE")
-    return other
-
-
-def _waiting_write(reg) -> threading.Thread:
-    """A write of reg's that waits (up to 4 s) for the lock; started, returned."""
     reg.kv._db.execute("PRAGMA busy_timeout=4000")
 
     def write():
@@ -33,8 +31,13 @@ def _waiting_write(reg) -> threading.Thread:
             pass
     t = threading.Thread(target=write)
     t.start()
-    time.sleep(0.3)
-    return t
+    try:
+        time.sleep(0.3)
+        yield t
+    finally:
+        other.kv._db.execute("ROLLBACK")
+        other.close()
+        t.join(10)
 
 
 def _timed(fn):
@@ -46,24 +49,17 @@ def _timed(fn):
 def test_a_waiting_write_holds_up_no_read_or_watch(tmp_path):
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
-    other = t = None
     try:
         rev = reg.kv.range(PREFIX)[0]
         reg.network_create("n1", 300, subnet="10.30.0.0/24")     # an event for the watch to bring
         watch = reg.kv.watch(PREFIX, rev + 1)
-        other = _held(url)
-        t = _waiting_write(reg)
-        net, read_s = _timed(lambda: reg.network("n1"))
-        events, watch_s = _timed(lambda: next(watch))
-        assert t.is_alive(), "the write did not wait: the test proves nothing"
+        with write_waiting(url, reg) as t:
+            net, read_s = _timed(lambda: reg.network("n1"))
+            events, watch_s = _timed(lambda: next(watch))
+            assert t.is_alive(), "the write did not wait: the test proves nothing"
         assert net.vni == 300 and read_s < 1.0, f"the read waited {read_s:.1f} s on this process's waiting write"
         assert events and watch_s < 1.0, f"the watch waited {watch_s:.1f} s"
     finally:
-        if other is not None:
-            other.kv._db.execute("ROLLBACK")
-            other.close()
-        if t is not None:
-            t.join(10)
         reg.close()
 
 
@@ -72,24 +68,16 @@ def test_a_lapsed_lease_is_left_out_of_reads_without_waiting_to_delete_it(tmp_pa
     this process (a keepalive, say: a long stall lapses leases for sure) they waited again."""
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
-    other = t = None
     try:
         lease = reg.kv.lease_grant(1)
         _, rev = reg.kv.commit(Txn(puts=[(PREFIX + "leased", b"1", lease), (PREFIX + "kept", b"1", 0)]))
         time.sleep(1.2)                                  # lapsed; nobody wrote since
-        other = _held(url)
-        t = _waiting_write(reg)
-        (_, items), read_s = _timed(lambda: reg.kv.range(PREFIX))
-        assert t.is_alive(), "the write did not wait: the test proves nothing"
+        with write_waiting(url, reg) as t:
+            (_, items), read_s = _timed(lambda: reg.kv.range(PREFIX))
+            assert t.is_alive(), "the write did not wait: the test proves nothing"
         assert read_s < 1.0, f"the read waited {read_s:.1f} s"
         assert [i.key for i in items] == [PREFIX + "kept"], "a lapsed lease's key was read"
-    finally:
-        if other is not None:
-            other.kv._db.execute("ROLLBACK")
-            other.close()
-        if t is not None:
-            t.join(10)
-    try:                                                 # a write (the one that waited) deleted it, and said so
+        # a write (the one that waited, or this one) deleted it, and said so
         reg.kv.commit(Txn(puts=[(PREFIX + "y", b"1", 0)]))
         w = reg.kv.watch(PREFIX, rev + 1)
         keys = []

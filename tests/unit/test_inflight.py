@@ -5,6 +5,7 @@ SQLite one; its endpoint write is held at a chosen point to stand for a slow etc
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from dataplane.agent import local, ops
@@ -25,26 +26,27 @@ def agent(tmp_path, monkeypatch) -> Agent:
     return ag
 
 
-class HeldWrite:
-    """ag.reg.endpoint_create stops (before or after its write) until let go."""
+@contextlib.contextmanager
+def add_held(ag, monkeypatch, eid: str, after: bool):
+    """endpoint_add(eid) in another thread, its registry endpoint_create stopped (before or
+    after its write) for the length of the with-block; yields the list its result goes into."""
+    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_create
 
-    def __init__(self, monkeypatch, reg, after: bool):
-        self.there, self.go = threading.Event(), threading.Event()
-        real = reg.endpoint_create
-
-        def create(*a, **kw):
-            out = real(*a, **kw) if after else None
-            self.there.set()
-            assert self.go.wait(20)
-            return out if after else real(*a, **kw)
-        monkeypatch.setattr(reg, "endpoint_create", create)
-
-
-def add_in_background(ag, eid: str):
+    def create(*a, **kw):
+        out = real(*a, **kw) if after else None
+        there.set()
+        assert go.wait(20)
+        return out if after else real(*a, **kw)
+    monkeypatch.setattr(ag.reg, "endpoint_create", create)
     out: list = []
     t = threading.Thread(target=lambda: out.append(ops.Ops(ag).endpoint_add(eid, network="n")))
     t.start()
-    return t, out
+    try:
+        assert there.wait(5)
+        yield out
+    finally:
+        go.set()
+        t.join(10)
 
 
 def test_the_agents_lock_is_free_while_an_endpoint_add_waits_on_the_registry(tmp_path, monkeypatch):
@@ -52,17 +54,11 @@ def test_the_agents_lock_is_free_while_an_endpoint_add_waits_on_the_registry(tmp
     per member, three members, then the roll-back) registry events, punts, the fast path's
     heartbeat and ageing all waited behind it."""
     ag = agent(tmp_path, monkeypatch)
-    held = HeldWrite(monkeypatch, ag.reg, after=False)
-    t, out = add_in_background(ag, "web")
-    try:
-        assert held.there.wait(5)
+    with add_held(ag, monkeypatch, "web", after=False) as out:
         got = ag.lock.acquire(timeout=1)
         if got:
             ag.lock.release()
         assert got, "the main loop would wait on the registry call"
-    finally:
-        held.go.set()
-        t.join(10)
     assert out and out[0]["host"] == "h1" and "web" in ag.sandboxes
     assert ag.q.get_nowait() == ("recheck", "web")
 
@@ -72,19 +68,13 @@ def test_a_record_with_its_sandbox_still_to_come_is_not_an_orphan(tmp_path, monk
     (a record of ours with no sandbox here) must leave it to the operation."""
     ag = agent(tmp_path, monkeypatch)
     rev0 = ag.view.rev
-    held = HeldWrite(monkeypatch, ag.reg, after=True)
-    t, out = add_in_background(ag, "web")
-    try:
-        assert held.there.wait(5)
+    with add_held(ag, monkeypatch, "web", after=True) as out:
         made = ag.reg.kv.get(f"{PREFIX}endpoints/web")
         with ag.lock:
             ag.apply_events_after(rev0, until=made.mod_rev)
             ag.orphan_scan_all = True
             local.drop_orphans(ag)
         assert ag.reg.kv.get(f"{PREFIX}endpoints/web") is not None, "removed as an orphan mid-operation"
-    finally:
-        held.go.set()
-        t.join(10)
     assert out and "web" in ag.sandboxes and ag.reg.endpoint("web").host == "h1"
 
 
@@ -93,18 +83,12 @@ def test_what_the_watch_brought_meanwhile_is_applied_when_the_operation_ends(tmp
     passed over then, and the recheck at the end removes the sandbox the registry no longer has."""
     ag = agent(tmp_path, monkeypatch)
     rev0 = ag.view.rev
-    held = HeldWrite(monkeypatch, ag.reg, after=True)
-    t, out = add_in_background(ag, "web")
-    try:
-        assert held.there.wait(5)
+    with add_held(ag, monkeypatch, "web", after=True) as out:
         ag.reg.endpoint_rm("web")                       # another writer
         gone = ag.reg.kv.range_exact(f"{PREFIX}endpoints/web")[0]
         with ag.lock:
             ag.apply_events_after(rev0, until=gone)
         assert "web" not in ag.view.endpoints
-    finally:
-        held.go.set()
-        t.join(10)
     assert out and "web" in ag.sandboxes                # made from our write, which the view had passed
     assert "web" not in ag.view.endpoints, "our older write was put over the later removal"
     msg = ag.q.get_nowait()

@@ -12,6 +12,7 @@ deadline deletes the lease's keys (and logs the deletions).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -96,19 +97,25 @@ class SqliteKV(KV):
     def _rev(self, db=None) -> int:
         return (db or self._db).execute("SELECT value FROM meta WHERE name='rev'").fetchone()[0]
 
+    @contextlib.contextmanager
+    def _reading(self):
+        """One read transaction (one snapshot of the file) on the read connection, lapsed
+        leases' keys deleted first if that can be done at once; yields the connection."""
+        self._expire_if_due()
+        with self._rlock:
+            self._rdb.execute("BEGIN")
+            try:
+                yield self._rdb
+            finally:
+                self._rdb.execute("COMMIT")
+
     def _select(self, where: str, args) -> tuple[int, list[Item]]:
         try:
-            self._expire_if_due()
-            with self._rlock:
-                db = self._rdb
-                db.execute("BEGIN")
-                try:         # keys of a lease past its deadline are gone, whether or not deleted yet
-                    rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE ({where}) "
-                                      "AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE deadline >= ?)) "
-                                      "ORDER BY key", (*args, time.time())).fetchall()
-                    rev = self._rev(db)
-                finally:
-                    db.execute("COMMIT")
+            with self._reading() as db:   # keys of a lease past its deadline are gone, deleted yet or not
+                rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE ({where}) "
+                                  "AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE deadline >= ?)) "
+                                  "ORDER BY key", (*args, time.time())).fetchall()
+                rev = self._rev(db)
         except sqlite3.Error as e:
             raise failure(self.path, e) from None
         return rev, [Item(k, bytes(v), m, c, lease) for k, v, m, c, lease in rows]
@@ -260,21 +267,15 @@ class _SqliteWatch(Watch):
         kv = self.kv
         while not self._closed.is_set():
             try:
-                kv._expire_if_due()
-                with kv._rlock:
-                    db = kv._rdb
-                    db.execute("BEGIN")  # one snapshot: the compaction mark, the head and the rows up to it
-                    try:
-                        compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
-                        if self.next_rev <= compacted:
-                            raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
-                        head = kv._rev(db)
-                        rows = db.execute(
-                            "SELECT rev, key, value FROM events WHERE rev >= ? AND rev <= ? "
-                            "AND key >= ? AND key < ? ORDER BY id",
-                            (self.next_rev, head, self.prefix, self.prefix + "\uffff")).fetchall()
-                    finally:
-                        db.execute("COMMIT")
+                with kv._reading() as db:  # one snapshot: the compaction mark, the head and the rows up to it
+                    compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
+                    if self.next_rev <= compacted:
+                        raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
+                    head = kv._rev(db)
+                    rows = db.execute(
+                        "SELECT rev, key, value FROM events WHERE rev >= ? AND rev <= ? "
+                        "AND key >= ? AND key < ? ORDER BY id",
+                        (self.next_rev, head, self.prefix, self.prefix + "\uffff")).fetchall()
             except sqlite3.Error as e:
                 raise failure(kv.path, e) from None
             self.next_rev = head + 1

@@ -40,13 +40,13 @@ def register_then_create(register, rollback, create):
         raise
 
 
-def allocating(ag, create):
-    """create() (a registry endpoint_create) with this agent's other address allocations held
+def register_endpoint(ag, *args, **kw):
+    """ag.reg.endpoint_create(*args, **kw) with this agent's other address allocations held
     off: concurrent creates on one network all compare its fence key and pick the same next
     free address from one cache, so all but one would retry, over and over (a burst of pods).
     ag.oplock, not the agent's lock: the main loop never waits on it."""
     with ag.oplock:
-        return create()
+        return ag.reg.endpoint_create(*args, **kw)
 
 
 def _quietly(fn) -> None:
@@ -135,8 +135,7 @@ class Ops:
                     ep = endpoints.add(ag.node, id, net.vni, ip=rec.ip, mac=rec.mac, routes=egress(ag, net))
                     local.wrote(ag, id, rec)
                     return ep
-            rec, ep = register_then_create(lambda: allocating(ag, lambda: ag.reg.endpoint_create(
-                                               id, net.name, ag.me, ip=ip, mac=mac)),
+            rec, ep = register_then_create(lambda: register_endpoint(ag, id, net.name, ag.me, ip=ip, mac=mac),
                                            lambda: ag.reg.endpoint_rm(id), create)
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 

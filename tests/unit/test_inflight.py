@@ -101,7 +101,7 @@ def test_what_the_watch_brought_meanwhile_is_applied_when_the_operation_ends(tmp
 def test_concurrent_adds_on_one_network_take_turns_at_allocating(tmp_path, monkeypatch):
     """Without the agent's lock, creates on one network ran at once: each compares the
     network's fence key and picks the next free address from one cache, so all but one
-    retried, over and over (a burst of pods). They take turns (ops.allocating): one commit each."""
+    retried, over and over (a burst of pods). They take turns (ops.register_endpoint): one commit each."""
     ag = agent(tmp_path, monkeypatch)
     commits, real = [], ag.reg.kv.commit
 

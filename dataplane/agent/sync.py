@@ -187,26 +187,48 @@ def load_claims(ag, claims: Snapshot) -> None:
 
 
 def write_cache(ag, now: bool = False) -> None:
-    """Write the view to disk if it changed since: serialized under the lock, written off it
-    (now: in this thread, at stop). Only a synced view of an etcd registry is written."""
+    """Write the view to disk if it changed since: by a forked child (cache.fork_save), or
+    (now: at stop) in this thread from a copy taken under the lock. Only a synced view of
+    an etcd registry is written."""
     ag._cache_due = time.monotonic() + CACHE_EVERY_S
+    writing = ag._cache_writer
+    if writing is not None and writing.is_alive():
+        if not now:
+            return                          # the last one's child is still at it
+        writing.join()                      # the last word at stop is this one's
     cluster = getattr(ag.reg.kv, "cluster_id", None)
     if cluster is None or not ag.synced.is_set() or ag.view.rev == ag._cache_rev or ag.view.claims_pending:
         return
-    with ag.lock:
-        view, bad, gen = cache.copy(ag.view), list(ag.bad), ag._cache_gen
-
-    def write():
-        try:
+    try:
+        with ag.lock:
+            rev, gen, bad = ag.view.rev, ag._cache_gen, list(ag.bad)
+            if now:
+                view = cache.copy(ag.view)
+            else:                           # made and written by a child: the main loop goes on
+                child = cache.fork_save(ag.node.name, ag.view, cluster, bad)
+        if now:
             cache.save(ag.node.name, cache.dump(view, cluster, bad))
-            with ag.lock:                  # the history was reset since the copy: what was written is of the old
-                if gen != ag._cache_gen:
-                    cache.discard(ag.node.name)
-                    return
-                ag._cache_rev = view["rev"]
-        except OSError as e:
-            log.warning("could not write the registry view to disk: %s", e)
+    except OSError as e:
+        log.warning("could not write the registry view to disk: %s", e)
+        return
     if now:
-        write()
+        _cache_written(ag, rev, gen)
     else:
-        threading.Thread(target=write, name="cache", daemon=True).start()
+        ag._cache_writer = threading.Thread(target=_cache_written, args=(ag, rev, gen, child), name="cache", daemon=True)
+        ag._cache_writer.start()
+
+
+def _cache_written(ag, rev: int, gen: int, child: tuple[int, int] | None = None) -> None:
+    """The view at rev is on disk (once child, if any, is done): unless the history was reset
+    since (gen), when what was written is of the old one and goes."""
+    try:
+        if child is not None:
+            cache.wait_saved(*child)
+    except OSError as e:
+        log.warning("could not write the registry view to disk: %s", e)
+        return
+    with ag.lock:
+        if gen != ag._cache_gen:
+            cache.discard(ag.node.name)
+            return
+        ag._cache_rev = rev

@@ -234,6 +234,8 @@ class Agent:
                     sync.load_claims(self, data)
                 elif kind == "punts" and self.punts.run_slice():
                     self.q.put(("punts", None))     # the rest after what came meanwhile
+                elif kind == "looked_up":
+                    self.punts.looked_up(data)
                 elif kind == "events":
                     self._apply_events(data)
                 elif kind == "recheck":

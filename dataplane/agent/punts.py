@@ -9,6 +9,8 @@ ring at a bounded rate (the rest wait there; a full ring makes the fast path
 flood, under storm control), charged to their sending endpoint before they
 are parsed, and registry lookups have a rate of their own: a container
 spraying random destinations costs the agent a bounded share of its time.
+What the view cannot place is looked up in the registry by another thread
+(lookups.py): the frames wait for the answer, the main loop does not.
 """
 
 from __future__ import annotations
@@ -20,12 +22,10 @@ import time
 from collections import deque
 
 from dataplane.agent import converge, slowpath
+from dataplane.agent.lookups import ASKED, Lookups
 from dataplane.core import abi
 from dataplane.core.errors import DataplaneError
 from dataplane.node import networks
-from dataplane.registry import Host, Unavailable
-from dataplane.registry.store import key
-from dataplane.registry.reserve import parse_reservation
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ INTAKE = (5000.0, 500)     # punts taken from the ring per second, and at once: 
                            # a full ring makes the fast path flood (under storm control) instead
 SLICE_S = 0.02             # the main loop handles punts this long, then looks at its queue again
 PER_SOURCE = (200.0, 100)  # punts handled per second, and at once, per sending endpoint
-LOOKUPS = (200.0, 50)      # registry lookups per second, and at once, for all punts
+LOOKUPS = (200.0, 50)      # registry lookups per second, and at once, for all punts (one per MAC or address)
 COPIES = (10000.0, 2048)   # frames the agent replicates to VTEPs per second (unresolved misses)
 SOURCES_MAX = 4096         # endpoints with a bucket; past this the buckets start over
 LIMITED = object()         # _owner: not looked up (over the rate); the punt is dropped
@@ -83,7 +83,7 @@ class PuntHandler:
         self._queued = False       # a ("punts", None) message is in the agent's queue
         self.intake = Bucket(*INTAKE)
         self.sources: dict[int, Bucket] = {}
-        self.lookups = Bucket(*LOOKUPS)
+        self.lookups = Lookups(agent, Bucket(*LOOKUPS), self.counts)
         self.copies = Bucket(*COPIES)
         self._quiet_until = 0.0    # send failures are logged at most once a second
 
@@ -138,7 +138,10 @@ class PuntHandler:
         self.counts["rate_limited"] += 1
         return False
 
-    def handle(self, batch) -> None:
+    def handle(self, batch, asked: bool = False, answered: bool = False) -> None:
+        """Each punt sent where the view says, or flooded; what the view cannot place is
+        held for a registry look-up (asked: it was, and the view has its answer; answered:
+        that answer went into the view)."""
         ag, c = self.ag, self.counts
         st = ag.node.require_up()
         with ag.lock:
@@ -147,14 +150,15 @@ class PuntHandler:
                     c["stale"] += 1
                     continue
                 net = ag.view.network_of_vni(p.vni)
-                ep = self._owner(net, p) if net else None
-                if ep is LIMITED:
+                ep = self._owner(net, p, asked) if net else None
+                if ep is LIMITED or ep is ASKED:
                     continue
                 host = ag.view.hosts.get(ep.host) if ep else None
                 if ep is not None and ep.host == ag.me:
                     c["local"] += 1      # ours, its sandbox is being set up: nothing to send
                 elif host is not None:
                     c["resolved"] += 1
+                    c["looked_up"] += answered
                     c["repaired"] += ag.remote.repair(p.vni, ep.mac, host.vtep, ep.ip)
                     self._send(p.vni, host.vtep, p.frame)
                 else:
@@ -166,9 +170,10 @@ class PuntHandler:
                     for vtep in vteps:
                         c["flooded"] += self._send(p.vni, vtep, p.frame)
 
-    def _owner(self, net, p):
-        """The endpoint a punted frame is for: from our view of the registry,
-        else from the registry itself (our watch may not have caught up)."""
+    def _owner(self, net, p, asked: bool):
+        """The endpoint a punted frame is for, from our view of the registry; if the view
+        has none, ASKED (held for a look-up), LIMITED (over the look-ups' rate or room:
+        dropped) or None (flooded: not connected, a look-up would wait seconds; or asked)."""
         ag = self.ag
         mac = p.dst_mac if p.reason == slowpath.UNKNOWN_DST else None
         ip = p.arp_target
@@ -176,28 +181,32 @@ class PuntHandler:
         e = ag.view.endpoints.get(eid) if eid else None
         if e is not None and e.network == net.name:
             return e
-        if not ag.connected.is_set():
-            return None          # no registry to ask (a lookup would wait seconds): flooded as unknown
-        if not self.lookups.take(time.monotonic()):
-            self.counts["lookup_limited"] += 1
-            return LIMITED
-        try:
-            claim = ag.reg.kv.get(key("macs", net.name, mac) if mac else key("ipam", net.name, ip or "-"))
-            if claim is None or parse_reservation(claim.value) is not None:
-                return None      # nobody, or an address a runtime holds for an endpoint still to come
-            ep = ag.reg.endpoint(claim.value.decode())
-            hitem = ag.reg.kv.get(key("hosts", ep.host))
-            if hitem is None or ep.network != net.name:
-                return None
-            host = Host.from_json(hitem.value)
-        except (Unavailable, DataplaneError) as e:
-            log.warning("punt: registry lookup failed: %s", e)
+        if asked or not ag.connected.is_set():
             return None
-        # The watch brings these same records later; install them now.
-        ag.view.remember(ep, host, (claim.key, claim.mod_rev))
-        converge.whole(ag, {net.vni})
-        self.counts["looked_up"] += 1
-        return ep
+        if self.lookups.ask(net, mac, ip, p) is ASKED:
+            return ASKED
+        self.counts["lookup_limited"] += 1
+        return LIMITED
+
+    def looked_up(self, answer) -> None:
+        """The main loop's side of a look-up's answer: what it found goes into the view
+        (the watch brings the same records later) unless the view has come past it since,
+        then the frames held for it are handled again."""
+        k, vni, asked, found = answer
+        ag = self.ag
+        with ag.lock:
+            held = self.lookups.answered(k, asked)
+            if not held:
+                return
+            net = ag.view.network_of_vni(vni)
+            # The view has not seen the claim yet (every read came after it), and holds no write
+            # of our own for that endpoint (ahead of the watch, newer than what was read).
+            take = (found is not None and net is not None and found[0].network == net.name
+                    and ag.view.rev < found[2][1] and found[0].id not in ag.view.ahead)
+            if take:
+                ag.view.remember(*found)
+                converge.whole(ag, {vni})
+            self.handle(held, asked=True, answered=take)
 
     def _send(self, vni: int, vtep: str, frame: bytes) -> int:
         try:

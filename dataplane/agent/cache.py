@@ -17,9 +17,13 @@ Compacted, and the agent takes a full snapshot as before.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import select
+import signal
 import stat
+import time
 
 import orjson
 
@@ -29,6 +33,7 @@ from dataplane.registry.records import PREFIX, Endpoint, Host, Network
 
 FORMAT = 1
 CHUNK = 5000              # records per orjson call in dump()
+WRITE_TIMEOUT_S = 60.0    # a child writing the view longer than this is stopped
 log = logging.getLogger("dataplane.agent")
 
 
@@ -89,14 +94,25 @@ def fork_save(node: str, view, cluster: str, bad) -> tuple[int, int]:
     that holds the GIL, and the main loop gives the GIL up at every map update
     (a ctypes call), then waits for it: each registry event batch then took 200-400 ms
     under load (the bench's p99). The child has the view as it was at the fork, as
-    it is (copy-on-write; frozen out of garbage collection, pauses.py), and uses nothing
-    but its own memory, a file and the pipe: no lock, logging or gRPC."""
+    it is (copy-on-write: about the view's size again in memory while it runs), and
+    uses nothing but its own memory, a file and the pipe: no lock, logging or gRPC;
+    no garbage collection (it could finalize the parent's objects, gRPC's among them);
+    no other descriptor (the agent's flock'd lock file must go with the agent, not
+    outlive it in a child). Nice 19: the agents' main loops and etcd first."""
     rd, wr = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(rd)
+        os.close(wr)
+        raise
     if pid == 0:                                    # the child: nothing here may return
         code = 1
         try:
-            os.close(rd)
+            gc.disable()
+            os.closerange(0, wr)
+            os.closerange(wr + 1, os.sysconf("SC_OPEN_MAX"))
+            os.nice(19)
             save(node, dump(copy(view), cluster, bad))
             code = 0
         except BaseException as e:  # noqa: BLE001 - said to the parent, which logs it
@@ -108,17 +124,30 @@ def fork_save(node: str, view, cluster: str, bad) -> tuple[int, int]:
     return pid, rd
 
 
-def wait_saved(pid: int, rd: int) -> None:
-    """Wait for fork_save()'s child (the GIL is let go meanwhile); OSError if it failed."""
+def wait_saved(node: str, pid: int, rd: int, timeout: float = WRITE_TIMEOUT_S) -> None:
+    """Wait for fork_save()'s child (the GIL is let go meanwhile), killing it after timeout
+    (and removing what it left); OSError if it failed."""
+    why, deadline = b"", time.monotonic() + timeout
     try:
-        why = b""
-        while chunk := os.read(rd, 512):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([rd], [], [], left)[0]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                why = f"writing took over {timeout:.0f} s: stopped".encode()
+                break
+            chunk = os.read(rd, 512)
+            if not chunk:
+                break
             why += chunk
     finally:
         os.close(rd)
     _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise OSError(why.decode(errors="replace") or f"writer exited with status {os.waitstatus_to_exitcode(status)}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path(node)}.{pid}.tmp")
+        raise OSError(why.decode(errors="replace") or f"writer exited with status {code}")
 
 
 def discard(node: str) -> None:

@@ -195,7 +195,8 @@ def write_cache(ag, now: bool = False) -> None:
     if writing is not None and writing.is_alive():
         if not now:
             return                          # the last one's child is still at it
-        writing.join()                      # the last word at stop is this one's
+        writing.join(cache.WRITE_TIMEOUT_S + 5)   # the last word at stop is this one's (the waiter
+        # takes the agent's lock: never called holding it)
     cluster = getattr(ag.reg.kv, "cluster_id", None)
     if cluster is None or not ag.synced.is_set() or ag.view.rev == ag._cache_rev or ag.view.claims_pending:
         return
@@ -223,7 +224,7 @@ def _cache_written(ag, rev: int, gen: int, child: tuple[int, int] | None = None)
     since (gen), when what was written is of the old one and goes."""
     try:
         if child is not None:
-            cache.wait_saved(*child)
+            cache.wait_saved(ag.node.name, *child)
     except OSError as e:
         log.warning("could not write the registry view to disk: %s", e)
         return

@@ -80,6 +80,7 @@ def test_the_write_at_stop_comes_after_one_under_way(lib, monkeypatch, tmp_path)
     with ag.lock:
         ag.view.rev = 41
     sync.write_cache(ag, now=True)
+    time.sleep(1.0)                                  # past the child's end, had it not been waited for
     snap = cache.load("node1", "c1", before_rev=42)
     assert snap is not None and snap.rev == 41 and ag._cache_rev == 41
 
@@ -95,3 +96,35 @@ def test_a_write_is_not_started_while_the_last_is_under_way(lib, monkeypatch, tm
     assert ag._cache_writer is first
     first.join(10)
     assert ag._cache_rev == 40
+
+
+def test_a_child_that_hangs_is_stopped_and_leaves_nothing(lib, monkeypatch):
+    def save(node, data):                           # stuck in the middle of its write
+        os.makedirs(os.path.dirname(cache.path(node)), exist_ok=True)
+        with open(f"{cache.path(node)}.{os.getpid()}.tmp", "wb") as f:
+            f.write(data[:100])
+        time.sleep(30)
+    monkeypatch.setattr(cache, "save", save)
+    ag = agent(40)
+    pid, rd = cache.fork_save("node1", ag.view, "c1", [])
+    with pytest.raises(OSError, match="stopped"):
+        cache.wait_saved("node1", pid, rd, timeout=0.5)
+    assert os.listdir(os.path.dirname(cache.path("node1"))) == []
+
+
+def test_the_child_holds_none_of_the_agents_descriptors(lib, monkeypatch, tmp_path):
+    """The agent's lock file (flock'd) must not outlive the agent in a child still writing."""
+    held = os.open(tmp_path / "agent.lock", os.O_CREAT | os.O_RDWR)
+    real = cache.dump
+
+    def dump(*a):
+        (tmp_path / "fds").write_text(" ".join(os.listdir("/proc/self/fd")))
+        return real(*a)
+    monkeypatch.setattr(cache, "dump", dump)
+    try:
+        ag = agent(40)
+        cache.wait_saved("node1", *cache.fork_save("node1", ag.view, "c1", []))
+        fds = {int(x) for x in (tmp_path / "fds").read_text().split()}
+        assert held not in fds and len(fds) <= 2, fds      # the pipe's end, and listdir's own
+    finally:
+        os.close(held)

@@ -1,20 +1,42 @@
 """The agent's housekeeping, every few seconds between registry messages: orphan
-records, parted peers, learned entries to age, an abandoned monitor,
-interfaces that vanished, and a garbage collection (pauses.py). It holds up
-registry events while it runs, so each step is kept short and a slow tick is
-logged with its slow steps."""
+records and unfinished moves (swept by a thread: they write the registry),
+parted peers, learned entries to age, an abandoned monitor, interfaces that
+vanished, and a garbage collection (pauses.py). It holds up registry events
+while it runs, so each step is kept short and a slow tick is logged with its
+slow steps."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from dataplane.agent import local, pauses
+from dataplane.core.errors import DataplaneError
 from dataplane.node import monitor, networks
 from dataplane.node.fdb import age_learned
 from dataplane.node.sweep import vanished
 
 log = logging.getLogger("dataplane.agent")
+
+
+def sweep(ag) -> None:
+    """Orphan records and unfinished moves here, settled by a thread of their own (they write
+    the registry, which can take a timeout per member: the main loop must not wait), one
+    sweep at a time."""
+    if ag.sweeper is not None and ag.sweeper.is_alive():
+        return
+
+    def run():
+        try:
+            local.drop_orphans(ag)
+            local.settle_local_moves(ag)
+        except DataplaneError as e:
+            log.error("%s", e)
+        except Exception:  # noqa: BLE001 - a defect of ours: said, and the next tick sweeps again
+            log.exception("sweeping orphan records and unfinished moves failed")
+    ag.sweeper = threading.Thread(target=run, name="sweep", daemon=True)
+    ag.sweeper.start()
 
 
 def tick(ag, slow_s: float = 0.1) -> list[str]:
@@ -37,9 +59,7 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
             ag.counters["vanished"] += 1
         step("interfaces")
         if ag.synced.is_set() and ag.connected.is_set():
-            local.drop_orphans(ag)
-            local.settle_local_moves(ag)
-        step("orphans")
+            sweep(ag)
         networks.prune_parted(ag.node)
         n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
         monitor.clear_if_abandoned(ag.node)      # a monitor killed outright left events on

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from dataplane.agent import process
+from dataplane.agent import inflight, process
 from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.registry.ipam import write_rev
@@ -153,56 +153,75 @@ def settle_moves(ag, local: dict | None = None) -> None:
 
 
 def settle_local_moves(ag) -> None:
-    """Housekeeping: a move to this host whose sandbox is here but that no `endpoint move` is
-    bringing any more (the agent restarted between making it and the commit, or the commit's
-    outcome was unknown) is taken back, and the copy here removed; the old host served the
-    endpoint throughout. A move the registry shows committed after all keeps it."""
-    st = ag.node.require_up()
-    for name, ep in list(st.endpoints.items()):
+    """Housekeeping (the sweep thread): a move to this host whose sandbox is here but that no
+    `endpoint move` is bringing any more (the agent restarted between making it and the commit,
+    or the commit's outcome was unknown) is taken back, and the copy here removed; the old host
+    served the endpoint throughout. A move the registry shows committed after all keeps it.
+    Each is decided under the agent's lock and written without it, the endpoint ours meanwhile
+    (inflight.working_on: no operation between the two, the main loop passes it over)."""
+    def unfinished(name: str, ep) -> bool:
         rec = ag.view.endpoints.get(name)
-        if rec is None or rec.moving_to != ag.me or name in ag.moving or name in ag.busy or ep.sandbox:
-            continue
-        try:
-            now = wrote(ag, name, ag.reg.endpoint_move_abort(name, ag.me))
-            if now.host != ag.me:
-                endpoints.remove(ag.node, name)
-                log.warning("endpoint %s: its move here was left unfinished; taken back", name)
-        except DataplaneError as e:
-            log.error("endpoint %s: cannot settle its unfinished move here: %s", name, e)
+        return rec is not None and rec.moving_to == ag.me and name not in ag.moving and not ep.sandbox
+
+    with ag.lock:
+        st = ag.node.require_up()
+        names = [name for name, ep in st.endpoints.items() if name not in ag.busy and unfinished(name, ep)]
+    for name in names:
+        with inflight.working_on(ag, name):
+            with ag.lock:
+                ep = ag.node.require_up().endpoints.get(name)
+                if ep is None or not unfinished(name, ep):
+                    continue
+            try:
+                now = wrote(ag, name, ag.reg.endpoint_move_abort(name, ag.me))
+                if now.host != ag.me:
+                    with ag.lock:
+                        endpoints.remove(ag.node, name)
+                    log.warning("endpoint %s: its move here was left unfinished; taken back", name)
+            except DataplaneError as e:
+                log.error("endpoint %s: cannot settle its unfinished move here: %s", name, e)
 
 
 def drop_orphans(ag) -> None:
-    """Registry records of this host with no sandbox here and no move under way:
-    left by a registration whose reply was lost (or a crash). Called under the
-    agent's lock, so no operation of ours is between its two steps. Every record
+    """Registry records of this host with no sandbox here and no move under way: left by a
+    registration whose reply was lost (or a crash). Housekeeping runs it in the sweep thread:
+    each is decided under the agent's lock and removed without it, the endpoint ours meanwhile
+    (inflight.working_on), so the main loop never waits on the registry for it. Every record
     after a sync; then only those that events have written for this host since
     (endpoint_changed notes them): walking 100,000 records at every tick held up
     registry events by 10-100 ms. A sandbox that went from this node since the last
     call (an interface that vanished, anything that removed one) makes its record a
     suspect too."""
-    st = ag.node.require_up()
-    here = set(st.endpoints)
-    ag.orphan_suspects |= ag.orphan_had - here
-    ag.orphan_had = here
-    if ag.orphan_scan_all:
-        suspects = [rec.id for rec in ag.view.endpoints.values() if rec.host == ag.me]
-        ag.orphan_scan_all = False
-    else:
-        suspects = list(ag.orphan_suspects)
-    ag.orphan_suspects.clear()
-    for eid in suspects:
-        rec = ag.view.endpoints.get(eid)
-        if rec is None or rec.host != ag.me or eid in st.endpoints or rec.moving_to or eid in ag.busy:
-            continue                            # (busy: recheck() names it again when its operation ends)
-        try:
-            ag.reg.endpoint_rm(rec.id, expect=rec)     # the record as the view has it, or none
-            wrote(ag, rec.id, None)
-            log.warning("removed registry endpoint %s: no sandbox here", rec.id)
-        except NotFound:                        # gone already (our own removal, its event still to come)
-            wrote(ag, rec.id, None)
-        except DataplaneError as e:
-            ag.orphan_suspects.add(eid)         # tried again at the next tick
-            log.error("endpoint %s: cannot remove orphan record: %s", rec.id, e)
+    def orphan(rec, here) -> bool:
+        return rec is not None and rec.host == ag.me and rec.id not in here and not rec.moving_to
+
+    with ag.lock:
+        here = set(ag.node.require_up().endpoints)
+        ag.orphan_suspects |= ag.orphan_had - here
+        ag.orphan_had = here
+        if ag.orphan_scan_all:
+            suspects = [rec.id for rec in ag.view.endpoints.values() if rec.host == ag.me]
+            ag.orphan_scan_all = False
+        else:
+            suspects = list(ag.orphan_suspects)
+        ag.orphan_suspects.clear()
+        # (busy: recheck() names it again when its operation ends)
+        recs = [ag.view.endpoints[e] for e in suspects if e not in ag.busy and orphan(ag.view.endpoints.get(e), here)]
+    for rec in recs:
+        with inflight.working_on(ag, rec.id):
+            with ag.lock:
+                if ag.view.endpoints.get(rec.id) is not rec or not orphan(rec, ag.node.require_up().endpoints):
+                    continue
+            try:
+                ag.reg.endpoint_rm(rec.id, expect=rec)     # the record as the view has it, or none
+                wrote(ag, rec.id, None)
+                log.warning("removed registry endpoint %s: no sandbox here", rec.id)
+            except NotFound:                        # gone already (our own removal, its event still to come)
+                wrote(ag, rec.id, None)
+            except DataplaneError as e:
+                with ag.lock:
+                    ag.orphan_suspects.add(rec.id)  # tried again at the next tick
+                log.error("endpoint %s: cannot remove orphan record: %s", rec.id, e)
 
 
 def leave(ag) -> None:

@@ -61,6 +61,7 @@ class Agent:
         self._sync_warm = False                # ... and that view was the one on disk (cache.py)
         self._cache_rev, self._cache_due = 0, time.monotonic() + sync.CACHE_EVERY_S
         self._cache_writer: threading.Thread | None = None     # waits for the view-writing child
+        self.sweeper: threading.Thread | None = None           # housekeeping's orphans and moves
         self.fatal: str | None = None
         self._watch = None
         self._last_watch = None                # the last watch opened, kept while the next is sought

@@ -120,3 +120,46 @@ def test_an_orphan_already_gone_from_the_registry_leaves_the_view(tmp_path):
         assert "gone" not in ag.view.endpoints and not ag.orphan_suspects
     finally:
         ag.reg.close()
+
+
+def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monkeypatch):
+    """Before, housekeeping removed orphan records (and took back unfinished moves) itself,
+    under the agent's lock: a registry slow to answer held registry events, punts and the
+    fast path's heartbeat for a timeout per record. Now a sweep thread removes them, each
+    endpoint busy meanwhile (inflight.working_on)."""
+    from dataplane.agent import housekeeping
+    monkeypatch.setattr(housekeeping.networks, "prune_parted", lambda node: None)
+    monkeypatch.setattr(housekeeping, "vanished", lambda node: [])
+    monkeypatch.setattr(housekeeping, "age_learned", lambda maps, age, now: 0)
+    monkeypatch.setattr(housekeeping.monitor, "clear_if_abandoned", lambda node: None)
+    monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
+    ag.maps, ag.counters, ag.sweeper = None, {"aged": 0}, None
+    ag.synced, ag.connected = threading.Event(), threading.Event()
+    ag.synced.set()
+    ag.connected.set()
+    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_rm
+
+    def endpoint_rm(*a, **kw):
+        there.set()
+        assert go.wait(20)
+        return real(*a, **kw)
+    monkeypatch.setattr(ag.reg, "endpoint_rm", endpoint_rm)
+    try:
+        ag.create("orphan", "h1")
+        t = threading.Thread(target=housekeeping.tick, args=(ag,))
+        t.start()
+        assert there.wait(5)
+        t.join(2)
+        assert not t.is_alive(), "housekeeping waits on the registry"
+        assert ag.lock.acquire(timeout=1), "the agent's lock is held across the registry call"
+        ag.lock.release()
+        assert "orphan" in ag.busy
+        go.set()
+        ag.sweeper.join(10)
+        assert ag.in_registry() == set() and "orphan" not in ag.view.endpoints and not ag.busy
+        assert ag.q.get_nowait() == ("recheck", "orphan")
+    finally:
+        go.set()
+        ag.reg.close()

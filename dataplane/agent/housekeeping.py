@@ -31,10 +31,13 @@ def sweep(ag) -> None:
         try:
             local.drop_orphans(ag)
             local.settle_local_moves(ag)
-        except DataplaneError as e:
-            log.error("%s", e)
-        except Exception:  # noqa: BLE001 - a defect of ours: said, and the next tick sweeps again
-            log.exception("sweeping orphan records and unfinished moves failed")
+        except Exception as e:  # noqa: BLE001 - said; the suspects it had taken are looked for whole
+            if isinstance(e, DataplaneError):
+                log.error("sweeping orphan records and unfinished moves: %s", e)
+            else:
+                log.exception("sweeping orphan records and unfinished moves failed")
+            with ag.lock:
+                ag.orphan_scan_all = True
     ag.sweeper = threading.Thread(target=run, name="sweep", daemon=True)
     ag.sweeper.start()
 

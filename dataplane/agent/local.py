@@ -152,6 +152,12 @@ def settle_moves(ag, local: dict | None = None) -> None:
             endpoint_changed(ag, name, rec, mine)
 
 
+def sweeping(ag) -> bool:
+    """Housekeeping's sweep goes on to the next endpoint: the agent is not stopping, and the
+    registry is there (else each would wait out its timeouts, the endpoint busy meanwhile)."""
+    return not ag.stopping.is_set() and ag.connected.is_set()
+
+
 def settle_local_moves(ag) -> None:
     """Housekeeping (the sweep thread): a move to this host whose sandbox is here but that no
     `endpoint move` is bringing any more (the agent restarted between making it and the commit,
@@ -167,6 +173,8 @@ def settle_local_moves(ag) -> None:
         st = ag.node.require_up()
         names = [name for name, ep in st.endpoints.items() if name not in ag.busy and unfinished(name, ep)]
     for name in names:
+        if not sweeping(ag):
+            return                                  # the next tick's sweep finds them again
         with inflight.working_on(ag, name):
             with ag.lock:
                 ep = ag.node.require_up().endpoints.get(name)
@@ -174,12 +182,14 @@ def settle_local_moves(ag) -> None:
                     continue
             try:
                 now = wrote(ag, name, ag.reg.endpoint_move_abort(name, ag.me))
-                if now.host != ag.me:
-                    with ag.lock:
-                        endpoints.remove(ag.node, name)
-                    log.warning("endpoint %s: its move here was left unfinished; taken back", name)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot settle its unfinished move here: %s", name, e)
+                continue
+            if now.host != ag.me:
+                with ag.lock:                       # (housekeeping may have seen its interface vanish)
+                    if name in ag.node.require_up().endpoints:
+                        endpoints.remove(ag.node, name)
+                log.warning("endpoint %s: its move here was left unfinished; taken back", name)
 
 
 def drop_orphans(ag) -> None:
@@ -207,7 +217,11 @@ def drop_orphans(ag) -> None:
         ag.orphan_suspects.clear()
         # (busy: recheck() names it again when its operation ends)
         recs = [ag.view.endpoints[e] for e in suspects if e not in ag.busy and orphan(ag.view.endpoints.get(e), here)]
-    for rec in recs:
+    for i, rec in enumerate(recs):
+        if not sweeping(ag):
+            with ag.lock:                           # the next tick's sweep, if any, takes them
+                ag.orphan_suspects.update(r.id for r in recs[i:])
+            return
         with inflight.working_on(ag, rec.id):
             with ag.lock:
                 if ag.view.endpoints.get(rec.id) is not rec or not orphan(rec, ag.node.require_up().endpoints):

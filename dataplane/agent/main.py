@@ -35,6 +35,7 @@ from dataplane.registry import Host, open_registry
 LEASE_TTL_DEFAULT = 10
 RESYNC_EVERY_S = 60       # Agent.resync at most this often
 SLOW_TURN_S = 0.1         # a main-loop turn longer than this is logged (it holds up registry events)
+SWEEP_JOIN_S = 15.0       # at stop, housekeeping's sweep is given this long to finish the endpoint it is on
 BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
 LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
 log = logging.getLogger("dataplane.agent")
@@ -130,6 +131,8 @@ class Agent:
             self._main_loop()
         finally:
             self.stopping.set()
+            if self.sweeper is not None:    # it stops between endpoints: none left half done
+                self.sweeper.join(SWEEP_JOIN_S)
             if not self.leaving:
                 sync.write_cache(self, now=True)
             try:

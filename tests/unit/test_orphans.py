@@ -32,6 +32,8 @@ class Agent:
         self.orphan_suspects: set[str] = set()
         self.orphan_had: set[str] = set()
         self.orphan_scan_all = True
+        self.stopping, self.connected = threading.Event(), threading.Event()
+        self.connected.set()
 
     def create(self, eid: str, host: str):
         rec = self.reg.endpoint_create(eid, "n", host)
@@ -136,9 +138,8 @@ def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monk
     ag = Agent(f"sqlite://{tmp_path}/registry.db")
     ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
     ag.maps, ag.counters, ag.sweeper = None, {"aged": 0}, None
-    ag.synced, ag.connected = threading.Event(), threading.Event()
+    ag.synced = threading.Event()
     ag.synced.set()
-    ag.connected.set()
     there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_rm
 
     def endpoint_rm(*a, **kw):
@@ -148,11 +149,13 @@ def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monk
     monkeypatch.setattr(ag.reg, "endpoint_rm", endpoint_rm)
     try:
         ag.create("orphan", "h1")
-        t = threading.Thread(target=housekeeping.tick, args=(ag,))
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(housekeeping.tick(ag)))
         t.start()
         assert there.wait(5)
         t.join(2)
         assert not t.is_alive(), "housekeeping waits on the registry"
+        assert len(out) == 1, "the tick raised"
         assert ag.lock.acquire(timeout=1), "the agent's lock is held across the registry call"
         ag.lock.release()
         assert "orphan" in ag.busy
@@ -160,6 +163,32 @@ def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monk
         ag.sweeper.join(10)
         assert ag.in_registry() == set() and "orphan" not in ag.view.endpoints and not ag.busy
         assert ag.q.get_nowait() == ("recheck", "orphan")
+    finally:
+        go.set()
+        ag.reg.close()
+
+
+def test_a_sweep_stops_between_endpoints_when_the_agent_stops(tmp_path, monkeypatch):
+    """At stop the agent waits for the sweep, which finishes the endpoint it is on and leaves
+    the rest as suspects (not a removal cut off by the interpreter's exit halfway)."""
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_rm
+
+    def endpoint_rm(*a, **kw):
+        there.set()
+        assert go.wait(20)
+        return real(*a, **kw)
+    monkeypatch.setattr(ag.reg, "endpoint_rm", endpoint_rm)
+    try:
+        ag.create("a", "h1")
+        ag.create("b", "h1")
+        t = threading.Thread(target=local.drop_orphans, args=(ag,))
+        t.start()
+        assert there.wait(5)
+        ag.stopping.set()
+        go.set()
+        t.join(10)
+        assert len(ag.in_registry()) == 1 and ag.orphan_suspects == ag.in_registry()
     finally:
         go.set()
         ag.reg.close()

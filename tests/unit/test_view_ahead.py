@@ -31,6 +31,8 @@ class Agent:
         self.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=self.sandboxes))
         self.orphan_suspects, self.orphan_had, self.orphan_scan_all = set(), set(), False
         self.conflicts: dict = {}
+        self.stopping, self.connected = threading.Event(), threading.Event()
+        self.connected.set()
 
     def apply_events_after(self, rev: int, until: int) -> None:
         """What the watch delivers from rev on, applied as the main loop does."""

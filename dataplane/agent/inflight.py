@@ -18,11 +18,20 @@ import threading
 
 def attach(ag) -> None:
     """The bookkeeping on ag (which has its lock): the endpoints being worked on, the
-    condition that says one was let go, and the lock that puts registry-only runtime
-    operations (networks, reservations) in turn without the agent's lock."""
+    condition that says one was let go, the lock that puts the runtimes' network operations
+    in turn without the agent's lock, and a lock per network for address allocations."""
     ag.busy = set()
     ag.busy_changed = threading.Condition(ag.lock)
     ag.oplock = threading.RLock()
+    ag.netlocks, ag.netlocks_mu = {}, threading.Lock()
+
+
+def network_lock(ag, network: str) -> threading.RLock:
+    """The lock that puts this agent's address allocations on one registry network in turn
+    (concurrent ones would compare its fence key and pick one next free address: all but one
+    retried); on other networks they go on meanwhile. Never the agent's lock."""
+    with ag.netlocks_mu:
+        return ag.netlocks.setdefault(network, threading.RLock())
 
 
 @contextlib.contextmanager

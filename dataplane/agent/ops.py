@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from dataplane.agent import local
+from dataplane.agent import inflight, local
 from dataplane.agent.inflight import working_on
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
@@ -40,13 +40,15 @@ def register_then_create(register, rollback, create):
         raise
 
 
-def register_endpoint(ag, *args, **kw):
-    """ag.reg.endpoint_create(*args, **kw) with this agent's other address allocations held
-    off: concurrent creates on one network all compare its fence key and pick the same next
-    free address from one cache, so all but one would retry, over and over (a burst of pods).
-    ag.oplock, not the agent's lock: the main loop never waits on it."""
-    with ag.oplock:
-        return ag.reg.endpoint_create(*args, **kw)
+def register_endpoint(ag, id, network: str, *args, **kw):
+    """ag.reg.endpoint_create(id, network, ...) with this agent's other address allocations on
+    that network held off: concurrent creates on one network all compare its fence key and pick
+    the same next free address from one cache, so all but one would retry, over and over (a
+    burst of pods). Allocations on other networks go on meanwhile (before, one lock held them
+    all: during an outage each waited out the one before it). Not the agent's lock: the main
+    loop never waits on it."""
+    with inflight.network_lock(ag, network):
+        return ag.reg.endpoint_create(id, network, *args, **kw)
 
 
 def _quietly(fn) -> None:

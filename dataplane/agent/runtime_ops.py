@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 from types import SimpleNamespace
 
-from dataplane.agent import local
+from dataplane.agent import inflight, local
 from dataplane.agent.inflight import working_on
 from dataplane.agent.ops import register_endpoint, register_then_create, serve
 from dataplane.core import model
@@ -272,7 +272,7 @@ class RuntimeOps:
             lease = self.ag.leases.lease
             if not lease:
                 raise DataplaneError(f"host {self.ag.me} is not registered in the registry yet: try again")
-            with self.ag.oplock:
+            with inflight.network_lock(self.ag, name):
                 addr = self.ag.reg.address_reserve(name, self.ag.me, lease, ip=ip)
         except DataplaneError:
             if created:                  # nobody knows of it yet: not left behind
@@ -297,7 +297,7 @@ class RuntimeOps:
                            "name the VNI (--ipam-opt vni=N)")
         if not nets:
             return {"released": False}
-        with self.ag.oplock:
+        with inflight.network_lock(self.ag, nets[0].name):
             return {"released": reg.address_release(nets[0].name, ip, me), "network": nets[0].name}
 
     def address_list(self) -> list[dict]:

@@ -133,3 +133,35 @@ def test_the_network_is_served_again_after_the_write(tmp_path, monkeypatch):
     monkeypatch.setattr(ag.reg, "endpoint_create", create)
     ops.Ops(ag).endpoint_add("web", network="n")
     assert steps == ["serve", "write", "serve"]
+
+
+def test_an_allocation_on_one_network_does_not_wait_for_one_on_another(tmp_path, monkeypatch):
+    """Address allocations take turns per network (a shared fence key), not across all of them:
+    before, one lock held every endpoint add, reservation and runtime network call of the agent,
+    so during an outage each waited out the one before it on any network."""
+    ag = agent(tmp_path, monkeypatch)
+    ag.reg.network_create("m", 257, "10.8.0.0/24")
+    ag.view.load(ag.reg.snapshot())
+    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_create
+
+    def create(id, *a, **kw):
+        if id == "web":
+            there.set()
+            assert go.wait(20)
+        return real(id, *a, **kw)
+    monkeypatch.setattr(ag.reg, "endpoint_create", create)
+    out: list = []
+    held = threading.Thread(target=lambda: out.append(ops.Ops(ag).endpoint_add("web", network="n")))
+    other = threading.Thread(target=lambda: out.append(ops.Ops(ag).endpoint_add("db", network="m")))
+    try:
+        held.start()
+        assert there.wait(5)
+        other.start()
+        other.join(5)
+        assert not other.is_alive(), "the add on network m waited for the one on n"
+        assert [r["name"] for r in out] == ["db"]
+    finally:
+        go.set()
+        held.join(10)
+        other.join(10)
+    assert sorted(r["name"] for r in out) == ["db", "web"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from dataplane.agent import inflight, process
+from dataplane.agent import converge, inflight, process
 from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.registry.ipam import write_rev
@@ -91,7 +91,19 @@ def recheck(ag, eid: str) -> None:
     rec = ag.view.endpoints.get(eid)
     mine = ag.node.require_up().endpoints
     if eid in mine or (rec is not None and rec.host == ag.me):
+        had = mine.get(eid)
         endpoint_changed(ag, eid, rec, mine)
+        if had is not None and eid not in ag.node.require_up().endpoints:
+            _reconverge(ag, had)
+
+
+def _reconverge(ag, ep) -> None:
+    """A sandbox of ours went outside an event batch (whose end reconciles what its events
+    touched): its MAC and address get the entries the view now gives them (the host the record
+    moved to, if any), and the flood list with them. Before, the event that moved it had been
+    reconciled while the sandbox was still here (an operation of ours held it), so the new host's
+    entry was left out, and nothing wrote it after the sandbox went."""
+    converge.single(ag, {ep.vni: {("ep", ep.name), ("mac", ep.mac), ("ip", ep.ip)}})
 
 
 def _refuse_move(ag, name: str, rec, ep) -> None:
@@ -189,6 +201,7 @@ def settle_local_moves(ag) -> None:
                 with ag.lock:                       # (housekeeping may have seen its interface vanish)
                     if name in ag.node.require_up().endpoints:
                         endpoints.remove(ag.node, name)
+                        _reconverge(ag, ep)
                 log.warning("endpoint %s: its move here was left unfinished; taken back", name)
 
 

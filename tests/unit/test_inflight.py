@@ -6,6 +6,7 @@ SQLite one; its endpoint write is held at a chosen point to stand for a slow etc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 
 from dataplane.agent import local, ops
@@ -165,3 +166,19 @@ def test_an_allocation_on_one_network_does_not_wait_for_one_on_another(tmp_path,
         held.join(10)
         other.join(10)
     assert sorted(r["name"] for r in out) == ["db", "web"]
+
+
+def test_a_sandbox_a_recheck_removes_gets_its_new_hosts_entries(tmp_path, monkeypatch):
+    """Found by the model check (seed 137293670): h2 moved an endpoint away from h1 while an
+    operation of h1's held it; the move's event was reconciled with the sandbox still here (no
+    remote entry for a local MAC), the recheck then removed the sandbox, and nothing wrote the
+    entry for h2 nor put h2 in the flood list."""
+    ag = agent(tmp_path, monkeypatch)
+    ops.Ops(ag).endpoint_add("web", network="n")
+    ep = ag.sandboxes["web"]
+    with ag.lock:                                   # the view has it moved to h2 (the event came)
+        ag.view.endpoints["web"] = dataclasses.replace(ag.view.endpoints["web"], host="h2")
+        ag.converged.clear()
+        local.recheck(ag, "web")
+    assert "web" not in ag.sandboxes
+    assert ag.converged == [{256: {("ep", "web"), ("mac", ep.mac), ("ip", ep.ip)}}]

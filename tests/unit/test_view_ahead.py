@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dataplane.agent import inflight, local, ops
+from dataplane.agent import converge, inflight, local, ops
 from dataplane.agent.view import RegistryView
 from dataplane.core import state
 from dataplane.registry import Unavailable, backoff, open_registry
@@ -55,6 +55,8 @@ def stand_in_node(monkeypatch, ag: Agent) -> None:
     fake = SimpleNamespace(add=add, remove=remove)
     monkeypatch.setattr(ops, "endpoints", fake)
     monkeypatch.setattr(local, "endpoints", fake)
+    ag.converged = []                       # what a removal outside an event batch wrote again
+    monkeypatch.setattr(converge, "single", lambda ag_, fine: ag.converged.append(fine))
     monkeypatch.setattr(ops, "serve", lambda ag, net: None)
     monkeypatch.setattr(ops, "egress", lambda ag, net: [])
 

@@ -124,6 +124,18 @@ def test_an_orphan_already_gone_from_the_registry_leaves_the_view(tmp_path):
         ag.reg.close()
 
 
+def held_removals(monkeypatch, ag):
+    """ag's registry endpoint_rm waits for go; there is set when one waits. Returns (there, go)."""
+    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_rm
+
+    def endpoint_rm(*a, **kw):
+        there.set()
+        assert go.wait(20)
+        return real(*a, **kw)
+    monkeypatch.setattr(ag.reg, "endpoint_rm", endpoint_rm)
+    return there, go
+
+
 def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monkeypatch):
     """Before, housekeeping removed orphan records (and took back unfinished moves) itself,
     under the agent's lock: a registry slow to answer held registry events, punts and the
@@ -140,13 +152,7 @@ def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monk
     ag.maps, ag.counters, ag.sweeper = None, {"aged": 0}, None
     ag.synced = threading.Event()
     ag.synced.set()
-    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_rm
-
-    def endpoint_rm(*a, **kw):
-        there.set()
-        assert go.wait(20)
-        return real(*a, **kw)
-    monkeypatch.setattr(ag.reg, "endpoint_rm", endpoint_rm)
+    there, go = held_removals(monkeypatch, ag)
     try:
         ag.create("orphan", "h1")
         out: list = []
@@ -172,13 +178,7 @@ def test_a_sweep_stops_between_endpoints_when_the_agent_stops(tmp_path, monkeypa
     """At stop the agent waits for the sweep, which finishes the endpoint it is on and leaves
     the rest as suspects (not a removal cut off by the interpreter's exit halfway)."""
     ag = Agent(f"sqlite://{tmp_path}/registry.db")
-    there, go, real = threading.Event(), threading.Event(), ag.reg.endpoint_rm
-
-    def endpoint_rm(*a, **kw):
-        there.set()
-        assert go.wait(20)
-        return real(*a, **kw)
-    monkeypatch.setattr(ag.reg, "endpoint_rm", endpoint_rm)
+    there, go = held_removals(monkeypatch, ag)
     try:
         ag.create("a", "h1")
         ag.create("b", "h1")

@@ -77,6 +77,7 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     try:
         endpoints.remove(ag.node, name)
         local.pop(name, None)
+        reconcile_gone(ag, ep, batch=True)
         log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
     except DataplaneError as e:
         log.error("endpoint %s: %s", name, e)
@@ -94,16 +95,21 @@ def recheck(ag, eid: str) -> None:
         had = mine.get(eid)
         endpoint_changed(ag, eid, rec, mine)
         if had is not None and eid not in ag.node.require_up().endpoints:
-            _reconverge(ag, had)
+            reconcile_gone(ag, had)
 
 
-def _reconverge(ag, ep) -> None:
-    """A sandbox of ours went outside an event batch (whose end reconciles what its events
-    touched): its MAC and address get the entries the view now gives them (the host the record
-    moved to, if any), and the flood list with them. Before, the event that moved it had been
-    reconciled while the sandbox was still here (an operation of ours held it), so the new host's
-    entry was left out, and nothing wrote it after the sandbox went."""
-    converge.single(ag, {ep.vni: {("ep", ep.name), ("mac", ep.mac), ("ip", ep.ip)}})
+def reconcile_gone(ag, ep, batch: bool = False) -> None:
+    """Under the agent's lock, a sandbox of ours (ep) just went: its MAC and address get the
+    entries the view now gives them (the host its record is on, if any), and the flood list
+    with them; at once, or (batch: inside an event batch) at the batch's end with what its
+    events touched. Before, an event that moved the endpoint away while an operation of ours
+    held it here was reconciled with the sandbox still here (a local MAC has no remote entry),
+    and nothing wrote the new host's entry after the sandbox went."""
+    keys = {("ep", ep.name), ("mac", ep.mac), ("ip", ep.ip)}
+    if batch:
+        ag.view.fine.setdefault(ep.vni, set()).update(keys)
+    else:
+        converge.single(ag, {ep.vni: keys})
 
 
 def _refuse_move(ag, name: str, rec, ep) -> None:
@@ -201,7 +207,7 @@ def settle_local_moves(ag) -> None:
                 with ag.lock:                       # (housekeeping may have seen its interface vanish)
                     if name in ag.node.require_up().endpoints:
                         endpoints.remove(ag.node, name)
-                        _reconverge(ag, ep)
+                        reconcile_gone(ag, ep)
                 log.warning("endpoint %s: its move here was left unfinished; taken back", name)
 
 

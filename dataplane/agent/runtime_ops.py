@@ -105,6 +105,12 @@ class RuntimeOps:
             net = self.ag.reg.network_by_vni(vni)
             if net is None:
                 return {"vni": vni, "removed": False}
+            return self._release(vni, net)
+
+    def _release(self, vni: int, net) -> dict:
+        """network_release's registry part, on ag.oplock and then the network's own lock: a
+        reservation of ours on it (which no fence compare sees) is not made meanwhile."""
+        with inflight.network_lock(self.ag, net.name):
             # This host's runtime is done with the network: its reservations there go (Docker
             # releases aux addresses only after DeleteNetwork). Another host's keep it in use.
             self.ag.reg.reservations_drop(net.name, self.ag.me)
@@ -154,7 +160,8 @@ class RuntimeOps:
         with working_on(self.ag, id):
             with self.ag.lock:
                 self.ag.conflicts.pop(id, None)
-                if id in self.ag.node.require_up().endpoints:
+                here = self.ag.node.require_up().endpoints.get(id)
+                if here is not None:
                     endpoints.remove(self.ag.node, id)
                     removed = True
             try:
@@ -167,6 +174,9 @@ class RuntimeOps:
                 # interface here is gone, the other host's record is not ours to delete, nor
                 # to drop from the view (no event would bring it back).
                 out["registry"] = f"record left: it names host {rec.host}"
+                if here is not None:           # its entries were left out while the sandbox was here
+                    with self.ag.lock:
+                        local.reconcile_gone(self.ag, here)
                 return out
             if rec is not None:
                 lease = self.ag.leases.lease

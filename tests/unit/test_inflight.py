@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import threading
 
-from dataplane.agent import local, ops
+from dataplane.agent import inflight, local, ops
 from dataplane.registry.records import Host
 from dataplane.registry.store import PREFIX
 from tests.unit.test_view_ahead import Agent, stand_in_node
@@ -181,4 +181,38 @@ def test_a_sandbox_a_recheck_removes_gets_its_new_hosts_entries(tmp_path, monkey
         ag.converged.clear()
         local.recheck(ag, "web")
     assert "web" not in ag.sandboxes
+    assert ag.converged == [{256: {("ep", "web"), ("mac", ep.mac), ("ip", ep.ip)}}]
+
+
+def test_a_network_release_waits_for_an_allocation_on_that_network(tmp_path, monkeypatch):
+    """A reservation is no endpoint (no fence compare sees it): a release that checked "unused"
+    while a reservation of ours on that network was being made would remove the network under
+    it. Since allocations take turns per network, the release takes that network's lock too."""
+    from dataplane.agent.runtime_ops import RuntimeOps
+    ag = agent(tmp_path, monkeypatch)
+    out: list = []
+    lock = inflight.network_lock(ag, "n")
+    with lock:                                     # an allocation on n under way
+        t = threading.Thread(target=lambda: out.append(RuntimeOps(ag).network_release(256)))
+        t.start()
+        t.join(1)
+        assert t.is_alive() and not out, "the release went ahead of the allocation on its network"
+    t.join(10)
+    assert out == [{"vni": 256, "removed": True, "network": "n"}]
+
+
+def test_a_runtime_detach_of_a_sandbox_whose_record_went_elsewhere_writes_its_entries(tmp_path, monkeypatch):
+    """Another writer gave the record to h2 while the runtime's sandbox was here (a conflict:
+    its entries for h2 were left out). The runtime's detach removes the sandbox: the entries
+    the view gives that MAC and address now are written then."""
+    from dataplane.agent import runtime_ops
+    ag = agent(tmp_path, monkeypatch)
+    monkeypatch.setattr(runtime_ops, "endpoints", ops.endpoints)      # the stand-in node
+    ops.Ops(ag).endpoint_add("web", network="n")
+    ep = ag.sandboxes["web"]
+    ag.reg.endpoint_rm("web")
+    ag.reg.endpoint_create("web", "n", "h2", ep.ip, ep.mac)
+    ag.converged.clear()
+    out = runtime_ops.RuntimeOps(ag).endpoint_detach("web")
+    assert out["registry"].startswith("record left") and "web" not in ag.sandboxes
     assert ag.converged == [{256: {("ep", "web"), ("mac", ep.mac), ("ip", ep.ip)}}]

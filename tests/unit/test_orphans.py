@@ -100,11 +100,13 @@ def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeyp
     ag.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=dict(ag.sandboxes)))  # a copy, as read
     try:
         rec = ag.create("x", "h2")                   # its move to h2 committed while we were away
-        ag.sandboxes["x"] = SimpleNamespace(sandbox=None, phase="ready")
+        ag.sandboxes["x"] = SimpleNamespace(name="x", vni=256, mac=rec.mac, ip=rec.ip, sandbox=None, phase="ready")
         mine = ag.node.require_up().endpoints        # what the batch read at its start
         local.settle_moves(ag, mine)
         local.endpoint_changed(ag, "x", rec, mine)    # a later event of the same batch
         assert removed == ["x"] and "x" not in mine
+        assert ag.view.take_changes()[1] == {256: {("ep", "x"), ("mac", rec.mac), ("ip", rec.ip)}}, \
+            "the batch's end must reconcile what the removed sandbox held"
         assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     finally:
         ag.reg.close()

@@ -57,9 +57,12 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     if not st:
         return steps
     with ag.lock:
+        had = dict(ag.node.require_up().endpoints)
         for line in vanished(ag.node):           # first: their records go in this tick's orphans
             log.warning("%s", line)
             ag.counters["vanished"] += 1
+        for name in had.keys() - ag.node.require_up().endpoints.keys():
+            local.reconcile_gone(ag, had[name])  # a record another host holds gets its entries now
         step("interfaces")
         if ag.synced.is_set() and ag.connected.is_set():
             sweep(ag)

@@ -194,3 +194,31 @@ def test_a_sweep_stops_between_endpoints_when_the_agent_stops(tmp_path, monkeypa
     finally:
         go.set()
         ag.reg.close()
+
+
+def test_a_sandbox_whose_interface_vanished_has_its_entries_reconciled(tmp_path, monkeypatch):
+    """A runtime's container kept here against a record another writer gave to h2 (its entries
+    for h2 left out meanwhile), then its interface vanishes: housekeeping removes it and the
+    MAC and address get h2's entries (before: nothing wrote them until a whole reconcile)."""
+    from dataplane.agent import converge, housekeeping
+    monkeypatch.setattr(housekeeping.networks, "prune_parted", lambda node: None)
+    monkeypatch.setattr(housekeeping, "age_learned", lambda maps, age, now: 0)
+    monkeypatch.setattr(housekeeping.monitor, "clear_if_abandoned", lambda node: None)
+    monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
+    ag.maps, ag.counters, ag.sweeper, ag.synced = None, {"vanished": 0}, None, threading.Event()
+    rec = ag.create("web", "h2")
+    ag.sandboxes["web"] = SimpleNamespace(name="web", vni=256, mac=rec.mac, ip=rec.ip)
+
+    def vanished(node):
+        del ag.sandboxes["web"]
+        return ["endpoint web: its interface vanished; removed"]
+    monkeypatch.setattr(housekeeping, "vanished", vanished)
+    calls = []
+    monkeypatch.setattr(converge, "single", lambda ag_, fine: calls.append(fine))
+    try:
+        housekeeping.tick(ag)
+        assert calls == [{256: {("ep", "web"), ("mac", rec.mac), ("ip", rec.ip)}}]
+    finally:
+        ag.reg.close()

@@ -50,6 +50,17 @@ def whole(ag, vnis=None) -> None:
         log.info("VNI %d left the registry: no longer served", vni)
 
 
+def pending(ag) -> None:
+    """What the view noted since it was last asked (an event batch, a sandbox that went):
+    whole VNIs where a host or network changed, single keys in the rest."""
+    coarse, fine = ag.view.take_changes()
+    if coarse:
+        whole(ag, coarse)
+    fine = {v: keys for v, keys in fine.items() if v not in coarse}
+    if fine:
+        single(ag, fine)
+
+
 def _judged(view, eid: str, vnis) -> bool:
     """A whole reconcile of vnis judged endpoint eid again (or it is gone): its old verdict goes."""
     e = view.endpoints.get(eid)

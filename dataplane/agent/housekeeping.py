@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from dataplane.agent import local, pauses
+from dataplane.agent import converge, local, pauses
 from dataplane.core.errors import DataplaneError
 from dataplane.node import monitor, networks
 from dataplane.node.fdb import age_learned
@@ -57,12 +57,13 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     if not st:
         return steps
     with ag.lock:
-        had = dict(ag.node.require_up().endpoints)
-        for line in vanished(ag.node):           # first: their records go in this tick's orphans
-            log.warning("%s", line)
+        gone = vanished(ag.node)                 # first: their records go in this tick's orphans
+        for ep in gone:
+            log.warning("endpoint %s: its interface vanished; removed", ep.name)
             ag.counters["vanished"] += 1
-        for name in had.keys() - ag.node.require_up().endpoints.keys():
-            local.reconcile_gone(ag, had[name])  # a record another host holds gets its entries now
+            local.note_gone(ag, ep)              # a record another host holds gets its entries now
+        if gone:
+            converge.pending(ag)
         step("interfaces")
         if ag.synced.is_set() and ag.connected.is_set():
             sweep(ag)

@@ -77,7 +77,7 @@ def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     try:
         endpoints.remove(ag.node, name)
         local.pop(name, None)
-        reconcile_gone(ag, ep, batch=True)
+        note_gone(ag, ep)
         log.info("endpoint %s moved to %s: sandbox removed here", name, rec.host if rec else "(removed)")
     except DataplaneError as e:
         log.error("endpoint %s: %s", name, e)
@@ -92,24 +92,18 @@ def recheck(ag, eid: str) -> None:
     rec = ag.view.endpoints.get(eid)
     mine = ag.node.require_up().endpoints
     if eid in mine or (rec is not None and rec.host == ag.me):
-        had = mine.get(eid)
         endpoint_changed(ag, eid, rec, mine)
-        if had is not None and eid not in ag.node.require_up().endpoints:
-            reconcile_gone(ag, had)
+        converge.pending(ag)                        # outside a batch: what a removal noted, now
 
 
-def reconcile_gone(ag, ep, batch: bool = False) -> None:
-    """Under the agent's lock, a sandbox of ours (ep) just went: its MAC and address get the
-    entries the view now gives them (the host its record is on, if any), and the flood list
-    with them; at once, or (batch: inside an event batch) at the batch's end with what its
-    events touched. Before, an event that moved the endpoint away while an operation of ours
-    held it here was reconciled with the sandbox still here (a local MAC has no remote entry),
-    and nothing wrote the new host's entry after the sandbox went."""
-    keys = {("ep", ep.name), ("mac", ep.mac), ("ip", ep.ip)}
-    if batch:
-        ag.view.fine.setdefault(ep.vni, set()).update(keys)
-    else:
-        converge.single(ag, {ep.vni: keys})
+def note_gone(ag, ep) -> None:
+    """Under the agent's lock, a sandbox of ours (ep) just went: its MAC and address are noted
+    for reconciling (converge.pending, at the end of an event batch; callers outside one call
+    it themselves), so they get the entries the view now gives them (the host its record is on,
+    if any) and the flood list with them. Before, an event that moved the endpoint away while
+    an operation of ours held it here was reconciled with the sandbox still here (a local MAC
+    has no remote entry), and nothing wrote the new host's entry after the sandbox went."""
+    ag.view.fine.setdefault(ep.vni, set()).update({("ep", ep.name), ("mac", ep.mac), ("ip", ep.ip)})
 
 
 def _refuse_move(ag, name: str, rec, ep) -> None:
@@ -207,7 +201,8 @@ def settle_local_moves(ag) -> None:
                 with ag.lock:                       # (housekeeping may have seen its interface vanish)
                     if name in ag.node.require_up().endpoints:
                         endpoints.remove(ag.node, name)
-                        reconcile_gone(ag, ep)
+                        note_gone(ag, ep)
+                        converge.pending(ag)
                 log.warning("endpoint %s: its move here was left unfinished; taken back", name)
 
 

@@ -309,12 +309,7 @@ class Agent:
                 self.counters["events"] += 1
                 self.view.apply(ev, on_bad=self._bad_record, on_host_gone=lambda gone: self._host_gone(gone, mine),
                                 on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
-            coarse, fine = self.view.take_changes()
-            if coarse:
-                converge.whole(self, coarse)
-            fine = {v: keys for v, keys in fine.items() if v not in coarse}
-            if fine:
-                converge.single(self, fine)
+            converge.pending(self)
             if self._sync_at is not None and self.view.rev >= self._sync_at:
                 self._sync_at = None           # a view older than our registration has caught up with it
                 sync.finish(self, self.view.rev, warm=self._sync_warm)

@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 from types import SimpleNamespace
 
-from dataplane.agent import inflight, local
+from dataplane.agent import converge, inflight, local
 from dataplane.agent.inflight import working_on
 from dataplane.agent.ops import register_endpoint, register_then_create, serve
 from dataplane.core import model
@@ -176,7 +176,8 @@ class RuntimeOps:
                 out["registry"] = f"record left: it names host {rec.host}"
                 if here is not None:           # its entries were left out while the sandbox was here
                     with self.ag.lock:
-                        local.reconcile_gone(self.ag, here)
+                        local.note_gone(self.ag, here)
+                        converge.pending(self.ag)
                 return out
             if rec is not None:
                 lease = self.ag.leases.lease

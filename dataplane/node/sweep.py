@@ -44,19 +44,20 @@ def sweep(node: Node) -> list[str]:
         return done
 
 
-def vanished(node: Node) -> list[str]:
+def vanished(node: Node) -> list:
     """Endpoints whose host-side interface is gone (a runtime deleted the container's
     namespace without telling us): their entries would redirect to an interface that no
     longer exists, where the kernel drops frames without a counter we can read. Removed
-    here, on the agent's every tick, so that window is short and always logged."""
+    here, on the agent's every tick, so that window is short (the caller logs them):
+    returns the endpoints removed."""
     st = node.require_up()
     links = set(netlink.link_names(node.netns))
-    gone = [n for n, e in st.endpoints.items() if e.phase == "ready" and e.host_ifname not in links]
+    gone = [e for e in st.endpoints.values() if e.phase == "ready" and e.host_ifname not in links]
     out = []
-    for name in gone:
+    for ep in gone:
         try:
-            endpoints.remove(node, name)
-            out.append(f"endpoint {name}: its interface vanished; removed")
+            endpoints.remove(node, ep.name)
+            out.append(ep)
         except NotFound:
             pass                       # removed meanwhile
     return out

@@ -212,8 +212,7 @@ def test_a_sandbox_whose_interface_vanished_has_its_entries_reconciled(tmp_path,
     ag.sandboxes["web"] = SimpleNamespace(name="web", vni=256, mac=rec.mac, ip=rec.ip)
 
     def vanished(node):
-        del ag.sandboxes["web"]
-        return ["endpoint web: its interface vanished; removed"]
+        return [ag.sandboxes.pop("web")]
     monkeypatch.setattr(housekeeping, "vanished", vanished)
     calls = []
     monkeypatch.setattr(converge, "single", lambda ag_, fine: calls.append(fine))

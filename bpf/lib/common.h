@@ -22,7 +22,12 @@
 /* The 6.1 uapi headers bcc compiles against predate these; the 6.18 kernel has them. */
 #define DP_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 
-#define DP_CONSUMED 1000      /* frame handed on by clones; exit with TC_ACT_STOLEN, no drop */
+#define DP_CONSUMED 1000      /* frame handed on by clones or punted: no drop of ours is counted */
+/* ... and its tc verdict. The programs run at tcx (kernel/tcx.py), which knows only next,
+ * pass, drop and redirect: TC_ACT_STOLEN would be "next", and the host stack would get the
+ * frame too. So a consumed frame leaves as TC_ACT_SHOT (the kernel frees it as a tc drop;
+ * our counters do not count it as one). */
+#define DP_ACT_CONSUMED TC_ACT_SHOT
 #define DP_PASS DP_WIRE_NOT_OURS /* not ours: give it to the host stack untouched */
 
 struct arp_eth_ipv4 {

@@ -66,7 +66,7 @@ static __always_inline int tc_exit(struct __sk_buff *skb, __u32 slot, int ret)
 	if (ret == DP_PASS)
 		return TC_ACT_OK;
 	if (ret == DP_CONSUMED)
-		return TC_ACT_STOLEN;
+		return DP_ACT_CONSUMED;
 	if (ret < 0) {
 		count_drop(slot, -ret);
 		return TC_ACT_SHOT;
@@ -89,7 +89,7 @@ static __always_inline int tc_exit(struct __sk_buff *skb, __u32 slot, int ret)
 		return TC_ACT_SHOT;
 	}
 	if (ret == DP_CONSUMED)
-		ret = TC_ACT_STOLEN;
+		ret = DP_ACT_CONSUMED;
 	if (cfg && (mon & DP_CFG_MON_TRACE) &&
 	    (cfg->mon_sample <= 1 || bpf_get_prandom_u32() % cfg->mon_sample == 0))
 		monitor_emit(skb, cfg, DP_EVENT_TRACE, ret, slot);

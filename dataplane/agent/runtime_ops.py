@@ -18,7 +18,7 @@ from dataplane.agent.inflight import working_on
 from dataplane.agent.ops import register_endpoint, register_then_create, serve
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
-from dataplane.kernel import netlink
+from dataplane.kernel import netlink, tcx
 from dataplane.node import endpoints, networks
 from dataplane.registry.records import parse_mtu
 
@@ -207,7 +207,7 @@ class RuntimeOps:
         host_if = netlink.link_info(self.ag.node.netns, ep.host_ifname)
         if host_if["index"] != ep.ifindex:
             raise KernelError(f"interface {ep.host_ifname} was re-created (index {host_if['index']})")
-        if "from_endpoint" not in netlink.tc_filter_names(self.ag.node.netns, ep.ifindex):
+        if "from_endpoint" not in tcx.names(self.ag.node.netns, ep.ifindex):
             raise KernelError(f"the fast path is not attached to {ep.host_ifname}")
         if not endpoints.in_maps(self.ag.node, ep):
             raise KernelError(f"endpoint {id} is missing from the fast path's maps")

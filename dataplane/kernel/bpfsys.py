@@ -203,3 +203,52 @@ def delete(fd: int, key) -> bool:
 def next_key(fd: int, key, next_key_buf) -> bool:
     attr = _ElemAttr(map_fd=fd, key=_ptr(key) if key is not None else 0, value=_ptr(next_key_buf))
     return _call(MAP_GET_NEXT_KEY, attr, f"iterate map fd {fd}", ok=(errno.ENOENT,)) >= 0
+
+
+# Program attachment by interface (tcx, kernel 6.6+): struct bpf_attr's query and
+# attach/detach members, at their uapi offsets.
+PROG_ATTACH, PROG_DETACH, PROG_GET_FD_BY_ID, PROG_QUERY = 8, 9, 13, 16
+BPF_F_REPLACE = 1 << 2
+
+
+class _AttachAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("replace_bpf_fd", ctypes.c_uint32), ("relative_fd", ctypes.c_uint32),
+                ("expected_revision", ctypes.c_uint64)]
+
+
+class _QueryAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("count", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("prog_attach_flags", ctypes.c_uint64), ("link_ids", ctypes.c_uint64),
+                ("link_attach_flags", ctypes.c_uint64), ("revision", ctypes.c_uint64)]
+
+
+def prog_query(ifindex: int, attach_type: int, what: str, most: int = 64) -> list[int]:
+    """Ids of the programs attached at (ifindex, attach_type) in the calling thread's namespace."""
+    ids = (ctypes.c_uint32 * most)()
+    attr = _QueryAttr(target_ifindex=ifindex, attach_type=attach_type, prog_ids=_ptr(ids), count=most)
+    _call(PROG_QUERY, attr, what)
+    return list(ids[:min(attr.count, most)])
+
+
+def prog_attach(ifindex: int, attach_type: int, fd: int, what: str, replace_fd: int | None = None) -> None:
+    attr = _AttachAttr(target_ifindex=ifindex, attach_bpf_fd=fd, attach_type=attach_type)
+    if replace_fd is not None:
+        attr.attach_flags, attr.replace_bpf_fd = BPF_F_REPLACE, replace_fd
+    _call(PROG_ATTACH, attr, what)
+
+
+def prog_detach(ifindex: int, attach_type: int, fd: int, what: str) -> bool:
+    """False when that program was not attached there (or the interface is gone)."""
+    attr = _AttachAttr(target_ifindex=ifindex, attach_bpf_fd=fd, attach_type=attach_type)
+    return _call(PROG_DETACH, attr, what, ok=(errno.ENOENT, errno.ENODEV)) >= 0
+
+
+def prog_fd_by_id(prog_id: int) -> int | None:
+    """A new fd of program prog_id (the caller closes it), None if it is gone meanwhile."""
+    attr = _AttachAttr(target_ifindex=prog_id)      # prog_id is the first u32 of that member
+    ret = _call(PROG_GET_FD_BY_ID, attr, f"open program id {prog_id}", ok=(errno.ENOENT,))
+    return ret if ret >= 0 else None

@@ -13,7 +13,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import LocalEndpoint, NodeState
-from dataplane.kernel import gso, loader, netlink
+from dataplane.kernel import gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import fdb, networks
 from dataplane.node.base import Node, require_root
@@ -127,10 +127,10 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
 
 
 def attach_port(node: Node, ifindex: int) -> None:
-    """from_endpoint at tc ingress of a port (an endpoint's host side, or a gateway's)."""
+    """from_endpoint at the tcx ingress of a port (an endpoint's host side, or a gateway's)."""
     fd = loader.open_prog(node.pin_dir, "from_endpoint")
     try:
-        netlink.tc_attach(node.netns, ifindex, fd, "from_endpoint")
+        tcx.attach(node.netns, ifindex, fd, "from_endpoint")
     finally:
         os.close(fd)
 

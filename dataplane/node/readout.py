@@ -9,7 +9,7 @@ import time
 from dataplane.core import abi, model
 from dataplane.core.errors import DataplaneError
 from dataplane.core.keys import ip_str
-from dataplane.kernel import bpfsys, loader, netlink
+from dataplane.kernel import bpfsys, loader, netlink, tcx
 from dataplane.kernel.maps import SPECS
 from dataplane.node import networks
 from dataplane.node.base import Node
@@ -68,9 +68,9 @@ def programs(node: Node) -> list[dict]:
     """Each pinned program: id, when it was loaded, and where it is attached."""
     st = node.require_up()
     boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    uplink = netlink.tc_filter_names(node.netns, st.uplink.ifindex)
+    uplink = tcx.names(node.netns, st.uplink.ifindex)
     xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
-    on_endpoints = sum("from_endpoint" in netlink.tc_filter_names(node.netns, e.ifindex)
+    on_endpoints = sum("from_endpoint" in tcx.names(node.netns, e.ifindex)
                        for e in st.endpoints.values() if e.ifindex)
     rows = []
     for name in loader.TC_PROGRAMS + loader.XDP_PROGRAMS:
@@ -83,8 +83,8 @@ def programs(node: Node) -> list[dict]:
             info = bpfsys.prog_info(fd)
         finally:
             os.close(fd)
-        where = {"from_overlay": f"tc ingress {st.config.underlay}" if name in uplink else "not attached",
-                 "from_endpoint": f"tc ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
+        where = {"from_overlay": f"tcx ingress {st.config.underlay}" if name in uplink else "not attached",
+                 "from_endpoint": f"tcx ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
                  "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached",
                  "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,

@@ -10,7 +10,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import NodeConfig, NodeState, Uplink
-from dataplane.kernel import clock, gso, loader, netlink
+from dataplane.kernel import clock, gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import endpoints, gateway, networks, nexthops, peers
 from dataplane.node.base import Node, require_root
@@ -160,7 +160,8 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             for vni in vnis:
                 networks.serve(m, st, vni, (subnet or {}).get(vni), mtus.get(vni))
             # New programs go in by replacing the filters in place: no moment without one.
-            netlink.tc_attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
+            tcx.attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
+            tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)
@@ -169,7 +170,8 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
                 # our back) is left to the sweep that follows every up (node/sweep.py): failing
                 # here kept that sweep from ever running.
                 if ifindex and have.get(ifname) == ifindex:
-                    netlink.tc_attach(node.netns, ifindex, loaded.fds["from_endpoint"], "from_endpoint")
+                    tcx.attach(node.netns, ifindex, loaded.fds["from_endpoint"], "from_endpoint")
+                    tcx.drop_filter(node.netns, ifindex, "from_endpoint")
             if st.config.xdp_guard:
                 netlink.xdp_attach(node.netns, st.uplink.ifindex, loaded.fds["xdp_guard"])
             for vni in vnis:
@@ -276,10 +278,9 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
     ifx = st.uplink.ifindex
     if ifx and (not node.netns or netlink.ns_exists(node.netns)):
         try:
-            netlink.tc_detach(node.netns, ifx)
+            tcx.detach(node.netns, ifx, "from_overlay")
+            tcx.drop_filter(node.netns, ifx, "from_overlay")   # an older version's
             netlink.xdp_detach(node.netns, ifx)
-            if not netlink.tc_filter_names(node.netns, ifx):
-                netlink.clsact_delete(node.netns, ifx)
             # the underlay removed or renamed since: its setting went with it, nothing to restore
             if st.restore_forwarding is not None and \
                     netlink.link_index(node.netns, st.config.underlay) == ifx:

@@ -8,7 +8,7 @@ import pytest
 
 from dataplane.kernel.ringbuf import RingReader
 from tests import packets as P
-from tests.bpf.conftest import EP_IFINDEX, EP_IP, EP_MAC, TC_ACT_SHOT, TC_ACT_STOLEN, VNI
+from tests.bpf.conftest import EP_IFINDEX, EP_IP, EP_MAC, TC_ACT_SHOT, VNI
 
 UNKNOWN_MAC, UNKNOWN_IP = "02:42:0a:01:00:63", "10.1.0.99"
 
@@ -37,7 +37,9 @@ def test_unicast_to_unknown_mac_is_punted_whole(hx, ring):
     frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"q" * 300))
     before = hx.stats(VNI)
     ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
-    assert ret == TC_ACT_STOLEN, "the agent owns the frame now: not flooded, not a drop"
+    # Consumed: the agent owns the frame now. At tcx that verdict is a drop (STOLEN would
+    # hand the frame on to the host stack too); the counters below tell it from one of ours.
+    assert ret == TC_ACT_SHOT
     recs = ring.read(1)
     assert len(recs) == 1
     p, got = parse(hx, recs[0])
@@ -51,7 +53,7 @@ def test_unicast_to_unknown_mac_is_punted_whole(hx, ring):
 def test_arp_for_unknown_address_is_punted(hx, ring):
     frame = bytes(P.arp_request(EP_MAC, EP_IP, UNKNOWN_IP))
     ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
-    assert ret == TC_ACT_STOLEN
+    assert ret == TC_ACT_SHOT
     p, got = parse(hx, ring.read(1)[0])
     assert p.reason == reason(hx, "DP_PUNT_ARP_MISS") and got == frame
 
@@ -74,13 +76,15 @@ def test_full_ring_falls_back_to_flooding(hx, ring):
     fits = hx.abi.constants["DP_PUNT_RING_BYTES"] // size
     before = hx.stats(VNI)
     for _ in range(fits):
-        assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_STOLEN
+        assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
+    assert hx.stats(VNI)["punted"] == before["punted"] + fits
     ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
     assert ret == TC_ACT_SHOT, "nobody drains the ring: flood (to nobody here) instead of losing it silently"
     after = hx.stats(VNI)
     assert after["punt_fallback"] == before["punt_fallback"] + 1
     assert len(ring.read(0, limit=10**6)) == fits
-    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_STOLEN, "drained: punting again"
+    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_SHOT
+    assert hx.stats(VNI)["punted"] == after["punted"] + 1, "drained: punting again"
 
 
 def test_oversized_frame_is_not_punted(hx, ring):
@@ -97,9 +101,9 @@ def test_a_lapsed_heartbeat_means_no_agent(hx, ring):
     frame = bytes(P.inner_ipv4(EP_MAC, UNKNOWN_MAC, EP_IP, UNKNOWN_IP, b"q" * 30))
     hx.maps.dp_agent.put(ctypes.c_uint32(0), hx.S["dp_agent"](punt_until_ns=time.monotonic_ns() - 10**9))  # past even for the coarse clock
     before = hx.stats(VNI)
-    ret, _ = hx.run_tc("from_endpoint", frame, EP_IFINDEX)
-    assert ret != TC_ACT_STOLEN
+    hx.run_tc("from_endpoint", frame, EP_IFINDEX)
     assert ring.read(0) == []
     assert hx.stats(VNI)["punted"] == before["punted"]
     hx.maps.dp_agent.put(ctypes.c_uint32(0), hx.S["dp_agent"](punt_until_ns=time.monotonic_ns() + 10**9))
-    assert hx.run_tc("from_endpoint", frame, EP_IFINDEX)[0] == TC_ACT_STOLEN, "a fresh heartbeat: punted"
+    hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+    assert hx.stats(VNI)["punted"] == before["punted"] + 1, "a fresh heartbeat: punted"

@@ -544,12 +544,12 @@ def test_up_after_a_crash_mid_creation_repairs_instead_of_failing(info):
             dp("--netns", "dpl-h1", "endpoint", "rm", e, check=False)
 
 
-def _filter_prog_id(ns: str, ifname: str) -> str:
-    import re
-    import subprocess
-    out = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", ifname, "ingress"],
-                         capture_output=True, text=True, check=True).stdout
-    return re.search(r" id (\d+)", out).group(1)
+def _filter_prog_id(ns: str, ifname: str) -> int:
+    """The one program at ifname's tcx ingress."""
+    from dataplane.kernel import bpfsys, netlink, tcx
+    ids = netlink.call_in_netns(ns, bpfsys.prog_query, netlink.link_index(ns, ifname), tcx.TCX_INGRESS, "query")
+    assert len(ids) == 1, ids
+    return ids[0]
 
 
 def test_an_endpoint_add_waiting_to_write_holds_up_nothing_else(info):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dataplane.kernel import gso as linkgso, loader as fastpath, netlink
+from dataplane.kernel import gso as linkgso, loader as fastpath, netlink, tcx
 from dataplane.core import state
 from dataplane.node import Node
 from tests.conftest import require_privileges
@@ -41,6 +41,7 @@ def host():
 def nothing_created(ns=NS):
     assert not os.path.exists(os.path.join(fastpath.PIN_ROOT, ns)), "pins left"
     assert state.load(ns) is None, "state left"
+    assert tcx.names(ns, netlink.link_index(ns, "ul0")) == [], "program left"
     assert netlink.tc_filter_names(ns, netlink.link_index(ns, "ul0")) == [], "filter left"
 
 
@@ -94,7 +95,7 @@ def test_up_and_down_are_idempotent(host):
     first = dp_json("--netns", host, "stats")
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [s["vni"] for s in first] == [0, 256]
-    assert netlink.tc_filter_names(host, netlink.link_index(host, "ul0")) == ["from_overlay"]
+    assert tcx.names(host, netlink.link_index(host, "ul0")) == ["from_overlay"]
     assert dp("--netns", host, "down").stdout.startswith("down: node removed")
     assert dp("--netns", host, "down").stdout.startswith("down: nothing was up")
     nothing_created()
@@ -167,14 +168,14 @@ def test_up_restore_brings_a_rebooted_node_back_and_down_forgets_it(host):
     assert r.returncode == 2 and "--vni" in r.stderr, "--restore takes the saved configuration alone"
     # A reboot: pins, the uplink's filters and /run are gone; /var/lib is not.
     shutil.rmtree(os.path.join(fastpath.PIN_ROOT, host))
-    netlink.clsact_delete(host, netlink.link_index(host, "ul0"))
+    tcx.detach(host, netlink.link_index(host, "ul0"), "from_overlay")
     shutil.rmtree(state.node_dir(host))
     back = dp_json("--netns", host, "up", "--restore")
     assert [n["vni"] for n in back["networks"]] == [256, 257] and back["vtep"] == "198.18.1.1"
     peers = {(p["vni"], p["peer"]) for p in dp_json("--netns", host, "peer", "list")}
     assert peers == {(256, "198.18.1.2"), (257, "198.18.1.2"), (257, "198.18.1.9")}
     assert Node(host).state().config.fdb_age_s == 120
-    assert "from_overlay" in netlink.tc_filter_names(host, netlink.link_index(host, "ul0"))
+    assert "from_overlay" in tcx.names(host, netlink.link_index(host, "ul0"))
     dp("--netns", host, "down")
     r = dp("--netns", host, "up", "--restore", check=False)
     assert r.returncode == 3 and "nothing to restore" in r.stderr

@@ -5,7 +5,7 @@ and sandboxes keep talking afterwards."""
 import pytest
 
 from lab import topology as lab
-from dataplane.kernel import netlink
+from dataplane.kernel import netlink, tcx
 from lab.traffic import ping, tcp_transfer
 from tests.integration.conftest import in_ns, make_lab, sandbox, stats
 
@@ -61,7 +61,7 @@ def test_barrage_is_dropped_counted_and_harmless(info):
     # Still forwarding, both ways, and still attached.
     assert ping(a["name"], b["ip"])[0] == 3
     assert tcp_transfer(a["name"], b["name"], a["ip"], 1 << 20) == 1 << 20
-    assert "from_overlay" in netlink.tc_filter_names("dpl-h1", netlink.link_index("dpl-h1", "ul0"))
+    assert "from_overlay" in tcx.names("dpl-h1", netlink.link_index("dpl-h1", "ul0"))
     assert netlink.xdp_attached("dpl-h1", netlink.link_index("dpl-h1", "ul0")), "the guard is still attached"
 
 

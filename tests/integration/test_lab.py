@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lab import capture, topology as lab
-from dataplane.kernel import netlink
+from dataplane.kernel import netlink, tcx
 from lab.traffic import ping, tcp_transfer
 from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, stats
 
@@ -208,7 +208,7 @@ def test_second_up_replaces_programs_without_loss(info):
     dp("--netns", "dpl-h1", "up", "--vni", "256", "--underlay", "ul0")
     t.join()
     assert " 300 received" in result["out"], result["out"][-300:]
-    assert "from_overlay" in netlink.tc_filter_names("dpl-h1", netlink.link_index("dpl-h1", "ul0"))
+    assert "from_overlay" in tcx.names("dpl-h1", netlink.link_index("dpl-h1", "ul0"))
 
 
 def test_endpoint_add_and_rm_on_a_live_host(info):

@@ -318,8 +318,8 @@ def test_status_is_the_node_at_a_glance(info):
     from tests.integration.conftest import dp, dp_json
     out = dp_json("--netns", "dpl-h1", "status")
     progs = {p["program"]: p for p in out["programs"]}
-    assert progs["from_overlay"]["attached"] == f"tc ingress {lab.UPLINK}" and progs["from_overlay"]["loaded"]
-    assert progs["from_endpoint"]["attached"] == "tc ingress, 1/1 endpoints"
+    assert progs["from_overlay"]["attached"] == f"tcx ingress {lab.UPLINK}" and progs["from_overlay"]["loaded"]
+    assert progs["from_endpoint"]["attached"] == "tcx ingress, 1/1 endpoints"
     assert progs["flood_remote_vteps"]["attached"] == "tail call"
     assert progs["dp_clock"]["attached"] == "test runs (clock)"
     import ctypes

@@ -21,7 +21,7 @@ import tempfile
 import pytest
 
 from dataplane.agent import client, process
-from dataplane.kernel import netlink
+from dataplane.kernel import netlink, tcx
 from lab import topology as lab
 from tests.integration.conftest import make_lab, wait_for
 from tests.runtimes import IMAGE, running_engines
@@ -59,7 +59,7 @@ def crash_host(ns: str, engine) -> None:
     for name in netlink.link_names(ns):
         if name.startswith("dp"):
             netlink.link_delete(ns, name)
-    netlink.clsact_delete(ns, netlink.link_index(ns, lab.UPLINK))
+    tcx.detach(ns, netlink.link_index(ns, lab.UPLINK), "from_overlay")
     shutil.rmtree(f"/run/dataplane/{ns}")
 
 
@@ -82,7 +82,7 @@ def test_a_rebooted_host_comes_back_with_its_docker_networks(info, engines):
         driver_unit = unit_commands(units, f"dataplane-{H1}-docker.service")
 
         crash_host(H1, e1)
-        assert not netlink.tc_filter_names(H1, netlink.link_index(H1, lab.UPLINK)), "the fast path is gone"
+        assert not tcx.names(H1, netlink.link_index(H1, lab.UPLINK)), "the fast path is gone"
 
         # systemd at boot: ExecStartPre, then ExecStart with NOTIFY_SOCKET (Type=notify).
         r = subprocess.run(node_unit["ExecStartPre"], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from dataplane.kernel import netlink
+from dataplane.kernel import netlink, tcx
 from lab import topology as lab
 from lab.traffic import ping
 from tests.integration.conftest import make_lab, sandbox
@@ -36,7 +36,7 @@ def reboot(ns: str, sandbox_ns: str) -> None:
     for name in netlink.link_names(ns):
         if name.startswith("dp"):
             netlink.link_delete(ns, name)
-    netlink.clsact_delete(ns, netlink.link_index(ns, lab.UPLINK))
+    tcx.detach(ns, netlink.link_index(ns, lab.UPLINK), "from_overlay")
     shutil.rmtree(f"/run/dataplane/{ns}")
     netlink.ns_delete(sandbox_ns)
 
@@ -51,10 +51,10 @@ def test_a_node_without_a_registry_comes_back_from_its_unit(info):
         start = unit_commands(units, f"dataplane-{H1}.service")["ExecStart"]
 
         reboot(H1, old["netns"])
-        assert not netlink.tc_filter_names(H1, netlink.link_index(H1, lab.UPLINK)), "the fast path is gone"
+        assert not tcx.names(H1, netlink.link_index(H1, lab.UPLINK)), "the fast path is gone"
         r = subprocess.run(start, capture_output=True, text=True, timeout=120)      # systemd at boot
         assert r.returncode == 0, r.stderr
-        assert "from_overlay" in netlink.tc_filter_names(H1, netlink.link_index(H1, lab.UPLINK))
+        assert "from_overlay" in tcx.names(H1, netlink.link_index(H1, lab.UPLINK))
 
         # A sandbox made after the boot reaches the other host's: VNI, subnet and peers came back.
         r = dp("endpoint", "add", name, "--vni", "256", "--ip", lab.sandbox_ip(256, 1, 9))

@@ -1,0 +1,98 @@
+"""The fast path at tcx (dataplane/kernel/tcx.py): the verdicts it means there,
+attachment in place, and the cls_bpf filter of an older version removed at `up`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dataplane.kernel import bpfsys, loader, netlink, tcx
+from dataplane.node import Node
+from tests.integration.conftest import dp, in_ns, make_lab, sandbox, stats
+
+BROADCASTS = 20
+SEND = r"""
+import sys
+from scapy.all import Ether, IP, UDP, Raw, sendp
+mac, ip, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sendp([Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src=ip, dst="255.255.255.255") / UDP(dport=9) / Raw(b"b")] * n,
+      iface="eth0", verbose=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], registry="none")
+
+
+def ip_in_receives(ns: str) -> int:
+    """IPv4 datagrams the namespace's stack took in (/proc/net/snmp, Ip: InReceives)."""
+    rows = [l.split() for l in netlink.ns_exec(ns, ["cat", "/proc/net/snmp"], capture_output=True, text=True,
+                                                 check=True).stdout.splitlines() if l.startswith("Ip:")]
+    return int(rows[1][rows[0].index("InReceives")])
+
+
+def ids(ns: str, ifindex: int) -> list[int]:
+    return netlink.call_in_netns(ns, bpfsys.prog_query, ifindex, tcx.TCX_INGRESS, "query")
+
+
+def test_a_flooded_frame_is_consumed_and_the_host_stack_never_sees_it(info):
+    """A broadcast is flooded by clones and the frame itself consumed. tcx knows only
+    next, pass, drop and redirect: the TC_ACT_STOLEN a cls_bpf filter returned means
+    "next" there, and the host namespace's stack took every flooded frame in too."""
+    sb = sandbox(info, "h1", 256)
+    flooded, received = stats("dpl-h1", 256)["flooded"], ip_in_receives("dpl-h1")
+    r = in_ns(sb["netns"], SEND, sb["mac"], sb["ip"], BROADCASTS)
+    assert r.returncode == 0, r.stderr
+    assert stats("dpl-h1", 256)["flooded"] >= flooded + BROADCASTS
+    assert ip_in_receives("dpl-h1") - received < BROADCASTS, "the host stack got the flooded frames"
+
+
+def test_attaching_replaces_ours_in_place_and_is_idempotent(info):
+    """One from_overlay at the uplink however often it is attached; a new program takes
+    the old one's place (BPF_F_REPLACE), another program there is left alone."""
+    ns, ifx = "dpl-h1", netlink.link_index("dpl-h1", "ul0")
+    node = Node(ns)
+    before = ids(ns, ifx)
+    assert len(before) == 1
+    fd = loader.open_prog(node.require_up().pin_dir, "from_overlay")
+    try:
+        tcx.attach(ns, ifx, fd, "from_overlay")
+        assert ids(ns, ifx) == before, "attaching the program that is there changed nothing"
+        dp("--netns", ns, "up", "--vni", "256")           # reloads: a new program
+        after = ids(ns, ifx)
+        assert len(after) == 1 and after != before and tcx.names(ns, ifx) == ["from_overlay"]
+        # someone else's program (ours under another name stands in) stays where it is
+        other = loader.open_prog(node.require_up().pin_dir, "from_endpoint")
+        try:
+            tcx.attach(ns, ifx, other, "from_endpoint")
+            dp("--netns", ns, "up", "--vni", "256")
+            assert sorted(tcx.names(ns, ifx)) == ["from_endpoint", "from_overlay"]
+            tcx.detach(ns, ifx, "from_endpoint")
+            assert tcx.names(ns, ifx) == ["from_overlay"]
+        finally:
+            os.close(other)
+    finally:
+        os.close(fd)
+    assert sb_ping(info)
+
+
+def test_up_removes_the_filter_an_older_version_attached(info):
+    """A node brought up by a version that attached cls_bpf filters: the next `up`
+    leaves only the tcx program (the filter would never run again, but would be listed)."""
+    ns, ifx = "dpl-h2", netlink.link_index("dpl-h2", "ul0")
+    fd = loader.open_prog(Node(ns).require_up().pin_dir, "from_overlay")
+    try:
+        netlink.tc_attach(ns, ifx, fd, "from_overlay")
+    finally:
+        os.close(fd)
+    assert netlink.tc_filter_names(ns, ifx) == ["from_overlay"]
+    dp("--netns", ns, "up", "--vni", "256")
+    assert netlink.tc_filter_names(ns, ifx) == [] and tcx.names(ns, ifx) == ["from_overlay"]
+    assert sb_ping(info)
+
+
+def sb_ping(info) -> bool:
+    from lab.traffic import ping
+    return ping(sandbox(info, "h1", 256)["name"], sandbox(info, "h2", 256)["ip"], count=2)[0] == 2

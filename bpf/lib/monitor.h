@@ -88,12 +88,12 @@ static __always_inline int tc_exit(struct __sk_buff *skb, __u32 slot, int ret)
 			monitor_emit(skb, cfg, DP_EVENT_DROP, -ret, slot);
 		return TC_ACT_SHOT;
 	}
-	if (ret == DP_CONSUMED)
-		ret = DP_ACT_CONSUMED;
+	/* A consumed frame's event says so (TC_ACT_STOLEN's code, `monitor`'s "consumed"),
+	 * though its verdict at tcx is a drop (DP_ACT_CONSUMED). */
 	if (cfg && (mon & DP_CFG_MON_TRACE) &&
 	    (cfg->mon_sample <= 1 || bpf_get_prandom_u32() % cfg->mon_sample == 0))
-		monitor_emit(skb, cfg, DP_EVENT_TRACE, ret, slot);
-	return ret;
+		monitor_emit(skb, cfg, DP_EVENT_TRACE, ret == DP_CONSUMED ? TC_ACT_STOLEN : ret, slot);
+	return ret == DP_CONSUMED ? DP_ACT_CONSUMED : ret;
 }
 #endif
 

@@ -114,7 +114,7 @@ class Collector:
                               "(xdp_guard: only on nodes with --xdp-guard)", labels=["program"])
         try:
             st = self.ag.node.require_up()
-            on_uplink = tcx.names(self.ag.node.netns, st.uplink.ifindex)
+            on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
                 g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))

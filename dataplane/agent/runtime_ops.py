@@ -207,7 +207,7 @@ class RuntimeOps:
         host_if = netlink.link_info(self.ag.node.netns, ep.host_ifname)
         if host_if["index"] != ep.ifindex:
             raise KernelError(f"interface {ep.host_ifname} was re-created (index {host_if['index']})")
-        if "from_endpoint" not in tcx.names(self.ag.node.netns, ep.ifindex):
+        if "from_endpoint" not in tcx.attached(self.ag.node.netns, ep.ifindex):
             raise KernelError(f"the fast path is not attached to {ep.host_ifname}")
         if not endpoints.in_maps(self.ag.node, ep):
             raise KernelError(f"endpoint {id} is missing from the fast path's maps")

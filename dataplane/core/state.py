@@ -117,6 +117,10 @@ class NodeState:
     lease_ttl: int | None = None
     restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
     gateways: dict[int, Gateway] = field(default_factory=dict)          # vni -> its way out (egress)
+    # How `up` attached the programs: "tcx", or "tc" (a cls_bpf filter) on a node an older version
+    # brought up, whose pinned programs still end a consumed frame with TC_ACT_STOLEN: a new
+    # agent attaching those at tcx would hand such frames to the host stack (kernel/tcx.py).
+    hook: str = "tc"
 
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
         """The VNI's endpoints that exist in full (not those being created)."""
@@ -135,7 +139,7 @@ class NodeState:
             flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
             restore_forwarding=d.get("restore_forwarding"),
-            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()})
+            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()}, hook=d.get("hook", "tc"))
 
 
 def node_dir(node: str) -> str:

@@ -23,17 +23,30 @@ from dataplane.kernel import bpfsys, netlink, netns
 TCX_INGRESS = 46     # enum bpf_attach_type
 
 
+def _query(ifindex: int) -> list[int]:
+    try:
+        return bpfsys.prog_query(ifindex, TCX_INGRESS, f"list tcx programs of ifindex {ifindex}")
+    except KernelError as e:
+        if f"errno {errno.EINVAL}" in str(e):
+            raise KernelError(f"{e}: this kernel has no tcx (Linux 6.6 or later is needed)") from None
+        raise
+
+
 def _ours(ifindex: int, name: str) -> list[int]:
     """fds of the programs called name at ifindex's tcx ingress; the caller closes them."""
     fds = []
-    for pid in bpfsys.prog_query(ifindex, TCX_INGRESS, f"list tcx programs of ifindex {ifindex}"):
-        fd = bpfsys.prog_fd_by_id(pid)
-        if fd is None:
-            continue
-        if bpfsys.prog_info(fd)["name"] == name:
+    try:
+        for pid in _query(ifindex):
+            fd = bpfsys.prog_fd_by_id(pid)
+            if fd is None:
+                continue
             fds.append(fd)
-        else:
+            if bpfsys.prog_info(fd)["name"] != name:
+                os.close(fds.pop())
+    except BaseException:
+        for fd in fds:
             os.close(fd)
+        raise
     return fds
 
 
@@ -56,16 +69,18 @@ def _attach(ifindex: int, fd: int, name: str) -> None:
 
 
 def _detach(ifindex: int, name: str) -> None:
-    for fd in _ours(ifindex, name):
-        try:
+    fds = _ours(ifindex, name)
+    try:
+        for fd in fds:
             bpfsys.prog_detach(ifindex, TCX_INGRESS, fd, f"detach {name} from ifindex {ifindex}")
-        finally:
+    finally:
+        for fd in fds:
             os.close(fd)
 
 
 def _names(ifindex: int) -> list[str]:
     out = []
-    for pid in bpfsys.prog_query(ifindex, TCX_INGRESS, f"list tcx programs of ifindex {ifindex}"):
+    for pid in _query(ifindex):
         fd = bpfsys.prog_fd_by_id(pid)
         if fd is not None:
             try:
@@ -95,6 +110,12 @@ def detach(ns: str | None, ifindex: int, name: str) -> None:
     except KernelError as e:
         if f"errno {errno.ENODEV}" not in str(e):
             raise
+
+
+def attached(ns: str | None, ifindex: int) -> list[str]:
+    """Names of ours at ifindex's ingress either way: tcx, or a cls_bpf filter on a node an older
+    version brought up and no `up` has reloaded since (state.NodeState.hook)."""
+    return names(ns, ifindex) + netlink.tc_filter_names(ns, ifindex)
 
 
 def names(ns: str | None, ifindex: int) -> list[str]:

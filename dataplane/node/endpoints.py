@@ -123,14 +123,18 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
     # path carries them whole, and a larger limit would only make the uplink segment.
     gso.set_veth(st.uplink.gso_max, (node.netns, ep.host_ifname), inner)
     write_entries(m, st, ep)
-    attach_port(node, ep.ifindex)
+    attach_port(node, st, ep.ifindex)
 
 
-def attach_port(node: Node, ifindex: int) -> None:
-    """from_endpoint at the tcx ingress of a port (an endpoint's host side, or a gateway's)."""
+def attach_port(node: Node, st: NodeState, ifindex: int) -> None:
+    """from_endpoint at the ingress of a port (an endpoint's host side, or a gateway's): at tcx,
+    or as a cls_bpf filter while the programs pinned are an older version's (st.hook)."""
     fd = loader.open_prog(node.pin_dir, "from_endpoint")
     try:
-        tcx.attach(node.netns, ifindex, fd, "from_endpoint")
+        if st.hook == "tcx":
+            tcx.attach(node.netns, ifindex, fd, "from_endpoint")
+        else:
+            netlink.tc_attach(node.netns, ifindex, fd, "from_endpoint")
     finally:
         os.close(fd)
 

@@ -93,7 +93,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.forwarding", "1")
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
-    endpoints.attach_port(node, gw.ifindex)
+    endpoints.attach_port(node, st, gw.ifindex)
     _ensure_rules(ns, gw)
 
 

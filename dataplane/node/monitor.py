@@ -28,7 +28,7 @@ _P = _A.enums["dp_punt_reason"]
 TYPES = {"drop": int(_F.DP_CFG_MON_DROP), "punt": int(_F.DP_CFG_MON_PUNT), "trace": int(_F.DP_CFG_MON_TRACE)}
 MASK = sum(TYPES.values())
 _NAMES = {int(_E.DP_EVENT_DROP): "drop", int(_E.DP_EVENT_PUNT): "punt", int(_E.DP_EVENT_TRACE): "trace"}
-_TC = {0: "pass", 2: "shot", 4: "stolen", 7: "redirect"}
+_TC = {0: "pass", 2: "shot", 4: "consumed", 7: "redirect"}   # 4: flooded by clones or punted (monitor.h)
 LOCK = "monitor.lock"
 
 

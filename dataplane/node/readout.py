@@ -68,9 +68,9 @@ def programs(node: Node) -> list[dict]:
     """Each pinned program: id, when it was loaded, and where it is attached."""
     st = node.require_up()
     boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    uplink = tcx.names(node.netns, st.uplink.ifindex)
+    uplink = tcx.attached(node.netns, st.uplink.ifindex)
     xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
-    on_endpoints = sum("from_endpoint" in tcx.names(node.netns, e.ifindex)
+    on_endpoints = sum("from_endpoint" in tcx.attached(node.netns, e.ifindex)
                        for e in st.endpoints.values() if e.ifindex)
     rows = []
     for name in loader.TC_PROGRAMS + loader.XDP_PROGRAMS:
@@ -83,8 +83,9 @@ def programs(node: Node) -> list[dict]:
             info = bpfsys.prog_info(fd)
         finally:
             os.close(fd)
-        where = {"from_overlay": f"tcx ingress {st.config.underlay}" if name in uplink else "not attached",
-                 "from_endpoint": f"tcx ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
+        hook = "tcx" if st.hook == "tcx" else "tc"
+        where = {"from_overlay": f"{hook} ingress {st.config.underlay}" if name in uplink else "not attached",
+                 "from_endpoint": f"{hook} ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
                  "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached",
                  "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,

@@ -162,6 +162,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             # New programs go in by replacing the filters in place: no moment without one.
             tcx.attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
             tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
+            st.hook = "tcx"          # the programs just loaded end consumed frames as tcx needs
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)

@@ -19,7 +19,7 @@ import pytest
 from dataplane.agent import client as api
 from dataplane.runtimes import cni
 from lab import topology as lab
-from dataplane.kernel import gso as linkgso, netlink
+from dataplane.kernel import gso as linkgso, netlink, tcx
 from dataplane.node import Node
 from tests.integration.conftest import make_lab
 from tests.runtimes import IMAGE, DockerLab, build_cnirun, require_runtimes
@@ -156,7 +156,7 @@ def test_check_reports_a_broken_attachment(rt):
     c3 = rt.container("c3")
     ok(rt.run(1, "add", c3, "ctr-3"))
     ep = local_cni(1)[0]
-    netlink.tc_detach(H[1], ep["ifindex"])           # someone removed the fast path from its veth
+    tcx.detach(H[1], ep["ifindex"], "from_endpoint")   # someone removed the fast path from its veth
     r = rt.run(1, "check", c3, "ctr-3")
     assert r.returncode and "fast path is not attached" in r.stderr, r.stderr
     ok(rt.run(1, "del", c3, "ctr-3"))

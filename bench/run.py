@@ -8,7 +8,8 @@ the modes taking turns run by run), 4-stream TCP, 64-byte packet rate
 with the C generator (csrc/gen.c: AF_PACKET sendmmsg in one sandbox, a
 counter in the other), whole-machine CPU time per packet during that run,
 latency p50/p99 (sockperf ping-pong, round trip), and whole-machine CPU time
-per Gbit with TCP paced at --paced-gbps (a load every mode sustains). CPU
+per Gbit with TCP paced at --paced-gbps (a load every mode sustains; --paced-repeats
+runs per round, the modes taking turns: one run swings by 10-15% here). CPU
 time is wall time x CPUs less the idle time of /proc/uptime, which the kernel
 counts at idle entry and exit: /proc/stat's tick samples alias with a paced
 sender (the same mode read 12 and 240 CPU-ms per Gbit in consecutive runs).
@@ -135,6 +136,15 @@ def latency_us(a: dict, b: dict, seconds: int = 3) -> tuple[float, float]:
     return pct[50.0], pct[99.0]
 
 
+def turns(order: tuple[str, ...], n: int, run) -> dict[str, list[float]]:
+    """n runs of run(mode) per mode, the modes taking turns run by run (order, then reversed)."""
+    out: dict[str, list[float]] = {m: [] for m in order}
+    for i in range(n):
+        for mode in (order if i % 2 == 0 else tuple(reversed(order))):
+            out[mode].append(run(mode))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/run")
     p.add_argument("--rounds", type=int, default=9,
@@ -147,14 +157,17 @@ def main(argv=None) -> int:
                    "depend on it: BBR paces, cubic does not)")
     p.add_argument("--paced-gbps", type=float, default=4.0,
                    help="TCP rate for the CPU-per-Gbit row, one every mode sustains (default: %(default)s)")
+    p.add_argument("--paced-repeats", type=int, default=3,
+                   help="paced runs per mode and round for the CPU-per-Gbit row, the modes taking turns run by "
+                        "run: a paced run's busy time swings by 10-15%% from run to run here")
     p.add_argument("--out", default="latest", help="results name: bench/results/NAME.{json,md,png}")
     p.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard on dataplane uplinks")
     p.add_argument("--gso-max-size", type=int, default=linkgso.BIG_TCP_SIZE,
                    help="IPv4 GSO limit (BIG TCP above 65536) of the routing and dataplane paths; the kernel "
                         "vxlan path stays at 65536, the most it carries")
     args = p.parse_args(argv)
-    if min(args.rounds, args.seconds, args.tcp_repeats) < 1:
-        p.error("--rounds, --seconds and --tcp-repeats must be at least 1")
+    if min(args.rounds, args.seconds, args.tcp_repeats, args.paced_repeats) < 1:
+        p.error("--rounds, --seconds, --tcp-repeats and --paced-repeats must be at least 1")
 
     lab.down()
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
@@ -168,23 +181,24 @@ def main(argv=None) -> int:
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
         for r in range(args.rounds):
             order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
-            single: dict[str, list[float]] = {m: [] for m in order}
-            for i in range(args.tcp_repeats):
-                for mode in (order if i % 2 == 0 else tuple(reversed(order))):
-                    single[mode].append(tcp(*pairs[mode], args.seconds, cc=args.cc))
+            single = turns(order, args.tcp_repeats, lambda m: tcp(*pairs[m], args.seconds, cc=args.cc))
+            got: dict[str, dict[str, float]] = {}
             for mode in order:
                 a, b = pairs[mode]
-                got = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
-                got["pps64"], got["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
-                got["lat_p50_us"], got["lat_p99_us"] = latency_us(a, b)
-                got["cpu_ms_per_gbit"] = cpu_per_gbit(a, b, args.seconds, args.paced_gbps)
+                g = got[mode] = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
+                g["pps64"], g["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
+                g["lat_p50_us"], g["lat_p99_us"] = latency_us(a, b)
+            paced = turns(order, args.paced_repeats, lambda m: cpu_per_gbit(*pairs[m], args.seconds, args.paced_gbps))
+            for mode in order:
+                g = got[mode]
                 samples[mode]["tcp_gbps"].extend(single[mode])
-                for k, v in got.items():
+                samples[mode]["cpu_ms_per_gbit"].extend(paced[mode])
+                for k, v in g.items():
                     samples[mode][k].append(v)
                 print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {'/'.join(f'{x:.2f}' for x in single[mode])} "
-                      f"(1 stream) {got['tcp4_gbps']:5.2f} (4) Gbit/s  64B {got['pps64'] / 1e3:6.0f} kpps "
-                      f"{got['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {got['lat_p50_us']:.1f}/{got['lat_p99_us']:.1f} us  "
-                      f"{got['cpu_ms_per_gbit']:.1f} CPU-ms/Gbit at {args.paced_gbps:g} Gbit/s",
+                      f"(1 stream) {g['tcp4_gbps']:5.2f} (4) Gbit/s  64B {g['pps64'] / 1e3:6.0f} kpps "
+                      f"{g['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {g['lat_p50_us']:.1f}/{g['lat_p99_us']:.1f} us  "
+                      f"{'/'.join(f'{x:.1f}' for x in paced[mode])} CPU-ms/Gbit at {args.paced_gbps:g} Gbit/s",
                       file=sys.stderr, flush=True)
     finally:
         lab.down()
@@ -268,9 +282,10 @@ def _gso_note(size: int) -> str:
 
 def table(res: dict) -> str:
     m, med, rat, ci = res["machine"], res["median"], res["ratios"], res.get("ratio_ci95")
-    reps = res["args"].get("tcp_repeats", 1)
+    reps, paced = res["args"].get("tcp_repeats", 1), res["args"].get("paced_repeats", 1)
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB; {m['date']}; "
-           f"medians of {res['args']['rounds']} alternating rounds ({reps} single-stream TCP runs per mode and round); "
+           f"medians of {res['args']['rounds']} alternating rounds ({reps} single-stream TCP runs and {paced} paced runs "
+           f"per mode and round); "
            f"ratios with their 95% bootstrap interval; 2 hosts as namespaces on veth + bridge underlays; "
            f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}; "
            f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}.", "",

@@ -51,3 +51,10 @@ def test_table_shows_each_ratio_with_its_interval():
 def test_bad_counts_are_refused():
     with pytest.raises(SystemExit):
         run.main(["--tcp-repeats", "0"])
+
+
+def test_modes_take_turns_run_by_run():
+    calls = []
+    got = run.turns(("a", "b", "c"), 3, lambda m: calls.append(m) or len(calls))
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert got == {"a": [1, 6, 7], "b": [2, 5, 8], "c": [3, 4, 9]}

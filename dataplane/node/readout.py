@@ -68,7 +68,8 @@ def programs(node: Node) -> list[dict]:
     """Each pinned program: id, when it was loaded, and where it is attached."""
     st = node.require_up()
     boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    uplink = tcx.attached(node.netns, st.uplink.ifindex)
+    at_tcx = tcx.names(node.netns, st.uplink.ifindex)
+    uplink = at_tcx + netlink.tc_filter_names(node.netns, st.uplink.ifindex)
     xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
     on_endpoints = sum("from_endpoint" in tcx.attached(node.netns, e.ifindex)
                        for e in st.endpoints.values() if e.ifindex)
@@ -83,7 +84,7 @@ def programs(node: Node) -> list[dict]:
             info = bpfsys.prog_info(fd)
         finally:
             os.close(fd)
-        hook = "tcx" if st.hook == "tcx" else "tc"
+        hook = "tcx" if "from_overlay" in at_tcx else "tc"      # what is there, not what state says
         where = {"from_overlay": f"{hook} ingress {st.config.underlay}" if name in uplink else "not attached",
                  "from_endpoint": f"{hook} ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
                  "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached",

@@ -49,8 +49,14 @@ def machine() -> dict:
             "tcp_cc_default": cc, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
-def tcp(a: dict, b: dict, seconds: int, streams: int = 1, cc: str | None = None) -> float:
-    res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-P", str(streams), *(["-C", cc] if cc else [])])
+def _aff(affinity: str | None) -> list[str]:
+    """iperf3's -A client,server: both ends on CPUs of the caller's choosing."""
+    return ["-A", affinity] if affinity else []
+
+
+def tcp(a: dict, b: dict, seconds: int, streams: int = 1, cc: str | None = None, affinity: str | None = None) -> float:
+    res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-P", str(streams), *(["-C", cc] if cc else []),
+                                                *_aff(affinity)])
     return res["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
@@ -91,11 +97,11 @@ class Busy:
         self.ns = max(0.0, (time.monotonic() - self.t0) * os.cpu_count() - (_idle_s() - self.i0)) * 1e9
 
 
-def cpu_per_gbit(a: dict, b: dict, seconds: int, rate_gbps: float) -> float:
+def cpu_per_gbit(a: dict, b: dict, seconds: int, rate_gbps: float, affinity: str | None = None) -> float:
     """Busy CPU ms of the whole machine per Gbit delivered, TCP paced at rate_gbps (a load
     every mode sustains, so the modes do the same work and only its cost differs)."""
     with Busy() as busy:
-        res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-b", f"{rate_gbps}G"])
+        res = iperf(b["name"], a["name"], b["ip"], ["-t", str(seconds), "-b", f"{rate_gbps}G", *_aff(affinity)])
     gbit = res["end"]["sum_received"]["bytes"] * 8 / 1e9
     return busy.ns / 1e6 / max(gbit, 1e-9)
 
@@ -160,6 +166,10 @@ def main(argv=None) -> int:
     p.add_argument("--paced-repeats", type=int, default=3,
                    help="paced runs per mode and round for the CPU-per-Gbit row, the modes taking turns run by "
                         "run: a paced run's busy time swings by 10-15%% from run to run here")
+    p.add_argument("--affinity", metavar="C,S",
+                   help="CPUs for the iperf3 client and server in every TCP run of every mode (iperf3 -A C,S): "
+                        "takes the scheduler's placement of sender and receiver, which makes routing's "
+                        "single-stream runs bimodal here, out of the TCP rows")
     p.add_argument("--out", default="latest", help="results name: bench/results/NAME.{json,md,png}")
     p.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard on dataplane uplinks")
     p.add_argument("--gso-max-size", type=int, default=linkgso.BIG_TCP_SIZE,
@@ -181,14 +191,16 @@ def main(argv=None) -> int:
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
         for r in range(args.rounds):
             order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
-            single = turns(order, args.tcp_repeats, lambda m: tcp(*pairs[m], args.seconds, cc=args.cc))
+            single = turns(order, args.tcp_repeats,
+                           lambda m: tcp(*pairs[m], args.seconds, cc=args.cc, affinity=args.affinity))
             got: dict[str, dict[str, float]] = {}
             for mode in order:
                 a, b = pairs[mode]
-                g = got[mode] = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc)}
+                g = got[mode] = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc, affinity=args.affinity)}
                 g["pps64"], g["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
                 g["lat_p50_us"], g["lat_p99_us"] = latency_us(a, b)
-            paced = turns(order, args.paced_repeats, lambda m: cpu_per_gbit(*pairs[m], args.seconds, args.paced_gbps))
+            paced = turns(order, args.paced_repeats,
+                          lambda m: cpu_per_gbit(*pairs[m], args.seconds, args.paced_gbps, args.affinity))
             for mode in order:
                 g = got[mode]
                 samples[mode]["tcp_gbps"].extend(single[mode])
@@ -288,7 +300,9 @@ def table(res: dict) -> str:
            f"per mode and round); "
            f"ratios with their 95% bootstrap interval; 2 hosts as namespaces on veth + bridge underlays; "
            f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}; "
-           f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}.", "",
+           f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}"
+           + (f"; iperf3 client and server on CPUs {res['args']['affinity']} in every mode (-A)"
+              if res["args"].get("affinity") else "") + ".", "",
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
     for k, name, fmt, scale in METRICS:

@@ -47,9 +47,14 @@ class TryAgain(DataplaneError):
 
 
 class KernelError(DataplaneError):
-    """A netlink or bpf() call failed; the message names the object and the errno."""
+    """A netlink or bpf() call failed; the message names the object and the errno, and
+    .errno holds it where the caller knew it."""
 
     exit_code = 7
+
+    def __init__(self, msg: str, errno: int | None = None):
+        super().__init__(msg)
+        self.errno = errno
 
 
 _BY_ERRNO = {errno.EACCES: NotPermitted, errno.EPERM: NotPermitted,   # EROFS and the rest: exit 1

@@ -33,7 +33,7 @@ def _call(cmd: int, attr: ctypes.Structure, what: str, ok=()) -> int:
         err = ctypes.get_errno()
         if err in ok:
             return -err
-        raise KernelError(f"{what}: {os.strerror(err)} (errno {err})")
+        raise KernelError(f"{what}: {os.strerror(err)} (errno {err})", errno=err)
     return ret
 
 

@@ -27,67 +27,62 @@ def _query(ifindex: int) -> list[int]:
     try:
         return bpfsys.prog_query(ifindex, TCX_INGRESS, f"list tcx programs of ifindex {ifindex}")
     except KernelError as e:
-        if f"errno {errno.EINVAL}" in str(e):
-            raise KernelError(f"{e}: this kernel has no tcx (Linux 6.6 or later is needed)") from None
+        if e.errno == errno.EINVAL:
+            raise KernelError(f"{e}: this kernel has no tcx (Linux 6.6 or later is needed)", errno=e.errno) from None
         raise
 
 
-def _ours(ifindex: int, name: str) -> list[int]:
-    """fds of the programs called name at ifindex's tcx ingress; the caller closes them."""
-    fds = []
+def _listed(ifindex: int) -> list[tuple[int, dict]]:
+    """(fd, bpfsys.prog_info) of each program at ifindex's tcx ingress; the caller closes the fds."""
+    out: list[tuple[int, dict]] = []
     try:
         for pid in _query(ifindex):
             fd = bpfsys.prog_fd_by_id(pid)
-            if fd is None:
-                continue
-            fds.append(fd)
-            if bpfsys.prog_info(fd)["name"] != name:
-                os.close(fds.pop())
+            if fd is not None:
+                out.append((fd, {}))             # listed first: a failing prog_info closes it too
+                out[-1] = (fd, bpfsys.prog_info(fd))
     except BaseException:
-        for fd in fds:
-            os.close(fd)
+        _close(out)
         raise
-    return fds
+    return out
+
+
+def _close(listed: list[tuple[int, dict]]) -> None:
+    for fd, _ in listed:
+        os.close(fd)
 
 
 def _attach(ifindex: int, fd: int, name: str) -> None:
     want = bpfsys.prog_info(fd)["id"]
-    old = _ours(ifindex, name)
+    listed = _listed(ifindex)
     try:
-        ids = [bpfsys.prog_info(o)["id"] for o in old]
-        if want in ids:
-            stale = [o for o, i in zip(old, ids) if i != want]
+        old = [(o, info["id"]) for o, info in listed if info["name"] == name]
+        if want in (i for _, i in old):
+            stale = [o for o, i in old if i != want]
         else:
             bpfsys.prog_attach(ifindex, TCX_INGRESS, fd, f"attach {name} to ifindex {ifindex} (tcx)",
-                               replace_fd=old[0] if old else None)
-            stale = old[1:]
+                               replace_fd=old[0][0] if old else None)
+            stale = [o for o, _ in old[1:]]
         for o in stale:
             bpfsys.prog_detach(ifindex, TCX_INGRESS, o, f"detach an old {name} from ifindex {ifindex}")
     finally:
-        for o in old:
-            os.close(o)
+        _close(listed)
 
 
 def _detach(ifindex: int, name: str) -> None:
-    fds = _ours(ifindex, name)
+    listed = _listed(ifindex)
     try:
-        for fd in fds:
-            bpfsys.prog_detach(ifindex, TCX_INGRESS, fd, f"detach {name} from ifindex {ifindex}")
+        for fd, info in listed:
+            if info["name"] == name:
+                bpfsys.prog_detach(ifindex, TCX_INGRESS, fd, f"detach {name} from ifindex {ifindex}")
     finally:
-        for fd in fds:
-            os.close(fd)
+        _close(listed)
 
 
 def _names(ifindex: int) -> list[str]:
-    out = []
-    for pid in _query(ifindex):
-        fd = bpfsys.prog_fd_by_id(pid)
-        if fd is not None:
-            try:
-                out.append(bpfsys.prog_info(fd)["name"])
-            finally:
-                os.close(fd)
-    return out
+    listed = _listed(ifindex)
+    _close(listed)
+    return [info["name"] for _, info in listed]
 
 
 def attach(ns: str | None, ifindex: int, prog_fd: int, name: str) -> None:
@@ -108,7 +103,7 @@ def detach(ns: str | None, ifindex: int, name: str) -> None:
     try:
         netns.call_in_netns(ns, _detach, ifindex, name)
     except KernelError as e:
-        if f"errno {errno.ENODEV}" not in str(e):
+        if e.errno != errno.ENODEV:
             raise
 
 
@@ -123,6 +118,11 @@ def names(ns: str | None, ifindex: int) -> list[str]:
     try:
         return netns.call_in_netns(ns, _names, ifindex)
     except KernelError as e:
-        if f"errno {errno.ENODEV}" in str(e):
+        if e.errno == errno.ENODEV:
             return []
         raise
+
+
+def ids(ns: str | None, ifindex: int) -> list[int]:
+    """Ids of the programs at ifindex's tcx ingress, in the order they run."""
+    return netns.call_in_netns(ns, _query, ifindex)

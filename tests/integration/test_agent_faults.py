@@ -546,8 +546,8 @@ def test_up_after_a_crash_mid_creation_repairs_instead_of_failing(info):
 
 def _filter_prog_id(ns: str, ifname: str) -> int:
     """The one program at ifname's tcx ingress."""
-    from dataplane.kernel import bpfsys, netlink, tcx
-    ids = netlink.call_in_netns(ns, bpfsys.prog_query, netlink.link_index(ns, ifname), tcx.TCX_INGRESS, "query")
+    from dataplane.kernel import netlink, tcx
+    ids = tcx.ids(ns, netlink.link_index(ns, ifname))
     assert len(ids) == 1, ids
     return ids[0]
 

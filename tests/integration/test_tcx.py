@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dataplane.kernel import bpfsys, loader, netlink, tcx
+from dataplane.kernel import loader, netlink, tcx
 from dataplane.node import Node
 from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, stats
 
@@ -33,10 +33,6 @@ def ip_in_receives(ns: str) -> int:
     return int(rows[1][rows[0].index("InReceives")])
 
 
-def ids(ns: str, ifindex: int) -> list[int]:
-    return netlink.call_in_netns(ns, bpfsys.prog_query, ifindex, tcx.TCX_INGRESS, "query")
-
-
 def test_a_flooded_frame_is_consumed_and_the_host_stack_never_sees_it(info):
     """A broadcast is flooded by clones and the frame itself consumed. tcx knows only
     next, pass, drop and redirect: the TC_ACT_STOLEN a cls_bpf filter returned means
@@ -54,14 +50,14 @@ def test_attaching_replaces_ours_in_place_and_is_idempotent(info):
     the old one's place (BPF_F_REPLACE), another program there is left alone."""
     ns, ifx = "dpl-h1", netlink.link_index("dpl-h1", "ul0")
     node = Node(ns)
-    before = ids(ns, ifx)
+    before = tcx.ids(ns, ifx)
     assert len(before) == 1
     fd = loader.open_prog(node.require_up().pin_dir, "from_overlay")
     try:
         tcx.attach(ns, ifx, fd, "from_overlay")
-        assert ids(ns, ifx) == before, "attaching the program that is there changed nothing"
+        assert tcx.ids(ns, ifx) == before, "attaching the program that is there changed nothing"
         dp("--netns", ns, "up", "--vni", "256")           # reloads: a new program
-        after = ids(ns, ifx)
+        after = tcx.ids(ns, ifx)
         assert len(after) == 1 and after != before and tcx.names(ns, ifx) == ["from_overlay"]
         # someone else's program (ours under another name stands in) stays where it is
         other = loader.open_prog(node.require_up().pin_dir, "from_endpoint")

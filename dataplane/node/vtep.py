@@ -159,10 +159,12 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             write_config(m, st)
             for vni in vnis:
                 networks.serve(m, st, vni, (subnet or {}).get(vni), mtus.get(vni))
-            # New programs go in by replacing the filters in place: no moment without one.
+            # New programs go in by replacing the old ones in place: no moment without one.
+            # Filters an older version attached can be there only while the state says "tc".
+            legacy, st.hook = st.hook != "tcx", "tcx"   # the programs just loaded end frames as tcx needs
             tcx.attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
-            tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
-            st.hook = "tcx"          # the programs just loaded end consumed frames as tcx needs
+            if legacy:
+                tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)
@@ -172,7 +174,8 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
                 # here kept that sweep from ever running.
                 if ifindex and have.get(ifname) == ifindex:
                     tcx.attach(node.netns, ifindex, loaded.fds["from_endpoint"], "from_endpoint")
-                    tcx.drop_filter(node.netns, ifindex, "from_endpoint")
+                    if legacy:
+                        tcx.drop_filter(node.netns, ifindex, "from_endpoint")
             if st.config.xdp_guard:
                 netlink.xdp_attach(node.netns, st.uplink.ifindex, loaded.fds["xdp_guard"])
             for vni in vnis:

@@ -14,6 +14,9 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # (/var/lib/dataplane): they share one file that the session removes.
 _REGISTRY_DIR = f"/run/dataplane-test-{os.getpid()}"
 os.environ["DATAPLANE_REGISTRY"] = f"sqlite://{_REGISTRY_DIR}/registry.db"
+# Nor its compiled-program cache (/var/cache/dataplane/bpf): the session keeps its own, so the
+# first load of a session compiles (tests/bpf's harness) and the labs' later ones use it.
+os.environ["DATAPLANE_BPF_CACHE"] = f"{_REGISTRY_DIR}/bpf-cache"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,8 +29,10 @@ def _host_state() -> set[str]:
     """Files under the host's own state roots, but the lab's (dpl-*: its own check, leftovers(),
     covers them, and a lab of another run may be writing there)."""
     from dataplane.core import state
-    out = {root for root in (state.RUN_ROOT, state.LIB_ROOT) if os.path.isdir(root)}    # even empty
-    for root in (state.RUN_ROOT, state.LIB_ROOT):
+    from dataplane.kernel import progcache
+    roots = (state.RUN_ROOT, state.LIB_ROOT, progcache.DEFAULT_DIR)
+    out = {root for root in roots if os.path.isdir(root)}    # even empty
+    for root in roots:
         for dirpath, dirs, files in os.walk(root):
             if dirpath == root:
                 dirs[:] = [d for d in dirs if not d.startswith("dpl-")]
@@ -38,8 +43,8 @@ def _host_state() -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_left_on_the_host():
-    """No test leaves a file under the host's own /run/dataplane or /var/lib/dataplane (one
-    did: a driver whose file paths were redirected by hand but one)."""
+    """No test leaves a file under the host's own /run/dataplane, /var/lib/dataplane or
+    compiled-program cache (one did: a driver whose file paths were redirected by hand but one)."""
     before = _host_state()
     yield
     left = _host_state() - before

@@ -92,8 +92,18 @@ def prog_info(fd: int) -> dict:
     raw = bytes(buf)
     u32 = lambda off: int.from_bytes(raw[off:off + 4], "little")  # noqa: E731
     u64 = lambda off: int.from_bytes(raw[off:off + 8], "little")  # noqa: E731
-    return {"id": u32(4), "load_time_ns": u64(40), "name": raw[64:80].split(b"\0")[0].decode(errors="replace"),
-            "run_time_ns": u64(192), "run_cnt": u64(200)}
+    return {"type": u32(0), "id": u32(4), "tag": raw[8:16].hex(), "load_time_ns": u64(40),
+            "name": raw[64:80].split(b"\0")[0].decode(errors="replace"), "run_time_ns": u64(192), "run_cnt": u64(200)}
+
+
+def prog_map_ids(fd: int, most: int = 64) -> list[int]:
+    """Ids of the maps a program uses (bpf_prog_info's nr_map_ids and map_ids)."""
+    ids = (ctypes.c_uint32 * most)()
+    buf = (ctypes.c_uint8 * 64)()
+    ctypes.c_uint32.from_buffer(buf, 52).value = most
+    ctypes.c_uint64.from_buffer(buf, 56).value = ctypes.addressof(ids)
+    _call(OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=64, info=ctypes.addressof(buf)), f"maps of fd {fd}")
+    return list(ids[:min(int.from_bytes(bytes(buf[52:56]), "little"), most)])
 
 
 @lru_cache(maxsize=1)
@@ -252,3 +262,49 @@ def prog_fd_by_id(prog_id: int) -> int | None:
     attr = _AttachAttr(target_ifindex=prog_id)      # prog_id is the first u32 of that member
     ret = _call(PROG_GET_FD_BY_ID, attr, f"open program id {prog_id}", ok=(errno.ENOENT,))
     return ret if ret >= 0 else None
+
+
+# Creating maps and loading programs without bcc: the compiled-program cache (progcache.py)
+# loads the instructions bcc produced before. struct bpf_attr's members at their uapi offsets.
+MAP_CREATE, PROG_LOAD = 0, 5
+OBJ_NAME_LEN = 16
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * OBJ_NAME_LEN),
+                ("pad", ctypes.c_uint8 * 68)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * OBJ_NAME_LEN), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 56)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int, name: str) -> int:
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
+                          map_flags=flags, map_name=name.encode()[:OBJ_NAME_LEN - 1])
+    return _call(MAP_CREATE, attr, f"create map {name}")
+
+
+def prog_load(prog_type: int, insns: bytes, license: str, kern_version: int, name: str) -> int:
+    """fd of a new program; a verifier refusal raises KernelError with the log's last lines."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
+                         license=ctypes.addressof(lic), kern_version=kern_version,
+                         prog_name=name.encode()[:OBJ_NAME_LEN - 1])
+    ret = _call(PROG_LOAD, attr, f"load program {name}", ok=(errno.EACCES, errno.EINVAL))
+    if ret >= 0:
+        return ret
+    log = ctypes.create_string_buffer(1 << 20)     # again, for the verifier's reasons
+    attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    ret = _call(PROG_LOAD, attr, f"load program {name}", ok=(errno.EACCES, errno.EINVAL, errno.ENOSPC))
+    if ret >= 0:
+        return ret
+    tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
+    raise KernelError(f"load program {name}: {os.strerror(-ret)}: {tail}", errno=-ret)

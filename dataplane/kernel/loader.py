@@ -16,8 +16,9 @@ import sys
 from dataplane.core import abi
 from dataplane.kernel import bpfsys
 from dataplane.kernel.bundle import bundle
-from dataplane.core.errors import NotPermitted, ToolchainError
-from dataplane.kernel.maps import SIZE_CONSTS, check_pinned_layout, new_generations
+from dataplane.core.errors import KernelError, NotPermitted, ToolchainError
+from dataplane.kernel import progcache
+from dataplane.kernel.maps import SIZE_CONSTS, SPECS, check_pinned_layout, new_generations
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/dataplane"
@@ -54,14 +55,19 @@ def _bcc():
 class Loaded:
     """Program fds of one load; keep it alive until they are attached and pinned."""
 
-    def __init__(self, bpf, fds: dict[str, int]):
-        self._bpf = bpf
+    def __init__(self, bpf, fds: dict[str, int], map_fds: tuple[int, ...] = ()):
+        self._bpf = bpf            # bcc's module (a compile), or None (loaded from progcache)
         self.fds = fds
+        self._map_fds = map_fds
 
     def close(self) -> None:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+        elif self.fds or self._map_fds:
+            for fd in (*self.fds.values(), *self._map_fds):
+                os.close(fd)
+        self.fds, self._map_fds = {}, ()
 
 
 def check_map_sizes(sizes: dict) -> None:
@@ -70,9 +76,15 @@ def check_map_sizes(sizes: dict) -> None:
         raise ToolchainError(f"unknown map size constants: {sorted(unknown)} (known: {', '.join(SIZE_CONSTS)})")
 
 
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"dataplane: {msg}", file=sys.stderr, flush=True)
+
+
 def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = False) -> Loaded:
-    """Compile bpf/, bind to (or create) the pinned maps in pin_dir, load every
-    program, fill the tail-call table and pin the programs (replacing old pins)."""
+    """Compile bpf/ (or take the programs compiled earlier from progcache), bind to (or
+    create) the pinned maps in pin_dir, load every program, fill the tail-call table and
+    pin the programs (replacing old pins)."""
     sizes = dict(map_sizes or {})
     check_map_sizes(sizes)
     ensure_bpffs()
@@ -83,10 +95,22 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     cflags += [f"-D{k}={int(v)}" for k, v in sorted(sizes.items())]
     # Benchmarks only (bench/monitor_cost.py): e.g. -DDP_NO_MONITOR. Only -D flags are taken.
     cflags += [f for f in os.environ.get("DP_BPF_CFLAGS", "").split() if f.startswith("-DDP_")]
-    if not quiet:
-        print("dataplane: compiling and loading the fast path (bcc)...", file=sys.stderr, flush=True)
+    source = bundle().encode()
+    # The pin directory is only where maps are opened: not part of what the code is.
+    key = progcache.key(source, [f for f in cflags if not f.startswith("-DDP_PIN_DIR=")],
+                        f"bcc {getattr(bcc, '__version__', '?')}")
+    entry = progcache.read(key)
+    if entry is not None:
+        try:
+            progs, maps = progcache.materialize(entry, pin_dir)
+        except (KernelError, progcache.Uncacheable, KeyError, TypeError, ValueError) as e:
+            _say(f"the fast path compiled earlier did not load ({e}); compiling it again", quiet)
+        else:
+            _say("loading the fast path (compiled earlier)...", quiet)
+            return _install(pin_dir, Loaded(None, progs, tuple(maps.values())))
+    _say("compiling and loading the fast path (bcc)...", quiet)
     try:
-        b = bcc.BPF(text=bundle().encode(), cflags=cflags)
+        b = bcc.BPF(text=source, cflags=cflags)
     except Exception as e:
         raise ToolchainError(f"compiling bpf/ failed: {e}") from None
     fds: dict[str, int] = {}
@@ -95,9 +119,44 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
             fds[name] = b.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd
         for name in XDP_PROGRAMS:
             fds[name] = b.load_func(name.encode(), bcc.BPF.XDP).fd
-        tail = b[b"dp_tail"]
-        for name, slot in TAIL_SLOTS.items():
-            tail[ctypes.c_int(int(slot))] = ctypes.c_int(fds[name])
+    except Exception as e:
+        b.cleanup()
+        raise ToolchainError(f"loading the fast path failed: {e}") from None
+    loaded = Loaded(b, fds)
+    _keep(key, bcc, b, fds)
+    return _install(pin_dir, loaded)
+
+
+def _keep(key: str, bcc, b, fds: dict[str, int]) -> None:
+    """Store what bcc compiled in progcache (best effort: a failure costs the next compile)."""
+    if progcache.directory() is None:
+        return
+    from bcc.libbcc import lib  # noqa: PLC0415 - bcc is importable: it just compiled
+    try:
+        types = {n: bcc.BPF.SCHED_CLS for n in TC_PROGRAMS} | {n: bcc.BPF.XDP for n in XDP_PROGRAMS}
+        progs = {n: (types[n], progcache.bcc_program(lib, b.module, n), bpfsys.prog_info(fd)["name"])
+                 for n, fd in fds.items()}
+        map_fds = {n: lib.bpf_table_fd(b.module, n.encode()) for n in SPECS}
+        if min(map_fds.values()) < 0:
+            return
+        entry = progcache.capture(progs, map_fds, lib.bpf_module_license(b.module).decode(),
+                                  lib.bpf_module_kern_version(b.module))
+    except (progcache.Uncacheable, KernelError) as e:
+        _say(f"the compiled fast path is not cached: {e}", False)
+        return
+    progcache.write(key, entry)
+
+
+def _install(pin_dir: str, loaded: Loaded) -> Loaded:
+    """Fill the tail-call table and pin the programs (atomically replacing the old pins)."""
+    fds = loaded.fds
+    try:
+        tail = bpfsys.obj_get(os.path.join(pin_dir, "dp_tail"))
+        try:
+            for name, slot in TAIL_SLOTS.items():
+                bpfsys.update(tail, ctypes.c_uint32(int(slot)), ctypes.c_uint32(fds[name]), what="dp_tail")
+        finally:
+            os.close(tail)
         for name, fd in fds.items():
             path = prog_pin(pin_dir, name)
             tmp = path + "_new"  # bpffs refuses names with a dot
@@ -107,11 +166,11 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
             os.replace(tmp, path)  # bpffs renames atomically: no moment without a pin
         new_generations(pin_dir)
     except Exception as e:
-        b.cleanup()
+        loaded.close()
         if isinstance(e, ToolchainError):
             raise
         raise ToolchainError(f"loading the fast path failed: {e}") from None
-    return Loaded(b, fds)
+    return loaded
 
 
 def open_prog(pin_dir: str, name: str) -> int:

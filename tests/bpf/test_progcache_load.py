@@ -1,0 +1,98 @@
+"""The compiled-program cache (kernel/progcache.py) in the kernel: a load from it gives
+the programs bcc compiled, bound to its own pin directory's maps, without compiling; an
+entry the kernel refuses is compiled again and replaced. The session's harness compiled
+first (into the session's cache, tests/conftest.py)."""
+
+import base64
+import json
+import os
+import shutil
+
+import pytest
+
+from dataplane.kernel import bpfsys, loader, progcache
+from dataplane.kernel.maps import SPECS
+from tests.bpf.conftest import EP_IFINDEX, TC_ACT_REDIRECT, VNI, Harness
+from tests.bpf.test_wire_identity import TABLE
+
+
+@pytest.fixture
+def compiles(monkeypatch):
+    """Counts bcc compiles in a list; the test may forbid them."""
+    import bcc
+    done, real = [], bcc.BPF
+
+    class Counting(real):
+        forbid = False
+
+        def __init__(self, *a, **kw):
+            assert not Counting.forbid, "bcc compiled"
+            done.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(bcc, "BPF", Counting)
+    yield Counting, done
+
+
+@pytest.fixture
+def pin():
+    path = os.path.join(loader.PIN_ROOT, f"cached-{os.getpid()}")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pinned_map_ids(pin_dir):
+    ids = set()
+    for name in SPECS:
+        fd = bpfsys.obj_get(os.path.join(pin_dir, name))
+        ids.add(bpfsys.map_info(fd).id)
+        os.close(fd)
+    return ids
+
+
+def test_a_load_from_the_cache_is_what_bcc_compiled_on_its_own_maps(hx, compiles, pin):
+    counting, _ = compiles
+    assert any(f.endswith(".json") for f in os.listdir(progcache.directory()))
+    counting.forbid = True
+    cached = Harness(pin)
+    try:
+        # The kernel's tag hashes the instructions with map fds left out: the same program.
+        for name, fd in hx.fds.items():
+            assert bpfsys.prog_info(cached.fds[name])["tag"] == bpfsys.prog_info(fd)["tag"], name
+            assert bpfsys.prog_info(cached.fds[name])["name"] == bpfsys.prog_info(fd)["name"]
+        mine, theirs = pinned_map_ids(pin), pinned_map_ids(hx.maps.pin_dir)
+        for name, fd in cached.fds.items():
+            used = set(bpfsys.prog_map_ids(fd))
+            assert used <= mine and not used & theirs, name
+        assert len(bpfsys.prog_map_ids(cached.fds["from_endpoint"])) > 10
+        # Frame by frame the same bytes, counted in the cached load's own maps.
+        cached.baseline()
+        for name, frame in sorted(TABLE.items()):
+            got = cached.run_tc("from_endpoint", frame, EP_IFINDEX)
+            assert got == hx.run_tc("from_endpoint", frame, EP_IFINDEX), name
+            assert got[0] == TC_ACT_REDIRECT, name
+        assert cached.stats(VNI)["tx_packets"] == len(TABLE)
+    finally:
+        cached.close()
+
+
+def test_an_entry_the_kernel_refuses_is_compiled_again_and_replaced(hx, compiles, pin, tmp_path, monkeypatch, capsys):
+    counting, done = compiles
+    mine = tmp_path / "cache"
+    shutil.copytree(progcache.directory(), mine)
+    os.chmod(mine, 0o700)
+    monkeypatch.setenv(progcache.ENV, str(mine))
+    (path,) = [mine / f for f in os.listdir(mine) if f.endswith(".json")]
+    good = json.loads(path.read_text())
+    bad = json.loads(path.read_text())
+    bad["progs"]["from_overlay"]["insns"] = base64.b64encode(b"\x18" + b"\0" * 7).decode()  # half an instruction
+    bad["progs"]["from_overlay"]["relocs"] = []
+    path.write_text(json.dumps(bad))
+
+    loader.load(pin, quiet=False).close()
+    assert len(done) == 1
+    err = capsys.readouterr().err
+    assert "did not load" in err and "compiling it again" in err, err
+    assert json.loads(path.read_text()) == good
+    counting.forbid = True                      # and now the entry serves the next load
+    loader.load(pin, quiet=True).close()

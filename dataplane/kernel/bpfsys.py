@@ -298,13 +298,13 @@ def prog_load(prog_type: int, insns: bytes, license: str, kern_version: int, nam
     attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
                          license=ctypes.addressof(lic), kern_version=kern_version,
                          prog_name=name.encode()[:OBJ_NAME_LEN - 1])
-    ret = _call(PROG_LOAD, attr, f"load program {name}", ok=(errno.EACCES, errno.EINVAL))
-    if ret >= 0:
-        return ret
+    first = _call(PROG_LOAD, attr, f"load program {name}", ok=(errno.EACCES, errno.EINVAL))
+    if first >= 0:
+        return first
     log = ctypes.create_string_buffer(1 << 20)     # again, for the verifier's reasons
     attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
     ret = _call(PROG_LOAD, attr, f"load program {name}", ok=(errno.EACCES, errno.EINVAL, errno.ENOSPC))
     if ret >= 0:
         return ret
     tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
-    raise KernelError(f"load program {name}: {os.strerror(-ret)}: {tail}", errno=-ret)
+    raise KernelError(f"load program {name}: {os.strerror(-first)}: {tail}", errno=-first)

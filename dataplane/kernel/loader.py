@@ -1,8 +1,9 @@
 """Compile, load and pin the BPF programs (the only module that imports bcc).
 
-Maps are pinned by the programs themselves (BPF_TABLE_PINNED), so a reload
-binds to the same state; programs are pinned here so that later commands
-(endpoint add) can attach them without compiling again.
+Maps are pinned where the programs name them (BPF_TABLE_PINNED; progcache opens or
+creates the same pins when it loads what bcc compiled before), so a reload binds to the
+same state; programs are pinned here so that later commands (endpoint add) can attach
+them without loading again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ PIN_ROOT = f"{BPFFS}/dataplane"
 
 TC_PROGRAMS = ("from_endpoint", "from_overlay", "flood_endpoint", "flood_overlay", "flood_remote_vteps", "dp_clock")
 XDP_PROGRAMS = ("xdp_guard",)
+SCHED_CLS, XDP = 3, 6      # BPF_PROG_TYPE_*
+PROG_TYPES = {**dict.fromkeys(TC_PROGRAMS, SCHED_CLS), **dict.fromkeys(XDP_PROGRAMS, XDP)}
 _TAIL = abi.load().enums["dp_tail"]
 TAIL_SLOTS = {"flood_endpoint": _TAIL.DP_TAIL_FLOOD_ENDPOINT, "flood_overlay": _TAIL.DP_TAIL_FLOOD_OVERLAY,
               "flood_remote_vteps": _TAIL.DP_TAIL_FLOOD_REMOTE}
@@ -64,9 +67,12 @@ class Loaded:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
-        elif self.fds or self._map_fds:
+        else:
             for fd in (*self.fds.values(), *self._map_fds):
-                os.close(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.fds, self._map_fds = {}, ()
 
 
@@ -81,6 +87,21 @@ def _say(msg: str, quiet: bool) -> None:
         print(f"dataplane: {msg}", file=sys.stderr, flush=True)
 
 
+def _cflags(pin_dir: str, sizes: dict[str, int]) -> list[str]:
+    cflags = [f'-DDP_PIN_DIR="{pin_dir}"', "-Wno-unused-function", "-Wno-incompatible-pointer-types-discards-qualifiers"]
+    cflags += [f"-D{k}={int(v)}" for k, v in sorted(sizes.items())]
+    # Benchmarks only (bench/monitor_cost.py): e.g. -DDP_NO_MONITOR. Only -D flags are taken.
+    cflags += [f for f in os.environ.get("DP_BPF_CFLAGS", "").split() if f.startswith("-DDP_")]
+    return cflags
+
+
+def cache_key(cflags: list[str], bcc_version: str) -> str:
+    """progcache's key of this load. The pin directory is only where maps are opened: not part
+    of what the code is, so every node of a machine shares one entry."""
+    return progcache.key(bundle().encode(), [f for f in cflags if not f.startswith("-DDP_PIN_DIR=")],
+                         f"bcc {bcc_version}", PROG_TYPES)
+
+
 def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = False) -> Loaded:
     """Compile bpf/ (or take the programs compiled earlier from progcache), bind to (or
     create) the pinned maps in pin_dir, load every program, fill the tail-call table and
@@ -91,59 +112,52 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     os.makedirs(pin_dir, exist_ok=True)
     check_pinned_layout(pin_dir, sizes)
     bcc = _bcc()
-    cflags = [f'-DDP_PIN_DIR="{pin_dir}"', "-Wno-unused-function", "-Wno-incompatible-pointer-types-discards-qualifiers"]
-    cflags += [f"-D{k}={int(v)}" for k, v in sorted(sizes.items())]
-    # Benchmarks only (bench/monitor_cost.py): e.g. -DDP_NO_MONITOR. Only -D flags are taken.
-    cflags += [f for f in os.environ.get("DP_BPF_CFLAGS", "").split() if f.startswith("-DDP_")]
-    source = bundle().encode()
-    # The pin directory is only where maps are opened: not part of what the code is.
-    key = progcache.key(source, [f for f in cflags if not f.startswith("-DDP_PIN_DIR=")],
-                        f"bcc {getattr(bcc, '__version__', '?')}")
+    cflags = _cflags(pin_dir, sizes)
+    key = cache_key(cflags, getattr(bcc, "__version__", "?"))
     entry = progcache.read(key)
     if entry is not None:
+        loaded = None
         try:
-            progs, maps = progcache.materialize(entry, pin_dir)
-        except (KernelError, progcache.Uncacheable, KeyError, TypeError, ValueError) as e:
-            _say(f"the fast path compiled earlier did not load ({e}); compiling it again", quiet)
-        else:
+            progs, maps = progcache.materialize(entry, pin_dir, PROG_TYPES, sizes)
+            loaded = Loaded(None, progs, tuple(maps.values()))
             _say("loading the fast path (compiled earlier)...", quiet)
-            return _install(pin_dir, Loaded(None, progs, tuple(maps.values())))
+            return _install(pin_dir, loaded)
+        except Exception as e:     # the cache only saves time: whatever is wrong with it, compile
+            if loaded is not None:
+                loaded.close()
+            _say(f"the fast path compiled earlier did not load ({e}); compiling it again", quiet)
     _say("compiling and loading the fast path (bcc)...", quiet)
     try:
-        b = bcc.BPF(text=source, cflags=cflags)
+        b = bcc.BPF(text=bundle().encode(), cflags=cflags)
     except Exception as e:
         raise ToolchainError(f"compiling bpf/ failed: {e}") from None
     fds: dict[str, int] = {}
     try:
-        for name in TC_PROGRAMS:
-            fds[name] = b.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd
-        for name in XDP_PROGRAMS:
-            fds[name] = b.load_func(name.encode(), bcc.BPF.XDP).fd
+        for name, ptype in PROG_TYPES.items():
+            fds[name] = b.load_func(name.encode(), ptype).fd
     except Exception as e:
         b.cleanup()
         raise ToolchainError(f"loading the fast path failed: {e}") from None
     loaded = Loaded(b, fds)
-    _keep(key, bcc, b, fds)
+    try:
+        _keep(key, b, fds)
+    except Exception as e:        # best effort: a failure costs the next compile, not this load
+        _say(f"the compiled fast path is not cached: {e}", False)
     return _install(pin_dir, loaded)
 
 
-def _keep(key: str, bcc, b, fds: dict[str, int]) -> None:
-    """Store what bcc compiled in progcache (best effort: a failure costs the next compile)."""
+def _keep(key: str, b, fds: dict[str, int]) -> None:
+    """Store what bcc compiled in progcache."""
     if progcache.directory() is None:
         return
     from bcc.libbcc import lib  # noqa: PLC0415 - bcc is importable: it just compiled
-    try:
-        types = {n: bcc.BPF.SCHED_CLS for n in TC_PROGRAMS} | {n: bcc.BPF.XDP for n in XDP_PROGRAMS}
-        progs = {n: (types[n], progcache.bcc_program(lib, b.module, n), bpfsys.prog_info(fd)["name"])
-                 for n, fd in fds.items()}
-        map_fds = {n: lib.bpf_table_fd(b.module, n.encode()) for n in SPECS}
-        if min(map_fds.values()) < 0:
-            return
-        entry = progcache.capture(progs, map_fds, lib.bpf_module_license(b.module).decode(),
-                                  lib.bpf_module_kern_version(b.module))
-    except (progcache.Uncacheable, KernelError) as e:
-        _say(f"the compiled fast path is not cached: {e}", False)
-        return
+    progs = {n: (PROG_TYPES[n], progcache.bcc_program(lib, b.module, n), bpfsys.prog_info(fd)["name"])
+             for n, fd in fds.items()}
+    map_fds = {n: lib.bpf_table_fd(b.module, n.encode()) for n in SPECS}
+    if min(map_fds.values()) < 0:
+        raise progcache.Uncacheable("bcc has not every map of SPECS")
+    entry = progcache.capture(progs, map_fds, lib.bpf_module_license(b.module).decode(),
+                              lib.bpf_module_kern_version(b.module))
     progcache.write(key, entry)
 
 

@@ -31,6 +31,11 @@ class MapSpec:
             return self.fixed_size
         return overrides.get(self.size_const, _C[self.size_const])
 
+    def layout(self, overrides: dict[str, int]) -> tuple[int, int, int, int]:
+        """(map type, key size, value size, entries) as the kernel reports them."""
+        return (bpfsys.MAP_TYPES[self.kind], ctypes.sizeof(self.key) if self.key else 0,
+                ctypes.sizeof(self.value) if self.value else 0, self.max_entries(overrides))
+
 
 SPECS = {s.name: s for s in (
     MapSpec("dp_config", "array", u32, _S["dp_config"], None, 1),
@@ -81,8 +86,7 @@ def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
             info = bpfsys.map_info(fd)
         finally:
             os.close(fd)
-        want = (bpfsys.MAP_TYPES[spec.kind], ctypes.sizeof(spec.key) if spec.key else 0,
-                ctypes.sizeof(spec.value) if spec.value else 0, spec.max_entries(overrides))
+        want = spec.layout(overrides)
         have = (info.type, info.key_size, info.value_size, info.max_entries)
         if have != want:
             raise ToolchainError(

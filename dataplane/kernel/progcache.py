@@ -5,20 +5,25 @@ stored with their map references as names (bcc writes map fds into them); a late
 the same key opens or creates the pinned maps itself, writes their fds in and loads the
 programs with bpf(2): the kernel's verifier checks them as it checked bcc's.
 
-The cache is a root-owned directory (DATAPLANE_BPF_CACHE, default /var/cache/dataplane/bpf;
-"off" turns it off). One that another user owns or may write is not used: whoever could
-write it could choose the code our programs run. Anything wrong with an entry (unreadable,
-another format, refused by the verifier) means a compile, and the entry is written again.
+The cache is a directory of the user running us, root (DATAPLANE_BPF_CACHE, default
+/var/cache/dataplane/bpf; "off" turns it off). One that another user owns or may write is not
+used, nor an entry file that is not ours alone: whoever could write them could choose the code
+our programs run. Anything wrong with an entry (unreadable, another format, other programs or
+map layouts, refused by the verifier) means a compile (loader.py), and the entry is written again.
 """
 
 from __future__ import annotations
 
 import base64
 import ctypes
+import errno
 import hashlib
 import json
 import os
+import stat
 import sys
+import threading
+import time
 
 from dataplane.core.errors import KernelError
 from dataplane.kernel import bpfsys
@@ -41,11 +46,13 @@ def directory() -> str | None:
     return None if d in ("", "off") else d
 
 
-def key(source: bytes, cflags: list[str], toolchain: str) -> str:
-    """What the instructions depend on: the source, the flags, bcc (and its clang) and the kernel."""
+def key(source: bytes, cflags: list[str], toolchain: str, programs: dict[str, int]) -> str:
+    """What the instructions depend on: the source, the flags, bcc (and its clang), the kernel
+    (release and build), and which functions are loaded as which program type."""
     h = hashlib.sha256()
+    u = os.uname()
     for part in (str(FORMAT).encode(), source, "\0".join(cflags).encode(), toolchain.encode(),
-                 os.uname().release.encode()):
+                 f"{u.release} {u.version}".encode(), json.dumps(sorted(programs.items())).encode()):
         h.update(len(part).to_bytes(8, "little") + part)
     return h.hexdigest()
 
@@ -77,8 +84,15 @@ def read(k: str) -> dict | None:
         return None
     try:
         with os.fdopen(os.open(f"{k}.json", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)) as f:
+            st = os.fstat(f.fileno())
+            # Ours alone too: a file left from a time the directory was open to others is not.
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_nlink != 1:
+                return None
             entry = json.load(f)
-            os.utime(f.fileno())                  # used: the last one _prune removes
+            try:
+                os.utime(f.fileno())              # used: the last one _prune removes
+            except OSError:
+                pass
     except (OSError, ValueError):
         return None
     finally:
@@ -100,7 +114,7 @@ def write(k: str, entry: dict) -> None:
     dfd = _open_dir(d)
     if dfd is None:
         return
-    tmp = f".new-{os.getpid()}-{k}"
+    tmp = f".new-{os.getpid()}-{threading.get_ident()}-{k}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
         with os.fdopen(fd, "w") as f:
@@ -118,15 +132,19 @@ def write(k: str, entry: dict) -> None:
 
 
 def _prune(dfd: int) -> None:
-    """Keep the KEEP entries used or written last (each version, map size or flag set is one)."""
-    entries = []
+    """Keep the KEEP entries used or written last (each version, map size or flag set is one),
+    and no temporary file an interrupted write left an hour ago."""
+    entries, stale = [], []
     for name in os.listdir(dfd):
+        try:
+            mtime = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mtime
+        except OSError:
+            continue
         if name.endswith(".json"):
-            try:
-                entries.append((os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mtime, name))
-            except OSError:
-                pass
-    for _, name in sorted(entries, reverse=True)[KEEP:]:
+            entries.append((mtime, name))
+        elif name.startswith(".new-") and mtime < time.time() - 3600:
+            stale.append(name)
+    for name in [n for _, n in sorted(entries, reverse=True)[KEEP:]] + stale:
         try:
             os.unlink(name, dir_fd=dfd)
         except OSError:
@@ -189,26 +207,34 @@ def _open_map(pin_dir: str, name: str, spec: list[int]) -> int:
             return fd
         except KernelError as e:               # another load pinned one meanwhile: use that
             os.close(fd)
-            if e.errno != 17:                   # EEXIST
+            if e.errno != errno.EEXIST:
                 raise
     fd = bpfsys.obj_get(path)
-    info = bpfsys.map_info(fd)
-    if [info.type, info.key_size, info.value_size, info.max_entries] != spec[:4]:
+    try:
+        info = bpfsys.map_info(fd)
+        if [info.type, info.key_size, info.value_size, info.max_entries] != spec[:4]:
+            raise Uncacheable(f"pinned map {path} does not have the cached layout")
+    except BaseException:
         os.close(fd)
-        raise Uncacheable(f"pinned map {path} does not have the cached layout")
+        raise
     return fd
 
 
-def materialize(entry: dict, pin_dir: str) -> tuple[dict[str, int], dict[str, int]]:
+def materialize(entry: dict, pin_dir: str, programs: dict[str, int], sizes: dict[str, int]):
     """(program fds, map fds) of a cached entry loaded into the kernel with pin_dir's maps.
-    On failure every fd opened is closed and the exception goes to the caller."""
-    if set(entry["maps"]) != set(SPECS):
-        raise Uncacheable("the cached entry names other maps than this version has")
+    programs: name -> program type, as the caller loads them; sizes: the DP_MAP_* overrides.
+    Nothing is created unless the entry has exactly these programs and this version's map
+    layouts. On failure every fd opened is closed and the exception goes to the caller."""
+    if {n: p["type"] for n, p in entry["progs"].items()} != programs:
+        raise Uncacheable("the cached entry has other programs than this version loads")
+    for name, spec in SPECS.items():
+        if tuple(entry["maps"].get(name, ())[:4]) != spec.layout(sizes):
+            raise Uncacheable(f"the cached entry gives {name} another layout than this version's")
     maps: dict[str, int] = {}
     progs: dict[str, int] = {}
     try:
-        for name, spec in entry["maps"].items():
-            maps[name] = _open_map(pin_dir, name, spec)
+        for name in SPECS:
+            maps[name] = _open_map(pin_dir, name, entry["maps"][name])
         for name, p in entry["progs"].items():
             insns = _with_fds(base64.b64decode(p["insns"]), [tuple(r) for r in p["relocs"]], maps)
             progs[name] = bpfsys.prog_load(p["type"], insns, entry["license"], entry["kern_version"], p["kname"])

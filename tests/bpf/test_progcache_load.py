@@ -52,7 +52,7 @@ def pinned_map_ids(pin_dir):
 
 def test_a_load_from_the_cache_is_what_bcc_compiled_on_its_own_maps(hx, compiles, pin):
     counting, _ = compiles
-    assert any(f.endswith(".json") for f in os.listdir(progcache.directory()))
+    assert hx.loaded._bpf is not None, "the session's harness should have compiled"
     counting.forbid = True
     cached = Harness(pin)
     try:
@@ -76,17 +76,33 @@ def test_a_load_from_the_cache_is_what_bcc_compiled_on_its_own_maps(hx, compiles
         cached.close()
 
 
-def test_an_entry_the_kernel_refuses_is_compiled_again_and_replaced(hx, compiles, pin, tmp_path, monkeypatch, capsys):
+def half_an_instruction(entry):
+    entry["progs"]["from_overlay"]["insns"] = base64.b64encode(b"\x18" + b"\0" * 7).decode()
+    entry["progs"]["from_overlay"]["relocs"] = []
+
+
+def another_map_layout(entry):
+    entry["maps"]["dp_fdb"][3] += 1
+
+
+def another_program_set(entry):
+    del entry["progs"]["dp_clock"]
+
+
+@pytest.mark.parametrize("damage", [half_an_instruction, another_map_layout, another_program_set])
+def test_an_entry_that_does_not_fit_is_compiled_again_and_replaced(hx, compiles, pin, tmp_path, monkeypatch,
+                                                                    capsys, damage):
+    """Refused by the verifier, or made for other map layouts or another set of programs (each
+    would follow a change that the key misses): a compile, and the entry is written anew."""
     counting, done = compiles
     mine = tmp_path / "cache"
     shutil.copytree(progcache.directory(), mine)
     os.chmod(mine, 0o700)
     monkeypatch.setenv(progcache.ENV, str(mine))
-    (path,) = [mine / f for f in os.listdir(mine) if f.endswith(".json")]
+    path = mine / f"{loader.cache_key(loader._cflags(pin, {}), __import__('bcc').__version__)}.json"
     good = json.loads(path.read_text())
     bad = json.loads(path.read_text())
-    bad["progs"]["from_overlay"]["insns"] = base64.b64encode(b"\x18" + b"\0" * 7).decode()  # half an instruction
-    bad["progs"]["from_overlay"]["relocs"] = []
+    damage(bad)
     path.write_text(json.dumps(bad))
 
     loader.load(pin, quiet=False).close()
@@ -94,5 +110,10 @@ def test_an_entry_the_kernel_refuses_is_compiled_again_and_replaced(hx, compiles
     err = capsys.readouterr().err
     assert "did not load" in err and "compiling it again" in err, err
     assert json.loads(path.read_text()) == good
+    fd = bpfsys.obj_get(os.path.join(pin, "dp_fdb"))       # nothing pinned with the entry's layout
+    try:
+        assert bpfsys.map_info(fd).max_entries == good["maps"]["dp_fdb"][3]
+    finally:
+        os.close(fd)
     counting.forbid = True                      # and now the entry serves the next load
     loader.load(pin, quiet=True).close()

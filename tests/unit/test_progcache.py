@@ -41,13 +41,22 @@ def test_the_fds_go_back_where_they_were():
     assert progcache._with_fds(blank, relocs, {"dp_config": 7}) == code
 
 
-def test_the_key_follows_source_flags_and_toolchain_but_nothing_else():
-    base = progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0")
-    assert base == progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0")
-    assert len({base, progcache.key(b"int y;", ["-DA=1"], "bcc 0.26.0"),
-                progcache.key(b"int x;", ["-DA=2"], "bcc 0.26.0"),
-                progcache.key(b"int x;", ["-DA=1"], "bcc 0.27.0"),
-                progcache.key(b"int x;-DA=1", [], "bcc 0.26.0")}) == 5
+def test_the_key_follows_source_flags_toolchain_kernel_and_programs_but_nothing_else(monkeypatch):
+    P = {"f": 3}
+    base = progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0", P)
+    assert base == progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0", {"f": 3})
+    others = {progcache.key(b"int y;", ["-DA=1"], "bcc 0.26.0", P),
+              progcache.key(b"int x;", ["-DA=2"], "bcc 0.26.0", P),
+              progcache.key(b"int x;", ["-DA=1"], "bcc 0.27.0", P),
+              progcache.key(b"int x;-DA=1", [], "bcc 0.26.0", P),
+              progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0", {"f": 6}),
+              progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0", {"f": 3, "g": 3})}
+    u = os.uname()
+    for release, version in ((u.release + "x", u.version), (u.release, u.version + "x")):
+        monkeypatch.setattr(os, "uname", lambda r=release, v=version: os.uname_result((u.sysname, u.nodename, r, v, u.machine)))
+        others.add(progcache.key(b"int x;", ["-DA=1"], "bcc 0.26.0", P))
+        monkeypatch.undo()
+    assert len(others | {base}) == 9
 
 
 def test_off_turns_it_off(monkeypatch):
@@ -94,3 +103,16 @@ def test_only_the_entries_used_last_are_kept(tmp_path, monkeypatch):
     assert progcache.read("k0") is not None            # k0 used now: k1 is the oldest
     progcache.write("new", {"progs": {}})
     assert sorted(os.listdir(d)) == sorted([f"k{i}.json" for i in range(progcache.KEEP) if i != 1] + ["new.json"])
+
+
+def test_an_entry_file_not_ours_alone_is_not_read(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv(progcache.ENV, str(d))
+    progcache.write("k1", {"progs": {}})
+    os.chmod(d / "k1.json", 0o666)                   # written while the directory was open to others
+    assert progcache.read("k1") is None
+    os.chmod(d / "k1.json", 0o600)
+    os.link(d / "k1.json", tmp_path / "elsewhere")    # a second name someone else may reach
+    assert progcache.read("k1") is None
+    os.unlink(tmp_path / "elsewhere")
+    assert progcache.read("k1") is not None

@@ -9,6 +9,7 @@ them without loading again.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import subprocess
@@ -69,10 +70,7 @@ class Loaded:
             self._bpf = None
         else:
             for fd in (*self.fds.values(), *self._map_fds):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(fd)
         self.fds, self._map_fds = {}, ()
 
 
@@ -95,10 +93,10 @@ def _cflags(pin_dir: str, sizes: dict[str, int]) -> list[str]:
     return cflags
 
 
-def cache_key(cflags: list[str], bcc_version: str) -> str:
+def cache_key(source: bytes, cflags: list[str], bcc_version: str) -> str:
     """progcache's key of this load. The pin directory is only where maps are opened: not part
     of what the code is, so every node of a machine shares one entry."""
-    return progcache.key(bundle().encode(), [f for f in cflags if not f.startswith("-DDP_PIN_DIR=")],
+    return progcache.key(source, [f for f in cflags if not f.startswith("-DDP_PIN_DIR=")],
                          f"bcc {bcc_version}", PROG_TYPES)
 
 
@@ -113,22 +111,25 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     check_pinned_layout(pin_dir, sizes)
     bcc = _bcc()
     cflags = _cflags(pin_dir, sizes)
-    key = cache_key(cflags, getattr(bcc, "__version__", "?"))
+    source = bundle().encode()          # read once: the key and the compile are of the same text
+    key = cache_key(source, cflags, getattr(bcc, "__version__", "?"))
     entry = progcache.read(key)
     if entry is not None:
-        loaded = None
         try:
             progs, maps = progcache.materialize(entry, pin_dir, PROG_TYPES, sizes)
-            loaded = Loaded(None, progs, tuple(maps.values()))
+        except (progcache.Uncacheable, KernelError, KeyError, TypeError, ValueError, AttributeError) as e:
+            # What is wrong with an entry costs a compile, said even when quiet (an entry that
+            # keeps failing would otherwise cost one at every load unnoticed), and it goes.
+            if isinstance(e, KernelError) and e.errno in (errno.EPERM, errno.ENOMEM):
+                raise                    # not the entry's fault: a compile would meet it too
+            _say(f"the fast path compiled earlier did not load ({e}); compiling it again", False)
+            progcache.forget(key)
+        else:
             _say("loading the fast path (compiled earlier)...", quiet)
-            return _install(pin_dir, loaded)
-        except Exception as e:     # the cache only saves time: whatever is wrong with it, compile
-            if loaded is not None:
-                loaded.close()
-            _say(f"the fast path compiled earlier did not load ({e}); compiling it again", quiet)
+            return _install(pin_dir, Loaded(None, progs, tuple(maps.values())))
     _say("compiling and loading the fast path (bcc)...", quiet)
     try:
-        b = bcc.BPF(text=bundle().encode(), cflags=cflags)
+        b = bcc.BPF(text=source, cflags=cflags)
     except Exception as e:
         raise ToolchainError(f"compiling bpf/ failed: {e}") from None
     fds: dict[str, int] = {}

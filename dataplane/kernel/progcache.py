@@ -22,7 +22,6 @@ import json
 import os
 import stat
 import sys
-import threading
 import time
 
 from dataplane.core.errors import KernelError
@@ -47,8 +46,9 @@ def directory() -> str | None:
 
 
 def key(source: bytes, cflags: list[str], toolchain: str, programs: dict[str, int]) -> str:
-    """What the instructions depend on: the source, the flags, bcc (and its clang), the kernel
-    (release and build), and which functions are loaded as which program type."""
+    """What the instructions depend on: the source, the flags, bcc's version (each bcc package is
+    built against one clang), the kernel (release and build), and which functions are loaded as
+    which program type."""
     h = hashlib.sha256()
     u = os.uname()
     for part in (str(FORMAT).encode(), source, "\0".join(cflags).encode(), toolchain.encode(),
@@ -83,10 +83,11 @@ def read(k: str) -> dict | None:
     if dfd is None:
         return None
     try:
-        with os.fdopen(os.open(f"{k}.json", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)) as f:
+        with os.fdopen(os.open(f"{k}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)) as f:
             st = os.fstat(f.fileno())
             # Ours alone too: a file left from a time the directory was open to others is not.
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_nlink != 1:
+                _warn(f"not using {d}/{k}.json: it must be a file of root's alone (no other owner, writer or name)")
                 return None
             entry = json.load(f)
             try:
@@ -114,9 +115,9 @@ def write(k: str, entry: dict) -> None:
     dfd = _open_dir(d)
     if dfd is None:
         return
-    tmp = f".new-{os.getpid()}-{threading.get_ident()}-{k}"
+    tmp = f".new-{os.urandom(8).hex()}-{k}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
         with os.fdopen(fd, "w") as f:
             json.dump({**entry, "format": FORMAT, "key": k}, f)
         os.replace(tmp, f"{k}.json", src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -149,6 +150,20 @@ def _prune(dfd: int) -> None:
             os.unlink(name, dir_fd=dfd)
         except OSError:
             pass
+
+
+def forget(k: str) -> None:
+    """Remove an entry that failed to load (best effort)."""
+    d = directory()
+    dfd = _open_dir(d, warn=False) if d else None
+    if dfd is None:
+        return
+    try:
+        os.unlink(f"{k}.json", dir_fd=dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def relocations(insns: bytes, fd_names: dict[int, str]) -> list[tuple[int, str]]:
@@ -188,6 +203,8 @@ def capture(progs: dict[str, tuple[int, bytes, str]], map_fds: dict[str, int], l
     maps = {}
     for name, fd in map_fds.items():
         info = bpfsys.map_info(fd)
+        if info.map_flags:        # materialize creates maps with none (bpf/ sets none today)
+            raise Uncacheable(f"map {name} has flags {info.map_flags:#x}")
         maps[name] = [info.type, info.key_size, info.value_size, info.max_entries, info.map_flags]
     out = {}
     for name, (ptype, insns, kname) in progs.items():
@@ -228,7 +245,8 @@ def materialize(entry: dict, pin_dir: str, programs: dict[str, int], sizes: dict
     if {n: p["type"] for n, p in entry["progs"].items()} != programs:
         raise Uncacheable("the cached entry has other programs than this version loads")
     for name, spec in SPECS.items():
-        if tuple(entry["maps"].get(name, ())[:4]) != spec.layout(sizes):
+        # bpf/ sets no map flags: a map the entry would create with some stays until `down`.
+        if list(entry["maps"].get(name, ())) != [*spec.layout(sizes), 0]:
             raise Uncacheable(f"the cached entry gives {name} another layout than this version's")
     maps: dict[str, int] = {}
     progs: dict[str, int] = {}

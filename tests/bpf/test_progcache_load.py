@@ -89,23 +89,31 @@ def another_program_set(entry):
     del entry["progs"]["dp_clock"]
 
 
-@pytest.mark.parametrize("damage", [half_an_instruction, another_map_layout, another_program_set])
+def map_flags(entry):
+    entry["maps"]["dp_learned"][4] = 1          # BPF_F_NO_PREALLOC: would stay on the map until `down`
+
+
+@pytest.mark.parametrize("damage", [half_an_instruction, another_map_layout, another_program_set, map_flags])
 def test_an_entry_that_does_not_fit_is_compiled_again_and_replaced(hx, compiles, pin, tmp_path, monkeypatch,
                                                                     capsys, damage):
-    """Refused by the verifier, or made for other map layouts or another set of programs (each
-    would follow a change that the key misses): a compile, and the entry is written anew."""
+    """Refused by the verifier, or made for other map layouts, flags or another set of programs
+    (each would follow a change that the key misses): a compile, said even when quiet, and the
+    entry is written anew."""
     counting, done = compiles
     mine = tmp_path / "cache"
     shutil.copytree(progcache.directory(), mine)
     os.chmod(mine, 0o700)
     monkeypatch.setenv(progcache.ENV, str(mine))
-    path = mine / f"{loader.cache_key(loader._cflags(pin, {}), __import__('bcc').__version__)}.json"
+    from dataplane.kernel.bundle import bundle
+    path = mine / f"{loader.cache_key(bundle().encode(), loader._cflags(pin, {}), __import__('bcc').__version__)}.json"
     good = json.loads(path.read_text())
     bad = json.loads(path.read_text())
     damage(bad)
     path.write_text(json.dumps(bad))
 
-    loader.load(pin, quiet=False).close()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    loader.load(pin, quiet=True).close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before     # nothing the failed load opened is left
     assert len(done) == 1
     err = capsys.readouterr().err
     assert "did not load" in err and "compiling it again" in err, err

@@ -116,3 +116,17 @@ def test_an_entry_file_not_ours_alone_is_not_read(tmp_path, monkeypatch):
     assert progcache.read("k1") is None
     os.unlink(tmp_path / "elsewhere")
     assert progcache.read("k1") is not None
+
+
+def test_a_temporary_file_an_hour_old_goes_with_the_next_write(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv(progcache.ENV, str(d))
+    progcache.write("k1", {"progs": {}})
+    for name, age in ((".new-old-k9", 7200), (".new-young-k9", 60)):
+        (d / name).write_text("{")
+        t = __import__("time").time() - age
+        os.utime(d / name, (t, t))
+    progcache.write("k2", {"progs": {}})
+    assert sorted(os.listdir(d)) == [".new-young-k9", "k1.json", "k2.json"]
+    progcache.forget("k1")
+    assert progcache.read("k1") is None and progcache.read("k2") is not None

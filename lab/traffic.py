@@ -85,3 +85,31 @@ def iperf(server_ns: str, client_ns: str, ip: str, args: list[str], port: int = 
     finally:
         srv.kill()
         srv.wait()
+
+
+def iperf_processes(server_ns: str, client_ns: str, ip: str, n: int, args: list[str], port: int = 5201) -> list[dict]:
+    """n iperf3 client processes at once, each to its own server (ports port..port+n-1): n flows
+    on as many threads. iperf3 before 3.16 (Debian 12 has 3.12) serves -P n streams from one
+    thread, so their sum is what that thread moves (here about half of what the path carries)."""
+    srvs = [subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", ip, "-p", str(port + i)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
+    clients = []
+    try:
+        for i in range(n):
+            wait_listening(server_ns, port + i)
+        clients = [subprocess.Popen(["ip", "netns", "exec", client_ns, "iperf3", "-c", ip, "-p", str(port + i),
+                                     "-J", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for i in range(n)]
+        outs = []
+        for c in clients:
+            stdout, stderr = c.communicate()
+            out = json.loads(stdout or "{}")
+            if c.returncode or "error" in out:
+                raise RuntimeError(f"iperf3 failed: {out.get('error', stderr.strip())}")
+            outs.append(out)
+        return outs
+    finally:
+        for p in (*clients, *srvs):
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -10,7 +10,7 @@ import pytest
 
 from lab import capture, topology as lab
 from dataplane.kernel import netlink, tcx
-from lab.traffic import ping, tcp_transfer
+from lab.traffic import iperf_processes, ping, tcp_transfer
 from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, stats
 
 
@@ -31,6 +31,15 @@ def test_ping_across_hosts(info):
 def test_tcp_across_hosts_byte_exact(info):
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     assert tcp_transfer(b["name"], a["name"], b["ip"], 8 << 20) == 8 << 20
+
+
+def test_iperf_processes_are_one_flow_each_and_all_are_counted(info):
+    """bench.run's 4-stream row: one iperf3 process per flow (iperf3 3.12 runs -P on one thread)."""
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    runs = iperf_processes(b["name"], a["name"], b["ip"], 3, ["-t", "1"])
+    assert len(runs) == 3
+    assert len({r["start"]["connected"][0]["remote_port"] for r in runs}) == 3
+    assert all(r["end"]["sum_received"]["bytes"] > 0 for r in runs)
 
 
 def test_a_sandbox_whose_mtu_is_too_big_learns_the_path_mtu(info):

@@ -85,8 +85,9 @@ def _say(msg: str, quiet: bool) -> None:
         print(f"dataplane: {msg}", file=sys.stderr, flush=True)
 
 
-def _cflags(pin_dir: str, sizes: dict[str, int]) -> list[str]:
-    cflags = [f'-DDP_PIN_DIR="{pin_dir}"', "-Wno-unused-function", "-Wno-incompatible-pointer-types-discards-qualifiers"]
+def _cflags(sizes: dict[str, int]) -> list[str]:
+    """The compile flags but the pin directory's (-DDP_PIN_DIR, added at the compile)."""
+    cflags = ["-Wno-unused-function", "-Wno-incompatible-pointer-types-discards-qualifiers"]
     cflags += [f"-D{k}={int(v)}" for k, v in sorted(sizes.items())]
     # Benchmarks only (bench/monitor_cost.py): e.g. -DDP_NO_MONITOR. Only -D flags are taken.
     cflags += [f for f in os.environ.get("DP_BPF_CFLAGS", "").split() if f.startswith("-DDP_")]
@@ -94,10 +95,9 @@ def _cflags(pin_dir: str, sizes: dict[str, int]) -> list[str]:
 
 
 def cache_key(source: bytes, cflags: list[str], bcc_version: str) -> str:
-    """progcache's key of this load. The pin directory is only where maps are opened: not part
-    of what the code is, so every node of a machine shares one entry."""
-    return progcache.key(source, [f for f in cflags if not f.startswith("-DDP_PIN_DIR=")],
-                         f"bcc {bcc_version}", PROG_TYPES)
+    """progcache's key of this load. cflags leave out the pin directory: it is only where maps
+    are opened, not part of what the code is, so every node of a machine shares one entry."""
+    return progcache.key(source, cflags, f"bcc {bcc_version}", PROG_TYPES)
 
 
 def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = False) -> Loaded:
@@ -110,7 +110,7 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     os.makedirs(pin_dir, exist_ok=True)
     check_pinned_layout(pin_dir, sizes)
     bcc = _bcc()
-    cflags = _cflags(pin_dir, sizes)
+    cflags = _cflags(sizes)
     source = bundle().encode()          # read once: the key and the compile are of the same text
     key = cache_key(source, cflags, getattr(bcc, "__version__", "?"))
     entry = progcache.read(key)
@@ -129,7 +129,7 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
             return _install(pin_dir, Loaded(None, progs, tuple(maps.values())))
     _say("compiling and loading the fast path (bcc)...", quiet)
     try:
-        b = bcc.BPF(text=source, cflags=cflags)
+        b = bcc.BPF(text=source, cflags=[f'-DDP_PIN_DIR="{pin_dir}"', *cflags])
     except Exception as e:
         raise ToolchainError(f"compiling bpf/ failed: {e}") from None
     fds: dict[str, int] = {}

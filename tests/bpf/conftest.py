@@ -139,7 +139,7 @@ def harness():
     import bcc
     from dataplane.kernel import progcache
     from dataplane.kernel.bundle import bundle
-    progcache.forget(fastpath.cache_key(bundle().encode(), fastpath._cflags(pin_dir, {}), bcc.__version__))
+    progcache.forget(fastpath.cache_key(bundle().encode(), fastpath._cflags({}), bcc.__version__))
     h = None
     try:
         h = Harness(pin_dir)

@@ -105,7 +105,7 @@ def test_an_entry_that_does_not_fit_is_compiled_again_and_replaced(hx, compiles,
     os.chmod(mine, 0o700)
     monkeypatch.setenv(progcache.ENV, str(mine))
     from dataplane.kernel.bundle import bundle
-    path = mine / f"{loader.cache_key(bundle().encode(), loader._cflags(pin, {}), __import__('bcc').__version__)}.json"
+    path = mine / f"{loader.cache_key(bundle().encode(), loader._cflags({}), __import__('bcc').__version__)}.json"
     good = json.loads(path.read_text())
     bad = json.loads(path.read_text())
     damage(bad)

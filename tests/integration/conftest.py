@@ -16,6 +16,40 @@ DATAPLANE = [sys.executable, "-m", "dataplane.cli"]
 LAB = [sys.executable, "-m", "lab"]     # the checkout's lab (tests run from the repository root)
 
 
+LOG_TAIL = 40
+
+
+def lab_logs() -> list[tuple[str, str]]:
+    """The last lines of the live lab's etcd and agent logs (warnings and errors of etcd only)."""
+    from dataplane.agent import process as agentctl
+    from lab import topology as lab
+    live = lab.load() or {}
+    paths = [(f"etcd {m['name']}", os.path.join(lab.REGISTRY_DIR, f"{m['name']}.log")) for m in live.get("etcd") or []]
+    paths += [(f"agent {h['netns']}", agentctl.log_path(h["netns"])) for h in live.get("hosts") or []]
+    out = []
+    for name, path in paths:
+        try:
+            with open(path, errors="replace") as f:
+                lines = [ln for ln in f if not (name.startswith("etcd") and '"level":"info"' in ln)]
+        except OSError:
+            continue
+        out.append((f"{name} log (last {LOG_TAIL} lines)", "".join(lines[-LOG_TAIL:])))
+    return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A lab test that fails carries the lab's logs in its report: they go when the lab is torn down."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and call.when == "call":
+        try:
+            for title, text in lab_logs():
+                rep.sections.append((title, text))
+        except Exception as e:  # the report must not fail for want of a log
+            rep.sections.append(("lab logs", f"not read: {e}"))
+
+
 def dp(*args, check=True, **kw) -> subprocess.CompletedProcess:
     """`dataplane ARGS`, or `python -m lab ARGS` when the first is "lab"."""
     argv = LAB + list(args[1:]) if args[:1] == ("lab",) else DATAPLANE + list(args)

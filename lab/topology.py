@@ -203,11 +203,11 @@ def _build(lab: dict, p: dict) -> None:
         underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", gso.LEGACY_MAX), p.get("mtu", 1500))
     url = _start_registry(lab, p)
     for i in range(1, n + 1):
-        _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
-                  + (f", agent on {url}" if url else ""))
         peers = [] if url else [vtep_ip(j) for j in range(1, n + 1) if j != i]
         # Each agent with its own certificate and etcd user (TLS), else the lab's one URL.
         host_url = registry_url("etcd", p["etcd_members"], p["etcd_tls"], host_name(i)) if p.get("etcd_tls") else url
+        _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
+                  + (f", agent on {host_url}" if host_url else ""))
         vtep.up(Node(host_ns(i)), p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peer_ips=peers,
                 peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
                 metrics_address=f"{vtep_ip(i)}:{METRICS_PORT}",

@@ -17,6 +17,7 @@ import time
 from dataplane.agent import client
 from dataplane.core import procs, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound
+from dataplane.core.notice import notice
 
 READY_TIMEOUT_S = 60.0
 
@@ -56,9 +57,7 @@ def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl
     with open(log_path(node), "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd="/")
-    if not quiet:
-        print(f"dataplane: agent for {node} started (pid {proc.pid}); waiting for its first sync...",
-              file=sys.stderr, flush=True)
+    notice(f"agent for {node} started (pid {proc.pid}); waiting for its first sync...", quiet)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -13,12 +13,12 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 
 from dataplane.core import abi
 from dataplane.kernel import bpfsys
 from dataplane.kernel.bundle import bundle
 from dataplane.core.errors import KernelError, NotPermitted, ToolchainError
+from dataplane.core.notice import notice
 from dataplane.kernel import progcache
 from dataplane.kernel.maps import SIZE_CONSTS, SPECS, check_pinned_layout, new_generations
 
@@ -80,11 +80,6 @@ def check_map_sizes(sizes: dict) -> None:
         raise ToolchainError(f"unknown map size constants: {sorted(unknown)} (known: {', '.join(SIZE_CONSTS)})")
 
 
-def _say(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"dataplane: {msg}", file=sys.stderr, flush=True)
-
-
 def _cflags(sizes: dict[str, int]) -> list[str]:
     """The compile flags but the pin directory's (-DDP_PIN_DIR, added at the compile)."""
     cflags = ["-Wno-unused-function", "-Wno-incompatible-pointer-types-discards-qualifiers"]
@@ -122,12 +117,12 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
             # keeps failing would otherwise cost one at every load unnoticed), and it goes.
             if isinstance(e, KernelError) and e.errno in (errno.EPERM, errno.ENOMEM):
                 raise                    # not the entry's fault: a compile would meet it too
-            _say(f"the fast path compiled earlier did not load ({e}); compiling it again", False)
+            notice(f"the fast path compiled earlier did not load ({e}); compiling it again", False)
             progcache.forget(key)
         else:
-            _say("loading the fast path (compiled earlier)...", quiet)
+            notice("loading the fast path (compiled earlier)...", quiet)
             return _install(pin_dir, Loaded(None, progs, tuple(maps.values())))
-    _say("compiling and loading the fast path (bcc)...", quiet)
+    notice("compiling and loading the fast path (bcc)...", quiet)
     try:
         b = bcc.BPF(text=source, cflags=[f'-DDP_PIN_DIR="{pin_dir}"', *cflags])
     except Exception as e:
@@ -143,7 +138,7 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     try:
         _keep(key, b, fds)
     except Exception as e:        # best effort: a failure costs the next compile, not this load
-        _say(f"the compiled fast path is not cached: {e}", False)
+        notice(f"the compiled fast path is not cached: {e}", False)
     return _install(pin_dir, loaded)
 
 

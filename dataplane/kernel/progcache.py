@@ -21,10 +21,10 @@ import hashlib
 import json
 import os
 import stat
-import sys
 import time
 
 from dataplane.core.errors import KernelError
+from dataplane.core.notice import notice
 from dataplane.kernel import bpfsys
 from dataplane.kernel.maps import SPECS
 
@@ -68,13 +68,9 @@ def _open_dir(d: str, warn: bool = True) -> int | None:
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         os.close(dfd)
         if warn:
-            _warn(f"not using the compiled-program cache {d}: it must be root's, and no one else may write it")
+            notice(f"not using the compiled-program cache {d}: it must be root's, and no one else may write it")
         return None
     return dfd
-
-
-def _warn(msg: str) -> None:
-    print(f"dataplane: {msg}", file=sys.stderr, flush=True)
 
 
 def read(k: str) -> dict | None:
@@ -87,7 +83,7 @@ def read(k: str) -> dict | None:
             st = os.fstat(f.fileno())
             # Ours alone too: a file left from a time the directory was open to others is not.
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022 or st.st_nlink != 1:
-                _warn(f"not using {d}/{k}.json: it must be a file of root's alone (no other owner, writer or name)")
+                notice(f"not using {d}/{k}.json: it must be a file of root's alone (no other owner, writer or name)")
                 return None
             entry = json.load(f)
             try:
@@ -110,7 +106,7 @@ def write(k: str, entry: dict) -> None:
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
     except OSError as e:         # a cache that cannot be written only costs the next compile
-        _warn(f"cannot write the compiled-program cache in {d}: {e}")
+        notice(f"cannot write the compiled-program cache in {d}: {e}")
         return
     dfd = _open_dir(d)
     if dfd is None:
@@ -123,7 +119,7 @@ def write(k: str, entry: dict) -> None:
         os.replace(tmp, f"{k}.json", src_dir_fd=dfd, dst_dir_fd=dfd)
         _prune(dfd)
     except OSError as e:
-        _warn(f"cannot write the compiled-program cache in {d}: {e}")
+        notice(f"cannot write the compiled-program cache in {d}: {e}")
         try:
             os.unlink(tmp, dir_fd=dfd)
         except OSError:

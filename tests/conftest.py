@@ -19,8 +19,27 @@ os.environ["DATAPLANE_REGISTRY"] = f"sqlite://{_REGISTRY_DIR}/registry.db"
 os.environ["DATAPLANE_BPF_CACHE"] = f"{_REGISTRY_DIR}/bpf-cache"
 
 
+def _dead_runs_leftovers() -> list[str]:
+    """What killed test runs left (their per-run registry and cache directory, their BPF pin
+    directory): a run's own removal never ran if it was killed. Only runs whose pid is gone."""
+    from dataplane.kernel import loader
+    out = []
+    for root, prefix in (("/run", "dataplane-test-"), (loader.PIN_ROOT, "test-")):
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for n in names:
+            pid = n[len(prefix):]
+            if n.startswith(prefix) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                out.append(os.path.join(root, n))
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _test_registry():
+    for path in _dead_runs_leftovers():
+        shutil.rmtree(path, ignore_errors=True)
     yield
     shutil.rmtree(_REGISTRY_DIR, ignore_errors=True)
 

@@ -23,7 +23,6 @@ from lab.traffic import ping
 from tests.integration.conftest import dp, dp_json, make_lab, sandbox, stats, wait_for
 
 TTL = 3
-URL = lab.registry_url("etcd")
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +39,13 @@ def flood(ns, vni=256):
 
 
 def in_registry(fn):
-    """Registry calls from the test process go out of the lab's underlay namespace."""
+    """Registry calls from the test process go out of the lab's underlay namespace, as
+    the module's lab's administrator (its URL read now: at import another lab may be up)."""
     from dataplane.kernel import netlink
+    url = lab.registry_url("etcd")
 
     def run():
-        reg = open_registry(URL)
+        reg = open_registry(url)
         try:
             return fn(reg)
         finally:

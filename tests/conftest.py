@@ -21,10 +21,12 @@ os.environ["DATAPLANE_BPF_CACHE"] = f"{_REGISTRY_DIR}/bpf-cache"
 
 def _dead_runs_leftovers() -> list[str]:
     """What killed test runs left (their per-run registry and cache directory, their BPF pin
-    directory): a run's own removal never ran if it was killed. Only runs whose pid is gone."""
+    directory "_test-PID", a name no node can have): a run's own removal never ran if it was
+    killed. Only runs whose pid is gone from this PID namespace (a run in another container
+    sharing /sys/fs/bpf would look gone: one suite per machine, as the labs require anyway)."""
     from dataplane.kernel import loader
     out = []
-    for root, prefix in (("/run", "dataplane-test-"), (loader.PIN_ROOT, "test-")):
+    for root, prefix in (("/run", "dataplane-test-"), (loader.PIN_ROOT, "_test-")):
         try:
             names = os.listdir(root)
         except OSError:

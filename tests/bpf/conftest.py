@@ -134,7 +134,8 @@ def harness():
     require_privileges()
     from dataplane.kernel import loader as fastpath
 
-    pin_dir = os.path.join(fastpath.PIN_ROOT, f"test-{os.getpid()}")
+    # "_": no node can have the name (model.NAME_RE), so the session sweep of dead runs' pins never hits one.
+    pin_dir = os.path.join(fastpath.PIN_ROOT, f"_test-{os.getpid()}")
     # A compile, whatever ran before in this session (test_abi reads bcc's tables): no entry to load.
     import bcc
     from dataplane.kernel import progcache

@@ -3,6 +3,7 @@ Built once per module, always torn down, and checked to leave nothing behind."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -30,10 +31,11 @@ def lab_logs() -> list[tuple[str, str]]:
     for name, path in paths:
         try:
             with open(path, errors="replace") as f:
-                lines = [ln for ln in f if not (name.startswith("etcd") and '"level":"info"' in ln)]
+                lines = collections.deque((ln for ln in f if not (name.startswith("etcd") and '"level":"info"' in ln)),
+                                          maxlen=LOG_TAIL)
         except OSError:
             continue
-        out.append((f"{name} log (last {LOG_TAIL} lines)", "".join(lines[-LOG_TAIL:])))
+        out.append((f"{name} log (last {LOG_TAIL} lines)", "".join(lines)))
     return out
 
 
@@ -42,7 +44,7 @@ def pytest_runtest_makereport(item, call):
     """A lab test that fails carries the lab's logs in its report: they go when the lab is torn down."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.failed and call.when == "call":
+    if rep.failed and call.when in ("setup", "call"):
         try:
             for title, text in lab_logs():
                 rep.sections.append((title, text))

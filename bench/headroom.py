@@ -20,10 +20,8 @@ import argparse
 import collections
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 
+from bench import perfstacks
 from bench.run import _in, machine, next_hop_mac, save, vni_counter
 from lab import topology as lab
 
@@ -37,27 +35,14 @@ def log(msg: str) -> None:
 
 
 def sampled(fn, seconds: float) -> tuple[int, collections.Counter]:
-    """fn() run while perf samples every CPU for seconds (started 0.5 s in): all samples,
-    and those in pskb_expand_head by the program on their call chain."""
-    with tempfile.TemporaryDirectory() as tmp:
-        data = f"{tmp}/perf.data"
-        t = threading.Thread(target=fn)
-        t.start()
-        time.sleep(0.5)
-        subprocess.run(["perf", "record", "-a", "-g", "-o", data, "--", "sleep", str(seconds)],
-                       capture_output=True, check=True)
-        t.join()
-        script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym"], capture_output=True,
-                                text=True, check=True).stdout
+    """fn() run while perf samples every CPU for seconds: all samples, and those in
+    pskb_expand_head by the program on their call chain."""
     total, hits = 0, collections.Counter()
-    for block in script.split("\n\n"):
-        frames = [ln.split(None, 1)[1] if " " in ln.strip() else "" for ln in block.strip().splitlines()]
-        if not frames:
-            continue
+    for frames in perfstacks.stacks(fn, seconds):
         total += 1
-        if frames[0].startswith("pskb_expand_head"):
+        if perfstacks.symbol(frames[0]) == "pskb_expand_head":
             who = next((w for f in frames for w in WHO if w in f), "other")
-            via = "adjust_room" if any(f.startswith("bpf_skb_adjust_room") for f in frames) else "elsewhere"
+            via = "adjust_room" if any(perfstacks.symbol(f) == "bpf_skb_adjust_room" for f in frames) else "elsewhere"
             hits[f"{who} ({via})"] += 1
     return total, hits
 

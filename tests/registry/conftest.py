@@ -4,17 +4,11 @@ server (Debian's etcd-server, started here on loopback with its own data)."""
 from __future__ import annotations
 
 import shutil
-import socket
 
 import pytest
 
 from tests.conftest import IN_CI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")

@@ -11,20 +11,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 
 import pytest
 
 from tests.conftest import IN_CI
+from tests.ports import free_port
 
 FAST_RAFT = ["--heartbeat-interval", "50", "--election-timeout", "500"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_etcd() -> None:

@@ -1,7 +1,6 @@
 """/healthz answers 200 only when the agent is synced *and* its registry
 connection is live; other paths are 404. (The lab test scrapes /metrics.)"""
 
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -11,12 +10,7 @@ import pytest
 
 from dataplane.agent import metrics
 from tests.unit.held import held_elsewhere
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -55,10 +55,8 @@ def _aff(affinity: str | None) -> list[str]:
 
 
 def tcp(a: dict, b: dict, seconds: int, streams: int = 1, cc: str | None = None, affinity: str | None = None) -> float:
-    """Gbit/s of `streams` flows from a to b; more than one flow: one iperf3 process each."""
+    """Gbit/s of `streams` flows from a to b, one iperf3 process each."""
     args = ["-t", str(seconds), *(["-C", cc] if cc else []), *_aff(affinity)]
-    if streams == 1:
-        return iperf(b["name"], a["name"], b["ip"], args)["end"]["sum_received"]["bits_per_second"] / 1e9
     runs = iperf_processes(b["name"], a["name"], b["ip"], streams, args)
     return sum(r["end"]["sum_received"]["bits_per_second"] for r in runs) / 1e9
 

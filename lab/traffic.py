@@ -72,25 +72,14 @@ def wait_listening(netns: str, port: int, timeout: float = 5.0) -> None:
 
 def iperf(server_ns: str, client_ns: str, ip: str, args: list[str], port: int = 5201) -> dict:
     """One iperf3 run (JSON result); the client starts once the server listens."""
-    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", ip, "-p", str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(server_ns, port)
-        r = netlink.ns_exec(client_ns, ["iperf3", "-c", ip, "-p", str(port), "-J", *args],
-                            capture_output=True, text=True)
-        out = json.loads(r.stdout or "{}")
-        if r.returncode or "error" in out:
-            raise RuntimeError(f"iperf3 failed: {out.get('error', r.stderr.strip())}")
-        return out
-    finally:
-        srv.kill()
-        srv.wait()
+    return iperf_processes(server_ns, client_ns, ip, 1, args, port)[0]
 
 
 def iperf_processes(server_ns: str, client_ns: str, ip: str, n: int, args: list[str], port: int = 5201) -> list[dict]:
-    """n iperf3 client processes at once, each to its own server (ports port..port+n-1): n flows
-    on as many threads. iperf3 before 3.16 (Debian 12 has 3.12) serves -P n streams from one
-    thread, so their sum is what that thread moves (here about half of what the path carries)."""
+    """n iperf3 client processes at once (JSON results), each to its own server (ports
+    port..port+n-1), started once the servers listen: n flows on as many threads. iperf3
+    before 3.16 (Debian 12 has 3.12) serves -P n streams from one thread, so their sum is
+    what that thread moves (here about half of what the path carries)."""
     srvs = [subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", ip, "-p", str(port + i)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
     clients = []

@@ -14,8 +14,8 @@ bench/results/callees.json and callees.md.
 from __future__ import annotations
 
 import argparse
-import json
 import collections
+import json
 import subprocess
 import sys
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         gen = [sys.executable, "-m", "bench.gen", "send", "--dst-mac", next_hop_mac(a["name"], b["ip"]),
                "--src-ip", a["ip"], "--dst-ip", b["ip"], "--seconds", str(args.seconds + 1.5)]
         samples = perfstacks.stacks(lambda: _in(a["name"], gen), args.seconds)
-        sizes = {prog: _jit_size(prog) for prog in PROGRAMS}
+        sizes = _jit_sizes()
     finally:
         lab.down()
     m = res["machine"]
@@ -85,13 +85,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def _jit_size(prog: str) -> int | None:
-    """The JIT image size of a loaded program of that name (bpftool), None if none is found."""
+def _jit_sizes() -> dict[str, int | None]:
+    """The JIT image size of a loaded program of each of PROGRAMS' names (one bpftool call),
+    None where none is found."""
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     try:
-        return next((p.get("bytes_jited") for p in json.loads(r.stdout) if p.get("name") == prog), None)
+        shown = json.loads(r.stdout)
     except ValueError:
-        return None
+        shown = []
+    return {prog: next((p.get("bytes_jited") for p in shown if p.get("name") == prog), None) for prog in PROGRAMS}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,208 @@
+"""bench/lean: our programs beside the least a VXLAN program pair can do, in the same traffic.
+
+    .venv/bin/python -m bench.lean [--rounds 6] [--seconds 3] [--flows 64]
+
+bench.pps's set-up (two lab hosts, no registry, the receiving sandbox's eth0
+dropping every IPv4 frame at tc ingress, the C generator sending 64-byte
+frames unthrottled from the other sandbox), with three modes alternating
+round by round: plain routing; dataplane as built; and dataplane with its
+two programs swapped, in place at their tcx hooks, for bench/lean_vxlan.c,
+a pair that only encapsulates and decapsulates (an inlined array read,
+adjust_room, the header writes, a redirect; no lookups, learning, counters
+or checks). The lean pair's ns per run is the floor any eBPF VXLAN data path
+pays on this machine, and the whole path's CPU per frame with it is the best
+an overlay built this way could do against routing here.
+
+Per mode: frames/s at the sink, whole-machine busy CPU ns per frame, and for
+the two dataplane modes the kernel's BPF statistics per program. Writes
+bench/results/lean.{json,md} (--out NAME: NAME.*)."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from bench import baselines
+from bench.pps import Sink, run_once
+from bench.profile import BPF_STATS
+from bench.run import machine, next_hop_mac, ratio_ci, save
+from dataplane.core import cwire
+from dataplane.kernel import gso as linkgso, loader, netlink, tcx
+from dataplane.node import Node
+from lab import topology as lab
+from lab.traffic import ping
+
+SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lean_vxlan.c")
+MODES = ("routing", "dataplane", "lean")
+PROGS = ("from_endpoint", "from_overlay")
+VNI = 256
+
+
+def log(msg: str) -> None:
+    print(f"bench/lean: {msg}", file=sys.stderr, flush=True)
+
+
+def link_mac(ns: str, ifname: str) -> str:
+    out = subprocess.run(["ip", "-j", "-n", ns, "link", "show", ifname], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)[0]["address"]
+
+
+def outer_template(smac: str, dmac: str, src: str, dst: str, vni: int) -> tuple[bytes, int]:
+    """The reference encapsulation's 50 outer bytes with the per-frame fields (IPv4 total length and
+    checksum, UDP source port and length) zeroed, and the IPv4 header's 16-bit words summed as they
+    lie in memory (so the program adds its length and folds, whatever the byte order)."""
+    hdr = bytearray(cwire.encap(bytes(64), smac=smac, dmac=dmac, src=src, dst=dst, vni=vni)[:50])
+    hdr[16:18] = hdr[24:26] = hdr[34:36] = hdr[38:40] = b"\0\0"
+    words = sum(int.from_bytes(hdr[i:i + 2], sys.byteorder) for i in range(14, 34, 2))
+    return bytes(hdr), words
+
+
+class Lean:
+    """bench/lean_vxlan.c loaded; configure() fills its per-CPU array, fds[] are the two programs."""
+
+    def __init__(self):
+        import bcc  # noqa: PLC0415 - the bench needs it, importing bench.lean should not
+        self.bpf = bcc.BPF(src_file=SRC.encode())
+        self.fds = {p: self.bpf.load_func(p.encode(), bcc.BPF.SCHED_CLS).fd for p in PROGS}
+
+    def configure(self, key: int, *, mac: str, ifindex: int, outer: bytes = bytes(50), csum_words: int = 0,
+                  vni: int = VNI, port: int = cwire.DEFAULT_PORT) -> None:
+        t = self.bpf[b"lean_cfg"]
+        v = t.sLeaf()
+        ctypes.memmove(v.outer, outer, 50)
+        ctypes.memmove(v.mac, bytes.fromhex(mac.replace(":", "")), 6)
+        v.csum_words, v.ifindex = csum_words, ifindex
+        v.vni_word = int.from_bytes((vni << 8).to_bytes(4, "big"), sys.byteorder)
+        v.port = int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
+        t[ctypes.c_int(key)] = t.Leaf(*([v] * t.total_cpu))
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+class Hooks:
+    """Puts the lean pair or ours at the two hooks the frames pass: from_endpoint at h1's endpoint
+    port, from_overlay at h2's uplink (tcx replaces a program of the same name in place)."""
+
+    def __init__(self, lean: Lean, port: int, uplink: int):
+        self.lean = lean
+        self.at = {"from_endpoint": (lab.host_ns(1), port), "from_overlay": (lab.host_ns(2), uplink)}
+
+    def use(self, mode: str) -> None:
+        for prog, (ns, idx) in self.at.items():
+            if mode == "lean":
+                tcx.attach(ns, idx, self.lean.fds[prog], prog)
+            else:
+                fd = loader.open_prog(Node(ns).pin_dir, prog)
+                try:
+                    tcx.attach(ns, idx, fd, prog)
+                finally:
+                    os.close(fd)
+
+
+def setup(lean: Lean, a: dict, b: dict) -> Hooks:
+    """Fill the lean pair's map for a's frames to b over the lab's uplinks; the hooks that swap them in."""
+    st1, st2 = Node(lab.host_ns(1)).require_up(), Node(lab.host_ns(2)).require_up()
+    port = next(e.ifindex for e in st1.endpoints.values() if e.ip == a["ip"])
+    dest = next(e.ifindex for e in st2.endpoints.values() if e.ip == b["ip"])
+    outer, words = outer_template(link_mac(lab.host_ns(1), lab.UPLINK), link_mac(lab.host_ns(2), lab.UPLINK),
+                                  lab.vtep_ip(1), lab.vtep_ip(2), VNI)
+    lean.configure(0, mac=b["mac"], ifindex=st1.uplink.ifindex, outer=outer, csum_words=words)
+    lean.configure(1, mac=b["mac"], ifindex=dest)
+    return Hooks(lean, port, st2.uplink.ifindex)
+
+
+def table(res: dict) -> str:
+    m, a, med = res["machine"], res["args"], res["median"]
+    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+           f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}`. Medians of "
+           f"{a['rounds']} alternating rounds, ratios with their 95% bootstrap interval. 64-byte frames from the C "
+           "generator, dropped at the receiving sandbox's tc ingress (as bench.pps). lean = dataplane with "
+           "bench/lean_vxlan.c's two programs in place of ours.", "",
+           "| metric | routing | dataplane | lean | dataplane / lean | dataplane / routing | lean / routing |",
+           "|---|---|---|---|---|---|---|"]
+    rows = [("pps", "frames reaching the sink, kpps", 1e-3), ("cpu_ns", "busy CPU per frame, ns (whole machine)", 1),
+            ("from_endpoint_ns", "from_endpoint, ns per run (BPF statistics)", 1),
+            ("from_overlay_ns", "from_overlay, ns per run", 1), ("bpf_ns", "both programs, ns per frame", 1)]
+    for k, label, scale in rows:
+        vals = [f"{med[x][k] * scale:.0f}" if k in med[x] else "-" for x in MODES]
+        cells = []
+        for x, y in (("dataplane", "lean"), ("dataplane", "routing"), ("lean", "routing")):
+            if k in med[x] and k in med[y]:
+                lo, hi = ratio_ci(res["samples"][x][k], res["samples"][y][k])
+                cells.append(f"{med[x][k] / med[y][k]:.2f}x ({lo:.2f}-{hi:.2f})")
+            else:
+                cells.append("-")
+        out.append(f"| {label} | {' | '.join(vals)} | {' | '.join(cells)} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/lean", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--seconds", type=float, default=3)
+    p.add_argument("--flows", type=int, default=64)
+    p.add_argument("--out", default="lean")
+    args = p.parse_args(argv)
+    if args.rounds < 2 or args.seconds <= 0 or not 1 <= args.flows <= 65535:
+        p.error("--rounds >= 2, --seconds > 0, --flows 1..65535")
+    with open(BPF_STATS) as f:
+        was = f.read().strip()
+    samples = {m: {} for m in MODES}
+    sink = lean = None
+    lab.down()
+    try:
+        with open(BPF_STATS, "w") as f:
+            f.write("1")
+        lab.up(2, [VNI], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
+        pairs = baselines.setup(2, linkgso.LEGACY_MAX)
+        info = lab.ls()
+        pairs["dataplane"] = pairs["lean"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        del pairs["vxlan"]
+        macs = {}
+        for mode in ("routing", "dataplane"):
+            a, b = pairs[mode]
+            assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
+            macs[mode] = next_hop_mac(a["name"], b["ip"])
+        macs["lean"] = macs["dataplane"]
+        lean = Lean()
+        hooks = setup(lean, *pairs["lean"])
+        hooks.use("lean")
+        a, b = pairs["lean"]
+        assert ping(a["name"], b["ip"], count=2)[0] == 2, "lean: no connectivity"
+        hooks.use("dataplane")
+        sink = Sink()
+        for mode in ("routing", "dataplane"):
+            sink.attach(pairs[mode][1]["name"], "eth0")
+        for r in range(args.rounds):
+            line = []
+            for mode in (MODES if r % 2 == 0 else tuple(reversed(MODES))):
+                a, b = pairs[mode]
+                if mode != "routing":
+                    hooks.use(mode)
+                got = run_once(sink, a, b, macs[mode], args.seconds, args.flows, mode != "routing")
+                for k, v in got.items():
+                    samples[mode].setdefault(k, []).append(v)
+                line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
+                            + (f" (programs {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
+            log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+    finally:
+        for x in (sink, lean):
+            if x:
+                x.close()
+        with open(BPF_STATS, "w") as f:
+            f.write(was)
+        lab.down()
+    med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
+    res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
+    save(res, table(res), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,43 +1,48 @@
 """bench/lean: our programs beside the least a VXLAN program pair can do, in the same traffic.
 
-    .venv/bin/python -m bench.lean [--rounds 6] [--seconds 3] [--flows 64]
+    .venv/bin/python -m bench.lean [--rounds 6] [--seconds 3] [--flows 64] [--no-bpf-stats]
 
 bench.pps's set-up (two lab hosts, no registry, the receiving sandbox's eth0
 dropping every IPv4 frame at tc ingress, the C generator sending 64-byte
 frames unthrottled from the other sandbox), with three modes alternating
 round by round: plain routing; dataplane as built; and dataplane with its
 two programs swapped, in place at their tcx hooks, for bench/lean_vxlan.c,
-a pair that only encapsulates and decapsulates (an inlined array read,
-adjust_room, the header writes, a redirect; no lookups, learning, counters
-or checks). The lean pair's ns per run is the floor any eBPF VXLAN data path
-pays on this machine, and the whole path's CPU per frame with it is the best
-an overlay built this way could do against routing here.
+a pair that only encapsulates and decapsulates (an inlined array read, the
+outer header checks, adjust_room, the header writes, a redirect; no
+lookups, learning, counters or spoofing checks). The lean pair's ns per run
+is the floor of an overlay built this way (tc hooks, adjust_room,
+redirects) on this machine, and the whole path's CPU per frame with it the
+best such an overlay could do against routing here.
 
 Per mode: frames/s at the sink, whole-machine busy CPU ns per frame, and for
-the two dataplane modes the kernel's BPF statistics per program. Writes
-bench/results/lean.{json,md} (--out NAME: NAME.*)."""
+the two dataplane modes the kernel's BPF statistics per program (on for the
+run unless --no-bpf-stats: they add two clock reads to every program run,
+which routing does not pay). Writes bench/results/lean.{json,md} (--out
+NAME: NAME.*)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
-import json
 import os
+import socket
 import statistics
-import subprocess
 import sys
 
 from bench import baselines
 from bench.pps import Sink, run_once
-from bench.profile import BPF_STATS
+from bench.profile import bpf_stats
 from bench.run import machine, next_hop_mac, ratio_ci, save
 from dataplane.core import cwire
-from dataplane.kernel import gso as linkgso, loader, netlink, tcx
+from dataplane.kernel import gso as linkgso, loader, tcx
 from dataplane.node import Node
 from lab import topology as lab
 from lab.traffic import ping
 
-SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lean_vxlan.c")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(HERE, "lean_vxlan.c")
+BPF_DIR = os.path.join(os.path.dirname(HERE), "bpf")     # dp_abi.h and lib/wire.h, shared with ours
 MODES = ("routing", "dataplane", "lean")
 PROGS = ("from_endpoint", "from_overlay")
 VNI = 256
@@ -45,11 +50,6 @@ VNI = 256
 
 def log(msg: str) -> None:
     print(f"bench/lean: {msg}", file=sys.stderr, flush=True)
-
-
-def link_mac(ns: str, ifname: str) -> str:
-    out = subprocess.run(["ip", "-j", "-n", ns, "link", "show", ifname], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)[0]["address"]
 
 
 def outer_template(smac: str, dmac: str, src: str, dst: str, vni: int) -> tuple[bytes, int]:
@@ -67,16 +67,17 @@ class Lean:
 
     def __init__(self):
         import bcc  # noqa: PLC0415 - the bench needs it, importing bench.lean should not
-        self.bpf = bcc.BPF(src_file=SRC.encode())
+        self.bpf = bcc.BPF(src_file=SRC.encode(), cflags=[f"-I{BPF_DIR}"])
         self.fds = {p: self.bpf.load_func(p.encode(), bcc.BPF.SCHED_CLS).fd for p in PROGS}
 
     def configure(self, key: int, *, mac: str, ifindex: int, outer: bytes = bytes(50), csum_words: int = 0,
-                  vni: int = VNI, port: int = cwire.DEFAULT_PORT) -> None:
+                  local_ip: str = "0.0.0.0", vni: int = VNI, port: int = cwire.DEFAULT_PORT) -> None:
         t = self.bpf[b"lean_cfg"]
         v = t.sLeaf()
         ctypes.memmove(v.outer, outer, 50)
         ctypes.memmove(v.mac, bytes.fromhex(mac.replace(":", "")), 6)
         v.csum_words, v.ifindex = csum_words, ifindex
+        v.local_ip = int.from_bytes(socket.inet_aton(local_ip), sys.byteorder)
         v.vni_word = int.from_bytes((vni << 8).to_bytes(4, "big"), sys.byteorder)
         v.port = int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
         t[ctypes.c_int(key)] = t.Leaf(*([v] * t.total_cpu))
@@ -110,17 +111,17 @@ def setup(lean: Lean, a: dict, b: dict) -> Hooks:
     st1, st2 = Node(lab.host_ns(1)).require_up(), Node(lab.host_ns(2)).require_up()
     port = next(e.ifindex for e in st1.endpoints.values() if e.ip == a["ip"])
     dest = next(e.ifindex for e in st2.endpoints.values() if e.ip == b["ip"])
-    outer, words = outer_template(link_mac(lab.host_ns(1), lab.UPLINK), link_mac(lab.host_ns(2), lab.UPLINK),
-                                  lab.vtep_ip(1), lab.vtep_ip(2), VNI)
+    outer, words = outer_template(st1.uplink.mac, st2.uplink.mac, lab.vtep_ip(1), lab.vtep_ip(2), VNI)
     lean.configure(0, mac=b["mac"], ifindex=st1.uplink.ifindex, outer=outer, csum_words=words)
-    lean.configure(1, mac=b["mac"], ifindex=dest)
+    lean.configure(1, mac=b["mac"], ifindex=dest, local_ip=lab.vtep_ip(2))
     return Hooks(lean, port, st2.uplink.ifindex)
 
 
 def table(res: dict) -> str:
     m, a, med = res["machine"], res["args"], res["median"]
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
-           f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}`. Medians of "
+           f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}"
+           f"{' --no-bpf-stats' if a.get('no_bpf_stats') else ''}`. Medians of "
            f"{a['rounds']} alternating rounds, ratios with their 95% bootstrap interval. 64-byte frames from the C "
            "generator, dropped at the receiving sandbox's tc ingress (as bench.pps). lean = dataplane with "
            "bench/lean_vxlan.c's two programs in place of ours.", "",
@@ -147,22 +148,24 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=float, default=3)
     p.add_argument("--flows", type=int, default=64)
+    p.add_argument("--no-bpf-stats", action="store_true",
+                   help="leave the kernel's BPF statistics off: their clock reads cost every program run "
+                        "something routing does not pay; the programs' ns per run go unmeasured")
     p.add_argument("--out", default="lean")
     args = p.parse_args(argv)
     if args.rounds < 2 or args.seconds <= 0 or not 1 <= args.flows <= 65535:
         p.error("--rounds >= 2, --seconds > 0, --flows 1..65535")
-    with open(BPF_STATS) as f:
-        was = f.read().strip()
     samples = {m: {} for m in MODES}
-    sink = lean = None
     lab.down()
-    try:
-        with open(BPF_STATS, "w") as f:
-            f.write("1")
+    with contextlib.ExitStack() as stack:      # undone in reverse, each step even if one fails
+        stack.callback(lab.down)
+        if not args.no_bpf_stats:
+            stack.enter_context(bpf_stats())
         lab.up(2, [VNI], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
         pairs = baselines.setup(2, linkgso.LEGACY_MAX)
         info = lab.ls()
-        pairs["dataplane"] = pairs["lean"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        ours = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        pairs["dataplane"] = pairs["lean"] = ours
         del pairs["vxlan"]
         macs = {}
         for mode in ("routing", "dataplane"):
@@ -171,12 +174,14 @@ def main(argv=None) -> int:
             macs[mode] = next_hop_mac(a["name"], b["ip"])
         macs["lean"] = macs["dataplane"]
         lean = Lean()
+        stack.callback(lean.close)
         hooks = setup(lean, *pairs["lean"])
         hooks.use("lean")
         a, b = pairs["lean"]
         assert ping(a["name"], b["ip"], count=2)[0] == 2, "lean: no connectivity"
         hooks.use("dataplane")
         sink = Sink()
+        stack.callback(sink.close)
         for mode in ("routing", "dataplane"):
             sink.attach(pairs[mode][1]["name"], "eth0")
         for r in range(args.rounds):
@@ -191,13 +196,6 @@ def main(argv=None) -> int:
                 line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
                             + (f" (programs {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
             log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
-    finally:
-        for x in (sink, lean):
-            if x:
-                x.close()
-        with open(BPF_STATS, "w") as f:
-            f.write(was)
-        lab.down()
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
     res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
     save(res, table(res), args.out)

@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 
-from bench.profile import BPF_STATS, _prog_times, ns_per_run
+from bench.profile import _prog_times, bpf_stats, ns_per_run
 from bench.run import machine, pps64, save, tcp
 from dataplane.node import Node, vtep
 from lab import topology as lab
@@ -47,31 +47,26 @@ def main(argv=None) -> int:
     lab.down()
     samples = {v: {"tcp_gbps": [], "pps64": [], "cpu_ns_per_pkt": [], "from_endpoint_ns": [],
                    "from_overlay_ns": []} for v in VARIANTS}
-    with open(BPF_STATS) as f:
-        stats_was = f.read().strip()
     try:
-        with open(BPF_STATS, "w") as f:
-            f.write("1")
-        lab.up(2, [256], per_host=1, registry="none")
-        info = lab.ls()
-        a, b = (next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2))
-        for r in range(args.rounds):
-            for v in (VARIANTS if r % 2 == 0 else dict(reversed(VARIANTS.items()))):
-                reload(VARIANTS[v])
-                assert ping(a["name"], b["ip"], count=2)[0] == 2
-                t = tcp(a, b, args.seconds)
-                before = _prog_times()
-                pps, cpu = pps64(a, b, max(2, args.seconds // 2))
-                ns = per_run(before, _prog_times())
-                for k, x in (("tcp_gbps", t), ("pps64", pps), ("cpu_ns_per_pkt", cpu),
-                             ("from_endpoint_ns", ns["from_endpoint"]), ("from_overlay_ns", ns["from_overlay"])):
-                    samples[v][k].append(x)
-                print(f"round {r + 1}/{args.rounds} {v:12s} TCP {t:5.2f} Gbit/s  64B {pps / 1e3:6.0f} kpps "
-                      f"{cpu:5.0f} ns/pkt  from_endpoint {ns['from_endpoint']:.0f} ns/run  "
-                      f"from_overlay {ns['from_overlay']:.0f} ns/run", file=sys.stderr, flush=True)
+        with bpf_stats():
+            lab.up(2, [256], per_host=1, registry="none")
+            info = lab.ls()
+            a, b = (next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2))
+            for r in range(args.rounds):
+                for v in (VARIANTS if r % 2 == 0 else dict(reversed(VARIANTS.items()))):
+                    reload(VARIANTS[v])
+                    assert ping(a["name"], b["ip"], count=2)[0] == 2
+                    t = tcp(a, b, args.seconds)
+                    before = _prog_times()
+                    pps, cpu = pps64(a, b, max(2, args.seconds // 2))
+                    ns = per_run(before, _prog_times())
+                    for k, x in (("tcp_gbps", t), ("pps64", pps), ("cpu_ns_per_pkt", cpu),
+                                 ("from_endpoint_ns", ns["from_endpoint"]), ("from_overlay_ns", ns["from_overlay"])):
+                        samples[v][k].append(x)
+                    print(f"round {r + 1}/{args.rounds} {v:12s} TCP {t:5.2f} Gbit/s  64B {pps / 1e3:6.0f} kpps "
+                          f"{cpu:5.0f} ns/pkt  from_endpoint {ns['from_endpoint']:.0f} ns/run  "
+                          f"from_overlay {ns['from_overlay']:.0f} ns/run", file=sys.stderr, flush=True)
     finally:
-        with open(BPF_STATS, "w") as f:
-            f.write(stats_was)
         os.environ.pop("DP_BPF_CFLAGS", None)
         lab.down()
     med = {v: {k: statistics.median(x) for k, x in d.items()} for v, d in samples.items()}

@@ -39,7 +39,7 @@ import sys
 import time
 
 from bench import baselines
-from bench.profile import BPF_STATS, _prog_times, ns_per_run
+from bench.profile import _prog_times, bpf_stats, ns_per_run
 from bench.run import Busy, _in, machine, next_hop_mac, ratio_ci, save
 from dataplane.kernel import gso as linkgso, netlink
 from lab import topology as lab
@@ -152,49 +152,49 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 2 or args.seconds <= 0 or not 1 <= args.flows <= 65535:
         p.error("--rounds >= 2, --seconds > 0, --flows 1..65535")
-    was = open(BPF_STATS).read().strip()
     samples = {m: {} for m in MODES}
     sink = None
     lab.down()
     try:
-        open(BPF_STATS, "w").write("1")
-        # Data path only, as bench.run: a registry lab gives VNI 256 a gateway, whose NAT rule
-        # in the host namespaces puts conntrack on the baselines' forwarded frames too.
-        lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
-        info = lab.ls()
-        pairs = baselines.setup(2, linkgso.LEGACY_MAX)
-        pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
-        macs = {}
-        for mode, (a, b) in pairs.items():
-            assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
-            macs[mode] = next_hop_mac(a["name"], b["ip"])    # before the sink: its neighbour entry stays
-        sink = Sink()
-        for mode, (a, b) in pairs.items():
-            sink.attach(b["name"], "eth0")
-        pairs["floor"] = pairs["routing"]
-        for r in range(args.rounds):
-            order = MODES if r % 2 == 0 else tuple(reversed(MODES))
-            line = []
-            for mode in order:
-                a, b = pairs[mode]
-                if mode == "floor":
-                    idx = sink.attach(lab.host_ns(1), "rv0")
-                try:
-                    got = run_once(sink, a, b, macs["routing" if mode == "floor" else mode], args.seconds, args.flows,
-                                   mode == "dataplane")
-                finally:
+        with bpf_stats():
+            # Data path only, as bench.run: a registry lab gives VNI 256 a gateway, whose NAT rule
+            # in the host namespaces puts conntrack on the baselines' forwarded frames too.
+            lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
+            info = lab.ls()
+            pairs = baselines.setup(2, linkgso.LEGACY_MAX)
+            pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+            macs = {}
+            for mode, (a, b) in pairs.items():
+                assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
+                macs[mode] = next_hop_mac(a["name"], b["ip"])    # before the sink: its neighbour entry stays
+            sink = Sink()
+            for mode, (a, b) in pairs.items():
+                sink.attach(b["name"], "eth0")
+            pairs["floor"] = pairs["routing"]
+            for r in range(args.rounds):
+                order = MODES if r % 2 == 0 else tuple(reversed(MODES))
+                line = []
+                for mode in order:
+                    a, b = pairs[mode]
                     if mode == "floor":
-                        netlink.clsact_delete(lab.host_ns(1), idx)
-                for k, v in got.items():
-                    samples[mode].setdefault(k, []).append(v)
-                line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
-                            + (f" (bpf {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
-            log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+                        idx = sink.attach(lab.host_ns(1), "rv0")
+                    try:
+                        got = run_once(sink, a, b, macs["routing" if mode == "floor" else mode], args.seconds,
+                                       args.flows, mode == "dataplane")
+                    finally:
+                        if mode == "floor":
+                            netlink.clsact_delete(lab.host_ns(1), idx)
+                    for k, v in got.items():
+                        samples[mode].setdefault(k, []).append(v)
+                    line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
+                                + (f" (bpf {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
+                log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
     finally:
-        if sink:
-            sink.close()
-        open(BPF_STATS, "w").write(was)
-        lab.down()
+        try:
+            if sink:
+                sink.close()
+        finally:
+            lab.down()
     for mode in baselines.MODES:   # each run less the floor's median
         fl = statistics.median(samples["floor"]["cpu_ns"])
         samples[mode]["path_ns"] = [x - fl for x in samples[mode]["cpu_ns"]]

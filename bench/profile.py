@@ -16,6 +16,7 @@ Needs Debian's linux-perf and bpftool (scripts/bootstrap.sh installs them)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,21 @@ from lab.traffic import ping
 TOP = 18
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 OURS = set(fastpath.TC_PROGRAMS) | set(fastpath.XDP_PROGRAMS)
+
+
+@contextlib.contextmanager
+def bpf_stats():
+    """The kernel's BPF run statistics on for the block, then as they were (someone else may be
+    counting too)."""
+    with open(BPF_STATS) as f:
+        was = f.read().strip()
+    with open(BPF_STATS, "w") as f:
+        f.write("1")
+    try:
+        yield
+    finally:
+        with open(BPF_STATS, "w") as f:
+            f.write(was)
 
 
 def _prog_times() -> dict[int, tuple[str, int, int]]:
@@ -84,18 +100,11 @@ def profile(name: str, mode: str, a: dict, b: dict, seconds: int, tmp: str) -> t
     t.start()
     time.sleep(1.5)
     data = os.path.join(tmp, f"{name}-{mode}.data")
-    with open(BPF_STATS) as f:
-        was = f.read().strip()
-    with open(BPF_STATS, "w") as f:
-        f.write("1")
-    try:
+    with bpf_stats():
         before, t0 = _prog_times(), time.monotonic()
         subprocess.run(["perf", "record", "-a", "-g", "-o", data, "--", "sleep", str(seconds)],
                        capture_output=True, check=True)
         progs = _prog_table(before, _prog_times(), time.monotonic() - t0)
-    finally:
-        with open(BPF_STATS, "w") as f:
-            f.write(was)  # as it was: someone else may be counting too
     t.join()
     rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
                           "-g", "none", "--percent-limit", "0.5"], capture_output=True, text=True, check=True).stdout

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from bench.profile import BPF_STATS, _prog_times, ns_per_run
+from bench.profile import _prog_times, bpf_stats, ns_per_run
 from bench.run import _in, machine, pps64, save, vni_counter
 from dataplane.agent import client
 from dataplane.registry import Endpoint, Host, open_registry
@@ -188,33 +188,31 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 2 <= args.vteps <= 150 or not 1 <= args.macs <= 60000 or not 1 <= args.local <= 1024:
         p.error("--vteps 2..150, --macs 1..60000, --local 1..1024")
-    was = open(BPF_STATS).read().strip()
     res = {"machine": machine(), "args": vars(args)}
     try:
-        open(BPF_STATS, "w").write("1")
-        log(f"lab: 2 hosts, {args.vteps - 1} registry-only hosts")
-        a, b = setup(args.vteps)
-        eps = fakes(args.macs, args.vteps)
-        base = client.call(H1, "status")["installed"]["fdb"]
-        phases = [(1, "")] + ([(args.local, "_local")] if args.local > 1 else [])
-        for phase, suffix in phases:
-            if suffix:
-                grow(eps, False)                # phase 1 ended big
-                add_locals(args.local)
-                base += args.local - 1          # h2's new endpoints, on h1
-                wait_fdb(H1, base)
-            small = {"remote_macs": phase, "flood": 1, "unicast": [], "broadcast": []}
-            big = {"remote_macs": phase + args.macs, "flood": args.vteps, "unicast": [], "broadcast": []}
-            for r in range(args.rounds):
-                for state, present in ((small, False), (big, True)):
-                    grow(eps, present)
-                    wait_fdb(H1, base + (args.macs if present else 0))
-                    log(f"{phase} local endpoint(s) per host, round {r + 1}: {'big' if present else 'small'}")
-                    state["unicast"].append(unicast(a, b, args.seconds))
-                    state["broadcast"].append(broadcast(a, args.seconds, args.bcast_rate))
-            res["small" + suffix], res["big" + suffix] = small, big
+        with bpf_stats():
+            log(f"lab: 2 hosts, {args.vteps - 1} registry-only hosts")
+            a, b = setup(args.vteps)
+            eps = fakes(args.macs, args.vteps)
+            base = client.call(H1, "status")["installed"]["fdb"]
+            phases = [(1, "")] + ([(args.local, "_local")] if args.local > 1 else [])
+            for phase, suffix in phases:
+                if suffix:
+                    grow(eps, False)                # phase 1 ended big
+                    add_locals(args.local)
+                    base += args.local - 1          # h2's new endpoints, on h1
+                    wait_fdb(H1, base)
+                small = {"remote_macs": phase, "flood": 1, "unicast": [], "broadcast": []}
+                big = {"remote_macs": phase + args.macs, "flood": args.vteps, "unicast": [], "broadcast": []}
+                for r in range(args.rounds):
+                    for state, present in ((small, False), (big, True)):
+                        grow(eps, present)
+                        wait_fdb(H1, base + (args.macs if present else 0))
+                        log(f"{phase} local endpoint(s) per host, round {r + 1}: {'big' if present else 'small'}")
+                        state["unicast"].append(unicast(a, b, args.seconds))
+                        state["broadcast"].append(broadcast(a, args.seconds, args.bcast_rate))
+                res["small" + suffix], res["big" + suffix] = small, big
     finally:
-        open(BPF_STATS, "w").write(was)
         lab.down()
     save(res, table(res), "scale")
     return 0

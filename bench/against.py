@@ -1,0 +1,105 @@
+"""bench/against: this checkout's fast path against an older commit's, in the same hour.
+
+    .venv/bin/python -m bench.against COMMIT [--pairs 3] [--rounds 2] [--seconds 3]
+
+Our programs' nanoseconds follow the machine's speed, which drifts by tens of
+percent within an hour here, so a figure recorded on another day cannot be
+compared with today's. This checks COMMIT out into a temporary git worktree
+and runs bench.pps from it and from this checkout in turn, --pairs times (old,
+new, old, new, ...), each a lab of its own. The worktree borrows this
+checkout's compiled C helper, which needs csrc/ unchanged between the two
+(checked). Per run: our programs' ns per frame (kernel BPF statistics) and the
+whole machine's busy CPU per frame, dataplane's and plain routing's. Writes
+bench/results/against-<commit>.{json,md} (--out NAME: NAME.*)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from bench.run import machine, save
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = (("bpf_ns", "dataplane", "our programs, ns per frame"),
+        ("from_endpoint_ns", "dataplane", "from_endpoint, ns per run"),
+        ("from_overlay_ns", "dataplane", "from_overlay, ns per run"),
+        ("cpu_ns", "dataplane", "busy CPU per frame, dataplane, ns"),
+        ("cpu_ns", "routing", "busy CPU per frame, routing, ns"))
+
+
+def log(msg: str) -> None:
+    print(f"bench/against: {msg}", file=sys.stderr, flush=True)
+
+
+def git(*argv: str) -> str:
+    return subprocess.run(["git", "-C", HERE, *argv], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def pps_run(tree: str, out: str, rounds: int, seconds: float) -> dict:
+    """bench.pps from tree (its own packages first on the path); its medians."""
+    env = dict(os.environ, PYTHONPATH=tree)
+    subprocess.run([sys.executable, "-m", "bench.pps", "--rounds", str(rounds), "--seconds", str(seconds),
+                    "--out", out], cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+    with open(out + ".json") as f:
+        return json.load(f)["median"]
+
+
+def table(res: dict) -> str:
+    m, a = res["machine"], res["args"]
+    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+           f"bench.against {a['commit']} --pairs {a['pairs']} --rounds {a['rounds']} --seconds {a['seconds']:g}` "
+           f"(this checkout: {res['head']}). Each cell: the medians of one bench.pps run of {a['rounds']} rounds; "
+           "runs in the order old, new, old, new, ...", "",
+           f"| metric | {a['commit']} (old) | this checkout (new) | new / old, median of the runs |", "|---|---|---|---|"]
+    for key, mode, label in KEYS:
+        old = [r[mode][key] for r in res["old"]]
+        new = [r[mode][key] for r in res["new"]]
+        out.append(f"| {label} | {', '.join(f'{x:.0f}' for x in old)} | {', '.join(f'{x:.0f}' for x in new)} | "
+                   f"{statistics.median(new) / statistics.median(old):.2f}x |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/against", description=__doc__.split("\n\n")[0])
+    p.add_argument("commit")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=3)
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.pairs < 1 or args.rounds < 2 or args.seconds <= 0:
+        p.error("--pairs >= 1, --rounds >= 2, --seconds > 0")
+    try:
+        commit = git("rev-parse", "--short", args.commit + "^{commit}")
+    except subprocess.CalledProcessError:
+        p.error(f"{args.commit}: not a commit of this repository")
+    if subprocess.run(["git", "-C", HERE, "diff", "--quiet", commit, "--", "csrc/"]).returncode:
+        p.error(f"csrc/ differs between {commit} and this checkout: the worktree cannot borrow the C helper")
+    args.commit = commit
+    helper = next(f for f in os.listdir(os.path.join(HERE, "dataplane")) if f.startswith("_cwire") and f.endswith(".so"))
+    tmp = tempfile.mkdtemp(prefix="dp-against-")
+    tree = os.path.join(tmp, "tree")
+    res = {"machine": machine(), "args": vars(args), "head": git("rev-parse", "--short", "HEAD"), "old": [], "new": []}
+    try:
+        git("worktree", "add", "--detach", tree, commit)
+        shutil.copy(os.path.join(HERE, "dataplane", helper), os.path.join(tree, "dataplane", helper))
+        for i in range(args.pairs):
+            for side, where in (("old", tree), ("new", HERE)):
+                res[side].append(pps_run(where, os.path.join(tmp, f"{side}-{i}"), args.rounds, args.seconds))
+                d = res[side][-1]["dataplane"]
+                log(f"pair {i + 1}/{args.pairs} {side}: programs {d['bpf_ns']:.0f} ns, CPU per frame {d['cpu_ns']:.0f} ns")
+    finally:
+        subprocess.run(["git", "-C", HERE, "worktree", "remove", "--force", tree], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    save(res, table(res), args.out or f"against-{commit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

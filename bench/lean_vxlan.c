@@ -8,11 +8,12 @@
  * the inner destination MAC compared with the one this pair serves, the
  * fast path's own flow hash and source port (wire.h), adjust_room, the 50
  * header bytes written, two lengths and the IPv4 checksum filled in, a
- * redirect to the uplink. Decapsulation: the outer headers checked as
+ * redirect to the uplink. Decapsulation: the outer headers checked much as
  * vxlan_parse does for a frame without options (IPv4 to our address, no
- * fragment, lengths that match the frame, UDP to the VXLAN port, the I flag,
- * the VNI), the inner destination MAC, adjust_room, the inner Ethernet header
- * put back, redirect_peer into the sandbox. No endpoint, FDB or neighbour
+ * fragment, UDP to the VXLAN port, the I flag, the VNI; lengths that match
+ * the frame exactly, where ours trims bytes past the IPv4 length), the inner
+ * destination MAC and ethertype, adjust_room, the inner Ethernet header put
+ * back, redirect_peer into the sandbox. No endpoint, FDB or neighbour
  * lookup, no learning, counters, spoofing checks, ARP, flooding, MTU or
  * monitor: what ours does beyond this is the price of those, and this pair's
  * cost is the floor of an overlay built this way (tc hooks, adjust_room,

@@ -2,8 +2,9 @@
 encapsulation writes exactly what the reference encapsulation (csrc,
 byte-identical to the fast path) writes, source port included, and its
 decapsulation gives back the inner frame of a reference-encapsulated one and
-refuses what the fast path's parser refuses for frames without IP options. A
-yardstick that skipped work would flatter it against ours."""
+refuses what the fast path's parser refuses for frames without IP options
+(and trailing bytes, which ours trims). A yardstick that skipped work would
+flatter it against ours."""
 
 from __future__ import annotations
 
@@ -73,15 +74,28 @@ def _mangled(what: str) -> bytes:
         pkt[42] = 0
     if what == "fragment":
         pkt[20] |= 0x20                      # MF
-    if what == "udp_len":
-        pkt[38:40] = (int.from_bytes(pkt[38:40], "big") - 1).to_bytes(2, "big")
+    if what in ("udp_len", "ip_len"):           # one length off by one, the other left as it was
+        at = 38 if what == "udp_len" else 16
+        pkt[at:at + 2] = (int.from_bytes(pkt[at:at + 2], "big") - 1).to_bytes(2, "big")
+    if what == "ip_len_0":                      # a GSO packet's marks on a frame that is none
+        pkt[16:18], pkt[38:40] = b"\0\0", b"\xff\xff"
     if what == "padded":
-        pkt += b"\0" * 4                    # bytes past the IPv4 length
+        pkt += b"\0" * 4                       # bytes past the IPv4 length
+    if what == "outer_type":
+        pkt[12:14] = b"\x86\xdd"
+    if what == "ip_options":
+        pkt[14] = 0x46
+    if what == "outer_proto":
+        pkt[23] = 6
+    if what == "inner_type":
+        pkt[62:64] = b"\x08\x06"
     return bytes(pkt)
 
 
 @pytest.mark.parametrize("what,verdict", [
     ("vni", TC_ACT_SHOT), ("inner_mac", TC_ACT_SHOT), ("no_i_flag", TC_ACT_SHOT), ("fragment", TC_ACT_SHOT),
-    ("udp_len", TC_ACT_SHOT), ("padded", TC_ACT_SHOT), ("port", TC_ACT_OK), ("not_ours", TC_ACT_OK)])
+    ("udp_len", TC_ACT_SHOT), ("ip_len", TC_ACT_SHOT), ("ip_len_0", TC_ACT_SHOT), ("padded", TC_ACT_SHOT),
+    ("inner_type", TC_ACT_SHOT), ("port", TC_ACT_OK), ("not_ours", TC_ACT_OK), ("outer_type", TC_ACT_OK),
+    ("ip_options", TC_ACT_OK), ("outer_proto", TC_ACT_OK)])
 def test_decapsulation_refuses_what_is_not_its_network(lean, what, verdict):
     assert _run(lean, "from_overlay", _mangled(what)).retval == verdict

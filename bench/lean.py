@@ -27,13 +27,12 @@ import contextlib
 import ctypes
 import os
 import socket
-import statistics
 import sys
 
 from bench import baselines
 from bench.pps import Sink, run_once
 from bench.profile import bpf_stats
-from bench.run import machine, next_hop_mac, ratio_ci, save
+from bench.run import next_hop_mac, ratio_ci, save_samples
 from dataplane.core import cwire
 from dataplane.kernel import gso as linkgso, loader, tcx
 from dataplane.node import Node
@@ -196,9 +195,7 @@ def main(argv=None) -> int:
                 line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
                             + (f" (programs {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
             log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
-    med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
-    res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
-    save(res, table(res), args.out)
+    save_samples(samples, args, table, args.out)
     return 0
 
 

@@ -36,11 +36,10 @@ import json
 import os
 import statistics
 import sys
-import time
 
 from bench import baselines
 from bench.profile import _prog_times, bpf_stats, ns_per_run
-from bench.run import Busy, _in, machine, next_hop_mac, ratio_ci, save
+from bench.run import Busy, _in, next_hop_mac, ratio_ci, save_samples
 from dataplane.kernel import gso as linkgso, netlink
 from lab import topology as lab
 from lab.traffic import ping
@@ -198,9 +197,7 @@ def main(argv=None) -> int:
     for mode in baselines.MODES:   # each run less the floor's median
         fl = statistics.median(samples["floor"]["cpu_ns"])
         samples[mode]["path_ns"] = [x - fl for x in samples[mode]["cpu_ns"]]
-    med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
-    res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
-    save(res, table(res), args.out)
+    save_samples(samples, args, table, args.out)
     return 0
 
 

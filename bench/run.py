@@ -247,6 +247,14 @@ def save(result: dict, md: str, name: str) -> None:
     print(md)
 
 
+def save_samples(samples: dict, args, table, name: str) -> None:
+    """Each mode's samples with their medians, the machine and the arguments, saved as name
+    with table(result) as its markdown."""
+    med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
+    res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
+    save(res, table(res), name)
+
+
 METRICS = [  # key, label, format, scale for the table
     ("tcp_gbps", "single-stream TCP, Gbit/s", "{:.2f}", 1),
     ("tcp4_gbps", "4-stream TCP (4 iperf3 processes), Gbit/s", "{:.2f}", 1),

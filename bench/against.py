@@ -104,8 +104,10 @@ def main(argv=None) -> int:
         p.error("the C helper is not built here: run scripts/bootstrap.sh first")
     # SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C, so the worktree and the lab go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    res = {"machine": machine(), "args": vars(args), "head": git("describe", "--always", "--dirty"),
-           "old": [], "new": []}
+    # Changed files outside bench/results (which the runs themselves rewrite) make the checkout dirty.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    res = {"machine": machine(), "args": vars(args),
+           "head": git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""), "old": [], "new": []}
     tmp = tempfile.mkdtemp(prefix="dp-against-")
     tree = os.path.join(tmp, "tree")
     try:

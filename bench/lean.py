@@ -26,15 +26,14 @@ import argparse
 import contextlib
 import ctypes
 import os
-import socket
 import sys
 
-from bench import baselines
-from bench.pps import Sink, run_once
+from bench.pps import Sink, alternate, lab_pairs
 from bench.profile import bpf_stats
-from bench.run import next_hop_mac, ratio_ci, save_samples
-from dataplane.core import cwire
-from dataplane.kernel import gso as linkgso, loader, tcx
+from bench.run import ratio_ci, save_samples
+from dataplane.core import cwire, model
+from dataplane.core.keys import be32
+from dataplane.kernel import loader, tcx
 from dataplane.node import Node
 from lab import topology as lab
 from lab.traffic import ping
@@ -74,9 +73,9 @@ class Lean:
         t = self.bpf[b"lean_cfg"]
         v = t.sLeaf()
         ctypes.memmove(v.outer, outer, 50)
-        ctypes.memmove(v.mac, bytes.fromhex(mac.replace(":", "")), 6)
+        ctypes.memmove(v.mac, model.mac_bytes(mac), 6)
         v.csum_words, v.ifindex = csum_words, ifindex
-        v.local_ip = int.from_bytes(socket.inet_aton(local_ip), sys.byteorder)
+        v.local_ip = be32(local_ip)
         v.vni_word = int.from_bytes((vni << 8).to_bytes(4, "big"), sys.byteorder)
         v.port = int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
         t[ctypes.c_int(key)] = t.Leaf(*([v] * t.total_cpu))
@@ -92,6 +91,13 @@ class Hooks:
     def __init__(self, lean: Lean, port: int, uplink: int):
         self.lean = lean
         self.at = {"from_endpoint": (lab.host_ns(1), port), "from_overlay": (lab.host_ns(2), uplink)}
+
+    @contextlib.contextmanager
+    def around(self, mode: str):
+        """For bench.pps's alternate: the mode's programs in place for its runs (routing has none)."""
+        if mode != "routing":
+            self.use(mode)
+        yield
 
     def use(self, mode: str) -> None:
         for prog, (ns, idx) in self.at.items():
@@ -160,18 +166,9 @@ def main(argv=None) -> int:
         stack.callback(lab.down)
         if not args.no_bpf_stats:
             stack.enter_context(bpf_stats())
-        lab.up(2, [VNI], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
-        pairs = baselines.setup(2, linkgso.LEGACY_MAX)
-        info = lab.ls()
-        ours = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
-        pairs["dataplane"] = pairs["lean"] = ours
+        pairs, macs = lab_pairs()
         del pairs["vxlan"]
-        macs = {}
-        for mode in ("routing", "dataplane"):
-            a, b = pairs[mode]
-            assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
-            macs[mode] = next_hop_mac(a["name"], b["ip"])
-        macs["lean"] = macs["dataplane"]
+        pairs["lean"], macs["lean"] = pairs["dataplane"], macs["dataplane"]
         lean = Lean()
         stack.callback(lean.close)
         hooks = setup(lean, *pairs["lean"])
@@ -183,18 +180,7 @@ def main(argv=None) -> int:
         stack.callback(sink.close)
         for mode in ("routing", "dataplane"):
             sink.attach(pairs[mode][1]["name"], "eth0")
-        for r in range(args.rounds):
-            line = []
-            for mode in (MODES if r % 2 == 0 else tuple(reversed(MODES))):
-                a, b = pairs[mode]
-                if mode != "routing":
-                    hooks.use(mode)
-                got = run_once(sink, a, b, macs[mode], args.seconds, args.flows, mode != "routing")
-                for k, v in got.items():
-                    samples[mode].setdefault(k, []).append(v)
-                line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
-                            + (f" (programs {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
-            log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+        alternate(args, MODES, pairs, macs, sink, samples, hooks.around, ("dataplane", "lean"), log)
     save_samples(samples, args, table, args.out)
     return 0
 

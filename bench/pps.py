@@ -32,6 +32,7 @@ Writes bench/results/pps.json and pps.md (--out NAME: NAME.*)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -142,6 +143,39 @@ def table(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def lab_pairs() -> tuple[dict, dict]:
+    """The bench lab up (two hosts, VNI 256, no registry, beside the baselines): a sender and
+    a receiver sandbox per mode, and the MAC each sender's frames go to, connectivity checked."""
+    # Data path only, as bench.run: a registry lab gives VNI 256 a gateway, whose NAT rule
+    # in the host namespaces puts conntrack on the baselines' forwarded frames too.
+    lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
+    info = lab.ls()
+    pairs = baselines.setup(2, linkgso.LEGACY_MAX)
+    pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+    macs = {}
+    for mode, (a, b) in pairs.items():
+        assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
+        macs[mode] = next_hop_mac(a["name"], b["ip"])    # before the sink: its neighbour entry stays
+    return pairs, macs
+
+
+def alternate(args, modes: tuple, pairs: dict, macs: dict, sink: Sink, samples: dict, around, programs,
+              say) -> None:
+    """args.rounds rounds of one run_once per mode, the order reversed every other round, each
+    run inside around(mode) (a context manager); programs: the modes whose BPF statistics count."""
+    for r in range(args.rounds):
+        line = []
+        for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
+            a, b = pairs[mode]
+            with around(mode):
+                got = run_once(sink, a, b, macs[mode], args.seconds, args.flows, mode in programs)
+            for k, v in got.items():
+                samples[mode].setdefault(k, []).append(v)
+            line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
+                        + (f" (programs {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
+        say(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/pps", description="64-byte packet rate with a sink that drops at tc")
     p.add_argument("--rounds", type=int, default=5)
@@ -154,40 +188,27 @@ def main(argv=None) -> int:
     samples = {m: {} for m in MODES}
     sink = None
     lab.down()
+
+    @contextlib.contextmanager
+    def floor_sink(mode: str):
+        """floor: the sink at the sender's own host-side veth for the run."""
+        if mode != "floor":
+            yield
+            return
+        idx = sink.attach(lab.host_ns(1), "rv0")
+        try:
+            yield
+        finally:
+            netlink.clsact_delete(lab.host_ns(1), idx)
+
     try:
         with bpf_stats():
-            # Data path only, as bench.run: a registry lab gives VNI 256 a gateway, whose NAT rule
-            # in the host namespaces puts conntrack on the baselines' forwarded frames too.
-            lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
-            info = lab.ls()
-            pairs = baselines.setup(2, linkgso.LEGACY_MAX)
-            pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
-            macs = {}
-            for mode, (a, b) in pairs.items():
-                assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
-                macs[mode] = next_hop_mac(a["name"], b["ip"])    # before the sink: its neighbour entry stays
+            pairs, macs = lab_pairs()
             sink = Sink()
             for mode, (a, b) in pairs.items():
                 sink.attach(b["name"], "eth0")
-            pairs["floor"] = pairs["routing"]
-            for r in range(args.rounds):
-                order = MODES if r % 2 == 0 else tuple(reversed(MODES))
-                line = []
-                for mode in order:
-                    a, b = pairs[mode]
-                    if mode == "floor":
-                        idx = sink.attach(lab.host_ns(1), "rv0")
-                    try:
-                        got = run_once(sink, a, b, macs["routing" if mode == "floor" else mode], args.seconds,
-                                       args.flows, mode == "dataplane")
-                    finally:
-                        if mode == "floor":
-                            netlink.clsact_delete(lab.host_ns(1), idx)
-                    for k, v in got.items():
-                        samples[mode].setdefault(k, []).append(v)
-                    line.append(f"{mode} {got['pps'] / 1e3:.0f} kpps {got['cpu_ns']:.0f} ns"
-                                + (f" (bpf {got['bpf_ns']:.0f})" if "bpf_ns" in got else ""))
-                log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+            pairs["floor"], macs["floor"] = pairs["routing"], macs["routing"]
+            alternate(args, MODES, pairs, macs, sink, samples, floor_sink, ("dataplane",), log)
     finally:
         try:
             if sink:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.run import machine, save
+from bench.run import headline, machine, save
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = (("bpf_ns", "dataplane", "our programs, ns per frame"),
@@ -66,7 +66,7 @@ def pps_run(tree: str, out: str, rounds: int, seconds: float) -> dict:
 
 def table(res: dict) -> str:
     m, a = res["machine"], res["args"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
            f"bench.against {a['commit']} --pairs {a['pairs']} --rounds {a['rounds']} --seconds {a['seconds']:g}` "
            f"(this checkout: {res['head']}). Each cell: the medians of one bench.pps run of {a['rounds']} rounds; "
            "runs in the order old, new, new, old, old, new, ...", "",

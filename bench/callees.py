@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import subprocess
 import sys
 
 from bench import perfstacks
-from bench.run import _in, machine, next_hop_mac, save
+from bench.profile import shown_programs
+from bench.run import _in, headline, machine, next_hop_mac, save
 from lab import topology as lab
 
 PROGRAMS = ("from_endpoint", "from_overlay")
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     finally:
         lab.down()
     m = res["machine"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
            f"bench.callees --seconds {args.seconds}`: `perf record -a -g` (cpu-clock) for {args.seconds} s of "
            "64-byte frames from the C generator, h1's sandbox to h2's. JIT image sizes: "
            + ", ".join(f"{k} {v} bytes" for k, v in sizes.items()) + ".", ""]
@@ -88,10 +88,9 @@ def main(argv=None) -> int:
 def _jit_sizes() -> dict[str, int | None]:
     """The JIT image size of a loaded program of each of PROGRAMS' names (one bpftool call),
     None where none is found."""
-    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     try:
-        shown = json.loads(r.stdout)
-    except ValueError:
+        shown = shown_programs()
+    except (subprocess.CalledProcessError, ValueError):
         shown = []
     return {prog: next((p.get("bytes_jited") for p in shown if p.get("name") == prog), None) for prog in PROGRAMS}
 

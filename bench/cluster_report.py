@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from bench.run import headline
+
 
 def table(r: dict) -> str:
     m, a = r["machine"], r["args"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. 3 hosts, 3-member etcd "
+    out = [f"{headline(m)}. 3 hosts, 3-member etcd "
            f"(Debian etcd-server, TLS and authentication on), all on one machine. Command: `.venv/bin/python -m "
            f"bench.cluster --endpoints {a['endpoints']} --rate {a['rate']} --seconds {a['seconds']} "
            f"--writers {a['writers']} --per-txn {a['per_txn']} --starts {a.get('starts', 1)} --parts {a['parts']}`."]

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from bench.run import machine, save
+from bench.run import headline, machine, save
 from dataplane.agent import process as agentctl, client as api
 from lab import etcd as etcd_server, topology as lab
 from dataplane.kernel import netlink
@@ -152,7 +152,7 @@ def bench_backend(backend: str, n: int, nconv: int, tmp: str) -> dict:
 
 def table(res: dict) -> str:
     m = res["machine"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}.", "",
+    out = [f"{headline(m)}.", "",
            "| registry | endpoints | `up` with agent | agent start | snapshot read | sync into maps "
            "| agent RSS (peak) | convergence median | p99 |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 from bench import perfstacks
-from bench.run import _in, machine, next_hop_mac, save, vni_counter
+from bench.run import _in, headline, machine, next_hop_mac, save, vni_counter
 from lab import topology as lab
 
 VNI = 256
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     finally:
         lab.down()
     m = res["machine"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
            f"bench.headroom --seconds {args.seconds}`: `perf record -a -g` for {args.seconds} s of each workload.", "",
            "| workload (h1's sandbox to h2's) | samples (whole machine) | in pskb_expand_head | share | by whom |",
            "|---|---|---|---|---|"]

@@ -30,7 +30,7 @@ import sys
 
 from bench.pps import Sink, alternate, lab_pairs
 from bench.profile import bpf_stats
-from bench.run import ratio_ci, save_samples
+from bench.run import headline, ratio_ci, save_samples
 from dataplane.core import cwire, model
 from dataplane.core.keys import be32
 from dataplane.kernel import loader, tcx
@@ -124,7 +124,7 @@ def setup(lean: Lean, a: dict, b: dict) -> Hooks:
 
 def table(res: dict) -> str:
     m, a, med = res["machine"], res["args"], res["median"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
            f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}"
            f"{' --no-bpf-stats' if a.get('no_bpf_stats') else ''}`. Medians of "
            f"{a['rounds']} alternating rounds, ratios with their 95% bootstrap interval. 64-byte frames from the C "

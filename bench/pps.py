@@ -40,7 +40,7 @@ import sys
 
 from bench import baselines
 from bench.profile import _prog_times, bpf_stats, ns_per_run
-from bench.run import Busy, _in, next_hop_mac, ratio_ci, save_samples
+from bench.run import Busy, _in, headline, next_hop_mac, ratio_ci, save_samples
 from dataplane.kernel import gso as linkgso, netlink
 from lab import topology as lab
 from lab.traffic import ping
@@ -122,7 +122,7 @@ METRICS = [  # key, label, format, scale
 
 def table(res: dict) -> str:
     m, a, med = res["machine"], res["args"], res["median"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
            f"bench.pps --rounds {a['rounds']} --seconds {a['seconds']} --flows {a['flows']}`. Medians of "
            f"{a['rounds']} alternating rounds; ratios with their 95% bootstrap interval. The receiving sandbox "
            "drops every frame at tc ingress; floor drops at the sender's own host-side veth (generator + one "

@@ -52,11 +52,16 @@ def bpf_stats():
             f.write(was)
 
 
+def shown_programs() -> list[dict]:
+    """Every loaded BPF program, as `bpftool -j prog show` describes it."""
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
 def _prog_times() -> dict[int, tuple[str, int, int]]:
     """id -> (name, run_time_ns, run_cnt) of each of our loaded programs."""
-    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
     return {p["id"]: (p["name"], p.get("run_time_ns", 0), p.get("run_cnt", 0))
-            for p in json.loads(r.stdout) if p.get("name") in OURS}
+            for p in shown_programs() if p.get("name") in OURS}
 
 
 def ns_per_run(before: dict, after: dict) -> dict[str, float]:

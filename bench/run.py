@@ -49,6 +49,11 @@ def machine() -> dict:
             "tcp_cc_default": cc, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def headline(m: dict) -> str:
+    """A result's first words: the machine() it ran on and when."""
+    return f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}"
+
+
 def _aff(affinity: str | None) -> list[str]:
     """iperf3's -A client,server: both ends on CPUs of the caller's choosing."""
     return ["-A", affinity] if affinity else []

@@ -34,7 +34,7 @@ import sys
 import time
 
 from bench.profile import _prog_times, bpf_stats, ns_per_run
-from bench.run import _in, machine, pps64, save, vni_counter
+from bench.run import _in, headline, machine, pps64, save, vni_counter
 from dataplane.agent import client
 from dataplane.registry import Endpoint, Host, open_registry
 from dataplane.registry.kv import Txn
@@ -148,7 +148,7 @@ def med(rows: list[dict], k: str):
 
 def table(r: dict) -> str:
     m, a = r["machine"], r["args"]
-    out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}. Command: `.venv/bin/python -m "
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
            f"bench.scale --vteps {a['vteps']} --macs {a['macs']} --local {a.get('local', 1)} --rounds {a['rounds']} "
            f"--seconds {a['seconds']} --bcast-rate {a['bcast_rate']}`. Medians of {a['rounds']} alternating rounds "
            "per phase.", "",

@@ -117,7 +117,7 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
             # keeps failing would otherwise cost one at every load unnoticed), and it goes.
             if isinstance(e, KernelError) and e.errno in (errno.EPERM, errno.ENOMEM):
                 raise                    # not the entry's fault: a compile would meet it too
-            notice(f"the fast path compiled earlier did not load ({e}); compiling it again", False)
+            notice(f"the fast path compiled earlier did not load ({e}); compiling it again")
             progcache.forget(key)
         else:
             notice("loading the fast path (compiled earlier)...", quiet)
@@ -138,7 +138,7 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     try:
         _keep(key, b, fds)
     except Exception as e:        # best effort: a failure costs the next compile, not this load
-        notice(f"the compiled fast path is not cached: {e}", False)
+        notice(f"the compiled fast path is not cached: {e}")
     return _install(pin_dir, loaded)
 
 

@@ -216,7 +216,7 @@ struct dp_fdb_entry {
  * Per-CPU copies of the lookups a frame makes (bpf/lib/local.h), each good
  * while its generation map (dp_local_gen, dp_fdb_gen: one __u64) holds the
  * value it was made under: the control plane writes a new random value there
- * after every change to dp_endpoints, dp_local_macs, dp_networks or dp_learned
+ * after every change to dp_endpoints, dp_local_macs, dp_networks, dp_learned or dp_vteps
  * (dp_local_gen) and to dp_fdb (dp_fdb_gen); kernel/maps.py. 0: no copies.
  */
 /* dp_ep_copies[ifindex & (size - 1)] */
@@ -242,12 +242,20 @@ struct dp_fdb_copy {
 	__be32 vtep;                         /* dp_fdb[key].vtep; 0: no static entry */
 };
 
-/* dp_learn_copies[hash of the key]: "this CPU found dp_learned[key] = vtep, stamped seen_ns", under
- * dp_local_gen (changed by the control plane's writes to dp_learned too); lets fdb_learn skip the
- * lookup until the entry is due for its refresh */
+/* dp_learn_copies[hash of the key]: "this CPU found dp_learned[key] = vtep, stamped seen_ns"; lets
+ * fdb_learn skip the lookup until the entry is due for its refresh */
 struct dp_learn_copy {
 	__u64 gen;
 	__u64 seen_ns;
+	struct dp_mac_key key;
+	__be32 vtep;
+};
+
+/* dp_dst_copies[hash of the key]: "this CPU found dp_learned[key] = vtep, and may send there until
+ * until_ns" (within the entry's age, and DP_LEARN_REFRESH_NS of the lookup): fdb.h's learned_vtep */
+struct dp_dst_copy {
+	__u64 gen;
+	__u64 until_ns;
 	struct dp_mac_key key;
 	__be32 vtep;
 };
@@ -269,6 +277,14 @@ struct dp_ip_key {
 struct dp_mac {
 	__u8 mac[6];
 	__u16 pad;
+};
+
+/* dp_vtep_copies[hash of the key]: dp_vteps's answer (is this VTEP a peer of the VNI) */
+struct dp_vtep_copy {
+	__u64 gen;
+	struct dp_ip_key key;
+	__u32 found;                         /* 0: not a peer */
+	__u32 pad;
 };
 
 /* Key of dp_flood (value __be32 VTEP) and dp_local_ports (value __u32 ifindex). */

@@ -38,7 +38,7 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 		/* redirect_peer skips the veth's backlog; it needs skb->protocol right, so IP only. */
 		return is_ip ? bpf_redirect_peer(to, 0) : bpf_redirect(to, 0);
 	}
-	vtep = fdb_lookup(&k, cfg, fgen);
+	vtep = fdb_lookup(&k, cfg, gen, fgen);
 	if (!vtep) {
 		if (punt(skb, vni, ep->slot, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
 			return DP_CONSUMED;

@@ -7,18 +7,48 @@
 #ifndef DP_FDB_H
 #define DP_FDB_H
 
-static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_config *cfg, __u64 fgen)
+/*
+ * A learned entry through a per-CPU copy (dp_dst_copies): what this CPU last
+ * found in dp_learned for k, good until the entry's age runs out and for no
+ * more than DP_LEARN_REFRESH_NS after that lookup, so a move another CPU
+ * learned is followed within that time (one this CPU learns, at once:
+ * fdb_learn). The control plane's writes to dp_learned retire every copy
+ * (dp_local_gen). gen: local_gen(), read before the maps.
+ */
+static __always_inline __be32 learned_vtep(struct dp_mac_key *k, const struct dp_config *cfg, __u64 gen)
+{
+	__u32 idx = mac_key_slot(k);
+	struct dp_dst_copy *c = gen ? dp_dst_copies.lookup(&idx) : NULL;
+	__u64 now = dp_now_ns(cfg);
+	struct dp_fdb_entry *e;
+	__u64 until;
+
+	if (c && c->gen == gen && mac_key_eq(&c->key, k) && now < c->until_ns)
+		return c->vtep;
+	e = dp_learned.lookup(k);
+	/* Written as a sum: a stamp a tick ahead of the coarse clock must read as fresh. */
+	if (!e || e->last_seen_ns + cfg->fdb_age_ns <= now)
+		return 0;
+	if (c) {
+		until = e->last_seen_ns + cfg->fdb_age_ns;
+		if (until > now + DP_LEARN_REFRESH_NS)
+			until = now + DP_LEARN_REFRESH_NS;
+		__builtin_memcpy(&c->key, k, sizeof(c->key));
+		c->vtep = e->vtep;
+		c->until_ns = until;
+		c->gen = gen;
+	}
+	return e->vtep;
+}
+
+/* dp_fdb's entry for k (the registry's truth), else a fresh learned one; 0: neither */
+static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_config *cfg, __u64 gen, __u64 fgen)
 {
 	__be32 vtep = static_vtep(k, fgen);
-	struct dp_fdb_entry *e;
 
 	if (vtep)
 		return vtep;
-	e = dp_learned.lookup(k);
-	/* Written as a sum: a stamp a tick ahead of the coarse clock must read as fresh. */
-	if (e && e->last_seen_ns + cfg->fdb_age_ns > dp_now_ns(cfg))
-		return e->vtep;
-	return 0;
+	return learned_vtep(k, cfg, gen);
 }
 
 /*
@@ -65,6 +95,9 @@ static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u
 			return -DP_DROP_MAC_CONFLICT;
 		struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
 		dp_learned.update(&k, &fresh);
+		struct dp_dst_copy *d = dp_dst_copies.lookup(&idx);
+		if (d && d->vtep != vtep && mac_key_eq(&d->key, &k))
+			d->gen = 0;              /* this CPU sends to the new VTEP from the next frame on */
 	}
 	if (c) {
 		__builtin_memcpy(&c->key, &k, sizeof(c->key));

@@ -2,15 +2,15 @@
 /*
  * local.h - the lookups every frame makes, through per-CPU copies: the
  * endpoint behind an ingress ifindex, a {VNI, MAC}'s local port (or that it
- * has none), a VNI's network, and a {VNI, MAC}'s static FDB entry (or that it
- * has none; under its own generation, dp_fdb_gen, as dp_fdb changes with every
- * registry update). A copy is an array lookup, which the verifier
+ * has none), a VNI's network, whether a VTEP is one of the VNI's peers, and a
+ * {VNI, MAC}'s static FDB entry (or that it has none; under its own
+ * generation, dp_fdb_gen, as dp_fdb changes with every registry update). A copy is an array lookup, which the verifier
  * inlines; the hash map's is a function call (30-45 ns a frame on a guest with
  * SRSO's safe RET). A copy is good while its generation map (dp_local_gen,
  * dp_fdb_gen) still holds the value it was made under: the control plane
  * writes a new random value there after every change to a map it stands for
- * (COPIED in kernel/maps.py; fdb.h's learned-entry copy rides on dp_local_gen
- * too). The caller reads the
+ * (COPIED in kernel/maps.py; so do dp_vteps's copy below and fdb.h's two
+ * copies of learned entries). The caller reads the
  * generation once, before any of the maps, so a copy made from a map read
  * older than a change carries an older generation too (x86 keeps loads in
  * order). Two keys that share a slot take turns. Generation 0 (nothing
@@ -108,6 +108,26 @@ static __always_inline __be32 static_vtep(const struct dp_mac_key *k, __u64 gen)
 		c->gen = gen;
 	}
 	return e ? e->vtep : 0;
+}
+
+/* Is vtep one of the VNI's peers (an entry in dp_vteps)? The peer check on arrival. */
+static __always_inline int vtep_is_peer(__u32 vni, __be32 vtep, __u64 gen)
+{
+	struct dp_ip_key k = { .vni = vni, .ip = vtep };
+	__u32 idx = dp_fmix32(vni ^ dp_fmix32(vtep)) & (DP_MAP_LOCAL_COPIES - 1);
+	struct dp_vtep_copy *c = gen ? dp_vtep_copies.lookup(&idx) : NULL;
+	int found;
+
+	if (c && c->gen == gen && c->key.vni == vni && c->key.ip == vtep)
+		return c->found;
+	found = dp_vteps.lookup(&k) != NULL;
+	if (c) {
+		c->key.vni = vni;
+		c->key.ip = vtep;
+		c->found = found;
+		c->gen = gen;
+	}
+	return found;
 }
 
 /* dp_networks[vni] */

@@ -40,7 +40,8 @@ _Static_assert((DP_MAP_NH_CACHE & (DP_MAP_NH_CACHE - 1)) == 0, "DP_MAP_NH_CACHE 
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_nexthop, dp_nh_cache, DP_MAP_NH_CACHE, DP_PIN(dp_nh_cache));
 /* host-side ifindex -> storm control's theoretical arrival time (dp_now_ns), fast path only */
 BPF_TABLE_PINNED("lru_hash", __u32, __u64, dp_storm, DP_MAP_ENDPOINTS, DP_PIN(dp_storm));
-/* the generation of dp_ep_copies, dp_mac_copies, dp_net_copies and dp_learn_copies (dp_abi.h) */
+/* the generation of dp_ep_copies, dp_mac_copies, dp_net_copies, dp_learn_copies, dp_dst_copies and
+ * dp_vtep_copies (dp_abi.h) */
 BPF_TABLE_PINNED("array", __u32, __u64, dp_local_gen, 1, DP_PIN(dp_local_gen));
 _Static_assert((DP_MAP_LOCAL_COPIES & (DP_MAP_LOCAL_COPIES - 1)) == 0, "DP_MAP_LOCAL_COPIES must be a power of two");
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_ep_copy, dp_ep_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_ep_copies));
@@ -50,6 +51,8 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct dp_net_copy, dp_net_copies, DP_MA
 BPF_TABLE_PINNED("array", __u32, __u64, dp_fdb_gen, 1, DP_PIN(dp_fdb_gen));
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_fdb_copy, dp_fdb_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_fdb_copies));
 BPF_TABLE_PINNED("percpu_array", __u32, struct dp_learn_copy, dp_learn_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_learn_copies));
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_dst_copy, dp_dst_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_dst_copies));
+BPF_TABLE_PINNED("percpu_array", __u32, struct dp_vtep_copy, dp_vtep_copies, DP_MAP_LOCAL_COPIES, DP_PIN(dp_vtep_copies));
 /* tail-call targets, enum dp_tail */
 BPF_TABLE_PINNED("prog", __u32, __u32, dp_tail, DP_TAIL_MAX, DP_PIN(dp_tail));
 /* network slot -> counters, per CPU (slot 0: no VNI); an array, so no packet can add entries */

@@ -56,11 +56,8 @@ static __always_inline int vxlan_admit(const struct dp_config *cfg, __u64 gen, _
 	if (vtep) {
 		if (vtep != vx->saddr)
 			return -DP_DROP_VTEP_MISMATCH;
-	} else if (cfg->flags & DP_CFG_PEER_CHECK) {
-		struct dp_ip_key k = { .vni = vni, .ip = vx->saddr };
-
-		if (!dp_vteps.lookup(&k))
-			return -DP_DROP_UNKNOWN_PEER;
+	} else if ((cfg->flags & DP_CFG_PEER_CHECK) && !vtep_is_peer(vni, vx->saddr, gen)) {
+		return -DP_DROP_UNKNOWN_PEER;
 	}
 	if (mac_is_multicast(vx->inner.h_source) || mac_is_zero(vx->inner.h_source))
 		return -DP_DROP_BAD_INNER_SMAC;

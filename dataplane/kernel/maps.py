@@ -58,6 +58,8 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_fdb_gen", "array", u32, ctypes.c_uint64, None, 1),
     MapSpec("dp_fdb_copies", "percpu_array", u32, _S["dp_fdb_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_learn_copies", "percpu_array", u32, _S["dp_learn_copy"], "DP_MAP_LOCAL_COPIES"),
+    MapSpec("dp_dst_copies", "percpu_array", u32, _S["dp_dst_copy"], "DP_MAP_LOCAL_COPIES"),
+    MapSpec("dp_vtep_copies", "percpu_array", u32, _S["dp_vtep_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS"),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
@@ -71,7 +73,7 @@ SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})
 # generation that the copies were made under: every write to one of them is followed by a
 # new random value there, which retires those copies.
 COPIED = {"dp_endpoints": "dp_local_gen", "dp_local_macs": "dp_local_gen", "dp_networks": "dp_local_gen",
-          "dp_learned": "dp_local_gen", "dp_fdb": "dp_fdb_gen"}
+          "dp_learned": "dp_local_gen", "dp_vteps": "dp_local_gen", "dp_fdb": "dp_fdb_gen"}
 
 
 def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:

@@ -11,9 +11,11 @@
  * A learned entry through a per-CPU copy (dp_dst_copies): what this CPU last
  * found in dp_learned for k, good until the entry's age runs out and for no
  * more than DP_LEARN_REFRESH_NS after that lookup, so a move another CPU
- * learned is followed within that time (one this CPU learns, at once:
- * fdb_learn). The control plane's writes to dp_learned retire every copy
- * (dp_local_gen). gen: local_gen(), read before the maps.
+ * learned is followed within that time, and at once when a frame from the
+ * new VTEP reaches this CPU (fdb_learn retires the copy then). The
+ * control plane's writes to dp_learned retire every copy (dp_local_gen); an
+ * entry the LRU evicts, or a shorter fdb_age, reaches a copy within that
+ * second too. gen: local_gen(), read before the maps.
  */
 static __always_inline __be32 learned_vtep(struct dp_mac_key *k, const struct dp_config *cfg, __u64 gen)
 {
@@ -95,10 +97,12 @@ static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u
 			return -DP_DROP_MAC_CONFLICT;
 		struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
 		dp_learned.update(&k, &fresh);
-		struct dp_dst_copy *d = dp_dst_copies.lookup(&idx);
-		if (d && d->vtep != vtep && mac_key_eq(&d->key, &k))
-			d->gen = 0;              /* this CPU sends to the new VTEP from the next frame on */
 	}
+	/* Whoever wrote the move (this CPU now, or another before), this CPU's frames to the
+	 * MAC go to the VTEP it sends from, from the next one on. */
+	struct dp_dst_copy *d = dp_dst_copies.lookup(&idx);
+	if (d && d->vtep != vtep && mac_key_eq(&d->key, &k))
+		d->gen = 0;
 	if (c) {
 		__builtin_memcpy(&c->key, &k, sizeof(c->key));
 		c->vtep = vtep;

@@ -121,7 +121,7 @@ static __always_inline __be32 static_vtep(const struct dp_mac_key *k, __u64 gen)
 static __always_inline int vtep_is_peer(__u32 vni, __be32 vtep, __u64 gen)
 {
 	struct dp_ip_key k = { .vni = vni, .ip = vtep };
-	__u32 idx = dp_fmix32(vni ^ dp_fmix32(vtep)) & (DP_MAP_LOCAL_COPIES - 1);
+	__u32 idx = dp_fmix32((vni * 0x9e3779b1u) ^ vtep) & (DP_MAP_LOCAL_COPIES - 1);
 	struct dp_vtep_copy *c = gen ? dp_vtep_copies.lookup(&idx) : NULL;
 	int found;
 

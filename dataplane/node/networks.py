@@ -128,10 +128,10 @@ def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
     old = m.dp_networks.get(ctypes.c_uint32(vni))
     for i, ifx in enumerate(ports):
         m.dp_local_ports.put(slot_key(vni, i), ctypes.c_uint32(ifx))
-    for i, ip in enumerate(vteps):
-        if i < len(flood):
-            m.dp_flood.put(slot_key(vni, i), ctypes.c_uint32(be32(ip)))
-        m.dp_vteps.put(ip_key(vni, ip), ctypes.c_uint32(i))
+    if vteps:       # peers before flood slots; one batch, as each write retires the fast path's copies
+        m.dp_vteps.put_many((ip_key(vni, ip), ctypes.c_uint32(i)) for i, ip in enumerate(vteps))
+    for i, ip in enumerate(flood):
+        m.dp_flood.put(slot_key(vni, i), ctypes.c_uint32(be32(ip)))
     net = st.networks[vni]
     m.dp_networks.put(ctypes.c_uint32(vni), _S["dp_network"](mtu=net.mtu, slot=net.slot, n_local=len(ports),
                                                              n_flood=len(flood)))

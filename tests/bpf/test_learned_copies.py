@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 
 from tests import packets as P
 from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, OTHER_PEER_IP, PEER_IP, TC_ACT_REDIRECT, VNI,
-                                be32)
+                                XDP_DROP, XDP_PASS, be32)
 from tests.bpf.test_local_copies import dropped, one_cpu, warm  # noqa: F401 (one_cpu: an autouse fixture)
 
 MAC, IP_ADDR = "02:42:0a:01:00:7c", "10.1.0.124"      # no static entry: learned only
@@ -73,13 +73,27 @@ def test_a_move_this_cpu_learns_is_followed_at_once(hx):
     assert sent_to(hx) == OTHER_PEER_IP
 
 
+def moved_by_another_cpu(hx):
+    """dp_learned says MAC is at OTHER_PEER_IP, written as the fast path writes: no generation."""
+    from dataplane.kernel import bpfsys
+    moved = hx.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), last_seen_ns=time.monotonic_ns())
+    bpfsys.update(hx.maps.dp_learned.fd, hx.mac_key(VNI, MAC), moved, bpfsys.BPF_ANY, what="dp_learned")
+
+
+def test_a_move_another_cpu_learned_first_is_followed_on_the_next_frame_from_there(hx):
+    """This CPU's frame from the new VTEP finds the entry already moved (nothing to write),
+    and still retires this CPU's copy of the old place."""
+    learned_at(hx, PEER_IP)
+    moved_by_another_cpu(hx)
+    assert hx.run_tc("from_overlay", from_vtep(OTHER_PEER_IP), 0)[0] == TC_ACT_REDIRECT
+    assert sent_to(hx) == OTHER_PEER_IP
+
+
 def test_a_move_another_cpu_learns_is_followed_within_the_refresh(hx):
     """Another CPU's write reaches no generation: this CPU's copy holds for at most
     DP_LEARN_REFRESH_NS after its lookup."""
-    from dataplane.kernel import bpfsys
     learned_at(hx, PEER_IP)
-    moved = hx.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), last_seen_ns=time.monotonic_ns())
-    bpfsys.update(hx.maps.dp_learned.fd, hx.mac_key(VNI, MAC), moved, bpfsys.BPF_ANY, what="dp_learned")
+    moved_by_another_cpu(hx)
     deadline = time.monotonic() + hx.abi.constants["DP_LEARN_REFRESH_NS"] / 1e9 + 0.5
     while sent_to(hx) != OTHER_PEER_IP:
         assert time.monotonic() < deadline, "still sent to the old VTEP past the refresh"
@@ -117,3 +131,11 @@ def test_a_peer_added_is_admitted_at_once(hx):
         assert hx.run_tc("from_overlay", from_vtep(OTHER_PEER_IP), 0)[0] == TC_ACT_REDIRECT
     finally:
         hx.maps.dp_vteps.delete(key)
+
+
+def test_the_xdp_guard_refuses_a_removed_peer_at_once(hx):
+    hx.configure(peer_check=True)
+    for _ in range(3):
+        assert hx.run_xdp(from_vtep(PEER_IP))[0] == XDP_PASS
+    hx.maps.dp_vteps.delete(hx.S["dp_ip_key"](vni=VNI, ip=be32(PEER_IP)))   # restored by the next baseline
+    assert hx.run_xdp(from_vtep(PEER_IP))[0] == XDP_DROP

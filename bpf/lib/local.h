@@ -64,8 +64,8 @@ static __always_inline struct dp_endpoint *local_endpoint(__u32 ifindex, __u64 g
  * A {VNI, MAC} key's slot in the copies: the words (VNI; MAC bytes 0-3; 4-5)
  * spread apart by two odd multipliers, then one MurmurHash3 finaliser. It was
  * a finaliser per word, three in a chain; a frame takes three to four of these
- * slots, and the chain cost 7-24 ns a program run (BPF_PROG_TEST_RUN, 40
- * interleaved rounds). A collision only makes two keys take turns in a slot.
+ * slots (BPF_PROG_TEST_RUN: 7-24 ns less a run on the learned and owned paths;
+ * docs/DESIGN.md). A collision only makes two keys take turns in a slot.
  */
 static __always_inline __u32 mac_key_slot(const struct dp_mac_key *k)
 {

@@ -104,11 +104,11 @@ def test_a_learned_destination_past_its_age_is_not_used(hx):
     """The copy lasts no longer than the entry would: its age, not the refresh, ends it here."""
     age = 2 * 10**9
     hx.configure(fdb_age_ns=age)
-    left = 0.4
+    left = 0.5                                            # and the copy's other bound, the refresh, is 1 s
     entry = hx.S["dp_fdb_entry"](vtep=be32(PEER_IP), last_seen_ns=time.monotonic_ns() - age + int(left * 1e9))
     hx.maps.dp_learned.put(hx.mac_key(VNI, MAC), entry)
     assert sent_to(hx) == PEER_IP                         # the copy is made now
-    time.sleep(left + 0.2)                                # past the age, within the refresh
+    time.sleep(left + 0.25)                               # past the age, within the refresh
     assert sent_to(hx) is None
 
 

@@ -186,7 +186,6 @@ def main(argv=None) -> int:
     if args.rounds < 2 or args.seconds <= 0 or not 1 <= args.flows <= 65535:
         p.error("--rounds >= 2, --seconds > 0, --flows 1..65535")
     samples = {m: {} for m in MODES}
-    sink = None
     lab.down()
 
     @contextlib.contextmanager
@@ -201,20 +200,16 @@ def main(argv=None) -> int:
         finally:
             netlink.clsact_delete(lab.host_ns(1), idx)
 
-    try:
-        with bpf_stats():
-            pairs, macs = lab_pairs()
-            sink = Sink()
-            for mode, (a, b) in pairs.items():
-                sink.attach(b["name"], "eth0")
-            pairs["floor"], macs["floor"] = pairs["routing"], macs["routing"]
-            alternate(args, MODES, pairs, macs, sink, samples, floor_sink, ("dataplane",), log)
-    finally:
-        try:
-            if sink:
-                sink.close()
-        finally:
-            lab.down()
+    with contextlib.ExitStack() as stack:      # undone in reverse, each step even if one fails (as bench.lean)
+        stack.callback(lab.down)
+        stack.enter_context(bpf_stats())
+        pairs, macs = lab_pairs()
+        sink = Sink()
+        stack.callback(sink.close)
+        for mode, (a, b) in pairs.items():
+            sink.attach(b["name"], "eth0")
+        pairs["floor"], macs["floor"] = pairs["routing"], macs["routing"]
+        alternate(args, MODES, pairs, macs, sink, samples, floor_sink, ("dataplane",), log)
     for mode in baselines.MODES:   # each run less the floor's median
         fl = statistics.median(samples["floor"]["cpu_ns"])
         samples[mode]["path_ns"] = [x - fl for x in samples[mode]["cpu_ns"]]

@@ -28,11 +28,13 @@ static __always_inline __be32 learned_vtep(struct dp_mac_key *k, const struct dp
 	if (c && c->gen == gen && mac_key_eq(&c->key, k) && now < c->until_ns)
 		return c->vtep;
 	e = dp_learned.lookup(k);
+	if (!e)
+		return 0;
 	/* Written as a sum: a stamp a tick ahead of the coarse clock must read as fresh. */
-	if (!e || e->last_seen_ns + cfg->fdb_age_ns <= now)
+	until = e->last_seen_ns + cfg->fdb_age_ns;
+	if (until <= now)
 		return 0;
 	if (c) {
-		until = e->last_seen_ns + cfg->fdb_age_ns;
 		if (until > now + DP_LEARN_REFRESH_NS)
 			until = now + DP_LEARN_REFRESH_NS;
 		__builtin_memcpy(&c->key, k, sizeof(c->key));

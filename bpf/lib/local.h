@@ -4,14 +4,14 @@
  * endpoint behind an ingress ifindex, a {VNI, MAC}'s local port (or that it
  * has none), a VNI's network, whether a VTEP is one of the VNI's peers, and a
  * {VNI, MAC}'s static FDB entry (or that it has none; under its own
- * generation, dp_fdb_gen, as dp_fdb changes with every registry update). A copy is an array lookup, which the verifier
- * inlines; the hash map's is a function call (30-45 ns a frame on a guest with
- * SRSO's safe RET). A copy is good while its generation map (dp_local_gen,
- * dp_fdb_gen) still holds the value it was made under: the control plane
- * writes a new random value there after every change to a map it stands for
- * (COPIED in kernel/maps.py; so do dp_vteps's copy below and fdb.h's two
- * copies of learned entries). The caller reads the
- * generation once, before any of the maps, so a copy made from a map read
+ * generation, dp_fdb_gen, as dp_fdb changes with every registry update). A
+ * copy is an array lookup, which the verifier inlines; the hash map's is a
+ * function call (30-45 ns a frame on a guest with SRSO's safe RET). A copy is
+ * good while its generation map (dp_local_gen, dp_fdb_gen) still holds the
+ * value it was made under: the control plane writes a new random value there
+ * after every change to a map it stands for (COPIED in kernel/maps.py; fdb.h's
+ * two copies of learned entries ride on dp_local_gen too). The caller reads
+ * the generation once, before any of the maps, so a copy made from a map read
  * older than a change carries an older generation too (x86 keeps loads in
  * order). Two keys that share a slot take turns. Generation 0 (nothing
  * written yet): no copies.
@@ -129,8 +129,7 @@ static __always_inline int vtep_is_peer(__u32 vni, __be32 vtep, __u64 gen)
 		return c->found;
 	found = dp_vteps.lookup(&k) != NULL;
 	if (c) {
-		c->key.vni = vni;
-		c->key.ip = vtep;
+		c->key = k;
 		c->found = found;
 		c->gen = gen;
 	}

@@ -2,12 +2,14 @@
 and underlay bridge so no mode's traffic crosses another's programs:
 
 - routing: no overlay; sandbox -> host router -> underlay -> host router -> sandbox (the ceiling).
-- vxlan:   the kernel's vxlan device + a bridge per host (Docker overlay's and flannel's data path).
+- vxlan:   the kernel's vxlan device + a bridge per host (Docker overlay's and flannel's data path),
+           on UDP port 8472 (flannel's): dataplane's receive-GRO device holds 4789 in the same
+           host namespace (node/rxgro.py), and one port takes one vxlan socket there.
 """
 
 from __future__ import annotations
 
-from lab import topology as lab
+from lab import nic, topology as lab
 from dataplane.kernel import gso as linkgso, netlink
 
 MODES = ("routing", "vxlan", "dataplane")
@@ -17,7 +19,7 @@ def sh(*argv: str) -> None:
     lab.run_checked(list(argv))
 
 
-def _uplink(h: int, mode: str, ip: str, gso: int = linkgso.LEGACY_MAX) -> str:
+def _uplink(h: int, mode: str, ip: str, gso: int = linkgso.LEGACY_MAX, nic_like: bool = False) -> str:
     """Host h gets uplink <mode[0]>ul0 on its own bridge br-<mode> in the underlay namespace."""
     ns, br, dev, port = lab.host_ns(h), f"br-{mode}", f"{mode[0]}ul0", f"{mode[0]}ul-h{h}"
     if not netlink.link_index(lab.UNDERLAY_NS, br):
@@ -26,6 +28,8 @@ def _uplink(h: int, mode: str, ip: str, gso: int = linkgso.LEGACY_MAX) -> str:
     sh("ip", "-n", lab.UNDERLAY_NS, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
     sh("ip", "-n", lab.UNDERLAY_NS, "link", "set", port, "master", br, "up")
     linkgso.set_veth(gso, (lab.UNDERLAY_NS, port), (ns, dev))
+    if nic_like:
+        nic.make(lab.UNDERLAY_NS, port, ns, dev)
     netlink.link_up(ns, dev, ip, 24)
     return dev
 
@@ -42,7 +46,7 @@ def _sandbox(name: str, host_ns: str, host_if: str, ip: str, prefix: int, mtu: i
     netlink.link_up(name, "eth0", ip, prefix)
 
 
-def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX) -> dict[str, list[dict]]:
+def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX, nic_like: bool = False) -> dict[str, list[dict]]:
     """Sandboxes per mode: [{'name', 'ip'}] indexed by host - 1. The dataplane
     mode's sandboxes are the lab's own (VNI 256). gso (the IPv4 GSO limit,
     BIG TCP above 64 KB) applies to routing; the vxlan device cannot carry
@@ -51,7 +55,7 @@ def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX) -> dict[str, list[dict]
     for h in range(1, hosts + 1):
         ns = lab.host_ns(h)
         # routing
-        _uplink(h, "routing", f"198.18.2.{h}", gso)
+        _uplink(h, "routing", f"198.18.2.{h}", gso, nic_like)
         sb = f"{lab.PREFIX}b-r{h}"
         _sandbox(sb, ns, "rv0", f"10.251.{h}.2", 24, 1500, gso)
         netlink.link_up(ns, "rv0", f"10.251.{h}.1", 24)
@@ -62,9 +66,9 @@ def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX) -> dict[str, list[dict]
                 sh("ip", "-n", ns, "route", "add", f"10.251.{j}.0/24", "via", f"198.18.2.{j}")
         out["routing"].append({"name": sb, "ip": f"10.251.{h}.2"})
         # kernel vxlan + bridge
-        dev = _uplink(h, "vxlan", f"198.18.1.{h}")
+        dev = _uplink(h, "vxlan", f"198.18.1.{h}", nic_like=nic_like)
         sh("ip", "-n", ns, "link", "add", "vx256", "type", "vxlan", "id", "256", "local", f"198.18.1.{h}",
-           "dstport", "4789", "dev", dev)
+           "dstport", "8472", "dev", dev)
         sh("ip", "-n", ns, "link", "add", "brk", "type", "bridge")
         sh("ip", "-n", ns, "link", "set", "vx256", "master", "brk", "up")
         sh("ip", "-n", ns, "link", "set", "brk", "up")

@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--gso-max-size", type=int, default=linkgso.BIG_TCP_SIZE,
                    help="IPv4 GSO limit (BIG TCP above 65536) of the routing and dataplane paths; the kernel "
                         "vxlan path stays at 65536, the most it carries")
+    p.add_argument("--nic-like", action="store_true",
+                   help="underlay links that behave as NICs in every mode (lab/nic.py): frames at most an MTU "
+                        "on the wire and GRO at each host's uplink, as between real hosts")
     args = p.parse_args(argv)
     if min(args.rounds, args.seconds, args.tcp_repeats, args.paced_repeats) < 1:
         p.error("--rounds, --seconds, --tcp-repeats and --paced-repeats must be at least 1")
@@ -189,9 +192,9 @@ def main(argv=None) -> int:
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
     try:
         lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard, registry="none",  # data path only
-               gso_max_size=args.gso_max_size)
+               gso_max_size=args.gso_max_size, nic_like=args.nic_like)
         info = lab.ls()
-        pairs = baselines.setup(2, args.gso_max_size)
+        pairs = baselines.setup(2, args.gso_max_size, args.nic_like)
         pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
         for mode, (a, b) in pairs.items():
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
@@ -312,7 +315,9 @@ def table(res: dict) -> str:
     out = [f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB; {m['date']}; "
            f"medians of {res['args']['rounds']} alternating rounds ({reps} single-stream TCP runs and {paced} paced runs "
            f"per mode and round); "
-           f"ratios with their 95% bootstrap interval; 2 hosts as namespaces on veth + bridge underlays; "
+           f"ratios with their 95% bootstrap interval; 2 hosts as namespaces on veth + bridge underlays"
+           + (" that behave as NICs (at most an MTU per frame on the wire, GRO at each uplink: --nic-like); "
+              if res["args"].get("nic_like") else "; ") +
            f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}; "
            f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}"
            + (f"; iperf3 client and server on CPUs {res['args']['affinity']} in every mode (-A)"

@@ -19,7 +19,8 @@ from lab import topology
 def cmd_up(args):
     topology.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
                 registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size,
-                etcd_members=args.etcd_members, etcd_tls=args.etcd_tls, mtu=args.mtu)
+                etcd_members=args.etcd_members, etcd_tls=args.etcd_tls, mtu=args.mtu,
+                nic_like=args.nic_like)
     info = topology.ls()
     tls = (topology.load() or {}).get("params", {}).get("etcd_tls")
     print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry}"
@@ -80,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--gso-max-size", type=int, default=gso.LEGACY_MAX,
                    help=f"IPv4 GSO/GRO limit of the hosts' uplinks; above 65536 turns on BIG TCP "
                         f"(e.g. {gso.BIG_TCP_SIZE}), which endpoints then inherit (default: %(default)s)")
+    a.add_argument("--nic-like", action="store_true",
+                   help="underlay links as NICs behave: frames at most an MTU on the wire, GRO at each "
+                        "host's uplink (veth alone hands 64 KB frames across whole)")
     a.set_defaults(func=cmd_up)
     d = sub.add_parser("down", help="remove every lab namespace, link, pin and file")
     d.set_defaults(func=cmd_down)

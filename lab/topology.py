@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from dataplane.agent import client, control, process
-from lab import certs, etcd
+from lab import certs, etcd, nic
 from dataplane.kernel import gso, netlink
 from dataplane.core import model, procs, state
 from dataplane.registry import etcd_access, etcd_auth, open_registry
@@ -116,7 +116,7 @@ def host_name(i: int) -> str:
 
 def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool | None = None,
        registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX,
-       etcd_members: int = 1, etcd_tls: bool | None = None, mtu: int = 1500) -> dict:
+       etcd_members: int = 1, etcd_tls: bool | None = None, mtu: int = 1500, nic_like: bool = False) -> dict:
     require_root()
     if registry not in REGISTRY_MODES:
         raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
@@ -140,7 +140,7 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
               "xdp_guard": bool(xdp_guard), "peer_check": peer_check, "registry": registry,
               "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members),
               "etcd_tls": etcd_tls,
-              "mtu": int(mtu)}
+              "mtu": int(mtu), "nic_like": bool(nic_like)}
     lab = load()
     if lab:
         if lab["params"] == params and lab.get("complete"):
@@ -201,6 +201,8 @@ def _build(lab: dict, p: dict) -> None:
                              if p["registry"] != "none" else None})
         _save(lab)
         underlay_host(ns, f"ul-h{i}", UPLINK, vtep_ip(i), p.get("gso_max_size", gso.LEGACY_MAX), p.get("mtu", 1500))
+        if p.get("nic_like"):
+            nic.make(UNDERLAY_NS, f"ul-h{i}", ns, UPLINK)
     url = _start_registry(lab, p)
     for i in range(1, n + 1):
         peers = [] if url else [vtep_ip(j) for j in range(1, n + 1) if j != i]

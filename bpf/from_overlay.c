@@ -104,3 +104,11 @@ int from_overlay(struct __sk_buff *skb)
 
 	return tc_exit(skb, ret < 0 ? drop_slot(slot, vni) : slot, ret);
 }
+
+/* tcx ingress on the receive-GRO device (node/rxgro.py), a vxlan device that is there only
+ * for its UDP socket's GRO: what the socket decapsulated is VXLAN from_overlay let by (to
+ * another address of the host), and none of it may reach the host stack. */
+int gro_sink(struct __sk_buff *skb)
+{
+	return TC_ACT_SHOT;
+}

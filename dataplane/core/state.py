@@ -121,6 +121,7 @@ class NodeState:
     # brought up, whose pinned programs still end a consumed frame with TC_ACT_STOLEN: a new
     # agent attaching those at tcx would hand such frames to the host stack (kernel/tcx.py).
     hook: str = "tc"
+    rx_gro: str = ""                        # node/rxgro.py: "on", or "off: why"
 
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
         """The VNI's endpoints that exist in full (not those being created)."""
@@ -139,7 +140,8 @@ class NodeState:
             flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
             restore_forwarding=d.get("restore_forwarding"),
-            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()}, hook=d.get("hook", "tc"))
+            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()}, hook=d.get("hook", "tc"),
+            rx_gro=d.get("rx_gro", ""))
 
 
 def node_dir(node: str) -> str:

@@ -12,7 +12,7 @@ from dataplane.core.keys import be32
 from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import clock, gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import endpoints, gateway, networks, nexthops, peers
+from dataplane.node import endpoints, gateway, networks, nexthops, peers, rxgro
 from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
@@ -165,6 +165,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             tcx.attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
             if legacy:
                 tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
+            rxgro.ensure(node, st, loaded.fds["gro_sink"])
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)
@@ -285,6 +286,7 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
             tcx.detach(node.netns, ifx, "from_overlay")
             tcx.drop_filter(node.netns, ifx, "from_overlay")   # an older version's
             netlink.xdp_detach(node.netns, ifx)
+            rxgro.remove(node)
             # the underlay removed or renamed since: its setting went with it, nothing to restore
             if st.restore_forwarding is not None and \
                     netlink.link_index(node.netns, st.config.underlay) == ifx:

@@ -1,0 +1,101 @@
+"""Receive GRO with no kernel vxlan device on the data path (node/rxgro.py). On an underlay
+whose links behave as NICs do (lab/nic.py: at most an MTU per frame on the wire, GRO at each
+host's uplink), a TCP flow reaches the sandbox merged, as it would through the kernel's vxlan
+device; before, every wire frame went up the sandbox's stack alone. The device that lends
+its socket hands nothing to the host, `up` goes on without it where another vxlan device
+holds the port, and it goes with `down`."""
+
+import json
+import subprocess
+
+import pytest
+
+from dataplane.kernel import netlink, tcx
+from dataplane.node import Node, readout, rxgro
+from lab import topology as lab
+from lab.traffic import tcp_transfer
+from tests.integration.conftest import dp, in_ns, make_lab, sandbox
+
+MTU = 1500
+
+
+@pytest.fixture(scope="module")
+def info():
+    yield from make_lab(2, [256], per_host=1, registry="none", nic_like=True)
+
+
+def rx(ns: str, dev: str) -> tuple[int, int]:
+    link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
+    return link["stats64"]["rx"]["packets"], link["stats64"]["rx"]["bytes"]
+
+
+def gro_row(ns: str) -> str:
+    return next(r["attached"] for r in readout.programs(Node(ns)) if r["program"] == "gro_sink")
+
+
+def test_a_flow_crosses_the_wire_in_mtu_frames_and_arrives_merged(info):
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    wire0, got0 = rx("dpl-h2", lab.UPLINK), rx(b["name"], "eth0")
+    assert tcp_transfer(b["name"], a["name"], b["ip"], 32 << 20) == 32 << 20
+    (wn, wb), (gn, gb) = [(x1 - x0, y1 - y0) for (x0, y0), (x1, y1) in
+                          ((wire0, rx("dpl-h2", lab.UPLINK)), (got0, rx(b["name"], "eth0")))]
+    assert wb / wn <= MTU + 14, f"the wire carried {wb // wn}-byte frames on average: the lab is not NIC-like"
+    assert gb / gn > 4 * MTU, f"the sandbox received {gn} packets of {gb // gn} bytes on average: not merged"
+
+
+def test_the_device_is_up_with_the_sink_and_said_so(info):
+    ifindex = netlink.link_index("dpl-h2", rxgro.IFNAME)
+    assert ifindex and tcx.names("dpl-h2", ifindex) == ["gro_sink"]
+    assert gro_row("dpl-h2") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
+
+
+SEND = """
+import sys
+from scapy.all import Ether, IP, UDP, ICMP, sendp
+from scapy.layers.vxlan import VXLAN
+mac, ip, iface = sys.argv[1], sys.argv[2], sys.argv[3]
+inner = Ether(src="02:42:0a:01:00:99", dst="ff:ff:ff:ff:ff:ff") / IP(src="198.18.0.250", dst=ip) / ICMP()
+sendp(Ether(dst=mac) / IP(src="198.18.0.250", dst=ip) / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=256) / inner,
+      iface=iface, count=5, verbose=False)
+"""
+
+
+def echoes(ns: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", ns, "nstat", "-az", "IcmpInEchos"], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.split("IcmpInEchos")[1].split()[0])
+
+
+def test_vxlan_to_another_host_address_reaches_the_device_and_no_further(info):
+    other = "198.18.0.102"            # h2's, not its VTEP: from_overlay lets VXLAN to it by
+    subprocess.run(["ip", "-n", "dpl-h2", "addr", "add", f"{other}/24", "dev", lab.UPLINK], check=True)
+    try:
+        taken0, echo0 = rx("dpl-h2", rxgro.IFNAME)[0], echoes("dpl-h2")
+        mac = netlink.link_info("dpl-h2", lab.UPLINK)["mac"]
+        r = in_ns(lab.UNDERLAY_NS, SEND, mac, other, "ul-h2")
+        assert r.returncode == 0, r.stderr
+        assert rx("dpl-h2", rxgro.IFNAME)[0] - taken0 == 5, "the frames did not reach the GRO device's socket"
+        assert echoes("dpl-h2") == echo0, "a frame the GRO device decapsulated reached the host's stack"
+    finally:
+        subprocess.run(["ip", "-n", "dpl-h2", "addr", "del", f"{other}/24", "dev", lab.UPLINK], check=False)
+
+
+def test_up_goes_on_without_it_where_the_port_is_taken_and_takes_it_back(info):
+    netlink.link_delete("dpl-h1", rxgro.IFNAME)
+    subprocess.run(["ip", "-n", "dpl-h1", "link", "add", "vxother", "type", "vxlan", "id", "7", "dstport", "4789"],
+                   check=True)
+    try:
+        subprocess.run(["ip", "-n", "dpl-h1", "link", "set", "vxother", "up"], check=True)
+        r = dp("--netns", "dpl-h1", "up", "--vni", "256")
+        assert "receive GRO is off" in r.stderr, r.stderr
+        assert not netlink.link_index("dpl-h1", rxgro.IFNAME), "a device that could not come up was kept"
+        assert gro_row("dpl-h1").startswith("not attached (receive GRO off: "), gro_row("dpl-h1")
+    finally:
+        netlink.link_delete("dpl-h1", "vxother")
+    dp("--netns", "dpl-h1", "up", "--vni", "256")
+    assert gro_row("dpl-h1") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
+
+
+def test_down_takes_it_away(info):
+    dp("--netns", "dpl-h2", "down")
+    assert not netlink.link_index("dpl-h2", rxgro.IFNAME)

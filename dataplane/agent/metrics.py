@@ -23,7 +23,7 @@ from dataplane.agent import metrics_agent
 from dataplane.core import abi, model
 from dataplane.core.errors import DataplaneError, UsageError
 from dataplane.kernel import netlink, tcx
-from dataplane.node import readout
+from dataplane.node import readout, rxgro
 
 log = logging.getLogger("dataplane.agent")
 
@@ -112,17 +112,22 @@ class Collector:
         (a detached program is the fast path gone, silently)."""
         g = GaugeMetricFamily("dataplane_fastpath_attached", "1 while the program is attached to the uplink "
                               "(xdp_guard: only on nodes with --xdp-guard)", labels=["program"])
+        gro = GaugeMetricFamily("dataplane_receive_gro", "1 while dpgro0 holds the node's UDP port so that the "
+                                "uplink's GRO merges VXLAN frames (0: they arrive one by one; `dataplane status` "
+                                "says why)")
         try:
             st = self.ag.node.require_up()
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
                 g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
+            gro.add_metric([], int(rxgro.active(self.ag.node.netns)))
             ok["uplink"] = True
         except DataplaneError as e:
             log.warning("metrics: reading the uplink's programs failed: %s", e)
             ok["uplink"] = False
         yield g
+        yield gro
 
 
 def registry_for(agent) -> CollectorRegistry:

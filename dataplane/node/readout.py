@@ -71,8 +71,7 @@ def programs(node: Node) -> list[dict]:
     at_tcx = tcx.names(node.netns, st.uplink.ifindex)
     uplink = at_tcx + netlink.tc_filter_names(node.netns, st.uplink.ifindex)
     xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
-    gro_ifx = netlink.link_index(node.netns, rxgro.IFNAME)
-    gro = bool(gro_ifx) and "gro_sink" in tcx.names(node.netns, gro_ifx)
+    gro = rxgro.active(node.netns)
     on_endpoints = sum("from_endpoint" in tcx.attached(node.netns, e.ifindex)
                        for e in st.endpoints.values() if e.ifindex)
     rows = []

@@ -46,3 +46,9 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> None:
 def remove(node: Node) -> None:
     """The device goes (its program with it); nothing to do if it is not there."""
     netlink.link_delete(node.netns, IFNAME)
+
+
+def active(netns: str | None) -> bool:
+    """The device is there with gro_sink at its ingress (what status and metrics show)."""
+    ifindex = netlink.link_index(netns, IFNAME)
+    return bool(ifindex) and "gro_sink" in tcx.names(netns, ifindex)

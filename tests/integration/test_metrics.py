@@ -145,6 +145,7 @@ def test_what_agent_status_counts_prometheus_sees(info):
     assert abs(value(body, "dataplane_registry_watch_lag_seconds") - st["watch_lag_s"]) < 5
     assert value(body, "dataplane_registry_lease_live") == 1
     assert value(body, "dataplane_fastpath_attached", program="from_overlay") == 1
+    assert value(body, "dataplane_receive_gro") == 1
     assert value(body, "dataplane_build_info", version=__import__("dataplane").__version__) == 1
     for source in ("stats", "maps", "uplink", "agent"):
         assert value(body, "dataplane_scrape_success", source=source) == 1, source

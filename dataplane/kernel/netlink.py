@@ -139,27 +139,21 @@ def link_delete(netns: str | None, ifname: str) -> bool:
 
 
 def vxlan_external(netns: str | None, name: str, port: int) -> int:
-    """A collect_md ("external") vxlan device on UDP port `port`, up, without learning;
-    its ifindex. A device of that name made before for another port is made again."""
+    """A collect_md ("external") vxlan device on UDP port `port`, without learning, made down
+    (its socket opens when it goes up); its ifindex. A device of that name made before for
+    another port is made again."""
     with ipr(netns) as s:
         found = s.link_lookup(ifname=name)
         if found:
             data = s.get_links(found[0])[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
             if data is not None and data.get_attr("IFLA_VXLAN_PORT") == port:
-                s.link("set", index=found[0], state="up")
                 return found[0]
             s.link("del", index=found[0])
         try:
-            s.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1, vxlan_port=port,
-                   vxlan_learning=0)
-            idx = s.link_lookup(ifname=name)[0]
-            s.link("set", index=idx, state="up")
+            s.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1, vxlan_port=port, vxlan_learning=0)
         except _nlerror() as e:
-            left = s.link_lookup(ifname=name)
-            if left:                 # made but not up (the port is another socket's): not kept
-                s.link("del", index=left[0])
             raise _kerr(f"create vxlan device {name} on port {port}", e) from None
-    return idx
+        return s.link_lookup(ifname=name)[0]
 
 
 def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: int = 24) -> int:
@@ -174,7 +168,10 @@ def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: 
             except _nlerror() as e:
                 if e.code != errno.EEXIST:
                     raise _kerr(f"add {addr}/{prefixlen} to {ifname}", e) from None
-        s.link("set", index=idx, state="up")
+        try:
+            s.link("set", index=idx, state="up")
+        except _nlerror() as e:
+            raise _kerr(f"set {ifname} up", e) from None
     return idx
 
 

@@ -12,10 +12,8 @@ MTU's worth: nothing merged). Writes bench/results/rxgro.{json,md} (--out NAME: 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 from bench import baselines
@@ -23,15 +21,11 @@ from bench.run import headline, machine, ratio_ci, save, tcp
 from dataplane.kernel import gso as linkgso, loader, netlink
 from dataplane.node import Node, rxgro
 from lab import topology as lab
+from lab.traffic import rx_counts
 
 MODES = ("routing", "vxlan", "dataplane", "no_rx_gro")
 NAMES = {"routing": "routing (no overlay)", "vxlan": "kernel vxlan + bridge", "dataplane": "dataplane",
          "no_rx_gro": "dataplane without receive GRO"}
-
-
-def _rx(ns: str, dev: str) -> tuple[int, int]:
-    link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
-    return link["stats64"]["rx"]["packets"], link["stats64"]["rx"]["bytes"]
 
 
 def _gro(on: bool) -> None:
@@ -73,9 +67,9 @@ def main(argv=None) -> int:
                         gro_on = mode == "dataplane"
                         _gro(gro_on)
                     a, b = pairs[mode]
-                    n0, b0 = _rx(b["name"], "eth0")
+                    n0, b0 = rx_counts(b["name"], "eth0")
                     g = tcp(a, b, args.seconds)
-                    n1, b1 = _rx(b["name"], "eth0")
+                    n1, b1 = rx_counts(b["name"], "eth0")
                     samples[mode]["tcp_gbps"].append(g)
                     samples[mode]["rx_avg_bytes"].append((b1 - b0) / max(n1 - n0, 1))
                     print(f"round {r + 1}/{args.rounds} {mode:10s} {g:6.2f} Gbit/s, received "

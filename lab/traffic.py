@@ -102,3 +102,9 @@ def iperf_processes(server_ns: str, client_ns: str, ip: str, n: int, args: list[
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def rx_counts(ns: str, dev: str) -> tuple[int, int]:
+    """(packets, bytes) dev has received: a size per packet over a run says whether GRO merged."""
+    link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
+    return link["stats64"]["rx"]["packets"], link["stats64"]["rx"]["bytes"]

@@ -138,18 +138,33 @@ def link_delete(netns: str | None, ifname: str) -> bool:
     return True
 
 
+def _vxlan_port(link) -> int | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = info.get_attr("IFLA_INFO_DATA")
+    return data.get_attr("IFLA_VXLAN_PORT") if data is not None else None
+
+
+def vxlan_ports(netns: str | None) -> dict[str, tuple[int, bool]]:
+    """{name: (UDP port, up)} of every vxlan device in netns."""
+    with ipr(netns) as s:
+        links = s.get_links()
+    return {ln.get_attr("IFLA_IFNAME"): (port, bool(ln["flags"] & 1))
+            for ln in links if (port := _vxlan_port(ln)) is not None}
+
+
 def vxlan_external(netns: str | None, name: str, port: int) -> int:
     """A collect_md ("external") vxlan device on UDP port `port`, without learning, made down
-    (its socket opens when it goes up); its ifindex. A device of that name made before for
-    another port is made again."""
+    (its socket opens when it goes up); its ifindex. A link of that name that is not such a
+    device for that port is made again."""
     with ipr(netns) as s:
-        found = s.link_lookup(ifname=name)
-        if found:
-            data = s.get_links(found[0])[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-            if data is not None and data.get_attr("IFLA_VXLAN_PORT") == port:
-                return found[0]
-            s.link("del", index=found[0])
         try:
+            found = s.link_lookup(ifname=name)
+            if found and _vxlan_port(s.get_links(found[0])[0]) == port:
+                return found[0]
+            if found:
+                s.link("del", index=found[0])
             s.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1, vxlan_port=port, vxlan_learning=0)
         except _nlerror() as e:
             raise _kerr(f"create vxlan device {name} on port {port}", e) from None

@@ -71,7 +71,7 @@ def programs(node: Node) -> list[dict]:
     at_tcx = tcx.names(node.netns, st.uplink.ifindex)
     uplink = at_tcx + netlink.tc_filter_names(node.netns, st.uplink.ifindex)
     xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
-    gro = rxgro.active(node.netns)
+    gro = rxgro.describe(node.netns, st)
     on_endpoints = sum("from_endpoint" in tcx.attached(node.netns, e.ifindex)
                        for e in st.endpoints.values() if e.ifindex)
     rows = []
@@ -89,8 +89,7 @@ def programs(node: Node) -> list[dict]:
         where = {"from_overlay": f"{hook} ingress {st.config.underlay}" if name in uplink else "not attached",
                  "from_endpoint": f"{hook} ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
                  "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached",
-                 "gro_sink": f"tcx ingress {rxgro.IFNAME} (receive GRO)" if gro
-                 else f"not attached (receive GRO {st.rx_gro or 'off'})",
+                 "gro_sink": gro,
                  "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,
                      "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9))})

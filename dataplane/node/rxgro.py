@@ -4,14 +4,15 @@ GRO on the uplink merges a flow's VXLAN frames only for a UDP port that a kernel
 socket has claimed (its gro_receive callback). Without one, every frame a NIC delivers
 (an MTU's worth) runs from_overlay and the sandbox's IP and TCP one by one: TCP across
 hosts ran at 0.61x the kernel vxlan device's rate (bench.rxgro; docs/BENCHMARKS.md,
-"Between hosts with NICs"). A collect_md vxlan device on our port is such a socket. Frames never go
-through it: GRO runs before tc, and from_overlay decapsulates and redirects what is ours.
-What reaches the device's socket is VXLAN that from_overlay let by (to another address
-of the host); `gro_sink` at the device's tcx ingress drops all of it.
+"Between hosts with NICs"). A collect_md vxlan device on our port is such a socket. Frames
+never go through it: GRO runs before tc, and from_overlay decapsulates and redirects what is
+ours. What reaches the device's socket is VXLAN that from_overlay let by (to another address
+of the host, or IPv6); `gro_sink` at the device's tcx ingress drops all of it.
 
-One vxlan socket per port and namespace: where another vxlan device holds the port,
-the node goes without (said at `up`, on gro_sink's row of `dataplane status`, in the
-metric dataplane_receive_gro and in the state).
+One vxlan socket per port and namespace. Where another vxlan device holds the port, its
+socket does the merging (and what it is given is its own); where something else holds it,
+the node goes without. Either is said at `up`, on gro_sink's row of `dataplane status`, in
+the metric dataplane_receive_gro and in the state.
 """
 
 from __future__ import annotations
@@ -27,23 +28,30 @@ ON = "on"
 
 
 def ensure(node: Node, st: NodeState, sink_fd: int) -> None:
-    """Make (or keep) the device on the node's port with gro_sink attached; st.rx_gro
-    says how it went ("on", or "off: why"). The sink is in place before the device goes up
-    (its socket opens then). Never fails `up`: GRO is speed, not function."""
+    """Make (or keep) the device on the node's port with gro_sink attached; st.rx_gro says
+    how it went ("on", "through X", or "off: why"). The sink is in place before the device
+    goes up (its socket opens then). Never fails `up`: GRO is speed, not function."""
+    port = st.config.port
     try:
-        ifindex = netlink.vxlan_external(node.netns, IFNAME, st.config.port)
+        ifindex = netlink.vxlan_external(node.netns, IFNAME, port)
         try:
             netlink.sysctl(node.netns, f"net.ipv6.conf.{IFNAME}.disable_ipv6", "1")
         except DataplaneError:
             pass                     # IPv6 is off in this namespace: nothing to keep off
         tcx.attach(node.netns, ifindex, sink_fd, "gro_sink")
-        netlink.link_up(node.netns, IFNAME)     # EADDRINUSE: another vxlan device holds the port
+        netlink.link_up(node.netns, IFNAME)     # EADDRINUSE: another socket holds the port
     except DataplaneError as e:
-        remove(node)                 # not kept half made
-        why = str(e) + (f" (another vxlan device holds UDP port {st.config.port})"
-                        if "Address already in use" in str(e) else "")
-        st.rx_gro = f"off: {why}"
-        notice(f"receive GRO is off: {why}")
+        try:
+            remove(node)             # not kept half made
+        except DataplaneError:
+            pass
+        other = holder(node.netns, port)
+        if other:
+            st.rx_gro = f"through {other}"
+            notice(f"UDP port {port} is vxlan device {other}'s: receive GRO goes through its socket")
+        else:
+            st.rx_gro = f"off: {e}"
+            notice(f"receive GRO is off: {e}")
         return
     st.rx_gro = ON
 
@@ -53,7 +61,26 @@ def remove(node: Node) -> None:
     netlink.link_delete(node.netns, IFNAME)
 
 
-def active(netns: str | None) -> bool:
-    """The device is there with gro_sink at its ingress (what status and metrics show)."""
-    ifindex = netlink.link_index(netns, IFNAME)
-    return bool(ifindex) and "gro_sink" in tcx.names(netns, ifindex)
+def holder(netns: str | None, port: int) -> str | None:
+    """The vxlan device that is up on `port` in netns (its socket holds the port), if any."""
+    return next((name for name, (p, up) in netlink.vxlan_ports(netns).items() if p == port and up), None)
+
+
+def active(netns: str | None, port: int) -> bool:
+    """A vxlan socket holds the port, and if it is ours, gro_sink guards it (what the metric says)."""
+    name = holder(netns, port)
+    if name != IFNAME:
+        return name is not None
+    return "gro_sink" in tcx.names(netns, netlink.link_index(netns, IFNAME) or 0)
+
+
+def describe(netns: str | None, st: NodeState) -> str:
+    """gro_sink's row in `dataplane status`."""
+    name = holder(netns, st.config.port)
+    if name == IFNAME:
+        return f"tcx ingress {IFNAME} (receive GRO)" if active(netns, st.config.port) \
+            else f"not attached: {IFNAME} is up without it (run `dataplane up`)"
+    if name:
+        return f"not attached (receive GRO through vxlan device {name})"
+    why = st.rx_gro if st.rx_gro.startswith("off: ") else f"off: no vxlan device is up on UDP port {st.config.port}"
+    return f"not attached (receive GRO {why})"

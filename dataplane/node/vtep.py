@@ -286,12 +286,16 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
             tcx.detach(node.netns, ifx, "from_overlay")
             tcx.drop_filter(node.netns, ifx, "from_overlay")   # an older version's
             netlink.xdp_detach(node.netns, ifx)
-            rxgro.remove(node)
             # the underlay removed or renamed since: its setting went with it, nothing to restore
             if st.restore_forwarding is not None and \
                     netlink.link_index(node.netns, st.config.underlay) == ifx:
                 netlink.sysctl(node.netns, _forwarding_key(st), st.restore_forwarding)
         except (KernelError, NotFound) as e:
+            errors.append(str(e))
+    if not node.netns or netlink.ns_exists(node.netns):
+        try:
+            rxgro.remove(node)       # whatever failed above: it would hold the port with no state left
+        except KernelError as e:
             errors.append(str(e))
     _remove_pins(node)
     if errors and not quiet:

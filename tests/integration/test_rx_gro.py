@@ -5,16 +5,17 @@ device; before, every wire frame went up the sandbox's stack alone. The device t
 its socket hands nothing to the host, `up` goes on without it where another vxlan device
 holds the port, and it goes with `down`."""
 
-import json
+import os
 import subprocess
+import sys
 
 import pytest
 
-from dataplane.kernel import netlink, tcx
+from dataplane.kernel import loader, netlink, tcx
 from dataplane.node import Node, readout, rxgro
 from lab import topology as lab
-from lab.traffic import tcp_transfer
-from tests.integration.conftest import dp, in_ns, make_lab, sandbox
+from lab.traffic import rx_counts as rx, tcp_transfer
+from tests.integration.conftest import dp, in_ns, make_lab, sandbox, wait_for
 
 MTU = 1500
 
@@ -22,11 +23,6 @@ MTU = 1500
 @pytest.fixture(scope="module")
 def info():
     yield from make_lab(2, [256], per_host=1, registry="none", nic_like=True)
-
-
-def rx(ns: str, dev: str) -> tuple[int, int]:
-    link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
-    return link["stats64"]["rx"]["packets"], link["stats64"]["rx"]["bytes"]
 
 
 def gro_row(ns: str) -> str:
@@ -69,31 +65,66 @@ def echoes(ns: str) -> int:
 def test_vxlan_to_another_host_address_reaches_the_device_and_no_further(info):
     other = "198.18.0.102"            # h2's, not its VTEP: from_overlay lets VXLAN to it by
     subprocess.run(["ip", "-n", "dpl-h2", "addr", "add", f"{other}/24", "dev", lab.UPLINK], check=True)
-    try:
+    mac = netlink.link_info("dpl-h2", lab.UPLINK)["mac"]
+
+    def send_five() -> tuple[int, int]:
+        """(frames the device took, echoes the host counted) for five frames."""
         taken0, echo0 = rx("dpl-h2", rxgro.IFNAME)[0], echoes("dpl-h2")
-        mac = netlink.link_info("dpl-h2", lab.UPLINK)["mac"]
         r = in_ns(lab.UNDERLAY_NS, SEND, mac, other, "ul-h2")
         assert r.returncode == 0, r.stderr
-        assert rx("dpl-h2", rxgro.IFNAME)[0] - taken0 == 5, "the frames did not reach the GRO device's socket"
-        assert echoes("dpl-h2") == echo0, "a frame the GRO device decapsulated reached the host's stack"
+        assert wait_for(lambda: rx("dpl-h2", rxgro.IFNAME)[0] - taken0 >= 5, timeout=5)
+        wait_for(lambda: echoes("dpl-h2") - echo0 >= 5, timeout=1)     # time to arrive, were they let in
+        return rx("dpl-h2", rxgro.IFNAME)[0] - taken0, echoes("dpl-h2") - echo0
+
+    ifindex = netlink.link_index("dpl-h2", rxgro.IFNAME)
+    try:
+        assert send_five() == (5, 0), "a frame the GRO device decapsulated reached the host's stack"
+        tcx.detach("dpl-h2", ifindex, "gro_sink")    # the control: without the sink the host answers
+        assert send_five() == (5, 5)
     finally:
+        fd = loader.open_prog(Node("dpl-h2").pin_dir, "gro_sink")
+        try:
+            tcx.attach("dpl-h2", ifindex, fd, "gro_sink")
+        finally:
+            os.close(fd)
         subprocess.run(["ip", "-n", "dpl-h2", "addr", "del", f"{other}/24", "dev", lab.UPLINK], check=False)
+    assert gro_row("dpl-h2") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
 
 
-def test_up_goes_on_without_it_where_the_port_is_taken_and_takes_it_back(info):
+HOLD = "import socket, time; s = socket.socket(2, 2); s.bind(('0.0.0.0', 4789)); print('held', flush=True); time.sleep(60)"
+
+
+def test_up_goes_on_where_the_port_is_taken_and_takes_it_back(info):
     netlink.link_delete("dpl-h1", rxgro.IFNAME)
+    # Another vxlan device on the port: its socket merges for us, and up says so.
     subprocess.run(["ip", "-n", "dpl-h1", "link", "add", "vxother", "type", "vxlan", "id", "7", "dstport", "4789"],
                    check=True)
     try:
         subprocess.run(["ip", "-n", "dpl-h1", "link", "set", "vxother", "up"], check=True)
         r = dp("--netns", "dpl-h1", "up", "--vni", "256")
-        assert "receive GRO is off" in r.stderr, r.stderr
+        assert "receive GRO goes through its socket" in r.stderr and "vxother" in r.stderr, r.stderr
         assert not netlink.link_index("dpl-h1", rxgro.IFNAME), "a device that could not come up was kept"
-        assert gro_row("dpl-h1").startswith("not attached (receive GRO off: "), gro_row("dpl-h1")
+        assert gro_row("dpl-h1") == "not attached (receive GRO through vxlan device vxother)"
+        assert rxgro.active("dpl-h1", 4789)
     finally:
         netlink.link_delete("dpl-h1", "vxother")
+    # A plain UDP socket on the port: no GRO at all, and up says that.
+    holder = subprocess.Popen(["ip", "netns", "exec", "dpl-h1", sys.executable, "-c", HOLD],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = dp("--netns", "dpl-h1", "up", "--vni", "256")
+        assert "receive GRO is off" in r.stderr and "Address already in use" in r.stderr, r.stderr
+        assert gro_row("dpl-h1").startswith("not attached (receive GRO off: "), gro_row("dpl-h1")
+        assert not rxgro.active("dpl-h1", 4789) and not netlink.link_index("dpl-h1", rxgro.IFNAME)
+    finally:
+        holder.kill()
+        holder.wait()
     dp("--netns", "dpl-h1", "up", "--vni", "256")
     assert gro_row("dpl-h1") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
+    ifindex = netlink.link_index("dpl-h1", rxgro.IFNAME)
+    dp("--netns", "dpl-h1", "up", "--vni", "256")          # again: the same device, one sink
+    assert netlink.link_index("dpl-h1", rxgro.IFNAME) == ifindex and tcx.names("dpl-h1", ifindex) == ["gro_sink"]
 
 
 def test_down_takes_it_away(info):

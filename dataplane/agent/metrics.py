@@ -114,14 +114,15 @@ class Collector:
                               "(xdp_guard: only on nodes with --xdp-guard)", labels=["program"])
         gro = GaugeMetricFamily("dataplane_receive_gro", "1 while a vxlan socket (dpgro0's, guarded by gro_sink, "
                                 "or another vxlan device's) holds the node's UDP port, so that the uplink's GRO "
-                                "merges VXLAN frames (0: they arrive one by one; `dataplane status` says why)")
+                                "merges VXLAN frames (0: they arrive one by one; `dataplane status` says why; absent with --no-rx-gro)")
         try:
             st = self.ag.node.require_up()
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
                 g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
-            gro.add_metric([], int(rxgro.active(self.ag.node.netns, st.config.port)))
+            if st.config.rx_gro:
+                gro.add_metric([], int(rxgro.active(self.ag.node.netns, st.config.port)))
             ok["uplink"] = True
         except DataplaneError as e:
             log.warning("metrics: reading the uplink's programs failed: %s", e)

@@ -25,8 +25,8 @@ def agent_node(args) -> Node | None:
     return node if st and st.registry else None
 
 
-RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "xdp_guard", "fdb_age",
-                 "storm_rate", "storm_burst", "metrics_address",
+RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "xdp_guard",
+                 "fdb_age", "storm_rate", "storm_burst", "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
 
@@ -34,7 +34,7 @@ def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a in ("peer_check", "storm_rate", "storm_burst")
+                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "storm_rate", "storm_burst")
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
@@ -43,7 +43,8 @@ def cmd_up(args):
         url = control.registry_mode(node, args.registry, args.no_registry)
         st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,
                         lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
-                        peer_ips=args.peer or (), peer_check=args.peer_check, xdp_guard=args.xdp_guard,
+                        peer_ips=args.peer or (), peer_check=args.peer_check, rx_gro=args.rx_gro,
+                        xdp_guard=args.xdp_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
                         storm=(args.storm_rate, args.storm_burst), metrics_address=args.metrics_address)
     c = st.config
@@ -131,6 +132,10 @@ def register(sub) -> None:
                     help="decapsulate only from the VTEPs the registry (or --peer) lists for the VNI: on by default; "
                          "--no-peer-check accepts VXLAN from anyone (either way on a running node)")
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
+    up.add_argument("--rx-gro", action=argparse.BooleanOptionalAction, default=None,
+                    help="hold the VXLAN port with dpgro0, a vxlan device that carries nothing, so that the "
+                         "uplink's GRO merges frames from other hosts (default: on; --no-rx-gro for sandboxes "
+                         "that route TCP from the overlay back into it, docs/DESIGN.md 'Receive GRO')")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--storm-rate", type=int, metavar="FRAMES",
                     help="storm control: broadcast/unknown frames per second one endpoint may flood "

@@ -32,6 +32,10 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> None:
     how it went ("on", "through X", or "off: why"). The sink is in place before the device
     goes up (its socket opens then). Never fails `up`: GRO is speed, not function."""
     port = st.config.port
+    if not st.config.rx_gro:
+        remove(node)
+        st.rx_gro = "off: --no-rx-gro"
+        return
     try:
         ifindex = netlink.vxlan_external(node.netns, IFNAME, port)
         try:
@@ -76,6 +80,8 @@ def active(netns: str | None, port: int) -> bool:
 
 def describe(netns: str | None, st: NodeState) -> str:
     """gro_sink's row in `dataplane status`."""
+    if not st.config.rx_gro:
+        return "not attached (receive GRO off: --no-rx-gro)"
     name = holder(netns, st.config.port)
     if name == IFNAME:
         return f"tcx ingress {IFNAME} (receive GRO)" if active(netns, st.config.port) \

@@ -34,7 +34,7 @@ def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
-       peer_check: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
+       peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
        storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
        mtus: dict[int, int] | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
@@ -110,6 +110,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         cfg.port = port or cfg.port
         if peer_check is not None:          # either way on a running node: the filter is in dp_config
             cfg.peer_check = bool(peer_check)
+        if rx_gro is not None:              # either way on a running node
+            cfg.rx_gro = bool(rx_gro)
         cfg.xdp_guard = xdp_guard or cfg.xdp_guard
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
         cfg.storm_rate = cfg.storm_rate if storm_rate is None else storm_rate     # either way on a running node

@@ -127,6 +127,17 @@ def test_up_goes_on_where_the_port_is_taken_and_takes_it_back(info):
     assert netlink.link_index("dpl-h1", rxgro.IFNAME) == ifindex and tcx.names("dpl-h1", ifindex) == ["gro_sink"]
 
 
+def test_no_rx_gro_turns_it_off_and_the_choice_stays(info):
+    dp("--netns", "dpl-h1", "up", "--vni", "256", "--no-rx-gro")
+    assert not netlink.link_index("dpl-h1", rxgro.IFNAME)
+    assert gro_row("dpl-h1") == "not attached (receive GRO off: --no-rx-gro)"
+    dp("--netns", "dpl-h1", "up", "--vni", "256")              # a running node keeps what it was told
+    assert not netlink.link_index("dpl-h1", rxgro.IFNAME)
+    assert Node("dpl-h1").state().config.rx_gro is False
+    dp("--netns", "dpl-h1", "up", "--vni", "256", "--rx-gro")
+    assert gro_row("dpl-h1") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
+
+
 def test_down_takes_it_away(info):
     dp("--netns", "dpl-h2", "down")
     assert not netlink.link_index("dpl-h2", rxgro.IFNAME)

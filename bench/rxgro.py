@@ -18,7 +18,7 @@ import sys
 
 from bench import baselines
 from bench.run import headline, machine, ratio_ci, save, tcp
-from dataplane.kernel import gso as linkgso, loader, netlink
+from dataplane.kernel import gso as linkgso, loader
 from dataplane.node import Node, rxgro
 from lab import topology as lab
 from lab.traffic import rx_counts
@@ -32,7 +32,7 @@ def _gro(on: bool) -> None:
     for h in (1, 2):
         node = Node(lab.host_ns(h))
         if not on:
-            netlink.link_delete(node.netns, rxgro.IFNAME)
+            rxgro.remove(node)
             continue
         fd = loader.open_prog(node.pin_dir, "gro_sink")
         try:

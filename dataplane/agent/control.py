@@ -164,7 +164,8 @@ def restore(node: Node, agent: bool = True) -> NodeState:
         raise NotFound(f"nothing to restore for node {node.name}: it was never brought up, or was taken down")
     nets = {int(v): s for v, s in b["networks"].items()}
     st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=b["underlay"], local_ip=b["local_ip"],
-                 port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True), xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
+                 port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
+                 xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
                  map_sizes=b["map_sizes"], storm=tuple(b.get("storm", (None, None))), registry=b["registry"],
                  metrics_address=b.get("metrics_address"),
                  host_name=b["host_name"], lease_ttl=b["lease_ttl"])

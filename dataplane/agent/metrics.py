@@ -114,7 +114,8 @@ class Collector:
                               "(xdp_guard: only on nodes with --xdp-guard)", labels=["program"])
         gro = GaugeMetricFamily("dataplane_receive_gro", "1 while a vxlan socket (dpgro0's, guarded by gro_sink, "
                                 "or another vxlan device's) holds the node's UDP port, so that the uplink's GRO "
-                                "merges VXLAN frames (0: they arrive one by one; `dataplane status` says why; absent with --no-rx-gro)")
+                                "merges VXLAN frames (0: they arrive one by one; `dataplane status` says why; "
+                                "absent with --no-rx-gro)")
         try:
             st = self.ag.node.require_up()
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)

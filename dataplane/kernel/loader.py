@@ -25,7 +25,8 @@ from dataplane.kernel.maps import SIZE_CONSTS, SPECS, check_pinned_layout, new_g
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/dataplane"
 
-TC_PROGRAMS = ("from_endpoint", "from_overlay", "gro_sink", "flood_endpoint", "flood_overlay", "flood_remote_vteps", "dp_clock")
+TC_PROGRAMS = ("from_endpoint", "from_overlay", "gro_sink", "flood_endpoint", "flood_overlay", "flood_remote_vteps",
+               "dp_clock")
 XDP_PROGRAMS = ("xdp_guard",)
 SCHED_CLS, XDP = 3, 6      # BPF_PROG_TYPE_*
 PROG_TYPES = {**dict.fromkeys(TC_PROGRAMS, SCHED_CLS), **dict.fromkeys(XDP_PROGRAMS, XDP)}

@@ -49,10 +49,10 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> None:
             remove(node)             # not kept half made
         except DataplaneError:
             pass
-        other = holder(node.netns, port)
-        if other:
-            st.rx_gro = f"through {other}"
-            notice(f"UDP port {port} is vxlan device {other}'s: receive GRO goes through its socket")
+        held = holder(node.netns, port)
+        if held:
+            st.rx_gro = f"through {held[0]}"
+            notice(f"UDP port {port} is vxlan device {held[0]}'s: receive GRO goes through its socket")
         else:
             st.rx_gro = f"off: {e}"
             notice(f"receive GRO is off: {e}")
@@ -65,28 +65,35 @@ def remove(node: Node) -> None:
     netlink.link_delete(node.netns, IFNAME)
 
 
-def holder(netns: str | None, port: int) -> str | None:
-    """The vxlan device that is up on `port` in netns (its socket holds the port), if any."""
-    return next((name for name, (p, up) in netlink.vxlan_ports(netns).items() if p == port and up), None)
+def holder(netns: str | None, port: int) -> tuple[str, int] | None:
+    """(name, ifindex) of the vxlan device that is up on `port` in netns (its socket holds the
+    port), if any. Ours is read alone first: the whole dump only when it is not the one."""
+    for only in (IFNAME, None):
+        for name, (p, up, ifindex) in netlink.vxlan_ports(netns, only).items():
+            if p == port and up:
+                return name, ifindex
+    return None
+
+
+def _guarded(netns: str | None, ifindex: int) -> bool:
+    return "gro_sink" in tcx.names(netns, ifindex)
 
 
 def active(netns: str | None, port: int) -> bool:
     """A vxlan socket holds the port, and if it is ours, gro_sink guards it (what the metric says)."""
-    name = holder(netns, port)
-    if name != IFNAME:
-        return name is not None
-    return "gro_sink" in tcx.names(netns, netlink.link_index(netns, IFNAME) or 0)
+    held = holder(netns, port)
+    return held is not None and (held[0] != IFNAME or _guarded(netns, held[1]))
 
 
 def describe(netns: str | None, st: NodeState) -> str:
     """gro_sink's row in `dataplane status`."""
     if not st.config.rx_gro:
         return "not attached (receive GRO off: --no-rx-gro)"
-    name = holder(netns, st.config.port)
-    if name == IFNAME:
-        return f"tcx ingress {IFNAME} (receive GRO)" if active(netns, st.config.port) \
+    held = holder(netns, st.config.port)
+    if held and held[0] == IFNAME:
+        return f"tcx ingress {IFNAME} (receive GRO)" if _guarded(netns, held[1]) \
             else f"not attached: {IFNAME} is up without it (run `dataplane up`)"
-    if name:
-        return f"not attached (receive GRO through vxlan device {name})"
+    if held:
+        return f"not attached (receive GRO through vxlan device {held[0]})"
     why = st.rx_gro if st.rx_gro.startswith("off: ") else f"off: no vxlan device is up on UDP port {st.config.port}"
     return f"not attached (receive GRO {why})"

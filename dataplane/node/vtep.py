@@ -34,7 +34,8 @@ def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
-       peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None, map_sizes=None, quiet=False,
+       peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None,
+       map_sizes=None, quiet=False,
        storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
        mtus: dict[int, int] | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:

@@ -43,14 +43,16 @@ def ping(sandbox: str, ip: str, count: int = 3, interval: float = 0.2) -> tuple[
     return (int(m.group(1)) if m else 0), (f"rtt avg {rtt.group(1)} ms" if rtt else "no reply")
 
 
-def tcp_transfer(server_ns: str, client_ns: str, ip: str, nbytes: int, port: int = 5300) -> int:
-    """Send nbytes over one TCP connection; returns what the receiver counted."""
+def tcp_transfer(server_ns: str, client_ns: str, ip: str, nbytes: int, port: int = 5300,
+                 connect: str | None = None) -> int:
+    """Send nbytes over one TCP connection; returns what the receiver counted. The server
+    listens on ip; the client connects to connect (an address translated to ip) or to ip."""
     srv = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", _SINK, ip, str(port)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if srv.stdout.readline().strip() != "listening":
             raise RuntimeError(f"TCP sink in {server_ns} did not start: {srv.stderr.read()[-300:]}")
-        netlink.ns_exec(client_ns, [sys.executable, "-c", _SOURCE, ip, str(port), str(nbytes)],
+        netlink.ns_exec(client_ns, [sys.executable, "-c", _SOURCE, connect or ip, str(port), str(nbytes)],
                         check=True, capture_output=True, timeout=30)
         out, _ = srv.communicate(timeout=15)
         return int(out.strip() or 0)

@@ -119,23 +119,40 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 	return nh;
 }
 
+#define DP_EALREADY 114 /* errno */
+
 /*
  * Make room for the outer headers in front of the inner Ethernet header.
  * IP frames use adjust_room so GSO super-packets stay whole and are segmented
  * as UDP tunnel packets later; adjust_room refuses anything else (ARP), which
  * gets change_head instead. Afterwards bytes [0, DP_ENCAP_LEN) are ours to fill.
+ *
+ * A frame that still carries tunnel marks: from_overlay's decapsulation leaves
+ * skb->encapsulation, the inner header offsets and the UDP tunnel GSO type on
+ * this kernel (the flag that clears them is newer), so a sandbox that routes
+ * overlay traffic on into the overlay hands us a marked frame, and the
+ * encapsulating call refuses it (EALREADY). Room alone keeps the marks, and they
+ * are right for our headers: the decapsulation left this frame's Ethernet
+ * header where the inner one was, and offsets count from skb->head, which
+ * nothing since has moved under them (a reallocation updates them all). So GSO
+ * cuts it as a UDP tunnel packet and checksum offload finds the inner headers,
+ * as for a frame we marked ourselves.
  */
 static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
 {
 	void *data, *end;
+	long ret;
 
 	if (!inner_is_ip)
 		return bpf_skb_change_head(skb, DP_ENCAP_LEN, 0) ? -DP_DROP_HELPER : 0;
 
-	if (bpf_skb_adjust_room(skb, DP_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
-				BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) |
-				BPF_F_ADJ_ROOM_FIXED_GSO))
+	ret = bpf_skb_adjust_room(skb, DP_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				  BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+				  BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) |
+				  BPF_F_ADJ_ROOM_FIXED_GSO);
+	if (ret == -DP_EALREADY)
+		ret = bpf_skb_adjust_room(skb, DP_ENCAP_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO);
+	if (ret)
 		return -DP_DROP_HELPER;
 	/* The room went in after the old Ethernet header; move that header behind it. */
 	data = (void *)(long)skb->data;

@@ -134,8 +134,7 @@ def register(sub) -> None:
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
     up.add_argument("--rx-gro", action=argparse.BooleanOptionalAction, default=None,
                     help="hold the VXLAN port with dpgro0, a vxlan device that carries nothing, so that the "
-                         "uplink's GRO merges frames from other hosts (default: on; --no-rx-gro for sandboxes "
-                         "that route TCP from the overlay back into it, docs/DESIGN.md 'Receive GRO')")
+                         "uplink's GRO merges frames from other hosts (default: on; docs/DESIGN.md 'Receive GRO')")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--storm-rate", type=int, metavar="FRAMES",
                     help="storm control: broadcast/unknown frames per second one endpoint may flood "

@@ -48,10 +48,17 @@ def test_pings_through_the_gateway_are_answered(gw):
     assert helper_drops() == before
 
 
-@pytest.mark.parametrize("rx_gro", [False, True], ids=["frames", "merged"])
-def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro):
+def gro_list(on: bool) -> None:
+    subprocess.run(["ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, "rx-gro-list", "on" if on else "off"],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("rx_gro,as_list", [(False, False), (True, False), (True, True)],
+                         ids=["frames", "merged", "merged-as-frag-list"])
+def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro, as_list):
     a, b, r = gw["a"], gw["b"], gw["r"]
     dp("--netns", "dpl-h2", "up", "--vni", "256", "--vni", "257", "--rx-gro" if rx_gro else "--no-rx-gro")
+    gro_list(as_list)        # the inner TCP merged as a frag list: another GSO layout to cut
     nbytes, got = 16 << 20, []
     drops0, seen0 = helper_drops(), rx(r["name"], "eth0")
     try:
@@ -59,6 +66,7 @@ def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro):
                                  lambda: got.append(tcp_transfer(b["name"], a["name"], b["ip"], nbytes,
                                                                  connect=r["ip"])))
     finally:
+        gro_list(False)
         dp("--netns", "dpl-h2", "up", "--vni", "256", "--vni", "257", "--rx-gro")
     (n0, b0), (n1, b1) = seen0, rx(r["name"], "eth0")
     assert got == [nbytes]

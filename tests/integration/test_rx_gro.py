@@ -138,6 +138,29 @@ def test_no_rx_gro_turns_it_off_and_the_choice_stays(info):
     assert gro_row("dpl-h1") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
 
 
+def test_without_it_udp_gro_leaves_our_datagrams_alone(info):
+    """UDP forwarding and list GRO would merge VXLAN datagrams into one that from_overlay
+    takes for a single frame (the rest lost); the kernel merges only datagrams with a UDP
+    checksum, and ours carry none."""
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    features = ("rx-udp-gro-forwarding", "rx-gro-list")
+
+    def set_features(state: str) -> None:
+        for f in features:
+            subprocess.run(["ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, f, state], check=True)
+
+    dp("--netns", "dpl-h2", "up", "--vni", "256", "--no-rx-gro")
+    set_features("on")
+    try:
+        (n0, b0) = rx(b["name"], "eth0")
+        assert tcp_transfer(b["name"], a["name"], b["ip"], 16 << 20) == 16 << 20
+        (n1, b1) = rx(b["name"], "eth0")
+    finally:
+        set_features("off")
+        dp("--netns", "dpl-h2", "up", "--vni", "256", "--rx-gro")
+    assert (b1 - b0) / (n1 - n0) <= MTU + 14, f"{n1 - n0} packets of {(b1 - b0) // (n1 - n0)} bytes: merged"
+
+
 def test_down_takes_it_away(info):
     dp("--netns", "dpl-h2", "down")
     assert not netlink.link_index("dpl-h2", rxgro.IFNAME)

@@ -36,7 +36,6 @@
 
 #define DP_MON_HEAD 128                  /* frame bytes a monitor event carries */
 #define DP_EVENT_RING_BYTES 262144       /* dp_events ring buffer */
-
 #define DP_DROP_SLOTS 32                 /* power of two >= DP_DROP_MAX, so a mask bounds the index */
 
 /* Map sizes; the loader may override each with -D. */
@@ -147,6 +146,7 @@ enum dp_drop {
 	DP_DROP_ARP_SPOOF,                   /* ARP whose sender MAC/IP contradicts dp_neigh or its own frame */
 	DP_DROP_STORM,                       /* broadcast/unknown over the endpoint's storm-control rate */
 	DP_DROP_REDIRECT,                    /* a clone or redirect toward an interface failed */
+	DP_DROP_TUNNEL_GSO,                  /* a GSO packet that already carries a tunnel (see encap.h) */
 	DP_DROP_MAX,
 };
 

@@ -62,11 +62,14 @@ class Capture:
         self.stop()
 
 
-def decode(pcap: str, vxlan_port: int = 4789) -> list[dict]:
-    """One dict per frame with the FIELDS above, as tshark dissects them,
-    outer IPv4 checksum verified."""
+def decode(pcap: str, vxlan_port: int = 4789, checksums: bool = False) -> list[dict]:
+    """One dict per frame with the FIELDS above, as tshark dissects them, outer IPv4
+    checksum verified; with checksums, every UDP and TCP checksum too (for a capture
+    where the sender filled them in: over veth an offloaded one is never computed)."""
     argv = ["tshark", "-r", pcap, "-n", "-o", "ip.check_checksum:TRUE", "-T", "fields",
             "-E", "separator=\t", "-E", "occurrence=a", "-E", f"aggregator={AGG}"]
+    if checksums:
+        argv += ["-o", "udp.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"]
     if vxlan_port != 4789:
         argv += ["-d", f"udp.port=={vxlan_port},vxlan"]
     for f in FIELDS:
@@ -88,14 +91,14 @@ def decode(pcap: str, vxlan_port: int = 4789) -> list[dict]:
     return rows
 
 
-def during(netns: str, ifname: str, bpf_filter: str, fn) -> tuple[list[dict], list[str]]:
+def during(netns: str, ifname: str, bpf_filter: str, fn, checksums: bool = False) -> tuple[list[dict], list[str]]:
     """Capture while fn() runs: each frame as decode() and as inner_protocols()
     read it. The pcap file is gone afterwards, whatever fn did."""
     cap = Capture(netns, ifname, bpf_filter)
     try:
         fn()
         pcap = cap.stop()
-        return decode(pcap), inner_protocols(pcap)
+        return decode(pcap, checksums=checksums), inner_protocols(pcap)
     finally:
         cap.remove()
 

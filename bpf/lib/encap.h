@@ -119,7 +119,8 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 	return nh;
 }
 
-#define DP_EALREADY 114 /* errno */
+#define DP_EALREADY 114 /* errno on x86 and arm */
+#define DP_PUSHED_HEAD 1 /* vxlan_push: an IP frame's network header is still the inner one */
 
 /*
  * Make room for the outer headers in front of the inner Ethernet header.
@@ -127,16 +128,19 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
  * as UDP tunnel packets later; adjust_room refuses anything else (ARP), which
  * gets change_head instead. Afterwards bytes [0, DP_ENCAP_LEN) are ours to fill.
  *
- * A frame that still carries tunnel marks: from_overlay's decapsulation leaves
- * skb->encapsulation, the inner header offsets and the UDP tunnel GSO type on
- * this kernel (the flag that clears them is newer), so a sandbox that routes
- * overlay traffic on into the overlay hands us a marked frame, and the
- * encapsulating call refuses it (EALREADY). Room alone keeps the marks, and they
- * are right for our headers: the decapsulation left this frame's Ethernet
- * header where the inner one was, and offsets count from skb->head, which
- * nothing since has moved under them (a reallocation updates them all). So GSO
- * cuts it as a UDP tunnel packet and checksum offload finds the inner headers,
- * as for a frame we marked ourselves.
+ * A frame that already carries tunnel marks (skb->encapsulation and inner
+ * header offsets) is refused by the encapsulating call (EALREADY). Two kinds
+ * reach us: what a sandbox tunnels itself (its vxlan, GRE, WireGuard), and
+ * what it forwards from the overlay, since from_overlay's decapsulation leaves
+ * the marks on this kernel (the flag that clears them is newer). Their marks
+ * describe the tunnel the frame has, and GSO cannot segment ours around it: so
+ * the sandbox's end of every endpoint segments tunnelled GSO itself
+ * (kernel/ethtool.py TUNNEL_GSO), and such a GSO packet here is counted and
+ * dropped. A single frame gets change_head: its checksum offsets count from the
+ * head and stay right, and the network header left on the inner IPv4 header
+ * keeps a NIC from reading ours as the tunnel its marks describe (which is also
+ * why redirect_neigh, routing by that header, cannot send it: DP_PUSHED_HEAD).
+ * Returns 0, DP_PUSHED_HEAD or -reason.
  */
 static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
 {
@@ -150,8 +154,11 @@ static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
 				  BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 				  BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) |
 				  BPF_F_ADJ_ROOM_FIXED_GSO);
-	if (ret == -DP_EALREADY)
-		ret = bpf_skb_adjust_room(skb, DP_ENCAP_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO);
+	if (ret == -DP_EALREADY) {
+		if (skb->gso_size)
+			return -DP_DROP_TUNNEL_GSO;
+		return bpf_skb_change_head(skb, DP_ENCAP_LEN, 0) ? -DP_DROP_HELPER : DP_PUSHED_HEAD;
+	}
 	if (ret)
 		return -DP_DROP_HELPER;
 	/* The room went in after the old Ethernet header; move that header behind it. */
@@ -167,7 +174,7 @@ static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
  * Put outer headers in front of the frame: room first, then the 50 bytes,
  * written in place (not built on the stack and copied: 50 bytes of stores
  * and a 50-byte copy less per frame). The source port is hashed from the
- * inner flow before the frame changes.
+ * inner flow before the frame changes. Returns vxlan_push's answer.
  */
 static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_config *cfg,
 				      const struct dp_nexthop *nh, __be32 dst, __u32 vni,
@@ -188,7 +195,7 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
 		return -DP_DROP_HELPER;
 	outer_build(data, nh ? nh->smac : placeholder, nh ? nh->dmac : placeholder, cfg->local_ip, dst,
 		    cfg->port, vni, sport, inner_len);
-	return 0;
+	return ret;
 }
 
 /* Encapsulate a frame of endpoint ep toward one VTEP and send it out of the uplink. */
@@ -210,6 +217,8 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip);
 	if (ret < 0)
 		return ret;
+	if (!nh && ret == DP_PUSHED_HEAD)
+		return -DP_DROP_NO_NEXTHOP;
 	STAT_ADD(slot, tx_packets, tx_bytes, len);
 	if (nh)
 		return bpf_redirect(nh->ifindex, 0);

@@ -13,7 +13,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import LocalEndpoint, NodeState
-from dataplane.kernel import gso, loader, netlink, tcx
+from dataplane.kernel import ethtool, gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import fdb, networks
 from dataplane.node.base import Node, require_root
@@ -118,6 +118,8 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
         netlink.link_up(ns, "lo")
         netlink.link_up(ns, "eth0", ep.ip, prefixlen)
         netlink.routes_add(ns, "eth0", routes)
+    # Tunnelled GSO packets are cut at the sandbox's end: ours cannot go around their tunnel.
+    ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.

@@ -19,7 +19,7 @@ import pytest
 from dataplane.agent import client as api
 from dataplane.runtimes import cni
 from lab import topology as lab
-from dataplane.kernel import gso as linkgso, netlink, tcx
+from dataplane.kernel import ethtool, gso as linkgso, netlink, tcx
 from dataplane.node import Node
 from tests.integration.conftest import make_lab
 from tests.runtimes import IMAGE, DockerLab, build_cnirun, require_runtimes
@@ -132,6 +132,7 @@ def test_libcni_add_check_ping_del(rt):
     assert inner["name"] == "eth0" and inner["sandbox"] == c1
     assert netlink.link_info(c1, "eth0")["mac"] == inner["mac"]
     assert linkgso.gso_ipv4_max(c1, "eth0") == linkgso.BIG_TCP_SIZE, "the container inherits the uplink's limit"
+    assert not any(ethtool.features(c1, "eth0", ethtool.TUNNEL_GSO).values()), "tunnelled GSO is cut in the container"
     # the chained tuning plugin got our result and acted on our interface
     assert netlink.sysctl_get(os.path.basename(c1), "net.ipv4.conf.eth0.arp_notify") == "1"
     ok(rt.run(1, "check", c1, "ctr-1"))

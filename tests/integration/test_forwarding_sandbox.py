@@ -1,56 +1,93 @@
-"""A sandbox that sends overlay traffic on into the overlay: here a NAT gateway between VNIs
-(DNAT of its VNI-256 address to a VNI-257 sandbox, masquerading on its VNI-257 port), as a
-proxy or a router container would be. What it forwards reaches from_endpoint still carrying
-the tunnel marks that this kernel's decapsulation leaves (skb->encapsulation, the inner
-offsets, the UDP tunnel GSO type); the encapsulating adjust_room refused every such frame
-(EALREADY) and each was dropped as a helper failure, pings included. Between hosts with NICs
-only GRO-merged packets carry the marks; in the lab every frame from another host does."""
+"""Sandboxes that send tunnelled traffic into the overlay, on links that behave as NICs:
+- a NAT gateway between VNIs (DNAT of its VNI-256 address to a VNI-257 sandbox,
+  masquerading on its VNI-257 port), as a proxy or a router container would be. What it
+  forwards still carries the tunnel marks this kernel's decapsulation leaves
+  (skb->encapsulation, the inner offsets, the UDP tunnel GSO type);
+- a sandbox running its own vxlan device over the overlay (a VPN, a nested cluster).
+from_endpoint's encapsulating adjust_room refuses a marked frame (EALREADY): every such
+frame was dropped as a helper failure, and handing GSO packets on with their old marks
+(tried) put malformed frames on the wire. Now the sandbox end segments tunnelled GSO itself
+and a single marked frame gets change_head (bpf/lib/encap.h)."""
 
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 
+from dataplane.kernel import ethtool
 from lab import capture
 from lab import topology as lab
-from lab.traffic import ping, rx_counts as rx, tcp_transfer
-from tests.integration.conftest import dp, make_lab, sandbox, stats
+from lab.traffic import ping, rx_counts as rx, tcp_transfer, wait_listening
+from tests.integration.conftest import dp, in_ns, make_lab, sandbox, stats
 
 MTU = 1500
-H1_WIRE = "ul-h1"            # dpl-ul's end of h1's link: what h1 receives, cut to the MTU
+NESTED = {"h1": "192.168.77.1", "h2": "192.168.77.2"}
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def gw():
-    """h2's VNI-257 endpoint moved into h2's VNI-256 sandbox, which then forwards between them."""
+    """h2's VNI-257 endpoint moved into h2's VNI-256 sandbox, which then forwards between
+    them; and a vxlan device (VNI 42) in h1's and h2's VNI-256 sandboxes, to each other."""
     for info in make_lab(2, [256, 257], per_host=1, registry="none", nic_like=True):
         a, b = sandbox(info, "h1", 256), sandbox(info, "h1", 257)
         r, r2 = sandbox(info, "h2", 256), sandbox(info, "h2", 257)
         ns = r["name"]
-        for argv in (["ip", "-n", r2["name"], "link", "set", "eth0", "netns", ns, "name", "eth1"],
-                     ["ip", "-n", ns, "addr", "add", f"{r2['ip']}/24", "dev", "eth1"],
-                     ["ip", "-n", ns, "link", "set", "eth1", "up"],
-                     ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-                     ["ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "eth0",
-                      "-d", r["ip"], "-j", "DNAT", "--to-destination", b["ip"]],
-                     ["ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth1",
-                      "-j", "MASQUERADE"]):
-            subprocess.run(argv, check=True, capture_output=True)
+        sh("ip", "-n", r2["name"], "link", "set", "eth0", "netns", ns, "name", "eth1")
+        sh("ip", "-n", ns, "addr", "add", f"{r2['ip']}/24", "dev", "eth1")
+        sh("ip", "-n", ns, "link", "set", "eth1", "up")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for match in (["-p", "icmp"], ["-p", "tcp", "--dport", "5300"]):
+            sh("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "eth0", "-d", r["ip"],
+               *match, "-j", "DNAT", "--to-destination", b["ip"])
+        sh("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth1", "-j", "MASQUERADE")
+        for me, other in ((a, r), (r, a)):
+            sh("ip", "-n", me["name"], "link", "add", "nv0", "type", "vxlan", "id", "42", "remote", other["ip"],
+               "local", me["ip"], "dstport", "4789", "dev", "eth0")
+            sh("ip", "-n", me["name"], "addr", "add", f"{NESTED[me['host']]}/24", "dev", "nv0")
+            sh("ip", "-n", me["name"], "link", "set", "nv0", "up")
         yield {"a": a, "b": b, "r": r}
 
 
-def helper_drops() -> int:
-    return sum(stats("dpl-h2", vni)["drops"].get("helper", 0) for vni in (256, 257))
+def drops(host: str, reason: str) -> int:
+    return sum(stats(f"dpl-{host}", vni)["drops"].get(reason, 0) for vni in (256, 257))
+
+
+@contextmanager
+def checksummed(port: str):
+    """The underlay port toward a host fills in every checksum (tx off), so the capture
+    on it can verify them."""
+    sh("ip", "netns", "exec", lab.UNDERLAY_NS, "ethtool", "-K", port, "tx", "off")
+    try:
+        yield
+    finally:
+        sh("ip", "netns", "exec", lab.UNDERLAY_NS, "ethtool", "-K", port, "tx", "on")
+
+
+def check_wire(rows: list[dict], vni: str) -> None:
+    data = [row for row in rows if int(row["frame.len"]) > 1000]
+    assert len(data) > 1000, f"{len(data)} full frames on the wire"
+    assert {row["vxlan.vni"] for row in data} == {vni}
+    assert max(int(row["frame.len"]) for row in data) <= MTU + 14
+    assert not capture.problems(rows), capture.problems(rows)[:5]
+
+
+def test_sandbox_ends_segment_tunnelled_gso_themselves(gw):
+    for ns, ifname in ((gw["a"]["name"], "eth0"), (gw["r"]["name"], "eth1")):
+        assert ethtool.features(ns, ifname, ethtool.TUNNEL_GSO) == dict.fromkeys(ethtool.TUNNEL_GSO, False)
 
 
 def test_pings_through_the_gateway_are_answered(gw):
-    before = helper_drops()
+    before = drops("h2", "helper")
     assert ping(gw["a"]["name"], gw["r"]["ip"], count=3)[0] == 3
-    assert helper_drops() == before
+    assert drops("h2", "helper") == before
 
 
 def gro_list(on: bool) -> None:
-    subprocess.run(["ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, "rx-gro-list", "on" if on else "off"],
-                   check=True, capture_output=True)
+    sh("ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, "rx-gro-list", "on" if on else "off")
 
 
 @pytest.mark.parametrize("rx_gro,as_list", [(False, False), (True, False), (True, True)],
@@ -58,23 +95,65 @@ def gro_list(on: bool) -> None:
 def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro, as_list):
     a, b, r = gw["a"], gw["b"], gw["r"]
     dp("--netns", "dpl-h2", "up", "--vni", "256", "--vni", "257", "--rx-gro" if rx_gro else "--no-rx-gro")
-    gro_list(as_list)        # the inner TCP merged as a frag list: another GSO layout to cut
+    gro_list(as_list)        # the inner TCP merged as a frag list: another GSO layout
     nbytes, got = 16 << 20, []
-    drops0, seen0 = helper_drops(), rx(r["name"], "eth0")
+    lost0, seen0 = drops("h2", "helper") + drops("h2", "tunnel_gso"), rx(r["name"], "eth0")
     try:
-        rows, _ = capture.during(lab.UNDERLAY_NS, H1_WIRE, f"udp and src host {lab.vtep_ip(2)}",
-                                 lambda: got.append(tcp_transfer(b["name"], a["name"], b["ip"], nbytes,
-                                                                 connect=r["ip"])))
+        with checksummed("ul-h1"):
+            rows, _ = capture.during(lab.UNDERLAY_NS, "ul-h1", f"udp and src host {lab.vtep_ip(2)}",
+                                     lambda: got.append(tcp_transfer(b["name"], a["name"], b["ip"], nbytes,
+                                                                     connect=r["ip"])), checksums=True)
     finally:
         gro_list(False)
         dp("--netns", "dpl-h2", "up", "--vni", "256", "--vni", "257", "--rx-gro")
     (n0, b0), (n1, b1) = seen0, rx(r["name"], "eth0")
     assert got == [nbytes]
-    assert helper_drops() == drops0
+    assert drops("h2", "helper") + drops("h2", "tunnel_gso") == lost0
     merged = (b1 - b0) / (n1 - n0) > 4 * MTU
     assert merged == rx_gro, f"the gateway received {n1 - n0} packets of {(b1 - b0) // (n1 - n0)} bytes"
-    data = [row for row in rows if int(row["frame.len"]) > 1000]
-    assert len(data) > 1000, f"{len(data)} full frames from h2 on the wire"
-    assert {row["vxlan.vni"] for row in data} == {"257"}
-    assert max(int(row["frame.len"]) for row in data) <= MTU + 14
-    assert not capture.problems(data), capture.problems(data)[:5]
+    check_wire(rows, "257")
+
+
+def test_a_sandbox_tunnel_over_the_overlay_carries_tcp(gw):
+    a, r = gw["a"], gw["r"]
+    assert ping(a["name"], NESTED["h2"], count=3)[0] == 3
+    lost0, got = drops("h1", "helper") + drops("h1", "tunnel_gso"), []
+    with checksummed("ul-h2"):
+        rows, protos = capture.during(
+            lab.UNDERLAY_NS, "ul-h2", f"udp and src host {lab.vtep_ip(1)}",
+            lambda: got.append(tcp_transfer(r["name"], a["name"], NESTED["h2"], 16 << 20, port=5301)), checksums=True)
+    assert got == [16 << 20]
+    assert drops("h1", "helper") + drops("h1", "tunnel_gso") == lost0
+    assert any(":vxlan:eth:ethertype:ip:udp:vxlan:eth:ethertype:ip:tcp" in p for p in protos)
+    check_wire(rows, "256")
+
+
+SEND = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5302), timeout=2)
+try:
+    c.sendall(b"x" * (8 << 20))
+except OSError:
+    pass
+"""
+
+
+def test_tunnelled_gso_a_sandbox_will_not_segment_is_counted(gw):
+    """A sandbox that turned its tunnel segmentation back on hands us GSO packets with a
+    tunnel in them: dropped, and counted as tunnel_gso, not as a helper failure."""
+    a, r = gw["a"], gw["r"]
+    on = [x for f in ethtool.TUNNEL_GSO for x in (f, "on")]
+    sink = subprocess.Popen(["ip", "netns", "exec", r["name"], "timeout", "5", "python3", "-c",
+                             "import socket; s = socket.create_server(('', 5302)); c, _ = s.accept()\n"
+                             "while c.recv(65536): pass"])
+    wait_listening(r["name"], 5302)
+    before = drops("h1", "tunnel_gso"), drops("h1", "helper")
+    sh("ip", "netns", "exec", a["name"], "ethtool", "-K", "eth0", *on)
+    try:
+        sent = in_ns(a["name"], SEND, NESTED["h2"])
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        ethtool.set_off(a["name"], "eth0", ethtool.TUNNEL_GSO)
+        sink.wait()
+    assert drops("h1", "tunnel_gso") > before[0]
+    assert drops("h1", "helper") == before[1]

@@ -141,13 +141,16 @@ def test_no_rx_gro_turns_it_off_and_the_choice_stays(info):
 def test_without_it_udp_gro_leaves_our_datagrams_alone(info):
     """UDP forwarding and list GRO would merge VXLAN datagrams into one that from_overlay
     takes for a single frame (the rest lost); the kernel merges only datagrams with a UDP
-    checksum, and ours carry none."""
+    checksum, and ours carry none. The wire fills in checksums (tx off), so frames arrive
+    unmarked, as from a NIC: GRO passes over a datagram the lab's segmentation marked."""
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     features = ("rx-udp-gro-forwarding", "rx-gro-list")
 
     def set_features(state: str) -> None:
         for f in features:
             subprocess.run(["ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, f, state], check=True)
+        subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, "ethtool", "-K", "ul-h2", "tx",
+                        "off" if state == "on" else "on"], check=True, capture_output=True)
 
     dp("--netns", "dpl-h2", "up", "--vni", "256", "--no-rx-gro")
     set_features("on")

@@ -163,7 +163,7 @@ struct dp_config {
 	__u64 storm_burst_ns;                /* ... and the burst it allows, as interval * frames */
 	__u64 mon_interval_ns;               /* a monitor's event rate: 1e9 / events per second */
 	__u32 mon_sample;                    /* trace 1 forwarded frame in this many (0, 1: all) */
-	__u32 mon_pad;
+	__u32 tunnel_ifindex;                /* rxgro.py's vxlan device while it is ours and up (encap.h); 0: none */
 	__u64 clock_ns_per_jiffy;            /* the tick (kernel/clock.py): dp_now_ns() = jiffies * this */
 	__u64 clock_offset_ns;               /* + this (mod 2^64); 0 and 0: bpf_ktime_get_coarse_ns() */
 };

@@ -44,7 +44,9 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 	if (!skb->gso_size && len > net->mtu + ETH_HLEN)
 		return -DP_DROP_TOO_BIG;
 	/* Destination and MACs are rewritten per copy by flood_remote. */
-	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP]);
+	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 0);
+	if (ret == DP_MARKED)        /* a tunnel of its own (encap.h): not GSO here, change_head */
+		ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 1);
 	if (ret < 0)
 		return ret;
 	s->flooded++;

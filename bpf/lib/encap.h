@@ -120,45 +120,35 @@ static __always_inline struct dp_nexthop *nexthop_get(struct __sk_buff *skb,
 }
 
 #define DP_EALREADY 114 /* errno on x86 and arm */
-#define DP_PUSHED_HEAD 1 /* vxlan_push: an IP frame's network header is still the inner one */
+#define DP_MARKED 1      /* vxlan_push: the frame carries tunnel marks already, untouched */
 
 /*
  * Make room for the outer headers in front of the inner Ethernet header.
  * IP frames use adjust_room so GSO super-packets stay whole and are segmented
  * as UDP tunnel packets later; adjust_room refuses anything else (ARP), which
- * gets change_head instead. Afterwards bytes [0, DP_ENCAP_LEN) are ours to fill.
+ * gets change_head instead, as does any frame when `head` is set. Afterwards
+ * bytes [0, DP_ENCAP_LEN) are ours to fill. Returns 0, DP_MARKED or -reason.
  *
- * A frame that already carries tunnel marks (skb->encapsulation and inner
- * header offsets) is refused by the encapsulating call (EALREADY). Two kinds
- * reach us: what a sandbox tunnels itself (its vxlan, GRE, WireGuard), and
- * what it forwards from the overlay, since from_overlay's decapsulation leaves
- * the marks on this kernel (the flag that clears them is newer). Their marks
- * describe the tunnel the frame has, and GSO cannot segment ours around it: so
- * the sandbox's end of every endpoint segments tunnelled GSO itself
- * (kernel/ethtool.py TUNNEL_GSO), and such a GSO packet here is counted and
- * dropped. A single frame gets change_head: its checksum offsets count from the
- * head and stay right, and the network header left on the inner IPv4 header
- * keeps a NIC from reading ours as the tunnel its marks describe (which is also
- * why redirect_neigh, routing by that header, cannot send it: DP_PUSHED_HEAD).
- * Returns 0, DP_PUSHED_HEAD or -reason.
+ * DP_MARKED: adjust_room refuses (EALREADY) a frame that carries tunnel marks
+ * (skb->encapsulation, inner offsets, for GSO a tunnel GSO type). Two kinds
+ * reach us: what a sandbox tunnels itself (its vxlan or GRE device), and what
+ * it forwards from the overlay, since from_overlay's decapsulation leaves the
+ * marks on this kernel (the flag that clears them is newer). See encap_marked.
  */
-static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
+static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip, int head)
 {
 	void *data, *end;
 	long ret;
 
-	if (!inner_is_ip)
+	if (!inner_is_ip || head)
 		return bpf_skb_change_head(skb, DP_ENCAP_LEN, 0) ? -DP_DROP_HELPER : 0;
 
 	ret = bpf_skb_adjust_room(skb, DP_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				  BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 				  BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) |
 				  BPF_F_ADJ_ROOM_FIXED_GSO);
-	if (ret == -DP_EALREADY) {
-		if (skb->gso_size)
-			return -DP_DROP_TUNNEL_GSO;
-		return bpf_skb_change_head(skb, DP_ENCAP_LEN, 0) ? -DP_DROP_HELPER : DP_PUSHED_HEAD;
-	}
+	if (ret == -DP_EALREADY)
+		return DP_MARKED;
 	if (ret)
 		return -DP_DROP_HELPER;
 	/* The room went in after the old Ethernet header; move that header behind it. */
@@ -174,11 +164,11 @@ static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip)
  * Put outer headers in front of the frame: room first, then the 50 bytes,
  * written in place (not built on the stack and copied: 50 bytes of stores
  * and a 50-byte copy less per frame). The source port is hashed from the
- * inner flow before the frame changes. Returns vxlan_push's answer.
+ * inner flow before the frame changes. Returns 0, DP_MARKED or -reason.
  */
 static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_config *cfg,
 				      const struct dp_nexthop *nh, __be32 dst, __u32 vni,
-				      __u32 inner_len, int inner_is_ip)
+				      __u32 inner_len, int inner_is_ip, int head)
 {
 	/* Without a next hop bpf_redirect_neigh fills both MACs; it refuses a multicast placeholder. */
 	__u8 placeholder[6] = { 0x02, 0, 0, 0, 0, 0 };
@@ -186,8 +176,8 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
 	void *data, *end;
 	int ret;
 
-	ret = vxlan_push(skb, inner_is_ip);
-	if (ret < 0)
+	ret = vxlan_push(skb, inner_is_ip, head);
+	if (ret)
 		return ret;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
@@ -195,7 +185,49 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
 		return -DP_DROP_HELPER;
 	outer_build(data, nh ? nh->smac : placeholder, nh ? nh->dmac : placeholder, cfg->local_ip, dst,
 		    cfg->port, vni, sport, inner_len);
-	return ret;
+	return 0;
+}
+
+/*
+ * A frame with a tunnel in it already (DP_MARKED). Its marks describe that tunnel, and
+ * GSO or a NIC would take our headers for it. The kernel's own tunnel code handles it
+ * (segments a tunnelled GSO packet first; moves the network and transport headers onto
+ * the new outer ones, which makes drivers' checks see the nesting): so it leaves by
+ * rxgro.py's collect_md vxlan device, with our VNI, addresses, TTL, DF and a zero UDP
+ * checksum in its tunnel key. Without that device (--no-rx-gro, or the port another
+ * device's), a single frame gets change_head, whose network header stays on the inner
+ * IPv4 header; a GSO packet cannot be cut here and is counted (the sandbox ends cut
+ * tunnelled GSO themselves, kernel/ethtool.py). No next hop: dropped, as
+ * redirect_neigh would leave the network header on ours and the transport on the inner.
+ */
+static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_config *cfg,
+					const struct dp_nexthop *nh, __be32 vtep, __u32 vni, __u32 slot,
+					__u32 len, int inner_is_ip)
+{
+	int ret;
+
+	if (cfg->tunnel_ifindex) {
+		struct bpf_tunnel_key key = {
+			.tunnel_id = vni,
+			.remote_ipv4 = bpf_ntohl(vtep),
+			.tunnel_ttl = 64,
+			.local_ipv4 = bpf_ntohl(cfg->local_ip),
+		};
+
+		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT))
+			return -DP_DROP_HELPER;
+		STAT_ADD(slot, tx_packets, tx_bytes, len);
+		return bpf_redirect(cfg->tunnel_ifindex, 0);
+	}
+	if (skb->gso_size)
+		return -DP_DROP_TUNNEL_GSO;
+	if (!nh)
+		return -DP_DROP_NO_NEXTHOP;
+	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 1);
+	if (ret < 0)
+		return ret;
+	STAT_ADD(slot, tx_packets, tx_bytes, len);
+	return bpf_redirect(nh->ifindex, 0);
 }
 
 /* Encapsulate a frame of endpoint ep toward one VTEP and send it out of the uplink. */
@@ -214,11 +246,11 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 	if (!nh && !inner_is_ip)
 		return -DP_DROP_NO_NEXTHOP;
 
-	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip);
+	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 0);
+	if (ret == DP_MARKED)
+		return encap_marked(skb, cfg, nh, vtep, vni, slot, len, inner_is_ip);
 	if (ret < 0)
 		return ret;
-	if (!nh && ret == DP_PUSHED_HEAD)
-		return -DP_DROP_NO_NEXTHOP;
 	STAT_ADD(slot, tx_packets, tx_bytes, len);
 	if (nh)
 		return bpf_redirect(nh->ifindex, 0);

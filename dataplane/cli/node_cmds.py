@@ -133,7 +133,7 @@ def register(sub) -> None:
                          "--no-peer-check accepts VXLAN from anyone (either way on a running node)")
     up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
     up.add_argument("--rx-gro", action=argparse.BooleanOptionalAction, default=None,
-                    help="hold the VXLAN port with dpgro0, a vxlan device that carries nothing, so that the "
+                    help="hold the VXLAN port with dpgro0, a vxlan device that receives nothing, so that the "
                          "uplink's GRO merges frames from other hosts (default: on; docs/DESIGN.md 'Receive GRO')")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--storm-rate", type=int, metavar="FRAMES",

@@ -138,40 +138,6 @@ def link_delete(netns: str | None, ifname: str) -> bool:
     return True
 
 
-def _vxlan_port(link) -> int | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    data = info.get_attr("IFLA_INFO_DATA") if info is not None and info.get_attr("IFLA_INFO_KIND") == "vxlan" else None
-    return data.get_attr("IFLA_VXLAN_PORT") if data is not None else None
-
-
-def vxlan_ports(netns: str | None, name: str | None = None) -> dict[str, tuple[int, bool, int]]:
-    """{name: (UDP port, up, ifindex)} of every vxlan device in netns, or of the one named
-    (one link read instead of a dump that decodes every link, endpoints included)."""
-    with ipr(netns) as s:
-        try:
-            links = s.get_links() if name is None else [ln for i in s.link_lookup(ifname=name) for ln in s.get_links(i)]
-        except _nlerror() as e:
-            raise _kerr(f"read vxlan devices{f' ({name})' if name else ''}", e) from None
-    return {ln.get_attr("IFLA_IFNAME"): (port, bool(ln["flags"] & 1), ln["index"])
-            for ln in links if (port := _vxlan_port(ln)) is not None}
-
-
-def vxlan_external(netns: str | None, name: str, port: int) -> int:
-    """A collect_md ("external") vxlan device on UDP port `port`, without learning, made down (its
-    socket opens when it goes up); its ifindex. Another link of that name is made again."""
-    have = vxlan_ports(netns, name).get(name)
-    if have and have[0] == port:
-        return have[2]
-    with ipr(netns) as s:
-        try:
-            for idx in s.link_lookup(ifname=name):
-                s.link("del", index=idx)
-            s.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1, vxlan_port=port, vxlan_learning=0)
-        except _nlerror() as e:
-            raise _kerr(f"create vxlan device {name} on port {port}", e) from None
-        return s.link_lookup(ifname=name)[0]
-
-
 def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: int = 24) -> int:
     with ipr(netns) as s:
         found = s.link_lookup(ifname=ifname)

@@ -1,4 +1,4 @@
-"""Receive GRO for the overlay: a kernel vxlan device that carries nothing.
+"""Receive GRO for the overlay: a kernel vxlan device that receives nothing.
 
 GRO on the uplink merges a flow's VXLAN frames only for a UDP port that a kernel tunnel
 socket has claimed (its gro_receive callback). Without one, every frame a NIC delivers
@@ -7,7 +7,10 @@ hosts ran at 0.61x the kernel vxlan device's rate (bench.rxgro; docs/BENCHMARKS.
 "Between hosts with NICs"). A collect_md vxlan device on our port is such a socket. Frames
 never go through it: GRO runs before tc, and from_overlay decapsulates and redirects what is
 ours. What reaches the device's socket is VXLAN that from_overlay let by (to another address
-of the host, or IPv6); `gro_sink` at the device's tcx ingress drops all of it.
+of the host, or IPv6); `gro_sink` at the device's tcx ingress drops all of it. It does
+transmit: frames that carry a tunnel of their own leave by it (bpf/lib/encap.h, encap_marked;
+dp_config.tunnel_ifindex), so its outer source ports are the node's range and its MTU the
+networks' largest.
 
 One vxlan socket per port and namespace. Where another vxlan device holds the port, its
 socket does the merging (and what it is given is its own); where something else holds it,
@@ -17,27 +20,30 @@ the metric dataplane_receive_gro and in the state.
 
 from __future__ import annotations
 
+from dataplane.core import model
 from dataplane.core.errors import DataplaneError
 from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
-from dataplane.kernel import netlink, tcx
+from dataplane.kernel import netlink, tcx, vxlandev
 from dataplane.node.base import Node
 
 IFNAME = "dpgro0"        # not an endpoint port's name (sweep.py's dp + 10 hex digits)
 ON = "on"
 
 
-def ensure(node: Node, st: NodeState, sink_fd: int) -> None:
+def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
     """Make (or keep) the device on the node's port with gro_sink attached; st.rx_gro says
     how it went ("on", "through X", or "off: why"). The sink is in place before the device
-    goes up (its socket opens then). Never fails `up`: GRO is speed, not function."""
+    goes up (its socket opens then). Never fails `up`: GRO is speed, not function. Returns
+    the device's ifindex while it is on (dp_config.tunnel_ifindex, bpf/lib/encap.h), else 0."""
     port = st.config.port
     if not st.config.rx_gro:
         remove(node)
         st.rx_gro = "off: --no-rx-gro"
-        return
+        return 0
     try:
-        ifindex = netlink.vxlan_external(node.netns, IFNAME, port)
+        ifindex = vxlandev.vxlan_external(node.netns, IFNAME, port, (st.config.src_port_min, st.config.src_port_max),
+                                          min(st.uplink.mtu - model.ENCAP_LEN, model.MTU_MAX))
         try:
             netlink.sysctl(node.netns, f"net.ipv6.conf.{IFNAME}.disable_ipv6", "1")
         except DataplaneError:
@@ -56,8 +62,9 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> None:
         else:
             st.rx_gro = f"off: {e}"
             notice(f"receive GRO is off: {e}")
-        return
+        return 0
     st.rx_gro = ON
+    return ifindex
 
 
 def remove(node: Node) -> None:
@@ -69,7 +76,7 @@ def holder(netns: str | None, port: int) -> tuple[str, int] | None:
     """(name, ifindex) of the vxlan device that is up on `port` in netns (its socket holds the
     port), if any. Ours is read alone first: the whole dump only when it is not the one."""
     for only in (IFNAME, None):
-        for name, (p, up, ifindex) in netlink.vxlan_ports(netns, only).items():
+        for name, (p, up, ifindex) in vxlandev.vxlan_ports(netns, only).items():
             if p == port and up:
                 return name, ifindex
     return None

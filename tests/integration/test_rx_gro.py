@@ -147,20 +147,24 @@ def test_without_it_udp_gro_leaves_our_datagrams_alone(info):
     features = ("rx-udp-gro-forwarding", "rx-gro-list")
 
     def set_features(state: str) -> None:
-        for f in features:
-            subprocess.run(["ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, f, state], check=True)
-        subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, "ethtool", "-K", "ul-h2", "tx",
-                        "off" if state == "on" else "on"], check=True, capture_output=True)
+        try:
+            for f in features:
+                subprocess.run(["ip", "netns", "exec", "dpl-h2", "ethtool", "-K", lab.UPLINK, f, state], check=True)
+        finally:
+            subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, "ethtool", "-K", "ul-h2", "tx",
+                            "off" if state == "on" else "on"], check=True, capture_output=True)
 
     dp("--netns", "dpl-h2", "up", "--vni", "256", "--no-rx-gro")
-    set_features("on")
     try:
+        set_features("on")
         (n0, b0) = rx(b["name"], "eth0")
         assert tcp_transfer(b["name"], a["name"], b["ip"], 16 << 20) == 16 << 20
         (n1, b1) = rx(b["name"], "eth0")
     finally:
-        set_features("off")
-        dp("--netns", "dpl-h2", "up", "--vni", "256", "--rx-gro")
+        try:
+            set_features("off")
+        finally:
+            dp("--netns", "dpl-h2", "up", "--vni", "256", "--rx-gro")
     assert (b1 - b0) / (n1 - n0) <= MTU + 14, f"{n1 - n0} packets of {(b1 - b0) // (n1 - n0)} bytes: merged"
 
 

@@ -45,8 +45,11 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 		return -DP_DROP_TOO_BIG;
 	/* Destination and MACs are rewritten per copy by flood_remote. */
 	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 0);
-	if (ret == DP_MARKED)        /* a tunnel of its own (encap.h): not GSO here, change_head */
+	if (ret == DP_MARKED) {      /* a tunnel of its own (encap.h): change_head, which cannot cut GSO */
+		if (skb->gso_size)
+			return -DP_DROP_TUNNEL_GSO;
 		ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 1);
+	}
 	if (ret < 0)
 		return ret;
 	s->flooded++;

@@ -140,7 +140,7 @@ def problems(rows: list[dict]) -> list[str]:
             out.append(f"frame {n}: malformed")
         for sev, grp, msg in expert(r):
             # 0xffff for a sum of zero: one's complement's other zero, which RFC 1624 (3)
-            # accepts and an incremental update (NAT) can leave; every receiver takes it.
+            # accepts and skb_checksum_help writes (CSUM_MANGLED_0); every receiver takes it.
             if sev >= PI_WARN and grp != PI_SEQUENCE and not msg.endswith("instead of 0x0000 (see RFC 1624)"):
                 out.append(f"frame {n}: expert {msg}")
         if r["vxlan.vni"]:

@@ -71,4 +71,4 @@ def flow_hash(frame: bytes) -> int:
 
 
 def src_port(frame: bytes, lo: int = 49152, hi: int = 65535) -> int:
-    return lo + ((flow_hash(bytes(frame)) * (hi - lo + 1)) >> 32)
+    return lo if hi <= lo else lo + ((flow_hash(bytes(frame)) * (hi - lo)) >> 32)

@@ -193,8 +193,8 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
  * GSO or a NIC would take our headers for it. The kernel's own tunnel code handles it
  * (segments a tunnelled GSO packet first; moves the network and transport headers onto
  * the new outer ones, which makes drivers' checks see the nesting): so it leaves by
- * rxgro.py's collect_md vxlan device, with our VNI, addresses, TTL, DF and a zero UDP
- * checksum in its tunnel key. Without that device (--no-rx-gro, or the port another
+ * rxgro.py's collect_md vxlan device, with our VNI, addresses, TTL, DF, zero UDP
+ * checksum and source port in its tunnel key and hash. Without that device (--no-rx-gro, or the port another
  * device's), a single frame gets change_head, whose network header stays on the inner
  * IPv4 header; a GSO packet cannot be cut here and is counted (the sandbox ends cut
  * tunnelled GSO themselves, kernel/ethtool.py). No next hop: dropped, as
@@ -213,9 +213,14 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
 			.tunnel_ttl = 64,
 			.local_ipv4 = bpf_ntohl(cfg->local_ip),
 		};
+		__u32 h = skb_flow_hash(skb, inner_is_ip);
 
 		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT))
 			return -DP_DROP_HELPER;
+		/* The flow's outer source port, as ours (wire.h vxlan_src_port): the kernel takes
+		 * hash ^ hash << 16 of this, which is h again. The skb's hash would otherwise be the
+		 * NIC's of the packet it arrived in, and one flow would leave on two ports. */
+		bpf_set_hash(skb, h ^ (h << 16));
 		STAT_ADD(slot, tx_packets, tx_bytes, len);
 		return bpf_redirect(cfg->tunnel_ifindex, 0);
 	}

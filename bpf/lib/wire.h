@@ -105,12 +105,16 @@ DP_WIRE_INLINE __u32 dp_flow_hash4(__u32 a, __u32 b, __u32 c, __u32 d)
 	return dp_fmix32(h ^ 16);
 }
 
-/* Outer UDP source port: the hash scaled onto [lo, hi] without a division. */
+/*
+ * Outer UDP source port: the hash scaled onto [lo, hi) without a division, lo when
+ * hi <= lo. The kernel's udp_flow_src_port scales the same way, so a frame that leaves
+ * by the node's vxlan device (encap.h, encap_marked) gets the port this gives it.
+ */
 DP_WIRE_INLINE __u16 vxlan_src_port(__u32 lo, __u32 hi, __u32 hash)
 {
-	if (hi < lo)
-		hi = lo;
-	return lo + (__u16)(((__u64)hash * (hi - lo + 1)) >> 32);
+	if (hi <= lo)
+		return lo;
+	return lo + (__u16)(((__u64)hash * (hi - lo)) >> 32);
 }
 
 /*

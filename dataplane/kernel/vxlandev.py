@@ -26,6 +26,12 @@ def _read(netns: str | None, name: str | None):
     return [(ln, data) for ln in links if (data := _vxlan_data(ln)) is not None]
 
 
+def _same(data, port: int, src_ports: tuple[int, int]) -> bool:
+    """The device is what vxlan_external makes: external, no learning, that port and range."""
+    return (data.get_attr("IFLA_VXLAN_PORT") == port and _port_range(data) == src_ports
+            and data.get_attr("IFLA_VXLAN_COLLECT_METADATA") == 1 and data.get_attr("IFLA_VXLAN_LEARNING") == 0)
+
+
 def vxlan_ports(netns: str | None, name: str | None = None) -> dict[str, tuple[int, bool, int]]:
     """{name: (UDP port, up, ifindex)} of every vxlan device in netns, or of the one named
     (one link read instead of a dump that decodes every link, endpoints included)."""
@@ -40,7 +46,7 @@ def vxlan_external(netns: str | None, name: str, port: int, src_ports: tuple[int
     have = _read(netns, name)
     with ipr(netns) as s:
         try:
-            if have and have[0][1].get_attr("IFLA_VXLAN_PORT") == port and _port_range(have[0][1]) == src_ports:
+            if have and _same(have[0][1], port, src_ports):
                 idx = have[0][0]["index"]
                 s.link("set", index=idx, mtu=mtu)
                 return idx

@@ -42,7 +42,9 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
         st.rx_gro = "off: --no-rx-gro"
         return 0
     try:
-        ifindex = vxlandev.vxlan_external(node.netns, IFNAME, port, (st.config.src_port_min, st.config.src_port_max),
+        lo, hi = st.config.src_port_min, st.config.src_port_max
+        # [lo, hi) as wire.h's vxlan_src_port; the kernel takes lo == hi for its default range
+        ifindex = vxlandev.vxlan_external(node.netns, IFNAME, port, (lo, hi if hi > lo else min(lo + 1, 65535)),
                                           min(st.uplink.mtu - model.ENCAP_LEN, model.MTU_MAX))
         try:
             netlink.sysctl(node.netns, f"net.ipv6.conf.{IFNAME}.disable_ipv6", "1")

@@ -6,20 +6,24 @@
 - a sandbox running its own vxlan device over the overlay (a VPN, a nested cluster).
 from_endpoint's encapsulating adjust_room refuses a marked frame (EALREADY): every such
 frame was dropped as a helper failure, and handing GSO packets on with their old marks
-(tried) put malformed frames on the wire. Now the sandbox end segments tunnelled GSO itself
-and a single marked frame gets change_head (bpf/lib/encap.h)."""
+(tried) put malformed frames on the wire. Now such frames leave by the node's vxlan device
+(node/rxgro.py), whose transmit is the kernel's tunnel code; without it a single frame gets
+change_head and a GSO packet is counted (bpf/lib/encap.h, encap_marked)."""
 
 import json
 import subprocess
 from contextlib import contextmanager
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 
 from dataplane.kernel import ethtool
 from dataplane.node import rxgro
 from lab import capture
 from lab import topology as lab
 from lab.traffic import ping, rx_counts as rx, tcp_transfer, wait_listening
+from tests import packets as P
 from tests.integration.conftest import dp, in_ns, make_lab, sandbox, stats
 
 MTU = 1500
@@ -99,7 +103,7 @@ def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro, 
     dp("--netns", "dpl-h2", "up", "--vni", "256", "--vni", "257", "--rx-gro" if rx_gro else "--no-rx-gro")
     gro_list(as_list)        # the inner TCP merged as a frag list: another GSO layout
     nbytes, got = 16 << 20, []
-    lost0, seen0 = drops("h2", "helper") + drops("h2", "tunnel_gso"), rx(r["name"], "eth0")
+    lost0, seen0, tx0 = drops("h2", "helper") + drops("h2", "tunnel_gso"), rx(r["name"], "eth0"), device_tx("dpl-h2")
     try:
         with checksummed("ul-h1"):
             rows, _ = capture.during(lab.UNDERLAY_NS, "ul-h1", f"udp and src host {lab.vtep_ip(2)}",
@@ -110,6 +114,7 @@ def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro, 
         dp("--netns", "dpl-h2", "up", "--vni", "256", "--vni", "257", "--rx-gro")
     (n0, b0), (n1, b1) = seen0, rx(r["name"], "eth0")
     assert got == [nbytes]
+    assert (device_tx("dpl-h2") - tx0 > 1000) == rx_gro, "the gateway's frames leave h2 by its device, if it has one"
     assert drops("h2", "helper") + drops("h2", "tunnel_gso") == lost0
     merged = (b1 - b0) / (n1 - n0) > 4 * MTU
     assert merged == rx_gro, f"the gateway received {n1 - n0} packets of {(b1 - b0) // (n1 - n0)} bytes"
@@ -153,15 +158,36 @@ def test_a_sandbox_tunnel_over_the_overlay_carries_tcp(gw, device, cuts):
     with node_as("h1", device), sandbox_segments(a["name"], cuts), checksummed("ul-h2"):
         tx0 = device_tx("dpl-h1")
         assert ping(a["name"], NESTED["h2"], count=3)[0] == 3
-        rows, protos = capture.during(
-            lab.UNDERLAY_NS, "ul-h2", f"udp and src host {lab.vtep_ip(1)}",
-            lambda: got.append(tcp_transfer(r["name"], a["name"], NESTED["h2"], 16 << 20, port=5301)), checksums=True)
+        cap = capture.Capture(lab.UNDERLAY_NS, "ul-h2", f"udp and src host {lab.vtep_ip(1)}")
+        try:
+            got.append(tcp_transfer(r["name"], a["name"], NESTED["h2"], 16 << 20, port=5301))
+            pcap = cap.stop()
+            rows, protos, ports = capture.decode(pcap, checksums=True), capture.inner_protocols(pcap), port_pairs(pcap)
+        finally:
+            cap.remove()
         through_device = device_tx("dpl-h1") - tx0
     assert got == [16 << 20]
     assert drops("h1", "helper") + drops("h1", "tunnel_gso") == lost0
     assert (through_device > 1000) == device, f"{through_device} frames left by {rxgro.IFNAME}"
     assert any(":vxlan:eth:ethertype:ip:udp:vxlan:eth:ethertype:ip:tcp" in p for p in protos)
     check_wire(rows, "256")
+    wrong = [(have, want) for have, want in ports if have != want]
+    assert not wrong and len(ports) > 1000, f"{len(wrong)} of {len(ports)} frames on another source port: {wrong[:3]}"
+
+
+def port_pairs(pcap: str) -> list[tuple[int, int]]:
+    """(outer UDP source port, the port wire.h gives the inner flow) of each VXLAN-in-VXLAN
+    frame: the kernel's transmit must choose what from_endpoint would have."""
+    out = subprocess.run(["tshark", "-r", pcap, "-n", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
+                          "-e", "ip.src", "-e", "ip.dst", "-e", "udp.srcport", "-e", "udp.dstport"],
+                         capture_output=True, text=True, check=True).stdout
+    pairs = []
+    for line in out.splitlines():
+        src, dst, sport, dport = (f.split(",") for f in line.split("\t"))
+        if len(src) > 2:            # ours, the sandbox's, and the TCP flow's addresses
+            inner = Ether() / IP(src=src[1], dst=dst[1]) / UDP(sport=int(sport[1]), dport=int(dport[1]))
+            pairs.append((int(sport[0]), P.src_port(bytes(inner))))
+    return pairs
 
 
 SEND = """

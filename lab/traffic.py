@@ -106,7 +106,16 @@ def iperf_processes(server_ns: str, client_ns: str, ip: str, n: int, args: list[
             p.wait()
 
 
+def _counts(ns: str, dev: str, way: str) -> tuple[int, int]:
+    link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
+    return link["stats64"][way]["packets"], link["stats64"][way]["bytes"]
+
+
 def rx_counts(ns: str, dev: str) -> tuple[int, int]:
     """(packets, bytes) dev has received: a size per packet over a run says whether GRO merged."""
-    link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
-    return link["stats64"]["rx"]["packets"], link["stats64"]["rx"]["bytes"]
+    return _counts(ns, dev, "rx")
+
+
+def tx_counts(ns: str, dev: str) -> tuple[int, int]:
+    """(packets, bytes) dev has sent."""
+    return _counts(ns, dev, "tx")

@@ -194,11 +194,12 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
  * (segments a tunnelled GSO packet first; moves the network and transport headers onto
  * the new outer ones, which makes drivers' checks see the nesting): so it leaves by
  * rxgro.py's collect_md vxlan device, with our VNI, addresses, TTL, DF, zero UDP
- * checksum and source port in its tunnel key and hash. Without that device (--no-rx-gro, or the port another
- * device's), a single frame gets change_head, whose network header stays on the inner
- * IPv4 header; a GSO packet cannot be cut here and is counted (the sandbox ends cut
- * tunnelled GSO themselves, kernel/ethtool.py). No next hop: dropped, as
- * redirect_neigh would leave the network header on ours and the transport on the inner.
+ * checksum and source port in its tunnel key and hash. Without that device
+ * (--no-rx-gro, or the port another device's), a single frame gets change_head,
+ * whose network header stays on the inner IPv4 header; a GSO packet cannot be cut
+ * here and is counted (the sandbox ends cut tunnelled GSO themselves,
+ * kernel/ethtool.py). No next hop: dropped, as redirect_neigh would leave the
+ * network header on ours and the transport on the inner.
  */
 static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_config *cfg,
 					const struct dp_nexthop *nh, __be32 vtep, __u32 vni, __u32 slot,

@@ -4,9 +4,9 @@ GRO on the uplink merges a flow's VXLAN frames only for a UDP port that a kernel
 socket has claimed (its gro_receive callback). Without one, every frame a NIC delivers
 (an MTU's worth) runs from_overlay and the sandbox's IP and TCP one by one: TCP across
 hosts ran at 0.61x the kernel vxlan device's rate (bench.rxgro; docs/BENCHMARKS.md,
-"Between hosts with NICs"). A collect_md vxlan device on our port is such a socket. Frames
-never go through it: GRO runs before tc, and from_overlay decapsulates and redirects what is
-ours. What reaches the device's socket is VXLAN that from_overlay let by (to another address
+"Between hosts with NICs"). A collect_md vxlan device on our port is such a socket. No frame
+is received through it: GRO runs before tc, and from_overlay decapsulates and redirects what
+is ours. What reaches the device's socket is VXLAN that from_overlay let by (to another address
 of the host, or IPv6); `gro_sink` at the device's tcx ingress drops all of it. It does
 transmit: frames that carry a tunnel of their own leave by it (bpf/lib/encap.h, encap_marked;
 dp_config.tunnel_ifindex), so its outer source ports are the node's range and its MTU the

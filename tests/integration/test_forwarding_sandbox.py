@@ -10,7 +10,6 @@ frame was dropped as a helper failure, and handing GSO packets on with their old
 (node/rxgro.py), whose transmit is the kernel's tunnel code; without it a single frame gets
 change_head and a GSO packet is counted (bpf/lib/encap.h, encap_marked)."""
 
-import json
 import subprocess
 from contextlib import contextmanager
 
@@ -18,11 +17,11 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from dataplane.kernel import ethtool
+from dataplane.kernel import ethtool, netlink
 from dataplane.node import rxgro
 from lab import capture
 from lab import topology as lab
-from lab.traffic import ping, rx_counts as rx, tcp_transfer, wait_listening
+from lab.traffic import ping, rx_counts as rx, tcp_transfer, tx_counts, wait_listening
 from tests import packets as P
 from tests.integration.conftest import dp, in_ns, make_lab, sandbox, stats
 
@@ -123,8 +122,7 @@ def test_tcp_through_the_gateway_arrives_whole_and_the_wire_decodes(gw, rx_gro, 
 
 def device_tx(netns: str) -> int:
     """Frames the node's vxlan device (node/rxgro.py) sent; 0 without one."""
-    r = subprocess.run(["ip", "-n", netns, "-j", "-s", "link", "show", rxgro.IFNAME], capture_output=True, text=True)
-    return json.loads(r.stdout)[0]["stats64"]["tx"]["packets"] if r.returncode == 0 else 0
+    return tx_counts(netns, rxgro.IFNAME)[0] if netlink.link_index(netns, rxgro.IFNAME) else 0
 
 
 @contextmanager

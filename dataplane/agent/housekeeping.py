@@ -1,9 +1,9 @@
 """The agent's housekeeping, every few seconds between registry messages: orphan
 records and unfinished moves (swept by a thread: they write the registry),
 parted peers, learned entries to age, an abandoned monitor, interfaces that
-vanished, and a garbage collection (pauses.py). It holds up registry events
-while it runs, so each step is kept short and a slow tick is logged with its
-slow steps."""
+vanished, the node's vxlan device if something undid it (node/rxgro.py), and a
+garbage collection (pauses.py). It holds up registry events while it runs, so
+each step is kept short and a slow tick is logged with its slow steps."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 
 from dataplane.agent import converge, local, pauses
 from dataplane.core.errors import DataplaneError
-from dataplane.node import monitor, networks
+from dataplane.node import monitor, networks, rxgro, vtep
 from dataplane.node.fdb import age_learned
 from dataplane.node.sweep import vanished
 
@@ -71,6 +71,12 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
         n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
         monitor.clear_if_abandoned(ag.node)      # a monitor killed outright left events on
         step("ageing")
+        if not rxgro.intact(ag.node, st, ag.maps):     # dpgro0 deleted or downed behind our back
+            with ag.node.changing() as (now_st, m):
+                for line in vtep.repair_rx_gro(ag.node, now_st, m):
+                    log.warning("repaired: %s", line)
+                    ag.counters["repairs"] += 1
+        step("receive GRO")
     pauses.tick()
     step("collection")
     if n:

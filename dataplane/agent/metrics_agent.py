@@ -33,7 +33,8 @@ COUNTERS = {   # agent.counters key -> (metric, help)
                                            "tried again: registering and keeping its lease, reading the claims"),
     "aged": ("fdb_aged", "Learned FDB entries aged out"),
     "reconnects": ("registry_reconnects", "Registry connections re-established"),
-    "repairs": ("repairs", "Leftovers of a crash repaired at start"),
+    "repairs": ("repairs", "Leftovers of a crash repaired at start, and the node's vxlan device made "
+                           "again after something undid it"),
     "vanished": ("endpoints_vanished", "Endpoints removed because their interface disappeared"),
 }
 # Punts the agent took from the ring end in exactly one of these (they sum to the received ones,

@@ -92,6 +92,9 @@ class LocalEndpoint:
     # "creating": the intent, saved before anything is made; "ready" once all of it is.
     # A crash in between leaves "creating", and the next start sweeps it away.
     phase: str = "ready"
+    # The sandbox end cuts tunnelled GSO itself (node/endpoints.py, cut_tunnel_gso): set at
+    # creation; an older version's endpoints get it at the next `up` or agent start (sweep.py).
+    tunnel_gso_cut: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

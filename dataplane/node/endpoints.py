@@ -10,7 +10,7 @@ import ipaddress
 import os
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, NotFound, UsageError
+from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import LocalEndpoint, NodeState
 from dataplane.kernel import ethtool, gso, loader, netlink, tcx
@@ -35,6 +35,25 @@ def own_netns(node: Node, name: str) -> str:
 
 def sandbox_netns(ep: LocalEndpoint) -> str:
     return ep.netns or ep.name          # states written before netns was recorded
+
+
+def cut_tunnel_gso(node: Node, ep: LocalEndpoint) -> bool:
+    """Turn tunnel segmentation off at the sandbox end of an endpoint made before _create did
+    so (an older version's). False where that end is out of reach: a Docker peer the engine
+    has moved (its namespace is not recorded) or a namespace gone; such an endpoint keeps
+    its segmentation until it is made again, and without the node's vxlan device its
+    tunnelled GSO packets are dropped (counted tunnel_gso)."""
+    sb = ep.sandbox or {}
+    inner = ((sb["netns"], sb["ifname"]) if "netns" in sb else (node.netns, sb["peer"]) if "peer" in sb
+             else (sandbox_netns(ep), "eth0"))
+    if inner[0] and inner[0].startswith("/") and not netlink.ns_path_exists(inner[0]):
+        return False
+    try:
+        ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
+    except (NotFound, KernelError):      # tried again at the next sweep; never fails one
+        return False
+    ep.tunnel_gso_cut = True
+    return True
 
 
 def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,
@@ -120,6 +139,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
         netlink.routes_add(ns, "eth0", routes)
     # Tunnelled GSO packets are cut at the sandbox's end: ours cannot go around their tunnel.
     ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
+    ep.tunnel_gso_cut = True
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.

@@ -20,11 +20,14 @@ the metric dataplane_receive_gro and in the state.
 
 from __future__ import annotations
 
+import ctypes
+
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError
 from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
 from dataplane.kernel import netlink, tcx, vxlandev
+from dataplane.kernel.maps import NodeMaps
 from dataplane.node.base import Node
 
 IFNAME = "dpgro0"        # not an endpoint port's name (sweep.py's dp + 10 hex digits)
@@ -67,6 +70,19 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
         return 0
     st.rx_gro = ON
     return ifindex
+
+
+def intact(node: Node, st: NodeState, m: NodeMaps) -> bool:
+    """As ensure left it: the device up on the node's port with gro_sink, and the fast path
+    sending through it (vtep.set_tunnel_dev); or the node goes without it (st.rx_gro: by
+    choice, or the port is another's). Cheap enough for the agent's every tick: one link, its
+    tcx list, one map entry. vtep.repair_rx_gro mends what is not."""
+    if st.rx_gro != ON:
+        return True
+    port, up, ifindex = vxlandev.vxlan_ports(node.netns, IFNAME).get(IFNAME, (0, False, 0))
+    cfg = m.dp_config.get(ctypes.c_uint32(0))
+    return (port == st.config.port and up and _guarded(node.netns, ifindex)
+            and cfg is not None and cfg.tunnel_ifindex == ifindex)
 
 
 def remove(node: Node) -> None:

@@ -4,6 +4,7 @@ The only writer of dp_config and dp_agent (the loader fills dp_tail)."""
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 
 from dataplane.core import abi, model, state
@@ -205,6 +206,7 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     if old is not None:                 # a running monitor's settings are its own (set_monitor)
         val.flags |= old.flags & _MON
         val.mon_interval_ns, val.mon_sample = old.mon_interval_ns, old.mon_sample
+        val.tunnel_ifindex = old.tunnel_ifindex     # rxgro.set_tunnel_dev's, until it says again
     if old is not None and old.clock_ns_per_jiffy:      # the kernel's clock: as calibrated for this boot
         val.clock_ns_per_jiffy, val.clock_offset_ns = old.clock_ns_per_jiffy, old.clock_offset_ns
     else:
@@ -213,10 +215,27 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
 
 
 def set_tunnel_dev(m: NodeMaps, ifindex: int) -> None:
-    """The device frames with a tunnel of their own leave by (rxgro.ensure; 0: none)."""
+    """The device frames with a tunnel of their own leave by (rxgro.ensure's answer; 0: none)."""
     cur = m.dp_config.get(ctypes.c_uint32(0))
     cur.tunnel_ifindex = ifindex
     m.dp_config.put(ctypes.c_uint32(0), cur)
+
+
+def repair_rx_gro(node: Node, st: NodeState, m: NodeMaps) -> list[str]:
+    """The node's vxlan device made (or brought up, or given its sink) again where something
+    undid it behind the node's back, and the fast path pointed at it: meanwhile a frame that
+    carries a tunnel of its own went to a device gone or down, lost uncounted, and receive
+    GRO was off. What was done, one line (nothing: rxgro.intact). Run by sweep.py (every
+    `up`, the agent's start) and by the agent's housekeeping tick."""
+    if rxgro.intact(node, st, m):
+        return []
+    fd = loader.open_prog(node.pin_dir, "gro_sink")
+    try:
+        set_tunnel_dev(m, rxgro.ensure(node, st, fd))
+    finally:
+        os.close(fd)
+    return [f"{rxgro.IFNAME}: undone behind the node's back; " +
+            ("made again" if st.rx_gro == rxgro.ON else f"receive GRO {st.rx_gro}")]
 
 
 def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:

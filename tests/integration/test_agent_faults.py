@@ -3,6 +3,7 @@ never stops the others, and the agent still syncs and says which VNI failed."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -12,7 +13,7 @@ import pytest
 from dataplane.agent import client, process
 from dataplane.core.errors import Conflict
 from dataplane.kernel import netlink
-from dataplane.node import Node, readout
+from dataplane.node import Node, readout, rxgro
 from dataplane.registry import Host, open_registry
 from lab import topology as lab
 from lab.traffic import ping
@@ -585,3 +586,22 @@ def test_an_endpoint_add_waiting_to_write_holds_up_nothing_else(info):
         out, err = add.communicate(timeout=60)
         dp("--netns", "dpl-h1", "endpoint", "rm", "dpl-slow", check=False)
     assert add.returncode == 0, err
+
+
+def test_the_vxlan_device_undone_behind_the_agents_back_is_made_again(info):
+    """dpgro0 (node/rxgro.py) deleted, or brought down, by someone else: frames that carry a
+    tunnel of their own were sent to a device that was gone or down, lost with no counter,
+    and receive GRO was off, until the next `up`. The agent's tick (at most 10 s) makes it
+    again, points the fast path at it and counts a repair."""
+    def dev_ok() -> bool:
+        ifindex = netlink.link_index("dpl-h1", rxgro.IFNAME)
+        with Node("dpl-h1").maps() as m:
+            sends_to = m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex
+        return bool(ifindex) and sends_to == ifindex and rxgro.active("dpl-h1", 4789)
+
+    assert dev_ok()
+    for undo in (["link", "del", rxgro.IFNAME], ["link", "set", rxgro.IFNAME, "down"]):
+        before = client.call("dpl-h1", "status")["repairs"]
+        lab.run_checked(["ip", "-n", "dpl-h1", *undo])
+        assert wait_for(dev_ok, timeout=25), f"not repaired after `ip {' '.join(undo)}`"
+        assert wait_for(lambda: client.call("dpl-h1", "status")["repairs"] == before + 1, timeout=5)

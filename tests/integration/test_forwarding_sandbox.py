@@ -10,6 +10,7 @@ frame was dropped as a helper failure, and handing GSO packets on with their old
 (node/rxgro.py), whose transmit is the kernel's tunnel code; without it a single frame gets
 change_head and a GSO packet is counted (bpf/lib/encap.h, encap_marked)."""
 
+import json
 import subprocess
 from contextlib import contextmanager
 
@@ -17,8 +18,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from dataplane.core import state
 from dataplane.kernel import ethtool, netlink
-from dataplane.node import rxgro
+from dataplane.node import Node, rxgro
 from lab import capture
 from lab import topology as lab
 from lab.traffic import ping, rx_counts as rx, tcp_transfer, tx_counts, wait_listening
@@ -83,6 +85,23 @@ def check_wire(rows: list[dict], vni: str) -> None:
 def test_sandbox_ends_segment_tunnelled_gso_themselves(gw):
     for ns, ifname in ((gw["a"]["name"], "eth0"), (gw["r"]["name"], "eth1")):
         assert ethtool.features(ns, ifname, ethtool.TUNNEL_GSO) == dict.fromkeys(ethtool.TUNNEL_GSO, False)
+
+
+def test_up_tells_sandboxes_an_older_version_made(gw):
+    """An endpoint made before sandbox ends were told to cut tunnelled GSO keeps its
+    segmentation on; the next `up` (after an upgrade; `up --restore` at boot) turns it off,
+    once: the state notes it per endpoint."""
+    a, path = gw["a"], state._path("dpl-h1")
+    with sandbox_segments(a["name"], False):
+        with state.locked("dpl-h1"):
+            with open(path) as f:
+                old = json.load(f)
+            for ep in old["endpoints"].values():
+                ep.pop("tunnel_gso_cut", None)        # as an older version wrote it
+            state.write_json(path, old)
+        dp("--netns", "dpl-h1", "up", "--vni", "256", "--vni", "257")
+        assert ethtool.features(a["name"], "eth0", ethtool.TUNNEL_GSO) == dict.fromkeys(ethtool.TUNNEL_GSO, False)
+        assert all(ep.tunnel_gso_cut for ep in Node("dpl-h1").state().endpoints.values())
 
 
 def test_pings_through_the_gateway_are_answered(gw):

@@ -5,6 +5,7 @@ device; before, every wire frame went up the sandbox's stack alone. The device t
 its socket hands nothing to the host, `up` goes on without it where another vxlan device
 holds the port, and it goes with `down`."""
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from dataplane.kernel import loader, netlink, tcx
-from dataplane.node import Node, readout, rxgro
+from dataplane.node import Node, readout, rxgro, vtep
 from lab import topology as lab
 from lab.traffic import rx_counts as rx, tcp_transfer
 from tests.integration.conftest import dp, in_ns, make_lab, sandbox, wait_for
@@ -43,6 +44,17 @@ def test_the_device_is_up_with_the_sink_and_said_so(info):
     ifindex = netlink.link_index("dpl-h2", rxgro.IFNAME)
     assert ifindex and tcx.names("dpl-h2", ifindex) == ["gro_sink"]
     assert gro_row("dpl-h2") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
+
+
+def test_rewriting_the_configuration_keeps_the_device(info):
+    """`up` on a running node writes dp_config again before it looks at the device: the fast
+    path goes on sending through it meanwhile (before, 0 until rxgro.ensure answered, and a
+    tunnelled GSO packet in that window was dropped)."""
+    node = Node("dpl-h2")
+    ifindex = netlink.link_index("dpl-h2", rxgro.IFNAME)
+    with node.maps() as m:
+        vtep.write_config(m, node.state())
+        assert m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex == ifindex
 
 
 SEND = """

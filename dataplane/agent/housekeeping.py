@@ -42,6 +42,21 @@ def sweep(ag) -> None:
     ag.sweeper.start()
 
 
+def _mend_rx_gro(ag, st) -> None:
+    """dpgro0 deleted, downed or stripped of its sink behind our back: made again (counted a
+    repair), or, where it cannot be, an error logged (the node goes without until `up`)."""
+    if rxgro.intact(ag.node, st, ag.maps):
+        return
+    with ag.node.changing() as (now, m):
+        for line in vtep.repair_rx_gro(ag.node, now, m):
+            if now.rx_gro == rxgro.ON:
+                log.warning("repaired: %s", line)
+                ag.counters["repairs"] += 1
+            else:
+                ag.counters["errors"] += 1
+                log.error("%s", line)
+
+
 def tick(ag, slow_s: float = 0.1) -> list[str]:
     """Housekeeping; returns its steps that took over 10 ms, and names them in a warning if
     the whole took over slow_s (it held up registry events that long)."""
@@ -71,11 +86,11 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
         n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
         monitor.clear_if_abandoned(ag.node)      # a monitor killed outright left events on
         step("ageing")
-        if not rxgro.intact(ag.node, st, ag.maps):     # dpgro0 deleted or downed behind our back
-            with ag.node.changing() as (now_st, m):
-                for line in vtep.repair_rx_gro(ag.node, now_st, m):
-                    log.warning("repaired: %s", line)
-                    ag.counters["repairs"] += 1
+        try:
+            _mend_rx_gro(ag, st)
+        except DataplaneError as e:         # logged; the rest of the tick goes on
+            ag.counters["errors"] += 1
+            log.error("mending %s: %s", rxgro.IFNAME, e)
         step("receive GRO")
     pauses.tick()
     step("collection")

@@ -92,9 +92,6 @@ class LocalEndpoint:
     # "creating": the intent, saved before anything is made; "ready" once all of it is.
     # A crash in between leaves "creating", and the next start sweeps it away.
     phase: str = "ready"
-    # The sandbox end cuts tunnelled GSO itself (node/endpoints.py, cut_tunnel_gso): set at
-    # creation; an older version's endpoints get it at the next `up` or agent start (sweep.py).
-    tunnel_gso_cut: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +123,10 @@ class NodeState:
     # agent attaching those at tcx would hand such frames to the host stack (kernel/tcx.py).
     hook: str = "tc"
     rx_gro: str = ""                        # node/rxgro.py: "on", or "off: why"
+    # Every endpoint's sandbox end cuts tunnelled GSO itself (endpoints._create does at creation;
+    # sweep.py once for endpoints an older version made). Here, not per endpoint: an older
+    # agent still running reads this file, and ignores only keys of the node's own.
+    tunnel_gso_swept: bool = False
 
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
         """The VNI's endpoints that exist in full (not those being created)."""
@@ -139,13 +140,14 @@ class NodeState:
             config=NodeConfig(**{k: v for k, v in d["config"].items() if k in NodeConfig.__dataclass_fields__}),
             uplink=Uplink(**d["uplink"]),
             networks={v: ServedNetwork(**n) for v, n in ints(d.get("networks")).items()},
-            endpoints={k: LocalEndpoint(**e) for k, e in (d.get("endpoints") or {}).items()},
+            endpoints={k: LocalEndpoint(**{f: v for f, v in e.items() if f in LocalEndpoint.__dataclass_fields__})
+                       for k, e in (d.get("endpoints") or {}).items()},
             peers=ints(d.get("peers")), registry_peers=ints(d.get("registry_peers")),
             flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
             restore_forwarding=d.get("restore_forwarding"),
             gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()}, hook=d.get("hook", "tc"),
-            rx_gro=d.get("rx_gro", ""))
+            rx_gro=d.get("rx_gro", ""), tunnel_gso_swept=d.get("tunnel_gso_swept", False))
 
 
 def node_dir(node: str) -> str:

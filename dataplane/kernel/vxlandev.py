@@ -4,6 +4,7 @@ from_endpoint cannot encapsulate itself goes out through it)."""
 
 from __future__ import annotations
 
+from dataplane.core.errors import KernelError
 from dataplane.kernel.netlink import _kerr, _nlerror, ipr
 
 
@@ -56,4 +57,7 @@ def vxlan_external(netns: str | None, name: str, port: int, src_ports: tuple[int
                    vxlan_port_range={"low": src_ports[0], "high": src_ports[1]}, mtu=mtu)
         except _nlerror() as e:
             raise _kerr(f"make vxlan device {name} on port {port}", e) from None
-        return s.link_lookup(ifname=name)[0]
+        made = s.link_lookup(ifname=name)
+    if not made:                        # deleted by someone else right after it was made
+        raise KernelError(f"vxlan device {name} on port {port} went as it was made")
+    return made[0]

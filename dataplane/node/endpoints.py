@@ -37,23 +37,29 @@ def sandbox_netns(ep: LocalEndpoint) -> str:
     return ep.netns or ep.name          # states written before netns was recorded
 
 
-def cut_tunnel_gso(node: Node, ep: LocalEndpoint) -> bool:
-    """Turn tunnel segmentation off at the sandbox end of an endpoint made before _create did
-    so (an older version's). False where that end is out of reach: a Docker peer the engine
-    has moved (its namespace is not recorded) or a namespace gone; such an endpoint keeps
-    its segmentation until it is made again, and without the node's vxlan device its
-    tunnelled GSO packets are dropped (counted tunnel_gso)."""
-    sb = ep.sandbox or {}
-    inner = ((sb["netns"], sb["ifname"]) if "netns" in sb else (node.netns, sb["peer"]) if "peer" in sb
-             else (sandbox_netns(ep), "eth0"))
-    if inner[0] and inner[0].startswith("/") and not netlink.ns_path_exists(inner[0]):
-        return False
-    try:
-        ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
-    except (NotFound, KernelError):      # tried again at the next sweep; never fails one
-        return False
-    ep.tunnel_gso_cut = True
-    return True
+def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
+    """Once per node (st.tunnel_gso_swept): tunnel segmentation off at the sandbox end of
+    endpoints made before _create turned it off (an older version's). An end out of reach
+    keeps it until the endpoint is made again: a Docker peer the engine moved (the state
+    does not record its namespace), a namespace gone, or an interface there that is not
+    ours (a /proc/PID path whose process is another by now). What was done, for sweep."""
+    told, out = 0, []
+    for ep in st.endpoints.values():
+        sb = ep.sandbox or {}
+        inner = ((sb["netns"], sb["ifname"]) if "netns" in sb else (node.netns, sb["peer"]) if "peer" in sb
+                 else (sandbox_netns(ep), "eth0"))
+        try:
+            if ep.phase != "ready" or not any(ethtool.features(*inner, ethtool.TUNNEL_GSO).values()):
+                continue
+            if netlink.link_info(*inner)["mac"] != ep.mac:
+                raise NotFound(f"{inner[1]} there is not its interface")
+            ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
+            told += 1
+        except (NotFound, KernelError) as e:
+            out.append(f"endpoint {ep.name}: its sandbox end still segments tunnelled GSO ({e}); "
+                       "made again, it will not")
+    st.tunnel_gso_swept = True
+    return ([f"{told} endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now"] if told else []) + out
 
 
 def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,
@@ -139,7 +145,6 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
         netlink.routes_add(ns, "eth0", routes)
     # Tunnelled GSO packets are cut at the sandbox's end: ours cannot go around their tunnel.
     ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
-    ep.tunnel_gso_cut = True
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.

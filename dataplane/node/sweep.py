@@ -38,8 +38,8 @@ def sweep(node: Node) -> list[str]:
             if not endpoints.present(m, ep):
                 done.append(f"endpoint {ep.name}: map entries missing; written again")
             endpoints.write_entries(m, st, ep)
-            if not ep.tunnel_gso_cut and endpoints.cut_tunnel_gso(node, ep):
-                done.append(f"endpoint {ep.name}: its sandbox end cuts tunnelled GSO now (made by an older version)")
+        if not st.tunnel_gso_swept:
+            done += endpoints.cut_tunnel_gso(node, st)
         done += gateway.repair(node, m, st)
         done += vtep.repair_rx_gro(node, st, m)
         done += endpoints.forget_strays(m, st)

@@ -107,7 +107,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         else:
             cfg = NodeConfig(underlay=underlay, local_ip=local_ip)
             st = NodeState(node=node.name, netns=node.netns, pin_dir=node.pin_dir, config=cfg, uplink=uplink,
-                           map_sizes=dict(map_sizes or {}))
+                           map_sizes=dict(map_sizes or {}), tunnel_gso_swept=True)
         cfg.local_ip = local_ip
         cfg.port = port or cfg.port
         if peer_check is not None:          # either way on a running node: the filter is in dp_config
@@ -226,7 +226,9 @@ def repair_rx_gro(node: Node, st: NodeState, m: NodeMaps) -> list[str]:
     undid it behind the node's back, and the fast path pointed at it: meanwhile a frame that
     carries a tunnel of its own went to a device gone or down, lost uncounted, and receive
     GRO was off. What was done, one line (nothing: rxgro.intact). Run by sweep.py (every
-    `up`, the agent's start) and by the agent's housekeeping tick."""
+    `up`, the agent's start) and by the agent's housekeeping tick. Where it cannot be made
+    (another socket took the port meanwhile) the node goes without until the next `up`, as
+    `up` itself would: st.rx_gro says why, and the line says it was not made."""
     if rxgro.intact(node, st, m):
         return []
     fd = loader.open_prog(node.pin_dir, "gro_sink")
@@ -235,7 +237,7 @@ def repair_rx_gro(node: Node, st: NodeState, m: NodeMaps) -> list[str]:
     finally:
         os.close(fd)
     return [f"{rxgro.IFNAME}: undone behind the node's back; " +
-            ("made again" if st.rx_gro == rxgro.ON else f"receive GRO {st.rx_gro}")]
+            ("made again" if st.rx_gro == rxgro.ON else f"not made again, receive GRO {st.rx_gro} until the next up")]
 
 
 def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from dataplane.core import state
 from dataplane.kernel import loader, netlink, tcx
 from dataplane.node import Node, readout, rxgro, vtep
 from lab import topology as lab
@@ -52,9 +53,12 @@ def test_rewriting_the_configuration_keeps_the_device(info):
     tunnelled GSO packet in that window was dropped)."""
     node = Node("dpl-h2")
     ifindex = netlink.link_index("dpl-h2", rxgro.IFNAME)
-    with node.maps() as m:
-        vtep.write_config(m, node.state())
-        assert m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex == ifindex
+    with state.locked("dpl-h2"), node.maps() as m:
+        try:
+            vtep.write_config(m, node.state())
+            assert m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex == ifindex
+        finally:
+            vtep.set_tunnel_dev(m, ifindex)         # as up leaves it, whatever the above did
 
 
 SEND = """

@@ -34,8 +34,14 @@ def reorders(ns: str) -> int:
     return int(out.split("TcpExtTCPSACKReorder")[1].split()[0])
 
 
+def cpumask(n: int) -> str:
+    """All of n CPUs as rps_cpus takes them: hex, 32 bits a group, comma-separated."""
+    h = format((1 << n) - 1, "x")
+    return ",".join(h[max(0, i - 8):i] for i in range(len(h), 0, -8)[::-1])
+
+
 def set_rps(port: str, on: bool) -> None:
-    mask = format((1 << (os.cpu_count() or 1)) - 1, "x") if on else "0"
+    mask = cpumask(os.cpu_count() or 1) if on else "0"
     lab.run_checked(["ip", "netns", "exec", lab.host_ns(1), "sh", "-c",
                      f"echo {mask} > /sys/class/net/{port}/queues/rx-0/rps_cpus"])
 

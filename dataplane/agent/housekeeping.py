@@ -43,9 +43,8 @@ def sweep(ag) -> None:
 
 
 def _mend_rx_gro(ag, st) -> None:
-    """dpgro0 deleted, downed or stripped of its sink behind our back, or the other vxlan
-    device that held the port gone: made (counted a repair), or, where it cannot be, an
-    error logged (the node goes without until `up`)."""
+    """dpgro0 deleted, downed or stripped of its sink behind our back: made again (counted a
+    repair), or, where it cannot be, an error logged (the node goes without until `up`)."""
     if rxgro.intact(ag.node, st, ag.maps):
         return
     with ag.node.changing() as (now, m):
@@ -53,8 +52,6 @@ def _mend_rx_gro(ag, st) -> None:
             if now.rx_gro == rxgro.ON:
                 log.warning("repaired: %s", line)
                 ag.counters["repairs"] += 1
-            elif now.rx_gro.startswith(rxgro.THROUGH):
-                log.warning("%s", line)
             else:
                 ag.counters["errors"] += 1
                 log.error("%s", line)

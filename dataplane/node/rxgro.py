@@ -32,7 +32,6 @@ from dataplane.node.base import Node
 
 IFNAME = "dpgro0"        # not an endpoint port's name (sweep.py's dp + 10 hex digits)
 ON = "on"
-THROUGH = "through "     # st.rx_gro: another vxlan device's socket holds the port, and merges for us
 
 
 def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
@@ -62,8 +61,8 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
         except DataplaneError:
             pass
         held = holder(node.netns, port)
-        if held:
-            st.rx_gro = THROUGH + held[0]
+        if held and held[0] != IFNAME:       # ours, still up: remove failed too, and it is not merging
+            st.rx_gro = f"through {held[0]}"
             notice(f"UDP port {port} is vxlan device {held[0]}'s: receive GRO goes through its socket")
         else:
             st.rx_gro = f"off: {e}"
@@ -75,14 +74,9 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
 
 def intact(node: Node, st: NodeState, m: NodeMaps) -> bool:
     """As ensure left it: the device up on the node's port with gro_sink, and the fast path
-    sending through it (vtep.set_tunnel_dev); or another vxlan device, up on the port, merging
-    for us (not so once it goes: ours can take the port then); or the node goes without (by
-    choice, or the port was another socket's at `up`). Cheap enough for the agent's every
-    tick: one link, its tcx list, one map entry. vtep.repair_rx_gro mends what is not."""
-    if st.rx_gro.startswith(THROUGH):
-        other = st.rx_gro[len(THROUGH):]
-        port, up, _ = vxlandev.vxlan_ports(node.netns, other).get(other, (0, False, 0))
-        return port == st.config.port and up
+    sending through it (vtep.set_tunnel_dev); or the node goes without it (st.rx_gro: by
+    choice, or the port is another's). Cheap enough for the agent's every tick: one link, its
+    tcx list, one map entry. vtep.repair_rx_gro mends what is not."""
     if st.rx_gro != ON:
         return True
     port, up, ifindex = vxlandev.vxlan_ports(node.netns, IFNAME).get(IFNAME, (0, False, 0))

@@ -225,22 +225,19 @@ def repair_rx_gro(node: Node, st: NodeState, m: NodeMaps) -> list[str]:
     """The node's vxlan device made (or brought up, or given its sink) again where something
     undid it behind the node's back, and the fast path pointed at it: meanwhile a frame that
     carries a tunnel of its own went to a device gone or down, lost uncounted, and receive
-    GRO was off. Made too where another vxlan device held the port at `up` and has gone.
-    What was done, one line (nothing: rxgro.intact). Run by sweep.py (every `up`, the
-    agent's start) and by the agent's housekeeping tick. Where it cannot be made (another
-    socket took the port meanwhile) the node goes without, as `up` itself would: st.rx_gro
-    says why, and the line says it was not made."""
+    GRO was off. What was done, one line (nothing: rxgro.intact). Run by sweep.py (every
+    `up`, the agent's start) and by the agent's housekeeping tick. Where it cannot be made
+    (another socket took the port meanwhile) the node goes without until the next `up`, as
+    `up` itself would: st.rx_gro says why, and the line says it was not made."""
     if rxgro.intact(node, st, m):
         return []
-    was = st.rx_gro
     fd = loader.open_prog(node.pin_dir, "gro_sink")
     try:
         set_tunnel_dev(m, rxgro.ensure(node, st, fd))
     finally:
         os.close(fd)
-    why = f"the port's other vxlan device ({was[len(rxgro.THROUGH):]}) went" if was.startswith(rxgro.THROUGH) \
-        else "undone behind the node's back"
-    return [f"{rxgro.IFNAME}: {why}; " + ("made again" if st.rx_gro == rxgro.ON else f"not made, receive GRO {st.rx_gro}")]
+    return [f"{rxgro.IFNAME}: undone behind the node's back; " +
+            ("made again" if st.rx_gro == rxgro.ON else f"not made again, receive GRO {st.rx_gro} until the next up")]
 
 
 def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:

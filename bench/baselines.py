@@ -46,6 +46,18 @@ def _sandbox(name: str, host_ns: str, host_if: str, ip: str, prefix: int, mtu: i
     netlink.link_up(name, "eth0", ip, prefix)
 
 
+def up(gso: int = linkgso.LEGACY_MAX, nic_like: bool = False, xdp_guard: bool = False) -> dict[str, list[dict]]:
+    """The bench lab: two hosts with one VNI-256 sandbox each and no registry (data path only:
+    a registry lab gives VNI 256 a gateway, whose NAT rule in the host namespaces puts
+    conntrack on the baselines' forwarded frames too), with both baselines beside it.
+    Sandboxes per mode, as setup(); dataplane's are the lab's own."""
+    lab.up(2, [256], per_host=1, xdp_guard=xdp_guard, registry="none", gso_max_size=gso, nic_like=nic_like)
+    info = lab.ls()
+    pairs = setup(2, gso, nic_like)
+    pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+    return pairs
+
+
 def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX, nic_like: bool = False) -> dict[str, list[dict]]:
     """Sandboxes per mode: [{'name', 'ip'}] indexed by host - 1. The dataplane
     mode's sandboxes are the lab's own (VNI 256). gso (the IPv4 GSO limit,

@@ -146,12 +146,7 @@ def table(res: dict) -> str:
 def lab_pairs() -> tuple[dict, dict]:
     """The bench lab up (two hosts, VNI 256, no registry, beside the baselines): a sender and
     a receiver sandbox per mode, and the MAC each sender's frames go to, connectivity checked."""
-    # Data path only, as bench.run: a registry lab gives VNI 256 a gateway, whose NAT rule
-    # in the host namespaces puts conntrack on the baselines' forwarded frames too.
-    lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
-    info = lab.ls()
-    pairs = baselines.setup(2, linkgso.LEGACY_MAX)
-    pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+    pairs = baselines.up(linkgso.LEGACY_MAX)
     macs = {}
     for mode, (a, b) in pairs.items():
         assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"

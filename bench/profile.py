@@ -129,10 +129,7 @@ def main(argv=None) -> int:
     m = machine()
     lab.down()
     try:
-        lab.up(2, [256], per_host=1, registry="none", gso_max_size=args.gso_max_size)
-        info = lab.ls()
-        pairs = baselines.setup(2, args.gso_max_size)
-        pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        pairs = baselines.up(args.gso_max_size)
         with tempfile.TemporaryDirectory(prefix="dp-perf-") as tmp:
             for w in workloads:
                 md = [f"# Profile: {w} (`python -m bench.profile --workload {w}`)", "",

@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 from bench import baselines
-from bench.run import cpu_per_gbit, headline, machine, ratio_ci, save, tcp
+from bench.run import cpu_per_gbit, headline, machine, ratio_ci, ratio_rows, save, tcp
 from dataplane.kernel import gso as linkgso
 from dataplane.node import Node
 from lab import topology as lab
@@ -57,10 +57,7 @@ def main(argv=None) -> int:
     samples = {v: {k: [] for k in keys} for v in VARIANTS}
     lab.down()
     try:
-        lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX)
-        info = lab.ls()
-        pairs = baselines.setup(2, linkgso.LEGACY_MAX)
-        pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        pairs = baselines.up(linkgso.LEGACY_MAX)
         ports = {"routing": "rv0", "dataplane": next(iter(Node(lab.host_ns(1)).state().endpoints.values())).host_ifname}
         for r in range(args.rounds):
             for v in (VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))):
@@ -91,8 +88,7 @@ def main(argv=None) -> int:
           "|---|---|---|---|"]
     md += [f"| {v} | {med[v]['tcp_gbps']:.2f} | {med[v]['reorders']:.0f} | {med[v]['cpu_ms_per_gbit']:.1f} |"
            for v in VARIANTS]
-    md += ["", "| ratio | median | 95% interval |", "|---|---|---|"]
-    md += [f"| {k} | {v[0]:.2f}x | {v[1][0]:.2f}-{v[1][1]:.2f} |" for k, v in ratios.items()]
+    md += ratio_rows(ratios)
     save(result, "\n".join(md) + "\n", args.out)
     return 0
 

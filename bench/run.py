@@ -191,11 +191,7 @@ def main(argv=None) -> int:
     lab.down()
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
     try:
-        lab.up(2, [256], per_host=1, xdp_guard=args.xdp_guard, registry="none",  # data path only
-               gso_max_size=args.gso_max_size, nic_like=args.nic_like)
-        info = lab.ls()
-        pairs = baselines.setup(2, args.gso_max_size, args.nic_like)
-        pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        pairs = baselines.up(args.gso_max_size, args.nic_like, args.xdp_guard)
         for mode, (a, b) in pairs.items():
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
         for r in range(args.rounds):
@@ -243,6 +239,12 @@ def ratio_ci(ours: list[float], theirs: list[float], n: int = 4000, seed: int = 
     r = sorted(statistics.median(rng.choices(ours, k=len(ours))) /
                statistics.median(rng.choices(theirs, k=len(theirs))) for _ in range(n))
     return r[int(0.025 * n)], r[int(0.975 * n) - 1]
+
+
+def ratio_rows(ratios: dict, label: str = "ratio") -> list[str]:
+    """A markdown table of {name: (median, (lo, hi))}: each ratio with its 95% interval."""
+    return ["", f"| {label} | median | 95% interval |", "|---|---|---|"] + \
+        [f"| {k} | {v[0]:.2f}x | {v[1][0]:.2f}-{v[1][1]:.2f} |" for k, v in ratios.items()]
 
 
 def save(result: dict, md: str, name: str) -> None:

@@ -17,7 +17,7 @@ import statistics
 import sys
 
 from bench import baselines
-from bench.run import headline, machine, ratio_ci, save, tcp
+from bench.run import headline, machine, ratio_ci, ratio_rows, save, tcp
 from dataplane.kernel import gso as linkgso, loader
 from dataplane.node import Node, rxgro
 from lab import topology as lab
@@ -54,11 +54,8 @@ def main(argv=None) -> int:
     samples = {m: {"tcp_gbps": [], "rx_avg_bytes": []} for m in MODES}
     lab.down()
     try:
-        lab.up(2, [256], per_host=1, registry="none", gso_max_size=linkgso.LEGACY_MAX, nic_like=True)
-        info = lab.ls()
-        pairs = baselines.setup(2, linkgso.LEGACY_MAX, nic_like=True)
-        pairs["dataplane"] = pairs["no_rx_gro"] = \
-            [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]
+        pairs = baselines.up(linkgso.LEGACY_MAX, nic_like=True)
+        pairs["no_rx_gro"] = pairs["dataplane"]
         gro_on = True
         for r in range(args.rounds):
             for _ in range(args.repeats):
@@ -89,8 +86,7 @@ def main(argv=None) -> int:
           f"IPv4 GSO limit 65536 in every mode; medians of {n} single-stream runs per mode, modes taking turns.", "",
           "| mode | single-stream TCP, Gbit/s | received per packet, bytes |", "|---|---|---|"]
     md += [f"| {NAMES[m]} | {med[m]['tcp_gbps']:.2f} | {med[m]['rx_avg_bytes']:.0f} |" for m in MODES]
-    md += ["", "| ratio (single-stream TCP) | median | 95% interval |", "|---|---|---|"]
-    md += [f"| {k} | {v[0]:.2f}x | {v[1][0]:.2f}-{v[1][1]:.2f} |" for k, v in ratios.items()]
+    md += ratio_rows(ratios, "ratio (single-stream TCP)")
     save(result, "\n".join(md) + "\n", args.out)
     return 0
 

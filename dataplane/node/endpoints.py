@@ -37,6 +37,17 @@ def sandbox_netns(ep: LocalEndpoint) -> str:
     return ep.netns or ep.name          # states written before netns was recorded
 
 
+def sandbox_end(node: Node, ep: LocalEndpoint) -> tuple[str | None, str]:
+    """(namespace, interface) of the endpoint's sandbox end: the runtime's (CNI), the node's
+    until the engine moves it (Docker), or the sandbox namespace we make."""
+    sb = ep.sandbox or {}
+    if "netns" in sb:
+        return sb["netns"], sb["ifname"]
+    if "peer" in sb:
+        return node.netns, sb["peer"]
+    return sandbox_netns(ep), "eth0"
+
+
 def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
     """Once per node (st.tunnel_gso_swept): tunnel segmentation off at the sandbox end of
     endpoints made before _create turned it off (an older version's). An end out of reach
@@ -45,9 +56,7 @@ def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
     ours (a /proc/PID path whose process is another by now). What was done, for sweep."""
     told, out = 0, []
     for ep in st.endpoints.values():
-        sb = ep.sandbox or {}
-        inner = ((sb["netns"], sb["ifname"]) if "netns" in sb else (node.netns, sb["peer"]) if "peer" in sb
-                 else (sandbox_netns(ep), "eth0"))
+        inner = sandbox_end(node, ep)
         try:
             if ep.phase != "ready" or not any(ethtool.features(*inner, ethtool.TUNNEL_GSO).values()):
                 continue
@@ -122,27 +131,24 @@ def pick_ip(subnet: ipaddress.IPv4Network, used: set, ip) -> str:
 
 
 def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen: int, mtu: int, routes) -> None:
-    sb = ep.sandbox or {}
+    sb, inner = ep.sandbox or {}, sandbox_end(node, ep)
+    ns, ifname = inner
     if "netns" in sb:          # CNI: straight into the runtime's namespace
-        if not netlink.ns_path_exists(sb["netns"]):
-            raise NotFound(f"network namespace {sb['netns']} does not exist")
-        inner = (sb["netns"], sb["ifname"])
+        if not netlink.ns_path_exists(ns):
+            raise NotFound(f"network namespace {ns} does not exist")
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
-        netlink.link_up(sb["netns"], sb["ifname"], ep.ip, prefixlen)
-        netlink.routes_add(sb["netns"], sb["ifname"], routes)
+        netlink.link_up(ns, ifname, ep.ip, prefixlen)
+        netlink.routes_add(ns, ifname, routes)
     elif "peer" in sb:         # Docker: the engine moves and addresses the peer
-        inner = (node.netns, sb["peer"])
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
     else:
-        ns = sandbox_netns(ep)
         netlink.ns_create(ns)
         for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
             netlink.sysctl(ns, key, "1")
-        inner = (ns, "eth0")
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
         netlink.link_up(ns, "lo")
-        netlink.link_up(ns, "eth0", ep.ip, prefixlen)
-        netlink.routes_add(ns, "eth0", routes)
+        netlink.link_up(ns, ifname, ep.ip, prefixlen)
+        netlink.routes_add(ns, ifname, routes)
     # Tunnelled GSO packets are cut at the sandbox's end: ours cannot go around their tunnel.
     ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 
 from bench import baselines
@@ -24,14 +23,13 @@ from bench.run import cpu_per_gbit, headline, machine, ratio_ci, ratio_rows, sav
 from dataplane.kernel import gso as linkgso
 from dataplane.node import Node
 from lab import topology as lab
+from lab.traffic import nstat
 
 VARIANTS = ("routing", "routing+rps", "dataplane", "dataplane+rps")
 
 
 def reorders(ns: str) -> int:
-    out = subprocess.run(["ip", "netns", "exec", ns, "nstat", "-az", "TcpExtTCPSACKReorder"],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.split("TcpExtTCPSACKReorder")[1].split()[0])
+    return nstat(ns, "TcpExtTCPSACKReorder")
 
 
 def cpumask(n: int) -> str:

@@ -106,6 +106,14 @@ def iperf_processes(server_ns: str, client_ns: str, ip: str, n: int, args: list[
             p.wait()
 
 
+def nstat(ns: str, name: str) -> int:
+    """The namespace's SNMP counter `name` as nstat names it (IcmpInEchos, TcpExtTCPSACKReorder):
+    its absolute value, so a caller takes differences."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "nstat", "-az", name], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.split(name)[1].split()[0])
+
+
 def _counts(ns: str, dev: str, way: str) -> tuple[int, int]:
     link = json.loads(subprocess.check_output(["ip", "-n", ns, "-j", "-s", "link", "show", dev]))[0]
     return link["stats64"][way]["packets"], link["stats64"][way]["bytes"]

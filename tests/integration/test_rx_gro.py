@@ -16,7 +16,7 @@ from dataplane.core import state
 from dataplane.kernel import loader, netlink, tcx
 from dataplane.node import Node, readout, rxgro, vtep
 from lab import topology as lab
-from lab.traffic import rx_counts as rx, tcp_transfer
+from lab.traffic import nstat, rx_counts as rx, tcp_transfer
 from tests.integration.conftest import dp, in_ns, make_lab, sandbox, wait_for
 
 MTU = 1500
@@ -73,9 +73,7 @@ sendp(Ether(dst=mac) / IP(src="198.18.0.250", dst=ip) / UDP(sport=50000, dport=4
 
 
 def echoes(ns: str) -> int:
-    out = subprocess.run(["ip", "netns", "exec", ns, "nstat", "-az", "IcmpInEchos"], capture_output=True,
-                         text=True, check=True).stdout
-    return int(out.split("IcmpInEchos")[1].split()[0])
+    return nstat(ns, "IcmpInEchos")
 
 
 def test_vxlan_to_another_host_address_reaches_the_device_and_no_further(info):

@@ -8,6 +8,7 @@ import ctypes
 import hashlib
 import ipaddress
 import os
+import socket
 
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
@@ -50,14 +51,18 @@ def sandbox_end(node: Node, ep: LocalEndpoint) -> tuple[str | None, str]:
 
 def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
     """Once per node (st.tunnel_gso_swept): tunnel segmentation off at the sandbox end of
-    endpoints made before _create turned it off (an older version's). An end out of reach
-    keeps it until the endpoint is made again: a Docker peer the engine moved (the state
-    does not record its namespace), a namespace gone, or an interface there that is not
-    ours (a /proc/PID path whose process is another by now). What was done, for sweep."""
-    told, out = 0, []
+    endpoints made before _create turned it off (an older version's). A Docker peer the
+    engine moved is found through its host end (moved_peer). An end out of reach keeps it
+    until the endpoint is made again: a namespace gone, one no process lives in, or an
+    interface there that is not ours (a /proc/PID path whose process is another by now).
+    What was done, for sweep."""
+    told, out, spaces = 0, [], None
     for ep in st.endpoints.values():
         inner = sandbox_end(node, ep)
         try:
+            if ep.phase == "ready" and "peer" in (ep.sandbox or {}) and netlink.link_index(*inner) is None:
+                spaces = netlink.process_namespaces(node.netns) if spaces is None else spaces
+                inner = moved_peer(node, ep, spaces)
             if ep.phase != "ready" or not any(ethtool.features(*inner, ethtool.TUNNEL_GSO).values()):
                 continue
             if netlink.link_info(*inner)["mac"] != ep.mac:
@@ -69,6 +74,21 @@ def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
                        "made again, it will not")
     st.tunnel_gso_swept = True
     return ([f"{told} endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now"] if told else []) + out
+
+
+def moved_peer(node: Node, ep: LocalEndpoint, spaces: dict[int, str]) -> tuple[str, str]:
+    """(/proc/PID/ns/net, name) of a Docker endpoint's peer after the engine moved it into
+    the container and renamed it: the namespace by the id the host end's link names
+    (spaces: netlink.process_namespaces), the interface by the peer's ifindex there. The
+    state records neither (Join hands Docker the peer's name; the sandbox key is Docker's)."""
+    nsid, index = netlink.veth_peer(node.netns, ep.host_ifname)
+    if nsid is None or nsid not in spaces or not index:
+        raise NotFound("no process in the namespace its peer was moved to")
+    path = spaces[nsid]
+    try:
+        return path, netlink.call_in_netns(path, socket.if_indextoname, index)
+    except OSError:
+        raise NotFound(f"no interface {index} in {path}") from None
 
 
 def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,

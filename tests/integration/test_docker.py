@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
 from dataplane.agent import client as api
 from lab import topology as lab
 from dataplane.kernel import ethtool, gso as linkgso, netlink
-from dataplane.node import Node, readout, rxgro
+from dataplane.core import state
+from dataplane.node import Node, readout, rxgro, sweep
 from tests.integration.conftest import make_lab, wait_for
 from tests.runtimes import IMAGE, running_engines
 
@@ -91,6 +95,29 @@ def test_containers_reach_each_other_across_hosts_and_networks_stay_apart(engine
     # the registry sees Docker's endpoints like any other
     eps = {e["ip"]: e for e in api.call(H1, "endpoint_list")}
     assert eps[a2]["host"] == "h2" and eps[a2]["network"] == "vni300" and eps[b2]["network"] == "vni301"
+
+
+def test_an_older_versions_container_is_told_to_cut_tunnelled_gso(engines):
+    """A container whose endpoint an older version made segments tunnelled GSO (its eth0 was
+    made without the setting). The engine moved and renamed the peer, and the node's state
+    records neither its namespace nor its name: the sweep (every `up`, the agent's start)
+    finds it through the host end's link and turns the setting off."""
+    e1, _ = engines
+    path = f"/proc/{e1.docker('inspect', '-f', '{{.State.Pid}}', 'a1').stdout.strip()}/ns/net"
+    off = dict.fromkeys(ethtool.TUNNEL_GSO, False)
+    subprocess.run(["nsenter", f"--net={path}", "ethtool", "-K", "eth0",
+                    *[x for f in ethtool.TUNNEL_GSO for x in (f, "on")]], check=True)
+    assert ethtool.features(path, "eth0", ethtool.TUNNEL_GSO) != off
+    with state.locked(H1):
+        with open(state._path(H1)) as f:
+            old = json.load(f)
+        old.pop("tunnel_gso_swept", None)          # as an older version wrote it
+        state.write_json(state._path(H1), old)
+    done = sweep.sweep(Node(H1))
+    assert ethtool.features(path, "eth0", ethtool.TUNNEL_GSO) == off, done
+    assert "1 endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now" in done, done
+    out = ping(e1, "a1", engines[1].ip_of("a2"))
+    assert "3 packets received" in out, out
 
 
 def test_removing_containers_and_networks_leaves_nothing(engines):

@@ -116,8 +116,14 @@ class Collector:
                                 "or another vxlan device's) holds the node's UDP port, so that the uplink's GRO "
                                 "merges VXLAN frames (0: they arrive one by one; `dataplane status` says why; "
                                 "absent with --no-rx-gro)")
+        lost = CounterMetricFamily("dataplane_tunnel_device_dropped", "Frames the node's vxlan device (dpgro0) "
+                                   "dropped on transmit: frames carrying a tunnel already that from_endpoint sent "
+                                   "through it (counted in dataplane_tx_packets_total) and that never left, the "
+                                   "device down or the packet one the kernel cannot segment (absent without it)")
         try:
             st = self.ag.node.require_up()
+            if (n := rxgro.dropped(self.ag.node.netns)) is not None:
+                lost.add_metric([], n)
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
@@ -130,6 +136,7 @@ class Collector:
             ok["uplink"] = False
         yield g
         yield gro
+        yield lost
 
 
 def registry_for(agent) -> CollectorRegistry:

@@ -40,6 +40,14 @@ def vxlan_ports(netns: str | None, name: str | None = None) -> dict[str, tuple[i
             for ln, data in _read(netns, name)}
 
 
+def tx_dropped(netns: str | None, name: str) -> int | None:
+    """Frames the vxlan device `name` dropped on transmit (down, or a GSO packet it could not
+    segment), from its link statistics; None without the device."""
+    have = _read(netns, name)
+    stats = have[0][0].get_attr("IFLA_STATS64") if have else None
+    return stats["tx_dropped"] if stats else None
+
+
 def vxlan_external(netns: str | None, name: str, port: int, src_ports: tuple[int, int], mtu: int) -> int:
     """A collect_md ("external") vxlan device on UDP port `port`, without learning, outer source
     ports from src_ports, made down (its socket opens when it goes up); its ifindex. One of

@@ -93,6 +93,9 @@ def programs(node: Node) -> list[dict]:
                  "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,
                      "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9))})
+        if name == "gro_sink" and (lost := rxgro.dropped(node.netns)) is not None:
+            rows[-1]["dropped"] = lost       # sent through the device, counted as sent by us, lost there
+            rows[-1]["attached"] += f"; {lost} frames dropped on its transmit" if lost else ""
     return rows
 
 

@@ -110,6 +110,13 @@ def active(netns: str | None, port: int) -> bool:
     return held is not None and (held[0] != IFNAME or _guarded(netns, held[1]))
 
 
+def dropped(netns: str | None) -> int | None:
+    """Frames the device dropped on transmit: what from_endpoint sent through it (and counted as
+    sent) that never left, because it was down or held a tunnelled GSO packet the kernel cannot
+    segment (DESIGN: inner UDP merged as a frag list). None without the device."""
+    return vxlandev.tx_dropped(netns, IFNAME)
+
+
 def describe(netns: str | None, st: NodeState) -> str:
     """gro_sink's row in `dataplane status`."""
     if not st.config.rx_gro:

@@ -119,17 +119,18 @@ class Collector:
         lost = CounterMetricFamily("dataplane_tunnel_device_dropped", "Frames the node's vxlan device (dpgro0) "
                                    "dropped on transmit: frames carrying a tunnel already that from_endpoint sent "
                                    "through it (counted in dataplane_tx_packets_total) and that never left, the "
-                                   "device down or the packet one the kernel cannot segment (absent without it)")
+                                   "device down (counted so by kernels from about 6.11) or the packet one the kernel "
+                                   "cannot segment (absent without the device)")
         try:
             st = self.ag.node.require_up()
-            if (n := rxgro.dropped(self.ag.node.netns)) is not None:
-                lost.add_metric([], n)
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
                 g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
             if st.config.rx_gro:
                 gro.add_metric([], int(rxgro.active(self.ag.node.netns, st.config.port)))
+            if (n := rxgro.dropped(self.ag.node.netns)) is not None:
+                lost.add_metric([], n)
             ok["uplink"] = True
         except DataplaneError as e:
             log.warning("metrics: reading the uplink's programs failed: %s", e)

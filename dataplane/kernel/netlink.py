@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import time
 from contextlib import contextmanager
@@ -107,38 +106,6 @@ def default_route_ifname(netns: str | None) -> str | None:
             if oif:
                 return s.get_links(oif)[0].get_attr("IFLA_IFNAME")
     return None
-
-
-def veth_peer(netns: str | None, ifname: str) -> tuple[int | None, int | None]:
-    """(namespace id, ifindex) of a veth's other end as netns sees it: no id while that end
-    is in netns itself."""
-    with ipr(netns) as s:
-        found = s.link_lookup(ifname=ifname)
-        if not found:
-            raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
-        link = s.get_links(found[0])[0]
-    return link.get_attr("IFLA_LINK_NETNSID"), link.get_attr("IFLA_LINK")
-
-
-def process_namespaces(netns: str | None) -> dict[int, str]:
-    """{namespace id in netns: /proc/PID/ns/net} for the namespaces netns has an id for
-    (one with a link into netns has one) and some process lives in: how a namespace with
-    no name anywhere we can see (a container's, whose engine keeps its mounts private) is
-    reached. One RTM_GETNSID per namespace; asking assigns no id."""
-    out, seen = {}, set()
-    with ipr(netns) as s:
-        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-            try:
-                ino = os.stat(f"/proc/{pid}/ns/net").st_ino
-                if ino in seen:
-                    continue
-                seen.add(ino)
-                nsid = (s.get_netnsid(pid=pid) or {}).get("nsid")
-            except (OSError, _nlerror()):          # the process is gone, or not ours to look at
-                continue
-            if nsid is not None and nsid < 0x80000000:
-                out.setdefault(nsid, f"/proc/{pid}/ns/net")
-    return out
 
 
 def veth_create(netns: str | None, name: str, peer_ns: str, peer_name: str, peer_mac: str, mtu: int) -> int:

@@ -14,7 +14,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
 from dataplane.core.keys import be32
 from dataplane.core.state import LocalEndpoint, NodeState
-from dataplane.kernel import ethtool, gso, loader, netlink, tcx
+from dataplane.kernel import ethtool, gso, loader, netlink, tcx, vethpeer
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import fdb, networks
 from dataplane.node.base import Node, require_root
@@ -54,41 +54,55 @@ def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
     endpoints made before _create turned it off (an older version's). A Docker peer the
     engine moved is found through its host end (moved_peer). An end out of reach keeps it
     until the endpoint is made again: a namespace gone, one no process lives in, or an
-    interface there that is not ours (a /proc/PID path whose process is another by now).
-    What was done, for sweep."""
+    interface there that is not ours (its MAC another). What was done, for sweep."""
     told, out, spaces = 0, [], None
     for ep in st.endpoints.values():
-        inner = sandbox_end(node, ep)
+        if ep.phase != "ready":
+            continue
+        (netns, ifname), index, ino = sandbox_end(node, ep), None, None
         try:
-            if ep.phase == "ready" and "peer" in (ep.sandbox or {}) and netlink.link_index(*inner) is None:
-                spaces = netlink.process_namespaces(node.netns) if spaces is None else spaces
-                inner = moved_peer(node, ep, spaces)
-            if ep.phase != "ready" or not any(ethtool.features(*inner, ethtool.TUNNEL_GSO).values()):
-                continue
-            if netlink.link_info(*inner)["mac"] != ep.mac:
-                raise NotFound(f"{inner[1]} there is not its interface")
-            ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
-            told += 1
-        except (NotFound, KernelError) as e:
+            if "peer" in (ep.sandbox or {}) and netlink.link_index(netns, ifname) is None:
+                spaces = vethpeer.process_namespaces(node.netns) if spaces is None else spaces
+                netns, index, ino = moved_peer(node, ep, spaces)
+            told += netlink.call_in_netns(netns, _cut_here, ifname, index, ep.mac, ino)
+        except (NotFound, KernelError, OSError) as e:
             out.append(f"endpoint {ep.name}: its sandbox end still segments tunnelled GSO ({e}); "
                        "made again, it will not")
     st.tunnel_gso_swept = True
-    return ([f"{told} endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now"] if told else []) + out
+    return ([f"{told} endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now"]
+            if told else []) + out
 
 
-def moved_peer(node: Node, ep: LocalEndpoint, spaces: dict[int, str]) -> tuple[str, str]:
-    """(/proc/PID/ns/net, name) of a Docker endpoint's peer after the engine moved it into
-    the container and renamed it: the namespace by the id the host end's link names
-    (spaces: netlink.process_namespaces), the interface by the peer's ifindex there. The
-    state records neither (Join hands Docker the peer's name; the sandbox key is Docker's)."""
-    nsid, index = netlink.veth_peer(node.netns, ep.host_ifname)
+def _cut_here(ifname: str, index: int | None, mac: str, ino: int | None) -> bool:
+    """In the calling thread's namespace (one thread throughout, so a /proc/PID path cannot
+    lead elsewhere halfway): tunnel segmentation off at ifname (or the interface numbered
+    index) if it is on and the interface has the endpoint's MAC. ino: the namespace's
+    inode when a process's path led here, checked first."""
+    if ino is not None and os.stat("/proc/thread-self/ns/net").st_ino != ino:
+        raise NotFound("the process that led to its namespace is gone")
+    try:
+        name = socket.if_indextoname(index) if index else ifname
+    except OSError:
+        raise NotFound(f"no interface {index} in its namespace") from None
+    if not any(ethtool.features(None, name, ethtool.TUNNEL_GSO).values()):
+        return False
+    if netlink.link_info(None, name)["mac"] != mac:
+        raise NotFound(f"{name} there is not its interface")
+    ethtool.set_off(None, name, ethtool.TUNNEL_GSO)
+    return True
+
+
+def moved_peer(node: Node, ep: LocalEndpoint, spaces: dict) -> tuple[str, int, int]:
+    """(/proc/PID/ns/net, the peer's ifindex there, the namespace's inode) of a Docker
+    endpoint's peer after the engine moved it into the container and renamed it: the
+    namespace by the id the host end's link names (spaces: vethpeer.process_namespaces),
+    the interface by its index. The state records neither (Join hands Docker the peer's
+    name; the sandbox key is Docker's)."""
+    nsid, index = vethpeer.veth_peer(node.netns, ep.host_ifname)
     if nsid is None or nsid not in spaces or not index:
         raise NotFound("no process in the namespace its peer was moved to")
-    path = spaces[nsid]
-    try:
-        return path, netlink.call_in_netns(path, socket.if_indextoname, index)
-    except OSError:
-        raise NotFound(f"no interface {index} in {path}") from None
+    path, ino = spaces[nsid]
+    return path, index, ino
 
 
 def add(node: Node, name: str, vni, ip=None, mac=None, sandbox: dict | None = None,

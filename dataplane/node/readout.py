@@ -95,7 +95,6 @@ def programs(node: Node) -> list[dict]:
                      "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9))})
         if name == "gro_sink" and (lost := rxgro.dropped(node.netns)) is not None:
             rows[-1]["dropped"] = lost       # sent through the device, counted as sent by us, lost there
-            rows[-1]["attached"] += f"; {lost} frames dropped on its transmit" if lost else ""
     return rows
 
 

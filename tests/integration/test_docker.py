@@ -108,14 +108,20 @@ def test_an_older_versions_container_is_told_to_cut_tunnelled_gso(engines):
     subprocess.run(["nsenter", f"--net={path}", "ethtool", "-K", "eth0",
                     *[x for f in ethtool.TUNNEL_GSO for x in (f, "on")]], check=True)
     assert ethtool.features(path, "eth0", ethtool.TUNNEL_GSO) != off
-    with state.locked(H1):
-        with open(state._path(H1)) as f:
-            old = json.load(f)
-        old.pop("tunnel_gso_swept", None)          # as an older version wrote it
-        state.write_json(state._path(H1), old)
-    done = sweep.sweep(Node(H1))
-    assert ethtool.features(path, "eth0", ethtool.TUNNEL_GSO) == off, done
-    assert "1 endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now" in done, done
+    try:
+        with state.locked(H1):
+            with open(state._path(H1)) as f:
+                old = json.load(f)
+            old.pop("tunnel_gso_swept", None)          # as an older version wrote it
+            state.write_json(state._path(H1), old)
+        done = sweep.sweep(Node(H1))
+        assert ethtool.features(path, "eth0", ethtool.TUNNEL_GSO) == off, done
+        assert "1 endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now" in done, done
+        assert Node(H1).state().tunnel_gso_swept
+    finally:
+        ethtool.set_off(path, "eth0", ethtool.TUNNEL_GSO)
+        if not Node(H1).state().tunnel_gso_swept:
+            sweep.sweep(Node(H1))
     out = ping(e1, "a1", engines[1].ip_of("a2"))
     assert "3 packets received" in out, out
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from dataplane.node import rxgro
 from lab import topology as lab
 from lab.traffic import ping
 from tests.conftest import IN_CI
@@ -146,8 +147,8 @@ def test_what_agent_status_counts_prometheus_sees(info):
     assert value(body, "dataplane_registry_lease_live") == 1
     assert value(body, "dataplane_fastpath_attached", program="from_overlay") == 1
     assert value(body, "dataplane_receive_gro") == 1
-    from dataplane.node import rxgro
-    assert value(body, "dataplane_tunnel_device_dropped_total") == rxgro.dropped("dpl-h1") is not None
+    lost = rxgro.dropped("dpl-h1")
+    assert lost is not None and value(body, "dataplane_tunnel_device_dropped_total") == lost
     assert value(body, "dataplane_build_info", version=__import__("dataplane").__version__) == 1
     for source in ("stats", "maps", "uplink", "agent"):
         assert value(body, "dataplane_scrape_success", source=source) == 1, source

@@ -9,6 +9,8 @@ and underlay bridge so no mode's traffic crosses another's programs:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from lab import nic, topology as lab
 from dataplane.kernel import gso as linkgso, netlink
 
@@ -92,3 +94,37 @@ def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX, nic_like: bool = False)
         sh("ip", "-n", ns, "link", "set", "kv0", "master", "brk")
         out["vxlan"].append({"name": sb, "ip": f"10.250.0.{h}"})
     return out
+
+
+ALLOWED = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+
+
+@contextmanager
+def congestion_control(pairs: dict[str, list[dict]], cc: str | None):
+    """Every sandbox's default TCP congestion control is cc for the block (None: the kernel's,
+    which new namespaces take). Not iperf3's -C: a socket switched from BBR after BBR's init
+    keeps the kernel's internal pacing BBR turned on, which cubic never turns off, so `-C
+    cubic` measured neither BBR nor a cubic host (docs/BENCHMARKS.md, "--cc"). A namespace
+    other than the first may only default to an algorithm the host allows for everyone, so
+    cc is added to tcp_allowed_congestion_control for the block."""
+    if cc is None:
+        yield
+        return
+    with open(ALLOWED) as f:
+        allowed = f.read().split()
+    names = [s["name"] for sbs in pairs.values() for s in sbs]
+    try:
+        if cc not in allowed:
+            with open(ALLOWED, "w") as f:
+                f.write(" ".join(allowed + [cc]))
+        for ns in names:
+            netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", cc)
+        yield
+    finally:
+        with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+            host = f.read().strip()
+        for ns in names:
+            if netlink.ns_exists(ns):
+                netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", host)
+        with open(ALLOWED, "w") as f:
+            f.write(" ".join(allowed))

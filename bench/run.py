@@ -59,9 +59,10 @@ def _aff(affinity: str | None) -> list[str]:
     return ["-A", affinity] if affinity else []
 
 
-def tcp(a: dict, b: dict, seconds: int, streams: int = 1, cc: str | None = None, affinity: str | None = None) -> float:
-    """Gbit/s of `streams` flows from a to b, one iperf3 process each."""
-    args = ["-t", str(seconds), *(["-C", cc] if cc else []), *_aff(affinity)]
+def tcp(a: dict, b: dict, seconds: int, streams: int = 1, affinity: str | None = None) -> float:
+    """Gbit/s of `streams` flows from a to b, one iperf3 process each, with the sandboxes' default
+    congestion control (baselines.congestion_control; not iperf3's -C, which measured neither)."""
+    args = ["-t", str(seconds), *_aff(affinity)]
     runs = iperf_processes(b["name"], a["name"], b["ip"], streams, args)
     return sum(r["end"]["sum_received"]["bits_per_second"] for r in runs) / 1e9
 
@@ -165,8 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--tcp-repeats", type=int, default=3,
                    help="single-stream TCP runs per mode and round, the modes taking turns run by run: "
                         "the noisiest figure gets the most samples")
-    p.add_argument("--cc", help="TCP congestion control for iperf3 (default: the kernel's; the ratios "
-                   "depend on it: BBR paces, cubic does not)")
+    p.add_argument("--cc", help="every sandbox's default TCP congestion control (default: the kernel's; the "
+                   "ratios depend on it: BBR paces, cubic does not)")
     p.add_argument("--paced-gbps", type=float, default=4.0,
                    help="TCP rate for the CPU-per-Gbit row, one every mode sustains (default: %(default)s)")
     p.add_argument("--paced-repeats", type=int, default=3,
@@ -194,32 +195,42 @@ def main(argv=None) -> int:
         pairs = baselines.up(args.gso_max_size, args.nic_like, args.xdp_guard)
         for mode, (a, b) in pairs.items():
             assert ping(a["name"], b["ip"], count=2)[0] == 2, f"{mode}: no connectivity"
-        for r in range(args.rounds):
-            order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
-            single = turns(order, args.tcp_repeats,
-                           lambda m: tcp(*pairs[m], args.seconds, cc=args.cc, affinity=args.affinity))
-            got: dict[str, dict[str, float]] = {}
-            for mode in order:
-                a, b = pairs[mode]
-                g = got[mode] = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, cc=args.cc, affinity=args.affinity)}
-                g["pps64"], g["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
-                g["lat_p50_us"], g["lat_p99_us"] = latency_us(a, b)
-            paced = turns(order, args.paced_repeats,
-                          lambda m: cpu_per_gbit(*pairs[m], args.seconds, args.paced_gbps, args.affinity))
-            for mode in order:
-                g = got[mode]
-                samples[mode]["tcp_gbps"].extend(single[mode])
-                samples[mode]["cpu_ms_per_gbit"].extend(paced[mode])
-                for k, v in g.items():
-                    samples[mode][k].append(v)
-                print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {'/'.join(f'{x:.2f}' for x in single[mode])} "
-                      f"(1 stream) {g['tcp4_gbps']:5.2f} (4) Gbit/s  64B {g['pps64'] / 1e3:6.0f} kpps "
-                      f"{g['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {g['lat_p50_us']:.1f}/{g['lat_p99_us']:.1f} us  "
-                      f"{'/'.join(f'{x:.1f}' for x in paced[mode])} CPU-ms/Gbit at {args.paced_gbps:g} Gbit/s",
-                      file=sys.stderr, flush=True)
+        with baselines.congestion_control(pairs, args.cc):
+            rounds(args, pairs, samples)
     finally:
         lab.down()
+    report(args, samples)
+    return 0
 
+
+def rounds(args, pairs: dict, samples: dict) -> None:
+    """Every workload of every mode, args.rounds times, the modes taking turns."""
+    for r in range(args.rounds):
+        order = baselines.MODES if r % 2 == 0 else tuple(reversed(baselines.MODES))
+        single = turns(order, args.tcp_repeats,
+                       lambda m: tcp(*pairs[m], args.seconds, affinity=args.affinity))
+        got: dict[str, dict[str, float]] = {}
+        for mode in order:
+            a, b = pairs[mode]
+            g = got[mode] = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, affinity=args.affinity)}
+            g["pps64"], g["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
+            g["lat_p50_us"], g["lat_p99_us"] = latency_us(a, b)
+        paced = turns(order, args.paced_repeats,
+                      lambda m: cpu_per_gbit(*pairs[m], args.seconds, args.paced_gbps, args.affinity))
+        for mode in order:
+            g = got[mode]
+            samples[mode]["tcp_gbps"].extend(single[mode])
+            samples[mode]["cpu_ms_per_gbit"].extend(paced[mode])
+            for k, v in g.items():
+                samples[mode][k].append(v)
+            print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {'/'.join(f'{x:.2f}' for x in single[mode])} "
+                  f"(1 stream) {g['tcp4_gbps']:5.2f} (4) Gbit/s  64B {g['pps64'] / 1e3:6.0f} kpps "
+                  f"{g['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {g['lat_p50_us']:.1f}/{g['lat_p99_us']:.1f} us  "
+                  f"{'/'.join(f'{x:.1f}' for x in paced[mode])} CPU-ms/Gbit at {args.paced_gbps:g} Gbit/s",
+                  file=sys.stderr, flush=True)
+
+
+def report(args, samples: dict) -> None:
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in samples.items()}
     ours = med["dataplane"]
     ratios = {f"vs_{m}": {k: ours[k] / med[m][k] for k in ours} for m in ("vxlan", "routing")}
@@ -228,7 +239,6 @@ def main(argv=None) -> int:
               "ratio_ci95": ci}
     save(result, table(result), args.out)
     chart(result, args.out)
-    return 0
 
 
 def ratio_ci(ours: list[float], theirs: list[float], n: int = 4000, seed: int = 1) -> tuple[float, float]:

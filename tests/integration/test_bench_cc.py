@@ -1,0 +1,46 @@
+"""bench.run --cc: every sandbox's default congestion control for the run, in two namespaces
+this test creates, and the host's settings as they were afterwards. iperf3's -C, used
+before, switched sockets from BBR after BBR's init had turned on the kernel's internal
+pacing, which cubic never turns off (docs/BENCHMARKS.md, "--cc")."""
+
+import pytest
+
+from bench import baselines
+from dataplane.kernel import netlink
+from tests.conftest import require_privileges
+
+NS = ("dpl-cc-a", "dpl-cc-b")
+
+
+@pytest.fixture
+def sandboxes():
+    require_privileges()
+    for ns in NS:
+        netlink.ns_create(ns)
+    try:
+        yield {"mode": [{"name": ns} for ns in NS]}
+    finally:
+        for ns in NS:
+            netlink.ns_delete(ns)
+
+
+def cc(ns: str) -> str:
+    return netlink.sysctl_get(ns, "net.ipv4.tcp_congestion_control")
+
+
+def test_every_sandbox_defaults_to_the_algorithm_for_the_block_and_the_host_is_restored(sandboxes):
+    with open(baselines.ALLOWED) as f:
+        allowed = f.read().strip()
+    host = cc(None)
+    other = "cubic" if host != "cubic" else "reno"     # cubic: not in the allowed list here
+    with baselines.congestion_control(sandboxes, other):
+        assert [cc(ns) for ns in NS] == [other, other]
+    assert [cc(ns) for ns in NS] == [host, host]
+    with open(baselines.ALLOWED) as f:
+        assert f.read().strip() == allowed
+    with pytest.raises(RuntimeError):
+        with baselines.congestion_control(sandboxes, other):
+            raise RuntimeError("a failed run")
+    assert [cc(ns) for ns in NS] == [host, host]
+    with open(baselines.ALLOWED) as f:
+        assert f.read().strip() == allowed

@@ -113,18 +113,21 @@ def congestion_control(pairs: dict[str, list[dict]], cc: str | None):
     with open(ALLOWED) as f:
         allowed = f.read().split()
     names = [s["name"] for sbs in pairs.values() for s in sbs]
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        host = f.read().strip()
     try:
+        try:
+            if cc not in allowed:
+                with open(ALLOWED, "w") as f:
+                    f.write(" ".join(allowed + [cc]))
+            for ns in names:
+                netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", cc)
+            yield
+        finally:
+            for ns in names:
+                if netlink.ns_exists(ns):
+                    netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", host)
+    finally:                            # the host's list first of all: it outlives the lab
         if cc not in allowed:
             with open(ALLOWED, "w") as f:
-                f.write(" ".join(allowed + [cc]))
-        for ns in names:
-            netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", cc)
-        yield
-    finally:
-        with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
-            host = f.read().strip()
-        for ns in names:
-            if netlink.ns_exists(ns):
-                netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", host)
-        with open(ALLOWED, "w") as f:
-            f.write(" ".join(allowed))
+                f.write(" ".join(allowed))

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -189,6 +190,8 @@ def main(argv=None) -> int:
     if min(args.rounds, args.seconds, args.tcp_repeats, args.paced_repeats) < 1:
         p.error("--rounds, --seconds, --tcp-repeats and --paced-repeats must be at least 1")
 
+    # SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C: the host's congestion control list is restored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     lab.down()
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
     try:
@@ -236,7 +239,7 @@ def report(args, samples: dict) -> None:
     ratios = {f"vs_{m}": {k: ours[k] / med[m][k] for k in ours} for m in ("vxlan", "routing")}
     ci = {f"vs_{m}": {k: ratio_ci(samples["dataplane"][k], samples[m][k]) for k in ours} for m in ("vxlan", "routing")}
     result = {"machine": machine(), "args": vars(args), "samples": samples, "median": med, "ratios": ratios,
-              "ratio_ci95": ci}
+              "ratio_ci95": ci, "cc_how": "every sandbox's default" if args.cc else None}
     save(result, table(result), args.out)
     chart(result, args.out)
 
@@ -330,7 +333,8 @@ def table(res: dict) -> str:
            f"ratios with their 95% bootstrap interval; 2 hosts as namespaces on veth + bridge underlays"
            + (" that behave as NICs (at most an MTU per frame on the wire, GRO at each uplink: --nic-like); "
               if res["args"].get("nic_like") else "; ") +
-           f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}; "
+           f"TCP congestion control {res['args'].get('cc') or m.get('tcp_cc_default', '?')}"
+           f"{' (iperf3 -C)' if res['args'].get('cc') and not res.get('cc_how') else ''}; "
            f"{_gso_note(res['args'].get('gso_max_size', linkgso.LEGACY_MAX))}"
            + (f"; iperf3 client and server on CPUs {res['args']['affinity']} in every mode (-A)"
               if res["args"].get("affinity") else "") + ".", "",

@@ -26,7 +26,7 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 	struct dp_config *cfg = config_get();
 	__u32 from = skb->cb[DP_CB_FROM];
 	__u32 sent = skb->cb[DP_CB_SENT];
-	__u32 len;
+	__u32 len, hash;
 	int ret;
 
 	if (!cfg)
@@ -44,11 +44,12 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 	if (!skb->gso_size && len > net->mtu + ETH_HLEN)
 		return -DP_DROP_TOO_BIG;
 	/* Destination and MACs are rewritten per copy by flood_remote. */
-	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 0);
+	hash = skb_flow_hash(skb, skb->cb[DP_CB_IS_IP]);
+	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 0, hash);
 	if (ret == DP_MARKED) {      /* a tunnel of its own (encap.h): change_head, which cannot cut GSO */
 		if (skb->gso_size)
 			return -DP_DROP_TUNNEL_GSO;
-		ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 1);
+		ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 1, hash);
 	}
 	if (ret < 0)
 		return ret;

@@ -163,16 +163,17 @@ static __always_inline int vxlan_push(struct __sk_buff *skb, int inner_is_ip, in
 /*
  * Put outer headers in front of the frame: room first, then the 50 bytes,
  * written in place (not built on the stack and copied: 50 bytes of stores
- * and a 50-byte copy less per frame). The source port is hashed from the
- * inner flow before the frame changes. Returns 0, DP_MARKED or -reason.
+ * and a 50-byte copy less per frame). hash: skb_flow_hash of the inner flow,
+ * taken by the caller before the frame changes (once, though a marked frame
+ * may be pushed twice). Returns 0, DP_MARKED or -reason.
  */
 static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_config *cfg,
 				      const struct dp_nexthop *nh, __be32 dst, __u32 vni,
-				      __u32 inner_len, int inner_is_ip, int head)
+				      __u32 inner_len, int inner_is_ip, int head, __u32 hash)
 {
 	/* Without a next hop bpf_redirect_neigh fills both MACs; it refuses a multicast placeholder. */
 	__u8 placeholder[6] = { 0x02, 0, 0, 0, 0, 0 };
-	__u16 sport = vxlan_src_port(cfg->src_port_min, cfg->src_port_max, skb_flow_hash(skb, inner_is_ip));
+	__u16 sport = vxlan_src_port(cfg->src_port_min, cfg->src_port_max, hash);
 	void *data, *end;
 	int ret;
 
@@ -203,7 +204,7 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
  */
 static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_config *cfg,
 					const struct dp_nexthop *nh, __be32 vtep, __u32 vni, __u32 slot,
-					__u32 len, int inner_is_ip)
+					__u32 len, int inner_is_ip, __u32 h)
 {
 	int ret;
 
@@ -214,7 +215,6 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
 			.tunnel_ttl = 64,
 			.local_ipv4 = bpf_ntohl(cfg->local_ip),
 		};
-		__u32 h = skb_flow_hash(skb, inner_is_ip);
 
 		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT))
 			return -DP_DROP_HELPER;
@@ -229,7 +229,7 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
 		return -DP_DROP_TUNNEL_GSO;
 	if (!nh)
 		return -DP_DROP_NO_NEXTHOP;
-	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 1);
+	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 1, h);
 	if (ret < 0)
 		return ret;
 	STAT_ADD(slot, tx_packets, tx_bytes, len);
@@ -242,7 +242,7 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 {
 	struct dp_nexthop *nh;
 	__u32 len = skb->len;
-	__u32 vni = ep->vni, slot = ep->slot;
+	__u32 vni = ep->vni, slot = ep->slot, hash;
 	int ret;
 
 	if (!skb->gso_size && len > ep->mtu + ETH_HLEN)
@@ -252,9 +252,10 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 	if (!nh && !inner_is_ip)
 		return -DP_DROP_NO_NEXTHOP;
 
-	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 0);
+	hash = skb_flow_hash(skb, inner_is_ip);
+	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 0, hash);
 	if (ret == DP_MARKED)
-		return encap_marked(skb, cfg, nh, vtep, vni, slot, len, inner_is_ip);
+		return encap_marked(skb, cfg, nh, vtep, vni, slot, len, inner_is_ip, hash);
 	if (ret < 0)
 		return ret;
 	STAT_ADD(slot, tx_packets, tx_bytes, len);

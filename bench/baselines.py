@@ -96,7 +96,8 @@ def setup(hosts: int = 2, gso: int = linkgso.LEGACY_MAX, nic_like: bool = False)
     return out
 
 
-ALLOWED = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+ALLOWED = "net.ipv4.tcp_allowed_congestion_control"      # the host's only (the first namespace)
+CC = "net.ipv4.tcp_congestion_control"
 
 
 @contextmanager
@@ -110,24 +111,20 @@ def congestion_control(pairs: dict[str, list[dict]], cc: str | None):
     if cc is None:
         yield
         return
-    with open(ALLOWED) as f:
-        allowed = f.read().split()
+    allowed = netlink.sysctl_get(None, ALLOWED).split()
     names = [s["name"] for sbs in pairs.values() for s in sbs]
-    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
-        host = f.read().strip()
+    host = netlink.sysctl_get(None, CC)
     try:
         try:
             if cc not in allowed:
-                with open(ALLOWED, "w") as f:
-                    f.write(" ".join(allowed + [cc]))
+                netlink.sysctl(None, ALLOWED, " ".join(allowed + [cc]))
             for ns in names:
-                netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", cc)
+                netlink.sysctl(ns, CC, cc)
             yield
         finally:
             for ns in names:
                 if netlink.ns_exists(ns):
-                    netlink.sysctl(ns, "net.ipv4.tcp_congestion_control", host)
+                    netlink.sysctl(ns, CC, host)
     finally:                            # the host's list first of all: it outlives the lab
         if cc not in allowed:
-            with open(ALLOWED, "w") as f:
-                f.write(" ".join(allowed))
+            netlink.sysctl(None, ALLOWED, " ".join(allowed))

@@ -25,23 +25,20 @@ def sandboxes():
 
 
 def cc(ns: str) -> str:
-    return netlink.sysctl_get(ns, "net.ipv4.tcp_congestion_control")
+    return netlink.sysctl_get(ns, baselines.CC)
 
 
 def test_every_sandbox_defaults_to_the_algorithm_for_the_block_and_the_host_is_restored(sandboxes):
-    with open(baselines.ALLOWED) as f:
-        allowed = f.read().strip()
+    allowed = netlink.sysctl_get(None, baselines.ALLOWED)
     host = cc(None)
     other = "cubic" if host != "cubic" else "reno"
     assert other not in allowed.split(), f"{other} is allowed already: the test would not add it ({allowed})"
     with baselines.congestion_control(sandboxes, other):
         assert [cc(ns) for ns in NS] == [other, other]
     assert [cc(ns) for ns in NS] == [host, host]
-    with open(baselines.ALLOWED) as f:
-        assert f.read().strip() == allowed
+    assert netlink.sysctl_get(None, baselines.ALLOWED) == allowed
     with pytest.raises(RuntimeError):
         with baselines.congestion_control(sandboxes, other):
             raise RuntimeError("a failed run")
     assert [cc(ns) for ns in NS] == [host, host]
-    with open(baselines.ALLOWED) as f:
-        assert f.read().strip() == allowed
+    assert netlink.sysctl_get(None, baselines.ALLOWED) == allowed

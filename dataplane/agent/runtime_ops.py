@@ -127,7 +127,7 @@ class RuntimeOps:
     def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=(),
                         reserved=False) -> dict:
         """Register and create an endpoint whose container side is in sandbox
-        (see model.Endpoint.sandbox). Nothing is left behind if any step fails.
+        (state.LocalEndpoint.sandbox, as model.parse_sandbox accepts it). Nothing is left behind if any step fails.
         reserved: ip may be this host's reservation (address_reserve), taken over."""
         model.parse_name(id, "endpoint id")
         model.parse_sandbox(sandbox)           # refused before anything is registered

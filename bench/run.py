@@ -7,7 +7,10 @@ Figures per mode: single-stream TCP (iperf3; --tcp-repeats runs per round,
 the modes taking turns run by run), 4-stream TCP, 64-byte packet rate
 with the C generator (csrc/gen.c: AF_PACKET sendmmsg in one sandbox, a
 counter in the other), whole-machine CPU time per packet during that run,
-latency p50/p99 (sockperf ping-pong, round trip), and whole-machine CPU time
+latency p50/p99 (sockperf ping-pong, round trip; once where the scheduler puts
+the two ends and once with both on CPU 0: on this guest a wake-up on the other
+CPU is most of a round trip and lands in one of two modes, so the first row
+reads the hypervisor as much as the path), and whole-machine CPU time
 per Gbit with TCP paced at --paced-gbps (a load every mode sustains; --paced-repeats
 runs per round, the modes taking turns: one run swings by 10-15% here). CPU
 time is wall time x CPUs less the idle time of /proc/uptime, which the kernel
@@ -130,13 +133,15 @@ def pps64(a: dict, b: dict, seconds: float) -> tuple[float, float]:
     return got["packets"] / sent["seconds"], busy_ns / max(1, got["packets"])
 
 
-def latency_us(a: dict, b: dict, seconds: int = 3) -> tuple[float, float]:
-    """Round-trip p50 and p99 of 64-byte UDP ping-pong (sockperf --full-rtt)."""
-    srv = subprocess.Popen(["ip", "netns", "exec", b["name"], "sockperf", "sr", "-i", b["ip"], "-p", "11111"],
+def latency_us(a: dict, b: dict, seconds: int = 3, cpu: int | None = None) -> tuple[float, float]:
+    """Round-trip p50 and p99 of 64-byte UDP ping-pong (sockperf --full-rtt); cpu: both ends
+    on that CPU (taskset), else where the scheduler puts them."""
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    srv = subprocess.Popen(["ip", "netns", "exec", b["name"], *pin, "sockperf", "sr", "-i", b["ip"], "-p", "11111"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        out = _in(a["name"], ["sockperf", "pp", "-i", b["ip"], "-p", "11111", "-t", str(seconds), "-m", "64",
+        out = _in(a["name"], [*pin, "sockperf", "pp", "-i", b["ip"], "-p", "11111", "-t", str(seconds), "-m", "64",
                               "--full-rtt"]).stdout
     finally:
         srv.terminate()
@@ -218,6 +223,7 @@ def rounds(args, pairs: dict, samples: dict) -> None:
             g = got[mode] = {"tcp4_gbps": tcp(a, b, args.seconds, streams=4, affinity=args.affinity)}
             g["pps64"], g["cpu_ns_per_pkt"] = pps64(a, b, max(2, args.seconds // 2))
             g["lat_p50_us"], g["lat_p99_us"] = latency_us(a, b)
+            g["lat1_p50_us"], g["lat1_p99_us"] = latency_us(a, b, cpu=0)
         paced = turns(order, args.paced_repeats,
                       lambda m: cpu_per_gbit(*pairs[m], args.seconds, args.paced_gbps, args.affinity))
         for mode in order:
@@ -228,7 +234,8 @@ def rounds(args, pairs: dict, samples: dict) -> None:
                 samples[mode][k].append(v)
             print(f"round {r + 1}/{args.rounds} {mode:9s} TCP {'/'.join(f'{x:.2f}' for x in single[mode])} "
                   f"(1 stream) {g['tcp4_gbps']:5.2f} (4) Gbit/s  64B {g['pps64'] / 1e3:6.0f} kpps "
-                  f"{g['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {g['lat_p50_us']:.1f}/{g['lat_p99_us']:.1f} us  "
+                  f"{g['cpu_ns_per_pkt']:5.0f} ns/pkt  RTT p50/p99 {g['lat_p50_us']:.1f}/{g['lat_p99_us']:.1f} us "
+                  f"(one CPU {g['lat1_p50_us']:.1f}/{g['lat1_p99_us']:.1f})  "
                   f"{'/'.join(f'{x:.1f}' for x in paced[mode])} CPU-ms/Gbit at {args.paced_gbps:g} Gbit/s",
                   file=sys.stderr, flush=True)
 
@@ -287,6 +294,8 @@ METRICS = [  # key, label, format, scale for the table
      "{:.1f}", 1),
     ("lat_p50_us", "UDP round trip p50, us (lower is better)", "{:.1f}", 1),
     ("lat_p99_us", "UDP round trip p99, us (lower is better)", "{:.1f}", 1),
+    ("lat1_p50_us", "UDP round trip p50 with both ends on one CPU, us (lower is better)", "{:.1f}", 1),
+    ("lat1_p99_us", "UDP round trip p99 with both ends on one CPU, us (lower is better)", "{:.1f}", 1),
 ]
 
 
@@ -341,6 +350,8 @@ def table(res: dict) -> str:
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
     for k, name, fmt, scale in METRICS:
+        if k not in med["dataplane"]:
+            continue                 # a result file from before the row
         vals = [fmt.format(med[x][k] * scale) for x in ("routing", "vxlan", "dataplane")]
         cells = []
         for vs in ("vs_vxlan", "vs_routing"):

@@ -42,6 +42,14 @@ def test_iperf_processes_are_one_flow_each_and_all_are_counted(info):
     assert all(r["end"]["sum_received"]["bytes"] > 0 for r in runs)
 
 
+def test_bench_round_trip_with_both_ends_on_one_cpu(info):
+    """bench.run's one-CPU round-trip row: sockperf under taskset in both sandboxes answers."""
+    from bench.run import latency_us
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    p50, p99 = latency_us(a, b, seconds=1, cpu=0)
+    assert 0 < p50 <= p99 < 100_000
+
+
 def test_a_sandbox_whose_mtu_is_too_big_learns_the_path_mtu(info):
     """Issue 16, item 3: a sandbox (both veth ends) set to 1500 on a 1450 network. Its DF
     frames over 1450 get ICMP "fragmentation needed" (mtu 1450) from the fast path instead

@@ -48,6 +48,16 @@ def test_table_shows_each_ratio_with_its_interval():
     assert line.endswith("| 2.00x (2.00-2.00) | 1.00x (1.00-1.00) |")
 
 
+def test_a_result_from_before_a_row_renders_without_it():
+    old = [k for k, *_ in run.METRICS if not k.startswith("lat1_")]
+    med = {m: {k: 1.0 for k in old} for m in ("routing", "vxlan", "dataplane")}
+    res = {"machine": {"kernel": "k", "cpus": 2, "cpu_model": "c", "mem_gib": 1, "date": "d"},
+           "args": {"rounds": 1, "gso_max_size": 65536}, "median": med,
+           "ratios": {f"vs_{m}": {k: 1.0 for k in old} for m in ("vxlan", "routing")}}
+    text = run.table(res)
+    assert "one CPU" not in text and text.count("\n| ") == len(old) + 1
+
+
 def test_bad_counts_are_refused():
     with pytest.raises(SystemExit):
         run.main(["--tcp-repeats", "0"])

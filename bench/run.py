@@ -309,14 +309,15 @@ def chart(res: dict, name: str) -> None:
         print("bench: matplotlib missing (pip install -e .[bench]); no chart", file=sys.stderr)
         return
     med = res["median"]
-    keys = [k for k, *_ in METRICS]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    rows = [(k, lbl.split(",")[0].replace(" with both ends", ",")) for k, lbl, *_ in METRICS if k in med["dataplane"]]
+    keys = [k for k, _ in rows]
+    fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.27
     for i, mode in enumerate(("routing", "vxlan", "dataplane")):
         vals = [med[mode][k] / med["vxlan"][k] for k in keys]
         ax.bar([x + (i - 1) * width for x in range(len(keys))], vals, width, label=mode)
     ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_xticks(range(len(keys)), [lbl.split(",")[0] for _, lbl, *_ in METRICS], rotation=15, fontsize=8)
+    ax.set_xticks(range(len(keys)), [lbl for _, lbl in rows], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("relative to kernel vxlan + bridge")
     m = res["machine"]
     ax.set_title(f"dataplane vs kernel vxlan vs routing: kernel {m['kernel']}, {m['cpus']} CPUs, {m['date']}",

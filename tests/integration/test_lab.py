@@ -43,10 +43,28 @@ def test_iperf_processes_are_one_flow_each_and_all_are_counted(info):
 
 
 def test_bench_round_trip_with_both_ends_on_one_cpu(info):
-    """bench.run's one-CPU round-trip row: sockperf under taskset in both sandboxes answers."""
+    """bench.run's one-CPU round-trip row: both sockperf ends run on CPU 0 while it measures,
+    and it answers."""
     from bench.run import latency_us
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
-    p50, p99 = latency_us(a, b, seconds=1, cpu=0)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("rtt", latency_us(a, b, seconds=2, cpu=0)))
+    t.start()
+    seen = {}
+    try:
+        deadline = time.monotonic() + 2.0
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for pid in subprocess.run(["pgrep", "-x", "sockperf"], capture_output=True, text=True).stdout.split():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        seen[pid] = next(ln.split()[1] for ln in f if ln.startswith("Cpus_allowed_list"))
+                except (FileNotFoundError, StopIteration):
+                    pass
+    finally:
+        t.join()
+    assert len(seen) == 2 and set(seen.values()) == {"0"}, seen
+    p50, p99 = got["rtt"]
     assert 0 < p50 <= p99 < 100_000
 
 

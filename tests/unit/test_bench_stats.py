@@ -46,6 +46,7 @@ def test_table_shows_each_ratio_with_its_interval():
                           for m in ("vxlan", "routing")}}
     line = next(l for l in run.table(res).splitlines() if l.startswith("| single-stream"))
     assert line.endswith("| 2.00x (2.00-2.00) | 1.00x (1.00-1.00) |")
+    assert "| UDP round trip p50 with both ends on one CPU, us (lower is better) | 2.0 | 1.0 | 2.0 |" in run.table(res)
 
 
 def test_a_result_from_before_a_row_renders_without_it():

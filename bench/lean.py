@@ -1,6 +1,7 @@
 """bench/lean: our programs beside the least a VXLAN program pair can do, in the same traffic.
 
     .venv/bin/python -m bench.lean [--rounds 6] [--seconds 3] [--flows 64] [--no-bpf-stats]
+    .venv/bin/python -m bench.lean --tcp [--rounds 6] [--seconds 4]
 
 bench.pps's set-up (two lab hosts, no registry, the receiving sandbox's eth0
 dropping every IPv4 frame at tc ingress, the C generator sending 64-byte
@@ -18,7 +19,14 @@ Per mode: frames/s at the sink, whole-machine busy CPU ns per frame, and for
 the two dataplane modes the kernel's BPF statistics per program (on for the
 run unless --no-bpf-stats: they add two clock reads to every program run,
 which routing does not pay). Writes bench/results/lean.{json,md} (--out
-NAME: NAME.*)."""
+NAME: NAME.*).
+
+--tcp runs TCP instead, in the data direction only (the ACKs still pass our
+programs): per mode and round two single-stream runs and two runs paced at
+--paced-gbps (whole-machine CPU per Gbit, as bench.run), BPF statistics off.
+It asks whether the network's work in our programs holds a single stream back:
+if it did, the lean pair would be faster (docs/BENCHMARKS.md, "The lean pair
+in TCP")."""
 
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ import sys
 
 from bench.pps import Sink, alternate, lab_pairs
 from bench.profile import bpf_stats
-from bench.run import headline, ratio_ci, save_samples
+from bench.run import cpu_per_gbit, headline, ratio_ci, save_samples, tcp
 from dataplane.core import cwire, model
 from dataplane.core.keys import be32
 from dataplane.kernel import loader, tcx
@@ -122,21 +130,52 @@ def setup(lean: Lean, a: dict, b: dict) -> Hooks:
     return Hooks(lean, port, st2.uplink.ifindex)
 
 
+def tcp_rounds(args, pairs: dict, around, samples: dict) -> None:
+    """--tcp: args.rounds rounds, the order reversed every other round; per mode and round two
+    single-stream runs and two paced runs, each inside around(mode)."""
+    secs = max(1, round(args.seconds))
+    for r in range(args.rounds):
+        line = []
+        for mode in (MODES if r % 2 == 0 else tuple(reversed(MODES))):
+            a, b = pairs[mode]
+            got = samples[mode]
+            with around(mode):
+                for _ in range(2):
+                    got.setdefault("tcp_gbps", []).append(tcp(a, b, secs))
+                    got.setdefault("cpu_ms_per_gbit", []).append(cpu_per_gbit(a, b, secs, args.paced_gbps))
+            line.append(f"{mode} {'/'.join(f'{x:.2f}' for x in got['tcp_gbps'][-2:])} Gbit/s "
+                        f"{'/'.join(f'{x:.1f}' for x in got['cpu_ms_per_gbit'][-2:])} CPU-ms/Gbit")
+        log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+
+
+ROWS = [  # key, label, scale, format
+    ("pps", "frames reaching the sink, kpps", 1e-3, ".0f"),
+    ("cpu_ns", "busy CPU per frame, ns (whole machine)", 1, ".0f"),
+    ("from_endpoint_ns", "from_endpoint, ns per run (BPF statistics)", 1, ".0f"),
+    ("from_overlay_ns", "from_overlay, ns per run", 1, ".0f"), ("bpf_ns", "both programs, ns per frame", 1, ".0f"),
+    ("tcp_gbps", "single-stream TCP, Gbit/s", 1, ".2f"),
+    ("cpu_ms_per_gbit", "CPU per Gbit, TCP paced, ms (whole machine; lower is better)", 1, ".1f")]
+
+
 def table(res: dict) -> str:
     m, a, med = res["machine"], res["args"], res["median"]
-    out = [f"{headline(m)}. Command: `.venv/bin/python -m "
-           f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}"
-           f"{' --no-bpf-stats' if a.get('no_bpf_stats') else ''}`. Medians of "
-           f"{a['rounds']} alternating rounds, ratios with their 95% bootstrap interval. 64-byte frames from the C "
-           "generator, dropped at the receiving sandbox's tc ingress (as bench.pps). lean = dataplane with "
-           "bench/lean_vxlan.c's two programs in place of ours.", "",
+    if a.get("tcp"):
+        cmd = f"bench.lean --tcp --rounds {a['rounds']} --seconds {a['seconds']:g} --paced-gbps {a['paced_gbps']:g}"
+        what = (f"Single-stream TCP and TCP paced at {a['paced_gbps']:g} Gbit/s, two runs of each per mode and "
+                "round, from one sandbox to the other; the lean pair carries the data direction, the ACKs pass "
+                "our programs.")
+    else:
+        cmd = (f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}"
+               f"{' --no-bpf-stats' if a.get('no_bpf_stats') else ''}")
+        what = ("64-byte frames from the C generator, dropped at the receiving sandbox's tc ingress (as "
+                "bench.pps).")
+    out = [f"{headline(m)}. Command: `.venv/bin/python -m {cmd}`. Medians of "
+           f"{a['rounds']} alternating rounds, ratios with their 95% bootstrap interval. {what} lean = dataplane "
+           "with bench/lean_vxlan.c's two programs in place of ours.", "",
            "| metric | routing | dataplane | lean | dataplane / lean | dataplane / routing | lean / routing |",
            "|---|---|---|---|---|---|---|"]
-    rows = [("pps", "frames reaching the sink, kpps", 1e-3), ("cpu_ns", "busy CPU per frame, ns (whole machine)", 1),
-            ("from_endpoint_ns", "from_endpoint, ns per run (BPF statistics)", 1),
-            ("from_overlay_ns", "from_overlay, ns per run", 1), ("bpf_ns", "both programs, ns per frame", 1)]
-    for k, label, scale in rows:
-        vals = [f"{med[x][k] * scale:.0f}" if k in med[x] else "-" for x in MODES]
+    for k, label, scale, fmt in [r for r in ROWS if any(r[0] in med[x] for x in MODES)]:
+        vals = [f"{med[x][k] * scale:{fmt}}" if k in med[x] else "-" for x in MODES]
         cells = []
         for x, y in (("dataplane", "lean"), ("dataplane", "routing"), ("lean", "routing")):
             if k in med[x] and k in med[y]:
@@ -156,15 +195,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-bpf-stats", action="store_true",
                    help="leave the kernel's BPF statistics off: their clock reads cost every program run "
                         "something routing does not pay; the programs' ns per run go unmeasured")
-    p.add_argument("--out", default="lean")
+    p.add_argument("--tcp", action="store_true",
+                   help="single-stream and paced TCP instead of 64-byte frames (BPF statistics off)")
+    p.add_argument("--paced-gbps", type=float, default=4.0, help="--tcp: the paced runs' rate (default: %(default)s)")
+    p.add_argument("--out", default=None, help="results name (default: lean, or lean-tcp with --tcp)")
     args = p.parse_args(argv)
+    args.out = args.out or ("lean-tcp" if args.tcp else "lean")
     if args.rounds < 2 or args.seconds <= 0 or not 1 <= args.flows <= 65535:
         p.error("--rounds >= 2, --seconds > 0, --flows 1..65535")
     samples = {m: {} for m in MODES}
     lab.down()
     with contextlib.ExitStack() as stack:      # undone in reverse, each step even if one fails
         stack.callback(lab.down)
-        if not args.no_bpf_stats:
+        if not (args.no_bpf_stats or args.tcp):
             stack.enter_context(bpf_stats())
         pairs, macs = lab_pairs()
         del pairs["vxlan"]
@@ -176,11 +219,14 @@ def main(argv=None) -> int:
         a, b = pairs["lean"]
         assert ping(a["name"], b["ip"], count=2)[0] == 2, "lean: no connectivity"
         hooks.use("dataplane")
-        sink = Sink()
-        stack.callback(sink.close)
-        for mode in ("routing", "dataplane"):
-            sink.attach(pairs[mode][1]["name"], "eth0")
-        alternate(args, MODES, pairs, macs, sink, samples, hooks.around, ("dataplane", "lean"), log)
+        if args.tcp:
+            tcp_rounds(args, pairs, hooks.around, samples)
+        else:
+            sink = Sink()
+            stack.callback(sink.close)
+            for mode in ("routing", "dataplane"):
+                sink.attach(pairs[mode][1]["name"], "eth0")
+            alternate(args, MODES, pairs, macs, sink, samples, hooks.around, ("dataplane", "lean"), log)
     save_samples(samples, args, table, args.out)
     return 0
 

@@ -38,3 +38,18 @@ def test_against_table_gives_each_run_and_the_ratio_of_medians():
     assert "| busy CPU per frame, routing, ns | 4000, 4000 | 4000, 4000 | 1.00x |" in md
     res["old"][0]["median"]["dataplane"]["from_overlay_ns"] = None      # a run where it did not run
     assert "from_overlay" not in against.table(res)
+
+
+def test_lean_table_in_tcp_mode_gives_the_tcp_rows_and_its_command():
+    samples = {"routing": {"tcp_gbps": [10.0, 10.0], "cpu_ms_per_gbit": [100.0, 100.0]},
+               "dataplane": {"tcp_gbps": [10.0, 10.0], "cpu_ms_per_gbit": [110.0, 110.0]},
+               "lean": {"tcp_gbps": [11.0, 11.0], "cpu_ms_per_gbit": [100.0, 100.0]}}
+    res = {"machine": {"kernel": "k", "cpus": 2, "cpu_model": "m", "date": "d"},
+           "args": {"tcp": True, "rounds": 2, "seconds": 4.0, "paced_gbps": 4.0, "flows": 64},
+           "samples": samples, "median": {m: {k: v[0] for k, v in d.items()} for m, d in samples.items()}}
+    md = lean.table(res)
+    assert "`.venv/bin/python -m bench.lean --tcp --rounds 2 --seconds 4 --paced-gbps 4`" in md
+    row = ("| single-stream TCP, Gbit/s | 10.00 | 10.00 | 11.00 | 0.91x (0.91-0.91) | 1.00x (1.00-1.00) "
+           "| 1.10x (1.10-1.10) |")
+    assert row in md
+    assert "kpps" not in md and "BPF statistics" not in md

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.run import headline, machine, save
+from bench.run import headline, machine, save, unwind_on_sigterm
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = (("bpf_ns", "dataplane", "our programs, ns per frame"),
@@ -102,8 +102,7 @@ def main(argv=None) -> int:
               if f.startswith("_cwire") and f.endswith(".so")]
     if not helper:
         p.error("the C helper is not built here: run scripts/bootstrap.sh first")
-    # SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C, so the worktree and the lab go too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()      # the worktree and the lab go too
     # Changed files outside bench/results (which the runs themselves rewrite) make the checkout dirty.
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     res = {"machine": machine(), "args": vars(args),

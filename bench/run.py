@@ -58,6 +58,12 @@ def headline(m: dict) -> str:
     return f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}"
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C, so every finally block runs: the lab
+    goes, and what a bench changed on the host is put back."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def _aff(affinity: str | None) -> list[str]:
     """iperf3's -A client,server: both ends on CPUs of the caller's choosing."""
     return ["-A", affinity] if affinity else []
@@ -195,8 +201,7 @@ def main(argv=None) -> int:
     if min(args.rounds, args.seconds, args.tcp_repeats, args.paced_repeats) < 1:
         p.error("--rounds, --seconds, --tcp-repeats and --paced-repeats must be at least 1")
 
-    # SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C: the host's congestion control list is restored.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()      # the host's congestion control list is restored
     lab.down()
     samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k, *_ in METRICS} for m in baselines.MODES}
     try:
@@ -299,6 +304,11 @@ METRICS = [  # key, label, format, scale for the table
 ]
 
 
+def present(med: dict) -> list[tuple]:
+    """The METRICS rows a result has (a result file from before a row lacks it)."""
+    return [row for row in METRICS if row[0] in med["dataplane"]]
+
+
 def chart(res: dict, name: str) -> None:
     """One bar group per metric, normalised to the kernel vxlan device."""
     try:
@@ -309,7 +319,7 @@ def chart(res: dict, name: str) -> None:
         print("bench: matplotlib missing (pip install -e .[bench]); no chart", file=sys.stderr)
         return
     med = res["median"]
-    rows = [(k, lbl.split(",")[0].replace(" with both ends", ",")) for k, lbl, *_ in METRICS if k in med["dataplane"]]
+    rows = [(k, lbl.split(",")[0].replace(" with both ends", ",")) for k, lbl, *_ in present(med)]
     keys = [k for k, _ in rows]
     fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.27
@@ -350,9 +360,7 @@ def table(res: dict) -> str:
               if res["args"].get("affinity") else "") + ".", "",
            "| metric | routing (no overlay) | kernel vxlan + bridge | dataplane | dataplane / vxlan | dataplane / routing |",
            "|---|---|---|---|---|---|"]
-    for k, name, fmt, scale in METRICS:
-        if k not in med["dataplane"]:
-            continue                 # a result file from before the row
+    for k, name, fmt, scale in present(med):
         vals = [fmt.format(med[x][k] * scale) for x in ("routing", "vxlan", "dataplane")]
         cells = []
         for vs in ("vs_vxlan", "vs_routing"):

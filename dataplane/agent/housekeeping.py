@@ -1,8 +1,8 @@
 """The agent's housekeeping, every few seconds between registry messages: orphan
 records and unfinished moves (swept by a thread: they write the registry),
 parted peers, learned entries to age, an abandoned monitor, interfaces that
-vanished, the node's vxlan device if something undid it (node/rxgro.py), and a
-garbage collection (pauses.py). It holds up registry events while it runs, so
+vanished, the node's vxlan device if something undid it or a plain socket let
+its port go (node/rxgro.py), and a garbage collection (pauses.py). It holds up registry events while it runs, so
 each step is kept short and a slow tick is logged with its slow steps."""
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ def sweep(ag) -> None:
 
 
 def _mend_rx_gro(ag, st) -> None:
-    """dpgro0 deleted, downed or stripped of its sink behind our back: made again (counted a
-    repair), or, where it cannot be, an error logged (the node goes without until `up`)."""
-    if rxgro.intact(ag.node, st, ag.maps):
+    """dpgro0 deleted, downed or stripped of its sink behind our back, or kept off the port by
+    a plain socket that has since let it go: made (counted a repair), or, where it cannot be,
+    an error logged (the node goes without until the port is free, or until `up`)."""
+    if rxgro.intact(ag.node, st, ag.maps) and not rxgro.freed(ag.node, st):
         return
     with ag.node.changing() as (now, m):
         for line in vtep.repair_rx_gro(ag.node, now, m):

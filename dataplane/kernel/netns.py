@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import subprocess
 import threading
 
@@ -130,3 +131,19 @@ def sysctl_get(netns: str | None, key: str) -> str:
 
 def sysctl(netns: str | None, key: str, value: str) -> None:
     _proc_sys(netns, key, str(value))
+
+
+def udp_port_free(netns: str | None, port: int) -> bool:
+    """No socket in netns holds IPv4 UDP `port`: one binds it on the wildcard address (on a
+    thread inside the namespace) and closes at once. The answer can be stale by the time it
+    is read; node/rxgro.py only uses it to decide when to try again."""
+    def probe() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return False
+                raise _kerr(f"bind UDP port {port} in {netns or 'host'}", e) from None
+        return True
+    return call_in_netns(netns, probe)

@@ -14,8 +14,9 @@ networks' largest.
 
 One vxlan socket per port and namespace. Where another vxlan device holds the port, its
 socket does the merging (and what it is given is its own); where something else holds it,
-the node goes without. Either is said at `up`, on gro_sink's row of `dataplane status`, in
-the metric dataplane_receive_gro and in the state.
+the node goes without, and the agent makes the device once the port is free (`freed`).
+Either is said at `up`, on gro_sink's row of `dataplane status`, in the metric
+dataplane_receive_gro and in the state.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataplane.node.base import Node
 
 IFNAME = "dpgro0"        # not an endpoint port's name (sweep.py's dp + 10 hex digits)
 ON = "on"
+HELD = "off: UDP port {} is held by a socket that is not a vxlan device"   # st.rx_gro: taken when freed
 
 
 def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
@@ -65,8 +67,8 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
             st.rx_gro = f"through {held[0]}"
             notice(f"UDP port {port} is vxlan device {held[0]}'s: receive GRO goes through its socket")
         else:
-            st.rx_gro = f"off: {e}"
-            notice(f"receive GRO is off: {e}")
+            st.rx_gro = f"{HELD.format(port)} ({e})" if not netlink.udp_port_free(node.netns, port) else f"off: {e}"
+            notice(f"receive GRO is {st.rx_gro}")
         return 0
     st.rx_gro = ON
     return ifindex
@@ -83,6 +85,16 @@ def intact(node: Node, st: NodeState, m: NodeMaps) -> bool:
     cfg = m.dp_config.get(ctypes.c_uint32(0))
     return (port == st.config.port and up and _guarded(node.netns, ifindex)
             and cfg is not None and cfg.tunnel_ifindex == ifindex)
+
+
+def freed(node: Node, st: NodeState) -> bool:
+    """The node went without the device because a plain socket held the port, and nothing
+    holds it now: time to make it (vtep.repair_rx_gro). Unlike another vxlan device, whose
+    socket merges our frames while it holds the port (and which may be coming back, as
+    flannel's does when flannel restarts), a plain socket left the node with no GRO at all.
+    One bind in the namespace while that is so, nothing otherwise."""
+    return (st.config.rx_gro and st.rx_gro.startswith(HELD.format(st.config.port))
+            and netlink.udp_port_free(node.netns, st.config.port))
 
 
 def remove(node: Node) -> None:

@@ -223,21 +223,26 @@ def set_tunnel_dev(m: NodeMaps, ifindex: int) -> None:
 
 def repair_rx_gro(node: Node, st: NodeState, m: NodeMaps) -> list[str]:
     """The node's vxlan device made (or brought up, or given its sink) again where something
-    undid it behind the node's back, and the fast path pointed at it: meanwhile a frame that
-    carries a tunnel of its own went to a device gone or down, lost uncounted, and receive
-    GRO was off. What was done, one line (nothing: rxgro.intact). Run by sweep.py (every
-    `up`, the agent's start) and by the agent's housekeeping tick. Where it cannot be made
-    (another socket took the port meanwhile) the node goes without until the next `up`, as
-    `up` itself would: st.rx_gro says why, and the line says it was not made."""
-    if rxgro.intact(node, st, m):
+    undid it behind the node's back, or made where a plain socket held the port and has let
+    it go (rxgro.freed), and the fast path pointed at it: meanwhile a frame that carries a
+    tunnel of its own went to a device gone or down, lost uncounted, and receive GRO was off.
+    What was done, one line (nothing: intact and not freed). Run by sweep.py (every `up`, the
+    agent's start) and by the agent's housekeeping tick. Where it cannot be made (a socket
+    holds the port) the node goes without, as `up` itself would: st.rx_gro says why, and the
+    line says it was not made."""
+    if rxgro.freed(node, st):
+        why = f"UDP port {st.config.port} is free again"
+    elif rxgro.intact(node, st, m):
         return []
+    else:
+        why = "undone behind the node's back"
     fd = loader.open_prog(node.pin_dir, "gro_sink")
     try:
         set_tunnel_dev(m, rxgro.ensure(node, st, fd))
     finally:
         os.close(fd)
-    return [f"{rxgro.IFNAME}: undone behind the node's back; " +
-            ("made again" if st.rx_gro == rxgro.ON else f"not made again, receive GRO {st.rx_gro} until the next up")]
+    return [f"{rxgro.IFNAME}: {why}; " +
+            ("made" if st.rx_gro == rxgro.ON else f"not made, receive GRO {st.rx_gro}")]
 
 
 def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:

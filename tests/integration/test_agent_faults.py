@@ -605,3 +605,46 @@ def test_the_vxlan_device_undone_behind_the_agents_back_is_made_again(info):
         lab.run_checked(["ip", "-n", "dpl-h1", *undo])
         assert wait_for(dev_ok, timeout=25), f"not repaired after `ip {' '.join(undo)}`"
         assert wait_for(lambda: client.call("dpl-h1", "status")["repairs"] == before + 1, timeout=5)
+
+
+# binds the port as soon as it is free (the agent may make dpgro0 again first), says so, holds it
+GRAB = ("import socket, sys, time\ns = socket.socket(2, 2)\nfor _ in range(3000):\n    try:\n"
+        "        s.bind(('0.0.0.0', 4789)); break\n    except OSError:\n        time.sleep(0.01)\nelse:\n"
+        "    sys.exit(1)\nprint('held', flush=True)\nsys.stdin.read()\n")
+
+
+def test_a_port_a_plain_socket_held_is_taken_when_it_is_freed(info):
+    """A plain UDP socket on the VXLAN port when dpgro0 is made (by `up` or by the agent's
+    repair): the node goes without receive GRO. Before, it stayed without until someone ran
+    `up` again, long after the socket had gone; now the agent's tick sees the port free (a
+    bind in the namespace) and makes the device, counted as a repair."""
+    import subprocess
+    import sys
+
+    def dev_ok() -> bool:
+        ifindex = netlink.link_index("dpl-h1", rxgro.IFNAME)
+        with Node("dpl-h1").maps() as m:
+            sends_to = m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex
+        return bool(ifindex) and sends_to == ifindex and rxgro.active("dpl-h1", 4789)
+
+    def gro_row() -> str:
+        return next(r["attached"] for r in readout.programs(Node("dpl-h1")) if r["program"] == "gro_sink")
+
+    assert wait_for(dev_ok, timeout=25)
+    errors = client.call("dpl-h1", "status")["errors"]
+    holder = subprocess.Popen(["ip", "netns", "exec", "dpl-h1", sys.executable, "-c", GRAB],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        lab.run_checked(["ip", "-n", "dpl-h1", "link", "del", rxgro.IFNAME])      # the socket takes the port
+        assert holder.stdout.readline().strip() == "held"
+        assert wait_for(lambda: client.call("dpl-h1", "status")["errors"] > errors, timeout=25), \
+            "the agent did not try to make the device again"
+        assert gro_row().startswith("not attached (receive GRO off: UDP port 4789 is held by a socket"), gro_row()
+        assert not rxgro.active("dpl-h1", 4789) and not netlink.link_index("dpl-h1", rxgro.IFNAME)
+        repairs = client.call("dpl-h1", "status")["repairs"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert wait_for(dev_ok, timeout=25), f"receive GRO still off with the port free: {gro_row()}"
+    assert client.call("dpl-h1", "status")["repairs"] == repairs + 1
+    assert gro_row() == f"tcx ingress {rxgro.IFNAME} (receive GRO)"

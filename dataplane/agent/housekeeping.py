@@ -1,9 +1,10 @@
 """The agent's housekeeping, every few seconds between registry messages: orphan
 records and unfinished moves (swept by a thread: they write the registry),
 parted peers, learned entries to age, an abandoned monitor, interfaces that
-vanished, the node's vxlan device if something undid it or a plain socket let
-its port go (node/rxgro.py), and a garbage collection (pauses.py). It holds up registry events while it runs, so
-each step is kept short and a slow tick is logged with its slow steps."""
+vanished, the node's vxlan device if something undid it or plain sockets let
+its port go (node/rxgro.py), and a garbage collection (pauses.py). It holds up
+registry events while it runs, so each step is kept short and a slow tick is
+logged with its slow steps."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import socket
 import subprocess
 import threading
 
@@ -133,17 +132,25 @@ def sysctl(netns: str | None, key: str, value: str) -> None:
     _proc_sys(netns, key, str(value))
 
 
+
 def udp_port_free(netns: str | None, port: int) -> bool:
-    """No socket in netns holds IPv4 UDP `port`: one binds it on the wildcard address (on a
-    thread inside the namespace) and closes at once. The answer can be stale by the time it
-    is read; node/rxgro.py only uses it to decide when to try again."""
-    def probe() -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    """No UDP socket in netns, IPv4 or IPv6, has local port `port` (anything there, on any
+    address, would refuse a vxlan device's wildcard sockets). Read from /proc/thread-self/net
+    on a thread inside the namespace: nothing is bound, so nothing is held even for a moment.
+    Stale as soon as read; node/rxgro.py uses it only to decide whether to try again."""
+    tail = f":{port:04X}"
+
+    def read() -> bool:
+        for table in ("udp", "udp6"):
             try:
-                s.bind(("0.0.0.0", port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    return False
-                raise _kerr(f"bind UDP port {port} in {netns or 'host'}", e) from None
+                with open(f"/proc/thread-self/net/{table}") as f:
+                    next(f, None)                   # the column names
+                    if any(len(cols := line.split()) > 1 and cols[1].endswith(tail) for line in f):
+                        return False
+            except FileNotFoundError:               # no IPv6 in this kernel
+                continue
         return True
-    return call_in_netns(netns, probe)
+    try:
+        return call_in_netns(netns, read)
+    except OSError as e:
+        raise _kerr(f"read the UDP sockets of {netns or 'the host'}", e) from None

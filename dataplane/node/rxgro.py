@@ -14,7 +14,8 @@ networks' largest.
 
 One vxlan socket per port and namespace. Where another vxlan device holds the port, its
 socket does the merging (and what it is given is its own); where something else holds it,
-the node goes without, and the agent makes the device once the port is free (`freed`).
+the node goes without, and where plain sockets held it, the device is made once none
+does (`freed`; by the agent's tick, every `up` and the agent's start).
 Either is said at `up`, on gro_sink's row of `dataplane status`, in the metric
 dataplane_receive_gro and in the state.
 """
@@ -67,7 +68,7 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
             st.rx_gro = f"through {held[0]}"
             notice(f"UDP port {port} is vxlan device {held[0]}'s: receive GRO goes through its socket")
         else:
-            st.rx_gro = f"{HELD.format(port)} ({e})" if not netlink.udp_port_free(node.netns, port) else f"off: {e}"
+            st.rx_gro = f"{HELD.format(port)} ({e})" if _port_free(node.netns, port) is False else f"off: {e}"
             notice(f"receive GRO is {st.rx_gro}")
         return 0
     st.rx_gro = ON
@@ -92,9 +93,18 @@ def freed(node: Node, st: NodeState) -> bool:
     holds it now: time to make it (vtep.repair_rx_gro). Unlike another vxlan device, whose
     socket merges our frames while it holds the port (and which may be coming back, as
     flannel's does when flannel restarts), a plain socket left the node with no GRO at all.
-    One bind in the namespace while that is so, nothing otherwise."""
+    One read of the namespace's UDP sockets while that is so, nothing otherwise."""
     return (st.config.rx_gro and st.rx_gro.startswith(HELD.format(st.config.port))
-            and netlink.udp_port_free(node.netns, st.config.port))
+            and _port_free(node.netns, st.config.port) is True)
+
+
+def _port_free(netns: str | None, port: int) -> bool | None:
+    """netlink.udp_port_free, or None where the sockets cannot be read (the namespace gone):
+    neither `up` nor the agent's tick fails for want of this answer."""
+    try:
+        return netlink.udp_port_free(netns, port)
+    except DataplaneError:
+        return None
 
 
 def remove(node: Node) -> None:

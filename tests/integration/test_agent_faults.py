@@ -607,17 +607,37 @@ def test_the_vxlan_device_undone_behind_the_agents_back_is_made_again(info):
         assert wait_for(lambda: client.call("dpl-h1", "status")["repairs"] == before + 1, timeout=5)
 
 
-# binds the port as soon as it is free (the agent may make dpgro0 again first), says so, holds it
-GRAB = ("import socket, sys, time\ns = socket.socket(2, 2)\nfor _ in range(3000):\n    try:\n"
-        "        s.bind(('0.0.0.0', 4789)); break\n    except OSError:\n        time.sleep(0.01)\nelse:\n"
-        "    sys.exit(1)\nprint('held', flush=True)\nsys.stdin.read()\n")
+
+# Binds the port in IPv4 and IPv6 (v6-only) as soon as it is free, and says so; a line on
+# stdin lets the IPv4 socket go, and the IPv6 one holds the port alone until the end.
+GRAB = """
+import socket, sys, time
+while True:
+    s4, s6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        s4.bind(("0.0.0.0", 4789))
+        s6.bind(("::", 4789))
+        break
+    except OSError:
+        s4.close()
+        s6.close()
+        time.sleep(0.01)
+print("held", flush=True)
+sys.stdin.readline()
+s4.close()
+print("v6 only", flush=True)
+sys.stdin.read()
+"""
 
 
 def test_a_port_a_plain_socket_held_is_taken_when_it_is_freed(info):
-    """A plain UDP socket on the VXLAN port when dpgro0 is made (by `up` or by the agent's
+    """Plain UDP sockets on the VXLAN port when dpgro0 is made (by `up` or by the agent's
     repair): the node goes without receive GRO. Before, it stayed without until someone ran
-    `up` again, long after the socket had gone; now the agent's tick sees the port free (a
-    bind in the namespace) and makes the device, counted as a repair."""
+    `up` again, long after the sockets had gone; now the agent's tick reads the namespace's
+    UDP sockets and makes the device once none has the port, counted as a repair. An IPv6
+    socket alone still holds it (a vxlan device opens both): not taken for free then."""
+    import select
     import subprocess
     import sys
 
@@ -630,21 +650,35 @@ def test_a_port_a_plain_socket_held_is_taken_when_it_is_freed(info):
     def gro_row() -> str:
         return next(r["attached"] for r in readout.programs(Node("dpl-h1")) if r["program"] == "gro_sink")
 
+    def said(line: str) -> bool:
+        ready, _, _ = select.select([holder.stdout], [], [], 3)
+        return bool(ready) and holder.stdout.readline().strip() == line
+
     assert wait_for(dev_ok, timeout=25)
     errors = client.call("dpl-h1", "status")["errors"]
     holder = subprocess.Popen(["ip", "netns", "exec", "dpl-h1", sys.executable, "-c", GRAB],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        lab.run_checked(["ip", "-n", "dpl-h1", "link", "del", rxgro.IFNAME])      # the socket takes the port
-        assert holder.stdout.readline().strip() == "held"
+        for _ in range(5):               # the agent's tick may make the device again before the socket binds
+            subprocess.run(["ip", "-n", "dpl-h1", "link", "del", rxgro.IFNAME], capture_output=True)
+            if said("held"):
+                break
+        else:
+            pytest.fail("the sockets never took the port")
         assert wait_for(lambda: client.call("dpl-h1", "status")["errors"] > errors, timeout=25), \
             "the agent did not try to make the device again"
         assert gro_row().startswith("not attached (receive GRO off: UDP port 4789 is held by a socket"), gro_row()
         assert not rxgro.active("dpl-h1", 4789) and not netlink.link_index("dpl-h1", rxgro.IFNAME)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert said("v6 only")
+        assert not rxgro.freed(Node("dpl-h1"), Node("dpl-h1").state()), "an IPv6 socket holds the port"
         repairs = client.call("dpl-h1", "status")["repairs"]
     finally:
         holder.kill()
         holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
     assert wait_for(dev_ok, timeout=25), f"receive GRO still off with the port free: {gro_row()}"
     assert client.call("dpl-h1", "status")["repairs"] == repairs + 1
     assert gro_row() == f"tcx ingress {rxgro.IFNAME} (receive GRO)"

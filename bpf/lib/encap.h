@@ -204,7 +204,7 @@ static __always_inline int encap_push(struct __sk_buff *skb, const struct dp_con
  */
 static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_config *cfg,
 					const struct dp_nexthop *nh, __be32 vtep, __u32 vni, __u32 slot,
-					__u32 len, int inner_is_ip, __u32 h)
+					__u32 len, int inner_is_ip, __u32 hash)
 {
 	int ret;
 
@@ -219,9 +219,10 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
 		if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT))
 			return -DP_DROP_HELPER;
 		/* The flow's outer source port, as ours (wire.h vxlan_src_port): the kernel takes
-		 * hash ^ hash << 16 of this, which is h again. The skb's hash would otherwise be the
-		 * NIC's of the packet it arrived in, and one flow would leave on two ports. */
-		bpf_set_hash(skb, h ^ (h << 16));
+		 * v ^ v << 16 of the skb's hash v, so given hash ^ hash << 16 it gets hash back. The
+		 * skb's hash would otherwise be the NIC's of the packet it arrived in, and one flow
+		 * would leave on two ports. */
+		bpf_set_hash(skb, hash ^ (hash << 16));
 		STAT_ADD(slot, tx_packets, tx_bytes, len);
 		return bpf_redirect(cfg->tunnel_ifindex, 0);
 	}
@@ -229,7 +230,7 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
 		return -DP_DROP_TUNNEL_GSO;
 	if (!nh)
 		return -DP_DROP_NO_NEXTHOP;
-	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 1, h);
+	ret = encap_push(skb, cfg, nh, vtep, vni, len, inner_is_ip, 1, hash);
 	if (ret < 0)
 		return ret;
 	STAT_ADD(slot, tx_packets, tx_bytes, len);

@@ -20,7 +20,7 @@ def _pyroute2_netns():
 
 def _kerr(what: str, e: Exception) -> KernelError:
     code = getattr(e, "code", None) or getattr(e, "errno", None) or 0
-    return KernelError(f"{what}: {os.strerror(code) if code else e} (errno {code})")
+    return KernelError(f"{what}: {os.strerror(code) if code else e} (errno {code})", errno=code or None)
 
 
 def ns_exists(name: str) -> bool:
@@ -137,18 +137,25 @@ def udp_port_free(netns: str | None, port: int) -> bool:
     """No UDP socket in netns, IPv4 or IPv6, has local port `port` (anything there, on any
     address, would refuse a vxlan device's wildcard sockets). Read from /proc/thread-self/net
     on a thread inside the namespace: nothing is bound, so nothing is held even for a moment.
-    Stale as soon as read; node/rxgro.py uses it only to decide whether to try again."""
+    Kernel tunnel sockets count (a vxlan, geneve or fou device's). About 30 ms with 5,000
+    sockets. Stale as soon as read; node/rxgro.py uses it only to decide whether to try again."""
     tail = f":{port:04X}"
 
     def read() -> bool:
         for table in ("udp", "udp6"):
             try:
-                with open(f"/proc/thread-self/net/{table}") as f:
-                    next(f, None)                   # the column names
-                    if any(len(cols := line.split()) > 1 and cols[1].endswith(tail) for line in f):
-                        return False
-            except FileNotFoundError:               # no IPv6 in this kernel
-                continue
+                fd = os.open(f"/proc/thread-self/net/{table}", os.O_RDONLY)
+            except FileNotFoundError:
+                if table == "udp6":                 # no IPv6 in this kernel
+                    continue
+                raise
+            try:       # large reads: each read walks the kernel's table from its start again
+                text = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+            finally:
+                os.close(fd)
+            lines = text.decode().splitlines()[1:]  # after the column names
+            if any(len(cols := line.split()) > 1 and cols[1].endswith(tail) for line in lines):
+                return False
         return True
     try:
         return call_in_netns(netns, read)

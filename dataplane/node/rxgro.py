@@ -15,7 +15,7 @@ networks' largest.
 One vxlan socket per port and namespace. Where another vxlan device holds the port, its
 socket does the merging (and what it is given is its own); where something else holds it,
 the node goes without, and where plain sockets held it, the device is made once none
-does (`freed`; by the agent's tick, every `up` and the agent's start).
+does (`freed`: the agent's tick and start; `up` makes it anyway).
 Either is said at `up`, on gro_sink's row of `dataplane status`, in the metric
 dataplane_receive_gro and in the state.
 """
@@ -23,6 +23,7 @@ dataplane_receive_gro and in the state.
 from __future__ import annotations
 
 import ctypes
+import errno
 
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError
@@ -64,11 +65,15 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
         except DataplaneError:
             pass
         held = holder(node.netns, port)
-        if held and held[0] != IFNAME:       # ours, still up: remove failed too, and it is not merging
+        if held and held[0] != IFNAME:
             st.rx_gro = f"through {held[0]}"
             notice(f"UDP port {port} is vxlan device {held[0]}'s: receive GRO goes through its socket")
         else:
-            st.rx_gro = f"{HELD.format(port)} ({e})" if _port_free(node.netns, port) is False else f"off: {e}"
+            # Refused the port, or a socket has it now: plain sockets' (freed takes it back
+            # when they go). Ours still up (remove failed too) is not merging, and not another's.
+            taken = not held and (getattr(e, "errno", None) == errno.EADDRINUSE
+                                  or _port_free(node.netns, port) is False)
+            st.rx_gro = f"{HELD.format(port)} ({e})" if taken else f"off: {e}"
             notice(f"receive GRO is {st.rx_gro}")
         return 0
     st.rx_gro = ON

@@ -672,7 +672,8 @@ def test_a_port_a_plain_socket_held_is_taken_when_it_is_freed(info):
         holder.stdin.write("\n")
         holder.stdin.flush()
         assert said("v6 only")
-        assert not rxgro.freed(Node("dpl-h1"), Node("dpl-h1").state()), "an IPv6 socket holds the port"
+        assert netlink.udp_port_free("dpl-h1", 4789) is False, "an IPv6 socket holds the port"
+        assert not rxgro.freed(Node("dpl-h1"), Node("dpl-h1").state())
         repairs = client.call("dpl-h1", "status")["repairs"]
     finally:
         holder.kill()

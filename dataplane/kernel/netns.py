@@ -137,7 +137,7 @@ def udp_port_free(netns: str | None, port: int) -> bool:
     """No UDP socket in netns, IPv4 or IPv6, has local port `port` (anything there, on any
     address, would refuse a vxlan device's wildcard sockets). Read from /proc/thread-self/net
     on a thread inside the namespace: nothing is bound, so nothing is held even for a moment.
-    Kernel tunnel sockets count (a vxlan, geneve or fou device's). About 30 ms with 5,000
+    Kernel sockets count (a vxlan, geneve or fou device's, WireGuard's). About 30 ms with 5,000
     sockets. Stale as soon as read; node/rxgro.py uses it only to decide whether to try again."""
     tail = f":{port:04X}"
 

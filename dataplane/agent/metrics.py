@@ -3,7 +3,8 @@
 The collector reads the pinned maps and the agent's own counters at scrape
 time (nothing is copied in the background): per-VNI counters and drops by
 reason from dp_stats, occupancy and capacity of every hash map, whether the
-uplink's programs are attached, and the agent's own figures (metrics_agent.py);
+uplink's programs are attached, the programs' runs and run time where the kernel
+counts them, and the agent's own figures (metrics_agent.py);
 dataplane_scrape_success says which of those could be read. process_* (RSS,
 start time, CPU) come from
 prometheus_client's process collector. Names follow Prometheus's
@@ -55,6 +56,7 @@ class Collector:
         yield from self._stats(ok)
         yield from self._maps(ok)
         yield from self._attached(ok)
+        yield from self._programs(ok)
         agent = list(self.figures.collect())
         ok["agent"] = self.figures.fresh
         s = GaugeMetricFamily("dataplane_scrape_success", "1: the source was read for this scrape; 0: it failed "
@@ -138,6 +140,29 @@ class Collector:
         yield g
         yield gro
         yield lost
+
+    def _programs(self, ok: dict):
+        """What each program costs, as the kernel counts it while kernel.bpf_stats_enabled is 1
+        (off by default: it adds two clock reads to every run). rate(seconds) / rate(runs) is
+        the nanoseconds per run that bench/ reports; both restart when `up` loads new code."""
+        on = GaugeMetricFamily("dataplane_bpf_stats_enabled", "1 while the kernel counts BPF programs' runs and "
+                               "run time (sysctl kernel.bpf_stats_enabled); dataplane_program_* move only then")
+        runs = CounterMetricFamily("dataplane_program_runs", "Runs of the fast-path program counted by the "
+                                   "kernel (only while dataplane_bpf_stats_enabled is 1)", labels=["program"])
+        secs = CounterMetricFamily("dataplane_program_run_seconds", "Time the fast-path program ran, counted by "
+                                   "the kernel (only while dataplane_bpf_stats_enabled is 1)", labels=["program"])
+        try:
+            for r in readout.program_runs(self.ag.node):
+                runs.add_metric([r["program"]], r["runs"])
+                secs.add_metric([r["program"]], r["run_ns"] / 1e9)
+            on.add_metric([], int(readout.bpf_stats_enabled()))
+            ok["programs"] = True
+        except DataplaneError as e:
+            log.warning("metrics: reading the programs' statistics failed: %s", e)
+            ok["programs"] = False
+        yield on
+        yield runs
+        yield secs
 
 
 def registry_for(agent) -> CollectorRegistry:

@@ -92,8 +92,10 @@ def cmd_status(args):
     print(f"metrics   {out['metrics'] or 'off'}\n")
     emit(args, out["networks"], ["vni", "subnet", "mtu", "endpoints", "peers"])
     print()
+    counted = any(r.get("ns_per_run") for r in out["programs"])     # the kernel's BPF statistics were on
     emit(args, [dict(r, attached=f"{r['attached']}; {r['dropped']} frames dropped on its transmit")
-                if r.get("dropped") else r for r in out["programs"]], ["program", "id", "loaded", "attached"])
+                if r.get("dropped") else r for r in out["programs"]],
+         ["program", "id", "loaded"] + (["runs", "ns_per_run"] if counted else []) + ["attached"])
     print()
     emit(args, [m for m in out["maps"] if m["entries"] is not None], ["map", "kind", "entries", "capacity"])
     print("\nerrors    " + ("\n          ".join(out["errors"]) if out["errors"] else "none"))

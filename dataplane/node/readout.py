@@ -64,8 +64,38 @@ def stats(node: Node) -> list[dict]:
     return sorted(rows, key=lambda r: r["vni"])
 
 
+def _infos(pin_dir: str) -> dict[str, dict | None]:
+    """bpfsys.prog_info of each of the fast path's pinned programs, None for one not loaded."""
+    out = {}
+    for name in loader.TC_PROGRAMS + loader.XDP_PROGRAMS:
+        try:
+            fd = loader.open_prog(pin_dir, name)
+        except DataplaneError:
+            out[name] = None
+            continue
+        try:
+            out[name] = bpfsys.prog_info(fd)
+        finally:
+            os.close(fd)
+    return out
+
+
+def program_runs(node: Node) -> list[dict]:
+    """Runs and run time of each loaded program as the kernel counts them: only while
+    kernel.bpf_stats_enabled is 1 (two clock reads a run), from the program's load on."""
+    return [{"program": name, "runs": info["run_cnt"], "run_ns": info["run_time_ns"]}
+            for name, info in _infos(node.require_up().pin_dir).items() if info is not None]
+
+
+def bpf_stats_enabled() -> bool:
+    """The kernel counts every program's runs and run time (sysctl kernel.bpf_stats_enabled,
+    or a BPF_ENABLE_STATS handle someone holds)."""
+    return netlink.sysctl_get(None, "kernel.bpf_stats_enabled") == "1"
+
+
 def programs(node: Node) -> list[dict]:
-    """Each pinned program: id, when it was loaded, and where it is attached."""
+    """Each pinned program: id, when it was loaded, where it is attached, and its runs and
+    nanoseconds per run where the kernel counts them (bpf_stats_enabled)."""
     st = node.require_up()
     boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     at_tcx = tcx.names(node.netns, st.uplink.ifindex)
@@ -75,16 +105,10 @@ def programs(node: Node) -> list[dict]:
     on_endpoints = sum("from_endpoint" in tcx.attached(node.netns, e.ifindex)
                        for e in st.endpoints.values() if e.ifindex)
     rows = []
-    for name in loader.TC_PROGRAMS + loader.XDP_PROGRAMS:
-        try:
-            fd = loader.open_prog(st.pin_dir, name)
-        except DataplaneError:
+    for name, info in _infos(st.pin_dir).items():
+        if info is None:
             rows.append({"program": name, "id": None, "loaded": None, "attached": "not loaded"})
             continue
-        try:
-            info = bpfsys.prog_info(fd)
-        finally:
-            os.close(fd)
         hook = "tcx" if "from_overlay" in at_tcx else "tc"      # what is there, not what state says
         where = {"from_overlay": f"{hook} ingress {st.config.underlay}" if name in uplink else "not attached",
                  "from_endpoint": f"{hook} ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
@@ -92,7 +116,9 @@ def programs(node: Node) -> list[dict]:
                  "gro_sink": gro,
                  "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,
-                     "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9))})
+                     "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9)),
+                     "runs": info["run_cnt"],
+                     "ns_per_run": round(info["run_time_ns"] / info["run_cnt"]) if info["run_cnt"] else None})
         if name == "gro_sink" and (lost := rxgro.dropped(node.netns)) is not None:
             rows[-1]["dropped"] = lost       # sent through the device, counted as sent by us, lost there
     return rows

@@ -185,6 +185,51 @@ def test_healthz_is_200_only_when_synced(info):
     assert scrape(base + "/healthz")[0] == 200
 
 
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def test_the_programs_cost_is_exported_while_the_kernel_counts_it(info):
+    """The kernel's BPF statistics (what bench/ reports as ns per run) reach Prometheus and
+    `dataplane status`: runs and run time per program, moving only while
+    kernel.bpf_stats_enabled is 1, and a gauge that says whether it is."""
+    from tests.integration.conftest import dp, dp_json
+    url = next(h["metrics_url"] for h in info["hosts"] if h["name"] == "h1")
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+
+    def read() -> tuple[float, dict]:
+        _, body = scrape(url)
+        return value(body, "dataplane_bpf_stats_enabled"), {
+            p: (value(body, "dataplane_program_runs_total", program=p),
+                value(body, "dataplane_program_run_seconds_total", program=p))
+            for p in ("from_endpoint", "from_overlay")}
+
+    with open(BPF_STATS) as f:
+        was = f.read().strip()
+    try:
+        with open(BPF_STATS, "w") as f:
+            f.write("0")
+        enabled, before = read()
+        assert enabled == 0 and all(v is not None for pair in before.values() for v in pair), before
+        assert ping(a["name"], b["ip"], count=3, interval=0.1)[0] == 3
+        assert read()[1] == before, "counted with the statistics off"
+        with open(BPF_STATS, "w") as f:
+            f.write("1")
+        assert ping(a["name"], b["ip"], count=5, interval=0.1)[0] == 5
+        enabled, after = read()
+        progs = {p["program"]: p for p in dp_json("--netns", "dpl-h1", "status")["programs"]}
+        table = dp("--netns", "dpl-h1", "status").stdout
+    finally:
+        with open(BPF_STATS, "w") as f:
+            f.write(was)
+    assert enabled == 1
+    for p in ("from_endpoint", "from_overlay"):       # the requests out, the replies in
+        (r0, t0), (r1, t1) = before[p], after[p]
+        assert r1 >= r0 + 5 and 0 < t1 - t0 < 0.01 * (r1 - r0), (p, before[p], after[p])
+        assert progs[p]["runs"] >= r1 and 0 < progs[p]["ns_per_run"] < 10**7, progs[p]
+    assert "NS_PER_RUN" in table, table
+
+
 def test_every_dashboard_query_names_an_exported_metric(info):
     """docs/grafana/dataplane.json (issue 17, item 2): each metric its queries and
     variables read is one a live agent exports."""

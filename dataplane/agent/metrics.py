@@ -142,15 +142,17 @@ class Collector:
         yield lost
 
     def _programs(self, ok: dict):
-        """What each program costs, as the kernel counts it while kernel.bpf_stats_enabled is 1
-        (off by default: it adds two clock reads to every run). rate(seconds) / rate(runs) is
+        """What each program costs, as the kernel counts it while its BPF statistics are on
+        (off by default: they add two clock reads to every run). rate(seconds) / rate(runs) is
         the nanoseconds per run that bench/ reports; both restart when `up` loads new code."""
-        on = GaugeMetricFamily("dataplane_bpf_stats_enabled", "1 while the kernel counts BPF programs' runs and "
-                               "run time (sysctl kernel.bpf_stats_enabled); dataplane_program_* move only then")
-        runs = CounterMetricFamily("dataplane_program_runs", "Runs of the fast-path program counted by the "
-                                   "kernel (only while dataplane_bpf_stats_enabled is 1)", labels=["program"])
-        secs = CounterMetricFamily("dataplane_program_run_seconds", "Time the fast-path program ran, counted by "
-                                   "the kernel (only while dataplane_bpf_stats_enabled is 1)", labels=["program"])
+        when = ("only while the kernel's BPF statistics are on: kernel.bpf_stats_enabled, or a BPF_ENABLE_STATS "
+                "handle; a tail-called program stays at 0, its time is its caller's")
+        on = GaugeMetricFamily("dataplane_bpf_stats_enabled", "1 while sysctl kernel.bpf_stats_enabled is 1, so "
+                               "that dataplane_program_* count (a BPF_ENABLE_STATS handle turns counting on too)")
+        runs = CounterMetricFamily("dataplane_program_runs", f"Runs of the fast-path program ({when})",
+                                   labels=["program"])
+        secs = CounterMetricFamily("dataplane_program_run_seconds", f"Time the fast-path program ran ({when})",
+                                   labels=["program"])
         try:
             for r in readout.program_runs(self.ag.node):
                 runs.add_metric([r["program"]], r["runs"])

@@ -81,15 +81,17 @@ def _infos(pin_dir: str) -> dict[str, dict | None]:
 
 
 def program_runs(node: Node) -> list[dict]:
-    """Runs and run time of each loaded program as the kernel counts them: only while
-    kernel.bpf_stats_enabled is 1 (two clock reads a run), from the program's load on."""
+    """Runs and run time of each loaded program as the kernel counts them: only while its
+    BPF statistics are on (the sysctl, or a BPF_ENABLE_STATS handle someone holds; two clock
+    reads a run), from the program's load on. A tail-called program is never counted: its
+    time is in its caller's."""
     return [{"program": name, "runs": info["run_cnt"], "run_ns": info["run_time_ns"]}
             for name, info in _infos(node.require_up().pin_dir).items() if info is not None]
 
 
 def bpf_stats_enabled() -> bool:
-    """The kernel counts every program's runs and run time (sysctl kernel.bpf_stats_enabled,
-    or a BPF_ENABLE_STATS handle someone holds)."""
+    """sysctl kernel.bpf_stats_enabled is 1. The kernel also counts while a BPF_ENABLE_STATS
+    handle is open, which the sysctl does not show."""
     return netlink.sysctl_get(None, "kernel.bpf_stats_enabled") == "1"
 
 
@@ -107,7 +109,8 @@ def programs(node: Node) -> list[dict]:
     rows = []
     for name, info in _infos(st.pin_dir).items():
         if info is None:
-            rows.append({"program": name, "id": None, "loaded": None, "attached": "not loaded"})
+            rows.append({"program": name, "id": None, "loaded": None, "attached": "not loaded",
+                         "runs": None, "ns_per_run": None})
             continue
         hook = "tcx" if "from_overlay" in at_tcx else "tc"      # what is there, not what state says
         where = {"from_overlay": f"{hook} ingress {st.config.underlay}" if name in uplink else "not attached",

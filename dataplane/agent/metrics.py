@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -46,6 +47,19 @@ STATS = {
 VNI_HELP = " (vni 0: what belongs to no VNI)"
 
 
+@contextmanager
+def _source(ok: dict, source: str, what: str):
+    """One source of a scrape: ok[source] says whether it was read; a failure is logged and
+    the scrape goes on with what the block had added before it."""
+    try:
+        yield
+    except DataplaneError as e:
+        log.warning("metrics: reading %s failed: %s", what, e)
+        ok[source] = False
+    else:
+        ok[source] = True
+
+
 class Collector:
     def __init__(self, agent):
         self.ag = agent
@@ -68,11 +82,9 @@ class Collector:
         yield from agent
 
     def _stats(self, ok: dict):
-        try:
-            rows, ok["stats"] = readout.stats(self.ag.node), True
-        except DataplaneError as e:
-            log.warning("metrics: reading counters failed: %s", e)
-            rows, ok["stats"] = [], False
+        rows = []
+        with _source(ok, "stats", "counters"):
+            rows = readout.stats(self.ag.node)
         for field, (name, text) in STATS.items():
             c = CounterMetricFamily(f"dataplane_{name}", text + VNI_HELP, labels=["vni"])
             for r in rows:
@@ -97,15 +109,11 @@ class Collector:
         lock or its open maps), for the maps with a count of entries in use (the hash maps)."""
         used = GaugeMetricFamily("dataplane_map_entries", "Entries in use in a fast-path hash map", labels=["map"])
         cap = GaugeMetricFamily("dataplane_map_capacity", "Entries a fast-path map holds at most", labels=["map"])
-        try:
+        with _source(ok, "maps", "the maps"):
             for r in readout.maps(self.ag.node):
                 if r["entries"] is not None:
                     used.add_metric([r["map"]], r["entries"])
                     cap.add_metric([r["map"]], r["capacity"])
-            ok["maps"] = True
-        except DataplaneError as e:
-            log.warning("metrics: reading the maps failed: %s", e)
-            ok["maps"] = False
         yield used
         yield cap
 
@@ -123,7 +131,7 @@ class Collector:
                                    "through it (counted in dataplane_tx_packets_total) and that never left, the "
                                    "device down (counted so by kernels from about 6.11) or the packet one the kernel "
                                    "cannot segment (absent without the device)")
-        try:
+        with _source(ok, "uplink", "the uplink's programs"):
             st = self.ag.node.require_up()
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
@@ -133,10 +141,6 @@ class Collector:
                 gro.add_metric([], int(rxgro.active(self.ag.node.netns, st.config.port)))
             if (n := rxgro.dropped(self.ag.node.netns)) is not None:
                 lost.add_metric([], n)
-            ok["uplink"] = True
-        except DataplaneError as e:
-            log.warning("metrics: reading the uplink's programs failed: %s", e)
-            ok["uplink"] = False
         yield g
         yield gro
         yield lost
@@ -153,15 +157,11 @@ class Collector:
                                    labels=["program"])
         secs = CounterMetricFamily("dataplane_program_run_seconds", f"Time the fast-path program ran ({when})",
                                    labels=["program"])
-        try:
+        with _source(ok, "programs", "the programs' statistics"):
             for r in readout.program_runs(self.ag.node):
                 runs.add_metric([r["program"]], r["runs"])
                 secs.add_metric([r["program"]], r["run_ns"] / 1e9)
             on.add_metric([], int(readout.bpf_stats_enabled()))
-            ok["programs"] = True
-        except DataplaneError as e:
-            log.warning("metrics: reading the programs' statistics failed: %s", e)
-            ok["programs"] = False
         yield on
         yield runs
         yield secs

@@ -132,7 +132,6 @@ def sysctl(netns: str | None, key: str, value: str) -> None:
     _proc_sys(netns, key, str(value))
 
 
-
 def udp_port_free(netns: str | None, port: int) -> bool:
     """No UDP socket in netns, IPv4 or IPv6, has local port `port` (anything there, on any
     address, would refuse a vxlan device's wildcard sockets). Read from /proc/thread-self/net

@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 
-from bench.profile import _prog_times, bpf_stats, ns_per_run
+from bench.profile import _prog_times, bpf_stats, per_run
 from bench.run import machine, pps64, save, tcp
 from dataplane.node import Node, vtep
 from lab import topology as lab
@@ -32,11 +32,6 @@ def reload(cflags: str) -> None:
     os.environ["DP_BPF_CFLAGS"] = cflags
     for i in (1, 2):
         vtep.up(Node(lab.host_ns(i)), [256], quiet=True)      # reloads the programs in place
-
-
-def per_run(before: dict, after: dict) -> dict[str, float]:
-    """ns per run of each program name over the interval (summed over both hosts' copies)."""
-    return {"from_endpoint": 0.0, "from_overlay": 0.0} | ns_per_run(before, after)
 
 
 def main(argv=None) -> int:

@@ -76,6 +76,11 @@ def ns_per_run(before: dict, after: dict) -> dict[str, float]:
     return {n: ns / cnt for n, (ns, cnt) in tot.items() if cnt}
 
 
+def per_run(before: dict, after: dict) -> dict[str, float]:
+    """ns_per_run with from_endpoint and from_overlay always there (0 if it did not run)."""
+    return {"from_endpoint": 0.0, "from_overlay": 0.0} | ns_per_run(before, after)
+
+
 def _prog_table(before: dict, after: dict, seconds: float) -> str:
     rows = ["| program (id) | runs/s | ns per run | % of one CPU |", "|---|---|---|---|"]
     for pid, (name, ns, cnt) in sorted(after.items(), key=lambda kv: kv[1][0]):

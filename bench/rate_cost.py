@@ -18,8 +18,8 @@ import statistics
 import sys
 
 from bench import baselines
-from bench.profile import _prog_times, bpf_stats, ns_per_run
-from bench.run import machine, pps64, save
+from bench.profile import _prog_times, bpf_stats, per_run
+from bench.run import headline, machine, pps64, save
 from lab import topology as lab
 from lab.traffic import ping
 
@@ -33,8 +33,7 @@ def label(interval: float | None) -> str:
 
 
 def table(res: dict) -> str:
-    m = res["machine"]
-    md = (f"Kernel {m.get('kernel')}, {m.get('cpus')} CPUs; {m.get('cpu_model')}; {m.get('date')}. Command: "
+    md = (f"{headline(res['machine'])}. Command: "
           f"`.venv/bin/python -m bench.rate_cost --rounds {res['args']['rounds']}`. Medians of the rounds; ns "
           "per run from the kernel's BPF statistics (both hosts' copies), round trip from ping.\n\n"
           "| offered | from_endpoint, ns per run | from_overlay, ns per run | round trip avg, us: "
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
                         pps64(a, b, SECONDS)
                     else:
                         rtt["rtt_dataplane"] = rtt_us(a, b, interval)
-                    ns = {"from_endpoint": 0.0, "from_overlay": 0.0} | ns_per_run(before, _prog_times())
+                    ns = per_run(before, _prog_times())
                     samples[label(interval)].append({**{k: ns[k] for k in PROGRAMS}, **rtt})
                     print(f"round {r + 1}/{args.rounds} {label(interval):30s} from_endpoint "
                           f"{ns['from_endpoint']:6.0f} ns  from_overlay {ns['from_overlay']:6.0f} ns  rtt "

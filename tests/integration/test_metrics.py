@@ -185,14 +185,12 @@ def test_healthz_is_200_only_when_synced(info):
     assert scrape(base + "/healthz")[0] == 200
 
 
-BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
-
-
 def test_the_programs_cost_is_exported_while_the_kernel_counts_it(info):
     """The kernel's BPF statistics (what bench/ reports as ns per run) reach Prometheus and
     `dataplane status`: runs and run time per program, moving only while the kernel counts
     (here: kernel.bpf_stats_enabled), and a gauge that says what the sysctl is. Where the
     sysctl was 1 already (someone counting), the off half is left out rather than stop them."""
+    from bench.profile import BPF_STATS, bpf_stats
     from tests.integration.conftest import dp, dp_json
     url = next(h["metrics_url"] for h in info["hosts"] if h["name"] == "h1")
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
@@ -206,21 +204,16 @@ def test_the_programs_cost_is_exported_while_the_kernel_counts_it(info):
 
     with open(BPF_STATS) as f:
         was = f.read().strip()
-    try:
-        enabled, before = read()
-        assert enabled == int(was) and all(v is not None for pair in before.values() for v in pair), before
-        if was == "0":
-            assert ping(a["name"], b["ip"], count=3, interval=0.1)[0] == 3
-            assert read()[1] == before, "counted with the sysctl off (or a BPF_ENABLE_STATS handle is open)"
-        with open(BPF_STATS, "w") as f:
-            f.write("1")
+    enabled, before = read()
+    assert enabled == int(was) and all(v is not None for pair in before.values() for v in pair), before
+    if was == "0":
+        assert ping(a["name"], b["ip"], count=3, interval=0.1)[0] == 3
+        assert read()[1] == before, "counted with the sysctl off (or a BPF_ENABLE_STATS handle is open)"
+    with bpf_stats():                                   # on, then as it was
         assert ping(a["name"], b["ip"], count=5, interval=0.1)[0] == 5
         enabled, after = read()
         progs = {p["program"]: p for p in dp_json("--netns", "dpl-h1", "status")["programs"]}
         table = dp("--netns", "dpl-h1", "status").stdout
-    finally:
-        with open(BPF_STATS, "w") as f:
-            f.write(was)
     assert enabled == 1
     for p in ("from_endpoint", "from_overlay"):       # the requests out, the replies in
         (r0, t0), (r1, t1) = before[p], after[p]

@@ -9,7 +9,8 @@ def test_the_table_has_a_row_per_rate_and_a_round_trip_per_mode():
             "rtt_routing": 74.4, "rtt_vxlan": 96.0, "rtt_dataplane": 97.1},
            {"offered": rate_cost.label(None), "from_endpoint": 494.0, "from_overlay": 191.4,
             "rtt_routing": None, "rtt_vxlan": None, "rtt_dataplane": None}]
-    md = rate_cost.table({"machine": {"kernel": "6.18"}, "args": {"rounds": 3}, "median": med})
+    machine = {"kernel": "6.18", "cpus": 2, "cpu_model": "AMD EPYC", "date": "2026-12-06 06:39:22 UTC"}
+    md = rate_cost.table({"machine": machine, "args": {"rounds": 3}, "median": med})
     assert "round trip avg, us: routing, vxlan, dataplane" in md
     assert "| 1 echo requests/s | 10477 | 7397 | 74, 96, 97 |" in md
     assert "| 64-byte generator, full rate | 494 | 191 | -, -, - |" in md

@@ -1,0 +1,175 @@
+"""bench/cold_lab: our programs beside the lean pair at a few frames a second, in the lab.
+
+    .venv/bin/python -m bench.cold_lab [--rounds 4] [--variant NAME=CFLAGS ...]
+
+bench.cold takes a cold run apart by test runs; this is the same question in real traffic.
+bench.lean's set-up without the sink (two lab hosts, VNI 256, no registry: the remote MAC is
+learned): ping from one sandbox to the other at 20 and 100 requests a second, with our
+programs as built, bench/lean_vxlan.c's pair at the two hooks the requests pass (h1's endpoint
+port, h2's uplink; the replies pass ours), or ours built with a variant's -DDP_* flags (both
+hosts reloaded in place, as bench.monitor_cost does), taking turns round by round. Per rate and
+program: the kernel's BPF statistics of the two programs the requests pass, by program id (ns
+per run), and ping's average round trip. Writes bench/results/cold_lab.{json,md} (--out NAME:
+NAME.*; medians of the rounds)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+from bench import lean as leanpair
+from bench.pps import lab_pairs
+from bench.profile import _prog_times, bpf_stats
+from bench.rate_cost import rtt_us
+from bench.run import headline, machine, save
+from dataplane.core import abi
+from dataplane.core.keys import be32, mac_key
+from dataplane.kernel import loader, netns
+from dataplane.node import Node, vtep
+from lab import topology as lab
+from lab.traffic import ping
+
+RATES = (20, 100)                      # echo requests a second
+VNI = 256
+
+
+def prog_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+
+
+def pinned_id(ns: str, prog: str) -> int:
+    fd = loader.open_prog(Node(ns).pin_dir, prog)
+    try:
+        return prog_id(fd)
+    finally:
+        os.close(fd)
+
+
+def per_run(before: dict, after: dict, ids: tuple[int, int]) -> tuple[float, float]:
+    """ns per run of each of ids between two _prog_times() (0 if it did not run)."""
+    out = []
+    for pid in ids:
+        ns, cnt = (after[pid][i] - before[pid][i] for i in (1, 2))
+        out.append(ns / cnt if cnt else 0.0)
+    return out[0], out[1]
+
+
+def table(res: dict) -> str:
+    variants = "".join(f" --variant {v}" for v in res["args"]["variant"])
+    owned = " --owned" if res["args"].get("owned") else ""
+    cmd = f"bench.cold_lab --rounds {res['args']['rounds']}{owned}{variants}"
+    md = [f"{headline(res['machine'])}. Command: `.venv/bin/python -m {cmd}`. Medians of the rounds. ns per run of "
+          "the two programs the echo requests pass (h1's endpoint port, h2's uplink), from the kernel's BPF "
+          "statistics; round trip from ping (the replies pass our programs as built in every row).", "",
+          "| requests/s | programs | from_endpoint, ns per run | from_overlay, ns per run | round trip avg, us |",
+          "|---|---|---|---|---|"]
+    for row in res["median"]:
+        md.append(f"| {row['rate']} | {row['program']} | {row['from_endpoint']:,.0f} | {row['from_overlay']:,.0f} | "
+                  f"{row['rtt_us']:.0f} |")
+    return "\n".join(md) + "\n"
+
+
+def load(cflags: str) -> None:
+    """Our programs built with cflags on both hosts, in place."""
+    os.environ["DP_BPF_CFLAGS"] = cflags
+    try:
+        for i in (1, 2):
+            vtep.up(Node(lab.host_ns(i)), [VNI], quiet=True)
+    finally:
+        os.environ.pop("DP_BPF_CFLAGS", None)
+
+
+def variant(text: str) -> tuple[str, str]:
+    name, sep, flags = text.partition("=")
+    if not sep or not name or name in ("ours", "lean") or not all(f.startswith("-DDP_") for f in flags.split()):
+        raise argparse.ArgumentTypeError(f"{text!r}: NAME=CFLAGS, flags -DDP_..., not named ours or lean")
+    return name, flags
+
+
+def connected(a: dict, b: dict, name: str) -> None:
+    """a reaches b (a reply to one of three requests, three tries a second apart), or RuntimeError."""
+    for _ in range(3):
+        if ping(a["name"], b["ip"], count=3)[0]:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"{name}: {a['name']} does not reach {b['ip']}")
+
+
+def own(a: dict, b: dict) -> None:
+    """Static entries for both sandboxes' MACs, as a node with a registry has them (the lab has none:
+    without them each MAC is learned, and frames take the learned path's lookups)."""
+    for host, (mac, vtep_ip) in ((1, (b["mac"], lab.vtep_ip(2))), (2, (a["mac"], lab.vtep_ip(1)))):
+        with Node(lab.host_ns(host)).maps() as m:
+            m.dp_fdb.put(mac_key(VNI, mac), abi.load().structs["dp_fdb_entry"](vtep=be32(vtep_ip), flags=1))
+            m.dp_learned.delete(mac_key(VNI, mac))
+
+
+def rounds(args, pairs: dict, pair: leanpair.Lean, samples: dict) -> None:
+    a, b = pairs["dataplane"]
+    hooks = leanpair.setup(pair, a, b)
+    # The lean pair passes ARP to the host: the sender's entry for b must not need it (its
+    # unicast probe after 30 s would go unanswered, and the echo requests with it).
+    netns.ns_exec(a["name"], ["ip", "neigh", "replace", b["ip"], "lladdr", b["mac"], "dev", "eth0",
+                              "nud", "permanent"], check=True)
+    if args.owned:
+        own(a, b)
+    builds = {"ours": "", **dict(args.variant)}
+    order = [*builds, "lean"]
+    for r in range(args.rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            load(builds.get(name, ""))
+            hooks.use("lean" if name == "lean" else "dataplane")
+            ids = ((prog_id(pair.fds["from_endpoint"]), prog_id(pair.fds["from_overlay"])) if name == "lean" else
+                   (pinned_id(lab.host_ns(1), "from_endpoint"), pinned_id(lab.host_ns(2), "from_overlay")))
+            connected(a, b, name)
+            for rate in RATES:
+                before = _prog_times()
+                rtt = rtt_us(a, b, 1 / rate)
+                fe, fo = per_run(before, _prog_times(), ids)
+                got = {"from_endpoint": fe, "from_overlay": fo, "rtt_us": rtt}
+                samples.setdefault(f"{rate} {name}", []).append(got)
+                print(f"bench/cold_lab: round {r + 1}/{args.rounds} {rate}/s {name}: from_endpoint {fe:.0f} ns, "
+                      f"from_overlay {fo:.0f} ns, rtt {rtt or 0:.0f} us", file=sys.stderr, flush=True)
+    load("")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/cold_lab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--variant", type=variant, action="append", default=[],
+                   help="NAME=CFLAGS: ours built with these -DDP_* flags as one more row (repeatable)")
+    p.add_argument("--owned", action="store_true",
+                   help="static entries for the two MACs (a registry node's path) instead of learned ones")
+    p.add_argument("--out", default="cold_lab")
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds >= 1")
+    samples: dict[str, list] = {}
+    lab.down()
+    with contextlib.ExitStack() as stack:
+        stack.callback(lab.down)
+        stack.enter_context(bpf_stats())
+        pairs, _ = lab_pairs()
+        pair = leanpair.Lean()
+        stack.callback(pair.close)
+        rounds(args, pairs, pair, samples)
+    med = []
+    for key, v in samples.items():
+        rate, name = key.split()
+        med.append({"rate": int(rate), "program": name,
+                    **{f: statistics.median(x[f] for x in v if x[f] is not None)
+                       for f in ("from_endpoint", "from_overlay", "rtt_us")}})
+    med.sort(key=lambda row: row["rate"])
+    res = {"machine": machine(), "args": {**vars(args), "variant": [f"{n}={f}" for n, f in args.variant]},
+           "samples": samples, "median": med}
+    save(res, table(res), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

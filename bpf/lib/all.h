@@ -18,4 +18,5 @@
 #include "lib/flood.h"
 #include "lib/punt.h"
 #include "lib/arp.h"
+#include "lib/probe.h"
 #endif

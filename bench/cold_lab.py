@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import shlex
 import statistics
 import sys
 import time
 
 from bench import lean as leanpair
+from bench.monitor_cost import reload
 from bench.pps import lab_pairs
 from bench.profile import _prog_times, bpf_stats
 from bench.rate_cost import rtt_us
@@ -29,12 +32,13 @@ from bench.run import headline, machine, save
 from dataplane.core import abi
 from dataplane.core.keys import be32, mac_key
 from dataplane.kernel import loader, netns
-from dataplane.node import Node, vtep
+from dataplane.node import Node
 from lab import topology as lab
 from lab.traffic import ping
 
 RATES = (20, 100)                      # echo requests a second
 VNI = 256
+FIELDS = ("from_endpoint", "from_overlay", "rtt_us")
 
 
 def prog_id(fd: int) -> int:
@@ -50,44 +54,57 @@ def pinned_id(ns: str, prog: str) -> int:
         os.close(fd)
 
 
-def per_run(before: dict, after: dict, ids: tuple[int, int]) -> tuple[float, float]:
-    """ns per run of each of ids between two _prog_times() (0 if it did not run)."""
+def per_run_by_id(before: dict, after: dict, ids: tuple[int, int]) -> tuple[float | None, float | None]:
+    """ns per run of each of ids between two _prog_times() (None if it did not run)."""
     out = []
     for pid in ids:
         ns, cnt = (after[pid][i] - before[pid][i] for i in (1, 2))
-        out.append(ns / cnt if cnt else 0.0)
+        out.append(ns / cnt if cnt else None)
     return out[0], out[1]
 
 
+def medians(samples: dict) -> list[dict]:
+    """Per rate and program, the median of each figure over the turns that have it (None if none
+    has), and how many turns had no reply; rows by rate, programs in the order they came."""
+    rows = []
+    for key, turns in samples.items():
+        rate, name = key.split()
+        row = {"rate": int(rate), "program": name, "turns": len(turns),
+               "no_reply": sum(t["rtt_us"] is None for t in turns)}
+        for f in FIELDS:
+            got = [t[f] for t in turns if t[f] is not None]
+            row[f] = statistics.median(got) if got else None
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["rate"])
+
+
+def command(a: dict) -> str:
+    """The command line that makes a run with arguments a (vars of the parsed arguments)."""
+    cmd = f"bench.cold_lab --rounds {a['rounds']}" + (" --owned" if a.get("owned") else "")
+    cmd += "".join(f" --variant {shlex.quote(v)}" for v in a["variant"])
+    return cmd + (f" --out {a['out']}" if a.get("out", "cold_lab") != "cold_lab" else "")
+
+
 def table(res: dict) -> str:
-    variants = "".join(f" --variant {v}" for v in res["args"]["variant"])
-    owned = " --owned" if res["args"].get("owned") else ""
-    cmd = f"bench.cold_lab --rounds {res['args']['rounds']}{owned}{variants}"
-    md = [f"{headline(res['machine'])}. Command: `.venv/bin/python -m {cmd}`. Medians of the rounds. ns per run of "
-          "the two programs the echo requests pass (h1's endpoint port, h2's uplink), from the kernel's BPF "
-          "statistics; round trip from ping (the replies pass our programs as built in every row).", "",
+    md = [f"{headline(res['machine'])}. Command: `.venv/bin/python -m {command(res['args'])}`. Medians of the "
+          "rounds. ns per run of the two programs the echo requests pass (h1's endpoint port, h2's uplink), from "
+          "the kernel's BPF statistics; round trip from ping. The replies pass ours as built, or the row's "
+          "variant (both hosts run it). - : no figure.", "",
           "| requests/s | programs | from_endpoint, ns per run | from_overlay, ns per run | round trip avg, us |",
           "|---|---|---|---|---|"]
     for row in res["median"]:
-        md.append(f"| {row['rate']} | {row['program']} | {row['from_endpoint']:,.0f} | {row['from_overlay']:,.0f} | "
-                  f"{row['rtt_us']:.0f} |")
+        cells = ["-" if row[f] is None else f"{row[f]:,.0f}" for f in FIELDS]
+        lost = f" ({row['no_reply']} of {row['turns']} turns without a reply)" if row.get("no_reply") else ""
+        md.append(f"| {row['rate']} | {row['program']} | {' | '.join(cells)}{lost} |")
     return "\n".join(md) + "\n"
-
-
-def load(cflags: str) -> None:
-    """Our programs built with cflags on both hosts, in place."""
-    os.environ["DP_BPF_CFLAGS"] = cflags
-    try:
-        for i in (1, 2):
-            vtep.up(Node(lab.host_ns(i)), [VNI], quiet=True)
-    finally:
-        os.environ.pop("DP_BPF_CFLAGS", None)
 
 
 def variant(text: str) -> tuple[str, str]:
     name, sep, flags = text.partition("=")
-    if not sep or not name or name in ("ours", "lean") or not all(f.startswith("-DDP_") for f in flags.split()):
-        raise argparse.ArgumentTypeError(f"{text!r}: NAME=CFLAGS, flags -DDP_..., not named ours or lean")
+    if not (sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name not in ("ours", "lean") and flags.split()
+            and all(f.startswith("-DDP_") for f in flags.split())):
+        raise argparse.ArgumentTypeError(f"{text!r}: NAME=CFLAGS, a name of letters, digits, '_.-' other than "
+                                         "ours and lean, and at least one flag, each -DDP_...")
     return name, flags
 
 
@@ -112,17 +129,18 @@ def own(a: dict, b: dict) -> None:
 def rounds(args, pairs: dict, pair: leanpair.Lean, samples: dict) -> None:
     a, b = pairs["dataplane"]
     hooks = leanpair.setup(pair, a, b)
-    # The lean pair passes ARP to the host: the sender's entry for b must not need it (its
-    # unicast probe after 30 s would go unanswered, and the echo requests with it).
-    netns.ns_exec(a["name"], ["ip", "neigh", "replace", b["ip"], "lladdr", b["mac"], "dev", "eth0",
-                              "nud", "permanent"], check=True)
+    # The lean pair passes a's ARP to h1's stack: neither end's entry for the other may need ARP
+    # (a's probe of b would go unanswered, and so would b's of a, whose reply a sends).
+    for x, y in ((a, b), (b, a)):
+        netns.ns_exec(x["name"], ["ip", "neigh", "replace", y["ip"], "lladdr", y["mac"], "dev", "eth0",
+                                  "nud", "permanent"], check=True)
     if args.owned:
         own(a, b)
     builds = {"ours": "", **dict(args.variant)}
     order = [*builds, "lean"]
     for r in range(args.rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
-            load(builds.get(name, ""))
+            reload(builds.get(name, ""))
             hooks.use("lean" if name == "lean" else "dataplane")
             ids = ((prog_id(pair.fds["from_endpoint"]), prog_id(pair.fds["from_overlay"])) if name == "lean" else
                    (pinned_id(lab.host_ns(1), "from_endpoint"), pinned_id(lab.host_ns(2), "from_overlay")))
@@ -130,12 +148,12 @@ def rounds(args, pairs: dict, pair: leanpair.Lean, samples: dict) -> None:
             for rate in RATES:
                 before = _prog_times()
                 rtt = rtt_us(a, b, 1 / rate)
-                fe, fo = per_run(before, _prog_times(), ids)
+                fe, fo = per_run_by_id(before, _prog_times(), ids)
                 got = {"from_endpoint": fe, "from_overlay": fo, "rtt_us": rtt}
                 samples.setdefault(f"{rate} {name}", []).append(got)
-                print(f"bench/cold_lab: round {r + 1}/{args.rounds} {rate}/s {name}: from_endpoint {fe:.0f} ns, "
-                      f"from_overlay {fo:.0f} ns, rtt {rtt or 0:.0f} us", file=sys.stderr, flush=True)
-    load("")
+                print(f"bench/cold_lab: round {r + 1}/{args.rounds} {rate}/s {name}: from_endpoint {fe or 0:.0f} "
+                      f"ns, from_overlay {fo or 0:.0f} ns, round trip {rtt or 0:.0f} us", file=sys.stderr, flush=True)
+    reload("")
 
 
 def main(argv=None) -> int:
@@ -158,13 +176,7 @@ def main(argv=None) -> int:
         pair = leanpair.Lean()
         stack.callback(pair.close)
         rounds(args, pairs, pair, samples)
-    med = []
-    for key, v in samples.items():
-        rate, name = key.split()
-        med.append({"rate": int(rate), "program": name,
-                    **{f: statistics.median(x[f] for x in v if x[f] is not None)
-                       for f in ("from_endpoint", "from_overlay", "rtt_us")}})
-    med.sort(key=lambda row: row["rate"])
+    med = medians(samples)
     res = {"machine": machine(), "args": {**vars(args), "variant": [f"{n}={f}" for n, f in args.variant]},
            "samples": samples, "median": med}
     save(res, table(res), args.out)

@@ -29,9 +29,18 @@ VARIANTS = {"as built": "", "compiled out": "-DDP_NO_MONITOR"}
 
 
 def reload(cflags: str) -> None:
+    """Both lab hosts' programs built with cflags (-DDP_* flags), reloaded in place; the
+    environment's DP_BPF_CFLAGS as it was afterwards."""
+    was = os.environ.get("DP_BPF_CFLAGS")
     os.environ["DP_BPF_CFLAGS"] = cflags
-    for i in (1, 2):
-        vtep.up(Node(lab.host_ns(i)), [256], quiet=True)      # reloads the programs in place
+    try:
+        for i in (1, 2):
+            vtep.up(Node(lab.host_ns(i)), [256], quiet=True)
+    finally:
+        if was is None:
+            os.environ.pop("DP_BPF_CFLAGS", None)
+        else:
+            os.environ["DP_BPF_CFLAGS"] = was
 
 
 def main(argv=None) -> int:

@@ -59,10 +59,15 @@ PATHS = {   # name: (program, frame, ingress ifindex, what it is)
 }
 
 
+def pin_dir(i: int) -> str:
+    """Where _harness(i, ...) pins its maps (removed by whoever made it)."""
+    return os.path.join(fastpath.PIN_ROOT, f"progcost-{os.getpid()}-{i}")
+
+
 def _harness(i: int, cflags: str, clock: bool) -> Harness:
     os.environ["DP_BPF_CFLAGS"] = cflags
     try:
-        h = Harness(os.path.join(fastpath.PIN_ROOT, f"progcost-{os.getpid()}-{i}"))
+        h = Harness(pin_dir(i))
     finally:
         os.environ.pop("DP_BPF_CFLAGS", None)
     h.baseline()

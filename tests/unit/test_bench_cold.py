@@ -20,25 +20,49 @@ def test_the_cold_table_has_a_row_per_path_and_program_and_a_dash_where_a_case_i
     assert "| encap, owned MAC | lean | 2,343 | 310 | - | 241 |" in md
 
 
-def test_the_warming_frame_is_another_mac_and_address_than_any_measured_frame_uses():
-    # "after another frame" means something only if the warming frame takes other per-key entries
+def test_the_warming_frame_takes_other_entries_than_any_measured_frame():
+    # "after another frame" means something only if the warming frame's per-key entries are elsewhere
     from tests.bpf import conftest as c
     assert set(cold.PATHS) <= set(cold.progcost.PATHS)
-    assert cold.OTHER_MAC not in (c.EP_MAC, c.EP2_MAC, c.REMOTE_MAC, cold.progcost.LEARNED_MAC)
-    assert cold.OTHER_IP not in (c.EP_IP, c.EP2_IP, c.REMOTE_IP, cold.progcost.LEARNED_IP)
+    for mac, ip in ((cold.OTHER_MAC, cold.OTHER_IP), (cold.OTHER_EP_MAC, cold.OTHER_EP_IP)):
+        assert mac not in (c.EP_MAC, c.EP2_MAC, c.REMOTE_MAC, cold.progcost.LEARNED_MAC)
+        assert ip not in (c.EP_IP, c.EP2_IP, c.REMOTE_IP, cold.progcost.LEARNED_IP)
+    # endpoint copies are indexed by ifindex: half the map away, no shared line or page
+    slots = cold.abi.load().constants["DP_MAP_LOCAL_COPIES"]
+    distance = (cold.other_ifindex() - c.EP_IFINDEX) % slots
+    assert min(distance, slots - distance) == slots // 2
 
 
-def test_the_cold_lab_table_names_its_variants_in_the_command():
-    med = [{"rate": 20, "program": "ours", "from_endpoint": 9452.4, "from_overlay": 6288.0, "rtt_us": 88.2},
-           {"rate": 20, "program": "lean", "from_endpoint": 4384.0, "from_overlay": 967.0, "rtt_us": 83.0}]
-    md = cold_lab.table({"machine": MACHINE, "args": {"rounds": 4, "variant": ["no-copies=-DDP_NO_COPIES"]},
-                         "median": med})
-    assert "`.venv/bin/python -m bench.cold_lab --rounds 4 --variant no-copies=-DDP_NO_COPIES`" in md
+def _turn(fe, fo, rtt):
+    return {"from_endpoint": fe, "from_overlay": fo, "rtt_us": rtt}
+
+
+def test_the_cold_lab_medians_leave_out_turns_without_a_figure_and_count_those_without_a_reply():
+    med = cold_lab.medians({"100 ours": [_turn(1.0, 2.0, 80.0), _turn(3.0, None, None), _turn(5.0, 4.0, 90.0)],
+                            "20 lean": [_turn(None, None, None)]})
+    assert [(r["rate"], r["program"]) for r in med] == [(20, "lean"), (100, "ours")]
+    assert med[1] == {"rate": 100, "program": "ours", "turns": 3, "no_reply": 1, "from_endpoint": 3.0,
+                      "from_overlay": 3.0, "rtt_us": 85.0}
+    assert med[0]["from_endpoint"] is None and med[0]["no_reply"] == 1
+
+
+def test_the_cold_lab_table_reproduces_the_command_and_marks_what_is_missing():
+    args = {"rounds": 4, "owned": True, "out": "cold_lab-owned",
+            "variant": ["no-copies=-DDP_NO_COPIES", "two=-DDP_A -DDP_B"]}
+    med = [{"rate": 20, "program": "ours", "turns": 4, "no_reply": 0, "from_endpoint": 9452.4,
+            "from_overlay": 6288.0, "rtt_us": 88.2},
+           {"rate": 20, "program": "lean", "turns": 4, "no_reply": 4, "from_endpoint": 4384.0,
+            "from_overlay": 967.0, "rtt_us": None}]
+    md = cold_lab.table({"machine": MACHINE, "args": args, "median": med})
+    assert ("`.venv/bin/python -m bench.cold_lab --rounds 4 --owned --variant no-copies=-DDP_NO_COPIES "
+            "--variant 'two=-DDP_A -DDP_B' --out cold_lab-owned`") in md
     assert "| 20 | ours | 9,452 | 6,288 | 88 |" in md
-    assert "| 20 | lean | 4,384 | 967 | 83 |" in md
+    assert "| 20 | lean | 4,384 | 967 | - (4 of 4 turns without a reply) |" in md
+    assert "--out" not in cold_lab.command({"rounds": 4, "variant": [], "out": "cold_lab"})
 
 
-@pytest.mark.parametrize("text", ["nocflags", "=-DDP_X", "lean=-DDP_X", "ours=", "x=-O0", "x=-DDP_A -fno-x"])
+@pytest.mark.parametrize("text", ["nocflags", "=-DDP_X", "lean=-DDP_X", "ours=-DDP_X", "x=", "x= ", "x=-O0",
+                                  "x=-DDP_A -fno-x", "a b=-DDP_X"])
 def test_a_variant_must_be_a_new_name_and_dp_flags_only(text):
     with pytest.raises(argparse.ArgumentTypeError):
         cold_lab.variant(text)

@@ -128,3 +128,18 @@ def congestion_control(pairs: dict[str, list[dict]], cc: str | None):
     finally:                            # the host's list first of all: it outlives the lab
         if cc not in allowed:
             netlink.sysctl(None, ALLOWED, " ".join(allowed))
+
+
+def own(a: dict, b: dict, vni: int = 256) -> None:
+    """Static entries for the dataplane pair's two MACs (a in h1, b in h2), as a node with a
+    registry has them. The lab has no registry: without them each MAC is learned, and frames
+    take the learned path's lookups (the peer check, learning, the learned destination)."""
+    from dataplane.core import abi  # noqa: PLC0415 - the dataplane package, for this only
+    from dataplane.core.keys import be32, mac_key  # noqa: PLC0415
+    from dataplane.node import Node  # noqa: PLC0415
+    ab = abi.load()
+    static = int(ab.enums["dp_fdb_flag"].DP_FDB_STATIC)
+    for host, mac, vtep_ip in ((1, b["mac"], lab.vtep_ip(2)), (2, a["mac"], lab.vtep_ip(1))):
+        with Node(lab.host_ns(host)).maps() as m:
+            m.dp_fdb.put(mac_key(vni, mac), ab.structs["dp_fdb_entry"](vtep=be32(vtep_ip), flags=static))
+            m.dp_learned.delete(mac_key(vni, mac))

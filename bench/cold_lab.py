@@ -23,14 +23,12 @@ import statistics
 import sys
 import time
 
-from bench import lean as leanpair
+from bench import baselines, lean as leanpair
 from bench.monitor_cost import reload
 from bench.pps import lab_pairs
 from bench.profile import _prog_times, bpf_stats
 from bench.rate_cost import rtt_us
 from bench.run import headline, machine, save
-from dataplane.core import abi
-from dataplane.core.keys import be32, mac_key
 from dataplane.kernel import loader, netns
 from dataplane.node import Node
 from lab import topology as lab
@@ -117,15 +115,6 @@ def connected(a: dict, b: dict, name: str) -> None:
     raise RuntimeError(f"{name}: {a['name']} does not reach {b['ip']}")
 
 
-def own(a: dict, b: dict) -> None:
-    """Static entries for both sandboxes' MACs, as a node with a registry has them (the lab has none:
-    without them each MAC is learned, and frames take the learned path's lookups)."""
-    for host, (mac, vtep_ip) in ((1, (b["mac"], lab.vtep_ip(2))), (2, (a["mac"], lab.vtep_ip(1)))):
-        with Node(lab.host_ns(host)).maps() as m:
-            m.dp_fdb.put(mac_key(VNI, mac), abi.load().structs["dp_fdb_entry"](vtep=be32(vtep_ip), flags=1))
-            m.dp_learned.delete(mac_key(VNI, mac))
-
-
 def rounds(args, pairs: dict, pair: leanpair.Lean, samples: dict) -> None:
     a, b = pairs["dataplane"]
     hooks = leanpair.setup(pair, a, b)
@@ -135,7 +124,7 @@ def rounds(args, pairs: dict, pair: leanpair.Lean, samples: dict) -> None:
         netns.ns_exec(x["name"], ["ip", "neigh", "replace", y["ip"], "lladdr", y["mac"], "dev", "eth0",
                                   "nud", "permanent"], check=True)
     if args.owned:
-        own(a, b)
+        baselines.own(a, b, VNI)
     builds = {"ours": "", **dict(args.variant)}
     order = [*builds, "lean"]
     for r in range(args.rounds):

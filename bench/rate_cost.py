@@ -1,6 +1,6 @@
 """bench/rate_cost: what a program run costs as the offered rate falls.
 
-    .venv/bin/python -m bench.rate_cost [--rounds 3]
+    .venv/bin/python -m bench.rate_cost [--rounds 3] [--owned]
 
 The metrics and `dataplane status` show the programs' ns per run from the kernel's BPF
 statistics; bench/ quotes the figure at hundreds of kpps. This measures it where most nodes
@@ -8,8 +8,10 @@ live: ICMP echo between two lab sandboxes at 1 to 500 requests a second (ping's 
 and the 64-byte generator's full rate for contrast. Per rate and round: each program's ns
 per run over the interval (both hosts' copies summed: h1's from_endpoint takes the requests,
 h2's the replies), and ping's average round trip through routing, the kernel's vxlan device
-and dataplane in turn (bench/baselines.py's lab). Writes bench/results/rate_cost.{json,md}
-(medians of the rounds)."""
+and dataplane in turn (bench/baselines.py's lab). The lab has no registry, so dataplane's
+remote MACs are learned; --owned gives both static entries, as a registry node has them.
+Writes bench/results/rate_cost.{json,md}, with --owned rate_cost-owned.* (medians of the
+rounds)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def label(interval: float | None) -> str:
 
 def table(res: dict) -> str:
     md = (f"{headline(res['machine'])}. Command: "
-          f"`.venv/bin/python -m bench.rate_cost --rounds {res['args']['rounds']}`. Medians of the rounds; ns "
+          f"`.venv/bin/python -m bench.rate_cost --rounds {res['args']['rounds']}"
+          f"{' --owned' if res['args'].get('owned') else ''}`. Medians of the rounds; ns "
           "per run from the kernel's BPF statistics (both hosts' copies), round trip from ping.\n\n"
           "| offered | from_endpoint, ns per run | from_overlay, ns per run | round trip avg, us: "
           + ", ".join(baselines.MODES) + " |\n|---|---|---|---|\n")
@@ -53,6 +56,8 @@ def rtt_us(a: dict, b: dict, interval: float) -> float | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/rate_cost")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--owned", action="store_true",
+                   help="static entries for dataplane's two MACs (a registry node's path) instead of learned ones")
     args = p.parse_args(argv)
     lab.down()
     samples: dict[str, list[dict]] = {label(i): [] for i in (*INTERVALS, None)}
@@ -62,6 +67,8 @@ def main(argv=None) -> int:
             for a, b in pairs.values():
                 assert ping(a["name"], b["ip"], count=2)[0] == 2
             a, b = pairs["dataplane"]
+            if args.owned:
+                baselines.own(a, b)
             for r in range(args.rounds):
                 for interval in (*INTERVALS, None):
                     rtt = {f"rtt_{m}": None for m in baselines.MODES}
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
     med = [{"offered": k, **{f: (statistics.median(x) if None not in (x := [s[f] for s in v]) else None)
                              for f in fields}} for k, v in samples.items()]
     res = {"machine": machine(), "args": vars(args), "samples": samples, "median": med}
-    save(res, table(res), "rate_cost")
+    save(res, table(res), "rate_cost-owned" if args.owned else "rate_cost")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""bench.cold's and bench.cold_lab's tables and arguments, without BPF or a lab."""
+"""bench.cold's, bench.cold_lab's and bench.owned's tables and arguments, without BPF or a lab."""
 
 import argparse
 
@@ -71,3 +71,14 @@ def test_a_variant_must_be_a_new_name_and_dp_flags_only(text):
 def test_a_variant_splits_into_its_name_and_flags():
     assert cold_lab.variant("no-copies=-DDP_NO_COPIES -DDP_NO_MONITOR") == \
         ("no-copies", "-DDP_NO_COPIES -DDP_NO_MONITOR")
+
+
+def test_the_owned_table_gives_each_figure_and_the_ratio_with_its_interval():
+    from bench import owned
+    keys = [k for k, *_ in owned.ROWS]
+    samples = {"learned": {k: [100.0, 110.0, 120.0] for k in keys}, "owned": {k: [90.0, 92.0, 94.0] for k in keys}}
+    med = {m: {k: sorted(v)[1] for k, v in d.items()} for m, d in samples.items()}
+    md = owned.table({"machine": MACHINE, "args": {"rounds": 3, "seconds": 3.0}, "samples": samples, "median": med})
+    assert "`.venv/bin/python -m bench.owned --rounds 3 --seconds 3`" in md
+    assert "| from_endpoint, ns per run | 110 | 92 | 0.84x (" in md
+    assert md.count("| ") >= len(keys) + 2

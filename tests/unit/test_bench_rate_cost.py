@@ -15,3 +15,10 @@ def test_the_table_has_a_row_per_rate_and_a_round_trip_per_mode():
     assert "| 1 echo requests/s | 10477 | 7397 | 74, 96, 97 |" in md
     assert "| 64-byte generator, full rate | 494 | 191 | -, -, - |" in md
     assert "--rounds 3" in md
+
+
+def test_the_table_says_when_the_macs_were_static():
+    machine = {"kernel": "6.18", "cpus": 2, "cpu_model": "AMD EPYC", "date": "2026-12-06 09:15:00 UTC"}
+    md = rate_cost.table({"machine": machine, "args": {"rounds": 3, "owned": True}, "median": []})
+    assert "`.venv/bin/python -m bench.rate_cost --rounds 3 --owned`" in md
+    assert "--owned" not in rate_cost.table({"machine": machine, "args": {"rounds": 3}, "median": []})

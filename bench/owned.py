@@ -21,7 +21,7 @@ from bench import baselines
 from bench.pps import Sink, lab_pairs, run_once
 from bench.profile import bpf_stats
 from bench.run import headline, ratio_ci, save_samples
-from dataplane.core.keys import mac_key
+from dataplane.core.keys import be32, mac_key
 from dataplane.node import Node
 from lab import topology as lab
 from lab.traffic import ping
@@ -39,6 +39,10 @@ def learned(a: dict, b: dict) -> None:
         with Node(lab.host_ns(host)).maps() as m:
             m.dp_fdb.delete(mac_key(VNI, mac))
     ping(b["name"], a["ip"], count=2)           # the replies are sunk; the requests teach h1
+    with Node(lab.host_ns(1)).maps() as m:
+        got = m.dp_learned.get(mac_key(VNI, b["mac"]))
+    if got is None or got.vtep != be32(lab.vtep_ip(2)):
+        raise RuntimeError(f"h1 did not learn {b['mac']} at {lab.vtep_ip(2)}: the turn would measure flooding")
 
 
 def table(res: dict) -> str:
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
                     baselines.own(a, b, VNI)
                 else:
                     learned(a, b)
-                got = run_once(sink, a, b, macs["dataplane"], args.seconds, 64, True)
+                got = run_once(sink, a, b, macs["dataplane"], args.seconds, flows=64, dataplane=True)
                 for k, v in got.items():
                     samples[mode].setdefault(k, []).append(v)
                 print(f"bench/owned: round {r + 1}/{args.rounds} {mode}: {got['pps'] / 1e3:.0f} kpps, "

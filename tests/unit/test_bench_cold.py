@@ -80,5 +80,5 @@ def test_the_owned_table_gives_each_figure_and_the_ratio_with_its_interval():
     med = {m: {k: sorted(v)[1] for k, v in d.items()} for m, d in samples.items()}
     md = owned.table({"machine": MACHINE, "args": {"rounds": 3, "seconds": 3.0}, "samples": samples, "median": med})
     assert "`.venv/bin/python -m bench.owned --rounds 3 --seconds 3`" in md
-    assert "| from_endpoint, ns per run | 110 | 92 | 0.84x (" in md
+    assert "| from_endpoint, ns per run | 110 | 92 | 0.84x (0.75-0.94) |" in md
     assert md.count("| ") >= len(keys) + 2

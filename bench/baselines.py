@@ -134,12 +134,9 @@ def own(a: dict, b: dict, vni: int = 256) -> None:
     """Static entries for the dataplane pair's two MACs (a in h1, b in h2), as a node with a
     registry has them. The lab has no registry: without them each MAC is learned, and frames
     take the learned path's lookups (the peer check, learning, the learned destination)."""
-    from dataplane.core import abi  # noqa: PLC0415 - the dataplane package, for this only
-    from dataplane.core.keys import be32, mac_key  # noqa: PLC0415
-    from dataplane.node import Node  # noqa: PLC0415
-    ab = abi.load()
-    static = int(ab.enums["dp_fdb_flag"].DP_FDB_STATIC)
+    from dataplane.core.keys import mac_key  # noqa: PLC0415 - the dataplane package, for this only
+    from dataplane.node import Node, fdb  # noqa: PLC0415
     for host, mac, vtep_ip in ((1, b["mac"], lab.vtep_ip(2)), (2, a["mac"], lab.vtep_ip(1))):
         with Node(lab.host_ns(host)).maps() as m:
-            m.dp_fdb.put(mac_key(vni, mac), ab.structs["dp_fdb_entry"](vtep=be32(vtep_ip), flags=static))
+            m.dp_fdb.put(*fdb.static_entry(vni, mac, vtep_ip))
             m.dp_learned.delete(mac_key(vni, mac))

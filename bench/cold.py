@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import mmap
 import os
 import shutil
@@ -29,6 +28,7 @@ import time
 from bench import lean as leanpair, progcost
 from bench.run import headline, machine, save
 from dataplane.core import abi
+from tests.bpf.conftest import tc_ctx
 
 BUF = 96 << 20
 PATHS = ("encap, owned MAC", "decap, owned source")        # progcost.PATHS
@@ -57,12 +57,6 @@ class Thrash:
         self.buf.close()
 
 
-def _ctx(ifindex: int) -> bytes:
-    c = (ctypes.c_uint32 * 48)()
-    c[9] = ifindex                                     # __sk_buff.ingress_ifindex
-    return bytes(c)
-
-
 def other_ifindex() -> int:
     """The warming frame's endpoint: half the copies' slots away from the measured one's (the
     endpoint copies are indexed by ifindex), so it shares no cache line or page with it."""
@@ -75,22 +69,15 @@ def second_frames(h) -> dict[str, tuple[bytes, bytes]]:
     endpoint of its own (other_ifindex, OTHER_EP_MAC) to OTHER_MAC, a static entry at the other
     peer, whose next hop is cached as the measured frame's is; and back."""
     from tests import packets as P  # noqa: PLC0415 - scapy, for the bench only
-    from tests.bpf.conftest import LOCAL_IP, NH_DMAC, NH_SMAC, OTHER_PEER_IP, UPLINK_IFINDEX, VNI, be32  # noqa: PLC0415
-    m, S = h.maps, h.S
+    from tests.bpf.conftest import LOCAL_IP, OTHER_PEER_IP, UPLINK_IFINDEX, VNI, be32  # noqa: PLC0415
     ifindex = other_ifindex()
-    ep = S["dp_endpoint"](vni=VNI, ip=be32(OTHER_EP_IP), slot=h.slot(VNI), mtu=1450)
-    ctypes.memmove(ep.mac, bytes.fromhex(OTHER_EP_MAC.replace(":", "")), 6)
-    m.dp_endpoints.put(ctypes.c_uint32(ifindex), ep)
-    m.dp_local_macs.put(h.mac_key(VNI, OTHER_EP_MAC), ctypes.c_uint32(ifindex))
-    m.dp_fdb.put(h.mac_key(VNI, OTHER_MAC), S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), flags=1))
-    nh = S["dp_nexthop"](ifindex=UPLINK_IFINDEX, updated_ns=time.monotonic_ns() + 3600 * 10**9)  # no FIB lookup
-    ctypes.memmove(nh.smac, bytes.fromhex(NH_SMAC.replace(":", "")), 6)
-    ctypes.memmove(nh.dmac, bytes.fromhex(NH_DMAC.replace(":", "")), 6)
-    m.dp_nexthops.put(ctypes.c_uint32(be32(OTHER_PEER_IP)), nh)
+    h.endpoint(ifindex, OTHER_EP_MAC, OTHER_EP_IP)
+    h.maps.dp_fdb.put(h.mac_key(VNI, OTHER_MAC), h.S["dp_fdb_entry"](vtep=be32(OTHER_PEER_IP), flags=1))
+    h.nexthop(OTHER_PEER_IP, updated_ns=time.monotonic_ns() + 3600 * 10**9)      # cached: no FIB lookup
     udp = bytes(P.inner_ipv4(OTHER_EP_MAC, OTHER_MAC, OTHER_EP_IP, OTHER_IP, payload=b"x" * 18))
     vx = bytes(P.vxlan(P.inner_ipv4(OTHER_MAC, OTHER_EP_MAC, OTHER_IP, OTHER_EP_IP, payload=b"x" * 18), VNI,
                        OTHER_PEER_IP, LOCAL_IP))
-    return {"from_endpoint": (udp, _ctx(ifindex)), "from_overlay": (vx, _ctx(UPLINK_IFINDEX))}
+    return {"from_endpoint": (udp, tc_ctx(ifindex)), "from_overlay": (vx, tc_ctx(UPLINK_IFINDEX))}
 
 
 def lean_pair() -> leanpair.Lean:
@@ -109,7 +96,7 @@ def measure(rounds: int, run, fds: dict, second: dict, thrash: Thrash) -> dict:
     out: dict = {}
     for path in PATHS:
         prog, frame, ifindex, _ = progcost.PATHS[path]
-        ctx = _ctx(ifindex)
+        ctx = tc_ctx(ifindex)
         verdicts = {name: run(f[prog], frame, ctx).retval for name, f in fds.items()}
         verdicts["ours, warming frame"] = run(fds["ours"][prog], *second[prog]).retval
         if len(set(verdicts.values()) - {verdicts["trivial"]}) != 1:

@@ -29,7 +29,7 @@ from bench.pps import lab_pairs
 from bench.profile import _prog_times, bpf_stats
 from bench.rate_cost import rtt_us
 from bench.run import headline, machine, save
-from dataplane.kernel import loader, netns
+from dataplane.kernel import bpfsys, loader, netns
 from dataplane.node import Node
 from lab import topology as lab
 from lab.traffic import ping
@@ -40,8 +40,7 @@ FIELDS = ("from_endpoint", "from_overlay", "rtt_us")
 
 
 def prog_id(fd: int) -> int:
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+    return bpfsys.prog_info(fd)["id"]
 
 
 def pinned_id(ns: str, prog: str) -> int:

@@ -19,7 +19,6 @@ are returned, not carried out. Writes bench/results/progcost.{json,md}."""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -29,8 +28,8 @@ import time
 from bench.run import machine
 from dataplane.kernel import loader as fastpath
 from tests import packets as P
-from tests.bpf.conftest import (EP2_IP, EP2_MAC, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, NH_DMAC, NH_SMAC,
-                                PEER_IP, REMOTE_IP, REMOTE_MAC, UPLINK_IFINDEX, VNI, Harness, be32)
+from tests.bpf.conftest import (EP2_IP, EP2_MAC, EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, PEER_IP, REMOTE_IP,
+                                REMOTE_MAC, UPLINK_IFINDEX, VNI, Harness, be32, tc_ctx)
 
 LEARNED_MAC, LEARNED_IP = "02:42:0a:01:00:33", "10.1.0.33"
 VARIANTS = {"default": ("", True), "no copies": ("-DDP_NO_COPIES", True),
@@ -76,10 +75,7 @@ def _harness(i: int, cflags: str, clock: bool) -> Harness:
     far = time.monotonic_ns() + 3600 * 10**9       # a next hop fresh for the whole run: no FIB lookups
     # Stamped now: the fast path refreshes it once a second, as it does a learned entry in use.
     m.dp_learned.put(h.mac_key(VNI, LEARNED_MAC), S["dp_fdb_entry"](vtep=be32(PEER_IP), last_seen_ns=time.monotonic_ns()))
-    nh = S["dp_nexthop"](ifindex=UPLINK_IFINDEX, updated_ns=far)     # a cached next hop, as the FIB leaves them
-    ctypes.memmove(nh.smac, bytes.fromhex(NH_SMAC.replace(":", "")), 6)
-    ctypes.memmove(nh.dmac, bytes.fromhex(NH_DMAC.replace(":", "")), 6)
-    m.dp_nexthops.put(ctypes.c_uint32(be32(PEER_IP)), nh)
+    h.nexthop(PEER_IP, updated_ns=far)     # a cached next hop, as the FIB leaves them
     return h
 
 
@@ -89,9 +85,7 @@ def measure(rounds: int, batch: int) -> dict:
         run = hs[0].cwire.prog_test_run
         out = {}
         for path, (prog, frame, ifindex, _) in PATHS.items():
-            ctx = (ctypes.c_uint32 * 48)()
-            ctx[9] = ifindex                         # __sk_buff.ingress_ifindex
-            ctx = bytes(ctx)
+            ctx = tc_ctx(ifindex)
             verdicts = {run(h.fds[prog], frame, ctx).retval for h in hs}
             if len(verdicts) != 1:
                 raise RuntimeError(f"{path}: the variants disagree on the verdict: {verdicts}")

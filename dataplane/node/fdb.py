@@ -24,6 +24,11 @@ _FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
 _LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
 
 
+def static_entry(vni: int, mac: str, vtep: str):
+    """dp_fdb's key and value for {vni, mac} at vtep, a static entry (never aged)."""
+    return mac_key(vni, mac), _S["dp_fdb_entry"](vtep=be32(vtep), flags=_FDB_STATIC)
+
+
 def local_add(m: NodeMaps, ep: LocalEndpoint) -> None:
     local_put(m, ep.vni, ep.mac, ep.ip, ep.ifindex)
 
@@ -123,7 +128,7 @@ class RemoteTable:
             for i in del_neigh:
                 del have_neigh[i]
         self._put(self.maps.dp_fdb, have_fdb, put_fdb,
-                  lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+                  lambda m, v: static_entry(vni, m, v))
         self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
         self._note_short(vni, have_fdb, fdb, have_neigh, neigh)
         if not have_fdb:
@@ -158,7 +163,7 @@ class RemoteTable:
         put_fdb = {m: v for m, v in fdb.items() if v is not None and have_fdb.get(m) != v}
         put_neigh = {i: m for i, m in neigh.items() if m is not None and have_neigh.get(i) != m}
         self._put(self.maps.dp_fdb, have_fdb, put_fdb,
-                  lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+                  lambda m, v: static_entry(vni, m, v))
         self._put(self.maps.dp_neigh, have_neigh, put_neigh, lambda i, m: (ip_key(vni, i), mac_value(m)))
         for m in put_fdb:
             self.maps.dp_learned.delete(mac_key(vni, m))
@@ -205,7 +210,7 @@ class RemoteTable:
             del self.fdb[vni][mac]
             del self.neigh[vni][ip]
             self._put(self.maps.dp_fdb, self.fdb[vni], {mac: vtep},
-                      lambda m, v: (mac_key(vni, m), _S["dp_fdb_entry"](vtep=be32(v), flags=_FDB_STATIC)))
+                      lambda m, v: static_entry(vni, m, v))
             self._put(self.maps.dp_neigh, self.neigh[vni], {ip: mac}, lambda i, m: (ip_key(vni, i), mac_value(m)))
         return missing
 

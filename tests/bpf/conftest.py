@@ -37,6 +37,13 @@ def be32(ip: str) -> int:
     return int.from_bytes(socket.inet_aton(ip), sys.byteorder)
 
 
+def tc_ctx(ingress_ifindex: int = 0) -> bytes:
+    """A struct __sk_buff for BPF_PROG_TEST_RUN of a tc program, only ingress_ifindex (offset 36) set."""
+    ctx = (ctypes.c_uint32 * 48)()
+    ctx[9] = ingress_ifindex
+    return bytes(ctx)
+
+
 class Harness:
     def __init__(self, pin_dir: str):
         from dataplane.core import abi, cwire
@@ -91,10 +98,7 @@ class Harness:
         for vni in (0, VNI, OTHER_VNI):
             m.dp_stats.put(ctypes.c_uint32(self.slot(vni)), m.dp_stats.zero())
         for ifx, mac, ip in ((EP_IFINDEX, EP_MAC, EP_IP), (EP2_IFINDEX, EP2_MAC, EP2_IP)):
-            ep = S["dp_endpoint"](vni=VNI, ip=be32(ip), slot=self.slot(VNI), mtu=1450)
-            ctypes.memmove(ep.mac, bytes.fromhex(mac.replace(":", "")), 6)
-            m.dp_endpoints.put(ctypes.c_uint32(ifx), ep)
-            m.dp_local_macs.put(self.mac_key(VNI, mac), ctypes.c_uint32(ifx))
+            self.endpoint(ifx, mac, ip)
         for ip, mac in ((EP_IP, EP_MAC), (EP2_IP, EP2_MAC), (REMOTE_IP, REMOTE_MAC)):
             nv = S["dp_mac"]()
             ctypes.memmove(nv.mac, bytes.fromhex(mac.replace(":", "")), 6)
@@ -102,16 +106,25 @@ class Harness:
         m.dp_fdb.put(self.mac_key(VNI, REMOTE_MAC), S["dp_fdb_entry"](vtep=be32(PEER_IP), flags=1))
         m.dp_vteps.put(S["dp_ip_key"](vni=VNI, ip=be32(PEER_IP)), ctypes.c_uint32(0))
         for ip in (PEER_IP, OTHER_PEER_IP):
-            nh = S["dp_nexthop"](ifindex=UPLINK_IFINDEX, flags=1)
-            ctypes.memmove(nh.smac, bytes.fromhex(NH_SMAC.replace(":", "")), 6)
-            ctypes.memmove(nh.dmac, bytes.fromhex(NH_DMAC.replace(":", "")), 6)
-            m.dp_nexthops.put(ctypes.c_uint32(be32(ip)), nh)
+            self.nexthop(ip, flags=1)
+
+    def endpoint(self, ifindex: int, mac: str, ip: str, vni: int = VNI) -> None:
+        """A local endpoint behind host-side ifindex: its dp_endpoints and dp_local_macs entries."""
+        ep = self.S["dp_endpoint"](vni=vni, ip=be32(ip), slot=self.slot(vni), mtu=1450)
+        ctypes.memmove(ep.mac, bytes.fromhex(mac.replace(":", "")), 6)
+        self.maps.dp_endpoints.put(ctypes.c_uint32(ifindex), ep)
+        self.maps.dp_local_macs.put(self.mac_key(vni, mac), ctypes.c_uint32(ifindex))
+
+    def nexthop(self, vtep: str, **kw) -> None:
+        """dp_nexthops[vtep]: out of the uplink, NH_SMAC to NH_DMAC; kw: flags, updated_ns."""
+        nh = self.S["dp_nexthop"](ifindex=UPLINK_IFINDEX, **kw)
+        ctypes.memmove(nh.smac, bytes.fromhex(NH_SMAC.replace(":", "")), 6)
+        ctypes.memmove(nh.dmac, bytes.fromhex(NH_DMAC.replace(":", "")), 6)
+        self.maps.dp_nexthops.put(ctypes.c_uint32(be32(vtep)), nh)
 
     # --- running packets ------------------------------------------------------
     def run_tc(self, prog: str, frame: bytes, ingress_ifindex: int = 0):
-        ctx = (ctypes.c_uint32 * 48)()
-        ctx[9] = ingress_ifindex     # struct __sk_buff.ingress_ifindex (offset 36)
-        r = self.cwire.prog_test_run(self.fds[prog], bytes(frame), bytes(ctx))
+        r = self.cwire.prog_test_run(self.fds[prog], bytes(frame), tc_ctx(ingress_ifindex))
         return r.retval, r.data
 
     def run_xdp(self, frame: bytes):

@@ -137,10 +137,11 @@ class Collector:
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
                 g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
+            seen = rxgro.look(self.ag.node.netns, st.config.port)
             if st.config.rx_gro:
-                gro.add_metric([], int(rxgro.active(self.ag.node.netns, st.config.port)))
-            if (n := rxgro.dropped(self.ag.node.netns)) is not None:
-                lost.add_metric([], n)
+                gro.add_metric([], int(seen.active))
+            if seen.dropped is not None:
+                lost.add_metric([], seen.dropped)
         yield g
         yield gro
         yield lost

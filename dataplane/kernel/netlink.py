@@ -215,12 +215,23 @@ def tc_detach(netns: str | None, ifindex: int, parent: str = INGRESS) -> None:
 
 
 def tc_filter_names(netns: str | None, ifindex: int, parent: str = INGRESS) -> list[str]:
+    return tc_filter_names_of(netns, [ifindex], parent)[ifindex]
+
+
+def tc_filter_names_of(netns: str | None, ifindexes: list[int], parent: str = INGRESS) -> dict[int, list[str]]:
+    """{ifindex: names of the cls_bpf filters at parent} through one socket ([] where the
+    interface or its qdisc is gone); no socket at all for no interfaces."""
+    if not ifindexes:
+        return {}
+    out = {}
     with ipr(netns) as s:
-        try:
-            filters = s.get_filters(ifindex, parent=parent)
-        except _nlerror():
-            return []
-    return [n for f in filters if (n := f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME"))]
+        for ifindex in ifindexes:
+            try:
+                filters = s.get_filters(ifindex, parent=parent)
+            except _nlerror():
+                filters = []
+            out[ifindex] = [n for f in filters if (n := f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME"))]
+    return out
 
 
 def clsact_delete(netns: str | None, ifindex: int) -> None:

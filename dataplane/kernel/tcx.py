@@ -113,6 +113,47 @@ def attached(ns: str | None, ifindex: int) -> list[str]:
     return names(ns, ifindex) + netlink.tc_filter_names(ns, ifindex)
 
 
+def count_attached(ns: str | None, ifindexes: list[int], name: str) -> int:
+    """How many of ifindexes have `name` at their ingress either way (attached(), for every
+    endpoint port at once): one visit to the namespace for all of them, and a tc filter read
+    only for those without it at tcx. One at a time, `dataplane status` took 1.1 s at 1,000
+    endpoints, 0.85 s of it here (two namespace visits and an rtnetlink socket per port)."""
+    have = netns.call_in_netns(ns, _with, list(ifindexes), name)
+    rest = [i for i in ifindexes if i not in have]
+    return len(have) + sum(name in found for found in netlink.tc_filter_names_of(ns, rest).values())
+
+
+def _with(ifindexes: list[int], name: str) -> set[int]:
+    """Those of ifindexes whose tcx ingress runs a program called name (in their namespace). A
+    program's name is read once, however many ports run it; an interface gone has none."""
+    named: dict[int, bool] = {}
+    found = set()
+    for ifindex in ifindexes:
+        try:
+            ids = _query(ifindex)
+        except KernelError as e:
+            if e.errno == errno.ENODEV:
+                continue
+            raise
+        for pid in ids:
+            if pid not in named:
+                named[pid] = _name_of(pid) == name
+            if named[pid]:
+                found.add(ifindex)
+                break
+    return found
+
+
+def _name_of(prog_id: int) -> str | None:
+    fd = bpfsys.prog_fd_by_id(prog_id)
+    if fd is None:                   # unloaded since the query
+        return None
+    try:
+        return bpfsys.prog_info(fd)["name"]
+    finally:
+        os.close(fd)
+
+
 def names(ns: str | None, ifindex: int) -> list[str]:
     """Names of the programs at ifindex's tcx ingress ([] when the interface is gone)."""
     try:

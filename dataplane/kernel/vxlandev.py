@@ -4,6 +4,8 @@ from_endpoint cannot encapsulate itself goes out through it)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from dataplane.core.errors import KernelError
 from dataplane.kernel.netlink import _kerr, _nlerror, ipr
 
@@ -33,18 +35,22 @@ def _same(data, port: int, src_ports: tuple[int, int]) -> bool:
             and data.get_attr("IFLA_VXLAN_COLLECT_METADATA") == 1 and data.get_attr("IFLA_VXLAN_LEARNING") == 0)
 
 
-def vxlan_ports(netns: str | None, name: str | None = None) -> dict[str, tuple[int, bool, int]]:
-    """{name: (UDP port, up, ifindex)} of every vxlan device in netns, or of the one named
-    (one link read instead of a dump that decodes every link, endpoints included)."""
-    return {ln.get_attr("IFLA_IFNAME"): (data.get_attr("IFLA_VXLAN_PORT"), bool(ln["flags"] & 1), ln["index"])
-            for ln, data in _read(netns, name)}
+class Vxlan(NamedTuple):
+    port: int
+    up: bool
+    ifindex: int
+    tx_dropped: int | None      # frames it dropped on transmit (down, or a GSO packet it could not segment)
 
 
-def tx_dropped(netns: str | None, name: str) -> int | None:
-    """Frames the vxlan device `name` dropped on transmit (down, or a GSO packet it could not
-    segment), from its link statistics; None without the device."""
-    have = _read(netns, name)
-    stats = have[0][0].get_attr("IFLA_STATS64") if have else None
+def vxlan_ports(netns: str | None, name: str | None = None) -> dict[str, Vxlan]:
+    """{name: Vxlan} of every vxlan device in netns, or of the one named (one link read
+    instead of a dump that decodes every link, endpoints included)."""
+    return {ln.get_attr("IFLA_IFNAME"): Vxlan(data.get_attr("IFLA_VXLAN_PORT"), bool(ln["flags"] & 1), ln["index"],
+                                              _tx_dropped(ln)) for ln, data in _read(netns, name)}
+
+
+def _tx_dropped(link) -> int | None:
+    stats = link.get_attr("IFLA_STATS64")
     return stats["tx_dropped"] if stats else None
 
 

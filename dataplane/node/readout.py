@@ -103,9 +103,9 @@ def programs(node: Node) -> list[dict]:
     at_tcx = tcx.names(node.netns, st.uplink.ifindex)
     uplink = at_tcx + netlink.tc_filter_names(node.netns, st.uplink.ifindex)
     xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
-    gro = rxgro.describe(node.netns, st)
-    on_endpoints = sum("from_endpoint" in tcx.attached(node.netns, e.ifindex)
-                       for e in st.endpoints.values() if e.ifindex)
+    gro = rxgro.look(node.netns, st.config.port)
+    on_endpoints = tcx.count_attached(node.netns, [e.ifindex for e in st.endpoints.values() if e.ifindex],
+                                      "from_endpoint")
     rows = []
     for name, info in _infos(st.pin_dir).items():
         if info is None:
@@ -116,14 +116,14 @@ def programs(node: Node) -> list[dict]:
         where = {"from_overlay": f"{hook} ingress {st.config.underlay}" if name in uplink else "not attached",
                  "from_endpoint": f"{hook} ingress, {on_endpoints}/{len(st.endpoints)} endpoints",
                  "xdp_guard": f"xdp {st.config.underlay}" if xdp else "not attached",
-                 "gro_sink": gro,
+                 "gro_sink": rxgro.describe(st, gro),
                  "dp_clock": "test runs (clock)"}.get(name, "tail call")
         rows.append({"program": name, "id": info["id"], "attached": where,
                      "loaded": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(boot + info["load_time_ns"] / 1e9)),
                      "runs": info["run_cnt"],
                      "ns_per_run": round(info["run_time_ns"] / info["run_cnt"]) if info["run_cnt"] else None})
-        if name == "gro_sink" and (lost := rxgro.dropped(node.netns)) is not None:
-            rows[-1]["dropped"] = lost       # sent through the device, counted as sent by us, lost there
+        if name == "gro_sink" and gro.dropped is not None:
+            rows[-1]["dropped"] = gro.dropped       # sent through the device, counted as sent by us, lost there
     return rows
 
 

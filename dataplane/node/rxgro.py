@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from typing import NamedTuple
 
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError
@@ -87,10 +88,10 @@ def intact(node: Node, st: NodeState, m: NodeMaps) -> bool:
     tcx list, one map entry. vtep.repair_rx_gro mends what is not."""
     if st.rx_gro != ON:
         return True
-    port, up, ifindex = vxlandev.vxlan_ports(node.netns, IFNAME).get(IFNAME, (0, False, 0))
+    dev = vxlandev.vxlan_ports(node.netns, IFNAME).get(IFNAME)
     cfg = m.dp_config.get(ctypes.c_uint32(0))
-    return (port == st.config.port and up and _guarded(node.netns, ifindex)
-            and cfg is not None and cfg.tunnel_ifindex == ifindex)
+    return (dev is not None and dev.port == st.config.port and dev.up and _guarded(node.netns, dev.ifindex)
+            and cfg is not None and cfg.tunnel_ifindex == dev.ifindex)
 
 
 def freed(node: Node, st: NodeState) -> bool:
@@ -117,14 +118,34 @@ def remove(node: Node) -> None:
     netlink.link_delete(node.netns, IFNAME)
 
 
+class Look(NamedTuple):
+    """What a status or a scrape shows of the device: from one read of dpgro0's link (the whole
+    dump of links only when it is not the one on the port), its tcx list only where it is."""
+    holder: tuple[str, int] | None    # (name, ifindex) of the vxlan device up on the node's port
+    guarded: bool                     # the holder is dpgro0 and gro_sink is at its ingress
+    dropped: int | None               # dpgro0's transmit drops; None without it
+
+    @property
+    def active(self) -> bool:
+        """A vxlan socket holds the port, and if it is ours, gro_sink guards it (what the metric says)."""
+        return self.holder is not None and (self.holder[0] != IFNAME or self.guarded)
+
+
+def look(netns: str | None, port: int) -> Look:
+    ours = vxlandev.vxlan_ports(netns, IFNAME).get(IFNAME)
+    if ours is not None and ours.port == port and ours.up:
+        return Look((IFNAME, ours.ifindex), _guarded(netns, ours.ifindex), ours.tx_dropped)
+    dropped = ours.tx_dropped if ours is not None else None
+    for name, dev in vxlandev.vxlan_ports(netns).items():
+        if name != IFNAME and dev.port == port and dev.up:
+            return Look((name, dev.ifindex), False, dropped)
+    return Look(None, False, dropped)
+
+
 def holder(netns: str | None, port: int) -> tuple[str, int] | None:
     """(name, ifindex) of the vxlan device that is up on `port` in netns (its socket holds the
     port), if any. Ours is read alone first: the whole dump only when it is not the one."""
-    for only in (IFNAME, None):
-        for name, (p, up, ifindex) in vxlandev.vxlan_ports(netns, only).items():
-            if p == port and up:
-                return name, ifindex
-    return None
+    return look(netns, port).holder
 
 
 def _guarded(netns: str | None, ifindex: int) -> bool:
@@ -132,27 +153,25 @@ def _guarded(netns: str | None, ifindex: int) -> bool:
 
 
 def active(netns: str | None, port: int) -> bool:
-    """A vxlan socket holds the port, and if it is ours, gro_sink guards it (what the metric says)."""
-    held = holder(netns, port)
-    return held is not None and (held[0] != IFNAME or _guarded(netns, held[1]))
+    return look(netns, port).active
 
 
 def dropped(netns: str | None) -> int | None:
     """Frames the device dropped on transmit: what from_endpoint sent through it (and counted as
     sent) that never left, because it was down or held a tunnelled GSO packet the kernel cannot
     segment (DESIGN: inner UDP merged as a frag list). None without the device."""
-    return vxlandev.tx_dropped(netns, IFNAME)
+    dev = vxlandev.vxlan_ports(netns, IFNAME).get(IFNAME)
+    return dev.tx_dropped if dev is not None else None
 
 
-def describe(netns: str | None, st: NodeState) -> str:
-    """gro_sink's row in `dataplane status`."""
+def describe(st: NodeState, seen: Look) -> str:
+    """gro_sink's row in `dataplane status`, from look()."""
     if not st.config.rx_gro:
         return "not attached (receive GRO off: --no-rx-gro)"
-    held = holder(netns, st.config.port)
-    if held and held[0] == IFNAME:
-        return f"tcx ingress {IFNAME} (receive GRO)" if _guarded(netns, held[1]) \
+    if seen.holder and seen.holder[0] == IFNAME:
+        return f"tcx ingress {IFNAME} (receive GRO)" if seen.guarded \
             else f"not attached: {IFNAME} is up without it (run `dataplane up`)"
-    if held:
-        return f"not attached (receive GRO through vxlan device {held[0]})"
+    if seen.holder:
+        return f"not attached (receive GRO through vxlan device {seen.holder[0]})"
     why = st.rx_gro if st.rx_gro.startswith("off: ") else f"off: no vxlan device is up on UDP port {st.config.port}"
     return f"not attached (receive GRO {why})"

@@ -47,6 +47,16 @@ def test_the_device_is_up_with_the_sink_and_said_so(info):
     assert gro_row("dpl-h2") == f"tcx ingress {rxgro.IFNAME} (receive GRO)"
 
 
+def test_status_reads_the_device_once(info, monkeypatch):
+    """gro_sink's row and the device's drops come from one read of its link (before: two)."""
+    from dataplane.kernel import vxlandev
+    reads, read = [], vxlandev._read
+    monkeypatch.setattr(vxlandev, "_read", lambda *a: (reads.append(a), read(*a))[1])
+    row = next(r for r in readout.programs(Node("dpl-h2")) if r["program"] == "gro_sink")
+    assert row["attached"] == f"tcx ingress {rxgro.IFNAME} (receive GRO)" and row["dropped"] == 0
+    assert reads == [("dpl-h2", rxgro.IFNAME)]
+
+
 def test_rewriting_the_configuration_keeps_the_device(info):
     """`up` on a running node writes dp_config again before it looks at the device: the fast
     path goes on sending through it meanwhile (before, 0 until rxgro.ensure answered, and a

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from dataplane.kernel import loader, netlink, tcx
-from dataplane.node import Node
+from dataplane.kernel import loader, netlink, netns, tcx
+from dataplane.node import Node, readout
 from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, stats
 
 BROADCASTS = 20
@@ -104,6 +104,33 @@ def test_a_node_an_older_version_brought_up_keeps_filters_until_up(info):
         assert sb_ping(info)
     finally:
         dp("--netns", ns, "endpoint", "rm", "dpl-old1", check=False)
+
+
+def test_status_reads_every_port_in_one_visit_to_the_namespace(info, monkeypatch):
+    """`dataplane status` counts the ports running from_endpoint in one visit to the node's
+    namespace, however many there are (before: two visits and an rtnetlink socket per port,
+    1.1 s at 1,000 endpoints), and a port without it is still counted out."""
+    ns, node, visits = "dpl-h2", Node("dpl-h2"), []
+    enter = netns.enter_netns
+    monkeypatch.setattr(netns, "enter_netns", lambda name: (visits.append(name), enter(name))[1])
+
+    def status() -> tuple[str, int]:
+        visits.clear()
+        row = next(r["attached"] for r in readout.programs(node) if r["program"] == "from_endpoint")
+        return row, len(visits)
+
+    _, few = status()
+    added = [f"dpl-many{i}" for i in range(3)]
+    try:
+        for name in added:
+            dp("--netns", ns, "endpoint", "add", name, "--vni", "256")
+        n = len(node.require_up().endpoints)
+        assert status() == (f"tcx ingress, {n}/{n} endpoints", few)
+        tcx.detach(ns, node.require_up().endpoints[added[0]].ifindex, "from_endpoint")
+        assert status()[0] == f"tcx ingress, {n - 1}/{n} endpoints"
+    finally:
+        for name in added:
+            dp("--netns", ns, "endpoint", "rm", name, check=False)
 
 
 def sb_ping(info) -> bool:

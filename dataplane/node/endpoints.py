@@ -11,10 +11,11 @@ import os
 import socket
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, KernelError, NotFound, UsageError
+from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.core.keys import be32
+from dataplane.core.notice import notice
 from dataplane.core.state import LocalEndpoint, NodeState
-from dataplane.kernel import ethtool, gso, loader, netlink, tcx, vethpeer
+from dataplane.kernel import ethtool, gso, linkbatch, loader, netlink, tcx, vethpeer
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import fdb, networks
 from dataplane.node.base import Node, require_root
@@ -238,6 +239,26 @@ def destroy(node: Node, m: NodeMaps, ep: LocalEndpoint, links_gone: bool = False
         netlink.link_delete(node.netns, ep.host_ifname)
     if not ep.sandbox:          # the namespace is ours only without a runtime's sandbox
         netlink.ns_delete(sandbox_netns(ep))
+
+
+def destroy_all(node: Node, m: NodeMaps, eps: list[LocalEndpoint], links_gone: bool, quiet: bool) -> list[str]:
+    """destroy() for every endpoint at `down`, their ports deleted as one batch (linkbatch: one
+    at a time, 1,000 took 43 s here); the errors, each said, none raised."""
+    errors = []
+    if len(eps) >= 100:
+        notice(f"removing {len(eps)} endpoints...", quiet)
+    if not links_gone:
+        try:
+            linkbatch.delete(node.netns, [ep.host_ifname for ep in eps])
+            links_gone = True
+        except DataplaneError as e:
+            errors.append(str(e))            # each goes by itself below
+    for ep in eps:
+        try:
+            destroy(node, m, ep, links_gone)
+        except DataplaneError as e:
+            errors.append(str(e))
+    return errors
 
 
 def clear_debris(node: Node, m: NodeMaps, name: str) -> list[str]:

@@ -262,13 +262,14 @@ def set_punt_until(m: NodeMaps, until_ns: int) -> None:
     m.dp_agent.put(ctypes.c_uint32(0), _S["dp_agent"](punt_until_ns=until_ns))
 
 
-def remove_networks(node: Node, m: NodeMaps, st: NodeState, vnis: list[int]) -> None:
-    """Stop serving these VNIs; their endpoints go with them."""
+def remove_networks(node: Node, m: NodeMaps, st: NodeState, vnis: list[int], quiet: bool = True) -> None:
+    """Stop serving these VNIs; their endpoints go with them (all tried before an error is raised)."""
     for vni in vnis:
-        for name, ep in list(st.endpoints.items()):
-            if ep.vni == vni:
-                endpoints.destroy(node, m, ep)
-                del st.endpoints[name]
+        doomed = [name for name, ep in st.endpoints.items() if ep.vni == vni]
+        if errors := endpoints.destroy_all(node, m, [st.endpoints[n] for n in doomed], False, quiet):
+            raise KernelError(f"VNI {vni}: " + "; ".join(errors))
+        for name in doomed:
+            del st.endpoints[name]
         gateway.remove(node, m, st, vni)
         networks.drop(m, st, vni)
 
@@ -293,7 +294,7 @@ def down(node: Node, vnis=None, quiet=False) -> bool:
             doomed = [v for v in sorted({model.parse_vni(v) for v in vnis}) if v in st.networks]
             if doomed:
                 with node.maps() as m:
-                    remove_networks(node, m, st, doomed)
+                    remove_networks(node, m, st, doomed, quiet)
             if st.networks:
                 state.save(st)
                 return True
@@ -306,11 +307,7 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
     errors = []
     links_gone = bool(node.netns) and not netlink.ns_exists(node.netns)   # deleted: its links went with it
     with node.maps() as m:
-        for ep in list(st.endpoints.values()):
-            try:
-                endpoints.destroy(node, m, ep, links_gone)
-            except DataplaneError as e:
-                errors.append(str(e))
+        errors += endpoints.destroy_all(node, m, list(st.endpoints.values()), links_gone, quiet)
         for vni in list(st.gateways):
             try:
                 gateway.remove(node, m, st, vni)

@@ -131,6 +131,47 @@ def test_down_of_a_node_whose_namespace_was_deleted(host):
     assert state.load(host) is None and not os.path.exists(os.path.join(fastpath.PIN_ROOT, host))
 
 
+def test_down_deletes_the_ports_as_one_batch_and_nothing_else(host, monkeypatch):
+    """`down` deletes its endpoints' ports with one request naming a link group (one at a time,
+    each deletion waited out the kernel's RCU grace periods: 43 s at 1,000 endpoints). The group
+    is a number no other interface has: a bystander in the group first drawn survives."""
+    from contextlib import contextmanager
+    from dataplane.kernel import linkbatch
+    from dataplane.node import vtep
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    names = [f"dpl-b{i}" for i in range(4)]
+    for name in names:
+        dp("--netns", host, "endpoint", "add", name, "--vni", "256")
+    ports = [ep.host_ifname for ep in Node(host).require_up().endpoints.values()]
+    subprocess.run(["ip", "-n", host, "link", "add", "dpl-by0", "group", "1234567", "type", "veth", "peer", "name",
+                    "dpl-by1"], check=True)
+    drawn = iter([1234567, 7654321])
+    monkeypatch.setattr(linkbatch.random, "randrange", lambda *a: next(drawn))
+    requests, real = [], linkbatch.ipr
+
+    class Seen:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def link(self, cmd, **kw):
+            requests.append((cmd, kw))
+            return self.sock.link(cmd, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    @contextmanager
+    def seen(ns):
+        with real(ns) as sock:
+            yield Seen(sock)
+    monkeypatch.setattr(linkbatch, "ipr", seen)
+    assert vtep.down(Node(host))
+    assert [kw for cmd, kw in requests if cmd == "del"] == [{"group": 7654321}]
+    assert all(netlink.link_index(host, p) is None for p in ports), "a port survived"
+    assert netlink.link_index(host, "dpl-by0") and netlink.link_index(host, "ul0"), "an interface not ours went"
+    assert not any(netlink.ns_exists(f"{host}.{n}") for n in names), "a sandbox survived"
+
+
 def test_down_one_vni_keeps_the_other(host):
     dp("--netns", host, "up", "--vni", "256", "--vni", "257", "--underlay", "ul0", "--no-registry")
     dp("--netns", host, "endpoint", "add", "dpl-e2", "--vni", "257")

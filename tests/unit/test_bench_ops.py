@@ -1,0 +1,32 @@
+"""bench.ops's table, without a lab: a row per command with the medians of both phases, the
+agent's idle CPU as a percentage, and the command line that reproduces the run."""
+
+import pytest
+
+from bench import ops
+
+MACHINE = {"kernel": "6.18", "cpus": 2, "cpu_model": "AMD EPYC", "date": "2026-12-06 11:00:00 UTC"}
+
+
+def phase(status: list[float], cpu: float) -> dict:
+    return {"status": status, "stats": [0.1, 0.3, 0.2], "endpoint ls": [0.2] * 3, "fdb ls": [0.25] * 3,
+            "scrape": [0.02, 0.01, 0.03], "agent_cpu": cpu}
+
+
+def test_each_command_has_both_phases_medians():
+    md = ops.table({"machine": MACHINE, "args": {"local": 1000, "repeats": 3},
+                    "one": phase([0.3, 0.25, 0.27], 0.004), "many": phase([1.2, 1.1, 0.9], 0.031), "down_s": 17.63})
+    assert "`.venv/bin/python -m bench.ops --local 1000 --repeats 3`" in md
+    assert "| h1 | 1 endpoint per host | 1000 endpoints per host |" in md
+    assert "| `dataplane status -o json`, s | 0.270 | 1.100 |" in md
+    assert "| `dataplane stats -o json`, s | 0.200 | 0.200 |" in md
+    assert "| Prometheus scrape of the agent, s | 0.020 | 0.020 |" in md
+    assert "| agent CPU while idle, % of a CPU | 0.4 | 3.1 |" in md
+    assert "| `dataplane down`, s | - | 17.6 |" in md
+
+
+@pytest.mark.parametrize("argv", [["--local", "1"], ["--local", "1025"], ["--repeats", "0"]])
+def test_arguments_out_of_range_are_refused(argv):
+    with pytest.raises(SystemExit) as e:
+        ops.main(argv)
+    assert e.value.code == 2

@@ -6,7 +6,8 @@ bench.scale's lab (two hosts with agents on the lab's SQLite registry, VNI 4001)
 endpoint per host, then with --local per host (made through the agents), it times on h1:
 `dataplane status`, `stats`, `endpoint ls` and `fdb ls` (each -o json, the whole CLI process,
 --repeats times), a Prometheus scrape of h1's agent from the underlay, and the agent's CPU
-while idle for 10 s. Then `dataplane down` of h1 once, with its endpoints. Wall times,
+while idle for 10 s, and the seconds from its SIGKILL to its first sync when started again
+(--repeats times). Then `dataplane down` of h1 once, with its endpoints. Wall times,
 medians of the repeats. Writes bench/results/<out>.json and .md.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -21,9 +24,12 @@ import time
 
 from bench import scale
 from bench.run import headline, machine, save, unwind_on_sigterm
+from dataplane.agent import process
+from dataplane.core import procs
 from lab import topology as lab
 
 H1 = scale.H1
+LEASE_TTL = 10           # the lab's agents' (lab up --lease-ttl)
 COMMANDS = [("status", ["status"]), ("stats", ["stats"]), ("endpoint ls", ["endpoint", "ls"]),
             ("fdb ls", ["fdb", "ls"])]
 FETCH = """
@@ -57,23 +63,37 @@ def scrapes(repeats: int) -> list[float]:
 
 def agent_cpu(seconds: float = 10) -> float:
     """The h1 agent's CPU time per second of wall time while nothing is asked of it."""
-    pid = subprocess.run([sys.executable, "-m", "dataplane.cli", "--netns", H1, "status", "-o", "json"],
-                         capture_output=True, text=True, check=True)
-    pid = json.loads(pid.stdout)["agent"]["pid"]
+    pid = agent_pid()
 
     def cpu() -> float:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100      # utime + stime, in ticks of 10 ms
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")      # utime + stime
     c0, t0 = cpu(), time.monotonic()
     time.sleep(seconds)
     return (cpu() - c0) / (time.monotonic() - t0)
+
+
+def agent_pid() -> int:
+    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "--netns", H1, "status", "-o", "json"],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)["agent"]["pid"]
+
+
+def agent_restart() -> float:
+    """h1's agent killed (as a crash would), then started again: seconds to its first sync."""
+    pid = agent_pid()
+    procs.terminate(pid, first=signal.SIGKILL)
+    t0 = time.monotonic()
+    process.spawn(H1, H1, lab.registry_url("sqlite"), lab.host_name(1), LEASE_TTL, quiet=True)
+    return time.monotonic() - t0
 
 
 def phase(repeats: int) -> dict:
     out = {name: [dataplane(*argv) for _ in range(repeats)] for name, argv in COMMANDS}
     out["scrape"] = scrapes(repeats)
     out["agent_cpu"] = agent_cpu()
+    out["agent_restart"] = [agent_restart() for _ in range(repeats)]
     return out
 
 
@@ -89,6 +109,8 @@ def table(r: dict) -> str:
         lines.append(f"| {what} | {med(r['one'][name]):.3f} | {med(r['many'][name]):.3f} |")
     lines.append(f"| agent CPU while idle, % of a CPU | {100 * r['one']['agent_cpu']:.1f} | "
                  f"{100 * r['many']['agent_cpu']:.1f} |")
+    lines.append(f"| agent killed and started again, s to its first sync | {med(r['one']['agent_restart']):.2f} | "
+                 f"{med(r['many']['agent_restart']):.2f} |")
     lines.append(f"| `dataplane down`, s | - | {r['down_s']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -137,7 +137,7 @@ class Collector:
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
                 g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
-            seen = rxgro.look(self.ag.node.netns, st.config.port)
+            seen = rxgro.look(self.ag.node.netns, st.config.port, st.config.rx_gro)
             if st.config.rx_gro:
                 gro.add_metric([], int(seen.active))
             if seen.dropped is not None:

@@ -131,12 +131,14 @@ class Look(NamedTuple):
         return self.holder is not None and (self.holder[0] != IFNAME or self.guarded)
 
 
-def look(netns: str | None, port: int) -> Look:
+def look(netns: str | None, port: int, rx_gro: bool = True, guard: bool = True) -> Look:
+    """Without rx_gro (a node that goes without the device) no other holder is looked for: that
+    is a read of every link, endpoints included. guard=False leaves `guarded` False unread."""
     ours = vxlandev.vxlan_ports(netns, IFNAME).get(IFNAME)
     if ours is not None and ours.port == port and ours.up:
-        return Look((IFNAME, ours.ifindex), _guarded(netns, ours.ifindex), ours.tx_dropped)
+        return Look((IFNAME, ours.ifindex), guard and _guarded(netns, ours.ifindex), ours.tx_dropped)
     dropped = ours.tx_dropped if ours is not None else None
-    for name, dev in vxlandev.vxlan_ports(netns).items():
+    for name, dev in vxlandev.vxlan_ports(netns).items() if rx_gro else ():
         if name != IFNAME and dev.port == port and dev.up:
             return Look((name, dev.ifindex), False, dropped)
     return Look(None, False, dropped)
@@ -145,7 +147,7 @@ def look(netns: str | None, port: int) -> Look:
 def holder(netns: str | None, port: int) -> tuple[str, int] | None:
     """(name, ifindex) of the vxlan device that is up on `port` in netns (its socket holds the
     port), if any. Ours is read alone first: the whole dump only when it is not the one."""
-    return look(netns, port).holder
+    return look(netns, port, guard=False).holder
 
 
 def _guarded(netns: str | None, ifindex: int) -> bool:

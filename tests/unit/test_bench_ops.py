@@ -10,7 +10,7 @@ MACHINE = {"kernel": "6.18", "cpus": 2, "cpu_model": "AMD EPYC", "date": "2026-1
 
 def phase(status: list[float], cpu: float) -> dict:
     return {"status": status, "stats": [0.1, 0.3, 0.2], "endpoint ls": [0.2] * 3, "fdb ls": [0.25] * 3,
-            "scrape": [0.02, 0.01, 0.03], "agent_cpu": cpu}
+            "scrape": [0.02, 0.01, 0.03], "agent_cpu": cpu, "agent_restart": [1.5, 1.2, 1.3]}
 
 
 def test_each_command_has_both_phases_medians():
@@ -22,6 +22,7 @@ def test_each_command_has_both_phases_medians():
     assert "| `dataplane stats -o json`, s | 0.200 | 0.200 |" in md
     assert "| Prometheus scrape of the agent, s | 0.020 | 0.020 |" in md
     assert "| agent CPU while idle, % of a CPU | 0.4 | 3.1 |" in md
+    assert "| agent killed and started again, s to its first sync | 1.30 | 1.30 |" in md
     assert "| `dataplane down`, s | - | 17.6 |" in md
 
 

@@ -131,21 +131,21 @@ def setup(lean: Lean, a: dict, b: dict) -> Hooks:
 
 
 def tcp_rounds(args, pairs: dict, around, samples: dict) -> None:
-    """--tcp: args.rounds rounds, the order reversed every other round; per mode and round two
-    single-stream runs and two paced runs, each inside around(mode)."""
+    """--tcp: args.rounds rounds of two passes over the modes, the order reversed every other
+    pass; in each pass a single-stream run and a paced run per mode, inside around(mode). (The
+    modes took turns per round before, each with both its runs back to back.)"""
     secs = max(1, round(args.seconds))
     for r in range(args.rounds):
-        line = []
-        for mode in (MODES if r % 2 == 0 else tuple(reversed(MODES))):
-            a, b = pairs[mode]
-            got = samples[mode]
-            with around(mode):
-                for _ in range(2):
+        for p in range(2):
+            for mode in (MODES if (2 * r + p) % 2 == 0 else tuple(reversed(MODES))):
+                a, b = pairs[mode]
+                got = samples[mode]
+                with around(mode):
                     got.setdefault("tcp_gbps", []).append(tcp(a, b, secs))
                     got.setdefault("cpu_ms_per_gbit", []).append(cpu_per_gbit(a, b, secs, args.paced_gbps))
-            line.append(f"{mode} {'/'.join(f'{x:.2f}' for x in got['tcp_gbps'][-2:])} Gbit/s "
-                        f"{'/'.join(f'{x:.1f}' for x in got['cpu_ms_per_gbit'][-2:])} CPU-ms/Gbit")
-        log(f"round {r + 1}/{args.rounds}: " + ", ".join(line))
+        log(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{mode} {'/'.join(f'{x:.2f}' for x in samples[mode]['tcp_gbps'][-2:])} Gbit/s "
+            f"{'/'.join(f'{x:.1f}' for x in samples[mode]['cpu_ms_per_gbit'][-2:])} CPU-ms/Gbit" for mode in MODES))
 
 
 ROWS = [  # key, label, scale, format
@@ -162,7 +162,7 @@ def table(res: dict) -> str:
     if a.get("tcp"):
         cmd = f"bench.lean --tcp --rounds {a['rounds']} --seconds {a['seconds']:g} --paced-gbps {a['paced_gbps']:g}"
         what = (f"Single-stream TCP and TCP paced at {a['paced_gbps']:g} Gbit/s, two runs of each per mode and "
-                "round, from one sandbox to the other; the lean pair carries the data direction, the ACKs pass "
+                "round (the modes take turns run by run), from one sandbox to the other; the lean pair carries the data direction, the ACKs pass "
                 "our programs.")
     else:
         cmd = (f"bench.lean --rounds {a['rounds']} --seconds {a['seconds']:g} --flows {a['flows']}"

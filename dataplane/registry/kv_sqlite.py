@@ -67,6 +67,7 @@ class SqliteKV(KV):
         self._lock = threading.RLock()         # the write connection's
         self._rlock = threading.RLock()        # the read connection's
         self._db = self._rdb = None
+        self._due = 0.0                        # the first lease deadline the last look found
         try:
             self._db = self._connect()
             with self._lock:
@@ -171,8 +172,9 @@ class SqliteKV(KV):
         logged for watches), if that can be done now. Never waited for: reads leave such
         keys out anyway, and the next write of any process deletes them."""
         with self._rlock:
-            row = self._rdb.execute("SELECT 1 FROM leases WHERE deadline < ? LIMIT 1", (time.time(),)).fetchone()
-        if not row or not self._lock.acquire(blocking=False):
+            first = self._rdb.execute("SELECT MIN(deadline) FROM leases").fetchone()[0]
+        self._due = first if first is not None else float("inf")
+        if self._due >= time.time() or not self._lock.acquire(blocking=False):
             return                         # none due, or a write of ours under way (it expires them)
         try:
             self._db.execute("PRAGMA busy_timeout=0")
@@ -248,6 +250,19 @@ class SqliteKV(KV):
     def watch(self, prefix: str, start_rev: int):
         return _SqliteWatch(self, prefix, start_rev)
 
+    def version(self) -> int:
+        """SQLite's data_version of the read connection: it moves with every commit of any other
+        connection to the file (this process's writes go through the other one)."""
+        with self._rlock:
+            return self._rdb.execute("PRAGMA data_version").fetchone()[0]
+
+    def quiet(self, seen: int | None) -> tuple[bool, int]:
+        """(Nothing committed to the file since version() read `seen` and no lease is due; the
+        version now). A watch's poll is this alone while the file is quiet: an idle agent's
+        polls took 2.2% of a CPU as full reads of the change log (/tmp script, 2026-12-06)."""
+        now = self.version()
+        return now == seen and time.time() < self._due, now
+
 
 class _SqliteWatch(Watch):
     """Polls the change log every POLL_S; yields one list of events per revision batch."""
@@ -255,6 +270,7 @@ class _SqliteWatch(Watch):
     def __init__(self, kv: SqliteKV, prefix: str, start_rev: int):
         self.kv, self.prefix, self.next_rev = kv, prefix, start_rev
         self.last_rev, self.last_heard = start_rev - 1, time.monotonic()
+        self.seen: int | None = None           # kv.version() before the last full poll
         self._closed = threading.Event()
 
     def close(self) -> None:
@@ -267,6 +283,11 @@ class _SqliteWatch(Watch):
         kv = self.kv
         while not self._closed.is_set():
             try:
+                quiet, self.seen = kv.quiet(self.seen)
+                if quiet:                  # read before the last full poll's snapshot: it holds all
+                    self.last_heard = time.monotonic()
+                    self._closed.wait(POLL_S)
+                    continue
                 with kv._reading() as db:  # one snapshot: the compaction mark, the head and the rows up to it
                     compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
                     if self.next_rev <= compacted:

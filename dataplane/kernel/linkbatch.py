@@ -38,30 +38,38 @@ def delete(netns: str | None, ifnames: list[str]) -> list[str]:
         index = {ln.get_attr("IFLA_IFNAME"): ln["index"] for ln in links}
         taken = {ln.get_attr("IFLA_GROUP") for ln in links}
         doomed = [(name, index[name]) for name in dict.fromkeys(ifnames) if name in index]
-        group = next(g for g in iter(_draw, None) if g not in taken)
         for i in range(0, len(doomed), BATCH):
-            _batch(s, doomed[i:i + BATCH], group)
+            _batch(s, doomed[i:i + BATCH], taken)
     return [name for name, _ in doomed]
 
 
-def _batch(s, doomed: list[tuple[str, int]], group: int) -> None:
-    grouped = []
-    try:
-        for name, ifindex in doomed:
-            try:
-                s.link("set", index=ifindex, group=group)
-                grouped.append(name)
-            except _nlerror() as e:
-                if e.code != errno.ENODEV:       # gone already: the rest go on without it
-                    raise
-        if grouped:
-            s.link("del", group=group)
+def _batch(s, doomed: list[tuple[str, int]], taken: set) -> None:
+    if len(doomed) > 1 and _as_group(s, doomed, taken):
         return
-    except _nlerror():
-        pass                                     # what is left goes one by one
-    for name, ifindex in doomed:
+    for name, ifindex in doomed:                 # one port, or a batch refused: one by one
         try:
             s.link("del", index=ifindex)
         except _nlerror() as e:
             if e.code != errno.ENODEV:
                 raise _kerr(f"delete interface {name}", e) from None
+
+
+def _as_group(s, doomed: list[tuple[str, int]], taken: set) -> bool:
+    """The ports into a group drawn for this batch alone (a port gone already is passed over),
+    then the group deleted; False if the kernel refused."""
+    group = next(g for g in iter(_draw, None) if g not in taken)
+    taken.add(group)
+    grouped = 0
+    try:
+        for _, ifindex in doomed:
+            try:
+                s.link("set", index=ifindex, group=group)
+                grouped += 1
+            except _nlerror() as e:
+                if e.code != errno.ENODEV:
+                    raise
+        if grouped:
+            s.link("del", group=group)
+    except _nlerror():
+        return False
+    return True

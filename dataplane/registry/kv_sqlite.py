@@ -171,10 +171,10 @@ class SqliteKV(KV):
         """Before a read: a lease past its deadline has its keys deleted (and the deletions
         logged for watches), if that can be done now. Never waited for: reads leave such
         keys out anyway, and the next write of any process deletes them."""
-        with self._rlock:
+        with self._rlock:          # _due set in the order the reads were made: an older one never last
             first = self._rdb.execute("SELECT MIN(deadline) FROM leases").fetchone()[0]
-        self._due = first if first is not None else float("inf")
-        if self._due >= time.time() or not self._lock.acquire(blocking=False):
+            self._due = due = first if first is not None else float("inf")
+        if due >= time.time() or not self._lock.acquire(blocking=False):
             return                         # none due, or a write of ours under way (it expires them)
         try:
             self._db.execute("PRAGMA busy_timeout=0")
@@ -283,8 +283,8 @@ class _SqliteWatch(Watch):
         kv = self.kv
         while not self._closed.is_set():
             try:
-                quiet, self.seen = kv.quiet(self.seen)
-                if quiet:                  # read before the last full poll's snapshot: it holds all
+                quiet, version = kv.quiet(self.seen)
+                if quiet:                  # seen was read before the last full poll's snapshot
                     self.last_heard = time.monotonic()
                     self._closed.wait(POLL_S)
                     continue
@@ -299,7 +299,7 @@ class _SqliteWatch(Watch):
                         (self.next_rev, head, self.prefix, self.prefix + "\uffff")).fetchall()
             except sqlite3.Error as e:
                 raise failure(kv.path, e) from None
-            self.next_rev = head + 1
+            self.next_rev, self.seen = head + 1, version      # seen only once the poll has read all
             self.last_rev, self.last_heard = max(self.last_rev, head), time.monotonic()   # each poll hears the file
             if rows:
                 return [Event(k, bytes(v) if v is not None else None, r) for r, k, v in rows]

@@ -148,7 +148,7 @@ def test_down_deletes_the_ports_in_batches_and_nothing_else(host, monkeypatch):
                     "dpl-by1"], check=True)
     drawn = iter([1234567, 7654321, 7654321, 2345678])      # taken; drawn; drawn already; drawn
     monkeypatch.setattr(linkbatch, "_draw", lambda: next(drawn))
-    monkeypatch.setattr(linkbatch, "BATCH", 3)          # 4 ports: two batches, RTNL let go between
+    monkeypatch.setattr(linkbatch, "BATCH", 2)          # 4 ports: two batches, RTNL let go between
     requests, real = [], linkbatch.ipr
 
     class Seen:

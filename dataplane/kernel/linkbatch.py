@@ -6,8 +6,9 @@ each one by one and 0.9 ms each as one batch (25: 403 ms against 23 ms, /tmp scr
 with a tcx program costs one RCU grace period more however it goes (100 such veths as one
 batch: 1.23 s; DESIGN, "tcx"). `down` of 1,000 endpoints took 53 s one at a time and 28 s in
 batches (bench.ops). An RTM_DELLINK naming a link group instead of an interface unregisters
-every interface of the group as one batch (rtnl_group_dellink). The group is a number no
-interface of the namespace has when we look, given to ours just before the request.
+every interface of the group as one batch (rtnl_group_dellink). Each batch's group is a number
+no interface of the namespace had when we looked and no earlier batch drew, given to ours just
+before the request.
 
 A batch holds RTNL, the lock of all network configuration on the machine, for all of it:
 BATCH ports at a time keeps that under about a second, where one batch of 1,000 tcx ports

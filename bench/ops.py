@@ -14,7 +14,6 @@ medians of the repeats. Writes bench/results/<out>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -24,12 +23,12 @@ import time
 
 from bench import scale
 from bench.run import headline, machine, save, unwind_on_sigterm
-from dataplane.agent import process
+from dataplane.agent import control, process
 from dataplane.core import procs
+from dataplane.node import Node
 from lab import topology as lab
 
 H1 = scale.H1
-LEASE_TTL = 10           # the lab's agents' (lab up --lease-ttl)
 COMMANDS = [("status", ["status"]), ("stats", ["stats"]), ("endpoint ls", ["endpoint", "ls"]),
             ("fdb ls", ["fdb", "ls"])]
 FETCH = """
@@ -63,7 +62,7 @@ def scrapes(repeats: int) -> list[float]:
 
 def agent_cpu(seconds: float = 10) -> float:
     """The h1 agent's CPU time per second of wall time while nothing is asked of it."""
-    pid = agent_pid()
+    pid = process.running_pid(H1)
 
     def cpu() -> float:
         with open(f"/proc/{pid}/stat") as f:
@@ -74,18 +73,11 @@ def agent_cpu(seconds: float = 10) -> float:
     return (cpu() - c0) / (time.monotonic() - t0)
 
 
-def agent_pid() -> int:
-    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "--netns", H1, "status", "-o", "json"],
-                       capture_output=True, text=True, check=True)
-    return json.loads(r.stdout)["agent"]["pid"]
-
-
 def agent_restart() -> float:
     """h1's agent killed (as a crash would), then started again: seconds to its first sync."""
-    pid = agent_pid()
-    procs.terminate(pid, first=signal.SIGKILL)
+    procs.terminate(process.running_pid(H1), first=signal.SIGKILL)
     t0 = time.monotonic()
-    process.spawn(H1, H1, lab.registry_url("sqlite"), lab.host_name(1), LEASE_TTL, quiet=True)
+    control.spawn_agent(Node(H1), Node(H1).require_up(), quiet=True)
     return time.monotonic() - t0
 
 

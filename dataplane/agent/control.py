@@ -78,7 +78,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
                 log.warning("repaired: %s", line)
             monitor.clear_if_abandoned(node)   # a monitor killed outright (a node without an agent too)
         if st.registry and agent:
-            process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
+            spawn_agent(node, st)
             st = node.require_up()
     except BaseException:
         if not was_up:                 # nothing half-created: the node goes again,
@@ -175,5 +175,12 @@ def restore(node: Node, agent: bool = True) -> NodeState:
     for line in sweep(node):
         log.warning("repaired: %s", line)
     if st.registry and agent:
-        process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT)
+        spawn_agent(node, st)
     return node.require_up()
+
+
+def spawn_agent(node: Node, st: NodeState, quiet: bool = False) -> int:
+    """The node's agent, started as its state says (registry, host name, lease) unless it runs;
+    returns once it has synced. Its pid."""
+    return process.spawn(node.name, node.netns, st.registry, st.host_name, st.lease_ttl or LEASE_TTL_DEFAULT,
+                         quiet)

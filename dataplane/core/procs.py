@@ -1,5 +1,6 @@
 """Stopping a process this project started (the agent, etcd): SIGTERM, a
-grace period, then SIGKILL; reaped if it is our child."""
+grace period, then SIGKILL; reaped if it is our child, and gone once it has
+exited if it is not (a zombie waits on its own parent, not on us)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ import signal
 import time
 
 
+def _exited(pid: int) -> bool:
+    """True if pid is no process or one that has exited and waits only to be
+    reaped by its parent (state Z or X): a process another started."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def _reap(pid: int) -> bool:
     """True once pid is gone (reaped here, or not our child and exited)."""
     try:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
-        return not os.path.exists(f"/proc/{pid}")
+        return _exited(pid)
 
 
 def terminate(pid: int, timeout: float = 10.0, first: int = signal.SIGTERM) -> None:

@@ -13,11 +13,13 @@ deadline deletes the lease's keys (and logs the deletions).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import threading
 import time
 
+from dataplane.registry.filewake import FileWake
 from dataplane.registry.kv import KV, Compacted, Damaged, Event, Item, Refused, Txn, Unavailable, Watch
 
 SCHEMA = """
@@ -32,7 +34,9 @@ CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease);
 CREATE INDEX IF NOT EXISTS events_rev ON events (rev);
 """
 KEEP_EVENTS = 500_000      # change-log rows kept for watchers that fall behind
-POLL_S = 0.005
+POLL_S = 0.005             # between looks while the file is busy
+SETTLE_S = 0.05            # busy: this long after the last write seen or change read
+IDLE_S = 1.0               # quiet: the longest sleep between looks (a write wakes it; see _rest)
 BUSY_TIMEOUT_S = 30        # a write waits this long for another process's lock on the file
 
 
@@ -265,28 +269,59 @@ class SqliteKV(KV):
 
 
 class _SqliteWatch(Watch):
-    """Polls the change log every POLL_S; yields one list of events per revision batch."""
+    """Yields one list of events per revision batch. While the file is busy it looks every
+    POLL_S; once quiet for SETTLE_S it sleeps until a write to the file (inotify), the first
+    lease deadline or IDLE_S, whichever comes first. Without inotify it looks every POLL_S."""
 
     def __init__(self, kv: SqliteKV, prefix: str, start_rev: int):
         self.kv, self.prefix, self.next_rev = kv, prefix, start_rev
         self.last_rev, self.last_heard = start_rev - 1, time.monotonic()
         self.seen: int | None = None           # kv.version() before the last full poll
         self._closed = threading.Event()
+        self._stirred = 0.0                    # monotonic time of the last write seen or change read
+        base = os.path.basename(kv.path)
+        try:
+            self._wake: FileWake | None = FileWake(os.path.dirname(kv.path) or ".",
+                                                   {base, base + "-wal", base + "-journal"})
+        except (OSError, AttributeError):      # no inotify (or too many watches): look every POLL_S
+            self._wake = None
 
     def close(self) -> None:
         self._closed.set()
+        if self._wake is not None:
+            self._wake.wake()
 
     def __iter__(self):
         return self
 
+    def _rest(self) -> None:
+        """Wait before the next look. A write wakes the sleep before SQLite has published the
+        commit in the WAL index (-shm, a shared mapping inotify does not see), so the looks go on
+        every POLL_S for SETTLE_S after each wake-up."""
+        if self._wake is None or time.monotonic() - self._stirred < SETTLE_S:
+            self._closed.wait(POLL_S)
+            return
+        due = self.kv._due - time.time()
+        if self._wake.wait(math.ceil(min(IDLE_S, max(due, 0.0)) * 1000) / 1000):
+            self._stirred = time.monotonic()
+
     def __next__(self) -> list[Event]:
+        try:
+            return self._next()
+        except BaseException:
+            if self._wake is not None:     # the watch has ended: closed here, by its own thread
+                self._wake.close()
+                self._wake = None
+            raise
+
+    def _next(self) -> list[Event]:
         kv = self.kv
         while not self._closed.is_set():
             try:
                 quiet, version = kv.quiet(self.seen)
                 if quiet:                  # seen was read before the last full poll's snapshot
                     self.last_heard = time.monotonic()
-                    self._closed.wait(POLL_S)
+                    self._rest()
                     continue
                 with kv._reading() as db:  # one snapshot: the compaction mark, the head and the rows up to it
                     compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
@@ -301,7 +336,8 @@ class _SqliteWatch(Watch):
                 raise failure(kv.path, e) from None
             self.next_rev, self.seen = head + 1, version      # seen only once the poll has read all
             self.last_rev, self.last_heard = max(self.last_rev, head), time.monotonic()   # each poll hears the file
+            self._stirred = self.last_heard
             if rows:
                 return [Event(k, bytes(v) if v is not None else None, r) for r, k, v in rows]
-            self._closed.wait(POLL_S)
+            self._rest()
         raise StopIteration

@@ -53,7 +53,7 @@ def cmd_exec(args):
 
 def cmd_demo(args):
     from lab.demo import run  # noqa: PLC0415 - only the demo needs it
-    return run(keep=args.keep, registry=args.registry, etcd_tls=args.etcd_tls)
+    return run(keep=args.keep, registry=args.registry, etcd_tls=args.etcd_tls, pcap_out=args.write)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_exec)
     dm = sub.add_parser("demo", help="the multi-host demo on VNI 256")
     dm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    dm.add_argument("-w", "--write", metavar="FILE",
+                    help="keep the underlay capture (VXLAN on UDP 4789) in FILE for Wireshark (default: removed)")
     dm.add_argument("--registry", choices=topology.REGISTRY_MODES, default="etcd",
                     help="etcd (a real etcd and an agent per host), sqlite, or none (static peers) (default: %(default)s)")
     dm.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,

@@ -4,6 +4,8 @@ check fails."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 
@@ -28,8 +30,13 @@ def _sbx(info: dict, host: str, vni: int) -> dict:
     return next(s for s in info["sandboxes"] if s["host"] == host and s["vni"] == vni)
 
 
-def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None) -> int:
+def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None, pcap_out: str | None = None) -> int:
+    """pcap_out: where to keep the underlay capture; without it the capture is removed."""
     d = Demo()
+    where = os.path.dirname(os.path.abspath(pcap_out)) if pcap_out else None
+    if where and (not os.access(where, os.W_OK) or os.path.isdir(pcap_out)):
+        print(f"demo: cannot write the capture to {pcap_out}: not a file in a writable directory", file=sys.stderr)
+        return 2
     lab.down()
     t0 = time.monotonic()
     lab.up(3, [256, 257], per_host=1, registry=registry, etcd_tls=etcd_tls)
@@ -38,6 +45,7 @@ def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None
     info = lab.ls()
     a, b, c = (_sbx(info, h, 256) for h in ("h1", "h2", "h3"))
     x = _sbx(info, "h2", 257)
+    cap = None
     try:
         cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, "udp port 4789")
         try:
@@ -82,11 +90,27 @@ def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None
                           f"rx {s['rx_packets']} pkts/{s['rx_bytes']} B, flooded {s['flooded']}, "
                           f"arp replies {s['arp_replies']}, drops {s['drops'] or 'none'}")
     finally:
+        if cap is not None:
+            _keep_capture(d, cap, pcap_out)
         if not keep:
             lab.down()
             d.check(not [n for n in netlink.ns_list() if n.startswith(lab.PREFIX)], "lab down: no lab namespace left")
     print(f"\ndemo {'passed' if not d.failed else f'FAILED ({d.failed} checks)'}")
     return 1 if d.failed else 0
+
+
+def _keep_capture(d: Demo, cap: capture.Capture, pcap_out: str | None) -> None:
+    """Copy the capture to pcap_out (said where), then remove the temporary file."""
+    try:
+        if pcap_out:
+            cap.stop()
+            try:
+                shutil.copyfile(cap.path, pcap_out)
+                print(f"\ncapture kept: {os.path.abspath(pcap_out)} (Wireshark decodes UDP 4789 as VXLAN)")
+            except OSError as e:
+                d.check(False, f"keep the capture in {pcap_out}: {e}")
+    finally:
+        cap.remove()
 
 
 def _rx(node: Node, vni: int) -> int:

@@ -1,5 +1,6 @@
 """procs.terminate on a process that is not our child: it is gone once it has
-exited, even while its parent has not reaped it yet (a zombie)."""
+exited, even while its parent has not reaped it yet (a zombie), and not while
+any of its threads still runs."""
 
 from __future__ import annotations
 
@@ -25,25 +26,44 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def _grandchild():
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+# A grandchild whose main thread ends while another goes on (its leader shows Z).
+_LEADER_GONE = """
+import ctypes, threading, time
+threading.Thread(target=time.sleep, args=(300,)).start()
+time.sleep(0.1)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def _grandchild(code: str = '["sleep", "300"]'):
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT.replace('["sleep", "300"]', code)],
+                              stdout=subprocess.PIPE, text=True)
     return parent, int(parent.stdout.readline())
+
+
+def _end(parent, pid: int) -> None:
+    for p in (pid, parent.pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    parent.wait()
 
 
 def test_an_unreaped_grandchild_counts_as_gone_once_it_has_exited():
     parent, pid = _grandchild()
     try:
-        assert not procs._reap(pid)         # running, not our child
+        assert not procs._reap(pid, procs._open(pid))         # running, not our child
+        fd = procs._open(pid)
         os.kill(pid, signal.SIGKILL)
         for _ in range(200):
             if _state(pid) == "Z":
                 break
             time.sleep(0.01)
         assert _state(pid) == "Z"           # its parent has not reaped it
-        assert procs._reap(pid)
+        assert procs._reap(pid, fd)
     finally:
-        parent.kill()
-        parent.wait()
+        _end(parent, pid)
 
 
 def test_terminate_does_not_wait_out_the_grace_period_on_a_zombie():
@@ -55,15 +75,30 @@ def test_terminate_does_not_wait_out_the_grace_period_on_a_zombie():
         assert _state(pid) == "Z"
         assert waited < 30, f"waited {waited:.1f} s for a process that exited at once"
     finally:
-        parent.kill()
-        parent.wait()
+        _end(parent, pid)
 
 
 def test_a_live_process_that_is_not_our_child_is_not_gone():
     parent, pid = _grandchild()
     try:
         assert _state(pid) in "SR"
-        assert not procs._reap(pid)
+        assert not procs._reap(pid, procs._open(pid))
     finally:
-        parent.kill()
-        parent.wait()
+        _end(parent, pid)
+
+
+def test_a_process_whose_main_thread_has_ended_is_not_gone_while_another_runs():
+    """Its leader shows Z in /proc/PID/stat; a signal that does not end it (SIGCONT) leaves
+    terminate to wait out the grace and then SIGKILL it."""
+    parent, pid = _grandchild(repr([sys.executable, "-c", _LEADER_GONE]))
+    try:
+        for _ in range(300):
+            if _state(pid) == "Z":
+                break
+            time.sleep(0.01)
+        assert _state(pid) == "Z" and len(os.listdir(f"/proc/{pid}/task")) == 2
+        assert not procs._reap(pid, procs._open(pid))
+        procs.terminate(pid, timeout=0.5, first=signal.SIGCONT)
+        assert procs._reap(pid, procs._open(pid))          # SIGKILLed at the end of the grace
+    finally:
+        _end(parent, pid)

@@ -18,6 +18,7 @@ import threading
 import weakref
 
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
+IN_Q_OVERFLOW, IN_IGNORED = 0x4000, 0x8000   # events were dropped; the watch is gone (directory removed)
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")         # struct inotify_event: wd, mask, cookie, len; then the name
 _libc = None
@@ -31,15 +32,22 @@ def _inotify():
 
 
 class FileWake:
-    """Raises OSError when inotify cannot be had (the caller then polls)."""
+    """Raises OSError when inotify cannot be had (the caller then polls). `lost` turns True
+    when the directory's watch is gone (removed, unmounted): the caller polls from then on."""
 
     def __init__(self, directory: str, names: set[str]):
         self.names = {n.encode() for n in names}
+        self.lost = False
         libc = _inotify()
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
-        self._fd, self._wake = fd, os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
         if libc.inotify_add_watch(fd, directory.encode(), IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0:
             err = ctypes.get_errno()
             _close(fd, self._wake)
@@ -71,9 +79,10 @@ class FileWake:
                 return hit
             off = 0
             while off + _EVENT.size <= len(buf):
-                _, _, _, n = _EVENT.unpack_from(buf, off)
+                _, mask, _, n = _EVENT.unpack_from(buf, off)
                 name = buf[off + _EVENT.size: off + _EVENT.size + n].rstrip(b"\0")
-                hit = hit or name in self.names
+                self.lost = self.lost or bool(mask & IN_IGNORED)
+                hit = hit or name in self.names or bool(mask & (IN_Q_OVERFLOW | IN_IGNORED))
                 off += _EVENT.size + n
 
     def wake(self) -> None:

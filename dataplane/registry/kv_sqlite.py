@@ -279,17 +279,18 @@ class _SqliteWatch(Watch):
         self.seen: int | None = None           # kv.version() before the last full poll
         self._closed = threading.Event()
         self._stirred = 0.0                    # monotonic time of the last write seen or change read
-        base = os.path.basename(kv.path)
+        real = os.path.realpath(kv.path)       # SQLite puts -wal beside the file a link names
+        base = os.path.basename(real)
         try:
-            self._wake: FileWake | None = FileWake(os.path.dirname(kv.path) or ".",
-                                                   {base, base + "-wal", base + "-journal"})
+            self._wake: FileWake | None = FileWake(os.path.dirname(real), {base, base + "-wal", base + "-journal"})
         except (OSError, AttributeError):      # no inotify (or too many watches): look every POLL_S
             self._wake = None
 
     def close(self) -> None:
         self._closed.set()
-        if self._wake is not None:
-            self._wake.wake()
+        w = self._wake             # read once: the watching thread may set it to None
+        if w is not None:
+            w.wake()
 
     def __iter__(self):
         return self
@@ -298,11 +299,13 @@ class _SqliteWatch(Watch):
         """Wait before the next look. A write wakes the sleep before SQLite has published the
         commit in the WAL index (-shm, a shared mapping inotify does not see), so the looks go on
         every POLL_S for SETTLE_S after each wake-up."""
-        if self._wake is None or time.monotonic() - self._stirred < SETTLE_S:
+        w = self._wake
+        if w is None or w.lost:
             self._closed.wait(POLL_S)
             return
+        busy = time.monotonic() - self._stirred < SETTLE_S   # busy: events read as they come
         due = self.kv._due - time.time()
-        if self._wake.wait(math.ceil(min(IDLE_S, max(due, 0.0)) * 1000) / 1000):
+        if w.wait(POLL_S if busy else math.ceil(min(IDLE_S, max(due, 0.0)) * 1000) / 1000):
             self._stirred = time.monotonic()
 
     def __next__(self) -> list[Event]:

@@ -4,12 +4,16 @@ agent's 5-ms polls were most of its CPU (bench.ops: 2.7% of a CPU)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 
+import pytest
+
 from dataplane.registry import kv_sqlite, open_registry
+from dataplane.registry.filewake import FileWake
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import PREFIX
 
@@ -165,3 +169,59 @@ def test_without_inotify_the_watch_polls(tmp_path, monkeypatch):
         r.stop()
     finally:
         reg.close()
+
+
+def test_a_registry_named_through_a_symlink_is_watched_where_the_file_is(tmp_path, monkeypatch):
+    """SQLite follows the link and writes -wal beside the real file: that directory is watched."""
+    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "registry.db").symlink_to(tmp_path / "real" / "registry.db")
+    url = f"sqlite://{tmp_path}/link/registry.db"
+    reg = open_registry(url)
+    try:
+        r = _Reader(reg.kv.watch(PREFIX, reg.kv.range(PREFIX)[0] + 1))
+        time.sleep(0.2)
+        _write_elsewhere(url, 1)
+        assert r.wait_for({(PREFIX + "w/0", b"1")}), "a write through the link did not wake the watch"
+        r.stop()
+    finally:
+        reg.close()
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_filewake_leaves_no_descriptor_when_it_cannot_be_made(tmp_path, monkeypatch):
+    before = _fds()
+
+    def refused(*_):
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(os, "eventfd", refused)
+    with pytest.raises(OSError):
+        FileWake(str(tmp_path), {"x"})
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        FileWake(str(tmp_path / "none"), {"x"})           # no such directory
+    assert _fds() == before
+
+
+def test_filewake_wakes_on_a_dropped_event_queue_and_says_when_its_watch_is_gone(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    w = FileWake(str(d), {"registry.db-wal"})
+    try:
+        limit = int(open("/proc/sys/fs/inotify/max_queued_events").read())
+        other = d / "other"
+        for _ in range(limit + 10):       # none named: only the overflow can wake it
+            other.touch()
+            with open(other, "w"):
+                pass
+        assert w.wait(1.0), "an overflowed queue did not count as a write"
+        assert not w.lost
+        other.unlink()
+        d.rmdir()
+        assert w.wait(1.0) and w.lost
+    finally:
+        w.close()

@@ -5,10 +5,11 @@
 bench.scale's lab (two hosts with agents on the lab's SQLite registry, VNI 4001). With one
 endpoint per host, then with --local per host (made through the agents), it times on h1:
 `dataplane status`, `stats`, `endpoint ls` and `fdb ls` (each -o json, the whole CLI process,
---repeats times), a Prometheus scrape of h1's agent from the underlay, and the agent's CPU
-while idle for 10 s, and the seconds from its SIGKILL to its first sync when started again
-(--repeats times). Then `dataplane down` of h1 once, with its endpoints. Wall times,
-medians of the repeats. Writes bench/results/<out>.json and .md.
+--repeats times), a Prometheus scrape of h1's agent from the underlay, the agent's CPU while
+idle for 10 s, its resident memory, and the seconds from its SIGKILL to its first sync when
+started again (--repeats times); and each of h1's adds on the way (medians of the first and
+the last 100). Then `dataplane down` of h1 once, with its endpoints. Wall times, medians of
+the repeats. Writes bench/results/<out>.json and .md.
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ def agent_cpu(seconds: float = 10) -> float:
     return (cpu() - c0) / (time.monotonic() - t0)
 
 
+def agent_rss_mib() -> float:
+    """The h1 agent's resident memory."""
+    with open(f"/proc/{process.running_pid(H1)}/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
 def agent_restart() -> float:
     """h1's agent killed (as a crash would), then started again: seconds to its first sync."""
     procs.terminate(process.running_pid(H1), first=signal.SIGKILL)
@@ -85,6 +93,7 @@ def phase(repeats: int) -> dict:
     out = {name: [dataplane(*argv) for _ in range(repeats)] for name, argv in COMMANDS}
     out["scrape"] = scrapes(repeats)
     out["agent_cpu"] = agent_cpu()
+    out["agent_rss_mib"] = agent_rss_mib()
     out["agent_restart"] = [agent_restart() for _ in range(repeats)]
     return out
 
@@ -101,6 +110,11 @@ def table(r: dict) -> str:
         lines.append(f"| {what} | {med(r['one'][name]):.3f} | {med(r['many'][name]):.3f} |")
     lines.append(f"| agent CPU while idle, % of a CPU | {100 * r['one']['agent_cpu']:.1f} | "
                  f"{100 * r['many']['agent_cpu']:.1f} |")
+    lines.append(f"| agent's resident memory, MiB | {r['one']['agent_rss_mib']:.0f} | "
+                 f"{r['many']['agent_rss_mib']:.0f} |")
+    adds = r["adds"]
+    lines.append(f"| an endpoint added through the agent, ms (the first 100 adds; the last 100) | "
+                 f"{1000 * med(adds[:100]):.0f} | {1000 * med(adds[-100:]):.0f} |")
     lines.append(f"| agent killed and started again, s to its first sync | {med(r['one']['agent_restart']):.2f} | "
                  f"{med(r['many']['agent_restart']):.2f} |")
     lines.append(f"| `dataplane down`, s | - | {r['down_s']:.1f} |")
@@ -120,7 +134,8 @@ def main(argv=None) -> int:
     try:
         scale.setup(2)
         res["one"] = phase(args.repeats)
-        scale.add_locals(args.local)
+        res["adds"] = []
+        scale.add_locals(args.local, res["adds"])
         res["many"] = phase(args.repeats)
         scale.log(f"dataplane down of h1 with {args.local} endpoints")
         t0 = time.monotonic()

@@ -101,12 +101,16 @@ def grow(eps: list[Endpoint], present: bool) -> None:
         reg.close()
 
 
-def add_locals(n: int) -> None:
-    """n - 1 more endpoints on each of h1 and h2 (sandboxes and all, through the agents)."""
+def add_locals(n: int, h1_times: list | None = None) -> None:
+    """n - 1 more endpoints on each of h1 and h2 (sandboxes and all, through the agents);
+    h1_times gets the seconds each of h1's adds took."""
     t0 = time.monotonic()
     for i in range(1, n):
         for ns in (H1, H2):
+            t = time.monotonic()
             client.call(ns, "endpoint_add", id=f"{ns}-l{i}", vni=VNI)
+            if ns == H1 and h1_times is not None:
+                h1_times.append(time.monotonic() - t)
         if i % 100 == 0 or i == n - 1:
             log(f"local endpoints: {i + 1}/{n} per host ({time.monotonic() - t0:.0f} s)")
 

@@ -10,12 +10,14 @@ MACHINE = {"kernel": "6.18", "cpus": 2, "cpu_model": "AMD EPYC", "date": "2026-1
 
 def phase(status: list[float], cpu: float) -> dict:
     return {"status": status, "stats": [0.1, 0.3, 0.2], "endpoint ls": [0.2] * 3, "fdb ls": [0.25] * 3,
-            "scrape": [0.02, 0.01, 0.03], "agent_cpu": cpu, "agent_restart": [1.5, 1.2, 1.3]}
+            "scrape": [0.02, 0.01, 0.03], "agent_cpu": cpu, "agent_restart": [1.5, 1.2, 1.3],
+            "agent_rss_mib": 60.4 if cpu < 0.01 else 81.6}
 
 
 def test_each_command_has_both_phases_medians():
     md = ops.table({"machine": MACHINE, "args": {"local": 1000, "repeats": 3},
-                    "one": phase([0.3, 0.25, 0.27], 0.004), "many": phase([1.2, 1.1, 0.9], 0.031), "down_s": 17.63})
+                    "one": phase([0.3, 0.25, 0.27], 0.004), "many": phase([1.2, 1.1, 0.9], 0.031), "down_s": 17.63,
+                    "adds": [0.05] * 60 + [0.04] * 50 + [0.09] * 99 + [0.2] * 2})
     assert "`.venv/bin/python -m bench.ops --local 1000 --repeats 3`" in md
     assert "| h1 | 1 endpoint per host | 1000 endpoints per host |" in md
     assert "| `dataplane status -o json`, s | 0.270 | 1.100 |" in md
@@ -24,6 +26,8 @@ def test_each_command_has_both_phases_medians():
     assert "| agent CPU while idle, % of a CPU | 0.4 | 3.1 |" in md
     assert "| agent killed and started again, s to its first sync | 1.30 | 1.30 |" in md
     assert "| `dataplane down`, s | - | 17.6 |" in md
+    assert "| agent's resident memory, MiB | 60 | 82 |" in md
+    assert "| an endpoint added through the agent, ms (the first 100 adds; the last 100) | 50 | 90 |" in md
 
 
 @pytest.mark.parametrize("argv", [["--local", "1"], ["--local", "1025"], ["--repeats", "0"]])

@@ -29,15 +29,23 @@ class Capture:
         # A 64 MiB kernel buffer: a 1 MiB TCP burst on 2 vCPUs must not lose frames to the capture.
         argv = ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "-B", "65536", "-n", "-w", self.path]
         argv += bpf_filter.split()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 5
-        line = ""
-        while time.monotonic() < deadline:  # tcpdump says "listening on" once its socket is open
-            line = self.proc.stderr.readline()
-            if "listening on" in line or self.proc.poll() is not None:
-                break
-        if self.proc.poll() is not None:
-            raise DataplaneError(f"tcpdump on {netns}/{ifname} failed: {line.strip()}")
+        self.proc = None
+        try:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 5
+            line = ""
+            while time.monotonic() < deadline:  # tcpdump says "listening on" once its socket is open
+                line = self.proc.stderr.readline()
+                if "listening on" in line or self.proc.poll() is not None:
+                    break
+            if self.proc.poll() is not None:
+                raise DataplaneError(f"tcpdump on {netns}/{ifname} failed: {line.strip()}")
+        except BaseException:          # failed or interrupted: no tcpdump and no file left
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            os.unlink(self.path)
+            raise
 
     def stop(self) -> str:
         if self.proc.poll() is None:

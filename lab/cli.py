@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from dataplane.agent.main import LEASE_TTL_DEFAULT
@@ -53,6 +54,7 @@ def cmd_exec(args):
 
 def cmd_demo(args):
     from lab.demo import run  # noqa: PLC0415 - only the demo needs it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))   # a timeout's kill: the lab goes
     return run(keep=args.keep, registry=args.registry, etcd_tls=args.etcd_tls, pcap_out=args.write)
 
 

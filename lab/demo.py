@@ -33,20 +33,20 @@ def _sbx(info: dict, host: str, vni: int) -> dict:
 def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None, pcap_out: str | None = None) -> int:
     """pcap_out: where to keep the underlay capture; without it the capture is removed."""
     d = Demo()
-    where = os.path.dirname(os.path.abspath(pcap_out)) if pcap_out else None
-    if where and (not os.access(where, os.W_OK) or os.path.isdir(pcap_out)):
-        print(f"demo: cannot write the capture to {pcap_out}: not a file in a writable directory", file=sys.stderr)
+    if pcap_out is not None and not _writable(pcap_out):
+        print(f"demo: cannot write the capture to {pcap_out!r}: not a file in a writable directory", file=sys.stderr)
         return 2
     lab.down()
     t0 = time.monotonic()
-    lab.up(3, [256, 257], per_host=1, registry=registry, etcd_tls=etcd_tls)
-    print(f"lab up in {time.monotonic() - t0:.1f}s: 3 hosts (VTEPs 198.18.0.1-3), VNIs 256 and 257, one sandbox per host "
-          f"and VNI; registry: {registry}" + (" (a real etcd on 198.18.0.251, one agent per host)" if registry == "etcd" else ""))
-    info = lab.ls()
-    a, b, c = (_sbx(info, h, 256) for h in ("h1", "h2", "h3"))
-    x = _sbx(info, "h2", 257)
     cap = None
     try:
+        lab.up(3, [256, 257], per_host=1, registry=registry, etcd_tls=etcd_tls)
+        print(f"lab up in {time.monotonic() - t0:.1f}s: 3 hosts (VTEPs 198.18.0.1-3), VNIs 256 and 257, one sandbox "
+              f"per host and VNI; registry: {registry}"
+              + (" (a real etcd on 198.18.0.251, one agent per host)" if registry == "etcd" else ""))
+        info = lab.ls()
+        a, b, c = (_sbx(info, h, 256) for h in ("h1", "h2", "h3"))
+        x = _sbx(info, "h2", 257)
         cap = capture.Capture(lab.UNDERLAY_NS, lab.BRIDGE, "udp port 4789")
         try:
             for dst in (b, c):
@@ -90,13 +90,24 @@ def run(keep: bool = False, registry: str = "etcd", etcd_tls: bool | None = None
                           f"rx {s['rx_packets']} pkts/{s['rx_bytes']} B, flooded {s['flooded']}, "
                           f"arp replies {s['arp_replies']}, drops {s['drops'] or 'none'}")
     finally:
-        if cap is not None:
-            _keep_capture(d, cap, pcap_out)
-        if not keep:
-            lab.down()
-            d.check(not [n for n in netlink.ns_list() if n.startswith(lab.PREFIX)], "lab down: no lab namespace left")
+        try:
+            if cap is not None:
+                _keep_capture(d, cap, pcap_out)
+        finally:
+            if not keep:
+                lab.down()
+                d.check(not [n for n in netlink.ns_list() if n.startswith(lab.PREFIX)], "lab down: no lab namespace left")
     print(f"\ndemo {'passed' if not d.failed else f'FAILED ({d.failed} checks)'}")
     return 1 if d.failed else 0
+
+
+def _writable(path: str) -> bool:
+    """path names a file this process can write (or make), not a directory."""
+    if not path or os.path.isdir(path):
+        return False
+    if os.path.exists(path):
+        return os.access(path, os.W_OK)
+    return os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
 
 
 def _keep_capture(d: Demo, cap: capture.Capture, pcap_out: str | None) -> None:

@@ -4,11 +4,17 @@ nothing behind."""
 
 import glob
 import os
+import signal
+import subprocess
 import tempfile
+import time
 
-from lab import demo
+import pytest
+
+from dataplane.core.errors import DataplaneError
+from lab import capture, demo
 from tests.conftest import require_privileges
-from tests.integration.conftest import dp, leftovers
+from tests.integration.conftest import LAB, dp, leftovers
 
 
 def test_demo_passes_and_leaves_nothing():
@@ -60,3 +66,36 @@ def test_the_demo_refuses_a_capture_file_it_cannot_write_before_making_anything(
     r = dp("lab", "demo", "-w", str(tmp_path), check=False)
     assert r.returncode == 2 and "cannot write the capture" in r.stderr
     assert leftovers() == []
+
+
+def test_a_demo_stopped_by_sigterm_takes_the_lab_down_and_its_capture(tmp_path):
+    require_privileges()
+    pcaps = os.path.join(tempfile.gettempdir(), "dataplane-*.pcap")
+    before = set(glob.glob(pcaps))
+    p = subprocess.Popen(LAB + ["demo", "--registry", "sqlite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 120
+        while "[ ok ] ping" not in out and time.monotonic() < deadline and p.poll() is None:
+            out += p.stdout.readline()      # the capture runs from before the first ping
+        assert "[ ok ] ping" in out, out
+        p.send_signal(signal.SIGTERM)
+        rest, _ = p.communicate(timeout=120)
+        assert p.returncode == 128 + signal.SIGTERM, out + rest
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            dp("lab", "down", check=False)
+    assert leftovers() == [], out + rest
+    assert set(glob.glob(pcaps)) - before == set(), "the stopped demo left its capture behind"
+
+
+def test_a_capture_that_cannot_start_leaves_no_file():
+    require_privileges()
+    pcaps = os.path.join(tempfile.gettempdir(), "dataplane-*.pcap")
+    before = set(glob.glob(pcaps))
+    with pytest.raises(DataplaneError, match="tcpdump on dpl-nosuchns/eth0 failed"):
+        capture.Capture("dpl-nosuchns", "eth0")
+    assert set(glob.glob(pcaps)) - before == set()

@@ -30,6 +30,12 @@ def test_each_command_has_both_phases_medians():
     assert "| an endpoint added through the agent, ms (the first 100 adds; the last 100) | 50 | 90 |" in md
 
 
+def test_a_short_run_takes_the_first_and_the_last_half_of_its_adds():
+    res = {"machine": MACHINE, "args": {"local": 7, "repeats": 3}, "one": phase([0.3], 0.004),
+           "many": phase([1.2], 0.031), "down_s": 1.0, "adds": [0.04, 0.05, 0.04, 0.09, 0.08, 0.07]}
+    assert "| an endpoint added through the agent, ms (the first 3 adds; the last 3) | 40 | 80 |" in ops.table(res)
+
+
 @pytest.mark.parametrize("argv", [["--local", "1"], ["--local", "1025"], ["--repeats", "0"]])
 def test_arguments_out_of_range_are_refused(argv):
     with pytest.raises(SystemExit) as e:

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 
-from dataplane.registry import Unavailable, open_registry
+from dataplane.registry import Unavailable, kv_sqlite, open_registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import PREFIX
 
@@ -137,9 +137,11 @@ def test_an_idle_watch_reads_only_the_version_and_still_hears_every_write(tmp_pa
         other.close()
 
 
-def test_a_lapsed_lease_is_deleted_and_reported_by_the_watch_alone(tmp_path):
-    """Nobody writes or reads after a lease is granted: the watch's own polls notice the deadline
-    pass, delete the lease's keys and bring the deletion (a quiet file does not hide it)."""
+def test_a_lapsed_lease_is_deleted_and_reported_by_the_watch_alone(tmp_path, monkeypatch):
+    """Nobody writes or reads after a lease is granted: the watch's own looks notice the deadline
+    pass, delete the lease's keys and bring the deletion (a quiet file does not hide it, and a
+    watch asleep on the file wakes at the deadline, not only at its longest sleep)."""
+    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:

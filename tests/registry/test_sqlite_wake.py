@@ -130,21 +130,6 @@ def test_a_commit_published_just_after_its_wake_up_is_not_missed(tmp_path, monke
         reg.close()
 
 
-def test_a_lease_deadline_wakes_a_sleeping_watch(tmp_path, monkeypatch):
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
-    url = f"sqlite://{tmp_path}/registry.db"
-    reg = open_registry(url)
-    try:
-        rev = reg.kv.range(PREFIX)[0]
-        lease = reg.kv.lease_grant(1)
-        reg.kv.commit(Txn(puts=[(PREFIX + "leased", b"1", lease)]))
-        r = _Reader(reg.kv.watch(PREFIX, rev + 1))
-        assert r.wait_for({(PREFIX + "leased", None)}), "the lapsed lease's key was not reported"
-        r.stop()
-    finally:
-        reg.close()
-
-
 def test_close_wakes_a_sleeping_watch(tmp_path, monkeypatch):
     monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
     reg = open_registry(f"sqlite://{tmp_path}/registry.db")

@@ -33,8 +33,8 @@ COUNTERS = {   # agent.counters key -> (metric, help)
                                            "tried again: registering and keeping its lease, reading the claims"),
     "aged": ("fdb_aged", "Learned FDB entries aged out"),
     "reconnects": ("registry_reconnects", "Registry connections re-established"),
-    "repairs": ("repairs", "Leftovers of a crash repaired at start, and the node's vxlan device made "
-                           "again after something undid it"),
+    "repairs": ("repairs", "Leftovers of a crash repaired at start, the node's vxlan device made again "
+                           "after something undid it, and gateways' iptables rules put back after a flush"),
     "vanished": ("endpoints_vanished", "Endpoints removed because their interface disappeared"),
 }
 # Punts the agent took from the ring end in exactly one of these (they sum to the received ones,

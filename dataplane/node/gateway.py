@@ -22,7 +22,9 @@ docker_gwbridge.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
+import re
 import shutil
 
 from dataplane.core import abi, model, state
@@ -37,6 +39,7 @@ ROUTER_FLAG = int(abi.load().enums["dp_ep_flag"].DP_EP_ROUTER)
 LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
 COMMENT = "dataplane egress vni {vni}"
 ROUTERS = "dpgw+"                 # every gateway's router side (names(): iptables' interface wildcard)
+_SAVED = re.compile(r'--comment "?dataplane egress vni (\d+)"?')     # a rule of ours in iptables-save's output
 
 
 def names(vni: int) -> tuple[str, str]:
@@ -97,17 +100,39 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
-    _ensure_rules(ns, gw)
+    ensure_rules(ns, gw)
 
 
-def _ensure_rules(ns, gw: Gateway) -> None:
-    """Its iptables rules, each added if missing (idempotent)."""
+def ensure_rules(ns, gw: Gateway) -> bool:
+    """Its iptables rules, in their order; True if any was missing. Then all of them are put
+    back, in order: an ACCEPT inserted alone would land above the DROP that keeps one network's
+    router from reaching another's."""
     _require_iptables()
-    for table, chain, add, rule in _rules(gw):
-        if _iptables(ns, table, "-C", chain, rule).returncode:
-            r = _iptables(ns, table, add, chain, rule)
-            if r.returncode:
-                raise KernelError(f"iptables -t {table} {add} {chain} {' '.join(rule)}: {r.stderr.strip()}")
+    rules = _rules(gw)
+    if all(_iptables(ns, table, "-C", chain, rule).returncode == 0 for table, chain, _, rule in rules):
+        return False
+    for table, chain, _, rule in rules:
+        for _ in range(8):         # copies too, a few at most
+            if _iptables(ns, table, "-D", chain, rule).returncode:
+                break
+    for table, chain, add, rule in rules:
+        r = _iptables(ns, table, add, chain, rule)
+        if r.returncode:
+            raise KernelError(f"iptables -t {table} {add} {chain} {' '.join(rule)}: {r.stderr.strip()}")
+    return True
+
+
+def rules_missing(ns, st: NodeState) -> list[int]:
+    """The VNIs whose gateway lacks a rule, from one iptables-save (a firewall's reload or a
+    flush takes them away behind our back: egress stops, and with FORWARD's policy ACCEPT the
+    kernel routes one network's subnet into another's)."""
+    if not st.gateways:
+        return []
+    r = netlink.ns_exec(ns, ["iptables-save"], capture_output=True, text=True)
+    if r.returncode:
+        raise KernelError(f"iptables-save: {r.stderr.strip()}")
+    have = collections.Counter(int(m.group(1)) for m in _SAVED.finditer(r.stdout))
+    return [vni for vni, gw in st.gateways.items() if have[vni] < len(_rules(gw))]
 
 
 def _require_iptables() -> None:
@@ -174,7 +199,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         else:
             write_entries(m, st, gw)
-            _ensure_rules(node.netns, gw)            # a node upgraded from a version with fewer
+            ensure_rules(node.netns, gw)            # a node upgraded from a version with fewer
     return done
 
 

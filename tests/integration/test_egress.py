@@ -7,6 +7,7 @@ with its VNI and comes back after a crash took its interfaces."""
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import subprocess
 import sys
 import time
@@ -178,3 +179,33 @@ def test_two_networks_with_gateways_on_one_host_stay_apart(info):
     finally:
         dp("--netns", H1, "endpoint", "rm", "dpl-apart", check=False)
         dp("network", "rm", "apart", "--registry", url, check=False)
+
+
+def _ours(table: str) -> list[str]:
+    out = netlink.ns_exec(H1, ["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "dataplane egress vni 256" in line]
+
+
+def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
+    """A firewall's reload or an `iptables -F` takes the gateway's rules away behind the agent's
+    back (egress stops; with FORWARD's policy ACCEPT one network's router could reach another's):
+    the agent's housekeeping puts them back within a tick (10 s), and a rule taken alone goes
+    back in its place, below the DROP between routers (before: only a restart mended them)."""
+    from dataplane.agent import process
+    from tests.integration.conftest import wait_for
+    a = sandbox(info, "h1", 256)
+    before = {t: _ours(t) for t in ("nat", "filter")}
+    assert len(before["nat"]) == 1 and len(before["filter"]) == 3 and "-j DROP" in before["filter"][0], before
+    with open(process.log_path(H1)) as f:
+        logged = f.read().count("repaired: gateway of VNI 256")
+    netlink.ns_exec(H1, ["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
+    netlink.ns_exec(H1, ["iptables", "-F", "FORWARD"], check=True)
+    assert _ours("nat") == _ours("filter") == []
+    assert wait_for(lambda: {t: _ours(t) for t in ("nat", "filter")} == before, timeout=30), _ours("filter")
+    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+    accept = next(line for line in before["filter"] if "! -o" in line and "-j ACCEPT" in line)
+    netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(accept)[1:], check=True)    # that rule alone
+    assert len(_ours("filter")) == 2
+    assert wait_for(lambda: _ours("filter") == before["filter"], timeout=30), _ours("filter")
+    with open(process.log_path(H1)) as f:
+        assert f.read().count("repaired: gateway of VNI 256") == logged + 2

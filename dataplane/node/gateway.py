@@ -22,24 +22,18 @@ docker_gwbridge.
 
 from __future__ import annotations
 
-import collections
 import ipaddress
-import re
-import shutil
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, KernelError, NotFound, ToolchainError
+from dataplane.core.errors import Conflict, NotFound
 from dataplane.core.state import Gateway, NodeState
 from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import endpoints, fdb
+from dataplane.node import endpoints, fdb, gwrules
 from dataplane.node.base import Node
 
 ROUTER_FLAG = int(abi.load().enums["dp_ep_flag"].DP_EP_ROUTER)
 LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
-COMMENT = "dataplane egress vni {vni}"
-ROUTERS = "dpgw+"                 # every gateway's router side (names(): iptables' interface wildcard)
-_SAVED = re.compile(r'--comment "?dataplane egress vni (\d+)"?')     # a rule of ours in iptables-save's output
 
 
 def names(vni: int) -> tuple[str, str]:
@@ -60,7 +54,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
             return gw
         subnet = ipaddress.IPv4Network(net.subnet)
         _refuse_overlap(st, vni, subnet)
-        _require_iptables()                # before anything is made
+        gwrules.require_iptables()         # before anything is made
         if gw is not None:                 # half gone, or another address: made again
             _destroy(node, m, gw)
             del st.gateways[vni]
@@ -100,63 +94,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
-    ensure_rules(ns, gw)
-
-
-def ensure_rules(ns, gw: Gateway) -> bool:
-    """Its iptables rules, in their order; True if any was missing. Then all of them are put
-    back, in order: an ACCEPT inserted alone would land above the DROP that keeps one network's
-    router from reaching another's."""
-    _require_iptables()
-    rules = _rules(gw)
-    if all(_iptables(ns, table, "-C", chain, rule).returncode == 0 for table, chain, _, rule in rules):
-        return False
-    for table, chain, _, rule in rules:
-        for _ in range(8):         # copies too, a few at most
-            if _iptables(ns, table, "-D", chain, rule).returncode:
-                break
-    for table, chain, add, rule in rules:
-        r = _iptables(ns, table, add, chain, rule)
-        if r.returncode:
-            raise KernelError(f"iptables -t {table} {add} {chain} {' '.join(rule)}: {r.stderr.strip()}")
-    return True
-
-
-def rules_missing(ns, st: NodeState) -> list[int]:
-    """The VNIs whose gateway lacks a rule, from one iptables-save (a firewall's reload or a
-    flush takes them away behind our back: egress stops, and with FORWARD's policy ACCEPT the
-    kernel routes one network's subnet into another's)."""
-    if not st.gateways:
-        return []
-    r = netlink.ns_exec(ns, ["iptables-save"], capture_output=True, text=True)
-    if r.returncode:
-        raise KernelError(f"iptables-save: {r.stderr.strip()}")
-    have = collections.Counter(int(m.group(1)) for m in _SAVED.finditer(r.stdout))
-    return [vni for vni, gw in st.gateways.items() if have[vni] < len(_rules(gw))]
-
-
-def _require_iptables() -> None:
-    if not shutil.which("iptables"):
-        raise ToolchainError("a network's gateway needs iptables, which is not installed "
-                             "(Debian: apt-get install iptables)")
-
-
-def _iptables(ns, table: str, op: str, chain: str, rule: list[str]):
-    return netlink.ns_exec(ns, ["iptables", "-w", "-t", table, op, chain] + rule, capture_output=True, text=True)
-
-
-def _rules(gw: Gateway) -> list[tuple[str, str, str, list[str]]]:
-    """(table, chain, how to add, rule): masquerade what leaves the subnet for elsewhere; let it
-    be forwarded, and replies and published ports back, ahead of anything else in FORWARD (a
-    policy of DROP, as Docker sets, would stop it). Inserted in this order, the last is first:
-    nothing from a router goes to any router (another VNI's gateway: networks are isolated,
-    and with a policy of ACCEPT the kernel would route one subnet into the other)."""
-    c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
-    return [("nat", "POSTROUTING", "-A", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
-            ("filter", "FORWARD", "-I", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
-            ("filter", "FORWARD", "-I", ["-o", gw.router, "-m", "conntrack", "--ctstate",
-                                         "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
-            ("filter", "FORWARD", "-I", ["-i", gw.router, "-o", ROUTERS] + c + ["-j", "DROP"])]
+    gwrules.ensure(ns, gw)
 
 
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
@@ -178,8 +116,7 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
         pass
     if not node.netns or netlink.ns_exists(node.netns):
         netlink.link_delete(node.netns, gw.port)          # its peer goes with it
-        for table, chain, _, rule in _rules(gw):
-            _iptables(node.netns, table, "-D", chain, rule)
+        gwrules.remove(node.netns, gw)
 
 
 def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
@@ -199,7 +136,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         else:
             write_entries(m, st, gw)
-            ensure_rules(node.netns, gw)            # a node upgraded from a version with fewer
+            gwrules.ensure(node.netns, gw)           # a node upgraded from a version with fewer
     return done
 
 

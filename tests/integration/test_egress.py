@@ -189,23 +189,37 @@ def _ours(table: str) -> list[str]:
 def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     """A firewall's reload or an `iptables -F` takes the gateway's rules away behind the agent's
     back (egress stops; with FORWARD's policy ACCEPT one network's router could reach another's):
-    the agent's housekeeping puts them back within a tick (10 s), and a rule taken alone goes
-    back in its place, below the DROP between routers (before: only a restart mended them)."""
+    the agent's housekeeping puts them back within a tick (10 s here). A rule taken alone goes
+    back below the DROP between routers, and an ACCEPT found above that DROP (what a version that
+    re-inserted rules one by one could leave) gets a DROP above it (before: only a restart mended
+    any of it, and it inserted a lone ACCEPT at the top)."""
     from dataplane.agent import process
     from tests.integration.conftest import wait_for
     a = sandbox(info, "h1", 256)
     before = {t: _ours(t) for t in ("nat", "filter")}
     assert len(before["nat"]) == 1 and len(before["filter"]) == 3 and "-j DROP" in before["filter"][0], before
-    with open(process.log_path(H1)) as f:
-        logged = f.read().count("repaired: gateway of VNI 256")
+
+    def repaired() -> int:
+        with open(process.log_path(H1)) as f:
+            return f.read().count("repaired: gateway of VNI 256")
+
+    def whole() -> bool:
+        now = _ours("filter")
+        return _ours("nat") == before["nat"] and sorted(now) == sorted(before["filter"]) and "-j DROP" in now[0]
+    logged = repaired()
     netlink.ns_exec(H1, ["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
     netlink.ns_exec(H1, ["iptables", "-F", "FORWARD"], check=True)
-    assert _ours("nat") == _ours("filter") == []
-    assert wait_for(lambda: {t: _ours(t) for t in ("nat", "filter")} == before, timeout=30), _ours("filter")
+    assert wait_for(lambda: repaired() > logged and whole(), timeout=30), _ours("filter")
     assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
-    accept = next(line for line in before["filter"] if "! -o" in line and "-j ACCEPT" in line)
-    netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(accept)[1:], check=True)    # that rule alone
-    assert len(_ours("filter")) == 2
-    assert wait_for(lambda: _ours("filter") == before["filter"], timeout=30), _ours("filter")
-    with open(process.log_path(H1)) as f:
-        assert f.read().count("repaired: gateway of VNI 256") == logged + 2
+    for kind in ("! -o", "-j DROP"):         # the ACCEPT out of the router alone; then the DROP alone
+        line = next(line for line in before["filter"] if kind in line)
+        logged = repaired()
+        netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(line)[1:], check=True)
+        assert wait_for(lambda: repaired() > logged and whole(), timeout=30), _ours("filter")
+    accept = next(line for line in before["filter"] if "! -o" in line)
+    logged = repaired()
+    netlink.ns_exec(H1, ["iptables", "-I", "FORWARD", "1"] + shlex.split(accept)[2:], check=True)  # above the DROP
+    assert wait_for(lambda: repaired() > logged, timeout=30)
+    now = _ours("filter")
+    assert "-j DROP" in now[0] and now.count(accept) == 2, now
+    netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(accept)[1:], check=True)   # the copy, for the next test

@@ -8,7 +8,7 @@ import pytest
 
 from dataplane.core.errors import ToolchainError
 from dataplane.core.state import Gateway
-from dataplane.node import gateway
+from dataplane.node import gwrules
 
 
 def test_no_iptables_is_a_toolchain_error(monkeypatch, tmp_path):
@@ -16,4 +16,4 @@ def test_no_iptables_is_a_toolchain_error(monkeypatch, tmp_path):
     gw = Gateway(vni=256, ip="10.0.0.1", mac="02:00:0a:00:00:01", subnet="10.0.0.0/24", router="dpgw256",
                  port="dpgp256")
     with pytest.raises(ToolchainError, match="apt-get install iptables"):
-        gateway.ensure_rules(None, gw)
+        gwrules.ensure(None, gw)

@@ -152,7 +152,7 @@ def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monk
     monkeypatch.setattr(housekeeping.rxgro, "freed", lambda node, st: False)
     monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
     ag = Agent(f"sqlite://{tmp_path}/registry.db")
-    ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
+    ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300), gateways={})
     ag.maps, ag.counters, ag.sweeper = None, {"aged": 0}, None
     ag.synced = threading.Event()
     ag.synced.set()
@@ -210,7 +210,7 @@ def test_a_sandbox_whose_interface_vanished_has_its_entries_reconciled(tmp_path,
     monkeypatch.setattr(housekeeping.rxgro, "freed", lambda node, st: False)
     monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
     ag = Agent(f"sqlite://{tmp_path}/registry.db")
-    ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
+    ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300), gateways={})
     ag.maps, ag.counters, ag.sweeper, ag.synced = None, {"vanished": 0}, None, threading.Event()
     rec = ag.create("web", "h2")
     ag.sandboxes["web"] = SimpleNamespace(name="web", vni=256, mac=rec.mac, ip=rec.ip)

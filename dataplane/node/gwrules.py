@@ -1,0 +1,130 @@
+"""A gateway's iptables rules (node/gateway.py): made with it, removed with it,
+and put back when a firewall's reload or a flush took any away.
+
+In FORWARD the DROP between routers must stay above both ACCEPTs: one network's
+router must never reach another's (with FORWARD's policy ACCEPT the kernel would
+route one subnet into the other). So rules are only ever inserted, never deleted
+to be put back, and each insertion keeps that order: a missing (or misplaced)
+DROP goes to the top, a missing ACCEPT just below our DROP.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from dataplane.core.errors import KernelError, ToolchainError
+from dataplane.core.state import Gateway
+from dataplane.kernel import netlink
+
+COMMENT = "dataplane egress vni {vni}"
+ROUTERS = "dpgw+"                 # every gateway's router side (gateway.names(): iptables' wildcard)
+CHAINS = (("nat", "POSTROUTING"), ("filter", "FORWARD"))
+TIMEOUT_S = 10                    # an iptables run; -w waits at most 5 s for the xtables lock
+_OURS = re.compile(r'--comment "?dataplane egress vni (\d+)"?(?:\s|$)')
+
+
+def rules(gw: Gateway) -> dict[str, tuple[str, str, list[str]]]:
+    """kind -> (table, chain, rule): masquerade what leaves the subnet for elsewhere; let it
+    be forwarded, and replies and published ports back, ahead of anything else in FORWARD (a
+    policy of DROP, as Docker sets, would stop it); above those, nothing from a router goes
+    to any router (another VNI's gateway: networks are isolated)."""
+    c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
+    return {"masquerade": ("nat", "POSTROUTING", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
+            "drop": ("filter", "FORWARD", ["-i", gw.router, "-o", ROUTERS] + c + ["-j", "DROP"]),
+            "replies": ("filter", "FORWARD", ["-o", gw.router, "-m", "conntrack", "--ctstate",
+                                              "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
+            "out": ("filter", "FORWARD", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"])}
+
+
+def require_iptables() -> None:
+    if not shutil.which("iptables"):
+        raise ToolchainError("a network's gateway needs iptables, which is not installed "
+                             "(Debian: apt-get install iptables)")
+
+
+def _run(ns, argv: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return netlink.ns_exec(ns, argv, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{' '.join(argv[:6])}...: no answer within {TIMEOUT_S} s") from None
+    except OSError as e:
+        raise KernelError(f"{argv[0]}: {e}") from None
+
+
+def iptables(ns, table: str, op: str, chain: str, rule: list[str]) -> subprocess.CompletedProcess:
+    return _run(ns, ["iptables", "-w", "5", "-t", table, op, chain] + rule)
+
+
+def listing(ns) -> dict[tuple[str, str], list[str]]:
+    """Our rules in the two chains we use, in order (iptables -S: one chain each, not the
+    whole ruleset, which on a host with kube-proxy's rules takes 0.4 s to print)."""
+    require_iptables()
+    out = {}
+    for table, chain in CHAINS:
+        r = _run(ns, ["iptables", "-w", "5", "-t", table, "-S", chain])
+        if r.returncode:
+            raise KernelError(f"iptables -t {table} -S {chain}: {r.stderr.strip()}")
+        out[(table, chain)] = [line for line in r.stdout.splitlines() if _OURS.search(line)]
+    return out
+
+
+def _of(lines: list[str], vni: int) -> list[str]:
+    return [line for line in lines if int(_OURS.search(line).group(1)) == vni]
+
+
+def _kind(line: str) -> str:
+    if "-j MASQUERADE" in line:
+        return "masquerade"
+    if "-j DROP" in line:
+        return "drop"
+    return "replies" if "--ctstate" in line else "out"
+
+
+def intact(lines: dict[tuple[str, str], list[str]], vni: int) -> bool:
+    """All four of the VNI's rules are there (copies do not stand in for a missing one) and
+    its DROP is above its ACCEPTs."""
+    fwd = [_kind(line) for line in _of(lines[("filter", "FORWARD")], vni)]
+    kinds = set(fwd) | {_kind(line) for line in _of(lines[("nat", "POSTROUTING")], vni)}
+    if kinds != {"masquerade", "drop", "replies", "out"}:
+        return False
+    first_drop = fwd.index("drop")
+    return all(k == "drop" for k in fwd[:first_drop])
+
+
+def ensure(ns, gw: Gateway) -> bool:
+    """Its rules, each inserted where missing, in an order that never lets a router reach
+    another's; True if any was."""
+    require_iptables()
+    want = rules(gw)
+    missing = [k for k, (table, chain, rule) in want.items() if iptables(ns, table, "-C", chain, rule).returncode]
+    fwd = [_kind(line) for line in _of(listing(ns)[("filter", "FORWARD")], gw.vni)]
+    misplaced = "drop" in fwd and any(k != "drop" for k in fwd[:fwd.index("drop")])
+    if not missing and not misplaced:
+        return False
+    if "drop" in missing or misplaced:
+        _add(ns, want["drop"], ["-I", "FORWARD", "1"])      # a copy left below it does no harm
+        fwd = ["drop"] + fwd
+    below = str(fwd.index("drop") + 2)     # rule numbers count from 1: just under our first DROP
+    for kind in ("replies", "out"):
+        if kind in missing:
+            _add(ns, want[kind], ["-I", "FORWARD", below])
+    if "masquerade" in missing:
+        _add(ns, want["masquerade"], ["-A", "POSTROUTING"])
+    return True
+
+
+def _add(ns, spec: tuple[str, str, list[str]], where: list[str]) -> None:
+    table, _, rule = spec
+    r = _run(ns, ["iptables", "-w", "5", "-t", table] + where + rule)
+    if r.returncode:
+        raise KernelError(f"iptables -t {table} {' '.join(where)} {' '.join(rule)}: {r.stderr.strip()}")
+
+
+def remove(ns, gw: Gateway) -> None:
+    """Every copy of each of its rules (a few at most)."""
+    for table, chain, rule in rules(gw).values():
+        for _ in range(8):
+            if iptables(ns, table, "-D", chain, rule).returncode:
+                break

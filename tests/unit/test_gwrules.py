@@ -1,0 +1,38 @@
+"""gwrules.intact reads `iptables -S` lines: all four of a VNI's rules, copies not standing in
+for a missing one, its DROP above its ACCEPTs, and another VNI's rules (25 against 256) apart."""
+
+from __future__ import annotations
+
+from dataplane.node import gwrules
+
+C = '-m comment --comment "dataplane egress vni {v}"'
+MASQ = '-A POSTROUTING -s 10.1.0.0/24 ! -d 10.1.0.0/24 ' + C + ' -j MASQUERADE'
+DROP = '-A FORWARD -i dpgw000100 -o dpgw+ ' + C + ' -j DROP'
+REPLIES = '-A FORWARD -o dpgw000100 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT ' + C + ' -j ACCEPT'
+OUT = '-A FORWARD -i dpgw000100 ! -o dpgw000100 ' + C + ' -j ACCEPT'
+
+
+def lines(nat, fwd, v=256):
+    return {("nat", "POSTROUTING"): [x.format(v=v) for x in nat], ("filter", "FORWARD"): [x.format(v=v) for x in fwd]}
+
+
+def test_all_four_in_order_are_intact():
+    assert gwrules.intact(lines([MASQ], [DROP, REPLIES, OUT]), 256)
+    assert gwrules.intact(lines([MASQ], [DROP, OUT, REPLIES, DROP]), 256)     # order of the ACCEPTs, a copy below
+
+
+def test_a_missing_rule_is_not_made_up_by_a_copy():
+    assert not gwrules.intact(lines([], [DROP, REPLIES, OUT]), 256)
+    assert not gwrules.intact(lines([MASQ], [DROP, DROP, OUT]), 256)
+    assert not gwrules.intact(lines([MASQ, MASQ], [REPLIES, OUT, OUT]), 256)
+
+
+def test_an_accept_above_the_drop_is_not_intact():
+    assert not gwrules.intact(lines([MASQ], [OUT, DROP, REPLIES]), 256)
+
+
+def test_another_vnis_rules_are_not_ours():
+    theirs = lines([MASQ], [DROP, REPLIES, OUT], v=25)
+    assert not gwrules.intact(theirs, 256) and gwrules.intact(theirs, 25)
+    both = {k: lines([MASQ], [DROP, REPLIES, OUT], v=25)[k] + lines([MASQ], [DROP, REPLIES, OUT])[k] for k in theirs}
+    assert gwrules.intact(both, 256) and gwrules.intact(both, 25)

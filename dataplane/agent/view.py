@@ -104,6 +104,9 @@ class RegistryView:
             if ev.rev < self.ahead[ch.name][0]:
                 return set()                        # older than the agent's own write, which the view holds
             del self.ahead[ch.name]
+        if ch.kind in ("hosts", "networks") and ch.record is not None \
+                and getattr(self, ch.kind).get(ch.name) == ch.record:
+            return set()     # the same record again (a host's agent restarted): a scan of every endpoint for nothing
         gone = self.hosts.get(ch.name) if ch.kind == "hosts" else None
         dirty = self.forget(ch.kind, ch.name)
         if gone is not None and on_host_gone and (ch.record is None or ch.record.vtep != gone.vtep):

@@ -143,7 +143,7 @@ class PuntHandler:
         held for a registry look-up (asked: it was, and the view has its answer; answered:
         that answer went into the view)."""
         ag, c = self.ag, self.counts
-        st = ag.node.require_up()
+        st = None            # read only for a flood: the whole state file, 2.3 ms at 1,000 endpoints
         with ag.lock:
             for p in batch:
                 if p.age_ns > slowpath.STALE_NS:
@@ -163,6 +163,7 @@ class PuntHandler:
                     self._send(p.vni, host.vtep, p.frame)
                 else:
                     c["unresolved"] += 1  # nobody in the registry: flood as the fast path would
+                    st = st or ag.node.require_up()
                     vteps = networks.flood_list(st, p.vni)[:_FLOOD_MAX]
                     if not self.copies.take(time.monotonic(), len(vteps)):
                         c["flood_limited"] += 1         # the copies' own budget: dropped
@@ -203,9 +204,10 @@ class PuntHandler:
             # of our own for that endpoint (ahead of the watch, newer than what was read).
             take = (found is not None and net is not None and found[0].network == net.name
                     and ag.view.rev < found[2][1] and found[0].id not in ag.view.ahead)
-            if take:
+            if take:              # its entries alone, as its watch event would (a whole VNI: 37 ms at 10,000)
                 ag.view.remember(*found)
-                converge.whole(ag, {vni})
+                ep = found[0]
+                converge.single(ag, {vni: {("mac", ep.mac), ("ip", ep.ip), ("ep", ep.id)}})
             self.handle(held, asked=True, answered=take)
 
     def _send(self, vni: int, vtep: str, frame: bytes) -> int:

@@ -86,8 +86,8 @@ def single(ag, fine: dict) -> None:
                 log.warning("endpoint %s: %s; skipped", eid, why)
             ag.skipped[eid] = why
     failed = apply_patches(ag.node, ag.remote, patches, st)
-    if ag.remote.short:              # entries a full map refused: what was just freed may make room
-        whole(ag, set(ag.remote.short))
+    if ag.remote.short and ag.remote.take_freed():   # a full map refused entries: room was just made
+        whole(ag, set(ag.remote.short))              # (else retry()'s backoff: 360 ms an event otherwise)
     for vni, p in patches.items():
         if p.unroutable:
             failed.setdefault(vni, f"VTEP {', '.join(sorted(p.unroutable))} not reached through the uplink")

@@ -90,6 +90,7 @@ class RemoteTable:
         self.map_full = 0
         self.last_error = ""
         self.short: set[int] = set()                 # VNIs with entries a full map refused: retried whole
+        self.freed = False                           # entries removed since take_freed(): room made
         self._refs: dict[int, collections.Counter] = {}   # vni -> VTEP -> entries (see _vtep_refs)
 
     def vnis(self) -> set[int]:
@@ -118,6 +119,7 @@ class RemoteTable:
         del_fdb = [m for m in have_fdb if m not in fdb]
         del_neigh = [i for i in have_neigh if i not in neigh]
         # Removals first: they make room in a map that is near full.
+        self.freed = self.freed or bool(del_fdb or del_neigh)
         if del_fdb:
             self.maps.dp_fdb.delete_many(mac_key(vni, m) for m in del_fdb)
             for m in del_fdb:
@@ -151,6 +153,7 @@ class RemoteTable:
             del have_neigh[ip]                   # the node's now (see apply)
         del_fdb = [m for m, v in fdb.items() if v is None and m in have_fdb]
         del_neigh = [i for i, m in neigh.items() if m is None and i in have_neigh and i not in local_ips]
+        self.freed = self.freed or bool(del_fdb or del_neigh)
         if del_fdb:
             self.maps.dp_fdb.delete_many(mac_key(vni, m) for m in del_fdb)
             for m in del_fdb:
@@ -228,6 +231,11 @@ class RemoteTable:
                 key, _ = encode(k, v)
                 if m.get(key) is not None:
                     have[k] = v
+
+    def take_freed(self) -> bool:
+        """Were entries removed since the last call (room that a short VNI may now fit in)?"""
+        freed, self.freed = self.freed, False
+        return freed
 
     def counts(self) -> dict:
         return {"fdb": sum(map(len, self.fdb.values())), "neigh": sum(map(len, self.neigh.values())),

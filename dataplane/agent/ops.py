@@ -228,11 +228,11 @@ class Ops:
 
     def endpoint_list(self) -> list[dict]:
         ag = self.ag
-        with ag.lock:
+        with ag.lock:            # copies only (the records are frozen): the lock holds up events and punts
             nets = {n.name: n.vni for n in ag.view.networks.values()}
-            return [{**e.to_dict(), "vni": nets.get(e.network), "local": e.host == ag.me,
-                     "alive": e.host in ag.view.hosts}
-                    for e in sorted(ag.view.endpoints.values(), key=lambda e: e.id)]
+            eps, hosts = list(ag.view.endpoints.values()), set(ag.view.hosts)
+        return [{**e.to_dict(), "vni": nets.get(e.network), "local": e.host == ag.me, "alive": e.host in hosts}
+                for e in sorted(eps, key=lambda e: e.id)]
 
     def peer_list(self) -> list[dict]:
         return peers.listing(self.ag.node.require_up())

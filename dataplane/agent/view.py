@@ -115,8 +115,8 @@ class RegistryView:
             self.touched[(ch.kind, ch.name)] = (ev.rev, ch.record)
         if ch.record is not None:
             getattr(self, ch.kind)[ch.name] = ch.record
-            self._note(ch.kind, ch.name, ch.record)
-            dirty |= self.touches(ch.kind, ch.record)
+            if ch.kind != "hosts" or gone is None:   # a host known before: forget() noted its VNIs,
+                dirty |= self._note(ch.kind, ch.name, ch.record)   # the same (one scan of every endpoint)
         if ch.kind == "endpoints" and on_endpoint:
             on_endpoint(ch.name, ch.record)
         return dirty
@@ -156,14 +156,14 @@ class RegistryView:
         rec = getattr(self, kind).pop(name, None)
         if rec is None:
             return set()
-        self._note(kind, name, rec)
-        return self.touches(kind, rec)
+        return self._note(kind, name, rec)
 
-    def _note(self, kind: str, name: str, rec) -> None:
-        """Record what rec's change touches, as finely as can be known."""
+    def _note(self, kind: str, name: str, rec) -> set[int]:
+        """Record what rec's change touches, as finely as can be known; its VNIs."""
         if kind in ("hosts", "networks"):
-            self.coarse |= self.touches(kind, rec)
-            return
+            vnis = self.touches(kind, rec)
+            self.coarse |= vnis
+            return vnis
         if kind == "endpoints":
             net, keys = rec.network, {("mac", rec.mac), ("ip", rec.ip), ("ep", name)}
         else:                                       # a claim "<network>/<mac or ip>"
@@ -172,6 +172,7 @@ class RegistryView:
         n = self.networks.get(net)
         if n is not None:
             self.fine.setdefault(n.vni, set()).update(keys)
+        return self.touches(kind, rec)
 
     def take_changes(self) -> tuple[set, dict]:
         """(coarse VNIs, fine keys per VNI) noted since the last call."""

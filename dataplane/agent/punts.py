@@ -204,10 +204,9 @@ class PuntHandler:
             # of our own for that endpoint (ahead of the watch, newer than what was read).
             take = (found is not None and net is not None and found[0].network == net.name
                     and ag.view.rev < found[2][1] and found[0].id not in ag.view.ahead)
-            if take:              # its entries alone, as its watch event would (a whole VNI: 37 ms at 10,000)
-                ag.view.remember(*found)
-                ep = found[0]
-                converge.single(ag, {vni: {("mac", ep.mac), ("ip", ep.ip), ("ep", ep.id)}})
+            if take:              # its entries alone, as its watch event would (a whole VNI: 37 ms at 10,000),
+                ag.view.remember(*found)     # and whole VNIs only for a host it brings back
+                converge.pending(ag)
             self.handle(held, asked=True, answered=take)
 
     def _send(self, vni: int, vtep: str, frame: bytes) -> int:

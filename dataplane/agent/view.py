@@ -143,7 +143,9 @@ class RegistryView:
         """Records read from the registry directly (ahead of the watch): the endpoint a
         punt looked up by one of its claims, claim = (registry key, its mod revision),
         both its claims set to it meanwhile. While claims are pending, only the claim
-        read is noted as newer than a claims read before its revision."""
+        read is noted as newer than a claims read before its revision. What it changes is
+        noted as an event's change is (converge.pending takes it)."""
+        new_host = host is not None and self.hosts.get(host.name) != host
         self.endpoints[ep.id] = ep
         if host is not None:
             self.hosts[host.name] = host
@@ -151,6 +153,9 @@ class RegistryView:
         if self.claims_pending and claim is not None:
             kind, name = split_key(claim[0])
             self.touched[(kind, name)] = (claim[1], ep.id)
+        self._note("endpoints", ep.id, ep)
+        if new_host:         # a host back before its watch event, which will then be no change:
+            self._note("hosts", host.name, host)     # its other endpoints are reconciled now
 
     def forget(self, kind: str, name: str) -> set[int]:
         rec = getattr(self, kind).pop(name, None)

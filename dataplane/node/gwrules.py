@@ -58,20 +58,22 @@ def iptables(ns, table: str, op: str, chain: str, rule: list[str]) -> subprocess
 
 
 def listing(ns) -> dict[tuple[str, str], list[str]]:
-    """Our rules in the two chains we use, in order (iptables -S: one chain each, not the
-    whole ruleset, which on a host with kube-proxy's rules takes 0.4 s to print)."""
+    """The rules of the two chains we use, in order, ours and others' (iptables -S: one chain
+    each, not the whole ruleset, which on a host with kube-proxy's rules takes 0.4 s to print);
+    the i-th line is rule number i + 1."""
     require_iptables()
     out = {}
     for table, chain in CHAINS:
         r = _run(ns, ["iptables", "-w", "5", "-t", table, "-S", chain])
         if r.returncode:
             raise KernelError(f"iptables -t {table} -S {chain}: {r.stderr.strip()}")
-        out[(table, chain)] = [line for line in r.stdout.splitlines() if _OURS.search(line)]
+        out[(table, chain)] = [line for line in r.stdout.splitlines() if line.startswith("-A ")]
     return out
 
 
-def _of(lines: list[str], vni: int) -> list[str]:
-    return [line for line in lines if int(_OURS.search(line).group(1)) == vni]
+def _vni(line: str) -> int | None:
+    m = _OURS.search(line)
+    return int(m.group(1)) if m else None
 
 
 def _kind(line: str) -> str:
@@ -82,15 +84,34 @@ def _kind(line: str) -> str:
     return "replies" if "--ctstate" in line else "out"
 
 
+def _ours(lines: list[str], vni: int) -> list[str]:
+    """The VNI's rules among lines, by kind, in their order."""
+    return [_kind(line) for line in lines if _vni(line) == vni]
+
+
 def intact(lines: dict[tuple[str, str], list[str]], vni: int) -> bool:
     """All four of the VNI's rules are there (copies do not stand in for a missing one) and
     its DROP is above its ACCEPTs."""
-    fwd = [_kind(line) for line in _of(lines[("filter", "FORWARD")], vni)]
-    kinds = set(fwd) | {_kind(line) for line in _of(lines[("nat", "POSTROUTING")], vni)}
-    if kinds != {"masquerade", "drop", "replies", "out"}:
+    fwd = _ours(lines[("filter", "FORWARD")], vni)
+    if set(fwd) | set(_ours(lines[("nat", "POSTROUTING")], vni)) != {"masquerade", "drop", "replies", "out"}:
         return False
-    first_drop = fwd.index("drop")
-    return all(k == "drop" for k in fwd[:first_drop])
+    return all(k == "drop" for k in fwd[:fwd.index("drop")])
+
+
+def inserts(forward: list[str], vni: int, missing: set[str]) -> list[tuple[str, int]]:
+    """(kind, rule number) to insert, in turn, into FORWARD as forward lists it: a DROP that is
+    missing or below one of the VNI's ACCEPTs goes to the top; a missing ACCEPT just below the
+    VNI's first DROP, counted in the whole chain (other rules may come before ours)."""
+    mine = _ours(forward, vni)
+    out = []
+    misplaced = "drop" in mine and any(k != "drop" for k in mine[:mine.index("drop")])
+    if "drop" in missing or "drop" not in mine or misplaced:
+        out.append(("drop", 1))                # a copy left below it does no harm
+        first = 1
+    else:
+        first = next(i for i, line in enumerate(forward, 1) if _vni(line) == vni and _kind(line) == "drop")
+    out += [(kind, first + 1) for kind in ("replies", "out") if kind in missing]
+    return out
 
 
 def ensure(ns, gw: Gateway) -> bool:
@@ -98,21 +119,13 @@ def ensure(ns, gw: Gateway) -> bool:
     another's; True if any was."""
     require_iptables()
     want = rules(gw)
-    missing = [k for k, (table, chain, rule) in want.items() if iptables(ns, table, "-C", chain, rule).returncode]
-    fwd = [_kind(line) for line in _of(listing(ns)[("filter", "FORWARD")], gw.vni)]
-    misplaced = "drop" in fwd and any(k != "drop" for k in fwd[:fwd.index("drop")])
-    if not missing and not misplaced:
-        return False
-    if "drop" in missing or misplaced:
-        _add(ns, want["drop"], ["-I", "FORWARD", "1"])      # a copy left below it does no harm
-        fwd = ["drop"] + fwd
-    below = str(fwd.index("drop") + 2)     # rule numbers count from 1: just under our first DROP
-    for kind in ("replies", "out"):
-        if kind in missing:
-            _add(ns, want[kind], ["-I", "FORWARD", below])
+    missing = {k for k, (table, chain, rule) in want.items() if iptables(ns, table, "-C", chain, rule).returncode}
+    todo = inserts(listing(ns)[("filter", "FORWARD")], gw.vni, missing)
+    for kind, at in todo:
+        _add(ns, want[kind], ["-I", "FORWARD", str(at)])
     if "masquerade" in missing:
         _add(ns, want["masquerade"], ["-A", "POSTROUTING"])
-    return True
+    return bool(todo) or "masquerade" in missing
 
 
 def _add(ns, spec: tuple[str, str, list[str]], where: list[str]) -> None:

@@ -190,9 +190,10 @@ def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     """A firewall's reload or an `iptables -F` takes the gateway's rules away behind the agent's
     back (egress stops; with FORWARD's policy ACCEPT one network's router could reach another's):
     the agent's housekeeping puts them back within a tick (10 s here). A rule taken alone goes
-    back below the DROP between routers, and an ACCEPT found above that DROP (what a version that
-    re-inserted rules one by one could leave) gets a DROP above it (before: only a restart mended
-    any of it, and it inserted a lone ACCEPT at the top)."""
+    back below the DROP between routers (counted in the whole chain: another rule comes first),
+    and an ACCEPT found above that DROP (what a version that re-inserted rules one by one could
+    leave) gets a DROP above it (before: only a restart mended any of it, and it inserted a lone
+    ACCEPT at the top)."""
     from dataplane.agent import process
     from tests.integration.conftest import wait_for
     a = sandbox(info, "h1", 256)
@@ -211,6 +212,8 @@ def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     netlink.ns_exec(H1, ["iptables", "-F", "FORWARD"], check=True)
     assert wait_for(lambda: repaired() > logged and whole(), timeout=30), _ours("filter")
     assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+    foreign = ["FORWARD", "-s", "192.0.2.99/32", "-j", "ACCEPT"]     # someone's rule above ours (TEST-NET)
+    netlink.ns_exec(H1, ["iptables", "-I"] + foreign[:1] + ["1"] + foreign[1:], check=True)
     for kind in ("! -o", "-j DROP"):         # the ACCEPT out of the router alone; then the DROP alone
         line = next(line for line in before["filter"] if kind in line)
         logged = repaired()
@@ -223,3 +226,4 @@ def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     now = _ours("filter")
     assert "-j DROP" in now[0] and now.count(accept) == 2, now
     netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(accept)[1:], check=True)   # the copy, for the next test
+    netlink.ns_exec(H1, ["iptables", "-D"] + foreign, check=True)

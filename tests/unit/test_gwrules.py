@@ -1,5 +1,6 @@
-"""gwrules.intact reads `iptables -S` lines: all four of a VNI's rules, copies not standing in
-for a missing one, its DROP above its ACCEPTs, and another VNI's rules (25 against 256) apart."""
+"""gwrules reads `iptables -S` lines: intact() wants all four of a VNI's rules, copies not
+standing in for a missing one, its DROP above its ACCEPTs, another VNI's rules (25 against 256)
+apart; inserts() puts a missing ACCEPT just below the VNI's DROP counted in the whole chain."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ OUT = '-A FORWARD -i dpgw000100 ! -o dpgw000100 ' + C + ' -j ACCEPT'
 
 
 def lines(nat, fwd, v=256):
-    return {("nat", "POSTROUTING"): [x.format(v=v) for x in nat], ("filter", "FORWARD"): [x.format(v=v) for x in fwd]}
+    return {("nat", "POSTROUTING"): [x.format(v=v) for x in nat],
+            ("filter", "FORWARD"): [OTHER] + [x.format(v=v) for x in fwd]}
 
 
 def test_all_four_in_order_are_intact():
@@ -36,3 +38,24 @@ def test_another_vnis_rules_are_not_ours():
     assert not gwrules.intact(theirs, 256) and gwrules.intact(theirs, 25)
     both = {k: lines([MASQ], [DROP, REPLIES, OUT], v=25)[k] + lines([MASQ], [DROP, REPLIES, OUT])[k] for k in theirs}
     assert gwrules.intact(both, 256) and gwrules.intact(both, 25)
+
+
+OTHER = '-A FORWARD -j DOCKER-USER'
+
+
+def test_a_missing_accept_goes_just_below_the_drop_counted_in_the_whole_chain():
+    """Other rules above ours (Docker's jump, another VNI's gateway inserted later): the rule
+    number of our DROP in the chain, not among our own lines; counted among ours, the ACCEPT
+    went in at 2, above our DROP at 3."""
+    fwd = [OTHER, DROP.format(v=257), DROP.format(v=256), REPLIES.format(v=256)]
+    assert gwrules.inserts(fwd, 256, {"out"}) == [("out", 4)]
+    assert gwrules.inserts(fwd, 256, {"out", "replies"}) == [("replies", 4), ("out", 4)]
+
+
+def test_a_missing_or_misplaced_drop_goes_to_the_top_and_the_accepts_below_it():
+    fwd = [OTHER, OUT.format(v=256), REPLIES.format(v=256)]
+    assert gwrules.inserts(fwd, 256, {"drop"}) == [("drop", 1)]
+    fwd = [OTHER, OUT.format(v=256), DROP.format(v=256)]                  # an ACCEPT above the DROP
+    assert gwrules.inserts(fwd, 256, {"replies"}) == [("drop", 1), ("replies", 2)]
+    assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out"}) == [("drop", 1), ("replies", 2), ("out", 2)]
+    assert gwrules.inserts([OTHER, DROP.format(v=256), REPLIES.format(v=256), OUT.format(v=256)], 256, set()) == []

@@ -86,8 +86,9 @@ def single(ag, fine: dict) -> None:
                 log.warning("endpoint %s: %s; skipped", eid, why)
             ag.skipped[eid] = why
     failed = apply_patches(ag.node, ag.remote, patches, st)
-    if ag.remote.short and ag.remote.take_freed():   # a full map refused entries: room was just made
-        whole(ag, set(ag.remote.short))              # (else retry()'s backoff: 360 ms an event otherwise)
+    room = ag.remote.room_made(len(st.endpoints) + len(st.gateways))
+    if ag.remote.short and room:     # a full map refused entries, and room was just made (else
+        whole(ag, set(ag.remote.short))  # retry()'s backoff: whole after every event was 360 ms each)
     for vni, p in patches.items():
         if p.unroutable:
             failed.setdefault(vni, f"VTEP {', '.join(sorted(p.unroutable))} not reached through the uplink")

@@ -90,7 +90,8 @@ class RemoteTable:
         self.map_full = 0
         self.last_error = ""
         self.short: set[int] = set()                 # VNIs with entries a full map refused: retried whole
-        self.freed = False                           # entries removed since take_freed(): room made
+        self.freed = False                           # entries removed since room_made(): room made
+        self._local = 0                              # the node's own entries at the last room_made()
         self._refs: dict[int, collections.Counter] = {}   # vni -> VTEP -> entries (see _vtep_refs)
 
     def vnis(self) -> set[int]:
@@ -232,10 +233,13 @@ class RemoteTable:
                 if m.get(key) is not None:
                     have[k] = v
 
-    def take_freed(self) -> bool:
-        """Were entries removed since the last call (room that a short VNI may now fit in)?"""
-        freed, self.freed = self.freed, False
-        return freed
+    def room_made(self, local: int) -> bool:
+        """Was room made since the last call, that a short VNI may now fit in: entries of ours
+        removed, or fewer of the node's own (local: its endpoints and gateways, whose neighbour
+        entries endpoints.py writes and removes, whoever removed them)?"""
+        made = self.freed or local < self._local
+        self.freed, self._local = False, local
+        return made
 
     def counts(self) -> dict:
         return {"fdb": sum(map(len, self.fdb.values())), "neigh": sum(map(len, self.neigh.values())),

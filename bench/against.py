@@ -25,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 
-from bench.run import headline, machine, save, unwind_on_sigterm
+from bench.run import headline, machine, save
+from lab.unwind import unwind_on_sigterm
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = (("bpf_ns", "dataplane", "our programs, ns per frame"),

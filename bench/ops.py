@@ -23,7 +23,8 @@ import sys
 import time
 
 from bench import scale
-from bench.run import headline, machine, save, unwind_on_sigterm
+from bench.run import headline, machine, save
+from lab.unwind import unwind_on_sigterm
 from dataplane.agent import control, process
 from dataplane.core import procs
 from dataplane.node import Node

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from lab import topology as lab
 from dataplane.kernel import gso as linkgso
 from dataplane.node import Node, readout
 from lab.traffic import iperf, iperf_processes, ping
+from lab.unwind import unwind_on_sigterm
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -56,12 +56,6 @@ def machine() -> dict:
 def headline(m: dict) -> str:
     """A result's first words: the machine() it ran on and when."""
     return f"Kernel {m['kernel']}, {m['cpus']} CPUs ({m['cpu_model']}); {m['date']}"
-
-
-def unwind_on_sigterm() -> None:
-    """SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C, so every finally block runs: the lab
-    goes, and what a bench changed on the host is put back."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def _aff(affinity: str | None) -> list[str]:

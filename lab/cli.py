@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from dataplane.agent.main import LEASE_TTL_DEFAULT
@@ -15,6 +14,7 @@ from dataplane.cli.output import add_output, emit
 from dataplane.core.errors import DataplaneError
 from dataplane.kernel import gso
 from lab import topology
+from lab.unwind import unwind_on_sigterm
 
 
 def cmd_up(args):
@@ -54,7 +54,7 @@ def cmd_exec(args):
 
 def cmd_demo(args):
     from lab.demo import run  # noqa: PLC0415 - only the demo needs it
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))   # a timeout's kill: the lab goes
+    unwind_on_sigterm()              # a timeout's kill: the lab goes, and the capture
     return run(keep=args.keep, registry=args.registry, etcd_tls=args.etcd_tls, pcap_out=args.write)
 
 

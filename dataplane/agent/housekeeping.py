@@ -3,7 +3,7 @@ records and unfinished moves (swept by a thread: they write the registry),
 parted peers, learned entries to age, an abandoned monitor, interfaces that
 vanished, the node's vxlan device if something undid it or plain sockets let
 its port go (node/rxgro.py), gateways' iptables rules a firewall reload took away
-(node/gateway.py), and a garbage collection (pauses.py). It holds up
+(node/gwrules.py), and a garbage collection (pauses.py). It holds up
 registry events while it runs, so each step is kept short and a slow tick is
 logged with its slow steps."""
 

@@ -44,17 +44,14 @@ def require_iptables() -> None:
                              "(Debian: apt-get install iptables)")
 
 
-def _run(ns, argv: list[str]) -> subprocess.CompletedProcess:
+def iptables(ns, table: str, op: str, chain: str, rule: list[str]) -> subprocess.CompletedProcess:
+    argv = ["iptables", "-w", "5", "-t", table, op, chain] + rule
     try:
         return netlink.ns_exec(ns, argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise KernelError(f"{' '.join(argv[:6])}...: no answer within {TIMEOUT_S} s") from None
+        raise KernelError(f"iptables -t {table} {op} {chain}: no answer within {TIMEOUT_S} s") from None
     except OSError as e:
-        raise KernelError(f"{argv[0]}: {e}") from None
-
-
-def iptables(ns, table: str, op: str, chain: str, rule: list[str]) -> subprocess.CompletedProcess:
-    return _run(ns, ["iptables", "-w", "5", "-t", table, op, chain] + rule)
+        raise KernelError(f"iptables: {e}") from None
 
 
 def listing(ns) -> dict[tuple[str, str], list[str]]:
@@ -64,7 +61,7 @@ def listing(ns) -> dict[tuple[str, str], list[str]]:
     require_iptables()
     out = {}
     for table, chain in CHAINS:
-        r = _run(ns, ["iptables", "-w", "5", "-t", table, "-S", chain])
+        r = iptables(ns, table, "-S", chain, [])
         if r.returncode:
             raise KernelError(f"iptables -t {table} -S {chain}: {r.stderr.strip()}")
         out[(table, chain)] = [line for line in r.stdout.splitlines() if line.startswith("-A ")]
@@ -122,17 +119,17 @@ def ensure(ns, gw: Gateway) -> bool:
     missing = {k for k, (table, chain, rule) in want.items() if iptables(ns, table, "-C", chain, rule).returncode}
     todo = inserts(listing(ns)[("filter", "FORWARD")], gw.vni, missing)
     for kind, at in todo:
-        _add(ns, want[kind], ["-I", "FORWARD", str(at)])
+        _add(ns, want[kind], "-I", [str(at)])
     if "masquerade" in missing:
-        _add(ns, want["masquerade"], ["-A", "POSTROUTING"])
+        _add(ns, want["masquerade"], "-A", [])
     return bool(todo) or "masquerade" in missing
 
 
-def _add(ns, spec: tuple[str, str, list[str]], where: list[str]) -> None:
-    table, _, rule = spec
-    r = _run(ns, ["iptables", "-w", "5", "-t", table] + where + rule)
+def _add(ns, spec: tuple[str, str, list[str]], op: str, at: list[str]) -> None:
+    table, chain, rule = spec
+    r = iptables(ns, table, op, chain, at + rule)
     if r.returncode:
-        raise KernelError(f"iptables -t {table} {' '.join(where)} {' '.join(rule)}: {r.stderr.strip()}")
+        raise KernelError(f"iptables -t {table} {op} {chain} {' '.join(at + rule)}: {r.stderr.strip()}")
 
 
 def remove(ns, gw: Gateway) -> None:

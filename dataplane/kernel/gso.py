@@ -2,83 +2,36 @@
 
 pyroute2 0.9 does not name IFLA_GSO_IPV4_MAX_SIZE or IFLA_GRO_IPV4_MAX_SIZE
 and iproute2 6.1 (Debian 12) cannot set them, so this module builds the two
-requests itself. Links are named, so the same call works in any namespace,
+requests itself (rtnl.py). Links are named, so the same call works in any namespace,
 given by name (/run/netns/NAME) or by path (a CNI runtime's /proc/PID/ns/net).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import struct
 
-from dataplane.kernel import netlink
+from dataplane.kernel import netlink, rtnl
 from dataplane.core.errors import KernelError, NotFound
 
 # linux/if_link.h; the numbers are ABI.
-IFLA_IFNAME = 3
 IFLA_GSO_IPV4_MAX_SIZE = 63
 IFLA_GRO_IPV4_MAX_SIZE = 64
-RTM_NEWLINK, RTM_GETLINK = 16, 18
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_ERROR = 2
 
 LEGACY_MAX = 65536      # what every link had before BIG TCP, and the kernel's default
 BIG_TCP_SIZE = 185000   # the size BIG TCP's authors suggest
 VETH_MAX = 524280       # GSO_MAX_SIZE: a veth's tso_max_size
 
-_NLMSG = struct.Struct("=IHHII")
-_IFINFO = struct.Struct("=BxHiII")
-_NLA = struct.Struct("=HH")
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    pad = (-(_NLA.size + len(payload))) % 4
-    return _NLA.pack(_NLA.size + len(payload), kind) + payload + b"\0" * pad
-
-
-def _request(kind: int, flags: int, attrs: bytes) -> bytes:
-    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
-    return _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body
-
-
-def _attrs(buf: bytes) -> dict[int, bytes]:
-    out, off = {}, 0
-    while off + _NLA.size <= len(buf):
-        ln, kind = _NLA.unpack_from(buf, off)
-        if ln < _NLA.size:
-            break
-        out[kind & 0x3FFF] = buf[off + _NLA.size: off + ln]
-        off += (ln + 3) & ~3
-    return out
-
-
-def _exchange(msg: bytes) -> bytes:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
-    try:
-        s.send(msg)
-        reply = s.recv(65536)
-    finally:
-        s.close()
-    ln, kind = _NLMSG.unpack_from(reply)[:2]
-    if kind == NLMSG_ERROR:
-        err = -struct.unpack_from("=i", reply, _NLMSG.size)[0]
-        if err:
-            raise OSError(err, os.strerror(err))
-    return reply[:ln]
-
 
 def _get(ifname: str) -> int:
-    reply = _exchange(_request(RTM_GETLINK, 0, _nla(IFLA_IFNAME, ifname.encode() + b"\0")))
-    attrs = _attrs(reply[_NLMSG.size + _IFINFO.size:])
-    raw = attrs.get(IFLA_GSO_IPV4_MAX_SIZE)
+    with rtnl.Rtnl() as r:
+        raw = r.link_get(ifname).get(IFLA_GSO_IPV4_MAX_SIZE)
     return struct.unpack("=I", raw)[0] if raw else LEGACY_MAX  # a kernel before 6.3
 
 
 def _set(ifname: str, size: int) -> None:
     val = struct.pack("=I", size)
-    _exchange(_request(RTM_NEWLINK, NLM_F_ACK, _nla(IFLA_IFNAME, ifname.encode() + b"\0")
-                       + _nla(IFLA_GSO_IPV4_MAX_SIZE, val) + _nla(IFLA_GRO_IPV4_MAX_SIZE, val)))
+    with rtnl.Rtnl() as r:
+        r.link_set(ifname, rtnl.nla(IFLA_GSO_IPV4_MAX_SIZE, val) + rtnl.nla(IFLA_GRO_IPV4_MAX_SIZE, val))
 
 
 def gso_ipv4_max(netns: str | None, ifname: str) -> int:

@@ -1,4 +1,5 @@
-"""Links, tc, XDP, routes and neighbours over pyroute2 (with netns.py and gso.py, the only modules that speak netlink).
+"""Links, tc, XDP, routes and neighbours over pyroute2 (with netns.py, links.py, rtnl.py and gso.py, the only
+modules that speak netlink).
 
 Every function takes the network namespace it works in (None: the one this
 process runs in). Idempotent operations treat "exists"/"missing" as outcomes;
@@ -13,7 +14,7 @@ import socket
 import time
 from contextlib import contextmanager
 
-from dataplane.core.errors import Conflict, NotFound
+from dataplane.core.errors import NotFound
 
 INGRESS = "ffff:fff2"
 EGRESS = "ffff:fff3"
@@ -26,6 +27,9 @@ NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay pro
 from dataplane.kernel.netns import (  # noqa: E402,F401
     _kerr, call_in_netns, enter_netns, ns_create, ns_delete, ns_exec, ns_exists, ns_list, ns_path_exists,
     sysctl, sysctl_get, udp_port_free)
+# Links made and brought up: links.py (raw rtnetlink).
+from dataplane.kernel.links import (  # noqa: E402,F401
+    link_index, link_up, routes_add, sandbox_up, veth_create)
 
 
 def _nlerror() -> type:
@@ -63,12 +67,6 @@ def ipr(netns: str | None):
 
 
 # --- links ----------------------------------------------------------------
-
-def link_index(netns: str | None, ifname: str) -> int | None:
-    with ipr(netns) as s:
-        found = s.link_lookup(ifname=ifname)
-    return found[0] if found else None
-
 
 def link_info(netns: str | None, ifname: str) -> dict:
     with ipr(netns) as s:
@@ -108,23 +106,6 @@ def default_route_ifname(netns: str | None) -> str | None:
     return None
 
 
-def veth_create(netns: str | None, name: str, peer_ns: str, peer_name: str, peer_mac: str, mtu: int) -> int:
-    """A veth pair: `name` in netns, `peer_name` in peer_ns with peer_mac. Returns name's ifindex."""
-    peer = {"ifname": peer_name, "address": peer_mac, "mtu": mtu}
-    if peer_ns is not None:
-        peer["net_ns_fd"] = peer_ns
-    with ipr(netns) as s:
-        try:
-            s.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer)
-        except _nlerror() as e:
-            if e.code == errno.EEXIST:
-                raise Conflict(f"interface {name!r} or {peer_name!r} exists already") from None
-            raise _kerr(f"create veth {name}", e) from None
-        idx = s.link_lookup(ifname=name)[0]
-        s.link("set", index=idx, state="up")
-    return idx
-
-
 def link_delete(netns: str | None, ifname: str) -> bool:
     with ipr(netns) as s:
         found = s.link_lookup(ifname=ifname)
@@ -138,42 +119,7 @@ def link_delete(netns: str | None, ifname: str) -> bool:
     return True
 
 
-def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: int = 24) -> int:
-    with ipr(netns) as s:
-        found = s.link_lookup(ifname=ifname)
-        if not found:
-            raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
-        idx = found[0]
-        if addr:
-            try:
-                s.addr("add", index=idx, address=addr, prefixlen=prefixlen)
-            except _nlerror() as e:
-                if e.code != errno.EEXIST:
-                    raise _kerr(f"add {addr}/{prefixlen} to {ifname}", e) from None
-        try:
-            s.link("set", index=idx, state="up")
-        except _nlerror() as e:
-            raise _kerr(f"set {ifname} up", e) from None
-    return idx
-
-
 # --- tc and XDP -------------------------------------------------------------
-
-def routes_add(netns: str | None, ifname: str, routes) -> None:
-    """Routes [{"dst": CIDR, "gw": IP?}] through ifname (a CNI result's routes)."""
-    if not routes:
-        return
-    with ipr(netns) as s:
-        idx = s.link_lookup(ifname=ifname)[0]
-        for r in routes:
-            dst = ipaddress.IPv4Network(r["dst"])
-            kw = {"gateway": r["gw"]} if r.get("gw") else {}
-            try:
-                s.route("add", dst=str(dst.network_address), dst_len=dst.prefixlen, oif=idx, **kw)
-            except _nlerror() as e:
-                if e.code != errno.EEXIST:
-                    raise _kerr(f"add route {dst} in {netns}", e) from None
-
 
 def routes_missing(netns: str | None, routes) -> list[str]:
     """Those of routes [{"dst": CIDR, "gw": IP?}] (IPv4) that netns's main table lacks: no route

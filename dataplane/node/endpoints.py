@@ -168,24 +168,21 @@ def pick_ip(subnet: ipaddress.IPv4Network, used: set, ip) -> str:
 def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen: int, mtu: int, routes) -> None:
     sb, inner = ep.sandbox or {}, sandbox_end(node, ep)
     ns, ifname = inner
+
+    def cut() -> None:         # in ns. Tunnelled GSO packets are cut at the sandbox's end: ours cannot
+        ethtool.set_off(None, ifname, ethtool.TUNNEL_GSO)    # go around their tunnel
     if "netns" in sb:          # CNI: straight into the runtime's namespace
         if not netlink.ns_path_exists(ns):
             raise NotFound(f"network namespace {ns} does not exist")
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
-        netlink.link_up(ns, ifname, ep.ip, prefixlen)
-        netlink.routes_add(ns, ifname, routes)
+        netlink.sandbox_up(ns, ifname, ep.ip, prefixlen, routes, then=cut)
     elif "peer" in sb:         # Docker: the engine moves and addresses the peer
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
-    else:
-        netlink.ns_create(ns)
-        for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
-            netlink.sysctl(ns, key, "1")
+        ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
+    else:                      # ours; eth0 is born in it with IPv6 off
+        netlink.ns_create(ns, {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1})
         ep.ifindex = netlink.veth_create(node.netns, ep.host_ifname, *inner, ep.mac, mtu)
-        netlink.link_up(ns, "lo")
-        netlink.link_up(ns, ifname, ep.ip, prefixlen)
-        netlink.routes_add(ns, ifname, routes)
-    # Tunnelled GSO packets are cut at the sandbox's end: ours cannot go around their tunnel.
-    ethtool.set_off(*inner, ethtool.TUNNEL_GSO)
+        netlink.sandbox_up(ns, ifname, ep.ip, prefixlen, routes, lo=True, then=cut)
     netlink.sysctl(node.netns, f"net.ipv6.conf.{ep.host_ifname}.disable_ipv6", "1")
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.

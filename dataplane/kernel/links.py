@@ -1,13 +1,15 @@
 """Links made and brought up over raw rtnetlink (rtnl.py), each call one visit to its
-namespace: one thread, one socket (netlink.py re-exports these). An endpoint's sandbox side is
+namespace: one thread, one rtnetlink socket (netlink.py re-exports these). An endpoint's sandbox side is
 one visit in all (sandbox_up): pyroute2 made a socket, a thread and an asyncio loop per step."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
+import struct
 
 from dataplane.core.errors import Conflict, NotFound
 from dataplane.kernel import rtnl
@@ -15,15 +17,30 @@ from dataplane.kernel.netns import _kerr, call_in_netns
 
 
 def link_index(netns: str | None, ifname: str) -> int | None:
-    """ifname's index in netns (None: no such interface), through the C library's ioctl."""
-    return call_in_netns(netns, _index_or_none, ifname)
+    """ifname's index in netns (None: no such interface), by the SIOCGIFINDEX ioctl."""
+    try:
+        return call_in_netns(netns, _index_or_none, ifname)
+    except OSError as e:
+        raise _kerr(f"look up interface {ifname}", e) from None
+
+
+SIOCGIFINDEX = 0x8933
+_IFREQ = struct.Struct("=16si12x")     # struct ifreq: the name, then ifr_ifindex in the union
 
 
 def _index_or_none(ifname: str) -> int | None:
-    try:
-        return socket.if_nametoindex(ifname)
-    except OSError:
+    """In the calling thread's namespace. Only "no such device" is None (socket.if_nametoindex
+    says the same for any failure, a file descriptor limit included)."""
+    raw = ifname.encode()
+    if not 0 < len(raw) < 16:
         return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            return _IFREQ.unpack(fcntl.ioctl(s, SIOCGIFINDEX, _IFREQ.pack(raw, 0)))[1]
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
 
 
 def veth_create(netns: str | None, name: str, peer_ns: str | None, peer_name: str, peer_mac: str, mtu: int) -> int:

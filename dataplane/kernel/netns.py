@@ -37,15 +37,16 @@ def ns_path_exists(path: str) -> bool:
 
 def ns_create(name: str, sysctls: dict | None = None) -> None:
     """Namespace name, made as `ip netns add` makes it but by a thread of this process, not a
-    forked child (pyroute2's way: 5-13 ms in an agent, the largest part of an endpoint add): the
-    thread unshares its network namespace, binds it to /run/netns/NAME and sets sysctls
-    {key: value} in it, which is the one way to give the namespace settings interfaces born
-    in it inherit (net.ipv6.conf.default.*) before any other thread can add one."""
+    forked child (pyroute2's way, 5.6 ms in a small process and more in an agent: DESIGN, "An
+    endpoint add's fixed cost"): the thread unshares its network namespace, binds it to
+    /run/netns/NAME and sets sysctls {key: value} in it before any interface but lo exists
+    (net.ipv6.conf.default.* reach the interfaces made in it later). Nothing is left if a
+    step fails."""
     if ns_exists(name):
         raise Conflict(f"network namespace {name!r} exists already")
+    path = f"{RUN_DIR}/{name}"
 
     def make() -> None:
-        path = f"{RUN_DIR}/{name}"
         _share_run_dir()
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
         try:
@@ -57,36 +58,36 @@ def ns_create(name: str, sysctls: dict | None = None) -> None:
             os.unlink(path)
             raise
         for key, value in (sysctls or {}).items():
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(str(value))
+            try:
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                    f.write(str(value))
+            except OSError as e:
+                raise _kerr(f"create network namespace {name}: sysctl {key}={value}", e) from None
     try:
         _on_own_thread(make)
     except FileExistsError:
         raise Conflict(f"network namespace {name!r} exists already") from None
-    except OSError as e:
-        if ns_exists(name) and os.path.ismount(f"{RUN_DIR}/{name}"):
-            ns_delete(name)               # made, but a sysctl refused: nothing half-made is left
+    except (OSError, KernelError) as e:
+        if os.path.ismount(path):
+            ns_delete(name)               # made, but a sysctl refused
+        if isinstance(e, KernelError):
+            raise
         raise _kerr(f"create network namespace {name}", e) from None
 
 
 RUN_DIR = "/run/netns"
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
-_shared = False
 
 
 def _share_run_dir() -> None:
-    """/run/netns a shared mount point, as iproute2 makes it (a namespace bound there is seen in
-    every mount namespace that shares it: `ip netns exec`'s, a runtime's): once a process."""
-    global _shared
-    if _shared:
-        return
+    """/run/netns a shared mount point, as iproute2 makes it before each namespace (one bound
+    there is then seen in every mount namespace that shares it: `ip netns exec`'s, a runtime's)."""
     os.makedirs(RUN_DIR, exist_ok=True)
     target = RUN_DIR.encode()
     if _c().mount(b"none", target, b"none", MS_SHARED | MS_REC, None) != 0:
         if _c().mount(target, target, b"none", MS_BIND | MS_REC, None) != 0 or \
                 _c().mount(b"none", target, b"none", MS_SHARED | MS_REC, None) != 0:
             raise OSError(ctypes.get_errno(), f"make {RUN_DIR} a shared mount")
-    _shared = True
 
 
 def ns_delete(name: str) -> bool:

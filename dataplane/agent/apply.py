@@ -22,7 +22,7 @@ def apply(node: Node, remote: RemoteTable, d: Desired) -> dict[int, str]:
             vtep.unserve(node, vni)
         except DataplaneError as e:
             failed[vni] = f"cannot stop serving: {e}"
-    st = node.require_up()
+    st = node.require_up(shared=True)
     for vni, ent in d.entries.items():
         if vni in failed:
             continue

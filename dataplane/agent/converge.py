@@ -29,7 +29,7 @@ def facts(ag, st) -> LocalFacts:
 
 def whole(ag, vnis=None) -> None:
     """Make the maps equal the registry for vnis (None: all)."""
-    st = ag.node.require_up()
+    st = ag.node.require_up(shared=True)
     if vnis is None:
         vnis = {n.vni for n in ag.view.networks.values()} | set(st.networks) | ag.remote.vnis()
     d = desired(ag.view, facts(ag, st), vnis)
@@ -71,7 +71,7 @@ def _judged(view, eid: str, vnis) -> bool:
 def single(ag, fine: dict) -> None:
     """Single endpoints changed: only their entries are recomputed and written
     (a VNI this node does not serve yet goes the whole way)."""
-    st = ag.node.require_up()
+    st = ag.node.require_up(shared=True)
     new = {v for v in fine if v not in st.networks}
     if new:
         whole(ag, new)

@@ -90,7 +90,7 @@ def recheck(ag, eid: str) -> None:
     if eid in ag.busy or not ag.synced.is_set():
         return
     rec = ag.view.endpoints.get(eid)
-    mine = ag.node.require_up().endpoints
+    mine = dict(ag.node.require_up(shared=True).endpoints)    # endpoint_changed keeps it true
     if eid in mine or (rec is not None and rec.host == ag.me):
         endpoint_changed(ag, eid, rec, mine)
         converge.pending(ag)                        # outside a batch: what a removal noted, now

@@ -304,7 +304,7 @@ class Agent:
 
     def _apply_events(self, events) -> None:
         with self.lock:
-            mine = self.node.require_up().endpoints     # read once a batch, not once an event
+            mine = dict(self.node.require_up(shared=True).endpoints)   # once a batch; kept true as sandboxes go
             for ev in events:
                 self.counters["events"] += 1
                 self.view.apply(ev, on_bad=self._bad_record, on_host_gone=lambda gone: self._host_gone(gone, mine),

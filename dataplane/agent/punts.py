@@ -163,7 +163,7 @@ class PuntHandler:
                     self._send(p.vni, host.vtep, p.frame)
                 else:
                     c["unresolved"] += 1  # nobody in the registry: flood as the fast path would
-                    st = st or ag.node.require_up()
+                    st = st or ag.node.require_up(shared=True)
                     vteps = networks.flood_list(st, p.vni)[:_FLOOD_MAX]
                     if not self.copies.take(time.monotonic(), len(vteps)):
                         c["flood_limited"] += 1         # the copies' own budget: dropped

@@ -149,13 +149,21 @@ class NodeState:
             rx_gro=d.get("rx_gro", ""), tunnel_gso_swept=d.get("tunnel_gso_swept", False))
 
 
+_EP_FIELDS = frozenset(LocalEndpoint.__dataclass_fields__)
+
+
 def _endpoint(e: dict) -> LocalEndpoint:
-    """Keys of a newer version's fields are left out; the usual case takes no filtering (at 1,000
-    endpoints the filter was 0.85 of a load's 3.5 ms)."""
+    """An entry with this version's fields exactly (the usual case) becomes the object's own
+    dict, without __init__ (0.16 against 0.68 ms at 1,000 endpoints); keys of a newer version's
+    fields are left out, and an older version's entry takes the defaults of what it lacks."""
+    if e.keys() == _EP_FIELDS:
+        ep = object.__new__(LocalEndpoint)
+        ep.__dict__ = e
+        return ep
     try:
         return LocalEndpoint(**e)
     except TypeError:
-        return LocalEndpoint(**{f: v for f, v in e.items() if f in LocalEndpoint.__dataclass_fields__})
+        return LocalEndpoint(**{f: v for f, v in e.items() if f in _EP_FIELDS})
 
 
 def node_dir(node: str) -> str:
@@ -206,10 +214,32 @@ def _read(path: str, what: str) -> bytes | None:
 def load(node: str) -> NodeState | None:
     """The node's state; None if it is not up. Unreadable (not root) or damaged: a DataplaneError."""
     raw = _read(_path(node), f"the state of node {node}")
+    return None if raw is None else _parse(node, raw)    # parsed anew: nothing shared between loads
+
+
+_shared: dict[str, tuple[bytes, NodeState]] = {}
+
+
+def load_shared(node: str) -> NodeState | None:
+    """The node's state to read, never to change: one parse per version of the file, shared by
+    every caller in this process until the file's bytes change (whoever wrote it). At 1,000
+    endpoints a parse takes 1.2 ms and an endpoint add made about nine, between the agent's
+    handler and its main loop, all under the agent's lock (DESIGN, "An endpoint add's fixed
+    cost"). What is to be changed and saved comes from load() (Node.changing)."""
+    raw = _read(_path(node), f"the state of node {node}")
     if raw is None:
         return None
+    hit = _shared.get(node)
+    if hit is not None and hit[0] == raw:
+        return hit[1]
+    st = _parse(node, raw)
+    _shared[node] = (raw, st)
+    return st
+
+
+def _parse(node: str, raw: bytes) -> NodeState:
     try:
-        return NodeState.from_json(orjson.loads(raw))   # parsed anew: nothing shared between loads
+        return NodeState.from_json(orjson.loads(raw))
     except (ValueError, KeyError, TypeError) as e:
         raise DataplaneError(f"the state of node {node} is damaged ({_path(node)}: {type(e).__name__}: {e}): "
                              "move the file aside, then `dataplane up` makes the node again (the sandboxes "

@@ -35,8 +35,11 @@ class Node:
     def state(self) -> NodeState | None:
         return state.load(self.name)
 
-    def require_up(self) -> NodeState:
-        st = self.state()
+    def require_up(self, shared: bool = False) -> NodeState:
+        """The node's state (NotFound if it is not up). shared: to read only (state.load_shared:
+        one parse per version of the file, the same object for every such caller); else a
+        private copy."""
+        st = state.load_shared(self.name) if shared else self.state()
         if not st:
             where = f" in namespace {self.netns}" if self.netns else ""
             raise NotFound(f"dataplane is not up{where}: run `dataplane up --vni N` first")

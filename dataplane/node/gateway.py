@@ -42,7 +42,7 @@ def names(vni: int) -> tuple[str, str]:
 
 def ensure(node: Node, vni: int, gateway: str) -> Gateway:
     """The VNI's gateway on this node, made if missing (idempotent)."""
-    gw = node.require_up().gateways.get(vni)
+    gw = node.require_up(shared=True).gateways.get(vni)
     if gw is not None and gw.ip == gateway and netlink.link_index(node.netns, gw.port) is not None:
         return gw                # made: no lock, and no save of an unchanged state
     with node.changing() as (st, m):

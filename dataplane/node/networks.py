@@ -97,7 +97,7 @@ def max_mtu(st: NodeState) -> int:
 def ensure_served(node: Node, vni: int, subnet: str, mtu: int | None = None) -> ServedNetwork:
     """Serve a registry network's VNI unless this node does already (maps only:
     the programs are loaded). The subnet must agree with the one served."""
-    have = node.require_up().networks.get(vni)
+    have = node.require_up(shared=True).networks.get(vni)
     if have and have.subnet == str(subnet):
         return have              # served: no lock, and no save of an unchanged state (5 ms at 1,000 endpoints)
     with node.changing() as (st, m):

@@ -17,7 +17,7 @@ from dataplane.registry.kv import Event
 def agent(tmp_path, monkeypatch):
     ag = agent_main.Agent(SimpleNamespace(name="t", netns=None), f"sqlite://{tmp_path}/reg.db", "h1")
     cfg = SimpleNamespace(config=SimpleNamespace(fdb_age_s=300))
-    ag.node = SimpleNamespace(name="t", netns=None, require_up=lambda: cfg, state=lambda: cfg)
+    ag.node = SimpleNamespace(name="t", netns=None, require_up=lambda shared=False: cfg, state=lambda: cfg)
     monkeypatch.setattr(agent_main.vtep, "set_punt_until", lambda m, until: None)
     applied = []
     ag._apply_snapshot = lambda snap: applied.append(("snapshot", snap.rev))
@@ -93,7 +93,7 @@ def test_a_failing_housekeeping_tick_or_heartbeat_does_not_end_the_agent(agent, 
     agent, and with it the node's registry updates, until a supervisor restarted it."""
     from dataplane.core.errors import KernelError
     cfg = SimpleNamespace(config=SimpleNamespace(fdb_age_s=4))       # a tick every second
-    agent.node = SimpleNamespace(name="t", netns=None, require_up=lambda: cfg, state=lambda: cfg)
+    agent.node = SimpleNamespace(name="t", netns=None, require_up=lambda shared=False: cfg, state=lambda: cfg)
     ticks = []
 
     def tick(ag, slow_s=0.1):

@@ -22,7 +22,7 @@ def fake_agent():
         remote=SimpleNamespace(counts=lambda: {"fdb": 0, "neigh": 0, "map_full": 0}, last_error=None),
         last_sync_s=0.0, last_snapshot_s=0.0, last_claims_s=0.0, warm_start=False, counters={"events": 1},
         vni_errors={}, skipped={}, conflicts={}, busy=set(), bad=[], punts=SimpleNamespace(counts={}),
-        node=SimpleNamespace(require_up=lambda: None))
+        node=SimpleNamespace(require_up=lambda shared=False: None))
 
 
 def test_status_answers_while_the_lock_is_held(monkeypatch):

@@ -41,7 +41,7 @@ class Agent:
         self.leases = SimpleNamespace(lease=self.reg.kv.lease_grant(60))
         self.reg.host_register(Host.make(me, "198.18.0." + me[1:]), self.leases.lease)
         self.local = SimpleNamespace(endpoints={})
-        self.node = SimpleNamespace(require_up=lambda: self.local)
+        self.node = SimpleNamespace(require_up=lambda shared=False: self.local)
         self.view = RegistryView()
         self.handlers = runtime_ops.RuntimeOps(self).handlers()
 

@@ -24,7 +24,7 @@ def test_a_host_a_lookup_brings_back_has_all_its_entries_installed(tmp_path, mon
     ag = Agent(f"sqlite://{tmp_path}/r.db", "h1")
     st = SimpleNamespace(networks={}, config=SimpleNamespace(port=4789), registry_peers={}, endpoints={}, gateways={},
                          local_endpoints=lambda v: [])
-    ag.node = SimpleNamespace(require_up=lambda: st, netns=None)
+    ag.node = SimpleNamespace(require_up=lambda shared=False: st, netns=None)
     ag._routed = {"198.18.0.2": True, "198.18.0.1": True}
     ag.remote = RemoteTable(FakeMaps(), set())
     ag.skipped, ag.vni_errors, ag.counters = {}, {}, {"bad_records": 0}

@@ -23,7 +23,7 @@ class Agent:
         for name, ip in (("h1", "198.18.0.1"), ("h2", "198.18.0.2")):
             self.reg.host_register(Host.make(name, ip), self.reg.kv.lease_grant(60))
         self.sandboxes: dict = {}
-        self.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=self.sandboxes))
+        self.node = SimpleNamespace(require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes))
         self.view = RegistryView()
         self.lock = threading.RLock()
         self.moving: set[str] = set()
@@ -97,7 +97,7 @@ def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeyp
         del ag.sandboxes[name]
         removed.append(name)
     monkeypatch.setattr(local.endpoints, "remove", remove)
-    ag.node = SimpleNamespace(require_up=lambda: SimpleNamespace(endpoints=dict(ag.sandboxes)))  # a copy, as read
+    ag.node = SimpleNamespace(require_up=lambda shared=False: SimpleNamespace(endpoints=dict(ag.sandboxes)))  # a copy, as read
     try:
         rec = ag.create("x", "h2")                   # its move to h2 committed while we were away
         ag.sandboxes["x"] = SimpleNamespace(name="x", vni=256, mac=rec.mac, ip=rec.ip, sandbox=None, phase="ready")

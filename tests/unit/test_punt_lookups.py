@@ -224,7 +224,7 @@ def test_the_node_state_is_read_only_for_a_flood(ag, monkeypatch):
     web = ag.reg.endpoint_create("web", "n", "h2")
     ag.view.load(ag.reg.snapshot())
     reads = []
-    monkeypatch.setattr(ag.node, "require_up", lambda: reads.append(1) or SimpleNamespace())
+    monkeypatch.setattr(ag.node, "require_up", lambda shared=False: reads.append(1) or SimpleNamespace())
     h = punts.PuntHandler(ag)
     h.handle([punt(web.mac), punt(web.mac, 1)])
     assert len(ag.sent) == 2 and reads == []

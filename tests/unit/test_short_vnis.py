@@ -15,7 +15,7 @@ from tests.unit.test_remote_table import FakeMaps
 
 def agent(remote, endpoints: int = 2) -> SimpleNamespace:
     st = SimpleNamespace(networks={256: None}, endpoints={f"e{i}": None for i in range(endpoints)}, gateways={})
-    return SimpleNamespace(node=SimpleNamespace(require_up=lambda: st),
+    return SimpleNamespace(node=SimpleNamespace(require_up=lambda shared=False: st),
                            remote=remote, skipped={}, counters={"bad_records": 0}, vni_errors={}, view=None)
 
 

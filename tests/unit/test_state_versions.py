@@ -35,3 +35,16 @@ def test_keys_of_a_newer_version_are_ignored():
     st = NodeState.from_json(d)
     assert asdict(st.endpoints["a"]) == asdict(node().endpoints["a"])
     assert st.tunnel_gso_swept is False, "a state without the key is an older version's"
+
+
+def test_an_entry_read_back_is_the_endpoint_written_whatever_its_version():
+    """from_json takes an entry with exactly this version's fields as it is; one with a field
+    missing (an older version's) gets the default, one with an extra key loses it."""
+    ep = node().endpoints["a"]
+    ep.sandbox = {"netns": "/proc/1/ns/net", "ifname": "eth1"}
+    full = asdict(ep)
+    older = {k: v for k, v in full.items() if k not in ("netns", "phase")}
+    for entry, want in ((full, ep), (older, LocalEndpoint(**older)), ({**full, "later": 1}, ep)):
+        got = NodeState.from_json({**asdict(node()), "endpoints": {"a": dict(entry)}}).endpoints["a"]
+        assert type(got) is LocalEndpoint and got == want and asdict(got) == asdict(want)
+        assert got.to_dict() == asdict(want) and not hasattr(got, "later")

@@ -255,3 +255,45 @@ def test_a_refusal_is_not_retried_as_a_lost_reply(reg):
         with pytest.raises(Refused):
             write()
         assert len(calls) == 1
+
+
+# --- address allocation by hosts in turn ------------------------------------------------
+
+class CountRanges:
+    """Stands in for a Registry's kv, counting range reads under a prefix."""
+
+    def __init__(self, kv, prefix):
+        self.kv, self.prefix, self.ranges = kv, prefix, 0
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+    def range(self, prefix, *a, **kw):
+        self.ranges += prefix.startswith(self.prefix)
+        return self.kv.range(prefix, *a, **kw)
+
+
+def test_hosts_allocating_in_turn_do_not_rescan_the_networks_claims(reg, other):
+    """Each host's cache of used addresses misses what the other took since its last add: the
+    address it tries is taken, once per add. That one is marked and the next tried; the old
+    code read every claim of the network again each time (a scan of them all per add)."""
+    reg.network_create("n", 315, "10.6.0.0/24")
+    got = [reg.endpoint_create("a", "n", "h1").ip]          # the cache is read once here
+    reg.kv = CountRanges(reg.kv, key("ipam", "n"))
+    for i in range(10):
+        got.append(other.endpoint_create(f"b{i}", "n", "h2").ip)
+        got.append(reg.endpoint_create(f"c{i}", "n", "h1").ip)
+    assert got == [f"10.6.0.{n}" for n in range(2, 23)], "not the lowest free address each time"
+    assert reg.kv.ranges == 0, f"the network's claims were read {reg.kv.ranges} times"
+
+
+def test_a_second_clash_in_one_create_reads_the_claims_again(reg, other):
+    """Two addresses taken behind our cache's back: the first is marked, the second clash
+    re-reads the network's claims, and the lowest free address is still what we get."""
+    reg.network_create("n", 316, "10.7.0.0/24")
+    assert reg.endpoint_create("a", "n", "h1").ip == "10.7.0.2"
+    for i in range(3):
+        other.endpoint_create(f"b{i}", "n", "h2")               # .3, .4, .5 behind reg's back
+    reg.kv = CountRanges(reg.kv, key("ipam", "n"))
+    assert reg.endpoint_create("c", "n", "h1").ip == "10.7.0.6"
+    assert reg.kv.ranges == 1

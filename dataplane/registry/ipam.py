@@ -64,9 +64,10 @@ class Endpoints(Reservations):
         sent: list[Endpoint] = []        # committed, reply lost: maybe stored
         lost = 0
         _wrote.rev = 0
-        for attempt in range(ALLOC_ATTEMPTS):
+        taken: set[str] = set()          # addresses this create found another host holding
+        for _ in range(ALLOC_ATTEMPTS):
             try:
-                ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent, reserved, attempt)
+                ep, net_item = self._create_once(net_item, id, host, want_ip, mac, sent, reserved, taken)
             except Refused:
                 raise                          # refused for good: nothing to wait out
             except Unavailable as e:
@@ -79,14 +80,15 @@ class Endpoints(Reservations):
         raise Conflict(f"could not allocate an address in {net.name} after {ALLOC_ATTEMPTS} tries (contention)")
 
     def _create_once(self, net_item: Item, id, host, want_ip, mac, sent: list[Endpoint], reserved=False,
-                     attempt: int = 0):
+                     taken: set | None = None):
         """One attempt: (endpoint, _) when stored; (None, network item to use
         next) when another attempt may work; raises when none can."""
         net = Network.from_json(net_item.value)
         if want_ip is not None:
             net.check_ip(want_ip)            # the network may have been re-created
         fence = self.kv.get(fence_key(net.name))
-        addr = want_ip or self._next_free(net)
+        taken = set() if taken is None else taken
+        addr = want_ip or self._next_free(net, taken)
         ep = Endpoint.make(id, net.name, host, mac or model.mac_for_ip(ipaddress.IPv4Address(addr)), addr)
         ek, ik, mk = key("endpoints", ep.id), key("ipam", net.name, ep.ip), key("macs", net.name, ep.mac)
         held = self.kv.get(ik) if reserved and want_ip is not None else None
@@ -118,15 +120,17 @@ class Endpoints(Reservations):
             self._used.pop(net.name, None)
             return None, now
         if self._address_taken(net, ep, auto_ip=want_ip is None, auto_mac=mac is None, reserved=reserved):
-            self._someone_took(net.name, ep.ip, again=attempt > 0)
+            taken.add(ep.ip)
+            self._someone_took(net.name, ep.ip, again=len(taken) > 1)
         return None, net_item                            # else only the fence moved: go again
 
     def _someone_took(self, network: str, ip: str, again: bool) -> None:
-        """Another host allocated the address we tried. The first time in a create, that one
+        """The address we tried is held (or its MAC is). The first time in a create, that one
         address is marked used and the scan goes on from it: with hosts adding endpoints in
         turn, each one's cache misses what the others took since, and re-reading the network's
         claims each time cost every add a scan of them all (6 ms of a 48-ms add at 2,000
-        endpoints, bench.ops's lab). Again in the same create: the claims are read anew."""
+        endpoints, bench.ops's lab). A second address taken in the same create: the claims are
+        read anew (what the create found taken stays out of its scan: _next_free's avoid)."""
         used = self._used.get(network)
         if used is not None and not again:
             used.add(ip)
@@ -146,24 +150,28 @@ class Endpoints(Reservations):
             raise Conflict(f"address {ep.ip} is in use on {net.name} by {holder_text(holder.value)}")
         return taken or holder is not None
 
-    def _next_free(self, net: Network) -> str:
-        """Lowest free host address. The scan resumes where the last one
-        stopped (a hint, reset whenever the cached view is re-read), so
-        filling a /16 is linear, not quadratic."""
-        used = self._used.get(net.name)
-        if used is None:
-            _, items = self.kv.range(key("ipam", net.name) + "/")
-            used = self._used[net.name] = {i.key.rsplit("/", 1)[1] for i in items}
-            self._hint[net.name] = 0
+    def _next_free(self, net: Network, avoid=frozenset()) -> str:
+        """Lowest host address not claimed, reserved or in avoid. The scan resumes where the
+        last one stopped (a hint, reset whenever the cached view is re-read), so filling a /16
+        is linear, not quadratic. A scan of a cached view that finds none reads the claims again
+        and starts over: the cache never learns what other hosts freed."""
         reserved = net.reserved()
         first = int(net.net.network_address) + 1
         last = int(net.net.broadcast_address) - 1
-        start = first + self._hint.get(net.name, 0)
-        for n in range(start, last + 1):
-            ip = str(ipaddress.IPv4Address(n))
-            if ip not in used and ip not in reserved:
-                self._hint[net.name] = n - first
-                return ip
+        for again in (False, True):
+            used = self._used.get(net.name)
+            read = used is None or again
+            if read:
+                _, items = self.kv.range(key("ipam", net.name) + "/")
+                used = self._used[net.name] = {i.key.rsplit("/", 1)[1] for i in items}
+                self._hint[net.name] = 0
+            for n in range(first + self._hint.get(net.name, 0), last + 1):
+                ip = str(ipaddress.IPv4Address(n))
+                if ip not in used and ip not in reserved and ip not in avoid:
+                    self._hint[net.name] = n - first
+                    return ip
+            if read:
+                break
         raise Conflict(f"no free address in {net.subnet} (network {net.name})")
 
     def _endpoint_item(self, id):

@@ -5,8 +5,11 @@ commit's reply. Both backends, like the rest of the suite."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
+from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound
 from dataplane.registry import Endpoint, Host, open_registry
 from dataplane.registry.kv import Txn, Unavailable
@@ -297,3 +300,28 @@ def test_a_second_clash_in_one_create_reads_the_claims_again(reg, other):
     reg.kv = CountRanges(reg.kv, key("ipam", "n"))
     assert reg.endpoint_create("c", "n", "h1").ip == "10.7.0.6"
     assert reg.kv.ranges == 1
+
+
+def test_addresses_freed_behind_our_cache_are_found_when_it_runs_out(reg, other):
+    """Our cache saw the network full; another host then freed every address. The cached scan
+    finds nothing: the claims are read again, not "no free address" said."""
+    reg.network_create("n", 317, "10.8.0.0/28")          # .2-.14 for endpoints (.1: the gateway)
+    for i in range(13):
+        other.endpoint_create(f"b{i}", "n", "h2")
+    with pytest.raises(Conflict, match="no free address"):
+        reg.endpoint_create("x", "n", "h1")               # full, read fresh: true
+    for i in range(13):
+        other.endpoint_rm(f"b{i}")
+    assert reg.endpoint_create("y", "n", "h1").ip == "10.8.0.2"
+
+
+def test_an_address_whose_mac_is_held_stays_out_of_the_scan_after_a_reread(reg, other):
+    """.5 is free but its derived MAC is held (an endpoint made with that MAC); two addresses
+    taken behind our cache's back make the create read the claims again, which bring .5 back
+    as free: it must not be tried again (the old code tried it until its 64 attempts ran out)."""
+    reg.network_create("n", 318, "10.9.0.0/24")
+    assert reg.endpoint_create("a", "n", "h1").ip == "10.9.0.2"
+    other.endpoint_create("b0", "n", "h2")                # .3
+    other.endpoint_create("b1", "n", "h2")                # .4
+    other.endpoint_create("sq", "n", "h2", ip="10.9.0.20", mac=model.mac_for_ip(ipaddress.IPv4Address("10.9.0.5")))
+    assert reg.endpoint_create("c", "n", "h1").ip == "10.9.0.6"

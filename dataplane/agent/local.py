@@ -10,6 +10,7 @@ import os
 from dataplane.agent import converge, inflight, process
 from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.node import endpoints
+from dataplane.node.fdb import forget_learned_vteps
 from dataplane.registry.ipam import write_rev
 
 log = logging.getLogger("dataplane.agent")
@@ -138,6 +139,19 @@ def _runtime_conflict(ag, name: str, rec, ep) -> None:
 
 def _not_ours(ag, rec) -> bool:
     return rec is None or (rec.host != ag.me and rec.moving_to != ag.me)
+
+
+def hosts_gone(ag, gone: list, mine: dict) -> None:
+    """Hosts that left or changed VTEP, a run of consecutive host events at once (a rack whose
+    leases lapse together): what was learned behind their VTEPs goes in one pass over
+    dp_learned, and moves are settled once (a move of ours to one of them can no longer
+    complete). One by one, each host cost a pass and a scan of the view: 130 ms and more each
+    with a full learned map, so 50 hosts stalled the main loop for over 6 s."""
+    counts = forget_learned_vteps(ag.maps, {h.vtep for h in gone})
+    for h in gone:
+        n = counts.get(h.vtep, 0)
+        log.info("host %s (%s) left%s", h.name, h.vtep, f"; dropped {n} learned entries" if n else "")
+    settle_moves(ag, mine)
 
 
 def settle_moves(ag, local: dict | None = None) -> None:

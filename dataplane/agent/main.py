@@ -29,12 +29,14 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.kernel import netlink
 from dataplane.node import Node, vtep
 from dataplane.node.sweep import sweep
-from dataplane.node.fdb import RemoteTable, forget_learned_vtep, local_neigh_keys
+from dataplane.node.fdb import RemoteTable, local_neigh_keys
 from dataplane.registry import Host, open_registry
+from dataplane.registry.records import key
 
 LEASE_TTL_DEFAULT = 10
 RESYNC_EVERY_S = 60       # Agent.resync at most this often
 SLOW_TURN_S = 0.1         # a main-loop turn longer than this is logged (it holds up registry events)
+HOSTS = key("hosts", "")  # the keys of host records: a run of them that left is handled as one
 SWEEP_JOIN_S = 15.0       # at stop, housekeeping's sweep is given this long to finish the endpoint it is on
 BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
 LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
@@ -305,10 +307,16 @@ class Agent:
     def _apply_events(self, events) -> None:
         with self.lock:
             mine = dict(self.node.require_up(shared=True).endpoints)   # once a batch; kept true as sandboxes go
+            gone: list = []        # hosts that left, handled together before any other kind of event
             for ev in events:
+                if gone and not ev.key.startswith(HOSTS):
+                    local.hosts_gone(self, gone, mine)
+                    gone = []
                 self.counters["events"] += 1
-                self.view.apply(ev, on_bad=self._bad_record, on_host_gone=lambda gone: self._host_gone(gone, mine),
+                self.view.apply(ev, on_bad=self._bad_record, on_host_gone=gone.append,
                                 on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
+            if gone:
+                local.hosts_gone(self, gone, mine)
             converge.pending(self)
             if self._sync_at is not None and self.view.rev >= self._sync_at:
                 self._sync_at = None           # a view older than our registration has caught up with it
@@ -319,17 +327,12 @@ class Agent:
         self.counters["bad_records"] += 1
         log.warning("skipped bad record %s: %s", k, why)
 
-    def _host_gone(self, gone, mine: dict | None = None) -> None:
-        n = forget_learned_vtep(self.maps, gone.vtep)
-        log.info("host %s (%s) left%s", gone.name, gone.vtep, f"; dropped {n} learned entries" if n else "")
-        local.settle_moves(self, mine)    # a move of ours to that host can no longer complete
-
 
 def install_signal_handlers(agent: Agent) -> None:
     me = os.getpid()
 
     def handler(signum, frame):
-        if os.getpid() != me:   # a forked helper (pyroute2's namespace child) inherited the handler:
+        if os.getpid() != me:   # a forked helper (the view cache's writer) inherited the handler:
             signal.signal(signum, signal.SIG_DFL)   # it is being stopped, not the agent
             os.kill(os.getpid(), signum)
             return

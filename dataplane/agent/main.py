@@ -36,7 +36,7 @@ from dataplane.registry.records import key
 LEASE_TTL_DEFAULT = 10
 RESYNC_EVERY_S = 60       # Agent.resync at most this often
 SLOW_TURN_S = 0.1         # a main-loop turn longer than this is logged (it holds up registry events)
-HOSTS = key("hosts", "")  # the keys of host records: a run of them that left is handled as one
+ENDPOINTS = key("endpoints", "")    # an endpoint event meets the hosts that left before it handled
 SWEEP_JOIN_S = 15.0       # at stop, housekeeping's sweep is given this long to finish the endpoint it is on
 BEAT_S = abi.load().constants["DP_AGENT_BEAT_MS"] / 1000      # dp_agent heartbeat (bpf/dp_abi.h)
 LEASE_NS = abi.load().constants["DP_AGENT_LEASE_MS"] * 1_000_000
@@ -307,9 +307,9 @@ class Agent:
     def _apply_events(self, events) -> None:
         with self.lock:
             mine = dict(self.node.require_up(shared=True).endpoints)   # once a batch; kept true as sandboxes go
-            gone: list = []        # hosts that left, handled together before any other kind of event
+            gone: list = []        # hosts that left, handled together before the next endpoint event
             for ev in events:
-                if gone and not ev.key.startswith(HOSTS):
+                if gone and ev.key.startswith(ENDPOINTS):
                     local.hosts_gone(self, gone, mine)
                     gone = []
                 self.counters["events"] += 1

@@ -118,6 +118,7 @@ class Endpoints(Reservations):
             raise NotFound(f"network {net.name} was removed while endpoint {ep.id} was being created")
         if now.mod_rev != net_item.mod_rev:              # removed and created again
             self._used.pop(net.name, None)
+            taken.clear()                                # what the old network held means nothing
             return None, now
         if self._address_taken(net, ep, auto_ip=want_ip is None, auto_mac=mac is None, reserved=reserved):
             taken.add(ep.ip)

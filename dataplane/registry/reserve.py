@@ -102,19 +102,13 @@ class Reservations:
         net_item, net = self._network_item(network)
         want = net.check_ip(ip) if ip is not None else None
         sent: list[tuple[str, bytes]] = []   # (address, value) committed with the reply lost
-        lost, fresh = 0, False
-        for _ in range(ATTEMPTS):
+        lost = 0
+        for _ in range(ATTEMPTS):      # (a cached view that seems full is read again by _next_free)
             try:
                 got = self._reserve_once(net_item, host, lease, want, sent)
             except Unavailable as e:
                 lost += 1
                 pause_or_raise(lost, e)
-                continue
-            except Conflict:
-                if want is not None or fresh:
-                    raise
-                self._used.pop(net.name, None)       # exhausted by a cached view: read the claims again
-                fresh = True
                 continue
             if isinstance(got, str):
                 self._used.setdefault(net.name, set()).add(got)

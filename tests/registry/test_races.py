@@ -325,3 +325,32 @@ def test_an_address_whose_mac_is_held_stays_out_of_the_scan_after_a_reread(reg, 
     other.endpoint_create("b1", "n", "h2")                # .4
     other.endpoint_create("sq", "n", "h2", ip="10.9.0.20", mac=model.mac_for_ip(ipaddress.IPv4Address("10.9.0.5")))
     assert reg.endpoint_create("c", "n", "h1").ip == "10.9.0.6"
+
+
+class Befores:
+    """Stands in for a Registry's kv: befores[i]() runs just before its (i+1)th commit."""
+
+    def __init__(self, kv, *befores):
+        self.kv, self.befores, self.commits = kv, list(befores), 0
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+    def commit(self, txn):
+        if self.commits < len(self.befores):
+            self.befores[self.commits]()
+        self.commits += 1
+        return self.kv.commit(txn)
+
+
+def test_a_network_created_again_mid_create_forgets_what_the_old_one_held(reg, other):
+    """Our first try clashed on .2 (held by another host); the network is then removed and
+    created again, smaller, with .2 its only address and free: the create must take it."""
+    reg.network_create("n", 319, "10.2.0.0/29")
+
+    def recreate():
+        other.endpoint_rm("b")
+        other.network_rm("n")
+        other.network_create("n", 319, "10.2.0.0/30")
+    reg.kv = Befores(reg.kv, lambda: other.endpoint_create("b", "n", "h2"), recreate)
+    assert reg.endpoint_create("a", "n", "h1").ip == "10.2.0.2"

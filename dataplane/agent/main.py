@@ -308,16 +308,17 @@ class Agent:
         with self.lock:
             mine = dict(self.node.require_up(shared=True).endpoints)   # once a batch; kept true as sandboxes go
             gone: list = []        # hosts that left, handled together before the next endpoint event
-            for ev in events:
-                if gone and ev.key.startswith(ENDPOINTS):
+            with self.view.deferring_hosts():
+                for ev in events:
+                    if gone and ev.key.startswith(ENDPOINTS):
+                        local.hosts_gone(self, gone, mine)
+                        gone = []
+                    self.counters["events"] += 1
+                    self.view.apply(ev, on_bad=self._bad_record, on_host_gone=gone.append,
+                                    on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
+                if gone:
                     local.hosts_gone(self, gone, mine)
-                    gone = []
-                self.counters["events"] += 1
-                self.view.apply(ev, on_bad=self._bad_record, on_host_gone=gone.append,
-                                on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
-            if gone:
-                local.hosts_gone(self, gone, mine)
-            converge.pending(self)
+                converge.pending(self)
             if self._sync_at is not None and self.view.rev >= self._sync_at:
                 self._sync_at = None           # a view older than our registration has caught up with it
                 sync.finish(self, self.view.rev, warm=self._sync_warm)

@@ -5,6 +5,7 @@ feeds it, reconcile.py reads it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..core.errors import UsageError
@@ -51,9 +52,13 @@ class RegistryView:
     # The agent's own endpoint writes, put here ahead of the watch: id -> (revision, record or None).
     # Events for that endpoint below the revision are older than what the view holds, and passed over.
     ahead: dict = field(default_factory=dict)
+    # Within deferring_hosts(): hosts whose record changed, their VNIs found by take_changes().
+    deferred_hosts: set | None = None
 
     def load(self, snap: Snapshot) -> None:
         self.coarse, self.fine = set(), {}
+        if self.deferred_hosts is not None:
+            self.deferred_hosts = set()
         self.rev = self.base_rev = snap.rev
         self.networks, self.hosts, self.endpoints = snap.networks, snap.hosts, snap.endpoints
         self.macs, self.ipam = snap.macs, snap.ipam
@@ -163,8 +168,32 @@ class RegistryView:
             return set()
         return self._note(kind, name, rec)
 
+    @contextmanager
+    def deferring_hosts(self):
+        """Within: a host record's change notes the host, and the VNIs its endpoints are in are
+        found by take_changes() (or at the end), every such host in one scan of the endpoints,
+        where each took a scan of its own (13 ms a host at 100,000 endpoints; a rack's 50 lapsed
+        leases in one event batch, 0.7 s). apply() leaves those VNIs out of what it returns.
+        An endpoint of such a host that an event of the same batch removes or moves is noted by
+        its own event."""
+        self.deferred_hosts = set()
+        try:
+            yield
+        finally:
+            self._resolve_hosts()
+            self.deferred_hosts = None
+
+    def _resolve_hosts(self) -> None:
+        if self.deferred_hosts:
+            names, self.deferred_hosts = self.deferred_hosts, set()
+            nets = {e.network for e in self.endpoints.values() if e.host in names}
+            self.coarse |= {n.vni for n in self.networks.values() if n.name in nets}
+
     def _note(self, kind: str, name: str, rec) -> set[int]:
         """Record what rec's change touches, as finely as can be known; its VNIs."""
+        if kind == "hosts" and self.deferred_hosts is not None:
+            self.deferred_hosts.add(rec.name)
+            return set()
         if kind in ("hosts", "networks"):
             vnis = self.touches(kind, rec)
             self.coarse |= vnis
@@ -181,6 +210,7 @@ class RegistryView:
 
     def take_changes(self) -> tuple[set, dict]:
         """(coarse VNIs, fine keys per VNI) noted since the last call."""
+        self._resolve_hosts()
         out = (self.coarse, self.fine)
         self.coarse, self.fine = set(), {}
         return out

@@ -34,10 +34,13 @@ def view() -> RegistryView:
 
 
 def batch() -> list[Event]:
-    """h1 and h2 leave, h3 changes VTEP, and e4 (h4's only endpoint) is removed meanwhile."""
+    """h1 and h2 leave, h3 changes VTEP; then e3 (h3's only endpoint, VNI 258) is removed, e2
+    (h2's) moves to h4, and e4 (h4's only endpoint, VNI 259) is removed."""
+    e2 = Endpoint.make("e2", "n1", "h4", "02:00:00:00:00:03", "10.1.0.12")
     return [Event(key("hosts", "h1"), None, 41), Event(key("hosts", "h2"), None, 42),
             Event(key("hosts", "h3"), Host.make("h3", "198.18.0.33").to_json(), 43),
-            Event(key("endpoints", "e4"), None, 44)]
+            Event(key("endpoints", "e3"), None, 44), Event(key("endpoints", "e2"), e2.to_json(), 45),
+            Event(key("endpoints", "e4"), None, 46)]
 
 
 def test_hosts_of_a_batch_cost_one_scan_and_touch_what_one_scan_each_did():
@@ -56,10 +59,18 @@ def test_hosts_of_a_batch_cost_one_scan_and_touch_what_one_scan_each_did():
             deferred.apply(ev, on_host_gone=gone.append)
         got = deferred.take_changes()
     assert Scans.walks == 1 and walks == 3, (Scans.walks, walks)
-    assert got == want and got[0] == {256, 257, 258}
+    assert got == want and got[0] == {256, 257, 258}, "258: h3's endpoint left after h3 changed"
     assert 259 in got[1], "the removed endpoint's VNI is noted by its own event"
     assert [h.name for h in gone] == ["h1", "h2", "h3"]
     assert deferred.deferred_hosts is None and deferred.take_changes() == (set(), {})
+
+
+def test_our_own_write_moving_an_endpoint_off_a_changed_host_keeps_its_vni():
+    v = view()
+    with v.deferring_hosts():
+        v.apply(Event(key("hosts", "h3"), Host.make("h3", "198.18.0.33").to_json(), 41))
+        v.wrote("e3", Endpoint.make("e3", "n2", "h0", "02:00:00:00:00:04", "10.2.0.13"), 50)
+        assert v.take_changes()[0] == {258}
 
 
 def test_hosts_noted_but_not_taken_are_kept_for_the_next_take():

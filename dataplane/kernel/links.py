@@ -51,7 +51,9 @@ def veth_create(netns: str | None, name: str, peer_ns: str | None, peer_name: st
         try:
             with rtnl.Rtnl() as r:
                 r.veth_add(name, mtu, peer_name, peer_mac, fd)
-                idx = socket.if_nametoindex(name)
+                idx = _index_or_none(name)
+                if idx is None:                  # made, and gone at once: another's delete
+                    raise OSError(errno.ENODEV, "gone")
                 r.link_up(idx)
                 return idx
         finally:
@@ -77,7 +79,10 @@ def link_up(netns: str | None, ifname: str, addr: str | None = None, prefixlen: 
     def here() -> int:
         with rtnl.Rtnl() as r:
             return _up_here(r, netns, ifname, addr, prefixlen)
-    return call_in_netns(netns, here)
+    try:
+        return call_in_netns(netns, here)
+    except OSError as e:                  # a socket or a look-up the kernel refused
+        raise _kerr(f"set {ifname} up in {netns or 'the host namespace'}", e) from None
 
 
 def sandbox_up(netns: str | None, ifname: str, addr: str, prefixlen: int, routes, lo: bool = False, then=None):
@@ -90,7 +95,10 @@ def sandbox_up(netns: str | None, ifname: str, addr: str, prefixlen: int, routes
             idx = _up_here(r, netns, ifname, addr, prefixlen)
             _routes_here(r, netns, idx, routes)
         return then() if then else None
-    return call_in_netns(netns, here)
+    try:
+        return call_in_netns(netns, here)
+    except OSError as e:                  # a socket or a look-up the kernel refused
+        raise _kerr(f"set up {ifname} in {netns or 'the host namespace'}", e) from None
 
 
 def _up_here(r, netns: str | None, ifname: str, addr: str | None, prefixlen: int) -> int:
@@ -121,7 +129,10 @@ def routes_add(netns: str | None, ifname: str, routes) -> None:
             raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
         with rtnl.Rtnl() as r:
             _routes_here(r, netns, idx, routes)
-    call_in_netns(netns, here)
+    try:
+        call_in_netns(netns, here)
+    except OSError as e:                  # a socket or a look-up the kernel refused
+        raise _kerr(f"add routes through {ifname} in {netns}", e) from None
 
 
 def _routes_here(r, netns: str | None, idx: int, routes) -> None:

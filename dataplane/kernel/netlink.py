@@ -1,5 +1,6 @@
-"""Links, tc, XDP, routes and neighbours over pyroute2 (with netns.py, links.py, rtnl.py and gso.py, the only
-modules that speak netlink).
+"""Links, tc, XDP, routes and neighbours over pyroute2; links made and brought up, and routes
+added, are links.py's (raw rtnetlink, re-exported here). With netns.py, links.py, rtnl.py and
+gso.py, the only modules that speak netlink.
 
 Every function takes the network namespace it works in (None: the one this
 process runs in). Idempotent operations treat "exists"/"missing" as outcomes;

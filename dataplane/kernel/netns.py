@@ -47,16 +47,19 @@ def ns_create(name: str, sysctls: dict | None = None) -> None:
     path = f"{RUN_DIR}/{name}"
 
     def make() -> None:
-        _share_run_dir()
+        try:
+            _share_run_dir()
+        except OSError as e:
+            raise _kerr(f"create network namespace {name}: make {RUN_DIR} a shared mount", e) from None
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
         try:
             if _c().unshare(CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "unshare")
             if _c().mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None) != 0:
-                raise OSError(ctypes.get_errno(), "bind")
-        except OSError:
+                raise OSError(ctypes.get_errno(), f"bind it to {path}")
+        except OSError as e:
             os.unlink(path)
-            raise
+            raise _kerr(f"create network namespace {name}: {e.strerror}", e) from None
         for key, value in (sysctls or {}).items():
             try:
                 with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
@@ -87,7 +90,7 @@ def _share_run_dir() -> None:
     if _c().mount(b"none", target, b"none", MS_SHARED | MS_REC, None) != 0:
         if _c().mount(target, target, b"none", MS_BIND | MS_REC, None) != 0 or \
                 _c().mount(b"none", target, b"none", MS_SHARED | MS_REC, None) != 0:
-            raise OSError(ctypes.get_errno(), f"make {RUN_DIR} a shared mount")
+            raise OSError(ctypes.get_errno(), "mount")
 
 
 def ns_delete(name: str) -> bool:

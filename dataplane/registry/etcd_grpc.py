@@ -32,7 +32,8 @@ IDLE_MS = 30 * 60 * 1000     # a channel with no call for this long goes idle (g
 
 def _grpc():
     """grpc, imported with gRPC's fork handlers off. The agent forks while gRPC's
-    threads run (pyroute2 makes a network namespace in a forked child), and with
+    threads run (cache.fork_save writes the registry view from a forked child; until
+    2026-12-06 pyroute2 also made each sandbox's namespace in one), and with
     the handlers on, that child died of SIGABRT now and then ("child process is
     dead, status: -6" from endpoint_add; every lab start of test_etcd_cluster.py
     failed so). The children never use gRPC. Read by grpc when it is first imported:

@@ -1,5 +1,5 @@
-"""The agent's SIGTERM handler is inherited by processes it forks (pyroute2
-forks a helper per network namespace it enters, and stops it with SIGTERM).
+"""The agent's SIGTERM handler is inherited by processes it forks (cache.fork_save's
+child; until 2026-12-06 also pyroute2's helper per network namespace, stopped with SIGTERM).
 Such a child must die of the signal, not run the agent's stop: that sent
 STOPPING=1 to systemd from the child and logged a stop the agent never made
 (the "SIGTERM from an unknown sender" of test_reboot)."""

@@ -84,7 +84,7 @@ def test_a_sync_scans_every_record_then_only_what_events_wrote(tmp_path):
 
 
 def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeypatch, caplog):
-    """A host leaving in the middle of an event batch settles moves (the agent's _host_gone):
+    """A host leaving in the middle of an event batch settles moves (local.hosts_gone):
     a sandbox it removes must leave the batch's list of local endpoints, or a later event
     of the batch for that endpoint removes it again and logs an error."""
     from dataplane.core.errors import NotFound
@@ -97,7 +97,8 @@ def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeyp
         del ag.sandboxes[name]
         removed.append(name)
     monkeypatch.setattr(local.endpoints, "remove", remove)
-    ag.node = SimpleNamespace(require_up=lambda shared=False: SimpleNamespace(endpoints=dict(ag.sandboxes)))  # a copy, as read
+    ag.node = SimpleNamespace(                       # a copy, as read
+        require_up=lambda shared=False: SimpleNamespace(endpoints=dict(ag.sandboxes)))
     try:
         rec = ag.create("x", "h2")                   # its move to h2 committed while we were away
         ag.sandboxes["x"] = SimpleNamespace(name="x", vni=256, mac=rec.mac, ip=rec.ip, sandbox=None, phase="ready")

@@ -101,10 +101,16 @@ def sandbox_up(netns: str | None, ifname: str, addr: str, prefixlen: int, routes
         raise _kerr(f"set up {ifname} in {netns or 'the host namespace'}", e) from None
 
 
-def _up_here(r, netns: str | None, ifname: str, addr: str | None, prefixlen: int) -> int:
+def _index_here(netns: str | None, ifname: str) -> int:
+    """ifname's index in the calling thread's namespace (netns names it); NotFound if missing."""
     idx = _index_or_none(ifname)
     if idx is None:
         raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
+    return idx
+
+
+def _up_here(r, netns: str | None, ifname: str, addr: str | None, prefixlen: int) -> int:
+    idx = _index_here(netns, ifname)
     if addr:
         try:
             r.addr_add(idx, addr, prefixlen)
@@ -124,9 +130,7 @@ def routes_add(netns: str | None, ifname: str, routes) -> None:
         return
 
     def here() -> None:
-        idx = _index_or_none(ifname)
-        if idx is None:
-            raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
+        idx = _index_here(netns, ifname)
         with rtnl.Rtnl() as r:
             _routes_here(r, netns, idx, routes)
     try:

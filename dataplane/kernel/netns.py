@@ -62,7 +62,7 @@ def ns_create(name: str, sysctls: dict | None = None) -> None:
             raise _kerr(f"create network namespace {name}: {e.strerror}", e) from None
         for key, value in (sysctls or {}).items():
             try:
-                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                with open(_sysctl_path(key), "w") as f:
                     f.write(str(value))
             except OSError as e:
                 raise _kerr(f"create network namespace {name}: sysctl {key}={value}", e) from None
@@ -70,12 +70,12 @@ def ns_create(name: str, sysctls: dict | None = None) -> None:
         _on_own_thread(make)
     except FileExistsError:
         raise Conflict(f"network namespace {name!r} exists already") from None
-    except (OSError, KernelError) as e:
+    except OSError as e:                  # its handle could not be made: nothing was
+        raise _kerr(f"create network namespace {name}", e) from None
+    except KernelError:
         if os.path.ismount(path):
             ns_delete(name)               # made, but a sysctl refused
-        if isinstance(e, KernelError):
-            raise
-        raise _kerr(f"create network namespace {name}", e) from None
+        raise
 
 
 RUN_DIR = "/run/netns"
@@ -175,7 +175,7 @@ def ns_exec(name: str | None, argv: list[str], **kw) -> subprocess.CompletedProc
 def _proc_sys(netns: str | None, key: str, value: str | None = None) -> str:
     """Read (or write) /proc/sys from a thread inside netns: net.* sysctls are
     those of the namespace the file is opened in."""
-    path = "/proc/sys/" + key.replace(".", "/")
+    path = _sysctl_path(key)
 
     def rw():
         with open(path, "r" if value is None else "w") as f:
@@ -184,6 +184,10 @@ def _proc_sys(netns: str | None, key: str, value: str | None = None) -> str:
         return call_in_netns(netns, rw)
     except OSError as e:
         raise _kerr(f"sysctl {key}{'' if value is None else '=' + value} in {netns or 'host'}", e) from None
+
+
+def _sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
 
 
 def sysctl_get(netns: str | None, key: str) -> str:

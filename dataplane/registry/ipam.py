@@ -79,15 +79,14 @@ class Endpoints(Reservations):
                 return ep
         raise Conflict(f"could not allocate an address in {net.name} after {ALLOC_ATTEMPTS} tries (contention)")
 
-    def _create_once(self, net_item: Item, id, host, want_ip, mac, sent: list[Endpoint], reserved=False,
-                     taken: set | None = None):
+    def _create_once(self, net_item: Item, id, host, want_ip, mac, sent: list[Endpoint], reserved: bool,
+                     taken: set):
         """One attempt: (endpoint, _) when stored; (None, network item to use
         next) when another attempt may work; raises when none can."""
         net = Network.from_json(net_item.value)
         if want_ip is not None:
             net.check_ip(want_ip)            # the network may have been re-created
         fence = self.kv.get(fence_key(net.name))
-        taken = set() if taken is None else taken
         addr = want_ip or self._next_free(net, taken)
         ep = Endpoint.make(id, net.name, host, mac or model.mac_for_ip(ipaddress.IPv4Address(addr)), addr)
         ek, ik, mk = key("endpoints", ep.id), key("ipam", net.name, ep.ip), key("macs", net.name, ep.mac)

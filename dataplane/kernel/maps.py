@@ -177,6 +177,18 @@ class Map:
         finally:
             self._changed()
 
+    def delete_packed(self, keys: bytes) -> None:
+        """delete_many for keys packed back to back as bytes (raw_chunks' form): a batch
+        call, and one new generation for all of them."""
+        n = len(keys) // ctypes.sizeof(self.spec.key)
+        if not n:
+            return
+        arr = (self.spec.key * n).from_buffer_copy(keys)
+        try:
+            bpfsys.delete_batch(self.fd, arr, n, what=self.spec.name)
+        finally:
+            self._changed()
+
     def count(self) -> int:
         """Entries in use (a hash map's; for arrays, their size)."""
         if self.spec.kind not in ("hash", "lru_hash"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import socket
 
 from dataplane.core import abi, model
 from dataplane.core.keys import be32, ip_key, ip_str, mac_key, mac_value
@@ -246,32 +247,44 @@ class RemoteTable:
                 "map_full": self.map_full}
 
 
-def _drop_learned(maps: NodeMaps, doomed) -> int:
-    """Delete the learned entries whose value doomed(v) selects; how many."""
-    keys = [k for k, v in maps.dp_learned.items() if doomed(v)]
-    for k in keys:
-        maps.dp_learned.delete(k)
-    return len(keys)
+_LEARNED = readback.layout("dp_fdb_entry", ("vtep", "4s"), ("last_seen_ns", "Q"))
+
+
+def _drop_learned(maps: NodeMaps, pick) -> int:
+    """Delete the learned entries that pick(rows) names, rows being one chunk's (vtep bytes,
+    last_seen_ns) in map order and its answer their indexes; how many. A batch read per 4,096
+    entries, the values decoded as columns, then one batch delete and one new generation for
+    all: 20-35 ms for 60,000 entries, where an entry at a time with a generation per deletion
+    took 160 ms when half of them went (DESIGN, "Costs per registry event at 100,000 records").
+    The fast path may refresh an entry between the read and the delete; the next frame from
+    that MAC learns it again (the new generation retires the copies that would skip it)."""
+    m = maps.dp_learned
+    size = ctypes.sizeof(m.spec.key)
+    doomed = []
+    for kb, vb in m.raw_chunks():
+        doomed += [kb[i * size:(i + 1) * size] for i in pick(_LEARNED.iter_unpack(vb))]
+    m.delete_packed(b"".join(doomed))
+    return len(doomed)
 
 
 def age_learned(maps: NodeMaps, age_ns: int, now_ns: int) -> int:
     """Delete learned entries older than age_ns (the fast path already ignores them)."""
-    return _drop_learned(maps, lambda v: now_ns - v.last_seen_ns > age_ns)
+    cutoff = now_ns - age_ns
+    return _drop_learned(maps, lambda rows: [i for i, (_, seen) in enumerate(rows) if seen < cutoff])
 
 
 def forget_learned_vteps(maps: NodeMaps, vteps: set[str]) -> dict[str, int]:
     """Delete what was learned behind VTEPs that left (their hosts died), in one pass over
-    dp_learned (130 ms a pass when it holds 60,000 entries); {vtep: entries dropped}."""
-    counts: dict[str, int] = {}
+    dp_learned; {vtep: entries dropped}."""
+    packed = {socket.inet_aton(v): v for v in vteps}
+    counts: collections.Counter = collections.Counter()
 
-    def doomed(v) -> bool:
-        ip = ip_str(v.vtep)
-        if ip in vteps:
-            counts[ip] = counts.get(ip, 0) + 1
-            return True
-        return False
-    _drop_learned(maps, doomed)
-    return counts
+    def pick(rows):
+        out = [(i, vtep) for i, (vtep, _) in enumerate(rows) if vtep in packed]
+        counts.update(packed[vtep] for _, vtep in out)
+        return [i for i, _ in out]
+    _drop_learned(maps, pick)
+    return dict(counts)
 
 
 def local_neigh_keys(st: NodeState) -> set[tuple[int, str]]:

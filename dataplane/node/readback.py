@@ -20,7 +20,7 @@ from dataplane.core import abi
 _S = abi.load().structs
 
 
-def _layout(struct_name: str, *fields: tuple[str, str]) -> struct.Struct:
+def layout(struct_name: str, *fields: tuple[str, str]) -> struct.Struct:
     """A struct.Struct reading the named fields (name, format code) of an ABI struct in
     native byte order, in the order given (which must be the fields' order), skipping the rest."""
     t, fmt, pos = _S[struct_name], "=", 0
@@ -34,10 +34,10 @@ def _layout(struct_name: str, *fields: tuple[str, str]) -> struct.Struct:
     return struct.Struct(fmt + (f"{size - pos}x" if size > pos else ""))
 
 
-_MAC_KEY = _layout("dp_mac_key", ("vni", "I"), ("mac", "6s"))
-_FDB = _layout("dp_fdb_entry", ("vtep", "4s"))
-_IP_KEY = _layout("dp_ip_key", ("vni", "I"), ("ip", "4s"))
-_MAC = _layout("dp_mac", ("mac", "6s"))
+_MAC_KEY = layout("dp_mac_key", ("vni", "I"), ("mac", "6s"))
+_FDB = layout("dp_fdb_entry", ("vtep", "4s"))
+_IP_KEY = layout("dp_ip_key", ("vni", "I"), ("ip", "4s"))
+_MAC = layout("dp_mac", ("mac", "6s"))
 
 
 def _group(out: dict, vnis: list[int], keys: list[str], values: list[str]) -> None:

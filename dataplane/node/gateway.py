@@ -134,6 +134,14 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             _destroy(node, m, gw)
             _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
+        elif netlink.link_index(node.netns, gw.port) != gw.ifindex:
+            # Cut short after its veth was made: the intent (saved before, ifindex 0) outlived a
+            # crash, and what came after the veth (the router's address, the port's entries
+            # and programs, the rules) may be missing. Taken for whole, it was served at
+            # ifindex 0 for good: the port's real entry swept as a stray, no programs on it.
+            _destroy(node, m, gw)
+            _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
+            done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
             write_entries(m, st, gw)
             gwrules.ensure(node.netns, gw)           # a node upgraded from a version with fewer

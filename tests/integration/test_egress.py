@@ -118,6 +118,36 @@ def test_the_gateway_comes_back_after_a_crash_and_goes_with_its_vni(info):
     assert "vni 301" not in rules and "vni 256" in rules, rules
 
 
+def test_a_gateway_cut_short_after_its_veth_was_made_is_made_again(info):
+    """The gateway's intent is saved (ifindex 0) before its veth is made, its index only with
+    the whole: an agent killed in between left an intent with ifindex 0 beside interfaces that
+    were there, part set up. The start-up sweep took it for whole and served the port at
+    ifindex 0 (the port's real entry then swept as a stray); nothing addressed the router or
+    attached the programs, and no later add mended it: the VNI had no way out on that host."""
+    import ctypes
+    import json
+    from dataplane.agent import process
+    from dataplane.kernel import tcx
+    a = sandbox(info, "h1", 256)
+    router, port = f"dpgw{256:06x}", f"dpgp{256:06x}"
+    process.stop(H1)
+    path = f"/run/dataplane/{H1}/state.json"
+    with open(path) as f:
+        st = json.load(f)
+    (key,) = [k for k, g in st["gateways"].items() if g["vni"] == 256]
+    st["gateways"][key]["ifindex"] = 0
+    with open(path, "w") as f:
+        json.dump(st, f)
+    netlink.ns_exec(H1, ["ip", "addr", "flush", "dev", router], check=True)   # cut before its address
+    process.spawn(H1, H1, lab.registry_url("sqlite", host="h1"), "h1", 10, quiet=True)
+    ifindex = netlink.link_index(H1, port)
+    assert Node(H1).require_up().gateways[256].ifindex == ifindex
+    with Node(H1).maps() as m:
+        assert m.dp_endpoints.get(ctypes.c_uint32(ifindex)) is not None, "the port is served"
+    assert tcx.ids(H1, ifindex), "the port runs from_endpoint"
+    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+
+
 def test_a_gateway_for_a_subnet_that_overlaps_another_gateways_is_refused(info):
     """Two networks may share a subnet (they are isolated); two gateways on one node may not:
     both routers would hold the same connected route, and the world's replies for one network

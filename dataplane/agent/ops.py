@@ -24,20 +24,31 @@ log = logging.getLogger("dataplane.agent")
 
 def register_then_create(register, rollback, create):
     """(record, created): the registry write, then the local objects; if
-    creating fails, the registry write is undone and the error raised."""
+    creating fails, the registry write is undone (rollback(record)) and the error
+    raised. A write that gave up on lost replies may have applied: rollback(r)
+    for each record r it may have stored (the Unavailable's maybe_stored; one
+    call with None where the write does not say)."""
     try:
         rec = register()
-    except Unavailable:
-        _quietly(rollback)       # the write may have applied with its reply lost: take it back if we can
+    except Unavailable as e:
+        for sent in getattr(e, "maybe_stored", [None]):
+            _quietly(lambda: rollback(sent))      # take it back if it applied and we can
         raise
     try:
         return rec, create(rec)
     except BaseException:
         try:
-            rollback()
+            rollback(rec)
         except DataplaneError as e:
             log.error("could not roll back the registry: %s", e)
         raise
+
+
+def unregister(ag, id):
+    """register_then_create's rollback of an endpoint's creation: its record goes only if it is
+    the one we wrote. After lost replies the id's record may be another host's (our create
+    was refused, its reply lost): removing it by id took that host's endpoint away."""
+    return lambda rec: rec is not None and ag.reg.endpoint_rm(id, expect=rec)
 
 
 def register_endpoint(ag, id, network: str, *args, **kw):
@@ -138,7 +149,7 @@ class Ops:
                     local.wrote(ag, id, rec)
                     return ep
             rec, ep = register_then_create(lambda: register_endpoint(ag, id, net.name, ag.me, ip=ip, mac=mac),
-                                           lambda: ag.reg.endpoint_rm(id), create)
+                                           unregister(ag, id), create)
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 
     def gateway_ensure(self, vni) -> dict:
@@ -188,7 +199,7 @@ class Ops:
         try:
             with working_on(ag, id):
                 _, ep = register_then_create(lambda: local.wrote(ag, id, ag.reg.endpoint_move_begin(id, ag.me)),
-                                             lambda: local.wrote(ag, id, ag.reg.endpoint_move_abort(id, ag.me)),
+                                             lambda _: local.wrote(ag, id, ag.reg.endpoint_move_abort(id, ag.me)),
                                              create)
                 try:
                     moved = ag.reg.endpoint_move(id, ag.me)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from dataplane.agent import converge, inflight, local
 from dataplane.agent.inflight import working_on
-from dataplane.agent.ops import register_endpoint, register_then_create, serve
+from dataplane.agent.ops import register_endpoint, register_then_create, serve, unregister
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.kernel import netlink, tcx
@@ -146,7 +146,7 @@ class RuntimeOps:
         with working_on(ag, id):
             rec, ep = register_then_create(
                 lambda: register_endpoint(ag, id, net["name"], ag.me, ip=ip, mac=mac, reserved=reserved is True),
-                lambda: ag.reg.endpoint_rm(id), create)
+                unregister(ag, id), create)
         return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
                 "host": self.ag.me}
 

@@ -72,6 +72,9 @@ class Endpoints(Reservations):
                 raise                          # refused for good: nothing to wait out
             except Unavailable as e:
                 lost += 1
+                # What a rollback may remove: only a record this create sent (a commit whose reply
+                # was lost); the id's record may be another host's, which our commit never replaced.
+                e.maybe_stored = list(sent)
                 pause_or_raise(lost, e)
                 continue
             if ep is not None:

@@ -27,9 +27,11 @@ from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECOD
                                          E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN, E_UNKNOWN_CONTAINER, E_VERSION,
                                          CNIError, _env, _ipam)
 from dataplane.runtimes.cni_ipam import supports as ipam_supports
+from dataplane.runtimes.cni_result import first_ipv4, objects, shape, v4_routes
 
 SUPPORTED = ["1.0.0", "1.1.0"]
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"     # what libcni sends (and reads back in its own tests)
+ATTACHMENTS = "cni.dev/attachments"                 # the key the 1.1.0 spec's text names; libcni >= 1.2.3 sends both
 
 # The spec's pattern for network names and container ids (\Z: $ would let "abc\n" through).
 _SPEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
@@ -110,40 +112,12 @@ def _agent(conf: dict, op: str, **args):
         raise CNIError(E_IO, f"agent request {op} failed: {e}") from None
 
 
-def _objects(result: dict | None, key: str, field: str | None = None) -> list[dict]:
-    """result[key] checked for shape: a list of objects (each with a string `field`); [] if absent."""
-    items = (result or {}).get(key)
-    if items is not None and not (isinstance(items, list) and all(
-            isinstance(i, dict) and (field is None or isinstance(i.get(field), str)) for i in items)):
-        raise CNIError(E_DECODE, f"{key} must be a list of objects" + (f" with a {field} string" if field else ""))
-    return items or []
-
-
-def _shape(result: dict | None) -> tuple[list, list, list]:
-    """A result's interfaces, ips and routes (and dns) checked for shape, before anything is made."""
-    if not isinstance((result or {}).get("dns") or {}, dict):
-        raise CNIError(E_DECODE, "dns must be an object")
-    return (_objects(result, "interfaces", "name"), _objects(result, "ips", "address"),
-            _objects(result, "routes", "dst"))
-
-
 def _egress(conf: dict, vni: int, routes: list) -> tuple[str, list]:
     """ipMasq: the host's gateway for the VNI (made if missing, with SNAT: node/gateway.py) and
-    the routes with a default route through it, unless the IPAM gave one."""
+    the routes (v4_routes') with a default route through it, unless the IPAM gave one."""
     way = _agent(conf, "gateway_ensure", vni=vni)
-    default = any(r["dst"] in ("0.0.0.0/0", "0/0") for r in routes)
+    default = any(ipaddress.ip_network(r["dst"], strict=False).prefixlen == 0 for r in routes)
     return way["gateway"], routes if default else routes + way["routes"]
-
-
-def _first_ipv4(result: dict | None):
-    for ip in _objects(result, "ips", "address"):
-        try:
-            iface = ipaddress.ip_interface(ip["address"])
-        except ValueError:
-            continue
-        if iface.version == 4:
-            return iface, ip
-    return None, None
 
 
 # --- commands ----------------------------------------------------------------------
@@ -152,12 +126,12 @@ def cmd_add(conf: dict, env) -> dict:
     vni = _check_conf(conf)
     cid, ifname, netns = _attachment(env, need_netns=True)
     prev = conf.get("prevResult") or {}
-    faces, prev_ips, _ = _shape(prev)          # all of it checked before anything is made
+    faces, prev_ips, _ = shape(prev)          # all of it checked before anything is made
     try:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
-        routes = _shape(source)[2]
-        iface, ipinfo = _first_ipv4(source)
+        iface, ipinfo = first_ipv4(source)
+        routes = v4_routes(shape(source)[2], ipinfo)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
         if iface is not None or conf.get("ipMasq"):    # the way out is the network's: it must exist first
@@ -185,7 +159,7 @@ def cmd_add(conf: dict, env) -> dict:
     result = {"cniVersion": conf["cniVersion"], "interfaces": ifaces,
               "ips": [i for i in prev_ips if i["address"] != addr] + [ip_entry]}
     if source is not prev:         # a chain's earlier routes stay in the result (installed by their plugin)
-        routes = [r for r in _shape(prev)[2] if r not in routes] + routes
+        routes = [r for r in shape(prev)[2] if r not in routes] + routes
     if routes:
         result["routes"] = routes
     dns = (source or {}).get("dns") or prev.get("dns")
@@ -223,17 +197,17 @@ def cmd_check(conf: dict, env) -> None:
     prev = conf.get("prevResult")
     if not isinstance(prev, dict):
         raise CNIError(E_CONFIG, "CHECK needs prevResult")
-    faces = _objects(prev, "interfaces", "name")
+    faces = objects(prev, "interfaces", "name")
     mine = [i for i, f in enumerate(faces) if f.get("name") == ifname and f.get("sandbox")]
     if not mine:
         raise CNIError(E_BROKEN, f"prevResult has no interface {ifname} in a sandbox")
     mac = faces[mine[-1]].get("mac")
     try:
-        addrs = [ipaddress.ip_interface(i["address"]) for i in _objects(prev, "ips", "address")
+        addrs = [ipaddress.ip_interface(i["address"]) for i in objects(prev, "ips", "address")
                  if i.get("interface") == mine[-1]]
         # Every IPv4 route of the result, a chain's earlier ones too: each is in the container
         # (the reference plugins check them all the same way).
-        routes = [r for r in _objects(prev, "routes", "dst")
+        routes = [r for r in objects(prev, "routes", "dst")
                   if ipaddress.ip_network(r["dst"], strict=False).version == 4]
     except ValueError as e:
         raise CNIError(E_DECODE, f"prevResult has a bad address or route: {e}") from None
@@ -274,12 +248,14 @@ def cmd_gc(conf: dict, env) -> None:
     failed here. An error on one attachment does not stop the others: the first is reported
     once all were tried."""
     _check_conf(conf)
-    valid = conf.get(VALID_ATTACHMENTS)
-    if valid is None:
-        valid = []                 # libcni sends null for an empty list
-    if not isinstance(valid, list):
-        raise CNIError(E_CONFIG, f"{VALID_ATTACHMENTS} must be a list")
-    keep = {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
+    keep = set()
+    for name in (VALID_ATTACHMENTS, ATTACHMENTS):      # either name, or both: what either lists stays
+        valid = conf.get(name)
+        if valid is None:
+            continue               # libcni sends null for an empty list
+        if not isinstance(valid, list):
+            raise CNIError(E_CONFIG, f"{name} must be a list")
+        keep |= {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
     failed = []
     for ep in _agent(conf, "endpoint_local", runtime="cni"):
         sb = ep["sandbox"]

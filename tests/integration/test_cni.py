@@ -215,7 +215,40 @@ def test_gc_removes_what_the_runtime_no_longer_lists(rt):
     assert [e["sandbox"]["container_id"] for e in left] == ["ctr-keep"]
     assert rt.leased(1) == {left[0]["ip"]}
     assert "eth0" not in _links(lost)
+    # The key as the 1.1.0 spec's text names it (a runtime that follows the text sends only this
+    # one): the plugin read only libcni's name, took the list for empty and detached everything.
+    lost = rt.container("g3")
+    ok(rt.run(1, "add", lost, "ctr-lost2"))
+    conf = rt.conf(1, "1.1.0", **{"cni.dev/attachments": [{"containerID": "ctr-keep", "ifname": "eth0"}]})
+    assert rt.plugin(conf, {"CNI_COMMAND": "GC"}) == (0, None)
+    assert [e["sandbox"]["container_id"] for e in local_cni(1)] == ["ctr-keep"]
+    assert "eth0" in _links(keep) and "eth0" not in _links(lost)
     ok(rt.run(1, "del", keep, "ctr-keep"))
+
+
+def test_an_ipam_default_route_without_gw_and_ipv6_routes(rt):
+    """A dual-stack host-local whose routes name no gateway (a common setting): the default
+    route goes through the address's gateway, as the reference plugins install it, and the
+    IPv6 route is left out with the IPv6 address. Before, the IPv6 route failed the ADD with
+    an internal error (code 5), and without it the default route went in with no next hop
+    (with ipMasq too: the IPAM's default route stood for ours), so the world was unreachable."""
+    conf = rt.conf(1, ipMasq=True)
+    conf["ipam"]["ranges"].append([{"subnet": "fd00:dd::/64"}])
+    conf["ipam"]["routes"] = [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    path = os.path.join(rt.work, "h1-dual.conflist")
+    plugin = {k: v for k, v in conf.items() if k not in ("cniVersion", "name")}
+    with open(path, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "ov256", "plugins": [plugin]}, f)
+    c = rt.container("dual")
+    res = json.loads(ok(rt.run(1, "add", c, "ctr-dual", conflist=path)))
+    try:
+        assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}], res
+        routes = subprocess.run(["ip", "netns", "exec", os.path.basename(c), "ip", "route"],
+                                capture_output=True, text=True).stdout
+        assert "default via 10.1.0.1 dev eth0" in routes, routes
+        assert ns_ping(c, lab.WORLD_IP), "the container reaches the world"
+    finally:
+        ok(rt.run(1, "del", c, "ctr-dual", conflist=path))
 
 
 def test_status_and_version(rt):

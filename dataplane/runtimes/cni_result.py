@@ -1,0 +1,58 @@
+"""What a CNI result says (the IPAM plugin's, or a chain's prevResult), checked for shape
+before anything is made, and what the container gets of it."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dataplane.runtimes.cni_ipam import E_DECODE, CNIError
+
+
+def objects(result: dict | None, key: str, field: str | None = None) -> list[dict]:
+    """result[key] checked for shape: a list of objects (each with a string `field`); [] if absent."""
+    items = (result or {}).get(key)
+    if items is not None and not (isinstance(items, list) and all(
+            isinstance(i, dict) and (field is None or isinstance(i.get(field), str)) for i in items)):
+        raise CNIError(E_DECODE, f"{key} must be a list of objects" + (f" with a {field} string" if field else ""))
+    return items or []
+
+
+def shape(result: dict | None) -> tuple[list, list, list]:
+    """A result's interfaces, ips and routes (and dns) checked for shape, before anything is made."""
+    if not isinstance((result or {}).get("dns") or {}, dict):
+        raise CNIError(E_DECODE, "dns must be an object")
+    return (objects(result, "interfaces", "name"), objects(result, "ips", "address"),
+            objects(result, "routes", "dst"))
+
+
+def v4_routes(routes: list, ipinfo: dict | None) -> list:
+    """What the container gets of a result's routes: the IPv4 ones (the network carries IPv4;
+    a dual-stack IPAM's IPv6 routes are left out, as its IPv6 addresses are: they reached the
+    agent and failed the ADD with an internal error), each with a next hop: one without "gw"
+    takes its address's gateway, as the reference plugins do (the spec, Routes: a gateway in
+    ips may be used). Before, it went in with none: a default route so made reached nothing."""
+    gw = (ipinfo or {}).get("gateway")
+    try:
+        gw = str(ipaddress.IPv4Address(gw)) if isinstance(gw, str) else None
+    except ValueError:
+        gw = None
+    out = []
+    for r in routes:
+        try:
+            dst = ipaddress.ip_network(r["dst"], strict=False)
+        except (TypeError, ValueError):
+            raise CNIError(E_DECODE, f"route destination {r['dst']!r} is not a network") from None
+        if dst.version == 4:
+            out.append(r if r.get("gw") or not gw else {**r, "gw": gw})
+    return out
+
+
+def first_ipv4(result: dict | None):
+    for ip in objects(result, "ips", "address"):
+        try:
+            iface = ipaddress.ip_interface(ip["address"])
+        except ValueError:
+            continue
+        if iface.version == 4:
+            return iface, ip
+    return None, None

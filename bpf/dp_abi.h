@@ -4,12 +4,11 @@
  *
  * Owns: every constant, enum and map key/value layout that both the BPF
  * programs and Python (dataplane/abi.py) use. Python parses this file; it
- * never keeps a second copy. So the grammar is deliberately small:
+ * never keeps a second copy. So the grammar is deliberately small, and no functions:
  *   - "#define NAME <integer>"            (may sit inside #ifndef NAME ... #endif)
  *   - "enum name { A = 1, B, ... };"      (one member per line)
  *   - "struct name { TYPE field; TYPE field[N]; };"  (one member per line)
- * Types: __u8 __u16 __u32 __u64 __be16 __be32 and struct names defined above.
- * No functions here. Byte order: __be* fields are network order.
+ * Types: __u8 __u16 __u32 __u64 __be16 __be32 and struct names defined above (__be*: network order).
  */
 #ifndef DP_ABI_H
 #define DP_ABI_H
@@ -137,7 +136,7 @@ enum dp_drop {
 	DP_DROP_SPOOF_IP,                    /* endpoint sent with a source IPv4 not its own */
 	DP_DROP_UNSUPPORTED_L3,              /* neither IPv4 nor ARP (from an endpoint, or inside VXLAN); 802.1Q-tagged */
 	DP_DROP_BAD_ARP,                     /* ARP that is not Ethernet/IPv4 or is inconsistent */
-	DP_DROP_TOO_BIG,                     /* non-GSO frame over the network MTU */
+	DP_DROP_TOO_BIG,                     /* frame (non-GSO), or GSO packet's segments, over the network MTU */
 	DP_DROP_NO_NEXTHOP,                  /* no route or neighbour toward the VTEP */
 	DP_DROP_NO_CONFIG,                   /* programs attached before the agent wrote the config */
 	DP_DROP_HELPER,                      /* a kernel helper (adjust_room, change_head) failed */
@@ -147,6 +146,7 @@ enum dp_drop {
 	DP_DROP_STORM,                       /* broadcast/unknown over the endpoint's storm-control rate */
 	DP_DROP_REDIRECT,                    /* a clone or redirect toward an interface failed */
 	DP_DROP_TUNNEL_GSO,                  /* a GSO packet that already carries a tunnel (see encap.h) */
+	DP_DROP_TUNNEL_VIA_GATEWAY,          /* VXLAN to the underlay's port sent out through a gateway (router.h) */
 	DP_DROP_MAX,
 };
 

@@ -31,6 +31,8 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 
 		if (to == ifindex)
 			return -DP_DROP_NO_DESTINATION;
+		if ((oif & DP_LOCAL_ROUTER) && is_ip && vxlan_via_router(skb, cfg))
+			return -DP_DROP_TUNNEL_VIA_GATEWAY;
 		STAT_ADD(ep->slot, local_packets, local_bytes, skb->len);
 		/* A gateway port's peer is in this namespace, where redirect_peer refuses to go. */
 		if (oif & DP_LOCAL_ROUTER)

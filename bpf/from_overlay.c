@@ -9,8 +9,8 @@
  * UDP length and put straight into the sandbox.
  */
 
-static __always_inline int deliver_inner(struct __sk_buff *skb, __u64 gen, __u32 vni, __u32 slot,
-					 const struct vx_info *vx, int inner_is_ip)
+static __always_inline int deliver_inner(struct __sk_buff *skb, const struct dp_config *cfg, __u64 gen,
+					 __u32 vni, __u32 slot, const struct vx_info *vx, int inner_is_ip)
 {
 	struct dp_mac_key k = { .vni = vni };
 	__u32 oif;
@@ -21,6 +21,8 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, __u64 gen, __u32
 	oif = local_port(&k, gen);
 	if (!oif)
 		return -DP_DROP_UNKNOWN_DST;
+	if ((oif & DP_LOCAL_ROUTER) && inner_is_ip && vxlan_via_router(skb, cfg))
+		return -DP_DROP_TUNNEL_VIA_GATEWAY;  /* a peer's VXLAN, relayed from this host's address */
 	STAT_ADD(slot, rx_packets, rx_bytes, vx->inner_len);
 	if (oif & DP_LOCAL_ROUTER)           /* a gateway port: out of it, to its peer beside it */
 		return bpf_redirect(oif & ~DP_LOCAL_ROUTER, 0);
@@ -97,7 +99,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (skb->len > vx.inner_len && bpf_skb_change_tail(skb, vx.inner_len, 0))
 		return -DP_DROP_HELPER;
 
-	return deliver_inner(skb, gen, vx.vni, *slot_out, &vx, inner_is_ip);
+	return deliver_inner(skb, cfg, gen, vx.vni, *slot_out, &vx, inner_is_ip);
 }
 
 int from_overlay(struct __sk_buff *skb)

@@ -15,6 +15,7 @@
 #include "lib/fdb.h"
 #include "lib/icmp.h"
 #include "lib/encap.h"
+#include "lib/router.h"
 #include "lib/flood.h"
 #include "lib/punt.h"
 #include "lib/arp.h"

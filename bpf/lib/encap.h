@@ -237,6 +237,34 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
 	return bpf_redirect(nh->ifindex, 0);
 }
 
+/*
+ * A GSO packet is cut into segments of gso_size payload bytes behind its inner IPv4 and
+ * transport headers, after it left us (FIXED_GSO keeps it whole). Do they fit the network's
+ * MTU? gso_size is the sender's to choose (a packet socket with PACKET_VNET_HDR sets any), and
+ * the size check on single frames skipped GSO: segments over the MTU went out, DF set, to be
+ * lost on the underlay. The stack makes IPv4 GSO of TCP and UDP only; anything else fails.
+ */
+static __always_inline int gso_fits(struct __sk_buff *skb, __u32 mtu)
+{
+	struct iphdr ip;
+	__u8 doff;
+	__u32 hdr;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.version != 4)
+		return 0;
+	hdr = (ip.ihl & 0xf) * 4;
+	if (ip.protocol == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + hdr + 12, &doff, 1))
+			return 0;
+		hdr += (doff >> 4) * 4;
+	} else if (ip.protocol == IPPROTO_UDP) {
+		hdr += sizeof(struct udphdr);
+	} else {
+		return 0;
+	}
+	return skb->gso_size + hdr <= mtu;
+}
+
 /* Encapsulate a frame of endpoint ep toward one VTEP and send it out of the uplink. */
 static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_config *cfg,
 					 const struct dp_endpoint *ep, __be32 vtep, int inner_is_ip)
@@ -248,6 +276,8 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 
 	if (!skb->gso_size && len > ep->mtu + ETH_HLEN)
 		return inner_is_ip ? icmp_frag_needed(skb, slot, ep->mtu) : -DP_DROP_TOO_BIG;
+	if (skb->gso_size && !gso_fits(skb, ep->mtu))
+		return -DP_DROP_TOO_BIG;
 	nh = nexthop_get(skb, cfg, vtep);
 	/* redirect_neigh can only resolve for frames the kernel sees as IP. */
 	if (!nh && !inner_is_ip)

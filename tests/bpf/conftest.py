@@ -37,10 +37,12 @@ def be32(ip: str) -> int:
     return int.from_bytes(socket.inet_aton(ip), sys.byteorder)
 
 
-def tc_ctx(ingress_ifindex: int = 0) -> bytes:
-    """A struct __sk_buff for BPF_PROG_TEST_RUN of a tc program, only ingress_ifindex (offset 36) set."""
+def tc_ctx(ingress_ifindex: int = 0, gso_size: int = 0) -> bytes:
+    """A struct __sk_buff for BPF_PROG_TEST_RUN of a tc program: ingress_ifindex (offset 36) and
+    gso_size (offset 176; the kernel takes it into the skb's shared info), the rest zero."""
     ctx = (ctypes.c_uint32 * 48)()
     ctx[9] = ingress_ifindex
+    ctx[44] = gso_size
     return bytes(ctx)
 
 
@@ -108,12 +110,15 @@ class Harness:
         for ip in (PEER_IP, OTHER_PEER_IP):
             self.nexthop(ip, flags=1)
 
-    def endpoint(self, ifindex: int, mac: str, ip: str, vni: int = VNI) -> None:
-        """A local endpoint behind host-side ifindex: its dp_endpoints and dp_local_macs entries."""
-        ep = self.S["dp_endpoint"](vni=vni, ip=be32(ip), slot=self.slot(vni), mtu=1450)
+    def endpoint(self, ifindex: int, mac: str, ip: str, vni: int = VNI, router: bool = False) -> None:
+        """A local endpoint behind host-side ifindex: its dp_endpoints and dp_local_macs entries;
+        router: a gateway's port, written as node/gateway.py writes it."""
+        flags = int(self.abi.enums["dp_ep_flag"].DP_EP_ROUTER) if router else 0
+        ep = self.S["dp_endpoint"](vni=vni, ip=be32(ip), slot=self.slot(vni), mtu=1450, flags=flags)
         ctypes.memmove(ep.mac, bytes.fromhex(mac.replace(":", "")), 6)
         self.maps.dp_endpoints.put(ctypes.c_uint32(ifindex), ep)
-        self.maps.dp_local_macs.put(self.mac_key(vni, mac), ctypes.c_uint32(ifindex))
+        oif = ifindex | (self.abi.constants["DP_LOCAL_ROUTER"] if router else 0)
+        self.maps.dp_local_macs.put(self.mac_key(vni, mac), ctypes.c_uint32(oif))
 
     def nexthop(self, vtep: str, **kw) -> None:
         """dp_nexthops[vtep]: out of the uplink, NH_SMAC to NH_DMAC; kw: flags, updated_ns."""
@@ -123,8 +128,8 @@ class Harness:
         self.maps.dp_nexthops.put(ctypes.c_uint32(be32(vtep)), nh)
 
     # --- running packets ------------------------------------------------------
-    def run_tc(self, prog: str, frame: bytes, ingress_ifindex: int = 0):
-        r = self.cwire.prog_test_run(self.fds[prog], bytes(frame), tc_ctx(ingress_ifindex))
+    def run_tc(self, prog: str, frame: bytes, ingress_ifindex: int = 0, gso_size: int = 0):
+        r = self.cwire.prog_test_run(self.fds[prog], bytes(frame), tc_ctx(ingress_ifindex, gso_size))
         return r.retval, r.data
 
     def run_xdp(self, frame: bytes):

@@ -4,6 +4,7 @@ half-created: networks a failed `up` made are removed again."""
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 
@@ -15,8 +16,11 @@ from dataplane.core.state import NodeState
 from dataplane.node import Node, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
+from dataplane.registry.kv import Txn
+from dataplane.registry.records import Host, key
 
 log = logging.getLogger("dataplane")
+LEAVE_WAIT_S = 30.0        # an agent leaving removes its endpoints' records one by one; then it is stopped
 
 
 @contextmanager
@@ -133,13 +137,55 @@ def down(node: Node, vnis=None) -> bool:
         raise UsageError("with a registry a node serves every registry network: "
                          "remove the network with `dataplane network rm`, or the node with `dataplane down`")
     if not vnis:
-        process.stop(node.name, leave=True)
+        lease = _agent_lease(node)       # read first: an agent that leaves removes its file
+        ran = process.stop(node.name, leave=True, timeout=LEAVE_WAIT_S)
+        if st and st.registry:
+            _left_behind(node, st, lease, ran)
     was_up = vtep.down(node, vnis)
     if vnis and node.state():
         persist(node)
     else:
         state.remove_boot(node.name)
     return was_up
+
+
+def _agent_lease(node: Node) -> int:
+    try:
+        with open(process.agent_file(node.name)) as f:
+            return int(json.load(f).get("lease") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _left_behind(node: Node, st: NodeState, lease: int, ran: bool) -> None:
+    """After the agent stopped: what it left of this host in the registry, removed. An agent
+    leaves by itself, but one that had died, or was killed half-way (stopping waits
+    LEAVE_WAIT_S), left its endpoints and their claims, and the host record until its lease
+    ran out; `down` removes the node's state, so no agent came back for them and they stayed
+    for good (only `registry forget-host` took them). An agent that ran and whose host record
+    is gone left whole (revoking its lease is its last step): nothing more is read. Else the
+    host record goes (its lease revoked, or the record itself if it still names our VTEP),
+    then the rest as forget-host takes it (a read of every endpoint). A registry that cannot
+    be reached is said, with what to run later."""
+    me = st.host_name
+    try:
+        with opened(st.registry, node) as reg:
+            item = reg.kv.get(key("hosts", me))
+            if ran and item is None:
+                return
+            if item is not None and lease:
+                reg.kv.lease_revoke(lease)
+                item = reg.kv.get(key("hosts", me))
+            if item is not None and Host.from_json(item.value).vtep == st.config.local_ip:
+                reg.kv.commit(Txn().unchanged(item.key, item.mod_rev).delete(item.key))
+            out = reg.host_forget(me)
+    except DataplaneError as e:
+        log.warning("down: host %s's records stay in registry %s (%s): once it answers, run "
+                    "`dataplane registry forget-host %s --registry %s`", me, st.registry, e, me, st.registry)
+        return
+    if out["endpoints_removed"] or out["reservations_released"]:
+        log.warning("down: the agent had left %d endpoint(s) and %d reservation(s) of host %s in the registry; "
+                    "removed", len(out["endpoints_removed"]), out["reservations_released"], me)
 
 
 def persist(node: Node) -> None:

@@ -96,6 +96,28 @@ def test_registry_cli_and_json(host, reg_url):  # noqa: F811
     dp("network", "rm", "blue", "--registry", reg_url)
 
 
+def test_down_after_the_agent_died_still_leaves_the_registry(host, reg_url):  # noqa: F811
+    """The agent leaves the registry itself at `down`; one that had died (or was killed half-way
+    through leaving) left this host's endpoints and claims there for good, and its host record
+    until the lease ran out: `down` removes the node's state, so no agent came back for them."""
+    import os
+    import signal
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", reg_url, "--host-name", "me")
+    for name in ("dpl-d1", "dpl-d2"):
+        dp("--netns", host, "endpoint", "add", name, "--vni", "256")
+    os.kill(agentctl.running_pid(host), signal.SIGKILL)
+    assert wait_for(lambda: agentctl.running_pid(host) is None)
+    r = dp("--netns", host, "down")
+    assert "2 endpoint(s)" in r.stderr, r.stderr
+    reg = open_registry(reg_url)
+    try:
+        assert reg.endpoints() == [] and reg.hosts() == [], "down leaves the registry"
+        again = reg.endpoint_create("dpl-d3", "vni256", "other")
+        assert again.ip == "10.1.0.2", "the claims went with the records"
+    finally:
+        reg.close()
+
+
 def test_sqlite_lab_converges_across_hosts():
     from tests.integration.conftest import make_lab
     from lab.traffic import ping

@@ -37,13 +37,15 @@ class LeaseKeeper:
                           "lease": self.lease or self.previous, "lease_ttl": self.ag.ttl})
 
     def _old_lease(self) -> int:
-        """The previous agent's lease, if it was granted for this TTL on this registry: one of
-        another TTL would be kept alive at the wrong pace (a 10-s lease renewed every 20 s
-        lapses between renewals; a long one outlives a crash by too much)."""
+        """The previous agent's lease, if it was granted for this host name, TTL and registry:
+        one of another TTL would be kept alive at the wrong pace (a 10-s lease renewed every 20 s
+        lapses between renewals; a long one outlives a crash by too much), and one of another
+        host name (`up --host-name` after a crash) kept the old host's record alive for good."""
         try:
             with open(process.agent_file(self.ag.node.name)) as f:
                 old = json.load(f)
-            if old.get("lease_ttl") != self.ag.ttl or old.get("registry") != self.ag.url:
+            if old.get("lease_ttl") != self.ag.ttl or old.get("registry") != self.ag.url \
+                    or old.get("host") != self.ag.me:
                 return 0
             return int(old.get("lease") or 0)
         except (OSError, ValueError, AttributeError, TypeError):

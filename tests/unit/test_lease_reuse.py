@@ -15,9 +15,9 @@ from dataplane.registry import open_registry
 from dataplane.registry.records import Host
 
 
-def keeper(reg, url: str, ttl: int) -> LeaseKeeper:
-    ag = SimpleNamespace(node=SimpleNamespace(name="n1"), me="h1", url=url, ttl=ttl, reg=reg,
-                         vtep=Host.make("h1", "198.18.0.1"), registered_rev=0)
+def keeper(reg, url: str, ttl: int, me: str = "h1") -> LeaseKeeper:
+    ag = SimpleNamespace(node=SimpleNamespace(name="n1"), me=me, url=url, ttl=ttl, reg=reg,
+                         vtep=Host.make(me, "198.18.0.1"), registered_rev=0)
     k = LeaseKeeper(ag)
     k.start()
     k._register()
@@ -37,5 +37,18 @@ def test_the_lease_is_kept_only_for_the_same_ttl_and_registry(tmp_path, monkeypa
         with open(process.agent_file("n1"), "w") as f:
             f.write("[1, 2]")                          # a file from who knows where: ignored
         assert keeper(reg, url, 60).lease
+    finally:
+        reg.close()
+
+
+def test_a_node_brought_up_under_another_host_name_takes_a_lease_of_its_own(tmp_path, monkeypatch):
+    """`up --host-name new` after the agent of host old died: the new agent kept old's lease,
+    and with it old's host record alive for good (forget-host refused it as alive)."""
+    monkeypatch.setattr(state, "RUN_ROOT", str(tmp_path / "run"))
+    url = f"sqlite://{tmp_path}/registry.db"
+    reg = open_registry(url)
+    try:
+        first = keeper(reg, url, 10).lease
+        assert keeper(reg, url, 10, me="h2").lease != first
     finally:
         reg.close()

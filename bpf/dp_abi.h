@@ -127,7 +127,7 @@ enum dp_drop {
 	DP_DROP_FRAGMENT,                    /* fragmented VXLAN (we never reassemble) */
 	DP_DROP_BAD_VXLAN_FLAGS,             /* flags byte other than exactly the I bit */
 	DP_DROP_UNKNOWN_VNI,                 /* VNI this host does not serve */
-	DP_DROP_UNKNOWN_PEER,                /* outer source not a VTEP of that VNI (peer check on) */
+	DP_DROP_UNKNOWN_PEER,                /* outer source not a VTEP of that VNI (peer check on), or of any */
 	DP_DROP_BAD_INNER_SMAC,              /* inner source MAC multicast or zero */
 	DP_DROP_MAC_CONFLICT,                /* remote frame claims the MAC of a local endpoint */
 	DP_DROP_UNKNOWN_DST,                 /* decapsulated unicast to no local endpoint */

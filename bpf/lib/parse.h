@@ -39,6 +39,18 @@ static __always_inline __u32 drop_slot(__u32 slot, __u32 vni)
  * One hash lookup less for the common frame; the admit is narrower, never wider,
  * than "any peer of the VNI".
  */
+/*
+ * An outer source no VTEP can have: ours, 0.0.0.0, loopback, multicast or broadcast. The IP
+ * stack drops such martians, but tc runs before it: without the peer check an unowned MAC
+ * was learned behind one, and this host's frames to it were sent there.
+ */
+static __always_inline int vtep_impossible(__be32 saddr, __be32 local)
+{
+	__u32 a = bpf_ntohl(saddr);
+
+	return saddr == local || a == 0 || (a >> 24) == 127 || a >= 0xe0000000;
+}
+
 static __always_inline int vxlan_admit(const struct dp_config *cfg, __u64 gen, __u64 fgen,
 				       const struct vx_info *vx, __u32 *slot, __be32 *owner)
 {
@@ -56,7 +68,10 @@ static __always_inline int vxlan_admit(const struct dp_config *cfg, __u64 gen, _
 	if (vtep) {
 		if (vtep != vx->saddr)
 			return -DP_DROP_VTEP_MISMATCH;
-	} else if ((cfg->flags & DP_CFG_PEER_CHECK) && !vtep_is_peer(vni, vx->saddr, gen)) {
+	} else if (cfg->flags & DP_CFG_PEER_CHECK) {
+		if (!vtep_is_peer(vni, vx->saddr, gen))
+			return -DP_DROP_UNKNOWN_PEER;
+	} else if (vtep_impossible(vx->saddr, cfg->local_ip)) {
 		return -DP_DROP_UNKNOWN_PEER;
 	}
 	if (mac_is_multicast(vx->inner.h_source) || mac_is_zero(vx->inner.h_source))

@@ -224,3 +224,19 @@ def test_unknown_vni_counts_under_vni_zero_not_the_bad_vni(hx):
     assert after == {0: before[0] + 1, VNI: before[VNI], OTHER_VNI: before[OTHER_VNI]}
     # Counters are an array sized by the control plane: no frame can add an entry.
     assert bpfsys.map_info(hx.maps.dp_stats.fd).type == bpfsys.MAP_TYPES["percpu_array"]
+
+
+@pytest.mark.parametrize("outer_src", [LOCAL_IP, "0.0.0.0", "127.0.0.1", "224.0.0.5", "239.1.2.3",
+                                       "255.255.255.255"])
+def test_an_outer_source_no_vtep_can_have_is_refused_without_the_peer_check(hx, outer_src):
+    """Without the peer check (the harness's default) an unowned MAC was learned behind any outer
+    source, martians too (tc runs before the stack drops them): this host's frames to that MAC
+    then went to its own address, to broadcast or to a multicast group."""
+    mac = "02:42:0a:01:00:78"
+    frame = good_frame(src=outer_src, inner_src=mac)[0]
+    before = hx.stats(VNI)["drops"][int(hx.drop.DP_DROP_UNKNOWN_PEER)]
+    assert hx.run_tc("from_overlay", frame)[0] == TC_ACT_SHOT
+    assert hx.run_xdp(frame)[0] == XDP_DROP
+    assert hx.stats(VNI)["drops"][int(hx.drop.DP_DROP_UNKNOWN_PEER)] == before + 2
+    assert hx.maps.dp_learned.get(hx.mac_key(VNI, mac)) is None
+    assert hx.run_tc("from_overlay", good_frame(src="198.18.0.77", inner_src=mac)[0])[0] == TC_ACT_REDIRECT

@@ -22,6 +22,10 @@ class AgentNotRunning(NotFound):
     """Nothing listens on the node's agent socket."""
 
 
+class AgentSilent(errors.TryAgain):
+    """The request reached the agent and no answer came in time: it may still carry it out."""
+
+
 def socket_path(node: str) -> str:
     return os.path.join(state.node_dir(node), "agent.sock")
 
@@ -31,12 +35,14 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
     path = socket_path(node)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    sent = False
     try:
         try:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             raise AgentNotRunning(f"the agent of node {node} is not running (start it with `dataplane up`)") from None
         s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        sent = True
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -47,7 +53,7 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         if not isinstance(reply, dict):
             raise ValueError("not an object")
     except (TimeoutError, BlockingIOError):     # the latter: its listen backlog full, nobody accepting
-        raise errors.TryAgain(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
+        raise (AgentSilent if sent else errors.TryAgain)(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
                              "(its log, or `kill -USR1` its pid for its stacks, says what it is doing)") from None
     except (PermissionError, ConnectionError) as e:
         cls = errors.NotPermitted if isinstance(e, PermissionError) else errors.KernelError

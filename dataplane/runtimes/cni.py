@@ -21,6 +21,7 @@ import re
 import sys
 
 from dataplane.agent import client
+from dataplane.agent.client import AgentSilent
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, TryAgain, UsageError
 from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE, E_ENV, E_INTERNAL,  # noqa: F401
@@ -101,7 +102,9 @@ def _agent(conf: dict, op: str, **args):
     except client.AgentNotRunning as e:
         raise CNIError(E_TRY_AGAIN, f"the dataplane agent of node {node} is not running", str(e)) from None
     except TryAgain as e:          # the registry unreachable, or the agent slow to answer: passing
-        raise CNIError(E_TRY_AGAIN, f"agent request {op}: {e}") from None
+        err = CNIError(E_TRY_AGAIN, f"agent request {op}: {e}")
+        err.in_doubt = isinstance(e, AgentSilent)    # the agent may still be carrying it out
+        raise err from None
     except NotFound as e:
         raise CNIError(E_UNKNOWN_CONTAINER if "namespace" in str(e) else E_BROKEN, str(e)) from None
     except UsageError as e:
@@ -127,6 +130,7 @@ def cmd_add(conf: dict, env) -> dict:
     cid, ifname, netns = _attachment(env, need_netns=True)
     prev = conf.get("prevResult") or {}
     faces, prev_ips, _ = shape(prev)          # all of it checked before anything is made
+    attaching = False
     try:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
@@ -140,10 +144,17 @@ def cmd_add(conf: dict, env) -> dict:
         gateway, routes = _egress(conf, vni, routes) if conf.get("ipMasq") else (None, routes)
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
                    "container_id": cid}
+        attaching = True
         ep = _agent(conf, "endpoint_attach", id=endpoint_id(conf["name"], cid, ifname), vni=vni,
                     sandbox=sandbox, ip=str(iface.ip) if iface else None,
                     prefixlen=iface.network.prefixlen if iface else None, routes=routes)
-    except BaseException:
+    except BaseException as e:
+        if attaching and getattr(e, "in_doubt", False):
+            # The agent had the attach and did not answer in time: it may still finish it, with
+            # this address. Freed now, the address could go to a concurrent ADD while this
+            # container holds it; the runtime's DEL frees it once the agent has let go.
+            e.details = "the address is kept until DEL: the agent may still attach it"
+            raise
         if "ipam" in conf:          # whatever its ADD did or printed (not JSON, null): give the address back
             try:
                 _ipam(conf, env, "DEL")

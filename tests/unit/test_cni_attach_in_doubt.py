@@ -1,0 +1,66 @@
+"""An ADD whose attach the agent did not answer in time (it may still finish it) keeps the
+IPAM's address: released at once, as every other failed ADD's is, it could be handed to a
+concurrent ADD while the agent gave it to this container (whose later attach then failed as
+a conflict). The runtime's DEL releases it once the agent has let go. An agent that answered
+with an error, or that was not running, still gets the address released."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataplane.agent import client
+from dataplane.core import errors
+from dataplane.runtimes import cni
+
+CONF = {"cniVersion": "1.0.0", "name": "ov", "type": "dataplane", "vni": 256, "node": "n1",
+        "ipam": {"type": "host-local"}}
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/c1", "CNI_IFNAME": "eth0",
+       "CNI_PATH": "/nowhere"}
+LEASE = {"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}]}
+
+
+@pytest.fixture
+def ipam_calls(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cni, "_ipam", lambda conf, env, command, overrides=None:
+                        calls.append(command) or (LEASE if command == "ADD" else None))
+    return calls
+
+
+def agent_failing_attach(monkeypatch, error):
+    def call(node, op, timeout=60.0, **args):
+        if op == "endpoint_attach":
+            raise error
+        return {}
+    monkeypatch.setattr(client, "call", call)
+
+
+def test_an_attach_the_agent_did_not_answer_keeps_the_address(monkeypatch, ipam_calls):
+    agent_failing_attach(monkeypatch, client.AgentSilent("the agent of node n1 did not answer"))
+    with pytest.raises(cni.CNIError) as e:
+        cni.cmd_add(dict(CONF), ENV)
+    assert e.value.code == cni.E_TRY_AGAIN and "kept until DEL" in e.value.details
+    assert ipam_calls == ["ADD"], "the address was released while the agent may still attach it"
+
+
+@pytest.mark.parametrize("error", [errors.TryAgain("registry unreachable"), client.AgentNotRunning("not running"),
+                                   errors.Conflict("address in use")])
+def test_an_attach_that_failed_releases_the_address(monkeypatch, ipam_calls, error):
+    agent_failing_attach(monkeypatch, error)
+    with pytest.raises(cni.CNIError):
+        cni.cmd_add(dict(CONF), ENV)
+    assert ipam_calls == ["ADD", "DEL"]
+
+
+def test_a_request_sent_and_not_answered_is_told_apart(tmp_path, monkeypatch):
+    import socket
+    path = str(tmp_path / "agent.sock")
+    monkeypatch.setattr(client, "socket_path", lambda node: path)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)                     # accepted by the kernel, never read or answered
+    try:
+        with pytest.raises(client.AgentSilent):
+            client.call("n1", "endpoint_attach", timeout=0.2)
+    finally:
+        srv.close()

@@ -59,7 +59,8 @@ class RuntimeOps:
                     v = vni if vni is not None else self._free_vni()
                     try:
                         net = reg.network_create(name or f"vni{v}", v, subnet=str(want) if want else None,
-                                                 mtu=mtu or networks.max_mtu(self.ag.node.require_up()))
+                                                 mtu=mtu or networks.max_mtu(self.ag.node.require_up()),
+                                                 runtime=True)
                     except Conflict:
                         continue            # another host created it first: read it
                 if want is not None and ipaddress.IPv4Network(net.subnet) != want:

@@ -57,9 +57,11 @@ class Network:
     mtu: int = MTU_DEFAULT
     port: int = model.VXLAN_PORT
     internal: bool = False       # no way out: endpoints get no default route, no gateway (node/gateway.py)
+    runtime: bool = False        # made by a runtime's request (network_ensure): released when no host uses it
 
     @classmethod
-    def make(cls, name, vni, subnet=None, gateway=None, mtu=None, port=None, internal=False) -> "Network":
+    def make(cls, name, vni, subnet=None, gateway=None, mtu=None, port=None, internal=False,
+             runtime=False) -> "Network":
         vni = model.parse_vni(vni)
         net = model.parse_subnet(subnet) if subnet is not None else model.default_subnet(vni)
         if gateway is None:
@@ -71,14 +73,14 @@ class Network:
         return cls(name=model.parse_name(name, "network name"), vni=vni, subnet=str(net), gateway=str(gw),
                    mtu=parse_mtu(mtu if mtu is not None else MTU_DEFAULT),
                    port=model.parse_port(port if port is not None else model.VXLAN_PORT),
-                   internal=_flag(internal, "internal"))
+                   internal=_flag(internal, "internal"), runtime=_flag(runtime, "runtime"))
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Network":
         d = _loads(raw, "network")
         try:
             return cls.make(d["name"], d["vni"], d["subnet"], d["gateway"], d["mtu"], d["port"],
-                            d.get("internal", False))
+                            d.get("internal", False), d.get("runtime", False))
         except KeyError as e:
             raise UsageError(f"malformed network record: no {e.args[0]}") from None
 
@@ -99,8 +101,9 @@ class Network:
 
     def to_json(self) -> bytes:
         d = asdict(self)
-        if not d["internal"]:
-            del d["internal"]           # records of networks with a way out read as before
+        for flag in ("internal", "runtime"):
+            if not d[flag]:
+                del d[flag]             # records without the flag read as before
         return json.dumps(d, sort_keys=True).encode()
 
     def to_dict(self) -> dict:

@@ -125,8 +125,8 @@ class Registry(Endpoints):
     # --- networks ------------------------------------------------------------
 
     def network_create(self, name, vni, subnet=None, gateway=None, mtu=None, port=None,
-                       exist_ok: bool = False, internal: bool = False) -> Network:
-        net = Network.make(name, vni, subnet, gateway, mtu, port, internal)
+                       exist_ok: bool = False, internal: bool = False, runtime: bool = False) -> Network:
+        net = Network.make(name, vni, subnet, gateway, mtu, port, internal, runtime)
         txn = (Txn().absent(key("networks", net.name)).absent(key("vnis", net.vni))
                .put(key("networks", net.name), net.to_json()).put(key("vnis", net.vni), net.name.encode()))
         ok, sent = self._commit_retrying(txn)

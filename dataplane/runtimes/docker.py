@@ -133,7 +133,11 @@ class Driver:
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION))
         with self.lock:
             nets = self._load()
-            created = net["created"] or net["vni"] in self.ipam_created
+            # A registry network a runtime made (on any host: the record says so) is released by
+            # whichever host's engine lets go of it last. Kept per Docker network of this engine as
+            # "made here", a second Docker network on the VNI, or one on another host, never
+            # released it, and the VNI's settings stayed taken for good.
+            created = net["created"] or net.get("runtime", False) or net["vni"] in self.ipam_created
             self.ipam_created.discard(net["vni"])
             nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": created,
                          "internal": bool((req.get("Options") or {}).get(INTERNAL)),
@@ -197,7 +201,8 @@ class Driver:
             raise UsageError("Docker gave the endpoint no IPv4 address")
         addr = ipaddress.IPv4Interface(iface["Address"])
         # another host's engine may have released the registry network meanwhile
-        if self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])["created"]:
+        made = self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])
+        if made["created"] or (made.get("runtime") and not net["created"]):
             with self.lock:
                 nets = self._load()
                 if nid in nets:

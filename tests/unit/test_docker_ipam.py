@@ -439,3 +439,38 @@ def test_a_network_this_host_cannot_serve_is_not_left_created(tmp_path, monkeypa
         assert ag.reg.network_by_vni(301) is not None
     finally:
         ag.reg.close()
+
+
+def test_a_registry_network_two_docker_networks_share_goes_with_the_last(engines):
+    """Whether the registry network may be released was kept per Docker network (made by this
+    one's request, or not): the second Docker network on the VNI never released it."""
+    e = engines["h1"]
+    create_network(e, "a" * 64)             # makes the registry network
+    create_network(e, "b" * 64)             # maps onto it
+    ok(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
+    assert e.agent.reg.network_by_vni(256) is not None, "the other Docker network still maps to it"
+    ok(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "b" * 64})
+    assert e.agent.reg.network_by_vni(256) is None
+
+
+def test_a_registry_network_is_released_by_the_last_host_that_uses_it(engines):
+    """h1's engine made it and let go first, while h2's container still used it (in use: kept);
+    h2's engine, whose request had not made it, never released it when it let go last."""
+    h1, h2 = engines["h1"], engines["h2"]
+    create_network(h1, "a" * 64)
+    pool = create_network(h2, "c" * 64)
+    addr = run(h2, "c" * 64, pool, "e" * 64)
+    ok(h1, "/NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
+    assert h1.agent.reg.network_by_vni(256) is not None, "h2's container uses it"
+    stop(h2, "c" * 64, pool, "e" * 64, addr)
+    ok(h2, "/NetworkDriver.DeleteNetwork", {"NetworkID": "c" * 64})
+    assert h2.agent.reg.network_by_vni(256) is None, "released by the last host"
+    assert h2.agent.reg.network_create("again", 256, subnet="10.40.0.0/24").subnet == "10.40.0.0/24"
+
+
+def test_an_operators_network_is_never_released_by_docker(engines):
+    e = engines["h1"]
+    e.agent.reg.network_create("ops", 256, subnet=SUBNET)       # `dataplane network create`
+    create_network(e, "a" * 64)
+    ok(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
+    assert e.agent.reg.network_by_vni(256) is not None

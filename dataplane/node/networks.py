@@ -10,7 +10,7 @@ import time
 
 from dataplane.core import abi, model
 from dataplane.core.errors import Conflict, NotFound, UsageError
-from dataplane.core.keys import be32, ip_key, slot_key
+from dataplane.core.keys import be32, ip_key, ip_str, slot_key
 from dataplane.core.state import NodeState, ServedNetwork
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import nexthops
@@ -156,6 +156,20 @@ def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
     if not parted:
         st.parted.pop(vni, None)
     st.flooded[vni] = vteps
+
+
+def forget_stray_peers(m: NodeMaps, st: NodeState) -> list[str]:
+    """At start-up, after every VNI's sync: dp_vteps entries the state does not account for
+    (a VNI's flood list, or a parted peer's grace), removed. set_registry_peers writes a new
+    peer before it primes its next hop (up to 0.2 s) and the state after that: a crash in
+    between left the peer in dp_vteps, not in st.flooded, which sync removes peers from, and
+    it stayed admitted by the peer check for good (its host gone from the registry too)."""
+    keep = {(vni, ip) for vni in st.networks
+            for ip in list(st.flooded.get(vni, [])) + list(st.parted.get(vni, {}))}
+    doomed = [k for k, _ in m.dp_vteps.items() if (k.vni, ip_str(k.ip)) not in keep]
+    if doomed:
+        m.dp_vteps.delete_many(doomed)
+    return [f"peer {ip_str(k.ip)} of VNI {k.vni}: in dp_vteps, not in the state; removed" for k in doomed]
 
 
 def prune_parted(node: Node) -> int:

@@ -2,7 +2,7 @@
 creation never finished (their intent is still "creating") are undone, the
 entries of those that did are written again, host-side veths and map entries
 that no endpoint of the state holds are removed, every served VNI's
-entries are rewritten from the state, the node's vxlan device is mended if
+entries are rewritten from the state (and peers it does not list leave dp_vteps), the node's vxlan device is mended if
 something undid it (vtep.repair_rx_gro), and sandbox ends an older version
 left segmenting tunnelled GSO are told to cut it (endpoints.cut_tunnel_gso). The
 agent runs it at start, `up` on every run; the registry side of the repair
@@ -46,6 +46,7 @@ def sweep(node: Node) -> list[str]:
         done += fdb.forget_local_strays(m, st, neigh_too=st.registry is None)
         for vni in st.networks:
             networks.sync(m, st, vni)
+        done += networks.forget_stray_peers(m, st)
         return done
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 
 from dataplane.agent import converge, inflight, process
-from dataplane.core.errors import DataplaneError, NotFound
+from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.node.fdb import forget_learned_vteps
 from dataplane.registry.ipam import write_rev
@@ -28,7 +28,7 @@ def adopt(ag) -> None:
     """At start: the node's sandboxes are registered; registry entries for
     this host without a sandbox (left by a crash) are removed."""
     st = ag.node.require_up()
-    for name, ep in st.endpoints.items():
+    for name, ep in list(st.endpoints.items()):
         if name in ag.view.endpoints or name in ag.busy:
             continue
         net = ag.view.network_of_vni(ep.vni)
@@ -38,6 +38,8 @@ def adopt(ag) -> None:
         try:
             wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
             log.info("registered existing endpoint %s", name)
+        except Conflict as e:
+            _unregistrable(ag, name, ep, e)
         except DataplaneError as e:
             log.error("endpoint %s: cannot register: %s", name, e)
     for rec in list(ag.view.endpoints.values()):
@@ -51,6 +53,29 @@ def adopt(ag) -> None:
                 log.info("removed stale registry endpoint %s (no sandbox here)", rec.id)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot remove stale record: %s", rec.id, e)
+
+def _unregistrable(ag, name: str, ep, e: Conflict) -> None:
+    """adopt(): a sandbox of ours whose record another writer deleted while the agent was away
+    (`registry forget-host`), and whose address or MAC an endpoint of another host holds since.
+    As for a record deleted while we run (endpoint_changed): a runtime's container is kept and
+    reported as a conflict, our own sandbox goes. Before, both stayed with a log line: two
+    hosts held the address, and every reconcile here skipped the other's endpoint as a clash
+    with ours, so this host could not reach it, for good. (Under the agent's lock; the whole
+    reconcile that follows adopt gives the other endpoint its entries.)"""
+    if ep.sandbox and ep.phase == "ready":
+        why = f"registry record deleted by another writer; cannot register it again: {e}"
+        log.error("endpoint %s belongs to a local %s container, kept: %s", name, ep.sandbox.get("runtime", "runtime"),
+                  why)
+        ag.conflicts[name] = why
+        return
+    try:
+        endpoints.remove(ag.node, name)
+        note_gone(ag, ep)
+        log.error("endpoint %s: its registry record was deleted while the agent was away, and it cannot be "
+                  "registered again (%s): its sandbox is removed", name, e)
+    except DataplaneError as err:
+        log.error("endpoint %s: %s", name, err)
+
 
 def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     """Our sandbox was moved to another host (the move committed) or removed by someone else.

@@ -138,7 +138,9 @@ def cmd_add(conf: dict, env) -> dict:
         routes = v4_routes(shape(source)[2], ipinfo)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
-        if iface is not None or conf.get("ipMasq"):    # the way out is the network's: it must exist first
+        # The way out is the network's: it must exist first. An "mtu" is the network's too: made
+        # with it, or checked against it (it was dropped silently when the registry allocated).
+        if iface is not None or conf.get("ipMasq") or conf.get("mtu") is not None:
             _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network) if iface else None,
                    mtu=conf.get("mtu"))
         gateway, routes = _egress(conf, vni, routes) if conf.get("ipMasq") else (None, routes)

@@ -64,3 +64,18 @@ def test_a_request_sent_and_not_answered_is_told_apart(tmp_path, monkeypatch):
             client.call("n1", "endpoint_attach", timeout=0.2)
     finally:
         srv.close()
+
+
+def test_an_mtu_is_the_networks_also_when_the_registry_allocates(monkeypatch):
+    """Without an IPAM section the registry allocates, and "mtu" was dropped silently: the
+    network was made with the default, and a disagreeing one never reported."""
+    calls = []
+
+    def call(node, op, timeout=60.0, **args):
+        calls.append((op, args))
+        return {"host_ifname": "dp0000000001", "mac": "02:42:0a:01:00:05", "ip": "10.1.0.5",
+                "subnet": "10.1.0.0/24"} if op == "endpoint_attach" else {}
+    monkeypatch.setattr(client, "call", call)
+    conf = {k: v for k, v in CONF.items() if k != "ipam"}
+    cni.cmd_add({**conf, "mtu": 1400}, ENV)
+    assert ("network_ensure", {"vni": 256, "subnet": None, "mtu": 1400}) in calls

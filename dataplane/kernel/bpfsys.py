@@ -148,18 +148,18 @@ def update_batch(fd: int, keys, values, count: int, what: str = "map") -> None:
 
 
 def delete_batch(fd: int, keys, count: int, what: str = "map") -> int:
-    """Delete count keys in one call; keys already gone are skipped one by one."""
-    if count == 0:
-        return 0
-    attr = _BatchAttr(keys=_ptr(keys), count=count, map_fd=fd)
-    if _call(MAP_DELETE_BATCH, attr, f"batch delete {what}", ok=(errno.ENOENT,)) >= 0:
-        return count
-    # The kernel stops at the first missing key; finish the rest singly.
-    done = attr.count
-    size = ctypes.sizeof(keys) // len(keys)
-    for i in range(done + 1, count):
-        delete(fd, (ctypes.c_uint8 * size).from_buffer(keys, i * size))
-    return count
+    """Delete count keys, a batch call at a time: the kernel stops a batch at the first key
+    already gone (an LRU map evicts exactly the old entries ageing deletes; another writer may
+    have deleted one), and the batch goes on after it. How many were deleted here."""
+    size = ctypes.sizeof(keys) // len(keys) if count else 0
+    start, deleted = 0, 0
+    while start < count:
+        attr = _BatchAttr(keys=_ptr(keys) + start * size, count=count - start, map_fd=fd)
+        if _call(MAP_DELETE_BATCH, attr, f"batch delete {what}", ok=(errno.ENOENT,)) >= 0:
+            return deleted + count - start
+        deleted += attr.count              # deleted before the missing one, which is skipped
+        start += attr.count + 1
+    return deleted
 
 
 def _batches(fd: int, key_size: int, value_size: int, chunk: int):

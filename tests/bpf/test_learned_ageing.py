@@ -83,3 +83,19 @@ def test_small_maps(hx, n):
     assert fdb.age_learned(hx.maps, AGE, NOW) == n
     assert fdb.forget_learned_vteps(hx.maps, {PEER_IP}) == {}
     assert left(hx) == set()
+
+
+def test_a_batch_delete_goes_on_past_keys_already_gone(hx, monkeypatch):
+    """The kernel stops a batch at the first key already gone (an LRU map evicts exactly the old
+    entries ageing deletes): the rest used to be deleted one call at a time."""
+    keys = [hx.mac_key(VNI, mac(i)) for i in range(12)]
+    for k in keys:
+        hx.maps.dp_learned.put(k, hx.S["dp_fdb_entry"](vtep=be32(PEER_IP), last_seen_ns=1))
+    for i in (0, 5, 6, 11):
+        bpfsys.delete(hx.maps.dp_learned.fd, keys[i])
+    singles = []
+    real = bpfsys.delete
+    monkeypatch.setattr(bpfsys, "delete", lambda fd, key: singles.append(key) or real(fd, key))
+    arr = (hx.S["dp_mac_key"] * len(keys))(*keys)
+    assert bpfsys.delete_batch(hx.maps.dp_learned.fd, arr, len(keys)) == 8
+    assert hx.maps.dp_learned.count() == 0 and singles == []

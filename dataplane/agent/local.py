@@ -12,6 +12,7 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.node.fdb import forget_learned_vteps
 from dataplane.registry.ipam import write_rev
+from dataplane.registry.records import key
 
 log = logging.getLogger("dataplane.agent")
 
@@ -39,7 +40,10 @@ def adopt(ag) -> None:
             wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
             log.info("registered existing endpoint %s", name)
         except Conflict as e:
-            _unregistrable(ag, name, ep, e)
+            if _held_by_another(ag, net.name, name, ep):
+                _unregistrable(ag, name, ep, e)
+            else:                # contention, or a record of that id since: the next start tries again
+                log.error("endpoint %s: cannot register: %s", name, e)
         except DataplaneError as e:
             log.error("endpoint %s: cannot register: %s", name, e)
     for rec in list(ag.view.endpoints.values()):
@@ -53,6 +57,18 @@ def adopt(ag) -> None:
                 log.info("removed stale registry endpoint %s (no sandbox here)", rec.id)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot remove stale record: %s", rec.id, e)
+
+def _held_by_another(ag, network: str, name: str, ep) -> bool:
+    """Does a claim of another endpoint (or a reservation) hold ep's address or MAC?"""
+    try:
+        for k in (key("ipam", network, ep.ip), key("macs", network, ep.mac)):
+            item = ag.reg.kv.get(k)
+            if item is not None and item.value != name.encode():
+                return True
+    except DataplaneError:
+        pass
+    return False
+
 
 def _unregistrable(ag, name: str, ep, e: Conflict) -> None:
     """adopt(): a sandbox of ours whose record another writer deleted while the agent was away
@@ -173,7 +189,12 @@ def hosts_gone(ag, gone: list, mine: dict) -> None:
     over dp_learned, and moves are settled once (a move of ours to one of them can no longer
     complete). One by one, each host cost a pass and a scan of the view: 76-130 ms each with
     a full learned map, so 50 hosts stalled the main loop for 4-6 s."""
-    counts = forget_learned_vteps(ag.maps, {h.vtep for h in gone})
+    try:        # the batch goes on without it: a failure here left the batch's later events unapplied
+        counts = forget_learned_vteps(ag.maps, {h.vtep for h in gone})
+    except DataplaneError as e:
+        ag.counters["errors"] += 1
+        log.error("forgetting what was learned behind hosts that left: %s", e)
+        counts = {}
     for h in gone:
         n = counts.get(h.vtep, 0)
         log.info("host %s (%s) left%s", h.name, h.vtep, f"; dropped {n} learned entries" if n else "")

@@ -34,6 +34,10 @@ from dataplane.registry import Host, open_registry
 from dataplane.registry.records import key
 
 LEASE_TTL_DEFAULT = 10
+# A watch silent this long is taken for dead (at most; the lease TTL if shorter). It was the TTL
+# alone: with --lease-ttl 300 a watch on a member that lost power (no reset sent) went unnoticed
+# for minutes while the other members kept our lease alive and served everyone else.
+WATCH_DEADLINE_MAX_S = 15.0
 RESYNC_EVERY_S = 60       # Agent.resync at most this often
 SLOW_TURN_S = 0.1         # a main-loop turn longer than this is logged (it holds up registry events)
 ENDPOINTS = key("endpoints", "")    # an endpoint event meets the hosts that left before it handled
@@ -49,7 +53,7 @@ class Agent:
         self.url = registry_url
         self.me = model.parse_name(host_name, "host name")
         self.ttl = model.parse_lease_ttl(lease_ttl)
-        self.reg = open_registry(registry_url, watch_deadline_s=max(3.0, float(self.ttl)))
+        self.reg = open_registry(registry_url, watch_deadline_s=min(WATCH_DEADLINE_MAX_S, max(3.0, float(self.ttl))))
         self.lock = threading.RLock()
         self.q: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
@@ -250,6 +254,8 @@ class Agent:
             except DataplaneError as e:
                 self.counters["errors"] += 1
                 log.error("%s", e)
+                if kind == "events":     # the batch's later events were not applied: read it all again
+                    self.resync()
             except Exception:  # noqa: BLE001 - a defect of ours: its traceback, then the registry read again
                 self.counters["errors"] += 1
                 log.exception("handling %s failed; resyncing from a snapshot", kind)

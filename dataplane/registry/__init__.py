@@ -36,8 +36,9 @@ def parse_url(url: str) -> tuple[str, object]:
 
 
 def open_registry(url: str | None = None, watch_deadline_s: float | None = None) -> Registry:
-    """watch_deadline_s (etcd): a watch silent for that long is dead (the agent
-    passes its lease TTL: a registry silent longer than that has lost us anyway)."""
+    """watch_deadline_s (etcd): a watch silent for that long is dead (the agent passes its
+    lease TTL, at most agent.main.WATCH_DEADLINE_MAX_S: the other members keep the lease alive
+    while the watch's member is gone)."""
     kind, where = parse_url(url or DEFAULT_URL)
     if kind == "sqlite":
         from dataplane.registry.kv_sqlite import SqliteKV  # noqa: PLC0415

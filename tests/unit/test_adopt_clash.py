@@ -67,3 +67,18 @@ def test_a_runtimes_container_is_kept_and_reported(ag):
         local.adopt(ag)
     assert "mine" in ag.sandboxes
     assert "cannot register it again" in ag.conflicts["mine"]
+
+
+def test_a_refusal_for_another_reason_leaves_the_sandbox(ag, monkeypatch):
+    """Contention (64 fence retries lost, many hosts adopting at once after an outage) says
+    nothing about the address: the sandbox stays, for the next start to register."""
+    from dataplane.core.errors import Conflict
+    ag.reg.endpoint_rm("theirs")
+    ag.sandboxes["mine"] = sandbox(runtime=False)
+
+    def contended(*a, **kw):
+        raise Conflict("could not allocate an address in n after 64 tries (contention)")
+    monkeypatch.setattr(ag.reg, "endpoint_create", contended)
+    with ag.lock:
+        local.adopt(ag)
+    assert "mine" in ag.sandboxes and "mine" not in ag.conflicts

@@ -85,3 +85,18 @@ def test_another_kind_of_event_meets_the_departures_before_it_settled(agent):
     assert agent.maps.dp_learned.passes == 2
     left = {v.vtep for _, v in agent.maps.dp_learned.entries.values()}
     assert not left & {be32(f"198.18.1.{i}") for i in (1, 2, 3)} and be32("198.18.1.4") in left
+
+
+def test_a_failure_to_forget_what_was_learned_costs_no_later_event(agent):
+    """The learned map unreadable (a KernelError) while hosts leave: the error left the batch's
+    later events unapplied, with the watch already past them and nothing reading them again."""
+    from dataplane.core.errors import KernelError
+
+    def broken():
+        raise KernelError("dp_learned: pinned map not found")
+        yield
+    agent.maps.dp_learned.raw_chunks = broken
+    ep = Endpoint.make("x", "n", "h2", "02:00:00:00:00:09", "10.9.0.9")
+    agent._apply_events([Event(key("hosts", "r1"), None, 100), Event(key("endpoints", "x"), ep.to_json(), 101)])
+    assert "x" in agent.view.endpoints and "r1" not in agent.view.hosts
+

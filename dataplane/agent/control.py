@@ -176,10 +176,16 @@ def _left_behind(node: Node, st: NodeState, lease: int, ran: bool) -> None:
             if item is not None and lease:
                 reg.kv.lease_revoke(lease)
                 item = reg.kv.get(key("hosts", me))
-            if item is not None and Host.from_json(item.value).vtep == st.config.local_ip:
+            if item is not None:
+                vtep = Host.from_json(item.value).vtep
+                if vtep != st.config.local_ip:
+                    log.warning("down: host %s in registry %s is VTEP %s, not this node's %s: another machine "
+                                "has this host name? Its records are left alone", me, st.registry, vtep,
+                                st.config.local_ip)
+                    return
                 reg.kv.commit(Txn().unchanged(item.key, item.mod_rev).delete(item.key))
             out = reg.host_forget(me)
-    except DataplaneError as e:
+    except (DataplaneError, OSError) as e:
         log.warning("down: host %s's records stay in registry %s (%s): once it answers, run "
                     "`dataplane registry forget-host %s --registry %s`", me, st.registry, e, me, st.registry)
         return

@@ -28,11 +28,16 @@ from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECOD
                                          E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN, E_UNKNOWN_CONTAINER, E_VERSION,
                                          CNIError, _env, _ipam)
 from dataplane.runtimes.cni_ipam import supports as ipam_supports
-from dataplane.runtimes.cni_result import first_ipv4, objects, shape, v4_routes
+from dataplane.runtimes.cni_result import first_ipv4, objects, shape, v4_routes, via
 
 SUPPORTED = ["1.0.0", "1.1.0"]
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"     # what libcni sends (and reads back in its own tests)
 ATTACHMENTS = "cni.dev/attachments"                 # the key the 1.1.0 spec's text names; libcni >= 1.2.3 sends both
+
+# What the agent says when the container's namespace (CNI_NETNS, an absolute path) is gone: the
+# spec's code 3. Before, any NotFound naming a "namespace" got it: an interface missing in the
+# host namespace, or the node's own namespace gone, told the runtime its container was unknown.
+_CONTAINER_GONE = re.compile(r"network namespace /\S* does not exist")
 
 # The spec's pattern for network names and container ids (\Z: $ would let "abc\n" through).
 _SPEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
@@ -105,8 +110,8 @@ def _agent(conf: dict, op: str, **args):
         err = CNIError(E_TRY_AGAIN, f"agent request {op}: {e}")
         err.in_doubt = isinstance(e, AgentSilent)    # the agent may still be carrying it out
         raise err from None
-    except NotFound as e:
-        raise CNIError(E_UNKNOWN_CONTAINER if "namespace" in str(e) else E_BROKEN, str(e)) from None
+    except NotFound as e:           # 3 only for the container's namespace (a path; the node's is a name)
+        raise CNIError(E_UNKNOWN_CONTAINER if _CONTAINER_GONE.search(str(e)) else E_BROKEN, str(e)) from None
     except UsageError as e:
         raise CNIError(E_CONFIG, str(e)) from None
     except Conflict as e:
@@ -119,6 +124,7 @@ def _egress(conf: dict, vni: int, routes: list) -> tuple[str, list]:
     """ipMasq: the host's gateway for the VNI (made if missing, with SNAT: node/gateway.py) and
     the routes (v4_routes') with a default route through it, unless the IPAM gave one."""
     way = _agent(conf, "gateway_ensure", vni=vni)
+    routes = via(routes, way["gateway"])     # ours, which the router answers for: the IPAM's may differ
     default = any(ipaddress.ip_network(r["dst"], strict=False).prefixlen == 0 for r in routes)
     return way["gateway"], routes if default else routes + way["routes"]
 
@@ -135,7 +141,7 @@ def cmd_add(conf: dict, env) -> dict:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
         iface, ipinfo = first_ipv4(source)
-        routes = v4_routes(shape(source)[2], ipinfo)
+        routes = v4_routes(shape(source)[2])
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
         # The way out is the network's: it must exist first. An "mtu" is the network's too: made
@@ -143,7 +149,8 @@ def cmd_add(conf: dict, env) -> dict:
         if iface is not None or conf.get("ipMasq") or conf.get("mtu") is not None:
             _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network) if iface else None,
                    mtu=conf.get("mtu"))
-        gateway, routes = _egress(conf, vni, routes) if conf.get("ipMasq") else (None, routes)
+        gateway, routes = (_egress(conf, vni, routes) if conf.get("ipMasq")
+                           else (None, via(routes, (ipinfo or {}).get("gateway"))))
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],
                    "container_id": cid}
         attaching = True
@@ -173,6 +180,8 @@ def cmd_add(conf: dict, env) -> dict:
               "ips": [i for i in prev_ips if i["address"] != addr] + [ip_entry]}
     if source is not prev:         # a chain's earlier routes stay in the result (installed by their plugin)
         routes = [r for r in shape(prev)[2] if r not in routes] + routes
+    else:                          # its IPv6 ones too, which we left alone
+        routes = [r for r in shape(prev)[2] if ipaddress.ip_network(r["dst"], strict=False).version != 4] + routes
     if routes:
         result["routes"] = routes
     dns = (source or {}).get("dns") or prev.get("dns")

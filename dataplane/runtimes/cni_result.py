@@ -25,17 +25,10 @@ def shape(result: dict | None) -> tuple[list, list, list]:
             objects(result, "routes", "dst"))
 
 
-def v4_routes(routes: list, ipinfo: dict | None) -> list:
+def v4_routes(routes: list) -> list:
     """What the container gets of a result's routes: the IPv4 ones (the network carries IPv4;
     a dual-stack IPAM's IPv6 routes are left out, as its IPv6 addresses are: they reached the
-    agent and failed the ADD with an internal error), each with a next hop: one without "gw"
-    takes its address's gateway, as the reference plugins do (the spec, Routes: a gateway in
-    ips may be used). Before, it went in with none: a default route so made reached nothing."""
-    gw = (ipinfo or {}).get("gateway")
-    try:
-        gw = str(ipaddress.IPv4Address(gw)) if isinstance(gw, str) else None
-    except ValueError:
-        gw = None
+    agent and failed the ADD with an internal error). A dst that is no network: E_DECODE."""
     out = []
     for r in routes:
         try:
@@ -43,8 +36,19 @@ def v4_routes(routes: list, ipinfo: dict | None) -> list:
         except (TypeError, ValueError):
             raise CNIError(E_DECODE, f"route destination {r['dst']!r} is not a network") from None
         if dst.version == 4:
-            out.append(r if r.get("gw") or not gw else {**r, "gw": gw})
+            out.append(r)
     return out
+
+
+def via(routes: list, gateway) -> list:
+    """routes, each without "gw" given gateway as its next hop, as the reference plugins install
+    them (the spec, Routes: a gateway in ips may be used). Before, it went in with none: a
+    default route so made reached nothing."""
+    try:
+        gw = str(ipaddress.IPv4Address(gateway)) if isinstance(gateway, str) else None
+    except ValueError:
+        gw = None
+    return [r if r.get("gw") or not gw else {**r, "gw": gw} for r in routes]
 
 
 def first_ipv4(result: dict | None):

@@ -79,3 +79,16 @@ def test_an_mtu_is_the_networks_also_when_the_registry_allocates(monkeypatch):
     conf = {k: v for k, v in CONF.items() if k != "ipam"}
     cni.cmd_add({**conf, "mtu": 1400}, ENV)
     assert ("network_ensure", {"vni": 256, "subnet": None, "mtu": 1400}) in calls
+
+
+@pytest.mark.parametrize("message, code", [
+    ("network namespace /run/netns/c1 does not exist", cni.E_UNKNOWN_CONTAINER),
+    ("network namespace 'dpl-h1' does not exist", cni.E_BROKEN),            # the node's own
+    ("interface 'dp0000000001' not found in the host namespace", cni.E_BROKEN),
+])
+def test_only_the_containers_namespace_gone_is_code_3(monkeypatch, ipam_calls, message, code):
+    """Code 3 tells the runtime the container is unknown and DEL need not be called."""
+    agent_failing_attach(monkeypatch, errors.NotFound(message))
+    with pytest.raises(cni.CNIError) as e:
+        cni.cmd_add(dict(CONF), ENV)
+    assert e.value.code == code

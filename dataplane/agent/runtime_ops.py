@@ -265,14 +265,14 @@ class RuntimeOps:
                 "vni": net.vni if net else (model.parse_vni(vni) if vni is not None else None),
                 "gateway": net.gateway if net else str(next(want.hosts()))}
 
-    def address_reserve(self, subnet, vni=None, ip=None) -> dict:
+    def address_reserve(self, subnet, vni=None, ip=None, name=None, mtu=None) -> dict:
         """Reserve ip (None: the lowest free one) for this host in the pool's
         network, under this host's lease. With a VNI the network is created if
-        missing (another host's runtime may have released it)."""
+        missing (another host's runtime may have released it), as name and mtu say."""
         want = model.parse_subnet(subnet)
         created = False
         if vni is not None:
-            d = self.network_ensure(vni=vni, subnet=str(want))
+            d = self.network_ensure(vni=vni, subnet=str(want), name=name, mtu=mtu)
             name, vni_of, created = d["name"], d["vni"], d["created"]
         else:
             net = self._pool_network(want)

@@ -139,7 +139,8 @@ class Driver:
             # released it, and the VNI's settings stayed taken for good.
             created = net["created"] or net.get("runtime", False) or net["vni"] in self.ipam_created
             self.ipam_created.discard(net["vni"])
-            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "created": created,
+            nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "mtu": net["mtu"],
+                         "created": created,
                          "internal": bool((req.get("Options") or {}).get(INTERNAL)),
                          "ipam": pools[0].get("AddressSpace") == docker_ipam.ADDRESS_SPACE}
             self._save(nets)
@@ -201,7 +202,10 @@ class Driver:
             raise UsageError("Docker gave the endpoint no IPv4 address")
         addr = ipaddress.IPv4Interface(iface["Address"])
         # another host's engine may have released the registry network meanwhile
-        made = self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"])
+        # Made again as it was (name, MTU): a release elsewhere took it, and made from the VNI
+        # alone it became vni<N> with this host's MTU, refused to the hosts that still had the old.
+        made = self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"], name=net["name"],
+                           mtu=net.get("mtu"))
         if made["created"] or (made.get("runtime") and not net["created"]):
             with self.lock:
                 nets = self._load()

@@ -115,7 +115,13 @@ class Ipam:
             if want is not None and want != gw:
                 raise Conflict(f"the gateway of {subnet} is {gw} in the registry: give --gateway {gw}, or none")
             return {"Address": f"{gw}/{prefixlen}", "Data": {}}
-        got = self.driver._agent("address_reserve", subnet=subnet, vni=self._vni(subnet, vni), ip=want)
+        vni = self._vni(subnet, vni)
+        # If the registry network is gone (released elsewhere), made again as this engine's
+        # Docker network on the VNI has it: its name and MTU.
+        known = next((n for n in self.driver._load().values() if isinstance(n, dict) and n.get("vni") == vni
+                      and vni is not None), {})
+        got = self.driver._agent("address_reserve", subnet=subnet, vni=vni, ip=want, name=known.get("name"),
+                                 mtu=known.get("mtu"))
         if got["created"]:
             self.driver.note_created(got["vni"])
         return {"Address": f"{got['ip']}/{prefixlen}", "Data": {}}

@@ -474,3 +474,27 @@ def test_an_operators_network_is_never_released_by_docker(engines):
     create_network(e, "a" * 64)
     ok(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
     assert e.agent.reg.network_by_vni(256) is not None
+
+
+def test_a_network_released_elsewhere_is_made_again_as_it_was(engines):
+    """h1's engine released the registry network while h2's Docker network still mapped to it
+    (no containers anywhere); h2's next container made it again from the VNI alone: named
+    vni256, with h2's MTU, so h1's next `-o network=blue -o mtu=1400` was refused."""
+    h1, h2 = engines["h1"], engines["h2"]
+    spaces = ok(h1, "/IpamDriver.GetDefaultAddressSpaces")["LocalDefaultAddressSpace"]
+
+    def create(e, nid):
+        pool = ok(e, "/IpamDriver.RequestPool", {"AddressSpace": spaces, "Pool": SUBNET, "SubPool": "",
+                                                 "Options": {}, "V6": False})
+        ok(e, "/NetworkDriver.CreateNetwork", {
+            "NetworkID": nid, "Options": {GEN: {"vni": "256", "network": "blue", docker.MTU_OPTION: "1400"}},
+            "IPv4Data": [{"AddressSpace": spaces, "Pool": pool["Pool"], "Gateway": pool["Data"][docker_ipam.GATEWAY]}],
+            "IPv6Data": []})
+        return pool["PoolID"]
+    create(h1, "a" * 64)
+    pool = create(h2, "c" * 64)
+    ok(h1, "/NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
+    assert h1.agent.reg.network_by_vni(256) is None, "released: no container anywhere"
+    run(h2, "c" * 64, pool, "e" * 64)
+    again = h2.agent.reg.network_by_vni(256)
+    assert (again.name, again.mtu) == ("blue", 1400)

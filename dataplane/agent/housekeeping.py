@@ -15,7 +15,7 @@ import time
 
 from dataplane.agent import converge, local, pauses
 from dataplane.core.errors import DataplaneError
-from dataplane.node import gwrules, monitor, networks, rxgro, vtep
+from dataplane.node import gwrules, monitor, networks, rxgro, vtep, vxlanguard
 from dataplane.node.fdb import age_learned
 from dataplane.node.sweep import vanished
 
@@ -58,6 +58,15 @@ def _mend_rx_gro(ag, st) -> None:
             else:
                 ag.counters["errors"] += 1
                 log.error("%s", line)
+
+
+def _mend_vxlan_guard(ag, st) -> None:
+    """node/vxlanguard.py's rule put back if a firewall's reload or a flush took it away."""
+    c = st.config
+    if vxlanguard.ensure(ag.node.netns, c.underlay, c.port):
+        log.warning("repaired: the rule that keeps containers' VXLAN off the underlay was missing "
+                    "(a firewall reload or flush?); put back")
+        ag.counters["repairs"] += 1
 
 
 def _mend_gateways(ag, st) -> None:
@@ -119,6 +128,7 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     step("ageing")
     try:
         _mend_gateways(ag, st)
+        _mend_vxlan_guard(ag, st)
     except DataplaneError as e:
         ag.counters["errors"] += 1
         log.error("mending the gateways' rules: %s", e)

@@ -13,7 +13,7 @@ from dataplane.core.keys import be32
 from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import clock, gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import endpoints, gateway, networks, nexthops, peers, rxgro
+from dataplane.node import endpoints, gateway, networks, nexthops, peers, rxgro, vxlanguard
 from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
@@ -170,6 +170,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             if legacy:
                 tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
             set_tunnel_dev(m, rxgro.ensure(node, st, loaded.fds["gro_sink"]))
+            vxlanguard.ensure(node.netns, st.config.underlay, st.config.port)
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)
@@ -328,6 +329,7 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
     if not node.netns or netlink.ns_exists(node.netns):
         try:
             rxgro.remove(node)       # whatever failed above: it would hold the port with no state left
+            vxlanguard.remove(node.netns, st.config.underlay, st.config.port)
         except KernelError as e:
             errors.append(str(e))
     _remove_pins(node)

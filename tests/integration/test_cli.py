@@ -96,7 +96,12 @@ def test_up_and_down_are_idempotent(host):
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [s["vni"] for s in first] == [0, 256]
     assert tcx.names(host, netlink.link_index(host, "ul0")) == ["from_overlay"]
+    guard = lambda: [line for line in netlink.ns_exec(  # noqa: E731 - node/vxlanguard.py's rule
+        host, ["iptables", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True).stdout.splitlines()
+        if "no VXLAN forwarded" in line]
+    assert len(guard()) == 1, "one rule, however often up runs"
     assert dp("--netns", host, "down").stdout.startswith("down: node removed")
+    assert guard() == []
     assert dp("--netns", host, "down").stdout.startswith("down: nothing was up")
     nothing_created()
 

@@ -148,6 +148,51 @@ def test_a_gateway_cut_short_after_its_veth_was_made_is_made_again(info):
     assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
 
 
+ROGUE = """
+import sys
+from scapy.all import Ether, IP, UDP, Raw, send
+from scapy.layers.vxlan import VXLAN
+vtep, smac, dmac, sip, dip = sys.argv[1:6]
+inner = Ether(src=smac, dst=dmac) / IP(src=sip, dst=dip) / UDP(sport=4000, dport=9) / Raw(b"x" * 32)
+send(IP(dst=vtep) / UDP(sport=40000, dport=4789) / VXLAN(flags=8, vni=256) / inner, count=20, verbose=False)
+"""
+
+
+def test_no_container_sends_vxlan_into_the_overlay_through_the_hosts_nat(info):
+    """A container behind any NAT of its host (Docker's docker_gwbridge, here a plain namespace
+    masqueraded as Docker does) sends VXLAN to a peer's port: it arrived from the host's VTEP
+    address, passed the peer and owner checks (an inner source MAC of that host) and went into
+    the VNI it named. node/vxlanguard.py's rule drops it before it leaves."""
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    uplink = Node(H1).require_up().config.underlay
+    nat = ["-s", "172.31.255.0/30", "-o", uplink, "-j", "MASQUERADE"]
+    netlink.ns_exec(None, ["ip", "netns", "add", "dpl-rogue"], check=True)
+    try:
+        for argv in (["ip", "-n", H1, "link", "add", "dpl-rg0", "type", "veth", "peer", "name", "eth0",
+                      "netns", "dpl-rogue"],
+                     ["ip", "-n", H1, "addr", "add", "172.31.255.1/30", "dev", "dpl-rg0"],
+                     ["ip", "-n", H1, "link", "set", "dpl-rg0", "up"],
+                     ["ip", "-n", "dpl-rogue", "addr", "add", "172.31.255.2/30", "dev", "eth0"],
+                     ["ip", "-n", "dpl-rogue", "link", "set", "eth0", "up"],
+                     ["ip", "-n", "dpl-rogue", "route", "add", "default", "via", "172.31.255.1"]):
+            netlink.ns_exec(None, argv, check=True)
+        netlink.sysctl(H1, "net.ipv4.conf.dpl-rg0.forwarding", "1")
+        netlink.ns_exec(H1, ["iptables", "-t", "nat", "-A", "POSTROUTING"] + nat, check=True)
+        before = stats(H2, 256)["rx_packets"]
+        r = subprocess.run(["ip", "netns", "exec", "dpl-rogue", sys.executable, "-c", ROGUE, lab.vtep_ip(2),
+                            a["mac"], b["mac"], a["ip"], b["ip"]], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+        assert stats(H2, 256)["rx_packets"] == before, "a container's VXLAN reached VNI 256 on h2"
+        rules = netlink.ns_exec(H1, ["iptables", "-t", "mangle", "-L", "FORWARD", "-v", "-x", "-n"],
+                                capture_output=True, text=True).stdout
+        dropped = [line.split()[0] for line in rules.splitlines() if "dpt:4789" in line]
+        assert dropped and int(dropped[0]) >= 20, rules
+    finally:
+        netlink.ns_exec(H1, ["iptables", "-t", "nat", "-D", "POSTROUTING"] + nat, capture_output=True)
+        netlink.ns_delete("dpl-rogue")
+
+
 def test_a_gateway_for_a_subnet_that_overlaps_another_gateways_is_refused(info):
     """Two networks may share a subnet (they are isolated); two gateways on one node may not:
     both routers would hold the same connected route, and the world's replies for one network

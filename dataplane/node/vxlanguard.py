@@ -1,0 +1,59 @@
+"""No VXLAN forwarded onto the underlay: a rule in the node's namespace that drops UDP to the
+node's VXLAN port that the host forwards out of its uplink.
+
+Whatever a container sends to the world leaves masqueraded as the host, whose address is its
+VTEP. A datagram to a peer VTEP's VXLAN port so sent arrived there from this host's VTEP: the
+peer check and the owner check (an inner source MAC the registry places on this host) passed,
+and the inner frame went into whichever VNI it named. The fast path drops this for our own
+gateways (bpf/lib/router.h, counted), but a Docker container leaves through docker_gwbridge
+and any other bridge's container through its own NAT, which no program of ours sees.
+
+The rule is in mangle's FORWARD chain, which the kernel runs before filter's: Docker and
+firewalls insert their ACCEPTs at the top of filter's FORWARD, which a DROP there could sit
+below. Conntrack has reassembled fragments by then. Our own VXLAN is not forwarded (tc
+redirects it; the node's vxlan device sends through OUTPUT). What it costs: a container
+cannot reach a VXLAN endpoint in the world on that port, and a host that routes other
+machines' VXLAN to our peers' port would have it dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from dataplane.core.errors import KernelError
+from dataplane.node.gwrules import iptables
+
+log = logging.getLogger("dataplane")
+COMMENT = "dataplane: no VXLAN forwarded onto the underlay"
+
+
+def rule(underlay: str, port: int) -> list[str]:
+    return ["-o", underlay, "-p", "udp", "--dport", str(port), "-m", "comment", "--comment", COMMENT, "-j", "DROP"]
+
+
+def present(ns, underlay: str, port: int) -> bool:
+    return iptables(ns, "mangle", "-C", "FORWARD", rule(underlay, port)).returncode == 0
+
+
+def ensure(ns, underlay: str, port: int) -> bool:
+    """The rule, inserted first if missing; True if it was. Without iptables, a warning: the
+    host then has no iptables NAT to forward containers' traffic through either."""
+    if not shutil.which("iptables"):
+        log.warning("iptables is not installed: VXLAN that containers send through the host's NAT is not "
+                    "blocked from the underlay (Debian: apt-get install iptables)")
+        return False
+    if present(ns, underlay, port):
+        return False
+    r = iptables(ns, "mangle", "-I", "FORWARD", ["1"] + rule(underlay, port))
+    if r.returncode:
+        raise KernelError(f"iptables -t mangle -I FORWARD (no VXLAN onto the underlay): {r.stderr.strip()}")
+    return True
+
+
+def remove(ns, underlay: str, port: int) -> None:
+    if not shutil.which("iptables"):
+        return
+    for _ in range(8):
+        if iptables(ns, "mangle", "-D", "FORWARD", rule(underlay, port)).returncode:
+            break

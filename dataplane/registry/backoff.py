@@ -14,8 +14,8 @@ import time
 
 BASE_S = 0.2
 CAP_S = 5.0
-LOST_RETRIES = 3         # retries of a registry commit whose reply was lost (ipam.py, reserve.py)
-RETRY_PAUSE_S = 0.05     # times the retry number
+LOST_WINDOW_S = 5.0      # a registry write whose replies are lost is retried this long (ipam.py, reserve.py)
+RETRY_PAUSE_S = 0.05     # the first pause after a lost reply; each next one twice as long, at most 1 s
 
 
 class Backoff:
@@ -44,8 +44,12 @@ class Backoff:
         return stop.wait(self.next())
 
 
-def pause_or_raise(lost: int, e: Exception) -> None:
-    """After the lost-th lost reply (Unavailable e): wait a little, or give up with it."""
-    if lost > LOST_RETRIES:
+def pause_or_raise(lost: int, e: Exception, since: float) -> None:
+    """After the lost-th lost reply (Unavailable e) of a write begun at since (time.monotonic()):
+    wait, each time twice as long (at most 1 s), or give up with e once the next try would
+    start more than LOST_WINDOW_S after since. It was 3 retries 50-150 ms apart, 0.3 s in all:
+    an etcd leader's hand-over or an election (1-2 s) failed adds during a rolling restart."""
+    pause = min(1.0, RETRY_PAUSE_S * 2 ** (lost - 1))
+    if time.monotonic() + pause - since > LOST_WINDOW_S:
         raise e
-    time.sleep(RETRY_PAUSE_S * lost)
+    time.sleep(pause)

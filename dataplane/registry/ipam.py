@@ -8,7 +8,7 @@ of outliving the network. (The agent does not mirror netuse/: parse_item
 skips it.)
 
 A commit whose reply is lost (the KV raises Unavailable, the write may or
-may not have applied) is retried up to backoff.LOST_RETRIES times. A retry that
+may not have applied) is retried for up to backoff.LOST_WINDOW_S. A retry that
 finds exactly the record it sent already stored takes that as its success,
 so the caller sees the endpoint, not a Conflict with itself. Only a retry
 does: an endpoint that was there before the call is a Conflict as ever.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound, UsageError
@@ -62,7 +63,7 @@ class Endpoints(Reservations):
         mac = model.parse_mac(mac) if mac is not None else None
         Endpoint.make(id, net.name, host, mac or "02:00:00:00:00:01", want_ip or net.gateway)  # validate early
         sent: list[Endpoint] = []        # committed, reply lost: maybe stored
-        lost = 0
+        lost, since = 0, time.monotonic()
         _wrote.rev = 0
         taken: set[str] = set()          # addresses this create found another host holding
         for _ in range(ALLOC_ATTEMPTS):
@@ -75,7 +76,7 @@ class Endpoints(Reservations):
                 # What a rollback may remove: only a record this create sent (a commit whose reply
                 # was lost); the id's record may be another host's, which our commit never replaced.
                 e.maybe_stored = [r for i, r in enumerate(sent) if r not in sent[:i]]    # each tried once
-                pause_or_raise(lost, e)
+                pause_or_raise(lost, e, since)
                 continue
             if ep is not None:
                 self._used.setdefault(ep.network, set()).add(ep.ip)
@@ -194,7 +195,7 @@ class Endpoints(Reservations):
         lease instead of going (reserve.py), in the same transaction.
         expect: remove it only if the stored record is this one (Conflict if not)."""
         sent = None                      # (item, record) of a delete whose reply was lost
-        lost = 0
+        lost, since = 0, time.monotonic()
         _wrote.rev = 0
         while True:
             try:
@@ -224,7 +225,7 @@ class Endpoints(Reservations):
                     raise
             except Unavailable as e:
                 lost += 1
-                pause_or_raise(lost, e)
+                pause_or_raise(lost, e, since)
                 continue
             if not ok:
                 raise Conflict(f"endpoint {ep.id} changed while it was being removed; try again")
@@ -268,7 +269,7 @@ class Endpoints(Reservations):
         """Replace the endpoint's record with change(old), compared on its mod
         revision; a retry after a lost reply that finds its write applied is done."""
         sent = None                      # the record of a write whose reply was lost
-        lost = 0
+        lost, since = 0, time.monotonic()
         _wrote.rev = 0
         while True:
             try:
@@ -288,7 +289,7 @@ class Endpoints(Reservations):
                     raise
             except Unavailable as e:
                 lost += 1
-                pause_or_raise(lost, e)
+                pause_or_raise(lost, e, since)
                 continue
             if not ok:
                 raise Conflict(f"endpoint {ep.id} changed while it was being moved; try again")

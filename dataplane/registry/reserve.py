@@ -102,13 +102,13 @@ class Reservations:
         net_item, net = self._network_item(network)
         want = net.check_ip(ip) if ip is not None else None
         sent: list[tuple[str, bytes]] = []   # (address, value) committed with the reply lost
-        lost = 0
+        lost, since = 0, time.monotonic()
         for _ in range(ATTEMPTS):      # (a cached view that seems full is read again by _next_free)
             try:
                 got = self._reserve_once(net_item, host, lease, want, sent)
             except Unavailable as e:
                 lost += 1
-                pause_or_raise(lost, e)
+                pause_or_raise(lost, e, since)
                 continue
             if isinstance(got, str):
                 self._used.setdefault(net.name, set()).add(got)
@@ -154,7 +154,7 @@ class Reservations:
         network = model.parse_name(network, "network name")
         ip = model.parse_ipv4_str(ip, "address")
         ik = key("ipam", network, ip)
-        lost = 0
+        lost, since = 0, time.monotonic()
         for _ in range(RELEASE_ATTEMPTS):
             try:
                 item = self.kv.get(ik)
@@ -163,7 +163,7 @@ class Reservations:
                 ok = self.kv.commit(Txn().unchanged(ik, item.mod_rev).delete(ik))[0]
             except Unavailable as e:
                 lost += 1                            # read again: gone means released
-                pause_or_raise(lost, e)
+                pause_or_raise(lost, e, since)
                 continue
             if ok:
                 self._used.get(network, set()).discard(ip)

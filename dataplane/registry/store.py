@@ -14,6 +14,7 @@ Endpoint writes are in ipam.py.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from dataplane.core import model
@@ -144,9 +145,9 @@ class Registry(Endpoints):
 
     def _commit_retrying(self, txn: Txn) -> tuple[bool, bool]:
         """(committed, sent before): the txn committed, retried after a lost reply (Unavailable:
-        it may have applied) up to backoff.LOST_RETRIES times. sent: an earlier try may have
+        it may have applied) for up to backoff.LOST_WINDOW_S. sent: an earlier try may have
         applied, so a failed compare may be our own write (the caller reads back)."""
-        lost = 0
+        lost, since = 0, time.monotonic()
         while True:
             try:
                 return self.kv.commit(txn)[0], lost > 0
@@ -154,7 +155,7 @@ class Registry(Endpoints):
                 raise                          # refused for good: nothing to wait out
             except Unavailable as e:
                 lost += 1
-                pause_or_raise(lost, e)
+                pause_or_raise(lost, e, since)
 
     def _network_or_none(self, name: str) -> Network | None:
         item = self.kv.get(key("networks", name))

@@ -236,7 +236,7 @@ def test_a_host_record_already_right_is_not_put_again(reg):
 
 def test_a_refusal_is_not_retried_as_a_lost_reply(reg):
     """Refused (a permission, a certificate, a read-only or damaged SQLite file) is an
-    Unavailable, but no reply was lost: raised at once, not sent again LOST_RETRIES times."""
+    Unavailable, but no reply was lost: raised at once, not sent again for LOST_WINDOW_S."""
     from dataplane.registry import Refused
     calls = []
 

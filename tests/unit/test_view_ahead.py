@@ -141,6 +141,7 @@ def lose_the_commit_reply(monkeypatch, kv, reads_lost: int) -> None:
     monkeypatch.setattr(kv, "commit", commit)
     monkeypatch.setattr(kv, "get", get)
     monkeypatch.setattr(backoff, "RETRY_PAUSE_S", 0.001)
+    monkeypatch.setattr(backoff, "LOST_WINDOW_S", 0.3)
 
 
 def test_a_move_whose_commit_reply_was_lost_keeps_its_sandbox(tmp_path, monkeypatch):
@@ -148,7 +149,7 @@ def test_a_move_whose_commit_reply_was_lost_keeps_its_sandbox(tmp_path, monkeypa
     only one. It used to be torn down (and its record then dropped as an orphan)."""
     ag = registry_with_web_on_h2(tmp_path, monkeypatch)
     try:
-        lose_the_commit_reply(monkeypatch, ag.reg.kv, backoff.LOST_RETRIES)
+        lose_the_commit_reply(monkeypatch, ag.reg.kv, 3)
         out = ops.Ops(ag).endpoint_move("web")
         assert out["host"] == "h1" and "web" in ag.sandboxes
         assert ag.reg.endpoint("web").host == "h1"

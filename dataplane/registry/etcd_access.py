@@ -41,6 +41,39 @@ class TlsFiles:
             ctx.load_cert_chain(self.cert, self.key)
         return ctx
 
+    def stamp(self) -> tuple:
+        """What the files are now (inode, mtime, size each; None for one that cannot be read):
+        a rotation (a new file renamed over, or rewritten) changes it, and what was built from
+        the files before (an SSL context, gRPC channels) is built again."""
+        out = []
+        for path in (self.ca, self.cert, self.key):
+            try:
+                st = os.stat(path) if path else None
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size) if st else None)
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+
+class ReloadingContext:
+    """TlsFiles' SSL context, made again when the files change (a certificate or CA rotated):
+    one made once and kept could no longer connect after the old certificate expired or the
+    members' CA changed, so a new watch never started again while requests, which read the
+    files anew, kept the lease alive. Files that cannot be made into one (mid-rotation: a new
+    certificate beside the old key) leave the last good context in use until they can."""
+
+    def __init__(self, tls: TlsFiles):
+        self.tls, self._stamp, self._ctx = tls, tls.stamp(), tls.context()
+
+    def get(self) -> ssl.SSLContext:
+        stamp = self.tls.stamp()
+        if stamp != self._stamp:
+            try:
+                self._ctx, self._stamp = self.tls.context(), stamp
+            except (OSError, ssl.SSLError):
+                pass
+        return self._ctx
+
 
 @dataclass(frozen=True)
 class EtcdAccess:

@@ -19,6 +19,7 @@ gateway instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -130,6 +131,8 @@ class Channels:
         self._channels: dict[int, object] = {}
         self._states: dict[int, str] = {}       # member -> its channel's connectivity ("READY", ...)
         self._track: dict[int, object] = {}     # member -> the callback that keeps _states
+        self._stamp = None                      # the TLS files' TlsFiles.stamp() when the channels were made
+        self._want: set[int] = set()            # members track() was asked for: tracked again after a drop
         self._lock = threading.Lock()
 
     def channel(self, i: int):
@@ -138,8 +141,12 @@ class Channels:
         except ImportError:
             raise GrpcUnavailable("grpcio is not installed") from None
         with self._lock:
+            if self.tls and self._channels and self.tls.stamp() != self._stamp:
+                self._drop()             # the TLS files changed (rotated): channels made from the new ones
             ch = self._channels.get(i)
             if ch is None:
+                if self.tls and not self._channels:
+                    self._stamp = self.tls.stamp()      # before the files are read
                 host, port = self.endpoints[i]
                 opts = [("grpc.max_receive_message_length", -1), ("grpc.enable_http_proxy", 0),
                         ("grpc.client_idle_timeout_ms", IDLE_MS)]
@@ -158,6 +165,7 @@ class Channels:
         that writes often. A thread of gRPC's polls it until close()."""
         ch = self.channel(i)
         with self._lock:
+            self._want.add(i)
             if i not in self._track:
                 self._track[i] = lambda state, i=i: self._states.__setitem__(i, state.name)
                 ch.subscribe(self._track[i], try_to_connect=True)
@@ -165,6 +173,9 @@ class Channels:
     def ready(self, i: int) -> bool:
         """Member i's channel is tracked and connected now (no wait). One that went idle
         (no call for IDLE_MS) is asked to connect again, for the next caller."""
+        if i in self._want and i not in self._track:
+            with contextlib.suppress(GrpcUnavailable):
+                self.track(i)          # its channel was made again (the TLS files changed): follow it
         state = self._states.get(i)
         if state == "IDLE":
             with self._lock:
@@ -239,21 +250,26 @@ class Channels:
 
     def close(self) -> None:
         with self._lock:
-            for i, cb in self._track.items():
-                self._channels[i].unsubscribe(cb)
-            # gRPC's polling thread may be between its last look at the callbacks and its next
-            # look at the channel: closed under it, it dies with "Channel closed!" (grpc#29848).
-            # It ends within its 0.2 s poll once no callback is left.
-            deadline = time.monotonic() + 0.5
-            for i in self._track:
-                state = getattr(self._channels[i], "_connectivity_state", None)
-                while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            for ch in self._channels.values():
-                ch.close()
-            self._channels.clear()
-            self._states.clear()
-            self._track.clear()
+            self._want.clear()
+            self._drop()
+
+    def _drop(self) -> None:
+        """Close every channel (under _lock): a stream on one ends, and its owner makes a new one."""
+        for i, cb in self._track.items():
+            self._channels[i].unsubscribe(cb)
+        # gRPC's polling thread may be between its last look at the callbacks and its next
+        # look at the channel: closed under it, it dies with "Channel closed!" (grpc#29848).
+        # It ends within its 0.2 s poll once no callback is left.
+        deadline = time.monotonic() + 0.5
+        for i in self._track:
+            state = getattr(self._channels[i], "_connectivity_state", None)
+            while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+        self._states.clear()
+        self._track.clear()
 
 
 def _read(path: str | None) -> bytes | None:

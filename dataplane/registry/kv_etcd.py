@@ -30,7 +30,7 @@ from binascii import a2b_base64 as a2b   # base64.b64decode without its wrapper
 
 from orjson import loads as _loads   # a snapshot of 100,000 endpoints is ~60 MB of JSON: 3x json's speed
 
-from dataplane.registry.etcd_access import TlsFiles
+from dataplane.registry.etcd_access import ReloadingContext, TlsFiles
 from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
 from dataplane.registry.etcd_watch_grpc import GrpcWatch
@@ -66,7 +66,7 @@ class EtcdKV(GrpcPaths, KV):
             raise Unavailable("no etcd endpoints given")
         self._rq = requests.exceptions
         self.endpoints = list(endpoints)
-        self.tls, self.ssl_context = tls, tls.context() if tls else None
+        self.tls, self._ssl = tls, ReloadingContext(tls) if tls else None
         self.user, self._password = user, password
         self._token: str | None = None
         self._auth_off = False                         # logged in to an etcd whose authentication is off
@@ -201,6 +201,11 @@ class EtcdKV(GrpcPaths, KV):
                 raise Unknown(f"login: HTTP {resp.status_code}: {why}")
             else:
                 raise Unavailable(f"etcd login at {self.endpoint(i)}: HTTP {resp.status_code}: {why}")
+
+    @property
+    def ssl_context(self):
+        """The gateway watch's TLS context, as the files are now (etcd_access.ReloadingContext)."""
+        return self._ssl.get() if self._ssl else None
 
     @property
     def auth_off(self) -> bool:

@@ -373,3 +373,40 @@ def test_tls_files_missing_for_a_moment_make_the_registry_unavailable_not_broken
             assert reg.kv.lease_keepalive(lease)
     finally:
         reg.close()
+
+
+def test_a_watch_starts_again_once_the_tls_files_are_rotated(secure, regs, tmp_path, transport):
+    """The certificate files are replaced (a rotation: here from another CA's, which the members
+    refuse, to the right ones). Requests read the files anew each time; the watch's SSL context
+    and the gRPC channels were made once, from the old files, so a new watch never started
+    again while the lease kept the host alive."""
+    import shutil
+    from lab import certs
+    pki, h1 = secure.pki, "dataplane-host-h1"
+    other = certs.Pki(str(tmp_path / "other"))
+    certs.make_ca(other.dir)
+    certs.make_cert(other.dir, other.ca, "client-h1", "/O=dataplane/OU=h1")
+    files = {"ca": str(tmp_path / "ca"), "cert": str(tmp_path / "cert"), "key": str(tmp_path / "key")}
+    shutil.copy(pki.ca.cert, files["ca"])
+    shutil.copy(other.client("h1").cert, files["cert"])
+    shutil.copy(other.client("h1").key, files["key"])
+    reg = open_registry(etcd_url(secure.endpoints, TlsFiles(files["ca"], files["cert"], files["key"]), h1,
+                                 pki.password_file(h1)), watch_deadline_s=3.0)
+    watching(reg.kv, transport)
+    try:
+        with pytest.raises(Unavailable):
+            reg.snapshot()                               # refused: another CA's certificate
+        mine = pki.client("h1")
+        for name, src in (("cert", mine.cert), ("key", mine.key)):
+            shutil.copy(src, files[name] + ".new")
+            os.replace(files[name] + ".new", files[name])
+        rev = reg.snapshot().rev                         # requests read the new files
+        d = Drain(reg.watch(rev + 1))
+        try:
+            regs[0].network_create("rot1", 311)
+            assert len(d.wait_for(2)) == 2 and d.error is None, "no watch after the rotation"
+        finally:
+            d.stop()
+        regs[0].network_rm("rot1")
+    finally:
+        reg.close()

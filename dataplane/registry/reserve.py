@@ -155,12 +155,21 @@ class Reservations:
         ip = model.parse_ipv4_str(ip, "address")
         ik = key("ipam", network, ip)
         lost, since = 0, time.monotonic()
+        sent = None                                  # the reservation a delete whose reply was lost removed
         for _ in range(RELEASE_ATTEMPTS):
             try:
                 item = self.kv.get(ik)
-                if not reserved_by(item, host):
+                if sent is not None and (item is None or item.create_rev != sent.create_rev):
+                    ok = True                        # our delete applied (what is there now is another claim)
+                elif not reserved_by(item, host):
                     return False
-                ok = self.kv.commit(Txn().unchanged(ik, item.mod_rev).delete(ik))[0]
+                else:
+                    sent = None
+                    try:
+                        ok = self.kv.commit(Txn().unchanged(ik, item.mod_rev).delete(ik))[0]
+                    except Unavailable:
+                        sent = item
+                        raise
             except Unavailable as e:
                 lost += 1                            # read again: gone means released
                 pause_or_raise(lost, e, since)

@@ -230,3 +230,23 @@ def test_a_reservation_and_an_endpoint_racing_for_one_address_never_both_win(reg
     with pytest.raises(Conflict, match=r"address 10\.40\.0\.2 is in use on n by a$"):
         reg.address_reserve("n", "h1", reg.kv.lease_grant(30), ip="10.40.0.2")
     assert claim(reg, "10.40.0.2").value == b"a"
+
+
+def test_a_release_whose_reply_was_lost_says_it_released(reg, monkeypatch):
+    """The delete applied and its reply was lost: the retry read nothing there and answered
+    "nothing to release", so forget-host undercounted what it released."""
+    from dataplane.registry.kv import Unavailable
+    reg.network_create("n", 340, subnet="10.40.0.0/24")
+    lease = reg.kv.lease_grant(60)
+    ip = reg.address_reserve("n", "h1", lease)
+    real, lost = reg.kv.commit, []
+
+    def commit(txn):
+        out = real(txn)
+        if not lost:
+            lost.append(txn)
+            raise Unavailable("the reply was lost")
+        return out
+    monkeypatch.setattr(reg.kv, "commit", commit)
+    assert reg.address_release("n", ip, "h1") is True
+    assert claim(reg, ip) is None

@@ -12,6 +12,8 @@ import random
 import threading
 import time
 
+from dataplane.registry.kv import Refused
+
 BASE_S = 0.2
 CAP_S = 5.0
 LOST_WINDOW_S = 5.0      # a registry write whose replies are lost is retried this long (ipam.py, reserve.py)
@@ -50,6 +52,6 @@ def pause_or_raise(lost: int, e: Exception, since: float) -> None:
     start more than LOST_WINDOW_S after since. It was 3 retries 50-150 ms apart, 0.3 s in all:
     an etcd leader's hand-over or an election (1-2 s) failed adds during a rolling restart."""
     pause = min(1.0, RETRY_PAUSE_S * 2 ** (lost - 1))
-    if time.monotonic() + pause - since > LOST_WINDOW_S:
-        raise e
+    if isinstance(e, Refused) or time.monotonic() + pause - since > LOST_WINDOW_S:
+        raise e                                     # refused for good (a permission, a damaged file): at once
     time.sleep(pause)

@@ -166,7 +166,7 @@ class Channels:
         ch = self.channel(i)
         with self._lock:
             self._want.add(i)
-            if i not in self._track:
+            if i not in self._track and self._channels.get(i) is ch:    # not dropped meanwhile
                 self._track[i] = lambda state, i=i: self._states.__setitem__(i, state.name)
                 ch.subscribe(self._track[i], try_to_connect=True)
 
@@ -179,11 +179,11 @@ class Channels:
         state = self._states.get(i)
         if state == "IDLE":
             with self._lock:
-                ch = self._channels.get(i)
-                if ch is not None:
+                ch, cb = self._channels.get(i), self._track.get(i)
+                if ch is not None and cb is not None:
                     self._states[i] = "CONNECTING"
-                    ch.unsubscribe(self._track[i])
-                    ch.subscribe(self._track[i], try_to_connect=True)
+                    ch.unsubscribe(cb)
+                    ch.subscribe(cb, try_to_connect=True)
         return state == "READY"
 
     def connect(self, i: int, timeout: float) -> bool:
@@ -235,7 +235,11 @@ class Channels:
         return resp.succeeded, resp.header.revision, str(resp.header.cluster_id)
 
     def tracked(self, i: int) -> bool:
-        """Member i's channel is followed (track): this process opened its channels."""
+        """Member i's channel is followed (track): this process opened its channels (a channel
+        made again after the TLS files changed is followed again here)."""
+        if i in self._want and i not in self._track:
+            with contextlib.suppress(GrpcUnavailable):
+                self.track(i)
         return i in self._track
 
     def watch(self, i: int, requests, token: str | None):
@@ -256,13 +260,14 @@ class Channels:
     def _drop(self) -> None:
         """Close every channel (under _lock): a stream on one ends, and its owner makes a new one."""
         for i, cb in self._track.items():
-            self._channels[i].unsubscribe(cb)
+            if i in self._channels:
+                self._channels[i].unsubscribe(cb)
         # gRPC's polling thread may be between its last look at the callbacks and its next
         # look at the channel: closed under it, it dies with "Channel closed!" (grpc#29848).
         # It ends within its 0.2 s poll once no callback is left.
         deadline = time.monotonic() + 0.5
         for i in self._track:
-            state = getattr(self._channels[i], "_connectivity_state", None)
+            state = getattr(self._channels.get(i), "_connectivity_state", None)
             while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
                 time.sleep(0.01)
         for ch in self._channels.values():

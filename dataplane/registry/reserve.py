@@ -178,6 +178,7 @@ class Reservations:
                 self._used.get(network, set()).discard(ip)
                 self._hint[network] = 0
                 return True
+            changed += 1
         raise Conflict(f"the claim of {ip} on {network} changed {RELEASE_ATTEMPTS} times while it was being "
                        "released; try again")
 

@@ -37,7 +37,7 @@ ATTACHMENTS = "cni.dev/attachments"                 # the key the 1.1.0 spec's t
 # What the agent says when the container's namespace (CNI_NETNS, an absolute path) is gone: the
 # spec's code 3. Before, any NotFound naming a "namespace" got it: an interface missing in the
 # host namespace, or the node's own namespace gone, told the runtime its container was unknown.
-_CONTAINER_GONE = re.compile(r"network namespace /\S* does not exist")
+_CONTAINER_GONE = re.compile(r"network namespace '?/\S* does not exist")
 
 # The spec's pattern for network names and container ids (\Z: $ would let "abc\n" through).
 _SPEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")

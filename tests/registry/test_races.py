@@ -251,9 +251,12 @@ def test_a_refusal_is_not_retried_as_a_lost_reply(reg):
             calls.append(txn)
             raise Refused("test: permission denied")
     reg.network_create("n", 320)
+    reg.network_create("k", 322)
+    reg.endpoint_create("e0", "k", "h1")
     reg.kv = Refusing(reg.kv)
     for write in (lambda: reg.network_create("m", 321), lambda: reg.network_rm("n"),
-                  lambda: reg.endpoint_create("e", "n", "h1")):
+                  lambda: reg.endpoint_create("e", "n", "h1"), lambda: reg.endpoint_rm("e0"),
+                  lambda: reg.endpoint_move_begin("e0", "h2")):    # these two retried it for 5 s
         calls.clear()
         with pytest.raises(Refused):
             write()

@@ -83,6 +83,7 @@ def test_an_mtu_is_the_networks_also_when_the_registry_allocates(monkeypatch):
 
 @pytest.mark.parametrize("message, code", [
     ("network namespace /run/netns/c1 does not exist", cni.E_UNKNOWN_CONTAINER),
+    ("network namespace '/run/netns/c1' does not exist", cni.E_UNKNOWN_CONTAINER),       # netns.py's form
     ("network namespace 'dpl-h1' does not exist", cni.E_BROKEN),            # the node's own
     ("interface 'dp0000000001' not found in the host namespace", cni.E_BROKEN),
 ])

@@ -12,7 +12,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from lab import nic, topology as lab
+from dataplane.core import model
 from dataplane.kernel import gso as linkgso, netlink
+from dataplane.node import vxlanguard
 
 MODES = ("routing", "vxlan", "dataplane")
 
@@ -54,6 +56,11 @@ def up(gso: int = linkgso.LEGACY_MAX, nic_like: bool = False, xdp_guard: bool = 
     conntrack on the baselines' forwarded frames too), with both baselines beside it.
     Sandboxes per mode, as setup(); dataplane's are the lab's own."""
     lab.up(2, [256], per_host=1, xdp_guard=xdp_guard, registry="none", gso_max_size=gso, nic_like=nic_like)
+    for h in (1, 2):
+        # node/vxlanguard.py's rule hooks mangle's FORWARD, which every forwarded frame of the
+        # baselines then crosses and dataplane's never do (tc redirects them): routing read 1.11x
+        # its CPU per 64-byte frame with it (BENCHMARKS, "On an Intel Xeon guest").
+        vxlanguard.remove(lab.host_ns(h), lab.UPLINK, model.VXLAN_PORT)
     info = lab.ls()
     pairs = setup(2, gso, nic_like)
     pairs["dataplane"] = [next(s for s in info["sandboxes"] if s["host"] == f"h{h}") for h in (1, 2)]

@@ -128,10 +128,14 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     step("ageing")
     try:
         _mend_gateways(ag, st)
-        _mend_vxlan_guard(ag, st)
     except DataplaneError as e:
         ag.counters["errors"] += 1
         log.error("mending the gateways' rules: %s", e)
+    try:
+        _mend_vxlan_guard(ag, st)
+    except DataplaneError as e:
+        ag.counters["errors"] += 1
+        log.error("mending the rule that keeps containers' VXLAN off the underlay: %s", e)
     step("gateways")
     pauses.tick()
     step("collection")

@@ -109,6 +109,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             st = NodeState(node=node.name, netns=node.netns, pin_dir=node.pin_dir, config=cfg, uplink=uplink,
                            map_sizes=dict(map_sizes or {}), tunnel_gso_swept=True)
         cfg.local_ip = local_ip
+        if old and port and port != cfg.port:    # the guard of the old port goes with it
+            vxlanguard.remove(node.netns, cfg.underlay, cfg.port)
         cfg.port = port or cfg.port
         if peer_check is not None:          # either way on a running node: the filter is in dp_config
             cfg.peer_check = bool(peer_check)
@@ -170,7 +172,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             if legacy:
                 tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
             set_tunnel_dev(m, rxgro.ensure(node, st, loaded.fds["gro_sink"]))
-            vxlanguard.ensure(node.netns, st.config.underlay, st.config.port)
+            vxlanguard.at_up(node.netns, st.config.underlay, st.config.port)
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)
@@ -329,9 +331,9 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
     if not node.netns or netlink.ns_exists(node.netns):
         try:
             rxgro.remove(node)       # whatever failed above: it would hold the port with no state left
-            vxlanguard.remove(node.netns, st.config.underlay, st.config.port)
         except KernelError as e:
             errors.append(str(e))
+        vxlanguard.remove(node.netns, st.config.underlay, st.config.port)
     _remove_pins(node)
     if errors and not quiet:
         raise KernelError("down finished with errors: " + "; ".join(errors))

@@ -36,13 +36,11 @@ def present(ns, underlay: str, port: int) -> bool:
     return iptables(ns, "mangle", "-C", "FORWARD", rule(underlay, port)).returncode == 0
 
 
-def ensure(ns, underlay: str, port: int) -> bool:
-    """The rule, inserted first if missing; True if it was. Without iptables, a warning: the
-    host then has no iptables NAT to forward containers' traffic through either."""
+def ensure(ns, underlay: str, port: int) -> bool | None:
+    """The rule, inserted first if missing; True if it was, None without iptables (the host
+    then has no iptables NAT to forward containers' traffic through either: `up` says so)."""
     if not shutil.which("iptables"):
-        log.warning("iptables is not installed: VXLAN that containers send through the host's NAT is not "
-                    "blocked from the underlay (Debian: apt-get install iptables)")
-        return False
+        return None
     if present(ns, underlay, port):
         return False
     r = iptables(ns, "mangle", "-I", "FORWARD", ["1"] + rule(underlay, port))
@@ -51,9 +49,26 @@ def ensure(ns, underlay: str, port: int) -> bool:
     return True
 
 
+def at_up(ns, underlay: str, port: int) -> None:
+    """ensure(), for `up`: what keeps the rule from being made is said, and the node still serves
+    (no iptables, or no mangle table in this kernel)."""
+    try:
+        if ensure(ns, underlay, port) is None:
+            log.warning("iptables is not installed: VXLAN that containers send through the host's NAT is not "
+                        "kept off the underlay (Debian: apt-get install iptables)")
+    except KernelError as e:
+        log.warning("%s", e)
+
+
 def remove(ns, underlay: str, port: int) -> None:
+    """The rule, and mangle's FORWARD chain if nothing else is left in it: with iptables-nft an
+    empty base chain still hooks every forwarded packet (iptables-legacy refuses to delete a
+    built-in chain: then it stays)."""
     if not shutil.which("iptables"):
         return
     for _ in range(8):
         if iptables(ns, "mangle", "-D", "FORWARD", rule(underlay, port)).returncode:
             break
+    left = iptables(ns, "mangle", "-S", "FORWARD", [])
+    if left.returncode == 0 and not [line for line in left.stdout.splitlines() if line.startswith("-A ")]:
+        iptables(ns, "mangle", "-X", "FORWARD", [])

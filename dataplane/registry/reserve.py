@@ -156,7 +156,8 @@ class Reservations:
         ik = key("ipam", network, ip)
         lost, since = 0, time.monotonic()
         sent = None                                  # the reservation a delete whose reply was lost removed
-        for _ in range(RELEASE_ATTEMPTS):
+        changed = 0                                  # compares that failed (lost replies count in time)
+        while changed < RELEASE_ATTEMPTS:
             try:
                 item = self.kv.get(ik)
                 if sent is not None and (item is None or item.create_rev != sent.create_rev):

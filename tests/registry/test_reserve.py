@@ -250,3 +250,20 @@ def test_a_release_whose_reply_was_lost_says_it_released(reg, monkeypatch):
     monkeypatch.setattr(reg.kv, "commit", commit)
     assert reg.address_release("n", ip, "h1") is True
     assert claim(reg, ip) is None
+
+
+def test_a_release_whose_compare_failed_tries_again(reg, monkeypatch):
+    """The claim changed between the read and the delete (its compare failed): read again and
+    released. 6bfb306 counted such a failure in a name it never set (a NameError)."""
+    reg.network_create("n", 341, subnet="10.41.0.0/24")
+    ip = reg.address_reserve("n", "h1", reg.kv.lease_grant(60))
+    real, failed = reg.kv.commit, []
+
+    def commit(txn):
+        if not failed:
+            failed.append(txn)
+            return False, 0                      # as if another writer touched the claim first
+        return real(txn)
+    monkeypatch.setattr(reg.kv, "commit", commit)
+    assert reg.address_release("n", ip, "h1") is True
+    assert claim(reg, ip) is None and failed

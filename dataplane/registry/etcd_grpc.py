@@ -173,9 +173,7 @@ class Channels:
     def ready(self, i: int) -> bool:
         """Member i's channel is tracked and connected now (no wait). One that went idle
         (no call for IDLE_MS) is asked to connect again, for the next caller."""
-        if i in self._want and i not in self._track:
-            with contextlib.suppress(GrpcUnavailable):
-                self.track(i)          # its channel was made again (the TLS files changed): follow it
+        self._follow_again(i)
         state = self._states.get(i)
         if state == "IDLE":
             with self._lock:
@@ -237,10 +235,15 @@ class Channels:
     def tracked(self, i: int) -> bool:
         """Member i's channel is followed (track): this process opened its channels (a channel
         made again after the TLS files changed is followed again here)."""
+        self._follow_again(i)
+        return i in self._track
+
+    def _follow_again(self, i: int) -> None:
+        """Member i was tracked, and its channel was made again since (the TLS files changed):
+        follow the new one (ready() and tracked() ask)."""
         if i in self._want and i not in self._track:
             with contextlib.suppress(GrpcUnavailable):
                 self.track(i)
-        return i in self._track
 
     def watch(self, i: int, requests, token: str | None):
         """A Watch stream on member i: sends what the iterator requests yields (the

@@ -75,7 +75,7 @@ class Endpoints(Reservations):
                 lost += 1
                 # What a rollback may remove: only a record this create sent (a commit whose reply
                 # was lost); the id's record may be another host's, which our commit never replaced.
-                e.maybe_stored = [r for i, r in enumerate(sent) if r not in sent[:i]]    # each tried once
+                e.maybe_stored = list(dict.fromkeys(sent))       # each tried once
                 pause_or_raise(lost, e, since)
                 continue
             if ep is not None:

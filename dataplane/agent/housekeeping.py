@@ -125,6 +125,9 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     # to an endpoint or a static entry; the pass finds it gone, which is harmless), and a full
     # map's pass is still 5-25 ms that an endpoint's add need not wait for.
     n = age_learned(ag.maps, st.config.fdb_age_s * 1_000_000_000, time.monotonic_ns())
+    if n:              # counted with the deletion, not after the rest of the tick (iptables runs)
+        ag.counters["aged"] += n
+        log.info("aged out %d learned FDB entries", n)
     step("ageing")
     try:
         _mend_gateways(ag, st)
@@ -139,9 +142,6 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     step("gateways")
     pauses.tick()
     step("collection")
-    if n:
-        ag.counters["aged"] += n
-        log.info("aged out %d learned FDB entries", n)
     if time.monotonic() - started > slow_s:
         log.warning("slow turn: housekeeping took %.0f ms (%s)", (time.monotonic() - started) * 1000, ", ".join(steps))
     return steps

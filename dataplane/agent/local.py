@@ -11,10 +11,14 @@ from dataplane.agent import converge, inflight, process
 from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.node.fdb import forget_learned_vteps
+from dataplane.registry import backoff
 from dataplane.registry.ipam import write_rev
 from dataplane.registry.records import key
 
 log = logging.getLogger("dataplane.agent")
+# Lost replies to a write made under the agent's lock (the main loop waits) are retried this long, not
+# backoff.LOST_WINDOW_S (5 s): a registry without a leader held every event and punt for 5 s per write.
+LOCKED_WINDOW_S = 0.5
 
 
 def wrote(ag, eid: str, rec):
@@ -153,7 +157,8 @@ def _refuse_move(ag, name: str, rec, ep) -> None:
     ours for it while the container stays here, cut off. Its commit then fails and it undoes."""
     why = f"a move to host {rec.moving_to} was refused: the container is the {ep.sandbox.get('runtime', 'runtime')}'s"
     try:
-        wrote(ag, name, ag.reg.endpoint_move_abort(name, rec.moving_to))
+        with backoff.lost_window(LOCKED_WINDOW_S):
+            wrote(ag, name, ag.reg.endpoint_move_abort(name, rec.moving_to))
     except DataplaneError as e:
         why += f" (taking the move back failed: {e})"
     log.error("endpoint %s: %s", name, why)
@@ -168,7 +173,8 @@ def _runtime_conflict(ag, name: str, rec, ep) -> None:
         try:
             if net is None:
                 raise DataplaneError(f"VNI {ep.vni} has no network in the registry")
-            wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
+            with backoff.lost_window(LOCKED_WINDOW_S):
+                wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
             why += "; registered again"
         except DataplaneError as e:
             why += f"; cannot register it again: {e}"
@@ -215,7 +221,8 @@ def settle_moves(ag, local: dict | None = None) -> None:
                  or (rec.host == ag.me and rec.moving_to and rec.moving_to not in ag.view.hosts))
         if stuck:
             try:
-                wrote(ag, rec.id, ag.reg.endpoint_move_abort(rec.id, rec.moving_to))
+                with backoff.lost_window(LOCKED_WINDOW_S):
+                    wrote(ag, rec.id, ag.reg.endpoint_move_abort(rec.id, rec.moving_to))
                 log.warning("endpoint %s: its move to %s cannot complete; taken back", rec.id, rec.moving_to)
             except DataplaneError as e:
                 log.error("endpoint %s: cannot take back its move: %s", rec.id, e)

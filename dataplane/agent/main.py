@@ -13,10 +13,8 @@ any time while they keep forwarding.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 from collections import deque
-import signal
 import threading
 import time
 
@@ -60,7 +58,7 @@ class Agent:
         self.leaving = False
         self.connected = threading.Event()
         self.want_snapshot = threading.Event()  # watcher.py: the next watch starts from a snapshot
-        self._resynced = -RESYNC_EVERY_S
+        self._resynced, self.resync_owed = -RESYNC_EVERY_S, False   # owed: asked for too soon, done when due
         self.synced = threading.Event()
         self.registered = threading.Event()    # our host record is ours: only then adopt and sync
         self.registered_rev = 0                # the revision of that record's put (lease.py)
@@ -174,11 +172,15 @@ class Agent:
 
     def resync(self) -> None:
         """Read the whole registry again: a defect of ours may have left the view wrong. At most
-        once a RESYNC_EVERY_S: a fault every snapshot meets must not turn into a stream of reads."""
+        once a RESYNC_EVERY_S: a fault every snapshot meets must not turn into a stream of reads.
+        One asked for sooner is owed, and made by the main loop when due: it was dropped, and
+        the events a failed batch left unapplied stayed unapplied until some later resync."""
         if time.monotonic() - self._resynced < RESYNC_EVERY_S:
-            log.error("not resyncing again within %d s of the last", RESYNC_EVERY_S)
+            if not self.resync_owed:
+                log.error("resyncing again %d s after the last, not sooner", RESYNC_EVERY_S)
+            self.resync_owed = True
             return
-        self._resynced = time.monotonic()
+        self._resynced, self.resync_owed = time.monotonic(), False
         self.want_snapshot.set()
         self.disconnected()
 
@@ -282,6 +284,8 @@ class Agent:
                 log.error("%s", e)
             if now >= self._cache_due:
                 sync.write_cache(self)
+            if self.resync_owed:
+                self.resync()
 
     def _next_message(self, timeout: float):
         """The next message in queue order, consecutive event batches merged (one reconcile for all);
@@ -334,16 +338,3 @@ class Agent:
         self.counters["bad_records"] += 1
         log.warning("skipped bad record %s: %s", k, why)
 
-
-def install_signal_handlers(agent: Agent) -> None:
-    me = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != me:   # a forked helper (the view cache's writer) inherited the handler:
-            signal.signal(signum, signal.SIG_DFL)   # it is being stopped, not the agent
-            os.kill(os.getpid(), signum)
-            return
-        log.info("%s received; stopping (the node keeps forwarding)", signal.Signals(signum).name)
-        agent.stop(leave=False)
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)

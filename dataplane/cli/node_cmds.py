@@ -96,13 +96,14 @@ def cmd_fdb_list(args):
 
 
 def cmd_agent_run(args):
-    from dataplane.agent.main import Agent, install_signal_handlers  # noqa: PLC0415 - only the agent needs it
+    from dataplane.agent.main import Agent  # noqa: PLC0415 - only the agent needs it
     node = node_of(args)
     st = node.state()
     if not st:
         raise NotFound(f"node {node.name} is not up: run `dataplane up` first")
     ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,
                args.host_name or st.host_name or node.name, args.lease_ttl or st.lease_ttl or LEASE_TTL_DEFAULT)
+    from dataplane.agent.signals import install_signal_handlers  # noqa: PLC0415 - as Agent
     install_signal_handlers(ag)
     ag.run()
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from dataplane.agent import main as agent_main
+from dataplane.core.errors import KernelError
 from dataplane.registry.kv import Event
 
 
@@ -91,7 +92,6 @@ def test_a_failing_housekeeping_tick_or_heartbeat_does_not_end_the_agent(agent, 
     """Housekeeping and the punt heartbeat ran outside the loop's error handling: one
     DataplaneError there (a map that could not be read, an interface gone mid-tick) ended the
     agent, and with it the node's registry updates, until a supervisor restarted it."""
-    from dataplane.core.errors import KernelError
     cfg = SimpleNamespace(config=SimpleNamespace(fdb_age_s=4))       # a tick every second
     agent.node = SimpleNamespace(name="t", netns=None, require_up=lambda shared=False: cfg, state=lambda: cfg)
     ticks = []
@@ -133,3 +133,26 @@ def test_a_defect_in_handling_a_message_resyncs_instead_of_ending_the_agent(agen
     agent.want_snapshot.clear()
     agent.resync()
     assert not agent.want_snapshot.is_set(), "not again within the minute"
+
+
+def test_a_resync_asked_for_too_soon_is_made_when_due(agent):
+    """A batch that failed within a minute of the last resync left its later events unapplied,
+    and the resync it asked for was dropped: the view stayed wrong until some later fault. Now
+    it is owed, and the main loop makes it once the minute is up."""
+    agent.resync()
+    assert agent.want_snapshot.is_set()
+    agent.want_snapshot.clear()
+
+    def apply(evs):
+        agent.applied.append(("events", [e.rev for e in evs]))
+        if len(agent.applied) == 1:
+            raise KernelError("dp_learned: cannot read")
+    agent._apply_events = apply
+    agent.q.put(("events", [ev(5)]))
+    run_until(agent, 1)
+    assert not agent.want_snapshot.is_set() and agent.resync_owed, "not within the minute, but owed"
+    agent.stopping.clear()
+    agent._resynced -= agent_main.RESYNC_EVERY_S            # the minute is up
+    agent.q.put(("events", [ev(6)]))
+    run_until(agent, 2)
+    assert agent.want_snapshot.is_set() and not agent.resync_owed

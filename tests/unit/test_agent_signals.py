@@ -11,14 +11,14 @@ import sys
 
 CHILD = """
 import os, signal, sys, time
-from dataplane.agent import main
+from dataplane.agent import signals
 
 class Agent:
     def stop(self, leave=False):
         from dataplane.agent import sdnotify
         sdnotify.notify("STOPPING=1")
 
-main.install_signal_handlers(Agent())
+signals.install_signal_handlers(Agent())
 pid = os.fork()
 if pid == 0:
     time.sleep(5)

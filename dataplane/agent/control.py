@@ -200,7 +200,7 @@ def persist(node: Node) -> None:
     c = st.config
     state.save_boot(node.name, {
         "underlay": c.underlay, "local_ip": c.local_ip, "port": c.port, "peer_check": c.peer_check,
-        "rx_gro": c.rx_gro, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s, "map_sizes": st.map_sizes,
+        "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s, "map_sizes": st.map_sizes,
         "storm": [c.storm_rate, c.storm_burst], "metrics_address": c.metrics_address,
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
@@ -217,6 +217,7 @@ def restore(node: Node, agent: bool = True) -> NodeState:
     nets = {int(v): s for v, s in b["networks"].items()}
     st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=b["underlay"], local_ip=b["local_ip"],
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
+                 vxlan_guard=b.get("vxlan_guard", True),
                  xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
                  map_sizes=b["map_sizes"], storm=tuple(b.get("storm", (None, None))), registry=b["registry"],
                  metrics_address=b.get("metrics_address"),

@@ -63,7 +63,7 @@ def _mend_rx_gro(ag, st) -> None:
 def _mend_vxlan_guard(ag, st) -> None:
     """node/vxlanguard.py's rule put back if a firewall's reload or a flush took it away."""
     c = st.config
-    if vxlanguard.ensure(ag.node.netns, c.underlay, c.port):
+    if c.vxlan_guard and vxlanguard.ensure(ag.node.netns, c.underlay, c.port):
         log.warning("repaired: the rule that keeps containers' VXLAN off the underlay was missing "
                     "(a firewall reload or flush?); put back")
         ag.counters["repairs"] += 1

@@ -25,8 +25,8 @@ def agent_node(args) -> Node | None:
     return node if st and st.registry else None
 
 
-RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "xdp_guard",
-                 "fdb_age", "storm_rate", "storm_burst", "metrics_address",
+RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
+                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
 
@@ -34,7 +34,7 @@ def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "storm_rate", "storm_burst")
+                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", "storm_rate", "storm_burst")
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
@@ -44,7 +44,7 @@ def cmd_up(args):
         st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,
                         lease_ttl=args.lease_ttl, underlay=args.underlay, local_ip=args.local_ip,
                         peer_ips=args.peer or (), peer_check=args.peer_check, rx_gro=args.rx_gro,
-                        xdp_guard=args.xdp_guard,
+                        xdp_guard=args.xdp_guard, vxlan_guard=args.vxlan_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
                         storm=(args.storm_rate, args.storm_burst), metrics_address=args.metrics_address)
     c = st.config
@@ -136,6 +136,10 @@ def register(sub) -> None:
     up.add_argument("--rx-gro", action=argparse.BooleanOptionalAction, default=None,
                     help="hold the VXLAN port with dpgro0, a vxlan device that receives nothing, so that the "
                          "uplink's GRO merges frames from other hosts (default: on; docs/DESIGN.md 'Receive GRO')")
+    up.add_argument("--vxlan-guard", action=argparse.BooleanOptionalAction, default=None,
+                    help="drop UDP to the VXLAN port that this host forwards out of its uplink, so no container "
+                         "sends VXLAN into the overlay through the host's NAT (default: on; --no-vxlan-guard for a "
+                         "host that routes others' VXLAN; either way on a running node)")
     up.add_argument("--fdb-age", type=int, help=f"learned FDB entry lifetime, s (default {model.FDB_AGE_DEFAULT_S})")
     up.add_argument("--storm-rate", type=int, metavar="FRAMES",
                     help="storm control: broadcast/unknown frames per second one endpoint may flood "

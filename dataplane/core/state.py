@@ -34,6 +34,7 @@ class NodeConfig:
     peer_check: bool = True      # decapsulate only from the VNI's peers (registry or static): on by default
     xdp_guard: bool = False
     rx_gro: bool = True          # node/rxgro.py: dpgro0 holds the port for the uplink's GRO
+    vxlan_guard: bool = True     # node/vxlanguard.py: no containers' VXLAN forwarded onto the underlay
     fdb_age_s: int = model.FDB_AGE_DEFAULT_S
     storm_rate: int = model.STORM_RATE_DEFAULT     # broadcast/unknown frames/s per endpoint; 0: no limit
     storm_burst: int = model.STORM_BURST_DEFAULT

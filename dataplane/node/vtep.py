@@ -36,6 +36,7 @@ def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
        peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None,
+       vxlan_guard: bool | None = None,
        map_sizes=None, quiet=False,
        storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
        mtus: dict[int, int] | None = None,
@@ -116,6 +117,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             cfg.peer_check = bool(peer_check)
         if rx_gro is not None:              # either way on a running node
             cfg.rx_gro = bool(rx_gro)
+        if vxlan_guard is not None:         # either way on a running node
+            cfg.vxlan_guard = bool(vxlan_guard)
         cfg.xdp_guard = xdp_guard or cfg.xdp_guard
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
         cfg.storm_rate = cfg.storm_rate if storm_rate is None else storm_rate     # either way on a running node
@@ -172,7 +175,10 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             if legacy:
                 tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
             set_tunnel_dev(m, rxgro.ensure(node, st, loaded.fds["gro_sink"]))
-            vxlanguard.at_up(node.netns, st.config.underlay, st.config.port)
+            if st.config.vxlan_guard:
+                vxlanguard.at_up(node.netns, st.config.underlay, st.config.port)
+            else:
+                vxlanguard.remove(node.netns, st.config.underlay, st.config.port)
             ports = [(ep.host_ifname, ep.ifindex) for ep in st.endpoints.values() if ep.phase == "ready"]
             ports += [(gw.port, gw.ifindex) for gw in st.gateways.values()]
             have = netlink.link_indexes(node.netns)

@@ -96,14 +96,34 @@ def test_up_and_down_are_idempotent(host):
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0")
     assert [s["vni"] for s in dp_json("--netns", host, "stats")] == [s["vni"] for s in first] == [0, 256]
     assert tcx.names(host, netlink.link_index(host, "ul0")) == ["from_overlay"]
-    guard = lambda: [line for line in netlink.ns_exec(  # noqa: E731 - node/vxlanguard.py's rule
-        host, ["iptables", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True).stdout.splitlines()
-        if "no VXLAN forwarded" in line]
-    assert len(guard()) == 1, "one rule, however often up runs"
+    assert len(vxlan_guard_rules(host)) == 1, "one rule, however often up runs (node/vxlanguard.py)"
     assert dp("--netns", host, "down").stdout.startswith("down: node removed")
-    assert guard() == []
+    assert vxlan_guard_rules(host) == []
     assert dp("--netns", host, "down").stdout.startswith("down: nothing was up")
     nothing_created()
+
+
+def test_the_vxlan_guard_can_be_turned_off_and_on_again(host):
+    """A host that routes other machines' VXLAN, or bridges VMs that send it, cannot keep
+    node/vxlanguard.py's rule: `up --no-vxlan-guard` removes it on a running node, and the
+    choice is kept by later `up`s and at a restore after reboot."""
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    assert len(vxlan_guard_rules(host)) == 1
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--no-vxlan-guard")
+    assert vxlan_guard_rules(host) == []
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    assert vxlan_guard_rules(host) == [], "a later up keeps the choice"
+    assert dp_json("--netns", host, "status")["vxlan_guard"] is False
+    assert state.load_boot(host)["vxlan_guard"] is False, "and so does the restore at boot"
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--vxlan-guard")
+    assert len(vxlan_guard_rules(host)) == 1
+    dp("--netns", host, "down")
+    assert vxlan_guard_rules(host) == []
+
+
+def vxlan_guard_rules(host: str) -> list[str]:
+    out = netlink.ns_exec(host, ["iptables", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "no VXLAN forwarded" in line]
 
 
 @pytest.mark.parametrize("mode", [[], ["--no-registry"]], ids=["registry", "static"])

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from dataplane.core.errors import UsageError
 from dataplane.registry import etcd_access
-from dataplane.registry.kv import Compacted, Damaged, Refused, Unavailable
+from dataplane.registry.kv import Compacted, Damaged, Full, Refused, Unavailable
 from dataplane.registry.records import Endpoint, Host, Network
 from dataplane.registry.store import Change, Registry, Snapshot, change
 
@@ -16,7 +16,7 @@ BUILTIN_URL = "sqlite:///var/lib/dataplane/registry.db"
 DEFAULT_URL = os.environ.get("DATAPLANE_REGISTRY") or BUILTIN_URL
 
 __all__ = ["DEFAULT_URL", "Change", "Compacted", "Endpoint", "Host", "Network", "Registry", "Snapshot",
-           "Damaged", "Refused", "Unavailable", "change", "open_registry", "parse_url"]
+           "Damaged", "Full", "Refused", "Unavailable", "change", "open_registry", "parse_url"]
 
 
 def parse_url(url: str) -> tuple[str, object]:

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 
-from dataplane.registry.kv import Refused
+from dataplane.registry.kv import Full, Refused
 
 BASE_S = 0.2
 CAP_S = 5.0
@@ -69,6 +69,6 @@ def pause_or_raise(lost: int, e: Exception, since: float) -> None:
     during a rolling restart."""
     pause = min(1.0, RETRY_PAUSE_S * 2 ** (lost - 1))
     window = getattr(_window, "s", None)
-    if isinstance(e, Refused) or time.monotonic() + pause - since > (LOST_WINDOW_S if window is None else window):
-        raise e                                     # refused for good (a permission, a damaged file): at once
+    if isinstance(e, (Refused, Full)) or time.monotonic() + pause - since > (LOST_WINDOW_S if window is None else window):
+        raise e          # refused for good (a permission, a damaged file) or out of space: at once
     time.sleep(pause)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import ssl
 
+from dataplane.registry.kv import Full
+
 
 def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
@@ -30,6 +32,15 @@ def range_end(prefix: str) -> str:
 BULK_TIMEOUT_S = 30.0       # to read a whole prefix: the gateway sends nothing until 25 MB are marshalled
 # etcd's words (3.4) for a request whose token must be replaced: it was applied nowhere.
 RELOGIN = ("invalid auth token", "user name is empty", "revision of auth store is old", "auth revision is old")
+NOSPACE = "database space exceeded"     # etcd's words for a write refused under its NOSPACE alarm
+
+
+def out_of_space(where: str, why: str) -> Full:
+    """A write etcd refused under its NOSPACE alarm, said with what the operator does about it."""
+    return Full(f"{where}: etcd is out of space ({why}): no registry write succeeds until its history is "
+                "compacted, each member defragmented and the alarm disarmed (etcdctl compact REVISION; "
+                "etcdctl defrag --cluster; etcdctl alarm disarm). Run the members with --auto-compaction-mode "
+                "periodic --auto-compaction-retention 1h (README, 'Running it on real hosts')")
 
 
 class Unsent(Exception):

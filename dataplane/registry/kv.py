@@ -22,6 +22,13 @@ class Unavailable(DataplaneError):
     exit_code = 7
 
 
+class Full(Unavailable):
+    """etcd is out of space (its NOSPACE alarm): it refuses every write, on every member, until
+    an operator compacts its history, defragments the members and disarms the alarm. Reads,
+    watches and lease renewals go on, so an agent keeps serving; a write fails at once with
+    what to do, not after retrying for backoff.LOST_WINDOW_S."""
+
+
 class Refused(Unavailable):
     """The store answered and said no: a TLS handshake it failed, a login it
     refused, a permission the user lacks. Retrying the same thing cannot help

@@ -34,7 +34,8 @@ from dataplane.registry.etcd_access import ReloadingContext, TlsFiles
 from dataplane.registry.etcd_grpc import Channels, GrpcUnavailable
 from dataplane.registry.etcd_watch import EtcdWatch
 from dataplane.registry.etcd_watch_grpc import GrpcWatch
-from dataplane.registry.etcd_wire import BULK_TIMEOUT_S, RELOGIN, Unknown, Unsent, b64, range_end, tls_failure, tls_refusal
+from dataplane.registry.etcd_wire import (BULK_TIMEOUT_S, NOSPACE, RELOGIN, Unknown, Unsent, b64, out_of_space,
+                                          range_end, tls_failure, tls_refusal)
 from dataplane.registry.kv import KV, Item, Refused, Txn, Unavailable, Watch
 from dataplane.registry.kv_etcd_grpc import GrpcPaths
 
@@ -157,8 +158,12 @@ class EtcdKV(GrpcPaths, KV):
             self.cluster_id = out.get("header", {}).get("cluster_id", self.cluster_id)
             return out
         why = _error(resp)
-        if resp.status_code in (408, 503, 504):   # gRPC Unavailable/DeadlineExceeded: no leader, timed out
+        if NOSPACE in why:                  # on every member alike: no use trying the next
+            raise out_of_space(f"etcd {path} at {self.endpoint(i)}", why)
+        if resp.status_code in (408, 500, 503, 504):   # no leader, timed out; 500: an internal error, applied or not
             raise Unknown(f"HTTP {resp.status_code}: {why}")
+        if resp.status_code == 429:         # too many requests: refused before anything was applied (next member)
+            raise Unsent(f"{self.endpoint(i)}: HTTP 429: {why}")
         if self.user and relogin and any(w in why for w in RELOGIN):
             try:
                 self._relogin(i, token)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 
 from dataplane.registry.etcd_grpc import GrpcFailed, GrpcUnavailable
-from dataplane.registry.etcd_wire import BULK_TIMEOUT_S, RELOGIN, Unknown, Unsent, prefix_end
+from dataplane.registry.etcd_wire import BULK_TIMEOUT_S, NOSPACE, RELOGIN, Unknown, Unsent, out_of_space, prefix_end
 from dataplane.registry.kv import Refused, Row, Txn, Unavailable
 
 # gRPC statuses after which a txn may have been applied: never sent again, elsewhere or not.
@@ -71,6 +71,8 @@ class GrpcPaths:
                     continue
                 if e.code == "PERMISSION_DENIED" and self.user:
                     raise Refused(f"{where}: user {self.user} is not permitted: {e.details}") from None
+                if NOSPACE in e.details:
+                    raise out_of_space(where, e.details) from None
                 if e.code in UNKNOWN_OUTCOME:
                     self._failed(i)
                     raise Unavailable(f"{where}, outcome unknown: {e}") from None

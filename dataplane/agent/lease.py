@@ -11,7 +11,7 @@ import logging
 from dataplane.agent import process
 from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError
-from dataplane.registry import Refused, Unavailable
+from dataplane.registry import Full, Refused, Unavailable
 from dataplane.registry.backoff import Backoff
 
 log = logging.getLogger("dataplane.agent")
@@ -72,7 +72,7 @@ class LeaseKeeper:
         self.save()
 
     def run(self) -> None:
-        registered = False
+        registered, full_said = False, ""
         backoff = Backoff()
         while not self.ag.stopping.is_set():
             try:
@@ -86,8 +86,9 @@ class LeaseKeeper:
                 self.ag.fail(f"the registry refuses host {self.ag.me}: {e}")
                 return
             except Unavailable as e:
-                if registered:
-                    log.warning("registry unreachable, forwarding on last known state: %s", e)
+                if registered or (isinstance(e, Full) and str(e) != full_said):
+                    full_said = str(e) if isinstance(e, Full) else full_said    # out of space: said once
+                    log.warning("registry unavailable, forwarding on last known state: %s", e)
                 registered = False
                 self.ag.counters["registry_errors"] += 1
                 self.ag.disconnected()

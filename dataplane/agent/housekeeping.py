@@ -14,6 +14,7 @@ import threading
 import time
 
 from dataplane.agent import converge, local, pauses
+from dataplane.core import state
 from dataplane.core.errors import DataplaneError
 from dataplane.node import gwrules, monitor, networks, rxgro, vtep, vxlanguard
 from dataplane.node.fdb import age_learned
@@ -61,9 +62,16 @@ def _mend_rx_gro(ag, st) -> None:
 
 
 def _mend_vxlan_guard(ag, st) -> None:
-    """node/vxlanguard.py's rule put back if a firewall's reload or a flush took it away."""
-    c = st.config
-    if c.vxlan_guard and vxlanguard.ensure(ag.node.netns, c.underlay, c.port):
+    """node/vxlanguard.py's rule put back if a firewall's reload or a flush took it away. Judged
+    by the state as it is under the node's lock, not the tick's copy: an `up --no-vxlan-guard`
+    between the two removed the rule, and the copy (guard on) put it back for good."""
+    if not st.config.vxlan_guard:
+        return
+    with state.locked(ag.node.name):
+        now = ag.node.state()
+        c = now.config if now else None
+        mended = c is not None and c.vxlan_guard and vxlanguard.ensure(ag.node.netns, c.underlay, c.port)
+    if mended:
         log.warning("repaired: the rule that keeps containers' VXLAN off the underlay was missing "
                     "(a firewall reload or flush?); put back")
         ag.counters["repairs"] += 1

@@ -24,6 +24,7 @@ def attach(ag) -> None:
     ag.busy_changed = threading.Condition(ag.lock)
     ag.oplock = threading.RLock()
     ag.netlocks, ag.netlocks_mu = {}, threading.Lock()
+    ag.deferred, ag.deferred_due, ag.writer = {}, 0.0, None    # deferred.py: writes decided under the lock
 
 
 def network_lock(ag, network: str) -> threading.RLock:

@@ -7,26 +7,14 @@ from __future__ import annotations
 import logging
 import os
 
-from dataplane.agent import converge, inflight, process
+from dataplane.agent import converge, deferred, inflight, process, rewrite
+from dataplane.agent.rewrite import wrote
 from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.node import endpoints
 from dataplane.node.fdb import forget_learned_vteps
-from dataplane.registry import backoff
-from dataplane.registry.ipam import write_rev
 from dataplane.registry.records import key
 
 log = logging.getLogger("dataplane.agent")
-# Lost replies to a write made under the agent's lock (the main loop waits) are retried this long, not
-# backoff.LOST_WINDOW_S (5 s): a registry without a leader held every event and punt for 5 s per write.
-LOCKED_WINDOW_S = 0.5
-
-
-def wrote(ag, eid: str, rec):
-    """Right after this thread wrote endpoint eid to the registry (rec, or None: removed): the
-    view holds it ahead of the watch, and older events for it are passed over. Returns rec."""
-    with ag.lock:
-        ag.view.wrote(eid, rec, write_rev())
-    return rec
 
 
 def adopt(ag) -> None:
@@ -156,28 +144,18 @@ def _refuse_move(ag, name: str, rec, ep) -> None:
     """Take back a move of a runtime's endpoint: the other host would make a sandbox of
     ours for it while the container stays here, cut off. Its commit then fails and it undoes."""
     why = f"a move to host {rec.moving_to} was refused: the container is the {ep.sandbox.get('runtime', 'runtime')}'s"
-    try:
-        with backoff.lost_window(LOCKED_WINDOW_S):
-            wrote(ag, name, ag.reg.endpoint_move_abort(name, rec.moving_to))
-    except DataplaneError as e:
-        why += f" (taking the move back failed: {e})"
     log.error("endpoint %s: %s", name, why)
     ag.conflicts[name] = why
+    to = rec.moving_to
+    deferred.add(ag, name, rewrite.take_back(ag, name, to, lambda r: True, why))
 
 
 def _runtime_conflict(ag, name: str, rec, ep) -> None:
     why = ("registry record deleted by another writer" if rec is None
            else f"registry record moved to host {rec.host} by another writer")
     if rec is None:
-        net = ag.view.network_of_vni(ep.vni)
-        try:
-            if net is None:
-                raise DataplaneError(f"VNI {ep.vni} has no network in the registry")
-            with backoff.lost_window(LOCKED_WINDOW_S):
-                wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
-            why += "; registered again"
-        except DataplaneError as e:
-            why += f"; cannot register it again: {e}"
+        deferred.add(ag, name, lambda: rewrite.register_again(ag, name, why))
+        why += "; registering it again"
     if ag.conflicts.get(name) != why:
         log.error("endpoint %s belongs to a local %s container, kept: %s", name,
                   ep.sandbox.get("runtime", "runtime"), why)
@@ -217,15 +195,9 @@ def settle_moves(ag, local: dict | None = None) -> None:
     for rec in list(ag.view.endpoints.values()):
         if rec.id in ag.busy:
             continue
-        stuck = ((rec.moving_to == ag.me and rec.id not in mine)
-                 or (rec.host == ag.me and rec.moving_to and rec.moving_to not in ag.view.hosts))
-        if stuck:
-            try:
-                with backoff.lost_window(LOCKED_WINDOW_S):
-                    wrote(ag, rec.id, ag.reg.endpoint_move_abort(rec.id, rec.moving_to))
-                log.warning("endpoint %s: its move to %s cannot complete; taken back", rec.id, rec.moving_to)
-            except DataplaneError as e:
-                log.error("endpoint %s: cannot take back its move: %s", rec.id, e)
+        if rewrite.stuck(ag, rec, mine):
+            log.warning("endpoint %s: its move to %s cannot complete; taking it back", rec.id, rec.moving_to)
+            deferred.add(ag, rec.id, rewrite.take_back(ag, rec.id, rec.moving_to, lambda r: rewrite.stuck(ag, r)))
     for name in list(mine):
         rec = ag.view.endpoints.get(name)
         if rec is not None and _not_ours(ag, rec):

@@ -18,8 +18,8 @@ from collections import deque
 import threading
 import time
 
-from dataplane.agent import (client, converge, housekeeping, inflight, lease, local, metrics, ops, pauses, process,
-                             punts, sdnotify, server, slowpath, sync, watcher)
+from dataplane.agent import (client, converge, deferred, housekeeping, inflight, lease, local, metrics, ops, pauses,
+                             process, punts, sdnotify, server, slowpath, sync, watcher)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -286,6 +286,7 @@ class Agent:
                 sync.write_cache(self)
             if self.resync_owed:
                 self.resync()
+            deferred.start(self)            # registry writes a turn decided under the lock, made without it
 
     def _next_message(self, timeout: float):
         """The next message in queue order, consecutive event batches merged (one reconcile for all);

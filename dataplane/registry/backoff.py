@@ -8,7 +8,6 @@ starts over from base.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
@@ -19,7 +18,6 @@ BASE_S = 0.2
 CAP_S = 5.0
 LOST_WINDOW_S = 5.0      # a registry write whose replies are lost is retried this long (ipam.py, reserve.py)
 RETRY_PAUSE_S = 0.05     # the first pause after a lost reply; each next one twice as long, at most 1 s
-_window = threading.local()   # .s: this thread's window for lost replies, if not LOST_WINDOW_S (lost_window)
 
 
 class Backoff:
@@ -48,27 +46,12 @@ class Backoff:
         return stop.wait(self.next())
 
 
-@contextlib.contextmanager
-def lost_window(seconds: float):
-    """Registry writes made by this thread inside give up on lost replies after seconds, not
-    LOST_WINDOW_S: the agent's writes under its lock, which the main loop (every registry
-    event, every punt) waits on. Such a write that gives up is tried again by its caller later."""
-    old = getattr(_window, "s", None)
-    _window.s = seconds
-    try:
-        yield
-    finally:
-        _window.s = old
-
-
 def pause_or_raise(lost: int, e: Exception, since: float) -> None:
     """After the lost-th lost reply (Unavailable e) of a write begun at since (time.monotonic()):
     wait, each time twice as long (at most 1 s), or give up with e once the next try would
-    start more than LOST_WINDOW_S (or this thread's lost_window) after since. It was 3 retries
-    50-150 ms apart, 0.3 s in all: an etcd leader's hand-over or an election (1-2 s) failed adds
-    during a rolling restart."""
+    start more than LOST_WINDOW_S after since. It was 3 retries 50-150 ms apart, 0.3 s in all:
+    an etcd leader's hand-over or an election (1-2 s) failed adds during a rolling restart."""
     pause = min(1.0, RETRY_PAUSE_S * 2 ** (lost - 1))
-    window = getattr(_window, "s", None)
-    if isinstance(e, (Refused, Full)) or time.monotonic() + pause - since > (LOST_WINDOW_S if window is None else window):
+    if isinstance(e, (Refused, Full)) or time.monotonic() + pause - since > LOST_WINDOW_S:
         raise e          # refused for good (a permission, a damaged file) or out of space: at once
     time.sleep(pause)

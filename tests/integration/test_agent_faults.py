@@ -421,7 +421,7 @@ def test_a_remote_edit_never_tears_down_a_local_runtime_sandbox(info):
         wait_for(lambda: "deleted" in conflict() or not kept())
         assert kept(), "the container's interface is the runtime's"
         assert "deleted" in conflict(), client.call("dpl-h1", "status")["conflicts"]
-        assert "registered again" in conflict()
+        assert wait_for(lambda: "registered again" in conflict()), conflict()   # by deferred.py's thread
         assert wait_for(lambda: reg.endpoint("dpl-dock1").host == lab.host_name(1))
         rec = reg.endpoint("dpl-dock1")
         moved = Endpoint.make(rec.id, rec.network, lab.host_name(2), rec.mac, rec.ip)

@@ -1,0 +1,98 @@
+"""Registry writes that handling an event calls for (taking back a move, registering a
+runtime's endpoint again) are decided under the agent's lock and made without it, by
+deferred.py's thread: the main loop waits on that lock, and each such write can take a
+request timeout per member and the retry window after lost replies (review findings of
+stops 47 and 48: every registry event and punt waited 5 s per write; then a 0.5-s window
+still let one read wait 3 s per member, and a write given up was never tried again).
+A real SQLite registry; only the node (veths, maps) is stood in for."""
+
+from __future__ import annotations
+
+import time
+
+from dataplane.agent import deferred, local
+from dataplane.core import state
+from dataplane.registry import Unavailable, backoff
+from tests.unit.test_view_ahead import registry_with_web_on_h2
+
+
+def lose_every_commit(monkeypatch, kv) -> list:
+    tries = []
+
+    def commit(txn):
+        tries.append(time.monotonic())
+        raise Unavailable("etcd: no leader")
+    monkeypatch.setattr(kv, "commit", commit)
+    monkeypatch.setattr(backoff, "RETRY_PAUSE_S", 0.001)
+    monkeypatch.setattr(backoff, "LOST_WINDOW_S", 0.2)
+    return tries
+
+
+def test_a_stuck_move_is_taken_back_without_the_lock_and_again_after_a_failure(tmp_path, monkeypatch):
+    ag = registry_with_web_on_h2(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_move_begin("web", "h1")             # a move to h1 with no sandbox here
+        ag.view.load(ag.reg.snapshot())
+        tries = lose_every_commit(monkeypatch, ag.reg.kv)
+        with ag.lock:
+            local.settle_moves(ag)
+        assert tries == [], "nothing is written under the agent's lock"
+        assert list(ag.deferred) == ["web"]
+        deferred.run(ag)                                    # the registry has no leader: kept for later
+        assert tries and list(ag.deferred) == ["web"] and ag.deferred_due > time.monotonic()
+        assert not ag.busy
+        monkeypatch.undo()                                  # the registry answers again
+        deferred.run(ag)
+        assert ag.reg.endpoint("web").moving_to is None and not ag.deferred
+    finally:
+        ag.reg.close()
+
+
+def runtime_endpoint_here(ag, name: str) -> None:
+    rec = ag.reg.endpoint(name)
+    ag.sandboxes[name] = state.LocalEndpoint(name=name, vni=256, ip=rec.ip, mac=rec.mac, host_ifname="dp" + name,
+                                             sandbox={"runtime": "docker", "peer": "dpx"}, phase="ready")
+
+
+def test_a_move_of_a_runtimes_container_is_refused_without_the_lock(tmp_path, monkeypatch):
+    ag = registry_with_web_on_h2(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_rm("web")
+        ag.reg.endpoint_create("web", "n", "h1")
+        runtime_endpoint_here(ag, "web")
+        ag.reg.endpoint_move_begin("web", "h2")             # another writer moves the container away
+        ag.view.load(ag.reg.snapshot())
+        tries = lose_every_commit(monkeypatch, ag.reg.kv)
+        with ag.lock:
+            local.endpoint_changed(ag, "web", ag.view.endpoints["web"])
+        assert tries == [] and "was refused" in ag.conflicts["web"]
+        deferred.run(ag)
+        assert "trying again" in ag.conflicts["web"]
+        monkeypatch.undo()
+        deferred.run(ag)
+        assert ag.reg.endpoint("web").moving_to is None, "the move is taken back: its commit fails"
+        assert "was refused" in ag.conflicts["web"] and "trying again" not in ag.conflicts["web"]
+    finally:
+        ag.reg.close()
+
+
+def test_a_runtimes_deleted_record_is_registered_again_without_the_lock(tmp_path, monkeypatch):
+    ag = registry_with_web_on_h2(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_rm("web")
+        ag.reg.endpoint_create("web", "n", "h1")
+        runtime_endpoint_here(ag, "web")
+        ag.reg.endpoint_rm("web")                           # another writer deletes its record
+        ag.view.load(ag.reg.snapshot())
+        tries = lose_every_commit(monkeypatch, ag.reg.kv)
+        with ag.lock:
+            local.endpoint_changed(ag, "web", None)
+        assert tries == [] and ag.conflicts["web"].endswith("registering it again")
+        deferred.run(ag)
+        assert "cannot register it again yet" in ag.conflicts["web"] and "web" in ag.deferred
+        monkeypatch.undo()
+        deferred.run(ag)
+        assert ag.reg.endpoint("web").host == "h1"
+        assert ag.conflicts["web"].endswith("registered again")
+    finally:
+        ag.reg.close()

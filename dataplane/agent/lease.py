@@ -91,7 +91,8 @@ class LeaseKeeper:
                     log.warning("registry unavailable, forwarding on last known state: %s", e)
                 registered = False
                 self.ag.counters["registry_errors"] += 1
-                self.ag.disconnected()
+                if not isinstance(e, Full):     # reads and watches go on under etcd's NOSPACE
+                    self.ag.disconnected()
             except Conflict as e:
                 # Another host holds the name: adopting "our" endpoints now would tear down its sandboxes.
                 self.ag.fail(str(e))

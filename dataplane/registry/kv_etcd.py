@@ -202,7 +202,7 @@ class EtcdKV(GrpcPaths, KV):
                 self._token, self._auth_off = None, True   # set-up in progress: logins start once it is on
             elif "authentication failed" in why or "CommonName" in why:
                 raise Refused(f"etcd at {self.endpoint(i)} refused the login of user {self.user}: {why}")
-            elif resp.status_code in (408, 503, 504):
+            elif resp.status_code in (408, 429, 500, 503, 504):    # as _send: the next member is asked
                 raise Unknown(f"login: HTTP {resp.status_code}: {why}")
             else:
                 raise Unavailable(f"etcd login at {self.endpoint(i)}: HTTP {resp.status_code}: {why}")

@@ -12,6 +12,7 @@ from dataplane.agent import process
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
+from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
 from dataplane.node import Node, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
@@ -137,7 +138,14 @@ def down(node: Node, vnis=None) -> bool:
         raise UsageError("with a registry a node serves every registry network: "
                          "remove the network with `dataplane network rm`, or the node with `dataplane down`")
     if not vnis:
+        pid = process.running_pid(node.name)
+        unit = process.supervisor(pid) if pid else None
+        if unit:                         # it would start again, and fail on a node taken down, for good
+            raise Conflict(f"the agent of node {node.name} runs under systemd ({unit}), which would start it "
+                           f"again: `systemctl disable --now {unit}` first, then `dataplane down`")
         lease = _agent_lease(node)       # read first: an agent that leaves removes its file
+        if pid:                          # the endpoints' records go one by one: seconds, more with etcd away
+            notice(f"agent of node {node.name}: leaving the registry (at most {LEAVE_WAIT_S:.0f} s)...")
         ran = process.stop(node.name, leave=True, timeout=LEAVE_WAIT_S)
         if st and st.registry:
             _left_behind(node, st, lease, ran)
@@ -200,7 +208,8 @@ def persist(node: Node) -> None:
     c = st.config
     state.save_boot(node.name, {
         "underlay": c.underlay, "local_ip": c.local_ip, "port": c.port, "peer_check": c.peer_check,
-        "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s, "map_sizes": st.map_sizes,
+        "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
+        "map_sizes": st.map_sizes,
         "storm": [c.storm_rate, c.storm_burst], "metrics_address": c.metrics_address,
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
@@ -229,7 +238,21 @@ def restore(node: Node, agent: bool = True) -> NodeState:
         log.warning("repaired: %s", line)
     if st.registry and agent:
         spawn_agent(node, st)
+    elif st.registry:
+        _hand_agent_over(node)
     return node.require_up()
+
+
+def _hand_agent_over(node: Node) -> None:
+    """`up --restore --no-agent`, a unit's ExecStartPre: an agent that `up` started (not a unit's)
+    is stopped, without leaving the registry, so that the unit's own agent can take the node
+    (one agent per node: it failed on the lock, and Restart=always repeated that until systemd
+    gave up, the host left with an agent nothing supervised). Its lease is kept for the next."""
+    pid = process.running_pid(node.name)
+    if pid and not process.supervisor(pid):
+        notice(f"stopping the agent of node {node.name} that `up` started (pid {pid}): its supervisor "
+               "starts the node's agent from now on")
+        process.stop(node.name, leave=False)
 
 
 def spawn_agent(node: Node, st: NodeState, quiet: bool = False) -> int:

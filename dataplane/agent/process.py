@@ -17,6 +17,7 @@ import time
 from dataplane.agent import client
 from dataplane.core import procs, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound
+from dataplane.registry.kv import Refused
 from dataplane.core.notice import notice
 
 READY_TIMEOUT_S = 60.0
@@ -42,7 +43,20 @@ def running_pid(node: str) -> int | None:
             cmd = f.read().split(b"\0")
     except OSError:
         return None
-    return pid if b"agent" in cmd and b"dataplane.cli" in b" ".join(cmd) else None
+    # Any dataplane `agent run`: `up` starts `python -m dataplane.cli`, a systemd unit the console
+    # script (.../bin/dataplane) or `python -m dataplane`. Only the first was taken for an agent:
+    # `down` then never stopped a unit's agent, and `up` started a second one.
+    return pid if b"agent" in cmd and b"run" in cmd and b"dataplane" in b" ".join(cmd) else None
+
+
+def supervisor(pid: int) -> str | None:
+    """The systemd unit (dataplane*.service) an agent runs as, by its cgroup; None if none."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            units = [line.rstrip().rsplit("/", 1)[-1] for line in f]
+    except OSError:
+        return None
+    return next((u for u in units if u.startswith("dataplane") and u.endswith(".service")), None)
 
 
 def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl: int,
@@ -61,8 +75,9 @@ def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            if proc.returncode == Conflict.exit_code:      # refused to start: say why, as it did
-                raise Conflict(_tail(node).removeprefix("dataplane: error: "))
+            said = {Conflict.exit_code: Conflict, Refused.exit_code: Refused}.get(proc.returncode)
+            if said:                                # refused to start, or refused by etcd: say why, as it did
+                raise said(_tail(node).removeprefix("dataplane: error: "))
             raise KernelError(f"the agent exited with status {proc.returncode}: {_tail(node)}")
         try:
             if client.call(node, "ping", timeout=2)["synced"]:

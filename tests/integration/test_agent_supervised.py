@@ -1,0 +1,111 @@
+"""An agent run by a systemd unit (review finding, stop 48). The unit starts it as the console
+script (`.../bin/dataplane agent run`), which process.running_pid did not take for an agent:
+`down` never stopped it (it renewed its lease and wrote its host record back), `up` started a
+second one, and the unit's ExecStartPre (`up --restore --no-agent`) left the agent that `up`
+had started holding the node, so the unit's agent failed on the lock over and over. Now: the
+unit's agent is found, ExecStartPre hands the node over to it, and `down` refuses while a
+dataplane unit supervises the agent (it would be started again on a node taken down).
+The unit's cgroup is a real one made in the name=systemd (or the unified) hierarchy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+
+from dataplane.agent import client as api, process as agentctl
+from dataplane.cli import service_cmds
+from tests.integration.conftest import dp, dp_json, wait_for
+from tests.integration.test_cli import host  # noqa: F401 - the namespace-with-uplink fixture
+
+
+def unit_commands(netns: str) -> dict[str, list[str]]:
+    text = service_cmds.units(netns)[f"dataplane-{netns}.service"]
+    return {k: shlex.split(v) for k, _, v in (line.partition("=") for line in text.splitlines())
+            if k in ("ExecStartPre", "ExecStart")}
+
+
+@contextlib.contextmanager
+def unit_cgroup(name: str):
+    """A cgroup named as systemd names a unit's; yields its cgroup.procs path."""
+    for root in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        path = os.path.join(root, name)
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        try:
+            yield os.path.join(path, "cgroup.procs"), os.path.join(root, "cgroup.procs")
+        finally:
+            with contextlib.suppress(OSError):
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    for pid in f.read().split():
+                        with open(os.path.join(root, "cgroup.procs"), "w") as out:
+                            out.write(pid)
+            os.rmdir(path)
+        return
+    raise AssertionError("no cgroup hierarchy to make a unit's cgroup in")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def test_a_units_agent_takes_over_is_found_and_is_not_taken_down_under_it(host, tmp_path):  # noqa: F811
+    url = f"sqlite://{tmp_path}/reg.db"
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", url, "--host-name", "me")
+    first = agentctl.running_pid(host)
+    assert first
+    unit = unit_commands(host)
+    r = subprocess.run(unit["ExecStartPre"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: not alive(first)), "ExecStartPre stops the agent that `up` started"
+    log = open(tmp_path / "agent.log", "ab")
+    agent = subprocess.Popen(unit["ExecStart"], stdout=log, stderr=log, start_new_session=True, cwd="/")
+    try:
+        assert wait_for(lambda: agent.poll() is None and _synced(host), timeout=60), \
+            (tmp_path / "agent.log").read_text()[-1500:]
+        assert agentctl.running_pid(host) == agent.pid, "the console script's agent is an agent"
+        name = f"dataplane-{host}.service"
+        with unit_cgroup(name) as (procs, _):
+            with open(procs, "w") as f:
+                f.write(str(agent.pid))
+            r = dp("--netns", host, "down", check=False)
+            assert r.returncode == 4 and f"systemctl disable --now {name}" in r.stderr, r.stderr
+            assert agent.poll() is None and _synced(host), "nothing was taken down"
+        r = dp("--netns", host, "down", check=False)       # out of the unit: down stops it
+        assert r.returncode == 0, r.stderr
+        agent.wait(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        log.close()
+        dp("--netns", host, "down", check=False)
+
+
+def _synced(host: str) -> bool:
+    try:
+        return bool(api.call(host, "ping", timeout=2)["synced"])
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def test_a_metrics_address_the_agent_cannot_serve_is_in_status(host, tmp_path):  # noqa: F811
+    """An address not on this host (or a port taken): the agent goes on without /metrics, and
+    said so only in its log; `up` exited 0, `status` showed no error, and Prometheus alerted
+    that a healthy agent was down."""
+    url = f"sqlite://{tmp_path}/reg.db"
+    try:
+        dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", url, "--host-name", "me",
+           "--metrics-address", "192.0.2.77:9469")
+        errors = dp_json("--netns", host, "status")["errors"]
+        assert any(e.startswith("metrics: cannot serve metrics on 192.0.2.77:9469") for e in errors), errors
+    finally:
+        dp("--netns", host, "down", check=False)

@@ -83,7 +83,7 @@ class LeaseKeeper:
             except Refused as e:
                 # A login, a permission or a certificate etcd refuses: the same each time. Stop with
                 # why (a supervisor's restart reads the password file and certificates again).
-                self.ag.fail(f"the registry refuses host {self.ag.me}: {e}")
+                self.ag.fail(Refused(f"the registry refuses host {self.ag.me}: {e}"))
                 return
             except Unavailable as e:
                 if registered or (isinstance(e, Full) and str(e) != full_said):
@@ -95,7 +95,7 @@ class LeaseKeeper:
                     self.ag.disconnected()
             except Conflict as e:
                 # Another host holds the name: adopting "our" endpoints now would tear down its sandboxes.
-                self.ag.fail(str(e))
+                self.ag.fail(e)
                 return
             except DataplaneError as e:
                 log.error("cannot register: %s", e)

@@ -67,7 +67,7 @@ class Agent:
         self._cache_rev, self._cache_due = 0, time.monotonic() + sync.CACHE_EVERY_S
         self._cache_writer: threading.Thread | None = None     # waits for the view-writing child
         self.sweeper: threading.Thread | None = None           # housekeeping's orphans and moves
-        self.fatal: str | None = None
+        self.fatal: DataplaneError | None = None   # why the agent stopped for good: run() raises it
         self._watch = None
         self._last_watch = None                # the last watch opened, kept while the next is sought
         self.view_cluster = None               # the etcd cluster id the view was last verified against
@@ -156,10 +156,11 @@ class Agent:
             self.reg.close()
             log.info("stopped%s", " (left the registry)" if self.leaving else "")
         if self.fatal:
-            raise Conflict(self.fatal)
+            raise self.fatal
 
-    def fail(self, why: str) -> None:
-        """Stop for good: run() raises why once everything is closed."""
+    def fail(self, why: DataplaneError) -> None:
+        """Stop for good: run() raises why once everything is closed (its exit code: a refusal
+        by the registry is 5, as the CLI's own; it was always 4)."""
         log.error("%s", why)
         self.fatal = why
         self.stop()

@@ -43,8 +43,9 @@ def test_a_refusal_stops_the_agent_with_its_reason(monkeypatch):
     keeper = LeaseKeeper(ag)
     monkeypatch.setattr(keeper, "_old_lease", lambda: 0)
     keeper.run()
-    assert ag.failed == ("the registry refuses host h1: etcd at 198.18.0.251:2379 refused the login of user "
-                         "dataplane-host-h1") and ag.reg.kv.calls == 1 and not ag.registered.is_set()
+    assert str(ag.failed) == ("the registry refuses host h1: etcd at 198.18.0.251:2379 refused the login of user "
+                              "dataplane-host-h1") and ag.reg.kv.calls == 1 and not ag.registered.is_set()
+    assert isinstance(ag.failed, Refused) and ag.failed.exit_code == 5, "exit 5, as README says (it was 4)"
 
 
 def test_an_outage_is_waited_out(monkeypatch):

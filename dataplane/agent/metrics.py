@@ -176,13 +176,17 @@ def registry_for(agent) -> CollectorRegistry:
 
 
 def serve(agent, address: str) -> "Server | None":
-    """Start serving on address ("": nowhere); a failure is logged, never fatal."""
+    """Start serving on address ("": nowhere); a failure is logged, never fatal, and kept in
+    agent.metrics_error for `status` (it was in the log only: up exited 0, status said nothing,
+    and Prometheus alerted that a healthy agent was down)."""
+    agent.metrics_error = None
     if not address:
         return None
     try:
         srv = Server(agent, address)
     except DataplaneError as e:
         log.error("%s", e)
+        agent.metrics_error = str(e)
         return None
     srv.start()
     return srv
@@ -226,6 +230,7 @@ class Server:
             raise UsageError(f"cannot serve metrics on {address}: {e}") from None
         self.httpd.daemon_threads = True
         self.address = f"{host}:{self.httpd.server_address[1]}"
+        self.asked = address                    # as configured (status compares it with the node's)
 
     def start(self) -> None:
         threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True).start()

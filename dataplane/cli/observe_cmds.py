@@ -56,13 +56,26 @@ def rates(old: dict | None, new: dict, dt: float) -> dict:
             "top_drop": top[0] if top[1] > 0 else None}
 
 
+def _metrics_errors(wanted: str, a: dict) -> list[str]:
+    """What `status` says of the agent's /metrics: a port it could not open, or an address
+    changed by `up` since the agent started (it binds once, at its start)."""
+    if a.get("metrics_error"):
+        return [f"metrics: {a['metrics_error']}"]
+    served = a.get("metrics_served")
+    if "metrics_served" in a and (served or "") != (wanted or ""):
+        return [f"metrics: configured {wanted or 'off'}, the agent serves {served or 'none'}: restart the agent "
+                "(`systemctl restart dataplane`; without systemd, stop its pid and run `dataplane up` again)"]
+    return []
+
+
 def cmd_status(args):
     """One screen: node, programs, maps, agent and registry, VNIs, last errors."""
     node = node_of(args)
     st = node.require_up()
     c = st.config
     out = {"node": st.node, "vtep": f"{c.local_ip}:{c.port}", "underlay": c.underlay, "uplink_mtu": st.uplink.mtu,
-           "peer_check": c.peer_check, "vxlan_guard": c.vxlan_guard, "storm_rate": c.storm_rate, "registry": st.registry, "host": st.host_name,
+           "peer_check": c.peer_check, "vxlan_guard": c.vxlan_guard, "storm_rate": c.storm_rate,
+           "registry": st.registry, "host": st.host_name,
            "metrics": c.metrics_address or None,
            "networks": [{"vni": v, "subnet": n.subnet, "mtu": n.mtu,
                          "endpoints": len(st.local_endpoints(v)), "peers": len(networks.flood_list(st, v))}
@@ -76,7 +89,8 @@ def cmd_status(args):
             out["errors"] = ([f"VNI {v}: {e}" for v, e in a.get("vni_errors", {}).items()]
                              + [f"endpoint {k}: {e}" for k, e in a.get("conflicts", {}).items()]
                              + list(a.get("over_limit", [])) + a.get("bad_records_recent", [])[-3:]
-                             + ([f"maps: {a['map_error']}"] if a.get("map_error") else []))
+                             + ([f"maps: {a['map_error']}"] if a.get("map_error") else [])
+                             + _metrics_errors(c.metrics_address, a))
         except DataplaneError as e:
             out["errors"].append(f"agent: {e} (last log line: {process.log_tail(node.name)})")
     if is_json(args):

@@ -34,7 +34,8 @@ def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", "storm_rate", "storm_burst")
+                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", "storm_rate",
+                                                          "storm_burst")
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")

@@ -48,18 +48,19 @@ def test_a_stuck_move_is_taken_back_without_the_lock_and_again_after_a_failure(t
         ag.reg.close()
 
 
-def runtime_endpoint_here(ag, name: str) -> None:
-    rec = ag.reg.endpoint(name)
-    ag.sandboxes[name] = state.LocalEndpoint(name=name, vni=256, ip=rec.ip, mac=rec.mac, host_ifname="dp" + name,
-                                             sandbox={"runtime": "docker", "peer": "dpx"}, phase="ready")
+def docker_web_on_h1(tmp_path, monkeypatch):
+    """The agent of h1 with endpoint web on h1, a Docker container's (its interface the engine's)."""
+    ag = registry_with_web_on_h2(tmp_path, monkeypatch)
+    ag.reg.endpoint_rm("web")
+    rec = ag.reg.endpoint_create("web", "n", "h1")
+    ag.sandboxes["web"] = state.LocalEndpoint(name="web", vni=256, ip=rec.ip, mac=rec.mac, host_ifname="dpweb",
+                                              sandbox={"runtime": "docker", "peer": "dpx"}, phase="ready")
+    return ag
 
 
 def test_a_move_of_a_runtimes_container_is_refused_without_the_lock(tmp_path, monkeypatch):
-    ag = registry_with_web_on_h2(tmp_path, monkeypatch)
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
     try:
-        ag.reg.endpoint_rm("web")
-        ag.reg.endpoint_create("web", "n", "h1")
-        runtime_endpoint_here(ag, "web")
         ag.reg.endpoint_move_begin("web", "h2")             # another writer moves the container away
         ag.view.load(ag.reg.snapshot())
         tries = lose_every_commit(monkeypatch, ag.reg.kv)
@@ -77,11 +78,8 @@ def test_a_move_of_a_runtimes_container_is_refused_without_the_lock(tmp_path, mo
 
 
 def test_a_runtimes_deleted_record_is_registered_again_without_the_lock(tmp_path, monkeypatch):
-    ag = registry_with_web_on_h2(tmp_path, monkeypatch)
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
     try:
-        ag.reg.endpoint_rm("web")
-        ag.reg.endpoint_create("web", "n", "h1")
-        runtime_endpoint_here(ag, "web")
         ag.reg.endpoint_rm("web")                           # another writer deletes its record
         ag.view.load(ag.reg.snapshot())
         tries = lose_every_commit(monkeypatch, ag.reg.kv)

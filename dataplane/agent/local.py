@@ -4,6 +4,7 @@ removed when someone else moves or deletes them, and withdrawn at `down`."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -154,7 +155,7 @@ def _runtime_conflict(ag, name: str, rec, ep) -> None:
     why = ("registry record deleted by another writer" if rec is None
            else f"registry record moved to host {rec.host} by another writer")
     if rec is None:
-        deferred.add(ag, name, lambda: rewrite.register_again(ag, name, why))
+        deferred.add(ag, name, functools.partial(rewrite.register_again, ag, name, why))   # why as it is now
         why += "; registering it again"
     if ag.conflicts.get(name) != why:
         log.error("endpoint %s belongs to a local %s container, kept: %s", name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from contextlib import contextmanager
 
 from dataplane.agent import process
@@ -139,7 +140,7 @@ def down(node: Node, vnis=None) -> bool:
                          "remove the network with `dataplane network rm`, or the node with `dataplane down`")
     if not vnis:
         pid = process.running_pid(node.name)
-        unit = process.supervisor(pid) if pid else None
+        unit = process.supervisor(node.name, pid) if pid else None
         if unit:                         # it would start again, and fail on a node taken down, for good
             raise Conflict(f"the agent of node {node.name} runs under systemd ({unit}), which would start it "
                            f"again: `systemctl disable --now {unit}` first, then `dataplane down`")
@@ -244,12 +245,15 @@ def restore(node: Node, agent: bool = True) -> NodeState:
 
 
 def _hand_agent_over(node: Node) -> None:
-    """`up --restore --no-agent`, a unit's ExecStartPre: an agent that `up` started (not a unit's)
-    is stopped, without leaving the registry, so that the unit's own agent can take the node
-    (one agent per node: it failed on the lock, and Restart=always repeated that until systemd
-    gave up, the host left with an agent nothing supervised). Its lease is kept for the next."""
+    """`up --restore --no-agent` as the node's unit's ExecStartPre (run in the unit's cgroup): an
+    agent that `up` started is stopped, without leaving the registry, so that the unit's own can
+    take the node (one agent per node: it failed on the lock, and Restart=always repeated that
+    until systemd gave up, the host left with an agent nothing supervised). Its lease is kept
+    for the next. Run by hand, `--no-agent` leaves a running agent alone."""
+    if not process.supervisor(node.name, os.getpid()):
+        return
     pid = process.running_pid(node.name)
-    if pid and not process.supervisor(pid):
+    if pid and not process.supervisor(node.name, pid):
         notice(f"stopping the agent of node {node.name} that `up` started (pid {pid}): its supervisor "
                "starts the node's agent from now on")
         process.stop(node.name, leave=False)

@@ -10,6 +10,7 @@ logged with its slow steps."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 
@@ -64,8 +65,10 @@ def _mend_rx_gro(ag, st) -> None:
 def _mend_vxlan_guard(ag, st) -> None:
     """node/vxlanguard.py's rule put back if a firewall's reload or a flush took it away. Judged
     by the state as it is under the node's lock, not the tick's copy: an `up --no-vxlan-guard`
-    between the two removed the rule, and the copy (guard on) put it back for good."""
-    if not st.config.vxlan_guard:
+    between the two removed the rule, and the copy (guard on) put it back for good. The lock
+    only when the rule is missing: `up` holds it for seconds, and the main loop runs this."""
+    c = st.config
+    if not c.vxlan_guard or not shutil.which("iptables") or vxlanguard.present(ag.node.netns, c.underlay, c.port):
         return
     with state.locked(ag.node.name):
         now = ag.node.state()

@@ -86,6 +86,13 @@ def _unregistrable(ag, name: str, ep, e: Conflict) -> None:
         log.error("endpoint %s: %s", name, err)
 
 
+def endpoint_event(ag, name: str, rec, local: dict | None = None) -> None:
+    """A registry event for endpoint name (the main loop's batch): what deferred.py made for it
+    may be asked again (a recheck of the same state may not), then endpoint_changed."""
+    deferred.event(ag, name)
+    endpoint_changed(ag, name, rec, local)
+
+
 def endpoint_changed(ag, name: str, rec, local: dict | None = None) -> None:
     """Our sandbox was moved to another host (the move committed) or removed by someone else.
     A Docker or CNI container's interface is the runtime's, never torn down for a registry
@@ -145,17 +152,19 @@ def _refuse_move(ag, name: str, rec, ep) -> None:
     """Take back a move of a runtime's endpoint: the other host would make a sandbox of
     ours for it while the container stays here, cut off. Its commit then fails and it undoes."""
     why = f"a move to host {rec.moving_to} was refused: the container is the {ep.sandbox.get('runtime', 'runtime')}'s"
+    if not deferred.add(ag, name, ("take_back", rec.moving_to),
+                        rewrite.take_back(ag, name, rec.moving_to, lambda r: True, why)):
+        return                              # queued, or made just now: what it said stands
     log.error("endpoint %s: %s", name, why)
     ag.conflicts[name] = why
-    to = rec.moving_to
-    deferred.add(ag, name, rewrite.take_back(ag, name, to, lambda r: True, why))
 
 
 def _runtime_conflict(ag, name: str, rec, ep) -> None:
     why = ("registry record deleted by another writer" if rec is None
            else f"registry record moved to host {rec.host} by another writer")
     if rec is None:
-        deferred.add(ag, name, functools.partial(rewrite.register_again, ag, name, why))   # why as it is now
+        if not deferred.add(ag, name, ("register",), functools.partial(rewrite.register_again, ag, name, why)):
+            return                          # queued, or made just now: what it said stands
         why += "; registering it again"
     if ag.conflicts.get(name) != why:
         log.error("endpoint %s belongs to a local %s container, kept: %s", name,
@@ -196,9 +205,10 @@ def settle_moves(ag, local: dict | None = None) -> None:
     for rec in list(ag.view.endpoints.values()):
         if rec.id in ag.busy:
             continue
-        if rewrite.stuck(ag, rec, mine):
+        if rewrite.stuck(ag, rec, mine) and deferred.add(
+                ag, rec.id, ("take_back", rec.moving_to),
+                rewrite.take_back(ag, rec.id, rec.moving_to, lambda r: rewrite.stuck(ag, r))):
             log.warning("endpoint %s: its move to %s cannot complete; taking it back", rec.id, rec.moving_to)
-            deferred.add(ag, rec.id, rewrite.take_back(ag, rec.id, rec.moving_to, lambda r: rewrite.stuck(ag, r)))
     for name in list(mine):
         rec = ag.view.endpoints.get(name)
         if rec is not None and _not_ours(ag, rec):

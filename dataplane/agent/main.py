@@ -135,8 +135,9 @@ class Agent:
             self._main_loop()
         finally:
             self.stopping.set()
-            if self.sweeper is not None:    # it stops between endpoints: none left half done
-                self.sweeper.join(SWEEP_JOIN_S)
+            for t in (self.sweeper, self.writer):   # they stop between endpoints: none left half done
+                if t is not None:
+                    t.join(SWEEP_JOIN_S)
             if not self.leaving:
                 sync.write_cache(self, now=True)
             try:
@@ -327,7 +328,7 @@ class Agent:
                         gone = []
                     self.counters["events"] += 1
                     self.view.apply(ev, on_bad=self._bad_record, on_host_gone=gone.append,
-                                    on_endpoint=lambda name, rec: local.endpoint_changed(self, name, rec, mine))
+                                    on_endpoint=lambda name, rec: local.endpoint_event(self, name, rec, mine))
                 if gone:
                     local.hosts_gone(self, gone, mine)
                 converge.pending(self)

@@ -114,8 +114,7 @@ class Ops:
                     "last_sync_ms": round(ag.last_sync_s * 1000, 1),
                     "last_snapshot_ms": round(ag.last_snapshot_s * 1000, 1), "warm_start": ag.warm_start,
                     "claims_pending": ag.view.claims_pending, "last_claims_ms": round(ag.last_claims_s * 1000, 1),
-                    "map_error": ag.remote.last_error, "metrics_served": ag.metrics.asked if ag.metrics else None,
-                    "metrics_error": getattr(ag, "metrics_error", None),
+                    "map_error": ag.remote.last_error, **_metrics(ag),
                     **ag.counters, "vni_errors": {str(v): e for v, e in sorted(ag.vni_errors.items())},
                     "skipped_endpoints": dict(ag.skipped), "conflicts": dict(ag.conflicts),
                     "in_flight": sorted(ag.busy),
@@ -259,6 +258,13 @@ class Ops:
         log.info("asked to leave the registry and stop")
         self.ag.stop(leave=True)
         return {"host": self.ag.me}
+
+
+def _metrics(ag) -> dict:
+    """The address /metrics is served on as configured, and why not (once Agent.run began serving)."""
+    if not hasattr(ag, "metrics"):
+        return {}
+    return {"metrics_served": ag.metrics.asked if ag.metrics else None, "metrics_error": ag.metrics_error}
 
 
 def _rss_kib(field: str = "VmRSS") -> int:

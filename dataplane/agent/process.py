@@ -43,20 +43,28 @@ def running_pid(node: str) -> int | None:
             cmd = f.read().split(b"\0")
     except OSError:
         return None
-    # Any dataplane `agent run`: `up` starts `python -m dataplane.cli`, a systemd unit the console
-    # script (.../bin/dataplane) or `python -m dataplane`. Only the first was taken for an agent:
-    # `down` then never stopped a unit's agent, and `up` started a second one.
-    return pid if b"agent" in cmd and b"run" in cmd and b"dataplane" in b" ".join(cmd) else None
+    # Any dataplane `agent run` for this node: `up` starts `python -m dataplane.cli`, a systemd unit
+    # the console script (.../bin/dataplane) or `python -m dataplane`. Only the first was taken for
+    # an agent: `down` then never stopped a unit's agent, and `up` started a second one.
+    ns = cmd[cmd.index(b"--netns") + 1] if b"--netns" in cmd[:-1] else None
+    ours = ns == (None if node == "host" else node.encode())
+    return pid if ours and b"agent" in cmd and b"run" in cmd and b"dataplane" in b" ".join(cmd) else None
 
 
-def supervisor(pid: int) -> str | None:
-    """The systemd unit (dataplane*.service) an agent runs as, by its cgroup; None if none."""
+def unit_name(node: str) -> str:
+    """The systemd unit `dataplane service install` writes for the node's agent."""
+    return "dataplane.service" if node == "host" else f"dataplane-{node}.service"
+
+
+def supervisor(node: str, pid: int) -> str | None:
+    """The node's unit (unit_name) if process pid runs in its cgroup (v1's name=systemd or v2's
+    line alike), else None."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
-            units = [line.rstrip().rsplit("/", 1)[-1] for line in f]
+            units = {line.rstrip().rsplit("/", 1)[-1] for line in f}
     except OSError:
         return None
-    return next((u for u in units if u.startswith("dataplane") and u.endswith(".service")), None)
+    return unit_name(node) if unit_name(node) in units else None
 
 
 def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl: int,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from dataplane.agent.deferred import transient
 from dataplane.core.errors import Conflict, DataplaneError
-from dataplane.registry import Refused, Unavailable
 from dataplane.registry.ipam import write_rev
 
 log = logging.getLogger("dataplane.agent")
@@ -33,19 +33,17 @@ def take_back(ag, eid: str, to: str, still, why: str | None = None):
             wrote(ag, eid, ag.reg.endpoint_move_abort(eid, to))
         except DataplaneError as e:
             if why:
-                with ag.lock:
-                    ag.conflicts[eid] = f"{why} (taking the move back failed: {e}; trying again)"
+                _said(ag, eid, f"{why} (taking the move back failed: {e}{'; trying again' if transient(e) else ''})")
             raise
         if why:
-            with ag.lock:
-                ag.conflicts[eid] = why
+            _said(ag, eid, why)
         log.warning("endpoint %s: its move to %s is taken back", eid, to)
     return write
 
 
 def register_again(ag, name: str, why: str) -> None:
     """A write for deferred.add: a runtime's endpoint whose record was deleted, registered again
-    (unless it went, or has a record again, since). Tried again while the registry is away."""
+    (unless it went, or has a record again, since)."""
     with ag.lock:
         ep = ag.node.require_up().endpoints.get(name)
         if ep is None or ag.view.endpoints.get(name) is not None:
@@ -55,20 +53,16 @@ def register_again(ag, name: str, why: str) -> None:
         if net is None:
             raise Conflict(f"VNI {ep.vni} has no network in the registry")
         wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
-        why += "; registered again"
-    except Unavailable as e:
-        if isinstance(e, Refused):
-            why += f"; cannot register it again: {e}"
-        else:
-            with ag.lock:
-                ag.conflicts[name] = f"{why}; cannot register it again yet: {e}"
-            raise
     except DataplaneError as e:
-        why += f"; cannot register it again: {e}"
-    log.error("endpoint %s belongs to a local %s container, kept: %s", name,
-              ep.sandbox.get("runtime", "runtime"), why)
+        _said(ag, name, f"{why}; cannot register it again{' yet' if transient(e) else ''}: {e}")
+        raise
+    _said(ag, name, f"{why}; registered again")
+    log.warning("endpoint %s: registered again", name)
+
+
+def _said(ag, eid: str, why: str) -> None:
     with ag.lock:
-        ag.conflicts[name] = why
+        ag.conflicts[eid] = why
 
 
 def stuck(ag, rec, mine: dict | None = None) -> bool:

@@ -28,9 +28,11 @@ def unit_commands(netns: str) -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def unit_cgroup(name: str):
-    """A cgroup named as systemd names a unit's; yields its cgroup.procs path."""
+    """A cgroup named as systemd names a unit's; yields its cgroup.procs and the root's."""
     for root in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         path = os.path.join(root, name)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)                          # an empty one a killed run left
         try:
             os.mkdir(path)
         except OSError:
@@ -43,9 +45,18 @@ def unit_cgroup(name: str):
                     for pid in f.read().split():
                         with open(os.path.join(root, "cgroup.procs"), "w") as out:
                             out.write(pid)
-            os.rmdir(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
         return
     raise AssertionError("no cgroup hierarchy to make a unit's cgroup in")
+
+
+def joining(procs: str):
+    """A preexec_fn: the child runs in the cgroup whose cgroup.procs this is, as a unit's command."""
+    def join():
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+    return join
 
 
 def alive(pid: int) -> bool:
@@ -64,18 +75,21 @@ def test_a_units_agent_takes_over_is_found_and_is_not_taken_down_under_it(host, 
     assert first
     unit = unit_commands(host)
     r = subprocess.run(unit["ExecStartPre"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert wait_for(lambda: not alive(first)), "ExecStartPre stops the agent that `up` started"
+    assert r.returncode == 0 and agentctl.running_pid(host) == first, "run by hand, --no-agent leaves it alone"
+    name = agentctl.unit_name(host)
     log = open(tmp_path / "agent.log", "ab")
-    agent = subprocess.Popen(unit["ExecStart"], stdout=log, stderr=log, start_new_session=True, cwd="/")
+    agent = None
     try:
-        assert wait_for(lambda: agent.poll() is None and _synced(host), timeout=60), \
-            (tmp_path / "agent.log").read_text()[-1500:]
-        assert agentctl.running_pid(host) == agent.pid, "the console script's agent is an agent"
-        name = f"dataplane-{host}.service"
-        with unit_cgroup(name) as (procs, _):
-            with open(procs, "w") as f:
-                f.write(str(agent.pid))
+        with unit_cgroup(name) as (procs, root):
+            r = subprocess.run(unit["ExecStartPre"], capture_output=True, text=True, timeout=120,
+                               preexec_fn=joining(procs))
+            assert r.returncode == 0, r.stderr
+            assert wait_for(lambda: not alive(first)), "as the unit's ExecStartPre, it stops the agent up started"
+            agent = subprocess.Popen(unit["ExecStart"], stdout=log, stderr=log, start_new_session=True, cwd="/",
+                                     preexec_fn=joining(procs))
+            assert wait_for(lambda: agent.poll() is None and _synced(host), timeout=60), \
+                (tmp_path / "agent.log").read_text()[-1500:]
+            assert agentctl.running_pid(host) == agent.pid, "the console script's agent is an agent"
             r = dp("--netns", host, "down", check=False)
             assert r.returncode == 4 and f"systemctl disable --now {name}" in r.stderr, r.stderr
             assert agent.poll() is None and _synced(host), "nothing was taken down"
@@ -83,7 +97,7 @@ def test_a_units_agent_takes_over_is_found_and_is_not_taken_down_under_it(host, 
         assert r.returncode == 0, r.stderr
         agent.wait(timeout=30)
     finally:
-        if agent.poll() is None:
+        if agent is not None and agent.poll() is None:
             agent.kill()
             agent.wait()
         log.close()

@@ -48,6 +48,16 @@ def test_a_stuck_move_is_taken_back_without_the_lock_and_again_after_a_failure(t
         ag.reg.close()
 
 
+def recheck(ag) -> None:
+    """What the main loop does with the rechecks the writer's turns queued (inflight.working_on):
+    the endpoint looked at again as the view has it."""
+    while not ag.q.empty():
+        kind, eid = ag.q.get()
+        with ag.lock:
+            if eid in ag.sandboxes or eid in ag.view.endpoints:
+                local.endpoint_changed(ag, eid, ag.view.endpoints.get(eid))
+
+
 def docker_web_on_h1(tmp_path, monkeypatch):
     """The agent of h1 with endpoint web on h1, a Docker container's (its interface the engine's)."""
     ag = registry_with_web_on_h2(tmp_path, monkeypatch)
@@ -68,9 +78,11 @@ def test_a_move_of_a_runtimes_container_is_refused_without_the_lock(tmp_path, mo
             local.endpoint_changed(ag, "web", ag.view.endpoints["web"])
         assert tries == [] and "was refused" in ag.conflicts["web"]
         deferred.run(ag)
-        assert "trying again" in ag.conflicts["web"]
+        recheck(ag)
+        assert "trying again" in ag.conflicts["web"], "the recheck leaves what the try said"
         monkeypatch.undo()
         deferred.run(ag)
+        recheck(ag)
         assert ag.reg.endpoint("web").moving_to is None, "the move is taken back: its commit fails"
         assert "was refused" in ag.conflicts["web"] and "trying again" not in ag.conflicts["web"]
     finally:
@@ -87,10 +99,36 @@ def test_a_runtimes_deleted_record_is_registered_again_without_the_lock(tmp_path
             local.endpoint_changed(ag, "web", None)
         assert tries == [] and ag.conflicts["web"].endswith("registering it again")
         deferred.run(ag)
+        recheck(ag)
         assert "cannot register it again yet" in ag.conflicts["web"] and "web" in ag.deferred
         monkeypatch.undo()
         deferred.run(ag)
+        recheck(ag)
         assert ag.reg.endpoint("web").host == "h1"
         assert ag.conflicts["web"] == "registry record deleted by another writer; registered again"
+    finally:
+        ag.reg.close()
+
+
+def test_a_registration_refused_for_good_is_not_asked_again_until_an_event_comes(tmp_path, monkeypatch):
+    """Its address is another endpoint's now (a Conflict): the writer's recheck found the record
+    still missing and queued the same write again, at once, for ever (review finding)."""
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
+    try:
+        ip = ag.sandboxes["web"].ip
+        ag.reg.endpoint_rm("web")
+        ag.reg.endpoint_create("db", "n", "h2", ip=ip)      # the address goes to another endpoint
+        ag.view.load(ag.reg.snapshot())
+        with ag.lock:
+            local.endpoint_event(ag, "web", None)
+        deferred.run(ag)
+        recheck(ag)
+        assert not ag.deferred, "not queued again by the recheck"
+        assert "cannot register it again: " in ag.conflicts["web"] and "in use on n by db" in ag.conflicts["web"]
+        ag.reg.endpoint_rm("db")                            # the address is free again, and an event comes
+        with ag.lock:
+            local.endpoint_event(ag, "web", None)
+        deferred.run(ag)
+        assert ag.reg.endpoint("web").host == "h1"
     finally:
         ag.reg.close()

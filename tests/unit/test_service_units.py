@@ -112,3 +112,11 @@ def test_cni_install_into_a_bad_directory_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "dataplane.tmp").mkdir()
     assert main(["cni", "install", "--bin-dir", str(tmp_path)]) == 4
     assert not (tmp_path / "dataplane").exists()
+
+
+def test_the_agents_unit_name_is_the_units_file_name():
+    """process.unit_name is how `down` and ExecStartPre know the unit's cgroup."""
+    from dataplane.agent import process
+    from dataplane.cli import service_cmds
+    for netns, node in ((None, "host"), ("dpl-h1", "dpl-h1")):
+        assert process.unit_name(node) in service_cmds.units(netns)

@@ -7,11 +7,13 @@ is a registry write, which can take a request timeout per member (3 s) and, afte
 replies, the retry window (backoff.LOST_WINDOW_S). Made under the lock, every registry event,
 punt and heartbeat waited on them. Now they are queued (add) and made by a thread of their
 own once the turn is done (start): the endpoint is that thread's meanwhile
-(inflight.working_on: the main loop passes it over and looks at it again after), each write
-checks first that what called for it still holds, and one the registry could not take
-(Unavailable) is tried again RETRY_S later; a refusal or a conflict is final. A write made
-(or given up) for one premise is not queued again for it by the look that follows its end
-(inflight's recheck): only a new event for the endpoint (event()) lets it be asked again.
+(inflight.working_on: the main loop passes it over and looks at it again after), and each
+write checks first that what called for it still holds (else it is dropped). One that fails
+stays queued: RETRY_S on if the registry could not take it, FINAL_RETRY_S on if it was refused
+(a conflict, a refusal, no space: an operator or another host may change that, and no event
+for this endpoint need come when they do). A new registry event for the endpoint makes it
+due at once (event); the look its own end brings does not queue it again (add: the same
+premise queued already), so nothing loops.
 """
 
 from __future__ import annotations
@@ -25,62 +27,64 @@ from dataplane.core.errors import DataplaneError
 from dataplane.registry import Full, Refused, Unavailable
 
 RETRY_S = 1.0
+FINAL_RETRY_S = 30.0
 log = logging.getLogger("dataplane.agent")
 
 
 def transient(e: Exception) -> bool:
-    """The registry could not take the write now (unreachable, no leader): worth trying again."""
+    """The registry could not take the write now (unreachable, no leader): worth trying again soon."""
     return isinstance(e, Unavailable) and not isinstance(e, (Refused, Full))
 
 
 def add(ag, eid: str, key: tuple, write) -> bool:
     """Under the agent's lock: write() is to be made for endpoint eid, for the premise key
-    (("take_back", host), ("register",)). False if that is queued already or was just made."""
+    (("refuse", host), ("take_back", host), ("register",)); it replaces a write queued for
+    another. False if that premise is queued already (its last try's words stand)."""
     pending = ag.deferred.get(eid)
-    if (pending is not None and pending[0] == key) or ag.deferred_done.get(eid) == key:
-        return False
-    ag.deferred[eid] = (key, write)
+    if pending is not None and (pending[0] == key or (pending[0][0] == "refuse" and key[0] == "take_back")):
+        return False                        # (a refusal takes the move back and says why: it stays)
+    ag.deferred[eid] = (key, write, 0.0)
     return True
 
 
 def event(ag, eid: str) -> None:
-    """Under the agent's lock: a registry event for eid came; what was made for it may be asked again."""
-    ag.deferred_done.pop(eid, None)
+    """Under the agent's lock: a registry event for eid came: a write waiting for it is due now."""
+    pending = ag.deferred.get(eid)
+    if pending is not None:
+        ag.deferred[eid] = (pending[0], pending[1], 0.0)
 
 
 def start(ag) -> None:
-    """The main loop, between turns: a thread for the writes queued, unless one runs or the
-    last failure is too recent."""
-    if not ag.deferred or time.monotonic() < ag.deferred_due or (ag.writer is not None and ag.writer.is_alive()):
+    """The main loop, between turns: a thread for the writes due, unless one runs."""
+    if not ag.deferred or (ag.writer is not None and ag.writer.is_alive()):
         return
+    with ag.lock:
+        now = time.monotonic()
+        if not any(due <= now for _, _, due in ag.deferred.values()):
+            return
     ag.writer = threading.Thread(target=run, args=(ag,), name="deferred", daemon=True)
     ag.writer.start()
 
 
 def run(ag) -> None:
-    """Make the queued writes one endpoint at a time, passing over those an operation holds
-    (its end brings a recheck, and the main loop a start); stop at the first the registry
-    could not take (kept for the next start, RETRY_S on)."""
+    """Make the writes due, one endpoint at a time, passing over those an operation holds (its
+    end brings a recheck, and the main loop a start) and those waiting after a failure."""
     while not ag.stopping.is_set():
         with ag.lock:
-            eid = next((e for e in ag.deferred if e not in ag.busy), None)
+            now = time.monotonic()
+            eid = next((e for e, (_, _, due) in ag.deferred.items() if due <= now and e not in ag.busy), None)
             if eid is None:
                 return
-            key, write = ag.deferred.pop(eid)
+            key, write, _ = ag.deferred.pop(eid)
         with inflight.working_on(ag, eid):
             try:
                 write()
-            except DataplaneError as e:
-                again = transient(e)
-                log.error("endpoint %s: %s%s", eid, e, f"; trying again in {RETRY_S:.0f} s" if again else "")
-                with ag.lock:
-                    if again:
-                        ag.deferred.setdefault(eid, (key, write))
-                        ag.deferred_due = time.monotonic() + RETRY_S
-                    else:
-                        ag.deferred_done[eid] = key
-                if again:
-                    return
                 continue
-            with ag.lock:
-                ag.deferred_done[eid] = key
+            except DataplaneError as e:
+                wait = RETRY_S if transient(e) else FINAL_RETRY_S
+                log.error("endpoint %s: %s; trying again in %.0f s", eid, e, wait)
+            except Exception:  # noqa: BLE001 - a defect of ours must not end the thread or drop the write
+                wait = FINAL_RETRY_S
+                log.exception("endpoint %s: a registry write failed; trying again in %.0f s", eid, wait)
+            with ag.lock:                   # queued again before the recheck that leaving brings
+                ag.deferred.setdefault(eid, (key, write, time.monotonic() + wait))

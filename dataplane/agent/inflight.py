@@ -24,8 +24,8 @@ def attach(ag) -> None:
     ag.busy_changed = threading.Condition(ag.lock)
     ag.oplock = threading.RLock()
     ag.netlocks, ag.netlocks_mu = {}, threading.Lock()
-    # deferred.py: writes decided under the lock (endpoint -> (premise, write)), made without it
-    ag.deferred, ag.deferred_done, ag.deferred_due, ag.writer = {}, {}, 0.0, None
+    # deferred.py: writes decided under the lock (endpoint -> (premise, write, due)), made without it
+    ag.deferred, ag.writer = {}, None
 
 
 def network_lock(ag, network: str) -> threading.RLock:

@@ -87,8 +87,8 @@ def _unregistrable(ag, name: str, ep, e: Conflict) -> None:
 
 
 def endpoint_event(ag, name: str, rec, local: dict | None = None) -> None:
-    """A registry event for endpoint name (the main loop's batch): what deferred.py made for it
-    may be asked again (a recheck of the same state may not), then endpoint_changed."""
+    """A registry event for endpoint name (the main loop's batch): a write deferred.py keeps
+    waiting for it after a failure is due now; then endpoint_changed."""
     deferred.event(ag, name)
     endpoint_changed(ag, name, rec, local)
 
@@ -152,7 +152,7 @@ def _refuse_move(ag, name: str, rec, ep) -> None:
     """Take back a move of a runtime's endpoint: the other host would make a sandbox of
     ours for it while the container stays here, cut off. Its commit then fails and it undoes."""
     why = f"a move to host {rec.moving_to} was refused: the container is the {ep.sandbox.get('runtime', 'runtime')}'s"
-    if not deferred.add(ag, name, ("take_back", rec.moving_to),
+    if not deferred.add(ag, name, ("refuse", rec.moving_to),
                         rewrite.take_back(ag, name, rec.moving_to, lambda r: True, why)):
         return                              # queued, or made just now: what it said stands
     log.error("endpoint %s: %s", name, why)

@@ -33,7 +33,7 @@ def take_back(ag, eid: str, to: str, still, why: str | None = None):
             wrote(ag, eid, ag.reg.endpoint_move_abort(eid, to))
         except DataplaneError as e:
             if why:
-                _said(ag, eid, f"{why} (taking the move back failed: {e}{'; trying again' if transient(e) else ''})")
+                _said(ag, eid, f"{why} (taking the move back failed: {e}; trying again)")
             raise
         if why:
             _said(ag, eid, why)
@@ -54,7 +54,7 @@ def register_again(ag, name: str, why: str) -> None:
             raise Conflict(f"VNI {ep.vni} has no network in the registry")
         wrote(ag, name, ag.reg.endpoint_create(name, net.name, ag.me, ep.ip, ep.mac))
     except DataplaneError as e:
-        _said(ag, name, f"{why}; cannot register it again{' yet' if transient(e) else ''}: {e}")
+        _said(ag, name, f"{why}; cannot register it again {'yet' if transient(e) else 'for now'}: {e}")
         raise
     _said(ag, name, f"{why}; registered again")
     log.warning("endpoint %s: registered again", name)

@@ -28,7 +28,7 @@ def unit_commands(netns: str) -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def unit_cgroup(name: str):
-    """A cgroup named as systemd names a unit's; yields its cgroup.procs and the root's."""
+    """A cgroup named as systemd names a unit's; yields its cgroup.procs and that of this test's own."""
     for root in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         path = os.path.join(root, name)
         with contextlib.suppress(OSError):
@@ -37,18 +37,28 @@ def unit_cgroup(name: str):
             os.mkdir(path)
         except OSError:
             continue
+        home = os.path.join(root, own_cgroup(root).lstrip("/"), "cgroup.procs")   # where this test runs
         try:
-            yield os.path.join(path, "cgroup.procs"), os.path.join(root, "cgroup.procs")
+            yield os.path.join(path, "cgroup.procs"), home
         finally:
-            with contextlib.suppress(OSError):
-                with open(os.path.join(path, "cgroup.procs")) as f:
-                    for pid in f.read().split():
-                        with open(os.path.join(root, "cgroup.procs"), "w") as out:
-                            out.write(pid)
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                for pid in f.read().split():
+                    with contextlib.suppress(ProcessLookupError), open(home, "w") as out:
+                        out.write(pid)
+            os.rmdir(path)
         return
     raise AssertionError("no cgroup hierarchy to make a unit's cgroup in")
+
+
+def own_cgroup(root: str) -> str:
+    """This process's cgroup in the hierarchy mounted at root (v1's name=systemd, or v2's)."""
+    want = "name=systemd" if root.endswith("/systemd") else ""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controllers == want:
+                return path
+    return "/"
 
 
 def joining(procs: str):
@@ -80,7 +90,7 @@ def test_a_units_agent_takes_over_is_found_and_is_not_taken_down_under_it(host, 
     log = open(tmp_path / "agent.log", "ab")
     agent = None
     try:
-        with unit_cgroup(name) as (procs, root):
+        with unit_cgroup(name) as (procs, home):
             r = subprocess.run(unit["ExecStartPre"], capture_output=True, text=True, timeout=120,
                                preexec_fn=joining(procs))
             assert r.returncode == 0, r.stderr
@@ -93,6 +103,8 @@ def test_a_units_agent_takes_over_is_found_and_is_not_taken_down_under_it(host, 
             r = dp("--netns", host, "down", check=False)
             assert r.returncode == 4 and f"systemctl disable --now {name}" in r.stderr, r.stderr
             assert agent.poll() is None and _synced(host), "nothing was taken down"
+            with open(home, "w") as f:                       # out of the unit (as after `systemctl disable`)
+                f.write(str(agent.pid))
         r = dp("--netns", host, "down", check=False)       # out of the unit: down stops it
         assert r.returncode == 0, r.stderr
         agent.wait(timeout=30)

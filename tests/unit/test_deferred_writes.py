@@ -39,9 +39,10 @@ def test_a_stuck_move_is_taken_back_without_the_lock_and_again_after_a_failure(t
         assert tries == [], "nothing is written under the agent's lock"
         assert list(ag.deferred) == ["web"]
         deferred.run(ag)                                    # the registry has no leader: kept for later
-        assert tries and list(ag.deferred) == ["web"] and ag.deferred_due > time.monotonic()
+        assert tries and list(ag.deferred) == ["web"] and ag.deferred["web"][2] > time.monotonic()
         assert not ag.busy
         monkeypatch.undo()                                  # the registry answers again
+        due_now(ag)
         deferred.run(ag)
         assert ag.reg.endpoint("web").moving_to is None and not ag.deferred
     finally:
@@ -81,6 +82,7 @@ def test_a_move_of_a_runtimes_container_is_refused_without_the_lock(tmp_path, mo
         recheck(ag)
         assert "trying again" in ag.conflicts["web"], "the recheck leaves what the try said"
         monkeypatch.undo()
+        due_now(ag)
         deferred.run(ag)
         recheck(ag)
         assert ag.reg.endpoint("web").moving_to is None, "the move is taken back: its commit fails"
@@ -102,6 +104,7 @@ def test_a_runtimes_deleted_record_is_registered_again_without_the_lock(tmp_path
         recheck(ag)
         assert "cannot register it again yet" in ag.conflicts["web"] and "web" in ag.deferred
         monkeypatch.undo()
+        due_now(ag)
         deferred.run(ag)
         recheck(ag)
         assert ag.reg.endpoint("web").host == "h1"
@@ -110,9 +113,11 @@ def test_a_runtimes_deleted_record_is_registered_again_without_the_lock(tmp_path
         ag.reg.close()
 
 
-def test_a_registration_refused_for_good_is_not_asked_again_until_an_event_comes(tmp_path, monkeypatch):
+def test_a_registration_refused_waits_long_and_is_tried_again(tmp_path, monkeypatch):
     """Its address is another endpoint's now (a Conflict): the writer's recheck found the record
-    still missing and queued the same write again, at once, for ever (review finding)."""
+    still missing and queued the same write again, at once, for ever (review finding); and a
+    refusal given up for good stayed so when the address was freed (no event for this endpoint
+    comes then). Now it waits FINAL_RETRY_S and is tried again while the container is here."""
     ag = docker_web_on_h1(tmp_path, monkeypatch)
     try:
         ip = ag.sandboxes["web"].ip
@@ -122,13 +127,35 @@ def test_a_registration_refused_for_good_is_not_asked_again_until_an_event_comes
         with ag.lock:
             local.endpoint_event(ag, "web", None)
         deferred.run(ag)
+        said = ag.conflicts["web"]
         recheck(ag)
-        assert not ag.deferred, "not queued again by the recheck"
-        assert "cannot register it again: " in ag.conflicts["web"] and "in use on n by db" in ag.conflicts["web"]
-        ag.reg.endpoint_rm("db")                            # the address is free again, and an event comes
-        with ag.lock:
-            local.endpoint_event(ag, "web", None)
+        assert ag.conflicts["web"] == said and "in use on n by db" in said
+        assert ag.deferred["web"][2] > time.monotonic() + deferred.FINAL_RETRY_S - 5, "not at once again"
         deferred.run(ag)
-        assert ag.reg.endpoint("web").host == "h1"
+        assert ag.reg.endpoint("db"), "not tried before it is due"
+        ag.reg.endpoint_rm("db")                            # the address is free again
+        due_now(ag)                                         # (FINAL_RETRY_S later)
+        deferred.run(ag)
+        assert ag.reg.endpoint("web").host == "h1" and not ag.deferred
     finally:
         ag.reg.close()
+
+
+def test_a_defect_in_a_write_keeps_the_writer_and_the_write(tmp_path, monkeypatch):
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
+    try:
+        def broken():
+            raise KeyError("network")
+        with ag.lock:
+            deferred.add(ag, "web", ("register",), broken)
+        deferred.run(ag)
+        assert ag.deferred["web"][0] == ("register",) and not ag.busy
+    finally:
+        ag.reg.close()
+
+
+def due_now(ag) -> None:
+    """As when the wait after a failure is over."""
+    with ag.lock:
+        for eid in list(ag.deferred):
+            deferred.event(ag, eid)

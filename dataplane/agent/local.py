@@ -209,9 +209,11 @@ def settle_moves(ag, local: dict | None = None) -> None:
                 ag, rec.id, ("take_back", rec.moving_to),
                 rewrite.take_back(ag, rec.id, rec.moving_to, lambda r: rewrite.stuck(ag, r))):
             log.warning("endpoint %s: its move to %s cannot complete; taking it back", rec.id, rec.moving_to)
-    for name in list(mine):
+    for name, ep in list(mine.items()):
         rec = ag.view.endpoints.get(name)
-        if rec is not None and _not_ours(ag, rec):
+        # A runtime's endpoint with no record is registered again, as its deletion's event would have
+        # had it (a resync after a lost watch has no events); one of ours is left as it was (adopt's).
+        if (rec is not None or (ep.sandbox and ep.phase == "ready")) and _not_ours(ag, rec):
             endpoint_changed(ag, name, rec, mine)
 
 

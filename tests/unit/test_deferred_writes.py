@@ -159,3 +159,19 @@ def due_now(ag) -> None:
     with ag.lock:
         for eid in list(ag.deferred):
             deferred.event(ag, eid)
+
+
+def test_a_runtimes_record_deleted_while_the_watch_was_lost_is_registered_again_at_the_resync(tmp_path,
+                                                                                             monkeypatch):
+    """The deletion's event never came (a compacted history: the agent read a snapshot). The
+    resync's settle_moves passed over a sandbox with no record (review finding)."""
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_rm("web")
+        ag.view.load(ag.reg.snapshot())
+        with ag.lock:
+            local.settle_moves(ag)
+        deferred.run(ag)
+        assert ag.reg.endpoint("web").host == "h1"
+    finally:
+        ag.reg.close()

@@ -15,7 +15,7 @@ from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
-from dataplane.node import Node, monitor, peers, require_root, vtep
+from dataplane.node import Node, choices, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
 from dataplane.registry.kv import Txn
@@ -66,13 +66,13 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         old = node.state()
         if lease_ttl is not None:
             model.parse_lease_ttl(lease_ttl)
-        name = vtep.host_name_for(node, host_name, old.host_name if old else None)
+        name = choices.host_name_for(node, host_name, old.host_name if old else None)
         if old and old.host_name and name != old.host_name and process.running_pid(node.name):
             raise Conflict(f"node {node.name} is host {old.host_name} in the registry and its agent runs: "
                            "`dataplane down` first to rename it")
     created, mtus = [], {}
     if url and vnis:
-        mtu = vtep.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
+        mtu = choices.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
         with opened(url) as reg:
             subnet = _ensure_networks(reg, vnis, subnet, port, min(mtu, model.MTU_MAX), created, mtus)
     was_up = node.state() is not None

@@ -10,28 +10,17 @@ import socket
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.core.keys import be32
+from dataplane.core.notice import notice
 from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import clock, gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import endpoints, gateway, networks, nexthops, peers, rxgro, vxlanguard
 from dataplane.node.base import Node, require_root
+from dataplane.node.choices import host_name_for
 
 _S = abi.load().structs
 _F = abi.load().enums["dp_cfg_flag"]
 _MON = int(_F.DP_CFG_MON_DROP) | int(_F.DP_CFG_MON_PUNT) | int(_F.DP_CFG_MON_TRACE)
-
-
-def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str:
-    """The node's name in the registry: given, else the one it had, else its namespace's or the
-    machine's short hostname; refused (exit 2) if it breaks the name rules, as the agent would."""
-    from_hostname = not (given or kept or node.netns)
-    name = given or kept or node.netns or socket.gethostname().split(".")[0]
-    try:
-        return model.parse_name(name, "host name")
-    except UsageError as e:
-        if not from_hostname:
-            raise
-        raise UsageError(f"{e} (taken from this machine's hostname): give --host-name") from None
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
@@ -134,21 +123,24 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         except BaseException:
             if not old:
                 _teardown(node, st, quiet=True)
+            else:
+                _config_back(node)
             raise
         state.save(st)
         return st
 
 
-def uplink_mtu(node: Node, underlay: str | None = None) -> int:
-    """The MTU of the uplink `up` would take (the node's, the one named, or the default route's)."""
-    st = node.state()
-    if st:
-        return st.uplink.mtu
-    underlay = underlay or netlink.default_route_ifname(node.netns)
-    if not underlay:
-        raise UsageError("no --underlay given and no default route to take it from")
-    model.parse_ifname(underlay)
-    return netlink.link_info(node.netns, underlay)["mtu"]
+def _config_back(node: Node) -> None:
+    """A re-run of `up` that failed part-way (an attach, dpgro0): dp_config back as the saved
+    state has it, which status shows and the next `up` starts from. The new settings, written
+    first, stayed in force unsaved: a peer check or storm control other than what status said."""
+    saved = state.load(node.name)
+    if saved is not None:
+        try:
+            with node.maps() as m:
+                write_config(m, saved)
+        except DataplaneError as e:
+            notice(f"the fast path may keep this up's settings ({e}): run `dataplane up` again")
 
 
 def _forwarding_key(st: NodeState) -> str:

@@ -297,3 +297,32 @@ sendp([Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src="198.18.1.2", dst="198.18.1.1") /
     assert p.returncode == 0, err
     assert "3 frames written" in out + err, (out, err)
     assert pcap.stat().st_size > 24 + 3 * 16, "the frames reached the file"
+
+
+def test_a_failed_rerun_of_up_leaves_the_fast_path_as_status_says(host, monkeypatch):
+    """`up` run again with new settings writes dp_config first; a later step that failed (here the
+    uplink's attach) left the new settings in force while the saved state, status and the next
+    `up` had the old ones (review finding). Now dp_config is written back as saved."""
+    import ctypes
+    from dataplane.core import abi
+    from dataplane.core.errors import KernelError
+    from dataplane.node import vtep
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    peer_check = int(abi.load().enums["dp_cfg_flag"].DP_CFG_PEER_CHECK)
+    node = Node(host)
+    with node.maps() as m:
+        before = m.dp_config.get(ctypes.c_uint32(0))
+    assert before.flags & peer_check and before.storm_interval_ns
+
+    def refused(*args, **kwargs):
+        raise KernelError("tcx attach refused (a test's stand-in failure)")
+    monkeypatch.setattr(vtep.tcx, "attach", refused)
+    with pytest.raises(KernelError):
+        vtep.up(node, [256], peer_check=False, storm=(7, None), quiet=True)
+    monkeypatch.undo()
+    with node.maps() as m:
+        after = m.dp_config.get(ctypes.c_uint32(0))
+    assert after.flags & peer_check, "the peer check is on, as status says"
+    assert after.storm_interval_ns == before.storm_interval_ns
+    assert dp_json("--netns", host, "status")["peer_check"] is True
+    dp("--netns", host, "down")

@@ -43,7 +43,7 @@ def add(ag, eid: str, key: tuple, write) -> bool:
     pending = ag.deferred.get(eid)
     if pending is not None and (pending[0] == key or (pending[0][0] == "refuse" and key[0] == "take_back")):
         return False                        # (a refusal takes the move back and says why: it stays)
-    ag.deferred[eid] = (key, write, 0.0)
+    ag.deferred[eid] = (key, write, 0.0, None)
     return True
 
 
@@ -51,16 +51,17 @@ def event(ag, eid: str) -> None:
     """Under the agent's lock: a registry event for eid came: a write waiting for it is due now."""
     pending = ag.deferred.get(eid)
     if pending is not None:
-        ag.deferred[eid] = (pending[0], pending[1], 0.0)
+        ag.deferred[eid] = (pending[0], pending[1], 0.0, pending[3])
 
 
 def start(ag) -> None:
-    """The main loop, between turns: a thread for the writes due, unless one runs."""
+    """The main loop, between turns: a thread for the writes due, unless one runs. (One held by
+    an operation is not due: its end brings a recheck, so a turn, so a start.)"""
     if not ag.deferred or (ag.writer is not None and ag.writer.is_alive()):
         return
     with ag.lock:
         now = time.monotonic()
-        if not any(due <= now for _, _, due in ag.deferred.values()):
+        if not any(e[2] <= now and eid not in ag.busy for eid, e in ag.deferred.items()):
             return
     ag.writer = threading.Thread(target=run, args=(ag,), name="deferred", daemon=True)
     ag.writer.start()
@@ -68,23 +69,32 @@ def start(ag) -> None:
 
 def run(ag) -> None:
     """Make the writes due, one endpoint at a time, passing over those an operation holds (its
-    end brings a recheck, and the main loop a start) and those waiting after a failure."""
+    end brings a recheck, and the main loop a start) and those waiting after a failure. The
+    first the registry could not take ends the run, and every write waits RETRY_S: during an
+    outage, each try holds its endpoint for the registry's timeouts. A failure is logged as an
+    error when its words change (a conflict that stays is tried every FINAL_RETRY_S quietly)."""
     while not ag.stopping.is_set():
         with ag.lock:
             now = time.monotonic()
-            eid = next((e for e, (_, _, due) in ag.deferred.items() if due <= now and e not in ag.busy), None)
+            eid = next((e for e, entry in ag.deferred.items() if entry[2] <= now and e not in ag.busy), None)
             if eid is None:
                 return
-            key, write, _ = ag.deferred.pop(eid)
+            key, write, _, said = ag.deferred.pop(eid)
         with inflight.working_on(ag, eid):
             try:
                 write()
                 continue
             except DataplaneError as e:
-                wait = RETRY_S if transient(e) else FINAL_RETRY_S
-                log.error("endpoint %s: %s; trying again in %.0f s", eid, e, wait)
-            except Exception:  # noqa: BLE001 - a defect of ours must not end the thread or drop the write
-                wait = FINAL_RETRY_S
+                wait, why = (RETRY_S if transient(e) else FINAL_RETRY_S), str(e)
+                (log.error if why != said else log.debug)("endpoint %s: %s; trying again in %.0f s", eid, e, wait)
+            except Exception as e:  # noqa: BLE001 - a defect of ours must not end the thread or drop the write
+                wait, why = FINAL_RETRY_S, repr(e)
                 log.exception("endpoint %s: a registry write failed; trying again in %.0f s", eid, wait)
             with ag.lock:                   # queued again before the recheck that leaving brings
-                ag.deferred.setdefault(eid, (key, write, time.monotonic() + wait))
+                ag.deferred.setdefault(eid, (key, write, time.monotonic() + wait, why))
+                if wait == RETRY_S:         # the registry is away: the others wait too
+                    later = time.monotonic() + RETRY_S
+                    for other, (k, w, due, s) in list(ag.deferred.items()):
+                        ag.deferred[other] = (k, w, max(due, later), s)
+        if wait == RETRY_S:
+            return

@@ -134,13 +134,13 @@ def _config_back(node: Node) -> None:
     """A re-run of `up` that failed part-way (an attach, dpgro0): dp_config back as the saved
     state has it, which status shows and the next `up` starts from. The new settings, written
     first, stayed in force unsaved: a peer check or storm control other than what status said."""
-    saved = state.load(node.name)
-    if saved is not None:
-        try:
+    try:
+        saved = state.load(node.name)
+        if saved is not None:
             with node.maps() as m:
                 write_config(m, saved)
-        except DataplaneError as e:
-            notice(f"the fast path may keep this up's settings ({e}): run `dataplane up` again")
+    except DataplaneError as e:
+        notice(f"the fast path may keep this up's settings ({e}): run `dataplane up` again")
 
 
 def _forwarding_key(st: NodeState) -> str:

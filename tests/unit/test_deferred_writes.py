@@ -40,6 +40,9 @@ def test_a_stuck_move_is_taken_back_without_the_lock_and_again_after_a_failure(t
         assert list(ag.deferred) == ["web"]
         deferred.run(ag)                                    # the registry has no leader: kept for later
         assert tries and list(ag.deferred) == ["web"] and ag.deferred["web"][2] > time.monotonic()
+        n = len(tries)
+        deferred.run(ag)
+        assert len(tries) == n, "not tried again before RETRY_S"
         assert not ag.busy
         monkeypatch.undo()                                  # the registry answers again
         due_now(ag)
@@ -173,5 +176,34 @@ def test_a_runtimes_record_deleted_while_the_watch_was_lost_is_registered_again_
             local.settle_moves(ag)
         deferred.run(ag)
         assert ag.reg.endpoint("web").host == "h1"
+    finally:
+        ag.reg.close()
+
+
+def test_an_outage_ends_the_run_and_every_write_waits(tmp_path, monkeypatch):
+    """During an outage each try holds its endpoint for the registry's timeouts: the writer
+    going round its queue for as long as the outage lasted kept them all busy (review finding)."""
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
+    try:
+        tries = lose_every_commit(monkeypatch, ag.reg.kv)
+        ran = []
+        with ag.lock:
+            deferred.add(ag, "web", ("register",), lambda: ag.reg.kv.commit(None))
+            deferred.add(ag, "db", ("register",), lambda: ran.append("db"))
+        deferred.run(ag)
+        assert len(tries) == 1 and ran == [], "the run ended at the first outage; db waits too"
+        assert all(entry[2] > time.monotonic() for entry in ag.deferred.values())
+    finally:
+        ag.reg.close()
+
+
+def test_a_write_held_by_an_operation_starts_no_writer(tmp_path, monkeypatch):
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
+    try:
+        with ag.lock:
+            deferred.add(ag, "web", ("register",), lambda: None)
+            ag.busy.add("web")
+        deferred.start(ag)
+        assert ag.writer is None, "a thread each turn for as long as the operation lasts"
     finally:
         ag.reg.close()

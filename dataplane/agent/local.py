@@ -36,6 +36,7 @@ def adopt(ag) -> None:
             if _held_by_another(ag, net.name, name, ep):
                 _unregistrable(ag, name, ep, e)
             else:                # contention, or a record of that id since: the next start tries again
+                # (a runtime's sandbox sooner: settle_moves, right after, queues it to deferred.py)
                 log.error("endpoint %s: cannot register: %s", name, e)
         except DataplaneError as e:
             log.error("endpoint %s: cannot register: %s", name, e)
@@ -165,6 +166,8 @@ def _runtime_conflict(ag, name: str, rec, ep) -> None:
     if rec is None:
         if not deferred.add(ag, name, ("register",), functools.partial(rewrite.register_again, ag, name, why)):
             return                          # queued, or made just now: what it said stands
+        if ag.conflicts.get(name, "").startswith(why + ";"):
+            return                          # what a try said (adopt's, at start) stands until the next says
         why += "; registering it again"
     if ag.conflicts.get(name) != why:
         log.error("endpoint %s belongs to a local %s container, kept: %s", name,

@@ -207,3 +207,19 @@ def test_a_write_held_by_an_operation_starts_no_writer(tmp_path, monkeypatch):
         assert ag.writer is None, "a thread each turn for as long as the operation lasts"
     finally:
         ag.reg.close()
+
+
+def test_what_adopt_said_stands_until_the_next_try(tmp_path, monkeypatch):
+    """At the first sync settle_moves follows adopt: it reworded (and logged again) the conflict
+    adopt had just set for a runtime's sandbox it could not register (review finding)."""
+    ag = docker_web_on_h1(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_rm("web")
+        ag.view.load(ag.reg.snapshot())
+        said = "registry record deleted by another writer; cannot register it again: MAC in use"
+        ag.conflicts["web"] = said
+        with ag.lock:
+            local.settle_moves(ag)
+        assert ag.conflicts["web"] == said and "web" in ag.deferred
+    finally:
+        ag.reg.close()

@@ -124,21 +124,26 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             if not old:
                 _teardown(node, st, quiet=True)
             else:
-                _config_back(node)
+                _config_back(node, st)
             raise
         state.save(st)
         return st
 
 
-def _config_back(node: Node) -> None:
+def _config_back(node: Node, tried: NodeState) -> None:
     """A re-run of `up` that failed part-way (an attach, dpgro0): dp_config back as the saved
-    state has it, which status shows and the next `up` starts from. The new settings, written
-    first, stayed in force unsaved: a peer check or storm control other than what status said."""
+    state has it, which status shows and the next `up` starts from, and the guard rule with it
+    (a new port's removed the old port's). The new settings, written first, stayed in force
+    unsaved: a peer check or storm control other than what status said."""
     try:
         saved = state.load(node.name)
         if saved is not None:
             with node.maps() as m:
                 write_config(m, saved)
+            if tried.config.port != saved.config.port:
+                vxlanguard.remove(node.netns, tried.config.underlay, tried.config.port)
+            if saved.config.vxlan_guard:
+                vxlanguard.at_up(node.netns, saved.config.underlay, saved.config.port)
     except DataplaneError as e:
         notice(f"the fast path may keep this up's settings ({e}): run `dataplane up` again")
 

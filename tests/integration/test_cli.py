@@ -318,11 +318,14 @@ def test_a_failed_rerun_of_up_leaves_the_fast_path_as_status_says(host, monkeypa
         raise KernelError("tcx attach refused (a test's stand-in failure)")
     monkeypatch.setattr(vtep.tcx, "attach", refused)
     with pytest.raises(KernelError):
-        vtep.up(node, [256], peer_check=False, storm=(7, None), quiet=True)
+        vtep.up(node, [256], peer_check=False, storm=(7, None), port=4790, quiet=True)
     monkeypatch.undo()
     with node.maps() as m:
         after = m.dp_config.get(ctypes.c_uint32(0))
     assert after.flags & peer_check, "the peer check is on, as status says"
     assert after.storm_interval_ns == before.storm_interval_ns
     assert dp_json("--netns", host, "status")["peer_check"] is True
+    assert after.port == before.port
+    rules = vxlan_guard_rules(host)
+    assert len(rules) == 1 and "--dport 4789" in rules[0], f"the old port's guard is back: {rules}"
     dp("--netns", host, "down")

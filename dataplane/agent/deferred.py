@@ -24,16 +24,11 @@ import time
 
 from dataplane.agent import inflight
 from dataplane.core.errors import DataplaneError
-from dataplane.registry import Full, Refused, Unavailable
+from dataplane.registry.kv import transient
 
 RETRY_S = 1.0
 FINAL_RETRY_S = 30.0
 log = logging.getLogger("dataplane.agent")
-
-
-def transient(e: Exception) -> bool:
-    """The registry could not take the write now (unreachable, no leader): worth trying again soon."""
-    return isinstance(e, Unavailable) and not isinstance(e, (Refused, Full))
 
 
 def add(ag, eid: str, key: tuple, write) -> bool:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 
-from dataplane.agent.deferred import transient
 from dataplane.core.errors import Conflict, DataplaneError
 from dataplane.registry.ipam import write_rev
+from dataplane.registry.kv import transient
 
 log = logging.getLogger("dataplane.agent")
 

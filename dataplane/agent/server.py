@@ -11,7 +11,7 @@ import threading
 from dataplane.agent.client import MAX_LINE
 from dataplane.core import errors
 from dataplane.core.errors import DataplaneError
-from dataplane.registry import Full, Refused, Unavailable
+from dataplane.registry.kv import transient
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -78,8 +78,8 @@ class Server(socketserver.ThreadingUnixStreamServer):
             return {"ok": True, "result": fn(**args)}
         except DataplaneError as e:
             return {"ok": False, "error": str(e), "code": e.exit_code,
-                    # out of space (Full) waits for an operator, not for a retry: a runtime says so
-                    "transient": isinstance(e, Unavailable) and not isinstance(e, (Refused, Full))}
+                    # a refusal or a full store waits for an operator, not for a retry: a runtime says so
+                    "transient": transient(e)}
         except Exception as e:  # the agent must answer, not die
             return {"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}", "code": 1}
 

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 
-from dataplane.registry.kv import Full, Refused
+from dataplane.registry.kv import transient
 
 BASE_S = 0.2
 CAP_S = 5.0
@@ -52,6 +52,6 @@ def pause_or_raise(lost: int, e: Exception, since: float) -> None:
     start more than LOST_WINDOW_S after since. It was 3 retries 50-150 ms apart, 0.3 s in all:
     an etcd leader's hand-over or an election (1-2 s) failed adds during a rolling restart."""
     pause = min(1.0, RETRY_PAUSE_S * 2 ** (lost - 1))
-    if isinstance(e, (Refused, Full)) or time.monotonic() + pause - since > LOST_WINDOW_S:
+    if not transient(e) or time.monotonic() + pause - since > LOST_WINDOW_S:
         raise e          # refused for good (a permission, a damaged file) or out of space: at once
     time.sleep(pause)

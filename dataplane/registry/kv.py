@@ -29,6 +29,12 @@ class Full(Unavailable):
     what to do, not after retrying for backoff.LOST_WINDOW_S."""
 
 
+def transient(e: Exception) -> bool:
+    """The store could not take a request now (unreachable, no leader, a reply lost): worth
+    trying again soon. Not a refusal, not a full store: those wait for an operator."""
+    return isinstance(e, Unavailable) and not isinstance(e, (Refused, Full))
+
+
 class Refused(Unavailable):
     """The store answered and said no: a TLS handshake it failed, a login it
     refused, a permission the user lacks. Retrying the same thing cannot help

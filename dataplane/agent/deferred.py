@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable, NamedTuple
 
 from dataplane.agent import inflight
 from dataplane.core.errors import DataplaneError
@@ -31,14 +32,21 @@ FINAL_RETRY_S = 30.0
 log = logging.getLogger("dataplane.agent")
 
 
+class Entry(NamedTuple):
+    key: tuple                  # the premise: ("refuse", host), ("take_back", host), ("register",)
+    write: Callable[[], None]
+    due: float = 0.0            # time.monotonic() from which it may be tried
+    said: str | None = None     # what its last failure said (logged again only when that changes)
+
+
 def add(ag, eid: str, key: tuple, write) -> bool:
     """Under the agent's lock: write() is to be made for endpoint eid, for the premise key
     (("refuse", host), ("take_back", host), ("register",)); it replaces a write queued for
     another. False if that premise is queued already (its last try's words stand)."""
     pending = ag.deferred.get(eid)
-    if pending is not None and (pending[0] == key or (pending[0][0] == "refuse" and key[0] == "take_back")):
+    if pending is not None and (pending.key == key or (pending.key[0] == "refuse" and key[0] == "take_back")):
         return False                        # (a refusal takes the move back and says why: it stays)
-    ag.deferred[eid] = (key, write, 0.0, None)
+    ag.deferred[eid] = Entry(key, write)
     return True
 
 
@@ -46,7 +54,7 @@ def event(ag, eid: str) -> None:
     """Under the agent's lock: a registry event for eid came: a write waiting for it is due now."""
     pending = ag.deferred.get(eid)
     if pending is not None:
-        ag.deferred[eid] = (pending[0], pending[1], 0.0, pending[3])
+        ag.deferred[eid] = pending._replace(due=0.0)
 
 
 def start(ag) -> None:
@@ -56,7 +64,7 @@ def start(ag) -> None:
         return
     with ag.lock:
         now = time.monotonic()
-        if not any(e[2] <= now and eid not in ag.busy for eid, e in ag.deferred.items()):
+        if not any(e.due <= now and eid not in ag.busy for eid, e in ag.deferred.items()):
             return
     ag.writer = threading.Thread(target=run, args=(ag,), name="deferred", daemon=True)
     ag.writer.start()
@@ -71,25 +79,25 @@ def run(ag) -> None:
     while not ag.stopping.is_set():
         with ag.lock:
             now = time.monotonic()
-            eid = next((e for e, entry in ag.deferred.items() if entry[2] <= now and e not in ag.busy), None)
+            eid = next((e for e, entry in ag.deferred.items() if entry.due <= now and e not in ag.busy), None)
             if eid is None:
                 return
-            key, write, _, said = ag.deferred.pop(eid)
+            entry = ag.deferred.pop(eid)
         with inflight.working_on(ag, eid):
             try:
-                write()
+                entry.write()
                 continue
             except DataplaneError as e:
                 wait, why = (RETRY_S if transient(e) else FINAL_RETRY_S), str(e)
-                (log.error if why != said else log.debug)("endpoint %s: %s; trying again in %.0f s", eid, e, wait)
+                (log.error if why != entry.said else log.debug)("endpoint %s: %s; trying again in %.0f s", eid, e, wait)
             except Exception as e:  # noqa: BLE001 - a defect of ours must not end the thread or drop the write
                 wait, why = FINAL_RETRY_S, repr(e)
                 log.exception("endpoint %s: a registry write failed; trying again in %.0f s", eid, wait)
             with ag.lock:                   # queued again before the recheck that leaving brings
-                ag.deferred.setdefault(eid, (key, write, time.monotonic() + wait, why))
+                ag.deferred.setdefault(eid, entry._replace(due=time.monotonic() + wait, said=why))
                 if wait == RETRY_S:         # the registry is away: the others wait too
                     later = time.monotonic() + RETRY_S
-                    for other, (k, w, due, s) in list(ag.deferred.items()):
-                        ag.deferred[other] = (k, w, max(due, later), s)
+                    for other, queued in list(ag.deferred.items()):
+                        ag.deferred[other] = queued._replace(due=max(queued.due, later))
         if wait == RETRY_S:
             return

@@ -24,7 +24,7 @@ def attach(ag) -> None:
     ag.busy_changed = threading.Condition(ag.lock)
     ag.oplock = threading.RLock()
     ag.netlocks, ag.netlocks_mu = {}, threading.Lock()
-    # deferred.py: writes decided under the lock (endpoint -> (premise, write, due, last failure)), made without it
+    # deferred.py: writes decided under the lock (endpoint -> deferred.Entry), made without it
     ag.deferred, ag.writer = {}, None
 
 

@@ -39,7 +39,7 @@ def test_a_stuck_move_is_taken_back_without_the_lock_and_again_after_a_failure(t
         assert tries == [], "nothing is written under the agent's lock"
         assert list(ag.deferred) == ["web"]
         deferred.run(ag)                                    # the registry has no leader: kept for later
-        assert tries and list(ag.deferred) == ["web"] and ag.deferred["web"][2] > time.monotonic()
+        assert tries and list(ag.deferred) == ["web"] and ag.deferred["web"].due > time.monotonic()
         n = len(tries)
         deferred.run(ag)
         assert len(tries) == n, "not tried again before RETRY_S"
@@ -133,7 +133,7 @@ def test_a_registration_refused_waits_long_and_is_tried_again(tmp_path, monkeypa
         said = ag.conflicts["web"]
         recheck(ag)
         assert ag.conflicts["web"] == said and "in use on n by db" in said
-        assert ag.deferred["web"][2] > time.monotonic() + deferred.FINAL_RETRY_S - 5, "not at once again"
+        assert ag.deferred["web"].due > time.monotonic() + deferred.FINAL_RETRY_S - 5, "not at once again"
         deferred.run(ag)
         assert ag.reg.endpoint("db"), "not tried before it is due"
         ag.reg.endpoint_rm("db")                            # the address is free again
@@ -152,7 +152,7 @@ def test_a_defect_in_a_write_keeps_the_writer_and_the_write(tmp_path, monkeypatc
         with ag.lock:
             deferred.add(ag, "web", ("register",), broken)
         deferred.run(ag)
-        assert ag.deferred["web"][0] == ("register",) and not ag.busy
+        assert ag.deferred["web"].key == ("register",) and not ag.busy
     finally:
         ag.reg.close()
 
@@ -192,7 +192,7 @@ def test_an_outage_ends_the_run_and_every_write_waits(tmp_path, monkeypatch):
             deferred.add(ag, "db", ("register",), lambda: ran.append("db"))
         deferred.run(ag)
         assert len(tries) == 1 and ran == [], "the run ended at the first outage; db waits too"
-        assert all(entry[2] > time.monotonic() for entry in ag.deferred.values())
+        assert all(entry.due > time.monotonic() for entry in ag.deferred.values())
     finally:
         ag.reg.close()
 

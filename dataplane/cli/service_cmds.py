@@ -12,6 +12,7 @@ import errno
 import os
 import sys
 
+from dataplane.agent import process
 from dataplane.cli.output import add_output, say
 from dataplane.core import model, state
 from dataplane.core.errors import NotFound, UsageError, file_errors
@@ -30,6 +31,7 @@ def units(netns: str | None = None, docker: bool = False, registry: bool = True)
     registry=False: the node runs no agent; its unit brings it back at boot and exits."""
     dp = command() + (f" --netns {netns}" if netns else "")
     suffix = f"-{netns}" if netns else ""
+    node_unit = process.unit_name(netns or "host")      # as `down` and ExecStartPre look for it
     head = f"""[Unit]
 Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''}{' and its agent' if registry else ''}
 Documentation=https://example.invalid/dataplane/docs/DESIGN.md
@@ -39,7 +41,7 @@ After=network-online.target
 [Service]
 """
     if not registry:
-        return {f"dataplane{suffix}.service": head + f"""Type=oneshot
+        return {node_unit: head + f"""Type=oneshot
 RemainAfterExit=yes
 # No registry, so no agent: programs, maps and peers are restored, then the kernel forwards.
 ExecStart={dp} up --restore --no-agent
@@ -48,7 +50,7 @@ TimeoutStartSec=120
 [Install]
 WantedBy=multi-user.target
 """}
-    out = {f"dataplane{suffix}.service": head + f"""Type=notify
+    out = {node_unit: head + f"""Type=notify
 NotifyAccess=main
 # Programs, maps and sandboxes outlive the agent: only the agent restarts.
 ExecStartPre={dp} up --restore --no-agent
@@ -75,8 +77,8 @@ WantedBy=sockets.target
 """
         out[f"dataplane{suffix}-docker.service"] = f"""[Unit]
 Description=dataplane Docker network driver
-Requires=dataplane{suffix}.service dataplane{suffix}-docker.socket
-After=dataplane{suffix}.service
+Requires={node_unit} dataplane{suffix}-docker.socket
+After={node_unit}
 
 [Service]
 ExecStart={dp} docker-plugin

@@ -17,8 +17,8 @@ import time
 from dataplane.agent import client
 from dataplane.core import procs, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound
-from dataplane.registry.kv import Refused
 from dataplane.core.notice import notice
+from dataplane.registry.kv import Refused
 
 READY_TIMEOUT_S = 60.0
 

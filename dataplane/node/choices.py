@@ -24,7 +24,6 @@ def host_name_for(node: Node, given: str | None, kept: str | None = None) -> str
         raise UsageError(f"{e} (taken from this machine's hostname): give --host-name") from None
 
 
-
 def uplink_mtu(node: Node, underlay: str | None = None) -> int:
     """The MTU of the uplink `up` would take (the node's, the one named, or the default route's)."""
     st = node.state()

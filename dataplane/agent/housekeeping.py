@@ -10,7 +10,6 @@ logged with its slow steps."""
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 
@@ -68,7 +67,7 @@ def _mend_vxlan_guard(ag, st) -> None:
     between the two removed the rule, and the copy (guard on) put it back for good. The lock
     only when the rule is missing: `up` holds it for seconds, and the main loop runs this."""
     c = st.config
-    if not c.vxlan_guard or not shutil.which("iptables") or vxlanguard.present(ag.node.netns, c.underlay, c.port):
+    if not c.vxlan_guard or not vxlanguard.missing(ag.node.netns, c.underlay, c.port):
         return
     with state.locked(ag.node.name):
         now = ag.node.state()

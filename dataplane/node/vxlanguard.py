@@ -36,6 +36,11 @@ def present(ns, underlay: str, port: int) -> bool:
     return iptables(ns, "mangle", "-C", "FORWARD", rule(underlay, port)).returncode == 0
 
 
+def missing(ns, underlay: str, port: int) -> bool:
+    """iptables is there and the rule is not (a check without a change, no lock needed)."""
+    return shutil.which("iptables") is not None and not present(ns, underlay, port)
+
+
 def ensure(ns, underlay: str, port: int) -> bool | None:
     """The rule, inserted first if missing; True if it was, None without iptables (the host
     then has no iptables NAT to forward containers' traffic through either: `up` says so)."""

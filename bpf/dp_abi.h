@@ -147,6 +147,7 @@ enum dp_drop {
 	DP_DROP_REDIRECT,                    /* a clone or redirect toward an interface failed */
 	DP_DROP_TUNNEL_GSO,                  /* a GSO packet that already carries a tunnel (see encap.h) */
 	DP_DROP_TUNNEL_VIA_GATEWAY,          /* VXLAN to the underlay's port sent out through a gateway (router.h) */
+	DP_DROP_OVERLAY_STORM,               /* broadcast/unknown from the underlay over its network's copy budget */
 	DP_DROP_MAX,
 };
 
@@ -166,6 +167,8 @@ struct dp_config {
 	__u32 tunnel_ifindex;                /* rxgro.py's vxlan device while it is ours and up (encap.h); 0: none */
 	__u64 clock_ns_per_jiffy;            /* the tick (kernel/clock.py): dp_now_ns() = jiffies * this */
 	__u64 clock_offset_ns;               /* + this (mod 2^64); 0 and 0: bpf_ktime_get_coarse_ns() */
+	__u64 overlay_storm_interval_ns;     /* floods from the underlay: 1e9 / copies per second per network; 0: off */
+	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */
 };
 
 /*
@@ -194,8 +197,7 @@ struct dp_endpoint {
 	__u8 mac[6];
 	__u16 flags;                         /* enum dp_ep_flag */
 	__u32 slot;                          /* the network's dp_stats slot (dp_network.slot) */
-	__u32 mtu;                           /* the network's endpoint MTU (dp_network.mtu): from_endpoint's
-					      * size check without a dp_networks lookup per frame */
+	__u32 mtu;                           /* dp_network.mtu: from_endpoint's size check without that lookup */
 };
 
 /* Key of dp_local_macs (value __u32 ifindex), dp_fdb and dp_learned. */
@@ -213,11 +215,10 @@ struct dp_fdb_entry {
 };
 
 /*
- * Per-CPU copies of the lookups a frame makes (bpf/lib/local.h), each good
- * while its generation map (dp_local_gen, dp_fdb_gen: one __u64) holds the
- * value it was made under: the control plane writes a new random value there
- * after every change to dp_endpoints, dp_local_macs, dp_networks, dp_learned or dp_vteps
- * (dp_local_gen) and to dp_fdb (dp_fdb_gen); kernel/maps.py. 0: no copies.
+ * Per-CPU copies of the lookups a frame makes (bpf/lib/local.h), each good while its generation map
+ * (dp_local_gen, dp_fdb_gen: one __u64) holds the value it was made under: the control plane writes a
+ * new random value there after every change to dp_endpoints, dp_local_macs, dp_networks, dp_learned or
+ * dp_vteps (dp_local_gen) and to dp_fdb (dp_fdb_gen); kernel/maps.py. 0: no copies.
  */
 /* dp_ep_copies[ifindex & (size - 1)] */
 struct dp_ep_copy {
@@ -234,8 +235,7 @@ struct dp_mac_copy {
 	__u32 oif;                           /* its value; 0: the MAC is no local endpoint's */
 };
 
-/* dp_fdb_copies[hash of the key]: dp_fdb's VTEP, under dp_fdb_gen instead (dp_fdb changes with every
- * registry update, the three maps above with local changes only) */
+/* dp_fdb_copies[hash of the key]: dp_fdb's VTEP, under dp_fdb_gen (dp_fdb changes with every registry update) */
 struct dp_fdb_copy {
 	__u64 gen;
 	struct dp_mac_key key;

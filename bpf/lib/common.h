@@ -86,21 +86,22 @@ static __always_inline __u64 dp_now_ns(const struct dp_config *cfg)
 }
 
 /*
- * GCRA meter: may one more go? *tat (theoretical arrival time) is when the
+ * GCRA meter: may one more go, at a cost of `cost` ns of the budget (the
+ * interval, for one of a rate)? *tat (theoretical arrival time) is when the
  * budget is next fully earned; one more is refused while it lies more than
- * burst ahead of now. A tat further ahead than burst + interval was set under
- * an older, lower rate and starts over. Two CPUs racing on one tat cost one
- * more or less, never a lasting error.
+ * burst ahead of now. A tat further ahead than burst + cost was set under an
+ * older, lower rate (or for a dearer frame) and starts over. Two CPUs racing
+ * on one tat cost one more or less, never a lasting error.
  */
-static __always_inline int gcra_allow(__u64 *tat, __u64 now, __u64 interval, __u64 burst)
+static __always_inline int gcra_allow(__u64 *tat, __u64 now, __u64 cost, __u64 burst)
 {
 	__u64 next = *tat > now ? *tat : now;
 
-	if (next - now > burst + interval)
+	if (next - now > burst + cost)
 		next = now;
 	if (next - now > burst)
 		return 0;
-	*tat = next + interval;
+	*tat = next + cost;
 	return 1;
 }
 

@@ -122,6 +122,27 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
 }
 
 /*
+ * Storm control for floods that arrive from the underlay: the sender's host
+ * metered them per endpoint, but a host without that (storm control off, an
+ * older version) or a forger of a peer's address is metered by nothing else,
+ * and each frame costs this host a copy per local endpoint of the VNI. So the
+ * meter is per network (its counters' slot) and charged in copies: a frame
+ * that makes n costs n intervals. A frame that makes none costs nothing.
+ */
+static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u32 slot, __u32 copies)
+{
+	__u64 interval = cfg->overlay_storm_interval_ns;
+	__u64 *tat;
+
+	if (!interval || !copies)
+		return 1;
+	tat = dp_overlay_storm.lookup(&slot);
+	if (!tat)                            /* a slot past the map: no VNI has one */
+		return 1;
+	return gcra_allow(tat, dp_now_ns(cfg), interval * copies, cfg->overlay_storm_burst_ns);
+}
+
+/*
  * Hand a frame to a flood program. The loops are verified there, once, instead
  * of at every call site; skb->cb carries the arguments across the tail call.
  */

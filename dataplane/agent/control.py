@@ -211,7 +211,7 @@ def persist(node: Node) -> None:
         "underlay": c.underlay, "local_ip": c.local_ip, "port": c.port, "peer_check": c.peer_check,
         "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
         "map_sizes": st.map_sizes,
-        "storm": [c.storm_rate, c.storm_burst], "metrics_address": c.metrics_address,
+        "storm": [c.storm_rate, c.storm_burst, c.overlay_storm_rate], "metrics_address": c.metrics_address,
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
         "networks": {} if st.registry else {str(v): n.subnet for v, n in st.networks.items()},

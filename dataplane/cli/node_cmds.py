@@ -26,7 +26,7 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
-                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "metrics_address",
+                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "overlay_storm_rate", "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
 
@@ -35,7 +35,7 @@ def cmd_up(args):
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
                  if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", "storm_rate",
-                                                          "storm_burst")
+                                                          "storm_burst", "overlay_storm_rate")
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
@@ -47,7 +47,8 @@ def cmd_up(args):
                         peer_ips=args.peer or (), peer_check=args.peer_check, rx_gro=args.rx_gro,
                         xdp_guard=args.xdp_guard, vxlan_guard=args.vxlan_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
-                        storm=(args.storm_rate, args.storm_burst), metrics_address=args.metrics_address)
+                        storm=(args.storm_rate, args.storm_burst, args.overlay_storm_rate),
+                        metrics_address=args.metrics_address)
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
@@ -147,6 +148,10 @@ def register(sub) -> None:
                          f"(default {model.STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
     up.add_argument("--storm-burst", type=int, metavar="FRAMES",
                     help=f"storm control: frames one endpoint may flood at once (default {model.STORM_BURST_DEFAULT})")
+    up.add_argument("--overlay-storm-rate", type=int, metavar="COPIES",
+                    help="storm control for broadcast/unknown frames that arrive from the underlay: copies per "
+                         "second into this host's endpoints one network may make of them (default "
+                         f"{model.OVERLAY_STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
     up.add_argument("--metrics-address", metavar="ADDRESS:PORT",
                     help="where the agent serves Prometheus /metrics and /healthz (default 127.0.0.1:9469; "
                          "'off': nowhere); the agent takes it when it (re)starts")

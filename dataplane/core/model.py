@@ -165,16 +165,21 @@ def parse_host_port(text, what: str = "address") -> tuple[str, int]:
 
 STORM_RATE_DEFAULT = 1000      # broadcast/unknown frames per second one endpoint may flood
 STORM_BURST_DEFAULT = 200      # ... and at once
+# Floods from the underlay: local copies per second one network may make of them (flood.h; about 2% of
+# a CPU here into sandboxes that drop them, BENCHMARKS "Floods from the underlay"), and a burst of
+# OVERLAY_STORM_BURST_S of them at once.
+OVERLAY_STORM_RATE_DEFAULT = 100_000
+OVERLAY_STORM_BURST_S = 0.1
 
 
-def parse_storm(value, what: str = "storm-control rate") -> int:
-    """Frames (per second for a rate); 0 turns storm control off."""
+def parse_storm(value, what: str = "storm-control rate", unit: str = "frames") -> int:
+    """Frames, or copies (per second for a rate); 0 turns storm control off."""
     try:
         n = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"bad {what} {value!r}: a whole number of frames expected") from None
+        raise UsageError(f"bad {what} {value!r}: a whole number of {unit} expected") from None
     if not 0 <= n <= 10_000_000:
-        raise UsageError(f"bad {what} {n}: must be 0..10000000 frames")
+        raise UsageError(f"bad {what} {n}: must be 0..10000000 {unit}")
     return n
 
 

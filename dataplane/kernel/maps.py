@@ -61,6 +61,7 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_dst_copies", "percpu_array", u32, _S["dp_dst_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_vtep_copies", "percpu_array", u32, _S["dp_vtep_copy"], "DP_MAP_LOCAL_COPIES"),
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS"),
+    MapSpec("dp_overlay_storm", "array", u32, ctypes.c_uint64, "DP_MAP_NETWORKS"),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
     MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),

@@ -27,7 +27,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
        peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None,
        vxlan_guard: bool | None = None,
        map_sizes=None, quiet=False,
-       storm: tuple[int | None, int | None] = (None, None), metrics_address: str | None = None,
+       storm: tuple[int | None, ...] = (None, None, None), metrics_address: str | None = None,
        mtus: dict[int, int] | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
@@ -52,8 +52,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
     fdb_age = model.parse_age(fdb_age) if fdb_age is not None else None
     if metrics_address not in (None, "", "off"):
         model.parse_host_port(metrics_address, "metrics address")
-    storm_rate, storm_burst = (None if v is None else model.parse_storm(v, what)
-                               for v, what in zip(storm, ("storm-control rate", "storm-control burst")))
+    storm_rate, storm_burst, overlay_storm = (None if v is None else model.parse_storm(v, *what) for v, what in zip(
+        (*storm, None, None)[:3], (("storm-control rate",), ("storm-control burst",), ("overlay storm rate", "copies"))))
     if underlay is not None:
         model.parse_ifname(underlay)
     if node.netns and not netlink.ns_exists(node.netns):
@@ -112,6 +112,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
         cfg.storm_rate = cfg.storm_rate if storm_rate is None else storm_rate     # either way on a running node
         cfg.storm_burst = cfg.storm_burst if storm_burst is None else storm_burst
+        cfg.overlay_storm_rate = cfg.overlay_storm_rate if overlay_storm is None else overlay_storm
         if metrics_address is not None:       # the agent reads it when it starts
             cfg.metrics_address = "" if metrics_address in ("", "off") else metrics_address
         if registry:
@@ -208,6 +209,9 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     if c.storm_rate:
         val.storm_interval_ns = 1_000_000_000 // c.storm_rate
         val.storm_burst_ns = val.storm_interval_ns * max(c.storm_burst, 1)
+    if c.overlay_storm_rate:
+        val.overlay_storm_interval_ns = 1_000_000_000 // c.overlay_storm_rate
+        val.overlay_storm_burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
     old = m.dp_config.get(ctypes.c_uint32(0))
     if old is not None:                 # a running monitor's settings are its own (set_monitor)
         val.flags |= old.flags & _MON

@@ -69,7 +69,7 @@ class Harness:
         return k
 
     def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9,
-                  storm_ns=(0, 0), clock=True):
+                  storm_ns=(0, 0), overlay_storm_ns=(0, 0), clock=True):
         f = self.abi.enums["dp_cfg_flag"]
         flags = int(f.DP_CFG_PEER_CHECK) if peer_check else 0
         # An agent whose heartbeat reaches an hour ahead, or none.
@@ -79,6 +79,7 @@ class Harness:
             local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,
             fdb_age_ns=fdb_age_ns, storm_interval_ns=storm_ns[0], storm_burst_ns=storm_ns[1],
+            overlay_storm_interval_ns=overlay_storm_ns[0], overlay_storm_burst_ns=overlay_storm_ns[1],
             clock_ns_per_jiffy=self.clock[0] if clock else 0, clock_offset_ns=self.clock[1] if clock else 0))
 
     def slot(self, vni: int) -> int:

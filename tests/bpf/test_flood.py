@@ -148,3 +148,61 @@ def test_storm_control_recovers_at_once_when_the_rate_is_raised(hx):
             assert drops(hx, "STORM") == before, "flooded at once under the new rate"
     finally:
         hx.configure()
+
+
+def overlay_broadcast() -> bytes:
+    inner = P.inner_ipv4(REMOTE_MAC, "ff:ff:ff:ff:ff:ff", REMOTE_IP, "10.1.0.255")
+    return bytes(P.vxlan(inner, VNI, PEER_IP, LOCAL_IP))
+
+
+@contextlib.contextmanager
+def overlay_meter(hx, interval: int, burst: int):
+    """The overlay storm meter at interval ns per copy and burst ns, its state cleared first."""
+    hx.maps.dp_overlay_storm.put(ctypes.c_uint32(hx.slot(VNI)), ctypes.c_uint64(0))
+    hx.configure(overlay_storm_ns=(interval, burst))
+    try:
+        yield
+    finally:
+        hx.configure()
+
+
+def test_floods_from_the_overlay_are_metered_per_network_in_copies(hx):
+    """A host that does not meter its floods (or a forger of a peer's address) made this host copy
+    every broadcast to each of the VNI's local endpoints, unmetered. At 10 copies/s with a burst of
+    0.5 s (5 copies), 40 back-to-back frames to 4 local ports pass 2 (the first, charged 4 copies,
+    then one more within the burst) or 3, never more; the rest are counted `overlay_storm` and
+    make no copy."""
+    interval = 100_000_000
+    with members(hx, 4, 0), overlay_meter(hx, interval, 5 * interval):
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        for _ in range(40):
+            assert hx.run_tc("from_overlay", overlay_broadcast())[0] == TC_ACT_SHOT
+        copies = drops(hx, "REDIRECT") - before[1]
+        assert copies % 4 == 0 and 2 <= copies // 4 <= 3, copies
+        assert drops(hx, "OVERLAY_STORM") - before[0] == 40 - copies // 4
+
+
+def test_the_overlay_meter_is_off_at_zero_and_leaves_endpoints_floods_alone(hx):
+    with members(hx, 4, 1), overlay_meter(hx, 0, 0):
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        for _ in range(20):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM") == before[0]
+    interval = 1_000_000_000                  # 1 copy/s: an endpoint's own floods are storm control's
+    with members(hx, 4, 1), overlay_meter(hx, interval, interval):
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        for _ in range(20):
+            hx.run_tc("from_endpoint", broadcast(), EP_IFINDEX)
+        assert drops(hx, "REDIRECT") - before[1] == 20 * (3 + 1) and drops(hx, "OVERLAY_STORM") == before[0]
+
+
+def test_the_overlay_meter_recovers_at_once_when_the_rate_is_raised(hx):
+    """Driven 150 s ahead at 1 copy/s, then raised to 1000 copies/s: the next frame passes."""
+    slow = 1_000_000_000
+    with members(hx, 4, 0), overlay_meter(hx, slow, 200 * slow):
+        for _ in range(60):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        hx.configure(overlay_storm_ns=(1_000_000, 100_000_000))
+        before = drops(hx, "OVERLAY_STORM")
+        hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "OVERLAY_STORM") == before, "flooded at once under the new rate"

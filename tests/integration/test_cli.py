@@ -121,6 +121,34 @@ def test_the_vxlan_guard_can_be_turned_off_and_on_again(host):
     assert vxlan_guard_rules(host) == []
 
 
+def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
+    """`up --overlay-storm-rate COPIES` (the per-network budget for floods from the underlay) on a
+    running node: in dp_config at once, in status, kept by later `up`s and at boot; 0 turns it
+    off; a bad value is refused with nothing changed."""
+    import ctypes
+
+    def cfg():
+        with Node(host).maps() as m:
+            c = m.dp_config.get(ctypes.c_uint32(0))
+        return c.overlay_storm_interval_ns, c.overlay_storm_burst_ns
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    assert cfg() == (10_000, 100_000_000), "100,000 copies/s and a 0.1-s burst by default"
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "400")
+    assert cfg() == (2_500_000, 100_000_000)
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    assert cfg()[0] == 2_500_000, "a later up keeps the choice"
+    assert dp_json("--netns", host, "status")["overlay_storm_rate"] == 400
+    assert state.load_boot(host)["storm"][2] == 400, "and so does the restore at boot"
+    r = dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "-1",
+           check=False)
+    assert r.returncode == 2 and "bad overlay storm rate -1: must be 0..10000000 copies" in r.stderr, r.stderr
+    assert cfg()[0] == 2_500_000
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "0")
+    assert cfg() == (0, 0)
+    assert "from the underlay off" in dp("--netns", host, "status").stdout
+    dp("--netns", host, "down")
+
+
 def vxlan_guard_rules(host: str) -> list[str]:
     out = netlink.ns_exec(host, ["iptables", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "no VXLAN forwarded" in line]

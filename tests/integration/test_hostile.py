@@ -2,12 +2,15 @@
 with the XDP guard attached: nothing crashes, drops are counted by reason,
 and sandboxes keep talking afterwards."""
 
+import ctypes
+
 import pytest
 
 from lab import topology as lab
 from dataplane.kernel import netlink, tcx
+from dataplane.node import Node
 from lab.traffic import ping, tcp_transfer
-from tests.integration.conftest import in_ns, make_lab, sandbox, stats
+from tests.integration.conftest import dp, in_ns, make_lab, sandbox, stats
 
 # Frames are injected on the underlay side of h1's uplink: whatever the wire carries.
 WIRE = "ul-h1"
@@ -118,3 +121,55 @@ def test_vxlan_tagged_for_another_vlan_is_not_decapsulated(info):
         assert r.returncode == 0, r.stderr
         assert stats("dpl-h1", 256)["rx_packets"] - before == delivered, \
             (f"tag {tag}", drops, stats("dpl-h1", 0)["drops"], stats("dpl-h1", 256)["drops"])
+
+
+BROADCASTS = """
+import socket, sys, time
+from scapy.all import Ether, IP, UDP, Raw
+from scapy.layers.vxlan import VXLAN
+dst_mac, vtep, src_vtep, inner_src, inner_sip, n, iface = sys.argv[1:8]
+inner = Ether(src=inner_src, dst="ff:ff:ff:ff:ff:ff") / IP(src=inner_sip, dst="255.255.255.255") / UDP(dport=9)
+frame = bytes(Ether(dst=dst_mac) / IP(src=src_vtep, dst=vtep) / UDP(sport=50002, dport=4789)
+              / VXLAN(flags=0x08, vni=256) / inner / Raw(b"s" * 18))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+t0 = time.monotonic()
+for _ in range(int(n)):
+    s.send(frame)
+print(time.monotonic() - t0)
+"""
+
+
+def test_broadcasts_from_the_underlay_are_metered_at_the_receiver(info):
+    """Storm control meters an endpoint's floods at its own host; a host that does not (or a
+    forger of a peer's address, as here: h2's VTEP and h2's sandbox's MAC) made this host copy
+    every broadcast to its endpoints of the VNI, unmetered. `up --overlay-storm-rate` on the
+    running node sets the per-network budget in copies: of 2,000 broadcasts sent at once, no
+    more pass than the budget allows in the time they took (plus its 0.1-s burst), and the rest
+    are counted `overlay_storm`. At 0 (off) every one passes."""
+    b = sandbox(info, "h2", 256)
+    b_mac = netlink.link_info(b["netns"], "eth0")["mac"]
+    h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
+    with Node("dpl-h1").maps() as m:
+        n_local = m.dp_networks.get(ctypes.c_uint32(256)).n_local
+    assert n_local >= 1
+
+    def blast(n: int) -> tuple[int, int, float]:
+        before = stats("dpl-h1", 256)
+        r = in_ns(lab.UNDERLAY_NS, BROADCASTS, h1_mac, lab.vtep_ip(1), lab.vtep_ip(2), b_mac, b["ip"], n, WIRE)
+        assert r.returncode == 0, r.stderr
+        after = stats("dpl-h1", 256)
+        return (after["rx_packets"] - before["rx_packets"],
+                after["drops"].get("overlay_storm", 0) - before["drops"].get("overlay_storm", 0), float(r.stdout))
+
+    rate = 200
+    try:
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", str(rate))
+        passed, metered, took = blast(2000)
+        assert passed + metered == 2000, (passed, metered)
+        assert metered > 0 and passed * n_local <= rate * (took + 0.2) + rate * 0.1 + n_local, (passed, took)
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "0")
+        passed, metered, _ = blast(500)
+        assert (passed, metered) == (500, 0)
+    finally:
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000")

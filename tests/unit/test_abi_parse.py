@@ -11,7 +11,7 @@ from dataplane.core import abi
 def test_structs_have_c_sizes():
     s = abi.load().structs
     assert ctypes.sizeof(s["dp_mac_key"]) == 12
-    assert ctypes.sizeof(s["dp_config"]) == 72
+    assert ctypes.sizeof(s["dp_config"]) == 88
     assert s["dp_config"].storm_burst_ns.offset == 32
     assert ctypes.sizeof(s["dp_nexthop"]) == 32
     assert s["dp_config"].fdb_age_ns.offset == 16

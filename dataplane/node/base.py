@@ -11,12 +11,22 @@ import os
 from contextlib import contextmanager
 
 from dataplane.core import model, state
-from dataplane.core.errors import NotFound, NotPermitted
+from dataplane.core.errors import NotFound, NotPermitted, UsageError
 from dataplane.core.state import NodeState
 from dataplane.kernel import loader
 from dataplane.kernel.maps import NodeMaps
 
 HOST_NODE = "host"
+
+
+def node_netns(netns: str) -> str:
+    """A namespace a node may live in (the node takes its name): a valid name, and not the host
+    node's, whose pins, state, agent socket and systemd unit it would share."""
+    model.parse_name(netns, "namespace")
+    if netns == HOST_NODE:
+        raise UsageError(f"a namespace named {HOST_NODE!r} cannot be a node: that is the name of the host's own "
+                         "node (no --netns); rename the namespace")
+    return netns
 
 
 def require_root() -> None:
@@ -27,7 +37,7 @@ def require_root() -> None:
 class Node:
     def __init__(self, netns: str | None = None, name: str | None = None):
         if netns is not None:
-            model.parse_name(netns, "namespace")
+            node_netns(netns)
         self.netns = netns
         self.name = name or netns or HOST_NODE
         self.pin_dir = os.path.join(loader.PIN_ROOT, self.name)

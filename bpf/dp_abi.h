@@ -9,6 +9,7 @@
  *   - "enum name { A = 1, B, ... };"      (one member per line)
  *   - "struct name { TYPE field; TYPE field[N]; };"  (one member per line)
  * Types: __u8 __u16 __u32 __u64 __be16 __be32 and struct names defined above (__be*: network order).
+ * '#include "dp_abi_X.h"' (a file of the same grammar beside this one) is read in place.
  */
 #ifndef DP_ABI_H
 #define DP_ABI_H
@@ -68,10 +69,9 @@
 
 /* Slots of the dp_tail program array; the flood loops live in their own programs. */
 /*
- * skb->cb across the calls: [0] vni, [1] sending ifindex (endpoint) or inner
- * length (overlay), [2] is_ip, [3] first slot index of this run, [4] copies
- * sent so far. Local chunks, then remote ones: at most 32 tail calls in all,
- * within the kernel's 33.
+ * skb->cb across the calls: [0] vni, [1] sending ifindex (endpoint) or inner length (overlay),
+ * [2] is_ip, [3] first slot index of this run, [4] copies sent so far. Local chunks, then remote
+ * ones: at most 32 tail calls in all, within the kernel's 33.
  */
 enum dp_tail {
 	DP_TAIL_FLOOD_ENDPOINT = 0,          /* a frame from an endpoint: local copies, then encapsulate */
@@ -147,7 +147,7 @@ enum dp_drop {
 	DP_DROP_REDIRECT,                    /* a clone or redirect toward an interface failed */
 	DP_DROP_TUNNEL_GSO,                  /* a GSO packet that already carries a tunnel (see encap.h) */
 	DP_DROP_TUNNEL_VIA_GATEWAY,          /* VXLAN to the underlay's port sent out through a gateway (router.h) */
-	DP_DROP_OVERLAY_STORM,               /* broadcast/unknown from the underlay over its network's copy budget */
+	DP_DROP_OVERLAY_STORM,               /* broadcast/multicast from the underlay over its network's copy budget */
 	DP_DROP_MAX,
 };
 
@@ -167,15 +167,12 @@ struct dp_config {
 	__u32 tunnel_ifindex;                /* rxgro.py's vxlan device while it is ours and up (encap.h); 0: none */
 	__u64 clock_ns_per_jiffy;            /* the tick (kernel/clock.py): dp_now_ns() = jiffies * this */
 	__u64 clock_offset_ns;               /* + this (mod 2^64); 0 and 0: bpf_ktime_get_coarse_ns() */
-	__u64 overlay_storm_interval_ns;     /* floods from the underlay: 1e9 / copies per second per network; 0: off */
-	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */
 };
 
 /*
- * Single entry of map dp_agent (key 0), written only by the node's agent.
- * Misses are punted to it while dp_now_ns() < punt_until_ns: its heartbeat
- * moves the time on every DP_AGENT_BEAT_MS, so an agent that dies, even by
- * SIGKILL, stops receiving misses within DP_AGENT_LEASE_MS and they are
+ * Single entry of map dp_agent (key 0), written only by the node's agent. Misses are punted to it
+ * while dp_now_ns() < punt_until_ns: its heartbeat moves the time on every DP_AGENT_BEAT_MS, so an
+ * agent that dies, even by SIGKILL, stops receiving misses within DP_AGENT_LEASE_MS and they are
  * flooded as without an agent.
  */
 struct dp_agent {
@@ -305,10 +302,9 @@ struct dp_nexthop {
 };
 
 /*
- * dp_stats (per-CPU array): index = a network's slot, given by the control plane
- * and carried in dp_network and dp_endpoint so the fast path reaches its counters
- * without a hash lookup. Slot 0 holds what belongs to no VNI.
- */
+ * dp_stats (per-CPU array): index = a network's slot, given by the control plane and carried in
+ * dp_network and dp_endpoint so the fast path reaches its counters without a hash lookup. Slot 0:
+ * what belongs to no VNI. */
 struct dp_stats {
 	__u64 rx_packets;                    /* decapsulated and delivered */
 	__u64 rx_bytes;                      /* inner frame bytes */
@@ -346,5 +342,7 @@ struct dp_punt {
 	__u64 ts_ns;                         /* dp_now_ns() when punted; old ones are dropped */
 	__u8 frame[DP_PUNT_FRAME_MAX];
 };
+
+#include "dp_abi_meters.h"
 
 #endif /* DP_ABI_H */

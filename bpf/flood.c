@@ -2,8 +2,8 @@
 /*
  * flood.c - tail-call targets (dp_tail) that replicate broadcast and unknown
  * frames: from an endpoint to local endpoints and then, encapsulated once, to
- * the VNI's VTEPs; from the overlay to the local endpoints of the VNI (under
- * the network's overlay storm meter). Each
+ * the VNI's VTEPs; from the overlay to the local endpoints of the VNI (metered
+ * before, in from_overlay.c). Each
  * run makes one chunk of copies and calls itself for the next (flood.h).
  */
 
@@ -96,14 +96,6 @@ int flood_overlay(struct __sk_buff *skb)
 
 	if (ret)
 		return tc_exit(skb, 0, ret);
-	if (from == 0) {                     /* the whole frame's copies are charged at its first run */
-		struct dp_config *cfg = config_get();
-
-		if (!cfg)
-			return tc_exit(skb, net->slot, -DP_DROP_NO_CONFIG);
-		if (!overlay_storm_allow(cfg, net->slot, net->n_local))
-			return tc_exit(skb, net->slot, -DP_DROP_OVERLAY_STORM);
-	}
 	sent += flood_local(skb, s, net, skb->cb[DP_CB_VNI], 0, from);
 	ret = flood_next(skb, DP_TAIL_FLOOD_OVERLAY, from + DP_FLOOD_CHUNK, net->n_local, DP_MAX_LOCAL, sent);
 	if (ret)

@@ -91,7 +91,8 @@ static __always_inline __u64 dp_now_ns(const struct dp_config *cfg)
  * budget is next fully earned; one more is refused while it lies more than
  * burst ahead of now. A tat further ahead than burst + cost was set under an
  * older, lower rate (or for a dearer frame) and starts over. Two CPUs racing
- * on one tat cost one more or less, never a lasting error.
+ * on one tat may both pass, one charge lost: a frame more than the budget
+ * (for the overlay meter, that frame's copies), never a lasting error.
  */
 static __always_inline int gcra_allow(__u64 *tat, __u64 now, __u64 cost, __u64 burst)
 {

@@ -56,7 +56,34 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
 }
 
 /*
- * Learn where an unowned source {vni, smac} lives: vtep. (Owned MACs, those the
+ * Learning budget: a MAC new to dp_learned, or one that moved to another VTEP,
+ * is learned within the network's rate, a GCRA meter per network (dp_net_meters
+ * by the counters' slot) as the overlay storm meter. A peer, or a forger of its
+ * address, sending from random source MACs churned the LRU map at line rate,
+ * pushing out what other hosts' frames had taught, and wrote the map per frame.
+ * Over budget the frame is still delivered, its source not learned and counted
+ * (learn_limited): replies to it flood, under storm control. A refresh is free.
+ */
+static __always_inline int learn_allow(__u32 slot, __u64 now)
+{
+	__u32 zero = 0;
+	struct dp_meters *mc = dp_meters.lookup(&zero);
+	struct dp_net_meter *m;
+
+	if (!mc || !mc->learn_interval_ns)
+		return 1;
+	m = dp_net_meters.lookup(&slot);
+	if (!m)                              /* a slot past the map: no VNI has one */
+		return 1;
+	if (gcra_allow(&m->learn_tat, now, mc->learn_interval_ns, mc->learn_burst_ns))
+		return 1;
+	__sync_fetch_and_add(&m->learn_limited, 1);
+	return 0;
+}
+
+/*
+ * Learn where an unowned source {vni, smac} lives: vtep (within the network's
+ * learning budget, above; slot: the network's counters). (Owned MACs, those the
  * registry or a static entry places, are vxlan_admit's: their frames must come
  * from the owner's VTEP and nothing is learned.) smac must not be one of our
  * own endpoints' (a remote frame claiming it is dropped: -DP_DROP_MAC_CONFLICT).
@@ -75,8 +102,8 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
  * the entry less often, and one that moved sends from the new VTEP, which
  * misses the copy.
  */
-static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u32 vni, const __u8 *smac,
-				     __be32 vtep)
+static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u32 vni, __u32 slot,
+				     const __u8 *smac, __be32 vtep)
 {
 	struct dp_mac_key k = { .vni = vni };
 	__u32 idx;
@@ -97,6 +124,8 @@ static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u
 	} else {
 		if (local_port(&k, gen))
 			return -DP_DROP_MAC_CONFLICT;
+		if (!(e && e->vtep == vtep) && !learn_allow(slot, now))
+			return 0;                /* delivered, not learned: counted in learn_allow */
 		struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
 		dp_learned.update(&k, &fresh);
 	}

@@ -126,20 +126,25 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
  * metered them per endpoint, but a host without that (storm control off, an
  * older version) or a forger of a peer's address is metered by nothing else,
  * and each frame costs this host a copy per local endpoint of the VNI. So the
- * meter is per network (its counters' slot) and charged in copies: a frame
- * that makes n costs n intervals. A frame that makes none costs nothing.
+ * meter is per network (dp_net_meters by its counters' slot) and charged in
+ * copies: a frame that will make n costs n intervals; none, nothing. Checked
+ * before the frame is learned from or decapsulated (from_overlay.c). A burst
+ * is no bound on one frame's copies: a frame dearer than the burst passes
+ * whenever the meter has caught up.
  */
 static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u32 slot, __u32 copies)
 {
-	__u64 interval = cfg->overlay_storm_interval_ns;
-	__u64 *tat;
+	__u32 zero = 0;
+	struct dp_meters *mc = dp_meters.lookup(&zero);
+	struct dp_net_meter *m;
 
-	if (!interval || !copies)
+	if (!mc || !mc->overlay_storm_interval_ns || !copies)
 		return 1;
-	tat = dp_overlay_storm.lookup(&slot);
-	if (!tat)                            /* a slot past the map: no VNI has one */
+	m = dp_net_meters.lookup(&slot);
+	if (!m)                              /* a slot past the map: no VNI has one */
 		return 1;
-	return gcra_allow(tat, dp_now_ns(cfg), interval * copies, cfg->overlay_storm_burst_ns);
+	return gcra_allow(&m->overlay_storm_tat, dp_now_ns(cfg), mc->overlay_storm_interval_ns * copies,
+			  mc->overlay_storm_burst_ns);
 }
 
 /*

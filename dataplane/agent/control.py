@@ -211,11 +211,18 @@ def persist(node: Node) -> None:
         "underlay": c.underlay, "local_ip": c.local_ip, "port": c.port, "peer_check": c.peer_check,
         "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
         "map_sizes": st.map_sizes,
-        "storm": [c.storm_rate, c.storm_burst, c.overlay_storm_rate], "metrics_address": c.metrics_address,
+        "meters": {f: getattr(c, f) for f, _, _ in choices.METERS}, "metrics_address": c.metrics_address,
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
         "networks": {} if st.registry else {str(v): n.subnet for v, n in st.networks.items()},
         "peers": {str(v): ips for v, ips in st.peers.items() if ips}})
+
+
+def boot_meters(b: dict) -> dict:
+    """The meters of a boot file; one written before 2026-12-07 keeps storm control's two as a list."""
+    if "meters" in b:
+        return b["meters"]
+    return dict(zip(("storm_rate", "storm_burst"), b.get("storm") or ()))
 
 
 def restore(node: Node, agent: bool = True) -> NodeState:
@@ -229,7 +236,7 @@ def restore(node: Node, agent: bool = True) -> NodeState:
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
                  vxlan_guard=b.get("vxlan_guard", True),
                  xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
-                 map_sizes=b["map_sizes"], storm=tuple(b.get("storm", (None, None))), registry=b["registry"],
+                 map_sizes=b["map_sizes"], meters=boot_meters(b), registry=b["registry"],
                  metrics_address=b.get("metrics_address"),
                  host_name=b["host_name"], lease_ttl=b["lease_ttl"])
     for vni, ips in b["peers"].items():

@@ -29,7 +29,7 @@ from dataplane.node import readout, rxgro
 
 log = logging.getLogger("dataplane.agent")
 
-# dp_stats field -> (metric, help); each becomes dataplane_<metric>_total{vni}
+# dp_stats field (and dp_net_meter's learn_limited) -> (metric, help); each becomes dataplane_<metric>_total{vni}
 STATS = {
     "rx_packets": ("rx_packets", "Frames decapsulated and delivered to a sandbox"),
     "rx_bytes": ("rx_bytes", "Inner bytes decapsulated and delivered"),
@@ -43,6 +43,7 @@ STATS = {
     "punt_fallback": ("punt_fallbacks", "Misses flooded because the punt ring was full"),
     "frag_needed": ("frag_needed", "ICMP fragmentation-needed sent back for DF frames over the MTU"),
     "monitor_lost": ("monitor_lost", "Monitor events not written: over the monitor's rate, or its ring full"),
+    "learn_limited": ("learn_limited", "Source MACs delivered but not learned: over the network's learning rate"),
 }
 VNI_HELP = " (vni 0: what belongs to no VNI)"
 

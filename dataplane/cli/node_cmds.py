@@ -10,7 +10,7 @@ from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, say
 from dataplane.core import model
 from dataplane.core.errors import NotFound, UsageError
 from dataplane.kernel import gso
-from dataplane.node import Node, peers, readout
+from dataplane.node import Node, choices, peers, readout
 from dataplane import registry
 
 
@@ -26,16 +26,17 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
-                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "overlay_storm_rate", "metrics_address",
+                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "overlay_storm_rate", "learn_rate",
+                 "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
+METER_ARGS = [f for f, _, _ in choices.METERS]
 
 
 def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", "storm_rate",
-                                                          "storm_burst", "overlay_storm_rate")
+                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", *METER_ARGS)
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
@@ -47,8 +48,7 @@ def cmd_up(args):
                         peer_ips=args.peer or (), peer_check=args.peer_check, rx_gro=args.rx_gro,
                         xdp_guard=args.xdp_guard, vxlan_guard=args.vxlan_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
-                        storm=(args.storm_rate, args.storm_burst, args.overlay_storm_rate),
-                        metrics_address=args.metrics_address)
+                        meters={a: getattr(args, a) for a in METER_ARGS}, metrics_address=args.metrics_address)
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
@@ -149,9 +149,13 @@ def register(sub) -> None:
     up.add_argument("--storm-burst", type=int, metavar="FRAMES",
                     help=f"storm control: frames one endpoint may flood at once (default {model.STORM_BURST_DEFAULT})")
     up.add_argument("--overlay-storm-rate", type=int, metavar="COPIES",
-                    help="storm control for broadcast/unknown frames that arrive from the underlay: copies per "
+                    help="storm control for broadcast and multicast frames that arrive from the underlay: copies per "
                          "second into this host's endpoints one network may make of them (default "
                          f"{model.OVERLAY_STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
+    up.add_argument("--learn-rate", type=int, metavar="MACS",
+                    help="MACs one network may learn from other hosts' frames per second, new ones or moved to "
+                         f"another host, and as many at once (default {model.LEARN_RATE_DEFAULT}; 0: no limit; "
+                         "either way on a running node)")
     up.add_argument("--metrics-address", metavar="ADDRESS:PORT",
                     help="where the agent serves Prometheus /metrics and /healthz (default 127.0.0.1:9469; "
                          "'off': nowhere); the agent takes it when it (re)starts")

@@ -34,6 +34,7 @@ _ENUM_MEMBER = re.compile(r"^\s*(\w+)\s*(?:=\s*([^,]+?))?\s*,\s*(?:/\*.*)?$")
 _STRUCT_START = re.compile(r"^\s*struct\s+(\w+)\s*\{\s*$")
 _STRUCT_FIELD = re.compile(r"^\s*(struct\s+\w+|\w+)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*;\s*(?:/\*.*)?$")
 _END = re.compile(r"^\s*\}\s*;\s*$")
+_INCLUDE = re.compile(r'^\s*#include\s+"(dp_abi_\w+\.h)"\s*$')   # a part of the header, beside it
 
 
 class AbiError(Exception):
@@ -41,10 +42,11 @@ class AbiError(Exception):
 
 
 class Abi:
-    def __init__(self, text: str):
+    def __init__(self, text: str, here: Path = HEADER.parent):
         self.constants: dict[str, int] = {}
         self.enums: dict[str, type[enum.IntEnum]] = {}
         self.structs: dict[str, type[ctypes.Structure]] = {}
+        self._here = here           # where an included part is
         self._parse(text)
 
     def _value(self, expr: str) -> int:
@@ -64,6 +66,8 @@ class Abi:
                 self._parse_enum(m.group(1), lines)
             elif m := _STRUCT_START.match(line):
                 self._parse_struct(m.group(1), lines)
+            elif m := _INCLUDE.match(line):
+                self._parse((self._here / m.group(1)).read_text())
 
     @staticmethod
     def _body(lines):

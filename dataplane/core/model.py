@@ -165,11 +165,14 @@ def parse_host_port(text, what: str = "address") -> tuple[str, int]:
 
 STORM_RATE_DEFAULT = 1000      # broadcast/unknown frames per second one endpoint may flood
 STORM_BURST_DEFAULT = 200      # ... and at once
-# Floods from the underlay: local copies per second one network may make of them (flood.h; about 2% of
+# Floods from the underlay: local copies per second one network may make of them (flood.h; 2-3% of
 # a CPU here into sandboxes that drop them, BENCHMARKS "Floods from the underlay"), and a burst of
 # OVERLAY_STORM_BURST_S of them at once.
 OVERLAY_STORM_RATE_DEFAULT = 100_000
 OVERLAY_STORM_BURST_S = 0.1
+# Learning: MACs new to a network's learned entries, or moved to another VTEP, per second (fdb.h), and
+# as many at once.
+LEARN_RATE_DEFAULT = 1000
 
 
 def parse_storm(value, what: str = "storm-control rate", unit: str = "frames") -> int:

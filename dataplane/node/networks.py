@@ -5,6 +5,7 @@ dp_flood, dp_vteps and dp_stats."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import time
 
@@ -83,7 +84,8 @@ def serve(m: NodeMaps, st: NodeState, vni: int, subnet=None, mtu: int | None = N
         slot = free_slot(st)
         net = ServedNetwork(vni=vni, subnet=str(subnet or model.default_subnet(vni)), mtu=mtu or mtu_max, slot=slot)
         m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())  # a reused slot starts at zero
-        m.dp_overlay_storm.put(ctypes.c_uint32(slot), ctypes.c_uint64(0))     # and so does its meter
+        with contextlib.suppress(NotFound):    # and so do its meters (pins of an older version have none yet)
+            m.dp_net_meters.put(ctypes.c_uint32(slot), m.dp_net_meters.zero())
         st.networks[vni] = net
         st.peers.setdefault(vni, [])
     sync(m, st, vni)

@@ -7,7 +7,7 @@ import os
 import time
 
 from dataplane.core import abi, model
-from dataplane.core.errors import DataplaneError
+from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.core.keys import ip_str
 from dataplane.kernel import bpfsys, loader, netlink, tcx
 from dataplane.kernel.maps import SPECS
@@ -39,6 +39,15 @@ def fdb(node: Node) -> list[dict]:
     return sorted(rows, key=lambda r: (r["vni"], r["mac"]))
 
 
+def _learn_limited(m, slot: int) -> int:
+    """dp_net_meters[slot].learn_limited; 0 for slot 0 and on pins of an older version, which lack the map."""
+    try:
+        meter = m.dp_net_meters.get(ctypes.c_uint32(slot)) if slot else None
+    except NotFound:
+        return 0
+    return meter.learn_limited if meter else 0
+
+
 def stats(node: Node) -> list[dict]:
     """Counters per VNI summed over CPUs; VNI 0 is what belongs to no VNI."""
     st = node.require_up()
@@ -57,6 +66,7 @@ def stats(node: Node) -> list[dict]:
                 row[c] = sum(getattr(cpu, c) for cpu in percpu)
             row["drops"] = {names[i]: total for i in range(len(names))
                             if (total := sum(cpu.drops[i] for cpu in percpu))}
+            row["learn_limited"] = _learn_limited(m, slot)
             if vni in members:       # members a broadcast cannot reach (networks.over_limit says why)
                 n, k = members[vni]
                 row["unreached"] = max(0, n - _C["DP_MAX_FLOOD"]) + max(0, k - _C["DP_MAX_LOCAL"])

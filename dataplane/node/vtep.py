@@ -14,9 +14,8 @@ from dataplane.core.notice import notice
 from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import clock, gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import endpoints, gateway, networks, nexthops, peers, rxgro, vxlanguard
+from dataplane.node import choices, endpoints, gateway, networks, nexthops, peers, rxgro, vxlanguard
 from dataplane.node.base import Node, require_root
-from dataplane.node.choices import host_name_for
 
 _S = abi.load().structs
 _F = abi.load().enums["dp_cfg_flag"]
@@ -27,7 +26,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
        peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None,
        vxlan_guard: bool | None = None,
        map_sizes=None, quiet=False,
-       storm: tuple[int | None, ...] = (None, None, None), metrics_address: str | None = None,
+       meters: dict | None = None, metrics_address: str | None = None,
        mtus: dict[int, int] | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
@@ -52,8 +51,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
     fdb_age = model.parse_age(fdb_age) if fdb_age is not None else None
     if metrics_address not in (None, "", "off"):
         model.parse_host_port(metrics_address, "metrics address")
-    storm_rate, storm_burst, overlay_storm = (None if v is None else model.parse_storm(v, *what) for v, what in zip(
-        (*storm, None, None)[:3], (("storm-control rate",), ("storm-control burst",), ("overlay storm rate", "copies"))))
+    meters = choices.meters(meters)       # storm control, the overlay's and learning: {NodeConfig field: value}
     if underlay is not None:
         model.parse_ifname(underlay)
     if node.netns and not netlink.ns_exists(node.netns):
@@ -110,14 +108,13 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             cfg.vxlan_guard = bool(vxlan_guard)
         cfg.xdp_guard = xdp_guard or cfg.xdp_guard
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
-        cfg.storm_rate = cfg.storm_rate if storm_rate is None else storm_rate     # either way on a running node
-        cfg.storm_burst = cfg.storm_burst if storm_burst is None else storm_burst
-        cfg.overlay_storm_rate = cfg.overlay_storm_rate if overlay_storm is None else overlay_storm
+        for field, value in meters.items():     # either way on a running node
+            setattr(cfg, field, value)
         if metrics_address is not None:       # the agent reads it when it starts
             cfg.metrics_address = "" if metrics_address in ("", "off") else metrics_address
         if registry:
             st.registry = registry
-            st.host_name = host_name_for(node, host_name, st.host_name)
+            st.host_name = choices.host_name_for(node, host_name, st.host_name)
             st.lease_ttl = lease_ttl or st.lease_ttl
         try:
             _apply(node, st, vnis, subnet, peer_ips, quiet, mtus or {})
@@ -209,9 +206,6 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     if c.storm_rate:
         val.storm_interval_ns = 1_000_000_000 // c.storm_rate
         val.storm_burst_ns = val.storm_interval_ns * max(c.storm_burst, 1)
-    if c.overlay_storm_rate:
-        val.overlay_storm_interval_ns = 1_000_000_000 // c.overlay_storm_rate
-        val.overlay_storm_burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
     old = m.dp_config.get(ctypes.c_uint32(0))
     if old is not None:                 # a running monitor's settings are its own (set_monitor)
         val.flags |= old.flags & _MON
@@ -222,6 +216,7 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     else:
         val.clock_ns_per_jiffy, val.clock_offset_ns = clock.calibrate(st.pin_dir)
     m.dp_config.put(ctypes.c_uint32(0), val)
+    m.dp_meters.put(ctypes.c_uint32(0), choices.meters_value(c, _S["dp_meters"]))
 
 
 def set_tunnel_dev(m: NodeMaps, ifindex: int) -> None:

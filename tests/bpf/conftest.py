@@ -69,7 +69,7 @@ class Harness:
         return k
 
     def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9,
-                  storm_ns=(0, 0), overlay_storm_ns=(0, 0), clock=True):
+                  storm_ns=(0, 0), overlay_storm_ns=(0, 0), learn_ns=(0, 0), clock=True):
         f = self.abi.enums["dp_cfg_flag"]
         flags = int(f.DP_CFG_PEER_CHECK) if peer_check else 0
         # An agent whose heartbeat reaches an hour ahead, or none.
@@ -79,8 +79,10 @@ class Harness:
             local_ip=be32(LOCAL_IP), port=socket.htons(4789), src_port_min=src_port[0],
             src_port_max=src_port[1], flags=flags, uplink_ifindex=UPLINK_IFINDEX,
             fdb_age_ns=fdb_age_ns, storm_interval_ns=storm_ns[0], storm_burst_ns=storm_ns[1],
-            overlay_storm_interval_ns=overlay_storm_ns[0], overlay_storm_burst_ns=overlay_storm_ns[1],
             clock_ns_per_jiffy=self.clock[0] if clock else 0, clock_offset_ns=self.clock[1] if clock else 0))
+        self.maps.dp_meters.put(ctypes.c_uint32(0), self.S["dp_meters"](
+            overlay_storm_interval_ns=overlay_storm_ns[0], overlay_storm_burst_ns=overlay_storm_ns[1],
+            learn_interval_ns=learn_ns[0], learn_burst_ns=learn_ns[1]))
 
     def slot(self, vni: int) -> int:
         """The dp_stats slot of vni (0 for no VNI), given out as the control plane does."""
@@ -141,7 +143,12 @@ class Harness:
         per = self.maps.dp_stats.get(ctypes.c_uint32(self.slot(vni)))
         out = {n: sum(getattr(c, n) for c in per) for n, _ in self.S["dp_stats"]._fields_ if n != "drops"}
         out["drops"] = [sum(c.drops[i] for c in per) for i in range(self.abi.constants["DP_DROP_SLOTS"])]
+        out["learn_limited"] = self.maps.dp_net_meters.get(ctypes.c_uint32(self.slot(vni))).learn_limited
         return out
+
+    def meter_state(self, vni: int, **fields) -> None:
+        """dp_net_meters[vni's slot]: its meters' state as given, the rest zero."""
+        self.maps.dp_net_meters.put(ctypes.c_uint32(self.slot(vni)), self.S["dp_net_meter"](**fields))
 
     def close(self):
         self.maps.close()

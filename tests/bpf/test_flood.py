@@ -158,7 +158,7 @@ def overlay_broadcast() -> bytes:
 @contextlib.contextmanager
 def overlay_meter(hx, interval: int, burst: int):
     """The overlay storm meter at interval ns per copy and burst ns, its state cleared first."""
-    hx.maps.dp_overlay_storm.put(ctypes.c_uint32(hx.slot(VNI)), ctypes.c_uint64(0))
+    hx.meter_state(VNI)
     hx.configure(overlay_storm_ns=(interval, burst))
     try:
         yield
@@ -166,20 +166,33 @@ def overlay_meter(hx, interval: int, burst: int):
         hx.configure()
 
 
+COPY_NS = 10 * 10**9                  # 0.1 copy a second: no budget is earned while a test runs
+
+
 def test_floods_from_the_overlay_are_metered_per_network_in_copies(hx):
     """A host that does not meter its floods (or a forger of a peer's address) made this host copy
-    every broadcast to each of the VNI's local endpoints, unmetered. At 10 copies/s with a burst of
-    0.5 s (5 copies), 40 back-to-back frames to 4 local ports pass 2 (the first, charged 4 copies,
-    then one more within the burst) or 3, never more; the rest are counted `overlay_storm` and
-    make no copy."""
-    interval = 100_000_000
-    with members(hx, 4, 0), overlay_meter(hx, interval, 5 * interval):
+    every broadcast to each of the VNI's local endpoints, unmetered. With a burst of 5 copies'
+    worth, 40 back-to-back frames to 4 local ports pass 2 (the first, charged 4 copies, then one
+    more within the burst); the rest are counted `overlay_storm` and make no copy."""
+    with members(hx, 4, 0), overlay_meter(hx, COPY_NS, 5 * COPY_NS):
         before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
         for _ in range(40):
             assert hx.run_tc("from_overlay", overlay_broadcast())[0] == TC_ACT_SHOT
-        copies = drops(hx, "REDIRECT") - before[1]
-        assert copies % 4 == 0 and 2 <= copies // 4 <= 3, copies
-        assert drops(hx, "OVERLAY_STORM") - before[0] == 40 - copies // 4
+        assert drops(hx, "REDIRECT") - before[1] == 2 * 4
+        assert drops(hx, "OVERLAY_STORM") - before[0] == 38
+
+
+def test_a_frame_is_charged_once_for_all_its_copies_past_the_first_chunk(hx):
+    """100 local ports are two runs of the flood program: the frame is charged its 100 copies once,
+    before the first, so with a burst of exactly one frame's cost the second frame makes none."""
+    with members(hx, 100, 0), overlay_meter(hx, COPY_NS, 100 * COPY_NS):
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "REDIRECT") - before[1] == 100
+        hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "REDIRECT") - before[1] == 100 + 100, "lead 100 copies: within the burst"
+        hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "REDIRECT") - before[1] == 200 and drops(hx, "OVERLAY_STORM") - before[0] == 1
 
 
 def test_the_overlay_meter_is_off_at_zero_and_leaves_endpoints_floods_alone(hx):
@@ -188,8 +201,7 @@ def test_the_overlay_meter_is_off_at_zero_and_leaves_endpoints_floods_alone(hx):
         for _ in range(20):
             hx.run_tc("from_overlay", overlay_broadcast())
         assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM") == before[0]
-    interval = 1_000_000_000                  # 1 copy/s: an endpoint's own floods are storm control's
-    with members(hx, 4, 1), overlay_meter(hx, interval, interval):
+    with members(hx, 4, 1), overlay_meter(hx, COPY_NS, COPY_NS):   # an endpoint's floods are storm control's
         before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
         for _ in range(20):
             hx.run_tc("from_endpoint", broadcast(), EP_IFINDEX)
@@ -197,11 +209,13 @@ def test_the_overlay_meter_is_off_at_zero_and_leaves_endpoints_floods_alone(hx):
 
 
 def test_the_overlay_meter_recovers_at_once_when_the_rate_is_raised(hx):
-    """Driven 150 s ahead at 1 copy/s, then raised to 1000 copies/s: the next frame passes."""
-    slow = 1_000_000_000
-    with members(hx, 4, 0), overlay_meter(hx, slow, 200 * slow):
+    """Driven far ahead at 0.1 copy/s (metered, not just slow), then raised to 1000 copies/s: the
+    next frame passes."""
+    with members(hx, 4, 0), overlay_meter(hx, COPY_NS, 200 * COPY_NS):
+        before = drops(hx, "OVERLAY_STORM")
         for _ in range(60):
             hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "OVERLAY_STORM") - before > 0, "metered"
         hx.configure(overlay_storm_ns=(1_000_000, 100_000_000))
         before = drops(hx, "OVERLAY_STORM")
         hx.run_tc("from_overlay", overlay_broadcast())

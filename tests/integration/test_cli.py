@@ -129,7 +129,7 @@ def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
 
     def cfg():
         with Node(host).maps() as m:
-            c = m.dp_config.get(ctypes.c_uint32(0))
+            c = m.dp_meters.get(ctypes.c_uint32(0))
         return c.overlay_storm_interval_ns, c.overlay_storm_burst_ns
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
     assert cfg() == (10_000, 100_000_000), "100,000 copies/s and a 0.1-s burst by default"
@@ -138,7 +138,7 @@ def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
     assert cfg()[0] == 2_500_000, "a later up keeps the choice"
     assert dp_json("--netns", host, "status")["overlay_storm_rate"] == 400
-    assert state.load_boot(host)["storm"][2] == 400, "and so does the restore at boot"
+    assert state.load_boot(host)["meters"]["overlay_storm_rate"] == 400, "and so does the restore at boot"
     r = dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "-1",
            check=False)
     assert r.returncode == 2 and "bad overlay storm rate -1: must be 0..10000000 copies" in r.stderr, r.stderr
@@ -146,6 +146,32 @@ def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "0")
     assert cfg() == (0, 0)
     assert "from the underlay off" in dp("--netns", host, "status").stdout
+    dp("--netns", host, "down")
+
+
+def test_the_learning_rate_is_set_kept_and_restored_from_an_older_boot_file(host):
+    import ctypes
+
+    def cfg():
+        with Node(host).maps() as m:
+            c, s = m.dp_meters.get(ctypes.c_uint32(0)), m.dp_config.get(ctypes.c_uint32(0))
+        return c.learn_interval_ns, c.learn_burst_ns, s.storm_interval_ns
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    assert cfg()[:2] == (1_000_000, 1_000_000_000), "1000 MACs/s, and as many at once, by default"
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--learn-rate", "250")
+    assert cfg()[:2] == (4_000_000, 1_000_000_000)
+    assert dp_json("--netns", host, "status")["learn_rate"] == 250
+    assert state.load_boot(host)["meters"]["learn_rate"] == 250
+    # A boot file of the version before (storm control's two as a list, nothing else) restores as it said.
+    boot = state.load_boot(host)
+    boot.pop("meters")
+    boot["storm"] = [50, 100]
+    state.save_boot(host, boot)
+    shutil.rmtree(os.path.join(fastpath.PIN_ROOT, host))
+    tcx.detach(host, netlink.link_index(host, "ul0"), "from_overlay")
+    shutil.rmtree(state.node_dir(host))
+    dp("--netns", host, "up", "--restore")
+    assert cfg() == (1_000_000, 1_000_000_000, 20_000_000), "storm control at 50/s; the rest at their defaults"
     dp("--netns", host, "down")
 
 
@@ -346,7 +372,7 @@ def test_a_failed_rerun_of_up_leaves_the_fast_path_as_status_says(host, monkeypa
         raise KernelError("tcx attach refused (a test's stand-in failure)")
     monkeypatch.setattr(vtep.tcx, "attach", refused)
     with pytest.raises(KernelError):
-        vtep.up(node, [256], peer_check=False, storm=(7, None), port=4790, quiet=True)
+        vtep.up(node, [256], peer_check=False, meters={"storm_rate": 7}, port=4790, quiet=True)
     monkeypatch.undo()
     with node.maps() as m:
         after = m.dp_config.get(ctypes.c_uint32(0))

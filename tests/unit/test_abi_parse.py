@@ -11,10 +11,20 @@ from dataplane.core import abi
 def test_structs_have_c_sizes():
     s = abi.load().structs
     assert ctypes.sizeof(s["dp_mac_key"]) == 12
-    assert ctypes.sizeof(s["dp_config"]) == 88
+    assert ctypes.sizeof(s["dp_config"]) == 72
     assert s["dp_config"].storm_burst_ns.offset == 32
     assert ctypes.sizeof(s["dp_nexthop"]) == 32
     assert s["dp_config"].fdb_age_ns.offset == 16
+
+
+def test_the_layouts_nodes_have_pinned_stay_and_the_parts_are_read():
+    """A pinned map whose layout changes makes `up` refuse until `dataplane down`, so on an upgraded
+    host the unit's `up --restore` failed until someone took the node down: new settings and state
+    go into maps of their own (dp_abi_meters.h, included by dp_abi.h and read in place)."""
+    s = abi.load().structs
+    assert ctypes.sizeof(s["dp_config"]) == 72 and ctypes.sizeof(s["dp_stats"]) == 12 * 8 + 32 * 8
+    assert ctypes.sizeof(s["dp_network"]) == 16 and ctypes.sizeof(s["dp_endpoint"]) == 24
+    assert ctypes.sizeof(s["dp_meters"]) == 32 and ctypes.sizeof(s["dp_net_meter"]) == 24
 
 
 def test_drop_names_follow_the_enum():

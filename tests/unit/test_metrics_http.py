@@ -55,10 +55,11 @@ def test_a_bad_or_busy_address_is_a_usage_error():
 
 
 def test_every_dp_stats_counter_is_exported():
-    """A counter added to struct dp_stats is a metric too (monitor_lost was not)."""
+    """A counter added to struct dp_stats is a metric too (monitor_lost was not), and so is
+    dp_net_meter's learn_limited, which readout.stats shows beside them."""
     from dataplane.core import abi
     fields = {n for n, _ in abi.load().structs["dp_stats"]._fields_} - {"drops"}
-    assert set(metrics.STATS) == fields
+    assert set(metrics.STATS) == fields | {"learn_limited"}
 
 
 def fake_agent():

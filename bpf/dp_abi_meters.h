@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * dp_abi_meters.h - the per-network meters' settings and state (part of
+ * dp_abi.h, in its grammar). Maps of their own, so that dp_config and dp_stats
+ * keep the layouts a node brought up by an older version has pinned: a new map
+ * is made at the next `up`, where a changed layout made `up` refuse until
+ * `dataplane down`.
+ */
+#ifndef DP_ABI_METERS_H
+#define DP_ABI_METERS_H
+
+/* Single entry of map dp_meters (key 0), written by `up` (vtep.py write_config). 0: that meter off. */
+struct dp_meters {
+	__u64 overlay_storm_interval_ns;     /* floods from the underlay: 1e9 / copies per second per network */
+	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */
+	__u64 learn_interval_ns;             /* learning: 1e9 / new or moved MACs per second per network */
+	__u64 learn_burst_ns;                /* ... and the burst it allows (fdb.h learn_allow) */
+};
+
+/* dp_net_meters[a network's dp_stats slot]: its meters' state, fast path only; zeroed with the slot. */
+struct dp_net_meter {
+	__u64 overlay_storm_tat;             /* GCRA theoretical arrival times, dp_now_ns() */
+	__u64 learn_tat;
+	__u64 learn_limited;                 /* sources delivered but not learned: over the learning rate (atomic) */
+};
+
+#endif /* DP_ABI_METERS_H */

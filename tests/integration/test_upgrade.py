@@ -1,0 +1,81 @@
+"""An upgrade from the previous release: the nodes it brought up (pins, state, agents) are taken
+over by this version's `up --restore`, as the systemd unit's ExecStartPre runs it when the
+package upgrade restarts the unit, and their sandboxes keep reaching each other.
+
+A pinned map whose layout a version changes makes `up` refuse until `dataplane down`: after a
+package upgrade the unit's restart then failed for good (a review found 8389aaf's larger
+dp_config doing so, before it shipped). New settings and state go into maps of their own, which
+`up` makes beside the old ones."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataplane.agent import process
+from dataplane.node import Node
+from lab import topology as lab
+from lab.traffic import ping
+from tests.conftest import require_privileges
+from tests.integration.conftest import dp, leftovers, sandbox
+
+PREVIOUS = "c3cf653"       # the release before this one's new maps; move it on when a release ships
+HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def git(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", HERE, *argv], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def old_tree(tmp_path):
+    """A worktree of PREVIOUS with this checkout's C helper (csrc/ must not differ)."""
+    require_privileges()
+    assert git("cat-file", "-e", PREVIOUS + "^{commit}").returncode == 0, f"{PREVIOUS} is not in this clone"
+    assert git("diff", "--quiet", PREVIOUS, "--", "csrc/").returncode == 0, "csrc/ changed: the helper differs"
+    tree = str(tmp_path / "tree")
+    git("worktree", "add", "--detach", tree, PREVIOUS, check=True)
+    try:
+        pkg = os.path.join(HERE, "dataplane")
+        for f in os.listdir(pkg):
+            if f.startswith("_cwire") and f.endswith(".so"):
+                shutil.copy(os.path.join(pkg, f), os.path.join(tree, "dataplane", f))
+        yield tree
+    finally:
+        git("worktree", "remove", "--force", tree)
+        git("worktree", "prune")
+
+
+def stop(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), f"agent {pid} did not stop"
+
+
+def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
+    lab.down()
+    try:
+        old = {**os.environ, "PYTHONPATH": old_tree}
+        r = subprocess.run([sys.executable, "-m", "lab", "up", "--hosts", "2", "--vni", "256"], cwd=old_tree,
+                           env=old, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        for ns in ("dpl-h1", "dpl-h2"):      # the unit restarted: its agent stopped, ExecStartPre, the new agent
+            stop(process.running_pid(ns))
+            dp("--netns", ns, "up", "--restore")
+            assert process.running_pid(ns)
+        info = lab.ls()
+        a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+        assert ping(a["name"], b["ip"])[0] == 3
+        with Node("dpl-h1").maps() as m:      # the new maps, made beside the old ones and set
+            import ctypes
+            assert m.dp_meters.get(ctypes.c_uint32(0)).overlay_storm_interval_ns == 10_000
+    finally:
+        lab.down()
+        left = leftovers()
+        assert not left, f"lab down left: {left}"

@@ -13,7 +13,7 @@
 struct dp_meters {
 	__u64 overlay_storm_interval_ns;     /* floods from the underlay: 1e9 / copies per second per network */
 	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */
-	__u64 learn_interval_ns;             /* learning: 1e9 / new or moved MACs per second per network */
+	__u64 learn_interval_ns;             /* learning: 1e9 / MACs new to the network per second */
 	__u64 learn_burst_ns;                /* ... and the burst it allows (fdb.h learn_allow) */
 };
 
@@ -21,7 +21,7 @@ struct dp_meters {
 struct dp_net_meter {
 	__u64 overlay_storm_tat;             /* GCRA theoretical arrival times, dp_now_ns() */
 	__u64 learn_tat;
-	__u64 learn_limited;                 /* sources delivered but not learned: over the learning rate (atomic) */
+	__u64 learn_limited;                 /* new sources not learned, over the rate: again each second (atomic) */
 };
 
 #endif /* DP_ABI_METERS_H */

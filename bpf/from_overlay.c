@@ -64,13 +64,6 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	ret = vxlan_admit(cfg, gen, fgen, &vx, slot_out, &owner);
 	if (ret)
 		return ret;
-	/* A broadcast's copies are charged to the network's meter before anything is done for it (flood.h). */
-	if (mac_is_multicast(vx.inner.h_dest)) {
-		struct dp_network *net = local_network(vx.vni, gen);
-
-		if (net && !overlay_storm_allow(cfg, *slot_out, net->n_local))
-			return -DP_DROP_OVERLAY_STORM;
-	}
 
 	/* The network carries IPv4 and ARP; ARP is checked against dp_neigh first. */
 	inner_is_ip = vx.inner.h_proto == bpf_htons(ETH_P_IP);
@@ -89,6 +82,15 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 		ret = fdb_learn(cfg, gen, vx.vni, *slot_out, vx.inner.h_source, vx.saddr);
 		if (ret)
 			return ret;
+	}
+	/* A broadcast's copies are charged to the network's meter before it is decapsulated (flood.h):
+	 * after the checks that would drop it anyway, and after learning (a gratuitous ARP still moves
+	 * its MAC), which has a budget of its own. */
+	if (mac_is_multicast(vx.inner.h_dest)) {
+		struct dp_network *net = local_network(vx.vni, gen);
+
+		if (net && !overlay_storm_allow(cfg, *slot_out, net->n_local))
+			return -DP_DROP_OVERLAY_STORM;
 	}
 
 	flags = BPF_F_ADJ_ROOM_FIXED_GSO;

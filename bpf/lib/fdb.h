@@ -56,13 +56,15 @@ static __always_inline __be32 fdb_lookup(struct dp_mac_key *k, const struct dp_c
 }
 
 /*
- * Learning budget: a MAC new to dp_learned, or one that moved to another VTEP,
- * is learned within the network's rate, a GCRA meter per network (dp_net_meters
- * by the counters' slot) as the overlay storm meter. A peer, or a forger of its
- * address, sending from random source MACs churned the LRU map at line rate,
- * pushing out what other hosts' frames had taught, and wrote the map per frame.
- * Over budget the frame is still delivered, its source not learned and counted
- * (learn_limited): replies to it flood, under storm control. A refresh is free.
+ * Learning budget: a MAC new to dp_learned is learned within the network's
+ * rate, a GCRA meter per network (dp_net_meters by the counters' slot) as the
+ * overlay storm meter. A peer, or a forger of its address, sending from random
+ * source MACs churned the LRU map at line rate, pushing out what other hosts'
+ * frames had taught, and wrote the map per frame. Over budget the frame is
+ * still delivered, its source not learned and the refusal counted
+ * (learn_limited): replies to it flood, under storm control. A MAC the map
+ * holds grows nothing: its refresh and its move to another VTEP are free, so
+ * a spent budget never keeps replies going to where a MAC was.
  */
 static __always_inline int learn_allow(__u32 slot, __u64 now)
 {
@@ -93,7 +95,7 @@ static __always_inline int learn_allow(__u32 slot, __u64 now)
  * entry that is fresh and unchanged was checked when it was written, and the
  * control plane deletes the learned entry of a MAC when it gives that MAC to a
  * local endpoint.
- * What this CPU last found or wrote is kept in a per-CPU copy (local.h's way,
+ * What this CPU last found or wrote (or was refused, above) is kept in a per-CPU copy (local.h's way,
  * under dp_local_gen, which the control plane's writes to dp_learned change
  * too: a MAC given to a local endpoint, an aged entry removed): until
  * the entry is due for its refresh, a frame from the same VTEP needs no lookup
@@ -124,10 +126,13 @@ static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u
 	} else {
 		if (local_port(&k, gen))
 			return -DP_DROP_MAC_CONFLICT;
-		if (!(e && e->vtep == vtep) && !learn_allow(slot, now))
-			return 0;                /* delivered, not learned: counted in learn_allow */
-		struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
-		dp_learned.update(&k, &fresh);
+		/* New to the network and over its rate: delivered, not learned (counted in
+		 * learn_allow); the copy below keeps this CPU from asking again for a second. */
+		if (e || learn_allow(slot, now)) {
+			struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
+
+			dp_learned.update(&k, &fresh);
+		}
 	}
 	/* Whoever wrote the move (this CPU now, or another before), this CPU's frames to the
 	 * MAC go to the VTEP it sends from, from the next one on. */

@@ -128,7 +128,8 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
  * and each frame costs this host a copy per local endpoint of the VNI. So the
  * meter is per network (dp_net_meters by its counters' slot) and charged in
  * copies: a frame that will make n costs n intervals; none, nothing. Checked
- * before the frame is learned from or decapsulated (from_overlay.c). A burst
+ * before the frame is decapsulated, after the checks that would drop it and
+ * after learning (from_overlay.c). A burst
  * is no bound on one frame's copies: a frame dearer than the burst passes
  * whenever the meter has caught up.
  */

@@ -43,7 +43,8 @@ STATS = {
     "punt_fallback": ("punt_fallbacks", "Misses flooded because the punt ring was full"),
     "frag_needed": ("frag_needed", "ICMP fragmentation-needed sent back for DF frames over the MTU"),
     "monitor_lost": ("monitor_lost", "Monitor events not written: over the monitor's rate, or its ring full"),
-    "learn_limited": ("learn_limited", "Source MACs delivered but not learned: over the network's learning rate"),
+    "learn_limited": ("learn_limited", "New source MACs not learned, over the network's learning rate (counted "
+                                       "again each second a source keeps sending)"),
 }
 VNI_HELP = " (vni 0: what belongs to no VNI)"
 

@@ -102,6 +102,7 @@ class Harness:
             m.dp_networks.put(ctypes.c_uint32(vni), self.network(vni, n_local=0, n_flood=0))
         for vni in (0, VNI, OTHER_VNI):
             m.dp_stats.put(ctypes.c_uint32(self.slot(vni)), m.dp_stats.zero())
+            m.dp_net_meters.put(ctypes.c_uint32(self.slot(vni)), m.dp_net_meters.zero())
         for ifx, mac, ip in ((EP_IFINDEX, EP_MAC, EP_IP), (EP2_IFINDEX, EP2_MAC, EP2_IP)):
             self.endpoint(ifx, mac, ip)
         for ip, mac in ((EP_IP, EP_MAC), (EP2_IP, EP2_MAC), (REMOTE_IP, REMOTE_MAC)):

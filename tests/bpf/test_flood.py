@@ -184,7 +184,9 @@ def test_floods_from_the_overlay_are_metered_per_network_in_copies(hx):
 
 def test_a_frame_is_charged_once_for_all_its_copies_past_the_first_chunk(hx):
     """100 local ports are two runs of the flood program: the frame is charged its 100 copies once,
-    before the first, so with a burst of exactly one frame's cost the second frame makes none."""
+    before the first. With a burst of exactly one frame's cost, the second frame (the meter one
+    frame ahead: within the burst) makes its copies and the third, two frames ahead, none; a
+    charge per run, or none, would let the third through or stop the second."""
     with members(hx, 100, 0), overlay_meter(hx, COPY_NS, 100 * COPY_NS):
         before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
         hx.run_tc("from_overlay", overlay_broadcast())

@@ -13,6 +13,7 @@ import sys
 
 from dataplane import __version__
 from dataplane.cli import node_cmds, observe_cmds, registry_cmds, runtime_cmds, service_cmds
+from dataplane.core import model
 from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.kernel import netlink
 from dataplane.node.base import node_netns
@@ -43,7 +44,9 @@ def main(argv=None) -> int:
                         format=stamp + "%(levelname)s %(name)s: %(message)s" if daemon
                         else "dataplane: %(levelname)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        if args.netns and netlink.ns_exists(node_netns(args.netns)):
+        if args.netns:                   # `down` may still remove a node an older version let in
+            node_netns(args.netns) if args.cmd != "down" else model.parse_name(args.netns, "namespace")
+        if args.netns and netlink.ns_exists(args.netns):
             # Act as a process of that host: registry traffic leaves from its namespace.
             netlink.enter_netns(args.netns)
         elif args.netns and args.cmd not in ("down", "service", "up"):   # up says so itself; down cleans up

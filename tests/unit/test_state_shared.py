@@ -18,7 +18,7 @@ from dataplane.node.base import Node
 def saved(tmp_path, monkeypatch) -> NodeState:
     monkeypatch.setattr(state, "RUN_ROOT", str(tmp_path / "run"))
     monkeypatch.setattr(state, "_shared", {})
-    st = NodeState(node="n1", netns=None, pin_dir="/sys/fs/bpf/x",
+    st = NodeState(node="n1", netns="n1", pin_dir="/sys/fs/bpf/x",
                    config=NodeConfig(underlay="eth0", local_ip="10.0.0.1"),
                    uplink=Uplink(ifindex=2, mtu=1500, mac="02:00:00:00:00:01", gso_max=65536))
     st.endpoints["a"] = LocalEndpoint(name="a", vni=256, ip="10.1.0.2", mac="02:00:00:00:00:02",

@@ -16,7 +16,7 @@ import time
 from dataplane.agent import converge, local, pauses
 from dataplane.core import state
 from dataplane.core.errors import DataplaneError
-from dataplane.node import gwrules, monitor, networks, rxgro, vtep, vxlanguard
+from dataplane.node import fpconfig, gwrules, monitor, networks, rxgro, vxlanguard
 from dataplane.node.fdb import age_learned
 from dataplane.node.sweep import vanished
 
@@ -52,7 +52,7 @@ def _mend_rx_gro(ag, st) -> None:
     if rxgro.intact(ag.node, st, ag.maps) and not rxgro.freed(ag.node, st):
         return
     with ag.node.changing() as (now, m):
-        for line in vtep.repair_rx_gro(ag.node, now, m):
+        for line in fpconfig.repair_rx_gro(ag.node, now, m):
             if now.rx_gro == rxgro.ON:
                 log.warning("repaired: %s", line)
                 ag.counters["repairs"] += 1

@@ -18,7 +18,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, UsageError
 from dataplane.kernel import netlink
 from dataplane.kernel.ringbuf import RingReader
-from dataplane.node import vtep
+from dataplane.node import fpconfig
 from dataplane.node.base import Node, require_root
 
 _A = abi.load()
@@ -63,12 +63,12 @@ def running(node: Node, flags: int, sample: int = 1, rate: int = 10000):
                 reader.read(0, limit=1 << 20)          # what an earlier monitor left
                 events = Events(node, m, reader)
                 with state.locked(node.name):          # dp_config: no `up` writes it meanwhile
-                    vtep.set_monitor(m, flags, sample, 1_000_000_000 // rate)
+                    fpconfig.set_monitor(m, flags, sample, 1_000_000_000 // rate)
                 try:
                     yield events
                 finally:
                     with state.locked(node.name):
-                        vtep.set_monitor(m, 0, 0, 0)
+                        fpconfig.set_monitor(m, 0, 0, 0)
             finally:
                 reader.close()
     finally:
@@ -86,7 +86,7 @@ def clear_if_abandoned(node: Node) -> bool:
             if cfg is None or not cfg.flags & MASK:
                 return False
             with state.locked(node.name):
-                vtep.set_monitor(m, 0, 0, 0)
+                fpconfig.set_monitor(m, 0, 0, 0)
             return True
     finally:
         os.close(lock)

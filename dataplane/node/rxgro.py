@@ -83,9 +83,9 @@ def ensure(node: Node, st: NodeState, sink_fd: int) -> int:
 
 def intact(node: Node, st: NodeState, m: NodeMaps) -> bool:
     """As ensure left it: the device up on the node's port with gro_sink, and the fast path
-    sending through it (vtep.set_tunnel_dev); or the node goes without it (st.rx_gro: by
+    sending through it (fpconfig.set_tunnel_dev); or the node goes without it (st.rx_gro: by
     choice, or the port is another's). Cheap enough for the agent's every tick: one link, its
-    tcx list, one map entry. vtep.repair_rx_gro mends what is not."""
+    tcx list, one map entry. fpconfig.repair_rx_gro mends what is not."""
     if st.rx_gro != ON:
         return True
     dev = vxlandev.vxlan_ports(node.netns, IFNAME).get(IFNAME)
@@ -96,7 +96,7 @@ def intact(node: Node, st: NodeState, m: NodeMaps) -> bool:
 
 def freed(node: Node, st: NodeState) -> bool:
     """The node went without the device because a plain socket held the port, and nothing
-    holds it now: time to make it (vtep.repair_rx_gro). Unlike another vxlan device, whose
+    holds it now: time to make it (fpconfig.repair_rx_gro). Unlike another vxlan device, whose
     socket merges our frames while it holds the port (and which may be coming back, as
     flannel's does when flannel restarts), a plain socket left the node with no GRO at all.
     One read of the namespace's UDP sockets while that is so, nothing otherwise."""

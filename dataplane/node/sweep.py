@@ -3,7 +3,7 @@ creation never finished (their intent is still "creating") are undone, the
 entries of those that did are written again, host-side veths and map entries
 that no endpoint of the state holds are removed, every served VNI's
 entries are rewritten from the state (and peers it does not list leave dp_vteps), the node's vxlan device is mended if
-something undid it (vtep.repair_rx_gro), and sandbox ends an older version
+something undid it (fpconfig.repair_rx_gro), and sandbox ends an older version
 left segmenting tunnelled GSO are told to cut it (endpoints.cut_tunnel_gso). The
 agent runs it at start, `up` on every run; the registry side of the repair
 is the agent's (agent/local.py)."""
@@ -14,7 +14,7 @@ import re
 
 from dataplane.core.errors import NotFound
 from dataplane.kernel import netlink
-from dataplane.node import endpoints, fdb, gateway, networks, vtep
+from dataplane.node import endpoints, fdb, fpconfig, gateway, networks
 from dataplane.node.base import Node
 
 _OURS = re.compile(r"^dp[0-9a-f]{10}$")      # endpoints.host_ifname
@@ -41,7 +41,7 @@ def sweep(node: Node) -> list[str]:
         if not st.tunnel_gso_swept:
             done += endpoints.cut_tunnel_gso(node, st)
         done += gateway.repair(node, m, st)
-        done += vtep.repair_rx_gro(node, st, m)
+        done += fpconfig.repair_rx_gro(node, st, m)
         done += endpoints.forget_strays(m, st)
         done += fdb.forget_local_strays(m, st, neigh_too=st.registry is None)
         for vni in st.networks:

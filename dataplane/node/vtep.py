@@ -1,25 +1,19 @@
-"""Bringing a node up and down: the uplink, the programs, the configuration.
-The only writer of dp_config and dp_agent (the loader fills dp_tail)."""
+"""Bringing a node up and down: the uplink, the programs, the configuration (dp_config
+and dp_meters through fpconfig.py). The only writer of dp_agent (the loader fills dp_tail)."""
 
 from __future__ import annotations
 
 import ctypes
-import os
-import socket
 
 from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
-from dataplane.core.keys import be32
-from dataplane.core.notice import notice
 from dataplane.core.state import NodeConfig, NodeState, Uplink
-from dataplane.kernel import clock, gso, loader, netlink, tcx
+from dataplane.kernel import gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import choices, endpoints, gateway, networks, nexthops, peers, rxgro, vxlanguard
+from dataplane.node import choices, endpoints, fpconfig, gateway, networks, nexthops, peers, rxgro, vxlanguard
 from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
-_F = abi.load().enums["dp_cfg_flag"]
-_MON = int(_F.DP_CFG_MON_DROP) | int(_F.DP_CFG_MON_PUNT) | int(_F.DP_CFG_MON_TRACE)
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
@@ -122,28 +116,10 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             if not old:
                 _teardown(node, st, quiet=True)
             else:
-                _config_back(node, st)
+                fpconfig.config_back(node, st)
             raise
         state.save(st)
         return st
-
-
-def _config_back(node: Node, tried: NodeState) -> None:
-    """A re-run of `up` that failed part-way (an attach, dpgro0): dp_config back as the saved
-    state has it, which status shows and the next `up` starts from, and the guard rule with it
-    (a new port's removed the old port's). The new settings, written first, stayed in force
-    unsaved: a peer check or storm control other than what status said."""
-    try:
-        saved = state.load(node.name)
-        if saved is not None:
-            with node.maps() as m:
-                write_config(m, saved)
-            if tried.config.port != saved.config.port:
-                vxlanguard.remove(node.netns, tried.config.underlay, tried.config.port)
-            if saved.config.vxlan_guard:
-                vxlanguard.at_up(node.netns, saved.config.underlay, saved.config.port)
-    except DataplaneError as e:
-        notice(f"the fast path may keep this up's settings ({e}): run `dataplane up` again")
 
 
 def _forwarding_key(st: NodeState) -> str:
@@ -160,7 +136,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
     loaded = loader.load(node.pin_dir, st.map_sizes, quiet=quiet)
     try:
         with node.maps() as m:
-            write_config(m, st)
+            fpconfig.write_config(m, st)
             for vni in vnis:
                 networks.serve(m, st, vni, (subnet or {}).get(vni), mtus.get(vni))
             # New programs go in by replacing the old ones in place: no moment without one.
@@ -169,7 +145,7 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
             tcx.attach(node.netns, st.uplink.ifindex, loaded.fds["from_overlay"], "from_overlay")
             if legacy:
                 tcx.drop_filter(node.netns, st.uplink.ifindex, "from_overlay")
-            set_tunnel_dev(m, rxgro.ensure(node, st, loaded.fds["gro_sink"]))
+            fpconfig.set_tunnel_dev(m, rxgro.ensure(node, st, loaded.fds["gro_sink"]))
             if st.config.vxlan_guard:
                 vxlanguard.at_up(node.netns, st.config.underlay, st.config.port)
             else:
@@ -194,70 +170,6 @@ def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[
                 nexthops.prime(m, st, node.netns, p)
     finally:
         loaded.close()
-
-
-def write_config(m: NodeMaps, st: NodeState) -> None:
-    c = st.config
-    flags = int(_F.DP_CFG_PEER_CHECK) if c.peer_check else 0
-    val = _S["dp_config"](local_ip=be32(c.local_ip), port=socket.htons(c.port),
-                          src_port_min=c.src_port_min, src_port_max=c.src_port_max,
-                          flags=flags, uplink_ifindex=st.uplink.ifindex,
-                          fdb_age_ns=c.fdb_age_s * 1_000_000_000)
-    if c.storm_rate:
-        val.storm_interval_ns = 1_000_000_000 // c.storm_rate
-        val.storm_burst_ns = val.storm_interval_ns * max(c.storm_burst, 1)
-    old = m.dp_config.get(ctypes.c_uint32(0))
-    if old is not None:                 # a running monitor's settings are its own (set_monitor)
-        val.flags |= old.flags & _MON
-        val.mon_interval_ns, val.mon_sample = old.mon_interval_ns, old.mon_sample
-        val.tunnel_ifindex = old.tunnel_ifindex     # rxgro.set_tunnel_dev's, until it says again
-    if old is not None and old.clock_ns_per_jiffy:      # the kernel's clock: as calibrated for this boot
-        val.clock_ns_per_jiffy, val.clock_offset_ns = old.clock_ns_per_jiffy, old.clock_offset_ns
-    else:
-        val.clock_ns_per_jiffy, val.clock_offset_ns = clock.calibrate(st.pin_dir)
-    m.dp_config.put(ctypes.c_uint32(0), val)
-    m.dp_meters.put(ctypes.c_uint32(0), choices.meters_value(c, _S["dp_meters"]))
-
-
-def set_tunnel_dev(m: NodeMaps, ifindex: int) -> None:
-    """The device frames with a tunnel of their own leave by (rxgro.ensure's answer; 0: none)."""
-    cur = m.dp_config.get(ctypes.c_uint32(0))
-    cur.tunnel_ifindex = ifindex
-    m.dp_config.put(ctypes.c_uint32(0), cur)
-
-
-def repair_rx_gro(node: Node, st: NodeState, m: NodeMaps) -> list[str]:
-    """The node's vxlan device made (or brought up, or given its sink) again where something
-    undid it behind the node's back, or made where a plain socket held the port and has let
-    it go (rxgro.freed), and the fast path pointed at it: meanwhile a frame that carries a
-    tunnel of its own went to a device gone or down, lost uncounted, and receive GRO was off.
-    What was done, one line (nothing: intact and not freed). Run by sweep.py (every `up`, the
-    agent's start) and by the agent's housekeeping tick. Where it cannot be made (a socket
-    holds the port) the node goes without, as `up` itself would: st.rx_gro says why, and the
-    line says it was not made."""
-    if rxgro.freed(node, st):
-        why = f"UDP port {st.config.port} is free again"
-    elif rxgro.intact(node, st, m):
-        return []
-    else:
-        why = "undone behind the node's back"
-    fd = loader.open_prog(node.pin_dir, "gro_sink")
-    try:
-        set_tunnel_dev(m, rxgro.ensure(node, st, fd))
-    finally:
-        os.close(fd)
-    return [f"{rxgro.IFNAME}: {why}; " +
-            ("made" if st.rx_gro == rxgro.ON else f"not made, receive GRO {st.rx_gro}")]
-
-
-def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:
-    """Events on (flags: DP_CFG_MON_* bits) or off (0): node/monitor.py's switch."""
-    cur = m.dp_config.get(ctypes.c_uint32(0))
-    if cur is None:
-        raise NotFound("the fast path has no configuration: is the node up?")
-    cur.flags = (cur.flags & ~_MON) | (flags & _MON)
-    cur.mon_sample, cur.mon_interval_ns = sample, interval_ns
-    m.dp_config.put(ctypes.c_uint32(0), cur)
 
 
 def set_punt_until(m: NodeMaps, until_ns: int) -> None:

@@ -121,6 +121,30 @@ def test_the_vxlan_guard_can_be_turned_off_and_on_again(host):
     assert vxlan_guard_rules(host) == []
 
 
+def test_a_failed_rerun_of_up_puts_back_receive_gro_and_the_xdp_guard(host, monkeypatch):
+    """A re-run with --no-rx-gro --xdp-guard that failed after its receive-GRO and XDP steps (here
+    the next-hop priming) left dpgro0 removed and the XDP guard attached, while the saved state and
+    status said receive GRO on and no guard (review finding). Both are put back as saved."""
+    import ctypes
+    from dataplane.core.errors import KernelError
+    from dataplane.node import rxgro, vtep
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--peer", "198.18.1.2")
+    node, uplink = Node(host), netlink.link_index(host, "ul0")
+    assert netlink.link_indexes(host).get(rxgro.IFNAME) and not netlink.xdp_attached(host, uplink)
+
+    def refused(*args, **kwargs):
+        raise KernelError("next hop refused (a test's stand-in failure)")
+    monkeypatch.setattr(vtep.nexthops, "prime", refused)
+    with pytest.raises(KernelError):
+        vtep.up(node, [256], rx_gro=False, xdp_guard=True, quiet=True)
+    monkeypatch.undo()
+    assert not netlink.xdp_attached(host, uplink), "the XDP guard the failed run attached is gone"
+    gro = netlink.link_indexes(host).get(rxgro.IFNAME)
+    with node.maps() as m:
+        assert gro and m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex == gro, "dpgro0 is back, in use"
+    dp("--netns", host, "down")
+
+
 def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
     """`up --overlay-storm-rate COPIES` (the per-network budget for floods from the underlay) on a
     running node: in dp_config at once, in status, kept by later `up`s and at boot; 0 turns it

@@ -14,7 +14,7 @@ import pytest
 
 from dataplane.core import state
 from dataplane.kernel import loader, netlink, tcx
-from dataplane.node import Node, readout, rxgro, vtep
+from dataplane.node import Node, fpconfig, readout, rxgro
 from lab import topology as lab
 from lab.traffic import nstat, rx_counts as rx, tcp_transfer
 from tests.integration.conftest import dp, in_ns, make_lab, sandbox, wait_for
@@ -65,10 +65,10 @@ def test_rewriting_the_configuration_keeps_the_device(info):
     ifindex = netlink.link_index("dpl-h2", rxgro.IFNAME)
     with state.locked("dpl-h2"), node.maps() as m:
         try:
-            vtep.write_config(m, node.state())
+            fpconfig.write_config(m, node.state())
             assert m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex == ifindex
         finally:
-            vtep.set_tunnel_dev(m, ifindex)         # as up leaves it, whatever the above did
+            fpconfig.set_tunnel_dev(m, ifindex)         # as up leaves it, whatever the above did
 
 
 SEND = """

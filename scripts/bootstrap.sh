@@ -95,7 +95,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # The C helper (csrc/) is compiled by the install, so its sources are part of the key.
 reqhash=$(cat "$top/pyproject.toml" "$top/setup.py" "$top"/csrc/*.[ch] "$top"/csrc/*.py \
-          "$top/bpf/dp_abi.h" "$top/bpf/lib/wire.h" | sha256sum | cut -c1-16)
+          "$top"/bpf/dp_abi*.h "$top/bpf/lib/wire.h" | sha256sum | cut -c1-16)
 if [ "$mode" = host ]; then
   # A host runs the installed package: the sources are copied in, so any change means a reinstall.
   reqhash=$(cd "$top" && git ls-files -s 2>/dev/null | sha256sum | cut -c1-16)-host

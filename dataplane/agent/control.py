@@ -212,6 +212,7 @@ def persist(node: Node) -> None:
         "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
         "map_sizes": st.map_sizes,
         "meters": {f: getattr(c, f) for f, _, _ in choices.METERS}, "metrics_address": c.metrics_address,
+        "storm": [c.storm_rate, c.storm_burst],      # what an older version's restore reads, after a downgrade
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
         "networks": {} if st.registry else {str(v): n.subnet for v, n in st.networks.items()},
@@ -219,10 +220,16 @@ def persist(node: Node) -> None:
 
 
 def boot_meters(b: dict) -> dict:
-    """The meters of a boot file; one written before 2026-12-07 keeps storm control's two as a list."""
-    if "meters" in b:
-        return b["meters"]
-    return dict(zip(("storm_rate", "storm_burst"), b.get("storm") or ()))
+    """The meters of a boot file: "meters", else the "storm" list of an older version (storm control's
+    two; three at 8389aaf). Meters a later version wrote that this one does not know are left out
+    with a notice: refusing them would fail the unit's restore for good."""
+    if "meters" not in b:
+        return dict(zip(("storm_rate", "storm_burst", "overlay_storm_rate"), b.get("storm") or ()))
+    known = {f for f, _, _ in choices.METERS}
+    unknown = sorted(set(b["meters"]) - known)
+    if unknown:
+        notice(f"the saved configuration has settings this version does not know, left out: {', '.join(unknown)}")
+    return {k: v for k, v in b["meters"].items() if k in known}
 
 
 def restore(node: Node, agent: bool = True) -> NodeState:

@@ -153,9 +153,8 @@ def register(sub) -> None:
                          "second into this host's endpoints one network may make of them (default "
                          f"{model.OVERLAY_STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
     up.add_argument("--learn-rate", type=int, metavar="MACS",
-                    help="MACs one network may learn from other hosts' frames per second, new ones or moved to "
-                         f"another host, and as many at once (default {model.LEARN_RATE_DEFAULT}; 0: no limit; "
-                         "either way on a running node)")
+                    help="MACs new to a network it may learn from other hosts' frames per second, and as many "
+                         f"at once (default {model.LEARN_RATE_DEFAULT}; 0: no limit; either way on a running node)")
     up.add_argument("--metrics-address", metavar="ADDRESS:PORT",
                     help="where the agent serves Prometheus /metrics and /healthz (default 127.0.0.1:9469; "
                          "'off': nowhere); the agent takes it when it (re)starts")

@@ -170,7 +170,7 @@ STORM_BURST_DEFAULT = 200      # ... and at once
 # OVERLAY_STORM_BURST_S of them at once.
 OVERLAY_STORM_RATE_DEFAULT = 100_000
 OVERLAY_STORM_BURST_S = 0.1
-# Learning: MACs new to a network's learned entries, or moved to another VTEP, per second (fdb.h), and
+# Learning: MACs new to a network's learned entries per second (fdb.h), and
 # as many at once.
 LEARN_RATE_DEFAULT = 1000
 

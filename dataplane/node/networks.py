@@ -1,6 +1,7 @@
 """The VNIs a node serves: their dp_networks entries, counter slots, local
 ports and flood lists. The only writer of dp_networks, dp_local_ports,
-dp_flood, dp_vteps and dp_stats."""
+dp_flood, dp_vteps and dp_stats, and of dp_net_meters besides the fast path
+(zeroed with the slot)."""
 
 from __future__ import annotations
 

@@ -186,6 +186,7 @@ def test_the_learning_rate_is_set_kept_and_restored_from_an_older_boot_file(host
     assert cfg()[:2] == (4_000_000, 1_000_000_000)
     assert dp_json("--netns", host, "status")["learn_rate"] == 250
     assert state.load_boot(host)["meters"]["learn_rate"] == 250
+    assert state.load_boot(host)["storm"] == [1000, 200], "what an older version restores from, after a downgrade"
     # A boot file of the version before (storm control's two as a list, nothing else) restores as it said.
     boot = state.load_boot(host)
     boot.pop("meters")

@@ -124,13 +124,13 @@ def test_vxlan_tagged_for_another_vlan_is_not_decapsulated(info):
             (f"tag {tag}", drops, stats("dpl-h1", 0)["drops"], stats("dpl-h1", 256)["drops"])
 
 
-def settled(counts, n: int, timeout: float = 5.0) -> tuple:
-    """counts() once it adds up to n, or has stopped changing for 0.3 s (frames still in the
-    underlay's queues are counted late on a loaded machine)."""
+def settled(counts, done, timeout: float = 5.0) -> tuple:
+    """counts() once done(counts()), or once it has stopped changing for 0.3 s (frames still in
+    the underlay's queues are counted late on a loaded machine); every figure of one reading."""
     deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
     while time.monotonic() < deadline:
         now = counts()
-        if sum(now) >= n:
+        if done(now):
             return now
         if now != last:
             last, since = now, time.monotonic()
@@ -162,8 +162,11 @@ def test_broadcasts_from_the_underlay_are_metered_at_the_receiver(info):
     forger of a peer's address, as here: h2's VTEP and h2's sandbox's MAC) made this host copy
     every broadcast to its endpoints of the VNI, unmetered. `up --overlay-storm-rate` on the
     running node sets the per-network budget in copies: of 2,000 broadcasts sent at once, no
-    more pass than the budget allows in the time they took (plus its 0.1-s burst), and the rest
-    are counted `overlay_storm`. At 0 (off) every one passes."""
+    more pass than the budget allows in the time they took to send (with half a second for them
+    to arrive, and its 0.1-s burst), and the rest are counted `overlay_storm`. At 0 (off) none is
+    metered. Frames lost on the wire (a veth's XDP ring, a loaded machine) are neither: at most
+    10% of them may be.
+    (n_local is 1 here, so "in copies" is the BPF tests' to show: tests/bpf/test_flood.py.)"""
     b = sandbox(info, "h2", 256)
     b_mac = netlink.link_info(b["netns"], "eth0")["mac"]
     h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
@@ -172,24 +175,23 @@ def test_broadcasts_from_the_underlay_are_metered_at_the_receiver(info):
     assert n_local >= 1
 
     def blast(n: int) -> tuple[int, int, float]:
-        """Frames flooded and frames metered, once the counts settle, and the seconds from the
-        first frame sent to the last counted."""
+        """Frames flooded and frames metered, once the counts settle, and the seconds the sender
+        took to send them."""
         def counts():
             s = stats("dpl-h1", 256)
             return s["rx_packets"] - before["rx_packets"], s["drops"].get("overlay_storm", 0) - before_metered
         before = stats("dpl-h1", 256)
         before_metered = before["drops"].get("overlay_storm", 0)
-        t0 = time.monotonic()
         r = in_ns(lab.UNDERLAY_NS, BROADCASTS, h1_mac, lab.vtep_ip(1), lab.vtep_ip(2), b_mac, b["ip"], n, WIRE)
         assert r.returncode == 0, r.stderr
-        return (*settled(counts, n), time.monotonic() - t0)
+        return (*settled(counts, lambda c: sum(c) >= n), float(r.stdout))
 
     rate = 200
     try:
         dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", str(rate))
         passed, metered, took = blast(2000)
         assert 0.9 * 2000 <= passed + metered <= 2000, (passed, metered)   # the rest lost on the wire, if any
-        assert metered > 0 and passed * n_local <= rate * took + rate * 0.1 + n_local, (passed, took)
+        assert metered > 0 and passed * n_local <= rate * (took + 0.5) + rate * 0.1 + n_local, (passed, took)
         dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "0")
         passed, metered, _ = blast(500)
         assert passed >= 0.9 * 500 and metered == 0, (passed, metered)
@@ -218,27 +220,33 @@ print(time.monotonic() - t0)
 def test_random_source_macs_from_a_peer_are_learned_within_the_budget(info):
     """A peer's address (forged here) sending from a new source MAC each frame had every one
     learned, churning h1's learned entries at line rate. `up --learn-rate` on the running node
-    bounds what is learned; every frame is still delivered."""
+    bounds what is learned (the rate times the time taken, and its burst of a second's worth);
+    every frame that arrives is still delivered, and each one not learned from is counted."""
     a = sandbox(info, "h1", 256)
     a_mac = netlink.link_info(a["netns"], "eth0")["mac"]
     h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
 
     def learned() -> int:
         with Node("dpl-h1").maps() as m:
-            return sum(1 for k in m.dp_learned.keys() if k.vni == 256)
+            return sum(1 for k in m.dp_learned.keys() if k.vni == 256 and bytes(k.mac)[:3] == bytes.fromhex("02420b"))
 
     rate = 50
     try:
         dp("--netns", "dpl-h1", "up", "--learn-rate", str(rate))
-        before, had, t0 = stats("dpl-h1", 256), learned(), time.monotonic()
+        before, t0 = stats("dpl-h1", 256), time.monotonic()
+        assert learned() == 0
+
+        def counts():
+            s = stats("dpl-h1", 256)
+            return s["rx_packets"] - before["rx_packets"], learned(), s["learn_limited"] - before["learn_limited"]
         r = in_ns(lab.UNDERLAY_NS, SOURCES, h1_mac, lab.vtep_ip(1), lab.vtep_ip(2), a_mac, a["ip"], 2000, WIRE)
         assert r.returncode == 0, r.stderr
-        delivered, = settled(lambda: (stats("dpl-h1", 256)["rx_packets"] - before["rx_packets"],), 2000)
-        took, new = time.monotonic() - t0, learned() - had
+        delivered, new, limited = settled(counts, lambda c: c[0] >= 2000 and c[1] + c[2] == c[0])
+        took = time.monotonic() - t0
         assert delivered >= 0.9 * 2000, ("every frame delivered (the rest lost on the wire, if any)",
                                           stats("dpl-h1", 256)["drops"], stats("dpl-h1", 0)["drops"], r.stderr)
         assert 0 < new <= rate * took + rate, (new, took)
-        assert stats("dpl-h1", 256)["learn_limited"] - before["learn_limited"] == delivered - new
+        assert limited == delivered - new, "each frame not learned from is counted (one per new source)"
     finally:
         dp("--netns", "dpl-h1", "up", "--learn-rate", "1000")
         with Node("dpl-h1").maps() as m:

@@ -7,6 +7,7 @@ package upgrade the unit's restart then failed for good (a review found 8389aaf'
 dp_config doing so, before it shipped). New settings and state go into maps of their own, which
 `up` makes beside the old ones."""
 
+import ctypes
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import time
 import pytest
 
 from dataplane.agent import process
-from dataplane.node import Node
+from dataplane.node import Node, readout
 from lab import topology as lab
 from lab.traffic import ping
 from tests.conftest import require_privileges
@@ -37,20 +38,21 @@ def old_tree(tmp_path):
     require_privileges()
     assert git("cat-file", "-e", PREVIOUS + "^{commit}").returncode == 0, f"{PREVIOUS} is not in this clone"
     assert git("diff", "--quiet", PREVIOUS, "--", "csrc/").returncode == 0, "csrc/ changed: the helper differs"
+    pkg = os.path.join(HERE, "dataplane")
+    helper = [f for f in os.listdir(pkg) if f.startswith("_cwire") and f.endswith(".so")]
+    assert helper, "the C helper is not built in this checkout (scripts/bootstrap.sh builds it)"
     tree = str(tmp_path / "tree")
     git("worktree", "add", "--detach", tree, PREVIOUS, check=True)
     try:
-        pkg = os.path.join(HERE, "dataplane")
-        for f in os.listdir(pkg):
-            if f.startswith("_cwire") and f.endswith(".so"):
-                shutil.copy(os.path.join(pkg, f), os.path.join(tree, "dataplane", f))
+        shutil.copy(os.path.join(pkg, helper[0]), os.path.join(tree, "dataplane", helper[0]))
         yield tree
     finally:
         git("worktree", "remove", "--force", tree)
         git("worktree", "prune")
 
 
-def stop(pid: int) -> None:
+def stop(pid: int | None) -> None:
+    assert pid, "no agent runs"
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
@@ -65,15 +67,19 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         r = subprocess.run([sys.executable, "-m", "lab", "up", "--hosts", "2", "--vni", "256"], cwd=old_tree,
                            env=old, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
+        info = lab.ls()
+        a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+        assert ping(a["name"], b["ip"])[0] == 3
+        before = next(s for s in readout.stats(Node("dpl-h1")) if s["vni"] == 256)["tx_packets"]
         for ns in ("dpl-h1", "dpl-h2"):      # the unit restarted: its agent stopped, ExecStartPre, the new agent
             stop(process.running_pid(ns))
             dp("--netns", ns, "up", "--restore")
             assert process.running_pid(ns)
-        info = lab.ls()
-        a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+        assert lab.ls()["sandboxes"] == info["sandboxes"], "the same endpoints"
         assert ping(a["name"], b["ip"])[0] == 3
+        after = next(s for s in readout.stats(Node("dpl-h1")) if s["vni"] == 256)["tx_packets"]
+        assert after >= before + 3, "taken over, not made again: the counters the old version kept go on"
         with Node("dpl-h1").maps() as m:      # the new maps, made beside the old ones and set
-            import ctypes
             assert m.dp_meters.get(ctypes.c_uint32(0)).overlay_storm_interval_ns == 10_000
     finally:
         lab.down()

@@ -87,28 +87,46 @@ def set_monitor(m: NodeMaps, flags: int, sample: int, interval_ns: int) -> None:
     m.dp_config.put(ctypes.c_uint32(0), cur)
 
 
-def config_back(node: Node, tried: NodeState) -> None:
+def config_back(node: Node, tried: NodeState, had_xdp: bool) -> None:
     """A re-run of `up` that failed part-way (an attach, dpgro0): the fast path back as the saved
     state has it, which status shows and the next `up` starts from. dp_config and dp_meters (the
     new settings, written first, stayed in force unsaved: a peer check or storm control other
-    than what status said); the guard rule (a new port's removed the old port's); dpgro0 on the
-    saved port, or none (the run may have moved or removed it); the XDP guard the run attached."""
+    than what status said); the guard rule (a new port's removed the old port's; a run that
+    turned it on added it); the XDP guard the run attached (had_xdp: the uplink had an XDP
+    program before, which is left alone); dpgro0 on the saved port, or none. Each step on its
+    own: one that fails is said and the others are still made."""
     try:
         saved = state.load(node.name)
-        if saved is None:
-            return
-        with node.maps() as m:
-            write_config(m, saved)
-            fd = loader.open_prog(node.pin_dir, "gro_sink")
-            try:
-                set_tunnel_dev(m, rxgro.ensure(node, saved, fd))
-            finally:
-                os.close(fd)
-        if tried.config.port != saved.config.port:
-            vxlanguard.remove(node.netns, tried.config.underlay, tried.config.port)
-        if saved.config.vxlan_guard:
-            vxlanguard.at_up(node.netns, saved.config.underlay, saved.config.port)
-        if tried.config.xdp_guard and not saved.config.xdp_guard:
-            netlink.xdp_detach(node.netns, saved.uplink.ifindex)
     except DataplaneError as e:
         notice(f"the fast path may keep this up's settings ({e}): run `dataplane up` again")
+        return
+    if saved is None:
+        return
+    saved.uplink = tried.uplink              # the interface the run found (and attached to)
+    c, t = saved.config, tried.config
+
+    def guard():
+        if t.port != c.port:
+            vxlanguard.remove(node.netns, t.underlay, t.port)
+        if c.vxlan_guard:
+            vxlanguard.at_up(node.netns, c.underlay, c.port)
+        else:
+            vxlanguard.remove(node.netns, c.underlay, c.port)
+
+    def xdp():
+        if t.xdp_guard and not c.xdp_guard and not had_xdp:
+            netlink.xdp_detach(node.netns, tried.uplink.ifindex)
+
+    def fast_path():
+        with node.maps() as m:
+            write_config(m, saved)
+            if c.rx_gro:
+                repair_rx_gro(node, saved, m)       # nothing when dpgro0 is as the saved state had it
+            else:
+                rxgro.remove(node)
+                set_tunnel_dev(m, 0)
+    for what, step in (("the VXLAN guard rule", guard), ("the XDP guard", xdp), ("the configuration", fast_path)):
+        try:
+            step()
+        except DataplaneError as e:
+            notice(f"{what} may be as this up left it ({e}): run `dataplane up` again")

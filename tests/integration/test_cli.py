@@ -122,13 +122,15 @@ def test_the_vxlan_guard_can_be_turned_off_and_on_again(host):
 
 
 def test_a_failed_rerun_of_up_puts_back_receive_gro_and_the_xdp_guard(host, monkeypatch):
-    """A re-run with --no-rx-gro --xdp-guard that failed after its receive-GRO and XDP steps (here
-    the next-hop priming) left dpgro0 removed and the XDP guard attached, while the saved state and
-    status said receive GRO on and no guard (review finding). Both are put back as saved."""
+    """A re-run with --no-rx-gro --xdp-guard --vxlan-guard that failed after its receive-GRO, guard
+    and XDP steps (here the next-hop priming) left dpgro0 removed, the XDP guard attached and the
+    guard rule added, while the saved state and status said otherwise (review findings). All are
+    put back as saved."""
     import ctypes
     from dataplane.core.errors import KernelError
     from dataplane.node import rxgro, vtep
-    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--peer", "198.18.1.2")
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--peer", "198.18.1.2",
+       "--no-vxlan-guard")
     node, uplink = Node(host), netlink.link_index(host, "ul0")
     assert netlink.link_indexes(host).get(rxgro.IFNAME) and not netlink.xdp_attached(host, uplink)
 
@@ -136,9 +138,10 @@ def test_a_failed_rerun_of_up_puts_back_receive_gro_and_the_xdp_guard(host, monk
         raise KernelError("next hop refused (a test's stand-in failure)")
     monkeypatch.setattr(vtep.nexthops, "prime", refused)
     with pytest.raises(KernelError):
-        vtep.up(node, [256], rx_gro=False, xdp_guard=True, quiet=True)
+        vtep.up(node, [256], rx_gro=False, xdp_guard=True, vxlan_guard=True, quiet=True)
     monkeypatch.undo()
     assert not netlink.xdp_attached(host, uplink), "the XDP guard the failed run attached is gone"
+    assert vxlan_guard_rules(host) == [], "and so is the guard rule it added"
     gro = netlink.link_indexes(host).get(rxgro.IFNAME)
     with node.maps() as m:
         assert gro and m.dp_config.get(ctypes.c_uint32(0)).tunnel_ifindex == gro, "dpgro0 is back, in use"
@@ -186,7 +189,7 @@ def test_the_learning_rate_is_set_kept_and_restored_from_an_older_boot_file(host
     assert cfg()[:2] == (4_000_000, 1_000_000_000)
     assert dp_json("--netns", host, "status")["learn_rate"] == 250
     assert state.load_boot(host)["meters"]["learn_rate"] == 250
-    assert state.load_boot(host)["storm"] == [1000, 200], "what an older version restores from, after a downgrade"
+    assert state.load_boot(host)["storm"] == [1000, 200, 100000], "what an older version restores from"
     # A boot file of the version before (storm control's two as a list, nothing else) restores as it said.
     boot = state.load_boot(host)
     boot.pop("meters")

@@ -239,8 +239,8 @@ struct dp_fdb_copy {
 	__be32 vtep;                         /* dp_fdb[key].vtep; 0: no static entry */
 };
 
-/* dp_learn_copies[hash of the key]: "this CPU found dp_learned[key] = vtep, stamped seen_ns"; lets
- * fdb_learn skip the lookup until the entry is due for its refresh */
+/* dp_learn_copies[hash of the key]: "this CPU found dp_learned[key] = vtep, stamped seen_ns (or was
+ * refused learning it: fdb.h)"; lets fdb_learn skip the lookup until the entry is due for its refresh */
 struct dp_learn_copy {
 	__u64 gen;
 	__u64 seen_ns;

@@ -127,11 +127,16 @@ static __always_inline int fdb_learn(const struct dp_config *cfg, __u64 gen, __u
 		if (local_port(&k, gen))
 			return -DP_DROP_MAC_CONFLICT;
 		/* New to the network and over its rate: delivered, not learned (counted in
-		 * learn_allow); the copy below keeps this CPU from asking again for a second. */
+		 * learn_allow); the copy below keeps this CPU from asking again for a second,
+		 * unless it holds another source's fresh copy, which a spray of new MACs must
+		 * not push out. */
 		if (e || learn_allow(slot, now)) {
 			struct dp_fdb_entry fresh = { .vtep = vtep, .last_seen_ns = now };
 
 			dp_learned.update(&k, &fresh);
+		} else if (c && c->gen == gen && !mac_key_eq(&c->key, &k) &&
+			   now - c->seen_ns < DP_LEARN_REFRESH_NS) {
+			return 0;
 		}
 	}
 	/* Whoever wrote the move (this CPU now, or another before), this CPU's frames to the

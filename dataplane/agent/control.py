@@ -212,7 +212,7 @@ def persist(node: Node) -> None:
         "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
         "map_sizes": st.map_sizes,
         "meters": {f: getattr(c, f) for f, _, _ in choices.METERS}, "metrics_address": c.metrics_address,
-        "storm": [c.storm_rate, c.storm_burst],      # what an older version's restore reads, after a downgrade
+        "storm": [c.storm_rate, c.storm_burst, c.overlay_storm_rate],   # what an older version's restore reads
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
         "networks": {} if st.registry else {str(v): n.subnet for v, n in st.networks.items()},

@@ -1,7 +1,7 @@
 """The learning budget (bpf/lib/fdb.h, learn_allow): a peer, or a forger of its address,
 sending from random source MACs had every one learned, at line rate, churning the LRU map of
 learned entries and pushing out what other hosts' frames had taught. Now a network learns new
-or moved MACs within its rate; over it the frame is delivered, its source not learned, and
+MACs within its rate; over it the frame is delivered, its source not learned, and
 counted (learn_limited). A refresh or a move of what is learned is free."""
 
 import time

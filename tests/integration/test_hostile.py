@@ -241,12 +241,14 @@ def test_random_source_macs_from_a_peer_are_learned_within_the_budget(info):
             return s["rx_packets"] - before["rx_packets"], learned(), s["learn_limited"] - before["learn_limited"]
         r = in_ns(lab.UNDERLAY_NS, SOURCES, h1_mac, lab.vtep_ip(1), lab.vtep_ip(2), a_mac, a["ip"], 2000, WIRE)
         assert r.returncode == 0, r.stderr
-        delivered, new, limited = settled(counts, lambda c: c[0] >= 2000 and c[1] + c[2] == c[0])
+        delivered, new, limited = settled(counts, lambda c: c[0] >= 2000 and c[1] + c[2] >= 2000)
         took = time.monotonic() - t0
         assert delivered >= 0.9 * 2000, ("every frame delivered (the rest lost on the wire, if any)",
                                           stats("dpl-h1", 256)["drops"], stats("dpl-h1", 0)["drops"], r.stderr)
         assert 0 < new <= rate * took + rate, (new, took)
-        assert limited == delivered - new, "each frame not learned from is counted (one per new source)"
+        # Each frame not learned from is counted (one per new source); other frames of the VNI
+        # (a sandbox's ARP, say) are delivered without being learned from or counted.
+        assert 0.9 * 2000 <= new + limited <= delivered, (new, limited, delivered)
     finally:
         dp("--netns", "dpl-h1", "up", "--learn-rate", "1000")
         with Node("dpl-h1").maps() as m:

@@ -48,7 +48,9 @@ def running_pid(node: str) -> int | None:
     # an agent: `down` then never stopped a unit's agent, and `up` started a second one.
     ns = cmd[cmd.index(b"--netns") + 1] if b"--netns" in cmd[:-1] else None
     ns = next((a[len(b"--netns="):] for a in cmd if a.startswith(b"--netns=")), ns)     # as argparse takes it too
-    ours = ns == (None if node == "host" else node.encode())
+    # "host": the host node's agent, or that of a node an older version let into a namespace named
+    # "host" (the two share the agent file; node.base refuses a second one), which `down` must stop.
+    ours = ns in ((None, b"host") if node == "host" else (node.encode(),))
     return pid if ours and b"agent" in cmd and b"run" in cmd and b"dataplane" in b" ".join(cmd) else None
 
 

@@ -26,7 +26,8 @@ def node_netns(netns: str) -> str:
     model.parse_name(netns, "namespace")
     if netns == HOST_NODE:
         raise UsageError(f"a namespace named {HOST_NODE!r} cannot be a node: that is the name of the host's own "
-                         "node (no --netns); rename the namespace")
+                         f"node (no --netns); rename the namespace (a node an older version brought up there: "
+                         f"`dataplane --netns {HOST_NODE} down` first)")
     return netns
 
 

@@ -24,7 +24,7 @@ from lab.traffic import ping
 from tests.conftest import require_privileges
 from tests.integration.conftest import dp, leftovers, sandbox
 
-PREVIOUS = "c3cf653"       # the release before this one's new maps; move it on when a release ships
+PREVIOUS = "c3cf6535cf67284d810cff3677817da8a5cdf0e0"   # the release before the new maps; move it on with each
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -36,7 +36,11 @@ def git(*argv: str, **kw) -> subprocess.CompletedProcess:
 def old_tree(tmp_path):
     """A worktree of PREVIOUS with this checkout's C helper (csrc/ must not differ)."""
     require_privileges()
-    assert git("cat-file", "-e", PREVIOUS + "^{commit}").returncode == 0, f"{PREVIOUS} is not in this clone"
+    if git("cat-file", "-e", PREVIOUS + "^{commit}").returncode:
+        why = f"{PREVIOUS[:12]} is not in this checkout's history (a shallow clone, a tarball, or git refusing it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {why}", pytrace=False)
+        pytest.skip(why)
     assert git("diff", "--quiet", PREVIOUS, "--", "csrc/").returncode == 0, "csrc/ changed: the helper differs"
     pkg = os.path.join(HERE, "dataplane")
     helper = [f for f in os.listdir(pkg) if f.startswith("_cwire") and f.endswith(".so")]
@@ -61,8 +65,8 @@ def stop(pid: int | None) -> None:
 
 
 def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
-    lab.down()
     try:
+        lab.down()
         old = {**os.environ, "PYTHONPATH": old_tree}
         r = subprocess.run([sys.executable, "-m", "lab", "up", "--hosts", "2", "--vni", "256"], cwd=old_tree,
                            env=old, capture_output=True, text=True, timeout=300)
@@ -83,5 +87,4 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
             assert m.dp_meters.get(ctypes.c_uint32(0)).overlay_storm_interval_ns == 10_000
     finally:
         lab.down()
-        left = leftovers()
-        assert not left, f"lab down left: {left}"
+    assert not leftovers(), "lab down left something"

@@ -13,11 +13,23 @@ from dataplane.node import HOST_NODE, Node
 from tests.integration.conftest import DATAPLANE
 
 
-def test_the_cli_refuses_a_namespace_named_host_but_for_down():
+def test_the_cli_refuses_a_namespace_named_host_but_for_down(monkeypatch):
     r = subprocess.run(DATAPLANE + ["--netns", "host", "status"], capture_output=True, text=True)
-    assert r.returncode == 2 and "cannot be a node" in r.stderr, r.stderr
-    r = subprocess.run(DATAPLANE + ["--netns", "host", "down", "-o", "json"], capture_output=True, text=True)
-    assert "cannot be a node" not in r.stderr
+    assert r.returncode == 2 and "cannot be a node" in r.stderr and "--netns host down" in r.stderr, r.stderr
+    from dataplane.cli import main, node_cmds
+    reached = []
+    monkeypatch.setattr(node_cmds, "cmd_down", lambda args: reached.append(args.netns) or 0)   # nothing removed
+    assert main.main(["--netns", "host", "down"]) == 0 and reached == ["host"]
+
+
+def test_up_refuses_a_new_node_in_a_namespace_named_host(monkeypatch):
+    """Not only the CLI: vtep.up, which the lab, the benches and the tests call too."""
+    from dataplane.core.errors import UsageError
+    from dataplane.node import vtep
+    monkeypatch.setattr(vtep, "require_root", lambda: None)
+    monkeypatch.setattr(state, "load", lambda name: None)
+    with pytest.raises(UsageError, match="cannot be a node"):
+        vtep.up(Node("host"), [256])
 
 
 @pytest.mark.parametrize("netns,saved", [(None, "host"), ("host", None)])

@@ -22,6 +22,8 @@ from dataplane.core import state
     (["/opt/dataplane/bin/dataplane", "--netns", "dpl-rp", "agent", "status"], "dpl-rp", False),
     (["/opt/dataplane/bin/dataplane", "agent", "run"], "host", True),
     (["/opt/dataplane/bin/dataplane", "--netns", "dpl-rp", "agent", "run"], "host", False),
+    # a node an older version let into a namespace named "host": its `down` must stop that agent
+    (["/opt/dataplane/bin/dataplane", "--netns", "host", "agent", "run"], "host", True),
 ])
 def test_an_agent_is_known_by_its_command_line(monkeypatch, tmp_path, argv, node, ours):
     monkeypatch.setattr(state, "node_dir", lambda name: str(tmp_path))

@@ -304,7 +304,8 @@ struct dp_nexthop {
 /*
  * dp_stats (per-CPU array): index = a network's slot, given by the control plane and carried in
  * dp_network and dp_endpoint so the fast path reaches its counters without a hash lookup. Slot 0:
- * what belongs to no VNI. */
+ * what belongs to no VNI.
+ */
 struct dp_stats {
 	__u64 rx_packets;                    /* decapsulated and delivered */
 	__u64 rx_bytes;                      /* inner frame bytes */

@@ -9,7 +9,7 @@
 #ifndef DP_ABI_METERS_H
 #define DP_ABI_METERS_H
 
-/* Single entry of map dp_meters (key 0), written by `up` (vtep.py write_config). 0: that meter off. */
+/* Single entry of map dp_meters (key 0), written by `up` (fpconfig.py write_config). 0: that meter off. */
 struct dp_meters {
 	__u64 overlay_storm_interval_ns;     /* floods from the underlay: 1e9 / copies per second per network */
 	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */

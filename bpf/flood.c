@@ -3,8 +3,8 @@
  * flood.c - tail-call targets (dp_tail) that replicate broadcast and unknown
  * frames: from an endpoint to local endpoints and then, encapsulated once, to
  * the VNI's VTEPs; from the overlay to the local endpoints of the VNI (metered
- * before, in from_overlay.c). Each
- * run makes one chunk of copies and calls itself for the next (flood.h).
+ * before, in from_overlay.c). Each run makes one chunk of copies and calls
+ * itself for the next (flood.h).
  */
 
 #include "lib/all.h"

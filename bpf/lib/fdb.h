@@ -95,8 +95,8 @@ static __always_inline int learn_allow(__u32 slot, __u64 now)
  * entry that is fresh and unchanged was checked when it was written, and the
  * control plane deletes the learned entry of a MAC when it gives that MAC to a
  * local endpoint.
- * What this CPU last found or wrote (or was refused, above) is kept in a per-CPU copy (local.h's way,
- * under dp_local_gen, which the control plane's writes to dp_learned change
+ * What this CPU last found or wrote (or was refused, above) is kept in a
+ * per-CPU copy (local.h's way, under dp_local_gen, which the control plane's writes to dp_learned change
  * too: a MAC given to a local endpoint, an aged entry removed): until
  * the entry is due for its refresh, a frame from the same VTEP needs no lookup
  * at all. Another CPU's entry for a new VTEP is then overwritten no sooner

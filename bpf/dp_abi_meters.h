@@ -15,9 +15,12 @@ struct dp_meters {
 	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */
 	__u64 learn_interval_ns;             /* learning: 1e9 / MACs new to the network per second */
 	__u64 learn_burst_ns;                /* ... and the burst it allows (fdb.h learn_allow) */
+	__u64 overlay_host_interval_ns;      /* floods from the underlay: 1e9 / copies per second, all networks */
+	__u64 overlay_host_burst_ns;         /* ... and the burst it allows (on dp_net_meters[0], no VNI's) */
 };
 
-/* dp_net_meters[a network's dp_stats slot]: its meters' state, fast path only; zeroed with the slot. */
+/* dp_net_meters[a network's dp_stats slot]: its meters' state, fast path only; zeroed with the slot.
+ * Slot 0 (no VNI): the host's overlay storm meter, for all networks together. */
 struct dp_net_meter {
 	__u64 overlay_storm_tat;             /* GCRA theoretical arrival times, dp_now_ns() */
 	__u64 learn_tat;

@@ -126,8 +126,8 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
  * metered them per endpoint, but a host without that (storm control off, an
  * older version) or a forger of a peer's address is metered by nothing else,
  * and each frame costs this host a copy per local endpoint of the VNI. So the
- * meter is per network (dp_net_meters by its counters' slot) and charged in
- * copies: a frame that will make n costs n intervals; none, nothing. Checked
+ * meter is per network (dp_net_meters by its counters' slot), under one for
+ * the host (slot 0), and charged in copies: a frame that will make n costs n intervals; none, nothing. Checked
  * before the frame is decapsulated, after the checks that would drop it and
  * after learning (from_overlay.c). A burst
  * is no bound on one frame's copies: a frame dearer than the burst passes
@@ -138,14 +138,24 @@ static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u3
 	__u32 zero = 0;
 	struct dp_meters *mc = dp_meters.lookup(&zero);
 	struct dp_net_meter *m;
+	__u64 now;
 
-	if (!mc || !mc->overlay_storm_interval_ns || !copies)
+	if (!mc || !copies)
+		return 1;
+	now = dp_now_ns(cfg);
+	/* The host's meter first (slot 0: no VNI's): a forger who knows many networks' peers is held
+	 * to it whatever each network's allows. A frame it lets by and the network's refuses is
+	 * charged to it all the same: an overload's error, in the safe direction. */
+	m = mc->overlay_host_interval_ns ? dp_net_meters.lookup(&zero) : NULL;
+	if (m && !gcra_allow(&m->overlay_storm_tat, now, mc->overlay_host_interval_ns * copies,
+			     mc->overlay_host_burst_ns))
+		return 0;
+	if (!mc->overlay_storm_interval_ns)
 		return 1;
 	m = dp_net_meters.lookup(&slot);
 	if (!m)                              /* a slot past the map: no VNI has one */
 		return 1;
-	return gcra_allow(&m->overlay_storm_tat, dp_now_ns(cfg), mc->overlay_storm_interval_ns * copies,
-			  mc->overlay_storm_burst_ns);
+	return gcra_allow(&m->overlay_storm_tat, now, mc->overlay_storm_interval_ns * copies, mc->overlay_storm_burst_ns);
 }
 
 /*

@@ -26,7 +26,8 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
-                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "overlay_storm_rate", "learn_rate",
+                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "overlay_storm_rate", "overlay_storm_host_rate",
+                 "learn_rate",
                  "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 METER_ARGS = [f for f, _, _ in choices.METERS]
@@ -152,6 +153,9 @@ def register(sub) -> None:
                     help="storm control for broadcast and multicast frames that arrive from the underlay: copies per "
                          "second into this host's endpoints one network may make of them (default "
                          f"{model.OVERLAY_STORM_RATE_DEFAULT}; 0: no limit; either way on a running node)")
+    up.add_argument("--overlay-storm-host-rate", type=int, metavar="COPIES",
+                    help="the same for all networks of this host together (default "
+                         f"{model.OVERLAY_HOST_RATE_DEFAULT}; 0: no limit; either way on a running node)")
     up.add_argument("--learn-rate", type=int, metavar="MACS",
                     help="MACs new to a network it may learn from other hosts' frames per second, and as many "
                          f"at once (default {model.LEARN_RATE_DEFAULT}; 0: no limit; either way on a running node)")

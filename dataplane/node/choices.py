@@ -39,7 +39,8 @@ def uplink_mtu(node: Node, underlay: str | None = None) -> int:
 
 # The fast path's meters `up` sets: NodeConfig field, what it is called in an error, its unit.
 METERS = (("storm_rate", "storm-control rate", "frames"), ("storm_burst", "storm-control burst", "frames"),
-          ("overlay_storm_rate", "overlay storm rate", "copies"), ("learn_rate", "learning rate", "MACs"))
+          ("overlay_storm_rate", "overlay storm rate", "copies"),
+          ("overlay_storm_host_rate", "host overlay storm rate", "copies"), ("learn_rate", "learning rate", "MACs"))
 
 
 def meters(given: dict | None) -> dict[str, int]:
@@ -53,12 +54,16 @@ def meters(given: dict | None) -> dict[str, int]:
 
 
 def meters_value(c, value_type):
-    """dp_meters (dp_abi_meters.h) for NodeConfig c: the overlay storm meter's interval per copy and
-    its OVERLAY_STORM_BURST_S, the learning meter's per MAC and a second's worth at once; 0: off."""
+    """dp_meters (dp_abi_meters.h) for NodeConfig c: the overlay storm meters' intervals per copy
+    (each network's, the host's) and their OVERLAY_STORM_BURST_S, the learning meter's per MAC and
+    a second's worth at once; 0: off."""
     val = value_type()
     if c.overlay_storm_rate:
         val.overlay_storm_interval_ns = 1_000_000_000 // c.overlay_storm_rate
         val.overlay_storm_burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
+    if c.overlay_storm_host_rate:
+        val.overlay_host_interval_ns = 1_000_000_000 // c.overlay_storm_host_rate
+        val.overlay_host_burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
     if c.learn_rate:
         val.learn_interval_ns = 1_000_000_000 // c.learn_rate
         val.learn_burst_ns = val.learn_interval_ns * c.learn_rate

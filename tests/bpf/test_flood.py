@@ -222,3 +222,18 @@ def test_the_overlay_meter_recovers_at_once_when_the_rate_is_raised(hx):
         before = drops(hx, "OVERLAY_STORM")
         hx.run_tc("from_overlay", overlay_broadcast())
         assert drops(hx, "OVERLAY_STORM") == before, "flooded at once under the new rate"
+
+
+def test_the_hosts_overlay_meter_holds_all_networks_together(hx):
+    """Each network's budget alone let a forger who knows many networks' peers make the host copy
+    their number times it: the host's meter (dp_net_meters[0]) is charged too, and holds on its
+    own, here with the network's off."""
+    hx.meter_state(0)
+    with members(hx, 4, 0), overlay_meter(hx, 0, 0):
+        hx.configure(overlay_host_ns=(COPY_NS, 5 * COPY_NS))
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        for _ in range(40):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "REDIRECT") - before[1] == 2 * 4 and drops(hx, "OVERLAY_STORM") - before[0] == 38
+        slot0 = hx.maps.dp_net_meters.get(ctypes.c_uint32(0))
+        assert slot0.overlay_storm_tat and not hx.maps.dp_net_meters.get(ctypes.c_uint32(hx.slot(VNI))).overlay_storm_tat

@@ -160,6 +160,9 @@ def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
         return c.overlay_storm_interval_ns, c.overlay_storm_burst_ns
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
     assert cfg() == (10_000, 100_000_000), "100,000 copies/s and a 0.1-s burst by default"
+    with Node(host).maps() as m:
+        h = m.dp_meters.get(ctypes.c_uint32(0))
+    assert (h.overlay_host_interval_ns, h.overlay_host_burst_ns) == (2_500, 100_000_000), "400,000 for the host"
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "400")
     assert cfg() == (2_500_000, 100_000_000)
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")

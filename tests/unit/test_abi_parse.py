@@ -24,7 +24,7 @@ def test_the_layouts_nodes_have_pinned_stay_and_the_parts_are_read():
     s = abi.load().structs
     assert ctypes.sizeof(s["dp_config"]) == 72 and ctypes.sizeof(s["dp_stats"]) == 12 * 8 + 32 * 8
     assert ctypes.sizeof(s["dp_network"]) == 16 and ctypes.sizeof(s["dp_endpoint"]) == 24
-    assert ctypes.sizeof(s["dp_meters"]) == 32 and ctypes.sizeof(s["dp_net_meter"]) == 24
+    assert ctypes.sizeof(s["dp_meters"]) == 48 and ctypes.sizeof(s["dp_net_meter"]) == 24
 
 
 def test_drop_names_follow_the_enum():

@@ -143,19 +143,17 @@ static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u3
 	if (!mc || !copies)
 		return 1;
 	now = dp_now_ns(cfg);
-	/* The host's meter first (slot 0: no VNI's): a forger who knows many networks' peers is held
-	 * to it whatever each network's allows. A frame it lets by and the network's refuses is
-	 * charged to it all the same: an overload's error, in the safe direction. */
-	m = mc->overlay_host_interval_ns ? dp_net_meters.lookup(&zero) : NULL;
-	if (m && !gcra_allow(&m->overlay_storm_tat, now, mc->overlay_host_interval_ns * copies,
-			     mc->overlay_host_burst_ns))
+	/* The network's meter first, so that a flood into one network, refused there, takes nothing
+	 * from the others' share of the host's. */
+	m = mc->overlay_storm_interval_ns ? dp_net_meters.lookup(&slot) : NULL;   /* none past the map */
+	if (m && !gcra_allow(&m->overlay_storm_tat, now, mc->overlay_storm_interval_ns * copies,
+			     mc->overlay_storm_burst_ns))
 		return 0;
-	if (!mc->overlay_storm_interval_ns)
-		return 1;
-	m = dp_net_meters.lookup(&slot);
-	if (!m)                              /* a slot past the map: no VNI has one */
-		return 1;
-	return gcra_allow(&m->overlay_storm_tat, now, mc->overlay_storm_interval_ns * copies, mc->overlay_storm_burst_ns);
+	/* Then the host's (slot 0: no VNI's), which holds a forger who knows many networks' peers. A
+	 * frame it refuses stays charged to its network: an overload's error, on that network alone. */
+	m = mc->overlay_host_interval_ns ? dp_net_meters.lookup(&zero) : NULL;
+	return !m || gcra_allow(&m->overlay_storm_tat, now, mc->overlay_host_interval_ns * copies,
+				mc->overlay_host_burst_ns);
 }
 
 /*

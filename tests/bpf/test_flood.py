@@ -237,3 +237,18 @@ def test_the_hosts_overlay_meter_holds_all_networks_together(hx):
         assert drops(hx, "REDIRECT") - before[1] == 2 * 4 and drops(hx, "OVERLAY_STORM") - before[0] == 38
         slot0 = hx.maps.dp_net_meters.get(ctypes.c_uint32(0))
         assert slot0.overlay_storm_tat and not hx.maps.dp_net_meters.get(ctypes.c_uint32(hx.slot(VNI))).overlay_storm_tat
+
+
+def test_a_flood_its_network_refuses_takes_nothing_from_the_hosts_meter(hx):
+    """Charged host first, a flood into one network spent the host's budget on frames its network
+    then refused, and the other networks' broadcasts with it."""
+    hx.meter_state(0)
+    with members(hx, 4, 0), overlay_meter(hx, COPY_NS, 5 * COPY_NS):
+        hx.configure(overlay_storm_ns=(COPY_NS, 5 * COPY_NS), overlay_host_ns=(COPY_NS // 100, 100 * COPY_NS))
+        for _ in range(40):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        slot0 = hx.maps.dp_net_meters.get(ctypes.c_uint32(0)).overlay_storm_tat
+        net = hx.maps.dp_net_meters.get(ctypes.c_uint32(hx.slot(VNI))).overlay_storm_tat
+        start = net - 8 * COPY_NS              # the first frame's time: its network let 2 frames of 4 copies by
+        charged = slot0 - start                # the host's meter: 8 copies at its rate is 0.8 s; 160 would be 16 s
+        assert 0 < charged < 2 * 8 * (COPY_NS // 100), f"the host was charged {charged} ns"

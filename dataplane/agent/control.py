@@ -211,7 +211,7 @@ def persist(node: Node) -> None:
         "underlay": c.underlay, "local_ip": c.local_ip, "port": c.port, "peer_check": c.peer_check,
         "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
         "map_sizes": st.map_sizes,
-        "meters": {f: getattr(c, f) for f, _, _ in choices.METERS}, "metrics_address": c.metrics_address,
+        "meters": {f: getattr(c, f) for f in choices.METER_FIELDS}, "metrics_address": c.metrics_address,
         "storm": [c.storm_rate, c.storm_burst, c.overlay_storm_rate],   # what an older version's restore reads
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
@@ -225,11 +225,10 @@ def boot_meters(b: dict) -> dict:
     with a notice: refusing them would fail the unit's restore for good."""
     if "meters" not in b:
         return dict(zip(("storm_rate", "storm_burst", "overlay_storm_rate"), b.get("storm") or ()))
-    known = {f for f, _, _ in choices.METERS}
-    unknown = sorted(set(b["meters"]) - known)
+    unknown = sorted(set(b["meters"]) - set(choices.METER_FIELDS))
     if unknown:
         notice(f"the saved configuration has settings this version does not know, left out: {', '.join(unknown)}")
-    return {k: v for k, v in b["meters"].items() if k in known}
+    return {k: v for k, v in b["meters"].items() if k in choices.METER_FIELDS}
 
 
 def restore(node: Node, agent: bool = True) -> NodeState:

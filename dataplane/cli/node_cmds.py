@@ -26,18 +26,15 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
-                 "xdp_guard", "fdb_age", "storm_rate", "storm_burst", "overlay_storm_rate", "overlay_storm_host_rate",
-                 "learn_rate",
-                 "metrics_address",
+                 "xdp_guard", "fdb_age", *choices.METER_FIELDS, "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
-METER_ARGS = [f for f, _, _ in choices.METERS]
 
 
 def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", *METER_ARGS)
+                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", *choices.METER_FIELDS)
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
@@ -49,7 +46,8 @@ def cmd_up(args):
                         peer_ips=args.peer or (), peer_check=args.peer_check, rx_gro=args.rx_gro,
                         xdp_guard=args.xdp_guard, vxlan_guard=args.vxlan_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
-                        meters={a: getattr(args, a) for a in METER_ARGS}, metrics_address=args.metrics_address)
+                        meters={a: getattr(args, a) for a in choices.METER_FIELDS},
+                        metrics_address=args.metrics_address)
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""

@@ -1,6 +1,6 @@
 """What `up` takes when it is not told: the node's host name in the registry, and the MTU of
 the uplink it would use (control.up sizes a new registry network by it before the node is up);
-and the fast path's meters it is told, checked."""
+and the fast path's meters it is told, checked (fpconfig.py writes them to dp_meters)."""
 
 from __future__ import annotations
 
@@ -41,30 +41,14 @@ def uplink_mtu(node: Node, underlay: str | None = None) -> int:
 METERS = (("storm_rate", "storm-control rate", "frames"), ("storm_burst", "storm-control burst", "frames"),
           ("overlay_storm_rate", "overlay storm rate", "copies"),
           ("overlay_storm_host_rate", "host overlay storm rate", "copies"), ("learn_rate", "learning rate", "MACs"))
+METER_FIELDS = tuple(f for f, _, _ in METERS)
 
 
 def meters(given: dict | None) -> dict[str, int]:
     """The meters' settings given ({field: value}, a value None or absent: keep the node's), checked
     (exit 2 on a bad one); unknown fields are refused."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    unknown = set(given) - {f for f, _, _ in METERS}
+    unknown = set(given) - set(METER_FIELDS)
     if unknown:
         raise UsageError(f"unknown meter setting(s): {', '.join(sorted(unknown))}")
     return {f: model.parse_storm(given[f], what, unit) for f, what, unit in METERS if f in given}
-
-
-def meters_value(c, value_type):
-    """dp_meters (dp_abi_meters.h) for NodeConfig c: the overlay storm meters' intervals per copy
-    (each network's, the host's) and their OVERLAY_STORM_BURST_S, the learning meter's per MAC and
-    a second's worth at once; 0: off."""
-    val = value_type()
-    if c.overlay_storm_rate:
-        val.overlay_storm_interval_ns = 1_000_000_000 // c.overlay_storm_rate
-        val.overlay_storm_burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
-    if c.overlay_storm_host_rate:
-        val.overlay_host_interval_ns = 1_000_000_000 // c.overlay_storm_host_rate
-        val.overlay_host_burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
-    if c.learn_rate:
-        val.learn_interval_ns = 1_000_000_000 // c.learn_rate
-        val.learn_burst_ns = val.learn_interval_ns * c.learn_rate
-    return val

@@ -8,14 +8,14 @@ import ctypes
 import os
 import socket
 
-from dataplane.core import abi, state
+from dataplane.core import abi, model, state
 from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.core.keys import be32
 from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
 from dataplane.kernel import clock, loader, netlink
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import choices, rxgro, vxlanguard
+from dataplane.node import rxgro, vxlanguard
 from dataplane.node.base import Node
 
 _S = abi.load().structs
@@ -43,7 +43,23 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     else:
         val.clock_ns_per_jiffy, val.clock_offset_ns = clock.calibrate(st.pin_dir)
     m.dp_config.put(ctypes.c_uint32(0), val)
-    m.dp_meters.put(ctypes.c_uint32(0), choices.meters_value(c, _S["dp_meters"]))
+    m.dp_meters.put(ctypes.c_uint32(0), _meters(c))
+
+
+def _meters(c) -> ctypes.Structure:
+    """dp_meters (dp_abi_meters.h) for NodeConfig c: the overlay storm meters' intervals per copy
+    (each network's, the host's) with a burst of OVERLAY_STORM_BURST_S, the learning meter's per
+    MAC with a second's worth at once; 0: that meter off."""
+    val = _S["dp_meters"]()
+    burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
+    if c.overlay_storm_rate:
+        val.overlay_storm_interval_ns, val.overlay_storm_burst_ns = 1_000_000_000 // c.overlay_storm_rate, burst_ns
+    if c.overlay_storm_host_rate:
+        val.overlay_host_interval_ns, val.overlay_host_burst_ns = 1_000_000_000 // c.overlay_storm_host_rate, burst_ns
+    if c.learn_rate:
+        val.learn_interval_ns = 1_000_000_000 // c.learn_rate
+        val.learn_burst_ns = val.learn_interval_ns * c.learn_rate
+    return val
 
 
 def set_tunnel_dev(m: NodeMaps, ifindex: int) -> None:

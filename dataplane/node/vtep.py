@@ -11,7 +11,7 @@ from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import gso, loader, netlink, tcx
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import choices, endpoints, fpconfig, gateway, networks, nexthops, peers, rxgro, vxlanguard
-from dataplane.node.base import Node, node_netns, require_root
+from dataplane.node.base import HOST_NODE, Node, node_netns, require_root
 
 _S = abi.load().structs
 
@@ -48,8 +48,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
     meters = choices.meters(meters)       # storm control, the overlay's and learning: {NodeConfig field: value}
     if underlay is not None:
         model.parse_ifname(underlay)
-    if node.netns and not node.state():
-        node_netns(node.netns)              # a new node: not in a namespace that has the host node's name
+    if node.netns == HOST_NODE and not node.state():
+        node_netns(node.netns)              # refused: a new node in a namespace with the host node's name
     if node.netns and not netlink.ns_exists(node.netns):
         raise NotFound(f"network namespace {node.netns!r} does not exist")
 

@@ -21,7 +21,7 @@ def cmd_up(args):
     topology.up(args.hosts, args.vni, args.per_host, xdp_guard=args.xdp_guard, peer_check=args.peer_check,
                 registry=args.registry, lease_ttl=args.lease_ttl, gso_max_size=args.gso_max_size,
                 etcd_members=args.etcd_members, etcd_tls=args.etcd_tls, mtu=args.mtu,
-                nic_like=args.nic_like)
+                nic_like=args.nic_like, fdb_age=args.fdb_age)
     info = topology.ls()
     tls = (topology.load() or {}).get("params", {}).get("etcd_tls")
     print(f"lab up: {len(info['hosts'])} hosts, {len(info['sandboxes'])} sandboxes, registry {args.registry}"
@@ -86,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--nic-like", action="store_true",
                    help="underlay links as NICs behave: frames at most an MTU on the wire, GRO at each "
                         "host's uplink (veth alone hands 64 KB frames across whole)")
+    a.add_argument("--fdb-age", type=int, default=None,
+                   help="learned FDB entry lifetime, s, on every host (default: dataplane's); the agents' "
+                        "housekeeping runs every quarter of it, 1-10 s")
     a.set_defaults(func=cmd_up)
     d = sub.add_parser("down", help="remove every lab namespace, link, pin and file")
     d.set_defaults(func=cmd_down)

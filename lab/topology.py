@@ -116,7 +116,8 @@ def host_name(i: int) -> str:
 
 def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check: bool | None = None,
        registry: str = "sqlite", lease_ttl: int = 10, gso_max_size: int = gso.LEGACY_MAX,
-       etcd_members: int = 1, etcd_tls: bool | None = None, mtu: int = 1500, nic_like: bool = False) -> dict:
+       etcd_members: int = 1, etcd_tls: bool | None = None, mtu: int = 1500, nic_like: bool = False,
+       fdb_age: int | None = None) -> dict:
     require_root()
     if registry not in REGISTRY_MODES:
         raise UsageError(f"--registry must be one of {', '.join(REGISTRY_MODES)}")
@@ -133,6 +134,7 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
         raise UsageError(f"--gso-max-size must be {gso.LEGACY_MAX}..{gso.VETH_MAX}")
     if not 1280 <= int(mtu) <= 9000:
         raise UsageError("--mtu must be 1280..9000")
+    fdb_age = None if fdb_age is None else model.parse_age(fdb_age)
     vnis = sorted({model.parse_vni(v) for v in vnis})
     if not vnis:
         raise UsageError("give at least one --vni")
@@ -140,7 +142,8 @@ def up(hosts: int, vnis, per_host: int = 1, xdp_guard: bool = False, peer_check:
               "xdp_guard": bool(xdp_guard), "peer_check": peer_check, "registry": registry,
               "lease_ttl": int(lease_ttl), "gso_max_size": int(gso_max_size), "etcd_members": int(etcd_members),
               "etcd_tls": etcd_tls,
-              "mtu": int(mtu), "nic_like": bool(nic_like)}
+              "mtu": int(mtu), "nic_like": bool(nic_like),
+              "fdb_age": fdb_age}
     lab = load()
     if lab:
         if lab["params"] == params and lab.get("complete"):
@@ -211,7 +214,7 @@ def _build(lab: dict, p: dict) -> None:
         _progress(f"host h{i}: VTEP {vtep_ip(i)}, VNIs {', '.join(map(str, p['vnis']))}"
                   + (f", agent on {host_url}" if host_url else ""))
         vtep.up(Node(host_ns(i)), p["vnis"], underlay=UPLINK, local_ip=vtep_ip(i), peer_ips=peers,
-                peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True,
+                peer_check=p["peer_check"], xdp_guard=p["xdp_guard"], quiet=True, fdb_age=p.get("fdb_age"),
                 metrics_address=f"{vtep_ip(i)}:{METRICS_PORT}",
                 registry=host_url, host_name=host_name(i), lease_ttl=p["lease_ttl"])
         control.persist(Node(host_ns(i)))      # as `dataplane up` does: the host comes back after a reboot

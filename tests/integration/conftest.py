@@ -88,6 +88,9 @@ def leftovers() -> list[str]:
     return out
 
 
+TICK_S = 2      # the agents' housekeeping period in a lab made with fdb_age=TICK_S * 4 (a quarter of it)
+
+
 def make_lab(hosts, vnis, **kw):
     require_privileges()
     from lab import topology as lab

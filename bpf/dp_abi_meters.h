@@ -17,6 +17,8 @@ struct dp_meters {
 	__u64 learn_burst_ns;                /* ... and the burst it allows (fdb.h learn_allow) */
 	__u64 overlay_host_interval_ns;      /* floods from the underlay: 1e9 / copies per second, all networks */
 	__u64 overlay_host_burst_ns;         /* ... and the burst it allows (on dp_net_meters[0], no VNI's) */
+	__u64 overlay_peer_interval_ns;      /* floods from the underlay: 1e9 / copies per second one peer makes in a network */
+	__u64 overlay_peer_burst_ns;         /* ... and the burst it allows (on dp_peer_meters) */
 };
 
 /* dp_net_meters[a network's dp_stats slot]: its meters' state, fast path only; zeroed with the slot.
@@ -26,5 +28,9 @@ struct dp_net_meter {
 	__u64 learn_tat;
 	__u64 learn_limited;                 /* new sources not learned, over the rate: again each second (atomic) */
 };
+
+/* dp_peer_meters, an LRU hash by struct dp_ip_key {VNI, a peer's outer source address}: that peer's
+ * overlay storm meter in that network (value: a GCRA theoretical arrival time, __u64), fast path only;
+ * as many entries as DP_MAP_NETWORKS (a pair pushed out starts afresh). */
 
 #endif /* DP_ABI_METERS_H */

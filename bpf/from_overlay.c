@@ -89,7 +89,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (mac_is_multicast(vx.inner.h_dest)) {
 		struct dp_network *net = local_network(vx.vni, gen);
 
-		if (net && !overlay_storm_allow(cfg, *slot_out, net->n_local))
+		if (net && !overlay_storm_allow(cfg, vx.vni, *slot_out, vx.saddr, net->n_local))
 			return -DP_DROP_OVERLAY_STORM;
 	}
 

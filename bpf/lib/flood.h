@@ -127,13 +127,30 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
  * older version) or a forger of a peer's address is metered by nothing else,
  * and each frame costs this host a copy per local endpoint of the VNI. So the
  * meter is per network (dp_net_meters by its counters' slot), under one for
- * the host (slot 0), and charged in copies: a frame that will make n costs n intervals; none, nothing. Checked
+ * the host (slot 0), over one per peer and network (dp_peer_meters), and charged in copies: a frame
+ * that will make n costs n intervals; none, nothing. Checked
  * before the frame is decapsulated, after the checks that would drop it and
  * after learning (from_overlay.c). A burst
  * is no bound on one frame's copies: a frame dearer than the burst passes
  * whenever the meter has caught up.
  */
-static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u32 slot, __u32 copies)
+static __always_inline int overlay_peer_allow(const struct dp_meters *mc, __u64 now, __u32 vni, __be32 peer,
+					      __u64 cost)
+{
+	struct dp_ip_key k = { .vni = vni, .ip = peer };
+	__u64 *tat, next;
+
+	tat = dp_peer_meters.lookup(&k);
+	if (!tat) {
+		next = now + cost;
+		dp_peer_meters.update(&k, &next);
+		return 1;
+	}
+	return gcra_allow(tat, now, cost, mc->overlay_peer_burst_ns);
+}
+
+static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u32 vni, __u32 slot, __be32 peer,
+					       __u32 copies)
 {
 	__u32 zero = 0;
 	struct dp_meters *mc = dp_meters.lookup(&zero);
@@ -143,7 +160,12 @@ static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u3
 	if (!mc || !copies)
 		return 1;
 	now = dp_now_ns(cfg);
-	/* The network's meter first, so that a flood into one network, refused there, takes nothing
+	/* The peer's meter first: one host that does not meter its floods (or an address forged as
+	 * its) takes at most its share of the network's budget, and nothing more once refused. */
+	if (mc->overlay_peer_interval_ns &&
+	    !overlay_peer_allow(mc, now, vni, peer, mc->overlay_peer_interval_ns * copies))
+		return 0;
+	/* Then the network's, so that a flood into one network, refused there, takes nothing
 	 * from the others' share of the host's. */
 	m = mc->overlay_storm_interval_ns ? dp_net_meters.lookup(&slot) : NULL;   /* none past the map */
 	if (m && !gcra_allow(&m->overlay_storm_tat, now, mc->overlay_storm_interval_ns * copies,

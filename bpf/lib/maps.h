@@ -3,7 +3,7 @@
  * maps.h - every map of the fast path, pinned under DP_PIN_DIR so that a
  * reloaded program and the CLI find the same state. Layouts: dp_abi.h.
  * Filled by: the control plane, except dp_learned, dp_nexthops (cache), dp_nh_cache, dp_*_copies, dp_storm,
- * dp_net_meters and dp_stats;
+ * dp_net_meters, dp_peer_meters and dp_stats;
  * dp_agent by the agent alone.
  */
 #ifndef DP_MAPS_H
@@ -43,6 +43,8 @@ BPF_TABLE_PINNED("lru_hash", __u32, __u64, dp_storm, DP_MAP_ENDPOINTS, DP_PIN(dp
 /* the per-network meters' settings (key 0) and, by a network's dp_stats slot, their state (dp_abi_meters.h) */
 BPF_TABLE_PINNED("array", __u32, struct dp_meters, dp_meters, 1, DP_PIN(dp_meters));
 BPF_TABLE_PINNED("array", __u32, struct dp_net_meter, dp_net_meters, DP_MAP_NETWORKS, DP_PIN(dp_net_meters));
+/* {VNI, a peer's outer source} -> its overlay storm meter's theoretical arrival time, fast path only */
+BPF_TABLE_PINNED("lru_hash", struct dp_ip_key, __u64, dp_peer_meters, DP_MAP_NETWORKS, DP_PIN(dp_peer_meters));
 /* the generation of dp_ep_copies, dp_mac_copies, dp_net_copies, dp_learn_copies, dp_dst_copies and
  * dp_vtep_copies (dp_abi.h) */
 BPF_TABLE_PINNED("array", __u32, __u64, dp_local_gen, 1, DP_PIN(dp_local_gen));

@@ -76,6 +76,7 @@ def cmd_status(args):
     out = {"node": st.node, "vtep": f"{c.local_ip}:{c.port}", "underlay": c.underlay, "uplink_mtu": st.uplink.mtu,
            "peer_check": c.peer_check, "vxlan_guard": c.vxlan_guard, "storm_rate": c.storm_rate,
            "overlay_storm_rate": c.overlay_storm_rate, "overlay_storm_host_rate": c.overlay_storm_host_rate,
+           "overlay_storm_peer_rate": c.overlay_storm_peer_rate,
            "learn_rate": c.learn_rate,
            "registry": st.registry, "host": st.host_name,
            "metrics": c.metrics_address or None,
@@ -103,7 +104,8 @@ def cmd_status(args):
           f"peer check {'on' if c.peer_check else 'off'}, VXLAN guard {'on' if c.vxlan_guard else 'OFF'}, "
           f"storm control {f'{c.storm_rate}/s' if c.storm_rate else 'off'}, from the underlay "
           f"{f'{c.overlay_storm_rate} copies/s' if c.overlay_storm_rate else 'off'} per network "
-          f"({f'{c.overlay_storm_host_rate}' if c.overlay_storm_host_rate else 'no limit'} for the host), "
+          f"({f'{c.overlay_storm_host_rate}' if c.overlay_storm_host_rate else 'no limit'} for the host, "
+          f"{f'{c.overlay_storm_peer_rate}' if c.overlay_storm_peer_rate else 'no limit'} for a peer), "
           f"learning {f'{c.learn_rate} MACs/s' if c.learn_rate else 'unlimited'}")
     print(f"registry  {out['registry'] or 'none (static peers)'}" + (
         f"; agent pid {agent['pid']}, {'synced' if agent['synced'] else 'NOT SYNCED'}, "

@@ -104,7 +104,9 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     check_map_sizes(sizes)
     ensure_bpffs()
     os.makedirs(pin_dir, exist_ok=True)
-    check_pinned_layout(pin_dir, sizes)
+    remade = check_pinned_layout(pin_dir, sizes)
+    if remade:
+        notice(f"made anew in this version's layout (settings and caches only): {', '.join(remade)}", quiet)
     bcc = _bcc()
     cflags = _cflags(sizes)
     source = bundle().encode()          # read once: the key and the compile are of the same text

@@ -25,6 +25,9 @@ class MapSpec:
     value: type | None
     size_const: str | None   # the DP_MAP_* constant sizing it, or None for fixed sizes
     fixed_size: int = 0
+    # What it holds is made again without loss: settings `up` writes whole after every load, or the
+    # fast path's own caches and meter state. Pinned with another layout, it is made anew.
+    remade: bool = False
 
     def max_entries(self, overrides: dict[str, int]) -> int:
         if self.size_const is None:
@@ -50,19 +53,20 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_flood", "hash", _S["dp_slot_key"], u32, "DP_MAP_VTEPS"),
     MapSpec("dp_vteps", "hash", _S["dp_ip_key"], u32, "DP_MAP_VTEPS"),
     MapSpec("dp_nexthops", "hash", u32, _S["dp_nexthop"], "DP_MAP_NEXTHOPS"),
-    MapSpec("dp_nh_cache", "percpu_array", u32, _S["dp_nexthop"], "DP_MAP_NH_CACHE"),
+    MapSpec("dp_nh_cache", "percpu_array", u32, _S["dp_nexthop"], "DP_MAP_NH_CACHE", remade=True),
     MapSpec("dp_local_gen", "array", u32, ctypes.c_uint64, None, 1),
-    MapSpec("dp_ep_copies", "percpu_array", u32, _S["dp_ep_copy"], "DP_MAP_LOCAL_COPIES"),
-    MapSpec("dp_mac_copies", "percpu_array", u32, _S["dp_mac_copy"], "DP_MAP_LOCAL_COPIES"),
-    MapSpec("dp_net_copies", "percpu_array", u32, _S["dp_net_copy"], "DP_MAP_LOCAL_COPIES"),
+    MapSpec("dp_ep_copies", "percpu_array", u32, _S["dp_ep_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
+    MapSpec("dp_mac_copies", "percpu_array", u32, _S["dp_mac_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
+    MapSpec("dp_net_copies", "percpu_array", u32, _S["dp_net_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
     MapSpec("dp_fdb_gen", "array", u32, ctypes.c_uint64, None, 1),
-    MapSpec("dp_fdb_copies", "percpu_array", u32, _S["dp_fdb_copy"], "DP_MAP_LOCAL_COPIES"),
-    MapSpec("dp_learn_copies", "percpu_array", u32, _S["dp_learn_copy"], "DP_MAP_LOCAL_COPIES"),
-    MapSpec("dp_dst_copies", "percpu_array", u32, _S["dp_dst_copy"], "DP_MAP_LOCAL_COPIES"),
-    MapSpec("dp_vtep_copies", "percpu_array", u32, _S["dp_vtep_copy"], "DP_MAP_LOCAL_COPIES"),
-    MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS"),
-    MapSpec("dp_meters", "array", u32, _S["dp_meters"], None, 1),
+    MapSpec("dp_fdb_copies", "percpu_array", u32, _S["dp_fdb_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
+    MapSpec("dp_learn_copies", "percpu_array", u32, _S["dp_learn_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
+    MapSpec("dp_dst_copies", "percpu_array", u32, _S["dp_dst_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
+    MapSpec("dp_vtep_copies", "percpu_array", u32, _S["dp_vtep_copy"], "DP_MAP_LOCAL_COPIES", remade=True),
+    MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS", remade=True),
+    MapSpec("dp_meters", "array", u32, _S["dp_meters"], None, 1, remade=True),
     MapSpec("dp_net_meters", "array", u32, _S["dp_net_meter"], "DP_MAP_NETWORKS"),
+    MapSpec("dp_peer_meters", "lru_hash", _S["dp_ip_key"], ctypes.c_uint64, "DP_MAP_NETWORKS", remade=True),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
     MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),
@@ -78,9 +82,13 @@ COPIED = {"dp_endpoints": "dp_local_gen", "dp_local_macs": "dp_local_gen", "dp_n
           "dp_learned": "dp_local_gen", "dp_vteps": "dp_local_gen", "dp_fdb": "dp_fdb_gen"}
 
 
-def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
+def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> list[str]:
     """Refuse to reuse pinned maps whose layout differs from this version's
-    (bcc would silently bind to them). The fix is `dataplane down` first."""
+    (bcc would silently bind to them). The fix is `dataplane down` first. A map
+    whose content is made again without loss (MapSpec.remade) is unpinned
+    instead, once no other map refuses, for the load to make anew; their names.
+    Programs still attached keep the old one until they are replaced."""
+    remake = []
     for spec in SPECS.values():
         path = os.path.join(pin_dir, spec.name)
         if not os.path.exists(path):
@@ -92,10 +100,15 @@ def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> None:
             os.close(fd)
         want = spec.layout(overrides)
         have = (info.type, info.key_size, info.value_size, info.max_entries)
-        if have != want:
+        if have != want and spec.remade:
+            remake.append(spec.name)
+        elif have != want:
             raise ToolchainError(
                 f"pinned map {path} has type/key/value/entries {have}, this version needs {want}: "
                 "run `dataplane down` before upgrading across a layout change")
+    for name in remake:
+        os.unlink(os.path.join(pin_dir, name))
+    return remake
 
 
 def new_generation(fd: int, name: str) -> None:

@@ -40,7 +40,8 @@ def uplink_mtu(node: Node, underlay: str | None = None) -> int:
 # The fast path's meters `up` sets: NodeConfig field, what it is called in an error, its unit.
 METERS = (("storm_rate", "storm-control rate", "frames"), ("storm_burst", "storm-control burst", "frames"),
           ("overlay_storm_rate", "overlay storm rate", "copies"),
-          ("overlay_storm_host_rate", "host overlay storm rate", "copies"), ("learn_rate", "learning rate", "MACs"))
+          ("overlay_storm_host_rate", "host overlay storm rate", "copies"),
+          ("overlay_storm_peer_rate", "peer overlay storm rate", "copies"), ("learn_rate", "learning rate", "MACs"))
 METER_FIELDS = tuple(f for f, _, _ in METERS)
 
 

@@ -48,7 +48,7 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
 
 def _meters(c) -> ctypes.Structure:
     """dp_meters (dp_abi_meters.h) for NodeConfig c: the overlay storm meters' intervals per copy
-    (each network's, the host's) with a burst of OVERLAY_STORM_BURST_S, the learning meter's per
+    (each network's, the host's, a peer's in a network) with a burst of OVERLAY_STORM_BURST_S, the learning meter's per
     MAC with a second's worth at once; 0: that meter off."""
     val = _S["dp_meters"]()
     burst_ns = int(model.OVERLAY_STORM_BURST_S * 1_000_000_000)
@@ -56,6 +56,8 @@ def _meters(c) -> ctypes.Structure:
         val.overlay_storm_interval_ns, val.overlay_storm_burst_ns = 1_000_000_000 // c.overlay_storm_rate, burst_ns
     if c.overlay_storm_host_rate:
         val.overlay_host_interval_ns, val.overlay_host_burst_ns = 1_000_000_000 // c.overlay_storm_host_rate, burst_ns
+    if c.overlay_storm_peer_rate:
+        val.overlay_peer_interval_ns, val.overlay_peer_burst_ns = 1_000_000_000 // c.overlay_storm_peer_rate, burst_ns
     if c.learn_rate:
         val.learn_interval_ns = 1_000_000_000 // c.learn_rate
         val.learn_burst_ns = val.learn_interval_ns * c.learn_rate

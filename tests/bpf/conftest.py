@@ -69,7 +69,8 @@ class Harness:
         return k
 
     def configure(self, peer_check=False, src_port=(SPORT, SPORT), punt=False, fdb_age_ns=300 * 10**9,
-                  storm_ns=(0, 0), overlay_storm_ns=(0, 0), overlay_host_ns=(0, 0), learn_ns=(0, 0), clock=True):
+                  storm_ns=(0, 0), overlay_storm_ns=(0, 0), overlay_host_ns=(0, 0), overlay_peer_ns=(0, 0),
+                  learn_ns=(0, 0), clock=True):
         f = self.abi.enums["dp_cfg_flag"]
         flags = int(f.DP_CFG_PEER_CHECK) if peer_check else 0
         # An agent whose heartbeat reaches an hour ahead, or none.
@@ -83,7 +84,8 @@ class Harness:
         self.maps.dp_meters.put(ctypes.c_uint32(0), self.S["dp_meters"](
             overlay_storm_interval_ns=overlay_storm_ns[0], overlay_storm_burst_ns=overlay_storm_ns[1],
             learn_interval_ns=learn_ns[0], learn_burst_ns=learn_ns[1],
-            overlay_host_interval_ns=overlay_host_ns[0], overlay_host_burst_ns=overlay_host_ns[1]))
+            overlay_host_interval_ns=overlay_host_ns[0], overlay_host_burst_ns=overlay_host_ns[1],
+            overlay_peer_interval_ns=overlay_peer_ns[0], overlay_peer_burst_ns=overlay_peer_ns[1]))
 
     def slot(self, vni: int) -> int:
         """The dp_stats slot of vni (0 for no VNI), given out as the control plane does."""

@@ -11,8 +11,8 @@ import ipaddress
 import pytest
 
 from tests import packets as P
-from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, PEER_IP, REMOTE_IP, REMOTE_MAC, TC_ACT_SHOT,
-                                UPLINK_IFINDEX, VNI, be32)
+from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, OTHER_PEER_IP, PEER_IP, REMOTE_IP, REMOTE_MAC,
+                                TC_ACT_SHOT, UPLINK_IFINDEX, VNI, be32)
 
 BASE_IFINDEX = 5000       # local ports with no link behind them
 BASE_VTEP = ipaddress.IPv4Address("198.18.8.0")
@@ -150,9 +150,12 @@ def test_storm_control_recovers_at_once_when_the_rate_is_raised(hx):
         hx.configure()
 
 
-def overlay_broadcast() -> bytes:
-    inner = P.inner_ipv4(REMOTE_MAC, "ff:ff:ff:ff:ff:ff", REMOTE_IP, "10.1.0.255")
-    return bytes(P.vxlan(inner, VNI, PEER_IP, LOCAL_IP))
+def overlay_broadcast(peer: str = PEER_IP) -> bytes:
+    """A broadcast from peer: from REMOTE_MAC, which the registry places at PEER_IP, else from a MAC
+    of no record's (learned)."""
+    src = REMOTE_MAC if peer == PEER_IP else "02:00:00:00:99:01"
+    inner = P.inner_ipv4(src, "ff:ff:ff:ff:ff:ff", REMOTE_IP, "10.1.0.255")
+    return bytes(P.vxlan(inner, VNI, peer, LOCAL_IP))
 
 
 @contextlib.contextmanager
@@ -252,3 +255,60 @@ def test_a_flood_its_network_refuses_takes_nothing_from_the_hosts_meter(hx):
         start = net - 8 * COPY_NS              # the first frame's time: its network let 2 frames of 4 copies by
         charged = slot0 - start                # the host's meter: 8 copies at its rate is 0.8 s; 160 would be 16 s
         assert 0 < charged < 2 * 8 * (COPY_NS // 100), f"the host was charged {charged} ns"
+
+
+def peer_tat(hx, peer: str) -> int:
+    tat = hx.maps.dp_peer_meters.get(hx.S["dp_ip_key"](vni=VNI, ip=be32(peer)))
+    return tat.value if tat is not None else 0
+
+
+@contextlib.contextmanager
+def peer_meter(hx, interval: int, burst: int, **more):
+    """The per-peer overlay storm meter at interval ns per copy and burst ns (more: the other
+    meters' settings), every peer's state cleared first."""
+    for k in hx.maps.dp_peer_meters.keys():
+        hx.maps.dp_peer_meters.delete(k)
+    hx.meter_state(VNI)
+    hx.configure(overlay_peer_ns=(interval, burst), **more)
+    try:
+        yield
+    finally:
+        hx.configure()
+
+
+def test_one_peer_takes_its_share_of_a_networks_floods_and_the_others_go_on(hx):
+    """A host that does not meter its floods (storm control off, an older version) used up the
+    whole network's budget, and the VNI's other hosts' broadcasts into this host were dropped with
+    its own while it lasted: each peer now has a meter of its own in each network. PEER_IP's 40
+    frames pass 2 (burst of 5 copies' worth, 4 copies a frame), OTHER_PEER_IP's go on as before."""
+    with members(hx, 4, 0), peer_meter(hx, COPY_NS, 5 * COPY_NS):
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        for _ in range(40):
+            assert hx.run_tc("from_overlay", overlay_broadcast())[0] == TC_ACT_SHOT
+        assert drops(hx, "REDIRECT") - before[1] == 2 * 4 and drops(hx, "OVERLAY_STORM") - before[0] == 38
+        hx.run_tc("from_overlay", overlay_broadcast(OTHER_PEER_IP))
+        assert drops(hx, "REDIRECT") - before[1] == 3 * 4, "another peer's broadcast is copied"
+        assert drops(hx, "OVERLAY_STORM") - before[0] == 38
+        assert peer_tat(hx, PEER_IP) > peer_tat(hx, OTHER_PEER_IP) > 0
+
+
+def test_a_flood_its_peers_meter_refuses_takes_nothing_from_the_networks(hx):
+    """The peer's meter is charged before the network's: frames refused there leave the network's
+    budget to the other peers. PEER_IP's 40 frames of 4 copies pass 2 at its meter; the network's
+    (1000 times the rate) is charged those 8 copies only, not 160."""
+    with members(hx, 4, 0), peer_meter(hx, COPY_NS, 5 * COPY_NS,
+                                       overlay_storm_ns=(COPY_NS // 1000, 1000 * COPY_NS)):
+        for _ in range(40):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        net = hx.maps.dp_net_meters.get(ctypes.c_uint32(hx.slot(VNI))).overlay_storm_tat
+        start = peer_tat(hx, PEER_IP) - 8 * COPY_NS     # the first frame's time: its peer let 2 frames by
+        assert 0 < net - start < 2 * 8 * (COPY_NS // 1000), f"the network was charged {net - start} ns"
+
+
+def test_the_peer_meter_is_off_at_zero(hx):
+    with members(hx, 4, 0), peer_meter(hx, 0, 0):
+        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        for _ in range(20):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM") == before[0]
+        assert not peer_tat(hx, PEER_IP)

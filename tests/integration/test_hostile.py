@@ -157,9 +157,24 @@ print(time.monotonic() - t0)
 """
 
 
+def blast(n: int, src_vtep: str, inner_src: str, inner_ip: str) -> tuple[int, int, float]:
+    """n broadcasts into h1's VNI 256 from src_vtep (inner source inner_src, inner_ip), sent at once
+    on the wire: the frames flooded and the frames metered once the counts settle, and the
+    seconds the sender took to send them."""
+    h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
+
+    def counts():
+        s = stats("dpl-h1", 256)
+        return s["rx_packets"] - before["rx_packets"], s["drops"].get("overlay_storm", 0) - before_metered
+    before = stats("dpl-h1", 256)
+    before_metered = before["drops"].get("overlay_storm", 0)
+    r = in_ns(lab.UNDERLAY_NS, BROADCASTS, h1_mac, lab.vtep_ip(1), src_vtep, inner_src, inner_ip, n, WIRE)
+    assert r.returncode == 0, r.stderr
+    return (*settled(counts, lambda c: sum(c) >= n), float(r.stdout))
+
+
 def test_broadcasts_from_the_underlay_are_metered_at_the_receiver(info):
-    """Storm control meters an endpoint's floods at its own host; a host that does not (or a
-    forger of a peer's address, as here: h2's VTEP and h2's sandbox's MAC) made this host copy
+    """A host without storm control (`--storm-rate 0`), or a forger of a peer's address, made h1 copy
     every broadcast to its endpoints of the VNI, unmetered. `up --overlay-storm-rate` on the
     running node sets the per-network budget in copies: of 2,000 broadcasts sent at once, no
     more pass than the budget allows in the time they took to send (with half a second for them
@@ -169,34 +184,93 @@ def test_broadcasts_from_the_underlay_are_metered_at_the_receiver(info):
     (n_local is 1 here, so "in copies" is the BPF tests' to show: tests/bpf/test_flood.py.)"""
     b = sandbox(info, "h2", 256)
     b_mac = netlink.link_info(b["netns"], "eth0")["mac"]
-    h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
     with Node("dpl-h1").maps() as m:
         n_local = m.dp_networks.get(ctypes.c_uint32(256)).n_local
     assert n_local >= 1
-
-    def blast(n: int) -> tuple[int, int, float]:
-        """Frames flooded and frames metered, once the counts settle, and the seconds the sender
-        took to send them."""
-        def counts():
-            s = stats("dpl-h1", 256)
-            return s["rx_packets"] - before["rx_packets"], s["drops"].get("overlay_storm", 0) - before_metered
-        before = stats("dpl-h1", 256)
-        before_metered = before["drops"].get("overlay_storm", 0)
-        r = in_ns(lab.UNDERLAY_NS, BROADCASTS, h1_mac, lab.vtep_ip(1), lab.vtep_ip(2), b_mac, b["ip"], n, WIRE)
-        assert r.returncode == 0, r.stderr
-        return (*settled(counts, lambda c: sum(c) >= n), float(r.stdout))
-
     rate = 200
     try:
         dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", str(rate))
-        passed, metered, took = blast(2000)
+        passed, metered, took = blast(2000, lab.vtep_ip(2), b_mac, b["ip"])
         assert 0.9 * 2000 <= passed + metered <= 2000, (passed, metered)   # the rest lost on the wire, if any
         assert metered > 0 and passed * n_local <= rate * (took + 0.5) + rate * 0.1 + n_local, (passed, took)
         dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "0")
-        passed, metered, _ = blast(500)
+        passed, metered, _ = blast(500, lab.vtep_ip(2), b_mac, b["ip"])
         assert passed >= 0.9 * 500 and metered == 0, (passed, metered)
     finally:
         dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000")
+
+
+TWO_PEERS = """
+import socket, sys, time
+from scapy.all import Ether, IP, UDP, Raw
+from scapy.layers.vxlan import VXLAN
+dst_mac, vtep, iface, n, every = sys.argv[1:6]
+def frame(src_vtep, inner_src, inner_sip):
+    inner = Ether(src=inner_src, dst="ff:ff:ff:ff:ff:ff") / IP(src=inner_sip, dst="255.255.255.255") / UDP(dport=9)
+    return bytes(Ether(dst=dst_mac) / IP(src=src_vtep, dst=vtep) / UDP(sport=50004, dport=4789)
+                 / VXLAN(flags=0x08, vni=256) / inner / Raw(b"p" * 18))
+noisy, quiet = frame(*sys.argv[6:9]), frame(*sys.argv[9:12])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+t0 = time.monotonic()
+for i in range(int(n)):
+    s.send(quiet if i % int(every) == int(every) // 2 else noisy)
+print(time.monotonic() - t0)
+"""
+
+# Counts the UDP datagrams to port 9 by source address until SIGTERM, then prints them.
+COUNT_BY_SOURCE = """
+import json, signal, socket, sys
+counts = {}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9))
+def done(*_):
+    print(json.dumps(counts)); sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+print("ready", flush=True)
+while True:
+    _, (ip, _) = s.recvfrom(2048)
+    counts[ip] = counts.get(ip, 0) + 1
+"""
+
+
+def test_one_peers_broadcasts_take_only_its_share_of_the_networks_budget(info):
+    """One host that does not meter its floods used up the network's whole budget at h1, and the
+    VNI's other hosts' broadcasts into h1 were dropped with its own while it lasted. With
+    `--overlay-storm-peer-rate` each peer has a budget of its own in the network, here half the
+    network's. h2 floods 2,000 broadcasts at once, and among them another peer (an address of no
+    host's, let in with the peer check off: the lab has two hosts) sends 10, within its own burst:
+    h1's sandbox receives all 10 of those (about none before: h2 held the network's budget), and
+    of h2's no more than its share allows."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    b_mac = netlink.link_info(b["netns"], "eth0")["mac"]
+    h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
+    rate, quiet_ip = 200, "10.1.0.77"
+    listener = subprocess.Popen(["ip", "netns", "exec", a["netns"], sys.executable, "-c", COUNT_BY_SOURCE],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", str(2 * rate), "--overlay-storm-peer-rate", str(rate),
+           "--no-peer-check")
+        r = in_ns(lab.UNDERLAY_NS, TWO_PEERS, h1_mac, lab.vtep_ip(1), WIRE, 2000, 200,
+                  lab.vtep_ip(2), b_mac, b["ip"], "198.18.0.77", "02:42:0a:01:00:77", quiet_ip)
+        assert r.returncode == 0, r.stderr
+        took = float(r.stdout)
+        time.sleep(1)
+        listener.send_signal(signal.SIGTERM)
+        got = json.loads(listener.communicate(timeout=10)[0])
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000", "--overlay-storm-peer-rate", "50000",
+           "--peer-check")
+    assert got.get(quiet_ip, 0) >= 9, f"the other peer's broadcasts received: {got}"   # one may be lost on the wire
+    assert 0 < got.get(b["ip"], 0) <= rate * (took + 0.5) + rate * 0.1 + 1, (got, took)
 
 
 SOURCES = """

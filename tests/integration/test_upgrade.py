@@ -5,7 +5,8 @@ package upgrade restarts the unit, and their sandboxes keep reaching each other.
 A pinned map whose layout a version changes makes `up` refuse until `dataplane down`: after a
 package upgrade the unit's restart then failed for good (a review found 8389aaf's larger
 dp_config doing so, before it shipped). New settings and state go into maps of their own, which
-`up` makes beside the old ones."""
+`up` makes beside the old ones; a map that holds only settings `up` writes, or the fast path's
+caches and meter state, is made anew in its new layout (dp_meters grew after 3578d78)."""
 
 import ctypes
 import os
@@ -24,7 +25,9 @@ from lab.traffic import ping
 from tests.conftest import require_privileges
 from tests.integration.conftest import dp, leftovers, sandbox
 
-PREVIOUS = "c3cf6535cf67284d810cff3677817da8a5cdf0e0"   # the release before the new maps; move it on with each
+# Versions whose nodes this one takes over: before the meters' maps, and with a smaller dp_meters.
+# Move them on with each release.
+PREVIOUS = ("c3cf6535cf67284d810cff3677817da8a5cdf0e0", "3578d788926a62805d0cb0dbbd1f8744e3aba7db")
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -32,21 +35,22 @@ def git(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", HERE, *argv], capture_output=True, text=True, **kw)
 
 
-@pytest.fixture
-def old_tree(tmp_path):
-    """A worktree of PREVIOUS with this checkout's C helper (csrc/ must not differ)."""
+@pytest.fixture(params=PREVIOUS, ids=lambda c: c[:7])
+def old_tree(request, tmp_path):
+    """A worktree of a previous version with this checkout's C helper (csrc/ must not differ)."""
     require_privileges()
-    if git("cat-file", "-e", PREVIOUS + "^{commit}").returncode:
-        why = f"{PREVIOUS[:12]} is not in this checkout's history (a shallow clone, a tarball, or git refusing it)"
+    previous = request.param
+    if git("cat-file", "-e", previous + "^{commit}").returncode:
+        why = f"{previous[:12]} is not in this checkout's history (a shallow clone, a tarball, or git refusing it)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but {why}", pytrace=False)
         pytest.skip(why)
-    assert git("diff", "--quiet", PREVIOUS, "--", "csrc/").returncode == 0, "csrc/ changed: the helper differs"
+    assert git("diff", "--quiet", previous, "--", "csrc/").returncode == 0, "csrc/ changed: the helper differs"
     pkg = os.path.join(HERE, "dataplane")
     helper = [f for f in os.listdir(pkg) if f.startswith("_cwire") and f.endswith(".so")]
     assert helper, "the C helper is not built in this checkout (scripts/bootstrap.sh builds it)"
     tree = str(tmp_path / "tree")
-    git("worktree", "add", "--detach", tree, PREVIOUS, check=True)
+    git("worktree", "add", "--detach", tree, previous, check=True)
     try:
         shutil.copy(os.path.join(pkg, helper[0]), os.path.join(tree, "dataplane", helper[0]))
         yield tree
@@ -84,7 +88,8 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         after = next(s for s in readout.stats(Node("dpl-h1")) if s["vni"] == 256)["tx_packets"]
         assert after >= before + 3, "taken over, not made again: the counters the old version kept go on"
         with Node("dpl-h1").maps() as m:      # the new maps, made beside the old ones and set
-            assert m.dp_meters.get(ctypes.c_uint32(0)).overlay_storm_interval_ns == 10_000
+            meters = m.dp_meters.get(ctypes.c_uint32(0))
+            assert meters.overlay_storm_interval_ns == 10_000 and meters.overlay_peer_interval_ns == 20_000
     finally:
         lab.down()
     assert not leftovers(), "lab down left something"

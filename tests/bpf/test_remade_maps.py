@@ -1,0 +1,71 @@
+"""Maps whose content is made again without loss (kernel/maps.py MapSpec.remade: settings `up`
+writes whole, the fast path's caches and meter state) are made anew when a node an older version
+brought up has them pinned in another layout; any other map's changed layout still refuses, and
+then nothing is unpinned. Before, every changed layout made `up` refuse until `dataplane down`
+(and the systemd unit's `up --restore` with it), so a version could grow no settings map."""
+
+import ctypes
+import os
+import shutil
+
+import pytest
+
+from dataplane.core.errors import ToolchainError
+from dataplane.kernel import bpfsys, maps
+from tests.conftest import require_privileges
+
+
+@pytest.fixture
+def pin_dir():
+    require_privileges()
+    from dataplane.kernel import loader
+    path = os.path.join(loader.PIN_ROOT, f"_test-{os.getpid()}-remade")
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def pin_array(pin_dir: str, name: str, value_size: int) -> None:
+    """An array map of one entry pinned as name, with value_size bytes (an older layout)."""
+    fd = bpfsys.map_create(bpfsys.MAP_TYPES["array"], 4, value_size, 1, 0, name)
+    try:
+        bpfsys.obj_pin(fd, os.path.join(pin_dir, name))
+    finally:
+        os.close(fd)
+
+
+def value_size(pin_dir: str, name: str) -> int:
+    fd = bpfsys.obj_get(os.path.join(pin_dir, name))
+    try:
+        return bpfsys.map_info(fd).value_size
+    finally:
+        os.close(fd)
+
+
+def test_a_settings_map_of_an_older_layout_is_made_anew_at_load(pin_dir):
+    from dataplane.kernel import loader
+    old = ctypes.sizeof(maps.SPECS["dp_meters"].value) - 16      # 3578d78's dp_meters: 48 bytes
+    pin_array(pin_dir, "dp_meters", old)
+    loaded = loader.load(pin_dir, quiet=True)
+    try:
+        assert value_size(pin_dir, "dp_meters") == ctypes.sizeof(maps.SPECS["dp_meters"].value)
+    finally:
+        loaded.close()
+
+
+def test_another_maps_changed_layout_still_refuses_and_unpins_nothing(pin_dir):
+    pin_array(pin_dir, "dp_meters", 48)
+    pin_array(pin_dir, "dp_config", ctypes.sizeof(maps.SPECS["dp_config"].value) + 16)
+    with pytest.raises(ToolchainError, match="dp_config"):
+        maps.check_pinned_layout(pin_dir, {})
+    assert value_size(pin_dir, "dp_meters") == 48, "unpinned although the load refused"
+
+
+def test_what_is_remade_is_settings_caches_and_meter_state():
+    """A map that holds what the control plane wrote one entry at a time (endpoints, the FDB), a
+    counter or the agent's heartbeat must never be dropped for a new layout."""
+    remade = {n for n, s in maps.SPECS.items() if s.remade}
+    assert remade == {"dp_meters", "dp_storm", "dp_peer_meters", "dp_nh_cache"} | {
+        n for n in maps.SPECS if n.endswith("_copies")}

@@ -1,14 +1,17 @@
 """bench/overlay_storm: what floods from the underlay cost the receiving host, with and without its
-overlay storm meter (`up --overlay-storm-rate`), in one run.
+overlay storm meters (`up --overlay-storm-rate`, `--overlay-storm-peer-rate`), in one run.
 
     .venv/bin/python -m bench.overlay_storm [--rounds 4] [--seconds 3] [--rate 20000] [--budget 100000]
+        [--peer-budget 50000]
 
 Two lab hosts on the lab's SQLite registry, VNI 256, --per-host sandboxes each. h2 runs without
 storm control (`up --storm-rate 0`: a host of an older version, or one whose operator turned it
 off, which is what the receiver's meter is for), and its first sandbox sends 64-byte broadcasts
 at --rate frames/s from the C generator; h2 encapsulates each once toward h1, which copies it to
-each of its sandboxes. The modes take turns round by round: h1's meter off, and at --budget
-copies/s. Per mode: the frames h1 took, the copies it made into its sandboxes, the frames its
+each of its sandboxes. The modes take turns round by round: h1's meters off (the host's too), and
+at --budget copies/s for the network with --peer-budget for one peer (h2 is the one peer here)
+and the host's at its default. Per mode:
+the frames h1 took, the copies it made into its sandboxes, the frames its
 meter refused (`overlay_storm`), and the whole machine's busy CPU (wall time x CPUs less
 /proc/uptime's idle, as bench.run) as a share of one CPU.
 
@@ -26,6 +29,7 @@ import subprocess
 import sys
 
 from bench.run import Busy, _in, headline, machine, save
+from dataplane.core.model import OVERLAY_HOST_RATE_DEFAULT
 from dataplane.node import Node, readout
 from lab import topology as lab
 
@@ -64,7 +68,8 @@ def one(sender: dict, dst: str, seconds: float, rate: int) -> dict:
 def table(r: dict) -> str:
     a = r["args"]
     out = [f"{headline(r['machine'])}. Command: `.venv/bin/python -m bench.overlay_storm --rounds {a['rounds']} "
-           f"--seconds {a['seconds']} --rate {a['rate']} --budget {a['budget']} --per-host {a['per_host']} "
+           f"--seconds {a['seconds']} --rate {a['rate']} --budget {a['budget']} "
+           f"--peer-budget {a.get('peer_budget', 0)} --per-host {a['per_host']} "
            f"--out {a['out']}`. "
            f"h1 has {r['n_local']} local ports in VNI {VNI}. Medians of {a['rounds']} alternating rounds.", "",
            "| h1's overlay storm meter | broadcasts sent by h2's sandbox, /s | taken by h1, /s | copies into h1's "
@@ -83,12 +88,16 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3)
     p.add_argument("--rate", type=int, default=20000, help="broadcast frames/s h2's sandbox sends")
     p.add_argument("--budget", type=int, default=100000, help="h1's --overlay-storm-rate in the metered mode")
+    p.add_argument("--peer-budget", type=int, default=50000,
+                   help="h1's --overlay-storm-peer-rate in the metered mode (0: none)")
     p.add_argument("--per-host", type=int, default=lab.MAX_PER_HOST)
     p.add_argument("--out", default="overlay_storm", help="results name (default: %(default)s)")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.seconds <= 0 or args.rate < 1 or args.budget < 1:
-        p.error("--rounds >= 1, --seconds > 0, --rate >= 1, --budget >= 1")
-    modes = {"off": 0, f"{args.budget:,} copies/s": args.budget}
+    if args.rounds < 1 or args.seconds <= 0 or args.rate < 1 or args.budget < 1 or args.peer_budget < 0:
+        p.error("--rounds >= 1, --seconds > 0, --rate >= 1, --budget >= 1, --peer-budget >= 0")
+    metered = f"{args.budget:,} copies/s" + (f", {args.peer_budget:,} a peer" if args.peer_budget else "")
+    # Off: every overlay storm meter (the host's too); metered: the host's at its default.
+    modes = {"off": ("0", "0", "0"), metered: (str(args.budget), str(args.peer_budget), str(OVERLAY_HOST_RATE_DEFAULT))}
     res = {"machine": machine(), "args": vars(args), "samples": {m: [] for m in modes}}
     lab.down()
     try:
@@ -101,7 +110,9 @@ def main(argv=None) -> int:
             res["n_local"] = m.dp_networks.get(ctypes.c_uint32(VNI)).n_local
         for i in range(args.rounds):
             for mode in (list(modes) if i % 2 == 0 else list(modes)[::-1]):
-                up(H1, "--overlay-storm-rate", str(modes[mode]))
+                net, peer, host = modes[mode]
+                up(H1, "--overlay-storm-rate", net, "--overlay-storm-peer-rate", peer,
+                   "--overlay-storm-host-rate", host)
                 row = one(sender, dst, args.seconds, args.rate)
                 res["samples"][mode].append(row)
                 log(f"round {i + 1}/{args.rounds}: {mode}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items()))

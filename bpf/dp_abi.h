@@ -147,7 +147,8 @@ enum dp_drop {
 	DP_DROP_REDIRECT,                    /* a clone or redirect toward an interface failed */
 	DP_DROP_TUNNEL_GSO,                  /* a GSO packet that already carries a tunnel (see encap.h) */
 	DP_DROP_TUNNEL_VIA_GATEWAY,          /* VXLAN to the underlay's port sent out through a gateway (router.h) */
-	DP_DROP_OVERLAY_STORM,               /* broadcast/multicast from the underlay over its network's copy budget */
+	DP_DROP_OVERLAY_STORM,               /* broadcast/multicast from the underlay over the network's or host's budget */
+	DP_DROP_OVERLAY_STORM_PEER,          /* ... over its peer's share of the network's (dp_peer_meters) */
 	DP_DROP_MAX,
 };
 

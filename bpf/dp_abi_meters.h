@@ -12,12 +12,12 @@
 /* Single entry of map dp_meters (key 0), written by `up` (fpconfig.py write_config). 0: that meter off. */
 struct dp_meters {
 	__u64 overlay_storm_interval_ns;     /* floods from the underlay: 1e9 / copies per second per network */
-	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_allow) */
+	__u64 overlay_storm_burst_ns;        /* ... and the burst it allows (flood.h overlay_storm_check) */
 	__u64 learn_interval_ns;             /* learning: 1e9 / MACs new to the network per second */
 	__u64 learn_burst_ns;                /* ... and the burst it allows (fdb.h learn_allow) */
 	__u64 overlay_host_interval_ns;      /* floods from the underlay: 1e9 / copies per second, all networks */
 	__u64 overlay_host_burst_ns;         /* ... and the burst it allows (on dp_net_meters[0], no VNI's) */
-	__u64 overlay_peer_interval_ns;      /* floods from the underlay: 1e9 / copies per second one peer makes in a network */
+	__u64 overlay_peer_interval_ns;      /* floods from the underlay: 1e9 / copies per second, one peer in a network */
 	__u64 overlay_peer_burst_ns;         /* ... and the burst it allows (on dp_peer_meters) */
 };
 
@@ -31,6 +31,6 @@ struct dp_net_meter {
 
 /* dp_peer_meters, an LRU hash by struct dp_ip_key {VNI, a peer's outer source address}: that peer's
  * overlay storm meter in that network (value: a GCRA theoretical arrival time, __u64), fast path only;
- * as many entries as DP_MAP_NETWORKS (a pair pushed out starts afresh). */
+ * as many entries as DP_MAP_VTEPS (an LRU: a pair pushed out starts afresh). */
 
 #endif /* DP_ABI_METERS_H */

@@ -89,8 +89,9 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb, __u32 *vni
 	if (mac_is_multicast(vx.inner.h_dest)) {
 		struct dp_network *net = local_network(vx.vni, gen);
 
-		if (net && !overlay_storm_allow(cfg, vx.vni, *slot_out, vx.saddr, net->n_local))
-			return -DP_DROP_OVERLAY_STORM;
+		ret = net ? overlay_storm_check(cfg, vx.vni, *slot_out, vx.saddr, net->n_local) : 0;
+		if (ret)
+			return ret;
 	}
 
 	flags = BPF_F_ADJ_ROOM_FIXED_GSO;

@@ -77,7 +77,7 @@ static __always_inline int learn_allow(__u32 slot, __u64 now)
 	m = dp_net_meters.lookup(&slot);
 	if (!m)                              /* a slot past the map: no VNI has one */
 		return 1;
-	if (gcra_allow(&m->learn_tat, now, mc->learn_interval_ns, mc->learn_burst_ns))
+	if (gcra_allow(&m->learn_tat, now, mc->learn_interval_ns, mc->learn_burst_ns, mc->learn_interval_ns))
 		return 1;
 	__sync_fetch_and_add(&m->learn_limited, 1);
 	return 0;

@@ -118,7 +118,7 @@ static __always_inline int storm_allow(const struct dp_config *cfg, __u32 ifinde
 		dp_storm.update(&ifindex, &next);
 		return 1;
 	}
-	return gcra_allow(tat, now, interval, cfg->storm_burst_ns);
+	return gcra_allow(tat, now, interval, cfg->storm_burst_ns, interval);
 }
 
 /*
@@ -146,36 +146,42 @@ static __always_inline int overlay_peer_allow(const struct dp_meters *mc, __u64 
 		dp_peer_meters.update(&k, &next);
 		return 1;
 	}
-	return gcra_allow(tat, now, cost, mc->overlay_peer_burst_ns);
+	return gcra_allow(tat, now, cost, mc->overlay_peer_burst_ns, mc->overlay_peer_interval_ns * DP_MAX_LOCAL);
 }
 
-static __always_inline int overlay_storm_allow(const struct dp_config *cfg, __u32 vni, __u32 slot, __be32 peer,
+/* 0, or the drop: DP_DROP_OVERLAY_STORM_PEER (the peer's meter), DP_DROP_OVERLAY_STORM (the
+ * network's or the host's). */
+static __always_inline int overlay_storm_check(const struct dp_config *cfg, __u32 vni, __u32 slot, __be32 peer,
 					       __u32 copies)
 {
 	__u32 zero = 0;
 	struct dp_meters *mc = dp_meters.lookup(&zero);
 	struct dp_net_meter *m;
-	__u64 now;
+	__u64 now, iv;
 
 	if (!mc || !copies)
-		return 1;
+		return 0;
+	if (copies > DP_MAX_LOCAL)           /* no more are made (flood.c), nor charged */
+		copies = DP_MAX_LOCAL;
 	now = dp_now_ns(cfg);
 	/* The peer's meter first: one host that does not meter its floods (or an address forged as
 	 * its) takes at most its share of the network's budget, and nothing more once refused. */
-	if (mc->overlay_peer_interval_ns &&
-	    !overlay_peer_allow(mc, now, vni, peer, mc->overlay_peer_interval_ns * copies))
-		return 0;
+	iv = mc->overlay_peer_interval_ns;
+	if (iv && !overlay_peer_allow(mc, now, vni, peer, iv * copies))
+		return -DP_DROP_OVERLAY_STORM_PEER;
 	/* Then the network's, so that a flood into one network, refused there, takes nothing
 	 * from the others' share of the host's. */
-	m = mc->overlay_storm_interval_ns ? dp_net_meters.lookup(&slot) : NULL;   /* none past the map */
-	if (m && !gcra_allow(&m->overlay_storm_tat, now, mc->overlay_storm_interval_ns * copies,
-			     mc->overlay_storm_burst_ns))
-		return 0;
+	iv = mc->overlay_storm_interval_ns;
+	m = iv ? dp_net_meters.lookup(&slot) : NULL;   /* none past the map */
+	if (m && !gcra_allow(&m->overlay_storm_tat, now, iv * copies, mc->overlay_storm_burst_ns, iv * DP_MAX_LOCAL))
+		return -DP_DROP_OVERLAY_STORM;
 	/* Then the host's (slot 0: no VNI's), which holds a forger who knows many networks' peers. A
 	 * frame it refuses stays charged to its network: an overload's error, on that network alone. */
-	m = mc->overlay_host_interval_ns ? dp_net_meters.lookup(&zero) : NULL;
-	return !m || gcra_allow(&m->overlay_storm_tat, now, mc->overlay_host_interval_ns * copies,
-				mc->overlay_host_burst_ns);
+	iv = mc->overlay_host_interval_ns;
+	m = iv ? dp_net_meters.lookup(&zero) : NULL;
+	if (m && !gcra_allow(&m->overlay_storm_tat, now, iv * copies, mc->overlay_host_burst_ns, iv * DP_MAX_LOCAL))
+		return -DP_DROP_OVERLAY_STORM;
+	return 0;
 }
 
 /*

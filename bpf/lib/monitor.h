@@ -22,7 +22,7 @@ static __always_inline int monitor_allow(const struct dp_config *cfg)
 	if (!cfg->mon_interval_ns)
 		return 1;
 	/* A burst of up to 64 events, then one per interval. */
-	return gcra_allow(tat, dp_now_ns(cfg), cfg->mon_interval_ns, 64 * cfg->mon_interval_ns);
+	return gcra_allow(tat, dp_now_ns(cfg), cfg->mon_interval_ns, 64 * cfg->mon_interval_ns, cfg->mon_interval_ns);
 }
 
 static __always_inline void monitor_emit(struct __sk_buff *skb, const struct dp_config *cfg, __u32 type,

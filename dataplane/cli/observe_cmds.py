@@ -12,7 +12,7 @@ from dataplane.cli.node_cmds import node_of
 from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, is_json, say
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError, UsageError
-from dataplane.node import capture, monitor, networks, readout
+from dataplane.node import capture, choices, monitor, networks, readout
 
 STATS_COLUMNS = ["vni", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "local_packets", "arp_replies",
                  "flooded", "drops"]
@@ -76,7 +76,7 @@ def cmd_status(args):
     out = {"node": st.node, "vtep": f"{c.local_ip}:{c.port}", "underlay": c.underlay, "uplink_mtu": st.uplink.mtu,
            "peer_check": c.peer_check, "vxlan_guard": c.vxlan_guard, "storm_rate": c.storm_rate,
            "overlay_storm_rate": c.overlay_storm_rate, "overlay_storm_host_rate": c.overlay_storm_host_rate,
-           "overlay_storm_peer_rate": c.overlay_storm_peer_rate,
+           "overlay_storm_peer_rate": choices.peer_rate(c),
            "learn_rate": c.learn_rate,
            "registry": st.registry, "host": st.host_name,
            "metrics": c.metrics_address or None,
@@ -105,7 +105,7 @@ def cmd_status(args):
           f"storm control {f'{c.storm_rate}/s' if c.storm_rate else 'off'}, from the underlay "
           f"{f'{c.overlay_storm_rate} copies/s' if c.overlay_storm_rate else 'off'} per network "
           f"({f'{c.overlay_storm_host_rate}' if c.overlay_storm_host_rate else 'no limit'} for the host, "
-          f"{f'{c.overlay_storm_peer_rate}' if c.overlay_storm_peer_rate else 'no limit'} for a peer), "
+          f"{choices.peer_rate(c) or 'no limit'} for a peer), "
           f"learning {f'{c.learn_rate} MACs/s' if c.learn_rate else 'unlimited'}")
     print(f"registry  {out['registry'] or 'none (static peers)'}" + (
         f"; agent pid {agent['pid']}, {'synced' if agent['synced'] else 'NOT SYNCED'}, "

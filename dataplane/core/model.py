@@ -170,7 +170,6 @@ STORM_BURST_DEFAULT = 200      # ... and at once
 # OVERLAY_STORM_BURST_S of them at once.
 OVERLAY_STORM_RATE_DEFAULT = 100_000
 OVERLAY_HOST_RATE_DEFAULT = 400_000      # ... and all networks of the host together
-OVERLAY_PEER_RATE_DEFAULT = 50_000       # ... and one peer (VTEP address) in one network: half the network's
 OVERLAY_STORM_BURST_S = 0.1
 # Learning: MACs new to a network's learned entries per second (fdb.h), and
 # as many at once.

@@ -41,7 +41,7 @@ class NodeConfig:
     overlay_storm_rate: int = model.OVERLAY_STORM_RATE_DEFAULT   # local copies/s per network of floods from
                                                                  # the underlay; 0: no limit
     overlay_storm_host_rate: int = model.OVERLAY_HOST_RATE_DEFAULT   # the same, all networks together
-    overlay_storm_peer_rate: int = model.OVERLAY_PEER_RATE_DEFAULT   # the same, one peer in one network
+    overlay_storm_peer_rate: int | None = None   # the same, one peer in one network; None: half the network's
     learn_rate: int = model.LEARN_RATE_DEFAULT     # new MACs learned per second per network; 0: no limit
     metrics_address: str = "127.0.0.1:9469"        # the agent's /metrics and /healthz; "": none
     src_port_min: int = model.SRC_PORT_MIN

@@ -20,7 +20,7 @@ from dataplane.kernel.bundle import bundle
 from dataplane.core.errors import KernelError, NotPermitted, ToolchainError
 from dataplane.core.notice import notice
 from dataplane.kernel import progcache
-from dataplane.kernel.maps import SIZE_CONSTS, SPECS, check_pinned_layout, new_generations
+from dataplane.kernel.maps import SIZE_CONSTS, SPECS, check_pinned_layout, new_generations, unpin
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/dataplane"
@@ -105,9 +105,10 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     ensure_bpffs()
     os.makedirs(pin_dir, exist_ok=True)
     remade = check_pinned_layout(pin_dir, sizes)
-    if remade:
-        notice(f"made anew in this version's layout (settings and caches only): {', '.join(remade)}", quiet)
     bcc = _bcc()
+    if remade:              # as late as the load allows: bcc binds to the pins when it compiles
+        unpin(pin_dir, remade)
+        notice(f"made anew in this version's layout (settings and caches only): {', '.join(remade)}", quiet)
     cflags = _cflags(sizes)
     source = bundle().encode()          # read once: the key and the compile are of the same text
     key = cache_key(source, cflags, getattr(bcc, "__version__", "?"))

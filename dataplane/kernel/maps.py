@@ -66,7 +66,7 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS", remade=True),
     MapSpec("dp_meters", "array", u32, _S["dp_meters"], None, 1, remade=True),
     MapSpec("dp_net_meters", "array", u32, _S["dp_net_meter"], "DP_MAP_NETWORKS"),
-    MapSpec("dp_peer_meters", "lru_hash", _S["dp_ip_key"], ctypes.c_uint64, "DP_MAP_NETWORKS", remade=True),
+    MapSpec("dp_peer_meters", "lru_hash", _S["dp_ip_key"], ctypes.c_uint64, "DP_MAP_VTEPS", remade=True),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
     MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),
@@ -85,9 +85,9 @@ COPIED = {"dp_endpoints": "dp_local_gen", "dp_local_macs": "dp_local_gen", "dp_n
 def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> list[str]:
     """Refuse to reuse pinned maps whose layout differs from this version's
     (bcc would silently bind to them). The fix is `dataplane down` first. A map
-    whose content is made again without loss (MapSpec.remade) is unpinned
-    instead, once no other map refuses, for the load to make anew; their names.
-    Programs still attached keep the old one until they are replaced."""
+    whose content is made again without loss (MapSpec.remade) is not refused:
+    its name is returned, for unpin() to take away just before the load makes it
+    anew. Programs still attached keep the old one until they are replaced."""
     remake = []
     for spec in SPECS.values():
         path = os.path.join(pin_dir, spec.name)
@@ -106,9 +106,15 @@ def check_pinned_layout(pin_dir: str, overrides: dict[str, int]) -> list[str]:
             raise ToolchainError(
                 f"pinned map {path} has type/key/value/entries {have}, this version needs {want}: "
                 "run `dataplane down` before upgrading across a layout change")
-    for name in remake:
-        os.unlink(os.path.join(pin_dir, name))
     return remake
+
+
+def unpin(pin_dir: str, names: list[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join(pin_dir, name))
+        except FileNotFoundError:
+            pass
 
 
 def new_generation(fd: int, name: str) -> None:

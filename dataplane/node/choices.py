@@ -45,6 +45,15 @@ METERS = (("storm_rate", "storm-control rate", "frames"), ("storm_burst", "storm
 METER_FIELDS = tuple(f for f, _, _ in METERS)
 
 
+def peer_rate(c) -> int:
+    """NodeConfig c's overlay storm rate for one peer in a network: as set, else half the network's
+    (so 0, no meter of its own, when the network's is off): a state or boot file of a version
+    before the meter has none, and its network rate (0, or one raised or lowered) decides."""
+    if c.overlay_storm_peer_rate is not None:
+        return c.overlay_storm_peer_rate
+    return (c.overlay_storm_rate + 1) // 2
+
+
 def meters(given: dict | None) -> dict[str, int]:
     """The meters' settings given ({field: value}, a value None or absent: keep the node's), checked
     (exit 2 on a bad one); unknown fields are refused."""

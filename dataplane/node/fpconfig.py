@@ -15,7 +15,7 @@ from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
 from dataplane.kernel import clock, loader, netlink
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import rxgro, vxlanguard
+from dataplane.node import choices, rxgro, vxlanguard
 from dataplane.node.base import Node
 
 _S = abi.load().structs
@@ -43,7 +43,10 @@ def write_config(m: NodeMaps, st: NodeState) -> None:
     else:
         val.clock_ns_per_jiffy, val.clock_offset_ns = clock.calibrate(st.pin_dir)
     m.dp_config.put(ctypes.c_uint32(0), val)
-    m.dp_meters.put(ctypes.c_uint32(0), _meters(c))
+    try:
+        m.dp_meters.put(ctypes.c_uint32(0), _meters(c))
+    except NotFound:        # unpinned to be made anew by a load that then failed (kernel/maps.py remade):
+        pass                # the programs attached keep the old map and its settings; the next `up` makes it
 
 
 def _meters(c) -> ctypes.Structure:
@@ -56,8 +59,9 @@ def _meters(c) -> ctypes.Structure:
         val.overlay_storm_interval_ns, val.overlay_storm_burst_ns = 1_000_000_000 // c.overlay_storm_rate, burst_ns
     if c.overlay_storm_host_rate:
         val.overlay_host_interval_ns, val.overlay_host_burst_ns = 1_000_000_000 // c.overlay_storm_host_rate, burst_ns
-    if c.overlay_storm_peer_rate:
-        val.overlay_peer_interval_ns, val.overlay_peer_burst_ns = 1_000_000_000 // c.overlay_storm_peer_rate, burst_ns
+    peer = choices.peer_rate(c)
+    if peer:
+        val.overlay_peer_interval_ns, val.overlay_peer_burst_ns = 1_000_000_000 // peer, burst_ns
     if c.learn_rate:
         val.learn_interval_ns = 1_000_000_000 // c.learn_rate
         val.learn_burst_ns = val.learn_interval_ns * c.learn_rate

@@ -138,14 +138,18 @@ def programs(node: Node) -> list[dict]:
 
 
 def maps(node: Node) -> list[dict]:
-    """Each map's kind, entries in use (hash maps) and capacity."""
+    """Each map's kind, entries in use (hash maps) and capacity; pinned False for a map this version
+    has and the node's pins lack (brought up by an older version: the next `up` makes it)."""
     st = node.require_up()
     rows = []
     with node.maps() as m:
         for name, spec in SPECS.items():
-            used = None
-            if spec.kind in ("hash", "lru_hash"):
-                used = getattr(m, name).count()
+            used, pinned = None, os.path.exists(os.path.join(node.pin_dir, name))
+            if pinned and spec.kind in ("hash", "lru_hash"):
+                try:
+                    used = getattr(m, name).count()
+                except NotFound:          # unpinned since (an `up` making it anew)
+                    pinned = False
             rows.append({"map": name, "kind": spec.kind, "entries": used,
-                         "capacity": spec.max_entries(st.map_sizes)})
+                         "capacity": spec.max_entries(st.map_sizes), "pinned": pinned})
     return rows

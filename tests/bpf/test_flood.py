@@ -11,8 +11,8 @@ import ipaddress
 import pytest
 
 from tests import packets as P
-from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, OTHER_PEER_IP, PEER_IP, REMOTE_IP, REMOTE_MAC,
-                                TC_ACT_SHOT, UPLINK_IFINDEX, VNI, be32)
+from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, OTHER_PEER_IP, OTHER_VNI, PEER_IP, REMOTE_IP,
+                                REMOTE_MAC, TC_ACT_SHOT, UPLINK_IFINDEX, VNI, be32)
 
 BASE_IFINDEX = 5000       # local ports with no link behind them
 BASE_VTEP = ipaddress.IPv4Address("198.18.8.0")
@@ -242,6 +242,36 @@ def test_the_hosts_overlay_meter_holds_all_networks_together(hx):
         assert slot0.overlay_storm_tat and not hx.maps.dp_net_meters.get(ctypes.c_uint32(hx.slot(VNI))).overlay_storm_tat
 
 
+def test_the_hosts_meter_holds_networks_whose_frames_cost_differently(hx):
+    """The meter started over when it lay more than burst + this frame's cost ahead, for a rate
+    lowered since: on the host's meter, shared by networks of different sizes, a cheap frame after
+    a dear one found it so and started a full meter over, and then the dear ones passed again
+    (a review's simulation: 2.75 million copies/s through a 400,000 budget). Now only past burst
+    + the dearest cost a frame can have. Frames of a 10-port and a 1-port network taking turns,
+    15 copies' burst: at most the burst and one frame of each pass."""
+    m, S = hx.maps, hx.S
+    hx.meter_state(0)
+    inner = P.inner_ipv4(REMOTE_MAC, "ff:ff:ff:ff:ff:ff", REMOTE_IP, "10.1.0.255")
+    other = P.vxlan(inner, OTHER_VNI, PEER_IP, LOCAL_IP)
+    key = S["dp_slot_key"](vni=OTHER_VNI, index=0)
+    with members(hx, 10, 0), overlay_meter(hx, 0, 0):
+        try:
+            m.dp_local_ports.put(key, ctypes.c_uint32(BASE_IFINDEX + 500))
+            m.dp_networks.put(ctypes.c_uint32(OTHER_VNI), hx.network(OTHER_VNI, n_local=1, n_flood=0))
+            hx.configure(overlay_host_ns=(COPY_NS, 15 * COPY_NS))
+
+            def copies() -> int:
+                return drops(hx, "REDIRECT") + hx.stats(OTHER_VNI)["drops"][int(hx.drop["DP_DROP_REDIRECT"])]
+            before = copies()
+            for _ in range(20):
+                hx.run_tc("from_overlay", overlay_broadcast())
+                hx.run_tc("from_overlay", bytes(other))
+            assert copies() - before <= 15 + 10 + 1, f"{copies() - before} copies through a 15-copy burst"
+        finally:
+            m.dp_local_ports.delete(key)
+            m.dp_networks.put(ctypes.c_uint32(OTHER_VNI), hx.network(OTHER_VNI, n_local=0, n_flood=0))
+
+
 def test_a_flood_its_network_refuses_takes_nothing_from_the_hosts_meter(hx):
     """Charged host first, a flood into one network spent the host's budget on frames its network
     then refused, and the other networks' broadcasts with it."""
@@ -280,35 +310,36 @@ def test_one_peer_takes_its_share_of_a_networks_floods_and_the_others_go_on(hx):
     """A host that does not meter its floods (storm control off, an older version) used up the
     whole network's budget, and the VNI's other hosts' broadcasts into this host were dropped with
     its own while it lasted: each peer now has a meter of its own in each network. PEER_IP's 40
-    frames pass 2 (burst of 5 copies' worth, 4 copies a frame), OTHER_PEER_IP's go on as before."""
+    frames pass 2 (burst of 5 copies' worth, 4 copies a frame; the rest counted `overlay_storm_peer`),
+    OTHER_PEER_IP's go on as before."""
     with members(hx, 4, 0), peer_meter(hx, COPY_NS, 5 * COPY_NS):
-        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        before = drops(hx, "OVERLAY_STORM_PEER"), drops(hx, "REDIRECT")
         for _ in range(40):
             assert hx.run_tc("from_overlay", overlay_broadcast())[0] == TC_ACT_SHOT
-        assert drops(hx, "REDIRECT") - before[1] == 2 * 4 and drops(hx, "OVERLAY_STORM") - before[0] == 38
+        assert drops(hx, "REDIRECT") - before[1] == 2 * 4 and drops(hx, "OVERLAY_STORM_PEER") - before[0] == 38
         hx.run_tc("from_overlay", overlay_broadcast(OTHER_PEER_IP))
         assert drops(hx, "REDIRECT") - before[1] == 3 * 4, "another peer's broadcast is copied"
-        assert drops(hx, "OVERLAY_STORM") - before[0] == 38
+        assert drops(hx, "OVERLAY_STORM_PEER") - before[0] == 38
         assert peer_tat(hx, PEER_IP) > peer_tat(hx, OTHER_PEER_IP) > 0
 
 
 def test_a_flood_its_peers_meter_refuses_takes_nothing_from_the_networks(hx):
     """The peer's meter is charged before the network's: frames refused there leave the network's
     budget to the other peers. PEER_IP's 40 frames of 4 copies pass 2 at its meter; the network's
-    (1000 times the rate) is charged those 8 copies only, not 160."""
+    (100 times the rate) is charged those 8 copies only, not 160."""
     with members(hx, 4, 0), peer_meter(hx, COPY_NS, 5 * COPY_NS,
-                                       overlay_storm_ns=(COPY_NS // 1000, 1000 * COPY_NS)):
+                                       overlay_storm_ns=(COPY_NS // 100, 100 * COPY_NS)):
         for _ in range(40):
             hx.run_tc("from_overlay", overlay_broadcast())
         net = hx.maps.dp_net_meters.get(ctypes.c_uint32(hx.slot(VNI))).overlay_storm_tat
         start = peer_tat(hx, PEER_IP) - 8 * COPY_NS     # the first frame's time: its peer let 2 frames by
-        assert 0 < net - start < 2 * 8 * (COPY_NS // 1000), f"the network was charged {net - start} ns"
+        assert 0 < net - start < 2 * 8 * (COPY_NS // 100), f"the network was charged {net - start} ns"
 
 
 def test_the_peer_meter_is_off_at_zero(hx):
     with members(hx, 4, 0), peer_meter(hx, 0, 0):
-        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
+        before = drops(hx, "OVERLAY_STORM_PEER"), drops(hx, "REDIRECT")
         for _ in range(20):
             hx.run_tc("from_overlay", overlay_broadcast())
-        assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM") == before[0]
+        assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM_PEER") == before[0]
         assert not peer_tat(hx, PEER_IP)

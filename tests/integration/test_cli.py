@@ -164,13 +164,18 @@ def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
         h = m.dp_meters.get(ctypes.c_uint32(0))
     assert (h.overlay_host_interval_ns, h.overlay_host_burst_ns) == (2_500, 100_000_000), "400,000 for the host"
     assert (h.overlay_peer_interval_ns, h.overlay_peer_burst_ns) == (20_000, 100_000_000), "50,000 for a peer"
-    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-peer-rate", "0")
-    with Node(host).maps() as m:
-        assert m.dp_meters.get(ctypes.c_uint32(0)).overlay_peer_interval_ns == 0, "0: no limit per peer"
-    assert dp_json("--netns", host, "status")["overlay_storm_peer_rate"] == 0
-    assert state.load_boot(host)["meters"]["overlay_storm_peer_rate"] == 0
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-rate", "400")
     assert cfg() == (2_500_000, 100_000_000)
+
+    def peer_interval() -> int:
+        with Node(host).maps() as m:
+            return m.dp_meters.get(ctypes.c_uint32(0)).overlay_peer_interval_ns
+    assert peer_interval() == 5_000_000, "a peer's share follows the network's rate: half of it, 200"
+    assert dp_json("--netns", host, "status")["overlay_storm_peer_rate"] == 200
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-peer-rate", "0")
+    assert peer_interval() == 0, "0: no limit per peer"
+    assert dp_json("--netns", host, "status")["overlay_storm_peer_rate"] == 0
+    assert state.load_boot(host)["meters"]["overlay_storm_peer_rate"] == 0
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
     assert cfg()[0] == 2_500_000, "a later up keeps the choice"
     assert dp_json("--netns", host, "status")["overlay_storm_rate"] == 400

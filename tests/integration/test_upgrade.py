@@ -23,7 +23,7 @@ from dataplane.node import Node, readout
 from lab import topology as lab
 from lab.traffic import ping
 from tests.conftest import require_privileges
-from tests.integration.conftest import dp, leftovers, sandbox
+from tests.integration.conftest import dp, dp_json, leftovers, sandbox
 
 # Versions whose nodes this one takes over: before the meters' maps, and with a smaller dp_meters.
 # Move them on with each release.
@@ -79,6 +79,9 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
         assert ping(a["name"], b["ip"])[0] == 3
         before = next(s for s in readout.stats(Node("dpl-h1")) if s["vni"] == 256)["tx_packets"]
+        # Between the package upgrade and the restart: this version's status of the old node.
+        rows = {r["map"]: r for r in dp_json("--netns", "dpl-h1", "status")["maps"]}
+        assert rows["dp_peer_meters"]["pinned"] is False and rows["dp_fdb"]["pinned"], "a map the old pins lack"
         for ns in ("dpl-h1", "dpl-h2"):      # the unit restarted: its agent stopped, ExecStartPre, the new agent
             stop(process.running_pid(ns))
             dp("--netns", ns, "up", "--restore")
@@ -89,6 +92,7 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         assert after >= before + 3, "taken over, not made again: the counters the old version kept go on"
         with Node("dpl-h1").maps() as m:      # the new maps, made beside the old ones and set
             meters = m.dp_meters.get(ctypes.c_uint32(0))
+            assert all(r["pinned"] for r in dp_json("--netns", "dpl-h1", "status")["maps"])
             assert meters.overlay_storm_interval_ns == 10_000 and meters.overlay_peer_interval_ns == 20_000
     finally:
         lab.down()

@@ -2,7 +2,7 @@
 overlay storm meters (`up --overlay-storm-rate`, `--overlay-storm-peer-rate`), in one run.
 
     .venv/bin/python -m bench.overlay_storm [--rounds 4] [--seconds 3] [--rate 20000] [--budget 100000]
-        [--peer-budget 50000]
+        [--peer-budget COPIES (default: half of --budget, as up's)]
 
 Two lab hosts on the lab's SQLite registry, VNI 256, --per-host sandboxes each. h2 runs without
 storm control (`up --storm-rate 0`: a host of an older version, or one whose operator turned it
@@ -88,11 +88,13 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3)
     p.add_argument("--rate", type=int, default=20000, help="broadcast frames/s h2's sandbox sends")
     p.add_argument("--budget", type=int, default=100000, help="h1's --overlay-storm-rate in the metered mode")
-    p.add_argument("--peer-budget", type=int, default=50000,
-                   help="h1's --overlay-storm-peer-rate in the metered mode (0: none)")
+    p.add_argument("--peer-budget", type=int, default=None,
+                   help="h1's --overlay-storm-peer-rate in the metered mode (0: none; default: half of --budget)")
     p.add_argument("--per-host", type=int, default=lab.MAX_PER_HOST)
     p.add_argument("--out", default="overlay_storm", help="results name (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.peer_budget is None:
+        args.peer_budget = (args.budget + 1) // 2
     if args.rounds < 1 or args.seconds <= 0 or args.rate < 1 or args.budget < 1 or args.peer_budget < 0:
         p.error("--rounds >= 1, --seconds > 0, --rate >= 1, --budget >= 1, --peer-budget >= 0")
     metered = f"{args.budget:,} copies/s" + (f", {args.peer_budget:,} a peer" if args.peer_budget else "")

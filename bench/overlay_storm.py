@@ -12,7 +12,7 @@ each of its sandboxes. The modes take turns round by round: h1's meters off (the
 at --budget copies/s for the network with --peer-budget for one peer (h2 is the one peer here)
 and the host's at its default. Per mode:
 the frames h1 took, the copies it made into its sandboxes, the frames its
-meter refused (`overlay_storm`), and the whole machine's busy CPU (wall time x CPUs less
+meters refused (`overlay_storm`, `overlay_storm_peer`), and the whole machine's busy CPU (wall time x CPUs less
 /proc/uptime's idle, as bench.run) as a share of one CPU.
 
 Writes bench/results/<--out>.json and .md (overlay_storm by default).
@@ -44,7 +44,8 @@ def log(msg: str) -> None:
 
 def counters() -> dict:
     s = next(s for s in readout.stats(Node(H1)) if s["vni"] == VNI)
-    return {"frames": s["rx_packets"], "copies": s["local_packets"], "metered": s["drops"].get("overlay_storm", 0)}
+    refused = s["drops"].get("overlay_storm", 0) + s["drops"].get("overlay_storm_peer", 0)    # any of the meters
+    return {"frames": s["rx_packets"], "copies": s["local_packets"], "metered": refused}
 
 
 def up(node: str, *args: str) -> None:
@@ -73,7 +74,7 @@ def table(r: dict) -> str:
            f"--out {a['out']}`. "
            f"h1 has {r['n_local']} local ports in VNI {VNI}. Medians of {a['rounds']} alternating rounds.", "",
            "| h1's overlay storm meter | broadcasts sent by h2's sandbox, /s | taken by h1, /s | copies into h1's "
-           "sandboxes, /s | refused (`overlay_storm`), /s | busy CPU, whole machine, CPUs |",
+           "sandboxes, /s | refused (`overlay_storm` and `_peer`), /s | busy CPU, whole machine, CPUs |",
            "|---|---|---|---|---|---|"]
     for mode, rows in r["samples"].items():
         m = {k: statistics.median(x[k] for x in rows) for k in rows[0]}

@@ -91,18 +91,23 @@ static __always_inline __u64 dp_now_ns(const struct dp_config *cfg)
  * budget is next fully earned; one more is refused while it lies more than
  * burst ahead of now. A tat further ahead than burst + `most`, the dearest
  * cost any one can have under the meter's settings, was set under an older,
- * lower rate and starts over. Not burst + this one's cost: where costs vary
- * (the host's overlay meter, networks of different sizes), a cheap frame after
- * a dear one would start a full meter over, and the next dear one pass. Two
- * CPUs racing on one tat may both pass, one charge lost: a frame more than the
- * budget (for the overlay meters, that frame's copies), never a lasting error.
+ * lower rate: this one passes, and the meter is left full (tat now + burst),
+ * not emptied. Not burst + this one's cost: where costs vary (the host's
+ * overlay meter, networks of different sizes), a cheap frame after a dear one
+ * would find a full meter so. Not emptied: a CPU whose clock read came a
+ * jiffy before another's charge finds the tat that much further ahead, and an
+ * emptied meter would give every CPU a new burst. Two CPUs racing on one tat
+ * may both pass, one charge lost: a frame more than the budget (for the
+ * overlay meters, that frame's copies), never a lasting error.
  */
 static __always_inline int gcra_allow(__u64 *tat, __u64 now, __u64 cost, __u64 burst, __u64 most)
 {
 	__u64 next = *tat > now ? *tat : now;
 
-	if (next - now > burst + most)
-		next = now;
+	if (next - now > burst + most) {
+		*tat = now + burst;
+		return 1;
+	}
 	if (next - now > burst)
 		return 0;
 	*tat = next + cost;

@@ -154,10 +154,10 @@ def register(sub) -> None:
     up.add_argument("--overlay-storm-host-rate", type=int, metavar="COPIES",
                     help="the same for all networks of this host together (default "
                          f"{model.OVERLAY_HOST_RATE_DEFAULT}; 0: no limit; either way on a running node)")
-    up.add_argument("--overlay-storm-peer-rate", type=int, metavar="COPIES",
+    up.add_argument("--overlay-storm-peer-rate", metavar="COPIES|auto",
                     help="the same for the frames of one peer (VTEP address) in one network, so that one host "
-                         "that does not meter its floods takes at most this share of the network's (default: half "
-                         "the network's rate; 0: no limit; either way on a running node)")
+                         "that does not meter its floods takes at most this share of the network's (default "
+                         "'auto': half the network's rate; 0: no limit; either way on a running node)")
     up.add_argument("--learn-rate", type=int, metavar="MACS",
                     help="MACs new to a network it may learn from other hosts' frames per second, and as many "
                          f"at once (default {model.LEARN_RATE_DEFAULT}; 0: no limit; either way on a running node)")

@@ -54,11 +54,16 @@ def peer_rate(c) -> int:
     return (c.overlay_storm_rate + 1) // 2
 
 
-def meters(given: dict | None) -> dict[str, int]:
+DERIVED = "auto"      # the peer overlay storm rate's way back to "half the network's" (peer_rate)
+
+
+def meters(given: dict | None) -> dict[str, int | None]:
     """The meters' settings given ({field: value}, a value None or absent: keep the node's), checked
-    (exit 2 on a bad one); unknown fields are refused."""
+    (exit 2 on a bad one); unknown fields are refused. The peer overlay storm rate may be "auto":
+    None, half the network's."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     unknown = set(given) - set(METER_FIELDS)
     if unknown:
         raise UsageError(f"unknown meter setting(s): {', '.join(sorted(unknown))}")
-    return {f: model.parse_storm(given[f], what, unit) for f, what, unit in METERS if f in given}
+    return {f: None if f == "overlay_storm_peer_rate" and given[f] == DERIVED
+            else model.parse_storm(given[f], what, unit) for f, what, unit in METERS if f in given}

@@ -74,3 +74,17 @@ def test_what_is_remade_is_settings_caches_and_meter_state():
     remade = {n for n, s in maps.SPECS.items() if s.remade}
     assert remade == {"dp_meters", "dp_storm", "dp_peer_meters", "dp_nh_cache"} | {
         n for n in maps.SPECS if n.endswith("_copies")}
+
+
+def test_a_load_that_cannot_start_unpins_nothing(pin_dir, monkeypatch):
+    """The check passes a remade map, then the load fails before bcc binds to the pins (here bcc
+    cannot be imported): the old pin stays, for the programs and the next `up`."""
+    from dataplane.kernel import loader
+
+    def no_bcc():
+        raise ToolchainError("bcc is not importable")
+    pin_array(pin_dir, "dp_meters", 48)
+    monkeypatch.setattr(loader, "_bcc", no_bcc)
+    with pytest.raises(ToolchainError, match="bcc"):
+        loader.load(pin_dir, quiet=True)
+    assert value_size(pin_dir, "dp_meters") == 48

@@ -176,6 +176,10 @@ def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
     assert peer_interval() == 0, "0: no limit per peer"
     assert dp_json("--netns", host, "status")["overlay_storm_peer_rate"] == 0
     assert state.load_boot(host)["meters"]["overlay_storm_peer_rate"] == 0
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--overlay-storm-peer-rate", "auto")
+    assert peer_interval() == 5_000_000, "auto: half the network's again"
+    assert "200 for a peer, half the network rate" in dp("--netns", host, "status").stdout
+    assert state.load_boot(host)["meters"]["overlay_storm_peer_rate"] is None
     dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
     assert cfg()[0] == 2_500_000, "a later up keeps the choice"
     assert dp_json("--netns", host, "status")["overlay_storm_rate"] == 400

@@ -201,7 +201,7 @@ def test_broadcasts_from_the_underlay_are_metered_at_the_receiver(info):
         passed, metered, _ = blast(500, lab.vtep_ip(2), b_mac, b["ip"])
         assert passed >= 0.9 * 500 and metered == 0, (passed, metered)
     finally:
-        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000", "--overlay-storm-peer-rate", "50000")
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000", "--overlay-storm-peer-rate", "auto")
 
 
 TWO_PEERS = """
@@ -271,7 +271,7 @@ def test_one_peers_broadcasts_take_only_its_share_of_the_networks_budget(info):
         if listener.poll() is None:
             listener.kill()
             listener.wait()
-        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000", "--overlay-storm-peer-rate", "50000",
+        dp("--netns", "dpl-h1", "up", "--overlay-storm-rate", "100000", "--overlay-storm-peer-rate", "auto",
            "--peer-check")
     assert got.get(quiet_ip, 0) >= 9, f"the other peer's broadcasts received: {got}"   # one may be lost on the wire
     assert 0 < got.get(b["ip"], 0) <= rate * (took + 0.5) + rate * 0.1 + 1, (got, took)

@@ -21,6 +21,27 @@ from tests.ports import free_port
 FAST_RAFT = ["--heartbeat-interval", "50", "--election-timeout", "500"]
 
 
+def stop_member(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP a member and wait until every thread of it has stopped: kill() returns at once, and a
+    member still running for a moment could take the request sent next (and apply a txn whose
+    outcome the test takes for unapplied: test_etcd_grpc_txn's unknown outcome, a CI flake)."""
+    import time
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:      # a thread that exited
+                continue
+        if states and all(st in ("T", "t") for st in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"etcd member {pid} did not stop within {timeout} s")
+
+
 def require_etcd() -> None:
     if not shutil.which("etcd"):
         if IN_CI:

@@ -15,7 +15,7 @@ from dataplane.registry import parse_url
 from dataplane.registry.backoff import Backoff
 from dataplane.registry.kv import Txn, Unavailable
 from tests.registry.conftest import watching
-from tests.registry.etcdproc import cluster
+from tests.registry.etcdproc import cluster, stop_member
 from tests.registry.test_etcd_watch import Drain
 
 BIG = b"v" * 5000   # several WebSocket frames per message
@@ -120,7 +120,7 @@ def test_stopped_member_is_skipped_by_every_request(tmp_path, transport):
             old = Drain(kv.watch("/st/", base + 1))
             assert old.watch.transport == transport
             assert _serving(kv, ms) is victim
-            os.kill(victim.pid, signal.SIGSTOP)
+            stop_member(victim.pid)
             t0 = time.monotonic()
             rev, _ = kv.range("/st/")          # times out on the victim, answered by the next
             assert time.monotonic() - t0 < 1.0 + 1.0 + 1.0
@@ -161,7 +161,7 @@ def test_a_snapshot_read_waits_on_a_stopped_member_once(tmp_path, transport, mon
                 for i in range(3):
                     kv._grpc.connect(i, 5)
             victim = members[kv._order()[1]]       # the member the second prefix is read from
-            os.kill(victim.pid, signal.SIGSTOP)
+            stop_member(victim.pid)
             t0 = time.monotonic()
             rev, parts = kv.range_many(prefixes)
             first = time.monotonic() - t0
@@ -185,7 +185,7 @@ def test_txn_with_unknown_outcome_is_not_retried_elsewhere(tmp_path):
         try:
             kv.range("/u/")
             assert _serving(kv, ms) is victim
-            os.kill(victim.pid, signal.SIGSTOP)
+            stop_member(victim.pid)
             try:
                 kv.commit(Txn().absent("/u/k").put("/u/k", b"1"))
                 raise AssertionError("a txn with an unknown outcome was reported as done")
@@ -229,7 +229,7 @@ def test_watch_on_a_member_cut_off_from_the_leader_ends(tmp_path, transport):
             assert d.watch.transport == transport
             others = [m for m in ms if kv.endpoint(d.watch.member) != f"127.0.0.1:{m.port}"]
             for m in others:
-                os.kill(m.pid, signal.SIGSTOP)
+                stop_member(m.pid)
             t0 = time.monotonic()
             d.thread.join(10)
             # over gRPC the member may end the stream first ("hasleader": three election timeouts)
@@ -253,7 +253,7 @@ def test_no_watch_opens_without_quorum(tmp_path, transport):
                       transport)
         rev = kv.range("/nq/")[0]
         for m in ms[1:]:
-            os.kill(m.pid, signal.SIGSTOP)
+            stop_member(m.pid)
         try:
             time.sleep(2.0)                      # past three 0.5-s election timeouts: nobody leads
             t0 = time.monotonic()
@@ -279,7 +279,7 @@ def test_a_grpc_watch_ends_when_its_member_has_no_leader(tmp_path):
             assert d.watch.transport == "grpc"
             others = [m for m in ms if kv.endpoint(d.watch.member) != f"127.0.0.1:{m.port}"]
             for m in others:
-                os.kill(m.pid, signal.SIGSTOP)
+                stop_member(m.pid)
             t0 = time.monotonic()
             d.thread.join(10)
             assert isinstance(d.error, Unavailable) and "no leader" in str(d.error), d.error
@@ -317,7 +317,7 @@ def test_a_short_lease_outlives_a_stopped_member(tmp_path, monkeypatch):
             assert ag.registered.wait(10)
             first = keeper.lease
             assert _serving(kv, ms) is victim
-            os.kill(victim.pid, signal.SIGSTOP)
+            stop_member(victim.pid)
             other = _kv([m for m in ms if m is not victim])
             seen_gone = False
             for _ in range(40):                       # 8 s: several keepalives, all through the stop

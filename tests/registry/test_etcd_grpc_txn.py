@@ -16,7 +16,7 @@ import pytest
 from dataplane.registry import Refused, open_registry
 from dataplane.registry.kv import Txn, Unavailable
 from dataplane.registry.store import key
-from tests.registry.etcdproc import cluster
+from tests.registry.etcdproc import cluster, stop_member
 from tests.registry.test_etcd_failover import _first, _follower, _kv, _serving
 
 
@@ -79,7 +79,7 @@ def test_a_grpc_txn_whose_member_stops_answering_has_an_unknown_outcome(tmp_path
             kv.open_channels(wait_s=5)
             assert kv.commit(Txn().put("/u/warm", b"1"))[0] and kv.grpc_commits == 1
             assert _serving(kv, ms) is victim
-            os.kill(victim.pid, signal.SIGSTOP)
+            stop_member(victim.pid)
             try:
                 with pytest.raises(Unavailable, match="etcd txn at .*, outcome unknown: DEADLINE_EXCEEDED"):
                     kv.commit(Txn().absent("/u/k").put("/u/k", b"1"))

@@ -20,7 +20,7 @@ from dataplane.registry.etcd_access import TlsFiles, url as etcd_url
 from dataplane.registry.kv import Txn, Unavailable
 from dataplane.registry.store import key
 from tests.registry.conftest import watching
-from tests.registry.etcdproc import cluster
+from tests.registry.etcdproc import cluster, stop_member
 from tests.registry.test_etcd_watch import Drain
 
 
@@ -248,7 +248,7 @@ def test_a_watch_on_a_stopped_member_ends_within_the_deadline_when_logged_in(tmp
         try:
             assert d.watch.transport == transport
             time.sleep(0.8)
-            os.kill(m.pid, signal.SIGSTOP)
+            stop_member(m.pid)
             stopped = time.monotonic()
             d.thread.join(6)
             assert not d.thread.is_alive() and isinstance(d.error, Unavailable)

@@ -18,7 +18,7 @@ from dataplane.registry.backoff import Backoff
 from dataplane.registry.kv import Compacted, Txn, Unavailable
 from dataplane.registry.store import PREFIX
 from tests.registry.conftest import watching
-from tests.registry.etcdproc import cluster, free_port, require_etcd
+from tests.registry.etcdproc import cluster, free_port, require_etcd, stop_member
 
 
 class Drain:
@@ -87,7 +87,7 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport)
         assert d.watch.head_rev == other and d.watch.last_rev == rev and d.events == []
         _, r = writer.commit(Txn().put("/t/a", b"1"))
         assert [e.key for e in d.wait_for(1)] == ["/t/a"] and d.watch.last_rev == r
-        os.kill(pid, signal.SIGSTOP)   # the connection stays open, and silent
+        stop_member(pid)   # the connection stays open, and silent
         stopped = time.monotonic()
         d.thread.join(5)
         assert not d.thread.is_alive(), "the watch on a stopped member never ended"

@@ -149,6 +149,15 @@ static __always_inline int overlay_peer_allow(const struct dp_meters *mc, __u64 
 	return gcra_allow(tat, now, cost, mc->overlay_peer_burst_ns, mc->overlay_peer_interval_ns * DP_MAX_LOCAL);
 }
 
+/* dp_net_meters[slot]'s overlay storm meter (a network's, or the host's at slot 0) at iv ns a copy;
+ * off at iv 0, and for a slot past the map (no VNI has one). */
+static __always_inline int overlay_net_allow(__u32 slot, __u64 iv, __u64 burst, __u64 now, __u32 copies)
+{
+	struct dp_net_meter *m = iv ? dp_net_meters.lookup(&slot) : NULL;
+
+	return !m || gcra_allow(&m->overlay_storm_tat, now, iv * copies, burst, iv * DP_MAX_LOCAL);
+}
+
 /* 0, or the drop: DP_DROP_OVERLAY_STORM_PEER (the peer's meter), DP_DROP_OVERLAY_STORM (the
  * network's or the host's). */
 static __always_inline int overlay_storm_check(const struct dp_config *cfg, __u32 vni, __u32 slot, __be32 peer,
@@ -156,7 +165,6 @@ static __always_inline int overlay_storm_check(const struct dp_config *cfg, __u3
 {
 	__u32 zero = 0;
 	struct dp_meters *mc = dp_meters.lookup(&zero);
-	struct dp_net_meter *m;
 	__u64 now, iv;
 
 	if (!mc || !copies)
@@ -171,15 +179,11 @@ static __always_inline int overlay_storm_check(const struct dp_config *cfg, __u3
 		return -DP_DROP_OVERLAY_STORM_PEER;
 	/* Then the network's, so that a flood into one network, refused there, takes nothing
 	 * from the others' share of the host's. */
-	iv = mc->overlay_storm_interval_ns;
-	m = iv ? dp_net_meters.lookup(&slot) : NULL;   /* none past the map */
-	if (m && !gcra_allow(&m->overlay_storm_tat, now, iv * copies, mc->overlay_storm_burst_ns, iv * DP_MAX_LOCAL))
+	if (!overlay_net_allow(slot, mc->overlay_storm_interval_ns, mc->overlay_storm_burst_ns, now, copies))
 		return -DP_DROP_OVERLAY_STORM;
 	/* Then the host's (slot 0: no VNI's), which holds a forger who knows many networks' peers. A
 	 * frame it refuses stays charged to its network: an overload's error, on that network alone. */
-	iv = mc->overlay_host_interval_ns;
-	m = iv ? dp_net_meters.lookup(&zero) : NULL;
-	if (m && !gcra_allow(&m->overlay_storm_tat, now, iv * copies, mc->overlay_host_burst_ns, iv * DP_MAX_LOCAL))
+	if (!overlay_net_allow(0, mc->overlay_host_interval_ns, mc->overlay_host_burst_ns, now, copies))
 		return -DP_DROP_OVERLAY_STORM;
 	return 0;
 }

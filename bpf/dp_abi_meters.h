@@ -29,8 +29,12 @@ struct dp_net_meter {
 	__u64 learn_limited;                 /* new sources not learned, over the rate: again each second (atomic) */
 };
 
-/* dp_peer_meters, an LRU hash by struct dp_ip_key {VNI, a peer's outer source address}: that peer's
- * overlay storm meter in that network (value: a GCRA theoretical arrival time, __u64), fast path only;
- * as many entries as DP_MAP_VTEPS (an LRU: a pair pushed out starts afresh). */
+/* dp_peer_meters[struct dp_ip_key {VNI, a peer's outer source address}], an LRU hash with as many entries
+ * as DP_MAP_VTEPS: that peer's overlay storm meter in that network, fast path only (a pair pushed out
+ * starts afresh, its count with it). */
+struct dp_peer_meter {
+	__u64 tat;                           /* GCRA theoretical arrival time, dp_now_ns() */
+	__u64 refused;                       /* frames its meter refused (overlay_storm_peer drops; atomic) */
+};
 
 #endif /* DP_ABI_METERS_H */

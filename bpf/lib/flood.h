@@ -138,15 +138,17 @@ static __always_inline int overlay_peer_allow(const struct dp_meters *mc, __u64 
 					      __u64 cost)
 {
 	struct dp_ip_key k = { .vni = vni, .ip = peer };
-	__u64 *tat, next;
+	struct dp_peer_meter *m, fresh = { .tat = now + cost };
 
-	tat = dp_peer_meters.lookup(&k);
-	if (!tat) {
-		next = now + cost;
-		dp_peer_meters.update(&k, &next);
+	m = dp_peer_meters.lookup(&k);
+	if (!m) {
+		dp_peer_meters.update(&k, &fresh);
 		return 1;
 	}
-	return gcra_allow(tat, now, cost, mc->overlay_peer_burst_ns, mc->overlay_peer_interval_ns * DP_MAX_LOCAL);
+	if (gcra_allow(&m->tat, now, cost, mc->overlay_peer_burst_ns, mc->overlay_peer_interval_ns * DP_MAX_LOCAL))
+		return 1;
+	__sync_fetch_and_add(&m->refused, 1);    /* which peer: stats, metrics (readout.peer_refusals) */
+	return 0;
 }
 
 /* dp_net_meters[slot]'s overlay storm meter (a network's, or the host's at slot 0) at iv ns a copy;

@@ -105,6 +105,16 @@ class Collector:
             if "unreached" in r:
                 g.add_metric([str(r["vni"])], r["unreached"])
         yield g
+        # Only pairs with a refusal: one series per peer and VNI that ever broadcast would be up to
+        # DP_MAP_VTEPS of them. What to alert on is dataplane_drops_total{reason="overlay_storm_peer"}.
+        peers = CounterMetricFamily("dataplane_overlay_storm_peer_refused", "Broadcasts from one peer (its outer "
+                                    "source address) refused by its overlay storm meter in the VNI: whose floods "
+                                    "the overlay_storm_peer drops are (pairs with none are left out)",
+                                    labels=["vni", "peer"])
+        for r in rows:
+            for peer, n in r.get("overlay_storm_peers", {}).items():
+                peers.add_metric([str(r["vni"]), peer], n)
+        yield peers
 
     def _maps(self, ok: dict):
         """What `dataplane status` shows (readout.maps: maps of the scrape's own, never the agent's

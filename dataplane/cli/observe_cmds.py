@@ -22,7 +22,9 @@ RATE_COLUMNS = ["vni", "rx_pps", "rx_bps", "tx_pps", "tx_bps", "local_pps", "dro
 def cmd_stats(args):
     node = node_of(args)
     if not args.watch:
-        emit(args, by_vni(args, readout.stats(node)), STATS_COLUMNS)
+        rows = by_vni(args, readout.stats(node))
+        peers = ["overlay_storm_peers"] if any(r.get("overlay_storm_peers") for r in rows) else []
+        emit(args, rows, STATS_COLUMNS + peers)
         return 0
     if not 0.1 <= args.interval <= 3600:
         raise UsageError("--interval must be 0.1..3600 s")

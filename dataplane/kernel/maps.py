@@ -66,7 +66,7 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_storm", "lru_hash", u32, ctypes.c_uint64, "DP_MAP_ENDPOINTS", remade=True),
     MapSpec("dp_meters", "array", u32, _S["dp_meters"], None, 1, remade=True),
     MapSpec("dp_net_meters", "array", u32, _S["dp_net_meter"], "DP_MAP_NETWORKS"),
-    MapSpec("dp_peer_meters", "lru_hash", _S["dp_ip_key"], ctypes.c_uint64, "DP_MAP_VTEPS", remade=True),
+    MapSpec("dp_peer_meters", "lru_hash", _S["dp_ip_key"], _S["dp_peer_meter"], "DP_MAP_VTEPS", remade=True),
     MapSpec("dp_tail", "prog", u32, u32, None, _C["DP_TAIL_MAX"]),
     MapSpec("dp_stats", "percpu_array", u32, _S["dp_stats"], "DP_MAP_NETWORKS"),
     MapSpec("dp_punts", "ringbuf", None, None, None, _C["DP_PUNT_RING_BYTES"]),
@@ -209,6 +209,12 @@ class Map:
             bpfsys.delete_batch(self.fd, arr, n, what=self.spec.name)
         finally:
             self._changed()
+
+    def layout_is_ours(self) -> bool:
+        """Its key and value sizes are this version's: False for a map an older version pinned in
+        another layout (MapSpec.remade), until the next `up` makes it anew."""
+        info = bpfsys.map_info(self.fd)
+        return (info.key_size, info.value_size) == (ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value))
 
     def count(self) -> int:
         """Entries in use (a hash map's; for arrays, their size)."""

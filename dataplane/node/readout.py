@@ -48,8 +48,25 @@ def _learn_limited(m, slot: int) -> int:
     return meter.learn_limited if meter else 0
 
 
+def peer_refusals(m) -> dict[int, dict[str, int]]:
+    """{VNI: {peer's outer address: broadcasts its overlay storm meter refused}} for the pairs with
+    any (dp_peer_meters): whose floods a network's overlay_storm_peer drops were. Empty on pins of
+    an older version (no such map, or one without the counts) until `up` makes the map anew."""
+    out: dict[int, dict[str, int]] = {}
+    try:
+        if not m.dp_peer_meters.layout_is_ours():
+            return out
+        for k, v in m.dp_peer_meters.items():
+            if v.refused:
+                out.setdefault(k.vni, {})[ip_str(k.ip)] = v.refused
+    except NotFound:
+        pass
+    return out
+
+
 def stats(node: Node) -> list[dict]:
-    """Counters per VNI summed over CPUs; VNI 0 is what belongs to no VNI."""
+    """Counters per VNI summed over CPUs; VNI 0 is what belongs to no VNI. overlay_storm_peers:
+    the peers behind the VNI's overlay_storm_peer drops, with each one's count."""
     st = node.require_up()
     names = abi.drop_names()
     members = networks.members(st)
@@ -57,6 +74,7 @@ def stats(node: Node) -> list[dict]:
     rows = []
     with node.maps() as m:
         slots = [(0, 0)] + [(k.value, net.slot) for k, net in m.dp_networks.items()]
+        refusals = peer_refusals(m)
         for vni, slot in slots:
             percpu = m.dp_stats.get(ctypes.c_uint32(slot))
             if percpu is None:
@@ -67,6 +85,8 @@ def stats(node: Node) -> list[dict]:
             row["drops"] = {names[i]: total for i in range(len(names))
                             if (total := sum(cpu.drops[i] for cpu in percpu))}
             row["learn_limited"] = _learn_limited(m, slot)
+            if vni:
+                row["overlay_storm_peers"] = dict(sorted(refusals.get(vni, {}).items(), key=lambda kv: -kv[1]))
             if vni in members:       # members a broadcast cannot reach (networks.over_limit says why)
                 n, k = members[vni]
                 row["unreached"] = max(0, n - _C["DP_MAX_FLOOD"]) + max(0, k - _C["DP_MAX_LOCAL"])

@@ -10,6 +10,7 @@ import ipaddress
 
 import pytest
 
+from dataplane.node import readout
 from tests import packets as P
 from tests.bpf.conftest import (EP_IFINDEX, EP_IP, EP_MAC, LOCAL_IP, OTHER_PEER_IP, OTHER_VNI, PEER_IP, REMOTE_IP,
                                 REMOTE_MAC, TC_ACT_SHOT, UPLINK_IFINDEX, VNI, be32)
@@ -295,8 +296,8 @@ def test_a_flood_its_network_refuses_takes_nothing_from_the_hosts_meter(hx):
 
 
 def peer_tat(hx, peer: str) -> int:
-    tat = hx.maps.dp_peer_meters.get(hx.S["dp_ip_key"](vni=VNI, ip=be32(peer)))
-    return tat.value if tat is not None else 0
+    m = hx.maps.dp_peer_meters.get(hx.S["dp_ip_key"](vni=VNI, ip=be32(peer)))
+    return m.tat if m is not None else 0
 
 
 @contextlib.contextmanager
@@ -328,6 +329,17 @@ def test_one_peer_takes_its_share_of_a_networks_floods_and_the_others_go_on(hx):
         assert drops(hx, "REDIRECT") - before[1] == 3 * 4, "another peer's broadcast is copied"
         assert drops(hx, "OVERLAY_STORM_PEER") - before[0] == 38
         assert peer_tat(hx, PEER_IP) > peer_tat(hx, OTHER_PEER_IP) > 0
+
+
+def test_the_peer_whose_floods_were_refused_is_named_with_its_count(hx):
+    """overlay_storm_peer said a peer's floods were refused, not whose: each peer's meter counts its
+    refusals, which `stats` and the metrics read (readout.peer_refusals). PEER_IP's 40 frames: 38
+    refused; OTHER_PEER_IP's one passed and is not listed."""
+    with members(hx, 4, 0), peer_meter(hx, COPY_NS, 5 * COPY_NS):
+        for _ in range(40):
+            hx.run_tc("from_overlay", overlay_broadcast())
+        hx.run_tc("from_overlay", overlay_broadcast(OTHER_PEER_IP))
+        assert readout.peer_refusals(hx.maps) == {VNI: {PEER_IP: 38}}
 
 
 def test_a_flood_its_peers_meter_refuses_takes_nothing_from_the_networks(hx):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -150,3 +151,32 @@ def reaped(p: subprocess.Popen):
             if p.poll() is None:
                 p.kill()
     return ctx()
+
+
+# Fetches a URL from the namespace it runs in; prints the HTTP status, then the body.
+FETCH = """
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=10)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(f"{code}\\n"); sys.stdout.flush(); sys.stdout.buffer.write(body)
+"""
+
+
+def scrape(url: str) -> tuple[int, str]:
+    """(HTTP status, body) of url, fetched from the lab's underlay namespace as Prometheus would."""
+    from lab import topology as lab
+    r = in_ns(lab.UNDERLAY_NS, FETCH, url)
+    assert r.returncode == 0, r.stderr
+    code, _, body = r.stdout.partition("\n")
+    return int(code), body
+
+
+def value(body: str, name: str, **labels) -> float | None:
+    for line in body.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if m and m.group(1) == name and all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
+            return float(m.group(3))
+    return None

@@ -11,7 +11,7 @@ from lab import topology as lab
 from dataplane.kernel import netlink, tcx
 from dataplane.node import Node
 from lab.traffic import ping, tcp_transfer
-from tests.integration.conftest import dp, in_ns, make_lab, sandbox, stats
+from tests.integration.conftest import dp, dp_json, in_ns, make_lab, sandbox, scrape, stats, value
 
 # Frames are injected on the underlay side of h1's uplink: whatever the wire carries.
 WIRE = "ul-h1"
@@ -254,6 +254,7 @@ def test_one_peers_broadcasts_take_only_its_share_of_the_networks_budget(info):
     b_mac = netlink.link_info(b["netns"], "eth0")["mac"]
     h1_mac = netlink.link_info("dpl-h1", "ul0")["mac"]
     rate, quiet_ip = 200, "10.1.0.77"
+    before = stats("dpl-h1", 256)
     listener = subprocess.Popen(["ip", "netns", "exec", a["netns"], sys.executable, "-c", COUNT_BY_SOURCE],
                                 stdout=subprocess.PIPE, text=True)
     try:
@@ -275,6 +276,17 @@ def test_one_peers_broadcasts_take_only_its_share_of_the_networks_budget(info):
            "--peer-check")
     assert got.get(quiet_ip, 0) >= 9, f"the other peer's broadcasts received: {got}"   # one may be lost on the wire
     assert 0 < got.get(b["ip"], 0) <= rate * (took + 0.5) + rate * 0.1 + 1, (got, took)
+    # Whose floods were refused: h2's address with its count, in `stats` and the metrics (before: only
+    # that some peer's were). The other peer, never over its share, is not listed.
+    row = next(s for s in dp_json("--netns", "dpl-h1", "stats") if s["vni"] == 256)
+    peers, h2 = row["overlay_storm_peers"], lab.vtep_ip(2)
+    refused = row["drops"]["overlay_storm_peer"] - before["drops"].get("overlay_storm_peer", 0)
+    assert list(peers) == [h2] and peers[h2] - before["overlay_storm_peers"].get(h2, 0) == refused > 1000, peers
+    table = dp("--netns", "dpl-h1", "stats").stdout
+    assert "OVERLAY_STORM_PEERS" in table.splitlines()[0] and f"{h2}={peers[h2]}" in table, table
+    _, body = scrape(next(h["metrics_url"] for h in info["hosts"] if h["name"] == "h1"))
+    assert value(body, "dataplane_overlay_storm_peer_refused_total", vni="256", peer=h2) == peers[h2]
+    assert value(body, "dataplane_overlay_storm_peer_refused_total", peer="198.18.0.77") is None
 
 
 SOURCES = """

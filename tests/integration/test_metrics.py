@@ -14,17 +14,8 @@ from dataplane.node import rxgro
 from lab import topology as lab
 from lab.traffic import ping
 from tests.conftest import IN_CI
-from tests.integration.conftest import ended_by, in_ns, make_lab, reaped, sandbox, stats
+from tests.integration.conftest import FETCH, ended_by, in_ns, make_lab, reaped, sandbox, scrape, stats, value
 
-FETCH = """
-import sys, urllib.request, urllib.error
-try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=10)
-    code, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    code, body = e.code, e.read()
-sys.stdout.write(f"{code}\\n"); sys.stdout.flush(); sys.stdout.buffer.write(body)
-"""
 SPOOF = """
 import sys
 from scapy.all import Ether, IP, UDP, Raw, sendp
@@ -38,21 +29,6 @@ sendp([Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / UDP(dport=
 @pytest.fixture(scope="module")
 def info():
     yield from make_lab(2, [256], per_host=1, registry="sqlite")
-
-
-def scrape(url: str) -> tuple[int, str]:
-    r = in_ns(lab.UNDERLAY_NS, FETCH, url)
-    assert r.returncode == 0, r.stderr
-    code, _, body = r.stdout.partition("\n")
-    return int(code), body
-
-
-def value(body: str, name: str, **labels) -> float | None:
-    for line in body.splitlines():
-        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
-        if m and m.group(1) == name and all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
-            return float(m.group(3))
-    return None
 
 
 def test_a_spoofed_frame_is_in_the_drop_metric(info):

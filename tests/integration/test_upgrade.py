@@ -25,9 +25,12 @@ from lab.traffic import ping
 from tests.conftest import require_privileges
 from tests.integration.conftest import dp, dp_json, leftovers, sandbox
 
-# Versions whose nodes this one takes over: before the meters' maps, and with a smaller dp_meters.
-# Move them on with each release.
-PREVIOUS = ("c3cf6535cf67284d810cff3677817da8a5cdf0e0", "3578d788926a62805d0cb0dbbd1f8744e3aba7db")
+# Versions whose nodes this one takes over: before the meters' maps, with a smaller dp_meters, and
+# with dp_peer_meters' values without their count. Move them on with each release.
+PREVIOUS = ("c3cf6535cf67284d810cff3677817da8a5cdf0e0", "3578d788926a62805d0cb0dbbd1f8744e3aba7db",
+            "3512c342614597023565c115ce7977ea76a0c334")
+# Those that pinned dp_peer_meters (in a layout of their own: kernel/maps.py remade).
+PEER_METERS_PINNED = PREVIOUS[2:]
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -53,7 +56,7 @@ def old_tree(request, tmp_path):
     git("worktree", "add", "--detach", tree, previous, check=True)
     try:
         shutil.copy(os.path.join(pkg, helper[0]), os.path.join(tree, "dataplane", helper[0]))
-        yield tree
+        yield previous, tree
     finally:
         git("worktree", "remove", "--force", tree)
         git("worktree", "prune")
@@ -69,6 +72,7 @@ def stop(pid: int | None) -> None:
 
 
 def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
+    previous, old_tree = old_tree
     try:
         lab.down()
         old = {**os.environ, "PYTHONPATH": old_tree}
@@ -81,7 +85,9 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         before = next(s for s in readout.stats(Node("dpl-h1")) if s["vni"] == 256)["tx_packets"]
         # Between the package upgrade and the restart: this version's status of the old node.
         rows = {r["map"]: r for r in dp_json("--netns", "dpl-h1", "status")["maps"]}
-        assert rows["dp_peer_meters"]["pinned"] is False and rows["dp_fdb"]["pinned"], "a map the old pins lack"
+        assert rows["dp_peer_meters"]["pinned"] is (previous in PEER_METERS_PINNED) and rows["dp_fdb"]["pinned"]
+        old_stats = next(s for s in dp_json("--netns", "dpl-h1", "stats") if s["vni"] == 256)
+        assert old_stats["overlay_storm_peers"] == {}, "an older layout's entries are not read as this one's"
         for ns in ("dpl-h1", "dpl-h2"):      # the unit restarted: its agent stopped, ExecStartPre, the new agent
             stop(process.running_pid(ns))
             dp("--netns", ns, "up", "--restore")
@@ -94,6 +100,7 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
             meters = m.dp_meters.get(ctypes.c_uint32(0))
             assert all(r["pinned"] for r in dp_json("--netns", "dpl-h1", "status")["maps"])
             assert meters.overlay_storm_interval_ns == 10_000 and meters.overlay_peer_interval_ns == 20_000
+            assert m.dp_peer_meters.layout_is_ours(), "made anew in this version's layout"
     finally:
         lab.down()
     assert not leftovers(), "lab down left something"

@@ -20,7 +20,7 @@ from dataplane.kernel.bundle import bundle
 from dataplane.core.errors import KernelError, NotPermitted, ToolchainError
 from dataplane.core.notice import notice
 from dataplane.kernel import progcache
-from dataplane.kernel.maps import SIZE_CONSTS, SPECS, check_pinned_layout, new_generations, unpin
+from dataplane.kernel.maps import RETIRED, SIZE_CONSTS, SPECS, check_pinned_layout, new_generations, unpin
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/dataplane"
@@ -109,6 +109,10 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     if remade:              # as late as the load allows: bcc binds to the pins when it compiles
         unpin(pin_dir, remade)
         notice(f"made anew in this version's layout (settings and caches only): {', '.join(remade)}", quiet)
+    retired = [n for n in RETIRED if os.path.exists(os.path.join(pin_dir, n))]
+    if retired:             # nothing of this version reads them; programs still attached hold their own fd
+        unpin(pin_dir, retired)
+        notice(f"removed pins of maps no longer used: {', '.join(retired)}", quiet)
     cflags = _cflags(sizes)
     source = bundle().encode()          # read once: the key and the compile are of the same text
     key = cache_key(source, cflags, getattr(bcc, "__version__", "?"))

@@ -74,6 +74,10 @@ SPECS = {s.name: s for s in (
     MapSpec("dp_mon_meter", "array", u32, ctypes.c_uint64, None, 1),
 )}
 
+# Pins of maps an earlier version had and this one does not use: removed at load. 8389aaf's overlay
+# storm state, which moved into dp_net_meters.
+RETIRED = ("dp_overlay_storm",)
+
 SIZE_CONSTS = sorted({s.size_const for s in SPECS.values() if s.size_const})
 # Maps the fast path reads through per-CPU copies (bpf/lib/local.h), and the map of the
 # generation that the copies were made under: every write to one of them is followed by a

@@ -69,8 +69,9 @@ def test_another_maps_changed_layout_still_refuses_and_unpins_nothing(pin_dir):
 
 
 def test_what_is_remade_is_settings_caches_and_meter_state():
-    """A map that holds what the control plane wrote one entry at a time (endpoints, the FDB), a
-    counter or the agent's heartbeat must never be dropped for a new layout."""
+    """A map that holds what the control plane wrote one entry at a time (endpoints, the FDB), the
+    counters (dp_stats) or the agent's heartbeat must never be dropped for a new layout. The
+    refusal counts in dp_peer_meters go with its LRU entries anyway: a pair pushed out starts at 0."""
     remade = {n for n, s in maps.SPECS.items() if s.remade}
     assert remade == {"dp_meters", "dp_storm", "dp_peer_meters", "dp_nh_cache"} | {
         n for n in maps.SPECS if n.endswith("_copies")}
@@ -88,3 +89,17 @@ def test_a_load_that_cannot_start_unpins_nothing(pin_dir, monkeypatch):
     with pytest.raises(ToolchainError, match="bcc"):
         loader.load(pin_dir, quiet=True)
     assert value_size(pin_dir, "dp_meters") == 48
+
+
+def test_a_pin_no_version_uses_is_removed_at_load(pin_dir):
+    """8389aaf pinned its overlay storm state as dp_overlay_storm; the next commit moved it into
+    dp_net_meters, and nothing removed the old pin: it stayed beside the node's maps until `down`.
+    The load removes the pins of maps this version retired (kernel/maps.py RETIRED)."""
+    from dataplane.kernel import loader
+    pin_array(pin_dir, "dp_overlay_storm", 8)
+    assert "dp_overlay_storm" in maps.RETIRED and "dp_overlay_storm" not in maps.SPECS
+    loaded = loader.load(pin_dir, quiet=True)
+    try:
+        assert not os.path.exists(os.path.join(pin_dir, "dp_overlay_storm"))
+    finally:
+        loaded.close()

@@ -102,12 +102,14 @@ if [ "$mode" = host ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$reqhash" ]; then
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  # The build's own chatter (setuptools' notes on editable installs) goes to a log, shown on failure.
+  log="$venv/pip-install.log"
   if [ "$mode" = dev ]; then
     say "installing dataplane (editable), its test and bench tools and the C helper into the venv"
-    "$venv/bin/pip" install -q -e "$top[test,bench]"
+    "$venv/bin/pip" install -q -e "$top[test,bench]" >"$log" 2>&1 || { cat "$log" >&2; die "pip install failed"; }
   else
     say "installing dataplane and the C helper into the venv"
-    "$venv/bin/pip" install -q "$top"
+    "$venv/bin/pip" install -q "$top" >"$log" 2>&1 || { cat "$log" >&2; die "pip install failed"; }
   fi
   echo "$reqhash" > "$stamp"
 else

@@ -141,8 +141,8 @@ static __always_inline int overlay_peer_allow(const struct dp_meters *mc, __u64 
 	struct dp_peer_meter *m, fresh = { .tat = now + cost };
 
 	m = dp_peer_meters.lookup(&k);
-	if (!m) {
-		dp_peer_meters.update(&k, &fresh);
+	if (!m) {       /* NOEXIST: another CPU's new entry, and the refusals counted in it, stay */
+		dp_peer_meters.insert(&k, &fresh);
 		return 1;
 	}
 	if (gcra_allow(&m->tat, now, cost, mc->overlay_peer_burst_ns, mc->overlay_peer_interval_ns * DP_MAX_LOCAL))

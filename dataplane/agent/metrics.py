@@ -105,11 +105,14 @@ class Collector:
             if "unreached" in r:
                 g.add_metric([str(r["vni"])], r["unreached"])
         yield g
-        # Only pairs with a refusal: one series per peer and VNI that ever broadcast would be up to
-        # DP_MAP_VTEPS of them. What to alert on is dataplane_drops_total{reason="overlay_storm_peer"}.
+        # Only pairs with a refusal, and only the VNI's VTEPs by name (readout.peer_refusals): one
+        # series per pair that ever broadcast would be up to DP_MAP_VTEPS of them, and a forger's
+        # addresses one each. What to alert on is dataplane_drops_total{reason="overlay_storm_peer"}.
         peers = CounterMetricFamily("dataplane_overlay_storm_peer_refused", "Broadcasts from one peer (its outer "
                                     "source address) refused by its overlay storm meter in the VNI: whose floods "
-                                    "the overlay_storm_peer drops are (pairs with none are left out)",
+                                    "the overlay_storm_peer drops are. A series appears at its first refusal "
+                                    "(read its value, as topk does; increase() misses that first scrape's); "
+                                    "peer=\"other\": addresses that are no VTEP of the VNI, summed",
                                     labels=["vni", "peer"])
         for r in rows:
             for peer, n in r.get("overlay_storm_peers", {}).items():

@@ -50,18 +50,30 @@ def _learn_limited(m, slot: int) -> int:
 
 def peer_refusals(m) -> dict[int, dict[str, int]]:
     """{VNI: {peer's outer address: broadcasts its overlay storm meter refused}} for the pairs with
-    any (dp_peer_meters): whose floods a network's overlay_storm_peer drops were. Empty on pins of
-    an older version (no such map, or one without the counts) until `up` makes the map anew."""
+    any (dp_peer_meters): whose floods a network's overlay_storm_peer drops were. Addresses that are
+    no VTEP of the VNI (dp_vteps: forged ones, let in with the peer check off, or a peer removed
+    since; the LRU keeps them until it is full) are summed under "other", so a forger cannot make
+    the list, or the metric's series, grow by one per address. Empty on pins of an older version
+    (no such map, or one without the counts) until `up` makes the map anew."""
+    key_t, val_t = _S["dp_ip_key"], _S["dp_peer_meter"]
+    ksz, vsz = ctypes.sizeof(key_t), ctypes.sizeof(val_t)
     out: dict[int, dict[str, int]] = {}
     try:
-        if not m.dp_peer_meters.layout_is_ours():
+        peers = m.dp_peer_meters
+        if not peers.layout_is_ours():
             return out
-        for k, v in m.dp_peer_meters.items():
-            if v.refused:
-                out.setdefault(k.vni, {})[ip_str(k.ip)] = v.refused
     except NotFound:
-        pass
-    return out
+        return out
+    # Every entry's count read in place (up to DP_MAP_VTEPS of them at each scrape); the few
+    # keys with one are decoded.
+    for keys, vals in peers.raw_chunks():
+        for i, n in enumerate(memoryview(vals).cast("Q")[val_t.refused.offset // 8::vsz // 8]):
+            if n:
+                k = key_t.from_buffer_copy(keys, i * ksz)
+                row = out.setdefault(k.vni, {})
+                addr = ip_str(k.ip) if m.dp_vteps.get(k) is not None else "other"
+                row[addr] = row.get(addr, 0) + n
+    return {vni: dict(sorted(row.items(), key=lambda kv: -kv[1])) for vni, row in out.items()}
 
 
 def stats(node: Node) -> list[dict]:
@@ -86,7 +98,7 @@ def stats(node: Node) -> list[dict]:
                             if (total := sum(cpu.drops[i] for cpu in percpu))}
             row["learn_limited"] = _learn_limited(m, slot)
             if vni:
-                row["overlay_storm_peers"] = dict(sorted(refusals.get(vni, {}).items(), key=lambda kv: -kv[1]))
+                row["overlay_storm_peers"] = refusals.get(vni, {})
             if vni in members:       # members a broadcast cannot reach (networks.over_limit says why)
                 n, k = members[vni]
                 row["unreached"] = max(0, n - _C["DP_MAX_FLOOD"]) + max(0, k - _C["DP_MAX_LOCAL"])

@@ -103,3 +103,30 @@ def test_a_pin_no_version_uses_is_removed_at_load(pin_dir):
         assert not os.path.exists(os.path.join(pin_dir, "dp_overlay_storm"))
     finally:
         loaded.close()
+
+
+def test_peer_meters_of_an_older_layout_are_read_as_no_refusals(pin_dir):
+    """3512c34's dp_peer_meters held a bare time (8 bytes) per pair, this version's a time and a
+    count: read with this layout, one entry's count would be the next entry's time. `stats` and the
+    metrics of a node brought up by it, before `up` makes the map anew, list no refusals."""
+    from dataplane.kernel.maps import NodeMaps
+    from dataplane.node import readout
+    fd = bpfsys.map_create(bpfsys.MAP_TYPES["lru_hash"], 8, 8, 16, 0, "dp_peer_meters")
+    try:
+        for ip in (1, 2, 3):
+            bpfsys.update(fd, maps.SPECS["dp_peer_meters"].key(vni=256, ip=ip), ctypes.c_uint64(10**12 + ip),
+                          bpfsys.BPF_ANY, what="dp_peer_meters")
+        bpfsys.obj_pin(fd, os.path.join(pin_dir, "dp_peer_meters"))
+    finally:
+        os.close(fd)
+    for name, kind, entries in (("dp_vteps", "hash", 16), ("dp_local_gen", "array", 1)):    # what the read opens
+        spec = maps.SPECS[name]
+        fd = bpfsys.map_create(bpfsys.MAP_TYPES[kind], ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
+                               entries, 0, name)
+        try:
+            bpfsys.obj_pin(fd, os.path.join(pin_dir, name))
+        finally:
+            os.close(fd)
+    with NodeMaps(pin_dir) as m:
+        assert not m.dp_peer_meters.layout_is_ours()
+        assert readout.peer_refusals(m) == {}

@@ -86,6 +86,9 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         # Between the package upgrade and the restart: this version's status of the old node.
         rows = {r["map"]: r for r in dp_json("--netns", "dpl-h1", "status")["maps"]}
         assert rows["dp_peer_meters"]["pinned"] is (previous in PEER_METERS_PINNED) and rows["dp_fdb"]["pinned"]
+        if previous in PEER_METERS_PINNED:
+            with Node("dpl-h1").maps() as m:
+                assert not m.dp_peer_meters.layout_is_ours()
         old_stats = next(s for s in dp_json("--netns", "dpl-h1", "stats") if s["vni"] == 256)
         assert old_stats["overlay_storm_peers"] == {}, "an older layout's entries are not read as this one's"
         for ns in ("dpl-h1", "dpl-h2"):      # the unit restarted: its agent stopped, ExecStartPre, the new agent

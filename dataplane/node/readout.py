@@ -64,15 +64,18 @@ def peer_refusals(m) -> dict[int, dict[str, int]]:
             return out
     except NotFound:
         return out
-    # Every entry's count read in place (up to DP_MAP_VTEPS of them at each scrape); the few
-    # keys with one are decoded.
-    for keys, vals in peers.raw_chunks():
-        for i, n in enumerate(memoryview(vals).cast("Q")[val_t.refused.offset // 8::vsz // 8]):
-            if n:
-                k = key_t.from_buffer_copy(keys, i * ksz)
-                row = out.setdefault(k.vni, {})
-                addr = ip_str(k.ip) if m.dp_vteps.get(k) is not None else "other"
-                row[addr] = row.get(addr, 0) + n
+    # Every entry's count read in place (up to DP_MAP_VTEPS of them at each scrape); the keys with
+    # one are decoded, and looked up among the VTEPs read in one go (with the peer check off they
+    # may be as many).
+    refused = [(keys[i * ksz:(i + 1) * ksz], n) for keys, vals in peers.raw_chunks()
+               for i, n in enumerate(memoryview(vals).cast("Q")[val_t.refused.offset // 8::vsz // 8]) if n]
+    vteps = {keys[i:i + ksz] for keys, _ in m.dp_vteps.raw_chunks() for i in range(0, len(keys), ksz)} \
+        if refused else set()
+    for kb, n in refused:
+        k = key_t.from_buffer_copy(kb)
+        row = out.setdefault(k.vni, {})
+        addr = ip_str(k.ip) if kb in vteps else "other"
+        row[addr] = row.get(addr, 0) + n
     return {vni: dict(sorted(row.items(), key=lambda kv: -kv[1])) for vni, row in out.items()}
 
 

@@ -7,6 +7,11 @@
 #ifndef DP_ARP_H
 #define DP_ARP_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/stats.h"
+#include "lib/punt.h"
+
 /* Returns 0 to forward the ARP frame at L2, an action, or -DP_DROP_*. */
 static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct dp_endpoint *ep,
 					     __u32 ifindex)

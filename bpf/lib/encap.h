@@ -7,6 +7,11 @@
 #ifndef DP_ENCAP_H
 #define DP_ENCAP_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/stats.h"
+#include "lib/icmp.h"
+
 /* bcc 0.26 declares this helper with the wrong arity; the kernel takes four arguments. */
 static long (*dp_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
 	(void *)BPF_FUNC_redirect_neigh;

@@ -7,6 +7,10 @@
 #ifndef DP_FDB_H
 #define DP_FDB_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/local.h"
+
 /*
  * A learned entry through a per-CPU copy (dp_dst_copies): what this CPU last
  * found in dp_learned for k, good until the entry's age runs out and for no

@@ -11,6 +11,9 @@
 #ifndef DP_FLOOD_H
 #define DP_FLOOD_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+
 #define DP_CB_VNI 0
 #define DP_CB_ARG 1        /* sending ifindex (endpoint) or inner length (overlay) */
 #define DP_CB_IS_IP 2

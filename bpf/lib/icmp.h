@@ -10,6 +10,9 @@
 #ifndef DP_ICMP_H
 #define DP_ICMP_H
 
+#include "lib/common.h"
+#include "lib/stats.h"
+
 #define DP_ICMP_DEST_UNREACH 3
 #define DP_ICMP_FRAG_NEEDED 4
 #define DP_ICMP_QUOTE 28                          /* the offending IPv4 header (no options) + 8 bytes */

@@ -19,6 +19,9 @@
 #ifndef DP_LOCAL_H
 #define DP_LOCAL_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+
 /* -DDP_NO_COPIES (benchmarks only: bench/progcost.py): generation 0 always, no copies. */
 static __always_inline __u64 gen_value(const __u64 *g)
 {

@@ -9,6 +9,8 @@
 #ifndef DP_MAPS_H
 #define DP_MAPS_H
 
+#include "lib/common.h"
+
 #ifndef DP_PIN_DIR
 #error "DP_PIN_DIR must be defined by the loader"
 #endif

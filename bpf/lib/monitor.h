@@ -12,6 +12,10 @@
 #ifndef DP_MONITOR_H
 #define DP_MONITOR_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/stats.h"
+
 static __always_inline int monitor_allow(const struct dp_config *cfg)
 {
 	__u32 zero = 0;

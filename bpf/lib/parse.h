@@ -7,6 +7,10 @@
 #ifndef DP_PARSE_H
 #define DP_PARSE_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/local.h"
+
 /* vxlan_parse() and struct vx_info live in wire.h: the C helper runs the same parser. */
 static __always_inline int vxlan_parse_cfg(void *data, void *end, __u32 pkt_len,
 					   const struct dp_config *cfg, struct vx_info *vx)

@@ -10,6 +10,9 @@
 #ifndef DP_PROBE_H
 #define DP_PROBE_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+
 #ifdef DP_COLD_PROBE
 static __always_inline int cold_probe(void)
 {

@@ -10,6 +10,11 @@
 #ifndef DP_PUNT_H
 #define DP_PUNT_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/stats.h"
+#include "lib/monitor.h"
+
 /* 0: the frame is the agent's now (drop it here). Negative: flood it as before. */
 static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __u32 ifindex, __u32 reason)
 {

@@ -12,6 +12,8 @@
 #ifndef DP_ROUTER_H
 #define DP_ROUTER_H
 
+#include "lib/common.h"
+
 /* Is the IPv4 frame at skb->data (Ethernet, then IPv4 with ihl >= 5) UDP to the VXLAN port? */
 static __always_inline int vxlan_via_router(struct __sk_buff *skb, const struct dp_config *cfg)
 {

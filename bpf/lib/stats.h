@@ -8,6 +8,9 @@
 #ifndef DP_STATS_H
 #define DP_STATS_H
 
+#include "lib/common.h"
+#include "lib/maps.h"
+
 _Static_assert(DP_DROP_MAX <= DP_DROP_SLOTS, "dp_stats.drops too small for enum dp_drop");
 
 static __always_inline struct dp_stats *stats_get(__u32 slot)

@@ -12,6 +12,8 @@
 #ifndef DP_WIRE_H
 #define DP_WIRE_H
 
+#include "dp_abi.h"
+
 #ifndef DP_WIRE_INLINE
 #define DP_WIRE_INLINE static inline __attribute__((always_inline))
 #endif

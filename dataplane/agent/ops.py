@@ -133,7 +133,8 @@ class Ops:
             raise NotFound(f"no network has VNI {vni}: create one with `dataplane network create`")
         return net
 
-    def endpoint_add(self, id, network=None, vni=None, ip=None, mac=None) -> dict:
+    def endpoint_add(self, id: str, network: str | None = None, vni: int | str | None = None, ip: str | None = None,
+                     mac: str | None = None) -> dict:
         ag = self.ag
         model.parse_name(id, "endpoint name")   # it names the sandbox namespace too
         net = self._network_for(network, vni)
@@ -152,7 +153,7 @@ class Ops:
                                            unregister(ag, id), create)
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 
-    def gateway_ensure(self, vni) -> dict:
+    def gateway_ensure(self, vni: int | str) -> dict:
         """A runtime's container wants a way out (CNI "ipMasq"): this host's gateway
         for the VNI, and the route to give the container."""
         net = self._network_for(None, model.parse_vni(vni))
@@ -163,7 +164,7 @@ class Ops:
             routes = egress(self.ag, net)
         return {"vni": net.vni, "gateway": net.gateway, "routes": routes}
 
-    def endpoint_rm(self, id) -> dict:
+    def endpoint_rm(self, id: str) -> dict:
         ag = self.ag
         with working_on(ag, id):
             rec = ag.reg.endpoint(id)
@@ -176,7 +177,7 @@ class Ops:
             local.wrote(ag, id, None)
         return rec.to_dict()
 
-    def endpoint_move(self, id) -> dict:
+    def endpoint_move(self, id: str) -> dict:
         """Bring an endpoint (same MAC and address) to this host, make before
         break: the move is marked in the registry, the sandbox made here, then
         the move committed, at which the old host removes its own. If anything

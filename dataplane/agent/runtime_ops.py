@@ -40,7 +40,8 @@ class RuntimeOps:
 
     # --- networks ------------------------------------------------------------
 
-    def network_ensure(self, vni=None, subnet=None, name=None, mtu=None) -> dict:
+    def network_ensure(self, vni: int | str | None = None, subnet: str | None = None, name: str | None = None,
+                       mtu: int | str | None = None) -> dict:
         """The registry network with this VNI (or name), created if missing, with
         mtu or what this host's underlay carries. An existing one must have the
         same subnet (and mtu, if given): runtimes that disagree on it would hand
@@ -96,7 +97,7 @@ class RuntimeOps:
                 return v
         raise Conflict(f"no free VNI in {AUTO_VNI_FIRST}..{AUTO_VNI_LAST}: give one")
 
-    def network_release(self, vni) -> dict:
+    def network_release(self, vni: int | str) -> dict:
         """A runtime that created this VNI's registry network is done with it
         here: remove the network if no endpoint anywhere uses it (another
         host's runtime re-creates it on its next endpoint). Networks made by
@@ -125,8 +126,9 @@ class RuntimeOps:
 
     # --- endpoints -----------------------------------------------------------
 
-    def endpoint_attach(self, id, vni, sandbox, ip=None, mac=None, prefixlen=None, routes=(),
-                        reserved=False) -> dict:
+    def endpoint_attach(self, id: str, vni: int | str, sandbox: dict | None, ip: str | None = None,
+                        mac: str | None = None, prefixlen: int | None = None, routes: list[dict] = (),
+                        reserved: bool = False) -> dict:
         """Register and create an endpoint whose container side is in sandbox
         (state.LocalEndpoint.sandbox, as model.parse_sandbox accepts it). Nothing is left behind if any step fails.
         reserved: ip may be this host's reservation (address_reserve), taken over."""
@@ -151,7 +153,7 @@ class RuntimeOps:
         return {**ep.to_dict(), "network": net["name"], "subnet": net["subnet"], "gateway": net["gateway"],
                 "host": self.ag.me}
 
-    def endpoint_detach(self, id, keep_address=False) -> dict:
+    def endpoint_detach(self, id: str, keep_address: bool = False) -> dict:
         """Remove the endpoint here and from the registry, whatever part of it
         exists; {"removed": false} if nothing did (DEL must be idempotent).
         keep_address: its address becomes this host's reservation, which the
@@ -190,7 +192,7 @@ class RuntimeOps:
                     self.ag.view.endpoints.pop(id, None)
         return out
 
-    def endpoint_check(self, id, ip=None, mac=None, routes=()) -> dict:
+    def endpoint_check(self, id: str, ip: str | None = None, mac: str | None = None, routes: list[dict] = ()) -> dict:
         """Everything the endpoint needs is in place: registry record, host
         veth with the fast path attached, map entries, and (CNI) the container
         side with its MAC, address and routes (the result's, [{"dst", "gw"?}]).
@@ -228,7 +230,7 @@ class RuntimeOps:
                 raise KernelError(f"{sb['netns']} has no route to {', '.join(missing)}")
         return ep.to_dict()
 
-    def endpoint_local(self, runtime=None) -> list[dict]:
+    def endpoint_local(self, runtime: str | None = None) -> list[dict]:
         """This host's endpoints (those a runtime made, if runtime is given)."""
         eps = self.ag.node.require_up().endpoints.values()
         return [e.to_dict() for e in eps if runtime is None or (e.sandbox or {}).get("runtime") == runtime]
@@ -254,7 +256,7 @@ class RuntimeOps:
                            f"{nets[0].subnet}: name the VNI (docker network create --ipam-opt vni=N)")
         return nets[0] if nets else None
 
-    def address_pool(self, subnet, vni=None) -> dict:
+    def address_pool(self, subnet: str, vni: int | str | None = None) -> dict:
         """What a pool is: its registry network (None if there is none yet, or
         several) and its gateway (the network's; else the first host address,
         which network_ensure gives a network it creates)."""
@@ -265,7 +267,8 @@ class RuntimeOps:
                 "vni": net.vni if net else (model.parse_vni(vni) if vni is not None else None),
                 "gateway": net.gateway if net else str(next(want.hosts()))}
 
-    def address_reserve(self, subnet, vni=None, ip=None, name=None, mtu=None) -> dict:
+    def address_reserve(self, subnet: str, vni: int | str | None = None, ip: str | None = None, name: str | None = None,
+                        mtu: int | str | None = None) -> dict:
         """Reserve ip (None: the lowest free one) for this host in the pool's
         network, under this host's lease. With a VNI the network is created if
         missing (another host's runtime may have released it), as name and mtu say."""
@@ -293,7 +296,7 @@ class RuntimeOps:
             raise
         return {"ip": addr, "prefixlen": want.prefixlen, "network": name, "vni": vni_of, "created": created}
 
-    def address_release(self, subnet, ip, vni=None) -> dict:
+    def address_release(self, subnet: str, ip: str, vni: int | str | None = None) -> dict:
         """Release this host's reservation of ip; {"released": false} if there is
         none (the address is free, an endpoint's, the gateway, or another host's)."""
         ip = str(model.parse_ipv4(ip))

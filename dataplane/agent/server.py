@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import socketserver
 import threading
 
+from dataplane.agent import apitypes
 from dataplane.agent.client import MAX_LINE
 from dataplane.core import errors
 from dataplane.core.errors import DataplaneError
@@ -59,6 +59,7 @@ class Server(socketserver.ThreadingUnixStreamServer):
         if os.path.exists(path):
             os.unlink(path)
         self.handlers = handlers
+        self.schemas = {op: apitypes.schema(fn) for op, fn in handlers.items()}
         old = os.umask(0o177)          # the socket is born 0600: never, even for a moment, open to others
         try:
             super().__init__(path, _Handler)
@@ -71,9 +72,9 @@ class Server(socketserver.ThreadingUnixStreamServer):
         if fn is None:
             return {"ok": False, "error": f"unknown operation {op!r}", "code": errors.UsageError.exit_code}
         try:
-            inspect.signature(fn).bind(**args)
-        except TypeError as e:          # the caller's arguments: a usage error
-            return {"ok": False, "error": f"{op}: {e}", "code": errors.UsageError.exit_code}
+            apitypes.check(op, self.schemas[op], args)
+        except errors.UsageError as e:  # the caller's arguments: names and JSON types (apitypes)
+            return {"ok": False, "error": str(e), "code": e.exit_code}
         try:
             return {"ok": True, "result": fn(**args)}
         except DataplaneError as e:

@@ -3,8 +3,9 @@ handler on a socket pair: any bytes, any JSON, valid requests with one field
 twisted, several lines on one connection. Every complete line gets exactly one
 answer, an object {"ok": true, "result": ...} or {"ok": false, "error": str,
 "code": int}; nothing escapes the handler; and a handler runs only for a
-well-formed request whose arguments fit its signature (so a malformed
-request never reaches endpoint_add, the handler here that creates)."""
+well-formed request whose arguments fit its signature and the JSON types of
+its annotations (so a malformed request never reaches endpoint_add, the
+handler here that creates)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def ping() -> dict:
     return {"host": "h1"}
 
 
-def endpoint_add(id, network=None, vni=None, ip=None, mac=None) -> dict:
+def endpoint_add(id: str, network: str | None = None, vni: int | str | None = None, ip: str | None = None,
+                 mac=None) -> dict:
     CALLS.append(("endpoint_add", {"id": id, "network": network, "vni": vni, "ip": ip, "mac": mac}))
     return {"id": "created"}
 
@@ -47,6 +49,10 @@ HANDLERS = {"ping": ping, "endpoint_add": endpoint_add, "endpoint_rm": endpoint_
 # Written out, not read with inspect: the oracle must not share the server's logic.
 PARAMS = {"ping": (set(), set()), "endpoint_add": ({"id"}, {"network", "vni", "ip", "mac"}),
           "endpoint_rm": ({"id"}, set()), "status": (set(), {"verbose"})}
+# The JSON types endpoint_add's annotations allow (agent/apitypes.py); mac has none: any value.
+TYPES = {"id": lambda v: isinstance(v, str), "network": lambda v: v is None or isinstance(v, str),
+         "vni": lambda v: v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)),
+         "ip": lambda v: v is None or isinstance(v, str)}
 DEFAULTS = {"endpoint_add": dict.fromkeys(PARAMS["endpoint_add"][1]), "status": {"verbose": False}}
 GOOD = [{"op": "ping"}, {"op": "ping", "args": {}},
         {"op": "endpoint_add", "args": {"id": "web1", "vni": 300, "ip": "10.3.0.2"}},
@@ -74,6 +80,8 @@ def expected_call(line: bytes):
         return None
     required, optional = PARAMS[req["op"]]
     if not required <= set(args) <= required | optional:
+        return None
+    if req["op"] == "endpoint_add" and not all(TYPES.get(k, lambda v: True)(v) for k, v in args.items()):
         return None
     return req["op"], args
 

@@ -15,23 +15,46 @@ from dataclasses import dataclass
 from dataplane.core.errors import UsageError
 
 
+ANY = inspect.Parameter.empty       # an unannotated parameter: any JSON value
+MORE = "**"                         # the key under which a handler's **kwargs stands: other names allowed
+
+
 @dataclass(frozen=True)
 class Param:
-    hint: object          # the annotation; inspect.Parameter.empty: any JSON value
+    hint: object
     required: bool
 
 
 def schema(fn) -> dict[str, Param]:
-    """{parameter: Param} of a handler, from its signature and evaluated annotations."""
+    """{parameter: Param} of a handler, from its signature and evaluated annotations. A type
+    with no JSON form raises here (at the server's start), not at the first request."""
     hints = typing.get_type_hints(fn)
-    return {name: Param(hints.get(name, inspect.Parameter.empty), p.default is inspect.Parameter.empty)
-            for name, p in inspect.signature(fn).parameters.items()}
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind is p.VAR_POSITIONAL:
+            continue                                   # a JSON request names its arguments
+        hint = hints.get(name, ANY)
+        _json_form(hint)
+        out[MORE if p.kind is p.VAR_KEYWORD else name] = Param(hint, p.kind is not p.VAR_KEYWORD
+                                                               and p.default is inspect.Parameter.empty)
+    return out
+
+
+def _json_form(hint) -> None:
+    if hint is ANY or hint is None or hint in (type(None), bool, int, str, list, dict):
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType, list, dict):
+        for a in args if origin is not dict else ():
+            _json_form(a)
+        return
+    raise TypeError(f"{hint!r} has no JSON form")
 
 
 def fits(value, hint) -> bool:
     """value (as json.loads gives it) is of the JSON type hint describes."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is inspect.Parameter.empty:
+    if hint is ANY:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(fits(value, a) for a in args)
@@ -39,8 +62,9 @@ def fits(value, hint) -> bool:
         return value is None
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is int:         # JSON does not tell 1450 from 1450.0, nor do model.parse_int and its callers
+        return (isinstance(value, int) and not isinstance(value, bool)) or \
+            (isinstance(value, float) and value.is_integer())
     if hint is str:
         return isinstance(value, str)
     if list in (hint, origin):
@@ -57,20 +81,23 @@ def describe(hint) -> str:
     if hint is None or hint is type(None):
         return "null"
     if list in (hint, origin):
-        return f"a list of {describe(args[0])}" if args else "a list"
+        return f"a list of {PLURAL.get(args[0], describe(args[0]))}" if args else "a list"
     names = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object"}
     return names.get(hint, names.get(origin, repr(hint)))
+
+
+PLURAL = {bool: "booleans", int: "integers", str: "strings", dict: "objects"}
 
 
 def check(op: str, params: dict[str, Param], args: dict) -> None:
     """Raise UsageError naming what in args does not fit the operation's parameters."""
     unknown = sorted(set(args) - set(params))
-    if unknown:
+    if unknown and MORE not in params:
         raise UsageError(f"{op}: unknown argument {unknown[0]!r} (it takes: {', '.join(params) or 'none'})")
     missing = [n for n, p in params.items() if p.required and n not in args]
     if missing:
         raise UsageError(f"{op}: missing argument {missing[0]!r}")
     for name, value in args.items():
-        if not fits(value, params[name].hint):
-            raise UsageError(f"{op}: {name} must be {describe(params[name].hint)}, not {type(value).__name__} "
-                             f"{value!r:.60}")
+        p = params.get(name) or params[MORE]
+        if not fits(value, p.hint):
+            raise UsageError(f"{op}: {name} must be {describe(p.hint)}, not {type(value).__name__} {value!r:.60}")

@@ -75,6 +75,8 @@ class Server(socketserver.ThreadingUnixStreamServer):
             apitypes.check(op, self.schemas[op], args)
         except errors.UsageError as e:  # the caller's arguments: names and JSON types (apitypes)
             return {"ok": False, "error": str(e), "code": e.exit_code}
+        except Exception as e:          # the check's own defect: answered, as a handler's would be
+            return {"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}", "code": 1}
         try:
             return {"ok": True, "result": fn(**args)}
         except DataplaneError as e:

@@ -9,11 +9,17 @@ test is the runtime's own."""
 from __future__ import annotations
 
 import ipaddress
+import json
 
-from dataplane.agent import client
+from dataplane.agent import apitypes, client, ops, runtime_ops
 from dataplane.core import model
 from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.registry.records import Network, parse_mtu
+
+
+# The real operations' schemas (agent/apitypes.py): what the agent would refuse before any handler.
+SCHEMAS = {op: apitypes.schema(fn) for op, fn in {**ops.Ops(None).handlers(),
+                                                   **runtime_ops.RuntimeOps(None).handlers()}.items()}
 
 
 class FakeAgent:
@@ -28,6 +34,8 @@ class FakeAgent:
     def call(self, node: str, op: str, timeout: float = 60.0, **args):
         self.calls.append((op, args))
         model.parse_name(node, "node")
+        # As the real agent's server would take them: through JSON, then its typed schema.
+        apitypes.check(op, SCHEMAS[op], json.loads(json.dumps(args)))
         return getattr(self, op)(**args)
 
     def created(self) -> tuple:

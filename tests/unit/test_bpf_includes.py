@@ -24,7 +24,8 @@ def _defined(code: str) -> set[str]:
     names = set(re.findall(r"^static\s+(?:__always_inline\s+|inline\s+)*[\w\s*]+?\b(\w+)\s*\(", code, re.M))
     names |= set(re.findall(r"^#\s*define\s+(\w+)", code, re.M))
     names |= set(re.findall(r"BPF_TABLE_PINNED\([^,]+,[^,]+,[^,]+,\s*(\w+)", code))
-    names |= set(re.findall(r"DP_RINGBUF_PINNED\((\w+)", code))
+    names |= set(re.findall(r"^DP_RINGBUF_PINNED\((\w+)", code, re.M))
+    names |= set(re.findall(r"^static\s+[\w\s*]*\(\s*\*\s*(\w+)\s*\)", code, re.M))   # helper pointers
     names |= {f"{kind} {name}" for kind, name in re.findall(r"^(struct|enum)\s+(\w+)\s*\{", code, re.M)}
     names |= set(re.findall(r"^\s*(DP_\w+)\s*[,=]", code, re.M))      # enumerators
     return names

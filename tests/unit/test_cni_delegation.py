@@ -112,7 +112,7 @@ def test_a_registry_outage_is_try_again_also_for_check(tmp_path, monkeypatch):
 
 
 def test_the_agent_marks_an_unreachable_registry_as_passing_and_the_client_says_try_again(monkeypatch):
-    from dataplane.agent import client, server
+    from dataplane.agent import apitypes, client, server
     from dataplane.core.errors import TryAgain
     from dataplane.registry import Refused
 
@@ -121,7 +121,8 @@ def test_the_agent_marks_an_unreachable_registry_as_passing_and_the_client_says_
 
     def refused():
         raise Refused("etcd: permission denied")
-    srv = SimpleNamespace(handlers={"down": down, "refused": refused})
+    handlers = {"down": down, "refused": refused}
+    srv = SimpleNamespace(handlers=handlers, schemas={op: apitypes.schema(fn) for op, fn in handlers.items()})
     assert server.Server.dispatch(srv, "down", {})["transient"] is True
     assert server.Server.dispatch(srv, "refused", {})["transient"] is False, "a refusal does not pass"
     reply = json.dumps(server.Server.dispatch(srv, "down", {})).encode() + b"\n"

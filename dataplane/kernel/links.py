@@ -141,7 +141,7 @@ def routes_add(netns: str | None, ifname: str, routes) -> None:
 
 def _routes_here(r, netns: str | None, idx: int, routes) -> None:
     for rt in routes or ():
-        dst = ipaddress.IPv4Network(rt["dst"])
+        dst = ipaddress.IPv4Network(rt["dst"], strict=False)     # as CNI results give them (Go masks them)
         try:
             r.route_add(idx, dst, rt.get("gw"))
         except OSError as e:

@@ -44,3 +44,17 @@ def test_a_chains_ipv6_routes_stay_in_the_result(attached):
     out = cni.cmd_add({**conf, "prevResult": prev}, ENV)
     assert attached["endpoint_attach"]["routes"] == [{"dst": "10.2.0.0/16", "gw": "10.1.0.1"}]
     assert {"dst": "::/0"} in out["routes"] and {"dst": "10.2.0.0/16", "gw": "10.1.0.1"} in out["routes"], out
+
+
+def test_a_route_whose_destination_has_host_bits_goes_in_as_its_network():
+    """An IPAM's route `10.9.0.1/16` passed the result's check (strict=False) and then failed ADD
+    with an internal ValueError where the route was installed; Go's plugins take it as 10.9.0.0/16."""
+    from dataplane.kernel import links
+
+    class Rtnl:
+        added = []
+
+        def route_add(self, idx, dst, gw):
+            self.added.append((idx, str(dst), gw))
+    links._routes_here(Rtnl(), "/run/netns/x", 7, [{"dst": "10.9.0.1/16", "gw": "10.1.0.1"}])
+    assert Rtnl.added == [(7, "10.9.0.0/16", "10.1.0.1")]

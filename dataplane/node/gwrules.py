@@ -5,7 +5,11 @@ In FORWARD the DROP between routers must stay above both ACCEPTs: one network's
 router must never reach another's (with FORWARD's policy ACCEPT the kernel would
 route one subnet into the other). So rules are only ever inserted, never deleted
 to be put back, and each insertion keeps that order: a missing (or misplaced)
-DROP goes to the top, a missing ACCEPT just below our DROP.
+DROP goes to the top, a missing ACCEPT just below our DROP. Below the ACCEPTs, a
+DROP of whatever else would enter the subnet by its router ("closed": new
+connections from the underlay or another bridge, which with FORWARD's policy
+ACCEPT reached any sandbox's every port); it may only be below the ACCEPT of
+replies and published ports, so a misplaced one is taken out and put back.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ def rules(gw: Gateway) -> dict[str, tuple[str, str, list[str]]]:
     """kind -> (table, chain, rule): masquerade what leaves the subnet for elsewhere; let it
     be forwarded, and replies and published ports back, ahead of anything else in FORWARD (a
     policy of DROP, as Docker sets, would stop it); above those, nothing from a router goes
-    to any router (another VNI's gateway: networks are isolated)."""
+    to any router (another VNI's gateway: networks are isolated); below them, nothing else
+    goes in by the router (the subnet is reached only through its published ports)."""
     c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
     return {"masquerade": ("nat", "POSTROUTING", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
             "drop": ("filter", "FORWARD", ["-i", gw.router, "-o", ROUTERS] + c + ["-j", "DROP"]),
             "replies": ("filter", "FORWARD", ["-o", gw.router, "-m", "conntrack", "--ctstate",
                                               "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
-            "out": ("filter", "FORWARD", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"])}
+            "out": ("filter", "FORWARD", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
+            "closed": ("filter", "FORWARD", ["-o", gw.router] + c + ["-j", "DROP"])}
 
 
 def require_iptables() -> None:
@@ -77,7 +83,7 @@ def _kind(line: str) -> str:
     if "-j MASQUERADE" in line:
         return "masquerade"
     if "-j DROP" in line:
-        return "drop"
+        return "drop" if "-i " in line else "closed"
     return "replies" if "--ctstate" in line else "out"
 
 
@@ -87,27 +93,47 @@ def _ours(lines: list[str], vni: int) -> list[str]:
 
 
 def intact(lines: dict[tuple[str, str], list[str]], vni: int) -> bool:
-    """All four of the VNI's rules are there (copies do not stand in for a missing one) and
-    its DROP is above its ACCEPTs."""
+    """All five of the VNI's rules are there (copies do not stand in for a missing one), its
+    DROP between routers is above its ACCEPTs and its closing DROP below the replies' ACCEPT."""
     fwd = _ours(lines[("filter", "FORWARD")], vni)
-    if set(fwd) | set(_ours(lines[("nat", "POSTROUTING")], vni)) != {"masquerade", "drop", "replies", "out"}:
+    if set(fwd) | set(_ours(lines[("nat", "POSTROUTING")], vni)) != set(KINDS):
         return False
-    return all(k == "drop" for k in fwd[:fwd.index("drop")])
+    return all(k == "drop" for k in fwd[:fwd.index("drop")]) and not closed_misplaced(lines[("filter", "FORWARD")], vni)
+
+
+KINDS = ("masquerade", "drop", "replies", "out", "closed")
+
+
+def closed_misplaced(forward: list[str], vni: int) -> bool:
+    """A closing DROP of the VNI above its ACCEPT of replies and published ports (it would drop them)."""
+    mine = _ours(forward, vni)
+    return "closed" in mine and "replies" in mine and mine.index("closed") < mine.index("replies")
 
 
 def inserts(forward: list[str], vni: int, missing: set[str]) -> list[tuple[str, int]]:
-    """(kind, rule number) to insert, in turn, into FORWARD as forward lists it: a DROP that is
-    missing or below one of the VNI's ACCEPTs goes to the top; a missing ACCEPT just below the
-    VNI's first DROP, counted in the whole chain (other rules may come before ours)."""
-    mine = _ours(forward, vni)
+    """(kind, rule number) to insert, in turn, into FORWARD as forward lists it: a DROP between
+    routers that is missing or below one of the VNI's ACCEPTs goes to the top; a missing ACCEPT
+    just below the VNI's first such DROP, counted in the whole chain (other rules may come before
+    ours); a missing closing DROP just below the VNI's last ACCEPT (ensure() takes a misplaced
+    one out first)."""
+    chain = [(_vni(line), _kind(line)) for line in forward]
     out = []
-    misplaced = "drop" in mine and any(k != "drop" for k in mine[:mine.index("drop")])
-    if "drop" in missing or "drop" not in mine or misplaced:
-        out.append(("drop", 1))                # a copy left below it does no harm
-        first = 1
-    else:
-        first = next(i for i, line in enumerate(forward, 1) if _vni(line) == vni and _kind(line) == "drop")
-    out += [(kind, first + 1) for kind in ("replies", "out") if kind in missing]
+
+    def put(kind: str, at: int) -> None:
+        chain.insert(at - 1, (vni, kind))
+        out.append((kind, at))
+
+    def where(kinds: tuple[str, ...]) -> list[int]:
+        return [i for i, (v, k) in enumerate(chain, 1) if v == vni and k in kinds]
+    mine = [k for v, k in chain if v == vni]
+    if "drop" in missing or "drop" not in mine or any(k != "drop" for k in mine[:mine.index("drop")]):
+        put("drop", 1)                         # a copy left below it does no harm
+    first = where(("drop",))[0]
+    for kind in ("replies", "out"):
+        if kind in missing:
+            put(kind, first + 1)
+    if "closed" in missing:
+        put("closed", where(("replies", "out"))[-1] + 1)
     return out
 
 
@@ -117,7 +143,12 @@ def ensure(ns, gw: Gateway) -> bool:
     require_iptables()
     want = rules(gw)
     missing = {k for k, (table, chain, rule) in want.items() if iptables(ns, table, "-C", chain, rule).returncode}
-    todo = inserts(listing(ns)[("filter", "FORWARD")], gw.vni, missing)
+    forward = listing(ns)[("filter", "FORWARD")]
+    if "closed" not in missing and closed_misplaced(forward, gw.vni):
+        _delete(ns, want["closed"])            # above the replies' ACCEPT it drops them: out, then back below
+        missing.add("closed")
+        forward = listing(ns)[("filter", "FORWARD")]
+    todo = inserts(forward, gw.vni, missing)
     for kind, at in todo:
         _add(ns, want[kind], "-I", [str(at)])
     if "masquerade" in missing:
@@ -132,9 +163,15 @@ def _add(ns, spec: tuple[str, str, list[str]], op: str, at: list[str]) -> None:
         raise KernelError(f"iptables -t {table} {op} {chain} {' '.join(at + rule)}: {r.stderr.strip()}")
 
 
+def _delete(ns, spec: tuple[str, str, list[str]]) -> None:
+    """Every copy of one rule (a few at most)."""
+    table, chain, rule = spec
+    for _ in range(8):
+        if iptables(ns, table, "-D", chain, rule).returncode:
+            break
+
+
 def remove(ns, gw: Gateway) -> None:
-    """Every copy of each of its rules (a few at most)."""
-    for table, chain, rule in rules(gw).values():
-        for _ in range(8):
-            if iptables(ns, table, "-D", chain, rule).returncode:
-                break
+    """Every copy of each of its rules."""
+    for spec in rules(gw).values():
+        _delete(ns, spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 
 from dataplane.core import abi, model, state
+from dataplane.core.notice import notice
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.core.state import NodeConfig, NodeState, Uplink
 from dataplane.kernel import gso, loader, netlink, tcx
@@ -129,6 +130,18 @@ def _forwarding_key(st: NodeState) -> str:
     return f"net.ipv4.conf.{st.config.underlay}.forwarding"
 
 
+def restore_forwarding(node: Node, st: NodeState, quiet: bool) -> None:
+    """The uplink's IPv4 forwarding as it was before the first `up`; but left on if the host has
+    turned forwarding on for every interface since (Docker does, or a sysctl.conf): that covers
+    the uplink too, and off there it cut the host's containers off (replies arriving on the
+    uplink were no longer forwarded to them) until Docker restarted."""
+    if st.restore_forwarding == "0" and netlink.sysctl_get(node.netns, "net.ipv4.conf.all.forwarding") == "1":
+        notice(f"IPv4 forwarding stays on for {st.config.underlay}: the host turned it on for all "
+               "interfaces since the first `up`", quiet)
+        return
+    netlink.sysctl(node.netns, _forwarding_key(st), st.restore_forwarding)
+
+
 def _apply(node: Node, st: NodeState, vnis, subnet, peer_ips, quiet, mtus: dict[int, int]) -> None:
     # bpf_fib_lookup, which keeps the next-hop cache fresh, answers only for
     # an interface with IPv4 forwarding on (as container hosts run anyway).
@@ -242,7 +255,7 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
             # the underlay removed or renamed since: its setting went with it, nothing to restore
             if st.restore_forwarding is not None and \
                     netlink.link_index(node.netns, st.config.underlay) == ifx:
-                netlink.sysctl(node.netns, _forwarding_key(st), st.restore_forwarding)
+                restore_forwarding(node, st, quiet)
         except (KernelError, NotFound) as e:
             errors.append(str(e))
     if not node.netns or netlink.ns_exists(node.netns):

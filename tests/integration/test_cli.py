@@ -103,6 +103,23 @@ def test_up_and_down_are_idempotent(host):
     nothing_created()
 
 
+def test_down_puts_the_uplinks_forwarding_back_unless_the_host_turned_it_on_for_all(host):
+    """`up` turns IPv4 forwarding on for the uplink (bpf_fib_lookup needs it) and `down` put back
+    what the first `up` found. If Docker (or a sysctl.conf) turned forwarding on for every
+    interface since, writing 0 back cut the host's containers off: replies arriving on the uplink
+    were no longer forwarded to them. Now `down` leaves it on then, and says so."""
+    key = "net.ipv4.conf.ul0.forwarding"
+    assert netlink.sysctl_get(host, key) == "0"
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    assert netlink.sysctl_get(host, key) == "1"
+    dp("--netns", host, "down")
+    assert netlink.sysctl_get(host, key) == "0", "put back as the first up found it"
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry")
+    netlink.sysctl(host, "net.ipv4.conf.all.forwarding", "1")       # Docker's start
+    r = dp("--netns", host, "down")
+    assert netlink.sysctl_get(host, key) == "1" and "stays on for ul0" in r.stderr, r.stderr
+
+
 def test_the_vxlan_guard_can_be_turned_off_and_on_again(host):
     """A host that routes other machines' VXLAN, or bridges VMs that send it, cannot keep
     node/vxlanguard.py's rule: `up --no-vxlan-guard` removes it on a running node, and the

@@ -258,6 +258,40 @@ def test_two_networks_with_gateways_on_one_host_stay_apart(info):
         dp("network", "rm", "apart", "--registry", url, check=False)
 
 
+TRY = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], 7077), timeout=3)
+    print("reached", c.recv(100).decode())
+except OSError as e:
+    print("refused or dropped:", e)
+"""
+
+
+def test_the_underlay_reaches_a_sandbox_only_through_published_ports(info):
+    """The gateway's rules let replies and published ports in by the router, and closed nothing
+    else: with FORWARD's policy ACCEPT (a host without Docker: CNI, `endpoint add`), a machine
+    on the underlay that routed the subnet via h1 reached every port of every sandbox of the VNI,
+    unpublished (a review found it). The world connects here to a sandbox's listener with such
+    a route: dropped at the router now (before: "reached 198.18.0.254"). The sandbox's own
+    connections out, and their replies, still pass (the other tests here)."""
+    a = sandbox(info, "h1", 256)
+    subnet = Node(H1).require_up().gateways[256].subnet
+    route = ["ip", "netns", "exec", lab.UNDERLAY_NS, "ip", "route"]
+    srv = in_ns(a["netns"], SERVE, a["ip"])
+    try:
+        time.sleep(0.5)                         # the listener is up
+        subprocess.run(route + ["add", subnet, "via", lab.vtep_ip(1)], check=True)
+        cli = in_ns(lab.UNDERLAY_NS, TRY, a["ip"])
+        out, err = cli.communicate(timeout=30)
+        assert out.startswith("refused or dropped"), (out, err)
+    finally:
+        subprocess.run(route + ["del", subnet], capture_output=True)
+        srv.kill()
+        srv.communicate()
+    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its own way out works"
+
+
 def _ours(table: str) -> list[str]:
     out = netlink.ns_exec(H1, ["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "dataplane egress vni 256" in line]
@@ -275,7 +309,8 @@ def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     from tests.integration.conftest import wait_for
     a = sandbox(info, "h1", 256)
     before = {t: _ours(t) for t in ("nat", "filter")}
-    assert len(before["nat"]) == 1 and len(before["filter"]) == 3 and "-j DROP" in before["filter"][0], before
+    assert len(before["nat"]) == 1 and len(before["filter"]) == 4 and "-j DROP" in before["filter"][0], before
+    assert "-j DROP" in before["filter"][-1] and "-i " not in before["filter"][-1], "the closing DROP comes last"
 
     def repaired() -> int:
         with open(process.log_path(H1)) as f:

@@ -1,6 +1,8 @@
-"""gwrules reads `iptables -S` lines: intact() wants all four of a VNI's rules, copies not
-standing in for a missing one, its DROP above its ACCEPTs, another VNI's rules (25 against 256)
-apart; inserts() puts a missing ACCEPT just below the VNI's DROP counted in the whole chain."""
+"""gwrules reads `iptables -S` lines: intact() wants all five of a VNI's rules, copies not
+standing in for a missing one, its DROP between routers above its ACCEPTs and its closing DROP
+below the replies' ACCEPT, another VNI's rules (25 against 256) apart; inserts() puts a missing
+ACCEPT just below the VNI's DROP counted in the whole chain, a missing closing DROP below its
+last ACCEPT."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ MASQ = '-A POSTROUTING -s 10.1.0.0/24 ! -d 10.1.0.0/24 ' + C + ' -j MASQUERADE'
 DROP = '-A FORWARD -i dpgw000100 -o dpgw+ ' + C + ' -j DROP'
 REPLIES = '-A FORWARD -o dpgw000100 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT ' + C + ' -j ACCEPT'
 OUT = '-A FORWARD -i dpgw000100 ! -o dpgw000100 ' + C + ' -j ACCEPT'
+CLOSED = '-A FORWARD -o dpgw000100 ' + C + ' -j DROP'
 
 
 def lines(nat, fwd, v=256):
@@ -18,25 +21,34 @@ def lines(nat, fwd, v=256):
             ("filter", "FORWARD"): [OTHER] + [x.format(v=v) for x in fwd]}
 
 
-def test_all_four_in_order_are_intact():
-    assert gwrules.intact(lines([MASQ], [DROP, REPLIES, OUT]), 256)
-    assert gwrules.intact(lines([MASQ], [DROP, OUT, REPLIES, DROP]), 256)     # order of the ACCEPTs, a copy below
+def test_all_five_in_order_are_intact():
+    assert gwrules.intact(lines([MASQ], [DROP, REPLIES, OUT, CLOSED]), 256)
+    assert gwrules.intact(lines([MASQ], [DROP, OUT, REPLIES, DROP, CLOSED]), 256)   # order of the ACCEPTs, a copy
+    assert not gwrules.intact(lines([MASQ], [DROP, REPLIES, OUT]), 256), "the closing DROP is one of them"
 
 
 def test_a_missing_rule_is_not_made_up_by_a_copy():
-    assert not gwrules.intact(lines([], [DROP, REPLIES, OUT]), 256)
-    assert not gwrules.intact(lines([MASQ], [DROP, DROP, OUT]), 256)
-    assert not gwrules.intact(lines([MASQ, MASQ], [REPLIES, OUT, OUT]), 256)
+    assert not gwrules.intact(lines([], [DROP, REPLIES, OUT, CLOSED]), 256)
+    assert not gwrules.intact(lines([MASQ], [DROP, DROP, OUT, CLOSED]), 256)
+    assert not gwrules.intact(lines([MASQ, MASQ], [REPLIES, OUT, OUT, CLOSED]), 256)
 
 
 def test_an_accept_above_the_drop_is_not_intact():
-    assert not gwrules.intact(lines([MASQ], [OUT, DROP, REPLIES]), 256)
+    assert not gwrules.intact(lines([MASQ], [OUT, DROP, REPLIES, CLOSED]), 256)
+
+
+def test_a_closing_drop_above_the_replies_accept_is_not_intact():
+    """It would drop the replies and published ports: ensure() takes it out and puts it back below."""
+    assert not gwrules.intact(lines([MASQ], [DROP, CLOSED, REPLIES, OUT]), 256)
+    assert gwrules.closed_misplaced(lines([], [DROP, CLOSED, REPLIES])[("filter", "FORWARD")], 256)
+    assert not gwrules.closed_misplaced(lines([], [DROP, REPLIES, CLOSED])[("filter", "FORWARD")], 256)
 
 
 def test_another_vnis_rules_are_not_ours():
-    theirs = lines([MASQ], [DROP, REPLIES, OUT], v=25)
+    theirs = lines([MASQ], [DROP, REPLIES, OUT, CLOSED], v=25)
     assert not gwrules.intact(theirs, 256) and gwrules.intact(theirs, 25)
-    both = {k: lines([MASQ], [DROP, REPLIES, OUT], v=25)[k] + lines([MASQ], [DROP, REPLIES, OUT])[k] for k in theirs}
+    both = {k: lines([MASQ], [DROP, REPLIES, OUT, CLOSED], v=25)[k] + lines([MASQ], [DROP, REPLIES, OUT, CLOSED])[k]
+            for k in theirs}
     assert gwrules.intact(both, 256) and gwrules.intact(both, 25)
 
 
@@ -59,3 +71,10 @@ def test_a_missing_or_misplaced_drop_goes_to_the_top_and_the_accepts_below_it():
     assert gwrules.inserts(fwd, 256, {"replies"}) == [("drop", 1), ("replies", 2)]
     assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out"}) == [("drop", 1), ("replies", 2), ("out", 2)]
     assert gwrules.inserts([OTHER, DROP.format(v=256), REPLIES.format(v=256), OUT.format(v=256)], 256, set()) == []
+
+
+def test_a_missing_closing_drop_goes_below_the_vnis_last_accept():
+    fwd = [OTHER, DROP.format(v=256), REPLIES.format(v=256), OUT.format(v=256), OTHER]
+    assert gwrules.inserts(fwd, 256, {"closed"}) == [("closed", 5)]
+    assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out", "closed"}) == [
+        ("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]

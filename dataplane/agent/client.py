@@ -46,8 +46,9 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
-            if not chunk:
-                raise errors.KernelError(f"the agent of node {node} closed the connection")
+            if not chunk:        # it had the request: it may have carried it out before it went
+                raise AgentSilent(f"the agent of node {node} closed the connection before answering {op!r} "
+                                  "(it may have carried it out; its log says why it went)")
             buf += chunk
         reply = json.loads(buf)
         if not isinstance(reply, dict):
@@ -56,6 +57,9 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         raise (AgentSilent if sent else errors.TryAgain)(f"the agent of node {node} did not answer {op!r} within {timeout:g} s "
                              "(its log, or `kill -USR1` its pid for its stacks, says what it is doing)") from None
     except (PermissionError, ConnectionError) as e:
+        if sent and not isinstance(e, PermissionError):     # reset once it had the request: as above
+            raise AgentSilent(f"the agent of node {node} dropped the connection before answering {op!r}: "
+                              f"{e.strerror} (it may have carried it out)") from None
         cls = errors.NotPermitted if isinstance(e, PermissionError) else errors.KernelError
         raise cls(f"cannot talk to the agent of node {node}: {e.strerror} ({path})") from None
     except ValueError:

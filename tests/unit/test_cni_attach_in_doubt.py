@@ -66,6 +66,46 @@ def test_a_request_sent_and_not_answered_is_told_apart(tmp_path, monkeypatch):
         srv.close()
 
 
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_request_the_agent_took_and_dropped_is_in_doubt(tmp_path, monkeypatch, ipam_calls, how):
+    """An agent that went (a crash, a restart by systemd) after it had read an attach may have
+    carried it out: the client said KernelError ("closed the connection", or the reset), and ADD
+    released the address at once. Now that is in doubt, as an unanswered request is: the address
+    is kept until DEL."""
+    import json
+    import socket
+    import struct
+    import threading
+    path = str(tmp_path / "agent.sock")
+    monkeypatch.setattr(client, "socket_path", lambda node: path)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def agent_goes():
+        while True:
+            c, _ = srv.accept()
+            req = json.loads(c.makefile("rb").readline())      # it has the request
+            if req["op"] != "endpoint_attach":                 # the network's: answered
+                c.sendall(json.dumps({"ok": True, "result": {}}).encode() + b"\n")
+                c.close()
+                continue
+            if how == "reset":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            return
+    t = threading.Thread(target=agent_goes)
+    t.start()
+    try:
+        with pytest.raises(cni.CNIError) as e:
+            cni.cmd_add(dict(CONF), ENV)
+    finally:
+        t.join()
+        srv.close()
+    assert e.value.code == cni.E_TRY_AGAIN and "kept until DEL" in e.value.details, e.value.msg
+    assert ipam_calls == ["ADD"], "the address was released while the attach may have been carried out"
+
+
 def test_an_mtu_is_the_networks_also_when_the_registry_allocates(monkeypatch):
     """Without an IPAM section the registry allocates, and "mtu" was dropped silently: the
     network was made with the default, and a disagreeing one never reported."""

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from dataplane.runtimes.cni_ipam import E_DECODE, CNIError
+from dataplane.runtimes.cni_ipam import E_CONFIG, E_DECODE, CNIError
+
+# What the container's routes are made of (kernel/links.py): a destination and a next hop, in the
+# main table. The spec's other route fields (1.1.0: mtu, advmss, priority, table, scope) are
+# refused by name, not dropped while the result lists them.
+ROUTE_FIELDS = ("dst", "gw")
 
 
 def objects(result: dict | None, key: str, field: str | None = None) -> list[dict]:
@@ -28,7 +33,9 @@ def shape(result: dict | None) -> tuple[list, list, list]:
 def v4_routes(routes: list) -> list:
     """What the container gets of a result's routes: the IPv4 ones (the network carries IPv4;
     a dual-stack IPAM's IPv6 routes are left out, as its IPv6 addresses are: they reached the
-    agent and failed the ADD with an internal error). A dst that is no network: E_DECODE."""
+    agent and failed the ADD with an internal error). A dst that is no network: E_DECODE; a
+    field other than dst and gw (table, priority, mtu...): E_CONFIG, named (before, the route
+    went into the main table without it, and the result listed it as given)."""
     out = []
     for r in routes:
         try:
@@ -36,6 +43,10 @@ def v4_routes(routes: list) -> list:
         except (TypeError, ValueError):
             raise CNIError(E_DECODE, f"route destination {r['dst']!r} is not a network") from None
         if dst.version == 4:
+            extra = sorted(k for k in r if k not in ROUTE_FIELDS)
+            if extra:
+                raise CNIError(E_CONFIG, f"route {r['dst']}: field {extra[0]!r} ({r[extra[0]]!r}) is not supported "
+                                         "by the dataplane plugin (a route is a dst and a gw, in the main table)")
             out.append(r)
     return out
 

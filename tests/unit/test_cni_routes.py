@@ -58,3 +58,15 @@ def test_a_route_whose_destination_has_host_bits_goes_in_as_its_network():
             self.added.append((idx, str(dst), gw))
     links._routes_here(Rtnl(), "/run/netns/x", 7, [{"dst": "10.9.0.1/16", "gw": "10.1.0.1"}])
     assert Rtnl.added == [(7, "10.9.0.0/16", "10.1.0.1")]
+
+
+@pytest.mark.parametrize("field,value", [("table", 100), ("priority", 10), ("mtu", 1300), ("scope", 253)])
+def test_a_route_field_the_plugin_does_not_install_is_refused_by_name(field, value):
+    """The spec's 1.1.0 route fields went unheeded: `{"dst": "0.0.0.0/0", "table": 100}` became the
+    container's main-table default route, and the result still listed the table."""
+    from dataplane.runtimes import cni_result
+    with pytest.raises(cni.CNIError) as e:
+        cni_result.v4_routes([{"dst": "0.0.0.0/0", "gw": "10.1.0.1", field: value}])
+    assert e.value.code == cni.E_CONFIG and repr(field) in e.value.msg and str(value) in e.value.msg
+    assert cni_result.v4_routes([{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "fd00::/8", "table": 5}]) == [
+        {"dst": "0.0.0.0/0", "gw": "10.1.0.1"}], "an IPv6 route is left out, whatever its fields"

@@ -115,8 +115,10 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
     except NotFound:
         pass
     if not node.netns or netlink.ns_exists(node.netns):
-        netlink.link_delete(node.netns, gw.port)          # its peer goes with it
-        gwrules.remove(node.netns, gw)
+        try:
+            netlink.link_delete(node.netns, gw.port)      # its peer goes with it
+        finally:
+            gwrules.remove(node.netns, gw)                # whatever the link did: no rule left for its subnet
 
 
 def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
@@ -145,6 +147,8 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
         else:
             write_entries(m, st, gw)
             gwrules.ensure(node.netns, gw)           # a node upgraded from a version with fewer
+    for vni in gwrules.remove_strays(node.netns, st.gateways):
+        done.append(f"iptables rules of VNI {vni}, which has no gateway here; removed")
     return done
 
 

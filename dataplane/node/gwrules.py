@@ -15,6 +15,7 @@ replies and published ports, so a misplaced one is taken out and put back.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -164,11 +165,43 @@ def _add(ns, spec: tuple[str, str, list[str]], op: str, at: list[str]) -> None:
 
 
 def _delete(ns, spec: tuple[str, str, list[str]]) -> None:
-    """Every copy of one rule (a few at most)."""
+    """Every copy of one rule (a few at most). iptables exits 1 when there is none left; any
+    other failure (4: the xtables lock held past -w) is raised, not taken for "gone"."""
     table, chain, rule = spec
     for _ in range(8):
-        if iptables(ns, table, "-D", chain, rule).returncode:
-            break
+        r = iptables(ns, table, "-D", chain, rule)
+        if r.returncode == 1:
+            return
+        if r.returncode:
+            raise KernelError(f"iptables -t {table} -D {chain} {' '.join(rule)}: {r.stderr.strip()}")
+
+
+def strays(lines: dict[tuple[str, str], list[str]], vnis) -> list[tuple[int, str, str, list[str]]]:
+    """(VNI, table, chain, rule) of each rule tagged for a VNI that has no gateway here: what a
+    removal that failed part-way (the xtables lock held, a crash) left behind, to take effect
+    again for whatever later has that subnet or interface name."""
+    out = []
+    for (table, chain), found in lines.items():
+        for line in found:
+            vni = _vni(line)
+            if vni is not None and vni not in vnis:
+                out.append((vni, table, chain, shlex.split(line)[2:]))     # "-A CHAIN rule..."
+    return out
+
+
+def remove_strays(ns, vnis) -> list[int]:
+    """strays() removed; the VNIs they were tagged for. Nothing without iptables (no rules of
+    ours either)."""
+    if not shutil.which("iptables"):
+        return []
+    try:
+        lines = listing(ns)
+    except KernelError:             # iptables that cannot list (no kernel support): none of ours to find
+        return []
+    found = strays(lines, set(vnis))
+    for _, table, chain, rule in found:
+        _delete(ns, (table, chain, rule))
+    return sorted({vni for vni, *_ in found})
 
 
 def remove(ns, gw: Gateway) -> None:

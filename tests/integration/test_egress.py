@@ -292,6 +292,28 @@ def test_the_underlay_reaches_a_sandbox_only_through_published_ports(info):
     assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its own way out works"
 
 
+def test_rules_left_for_a_vni_without_a_gateway_are_removed(info):
+    """A gateway's removal that failed part-way (the xtables lock held past its wait, a link that
+    would not go) left its rules, tagged for its VNI, for good: they took effect again for
+    whatever later had that subnet or router name. The sweep (at the agent's start and every
+    `up`) removes rules tagged for a VNI that has no gateway on the node."""
+    from dataplane.node.sweep import sweep
+    stray = ["-s", "10.99.0.0/24", "!", "-d", "10.99.0.0/24", "-m", "comment", "--comment",
+             "dataplane egress vni 999", "-j", "MASQUERADE"]
+    netlink.ns_exec(H1, ["iptables", "-t", "nat", "-A", "POSTROUTING"] + stray, check=True)
+    try:
+        done = sweep(Node(H1))
+        assert "iptables rules of VNI 999, which has no gateway here; removed" in done, done
+        assert not any("vni 999" in line for line in _ours_all("nat"))
+        assert _ours("nat"), "VNI 256's own rules stay"
+    finally:
+        netlink.ns_exec(H1, ["iptables", "-t", "nat", "-D", "POSTROUTING"] + stray, capture_output=True)
+
+
+def _ours_all(table: str) -> list[str]:
+    return netlink.ns_exec(H1, ["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines()
+
+
 def _ours(table: str) -> list[str]:
     out = netlink.ns_exec(H1, ["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "dataplane egress vni 256" in line]

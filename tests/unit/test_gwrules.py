@@ -78,3 +78,12 @@ def test_a_missing_closing_drop_goes_below_the_vnis_last_accept():
     assert gwrules.inserts(fwd, 256, {"closed"}) == [("closed", 5)]
     assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out", "closed"}) == [
         ("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]
+
+
+def test_rules_tagged_for_a_vni_without_a_gateway_are_strays():
+    """A removal that failed part-way left them, to take effect again for whatever later has that
+    subnet or interface name: the start-up sweep and `up` remove them (gateway.repair)."""
+    found = gwrules.strays(lines([MASQ], [DROP, REPLIES, OUT, CLOSED], v=25), {256})
+    assert [(v, t, c) for v, t, c, _ in found] == [(25, "nat", "POSTROUTING")] + [(25, "filter", "FORWARD")] * 4
+    assert found[0][3][-2:] == ["-j", "MASQUERADE"] and "dataplane egress vni 25" in found[0][3]
+    assert gwrules.strays(lines([MASQ], [DROP, REPLIES, OUT, CLOSED]), {256}) == []

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, NotFound
+from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.core.state import Gateway, NodeState
 from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
@@ -117,8 +117,13 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
     if not node.netns or netlink.ns_exists(node.netns):
         try:
             netlink.link_delete(node.netns, gw.port)      # its peer goes with it
-        finally:
-            gwrules.remove(node.netns, gw)                # whatever the link did: no rule left for its subnet
+        except BaseException:
+            try:                                          # whatever the link did: no rule left for its subnet
+                gwrules.remove(node.netns, gw)
+            except DataplaneError:
+                pass                                      # the link's error is the one reported
+            raise
+        gwrules.remove(node.netns, gw)
 
 
 def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:

@@ -119,6 +119,9 @@ def inserts(forward: list[str], vni: int, missing: set[str]) -> list[tuple[str, 
     one out first)."""
     chain = [(_vni(line), _kind(line)) for line in forward]
     out = []
+    # What the listing lacks is missing too: a firewall's reload between ensure()'s -C checks and
+    # its -S leaves nothing to count from (an IndexError took the agent down, a review found).
+    missing = set(missing) | {k for k in ("replies", "out", "closed") if (vni, k) not in chain}
 
     def put(kind: str, at: int) -> None:
         chain.insert(at - 1, (vni, kind))
@@ -166,7 +169,8 @@ def _add(ns, spec: tuple[str, str, list[str]], op: str, at: list[str]) -> None:
 
 def _delete(ns, spec: tuple[str, str, list[str]]) -> None:
     """Every copy of one rule (a few at most). iptables exits 1 when there is none left; any
-    other failure (4: the xtables lock held past -w) is raised, not taken for "gone"."""
+    other failure (iptables-legacy's 4: the xtables lock held past -w) is raised, not taken for
+    "gone". iptables-nft exits 1 for its kernel's refusals as well, so there "gone" is less sure."""
     table, chain, rule = spec
     for _ in range(8):
         r = iptables(ns, table, "-D", chain, rule)
@@ -198,10 +202,14 @@ def remove_strays(ns, vnis) -> list[int]:
         lines = listing(ns)
     except KernelError:             # iptables that cannot list (no kernel support): none of ours to find
         return []
-    found = strays(lines, set(vnis))
-    for _, table, chain, rule in found:
-        _delete(ns, (table, chain, rule))
-    return sorted({vni for vni, *_ in found})
+    removed = set()
+    for vni, table, chain, rule in strays(lines, set(vnis)):
+        try:
+            _delete(ns, (table, chain, rule))
+            removed.add(vni)
+        except KernelError:         # the xtables lock held, say: nearly harmless, tried at the next sweep
+            pass
+    return sorted(removed)
 
 
 def remove(ns, gw: Gateway) -> None:

@@ -136,8 +136,8 @@ def restore_forwarding(node: Node, st: NodeState, quiet: bool) -> None:
     the uplink too, and off there it cut the host's containers off (replies arriving on the
     uplink were no longer forwarded to them) until Docker restarted."""
     if st.restore_forwarding == "0" and netlink.sysctl_get(node.netns, "net.ipv4.conf.all.forwarding") == "1":
-        notice(f"IPv4 forwarding stays on for {st.config.underlay}: the host turned it on for all "
-               "interfaces since the first `up`", quiet)
+        notice(f"IPv4 forwarding stays on for {st.config.underlay}: the host has it on for all interfaces "
+               "(net.ipv4.conf.all.forwarding, as Docker sets it)", quiet)
         return
     netlink.sysctl(node.netns, _forwarding_key(st), st.restore_forwarding)
 

@@ -141,7 +141,7 @@ def cmd_add(conf: dict, env) -> dict:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
         source = ipam if ipam is not None else prev
         iface, ipinfo = first_ipv4(source)
-        routes = v4_routes(shape(source)[2])
+        routes = v4_routes(shape(source)[2], strict=ipam is not None)
         if "ipam" in conf and iface is None:
             raise CNIError(E_CONFIG, f"IPAM plugin {conf['ipam']['type']} returned no IPv4 address")
         # The way out is the network's: it must exist first. An "mtu" is the network's too: made

@@ -30,12 +30,13 @@ def shape(result: dict | None) -> tuple[list, list, list]:
             objects(result, "routes", "dst"))
 
 
-def v4_routes(routes: list) -> list:
+def v4_routes(routes: list, strict: bool = True) -> list:
     """What the container gets of a result's routes: the IPv4 ones (the network carries IPv4;
     a dual-stack IPAM's IPv6 routes are left out, as its IPv6 addresses are: they reached the
     agent and failed the ADD with an internal error). A dst that is no network: E_DECODE; a
     field other than dst and gw (table, priority, mtu...): E_CONFIG, named (before, the route
-    went into the main table without it, and the result listed it as given)."""
+    went into the main table without it, and the result listed it as given); not strict (a
+    chain's prevResult, which an earlier plugin made and may have installed so): taken as before."""
     out = []
     for r in routes:
         try:
@@ -44,7 +45,7 @@ def v4_routes(routes: list) -> list:
             raise CNIError(E_DECODE, f"route destination {r['dst']!r} is not a network") from None
         if dst.version == 4:
             extra = sorted(k for k in r if k not in ROUTE_FIELDS)
-            if extra:
+            if extra and strict:
                 raise CNIError(E_CONFIG, f"route {r['dst']}: field {extra[0]!r} ({r[extra[0]]!r}) is not supported "
                                          "by the dataplane plugin (a route is a dst and a gw, in the main table)")
             out.append(r)

@@ -59,18 +59,19 @@ def test_a_missing_accept_goes_just_below_the_drop_counted_in_the_whole_chain():
     """Other rules above ours (Docker's jump, another VNI's gateway inserted later): the rule
     number of our DROP in the chain, not among our own lines; counted among ours, the ACCEPT
     went in at 2, above our DROP at 3."""
-    fwd = [OTHER, DROP.format(v=257), DROP.format(v=256), REPLIES.format(v=256)]
+    fwd = [OTHER, DROP.format(v=257), DROP.format(v=256), REPLIES.format(v=256), CLOSED.format(v=256)]
     assert gwrules.inserts(fwd, 256, {"out"}) == [("out", 4)]
     assert gwrules.inserts(fwd, 256, {"out", "replies"}) == [("replies", 4), ("out", 4)]
 
 
 def test_a_missing_or_misplaced_drop_goes_to_the_top_and_the_accepts_below_it():
-    fwd = [OTHER, OUT.format(v=256), REPLIES.format(v=256)]
+    fwd = [OTHER, OUT.format(v=256), REPLIES.format(v=256), CLOSED.format(v=256)]
     assert gwrules.inserts(fwd, 256, {"drop"}) == [("drop", 1)]
-    fwd = [OTHER, OUT.format(v=256), DROP.format(v=256)]                  # an ACCEPT above the DROP
+    fwd = [OTHER, OUT.format(v=256), DROP.format(v=256), CLOSED.format(v=256)]   # an ACCEPT above the DROP
     assert gwrules.inserts(fwd, 256, {"replies"}) == [("drop", 1), ("replies", 2)]
-    assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out"}) == [("drop", 1), ("replies", 2), ("out", 2)]
-    assert gwrules.inserts([OTHER, DROP.format(v=256), REPLIES.format(v=256), OUT.format(v=256)], 256, set()) == []
+    assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out", "closed"}) == [
+        ("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]
+    assert gwrules.inserts([OTHER] + [x.format(v=256) for x in (DROP, REPLIES, OUT, CLOSED)], 256, set()) == []
 
 
 def test_a_missing_closing_drop_goes_below_the_vnis_last_accept():
@@ -87,3 +88,12 @@ def test_rules_tagged_for_a_vni_without_a_gateway_are_strays():
     assert [(v, t, c) for v, t, c, _ in found] == [(25, "nat", "POSTROUTING")] + [(25, "filter", "FORWARD")] * 4
     assert found[0][3][-2:] == ["-j", "MASQUERADE"] and "dataplane egress vni 25" in found[0][3]
     assert gwrules.strays(lines([MASQ], [DROP, REPLIES, OUT, CLOSED]), {256}) == []
+
+
+def test_a_listing_that_lacks_what_the_checks_found_is_missing_too():
+    """A firewall's reload between ensure()'s -C checks and its -S listing: the closing DROP alone
+    was counted missing, with no ACCEPT in the listing to put it under, and an IndexError took the
+    agent down. What the listing lacks is inserted too, in order."""
+    assert gwrules.inserts([OTHER], 256, {"closed"}) == [("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]
+    assert gwrules.inserts([OTHER, DROP.format(v=256)], 256, {"closed"}) == [
+        ("replies", 3), ("out", 3), ("closed", 5)]

@@ -30,7 +30,7 @@ import sys
 
 from bench.run import Busy, _in, headline, machine, save
 from dataplane.core.model import OVERLAY_HOST_RATE_DEFAULT
-from dataplane.node import Node, readout
+from dataplane.node import Node, choices, readout
 from lab import topology as lab
 
 VNI = 256
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="overlay_storm", help="results name (default: %(default)s)")
     args = p.parse_args(argv)
     if args.peer_budget is None:
-        args.peer_budget = (args.budget + 1) // 2
+        args.peer_budget = choices.derived_peer_rate(args.budget)
     if args.rounds < 1 or args.seconds <= 0 or args.rate < 1 or args.budget < 1 or args.peer_budget < 0:
         p.error("--rounds >= 1, --seconds > 0, --rate >= 1, --budget >= 1, --peer-budget >= 0")
     metered = f"{args.budget:,} copies/s" + (f", {args.peer_budget:,} a peer" if args.peer_budget else "")

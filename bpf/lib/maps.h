@@ -45,7 +45,7 @@ BPF_TABLE_PINNED("lru_hash", __u32, __u64, dp_storm, DP_MAP_ENDPOINTS, DP_PIN(dp
 /* the per-network meters' settings (key 0) and, by a network's dp_stats slot, their state (dp_abi_meters.h) */
 BPF_TABLE_PINNED("array", __u32, struct dp_meters, dp_meters, 1, DP_PIN(dp_meters));
 BPF_TABLE_PINNED("array", __u32, struct dp_net_meter, dp_net_meters, DP_MAP_NETWORKS, DP_PIN(dp_net_meters));
-/* {VNI, a peer's outer source} -> its overlay storm meter's theoretical arrival time, fast path only */
+/* {VNI, a peer's outer source} -> its overlay storm meter (time, refusals), fast path only */
 BPF_TABLE_PINNED("lru_hash", struct dp_ip_key, struct dp_peer_meter, dp_peer_meters, DP_MAP_VTEPS, DP_PIN(dp_peer_meters));
 /* the generation of dp_ep_copies, dp_mac_copies, dp_net_copies, dp_learn_copies, dp_dst_copies and
  * dp_vtep_copies (dp_abi.h) */

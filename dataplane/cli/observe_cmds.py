@@ -107,7 +107,7 @@ def cmd_status(args):
           f"storm control {f'{c.storm_rate}/s' if c.storm_rate else 'off'}, from the underlay "
           f"{f'{c.overlay_storm_rate} copies/s' if c.overlay_storm_rate else 'off'} per network "
           f"({f'{c.overlay_storm_host_rate}' if c.overlay_storm_host_rate else 'no limit'} for the host, "
-          f"{choices.peer_rate(c) or 'no limit'} for a peer"
+          f"{out['overlay_storm_peer_rate'] or 'no limit'} for a peer"
           f"{'' if c.overlay_storm_peer_rate is not None else ', half the network rate'}), "
           f"learning {f'{c.learn_rate} MACs/s' if c.learn_rate else 'unlimited'}")
     print(f"registry  {out['registry'] or 'none (static peers)'}" + (

@@ -51,7 +51,12 @@ def peer_rate(c) -> int:
     before the meter has none, and its network rate (0, or one raised or lowered) decides."""
     if c.overlay_storm_peer_rate is not None:
         return c.overlay_storm_peer_rate
-    return (c.overlay_storm_rate + 1) // 2
+    return derived_peer_rate(c.overlay_storm_rate)
+
+
+def derived_peer_rate(network_rate: int) -> int:
+    """One peer's share of a network's overlay storm rate when none is set: half, rounded up."""
+    return (network_rate + 1) // 2
 
 
 DERIVED = "auto"      # the peer overlay storm rate's way back to "half the network's" (peer_rate)

@@ -208,12 +208,17 @@ def test_a_frame_is_charged_once_for_all_its_copies_past_the_first_chunk(hx):
         assert drops(hx, "REDIRECT") - before[1] == 200 and drops(hx, "OVERLAY_STORM") - before[0] == 1
 
 
+def all_copied(hx, reason: str, frames: int = 20, copies: int = 4) -> None:
+    """frames broadcasts from the overlay each copied to the VNI's copies ports, none refused as reason."""
+    before = drops(hx, reason), drops(hx, "REDIRECT")
+    for _ in range(frames):
+        hx.run_tc("from_overlay", overlay_broadcast())
+    assert drops(hx, "REDIRECT") - before[1] == frames * copies and drops(hx, reason) == before[0]
+
+
 def test_the_overlay_meter_is_off_at_zero_and_leaves_endpoints_floods_alone(hx):
     with members(hx, 4, 1), overlay_meter(hx, 0, 0):
-        before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
-        for _ in range(20):
-            hx.run_tc("from_overlay", overlay_broadcast())
-        assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM") == before[0]
+        all_copied(hx, "OVERLAY_STORM")
     with members(hx, 4, 1), overlay_meter(hx, COPY_NS, COPY_NS):   # an endpoint's floods are storm control's
         before = drops(hx, "OVERLAY_STORM"), drops(hx, "REDIRECT")
         for _ in range(20):
@@ -362,8 +367,5 @@ def test_a_flood_its_peers_meter_refuses_takes_nothing_from_the_networks(hx):
 
 def test_the_peer_meter_is_off_at_zero(hx):
     with members(hx, 4, 0), peer_meter(hx, 0, 0):
-        before = drops(hx, "OVERLAY_STORM_PEER"), drops(hx, "REDIRECT")
-        for _ in range(20):
-            hx.run_tc("from_overlay", overlay_broadcast())
-        assert drops(hx, "REDIRECT") - before[1] == 20 * 4 and drops(hx, "OVERLAY_STORM_PEER") == before[0]
+        all_copied(hx, "OVERLAY_STORM_PEER")
         assert not peer_tat(hx, PEER_IP)

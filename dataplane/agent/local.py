@@ -145,8 +145,12 @@ def note_gone(ag, ep) -> None:
     it themselves), so they get the entries the view now gives them (the host its record is on,
     if any) and the flood list with them. Before, an event that moved the endpoint away while
     an operation of ours held it here was reconciled with the sandbox still here (a local MAC
-    has no remote entry), and nothing wrote the new host's entry after the sandbox went."""
+    has no remote entry), and nothing wrote the new host's entry after the sandbox went.
+    Its record, if this host's still, is an orphan now: drop_orphans looks at it. Before, only
+    a sandbox some sweep had seen was (orphan_had): one made and gone between two ticks (an
+    interface that vanished at once) kept its record until the agent's restart."""
     ag.view.fine.setdefault(ep.vni, set()).update({("ep", ep.name), ("mac", ep.mac), ("ip", ep.ip)})
+    ag.orphan_suspects.add(ep.name)
 
 
 def _refuse_move(ag, name: str, rec, ep) -> None:
@@ -270,8 +274,8 @@ def drop_orphans(ag) -> None:
     after a sync; then only those that events have written for this host since
     (endpoint_changed notes them): walking 100,000 records at every tick held up
     registry events by 10-100 ms. A sandbox that went from this node since the last
-    call (an interface that vanished, anything that removed one) makes its record a
-    suspect too."""
+    call makes its record a suspect too: note_gone names it, and orphan_had catches one
+    removed without it."""
     def orphan(rec, here) -> bool:
         return rec is not None and rec.host == ag.me and rec.id not in here and not rec.moving_to
 

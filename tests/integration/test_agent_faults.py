@@ -407,7 +407,7 @@ def test_a_peer_cannot_claim_another_hosts_endpoint(info):
 def test_a_remote_edit_never_tears_down_a_local_runtime_sandbox(info):
     """A Docker container's endpoint on h1 (its peer interface left in h1's namespace,
     as the Docker driver leaves it for the engine). Another writer deletes its record,
-    then moves it to h2: h1 keeps the interface and its entries, reports the conflict
+    then moves it to another host: h1 keeps the interface and its entries, reports the conflict
     in `agent status`, and registers the deleted record again."""
     from dataplane.registry import Endpoint
     from dataplane.registry.kv import Txn
@@ -415,6 +415,7 @@ def test_a_remote_edit_never_tears_down_a_local_runtime_sandbox(info):
     client.call("dpl-h1", "endpoint_attach", id="dpl-dock1", vni=256,
                 sandbox={"peer": "dpdock1", "runtime": "docker"})
     reg = open_registry(lab.registry_url("sqlite"))
+    lease = reg.kv.lease_grant(600)
     kept = lambda: ("dpl-dock1" in Node("dpl-h1").state().endpoints  # noqa: E731
                     and netlink.link_index("dpl-h1", "dpdock1") is not None)
     conflict = lambda: client.call("dpl-h1", "status").get("conflicts", {}).get("dpl-dock1", "")  # noqa: E731
@@ -425,36 +426,47 @@ def test_a_remote_edit_never_tears_down_a_local_runtime_sandbox(info):
         assert "deleted" in conflict(), client.call("dpl-h1", "status")["conflicts"]
         assert wait_for(lambda: "registered again" in conflict()), conflict()   # by deferred.py's thread
         assert wait_for(lambda: reg.endpoint("dpl-dock1").host == lab.host_name(1))
+        # To a host with no agent: h2's would remove a record of its own with no sandbox
+        # there at its next tick, and h1 register it again, so "moved" lasted 0-2 s (CI missed it).
+        reg.host_register(Host.make("away", "198.18.0.98"), lease)
         rec = reg.endpoint("dpl-dock1")
-        moved = Endpoint.make(rec.id, rec.network, lab.host_name(2), rec.mac, rec.ip)
+        moved = Endpoint.make(rec.id, rec.network, "away", rec.mac, rec.ip)
         reg.kv.commit(Txn().put(key("endpoints", rec.id), moved.to_json()))
-        assert wait_for(lambda: "moved to host" in conflict()), conflict()
+        assert wait_for(lambda: "moved to host away" in conflict()), conflict()
         assert kept()
     finally:
-        reg.close()
         client.call("dpl-h1", "endpoint_detach", id="dpl-dock1")
+        best_effort(lambda: reg.endpoint_rm("dpl-dock1"), lambda: reg.kv.lease_revoke(lease))
+        reg.close()
 
 
 def test_an_endpoint_whose_interface_vanished_is_removed_and_said(info):
     """A runtime deletes a container's interface without telling us (no DEL): the
     entries would redirect to a dead ifindex, where the kernel drops frames with no
     counter we can read. The agent's tick (every 2 s in this lab) removes the endpoint, logs it,
-    counts it (`vanished`) and the registry record goes with it."""
-    client.call("dpl-h1", "endpoint_attach", id="dpl-gone1", vni=256, sandbox={"peer": "dpgone1", "runtime": "docker"})
+    counts it (`vanished`) and the registry record goes with it. The interface goes before
+    any tick saw the endpoint, after a sweep has run since the agent started (which looks at
+    every record of its host: the record must be found without it). Before, it was found only
+    by that first sweep, and otherwise stayed for good (CI, after another test's detour)."""
     reg = open_registry(lab.registry_url("sqlite"))
+
+    def record_gone(eid):
+        try:
+            reg.endpoint(eid)
+            return False
+        except Exception:  # noqa: BLE001 - NotFound
+            return True
     try:
+        net = reg.endpoint(sandbox(info, "h1", 256)["id"]).network
+        reg.endpoint_create("dpl-stale1", net, lab.host_name(1))    # no sandbox: h1's sweep removes it
+        assert wait_for(lambda: record_gone("dpl-stale1"), timeout=25), "a sweep has run"
+        client.call("dpl-h1", "endpoint_attach", id="dpl-gone1", vni=256,
+                    sandbox={"peer": "dpgone1", "runtime": "docker"})
         before = client.call("dpl-h1", "status")["vanished"]
         lab.run_checked(["ip", "-n", "dpl-h1", "link", "del", "dpgone1"])      # the pair goes with it
         assert wait_for(lambda: "dpl-gone1" not in Node("dpl-h1").state().endpoints, timeout=25)
         assert client.call("dpl-h1", "status")["vanished"] == before + 1
-
-        def record_gone():
-            try:
-                reg.endpoint("dpl-gone1")
-                return False
-            except Exception:  # noqa: BLE001 - NotFound
-                return True
-        assert wait_for(record_gone, timeout=25)
+        assert wait_for(lambda: record_gone("dpl-gone1"), timeout=25)
     finally:
         reg.close()
         client.call("dpl-h1", "endpoint_detach", id="dpl-gone1")

@@ -29,6 +29,7 @@ class Agent:
     def __init__(self, url: str):
         self.reg = open_registry(url)
         self.me, self.lock, self.q, self.conflicts = "h1", threading.RLock(), queue.Queue(), {}
+        self.orphan_suspects: set[str] = set()
         inflight.attach(self)
         net = self.reg.network_create("n", 256, "10.9.0.0/24")
         for name, ip in (("h1", "198.18.0.1"), ("h2", "198.18.0.2")):

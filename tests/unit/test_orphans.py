@@ -83,6 +83,23 @@ def test_a_sync_scans_every_record_then_only_what_events_wrote(tmp_path):
         ag.reg.close()
 
 
+def test_a_sandbox_made_and_gone_between_two_sweeps_loses_its_record(tmp_path):
+    """An endpoint attached and gone before any sweep saw it (its interface vanished at once,
+    housekeeping removed it): neither orphan_had nor an event names its record; note_gone does.
+    Before, it stayed in the registry until the agent restarted (CI: the integration test)."""
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    try:
+        local.drop_orphans(ag)                       # the sync's full scan is spent
+        rec = ag.create("brief", "h1")
+        ep = SimpleNamespace(name="brief", vni=256, mac=rec.mac, ip=rec.ip)
+        with ag.lock:
+            local.note_gone(ag, ep)                  # as housekeeping.tick, for a vanished interface
+        local.drop_orphans(ag)
+        assert ag.in_registry() == set()
+    finally:
+        ag.reg.close()
+
+
 def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeypatch, caplog):
     """A host leaving in the middle of an event batch settles moves (local.hosts_gone):
     a sandbox it removes must leave the batch's list of local endpoints, or a later event

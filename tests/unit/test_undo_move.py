@@ -20,7 +20,7 @@ from dataplane.core.state import LocalEndpoint
 def test_undoing_a_move_reconciles_what_its_sandbox_held(monkeypatch):
     gone = LocalEndpoint(name="m4", vni=256, ip="10.1.0.2", mac="02:42:0a:01:00:02", host_ifname="dp0")
     taken = []
-    ag = SimpleNamespace(view=RegistryView(), lock=threading.RLock(), node=object(), me="h3")
+    ag = SimpleNamespace(view=RegistryView(), lock=threading.RLock(), node=object(), me="h3", orphan_suspects=set())
 
     def abort(eid, host):
         raise NotFound(f"endpoint {eid!r} not found")

@@ -80,26 +80,19 @@ def _mend_vxlan_guard(ag, st) -> None:
 
 
 def _mend_gateways(ag, st) -> None:
-    """Each gateway's rules, read without a lock (two `iptables -S`, a few ms), put back under
-    the node's if a firewall's reload or a flush took any away (counted a repair)."""
-    if not st.gateways:
-        return
-    lines = gwrules.listing(ag.node.netns)
-    off = [vni for vni in st.gateways if not gwrules.intact(lines, vni)]
-    if not off:
+    """The gateways' rules, read without a lock (four `iptables -S`, a few ms), written again
+    under the node's if a firewall's reload or a flush took any away (counted a repair)."""
+    if not st.gateways or gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values()):
         return
     # Under the node's lock, which every writer of these rules holds (`up`, the sweep, a gateway's
-    # making and removal, the agent's through node.changing()): under the agent's lock alone, an
-    # `up` inserting by rule number at the same time could duplicate a rule or put an ACCEPT above
-    # its DROP. Taken only when a repair is due (as _mend_vxlan_guard does): `up` holds it for seconds.
+    # making and removal, the agent's through node.changing()): a gateway made or removed meanwhile
+    # is written as the state has it now. Taken only when a repair is due (as _mend_vxlan_guard
+    # does): `up` holds it for seconds.
     with state.locked(ag.node.name):
-        now = ag.node.state()                # a gateway removed meanwhile is not made again
-        for vni in off:
-            gw = now.gateways.get(vni) if now else None
-            if gw is not None and gwrules.ensure(ag.node.netns, gw):
-                log.warning("repaired: gateway of VNI %d: its iptables rules were missing or out of order "
-                            "(a firewall reload or flush?); put back", vni)
-                ag.counters["repairs"] += 1
+        now = ag.node.state()
+        for line in gwrules.sync(ag.node.netns, now.gateways.values()) if now else []:
+            log.warning("repaired: %s (a firewall reload or flush?)", line)
+            ag.counters["repairs"] += 1
 
 
 def tick(ag, slow_s: float = 0.1) -> list[str]:

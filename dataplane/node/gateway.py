@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 
 from dataplane.core import abi, model, state
-from dataplane.core.errors import Conflict, DataplaneError, NotFound
+from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound
 from dataplane.core.state import Gateway, NodeState
 from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
@@ -56,8 +56,8 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         _refuse_overlap(st, vni, subnet)
         gwrules.require_iptables()         # before anything is made
         if gw is not None:                 # half gone, or another address: made again
-            _destroy(node, m, gw)
             del st.gateways[vni]
+            _destroy(node, m, gw, st.gateways.values())
         router, port = names(vni)
         gw = Gateway(vni=vni, ip=str(model.parse_ipv4(gateway, "gateway")), subnet=str(subnet),
                      mac=model.mac_for_ip(ipaddress.IPv4Address(gateway)), router=router, port=port)
@@ -66,8 +66,8 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         try:
             _create(node, m, st, gw, subnet.prefixlen, net.mtu)
         except BaseException:
-            _destroy(node, m, gw)
             del st.gateways[vni]
+            _destroy(node, m, gw, st.gateways.values())
             state.save(st)
             raise
         return gw
@@ -94,7 +94,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
-    gwrules.ensure(ns, gw)
+    gwrules.sync(ns, st.gateways.values())
 
 
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
@@ -105,9 +105,10 @@ def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
     fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
 
 
-def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
+def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep) -> None:
     """Remove whatever part of it exists (its map entries too, unless the maps went with a
-    teardown that stopped part-way: the interfaces and rules are removed all the same)."""
+    teardown that stopped part-way: the interfaces and rules are removed all the same). The
+    rules are written for keep, the gateways that stay (gw among them if it is to be made again)."""
     try:
         if gw.ifindex:
             endpoints.forget_port(m, gw.ifindex)
@@ -119,11 +120,11 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway) -> None:
             netlink.link_delete(node.netns, gw.port)      # its peer goes with it
         except BaseException:
             try:                                          # whatever the link did: no rule left for its subnet
-                gwrules.remove(node.netns, gw)
+                gwrules.sync(node.netns, keep)
             except DataplaneError:
                 pass                                      # the link's error is the one reported
             raise
-        gwrules.remove(node.netns, gw)
+        gwrules.sync(node.netns, keep)
 
 
 def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
@@ -134,11 +135,11 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     for vni, gw in list(st.gateways.items()):
         net = st.networks.get(vni)
         if net is None:
-            _destroy(node, m, gw)
             del st.gateways[vni]
+            _destroy(node, m, gw, st.gateways.values())
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
-            _destroy(node, m, gw)
+            _destroy(node, m, gw, st.gateways.values())
             _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         elif netlink.link_index(node.netns, gw.port) != gw.ifindex:
@@ -146,14 +147,20 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             # crash, and what came after the veth (the router's address, the port's entries
             # and programs, the rules) may be missing. Taken for whole, it was served at
             # ifindex 0 for good: the port's real entry swept as a stray, no programs on it.
-            _destroy(node, m, gw)
+            _destroy(node, m, gw, st.gateways.values())
             _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
             write_entries(m, st, gw)
-            gwrules.ensure(node.netns, gw)           # a node upgraded from a version with fewer
-    for vni in gwrules.remove_strays(node.netns, st.gateways):
-        done.append(f"iptables rules of VNI {vni}, which has no gateway here; removed")
+    # Every gateway's rules as they should be: what a flush took, an older version's layout (moved
+    # into our chains), rules of a VNI with no gateway here (a removal that failed part-way left
+    # them, to take effect again for whatever later had that subnet or router name).
+    try:
+        done += gwrules.sync(node.netns, st.gateways.values())
+    except KernelError as e:
+        if st.gateways:
+            raise
+        done.append(f"iptables rules of VNIs with no gateway here not removed ({e}); tried again at the next sweep")
     return done
 
 
@@ -161,4 +168,4 @@ def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
     """With its VNI (the caller holds the node's lock and saves st)."""
     gw = st.gateways.pop(vni, None)
     if gw is not None:
-        _destroy(node, m, gw)
+        _destroy(node, m, gw, st.gateways.values())

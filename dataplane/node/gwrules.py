@@ -1,15 +1,21 @@
-"""A gateway's iptables rules (node/gateway.py): made with it, removed with it,
-and put back when a firewall's reload or a flush took any away.
+"""The gateways' iptables rules (node/gateway.py): in chains of our own, written whole and at
+once, and put back when a firewall's reload or a flush took any away.
 
-In FORWARD the DROP between routers must stay above both ACCEPTs: one network's
-router must never reach another's (with FORWARD's policy ACCEPT the kernel would
-route one subnet into the other). So rules are only ever inserted, never deleted
-to be put back, and each insertion keeps that order: a missing (or misplaced)
-DROP goes to the top, a missing ACCEPT just below our DROP. Below the ACCEPTs, a
-DROP of whatever else would enter the subnet by its router ("closed": new
-connections from the underlay or another bridge, which with FORWARD's policy
-ACCEPT reached any sandbox's every port); it may only be below the ACCEPT of
-replies and published ports, so a misplaced one is taken out and put back.
+filter's DATAPLANE-ISOLATION holds the DROPs between routers, one per gateway of the node: one
+network's router never reaches another's (with FORWARD's policy ACCEPT the kernel would route
+one subnet into the other); published ports (DNAT) pass, as from anywhere. FORWARD jumps to it
+first, and keeps it above Docker's DOCKER-USER: no operator's ACCEPT there undoes the isolation
+of networks (others' rules above it, Calico's or kube-router's, stay above: no fight for the top).
+filter's DATAPLANE-FORWARD holds each gateway's ACCEPTs (out of the router; replies and
+published ports back) and a DROP of whatever else would go in by its router (the subnet is
+reached from outside only by its published ports); FORWARD jumps to it just below DOCKER-USER
+(an operator's rules there, for every container, apply first) and below the isolation's jump.
+nat's DATAPLANE-POSTROUTING masquerades what leaves a subnet; POSTROUTING's jump is appended.
+
+Each table's chains go in as one `iptables-restore --noflush` transaction (a declared chain is
+flushed and refilled at once), with any missing jump and the removal of an older version's
+rules (which sat in FORWARD and POSTROUTING themselves): no moment is without the DROPs, and no
+other writer's insertion falls between our rules. With no gateway left, the jumps and chains go.
 """
 
 from __future__ import annotations
@@ -24,25 +30,33 @@ from dataplane.core.state import Gateway
 from dataplane.kernel import netlink
 
 COMMENT = "dataplane egress vni {vni}"
+JUMP_COMMENT = "dataplane egress"
 ROUTERS = "dpgw+"                 # every gateway's router side (gateway.names(): iptables' wildcard)
-CHAINS = (("nat", "POSTROUTING"), ("filter", "FORWARD"))
+ISOLATION, FORWARD, POSTROUTING = "DATAPLANE-ISOLATION", "DATAPLANE-FORWARD", "DATAPLANE-POSTROUTING"
+HOOKS = {"filter": ("FORWARD", (ISOLATION, FORWARD)), "nat": ("POSTROUTING", (POSTROUTING,))}
+DOCKER_USER = "DOCKER-USER"
 TIMEOUT_S = 10                    # an iptables run; -w waits at most 5 s for the xtables lock
-_OURS = re.compile(r'--comment "?dataplane egress vni (\d+)"?(?:\s|$)')
+_OURS = re.compile(r"dataplane egress vni (\d+)")
 
 
-def rules(gw: Gateway) -> dict[str, tuple[str, str, list[str]]]:
-    """kind -> (table, chain, rule): masquerade what leaves the subnet for elsewhere; let it
-    be forwarded, and replies and published ports back, ahead of anything else in FORWARD (a
-    policy of DROP, as Docker sets, would stop it); above those, nothing from a router goes
-    to any router (another VNI's gateway: networks are isolated); below them, nothing else
-    goes in by the router (the subnet is reached only through its published ports)."""
+def rules(gw: Gateway) -> dict[str, tuple[str, list[str]]]:
+    """kind -> (table, rule in our chain), each in the order `iptables -S` prints it."""
     c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
-    return {"masquerade": ("nat", "POSTROUTING", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
-            "drop": ("filter", "FORWARD", ["-i", gw.router, "-o", ROUTERS] + c + ["-j", "DROP"]),
-            "replies": ("filter", "FORWARD", ["-o", gw.router, "-m", "conntrack", "--ctstate",
-                                              "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
-            "out": ("filter", "FORWARD", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
-            "closed": ("filter", "FORWARD", ["-o", gw.router] + c + ["-j", "DROP"])}
+    return {"masquerade": ("nat", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
+            "drop": ("filter", ["-i", gw.router, "-o", ROUTERS, "-m", "conntrack", "!", "--ctstate", "DNAT"]
+                     + c + ["-j", "DROP"]),
+            "replies": ("filter", ["-o", gw.router, "-m", "conntrack", "--ctstate",
+                                   "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
+            "out": ("filter", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
+            "closed": ("filter", ["-o", gw.router] + c + ["-j", "DROP"])}
+
+
+def wanted(gateways) -> dict[str, list[list[str]]]:
+    """Our chain -> its rules, in order (by VNI)."""
+    each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
+    return {ISOLATION: [r["drop"][1] for r in each],
+            FORWARD: [r[k][1] for r in each for k in ("replies", "out", "closed")],
+            POSTROUTING: [r["masquerade"][1] for r in each]}
 
 
 def require_iptables() -> None:
@@ -51,168 +65,180 @@ def require_iptables() -> None:
                              "(Debian: apt-get install iptables)")
 
 
-def iptables(ns, table: str, op: str, chain: str, rule: list[str]) -> subprocess.CompletedProcess:
-    argv = ["iptables", "-w", "5", "-t", table, op, chain] + rule
+def _run(ns, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     try:
-        return netlink.ns_exec(ns, argv, capture_output=True, text=True, timeout=TIMEOUT_S)
+        return netlink.ns_exec(ns, argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise KernelError(f"iptables -t {table} {op} {chain}: no answer within {TIMEOUT_S} s") from None
+        raise KernelError(f"{' '.join(argv[:5])}: no answer within {TIMEOUT_S} s") from None
     except OSError as e:
-        raise KernelError(f"iptables: {e}") from None
+        raise KernelError(f"{argv[0]}: {e}") from None
 
 
-def listing(ns) -> dict[tuple[str, str], list[str]]:
-    """The rules of the two chains we use, in order, ours and others' (iptables -S: one chain
-    each, not the whole ruleset, which on a host with kube-proxy's rules takes 0.4 s to print);
-    the i-th line is rule number i + 1."""
+def iptables(ns, table: str, op: str, chain: str, rule: list[str]) -> subprocess.CompletedProcess:
+    """One iptables command (node/vxlanguard.py's rule too)."""
+    return _run(ns, ["iptables", "-w", "5", "-t", table, op, chain] + rule)
+
+
+def listing(ns) -> dict[str, dict[str, list[list[str]] | None]]:
+    """table -> chain -> its rules (tokens after "-A CHAIN", in order), for the hook chains and
+    ours (None: the chain does not exist). `iptables -S` of one chain each, not the whole
+    ruleset, which on a host with kube-proxy's rules takes 0.4 s to print."""
     require_iptables()
-    out = {}
-    for table, chain in CHAINS:
-        r = iptables(ns, table, "-S", chain, [])
-        if r.returncode:
-            raise KernelError(f"iptables -t {table} -S {chain}: {r.stderr.strip()}")
-        out[(table, chain)] = [line for line in r.stdout.splitlines() if line.startswith("-A ")]
+    out: dict = {}
+    for table, (hook, ours) in HOOKS.items():
+        out[table] = {}
+        for chain in (hook, *ours):
+            r = iptables(ns, table, "-S", chain, [])
+            if r.returncode == 1 and chain != hook:     # no such chain (iptables-nft: "incompatible")
+                out[table][chain] = None
+                continue
+            if r.returncode:                            # 4: the xtables lock held past -w
+                raise KernelError(f"iptables -t {table} -S {chain}: {r.stderr.strip()}")
+            out[table][chain] = [shlex.split(line)[2:] for line in r.stdout.splitlines() if line.startswith("-A ")]
     return out
 
 
-def _vni(line: str) -> int | None:
-    m = _OURS.search(line)
-    return int(m.group(1)) if m else None
+def _vni(rule: list[str]) -> int | None:
+    """The VNI a rule is tagged for, if it is a gateway's."""
+    for i, tok in enumerate(rule[:-1]):
+        if tok == "--comment":
+            m = _OURS.fullmatch(rule[i + 1])
+            return int(m.group(1)) if m else None
+    return None
 
 
-def _kind(line: str) -> str:
-    if "-j MASQUERADE" in line:
-        return "masquerade"
-    if "-j DROP" in line:
-        return "drop" if "-i " in line else "closed"
-    return "replies" if "--ctstate" in line else "out"
+def _jump(chain: str) -> list[str]:
+    return ["-m", "comment", "--comment", JUMP_COMMENT, "-j", chain]
 
 
-def _ours(lines: list[str], vni: int) -> list[str]:
-    """The VNI's rules among lines, by kind, in their order."""
-    return [_kind(line) for line in lines if _vni(line) == vni]
+def _at(rules: list[list[str]], chain: str) -> list[int]:
+    """Rule numbers of our jumps to chain (exactly ours: an operator's `-i x -j CHAIN` is not)."""
+    return [i for i, r in enumerate(rules, 1) if r == _jump(chain)]
 
 
-def intact(lines: dict[tuple[str, str], list[str]], vni: int) -> bool:
-    """All five of the VNI's rules are there (copies do not stand in for a missing one), its
-    DROP between routers is above its ACCEPTs and its closing DROP below the replies' ACCEPT."""
-    fwd = _ours(lines[("filter", "FORWARD")], vni)
-    if set(fwd) | set(_ours(lines[("nat", "POSTROUTING")], vni)) != set(KINDS):
-        return False
-    return all(k == "drop" for k in fwd[:fwd.index("drop")]) and not closed_misplaced(lines[("filter", "FORWARD")], vni)
+def legacy(lines) -> dict[str, list[list[str]]]:
+    """table -> rules an older version put in the hook chain itself (tagged with a VNI)."""
+    return {t: [r for r in lines[t][hook] if _vni(r) is not None] for t, (hook, _) in HOOKS.items()}
 
 
-KINDS = ("masquerade", "drop", "replies", "out", "closed")
+def intact(lines, gateways) -> bool:
+    """Our chains hold exactly what the gateways want, in order; the hooks jump to each, the
+    isolation's jump placed (_placed); no older version's rule is left in the hooks."""
+    want = wanted(gateways)
+    for table, (hook, ours) in HOOKS.items():
+        if any(lines[table][c] != want[c] or not _at(lines[table][hook], c) for c in ours):
+            return False
+    return _placed(lines["filter"]["FORWARD"]) and not any(legacy(lines).values())
 
 
-def closed_misplaced(forward: list[str], vni: int) -> bool:
-    """A closing DROP of the VNI above its ACCEPT of replies and published ports (it would drop them)."""
-    mine = _ours(forward, vni)
-    return "closed" in mine and "replies" in mine and mine.index("closed") < mine.index("replies")
+def _line(tokens: list[str]) -> str:
+    """One line of iptables-restore's input: it takes double quotes, not shlex's single ones
+    (nor a quoted "!"). Only a comment of ours has a space."""
+    return " ".join(f'"{t}"' if " " in t or not t else t for t in tokens)
 
 
-def inserts(forward: list[str], vni: int, missing: set[str]) -> list[tuple[str, int]]:
-    """(kind, rule number) to insert, in turn, into FORWARD as forward lists it: a DROP between
-    routers that is missing or below one of the VNI's ACCEPTs goes to the top; a missing ACCEPT
-    just below the VNI's first such DROP, counted in the whole chain (other rules may come before
-    ours); a missing closing DROP just below the VNI's last ACCEPT (ensure() takes a misplaced
-    one out first)."""
-    chain = [(_vni(line), _kind(line)) for line in forward]
-    out = []
-    # What the listing lacks is missing too: a firewall's reload between ensure()'s -C checks and
-    # its -S leaves nothing to count from (an IndexError took the agent down, a review found).
-    missing = set(missing) | {k for k in ("replies", "out", "closed") if (vni, k) not in chain}
+def _docker(rules: list[list[str]]) -> list[int]:
+    return [i for i, r in enumerate(rules, 1) if r[-2:] == ["-j", DOCKER_USER]]
 
-    def put(kind: str, at: int) -> None:
-        chain.insert(at - 1, (vni, kind))
-        out.append((kind, at))
 
-    def where(kinds: tuple[str, ...]) -> list[int]:
-        return [i for i, (v, k) in enumerate(chain, 1) if v == vni and k in kinds]
-    mine = [k for v, k in chain if v == vni]
-    if "drop" in missing or "drop" not in mine or any(k != "drop" for k in mine[:mine.index("drop")]):
-        put("drop", 1)                         # a copy left below it does no harm
-    first = where(("drop",))[0]
-    for kind in ("replies", "out"):
-        if kind in missing:
-            put(kind, first + 1)
-    if "closed" in missing:
-        put("closed", where(("replies", "out"))[-1] + 1)
+def _placed(fwd: list[list[str]]) -> bool:
+    """The isolation's jump above the ACCEPTs' and above DOCKER-USER's (an operator's ACCEPT
+    there must not undo it: Docker's start puts its jump first again, and it is moved back)."""
+    iso, docker = _at(fwd, ISOLATION), _docker(fwd)
+    return bool(iso) and iso[0] < (_at(fwd, FORWARD) or [len(fwd) + 1])[0] and (not docker or iso[0] < docker[0])
+
+
+def _jumps_to_add(table: str, hook: list[list[str]]) -> list[str]:
+    """Restore lines that put our jumps right, numbered as the hook reads after each: the
+    isolation's first (its copies elsewhere deleted in the same transaction), the ACCEPTs' just
+    below DOCKER-USER's and the isolation's, POSTROUTING's appended."""
+    if table == "nat":
+        return [] if _at(hook, POSTROUTING) else [_line(["-A", "POSTROUTING"] + _jump(POSTROUTING))]
+    chain, out = list(hook), []
+    if not _placed(chain):
+        out += [_line(["-D", "FORWARD"] + _jump(ISOLATION)) for _ in _at(chain, ISOLATION)]
+        chain = [_jump(ISOLATION)] + [r for r in chain if r != _jump(ISOLATION)]
+        out.append(_line(["-I", "FORWARD", "1"] + _jump(ISOLATION)))
+    if not _at(chain, FORWARD):
+        at = max(_docker(chain)[:1] + _at(chain, ISOLATION)[:1]) + 1
+        out.append(_line(["-I", "FORWARD", str(at)] + _jump(FORWARD)))
     return out
 
 
-def ensure(ns, gw: Gateway) -> bool:
-    """Its rules, each inserted where missing, in an order that never lets a router reach
-    another's; True if any was."""
+def script(lines, gateways) -> str:
+    """iptables-restore --noflush input: each table's chains declared (flushed) and filled, its
+    missing jumps inserted, an older version's rules removed; one COMMIT (one transaction) each."""
+    want, old, out = wanted(gateways), legacy(lines), []
+    for table, (hook, ours) in HOOKS.items():
+        out += [f"*{table}"] + [f":{c} - [0:0]" for c in ours]
+        out += [_line(["-A", c] + r) for c in ours for r in want[c]]
+        out += _jumps_to_add(table, lines[table][hook])
+        out += [_line(["-D", hook] + r) for r in old[table]]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def said(lines, gateways) -> list[str]:
+    """What sync() finds to mend, per VNI, in words (for logs and the sweep's report)."""
+    want, mine = {g.vni for g in gateways}, wanted(gateways)
+    ours: dict[int, list] = {}
+    for table, (_, chains) in HOOKS.items():
+        for r in (r for c in chains for r in lines[table][c] or []):
+            ours.setdefault(_vni(r), []).append(tuple(r))
+    old = {_vni(r) for rs in legacy(lines).values() for r in rs}
+    out = [f"iptables rules of VNI {v}, which has no gateway here; removed"
+           for v in sorted(v for v in (set(ours) | old) - want if v is not None)]
+    for v in sorted(want):
+        if v in old and v not in ours:
+            out.append(f"iptables rules of the gateway of VNI {v}: moved into chains of their own "
+                       f"({', '.join(c for _, cs in HOOKS.values() for c in cs)})")
+        elif sorted(ours.get(v, [])) != sorted(tuple(r) for c in mine for r in mine[c] if _vni(r) == v):
+            out.append(f"iptables rules of the gateway of VNI {v} were missing or not as written; put back")
+    if want and not out:
+        out.append("iptables rules of the gateways were out of order, or their chains not jumped to; put back")
+    return out
+
+
+def sync(ns, gateways) -> list[str]:
+    """Our chains and jumps as the gateways want them (none: gone); what was mended, in words."""
+    gateways = list(gateways)
+    if not gateways:
+        return clear(ns)
     require_iptables()
-    want = rules(gw)
-    missing = {k for k, (table, chain, rule) in want.items() if iptables(ns, table, "-C", chain, rule).returncode}
-    forward = listing(ns)[("filter", "FORWARD")]
-    if "closed" not in missing and closed_misplaced(forward, gw.vni):
-        _delete(ns, want["closed"])            # above the replies' ACCEPT it drops them: out, then back below
-        missing.add("closed")
-        forward = listing(ns)[("filter", "FORWARD")]
-    todo = inserts(forward, gw.vni, missing)
-    for kind, at in todo:
-        _add(ns, want[kind], "-I", [str(at)])
-    if "masquerade" in missing:
-        _add(ns, want["masquerade"], "-A", [])
-    return bool(todo) or "masquerade" in missing
+    lines = listing(ns)
+    if intact(lines, gateways):
+        return []
+    _restore(ns, script(lines, gateways).splitlines(), "of the gateways' rules")
+    return said(lines, gateways)
 
 
-def _add(ns, spec: tuple[str, str, list[str]], op: str, at: list[str]) -> None:
-    table, chain, rule = spec
-    r = iptables(ns, table, op, chain, at + rule)
-    if r.returncode:
-        raise KernelError(f"iptables -t {table} {op} {chain} {' '.join(at + rule)}: {r.stderr.strip()}")
-
-
-def _delete(ns, spec: tuple[str, str, list[str]]) -> None:
-    """Every copy of one rule (a few at most). iptables exits 1 when there is none left; any
-    other failure (iptables-legacy's 4: the xtables lock held past -w) is raised, not taken for
-    "gone". iptables-nft exits 1 for its kernel's refusals as well, so there "gone" is less sure."""
-    table, chain, rule = spec
-    for _ in range(8):
-        r = iptables(ns, table, "-D", chain, rule)
-        if r.returncode == 1:
-            return
-        if r.returncode:
-            raise KernelError(f"iptables -t {table} -D {chain} {' '.join(rule)}: {r.stderr.strip()}")
-
-
-def strays(lines: dict[tuple[str, str], list[str]], vnis) -> list[tuple[int, str, str, list[str]]]:
-    """(VNI, table, chain, rule) of each rule tagged for a VNI that has no gateway here: what a
-    removal that failed part-way (the xtables lock held, a crash) left behind, to take effect
-    again for whatever later has that subnet or interface name."""
-    out = []
-    for (table, chain), found in lines.items():
-        for line in found:
-            vni = _vni(line)
-            if vni is not None and vni not in vnis:
-                out.append((vni, table, chain, shlex.split(line)[2:]))     # "-A CHAIN rule..."
-    return out
-
-
-def remove_strays(ns, vnis) -> list[int]:
-    """strays() removed; the VNIs they were tagged for. Nothing without iptables (no rules of
-    ours either)."""
+def clear(ns) -> list[str]:
+    """No gateway here: our jumps and an older version's rules removed, our chains flushed (each
+    table in one transaction), then the chains deleted where nothing else jumps to them (an
+    operator's rule may: they stay, empty). Nothing without iptables (no rules of ours either)."""
     if not shutil.which("iptables"):
         return []
-    try:
-        lines = listing(ns)
-    except KernelError:             # iptables that cannot list (no kernel support): none of ours to find
+    lines = listing(ns)
+    gone, old, flush, drop = said(lines, []), legacy(lines), [], []
+    for table, (hook, ours) in HOOKS.items():
+        made = [c for c in ours if lines[table][c] is not None]
+        jumps = [_jump(c) for c in ours for _ in _at(lines[table][hook], c)]
+        if jumps or made or old[table]:
+            flush += [f"*{table}"] + [_line(["-D", hook] + r) for r in jumps + old[table]]
+            flush += [f"-F {c}" for c in made] + ["COMMIT"]
+        if made:
+            drop += [f"*{table}"] + [f"-X {c}" for c in made] + ["COMMIT"]
+    if not flush:
         return []
-    removed = set()
-    for vni, table, chain, rule in strays(lines, set(vnis)):
-        try:
-            _delete(ns, (table, chain, rule))
-            removed.add(vni)
-        except KernelError:         # the xtables lock held, say: nearly harmless, tried at the next sweep
-            pass
-    return sorted(removed)
+    _restore(ns, flush, "removing the gateways' rules")
+    try:
+        _restore(ns, drop, "deleting the gateways' chains")
+    except KernelError:
+        pass                        # still jumped to by someone else's rule: left empty
+    return gone
 
 
-def remove(ns, gw: Gateway) -> None:
-    """Every copy of each of its rules."""
-    for spec in rules(gw).values():
-        _delete(ns, spec)
+def _restore(ns, lines: list[str], what: str) -> None:
+    r = _run(ns, ["iptables-restore", "-w", "5", "--noflush"], "\n".join(lines) + "\n")
+    if r.returncode:
+        raise KernelError(f"iptables-restore {what}: {r.stderr.strip()}")

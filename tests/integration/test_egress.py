@@ -6,6 +6,7 @@ with its VNI and comes back after a crash took its interfaces."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import shlex
 import subprocess
@@ -19,7 +20,7 @@ from dataplane.node import Node, readout
 from lab import capture
 from lab import topology as lab
 from lab.traffic import ping
-from tests.integration.conftest import TICK_S, dp, dp_json, make_lab, sandbox, stats
+from tests.integration.conftest import TICK_S, dp, dp_json, make_lab, sandbox, stats, wait_for
 
 H1, H2 = lab.host_ns(1), lab.host_ns(2)
 SERVE = """
@@ -112,7 +113,6 @@ def test_the_gateway_comes_back_after_a_crash_and_goes_with_its_vni(info):
     assert f"dpgp{301:06x}" in netlink.link_names(H1)
     dp("--netns", H1, "endpoint", "rm", "dpl-brief")
     dp("network", "rm", "brief", "--registry", url)
-    from tests.integration.conftest import wait_for
     assert wait_for(lambda: 301 not in Node(H1).require_up().networks, timeout=15)
     assert f"dpgp{301:06x}" not in netlink.link_names(H1), "the gateway went with its VNI"
     assert 301 not in Node(H1).require_up().gateways
@@ -235,8 +235,9 @@ def test_a_down_that_stopped_part_way_can_be_finished(info):
     assert r.returncode == 0, r.stderr
     assert Node(H2).state() is None and state.load_boot(H2) is None
     assert not {f"dpgw{256:06x}", f"dpgp{256:06x}"} & set(netlink.link_names(H2))
-    rules = netlink.ns_exec(H2, ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
-    assert "dataplane egress" not in rules, rules
+    for table in ("nat", "filter"):
+        rules = netlink.ns_exec(H2, ["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+        assert "dataplane egress" not in rules and "DATAPLANE" not in rules, rules
 
 
 def test_two_networks_with_gateways_on_one_host_stay_apart(info):
@@ -253,9 +254,32 @@ def test_two_networks_with_gateways_on_one_host_stay_apart(info):
         assert ping(other["netns"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its own way out works"
         assert ping(a["name"], other["ip"], 3, 0.2)[0] == 0, "VNI 256 reached VNI 304 through the gateways"
         assert ping(other["netns"], a["ip"], 3, 0.2)[0] == 0, "and the other way"
+        _reach_published_port(a, other)
+        with _docker_user(["-j", "ACCEPT"]):      # an operator's ACCEPT there cannot undo the isolation
+            assert ping(a["name"], other["ip"], 3, 0.2)[0] == 0, "an ACCEPT in DOCKER-USER joined the networks"
     finally:
         dp("--netns", H1, "endpoint", "rm", "dpl-apart", check=False)
         dp("network", "rm", "apart", "--registry", url, check=False)
+
+
+def _reach_published_port(a, other) -> None:
+    """A port of a's published on h1's address (DNAT, as CNI's portmap or Docker does) is reached
+    from the other network's sandbox through that address, as it is from anywhere: the DROP
+    between routers let DNAT by (before, it dropped it, a review found; a Kubernetes ClusterIP of
+    a pod in another network went the same way)."""
+    dnat = ["PREROUTING", "-d", lab.vtep_ip(1), "-p", "tcp", "--dport", "7078", "-j", "DNAT",
+            "--to-destination", f"{a['ip']}:7077"]
+    netlink.ns_exec(H1, ["iptables", "-t", "nat", "-A"] + dnat, check=True)
+    srv = in_ns(a["netns"], SERVE, a["ip"])
+    try:
+        time.sleep(0.5)                         # the listener is up
+        cli = in_ns(other["netns"], TRY.replace("7077", "7078"), lab.vtep_ip(1))
+        out, err = cli.communicate(timeout=30)
+        assert out.startswith("reached"), (out, err)
+    finally:
+        netlink.ns_exec(H1, ["iptables", "-t", "nat", "-D"] + dnat, capture_output=True)
+        srv.kill()
+        srv.communicate()
 
 
 TRY = """
@@ -318,42 +342,89 @@ def _ours(table: str, vni: int = 256) -> list[str]:
 def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     """A firewall's reload or an `iptables -F` takes the gateway's rules away behind the agent's
     back (egress stops; with FORWARD's policy ACCEPT one network's router could reach another's):
-    the agent's housekeeping puts them back within a tick (2 s here). A rule taken alone goes
-    back below the DROP between routers (counted in the whole chain: another rule comes first),
-    and an ACCEPT found above that DROP (what a version that re-inserted rules one by one could
-    leave) gets a DROP above it (before: only a restart mended any of it, and it inserted a lone
-    ACCEPT at the top)."""
-    from dataplane.agent import process
-    from tests.integration.conftest import wait_for
+    the agent's housekeeping puts them back within a tick (2 s here): the jumps a flush of
+    FORWARD and POSTROUTING took, the contents of our chains, a rule of ours in the wrong place.
+    Someone else's rule above our jumps stays there."""
     a = sandbox(info, "h1", 256)
-    before = {t: _ours(t) for t in ("nat", "filter")}
-    assert len(before["nat"]) == 1 and len(before["filter"]) == 4 and "-j DROP" in before["filter"][0], before
-    assert "-j DROP" in before["filter"][-1] and "-i " not in before["filter"][-1], "the closing DROP comes last"
-
-    def repaired() -> int:
-        with open(process.log_path(H1)) as f:
-            return f.read().count("repaired: gateway of VNI 256")
+    chains = (("filter", "DATAPLANE-ISOLATION"), ("filter", "DATAPLANE-FORWARD"), ("nat", "DATAPLANE-POSTROUTING"))
+    before = {c: _chain(*c) for c in chains}
+    iso, fwd, nat = before.values()
+    assert len(iso) == 1 and "-j DROP" in iso[0] and len(nat) == 1 and len(fwd) == 3, before
+    assert "-j DROP" in fwd[-1] and "-i " not in fwd[-1], "the closing DROP comes last"
 
     def whole() -> bool:
-        now = _ours("filter")
-        return _ours("nat") == before["nat"] and sorted(now) == sorted(before["filter"]) and "-j DROP" in now[0]
-    logged = repaired()
-    netlink.ns_exec(H1, ["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
-    netlink.ns_exec(H1, ["iptables", "-F", "FORWARD"], check=True)
-    assert wait_for(lambda: repaired() > logged and whole(), timeout=30), _ours("filter")
-    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+        return {c: _chain(*c) for c in chains} == before and _jumped()
+    for flush in (["-t", "nat", "-F", "POSTROUTING"], ["-F", "FORWARD"], ["-F", "DATAPLANE-ISOLATION"],
+                  ["-F", "DATAPLANE-FORWARD"]):
+        logged = _repaired()
+        netlink.ns_exec(H1, ["iptables"] + flush, check=True)
+        assert wait_for(lambda: _repaired() > logged and whole(), timeout=30), (flush, _chain("filter", flush[-1]))
+        assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
     foreign = ["FORWARD", "-s", "192.0.2.99/32", "-j", "ACCEPT"]     # someone's rule above ours (TEST-NET)
     netlink.ns_exec(H1, ["iptables", "-I"] + foreign[:1] + ["1"] + foreign[1:], check=True)
-    for kind in ("! -o", "-j DROP"):         # the ACCEPT out of the router alone; then the DROP alone
-        line = next(line for line in before["filter"] if kind in line)
-        logged = repaired()
-        netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(line)[1:], check=True)
-        assert wait_for(lambda: repaired() > logged and whole(), timeout=30), _ours("filter")
-    accept = next(line for line in before["filter"] if "! -o" in line)
-    logged = repaired()
-    netlink.ns_exec(H1, ["iptables", "-I", "FORWARD", "1"] + shlex.split(accept)[2:], check=True)  # above the DROP
-    assert wait_for(lambda: repaired() > logged, timeout=30)
-    now = _ours("filter")
-    assert "-j DROP" in now[0] and now.count(accept) == 2, now
-    netlink.ns_exec(H1, ["iptables", "-D"] + shlex.split(accept)[1:], check=True)   # the copy, for the next test
-    netlink.ns_exec(H1, ["iptables", "-D"] + foreign, check=True)
+    try:
+        logged = _repaired()
+        closed = shlex.split(fwd[-1])
+        netlink.ns_exec(H1, ["iptables", "-D"] + closed[1:], check=True)
+        netlink.ns_exec(H1, ["iptables", "-I", closed[1], "1"] + closed[2:], check=True)   # above the ACCEPTs
+        assert wait_for(lambda: _repaired() > logged and whole(), timeout=30), _chain("filter", "DATAPLANE-FORWARD")
+        assert _forward()[0] == foreign[1:], "a rule above our jumps is someone else's to place"
+    finally:
+        netlink.ns_exec(H1, ["iptables", "-D"] + foreign, check=True)
+
+
+def _chain(table: str, chain: str) -> list[str]:
+    out = netlink.ns_exec(H1, ["iptables", "-t", table, "-S", chain], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+def test_an_operators_docker_user_rules_apply_to_a_sandboxs_way_out(info):
+    """Docker's DOCKER-USER chain is where an operator's rules go to apply before any of
+    Docker's, to every container: the gateway's ACCEPTs went in above its jump, so a DROP there
+    left our sandboxes' traffic alone (a review found it). Their jump now goes just below it."""
+    a = sandbox(info, "h1", 256)
+    with _docker_user(["-d", lab.WORLD_IP, "-j", "DROP"], flush=True):
+        targets = [r[-1] for r in _forward()]
+        assert targets == ["DATAPLANE-ISOLATION", "DOCKER-USER", "DATAPLANE-FORWARD"], targets
+        assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 0, "the operator's DROP applies"
+    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+
+
+@contextlib.contextmanager
+def _docker_user(rule: list[str], flush: bool = False):
+    """A DOCKER-USER chain holding rule, jumped to first as Docker's start does (after a flush of
+    FORWARD, if flush), once the agent has put our jumps right again; removed after."""
+    ipt = ["iptables", "-w", "5"]
+    logged = _repaired()
+    netlink.ns_exec(H1, ipt + ["-N", "DOCKER-USER"], check=True)
+    try:
+        netlink.ns_exec(H1, ipt + ["-A", "DOCKER-USER"] + rule, check=True)
+        if flush:
+            netlink.ns_exec(H1, ipt + ["-F", "FORWARD"], check=True)
+        netlink.ns_exec(H1, ipt + ["-I", "FORWARD", "1", "-j", "DOCKER-USER"], check=True)
+        assert wait_for(lambda: _repaired() > logged and _jumped() and _forward()[0][-1] == "DATAPLANE-ISOLATION",
+                        timeout=30), _forward()
+        yield
+    finally:
+        netlink.ns_exec(H1, ipt + ["-D", "FORWARD", "-j", "DOCKER-USER"], capture_output=True)
+        netlink.ns_exec(H1, ipt + ["-F", "DOCKER-USER"], capture_output=True)
+        netlink.ns_exec(H1, ipt + ["-X", "DOCKER-USER"], capture_output=True)
+
+
+def _repaired() -> int:
+    from dataplane.agent import process
+    with open(process.log_path(H1)) as f:
+        return f.read().count("repaired: iptables rules of the gateway")
+
+
+def _forward() -> list[list[str]]:
+    out = netlink.ns_exec(H1, ["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    return [shlex.split(line)[2:] for line in out.splitlines() if line.startswith("-A ")]
+
+
+def _jumped() -> bool:
+    nat = netlink.ns_exec(H1, ["iptables", "-t", "nat", "-S", "POSTROUTING"], capture_output=True, text=True).stdout
+    targets = [r[-1] for r in _forward()]
+    return ("DATAPLANE-ISOLATION" in targets and "DATAPLANE-FORWARD" in targets
+            and targets.index("DATAPLANE-ISOLATION") < targets.index("DATAPLANE-FORWARD")
+            and "-j DATAPLANE-POSTROUTING" in nat)

@@ -16,4 +16,4 @@ def test_no_iptables_is_a_toolchain_error(monkeypatch, tmp_path):
     gw = Gateway(vni=256, ip="10.0.0.1", mac="02:00:0a:00:00:01", subnet="10.0.0.0/24", router="dpgw256",
                  port="dpgp256")
     with pytest.raises(ToolchainError, match="apt-get install iptables"):
-        gwrules.ensure(None, gw)
+        gwrules.sync(None, [gw])

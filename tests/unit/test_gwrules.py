@@ -1,99 +1,135 @@
-"""gwrules reads `iptables -S` lines: intact() wants all five of a VNI's rules, copies not
-standing in for a missing one, its DROP between routers above its ACCEPTs and its closing DROP
-below the replies' ACCEPT, another VNI's rules (25 against 256) apart; inserts() puts a missing
-ACCEPT just below the VNI's DROP counted in the whole chain, a missing closing DROP below its
-last ACCEPT."""
+"""gwrules on `iptables -S` listings (tokens after "-A CHAIN"): the DROPs between routers in a
+chain FORWARD jumps to first, the ACCEPTs in one it jumps to just below DOCKER-USER (an
+operator's rules there apply to our sandboxes' way out; before, ours went above them, and an
+operator's ACCEPT there still cannot undo the isolation of networks); intact() wants exactly
+what is written and every jump in that order; script() writes each table in one transaction and
+takes out what an older version put in FORWARD and POSTROUTING themselves."""
 
 from __future__ import annotations
 
+import shlex
+
+from dataplane.core.state import Gateway
 from dataplane.node import gwrules
+from dataplane.node.gwrules import FORWARD, ISOLATION, POSTROUTING
 
+GW = Gateway(vni=256, ip="10.1.0.1", mac="02:00:0a:01:00:01", subnet="10.1.0.0/24",
+             router="dpgw000100", port="dpgp000100")
+GW2 = Gateway(vni=304, ip="10.34.0.1", mac="02:00:0a:22:00:01", subnet="10.34.0.0/24",
+              router="dpgw000130", port="dpgp000130")
+DOCKER = ["-j", "DOCKER-USER"]
+JUMPS = [gwrules._jump(ISOLATION), gwrules._jump(FORWARD)]
 C = '-m comment --comment "dataplane egress vni {v}"'
-MASQ = '-A POSTROUTING -s 10.1.0.0/24 ! -d 10.1.0.0/24 ' + C + ' -j MASQUERADE'
-DROP = '-A FORWARD -i dpgw000100 -o dpgw+ ' + C + ' -j DROP'
-REPLIES = '-A FORWARD -o dpgw000100 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT ' + C + ' -j ACCEPT'
-OUT = '-A FORWARD -i dpgw000100 ! -o dpgw000100 ' + C + ' -j ACCEPT'
-CLOSED = '-A FORWARD -o dpgw000100 ' + C + ' -j DROP'
+OLD = {"nat": ['-s 10.1.0.0/24 ! -d 10.1.0.0/24 ' + C + ' -j MASQUERADE'],
+       "filter": ['-i dpgw000100 -o dpgw+ ' + C + ' -j DROP',
+                  '-o dpgw000100 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT ' + C + ' -j ACCEPT',
+                  '-i dpgw000100 ! -o dpgw000100 ' + C + ' -j ACCEPT', '-o dpgw000100 ' + C + ' -j DROP']}
 
 
-def lines(nat, fwd, v=256):
-    return {("nat", "POSTROUTING"): [x.format(v=v) for x in nat],
-            ("filter", "FORWARD"): [OTHER] + [x.format(v=v) for x in fwd]}
+def listing(gateways=(), forward=JUMPS, postrouting=(gwrules._jump(POSTROUTING),), chains=True):
+    """What listing() reads on a node whose chains were written for gateways."""
+    want = gwrules.wanted(gateways)
+    return {"filter": {"FORWARD": [list(r) for r in forward], ISOLATION: want[ISOLATION] if chains else None,
+                       FORWARD: want[FORWARD] if chains else None},
+            "nat": {"POSTROUTING": [list(r) for r in postrouting], POSTROUTING: want[POSTROUTING] if chains else None}}
 
 
-def test_all_five_in_order_are_intact():
-    assert gwrules.intact(lines([MASQ], [DROP, REPLIES, OUT, CLOSED]), 256)
-    assert gwrules.intact(lines([MASQ], [DROP, OUT, REPLIES, DROP, CLOSED]), 256)   # order of the ACCEPTs, a copy
-    assert not gwrules.intact(lines([MASQ], [DROP, REPLIES, OUT]), 256), "the closing DROP is one of them"
+def inserted(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("-I ")]
 
 
-def test_a_missing_rule_is_not_made_up_by_a_copy():
-    assert not gwrules.intact(lines([], [DROP, REPLIES, OUT, CLOSED]), 256)
-    assert not gwrules.intact(lines([MASQ], [DROP, DROP, OUT, CLOSED]), 256)
-    assert not gwrules.intact(lines([MASQ, MASQ], [REPLIES, OUT, OUT, CLOSED]), 256)
+def test_drops_between_routers_are_apart_from_the_accepts_and_let_published_ports_by():
+    want = gwrules.wanted([GW2, GW])
+    assert [(gwrules._vni(r), r[-1]) for r in want[ISOLATION]] == [(256, "DROP"), (304, "DROP")]
+    assert all("-i" in r and "dpgw+" in r for r in want[ISOLATION])
+    at = want[ISOLATION][0].index("--ctstate")
+    assert want[ISOLATION][0][at - 1:at + 2] == ["!", "--ctstate", "DNAT"], \
+        "a published port (DNAT) passes between routers, as it does from anywhere"
+    assert [r[-1] for r in want[FORWARD][:3]] == ["ACCEPT", "ACCEPT", "DROP"], "the closing DROP below the ACCEPTs"
 
 
-def test_an_accept_above_the_drop_is_not_intact():
-    assert not gwrules.intact(lines([MASQ], [OUT, DROP, REPLIES, CLOSED]), 256)
+def test_intact_wants_every_jump_in_order_exact_contents_and_no_older_rules():
+    assert gwrules.intact(listing([GW]), [GW])
+    assert gwrules.intact(listing([GW], forward=[["-j", "X"], JUMPS[0], DOCKER, JUMPS[1]]), [GW]), \
+        "others' rules above ours are theirs to place"
+    for forward in (JUMPS[:1], JUMPS[1:], JUMPS[::-1]):
+        assert not gwrules.intact(listing([GW], forward=forward), [GW]), forward
+    assert not gwrules.intact(listing([GW], forward=[JUMPS[0], ["-i", "x"] + JUMPS[1][-2:]]), [GW]), \
+        "an operator's conditional jump to our chain is not ours"
+    assert not gwrules.intact(listing([GW], postrouting=[]), [GW]), "POSTROUTING's jump"
+    assert not gwrules.intact(listing([GW], chains=False), [GW])
+    assert not gwrules.intact(listing([GW]), [GW, GW2]), "a gateway's rules missing"
+    assert not gwrules.intact(listing([GW, GW2]), [GW]), "a stray VNI's"
+    swapped = listing([GW])
+    swapped["filter"][FORWARD].reverse()
+    assert not gwrules.intact(swapped, [GW]), "out of order"
+    old = listing([GW], forward=JUMPS + [shlex.split(OLD["filter"][0].format(v=256))])
+    assert not gwrules.intact(old, [GW]), "an older version's rule left in FORWARD"
 
 
-def test_a_closing_drop_above_the_replies_accept_is_not_intact():
-    """It would drop the replies and published ports: ensure() takes it out and puts it back below."""
-    assert not gwrules.intact(lines([MASQ], [DROP, CLOSED, REPLIES, OUT]), 256)
-    assert gwrules.closed_misplaced(lines([], [DROP, CLOSED, REPLIES])[("filter", "FORWARD")], 256)
-    assert not gwrules.closed_misplaced(lines([], [DROP, REPLIES, CLOSED])[("filter", "FORWARD")], 256)
+def test_the_isolations_jump_goes_first_and_the_accepts_just_below_docker_user():
+    s = gwrules.script(listing(forward=[["-j", "X"], DOCKER, ["-j", "Y"]], chains=False), [GW])
+    assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
+                           '-I FORWARD 4 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD'], s
+    s = gwrules.script(listing(forward=[["-j", "X"]], postrouting=(), chains=False), [GW])
+    assert [line.split()[2] for line in inserted(s)] == ["1", "2"]
+    assert '-A POSTROUTING -m comment --comment "dataplane egress" -j DATAPLANE-POSTROUTING' in s
+    s = gwrules.script(listing([GW]), [GW, GW2])
+    assert not inserted(s) and "-A POSTROUTING" not in s, "jumps that are there are not added again"
 
 
-def test_another_vnis_rules_are_not_ours():
-    theirs = lines([MASQ], [DROP, REPLIES, OUT, CLOSED], v=25)
-    assert not gwrules.intact(theirs, 256) and gwrules.intact(theirs, 25)
-    both = {k: lines([MASQ], [DROP, REPLIES, OUT, CLOSED], v=25)[k] + lines([MASQ], [DROP, REPLIES, OUT, CLOSED])[k]
-            for k in theirs}
-    assert gwrules.intact(both, 256) and gwrules.intact(both, 25)
+def test_after_docker_user_put_first_the_isolation_goes_back_above_and_the_accepts_below_both():
+    s = gwrules.script(listing([GW], forward=[DOCKER, JUMPS[0]]), [GW])
+    assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
+                           '-I FORWARD 3 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD']
 
 
-OTHER = '-A FORWARD -j DOCKER-USER'
+def test_an_isolation_jump_below_the_accepts_or_docker_user_is_moved_first_in_one_transaction():
+    """Docker's start puts DOCKER-USER's jump first: an operator's ACCEPT there would undo the
+    isolation of networks (a review found it), so the isolation's jump goes back above it."""
+    iso = '-m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION'
+    for forward in ([["-j", "X"]] + JUMPS[::-1], [DOCKER] + JUMPS, [DOCKER, JUMPS[0], JUMPS[0], JUMPS[1]]):
+        lines = listing([GW], forward=forward)
+        assert not gwrules.intact(lines, [GW])
+        s = gwrules.script(lines, [GW]).splitlines()
+        moves = [line for line in s if line.endswith("DATAPLANE-ISOLATION")]
+        assert moves == [f"-D FORWARD {iso}"] * forward.count(JUMPS[0]) + [f"-I FORWARD 1 {iso}"], moves
+    assert gwrules.intact(listing([GW], forward=[["-j", "X"]] + JUMPS + [DOCKER]), [GW]), "others' rules above"
 
 
-def test_a_missing_accept_goes_just_below_the_drop_counted_in_the_whole_chain():
-    """Other rules above ours (Docker's jump, another VNI's gateway inserted later): the rule
-    number of our DROP in the chain, not among our own lines; counted among ours, the ACCEPT
-    went in at 2, above our DROP at 3."""
-    fwd = [OTHER, DROP.format(v=257), DROP.format(v=256), REPLIES.format(v=256), CLOSED.format(v=256)]
-    assert gwrules.inserts(fwd, 256, {"out"}) == [("out", 4)]
-    assert gwrules.inserts(fwd, 256, {"out", "replies"}) == [("replies", 4), ("out", 4)]
+def test_one_transaction_per_table_flushes_and_fills_our_chains():
+    s = gwrules.script(listing(chains=False), [GW]).splitlines()
+    assert s[0:3] == ["*filter", f":{ISOLATION} - [0:0]", f":{FORWARD} - [0:0]"] and s.count("COMMIT") == 2
+    body = [shlex.split(line)[2:] for line in s if line.startswith(f"-A {FORWARD}")]
+    assert body == gwrules.wanted([GW])[FORWARD]
 
 
-def test_a_missing_or_misplaced_drop_goes_to_the_top_and_the_accepts_below_it():
-    fwd = [OTHER, OUT.format(v=256), REPLIES.format(v=256), CLOSED.format(v=256)]
-    assert gwrules.inserts(fwd, 256, {"drop"}) == [("drop", 1)]
-    fwd = [OTHER, OUT.format(v=256), DROP.format(v=256), CLOSED.format(v=256)]   # an ACCEPT above the DROP
-    assert gwrules.inserts(fwd, 256, {"replies"}) == [("drop", 1), ("replies", 2)]
-    assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out", "closed"}) == [
-        ("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]
-    assert gwrules.inserts([OTHER] + [x.format(v=256) for x in (DROP, REPLIES, OUT, CLOSED)], 256, set()) == []
+def test_an_older_versions_rules_are_removed_in_the_same_transaction_and_said():
+    old_f = [shlex.split(x.format(v=256)) for x in OLD["filter"]]
+    old_n = [shlex.split(x.format(v=256)) for x in OLD["nat"]]
+    lines = listing(forward=[DOCKER] + old_f, postrouting=old_n, chains=False)
+    s = gwrules.script(lines, [GW])
+    filt = s[:s.index("COMMIT")]
+    assert all(gwrules._line(["-D", "FORWARD"] + r) in filt for r in old_f)
+    assert filt.index("-D FORWARD") > filt.index("-I FORWARD"), "the new rules are in before the old go"
+    assert gwrules._line(["-D", "POSTROUTING"] + old_n[0]) in s[s.index("*nat"):]
+    assert gwrules.said(lines, [GW]) == [
+        "iptables rules of the gateway of VNI 256: moved into chains of their own "
+        "(DATAPLANE-ISOLATION, DATAPLANE-FORWARD, DATAPLANE-POSTROUTING)"]
 
 
-def test_a_missing_closing_drop_goes_below_the_vnis_last_accept():
-    fwd = [OTHER, DROP.format(v=256), REPLIES.format(v=256), OUT.format(v=256), OTHER]
-    assert gwrules.inserts(fwd, 256, {"closed"}) == [("closed", 5)]
-    assert gwrules.inserts([OTHER], 256, {"drop", "replies", "out", "closed"}) == [
-        ("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]
+def test_what_is_mended_is_said_per_vni():
+    assert gwrules.said(listing([GW, GW2]), [GW]) == ["iptables rules of VNI 304, which has no gateway here; removed"]
+    assert gwrules.said(listing([GW], forward=JUMPS[:1]), [GW]) == [
+        "iptables rules of the gateways were out of order, or their chains not jumped to; put back"]
+    assert gwrules.said(listing(chains=False), [GW]) == [
+        "iptables rules of the gateway of VNI 256 were missing or not as written; put back"]
 
 
-def test_rules_tagged_for_a_vni_without_a_gateway_are_strays():
-    """A removal that failed part-way left them, to take effect again for whatever later has that
-    subnet or interface name: the start-up sweep and `up` remove them (gateway.repair)."""
-    found = gwrules.strays(lines([MASQ], [DROP, REPLIES, OUT, CLOSED], v=25), {256})
-    assert [(v, t, c) for v, t, c, _ in found] == [(25, "nat", "POSTROUTING")] + [(25, "filter", "FORWARD")] * 4
-    assert found[0][3][-2:] == ["-j", "MASQUERADE"] and "dataplane egress vni 25" in found[0][3]
-    assert gwrules.strays(lines([MASQ], [DROP, REPLIES, OUT, CLOSED]), {256}) == []
-
-
-def test_a_listing_that_lacks_what_the_checks_found_is_missing_too():
-    """A firewall's reload between ensure()'s -C checks and its -S listing: the closing DROP alone
-    was counted missing, with no ACCEPT in the listing to put it under, and an IndexError took the
-    agent down. What the listing lacks is inserted too, in order."""
-    assert gwrules.inserts([OTHER], 256, {"closed"}) == [("drop", 1), ("replies", 2), ("out", 2), ("closed", 4)]
-    assert gwrules.inserts([OTHER, DROP.format(v=256)], 256, {"closed"}) == [
-        ("replies", 3), ("out", 3), ("closed", 5)]
+def test_a_rule_someone_put_in_our_chain_is_said_without_raising():
+    """Untagged, beside a stray VNI's: sorting None with a VNI raised TypeError (a review found
+    it), which `down` did not catch."""
+    lines = listing([GW, GW2])
+    lines["filter"][FORWARD].append(["-s", "192.0.2.1/32", "-j", "ACCEPT"])
+    assert gwrules.said(lines, [GW2]) == ["iptables rules of VNI 256, which has no gateway here; removed"]
+    assert not gwrules.intact(lines, [GW, GW2]), "our chains are ours: it goes at the next write"

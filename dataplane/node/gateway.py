@@ -85,8 +85,11 @@ def _refuse_overlap(st: NodeState, vni: int, subnet: ipaddress.IPv4Network) -> N
                            f"of its own")
 
 
-def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int, mtu: int) -> None:
+def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int, mtu: int) -> list[str]:
+    """Its interfaces, entries and programs, after its rules (they name interfaces: the router
+    is never up without them); what the rules' write mended, in words."""
     ns = node.netns
+    said = gwrules.sync(ns, st.gateways.values())
     gw.ifindex = netlink.veth_create(ns, gw.port, ns, gw.router, gw.mac, mtu)
     for ifname in (gw.port, gw.router):
         netlink.sysctl(ns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
@@ -94,7 +97,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
-    gwrules.sync(ns, st.gateways.values())
+    return said
 
 
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
@@ -105,10 +108,11 @@ def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
     fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
 
 
-def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep) -> None:
+def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep) -> list[str]:
     """Remove whatever part of it exists (its map entries too, unless the maps went with a
     teardown that stopped part-way: the interfaces and rules are removed all the same). The
-    rules are written for keep, the gateways that stay (gw among them if it is to be made again)."""
+    rules are written for keep, the gateways that stay (gw among them if it is to be made
+    again); what that write mended, in words."""
     try:
         if gw.ifindex:
             endpoints.forget_port(m, gw.ifindex)
@@ -124,7 +128,8 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep) -> None:
             except DataplaneError:
                 pass                                      # the link's error is the one reported
             raise
-        gwrules.sync(node.netns, keep)
+        return gwrules.sync(node.netns, keep)
+    return []
 
 
 def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
@@ -136,19 +141,19 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
         net = st.networks.get(vni)
         if net is None:
             del st.gateways[vni]
-            _destroy(node, m, gw, st.gateways.values())
+            done += _destroy(node, m, gw, st.gateways.values())
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
-            _destroy(node, m, gw, st.gateways.values())
-            _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
+            done += _destroy(node, m, gw, st.gateways.values())
+            done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         elif netlink.link_index(node.netns, gw.port) != gw.ifindex:
             # Cut short after its veth was made: the intent (saved before, ifindex 0) outlived a
             # crash, and what came after the veth (the router's address, the port's entries
             # and programs, the rules) may be missing. Taken for whole, it was served at
             # ifindex 0 for good: the port's real entry swept as a stray, no programs on it.
-            _destroy(node, m, gw, st.gateways.values())
-            _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
+            done += _destroy(node, m, gw, st.gateways.values())
+            done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
             write_entries(m, st, gw)
@@ -157,10 +162,9 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     # them, to take effect again for whatever later had that subnet or router name).
     try:
         done += gwrules.sync(node.netns, st.gateways.values())
-    except KernelError as e:
+    except KernelError:
         if st.gateways:
-            raise
-        done.append(f"iptables rules of VNIs with no gateway here not removed ({e}); tried again at the next sweep")
+            raise                   # (none: an iptables that cannot list, or its lock held; the next sweep)
     return done
 
 

@@ -1,15 +1,17 @@
 """The gateways' iptables rules (node/gateway.py): in chains of our own, written whole and at
 once, and put back when a firewall's reload or a flush took any away.
 
-filter's DATAPLANE-ISOLATION holds the DROPs between routers, one per gateway of the node: one
-network's router never reaches another's (with FORWARD's policy ACCEPT the kernel would route
-one subnet into the other); published ports (DNAT) pass, as from anywhere. FORWARD jumps to it
-first, and keeps it above Docker's DOCKER-USER: no operator's ACCEPT there undoes the isolation
-of networks (others' rules above it, Calico's or kube-router's, stay above: no fight for the top).
+filter's DATAPLANE-ISOLATION holds what no rule below may open, for every gateway of the node:
+the DROPs between routers (one network's router never reaches another's: with FORWARD's policy
+ACCEPT the kernel would route one subnet into the other), and the DROPs of whatever would go in
+by a router other than replies and published ports (the subnet is closed to the underlay and
+the host's other bridges). Published ports (DNAT) pass, as from anywhere. FORWARD jumps to it
+first, and keeps it above Docker's DOCKER-USER (Docker's start puts its jump first again): no
+operator's ACCEPT there opens a network to another or to the world (others' rules above it,
+Calico's or kube-router's, stay above: no fight for the top).
 filter's DATAPLANE-FORWARD holds each gateway's ACCEPTs (out of the router; replies and
-published ports back) and a DROP of whatever else would go in by its router (the subnet is
-reached from outside only by its published ports); FORWARD jumps to it just below DOCKER-USER
-(an operator's rules there, for every container, apply first) and below the isolation's jump.
+published ports back); FORWARD jumps to it just below DOCKER-USER (an operator's rules there,
+for every container, apply to our sandboxes' way out too) and below the isolation's jump.
 nat's DATAPLANE-POSTROUTING masquerades what leaves a subnet; POSTROUTING's jump is appended.
 
 Each table's chains go in as one `iptables-restore --noflush` transaction (a declared chain is
@@ -48,14 +50,15 @@ def rules(gw: Gateway) -> dict[str, tuple[str, list[str]]]:
             "replies": ("filter", ["-o", gw.router, "-m", "conntrack", "--ctstate",
                                    "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
             "out": ("filter", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
-            "closed": ("filter", ["-o", gw.router] + c + ["-j", "DROP"])}
+            "closed": ("filter", ["-o", gw.router, "-m", "conntrack", "!", "--ctstate",
+                                  "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "DROP"])}
 
 
 def wanted(gateways) -> dict[str, list[list[str]]]:
     """Our chain -> its rules, in order (by VNI)."""
     each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
-    return {ISOLATION: [r["drop"][1] for r in each],
-            FORWARD: [r[k][1] for r in each for k in ("replies", "out", "closed")],
+    return {ISOLATION: [r[k][1] for k in ("drop", "closed") for r in each],
+            FORWARD: [r[k][1] for r in each for k in ("replies", "out")],
             POSTROUTING: [r["masquerade"][1] for r in each]}
 
 
@@ -150,15 +153,19 @@ def _placed(fwd: list[list[str]]) -> bool:
 
 def _jumps_to_add(table: str, hook: list[list[str]]) -> list[str]:
     """Restore lines that put our jumps right, numbered as the hook reads after each: the
-    isolation's first (its copies elsewhere deleted in the same transaction), the ACCEPTs' just
-    below DOCKER-USER's and the isolation's, POSTROUTING's appended."""
+    isolation's just above DOCKER-USER's or the ACCEPTs' jump, whichever comes first, else first
+    (its copies elsewhere deleted in the same transaction: someone's rule at the top, Calico's,
+    is not pushed down), the ACCEPTs' just below DOCKER-USER's and the isolation's,
+    POSTROUTING's appended."""
     if table == "nat":
         return [] if _at(hook, POSTROUTING) else [_line(["-A", "POSTROUTING"] + _jump(POSTROUTING))]
     chain, out = list(hook), []
     if not _placed(chain):
         out += [_line(["-D", "FORWARD"] + _jump(ISOLATION)) for _ in _at(chain, ISOLATION)]
-        chain = [_jump(ISOLATION)] + [r for r in chain if r != _jump(ISOLATION)]
-        out.append(_line(["-I", "FORWARD", "1"] + _jump(ISOLATION)))
+        chain = [r for r in chain if r != _jump(ISOLATION)]
+        at = min(_docker(chain)[:1] + _at(chain, FORWARD)[:1] or [1])   # others' rules above stay above
+        chain.insert(at - 1, _jump(ISOLATION))
+        out.append(_line(["-I", "FORWARD", str(at)] + _jump(ISOLATION)))
     if not _at(chain, FORWARD):
         at = max(_docker(chain)[:1] + _at(chain, ISOLATION)[:1]) + 1
         out.append(_line(["-I", "FORWARD", str(at)] + _jump(FORWARD)))

@@ -1,7 +1,7 @@
-"""gwrules on `iptables -S` listings (tokens after "-A CHAIN"): the DROPs between routers in a
-chain FORWARD jumps to first, the ACCEPTs in one it jumps to just below DOCKER-USER (an
-operator's rules there apply to our sandboxes' way out; before, ours went above them, and an
-operator's ACCEPT there still cannot undo the isolation of networks); intact() wants exactly
+"""gwrules on `iptables -S` listings (tokens after "-A CHAIN"): the DROPs in a chain FORWARD
+jumps to above DOCKER-USER, the ACCEPTs in one it jumps to just below it (an operator's rules
+there apply to our sandboxes' way out; before, ours went above them; an operator's ACCEPT there
+still cannot join networks or open a subnet to the world); intact() wants exactly
 what is written and every jump in that order; script() writes each table in one transaction and
 takes out what an older version put in FORWARD and POSTROUTING themselves."""
 
@@ -38,14 +38,15 @@ def inserted(script: str) -> list[str]:
     return [line for line in script.splitlines() if line.startswith("-I ")]
 
 
-def test_drops_between_routers_are_apart_from_the_accepts_and_let_published_ports_by():
+def test_what_no_rule_below_may_open_is_apart_from_the_accepts_and_lets_published_ports_by():
     want = gwrules.wanted([GW2, GW])
-    assert [(gwrules._vni(r), r[-1]) for r in want[ISOLATION]] == [(256, "DROP"), (304, "DROP")]
-    assert all("-i" in r and "dpgw+" in r for r in want[ISOLATION])
-    at = want[ISOLATION][0].index("--ctstate")
-    assert want[ISOLATION][0][at - 1:at + 2] == ["!", "--ctstate", "DNAT"], \
-        "a published port (DNAT) passes between routers, as it does from anywhere"
-    assert [r[-1] for r in want[FORWARD][:3]] == ["ACCEPT", "ACCEPT", "DROP"], "the closing DROP below the ACCEPTs"
+    assert [(gwrules._vni(r), r[0], r[-1]) for r in want[ISOLATION]] == [
+        (256, "-i", "DROP"), (304, "-i", "DROP"), (256, "-o", "DROP"), (304, "-o", "DROP")]
+    assert all("dpgw+" in r for r in want[ISOLATION][:2]), "between routers"
+    for rule, passes in ((want[ISOLATION][0], "DNAT"), (want[ISOLATION][2], "RELATED,ESTABLISHED,DNAT")):
+        at = rule.index("--ctstate")
+        assert rule[at - 1:at + 2] == ["!", "--ctstate", passes], "published ports (and replies) pass"
+    assert [r[-1] for r in want[FORWARD]] == ["ACCEPT"] * 4, "the ACCEPTs alone below DOCKER-USER"
 
 
 def test_intact_wants_every_jump_in_order_exact_contents_and_no_older_rules():
@@ -69,8 +70,9 @@ def test_intact_wants_every_jump_in_order_exact_contents_and_no_older_rules():
 
 def test_the_isolations_jump_goes_first_and_the_accepts_just_below_docker_user():
     s = gwrules.script(listing(forward=[["-j", "X"], DOCKER, ["-j", "Y"]], chains=False), [GW])
-    assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
-                           '-I FORWARD 4 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD'], s
+    assert inserted(s) == ['-I FORWARD 2 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
+                           '-I FORWARD 4 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD'], \
+        "just above DOCKER-USER: someone's rule at the top stays there"
     s = gwrules.script(listing(forward=[["-j", "X"]], postrouting=(), chains=False), [GW])
     assert [line.split()[2] for line in inserted(s)] == ["1", "2"]
     assert '-A POSTROUTING -m comment --comment "dataplane egress" -j DATAPLANE-POSTROUTING' in s
@@ -84,16 +86,17 @@ def test_after_docker_user_put_first_the_isolation_goes_back_above_and_the_accep
                            '-I FORWARD 3 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD']
 
 
-def test_an_isolation_jump_below_the_accepts_or_docker_user_is_moved_first_in_one_transaction():
-    """Docker's start puts DOCKER-USER's jump first: an operator's ACCEPT there would undo the
-    isolation of networks (a review found it), so the isolation's jump goes back above it."""
+def test_an_isolation_jump_below_the_accepts_or_docker_user_is_moved_above_in_one_transaction():
+    """Docker's start puts DOCKER-USER's jump first: an operator's ACCEPT there would open what
+    the isolation closes (a review found it), so the isolation's jump goes back above it."""
     iso = '-m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION'
-    for forward in ([["-j", "X"]] + JUMPS[::-1], [DOCKER] + JUMPS, [DOCKER, JUMPS[0], JUMPS[0], JUMPS[1]]):
+    for forward, at in (([["-j", "X"]] + JUMPS[::-1], 2), ([DOCKER] + JUMPS, 1),
+                        ([["-j", "X"], DOCKER, JUMPS[0], JUMPS[0], JUMPS[1]], 2)):
         lines = listing([GW], forward=forward)
         assert not gwrules.intact(lines, [GW])
         s = gwrules.script(lines, [GW]).splitlines()
         moves = [line for line in s if line.endswith("DATAPLANE-ISOLATION")]
-        assert moves == [f"-D FORWARD {iso}"] * forward.count(JUMPS[0]) + [f"-I FORWARD 1 {iso}"], moves
+        assert moves == [f"-D FORWARD {iso}"] * forward.count(JUMPS[0]) + [f"-I FORWARD {at} {iso}"], moves
     assert gwrules.intact(listing([GW], forward=[["-j", "X"]] + JUMPS + [DOCKER]), [GW]), "others' rules above"
 
 

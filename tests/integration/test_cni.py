@@ -324,7 +324,8 @@ c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); print
 def test_ipmasq_reaches_the_world_and_portmap_publishes_a_port(rt):
     """Issue 16, item 1 (CNI): with "ipMasq": true the container gets a default route
     through its host's gateway and reaches the world as the host (SNAT); the reference
-    portmap plugin chained after ours publishes a port the world reaches."""
+    portmap plugin chained after ours publishes a port the world reaches, and the container
+    itself by the host's address (hairpin)."""
     import time
     plugin = rt.conf(1, ipMasq=True)
     plugin.pop("cniVersion"), plugin.pop("name")
@@ -354,6 +355,18 @@ def test_ipmasq_reaches_the_world_and_portmap_publishes_a_port(rt):
         r = subprocess.run(["ip", "netns", "exec", lab.UNDERLAY_NS, sys.executable, "-c", ASK, lab.vtep_ip(1),
                             "8080"], capture_output=True, text=True, timeout=30)
         assert r.stdout.strip() == "hello from the container", f"portmap: {r.stdout} {r.stderr}"
+    finally:
+        srv.kill()
+        srv.wait()
+    # Hairpin: the container reaches its own published port by the host's address (portmap masquerades
+    # it). In by the router and out by it again, DNAT'd: the DROP between routers dropped it before.
+    srv = subprocess.Popen(["ip", "netns", "exec", os.path.basename(c), sys.executable, "-c", SERVE],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        r = subprocess.run(["ip", "netns", "exec", os.path.basename(c), sys.executable, "-c", ASK, lab.vtep_ip(1),
+                            "8080"], capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "hello from the container", f"hairpin: {r.stdout} {r.stderr}"
     finally:
         srv.kill()
         srv.wait()

@@ -1,23 +1,24 @@
 """The gateways' iptables rules (node/gateway.py): in chains of our own, written whole and at
 once, and put back when a firewall's reload or a flush took any away.
 
-filter's DATAPLANE-ISOLATION holds what no rule below may open, for every gateway of the node:
-the DROPs between routers (one network's router never reaches another's: with FORWARD's policy
+mangle's DATAPLANE-ISOLATION holds what no rule may open, for every gateway of the node: the
+DROPs between routers (one network's router never reaches another's: with FORWARD's policy
 ACCEPT the kernel would route one subnet into the other), and the DROPs of whatever would go in
 by a router other than replies and published ports (the subnet is closed to the underlay and
-the host's other bridges). Published ports (DNAT) pass, as from anywhere. FORWARD jumps to it
-first, and keeps it above Docker's DOCKER-USER (Docker's start puts its jump first again): no
-operator's ACCEPT there opens a network to another or to the world (others' rules above it,
-Calico's or kube-router's, stay above: no fight for the top).
+the host's other bridges). Published ports (DNAT) pass, as from anywhere. mangle's FORWARD runs
+before filter's, where Docker, ufw, Calico and an operator's DOCKER-USER put their ACCEPTs: none
+of them can open what these close, wherever their rules sit (node/vxlanguard.py's rule is there
+for the same reason).
 filter's DATAPLANE-FORWARD holds each gateway's ACCEPTs (out of the router; replies and
-published ports back); FORWARD jumps to it just below DOCKER-USER (an operator's rules there,
-for every container, apply to our sandboxes' way out too) and below the isolation's jump.
+published ports back); FORWARD jumps to it just below Docker's DOCKER-USER (an operator's rules
+there, for every container, apply to our sandboxes' way out too), else first.
 nat's DATAPLANE-POSTROUTING masquerades what leaves a subnet; POSTROUTING's jump is appended.
 
 Each table's chains go in as one `iptables-restore --noflush` transaction (a declared chain is
 flushed and refilled at once), with any missing jump and the removal of an older version's
-rules (which sat in FORWARD and POSTROUTING themselves): no moment is without the DROPs, and no
-other writer's insertion falls between our rules. With no gateway left, the jumps and chains go.
+rules (which sat in filter's FORWARD and nat's POSTROUTING themselves), mangle's first: no
+moment is without the DROPs, and no other writer's insertion falls between our rules. With no
+gateway left, the jumps and chains go.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ COMMENT = "dataplane egress vni {vni}"
 JUMP_COMMENT = "dataplane egress"
 ROUTERS = "dpgw+"                 # every gateway's router side (gateway.names(): iptables' wildcard)
 ISOLATION, FORWARD, POSTROUTING = "DATAPLANE-ISOLATION", "DATAPLANE-FORWARD", "DATAPLANE-POSTROUTING"
-HOOKS = {"filter": ("FORWARD", (ISOLATION, FORWARD)), "nat": ("POSTROUTING", (POSTROUTING,))}
+HOOKS = {"mangle": ("FORWARD", (ISOLATION,)), "filter": ("FORWARD", (FORWARD,)),     # in this order
+         "nat": ("POSTROUTING", (POSTROUTING,))}
 DOCKER_USER = "DOCKER-USER"
 TIMEOUT_S = 10                    # an iptables run; -w waits at most 5 s for the xtables lock
 _OURS = re.compile(r"dataplane egress vni (\d+)")
@@ -45,12 +47,12 @@ def rules(gw: Gateway) -> dict[str, tuple[str, list[str]]]:
     """kind -> (table, rule in our chain), each in the order `iptables -S` prints it."""
     c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
     return {"masquerade": ("nat", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
-            "drop": ("filter", ["-i", gw.router, "-o", ROUTERS, "-m", "conntrack", "!", "--ctstate", "DNAT"]
+            "drop": ("mangle", ["-i", gw.router, "-o", ROUTERS, "-m", "conntrack", "!", "--ctstate", "DNAT"]
                      + c + ["-j", "DROP"]),
             "replies": ("filter", ["-o", gw.router, "-m", "conntrack", "--ctstate",
                                    "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
             "out": ("filter", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
-            "closed": ("filter", ["-o", gw.router, "-m", "conntrack", "!", "--ctstate",
+            "closed": ("mangle", ["-o", gw.router, "-m", "conntrack", "!", "--ctstate",
                                   "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "DROP"])}
 
 
@@ -125,13 +127,13 @@ def legacy(lines) -> dict[str, list[list[str]]]:
 
 
 def intact(lines, gateways) -> bool:
-    """Our chains hold exactly what the gateways want, in order; the hooks jump to each, the
-    isolation's jump placed (_placed); no older version's rule is left in the hooks."""
+    """Our chains hold exactly what the gateways want, in order; the hooks jump to each; no
+    older version's rule is left in the hooks."""
     want = wanted(gateways)
     for table, (hook, ours) in HOOKS.items():
         if any(lines[table][c] != want[c] or not _at(lines[table][hook], c) for c in ours):
             return False
-    return _placed(lines["filter"]["FORWARD"]) and not any(legacy(lines).values())
+    return not any(legacy(lines).values())
 
 
 def _line(tokens: list[str]) -> str:
@@ -140,36 +142,18 @@ def _line(tokens: list[str]) -> str:
     return " ".join(f'"{t}"' if " " in t or not t else t for t in tokens)
 
 
-def _docker(rules: list[list[str]]) -> list[int]:
-    return [i for i, r in enumerate(rules, 1) if r[-2:] == ["-j", DOCKER_USER]]
-
-
-def _placed(fwd: list[list[str]]) -> bool:
-    """The isolation's jump above the ACCEPTs' and above DOCKER-USER's (an operator's ACCEPT
-    there must not undo it: Docker's start puts its jump first again, and it is moved back)."""
-    iso, docker = _at(fwd, ISOLATION), _docker(fwd)
-    return bool(iso) and iso[0] < (_at(fwd, FORWARD) or [len(fwd) + 1])[0] and (not docker or iso[0] < docker[0])
-
-
 def _jumps_to_add(table: str, hook: list[list[str]]) -> list[str]:
-    """Restore lines that put our jumps right, numbered as the hook reads after each: the
-    isolation's just above DOCKER-USER's or the ACCEPTs' jump, whichever comes first, else first
-    (its copies elsewhere deleted in the same transaction: someone's rule at the top, Calico's,
-    is not pushed down), the ACCEPTs' just below DOCKER-USER's and the isolation's,
-    POSTROUTING's appended."""
+    """Restore lines for our missing jump in the table's hook: the isolation's first in mangle's
+    FORWARD, the ACCEPTs' just below DOCKER-USER's in filter's (else first), POSTROUTING's
+    appended. Where a jump is, it stays: others' rules above it (Calico's, which want the top
+    too) are theirs to place."""
+    chain = HOOKS[table][1][0]
+    if _at(hook, chain):
+        return []
     if table == "nat":
-        return [] if _at(hook, POSTROUTING) else [_line(["-A", "POSTROUTING"] + _jump(POSTROUTING))]
-    chain, out = list(hook), []
-    if not _placed(chain):
-        out += [_line(["-D", "FORWARD"] + _jump(ISOLATION)) for _ in _at(chain, ISOLATION)]
-        chain = [r for r in chain if r != _jump(ISOLATION)]
-        at = min(_docker(chain)[:1] + _at(chain, FORWARD)[:1] or [1])   # others' rules above stay above
-        chain.insert(at - 1, _jump(ISOLATION))
-        out.append(_line(["-I", "FORWARD", str(at)] + _jump(ISOLATION)))
-    if not _at(chain, FORWARD):
-        at = max(_docker(chain)[:1] + _at(chain, ISOLATION)[:1]) + 1
-        out.append(_line(["-I", "FORWARD", str(at)] + _jump(FORWARD)))
-    return out
+        return [_line(["-A", "POSTROUTING"] + _jump(chain))]
+    docker = [i for i, r in enumerate(hook, 1) if r[-2:] == ["-j", DOCKER_USER]] if table == "filter" else []
+    return [_line(["-I", "FORWARD", str(docker[0] + 1 if docker else 1)] + _jump(chain))]
 
 
 def script(lines, gateways) -> str:

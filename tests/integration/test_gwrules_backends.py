@@ -1,7 +1,7 @@
 """The gateways' rules (node/gwrules.py) against both iptables back ends Debian ships
 (iptables-nft, the default, and iptables-legacy), in a namespace of this test's own: an older
 version's rules in FORWARD and POSTROUTING move into our chains in one transaction, the jump
-of the ACCEPTs goes just below DOCKER-USER's (the isolation's first), what `iptables -S` prints back is what intact() expects (else
+of the ACCEPTs goes just below DOCKER-USER's (the DROPs' in mangle), what `iptables -S` prints back is what intact() expects (else
 the agent would mend them at every tick), and with the last gateway the chains go."""
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def test_an_older_layout_moves_into_our_chains_below_docker_user_and_goes_with_t
     lines = gwrules.listing(NS)
     assert gwrules.intact(lines, [GW, GW2]), lines
     assert not any(gwrules.legacy(lines).values())
-    assert lines["filter"]["FORWARD"] == [gwrules._jump(gwrules.ISOLATION), ["-j", "DOCKER-USER"],
-                                          gwrules._jump(gwrules.FORWARD)]
+    assert lines["filter"]["FORWARD"] == [["-j", "DOCKER-USER"], gwrules._jump(gwrules.FORWARD)]
+    assert lines["mangle"]["FORWARD"] == [gwrules._jump(gwrules.ISOLATION)]
     assert gwrules.sync(NS, [GW, GW2]) == [], "as written is as read back: nothing to mend"
     assert gwrules.sync(NS, [GW2]) == ["iptables rules of VNI 256, which has no gateway here; removed"]
     assert gwrules.sync(NS, []) == ["iptables rules of VNI 304, which has no gateway here; removed"]

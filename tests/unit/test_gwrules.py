@@ -1,9 +1,10 @@
-"""gwrules on `iptables -S` listings (tokens after "-A CHAIN"): the DROPs in a chain FORWARD
-jumps to above DOCKER-USER, the ACCEPTs in one it jumps to just below it (an operator's rules
-there apply to our sandboxes' way out; before, ours went above them; an operator's ACCEPT there
-still cannot join networks or open a subnet to the world); intact() wants exactly
-what is written and every jump in that order; script() writes each table in one transaction and
-takes out what an older version put in FORWARD and POSTROUTING themselves."""
+"""gwrules on `iptables -S` listings (tokens after "-A CHAIN"): the DROPs in a chain of mangle's
+FORWARD (before filter's, where no one's ACCEPT, an operator's in DOCKER-USER included, can
+open what they close), the ACCEPTs in one filter's FORWARD jumps to just below DOCKER-USER (an
+operator's rules there apply to our sandboxes' way out; before, ours went above them);
+intact() wants exactly what is written and every jump; script() writes each table in one
+transaction, mangle's first, and takes out what an older version put in FORWARD and
+POSTROUTING themselves."""
 
 from __future__ import annotations
 
@@ -18,27 +19,29 @@ GW = Gateway(vni=256, ip="10.1.0.1", mac="02:00:0a:01:00:01", subnet="10.1.0.0/2
 GW2 = Gateway(vni=304, ip="10.34.0.1", mac="02:00:0a:22:00:01", subnet="10.34.0.0/24",
               router="dpgw000130", port="dpgp000130")
 DOCKER = ["-j", "DOCKER-USER"]
-JUMPS = [gwrules._jump(ISOLATION), gwrules._jump(FORWARD)]
 C = '-m comment --comment "dataplane egress vni {v}"'
 OLD = {"nat": ['-s 10.1.0.0/24 ! -d 10.1.0.0/24 ' + C + ' -j MASQUERADE'],
        "filter": ['-i dpgw000100 -o dpgw+ ' + C + ' -j DROP',
                   '-o dpgw000100 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT ' + C + ' -j ACCEPT',
                   '-i dpgw000100 ! -o dpgw000100 ' + C + ' -j ACCEPT', '-o dpgw000100 ' + C + ' -j DROP']}
+JUMP = {c: gwrules._jump(c) for c in (ISOLATION, FORWARD, POSTROUTING)}
+GUARD = ["-o", "ul0", "-p", "udp", "--dport", "4789", "-j", "DROP"]     # node/vxlanguard.py's, say
 
 
-def listing(gateways=(), forward=JUMPS, postrouting=(gwrules._jump(POSTROUTING),), chains=True):
+def listing(gateways=(), mangle=(GUARD, JUMP[ISOLATION]), forward=(JUMP[FORWARD],), postrouting=(JUMP[POSTROUTING],),
+            chains=True):
     """What listing() reads on a node whose chains were written for gateways."""
     want = gwrules.wanted(gateways)
-    return {"filter": {"FORWARD": [list(r) for r in forward], ISOLATION: want[ISOLATION] if chains else None,
-                       FORWARD: want[FORWARD] if chains else None},
+    return {"mangle": {"FORWARD": [list(r) for r in mangle], ISOLATION: want[ISOLATION] if chains else None},
+            "filter": {"FORWARD": [list(r) for r in forward], FORWARD: want[FORWARD] if chains else None},
             "nat": {"POSTROUTING": [list(r) for r in postrouting], POSTROUTING: want[POSTROUTING] if chains else None}}
 
 
 def inserted(script: str) -> list[str]:
-    return [line for line in script.splitlines() if line.startswith("-I ")]
+    return [line for line in script.splitlines() if line.startswith(("-I ", "-A FORWARD", "-A POSTROUTING"))]
 
 
-def test_what_no_rule_below_may_open_is_apart_from_the_accepts_and_lets_published_ports_by():
+def test_what_no_rule_may_open_is_apart_from_the_accepts_and_lets_published_ports_by():
     want = gwrules.wanted([GW2, GW])
     assert [(gwrules._vni(r), r[0], r[-1]) for r in want[ISOLATION]] == [
         (256, "-i", "DROP"), (304, "-i", "DROP"), (256, "-o", "DROP"), (304, "-o", "DROP")]
@@ -46,63 +49,44 @@ def test_what_no_rule_below_may_open_is_apart_from_the_accepts_and_lets_publishe
     for rule, passes in ((want[ISOLATION][0], "DNAT"), (want[ISOLATION][2], "RELATED,ESTABLISHED,DNAT")):
         at = rule.index("--ctstate")
         assert rule[at - 1:at + 2] == ["!", "--ctstate", passes], "published ports (and replies) pass"
-    assert [r[-1] for r in want[FORWARD]] == ["ACCEPT"] * 4, "the ACCEPTs alone below DOCKER-USER"
+    assert [r[-1] for r in want[FORWARD]] == ["ACCEPT"] * 4, "the ACCEPTs alone in filter"
+    assert gwrules.rules(GW)["drop"][0] == gwrules.rules(GW)["closed"][0] == "mangle"
 
 
-def test_intact_wants_every_jump_in_order_exact_contents_and_no_older_rules():
+def test_intact_wants_every_jump_exact_contents_and_no_older_rules():
     assert gwrules.intact(listing([GW]), [GW])
-    assert gwrules.intact(listing([GW], forward=[["-j", "X"], JUMPS[0], DOCKER, JUMPS[1]]), [GW]), \
+    assert gwrules.intact(listing([GW], forward=[["-j", "X"], JUMP[FORWARD], DOCKER]), [GW]), \
         "others' rules above ours are theirs to place"
-    for forward in (JUMPS[:1], JUMPS[1:], JUMPS[::-1]):
-        assert not gwrules.intact(listing([GW], forward=forward), [GW]), forward
-    assert not gwrules.intact(listing([GW], forward=[JUMPS[0], ["-i", "x"] + JUMPS[1][-2:]]), [GW]), \
+    for where in ("mangle", "forward", "postrouting"):
+        assert not gwrules.intact(listing([GW], **{where: []}), [GW]), where
+    assert not gwrules.intact(listing([GW], forward=[["-i", "x"] + JUMP[FORWARD][-2:]]), [GW]), \
         "an operator's conditional jump to our chain is not ours"
-    assert not gwrules.intact(listing([GW], postrouting=[]), [GW]), "POSTROUTING's jump"
     assert not gwrules.intact(listing([GW], chains=False), [GW])
     assert not gwrules.intact(listing([GW]), [GW, GW2]), "a gateway's rules missing"
     assert not gwrules.intact(listing([GW, GW2]), [GW]), "a stray VNI's"
     swapped = listing([GW])
     swapped["filter"][FORWARD].reverse()
     assert not gwrules.intact(swapped, [GW]), "out of order"
-    old = listing([GW], forward=JUMPS + [shlex.split(OLD["filter"][0].format(v=256))])
+    old = listing([GW], forward=[JUMP[FORWARD], shlex.split(OLD["filter"][0].format(v=256))])
     assert not gwrules.intact(old, [GW]), "an older version's rule left in FORWARD"
 
 
-def test_the_isolations_jump_goes_first_and_the_accepts_just_below_docker_user():
-    s = gwrules.script(listing(forward=[["-j", "X"], DOCKER, ["-j", "Y"]], chains=False), [GW])
-    assert inserted(s) == ['-I FORWARD 2 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
-                           '-I FORWARD 4 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD'], \
-        "just above DOCKER-USER: someone's rule at the top stays there"
-    s = gwrules.script(listing(forward=[["-j", "X"]], postrouting=(), chains=False), [GW])
-    assert [line.split()[2] for line in inserted(s)] == ["1", "2"]
-    assert '-A POSTROUTING -m comment --comment "dataplane egress" -j DATAPLANE-POSTROUTING' in s
-    s = gwrules.script(listing([GW]), [GW, GW2])
-    assert not inserted(s) and "-A POSTROUTING" not in s, "jumps that are there are not added again"
-
-
-def test_after_docker_user_put_first_the_isolation_goes_back_above_and_the_accepts_below_both():
-    s = gwrules.script(listing([GW], forward=[DOCKER, JUMPS[0]]), [GW])
+def test_the_accepts_jump_goes_just_below_docker_user_and_the_isolations_first_in_mangle():
+    s = gwrules.script(listing(mangle=[GUARD], forward=[["-j", "X"], DOCKER, ["-j", "Y"]], postrouting=[],
+                               chains=False), [GW])
     assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
-                           '-I FORWARD 3 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD']
+                           '-I FORWARD 3 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD',
+                           '-A POSTROUTING -m comment --comment "dataplane egress" -j DATAPLANE-POSTROUTING'], s
+    assert s.index("*mangle") < s.index("*filter") < s.index("*nat"), "the DROPs are in before the ACCEPTs"
+    s = gwrules.script(listing(forward=[["-j", "X"]], chains=False), [GW])
+    assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD']
+    s = gwrules.script(listing([GW], forward=[DOCKER, JUMP[FORWARD]]), [GW, GW2])
+    assert not inserted(s), "jumps that are there stay where they are (Docker's start put its own first)"
 
 
-def test_an_isolation_jump_below_the_accepts_or_docker_user_is_moved_above_in_one_transaction():
-    """Docker's start puts DOCKER-USER's jump first: an operator's ACCEPT there would open what
-    the isolation closes (a review found it), so the isolation's jump goes back above it."""
-    iso = '-m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION'
-    for forward, at in (([["-j", "X"]] + JUMPS[::-1], 2), ([DOCKER] + JUMPS, 1),
-                        ([["-j", "X"], DOCKER, JUMPS[0], JUMPS[0], JUMPS[1]], 2)):
-        lines = listing([GW], forward=forward)
-        assert not gwrules.intact(lines, [GW])
-        s = gwrules.script(lines, [GW]).splitlines()
-        moves = [line for line in s if line.endswith("DATAPLANE-ISOLATION")]
-        assert moves == [f"-D FORWARD {iso}"] * forward.count(JUMPS[0]) + [f"-I FORWARD {at} {iso}"], moves
-    assert gwrules.intact(listing([GW], forward=[["-j", "X"]] + JUMPS + [DOCKER]), [GW]), "others' rules above"
-
-
-def test_one_transaction_per_table_flushes_and_fills_our_chains():
+def test_one_transaction_per_table_flushes_and_fills_our_chain():
     s = gwrules.script(listing(chains=False), [GW]).splitlines()
-    assert s[0:3] == ["*filter", f":{ISOLATION} - [0:0]", f":{FORWARD} - [0:0]"] and s.count("COMMIT") == 2
+    assert s[0:2] == ["*mangle", f":{ISOLATION} - [0:0]"] and s.count("COMMIT") == 3
     body = [shlex.split(line)[2:] for line in s if line.startswith(f"-A {FORWARD}")]
     assert body == gwrules.wanted([GW])[FORWARD]
 
@@ -112,7 +96,7 @@ def test_an_older_versions_rules_are_removed_in_the_same_transaction_and_said():
     old_n = [shlex.split(x.format(v=256)) for x in OLD["nat"]]
     lines = listing(forward=[DOCKER] + old_f, postrouting=old_n, chains=False)
     s = gwrules.script(lines, [GW])
-    filt = s[:s.index("COMMIT")]
+    filt = s[s.index("*filter"):s.index("*nat")]
     assert all(gwrules._line(["-D", "FORWARD"] + r) in filt for r in old_f)
     assert filt.index("-D FORWARD") > filt.index("-I FORWARD"), "the new rules are in before the old go"
     assert gwrules._line(["-D", "POSTROUTING"] + old_n[0]) in s[s.index("*nat"):]
@@ -123,7 +107,7 @@ def test_an_older_versions_rules_are_removed_in_the_same_transaction_and_said():
 
 def test_what_is_mended_is_said_per_vni():
     assert gwrules.said(listing([GW, GW2]), [GW]) == ["iptables rules of VNI 304, which has no gateway here; removed"]
-    assert gwrules.said(listing([GW], forward=JUMPS[:1]), [GW]) == [
+    assert gwrules.said(listing([GW], mangle=[GUARD]), [GW]) == [
         "iptables rules of the gateways were out of order, or their chains not jumped to; put back"]
     assert gwrules.said(listing(chains=False), [GW]) == [
         "iptables rules of the gateway of VNI 256 were missing or not as written; put back"]

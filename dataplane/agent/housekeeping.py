@@ -80,7 +80,7 @@ def _mend_vxlan_guard(ag, st) -> None:
 
 
 def _mend_gateways(ag, st) -> None:
-    """The gateways' rules, read without a lock (four `iptables -S`, a few ms), written again
+    """The gateways' rules, read without a lock (six `iptables -S`, about 13 ms), written again
     under the node's if a firewall's reload or a flush took any away (counted a repair)."""
     if not st.gateways or gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values()):
         return

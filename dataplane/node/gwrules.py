@@ -183,6 +183,9 @@ def said(lines, gateways) -> list[str]:
         if v in old and v not in ours:
             out.append(f"iptables rules of the gateway of VNI {v}: moved into chains of their own "
                        f"({', '.join(c for _, cs in HOOKS.values() for c in cs)})")
+        elif v in old:
+            out.append(f"iptables rules an older version put back for the gateway of VNI {v} removed "
+                       f"(is an agent of that version still running?)")
         elif sorted(ours.get(v, [])) != sorted(tuple(r) for c in mine for r in mine[c] if _vni(r) == v):
             out.append(f"iptables rules of the gateway of VNI {v} were missing or not as written; put back")
     if want and not out:
@@ -218,14 +221,19 @@ def clear(ns) -> list[str]:
             flush += [f"*{table}"] + [_line(["-D", hook] + r) for r in jumps + old[table]]
             flush += [f"-F {c}" for c in made] + ["COMMIT"]
         if made:
-            drop += [f"*{table}"] + [f"-X {c}" for c in made] + ["COMMIT"]
+            drop.append([f"*{table}"] + [f"-X {c}" for c in made] + ["COMMIT"])
     if not flush:
         return []
     _restore(ns, flush, "removing the gateways' rules")
-    try:
-        _restore(ns, drop, "deleting the gateways' chains")
-    except KernelError:
-        pass                        # still jumped to by someone else's rule: left empty
+    for one in drop:                # a table at a time: one that fails stops none of the others
+        try:
+            _restore(ns, one, "deleting the gateways' chains")
+        except KernelError:
+            pass                    # still jumped to by someone else's rule: left empty
+    if not [r for r in lines["mangle"]["FORWARD"] if r != _jump(ISOLATION)]:
+        # As node/vxlanguard.py does: with iptables-nft an empty base chain still hooks every
+        # forwarded packet (iptables-legacy refuses to delete a built-in chain: then it stays).
+        iptables(ns, "mangle", "-X", "FORWARD", [])
     return gone
 
 

@@ -113,6 +113,13 @@ def test_what_is_mended_is_said_per_vni():
         "iptables rules of the gateway of VNI 256 were missing or not as written; put back"]
 
 
+def test_an_older_agents_rules_put_back_beside_ours_are_said_so():
+    lines = listing([GW], forward=[JUMP[FORWARD], shlex.split(OLD["filter"][0].format(v=256))])
+    assert gwrules.said(lines, [GW]) == ["iptables rules an older version put back for the gateway of VNI 256 "
+                                         "removed (is an agent of that version still running?)"]
+    assert gwrules._line(["-D", "FORWARD"] + shlex.split(OLD["filter"][0].format(v=256))) in gwrules.script(lines, [GW])
+
+
 def test_a_rule_someone_put_in_our_chain_is_said_without_raising():
     """Untagged, beside a stray VNI's: sorting None with a VNI raised TypeError (a review found
     it), which `down` did not catch."""

@@ -108,7 +108,8 @@ def load(pin_dir: str, map_sizes: dict[str, int] | None = None, quiet: bool = Fa
     bcc = _bcc()
     if remade:              # as late as the load allows: bcc binds to the pins when it compiles
         unpin(pin_dir, remade)
-        notice(f"made anew in this version's layout (settings, caches and meter state only): {', '.join(remade)}", quiet)
+        notice(f"made anew in this version's layout (settings, caches and meter state only): "
+               f"{', '.join(remade)}", quiet)
     retired = [n for n in RETIRED if os.path.exists(os.path.join(pin_dir, n))]
     if retired:             # nothing of this version reads them; programs still attached hold their own fd
         unpin(pin_dir, retired)

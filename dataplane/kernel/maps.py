@@ -26,7 +26,8 @@ class MapSpec:
     size_const: str | None   # the DP_MAP_* constant sizing it, or None for fixed sizes
     fixed_size: int = 0
     # What it holds is made again without loss that matters: settings `up` writes whole after every
-    # load, or the fast path's own caches and meter state (dp_peer_meters' refusal counts start at 0). Pinned with another layout, it is made anew.
+    # load, or the fast path's own caches and meter state (dp_peer_meters' refusal counts start at 0).
+    # Pinned with another layout, it is made anew.
     remade: bool = False
 
     def max_entries(self, overrides: dict[str, int]) -> int:

@@ -1,8 +1,9 @@
 """The gateways' rules (node/gwrules.py) against both iptables back ends Debian ships
 (iptables-nft, the default, and iptables-legacy), in a namespace of this test's own: an older
 version's rules in FORWARD and POSTROUTING move into our chains in one transaction, the jump
-of the ACCEPTs goes just below DOCKER-USER's (the DROPs' in mangle), what `iptables -S` prints back is what intact() expects (else
-the agent would mend them at every tick), and with the last gateway the chains go."""
+of the ACCEPTs goes just below DOCKER-USER's (the DROPs' in mangle), what `iptables -S` prints
+back is what intact() expects (else the agent would mend them at every tick), and with the last
+gateway the chains go."""
 
 from __future__ import annotations
 

@@ -43,25 +43,24 @@ TIMEOUT_S = 10                    # an iptables run; -w waits at most 5 s for th
 _OURS = re.compile(r"dataplane egress vni (\d+)")
 
 
-def rules(gw: Gateway) -> dict[str, tuple[str, list[str]]]:
-    """kind -> (table, rule in our chain), each in the order `iptables -S` prints it."""
+def rules(gw: Gateway) -> dict[str, list[str]]:
+    """kind -> its rule, in the order `iptables -S` prints it (wanted() says which chain)."""
     c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
-    return {"masquerade": ("nat", ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"]),
-            "drop": ("mangle", ["-i", gw.router, "-o", ROUTERS, "-m", "conntrack", "!", "--ctstate", "DNAT"]
-                     + c + ["-j", "DROP"]),
-            "replies": ("filter", ["-o", gw.router, "-m", "conntrack", "--ctstate",
-                                   "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "ACCEPT"]),
-            "out": ("filter", ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"]),
-            "closed": ("mangle", ["-o", gw.router, "-m", "conntrack", "!", "--ctstate",
-                                  "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "DROP"])}
+    return {"masquerade": ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"],
+            "drop": ["-i", gw.router, "-o", ROUTERS, "-m", "conntrack", "!", "--ctstate", "DNAT"] + c + ["-j", "DROP"],
+            "replies": ["-o", gw.router, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c
+            + ["-j", "ACCEPT"],
+            "out": ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"],
+            "closed": ["-o", gw.router, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c
+            + ["-j", "DROP"]}
 
 
 def wanted(gateways) -> dict[str, list[list[str]]]:
     """Our chain -> its rules, in order (by VNI)."""
     each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
-    return {ISOLATION: [r[k][1] for k in ("drop", "closed") for r in each],
-            FORWARD: [r[k][1] for r in each for k in ("replies", "out")],
-            POSTROUTING: [r["masquerade"][1] for r in each]}
+    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each],
+            FORWARD: [r[k] for r in each for k in ("replies", "out")],
+            POSTROUTING: [r["masquerade"] for r in each]}
 
 
 def require_iptables() -> None:
@@ -230,11 +229,17 @@ def clear(ns) -> list[str]:
             _restore(ns, one, "deleting the gateways' chains")
         except KernelError:
             pass                    # still jumped to by someone else's rule: left empty
-    if not [r for r in lines["mangle"]["FORWARD"] if r != _jump(ISOLATION)]:
-        # As node/vxlanguard.py does: with iptables-nft an empty base chain still hooks every
-        # forwarded packet (iptables-legacy refuses to delete a built-in chain: then it stays).
-        iptables(ns, "mangle", "-X", "FORWARD", [])
+    forget_mangle_forward(ns)
     return gone
+
+
+def forget_mangle_forward(ns) -> None:
+    """mangle's FORWARD deleted if no rule is left in it (our isolation's jump and
+    node/vxlanguard.py's rule share it): with iptables-nft an empty base chain still hooks every
+    forwarded packet (iptables-legacy refuses to delete a built-in chain: then it stays)."""
+    left = iptables(ns, "mangle", "-S", "FORWARD", [])
+    if left.returncode == 0 and not [line for line in left.stdout.splitlines() if line.startswith("-A ")]:
+        iptables(ns, "mangle", "-X", "FORWARD", [])
 
 
 def _restore(ns, lines: list[str], what: str) -> None:

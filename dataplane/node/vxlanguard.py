@@ -22,7 +22,7 @@ import logging
 import shutil
 
 from dataplane.core.errors import KernelError
-from dataplane.node.gwrules import iptables
+from dataplane.node.gwrules import forget_mangle_forward, iptables
 
 log = logging.getLogger("dataplane")
 COMMENT = "dataplane: no VXLAN forwarded onto the underlay"
@@ -74,6 +74,4 @@ def remove(ns, underlay: str, port: int) -> None:
     for _ in range(8):
         if iptables(ns, "mangle", "-D", "FORWARD", rule(underlay, port)).returncode:
             break
-    left = iptables(ns, "mangle", "-S", "FORWARD", [])
-    if left.returncode == 0 and not [line for line in left.stdout.splitlines() if line.startswith("-A ")]:
-        iptables(ns, "mangle", "-X", "FORWARD", [])
+    forget_mangle_forward(ns)

@@ -50,7 +50,7 @@ def test_what_no_rule_may_open_is_apart_from_the_accepts_and_lets_published_port
         at = rule.index("--ctstate")
         assert rule[at - 1:at + 2] == ["!", "--ctstate", passes], "published ports (and replies) pass"
     assert [r[-1] for r in want[FORWARD]] == ["ACCEPT"] * 4, "the ACCEPTs alone in filter"
-    assert gwrules.rules(GW)["drop"][0] == gwrules.rules(GW)["closed"][0] == "mangle"
+    assert gwrules.HOOKS["mangle"] == ("FORWARD", (ISOLATION,)), "the DROPs in mangle, before filter's ACCEPTs"
 
 
 def test_intact_wants_every_jump_exact_contents_and_no_older_rules():

@@ -93,11 +93,21 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     gw.ifindex = netlink.veth_create(ns, gw.port, ns, gw.router, gw.mac, mtu)
     for ifname in (gw.port, gw.router):
         netlink.sysctl(ns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
-    netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.forwarding", "1")
+    _router_sysctls(ns, gw)
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
     return said
+
+
+def _router_sysctls(ns, gw: Gateway) -> None:
+    """It forwards; its ARP requests name its own address, the gateway's (arp_announce 2). With
+    the kernel's default they name the source of the packet that waits for the answer when that
+    is one of the host's addresses: a hairpin's reply, whose DNAT undone makes the source the
+    host's published address, and the fast path drops an ARP from the router's port that does
+    not give the gateway's address (spoof_ip), so the reply never left."""
+    netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.forwarding", "1")
+    netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.arp_announce", "2")
 
 
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
@@ -156,6 +166,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
+            _router_sysctls(node.netns, gw)     # (one an older version made lacks arp_announce)
             write_entries(m, st, gw)
     # Every gateway's rules as they should be: what a flush took, an older version's layout (moved
     # into our chains), rules of a VNI with no gateway here (a removal that failed part-way left

@@ -12,7 +12,9 @@ for the same reason).
 filter's DATAPLANE-FORWARD holds each gateway's ACCEPTs (out of the router; replies and
 published ports back); FORWARD jumps to it just below Docker's DOCKER-USER (an operator's rules
 there, for every container, apply to our sandboxes' way out too), else first.
-nat's DATAPLANE-POSTROUTING masquerades what leaves a subnet; POSTROUTING's jump is appended.
+nat's DATAPLANE-POSTROUTING masquerades what leaves a subnet, and a sandbox's connection to a
+published port that DNAT sends back into its own subnet (hairpin: the target's reply must come
+back through the router, which undoes the DNAT); POSTROUTING's jump is appended.
 
 Each table's chains go in as one `iptables-restore --noflush` transaction (a declared chain is
 flushed and refilled at once), with any missing jump and the removal of an older version's
@@ -47,6 +49,8 @@ def rules(gw: Gateway) -> dict[str, list[str]]:
     """kind -> its rule, in the order `iptables -S` prints it (wanted() says which chain)."""
     c = ["-m", "comment", "--comment", COMMENT.format(vni=gw.vni)]
     return {"masquerade": ["-s", gw.subnet, "!", "-d", gw.subnet] + c + ["-j", "MASQUERADE"],
+            "hairpin": ["-s", gw.subnet, "-d", gw.subnet, "-o", gw.router, "-m", "conntrack", "--ctstate", "DNAT"]
+            + c + ["-j", "MASQUERADE"],
             "drop": ["-i", gw.router, "-o", ROUTERS, "-m", "conntrack", "!", "--ctstate", "DNAT"] + c + ["-j", "DROP"],
             "replies": ["-o", gw.router, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c
             + ["-j", "ACCEPT"],
@@ -60,7 +64,7 @@ def wanted(gateways) -> dict[str, list[list[str]]]:
     each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
     return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each],
             FORWARD: [r[k] for r in each for k in ("replies", "out")],
-            POSTROUTING: [r["masquerade"] for r in each]}
+            POSTROUTING: [r[k] for r in each for k in ("masquerade", "hairpin")]}
 
 
 def require_iptables() -> None:

@@ -76,6 +76,11 @@ def _rules(chain: str) -> str:
     return netlink.ns_exec("dpl-h1", ["iptables", "-S", chain], capture_output=True, text=True).stdout
 
 
+def _arp_announce() -> str:
+    from dataplane.kernel import netlink
+    return netlink.sysctl_get("dpl-h1", f"net.ipv4.conf.dpgw{256:06x}.arp_announce")
+
+
 def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
     previous, old_tree = old_tree
     try:
@@ -97,6 +102,7 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         old_stats = next(s for s in dp_json("--netns", "dpl-h1", "stats") if s["vni"] == 256)
         assert old_stats["overlay_storm_peers"] == {}, "an older layout's entries are not read as this one's"
         assert "dataplane egress vni 256" in _rules("FORWARD"), "the old layout: the gateway's rules in FORWARD"
+        assert _arp_announce() == "0", "an older version's router: the kernel's default"
         for ns in ("dpl-h1", "dpl-h2"):      # the unit restarted: its agent stopped, ExecStartPre, the new agent
             stop(process.running_pid(ns))
             dp("--netns", ns, "up", "--restore")
@@ -106,6 +112,7 @@ def test_nodes_the_previous_release_brought_up_are_taken_over(old_tree):
         assert "dataplane egress vni" not in _rules("FORWARD") and "vni 256" in _rules("DATAPLANE-FORWARD"), \
             "the gateway's rules moved into chains of their own"
         assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its way out works"
+        assert _arp_announce() == "2", "the router's ARP names the gateway's address (hairpin replies)"
         after = next(s for s in readout.stats(Node("dpl-h1")) if s["vni"] == 256)["tx_packets"]
         assert after >= before + 3, "taken over, not made again: the counters the old version kept go on"
         with Node("dpl-h1").maps() as m:      # the new maps, made beside the old ones and set

@@ -12,7 +12,10 @@ port instead). Sandboxes' ARP for the gateway is answered from dp_neigh. The
 kernel routes, iptables masquerades the subnet's traffic to anywhere else
 (SNAT to the host's address), and conntrack brings replies back through the
 router side, whose ARP for the sandbox is answered by the fast path too.
-East-west traffic never comes here: the subnet is on-link in every sandbox.
+East-west traffic never comes here (the subnet is on-link in every sandbox)
+but for a published port of the same network reached by the host's address
+(hairpin), which the router sends back into the subnet masqueraded to the
+gateway's address (node/gwrules.py).
 
 It is not a LocalEndpoint (no registry record, no sandbox, not listed): it
 lives in NodeState.gateways, made on the first endpoint that wants egress and

@@ -27,12 +27,12 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound, TryAgain, 
 from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE, E_ENV, E_INTERNAL,  # noqa: F401
                                          E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN, E_UNKNOWN_CONTAINER, E_VERSION,
                                          CNIError, _env, _ipam)
+from dataplane.runtimes import cni_asks
+from dataplane.runtimes.cni_ipam import ATTACHMENTS, VALID_ATTACHMENTS, gc_listing
 from dataplane.runtimes.cni_ipam import supports as ipam_supports
 from dataplane.runtimes.cni_result import first_ipv4, objects, shape, v4_routes, via
 
 SUPPORTED = ["1.0.0", "1.1.0"]
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"     # what libcni sends (and reads back in its own tests)
-ATTACHMENTS = "cni.dev/attachments"                 # the key the 1.1.0 spec's text names; libcni >= 1.2.3 sends both
 
 # What the agent says when the container's namespace (CNI_NETNS, an absolute path) is gone: the
 # spec's code 3. Before, any NotFound naming a "namespace" got it: an interface missing in the
@@ -83,17 +83,20 @@ def _check_conf(conf: dict) -> int:
     return vni
 
 
-def _attachment(env, need_netns: bool) -> tuple[str, str, str | None]:
+def _attachment(env, need_netns: bool, strict: bool = True) -> tuple[str, str, str | None]:
+    """Not strict (DEL): whatever names the attachment, as its ADD got it, even one that ADD
+    refused (the spec: a delete must still be run when the add failed; the id is a hash)."""
     cid = _env(env, "CNI_CONTAINERID")
-    if not _SPEC_ID.match(cid):
+    if strict and not _SPEC_ID.match(cid):
         raise CNIError(E_ENV, f"bad CNI_CONTAINERID {cid!r}")
     ifname = _env(env, "CNI_IFNAME")
     try:
-        model.parse_ifname(ifname)
+        if strict:
+            model.parse_ifname(ifname)
     except UsageError:
         raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}") from None
     netns = _env(env, "CNI_NETNS", required=need_netns)
-    if netns is not None and not netns.startswith("/"):
+    if strict and netns is not None and not netns.startswith("/"):
         raise CNIError(E_ENV, f"bad CNI_NETNS {netns!r}: an absolute path expected")
     return cid, ifname, netns
 
@@ -136,6 +139,7 @@ def cmd_add(conf: dict, env) -> dict:
     cid, ifname, netns = _attachment(env, need_netns=True)
     prev = conf.get("prevResult") or {}
     faces, prev_ips, _ = shape(prev)          # all of it checked before anything is made
+    mac, asked_ip = cni_asks.mac(conf, env), cni_asks.ip(conf, env) if "ipam" not in conf else None
     attaching = False
     try:
         ipam = _ipam(conf, env, "ADD") if "ipam" in conf else None
@@ -155,7 +159,7 @@ def cmd_add(conf: dict, env) -> dict:
                    "container_id": cid}
         attaching = True
         ep = _agent(conf, "endpoint_attach", id=endpoint_id(conf["name"], cid, ifname), vni=vni,
-                    sandbox=sandbox, ip=str(iface.ip) if iface else None,
+                    sandbox=sandbox, ip=str(iface.ip) if iface else asked_ip, mac=mac,
                     prefixlen=iface.network.prefixlen if iface else None, routes=routes)
     except BaseException as e:
         if attaching and getattr(e, "in_doubt", False):
@@ -164,7 +168,10 @@ def cmd_add(conf: dict, env) -> dict:
             # container holds it; the runtime's DEL frees it once the agent has let go.
             e.details = "the address is kept until DEL: the agent may still attach it"
             raise
-        if "ipam" in conf:          # whatever its ADD did or printed (not JSON, null): give the address back
+        # Whatever its ADD did or printed (not JSON, null): the address given back. Not after the
+        # IPAM plugin's own refusal, which gave none: host-local refuses a repeated ADD for the
+        # same container and interface, whose DEL would free the address the first one holds.
+        if "ipam" in conf and not getattr(e, "refused", False):
             try:
                 _ipam(conf, env, "DEL")
             except CNIError:
@@ -196,7 +203,7 @@ def cmd_del(conf: dict, env) -> None:
     up whose agent cannot answer keeps the address until the agent has let go of the endpoint
     (an address freed first could be handed out while the registry still holds it)."""
     _check_conf(conf)
-    cid, ifname, _ = _attachment(env, need_netns=False)
+    cid, ifname, _ = _attachment(env, need_netns=False, strict=False)
     try:
         _agent(conf, "endpoint_detach", id=endpoint_id(conf["name"], cid, ifname))
     except CNIError as e:
@@ -266,9 +273,9 @@ def cmd_gc(conf: dict, env) -> None:
     """Remove this network's attachments on this node that the runtime no longer lists, and
     release their addresses through the IPAM plugin; then pass the GC on to the IPAM plugin
     itself (the spec) if it speaks 1.1.0, which frees what it holds for attachments no longer
-    listed (one that does not, as Debian's 1.0.0 host-local, is left at that), unless something
-    failed here. An error on one attachment does not stop the others: the first is reported
-    once all were tried."""
+    listed (one that does not, as Debian's 1.0.0 host-local, is left at that); an attachment
+    that failed here goes to it as valid, so it keeps that address. An error on one attachment
+    does not stop the others: the first is reported once all were tried."""
     _check_conf(conf)
     keep = set()
     for name in (VALID_ATTACHMENTS, ATTACHMENTS):      # either name, or both: what either lists stays
@@ -278,7 +285,7 @@ def cmd_gc(conf: dict, env) -> None:
         if not isinstance(valid, list):
             raise CNIError(E_CONFIG, f"{name} must be a list")
         keep |= {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
-    failed = []
+    failed, held = [], []
     for ep in _agent(conf, "endpoint_local", runtime="cni"):
         sb = ep["sandbox"]
         if sb.get("network") != conf["name"] or (sb.get("container_id"), sb.get("ifname")) in keep:
@@ -290,10 +297,11 @@ def cmd_gc(conf: dict, env) -> None:
             _agent(conf, "endpoint_detach", id=ep["name"])
         except CNIError as e:
             failed.append(e)
-    if "ipam" in conf and not failed:      # what failed above is still ours: the delegate must not free it
-        try:
+            held.append({"containerID": sb["container_id"], "ifname": sb["ifname"]})
+    if "ipam" in conf:             # the spec: passed on whatever failed here ("continue" past errors),
+        try:                       # what failed above listed as valid: it is still ours, not the delegate's to free
             if ipam_supports(conf, env, "1.1.0"):      # one too old for GC is left at that
-                _ipam(conf, env, "GC")
+                _ipam(gc_listing(conf, held), env, "GC")
         except CNIError as e:
             failed.append(e)
     if failed:

@@ -12,6 +12,8 @@ import sys
 from dataplane.core import model
 
 IPAM_FALLBACK_VERSION = "1.0.0"   # Debian's reference plugins stop at 1.0.0
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"     # GC's list: what libcni sends (and reads back in its tests)
+ATTACHMENTS = "cni.dev/attachments"                 # the key the 1.1.0 spec's text names; libcni >= 1.2.3 sends both
 
 # The spec's well-known error codes; 100 and up are ours.
 E_VERSION, E_FIELD, E_UNKNOWN_CONTAINER, E_ENV, E_IO, E_DECODE, E_CONFIG, E_TRY_AGAIN = 1, 2, 3, 4, 5, 6, 7, 11
@@ -89,7 +91,10 @@ def _ipam(conf: dict, env, command: str, overrides: dict | None = None) -> dict 
             err = {"msg": (out or r.stderr).decode(errors="replace").strip()}
         code = err["code"] if type(err.get("code")) is int and err["code"] > 0 else E_IO
         if code != E_VERSION:
-            raise CNIError(code, f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}", str(err.get("details") or ""))
+            refusal = CNIError(code, f"IPAM plugin {conf['ipam']['type']}: {err.get('msg')}",
+                               str(err.get("details") or ""))
+            refusal.refused = True            # its own error: it did not do what it was asked
+            raise refusal
     raise CNIError(E_VERSION, f"IPAM plugin {conf['ipam']['type']} supports neither {conf['cniVersion']} "
                    f"nor {IPAM_FALLBACK_VERSION}")
 
@@ -106,3 +111,12 @@ def supports(conf: dict, env, version: str) -> bool:
         return False
     versions = answer.get("supportedVersions") if isinstance(answer, dict) else None
     return isinstance(versions, list) and version in versions
+
+
+def gc_listing(conf: dict, more: list[dict]) -> dict:
+    """GC's configuration for the IPAM plugin: conf with more attachments in its valid lists
+    (under each name conf has), which the plugin must keep."""
+    if not more:
+        return conf
+    names = [n for n in (VALID_ATTACHMENTS, ATTACHMENTS) if n in conf] or [VALID_ATTACHMENTS]
+    return {**conf, **{n: list(conf.get(n) or []) + more for n in names}}

@@ -149,6 +149,30 @@ def test_libcni_add_check_ping_del(rt):
     ok(rt.run(1, "del", c1, "ctr-1"))
 
 
+def test_the_mac_the_runtime_asks_for(rt):
+    """libcni passes the `mac` capability as runtimeConfig to a plugin that declares it (as
+    Podman and the tuning plugin's users do): the container's interface has it, the registry
+    and the fast path know it (it pings), CHECK agrees. Before, it was ignored: the container
+    got the MAC derived from its address."""
+    plugin = rt.conf(1, capabilities={"mac": True})
+    plugin.pop("cniVersion"), plugin.pop("name")
+    path = os.path.join(rt.work, "h1-mac.conflist")
+    with open(path, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "ov256", "plugins": [plugin]}, f)
+    c, peer = rt.container("mac1"), rt.container("mac2")
+    caps = {"mac": "02:42:aa:bb:cc:01"}
+    res = json.loads(ok(rt.run(1, "add", c, "ctr-mac1", conflist=path, caps=caps)))
+    try:
+        assert res["interfaces"][res["ips"][0]["interface"]]["mac"] == caps["mac"], res
+        assert netlink.link_info(c, "eth0")["mac"] == caps["mac"]
+        ok(rt.run(1, "check", c, "ctr-mac1", conflist=path, caps=caps))
+        other = json.loads(ok(rt.run(2, "add", peer, "ctr-mac2")))
+        assert ns_ping(c, other["ips"][0]["address"].split("/")[0]), "the fast path knows the MAC asked for"
+        ok(rt.run(2, "del", peer, "ctr-mac2"))
+    finally:
+        ok(rt.run(1, "del", c, "ctr-mac1", conflist=path, caps=caps))
+
+
 def _links(netns: str) -> list[str]:
     with netlink.ipr(netns) as s:
         return [link.get_attr("IFLA_IFNAME") for link in s.get_links()]

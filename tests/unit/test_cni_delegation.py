@@ -38,7 +38,9 @@ def recording_ipam(tmp_path, body: str = "", speaks: str = '"1.0.0","1.1.0"') ->
     CONTAINERID") in tmp_path/calls, then runs body."""
     p = tmp_path / "rec-ipam"
     version = f'[ "$CNI_COMMAND" = VERSION ] && {{ echo \'{{"cniVersion":"1.1.0","supportedVersions":[{speaks}]}}\'; exit 0; }}'
-    p.write_text(f'#!/bin/sh\n{version}\necho "$CNI_COMMAND $CNI_CONTAINERID" >> {tmp_path}/calls\n{body}\nexit 0\n')
+    keep = f'[ "$CNI_COMMAND" = GC ] && cat > {tmp_path}/gc-body'
+    p.write_text(f'#!/bin/sh\n{version}\necho "$CNI_COMMAND $CNI_CONTAINERID" >> {tmp_path}/calls\n{keep}\n{body}\n'
+                 'exit 0\n')
     p.chmod(0o755)
     return {"type": "rec-ipam"}
 
@@ -73,7 +75,11 @@ def test_gc_goes_on_past_a_failure_and_is_passed_to_the_ipam_plugin(tmp_path, ag
     status, out = run(conf, "GC", tmp_path)
     assert status == 1 and "locked" in out["msg"]
     assert list(agent.endpoints) == [endpoint("c1")["name"]], "c2 collected; c1 kept for the next GC"
-    assert calls(tmp_path) == ["DEL c1", "DEL c2"], "no GC passed on while c1 is still ours"
+    # Passed on all the same (the spec: forward GC, continue past errors; before, a failing
+    # attachment held up the delegate's GC for good), with c1 listed as valid: still ours.
+    assert calls(tmp_path) == ["DEL c1", "DEL c2", "GC abc"]
+    assert json.loads((tmp_path / "gc-body").read_text())[cni.VALID_ATTACHMENTS] == [
+        {"containerID": "c1", "ifname": "eth0"}]
     (tmp_path / "calls").unlink()
     fine = {**CONF, "ipam": recording_ipam(tmp_path), cni.VALID_ATTACHMENTS: []}
     assert run(fine, "GC", tmp_path) == (0, None)

@@ -90,6 +90,10 @@ class Endpoints(Reservations):
         net = Network.from_json(net_item.value)
         if want_ip is not None:
             net.check_ip(want_ip)            # the network may have been re-created
+        if mac is not None and mac == model.mac_for_ip(ipaddress.IPv4Address(net.gateway)):
+            # Every host's router for the network holds it (node/gateway.py): an endpoint with it
+            # took the gateway over on its node, and its removal deleted the gateway's entry.
+            raise UsageError(f"MAC {mac} is reserved: it is the gateway's of {net.name}")
         fence = self.kv.get(fence_key(net.name))
         addr = want_ip or self._next_free(net, taken)
         ep = Endpoint.make(id, net.name, host, mac or model.mac_for_ip(ipaddress.IPv4Address(addr)), addr)

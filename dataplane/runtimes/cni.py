@@ -22,83 +22,26 @@ import sys
 
 from dataplane.agent import client
 from dataplane.agent.client import AgentSilent
-from dataplane.core import model, state
+from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, TryAgain, UsageError
-from dataplane.runtimes.cni_ipam import (E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE, E_ENV, E_INTERNAL,  # noqa: F401
-                                         E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN, E_UNKNOWN_CONTAINER, E_VERSION,
-                                         CNIError, _env, _ipam)
 from dataplane.runtimes import cni_asks
-from dataplane.runtimes.cni_ipam import ATTACHMENTS, VALID_ATTACHMENTS, gc_listing
+from dataplane.runtimes.cni_input import SUPPORTED, _attachment, _check_conf, _read_conf, _refused
+from dataplane.runtimes.cni_ipam import (ATTACHMENTS, E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE,  # noqa: F401
+                                         E_ENV, E_INTERNAL, E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN,
+                                         E_UNKNOWN_CONTAINER, E_VERSION, VALID_ATTACHMENTS, CNIError, _env,
+                                         _ipam, gc_listing)
 from dataplane.runtimes.cni_ipam import supports as ipam_supports
 from dataplane.runtimes.cni_result import first_ipv4, objects, shape, v4_routes, via
 
-SUPPORTED = ["1.0.0", "1.1.0"]
 
 # What the agent says when the container's namespace (CNI_NETNS, an absolute path) is gone: the
 # spec's code 3. Before, any NotFound naming a "namespace" got it: an interface missing in the
 # host namespace, or the node's own namespace gone, told the runtime its container was unknown.
 _CONTAINER_GONE = re.compile(r"network namespace '?/\S* does not exist")
 
-# The spec's pattern for network names and container ids (\Z: $ would let "abc\n" through).
-_SPEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
-
-
 def endpoint_id(network: str, container_id: str, ifname: str) -> str:
     """One attachment (network, container, interface) -> one registry endpoint."""
     return "cni-" + hashlib.sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()[:24]
-
-
-# --- input -----------------------------------------------------------------------
-
-def _read_conf(raw: bytes) -> dict:
-    try:
-        conf = model.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise CNIError(E_DECODE, "network configuration is not valid JSON", str(e)) from None
-    if not isinstance(conf, dict):
-        raise CNIError(E_DECODE, "network configuration must be a JSON object")
-    return conf
-
-
-def _check_conf(conf: dict) -> int:
-    ver = conf.get("cniVersion")
-    if ver not in SUPPORTED:
-        raise CNIError(E_VERSION, f"CNI version {ver!r} is not supported",
-                       f"supported versions: {', '.join(SUPPORTED)}")
-    if not isinstance(conf.get("name"), str) or not _SPEC_ID.match(conf["name"]):
-        raise CNIError(E_CONFIG, f"bad network name {conf.get('name')!r}: letters, digits, _ . - expected")
-    vni = conf.get("vni")
-    if not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= 0xFFFFFF:
-        raise CNIError(E_CONFIG, f"bad vni {vni!r}: an integer 1..16777215 is required")
-    if "ipam" in conf and not (isinstance(conf["ipam"], dict) and isinstance(conf["ipam"].get("type"), str)):
-        raise CNIError(E_CONFIG, "ipam must be an object with a type")
-    if conf.get("prevResult") is not None and not isinstance(conf["prevResult"], dict):
-        raise CNIError(E_DECODE, "prevResult must be an object")
-    if not isinstance(conf.get("ipMasq", False), bool):
-        raise CNIError(E_CONFIG, f"bad ipMasq {conf['ipMasq']!r}: true or false")
-    try:
-        model.parse_name(conf.get("node", "host"), "node")
-    except UsageError as e:
-        raise CNIError(E_CONFIG, str(e)) from None
-    return vni
-
-
-def _attachment(env, need_netns: bool, strict: bool = True) -> tuple[str, str, str | None]:
-    """Not strict (DEL): whatever names the attachment, as its ADD got it, even one that ADD
-    refused (the spec: a delete must still be run when the add failed; the id is a hash)."""
-    cid = _env(env, "CNI_CONTAINERID")
-    if strict and not _SPEC_ID.match(cid):
-        raise CNIError(E_ENV, f"bad CNI_CONTAINERID {cid!r}")
-    ifname = _env(env, "CNI_IFNAME")
-    try:
-        if strict:
-            model.parse_ifname(ifname)
-    except UsageError:
-        raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}") from None
-    netns = _env(env, "CNI_NETNS", required=need_netns)
-    if strict and netns is not None and not netns.startswith("/"):
-        raise CNIError(E_ENV, f"bad CNI_NETNS {netns!r}: an absolute path expected")
-    return cid, ifname, netns
 
 
 # --- the agent and the IPAM plugin ------------------------------------------------
@@ -204,12 +147,15 @@ def cmd_del(conf: dict, env) -> None:
     (an address freed first could be handed out while the registry still holds it)."""
     _check_conf(conf)
     cid, ifname, _ = _attachment(env, need_netns=False, strict=False)
+    # Names its ADD refused before asking the IPAM plugin: no address to give back (and the
+    # reference plugins refuse such names on DEL too).
+    refused = _refused(env)
     try:
         _agent(conf, "endpoint_detach", id=endpoint_id(conf["name"], cid, ifname))
     except CNIError as e:
         if e.code != E_TRY_AGAIN or _node_up(conf):
             raise
-    if "ipam" in conf:
+    if "ipam" in conf and not refused:
         _ipam(conf, env, "DEL")
 
 

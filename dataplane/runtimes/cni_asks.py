@@ -15,8 +15,9 @@ from dataplane.runtimes.cni_ipam import E_CONFIG, CNIError
 
 
 def env_args(env) -> dict[str, str]:
-    """CNI_ARGS' KEY=VALUE pairs (";" between them). Keys we do not know are left alone, as
-    IgnoreUnknown asks: Kubernetes passes K8S_POD_NAME and others to every plugin."""
+    """CNI_ARGS' KEY=VALUE pairs (";" between them; the last of a key wins). Keys we do not know
+    are left alone, with or without IgnoreUnknown: Kubernetes passes K8S_POD_NAME and others to
+    every plugin."""
     out = {}
     for pair in (env.get("CNI_ARGS") or "").split(";"):
         key, eq, value = pair.partition("=")

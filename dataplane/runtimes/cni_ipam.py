@@ -114,9 +114,8 @@ def supports(conf: dict, env, version: str) -> bool:
 
 
 def gc_listing(conf: dict, more: list[dict]) -> dict:
-    """GC's configuration for the IPAM plugin: conf with more attachments in its valid lists
-    (under each name conf has), which the plugin must keep."""
+    """GC's configuration for the IPAM plugin: conf with more attachments in its valid lists,
+    under both names (a plugin may read either; an absent or null list is an empty one)."""
     if not more:
         return conf
-    names = [n for n in (VALID_ATTACHMENTS, ATTACHMENTS) if n in conf] or [VALID_ATTACHMENTS]
-    return {**conf, **{n: list(conf.get(n) or []) + more for n in names}}
+    return {**conf, **{n: list(conf.get(n) or []) + more for n in (VALID_ATTACHMENTS, ATTACHMENTS)}}

@@ -168,8 +168,8 @@ def test_the_mac_the_runtime_asks_for(rt):
         ok(rt.run(1, "check", c, "ctr-mac1", conflist=path, caps=caps))
         other = json.loads(ok(rt.run(2, "add", peer, "ctr-mac2")))
         assert ns_ping(c, other["ips"][0]["address"].split("/")[0]), "the fast path knows the MAC asked for"
-        ok(rt.run(2, "del", peer, "ctr-mac2"))
     finally:
+        ok(rt.run(2, "del", peer, "ctr-mac2"))
         ok(rt.run(1, "del", c, "ctr-mac1", conflist=path, caps=caps))
 
 

@@ -65,7 +65,8 @@ def test_endpoint_conflicts_and_validation(reg):
     with pytest.raises(Conflict, match="MAC 02:00:00:00:00:0a is in use"):
         reg.endpoint_create("b", "n", "h1", ip="10.1.45.11", mac="02:00:00:00:00:0a")
     for kw, msg in [({"ip": "10.1.46.1"}, "not a free host address"), ({"ip": "10.1.45.1"}, "reserved"),
-                    ({"mac": "01:00:00:00:00:01"}, "bad MAC"), ({"ip": "x"}, "bad endpoint address")]:
+                    ({"mac": "01:00:00:00:00:01"}, "bad MAC"), ({"ip": "x"}, "bad endpoint address"),
+                    ({"mac": "02:42:0A:01:2D:01"}, "the gateway's")]:    # 10.1.45.1's: every router holds it
         with pytest.raises(UsageError, match=msg):
             reg.endpoint_create("b", "n", "h1", **kw)
     with pytest.raises(NotFound):

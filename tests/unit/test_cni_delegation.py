@@ -78,8 +78,8 @@ def test_gc_goes_on_past_a_failure_and_is_passed_to_the_ipam_plugin(tmp_path, ag
     # Passed on all the same (the spec: forward GC, continue past errors; before, a failing
     # attachment held up the delegate's GC for good), with c1 listed as valid: still ours.
     assert calls(tmp_path) == ["DEL c1", "DEL c2", "GC abc"]
-    assert json.loads((tmp_path / "gc-body").read_text())[cni.VALID_ATTACHMENTS] == [
-        {"containerID": "c1", "ifname": "eth0"}]
+    body = json.loads((tmp_path / "gc-body").read_text())
+    assert body[cni.VALID_ATTACHMENTS] == body[cni.ATTACHMENTS] == [{"containerID": "c1", "ifname": "eth0"}]
     (tmp_path / "calls").unlink()
     fine = {**CONF, "ipam": recording_ipam(tmp_path), cni.VALID_ATTACHMENTS: []}
     assert run(fine, "GC", tmp_path) == (0, None)

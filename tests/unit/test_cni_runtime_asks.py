@@ -74,6 +74,13 @@ def test_del_succeeds_for_an_interface_name_or_namespace_its_add_refused(tmp_pat
     for env in ({"CNI_IFNAME": "net1-with-a-long-name"}, {"CNI_NETNS": "relative/path"}, {"CNI_IFNAME": "a/b"}):
         assert run(CONF, "ADD", tmp_path, **env)[1]["code"] == cni.E_ENV
         assert run(CONF, "DEL", tmp_path, **env) == (0, None), env
+    # With an IPAM plugin: no DEL passed on for names the ADD refused before asking it (the
+    # reference plugins refuse such names on DEL too, which failed ours all the same).
+    refuses = '[ ${#CNI_IFNAME} -gt 15 ] && { echo \'{"code":4,"msg":"interface name is too long"}\'; exit 1; }'
+    conf = {**CONF, "ipam": recording_ipam(tmp_path, refuses)}
+    assert run(conf, "DEL", tmp_path, CNI_IFNAME="net1-with-a-long-name") == (0, None)
+    assert calls(tmp_path) == []
+    assert run(conf, "DEL", tmp_path) == (0, None) and calls(tmp_path) == ["DEL abc"], "a valid one still is"
 
 
 def test_a_repeated_add_the_ipam_plugin_refuses_keeps_the_first_address(tmp_path, agent):

@@ -131,6 +131,8 @@ def spec_problem(conf, env: dict) -> str | None:
         return "prevResult"
     if cmd == "GC":
         return None
+    if cmd == "DEL":               # it takes names its ADD refused (names_refused): only their absence is wrong
+        return None if env.get("CNI_CONTAINERID") and env.get("CNI_IFNAME") else "CNI_CONTAINERID or CNI_IFNAME"
     if not SPEC_ID.fullmatch(env.get("CNI_CONTAINERID") or ""):
         return "CNI_CONTAINERID"
     if not ifname_ok(env.get("CNI_IFNAME") or ""):
@@ -138,6 +140,13 @@ def spec_problem(conf, env: dict) -> str | None:
     if cmd != "DEL" and not (env.get("CNI_NETNS") or "").startswith("/"):
         return "CNI_NETNS"
     return None
+
+
+def names_refused(env: dict) -> bool:
+    """Names an ADD refuses before it asks the IPAM plugin (a DEL of them gives no address back)."""
+    netns = env.get("CNI_NETNS")
+    return (not SPEC_ID.fullmatch(env.get("CNI_CONTAINERID") or "") or not ifname_ok(env.get("CNI_IFNAME") or "")
+            or (bool(netns) and not netns.startswith("/")))
 
 
 @st.composite
@@ -192,6 +201,8 @@ def run_and_check(plugins, env: dict, raw: bytes, ipam_add: tuple[int, bytes]) -
     calls = [op for op, _ in plugins.agent.calls]
     if cmd in ("ADD", "DEL", "CHECK", "GC") and spec_problem(conf, env):
         assert not set(calls) & set(CREATES) and plugins.ipam.calls == [], (spec_problem(conf, env), calls)
+    if cmd == "DEL" and spec_problem(conf, env) is None and names_refused(env):
+        assert status == 0 and plugins.ipam.calls == [] and set(calls) <= {"endpoint_detach"}, (out, calls)
     if cmd == "ADD" and status == 1:
         assert plugins.agent.created()[1] == before[1], "a failed ADD left an endpoint"
         assert not plugins.ipam.leaked(), "a failed ADD kept the address the IPAM plugin gave"

@@ -41,14 +41,15 @@ class RuntimeOps:
     # --- networks ------------------------------------------------------------
 
     def network_ensure(self, vni: int | str | None = None, subnet: str | None = None, name: str | None = None,
-                       mtu: int | str | None = None) -> dict:
+                       mtu: int | str | None = None, gateway: str | None = None) -> dict:
         """The registry network with this VNI (or name), created if missing, with
-        mtu or what this host's underlay carries. An existing one must have the
-        same subnet (and mtu, if given): runtimes that disagree on it would hand
-        out clashing addresses, or send frames the other side cannot take."""
+        mtu or what this host's underlay carries (and gateway, if given: an existing one keeps
+        its own). An existing one must have the same subnet (and mtu, if given): runtimes that
+        disagree on it would hand out clashing addresses, or send frames the other side cannot take."""
         reg = self.ag.reg
         vni = model.parse_vni(vni) if vni is not None else None
         want = model.parse_subnet(subnet) if subnet is not None else None
+        gateway = str(model.parse_ipv4(gateway, "gateway")) if gateway is not None else None
         mtu = parse_mtu(mtu) if mtu is not None else None
         if name is not None:
             model.parse_name(name, "network name")
@@ -60,8 +61,8 @@ class RuntimeOps:
                     v = vni if vni is not None else self._free_vni()
                     try:
                         net = reg.network_create(name or f"vni{v}", v, subnet=str(want) if want else None,
-                                                 mtu=mtu or networks.max_mtu(self.ag.node.require_up()),
-                                                 runtime=True)
+                                                 gateway=gateway, runtime=True,
+                                                 mtu=mtu or networks.max_mtu(self.ag.node.require_up()))
                     except Conflict:
                         continue            # another host created it first: read it
                 if want is not None and ipaddress.IPv4Network(net.subnet) != want:

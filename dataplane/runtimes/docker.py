@@ -24,9 +24,11 @@ import os
 import threading
 
 from dataplane.agent import client
+from dataplane.agent.client import AgentSilent
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.runtimes import docker_ipam
+from dataplane.runtimes.docker_pending import Pending
 
 log = logging.getLogger("dataplane.docker")
 
@@ -34,6 +36,10 @@ GENERIC = "com.docker.network.generic"
 INTERNAL = "com.docker.network.internal"     # libnetwork's label for `docker network create --internal`
 MTU_OPTION = "com.docker.network.driver.mtu"     # Docker's own name for it, as its overlay driver takes
 OPTIONS = ("vni", "network", MTU_OPTION)
+# Docker's own, left in the generic map unless its API's EnableIPv6/EnableIPv4 was set (-o, or a
+# daemon's default-network-opts): taken when they say what the driver does anyway.
+DOCKER_OWN = {"com.docker.network.enable_ipv6": (False, "IPv6 is not supported by the dataplane driver yet"),
+              "com.docker.network.enable_ipv4": (True, "a network without IPv4 is not supported")}
 PLUGIN_DIR = "/run/docker/plugins"
 
 
@@ -53,7 +59,7 @@ def _id(req: dict, field: str) -> str:
     return value
 
 
-class Driver:
+class Driver(Pending):
     """The protocol's operations; each takes the request object, returns the reply."""
 
     def __init__(self, node: str):
@@ -66,6 +72,10 @@ class Driver:
         # (it only logs), so a release the agent could not take is kept here and tried again.
         self.releases_path = os.path.join(state.lib_dir(node), "docker-releases.json")
         self.ipam_created: set[int] = set()    # VNIs the IPAM created a registry network for, not mapped yet
+        # Endpoints to detach: Docker ignores a DeleteEndpoint error (it logs it, frees the address
+        # in its IPAM and never asks again), and forgets an endpoint whose CreateEndpoint failed;
+        # one the agent could not take, or may have made, is detached at a later request.
+        self.detach_path = os.path.join(state.lib_dir(node), "docker-detaches.json")
 
     # --- Docker network id -> VNI, kept across restarts of this process ------
 
@@ -117,7 +127,11 @@ class Driver:
     def create_network(self, req) -> dict:
         nid = _id(req, "NetworkID")
         self.release_pending()
-        opts = (req.get("Options") or {}).get(GENERIC) or {}
+        self.detach_pending()
+        opts = dict((req.get("Options") or {}).get(GENERIC) or {})
+        for opt, (want, why) in DOCKER_OWN.items():
+            if opt in opts and (str(opts.pop(opt)).lower() in ("1", "t", "true")) != want:
+                raise UsageError(f"{why} (-o {opt})")
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
             raise UsageError(f"unknown option {unknown[0]!r}: the dataplane driver takes "
@@ -130,7 +144,13 @@ class Driver:
         if len(pools) != 1 or not pools[0].get("Pool"):
             raise UsageError("give exactly one IPv4 subnet (--subnet)")
         subnet = str(ipaddress.IPv4Network(pools[0]["Pool"]))
-        net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION))
+        # Docker's IPAM keeps its gateway (--gateway, else the first address of the subnet or of
+        # --ip-range) from its containers: a registry network made here takes it, or Docker handed
+        # the registry's gateway to a container. One that exists keeps its own (engines with
+        # disjoint --ip-ranges have different ones): CreateEndpoint says what to do if they clash.
+        gw = str(ipaddress.IPv4Interface(pools[0]["Gateway"]).ip) if pools[0].get("Gateway") else None
+        net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION),
+                          **({"gateway": gw} if gw else {}))
         with self.lock:
             nets = self._load()
             # A registry network a runtime made (on any host: the record says so) is released by
@@ -140,7 +160,7 @@ class Driver:
             created = net["created"] or net.get("runtime", False) or net["vni"] in self.ipam_created
             self.ipam_created.discard(net["vni"])
             nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "mtu": net["mtu"],
-                         "created": created,
+                         "gateway": net["gateway"], "created": created,
                          "internal": bool((req.get("Options") or {}).get(INTERNAL)),
                          "ipam": pools[0].get("AddressSpace") == docker_ipam.ADDRESS_SPACE}
             self._save(nets)
@@ -156,44 +176,12 @@ class Driver:
                 state.write_json(self.releases_path, sorted(set(self._pending()) | {net["vni"]}), durable=True)
             self._save(nets)
         self.release_pending(loud=net["vni"] if net is not None else None)
+        self.detach_pending()
         return {}
-
-    def _pending(self) -> list[int]:
-        try:
-            with open(self.releases_path) as f:
-                return [v for v in json.load(f) if isinstance(v, int)]
-        except (FileNotFoundError, ValueError, TypeError):
-            return []
-
-    def release_pending(self, loud: int | None = None) -> None:
-        """Release the registry networks of deleted Docker networks: at DeleteNetwork, and
-        again at later requests for any the agent could not take then. Each is tried whatever
-        the others do; only the failure of VNI loud (the network this request deleted) is
-        raised, the rest stay pending. A VNI a Docker network of this engine maps to again is
-        not released."""
-        with self.lock:
-            todo = self._pending()
-            if not todo:
-                return                       # the usual case: the map is not read for nothing
-            in_use = {n["vni"] for n in self._load().values()}
-        failed = None
-        for vni in todo:
-            try:
-                if vni not in in_use:
-                    self._agent("network_release", vni=vni)
-            except DataplaneError as e:
-                if vni == loud:
-                    failed = e
-                else:
-                    log.warning("VNI %d: releasing its registry network failed again (%s); still pending", vni, e)
-                continue
-            with self.lock:
-                state.write_json(self.releases_path, [v for v in self._pending() if v != vni], durable=True)
-        if failed is not None:
-            raise failed
 
     def create_endpoint(self, req) -> dict:
         nid, eid = _id(req, "NetworkID"), _id(req, "EndpointID")
+        self.detach_pending()
         net = self._network(nid)
         iface = req.get("Interface") or {}
         if iface.get("AddressIPv6"):
@@ -205,7 +193,7 @@ class Driver:
         # Made again as it was (name, MTU): a release elsewhere took it, and made from the VNI
         # alone it became vni<N> with this host's MTU, refused to the hosts that still had the old.
         made = self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"], name=net["name"],
-                           mtu=net.get("mtu"))
+                           mtu=net.get("mtu"), **({"gateway": net["gateway"]} if net.get("gateway") else {}))
         if made["created"] or (made.get("runtime") and not net["created"]):
             with self.lock:
                 nets = self._load()
@@ -218,15 +206,40 @@ class Driver:
                              mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,
                              sandbox={"peer": peer_ifname(eid), "runtime": "docker",
                                       "network": nid, "endpoint_id": eid}, **({"reserved": True} if ours else {}))
+        except UsageError as e:
+            if str(addr.ip) == made["gateway"]:
+                raise UsageError(f"{e}: Docker gave a container the address registry network {made['name']} "
+                                 f"holds as its gateway; create the Docker network with --gateway "
+                                 f"{made['gateway']}, or an --ip-range without it") from None
+            raise
+        except AgentSilent:             # it may have been made: Docker will never delete it
+            self._note_detach(endpoint_id(eid), pending=True)
+            raise
         except Conflict as e:
-            if "in use" in str(e) and ours:
+            again = self._sent_again(e, nid, eid, str(addr.ip))
+            if again is not None:       # dockerd re-sent it (the plugin restarted mid-request)
+                ep = again
+            elif "in use" in str(e) and ours:
                 raise Conflict(f"{e}: this host's reservation of {addr.ip} was lost meanwhile (its registry "
                                "lease lapsed?); try again") from None
-            if "in use" in str(e):      # Docker derives the MAC from the address: either clashes
+            elif "in use" in str(e):    # Docker derives the MAC from the address: either clashes
                 raise Conflict(f"{e}: engines on several hosts that share VNI {net['vni']} need disjoint "
                                "address ranges (docker network create --ip-range, or docker run --ip)") from None
-            raise
+            else:
+                raise
         return {} if iface.get("MacAddress") else {"Interface": {"MacAddress": ep["mac"]}}
+
+    def _sent_again(self, e: Conflict, nid: str, eid: str, ip: str) -> dict | None:
+        """The endpoint, if e says it exists and it is this very request's (same Docker endpoint
+        and network, same address)."""
+        if "exists already" not in str(e):
+            return None
+        try:
+            ep = self._local(eid)
+        except NotFound:
+            return None
+        sb = ep.get("sandbox") or {}
+        return ep if (sb.get("endpoint_id"), sb.get("network"), ep.get("ip")) == (eid, nid, ip) else None
 
     def _local(self, eid: str) -> dict:
         want = endpoint_id(eid)
@@ -258,7 +271,14 @@ class Driver:
         eid, nid = _id(req, "EndpointID"), req.get("NetworkID")
         # With our IPAM the address stays reserved until Docker's ReleaseAddress, which follows.
         ours = isinstance(nid, str) and bool(self._load().get(nid, {}).get("ipam"))
-        self._agent("endpoint_detach", id=endpoint_id(eid), **({"keep_address": True} if ours else {}))
+        self.detach_pending()
+        try:
+            self._agent("endpoint_detach", id=endpoint_id(eid), **({"keep_address": True} if ours else {}))
+        except UsageError:
+            raise
+        except DataplaneError:          # Docker only logs it, and never asks again
+            self._note_detach(endpoint_id(eid), pending=True)
+            raise
         return {}
 
     def nothing(self, req) -> dict:

@@ -106,6 +106,7 @@ class Ipam:
         return {}
 
     def request_address(self, req) -> dict:
+        self.driver.detach_pending()      # an address a failed DeleteEndpoint held is free again first
         subnet, vni = parse_pool_id(req.get("PoolID"))
         want = _text(req, "Address")
         want = str(model.parse_ipv4(want)) if want is not None else None

@@ -178,6 +178,29 @@ def test_driver_picks_a_vni_when_none_is_given(engines):
     assert wait_for(lambda: 4096 not in Node(H1).state().networks)
 
 
+def test_the_gateway_docker_keeps_is_the_networks(engines):
+    """`--gateway` was ignored: the registry network took the subnet's first address as its
+    gateway, which Docker's IPAM (keeping .254 back instead) gave the first container, and the
+    registry refused it ("reserved") on every run. Docker's own options that reach the driver in
+    the generic map (`-o com.docker.network.enable_ipv6=false`) were "unknown options"."""
+    e1, _ = engines
+    e1.docker("network", "create", "-d", "dataplane", "-o", "vni=303", "-o", "com.docker.network.enable_ipv6=false",
+              "--subnet", "10.35.0.0/24", "--gateway", "10.35.0.254", "gw")
+    try:
+        e1.docker("run", "-d", "--name", "g1", "--net", "gw", IMAGE, "sleep", "600")
+        assert [e["ip"] for e in api.call(H1, "endpoint_local", runtime="docker")] == ["10.35.0.1"]
+        from dataplane.registry import open_registry
+        reg = open_registry(lab.registry_url("sqlite"))
+        try:
+            assert reg.network_by_vni(303).gateway == "10.35.0.254"
+        finally:
+            reg.close()
+    finally:
+        e1.docker("rm", "-f", "g1", check=False)
+        e1.docker("network", "rm", "gw", check=False)
+    assert wait_for(lambda: 303 not in Node(H1).state().networks)
+
+
 FETCH = """
 import sys, urllib.request, urllib.error
 try:

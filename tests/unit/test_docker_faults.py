@@ -1,0 +1,128 @@
+"""The Docker driver when a step fails or Docker says what it wants (from a review against
+libnetwork's remote protocol): Docker ignores a DeleteEndpoint error and never sends it again,
+gives up on an endpoint whose CreateEndpoint failed without deleting it, re-sends a request the
+plugin's restart cut off, and passes its gateway and some options of its own. Same harness as
+test_docker_ipam: the real agent operations over one SQLite registry. Each test failed on the
+code before."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from dataplane.agent.client import AgentNotRunning, AgentSilent
+from dataplane.runtimes import docker
+from tests.unit.test_docker_ipam import GEN, SUBNET, claims, create_network, engines, ok, post, run  # noqa: F401
+
+NID, EID, EID2 = "n" * 64, "a" * 64, "b" * 64
+
+
+def _docker_net(e, nid: str = NID, gateway: str | None = None, **opts) -> None:
+    """A network with Docker's own IPAM (what `docker network create -d dataplane --subnet` sends)."""
+    data = {"AddressSpace": "LocalDefault", "Pool": SUBNET, **({"Gateway": gateway} if gateway else {})}
+    ok(e, "/NetworkDriver.CreateNetwork", {"NetworkID": nid, "Options": {GEN: {"vni": "256", **opts}},
+                                           "IPv4Data": [data]})
+
+
+def _endpoint(e, eid: str, addr: str = "10.30.0.2/24", nid: str = NID) -> tuple[int, dict]:
+    return post(e, "/NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid, "Options": {},
+                                                     "Interface": {"Address": addr, "MacAddress": ""}})
+
+
+def _failing(monkeypatch, op: str, exc, after: bool = False):
+    """The agent's op raises exc (after: once it has done the op, as an agent whose answer is lost)."""
+    real = docker.client.call
+
+    def call(node, what, /, timeout=60.0, **args):
+        if what == op:
+            if after:
+                real(node, what, **args)
+            raise exc
+        return real(node, what, **args)
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=call))
+    return real
+
+
+def test_a_delete_endpoint_the_agent_could_not_take_is_done_at_a_later_request(engines, monkeypatch):
+    """`docker rm` while the agent restarts: Docker logs the DeleteEndpoint error, frees the address
+    in its own IPAM and hands it to the next container, whose CreateEndpoint the registry then
+    refused ("in use"), on every `docker run`, for good: the veth, entries and claim stayed."""
+    e = engines["h1"]
+    _docker_net(e)
+    assert _endpoint(e, EID) == (200, {"Interface": {"MacAddress": "02:42:0a:1e:00:02"}})
+    real = _failing(monkeypatch, "endpoint_detach", AgentNotRunning("the agent of node h1 is not running"))
+    status, reply = post(e, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})
+    assert "not running" in reply.get("Err", ""), reply
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))           # the agent is back
+    status, reply = _endpoint(e, EID2)                                           # Docker's next: same address
+    assert status == 200 and "Err" not in reply, reply
+    assert list(e.agent.local.endpoints) == [docker.endpoint_id(EID2)]
+
+
+def test_with_the_ipam_driver_the_address_is_not_lost(engines, monkeypatch):
+    """With `--ipam-driver dataplane` the ReleaseAddress that follows skipped the address an
+    endpoint still claimed: lost for good. The later detach frees it."""
+    e = engines["h1"]
+    pool = create_network(e, NID)
+    addr = run(e, NID, pool, EID)
+    real = _failing(monkeypatch, "endpoint_detach", AgentNotRunning("the agent of node h1 is not running"))
+    post(e, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))
+    ok(e, "/IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": addr.split("/")[0]})
+    assert run(e, NID, pool, EID2) == addr, "the lowest address again: freed"
+    assert docker.endpoint_id(EID) not in e.agent.local.endpoints
+
+
+def test_an_endpoint_whose_create_was_in_doubt_goes(engines, monkeypatch):
+    """The agent attached it but its answer was lost: Docker gave up on the endpoint (no
+    DeleteEndpoint follows a failed CreateEndpoint) and it stayed, address and all."""
+    e = engines["h1"]
+    _docker_net(e)
+    real = _failing(monkeypatch, "endpoint_attach", AgentSilent("the agent did not answer"), after=True)
+    status, reply = _endpoint(e, EID)
+    assert "did not answer" in reply.get("Err", ""), reply
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))
+    assert _endpoint(e, EID2)[0] == 200 and list(e.agent.local.endpoints) == [docker.endpoint_id(EID2)]
+
+
+def test_a_create_endpoint_sent_again_is_answered_as_the_first(engines):
+    """dockerd re-sends a request whose connection broke (the plugin restarted mid-request): the
+    endpoint made the first time was "exists already", an error, and Docker never deleted it."""
+    e = engines["h1"]
+    _docker_net(e)
+    first = _endpoint(e, EID)
+    assert _endpoint(e, EID) == first
+    assert _endpoint(e, EID, addr="10.30.0.9/24")[1].get("Err"), "another address for it is still refused"
+
+
+def test_dockers_gateway_is_the_networks(engines):
+    """`--gateway` was ignored: the registry network took the first address as its gateway,
+    which Docker's IPAM then gave to a container, refused as "reserved" on every run."""
+    e = engines["h1"]
+    _docker_net(e, gateway="10.30.0.254/24")
+    assert e.agent.reg.network_by_vni(256).gateway == "10.30.0.254"
+    assert _endpoint(e, EID, addr="10.30.0.1/24")[0] == 200
+    # Another Docker network on the VNI whose gateway differs (an engine with its own --ip-range,
+    # whose first address is Docker's gateway there): taken; the registry network keeps its own,
+    # and an address Docker gives that is the registry's gateway is refused with what to do.
+    ok(e, "/NetworkDriver.CreateNetwork", {
+        "NetworkID": "m" * 64, "Options": {GEN: {"vni": "256"}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": SUBNET, "Gateway": "10.30.0.16/24"}]})
+    assert e.agent.reg.network_by_vni(256).gateway == "10.30.0.254"
+    status, reply = _endpoint(e, EID2, addr="10.30.0.254/24", nid="m" * 64)
+    assert "--gateway 10.30.0.254" in reply.get("Err", ""), reply
+
+
+@pytest.mark.parametrize("opt, value, err", [("com.docker.network.enable_ipv6", "false", None),
+                                             ("com.docker.network.enable_ipv4", "true", None),
+                                             ("com.docker.network.enable_ipv6", "true", "IPv6"),
+                                             ("com.docker.network.enable_ipv4", "false", "IPv4")])
+def test_dockers_own_options_in_the_generic_map(engines, opt, value, err):
+    """`-o com.docker.network.enable_ipv6=false` (or a daemon's default-network-opts) reaches the
+    driver in the generic options: "unknown option" before."""
+    status, reply = post(engines["h1"], "/NetworkDriver.CreateNetwork", {
+        "NetworkID": NID, "Options": {GEN: {"vni": "256", opt: value}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": SUBNET}]})
+    assert (reply.get("Err") is None) if err is None else err in reply.get("Err", ""), reply
+    assert not claims(engines["h1"])

@@ -24,7 +24,6 @@ import os
 import threading
 
 from dataplane.agent import client
-from dataplane.agent.client import AgentSilent
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.runtimes import docker_ipam
@@ -49,6 +48,13 @@ def endpoint_id(docker_eid: str) -> str:
 
 def peer_ifname(docker_eid: str) -> str:
     return "dkp" + docker_eid[:12]
+
+
+def _gateway(subnet: str, gw: str | None) -> dict:
+    """network_ensure's gateway argument: none for the subnet's first address, which is what a
+    network gets without one (and an agent older than the argument refuses it)."""
+    first = str(next(ipaddress.IPv4Network(subnet).hosts()))
+    return {"gateway": gw} if gw and gw != first else {}
 
 
 def _id(req: dict, field: str) -> str:
@@ -76,6 +82,7 @@ class Driver(Pending):
         # in its IPAM and never asks again), and forgets an endpoint whose CreateEndpoint failed;
         # one the agent could not take, or may have made, is detached at a later request.
         self.detach_path = os.path.join(state.lib_dir(node), "docker-detaches.json")
+        self.inflight: set[str] = set()
 
     # --- Docker network id -> VNI, kept across restarts of this process ------
 
@@ -150,7 +157,7 @@ class Driver(Pending):
         # disjoint --ip-ranges have different ones): CreateEndpoint says what to do if they clash.
         gw = str(ipaddress.IPv4Interface(pools[0]["Gateway"]).ip) if pools[0].get("Gateway") else None
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION),
-                          **({"gateway": gw} if gw else {}))
+                          **_gateway(subnet, gw))
         with self.lock:
             nets = self._load()
             # A registry network a runtime made (on any host: the record says so) is released by
@@ -193,7 +200,7 @@ class Driver(Pending):
         # Made again as it was (name, MTU): a release elsewhere took it, and made from the VNI
         # alone it became vni<N> with this host's MTU, refused to the hosts that still had the old.
         made = self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"], name=net["name"],
-                           mtu=net.get("mtu"), **({"gateway": net["gateway"]} if net.get("gateway") else {}))
+                           mtu=net.get("mtu"), **_gateway(net["subnet"], net.get("gateway")))
         if made["created"] or (made.get("runtime") and not net["created"]):
             with self.lock:
                 nets = self._load()
@@ -202,44 +209,26 @@ class Driver(Pending):
                     self._save(nets)
         ours = bool(net.get("ipam"))    # the address is this host's reservation: the endpoint takes it over
         try:
-            ep = self._agent("endpoint_attach", id=endpoint_id(eid), vni=net["vni"], ip=str(addr.ip),
-                             mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,
-                             sandbox={"peer": peer_ifname(eid), "runtime": "docker",
-                                      "network": nid, "endpoint_id": eid}, **({"reserved": True} if ours else {}))
+            with self.attaching(endpoint_id(eid)):
+                ep = self._agent("endpoint_attach", id=endpoint_id(eid), vni=net["vni"], ip=str(addr.ip),
+                                 mac=iface.get("MacAddress") or None, prefixlen=addr.network.prefixlen,
+                                 sandbox={"peer": peer_ifname(eid), "runtime": "docker",
+                                          "network": nid, "endpoint_id": eid}, **({"reserved": True} if ours else {}))
         except UsageError as e:
             if str(addr.ip) == made["gateway"]:
                 raise UsageError(f"{e}: Docker gave a container the address registry network {made['name']} "
                                  f"holds as its gateway; create the Docker network with --gateway "
                                  f"{made['gateway']}, or an --ip-range without it") from None
             raise
-        except AgentSilent:             # it may have been made: Docker will never delete it
-            self._note_detach(endpoint_id(eid), pending=True)
-            raise
         except Conflict as e:
-            again = self._sent_again(e, nid, eid, str(addr.ip))
-            if again is not None:       # dockerd re-sent it (the plugin restarted mid-request)
-                ep = again
-            elif "in use" in str(e) and ours:
+            if "in use" in str(e) and ours:
                 raise Conflict(f"{e}: this host's reservation of {addr.ip} was lost meanwhile (its registry "
                                "lease lapsed?); try again") from None
-            elif "in use" in str(e):    # Docker derives the MAC from the address: either clashes
+            if "in use" in str(e):      # Docker derives the MAC from the address: either clashes
                 raise Conflict(f"{e}: engines on several hosts that share VNI {net['vni']} need disjoint "
                                "address ranges (docker network create --ip-range, or docker run --ip)") from None
-            else:
-                raise
+            raise
         return {} if iface.get("MacAddress") else {"Interface": {"MacAddress": ep["mac"]}}
-
-    def _sent_again(self, e: Conflict, nid: str, eid: str, ip: str) -> dict | None:
-        """The endpoint, if e says it exists and it is this very request's (same Docker endpoint
-        and network, same address)."""
-        if "exists already" not in str(e):
-            return None
-        try:
-            ep = self._local(eid)
-        except NotFound:
-            return None
-        sb = ep.get("sandbox") or {}
-        return ep if (sb.get("endpoint_id"), sb.get("network"), ep.get("ip")) == (eid, nid, ip) else None
 
     def _local(self, eid: str) -> dict:
         want = endpoint_id(eid)
@@ -277,7 +266,7 @@ class Driver(Pending):
         except UsageError:
             raise
         except DataplaneError:          # Docker only logs it, and never asks again
-            self._note_detach(endpoint_id(eid), pending=True)
+            self._note_detach(endpoint_id(eid), pending=True, removed_only=False)
             raise
         return {}
 

@@ -5,17 +5,22 @@ error and forgets an endpoint whose CreateEndpoint failed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 
 from dataplane.core import state
+from dataplane.agent.client import AgentSilent
 from dataplane.core.errors import DataplaneError
 
 log = logging.getLogger("dataplane.docker")
+ATTACH_DOUBT_S = 300      # an attach whose answer was lost is over by then (the client waits 60 s)
 
 
 class Pending:
-    """Mixed into docker.Driver: needs its lock, _agent, _load, releases_path and detach_path."""
+    """Mixed into docker.Driver: needs its lock, _agent, _load, releases_path, detach_path and
+    inflight (the attaches this process has under way)."""
 
     def _pending(self) -> list[int]:
         try:
@@ -51,27 +56,60 @@ class Pending:
         if failed is not None:
             raise failed
 
-    def _detaches(self) -> list[str]:
+    def _detaches(self) -> dict[str, list]:
+        """Our endpoint id (docker.endpoint_id) -> [when it was noted (wall clock), whether only a
+        detach that removed it takes it off the list]."""
         try:
             with open(self.detach_path) as f:
-                return [e for e in json.load(f) if isinstance(e, str)]
-        except (FileNotFoundError, ValueError, TypeError):
-            return []
+                todo = json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {k: v for k, v in todo.items() if isinstance(v, list) and len(v) == 2} if isinstance(todo, dict) else {}
 
-    def _note_detach(self, ep_id: str, pending: bool) -> None:
-        """Our endpoint id (docker.endpoint_id) on the list, or off it."""
+    def _note_detach(self, ep_id: str, pending: bool, removed_only: bool = False) -> None:
         with self.lock:
-            todo = set(self._detaches())
-            state.write_json(self.detach_path, sorted(todo | {ep_id} if pending else todo - {ep_id}), durable=True)
+            todo = self._detaches()
+            if pending:
+                todo[ep_id] = [time.time(), removed_only]
+            elif todo.pop(ep_id, None) is None:
+                return
+            state.write_json(self.detach_path, todo, durable=True)
+
+    @contextlib.contextmanager
+    def attaching(self, ep_id: str):
+        """An attach under way, on the list before the agent is asked: a plugin that dies mid-request
+        leaves it there (dockerd's retry of the request comes without its body, and Docker then
+        forgets the endpoint the agent went on to make). Kept when the answer is lost (the agent may
+        still be making it), taken off once the agent has answered (an error: it rolled back)."""
+        self._note_detach(ep_id, pending=True, removed_only=True)
+        with self.lock:
+            self.inflight.add(ep_id)
+        try:
+            yield
+        except AgentSilent:
+            raise
+        except DataplaneError:
+            self._note_detach(ep_id, pending=False)
+            raise
+        else:
+            self._note_detach(ep_id, pending=False)
+        finally:
+            with self.lock:
+                self.inflight.discard(ep_id)
 
     def detach_pending(self) -> None:
-        """Detach what a failed DeleteEndpoint or an attach in doubt left, its address freed with
-        it (Docker released it in its own IPAM, or with ours after our IPAM skipped it as still
-        claimed). Each is tried whatever the others do; what fails stays pending."""
-        for ep_id in self._detaches():          # the usual case: no file, one failed open
+        """Detach what a failed DeleteEndpoint, an attach in doubt or a plugin that died left, its
+        address freed with it (Docker released it in its own IPAM, or with ours after our IPAM
+        skipped it as still claimed). Each is tried whatever the others do; what fails stays. An
+        attach in doubt stays until a detach removed it, or for ATTACH_DOUBT_S: found absent, it
+        may still be on its way (its network's registry request under way)."""
+        for ep_id, (since, removed_only) in self._detaches().items():    # usually: no file, one failed open
+            if ep_id in self.inflight:
+                continue
             try:
-                self._agent("endpoint_detach", id=ep_id)
+                gone = self._agent("endpoint_detach", id=ep_id).get("removed") is True
             except DataplaneError as e:
                 log.warning("endpoint %s: detaching it failed again (%s); still pending", ep_id, e)
                 continue
-            self._note_detach(ep_id, pending=False)
+            if gone or not removed_only or time.time() - since > ATTACH_DOUBT_S:
+                self._note_detach(ep_id, pending=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from contextlib import contextmanager
 
 from dataplane.agent import process
@@ -15,6 +16,7 @@ from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.core.notice import notice
 from dataplane.core.state import NodeState
+from dataplane.kernel import netlink
 from dataplane.node import Node, choices, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
@@ -22,6 +24,7 @@ from dataplane.registry.kv import Txn
 from dataplane.registry.records import Host, key
 
 log = logging.getLogger("dataplane")
+UNDERLAY_WAIT_S = 60.0       # `up --restore` waits this long for the underlay's address
 LEAVE_WAIT_S = 30.0        # an agent leaving removes its endpoints' records one by one; then it is stopped
 
 
@@ -238,6 +241,7 @@ def restore(node: Node, agent: bool = True) -> NodeState:
     if b is None:
         raise NotFound(f"nothing to restore for node {node.name}: it was never brought up, or was taken down")
     nets = {int(v): s for v, s in b["networks"].items()}
+    _await_underlay(node, b["underlay"], b["local_ip"])
     st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=b["underlay"], local_ip=b["local_ip"],
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
                  vxlan_guard=b.get("vxlan_guard", True),
@@ -255,6 +259,26 @@ def restore(node: Node, agent: bool = True) -> NodeState:
     elif st.registry:
         _hand_agent_over(node)
     return node.require_up()
+
+
+def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UNDERLAY_WAIT_S) -> None:
+    """At boot the underlay may get its address after network-online.target (DHCP on an
+    allow-hotplug interface, which that target does not wait for): wait a while for it, saying
+    so, rather than fail at once. Past the wait, vtep.up says what is missing."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            if local_ip in netlink.link_info(node.netns, underlay)["ipv4"]:
+                return
+        except DataplaneError:
+            pass                                  # no such interface (yet), or no namespace
+        if time.monotonic() >= deadline:
+            return
+        if not said:
+            notice(f"waiting up to {wait_s:g} s for {underlay} to have {local_ip} (the underlay may come up late "
+                   "at boot)")
+            said = True
+        time.sleep(0.25)
 
 
 def _hand_agent_over(node: Node) -> None:

@@ -111,13 +111,22 @@ class Collector:
         peers = CounterMetricFamily("dataplane_overlay_storm_peer_refused", "Broadcasts from one peer (its outer "
                                     "source address) refused by its overlay storm meter in the VNI: whose floods "
                                     "the overlay_storm_peer drops are. A series appears at its first refusal "
-                                    "(read its value, as topk does; increase() misses that first scrape's); "
-                                    "peer=\"other\": addresses that are no VTEP of the VNI, summed",
+                                    "(read its value, as topk does; increase() misses that first scrape's)",
                                     labels=["vni", "peer"])
+        # Addresses that are no VTEP of the VNI now (forged, or a peer gone since): a sum whose members
+        # come and go with the peers and the LRU's evictions, so a gauge (as a counter it went down,
+        # which Prometheus reads as a reset: a false burst in rate() at every peer's return).
+        unlisted = GaugeMetricFamily("dataplane_overlay_storm_unlisted_refused", "Broadcasts refused by the "
+                                     "overlay storm meter from addresses that are no VTEP of the VNI (forged, or "
+                                     "a peer gone since), summed as the peer meters hold them now", labels=["vni"])
         for r in rows:
             for peer, n in r.get("overlay_storm_peers", {}).items():
-                peers.add_metric([str(r["vni"]), peer], n)
+                if peer == "other":
+                    unlisted.add_metric([str(r["vni"])], n)
+                else:
+                    peers.add_metric([str(r["vni"]), peer], n)
         yield peers
+        yield unlisted
 
     def _maps(self, ok: dict):
         """What `dataplane status` shows (readout.maps: maps of the scrape's own, never the agent's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import sys
 
@@ -37,6 +38,10 @@ Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''}{' and it
 Documentation=https://example.invalid/dataplane/docs/DESIGN.md
 Wants=network-online.target
 After=network-online.target
+# Never given up on: at boot the underlay may get its address late (DHCP, allow-hotplug, which
+# network-online.target does not wait for), and systemd's default (5 starts in 10 s) left the node
+# failed for good. `up --restore` itself waits a while for it.
+StartLimitIntervalSec=0
 
 [Service]
 """
@@ -45,6 +50,8 @@ After=network-online.target
 RemainAfterExit=yes
 # No registry, so no agent: programs, maps and peers are restored, then the kernel forwards.
 ExecStart={dp} up --restore --no-agent
+Restart=on-failure
+RestartSec=5
 TimeoutStartSec=120
 
 [Install]
@@ -79,6 +86,9 @@ WantedBy=sockets.target
 Description=dataplane Docker network driver
 Requires={node_unit} dataplane{suffix}-docker.socket
 After={node_unit}
+# At shutdown Docker stops first, its containers' DeleteEndpoint calls answered while it does.
+Before=docker.service
+StartLimitIntervalSec=0
 
 [Service]
 ExecStart={dp} docker-plugin
@@ -129,8 +139,13 @@ def cmd_install(args):
 
 def cmd_uninstall(args):
     removed = []
+    names = list(units(args.netns, docker=True))
+    enabled = sorted(n for n in names if glob.glob(os.path.join(glob.escape(args.unit_dir), "*.wants", n)))
+    if enabled:                # its file gone, `systemctl disable` would fail, the agent left unsupervised
+        raise UsageError(f"{', '.join(enabled)} enabled: run `systemctl disable --now {' '.join(enabled)}` "
+                         "first, then uninstall (and `systemctl daemon-reload` after)")
     with file_errors("cannot remove the units"):
-        for name in units(args.netns, docker=True):
+        for name in names:
             path = os.path.join(args.unit_dir, name)
             if os.path.lexists(path):
                 os.unlink(path)

@@ -105,3 +105,17 @@ def test_a_scrape_does_not_wait_on_a_busy_agent():
         assert time.monotonic() - t0 < metrics_agent.LOCK_WAIT_S + 1
         assert not figures.fresh and second[("dataplane_registry_revision", ())] == 7, "the last copy"
     assert read()[("dataplane_registry_revision", ())] == 8 and figures.fresh
+
+
+def test_refusals_of_addresses_that_are_no_peer_are_a_gauge(monkeypatch):
+    """What the peer meters hold for addresses that are no VTEP of the VNI now was the counter's
+    peer="other": it went down whenever such a peer came back (its count moved to its own series)
+    or the LRU evicted one, which Prometheus reads as a reset, a false burst in rate()."""
+    rows = [{"vni": 256, "drops": {}, "overlay_storm_peers": {"198.18.0.2": 5, "other": 7},
+             **{field: 0 for field in metrics.STATS}}]
+    monkeypatch.setattr(metrics.readout, "stats", lambda node: rows)
+    fams = {f.name: f for f in metrics.Collector(SimpleNamespace(node=None))._stats({})}
+    counter = fams["dataplane_overlay_storm_peer_refused"]
+    assert counter.type == "counter" and [s.labels for s in counter.samples] == [{"vni": "256", "peer": "198.18.0.2"}]
+    gauge = fams["dataplane_overlay_storm_unlisted_refused"]
+    assert gauge.type == "gauge" and [(s.labels, s.value) for s in gauge.samples] == [({"vni": "256"}, 7)]

@@ -120,3 +120,31 @@ def test_the_agents_unit_name_is_the_units_file_name():
     from dataplane.cli import service_cmds
     for netns, node in ((None, "host"), ("dpl-h1", "dpl-h1")):
         assert process.unit_name(node) in service_cmds.units(netns)
+
+
+def test_a_late_underlay_never_leaves_the_node_failed_for_good():
+    """At boot the underlay may get its address after network-online.target (DHCP on an
+    allow-hotplug interface). Restart=always with systemd's default start limit (5 in 10 s) left
+    the unit failed after five quick tries, and the oneshot unit of a node without a registry
+    had no Restart at all: the overlay stayed down until someone stepped in."""
+    for registry in (True, False):
+        u = parse(units("dpl-x", docker=registry, registry=registry)["dataplane-dpl-x.service"])
+        assert u["Unit"]["StartLimitIntervalSec"] == "0", registry
+        assert u["Service"]["Restart"] in ("always", "on-failure"), registry
+    svc = parse(units("dpl-x", docker=True)["dataplane-dpl-x-docker.service"])
+    assert svc["Unit"]["StartLimitIntervalSec"] == "0" and "docker.service" in svc["Unit"]["Before"]
+
+
+def test_uninstall_refuses_units_still_enabled(brought_up, capsys):
+    """It deleted the files of enabled, running units: the agent went on unsupervised, the
+    wants/ links dangled, and `systemctl disable`, which `down` tells one to run, then failed."""
+    assert main(["service", "install", "--unit-dir", str(brought_up)]) == 0
+    wants = brought_up / "multi-user.target.wants"
+    wants.mkdir()
+    (wants / "dataplane.service").symlink_to(brought_up / "dataplane.service")      # systemctl enable
+    capsys.readouterr()
+    assert main(["service", "uninstall", "--unit-dir", str(brought_up)]) == 2
+    assert "systemctl disable --now dataplane.service" in capsys.readouterr().err
+    assert (brought_up / "dataplane.service").exists()
+    (wants / "dataplane.service").unlink()
+    assert main(["service", "uninstall", "--unit-dir", str(brought_up)]) == 0

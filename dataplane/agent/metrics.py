@@ -216,6 +216,9 @@ def serve(agent, address: str) -> "Server | None":
     return srv
 
 
+SCRAPE_WAIT_S = 10.0             # Prometheus' default scrape timeout
+
+
 class Server:
     """GET /metrics (text format 0.0.4) and /healthz (200 only when synced and
     connected to the registry), on a thread of its own."""
@@ -223,16 +226,23 @@ class Server:
     def __init__(self, agent, address: str):
         host, port = model.parse_host_port(address, "metrics address")
         registry = registry_for(agent)
-        scraping = threading.Lock()
+        scraping = self.scraping = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             timeout = 10
 
             def do_GET(self):  # noqa: N802 - the http.server API
                 if self.path.split("?")[0] == "/metrics":
-                    with scraping:       # one scrape at a time; the agent's lock only for a copy
-                        body, code = generate_latest(registry), 200
-                    ctype = "text/plain; version=0.0.4; charset=utf-8"
+                    # One scrape at a time (the agent's lock only for a copy). One stuck in a netlink or
+                    # namespace call held every later one, a thread each, for good: they give up.
+                    if scraping.acquire(timeout=SCRAPE_WAIT_S):
+                        try:
+                            body, code = generate_latest(registry), 200
+                        finally:
+                            scraping.release()
+                        ctype = "text/plain; version=0.0.4; charset=utf-8"
+                    else:
+                        body, code, ctype = b"a scrape is under way\n", 503, "text/plain"
                 elif self.path == "/healthz":
                     ok = agent.synced.is_set() and agent.connected.is_set()
                     body, code, ctype = (b"ok\n" if ok else b"not synced or registry unreachable\n",

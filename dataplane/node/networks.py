@@ -87,6 +87,7 @@ def serve(m: NodeMaps, st: NodeState, vni: int, subnet=None, mtu: int | None = N
         m.dp_stats.put(ctypes.c_uint32(slot), m.dp_stats.zero())  # a reused slot starts at zero
         with contextlib.suppress(NotFound):    # and so do its meters (pins of an older version have none yet)
             m.dp_net_meters.put(ctypes.c_uint32(slot), m.dp_net_meters.zero())
+        forget_refusals(m, vni)
         st.networks[vni] = net
         st.peers.setdefault(vni, [])
     sync(m, st, vni)
@@ -124,6 +125,22 @@ def free_slot(st: NodeState) -> int:
         raise UsageError(f"this node already serves {size - 1} networks, the most its maps hold "
                          "(DP_MAP_NETWORKS)")
     return slot
+
+
+def forget_refusals(m: NodeMaps, vni: int) -> None:
+    """A VNI served anew starts with no peer's refusals: dp_peer_meters (an LRU keyed by VNI and
+    peer that nothing else clears) brought an earlier serving's back into `stats` and the metrics
+    as current ones. Nothing on pins of an older version without the map, or in another layout."""
+    try:
+        peers = m.dp_peer_meters
+        if not peers.layout_is_ours():
+            return
+    except NotFound:
+        return
+    key_t = peers.spec.key
+    ksz = ctypes.sizeof(key_t)
+    peers.delete_packed(b"".join(keys[i:i + ksz] for keys, _ in peers.raw_chunks() for i in range(0, len(keys), ksz)
+                                 if key_t.from_buffer_copy(keys, i).vni == vni))
 
 
 def sync(m: NodeMaps, st: NodeState, vni: int) -> None:

@@ -369,3 +369,17 @@ def test_the_peer_meter_is_off_at_zero(hx):
     with members(hx, 4, 0), peer_meter(hx, 0, 0):
         all_copied(hx, "OVERLAY_STORM_PEER")
         assert not peer_tat(hx, PEER_IP)
+
+
+def test_a_vni_served_anew_starts_with_no_peers_refusals(hx):
+    """dp_peer_meters is an LRU keyed by VNI and peer that nothing cleared: a VNI removed and
+    served again showed its earlier serving's refusals in `stats` and the metrics as current."""
+    from dataplane.node import networks
+    key, val = hx.S["dp_ip_key"], hx.maps.dp_peer_meters.spec.value
+    for vni in (VNI, OTHER_VNI):
+        hx.maps.dp_peer_meters.put(key(vni=vni, ip=be32(PEER_IP)), val(refused=7))
+    assert readout.peer_refusals(hx.maps).get(VNI), "the map holds the refusal"
+    networks.forget_refusals(hx.maps, VNI)
+    assert hx.maps.dp_peer_meters.get(key(vni=VNI, ip=be32(PEER_IP))) is None
+    assert hx.maps.dp_peer_meters.get(key(vni=OTHER_VNI, ip=be32(PEER_IP))).refused == 7, "another VNI's stay"
+    hx.maps.dp_peer_meters.delete(key(vni=OTHER_VNI, ip=be32(PEER_IP)))

@@ -119,3 +119,17 @@ def test_refusals_of_addresses_that_are_no_peer_are_a_gauge(monkeypatch):
     assert counter.type == "counter" and [s.labels for s in counter.samples] == [{"vni": "256", "peer": "198.18.0.2"}]
     gauge = fams["dataplane_overlay_storm_unlisted_refused"]
     assert gauge.type == "gauge" and [(s.labels, s.value) for s in gauge.samples] == [({"vni": "256"}, 7)]
+
+
+def test_a_scrape_waits_for_another_only_so_long(monkeypatch):
+    """Each /metrics waited on the one before with no bound: a scrape stuck in a netlink call held
+    every later one, a thread each, until the agent restarted."""
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_S", 0.2)
+    ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
+    srv = metrics.Server(ag, f"127.0.0.1:{free_port()}")
+    srv.start()
+    try:
+        with srv.scraping:                  # one under way, stuck
+            assert get(f"http://{srv.address}/metrics") == 503
+    finally:
+        srv.stop()

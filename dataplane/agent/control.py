@@ -265,6 +265,8 @@ def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UN
     """At boot the underlay may get its address after network-online.target (DHCP on an
     allow-hotplug interface, which that target does not wait for): wait a while for it, saying
     so, rather than fail at once. Past the wait, vtep.up says what is missing."""
+    if node.netns and not netlink.ns_exists(node.netns):
+        return                                    # not the underlay's doing: vtep.up says so at once
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:

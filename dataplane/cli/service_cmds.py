@@ -19,6 +19,7 @@ from dataplane.core import model, state
 from dataplane.core.errors import NotFound, UsageError, file_errors
 
 PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
+ENABLE_DIRS = ("/etc/systemd/system", "/run/systemd/system")      # where `systemctl enable [--runtime]` links
 
 
 def command() -> str:
@@ -140,7 +141,8 @@ def cmd_install(args):
 def cmd_uninstall(args):
     removed = []
     names = list(units(args.netns, docker=True))
-    enabled = sorted(n for n in names if glob.glob(os.path.join(glob.escape(args.unit_dir), "*.wants", n)))
+    enabled = sorted({n for n in names for d in dict.fromkeys([args.unit_dir, *ENABLE_DIRS])  # wherever the file is,
+                      if glob.glob(os.path.join(glob.escape(d), "*.wants", n))})     # `enable` links from these
     if enabled:                # its file gone, `systemctl disable` would fail, the agent left unsupervised
         raise UsageError(f"{', '.join(enabled)} enabled: run `systemctl disable --now {' '.join(enabled)}` "
                          "first, then uninstall (and `systemctl daemon-reload` after)")

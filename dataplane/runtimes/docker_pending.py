@@ -68,12 +68,17 @@ class Pending:
 
     def _note_detach(self, ep_id: str, pending: bool, removed_only: bool = False) -> None:
         with self.lock:
-            todo = self._detaches()
-            if pending:
-                todo[ep_id] = [time.time(), removed_only]
-            elif todo.pop(ep_id, None) is None:
-                return
-            state.write_json(self.detach_path, todo, durable=True)
+            self._write_detach(ep_id, pending, removed_only)
+
+    def _write_detach(self, ep_id: str, pending: bool, removed_only: bool = False) -> None:
+        """(The caller holds the lock.) Taken off without an fsync: one that comes back after a
+        power cut is tried once more, and a sandbox does not outlive the cut."""
+        todo = self._detaches()
+        if pending:
+            todo[ep_id] = [time.time(), removed_only]
+        elif todo.pop(ep_id, None) is None:
+            return
+        state.write_json(self.detach_path, todo, durable=pending)
 
     @contextlib.contextmanager
     def attaching(self, ep_id: str):
@@ -81,8 +86,8 @@ class Pending:
         leaves it there (dockerd's retry of the request comes without its body, and Docker then
         forgets the endpoint the agent went on to make). Kept when the answer is lost (the agent may
         still be making it), taken off once the agent has answered (an error: it rolled back)."""
-        self._note_detach(ep_id, pending=True, removed_only=True)
-        with self.lock:
+        with self.lock:            # on the list and under way at once: detach_pending sees both or neither
+            self._write_detach(ep_id, pending=True, removed_only=True)
             self.inflight.add(ep_id)
         try:
             yield
@@ -103,9 +108,12 @@ class Pending:
         skipped it as still claimed). Each is tried whatever the others do; what fails stays. An
         attach in doubt stays until a detach removed it, or for ATTACH_DOUBT_S: found absent, it
         may still be on its way (its network's registry request under way)."""
-        for ep_id, (since, removed_only) in self._detaches().items():    # usually: no file, one failed open
-            if ep_id in self.inflight:
-                continue
+        for ep_id in list(self._detaches()):          # usually: no file, one failed open
+            with self.lock:        # read again: an attach may have ended, its entry taken off, since
+                entry = self._detaches().get(ep_id)
+                if entry is None or ep_id in self.inflight:
+                    continue
+            since, removed_only = entry
             try:
                 gone = self._agent("endpoint_detach", id=ep_id).get("removed") is True
             except DataplaneError as e:

@@ -165,3 +165,33 @@ def test_the_default_gateway_is_not_sent_to_an_agent_that_may_not_know_the_argum
     _docker_net(e, gateway="10.30.0.1/24")
     _endpoint(e, EID)
     assert all("gateway" not in args for op, args in sent if op == "network_ensure") and len(sent) >= 2
+
+
+def test_an_attach_that_ends_while_pending_detaches_run_is_left_alone(engines, monkeypatch):
+    """Requests run on threads of their own, each running the pending detaches first, from one
+    read of the list: an attach that succeeded (its entry taken off, no longer under way) while
+    another request went down that list was detached all the same, though Docker had been told
+    it exists. Here a pending detach ahead of it on the list lets the attach end first."""
+    import threading
+    e = engines["h1"]
+    _docker_net(e)
+    e.driver._note_detach("dk-0000000000000000000000", pending=True)       # ahead of A's in the list
+    real, in_attach, go = docker.client.call, threading.Event(), threading.Event()
+
+    def call(node, op, /, timeout=60.0, **args):
+        if op == "endpoint_attach":
+            in_attach.set()
+            go.wait(10)
+        if op == "endpoint_detach" and args["id"] == "dk-0000000000000000000000":
+            if threading.current_thread() is a:
+                raise AgentNotRunning("the agent is not running")     # stays on the list for the other request
+            go.set()
+            a.join(10)                          # A's attach has ended meanwhile
+        return real(node, op, **args)
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=call))
+    a = threading.Thread(target=e.driver.create_endpoint,
+                         args=({"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.30.0.2/24"}},))
+    a.start()
+    assert in_attach.wait(10)
+    e.driver.detach_pending()                  # another request's, which read the list with A's entry on it
+    assert list(e.agent.local.endpoints) == [docker.endpoint_id(EID)], "A's endpoint was detached"

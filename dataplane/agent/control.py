@@ -234,15 +234,20 @@ def boot_meters(b: dict) -> dict:
     return {k: v for k, v in b["meters"].items() if k in choices.METER_FIELDS}
 
 
-def restore(node: Node, agent: bool = True) -> NodeState:
+def restore(node: Node, agent: bool = True, underlay: str | None = None, local_ip: str | None = None) -> NodeState:
     """Bring the node back as it was last brought up (at boot: nothing of it is left
-    but /var/lib/dataplane); agent=False leaves starting the agent to a supervisor."""
+    but /var/lib/dataplane); agent=False leaves starting the agent to a supervisor.
+    underlay, local_ip: where the underlay is now, if it moved (an interface renamed, a new
+    address), saved for the next boot; everything else as saved (before, a moved underlay
+    left `down` and an `up` with every option typed again as the only way back)."""
     b = state.load_boot(node.name)
     if b is None:
         raise NotFound(f"nothing to restore for node {node.name}: it was never brought up, or was taken down")
+    moved = bool(underlay or local_ip)
+    underlay, local_ip = underlay or b["underlay"], local_ip or b["local_ip"]
     nets = {int(v): s for v, s in b["networks"].items()}
-    _await_underlay(node, b["underlay"], b["local_ip"])
-    st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=b["underlay"], local_ip=b["local_ip"],
+    _await_underlay(node, underlay, local_ip)
+    st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=underlay, local_ip=local_ip,
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
                  vxlan_guard=b.get("vxlan_guard", True),
                  xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
@@ -252,6 +257,8 @@ def restore(node: Node, agent: bool = True) -> NodeState:
     for vni, ips in b["peers"].items():
         for ip in ips:
             peers.add(node, ip, [vni])
+    if moved:
+        persist(node)
     for line in sweep(node):
         log.warning("repaired: %s", line)
     if st.registry and agent:
@@ -264,7 +271,7 @@ def restore(node: Node, agent: bool = True) -> NodeState:
 def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UNDERLAY_WAIT_S) -> None:
     """At boot the underlay may get its address after network-online.target (DHCP on an
     allow-hotplug interface, which that target does not wait for): wait a while for it, saying
-    so, rather than fail at once. Past the wait, vtep.up says what is missing."""
+    so, rather than fail at once; then say what is missing, and how to go on if it moved."""
     if node.netns and not netlink.ns_exists(node.netns):
         return                                    # not the underlay's doing: vtep.up says so at once
     deadline, said = time.monotonic() + wait_s, False
@@ -272,10 +279,13 @@ def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UN
         try:
             if local_ip in netlink.link_info(node.netns, underlay)["ipv4"]:
                 return
+            lacks = f"{underlay} has no address {local_ip}"
         except DataplaneError:
-            pass                                  # no such interface (yet), or no namespace
+            lacks = f"there is no interface {underlay}"    # (yet)
         if time.monotonic() >= deadline:
-            return
+            raise NotFound(f"{lacks} after {wait_s:g} s: if the underlay moved (a renamed interface, a new "
+                           f"address), bring the node back with `dataplane up --restore --underlay IF "
+                           f"[--local-ip ADDR]`")
         if not said:
             notice(f"waiting up to {wait_s:g} s for {underlay} to have {local_ip} (the underlay may come up late "
                    "at boot)")

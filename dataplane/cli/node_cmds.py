@@ -25,7 +25,7 @@ def agent_node(args) -> Node | None:
     return node if st and st.registry else None
 
 
-RESTORE_ALONE = ("vni", "underlay", "local_ip", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
+RESTORE_ALONE = ("vni", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
                  "xdp_guard", "fdb_age", *choices.METER_FIELDS, "metrics_address",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
@@ -37,8 +37,9 @@ def cmd_up(args):
                  if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", *choices.METER_FIELDS)
                      else getattr(args, a))]
         if given:
-            raise UsageError(f"--restore takes the node's saved configuration: drop {', '.join(given)}")
-        st = control.restore(node, agent=not args.no_agent)
+            raise UsageError(f"--restore takes the node's saved configuration (but --underlay and --local-ip, "
+                             f"where the underlay moved): drop {', '.join(given)}")
+        st = control.restore(node, agent=not args.no_agent, underlay=args.underlay, local_ip=args.local_ip)
     else:
         url = control.registry_mode(node, args.registry, args.no_registry)
         st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,

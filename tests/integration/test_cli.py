@@ -367,6 +367,24 @@ def test_up_restore_brings_a_rebooted_node_back_and_down_forgets_it(host):
     nothing_created(host)
 
 
+def test_a_node_whose_underlay_moved_comes_back_with_the_new_one(host):
+    """An interface renamed after a reboot (predictable names changed), or a new address: --restore
+    refused --underlay and --local-ip, so `down` and an `up` with every option typed again was the
+    only way back. Now they are taken, the rest as saved, and saved for the next boot."""
+    dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry", "--fdb-age", "120")
+    shutil.rmtree(os.path.join(fastpath.PIN_ROOT, host))                     # a reboot
+    tcx.detach(host, netlink.link_index(host, "ul0"), "from_overlay")
+    shutil.rmtree(state.node_dir(host))
+    for argv in (["link", "set", "ul0", "down"], ["link", "set", "ul0", "name", "ul1"], ["link", "set", "ul1", "up"]):
+        netlink.ns_exec(host, ["ip", *argv], check=True)
+    back = dp_json("--netns", host, "up", "--restore", "--underlay", "ul1")
+    assert (back["underlay"], back["vtep"], [n["vni"] for n in back["networks"]]) == ("ul1", "198.18.1.1", [256])
+    assert Node(host).state().config.fdb_age_s == 120, "the rest as saved"
+    assert state.load_boot(host)["underlay"] == "ul1", "and saved for the next boot"
+    assert "from_overlay" in tcx.names(host, netlink.link_index(host, "ul1"))
+    dp("--netns", host, "down")
+
+
 def test_observing_commands_fail_cleanly_and_keep_what_they_should(host, tmp_path):
     """Review findings: a capture refused for its input emptied the -w file first; `status`
     printed a traceback once the uplink had been made again under another ifindex (the

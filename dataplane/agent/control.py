@@ -244,9 +244,14 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
     if b is None:
         raise NotFound(f"nothing to restore for node {node.name}: it was never brought up, or was taken down")
     moved = bool(underlay or local_ip)
-    underlay, local_ip = underlay or b["underlay"], local_ip or b["local_ip"]
+    if moved and node.state() is not None:     # vtep.up would change a running node's address under its agent
+        raise Conflict(f"node {node.name} is up: --underlay and --local-ip with --restore bring back a node whose "
+                       "underlay moved while it was down (after a reboot); a running one moves with `dataplane "
+                       "down` and `up`")
+    underlay = model.parse_ifname(underlay) if underlay else b["underlay"]
+    local_ip = str(model.parse_ipv4(local_ip, "local address")) if local_ip else b["local_ip"]
     nets = {int(v): s for v, s in b["networks"].items()}
-    _await_underlay(node, underlay, local_ip)
+    _await_underlay(node, underlay, local_ip, 0 if moved else UNDERLAY_WAIT_S)     # given by hand: no wait
     st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=underlay, local_ip=local_ip,
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
                  vxlan_guard=b.get("vxlan_guard", True),
@@ -258,7 +263,7 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
         for ip in ips:
             peers.add(node, ip, [vni])
     if moved:
-        persist(node)
+        persist(node)                          # (after the peers: it saves the node's)
     for line in sweep(node):
         log.warning("repaired: %s", line)
     if st.registry and agent:
@@ -272,8 +277,8 @@ def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UN
     """At boot the underlay may get its address after network-online.target (DHCP on an
     allow-hotplug interface, which that target does not wait for): wait a while for it, saying
     so, rather than fail at once; then say what is missing, and how to go on if it moved."""
-    if node.netns and not netlink.ns_exists(node.netns):
-        return                                    # not the underlay's doing: vtep.up says so at once
+    if wait_s <= 0 or (node.netns and not netlink.ns_exists(node.netns)):
+        return                                    # vtep.up says what is wrong at once
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:

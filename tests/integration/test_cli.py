@@ -377,11 +377,15 @@ def test_a_node_whose_underlay_moved_comes_back_with_the_new_one(host):
     shutil.rmtree(state.node_dir(host))
     for argv in (["link", "set", "ul0", "down"], ["link", "set", "ul0", "name", "ul1"], ["link", "set", "ul1", "up"]):
         netlink.ns_exec(host, ["ip", *argv], check=True)
+    r = dp("--netns", host, "up", "--restore", "--underlay", "ul1", "--local-ip", "198.18.1.77", check=False)
+    assert r.returncode == 2 and "not an address of ul1" in r.stderr, "given by hand: checked at once, no wait"
     back = dp_json("--netns", host, "up", "--restore", "--underlay", "ul1")
     assert (back["underlay"], back["vtep"], [n["vni"] for n in back["networks"]]) == ("ul1", "198.18.1.1", [256])
     assert Node(host).state().config.fdb_age_s == 120, "the rest as saved"
     assert state.load_boot(host)["underlay"] == "ul1", "and saved for the next boot"
     assert "from_overlay" in tcx.names(host, netlink.link_index(host, "ul1"))
+    r = dp("--netns", host, "up", "--restore", "--local-ip", "198.18.1.1", check=False)
+    assert r.returncode == 4 and "is up" in r.stderr, "a running node's address is not changed under its agent"
     dp("--netns", host, "down")
 
 

@@ -95,6 +95,9 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         _drop_networks(url, created)   # and so do the registry networks it made
         raise
     persist(node)
+    wrong = process.installed_unit_mismatch(node.name, bool(st.registry))
+    if wrong:
+        notice(wrong)
     return st
 
 
@@ -270,6 +273,9 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
         spawn_agent(node, st)
     elif st.registry:
         _hand_agent_over(node)
+    wrong = process.installed_unit_mismatch(node.name, bool(st.registry))
+    if wrong:
+        notice(wrong)                          # at boot: in the journal, where the operator looks
     return node.require_up()
 
 

@@ -54,6 +54,26 @@ def running_pid(node: str) -> int | None:
     return pid if ours and b"agent" in cmd and b"run" in cmd and b"dataplane" in b" ".join(cmd) else None
 
 
+UNIT_DIR = "/etc/systemd/system"          # where `dataplane service install` writes by default
+
+
+def installed_unit_mismatch(node: str, registry: bool, unit_dir: str = UNIT_DIR) -> str | None:
+    """What is wrong with the node's installed unit for a node with (or without) a registry, if
+    anything: the kind of unit is chosen at install time, and a node given a registry since kept
+    a unit that starts no agent at boot (or the reverse, one whose agent falls back to the
+    default registry)."""
+    try:
+        with open(f"{unit_dir}/{unit_name(node)}") as f:
+            runs_agent = "agent run" in f.read()
+    except OSError:
+        return None
+    if runs_agent == registry:
+        return None
+    return (f"the installed {unit_name(node)} is for a node {'without' if registry else 'with'} a registry: "
+            f"at boot it would {'start no agent' if registry else 'start an agent'}; run `dataplane service "
+            f"install` again")
+
+
 def unit_name(node: str) -> str:
     """The systemd unit `dataplane service install` writes for the node's agent."""
     return "dataplane.service" if node == "host" else f"dataplane-{node}.service"

@@ -161,7 +161,7 @@ def register(sub) -> None:
     for verb, fn, what in (("install", cmd_install, "write the units (the node must have been brought up once)"),
                            ("uninstall", cmd_uninstall, "remove the units")):
         a = sv.add_parser(verb, help=what)
-        a.add_argument("--unit-dir", default="/etc/systemd/system", help="where units go (default: %(default)s)")
+        a.add_argument("--unit-dir", default=process.UNIT_DIR, help="where units go (default: %(default)s)")
         if verb == "install":
             a.add_argument("--docker", action="store_true",
                            help=f"also the Docker driver, socket-activated on {PLUGIN_SOCKET}")

@@ -148,3 +148,17 @@ def test_uninstall_refuses_units_still_enabled(brought_up, capsys):
     assert (brought_up / "dataplane.service").exists()
     (wants / "dataplane.service").unlink()
     assert main(["service", "uninstall", "--unit-dir", str(brought_up)]) == 0
+
+
+def test_up_says_when_the_installed_unit_is_of_the_other_kind(brought_up, capsys):
+    """The kind of unit is chosen at install time: a node given a registry since (down, then up
+    with one) kept a unit that starts no agent at boot, and nothing said so."""
+    from dataplane.agent import process
+    from dataplane.core import state
+    assert main(["service", "install", "--unit-dir", str(brought_up)]) == 0          # with a registry
+    assert process.installed_unit_mismatch("host", True, str(brought_up)) is None
+    assert "start an agent" in process.installed_unit_mismatch("host", False, str(brought_up))
+    state.save_boot("host", {"underlay": "eth0", "registry": None})
+    assert main(["service", "install", "--unit-dir", str(brought_up)]) == 0          # without
+    assert "start no agent" in process.installed_unit_mismatch("host", True, str(brought_up))
+    assert process.installed_unit_mismatch("dpl-none", True, str(brought_up)) is None, "none installed"

@@ -129,7 +129,7 @@ def register(sub) -> None:
     up.add_argument("--underlay", help="uplink interface (default: that of the default route)")
     up.add_argument("--local-ip", help="VTEP address (default: the underlay's first IPv4 address)")
     up.add_argument("--port", type=int, help=f"VXLAN UDP port (default {model.VXLAN_PORT})")
-    up.add_argument("--subnet", help="endpoint subnet of the VNI (default 10.<vni/256>.<vni%%256>.0/24)")
+    up.add_argument("--subnet", help="endpoint subnet of the VNI (default 10.<(vni/256)%%256>.<vni%%256>.0/24)")
     up.add_argument("--peer", action="append", help="remote VTEP to flood to (repeatable)")
     up.add_argument("--peer-check", action=argparse.BooleanOptionalAction, default=None,
                     help="decapsulate only from the VTEPs the registry (or --peer) lists for the VNI: on by default; "

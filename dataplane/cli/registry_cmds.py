@@ -134,7 +134,7 @@ def register(sub) -> None:
     a = net.add_parser("create", help="create a network in the registry; every agent serves it")
     a.add_argument("name", help="network name")
     a.add_argument("--vni", required=True, help=f"its VXLAN network id, 1..{model.VNI_MAX}")
-    a.add_argument("--subnet", help="endpoint subnet (default 10.<vni/256>.<vni%%256>.0/24)")
+    a.add_argument("--subnet", help="endpoint subnet (default 10.<(vni/256)%%256>.<vni%%256>.0/24)")
     a.add_argument("--gateway", help="gateway address kept out of allocation (default: the subnet's first)")
     a.add_argument("--mtu", type=int, help="endpoint MTU (default: 1450)")
     a.add_argument("--port", type=int, help=f"VXLAN UDP port (default {model.VXLAN_PORT})")

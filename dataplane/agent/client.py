@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 
 from dataplane.core import errors, state
 from dataplane.core.errors import DataplaneError, NotFound
+from dataplane.core.notice import notice
+
+# A command of the CLI says it is waiting after this long (cli/main.py sets it; the runtimes' plugins
+# do not): an agent that waits on an unreachable registry took up to the timeout, silently.
+PROGRESS_AFTER_S: float | None = None
 
 MAX_LINE = 1 << 20
 _BY_CODE = {cls.exit_code: cls for cls in (errors.UsageError, errors.NotFound, errors.Conflict,
@@ -36,6 +42,13 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     sent = False
+    waiting = None
+    if PROGRESS_AFTER_S is not None:
+        said = f"waiting for the agent of node {node} to answer {op!r} (up to {timeout:g} s; it may be waiting " \
+               "on the registry)"
+        waiting = threading.Timer(PROGRESS_AFTER_S, notice, (said,))
+        waiting.daemon = True
+        waiting.start()
     try:
         try:
             s.connect(path)
@@ -66,6 +79,8 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         raise errors.KernelError(f"the agent of node {node} answered {op!r} with a broken reply") from None
     finally:
         s.close()
+        if waiting is not None:
+            waiting.cancel()
     if reply.get("ok"):
         return reply.get("result")
     cls = errors.TryAgain if reply.get("transient") else _BY_CODE.get(reply.get("code"), DataplaneError)

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from dataplane import __version__
+from dataplane.agent import client
 from dataplane.cli import node_cmds, observe_cmds, registry_cmds, runtime_cmds, service_cmds
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError, NotFound
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
     with contextlib.suppress(OSError, ValueError, AttributeError):     # no stderr file: no stacks
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     daemon = args.cmd in ("agent", "docker-plugin")
+    if not daemon:
+        client.PROGRESS_AFTER_S = 1.0    # a progress line on anything that takes more than a second
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "    # journald stamps lines itself
     logging.basicConfig(level=logging.INFO if daemon else logging.WARNING,
                         format=stamp + "%(levelname)s %(name)s: %(message)s" if daemon

@@ -235,6 +235,7 @@ class Agent:
         age_every = max(1.0, min(10.0, self.node.require_up().config.fdb_age_s / 4))
         next_age = time.monotonic() + age_every
         next_beat = None          # no heartbeat before the first sync: misses are flooded until then
+        watchdog = sdnotify.Watchdog()
         while not self.stopping.is_set():
             wake = min(next_age, next_beat or next_age)
             kind, data = self._next_message(max(0.01, wake - time.monotonic()))
@@ -267,6 +268,8 @@ class Agent:
             now = time.monotonic()
             if next_beat is None and self.synced.is_set():
                 next_beat = now                     # synced: misses come to us from now on
+            if next_beat is not None:
+                watchdog.ping(now)                  # (systemd counts from READY=1, sent at the first sync)
             if now - t0 > SLOW_TURN_S:
                 log.warning("slow turn: %s took %.0f ms", kind, (now - t0) * 1000)
             try:                     # as for a message: an error here is logged, the agent goes on

@@ -67,6 +67,8 @@ Restart=always
 RestartSec=1
 KillMode=process
 TimeoutStartSec=120
+# The main loop pings it (WATCHDOG=1) every minute: a stuck agent is killed and restarted.
+WatchdogSec=120
 
 [Install]
 WantedBy=multi-user.target

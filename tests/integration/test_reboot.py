@@ -95,7 +95,8 @@ def test_a_rebooted_host_comes_back_with_its_docker_networks(info, engines):
         log = open(os.path.join(units, "agent.log"), "ab")
         agent = None
         try:
-            agent = subprocess.Popen(node_unit["ExecStart"], env={**os.environ, "NOTIFY_SOCKET": notify_path},
+            agent = subprocess.Popen(node_unit["ExecStart"], env={**os.environ, "NOTIFY_SOCKET": notify_path,
+                                                                  "WATCHDOG_USEC": "2000000"},   # (WatchdogSec=2)
                                      stdout=log, stderr=log, start_new_session=True, cwd="/")
             # NotifyAccess=main: only the agent may speak, and its first word is READY=1. (Forked
             # helpers once inherited its SIGTERM handler and said STOPPING=1: test_agent_signals.)
@@ -108,6 +109,8 @@ def test_a_rebooted_host_comes_back_with_its_docker_networks(info, engines):
             assert pid == agent.pid, f"pid {pid}, not the agent ({agent.pid}), said {msg!r}; the agent said:\n{said}"
             assert "READY=1" in msg, f"{msg!r}; the agent said:\n{said}"
             assert client.call(H1, "ping")["synced"], "READY=1 only once synced"
+            # Its main loop pings systemd's watchdog at half the period systemd gives it.
+            assert notify.recv(4096).decode() == "WATCHDOG=1", "a watchdog ping within the period"
             e1.start_driver(driver_unit["ExecStart"])     # socket-activated, as dataplane-...-docker.socket does
             e1.start_engine()                              # restarts c1 (--restart always)
             assert wait_for(lambda: e1.docker("inspect", "-f", "{{.State.Running}}", "c1",

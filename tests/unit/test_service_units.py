@@ -162,3 +162,36 @@ def test_up_says_when_the_installed_unit_is_of_the_other_kind(brought_up, capsys
     assert main(["service", "install", "--unit-dir", str(brought_up)]) == 0          # without
     assert "start no agent" in process.installed_unit_mismatch("host", True, str(brought_up))
     assert process.installed_unit_mismatch("dpl-none", True, str(brought_up)) is None, "none installed"
+
+
+def test_a_stuck_agent_is_restarted_by_systemds_watchdog(tmp_path):
+    """A hung agent (a deadlock in its main loop) was left as it was: the unit now has a
+    watchdog, and the agent pings it (WATCHDOG=1) at half its period, only when systemd asked it."""
+    import socket
+    from dataplane.agent import sdnotify
+    assert parse(units()["dataplane.service"])["Service"]["WatchdogSec"] == "120"
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    got = []
+
+    def heard():
+        try:
+            while True:
+                got.append(sock.recv(100).decode())
+        except TimeoutError:
+            return got
+    import os
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        dog = sdnotify.Watchdog({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())})
+        for now in (10.0, 10.5, 11.0, 11.2):
+            dog.ping(now)
+        assert heard() == ["WATCHDOG=1", "WATCHDOG=1"], "at 10 and at 11: every half of 2 s"
+        for env in ({}, {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}):       # not asked; asked of another
+            sdnotify.Watchdog(env).ping(100.0)
+        assert heard() == ["WATCHDOG=1", "WATCHDOG=1"]
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+        sock.close()

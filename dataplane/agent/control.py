@@ -95,9 +95,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         _drop_networks(url, created)   # and so do the registry networks it made
         raise
     persist(node)
-    wrong = process.installed_unit_mismatch(node.name, bool(st.registry))
-    if wrong:
-        notice(wrong)
+    _check_unit(node, st)
     return st
 
 
@@ -254,7 +252,8 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
     underlay = model.parse_ifname(underlay) if underlay else b["underlay"]
     local_ip = str(model.parse_ipv4(local_ip, "local address")) if local_ip else b["local_ip"]
     nets = {int(v): s for v, s in b["networks"].items()}
-    _await_underlay(node, underlay, local_ip, 0 if moved else UNDERLAY_WAIT_S)     # given by hand: no wait
+    if not moved:                              # given by hand: checked at once (vtep.up), no wait
+        _await_underlay(node, underlay, local_ip)
     st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=underlay, local_ip=local_ip,
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
                  vxlan_guard=b.get("vxlan_guard", True),
@@ -273,17 +272,22 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
         spawn_agent(node, st)
     elif st.registry:
         _hand_agent_over(node)
+    _check_unit(node, st)                      # at boot: in the journal, where the operator looks
+    return node.require_up()
+
+
+def _check_unit(node: Node, st: NodeState) -> None:
+    """Say so if the node's installed unit is of the other kind (process.installed_unit_mismatch)."""
     wrong = process.installed_unit_mismatch(node.name, bool(st.registry))
     if wrong:
-        notice(wrong)                          # at boot: in the journal, where the operator looks
-    return node.require_up()
+        notice(wrong)
 
 
 def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UNDERLAY_WAIT_S) -> None:
     """At boot the underlay may get its address after network-online.target (DHCP on an
     allow-hotplug interface, which that target does not wait for): wait a while for it, saying
     so, rather than fail at once; then say what is missing, and how to go on if it moved."""
-    if wait_s <= 0 or (node.netns and not netlink.ns_exists(node.netns)):
+    if node.netns and not netlink.ns_exists(node.netns):
         return                                    # vtep.up says what is wrong at once
     deadline, said = time.monotonic() + wait_s, False
     while True:

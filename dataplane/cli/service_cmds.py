@@ -19,7 +19,7 @@ from dataplane.core import model, state
 from dataplane.core.errors import NotFound, UsageError, file_errors
 
 PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
-ENABLE_DIRS = ("/etc/systemd/system", "/run/systemd/system")      # where `systemctl enable [--runtime]` links
+ENABLE_DIRS = (process.UNIT_DIR, "/run/systemd/system")      # where `systemctl enable [--runtime]` links
 
 
 def command() -> str:

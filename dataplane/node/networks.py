@@ -127,15 +127,22 @@ def free_slot(st: NodeState) -> int:
     return slot
 
 
+def peer_meters(m: NodeMaps):
+    """dp_peer_meters, or None on pins of an older version: no such map, or one in another layout
+    (MapSpec.remade), until `up` makes it anew."""
+    try:
+        peers = m.dp_peer_meters
+        return peers if peers.layout_is_ours() else None
+    except NotFound:
+        return None
+
+
 def forget_refusals(m: NodeMaps, vni: int) -> None:
     """A VNI served anew starts with no peer's refusals: dp_peer_meters (an LRU keyed by VNI and
     peer that nothing else clears) brought an earlier serving's back into `stats` and the metrics
     as current ones. Nothing on pins of an older version without the map, or in another layout."""
-    try:
-        peers = m.dp_peer_meters
-        if not peers.layout_is_ours():
-            return
-    except NotFound:
+    peers = peer_meters(m)
+    if peers is None:
         return
     key_t = peers.spec.key
     ksz = ctypes.sizeof(key_t)

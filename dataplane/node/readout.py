@@ -58,11 +58,8 @@ def peer_refusals(m) -> dict[int, dict[str, int]]:
     key_t, val_t = _S["dp_ip_key"], _S["dp_peer_meter"]
     ksz, vsz = ctypes.sizeof(key_t), ctypes.sizeof(val_t)
     out: dict[int, dict[str, int]] = {}
-    try:
-        peers = m.dp_peer_meters
-        if not peers.layout_is_ours():
-            return out
-    except NotFound:
+    peers = networks.peer_meters(m)
+    if peers is None:
         return out
     # Every entry's count read in place (up to DP_MAP_VTEPS of them at each scrape); the keys with
     # one are decoded, and looked up among the VTEPs read in one go (with the peer check off they

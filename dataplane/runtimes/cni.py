@@ -146,7 +146,7 @@ def cmd_del(conf: dict, env) -> None:
     up whose agent cannot answer keeps the address until the agent has let go of the endpoint
     (an address freed first could be handed out while the registry still holds it)."""
     _check_conf(conf)
-    cid, ifname, _ = _attachment(env, need_netns=False, strict=False)
+    cid, ifname = _env(env, "CNI_CONTAINERID"), _env(env, "CNI_IFNAME")
     # Names its ADD refused before asking the IPAM plugin: no address to give back (and the
     # reference plugins refuse such names on DEL too).
     refused = _refused(env)

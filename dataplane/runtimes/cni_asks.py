@@ -28,8 +28,8 @@ def env_args(env) -> dict[str, str]:
 
 def _said(conf: dict, env, key: str, env_key: str):
     """runtimeConfig's, else args.cni's, else CNI_ARGS' value for key (None: not asked)."""
-    for where in (conf.get("runtimeConfig"), (conf.get("args") or {}).get("cni")
-                  if isinstance(conf.get("args"), dict) else None):
+    args = conf.get("args")
+    for where in (conf.get("runtimeConfig"), args.get("cni") if isinstance(args, dict) else None):
         if isinstance(where, dict) and where.get(key) not in (None, "", []):
             return where[key]
     return env_args(env).get(env_key) or None

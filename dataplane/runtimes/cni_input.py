@@ -48,25 +48,24 @@ def _check_conf(conf: dict) -> int:
     return vni
 
 
-def _attachment(env, need_netns: bool, strict: bool = True) -> tuple[str, str, str | None]:
-    """Not strict (DEL): whatever names the attachment, even what its ADD refused (the spec: a
-    delete must still be run when the add failed; the id is a hash)."""
+def _attachment(env, need_netns: bool) -> tuple[str, str, str | None]:
     cid = _env(env, "CNI_CONTAINERID")
-    if strict and not _SPEC_ID.match(cid):
+    if not _SPEC_ID.match(cid):
         raise CNIError(E_ENV, f"bad CNI_CONTAINERID {cid!r}")
     ifname = _env(env, "CNI_IFNAME")
     try:
-        if strict:
-            model.parse_ifname(ifname)
+        model.parse_ifname(ifname)
     except UsageError:
         raise CNIError(E_ENV, f"bad CNI_IFNAME {ifname!r}") from None
     netns = _env(env, "CNI_NETNS", required=need_netns)
-    if strict and netns is not None and not netns.startswith("/"):
+    if netns is not None and not netns.startswith("/"):
         raise CNIError(E_ENV, f"bad CNI_NETNS {netns!r}: an absolute path expected")
     return cid, ifname, netns
 
 
 def _refused(env) -> bool:
+    """Names an ADD refuses before it asks the IPAM plugin (a DEL takes them all the same: the
+    spec runs a delete after a failed add, and the endpoint id is a hash)."""
     try:
         _attachment(env, need_netns=False)
         return False

@@ -10,8 +10,8 @@ import json
 import logging
 import time
 
-from dataplane.core import state
 from dataplane.agent.client import AgentSilent
+from dataplane.core import state
 from dataplane.core.errors import DataplaneError
 
 log = logging.getLogger("dataplane.docker")

@@ -20,11 +20,11 @@
 #define DP_VXLAN_FLAG_I 8                /* the only VXLAN flags byte we accept (RFC 7348 sec. 5) */
 #define DP_SRC_PORT_MIN 49152            /* default outer UDP source port range, host order */
 #define DP_SRC_PORT_MAX 65535
-
 #define DP_FLOOD_CHUNK 64                /* copies one run of a flood program makes; it tail-calls itself for more */
 #define DP_MAX_FLOOD 1024                /* remote VTEPs per VNI in the flood list (16 chunks) */
 #define DP_MAX_LOCAL 1024                /* local endpoints per VNI that receive broadcast (16 chunks) */
 #define DP_LOCAL_ROUTER 0x80000000       /* dp_local_macs value flag: a gateway port (frames leave by it, see gateway.py) */
+#define DP_LOCAL_ALIAS 0x40000000        /* with DP_LOCAL_ROUTER: its host's own address's MAC, not the router's own */
 #define DP_NH_TTL_NS 1000000000          /* lifetime of a next-hop cache entry, ns */
 #define DP_LEARN_REFRESH_NS 1000000000   /* rewrite an unchanged learned entry at most this often, ns */
 #define DP_FDB_AGE_DEFAULT_S 300         /* learned FDB entry lifetime unless configured, s */

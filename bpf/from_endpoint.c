@@ -27,12 +27,18 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 	mac_copy(k.mac, eth->h_dest);
 	oif = local_port(&k, gen);
 	if (oif) {
-		__u32 to = oif & ~DP_LOCAL_ROUTER;
+		__u32 to = oif & ~(DP_LOCAL_ROUTER | DP_LOCAL_ALIAS);
+		int ret;
 
 		if (to == ifindex)
 			return -DP_DROP_NO_DESTINATION;
 		if ((oif & DP_LOCAL_ROUTER) && is_ip && vxlan_via_router(skb, cfg))
 			return -DP_DROP_TUNNEL_VIA_GATEWAY;
+		if (oif & DP_LOCAL_ALIAS) {
+			ret = router_take(skb, to, gen);
+			if (ret)
+				return ret;
+		}
 		STAT_ADD(ep->slot, local_packets, local_bytes, skb->len);
 		/* A gateway port's peer is in this namespace, where redirect_peer refuses to go. */
 		if (oif & DP_LOCAL_ROUTER)
@@ -45,6 +51,12 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 		if (punt(skb, vni, ep->slot, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
 			return DP_CONSUMED;
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
+	}
+	if (ep->flags & DP_EP_ROUTER) {
+		int ret = router_leave(skb, ep);
+
+		if (ret)
+			return ret;
 	}
 	return encap_unicast(skb, cfg, ep, vtep, is_ip);
 }

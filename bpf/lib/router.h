@@ -13,6 +13,7 @@
 #define DP_ROUTER_H
 
 #include "lib/common.h"
+#include "lib/local.h"
 
 /* Is the IPv4 frame at skb->data (Ethernet, then IPv4 with ihl >= 5) UDP to the VXLAN port? */
 static __always_inline int vxlan_via_router(struct __sk_buff *skb, const struct dp_config *cfg)
@@ -27,6 +28,52 @@ static __always_inline int vxlan_via_router(struct __sk_buff *skb, const struct 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + (ip.ihl & 0xf) * 4 + 2, &dport, sizeof(dport)))
 		return 0;
 	return dport == cfg->port;
+}
+
+/*
+ * A gateway's router holds the network's gateway address with a MAC derived from it, the same
+ * on every host, and its host's own address in the subnet (node/gateway.py), registered like an
+ * endpoint with the MAC derived from that: what the host masquerades into the subnet (a DNAT
+ * back into it, as kube-proxy's ClusterIP) comes from there, so the target's reply returns to
+ * the host whose conntrack holds the connection, wherever the target lives.
+ *
+ * router_take: a frame to that host address's MAC (dp_local_macs flags it DP_LOCAL_ALIAS) gets
+ * the router's own MAC as destination: the device takes frames to its own MAC only.
+ */
+static __always_inline int router_take(struct __sk_buff *skb, __u32 port, __u64 gen)
+{
+	struct dp_endpoint *ep = local_endpoint(port, gen);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if (!ep)
+		return -DP_DROP_NO_ENDPOINT;
+	if ((void *)(eth + 1) > end)
+		return -DP_DROP_TRUNCATED;
+	mac_copy(eth->h_dest, ep->mac);
+	return 0;
+}
+
+/*
+ * router_leave: a router's frame to another host leaves from the host address's MAC, 02:42 and
+ * the address (model.mac_for_ip), which the port's endpoint entry holds as its address; the
+ * gateway's MAC is every host's router's, and another host that has a gateway of the network
+ * takes a frame from it for one of its own (mac_conflict). A router with no host address has
+ * the gateway's there, whose MAC is the one it already sends from.
+ */
+static __always_inline int router_leave(struct __sk_buff *skb, const struct dp_endpoint *ep)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -DP_DROP_TRUNCATED;
+	eth->h_source[0] = 0x02;
+	eth->h_source[1] = 0x42;
+	__builtin_memcpy(&eth->h_source[2], &ep->ip, 4);
+	return 0;
 }
 
 #endif /* DP_ROUTER_H */

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from dataplane.agent import converge, local, pauses
+from dataplane.agent import converge, local, pauses, routers
 from dataplane.core import state
 from dataplane.core.errors import DataplaneError
 from dataplane.node import fpconfig, gwrules, monitor, networks, rxgro, vxlanguard
@@ -34,6 +34,7 @@ def sweep(ag) -> None:
         try:
             local.drop_orphans(ag)
             local.settle_local_moves(ag)
+            routers.register(ag)
         except Exception as e:  # noqa: BLE001 - said; the suspects it had taken are looked for whole
             if isinstance(e, DataplaneError):
                 log.error("sweeping orphan records and unfinished moves: %s", e)

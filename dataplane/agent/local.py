@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 
-from dataplane.agent import converge, deferred, inflight, process, rewrite
+from dataplane.agent import converge, deferred, inflight, process, rewrite, routers
 from dataplane.agent.rewrite import wrote
 from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.node import endpoints
@@ -40,8 +40,9 @@ def adopt(ag) -> None:
                 log.error("endpoint %s: cannot register: %s", name, e)
         except DataplaneError as e:
             log.error("endpoint %s: cannot register: %s", name, e)
+    mine = routers.ids(ag, st)                # the gateways' host addresses: no sandbox, ours all the same
     for rec in list(ag.view.endpoints.values()):
-        if rec.host == ag.me and rec.id not in st.endpoints and rec.id not in ag.busy:
+        if rec.host == ag.me and rec.id not in st.endpoints and rec.id not in ag.busy and rec.id not in mine:
             try:
                 with ag.node.maps() as m:
                     for what in endpoints.clear_debris(ag.node, m, rec.id):
@@ -279,8 +280,12 @@ def drop_orphans(ag) -> None:
     def orphan(rec, here) -> bool:
         return rec is not None and rec.host == ag.me and rec.id not in here and not rec.moving_to
 
+    def ours() -> set:
+        st = ag.node.require_up()
+        return set(st.endpoints) | routers.ids(ag, st)   # a gateway's host address is ours while it is
+
     with ag.lock:
-        here = set(ag.node.require_up().endpoints)
+        here = ours()
         ag.orphan_suspects |= ag.orphan_had - here
         ag.orphan_had = here
         if ag.orphan_scan_all:
@@ -298,7 +303,7 @@ def drop_orphans(ag) -> None:
             return
         with inflight.working_on(ag, rec.id):
             with ag.lock:
-                if ag.view.endpoints.get(rec.id) is not rec or not orphan(rec, ag.node.require_up().endpoints):
+                if ag.view.endpoints.get(rec.id) is not rec or not orphan(rec, ours()):
                     continue
             try:
                 ag.reg.endpoint_rm(rec.id, expect=rec)     # the record as the view has it, or none

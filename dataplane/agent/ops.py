@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
-from dataplane.agent import converge, inflight, local
+from dataplane.agent import converge, inflight, local, routers
 from dataplane.agent.inflight import working_on
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import endpoints, gateway, networks, peers
 from dataplane.registry import Unavailable
+from dataplane.registry.records import ROUTER_PREFIX
 
 STATUS_LOCK_WAIT_S = 2.0
 
@@ -137,11 +138,14 @@ class Ops:
                      mac: str | None = None) -> dict:
         ag = self.ag
         model.parse_name(id, "endpoint name")   # it names the sandbox namespace too
+        if id.startswith(ROUTER_PREFIX):
+            raise UsageError(f"bad endpoint name {id!r}: names starting {ROUTER_PREFIX!r} are kept for the "
+                             "gateways' host addresses")
         net = self._network_for(network, vni)
         with working_on(ag, id):
             with ag.lock:                # refused here (an MTU the underlay cannot carry) before any write
                 serve(ag, net)
-                egress(ag, net)
+                way_out = egress(ag, net)
 
             def create(rec):
                 with ag.lock:            # served again: a reconcile during the write may have let it go
@@ -151,6 +155,8 @@ class Ops:
                     return ep
             rec, ep = register_then_create(lambda: register_endpoint(ag, id, net.name, ag.me, ip=ip, mac=mac),
                                            unregister(ag, id), create)
+        if way_out:
+            routers.register(ag, [net.vni])      # its gateway's host address, if it has none yet
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 
     def gateway_ensure(self, vni: int | str) -> dict:
@@ -162,6 +168,8 @@ class Ops:
         with self.ag.lock:
             serve(self.ag, net)
             routes = egress(self.ag, net)
+        if routes:
+            routers.register(self.ag, [net.vni])
         return {"vni": net.vni, "gateway": net.gateway, "routes": routes}
 
     def endpoint_rm(self, id: str) -> dict:

@@ -124,6 +124,9 @@ class NodeState:
     lease_ttl: int | None = None
     restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
     gateways: dict[int, Gateway] = field(default_factory=dict)          # vni -> its way out (egress)
+    # vni -> the host's own address in the subnet, on the gateway's router (node/gateway.py). Here,
+    # not in Gateway: an older version makes a Gateway of exactly the fields it knows.
+    router_ips: dict[int, str] = field(default_factory=dict)
     # How `up` attached the programs: "tcx", or "tc" (a cls_bpf filter) on a node an older version
     # brought up, whose pinned programs still end a consumed frame with TC_ACT_STOLEN: a new
     # agent attaching those at tcx would hand such frames to the host stack (kernel/tcx.py).
@@ -151,7 +154,8 @@ class NodeState:
             flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
             restore_forwarding=d.get("restore_forwarding"),
-            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()}, hook=d.get("hook", "tc"),
+            gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()},
+            router_ips=ints(d.get("router_ips")), hook=d.get("hook", "tc"),
             rx_gro=d.get("rx_gro", ""), tunnel_gso_swept=d.get("tunnel_gso_swept", False))
 
 

@@ -120,6 +120,26 @@ def link_delete(netns: str | None, ifname: str) -> bool:
     return True
 
 
+def addrs_set(netns: str | None, ifname: str, want: list[tuple[str, int]]) -> bool:
+    """ifname's IPv4 addresses made exactly want ([(address, prefixlen)]): the missing added in
+    that order, then the others deleted (a primary deleted takes its secondaries with it unless
+    the interface's promote_secondaries is on). Whether anything changed."""
+    with ipr(netns) as s:
+        found = s.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFound(f"interface {ifname!r} not found in {netns or 'the host namespace'}")
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in s.get_addr(index=found[0], family=2)}
+        try:
+            for ip, plen in want:
+                if (ip, plen) not in have:
+                    s.addr("add", index=found[0], address=ip, prefixlen=plen)
+            for ip, plen in have - set(want):
+                s.addr("del", index=found[0], address=ip, prefixlen=plen)
+        except _nlerror() as e:
+            raise _kerr(f"set the addresses of {ifname}", e) from None
+    return have != set(want)
+
+
 # --- tc and XDP -------------------------------------------------------------
 
 def routes_missing(netns: str | None, routes) -> list[str]:

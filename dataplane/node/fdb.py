@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import ipaddress
 import socket
 
 from dataplane.core import abi, model
@@ -23,6 +24,7 @@ from dataplane.node import readback
 _S = abi.load().structs
 _FDB_STATIC = int(abi.load().enums["dp_fdb_flag"].DP_FDB_STATIC)
 _LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
+_LOCAL_ALIAS = abi.load().constants["DP_LOCAL_ALIAS"]
 
 
 def static_entry(vni: int, mac: str, vtep: str):
@@ -61,6 +63,8 @@ def forget_local_strays(m: NodeMaps, st: NodeState, neigh_too: bool) -> list[str
     one is local) that no endpoint of the state holds: what a crash left."""
     ready = {(e.vni, e.mac): e.ifindex for e in st.endpoints.values() if e.phase == "ready"}
     ready |= {(g.vni, g.mac): g.ifindex | _LOCAL_ROUTER for g in st.gateways.values()}
+    ready |= {(v, model.mac_for_ip(ipaddress.IPv4Address(ip))): st.gateways[v].ifindex | _LOCAL_ROUTER | _LOCAL_ALIAS
+              for v, ip in st.router_ips.items() if v in st.gateways}
     gone = []
     for k, v in list(m.dp_local_macs.items()):
         if ready.get((k.vni, model.mac_str(k.mac))) != v.value:
@@ -290,5 +294,5 @@ def forget_learned_vteps(maps: NodeMaps, vteps: set[str]) -> dict[str, int]:
 def local_neigh_keys(st: NodeState) -> set[tuple[int, str]]:
     """The node's own neighbour entries: its endpoints' and its gateways' (node/gateway.py)."""
     return {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"} | \
-        {(g.vni, g.ip) for g in st.gateways.values()}
+        {(g.vni, g.ip) for g in st.gateways.values()} | {(v, ip) for v, ip in st.router_ips.items()}
 

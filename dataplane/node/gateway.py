@@ -14,13 +14,21 @@ kernel routes, iptables masquerades the subnet's traffic to anywhere else
 router side, whose ARP for the sandbox is answered by the fast path too.
 East-west traffic never comes here (the subnet is on-link in every sandbox)
 but for a published port of the same network reached by the host's address
-(hairpin), which the router sends back into the subnet masqueraded to the
-gateway's address (node/gwrules.py).
+(hairpin), which the router sends back into the subnet masqueraded (node/gwrules.py).
 
-It is not a LocalEndpoint (no registry record, no sandbox, not listed): it
-lives in NodeState.gateways, made on the first endpoint that wants egress and
-removed with its VNI. Docker containers do not use it: libnetwork gives them
-docker_gwbridge.
+The router also holds its host's own address in the subnet (set_address), which the agent
+registers like an endpoint (agent/routers.py), so other hosts reach it by its MAC. It is what
+masquerading into the subnet picks (the gateway's address is a /32 beside it), so the target
+of a DNAT back into the subnet (kube-proxy's ClusterIP, a published port) replies to the host
+whose conntrack holds the connection, wherever that target lives: with the gateway's address,
+every host's, the reply of a target on another host went to that host's router, which had no
+such connection. The fast path gives frames to that MAC the router's own (DP_LOCAL_ALIAS), and
+the router's frames to other hosts that MAC as their source (bpf/lib/router.h).
+
+It is not a LocalEndpoint (no sandbox; only its host address has a registry record): it
+lives in NodeState.gateways (its host address in NodeState.router_ips), made on the first
+endpoint that wants egress and removed with its VNI. Docker containers do not use it:
+libnetwork gives them docker_gwbridge.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from dataplane.node.base import Node
 
 ROUTER_FLAG = int(abi.load().enums["dp_ep_flag"].DP_EP_ROUTER)
 LOCAL_ROUTER = abi.load().constants["DP_LOCAL_ROUTER"]
+LOCAL_ALIAS = abi.load().constants["DP_LOCAL_ALIAS"]
 
 
 def names(vni: int) -> tuple[str, str]:
@@ -60,7 +69,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         gwrules.require_iptables()         # before anything is made
         if gw is not None:                 # half gone, or another address: made again
             del st.gateways[vni]
-            _destroy(node, m, gw, st.gateways.values())
+            _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))
         router, port = names(vni)
         gw = Gateway(vni=vni, ip=str(model.parse_ipv4(gateway, "gateway")), subnet=str(subnet),
                      mac=model.mac_for_ip(ipaddress.IPv4Address(gateway)), router=router, port=port)
@@ -98,6 +107,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
         netlink.sysctl(ns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
     _router_sysctls(ns, gw)
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
+    _address(ns, gw, st.router_ips.get(gw.vni))
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
     return said
@@ -111,25 +121,67 @@ def _router_sysctls(ns, gw: Gateway) -> None:
     not give the gateway's address (spoof_ip), so the reply never left."""
     netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.forwarding", "1")
     netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.arp_announce", "2")
+    # The host's address takes over the subnet's route when the gateway's /prefix goes (_address).
+    netlink.sysctl(ns, f"net.ipv4.conf.{gw.router}.promote_secondaries", "1")
+
+
+def _address(ns, gw: Gateway, host_ip: str | None) -> None:
+    """The router's addresses: with the host's own (set_address), that one with the subnet's
+    prefix, the one masquerading and the router's ARP pick (the first primary of the subnet),
+    and the gateway's as a /32; without, the gateway's with the prefix (the router as an older
+    version made it, and before the registry gave the host an address)."""
+    plen = ipaddress.IPv4Network(gw.subnet).prefixlen
+    netlink.addrs_set(ns, gw.router, [(host_ip, plen), (gw.ip, 32)] if host_ip else [(gw.ip, plen)])
 
 
 def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
     """Its port as an endpoint of the VNI that routes (DP_EP_ROUTER), its MAC and address
-    local (fdb.py's maps, written there): DP_LOCAL_ROUTER makes frames leave by the port."""
+    local (fdb.py's maps, written there): DP_LOCAL_ROUTER makes frames leave by the port. The
+    port's address is the one the router's ARP names: the host's where it has one."""
     net = st.networks[gw.vni]
-    endpoints.write_port(m, gw.ifindex, gw.vni, gw.ip, gw.mac, net.slot, net.mtu, ROUTER_FLAG)
+    host_ip = st.router_ips.get(gw.vni)
+    endpoints.write_port(m, gw.ifindex, gw.vni, host_ip or gw.ip, gw.mac, net.slot, net.mtu, ROUTER_FLAG)
     fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
+    if host_ip:
+        fdb.local_put(m, gw.vni, host_mac(host_ip), host_ip, gw.ifindex | LOCAL_ROUTER | LOCAL_ALIAS)
 
 
-def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep) -> list[str]:
+def host_mac(ip: str) -> str:
+    """The MAC of a router's host address: derived as an endpoint's (the registry gives the record
+    that one, and router.h derives it from the port's address)."""
+    return model.mac_for_ip(ipaddress.IPv4Address(ip))
+
+
+def set_address(node: Node, vni: int, ip: str | None) -> bool:
+    """The host's own address on the VNI's router (the agent's registry record of it), or none;
+    False if the VNI has no gateway here."""
+    with node.changing() as (st, m):
+        gw = st.gateways.get(vni)
+        if gw is None:
+            st.router_ips.pop(vni, None)
+            return False
+        old = st.router_ips.pop(vni, None)
+        if ip:
+            st.router_ips[vni] = ip
+        if old and old != ip:
+            fdb.local_drop(m, vni, host_mac(old), old)
+        if gw.ifindex:
+            _address(node.netns, gw, ip)
+            write_entries(m, st, gw)
+        return True
+
+
+def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = None) -> list[str]:
     """Remove whatever part of it exists (its map entries too, unless the maps went with a
     teardown that stopped part-way: the interfaces and rules are removed all the same). The
     rules are written for keep, the gateways that stay (gw among them if it is to be made
-    again); what that write mended, in words."""
+    again); what that write mended, in words. host_ip: its host address's entries go too."""
     try:
         if gw.ifindex:
             endpoints.forget_port(m, gw.ifindex)
         fdb.local_drop(m, gw.vni, gw.mac, gw.ip)
+        if host_ip:
+            fdb.local_drop(m, gw.vni, host_mac(host_ip), host_ip)
     except NotFound:
         pass
     if not node.netns or netlink.ns_exists(node.netns):
@@ -154,10 +206,10 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
         net = st.networks.get(vni)
         if net is None:
             del st.gateways[vni]
-            done += _destroy(node, m, gw, st.gateways.values())
+            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
-            done += _destroy(node, m, gw, st.gateways.values())
+            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni))
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         elif netlink.link_index(node.netns, gw.port) != gw.ifindex:
@@ -165,11 +217,12 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             # crash, and what came after the veth (the router's address, the port's entries
             # and programs, the rules) may be missing. Taken for whole, it was served at
             # ifindex 0 for good: the port's real entry swept as a stray, no programs on it.
-            done += _destroy(node, m, gw, st.gateways.values())
+            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni))
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
             _router_sysctls(node.netns, gw)     # (one an older version made lacks arp_announce)
+            _address(node.netns, gw, st.router_ips.get(vni))
             write_entries(m, st, gw)
     # Every gateway's rules as they should be: what a flush took, an older version's layout (moved
     # into our chains), rules of a VNI with no gateway here (a removal that failed part-way left
@@ -186,4 +239,4 @@ def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
     """With its VNI (the caller holds the node's lock and saves st)."""
     gw = st.gateways.pop(vni, None)
     if gw is not None:
-        _destroy(node, m, gw, st.gateways.values())
+        _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))

@@ -24,10 +24,11 @@ def fdb(node: Node) -> list[dict]:
     now = time.monotonic_ns()
     rows = []
     with node.maps() as m:
-        router = _C["DP_LOCAL_ROUTER"]
+        router, alias = _C["DP_LOCAL_ROUTER"], _C["DP_LOCAL_ALIAS"]
         for k, v in m.dp_local_macs.items():
-            rows.append({"vni": k.vni, "mac": model.mac_str(k.mac), "where": "local", "ifindex": v.value & ~router,
-                         "age_s": None, "state": "gateway" if v.value & router else "static"})
+            kind = ("router" if v.value & alias else "gateway") if v.value & router else "static"
+            rows.append({"vni": k.vni, "mac": model.mac_str(k.mac), "where": "local",
+                         "ifindex": v.value & ~(router | alias), "age_s": None, "state": kind})
         for k, v in m.dp_fdb.items():
             rows.append({"vni": k.vni, "mac": model.mac_str(k.mac), "where": ip_str(v.vtep),
                          "ifindex": None, "age_s": None, "state": "static"})

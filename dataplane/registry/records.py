@@ -25,6 +25,15 @@ def key(*parts) -> str:
     return PREFIX + "/".join(str(p) for p in parts)
 
 
+ROUTER_PREFIX = "dpgw."
+
+
+def router_id(vni: int, host: str) -> str:
+    """The endpoint record of host's gateway router's own address on the network of VNI vni
+    (agent/routers.py): no sandbox's, and removed with its network."""
+    return f"{ROUTER_PREFIX}{vni}.{host}"
+
+
 def parse_endpoint_id(value) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise UsageError(f"bad endpoint id {value!r}: use 1-64 of [A-Za-z0-9_.-], starting with a letter or digit")

@@ -22,7 +22,7 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.registry.backoff import pause_or_raise
 from dataplane.registry.ipam import Endpoints, fence_key
 from dataplane.registry.kv import KV, Event, Item, Refused, Txn, Unavailable
-from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, key
+from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, key, router_id
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
 MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
@@ -189,12 +189,17 @@ class Registry(Endpoints):
                 return self._forget_network(sent)      # our delete applied; its reply was lost
             fk = fence_key(net.name)
             fence = self.kv.get(fk)
-            users = [e.id for e in self.endpoints(network=net.name)]
+            eps = self.endpoints(network=net.name)
+            routers = [e for e in eps if e.id == router_id(net.vni, e.host)]    # go with it
+            users = [e.id for e in eps if e not in routers]
             if users:
                 raise Conflict(f"network {net.name} is in use: it has {len(users)} endpoint(s), "
                                f"e.g. {users[0]}: remove them first")
             txn = (Txn().unchanged(item.key, item.mod_rev).unchanged(fk, fence.mod_rev if fence else 0)
                    .delete(item.key).delete(key("vnis", net.vni)).delete(fk))
+            for r in routers:
+                for k in (key("endpoints", r.id), key("ipam", net.name, r.ip), key("macs", net.name, r.mac)):
+                    txn.delete(k)
             ok, lost = self._commit_retrying(txn)
             sent = net if lost else sent
             if ok:

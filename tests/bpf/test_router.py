@@ -68,3 +68,48 @@ def test_a_peers_vxlan_relayed_through_our_gateway_is_dropped(gw):
     assert drops(gw, VNI, "TUNNEL_VIA_GATEWAY") == before + 1
     assert sent(gw, "from_overlay", P.vxlan(tunnelled(dport=53, src_mac=REMOTE_MAC, src_ip=REMOTE_IP), VNI, PEER_IP,
                                               LOCAL_IP)) == TC_ACT_REDIRECT
+
+
+HOST_IP = "10.1.0.40"                 # the router's host address (node/gateway.py)
+HOST_MAC = "02:42:0a:01:00:28"        # derived from it, as the registry's record has it
+
+
+@pytest.fixture
+def host_address(gw):
+    """The router as gateway.write_entries leaves it once the host has an address: the port's
+    entry holds that address, and its MAC is local, flagged an alias of the router's."""
+    import ctypes
+    gw.endpoint(GW_IFINDEX, GW_MAC, HOST_IP, router=True)
+    router, alias = gw.abi.constants["DP_LOCAL_ROUTER"], gw.abi.constants["DP_LOCAL_ALIAS"]
+    gw.maps.dp_local_macs.put(gw.mac_key(VNI, GW_MAC), ctypes.c_uint32(GW_IFINDEX | router))
+    gw.maps.dp_local_macs.put(gw.mac_key(VNI, HOST_MAC), ctypes.c_uint32(GW_IFINDEX | router | alias))
+    yield gw
+    gw.maps.dp_local_macs.delete(gw.mac_key(VNI, HOST_MAC))
+
+
+def test_a_frame_to_the_routers_host_address_reaches_the_router_with_its_own_mac(host_address):
+    """The reply of a DNAT's target, masqueraded to the host address: from a sandbox here and
+    from another host. The router's device takes frames to its own MAC only."""
+    hx = host_address
+    here = P.inner_ipv4(EP_MAC, HOST_MAC, EP_IP, HOST_IP, proto="tcp")
+    ret, out = hx.run_tc("from_endpoint", here, EP_IFINDEX)
+    assert ret == TC_ACT_REDIRECT and Ether(out).dst == GW_MAC and out[6:] == bytes(here)[6:]
+    far = P.inner_ipv4(REMOTE_MAC, HOST_MAC, REMOTE_IP, HOST_IP, proto="tcp")
+    ret, out = hx.run_tc("from_overlay", P.vxlan(far, VNI, PEER_IP, LOCAL_IP))
+    assert ret == TC_ACT_REDIRECT and Ether(out).dst == GW_MAC and out[6:] == bytes(far)[6:]
+    to_gateway = P.inner_ipv4(EP_MAC, GW_MAC, EP_IP, ELSEWHERE, proto="tcp")
+    assert hx.run_tc("from_endpoint", to_gateway, EP_IFINDEX)[1] == bytes(to_gateway), "the gateway's frames as ever"
+
+
+def test_a_routers_frame_to_another_host_leaves_from_its_host_addresses_mac(host_address):
+    """The gateway's MAC is every host's router's: another host with a gateway of the network
+    dropped a frame from it as its own (mac_conflict). A router with no host address has the
+    gateway's address in its port's entry, and sends from the gateway's MAC as before."""
+    frame = P.inner_ipv4(GW_MAC, REMOTE_MAC, HOST_IP, REMOTE_IP, proto="tcp")
+    ret, out = host_address.run_tc("from_endpoint", frame, GW_IFINDEX)
+    assert ret == TC_ACT_REDIRECT
+    inner = Ether(out)[VXLAN].payload
+    assert inner.src == HOST_MAC and bytes(inner)[:6] == bytes(frame)[:6] and bytes(inner)[12:] == bytes(frame)[12:]
+    host_address.endpoint(GW_IFINDEX, GW_MAC, GW_IP, router=True)
+    ret, out = host_address.run_tc("from_endpoint", frame, GW_IFINDEX)
+    assert ret == TC_ACT_REDIRECT and Ether(out)[VXLAN].payload.src == GW_MAC

@@ -233,10 +233,67 @@ def test_a_published_port_is_reached_by_its_own_networks_sandboxes(info):
     a, far = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     near = dp_json("--netns", H1, "endpoint", "add", "dpl-hairpin", "--vni", "256")
     try:
-        assert _reach_published_port(a, near) == Node(H1).require_up().gateways[256].ip
+        assert _reach_published_port(a, near) == _host_address(H1)
         assert _reach_published_port(a, far) == lab.vtep_ip(2)
     finally:
         dp("--netns", H1, "endpoint", "rm", "dpl-hairpin", check=False)
+
+
+CLUSTER_IP = "10.96.0.10"          # a Kubernetes service address, outside every subnet of the lab
+
+
+def test_a_service_address_reaches_a_sandbox_of_its_network_on_another_host(info):
+    """kube-proxy's ClusterIP: h2 sends its sandbox's connection to a service address (DNAT in
+    h2's namespace) to a sandbox of the same network on h1. Masqueraded to the gateway's address,
+    which every host's router holds, the target's reply went to h1's router, which had no such
+    connection: it timed out. Each router now has an address of its host's own in the subnet,
+    registered like an endpoint, and masquerading picks it, so the reply goes back to h2."""
+    far = sandbox(info, "h2", 256)
+    assert _through_h2(info, far["netns"], CLUSTER_IP) == _host_address(H2)
+
+
+def test_a_node_port_reaches_a_sandbox_on_another_host(info):
+    """kube-proxy's NodePort (externalTrafficPolicy Cluster): the world connects to h2's address,
+    which h2 sends on to a sandbox on h1, masqueraded by kube-proxy's own MASQUERADE rule. That
+    took the gateway's address too (the first address of the router in the subnet), and timed out
+    the same way; now it takes h2's host address."""
+    kube = ["POSTROUTING", "-p", "tcp", "--dport", "7077", "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"]
+    netlink.ns_exec(H2, ["iptables", "-t", "nat", "-I"] + kube, check=True)
+    try:
+        assert _through_h2(info, lab.UNDERLAY_NS, lab.vtep_ip(2)) == _host_address(H2)
+    finally:
+        netlink.ns_exec(H2, ["iptables", "-t", "nat", "-D"] + kube, capture_output=True)
+
+
+def _through_h2(info, client_ns: str, to: str) -> str:
+    """client_ns connects to to:7078, which h2 DNATs to a listener of h1's sandbox on VNI 256;
+    the address the listener saw the connection come from."""
+    a = sandbox(info, "h1", 256)
+    dnat = ["PREROUTING", "-d", to, "-p", "tcp", "--dport", "7078", "-j", "DNAT", "--to-destination", f"{a['ip']}:7077"]
+    netlink.ns_exec(H2, ["iptables", "-t", "nat", "-A"] + dnat, check=True)
+    srv = in_ns(a["netns"], SERVE, a["ip"])
+    try:
+        time.sleep(0.5)                         # the listener is up
+        cli = in_ns(client_ns, TRY.replace("7077", "7078"), to)
+        out, err = cli.communicate(timeout=30)
+        assert out.startswith("reached"), (out, err)
+        return out.split()[1]
+    finally:
+        netlink.ns_exec(H2, ["iptables", "-t", "nat", "-D"] + dnat, capture_output=True)
+        srv.kill()
+        srv.communicate()
+
+
+def _host_address(ns: str) -> str:
+    """The host's own address on VNI 256 (its router's, registered as dpgw.256.<host>), once
+    the agent has it."""
+    host = "h1" if ns == H1 else "h2"
+
+    def registered():
+        return {e["id"]: e["ip"] for e in dp_json("--netns", ns, "endpoint", "list")}.get(f"dpgw.256.{host}")
+    assert wait_for(lambda: registered() and Node(ns).require_up().router_ips.get(256) == registered(),
+                    TICK_S * 3, 0.2), f"{host}'s router address registered and on its router"
+    return registered()
 
 
 def test_a_down_that_stopped_part_way_can_be_finished(info):

@@ -32,6 +32,24 @@ def test_network_create_get_list_rm(reg):
     reg.network_create("other", 256)   # the VNI is free again
 
 
+def test_a_network_goes_with_its_gateways_host_addresses(reg):
+    """Each host's router holds an address of its own in the subnet, registered as the endpoint
+    dpgw.<VNI>.<host> (agent/routers.py) while the network is served there, which it is until
+    the network goes: counted as the network's endpoints, they kept `network rm` refusing for
+    good. They go with it, claims and all; any other endpoint still keeps it."""
+    reg.network_create("n", 256)
+    reg.endpoint_create("dpgw.256.h1", "n", "h1")
+    reg.endpoint_create("dpgw.256.h2", "n", "h2")
+    reg.endpoint_create("dpgw.256.h3", "n", "h1")        # not h1's router's: an endpoint like another
+    with pytest.raises(Conflict, match="has 1 endpoint.*dpgw.256.h3"):
+        reg.network_rm("n")
+    reg.endpoint_rm("dpgw.256.h3")
+    reg.network_rm("n")
+    assert reg.endpoints() == [] and reg.snapshot().ipam == {} and reg.snapshot().macs == {}
+    reg.network_create("n", 256)
+    assert reg.endpoint_create("dpgw.256.h1", "n", "h1").ip == "10.1.0.2", "its address free again"
+
+
 @pytest.mark.parametrize("args, msg", [
     (("n", 0), "bad VNI"), (("n", 16777216), "bad VNI"), (("n", 5, "10.0.0.0/33"), "bad subnet"),
     (("n", 5, "10.0.0.0/24", "10.0.1.1"), "not a host address"), (("bad name!", 5), "bad network name"),

@@ -37,7 +37,8 @@ class Agent:
         self.view = RegistryView()
         self.view.apply(Event(key("networks", "n"), net.to_json(), 1))
         self.sandboxes: dict = {}
-        self.node = SimpleNamespace(require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes))
+        self.node = SimpleNamespace(
+            require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes, gateways={}))
 
 
 @pytest.fixture

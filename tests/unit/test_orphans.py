@@ -23,7 +23,8 @@ class Agent:
         for name, ip in (("h1", "198.18.0.1"), ("h2", "198.18.0.2")):
             self.reg.host_register(Host.make(name, ip), self.reg.kv.lease_grant(60))
         self.sandboxes: dict = {}
-        self.node = SimpleNamespace(require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes))
+        self.node = SimpleNamespace(
+            require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes, gateways={}))
         self.view = RegistryView()
         self.lock = threading.RLock()
         self.moving: set[str] = set()
@@ -115,7 +116,7 @@ def test_a_sandbox_settle_moves_removes_leaves_the_batchs_list(tmp_path, monkeyp
         removed.append(name)
     monkeypatch.setattr(local.endpoints, "remove", remove)
     ag.node = SimpleNamespace(                       # a copy, as read
-        require_up=lambda shared=False: SimpleNamespace(endpoints=dict(ag.sandboxes)))
+        require_up=lambda shared=False: SimpleNamespace(endpoints=dict(ag.sandboxes), gateways={}))
     try:
         rec = ag.create("x", "h2")                   # its move to h2 committed while we were away
         ag.sandboxes["x"] = SimpleNamespace(name="x", vni=256, mac=rec.mac, ip=rec.ip, sandbox=None, phase="ready")

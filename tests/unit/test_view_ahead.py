@@ -28,7 +28,8 @@ class Agent:
         self.lock, self.view, self.moving, self.q = threading.RLock(), RegistryView(), set(), queue.Queue()
         inflight.attach(self)
         self.sandboxes: dict = {}
-        self.node = SimpleNamespace(require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes))
+        self.node = SimpleNamespace(
+            require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes, gateways={}))
         self.orphan_suspects, self.orphan_had, self.orphan_scan_all = set(), set(), False
         self.conflicts: dict = {}
         self.stopping, self.connected = threading.Event(), threading.Event()

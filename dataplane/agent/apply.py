@@ -27,7 +27,7 @@ def apply(node: Node, remote: RemoteTable, d: Desired) -> dict[int, str]:
         if vni in failed:
             continue
         try:
-            remote.apply(vni, ent.fdb, ent.neigh, frozenset(e.ip for e in st.local_endpoints(vni)))
+            remote.apply(vni, ent.fdb, ent.neigh, own_ips(st, vni))
             if vni in st.networks and vni not in d.unserve and st.registry_peers.get(vni, []) != ent.flood:
                 networks.set_registry_peers(node, vni, ent.flood)
         except DataplaneError as e:
@@ -41,9 +41,15 @@ def apply_patches(node: Node, remote: RemoteTable, patches: dict, st) -> dict[in
     failed: dict[int, str] = {}
     for vni, p in patches.items():
         try:
-            flood = remote.patch(vni, p.fdb, p.neigh, frozenset(e.ip for e in st.local_endpoints(vni)))
+            flood = remote.patch(vni, p.fdb, p.neigh, own_ips(st, vni))
             if vni in st.networks and st.registry_peers.get(vni, []) != flood:
                 networks.set_registry_peers(node, vni, flood)
         except DataplaneError as e:
             failed[vni] = str(e)
     return failed
+
+
+def own_ips(st, vni: int) -> frozenset[str]:
+    """The VNI's addresses whose neighbour entries are this node's own: its endpoints' and its
+    gateway router's host address (a remote record's removal must not take one of those)."""
+    return frozenset([e.ip for e in st.local_endpoints(vni)] + ([st.router_ip(vni)] if st.router_ip(vni) else []))

@@ -21,7 +21,7 @@ from dataplane.node import Node, choices, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
 from dataplane.registry.kv import Txn
-from dataplane.registry.records import Host, key
+from dataplane.registry.records import ROUTER_PREFIX, Host, key
 
 log = logging.getLogger("dataplane")
 UNDERLAY_WAIT_S = 60.0       # `up --restore` waits this long for the underlay's address
@@ -202,9 +202,10 @@ def _left_behind(node: Node, st: NodeState, lease: int, ran: bool) -> None:
         log.warning("down: host %s's records stay in registry %s (%s): once it answers, run "
                     "`dataplane registry forget-host %s --registry %s`", me, st.registry, e, me, st.registry)
         return
-    if out["endpoints_removed"] or out["reservations_released"]:
+    left = [e for e in out["endpoints_removed"] if not e.startswith(ROUTER_PREFIX)]   # (its gateways' own too)
+    if left or out["reservations_released"]:
         log.warning("down: the agent had left %d endpoint(s) and %d reservation(s) of host %s in the registry; "
-                    "removed", len(out["endpoints_removed"]), out["reservations_released"], me)
+                    "removed", len(left), out["reservations_released"], me)
 
 
 def persist(node: Node) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from dataplane.agent import routers
 from dataplane.agent.apply import apply, apply_patches
 from dataplane.agent.reconcile import LocalFacts, desired, patch
 from dataplane.node import nexthops
@@ -24,6 +25,7 @@ def facts(ag, st) -> LocalFacts:
         ag._routed.update(nexthops.routed_many(ag.node.netns, st, sorted(todo)))
     return LocalFacts(me=ag.me, port=st.config.port, served=frozenset(st.networks),
                       local={v: [(e.name, e.mac, e.ip) for e in st.local_endpoints(v)] for v in st.networks},
+                      routers={v: routers.owned(ag, st, v) for v in st.gateways},
                       unroutable=frozenset(v for v, ok in ag._routed.items() if not ok))
 
 

@@ -16,7 +16,7 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import endpoints, gateway, networks, peers
 from dataplane.registry import Unavailable
-from dataplane.registry.records import ROUTER_PREFIX
+from dataplane.registry.records import ROUTER_PREFIX, router_id
 
 STATUS_LOCK_WAIT_S = 2.0
 
@@ -195,6 +195,8 @@ class Ops:
         if rec.host == ag.me:
             raise Conflict(f"endpoint {id} is on this host already")
         net = ag.reg.network(rec.network)
+        if id == router_id(net.vni, rec.host):
+            raise UsageError(f"endpoint {id} is host {rec.host}'s gateway router's own address: it does not move")
 
         def create(_marked):
             with ag.lock:
@@ -257,8 +259,8 @@ class Ops:
         with ag.lock:            # copies only (the records are frozen): the lock holds up events and punts
             nets = {n.name: n.vni for n in ag.view.networks.values()}
             eps, hosts = list(ag.view.endpoints.values()), set(ag.view.hosts)
-        return [{**e.to_dict(), "vni": nets.get(e.network), "local": e.host == ag.me, "alive": e.host in hosts}
-                for e in sorted(eps, key=lambda e: e.id)]
+        return [{**e.to_dict(), "vni": nets.get(e.network), "local": e.host == ag.me, "alive": e.host in hosts,
+                 "router": e.id == router_id(nets.get(e.network), e.host)} for e in sorted(eps, key=lambda e: e.id)]
 
     def peer_list(self) -> list[dict]:
         return peers.listing(self.ag.node.require_up())

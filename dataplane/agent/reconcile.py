@@ -25,6 +25,9 @@ class LocalFacts:
     served: frozenset[int]                    # VNIs the node serves now
     local: dict[int, list[tuple[str, str, str]]]   # vni -> [(endpoint name, mac, ip)] on this node
     unroutable: frozenset[str] = frozenset()  # VTEPs not reached through the uplink
+    # vni -> [(record id, mac, ip)]: its gateway router's host address here (agent/routers.py), owned
+    # like the endpoints' but keeping no VNI served (the gateway goes with the VNI).
+    routers: dict[int, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,7 +101,7 @@ def _verdict(view, facts: LocalFacts, net, e, local: dict) -> tuple[str | None, 
 
 def _local_owners(facts: LocalFacts, vni: int) -> dict:
     owner = {}
-    for name, mac, ip in facts.local.get(vni, []):
+    for name, mac, ip in facts.local.get(vni, []) + facts.routers.get(vni, []):
         owner[("mac", mac)] = owner[("ip", ip)] = name
     return owner
 

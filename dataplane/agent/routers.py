@@ -15,6 +15,7 @@ sweep removes, and `down` withdraws it with the host's endpoints.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from dataplane.agent import inflight
@@ -31,37 +32,74 @@ def ids(ag, st) -> set[str]:
     return {router_id(v, ag.me) for v in st.gateways}
 
 
+def owned(ag, st, vni: int) -> list[tuple[str, str, str]]:
+    """[(record id, MAC, address)] of the VNI's gateway router's host address here, if it has one:
+    what reconcile counts among this host's own, so no other record takes its entries."""
+    ip = st.router_ip(vni)
+    return [(router_id(vni, ag.me), gateway.host_mac(ip), ip)] if ip else []
+
+
 def register(ag, vnis=None) -> None:
     """Each gateway here (of vnis: all if None) given its registered host address; errors are
-    logged, and the next sweep tries again."""
+    logged (once each: the sweep tries again every tick), and the next sweep tries again."""
     st = ag.node.require_up(shared=True)
     for vni in sorted(set(st.gateways) if vnis is None else set(vnis) & set(st.gateways)):
         try:
             _one(ag, vni, st.router_ips.get(vni))
+            _said.pop(vni, None)
         except DataplaneError as e:
-            log.error("gateway of VNI %d: cannot register this host's address on its network: %s", vni, e)
+            if _said.get(vni) != str(e):
+                _said[vni] = str(e)
+                log.error("gateway of VNI %d: cannot register this host's address on its network: %s", vni, e)
+
+
+_said: dict[int, str] = {}     # vni -> the error last logged for it
 
 
 def _one(ag, vni: int, had: str | None) -> None:
     rid = router_id(vni, ag.me)
-    with ag.lock:
-        rec = ag.view.endpoints.get(rid)
-        net = ag.view.network_of_vni(vni)
-    if net is None:
-        return
-    if rec is not None and (rec.host != ag.me or rec.network != net.name):
-        raise Conflict(f"the registry's endpoint {rid} is on host {rec.host}, network {rec.network}: not this "
-                       f"host's router; remove it (`dataplane endpoint rm {rid}`) and it is made again")
-    if rec is None:
-        with inflight.working_on(ag, rid), inflight.network_lock(ag, net.name):
-            try:           # the address it had, if still free: connections masqueraded to it live on
-                rec = ag.reg.endpoint_create(rid, net.name, ag.me, ip=had)
-            except (Conflict, UsageError):
-                if had is None:
-                    raise
-                rec = ag.reg.endpoint_create(rid, net.name, ag.me)
-            wrote(ag, rid, rec)
+    with inflight.working_on(ag, rid):         # one registration at a time (the sweep, a runtime's call)
+        with ag.lock:
+            rec = ag.view.endpoints.get(rid)
+            net = ag.view.network_of_vni(vni)
+            free = _from_the_top(ag.view, net, had) if net is not None and rec is None else []
+        if net is None:
+            return
+        if rec is not None and (rec.host != ag.me or rec.network != net.name or rec.mac != gateway.host_mac(rec.ip)):
+            raise Conflict(f"the registry's endpoint {rid} (host {rec.host}, network {rec.network}, MAC {rec.mac}) "
+                           f"is not this host's router's; remove it (`dataplane endpoint rm {rid}`) and it is "
+                           "made again")
+        if rec is None:
+            rec = _create(ag, rid, net, free)
     if rec.ip != had:
         with ag.lock:
             if gateway.set_address(ag.node, vni, rec.ip):
                 log.info("gateway of VNI %d: this host's address on %s is %s", vni, net.name, rec.ip)
+
+
+TRIES = 8
+
+
+def _from_the_top(view, net, had: str | None) -> list[str]:
+    """Up to TRIES addresses of net to try, highest first (the one it had first): free as the view
+    has them (the registry has the last word). From the top, away from where the registry's
+    allocation starts and a CNI host-local range most likely is."""
+    out = [had] if had else []
+    reserved, n = net.reserved(), net.net
+    for i in range(int(n.broadcast_address) - 1, int(n.network_address), -1):
+        ip = str(ipaddress.IPv4Address(i))
+        if len(out) >= TRIES:
+            break
+        if ip not in reserved and f"{net.name}/{ip}" not in view.ipam and ip not in out:
+            out.append(ip)
+    return out
+
+
+def _create(ag, rid: str, net, free: list[str]):
+    with inflight.network_lock(ag, net.name):
+        for ip in free:
+            try:
+                return wrote(ag, rid, ag.reg.endpoint_create(rid, net.name, ag.me, ip=ip))
+            except (Conflict, UsageError):
+                continue        # taken since the view's claims, or the network made again meanwhile
+        return wrote(ag, rid, ag.reg.endpoint_create(rid, net.name, ag.me))     # the registry's pick

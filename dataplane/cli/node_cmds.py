@@ -211,9 +211,10 @@ def register(sub) -> None:
     a.set_defaults(func=cmd_agent_status)
 
 
-def _list_parser(sub, what: str, fn) -> None:
-    """`list` with `ls` as its alias, everywhere."""
+def _list_parser(sub, what: str, fn):
+    """`list` with `ls` as its alias, everywhere; the parser."""
     ls = sub.add_parser("list", aliases=["ls"], help=what)
     add_vni_filter(ls)
     add_output(ls)
     ls.set_defaults(func=fn)
+    return ls

@@ -12,6 +12,7 @@ from dataplane.core.errors import UsageError
 from dataplane.node import endpoints
 from dataplane import registry
 from dataplane.registry import etcd_access, etcd_auth
+from dataplane.registry.records import router_id
 
 
 def cmd_endpoint_add(args):
@@ -56,6 +57,8 @@ def cmd_endpoint_list(args):
         n = node_of(args)
         rows = [{"id": e["name"], "network": None, "vni": e["vni"], "host": n.name, "ip": e["ip"], "mac": e["mac"],
                  "alive": True, "local": True} for e in endpoints.listing(n)]
+    if not args.routers:          # the gateways' own addresses (agent/routers.py) only when asked
+        rows = [r for r in rows if not r.get("router")]
     emit(args, by_vni(args, rows), ENDPOINT_COLUMNS)
 
 
@@ -77,8 +80,10 @@ def cmd_network_list(args):
     with control.opened(args.registry, node_of(args)) as reg:
         snap = reg.snapshot()
     count = {}
+    vnis = {n.name: n.vni for n in snap.networks.values()}
     for e in snap.endpoints.values():
-        count[e.network] = count.get(e.network, 0) + 1
+        if e.id != router_id(vnis.get(e.network), e.host):     # a gateway's own address is no endpoint
+            count[e.network] = count.get(e.network, 0) + 1
     rows = [{**n.to_dict(), "endpoints": count.get(n.name, 0)} for n in sorted(snap.networks.values(), key=lambda n: n.vni)]
     emit(args, rows, ["name", "vni", "subnet", "gateway", "mtu", "port", "endpoints"])
 
@@ -126,7 +131,9 @@ def register(sub) -> None:
     mv.add_argument("name", help="the endpoint to move here")
     add_output(mv)
     mv.set_defaults(func=cmd_endpoint_move)
-    _list_parser(ep, "every endpoint (with a registry: of the whole cluster)", cmd_endpoint_list)
+    ls = _list_parser(ep, "every endpoint (with a registry: of the whole cluster)", cmd_endpoint_list)
+    ls.add_argument("--routers", action="store_true",
+                    help="also each host's gateway router's own address in a network (dpgw.<VNI>.<host>)")
 
     net = sub.add_parser("network", help="registry networks (one VNI and subnet each)").add_subparsers(
         dest="sub", required=True)

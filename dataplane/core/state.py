@@ -125,8 +125,11 @@ class NodeState:
     restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
     gateways: dict[int, Gateway] = field(default_factory=dict)          # vni -> its way out (egress)
     # vni -> the host's own address in the subnet, on the gateway's router (node/gateway.py). Here,
-    # not in Gateway: an older version makes a Gateway of exactly the fields it knows.
+    # not in Gateway: an older version makes a Gateway of exactly the fields it knows. Put on the
+    # router only while router_alias says the attached programs handle its MAC (DP_LOCAL_ALIAS):
+    # this version's `up` loaded them (an agent restarted after an upgrade runs over the old ones).
     router_ips: dict[int, str] = field(default_factory=dict)
+    router_alias: bool = False
     # How `up` attached the programs: "tcx", or "tc" (a cls_bpf filter) on a node an older version
     # brought up, whose pinned programs still end a consumed frame with TC_ACT_STOLEN: a new
     # agent attaching those at tcx would hand such frames to the host stack (kernel/tcx.py).
@@ -140,6 +143,10 @@ class NodeState:
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
         """The VNI's endpoints that exist in full (not those being created)."""
         return [e for e in self.endpoints.values() if e.vni == vni and e.phase == "ready"]
+
+    def router_ip(self, vni: int) -> str | None:
+        """The host address the VNI's gateway router holds here, if any (router_ips)."""
+        return self.router_ips.get(vni) if self.router_alias and vni in self.gateways else None
 
     @classmethod
     def from_json(cls, d: dict) -> NodeState:
@@ -155,7 +162,7 @@ class NodeState:
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
             restore_forwarding=d.get("restore_forwarding"),
             gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()},
-            router_ips=ints(d.get("router_ips")), hook=d.get("hook", "tc"),
+            router_ips=ints(d.get("router_ips")), router_alias=d.get("router_alias", False), hook=d.get("hook", "tc"),
             rx_gro=d.get("rx_gro", ""), tunnel_gso_swept=d.get("tunnel_gso_swept", False))
 
 

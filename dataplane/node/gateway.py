@@ -107,7 +107,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
         netlink.sysctl(ns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
     _router_sysctls(ns, gw)
     netlink.link_up(ns, gw.router, gw.ip, prefixlen)
-    _address(ns, gw, st.router_ips.get(gw.vni))
+    _address(ns, gw, st.router_ip(gw.vni))
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
     return said
@@ -139,7 +139,7 @@ def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
     local (fdb.py's maps, written there): DP_LOCAL_ROUTER makes frames leave by the port. The
     port's address is the one the router's ARP names: the host's where it has one."""
     net = st.networks[gw.vni]
-    host_ip = st.router_ips.get(gw.vni)
+    host_ip = st.router_ip(gw.vni)
     endpoints.write_port(m, gw.ifindex, gw.vni, host_ip or gw.ip, gw.mac, net.slot, net.mtu, ROUTER_FLAG)
     fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
     if host_ip:
@@ -154,7 +154,8 @@ def host_mac(ip: str) -> str:
 
 def set_address(node: Node, vni: int, ip: str | None) -> bool:
     """The host's own address on the VNI's router (the agent's registry record of it), or none;
-    False if the VNI has no gateway here."""
+    False if the VNI has no gateway here. On the router only over programs that handle its MAC
+    (NodeState.router_alias); over older ones the router is put back as they expect."""
     with node.changing() as (st, m):
         gw = st.gateways.get(vni)
         if gw is None:
@@ -163,10 +164,10 @@ def set_address(node: Node, vni: int, ip: str | None) -> bool:
         old = st.router_ips.pop(vni, None)
         if ip:
             st.router_ips[vni] = ip
-        if old and old != ip:
+        if old and old != st.router_ip(vni):
             fdb.local_drop(m, vni, host_mac(old), old)
         if gw.ifindex:
-            _address(node.netns, gw, ip)
+            _address(node.netns, gw, st.router_ip(vni))
             write_entries(m, st, gw)
         return True
 
@@ -222,7 +223,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
             _router_sysctls(node.netns, gw)     # (one an older version made lacks arp_announce)
-            _address(node.netns, gw, st.router_ips.get(vni))
+            _address(node.netns, gw, st.router_ip(vni))
             write_entries(m, st, gw)
     # Every gateway's rules as they should be: what a flush took, an older version's layout (moved
     # into our chains), rules of a VNI with no gateway here (a removal that failed part-way left

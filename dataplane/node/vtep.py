@@ -122,6 +122,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             else:
                 fpconfig.config_back(node, st, had_xdp)
             raise
+        st.router_alias = True              # these programs are attached now (NodeState.router_ips)
         state.save(st)
         return st
 

@@ -397,3 +397,23 @@ def test_ipmasq_reaches_the_world_and_portmap_publishes_a_port(rt):
     ok(rt.run(1, "del", c, "ctr-eg1", conflist=path, caps=caps))
     rules = netlink.ns_exec(H[1], ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert "8080" not in rules, "portmap's DEL took its rules back"
+
+
+def test_a_host_local_range_from_the_bottom_keeps_its_first_address(rt):
+    """host-local's default range starts at the subnet's second address. The first ipMasq
+    container on a host makes its gateway, whose router registers an address of its own
+    (agent/routers.py): taken lowest-first, that was the one host-local had just given the
+    container, and the ADD failed on the clash. Routers take theirs from the top."""
+    conf = rt.conf(2, ipMasq=True)
+    conf["ipam"] = {"type": "host-local", "dataDir": os.path.join(rt.work, "ipam-bottom"),
+                    "ranges": [[{"subnet": SUBNET, "rangeStart": "10.1.0.2", "rangeEnd": "10.1.0.9"}]]}
+    c = rt.container("bottom1")
+    code, res = rt.plugin(conf, {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr-bottom1", "CNI_NETNS": c,
+                                 "CNI_IFNAME": "eth0"})
+    try:
+        assert code == 0 and res["ips"][0]["address"] == "10.1.0.2/24", res
+        assert ns_ping(c, lab.WORLD_IP), "the container reaches the world"
+        routers = [e for e in api.call(H[2], "endpoint_list") if e["router"]]
+        assert [e["ip"] for e in routers if e["host"] == "h2"] == ["10.1.0.254"], routers
+    finally:
+        rt.plugin(conf, {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "ctr-bottom1", "CNI_NETNS": c, "CNI_IFNAME": "eth0"})

@@ -106,16 +106,19 @@ def test_the_gateway_comes_back_after_a_crash_and_goes_with_its_vni(info):
     process.spawn(H1, H1, lab.registry_url("sqlite", host="h1"), "h1", 10, quiet=True)
     assert {router, port} <= set(netlink.link_names(H1)), "the agent's start-up sweep made it again"
     assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2
+    assert _host_address(H1) in netlink.link_info(H1, router)["ipv4"], "its host address with it"
 
     url = lab.registry_url("sqlite")
     dp("network", "create", "brief", "--vni", "301", "--subnet", "10.31.0.0/24", "--registry", url)
     dp("--netns", H1, "endpoint", "add", "dpl-brief", "--network", "brief")
     assert f"dpgp{301:06x}" in netlink.link_names(H1)
+    assert "dpgw.301.h1" in {e["id"] for e in dp_json("--netns", H1, "endpoint", "list", "--routers")}, "at once"
     dp("--netns", H1, "endpoint", "rm", "dpl-brief")
-    dp("network", "rm", "brief", "--registry", url)
+    dp("network", "rm", "brief", "--registry", url)        # the router's record does not hold it
     assert wait_for(lambda: 301 not in Node(H1).require_up().networks, timeout=15)
     assert f"dpgp{301:06x}" not in netlink.link_names(H1), "the gateway went with its VNI"
-    assert 301 not in Node(H1).require_up().gateways
+    assert 301 not in Node(H1).require_up().gateways and 301 not in Node(H1).require_up().router_ips
+    assert not [e for e in dp_json("--netns", H1, "endpoint", "list", "--routers") if e["id"].startswith("dpgw.301")]
     rules = netlink.ns_exec(H1, ["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert "vni 301" not in rules and "vni 256" in rules, rules
 
@@ -290,7 +293,8 @@ def _host_address(ns: str) -> str:
     host = "h1" if ns == H1 else "h2"
 
     def registered():
-        return {e["id"]: e["ip"] for e in dp_json("--netns", ns, "endpoint", "list")}.get(f"dpgw.256.{host}")
+        listed = dp_json("--netns", ns, "endpoint", "list", "--routers")
+        return {e["id"]: e["ip"] for e in listed}.get(f"dpgw.256.{host}")
     assert wait_for(lambda: registered() and Node(ns).require_up().router_ips.get(256) == registered(),
                     TICK_S * 3, 0.2), f"{host}'s router address registered and on its router"
     return registered()

@@ -23,7 +23,7 @@ from tests.unit.test_view_ahead import Agent
 def test_a_host_a_lookup_brings_back_has_all_its_entries_installed(tmp_path, monkeypatch):
     ag = Agent(f"sqlite://{tmp_path}/r.db", "h1")
     st = SimpleNamespace(networks={}, config=SimpleNamespace(port=4789), registry_peers={}, endpoints={}, gateways={},
-                         local_endpoints=lambda v: [])
+                         local_endpoints=lambda v: [], router_ip=lambda v: None)
     ag.node = SimpleNamespace(require_up=lambda shared=False: st, netns=None)
     ag._routed = {"198.18.0.2": True, "198.18.0.1": True}
     ag.remote = RemoteTable(FakeMaps(), set())

@@ -23,8 +23,9 @@ class Agent:
         for name, ip in (("h1", "198.18.0.1"), ("h2", "198.18.0.2")):
             self.reg.host_register(Host.make(name, ip), self.reg.kv.lease_grant(60))
         self.sandboxes: dict = {}
+        self.gateways: dict = {}
         self.node = SimpleNamespace(
-            require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes, gateways={}))
+            require_up=lambda shared=False: SimpleNamespace(endpoints=self.sandboxes, gateways=self.gateways))
         self.view = RegistryView()
         self.lock = threading.RLock()
         self.moving: set[str] = set()
@@ -43,6 +44,26 @@ class Agent:
 
     def in_registry(self) -> set[str]:
         return {e.id for e in self.reg.endpoints()}
+
+
+def test_a_gateways_host_address_is_ours_while_the_gateway_lives(tmp_path):
+    """The record dpgw.<VNI>.<host> of a gateway's host address (agent/routers.py) has no
+    sandbox: it stays while this host has the gateway (at a sync's full scan, and when the
+    sweep notes it), and goes once the gateway has gone (the VNI left this host)."""
+    ag = Agent(f"sqlite://{tmp_path}/registry.db")
+    try:
+        ag.gateways[256] = object()
+        router = ag.create("dpgw.256.h1", "h1")
+        ag.create("dpgw.256.h2", "h2")
+        local.drop_orphans(ag)                       # after a sync: all of them
+        local.endpoint_changed(ag, "dpgw.256.h1", router, ag.sandboxes)
+        local.drop_orphans(ag)
+        assert ag.in_registry() == {"dpgw.256.h1", "dpgw.256.h2"}
+        del ag.gateways[256]
+        local.drop_orphans(ag)                       # gone from what is ours since the last sweep
+        assert ag.in_registry() == {"dpgw.256.h2"}
+    finally:
+        ag.reg.close()
 
 
 def test_a_sync_scans_every_record_then_only_what_events_wrote(tmp_path):

@@ -52,12 +52,6 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 			return DP_CONSUMED;
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
 	}
-	if (ep->flags & DP_EP_ROUTER) {
-		int ret = router_leave(skb, ep);
-
-		if (ret)
-			return ret;
-	}
 	return encap_unicast(skb, cfg, ep, vtep, is_ip);
 }
 
@@ -110,6 +104,11 @@ static __always_inline int handle_from_endpoint(struct __sk_buff *skb, __u32 *sl
 			return ret;
 	} else {
 		return -DP_DROP_UNSUPPORTED_L3;
+	}
+	if (ep->flags & DP_EP_ROUTER) {         /* from its host address's MAC (router.h) */
+		ret = router_leave(skb, ep, !is_ip);
+		if (ret)
+			return ret;
 	}
 	return l2_forward(skb, cfg, gen, fgen, ep, ifindex, is_ip);
 }

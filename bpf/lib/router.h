@@ -56,23 +56,35 @@ static __always_inline int router_take(struct __sk_buff *skb, __u32 port, __u64 
 }
 
 /*
- * router_leave: a router's frame to another host leaves from the host address's MAC, 02:42 and
- * the address (model.mac_for_ip), which the port's endpoint entry holds as its address; the
- * gateway's MAC is every host's router's, and another host that has a gateway of the network
- * takes a frame from it for one of its own (mac_conflict). A router with no host address has
- * the gateway's there, whose MAC is the one it already sends from.
+ * router_leave: a router's frames leave from the host address's MAC, 02:42 and the address
+ * (model.mac_for_ip), which the port's endpoint entry holds as its address, whatever way they
+ * go (to another host, flooded, punted): the gateway's MAC is every host's router's, and another
+ * host that has a gateway of the network takes a frame from it for one of its own
+ * (mac_conflict). An ARP's sender MAC goes with it (the router's requests name the host
+ * address, and a sender pair that contradicts dp_neigh is arp_spoof). Nothing for a router
+ * with no host address: its entry has the gateway's, whose MAC the router already sends from.
  */
-static __always_inline int router_leave(struct __sk_buff *skb, const struct dp_endpoint *ep)
+static __always_inline int router_leave(struct __sk_buff *skb, const struct dp_endpoint *ep, int is_arp)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+	__u32 tail;
 
+	__builtin_memcpy(&tail, &ep->mac[2], 4);
+	if (ep->mac[0] == 0x02 && ep->mac[1] == 0x42 && tail == ep->ip)
+		return 0;
 	if ((void *)(eth + 1) > end)
 		return -DP_DROP_TRUNCATED;
 	eth->h_source[0] = 0x02;
 	eth->h_source[1] = 0x42;
 	__builtin_memcpy(&eth->h_source[2], &ep->ip, 4);
+	if (is_arp) {
+		if ((void *)(arp + 1) > end)
+			return -DP_DROP_TRUNCATED;
+		__builtin_memcpy(arp->sha, eth->h_source, ETH_ALEN);
+	}
 	return 0;
 }
 

@@ -156,7 +156,7 @@ class Ops:
             rec, ep = register_then_create(lambda: register_endpoint(ag, id, net.name, ag.me, ip=ip, mac=mac),
                                            unregister(ag, id), create)
         if way_out:
-            routers.register(ag, [net.vni])      # its gateway's host address, if it has none yet
+            routers.register(ag, net)            # its gateway's host address, if it has none yet
         return {**ep.to_dict(), "network": net.name, "host": ag.me}
 
     def gateway_ensure(self, vni: int | str) -> dict:
@@ -169,7 +169,7 @@ class Ops:
             serve(self.ag, net)
             routes = egress(self.ag, net)
         if routes:
-            routers.register(self.ag, [net.vni])
+            routers.register(self.ag, net)
         return {"vni": net.vni, "gateway": net.gateway, "routes": routes}
 
     def endpoint_rm(self, id: str) -> dict:
@@ -223,6 +223,8 @@ class Ops:
         finally:
             with ag.lock:
                 ag.moving.discard(id)
+        if not net.internal:
+            routers.register(ag, net)            # a gateway made for it here
         return {**ep.to_dict(), "network": net.name, "host": ag.me, "from": rec.host}
 
     def _undo_move(self, id) -> None:

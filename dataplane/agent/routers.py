@@ -39,13 +39,15 @@ def owned(ag, st, vni: int) -> list[tuple[str, str, str]]:
     return [(router_id(vni, ag.me), gateway.host_mac(ip), ip)] if ip else []
 
 
-def register(ag, vnis=None) -> None:
-    """Each gateway here (of vnis: all if None) given its registered host address; errors are
-    logged (once each: the sweep tries again every tick), and the next sweep tries again."""
+def register(ag, net=None) -> None:
+    """Each gateway here (net's alone if given: a registry network the caller just read) given
+    its registered host address; errors are logged (once each), and the next sweep tries again."""
     st = ag.node.require_up(shared=True)
-    for vni in sorted(set(st.gateways) if vnis is None else set(vnis) & set(st.gateways)):
+    for vni in sorted(set(st.gateways) if net is None else {net.vni} & set(st.gateways)):
+        if ag.stopping.is_set():
+            return                  # (`down`: the host's records are being withdrawn)
         try:
-            _one(ag, vni, st.router_ips.get(vni))
+            _one(ag, vni, st, net)
             _said.pop(vni, None)
         except DataplaneError as e:
             if _said.get(vni) != str(e):
@@ -56,12 +58,12 @@ def register(ag, vnis=None) -> None:
 _said: dict[int, str] = {}     # vni -> the error last logged for it
 
 
-def _one(ag, vni: int, had: str | None) -> None:
-    rid = router_id(vni, ag.me)
+def _one(ag, vni: int, st, net=None) -> None:
+    rid, had = router_id(vni, ag.me), st.router_ips.get(vni)
     with inflight.working_on(ag, rid):         # one registration at a time (the sweep, a runtime's call)
         with ag.lock:
             rec = ag.view.endpoints.get(rid)
-            net = ag.view.network_of_vni(vni)
+            net = net or ag.view.network_of_vni(vni)
             free = _from_the_top(ag.view, net, had) if net is not None and rec is None else []
         if net is None:
             return
@@ -71,7 +73,8 @@ def _one(ag, vni: int, had: str | None) -> None:
                            "made again")
         if rec is None:
             rec = _create(ag, rid, net, free)
-    if rec.ip != had:
+    # (also when held but not applied: over older programs until this version's `up` attached its own)
+    if rec.ip != had or (st.router_alias and st.router_ip(vni) != rec.ip):
         with ag.lock:
             if gateway.set_address(ag.node, vni, rec.ip):
                 log.info("gateway of VNI %d: this host's address on %s is %s", vni, net.name, rec.ip)

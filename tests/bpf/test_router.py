@@ -101,15 +101,25 @@ def test_a_frame_to_the_routers_host_address_reaches_the_router_with_its_own_mac
     assert hx.run_tc("from_endpoint", to_gateway, EP_IFINDEX)[1] == bytes(to_gateway), "the gateway's frames as ever"
 
 
-def test_a_routers_frame_to_another_host_leaves_from_its_host_addresses_mac(host_address):
+def test_a_routers_frames_leave_from_its_host_addresses_mac(host_address):
     """The gateway's MAC is every host's router's: another host with a gateway of the network
-    dropped a frame from it as its own (mac_conflict). A router with no host address has the
-    gateway's address in its port's entry, and sends from the gateway's MAC as before."""
+    dropped a frame from it as its own (mac_conflict), and an ARP of the router, which names its
+    host address, as a spoof. Whatever way the frame goes (to another host here; flooded and
+    punted copies are made from the same rewritten frame). A router with no host address has
+    the gateway's address in its port's entry, and sends from the gateway's MAC as before."""
+    hx = host_address
     frame = P.inner_ipv4(GW_MAC, REMOTE_MAC, HOST_IP, REMOTE_IP, proto="tcp")
-    ret, out = host_address.run_tc("from_endpoint", frame, GW_IFINDEX)
+    ret, out = hx.run_tc("from_endpoint", frame, GW_IFINDEX)
     assert ret == TC_ACT_REDIRECT
     inner = Ether(out)[VXLAN].payload
     assert inner.src == HOST_MAC and bytes(inner)[:6] == bytes(frame)[:6] and bytes(inner)[12:] == bytes(frame)[12:]
-    host_address.endpoint(GW_IFINDEX, GW_MAC, GW_IP, router=True)
-    ret, out = host_address.run_tc("from_endpoint", frame, GW_IFINDEX)
-    assert ret == TC_ACT_REDIRECT and Ether(out)[VXLAN].payload.src == GW_MAC
+    local = P.inner_ipv4(GW_MAC, EP_MAC, ELSEWHERE, EP_IP, proto="tcp")
+    ret, out = hx.run_tc("from_endpoint", local, GW_IFINDEX)
+    assert ret == TC_ACT_REDIRECT and Ether(out).src == HOST_MAC, "the world's reply to a sandbox here too"
+    reply = P.arp_reply(GW_MAC, HOST_IP, REMOTE_MAC, REMOTE_IP)
+    ret, out = hx.run_tc("from_endpoint", reply, GW_IFINDEX)
+    arp = Ether(out)[VXLAN].payload
+    assert ret == TC_ACT_REDIRECT and arp.src == HOST_MAC and arp["ARP"].hwsrc == HOST_MAC, arp.show(dump=True)
+    hx.endpoint(GW_IFINDEX, GW_MAC, GW_IP, router=True)
+    ret, out = hx.run_tc("from_endpoint", frame, GW_IFINDEX)
+    assert ret == TC_ACT_REDIRECT and bytes(Ether(out)[VXLAN].payload) == bytes(frame)

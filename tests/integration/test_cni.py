@@ -413,7 +413,8 @@ def test_a_host_local_range_from_the_bottom_keeps_its_first_address(rt):
     try:
         assert code == 0 and res["ips"][0]["address"] == "10.1.0.2/24", res
         assert ns_ping(c, lab.WORLD_IP), "the container reaches the world"
-        routers = [e for e in api.call(H[2], "endpoint_list") if e["router"]]
-        assert [e["ip"] for e in routers if e["host"] == "h2"] == ["10.1.0.254"], routers
+        routers = [e["ip"] for e in api.call(H[2], "endpoint_list") if e["router"]]
+        assert routers and all(int(ip.rsplit(".", 1)[1]) > 89 for ip in routers), \
+            f"above every host-local range of the module: {routers}"
     finally:
         rt.plugin(conf, {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "ctr-bottom1", "CNI_NETNS": c, "CNI_IFNAME": "eth0"})

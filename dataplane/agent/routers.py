@@ -73,8 +73,9 @@ def _one(ag, vni: int, st, net=None) -> None:
                            "made again")
         if rec is None:
             rec = _create(ag, rid, net, free)
-    # (also when held but not applied: over older programs until this version's `up` attached its own)
-    if rec.ip != had or (st.router_alias and st.router_ip(vni) != rec.ip):
+    # (held over older programs, it is applied by the sweep of the `up` that attaches this version's:
+    # gateway.repair, with NodeState.router_alias set)
+    if rec.ip != had:
         with ag.lock:
             if gateway.set_address(ag.node, vni, rec.ip):
                 log.info("gateway of VNI %d: this host's address on %s is %s", vni, net.name, rec.ip)

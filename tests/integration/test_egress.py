@@ -271,20 +271,7 @@ def test_a_node_port_reaches_a_sandbox_on_another_host(info):
 def _through_h2(info, client_ns: str, to: str) -> str:
     """client_ns connects to to:7078, which h2 DNATs to a listener of h1's sandbox on VNI 256;
     the address the listener saw the connection come from."""
-    a = sandbox(info, "h1", 256)
-    dnat = ["PREROUTING", "-d", to, "-p", "tcp", "--dport", "7078", "-j", "DNAT", "--to-destination", f"{a['ip']}:7077"]
-    netlink.ns_exec(H2, ["iptables", "-t", "nat", "-A"] + dnat, check=True)
-    srv = in_ns(a["netns"], SERVE, a["ip"])
-    try:
-        time.sleep(0.5)                         # the listener is up
-        cli = in_ns(client_ns, TRY.replace("7077", "7078"), to)
-        out, err = cli.communicate(timeout=30)
-        assert out.startswith("reached"), (out, err)
-        return out.split()[1]
-    finally:
-        netlink.ns_exec(H2, ["iptables", "-t", "nat", "-D"] + dnat, capture_output=True)
-        srv.kill()
-        srv.communicate()
+    return _dnat_reach(sandbox(info, "h1", 256), H2, client_ns, to)
 
 
 def _host_address(ns: str) -> str:
@@ -345,18 +332,23 @@ def _reach_published_port(a, other) -> str:
     from the other network's sandbox through that address, as it is from anywhere: the DROP
     between routers let DNAT by (before, it dropped it, a review found; a Kubernetes ClusterIP of
     a pod in another network went the same way). The peer a's server saw is returned."""
-    dnat = ["PREROUTING", "-d", lab.vtep_ip(1), "-p", "tcp", "--dport", "7078", "-j", "DNAT",
-            "--to-destination", f"{a['ip']}:7077"]
-    netlink.ns_exec(H1, ["iptables", "-t", "nat", "-A"] + dnat, check=True)
+    return _dnat_reach(a, H1, other["netns"], lab.vtep_ip(1))
+
+
+def _dnat_reach(a, host_ns: str, client_ns: str, to: str) -> str:
+    """client_ns connects to to:7078, which host_ns DNATs to a listener of sandbox a; the
+    address the listener saw the connection come from."""
+    dnat = ["PREROUTING", "-d", to, "-p", "tcp", "--dport", "7078", "-j", "DNAT", "--to-destination", f"{a['ip']}:7077"]
+    netlink.ns_exec(host_ns, ["iptables", "-t", "nat", "-A"] + dnat, check=True)
     srv = in_ns(a["netns"], SERVE, a["ip"])
     try:
         time.sleep(0.5)                         # the listener is up
-        cli = in_ns(other["netns"], TRY.replace("7077", "7078"), lab.vtep_ip(1))
+        cli = in_ns(client_ns, TRY.replace("7077", "7078"), to)
         out, err = cli.communicate(timeout=30)
         assert out.startswith("reached"), (out, err)
         return out.split()[1]
     finally:
-        netlink.ns_exec(H1, ["iptables", "-t", "nat", "-D"] + dnat, capture_output=True)
+        netlink.ns_exec(host_ns, ["iptables", "-t", "nat", "-D"] + dnat, capture_output=True)
         srv.kill()
         srv.communicate()
 

@@ -4,6 +4,8 @@ keeping no VNI served, and taken from the top of the subnet."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from dataplane.agent import apply, routers
 from dataplane.agent.reconcile import LocalFacts, desired
 from dataplane.core.state import Gateway, NodeState
@@ -52,3 +54,54 @@ def test_a_routers_address_is_taken_from_the_top_of_the_subnet():
     assert routers._from_the_top(v, BLUE, None)[:3] == ["10.0.100.253", "10.0.100.252", "10.0.100.251"]
     assert routers._from_the_top(v, BLUE, "10.0.100.7")[:2] == ["10.0.100.7", "10.0.100.253"]
     assert len(routers._from_the_top(v, BLUE, None)) == routers.TRIES
+
+
+def _agent(tmp_path, monkeypatch, router_alias=True):
+    """test_view_ahead's agent on a real SQLite registry, with a node that has VNI 100's gateway
+    and whose set_address is recorded (the kernel side is test_egress's)."""
+    from tests.unit.test_view_ahead import Agent
+    ag = Agent(f"sqlite://{tmp_path}/registry.db", "h1")
+    net = ag.reg.network_create("blue", 100, "10.0.100.0/28")
+    st = _state(router_alias)
+    st.router_ips.clear()
+    ag.node = SimpleNamespace(require_up=lambda shared=False: st)
+    ag.applied = []
+
+    def set_address(node, vni, ip):
+        ag.applied.append((vni, ip))
+        st.router_ips[vni] = ip
+        return True
+    monkeypatch.setattr(routers.gateway, "set_address", set_address)
+    return ag, net, st
+
+
+def test_a_gateway_gets_the_highest_free_address_and_keeps_it(tmp_path, monkeypatch):
+    ag, net, st = _agent(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_create("web", "blue", "h2", ip="10.0.100.14")     # the top one is taken
+        ag.view.load(ag.reg.snapshot())
+        routers.register(ag, net)
+        assert ag.applied == [(100, "10.0.100.13")]
+        assert ag.reg.endpoint(router_id(100, "h1")).mac == "02:42:0a:00:64:0d"
+        routers.register(ag)                                    # nothing to do: no second write
+        assert ag.applied == [(100, "10.0.100.13")]
+        ag.reg.endpoint_rm(router_id(100, "h1"))                # an operator's `endpoint rm`
+        ag.view.load(ag.reg.snapshot())
+        routers.register(ag)
+        assert ag.reg.endpoint(router_id(100, "h1")).ip == "10.0.100.13", "the address it had, again"
+    finally:
+        ag.reg.close()
+
+
+def test_a_record_of_that_name_that_is_not_ours_is_refused_once(tmp_path, monkeypatch, caplog):
+    ag, net, st = _agent(tmp_path, monkeypatch)
+    try:
+        ag.reg.endpoint_create(router_id(100, "h1"), "blue", "h2")    # somebody else's, under our name
+        ag.view.load(ag.reg.snapshot())
+        routers.register(ag)
+        routers.register(ag)
+        assert ag.applied == [] and st.router_ips == {}
+        said = [r.message for r in caplog.records if "not this host's router's" in r.message]
+        assert len(said) == 1, said
+    finally:
+        ag.reg.close()

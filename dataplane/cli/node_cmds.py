@@ -34,7 +34,8 @@ def cmd_up(args):
     node = node_of(args)
     if args.restore:
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None if a in ("peer_check", "rx_gro", "vxlan_guard", *choices.METER_FIELDS)
+                 if (getattr(args, a) is not None
+                     if a in ("peer_check", "rx_gro", "vxlan_guard", "xdp_guard", *choices.METER_FIELDS)
                      else getattr(args, a))]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration (but --underlay and --local-ip, "
@@ -134,7 +135,9 @@ def register(sub) -> None:
     up.add_argument("--peer-check", action=argparse.BooleanOptionalAction, default=None,
                     help="decapsulate only from the VTEPs the registry (or --peer) lists for the VNI: on by default; "
                          "--no-peer-check accepts VXLAN from anyone (either way on a running node)")
-    up.add_argument("--xdp-guard", action="store_true", help="attach the XDP guard to the uplink")
+    up.add_argument("--xdp-guard", action=argparse.BooleanOptionalAction, default=None,
+                    help="attach the XDP guard to the uplink (default: off; --no-xdp-guard detaches it; either "
+                         "way on a running node, and kept by later `up`s)")
     up.add_argument("--rx-gro", action=argparse.BooleanOptionalAction, default=None,
                     help="hold the VXLAN port with dpgro0, a vxlan device that receives nothing, so that the "
                          "uplink's GRO merges frames from other hosts (default: on; docs/DESIGN.md 'Receive GRO')")

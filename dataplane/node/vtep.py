@@ -18,7 +18,7 @@ _S = abi.load().structs
 
 
 def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, peer_ips=(),
-       peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard=False, fdb_age=None,
+       peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard: bool | None = None, fdb_age=None,
        vxlan_guard: bool | None = None,
        map_sizes=None, quiet=False,
        meters: dict | None = None, metrics_address: str | None = None,
@@ -104,7 +104,9 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             cfg.rx_gro = bool(rx_gro)
         if vxlan_guard is not None:         # either way on a running node
             cfg.vxlan_guard = bool(vxlan_guard)
-        cfg.xdp_guard = xdp_guard or cfg.xdp_guard
+        drop_xdp = bool(old) and cfg.xdp_guard and xdp_guard is not None and not xdp_guard
+        if xdp_guard is not None:           # either way on a running node
+            cfg.xdp_guard = bool(xdp_guard)
         cfg.fdb_age_s = fdb_age or cfg.fdb_age_s
         for field, value in meters.items():     # either way on a running node
             setattr(cfg, field, value)
@@ -122,6 +124,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             else:
                 fpconfig.config_back(node, st, had_xdp)
             raise
+        if drop_xdp:                        # ours (the saved state had it on): after the rest went in
+            netlink.xdp_detach(node.netns, st.uplink.ifindex)
         st.router_alias = True              # these programs are attached now (NodeState.router_ips)
         state.save(st)
         return st

@@ -165,6 +165,26 @@ def test_a_failed_rerun_of_up_puts_back_receive_gro_and_the_xdp_guard(host, monk
     dp("--netns", host, "down")
 
 
+def test_the_xdp_guard_can_be_turned_off_on_a_running_node(host):
+    """`up --xdp-guard` was for good: a later `up` kept it, and no flag took it off short of
+    `down` (which takes the node's endpoints with it). --no-xdp-guard detaches it on a running
+    node, as --no-vxlan-guard and --no-rx-gro do theirs; the boot file keeps the choice."""
+    from dataplane.core import state
+    args = ["--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--no-registry"]
+    uplink = netlink.link_index(host, "ul0")
+    dp(*args, "--xdp-guard")
+    dp(*args)
+    assert netlink.xdp_attached(host, uplink) and Node(host).require_up().config.xdp_guard, "kept by a later up"
+    dp(*args, "--no-xdp-guard")
+    assert not netlink.xdp_attached(host, uplink), "detached"
+    assert not Node(host).require_up().config.xdp_guard and state.load_boot(host)["xdp_guard"] is False
+    dp(*args, "--xdp-guard")
+    assert netlink.xdp_attached(host, uplink), "and back"
+    r = dp("--netns", host, "up", "--restore", "--no-xdp-guard", check=False)
+    assert r.returncode == 2 and "--xdp-guard" in r.stderr, r.stderr
+    dp("--netns", host, "down")
+
+
 def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
     """`up --overlay-storm-rate COPIES` (the per-network budget for floods from the underlay) on a
     running node: in dp_config at once, in status, kept by later `up`s and at boot; 0 turns it

@@ -10,11 +10,11 @@ import os
 import time
 from contextlib import contextmanager
 
-from dataplane.agent import process
+from dataplane.agent import client, process
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
-from dataplane.core.notice import notice
+from dataplane.core.notice import after, notice
 from dataplane.core.state import NodeState
 from dataplane.kernel import netlink
 from dataplane.node import Node, choices, monitor, peers, require_root, vtep
@@ -34,11 +34,13 @@ def opened(url: str | None, node: Node | None = None):
     if not url:
         st = node.state() if node else None
         url = (st.registry if st else None) or registry.DEFAULT_URL
-    reg = registry.open_registry(url)
-    try:
-        yield reg
-    finally:
-        reg.close()
+    # A registry that does not answer (a black-holed member) took seconds to say so, silently.
+    with after(client.PROGRESS_AFTER_S, f"waiting for the registry at {url}"):
+        reg = registry.open_registry(url)
+        try:
+            yield reg
+        finally:
+            reg.close()
 
 
 def registry_mode(node: Node, url: str | None, no_registry: bool) -> str | None:

@@ -185,6 +185,18 @@ def test_the_xdp_guard_can_be_turned_off_on_a_running_node(host):
     dp("--netns", host, "down")
 
 
+def test_a_registry_command_waiting_on_an_unanswering_registry_says_so(host):
+    """A registry member that does not answer (black-holed: here routed to the uplink's peer,
+    which forwards nothing) took `network create` 6 s to report, `network list` 20, silently; the
+    project's rule is a progress line on anything that takes more than a second."""
+    subprocess.run(["ip", "-n", host, "route", "add", "10.77.0.0/24", "via", "198.18.1.2"], check=True)
+    r = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "dataplane.cli", "network", "create", "x",
+                        "--vni", "77", "--registry", "etcd://10.77.0.2:2379"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "unreachable" in r.stderr, r.stderr
+    assert "dataplane: waiting for the registry at etcd://10.77.0.2:2379" in r.stderr.splitlines()[0], r.stderr
+
+
 def test_the_overlay_storm_rate_is_set_shown_kept_and_checked(host):
     """`up --overlay-storm-rate COPIES` (the per-network budget for floods from the underlay) on a
     running node: in dp_config at once, in status, kept by later `up`s and at boot; 0 turns it

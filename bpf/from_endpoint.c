@@ -27,7 +27,7 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 	mac_copy(k.mac, eth->h_dest);
 	oif = local_port(&k, gen);
 	if (oif) {
-		__u32 to = oif & ~(DP_LOCAL_ROUTER | DP_LOCAL_ALIAS);
+		__u32 to = local_port_ifindex(oif);
 		int ret;
 
 		if (to == ifindex)

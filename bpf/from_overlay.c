@@ -24,14 +24,14 @@ static __always_inline int deliver_inner(struct __sk_buff *skb, const struct dp_
 	if ((oif & DP_LOCAL_ROUTER) && inner_is_ip && vxlan_via_router(skb, cfg))
 		return -DP_DROP_TUNNEL_VIA_GATEWAY;  /* a peer's VXLAN, relayed from this host's address */
 	if (oif & DP_LOCAL_ALIAS) {          /* to the router's host address (router.h) */
-		int ret = router_take(skb, oif & ~(DP_LOCAL_ROUTER | DP_LOCAL_ALIAS), gen);
+		int ret = router_take(skb, local_port_ifindex(oif), gen);
 
 		if (ret)
 			return ret;
 	}
 	STAT_ADD(slot, rx_packets, rx_bytes, vx->inner_len);
 	if (oif & DP_LOCAL_ROUTER)           /* a gateway port: out of it, to its peer beside it */
-		return bpf_redirect(oif & ~(DP_LOCAL_ROUTER | DP_LOCAL_ALIAS), 0);
+		return bpf_redirect(local_port_ifindex(oif), 0);
 	/* Non-IP frames go through the veth so the sandbox re-parses skb->protocol. */
 	return inner_is_ip ? bpf_redirect_peer(oif, 0) : bpf_redirect(oif, 0);
 }

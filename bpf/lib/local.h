@@ -84,6 +84,12 @@ static __always_inline int mac_key_eq(const struct dp_mac_key *a, const struct d
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
 }
 
+/* A dp_local_macs value's interface, without its flags (DP_LOCAL_ROUTER, DP_LOCAL_ALIAS). */
+static __always_inline __u32 local_port_ifindex(__u32 oif)
+{
+	return oif & ~(DP_LOCAL_ROUTER | DP_LOCAL_ALIAS);
+}
+
 /* dp_local_macs[k], or 0 for a MAC that is no local endpoint's */
 static __always_inline __u32 local_port(const struct dp_mac_key *k, __u64 gen)
 {

@@ -52,4 +52,5 @@ def apply_patches(node: Node, remote: RemoteTable, patches: dict, st) -> dict[in
 def own_ips(st, vni: int) -> frozenset[str]:
     """The VNI's addresses whose neighbour entries are this node's own: its endpoints' and its
     gateway router's host address (a remote record's removal must not take one of those)."""
-    return frozenset([e.ip for e in st.local_endpoints(vni)] + ([st.router_ip(vni)] if st.router_ip(vni) else []))
+    router = st.router_ip(vni)
+    return frozenset([e.ip for e in st.local_endpoints(vni)] + ([router] if router else []))

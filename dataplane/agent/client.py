@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 
 from dataplane.core import errors, state
 from dataplane.core.errors import DataplaneError, NotFound
-from dataplane.core.notice import notice
+from dataplane.core.notice import after
 
 # A command of the CLI says it is waiting after this long (cli/main.py sets it; the runtimes' plugins
 # do not): an agent that waits on an unreachable registry took up to the timeout, silently.
@@ -38,17 +37,21 @@ def socket_path(node: str) -> str:
 
 def call(node: str, op: str, timeout: float = 60.0, **args):
     """One request to the node's agent; raises the DataplaneError it reported."""
+    with after(PROGRESS_AFTER_S, f"waiting for the agent of node {node} to answer {op!r} (up to {timeout:g} s; "
+                                 "it may be waiting on the registry)"):
+        reply = _exchange(node, op, timeout, args)
+    if reply.get("ok"):
+        return reply.get("result")
+    cls = errors.TryAgain if reply.get("transient") else _BY_CODE.get(reply.get("code"), DataplaneError)
+    raise cls(reply.get("error", "agent error"))
+
+
+def _exchange(node: str, op: str, timeout: float, args: dict) -> dict:
+    """call()'s request and the agent's reply (an object), or the error the exchange met."""
     path = socket_path(node)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     sent = False
-    waiting = None
-    if PROGRESS_AFTER_S is not None:
-        said = f"waiting for the agent of node {node} to answer {op!r} (up to {timeout:g} s; it may be waiting " \
-               "on the registry)"
-        waiting = threading.Timer(PROGRESS_AFTER_S, notice, (said,))
-        waiting.daemon = True
-        waiting.start()
     try:
         try:
             s.connect(path)
@@ -79,9 +82,4 @@ def call(node: str, op: str, timeout: float = 60.0, **args):
         raise errors.KernelError(f"the agent of node {node} answered {op!r} with a broken reply") from None
     finally:
         s.close()
-        if waiting is not None:
-            waiting.cancel()
-    if reply.get("ok"):
-        return reply.get("result")
-    cls = errors.TryAgain if reply.get("transient") else _BY_CODE.get(reply.get("code"), DataplaneError)
-    raise cls(reply.get("error", "agent error"))
+    return reply

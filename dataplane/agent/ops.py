@@ -16,7 +16,7 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.node import endpoints, gateway, networks, peers
 from dataplane.registry import Unavailable
-from dataplane.registry.records import ROUTER_PREFIX, router_id
+from dataplane.registry.records import ROUTER_PREFIX, is_router
 
 STATUS_LOCK_WAIT_S = 2.0
 
@@ -195,7 +195,7 @@ class Ops:
         if rec.host == ag.me:
             raise Conflict(f"endpoint {id} is on this host already")
         net = ag.reg.network(rec.network)
-        if id == router_id(net.vni, rec.host):
+        if is_router(rec, net.vni):
             raise UsageError(f"endpoint {id} is host {rec.host}'s gateway router's own address: it does not move")
 
         def create(_marked):
@@ -262,7 +262,7 @@ class Ops:
             nets = {n.name: n.vni for n in ag.view.networks.values()}
             eps, hosts = list(ag.view.endpoints.values()), set(ag.view.hosts)
         return [{**e.to_dict(), "vni": nets.get(e.network), "local": e.host == ag.me, "alive": e.host in hosts,
-                 "router": e.id == router_id(nets.get(e.network), e.host)} for e in sorted(eps, key=lambda e: e.id)]
+                 "router": is_router(e, nets.get(e.network))} for e in sorted(eps, key=lambda e: e.id)]
 
     def peer_list(self) -> list[dict]:
         return peers.listing(self.ag.node.require_up())

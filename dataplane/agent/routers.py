@@ -20,6 +20,7 @@ import logging
 
 from dataplane.agent import inflight
 from dataplane.agent.rewrite import wrote
+from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, UsageError
 from dataplane.node import gateway
 from dataplane.registry.records import router_id
@@ -36,7 +37,7 @@ def owned(ag, st, vni: int) -> list[tuple[str, str, str]]:
     """[(record id, MAC, address)] of the VNI's gateway router's host address here, if it has one:
     what reconcile counts among this host's own, so no other record takes its entries."""
     ip = st.router_ip(vni)
-    return [(router_id(vni, ag.me), gateway.host_mac(ip), ip)] if ip else []
+    return [(router_id(vni, ag.me), model.mac_for_ip(ip), ip)] if ip else []
 
 
 def register(ag, net=None) -> None:
@@ -67,7 +68,7 @@ def _one(ag, vni: int, st, net=None) -> None:
             free = _from_the_top(ag.view, net, had) if net is not None and rec is None else []
         if net is None:
             return
-        if rec is not None and (rec.host != ag.me or rec.network != net.name or rec.mac != gateway.host_mac(rec.ip)):
+        if rec is not None and (rec.host != ag.me or rec.network != net.name or rec.mac != model.mac_for_ip(rec.ip)):
             raise Conflict(f"the registry's endpoint {rid} (host {rec.host}, network {rec.network}, MAC {rec.mac}) "
                            f"is not this host's router's; remove it (`dataplane endpoint rm {rid}`) and it is "
                            "made again")

@@ -20,7 +20,7 @@ from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
 from dataplane.kernel import netlink, tcx
 from dataplane.node import endpoints, networks
-from dataplane.registry.records import parse_mtu, router_id
+from dataplane.registry.records import is_router, parse_mtu
 
 # VNIs the agent hands out when a runtime names none (Docker's overlay starts at 4096 too).
 AUTO_VNI_FIRST = 4096
@@ -117,7 +117,7 @@ class RuntimeOps:
             # This host's runtime is done with the network: its reservations there go (Docker
             # releases aux addresses only after DeleteNetwork). Another host's keep it in use.
             self.ag.reg.reservations_drop(net.name, self.ag.me)
-            users = [e for e in self.ag.reg.endpoints(network=net.name) if e.id != router_id(vni, e.host)]
+            users = [e for e in self.ag.reg.endpoints(network=net.name) if not is_router(e, vni)]
             if users or self.ag.reg.reservations(network=net.name):         # (routers go with it)
                 return {"vni": vni, "removed": False, "in_use": True}
             try:

@@ -12,7 +12,7 @@ from dataplane.core.errors import UsageError
 from dataplane.node import endpoints
 from dataplane import registry
 from dataplane.registry import etcd_access, etcd_auth
-from dataplane.registry.records import router_id
+from dataplane.registry.records import is_router
 
 
 def cmd_endpoint_add(args):
@@ -82,7 +82,7 @@ def cmd_network_list(args):
     count = {}
     vnis = {n.name: n.vni for n in snap.networks.values()}
     for e in snap.endpoints.values():
-        if e.id != router_id(vnis.get(e.network), e.host):     # a gateway's own address is no endpoint
+        if not is_router(e, vnis.get(e.network)):     # a gateway's own address is no endpoint
             count[e.network] = count.get(e.network, 0) + 1
     rows = [{**n.to_dict(), "endpoints": count.get(n.name, 0)} for n in sorted(snap.networks.values(), key=lambda n: n.vni)]
     emit(args, rows, ["name", "vni", "subnet", "gateway", "mtu", "port", "endpoints"])

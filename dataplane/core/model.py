@@ -192,9 +192,9 @@ def default_subnet(vni: int) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"10.{(vni >> 8) & 0xFF}.{vni & 0xFF}.0/24")
 
 
-def mac_for_ip(ip: ipaddress.IPv4Address) -> str:
+def mac_for_ip(ip: ipaddress.IPv4Address | str) -> str:
     """Docker's convention: 02:42 followed by the IPv4 address (locally administered)."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 def mac_bytes(mac: str) -> bytes:

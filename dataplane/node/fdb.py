@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ipaddress
 import socket
 
 from dataplane.core import abi, model
@@ -63,8 +62,8 @@ def forget_local_strays(m: NodeMaps, st: NodeState, neigh_too: bool) -> list[str
     one is local) that no endpoint of the state holds: what a crash left."""
     ready = {(e.vni, e.mac): e.ifindex for e in st.endpoints.values() if e.phase == "ready"}
     ready |= {(g.vni, g.mac): g.ifindex | _LOCAL_ROUTER for g in st.gateways.values()}
-    ready |= {(v, model.mac_for_ip(ipaddress.IPv4Address(st.router_ip(v)))): g.ifindex | _LOCAL_ROUTER | _LOCAL_ALIAS
-              for v, g in st.gateways.items() if st.router_ip(v)}
+    ready |= {(v, model.mac_for_ip(ip)): g.ifindex | _LOCAL_ROUTER | _LOCAL_ALIAS
+              for v, g in st.gateways.items() if (ip := st.router_ip(v))}
     gone = []
     for k, v in list(m.dp_local_macs.items()):
         if ready.get((k.vni, model.mac_str(k.mac))) != v.value:
@@ -294,5 +293,5 @@ def forget_learned_vteps(maps: NodeMaps, vteps: set[str]) -> dict[str, int]:
 def local_neigh_keys(st: NodeState) -> set[tuple[int, str]]:
     """The node's own neighbour entries: its endpoints' and its gateways' (node/gateway.py)."""
     return {(e.vni, e.ip) for e in st.endpoints.values() if e.phase == "ready"} | \
-        {(g.vni, g.ip) for g in st.gateways.values()} | {(v, st.router_ip(v)) for v in st.gateways if st.router_ip(v)}
+        {(g.vni, g.ip) for g in st.gateways.values()} | {(v, ip) for v in st.gateways if (ip := st.router_ip(v))}
 

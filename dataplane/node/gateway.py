@@ -143,13 +143,7 @@ def write_entries(m: NodeMaps, st: NodeState, gw: Gateway) -> None:
     endpoints.write_port(m, gw.ifindex, gw.vni, host_ip or gw.ip, gw.mac, net.slot, net.mtu, ROUTER_FLAG)
     fdb.local_put(m, gw.vni, gw.mac, gw.ip, gw.ifindex | LOCAL_ROUTER)
     if host_ip:
-        fdb.local_put(m, gw.vni, host_mac(host_ip), host_ip, gw.ifindex | LOCAL_ROUTER | LOCAL_ALIAS)
-
-
-def host_mac(ip: str) -> str:
-    """The MAC of a router's host address: derived as an endpoint's (the registry gives the record
-    that one, and router.h derives it from the port's address)."""
-    return model.mac_for_ip(ipaddress.IPv4Address(ip))
+        fdb.local_put(m, gw.vni, model.mac_for_ip(host_ip), host_ip, gw.ifindex | LOCAL_ROUTER | LOCAL_ALIAS)
 
 
 def set_address(node: Node, vni: int, ip: str | None) -> bool:
@@ -165,7 +159,7 @@ def set_address(node: Node, vni: int, ip: str | None) -> bool:
         if ip:
             st.router_ips[vni] = ip
         if old and old != st.router_ip(vni):
-            fdb.local_drop(m, vni, host_mac(old), old)
+            fdb.local_drop(m, vni, model.mac_for_ip(old), old)
         if gw.ifindex:
             _address(node.netns, gw, st.router_ip(vni))
             write_entries(m, st, gw)
@@ -182,7 +176,7 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = N
             endpoints.forget_port(m, gw.ifindex)
         fdb.local_drop(m, gw.vni, gw.mac, gw.ip)
         if host_ip:
-            fdb.local_drop(m, gw.vni, host_mac(host_ip), host_ip)
+            fdb.local_drop(m, gw.vni, model.mac_for_ip(host_ip), host_ip)
     except NotFound:
         pass
     if not node.netns or netlink.ns_exists(node.netns):

@@ -34,6 +34,11 @@ def router_id(vni: int, host: str) -> str:
     return f"{ROUTER_PREFIX}{vni}.{host}"
 
 
+def is_router(ep, vni: int | None) -> bool:
+    """Is endpoint record ep (of the network of VNI vni) its host's gateway router's own address?"""
+    return ep.id == router_id(vni, ep.host)
+
+
 def parse_endpoint_id(value) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise UsageError(f"bad endpoint id {value!r}: use 1-64 of [A-Za-z0-9_.-], starting with a letter or digit")

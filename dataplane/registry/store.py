@@ -22,7 +22,7 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.registry.backoff import pause_or_raise
 from dataplane.registry.ipam import Endpoints, fence_key
 from dataplane.registry.kv import KV, Event, Item, Refused, Txn, Unavailable
-from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, key, router_id
+from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, is_router, key
 
 # What snapshots read, small first (the first read fixes the revision of the rest).
 MIRRORED = ("networks", "hosts", "endpoints", "macs", "ipam")
@@ -190,7 +190,7 @@ class Registry(Endpoints):
             fk = fence_key(net.name)
             fence = self.kv.get(fk)
             eps = self.endpoints(network=net.name)
-            routers = [e for e in eps if e.id == router_id(net.vni, e.host)]    # go with it
+            routers = [e for e in eps if is_router(e, net.vni)]    # go with it
             users = [e.id for e in eps if e not in routers]
             if users:
                 raise Conflict(f"network {net.name} is in use: it has {len(users)} endpoint(s), "

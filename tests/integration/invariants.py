@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataplane.core import model
 from dataplane.core.keys import ip_str
 from dataplane.kernel import netlink
-from dataplane.node import Node, gateway
+from dataplane.node import Node
 from dataplane.registry import open_registry
 from dataplane.registry.records import router_id
 from dataplane.registry.reserve import parse_reservation
@@ -72,7 +72,7 @@ def actual(ns: str) -> tuple[dict, list[str]]:
     for vni in set(nets) | set(fdb) | set(neigh):
         eps = {e.name: e.mac for e in st.local_endpoints(vni)}
         if st.router_ip(vni):             # its router's host address, registered (agent/routers.py)
-            eps[router_id(vni, st.host_name)] = gateway.host_mac(st.router_ip(vni))
+            eps[router_id(vni, st.host_name)] = model.mac_for_ip(st.router_ip(vni))
         have[vni] = {"fdb": fdb.get(vni, {}), "neigh": neigh.get(vni, {}), "flood": sorted(flood.get(vni, [])),
                      "local": eps}
         if not all((vni, mac) in local_macs for mac in eps.values()):

@@ -10,7 +10,7 @@ import os
 import time
 from contextlib import contextmanager
 
-from dataplane.agent import client, process
+from dataplane.agent import client, metrics_web, process
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
@@ -75,6 +75,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         if old and old.host_name and name != old.host_name and process.running_pid(node.name):
             raise Conflict(f"node {node.name} is host {old.host_name} in the registry and its agent runs: "
                            "`dataplane down` first to rename it")
+    metrics_web.up_checks(node, node_args)
     created, mtus = [], {}
     if url and vnis:
         mtu = choices.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
@@ -219,6 +220,7 @@ def persist(node: Node) -> None:
         "rx_gro": c.rx_gro, "vxlan_guard": c.vxlan_guard, "xdp_guard": c.xdp_guard, "fdb_age": c.fdb_age_s,
         "map_sizes": st.map_sizes,
         "meters": {f: getattr(c, f) for f in choices.METER_FIELDS}, "metrics_address": c.metrics_address,
+        "metrics_web_config": c.metrics_web_config,
         "storm": [c.storm_rate, c.storm_burst, c.overlay_storm_rate],   # what an older version's restore reads
         "registry": st.registry, "host_name": st.host_name, "lease_ttl": st.lease_ttl,
         # Without a registry the node's own VNIs and peers; with one, the registry has them.
@@ -262,7 +264,7 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
                  vxlan_guard=b.get("vxlan_guard", True),
                  xdp_guard=b["xdp_guard"], fdb_age=b["fdb_age"],
                  map_sizes=b["map_sizes"], meters=boot_meters(b), registry=b["registry"],
-                 metrics_address=b.get("metrics_address"),
+                 metrics_address=b.get("metrics_address"), metrics_web_config=b.get("metrics_web_config"),
                  host_name=b["host_name"], lease_ttl=b["lease_ttl"])
     for vni, ips in b["peers"].items():
         for ip in ips:

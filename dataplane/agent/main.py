@@ -125,7 +125,7 @@ class Agent:
             self.server = server.Server(client.socket_path(self.node.name),
                                         {**ops.Ops(self).handlers(), **RuntimeOps(self).handlers()})
             self.server.start()
-            self.metrics = metrics.serve(self, st.config.metrics_address)
+            self.metrics = metrics.serve(self, st.config.metrics_address, st.config.metrics_web_config)
         except BaseException:
             self.stopping.set()            # the lease keeper and the watcher end with us
             raise

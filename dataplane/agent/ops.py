@@ -277,7 +277,8 @@ def _metrics(ag) -> dict:
     """The address /metrics is served on as configured, and why not (once Agent.run began serving)."""
     if not hasattr(ag, "metrics"):
         return {}
-    return {"metrics_served": ag.metrics.asked if ag.metrics else None, "metrics_error": ag.metrics_error}
+    return {"metrics_served": ag.metrics.asked if ag.metrics else None, "metrics_error": ag.metrics_error,
+            "metrics_web_config_served": ag.metrics.web_config if ag.metrics else None}
 
 
 def _rss_kib(field: str = "VmRSS") -> int:

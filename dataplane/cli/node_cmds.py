@@ -26,7 +26,7 @@ def agent_node(args) -> Node | None:
 
 
 RESTORE_ALONE = ("vni", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan_guard",
-                 "xdp_guard", "fdb_age", *choices.METER_FIELDS, "metrics_address",
+                 "xdp_guard", "fdb_age", *choices.METER_FIELDS, "metrics_address", "metrics_web_config",
                  "map_size", "registry", "no_registry", "host_name", "lease_ttl")
 
 
@@ -49,7 +49,7 @@ def cmd_up(args):
                         xdp_guard=args.xdp_guard, vxlan_guard=args.vxlan_guard,
                         fdb_age=args.fdb_age, map_sizes=dict(args.map_size or []), agent=not args.no_agent,
                         meters={a: getattr(args, a) for a in choices.METER_FIELDS},
-                        metrics_address=args.metrics_address)
+                        metrics_address=args.metrics_address, metrics_web_config=args.metrics_web_config)
     c = st.config
     nets = ", ".join(f"{v} ({n.subnet}, mtu {n.mtu})" for v, n in sorted(st.networks.items()))
     where = f"; host {st.host_name} in registry {st.registry}" if st.registry else ""
@@ -168,6 +168,10 @@ def register(sub) -> None:
     up.add_argument("--metrics-address", metavar="ADDRESS:PORT",
                     help="where the agent serves Prometheus /metrics and /healthz (default 127.0.0.1:9469; "
                          "'off': nowhere); the agent takes it when it (re)starts")
+    up.add_argument("--metrics-web-config", metavar="FILE",
+                    help="TLS (client certificates too) and passwords for /metrics, in the web config format of "
+                         "Prometheus's exporters (node_exporter's --web.config.file); checked now, read again "
+                         "when it or its files change; 'off': plain HTTP; the agent takes it when it (re)starts")
     up.add_argument("--map-size", action="append", type=_map_size, metavar="DP_MAP_X=N",
                     help="override a map's number of entries (repeatable)")
     up.add_argument("--registry", help="endpoint registry: sqlite:///PATH, etcd://HOST:PORT[,...] or, over TLS with a "

@@ -58,15 +58,20 @@ def rates(old: dict | None, new: dict, dt: float) -> dict:
             "top_drop": top[0] if top[1] > 0 else None}
 
 
-def _metrics_errors(wanted: str, a: dict) -> list[str]:
-    """What `status` says of the agent's /metrics: a port it could not open, or an address
-    changed by `up` since the agent started (it binds once, at its start)."""
+def _metrics_errors(c, a: dict) -> list[str]:
+    """What `status` says of the agent's /metrics: a port (or web config) it could not open, or
+    an address or web config changed by `up` since the agent started (it takes them at its start)."""
     if a.get("metrics_error"):
         return [f"metrics: {a['metrics_error']}"]
+    restart = ("restart the agent (`systemctl restart dataplane`; without systemd, stop its pid and run "
+               "`dataplane up` again)")
     served = a.get("metrics_served")
-    if "metrics_served" in a and (served or "") != (wanted or ""):
-        return [f"metrics: configured {wanted or 'off'}, the agent serves {served or 'none'}: restart the agent "
-                "(`systemctl restart dataplane`; without systemd, stop its pid and run `dataplane up` again)"]
+    if "metrics_served" in a and (served or "") != (c.metrics_address or ""):
+        return [f"metrics: configured {c.metrics_address or 'off'}, the agent serves {served or 'none'}: {restart}"]
+    web = a.get("metrics_web_config_served")
+    if served and "metrics_web_config_served" in a and (web or "") != (c.metrics_web_config or ""):
+        return [f"metrics: configured with web config {c.metrics_web_config or 'none'}, the agent serves with "
+                f"{web or 'none'}: {restart}"]
     return []
 
 
@@ -81,7 +86,7 @@ def cmd_status(args):
            "overlay_storm_peer_rate": choices.peer_rate(c),
            "learn_rate": c.learn_rate,
            "registry": st.registry, "host": st.host_name,
-           "metrics": c.metrics_address or None,
+           "metrics": c.metrics_address or None, "metrics_web_config": c.metrics_web_config or None,
            "networks": [{"vni": v, "subnet": n.subnet, "mtu": n.mtu,
                          "endpoints": len(st.local_endpoints(v)), "peers": len(networks.flood_list(st, v))}
                         for v, n in sorted(st.networks.items())],
@@ -95,7 +100,7 @@ def cmd_status(args):
                              + [f"endpoint {k}: {e}" for k, e in a.get("conflicts", {}).items()]
                              + list(a.get("over_limit", [])) + a.get("bad_records_recent", [])[-3:]
                              + ([f"maps: {a['map_error']}"] if a.get("map_error") else [])
-                             + _metrics_errors(c.metrics_address, a))
+                             + _metrics_errors(c, a))
         except DataplaneError as e:
             out["errors"].append(f"agent: {e} (last log line: {process.log_tail(node.name)})")
     if is_json(args):
@@ -114,7 +119,8 @@ def cmd_status(args):
         f"; agent pid {agent['pid']}, {'synced' if agent['synced'] else 'NOT SYNCED'}, "
         f"{'connected' if agent['connected'] else 'DISCONNECTED'}, revision {agent['revision']}, "
         f"{len(agent['hosts'])} hosts, {agent['endpoints']} endpoints" if agent else ""))
-    print(f"metrics   {out['metrics'] or 'off'}\n")
+    web = f", TLS and passwords as {c.metrics_web_config}" if out["metrics"] and c.metrics_web_config else ""
+    print(f"metrics   {out['metrics'] or 'off'}{web}\n")
     emit(args, out["networks"], ["vni", "subnet", "mtu", "endpoints", "peers"])
     print()
     counted = any(r.get("ns_per_run") for r in out["programs"])     # the kernel's BPF statistics were on

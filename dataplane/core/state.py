@@ -44,6 +44,7 @@ class NodeConfig:
     overlay_storm_peer_rate: int | None = None   # the same, one peer in one network; None: half the network's
     learn_rate: int = model.LEARN_RATE_DEFAULT     # new MACs learned per second per network; 0: no limit
     metrics_address: str = "127.0.0.1:9469"        # the agent's /metrics and /healthz; "": none
+    metrics_web_config: str = ""                   # their TLS and passwords (agent/metrics_web.py); "": none
     src_port_min: int = model.SRC_PORT_MIN
     src_port_max: int = model.SRC_PORT_MAX
 

@@ -21,7 +21,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
        peer_check: bool | None = None, rx_gro: bool | None = None, xdp_guard: bool | None = None, fdb_age=None,
        vxlan_guard: bool | None = None,
        map_sizes=None, quiet=False,
-       meters: dict | None = None, metrics_address: str | None = None,
+       meters: dict | None = None, metrics_address: str | None = None, metrics_web_config: str | None = None,
        mtus: dict[int, int] | None = None,
        registry: str | None = None, host_name: str | None = None, lease_ttl: int | None = None) -> NodeState:
     """Make the node's namespace a VTEP serving vnis. Idempotent; a second call
@@ -112,6 +112,8 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
             setattr(cfg, field, value)
         if metrics_address is not None:       # the agent reads it when it starts
             cfg.metrics_address = "" if metrics_address in ("", "off") else metrics_address
+        if metrics_web_config is not None:    # (checked by control.up)
+            cfg.metrics_web_config = "" if metrics_web_config in ("", "off") else metrics_web_config
         if registry:
             st.registry = registry
             st.host_name = choices.host_name_for(node, host_name, st.host_name)

@@ -1,0 +1,176 @@
+"""The metrics web config (agent/metrics_web.py): TLS, client certificates and passwords on the
+agent's real HTTP server, with certificates openssl makes (lab/certs.py); what a bad file says;
+and a rotated certificate or password taken without a restart."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import ssl
+import threading
+import time
+from types import SimpleNamespace
+
+import bcrypt
+import pytest
+
+from dataplane.agent import metrics, metrics_web
+from dataplane.core.errors import UsageError
+from lab import certs
+from tests.ports import free_port
+
+
+def _hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("pki"))
+    ca = certs.make_ca(d, "ca", "metrics test CA")
+    server = certs.make_cert(d, ca, "server", "/CN=metrics", ips=("127.0.0.1",), server=True)
+    client = certs.make_cert(d, ca, "client", "/O=dataplane/OU=prometheus")
+    other_ca = certs.make_ca(d, "other", "another CA")
+    stranger = certs.make_cert(d, other_ca, "stranger", "/O=elsewhere/OU=prometheus")
+    return SimpleNamespace(dir=d, ca=ca, server=server, client=client, other_ca=other_ca, stranger=stranger)
+
+
+def _write(path, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+def _config(pki, tmp_path, users: dict | None = None, auth: str = "RequireAndVerifyClientCert",
+            name: str = "web.yml", server=None) -> str:
+    server = server or pki.server
+    lines = ["tls_server_config:", f"  cert_file: {server.cert}", f"  key_file: {server.key}",
+             f"  client_auth_type: {auth}", f"  client_ca_file: {pki.ca.cert}"]
+    if users:
+        lines += ["basic_auth_users:"] + [f"  {u}: '{_hash(p)}'" for u, p in users.items()]
+    return _write(tmp_path / name, "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def serve():
+    made = []
+
+    def start(web_config: str):
+        ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
+        ag.synced.set()
+        ag.connected.set()
+        srv = metrics.Server(ag, f"127.0.0.1:{free_port()}", web_config)
+        srv.start()
+        made.append(srv)
+        return srv
+    yield start
+    for srv in made:
+        srv.stop()
+
+
+def _get(srv, pki, cert=None, auth: tuple[str, str] | None = None, ca=None) -> int:
+    """GET /healthz over TLS: the status code (an SSL error raises)."""
+    ctx = ssl.create_default_context(cafile=(ca or pki.ca).cert)
+    if cert is not None:
+        ctx.load_cert_chain(cert.cert, cert.key)
+    host, port = srv.address.split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=5)
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    try:
+        conn.request("GET", "/healthz", headers=headers)
+        r = conn.getresponse()
+        if r.status == 401:
+            assert r.getheader("WWW-Authenticate", "").startswith("Basic "), r.getheaders()
+        return r.status
+    finally:
+        conn.close()
+
+
+def test_client_certificate_and_password_are_both_needed(pki, tmp_path, serve):
+    srv = serve(_config(pki, tmp_path, {"prometheus": "s3cret"}))
+    assert _get(srv, pki, pki.client, ("prometheus", "s3cret")) == 200
+    assert _get(srv, pki, pki.client, ("prometheus", "s3cret")) == 200, "the second time from the cache"
+    assert _get(srv, pki, pki.client) == 401, "no password"
+    assert _get(srv, pki, pki.client, ("prometheus", "wrong")) == 401
+    assert _get(srv, pki, pki.client, ("nobody", "s3cret")) == 401
+    assert _get(srv, pki, pki.client, ("prometheus", "x" * 100)) == 401, "over bcrypt's 72 bytes"
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _get(srv, pki, None, ("prometheus", "s3cret"))          # no client certificate
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _get(srv, pki, pki.stranger, ("prometheus", "s3cret"))  # one another CA signed
+
+
+def test_plain_http_gets_nothing_from_a_tls_server(pki, tmp_path, serve):
+    srv = serve(_config(pki, tmp_path, auth="NoClientCert"))
+    host, port = srv.address.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        conn.request("GET", "/metrics")
+        conn.getresponse()
+    conn.close()
+    assert _get(srv, pki) == 200, "NoClientCert: TLS without a client certificate"
+
+
+def test_a_new_password_and_certificate_are_taken_without_a_restart(pki, tmp_path, serve):
+    path = _config(pki, tmp_path, {"prometheus": "old"})
+    srv = serve(path)
+    assert _get(srv, pki, pki.client, ("prometheus", "old")) == 200
+    time.sleep(0.01)                    # (a new mtime even where the clock is coarse; the size changes too)
+    _config(pki, tmp_path, {"prometheus": "new-password"})
+    assert _get(srv, pki, pki.client, ("prometheus", "old")) == 401, "the cached old password is forgotten"
+    assert _get(srv, pki, pki.client, ("prometheus", "new-password")) == 200
+    # A new server certificate, from another CA, written over the old files.
+    fresh = certs.make_cert(str(tmp_path), pki.other_ca, "fresh", "/CN=metrics", ips=("127.0.0.1",), server=True)
+    os.replace(fresh.cert, pki.server.cert + ".new")
+    os.replace(fresh.key, pki.server.key + ".new")
+    _config(pki, tmp_path, {"prometheus": "new-password"},
+            server=certs.Pair(pki.server.cert + ".new", pki.server.key + ".new"))
+    assert _get(srv, pki, pki.client, ("prometheus", "new-password"), ca=pki.other_ca) == 200
+    # A broken edit keeps the last good settings.
+    _write(path, "tls_server_config: [\n")
+    assert _get(srv, pki, pki.client, ("prometheus", "new-password"), ca=pki.other_ca) == 200
+
+
+def test_relative_names_are_from_the_files_directory(pki, tmp_path):
+    d = tmp_path / "etc"
+    d.mkdir()
+    for src, dst in ((pki.server.cert, "m.crt"), (pki.server.key, "m.key")):
+        with open(src) as f:
+            _write(d / dst, f.read())
+    cfg = metrics_web.load(_write(d / "web.yml", "tls_server_config:\n  cert_file: m.crt\n  key_file: m.key\n"))
+    assert cfg.tls["cert_file"] == str(d / "m.crt") and cfg.tls["client_auth_type"] == "NoClientCert"
+
+
+BAD = {
+    "rate_limit:\n  burst: 2\n": "rate_limit not supported",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  cipher_suites: [x]\n":
+        "cipher_suites not supported",
+    "tls_server_config:\n  cert_file: {crt}\n": "needs cert_file and key_file",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: RequireAnyClientCert\n":
+        "client_auth_type 'RequireAnyClientCert'",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: RequireAndVerifyClientCert\n":
+        "needs client_ca_file",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS10\n": "min_version 'TLS10'",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {crt}\n": "PEM",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  p: plaintext\n":
+        "no bcrypt hash",
+    "basic_auth_users:\n  p: '{hash}'\n": "would send the passwords in clear",
+    "- a list\n": "a mapping",
+    "tls_server_config: [\n": "not YAML",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD))
+def test_a_bad_web_config_says_what_is_wrong(pki, tmp_path, text):
+    path = _write(tmp_path / "web.yml", text.format(crt=pki.server.cert, key=pki.server.key, hash=_hash("p")))
+    with pytest.raises(UsageError, match="metrics web config .*web.yml") as e:
+        metrics_web.load(path)
+    assert BAD[text] in str(e.value), str(e.value)
+
+
+def test_a_missing_file_is_named():
+    with pytest.raises(UsageError, match="/nonexistent/web.yml: No such file"):
+        metrics_web.load("/nonexistent/web.yml")

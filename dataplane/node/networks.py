@@ -26,6 +26,20 @@ _C = abi.load().constants
 PARTED_GRACE_S = 60.0
 
 
+def boot_s() -> float:
+    """Seconds since boot, suspend included: when a parted peer's grace ends. The node's state
+    lives in /run and goes with a reboot, so this clock serves it; wall time stepped back by
+    NTP (an early boot's clock ahead) kept a peer admitted that much longer, and stepped forward
+    ended every grace at once."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def grace_ends(until: float, now: float) -> float:
+    """A parted peer's grace end on the boot clock: an older version's, written in wall time
+    (past any boot-clock value of a grace running now), taken over as the wall time left."""
+    return until - time.time() + now if until > now + PARTED_GRACE_S else until
+
+
 def flood_list(st: NodeState, vni: int) -> list[str]:
     """Static peers (--peer) first, then the VTEPs the agent learned from the registry."""
     out = list(st.peers.get(vni, []))
@@ -178,7 +192,7 @@ def sync(m: NodeMaps, st: NodeState, vni: int) -> None:
         if ip in vteps:
             continue
         if st.registry and st.registry_peers.get(vni) is not None and ip not in st.peers.get(vni, []):
-            parted[ip] = time.time() + PARTED_GRACE_S    # still a peer for a while: see prune_parted
+            parted[ip] = boot_s() + PARTED_GRACE_S       # still a peer for a while: see prune_parted
         else:
             m.dp_vteps.delete(ip_key(vni, ip))
     if not parted:
@@ -202,15 +216,15 @@ def forget_stray_peers(m: NodeMaps, st: NodeState) -> list[str]:
 
 def prune_parted(node: Node) -> int:
     """Forget parted peers whose grace is over: their frames are refused from now on."""
-    now = time.time()
+    now = boot_s()
     st = node.state()
-    if st is None or not any(until <= now for parted in st.parted.values() for until in parted.values()):
+    if st is None or not any(grace_ends(u, now) <= now for parted in st.parted.values() for u in parted.values()):
         return 0                            # nothing due: no lock taken, no state written
     with node.changing() as (st, m):
         gone = 0
         for vni, parted in list(st.parted.items()):
             for ip, until in list(parted.items()):
-                if until <= now and ip not in st.flooded.get(vni, []):
+                if grace_ends(until, now) <= now and ip not in st.flooded.get(vni, []):
                     m.dp_vteps.delete(ip_key(vni, ip))
                     del parted[ip]
                     gone += 1

@@ -13,7 +13,7 @@ import pytest
 from dataplane.agent import client, process
 from dataplane.core.errors import Conflict
 from dataplane.kernel import netlink
-from dataplane.node import Node, readout, rxgro
+from dataplane.node import Node, networks, readout, rxgro
 from dataplane.registry import Host, open_registry
 from lab import topology as lab
 from lab.traffic import ping
@@ -347,6 +347,9 @@ def test_a_host_whose_lease_lapsed_stays_a_peer_for_a_grace(info):
         peers = lambda: [p["peer"] for p in client.call("dpl-h2", "peer_list") if p["vni"] == 256]  # noqa: E731
         assert wait_for(lambda: lab.vtep_ip(1) not in peers()), "h2 saw h1 go"
         assert ping(a["name"], b["ip"], count=3)[0] == 3, "h2 still accepts h1's frames"
+        # The grace runs on the boot clock: on wall time an NTP step back kept the peer that much longer.
+        until = Node("dpl-h2").state().parted[256][lab.vtep_ip(1)]
+        assert networks.boot_s() < until <= networks.boot_s() + networks.PARTED_GRACE_S, until
     finally:
         reg.close()
         process.spawn("dpl-h1", "dpl-h1", url, lab.host_name(1), 10, quiet=True)

@@ -6,8 +6,8 @@ processes. A process has two connections: writes take turns on one, reads
 and watches on the other, so a write waiting for another process's lock
 (up to the busy timeout) holds up no read of this process (WAL readers
 never wait for a writer). The change log (table events) is what watches poll; leases are
-wall-clock deadlines, and whichever process touches the store first after a
-deadline deletes the lease's keys (and logs the deletions).
+deadlines on the boot clock (lease_clock.py), and whichever process touches the store first
+after a deadline deletes the lease's keys (and logs the deletions).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import sqlite3
 import threading
 import time
 
+from dataplane.registry import lease_clock
 from dataplane.registry.filewake import FileWake
+from dataplane.registry.lease_clock import ALIVE, DUE, Clock
 from dataplane.registry.kv import KV, Compacted, Damaged, Event, Item, Refused, Txn, Unavailable, Watch
 
 SCHEMA = """
@@ -27,7 +29,8 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
                                create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, rev INTEGER NOT NULL,
                                    key TEXT NOT NULL, value BLOB);
-CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl INTEGER NOT NULL, deadline REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl INTEGER NOT NULL, deadline REAL NOT NULL,
+                                   boot TEXT, bdeadline REAL, wall_set REAL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('rev', 1), ('compacted', 0);
 CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease);
@@ -71,11 +74,12 @@ class SqliteKV(KV):
         self._lock = threading.RLock()         # the write connection's
         self._rlock = threading.RLock()        # the read connection's
         self._db = self._rdb = None
-        self._due = 0.0                        # the first lease deadline the last look found
+        self._due = 0.0                        # the first lease deadline the last look found (boot clock)
         try:
             self._db = self._connect()
             with self._lock:
                 self._db.executescript(SCHEMA)
+                lease_clock.migrate(self._db)
             self._rdb = self._connect()
         except sqlite3.Error as e:
             self.close()
@@ -118,8 +122,8 @@ class SqliteKV(KV):
         try:
             with self._reading() as db:   # keys of a lease past its deadline are gone, deleted yet or not
                 rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE ({where}) "
-                                  "AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE deadline >= ?)) "
-                                  "ORDER BY key", (*args, time.time())).fetchall()
+                                  f"AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE {ALIVE})) "
+                                  "ORDER BY key", (*args, *Clock().alive_args())).fetchall()
                 rev = self._rev(db)
         except sqlite3.Error as e:
             raise failure(self.path, e) from None
@@ -164,7 +168,7 @@ class SqliteKV(KV):
             self._log(rev, key, None)
 
     def _expire(self, rev: int) -> bool:
-        dead = [r[0] for r in self._db.execute("SELECT id FROM leases WHERE deadline < ?", (time.time(),))]
+        dead = [r[0] for r in self._db.execute(f"SELECT id FROM leases WHERE NOT {ALIVE}", Clock().alive_args())]
         for lease in dead:
             for (key,) in self._db.execute("SELECT key FROM kv WHERE lease=?", (lease,)).fetchall():
                 self._delete_key(rev, key)
@@ -176,9 +180,9 @@ class SqliteKV(KV):
         logged for watches), if that can be done now. Never waited for: reads leave such
         keys out anyway, and the next write of any process deletes them."""
         with self._rlock:          # _due set in the order the reads were made: an older one never last
-            first = self._rdb.execute("SELECT MIN(deadline) FROM leases").fetchone()[0]
+            first = self._rdb.execute(DUE, Clock().due_args()).fetchone()[0]
             self._due = due = first if first is not None else float("inf")
-        if due >= time.time() or not self._lock.acquire(blocking=False):
+        if due >= lease_clock.boot_s() or not self._lock.acquire(blocking=False):
             return                         # none due, or a write of ours under way (it expires them)
         try:
             self._db.execute("PRAGMA busy_timeout=0")
@@ -225,7 +229,7 @@ class SqliteKV(KV):
         out = []
 
         def grant(rev: int) -> bool:
-            cur = self._db.execute("INSERT INTO leases (ttl, deadline) VALUES (?, ?)", (ttl, time.time() + ttl))
+            cur = self._db.execute(lease_clock.GRANT, Clock().grant_args(ttl))
             out.append(cur.lastrowid)
             return True
         self._write(grant)
@@ -235,7 +239,7 @@ class SqliteKV(KV):
         out = []
 
         def renew(rev: int) -> bool:
-            cur = self._db.execute("UPDATE leases SET deadline = ? + ttl WHERE id=?", (time.time(), lease))
+            cur = self._db.execute(lease_clock.RENEW, Clock().renew_args(lease))
             out.append(cur.rowcount == 1)
             return True
         self._write(renew)
@@ -265,7 +269,7 @@ class SqliteKV(KV):
         version now). A watch's poll is this alone while the file is quiet: an idle agent's
         polls took 2.2% of a CPU as full reads of the change log (/tmp script, 2026-12-06)."""
         now = self.version()
-        return now == seen and time.time() < self._due, now
+        return now == seen and lease_clock.boot_s() < self._due, now
 
 
 class _SqliteWatch(Watch):
@@ -304,7 +308,7 @@ class _SqliteWatch(Watch):
             self._closed.wait(POLL_S)
             return
         busy = time.monotonic() - self._stirred < SETTLE_S   # busy: events read as they come
-        due = self.kv._due - time.time()
+        due = self.kv._due - lease_clock.boot_s()
         if w.wait(POLL_S if busy else math.ceil(min(IDLE_S, max(due, 0.0)) * 1000) / 1000):
             self._stirred = time.monotonic()
 

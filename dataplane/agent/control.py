@@ -75,7 +75,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         if old and old.host_name and name != old.host_name and process.running_pid(node.name):
             raise Conflict(f"node {node.name} is host {old.host_name} in the registry and its agent runs: "
                            "`dataplane down` first to rename it")
-    metrics_web.up_checks(node, node_args)
+    metrics_web.up_checks(node, node_args, bool(url), agent_runs=bool(url and process.running_pid(node.name)))
     created, mtus = [], {}
     if url and vnis:
         mtu = choices.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN

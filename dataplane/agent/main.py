@@ -18,8 +18,8 @@ from collections import deque
 import threading
 import time
 
-from dataplane.agent import (client, converge, deferred, housekeeping, inflight, lease, local, metrics, ops, pauses,
-                             process, punts, sdnotify, server, slowpath, sync, watcher)
+from dataplane.agent import (client, converge, deferred, housekeeping, inflight, lease, local, metrics_http, ops,
+                             pauses, process, punts, sdnotify, server, slowpath, sync, watcher)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -125,7 +125,7 @@ class Agent:
             self.server = server.Server(client.socket_path(self.node.name),
                                         {**ops.Ops(self).handlers(), **RuntimeOps(self).handlers()})
             self.server.start()
-            self.metrics = metrics.serve(self, st.config.metrics_address, st.config.metrics_web_config)
+            self.metrics = metrics_http.serve(self, st.config.metrics_address, st.config.metrics_web_config)
         except BaseException:
             self.stopping.set()            # the lease keeper and the watcher end with us
             raise

@@ -14,18 +14,14 @@ conventions: dataplane_ prefix, counters end in _total, seconds and bytes.
 from __future__ import annotations
 
 import logging
-import ssl
-import sys
-import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from dataplane.agent import metrics_agent, metrics_web
-from dataplane.core import abi, model
-from dataplane.core.errors import DataplaneError, UsageError
+from dataplane.agent import metrics_agent
+from dataplane.core import abi
+from dataplane.core.errors import DataplaneError
 from dataplane.kernel import netlink, tcx
 from dataplane.node import readout, rxgro
 
@@ -199,120 +195,3 @@ def registry_for(agent) -> CollectorRegistry:
     reg.register(Collector(agent))
     ProcessCollector(registry=reg)
     return reg
-
-
-def serve(agent, address: str, web_config: str = "") -> "Server | None":
-    """Start serving on address ("": nowhere), with web_config's TLS and passwords if given
-    (metrics_web.py); a failure is logged, never fatal, and kept in agent.metrics_error for
-    `status` (it was in the log only: up exited 0, status said nothing, and Prometheus alerted
-    that a healthy agent was down). A web config that cannot be read serves nothing: never
-    plain HTTP in its stead."""
-    agent.metrics_error = None
-    if not address:
-        return None
-    try:
-        srv = Server(agent, address, web_config)
-    except DataplaneError as e:
-        log.error("%s", e)
-        agent.metrics_error = str(e)
-        return None
-    srv.start()
-    return srv
-
-
-SCRAPE_WAIT_S = 10.0             # Prometheus' default scrape timeout
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        e = sys.exc_info()[1]
-        if isinstance(e, OSError):     # no TLS client, no certificate or a bad one, a client gone: not ours
-            log.debug("metrics: connection from %s: %s", client_address[0], e)
-        else:
-            log.exception("metrics: request from %s failed", client_address[0])
-
-
-class Server:
-    """GET /metrics (text format 0.0.4) and /healthz (200 only when synced and
-    connected to the registry), on a thread of its own; over TLS and behind
-    passwords as web_config (a file, metrics_web.py) says."""
-
-    def __init__(self, agent, address: str, web_config: str = ""):
-        host, port = model.parse_host_port(address, "metrics address")
-        web = self.web = metrics_web.Served(web_config) if web_config else None
-        registry = registry_for(agent)
-        scraping = self.scraping = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10
-            web_cfg = None
-
-            def setup(self):
-                if web is not None:         # the handshake here, in the connection's thread: never in accept's
-                    self.web_cfg, ctx = web.current()
-                    if ctx is not None:
-                        self.request.settimeout(self.timeout)
-                        self.request = ctx.wrap_socket(self.request, server_side=True)
-                super().setup()
-
-            def finish(self):
-                try:
-                    super().finish()
-                finally:
-                    if isinstance(self.request, ssl.SSLSocket):
-                        self.request.close()
-
-            def do_GET(self):  # noqa: N802 - the http.server API
-                if web is not None and not web.allowed(self.web_cfg, self.headers.get("Authorization")):
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="dataplane metrics"')
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", "13")
-                    self.end_headers()
-                    self.wfile.write(b"unauthorized\n")
-                    return
-                if self.path.split("?")[0] == "/metrics":
-                    # One scrape at a time (the agent's lock only for a copy). One stuck in a netlink or
-                    # namespace call held every later one, a thread each, for good: they give up.
-                    if scraping.acquire(timeout=SCRAPE_WAIT_S):
-                        try:
-                            body, code = generate_latest(registry), 200
-                        finally:
-                            scraping.release()
-                        ctype = "text/plain; version=0.0.4; charset=utf-8"
-                    else:
-                        body, code, ctype = b"a scrape is under way\n", 503, "text/plain"
-                elif self.path == "/healthz":
-                    ok = agent.synced.is_set() and agent.connected.is_set()
-                    body, code, ctype = (b"ok\n" if ok else b"not synced or registry unreachable\n",
-                                         200 if ok else 503, "text/plain")
-                else:
-                    body, code, ctype = b"not found\n", 404, "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        try:
-            self.httpd = _HTTPServer((host, port), Handler)
-        except OSError as e:
-            raise UsageError(f"cannot serve metrics on {address}: {e}") from None
-        self.address = f"{host}:{self.httpd.server_address[1]}"
-        self.asked = address                    # as configured (status compares it with the node's)
-        self.web_config = web_config
-
-    def start(self) -> None:
-        threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True).start()
-        scheme = "https" if self.web and self.web.ctx else "http"
-        log.info("metrics on %s://%s/metrics%s", scheme, self.address,
-                 f" (web config {self.web_config})" if self.web else "")
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

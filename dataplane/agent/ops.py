@@ -277,8 +277,10 @@ def _metrics(ag) -> dict:
     """The address /metrics is served on as configured, and why not (once Agent.run began serving)."""
     if not hasattr(ag, "metrics"):
         return {}
+    web = ag.metrics.web if ag.metrics else None
     return {"metrics_served": ag.metrics.asked if ag.metrics else None, "metrics_error": ag.metrics_error,
-            "metrics_web_config_served": ag.metrics.web_config if ag.metrics else None}
+            "metrics_web_config_served": ag.metrics.web_config if ag.metrics else None,
+            "metrics_web_error": web.error if web else None}
 
 
 def _rss_kib(field: str = "VmRSS") -> int:

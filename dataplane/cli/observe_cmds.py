@@ -61,15 +61,15 @@ def rates(old: dict | None, new: dict, dt: float) -> dict:
 def _metrics_errors(c, a: dict) -> list[str]:
     """What `status` says of the agent's /metrics: a port (or web config) it could not open, or
     an address or web config changed by `up` since the agent started (it takes them at its start)."""
-    if a.get("metrics_error"):
-        return [f"metrics: {a['metrics_error']}"]
+    if a.get("metrics_error") or a.get("metrics_web_error"):
+        return [f"metrics: {a.get('metrics_error') or a['metrics_web_error']}"]
     restart = ("restart the agent (`systemctl restart dataplane`; without systemd, stop its pid and run "
                "`dataplane up` again)")
     served = a.get("metrics_served")
     if "metrics_served" in a and (served or "") != (c.metrics_address or ""):
         return [f"metrics: configured {c.metrics_address or 'off'}, the agent serves {served or 'none'}: {restart}"]
-    web = a.get("metrics_web_config_served")
-    if served and "metrics_web_config_served" in a and (web or "") != (c.metrics_web_config or ""):
+    web = a.get("metrics_web_config_served")       # (an older agent: none, whatever the node says)
+    if served and (web or "") != (c.metrics_web_config or ""):
         return [f"metrics: configured with web config {c.metrics_web_config or 'none'}, the agent serves with "
                 f"{web or 'none'}: {restart}"]
     return []

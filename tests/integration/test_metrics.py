@@ -57,8 +57,8 @@ def test_a_spoofed_frame_is_in_the_drop_metric(info):
 
 # `agent status` keys that are no count: names, addresses, lists a count stands for.
 NOT_COUNTS = {"host", "pid", "busy", "registry", "watch_member", "watch_transport", "lease", "map_error",
-              "metrics_served", "metrics_error", "metrics_web_config_served", "bad_records_recent", "rss_kib",
-              "rss_peak_kib"}
+              "metrics_served", "metrics_error", "metrics_web_config_served", "metrics_web_error",
+              "bad_records_recent", "rss_kib", "rss_peak_kib"}
 
 
 def _status_as_metrics(st: dict) -> dict:

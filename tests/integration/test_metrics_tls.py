@@ -96,7 +96,8 @@ def test_prometheus_scrapes_the_agent_over_tls_with_a_certificate_and_a_password
         assert synced == {"dataplane": 1}, synced
         assert _query(there, 'dataplane_map_capacity{map="dp_fdb"}') == {"dataplane": 65536}
         # Taken at the agent's start: a change on a running node is a restart away, and status says so.
-        dp(*up, "--metrics-web-config", "off")
+        r = dp(*up, "--metrics-web-config", "off")
+        assert "the running agent serves /metrics as it started: restart it" in r.stderr, r.stderr
         errors = dp_json("--netns", host, "status")["errors"]
         assert any(f"web config none, the agent serves with {web}: restart the agent" in e for e in errors), errors
     finally:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dataplane.agent import metrics
+from dataplane.agent import metrics, metrics_http
 from tests.unit.held import held_elsewhere
 from tests.ports import free_port
 
@@ -16,7 +16,7 @@ from tests.ports import free_port
 @pytest.fixture
 def served():
     ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
-    srv = metrics.Server(ag, f"127.0.0.1:{free_port()}")
+    srv = metrics_http.Server(ag, f"127.0.0.1:{free_port()}")
     srv.start()
     yield ag, f"http://{srv.address}"
     srv.stop()
@@ -44,12 +44,12 @@ def test_healthz_follows_sync_and_connection(served):
 def test_a_bad_or_busy_address_is_a_usage_error():
     from dataplane.core.errors import UsageError
     with pytest.raises(UsageError):
-        metrics.Server(SimpleNamespace(), "localhost")
+        metrics_http.Server(SimpleNamespace(), "localhost")
     ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
-    first = metrics.Server(ag, f"127.0.0.1:{free_port()}")
+    first = metrics_http.Server(ag, f"127.0.0.1:{free_port()}")
     try:
         with pytest.raises(UsageError):
-            metrics.Server(ag, first.address)
+            metrics_http.Server(ag, first.address)
     finally:
         first.httpd.server_close()
 
@@ -124,9 +124,9 @@ def test_refusals_of_addresses_that_are_no_peer_are_a_gauge(monkeypatch):
 def test_a_scrape_waits_for_another_only_so_long(monkeypatch):
     """Each /metrics waited on the one before with no bound: a scrape stuck in a netlink call held
     every later one, a thread each, until the agent restarted."""
-    monkeypatch.setattr(metrics, "SCRAPE_WAIT_S", 0.2)
+    monkeypatch.setattr(metrics_http, "SCRAPE_WAIT_S", 0.2)
     ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
-    srv = metrics.Server(ag, f"127.0.0.1:{free_port()}")
+    srv = metrics_http.Server(ag, f"127.0.0.1:{free_port()}")
     srv.start()
     try:
         with srv.scraping:                  # one under way, stuck

@@ -8,14 +8,14 @@ import base64
 import http.client
 import os
 import ssl
+import subprocess
 import threading
-import time
 from types import SimpleNamespace
 
 import bcrypt
 import pytest
 
-from dataplane.agent import metrics, metrics_web
+from dataplane.agent import metrics_http, metrics_web
 from dataplane.core.errors import UsageError
 from lab import certs
 from tests.ports import free_port
@@ -33,7 +33,11 @@ def pki(tmp_path_factory):
     client = certs.make_cert(d, ca, "client", "/O=dataplane/OU=prometheus")
     other_ca = certs.make_ca(d, "other", "another CA")
     stranger = certs.make_cert(d, other_ca, "stranger", "/O=elsewhere/OU=prometheus")
-    return SimpleNamespace(dir=d, ca=ca, server=server, client=client, other_ca=other_ca, stranger=stranger)
+    encrypted = os.path.join(d, "encrypted.key")
+    subprocess.run(["openssl", "pkey", "-in", server.key, "-out", encrypted, "-aes256", "-passout", "pass:x"],
+                   check=True, capture_output=True)
+    return SimpleNamespace(dir=d, ca=ca, server=server, client=client, other_ca=other_ca, stranger=stranger,
+                           encrypted_key=encrypted)
 
 
 def _write(path, text: str) -> str:
@@ -46,7 +50,7 @@ def _config(pki, tmp_path, users: dict | None = None, auth: str = "RequireAndVer
             name: str = "web.yml", server=None) -> str:
     server = server or pki.server
     lines = ["tls_server_config:", f"  cert_file: {server.cert}", f"  key_file: {server.key}",
-             f"  client_auth_type: {auth}", f"  client_ca_file: {pki.ca.cert}"]
+             f"  client_auth_type: {auth}"] + ([f"  client_ca_file: {pki.ca.cert}"] if auth != "NoClientCert" else [])
     if users:
         lines += ["basic_auth_users:"] + [f"  {u}: '{_hash(p)}'" for u, p in users.items()]
     return _write(tmp_path / name, "\n".join(lines) + "\n")
@@ -60,7 +64,7 @@ def serve():
         ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
         ag.synced.set()
         ag.connected.set()
-        srv = metrics.Server(ag, f"127.0.0.1:{free_port()}", web_config)
+        srv = metrics_http.Server(ag, f"127.0.0.1:{free_port()}", web_config)
         srv.start()
         made.append(srv)
         return srv
@@ -89,12 +93,18 @@ def _get(srv, pki, cert=None, auth: tuple[str, str] | None = None, ca=None) -> i
         conn.close()
 
 
-def test_client_certificate_and_password_are_both_needed(pki, tmp_path, serve):
+def test_client_certificate_and_password_are_both_needed(pki, tmp_path, serve, monkeypatch):
     srv = serve(_config(pki, tmp_path, {"prometheus": "s3cret"}))
+    hashed = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: hashed.append(pw) or real(pw, h))
     assert _get(srv, pki, pki.client, ("prometheus", "s3cret")) == 200
-    assert _get(srv, pki, pki.client, ("prometheus", "s3cret")) == 200, "the second time from the cache"
+    assert _get(srv, pki, pki.client, ("prometheus", "s3cret")) == 200
+    assert hashed == [b"s3cret"], "the second time from the cache"
     assert _get(srv, pki, pki.client) == 401, "no password"
     assert _get(srv, pki, pki.client, ("prometheus", "wrong")) == 401
+    assert _get(srv, pki, pki.client, ("prometheus", "wrong")) == 401
+    assert hashed == [b"s3cret", b"wrong"], "a wrong password is remembered too"
     assert _get(srv, pki, pki.client, ("nobody", "s3cret")) == 401
     assert _get(srv, pki, pki.client, ("prometheus", "x" * 100)) == 401, "over bcrypt's 72 bytes"
     with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -115,23 +125,46 @@ def test_plain_http_gets_nothing_from_a_tls_server(pki, tmp_path, serve):
 
 
 def test_a_new_password_and_certificate_are_taken_without_a_restart(pki, tmp_path, serve):
-    path = _config(pki, tmp_path, {"prometheus": "old"})
+    server = certs.make_cert(str(tmp_path), pki.ca, "mine", "/CN=metrics", ips=("127.0.0.1",), server=True)
+    path = _config(pki, tmp_path, {"prometheus": "old"}, server=server)
     srv = serve(path)
     assert _get(srv, pki, pki.client, ("prometheus", "old")) == 200
-    time.sleep(0.01)                    # (a new mtime even where the clock is coarse; the size changes too)
-    _config(pki, tmp_path, {"prometheus": "new-password"})
+    _config(pki, tmp_path, {"prometheus": "new-password"}, server=server)
     assert _get(srv, pki, pki.client, ("prometheus", "old")) == 401, "the cached old password is forgotten"
     assert _get(srv, pki, pki.client, ("prometheus", "new-password")) == 200
-    # A new server certificate, from another CA, written over the old files.
+    # A renewal in place: a certificate from another CA written over the same two files.
     fresh = certs.make_cert(str(tmp_path), pki.other_ca, "fresh", "/CN=metrics", ips=("127.0.0.1",), server=True)
-    os.replace(fresh.cert, pki.server.cert + ".new")
-    os.replace(fresh.key, pki.server.key + ".new")
-    _config(pki, tmp_path, {"prometheus": "new-password"},
-            server=certs.Pair(pki.server.cert + ".new", pki.server.key + ".new"))
+    for src, dst in ((fresh.cert, server.cert), (fresh.key, server.key)):
+        with open(src) as f:
+            _write(dst, f.read())
     assert _get(srv, pki, pki.client, ("prometheus", "new-password"), ca=pki.other_ca) == 200
-    # A broken edit keeps the last good settings.
-    _write(path, "tls_server_config: [\n")
-    assert _get(srv, pki, pki.client, ("prometheus", "new-password"), ca=pki.other_ca) == 200
+
+
+def test_a_web_config_that_reads_wrong_or_weaker_refuses_until_it_is_right(pki, tmp_path, serve):
+    """Fails closed, as the exporter toolkit does: a file caught half written (empty) or broken
+    refuses every connection, and so does one weaker than at the start, which would otherwise
+    have served the metrics without a password, or in plain HTTP."""
+    path = _config(pki, tmp_path, {"prometheus": "pw"})
+    srv = serve(path)
+    good = open(path).read()
+    for text, why in (("", "the file is empty"), ("tls_server_config: [\n", "not YAML"),
+                      (good.split("basic_auth_users")[0], "weaker than at the agent's start")):
+        _write(path, text)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _get(srv, pki, pki.client, ("prometheus", "pw"))
+        assert why in srv.web.error, srv.web.error
+    _write(path, good)
+    assert _get(srv, pki, pki.client, ("prometheus", "pw")) == 200, "taken again once it reads right"
+    assert srv.web.error is None
+
+
+def test_a_web_config_the_agent_cannot_read_at_its_start_serves_nothing(pki, tmp_path):
+    ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
+    address = f"127.0.0.1:{free_port()}"
+    assert metrics_http.serve(ag, address, _write(tmp_path / "web.yml", "")) is None
+    assert "the file is empty" in ag.metrics_error
+    with pytest.raises(ConnectionRefusedError):
+        http.client.HTTPConnection(*address.split(":"), timeout=5).request("GET", "/metrics")
 
 
 def test_relative_names_are_from_the_files_directory(pki, tmp_path):
@@ -153,6 +186,15 @@ BAD = {
         "client_auth_type 'RequireAnyClientCert'",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: RequireAndVerifyClientCert\n":
         "needs client_ca_file",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  client_auth_type: NoClientCert\n"
+    "  client_ca_file: {crt}\n": "that CA would check nobody",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {enc}\n": "the key has a passphrase",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  yes: '{hash}'\n":
+        "the user name True must be quoted",
+    "tls_server_config:\n  1: x\n": "1 not supported",
+    "1: x\nrate_limit: 2\n": "1, rate_limit not supported",
+    "": "the file is empty",
+    "tls_server_config:\n": "must be a mapping",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS10\n": "min_version 'TLS10'",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {crt}\n": "PEM",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  p: plaintext\n":
@@ -165,12 +207,35 @@ BAD = {
 
 @pytest.mark.parametrize("text", list(BAD))
 def test_a_bad_web_config_says_what_is_wrong(pki, tmp_path, text):
-    path = _write(tmp_path / "web.yml", text.format(crt=pki.server.cert, key=pki.server.key, hash=_hash("p")))
+    path = _write(tmp_path / "web.yml", text.format(crt=pki.server.cert, key=pki.server.key, hash=_hash("p"),
+                                                    enc=pki.encrypted_key))
     with pytest.raises(UsageError, match="metrics web config .*web.yml") as e:
         metrics_web.load(path)
     assert BAD[text] in str(e.value), str(e.value)
 
 
+def test_a_file_that_is_no_utf8_is_named(tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_bytes(b"tls_server_config:\n  cert_file: \xff\xfe\n")
+    with pytest.raises(UsageError, match="not YAML"):
+        metrics_web.load(str(path))
+
+
 def test_a_missing_file_is_named():
     with pytest.raises(UsageError, match="/nonexistent/web.yml: No such file"):
         metrics_web.load("/nonexistent/web.yml")
+
+
+def test_up_says_when_the_metrics_are_open_to_anyone(pki, tmp_path, capsys):
+    fresh = SimpleNamespace(state=lambda: None)           # a node not up yet
+
+    def said(registry=True, **args) -> str:
+        metrics_web.up_checks(fresh, args, registry, agent_runs=False)
+        return capsys.readouterr().err
+    assert "plain HTTP to anyone" in said(metrics_address="10.0.0.1:9469")
+    assert said(metrics_address="10.0.0.1:9469", registry=False) == "", "no registry: no agent serves them"
+    assert said(metrics_address="127.0.0.1:9469") == ""
+    open_tls = _config(pki, tmp_path, auth="NoClientCert")
+    assert "TLS, but anyone who reaches that address may read them" in said(
+        metrics_address="10.0.0.1:9469", metrics_web_config=open_tls)
+    assert said(metrics_address="10.0.0.1:9469", metrics_web_config=_config(pki, tmp_path, name="m.yml")) == ""

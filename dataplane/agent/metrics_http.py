@@ -1,0 +1,164 @@
+"""The agent's HTTP server for /metrics (metrics.py's collector) and /healthz, over TLS and
+behind passwords where a web config (metrics_web.py, metrics_served.py) says."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import generate_latest
+
+from dataplane.agent import metrics_served
+from dataplane.agent.metrics import registry_for
+from dataplane.core import model
+from dataplane.core.errors import UsageError
+
+log = logging.getLogger("dataplane.agent")
+
+
+def serve(agent, address: str, web_config: str = "") -> "Server | None":
+    """Start serving on address ("": nowhere), with web_config's TLS and passwords if given
+    (metrics_web.py); a failure is logged, never fatal, and kept in agent.metrics_error for
+    `status` (it was in the log only: up exited 0, status said nothing, and Prometheus alerted
+    that a healthy agent was down). A web config that cannot be read serves nothing: never
+    plain HTTP in its stead."""
+    agent.metrics_error = None
+    if not address:
+        return None
+    try:
+        srv = Server(agent, address, web_config)
+    except Exception as e:  # noqa: BLE001 - whatever it is, the agent goes on without /metrics
+        log.error("%s", e)
+        agent.metrics_error = str(e)
+        return None
+    srv.start()
+    return srv
+
+
+SCRAPE_WAIT_S = 10.0             # Prometheus' default scrape timeout
+
+
+class _Refused(ConnectionError):
+    """The web config cannot be read (or reads weaker than at the start): every connection refused."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        e = sys.exc_info()[1]
+        if isinstance(e, (ssl.SSLError, ConnectionError, TimeoutError)):   # logged where seen, or a client gone
+            log.debug("metrics: connection from %s: %s", client_address[0], e)
+        else:
+            log.exception("metrics: request from %s failed", client_address[0])
+
+
+class _Every:
+    """A log line at most every `period` seconds, with the count of those left out."""
+
+    def __init__(self, period: float = 60.0):
+        self.period, self.last, self.left, self.lock = period, -period, 0, threading.Lock()
+
+    def __call__(self, msg: str, *args) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.period:
+                self.left += 1
+                return
+            left, self.left, self.last = self.left, 0, now
+        log.info(msg + (f" ({left} more since the last such line)" if left else ""), *args)
+
+
+class Server:
+    """GET /metrics (text format 0.0.4) and /healthz (200 only when synced and
+    connected to the registry), on a thread of its own; over TLS and behind
+    passwords as web_config (a file, metrics_web.py) says."""
+
+    def __init__(self, agent, address: str, web_config: str = ""):
+        host, port = model.parse_host_port(address, "metrics address")
+        web = self.web = metrics_served.Served(web_config) if web_config else None
+        said = _Every()
+        registry = registry_for(agent)
+        scraping = self.scraping = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 10
+            web_cfg = None
+
+            def setup(self):
+                if web is not None:         # the handshake here, in the connection's thread: never in accept's
+                    self.web_cfg = web.current()
+                    if self.web_cfg is None:
+                        raise _Refused(web.error)
+                    if self.web_cfg.ctx is not None:
+                        self.request.settimeout(self.timeout)
+                        try:
+                            self.request = self.web_cfg.ctx.wrap_socket(self.request, server_side=True)
+                        except (ssl.SSLError, ConnectionError, TimeoutError) as e:
+                            said("metrics: TLS handshake from %s failed: %s", self.client_address[0], e)
+                            raise
+                super().setup()
+
+            def finish(self):
+                try:
+                    super().finish()
+                finally:
+                    if isinstance(self.request, ssl.SSLSocket):
+                        self.request.close()
+
+            def do_GET(self):  # noqa: N802 - the http.server API
+                if web is not None and not web.allowed(self.web_cfg, self.headers.get("Authorization")):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="dataplane metrics"')
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", "13")
+                    self.end_headers()
+                    self.wfile.write(b"unauthorized\n")
+                    return
+                if self.path.split("?")[0] == "/metrics":
+                    # One scrape at a time (the agent's lock only for a copy). One stuck in a netlink or
+                    # namespace call held every later one, a thread each, for good: they give up.
+                    if scraping.acquire(timeout=SCRAPE_WAIT_S):
+                        try:
+                            body, code = generate_latest(registry), 200
+                        finally:
+                            scraping.release()
+                        ctype = "text/plain; version=0.0.4; charset=utf-8"
+                    else:
+                        body, code, ctype = b"a scrape is under way\n", 503, "text/plain"
+                elif self.path == "/healthz":
+                    ok = agent.synced.is_set() and agent.connected.is_set()
+                    body, code, ctype = (b"ok\n" if ok else b"not synced or registry unreachable\n",
+                                         200 if ok else 503, "text/plain")
+                else:
+                    body, code, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        try:
+            self.httpd = _HTTPServer((host, port), Handler)
+        except OSError as e:
+            raise UsageError(f"cannot serve metrics on {address}: {e}") from None
+        self.address = f"{host}:{self.httpd.server_address[1]}"
+        self.asked = address                    # as configured (status compares it with the node's)
+        self.web_config = web_config
+
+    def start(self) -> None:
+        threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True).start()
+        scheme = "https" if self.web and self.web.cfg.ctx else "http"
+        log.info("metrics on %s://%s/metrics%s", scheme, self.address,
+                 f" (web config {self.web_config})" if self.web else "")
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -13,16 +13,13 @@ after a deadline deletes the lease's keys (and logs the deletions).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sqlite3
 import threading
-import time
 
 from dataplane.registry import lease_clock
-from dataplane.registry.filewake import FileWake
-from dataplane.registry.lease_clock import ALIVE, DUE, Clock
-from dataplane.registry.kv import KV, Compacted, Damaged, Event, Item, Refused, Txn, Unavailable, Watch
+from dataplane.registry.lease_clock import Clock
+from dataplane.registry.kv import KV, Damaged, Item, Refused, Txn, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
@@ -37,9 +34,6 @@ CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease);
 CREATE INDEX IF NOT EXISTS events_rev ON events (rev);
 """
 KEEP_EVENTS = 500_000      # change-log rows kept for watchers that fall behind
-POLL_S = 0.005             # between looks while the file is busy
-SETTLE_S = 0.05            # busy: this long after the last write seen or change read
-IDLE_S = 1.0               # quiet: the longest sleep between looks (a write wakes it; see _rest)
 BUSY_TIMEOUT_S = 30        # a write waits this long for another process's lock on the file
 
 
@@ -121,9 +115,10 @@ class SqliteKV(KV):
     def _select(self, where: str, args) -> tuple[int, list[Item]]:
         try:
             with self._reading() as db:   # keys of a lease past its deadline are gone, deleted yet or not
+                alive, now = Clock().alive()
                 rows = db.execute(f"SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE ({where}) "
-                                  f"AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE {ALIVE})) "
-                                  "ORDER BY key", (*args, *Clock().alive_args())).fetchall()
+                                  f"AND (lease = 0 OR lease IN (SELECT id FROM leases WHERE {alive})) "
+                                  "ORDER BY key", (*args, *now)).fetchall()
                 rev = self._rev(db)
         except sqlite3.Error as e:
             raise failure(self.path, e) from None
@@ -168,7 +163,8 @@ class SqliteKV(KV):
             self._log(rev, key, None)
 
     def _expire(self, rev: int) -> bool:
-        dead = [r[0] for r in self._db.execute(f"SELECT id FROM leases WHERE NOT {ALIVE}", Clock().alive_args())]
+        alive, now = Clock().alive()
+        dead = [r[0] for r in self._db.execute(f"SELECT id FROM leases WHERE NOT {alive}", now)]
         for lease in dead:
             for (key,) in self._db.execute("SELECT key FROM kv WHERE lease=?", (lease,)).fetchall():
                 self._delete_key(rev, key)
@@ -180,7 +176,7 @@ class SqliteKV(KV):
         logged for watches), if that can be done now. Never waited for: reads leave such
         keys out anyway, and the next write of any process deletes them."""
         with self._rlock:          # _due set in the order the reads were made: an older one never last
-            first = self._rdb.execute(DUE, Clock().due_args()).fetchone()[0]
+            first = self._rdb.execute(*Clock().due()).fetchone()[0]
             self._due = due = first if first is not None else float("inf")
         if due >= lease_clock.boot_s() or not self._lock.acquire(blocking=False):
             return                         # none due, or a write of ours under way (it expires them)
@@ -229,7 +225,7 @@ class SqliteKV(KV):
         out = []
 
         def grant(rev: int) -> bool:
-            cur = self._db.execute(lease_clock.GRANT, Clock().grant_args(ttl))
+            cur = self._db.execute(*Clock().grant(ttl))
             out.append(cur.lastrowid)
             return True
         self._write(grant)
@@ -239,7 +235,7 @@ class SqliteKV(KV):
         out = []
 
         def renew(rev: int) -> bool:
-            cur = self._db.execute(lease_clock.RENEW, Clock().renew_args(lease))
+            cur = self._db.execute(*Clock().renew(lease))
             out.append(cur.rowcount == 1)
             return True
         self._write(renew)
@@ -256,7 +252,8 @@ class SqliteKV(KV):
     # --- watch ---------------------------------------------------------------
 
     def watch(self, prefix: str, start_rev: int):
-        return _SqliteWatch(self, prefix, start_rev)
+        from dataplane.registry.kv_sqlite_watch import SqliteWatch  # noqa: PLC0415 - it imports us
+        return SqliteWatch(self, prefix, start_rev)
 
     def version(self) -> int:
         """SQLite's data_version of the read connection: it moves with every commit of any other
@@ -270,81 +267,3 @@ class SqliteKV(KV):
         polls took 2.2% of a CPU as full reads of the change log (/tmp script, 2026-12-06)."""
         now = self.version()
         return now == seen and lease_clock.boot_s() < self._due, now
-
-
-class _SqliteWatch(Watch):
-    """Yields one list of events per revision batch. While the file is busy it looks every
-    POLL_S; once quiet for SETTLE_S it sleeps until a write to the file (inotify), the first
-    lease deadline or IDLE_S, whichever comes first. Without inotify it looks every POLL_S."""
-
-    def __init__(self, kv: SqliteKV, prefix: str, start_rev: int):
-        self.kv, self.prefix, self.next_rev = kv, prefix, start_rev
-        self.last_rev, self.last_heard = start_rev - 1, time.monotonic()
-        self.seen: int | None = None           # kv.version() before the last full poll
-        self._closed = threading.Event()
-        self._stirred = 0.0                    # monotonic time of the last write seen or change read
-        real = os.path.realpath(kv.path)       # SQLite puts -wal beside the file a link names
-        base = os.path.basename(real)
-        try:
-            self._wake: FileWake | None = FileWake(os.path.dirname(real), {base, base + "-wal", base + "-journal"})
-        except (OSError, AttributeError):      # no inotify (or too many watches): look every POLL_S
-            self._wake = None
-
-    def close(self) -> None:
-        self._closed.set()
-        w = self._wake             # read once: the watching thread may set it to None
-        if w is not None:
-            w.wake()
-
-    def __iter__(self):
-        return self
-
-    def _rest(self) -> None:
-        """Wait before the next look. A write wakes the sleep before SQLite has published the
-        commit in the WAL index (-shm, a shared mapping inotify does not see), so the looks go on
-        every POLL_S for SETTLE_S after each wake-up."""
-        w = self._wake
-        if w is None or w.lost:
-            self._closed.wait(POLL_S)
-            return
-        busy = time.monotonic() - self._stirred < SETTLE_S   # busy: events read as they come
-        due = self.kv._due - lease_clock.boot_s()
-        if w.wait(POLL_S if busy else math.ceil(min(IDLE_S, max(due, 0.0)) * 1000) / 1000):
-            self._stirred = time.monotonic()
-
-    def __next__(self) -> list[Event]:
-        try:
-            return self._next()
-        except BaseException:
-            if self._wake is not None:     # the watch has ended: closed here, by its own thread
-                self._wake.close()
-                self._wake = None
-            raise
-
-    def _next(self) -> list[Event]:
-        kv = self.kv
-        while not self._closed.is_set():
-            try:
-                quiet, version = kv.quiet(self.seen)
-                if quiet:                  # seen was read before the last full poll's snapshot
-                    self.last_heard = time.monotonic()
-                    self._rest()
-                    continue
-                with kv._reading() as db:  # one snapshot: the compaction mark, the head and the rows up to it
-                    compacted = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
-                    if self.next_rev <= compacted:
-                        raise Compacted(f"revision {self.next_rev} is compacted (kept from {compacted + 1})")
-                    head = kv._rev(db)
-                    rows = db.execute(
-                        "SELECT rev, key, value FROM events WHERE rev >= ? AND rev <= ? "
-                        "AND key >= ? AND key < ? ORDER BY id",
-                        (self.next_rev, head, self.prefix, self.prefix + "\uffff")).fetchall()
-            except sqlite3.Error as e:
-                raise failure(kv.path, e) from None
-            self.next_rev, self.seen = head + 1, version      # seen only once the poll has read all
-            self.last_rev, self.last_heard = max(self.last_rev, head), time.monotonic()   # each poll hears the file
-            self._stirred = self.last_heard
-            if rows:
-                return [Event(k, bytes(v) if v is not None else None, r) for r, k, v in rows]
-            self._rest()
-        raise StopIteration

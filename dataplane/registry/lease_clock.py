@@ -22,13 +22,14 @@ import time
 
 COLUMNS = (("boot", "TEXT"), ("bdeadline", "REAL"), ("wall_set", "REAL"))
 OURS = "(boot IS NOT NULL AND deadline = wall_set)"
-# Whether a lease row is alive; arguments: Clock.alive_args().
-ALIVE = f"(CASE WHEN {OURS} THEN (boot = ? AND bdeadline >= ?) ELSE deadline >= ? END)"
-# The boot-clock time of the first lease to end (0: one of another boot, over now); Clock.due_args().
-DUE = (f"SELECT MIN(CASE WHEN {OURS} THEN (CASE WHEN boot = ? THEN bdeadline ELSE 0 END) "
-       "ELSE deadline - ? + ? END) FROM leases")
-GRANT = "INSERT INTO leases (ttl, deadline, wall_set, boot, bdeadline) VALUES (?, ?, ?, ?, ?)"
-RENEW = "UPDATE leases SET deadline = ? + ttl, wall_set = ? + ttl, boot = ?, bdeadline = ? + ttl WHERE id=?"
+# Whether a lease row is alive (arguments: boot id, boot clock, wall clock).
+_ALIVE = f"(CASE WHEN {OURS} THEN (boot = ? AND bdeadline >= ?) ELSE deadline >= ? END)"
+# The boot-clock time of the first lease to end (0: one of another boot, over now); boot id, wall, boot.
+_DUE = (f"SELECT MIN(CASE WHEN {OURS} THEN (CASE WHEN boot = ? THEN bdeadline ELSE 0 END) "
+        "ELSE deadline - ? + ? END) FROM leases")
+_GRANT = "INSERT INTO leases (ttl, deadline, wall_set, boot, bdeadline) VALUES (?, ?, ?, ?, ?)"
+_RENEW = "UPDATE leases SET deadline = ? + ttl, wall_set = ? + ttl, boot = ?, bdeadline = ? + ttl WHERE id=?"
+
 
 def _wall() -> float:
     return time.time()
@@ -39,31 +40,51 @@ def boot_s() -> float:
 
 
 @functools.cache
-def _boot_id() -> str:
+def _boot_id() -> str | None:
+    """This boot's id; None where it cannot be read, or where this process's boot clock is not
+    the machine's (a time namespace that offsets it): such a process judges and writes leases in
+    wall time, as an older version does. (Its own id for each process would make each take the
+    others' leases for another boot's.)"""
+    try:
+        with open("/proc/self/timens_offsets") as f:
+            if any(line.split()[0] == "boottime" and line.split()[1:] != ["0", "0"] for line in f if line.strip()):
+                return None
+    except OSError:
+        pass                        # no time namespaces in this kernel
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:                 # no procfs: this process's start stands for the boot
-        return f"unknown-{time.time_ns()}"
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 class Clock:
-    """The three readings one decision takes, read once."""
+    """The readings one decision takes, read once, and the statements that use them: (SQL, arguments)."""
 
     def __init__(self):
         self.boot, self.b, self.w = _boot_id(), boot_s(), _wall()
 
-    def alive_args(self) -> tuple:
-        return self.boot, self.b, self.w
+    def alive(self) -> tuple[str, tuple]:
+        """A condition on a `leases` row: it is alive."""
+        if self.boot is None:
+            return "(deadline >= ?)", (self.w,)
+        return _ALIVE, (self.boot, self.b, self.w)
 
-    def due_args(self) -> tuple:
-        return self.boot, self.w, self.b
+    def due(self) -> tuple[str, tuple]:
+        """A query: the boot-clock time the first lease ends (None: no lease)."""
+        if self.boot is None:
+            return "SELECT MIN(deadline - ? + ?) FROM leases", (self.w, self.b)
+        return _DUE, (self.boot, self.w, self.b)
 
-    def grant_args(self, ttl: int) -> tuple:
-        return ttl, self.w + ttl, self.w + ttl, self.boot, self.b + ttl
+    def grant(self, ttl: int) -> tuple[str, tuple]:
+        if self.boot is None:
+            return "INSERT INTO leases (ttl, deadline) VALUES (?, ?)", (ttl, self.w + ttl)
+        return _GRANT, (ttl, self.w + ttl, self.w + ttl, self.boot, self.b + ttl)
 
-    def renew_args(self, lease: int) -> tuple:
-        return self.w, self.w, self.boot, self.b, lease
+    def renew(self, lease: int) -> tuple[str, tuple]:
+        if self.boot is None:
+            return "UPDATE leases SET deadline = ? + ttl WHERE id=?", (self.w, lease)
+        return _RENEW, (self.w, self.w, self.boot, self.b, lease)
 
 
 def migrate(db: sqlite3.Connection) -> None:

@@ -7,6 +7,8 @@ the step."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -106,3 +108,25 @@ def test_an_older_versions_file_gets_the_columns_and_keeps_its_leases(tmp_path):
         assert kv._db.execute("SELECT boot FROM leases WHERE id=1").fetchone()[0] == lease_clock._boot_id()
     finally:
         kv.close()
+
+
+def test_a_process_that_cannot_read_the_boot_id_judges_on_wall_time_and_takes_no_lease(kv, tmp_path, monkeypatch):
+    """Without a boot id (no procfs, or a boot clock a time namespace offsets) a process writes and
+    judges leases in wall time, as an older version does: with an id of its own it would have
+    taken every other process's leases for another boot's, and deleted them."""
+    _leased(kv, 600, "hosts/known")
+    monkeypatch.setattr(lease_clock, "_boot_id", lambda: None)
+    assert _keys(tmp_path / "reg.db") == ["hosts/known"]
+    _leased(kv, 600, "hosts/unknown")
+    monkeypatch.undo()
+    assert _keys(tmp_path / "reg.db") == ["hosts/known", "hosts/unknown"]
+
+
+def test_a_time_namespace_that_offsets_the_boot_clock_is_no_boot_of_its_own():
+    from tests.conftest import require_privileges
+    require_privileges()
+    r = subprocess.run(["unshare", "--time", "--boottime", "100000", sys.executable, "-c",
+                        "from dataplane.registry import lease_clock; print(lease_clock._boot_id())"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "None", (r.stdout, r.stderr)
+    assert lease_clock._boot_id() not in (None, "None")

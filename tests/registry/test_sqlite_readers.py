@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 
-from dataplane.registry import Unavailable, kv_sqlite, open_registry
+from dataplane.registry import Unavailable, kv_sqlite_watch, open_registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import PREFIX
 
@@ -141,7 +141,7 @@ def test_a_lapsed_lease_is_deleted_and_reported_by_the_watch_alone(tmp_path, mon
     """Nobody writes or reads after a lease is granted: the watch's own looks notice the deadline
     pass, delete the lease's keys and bring the deletion (a quiet file does not hide it, and a
     watch asleep on the file wakes at the deadline, not only at its longest sleep)."""
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:

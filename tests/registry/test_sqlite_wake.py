@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dataplane.registry import kv_sqlite, open_registry
+from dataplane.registry import kv_sqlite_watch, open_registry
 from dataplane.registry.filewake import FileWake
 from dataplane.registry.kv import Txn
 from dataplane.registry.store import PREFIX
@@ -66,7 +66,7 @@ def _looks(kv) -> list:
 
 
 def test_an_idle_watch_sleeps_and_a_write_of_another_process_wakes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)     # only a write can wake it in time
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)     # only a write can wake it in time
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:
@@ -86,7 +86,7 @@ def test_an_idle_watch_sleeps_and_a_write_of_another_process_wakes_it(tmp_path, 
 def test_every_write_of_a_burst_reaches_the_watch(tmp_path, monkeypatch):
     """A wake-up comes when the -wal file is written, before the commit is published in the
     -shm index: the watch must keep looking, not go back to sleep on a commit it cannot see."""
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:
@@ -105,7 +105,7 @@ def test_a_commit_published_just_after_its_wake_up_is_not_missed(tmp_path, monke
     """For 10 ms from the first look that would see it, the watch is made to see the file as it
     was (the commit not yet in the WAL index, as a reader can meet it for a moment after the
     wake-up): it must look again within SETTLE_S, not sleep on the commit it was woken for."""
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:
@@ -131,7 +131,7 @@ def test_a_commit_published_just_after_its_wake_up_is_not_missed(tmp_path, monke
 
 
 def test_close_wakes_a_sleeping_watch(tmp_path, monkeypatch):
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)
     reg = open_registry(f"sqlite://{tmp_path}/registry.db")
     try:
         r = _Reader(reg.kv.watch(PREFIX, reg.kv.range(PREFIX)[0] + 1))
@@ -144,7 +144,7 @@ def test_close_wakes_a_sleeping_watch(tmp_path, monkeypatch):
 def test_without_inotify_the_watch_polls(tmp_path, monkeypatch):
     def refused(*_):
         raise OSError(24, "inotify_init1")
-    monkeypatch.setattr(kv_sqlite, "FileWake", refused)
+    monkeypatch.setattr(kv_sqlite_watch, "FileWake", refused)
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:
@@ -158,7 +158,7 @@ def test_without_inotify_the_watch_polls(tmp_path, monkeypatch):
 
 def test_a_registry_named_through_a_symlink_is_watched_where_the_file_is(tmp_path, monkeypatch):
     """SQLite follows the link and writes -wal beside the real file: that directory is watched."""
-    monkeypatch.setattr(kv_sqlite, "IDLE_S", 60.0)
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)
     (tmp_path / "real").mkdir()
     (tmp_path / "link").mkdir()
     (tmp_path / "link" / "registry.db").symlink_to(tmp_path / "real" / "registry.db")

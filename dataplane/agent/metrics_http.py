@@ -40,6 +40,7 @@ def serve(agent, address: str, web_config: str = "") -> "Server | None":
 
 
 SCRAPE_WAIT_S = 10.0             # Prometheus' default scrape timeout
+MAX_CONNECTIONS = 32
 
 
 class _Refused(ConnectionError):
@@ -47,7 +48,32 @@ class _Refused(ConnectionError):
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once: past that a new one is closed
+    at once (a flood of connections held a thread each, without bound)."""
     daemon_threads = True
+
+    def __init__(self, *args, **kw):
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kw)
+
+    def verify_request(self, request, client_address) -> bool:
+        if self.slots.acquire(blocking=False):
+            return True
+        log.debug("metrics: %d connections under way: one from %s closed", MAX_CONNECTIONS, client_address[0])
+        return False
+
+    def process_request(self, request, client_address):
+        try:
+            super().process_request(request, client_address)
+        except BaseException:                # no thread: its slot is not taken
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request, client_address):
         e = sys.exc_info()[1]
@@ -111,14 +137,13 @@ class Server:
                         self.request.close()
 
             def do_GET(self):  # noqa: N802 - the http.server API
-                if web is not None and not web.allowed(self.web_cfg, self.headers.get("Authorization")):
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="dataplane metrics"')
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", "13")
-                    self.end_headers()
-                    self.wfile.write(b"unauthorized\n")
-                    return
+                try:
+                    ok = web is None or web.allowed(self.web_cfg, self.headers.get("Authorization"))
+                except metrics_served.Busy:
+                    return self._answer(b"too many password checks under way\n", 503, "text/plain")
+                if not ok:
+                    return self._answer(b"unauthorized\n", 401, "text/plain",
+                                        {"WWW-Authenticate": 'Basic realm="dataplane metrics"'})
                 if self.path.split("?")[0] == "/metrics":
                     # One scrape at a time (the agent's lock only for a copy). One stuck in a netlink or
                     # namespace call held every later one, a thread each, for good: they give up.
@@ -136,9 +161,12 @@ class Server:
                                          200 if ok else 503, "text/plain")
                 else:
                     body, code, ctype = b"not found\n", 404, "text/plain"
+                self._answer(body, code, ctype)
+
+            def _answer(self, body: bytes, code: int, ctype: str, headers: dict | None = None) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                for name, value in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -22,6 +22,7 @@ it: read again when it changes, and never weaker than at the agent's start.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -37,7 +38,9 @@ CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CER
 VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version")
 TOP_KEYS = ("tls_server_config", "basic_auth_users")
-BCRYPT = re.compile(rb"^\$2[abxy]?\$(\d\d)\$[./A-Za-z0-9]{53}$")
+BCRYPT = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+COSTS = range(4, 16)         # bcrypt's 4-31; above 15 a wrong password (one at a time) costs seconds
+MAX_FILE = 1 << 20
 
 
 @dataclass
@@ -61,17 +64,23 @@ class WebConfig:
         return max((int(BCRYPT.match(h).group(1)) for h in self.users.values()), default=10)
 
 
+def _digest(data: bytes | None) -> bytes | None:
+    return None if data is None else hashlib.sha256(data).digest()
+
+
+def _bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_FILE)
+    except (OSError, ValueError):
+        return None
+
+
 def stamp(paths: list[str]) -> tuple:
-    """What the files are now: a rotation (a new file renamed over, or rewritten, or its mode
-    changed) changes it."""
-    out = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    """What the files hold now (a digest each; None for one that cannot be read). Their contents,
+    not their inode, times and size: a new password rewritten in place keeps the size (a bcrypt
+    hash is 60 bytes) and, within a timestamp's grain, the mtime. A few small files a connection."""
+    return tuple(_digest(_bytes(p)) for p in paths)
 
 
 def _bad(path: str, what: str) -> UsageError:
@@ -124,6 +133,8 @@ def _tls(path: str, t) -> dict:
     for k in ("min_version", "max_version"):
         if k in out and out[k] not in VERSIONS:
             raise _bad(path, f"{k} {out[k]!r}: one of {', '.join(VERSIONS)}")
+    if VERSIONS[out.get("min_version", "TLS12")] > VERSIONS[out.get("max_version", "TLS13")]:
+        raise _bad(path, "min_version above max_version: no handshake could succeed")
     return out
 
 
@@ -135,25 +146,30 @@ def _users(path: str, u) -> dict[str, bytes]:
         if not isinstance(name, str):        # YAML 1.1 made yes, on, 0123 into True, True, 83
             raise _bad(path, f"basic_auth_users: the user name {name!r} must be quoted")
         h = hashed.encode() if isinstance(hashed, str) else b""
-        if not BCRYPT.match(h):
+        m = BCRYPT.match(h)
+        if not m:
             raise _bad(path, f"basic_auth_users: the password of {name!r} is no bcrypt hash "
                              "(htpasswd -nBC 10 \"\" | tr -d ':\\n' makes one)")
+        if int(m.group(1)) not in COSTS:
+            raise _bad(path, f"basic_auth_users: the hash of {name!r} has cost {int(m.group(1))}: "
+                             f"{COSTS.start} to {COSTS.stop - 1} (each check of a password takes 2^cost rounds)")
         out[name] = h
     return out
 
 
 def load(path: str) -> WebConfig:
     """The file at path, checked whole (its certificate and key loaded): UsageError naming what is wrong.
-    Its stamp is taken before each file is read, so a change made while it reads is seen next time."""
+    Its stamp is of the bytes it parsed, and of the certificates before ssl reads them, so a
+    change made while it reads is seen next time."""
     import yaml
     path = os.path.abspath(path)
-    first = stamp([path])
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE)
+        doc = yaml.safe_load(data.decode("utf-8"))
     except OSError as e:
         raise _bad(path, e.strerror or str(e)) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
         raise _bad(path, f"not YAML: {e}") from None
     if not isinstance(doc, dict) or not doc:
         raise _bad(path, "a mapping with tls_server_config and/or basic_auth_users expected"
@@ -166,8 +182,12 @@ def load(path: str) -> WebConfig:
         if cfg.tls is None:
             raise _bad(path, "basic_auth_users without tls_server_config would send the passwords in clear")
         cfg.users = _users(path, doc["basic_auth_users"])
-    cfg.stamp = first + stamp(cfg.files()[1:])
-    cfg.ctx = _context(path, cfg.tls) if cfg.tls else None
+    try:
+        cfg.stamp = (_digest(data),) + stamp(cfg.files()[1:])      # before ssl reads them: a change
+        # made meanwhile is seen next time
+        cfg.ctx = _context(path, cfg.tls) if cfg.tls else None
+    except ValueError as e:                                       # a NUL in a file name
+        raise _bad(path, str(e)) from None
     return cfg
 
 
@@ -199,6 +219,6 @@ def up_checks(node, node_args: dict, registry: bool, agent_runs: bool) -> None:
     if cfg is None:
         notice(f"metrics on {address} are plain HTTP to anyone who reaches that address: "
                "--metrics-web-config FILE gives them TLS and passwords")
-    elif cfg.strength()[1:] == (ssl.CERT_NONE, False):
+    elif cfg.strength()[1] != ssl.CERT_REQUIRED and not cfg.users:
         notice(f"metrics on {address} are TLS, but anyone who reaches that address may read them: "
-               f"client_ca_file or basic_auth_users in {cfg.path} would say who")
+               f"RequireAndVerifyClientCert or basic_auth_users in {cfg.path} would say who")

@@ -9,7 +9,7 @@ import time
 
 from dataplane.agent import client, process
 from dataplane.cli.node_cmds import node_of
-from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, is_json, say
+from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, is_json, say, vni_filter
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError, UsageError
 from dataplane.node import capture, choices, monitor, networks, readout
@@ -59,20 +59,22 @@ def rates(old: dict | None, new: dict, dt: float) -> dict:
 
 
 def _metrics_errors(c, a: dict) -> list[str]:
-    """What `status` says of the agent's /metrics: a port (or web config) it could not open, or
-    an address or web config changed by `up` since the agent started (it takes them at its start)."""
-    if a.get("metrics_error") or a.get("metrics_web_error"):
-        return [f"metrics: {a.get('metrics_error') or a['metrics_web_error']}"]
+    """What `status` says of the agent's /metrics: a port (or web config) it could not open or
+    read, and an address or web config changed by `up` since the agent started (it takes them
+    at its start)."""
+    out = [f"metrics: {a[k]}" for k in ("metrics_error", "metrics_web_error") if a.get(k)]
+    if a.get("metrics_error"):                      # it serves nothing: the line above says why
+        return out
     restart = ("restart the agent (`systemctl restart dataplane`; without systemd, stop its pid and run "
                "`dataplane up` again)")
     served = a.get("metrics_served")
-    if "metrics_served" in a and (served or "") != (c.metrics_address or ""):
-        return [f"metrics: configured {c.metrics_address or 'off'}, the agent serves {served or 'none'}: {restart}"]
     web = a.get("metrics_web_config_served")       # (an older agent: none, whatever the node says)
-    if served and (web or "") != (c.metrics_web_config or ""):
-        return [f"metrics: configured with web config {c.metrics_web_config or 'none'}, the agent serves with "
-                f"{web or 'none'}: {restart}"]
-    return []
+    if "metrics_served" in a and (served or "") != (c.metrics_address or ""):
+        out.append(f"metrics: configured {c.metrics_address or 'off'}, the agent serves {served or 'none'}: {restart}")
+    elif served and (web or "") != (c.metrics_web_config or ""):
+        out.append(f"metrics: configured with web config {c.metrics_web_config or 'none'}, the agent serves with "
+                   f"{web or 'none'}: {restart}")
+    return out
 
 
 def cmd_status(args):
@@ -151,7 +153,7 @@ def _line(ev: dict) -> str:
 def cmd_monitor(args):
     node = node_of(args)
     flags = monitor.parse_types(args.type)
-    vni = model.parse_vni(args.vni) if args.vni is not None else None
+    vni = vni_filter(args.vni)
     _limits(args)
     _stop_like_interrupt()          # so the events are switched off on the way out
     shown, reported = 0, 0
@@ -249,7 +251,8 @@ def register(sub) -> None:
     m = sub.add_parser("monitor", help="stream the fast path's drops, punts and sampled forwarded frames")
     m.add_argument("--type", default="drop",
                    help=f"events to show, comma-separated: {', '.join(monitor.TYPES)} (default: %(default)s)")
-    m.add_argument("--vni", help="only events of this VNI")
+    m.add_argument("--vni", help="only events of this VNI (0: those of no VNI, as a frame of a VNI this node "
+                                 "does not serve)")
     m.add_argument("--sample", type=int, default=1, help="trace one forwarded frame in N (default: every one)")
     m.add_argument("--rate", type=int, default=10000,
                    help="events per second the fast path may write at most (default: %(default)s)")

@@ -10,6 +10,7 @@ import os
 import ssl
 import subprocess
 import threading
+import time
 from types import SimpleNamespace
 
 import bcrypt
@@ -148,7 +149,7 @@ def test_a_web_config_that_reads_wrong_or_weaker_refuses_until_it_is_right(pki, 
     srv = serve(path)
     good = open(path).read()
     for text, why in (("", "the file is empty"), ("tls_server_config: [\n", "not YAML"),
-                      (good.split("basic_auth_users")[0], "weaker than at the agent's start")):
+                      (good.split("basic_auth_users")[0], "weaker than it was")):
         _write(path, text)
         with pytest.raises((ssl.SSLError, ConnectionError)):
             _get(srv, pki, pki.client, ("prometheus", "pw"))
@@ -194,6 +195,12 @@ BAD = {
     "tls_server_config:\n  1: x\n": "1 not supported",
     "1: x\nrate_limit: 2\n": "1, rate_limit not supported",
     "": "the file is empty",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS13\n  max_version: TLS12\n":
+        "min_version above max_version",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  p: '{costly}'\n":
+        "has cost 31",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  p: '{v2}'\n":
+        "is no bcrypt hash",
     "tls_server_config:\n": "must be a mapping",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS10\n": "min_version 'TLS10'",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {crt}\n": "PEM",
@@ -208,7 +215,8 @@ BAD = {
 @pytest.mark.parametrize("text", list(BAD))
 def test_a_bad_web_config_says_what_is_wrong(pki, tmp_path, text):
     path = _write(tmp_path / "web.yml", text.format(crt=pki.server.cert, key=pki.server.key, hash=_hash("p"),
-                                                    enc=pki.encrypted_key))
+                                                    enc=pki.encrypted_key, costly="$2b$31$" + "a" * 53,
+                                                    v2="$2$10$" + "a" * 53))
     with pytest.raises(UsageError, match="metrics web config .*web.yml") as e:
         metrics_web.load(path)
     assert BAD[text] in str(e.value), str(e.value)
@@ -239,3 +247,73 @@ def test_up_says_when_the_metrics_are_open_to_anyone(pki, tmp_path, capsys):
     assert "TLS, but anyone who reaches that address may read them" in said(
         metrics_address="10.0.0.1:9469", metrics_web_config=open_tls)
     assert said(metrics_address="10.0.0.1:9469", metrics_web_config=_config(pki, tmp_path, name="m.yml")) == ""
+    if_given = _config(pki, tmp_path, auth="VerifyClientCertIfGiven", name="g.yml")
+    assert "anyone who reaches that address may read them" in said(metrics_address="10.0.0.1:9469",
+                                                                   metrics_web_config=if_given)
+
+
+def test_what_status_says_of_the_agents_metrics():
+    from dataplane.cli.observe_cmds import _metrics_errors
+    c = SimpleNamespace(metrics_address="10.0.0.1:9469", metrics_web_config="/etc/dataplane/web.yml")
+    older = {"metrics_served": "10.0.0.1:9469", "metrics_error": None}     # an agent from before the setting
+    assert _metrics_errors(c, older) == ["metrics: configured with web config /etc/dataplane/web.yml, the agent "
+                                         "serves with none: restart the agent (`systemctl restart dataplane`; "
+                                         "without systemd, stop its pid and run `dataplane up` again)"]
+    both = {**older, "metrics_web_config_served": "/etc/other.yml", "metrics_web_error": "metrics web config x: bad"}
+    said = _metrics_errors(c, both)
+    assert said[0] == "metrics: metrics web config x: bad" and "serves with /etc/other.yml" in said[1], said
+    assert _metrics_errors(c, {**older, "metrics_web_config_served": c.metrics_web_config}) == []
+
+
+def test_a_web_config_never_gets_weaker_than_it_has_been(pki, tmp_path, serve):
+    """Passwords added while the agent runs are the floor from then on: a file that drops them
+    again (or is caught half written) refuses, as one weaker than at the start does."""
+    path = _config(pki, tmp_path)
+    srv = serve(path)
+    assert _get(srv, pki, pki.client) == 200
+    _config(pki, tmp_path, {"prometheus": "pw"})
+    assert _get(srv, pki, pki.client) == 401 and _get(srv, pki, pki.client, ("prometheus", "pw")) == 200
+    _config(pki, tmp_path)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _get(srv, pki, pki.client)
+    assert "weaker than it was" in srv.web.error
+
+
+def test_a_header_that_is_no_base64_or_no_ascii_is_a_401(pki, tmp_path, serve):
+    srv = serve(_config(pki, tmp_path, {"prometheus": "pw"}))
+    host, port = srv.address.split(":")
+    for header in ("Basic é", "Basic !!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Bearer x"):
+        ctx = ssl.create_default_context(cafile=pki.ca.cert)
+        ctx.load_cert_chain(pki.client.cert, pki.client.key)
+        conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=5)
+        conn.putrequest("GET", "/healthz")
+        conn.putheader("Authorization", header.encode("latin-1"))
+        conn.endheaders()
+        assert conn.getresponse().status == 401, header
+        conn.close()
+
+
+def test_password_checks_that_wait_too_long_are_a_503(pki, tmp_path, serve, monkeypatch):
+    from dataplane.agent import metrics_served
+    monkeypatch.setattr(metrics_served, "BCRYPT_WAIT_S", 0.2)
+    srv = serve(_config(pki, tmp_path, {"prometheus": "pw"}))
+    with srv.web._bcrypt:                      # another client's check, under way
+        assert _get(srv, pki, pki.client, ("prometheus", "pw")) == 503
+    assert _get(srv, pki, pki.client, ("prometheus", "pw")) == 200, "nothing remembered of the 503"
+
+
+def test_connections_past_the_limit_are_closed_at_once(pki, tmp_path, serve, monkeypatch):
+    import socket
+    monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 2)
+    srv = serve(_config(pki, tmp_path, auth="NoClientCert"))
+    host, port = srv.address.split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2)]   # handshakes never begun
+    try:
+        time.sleep(0.2)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _get(srv, pki)
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.2)
+    assert _get(srv, pki) == 200, "their slots are free again"

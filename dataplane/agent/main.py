@@ -19,7 +19,7 @@ import threading
 import time
 
 from dataplane.agent import (client, converge, deferred, housekeeping, inflight, lease, local, metrics_http, ops,
-                             pauses, process, punts, sdnotify, server, slowpath, sync, watcher)
+                             pauses, process, punts, restarts, sdnotify, server, slowpath, sync, watcher)
 from dataplane.agent.runtime_ops import RuntimeOps
 from dataplane.agent.view import RegistryView
 from dataplane.core import abi, model, state
@@ -106,6 +106,8 @@ class Agent:
             pid = process.running_pid(self.node.name)
             raise Conflict(f"another agent (pid {pid or '?'}) serves node {self.node.name}: stop it first "
                            "(`systemctl stop dataplane`, or `dataplane down`)")
+        if restarts.before_start(self.node.name, self.stopping.wait) and self.stopping.is_set():
+            return                         # stopped while it waited (restarts.py)
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
         pauses.watch()
         for line in sweep(self.node):      # what a crash (of us, or of a command) left behind
@@ -270,6 +272,7 @@ class Agent:
                 next_beat = now                     # synced: misses come to us from now on
             if next_beat is not None:
                 watchdog.ping(now)                  # (systemd counts from READY=1, sent at the first sync)
+                restarts.note_uptime(self, now)
             if now - t0 > SLOW_TURN_S:
                 log.warning("slow turn: %s took %.0f ms", kind, (now - t0) * 1000)
             try:                     # as for a message: an error here is logged, the agent goes on

@@ -41,7 +41,8 @@ Wants=network-online.target
 After=network-online.target
 # Never given up on: at boot the underlay may get its address late (DHCP, allow-hotplug, which
 # network-online.target does not wait for), and systemd's default (5 starts in 10 s) left the node
-# failed for good. `up --restore` itself waits a while for it.
+# failed for good. `up --restore` itself waits a while for it; an agent that keeps dying waits
+# longer before each start (agent/restarts.py).
 StartLimitIntervalSec=0
 
 [Service]

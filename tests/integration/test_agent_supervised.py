@@ -135,3 +135,40 @@ def test_a_metrics_address_the_agent_cannot_serve_is_in_status(host, tmp_path): 
         assert any(e.startswith("metrics: cannot serve metrics on 192.0.2.77:9469") for e in errors), errors
     finally:
         dp("--netns", host, "down", check=False)
+
+
+def test_an_agent_restarted_over_and_over_waits_before_it_starts(host, tmp_path):  # noqa: F811
+    """A unit's agent that kept dying was restarted every second, for good: the fifth start in a
+    row without a healthy run waits 4 s, says why to systemd (STATUS=), and then starts."""
+    import json
+    import socket
+    import time
+    from dataplane.agent import restarts
+    from dataplane.core import state
+    url = f"sqlite://{tmp_path}/reg.db"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(60)
+    agent = None
+    try:
+        dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", url, "--host-name", "me",
+           "--no-agent")
+        with open(os.path.join(state.node_dir(host), "agent-starts"), "w") as f:
+            json.dump(restarts.FREE + 1, f)                     # four starts that came to nothing
+        t0 = time.monotonic()
+        agent = subprocess.Popen(unit_commands(host)["ExecStart"], stdout=subprocess.DEVNULL,
+                                 stderr=open(tmp_path / "agent.log", "w"), start_new_session=True, cwd="/",
+                                 env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        said = []
+        while not any(m.startswith("READY=1") for m in said):
+            said.append(notify.recv(4096).decode())
+        waited = time.monotonic() - t0
+        assert said[0].startswith("STATUS=start 5 in a row without a healthy run") and "waiting 4 s" in said[0], said
+        assert waited >= 4.0, (waited, said)
+        assert "waiting 4 s first" in (tmp_path / "agent.log").read_text()
+    finally:
+        notify.close()
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=30)
+        dp("--netns", host, "down", check=False)

@@ -57,10 +57,15 @@ def add_vni_filter(p) -> None:
     p.add_argument("--vni", help="only rows of this VNI")
 
 
+def vni_filter(text) -> int | None:
+    """--vni as a filter: a VNI, 0 for what belongs to no VNI, None when not given."""
+    if text is None:
+        return None
+    from dataplane.core import model  # noqa: PLC0415 - output stays import-light
+    return 0 if str(text).strip() == "0" else model.parse_vni(text)
+
+
 def by_vni(args, rows: list[dict]) -> list[dict]:
     """rows, or only those of --vni when given."""
-    if getattr(args, "vni", None) is None:
-        return rows
-    from dataplane.core import model  # noqa: PLC0415 - output stays import-light
-    vni = 0 if str(args.vni).strip() == "0" else model.parse_vni(args.vni)     # 0: the rows of no VNI
-    return [r for r in rows if r.get("vni") == vni]
+    vni = vni_filter(getattr(args, "vni", None))
+    return rows if vni is None else [r for r in rows if r.get("vni") == vni]

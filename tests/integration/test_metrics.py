@@ -431,3 +431,35 @@ def test_capture_inner_sees_what_redirect_peer_delivers(info, tmp_path):
                        capture_output=True, text=True, check=True)
     seen = {tuple(line.split("\t")) for line in r.stdout.split("\n") if line}
     assert ("8", a["ip"]) in seen and ("0", b["ip"]) in seen, seen
+
+
+UNKNOWN_VNI = """
+import sys
+from scapy.all import Ether, IP, UDP, Raw, sendp
+from scapy.layers.vxlan import VXLAN
+dst_mac, dst_ip, iface = sys.argv[1:4]
+inner = Ether(src="02:42:0a:01:00:99", dst="02:42:0a:01:00:0b") / IP(src="10.1.0.99", dst="10.1.0.11") / Raw(b"x")
+sendp(Ether(dst=dst_mac) / IP(src="198.18.0.2", dst=dst_ip) / UDP(sport=50000, dport=4789) / VXLAN(flags=0x08, vni=777) / inner,
+      iface=iface, verbose=False)
+"""
+
+
+def test_monitor_vni_0_shows_the_drops_of_no_vni(info):
+    """`monitor --vni 0` shows what belongs to no VNI (a frame of a VNI this node does not
+    serve), as `stats --vni 0` does; it was refused as a bad VNI."""
+    import json
+    from dataplane.kernel import netlink
+    a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
+    mon = _monitor("--type", "drop", "--vni", "0", "-c", "1")
+    try:
+        r = in_ns(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"])     # VNI 256's: not shown
+        assert r.returncode == 0, r.stderr
+        r = in_ns(lab.UNDERLAY_NS, UNKNOWN_VNI, netlink.link_info("dpl-h1", "ul0")["mac"], lab.vtep_ip(1), "ul-h1")
+        assert r.returncode == 0, r.stderr
+        out, err = mon.communicate(timeout=30)
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+    assert mon.returncode == 0, err
+    ev = json.loads(out.splitlines()[0])
+    assert (ev["type"], ev["reason"], ev["vni"], ev.get("vxlan_vni")) == ("drop", "unknown_vni", 0, 777), ev

@@ -106,15 +106,16 @@ class Agent:
             pid = process.running_pid(self.node.name)
             raise Conflict(f"another agent (pid {pid or '?'}) serves node {self.node.name}: stop it first "
                            "(`systemctl stop dataplane`, or `dataplane down`)")
-        if restarts.before_start(self.node.name, self.stopping.wait) and self.stopping.is_set():
+        self.leases.start()                # the agent file names us from here on: `down` sees who serves the node
+        if restarts.pause(getattr(self, "start_number", 0), self.stopping.wait) and self.stopping.is_set():
             return                         # stopped while it waited (restarts.py)
+        self.started = time.monotonic()
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
         pauses.watch()
         for line in sweep(self.node):      # what a crash (of us, or of a command) left behind
             log.warning("repaired: %s", line)
             self.counters["repairs"] += 1
         st = self.node.require_up()
-        self.leases.start()
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()
         threading.Thread(target=watcher.run, args=(self,), name="watch", daemon=True).start()

@@ -100,8 +100,10 @@ def spawn(node: str, netns: str | None, registry: str, host_name: str, lease_ttl
     argv += ["agent", "run", "--registry", registry, "--host-name", host_name, "--lease-ttl", str(lease_ttl)]
     os.makedirs(state.node_dir(node), exist_ok=True)
     with open(log_path(node), "ab") as log:
+        # Not a supervisor's child: a unit's NOTIFY_SOCKET (`up` run from one) is not its to write to.
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd="/")
+                                start_new_session=True, cwd="/", env=env)
     notice(f"agent for {node} started (pid {proc.pid}); waiting for its first sync...", quiet)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:

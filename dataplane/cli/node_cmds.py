@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from dataplane.agent import client, control
 from dataplane.agent.main import LEASE_TTL_DEFAULT
@@ -99,13 +100,20 @@ def cmd_fdb_list(args):
 
 
 def cmd_agent_run(args):
-    from dataplane.agent.main import Agent  # noqa: PLC0415 - only the agent needs it
+    from dataplane.agent import restarts  # noqa: PLC0415 - only the agent needs it
+    from dataplane.agent.main import Agent  # noqa: PLC0415
     node = node_of(args)
     st = node.state()
     if not st:
         raise NotFound(f"node {node.name} is not up: run `dataplane up` first")
-    ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,
-               args.host_name or st.host_name or node.name, args.lease_ttl or st.lease_ttl or LEASE_TTL_DEFAULT)
+    n = restarts.count(node.name)        # a start that fails at once (its registry's files unreadable) counts too
+    try:
+        ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,
+                   args.host_name or st.host_name or node.name, args.lease_ttl or st.lease_ttl or LEASE_TTL_DEFAULT)
+    except Exception:
+        restarts.pause(n, time.sleep)      # before the error goes back to the supervisor, which restarts us
+        raise
+    ag.start_number = n                  # Agent.run waits as it says, once it holds the node
     from dataplane.agent.signals import install_signal_handlers  # noqa: PLC0415 - as Agent
     install_signal_handlers(ag)
     ag.run()

@@ -154,16 +154,18 @@ def test_an_agent_restarted_over_and_over_waits_before_it_starts(host, tmp_path)
         dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", url, "--host-name", "me",
            "--no-agent")
         with open(os.path.join(state.node_dir(host), "agent-starts"), "w") as f:
-            json.dump(restarts.FREE + 1, f)                     # four starts that came to nothing
+            json.dump({"n": restarts.FREE + 1, "at": restarts._now()}, f)    # four starts that came to nothing
         t0 = time.monotonic()
         agent = subprocess.Popen(unit_commands(host)["ExecStart"], stdout=subprocess.DEVNULL,
                                  stderr=open(tmp_path / "agent.log", "w"), start_new_session=True, cwd="/",
                                  env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
-        said = []
+        said = [notify.recv(4096).decode()]                    # the wait's STATUS=, then READY=1
+        assert agentctl.running_pid(host) == agent.pid, "named in the agent file while it waits: `down` sees it"
         while not any(m.startswith("READY=1") for m in said):
             said.append(notify.recv(4096).decode())
         waited = time.monotonic() - t0
         assert said[0].startswith("STATUS=start 5 in a row without a healthy run") and "waiting 4 s" in said[0], said
+        assert "EXTEND_TIMEOUT_USEC=124000000" in said[0], "the unit's start timeout covers the wait"
         assert waited >= 4.0, (waited, said)
         assert "waiting 4 s first" in (tmp_path / "agent.log").read_text()
     finally:

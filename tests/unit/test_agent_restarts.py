@@ -1,6 +1,7 @@
 """An agent that keeps dying under systemd waits longer before each new start (agent/restarts.py):
 it was restarted every second, for good. The count is a real file in the node's run directory."""
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -17,32 +18,55 @@ def node(tmp_path, monkeypatch):
     return "n1"
 
 
-def test_starts_in_a_row_wait_longer_up_to_a_bound(node):
+def _start(node, supervised=True) -> float:
     waited = []
-    got = [restarts.before_start(node, waited.append, supervised=True) for _ in range(10)]
+    got = restarts.pause(restarts.count(node), waited.append, supervised=supervised)
+    assert waited == ([got] if got else [])
+    return got
+
+
+def test_starts_in_a_row_wait_longer_up_to_a_bound(node):
+    got = [_start(node) for _ in range(10)]
     assert got[:restarts.FREE] == [0.0] * restarts.FREE
     assert got[restarts.FREE:restarts.FREE + 4] == [2.0, 4.0, 8.0, 16.0]
     assert got[-1] == restarts.MAX_WAIT_S and max(got) == restarts.MAX_WAIT_S
-    assert waited == [g for g in got if g]
+
+
+def test_a_crash_loop_of_days_never_overflows_the_wait(node):
+    """2.0 ** n overflowed at n = 1027 (some nine hours of 30-s waits): every start after that
+    failed at once, for good. The count is kept at CAP; a file with any number in it is read so."""
+    for n in (1027, 10 ** 6):
+        with open(os.path.join(state.node_dir(node), "agent-starts"), "w") as f:
+            json.dump({"n": n, "at": restarts._now()}, f)
+        assert _start(node) == restarts.MAX_WAIT_S
+    assert restarts.wait_for(10 ** 9) == restarts.MAX_WAIT_S
 
 
 def test_a_healthy_run_starts_the_count_over(node):
     for _ in range(6):
-        restarts.before_start(node, lambda s: None, supervised=True)
+        _start(node)
     ag = SimpleNamespace(node=SimpleNamespace(name=node), synced=SimpleNamespace(is_set=lambda: True), started=0.0)
     restarts.note_uptime(ag, restarts.HEALTHY_S - 1)
-    assert restarts.before_start(node, lambda s: None, supervised=True) > 0, "not up long enough yet"
+    assert _start(node) > 0, "not up long enough yet"
     restarts.note_uptime(ag, restarts.HEALTHY_S)
-    assert restarts.before_start(node, lambda s: None, supervised=True) == 0.0
+    assert _start(node) == 0.0
+
+
+def test_a_start_long_after_the_last_starts_over(node, monkeypatch):
+    for _ in range(8):
+        _start(node)
+    later = restarts._now() + restarts.STALE_S + 1
+    monkeypatch.setattr(restarts, "_now", lambda: later)
+    assert restarts.count(node) == 1, "yesterday's crash loop, or restarts spread out by hand"
 
 
 def test_started_by_hand_it_counts_but_never_waits(node):
     for _ in range(8):
-        assert restarts.before_start(node, pytest.fail, supervised=False) == 0.0
-    assert restarts.before_start(node, lambda s: None, supervised=True) == restarts.MAX_WAIT_S
+        assert restarts.pause(restarts.count(node), pytest.fail, supervised=False) == 0.0
+    assert _start(node) == restarts.MAX_WAIT_S
 
 
 def test_a_node_taken_down_is_not_made_again(node):
     os.rmdir(state.node_dir(node))
-    restarts.before_start(node, lambda s: None, supervised=True)
+    _start(node)
     assert not os.path.exists(state.node_dir(node))

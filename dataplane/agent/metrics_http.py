@@ -3,6 +3,7 @@ behind passwords where a web config (metrics_web.py, metrics_served.py) says."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import ssl
 import sys
@@ -41,6 +42,7 @@ def serve(agent, address: str, web_config: str = "") -> "Server | None":
 
 SCRAPE_WAIT_S = 10.0             # Prometheus' default scrape timeout
 MAX_CONNECTIONS = 32
+PER_ADDRESS = 8
 
 
 class _Refused(ConnectionError):
@@ -48,32 +50,45 @@ class _Refused(ConnectionError):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once: past that a new one is closed
-    at once (a flood of connections held a thread each, without bound)."""
+    """A thread per connection, at most MAX_CONNECTIONS at once and PER_ADDRESS from one address:
+    past that a new one is closed at once (a flood of connections held a thread each, without
+    bound; one address alone could shut Prometheus out). Stopping joins none of them (a client
+    that trickled bytes held the agent's stop, and its leaving the registry)."""
     daemon_threads = True
+    block_on_close = False
 
     def __init__(self, *args, **kw):
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.slots, self.by_address, self.counting = MAX_CONNECTIONS, collections.Counter(), threading.Lock()
         super().__init__(*args, **kw)
 
     def verify_request(self, request, client_address) -> bool:
-        if self.slots.acquire(blocking=False):
-            return True
-        log.debug("metrics: %d connections under way: one from %s closed", MAX_CONNECTIONS, client_address[0])
+        with self.counting:
+            if self.slots > 0 and self.by_address[client_address[0]] < PER_ADDRESS:
+                self.slots -= 1
+                self.by_address[client_address[0]] += 1
+                return True
+        log.debug("metrics: too many connections under way: one from %s closed", client_address[0])
         return False
+
+    def _release(self, client_address) -> None:
+        with self.counting:
+            self.slots += 1
+            self.by_address[client_address[0]] -= 1
+            if self.by_address[client_address[0]] <= 0:
+                del self.by_address[client_address[0]]
 
     def process_request(self, request, client_address):
         try:
             super().process_request(request, client_address)
         except BaseException:                # no thread: its slot is not taken
-            self.slots.release()
+            self._release(client_address)
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._release(client_address)
 
     def handle_error(self, request, client_address):
         e = sys.exc_info()[1]

@@ -25,7 +25,7 @@ def cmd_endpoint_add(args):
             raise UsageError("give --vni (a node without a registry has no named networks)")
         ep = endpoints.add(node_of(args), args.name, args.vni, ip=args.ip, mac=args.mac).to_dict()
     say(args, f"endpoint {ep['name']}: VNI {ep['vni']} {ep['ip']} {ep['mac']} "
-              f"(netns {ep['netns']}, host side {ep['host_ifname']})", ep)
+              f"(netns {ep['netns']}, host side {ep['host_ifname']})", {"id": ep["name"], **ep})
 
 
 def cmd_endpoint_rm(args):
@@ -34,7 +34,7 @@ def cmd_endpoint_rm(args):
         client.call(node.name, "endpoint_rm", id=args.name)
     else:
         endpoints.remove(node_of(args), args.name)
-    say(args, f"endpoint {args.name} removed", {"id": args.name, "removed": True})
+    say(args, f"endpoint {args.name} removed", {"id": args.name, "name": args.name, "removed": True})
 
 
 def cmd_endpoint_move(args):
@@ -42,7 +42,8 @@ def cmd_endpoint_move(args):
     if not node:
         raise UsageError("moving an endpoint needs a node with a registry")
     ep = client.call(node.name, "endpoint_move", id=args.name)
-    say(args, f"endpoint {ep['name']} moved from {ep['from']} to {ep['host']}: VNI {ep['vni']} {ep['ip']} {ep['mac']}", ep)
+    say(args, f"endpoint {ep['name']} moved from {ep['from']} to {ep['host']}: VNI {ep['vni']} {ep['ip']} {ep['mac']}",
+        {"id": ep["name"], **ep})
 
 
 ENDPOINT_COLUMNS = ["id", "network", "vni", "host", "ip", "mac", "alive"]

@@ -74,7 +74,8 @@ def test_registry_cli_and_json(host, reg_url):  # noqa: F811
     assert r.returncode == 2 and "bad VNI" in r.stderr
     dp("--netns", host, "up", "--underlay", "ul0", "--registry", reg_url, "--host-name", "me")
     assert wait_for(lambda: 300 in Node(host).state().networks), "the agent serves registry networks"
-    dp("--netns", host, "endpoint", "add", "dpl-b1", "--network", "blue")
+    added = dp_json("--netns", host, "endpoint", "add", "dpl-b1", "--network", "blue")
+    assert added["id"] == added["name"] == "dpl-b1", "an endpoint is `id` in every command's JSON (`name` too)"
     eps = dp_json("--netns", host, "endpoint", "list")
     assert [(e["id"], e["network"], e["vni"], e["host"], e["ip"]) for e in eps] == \
         [("dpl-b1", "blue", 300, "me", "10.30.0.2")]

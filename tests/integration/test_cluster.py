@@ -96,7 +96,8 @@ def test_moved_sandbox_is_reached_at_its_new_place(info):
     src = sandbox(info, "h3", 256)
     assert wait_for(lambda: rec["mac"] in remote_macs("dpl-h3"))
     assert ping(src["name"], rec["ip"], count=2)[0] == 2     # h3 also learns it behind h1
-    dp("--netns", "dpl-h2", "endpoint", "move", "dpl-mv")
+    moved = dp_json("--netns", "dpl-h2", "endpoint", "move", "dpl-mv")
+    assert moved["id"] == moved["name"] == "dpl-mv", "an endpoint is `id` in every command's JSON"
     assert wait_for(lambda: remote_macs("dpl-h3").get(rec["mac"]) == lab.vtep_ip(2))
     assert wait_for(lambda: "dpl-mv" not in Node("dpl-h1").state().endpoints), "old sandbox removed by h1"
     assert "dpl-mv" in Node("dpl-h2").state().endpoints

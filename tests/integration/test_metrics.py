@@ -247,6 +247,23 @@ def _monitor(*args, as_json: bool = True) -> subprocess.Popen:
     return p
 
 
+def _first_event(monitor_args: tuple, sends: list[tuple]) -> dict:
+    """The first event `monitor -c 1 -o json` with monitor_args shows while each (namespace,
+    script, *argv) of sends runs, in order."""
+    import json
+    mon = _monitor(*monitor_args, "-c", "1")
+    try:
+        for ns, script, *argv in sends:
+            r = in_ns(ns, script, *argv)
+            assert r.returncode == 0, r.stderr
+        out, err = mon.communicate(timeout=30)
+    finally:
+        if mon.poll() is None:
+            mon.kill()
+    assert mon.returncode == 0, err
+    return json.loads(out.splitlines()[0])
+
+
 def _events_off() -> bool:
     import ctypes
     from dataplane.node import Node, monitor
@@ -256,18 +273,8 @@ def _events_off() -> bool:
 
 def test_monitor_shows_a_spoofed_frame_as_a_drop(info):
     """Issue 17, item 3: `dataplane monitor --type drop -o json`, one object a line."""
-    import json
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
-    mon = _monitor("--type", "drop", "-c", "1")
-    try:
-        r = in_ns(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"])
-        assert r.returncode == 0, r.stderr
-        out, err = mon.communicate(timeout=30)
-    finally:
-        if mon.poll() is None:
-            mon.kill()
-    assert mon.returncode == 0, err
-    ev = json.loads(out.splitlines()[0])
+    ev = _first_event(("--type", "drop"), [(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"])])
     assert (ev["type"], ev["reason"], ev["vni"]) == ("drop", "spoof_mac", 256), ev
     assert (ev["src_mac"], ev["src_ip"], ev["dst_ip"], ev["proto"], ev["dst_port"]) == (
         "02:42:0a:01:00:fe", a["ip"], b["ip"], "udp", 9), ev
@@ -447,19 +454,9 @@ sendp(Ether(dst=dst_mac) / IP(src="198.18.0.2", dst=dst_ip) / UDP(sport=50000, d
 def test_monitor_vni_0_shows_the_drops_of_no_vni(info):
     """`monitor --vni 0` shows what belongs to no VNI (a frame of a VNI this node does not
     serve), as `stats --vni 0` does; it was refused as a bad VNI."""
-    import json
     from dataplane.kernel import netlink
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
-    mon = _monitor("--type", "drop", "--vni", "0", "-c", "1")
-    try:
-        r = in_ns(a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"])     # VNI 256's: not shown
-        assert r.returncode == 0, r.stderr
-        r = in_ns(lab.UNDERLAY_NS, UNKNOWN_VNI, netlink.link_info("dpl-h1", "ul0")["mac"], lab.vtep_ip(1), "ul-h1")
-        assert r.returncode == 0, r.stderr
-        out, err = mon.communicate(timeout=30)
-    finally:
-        if mon.poll() is None:
-            mon.kill()
-    assert mon.returncode == 0, err
-    ev = json.loads(out.splitlines()[0])
+    ev = _first_event(("--type", "drop", "--vni", "0"), [
+        (a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"]),     # VNI 256's: not shown
+        (lab.UNDERLAY_NS, UNKNOWN_VNI, netlink.link_info("dpl-h1", "ul0")["mac"], lab.vtep_ip(1), "ul-h1")])
     assert (ev["type"], ev["reason"], ev["vni"], ev.get("vxlan_vni")) == ("drop", "unknown_vni", 0, 777), ev

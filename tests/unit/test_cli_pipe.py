@@ -15,7 +15,9 @@ def test_a_listing_piped_into_head_ends_quietly(tmp_path):
     url = f"sqlite://{tmp_path}/registry.db"
     reg = open_registry(url)
     try:
-        for i in range(300):
+        # About 130 KB of JSON, past a pipe's 64 KB: the CLI must write after `head` has gone (300
+        # networks, 56 KB, could all fit in the pipe before it went, and the CLI exited 0 now and then).
+        for i in range(700):
             reg.network_create(f"net{i}", 1000 + i)
     finally:
         reg.close()

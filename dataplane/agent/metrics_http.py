@@ -52,10 +52,8 @@ class _Refused(ConnectionError):
 class _HTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most MAX_CONNECTIONS at once and PER_ADDRESS from one address:
     past that a new one is closed at once (a flood of connections held a thread each, without
-    bound; one address alone could shut Prometheus out). Stopping joins none of them (a client
-    that trickled bytes held the agent's stop, and its leaving the registry)."""
+    bound; one address alone could shut Prometheus out). Daemon threads: stopping joins none."""
     daemon_threads = True
-    block_on_close = False
 
     def __init__(self, *args, **kw):
         self.slots, self.by_address, self.counting = MAX_CONNECTIONS, collections.Counter(), threading.Lock()

@@ -317,3 +317,23 @@ def test_connections_past_the_limit_are_closed_at_once(pki, tmp_path, serve, mon
             s.close()
     time.sleep(0.2)
     assert _get(srv, pki) == 200, "their slots are free again"
+
+
+def test_one_address_cannot_take_every_connection(pki, tmp_path, serve, monkeypatch):
+    import socket
+    monkeypatch.setattr(metrics_http, "PER_ADDRESS", 2)
+    srv = serve(_config(pki, tmp_path, auth="NoClientCert"))
+    host, port = srv.address.split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _get(srv, pki)                               # a third from 127.0.0.1
+        other = socket.create_connection((host, int(port)), timeout=5, source_address=("127.0.0.2", 0))
+        ctx = ssl.create_default_context(cafile=pki.ca.cert)
+        with ctx.wrap_socket(other, server_hostname=host) as tls:
+            tls.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert tls.recv(64).startswith(b"HTTP/1.0 200"), "another address still gets in"
+    finally:
+        for s in idle:
+            s.close()

@@ -278,6 +278,8 @@ def _metrics(ag) -> dict:
     if not hasattr(ag, "metrics"):
         return {}
     web = ag.metrics.web if ag.metrics else None
+    if web is not None:
+        web.current()                  # the files as they are now, not as the last scrape found them
     return {"metrics_served": ag.metrics.asked if ag.metrics else None, "metrics_error": ag.metrics_error,
             "metrics_web_config_served": ag.metrics.web_config if ag.metrics else None,
             "metrics_web_error": web.error if web else None}

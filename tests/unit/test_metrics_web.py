@@ -337,3 +337,13 @@ def test_one_address_cannot_take_every_connection(pki, tmp_path, serve, monkeypa
     finally:
         for s in idle:
             s.close()
+
+
+def test_status_says_a_web_config_reads_wrong_before_any_scrape(pki, tmp_path, serve):
+    from dataplane.agent import ops
+    path = _config(pki, tmp_path)
+    srv = serve(path)
+    ag = SimpleNamespace(metrics=srv, metrics_error=None)
+    assert ops._metrics(ag)["metrics_web_error"] is None
+    _write(path, "")
+    assert "the file is empty" in ops._metrics(ag)["metrics_web_error"], "no connection has tried it yet"

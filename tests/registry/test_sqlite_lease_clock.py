@@ -130,3 +130,15 @@ def test_a_time_namespace_that_offsets_the_boot_clock_is_no_boot_of_its_own():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == "None", (r.stdout, r.stderr)
     assert lease_clock._boot_id() not in (None, "None")
+
+
+def test_a_watch_reports_a_lapsed_lease_on_time_after_a_step_back(kv, monkeypatch):
+    """Nobody writes or reads: the watch's own looks find the deadline passed (the file quiet and
+    the watch asleep until then), on the boot clock; in wall time stepped back an hour, an hour on."""
+    from dataplane.registry import kv_sqlite_watch
+    from tests.registry.test_sqlite_readers import _wait_for_key
+    monkeypatch.setattr(kv_sqlite_watch, "IDLE_S", 60.0)
+    rev = kv.range("hosts/")[0]
+    _leased(kv, 1)
+    _step(monkeypatch, -HOUR)
+    assert _wait_for_key(kv.watch("hosts/", rev + 1), "hosts/h1", deleted=True)

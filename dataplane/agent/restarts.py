@@ -8,8 +8,8 @@ with the same lines. systemd 252 (Debian 12) has no RestartSteps= to slow it. So
 counts its starts in a row that never came to a healthy run (synced, and up HEALTHY_S), in the
 node's run directory (gone at a reboot), and under a supervisor waits 2 s before the FREE+1st,
 4 s before the next, up to MAX_WAIT_S, saying why in its log and in `systemctl status`, with the
-unit's start timeout extended by the wait. A healthy run starts the count over, and so does a
-start long after the last (STALE_S: yesterday's crash loop, or restarts spread out by hand).
+unit's start timeout extended by the wait. A healthy run starts the count over, and so do a stop
+asked for once synced (`systemctl restart`) and a start long after the last (STALE_S).
 Started by hand (`dataplane up`) it only counts: nothing restarts it.
 """
 
@@ -85,6 +85,12 @@ def pause(n: int, wait: Callable[[float], object], supervised: bool | None = Non
         sdnotify.notify(f"STATUS={why}\nEXTEND_TIMEOUT_USEC={int((seconds + START_TIMEOUT_S) * 1e6)}")
         wait(seconds)
     return seconds
+
+
+def stopped(node: str) -> None:
+    """A stop asked for (SIGTERM: `systemctl restart`) once synced: the count starts over. A start
+    killed at the unit's start timeout has not synced, and a watchdog's kill is no SIGTERM."""
+    _save(node, 0, _now())
 
 
 def note_uptime(ag, now: float) -> None:

@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 
+from dataplane.agent import restarts
+
 log = logging.getLogger("dataplane.agent")
 
 
@@ -18,6 +20,8 @@ def install_signal_handlers(agent) -> None:
             os.kill(os.getpid(), signum)
             return
         log.info("%s received; stopping (the node keeps forwarding)", signal.Signals(signum).name)
+        if agent.synced.is_set():       # a stop asked for once synced ends no crash loop (restarts.py)
+            restarts.stopped(agent.node.name)
         agent.stop(leave=False)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -70,3 +70,26 @@ def test_a_node_taken_down_is_not_made_again(node):
     os.rmdir(state.node_dir(node))
     _start(node)
     assert not os.path.exists(state.node_dir(node))
+
+
+def test_a_stop_asked_for_once_synced_ends_the_row(node):
+    """`systemctl restart` four times in a few minutes made the fourth start wait: a SIGTERM after
+    the first sync is no crash. One before it (the unit's start timeout) still counts."""
+    import signal
+    import threading
+    from dataplane.agent import signals
+    synced = threading.Event()
+    ag = SimpleNamespace(node=SimpleNamespace(name=node), synced=synced, stop=lambda leave: None)
+    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        signals.install_signal_handlers(ag)
+        for _ in range(4):
+            _start(node)
+        os.kill(os.getpid(), signal.SIGTERM)            # before the first sync: counted on
+        assert restarts.count(node) == 5
+        synced.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert restarts.count(node) == 1
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])

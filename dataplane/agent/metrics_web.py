@@ -146,7 +146,7 @@ def _users(path: str, u) -> dict[str, bytes]:
         if not isinstance(name, str):        # YAML 1.1 made yes, on, 0123 into True, True, 83
             raise _bad(path, f"basic_auth_users: the user name {name!r} must be quoted")
         h = hashed.encode() if isinstance(hashed, str) else b""
-        m = BCRYPT.match(h)
+        m = BCRYPT.fullmatch(h)            # (match's $ lets a YAML block scalar's last newline by)
         if not m:
             raise _bad(path, f"basic_auth_users: the password of {name!r} is no bcrypt hash "
                              "(htpasswd -nBC 10 \"\" | tr -d ':\\n' makes one)")

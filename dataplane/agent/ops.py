@@ -103,6 +103,7 @@ class Ops:
         VNI's convergence, a registry call of its own during an outage): after STATUS_LOCK_WAIT_S
         the figures are read without it ("busy": true) rather than the command hanging."""
         ag = self.ag
+        metrics = _metrics(ag)             # before the lock: re-reading a web config holds up no turn
         got = ag.lock.acquire(timeout=STATUS_LOCK_WAIT_S)
         try:
             return {**self.ping(), "busy": not got, "lease_live": ag.leases.live,
@@ -115,7 +116,7 @@ class Ops:
                     "last_sync_ms": round(ag.last_sync_s * 1000, 1),
                     "last_snapshot_ms": round(ag.last_snapshot_s * 1000, 1), "warm_start": ag.warm_start,
                     "claims_pending": ag.view.claims_pending, "last_claims_ms": round(ag.last_claims_s * 1000, 1),
-                    "map_error": ag.remote.last_error, **_metrics(ag),
+                    "map_error": ag.remote.last_error, **metrics,
                     **ag.counters, "vni_errors": {str(v): e for v, e in sorted(ag.vni_errors.items())},
                     "skipped_endpoints": dict(ag.skipped), "conflicts": dict(ag.conflicts),
                     "in_flight": sorted(ag.busy),

@@ -201,6 +201,8 @@ BAD = {
         "has cost 31",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  p: '{v2}'\n":
         "is no bcrypt hash",
+    "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\nbasic_auth_users:\n  p: |\n    {hash}\n":
+        "the password of 'p' is no bcrypt hash",     # a block scalar's last newline: it never matched
     "tls_server_config:\n": "must be a mapping",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {key}\n  min_version: TLS10\n": "min_version 'TLS10'",
     "tls_server_config:\n  cert_file: {crt}\n  key_file: {crt}\n": "PEM",

@@ -8,18 +8,21 @@ them."""
 from __future__ import annotations
 
 import json
-import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import time
 
 import bcrypt
+import yaml
 
 from dataplane.core import state
 from lab import certs
 from tests.integration.conftest import dp, dp_json
 from tests.integration.test_cli import host, nothing_created  # noqa: F401 - the namespace-with-uplink fixture
 
+DOCS = pathlib.Path(__file__).parents[2] / "docs/prometheus"
 ADDRESS = "198.18.1.1:9469"          # the node's uplink address (test_cli's host fixture)
 PROM = "127.0.0.1:9090"              # Prometheus's own, in the uplink's peer namespace: another machine
 
@@ -37,31 +40,35 @@ def _query(netns: str, q: str) -> dict:
 
 
 def _prometheus_config(tmp_path, pki, client, password_file: str) -> str:
-    tls = {"ca_file": pki.cert, "cert_file": client.cert, "key_file": client.key}
-    target = [{"targets": [ADDRESS]}]
+    """docs/prometheus/scrape.yml's job with this test's files and target; beside it, the same
+    job without the password, and one in plain HTTP."""
+    job = yaml.safe_load((DOCS / "scrape.yml").read_text())["scrape_configs"][0]
+    job["tls_config"] = {"ca_file": pki.cert, "cert_file": client.cert, "key_file": client.key}
+    job["basic_auth"]["password_file"] = password_file
+    job["static_configs"] = [{"targets": [ADDRESS]}]
+    bare = {k: v for k, v in job.items() if k != "basic_auth"}
     cfg = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-           "scrape_configs": [
-               {"job_name": "dataplane", "scheme": "https", "tls_config": tls,
-                "basic_auth": {"username": "prometheus", "password_file": password_file},
-                "static_configs": target},
-               {"job_name": "no-password", "scheme": "https", "tls_config": tls, "static_configs": target},
-               {"job_name": "plain-http", "scheme": "http", "static_configs": target}]}
+           "scrape_configs": [job, {**bare, "job_name": "no-password"},
+                              {"job_name": "plain-http", "scheme": "http", "static_configs": job["static_configs"]}]}
     path = tmp_path / "prometheus.yml"
     path.write_text(json.dumps(cfg))          # (JSON is YAML)
     return str(path)
 
 
 def test_prometheus_scrapes_the_agent_over_tls_with_a_certificate_and_a_password(host, tmp_path):  # noqa: F811
-    d = str(tmp_path / "pki")
-    ca = certs.make_ca(d, "ca", "metrics CA")
-    server = certs.make_cert(d, ca, "agent", "/CN=dataplane-metrics", ips=("198.18.1.1",), server=True)
-    client = certs.make_cert(d, ca, "prometheus", "/O=monitoring/OU=prometheus")
+    d = tmp_path / "etc"                      # docs/prometheus/web-config.yml's files, by its names
+    ca = certs.make_ca(str(d), "ca", "metrics CA")
+    certs.make_cert(str(d), ca, "metrics", "/CN=dataplane-metrics", ips=("198.18.1.1",), server=True)
+    shutil.copy(ca.cert, d / "prometheus-ca.crt")
+    client = certs.make_cert(str(d), ca, "prometheus", "/O=monitoring/OU=prometheus")
     password = tmp_path / "password"
     password.write_text("a long random one")
     hashed = bcrypt.hashpw(password.read_bytes(), bcrypt.gensalt(6)).decode()
-    web = tmp_path / "web.yml"
-    web.write_text(f"tls_server_config:\n  cert_file: {server.cert}\n  key_file: {server.key}\n"
-                   f"  client_ca_file: {ca.cert}\nbasic_auth_users:\n  prometheus: '{hashed}'\n")
+    example = (DOCS / "web-config.yml").read_text()
+    placeholder = d / "as-shipped.yml"
+    placeholder.write_text(example)
+    web = d / "web-config.yml"
+    web.write_text(example.replace("PUT-A-BCRYPT-HASH-HERE", hashed))
     bad = tmp_path / "bad.yml"
     bad.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
     up = ["--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", f"sqlite://{tmp_path}/reg.db",
@@ -70,6 +77,9 @@ def test_prometheus_scrapes_the_agent_over_tls_with_a_certificate_and_a_password
     try:
         r = dp(*up, "--metrics-web-config", str(bad), check=False)
         assert r.returncode == 2 and "would send the passwords in clear" in r.stderr, (r.returncode, r.stderr)
+        nothing_created(host)
+        r = dp(*up, "--metrics-web-config", str(placeholder), check=False)
+        assert r.returncode == 2 and "'prometheus' is no bcrypt hash" in r.stderr, "the example ships no password"
         nothing_created(host)
         r = dp(*up)
         assert "plain HTTP to anyone who reaches that address" in r.stderr, r.stderr

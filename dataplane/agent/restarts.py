@@ -73,11 +73,22 @@ def count(node: str) -> int:
     return n
 
 
+def uncount(node: str) -> None:
+    """The start just counted was none of the node's agent's (refused: another agent holds it)."""
+    n, at = _read(node)
+    if n:
+        _save(node, n - 1, at)
+
+
+def under_supervisor() -> bool:
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 def pause(n: int, wait: Callable[[float], object], supervised: bool | None = None) -> float:
     """Under a supervisor (NOTIFY_SOCKET), wait as the nth start in a row (wait(seconds): a sleep
     that a stop may cut short). The seconds waited."""
     if supervised is None:
-        supervised = bool(os.environ.get("NOTIFY_SOCKET"))
+        supervised = under_supervisor()
     seconds = wait_for(n) if supervised else 0.0
     if seconds:
         why = f"start {n} in a row without a healthy run (synced and up {HEALTHY_S:.0f} s): waiting {seconds:.0f} s"

@@ -9,7 +9,7 @@ from dataplane.agent import client, control
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, say
 from dataplane.core import model
-from dataplane.core.errors import NotFound, UsageError
+from dataplane.core.errors import Conflict, NotFound, UsageError
 from dataplane.kernel import gso
 from dataplane.node import Node, choices, peers, readout
 from dataplane import registry
@@ -116,7 +116,14 @@ def cmd_agent_run(args):
     ag.start_number = n                  # Agent.run waits as it says, once it holds the node
     from dataplane.agent.signals import install_signal_handlers  # noqa: PLC0415 - as Agent
     install_signal_handlers(ag)
-    ag.run()
+    try:
+        ag.run()
+    except Conflict:                     # another agent holds the node
+        if restarts.under_supervisor():
+            restarts.pause(n, time.sleep)      # a unit restarting beside it: slowed as a crash loop is
+        else:
+            restarts.uncount(node.name)        # typed by hand beside a running agent: not that agent's row
+        raise
 
 
 def cmd_agent_status(args):

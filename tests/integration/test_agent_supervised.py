@@ -174,3 +174,21 @@ def test_an_agent_restarted_over_and_over_waits_before_it_starts(host, tmp_path)
             agent.terminate()
             agent.wait(timeout=30)
         dp("--netns", host, "down", check=False)
+
+
+def test_an_agent_run_typed_beside_the_running_one_leaves_its_row_alone(host, tmp_path):  # noqa: F811
+    """A refused `agent run` (another agent holds the node) was counted in that agent's row of
+    starts: a crash of it within minutes then started with a wait."""
+    import json
+    from dataplane.core import state
+    try:
+        dp("--netns", host, "up", "--vni", "256", "--underlay", "ul0", "--registry", f"sqlite://{tmp_path}/reg.db",
+           "--host-name", "me")
+        path = os.path.join(state.node_dir(host), "agent-starts")
+        before = json.load(open(path))["n"]
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        r = subprocess.run(unit_commands(host)["ExecStart"], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 4 and "another agent" in r.stderr, (r.returncode, r.stderr)
+        assert json.load(open(path))["n"] == before
+    finally:
+        dp("--netns", host, "down", check=False)

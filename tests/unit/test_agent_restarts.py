@@ -93,3 +93,11 @@ def test_a_stop_asked_for_once_synced_ends_the_row(node):
     finally:
         signal.signal(signal.SIGTERM, old[0])
         signal.signal(signal.SIGINT, old[1])
+
+
+def test_a_start_refused_beside_a_running_agent_is_taken_back(node):
+    for _ in range(2):
+        restarts.count(node)
+    restarts.count(node)                        # `agent run` typed by hand: another agent holds the node
+    restarts.uncount(node)
+    assert restarts.count(node) == 3

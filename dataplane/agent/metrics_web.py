@@ -11,7 +11,7 @@ the exporter toolkit's), so that an operator's existing file and Prometheus's sc
       client_ca_file: prometheus-ca.crt              # first is the default once a CA is named
       min_version: TLS12                      # TLS12 (default) or TLS13; max_version likewise
     basic_auth_users:
-      prometheus: $2y$10$...                  # bcrypt (htpasswd -nBC 10 "" | tr -d ':\\n')
+      prometheus: $2y$10$...                  # bcrypt: `dataplane hash-password`
 
 What it refuses that the toolkit takes: keys it does not implement (cipher_suites, rate_limit,
 ...: refused by name rather than ignored); client_auth_type values that take any certificate
@@ -149,7 +149,7 @@ def _users(path: str, u) -> dict[str, bytes]:
         m = BCRYPT.fullmatch(h)            # (match's $ lets a YAML block scalar's last newline by)
         if not m:
             raise _bad(path, f"basic_auth_users: the password of {name!r} is no bcrypt hash "
-                             "(htpasswd -nBC 10 \"\" | tr -d ':\\n' makes one)")
+                             "(`dataplane hash-password` makes one)")
         if int(m.group(1)) not in COSTS:
             raise _bad(path, f"basic_auth_users: the hash of {name!r} has cost {int(m.group(1))}: "
                              f"{COSTS.start} to {COSTS.stop - 1} (each check of a password takes 2^cost rounds)")

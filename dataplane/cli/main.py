@@ -13,7 +13,7 @@ import sys
 
 from dataplane import __version__
 from dataplane.agent import client
-from dataplane.cli import node_cmds, observe_cmds, registry_cmds, runtime_cmds, service_cmds
+from dataplane.cli import node_cmds, observe_cmds, registry_cmds, runtime_cmds, secret_cmds, service_cmds
 from dataplane.core import model
 from dataplane.core.errors import DataplaneError, NotFound
 from dataplane.kernel import netlink
@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     observe_cmds.register(sub)
     registry_cmds.register(sub)
     runtime_cmds.register(sub)
+    secret_cmds.register(sub)
     service_cmds.register(sub)
     return p
 

@@ -62,8 +62,8 @@ class Served:
             return cfg
         with self._reload:
             with self._lock:
-                if self.cfg is not cfg or self.error is None and broken:
-                    return None if self.error else self.cfg        # another connection's reload, meanwhile
+                if self.cfg is not cfg:    # another connection's reload took it, meanwhile
+                    return None if self.error else self.cfg
             try:
                 new = metrics_web.load(cfg.path)
                 if any(n < f for n, f in zip(new.strength(), self.floor)):
@@ -100,7 +100,8 @@ class Served:
             return False
         if not sep:
             return False
-        key = (user, hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest())
+        pw = password.encode()
+        key = (user, hashlib.sha256(pw).digest())
         with self._lock:
             if cfg is self.cfg and (key in self._ok or key in self._wrong):
                 return key in self._ok
@@ -108,7 +109,7 @@ class Served:
         if not self._bcrypt.acquire(timeout=BCRYPT_WAIT_S):
             raise Busy()
         try:
-            good = bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), cfg.users.get(user) or _dummy(cfg.cost()))
+            good = bcrypt.checkpw(pw, cfg.users.get(user) or _dummy(cfg.cost()))
         except ValueError:                          # over bcrypt's 72 bytes (bcrypt 5 refuses them)
             good = False
         finally:

@@ -29,6 +29,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 
+from dataplane.agent import process
 from dataplane.core import model, state
 from dataplane.core.errors import UsageError
 from dataplane.core.notice import notice
@@ -195,30 +196,25 @@ def up_checks(node, node_args: dict, registry: bool, agent_runs: bool) -> None:
     """--metrics-web-config read whole (kept as an absolute name); and when `up` names either
     setting of a node with an agent, a word if the agent will serve them to anyone who asks,
     or if a running agent goes on serving them as it started."""
-    web, address = node_args.get("metrics_web_config"), node_args.get("metrics_address")
+    web = node_args.get("metrics_web_config")
     cfg = load(web) if web not in (None, "", "off") else None
     if cfg:
         node_args["metrics_web_config"] = cfg.path
-    if (web is None and address is None) or not registry:
+    # (address, web config) as `up` asked them, as vtep.up keeps them ("off": ""); None: not asked
+    asked = tuple(None if v is None else "" if v in ("", "off") else v
+                  for v in (node_args.get("metrics_address"), node_args.get("metrics_web_config")))
+    if asked == (None, None) or not registry:
         return
     old = node.state()
     was = (old.config.metrics_address, old.config.metrics_web_config) if old else None
-    asked = ("" if address in ("", "off") else address, cfg.path if cfg else "" if web is not None else None)
     if agent_runs and was and any(a is not None and a != w for a, w in zip(asked, was)):
-        notice("the running agent serves /metrics as it started: restart it for the new settings "
-               "(`systemctl restart dataplane`; without systemd, stop its pid and run `dataplane up` again)")
-    if address is None:
-        address = old.config.metrics_address if old else state.NodeConfig.metrics_address
-    if address in ("", "off"):
+        notice(f"the running agent serves /metrics as it started: restart it for the new settings {process.RESTART}")
+    address, web = (a if a is not None else w for a, w in zip(asked, was or (state.NodeConfig.metrics_address, "")))
+    if not address or ipaddress.IPv4Address(model.parse_host_port(address, "metrics address")[0]).is_loopback:
         return
-    host, _ = model.parse_host_port(address, "metrics address")
-    if web is None and old and old.config.metrics_web_config:
-        return
-    if ipaddress.IPv4Address(host).is_loopback:
-        return
-    if cfg is None:
+    if not web:
         notice(f"metrics on {address} are plain HTTP to anyone who reaches that address: "
                "--metrics-web-config FILE gives them TLS and passwords")
-    elif cfg.strength()[1] != ssl.CERT_REQUIRED and not cfg.users:
+    elif cfg and cfg.strength()[1] != ssl.CERT_REQUIRED and not cfg.users:
         notice(f"metrics on {address} are TLS, but anyone who reaches that address may read them: "
                f"RequireAndVerifyClientCert or basic_auth_users in {cfg.path} would say who")

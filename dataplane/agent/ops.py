@@ -278,11 +278,12 @@ def _metrics(ag) -> dict:
     """The address /metrics is served on as configured, and why not (once Agent.run began serving)."""
     if not hasattr(ag, "metrics"):
         return {}
-    web = ag.metrics.web if ag.metrics else None
+    srv = ag.metrics
+    web = srv.web if srv else None
     if web is not None:
         web.current()                  # the files as they are now, not as the last scrape found them
-    return {"metrics_served": ag.metrics.asked if ag.metrics else None, "metrics_error": ag.metrics_error,
-            "metrics_web_config_served": ag.metrics.web_config if ag.metrics else None,
+    return {"metrics_served": srv.asked if srv else None, "metrics_error": ag.metrics_error,
+            "metrics_web_config_served": srv.web_config if srv else None,
             "metrics_web_error": web.error if web else None}
 
 

@@ -54,6 +54,9 @@ def running_pid(node: str) -> int | None:
     return pid if ours and b"agent" in cmd and b"run" in cmd and b"dataplane" in b" ".join(cmd) else None
 
 
+# How to restart a node's agent, for the messages that ask for it.
+RESTART = "(`systemctl restart dataplane`; without systemd, stop its pid and run `dataplane up` again)"
+
 UNIT_DIR = "/etc/systemd/system"          # where `dataplane service install` writes by default
 
 

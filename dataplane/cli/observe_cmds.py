@@ -65,8 +65,7 @@ def _metrics_errors(c, a: dict) -> list[str]:
     out = [f"metrics: {a[k]}" for k in ("metrics_error", "metrics_web_error") if a.get(k)]
     if a.get("metrics_error"):                      # it serves nothing: the line above says why
         return out
-    restart = ("restart the agent (`systemctl restart dataplane`; without systemd, stop its pid and run "
-               "`dataplane up` again)")
+    restart = f"restart the agent {process.RESTART}"
     served = a.get("metrics_served")
     web = a.get("metrics_web_config_served")       # (an older agent: none, whatever the node says)
     if "metrics_served" in a and (served or "") != (c.metrics_address or ""):

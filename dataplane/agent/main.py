@@ -107,7 +107,7 @@ class Agent:
             raise Conflict(f"another agent (pid {pid or '?'}) serves node {self.node.name}: stop it first "
                            "(`systemctl stop dataplane`, or `dataplane down`)")
         self.leases.start()                # the agent file names us from here on: `down` sees who serves the node
-        if restarts.pause(getattr(self, "start_number", 0), self.stopping.wait) and self.stopping.is_set():
+        if restarts.pause_holding(self):
             return                         # stopped while it waited (restarts.py)
         self.started = time.monotonic()
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)

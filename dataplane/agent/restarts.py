@@ -98,6 +98,13 @@ def pause(n: int, wait: Callable[[float], object], supervised: bool | None = Non
     return seconds
 
 
+def pause_holding(ag) -> bool:
+    """Agent.run's wait, once it holds the node and the agent file names it (so `down` sees it).
+    True if a stop came while it waited. A start that fails before this waits in `agent run`."""
+    ag.start_waited = True
+    return bool(pause(getattr(ag, "start_number", 0), ag.stopping.wait)) and ag.stopping.is_set()
+
+
 def stopped(node: str) -> None:
     """A stop asked for (SIGTERM: `systemctl restart`) once synced: the count starts over. A start
     killed at the unit's start timeout has not synced, and a watchdog's kill is no SIGTERM."""

@@ -118,11 +118,13 @@ def cmd_agent_run(args):
     install_signal_handlers(ag)
     try:
         ag.run()
-    except Conflict:                     # another agent holds the node
-        if restarts.under_supervisor():
-            restarts.pause(n, time.sleep)      # a unit restarting beside it: slowed as a crash loop is
-        else:
-            restarts.uncount(node.name)        # typed by hand beside a running agent: not that agent's row
+    except Exception as e:
+        if getattr(ag, "start_waited", False):
+            raise                        # the next start counts it and waits
+        if isinstance(e, Conflict) and not restarts.under_supervisor():
+            restarts.uncount(node.name)  # typed by hand beside a running agent: not that agent's row
+        else:                            # failed before its wait (another agent holds the node, the agent file
+            restarts.pause(n, time.sleep)    # not written: /run full): waits as a crash loop does
         raise
 
 

@@ -101,3 +101,49 @@ def test_a_start_refused_beside_a_running_agent_is_taken_back(node):
     restarts.count(node)                        # `agent run` typed by hand: another agent holds the node
     restarts.uncount(node)
     assert restarts.count(node) == 3
+
+
+class _Agent:
+    """Stands in for Agent in `agent run`: fails as told, before or after its wait."""
+    fail: Exception = OSError(28, "No space left on device")
+    waits_first = False
+    waited: list = []
+
+    def __init__(self, node, *args):
+        self.node, self.stopping = node, SimpleNamespace(wait=_Agent.waited.append, is_set=lambda: False)
+
+    def run(self):
+        if self.waits_first:
+            restarts.pause_holding(self)
+        raise self.fail
+
+
+@pytest.mark.parametrize("fail, waits_first, supervised, waited", [
+    (OSError(28, "No space left on device"), False, True, [restarts.MAX_WAIT_S]),   # the agent file not written
+    (OSError(28, "No space left on device"), False, False, []),                     # by hand: never waits
+    (RuntimeError("a defect after its wait"), True, True, []),        # waited once already, in Agent.run
+])
+def test_an_agent_that_fails_before_its_wait_waits_in_agent_run(node, monkeypatch, fail, waits_first,
+                                                                 supervised, waited):
+    """An error writing the agent file (/run full) came before Agent.run's wait and went back to
+    the unit at once: restarted every second, for good. Now `agent run` waits as for a crash loop."""
+    import time
+    from dataplane.agent import main, signals
+    from dataplane.cli import node_cmds
+    monkeypatch.setattr(_Agent, "fail", fail)
+    monkeypatch.setattr(_Agent, "waits_first", waits_first)
+    monkeypatch.setattr(_Agent, "waited", [])
+    monkeypatch.setattr(main, "Agent", _Agent)
+    monkeypatch.setattr(signals, "install_signal_handlers", lambda ag: None)
+    st = SimpleNamespace(registry="sqlite:///nowhere.db", host_name="h", lease_ttl=10)
+    monkeypatch.setattr(node_cmds, "node_of", lambda args: SimpleNamespace(name=node, state=lambda: st))
+    monkeypatch.setattr(restarts, "under_supervisor", lambda: supervised)
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    with open(os.path.join(state.node_dir(node), "agent-starts"), "w") as f:
+        json.dump({"n": restarts.CAP, "at": restarts._now()}, f)     # a crash loop of long standing
+    args = SimpleNamespace(registry=None, host_name=None, lease_ttl=None)
+    with pytest.raises(type(fail)):
+        node_cmds.cmd_agent_run(args)
+    assert slept == waited
+    assert _Agent.waited == ([restarts.MAX_WAIT_S] if waits_first else [])

@@ -104,7 +104,13 @@ def parse_subnet(value) -> ipaddress.IPv4Network:
         raise UsageError(f"bad subnet {value!r}: {e}") from None
     if net.prefixlen > 30:
         raise UsageError(f"bad subnet {net}: needs at least 4 addresses (/30)")
+    if any(net.overlaps(n) for n in _NOT_UNICAST):      # its gateway or endpoints could never be read back
+        raise UsageError(f"bad subnet {net}: must not overlap {', '.join(map(str, _NOT_UNICAST))}")
     return net
+
+
+_NOT_UNICAST = tuple(ipaddress.IPv4Network(n)
+                     for n in ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32"))
 
 
 def parse_mac(value) -> str:

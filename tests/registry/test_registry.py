@@ -54,11 +54,15 @@ def test_a_network_goes_with_its_gateways_host_addresses(reg):
     (("n", 0), "bad VNI"), (("n", 16777216), "bad VNI"), (("n", 5, "10.0.0.0/33"), "bad subnet"),
     (("n", 5, "10.0.0.0/24", "10.0.1.1"), "not a host address"), (("bad name!", 5), "bad network name"),
     (("n", 5, None, None, 100), "bad MTU"), (("n", 5, None, None, None, 0), "bad UDP port"),
+    # created, then unreadable (its gateway 224.0.0.1 refused on every read): not listed, not removable
+    (("n", 5, "224.0.0.0/24"), "must not overlap"), (("n", 5, "127.0.0.0/24"), "must not overlap"),
+    (("n", 5, "0.0.0.0/8"), "must not overlap"),
 ])
 def test_network_validation(reg, args, msg):
     with pytest.raises(UsageError, match=msg):
         reg.network_create(*args)
     assert reg.networks() == []
+    assert reg.snapshot().bad == [], "nothing stored"
 
 
 def test_ipam_next_free_skips_reserved_and_reuses_released(reg):

@@ -29,7 +29,8 @@ def test_bad_mac_refused(v):
         model.parse_mac(v)
 
 
-@pytest.mark.parametrize("v", ["10.0.0.1/24", "10.0.0.0/31", "nope"])
+@pytest.mark.parametrize("v", ["10.0.0.1/24", "10.0.0.0/31", "nope", "224.0.0.0/24", "127.0.0.0/8", "0.0.0.0/0",
+                               "192.0.0.0/2", "255.255.255.252/30"])
 def test_bad_subnet_refused(v):
     with pytest.raises(UsageError):
         model.parse_subnet(v)

@@ -142,6 +142,9 @@ def down(node: Node, vnis=None) -> bool:
     """Stop the agent (it leaves the registry first), then take the node down;
     a node taken down does not come back at boot."""
     st = node.state()
+    if vnis and not st and state.load_boot(node.name) is not None:      # it deleted the node's saved configuration
+        raise Conflict(f"node {node.name} is not up (after a reboot, before `up --restore`?): its saved configuration "
+                       "is kept; run `dataplane up --restore`, then `down --vni`, or `dataplane down` to forget it")
     if vnis and st and st.registry:
         raise UsageError("with a registry a node serves every registry network: "
                          "remove the network with `dataplane network rm`, or the node with `dataplane down`")

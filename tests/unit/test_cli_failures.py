@@ -129,6 +129,19 @@ def test_down_of_a_vni_twice_is_idempotent(roots, capsys, monkeypatch):
     assert list(state.load("host").networks) == [10]
 
 
+def test_down_of_a_vni_on_a_node_not_up_keeps_its_saved_configuration(roots, capsys):
+    """After a reboot, before `up --restore`: `down --vni 20` said "nothing was up", exit 0, and
+    deleted the node's saved configuration: the unit then had nothing to restore, every VNI lost."""
+    boot = {"vni": [10, 20], "underlay": "eth0"}
+    state.save_boot("host", boot)
+    assert main(["down", "--vni", "20"]) == 4
+    said = one_line(capsys)
+    assert "is not up" in said and "dataplane up --restore" in said, said
+    assert state.load_boot("host") == boot
+    state.remove_boot("host")
+    assert main(["down", "--vni", "20"]) == 0, "nothing saved, nothing up: idempotent as before"
+
+
 def test_capture_and_monitor_arguments(roots, capsys, monkeypatch, tmp_path):
     """--vni 0x10 is VNI 16 to the end (before: a traceback after the capture, int("0x10"));
     --inner with no endpoint of the VNI here is refused (before: it waited on no socket until ^C

@@ -106,6 +106,9 @@ def cmd_agent_run(args):
     st = node.state()
     if not st:
         raise NotFound(f"node {node.name} is not up: run `dataplane up` first")
+    if not st.registry:                  # (it went on with the default registry, and unserved the static VNIs)
+        raise UsageError(f"node {node.name} runs without a registry (static peers): it has no agent; "
+                         "`dataplane up --registry URL` gives it one")
     n = restarts.count(node.name)        # a start that fails at once (its registry's files unreadable) counts too
     try:
         ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,

@@ -142,6 +142,15 @@ def test_down_of_a_vni_on_a_node_not_up_keeps_its_saved_configuration(roots, cap
     assert main(["down", "--vni", "20"]) == 0, "nothing saved, nothing up: idempotent as before"
 
 
+def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
+    """It ran with the default registry: registered the host there and unserved the node's
+    static VNIs that registry did not have. Refused before it counts as a start."""
+    saved_node(roots)
+    assert main(["agent", "run"]) == 2
+    assert "runs without a registry" in one_line(capsys)
+    assert not (roots / "run" / "host" / "agent-starts").exists()
+
+
 def test_capture_and_monitor_arguments(roots, capsys, monkeypatch, tmp_path):
     """--vni 0x10 is VNI 16 to the end (before: a traceback after the capture, int("0x10"));
     --inner with no endpoint of the VNI here is refused (before: it waited on no socket until ^C

@@ -4,7 +4,6 @@ or etcds://host:port[,...]?ca=...&cert=...&key=...&user=...&password-file=... (e
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
 from dataplane.core.errors import UsageError
 from dataplane.registry import etcd_access
@@ -22,7 +21,7 @@ __all__ = ["DEFAULT_URL", "Change", "Compacted", "Endpoint", "Host", "Network", 
 def parse_url(url: str) -> tuple[str, object]:
     """("sqlite", path), ("etcd", [(host, port), ...]) or ("etcds", EtcdAccess), every
     file an etcds URL names read; UsageError otherwise."""
-    parts = urlsplit(url or "")
+    parts = etcd_access.split(url or "")
     if parts.scheme == "sqlite":
         path = parts.path
         if parts.netloc or not path.startswith("/") or path.endswith("/"):

@@ -109,9 +109,17 @@ def parse_endpoints(url: str, netloc: str) -> list[tuple[str, int]]:
     return eps
 
 
+def split(url: str):
+    """urlsplit, its ValueError ("Invalid IPv6 URL", a bad port) a UsageError: a traceback before."""
+    try:
+        return urlsplit(url)
+    except ValueError as e:
+        raise UsageError(f"bad registry {url!r}: {e}") from None
+
+
 def parse(url: str) -> EtcdAccess:
     """An etcd:// or etcds:// URL, its files checked; UsageError names what is wrong."""
-    parts = urlsplit(url)
+    parts = split(url)
     if "@" in parts.netloc:
         raise UsageError(f"bad registry {url!r}: no user or password before the host; "
                          "use etcds://...?user=NAME&password-file=FILE")

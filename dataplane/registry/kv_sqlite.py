@@ -63,8 +63,10 @@ class SqliteKV(KV):
         self.url = f"sqlite://{path}"
         self.path = path
         d = os.path.dirname(path)
-        if d:
-            os.makedirs(d, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(d or ".", mode=0o700, exist_ok=True)
+        except OSError as e:       # a file where a directory must be, no permission: said, never a traceback
+            raise Refused(f"registry {path}: cannot make its directory {d}: {e.strerror or e}") from None
         self._lock = threading.RLock()         # the write connection's
         self._rlock = threading.RLock()        # the read connection's
         self._db = self._rdb = None

@@ -142,6 +142,20 @@ def test_down_of_a_vni_on_a_node_not_up_keeps_its_saved_configuration(roots, cap
     assert main(["down", "--vni", "20"]) == 0, "nothing saved, nothing up: idempotent as before"
 
 
+def test_a_registry_url_or_path_that_cannot_be_used_is_one_line(roots, capsys, monkeypatch, tmp_path):
+    """`etcd://[::1` gave urlsplit's ValueError as a traceback, and a sqlite file under a file
+    (or a directory a user may not make) makedirs' OSError, from every registry command."""
+    from dataplane.node import vtep
+    monkeypatch.setattr(vtep, "up", lambda *a, **kw: pytest.fail("up went on to make the node"))
+    (tmp_path / "f").write_text("")
+    up, ls = ["up", "--host-name", "h1"], ["network", "list"]
+    for url, code, cmds in (("etcd://[::1", 2, (ls, up)), ("etcds://[::1]:2379?ca=x", 2, (ls, up)),
+                            (f"sqlite://{tmp_path}/f/reg.db", 5, (ls, ["network", "create", "n", "--vni", "5"]))):
+        for cmd in cmds:
+            assert main([*cmd, "--registry", url]) == code, (cmd, url)
+            assert "registry" in one_line(capsys)
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused before it counts as a start."""

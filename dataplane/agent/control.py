@@ -114,6 +114,8 @@ def _ensure_networks(reg, vnis: list[int], subnet, port, mtu: int, created: list
                 created.append(net.name)
             if subnet and net.subnet != str(model.parse_subnet(subnet)):
                 raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
+            if port is not None and net.port != model.parse_port(port):      # its agent unserved it: said nowhere
+                raise Conflict(f"VNI {vni} is network {net.name} on UDP port {net.port} in the registry")
             subnet = subnet or (net.subnet if len(vnis) == 1 else None)
             mtus[vni] = net.mtu
     except BaseException:

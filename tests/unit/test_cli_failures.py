@@ -156,6 +156,22 @@ def test_a_registry_url_or_path_that_cannot_be_used_is_one_line(roots, capsys, m
             assert "registry" in one_line(capsys)
 
 
+def test_up_on_a_registry_network_of_another_port_is_refused(roots, capsys, monkeypatch, tmp_path):
+    """`up --vni 5 --port 4790` over network vni5 of port 4789 said the VNI was up; its agent then
+    unserved it ("port differs"), said only in its log. Refused as another subnet is, before anything."""
+    from dataplane import registry
+    from dataplane.node import vtep
+    monkeypatch.setattr(vtep, "up", lambda *a, **kw: pytest.fail("up went on to make the node"))
+    url = f"sqlite://{tmp_path}/reg.db"
+    reg = registry.open_registry(url)
+    reg.network_create("vni5", 5)
+    assert main(["up", "--registry", url, "--host-name", "h1", "--vni", "5", "--port", "4790",
+                 "--underlay", "lo"]) == 4
+    assert "on UDP port 4789 in the registry" in one_line(capsys)
+    assert [n.name for n in reg.networks()] == ["vni5"]
+    reg.close()
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused before it counts as a start."""

@@ -78,6 +78,7 @@ class Driver(Pending):
         # (it only logs), so a release the agent could not take is kept here and tried again.
         self.releases_path = os.path.join(state.lib_dir(node), "docker-releases.json")
         self.ipam_created: set[int] = set()    # VNIs the IPAM created a registry network for, not mapped yet
+        self.pool_vnis: dict[str, int | None] = {}     # subnet -> the VNI its last RequestPool named (--ipam-opt)
         # Endpoints to detach: Docker ignores a DeleteEndpoint error (it logs it, frees the address
         # in its IPAM and never asks again), and forgets an endpoint whose CreateEndpoint failed;
         # one the agent could not take, or may have made, is detached at a later request.
@@ -156,6 +157,12 @@ class Driver(Pending):
         # the registry's gateway to a container. One that exists keeps its own (engines with
         # disjoint --ip-ranges have different ones): CreateEndpoint says what to do if they clash.
         gw = str(ipaddress.IPv4Interface(pools[0]["Gateway"]).ip) if pools[0].get("Gateway") else None
+        ipam = pools[0].get("AddressSpace") == docker_ipam.ADDRESS_SPACE
+        # --ipam-opt vni=N reaches the IPAM alone: each engine's network took a VNI of its own.
+        pool_vni = self.pool_vnis.get(subnet) if ipam else None
+        if pool_vni is not None and vni not in (None, pool_vni):
+            raise UsageError(f"-o vni={vni} and --ipam-opt vni={pool_vni} differ: give one of them")
+        vni = pool_vni if vni is None else vni
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION),
                           **_gateway(subnet, gw))
         with self.lock:
@@ -169,7 +176,7 @@ class Driver(Pending):
             nets[nid] = {"vni": net["vni"], "subnet": net["subnet"], "name": net["name"], "mtu": net["mtu"],
                          "gateway": net["gateway"], "created": created,
                          "internal": bool((req.get("Options") or {}).get(INTERNAL)),
-                         "ipam": pools[0].get("AddressSpace") == docker_ipam.ADDRESS_SPACE}
+                         "ipam": ipam}
             self._save(nets)
         return {}
 

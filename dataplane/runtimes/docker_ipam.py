@@ -98,6 +98,7 @@ class Ipam:
         vni = model.parse_vni(opts[VNI_OPTION]) if VNI_OPTION in opts else None
         subnet = model.parse_subnet(pool)
         info = self.driver._agent("address_pool", subnet=str(subnet), vni=vni)
+        self.driver.pool_vnis[str(subnet)] = vni         # CreateNetwork, next, is not told it
         return {"PoolID": pool_id(str(subnet), vni), "Pool": str(subnet),
                 "Data": {GATEWAY: f"{info['gateway']}/{subnet.prefixlen}"}}
 

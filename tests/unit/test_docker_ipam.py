@@ -498,3 +498,26 @@ def test_a_network_released_elsewhere_is_made_again_as_it_was(engines):
     run(h2, "c" * 64, pool, "e" * 64)
     again = h2.agent.reg.network_by_vni(256)
     assert (again.name, again.mtu) == ("blue", 1400)
+
+
+def test_ipam_opt_vni_alone_puts_every_engines_network_on_that_vni(engines):
+    """`--ipam-driver dataplane --ipam-opt vni=300` without `-o vni`: CreateNetwork is not told
+    the pool's VNI, so each engine's network took an automatic VNI of its own (h1 4096, h2 4097:
+    containers apart) while the addresses were reserved in VNI 300. Differing VNIs are refused."""
+    vnis = {}
+    for h, nid in (("h1", "d1"), ("h2", "d2")):
+        e = engines[h]
+        spaces = ok(e, "/IpamDriver.GetDefaultAddressSpaces")
+        space = spaces["LocalDefaultAddressSpace"]
+        pool = ok(e, "/IpamDriver.RequestPool", {"AddressSpace": space, "Pool": SUBNET, "SubPool": "",
+                                                 "Options": {"vni": "300"}, "V6": False})
+        v4 = {"AddressSpace": space, "Pool": pool["Pool"], "Gateway": pool["Data"][docker_ipam.GATEWAY]}
+        body = {"NetworkID": nid, "Options": {GEN: {}}, "IPv6Data": [], "IPv4Data": [v4]}
+        if h == "h2":
+            refused(e, "/NetworkDriver.CreateNetwork", {**body, "Options": {GEN: {"vni": "301"}}}, 200,
+                    "-o vni=301 and --ipam-opt vni=300 differ")
+        ok(e, "/NetworkDriver.CreateNetwork", body)
+        vnis[h] = e.driver._network(nid)["vni"]
+        run(e, nid, pool["PoolID"], "ep" + h)
+    assert vnis == {"h1": 300, "h2": 300}
+    assert sorted(n.vni for n in engines["h1"].agent.reg.networks()) == [300]

@@ -134,8 +134,8 @@ class Driver(Pending):
 
     def create_network(self, req) -> dict:
         nid = _id(req, "NetworkID")
+        self.detach_pending()            # first: a leftover endpoint keeps its network "in use" to a release
         self.release_pending()
-        self.detach_pending()
         opts = dict((req.get("Options") or {}).get(GENERIC) or {})
         for opt, (want, why) in DOCKER_OWN.items():
             if opt in opts and (str(opts.pop(opt)).lower() in ("1", "t", "true")) != want:
@@ -189,8 +189,8 @@ class Driver(Pending):
             if net is not None and net["created"] and not any(n["vni"] == net["vni"] for n in nets.values()):
                 state.write_json(self.releases_path, sorted(set(self._pending()) | {net["vni"]}), durable=True)
             self._save(nets)
-        self.release_pending(loud=net["vni"] if net is not None else None)
         self.detach_pending()
+        self.release_pending(loud=net["vni"] if net is not None else None)
         return {}
 
     def create_endpoint(self, req) -> dict:

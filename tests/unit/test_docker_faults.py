@@ -195,3 +195,17 @@ def test_an_attach_that_ends_while_pending_detaches_run_is_left_alone(engines, m
     assert in_attach.wait(10)
     e.driver.detach_pending()                  # another request's, which read the list with A's entry on it
     assert list(e.agent.local.endpoints) == [docker.endpoint_id(EID)], "A's endpoint was detached"
+
+
+def test_a_network_removed_after_a_failed_delete_endpoint_goes_from_the_registry(engines, monkeypatch):
+    """`docker rm` while the agent restarts, then `docker network rm`: the release ran before the
+    pending detach, found the leftover endpoint ("in use"), counted that as done, and the registry
+    network this driver made stayed for good, its VNI and subnet taken. Detaches go first now."""
+    e = engines["h1"]
+    _docker_net(e)
+    assert _endpoint(e, EID)[0] == 200
+    real = _failing(monkeypatch, "endpoint_detach", AgentNotRunning("the agent of node h1 is not running"))
+    assert "not running" in post(e, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})[1]["Err"]
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))           # the agent is back
+    ok(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
+    assert e.agent.reg.networks() == [] and e.agent.local.endpoints == {}

@@ -96,7 +96,10 @@ class Ops:
 
     def ping(self) -> dict:
         ag = self.ag
-        return {"host": ag.me, "synced": ag.synced.is_set(), "connected": ag.connected.is_set(), "pid": os.getpid()}
+        # registered: its lease's last keepalive was answered (the registry takes requests) while
+        # connected is the watch's alone, down a few seconds at every etcd member restart
+        return {"host": ag.me, "synced": ag.synced.is_set(), "connected": ag.connected.is_set(),
+                "registered": bool(getattr(ag.leases, "live", False)), "pid": os.getpid()}
 
     def status(self) -> dict:
         """What the agent knows of itself. Its lock is held by the main loop's turns (a whole

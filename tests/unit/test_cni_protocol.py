@@ -109,3 +109,31 @@ def test_ipam_output_that_is_not_json_is_a_spec_error(tmp_path):
     plugin.chmod(0o755)
     status, out = run({**CONF, "ipam": {"type": "junk-ipam"}}, CNI_PATH=str(tmp_path))
     assert status == 1 and out["code"] == cni.E_DECODE and "junk-ipam" in out["msg"], out
+
+
+@pytest.mark.parametrize("ping, code", [
+    ({"synced": True, "connected": False, "registered": True}, None),    # a watch resuming: ADD works
+    ({"synced": True, "connected": True, "registered": True}, None),
+    ({"synced": True, "connected": False, "registered": False}, cni.E_NOT_AVAILABLE),   # the registry away
+    ({"synced": False, "connected": True, "registered": True}, cni.E_NOT_AVAILABLE),    # not synced yet
+    ({"synced": True, "connected": True}, None),                                        # an older agent's ping
+    ({"synced": True, "connected": False}, cni.E_NOT_AVAILABLE),
+])
+def test_status_follows_the_registry_answering_not_the_watch(monkeypatch, ping, code):
+    """STATUS said 50 whenever the agent's watch was down: for seconds at every etcd member's
+    restart or leader change, on every node at once (containerd asks at each CRI Status: the
+    kubelet marks the node NotReady), while ADD, which goes to the registry itself, worked."""
+    monkeypatch.setattr(cni, "_agent", lambda conf, op, **kw: ping)
+    status, out = run(CONF, CNI_COMMAND="STATUS")
+    assert (status, out and out["code"]) == ((0, None) if code is None else (1, code))
+
+
+def test_the_agents_ping_says_whether_its_lease_keepalive_was_answered():
+    import threading
+    from types import SimpleNamespace
+    from dataplane.agent import ops
+    ev = threading.Event()
+    ag = SimpleNamespace(me="h1", synced=threading.Event(), connected=ev, leases=SimpleNamespace(live=True))
+    ag.synced.set()
+    assert ops.Ops.ping(SimpleNamespace(ag=ag)) | {"pid": 0} == {"host": "h1", "synced": True, "connected": False,
+                                                                 "registered": True, "pid": 0}

@@ -24,7 +24,7 @@ from dataplane.agent import client
 from dataplane.agent.client import AgentSilent
 from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, TryAgain, UsageError
-from dataplane.runtimes import cni_asks
+from dataplane.runtimes import cni_asks, gateway_arg
 from dataplane.runtimes.cni_input import SUPPORTED, _attachment, _check_conf, _read_conf, _refused
 from dataplane.runtimes.cni_ipam import (ATTACHMENTS, E_BROKEN, E_CONFIG, E_CONFLICT, E_DECODE,  # noqa: F401
                                          E_ENV, E_INTERNAL, E_IO, E_NOT_AVAILABLE, E_TRY_AGAIN,
@@ -95,7 +95,8 @@ def cmd_add(conf: dict, env) -> dict:
         # with it, or checked against it (it was dropped silently when the registry allocated).
         if iface is not None or conf.get("ipMasq") or conf.get("mtu") is not None:
             _agent(conf, "network_ensure", vni=vni, subnet=str(iface.network) if iface else None,
-                   mtu=conf.get("mtu"))
+                   mtu=conf.get("mtu"),      # the IPAM's gateway, kept from its pods: the network's if it makes it
+                   **(gateway_arg(str(iface.network), (ipinfo or {}).get("gateway")) if ipam and iface else {}))
         gateway, routes = (_egress(conf, vni, routes) if conf.get("ipMasq")
                            else (None, via(routes, (ipinfo or {}).get("gateway"))))
         sandbox = {"netns": netns, "ifname": ifname, "runtime": "cni", "network": conf["name"],

@@ -26,7 +26,7 @@ import threading
 from dataplane.agent import client
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
-from dataplane.runtimes import docker_ipam
+from dataplane.runtimes import docker_ipam, gateway_arg
 from dataplane.runtimes.docker_pending import Pending
 
 log = logging.getLogger("dataplane.docker")
@@ -48,13 +48,6 @@ def endpoint_id(docker_eid: str) -> str:
 
 def peer_ifname(docker_eid: str) -> str:
     return "dkp" + docker_eid[:12]
-
-
-def _gateway(subnet: str, gw: str | None) -> dict:
-    """network_ensure's gateway argument: none for the subnet's first address, which is what a
-    network gets without one (and an agent older than the argument refuses it)."""
-    first = str(next(ipaddress.IPv4Network(subnet).hosts()))
-    return {"gateway": gw} if gw and gw != first else {}
 
 
 def _id(req: dict, field: str) -> str:
@@ -164,7 +157,7 @@ class Driver(Pending):
             raise UsageError(f"-o vni={vni} and --ipam-opt vni={pool_vni} differ: give one of them")
         vni = pool_vni if vni is None else vni
         net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION),
-                          **_gateway(subnet, gw))
+                          **gateway_arg(subnet, gw))
         with self.lock:
             nets = self._load()
             # A registry network a runtime made (on any host: the record says so) is released by
@@ -207,7 +200,7 @@ class Driver(Pending):
         # Made again as it was (name, MTU): a release elsewhere took it, and made from the VNI
         # alone it became vni<N> with this host's MTU, refused to the hosts that still had the old.
         made = self._agent("network_ensure", vni=net["vni"], subnet=net["subnet"], name=net["name"],
-                           mtu=net.get("mtu"), **_gateway(net["subnet"], net.get("gateway")))
+                           mtu=net.get("mtu"), **gateway_arg(net["subnet"], net.get("gateway")))
         if made["created"] or (made.get("runtime") and not net["created"]):
             with self.lock:
                 nets = self._load()

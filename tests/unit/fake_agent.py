@@ -47,7 +47,7 @@ class FakeAgent:
     def ping(self) -> dict:
         return {"host": "h1", "synced": True, "connected": True}
 
-    def network_ensure(self, vni=None, subnet=None, name=None, mtu=None) -> dict:
+    def network_ensure(self, vni=None, subnet=None, name=None, mtu=None, gateway=None) -> dict:
         vni = model.parse_vni(vni) if vni is not None else None
         if mtu is not None:
             parse_mtu(mtu)
@@ -59,7 +59,7 @@ class FakeAgent:
         created = net is None
         if created:
             v = vni if vni is not None else max([4095, *self.networks]) + 1
-            net = Network.make(name or f"vni{v}", v, subnet=str(want) if want else None)
+            net = Network.make(name or f"vni{v}", v, subnet=str(want) if want else None, gateway=gateway)
             self.networks[v] = net
         elif want is not None and net.net != want:
             raise Conflict(f"VNI {net.vni} has subnet {net.subnet}, not {want}")

@@ -180,3 +180,17 @@ def test_ip_masq_on_a_vni_the_registry_has_no_network_for_yet(tmp_path, agent, m
     status, out = run({**CONF, "vni": 300, "ipMasq": True}, "ADD", tmp_path)
     assert status == 0, out
     assert any(r["dst"] == "0.0.0.0/0" for r in out["routes"]), out
+
+
+@pytest.mark.parametrize("gateway, made_with", [("10.2.0.254", "10.2.0.254"), ("10.2.0.1", "10.2.0.1"),
+                                                (None, "10.2.0.1"), ("10.9.0.1", "10.2.0.1")])
+def test_the_first_add_makes_the_network_with_the_ipams_gateway(tmp_path, agent, gateway, made_with):
+    """host-local with "gateway": "10.2.0.254" hands out .1 first; the network the first ADD made
+    had .1 as its gateway, so the registry refused that pod's address (code 7) on every host."""
+    ip = {"address": "10.2.0.5/24", **({"gateway": gateway} if gateway else {})}
+    add = f'[ "$CNI_COMMAND" = ADD ] && echo \'{{"cniVersion":"1.1.0","ips":[{json.dumps(ip)}]}}\''
+    status, out = run({**CONF, "vni": 300, "ipam": recording_ipam(tmp_path, add)}, "ADD", tmp_path)
+    assert status == 0, out
+    assert agent.networks[300].gateway == made_with
+    ensure = next(args for op, args in agent.calls if op == "network_ensure")
+    assert ("gateway" in ensure) == (made_with != "10.2.0.1"), "the first address is not sent (older agents)"

@@ -138,7 +138,6 @@ class RuntimeOps:
         model.parse_sandbox(sandbox)           # refused before anything is registered
         if prefixlen is not None and not (isinstance(prefixlen, int) and 8 <= prefixlen <= 30):
             raise UsageError(f"bad prefix length {prefixlen!r}")
-        net = self.network_ensure(vni=vni)
         ag = self.ag
 
         def create(rec):
@@ -148,7 +147,8 @@ class RuntimeOps:
                                    prefixlen=prefixlen, routes=routes)
                 local.wrote(ag, id, rec)
                 return ep
-        with working_on(ag, id):
+        with working_on(ag, id):             # from the start: a DEL meanwhile (the runtime's, after an ADD
+            net = self.network_ensure(vni=vni)      # in doubt) waits, then removes what this makes
             rec, ep = register_then_create(
                 lambda: register_endpoint(ag, id, net["name"], ag.me, ip=ip, mac=mac, reserved=reserved is True),
                 unregister(ag, id), create)

@@ -17,7 +17,7 @@ import subprocess
 from dataplane.core import abi
 from dataplane.kernel import bpfsys
 from dataplane.kernel.bundle import bundle
-from dataplane.core.errors import KernelError, NotPermitted, ToolchainError
+from dataplane.core.errors import KernelError, NotPermitted, ToolchainError, UsageError
 from dataplane.core.notice import notice
 from dataplane.kernel import progcache
 from dataplane.kernel.maps import RETIRED, SIZE_CONSTS, SPECS, check_pinned_layout, new_generations, unpin
@@ -75,10 +75,21 @@ class Loaded:
         self.fds, self._map_fds = {}, ()
 
 
+MAX_MAP_ENTRIES = 1 << 24
+POWER_OF_TWO = ("DP_MAP_NH_CACHE", "DP_MAP_LOCAL_COPIES")     # slot = hash & (N - 1): bpf/lib/maps.h asserts it
+
+
 def check_map_sizes(sizes: dict) -> None:
+    """`up --map-size`'s, before anything is made: an unknown name was a toolchain error (exit 6)
+    and a size of 0 or below failed only in bcc's compile, after the node's sysctls were set."""
     unknown = set(sizes) - set(SIZE_CONSTS)
     if unknown:
-        raise ToolchainError(f"unknown map size constants: {sorted(unknown)} (known: {', '.join(SIZE_CONSTS)})")
+        raise UsageError(f"unknown map size constants: {sorted(unknown)} (known: {', '.join(SIZE_CONSTS)})")
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_MAP_ENTRIES:
+            raise UsageError(f"--map-size {name}={n}: 1 to {MAX_MAP_ENTRIES} entries")
+        if name in POWER_OF_TWO and n & (n - 1):
+            raise UsageError(f"--map-size {name}={n}: must be a power of two")
 
 
 def _cflags(sizes: dict[str, int]) -> list[str]:

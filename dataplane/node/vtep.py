@@ -47,6 +47,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
     if metrics_address not in (None, "", "off"):
         model.parse_host_port(metrics_address, "metrics address")
     meters = choices.meters(meters)       # storm control, the overlay's and learning: {NodeConfig field: value}
+    loader.check_map_sizes(map_sizes or {})
     if underlay is not None:
         model.parse_ifname(underlay)
     if node.netns == HOST_NODE and not node.state():
@@ -75,7 +76,6 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         if old and registry and old.registry not in (None, registry):
             raise Conflict(f"node {node.name} uses registry {old.registry}; run `dataplane down` first")
         if old and map_sizes:
-            loader.check_map_sizes(map_sizes)
             made = {k: old.map_sizes.get(k, abi.load().constants[k]) for k in map_sizes}
             if made != map_sizes:
                 raise Conflict(f"node {node.name}'s maps were made with {made}: sizes are fixed when the maps "

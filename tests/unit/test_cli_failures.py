@@ -172,6 +172,18 @@ def test_up_on_a_registry_network_of_another_port_is_refused(roots, capsys, monk
     reg.close()
 
 
+@pytest.mark.parametrize("size, said", [("DP_MAP_FOO=5", "unknown map size"), ("DP_MAP_FDB=0", "1 to"),
+                                        ("DP_MAP_FDB=-1", "1 to"), ("DP_MAP_NH_CACHE=1000", "power of two")])
+def test_a_bad_map_size_is_refused_before_anything_is_made(roots, capsys, monkeypatch, size, said):
+    """An unknown name was exit 6 ("bcc, headers or bpffs missing"); a size of 0 or below, or a
+    cache that is no power of two, failed only in bcc's compile, after the sysctls were set."""
+    from dataplane.node import vtep
+    monkeypatch.setattr(vtep.netlink, "link_info", lambda *a, **kw: pytest.fail("up went on to make the node"))
+    assert main(["up", "--no-registry", "--vni", "5", "--underlay", "lo", "--map-size", size]) == 2
+    assert said in one_line(capsys)
+    assert state.load("host") is None
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused before it counts as a start."""

@@ -20,7 +20,10 @@ def _password() -> bytes:
             raise UsageError("the two passwords differ")
     else:
         first = sys.stdin.readline().rstrip("\r\n")
-    pw = first.encode()
+    try:
+        pw = first.encode()
+    except UnicodeEncodeError:           # bytes that are no UTF-8 (a traceback before)
+        raise UsageError("the password is not UTF-8: Prometheus sends basic_auth passwords as UTF-8") from None
     if not pw:
         raise UsageError("an empty password")
     if len(pw) > 72:

@@ -30,3 +30,10 @@ def test_what_it_refuses():
                               ((), "x" * 73 + "\n", "72 at most")):
         r = _run(*args, stdin=stdin)
         assert r.returncode == 2 and said in r.stderr, (args, r.returncode, r.stderr)
+
+
+def test_a_password_that_is_no_utf8_is_one_line():
+    """`printf '\xff\n' | dataplane hash-password` was a UnicodeEncodeError traceback, exit 1."""
+    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "hash-password"], input=b"\xff\n",
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2 and b"not UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr

@@ -221,6 +221,9 @@ class Driver(Pending):
                                  f"{made['gateway']}, or an --ip-range without it") from None
             raise
         except Conflict as e:
+            if str(e).startswith("MAC ") and iface.get("MacAddress"):     # not the address: retrying cannot help
+                raise Conflict(f"{e}: `docker run --mac-address` gave another endpoint's MAC on VNI {net['vni']}; "
+                               "give another, or none (one is derived from the address)") from None
             if "in use" in str(e) and ours:
                 raise Conflict(f"{e}: this host's reservation of {addr.ip} was lost meanwhile (its registry "
                                "lease lapsed?); try again") from None

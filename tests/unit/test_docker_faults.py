@@ -209,3 +209,23 @@ def test_a_network_removed_after_a_failed_delete_endpoint_goes_from_the_registry
     monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))           # the agent is back
     ok(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID})
     assert e.agent.reg.networks() == [] and e.agent.local.endpoints == {}
+
+
+@pytest.mark.parametrize("ipam", [False, True])
+def test_a_mac_address_another_endpoint_has_is_said_as_such(engines, ipam):
+    """`docker run --mac-address` with another container's MAC was told its address reservation
+    was lost ("try again"), or that engines need disjoint --ip-ranges: neither helps."""
+    e, mac = engines["h1"], "02:aa:00:00:00:01"
+    if ipam:
+        pool = create_network(e, NID)
+        addrs = [ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}})["Address"]
+                 for _ in range(2)]
+    else:
+        _docker_net(e)
+        addrs = ["10.30.0.2/24", "10.30.0.3/24"]
+    for n, (eid, addr) in enumerate(((EID, addrs[0]), (EID2, addrs[1]))):
+        status, reply = post(e, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": eid, "Options": {},
+                                                                 "Interface": {"Address": addr, "MacAddress": mac}})
+        if n == 0:
+            assert status == 200 and "Err" not in reply, reply
+    assert "--mac-address" in reply["Err"] and "try again" not in reply["Err"] and "ip-range" not in reply["Err"], reply

@@ -270,10 +270,10 @@ class RuntimeOps:
                 "gateway": net.gateway if net else str(next(want.hosts()))}
 
     def address_reserve(self, subnet: str, vni: int | str | None = None, ip: str | None = None, name: str | None = None,
-                        mtu: int | str | None = None) -> dict:
+                        mtu: int | str | None = None, keep: bool = False) -> dict:
         """Reserve ip (None: the lowest free one) for this host in the pool's
-        network, under this host's lease. With a VNI the network is created if
-        missing (another host's runtime may have released it), as name and mtu say."""
+        network, under this host's lease (keep: under none, reserve.py). With a VNI the network is
+        created if missing (another host's runtime may have released it), as name and mtu say."""
         want = model.parse_subnet(subnet)
         created = False
         if vni is not None:
@@ -290,7 +290,7 @@ class RuntimeOps:
             if not lease:
                 raise DataplaneError(f"host {self.ag.me} is not registered in the registry yet: try again")
             with inflight.network_lock(self.ag, name):
-                addr = self.ag.reg.address_reserve(name, self.ag.me, lease, ip=ip)
+                addr = self.ag.reg.address_reserve(name, self.ag.me, lease, ip=ip, keep=keep is True)
         except DataplaneError:
             if created:                  # nobody knows of it yet: not left behind
                 with contextlib.suppress(DataplaneError):

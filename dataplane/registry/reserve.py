@@ -93,12 +93,15 @@ class Reservations:
                 out.append(net)
         return out
 
-    def address_reserve(self, network, host, lease: int, ip=None) -> str:
+    def address_reserve(self, network, host, lease: int, ip=None, keep: bool = False) -> str:
         """Reserve ip (None: the lowest free address) in network for host, under
-        host's lease; returns the address. Conflict if ip is held, or none is free."""
+        host's lease; returns the address. Conflict if ip is held, or none is free.
+        keep: under no lease (Docker's --aux-address, asked for once): it goes when released,
+        with its network, or with `registry forget-host`, not when the host's lease lapses."""
         host = model.parse_name(host, "host name")
         if not lease:
             raise DataplaneError(f"host {host} is not registered (no lease yet): try again")
+        lease = 0 if keep else lease
         net_item, net = self._network_item(network)
         want = net.check_ip(ip) if ip is not None else None
         sent: list[tuple[str, bytes]] = []   # (address, value) committed with the reply lost

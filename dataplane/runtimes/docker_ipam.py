@@ -99,6 +99,7 @@ class Ipam:
         subnet = model.parse_subnet(pool)
         info = self.driver._agent("address_pool", subnet=str(subnet), vni=vni)
         self.driver.pool_vnis[str(subnet)] = vni         # CreateNetwork, next, is not told it
+        self.driver.pools_new.add(str(subnet))
         return {"PoolID": pool_id(str(subnet), vni), "Pool": str(subnet),
                 "Data": {GATEWAY: f"{info['gateway']}/{subnet.prefixlen}"}}
 
@@ -122,8 +123,11 @@ class Ipam:
         # Docker network on the VNI has it: its name and MTU.
         known = next((n for n in self.driver._load().values() if isinstance(n, dict) and n.get("vni") == vni
                       and vni is not None), {})
+        # Between RequestPool and CreateNetwork Docker asks for the --aux-addresses, once for good
+        # (no replay): kept under no lease. Under the host's, a reboot let other engines hand them out.
+        aux = {"keep": True} if subnet in self.driver.pools_new else {}
         got = self.driver._agent("address_reserve", subnet=subnet, vni=vni, ip=want, name=known.get("name"),
-                                 mtu=known.get("mtu"))
+                                 mtu=known.get("mtu"), **aux)
         if got["created"]:
             self.driver.note_created(got["vni"])
         return {"Address": f"{got['ip']}/{prefixlen}", "Data": {}}

@@ -521,3 +521,21 @@ def test_ipam_opt_vni_alone_puts_every_engines_network_on_that_vni(engines):
         run(e, nid, pool["PoolID"], "ep" + h)
     assert vnis == {"h1": 300, "h2": 300}
     assert sorted(n.vni for n in engines["h1"].agent.reg.networks()) == [300]
+
+
+def test_an_aux_address_outlives_its_hosts_lease(engines):
+    """Docker asks for --aux-addresses once (no replay). Under the host's lease their reservations
+    went at a reboot (the lease lapses), and any engine could then hand them to a container.
+    Reserved between RequestPool and CreateNetwork, they are kept under no lease; a container's
+    address asked for later still lives under the lease until its endpoint takes it over."""
+    h1, h2 = engines["h1"], engines["h2"]
+    pool = ok(h1, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {"vni": "256"}})
+    ok(h1, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"})
+    ok(h1, "/NetworkDriver.CreateNetwork", {"NetworkID": "x" * 64, "Options": {GEN: {"vni": "256"}},
+                                            "IPv4Data": [{"AddressSpace": "dataplane", "Pool": SUBNET}]})
+    later = ok(h1, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})["Address"]
+    h1.agent.reg.kv.lease_revoke(h1.agent.leases.lease)             # h1 rebooted: its lease lapsed
+    assert [(r["ip"], r["host"]) for r in h1.agent.reg.reservations()] == [("10.30.0.9", "h1")], later
+    refused(h2, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"}, 409, "in use")
+    ok(h1, "/IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"})
+    assert h1.agent.reg.reservations() == [], "released by Docker as before"

@@ -158,8 +158,13 @@ class Driver(Pending):
         if pool_vni is not None and vni not in (None, pool_vni):
             raise UsageError(f"-o vni={vni} and --ipam-opt vni={pool_vni} differ: give one of them")
         vni = pool_vni if vni is None else vni
-        net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION),
-                          **gateway_arg(subnet, gw))
+        try:
+            net = self._agent("network_ensure", vni=vni, subnet=subnet, name=name, mtu=opts.get(MTU_OPTION),
+                              **gateway_arg(subnet, gw))
+        except Conflict as e:
+            if vni is None or vni not in self.ipam_created:
+                raise
+            self._ipam_made_too_soon(vni, subnet, e)
         with self.lock:
             nets = self._load()
             # A registry network a runtime made (on any host: the record says so) is released by
@@ -174,6 +179,18 @@ class Driver(Pending):
                          "ipam": ipam}
             self._save(nets)
         return {}
+
+    def _ipam_made_too_soon(self, vni: int, subnet: str, e: Conflict):
+        """The IPAM made VNI's registry network for an --aux-address, asked for before CreateNetwork's
+        -o network and -o mtu were known, with neither: it goes again (it refused every later try)."""
+        self.ipam_created.discard(vni)
+        try:
+            self._agent("network_release", vni=vni)
+        except DataplaneError as err:
+            log.warning("VNI %d: the registry network the IPAM made is left: %s", vni, err)
+        raise Conflict(f"{e}: it was made for an --aux-address, before this network's options were known; make "
+                       f"it first (dataplane network create NAME --vni {vni} --subnet {subnet} [--mtu M]), or "
+                       f"leave -o network and -o {MTU_OPTION} out") from None
 
     def delete_network(self, req) -> dict:
         with self.lock:

@@ -104,7 +104,8 @@ class Ipam:
                 "Data": {GATEWAY: f"{info['gateway']}/{subnet.prefixlen}"}}
 
     def release_pool(self, req) -> dict:
-        parse_pool_id(req.get("PoolID"))     # nothing is held per pool: the addresses are released one by one
+        subnet, _ = parse_pool_id(req.get("PoolID"))   # nothing is held per pool: addresses go one by one
+        self.driver.pools_new.discard(subnet)          # (a CreateNetwork that failed: Docker rolls back)
         return {}
 
     def request_address(self, req) -> dict:
@@ -118,16 +119,20 @@ class Ipam:
             if want is not None and want != gw:
                 raise Conflict(f"the gateway of {subnet} is {gw} in the registry: give --gateway {gw}, or none")
             return {"Address": f"{gw}/{prefixlen}", "Data": {}}
+        nets = [n for n in self.driver._load().values() if isinstance(n, dict)]
+        # Between RequestPool and CreateNetwork Docker asks for the --aux-addresses, once for good
+        # (no replay): kept under no lease. Under the host's, a reboot let other engines hand them out.
+        aux = subnet in self.driver.pools_new and not any(
+            n.get("subnet") == subnet and vni in (None, n.get("vni")) for n in nets)
+        if aux and vni is None:          # the network's -o vni is not known yet: reserved in a guess
+            raise UsageError("an --aux-address with --ipam-driver dataplane needs --ipam-opt vni=N: Docker asks "
+                             "for it before the network (and its -o vni) exists")
         vni = self._vni(subnet, vni)
         # If the registry network is gone (released elsewhere), made again as this engine's
         # Docker network on the VNI has it: its name and MTU.
-        known = next((n for n in self.driver._load().values() if isinstance(n, dict) and n.get("vni") == vni
-                      and vni is not None), {})
-        # Between RequestPool and CreateNetwork Docker asks for the --aux-addresses, once for good
-        # (no replay): kept under no lease. Under the host's, a reboot let other engines hand them out.
-        aux = {"keep": True} if subnet in self.driver.pools_new else {}
+        known = next((n for n in nets if n.get("vni") == vni and vni is not None), {})
         got = self.driver._agent("address_reserve", subnet=subnet, vni=vni, ip=want, name=known.get("name"),
-                                 mtu=known.get("mtu"), **aux)
+                                 mtu=known.get("mtu"), **({"keep": True} if aux else {}))
         if got["created"]:
             self.driver.note_created(got["vni"])
         return {"Address": f"{got['ip']}/{prefixlen}", "Data": {}}

@@ -539,3 +539,45 @@ def test_an_aux_address_outlives_its_hosts_lease(engines):
     refused(h2, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"}, 409, "in use")
     ok(h1, "/IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"})
     assert h1.agent.reg.reservations() == [], "released by Docker as before"
+
+
+def test_an_aux_address_without_ipam_opt_vni_is_refused_not_guessed(engines):
+    """Docker asks for an --aux-address before CreateNetwork, which alone is told `-o vni`: on a new
+    subnet the IPAM said "name its VNI (-o vni=N ...)", given; with another network on the subnet
+    (VNI 300) it reserved the address there, and containers of the new network were handed it."""
+    e = engines["h1"]
+    e.agent.reg.network_create("other", 300, SUBNET)
+    pool = ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {}})
+    refused(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"}, 400,
+            "needs --ipam-opt vni=N")
+    assert e.agent.reg.reservations() == []
+    ok(e, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})         # Docker's rollback
+    # A network of this engine on the subnet (created before; or restored at dockerd's start):
+    ok(e, "/NetworkDriver.CreateNetwork", {"NetworkID": "y" * 64, "Options": {GEN: {"vni": "300"}},
+                                           "IPv4Data": [{"AddressSpace": "dataplane", "Pool": SUBNET}]})
+    ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {}})
+    assert ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})["Address"] == "10.30.0.2/24"
+
+
+def test_an_aux_address_before_a_named_network_says_how_and_leaves_nothing(engines):
+    """`--ipam-opt vni=500 --aux-address r=10.30.0.5 -o network=foo`: the aux address made network
+    vni500 (no name, this host's MTU), CreateNetwork refused it ("not foo"), Docker's rollback left
+    it, and every later try failed the same way until `dataplane network rm vni500`."""
+    e = engines["h1"]
+
+    def create(nid):
+        pool = ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET,
+                                                 "Options": {"vni": "500"}})
+        ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.5"})
+        return post(e, "/NetworkDriver.CreateNetwork", {
+            "NetworkID": nid, "Options": {GEN: {"network": "foo"}},
+            "IPv4Data": [{"AddressSpace": "dataplane", "Pool": SUBNET}]})[1], pool["PoolID"]
+    reply, pool = create("z" * 64)
+    assert "dataplane network create NAME --vni 500" in reply.get("Err", ""), reply
+    ok(e, "/IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": "10.30.0.5"})   # Docker's rollback
+    ok(e, "/IpamDriver.ReleasePool", {"PoolID": pool})
+    assert e.agent.reg.networks() == [] and e.agent.reg.reservations() == []
+    e.agent.reg.network_create("foo", 500, SUBNET)                                  # as the error says
+    reply, pool = create("z" * 64)
+    assert reply == {}, reply
+    assert e.driver._network("z" * 64)["name"] == "foo"

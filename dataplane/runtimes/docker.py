@@ -208,6 +208,7 @@ class Driver(Pending):
     def create_endpoint(self, req) -> dict:
         nid, eid = _id(req, "NetworkID"), _id(req, "EndpointID")
         self.detach_pending()
+        self.release_pending()           # (not only at network requests: engines that only run containers)
         net = self._network(nid)
         iface = req.get("Interface") or {}
         if iface.get("AddressIPv6"):

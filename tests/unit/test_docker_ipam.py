@@ -395,6 +395,26 @@ def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, 
     assert e.driver._pending() == []
 
 
+def test_a_pending_release_is_done_at_the_next_container_too(engines, monkeypatch):
+    """Pending releases were tried at CreateNetwork and DeleteNetwork only: on an engine that
+    then only ran containers the registry network stayed, its VNI and subnet taken."""
+    from dataplane.agent.client import AgentNotRunning
+    e = engines["h1"]
+    create_network(e, "d" * 64)
+    pool = create_network(e, "f" * 64, vni=300, subnet="10.31.0.0/24")
+    real = docker.client.call
+
+    def restarting(node, op, timeout=60.0, **args):
+        if op == "network_release":
+            raise AgentNotRunning(f"the agent of node {node} is not running")
+        return real(node, op, **args)
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=restarting))
+    post(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "d" * 64})
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))      # the agent is back
+    run(e, "f" * 64, pool, "c" * 64)                                      # a container, nothing else
+    assert e.agent.reg.network_by_vni(256) is None and e.driver._pending() == []
+
+
 def test_one_release_that_keeps_failing_holds_up_no_other(engines, monkeypatch):
     """A pending release the agent keeps refusing (here VNI 256's) stopped every later one:
     the loop ended at its first failure, and DeleteNetwork of another network answered with

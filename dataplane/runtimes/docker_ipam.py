@@ -28,6 +28,7 @@ import ipaddress
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, UsageError
+from dataplane.runtimes import gateway_arg
 
 ADDRESS_SPACE = "dataplane"                  # both defaults: the registry is one space for all hosts
 GATEWAY = "com.docker.network.gateway"       # libnetwork's netlabel.Gateway
@@ -114,8 +115,11 @@ class Ipam:
         want = _text(req, "Address")
         want = str(model.parse_ipv4(want)) if want is not None else None
         prefixlen = ipaddress.IPv4Network(subnet).prefixlen
-        if _options(req).get(ADDRESS_TYPE) == GATEWAY:       # --gateway: only the registry's
-            gw = self.driver._agent("address_pool", subnet=subnet, vni=self._vni(subnet, vni))["gateway"]
+        if _options(req).get(ADDRESS_TYPE) == GATEWAY:       # --gateway: the registry's, or a new network's
+            pool = self.driver._agent("address_pool", subnet=subnet, vni=self._vni(subnet, vni))
+            gw = pool["gateway"]
+            if want is not None and pool["network"] is None and vni is not None and gateway_arg(subnet, want):
+                gw = want                # CreateNetwork makes the network with it (runtimes.gateway_arg)
             if want is not None and want != gw:
                 raise Conflict(f"the gateway of {subnet} is {gw} in the registry: give --gateway {gw}, or none")
             return {"Address": f"{gw}/{prefixlen}", "Data": {}}

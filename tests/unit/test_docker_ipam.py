@@ -240,6 +240,23 @@ def test_the_gateway_is_the_registrys_and_never_reserved(engines):
     assert e.agent.reg.network("ops").gateway == "10.33.0.254"
 
 
+def test_a_new_network_takes_the_gateway_docker_was_given(engines):
+    """`--ipam-driver dataplane --ipam-opt vni=800 --subnet 10.80.0.0/24 --gateway 10.80.0.254`:
+    no registry network yet, and the IPAM refused .254 as "the gateway ... is .1 in the registry"."""
+    e = engines["h1"]
+    pool = ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": "10.80.0.0/24",
+                                             "Options": {"vni": "800"}})
+    gw = {"RequestAddressType": docker_ipam.GATEWAY}
+    got = ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.80.0.254", "Options": gw})
+    assert got["Address"] == "10.80.0.254/24"
+    ok(e, "/NetworkDriver.CreateNetwork", {"NetworkID": "g" * 64, "Options": {GEN: {}},
+                                           "IPv4Data": [{"AddressSpace": "dataplane", "Pool": "10.80.0.0/24",
+                                                         "Gateway": got["Address"]}]})
+    assert e.agent.reg.network_by_vni(800).gateway == "10.80.0.254"
+    refused(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.80.0.9", "Options": gw},
+            409, "give --gateway 10.80.0.254")            # once it exists, its own
+
+
 @pytest.mark.parametrize("body, match", [
     ({"Pool": ""}, "needs the network's subnet (docker network create --subnet)"),
     ({"Pool": SUBNET, "V6": True}, "IPv6 is not supported"),

@@ -31,7 +31,7 @@ from dataplane.runtimes.cni_ipam import (ATTACHMENTS, E_BROKEN, E_CONFIG, E_CONF
                                          E_UNKNOWN_CONTAINER, E_VERSION, VALID_ATTACHMENTS, CNIError, _env,
                                          _ipam, gc_listing)
 from dataplane.runtimes.cni_ipam import supports as ipam_supports
-from dataplane.runtimes.cni_result import first_ipv4, objects, shape, v4_routes, via
+from dataplane.runtimes.cni_result import extra_fields, first_ipv4, objects, shape, v4_routes, via
 
 
 # What the agent says when the container's namespace (CNI_NETNS, an absolute path) is gone: the
@@ -131,8 +131,9 @@ def cmd_add(conf: dict, env) -> dict:
               "ips": [i for i in prev_ips if i["address"] != addr] + [ip_entry]}
     if source is not prev:         # a chain's earlier routes stay in the result (installed by their plugin)
         routes = [r for r in shape(prev)[2] if r not in routes] + routes
-    else:                          # its IPv6 ones too, which we left alone
-        routes = [r for r in shape(prev)[2] if ipaddress.ip_network(r["dst"], strict=False).version != 4] + routes
+    else:                          # its IPv6 ones too, which we left alone, and those we could not install
+        routes = [r for r in shape(prev)[2]
+                  if ipaddress.ip_network(r["dst"], strict=False).version != 4 or extra_fields(r)] + routes
     if routes:
         result["routes"] = routes
     dns = (source or {}).get("dns") or prev.get("dns")
@@ -182,16 +183,17 @@ def cmd_check(conf: dict, env) -> None:
         addrs = [ipaddress.ip_interface(i["address"]) for i in objects(prev, "ips", "address")
                  if i.get("interface") == mine[-1]]
         # Every IPv4 route of the result, a chain's earlier ones too: each is in the container
-        # (the reference plugins check them all the same way).
+        # (the reference plugins check them all the same way); not one of another table (sbr's,
+        # an earlier plugin's), which ADD did not install and the main table never has.
         routes = [r for r in objects(prev, "routes", "dst")
-                  if ipaddress.ip_network(r["dst"], strict=False).version == 4]
+                  if ipaddress.ip_network(r["dst"], strict=False).version == 4 and not extra_fields(r)]
     except ValueError as e:
         raise CNIError(E_DECODE, f"prevResult has a bad address or route: {e}") from None
     try:
         _agent(conf, "endpoint_check", id=endpoint_id(conf["name"], cid, ifname),
                ip=str(addrs[0].ip) if addrs else None, mac=mac, routes=routes)
     except CNIError as e:
-        if e.code == E_TRY_AGAIN:
+        if e.code in (E_TRY_AGAIN, E_UNKNOWN_CONTAINER):      # (its network namespace gone: the spec's 3)
             raise
         raise CNIError(E_BROKEN, f"attachment of {cid}/{ifname} is broken: {e.msg}") from None
     if "ipam" in conf:

@@ -36,7 +36,8 @@ def v4_routes(routes: list, strict: bool = True) -> list:
     agent and failed the ADD with an internal error). A dst that is no network: E_DECODE; a
     field other than dst and gw (table, priority, mtu...): E_CONFIG, named (before, the route
     went into the main table without it, and the result listed it as given); not strict (a
-    chain's prevResult, which an earlier plugin made and may have installed so): taken as before."""
+    chain's prevResult, which an earlier plugin made and may have installed so): left out, to be
+    reported as given (a route of table 100 went into the main table while the result said 100)."""
     out = []
     for r in routes:
         try:
@@ -44,12 +45,18 @@ def v4_routes(routes: list, strict: bool = True) -> list:
         except (TypeError, ValueError):
             raise CNIError(E_DECODE, f"route destination {r['dst']!r} is not a network") from None
         if dst.version == 4:
-            extra = sorted(k for k in r if k not in ROUTE_FIELDS)
+            extra = extra_fields(r)
             if extra and strict:
                 raise CNIError(E_CONFIG, f"route {r['dst']}: field {extra[0]!r} ({r[extra[0]]!r}) is not supported "
                                          "by the dataplane plugin (a route is a dst and a gw, in the main table)")
-            out.append(r)
+            if not extra:
+                out.append(r)
     return out
+
+
+def extra_fields(route: dict) -> list:
+    """A route's fields beyond dst and gw (1.1.0's table, priority, mtu, advmss, scope)."""
+    return sorted(k for k in route if k not in ROUTE_FIELDS)
 
 
 def via(routes: list, gateway) -> list:

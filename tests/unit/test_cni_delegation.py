@@ -194,3 +194,34 @@ def test_the_first_add_makes_the_network_with_the_ipams_gateway(tmp_path, agent,
     assert agent.networks[300].gateway == made_with
     ensure = next(args for op, args in agent.calls if op == "network_ensure")
     assert ("gateway" in ensure) == (made_with != "10.2.0.1"), "the first address is not sent (older agents)"
+
+
+def test_a_chains_routes_of_another_table_are_reported_not_put_in_the_main_one(tmp_path, agent):
+    """No IPAM: the address and routes come from an earlier plugin's prevResult. Its route of
+    table 100 (and one with a priority) went into the main table through our interface, while
+    the result said table 100; CHECK then looked for it in the main table and failed (101)."""
+    odd = [{"dst": "0.0.0.0/0", "table": 100}, {"dst": "192.168.0.0/16", "priority": 5}]
+    prev = {"cniVersion": "1.1.0", "interfaces": [], "ips": [{"address": "10.1.0.7/24"}],
+            "routes": [*odd, {"dst": "172.16.0.0/12"}]}
+    status, out = run({**CONF, "prevResult": prev}, "ADD", tmp_path)
+    assert status == 0, out
+    attach = next(args for op, args in agent.calls if op == "endpoint_attach")
+    assert [r["dst"] for r in attach["routes"]] == ["172.16.0.0/12"], attach["routes"]
+    assert all(r in out["routes"] for r in odd), out["routes"]
+    agent.calls.clear()
+    assert run({**CONF, "prevResult": out}, "CHECK", tmp_path) == (0, None)
+    check = next(args for op, args in agent.calls if op == "endpoint_check")
+    assert [r["dst"] for r in check["routes"]] == ["172.16.0.0/12"]
+
+
+def test_check_of_a_container_whose_namespace_went_is_code_3(tmp_path, agent, monkeypatch):
+    """CHECK turned every agent error but 11 into 101 ("broken"), the netns gone too: the spec's 3."""
+    from dataplane.core.errors import NotFound
+
+    def gone(**kw):
+        raise NotFound("network namespace /run/netns/x does not exist")
+    monkeypatch.setattr(agent, "endpoint_check", gone)
+    prev = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [{"address": "10.1.0.5/24", "interface": 0}]}
+    status, out = run({**CONF, "prevResult": prev}, "CHECK", tmp_path)
+    assert (status, out["code"]) == (1, cni.E_UNKNOWN_CONTAINER), out

@@ -34,10 +34,9 @@ RESTORE_ALONE = ("vni", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan
 def cmd_up(args):
     node = node_of(args)
     if args.restore:
+        # Given at all (not by truth: --port 0 and --fdb-age 0 went unheeded, not refused).
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if (getattr(args, a) is not None
-                     if a in ("peer_check", "rx_gro", "vxlan_guard", "xdp_guard", *choices.METER_FIELDS)
-                     else getattr(args, a))]
+                 if getattr(args, a) is not None and getattr(args, a) is not False]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration (but --underlay and --local-ip, "
                              f"where the underlay moved): drop {', '.join(given)}")
@@ -111,8 +110,9 @@ def cmd_agent_run(args):
                          "`dataplane up --registry URL` gives it one")
     n = restarts.count(node.name)        # a start that fails at once (its registry's files unreadable) counts too
     try:
+        ttl = args.lease_ttl if args.lease_ttl is not None else (st.lease_ttl or LEASE_TTL_DEFAULT)   # 0: refused
         ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,
-                   args.host_name or st.host_name or node.name, args.lease_ttl or st.lease_ttl or LEASE_TTL_DEFAULT)
+                   args.host_name or st.host_name or node.name, ttl)
     except Exception:
         restarts.pause(n, time.sleep)      # before the error goes back to the supervisor, which restarts us
         raise

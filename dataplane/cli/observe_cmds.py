@@ -28,6 +28,7 @@ def cmd_stats(args):
         return 0
     if not 0.1 <= args.interval <= 3600:
         raise UsageError("--interval must be 0.1..3600 s")
+    by_vni(args, [])                     # a bad --vni said now, not after the first interval
     prev, t0 = {r["vni"]: r for r in readout.stats(node)}, time.monotonic()
     try:
         while True:

@@ -184,6 +184,26 @@ def test_a_bad_map_size_is_refused_before_anything_is_made(roots, capsys, monkey
     assert state.load("host") is None
 
 
+def test_options_given_as_zero_are_heard(roots, capsys, monkeypatch, tmp_path):
+    """`up --restore --port 0` (and --fdb-age 0) went unheeded, where every other option given
+    with --restore is refused; `agent run --lease-ttl 0` ran with the saved TTL; `stats --watch
+    --vni junk` slept its first interval before it said the VNI was bad."""
+    import dataclasses
+    import time
+    from dataplane.agent import restarts
+    for opt in (["--port", "0"], ["--fdb-age", "0"]):
+        assert main(["up", "--restore", *opt]) == 2
+        assert f"drop {opt[0]}" in one_line(capsys)
+    saved_node(roots)
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("slept before checking --vni"))
+    assert main(["stats", "--watch", "--interval", "5", "--vni", "junk"]) == 2
+    assert "bad VNI" in one_line(capsys)
+    monkeypatch.setattr(restarts, "under_supervisor", lambda: False)
+    state.save(dataclasses.replace(state.load("host"), registry=f"sqlite://{tmp_path}/reg.db", lease_ttl=10))
+    assert main(["agent", "run", "--lease-ttl", "0"]) == 2
+    assert "lease" in one_line(capsys).lower()
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused before it counts as a start."""

@@ -132,7 +132,10 @@ class Ops:
 
     def _network_for(self, network=None, vni=None):
         if network is not None:
-            return self.ag.reg.network(network)
+            net = self.ag.reg.network(network)
+            if vni is not None and net.vni != model.parse_vni(vni):        # (the --vni went unheeded)
+                raise Conflict(f"network {net.name} has VNI {net.vni}, not {vni}: give one of --network and --vni")
+            return net
         net = self.ag.reg.network_by_vni(vni)
         if net is None:
             raise NotFound(f"no network has VNI {vni}: create one with `dataplane network create`")

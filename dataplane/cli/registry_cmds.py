@@ -21,8 +21,8 @@ def cmd_endpoint_add(args):
         ep = client.call(node.name, "endpoint_add", id=args.name, network=args.network,
                          vni=model.parse_vni(args.vni) if args.vni else None, ip=args.ip, mac=args.mac)
     else:
-        if not args.vni:
-            raise UsageError("give --vni (a node without a registry has no named networks)")
+        if not args.vni or args.network:
+            raise UsageError("give --vni alone (a node without a registry has no named networks)")
         ep = endpoints.add(node_of(args), args.name, args.vni, ip=args.ip, mac=args.mac).to_dict()
     say(args, f"endpoint {ep['name']}: VNI {ep['vni']} {ep['ip']} {ep['mac']} "
               f"(netns {ep['netns']}, host side {ep['host_ifname']})", {"id": ep["name"], **ep})

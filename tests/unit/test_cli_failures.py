@@ -204,6 +204,26 @@ def test_options_given_as_zero_are_heard(roots, capsys, monkeypatch, tmp_path):
     assert "lease" in one_line(capsys).lower()
 
 
+def test_endpoint_add_with_a_network_and_another_vni_is_refused(roots, capsys, tmp_path):
+    """`endpoint add x --network a --vni 99` put x on network a whatever its VNI (with a registry),
+    or on VNI 99 whatever --network said (without one)."""
+    from types import SimpleNamespace
+    from dataplane.agent import ops
+    from dataplane.core.errors import Conflict
+    from dataplane.registry import open_registry
+    reg = open_registry(f"sqlite://{tmp_path}/reg.db")
+    reg.network_create("a", 5)
+    try:
+        with pytest.raises(Conflict, match="network a has VNI 5, not 99"):
+            ops.Ops(SimpleNamespace(reg=reg))._network_for("a", 99)
+        assert ops.Ops(SimpleNamespace(reg=reg))._network_for("a", 5).name == "a"
+    finally:
+        reg.close()
+    saved_node(roots)
+    assert main(["endpoint", "add", "x", "--vni", "10", "--network", "a"]) == 2
+    assert "give --vni alone" in one_line(capsys)
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused before it counts as a start."""

@@ -9,10 +9,11 @@ from dataplane.cli.node_cmds import _list_parser, agent_node, node_of
 from dataplane.cli.output import add_output, by_vni, emit, say
 from dataplane.core import model
 from dataplane.core.errors import UsageError
+from dataplane.core.notice import notice
 from dataplane.node import endpoints
 from dataplane import registry
 from dataplane.registry import etcd_access, etcd_auth
-from dataplane.registry.records import is_router
+from dataplane.registry.records import is_router, key
 
 
 def cmd_endpoint_add(args):
@@ -86,6 +87,11 @@ def cmd_network_list(args):
         if not is_router(e, vnis.get(e.network)):     # a gateway's own address is no endpoint
             count[e.network] = count.get(e.network, 0) + 1
     rows = [{**n.to_dict(), "endpoints": count.get(n.name, 0)} for n in sorted(snap.networks.values(), key=lambda n: n.vni)]
+    for bad in snap.bad:                 # listed nowhere else: say what removes it (registry/malformed.py)
+        if bad.startswith(key("networks", "")):
+            name = bad[len(key("networks", "")):].partition(":")[0]
+            notice(f"warning: network record {name!r} cannot be read ({bad.partition(': ')[2]}): "
+                   f"`dataplane network rm {name}` removes it")
     emit(args, rows, ["name", "vni", "subnet", "gateway", "mtu", "port", "endpoints"])
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.registry.backoff import pause_or_raise
+from dataplane.registry import malformed
 from dataplane.registry.ipam import Endpoints, fence_key
 from dataplane.registry.kv import KV, Event, Item, Refused, Txn, Unavailable
 from dataplane.registry.records import PREFIX, Endpoint, Host, Network, endpoint_canonical, is_router, key
@@ -175,7 +176,7 @@ class Registry(Endpoints):
         item = self.kv.get(key("vnis", model.parse_vni(vni)))
         return self._network_or_none(item.value.decode()) if item else None
 
-    def network_rm(self, name: str) -> Network:
+    def network_rm(self, name: str) -> Network | None:
         """Remove a network no endpoint uses. The fence is read before the
         endpoints are listed and compared by the delete, so an endpoint
         created in between fails the delete; it is then checked again."""
@@ -187,6 +188,8 @@ class Registry(Endpoints):
                 if sent is None:
                     raise
                 return self._forget_network(sent)      # our delete applied; its reply was lost
+            except UsageError:                         # a record this version cannot read: by name
+                return malformed.network_rm(self, name)
             fk = fence_key(net.name)
             fence = self.kv.get(fk)
             eps = self.endpoints(network=net.name)

@@ -215,6 +215,28 @@ def test_malformed_records_are_listed_not_fatal(reg):
     assert any("bad VNI" in b for b in snap.bad) and any("names itself" in b for b in snap.bad)
 
 
+def test_a_network_record_this_version_cannot_read_is_removed_by_name(reg):
+    """A network an older version let in (a multicast subnet: its gateway refused on every read)
+    was listed nowhere, `network rm` failed on reading it, and its VNI stayed taken for good."""
+    raw = (b'{"name": "bad", "vni": 5, "subnet": "224.0.0.0/24", "gateway": "224.0.0.1", '
+           b'"mtu": 1450, "port": 4789}')
+    assert reg.kv.commit(Txn().put(key("networks", "bad"), raw).put(key("vnis", 5), b"bad"))[0]
+    with pytest.raises(Conflict, match="VNI 5 belongs to network bad"):
+        reg.network_create("other", 5)
+    reg.network_create("n", 6)
+    reg.endpoint_create("e1", "n", "h1")
+    assert reg.kv.commit(Txn().put(key("endpoints", "e2"), reg.kv.get(key("endpoints", "e1")).value
+                                   .replace(b'"e1"', b'"e2"').replace(b'"n"', b'"bad"')))[0]
+    with pytest.raises(Conflict, match="in use"):
+        reg.network_rm("bad")                               # an endpoint names it: not yet
+    assert reg.kv.commit(Txn().delete(key("endpoints", "e2")))[0]
+    assert reg.network_rm("bad") is None
+    assert reg.snapshot().bad == [] and reg.kv.get(key("vnis", 5)) is None
+    assert reg.network_create("other", 5).vni == 5
+    with pytest.raises(NotFound):
+        reg.network_rm("bad")
+
+
 def test_listing_networks_or_endpoints_reads_only_their_prefix(reg):
     """networks() and endpoints() read their own records, not a whole snapshot (the claims,
     two of every three keys, and every other kind): the agent lists networks under its lock."""

@@ -224,6 +224,24 @@ def test_endpoint_add_with_a_network_and_another_vni_is_refused(roots, capsys, t
     assert "give --vni alone" in one_line(capsys)
 
 
+def test_a_network_record_that_cannot_be_read_is_said_and_removed(roots, capsys, tmp_path):
+    """Such a record (an older version's multicast subnet) was listed nowhere and `network rm`
+    failed on it: `network list` names it with what removes it, and `network rm` does."""
+    from dataplane.registry import open_registry
+    from dataplane.registry.kv import Txn
+    from dataplane.registry.records import key
+    url = f"sqlite://{tmp_path}/reg.db"
+    reg = open_registry(url)
+    raw = b'{"name": "bad", "vni": 5, "subnet": "224.0.0.0/24", "gateway": "224.0.0.1", "mtu": 1450, "port": 4789}'
+    assert reg.kv.commit(Txn().put(key("networks", "bad"), raw).put(key("vnis", 5), b"bad"))[0]
+    reg.close()
+    assert main(["network", "list", "--registry", url, "-o", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "[]" and "`dataplane network rm bad` removes it" in err
+    assert main(["network", "rm", "bad", "--registry", url]) == 0
+    assert main(["network", "create", "n", "--vni", "5", "--registry", url]) == 0
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused before it counts as a start."""

@@ -168,20 +168,29 @@ class Server:
                         ctype = "text/plain; version=0.0.4; charset=utf-8"
                     else:
                         body, code, ctype = b"a scrape is under way\n", 503, "text/plain"
-                elif self.path == "/healthz":
-                    ok = agent.synced.is_set() and agent.connected.is_set()
+                elif self.path.split("?")[0] == "/healthz":
+                    # The registry takes the lease's keepalives (lease.py): not the watch, down for
+                    # seconds at every etcd member's restart (a liveness probe restarted healthy
+                    # agents), and up through a full etcd that refused the lease (200 while other
+                    # hosts were about to drop this one).
+                    ok = agent.synced.is_set() and bool(getattr(agent.leases, "live", False))
                     body, code, ctype = (b"ok\n" if ok else b"not synced or registry unreachable\n",
                                          200 if ok else 503, "text/plain")
                 else:
                     body, code, ctype = b"not found\n", 404, "text/plain"
                 self._answer(body, code, ctype)
 
+            def do_HEAD(self):  # noqa: N802 - load balancers' health checks (501 before)
+                self.head_only = True
+                self.do_GET()
+
             def _answer(self, body: bytes, code: int, ctype: str, headers: dict | None = None) -> None:
                 self.send_response(code)
                 for name, value in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not getattr(self, "head_only", False):
+                    self.wfile.write(body)
 
             def log_message(self, *args):
                 pass

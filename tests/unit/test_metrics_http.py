@@ -1,5 +1,5 @@
-"""/healthz answers 200 only when the agent is synced *and* its registry
-connection is live; other paths are 404. (The lab test scrapes /metrics.)"""
+"""/healthz answers 200 only when the agent is synced *and* the registry answers its lease's
+keepalives; other paths are 404. (The lab test scrapes /metrics.)"""
 
 import threading
 import urllib.error
@@ -15,7 +15,8 @@ from tests.ports import free_port
 
 @pytest.fixture
 def served():
-    ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
+    ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event(),
+                         leases=SimpleNamespace(live=False))
     srv = metrics_http.Server(ag, f"127.0.0.1:{free_port()}")
     srv.start()
     yield ag, f"http://{srv.address}"
@@ -29,15 +30,23 @@ def get(url: str) -> int:
         return e.code
 
 
-def test_healthz_follows_sync_and_connection(served):
+def test_healthz_follows_sync_and_the_lease(served):
+    """It followed the watch (`connected`): 503 for the seconds of every etcd member's restart,
+    on every node at once (a liveness probe restarted healthy agents), and 200 while a full etcd
+    refused the lease's keepalives (other hosts about to drop this one). A query and HEAD too."""
+    import urllib.request
     ag, base = served
     assert get(base + "/healthz") == 503
     ag.synced.set()
-    assert get(base + "/healthz") == 503, "synced but the registry is unreachable"
+    assert get(base + "/healthz") == 503, "synced but the registry does not take the lease's keepalives"
+    ag.leases.live = True
+    assert get(base + "/healthz") == 200, "the watch down (resuming after a member's restart): still healthy"
     ag.connected.set()
-    assert get(base + "/healthz") == 200
-    ag.connected.clear()
-    assert get(base + "/healthz") == 503
+    assert get(base + "/healthz?probe=1") == 200
+    head = urllib.request.urlopen(urllib.request.Request(base + "/healthz", method="HEAD"), timeout=5)
+    assert head.status == 200 and head.read() == b"" and head.headers["Content-Length"] == "3"
+    ag.leases.live = False
+    assert get(base + "/healthz") == 503, "connected, but the lease lapses: not healthy"
     assert get(base + "/nothing") == 404
 
 

@@ -62,7 +62,8 @@ def serve():
     made = []
 
     def start(web_config: str):
-        ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event())
+        ag = SimpleNamespace(lock=threading.RLock(), synced=threading.Event(), connected=threading.Event(),
+                             leases=SimpleNamespace(live=True))
         ag.synced.set()
         ag.connected.set()
         srv = metrics_http.Server(ag, f"127.0.0.1:{free_port()}", web_config)

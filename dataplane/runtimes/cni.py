@@ -208,7 +208,8 @@ def cmd_status(conf: dict, env) -> None:
         raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not available", e.msg) from None
     # ADD needs the registry to take requests, not the agent's watch: a watch resuming after an
     # etcd member's restart made every node's runtime NotReady for its seconds, all at once.
-    if not ping.get("synced") or not (ping.get("registered") or ping.get("connected")):
+    answering = ping["registered"] if "registered" in ping else ping.get("connected")   # (older agents: the watch)
+    if not ping.get("synced") or not answering:
         raise CNIError(E_NOT_AVAILABLE, "the dataplane agent is not connected to its registry")
     if "ipam" in conf and env.get("CNI_PATH"):    # the spec: its delegate's STATUS too (CNI_PATH is
         try:                                     # optional for STATUS: without it there is none to ask)

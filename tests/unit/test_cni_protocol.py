@@ -115,6 +115,7 @@ def test_ipam_output_that_is_not_json_is_a_spec_error(tmp_path):
     ({"synced": True, "connected": False, "registered": True}, None),    # a watch resuming: ADD works
     ({"synced": True, "connected": True, "registered": True}, None),
     ({"synced": True, "connected": False, "registered": False}, cni.E_NOT_AVAILABLE),   # the registry away
+    ({"synced": True, "connected": True, "registered": False}, cni.E_NOT_AVAILABLE),    # a full etcd: no lease
     ({"synced": False, "connected": True, "registered": True}, cni.E_NOT_AVAILABLE),    # not synced yet
     ({"synced": True, "connected": True}, None),                                        # an older agent's ping
     ({"synced": True, "connected": False}, cni.E_NOT_AVAILABLE),

@@ -18,8 +18,8 @@ def _password() -> bytes:
         first = getpass.getpass("password: ")
         if getpass.getpass("again: ") != first:
             raise UsageError("the two passwords differ")
-    else:
-        first = sys.stdin.readline().rstrip("\r\n")
+    else:                                # bytes: the locale's decoding raised on what is no UTF-8
+        first = sys.stdin.buffer.readline().rstrip(b"\r\n").decode("utf-8", "surrogateescape")
     try:
         pw = first.encode()
     except UnicodeEncodeError:           # bytes that are no UTF-8 (a traceback before)

@@ -34,6 +34,12 @@ def test_what_it_refuses():
 
 def test_a_password_that_is_no_utf8_is_one_line():
     """`printf '\xff\n' | dataplane hash-password` was a UnicodeEncodeError traceback, exit 1."""
-    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "hash-password"], input=b"\xff\n",
-                       capture_output=True, timeout=60)
-    assert r.returncode == 2 and b"not UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    import os
+    for enc in ("", "utf-8:strict"):            # the C locale's surrogateescape, and a UTF-8 locale's strict
+        env = {**os.environ, **({"PYTHONIOENCODING": enc} if enc else {})}
+        r = subprocess.run([sys.executable, "-m", "dataplane.cli", "hash-password"], input=b"\xff\n",
+                           capture_output=True, timeout=60, env=env)
+        assert r.returncode == 2 and b"not UTF-8" in r.stderr and b"Traceback" not in r.stderr, (enc, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "hash-password"], input="pässwörd\n".encode(),
+                       capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert r.returncode == 0 and bcrypt.checkpw("pässwörd".encode(), r.stdout.strip())

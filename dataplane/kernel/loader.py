@@ -75,7 +75,7 @@ class Loaded:
         self.fds, self._map_fds = {}, ()
 
 
-MAX_MAP_ENTRIES = 1 << 24
+MAX_MAP_ENTRIES = (1 << 32) - 1     # max_entries is a u32: no bound of ours (a node saved with more must restore)
 POWER_OF_TWO = ("DP_MAP_NH_CACHE", "DP_MAP_LOCAL_COPIES")     # slot = hash & (N - 1): bpf/lib/maps.h asserts it
 
 

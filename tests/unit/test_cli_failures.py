@@ -173,7 +173,8 @@ def test_up_on_a_registry_network_of_another_port_is_refused(roots, capsys, monk
 
 
 @pytest.mark.parametrize("size, said", [("DP_MAP_FOO=5", "unknown map size"), ("DP_MAP_FDB=0", "1 to"),
-                                        ("DP_MAP_FDB=-1", "1 to"), ("DP_MAP_NH_CACHE=1000", "power of two")])
+                                        ("DP_MAP_FDB=-1", "1 to"), ("DP_MAP_FDB=4294967296", "1 to"),
+                                        ("DP_MAP_NH_CACHE=1000", "power of two")])
 def test_a_bad_map_size_is_refused_before_anything_is_made(roots, capsys, monkeypatch, size, said):
     """An unknown name was exit 6 ("bcc, headers or bpffs missing"); a size of 0 or below, or a
     cache that is no power of two, failed only in bcc's compile, after the sysctls were set."""

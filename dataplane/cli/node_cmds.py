@@ -105,11 +105,11 @@ def cmd_agent_run(args):
     st = node.state()
     if not st:
         raise NotFound(f"node {node.name} is not up: run `dataplane up` first")
-    if not st.registry:                  # (it went on with the default registry, and unserved the static VNIs)
-        raise UsageError(f"node {node.name} runs without a registry (static peers): it has no agent; "
-                         "`dataplane up --registry URL` gives it one")
     n = restarts.count(node.name)        # a start that fails at once (its registry's files unreadable) counts too
     try:
+        if not st.registry:              # (it went on with the default registry, and unserved the static VNIs)
+            raise UsageError(f"node {node.name} runs without a registry (static peers): it has no agent; "
+                             "`dataplane up --registry URL` gives it one")
         ttl = args.lease_ttl if args.lease_ttl is not None else (st.lease_ttl or LEASE_TTL_DEFAULT)   # 0: refused
         ag = Agent(node, args.registry or st.registry or registry.DEFAULT_URL,
                    args.host_name or st.host_name or node.name, ttl)

@@ -77,10 +77,15 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
                            "`dataplane down` first to rename it")
     metrics_web.up_checks(node, node_args, bool(url), agent_runs=bool(url and process.running_pid(node.name)))
     created, mtus = [], {}
-    if url and vnis:
+    if url and (vnis or port is not None):    # the port the node will use, given or not: the networks' own
+        old = node.state()
+        node_port = model.parse_port(port) if port is not None else (old.config.port if old else model.VXLAN_PORT)
         mtu = choices.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
         with opened(url) as reg:
-            subnet = _ensure_networks(reg, vnis, subnet, port, min(mtu, model.MTU_MAX), created, mtus)
+            served = [n for n in reg.networks() if old and n.vni in old.networks and n.port != node_port]
+            if served:                   # a new port for the node: those it serves would go, said nowhere
+                raise Conflict(f"network {served[0].name} is on UDP port {served[0].port}, not {node_port}")
+            subnet = _ensure_networks(reg, vnis, subnet, node_port, min(mtu, model.MTU_MAX), created, mtus)
     was_up = node.state() is not None
     try:
         st = vtep.up(node, vnis, subnet=subnet, port=port, registry=url, host_name=host_name,
@@ -114,8 +119,9 @@ def _ensure_networks(reg, vnis: list[int], subnet, port, mtu: int, created: list
                 created.append(net.name)
             if subnet and net.subnet != str(model.parse_subnet(subnet)):
                 raise Conflict(f"VNI {vni} is network {net.name} with subnet {net.subnet} in the registry")
-            if port is not None and net.port != model.parse_port(port):      # its agent unserved it: said nowhere
-                raise Conflict(f"VNI {vni} is network {net.name} on UDP port {net.port} in the registry")
+            if net.port != port:         # its agent unserved it, said in its log only
+                raise Conflict(f"VNI {vni} is network {net.name} on UDP port {net.port} in the registry, "
+                               f"not {port}")
             subnet = subnet or (net.subnet if len(vnis) == 1 else None)
             mtus[vni] = net.mtu
     except BaseException:

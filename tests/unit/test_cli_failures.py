@@ -169,6 +169,15 @@ def test_up_on_a_registry_network_of_another_port_is_refused(roots, capsys, monk
                  "--underlay", "lo"]) == 4
     assert "on UDP port 4789 in the registry" in one_line(capsys)
     assert [n.name for n in reg.networks()] == ["vni5"]
+    reg.network_create("vni6", 6, port=4790)      # without --port the node's is 4789: refused as well
+    assert main(["up", "--registry", url, "--host-name", "h1", "--vni", "6", "--underlay", "lo"]) == 4
+    assert "on UDP port 4790 in the registry, not 4789" in one_line(capsys)
+    import dataclasses
+    saved_node(roots)                             # a running node serving VNI 10 (port 4789) from the registry
+    reg.network_create("n10", 10, "10.0.10.0/24")
+    state.save(dataclasses.replace(state.load("host"), registry=url, host_name="h1"))
+    assert main(["up", "--registry", url, "--host-name", "h1", "--port", "4790"]) == 4
+    assert "network n10 is on UDP port 4789, not 4790" in one_line(capsys)
     reg.close()
 
 

@@ -100,7 +100,8 @@ def _status_as_metrics(st: dict) -> dict:
         k = (f"dataplane_{punts[key]}_total", ()) if key in punts else ("dataplane_agent_punts_total",
                                                                          (("outcome", key),))
         same[k] = v
-    covered = set(counters) | {"synced", "connected", "revision", "lease_ttl", "lease_live", "last_sync_ms", "last_snapshot_ms",
+    covered = set(counters) | {"synced", "connected", "registered", "revision", "lease_ttl", "lease_live", "last_sync_ms",
+                               "last_snapshot_ms",
                                "last_claims_ms", "warm_start", "claims_pending", "vni_errors", "skipped_endpoints",
                                "conflicts", "in_flight", "over_limit", "installed", "networks", "hosts", "endpoints",
                                "registry_transport", "punts", "watch_lag_s"}

@@ -158,7 +158,8 @@ class Collector:
             on_uplink = tcx.attached(self.ag.node.netns, st.uplink.ifindex)
             g.add_metric(["from_overlay"], int("from_overlay" in on_uplink))
             if st.config.xdp_guard:
-                g.add_metric(["xdp_guard"], int(netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex)))
+                ours = netlink.xdp_attached(self.ag.node.netns, st.uplink.ifindex, "xdp_guard")
+                g.add_metric(["xdp_guard"], int(ours))
             seen = rxgro.look(self.ag.node.netns, st.config.port, st.config.rx_gro)
             if st.config.rx_gro:
                 gro.add_metric([], int(seen.active))

@@ -264,6 +264,17 @@ def prog_fd_by_id(prog_id: int) -> int | None:
     return ret if ret >= 0 else None
 
 
+def prog_name_by_id(prog_id: int) -> str | None:
+    """The name of program prog_id (the kernel's 15 characters), None if it is gone."""
+    fd = prog_fd_by_id(prog_id)
+    if fd is None:
+        return None
+    try:
+        return prog_info(fd)["name"]
+    finally:
+        os.close(fd)
+
+
 # Creating maps and loading programs without bcc: the compiled-program cache (progcache.py)
 # loads the instructions bcc produced before. struct bpf_attr's members at their uapi offsets.
 MAP_CREATE, PROG_LOAD = 0, 5

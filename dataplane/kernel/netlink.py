@@ -229,8 +229,10 @@ def xdp_detach(netns: str | None, ifindex: int) -> None:
                 raise _kerr(f"detach XDP from ifindex {ifindex}", e) from None
 
 
-def xdp_attached(netns: str | None, ifindex: int) -> bool:
-    """False too for an interface that is gone (an ifindex the state kept from before)."""
+def xdp_attached(netns: str | None, ifindex: int, name: str | None = None) -> bool:
+    """An XDP program at ifindex (one called name, if given: another tool's program in its place
+    read as ours, and the attached gauge never went to 0). False too for an interface that is
+    gone (an ifindex the state kept from before)."""
     with ipr(netns) as s:
         try:
             xdp = s.get_links(ifindex)[0].get_attr("IFLA_XDP")
@@ -238,7 +240,11 @@ def xdp_attached(netns: str | None, ifindex: int) -> bool:
             if e.code == errno.ENODEV:
                 return False
             raise _kerr(f"read XDP of ifindex {ifindex}", e) from None
-    return bool(xdp and dict(xdp["attrs"]).get("IFLA_XDP_PROG_ID"))
+    prog_id = dict(xdp["attrs"]).get("IFLA_XDP_PROG_ID") if xdp else None
+    if not prog_id or name is None:
+        return bool(prog_id)
+    from dataplane.kernel import bpfsys  # noqa: PLC0415 - only this reads a program's name
+    return bpfsys.prog_name_by_id(prog_id) == name
 
 
 # --- neighbours -----------------------------------------------------------

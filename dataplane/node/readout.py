@@ -145,7 +145,7 @@ def programs(node: Node) -> list[dict]:
     boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     at_tcx = tcx.names(node.netns, st.uplink.ifindex)
     uplink = at_tcx + netlink.tc_filter_names(node.netns, st.uplink.ifindex)
-    xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex)
+    xdp = netlink.xdp_attached(node.netns, st.uplink.ifindex, "xdp_guard")
     gro = rxgro.look(node.netns, st.config.port, st.config.rx_gro)
     on_endpoints = tcx.count_attached(node.netns, [e.ifindex for e in st.endpoints.values() if e.ifindex],
                                       "from_endpoint")

@@ -461,3 +461,29 @@ def test_monitor_vni_0_shows_the_drops_of_no_vni(info):
         (a["name"], SPOOF, "02:42:0a:01:00:fe", a["ip"], b["mac"], b["ip"]),     # VNI 256's: not shown
         (lab.UNDERLAY_NS, UNKNOWN_VNI, netlink.link_info("dpl-h1", "ul0")["mac"], lab.vtep_ip(1), "ul-h1")])
     assert (ev["type"], ev["reason"], ev["vni"], ev.get("vxlan_vni")) == ("drop", "unknown_vni", 0, 777), ev
+
+
+def test_another_xdp_program_in_place_of_the_guard_is_not_ours(info):
+    """The guard's attached gauge read any XDP program as ours: another tool's attached in its
+    place (netlink replaces without asking) left dataplane_fastpath_attached{program="xdp_guard"}
+    at 1 and `status` saying it was attached, so DataplaneFastPathDetached never fired."""
+    import os
+    from dataplane.kernel import bpfsys, netlink
+    from tests.integration.conftest import dp, dp_json
+    url = next(h["metrics_url"] for h in info["hosts"] if h["name"] == "h1")
+    uplink = netlink.link_index("dpl-h1", lab.UPLINK)
+    dp("--netns", "dpl-h1", "up", "--xdp-guard")
+    fd = None
+    try:
+        assert value(scrape(url)[1], "dataplane_fastpath_attached", program="xdp_guard") == 1
+        xdp_pass = bytes.fromhex("b700000002000000" "9500000000000000")      # r0 = XDP_PASS; exit
+        fd = bpfsys.prog_load(6, xdp_pass, "GPL", 0, "other_tool")
+        netlink.xdp_attach("dpl-h1", uplink, fd)
+        assert value(scrape(url)[1], "dataplane_fastpath_attached", program="xdp_guard") == 0
+        progs = {p["program"]: p for p in dp_json("--netns", "dpl-h1", "status")["programs"]}
+        assert progs["xdp_guard"]["attached"] == "not attached"
+    finally:
+        if fd is not None:
+            os.close(fd)
+        dp("--netns", "dpl-h1", "up", "--no-xdp-guard")
+    assert not netlink.xdp_attached("dpl-h1", uplink)

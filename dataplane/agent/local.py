@@ -318,10 +318,14 @@ def drop_orphans(ag) -> None:
 
 
 def leave(ag) -> None:
-    """`dataplane down`: this host's endpoints and host record leave the registry."""
+    """`dataplane down`: this host's endpoints, address reservations and host record leave the
+    registry (the reservations under no lease, Docker's --aux-addresses, stayed and kept their
+    networks in use on every host until `registry forget-host`)."""
     try:
         for rec in ag.reg.endpoints(host=ag.me):
             ag.reg.endpoint_rm(rec.id)
+        for r in ag.reg.reservations(host=ag.me):
+            ag.reg.address_release(r["network"], r["ip"], ag.me)
         if ag.leases.lease:
             ag.reg.kv.lease_revoke(ag.leases.lease)
     except DataplaneError as e:

@@ -578,6 +578,21 @@ def test_an_aux_address_outlives_its_hosts_lease(engines):
     assert h1.agent.reg.reservations() == [], "released by Docker as before"
 
 
+def test_a_host_that_leaves_takes_its_aux_addresses_along(engines, tmp_path, monkeypatch):
+    """`dataplane down` revoked the lease; a reservation under none stayed, and kept its network
+    "in use" on every host (not released) until `registry forget-host`."""
+    from dataplane.agent import local
+    h1 = engines["h1"]
+    monkeypatch.setattr(state, "RUN_ROOT", str(tmp_path / "run"))
+    pool = ok(h1, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {"vni": "256"}})
+    ok(h1, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"})
+    ok(h1, "/NetworkDriver.CreateNetwork", {"NetworkID": "x" * 64, "Options": {GEN: {}},
+                                            "IPv4Data": [{"AddressSpace": "dataplane", "Pool": SUBNET}]})
+    ag = h1.agent
+    local.leave(SimpleNamespace(reg=ag.reg, me="h1", leases=ag.leases, node=SimpleNamespace(name="h1")))
+    assert ag.reg.reservations() == []
+
+
 def test_an_aux_address_without_ipam_opt_vni_is_refused_not_guessed(engines):
     """Docker asks for an --aux-address before CreateNetwork, which alone is told `-o vni`: on a new
     subnet the IPAM said "name its VNI (-o vni=N ...)", given; with another network on the subnet

@@ -72,7 +72,9 @@ class Driver(Pending):
         self.releases_path = os.path.join(state.lib_dir(node), "docker-releases.json")
         self.ipam_created: set[int] = set()    # VNIs the IPAM created a registry network for, not mapped yet
         self.pool_vnis: dict[str, int | None] = {}     # subnet -> the VNI its last RequestPool named (--ipam-opt)
-        self.pools_new: set[str] = set()     # subnets asked for (RequestPool) and not created yet: --aux-addresses
+        # subnet -> when RequestPool asked for it, until its CreateNetwork: the addresses asked for
+        # meanwhile are --aux-addresses (docker_ipam.AUX_WINDOW_S)
+        self.pools_new: dict[str, float] = {}
         # Endpoints to detach: Docker ignores a DeleteEndpoint error (it logs it, frees the address
         # in its IPAM and never asks again), and forgets an endpoint whose CreateEndpoint failed;
         # one the agent could not take, or may have made, is detached at a later request.
@@ -154,7 +156,7 @@ class Driver(Pending):
         ipam = pools[0].get("AddressSpace") == docker_ipam.ADDRESS_SPACE
         # --ipam-opt vni=N reaches the IPAM alone: each engine's network took a VNI of its own.
         pool_vni = self.pool_vnis.get(subnet) if ipam else None
-        self.pools_new.discard(subnet)
+        self.pools_new.pop(subnet, None)
         if pool_vni is not None and vni not in (None, pool_vni):
             raise UsageError(f"-o vni={vni} and --ipam-opt vni={pool_vni} differ: give one of them")
         vni = pool_vni if vni is None else vni

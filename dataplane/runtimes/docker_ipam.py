@@ -25,6 +25,7 @@ disjoint --ip-range per engine is needed.
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from dataplane.core import model
 from dataplane.core.errors import Conflict, UsageError
@@ -34,6 +35,7 @@ ADDRESS_SPACE = "dataplane"                  # both defaults: the registry is on
 GATEWAY = "com.docker.network.gateway"       # libnetwork's netlabel.Gateway
 ADDRESS_TYPE = "RequestAddressType"          # ipamapi.RequestAddressType
 VNI_OPTION = "vni"
+AUX_WINDOW_S = 60.0      # RequestPool to CreateNetwork: one `docker network create`
 
 
 def pool_id(subnet: str, vni: int | None) -> str:
@@ -100,13 +102,13 @@ class Ipam:
         subnet = model.parse_subnet(pool)
         info = self.driver._agent("address_pool", subnet=str(subnet), vni=vni)
         self.driver.pool_vnis[str(subnet)] = vni         # CreateNetwork, next, is not told it
-        self.driver.pools_new.add(str(subnet))
+        self.driver.pools_new[str(subnet)] = time.monotonic()
         return {"PoolID": pool_id(str(subnet), vni), "Pool": str(subnet),
                 "Data": {GATEWAY: f"{info['gateway']}/{subnet.prefixlen}"}}
 
     def release_pool(self, req) -> dict:
         subnet, _ = parse_pool_id(req.get("PoolID"))   # nothing is held per pool: addresses go one by one
-        self.driver.pools_new.discard(subnet)          # (a CreateNetwork that failed: Docker rolls back)
+        self.driver.pools_new.pop(subnet, None)        # (a CreateNetwork that failed: Docker rolls back)
         return {}
 
     def request_address(self, req) -> dict:
@@ -126,8 +128,9 @@ class Ipam:
         nets = [n for n in self.driver._load().values() if isinstance(n, dict)]
         # Between RequestPool and CreateNetwork Docker asks for the --aux-addresses, once for good
         # (no replay): kept under no lease. Under the host's, a reboot let other engines hand them out.
-        aux = subnet in self.driver.pools_new and not any(
-            n.get("subnet") == subnet and vni in (None, n.get("vni")) for n in nets)
+        # (A window, not for ever: with another network driver CreateNetwork never comes here.)
+        asked = self.driver.pools_new.get(subnet)
+        aux = asked is not None and time.monotonic() - asked < AUX_WINDOW_S
         if aux and vni is None:          # the network's -o vni is not known yet: reserved in a guess
             raise UsageError("an --aux-address with --ipam-driver dataplane needs --ipam-opt vni=N: Docker asks "
                              "for it before the network (and its -o vni) exists")

@@ -593,7 +593,7 @@ def test_a_host_that_leaves_takes_its_aux_addresses_along(engines, tmp_path, mon
     assert ag.reg.reservations() == []
 
 
-def test_an_aux_address_without_ipam_opt_vni_is_refused_not_guessed(engines):
+def test_an_aux_address_without_ipam_opt_vni_is_refused_not_guessed(engines, monkeypatch):
     """Docker asks for an --aux-address before CreateNetwork, which alone is told `-o vni`: on a new
     subnet the IPAM said "name its VNI (-o vni=N ...)", given; with another network on the subnet
     (VNI 300) it reserved the address there, and containers of the new network were handed it."""
@@ -604,11 +604,17 @@ def test_an_aux_address_without_ipam_opt_vni_is_refused_not_guessed(engines):
             "needs --ipam-opt vni=N")
     assert e.agent.reg.reservations() == []
     ok(e, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})         # Docker's rollback
-    # A network of this engine on the subnet (created before; or restored at dockerd's start):
+    # A network of this engine on the subnet (VNI 300): its containers' addresses are no aux ones,
+    ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {}})
     ok(e, "/NetworkDriver.CreateNetwork", {"NetworkID": "y" * 64, "Options": {GEN: {"vni": "300"}},
                                            "IPv4Data": [{"AddressSpace": "dataplane", "Pool": SUBNET}]})
-    ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {}})
     assert ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})["Address"] == "10.30.0.2/24"
+    # but a second network on it (-o vni=400) with an aux address was reserved in VNI 300's (a review):
+    ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": SUBNET, "Options": {}})
+    refused(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.30.0.9"}, 400,
+            "needs --ipam-opt vni=N")
+    monkeypatch.setattr(docker_ipam, "AUX_WINDOW_S", 0.0)                # no CreateNetwork came (another driver)
+    assert ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": ""})["Address"] == "10.30.0.3/24"
 
 
 def test_an_aux_address_before_a_named_network_says_how_and_leaves_nothing(engines):

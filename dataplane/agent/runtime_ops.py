@@ -270,14 +270,14 @@ class RuntimeOps:
                 "gateway": net.gateway if net else str(next(want.hosts()))}
 
     def address_reserve(self, subnet: str, vni: int | str | None = None, ip: str | None = None, name: str | None = None,
-                        mtu: int | str | None = None, keep: bool = False) -> dict:
+                        mtu: int | str | None = None, keep: bool = False, gateway: str | None = None) -> dict:
         """Reserve ip (None: the lowest free one) for this host in the pool's
         network, under this host's lease (keep: under none, reserve.py). With a VNI the network is
-        created if missing (another host's runtime may have released it), as name and mtu say."""
+        created if missing (another host's runtime may have released it), as name, mtu and gateway say."""
         want = model.parse_subnet(subnet)
         created = False
         if vni is not None:
-            d = self.network_ensure(vni=vni, subnet=str(want), name=name, mtu=mtu)
+            d = self.network_ensure(vni=vni, subnet=str(want), name=name, mtu=mtu, gateway=gateway)
             name, vni_of, created = d["name"], d["vni"], d["created"]
         else:
             net = self._pool_network(want)

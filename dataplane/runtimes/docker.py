@@ -75,6 +75,7 @@ class Driver(Pending):
         # subnet -> when RequestPool asked for it, until its CreateNetwork: the addresses asked for
         # meanwhile are --aux-addresses (docker_ipam.AUX_WINDOW_S)
         self.pools_new: dict[str, float] = {}
+        self.pool_gateways: dict[str, str] = {}    # subnet -> the --gateway a new network is to have
         # Endpoints to detach: Docker ignores a DeleteEndpoint error (it logs it, frees the address
         # in its IPAM and never asks again), and forgets an endpoint whose CreateEndpoint failed;
         # one the agent could not take, or may have made, is detached at a later request.
@@ -157,6 +158,7 @@ class Driver(Pending):
         # --ipam-opt vni=N reaches the IPAM alone: each engine's network took a VNI of its own.
         pool_vni = self.pool_vnis.get(subnet) if ipam else None
         self.pools_new.pop(subnet, None)
+        self.pool_gateways.pop(subnet, None)
         if pool_vni is not None and vni not in (None, pool_vni):
             raise UsageError(f"-o vni={vni} and --ipam-opt vni={pool_vni} differ: give one of them")
         vni = pool_vni if vni is None else vni

@@ -109,6 +109,7 @@ class Ipam:
     def release_pool(self, req) -> dict:
         subnet, _ = parse_pool_id(req.get("PoolID"))   # nothing is held per pool: addresses go one by one
         self.driver.pools_new.pop(subnet, None)        # (a CreateNetwork that failed: Docker rolls back)
+        self.driver.pool_gateways.pop(subnet, None)
         return {}
 
     def request_address(self, req) -> dict:
@@ -121,7 +122,8 @@ class Ipam:
             pool = self.driver._agent("address_pool", subnet=subnet, vni=self._vni(subnet, vni))
             gw = pool["gateway"]
             if want is not None and pool["network"] is None and vni is not None and gateway_arg(subnet, want):
-                gw = want                # CreateNetwork makes the network with it (runtimes.gateway_arg)
+                gw = want                # CreateNetwork makes the network with it (runtimes.gateway_arg),
+                self.driver.pool_gateways[subnet] = want       # or an --aux-address's reservation does
             if want is not None and want != gw:
                 raise Conflict(f"the gateway of {subnet} is {gw} in the registry: give --gateway {gw}, or none")
             return {"Address": f"{gw}/{prefixlen}", "Data": {}}
@@ -138,8 +140,15 @@ class Ipam:
         # If the registry network is gone (released elsewhere), made again as this engine's
         # Docker network on the VNI has it: its name and MTU.
         known = next((n for n in nets if n.get("vni") == vni and vni is not None), {})
-        got = self.driver._agent("address_reserve", subnet=subnet, vni=vni, ip=want, name=known.get("name"),
-                                 mtu=known.get("mtu"), **({"keep": True} if aux else {}))
+        extra = {"keep": True, **gateway_arg(subnet, self.driver.pool_gateways.get(subnet))} if aux else {}
+        try:
+            got = self.driver._agent("address_reserve", subnet=subnet, vni=vni, ip=want, name=known.get("name"),
+                                     mtu=known.get("mtu"), **extra)
+        except UsageError as e:          # an agent older than keep and gateway (not restarted since an upgrade):
+            if not extra or "unknown argument" not in str(e):      # under the lease, as it did
+                raise
+            got = self.driver._agent("address_reserve", subnet=subnet, vni=vni, ip=want, name=known.get("name"),
+                                     mtu=known.get("mtu"))
         if got["created"]:
             self.driver.note_created(got["vni"])
         return {"Address": f"{got['ip']}/{prefixlen}", "Data": {}}

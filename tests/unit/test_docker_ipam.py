@@ -257,6 +257,35 @@ def test_a_new_network_takes_the_gateway_docker_was_given(engines):
             409, "give --gateway 10.80.0.254")            # once it exists, its own
 
 
+def test_a_new_networks_gateway_holds_with_an_aux_address_too(engines, monkeypatch):
+    """`--gateway .254 --aux-address ...` on a new network: the aux address made the network first,
+    with gateway .1, and CreateNetwork kept it; the registry said .1, Docker .254. And a plugin
+    upgraded before its agent: the agent refuses keep and gateway, the address is reserved as before."""
+    from dataplane.core.errors import UsageError
+    e = engines["h1"]
+    gw = {"RequestAddressType": docker_ipam.GATEWAY}
+
+    def create(nid, subnet, vni):
+        pool = ok(e, "/IpamDriver.RequestPool", {"AddressSpace": "dataplane", "Pool": subnet,
+                                                 "Options": {"vni": str(vni)}})
+        got = ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": subnet[:-4] + "254",
+                                                   "Options": gw})
+        ok(e, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": subnet[:-4] + "5"})
+        ok(e, "/NetworkDriver.CreateNetwork", {"NetworkID": nid, "Options": {GEN: {}}, "IPv4Data": [
+            {"AddressSpace": "dataplane", "Pool": subnet, "Gateway": got["Address"]}]})
+    create("g" * 64, "10.80.0.0/24", 800)
+    assert e.agent.reg.network_by_vni(800).gateway == "10.80.0.254"
+    real = docker.client.call
+
+    def older(node, op, timeout=60.0, **args):
+        if op == "address_reserve" and {"keep", "gateway"} & set(args):
+            raise UsageError(f"address_reserve: unknown argument {sorted(args)[0]!r}")
+        return real(node, op, **args)
+    monkeypatch.setattr(docker, "client", SimpleNamespace(call=older))
+    create("h" * 64, "10.81.0.0/24", 801)
+    assert [(r["ip"], r["host"]) for r in e.agent.reg.reservations(network="vni801")] == [("10.81.0.5", "h1")]
+
+
 @pytest.mark.parametrize("body, match", [
     ({"Pool": ""}, "needs the network's subnet (docker network create --subnet)"),
     ({"Pool": SUBNET, "V6": True}, "IPv6 is not supported"),

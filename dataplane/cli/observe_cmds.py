@@ -51,7 +51,7 @@ def rates(old: dict | None, new: dict, dt: float) -> dict:
     """Per-second rates between two readings of one VNI's counters."""
     old = old or {k: 0 for k in new}
     d = lambda k: max(0, new[k] - old.get(k, 0)) / dt  # noqa: E731 - counters only grow (a new slot restarts)
-    drops = {r: n - (old.get("drops") or {}).get(r, 0) for r, n in new["drops"].items()}
+    drops = {r: max(0, n - (old.get("drops") or {}).get(r, 0)) for r, n in new["drops"].items()}   # (as d)
     top = max(drops.items(), key=lambda kv: kv[1], default=(None, 0))
     return {"vni": new["vni"], "rx_pps": round(d("rx_packets")), "rx_bps": round(d("rx_bytes") * 8),
             "tx_pps": round(d("tx_packets")), "tx_bps": round(d("tx_bytes") * 8),

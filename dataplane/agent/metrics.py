@@ -29,11 +29,14 @@ log = logging.getLogger("dataplane.agent")
 
 # dp_stats field (and dp_net_meter's learn_limited) -> (metric, help); each becomes dataplane_<metric>_total{vni}
 STATS = {
-    "rx_packets": ("rx_packets", "Frames decapsulated and delivered to a sandbox"),
+    "rx_packets": ("rx_packets", "Packets decapsulated and delivered to a sandbox (skbs: a GRO super-packet "
+                                 "counts once)"),
     "rx_bytes": ("rx_bytes", "Inner bytes decapsulated and delivered"),
-    "tx_packets": ("tx_packets", "Frames encapsulated toward a VTEP (each flood copy counts)"),
+    "tx_packets": ("tx_packets", "Packets encapsulated toward a VTEP (skbs: a GSO super-packet counts once; each "
+                                 "flood copy counts)"),
     "tx_bytes": ("tx_bytes", "Inner bytes encapsulated toward VTEPs"),
-    "local_packets": ("local_packets", "Frames delivered endpoint to endpoint on this host"),
+    "local_packets": ("local_packets", "Packets delivered endpoint to endpoint on this host (skbs: a "
+                                       "super-packet counts once)"),
     "local_bytes": ("local_bytes", "Bytes delivered endpoint to endpoint on this host"),
     "arp_replies": ("arp_replies", "ARP requests answered from the neighbour map"),
     "flooded": ("floods", "Broadcast or unknown frames replicated to the flood list"),

@@ -47,7 +47,8 @@ def apply_snapshot(ag, snap: Snapshot) -> None:
             ag._cache_gen += 1             # a write already under way is of the old history: dropped
             cache.discard(ag.node.name)
         _load_view(ag, snap)
-        ag.counters["resyncs"] += 1
+        if ag.synced.is_set():             # a start's first read is no resync (every cold start counted 1)
+            ag.counters["resyncs"] += 1
         ag._sync_at = None
         finish(ag, snap.rev, warm=False)
 
@@ -122,8 +123,6 @@ def load_cached(ag, snap: Snapshot, warm: bool = True) -> None:
     with ag.lock:
         _load_view(ag, snap)
         ag._sync_at, ag._sync_warm = ag.registered_rev, warm
-        if not warm:
-            ag.counters["resyncs"] += 1
     log.info("registry view %s at revision %d (%d endpoints); catching up to %d",
              "read from disk" if warm else "read while registering", snap.rev, len(snap.endpoints), ag._sync_at)
     if snap.rev >= ag._sync_at:         # read after all (the registration was quicker): whole already

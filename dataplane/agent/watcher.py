@@ -25,6 +25,7 @@ def run(ag) -> None:
     while not ag.registered.is_set() and not ag.stopping.is_set():
         ag.registered.wait(0.02)
     backoff, resume = Backoff(), sync.start_point(ag, early)
+    lost = False                           # the watch broke: its next opening is a reconnect
     while not ag.stopping.is_set():
         try:
             # Never resume from an older watch than this turn's: a snapshot read that fails must
@@ -40,6 +41,9 @@ def run(ag) -> None:
             ag._watch = ag._last_watch = ag.reg.watch(resume)
             ag.view_cluster = getattr(ag.reg.kv, "cluster_id", None)
             ag.connected.set()
+            if lost:                       # (counted on each failed try, an outage climbed ~25 a minute)
+                ag.counters["reconnects"] += 1
+                lost = False
             backoff.reset()
             for batch in ag._watch:
                 ag.q.put(("events", batch))
@@ -51,7 +55,7 @@ def run(ag) -> None:
             if ag.connected.is_set():
                 log.warning("watch ended (%s); resuming", e)
             resume = ag._watch.resume_rev() if ag._watch else resume
-            ag.counters["reconnects"] += 1
+            lost = True
         except Exception as e:  # never let the watcher die; start over from a snapshot
             log.error("watch failed: %s: %s", type(e).__name__, e)
             resume = None

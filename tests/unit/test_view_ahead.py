@@ -213,7 +213,7 @@ def test_a_snapshot_below_the_views_revision_drops_the_old_history(tmp_path, mon
     ag = SimpleNamespace(lock=threading.RLock(), view=view, history_reset=False, view_cluster=None,
                          reg=SimpleNamespace(kv=SimpleNamespace()), _cache_rev=880, _cache_gen=0,
                          node=SimpleNamespace(name="t"), counters={"resyncs": 0, "bad_records": 0}, _sync_at=None, bad=[],
-                         _routed=set())
+                         _routed=set(), synced=threading.Event())
     sync.apply_snapshot(ag, Snapshot(rev=40))        # the restored store
     assert "web" not in view.endpoints and not view.ahead
     assert discarded == ["t"] and ag._cache_gen == 1 and ag._cache_rev == 0

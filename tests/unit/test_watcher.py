@@ -93,3 +93,41 @@ def test_a_store_that_went_back_in_time_is_read_whole(monkeypatch):
     watcher.run(ag)
     assert opened == [100, 46, 96] and len(reads) == 1, "after the restore: a snapshot, not a resume at 150"
     assert ag.history_reset and ag.q.get_nowait()[1].rev == 45
+
+
+def test_reconnects_count_connections_made_again_not_tries(monkeypatch):
+    """dataplane_registry_reconnects_total ("connections re-established") went up at every failed
+    try: ~25 a minute through an outage while nothing reconnected."""
+    ag = agent()
+    opened = []
+
+    def watch(rev):
+        opened.append(rev)
+        if len(opened) < 6:
+            raise Unavailable("etcd: connection refused")     # five failed tries: one outage
+        if len(opened) == 7:
+            ag.stopping.set()
+        return Watch(rev, on_end=lambda: (_ for _ in ()).throw(Unavailable("member gone")))
+    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None, range_exact=lambda k: (500, [])),
+                             watch=watch)
+    monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
+    monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
+    monkeypatch.setattr(Backoff, "wait", lambda self, stopping: None)
+    watcher.run(ag)
+    assert ag.counters["reconnects"] == 2, "once after the outage (five tries), once after the watch broke again"
+
+
+def test_a_starts_first_snapshot_is_no_resync(monkeypatch):
+    """dataplane_registry_resyncs_total ("taken after a broken watch") was 1 after every cold start."""
+    from dataplane.registry import Snapshot
+    from dataplane.agent.view import RegistryView
+    monkeypatch.setattr(sync, "finish", lambda ag, rev, warm: None)
+    ag = SimpleNamespace(lock=threading.RLock(), view=RegistryView(), history_reset=False, view_cluster=None,
+                         reg=SimpleNamespace(kv=SimpleNamespace()), _cache_rev=0, _cache_gen=0,
+                         synced=threading.Event(), node=SimpleNamespace(name="t"), counters={"resyncs": 0, "bad_records": 0}, _sync_at=None,
+                         bad=[], _routed=set())
+    sync.apply_snapshot(ag, Snapshot(rev=40))
+    assert ag.counters["resyncs"] == 0
+    ag.synced.set()
+    sync.apply_snapshot(ag, Snapshot(rev=60))
+    assert ag.counters["resyncs"] == 1

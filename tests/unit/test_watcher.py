@@ -124,8 +124,8 @@ def test_a_starts_first_snapshot_is_no_resync(monkeypatch):
     monkeypatch.setattr(sync, "finish", lambda ag, rev, warm: None)
     ag = SimpleNamespace(lock=threading.RLock(), view=RegistryView(), history_reset=False, view_cluster=None,
                          reg=SimpleNamespace(kv=SimpleNamespace()), _cache_rev=0, _cache_gen=0,
-                         synced=threading.Event(), node=SimpleNamespace(name="t"), counters={"resyncs": 0, "bad_records": 0}, _sync_at=None,
-                         bad=[], _routed=set())
+                         synced=threading.Event(), node=SimpleNamespace(name="t"),
+                         counters={"resyncs": 0, "bad_records": 0}, _sync_at=None, bad=[], _routed=set())
     sync.apply_snapshot(ag, Snapshot(rev=40))
     assert ag.counters["resyncs"] == 0
     ag.synced.set()

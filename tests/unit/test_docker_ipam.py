@@ -417,14 +417,9 @@ def test_the_endpoint_id_charset_cannot_spell_a_reservation():
         Endpoint.make(value, "blue", "h1", "02:00:00:00:00:01", "10.0.100.2")
 
 
-def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, monkeypatch):
+def releases_refused(monkeypatch):
+    """network_release fails as it does while the agent restarts; the real call is returned."""
     from dataplane.agent.client import AgentNotRunning
-    """DeleteNetwork while the agent restarts: Docker only logs the error and forgets the
-    network, so the registry network this driver made was never released. It is kept as
-    pending (in /var/lib, durably) and released at the next request the driver serves."""
-    e = engines["h1"]
-    create_network(e, "d" * 64)
-    assert e.driver._load()["d" * 64]["created"] and e.agent.reg.network_by_vni(256) is not None
     real = docker.client.call
 
     def restarting(node, op, timeout=60.0, **args):
@@ -432,6 +427,17 @@ def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, 
             raise AgentNotRunning(f"the agent of node {node} is not running")
         return real(node, op, **args)
     monkeypatch.setattr(docker, "client", SimpleNamespace(call=restarting))
+    return real
+
+
+def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, monkeypatch):
+    """DeleteNetwork while the agent restarts: Docker only logs the error and forgets the
+    network, so the registry network this driver made was never released. It is kept as
+    pending (in /var/lib, durably) and released at the next request the driver serves."""
+    e = engines["h1"]
+    create_network(e, "d" * 64)
+    assert e.driver._load()["d" * 64]["created"] and e.agent.reg.network_by_vni(256) is not None
+    real = releases_refused(monkeypatch)
     status, reply = post(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "d" * 64})
     assert "not running" in reply.get("Err", ""), reply                # the network driver's Err, at 200
     assert "d" * 64 not in e.driver._load() and e.agent.reg.network_by_vni(256) is not None
@@ -444,17 +450,10 @@ def test_a_release_the_agent_could_not_take_is_done_at_a_later_request(engines, 
 def test_a_pending_release_is_done_at_the_next_container_too(engines, monkeypatch):
     """Pending releases were tried at CreateNetwork and DeleteNetwork only: on an engine that
     then only ran containers the registry network stayed, its VNI and subnet taken."""
-    from dataplane.agent.client import AgentNotRunning
     e = engines["h1"]
     create_network(e, "d" * 64)
     pool = create_network(e, "f" * 64, vni=300, subnet="10.31.0.0/24")
-    real = docker.client.call
-
-    def restarting(node, op, timeout=60.0, **args):
-        if op == "network_release":
-            raise AgentNotRunning(f"the agent of node {node} is not running")
-        return real(node, op, **args)
-    monkeypatch.setattr(docker, "client", SimpleNamespace(call=restarting))
+    real = releases_refused(monkeypatch)
     post(e, "/NetworkDriver.DeleteNetwork", {"NetworkID": "d" * 64})
     monkeypatch.setattr(docker, "client", SimpleNamespace(call=real))      # the agent is back
     run(e, "f" * 64, pool, "c" * 64)                                      # a container, nothing else

@@ -154,8 +154,8 @@ class AgentFigures:
         except DataplaneError as e:
             log.warning("metrics: reading the node's state failed: %s", e)
             return
-        yield _gauge("dataplane_flood_over_limit", "Broadcast limits exceeded: VNIs with more members or copies "
-                     "than a broadcast reaches (agent status over_limit lists them)", n)
+        yield _gauge("dataplane_flood_over_limit", "Broadcast limits exceeded, one per VNI and limit (VTEPs, "
+                     "local endpoints, a CPU's backlog: agent status over_limit lists them)", n)
 
 
 def _gauge(name: str, text: str, value, labels: dict | None = None):

@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from contextlib import contextmanager
 
-from dataplane.agent import client, metrics_web, process
+from dataplane.agent import boot_wait, client, metrics_web, process
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.core.notice import after, notice
 from dataplane.core.state import NodeState
-from dataplane.kernel import netlink
 from dataplane.node import Node, choices, monitor, peers, require_root, vtep
 from dataplane.node.sweep import sweep
 from dataplane import registry
@@ -173,6 +171,9 @@ def down(node: Node, vnis=None) -> bool:
         persist(node)
     else:
         state.remove_boot(node.name)
+        for unit in process.enabled([process.unit_name(node.name)]):    # (said nowhere: at boot it looped)
+            notice(f"{unit} is still enabled (one an older version installed, without ConditionPathExists, "
+                   f"restarts every second with nothing to restore): `systemctl disable {unit}`")
     return was_up
 
 
@@ -269,7 +270,7 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
     local_ip = str(model.parse_ipv4(local_ip, "local address")) if local_ip else b["local_ip"]
     nets = {int(v): s for v, s in b["networks"].items()}
     if not moved:                              # given by hand: checked at once (vtep.up), no wait
-        _await_underlay(node, underlay, local_ip)
+        boot_wait.underlay(node, underlay, local_ip, UNDERLAY_WAIT_S)
     st = vtep.up(node, sorted(nets), subnet=nets or None, underlay=underlay, local_ip=local_ip,
                  port=b["port"], peer_check=b["peer_check"], rx_gro=b.get("rx_gro", True),
                  vxlan_guard=b.get("vxlan_guard", True),
@@ -297,31 +298,6 @@ def _check_unit(node: Node, st: NodeState) -> None:
     wrong = process.installed_unit_mismatch(node.name, bool(st.registry))
     if wrong:
         notice(wrong)
-
-
-def _await_underlay(node: Node, underlay: str, local_ip: str, wait_s: float = UNDERLAY_WAIT_S) -> None:
-    """At boot the underlay may get its address after network-online.target (DHCP on an
-    allow-hotplug interface, which that target does not wait for): wait a while for it, saying
-    so, rather than fail at once; then say what is missing, and how to go on if it moved."""
-    if node.netns and not netlink.ns_exists(node.netns):
-        return                                    # vtep.up says what is wrong at once
-    deadline, said = time.monotonic() + wait_s, False
-    while True:
-        try:
-            if local_ip in netlink.link_info(node.netns, underlay)["ipv4"]:
-                return
-            lacks = f"{underlay} has no address {local_ip}"
-        except DataplaneError:
-            lacks = f"there is no interface {underlay}"    # (yet)
-        if time.monotonic() >= deadline:
-            raise NotFound(f"{lacks} after {wait_s:g} s: if the underlay moved (a renamed interface, a new "
-                           f"address), bring the node back with `dataplane up --restore --underlay IF "
-                           f"[--local-ip ADDR]`")
-        if not said:
-            notice(f"waiting up to {wait_s:g} s for {underlay} to have {local_ip} (the underlay may come up late "
-                   "at boot)")
-            said = True
-        time.sleep(0.25)
 
 
 def _hand_agent_over(node: Node) -> None:

@@ -7,6 +7,7 @@ started it and a restart never touches the programs or maps.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -58,6 +59,14 @@ def running_pid(node: str) -> int | None:
 RESTART = "(`systemctl restart dataplane`; without systemd, stop its pid and run `dataplane up` again)"
 
 UNIT_DIR = "/etc/systemd/system"          # where `dataplane service install` writes by default
+ENABLE_DIRS = (UNIT_DIR, "/run/systemd/system")      # where `systemctl enable [--runtime]` links
+
+
+def enabled(names, unit_dir: str = UNIT_DIR) -> list[str]:
+    """Those of the unit names that `systemctl enable` linked (a *.wants link in unit_dir or
+    ENABLE_DIRS, wherever the unit file is)."""
+    dirs = dict.fromkeys([unit_dir, *ENABLE_DIRS])
+    return sorted({n for n in names for d in dirs if glob.glob(os.path.join(glob.escape(d), "*.wants", n))})
 
 
 def installed_unit_mismatch(node: str, registry: bool, unit_dir: str = UNIT_DIR) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
 import sys
 
@@ -19,7 +18,6 @@ from dataplane.core import model, state
 from dataplane.core.errors import NotFound, UsageError, file_errors
 
 PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
-ENABLE_DIRS = (process.UNIT_DIR, "/run/systemd/system")      # where `systemctl enable [--runtime]` links
 
 
 def command() -> str:
@@ -39,6 +37,8 @@ Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''}{' and it
 Documentation=https://example.invalid/dataplane/docs/DESIGN.md
 Wants=network-online.target
 After=network-online.target
+# A node taken down (`dataplane down`) is skipped: it restarted every second for good, at every boot.
+ConditionPathExists={os.path.join(state.lib_dir(netns or "host"), "node.json")}
 # Never given up on: at boot the underlay may get its address late (DHCP, allow-hotplug, which
 # network-online.target does not wait for), and systemd's default (5 starts in 10 s) left the node
 # failed for good. `up --restore` itself waits a while for it; an agent that keeps dying waits
@@ -144,8 +144,7 @@ def cmd_install(args):
 def cmd_uninstall(args):
     removed = []
     names = list(units(args.netns, docker=True))
-    enabled = sorted({n for n in names for d in dict.fromkeys([args.unit_dir, *ENABLE_DIRS])  # wherever the file is,
-                      if glob.glob(os.path.join(glob.escape(d), "*.wants", n))})     # `enable` links from these
+    enabled = process.enabled(names, args.unit_dir)
     if enabled:                # its file gone, `systemctl disable` would fail, the agent left unsupervised
         raise UsageError(f"{', '.join(enabled)} enabled: run `systemctl disable --now {' '.join(enabled)}` "
                          "first, then uninstall (and `systemctl daemon-reload` after)")

@@ -252,6 +252,21 @@ def test_a_network_record_that_cannot_be_read_is_said_and_removed(roots, capsys,
     assert main(["network", "create", "n", "--vni", "5", "--registry", url]) == 0
 
 
+def test_down_says_that_the_nodes_unit_is_still_enabled(roots, capsys, monkeypatch):
+    """`systemctl stop dataplane`, then `dataplane down`: the unit stayed enabled, and at every
+    boot its ExecStartPre had nothing to restore and it restarted every second, said nowhere.
+    (The units now skip a node taken down: test_service_units.)"""
+    from dataplane.agent import process
+    wants = roots / "units" / "multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "dataplane.service").symlink_to("/nonexistent/dataplane.service")
+    monkeypatch.setattr(process, "ENABLE_DIRS", (str(roots / "units"),))
+    state.save_boot("host", {"underlay": "eth0"})
+    assert main(["down"]) == 0
+    assert "dataplane.service is still enabled" in capsys.readouterr().err
+    assert state.load_boot("host") is None
+
+
 def test_agent_run_on_a_node_without_a_registry_is_refused(roots, capsys):
     """It ran with the default registry: registered the host there and unserved the node's
     static VNIs that registry did not have. Refused; a unit left in place waits as a crash loop does."""

@@ -27,6 +27,11 @@ def test_the_node_unit_restores_then_supervises_the_agent():
     assert u["Service"]["ExecStart"].endswith("agent run")
     assert u["Service"]["KillMode"] == "process", "stopping the agent must not stop what it does not own"
     assert "network-online.target" in u["Unit"]["After"]
+    # A node taken down is skipped at boot: ExecStartPre had nothing to restore and the unit
+    # restarted every second, for good.
+    assert u["Unit"]["ConditionPathExists"] == "/var/lib/dataplane/host/node.json"
+    assert parse(units("dpl-x", registry=False)["dataplane-dpl-x.service"])["Unit"]["ConditionPathExists"] == \
+        "/var/lib/dataplane/dpl-x/node.json"
 
 
 def test_the_docker_driver_is_socket_activated_after_the_node():

@@ -36,7 +36,7 @@ def cmd_up(args):
     if args.restore:
         # Given at all (not by truth: --port 0 and --fdb-age 0 went unheeded, not refused).
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if getattr(args, a) is not None and getattr(args, a) is not False]
+                 if getattr(args, a) is not None and (getattr(args, a) is not False or a != "no_registry")]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration (but --underlay and --local-ip, "
                              f"where the underlay moved): drop {', '.join(given)}")

@@ -201,9 +201,9 @@ def test_options_given_as_zero_are_heard(roots, capsys, monkeypatch, tmp_path):
     import dataclasses
     import time
     from dataplane.agent import restarts
-    for opt in (["--port", "0"], ["--fdb-age", "0"]):
+    for opt in (["--port", "0"], ["--fdb-age", "0"], ["--no-xdp-guard"], ["--peer-check"]):
         assert main(["up", "--restore", *opt]) == 2
-        assert f"drop {opt[0]}" in one_line(capsys)
+        assert f"drop {opt[0].replace('--no-', '--')}" in one_line(capsys)
     saved_node(roots)
     monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("slept before checking --vni"))
     assert main(["stats", "--watch", "--interval", "5", "--vni", "junk"]) == 2

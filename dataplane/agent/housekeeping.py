@@ -83,7 +83,8 @@ def _mend_vxlan_guard(ag, st) -> None:
 def _mend_gateways(ag, st) -> None:
     """The gateways' rules, read without a lock (six `iptables -S`, about 13 ms), written again
     under the node's if a firewall's reload or a flush took any away (counted a repair)."""
-    if not st.gateways or gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values()):
+    if not st.gateways or gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values(),
+                                         gwrules.ways_out(ag.node.netns)):
         return
     # Under the node's lock, which every writer of these rules holds (`up`, the sweep, a gateway's
     # making and removal, the agent's through node.changing()): a gateway made or removed meanwhile

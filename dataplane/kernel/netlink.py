@@ -98,6 +98,19 @@ def link_indexes(netns: str | None) -> dict[str, int]:
     return {name: i for i, name in call_in_netns(netns, socket.if_nameindex)}
 
 
+def default_route_ifnames(netns: str | None) -> list[str]:
+    """The interfaces of every IPv4 default route (each nexthop of a multipath one too)."""
+    out = []
+    with ipr(netns) as s:
+        for r in s.get_default_routes(family=2):
+            oifs = [r.get_attr("RTA_OIF")] + [h.get("oif") for h in (r.get_attr("RTA_MULTIPATH") or [])]
+            for oif in (o for o in oifs if o):
+                name = s.get_links(oif)[0].get_attr("IFLA_IFNAME")
+                if name not in out:
+                    out.append(name)
+    return out
+
+
 def default_route_ifname(netns: str | None) -> str | None:
     with ipr(netns) as s:
         for r in s.get_default_routes(family=2):

@@ -9,6 +9,11 @@ the host's other bridges). Published ports (DNAT) pass, as from anywhere. mangle
 before filter's, where Docker, ufw, Calico and an operator's DOCKER-USER put their ACCEPTs: none
 of them can open what these close, wherever their rules sit (node/vxlanguard.py's rule is there
 for the same reason).
+It also keeps a sandbox's new connections to the node's ways out: the interfaces of its default
+routes and its uplink (ways_out). Without that, filter's ACCEPT out of the router, jumped to above
+Docker's rules, let a sandbox into docker0's containers on ports never published (Docker <= 27
+drops them by FORWARD's policy), into other bridges (libvirt's, podman's), past ufw's forward
+policy. Replies and published ports (DNAT) pass, to any interface.
 filter's DATAPLANE-FORWARD holds each gateway's ACCEPTs (out of the router; replies and
 published ports back); FORWARD jumps to it just below Docker's DOCKER-USER (an operator's rules
 there, for every container, apply to our sandboxes' way out too), else first.
@@ -59,10 +64,26 @@ def rules(gw: Gateway) -> dict[str, list[str]]:
             + ["-j", "DROP"]}
 
 
-def wanted(gateways) -> dict[str, list[list[str]]]:
-    """Our chain -> its rules, in order (by VNI)."""
+def ways_out(ns) -> list[str]:
+    """Where a sandbox's new connection may leave the node: the interfaces of its IPv4 default
+    routes, and its uplink (other hosts, the underlay's network), sorted."""
+    from dataplane.core import state  # noqa: PLC0415
+    st = state.load(ns or "host")
+    return sorted(set(netlink.default_route_ifnames(ns)) | ({st.config.underlay} if st else set()))
+
+
+def kept_out(ways: list[str]) -> list[list[str]]:
+    """ISOLATION's last rules: out of a router to a way out goes on to filter; else only replies
+    and published ports (no VNI in the comment: the node's, not a gateway's)."""
+    c = ["-m", "comment", "--comment", JUMP_COMMENT]
+    return [["-i", ROUTERS, "-o", w] + c + ["-j", "RETURN"] for w in ways] + [
+        ["-i", ROUTERS, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "DROP"]]
+
+
+def wanted(gateways, ways: list[str] | None = None) -> dict[str, list[list[str]]]:
+    """Our chain -> its rules, in order (by VNI), for the node's ways out."""
     each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
-    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each],
+    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each] + (kept_out(ways or []) if each else []),
             FORWARD: [r[k] for r in each for k in ("replies", "out")],
             POSTROUTING: [r[k] for r in each for k in ("masquerade", "hairpin")]}
 
@@ -129,10 +150,11 @@ def legacy(lines) -> dict[str, list[list[str]]]:
     return {t: [r for r in lines[t][hook] if _vni(r) is not None] for t, (hook, _) in HOOKS.items()}
 
 
-def intact(lines, gateways) -> bool:
-    """Our chains hold exactly what the gateways want, in order; the hooks jump to each; no
-    older version's rule is left in the hooks."""
-    want = wanted(gateways)
+def intact(lines, gateways, ways: list[str] | None = None) -> bool:
+    """Our chains hold exactly what the gateways want, in order, for the node's ways out (a
+    default route moved: written again); the hooks jump to each; no older version's rule is
+    left in the hooks."""
+    want = wanted(gateways, ways)
     for table, (hook, ours) in HOOKS.items():
         if any(lines[table][c] != want[c] or not _at(lines[table][hook], c) for c in ours):
             return False
@@ -159,10 +181,10 @@ def _jumps_to_add(table: str, hook: list[list[str]]) -> list[str]:
     return [_line(["-I", "FORWARD", str(docker[0] + 1 if docker else 1)] + _jump(chain))]
 
 
-def script(lines, gateways) -> str:
+def script(lines, gateways, ways: list[str] | None = None) -> str:
     """iptables-restore --noflush input: each table's chains declared (flushed) and filled, its
     missing jumps inserted, an older version's rules removed; one COMMIT (one transaction) each."""
-    want, old, out = wanted(gateways), legacy(lines), []
+    want, old, out = wanted(gateways, ways), legacy(lines), []
     for table, (hook, ours) in HOOKS.items():
         out += [f"*{table}"] + [f":{c} - [0:0]" for c in ours]
         out += [_line(["-A", c] + r) for c in ours for r in want[c]]
@@ -202,10 +224,10 @@ def sync(ns, gateways) -> list[str]:
     if not gateways:
         return clear(ns)
     require_iptables()
-    lines = listing(ns)
-    if intact(lines, gateways):
+    lines, ways = listing(ns), ways_out(ns)
+    if intact(lines, gateways, ways):
         return []
-    _restore(ns, script(lines, gateways).splitlines(), "of the gateways' rules")
+    _restore(ns, script(lines, gateways, ways).splitlines(), "of the gateways' rules")
     return said(lines, gateways)
 
 

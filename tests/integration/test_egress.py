@@ -429,7 +429,9 @@ def test_rules_a_firewall_reload_took_away_are_put_back_in_order(info):
     chains = (("mangle", "DATAPLANE-ISOLATION"), ("filter", "DATAPLANE-FORWARD"), ("nat", "DATAPLANE-POSTROUTING"))
     before = {c: _chain(*c) for c in chains}
     iso, fwd, nat = before.values()
-    assert len(iso) == 2 and all("-j DROP" in r for r in iso) and len(nat) == 2, before
+    ways = [r for r in iso if "-j RETURN" in r]       # the node's ways out (gwrules.ways_out): the uplink here
+    assert len(iso) == 3 + len(ways) and ways and all("-j DROP" in r for r in iso if r not in ways), before
+    assert len(nat) == 2, before
     assert len(fwd) == 2 and all("-j ACCEPT" in r for r in fwd), before
 
     def whole() -> bool:
@@ -505,3 +507,38 @@ def _jumped() -> bool:
     return ("-j DATAPLANE-POSTROUTING" in "\n".join(_chain("nat", "POSTROUTING"))
             and "-j DATAPLANE-ISOLATION" in "\n".join(_chain("mangle", "FORWARD"))
             and any(r[-1] == "DATAPLANE-FORWARD" for r in _forward()))
+
+
+def test_a_sandbox_reaches_no_other_bridge_of_its_host(info):
+    """filter's ACCEPT out of a router, jumped to above Docker's rules, let a sandbox into any
+    other interface of its host: docker0's containers on ports never published, libvirt's or
+    podman's bridges, past ufw's forward policy. Its new connections leave by the node's ways out
+    only (its default route's interface, the uplink): here a bridge with a listener behind it."""
+    a = sandbox(info, "h1", 256)
+    other, br = "dpl-br9", "dplbr9"
+
+    def ip(*args, ns=H1):
+        subprocess.run(["ip", "netns", "exec", ns, "ip", *args], check=True, capture_output=True)
+    subprocess.run(["ip", "netns", "add", other], check=True)
+    try:
+        ip("link", "add", br, "type", "bridge")
+        ip("link", "add", "dplbr9a", "type", "veth", "peer", "name", "eth0", "netns", other)
+        ip("link", "set", "dplbr9a", "master", br, "up")
+        ip("addr", "add", "172.30.9.1/24", "dev", br)
+        ip("link", "set", br, "up")
+        netlink.sysctl(H1, f"net.ipv4.conf.{br}.forwarding", "1")      # as Docker's ip_forward=1 gives docker0
+        ip("addr", "add", "172.30.9.2/24", "dev", "eth0", ns=other)
+        ip("link", "set", "eth0", "up", ns=other)
+        ip("link", "set", "lo", "up", ns=other)
+        ip("route", "add", "default", "via", "172.30.9.1", ns=other)
+        srv = in_ns(other, SERVE.replace("settimeout(20)", "settimeout(8)"), "172.30.9.2")
+        time.sleep(0.5)
+        cli = in_ns(a["netns"], ASK.replace("timeout=10", "timeout=3"), "172.30.9.2")
+        out, err = cli.communicate(timeout=30)
+        srv.wait(timeout=30)
+        assert cli.returncode != 0 and not out.strip(), f"the sandbox reached the other bridge: {out!r}"
+        assert ("timed out" in err) or ("refused" in err), err
+    finally:
+        subprocess.run(["ip", "netns", "exec", H1, "ip", "link", "del", br], capture_output=True)
+        subprocess.run(["ip", "netns", "exec", H1, "ip", "link", "del", "dplbr9a"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", other], capture_output=True)

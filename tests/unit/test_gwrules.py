@@ -44,7 +44,7 @@ def inserted(script: str) -> list[str]:
 def test_what_no_rule_may_open_is_apart_from_the_accepts_and_lets_published_ports_by():
     want = gwrules.wanted([GW2, GW])
     assert [(gwrules._vni(r), r[0], r[-1]) for r in want[ISOLATION]] == [
-        (256, "-i", "DROP"), (304, "-i", "DROP"), (256, "-o", "DROP"), (304, "-o", "DROP")]
+        (256, "-i", "DROP"), (304, "-i", "DROP"), (256, "-o", "DROP"), (304, "-o", "DROP"), (None, "-i", "DROP")]
     assert all("dpgw+" in r for r in want[ISOLATION][:2]), "between routers"
     for rule, passes in ((want[ISOLATION][0], "DNAT"), (want[ISOLATION][2], "RELATED,ESTABLISHED,DNAT")):
         at = rule.index("--ctstate")
@@ -127,3 +127,19 @@ def test_a_rule_someone_put_in_our_chain_is_said_without_raising():
     lines["filter"][FORWARD].append(["-s", "192.0.2.1/32", "-j", "ACCEPT"])
     assert gwrules.said(lines, [GW2]) == ["iptables rules of VNI 256, which has no gateway here; removed"]
     assert not gwrules.intact(lines, [GW, GW2]), "our chains are ours: it goes at the next write"
+
+
+def test_a_sandboxs_new_connections_leave_only_by_the_nodes_ways_out():
+    """filter's ACCEPT out of a router (`-i dpgwX ! -o dpgwX`), jumped to above Docker's rules,
+    let a sandbox into docker0's containers on ports never published, other bridges, past ufw's
+    forward policy. In mangle now: to a way out it goes on; else replies and DNAT only."""
+    want = gwrules.wanted([GW], ["eth0", "ul0"])[ISOLATION]
+    tail = want[-3:]
+    assert [r[:4] + r[-2:] for r in tail[:2]] == [["-i", "dpgw+", "-o", "eth0", "-j", "RETURN"],
+                                                 ["-i", "dpgw+", "-o", "ul0", "-j", "RETURN"]]
+    assert tail[2][:2] == ["-i", "dpgw+"] and tail[2][-2:] == ["-j", "DROP"]
+    at = tail[2].index("--ctstate")
+    assert tail[2][at - 1:at + 2] == ["!", "--ctstate", "RELATED,ESTABLISHED,DNAT"]
+    assert gwrules.wanted([], ["eth0"])[ISOLATION] == [], "no gateway: nothing of ours"
+    lines = listing([GW])
+    assert not gwrules.intact(lines, [GW], ["eth1"]), "a default route moved: written again"

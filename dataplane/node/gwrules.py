@@ -60,7 +60,10 @@ def rules(gw: Gateway) -> dict[str, list[str]]:
             "replies": ["-o", gw.router, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c
             + ["-j", "ACCEPT"],
             "out": ["-i", gw.router, "!", "-o", gw.router] + c + ["-j", "ACCEPT"],
-            "closed": ["-o", gw.router, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c
+            # Into the router only replies (the reply direction) and published ports: by direction,
+            # not state, so a connection opened while our rules were flushed (the gap until the
+            # agent's tick) does not live on as ESTABLISHED once they are back.
+            "closed": ["-o", gw.router, "-m", "conntrack", "--ctdir", "ORIGINAL", "!", "--ctstate", "DNAT"] + c
             + ["-j", "DROP"]}
 
 

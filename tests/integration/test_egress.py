@@ -543,3 +543,60 @@ def test_a_sandbox_reaches_no_other_bridge_of_its_host(info):
         subprocess.run(["ip", "netns", "exec", H1, "ip", "link", "del", br], capture_output=True)
         subprocess.run(["ip", "netns", "exec", H1, "ip", "link", "del", "dplbr9a"], capture_output=True)
         subprocess.run(["ip", "netns", "del", other], capture_output=True)
+
+
+ECHO = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7077)); s.listen(1); s.settimeout(20)
+c, _ = s.accept(); c.settimeout(20); c.sendall(c.recv(100))
+"""
+LATER = """
+import os, socket, sys, time
+c = socket.create_connection((sys.argv[1], 7077), timeout=5); print("connected", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+c.settimeout(3); c.sendall(b"again")
+try:
+    print("answered", c.recv(100).decode())
+except OSError as e:
+    print("dropped:", e)
+"""
+
+
+def test_a_connection_let_in_while_the_rules_were_gone_ends_when_they_are_back(info, tmp_path):
+    """A firewall's flush takes our rules away until the agent's next tick. A machine on the
+    underlay that routes the subnet via the host connected to a sandbox's unpublished port in
+    that gap, and the connection lived on as ESTABLISHED once the rules were back (for days:
+    conntrack's TCP timeout). Into a router it is now by direction: it ends with the repair."""
+    import os
+    import signal
+    from dataplane.agent import process
+    from dataplane.node import gwrules
+    a = sandbox(info, "h1", 256)
+    gateways = Node(H1).require_up().gateways.values()
+    subnet = Node(H1).require_up().gateways[256].subnet
+    route = ["ip", "netns", "exec", lab.UNDERLAY_NS, "ip", "route"]
+    go = tmp_path / "go"
+    pid = process.running_pid(H1)
+    subprocess.run(route + ["add", subnet, "via", lab.vtep_ip(1)], check=True)
+    os.kill(pid, signal.SIGSTOP)                        # no repair by the agent during the gap
+    srv = cli = None
+    try:
+        netlink.ns_exec(H1, ["iptables", "-t", "mangle", "-F", gwrules.ISOLATION], check=True)
+        srv = in_ns(a["netns"], ECHO, a["ip"])
+        time.sleep(0.5)
+        cli = in_ns(lab.UNDERLAY_NS, LATER, a["ip"], str(go))
+        assert cli.stdout.readline().strip() == "connected", "the gap let it in"
+        assert gwrules.sync(H1, gateways), "the rules put back, as the agent's tick does"
+        go.touch()
+        out, err = cli.communicate(timeout=30)
+        assert out.startswith("dropped"), (out, err)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        subprocess.run(route + ["del", subnet], capture_output=True)
+        for p in (cli, srv):
+            if p is not None:
+                p.kill()
+                p.communicate()
+    assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its own way out works"

@@ -77,7 +77,6 @@ WantedBy=multi-user.target
     if docker:
         out[f"dataplane{suffix}-docker.socket"] = f"""[Unit]
 Description=dataplane Docker network driver socket
-PartOf=dataplane{suffix}-docker.service
 
 [Socket]
 ListenStream={PLUGIN_SOCKET}
@@ -88,8 +87,12 @@ WantedBy=sockets.target
 """
         out[f"dataplane{suffix}-docker.service"] = f"""[Unit]
 Description=dataplane Docker network driver
-Requires={node_unit} dataplane{suffix}-docker.socket
-After={node_unit}
+# Wants, not Requires: `systemctl stop` or a restart of the node's unit (its agent) stopped the
+# driver and, through the socket's PartOf, the socket, which a start did not bring back: Docker
+# said "plugin not found" until a reboot. The driver waits out an agent that is away.
+Wants={node_unit}
+Requires=dataplane{suffix}-docker.socket
+After={node_unit} dataplane{suffix}-docker.socket
 # At shutdown Docker stops first, its containers' DeleteEndpoint calls answered while it does.
 Before=docker.service
 StartLimitIntervalSec=0

@@ -5,16 +5,18 @@ restart is not seen as a death."""
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
+import time
 
-from dataplane.agent import process
+from dataplane.agent import process, sdnotify
 from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError
 from dataplane.registry import Full, Refused, Unavailable
 from dataplane.registry.backoff import Backoff
 
 log = logging.getLogger("dataplane.agent")
+NOT_YET_EXTEND_S = 90.0      # each failed first registration extends a unit's start timeout by this
 
 
 class LeaseKeeper:
@@ -23,6 +25,7 @@ class LeaseKeeper:
         self.lease = 0
         self.live = False            # the last registration or keepalive succeeded (a metric)
         self._once = False           # this process has registered the host once
+        self._said_at = -60.0        # when _not_yet last said so
         self.previous = 0            # the last agent's lease, read before this one names itself in the file
 
     def start(self) -> None:
@@ -71,6 +74,18 @@ class LeaseKeeper:
         self._once = True
         self.save()
 
+    def _not_yet(self, e: Exception) -> None:
+        """No registration yet (a registry down at boot): said once a minute (nothing was said before
+        the first one), and a unit's start timeout extended while it tries, where it killed the agent
+        every 2 minutes and ExecStartPre reloaded the programs each time."""
+        now = time.monotonic()
+        if now - self._said_at >= 60:
+            self._said_at = now
+            log.warning("cannot register host %s yet (the node forwards on what it has): %s; trying again",
+                        self.ag.me, e)
+        sdnotify.notify(f"STATUS=waiting for the registry to register host {self.ag.me}: {str(e)[:200]}\n"
+                        f"EXTEND_TIMEOUT_USEC={int(NOT_YET_EXTEND_S * 1e6)}")
+
     def run(self) -> None:
         registered, full_said = False, ""
         backoff = Backoff()
@@ -89,6 +104,8 @@ class LeaseKeeper:
                 if registered or (isinstance(e, Full) and str(e) != full_said):
                     full_said = str(e) if isinstance(e, Full) else full_said    # out of space: said once
                     log.warning("registry unavailable, forwarding on last known state: %s", e)
+                elif not self._once:
+                    self._not_yet(e)
                 registered = False
                 self.ag.counters["registry_errors"] += 1
                 if not isinstance(e, Full):     # reads and watches go on under etcd's NOSPACE

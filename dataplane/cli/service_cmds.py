@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import sys
 
@@ -116,6 +117,12 @@ def cmd_install(args):
     if args.docker and not boot.get("registry"):
         raise UsageError(f"node {node} has no registry (`up --no-registry`): the Docker driver works through "
                          "the agent, which a node without a registry does not run")
+    mine = f"dataplane{'-' + args.netns if args.netns else ''}-docker.socket"
+    found = glob.glob(os.path.join(glob.escape(args.unit_dir), "dataplane*-docker.socket"))
+    others = [os.path.basename(p) for p in found if os.path.basename(p) != mine]
+    if args.docker and others:           # one listening path: the other node's socket failed to bind, or lost it
+        raise UsageError(f"{others[0]} already serves Docker's driver `dataplane` at {PLUGIN_SOCKET}: one node "
+                         "per host can (`dataplane --netns NS service uninstall` of that one first)")
     files = {os.path.join(args.unit_dir, name): text
              for name, text in units(args.netns, args.docker, registry=bool(boot.get("registry"))).items()}
     with file_errors("cannot write the units"):

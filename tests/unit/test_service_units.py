@@ -91,6 +91,21 @@ def test_install_and_uninstall(brought_up, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_second_nodes_docker_driver_is_refused(brought_up, capsys):
+    """Every node's Docker socket unit listens on the one plugin path: a second one failed to bind
+    or took it over, and Docker reached one node only under the driver name `dataplane`."""
+    from dataplane.core import state
+    state.save_boot("dpl-x", {"underlay": "eth0", "registry": "sqlite:///x/registry.db"})
+    assert main(["service", "install", "--docker", "--unit-dir", str(brought_up)]) == 0
+    capsys.readouterr()
+    assert main(["service", "install", "--docker", "--unit-dir", str(brought_up)]) == 0, "the same node again"
+    before = sorted(p.name for p in brought_up.iterdir())
+    assert main(["--netns", "dpl-x", "service", "install", "--docker", "--unit-dir", str(brought_up)]) == 2
+    assert "dataplane-docker.socket already serves" in capsys.readouterr().err
+    assert sorted(p.name for p in brought_up.iterdir()) == before, "nothing written"
+    assert main(["--netns", "dpl-x", "service", "install", "--unit-dir", str(brought_up)]) == 0, "without --docker"
+
+
 def test_install_into_a_bad_directory_fails_in_one_line_and_writes_nothing(brought_up, capsys):
     """A --unit-dir that cannot hold the units: one error line and a non-zero exit, not a
     traceback; and a failure at the second unit leaves not even the first."""

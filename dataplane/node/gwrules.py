@@ -63,7 +63,8 @@ def rules(gw: Gateway) -> dict[str, list[str]]:
             # Into the router only replies (the reply direction) and published ports: by direction,
             # not state, so a connection opened while our rules were flushed (the gap until the
             # agent's tick) does not live on as ESTABLISHED once they are back.
-            "closed": ["-o", gw.router, "-m", "conntrack", "--ctdir", "ORIGINAL", "!", "--ctstate", "DNAT"] + c
+            # (in the order `iptables -S` prints the match's options: intact() compares the tokens)
+            "closed": ["-o", gw.router, "-m", "conntrack", "!", "--ctstate", "DNAT", "--ctdir", "ORIGINAL"] + c
             + ["-j", "DROP"]}
 
 

@@ -84,10 +84,11 @@ def kept_out(ways: list[str]) -> list[list[str]]:
         ["-i", ROUTERS, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "DROP"]]
 
 
-def wanted(gateways, ways: list[str] | None = None) -> dict[str, list[list[str]]]:
-    """Our chain -> its rules, in order (by VNI), for the node's ways out."""
+def wanted(gateways, ways: list[str]) -> dict[str, list[list[str]]]:
+    """Our chain -> its rules, in order (by VNI), for the node's ways out (ways_out(); no default,
+    for a caller that forgot them would write rules that let no sandbox's connection out)."""
     each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
-    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each] + (kept_out(ways or []) if each else []),
+    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each] + (kept_out(ways) if each else []),
             FORWARD: [r[k] for r in each for k in ("replies", "out")],
             POSTROUTING: [r[k] for r in each for k in ("masquerade", "hairpin")]}
 
@@ -154,7 +155,7 @@ def legacy(lines) -> dict[str, list[list[str]]]:
     return {t: [r for r in lines[t][hook] if _vni(r) is not None] for t, (hook, _) in HOOKS.items()}
 
 
-def intact(lines, gateways, ways: list[str] | None = None) -> bool:
+def intact(lines, gateways, ways: list[str]) -> bool:
     """Our chains hold exactly what the gateways want, in order, for the node's ways out (a
     default route moved: written again); the hooks jump to each; no older version's rule is
     left in the hooks."""
@@ -185,7 +186,7 @@ def _jumps_to_add(table: str, hook: list[list[str]]) -> list[str]:
     return [_line(["-I", "FORWARD", str(docker[0] + 1 if docker else 1)] + _jump(chain))]
 
 
-def script(lines, gateways, ways: list[str] | None = None) -> str:
+def script(lines, gateways, ways: list[str]) -> str:
     """iptables-restore --noflush input: each table's chains declared (flushed) and filled, its
     missing jumps inserted, an older version's rules removed; one COMMIT (one transaction) each."""
     want, old, out = wanted(gateways, ways), legacy(lines), []
@@ -200,7 +201,7 @@ def script(lines, gateways, ways: list[str] | None = None) -> str:
 
 def said(lines, gateways) -> list[str]:
     """What sync() finds to mend, per VNI, in words (for logs and the sweep's report)."""
-    want, mine = {g.vni for g in gateways}, wanted(gateways)
+    want, mine = {g.vni for g in gateways}, wanted(gateways, [])    # per-VNI rules: no ways out
     ours: dict[int, list] = {}
     for table, (_, chains) in HOOKS.items():
         for r in (r for c in chains for r in lines[table][c] or []):

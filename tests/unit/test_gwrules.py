@@ -31,7 +31,7 @@ GUARD = ["-o", "ul0", "-p", "udp", "--dport", "4789", "-j", "DROP"]     # node/v
 def listing(gateways=(), mangle=(GUARD, JUMP[ISOLATION]), forward=(JUMP[FORWARD],), postrouting=(JUMP[POSTROUTING],),
             chains=True):
     """What listing() reads on a node whose chains were written for gateways."""
-    want = gwrules.wanted(gateways)
+    want = gwrules.wanted(gateways, [])
     return {"mangle": {"FORWARD": [list(r) for r in mangle], ISOLATION: want[ISOLATION] if chains else None},
             "filter": {"FORWARD": [list(r) for r in forward], FORWARD: want[FORWARD] if chains else None},
             "nat": {"POSTROUTING": [list(r) for r in postrouting], POSTROUTING: want[POSTROUTING] if chains else None}}
@@ -42,7 +42,7 @@ def inserted(script: str) -> list[str]:
 
 
 def test_what_no_rule_may_open_is_apart_from_the_accepts_and_lets_published_ports_by():
-    want = gwrules.wanted([GW2, GW])
+    want = gwrules.wanted([GW2, GW], [])
     assert [(gwrules._vni(r), r[0], r[-1]) for r in want[ISOLATION]] == [
         (256, "-i", "DROP"), (304, "-i", "DROP"), (256, "-o", "DROP"), (304, "-o", "DROP"), (None, "-i", "DROP")]
     assert all("dpgw+" in r for r in want[ISOLATION][:2]), "between routers"
@@ -56,48 +56,48 @@ def test_what_no_rule_may_open_is_apart_from_the_accepts_and_lets_published_port
 
 
 def test_intact_wants_every_jump_exact_contents_and_no_older_rules():
-    assert gwrules.intact(listing([GW]), [GW])
-    assert gwrules.intact(listing([GW], forward=[["-j", "X"], JUMP[FORWARD], DOCKER]), [GW]), \
+    assert gwrules.intact(listing([GW]), [GW], [])
+    assert gwrules.intact(listing([GW], forward=[["-j", "X"], JUMP[FORWARD], DOCKER]), [GW], []), \
         "others' rules above ours are theirs to place"
     for where in ("mangle", "forward", "postrouting"):
-        assert not gwrules.intact(listing([GW], **{where: []}), [GW]), where
-    assert not gwrules.intact(listing([GW], forward=[["-i", "x"] + JUMP[FORWARD][-2:]]), [GW]), \
+        assert not gwrules.intact(listing([GW], **{where: []}), [GW], []), where
+    assert not gwrules.intact(listing([GW], forward=[["-i", "x"] + JUMP[FORWARD][-2:]]), [GW], []), \
         "an operator's conditional jump to our chain is not ours"
-    assert not gwrules.intact(listing([GW], chains=False), [GW])
-    assert not gwrules.intact(listing([GW]), [GW, GW2]), "a gateway's rules missing"
-    assert not gwrules.intact(listing([GW, GW2]), [GW]), "a stray VNI's"
+    assert not gwrules.intact(listing([GW], chains=False), [GW], [])
+    assert not gwrules.intact(listing([GW]), [GW, GW2], []), "a gateway's rules missing"
+    assert not gwrules.intact(listing([GW, GW2]), [GW], []), "a stray VNI's"
     swapped = listing([GW])
     swapped["filter"][FORWARD].reverse()
-    assert not gwrules.intact(swapped, [GW]), "out of order"
+    assert not gwrules.intact(swapped, [GW], []), "out of order"
     old = listing([GW], forward=[JUMP[FORWARD], shlex.split(OLD["filter"][0].format(v=256))])
-    assert not gwrules.intact(old, [GW]), "an older version's rule left in FORWARD"
+    assert not gwrules.intact(old, [GW], []), "an older version's rule left in FORWARD"
 
 
 def test_the_accepts_jump_goes_just_below_docker_user_and_the_isolations_first_in_mangle():
     s = gwrules.script(listing(mangle=[GUARD], forward=[["-j", "X"], DOCKER, ["-j", "Y"]], postrouting=[],
-                               chains=False), [GW])
+                               chains=False), [GW], [])
     assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-ISOLATION',
                            '-I FORWARD 3 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD',
                            '-A POSTROUTING -m comment --comment "dataplane egress" -j DATAPLANE-POSTROUTING'], s
     assert s.index("*mangle") < s.index("*filter") < s.index("*nat"), "the DROPs are in before the ACCEPTs"
-    s = gwrules.script(listing(forward=[["-j", "X"]], chains=False), [GW])
+    s = gwrules.script(listing(forward=[["-j", "X"]], chains=False), [GW], [])
     assert inserted(s) == ['-I FORWARD 1 -m comment --comment "dataplane egress" -j DATAPLANE-FORWARD']
-    s = gwrules.script(listing([GW], forward=[DOCKER, JUMP[FORWARD]]), [GW, GW2])
+    s = gwrules.script(listing([GW], forward=[DOCKER, JUMP[FORWARD]]), [GW, GW2], [])
     assert not inserted(s), "jumps that are there stay where they are (Docker's start put its own first)"
 
 
 def test_one_transaction_per_table_flushes_and_fills_our_chain():
-    s = gwrules.script(listing(chains=False), [GW]).splitlines()
+    s = gwrules.script(listing(chains=False), [GW], []).splitlines()
     assert s[0:2] == ["*mangle", f":{ISOLATION} - [0:0]"] and s.count("COMMIT") == 3
     body = [shlex.split(line)[2:] for line in s if line.startswith(f"-A {FORWARD}")]
-    assert body == gwrules.wanted([GW])[FORWARD]
+    assert body == gwrules.wanted([GW], [])[FORWARD]
 
 
 def test_an_older_versions_rules_are_removed_in_the_same_transaction_and_said():
     old_f = [shlex.split(x.format(v=256)) for x in OLD["filter"]]
     old_n = [shlex.split(x.format(v=256)) for x in OLD["nat"]]
     lines = listing(forward=[DOCKER] + old_f, postrouting=old_n, chains=False)
-    s = gwrules.script(lines, [GW])
+    s = gwrules.script(lines, [GW], [])
     filt = s[s.index("*filter"):s.index("*nat")]
     assert all(gwrules._line(["-D", "FORWARD"] + r) in filt for r in old_f)
     assert filt.index("-D FORWARD") > filt.index("-I FORWARD"), "the new rules are in before the old go"
@@ -119,7 +119,7 @@ def test_an_older_agents_rules_put_back_beside_ours_are_said_so():
     lines = listing([GW], forward=[JUMP[FORWARD], shlex.split(OLD["filter"][0].format(v=256))])
     assert gwrules.said(lines, [GW]) == ["iptables rules an older version put back for the gateway of VNI 256 "
                                          "removed (is an agent of that version still running?)"]
-    assert gwrules._line(["-D", "FORWARD"] + shlex.split(OLD["filter"][0].format(v=256))) in gwrules.script(lines, [GW])
+    assert gwrules._line(["-D", "FORWARD"] + shlex.split(OLD["filter"][0].format(v=256))) in gwrules.script(lines, [GW], [])
 
 
 def test_a_rule_someone_put_in_our_chain_is_said_without_raising():
@@ -128,7 +128,7 @@ def test_a_rule_someone_put_in_our_chain_is_said_without_raising():
     lines = listing([GW, GW2])
     lines["filter"][FORWARD].append(["-s", "192.0.2.1/32", "-j", "ACCEPT"])
     assert gwrules.said(lines, [GW2]) == ["iptables rules of VNI 256, which has no gateway here; removed"]
-    assert not gwrules.intact(lines, [GW, GW2]), "our chains are ours: it goes at the next write"
+    assert not gwrules.intact(lines, [GW, GW2], []), "our chains are ours: it goes at the next write"
 
 
 def test_a_sandboxs_new_connections_leave_only_by_the_nodes_ways_out():

@@ -34,9 +34,10 @@ RESTORE_ALONE = ("vni", "port", "subnet", "peer", "peer_check", "rx_gro", "vxlan
 def cmd_up(args):
     node = node_of(args)
     if args.restore:
-        # Given at all (not by truth: --port 0 and --fdb-age 0 went unheeded, not refused).
+        # Given at all, not by truth (--port 0 and --fdb-age 0 went unheeded, not refused), but for
+        # --no-registry, a store_true flag whose False is its unset.
         given = [f"--{a.replace('_', '-')}" for a in RESTORE_ALONE
-                 if getattr(args, a) is not None and (getattr(args, a) is not False or a != "no_registry")]
+                 if (getattr(args, a) if a == "no_registry" else getattr(args, a) is not None)]
         if given:
             raise UsageError(f"--restore takes the node's saved configuration (but --underlay and --local-ip, "
                              f"where the underlay moved): drop {', '.join(given)}")

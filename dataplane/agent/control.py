@@ -80,7 +80,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
         node_port = model.parse_port(port) if port is not None else (old.config.port if old else model.VXLAN_PORT)
         mtu = choices.uplink_mtu(node, node_args.get("underlay")) - model.ENCAP_LEN
         with opened(url) as reg:
-            served = [n for n in reg.networks() if old and n.vni in old.networks and n.port != node_port]
+            served = [n for n in (reg.networks() if old else ()) if n.vni in old.networks and n.port != node_port]
             if served:                   # a new port for the node: those it serves would go, said nowhere
                 raise Conflict(f"network {served[0].name} is on UDP port {served[0].port}, not {node_port}")
             subnet = _ensure_networks(reg, vnis, subnet, node_port, min(mtu, model.MTU_MAX), created, mtus)

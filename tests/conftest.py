@@ -65,7 +65,12 @@ def _host_state() -> set[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_left_on_the_host():
     """No test leaves a file under the host's own /run/dataplane, /var/lib/dataplane or
-    compiled-program cache (one did: a driver whose file paths were redirected by hand but one)."""
+    compiled-program cache (one did: a driver whose file paths were redirected by hand but one).
+    Not in a run beside the labs' (scripts/test.sh's tests/registry): the labs' run makes and
+    removes such files meanwhile, and its own check, which spans the shorter run, covers both."""
+    if os.environ.get("DATAPLANE_TESTS_BESIDE"):
+        yield
+        return
     before = _host_state()
     yield
     left = _host_state() - before

@@ -9,7 +9,7 @@ import logging
 import os
 from contextlib import contextmanager
 
-from dataplane.agent import boot_wait, client, metrics_web, process
+from dataplane.agent import boot_wait, client, metrics_web, process, units
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.core import model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
@@ -293,11 +293,17 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
     return node.require_up()
 
 
-def _check_unit(node: Node, st: NodeState) -> None:
-    """Say so if the node's installed unit is of the other kind (process.installed_unit_mismatch)."""
-    wrong = process.installed_unit_mismatch(node.name, bool(st.registry))
-    if wrong:
-        notice(wrong)
+def _check_unit(node: Node, st: NodeState, unit_dir: str = process.UNIT_DIR) -> None:
+    """Say so if the node's installed unit is of the other kind (process.installed_unit_mismatch),
+    or its units are not what this version writes (units.stale)."""
+    wrong = process.installed_unit_mismatch(node.name, bool(st.registry), unit_dir)
+    old = [] if wrong else units.stale(node.name, bool(st.registry), unit_dir)
+    if wrong or old:
+        how = f"`dataplane{'' if node.name == 'host' else ' --netns ' + node.name} service install" \
+              f"{' --docker' if any('docker' in u for u in old) else ''}`"
+        notice(wrong or f"{', '.join(old)} differ{'s' if len(old) == 1 else ''} from what this version writes "
+               f"(an older version installed {'them' if len(old) > 1 else 'it'}): run {how} again, then "
+               f"`systemctl daemon-reload`")
 
 
 def _hand_agent_over(node: Node) -> None:

@@ -11,100 +11,12 @@ import contextlib
 import errno
 import glob
 import os
-import sys
 
 from dataplane.agent import process
+from dataplane.agent.units import PLUGIN_SOCKET, units
 from dataplane.cli.output import add_output, say
 from dataplane.core import model, state
 from dataplane.core.errors import NotFound, UsageError, file_errors
-
-PLUGIN_SOCKET = "/run/docker/plugins/dataplane.sock"
-
-
-def command() -> str:
-    """How a unit starts us: the installed console script, else this interpreter."""
-    script = os.path.join(os.path.dirname(sys.executable), "dataplane")
-    return script if os.access(script, os.X_OK) else f"{sys.executable} -m dataplane"
-
-
-def units(netns: str | None = None, docker: bool = False, registry: bool = True) -> dict[str, str]:
-    """File name -> contents. A node in a namespace (--netns) gets its own unit names.
-    registry=False: the node runs no agent; its unit brings it back at boot and exits."""
-    dp = command() + (f" --netns {netns}" if netns else "")
-    suffix = f"-{netns}" if netns else ""
-    node_unit = process.unit_name(netns or "host")      # as `down` and ExecStartPre look for it
-    head = f"""[Unit]
-Description=dataplane VXLAN overlay: node{' ' + netns if netns else ''}{' and its agent' if registry else ''}
-Documentation=https://example.invalid/dataplane/docs/DESIGN.md
-Wants=network-online.target
-After=network-online.target
-# A node taken down (`dataplane down`) is skipped: it restarted every second for good, at every boot.
-ConditionPathExists={os.path.join(state.lib_dir(netns or "host"), "node.json")}
-# Never given up on: at boot the underlay may get its address late (DHCP, allow-hotplug, which
-# network-online.target does not wait for), and systemd's default (5 starts in 10 s) left the node
-# failed for good. `up --restore` itself waits a while for it; an agent that keeps dying waits
-# longer before each start (agent/restarts.py).
-StartLimitIntervalSec=0
-
-[Service]
-"""
-    if not registry:
-        return {node_unit: head + f"""Type=oneshot
-RemainAfterExit=yes
-# No registry, so no agent: programs, maps and peers are restored, then the kernel forwards.
-ExecStart={dp} up --restore --no-agent
-Restart=on-failure
-RestartSec=5
-TimeoutStartSec=120
-
-[Install]
-WantedBy=multi-user.target
-"""}
-    out = {node_unit: head + f"""Type=notify
-NotifyAccess=main
-# Programs, maps and sandboxes outlive the agent: only the agent restarts.
-ExecStartPre={dp} up --restore --no-agent
-ExecStart={dp} agent run
-Restart=always
-RestartSec=1
-KillMode=process
-TimeoutStartSec=120
-# The main loop pings it (WATCHDOG=1) every minute: a stuck agent is killed and restarted.
-WatchdogSec=120
-
-[Install]
-WantedBy=multi-user.target
-"""}
-    if docker:
-        out[f"dataplane{suffix}-docker.socket"] = f"""[Unit]
-Description=dataplane Docker network driver socket
-
-[Socket]
-ListenStream={PLUGIN_SOCKET}
-SocketMode=0600
-
-[Install]
-WantedBy=sockets.target
-"""
-        out[f"dataplane{suffix}-docker.service"] = f"""[Unit]
-Description=dataplane Docker network driver
-# Wants, not Requires: `systemctl stop` or a restart of the node's unit (its agent) stopped the
-# driver and, through the socket's PartOf, the socket, which a start did not bring back: Docker
-# said "plugin not found" until a reboot. The driver waits out an agent that is away.
-Wants={node_unit}
-Requires=dataplane{suffix}-docker.socket
-After={node_unit} dataplane{suffix}-docker.socket
-# At shutdown Docker stops first, its containers' DeleteEndpoint calls answered while it does.
-Before=docker.service
-StartLimitIntervalSec=0
-
-[Service]
-ExecStart={dp} docker-plugin
-Restart=always
-RestartSec=1
-"""
-    return out
-
 
 def cmd_install(args):
     if args.netns:

@@ -15,13 +15,13 @@ import shlex
 import subprocess
 
 from dataplane.agent import client as api, process as agentctl
-from dataplane.cli import service_cmds
+from dataplane.agent import units as service_units
 from tests.integration.conftest import dp, dp_json, wait_for
 from tests.integration.test_cli import host  # noqa: F401 - the namespace-with-uplink fixture
 
 
 def unit_commands(netns: str) -> dict[str, list[str]]:
-    text = service_cmds.units(netns)[f"dataplane-{netns}.service"]
+    text = service_units.units(netns)[f"dataplane-{netns}.service"]
     return {k: shlex.split(v) for k, _, v in (line.partition("=") for line in text.splitlines())
             if k in ("ExecStartPre", "ExecStart")}
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from dataplane.cli.main import main
-from dataplane.cli.service_cmds import PLUGIN_SOCKET, units
+from dataplane.agent.units import PLUGIN_SOCKET, units
 
 
 def parse(text: str) -> configparser.ConfigParser:
@@ -140,9 +140,9 @@ def test_cni_install_into_a_bad_directory_fails_in_one_line(tmp_path, capsys):
 def test_the_agents_unit_name_is_the_units_file_name():
     """process.unit_name is how `down` and ExecStartPre know the unit's cgroup."""
     from dataplane.agent import process
-    from dataplane.cli import service_cmds
+    from dataplane.agent import units as service_units
     for netns, node in ((None, "host"), ("dpl-h1", "dpl-h1")):
-        assert process.unit_name(node) in service_cmds.units(netns)
+        assert process.unit_name(node) in service_units.units(netns)
 
 
 def test_a_late_underlay_never_leaves_the_node_failed_for_good():
@@ -185,6 +185,35 @@ def test_up_says_when_the_installed_unit_is_of_the_other_kind(brought_up, capsys
     assert main(["service", "install", "--unit-dir", str(brought_up)]) == 0          # without
     assert "start no agent" in process.installed_unit_mismatch("host", True, str(brought_up))
     assert process.installed_unit_mismatch("dpl-none", True, str(brought_up)) is None, "none installed"
+
+
+def test_up_restore_says_when_the_installed_units_are_an_older_versions(brought_up, capsys):
+    """Units an older version installed kept what it wrote (Requires= and PartOf= on the Docker
+    driver, which took its socket down for good at `systemctl stop dataplane`; no
+    ConditionPathExists=) until the operator happened to run `service install` again. Now
+    `up --restore` (ExecStartPre: the journal, at every boot) names them; where this copy is
+    installed (the command's path) does not count."""
+    from types import SimpleNamespace
+    from dataplane.agent import control, units as agent_units
+    assert main(["service", "install", "--docker", "--unit-dir", str(brought_up)]) == 0
+    node, st = SimpleNamespace(name="host"), SimpleNamespace(registry="sqlite:///x/registry.db")
+    assert agent_units.stale("host", True, str(brought_up)) == []
+    svc = brought_up / "dataplane.service"
+    svc.write_text(svc.read_text().replace(agent_units.command(), "/opt/elsewhere/bin/dataplane"))
+    assert agent_units.stale("host", True, str(brought_up)) == [], "installed elsewhere: the same unit"
+    capsys.readouterr()
+    control._check_unit(node, st, str(brought_up))
+    assert capsys.readouterr().err == ""
+    drv = brought_up / "dataplane-docker.service"
+    drv.write_text(drv.read_text().replace("Wants=dataplane.service", "Requires=dataplane.service"))
+    svc.write_text(svc.read_text().replace("ConditionPathExists=", "#ConditionPathExists="))
+    assert agent_units.stale("host", True, str(brought_up)) == ["dataplane.service", "dataplane-docker.service"]
+    control._check_unit(node, st, str(brought_up))
+    err = capsys.readouterr().err
+    assert "dataplane.service, dataplane-docker.service differ from what this version writes" in err, err
+    assert "`dataplane service install --docker` again" in err, err
+    assert main(["service", "install", "--docker", "--unit-dir", str(brought_up)]) == 0
+    assert agent_units.stale("host", True, str(brought_up)) == []
 
 
 def test_a_stuck_agent_is_restarted_by_systemds_watchdog(tmp_path):

@@ -149,6 +149,7 @@ enum dp_drop {
 	DP_DROP_TUNNEL_VIA_GATEWAY,          /* VXLAN to the underlay's port sent out through a gateway (router.h) */
 	DP_DROP_OVERLAY_STORM,               /* broadcast/multicast from the underlay over the network's or host's budget */
 	DP_DROP_OVERLAY_STORM_PEER,          /* ... over its peer's share of the network's (dp_peer_meters) */
+	DP_DROP_GSO_SEGS,                    /* GSO packet to be cut into more than DP_GSO_SEGS_MAX segments */
 	DP_DROP_MAX,
 };
 
@@ -346,5 +347,4 @@ struct dp_punt {
 };
 
 #include "dp_abi_meters.h"
-
 #endif /* DP_ABI_H */

@@ -42,8 +42,13 @@ static __always_inline int flood_endpoint_run(struct __sk_buff *skb, const struc
 		return sent ? DP_CONSUMED : -DP_DROP_NO_DESTINATION;
 
 	len = skb->len;
-	if (skb->gso_size ? !gso_fits(skb, net->mtu) : len > net->mtu + ETH_HLEN)
+	if (!skb->gso_size && len > net->mtu + ETH_HLEN)
 		return -DP_DROP_TOO_BIG;
+	if (skb->gso_size) {
+		ret = gso_fits(skb, net->mtu);
+		if (ret)
+			return ret;
+	}
 	/* Destination and MACs are rewritten per copy by flood_remote. */
 	hash = skb_flow_hash(skb, skb->cb[DP_CB_IS_IP]);
 	ret = encap_push(skb, cfg, NULL, 0, vni, len, skb->cb[DP_CB_IS_IP], 0, hash);

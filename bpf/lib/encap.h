@@ -248,7 +248,16 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
  * MTU? gso_size is the sender's to choose (a packet socket with PACKET_VNET_HDR sets any), and
  * the size check on single frames skipped GSO: segments over the MTU went out, DF set, to be
  * lost on the underlay. The stack makes IPv4 GSO of TCP and UDP only; anything else fails.
+ * 0, or the drop reason (negative).
+ *
+ * Nor may it be cut into more than DP_GSO_SEGS_MAX segments. The kernel sets no lower bound
+ * on a packet socket's TCP gso_size: with 1, one 64 KB send became about 64,000 frames on the
+ * underlay, cut in softirq outside the sender's CPU share (a review found it). A stack's own
+ * TCP never comes near: it keeps to the device's gso_max_segs, and 2,048 segments of a 64 KB
+ * packet are 32 bytes each (90 of a 185,000-byte BIG TCP one), below any MSS in use.
  */
+#define DP_GSO_SEGS_MAX 2048
+
 static __always_inline int gso_fits(struct __sk_buff *skb, __u32 mtu)
 {
 	struct iphdr ip;
@@ -256,18 +265,22 @@ static __always_inline int gso_fits(struct __sk_buff *skb, __u32 mtu)
 	__u32 hdr;
 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.version != 4)
-		return 0;
+		return -DP_DROP_TOO_BIG;
 	hdr = (ip.ihl & 0xf) * 4;
 	if (ip.protocol == IPPROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + hdr + 12, &doff, 1))
-			return 0;
+			return -DP_DROP_TOO_BIG;
 		hdr += (doff >> 4) * 4;
 	} else if (ip.protocol == IPPROTO_UDP) {
 		hdr += sizeof(struct udphdr);
 	} else {
-		return 0;
+		return -DP_DROP_TOO_BIG;
 	}
-	return skb->gso_size + hdr <= mtu;
+	if (skb->gso_size + hdr > mtu)
+		return -DP_DROP_TOO_BIG;
+	if (skb->len > ETH_HLEN + hdr + skb->gso_size * DP_GSO_SEGS_MAX)
+		return -DP_DROP_GSO_SEGS;
+	return 0;
 }
 
 /* Encapsulate a frame of endpoint ep toward one VTEP and send it out of the uplink. */
@@ -281,8 +294,11 @@ static __always_inline int encap_unicast(struct __sk_buff *skb, const struct dp_
 
 	if (!skb->gso_size && len > ep->mtu + ETH_HLEN)
 		return inner_is_ip ? icmp_frag_needed(skb, slot, ep->mtu) : -DP_DROP_TOO_BIG;
-	if (skb->gso_size && !gso_fits(skb, ep->mtu))
-		return -DP_DROP_TOO_BIG;
+	if (skb->gso_size) {
+		ret = gso_fits(skb, ep->mtu);
+		if (ret)
+			return ret;
+	}
 	nh = nexthop_get(skb, cfg, vtep);
 	/* redirect_neigh can only resolve for frames the kernel sees as IP. */
 	if (!nh && !inner_is_ip)

@@ -16,7 +16,7 @@ import time
 from dataplane.agent import converge, local, pauses, routers
 from dataplane.core import state
 from dataplane.core.errors import DataplaneError
-from dataplane.node import fpconfig, gwrules, monitor, networks, rxgro, vxlanguard
+from dataplane.node import forwarding, fpconfig, gwrules, monitor, networks, rxgro, vxlanguard
 from dataplane.node.fdb import age_learned
 from dataplane.node.sweep import vanished
 
@@ -82,9 +82,13 @@ def _mend_vxlan_guard(ag, st) -> None:
 
 def _mend_gateways(ag, st) -> None:
     """The gateways' rules, read without a lock (six `iptables -S`, about 13 ms), written again
-    under the node's if a firewall's reload or a flush took any away (counted a repair)."""
-    if not st.gateways or gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values(),
-                                         gwrules.ways_out(ag.node.netns)):
+    under the node's if a firewall's reload or a flush took any away (counted a repair); and
+    forwarding on for a way out that lacks it (a default route that moved: not a repair)."""
+    if not st.gateways:
+        return
+    ways = gwrules.ways_out(ag.node.netns)
+    if gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values(), ways) and \
+            not forwarding.wanted(ag.node, st, ways):
         return
     # Under the node's lock, which every writer of these rules holds (`up`, the sweep, a gateway's
     # making and removal, the agent's through node.changing()): a gateway made or removed meanwhile
@@ -93,8 +97,16 @@ def _mend_gateways(ag, st) -> None:
     with state.locked(ag.node.name):
         now = ag.node.state()
         for line in gwrules.sync(ag.node.netns, now.gateways.values()) if now else []:
+            if line.startswith(gwrules.WAYS_MOVED):
+                log.info("%s", line)
+                continue
             log.warning("repaired: %s (a firewall reload or flush?)", line)
             ag.counters["repairs"] += 1
+        turned = forwarding.on(ag.node, now) if now and now.gateways else []
+        for line in turned:
+            log.warning("%s", line)
+        if turned:
+            state.save(now)
 
 
 def tick(ag, slow_s: float = 0.1) -> list[str]:

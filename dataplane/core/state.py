@@ -125,6 +125,7 @@ class NodeState:
     lease_ttl: int | None = None
     restore_forwarding: str | None = None   # the uplink's forwarding sysctl before `up`
     gateways: dict[int, Gateway] = field(default_factory=dict)          # vni -> its way out (egress)
+    ways_forwarding: dict[str, str] = field(default_factory=dict)      # node/forwarding.py: values before
     # vni -> the host's own address in the subnet, on the gateway's router (node/gateway.py). Here,
     # not in Gateway: an older version makes a Gateway of exactly the fields it knows. Put on the
     # router only while router_alias says the attached programs handle its MAC (DP_LOCAL_ALIAS):
@@ -161,7 +162,7 @@ class NodeState:
             peers=ints(d.get("peers")), registry_peers=ints(d.get("registry_peers")),
             flooded=ints(d.get("flooded")), parted=ints(d.get("parted")), map_sizes=dict(d.get("map_sizes") or {}),
             registry=d.get("registry"), host_name=d.get("host_name"), lease_ttl=d.get("lease_ttl"),
-            restore_forwarding=d.get("restore_forwarding"),
+            restore_forwarding=d.get("restore_forwarding"), ways_forwarding=dict(d.get("ways_forwarding") or {}),
             gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()},
             router_ips=ints(d.get("router_ips")), router_alias=d.get("router_alias", False), hook=d.get("hook", "tc"),
             rx_gro=d.get("rx_gro", ""), tunnel_gso_swept=d.get("tunnel_gso_swept", False))

@@ -111,6 +111,25 @@ def default_route_ifnames(netns: str | None) -> list[str]:
     return out
 
 
+def routes_overlapping(netns: str | None, subnet: str) -> list[tuple[str, str | None]]:
+    """The main table's IPv4 routes but default ones whose destination overlaps subnet:
+    [(prefix, the interface of the route or its first nexthop; None for one with none, a
+    blackhole)], each once."""
+    want, out = ipaddress.IPv4Network(subnet), []
+    with ipr(netns) as s:
+        for r in s.get_routes(family=2, table=254):
+            if not r["dst_len"]:
+                continue
+            prefix = ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", strict=False)
+            if not prefix.overlaps(want):
+                continue
+            oif = r.get_attr("RTA_OIF") or next((h.get("oif") for h in r.get_attr("RTA_MULTIPATH") or []), None)
+            name = s.get_links(oif)[0].get_attr("IFLA_IFNAME") if oif else None
+            if (str(prefix), name) not in out:
+                out.append((str(prefix), name))
+    return out
+
+
 def default_route_ifname(netns: str | None) -> str | None:
     with ipr(netns) as s:
         for r in s.get_default_routes(family=2):

@@ -40,7 +40,7 @@ from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFoun
 from dataplane.core.state import Gateway, NodeState
 from dataplane.kernel import netlink
 from dataplane.kernel.maps import NodeMaps
-from dataplane.node import endpoints, fdb, gwrules
+from dataplane.node import endpoints, fdb, forwarding, gwrules
 from dataplane.node.base import Node
 
 ROUTER_FLAG = int(abi.load().enums["dp_ep_flag"].DP_EP_ROUTER)
@@ -66,6 +66,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
             return gw
         subnet = ipaddress.IPv4Network(net.subnet)
         _refuse_overlap(st, vni, subnet)
+        _refuse_host_routes(node.netns, vni, subnet)
         gwrules.require_iptables()         # before anything is made
         if gw is not None:                 # half gone, or another address: made again
             del st.gateways[vni]
@@ -97,6 +98,18 @@ def _refuse_overlap(st: NodeState, vni: int, subnet: ipaddress.IPv4Network) -> N
                            f"of its own")
 
 
+def _refuse_host_routes(ns, vni: int, subnet: ipaddress.IPv4Network) -> None:
+    """Nor may a gateway's subnet overlap a route the node had already (its LAN, docker0, a VPN's
+    prefix): the router's connected route would take those addresses from that route's interface,
+    or lose some of the subnet's to it (the world's replies to sandboxes with them went there)."""
+    for prefix, dev in netlink.routes_overlapping(ns, str(subnet)):
+        if not (dev or "").startswith("dpgw"):
+            where = f"dev {dev}" if dev else "no interface"
+            raise Conflict(f"VNI {vni}'s subnet {subnet} overlaps this host's route to {prefix} ({where}): a way "
+                           f"out for it would take those addresses from that route, or lose its own to it; give "
+                           f"the network a subnet of its own, or make it --internal")
+
+
 def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int, mtu: int) -> list[str]:
     """Its interfaces, entries and programs, after its rules (they name interfaces: the router
     is never up without them); what the rules' write mended, in words."""
@@ -110,7 +123,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     _address(ns, gw, st.router_ip(gw.vni))
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
-    return said
+    return said + forwarding.on(node, st)
 
 
 def _router_sysctls(ns, gw: Gateway) -> None:
@@ -227,6 +240,10 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     except KernelError:
         if st.gateways:
             raise                   # (none: an iptables that cannot list, or its lock held; the next sweep)
+    if st.gateways:
+        done += forwarding.on(node, st)      # a default route that moved while the agent was down
+    else:
+        forwarding.restore(node, st)
     return done
 
 
@@ -235,3 +252,5 @@ def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
     gw = st.gateways.pop(vni, None)
     if gw is not None:
         _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))
+    if not st.gateways:
+        forwarding.restore(node, st)

@@ -199,8 +199,12 @@ def script(lines, gateways, ways: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def said(lines, gateways) -> list[str]:
-    """What sync() finds to mend, per VNI, in words (for logs and the sweep's report)."""
+WAYS_MOVED = "iptables rules of the gateways follow the node's ways out now"
+
+
+def said(lines, gateways, ways: list[str] | None = None) -> list[str]:
+    """What sync() finds to mend, per VNI, in words (for logs and the sweep's report); with ways,
+    whether the node's ways out moved (a default route's interface: WAYS_MOVED, not a repair)."""
     want, mine = {g.vni for g in gateways}, wanted(gateways, [])    # per-VNI rules: no ways out
     ours: dict[int, list] = {}
     for table, (_, chains) in HOOKS.items():
@@ -218,7 +222,11 @@ def said(lines, gateways) -> list[str]:
                        f"(is an agent of that version still running?)")
         elif sorted(ours.get(v, [])) != sorted(tuple(r) for c in mine for r in mine[c] if _vni(r) == v):
             out.append(f"iptables rules of the gateway of VNI {v} were missing or not as written; put back")
-    if want and not out:
+    kept = [r for r in lines["mangle"][ISOLATION] or [] if _vni(r) is None]
+    had = [r[r.index("-o") + 1] for r in kept if "-o" in r]       # whole, as written for other ways
+    if want and ways is not None and kept and kept == kept_out(had) and had != ways:
+        out.append(f"{WAYS_MOVED} ({', '.join(ways) or 'none'}): a default route changed")
+    elif want and not out:
         out.append("iptables rules of the gateways were out of order, or their chains not jumped to; put back")
     return out
 
@@ -233,7 +241,7 @@ def sync(ns, gateways) -> list[str]:
     if intact(lines, gateways, ways):
         return []
     _restore(ns, script(lines, gateways, ways).splitlines(), "of the gateways' rules")
-    return said(lines, gateways)
+    return said(lines, gateways, ways)
 
 
 def clear(ns) -> list[str]:

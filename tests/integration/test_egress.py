@@ -225,6 +225,40 @@ def test_a_gateway_for_a_subnet_that_overlaps_another_gateways_is_refused(info):
             dp("network", "rm", n, "--registry", url, check=False)
 
 
+def test_a_gateway_for_a_subnet_that_overlaps_a_route_of_the_host_is_refused(info):
+    """A route the host had already (its LAN, docker0, a VPN's prefix), broader or narrower than
+    the subnet: the router's connected route would take those addresses from it, or lose some of
+    the subnet's. Refused whole, the route named; an internal network there is fine; without the
+    route the same endpoint gets its way out."""
+    url = lab.registry_url("sqlite")
+    dp("network", "create", "lanlike", "--vni", "305", "--subnet", "10.77.1.0/24", "--registry", url)
+    dp("network", "create", "lanlike-in", "--vni", "306", "--subnet", "10.77.1.0/24", "--internal", "--registry", url)
+    try:
+        for route in ("10.77.0.0/16", "10.77.1.128/25"):
+            subprocess.run(["ip", "-n", H1, "route", "add", route, "via", lab.WORLD_IP], check=True)
+            try:
+                r = dp("--netns", H1, "endpoint", "add", "dpl-lan", "--network", "lanlike", check=False)
+            finally:
+                subprocess.run(["ip", "-n", H1, "route", "del", route], check=True)
+            assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)
+            assert f"overlaps this host's route to {route}" in r.stderr and "VNI 305" in r.stderr, r.stderr
+            assert "dpl-lan" not in {e["id"] for e in dp_json("--netns", H1, "endpoint", "list")}
+            assert not {f"dpgw{305:06x}", f"dpgp{305:06x}"} & set(netlink.link_names(H1)), "nothing made"
+            assert not [n for n in netlink.ns_list() if n.endswith("dpl-lan")], "no sandbox left behind"
+        subprocess.run(["ip", "-n", H1, "route", "add", "10.77.0.0/16", "via", lab.WORLD_IP], check=True)
+        try:
+            dp("--netns", H1, "endpoint", "add", "dpl-lan-in", "--network", "lanlike-in")
+        finally:
+            subprocess.run(["ip", "-n", H1, "route", "del", "10.77.0.0/16"], check=True)
+        dp("--netns", H1, "endpoint", "add", "dpl-lan", "--network", "lanlike")
+        assert 305 in Node(H1).require_up().gateways
+    finally:
+        for e in ("dpl-lan", "dpl-lan-in"):
+            dp("--netns", H1, "endpoint", "rm", e, check=False)
+        for n in ("lanlike", "lanlike-in"):
+            dp("network", "rm", n, "--registry", url, check=False)
+
+
 def test_a_published_port_is_reached_by_its_own_networks_sandboxes(info):
     """Hairpin: a sandbox reaches a port that another sandbox of its network publishes on their
     host's address. The connection goes to the router and is sent back by it to the target,
@@ -600,3 +634,31 @@ def test_a_connection_let_in_while_the_rules_were_gone_ends_when_they_are_back(i
                 p.kill()
                 p.communicate()
     assert ping(a["name"], lab.WORLD_IP, 2, 0.2)[0] == 2, "its own way out works"
+
+
+def test_egress_works_on_a_host_whose_default_route_is_not_the_underlays(info):
+    """A host with two interfaces (a management NIC with the default route, the underlay's for
+    VXLAN) and no Docker to turn forwarding on for all: the world's replies to a sandbox arrive
+    on the management NIC, and were dropped there (Linux forwards only what arrives on an
+    interface that forwards). The agent's tick turns forwarding on for the new way out."""
+    a = sandbox(info, "h1", 256)
+    world = "203.0.113.9"
+
+    def ip(*args, ns=H1):
+        subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
+    ip("link", "add", "dpl-mg0", "type", "veth", "peer", "name", "dpl-mg1", "netns", lab.UNDERLAY_NS)
+    try:
+        ip("addr", "add", "172.31.254.1/30", "dev", "dpl-mg0")
+        ip("link", "set", "dpl-mg0", "up")
+        ip("addr", "add", "172.31.254.2/30", "dev", "dpl-mg1", ns=lab.UNDERLAY_NS)
+        ip("addr", "add", f"{world}/32", "dev", "dpl-mg1", ns=lab.UNDERLAY_NS)
+        ip("link", "set", "dpl-mg1", "up", ns=lab.UNDERLAY_NS)
+        ip("route", "add", "default", "via", "172.31.254.2")
+        assert netlink.sysctl_get(H1, "net.ipv4.conf.dpl-mg0.forwarding") == "0"
+        assert wait_for(lambda: ping(a["name"], world, 1, 0.2)[0] == 1, timeout=20, every=0.5), \
+            "the sandbox reaches the world by the default route's interface"
+        assert netlink.sysctl_get(H1, "net.ipv4.conf.dpl-mg0.forwarding") == "1"
+        assert Node(H1).require_up().ways_forwarding == {"dpl-mg0": "0"}, "kept, to be put back"
+    finally:
+        subprocess.run(["ip", "-n", H1, "route", "del", "default"], capture_output=True)
+        subprocess.run(["ip", "-n", H1, "link", "del", "dpl-mg0"], capture_output=True)

@@ -135,3 +135,23 @@ def test_gso_limits_are_read_and_set_over_raw_rtnetlink(ns):
     assert gso.gso_ipv4_max(ns, "tva") == gso.BIG_TCP_SIZE and gso.gso_ipv4_max(ns, "tvb") == gso.LEGACY_MAX
     with pytest.raises(NotFound):
         gso.gso_ipv4_max(ns, "tvz")
+
+
+def test_routes_overlapping_a_subnet_are_read_from_the_main_table(ns):
+    """node/gateway.py refuses a way out for a subnet that overlaps one: broader or narrower,
+    a blackhole (no interface) and a multipath route's first nexthop too; default routes and
+    other tables' routes do not count."""
+    netlink.ns_exec(ns, ["ip", "link", "add", "tva", "type", "veth", "peer", "name", "tvb"], check=True)
+    for cmd in (["link", "set", "tva", "up"], ["link", "set", "tvb", "up"],
+                ["addr", "add", "10.60.0.1/24", "dev", "tva"], ["addr", "add", "10.61.0.1/24", "dev", "tvb"],
+                ["route", "add", "default", "via", "10.60.0.2"],
+                ["route", "add", "10.70.0.0/16", "via", "10.60.0.2"], ["route", "add", "blackhole", "10.70.9.0/24"],
+                ["route", "add", "10.71.0.0/24", "nexthop", "via", "10.61.0.2", "nexthop", "via", "10.60.0.2"],
+                ["route", "add", "10.72.0.0/24", "dev", "tva", "table", "100"]):
+        netlink.ns_exec(ns, ["ip"] + cmd, check=True)
+    assert sorted(netlink.routes_overlapping(ns, "10.70.9.0/25")) == [("10.70.0.0/16", "tva"), ("10.70.9.0/24", None)]
+    assert sorted(netlink.routes_overlapping(ns, "10.0.0.0/8")) == [
+        ("10.60.0.0/24", "tva"), ("10.61.0.0/24", "tvb"), ("10.70.0.0/16", "tva"), ("10.70.9.0/24", None),
+        ("10.71.0.0/24", "tvb")]
+    assert netlink.routes_overlapping(ns, "10.72.0.0/24") == [], "table 100 is not the main table"
+    assert netlink.routes_overlapping(ns, "192.0.2.0/24") == [], "nor is the default route an overlap"

@@ -145,3 +145,18 @@ def test_a_sandboxs_new_connections_leave_only_by_the_nodes_ways_out():
     assert gwrules.wanted([], ["eth0"])[ISOLATION] == [], "no gateway: nothing of ours"
     lines = listing([GW])
     assert not gwrules.intact(lines, [GW], ["eth1"]), "a default route moved: written again"
+
+
+def test_ways_out_that_moved_are_said_as_such_not_as_a_repair():
+    """A default route that moved makes the rules differ: written again and said as WAYS_MOVED,
+    which the agent logs without counting a repair; the closing DROP taken away by hand is a
+    repair as before. (A RETURN taken away reads as a way out gone: the same rewrite.)"""
+    lines = listing([GW])
+    lines["mangle"][ISOLATION] = gwrules.wanted([GW], ["eth0", "ul0"])[ISOLATION]
+    assert gwrules.said(lines, [GW], ["eth0", "ul0"]) == ["iptables rules of the gateways were out of order, "
+                                                          "or their chains not jumped to; put back"]
+    moved = gwrules.said(lines, [GW], ["eth1", "ul0"])
+    assert moved == [f"{gwrules.WAYS_MOVED} (eth1, ul0): a default route changed"], moved
+    lines["mangle"][ISOLATION] = lines["mangle"][ISOLATION][:-1]
+    assert gwrules.said(lines, [GW], ["eth0", "ul0"]) == [
+        "iptables rules of the gateways were out of order, or their chains not jumped to; put back"], "a rule taken away"

@@ -16,7 +16,7 @@ import time
 from dataplane.agent import converge, local, pauses, routers
 from dataplane.core import state
 from dataplane.core.errors import DataplaneError
-from dataplane.node import forwarding, fpconfig, gwrules, monitor, networks, rxgro, vxlanguard
+from dataplane.node import forwarding, fpconfig, gwrules, monitor, networks, nexthops, rxgro, vxlanguard
 from dataplane.node.fdb import age_learned
 from dataplane.node.sweep import vanished
 
@@ -149,6 +149,11 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     if n:              # counted with the deletion, not after the rest of the tick (iptables runs)
         ag.counters["aged"] += n
         log.info("aged out %d learned FDB entries", n)
+    if time.monotonic() - getattr(ag, "nexthops_pruned", 0.0) >= 60:     # a pass over up to 4,096 entries
+        ag.nexthops_pruned = time.monotonic()
+        n = nexthops.prune(ag.maps, st, time.monotonic_ns())
+        if n:
+            log.info("pruned %d next hops of VTEPs that are no peer now, unused %d s", n, nexthops.IDLE_NS // 10**9)
     step("ageing")
     try:
         _mend_gateways(ag, st)

@@ -48,8 +48,10 @@ static __always_inline int l2_forward(struct __sk_buff *skb, const struct dp_con
 	}
 	vtep = fdb_lookup(&k, cfg, gen, fgen);
 	if (!vtep) {
-		if (punt(skb, vni, ep->slot, ifindex, DP_PUNT_UNKNOWN_DST) == 0)
-			return DP_CONSUMED;
+		int ret = punt(skb, vni, ep->slot, ifindex, DP_PUNT_UNKNOWN_DST);
+
+		if (ret != DP_PUNT_FLOOD)
+			return ret ? ret : DP_CONSUMED;
 		return flood_tail(skb, DP_TAIL_FLOOD_ENDPOINT, vni, ifindex, is_ip);
 	}
 	return encap_unicast(skb, cfg, ep, vtep, is_ip);

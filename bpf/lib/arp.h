@@ -23,6 +23,7 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct
 	struct dp_ip_key k = { .vni = ep->vni };
 	struct dp_mac *m;
 	__be32 target;
+	int ret;
 
 	if ((void *)(arp + 1) > end)
 		return -DP_DROP_TRUNCATED;
@@ -40,8 +41,10 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, const struct
 	target = arp->tpa;
 	k.ip = target;
 	m = dp_neigh.lookup(&k);
-	if (!m)
-		return punt(skb, ep->vni, ep->slot, ifindex, DP_PUNT_ARP_MISS) == 0 ? DP_CONSUMED : 0;
+	if (!m) {
+		ret = punt(skb, ep->vni, ep->slot, ifindex, DP_PUNT_ARP_MISS);
+		return ret == DP_PUNT_FLOOD ? 0 : ret ? ret : DP_CONSUMED;
+	}
 
 	/* Turn the request into its reply in place and send it back. */
 	mac_copy(eth->h_dest, eth->h_source);

@@ -6,6 +6,13 @@
  * entry and sends the frame on. Only while the agent's heartbeat is fresh
  * (dp_agent.punt_until_ns): a dead agent's misses are flooded, as are those
  * that find the ring full or are too long for it.
+ *
+ * A punt is charged to its endpoint's storm-control meter (flood.h), as the
+ * flood it stands for would be: one container spraying unknown destinations
+ * kept the ring, shared by the node's endpoints, full (a record is 1.5 KiB, the
+ * ring holds about 170), so every other endpoint's misses fell back to
+ * flooding (a review found it). Over the rate it is a storm drop, as the flood
+ * would have been.
  */
 #ifndef DP_PUNT_H
 #define DP_PUNT_H
@@ -14,8 +21,14 @@
 #include "lib/maps.h"
 #include "lib/stats.h"
 #include "lib/monitor.h"
+#include "lib/flood.h"
 
-/* 0: the frame is the agent's now (drop it here). Negative: flood it as before. */
+/*
+ * 0: the frame is the agent's now (drop it here). DP_PUNT_FLOOD: flood it as before.
+ * -DP_DROP_STORM: over its endpoint's storm-control rate.
+ */
+#define DP_PUNT_FLOOD 1
+
 static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __u32 ifindex, __u32 reason)
 {
 	__u32 zero = 0;
@@ -25,11 +38,16 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 	struct dp_punt *p;
 	__u64 len;  /* 64 bits: a 32-bit copy is zero-extended into a register the verifier does not link */
 
-	if (!agent || dp_now_ns(cfg) >= agent->punt_until_ns)
-		return -1;
+	if (!agent || !cfg || dp_now_ns(cfg) >= agent->punt_until_ns)
+		return DP_PUNT_FLOOD;
 	p = dp_punts.ringbuf_reserve(sizeof(*p));
 	if (!p)
 		goto fallback;
+	/* Charged once room was found: a fallback's flood is charged by the flood (flood.c). */
+	if (!storm_allow(cfg, ifindex)) {
+		dp_punts.ringbuf_discard(p, 0);
+		return -DP_DROP_STORM;
+	}
 	/*
 	 * Two separate tests on one register: clang would merge them into one
 	 * unsigned range test on a copy, and the verifier then sees no bound.
@@ -62,7 +80,7 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 fallback:
 	if (s)
 		s->punt_fallback++;
-	return -1;
+	return DP_PUNT_FLOOD;
 }
 
 #endif /* DP_PUNT_H */

@@ -107,3 +107,36 @@ def test_a_lapsed_heartbeat_means_no_agent(hx, ring):
     hx.maps.dp_agent.put(ctypes.c_uint32(0), hx.S["dp_agent"](punt_until_ns=time.monotonic_ns() + 10**9))
     hx.run_tc("from_endpoint", frame, EP_IFINDEX)
     assert hx.stats(VNI)["punted"] == before["punted"] + 1, "a fresh heartbeat: punted"
+
+
+def test_a_sprayers_punts_are_charged_to_its_storm_meter_and_others_still_punt(hx, ring):
+    """One container spraying unknown destinations kept the ring, shared by the node's
+    endpoints, full (a record is 1.5 KiB, the ring holds about 170), so every other
+    endpoint's misses fell back to flooding (a review found it). A punt is now charged to its
+    endpoint's storm-control meter, as the flood it stands for would be: over the rate it is a
+    storm drop, unicast and ARP alike, and another endpoint's miss is punted still."""
+    from tests.bpf.conftest import EP2_IFINDEX, EP2_IP, EP2_MAC
+    interval = 1_000_000_000                     # 1 a second, 6 at once: no token earned meanwhile
+    for k in hx.maps.dp_storm.keys():
+        hx.maps.dp_storm.delete(k)
+    storm = int(hx.drop.DP_DROP_STORM)
+    hx.configure(punt=True, storm_ns=(interval, 5 * interval))
+    try:
+        before = hx.stats(VNI)
+        for i in range(20):
+            hx.run_tc("from_endpoint", bytes(P.inner_ipv4(EP_MAC, f"02:42:0a:01:01:{i:02x}", EP_IP, UNKNOWN_IP,
+                                                          b"s" * 64)), EP_IFINDEX)
+        punted = len(ring.read(0, limit=100))
+        after = hx.stats(VNI)
+        assert 6 <= punted <= 7, "the burst, and at most one earned while the loop ran"
+        assert after["drops"][storm] - before["drops"][storm] == 20 - punted
+        assert after["flooded"] == before["flooded"], "nothing fell back to flooding"
+        assert hx.run_tc("from_endpoint", bytes(P.arp_request(EP_MAC, EP_IP, UNKNOWN_IP)), EP_IFINDEX)[0] == \
+            TC_ACT_SHOT
+        assert hx.stats(VNI)["drops"][storm] == after["drops"][storm] + 1, "an ARP miss too"
+        assert not ring.read(0, limit=100)
+        hx.run_tc("from_endpoint", bytes(P.inner_ipv4(EP2_MAC, UNKNOWN_MAC, EP2_IP, UNKNOWN_IP, b"o")), EP2_IFINDEX)
+        (rec,) = ring.read(0, limit=100)
+        assert parse(hx, rec)[0].ifindex == EP2_IFINDEX, "the other endpoint's miss is punted"
+    finally:
+        hx.configure(punt=True)

@@ -28,7 +28,7 @@
 #define DP_NH_TTL_NS 1000000000          /* lifetime of a next-hop cache entry, ns */
 #define DP_LEARN_REFRESH_NS 1000000000   /* rewrite an unchanged learned entry at most this often, ns */
 #define DP_FDB_AGE_DEFAULT_S 300         /* learned FDB entry lifetime unless configured, s */
-
+#define DP_GSO_SEGS_MAX 2048             /* most segments of a GSO packet (encap.h; a sandbox's gso_max_segs) */
 #define DP_PUNT_FRAME_MAX 1536           /* longest frame punted to the agent (longer ones flood) */
 #define DP_PUNT_RING_BYTES 262144        /* dp_punts ring buffer: power of two, >= a page */
 #define DP_AGENT_BEAT_MS 500             /* the agent renews dp_agent.punt_until_ns this often */

@@ -253,10 +253,9 @@ static __always_inline int encap_marked(struct __sk_buff *skb, const struct dp_c
  * Nor may it be cut into more than DP_GSO_SEGS_MAX segments. The kernel sets no lower bound
  * on a packet socket's TCP gso_size: with 1, one 64 KB send became about 64,000 frames on the
  * underlay, cut in softirq outside the sender's CPU share (a review found it). A stack's own
- * TCP never comes near: it keeps to the device's gso_max_segs, and 2,048 segments of a 64 KB
- * packet are 32 bytes each (90 of a 185,000-byte BIG TCP one), below any MSS in use.
+ * TCP keeps to the device's gso_max_segs, which an endpoint's sandbox side is given
+ * (endpoints.py), so it makes smaller packets under a tiny MSS rather than have them dropped.
  */
-#define DP_GSO_SEGS_MAX 2048
 
 static __always_inline int gso_fits(struct __sk_buff *skb, __u32 mtu)
 {

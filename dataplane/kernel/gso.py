@@ -14,6 +14,7 @@ from dataplane.kernel import netlink, rtnl
 from dataplane.core.errors import KernelError, NotFound
 
 # linux/if_link.h; the numbers are ABI.
+IFLA_GSO_MAX_SEGS = 40
 IFLA_GSO_IPV4_MAX_SIZE = 63
 IFLA_GRO_IPV4_MAX_SIZE = 64
 
@@ -58,3 +59,14 @@ def set_gso_ipv4_max(netns: str | None, ifname: str, size: int) -> None:
         netlink.call_in_netns(netns, _set, ifname, int(size))
     except OSError as e:
         raise KernelError(f"set IPv4 GSO/GRO size {size} on {ifname}: {e.strerror} (errno {e.errno})") from None
+
+
+def set_max_segs(netns: str | None, ifname: str, segs: int) -> None:
+    """The most segments the link lets a GSO packet have (its gso_max_segs; 65,535 on a veth)."""
+    def here():
+        with rtnl.Rtnl() as r:
+            r.link_set(ifname, rtnl.nla(IFLA_GSO_MAX_SEGS, struct.pack("=I", segs)))
+    try:
+        netlink.call_in_netns(netns, here)
+    except OSError as e:
+        raise KernelError(f"set gso_max_segs {segs} on {ifname}: {e.strerror} (errno {e.errno})") from None

@@ -21,6 +21,7 @@ from dataplane.node import fdb, networks
 from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
+GSO_SEGS_MAX = abi.load().constants["DP_GSO_SEGS_MAX"]
 
 
 def host_ifname(endpoint: str) -> str:
@@ -187,6 +188,9 @@ def _create(node: Node, m: NodeMaps, st: NodeState, ep: LocalEndpoint, prefixlen
     # GSO packets as large as the uplink sends (BIG TCP where it has it): the fast
     # path carries them whole, and a larger limit would only make the uplink segment.
     gso.set_veth(st.uplink.gso_max, (node.netns, ep.host_ifname), inner)
+    # No more segments than the fast path takes (encap.h gso_fits): under a tiny MSS the
+    # sandbox's TCP makes smaller packets, not ones dropped as gso_segs.
+    gso.set_max_segs(*inner, GSO_SEGS_MAX)
     write_entries(m, st, ep)
     attach_port(node, st, ep.ifindex)
 

@@ -24,6 +24,19 @@ def test_endpoints_inherit_the_uplink_limit(info):
         assert linkgso.gso_ipv4_max(sandbox(info, h, 256)["name"], "eth0") == SIZE
 
 
+def test_a_sandbox_makes_no_gso_packet_the_fast_path_would_drop(info):
+    """The fast path drops a GSO packet of more than DP_GSO_SEGS_MAX segments (a packet socket's
+    tiny gso_size); a sandbox's own TCP keeps to its eth0's gso_max_segs, which is that, so
+    under a tiny MSS it makes smaller packets (a veth's default is 65,535)."""
+    import json
+    import subprocess
+    from dataplane.core import abi
+    ns = sandbox(info, "h1", 256)["netns"]
+    link = json.loads(subprocess.run(["ip", "-n", ns, "-d", "-j", "link", "show", "eth0"], capture_output=True,
+                                     text=True, check=True).stdout)[0]
+    assert link["gso_max_segs"] == abi.load().constants["DP_GSO_SEGS_MAX"] == 2048, link["gso_max_segs"]
+
+
 def test_super_packets_cross_whole_and_decode_clean(info):
     a, b = sandbox(info, "h1", 256), sandbox(info, "h2", 256)
     before = stats("dpl-h1", 256)

@@ -26,7 +26,7 @@ NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable stale delay pro
 
 # Namespaces live in netns.py; callers reach them through this module too.
 from dataplane.kernel.netns import (  # noqa: E402,F401
-    _kerr, call_in_netns, enter_netns, ns_create, ns_delete, ns_exec, ns_exists, ns_list, ns_path_exists,
+    _kerr, call_in_netns, conf_key, enter_netns, ns_create, ns_delete, ns_exec, ns_exists, ns_list, ns_path_exists,
     sysctl, sysctl_get, udp_port_free)
 # Links made and brought up: links.py (raw rtnetlink).
 from dataplane.kernel.links import (  # noqa: E402,F401

@@ -187,7 +187,14 @@ def _proc_sys(netns: str | None, key: str, value: str | None = None) -> str:
 
 
 def _sysctl_path(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
+    """A key with a "/" is a path already: sysctl(8)'s form for a name with a dot in it."""
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
+
+
+def conf_key(ifname: str, name: str, family: str = "ipv4") -> str:
+    """The sysctl of one interface's setting, whatever its name (a VLAN's eth0.100 has a dot:
+    "net.ipv4.conf.eth0.100.forwarding" named a file that is not there)."""
+    return f"net/{family}/conf/{ifname}/{name}"
 
 
 def sysctl_get(netns: str | None, key: str) -> str:

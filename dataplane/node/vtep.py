@@ -134,7 +134,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
 
 
 def _forwarding_key(st: NodeState) -> str:
-    return f"net.ipv4.conf.{st.config.underlay}.forwarding"
+    return netlink.conf_key(st.config.underlay, "forwarding")
 
 
 def restore_forwarding(node: Node, st: NodeState, quiet: bool) -> None:

@@ -16,7 +16,7 @@ from dataplane.core.errors import Conflict, DataplaneError, NotFound, UsageError
 from dataplane.core.notice import after, notice
 from dataplane.core.state import NodeState
 from dataplane.node import Node, choices, monitor, peers, require_root, vtep
-from dataplane.node.sweep import sweep
+from dataplane.node.sweep import is_repair, sweep
 from dataplane import registry
 from dataplane.registry.kv import Txn
 from dataplane.registry.records import ROUTER_PREFIX, Host, key
@@ -90,7 +90,7 @@ def up(node: Node, url: str | None, vnis, subnet=None, port=None, host_name=None
                      lease_ttl=lease_ttl, mtus=mtus, **node_args)
         if was_up:
             for line in sweep(node):        # a crash since the last up left this behind
-                log.warning("repaired: %s", line)
+                log.warning("repaired: %s", line) if is_repair(line) else log.info("%s", line)
             monitor.clear_if_abandoned(node)   # a monitor killed outright (a node without an agent too)
         if st.registry and agent:
             spawn_agent(node, st)
@@ -284,7 +284,7 @@ def restore(node: Node, agent: bool = True, underlay: str | None = None, local_i
     if moved:
         persist(node)                          # (after the peers: it saves the node's)
     for line in sweep(node):
-        log.warning("repaired: %s", line)
+        log.warning("repaired: %s", line) if is_repair(line) else log.info("%s", line)
     if st.registry and agent:
         spawn_agent(node, st)
     elif st.registry:

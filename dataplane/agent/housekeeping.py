@@ -87,8 +87,8 @@ def _mend_gateways(ag, st) -> None:
     if not st.gateways:
         return
     ways = gwrules.ways_out(ag.node.netns)
-    if gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values(), ways) and \
-            not forwarding.wanted(ag.node, st, ways):
+    if gwrules.intact(gwrules.listing(ag.node.netns), st.gateways.values(), ways, forwarding.confined(st)) and \
+            not forwarding.due(ag.node, st, ways):
         return
     # Under the node's lock, which every writer of these rules holds (`up`, the sweep, a gateway's
     # making and removal, the agent's through node.changing()): a gateway made or removed meanwhile
@@ -96,17 +96,31 @@ def _mend_gateways(ag, st) -> None:
     # does): `up` holds it for seconds.
     with state.locked(ag.node.name):
         now = ag.node.state()
-        for line in gwrules.sync(ag.node.netns, now.gateways.values()) if now else []:
+        if not now or not now.gateways:
+            return
+        noted = forwarding.note(ag.node, now)               # the rules confine those ways first
+        for line in gwrules.sync(ag.node.netns, now.gateways.values(), forwarding.confined(now)):
             if line.startswith(gwrules.WAYS_MOVED):
                 log.info("%s", line)
                 continue
             log.warning("repaired: %s (a firewall reload or flush?)", line)
             ag.counters["repairs"] += 1
-        turned = forwarding.on(ag.node, now) if now and now.gateways else []
+        turned = forwarding.apply(ag.node, now)
         for line in turned:
-            log.warning("%s", line)
-        if turned:
+            log.info("%s", line)
+        if noted or turned:
             state.save(now)
+
+
+def _prune_nexthops(ag, st) -> None:
+    """nexthops.prune once a minute (a pass over up to 4,096 entries), without the lock: an entry
+    it removes is resolved again on first use."""
+    if time.monotonic() - getattr(ag, "nexthops_pruned", 0.0) < 60:
+        return
+    ag.nexthops_pruned = time.monotonic()
+    n = nexthops.prune(ag.maps, st, time.monotonic_ns())
+    if n:
+        log.info("pruned %d next hops of VTEPs that are no peer now, unused %d s", n, nexthops.IDLE_NS // 10**9)
 
 
 def tick(ag, slow_s: float = 0.1) -> list[str]:
@@ -149,11 +163,7 @@ def tick(ag, slow_s: float = 0.1) -> list[str]:
     if n:              # counted with the deletion, not after the rest of the tick (iptables runs)
         ag.counters["aged"] += n
         log.info("aged out %d learned FDB entries", n)
-    if time.monotonic() - getattr(ag, "nexthops_pruned", 0.0) >= 60:     # a pass over up to 4,096 entries
-        ag.nexthops_pruned = time.monotonic()
-        n = nexthops.prune(ag.maps, st, time.monotonic_ns())
-        if n:
-            log.info("pruned %d next hops of VTEPs that are no peer now, unused %d s", n, nexthops.IDLE_NS // 10**9)
+    _prune_nexthops(ag, st)
     step("ageing")
     try:
         _mend_gateways(ag, st)

@@ -26,7 +26,7 @@ from dataplane.core import abi, model, state
 from dataplane.core.errors import Conflict, DataplaneError, NotFound
 from dataplane.kernel import netlink
 from dataplane.node import Node, vtep
-from dataplane.node.sweep import sweep
+from dataplane.node.sweep import is_repair, sweep
 from dataplane.node.fdb import RemoteTable, local_neigh_keys
 from dataplane.registry import Host, open_registry
 from dataplane.registry.records import key
@@ -113,8 +113,8 @@ class Agent:
         self.vtep = Host.make(self.me, st.config.local_ip, st.config.port)
         pauses.watch()
         for line in sweep(self.node):      # what a crash (of us, or of a command) left behind
-            log.warning("repaired: %s", line)
-            self.counters["repairs"] += 1
+            log.warning("repaired: %s", line) if is_repair(line) else log.info("%s", line)
+            self.counters["repairs"] += is_repair(line)
         st = self.node.require_up()
         # Registering and reading the registry wait on the network: under way while the maps are read back.
         threading.Thread(target=self.leases.run, name="lease", daemon=True).start()

@@ -70,7 +70,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         gwrules.require_iptables()         # before anything is made
         if gw is not None:                 # half gone, or another address: made again
             del st.gateways[vni]
-            _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))
+            _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None), forwarding.confined(st))
         router, port = names(vni)
         gw = Gateway(vni=vni, ip=str(model.parse_ipv4(gateway, "gateway")), subnet=str(subnet),
                      mac=model.mac_for_ip(ipaddress.IPv4Address(gateway)), router=router, port=port)
@@ -80,7 +80,9 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
             _create(node, m, st, gw, subnet.prefixlen, net.mtu)
         except BaseException:
             del st.gateways[vni]
-            _destroy(node, m, gw, st.gateways.values())
+            if not st.gateways:
+                forwarding.restore(node, st)          # before the rules that confine it go
+            _destroy(node, m, gw, st.gateways.values(), confined=forwarding.confined(st))
             state.save(st)
             raise
         return gw
@@ -99,11 +101,12 @@ def _refuse_overlap(st: NodeState, vni: int, subnet: ipaddress.IPv4Network) -> N
 
 
 def _refuse_host_routes(ns, vni: int, subnet: ipaddress.IPv4Network) -> None:
-    """Nor may a gateway's subnet overlap a route the node had already (its LAN, docker0, a VPN's
-    prefix): the router's connected route would take those addresses from that route's interface,
-    or lose some of the subnet's to it (the world's replies to sandboxes with them went there)."""
+    """Nor may a gateway's subnet hold a route the node had already, as wide or narrower (its LAN,
+    docker0, a blackhole): the router's connected route would take those addresses from it, or
+    lose them to the narrower one (the world's replies to sandboxes with them went there). A
+    wider one (a VPN's 10.0.0.0/8, OpenVPN's 0.0.0.0/1) keeps its other addresses: allowed."""
     for prefix, dev in netlink.routes_overlapping(ns, str(subnet)):
-        if not (dev or "").startswith("dpgw"):
+        if ipaddress.IPv4Network(prefix).subnet_of(subnet) and not (dev or "").startswith("dpgw"):
             where = f"dev {dev}" if dev else "no interface"
             raise Conflict(f"VNI {vni}'s subnet {subnet} overlaps this host's route to {prefix} ({where}): a way "
                            f"out for it would take those addresses from that route, or lose its own to it; give "
@@ -114,7 +117,8 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     """Its interfaces, entries and programs, after its rules (they name interfaces: the router
     is never up without them); what the rules' write mended, in words."""
     ns = node.netns
-    said = gwrules.sync(ns, st.gateways.values())
+    forwarding.note(node, st)            # the ways out to confine, before they forward (apply, last)
+    said = gwrules.sync(ns, st.gateways.values(), forwarding.confined(st))
     gw.ifindex = netlink.veth_create(ns, gw.port, ns, gw.router, gw.mac, mtu)
     for ifname in (gw.port, gw.router):
         netlink.sysctl(ns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
@@ -123,7 +127,7 @@ def _create(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, prefixlen: int,
     _address(ns, gw, st.router_ip(gw.vni))
     write_entries(m, st, gw)
     endpoints.attach_port(node, st, gw.ifindex)
-    return said + forwarding.on(node, st)
+    return said + forwarding.apply(node, st)
 
 
 def _router_sysctls(ns, gw: Gateway) -> None:
@@ -179,7 +183,7 @@ def set_address(node: Node, vni: int, ip: str | None) -> bool:
         return True
 
 
-def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = None) -> list[str]:
+def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = None, confined=()) -> list[str]:
     """Remove whatever part of it exists (its map entries too, unless the maps went with a
     teardown that stopped part-way: the interfaces and rules are removed all the same). The
     rules are written for keep, the gateways that stay (gw among them if it is to be made
@@ -197,11 +201,11 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = N
             netlink.link_delete(node.netns, gw.port)      # its peer goes with it
         except BaseException:
             try:                                          # whatever the link did: no rule left for its subnet
-                gwrules.sync(node.netns, keep)
+                gwrules.sync(node.netns, keep, confined)
             except DataplaneError:
                 pass                                      # the link's error is the one reported
             raise
-        return gwrules.sync(node.netns, keep)
+        return gwrules.sync(node.netns, keep, confined)
     return []
 
 
@@ -214,10 +218,12 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
         net = st.networks.get(vni)
         if net is None:
             del st.gateways[vni]
-            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))
+            if not st.gateways:
+                forwarding.restore(node, st)      # before the rules that confine it go
+            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None), forwarding.confined(st))
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
-            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni))
+            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni), forwarding.confined(st))
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         elif netlink.link_index(node.netns, gw.port) != gw.ifindex:
@@ -225,7 +231,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             # crash, and what came after the veth (the router's address, the port's entries
             # and programs, the rules) may be missing. Taken for whole, it was served at
             # ifindex 0 for good: the port's real entry swept as a stray, no programs on it.
-            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni))
+            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni), forwarding.confined(st))
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
@@ -235,22 +241,23 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     # Every gateway's rules as they should be: what a flush took, an older version's layout (moved
     # into our chains), rules of a VNI with no gateway here (a removal that failed part-way left
     # them, to take effect again for whatever later had that subnet or router name).
+    # (And the ways out's forwarding, a default route having moved while the agent was down.)
+    if st.gateways:
+        forwarding.note(node, st)
+    else:
+        forwarding.restore(node, st)
     try:
-        done += gwrules.sync(node.netns, st.gateways.values())
+        done += gwrules.sync(node.netns, st.gateways.values(), forwarding.confined(st))
     except KernelError:
         if st.gateways:
             raise                   # (none: an iptables that cannot list, or its lock held; the next sweep)
-    if st.gateways:
-        done += forwarding.on(node, st)      # a default route that moved while the agent was down
-    else:
-        forwarding.restore(node, st)
-    return done
+    return done + forwarding.apply(node, st)
 
 
 def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
     """With its VNI (the caller holds the node's lock and saves st)."""
     gw = st.gateways.pop(vni, None)
-    if gw is not None:
-        _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None))
     if not st.gateways:
-        forwarding.restore(node, st)
+        forwarding.restore(node, st)          # first: before the rules that confine it go
+    if gw is not None:
+        _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None), forwarding.confined(st))

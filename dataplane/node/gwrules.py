@@ -84,11 +84,21 @@ def kept_out(ways: list[str]) -> list[list[str]]:
         ["-i", ROUTERS, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"] + c + ["-j", "DROP"]]
 
 
-def wanted(gateways, ways: list[str]) -> dict[str, list[list[str]]]:
+def confine(ways) -> list[list[str]]:
+    """ISOLATION's rules for the ways out whose forwarding we turned on (node/forwarding.py):
+    what arrives there is forwarded only to a router (the world's replies to sandboxes, their
+    published ports), as nothing was before; else the host routed for anything on that network."""
+    c = ["-m", "comment", "--comment", JUMP_COMMENT]
+    return [["-i", w, "!", "-o", ROUTERS] + c + ["-j", "DROP"] for w in sorted(ways)]
+
+
+def wanted(gateways, ways: list[str], confined=()) -> dict[str, list[list[str]]]:
     """Our chain -> its rules, in order (by VNI), for the node's ways out (ways_out(); no default,
-    for a caller that forgot them would write rules that let no sandbox's connection out)."""
+    for a caller that forgot them would write rules that let no sandbox's connection out) and
+    those of them confined (confine())."""
     each = [rules(gw) for gw in sorted(gateways, key=lambda g: g.vni)]
-    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each] + (kept_out(ways) if each else []),
+    return {ISOLATION: [r[k] for k in ("drop", "closed") for r in each]
+            + (kept_out(ways) + confine(confined) if each else []),
             FORWARD: [r[k] for r in each for k in ("replies", "out")],
             POSTROUTING: [r[k] for r in each for k in ("masquerade", "hairpin")]}
 
@@ -155,11 +165,11 @@ def legacy(lines) -> dict[str, list[list[str]]]:
     return {t: [r for r in lines[t][hook] if _vni(r) is not None] for t, (hook, _) in HOOKS.items()}
 
 
-def intact(lines, gateways, ways: list[str]) -> bool:
+def intact(lines, gateways, ways: list[str], confined=()) -> bool:
     """Our chains hold exactly what the gateways want, in order, for the node's ways out (a
     default route moved: written again); the hooks jump to each; no older version's rule is
     left in the hooks."""
-    want = wanted(gateways, ways)
+    want = wanted(gateways, ways, confined)
     for table, (hook, ours) in HOOKS.items():
         if any(lines[table][c] != want[c] or not _at(lines[table][hook], c) for c in ours):
             return False
@@ -186,10 +196,10 @@ def _jumps_to_add(table: str, hook: list[list[str]]) -> list[str]:
     return [_line(["-I", "FORWARD", str(docker[0] + 1 if docker else 1)] + _jump(chain))]
 
 
-def script(lines, gateways, ways: list[str]) -> str:
+def script(lines, gateways, ways: list[str], confined=()) -> str:
     """iptables-restore --noflush input: each table's chains declared (flushed) and filled, its
     missing jumps inserted, an older version's rules removed; one COMMIT (one transaction) each."""
-    want, old, out = wanted(gateways, ways), legacy(lines), []
+    want, old, out = wanted(gateways, ways, confined), legacy(lines), []
     for table, (hook, ours) in HOOKS.items():
         out += [f"*{table}"] + [f":{c} - [0:0]" for c in ours]
         out += [_line(["-A", c] + r) for c in ours for r in want[c]]
@@ -202,9 +212,10 @@ def script(lines, gateways, ways: list[str]) -> str:
 WAYS_MOVED = "iptables rules of the gateways follow the node's ways out now"
 
 
-def said(lines, gateways, ways: list[str] | None = None) -> list[str]:
+def said(lines, gateways, ways: list[str] | None = None, confined=()) -> list[str]:
     """What sync() finds to mend, per VNI, in words (for logs and the sweep's report); with ways,
-    whether the node's ways out moved (a default route's interface: WAYS_MOVED, not a repair)."""
+    whether the node's ways out moved, or those confined (a default route's interface, forwarding
+    turned on there: WAYS_MOVED, not a repair)."""
     want, mine = {g.vni for g in gateways}, wanted(gateways, [])    # per-VNI rules: no ways out
     ours: dict[int, list] = {}
     for table, (_, chains) in HOOKS.items():
@@ -222,26 +233,30 @@ def said(lines, gateways, ways: list[str] | None = None) -> list[str]:
                        f"(is an agent of that version still running?)")
         elif sorted(ours.get(v, [])) != sorted(tuple(r) for c in mine for r in mine[c] if _vni(r) == v):
             out.append(f"iptables rules of the gateway of VNI {v} were missing or not as written; put back")
-    kept = [r for r in lines["mangle"][ISOLATION] or [] if _vni(r) is None]
+    node_s = [r for r in lines["mangle"][ISOLATION] or [] if _vni(r) is None]
+    kept = [r for r in node_s if r[:2] == ["-i", ROUTERS]]
     had = [r[r.index("-o") + 1] for r in kept if "-o" in r]       # whole, as written for other ways
-    if want and ways is not None and kept and kept == kept_out(had) and had != ways:
-        out.append(f"{WAYS_MOVED} ({', '.join(ways) or 'none'}): a default route changed")
+    was = [r[1] for r in node_s if r[:2] != ["-i", ROUTERS] and r[:1] == ["-i"]]
+    if want and ways is not None and kept and kept == kept_out(had) and node_s == kept + confine(was) and \
+            (had != ways or was != sorted(confined)):
+        out.append(f"{WAYS_MOVED} ({', '.join(ways) or 'none'}; forwarding kept to the gateways on "
+                   f"{', '.join(sorted(confined)) or 'none'}): a default route changed")
     elif want and not out:
         out.append("iptables rules of the gateways were out of order, or their chains not jumped to; put back")
     return out
 
 
-def sync(ns, gateways) -> list[str]:
+def sync(ns, gateways, confined=()) -> list[str]:
     """Our chains and jumps as the gateways want them (none: gone); what was mended, in words."""
     gateways = list(gateways)
     if not gateways:
         return clear(ns)
     require_iptables()
     lines, ways = listing(ns), ways_out(ns)
-    if intact(lines, gateways, ways):
+    if intact(lines, gateways, ways, confined):
         return []
-    _restore(ns, script(lines, gateways, ways).splitlines(), "of the gateways' rules")
-    return said(lines, gateways, ways)
+    _restore(ns, script(lines, gateways, ways, confined).splitlines(), "of the gateways' rules")
+    return said(lines, gateways, ways, confined)
 
 
 def clear(ns) -> list[str]:

@@ -14,7 +14,7 @@ import re
 
 from dataplane.core.errors import NotFound
 from dataplane.kernel import netlink
-from dataplane.node import endpoints, fdb, fpconfig, gateway, networks
+from dataplane.node import endpoints, fdb, forwarding, fpconfig, gateway, gwrules, networks
 from dataplane.node.base import Node
 
 _OURS = re.compile(r"^dp[0-9a-f]{10}$")      # endpoints.host_ifname
@@ -48,6 +48,12 @@ def sweep(node: Node) -> list[str]:
             networks.sync(m, st, vni)
         done += networks.forget_stray_peers(m, st)
         return done
+
+
+def is_repair(line: str) -> bool:
+    """Whether a line of sweep() mended something (counted a repair, said as one), or follows
+    what moved since (a default route: the ways out's rules and forwarding; said, not counted)."""
+    return not line.startswith((gwrules.WAYS_MOVED, forwarding.TURNED))
 
 
 def vanished(node: Node) -> list:

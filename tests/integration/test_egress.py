@@ -225,33 +225,36 @@ def test_a_gateway_for_a_subnet_that_overlaps_another_gateways_is_refused(info):
             dp("network", "rm", n, "--registry", url, check=False)
 
 
-def test_a_gateway_for_a_subnet_that_overlaps_a_route_of_the_host_is_refused(info):
-    """A route the host had already (its LAN, docker0, a VPN's prefix), broader or narrower than
-    the subnet: the router's connected route would take those addresses from it, or lose some of
-    the subnet's. Refused whole, the route named; an internal network there is fine; without the
-    route the same endpoint gets its way out."""
+def test_a_gateway_for_a_subnet_that_holds_a_route_of_the_host_is_refused(info):
+    """A route the host had already, as wide as the subnet or narrower (its LAN, docker0, a
+    blackhole): the router's connected route would take those addresses from it, or lose them to
+    the narrower one. Refused whole, the route named; an internal network there is fine. A wider
+    route (a VPN's 10.0.0.0/8) keeps its other addresses: the same endpoint gets its way out."""
     url = lab.registry_url("sqlite")
     dp("network", "create", "lanlike", "--vni", "305", "--subnet", "10.77.1.0/24", "--registry", url)
     dp("network", "create", "lanlike-in", "--vni", "306", "--subnet", "10.77.1.0/24", "--internal", "--registry", url)
+
+    @contextlib.contextmanager
+    def route(prefix):
+        subprocess.run(["ip", "-n", H1, "route", "add", prefix, "via", lab.WORLD_IP], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["ip", "-n", H1, "route", "del", prefix], check=True)
     try:
-        for route in ("10.77.0.0/16", "10.77.1.128/25"):
-            subprocess.run(["ip", "-n", H1, "route", "add", route, "via", lab.WORLD_IP], check=True)
-            try:
+        for prefix in ("10.77.1.0/24", "10.77.1.128/25"):
+            with route(prefix):
                 r = dp("--netns", H1, "endpoint", "add", "dpl-lan", "--network", "lanlike", check=False)
-            finally:
-                subprocess.run(["ip", "-n", H1, "route", "del", route], check=True)
             assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)
-            assert f"overlaps this host's route to {route}" in r.stderr and "VNI 305" in r.stderr, r.stderr
+            assert f"overlaps this host's route to {prefix}" in r.stderr and "VNI 305" in r.stderr, r.stderr
             assert "dpl-lan" not in {e["id"] for e in dp_json("--netns", H1, "endpoint", "list")}
             assert not {f"dpgw{305:06x}", f"dpgp{305:06x}"} & set(netlink.link_names(H1)), "nothing made"
             assert not [n for n in netlink.ns_list() if n.endswith("dpl-lan")], "no sandbox left behind"
-        subprocess.run(["ip", "-n", H1, "route", "add", "10.77.0.0/16", "via", lab.WORLD_IP], check=True)
-        try:
+        with route("10.77.1.0/24"):
             dp("--netns", H1, "endpoint", "add", "dpl-lan-in", "--network", "lanlike-in")
-        finally:
-            subprocess.run(["ip", "-n", H1, "route", "del", "10.77.0.0/16"], check=True)
-        dp("--netns", H1, "endpoint", "add", "dpl-lan", "--network", "lanlike")
-        assert 305 in Node(H1).require_up().gateways
+        with route("10.77.0.0/16"):
+            dp("--netns", H1, "endpoint", "add", "dpl-lan", "--network", "lanlike")
+            assert 305 in Node(H1).require_up().gateways
     finally:
         for e in ("dpl-lan", "dpl-lan-in"):
             dp("--netns", H1, "endpoint", "rm", e, check=False)
@@ -640,25 +643,38 @@ def test_egress_works_on_a_host_whose_default_route_is_not_the_underlays(info):
     """A host with two interfaces (a management NIC with the default route, the underlay's for
     VXLAN) and no Docker to turn forwarding on for all: the world's replies to a sandbox arrive
     on the management NIC, and were dropped there (Linux forwards only what arrives on an
-    interface that forwards). The agent's tick turns forwarding on for the new way out."""
+    interface that forwards). The agent's tick turns forwarding on for the new way out, and the
+    gateways' rules keep it to the routers: on, it forwarded whatever arrived there, so a
+    machine on the management network reached the underlay's through the host."""
     a = sandbox(info, "h1", 256)
-    world = "203.0.113.9"
+    world, h2 = "203.0.113.9", lab.vtep_ip(2)
+    fwd = netlink.conf_key("dpl-mg0", "forwarding")
 
     def ip(*args, ns=H1):
         subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
     ip("link", "add", "dpl-mg0", "type", "veth", "peer", "name", "dpl-mg1", "netns", lab.UNDERLAY_NS)
     try:
+        netlink.sysctl(H1, fwd, "0")           # (a namespace made on a host that forwards starts at 1)
         ip("addr", "add", "172.31.254.1/30", "dev", "dpl-mg0")
         ip("link", "set", "dpl-mg0", "up")
         ip("addr", "add", "172.31.254.2/30", "dev", "dpl-mg1", ns=lab.UNDERLAY_NS)
         ip("addr", "add", f"{world}/32", "dev", "dpl-mg1", ns=lab.UNDERLAY_NS)
         ip("link", "set", "dpl-mg1", "up", ns=lab.UNDERLAY_NS)
         ip("route", "add", "default", "via", "172.31.254.2")
-        assert netlink.sysctl_get(H1, "net.ipv4.conf.dpl-mg0.forwarding") == "0"
         assert wait_for(lambda: ping(a["name"], world, 1, 0.2)[0] == 1, timeout=20, every=0.5), \
             "the sandbox reaches the world by the default route's interface"
-        assert netlink.sysctl_get(H1, "net.ipv4.conf.dpl-mg0.forwarding") == "1"
+        assert netlink.sysctl_get(H1, fwd) == "1"
+        if netlink.sysctl_get(H1, "net.ipv4.conf.all.forwarding") == "1":
+            return                                  # the host forwards on all by its own choice: not ours
         assert Node(H1).require_up().ways_forwarding == {"dpl-mg0": "0"}, "kept, to be put back"
+        # A machine on the management network routing to h2's underlay address through h1 (h2's
+        # replies come back by the switch): not forwarded.
+        ip("route", "add", f"{h2}/32", "via", "172.31.254.1", ns=lab.UNDERLAY_NS)
+        ip("route", "add", "172.31.254.0/30", "via", lab.WORLD_IP, ns=lab.host_ns(2))
+        got = netlink.ns_exec(lab.UNDERLAY_NS, ["ping", "-c", "2", "-i", "0.2", "-W", "1", h2],
+                              capture_output=True, text=True).stdout
+        assert " 0 received" in got, f"h1 routed the management network into the underlay's: {got}"
     finally:
+        subprocess.run(["ip", "-n", lab.host_ns(2), "route", "del", "172.31.254.0/30"], capture_output=True)
         subprocess.run(["ip", "-n", H1, "route", "del", "default"], capture_output=True)
         subprocess.run(["ip", "-n", H1, "link", "del", "dpl-mg0"], capture_output=True)

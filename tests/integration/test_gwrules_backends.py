@@ -69,6 +69,11 @@ def test_an_older_layout_moves_into_our_chains_below_docker_user_and_goes_with_t
     assert lines["filter"]["FORWARD"] == [["-j", "DOCKER-USER"], gwrules._jump(gwrules.FORWARD)]
     assert lines["mangle"]["FORWARD"] == [gwrules._jump(gwrules.ISOLATION)]
     assert gwrules.sync(NS, [GW, GW2]) == [], "as written is as read back: nothing to mend"
+    moved = gwrules.sync(NS, [GW, GW2], ["d0"])          # forwarding on for d0 by us: confined
+    assert len(moved) == 1 and moved[0].startswith(gwrules.WAYS_MOVED), moved
+    assert gwrules.intact(gwrules.listing(NS), [GW, GW2], ["d0"], ["d0"])
+    assert gwrules.sync(NS, [GW, GW2], ["d0"]) == [], "the confining rule read back as written"
+    assert gwrules.sync(NS, [GW, GW2])[0].startswith(gwrules.WAYS_MOVED)
     assert gwrules.sync(NS, [GW2]) == ["iptables rules of VNI 256, which has no gateway here; removed"]
     assert gwrules.sync(NS, []) == ["iptables rules of VNI 304, which has no gateway here; removed"]
     assert gwrules.sync(NS, []) == []

@@ -156,7 +156,26 @@ def test_ways_out_that_moved_are_said_as_such_not_as_a_repair():
     assert gwrules.said(lines, [GW], ["eth0", "ul0"]) == ["iptables rules of the gateways were out of order, "
                                                           "or their chains not jumped to; put back"]
     moved = gwrules.said(lines, [GW], ["eth1", "ul0"])
-    assert moved == [f"{gwrules.WAYS_MOVED} (eth1, ul0): a default route changed"], moved
+    assert moved == [f"{gwrules.WAYS_MOVED} (eth1, ul0; forwarding kept to the gateways on none): a default "
+                     "route changed"], moved
     lines["mangle"][ISOLATION] = lines["mangle"][ISOLATION][:-1]
     assert gwrules.said(lines, [GW], ["eth0", "ul0"]) == [
         "iptables rules of the gateways were out of order, or their chains not jumped to; put back"], "a rule taken away"
+
+
+def test_a_way_out_whose_forwarding_we_turned_on_is_kept_to_the_routers():
+    """node/forwarding.py turns forwarding on for a default route's interface (the world's
+    replies to sandboxes arrive there); on, it forwarded whatever arrived there: the host routed
+    for anyone on that network. ISOLATION keeps it to the routers while it is on by our doing."""
+    want = gwrules.wanted([GW], ["eth1", "ul0"], ["eth1"])[ISOLATION]
+    assert want[-1] == ["-i", "eth1", "!", "-o", "dpgw+", "-m", "comment", "--comment", "dataplane egress",
+                        "-j", "DROP"]
+    assert gwrules.wanted([], ["eth1"], ["eth1"])[ISOLATION] == [], "no gateway: nothing of ours"
+    lines = listing([GW])
+    lines["mangle"][ISOLATION] = gwrules.wanted([GW], ["eth1", "ul0"])[ISOLATION]
+    assert not gwrules.intact(lines, [GW], ["eth1", "ul0"], ["eth1"])
+    assert gwrules.said(lines, [GW], ["eth1", "ul0"], ["eth1"]) == [
+        f"{gwrules.WAYS_MOVED} (eth1, ul0; forwarding kept to the gateways on eth1): a default route changed"]
+    lines["mangle"][ISOLATION] = want
+    assert gwrules.intact(lines, [GW], ["eth1", "ul0"], ["eth1"])
+    assert gwrules.said(lines, [GW], ["eth1", "ul0"], [])[0].startswith(gwrules.WAYS_MOVED), "confinement lifted"

@@ -32,6 +32,7 @@ def test_ageing_runs_without_the_agents_lock(monkeypatch):
     monkeypatch.setattr(housekeeping.rxgro, "freed", lambda node, st: False)
     monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
     monkeypatch.setattr(housekeeping, "_mend_vxlan_guard", lambda ag, st: None)
+    monkeypatch.setattr(housekeeping, "_prune_nexthops", lambda ag, st: None)
     housekeeping.tick(ag)
     assert held == [False], "learned entries were aged under the agent's lock"
     assert ag.counters["aged"] == 3

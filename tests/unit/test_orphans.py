@@ -192,6 +192,7 @@ def test_housekeeping_does_not_wait_on_the_registry_for_an_orphan(tmp_path, monk
     monkeypatch.setattr(housekeeping.rxgro, "freed", lambda node, st: False)
     monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
     monkeypatch.setattr(housekeeping, "_mend_vxlan_guard", lambda ag, st: None)
+    monkeypatch.setattr(housekeeping, "_prune_nexthops", lambda ag, st: None)
     ag = Agent(f"sqlite://{tmp_path}/registry.db")
     ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300), gateways={})
     ag.maps, ag.counters, ag.sweeper = None, {"aged": 0}, None
@@ -251,6 +252,7 @@ def test_a_sandbox_whose_interface_vanished_has_its_entries_reconciled(tmp_path,
     monkeypatch.setattr(housekeeping.rxgro, "freed", lambda node, st: False)
     monkeypatch.setattr(housekeeping.pauses, "tick", lambda: None)
     monkeypatch.setattr(housekeeping, "_mend_vxlan_guard", lambda ag, st: None)
+    monkeypatch.setattr(housekeeping, "_prune_nexthops", lambda ag, st: None)
     ag = Agent(f"sqlite://{tmp_path}/registry.db")
     ag.node.state = lambda: SimpleNamespace(config=SimpleNamespace(fdb_age_s=300), gateways={})
     ag.maps, ag.counters, ag.sweeper, ag.synced = None, {"vanished": 0}, None, threading.Event()

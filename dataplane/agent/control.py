@@ -300,7 +300,7 @@ def _check_unit(node: Node, st: NodeState, unit_dir: str = process.UNIT_DIR) -> 
     old = [] if wrong else units.stale(node.name, bool(st.registry), unit_dir)
     if wrong or old:
         how = f"`dataplane{'' if node.name == 'host' else ' --netns ' + node.name} service install" \
-              f"{' --docker' if any('docker' in u for u in old) else ''}`"
+              f"{' --docker' if units.docker_names(node.name) & set(old) else ''}`"
         notice(wrong or f"{', '.join(old)} differ{'s' if len(old) == 1 else ''} from what this version writes "
                f"(an older version installed {'them' if len(old) > 1 else 'it'}): run {how} again, then "
                f"`systemctl daemon-reload`")

@@ -118,10 +118,16 @@ def stale(node: str, registry: bool, unit_dir: str = process.UNIT_DIR) -> list[s
     out = []
     for name, text in units(netns, docker=True, registry=registry).items():
         try:
-            with open(os.path.join(unit_dir, name)) as f:
+            with open(os.path.join(unit_dir, name), encoding="utf-8") as f:
                 have = f.read()
-        except OSError:
+        except (OSError, ValueError):    # (not text: not ours to compare, as one not there)
             continue
         if _what_it_does(have) != _what_it_does(text):
             out.append(name)
     return out
+
+
+def docker_names(node: str) -> set[str]:
+    """The node's Docker driver units' names (a socket and a service)."""
+    netns = None if node == "host" else node
+    return set(units(netns, docker=True)) - set(units(netns))

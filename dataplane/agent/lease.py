@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 
 from dataplane.agent import process, sdnotify
 from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError
 from dataplane.registry import Full, Refused, Unavailable
-from dataplane.registry.backoff import Backoff
+from dataplane.registry.backoff import BASE_S, Backoff
 
 log = logging.getLogger("dataplane.agent")
 NOT_YET_EXTEND_S = 90.0      # each failed first registration extends a unit's start timeout by this
@@ -27,6 +28,9 @@ class LeaseKeeper:
         self._once = False           # this process has registered the host once
         self._said_at = -60.0        # when _not_yet last said so
         self.previous = 0            # the last agent's lease, read before this one names itself in the file
+        # The host's record deleted under a live lease (`etcdctl del`, a restore taken between a grant
+        # and its put): keepalives go on succeeding, so only this makes the keeper write it again.
+        self.reregister = threading.Event()
 
     def start(self) -> None:
         """At start: note the previous agent's lease, then name this process in the agent file
@@ -88,10 +92,16 @@ class LeaseKeeper:
 
     def run(self) -> None:
         registered, full_said = False, ""
-        backoff = Backoff()
+        # Tries at most a third of the TTL apart, as keepalives are: when etcd regains its quorum
+        # it gives every lease the TTL (and an election timeout) from then, and a wait of up to
+        # 5 s (Backoff's cap) let a 3-s lease lapse after the outage it had outlived, the host's
+        # records and reservations deleted with it (a review found it).
+        backoff = Backoff(cap=max(BASE_S, self.ag.ttl / 3))
         while not self.ag.stopping.is_set():
             try:
-                if not registered or not self.ag.reg.kv.lease_keepalive(self.lease, timeout=self.member_timeout()):
+                if not registered or self.reregister.is_set() or \
+                        not self.ag.reg.kv.lease_keepalive(self.lease, timeout=self.member_timeout()):
+                    self.reregister.clear()
                     self._register()
                     log.info("registered host %s (lease %x)", self.ag.me, self.lease)
                 registered = True

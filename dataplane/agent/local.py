@@ -200,6 +200,9 @@ def hosts_gone(ag, gone: list, mine: dict) -> None:
     for h in gone:
         n = counts.get(h.vtep, 0)
         log.info("host %s (%s) left%s", h.name, h.vtep, f"; dropped {n} learned entries" if n else "")
+        if h.name == ag.me and ag.view.hosts.get(ag.me) is None and getattr(ag, "leases", None):
+            log.warning("this host's record %s was deleted; writing it again", h.name)
+            ag.leases.reregister.set()          # (its lease may be alive: keepalives alone never put it back)
     settle_moves(ag, mine)
 
 

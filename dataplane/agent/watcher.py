@@ -39,6 +39,9 @@ def run(ag) -> None:
                 ag.q.put(("snapshot", snap))
                 resume = snap.rev + 1
             ag._watch = ag._last_watch = ag.reg.watch(resume)
+            if ag.want_snapshot.is_set():  # a resync asked for while it opened: disconnected() found
+                ag._watch.close()          # no watch to close, and this one ran on (a review found it)
+                continue
             ag.view_cluster = getattr(ag.reg.kv, "cluster_id", None)
             ag.connected.set()
             if lost:                       # (counted on each failed try, an outage climbed ~25 a minute)

@@ -39,3 +39,4 @@ def test_a_first_registration_that_fails_is_said_and_extends_the_start(tmp_path,
     assert all("EXTEND_TIMEOUT_USEC=90000000" in m and m.startswith("STATUS=waiting for the registry") for m in said)
     lines = [r.getMessage() for r in caplog.records if "cannot register host h1 yet" in r.getMessage()]
     assert len(lines) == 1 and "connection refused" in lines[0], "said once a minute, not at every try"
+

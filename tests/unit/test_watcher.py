@@ -131,3 +131,48 @@ def test_a_starts_first_snapshot_is_no_resync(monkeypatch):
     ag.synced.set()
     sync.apply_snapshot(ag, Snapshot(rev=60))
     assert ag.counters["resyncs"] == 1
+
+
+def test_a_resync_asked_for_while_a_watch_opens_is_made(monkeypatch):
+    """The main loop's resync (a batch that failed part-way) sets want_snapshot and closes the
+    watch; asked while the watcher was opening one, there was none to close, and the new watch
+    ran on: the rest of the failed batch stayed unapplied until it broke (a review found it)."""
+    opened, reads, ran_on = [], [], []
+    ag = agent()
+
+    class Running:                          # a live watch: events until closed
+        def __init__(self, rev):
+            self.rev, self.closed = rev, threading.Event()
+
+        def __iter__(self):
+            if not self.closed.wait(1.0):
+                ran_on.append(self.rev)
+                ag.stopping.set()
+            return iter(())
+
+        def resume_rev(self):
+            return self.rev
+
+        def close(self):
+            self.closed.set()
+
+    def watch(rev):
+        opened.append(rev)
+        if len(opened) == 1:
+            ag.want_snapshot.set()         # asked while this one opened (ag._watch still None)
+            return Running(rev)
+        ag.stopping.set()
+        return Watch(rev)
+
+    def read_snapshot(_ag):
+        reads.append(1)
+        return SimpleNamespace(rev=300)
+    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None, range_exact=lambda k: (500, [])),
+                             watch=watch)
+    monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
+    monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
+    monkeypatch.setattr(sync, "read_snapshot", read_snapshot)
+    monkeypatch.setattr(Backoff, "wait", lambda self, stopping: None)
+    watcher.run(ag)
+    assert not ran_on, "the watch opened meanwhile ran on"
+    assert opened == [100, 301] and len(reads) == 1, "the resync read a snapshot and watched from it"

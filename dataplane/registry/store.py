@@ -257,12 +257,20 @@ class Registry(Endpoints):
         is alive (its record, under its agent's lease, is there): a live agent registers its
         sandboxes again. Each record goes only if it is still the one read."""
         name = model.parse_name(name, "host name")
-        if self.kv.get(key("hosts", name)) is not None:
-            raise Conflict(f"host {name} is alive (its agent keeps its lease): run `dataplane down` there, "
-                           "or stop its agent and wait out its lease TTL")
+
+        def dead(done: str = "") -> None:
+            if self.kv.get(key("hosts", name)) is not None:
+                raise Conflict(f"host {name} is alive (its agent keeps its lease){done}: run `dataplane down` "
+                               "there, or stop its agent and wait out its lease TTL")
+        dead()
         removed, aborted = [], []
         snap = self.snapshot(claims=False)        # one read for the endpoints and the networks
         for e in snap.endpoints.values():
+            # Asked again before each write: an agent that registers meanwhile (a partition healed)
+            # had its endpoints removed under it, its sandboxes torn down (a review found it).
+            # Not in the write's transaction: a window of one read, not of the whole loop.
+            if e.host == name or e.moving_to == name:
+                dead(f"; it came back after {len(removed)} of its endpoints were removed")
             if e.host == name:
                 self.endpoint_rm(e.id, expect=e)
                 removed.append(e.id)

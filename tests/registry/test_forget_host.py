@@ -37,3 +37,24 @@ def test_a_host_gone_for_good_is_forgotten_and_a_live_one_is_not(reg):
     assert (c.host, c.moving_to) == ("h1", None) and c.ip == keep.ip
     assert reg.endpoint_create("again", "n", "h1", ip=a.ip).ip == a.ip, "its address is free again"
     assert reg.host_forget("h2")["endpoints_removed"] == [], "idempotent"
+
+
+def test_a_host_that_comes_back_while_it_is_forgotten_keeps_the_rest(reg, monkeypatch):
+    """The host was found dead once, then its endpoints were removed one by one: an agent that
+    registered meanwhile (a partition healed) had them removed under it, its sandboxes torn
+    down (a review found it). Now it is asked again before each: the rest stay."""
+    reg.network_create("n", 256, "10.9.0.0/24")
+    for i in range(4):
+        reg.endpoint_create(f"e{i}", "n", "h2")
+    rm, came_back = reg.endpoint_rm, []
+
+    def rm_then_register(id, **kw):
+        out = rm(id, **kw)
+        if not came_back:
+            came_back.append(id)
+            reg.host_register(Host.make("h2", "198.18.0.2"), reg.kv.lease_grant(60))
+        return out
+    monkeypatch.setattr(reg, "endpoint_rm", rm_then_register)
+    with pytest.raises(Conflict, match="came back after 1 of its endpoints"):
+        reg.host_forget("h2")
+    assert len(reg.endpoints(host="h2")) == 3

@@ -38,6 +38,17 @@ def agent():
     return ag
 
 
+def run_scripted(monkeypatch, ag, watch, read_snapshot) -> None:
+    """watcher.run against watch(rev) and read_snapshot(ag), from revision 100, a store at 500."""
+    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None, range_exact=lambda k: (500, [])),
+                             watch=watch)
+    monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
+    monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
+    monkeypatch.setattr(sync, "read_snapshot", read_snapshot)
+    monkeypatch.setattr(Backoff, "wait", lambda self, stopping: None)
+    watcher.run(ag)
+
+
 def test_a_wanted_snapshot_survives_a_failed_read(monkeypatch):
     opened, reads = [], []
     ag = agent()
@@ -54,13 +65,7 @@ def test_a_wanted_snapshot_survives_a_failed_read(monkeypatch):
         if len(reads) == 1:
             raise Unavailable("etcd: no leader")
         return SimpleNamespace(rev=200)
-    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None, range_exact=lambda k: (500, [])),
-                             watch=watch)
-    monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
-    monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
-    monkeypatch.setattr(sync, "read_snapshot", read_snapshot)
-    monkeypatch.setattr(Backoff, "wait", lambda self, stopping: None)
-    watcher.run(ag)
+    run_scripted(monkeypatch, ag, watch, read_snapshot)
     assert opened == [100, 201], "after the failed read, a snapshot: not the old watch's revision"
     assert len(reads) == 2
 
@@ -167,12 +172,6 @@ def test_a_resync_asked_for_while_a_watch_opens_is_made(monkeypatch):
     def read_snapshot(_ag):
         reads.append(1)
         return SimpleNamespace(rev=300)
-    ag.reg = SimpleNamespace(kv=SimpleNamespace(open_channels=lambda: None, range_exact=lambda k: (500, [])),
-                             watch=watch)
-    monkeypatch.setattr(sync, "early_snapshot", lambda ag: None)
-    monkeypatch.setattr(sync, "start_point", lambda ag, early: 100)
-    monkeypatch.setattr(sync, "read_snapshot", read_snapshot)
-    monkeypatch.setattr(Backoff, "wait", lambda self, stopping: None)
-    watcher.run(ag)
+    run_scripted(monkeypatch, ag, watch, read_snapshot)
     assert not ran_on, "the watch opened meanwhile ran on"
     assert opened == [100, 301] and len(reads) == 1, "the resync read a snapshot and watched from it"

@@ -15,37 +15,40 @@ if [ "$#" -gt 0 ]; then
   exec "$py" -m pytest -q -p no:cacheprovider "$@"
 fi
 log=$(mktemp /tmp/dataplane-registry-tests.XXXXXX)
-# Job control: the registry run gets a process group of its own and keeps SIGINT (a background
-# job of a script ignores it otherwise), so ^C or a TERM here stops it through pytest's
-# KeyboardInterrupt, its fixtures' teardown stopping its etcd, not by a kill that leaves etcd.
+# Job control: each run gets a process group of its own. Both run as jobs, so ^C or a TERM reaches
+# this script at once (a foreground job would hold the trap until it ended) and is passed on as
+# SIGINT to both: pytest's KeyboardInterrupt and its fixtures' teardown (the labs' down, the
+# registry run's etcd stopped), not a kill that leaves namespaces or etcd behind. (tests/conftest.py
+# puts SIGINT's handler back where it came ignored, as a script's background job has it.)
 set -m
 # (DATAPLANE_TESTS_BESIDE: its check that no test leaves files under the host's /run/dataplane and
 # /var/lib/dataplane is left to the other run, whose labs make and remove them meanwhile and whose
 # own check spans this shorter run)
 DATAPLANE_TESTS_BESIDE=1 "$py" -m pytest tests/registry -q -p no:cacheprovider > "$log" 2>&1 &
 registry_pid=$!
-stop_registry() {
-  if [ -n "$registry_pid" ]; then
-    kill -INT -- "-$registry_pid" 2>/dev/null
-    wait "$registry_pid" 2>/dev/null
-    registry_pid=
-  fi
+"$py" -m pytest tests -q -p no:cacheprovider --ignore=tests/registry &
+main_pid=$!
+stop_runs() {   # SIGINT, a minute for their teardown, then SIGKILL
+  local pid n
+  for pid in $main_pid $registry_pid; do kill -INT -- "-$pid" 2>/dev/null; done
+  for n in $(seq 120); do
+    kill -0 $main_pid $registry_pid 2>/dev/null || break
+    sleep 0.5
+  done
+  for pid in $main_pid $registry_pid; do kill -KILL -- "-$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  main_pid= registry_pid=
 }
-trap 'stop_registry; rm -f "$log"; exit 130' INT
-trap 'stop_registry; rm -f "$log"; exit 143' TERM
-trap 'stop_registry; rm -f "$log"' EXIT
-"$py" -m pytest tests -q -p no:cacheprovider --ignore=tests/registry
+trap 'stop_runs; cat "$log"; rm -f "$log"; exit 130' INT
+trap 'stop_runs; cat "$log"; rm -f "$log"; exit 143' TERM
+trap 'stop_runs; rm -f "$log"' EXIT
+wait "$main_pid"
 main_rc=$?
-# 2: interrupted (^C at a terminal reaches the foreground run only): the other stops too
-if [ "$main_rc" -eq 2 ]; then stop_registry; fi
+main_pid=
 echo "--- tests/registry (ran beside the above) ---"
-if [ -n "$registry_pid" ]; then
-  wait "$registry_pid"
-  registry_rc=$?
-  registry_pid=
-else
-  registry_rc=2
-fi
+wait "$registry_pid"
+registry_rc=$?
+registry_pid=
 cat "$log"
 if [ "$main_rc" -ne 0 ]; then exit "$main_rc"; fi
 exit "$registry_rc"

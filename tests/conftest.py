@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A run stopped by ^C or TERM (scripts/test.sh passes either on as SIGINT; a CI runner's timeout
+# sends TERM) ends through KeyboardInterrupt, so the fixtures' teardown takes the labs, their
+# namespaces and pins, and the registry tests' etcd down: TERM killed pytest outright, and a
+# SIGINT ignored on entry (a script's background job has it so) was ignored for good.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, _stop)
 
 # Commands run by the tests never touch the machine's default registry
 # (/var/lib/dataplane): they share one file that the session removes.

@@ -43,11 +43,6 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 	p = dp_punts.ringbuf_reserve(sizeof(*p));
 	if (!p)
 		goto fallback;
-	/* Charged once room was found: a fallback's flood is charged by the flood (flood.c). */
-	if (!storm_allow(cfg, ifindex)) {
-		dp_punts.ringbuf_discard(p, 0);
-		return -DP_DROP_STORM;
-	}
 	/*
 	 * Two separate tests on one register: clang would merge them into one
 	 * unsigned range test on a copy, and the verifier then sees no bound.
@@ -70,6 +65,11 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 vni, __u32 slot, __
 	if (bpf_skb_load_bytes(skb, 0, p->frame, len)) {
 		dp_punts.ringbuf_discard(p, 0);
 		goto fallback;
+	}
+	/* Charged only now: a fallback's flood (no room, too long) is charged by the flood alone. */
+	if (!storm_allow(cfg, ifindex)) {
+		dp_punts.ringbuf_discard(p, 0);
+		return -DP_DROP_STORM;
 	}
 	dp_punts.ringbuf_submit(p, 0);
 	if (s)

@@ -19,15 +19,9 @@ log=$(mktemp /tmp/dataplane-registry-tests.XXXXXX)
 # this script at once (a foreground job would hold the trap until it ended) and is passed on as
 # SIGINT to both: pytest's KeyboardInterrupt and its fixtures' teardown (the labs' down, the
 # registry run's etcd stopped), not a kill that leaves namespaces or etcd behind. (tests/conftest.py
-# puts SIGINT's handler back where it came ignored, as a script's background job has it.)
+# handles SIGINT and TERM itself, once, even where SIGINT came ignored, as a script's background
+# job has it.)
 set -m
-# (DATAPLANE_TESTS_BESIDE: its check that no test leaves files under the host's /run/dataplane and
-# /var/lib/dataplane is left to the other run, whose labs make and remove them meanwhile and whose
-# own check spans this shorter run)
-DATAPLANE_TESTS_BESIDE=1 "$py" -m pytest tests/registry -q -p no:cacheprovider > "$log" 2>&1 &
-registry_pid=$!
-"$py" -m pytest tests -q -p no:cacheprovider --ignore=tests/registry &
-main_pid=$!
 stop_runs() {   # SIGINT, a minute for their teardown, then SIGKILL
   local pid n
   for pid in $main_pid $registry_pid; do kill -INT -- "-$pid" 2>/dev/null; done
@@ -39,9 +33,19 @@ stop_runs() {   # SIGINT, a minute for their teardown, then SIGKILL
   wait 2>/dev/null
   main_pid= registry_pid=
 }
-trap 'stop_runs; cat "$log"; rm -f "$log"; exit 130' INT
-trap 'stop_runs; cat "$log"; rm -f "$log"; exit 143' TERM
+# Set before the jobs start (a TERM meanwhile orphaned them); a second signal is ignored (it cut
+# the first one's teardown short).
+main_pid= registry_pid=
+trap 'trap "" INT TERM; stop_runs; cat "$log"; rm -f "$log"; exit 130' INT
+trap 'trap "" INT TERM; stop_runs; cat "$log"; rm -f "$log"; exit 143' TERM
 trap 'stop_runs; rm -f "$log"' EXIT
+# (DATAPLANE_TESTS_BESIDE: its check that no test leaves files under the host's /run/dataplane and
+# /var/lib/dataplane is left to the other run, whose labs make and remove them meanwhile and whose
+# own check spans this shorter run)
+DATAPLANE_TESTS_BESIDE=1 "$py" -m pytest tests/registry -q -p no:cacheprovider > "$log" 2>&1 &
+registry_pid=$!
+"$py" -m pytest tests -q -p no:cacheprovider --ignore=tests/registry &
+main_pid=$!
 wait "$main_pid"
 main_rc=$?
 main_pid=

@@ -13,14 +13,18 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def _stop(signum, frame):
+    # Once: a second signal (a second ^C, TERM to the whole process tree after the script's SIGINT)
+    # raised inside the fixtures' teardown and cut it short, labs and etcd left behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 # A run stopped by ^C or TERM (scripts/test.sh passes either on as SIGINT; a CI runner's timeout
-# sends TERM) ends through KeyboardInterrupt, so the fixtures' teardown takes the labs, their
+# sends TERM) ends through one KeyboardInterrupt, so the fixtures' teardown takes the labs, their
 # namespaces and pins, and the registry tests' etcd down: TERM killed pytest outright, and a
 # SIGINT ignored on entry (a script's background job has it so) was ignored for good.
-signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGINT, _stop)
 signal.signal(signal.SIGTERM, _stop)
 
 # Commands run by the tests never touch the machine's default registry

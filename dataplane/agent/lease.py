@@ -14,7 +14,7 @@ from dataplane.agent import process, sdnotify
 from dataplane.core import state
 from dataplane.core.errors import Conflict, DataplaneError
 from dataplane.registry import Full, Refused, Unavailable
-from dataplane.registry.backoff import BASE_S, Backoff
+from dataplane.registry.backoff import BASE_S, CAP_S, Backoff
 
 log = logging.getLogger("dataplane.agent")
 NOT_YET_EXTEND_S = 90.0      # each failed first registration extends a unit's start timeout by this
@@ -90,13 +90,20 @@ class LeaseKeeper:
         sdnotify.notify(f"STATUS=waiting for the registry to register host {self.ag.me}: {str(e)[:200]}\n"
                         f"EXTEND_TIMEOUT_USEC={int(NOT_YET_EXTEND_S * 1e6)}")
 
+    def _pause(self, seconds: float) -> None:
+        """The wait between keepalives, cut short by a stop or by a re-registration asked for (other
+        hosts drop this one's entries until its record is back)."""
+        end = time.monotonic() + seconds
+        while not self.ag.stopping.is_set() and not self.reregister.is_set() and time.monotonic() < end:
+            self.ag.stopping.wait(min(0.1, max(0.0, end - time.monotonic())))
+
     def run(self) -> None:
         registered, full_said = False, ""
         # Tries at most a third of the TTL apart, as keepalives are: when etcd regains its quorum
         # it gives every lease the TTL (and an election timeout) from then, and a wait of up to
         # 5 s (Backoff's cap) let a 3-s lease lapse after the outage it had outlived, the host's
         # records and reservations deleted with it (a review found it).
-        backoff = Backoff(cap=max(BASE_S, self.ag.ttl / 3))
+        backoff = Backoff(cap=min(CAP_S, max(BASE_S, self.ag.ttl / 3)))
         while not self.ag.stopping.is_set():
             try:
                 if not registered or self.reregister.is_set() or \
@@ -136,6 +143,6 @@ class LeaseKeeper:
             if registered:
                 self.ag.registered.set()
                 backoff.reset()
-                self.ag.stopping.wait(self.ag.ttl / 3)
+                self._pause(self.ag.ttl / 3)
             else:
                 backoff.wait(self.ag.stopping)

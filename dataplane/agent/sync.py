@@ -47,6 +47,12 @@ def apply_snapshot(ag, snap: Snapshot) -> None:
             ag._cache_gen += 1             # a write already under way is of the old history: dropped
             cache.discard(ag.node.name)
         _load_view(ag, snap)
+        # Our record gone from a store read after we registered (a restore, a delete the watch
+        # missed): written again, as local.hosts_gone has it for the watch's events.
+        leases = getattr(ag, "leases", None)
+        if leases and ag.registered.is_set() and snap.rev >= (getattr(ag, "registered_rev", None) or 0) \
+                and ag.me not in snap.hosts:
+            leases.reregister.set()
         if ag.synced.is_set():             # a start's first read is no resync (every cold start counted 1)
             ag.counters["resyncs"] += 1
         ag._sync_at = None

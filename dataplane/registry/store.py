@@ -277,7 +277,10 @@ class Registry(Endpoints):
             elif e.moving_to == name:
                 self.endpoint_move_abort(e.id, name)
                 aborted.append(e.id)
-        released = sum(self.reservations_drop(n, name) for n in snap.networks)
+        released = 0
+        for n in snap.networks:             # (its reservations too: Docker's --aux-addresses)
+            dead(f"; it came back after {len(removed)} of its endpoints were removed")
+            released += self.reservations_drop(n, name)
         return {"host": name, "endpoints_removed": removed, "moves_taken_back": aborted,
                 "reservations_released": released}
 

@@ -58,3 +58,21 @@ def test_a_host_that_comes_back_while_it_is_forgotten_keeps_the_rest(reg, monkey
     with pytest.raises(Conflict, match="came back after 1 of its endpoints"):
         reg.host_forget("h2")
     assert len(reg.endpoints(host="h2")) == 3
+
+
+def test_reservations_of_a_host_that_came_back_stay(reg, monkeypatch):
+    """A host with no endpoint left, only reservations (Docker's --aux-addresses): found dead once,
+    it came back before they were dropped, and lost them anyway (a review found it)."""
+    reg.network_create("n", 256, "10.9.0.0/24")
+    other = reg.kv.lease_grant(60)
+    reg.address_reserve("n", "h3", other, ip="10.9.0.60")
+    snapshot = reg.snapshot
+
+    def snapshot_then_back(**kw):
+        out = snapshot(**kw)
+        reg.host_register(Host.make("h3", "198.18.0.3"), reg.kv.lease_grant(60))
+        return out
+    monkeypatch.setattr(reg, "snapshot", snapshot_then_back)
+    with pytest.raises(Conflict, match="came back after 0 of its endpoints"):
+        reg.host_forget("h3")
+    assert [r["ip"] for r in reg.reservations("n")] == ["10.9.0.60"]

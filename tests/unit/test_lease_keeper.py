@@ -69,3 +69,27 @@ def test_a_host_record_deleted_under_a_live_lease_is_written_again():
     finally:
         stopping.set()
     assert writes == [0x99, 0x99], "written again, under the same (live) lease"
+
+
+def test_a_long_ttl_keeps_backoffs_cap():
+    """TTL/3 bounds the waits between failed tries, and Backoff's 5 s still does for a long TTL
+    (60 s made it 20 s: a registry back after an outage was found that much later)."""
+    stopping, ceilings = threading.Event(), []
+
+    def keepalive(lease_id, timeout):
+        raise Unavailable("etcd: no leader")
+    ag = SimpleNamespace(me="h1", ttl=60, stopping=stopping, registered=threading.Event(),
+                         counters={"registry_errors": 0}, disconnected=lambda: None,
+                         reg=SimpleNamespace(kv=SimpleNamespace(lease_keepalive=keepalive)))
+    keeper = lease.LeaseKeeper(ag)
+    keeper.lease, keeper._once = 0x1234, True
+
+    def wait(self, ev):
+        ceilings.append(self.ceiling())
+        self.next()
+        if len(ceilings) >= 12:
+            ev.set()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Backoff, "wait", wait)
+        keeper.run()
+    assert max(ceilings) == 5.0, ceilings

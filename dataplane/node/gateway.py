@@ -70,7 +70,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
         gwrules.require_iptables()         # before anything is made
         if gw is not None:                 # half gone, or another address: made again
             del st.gateways[vni]
-            _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None), forwarding.confined(st))
+            _destroy(node, m, st, gw, st.router_ips.pop(vni, None))
         router, port = names(vni)
         gw = Gateway(vni=vni, ip=str(model.parse_ipv4(gateway, "gateway")), subnet=str(subnet),
                      mac=model.mac_for_ip(ipaddress.IPv4Address(gateway)), router=router, port=port)
@@ -82,7 +82,7 @@ def ensure(node: Node, vni: int, gateway: str) -> Gateway:
             del st.gateways[vni]
             if not st.gateways:
                 forwarding.restore(node, st)          # before the rules that confine it go
-            _destroy(node, m, gw, st.gateways.values(), confined=forwarding.confined(st))
+            _destroy(node, m, st, gw)
             state.save(st)
             raise
         return gw
@@ -183,11 +183,12 @@ def set_address(node: Node, vni: int, ip: str | None) -> bool:
         return True
 
 
-def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = None, confined=()) -> list[str]:
+def _destroy(node: Node, m: NodeMaps, st: NodeState, gw: Gateway, host_ip: str | None = None) -> list[str]:
     """Remove whatever part of it exists (its map entries too, unless the maps went with a
     teardown that stopped part-way: the interfaces and rules are removed all the same). The
-    rules are written for keep, the gateways that stay (gw among them if it is to be made
-    again); what that write mended, in words. host_ip: its host address's entries go too."""
+    rules are written for the gateways st keeps (gw among them if it is to be made again), with
+    the ways out its forwarding confines; what that write mended, in words. host_ip: its host
+    address's entries go too."""
     try:
         if gw.ifindex:
             endpoints.forget_port(m, gw.ifindex)
@@ -201,11 +202,11 @@ def _destroy(node: Node, m: NodeMaps, gw: Gateway, keep, host_ip: str | None = N
             netlink.link_delete(node.netns, gw.port)      # its peer goes with it
         except BaseException:
             try:                                          # whatever the link did: no rule left for its subnet
-                gwrules.sync(node.netns, keep, confined)
+                gwrules.sync(node.netns, st.gateways.values(), forwarding.confined(st))
             except DataplaneError:
                 pass                                      # the link's error is the one reported
             raise
-        return gwrules.sync(node.netns, keep, confined)
+        return gwrules.sync(node.netns, st.gateways.values(), forwarding.confined(st))
     return []
 
 
@@ -220,10 +221,10 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             del st.gateways[vni]
             if not st.gateways:
                 forwarding.restore(node, st)      # before the rules that confine it go
-            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None), forwarding.confined(st))
+            done += _destroy(node, m, st, gw, st.router_ips.pop(vni, None))
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
-            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni), forwarding.confined(st))
+            done += _destroy(node, m, st, gw, st.router_ips.get(vni))
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its interfaces were missing; made again")
         elif netlink.link_index(node.netns, gw.port) != gw.ifindex:
@@ -231,7 +232,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             # crash, and what came after the veth (the router's address, the port's entries
             # and programs, the rules) may be missing. Taken for whole, it was served at
             # ifindex 0 for good: the port's real entry swept as a stray, no programs on it.
-            done += _destroy(node, m, gw, st.gateways.values(), st.router_ips.get(vni), forwarding.confined(st))
+            done += _destroy(node, m, st, gw, st.router_ips.get(vni))
             done += _create(node, m, st, gw, ipaddress.IPv4Network(gw.subnet).prefixlen, net.mtu)
             done.append(f"gateway of VNI {vni}: its creation was cut short; made again")
         else:
@@ -260,4 +261,4 @@ def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
     if not st.gateways:
         forwarding.restore(node, st)          # first: before the rules that confine it go
     if gw is not None:
-        _destroy(node, m, gw, st.gateways.values(), st.router_ips.pop(vni, None), forwarding.confined(st))
+        _destroy(node, m, st, gw, st.router_ips.pop(vni, None))

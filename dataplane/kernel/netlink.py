@@ -98,14 +98,18 @@ def link_indexes(netns: str | None) -> dict[str, int]:
     return {name: i for i, name in call_in_netns(netns, socket.if_nameindex)}
 
 
+def _route_ifnames(s, r) -> list[str]:
+    """A route's interfaces: its own, else each nexthop's of a multipath one (none: a blackhole)."""
+    oifs = [r.get_attr("RTA_OIF")] + [h.get("oif") for h in (r.get_attr("RTA_MULTIPATH") or [])]
+    return [s.get_links(oif)[0].get_attr("IFLA_IFNAME") for oif in oifs if oif]
+
+
 def default_route_ifnames(netns: str | None) -> list[str]:
     """The interfaces of every IPv4 default route (each nexthop of a multipath one too)."""
     out = []
     with ipr(netns) as s:
         for r in s.get_default_routes(family=2):
-            oifs = [r.get_attr("RTA_OIF")] + [h.get("oif") for h in (r.get_attr("RTA_MULTIPATH") or [])]
-            for oif in (o for o in oifs if o):
-                name = s.get_links(oif)[0].get_attr("IFLA_IFNAME")
+            for name in _route_ifnames(s, r):
                 if name not in out:
                     out.append(name)
     return out
@@ -123,8 +127,7 @@ def routes_overlapping(netns: str | None, subnet: str) -> list[tuple[str, str | 
             prefix = ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", strict=False)
             if not prefix.overlaps(want):
                 continue
-            oif = r.get_attr("RTA_OIF") or next((h.get("oif") for h in r.get_attr("RTA_MULTIPATH") or []), None)
-            name = s.get_links(oif)[0].get_attr("IFLA_IFNAME") if oif else None
+            name = next(iter(_route_ifnames(s, r)), None)
             if (str(prefix), name) not in out:
                 out.append((str(prefix), name))
     return out

@@ -5,6 +5,7 @@
 #    its time waiting on etcd (elections, leases, stopped members), not on the CPU.
 #  - everything else: unit tests, BPF packet tables, the live multi-host labs (fixed dpl-* names:
 #    one of those at a time on a machine).
+# Each prints its slowest tests (--durations), so a CI log says where the time goes.
 # Its exit code is the first non-zero of the two. With arguments (`./run test -x`,
 # `./run test tests/unit -k cni`) it is one plain pytest run of them instead: a path given to
 # both runs would have started two labs of the same names at once.
@@ -42,9 +43,9 @@ trap 'stop_runs; rm -f "$log"' EXIT
 # (DATAPLANE_TESTS_BESIDE: its check that no test leaves files under the host's /run/dataplane and
 # /var/lib/dataplane is left to the other run, whose labs make and remove them meanwhile and whose
 # own check spans this shorter run)
-DATAPLANE_TESTS_BESIDE=1 "$py" -m pytest tests/registry -q -p no:cacheprovider > "$log" 2>&1 &
+DATAPLANE_TESTS_BESIDE=1 "$py" -m pytest tests/registry -q -p no:cacheprovider --durations=10 > "$log" 2>&1 &
 registry_pid=$!
-"$py" -m pytest tests -q -p no:cacheprovider --ignore=tests/registry &
+"$py" -m pytest tests -q -p no:cacheprovider --durations=25 --ignore=tests/registry &
 main_pid=$!
 wait "$main_pid"
 main_rc=$?

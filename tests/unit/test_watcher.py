@@ -138,6 +138,33 @@ def test_a_starts_first_snapshot_is_no_resync(monkeypatch):
     assert ag.counters["resyncs"] == 1
 
 
+def test_a_snapshot_without_this_hosts_record_has_it_written_again(monkeypatch):
+    """A snapshot read after this host registered (a resync after a restore, or a delete the
+    watch missed) that lacks its record: the lease keeper writes it again (its keepalives alone
+    never would). Not for a snapshot read before the registration (early_snapshot), which
+    cannot have it, nor while not registered (the keeper is at it)."""
+    from dataplane.registry import Host, Snapshot
+    from dataplane.agent.view import RegistryView
+    monkeypatch.setattr(sync, "finish", lambda ag, rev, warm: None)
+
+    def asked(snap, registered=True, registered_rev=30):
+        ag = SimpleNamespace(lock=threading.RLock(), view=RegistryView(), history_reset=False, view_cluster=None,
+                             reg=SimpleNamespace(kv=SimpleNamespace()), _cache_rev=0, _cache_gen=0,
+                             synced=threading.Event(), node=SimpleNamespace(name="t"), me="h1",
+                             registered=threading.Event(), registered_rev=registered_rev,
+                             leases=SimpleNamespace(reregister=threading.Event()),
+                             counters={"resyncs": 0, "bad_records": 0}, _sync_at=None, bad=[], _routed=set())
+        if registered:
+            ag.registered.set()
+        sync.apply_snapshot(ag, snap)
+        return ag.leases.reregister.is_set()
+    mine = {"h1": Host.make("h1", "198.18.0.1")}
+    assert asked(Snapshot(rev=40)), "its record gone from a store read after it registered"
+    assert not asked(Snapshot(rev=40, hosts=mine))
+    assert not asked(Snapshot(rev=20)), "read before it registered"
+    assert not asked(Snapshot(rev=40), registered=False)
+
+
 def test_a_resync_asked_for_while_a_watch_opens_is_made(monkeypatch):
     """The main loop's resync (a batch that failed part-way) sets want_snapshot and closes the
     watch; asked while the watcher was opening one, there was none to close, and the new watch

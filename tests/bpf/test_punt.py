@@ -140,3 +140,33 @@ def test_a_sprayers_punts_are_charged_to_its_storm_meter_and_others_still_punt(h
         assert parse(hx, rec)[0].ifindex == EP2_IFINDEX, "the other endpoint's miss is punted"
     finally:
         hx.configure(punt=True)
+
+
+def test_a_frame_too_long_for_the_ring_is_charged_once_by_its_flood(hx, ring):
+    """A miss longer than a punt record holds (DP_PUNT_FRAME_MAX) falls back to flooding, and
+    the flood charges it to the endpoint's storm meter; charged at the punt as well, it cost two
+    tokens, and a sender of jumbo frames was held to half its rate (a review found it)."""
+    frame_max = hx.abi.constants["DP_PUNT_FRAME_MAX"]
+    interval = 1_000_000_000                     # 1 a second, 6 at once: no token earned meanwhile
+    for k in hx.maps.dp_storm.keys():
+        hx.maps.dp_storm.delete(k)
+    storm = int(hx.drop.DP_DROP_STORM)
+    ep = hx.maps.dp_endpoints.get(ctypes.c_uint32(EP_IFINDEX))
+    hx.maps.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), type(ep)(vni=ep.vni, ip=ep.ip, slot=ep.slot, mtu=9000,
+                                                                   flags=ep.flags, mac=ep.mac))
+    hx.configure(punt=True, storm_ns=(interval, 5 * interval))
+    try:
+        before = hx.stats(VNI)
+        for i in range(20):
+            frame = bytes(P.inner_ipv4(EP_MAC, f"02:42:0a:01:02:{i:02x}", EP_IP, UNKNOWN_IP, b"j" * frame_max))
+            assert len(frame) > frame_max
+            hx.run_tc("from_endpoint", frame, EP_IFINDEX)
+        after = hx.stats(VNI)
+        assert not ring.read(0, limit=100), "too long to punt"
+        assert after["punt_fallback"] - before["punt_fallback"] == 20
+        refused = after["drops"][storm] - before["drops"][storm]
+        # (the harness's VNI has no flood list: what the meter let through is a no_destination drop)
+        assert 13 <= refused <= 14, f"{20 - refused} let through: the burst, and at most one earned meanwhile"
+    finally:
+        hx.maps.dp_endpoints.put(ctypes.c_uint32(EP_IFINDEX), ep)
+        hx.configure(punt=True)

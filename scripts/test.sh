@@ -43,15 +43,19 @@ trap 'stop_runs; rm -f "$log"' EXIT
 # (DATAPLANE_TESTS_BESIDE: its check that no test leaves files under the host's /run/dataplane and
 # /var/lib/dataplane is left to the other run, whose labs make and remove them meanwhile and whose
 # own check spans this shorter run)
-DATAPLANE_TESTS_BESIDE=1 "$py" -m pytest tests/registry -q -p no:cacheprovider --durations=10 > "$log" 2>&1 &
+# Neither reads the terminal (stdin /dev/null: a background job that did would be stopped by
+# SIGTTIN), and both may write to it under `stty tostop` (SIGTTOU ignored, which exec keeps: such a
+# job was stopped, and `wait` without -f returned for the stop as if it had ended).
+(trap '' TTOU; DATAPLANE_TESTS_BESIDE=1 exec "$py" -m pytest tests/registry -q -p no:cacheprovider --durations=10) \
+  < /dev/null > "$log" 2>&1 &
 registry_pid=$!
-"$py" -m pytest tests -q -p no:cacheprovider --durations=25 --ignore=tests/registry &
+(trap '' TTOU; exec "$py" -m pytest tests -q -p no:cacheprovider --durations=25 --ignore=tests/registry) < /dev/null &
 main_pid=$!
-wait "$main_pid"
+wait -f "$main_pid"
 main_rc=$?
 main_pid=
 echo "--- tests/registry (ran beside the above) ---"
-wait "$registry_pid"
+wait -f "$registry_pid"
 registry_rc=$?
 registry_pid=
 cat "$log"

@@ -5,7 +5,8 @@ interface, which that target does not wait for), and a node's network namespace 
 is made again after a reboot by whatever made it (/run/netns is a tmpfs): the unit's
 ExecStartPre failed at once and was restarted every second until it was there, and for good
 if it never came (ExecStartPre has no start counter: restarts.py is the agent's). Waited for
-under systemd only (INVOCATION_ID): typed by hand, a namespace that is not there is said at once."""
+under systemd only (INVOCATION_ID): typed by hand, a namespace that is not there is said at once.
+Any other failure waits there before it is reported (before_failing)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,16 @@ def underlay(node, ifname: str, local_ip: str, wait_s: float) -> None:
             notice(f"waiting up to {wait_s:g} s: {lacks} ({why})")
             said = lacks
         time.sleep(0.25)
+
+
+RESTORE_RETRY_S = 10.0
+
+
+def before_failing() -> None:
+    """Under systemd (INVOCATION_ID), a failed `up --restore` waits before it exits: the unit
+    restarts it a second after and never gives up (units.py), and ExecStartPre has no start
+    counter, so a lasting failure (a damaged node.json, an underlay that never came) was tried
+    again every second, for good, a journal line each time. Typed by hand, it fails at once."""
+    if os.environ.get("INVOCATION_ID"):
+        notice(f"up --restore failed; waiting {RESTORE_RETRY_S:g} s before the unit tries again")
+        time.sleep(RESTORE_RETRY_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from dataplane.agent import client, control
+from dataplane.agent import boot_wait, client, control
 from dataplane.agent.main import LEASE_TTL_DEFAULT
 from dataplane.cli.output import add_output, add_vni_filter, by_vni, emit, say
 from dataplane.core import model
@@ -41,7 +41,11 @@ def cmd_up(args):
         if given:
             raise UsageError(f"--restore takes the node's saved configuration (but --underlay and --local-ip, "
                              f"where the underlay moved): drop {', '.join(given)}")
-        st = control.restore(node, agent=not args.no_agent, underlay=args.underlay, local_ip=args.local_ip)
+        try:
+            st = control.restore(node, agent=not args.no_agent, underlay=args.underlay, local_ip=args.local_ip)
+        except Exception:
+            boot_wait.before_failing()
+            raise
     else:
         url = control.registry_mode(node, args.registry, args.no_registry)
         st = control.up(node, url, args.vni, subnet=args.subnet, port=args.port, host_name=args.host_name,

@@ -331,3 +331,22 @@ def test_docker_plugin_socket_and_password_files(roots, capsys, monkeypatch, tmp
     from dataplane.core.errors import DataplaneError
     with pytest.raises(DataplaneError, match="password file of h1"):
         etcd_auth.password_file(str(blocker), "h1")
+
+
+def test_a_restore_that_fails_under_systemd_waits_before_the_unit_tries_again(roots, capsys, monkeypatch):
+    """ExecStartPre (`up --restore`) has no start counter and the unit restarts a second after
+    a failure, for good: a damaged node.json was tried every second, a journal line each time.
+    Under systemd it now waits before it fails; typed by hand it fails at once."""
+    from dataplane.agent import boot_wait
+    waits = []
+    monkeypatch.setattr(boot_wait.time, "sleep", waits.append)
+    boot = roots / "lib" / "host" / "node.json"
+    boot.parent.mkdir(parents=True)
+    boot.write_text("[]")
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert main(["up", "--restore", "--no-agent"]) == 1
+    assert "node.json is damaged" in one_line(capsys) and waits == []
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    assert main(["up", "--restore", "--no-agent"]) == 1
+    assert len(waits) == 1 and waits[0] >= 5, f"waited {waits} before the unit's restart a second later"
+    assert "node.json is damaged" in capsys.readouterr().err

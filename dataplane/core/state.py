@@ -137,10 +137,10 @@ class NodeState:
     # agent attaching those at tcx would hand such frames to the host stack (kernel/tcx.py).
     hook: str = "tc"
     rx_gro: str = ""                        # node/rxgro.py: "on", or "off: why"
-    # Every endpoint's sandbox end cuts tunnelled GSO itself (endpoints._create does at creation;
-    # sweep.py once for endpoints an older version made). Here, not per endpoint: an older
-    # agent still running reads this file, and ignores only keys of the node's own.
-    tunnel_gso_swept: bool = False
+    # Which of endpoints._create's sandbox-end settings all endpoints have (ENDS_MADE there; was the bool
+    # tunnel_gso_swept, 1), applied once by sweep.py to those an older version made. Here, not per
+    # endpoint: an older agent still running reads this file, and ignores only keys of the node's own.
+    ends_swept: int = 0
 
     def local_endpoints(self, vni: int) -> list[LocalEndpoint]:
         """The VNI's endpoints that exist in full (not those being created)."""
@@ -165,7 +165,7 @@ class NodeState:
             restore_forwarding=d.get("restore_forwarding"), ways_forwarding=dict(d.get("ways_forwarding") or {}),
             gateways={v: Gateway(**g) for v, g in ints(d.get("gateways")).items()},
             router_ips=ints(d.get("router_ips")), router_alias=d.get("router_alias", False), hook=d.get("hook", "tc"),
-            rx_gro=d.get("rx_gro", ""), tunnel_gso_swept=d.get("tunnel_gso_swept", False))
+            rx_gro=d.get("rx_gro", ""), ends_swept=d.get("ends_swept", int(bool(d.get("tunnel_gso_swept")))))
 
 
 _EP_FIELDS = frozenset(LocalEndpoint.__dataclass_fields__)

@@ -61,6 +61,17 @@ def set_gso_ipv4_max(netns: str | None, ifname: str, size: int) -> None:
         raise KernelError(f"set IPv4 GSO/GRO size {size} on {ifname}: {e.strerror} (errno {e.errno})") from None
 
 
+def max_segs(netns: str | None, ifname: str) -> int:
+    """The link's gso_max_segs."""
+    def here():
+        with rtnl.Rtnl() as r:
+            return struct.unpack("=I", r.link_get(ifname)[IFLA_GSO_MAX_SEGS])[0]
+    try:
+        return netlink.call_in_netns(netns, here)
+    except OSError as e:
+        raise KernelError(f"read gso_max_segs of {ifname}: {e.strerror} (errno {e.errno})") from None
+
+
 def set_max_segs(netns: str | None, ifname: str, segs: int) -> None:
     """The most segments the link lets a GSO packet have (its gso_max_segs; 65,535 on a veth)."""
     def here():

@@ -22,6 +22,7 @@ from dataplane.node.base import Node, require_root
 
 _S = abi.load().structs
 GSO_SEGS_MAX = abi.load().constants["DP_GSO_SEGS_MAX"]
+ENDS_MADE = 2        # what _create sets at a sandbox end: tunnelled GSO cut (1), gso_max_segs (2)
 
 
 def host_ifname(endpoint: str) -> str:
@@ -51,12 +52,14 @@ def sandbox_end(node: Node, ep: LocalEndpoint) -> tuple[str | None, str]:
     return sandbox_netns(ep), "eth0"
 
 
-def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
-    """Once per node (st.tunnel_gso_swept): tunnel segmentation off at the sandbox end of
-    endpoints made before _create turned it off (an older version's). A Docker peer the
-    engine moved is found through its host end (moved_peer). An end out of reach keeps it
-    until the endpoint is made again: a namespace gone, one no process lives in, or an
-    interface there that is not ours (its MAC another). What was done, for sweep."""
+def mend_sandbox_ends(node: Node, st: NodeState) -> list[str]:
+    """Once per node and version (st.ends_swept < ENDS_MADE): the sandbox ends of endpoints an
+    older version made get what _create sets now: tunnel segmentation off, and no more GSO
+    segments than the fast path takes (a veth's 65,535 let BIG TCP under a tiny MSS make packets
+    dropped as gso_segs). A Docker peer the engine moved is found through its host end
+    (moved_peer). An end out of reach keeps its settings until the endpoint is made again: a
+    namespace gone, one no process lives in, or an interface there that is not ours (its MAC
+    another). What was done, for sweep."""
     told, out, spaces = 0, [], None
     for ep in st.endpoints.values():
         if ep.phase != "ready":
@@ -66,31 +69,37 @@ def cut_tunnel_gso(node: Node, st: NodeState) -> list[str]:
             if "peer" in (ep.sandbox or {}) and netlink.link_index(netns, ifname) is None:
                 spaces = vethpeer.process_namespaces(node.netns) if spaces is None else spaces
                 netns, index, ino = moved_peer(node, ep, spaces)
-            told += netlink.call_in_netns(netns, _cut_here, ifname, index, ep.mac, ino)
+            told += netlink.call_in_netns(netns, _mend_here, ifname, index, ep.mac, ino, st.ends_swept < 1)
         except (NotFound, KernelError, OSError) as e:
-            out.append(f"endpoint {ep.name}: its sandbox end still segments tunnelled GSO ({e}); "
+            out.append(f"endpoint {ep.name}: its sandbox end keeps an older version's settings ({e}); "
                        "made again, it will not")
-    st.tunnel_gso_swept = True
-    return ([f"{told} endpoint(s) an older version made: their sandbox ends cut tunnelled GSO now"]
-            if told else []) + out
+    st.ends_swept = ENDS_MADE
+    return ([f"{told} endpoint(s) an older version made: their sandbox ends cut tunnelled GSO and "
+             f"make GSO packets of at most {GSO_SEGS_MAX} segments now"] if told else []) + out
 
 
-def _cut_here(ifname: str, index: int | None, mac: str, ino: int | None) -> bool:
+def _mend_here(ifname: str, index: int | None, mac: str, ino: int | None, cut: bool) -> bool:
     """In the calling thread's namespace (one thread throughout, so a /proc/PID path cannot
     lead elsewhere halfway): tunnel segmentation off at ifname (or the interface numbered
-    index) if it is on and the interface has the endpoint's MAC. ino: the namespace's
-    inode when a process's path led here, checked first."""
+    index) if cut (not yet done once), and its gso_max_segs down to GSO_SEGS_MAX, where
+    either is not so and the interface has the endpoint's MAC (True then). ino: the
+    namespace's inode when a process's path led here, checked first."""
     if ino is not None and os.stat("/proc/thread-self/ns/net").st_ino != ino:
         raise NotFound("the process that led to its namespace is gone")
     try:
         name = socket.if_indextoname(index) if index else ifname
     except OSError:
         raise NotFound(f"no interface {index} in its namespace") from None
-    if not any(ethtool.features(None, name, ethtool.TUNNEL_GSO).values()):
+    segments = cut and any(ethtool.features(None, name, ethtool.TUNNEL_GSO).values())
+    too_many = gso.max_segs(None, name) > GSO_SEGS_MAX
+    if not (segments or too_many):
         return False
     if netlink.link_info(None, name)["mac"] != mac:
         raise NotFound(f"{name} there is not its interface")
-    ethtool.set_off(None, name, ethtool.TUNNEL_GSO)
+    if segments:
+        ethtool.set_off(None, name, ethtool.TUNNEL_GSO)
+    if too_many:
+        gso.set_max_segs(None, name, GSO_SEGS_MAX)
     return True
 
 

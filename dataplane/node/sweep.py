@@ -4,7 +4,7 @@ entries of those that did are written again, host-side veths and map entries
 that no endpoint of the state holds are removed, every served VNI's
 entries are rewritten from the state (and peers it does not list leave dp_vteps), the node's vxlan device is mended if
 something undid it (fpconfig.repair_rx_gro), and sandbox ends an older version
-left segmenting tunnelled GSO are told to cut it (endpoints.cut_tunnel_gso). The
+made are given what _create gives them now (endpoints.mend_sandbox_ends). The
 agent runs it at start, `up` on every run; the registry side of the repair
 is the agent's (agent/local.py)."""
 
@@ -38,8 +38,8 @@ def sweep(node: Node) -> list[str]:
             if not endpoints.present(m, ep):
                 done.append(f"endpoint {ep.name}: map entries missing; written again")
             endpoints.write_entries(m, st, ep)
-        if not st.tunnel_gso_swept:
-            done += endpoints.cut_tunnel_gso(node, st)
+        if st.ends_swept < endpoints.ENDS_MADE:
+            done += endpoints.mend_sandbox_ends(node, st)
         done += gateway.repair(node, m, st)
         done += fpconfig.repair_rx_gro(node, st, m)
         done += endpoints.forget_strays(m, st)

@@ -93,7 +93,7 @@ def up(node: Node, vnis, underlay=None, local_ip=None, port=None, subnet=None, p
         else:
             cfg = NodeConfig(underlay=underlay, local_ip=local_ip)
             st = NodeState(node=node.name, netns=node.netns, pin_dir=node.pin_dir, config=cfg, uplink=uplink,
-                           map_sizes=dict(map_sizes or {}), tunnel_gso_swept=True)
+                           map_sizes=dict(map_sizes or {}), ends_swept=endpoints.ENDS_MADE)
         cfg.local_ip = local_ip
         if old and port and port != cfg.port:    # the guard of the old port goes with it
             vxlanguard.remove(node.netns, cfg.underlay, cfg.port)

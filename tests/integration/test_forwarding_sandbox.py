@@ -21,7 +21,7 @@ from scapy.layers.l2 import Ether
 
 from dataplane.core import state
 from dataplane.kernel import ethtool, netlink
-from dataplane.node import Node, rxgro
+from dataplane.node import Node, endpoints, rxgro
 from lab import capture
 from lab import topology as lab
 from lab.traffic import ping, rx_counts as rx, tcp_transfer, tx_counts, wait_listening
@@ -32,8 +32,8 @@ MTU = 1500
 NESTED = {"h1": "192.168.77.1", "h2": "192.168.77.2"}
 
 
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
+def sh(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_up_tells_sandboxes_an_older_version_made(gw):
         with state.locked("dpl-h1"):
             with open(path) as f:
                 old = json.load(f)
-            old.pop("tunnel_gso_swept", None)          # as an older version wrote it
+            old.pop("ends_swept", None)                # as an older version wrote it
             state.write_json(path, old)
         r = dp("--netns", "dpl-h1", "up", "--vni", "256", "--vni", "257")
         assert ethtool.features(a["name"], "eth0", ethtool.TUNNEL_GSO) == off
@@ -107,6 +107,30 @@ def test_up_tells_sandboxes_an_older_version_made(gw):
         r = dp("--netns", "dpl-h1", "up", "--vni", "256", "--vni", "257")
         assert ethtool.features(a["name"], "eth0", ethtool.TUNNEL_GSO) != off, "told twice"
         assert "older version" not in r.stderr, r.stderr
+
+
+def test_up_gives_sandboxes_of_the_last_version_a_segment_limit(gw):
+    """Endpoints made before sandbox ends got gso_max_segs DP_GSO_SEGS_MAX (stop 57) keep a veth's
+    65,535, and under BIG TCP with a tiny MSS their TCP makes packets the fast path drops as
+    gso_segs. That version's state says tunnel_gso_swept: the next `up` still gives them the
+    limit (and leaves the tunnelled GSO setting, which that version made, alone)."""
+    a, path = gw["a"], state._path("dpl-h1")
+    sh("ip", "-n", a["name"], "link", "set", "eth0", "gso_max_segs", "65535")
+    try:
+        with state.locked("dpl-h1"):
+            with open(path) as f:
+                old = json.load(f)
+            old.pop("ends_swept", None)
+            state.write_json(path, {**old, "tunnel_gso_swept": True})      # as stop 57 wrote it
+        with sandbox_segments(a["name"], False):
+            r = dp("--netns", "dpl-h1", "up", "--vni", "256", "--vni", "257")
+            assert ethtool.features(a["name"], "eth0", ethtool.TUNNEL_GSO) != dict.fromkeys(ethtool.TUNNEL_GSO, False)
+        segs = json.loads(sh("ip", "-n", a["name"], "-d", "-j", "link", "show", "eth0").stdout)[0]["gso_max_segs"]
+    finally:
+        sh("ip", "-n", a["name"], "link", "set", "eth0", "gso_max_segs", str(endpoints.GSO_SEGS_MAX))
+    assert segs == endpoints.GSO_SEGS_MAX == 2048, r.stderr
+    assert "1 endpoint(s) an older version made" in r.stderr, r.stderr
+    assert Node("dpl-h1").state().ends_swept == endpoints.ENDS_MADE
 
 
 def test_pings_through_the_gateway_are_answered(gw):

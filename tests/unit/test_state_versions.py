@@ -23,7 +23,7 @@ def node() -> NodeState:
 
 def test_endpoint_entries_keep_the_keys_older_agents_read():
     """A fact about every endpoint that a version adds belongs in NodeState (as
-    tunnel_gso_swept does), or older agents still running fail to read the state."""
+    ends_swept does), or older agents still running fail to read the state."""
     assert set(asdict(node().endpoints["a"])) == KNOWN_TO_OLDER_AGENTS
 
 
@@ -34,7 +34,17 @@ def test_keys_of_a_newer_version_are_ignored():
     d["endpoints"]["a"]["from_the_future"] = 1
     st = NodeState.from_json(d)
     assert asdict(st.endpoints["a"]) == asdict(node().endpoints["a"])
-    assert st.tunnel_gso_swept is False, "a state without the key is an older version's"
+    assert st.ends_swept == 0, "a state without the key is an older version's"
+
+
+def test_sandbox_ends_an_older_version_swept_are_read_as_its_version():
+    """tunnel_gso_swept (stops 55-57) meant the first of endpoints._create's settings: the
+    sweep still gives those endpoints the second (gso_max_segs)."""
+    from dataplane.node import endpoints
+    d = asdict(node())
+    del d["ends_swept"]
+    assert NodeState.from_json({**d, "tunnel_gso_swept": True}).ends_swept == 1 < endpoints.ENDS_MADE
+    assert NodeState.from_json({**d, "tunnel_gso_swept": False}).ends_swept == 0
 
 
 def test_an_entry_read_back_is_the_endpoint_written_whatever_its_version():

@@ -15,7 +15,7 @@ from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFoun
 from dataplane.core.keys import be32
 from dataplane.core.notice import notice
 from dataplane.core.state import LocalEndpoint, NodeState
-from dataplane.kernel import ethtool, gso, linkbatch, loader, netlink, tcx, vethpeer
+from dataplane.kernel import conntrack, ethtool, gso, linkbatch, loader, netlink, tcx, vethpeer
 from dataplane.kernel.maps import NodeMaps
 from dataplane.node import fdb, networks
 from dataplane.node.base import Node, require_root
@@ -302,7 +302,20 @@ def remove(node: Node, name: str) -> LocalEndpoint:
             raise NotFound(f"endpoint {name!r} not found")
         destroy(node, m, ep)
         networks.sync(m, st, ep.vni)
+        if ep.vni in st.gateways:           # its connections out (and published ports') end with it
+            forget_connections(node, ep.ip)
         return ep
+
+
+def forget_connections(node: Node, net: str) -> None:
+    """The node's conntrack entries of an address (or subnet) whose sandbox is gone
+    (kernel/conntrack.py says why). A failure leaves them to time out: said, not raised."""
+    if node.netns and not netlink.ns_exists(node.netns):
+        return                               # (deleted: its conntrack went with it)
+    try:
+        conntrack.forget(node.netns, net)
+    except DataplaneError as e:
+        notice(f"warning: {e}: they time out instead")
 
 
 def in_maps(node: Node, ep: LocalEndpoint) -> bool:

@@ -222,6 +222,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             if not st.gateways:
                 forwarding.restore(node, st)      # before the rules that confine it go
             done += _destroy(node, m, st, gw, st.router_ips.pop(vni, None))
+            endpoints.forget_connections(node, gw.subnet)
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
             done += _destroy(node, m, st, gw, st.router_ips.get(vni))
@@ -262,3 +263,4 @@ def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
         forwarding.restore(node, st)          # first: before the rules that confine it go
     if gw is not None:
         _destroy(node, m, st, gw, st.router_ips.pop(vni, None))
+        endpoints.forget_connections(node, gw.subnet)   # what its sandboxes began or were DNATed

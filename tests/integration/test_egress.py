@@ -364,6 +364,48 @@ def test_two_networks_with_gateways_on_one_host_stay_apart(info):
         dp("network", "rm", "apart", "--registry", url, check=False)
 
 
+SEND_UDP = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0)); s.sendto(b"x", (sys.argv[2], 9))
+"""
+
+
+def _tracked(ns: str, subnet: str) -> list[str]:
+    """The originating sources in subnet of the namespace's conntrack entries."""
+    from pyroute2 import Conntrack
+    from dataplane.kernel.netns import call_in_netns
+
+    def here():
+        with Conntrack() as ct:
+            return [e.tuple_orig.saddr for e in ct.dump_entries()]
+    return [a for a in call_in_netns(ns, here) if ipaddress.ip_address(a) in ipaddress.ip_network(subnet)]
+
+
+def test_a_sandboxs_connections_out_are_forgotten_with_it(info):
+    """A connection a sandbox began through its gateway (masqueraded) stayed in the host's
+    conntrack after the sandbox went, an established one for days, and a new sandbox given
+    the address received the world's replies to it. The entries go with the endpoint, and
+    the subnet's with its gateway."""
+    url, subnet = lab.registry_url("sqlite"), "10.35.0.0/24"
+    dp("network", "create", "tracked", "--vni", "305", "--subnet", subnet, "--registry", url)
+    try:
+        ep = dp_json("--netns", H1, "endpoint", "add", "dpl-tracked", "--network", "tracked")
+        in_ns(ep["netns"], SEND_UDP, ep["ip"], lab.WORLD_IP).communicate(timeout=30)
+        assert _tracked(H1, subnet) == [ep["ip"]], "its datagram out made an entry"
+        dp("--netns", H1, "endpoint", "rm", "dpl-tracked")
+        assert _tracked(H1, subnet) == [], "the endpoint's entries went with it"
+        host_ip = Node(H1).require_up().router_ips[305]      # the host's own address in the subnet
+        in_ns(H1, SEND_UDP, host_ip, lab.WORLD_IP).communicate(timeout=30)
+        assert _tracked(H1, subnet) == [host_ip]
+        dp("network", "rm", "tracked", "--registry", url)
+        assert wait_for(lambda: 305 not in Node(H1).require_up().gateways, timeout=15)
+        assert _tracked(H1, subnet) == [], "the subnet's entries went with its gateway"
+    finally:
+        dp("--netns", H1, "endpoint", "rm", "dpl-tracked", check=False)
+        dp("network", "rm", "tracked", "--registry", url, check=False)
+
+
 def _reach_published_port(a, other) -> str:
     """A port of a's published on h1's address (DNAT, as CNI's portmap or Docker does) is reached
     from the other network's sandbox through that address, as it is from anywhere: the DROP

@@ -120,3 +120,23 @@ def require_privileges() -> None:
 @pytest.fixture(scope="session")
 def privileged():
     require_privileges()
+
+
+# Where a run's time goes, by file (setup and teardown included: a module's lab is made in its
+# first test's setup and taken down in its last one's teardown). --durations names the slowest
+# tests only; a suite slowed by a second in each of many tests shows here.
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if len(_FILE_SECONDS) < 2:
+        return
+    top = sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:15]
+    terminalreporter.write_sep("=", f"slowest files ({sum(_FILE_SECONDS.values()):.0f} s in all)")
+    for path, seconds in top:
+        terminalreporter.write_line(f"{seconds:7.1f}s {path}")

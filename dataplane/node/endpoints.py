@@ -303,19 +303,23 @@ def remove(node: Node, name: str) -> LocalEndpoint:
         destroy(node, m, ep)
         networks.sync(m, st, ep.vni)
         if ep.vni in st.gateways:           # its connections out (and published ports') end with it
-            forget_connections(node, ep.ip)
+            forget_connections(node, [ep.ip])
         return ep
 
 
-def forget_connections(node: Node, net: str) -> None:
-    """The node's conntrack entries of an address (or subnet) whose sandbox is gone
-    (kernel/conntrack.py says why). A failure leaves them to time out: said, not raised."""
+def forget_connections(node: Node, addrs) -> None:
+    """The node's conntrack entries of addresses whose sandboxes (or router) are gone
+    (kernel/conntrack.py says why). On a removal's way, which must not fail for it: what
+    could not be forgotten is said, and times out instead."""
     if node.netns and not netlink.ns_exists(node.netns):
         return                               # (deleted: its conntrack went with it)
     try:
-        conntrack.forget(node.netns, net)
-    except DataplaneError as e:
-        notice(f"warning: {e}: they time out instead")
+        _, failed = conntrack.forget(node.netns, addrs)
+        why = f"{failed} connection(s) of a removed sandbox could not be deleted" if failed else ""
+    except Exception as e:                   # noqa: BLE001 - any: the removal goes on
+        why = str(e)
+    if why:
+        notice(f"warning: {why}: they time out instead")
 
 
 def in_maps(node: Node, ep: LocalEndpoint) -> bool:

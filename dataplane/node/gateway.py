@@ -221,8 +221,9 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
             del st.gateways[vni]
             if not st.gateways:
                 forwarding.restore(node, st)      # before the rules that confine it go
-            done += _destroy(node, m, st, gw, st.router_ips.pop(vni, None))
-            endpoints.forget_connections(node, gw.subnet)
+            host_ip = st.router_ips.pop(vni, None)
+            done += _destroy(node, m, st, gw, host_ip)
+            endpoints.forget_connections(node, [gw.ip, host_ip] if host_ip else [gw.ip])
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
             done += _destroy(node, m, st, gw, st.router_ips.get(vni))
@@ -256,11 +257,13 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     return done + forwarding.apply(node, st)
 
 
-def remove(node: Node, m: NodeMaps, st: NodeState, vni: int) -> None:
-    """With its VNI (the caller holds the node's lock and saves st)."""
+def remove(node: Node, m: NodeMaps, st: NodeState, vni: int, sandboxes=()) -> None:
+    """With its VNI (the caller holds the node's lock and saves st). sandboxes: the addresses of
+    the VNI's endpoints removed with it, whose connections (through the gateway) go with it."""
     gw = st.gateways.pop(vni, None)
     if not st.gateways:
         forwarding.restore(node, st)          # first: before the rules that confine it go
     if gw is not None:
-        _destroy(node, m, st, gw, st.router_ips.pop(vni, None))
-        endpoints.forget_connections(node, gw.subnet)   # what its sandboxes began or were DNATed
+        host_ip = st.router_ips.pop(vni, None)
+        _destroy(node, m, st, gw, host_ip)
+        endpoints.forget_connections(node, {gw.ip, *([host_ip] if host_ip else []), *sandboxes})

@@ -208,9 +208,8 @@ def remove_networks(node: Node, m: NodeMaps, st: NodeState, vnis: list[int], qui
         doomed = [name for name, ep in st.endpoints.items() if ep.vni == vni]
         if errors := endpoints.destroy_all(node, m, [st.endpoints[n] for n in doomed], False, quiet):
             raise KernelError(f"VNI {vni}: " + "; ".join(errors))
-        for name in doomed:
-            del st.endpoints[name]
-        gateway.remove(node, m, st, vni)
+        ips = [st.endpoints.pop(name).ip for name in doomed]
+        gateway.remove(node, m, st, vni, ips)
         networks.drop(m, st, vni)
 
 
@@ -250,7 +249,7 @@ def _teardown(node: Node, st: NodeState, quiet: bool) -> None:
         errors += endpoints.destroy_all(node, m, list(st.endpoints.values()), links_gone, quiet)
         for vni in list(st.gateways):
             try:
-                gateway.remove(node, m, st, vni)
+                gateway.remove(node, m, st, vni, [e.ip for e in st.endpoints.values() if e.vni == vni])
             except DataplaneError as e:
                 errors.append(str(e))
     ifx = st.uplink.ifindex

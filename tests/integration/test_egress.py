@@ -367,41 +367,51 @@ def test_two_networks_with_gateways_on_one_host_stay_apart(info):
 SEND_UDP = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 0)); s.sendto(b"x", (sys.argv[2], 9))
+s.bind((sys.argv[1], 0)); s.sendto(b"x", (sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 9))
 """
 
 
-def _tracked(ns: str, subnet: str) -> list[str]:
-    """The originating sources in subnet of the namespace's conntrack entries."""
+def _tracked(ns: str, subnet: str) -> list[tuple[str, str]]:
+    """(original source, reply source) of the namespace's conntrack entries either of which is
+    in subnet."""
     from pyroute2 import Conntrack
     from dataplane.kernel.netns import call_in_netns
+    net = ipaddress.ip_network(subnet)
 
     def here():
         with Conntrack() as ct:
-            return [e.tuple_orig.saddr for e in ct.dump_entries()]
-    return [a for a in call_in_netns(ns, here) if ipaddress.ip_address(a) in ipaddress.ip_network(subnet)]
+            return [(e.tuple_orig.saddr, e.tuple_reply.saddr) for e in ct.dump_entries()]
+    return sorted(t for t in call_in_netns(ns, here) if any(ipaddress.ip_address(a) in net for a in t))
 
 
-def test_a_sandboxs_connections_out_are_forgotten_with_it(info):
-    """A connection a sandbox began through its gateway (masqueraded) stayed in the host's
-    conntrack after the sandbox went, an established one for days, and a new sandbox given
-    the address received the world's replies to it. The entries go with the endpoint, and
-    the subnet's with its gateway."""
+def test_a_sandboxs_connections_are_forgotten_with_it(info):
+    """A connection a sandbox began through its gateway (masqueraded), or one DNATed to it,
+    stayed in the host's conntrack after the sandbox went, an established one for days, and a
+    new sandbox given the address received the world's replies to it. The entries go with the
+    endpoint, and the router's with its gateway."""
     url, subnet = lab.registry_url("sqlite"), "10.35.0.0/24"
     dp("network", "create", "tracked", "--vni", "305", "--subnet", subnet, "--registry", url)
+    dnat, ep = ["-p", "udp", "-d", lab.WORLD_IP, "--dport", "4242", "-j", "DNAT", "--to-destination"], None
     try:
         ep = dp_json("--netns", H1, "endpoint", "add", "dpl-tracked", "--network", "tracked")
-        in_ns(ep["netns"], SEND_UDP, ep["ip"], lab.WORLD_IP).communicate(timeout=30)
-        assert _tracked(H1, subnet) == [ep["ip"]], "its datagram out made an entry"
-        dp("--netns", H1, "endpoint", "rm", "dpl-tracked")
-        assert _tracked(H1, subnet) == [], "the endpoint's entries went with it"
         host_ip = Node(H1).require_up().router_ips[305]      # the host's own address in the subnet
+        in_ns(ep["netns"], SEND_UDP, ep["ip"], lab.WORLD_IP).communicate(timeout=30)
+        # One the host sends to an address DNATed to the sandbox: its reply source is the sandbox's.
+        netlink.ns_exec(H1, ["iptables", "-t", "nat", "-A", "OUTPUT", *dnat, ep["ip"]], check=True)
+        in_ns(H1, SEND_UDP, "0.0.0.0", lab.WORLD_IP, "4242").communicate(timeout=30)
+        mine = lambda: [t for t in _tracked(H1, subnet) if ep["ip"] in t]    # noqa: E731
+        assert wait_for(lambda: len(mine()) == 2, timeout=10), _tracked(H1, subnet)
+        assert [t[0] for t in mine()].count(ep["ip"]) == 1, "one it began, one DNATed to it"
+        dp("--netns", H1, "endpoint", "rm", "dpl-tracked")
+        assert _tracked(H1, subnet) == [], "the endpoint's entries went with it, those DNATed to it too"
         in_ns(H1, SEND_UDP, host_ip, lab.WORLD_IP).communicate(timeout=30)
-        assert _tracked(H1, subnet) == [host_ip]
+        assert wait_for(lambda: [t[0] for t in _tracked(H1, subnet)] == [host_ip], timeout=10), _tracked(H1, subnet)
         dp("network", "rm", "tracked", "--registry", url)
         assert wait_for(lambda: 305 not in Node(H1).require_up().gateways, timeout=15)
-        assert _tracked(H1, subnet) == [], "the subnet's entries went with its gateway"
+        assert _tracked(H1, subnet) == [], "the router's entries went with its gateway"
     finally:
+        if ep:
+            netlink.ns_exec(H1, ["iptables", "-t", "nat", "-D", "OUTPUT", *dnat, ep["ip"]], check=False)
         dp("--netns", H1, "endpoint", "rm", "dpl-tracked", check=False)
         dp("network", "rm", "tracked", "--registry", url, check=False)
 

@@ -5,7 +5,7 @@ interface, which that target does not wait for), and a node's network namespace 
 is made again after a reboot by whatever made it (/run/netns is a tmpfs): the unit's
 ExecStartPre failed at once and was restarted every second until it was there, and for good
 if it never came (ExecStartPre has no start counter: restarts.py is the agent's). Waited for
-under systemd only (INVOCATION_ID): typed by hand, a namespace that is not there is said at once.
+under systemd only (under_systemd): typed by hand, a namespace that is not there is said at once.
 Any other failure waits there before it is reported (before_failing)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def underlay(node, ifname: str, local_ip: str, wait_s: float) -> None:
     deadline, said = time.monotonic() + wait_s, ""
     while True:
         if node.netns and not netlink.ns_exists(node.netns):
-            if not os.environ.get("INVOCATION_ID"):
+            if not under_systemd():
                 return                                # vtep.up says what is wrong at once
             lacks, why = f"there is no network namespace {node.netns}", "whatever makes it has not yet, at boot"
         else:
@@ -48,11 +48,18 @@ def underlay(node, ifname: str, local_ip: str, wait_s: float) -> None:
 RESTORE_RETRY_S = 10.0
 
 
-def before_failing() -> None:
-    """Under systemd (INVOCATION_ID), a failed `up --restore` waits before it exits: the unit
+def under_systemd() -> bool:
+    """Started by systemd itself: SYSTEMD_EXEC_PID is this process (systemd 248+); a shell of a
+    user service (a terminal's) or `sudo -E` inherits INVOCATION_ID and a pid not its own."""
+    exec_pid = os.environ.get("SYSTEMD_EXEC_PID")
+    return exec_pid == str(os.getpid()) if exec_pid else bool(os.environ.get("INVOCATION_ID"))
+
+
+def before_failing(why: BaseException) -> None:
+    """Under systemd, a failed `up --restore` says why and waits before it exits: the unit
     restarts it a second after and never gives up (units.py), and ExecStartPre has no start
     counter, so a lasting failure (a damaged node.json, an underlay that never came) was tried
     again every second, for good, a journal line each time. Typed by hand, it fails at once."""
-    if os.environ.get("INVOCATION_ID"):
-        notice(f"up --restore failed; waiting {RESTORE_RETRY_S:g} s before the unit tries again")
+    if under_systemd():
+        notice(f"up --restore failed ({why}); waiting {RESTORE_RETRY_S:g} s before the unit tries again")
         time.sleep(RESTORE_RETRY_S)

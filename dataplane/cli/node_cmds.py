@@ -43,8 +43,8 @@ def cmd_up(args):
                              f"where the underlay moved): drop {', '.join(given)}")
         try:
             st = control.restore(node, agent=not args.no_agent, underlay=args.underlay, local_ip=args.local_ip)
-        except Exception:
-            boot_wait.before_failing()
+        except Exception as e:
+            boot_wait.before_failing(e)
             raise
     else:
         url = control.registry_mode(node, args.registry, args.no_registry)

@@ -15,6 +15,12 @@ from dataplane.kernel import netlink
 NODE = SimpleNamespace(netns="dpl-later", name="dpl-later")
 
 
+@pytest.fixture(autouse=True)
+def _not_a_service_of_its_own(monkeypatch):
+    """(A run under a CI service inherits that service's SYSTEMD_EXEC_PID: not this process's.)"""
+    monkeypatch.delenv("SYSTEMD_EXEC_PID", raising=False)
+
+
 def test_under_systemd_a_namespace_made_late_is_waited_for(monkeypatch, capsys):
     monkeypatch.setenv("INVOCATION_ID", "0123")
     looks = []
@@ -38,3 +44,15 @@ def test_typed_by_hand_a_missing_namespace_is_left_to_up_to_say_at_once(monkeypa
     monkeypatch.setattr(netlink, "ns_exists", lambda ns: False)
     monkeypatch.setattr(boot_wait.time, "sleep", lambda s: pytest.fail("waited"))
     boot_wait.underlay(NODE, "ul0", "198.18.0.1", 60.0)
+
+
+def test_started_by_systemd_is_told_from_a_shell_that_inherited_its_variables(monkeypatch):
+    """A terminal's shell under a user service, or `sudo -E`, inherits INVOCATION_ID and
+    SYSTEMD_EXEC_PID (the service's pid): typed by hand, not waited for."""
+    import os
+    monkeypatch.setenv("INVOCATION_ID", "0123")
+    assert boot_wait.under_systemd(), "systemd before 248 sets INVOCATION_ID alone"
+    monkeypatch.setenv("SYSTEMD_EXEC_PID", str(os.getpid()))
+    assert boot_wait.under_systemd()
+    monkeypatch.setenv("SYSTEMD_EXEC_PID", "1")
+    assert not boot_wait.under_systemd()

@@ -337,9 +337,11 @@ def test_a_restore_that_fails_under_systemd_waits_before_the_unit_tries_again(ro
     """ExecStartPre (`up --restore`) has no start counter and the unit restarts a second after
     a failure, for good: a damaged node.json was tried every second, a journal line each time.
     Under systemd it now waits before it fails; typed by hand it fails at once."""
+    from types import SimpleNamespace
     from dataplane.agent import boot_wait
     waits = []
-    monkeypatch.setattr(boot_wait.time, "sleep", waits.append)
+    monkeypatch.setattr(boot_wait, "time", SimpleNamespace(sleep=waits.append))
+    monkeypatch.delenv("SYSTEMD_EXEC_PID", raising=False)
     boot = roots / "lib" / "host" / "node.json"
     boot.parent.mkdir(parents=True)
     boot.write_text("[]")
@@ -349,4 +351,7 @@ def test_a_restore_that_fails_under_systemd_waits_before_the_unit_tries_again(ro
     monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
     assert main(["up", "--restore", "--no-agent"]) == 1
     assert len(waits) == 1 and waits[0] >= 5, f"waited {waits} before the unit's restart a second later"
-    assert "node.json is damaged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.index("node.json is damaged") < err.index("waiting"), "the cause is said before the wait"
+    monkeypatch.setenv("SYSTEMD_EXEC_PID", "1")      # a shell of a user service: inherited, not ours
+    assert main(["up", "--restore", "--no-agent"]) == 1 and len(waits) == 1

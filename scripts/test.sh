@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The test suite, as `./run test` runs it (after scripts/bootstrap.sh), in two pytest runs at once:
-#  - tests/registry: the registry on SQLite and on an etcd of its own on loopback. It makes no
-#    namespace, link or pin and uses no fixed name, so it runs beside the labs; it spends most of
-#    its time waiting on etcd (elections, leases, stopped members), not on the CPU.
-#  - everything else: unit tests, BPF packet tables, the live multi-host labs (fixed dpl-* names:
-#    one of those at a time on a machine).
+#  - beside: tests/registry (the registry on SQLite and on an etcd of its own on loopback, mostly
+#    waiting on etcd: elections, leases, stopped members), tests/unit and tests/bpf (BPF packet
+#    tables through BPF_PROG_TEST_RUN, pins in a directory of the run's own). None makes a
+#    namespace or link or uses a fixed name, so they run beside the labs: about 3 + 1.5 minutes,
+#    against the labs' 10.
+#  - the rest: the live multi-host labs (fixed dpl-* names: one of those at a time on a machine),
+#    the CNI and runtime tests.
 # Each prints its slowest tests (--durations), so a CI log says where the time goes.
 # Its exit code is the first non-zero of the two. With arguments (`./run test -x`,
 # `./run test tests/unit -k cni`) it is one plain pytest run of them instead: a path given to
@@ -34,6 +36,9 @@ stop_runs() {   # SIGINT, a minute for their teardown, then SIGKILL
   wait 2>/dev/null
   main_pid= registry_pid=
 }
+wait_end() {    # until the job has ended, not only stopped (wait -f: bash 5.1 and later)
+  if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501 )); then wait -f "$1"; else wait "$1"; fi
+}
 # Set before the jobs start (a TERM meanwhile orphaned them); a second signal is ignored (it cut
 # the first one's teardown short).
 main_pid= registry_pid=
@@ -45,17 +50,18 @@ trap 'stop_runs; rm -f "$log"' EXIT
 # own check spans this shorter run)
 # Neither reads the terminal (stdin /dev/null: a background job that did would be stopped by
 # SIGTTIN), and both may write to it under `stty tostop` (SIGTTOU ignored, which exec keeps: such a
-# job was stopped, and `wait` without -f returned for the stop as if it had ended).
-(trap '' TTOU; DATAPLANE_TESTS_BESIDE=1 exec "$py" -m pytest tests/registry -q -p no:cacheprovider --durations=10) \
-  < /dev/null > "$log" 2>&1 &
+# job was stopped, and `wait` without -f returned for the stop as if it had ended: wait_end).
+(trap '' TTOU; DATAPLANE_TESTS_BESIDE=1 exec "$py" -m pytest tests/registry tests/unit tests/bpf -q -p no:cacheprovider \
+  --durations=10) < /dev/null > "$log" 2>&1 &
 registry_pid=$!
-(trap '' TTOU; exec "$py" -m pytest tests -q -p no:cacheprovider --durations=25 --ignore=tests/registry) < /dev/null &
+(trap '' TTOU; exec "$py" -m pytest tests -q -p no:cacheprovider --durations=25 --ignore=tests/registry \
+  --ignore=tests/unit --ignore=tests/bpf) < /dev/null &
 main_pid=$!
-wait -f "$main_pid"
+wait_end "$main_pid"
 main_rc=$?
 main_pid=
-echo "--- tests/registry (ran beside the above) ---"
-wait -f "$registry_pid"
+echo "--- tests/registry, tests/unit, tests/bpf (ran beside the above) ---"
+wait_end "$registry_pid"
 registry_rc=$?
 registry_pid=
 cat "$log"

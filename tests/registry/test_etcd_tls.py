@@ -90,7 +90,9 @@ def test_an_idle_logged_in_watch_stays_up_and_resumes(secure, regs, transport):
     try:
         assert d.watch.transport == transport
         time.sleep(7.0)                                # over the deadline: the probes keep it heard from
-        assert d.thread.is_alive() and d.error is None and d.watch.lag_s() < 2.0
+        # Heard from within two progress periods (2 s each): unheard, it would read 7 s. (< 2.0 read
+        # 2.003 once, a loaded CPU's reply a few ms after the period.)
+        assert d.thread.is_alive() and d.error is None and d.watch.lag_s() < 4.0
         h2.network_create("tls2", 302)
         assert [e.key for e in d.wait_for(2)][:2] == [key("networks", "tls2"), key("vnis", 302)]
         resume = d.watch.resume_rev()

@@ -77,7 +77,7 @@ def test_stopped_member_ends_the_watch_within_the_deadline(lone_etcd, transport)
         assert d.watch.transport == transport
         time.sleep(1.2)   # idle: only the answers to progress requests are heard
         assert d.thread.is_alive() and d.error is None
-        assert d.watch.lag_s() < 0.7, "progress requests are not answered"
+        assert d.watch.lag_s() < 1.0, "progress requests are not answered"     # (unanswered: 1.2)
         assert d.watch.head_rev == rev and d.watch.last_rev == rev
         _, other = writer.commit(Txn().put("/elsewhere/x", b"1"))      # the store moves on, not the watched keys
         deadline = time.monotonic() + 2

@@ -209,6 +209,9 @@ class RuntimeOps:
         for what, want, have in (("address", ip, ep.ip), ("MAC", mac, ep.mac)):
             if want is not None and str(want).lower() != have:
                 raise Conflict(f"endpoint {id} has {what} {have}, not {want}")
+        sb = ep.sandbox or {}
+        if "netns" in sb and not netlink.ns_path_exists(sb["netns"]):   # (first: its veth went with it)
+            raise NotFound(f"network namespace {sb['netns']} does not exist")
         host_if = netlink.link_info(self.ag.node.netns, ep.host_ifname)
         if host_if["index"] != ep.ifindex:
             raise KernelError(f"interface {ep.host_ifname} was re-created (index {host_if['index']})")
@@ -216,10 +219,7 @@ class RuntimeOps:
             raise KernelError(f"the fast path is not attached to {ep.host_ifname}")
         if not endpoints.in_maps(self.ag.node, ep):
             raise KernelError(f"endpoint {id} is missing from the fast path's maps")
-        sb = ep.sandbox or {}
         if "netns" in sb:
-            if not netlink.ns_path_exists(sb["netns"]):
-                raise NotFound(f"network namespace {sb['netns']} does not exist")
             inner = netlink.link_info(sb["netns"], sb["ifname"])
             if inner["mac"] != ep.mac or ep.ip not in inner["ipv4"] or not inner["up"]:
                 raise KernelError(f"{sb['ifname']} in {sb['netns']} is {inner['mac']} {inner['ipv4']}, "

@@ -193,7 +193,9 @@ def cmd_check(conf: dict, env) -> None:
         _agent(conf, "endpoint_check", id=endpoint_id(conf["name"], cid, ifname),
                ip=str(addrs[0].ip) if addrs else None, mac=mac, routes=routes)
     except CNIError as e:
-        if e.code in (E_TRY_AGAIN, E_UNKNOWN_CONTAINER):      # (its network namespace gone: the spec's 3)
+        # Its namespace gone is broken too, not the spec's 3 ("the runtime does not need to perform
+        # any container network cleanup"): the IPAM's lease and our endpoint wait for its DEL.
+        if e.code == E_TRY_AGAIN:
             raise
         raise CNIError(E_BROKEN, f"attachment of {cid}/{ifname} is broken: {e.msg}") from None
     if "ipam" in conf:

@@ -214,8 +214,10 @@ def test_a_chains_routes_of_another_table_are_reported_not_put_in_the_main_one(t
     assert [r["dst"] for r in check["routes"]] == ["172.16.0.0/12"]
 
 
-def test_check_of_a_container_whose_namespace_went_is_code_3(tmp_path, agent, monkeypatch):
-    """CHECK turned every agent error but 11 into 101 ("broken"), the netns gone too: the spec's 3."""
+def test_check_of_a_container_whose_namespace_went_is_broken_not_unknown(tmp_path, agent, monkeypatch):
+    """CHECK of a container whose namespace went is 101 ("broken"), saying so. It was the spec's 3,
+    which tells the runtime that no cleanup is needed, no DEL: the IPAM's lease and our endpoint
+    (its registry record, its address) waited for that DEL for good."""
     from dataplane.core.errors import NotFound
 
     def gone(**kw):
@@ -224,4 +226,4 @@ def test_check_of_a_container_whose_namespace_went_is_code_3(tmp_path, agent, mo
     prev = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
             "ips": [{"address": "10.1.0.5/24", "interface": 0}]}
     status, out = run({**CONF, "prevResult": prev}, "CHECK", tmp_path)
-    assert (status, out["code"]) == (1, cni.E_UNKNOWN_CONTAINER), out
+    assert (status, out["code"]) == (1, cni.E_BROKEN) and "/run/netns/x does not exist" in out["msg"], out

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+
+DETACHED_KEEP_S = 3600.0        # how long a detach's arrival is remembered (an attach waits far less)
+_detached_mu = threading.Lock()   # (never the agent's lock: taken before the turn is)
 
 
 def attach(ag) -> None:
@@ -26,6 +30,25 @@ def attach(ag) -> None:
     ag.netlocks, ag.netlocks_mu = {}, threading.Lock()
     # deferred.py: writes decided under the lock (endpoint -> deferred.Entry), made without it
     ag.deferred, ag.writer = {}, None
+    ag.detached_at = {}         # endpoint -> when the last detach of it arrived (detach_arrived)
+
+
+def detach_arrived(ag, eid: str) -> None:
+    """A detach of eid has arrived, before it waits for its turn (working_on takes the agent's
+    lock, which grants no order): an attach that arrived before it and has not had its turn is
+    not to make anything (detached_since)."""
+    now = time.monotonic()
+    with _detached_mu:
+        seen = ag.__dict__.setdefault("detached_at", {})
+        for k in [k for k, t in seen.items() if now - t > DETACHED_KEEP_S]:
+            del seen[k]
+        seen[eid] = now
+
+
+def detached_since(ag, eid: str, arrived: float) -> bool:
+    """Whether a detach of eid arrived after `arrived` (an attach's arrival, time.monotonic())."""
+    with _detached_mu:
+        return getattr(ag, "detached_at", {}).get(eid, float("-inf")) > arrived
 
 
 def network_lock(ag, network: str) -> threading.RLock:

@@ -38,3 +38,37 @@ def test_a_del_during_an_attach_in_doubt_removes_what_the_attach_makes(engines, 
     detach.join(10)
     assert out["removed"] is True
     assert ag.local.endpoints == {} and ag.reg.endpoints() == [], "nothing left of the attach"
+
+
+def test_an_attach_whose_del_had_its_turn_first_makes_nothing(engines, monkeypatch):  # noqa: F811
+    """The attach asked for first, the DEL after, but the DEL had its turn first: both wait for
+    the agent's lock (held by a restart's sync longer than the runtime waits for ADD's answer),
+    which grants no order. The DEL found nothing and the IPAM freed the address; the attach then
+    made the endpoint, which no DEL would ever remove (a review found it). It makes nothing now."""
+    from dataplane.core.errors import Conflict
+    ag = engines["h1"].agent
+    ops = runtime_ops.RuntimeOps(ag)
+    real, waiting, go = runtime_ops.working_on, threading.Event(), threading.Event()
+
+    def late(ag_, eid):                     # the attach's turn comes only after the DEL's
+        if threading.current_thread().name == "attach":
+            waiting.set()
+            assert go.wait(10)
+        return real(ag_, eid)
+    monkeypatch.setattr(runtime_ops, "working_on", late)
+    out = {}
+
+    def attach():
+        try:
+            out["attach"] = ops.endpoint_attach("ov-c2-eth0", 256, {**SANDBOX, "container_id": "c2"})
+        except Conflict as e:
+            out["refused"] = str(e)
+    t = threading.Thread(target=attach, name="attach", daemon=True)
+    t.start()
+    assert waiting.wait(10)
+    assert ops.endpoint_detach("ov-c2-eth0")["removed"] is False, "nothing made yet"
+    go.set()
+    t.join(10)
+    assert "attach" not in out and "detached after this attach" in out.get("refused", ""), out
+    assert ag.local.endpoints == {} and ag.reg.endpoints() == [], "nothing made"
+    assert ops.endpoint_attach("ov-c2-eth0", 256, {**SANDBOX, "container_id": "c2"}), "a later ADD is made"

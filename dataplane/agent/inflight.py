@@ -14,41 +14,48 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 
-DETACHED_KEEP_S = 3600.0        # how long a detach's arrival is remembered (an attach waits far less)
-_detached_mu = threading.Lock()   # (never the agent's lock: taken before the turn is)
+# The runtimes' turns on one endpoint (runtime_turn): never the agent's lock, taken first.
+_turns = threading.Condition()
 
 
 def attach(ag) -> None:
     """The bookkeeping on ag (which has its lock): the endpoints being worked on, the
     condition that says one was let go, the lock that puts the runtimes' network operations
-    in turn without the agent's lock, and a lock per network for address allocations."""
+    in turn without the agent's lock, a lock per network for address allocations, and the
+    runtimes' turns per endpoint."""
     ag.busy = set()
     ag.busy_changed = threading.Condition(ag.lock)
     ag.oplock = threading.RLock()
     ag.netlocks, ag.netlocks_mu = {}, threading.Lock()
     # deferred.py: writes decided under the lock (endpoint -> deferred.Entry), made without it
     ag.deferred, ag.writer = {}, None
-    ag.detached_at = {}         # endpoint -> when the last detach of it arrived (detach_arrived)
+    ag.turns = {}               # endpoint -> the runtime calls on it, in the order they came (runtime_turn)
 
 
-def detach_arrived(ag, eid: str) -> None:
-    """A detach of eid has arrived, before it waits for its turn (working_on takes the agent's
-    lock, which grants no order): an attach that arrived before it and has not had its turn is
-    not to make anything (detached_since)."""
-    now = time.monotonic()
-    with _detached_mu:
-        seen = ag.__dict__.setdefault("detached_at", {})
-        for k in [k for k, t in seen.items() if now - t > DETACHED_KEEP_S]:
-            del seen[k]
-        seen[eid] = now
-
-
-def detached_since(ag, eid: str, arrived: float) -> bool:
-    """Whether a detach of eid arrived after `arrived` (an attach's arrival, time.monotonic())."""
-    with _detached_mu:
-        return getattr(ag, "detached_at", {}).get(eid, float("-inf")) > arrived
+@contextlib.contextmanager
+def runtime_turn(ag, eid: str):
+    """A runtime's attach or detach of eid has its turn in the order the calls came, before
+    working_on: that takes the agent's lock, which grants no order, so an ADD the runtime gave up
+    on (the agent busy with a restart's sync) could have its turn after the DEL that followed it,
+    which found nothing, and make an endpoint no DEL would remove (or a DEL given up on, after the
+    next ADD of the container, removed what that made). Never the agent's lock: the main loop
+    takes no turn, and waits for none."""
+    me, turns = object(), ag.__dict__.setdefault("turns", {})
+    with _turns:
+        line = turns.setdefault(eid, [])
+        line.append(me)
+    try:
+        with _turns:
+            while line[0] is not me:
+                _turns.wait()
+        yield
+    finally:                                # (a wait cut short too: no turn left held for good)
+        with _turns:
+            line.remove(me)
+            if not line:
+                turns.pop(eid, None)
+            _turns.notify_all()
 
 
 def network_lock(ag, network: str) -> threading.RLock:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import time
 from types import SimpleNamespace
 
 from dataplane.agent import converge, inflight, local
-from dataplane.agent.inflight import detach_arrived, detached_since, working_on
+from dataplane.agent.inflight import runtime_turn, working_on
 from dataplane.agent.ops import register_endpoint, register_then_create, serve, unregister
 from dataplane.core import model
 from dataplane.core.errors import Conflict, DataplaneError, KernelError, NotFound, UsageError
@@ -135,7 +134,6 @@ class RuntimeOps:
         """Register and create an endpoint whose container side is in sandbox
         (state.LocalEndpoint.sandbox, as model.parse_sandbox accepts it). Nothing is left behind if any step fails.
         reserved: ip may be this host's reservation (address_reserve), taken over."""
-        arrived = time.monotonic()
         model.parse_name(id, "endpoint id")
         model.parse_sandbox(sandbox)           # refused before anything is registered
         if prefixlen is not None and not (isinstance(prefixlen, int) and 8 <= prefixlen <= 30):
@@ -149,12 +147,9 @@ class RuntimeOps:
                                    prefixlen=prefixlen, routes=routes)
                 local.wrote(ag, id, rec)
                 return ep
-        with working_on(ag, id):             # from the start: a DEL meanwhile (the runtime's, after an ADD
-            # in doubt) waits, then removes what this makes. One that came first (this attach waited
-            # for the agent's lock longer than its caller for the answer: a restart's sync) had its
-            # turn and found nothing: nothing is to be made then, or it stays for good.
-            if detached_since(ag, id, arrived):
-                raise Conflict(f"endpoint {id} was detached after this attach was asked for: not made")
+        # From the start: a DEL that came after (the runtime's, after an ADD in doubt) waits, then
+        # removes what this makes; one that came before has its turn first (runtime_turn).
+        with runtime_turn(ag, id), working_on(ag, id):
             net = self.network_ensure(vni=vni)
             rec, ep = register_then_create(
                 lambda: register_endpoint(ag, id, net["name"], ag.me, ip=ip, mac=mac, reserved=reserved is True),
@@ -168,9 +163,8 @@ class RuntimeOps:
         keep_address: its address becomes this host's reservation, which the
         runtime releases itself (address_release), as Docker's IPAM does."""
         model.parse_name(id, "endpoint id")
-        detach_arrived(self.ag, id)
         removed = False
-        with working_on(self.ag, id):
+        with runtime_turn(self.ag, id), working_on(self.ag, id):
             with self.ag.lock:
                 self.ag.conflicts.pop(id, None)
                 here = self.ag.node.require_up().endpoints.get(id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from dataplane.agent import runtime_ops
 from tests.unit.test_docker_ipam import engines  # noqa: F401
 
@@ -40,35 +42,40 @@ def test_a_del_during_an_attach_in_doubt_removes_what_the_attach_makes(engines, 
     assert ag.local.endpoints == {} and ag.reg.endpoints() == [], "nothing left of the attach"
 
 
-def test_an_attach_whose_del_had_its_turn_first_makes_nothing(engines, monkeypatch):  # noqa: F811
-    """The attach asked for first, the DEL after, but the DEL had its turn first: both wait for
-    the agent's lock (held by a restart's sync longer than the runtime waits for ADD's answer),
-    which grants no order. The DEL found nothing and the IPAM freed the address; the attach then
-    made the endpoint, which no DEL would ever remove (a review found it). It makes nothing now."""
-    from dataplane.core.errors import Conflict
+@pytest.mark.parametrize("first", ["attach", "detach"])
+def test_a_runtimes_calls_on_an_endpoint_have_their_turns_in_the_order_they_came(engines, monkeypatch, first):  # noqa: F811
+    """The first call is held up before its turn at the endpoint (as by the agent's lock, which a
+    restart's sync holds longer than the runtime waits for an answer, and which grants no order).
+    An ADD given up on whose DEL went first made, after that DEL found nothing, an endpoint no DEL
+    would remove, on an address the IPAM had freed (a review found it); a DEL given up on, after
+    the next ADD, removed what that ADD made. Now the second call waits for the first."""
     ag = engines["h1"].agent
     ops = runtime_ops.RuntimeOps(ag)
-    real, waiting, go = runtime_ops.working_on, threading.Event(), threading.Event()
+    eid, sandbox, out = "ov-c2-eth0", {**SANDBOX, "container_id": "c2"}, {}
+    real, held, go = runtime_ops.working_on, threading.Event(), threading.Event()
 
-    def late(ag_, eid):                     # the attach's turn comes only after the DEL's
-        if threading.current_thread().name == "attach":
-            waiting.set()
+    def slow(ag_, eid_):
+        if threading.current_thread().name == first:
+            held.set()
             assert go.wait(10)
-        return real(ag_, eid)
-    monkeypatch.setattr(runtime_ops, "working_on", late)
-    out = {}
-
-    def attach():
-        try:
-            out["attach"] = ops.endpoint_attach("ov-c2-eth0", 256, {**SANDBOX, "container_id": "c2"})
-        except Conflict as e:
-            out["refused"] = str(e)
-    t = threading.Thread(target=attach, name="attach", daemon=True)
-    t.start()
-    assert waiting.wait(10)
-    assert ops.endpoint_detach("ov-c2-eth0")["removed"] is False, "nothing made yet"
+        return real(ag_, eid_)
+    monkeypatch.setattr(runtime_ops, "working_on", slow)
+    calls = {"attach": lambda: out.update(attach=ops.endpoint_attach(eid, 256, sandbox)),
+             "detach": lambda: out.update(detach=ops.endpoint_detach(eid))}
+    second = "detach" if first == "attach" else "attach"
+    threads = {k: threading.Thread(target=fn, name=k, daemon=True) for k, fn in calls.items()}
+    threads[first].start()
+    assert held.wait(10)
+    threads[second].start()
+    time.sleep(0.3)
+    assert threads[second].is_alive(), f"the {second} went before the {first} that came first: {out}"
     go.set()
-    t.join(10)
-    assert "attach" not in out and "detached after this attach" in out.get("refused", ""), out
-    assert ag.local.endpoints == {} and ag.reg.endpoints() == [], "nothing made"
-    assert ops.endpoint_attach("ov-c2-eth0", 256, {**SANDBOX, "container_id": "c2"}), "a later ADD is made"
+    for t in threads.values():
+        t.join(10)
+    assert set(out) == {"attach", "detach"}, out
+    if first == "attach":
+        assert out["detach"]["removed"] is True, "the DEL removed what the ADD before it made"
+        assert ag.local.endpoints == {} and ag.reg.endpoints() == [], "nothing left"
+    else:
+        assert out["detach"]["removed"] is False and [e.id for e in ag.reg.endpoints()] == [eid], \
+            "the ADD after the DEL stays made"

@@ -194,10 +194,13 @@ def cmd_check(conf: dict, env) -> None:
                ip=str(addrs[0].ip) if addrs else None, mac=mac, routes=routes)
     except CNIError as e:
         # Its namespace gone is broken too, not the spec's 3 ("the runtime does not need to perform
-        # any container network cleanup"): the IPAM's lease and our endpoint wait for its DEL.
+        # any container network cleanup"): the IPAM's lease waits for its DEL.
         if e.code == E_TRY_AGAIN:
             raise
-        raise CNIError(E_BROKEN, f"attachment of {cid}/{ifname} is broken: {e.msg}") from None
+        # (said so however the agent put it: its next tick removes an endpoint whose interface went
+        # with the namespace, and then it knows no such endpoint)
+        why = f"network namespace {netns} does not exist" if not os.path.exists(netns) else e.msg
+        raise CNIError(E_BROKEN, f"attachment of {cid}/{ifname} is broken: {why}") from None
     if "ipam" in conf:
         _ipam(conf, env, "CHECK")
 

@@ -216,8 +216,8 @@ def test_a_chains_routes_of_another_table_are_reported_not_put_in_the_main_one(t
 
 def test_check_of_a_container_whose_namespace_went_is_broken_not_unknown(tmp_path, agent, monkeypatch):
     """CHECK of a container whose namespace went is 101 ("broken"), saying so. It was the spec's 3,
-    which tells the runtime that no cleanup is needed, no DEL: the IPAM's lease and our endpoint
-    (its registry record, its address) waited for that DEL for good."""
+    which tells the runtime that no cleanup is needed, no DEL: the IPAM's lease waited for that
+    DEL for good (our endpoint goes at the agent's next tick, its interface gone)."""
     from dataplane.core.errors import NotFound
 
     def gone(**kw):

@@ -52,8 +52,8 @@ DP_WIRE_INLINE __u16 csum_fold32(__u32 sum)
 	return (__u16)~sum;
 }
 
-/* RFC 1071 checksum of a 20-byte IPv4 header whose check field is zero. */
-DP_WIRE_INLINE __u16 ipv4_csum(const void *ip)
+/* The ten 16-bit words of an IPv4 header without options, summed (not folded). */
+DP_WIRE_INLINE __u32 ipv4_sum20(const void *ip)
 {
 	const __u16 *w = (const __u16 *)ip;
 	__u32 sum = 0;
@@ -63,7 +63,13 @@ DP_WIRE_INLINE __u16 ipv4_csum(const void *ip)
 #endif
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
-	return csum_fold32(sum);
+	return sum;
+}
+
+/* RFC 1071 checksum of a 20-byte IPv4 header whose check field is zero. */
+DP_WIRE_INLINE __u16 ipv4_csum(const void *ip)
+{
+	return csum_fold32(ipv4_sum20(ip));
 }
 
 /*
@@ -73,13 +79,8 @@ DP_WIRE_INLINE __u16 ipv4_csum(const void *ip)
 DP_WIRE_INLINE int ipv4_csum_ok(const void *ip, const void *end, __u32 ihl)
 {
 	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
+	__u32 sum = ipv4_sum20(ip);
 
-#ifdef __clang__
-#pragma unroll
-#endif
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
 	if (ihl > 20) {
 		/* Unrolled, each word at a constant offset with its own bound: a loop over a variable
 		 * count loses the verifier's bound. */

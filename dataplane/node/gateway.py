@@ -218,12 +218,7 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     for vni, gw in list(st.gateways.items()):
         net = st.networks.get(vni)
         if net is None:
-            del st.gateways[vni]
-            if not st.gateways:
-                forwarding.restore(node, st)      # before the rules that confine it go
-            host_ip = st.router_ips.pop(vni, None)
-            done += _destroy(node, m, st, gw, host_ip)
-            endpoints.forget_connections(node, [gw.ip, host_ip] if host_ip else [gw.ip])
+            done += remove(node, m, st, vni)
             done.append(f"gateway of VNI {vni}: the VNI is not served; removed")
         elif gw.port not in links or gw.router not in links:
             done += _destroy(node, m, st, gw, st.router_ips.get(vni))
@@ -257,13 +252,16 @@ def repair(node: Node, m: NodeMaps, st: NodeState) -> list[str]:
     return done + forwarding.apply(node, st)
 
 
-def remove(node: Node, m: NodeMaps, st: NodeState, vni: int, sandboxes=()) -> None:
-    """With its VNI (the caller holds the node's lock and saves st). sandboxes: the addresses of
-    the VNI's endpoints removed with it, whose connections (through the gateway) go with it."""
+def remove(node: Node, m: NodeMaps, st: NodeState, vni: int, sandboxes=()) -> list[str]:
+    """With its VNI (the caller holds the node's lock and saves st), or where its VNI is no longer
+    served (repair). sandboxes: the addresses of the VNI's endpoints removed with it, whose
+    connections (through the gateway) go with it. What the rules' write mended, in words."""
     gw = st.gateways.pop(vni, None)
     if not st.gateways:
         forwarding.restore(node, st)          # first: before the rules that confine it go
-    if gw is not None:
-        host_ip = st.router_ips.pop(vni, None)
-        _destroy(node, m, st, gw, host_ip)
-        endpoints.forget_connections(node, {gw.ip, *([host_ip] if host_ip else []), *sandboxes})
+    if gw is None:
+        return []
+    host_ip = st.router_ips.pop(vni, None)
+    done = _destroy(node, m, st, gw, host_ip)
+    endpoints.forget_connections(node, {gw.ip, *([host_ip] if host_ip else []), *sandboxes})
+    return done
